@@ -1,0 +1,261 @@
+"""The accelerator: runs a packed mixed-precision network from its global buffer, image by image.
+
+Data path (one output row at a time, one non-zero weight per cycle)::
+
+    global buffer (BRAM, 32-bit words, the packed image) --port A--> mask fetcher  --+
+                                                         --port A--> param fetcher  |  (descriptors too)
+                                                         --port B--> payload fetcher-+
+    mask + payload -> WeightDecoder (skips pruned weights) -> operand fetch (activation buffer)
+        -> MacLane (DSP48E1 products, per-class sums) -> Requantizer (+ row params) -> activation buffer
+                                                                                     or class scores ``o``
+
+The controller reads the header and each layer's descriptor from the buffer at run time
+(docs/image_format.md), loads an image's input codes from ``i`` into activation buffer 0, runs the layers
+ping-ponging between the two activation buffers, and streams the last layer's scores out of ``o``.
+"""
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import ResetInserter
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out, connect
+from amaranth.utils import bits_for, ceil_log2
+
+from model.golden import MAX_ACT_BITS, MAX_FAN_IN
+from model.image import unpack
+
+from .fetcher import WordFetcher
+from .mac_lane import MacLane
+from .requant import ParamReader, Requantizer
+from .weight_decoder import WeightDecoder
+
+OUTPUT_LAYOUT = data.StructLayout({"score": signed(32), "last": unsigned(1)})
+HEADER_WORDS = 8
+DESCRIPTOR_WORDS = 8
+
+
+class Accelerator(wiring.Component):
+    """Mixed-precision network accelerator with the image in its global buffer.
+
+    Parameters
+    ----------
+    image : sequence of int
+        The packed image words (model/image.py); they initialise the global buffer.
+    buffer_depth : int or None
+        Global buffer depth in words (a power of two); default: the image rounded up.
+    act_depth : int or None
+        Depth of each activation buffer; default: the widest layer of the image, rounded up to a power
+        of two. Any image whose layers fit these depths runs on the same hardware.
+
+    Members
+    -------
+    i : In(stream.Signature(unsigned(8)))
+        Input activation codes of one image after another, ``n_in`` of layer 0 each.
+    o : Out(stream.Signature(OUTPUT_LAYOUT))
+        Class scores (``2^-8`` units, model/golden.py), ``last`` on the final class of an image.
+    """
+
+    def __init__(self, image, *, buffer_depth: int | None = None, act_depth: int | None = None):
+        words = [int(w) for w in image]
+        net = unpack(words, where="accelerator image")
+        widest = max(max(layer.n_in, layer.n_out) for layer in net.layers)
+        if buffer_depth is None:
+            buffer_depth = 1 << ceil_log2(max(len(words), 2))
+        if act_depth is None:
+            act_depth = 1 << ceil_log2(max(widest, 2))
+        if buffer_depth & (buffer_depth - 1) or buffer_depth < len(words):
+            raise ValueError(f"buffer_depth must be a power of two >= {len(words)} words, not {buffer_depth!r}")
+        if act_depth & (act_depth - 1) or act_depth < widest or act_depth > MAX_FAN_IN:
+            raise ValueError(f"act_depth must be a power of two in [{widest}, {MAX_FAN_IN}], not {act_depth!r}")
+        self._words = words
+        self._net = net
+        self._buffer_depth = buffer_depth
+        self._act_depth = act_depth
+        super().__init__({
+            "i": In(stream.Signature(unsigned(MAX_ACT_BITS))),
+            "o": Out(stream.Signature(OUTPUT_LAYOUT)),
+        })
+
+    @property
+    def network(self):
+        """The integer network the image holds (what the golden model runs)."""
+        return self._net
+
+    @property
+    def buffer_depth(self) -> int:
+        return self._buffer_depth
+
+    @property
+    def act_depth(self) -> int:
+        return self._act_depth
+
+    def elaborate(self, platform):
+        m = Module()
+        addr_width = ceil_log2(self._buffer_depth)
+        index_width = bits_for(self._act_depth + 16)
+
+        m.submodules.buffer = buffer = Memory(shape=32, depth=self._buffer_depth, init=self._words)
+        port_a = buffer.read_port()
+        port_b = buffer.read_port()
+        acts = [Memory(shape=MAX_ACT_BITS, depth=self._act_depth, init=[]) for _ in range(2)]
+        m.submodules.act0, m.submodules.act1 = acts
+        act_rd = [mem.read_port() for mem in acts]
+        act_wr = [mem.write_port() for mem in acts]
+
+        restart = Signal()  # start of a layer: reload the prefetchers
+        running = Signal()  # a layer runs; outside, the decoder and the parameter reader are held in reset
+        mask_f = WordFetcher(addr_width=addr_width)
+        param_f = WordFetcher(addr_width=addr_width, depth=8)
+        payload_f = WordFetcher(addr_width=addr_width)
+        decoder = WeightDecoder(index_width=index_width)
+        m.submodules.mask_fetcher = mask_f
+        m.submodules.param_fetcher = param_f
+        m.submodules.payload_fetcher = payload_f
+        m.submodules.decoder = ResetInserter(~running)(decoder)
+        m.submodules.params = params = ResetInserter(~running)(ParamReader())
+        m.submodules.lane = lane = MacLane()
+        m.submodules.requant = requant = Requantizer()
+
+        # Layer descriptor registers.
+        n_layers = Signal(8)
+        layer = Signal(8)
+        n_in = Signal(index_width)
+        n_out = Signal(index_width)
+        out_bits = Signal(8)
+        shift = Signal(8)
+        mask_base = Signal(addr_width)
+        payload_base = Signal(addr_width)
+        param_base = Signal(addr_width)
+        per_row = Signal(index_width)
+        sel = Signal()  # activation buffer read by this layer
+        m.d.comb += sel.eq(layer[0])
+
+        # Port A: controller reads first, then the parameter fetcher, then the mask fetcher.
+        ctrl_req = Signal()
+        ctrl_addr = Signal(addr_width)
+        m.d.comb += [
+            port_a.addr.eq(Mux(ctrl_req, ctrl_addr, Mux(param_f.req, param_f.addr, mask_f.addr))),
+            param_f.grant.eq(~ctrl_req),
+            mask_f.grant.eq(~ctrl_req & ~param_f.req),
+            param_f.data.eq(port_a.data),
+            mask_f.data.eq(port_a.data),
+            port_b.addr.eq(payload_f.addr),
+            payload_f.grant.eq(1),
+            payload_f.data.eq(port_b.data),
+        ]
+        for f, base in ((mask_f, mask_base), (param_f, param_base), (payload_f, payload_base)):
+            m.d.comb += [f.start.eq(restart), f.base.eq(base)]
+
+        connect(m, mask=mask_f.o, decoder=decoder.mask)
+        connect(m, payload=payload_f.o, decoder=decoder.payload)
+        connect(m, words=param_f.o, params=params.i)
+        m.d.comb += [decoder.words_per_row.eq(per_row), decoder.rows.eq(n_out)]
+
+        # Operand fetch: the decoder's input index reads the activation buffer (one cycle).
+        op = lane.i
+        fetch_ready = Signal()
+        m.d.comb += [fetch_ready.eq(~op.valid | op.ready), decoder.o.ready.eq(fetch_ready)]
+        for rd in act_rd:
+            m.d.comb += [rd.addr.eq(decoder.o.payload.index), rd.en.eq(fetch_ready)]
+        m.d.comb += op.payload.u.eq(Mux(sel, act_rd[1].data, act_rd[0].data))
+        with m.If(fetch_ready):
+            m.d.sync += [
+                op.valid.eq(decoder.o.valid),
+                op.payload.code.eq(decoder.o.payload.code),
+                op.payload.q.eq(decoder.o.payload.q),
+                op.payload.row_end.eq(decoder.o.payload.row_end),
+            ]
+
+        # Row sums meet their row's parameters at the requantizer.
+        m.d.comb += [
+            requant.i.valid.eq(lane.o.valid & params.o.valid),
+            requant.i.payload.sums.eq(lane.o.payload),
+            requant.i.payload.param.eq(params.o.payload),
+            lane.o.ready.eq(requant.i.ready & params.o.valid),
+            params.o.ready.eq(requant.i.ready & lane.o.valid),
+            requant.shift.eq(shift),
+            requant.out_bits.eq(out_bits),
+        ]
+
+        # Writer: hidden layers fill the other activation buffer, the last layer streams scores.
+        row = Signal(index_width)
+        written = Signal()
+        last_layer = out_bits == 0
+        m.d.comb += [
+            self.o.payload.score.eq(requant.o.payload),
+            self.o.payload.last.eq(row == n_out - 1),
+            self.o.valid.eq(running & last_layer & requant.o.valid),
+            requant.o.ready.eq(running & (~last_layer | self.o.ready)),
+            written.eq(requant.o.valid & requant.o.ready),
+        ]
+        for b in range(2):
+            m.d.comb += [act_wr[b].addr.eq(row), act_wr[b].data.eq(requant.o.payload[:MAX_ACT_BITS])]
+        m.d.comb += [
+            act_wr[1].en.eq(written & ~last_layer & ~sel),
+            act_wr[0].en.eq(written & ~last_layer & sel),
+        ]
+        with m.If(written):
+            m.d.sync += row.eq(row + 1)
+
+        # Controller.
+        step = Signal(4)  # word counter of descriptor reads
+        desc_addr = Signal(addr_width)
+        m.d.comb += desc_addr.eq(HEADER_WORDS + DESCRIPTOR_WORDS * layer)
+        with m.FSM():
+            with m.State("HEADER"):
+                m.d.comb += [ctrl_req.eq(1), ctrl_addr.eq(2)]
+                m.next = "HEADER-DATA"
+            with m.State("HEADER-DATA"):
+                m.d.sync += [n_layers.eq(port_a.data), layer.eq(0), step.eq(0)]
+                m.next = "DESCRIPTOR"
+            with m.State("DESCRIPTOR"):
+                # Word k is requested at step k and arrives at step k + 1.
+                with m.If(step < DESCRIPTOR_WORDS):
+                    m.d.comb += [ctrl_req.eq(1), ctrl_addr.eq(desc_addr + step)]
+                word = port_a.data
+                with m.Switch(step):
+                    with m.Case(1):
+                        m.d.sync += n_in.eq(word)
+                    with m.Case(2):
+                        m.d.sync += n_out.eq(word)
+                    with m.Case(3):
+                        m.d.sync += [out_bits.eq(word[8:16]), shift.eq(word[16:24])]
+                    with m.Case(4):
+                        m.d.sync += mask_base.eq(word)
+                    with m.Case(5):
+                        m.d.sync += payload_base.eq(word)
+                    with m.Case(6):
+                        m.d.sync += param_base.eq(word)
+                    with m.Case(7):
+                        m.d.sync += per_row.eq(word)
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == DESCRIPTOR_WORDS):
+                    m.d.sync += [step.eq(0), row.eq(0)]
+                    with m.If(layer == 0):
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "START"
+            with m.State("LOAD"):
+                m.d.comb += [
+                    self.i.ready.eq(1),
+                    act_wr[0].en.eq(self.i.valid),
+                    act_wr[0].addr.eq(row),
+                    act_wr[0].data.eq(self.i.payload),
+                ]
+                with m.If(self.i.valid):
+                    m.d.sync += row.eq(row + 1)
+                    with m.If(row == n_in - 1):
+                        m.d.sync += row.eq(0)
+                        m.next = "START"
+            with m.State("START"):
+                m.d.comb += restart.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += running.eq(1)
+                with m.If(written & (row == n_out - 1)):
+                    with m.If(layer == n_layers - 1):
+                        m.d.sync += layer.eq(0)
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                    m.next = "DESCRIPTOR"
+        return m

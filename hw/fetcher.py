@@ -1,0 +1,76 @@
+"""Sequential word prefetcher: streams consecutive words of the global buffer into a small FIFO."""
+
+from amaranth import Module, Signal, unsigned
+from amaranth.hdl import ResetInserter
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+
+class WordFetcher(wiring.Component):
+    """Reads ``base, base+1, ...`` from a shared synchronous read port, ahead of its consumer.
+
+    The fetcher does not know where its region ends: it keeps its FIFO full and is restarted (``start``:
+    load ``base``, drop the FIFO and any read in flight) when the consumer moves to another region. Reads
+    past the end of the buffer wrap around and are discarded by the restart.
+
+    Parameters
+    ----------
+    addr_width : int
+        Width of the global buffer address.
+    depth : int
+        FIFO depth in words (>= 2 keeps one read in flight while the consumer pops one a cycle).
+
+    Members
+    -------
+    start, base : In
+        Restart at ``base`` (one-cycle pulse).
+    req, addr : Out
+        Read request to the arbiter; ``grant`` says it was issued this cycle, ``data`` returns it one
+        cycle later (the port's latency).
+    o : Out(stream.Signature(32))
+        Words in address order.
+    """
+
+    def __init__(self, *, addr_width: int, depth: int = 4):
+        if addr_width < 1:
+            raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2, not {depth!r}")
+        self._depth = depth
+        super().__init__({
+            "start": In(1),
+            "base": In(addr_width),
+            "req": Out(1),
+            "addr": Out(addr_width),
+            "grant": In(1),
+            "data": In(32),
+            "o": Out(stream.Signature(32)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        fifo = SyncFIFO(width=32, depth=self._depth)
+        m.submodules.fifo = ResetInserter(self.start)(fifo)
+
+        addr = Signal.like(self.addr)
+        inflight = Signal()
+        # Outstanding words: what the FIFO holds plus the read whose data arrives next cycle.
+        occupancy = Signal(unsigned(fifo.level.shape().width + 1))
+        m.d.comb += [
+            occupancy.eq(fifo.level + inflight),
+            self.req.eq(~self.start & (occupancy < self._depth)),
+            self.addr.eq(addr),
+            fifo.w_data.eq(self.data),
+            fifo.w_en.eq(inflight),
+            self.o.payload.eq(fifo.r_data),
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
+        ]
+        m.d.sync += inflight.eq(self.req & self.grant & ~self.start)
+        with m.If(self.start):
+            m.d.sync += addr.eq(self.base)
+        with m.Elif(self.req & self.grant):
+            m.d.sync += addr.eq(addr + 1)
+        # `occupancy` counts the popped word of this cycle too: the FIFO never overflows.
+        return m

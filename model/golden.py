@@ -1,0 +1,205 @@
+"""Integer golden model: what the accelerator must compute, bit for bit.
+
+The float network (DoReFa weights with an element-wise bit-width mask, paper Eq. 3 and 7, PACT activations,
+Eq. 5-6) is turned into integers as follows. For one fully connected layer with input PACT codes
+``u_i`` in ``[0, 2^a - 1]`` and DoReFa weight codes ``q_ij`` in ``[0, 2^m_ij - 1]``, ``m_ij`` in
+``{0, 4, 8, 16, 32}``:
+
+* DoReFa (Eq. 3) gives ``w = 2 q / (2^m - 1) - 1``. With ``D = 2^32 - 1`` and ``R_m = D / (2^m - 1)``
+  (``0x11111111, 0x01010101, 0x00010001, 1``) this is ``w = (2 R_m q - D) / D`` exactly.
+* So ``D * sum_i w_ij u_i`` is the integer
+
+  ``acc_j = 2 * sum_m R_m S_m[j] - D * A[j]``,  ``S_m[j] = sum_{i: m_ij = m} q_ij u_i``,
+  ``A[j] = sum_{i: m_ij != 0} u_i``.
+
+  Products stay as narrow as their weights; the class constants ``R_m`` and ``D`` are applied once per
+  output (:func:`combine`), never per multiply. 0-bit weights take no part at all (Eq. 7).
+* Requantization (PACT of the next layer, Eq. 5-6, with the bias folded in) is fixed point:
+
+  ``t_j = acc_j >> ACC_SHIFT`` (arithmetic shift, i.e. floor),
+  ``y_j = (t_j * M_j + B_j + 2^(S-1)) >> S`` (round half up, i.e. floor(x + 1/2)),
+
+  then ``clamp(y_j, 0, 2^a' - 1)`` gives the next layer's codes; the last layer returns ``y_j`` itself
+  (class scores in units of ``2^-SCORE_FRAC_BITS``), saturated to int32.
+
+Rounding is named once here and nowhere else: **floor** for the accumulator shift, **half up** for the
+requantizer. The float model rounds half to even (``torch.round``); the two differ only on exact ties,
+which the accuracy test bounds (golden within 0.5 percentage points of fake-quant).
+
+Every array here is int64; ``S_32`` reaches ``2^32 * 2^8 * n_in`` and ``acc`` about ``2^55`` for
+``n_in <= 4096`` and 8-bit activations, inside int64. :func:`check_layer` rejects layers that could
+overflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+#: Weight widths of the MPQ-tickets hierarchy (paper Sec. 3.2); 0 means pruned.
+WIDTHS: tuple[int, ...] = (0, 4, 8, 16, 32)
+#: Non-zero widths, the classes that get their own accumulator.
+CLASSES: tuple[int, ...] = (4, 8, 16, 32)
+D = (1 << 32) - 1
+#: R_m = D / (2^m - 1): the code q of an m-bit weight repeated to fill 32 bits is q * R_m.
+R = {m: D // ((1 << m) - 1) for m in CLASSES}
+#: Bits dropped from the exact accumulator before the requant multiply (floor).
+ACC_SHIFT = 16
+#: Width of the unsigned requant multiplier M (fits the DSP48E1 B port as a non-negative 18-bit value).
+MULT_BITS = 17
+#: Fractional bits of the last layer's class scores.
+SCORE_FRAC_BITS = 8
+#: Largest activation code width the integer contract (and the hardware) accepts.
+MAX_ACT_BITS = 8
+#: Largest fan-in for which every intermediate stays inside int64 (and the hardware's 64-bit sums).
+MAX_FAN_IN = 4096
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+@dataclass(frozen=True, eq=False)
+class IntLinear:
+    """One fully connected layer of the integer contract.
+
+    Members
+    -------
+    codes : int64 ``[n_out, n_in]``
+        DoReFa codes ``q`` in ``[0, 2^width - 1]``; 0 wherever ``widths`` is 0.
+    widths : int64 ``[n_out, n_in]``
+        Element-wise bit widths in :data:`WIDTHS`.
+    in_bits : int
+        Width of the input activation codes.
+    out_bits : int
+        Width of the output codes, or 0 for the last layer (signed int32 scores).
+    mult : int64 ``[n_out]``
+        Requant multiplier ``M`` in ``[0, 2^MULT_BITS)``.
+    bias : int64 ``[n_out]``
+        Requant offset ``B`` (bias and rounding offset of the float model, in units of ``2^-shift``).
+    shift : int
+        Requant shift ``S`` >= 1.
+    """
+
+    codes: np.ndarray
+    widths: np.ndarray
+    in_bits: int
+    out_bits: int
+    mult: np.ndarray
+    bias: np.ndarray
+    shift: int
+    name: str = ""
+
+    @property
+    def n_out(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def n_in(self) -> int:
+        return int(self.codes.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class IntNetwork:
+    """A stack of :class:`IntLinear` layers; input codes have ``input_bits`` bits."""
+
+    input_bits: int
+    layers: tuple[IntLinear, ...]
+
+    def forward(self, u: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Integer inference. ``u``: int64 ``[N, n_in]`` input codes. Returns int64 ``[N, n_classes]``."""
+        x = torch.as_tensor(np.asarray(u), dtype=torch.int64)
+        for layer in self.layers:
+            x = layer_forward(layer, x)
+        return x
+
+    def predict(self, u) -> torch.Tensor:
+        """Class index of the highest score (lowest index on ties, like ``torch.argmax``)."""
+        return self.forward(u).argmax(dim=1)
+
+    @property
+    def avg_weight_bits(self) -> float:
+        total = sum(int(layer.widths.sum()) for layer in self.layers)
+        count = sum(layer.widths.size for layer in self.layers)
+        return total / count
+
+
+def check_layer(layer: IntLinear, where: str = "layer") -> None:
+    """Raise :class:`UserError` if ``layer`` breaks the contract (widths, code ranges, sizes)."""
+    w, q = layer.widths, layer.codes
+    if w.shape != q.shape or w.ndim != 2:
+        raise UserError(f"{where}: codes {q.shape} and widths {w.shape} must be equal 2-D shapes")
+    bad = ~np.isin(w, WIDTHS)
+    if bad.any():
+        raise UserError(f"{where}: field 'widths' holds {sorted(set(w[bad].tolist()))[:5]}; allowed {WIDTHS}")
+    limit = np.where(w == 32, D, (np.int64(1) << np.minimum(w, 31)) - 1)
+    if (q < 0).any() or (q > limit).any():
+        raise UserError(f"{where}: field 'codes' outside [0, 2^width - 1]")
+    if layer.n_in > MAX_FAN_IN:
+        raise UserError(f"{where}: n_in {layer.n_in} exceeds the supported maximum {MAX_FAN_IN}")
+    for field, bits in (("in_bits", layer.in_bits), ("out_bits", layer.out_bits)):
+        if not (bits == 0 and field == "out_bits") and not 1 <= bits <= MAX_ACT_BITS:
+            raise UserError(f"{where}: field '{field}' is {bits}; allowed 1..{MAX_ACT_BITS}")
+    if not 1 <= layer.shift <= 62:
+        raise UserError(f"{where}: field 'shift' is {layer.shift}; allowed 1..62")
+    if layer.mult.shape != (layer.n_out,) or layer.bias.shape != (layer.n_out,):
+        raise UserError(f"{where}: fields 'mult'/'bias' must have shape ({layer.n_out},)")
+    if (layer.mult < 0).any() or (layer.mult >= 1 << MULT_BITS).any():
+        raise UserError(f"{where}: field 'mult' outside [0, 2^{MULT_BITS})")
+    if (np.abs(layer.bias) >= 1 << 62).any():
+        raise UserError(f"{where}: field 'bias' outside (-2^62, 2^62)")
+
+
+def class_sums(layer: IntLinear, u: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Per-class unsigned sums ``S_m`` and the activation sum ``A`` (see module docstring)."""
+    q = torch.as_tensor(layer.codes, dtype=torch.int64)
+    w = torch.as_tensor(layer.widths, dtype=torch.int64)
+    sums = {m: u @ torch.where(w == m, q, 0).T for m in CLASSES}
+    act_sum = u @ (w != 0).to(torch.int64).T
+    return sums, act_sum
+
+
+def combine(sums: dict[int, torch.Tensor], act_sum: torch.Tensor) -> torch.Tensor:
+    """``acc = 2 * sum_m R_m S_m - D * A``: ``D`` times the exact dot product with DoReFa weights."""
+    acc = -D * act_sum
+    for m in CLASSES:
+        acc = acc + 2 * R[m] * sums[m]
+    return acc
+
+
+def requantize(acc: torch.Tensor, mult, bias, shift: int, out_bits: int) -> torch.Tensor:
+    """Floor shift, fixed-point multiply-add, round half up, then clamp (hidden) or saturate (scores)."""
+    t = acc >> ACC_SHIFT
+    y = (t * torch.as_tensor(mult) + torch.as_tensor(bias) + (1 << (shift - 1))) >> shift
+    if out_bits:
+        return y.clamp(0, (1 << out_bits) - 1)
+    return y.clamp(INT32_MIN, INT32_MAX)
+
+
+def layer_forward(layer: IntLinear, u: torch.Tensor) -> torch.Tensor:
+    sums, act_sum = class_sums(layer, u)
+    return requantize(combine(sums, act_sum), layer.mult, layer.bias, layer.shift, layer.out_bits)
+
+
+def requant_params(gain: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Fixed-point ``M``, ``B``, ``S`` so that ``y ~= gain * acc / D + offset`` (per output channel).
+
+    ``gain`` multiplies the exact dot product ``sum w u`` and ``offset`` is added after it, both in units
+    of the output code. ``S`` is the largest shift that keeps every ``M`` below ``2^MULT_BITS``, which
+    gives ``M`` 16 to 17 significant bits for the largest channel.
+    """
+    gain = np.asarray(gain, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.float64)
+    if (gain < 0).any() or not np.isfinite(gain).all() or not np.isfinite(offset).all():
+        raise UserError("requantization gain must be finite and non-negative (PACT alpha > 0)")
+    c = gain * (1 << ACC_SHIFT) / D
+    cmax = float(c.max()) if c.size and c.max() > 0 else 1.0
+    shift = int(math.floor(math.log2(((1 << MULT_BITS) - 1) / cmax)))
+    shift = max(1, min(62, shift))
+    while np.round(c * 2.0**shift).max() >= 1 << MULT_BITS:
+        shift -= 1
+    mult = np.round(c * 2.0**shift).astype(np.int64)
+    bias = np.round(offset * 2.0**shift).astype(np.int64)
+    return mult, bias, shift

@@ -1,0 +1,253 @@
+"""Packed weight image: round trips, a hand-computed image, sizes, and every rejection path."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.errors import UserError
+from model.golden import WIDTHS, D, IntLinear, IntNetwork
+from model.image import MAGIC, pack, read_image, regions, unpack, write_image
+
+FIELDS = ("codes", "widths", "mult", "bias")
+
+
+def random_layer(rng: np.random.Generator, n_in: int, n_out: int, in_bits: int, out_bits: int,
+                 probs: np.ndarray, zero_rows: float) -> IntLinear:
+    widths = rng.choice(WIDTHS, size=(n_out, n_in), p=probs)
+    widths[rng.random(n_out) < zero_rows] = 0
+    limit = np.where(widths == 32, D, (np.int64(1) << np.minimum(widths, 31)) - 1)
+    # Each code is 0, the largest code of its width (2^32 - 1 for 32 bits), or uniform in between.
+    uniform = np.minimum((rng.random(widths.shape) * (limit + 1.0)).astype(np.int64), limit)
+    codes = np.choose(rng.integers(0, 3, size=widths.shape), [np.zeros_like(limit), limit, uniform])
+    mult = rng.choice([0, (1 << 17) - 1, *rng.integers(0, 1 << 17, size=4)], size=n_out)
+    big = (1 << 62) - 1
+    bias = rng.choice([-big, -1, 0, big, *rng.integers(-big, big + 1, size=4)], size=n_out)
+    return IntLinear(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits,
+                     mult=mult, bias=bias, shift=int(rng.integers(1, 63)))
+
+
+@st.composite
+def networks(draw) -> IntNetwork:
+    n_layers = draw(st.integers(1, 3))
+    sizes = [draw(st.integers(1, 40))] + [draw(st.integers(1, 12)) for _ in range(n_layers)]
+    bits = [draw(st.integers(1, 8)) for _ in range(n_layers)] + [0]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    layers = []
+    for index in range(n_layers):
+        raw = np.array(draw(st.lists(st.sampled_from([0.0, 0.1, 1.0, 5.0]), min_size=5, max_size=5)))
+        probs = raw / raw.sum() if raw.sum() else np.eye(5)[0]  # all weights pruned
+        zero_rows = draw(st.sampled_from([0.0, 0.3, 1.0]))
+        layers.append(random_layer(rng, sizes[index], sizes[index + 1], bits[index], bits[index + 1],
+                                   probs, zero_rows))
+    return IntNetwork(input_bits=bits[0], layers=tuple(layers))
+
+
+def assert_same(a: IntNetwork, b: IntNetwork) -> None:
+    assert a.input_bits == b.input_bits and len(a.layers) == len(b.layers)
+    for x, y in zip(a.layers, b.layers):
+        assert (x.in_bits, x.out_bits, x.shift) == (y.in_bits, y.out_bits, y.shift)
+        for field in FIELDS:
+            u, v = getattr(x, field), getattr(y, field)
+            assert u.shape == v.shape and v.dtype == np.int64 and np.array_equal(u, v), field
+
+
+@settings(max_examples=150, deadline=None)
+@given(networks())
+def test_pack_unpack_roundtrip(net):
+    words = pack(net)
+    assert words.dtype == np.uint32 and words[4] == len(words)
+    assert_same(net, unpack(words))
+
+
+@settings(max_examples=100, deadline=None)
+@given(networks())
+def test_payload_costs_exactly_the_weight_bits(net):
+    words = pack(net)
+    for layer, reg in zip(net.layers, regions(net)):
+        bits = int(layer.widths.sum())  # 0-bit weights cost nothing
+        assert reg.payload_bits == bits and reg.payload_words == -(-bits // 32)
+        stream = np.unpackbits(words[reg.payload_base : reg.end].view(np.uint8), bitorder="little")
+        assert not stream[bits:].any()  # padding is zero
+        assert reg.mask_words == layer.n_out * -(-layer.n_in // 10) and reg.param_words == 3 * layer.n_out
+    assert regions(net)[-1].end == len(words)
+
+
+def tiny_net() -> IntNetwork:
+    layer = IntLinear(codes=np.array([[0xA, 0, 0xC3], [0xDEADBEEF, 0x1234, 0]]),
+                      widths=np.array([[4, 0, 8], [32, 16, 0]]), in_bits=4, out_bits=0,
+                      mult=np.array([5, 0x1FFFF]), bias=np.array([-3, (1 << 40) + 7]), shift=20, name="fc1")
+    return IntNetwork(input_bits=4, layers=(layer,))
+
+
+TINY_WORDS = [
+    0x4151504D, 1, 1, 4, 26, 0, 0, 0,  # header: magic, version, layers, input bits, words
+    3, 2, 0x00140004, 22, 24, 16, 1, 4,  # n_in, n_out, in|out<<8|shift<<16, mask, payload, params, 1/row, nnz
+    5, 0xFFFFFFFD, 0xFFFFFFFF,  # M=5, B=-3 (two's complement, low word first)
+    0x1FFFF, 7, 0x100,  # M=2^17-1, B=2^40+7
+    0x81,  # row 0 codes 1, 0, 2
+    0x1C,  # row 1 codes 4, 3, 0
+    0xDBEEFC3A,  # 0xA (bits 0-3), 0xC3 (4-11), low 20 bits of 0xDEADBEEF (12-31)
+    0x01234DEA,  # top 12 bits of 0xDEADBEEF (32-43), 0x1234 (44-59), zero padding
+]
+
+
+def test_tiny_image_by_hand():
+    words = pack(tiny_net())
+    assert words.tolist() == TINY_WORDS
+    assert_same(tiny_net(), unpack(np.array(TINY_WORDS, dtype=np.uint32)))
+
+
+def test_write_read_roundtrip(tmp_path):
+    net = tiny_net()
+    record = write_image(tmp_path / "img", net, extra={"scales": [0.5, 0.25]})
+    out = tmp_path / "img"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "weights.bin", "weights.hex"]
+    assert out.joinpath("weights.bin").read_bytes()[:4] == b"MPQA"
+    assert out.joinpath("weights.hex").read_text().splitlines() == [f"{w:08x}" for w in TINY_WORDS]
+    assert json.loads(out.joinpath("manifest.json").read_text()) == record
+    assert record["words"] == 26 and record["bytes"] == 104 and record["extra"] == {"scales": [0.5, 0.25]}
+    assert record["avg_weight_bits"] == 60 / 6 and record["input_bits"] == 4
+    assert record["layers"] == [{
+        "name": "fc1", "n_in": 3, "n_out": 2, "in_bits": 4, "out_bits": 0, "shift": 20,
+        "mask_base": 22, "mask_words": 2, "payload_base": 24, "payload_words": 2,
+        "param_base": 16, "param_words": 6, "nonzero": 4,
+        "width_counts": {"0": 2, "4": 1, "8": 1, "16": 1, "32": 1}}]
+    for path in (out, out / "manifest.json"):
+        back, man = read_image(path)
+        assert_same(net, back)
+        assert back.layers[0].name == "fc1" and man == record
+
+
+def test_large_layer_packs_fast():
+    rng = np.random.default_rng(1)
+    net = IntNetwork(4, (random_layer(rng, 1024, 300, 4, 0, np.full(5, 0.2), 0.0),))
+    start = time.perf_counter()
+    words = pack(net)
+    assert time.perf_counter() - start < 1.0
+    assert_same(net, unpack(words))
+
+
+def corrupt(index: int, value: int) -> np.ndarray:
+    words = np.array(TINY_WORDS, dtype=np.uint32)
+    words[index] = value
+    return words
+
+
+@pytest.mark.parametrize("words, field", [
+    (corrupt(0, MAGIC ^ 1), "'magic'"),
+    (corrupt(1, 2), "'version'"),
+    (np.array(TINY_WORDS[:-1], dtype=np.uint32), "'words'"),
+    (corrupt(4, 27), "'words'"),
+    (corrupt(2, 0), "'layers'"),
+    (corrupt(3, 9), "'input_bits'"),
+    (corrupt(6, 1), "'reserved'"),
+    (corrupt(8, 0), "'layer 0 n_in'"),
+    (corrupt(8, 4097), "'layer 0 n_in'"),
+    (corrupt(9, 10**6), "'layer 0 n_out'"),
+    (corrupt(9, 5), "'layer 0 n_out'"),  # params and mask would end past the image
+    (corrupt(10, 0x00140009), "'layer 0 in_bits'"),
+    (corrupt(10, 0x00000004), "'layer 0 shift'"),
+    (corrupt(10, 0x00400004), "'layer 0 shift'"),
+    (corrupt(10, 0x01140004), "'layer 0 bits/shift'"),
+    (corrupt(11, 23), "'layer 0 mask_base'"),
+    (corrupt(12, 25), "'layer 0 payload_base'"),
+    (corrupt(13, 8), "'layer 0 param_base'"),
+    (corrupt(14, 2), "'layer 0 mask_words_per_row'"),
+    (corrupt(15, 5), "'layer 0 nonzero'"),
+    (corrupt(22, 0x81 | 5 << 3), "'layer 0 mask'"),  # reserved code 5
+    (corrupt(22, 0x81 | 1 << 9), "'layer 0 mask'"),  # code past n_in
+    (corrupt(22, 0x81 | 1 << 30), "'layer 0 mask'"),  # bits 30-31
+    (corrupt(22, 0xC1), "'layer 0 payload_base'"),  # 8 more payload bits: a third word, past the end
+    (corrupt(22, 0x41), "'layer 0 payload'"),  # 4 fewer: 0x1234's top bits land in the padding
+    (corrupt(25, 0x11234DEA), "'layer 0 payload'"),  # non-zero padding
+    (corrupt(16, 1 << 17), "'mult'"),
+    (corrupt(18, 0x40000000), "'bias'"),
+])
+def test_unpack_rejects(words, field):
+    with pytest.raises(UserError) as info:
+        unpack(words, where="bad.bin")
+    assert "bad.bin" in str(info.value) and field in str(info.value)
+
+
+def test_reserved_code_names_allowed_values():
+    with pytest.raises(UserError, match=r"code 5 for weight \(0, 1\).*allowed codes 0\.\.4"):
+        unpack(corrupt(22, 0x81 | 5 << 3), where="bad.bin")
+
+
+def test_pack_rejects_unchained_layers():
+    layer = tiny_net().layers[0]
+    with pytest.raises(UserError, match="'in_bits'"):
+        pack(IntNetwork(input_bits=3, layers=(layer,)))
+    with pytest.raises(UserError, match="'n_in'"):
+        pack(IntNetwork(input_bits=4, layers=(dataclasses.replace(layer, out_bits=4), layer)))
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    write_image(tmp_path, tiny_net())
+    return tmp_path
+
+
+def test_read_rejects_checksum_mismatch(image_dir):
+    data = bytearray((image_dir / "weights.bin").read_bytes())
+    data[50] ^= 0x01
+    (image_dir / "weights.bin").write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"weights\.bin.*'sha256'.*expects [0-9a-f]{64}.*has [0-9a-f]{64}"):
+        read_image(image_dir)
+
+
+def test_read_rejects_wrong_size(image_dir):
+    (image_dir / "weights.bin").write_bytes((image_dir / "weights.bin").read_bytes()[:-4])
+    with pytest.raises(UserError, match=r"weights\.bin.*'bytes'"):
+        read_image(image_dir)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("{", "'format'"), ("[]", "'format'"), ('{"format": "other", "version": 1}', "'format'"),
+    ('{"format": "mpqaccel-image", "version": 2}', "'version'"),
+])
+def test_read_rejects_bad_manifest(image_dir, text, field):
+    (image_dir / "manifest.json").write_text(text)
+    with pytest.raises(UserError) as info:
+        read_image(image_dir)
+    assert "manifest.json" in str(info.value) and field in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "weights.bin"])
+def test_read_rejects_missing_file(image_dir, name):
+    (image_dir / name).unlink()
+    with pytest.raises(UserError, match=rf"{name}: file not found"):
+        read_image(image_dir)
+
+
+def test_write_leaves_no_partial_files(tmp_path):
+    good = tiny_net()
+    bad_layer = dataclasses.replace(good.layers[0], widths=np.array([[4, 0, 3], [32, 16, 0]]))
+    bad = IntNetwork(input_bits=4, layers=(bad_layer,))
+    with pytest.raises(UserError, match="'widths'"):
+        write_image(tmp_path / "new", bad)
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    # A failed write over an existing image keeps the old one intact and leaves no temporaries.
+    record = write_image(tmp_path / "old", good)
+    with pytest.raises(UserError, match="'widths'"):
+        write_image(tmp_path / "old", bad)
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["manifest.json", "weights.bin",
+                                                                     "weights.hex"]
+    assert read_image(tmp_path / "old")[1] == record
+
+
+def test_write_cleans_up_when_a_file_fails(tmp_path, monkeypatch):
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("model.image.os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_image(tmp_path, tiny_net())
+    assert list(tmp_path.iterdir()) == []
