@@ -13,6 +13,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from model.golden import CLASSES, MAX_ACT_BITS, MAX_FAN_IN
+
 from .weight_decoder import CODE_OF_WIDTH
 
 #: Bits of each class accumulator: max code * max activation * max fan-in, exactly.

@@ -137,17 +137,16 @@ class ParamReader(wiring.Component):
         m.d.comb += self.i.ready.eq((part != 2) | ~self.o.valid | self.o.ready)
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            with m.Switch(part):
-                with m.Case(0):
-                    m.d.sync += [mult.eq(self.i.payload), part.eq(1)]
-                with m.Case(1):
-                    m.d.sync += [bias_lo.eq(self.i.payload), part.eq(2)]
-                with m.Case(2):
-                    m.d.sync += [
-                        self.o.payload.mult.eq(mult),
-                        self.o.payload.bias.eq(Cat(bias_lo, self.i.payload)),
-                        self.o.valid.eq(1),
-                        part.eq(0),
-                    ]
+        with m.If(self.i.valid & self.i.ready), m.Switch(part):
+            with m.Case(0):
+                m.d.sync += [mult.eq(self.i.payload), part.eq(1)]
+            with m.Case(1):
+                m.d.sync += [bias_lo.eq(self.i.payload), part.eq(2)]
+            with m.Case(2):
+                m.d.sync += [
+                    self.o.payload.mult.eq(mult),
+                    self.o.payload.bias.eq(Cat(bias_lo, self.i.payload)),
+                    self.o.valid.eq(1),
+                    part.eq(0),
+                ]
         return m

@@ -1,0 +1,86 @@
+"""Resource report: Yosys ``synth_xilinx`` on generated Verilog, counted against the XC7Z020.
+
+Yosys is the Debian package (``yosys``, 0.23 here; the Makefile installs it): its ``synth_xilinx`` maps
+to 7-series primitives (DSP48E1, RAMB36E1/RAMB18E1, LUT1-6, LUTRAM, FDRE...) in seconds, where the
+WebAssembly build on PyPI takes minutes. The counts are Yosys' mapping, not Vivado's: Vivado packs LUTs
+and registers differently, but DSP48E1 and block RAM counts agree for inferred multipliers and memories.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from model.errors import UserError
+
+#: XC7Z020 programmable-logic capacity (DS190, Zynq-7000 overview, table 1).
+XC7Z020 = {"dsp": 220, "lut": 53200, "ff": 106400, "bram36": 140}
+
+# LUTs a LUTRAM primitive occupies (UG474: RAM32M and RAM64M use four SLICEM LUTs, RAM32X1D two...).
+_LUTRAM_LUTS = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM32X1S": 1,
+                "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4, "SRL16E": 1, "SRLC32E": 1}
+
+
+@dataclass(frozen=True)
+class Resources:
+    dsp: int
+    lut: int
+    ff: int
+    bram36: float
+    cells: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def utilisation(self) -> dict:
+        """Fraction of the XC7Z020 used, per resource."""
+        return {k: getattr(self, k) / cap for k, cap in XC7Z020.items()}
+
+    def fits(self) -> bool:
+        return all(getattr(self, k) <= cap for k, cap in XC7Z020.items())
+
+
+def yosys_binary() -> str:
+    path = shutil.which("yosys")
+    if path is None:
+        raise UserError("yosys not found on PATH; install it with `apt-get install yosys` (the Makefile does)")
+    return path
+
+
+def parse_stat(text: str) -> Resources:
+    """Cell counts from the flattened design's ``stat`` output."""
+    cells: dict[str, int] = {}
+    for name, count in re.findall(r"^\s+([A-Z][A-Z0-9_]+)\s+(\d+)\s*$", text, flags=re.MULTILINE):
+        cells[name] = cells.get(name, 0) + int(count)
+    lut = sum(v for k, v in cells.items() if re.fullmatch(r"LUT[1-6]", k))
+    lut += sum(cells.get(k, 0) * n for k, n in _LUTRAM_LUTS.items())
+    ff = sum(v for k, v in cells.items() if re.fullmatch(r"FD[A-Z]*", k))
+    bram36 = cells.get("RAMB36E1", 0) + cells.get("RAMB18E1", 0) / 2
+    return Resources(dsp=cells.get("DSP48E1", 0), lut=lut, ff=ff, bram36=bram36, cells=cells)
+
+
+def synthesize(verilog_path, top: str, *, log_path=None) -> Resources:
+    """Run ``synth_xilinx -flatten`` on ``verilog_path`` and count what it mapped to."""
+    verilog_path = Path(verilog_path)
+    if not verilog_path.is_file():
+        raise UserError(f"{verilog_path}: no such Verilog file")
+    script = f"read_verilog {verilog_path}; synth_xilinx -family xc7 -flatten -top {top}; stat"
+    proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
+    if log_path is not None:
+        Path(log_path).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise RuntimeError(f"yosys failed on {verilog_path} (exit {proc.returncode}):\n{tail}")
+    stat = proc.stdout[proc.stdout.rfind("Printing statistics"):]
+    return parse_stat(stat)
+
+
+def format_table(res: Resources) -> str:
+    rows = [f"{'resource':<10}{'used':>10}{'XC7Z020':>10}{'use':>8}"]
+    for key, cap in XC7Z020.items():
+        used = getattr(res, key)
+        rows.append(f"{key:<10}{used:>10g}{cap:>10}{used / cap:>8.1%}")
+    return "\n".join(rows)
