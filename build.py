@@ -290,7 +290,7 @@ def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
     p.add_argument("--rho", type=float, default=0.3, help="IMQ quantize ratio per iteration (default: 0.3)")
     p.add_argument("--target-bits", type=float, default=4.0, help="stop at this average width (default: 4)")
     p.add_argument("--max-iterations", type=int, default=25, help="IMQ iteration limit (default: 25)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per IMQ iteration (default: 30)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per IMQ iteration (default: 20)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="magnitude ranking across all layers or per layer (default: global)")

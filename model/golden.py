@@ -196,7 +196,7 @@ def requant_params(gain: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np
         raise UserError("requantization gain must be finite and non-negative (PACT alpha > 0)")
     c = gain * (1 << ACC_SHIFT) / D
     cmax = float(c.max()) if c.size and c.max() > 0 else 1.0
-    shift = int(math.floor(math.log2(((1 << MULT_BITS) - 1) / cmax)))
+    shift = math.floor(math.log2(((1 << MULT_BITS) - 1) / cmax))
     shift = max(1, min(62, shift))
     while np.round(c * 2.0**shift).max() >= 1 << MULT_BITS:
         shift -= 1
