@@ -283,15 +283,30 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+def bounded(kind, lo, hi):
+    """An argparse type that rejects values outside ``[lo, hi]`` with the allowed range in the message."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range {lo}..{hi}")
+        return value
+
+    return parse
+
+
 def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
     p.add_argument("--data", default="digits", help="dataset (default: digits, scikit-learn's 8x8 digits)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[64], help="hidden layer sizes (default: 64)")
-    p.add_argument("--act-bits", type=int, default=4, help="PACT activation bits, 1..8 (default: 4)")
-    p.add_argument("--rho", type=float, default=0.3, help="IMQ quantize ratio per iteration (default: 0.3)")
-    p.add_argument("--target-bits", type=float, default=4.0, help="stop at this average width (default: 4)")
-    p.add_argument("--max-iterations", type=int, default=25, help="IMQ iteration limit (default: 25)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs per IMQ iteration (default: 20)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--hidden", type=bounded(int, 1, 4096), nargs="+", default=[64], help="hidden layer sizes (default: 64)")
+    p.add_argument("--act-bits", type=bounded(int, 1, 8), default=4, help="PACT activation bits, 1..8 (default: 4)")
+    p.add_argument("--rho", type=bounded(float, 0.0, 1.0), default=0.3, help="IMQ quantize ratio per iteration (default: 0.3)")
+    p.add_argument("--target-bits", type=bounded(float, 0.0, 32.0), default=4.0, help="stop at this average width (default: 4)")
+    p.add_argument("--max-iterations", type=bounded(int, 1, 1000), default=25, help="IMQ iteration limit (default: 25)")
+    p.add_argument("--epochs", type=bounded(int, 1, 100000), default=20, help="epochs per IMQ iteration (default: 20)")
+    p.add_argument("--lr", type=bounded(float, 1e-8, 10.0), default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="magnitude ranking across all layers or per layer (default: global)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -322,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verilog", help="image -> accelerator Verilog and a Vivado build plan (XDC, TCL)")
     p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
     p.add_argument("--board", default="arty_z7_20", choices=("arty_z7_20",), help="XC7Z020 board")
-    p.add_argument("--selftest-images", type=int, default=16,
+    p.add_argument("--selftest-images", type=bounded(int, 1, 360), default=16,
                    help="test images in the on-board self-test ROM (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "verilog"), help="output directory")
@@ -332,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
     p.add_argument("--simulator", choices=("icarus", "verilator"), default="icarus",
                    help="HDL simulator (default: icarus)")
-    p.add_argument("--images", type=int, default=None, help="number of test images (default: all)")
+    p.add_argument("--images", type=bounded(int, 1, 360), default=None, help="number of test images (default: all)")
     p.add_argument("--no-stall", action="store_true", help="no random back-pressure (cycle measurement)")
     p.add_argument("--seed", type=int, default=0, help="data split and stall seed (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "sim"), help="output directory")

@@ -55,10 +55,11 @@ class WordFetcher(wiring.Component):
 
         addr = Signal.like(self.addr)
         inflight = Signal()
-        # Outstanding words: what the FIFO holds plus the read whose data arrives next cycle.
-        occupancy = Signal(unsigned(fifo.level.shape().width + 1))
+        # Words the FIFO will hold next cycle without new reads: what it holds, plus the read in flight,
+        # less the word popped now. Counting the popped word keeps one read a cycle going at depth 2.
+        occupancy = Signal(range(self._depth + 2))
         m.d.comb += [
-            occupancy.eq(fifo.level + inflight),
+            occupancy.eq(fifo.level + inflight - (self.o.valid & self.o.ready)),
             self.req.eq(~self.start & (occupancy < self._depth)),
             self.addr.eq(addr),
             fifo.w_data.eq(self.data),
@@ -72,5 +73,4 @@ class WordFetcher(wiring.Component):
             m.d.sync += addr.eq(self.base)
         with m.Elif(self.req & self.grant):
             m.d.sync += addr.eq(addr + 1)
-        # `occupancy` counts the popped word of this cycle too: the FIFO never overflows.
         return m

@@ -78,9 +78,12 @@ def synthesize(verilog_path, top: str, *, log_path=None) -> Resources:
     return parse_stat(stat)
 
 
+LABELS = {"dsp": "DSP48E1", "lut": "LUT", "ff": "FF", "bram36": "RAMB36"}
+
+
 def format_table(res: Resources) -> str:
     rows = [f"{'resource':<10}{'used':>10}{'XC7Z020':>10}{'use':>8}"]
     for key, cap in XC7Z020.items():
         used = getattr(res, key)
-        rows.append(f"{key:<10}{used:>10g}{cap:>10}{used / cap:>8.1%}")
+        rows.append(f"{LABELS[key]:<10}{used:>10g}{cap:>10}{used / cap:>8.1%}")
     return "\n".join(rows)

