@@ -115,7 +115,7 @@ def train_ticket(args, out: Path):
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    model, float_acc, history, _ = train_ticket(args, out)
+    _model, float_acc, history, _ = train_ticket(args, out)
     rows = [(f"iter {r.iteration}: {r.avg_bits:6.2f} bits", r.accuracy) for r in history]
     print_table([("float", float_acc), *rows], "IMQ (test accuracy)")
     print(f"\nwrote {out / 'ticket.pt'}, {out / 'imq_history.json'}, {out / 'imq.png'}")
@@ -163,9 +163,7 @@ def golden_vectors(image_dir: Path, count: int | None, seed: int):
 def cmd_verilog(args) -> int:
     from hw.board import write_build_plan
     from hw.verilog import write_verilog
-    from model.image import read_image
-
-    from model.image import pack
+    from model.image import pack, read_image
 
     net, _ = read_image(args.image)
     words = pack(net)

@@ -1,6 +1,6 @@
 """Sequential word prefetcher: streams consecutive words of the global buffer into a small FIFO."""
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Signal
 from amaranth.hdl import ResetInserter
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO

@@ -1,5 +1,7 @@
 """Random integer networks for hardware tests (shared by the Amaranth and cocotb tests)."""
 
+import itertools
+
 import numpy as np
 
 from model.golden import IntLinear, IntNetwork, requant_params
@@ -9,7 +11,7 @@ def random_network(rng: np.random.Generator, sizes=(23, 17, 5), act_bits=4,
                    probs=(0.4, 0.25, 0.15, 0.1, 0.1)) -> IntNetwork:
     """A network with element-wise widths drawn from ``probs`` over (0, 4, 8, 16, 32) and realistic requant."""
     layers = []
-    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         widths = rng.choice([0, 4, 8, 16, 32], size=(n_out, n_in), p=probs).astype(np.int64)
         top = np.where(widths == 32, (1 << 32) - 1, (1 << np.minimum(widths, 31)) - 1)
         codes = (rng.random((n_out, n_in)) * (top.astype(np.float64) + 1)).astype(np.int64)

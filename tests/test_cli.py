@@ -12,7 +12,7 @@ COMMANDS = ("demo", "train", "export", "verilog", "sim", "synth")
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, args)], check=False, cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 
 
