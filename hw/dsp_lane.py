@@ -71,6 +71,12 @@ DSP_LATENCY = DSP48E1_ATTRIBUTES["AREG"] + DSP48E1_ATTRIBUTES["MREG"] + DSP48E1_
 M_STAGE = DSP_LATENCY - 1  # pipeline stage whose product enters P at the next edge
 
 
+def lane_latency(plan: PackingPlan) -> int:
+    """Cycles from accepting an operand set with ``last`` to its sums on ``o``: the remaining chunks,
+    the DSP's M and P registers, and the drain into the output register."""
+    return plan.chunks - 1 + DSP_LATENCY + 1
+
+
 def operand_layout(plan: PackingPlan) -> data.StructLayout:
     return data.StructLayout({
         "w": data.ArrayLayout(plan.weight_bits, plan.weights),
@@ -126,7 +132,7 @@ class PackedDspLane(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from the last operand set's acceptance to its sums on ``o`` (no back-pressure)."""
-        return self._plan.chunks - 1 + DSP_LATENCY + 1
+        return lane_latency(self._plan)
 
     def elaborate(self, platform):
         m = Module()

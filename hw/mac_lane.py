@@ -1,31 +1,35 @@
-"""MAC lane: DSP48E1 products of weight codes and activation codes, summed per bit-width class.
+"""MAC lane: packed DSP48E1 products of one weight with a batch of images, summed per bit-width class.
 
-One lane takes one non-zero weight a cycle. The unsigned product ``q * u`` of a weight code (up to 32 bits)
-and an activation code (up to 8 bits) is split in two 16 x 8 products, each a DSP48E1 multiply (a product
-of 24 bits, above Yosys' 9-bit threshold for DSP mapping), so a 32-bit weight costs no extra cycle; a
-narrower weight leaves the upper multiplier idle. The products go to one of four exact accumulators, one
-per width class, and the activation codes to the sum ``A`` (model/golden.py): the class constants are
-applied once per output by :mod:`hw.requant`, never per multiply.
+One non-zero weight enters per cycle and multiplies the activations of ``batch`` images at its input
+index (weight broadcast: a pruned weight is skipped for every image at once, so element-wise sparsity
+idles no DSP lane). The weight code (up to 32 bits) is cut into chunks; each chunk drives one
+:class:`~hw.dsp_lane.PackedDspLane` per group of images:
+
+* ``batch == 1``: two 16-bit chunks, one image per DSP (``plan(16, 8)``): 2 DSP48E1;
+* ``batch >= 2``: four 8-bit chunks, two images per DSP (``plan(8, 8)``: activations at bits 0 and 16 of
+  A, products in 16-bit slots of P): ``2 * batch`` DSP48E1, two exact products per DSP and cycle; a
+  32-bit weight still takes one cycle, and ``batch`` images share every decoded weight.
+
+The lanes drain every product (``last`` on each operand set): consecutive weights usually belong to
+different width classes, whose sums must stay apart (``S_4 .. S_32``, model/golden.py), so P cannot
+accumulate across them. The per-image, per-class sums are kept in LUT accumulators; the class constants
+are applied once per output by :mod:`hw.requant`, never per multiply.
 """
 
 from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from model.golden import CLASSES, MAX_ACT_BITS, MAX_FAN_IN
 
+from .dsp_lane import PackedDspLane, lane_latency
+from .packing import plan
 from .weight_decoder import CODE_OF_WIDTH
 
 #: Bits of each class accumulator: max code * max activation * max fan-in, exactly.
 SUM_BITS = {m: (((1 << m) - 1) * ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN).bit_length() for m in CLASSES}
 ACT_SUM_BITS = (((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN).bit_length()
-
-OPERAND_LAYOUT = data.StructLayout({
-    "code": unsigned(3),
-    "q": unsigned(32),
-    "u": unsigned(MAX_ACT_BITS),
-    "row_end": unsigned(1),
-})
 
 ROW_SUMS_LAYOUT = data.StructLayout({
     **{f"s{m}": unsigned(SUM_BITS[m]) for m in CLASSES},
@@ -33,72 +37,132 @@ ROW_SUMS_LAYOUT = data.StructLayout({
 })
 
 
-class MacLane(wiring.Component):
-    """Per-class multiply-accumulate over one output row at a time.
+def operand_layout(batch: int) -> data.StructLayout:
+    return data.StructLayout({
+        "code": unsigned(3),
+        "q": unsigned(32),
+        "u": data.ArrayLayout(MAX_ACT_BITS, batch),
+        "row_end": unsigned(1),
+    })
 
-    Latency from an operand to the row sums it closes: :attr:`latency` cycles.
+
+class MacLane(wiring.Component):
+    """Per-class multiply-accumulate of one output row for ``batch`` images at a time.
+
+    Parameters
+    ----------
+    batch : int
+        Images processed together (1, or an even number up to 16).
 
     Members
     -------
-    i : In(stream.Signature(OPERAND_LAYOUT))
-        Weight code (width code 0 = no weight, only a row end), activation code, row end flag.
-    o : Out(stream.Signature(ROW_SUMS_LAYOUT))
-        The exact class sums ``S_4 .. S_32`` and ``A`` of each row.
+    i : In(stream.Signature(operand_layout(batch)))
+        Weight code (width code 0 = no weight, only a row end), the images' activation codes, row end.
+    o : Out(stream.Signature(data.ArrayLayout(ROW_SUMS_LAYOUT, batch)))
+        Each image's exact class sums ``S_4 .. S_32`` and ``A`` for the row.
     """
 
-    i: In(stream.Signature(OPERAND_LAYOUT))
-    o: Out(stream.Signature(ROW_SUMS_LAYOUT))
+    def __init__(self, batch: int = 1):
+        if batch != 1 and (batch % 2 or not 2 <= batch <= 16):
+            raise ValueError(f"batch must be 1 or an even number in 2..16, not {batch!r}")
+        self._batch = batch
+        self._plan = plan(16 if batch == 1 else 8, MAX_ACT_BITS, weights=1)
+        super().__init__({
+            "i": In(stream.Signature(operand_layout(batch))),
+            "o": Out(stream.Signature(data.ArrayLayout(ROW_SUMS_LAYOUT, batch))),
+        })
 
-    latency = 2
+    @property
+    def batch(self) -> int:
+        return self._batch
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a row's last operand to its sums on ``o`` (DSP lane, then the accumulators)."""
+        return lane_latency(self._plan) + 1
+
+    @property
+    def dsp_count(self) -> int:
+        return self.chunks * self.groups
+
+    @property
+    def chunks(self) -> int:
+        return 32 // self._plan.weight_chunk
+
+    @property
+    def groups(self) -> int:
+        return -(-self._batch // self._plan.acts)
 
     def elaborate(self, platform):
         m = Module()
+        p = self._plan
+        batch, chunk = self._batch, p.weight_chunk
+        lanes = [[PackedDspLane(p, count_bits=1) for _ in range(self.groups)] for _ in range(self.chunks)]
+        for c, row in enumerate(lanes):
+            for g, lane in enumerate(row):
+                m.submodules[f"dsp_c{c}_g{g}"] = lane
+        flat = [lane for row in lanes for lane in row]
 
-        # Stage 1: the two DSP multiplies (operands straight from the input, product registered: DSP M reg).
-        p_lo = Signal(16 + MAX_ACT_BITS)
-        p_hi = Signal(16 + MAX_ACT_BITS)
-        s1_valid = Signal()
-        s1_code = Signal(3)
-        s1_u = Signal(MAX_ACT_BITS)
-        s1_end = Signal()
+        # Side band (width code, activation codes, row end) waits in a FIFO for the products.
+        side_layout = data.StructLayout({"code": unsigned(3), "u": data.ArrayLayout(MAX_ACT_BITS, batch),
+                                         "row_end": unsigned(1)})
+        m.submodules.side = side = SyncFIFO(width=side_layout.size, depth=flat[0].latency + 2)
+        side_in = data.View(side_layout, side.w_data)
+        side_out = data.View(side_layout, side.r_data)
 
-        s2_take = Signal()  # stage 2 takes stage 1's operand this cycle
+        lanes_ready = Signal()
+        m.d.comb += lanes_ready.eq(flat[0].i.ready)
+        accept = Signal()
+        m.d.comb += [
+            self.i.ready.eq(lanes_ready & side.w_rdy),
+            accept.eq(self.i.valid & self.i.ready),
+            side.w_en.eq(accept),
+            side_in.code.eq(self.i.payload.code),
+            side_in.u.eq(self.i.payload.u),
+            side_in.row_end.eq(self.i.payload.row_end),
+        ]
+        for c, row in enumerate(lanes):
+            for g, lane in enumerate(row):
+                m.d.comb += [
+                    lane.i.valid.eq(accept),
+                    lane.i.payload.w[0].eq(self.i.payload.q[c * chunk:(c + 1) * chunk]),
+                    lane.i.payload.last.eq(1),
+                ]
+                for k in range(p.acts):
+                    image = g * p.acts + k
+                    if image < batch:
+                        m.d.comb += lane.i.payload.a[k].eq(self.i.payload.u[image])
+
+        # Accumulate: each image's product (chunks shifted into place) into its class.
+        products_valid = Signal()
+        take = Signal()
         out_free = Signal()
         m.d.comb += [
+            products_valid.eq(flat[0].o.valid & side.r_rdy),
             out_free.eq(~self.o.valid | self.o.ready),
-            s2_take.eq(s1_valid & (~s1_end | out_free)),
-            self.i.ready.eq(~s1_valid | s2_take),
+            take.eq(products_valid & (~side_out.row_end | out_free)),
+            side.r_en.eq(take),
         ]
-        with m.If(self.i.ready):
-            m.d.sync += [
-                s1_valid.eq(self.i.valid),
-                p_lo.eq(self.i.payload.q[:16] * self.i.payload.u),
-                p_hi.eq(self.i.payload.q[16:] * self.i.payload.u),
-                s1_code.eq(self.i.payload.code),
-                s1_u.eq(self.i.payload.u),
-                s1_end.eq(self.i.payload.row_end),
-            ]
-
-        # Stage 2: accumulate into the product's class; a row end hands the sums over and clears them.
-        product = Signal(32 + MAX_ACT_BITS)
-        m.d.comb += product.eq(p_lo + (p_hi << 16))
-        sums = {c: Signal(SUM_BITS[c], name=f"sum{c}") for c in CLASSES}
-        act_sum = Signal(ACT_SUM_BITS)
-        nxt = {c: Signal(SUM_BITS[c], name=f"next{c}") for c in CLASSES}
-        nxt_a = Signal(ACT_SUM_BITS)
-        weighted = s1_code != 0
-        for c in CLASSES:
-            m.d.comb += nxt[c].eq(Mux(s1_code == CODE_OF_WIDTH[c], sums[c] + product, sums[c]))
-        m.d.comb += nxt_a.eq(Mux(weighted, act_sum + s1_u, act_sum))
-
+        for lane in flat:
+            m.d.comb += lane.o.ready.eq(take)
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(s2_take):
-            with m.If(s1_end):
-                m.d.sync += self.o.valid.eq(1)
-                m.d.sync += [getattr(self.o.payload, f"s{c}").eq(nxt[c]) for c in CLASSES]
-                m.d.sync += self.o.payload.a.eq(nxt_a)
-                m.d.sync += [sums[c].eq(0) for c in CLASSES] + [act_sum.eq(0)]
-            with m.Else():
-                m.d.sync += [sums[c].eq(nxt[c]) for c in CLASSES] + [act_sum.eq(nxt_a)]
+        with m.If(take & side_out.row_end):
+            m.d.sync += self.o.valid.eq(1)
+        weighted = side_out.code != 0
+        for image in range(batch):
+            g, k = divmod(image, p.acts)
+            product = Signal(32 + MAX_ACT_BITS, name=f"product{image}")
+            m.d.comb += product.eq(sum(lanes[c][g].o.payload[0][k] << (c * chunk) for c in range(self.chunks)))
+            sums = {cl: Signal(SUM_BITS[cl], name=f"sum{cl}_{image}") for cl in CLASSES}
+            act_sum = Signal(ACT_SUM_BITS, name=f"act_sum{image}")
+            nxt = {cl: Mux(side_out.code == CODE_OF_WIDTH[cl], sums[cl] + product, sums[cl]) for cl in CLASSES}
+            nxt_a = Mux(weighted, act_sum + side_out.u[image], act_sum)
+            out = self.o.payload[image]
+            with m.If(take):
+                with m.If(side_out.row_end):
+                    m.d.sync += [getattr(out, f"s{cl}").eq(nxt[cl]) for cl in CLASSES] + [out.a.eq(nxt_a)]
+                    m.d.sync += [sums[cl].eq(0) for cl in CLASSES] + [act_sum.eq(0)]
+                with m.Else():
+                    m.d.sync += [sums[cl].eq(nxt[cl]) for cl in CLASSES] + [act_sum.eq(nxt_a)]
         return m

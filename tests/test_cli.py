@@ -68,8 +68,9 @@ def test_synth_maps_multipliers_to_dsp48e1(flow):
     res = cli("synth", "--image", flow / "image", "--out", flow / "synth")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((flow / "synth" / "resources.json").read_text())
-    # Two DSP48E1 in the MAC lane (16 x 8 halves of a 32 x 8 product), three for the 44 x 18 requant multiply.
-    assert report["dsp"] == 5
+    # Default batch 2: four packed lanes (one per 8-bit weight chunk, two images each), three DSP48E1 for
+    # the 44 x 18 requant multiply.
+    assert report["dsp"] == 7
     assert report["fits_xc7z020"] is True
     assert "DSP48E1" in res.stdout
 
@@ -100,3 +101,5 @@ def test_corrupt_image_is_a_clear_error(flow, tmp_path):
 def test_out_of_range_option_is_rejected():
     res = cli("train", "--act-bits", 12)
     assert res.returncode == 2 and "1..8" in res.stderr
+    res = cli("sim", "--batch", 3)
+    assert res.returncode == 2 and "even" in res.stderr

@@ -157,3 +157,25 @@ def test_accelerator_rejects_bad_depths(name, bad):
     value = bad(len(words))
     with pytest.raises(ValueError, match=rf"^{name} .*not {value!r}$"):
         Accelerator(words, **{name: value})
+
+
+@pytest.mark.parametrize(("name", "batch"), [("two-layer", 2), ("three-layer-pruned-middle", 2),
+                                             ("all-32-bit-8-bit-acts", 4), ("sparse-4-bit-2-bit-acts", 4),
+                                             ("one-input-one-class", 2)])
+def test_batched_accelerator_matches_golden(name, batch):
+    """``batch`` images share every decoded weight (packed DSP lanes); scores still leave image by image."""
+    sizes, act_bits, probs, pruned, p_gap, p_stall = CASES[name]
+    seed = 50 + list(CASES).index(name)
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, sizes=sizes, act_bits=act_bits, probs=probs)
+    if pruned is not None:
+        net = prune_layer(net, pruned)
+    dut = check(net, images_for(rng, net, 2 * batch), seed, p_gap, p_stall, batch=batch)
+    assert dut.batch == batch
+
+
+@pytest.mark.parametrize("bad", [3, 0, 18])
+def test_accelerator_rejects_bad_batch(bad):
+    words = pack(random_network(np.random.default_rng(0), sizes=(4, 2)))
+    with pytest.raises(ValueError, match=f"batch must be 1 or an even number in 2..16, not {bad}"):
+        Accelerator(words, batch=bad)

@@ -39,10 +39,10 @@ class Source:
             self.gap -= 1
 
 
-def run_lane(operands, n_rows, seed, p_gap, p_stall):
+def run_lane(operands, n_rows, seed, p_gap, p_stall, batch=1):
     """Feed ``operands`` (dicts of the operand layout); return the row sums and the transfer cycles."""
     rng = np.random.default_rng(seed)
-    dut = MacLane()
+    dut = MacLane(batch)
     got, in_cycles, out_cycles = [], [], []
 
     async def bench(ctx):
@@ -62,7 +62,8 @@ def run_lane(operands, n_rows, seed, p_gap, p_stall):
                 assert ov and sums == held, "row sums changed or vanished before their transfer"
             held = sums if ov and not orr else None
             if ov and orr:
-                got.append({**{m: int(getattr(sums, f"s{m}")) for m in CLASSES}, "a": int(sums.a)})
+                got.append([{**{m: int(getattr(sums[k], f"s{m}")) for m in CLASSES}, "a": int(sums[k].a)}
+                            for k in range(batch)])
                 out_cycles.append(cycle)
         assert len(got) == n_rows, f"lane stalled after {len(got)} of {n_rows} rows"
         for _ in range(5):  # nothing more
@@ -77,17 +78,21 @@ def run_lane(operands, n_rows, seed, p_gap, p_stall):
     return got, in_cycles, out_cycles
 
 
-def model_sums(rows):
-    """Plain Python: S_m = sum of q * u over the row's code-m operands, A = sum of u over weighted ones."""
+def model_sums(rows, batch=1):
+    """Plain Python, per image k: S_m = sum of q * u[k] over the row's code-m operands, A = sum of u[k]
+    over weighted ones."""
     out = []
     for row in rows:
-        sums = {m: sum(op["q"] * op["u"] for op in row if op["code"] == CODE[m]) for m in CLASSES}
-        sums["a"] = sum(op["u"] for op in row if op["code"] != 0)
-        out.append(sums)
+        images = []
+        for k in range(batch):
+            sums = {m: sum(op["q"] * op["u"][k] for op in row if op["code"] == CODE[m]) for m in CLASSES}
+            sums["a"] = sum(op["u"][k] for op in row if op["code"] != 0)
+            images.append(sums)
+        out.append(images)
     return out
 
 
-def random_rows(rng, n_rows):
+def random_rows(rng, n_rows, batch=1):
     rows = []
     for _ in range(n_rows):
         kind = rng.integers(0, 5)
@@ -97,39 +102,41 @@ def random_rows(rng, n_rows):
             width = int(rng.choice(CLASSES))
             top = (1 << width) - 1
             q = int(rng.choice([top, 0, int(rng.integers(0, top, endpoint=True))]))
-            u = int(rng.choice([255, 0, int(rng.integers(0, 256))]))
+            u = [int(rng.choice([255, 0, int(rng.integers(0, 256))])) for _ in range(batch)]
             row.append({"code": CODE[width], "q": q, "u": u, "row_end": 0})
         if kind == 4 and row:
-            row = [{**op, "q": (1 << 32) - 1 if op["code"] == CODE[32] else op["q"], "u": 255} for op in row]
+            row = [{**op, "q": (1 << 32) - 1 if op["code"] == CODE[32] else op["q"], "u": [255] * batch}
+                   for op in row]
         if not row or rng.random() < 0.3:
             # An empty row end (the decoder's all-pruned last mask word): q and u must be ignored.
-            row.append({"code": 0, "q": int(rng.integers(0, 1 << 32)), "u": int(rng.integers(0, 256)),
-                        "row_end": 0})
+            row.append({"code": 0, "q": int(rng.integers(0, 1 << 32)),
+                        "u": [int(rng.integers(0, 256)) for _ in range(batch)], "row_end": 0})
         row[-1]["row_end"] = 1
         rows.append(row)
     return rows
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_lane_row_sums_match_python_ints(seed):
+@pytest.mark.parametrize(("seed", "batch"), [(0, 1), (1, 1), (2, 2), (3, 2), (4, 4)])
+def test_lane_row_sums_match_python_ints(seed, batch):
     rng = np.random.default_rng(seed)
-    rows = random_rows(rng, 30)
+    rows = random_rows(rng, 30, batch)
     p_gap, p_stall = [(0.0, 0.0), (0.3, 0.3), (0.6, 0.2), (0.1, 0.7), (0.5, 0.5)][seed]
-    got, _, _ = run_lane([op for row in rows for op in row], len(rows), seed, p_gap, p_stall)
-    assert got == model_sums(rows)
+    got, _, _ = run_lane([op for row in rows for op in row], len(rows), seed, p_gap, p_stall, batch)
+    assert got == model_sums(rows, batch)
 
 
 def test_lane_extremes_fit_the_sum_widths():
     """A long row of 32-bit q = 2^32 - 1 at u = 255, and one of every class at its maximum: exact."""
-    big = [{"code": CODE[32], "q": (1 << 32) - 1, "u": 255, "row_end": 0} for _ in range(40)]
-    every = [{"code": CODE[m], "q": (1 << m) - 1, "u": 255, "row_end": 0} for m in CLASSES for _ in range(3)]
-    rows = [big, every, [{"code": 0, "q": (1 << 32) - 1, "u": 255, "row_end": 0}]]
+    big = [{"code": CODE[32], "q": (1 << 32) - 1, "u": [255, 255], "row_end": 0} for _ in range(40)]
+    every = [{"code": CODE[m], "q": (1 << m) - 1, "u": [255, 255], "row_end": 0}
+             for m in CLASSES for _ in range(3)]
+    rows = [big, every, [{"code": 0, "q": (1 << 32) - 1, "u": [255, 255], "row_end": 0}]]
     for row in rows:
         row[-1]["row_end"] = 1
-    got, _, _ = run_lane([op for row in rows for op in row], len(rows), 0, 0.2, 0.2)
-    assert got == model_sums(rows)
-    assert got[0][32] == 40 * ((1 << 32) - 1) * 255
-    assert got[2] == {4: 0, 8: 0, 16: 0, 32: 0, "a": 0}
+    got, _, _ = run_lane([op for row in rows for op in row], len(rows), 0, 0.2, 0.2, batch=2)
+    assert got == model_sums(rows, 2)
+    assert got[0][1][32] == 40 * ((1 << 32) - 1) * 255
+    assert got[2][0] == {4: 0, 8: 0, 16: 0, 32: 0, "a": 0}
     # The accumulators hold the largest row the contract allows (MAX_FAN_IN weights, 8-bit activations).
     assert all((((1 << m) - 1) * 255 * 4096) < 1 << SUM_BITS[m] for m in CLASSES)
     assert 255 * 4096 < 1 << ACT_SUM_BITS
@@ -144,7 +151,7 @@ def test_lane_latency_and_throughput():
     assert got == model_sums(rows)
     assert in_cycles == list(range(in_cycles[0], in_cycles[0] + len(ops)))
     ends = [c for c, op in zip(in_cycles, ops) if op["row_end"]]
-    assert out_cycles == [c + MacLane.latency for c in ends]
+    assert out_cycles == [c + MacLane().latency for c in ends]
 
 
 def test_lane_matches_golden_class_sums():
@@ -163,12 +170,12 @@ def test_lane_matches_golden_class_sums():
     u[:3] = 255
     ops = []
     for j in range(n_out):
-        row = [{"code": CODE[int(widths[j, i])], "q": int(codes[j, i]), "u": int(u[i]), "row_end": 0}
+        row = [{"code": CODE[int(widths[j, i])], "q": int(codes[j, i]), "u": [int(u[i])], "row_end": 0}
                for i in range(n_in) if widths[j, i]]
-        row = row or [{"code": 0, "q": 0, "u": int(u[0]), "row_end": 0}]
+        row = row or [{"code": 0, "q": 0, "u": [int(u[0])], "row_end": 0}]
         row[-1]["row_end"] = 1
         ops += row
     got, _, _ = run_lane(ops, n_out, 4, 0.3, 0.3)
     sums, act_sum = class_sums(layer, torch.as_tensor(u[None, :], dtype=torch.int64))
     for j in range(n_out):
-        assert got[j] == {**{m: int(sums[m][0, j]) for m in CLASSES}, "a": int(act_sum[0, j])}
+        assert got[j] == [{**{m: int(sums[m][0, j]) for m in CLASSES}, "a": int(act_sum[0, j])}]
