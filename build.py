@@ -164,6 +164,7 @@ def golden_vectors(image_dir: Path, count: int | None, seed: int):
 def cmd_verilog(args) -> int:
     from hw.board import write_build_plan
     from hw.verilog import write_verilog
+    from model.errors import UserError
     from model.image import pack, read_image
 
     net, _ = read_image(args.image)
