@@ -299,6 +299,50 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def plot_dsp(rows: list[dict], path: Path) -> None:
+    """Heat map of exact MACs per DSP48E1 per cycle over weight x activation widths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ws = sorted({r["weight_bits"] for r in rows})
+    acts = sorted({r["act_bits"] for r in rows})
+    grid = np.full((len(ws), len(acts)), np.nan)
+    for r in rows:
+        grid[ws.index(r["weight_bits"]), acts.index(r["act_bits"])] = r["macs_per_dsp_cycle"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    im = ax.imshow(grid, cmap="viridis", origin="lower")
+    ax.set_xticks(range(len(acts)), [str(a) for a in acts])
+    ax.set_yticks(range(len(ws)), [str(w) for w in ws])
+    ax.set_xlabel("activation bits")
+    ax.set_ylabel("weight bits")
+    ax.set_title("exact MACs per DSP48E1 per cycle (packed lane)")
+    for i in range(len(ws)):
+        for j in range(len(acts)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:g}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def cmd_bench(args) -> int:
+    from hw.dsp_bench import format_rows, run_bench
+
+    out = Path(args.out)
+    rows = run_bench(out / "dsp.json", progress=not args.quiet)
+    write_json(out / "dsp.json", rows)
+    plot_dsp(rows, out / "dsp.png")
+    print(format_rows(rows))
+    print(f"\nwrote {out / 'dsp.json'} and {out / 'dsp.png'}")
+    return 0 if all(r["verified"] != "FAILED" and r["dsp_config_matches"] for r in rows) else 1
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def bounded(kind, lo, hi):
     """An argparse type that rejects values outside ``[lo, hi]`` with the allowed range in the message."""
@@ -391,6 +435,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
     add_batch_arg(p)
     p.set_defaults(func=cmd_synth)
+    p = sub.add_parser("bench", help="benchmarks; `bench dsp`: packed DSP48E1 lane modes -> out/bench/dsp.json")
+    p.add_argument("target", choices=("dsp",), help="what to measure")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
     return top
 
 
