@@ -72,9 +72,10 @@ M_STAGE = DSP_LATENCY - 1  # pipeline stage whose product enters P at the next e
 
 
 def lane_latency(plan: PackingPlan) -> int:
-    """Cycles from accepting an operand set with ``last`` to its sums on ``o``: the remaining chunks,
-    the DSP's M and P registers, and the drain into the output register."""
-    return plan.chunks - 1 + DSP_LATENCY + 1
+    """Cycles from accepting an operand set with ``last`` to its sums on ``o``: the DSP's M and P
+    registers and the drain into the output register. A multi-chunk set is accepted with its last chunk
+    (``i.ready`` stays low over the earlier ones), so the chunk count does not add to it."""
+    return DSP_LATENCY + 1
 
 
 def operand_layout(plan: PackingPlan) -> data.StructLayout:
