@@ -21,12 +21,8 @@ testbench failed; only a run that could not be built or ended without a record r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,18 +32,7 @@ from amaranth.back import verilog
 from hw.dsp_lane import PackedDspLane
 from hw.packing import PackingPlan
 from hw.synth import yosys_binary
-from sim.runner import (
-    _BUILT,
-    SIMULATORS,
-    TIMESCALE,
-    VERILATOR_ARGS,
-    SimulationError,
-    _failed_tests,
-    _file_lock,
-    _get_runner,
-    _scoped_environ,
-    _simulator_env,
-)
+from sim.runner import build, check_timeout, run_test
 
 TOPLEVEL = "dsp_lane"
 TEST_MODULE = "sim.tb_dsp_lane"
@@ -134,46 +119,9 @@ def _check_ops(plan: PackingPlan, ops) -> np.ndarray:
 
 
 def build_lane(verilog_path, *, work_dir, simulator: str = "icarus", extra_sources=()) -> Path:
-    """Build ``verilog_path`` (top ``dsp_lane``) plus ``extra_sources`` unless an identical build exists.
-
-    The folder is ``work_dir/lane-<simulator>-<hash of the sources>``; it holds copies of the sources, the
-    simulator's output and ``build.log``.
-
-    Raises
-    ------
-    ValueError
-        ``simulator`` is not one of :data:`sim.runner.SIMULATORS`.
-    SimulationError
-        The build failed (the message names its log).
-    """
-    if simulator not in SIMULATORS:
-        raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
-    texts = [Path(verilog_path).read_bytes()] + [Path(p).read_bytes() for p in extra_sources]
-    digest = hashlib.sha256(b"\0".join(texts)).hexdigest()[:16]
-    work_dir = Path(work_dir).resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    build_dir = work_dir / f"lane-{simulator}-{digest}"
-    with _file_lock(work_dir / f"{build_dir.name}.lock"):
-        if (build_dir / _BUILT).is_file():
-            return build_dir
-        if build_dir.exists():
-            shutil.rmtree(build_dir)  # a failed or interrupted build
-        build_dir.mkdir()
-        sources = []
-        for k, text in enumerate(texts):  # the build must not depend on files the caller may overwrite
-            sources.append(build_dir / (f"{TOPLEVEL}.v" if k == 0 else f"extra{k}.v"))
-            sources[-1].write_bytes(text)
-        log = build_dir / "build.log"
-        build_args = list(VERILATOR_ARGS) if simulator == "verilator" else []
-        try:
-            with _scoped_environ(_simulator_env(simulator)):
-                _get_runner(simulator).build(
-                    sources=sources, hdl_toplevel=TOPLEVEL, build_dir=build_dir, build_args=build_args,
-                    timescale=TIMESCALE, always=True, log_file=log)
-        except (RuntimeError, SystemExit, OSError) as exc:
-            raise SimulationError(f"{simulator} build of {verilog_path} failed ({exc})", log) from exc
-        (build_dir / _BUILT).write_text(json.dumps({"simulator": simulator, "verilog": str(verilog_path)}))
-    return build_dir
+    """Build ``verilog_path`` (top ``dsp_lane``) plus ``extra_sources`` (:func:`sim.runner.build`)."""
+    return build(verilog_path, work_dir=work_dir, simulator=simulator, toplevel=TOPLEVEL,
+                 extra_sources=extra_sources, prefix="lane")
 
 
 def run_dsp_lane(verilog_path, plan_dict, ops, *, work_dir, simulator: str = "icarus", stall: bool = True,
@@ -230,44 +178,13 @@ def run_dsp_lane(verilog_path, plan_dict, ops, *, work_dir, simulator: str = "ic
     """
     plan = _as_plan(plan_dict)
     ops = _check_ops(plan, ops)
-    if timeout_cycles is not None and timeout_cycles < 1:
-        raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
+    check_timeout(timeout_cycles)
     build_dir = build_lane(verilog_path, work_dir=work_dir, simulator=simulator, extra_sources=extra_sources)
-
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
-    case, result_path, log = run_dir / "case.npz", run_dir / "result.json", run_dir / "sim.log"
-    np.savez(case, ops=ops, plan=np.array(json.dumps(dataclasses.asdict(plan))))
-    env = {
-        "MPQ_LANE_CASE": str(case),
-        "MPQ_LANE_RESULT": str(result_path),
-        "MPQ_LANE_STALL": "1" if stall else "0",
-        "MPQ_LANE_SEED": str(int(seed)),
-    }
-    if timeout_cycles is not None:
-        env["MPQ_LANE_TIMEOUT_CYCLES"] = str(int(timeout_cycles))
-    results_xml = run_dir / "results.xml"
-    t0 = time.perf_counter()
-    try:
-        with _scoped_environ({**_simulator_env(simulator), **env}):
-            _get_runner(simulator).test(
-                test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
-                build_dir=build_dir, test_dir=run_dir, extra_env=env, seed=int(seed),
-                results_xml=str(results_xml), log_file=log)
-    except SystemExit:
-        pass  # under pytest the runner exits on a failing cocotb test; the record says what failed
-    except (RuntimeError, OSError) as exc:
-        raise SimulationError(f"{simulator} simulation of {verilog_path} failed ({exc})", log) from exc
-    wall_s = time.perf_counter() - t0
-    if not result_path.is_file():
-        raise SimulationError(f"{simulator} simulation of {verilog_path} wrote no result record", log)
-    result = json.loads(result_path.read_text())
-    failed = _failed_tests(results_xml)
-    result.update(verified=coverage(plan, ops), passed=failed == 0, simulator=simulator, wall_s=wall_s,
-                  build_dir=str(build_dir), log=None)
-    if result["passed"] and not keep_logs:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        result["log"] = str(log)
+    case = {"ops": ops, "plan": np.array(json.dumps(dataclasses.asdict(plan)))}
+    result = run_test(build_dir, verilog_path, simulator=simulator, toplevel=TOPLEVEL, test_module=TEST_MODULE,
+                      env_prefix="MPQ_LANE", case=case, stall=stall, seed=seed, timeout_cycles=timeout_cycles,
+                      keep_logs=keep_logs)
+    result["verified"] = coverage(plan, ops)
     return result
 
 

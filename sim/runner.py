@@ -128,11 +128,12 @@ def _get_runner(simulator: str):
     return runner
 
 
-def build(verilog_path, *, work_dir, simulator: str = "icarus") -> Path:
-    """Build ``verilog_path`` for ``simulator`` unless an identical build exists; return the build folder.
+def build(verilog_path, *, work_dir, simulator: str = "icarus", toplevel: str = TOPLEVEL,
+          extra_sources=(), prefix: str = "build") -> Path:
+    """Build ``verilog_path`` (plus ``extra_sources``) unless an identical build exists; return its folder.
 
-    The folder is ``work_dir/build-<simulator>-<hash of the Verilog text>``; it holds a copy of the Verilog,
-    the simulator's output and ``build.log``.
+    The folder is ``work_dir/<prefix>-<simulator>-<hash of the sources>``; it holds copies of the sources
+    (the build must not depend on files the caller may overwrite), the simulator's output and ``build.log``.
 
     Raises
     ------
@@ -143,29 +144,84 @@ def build(verilog_path, *, work_dir, simulator: str = "icarus") -> Path:
     """
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
-    text = Path(verilog_path).read_bytes()
+    texts = [Path(verilog_path).read_bytes()] + [Path(p).read_bytes() for p in extra_sources]
+    digest = hashlib.sha256(b"\0".join(texts)).hexdigest()[:16]
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    build_dir = work_dir / f"build-{simulator}-{hashlib.sha256(text).hexdigest()[:16]}"
+    build_dir = work_dir / f"{prefix}-{simulator}-{digest}"
     with _file_lock(work_dir / f"{build_dir.name}.lock"):
         if (build_dir / _BUILT).is_file():
             return build_dir
         if build_dir.exists():
             shutil.rmtree(build_dir)  # a failed or interrupted build
         build_dir.mkdir()
-        source = build_dir / f"{TOPLEVEL}.v"
-        source.write_bytes(text)  # the build must not depend on a file the caller may overwrite
+        sources = []
+        for k, text in enumerate(texts):
+            sources.append(build_dir / (f"{toplevel}.v" if k == 0 else f"extra{k}.v"))
+            sources[-1].write_bytes(text)
         log = build_dir / "build.log"
         build_args = list(VERILATOR_ARGS) if simulator == "verilator" else []
         try:
             with _scoped_environ(_simulator_env(simulator)):
                 _get_runner(simulator).build(
-                    sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, build_args=build_args,
+                    sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
                     timescale=TIMESCALE, always=True, log_file=log)
         except (RuntimeError, SystemExit, OSError) as exc:
             raise SimulationError(f"{simulator} build of {verilog_path} failed ({exc})", log) from exc
         (build_dir / _BUILT).write_text(json.dumps({"simulator": simulator, "verilog": str(verilog_path)}))
     return build_dir
+
+
+def check_timeout(timeout_cycles: int | None) -> None:
+    if timeout_cycles is not None and timeout_cycles < 1:
+        raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
+
+
+def run_test(build_dir: Path, verilog_path, *, simulator: str, toplevel: str, test_module: str,
+             env_prefix: str, case: dict, stall: bool, seed: int, timeout_cycles: int | None,
+             keep_logs: bool) -> dict:
+    """Run one cocotb test module on a build: write ``case`` (arrays) for it, read back its JSON record.
+
+    The testbench learns its case, result path, stall switch, seed and watchdog from
+    ``<env_prefix>_CASE``, ``_RESULT``, ``_STALL``, ``_SEED`` and ``_TIMEOUT_CYCLES``. The record gets
+    ``passed`` (the cocotb verdict), ``simulator``, ``wall_s``, ``build_dir`` and ``log`` (the kept run
+    folder's ``sim.log``; passing runs delete theirs unless ``keep_logs``).
+    """
+    check_timeout(timeout_cycles)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
+    case_path, result_path, log = run_dir / "case.npz", run_dir / "result.json", run_dir / "sim.log"
+    np.savez(case_path, **case)
+    env = {
+        f"{env_prefix}_CASE": str(case_path),
+        f"{env_prefix}_RESULT": str(result_path),
+        f"{env_prefix}_STALL": "1" if stall else "0",
+        f"{env_prefix}_SEED": str(int(seed)),
+    }
+    if timeout_cycles is not None:
+        env[f"{env_prefix}_TIMEOUT_CYCLES"] = str(int(timeout_cycles))
+    results_xml = run_dir / "results.xml"
+    t0 = time.perf_counter()
+    try:
+        with _scoped_environ({**_simulator_env(simulator), **env}):
+            _get_runner(simulator).test(
+                test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+                build_dir=build_dir, test_dir=run_dir, extra_env=env, seed=int(seed),
+                results_xml=str(results_xml), log_file=log)
+    except SystemExit:
+        pass  # under pytest the runner exits on a failing cocotb test; the record says what failed
+    except (RuntimeError, OSError) as exc:
+        raise SimulationError(f"{simulator} simulation of {verilog_path} failed ({exc})", log) from exc
+    wall_s = time.perf_counter() - t0
+    if not result_path.is_file():
+        raise SimulationError(f"{simulator} simulation of {verilog_path} wrote no result record", log)
+    result = json.loads(result_path.read_text())
+    result.update(passed=_failed_tests(results_xml) == 0, simulator=simulator, wall_s=wall_s,
+                  build_dir=str(build_dir), log=None)
+    if result["passed"] and not keep_logs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        result["log"] = str(log)
+    return result
 
 
 def _failed_tests(results_xml: Path) -> int | None:
@@ -232,41 +288,8 @@ def run_accelerator(verilog_path, inputs, expected, *, work_dir, simulator: str 
                          f"not shapes {inputs.shape} and {expected.shape}")
     if inputs.min() < 0 or inputs.max() > 255:
         raise ValueError(f"input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
-    if timeout_cycles is not None and timeout_cycles < 1:
-        raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
+    check_timeout(timeout_cycles)
     build_dir = build(verilog_path, work_dir=work_dir, simulator=simulator)
-
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
-    case, result_path, log = run_dir / "case.npz", run_dir / "result.json", run_dir / "sim.log"
-    np.savez(case, inputs=inputs, expected=expected)
-    env = {
-        "MPQ_CASE": str(case),
-        "MPQ_RESULT": str(result_path),
-        "MPQ_STALL": "1" if stall else "0",
-        "MPQ_SEED": str(int(seed)),
-    }
-    if timeout_cycles is not None:
-        env["MPQ_TIMEOUT_CYCLES"] = str(int(timeout_cycles))
-    results_xml = run_dir / "results.xml"
-    t0 = time.perf_counter()
-    try:
-        with _scoped_environ({**_simulator_env(simulator), **env}):
-            _get_runner(simulator).test(
-                test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
-                build_dir=build_dir, test_dir=run_dir, extra_env=env, seed=int(seed),
-                results_xml=str(results_xml), log_file=log)
-    except SystemExit:
-        pass  # under pytest the runner exits on a failing cocotb test; the record says what failed
-    except (RuntimeError, OSError) as exc:
-        raise SimulationError(f"{simulator} simulation of {verilog_path} failed ({exc})", log) from exc
-    wall_s = time.perf_counter() - t0
-    if not result_path.is_file():
-        raise SimulationError(f"{simulator} simulation of {verilog_path} wrote no result record", log)
-    result = json.loads(result_path.read_text())
-    failed = _failed_tests(results_xml)
-    result.update(passed=failed == 0, simulator=simulator, wall_s=wall_s, build_dir=str(build_dir), log=None)
-    if result["passed"] and not keep_logs:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        result["log"] = str(log)
-    return result
+    return run_test(build_dir, verilog_path, simulator=simulator, toplevel=TOPLEVEL, test_module=TEST_MODULE,
+                    env_prefix="MPQ", case={"inputs": inputs, "expected": expected}, stall=stall, seed=seed,
+                    timeout_cycles=timeout_cycles, keep_logs=keep_logs)
