@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from amaranth.sim import Simulator
+from stream_source import Source
 
 from hw.mac_lane import ACT_SUM_BITS, SUM_BITS, MacLane
 from model.golden import CLASSES, IntLinear, class_sums
@@ -12,31 +13,6 @@ from model.golden import CLASSES, IntLinear, class_sums
 CODE = {4: 1, 8: 2, 16: 3, 32: 4}  # width -> mask code (docs/image_format.md)
 
 
-class Source:
-    """Offers ``items`` on a stream, with a random number of idle cycles before each (seeded)."""
-
-    def __init__(self, port, items, rng, p_gap):
-        self.port, self.items, self.rng, self.p_gap = port, list(items), rng, p_gap
-        self.pos, self.gap = 0, self._draw()
-
-    def _draw(self):
-        gap = 0
-        while self.rng.random() < self.p_gap:
-            gap += 1
-        return gap
-
-    def drive(self, ctx):
-        offer = self.gap == 0 and self.pos < len(self.items)
-        ctx.set(self.port.valid, offer)
-        if offer:
-            ctx.set(self.port.payload, self.items[self.pos])
-
-    def update(self, valid, ready):
-        if valid and ready:
-            self.pos += 1
-            self.gap = self._draw()
-        elif self.gap:
-            self.gap -= 1
 
 
 def run_lane(operands, n_rows, seed, p_gap, p_stall, batch=1):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from amaranth.sim import Simulator
+from stream_source import Source
 
 from hw.mac_lane import ACT_SUM_BITS, SUM_BITS
 from hw.requant import ParamReader, Requantizer
@@ -17,31 +18,6 @@ MAX_A = MAX_U * MAX_FAN_IN
 BIG_BIAS = (1 << 62) - 1  # the largest |B| model.golden.check_layer accepts
 
 
-class Source:
-    """Offers ``items`` on a stream, with a random number of idle cycles before each (seeded)."""
-
-    def __init__(self, port, items, rng, p_gap):
-        self.port, self.items, self.rng, self.p_gap = port, list(items), rng, p_gap
-        self.pos, self.gap = 0, self._draw()
-
-    def _draw(self):
-        gap = 0
-        while self.rng.random() < self.p_gap:
-            gap += 1
-        return gap
-
-    def drive(self, ctx):
-        offer = self.gap == 0 and self.pos < len(self.items)
-        ctx.set(self.port.valid, offer)
-        if offer:
-            ctx.set(self.port.payload, self.items[self.pos])
-
-    def update(self, valid, ready):
-        if valid and ready:
-            self.pos += 1
-            self.gap = self._draw()
-        elif self.gap:
-            self.gap -= 1
 
 
 async def pump(ctx, dut, items, n_out, rng, p_gap, p_stall, convert):

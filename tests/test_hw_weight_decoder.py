@@ -8,6 +8,7 @@ from amaranth.hdl import ResetInserter
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
+from stream_source import Source
 
 from hw.weight_decoder import WeightDecoder, token_layout
 
@@ -104,31 +105,6 @@ def random_layer(rng: np.random.Generator, n_in: int, n_out: int) -> tuple[np.nd
 
 # -- Cycle-by-cycle driver ------------------------------------------------------------------------------
 
-class Source:
-    """Offers ``items`` on a stream, with a random number of idle cycles before each (seeded)."""
-
-    def __init__(self, port, items, rng, p_gap):
-        self.port, self.items, self.rng, self.p_gap = port, list(items), rng, p_gap
-        self.pos, self.gap = 0, self._draw()
-
-    def _draw(self):
-        gap = 0
-        while self.rng.random() < self.p_gap:
-            gap += 1
-        return gap
-
-    def drive(self, ctx):
-        offer = self.gap == 0 and self.pos < len(self.items)
-        ctx.set(self.port.valid, offer)
-        if offer:
-            ctx.set(self.port.payload, self.items[self.pos])
-
-    def update(self, valid, ready):
-        if valid and ready:
-            self.pos += 1
-            self.gap = self._draw()
-        elif self.gap:
-            self.gap -= 1
 
 
 def run_layers(layers, seed, p_gap, p_stall, extra_words=6, tail=30):
