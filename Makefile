@@ -9,13 +9,24 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps lint clean
+.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts lint clean
 
 demo: setup
 	$(VPY) build.py demo
 
 test: setup
 	$(VPY) -m pytest -q
+
+# Fashion-MNIST (70,000 28x28 images) from Debian, for the LTS benchmark and `train --method lts`.
+fashion-mnist:
+	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+bench-dsp: setup
+	$(VPY) build.py bench dsp
+
+bench-lts: setup fashion-mnist
+	$(VPY) build.py bench lts
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -114,7 +114,39 @@ def train_ticket(args, out: Path):
     return model, float_acc, history, split
 
 
+def cmd_train_lts(args) -> int:
+    """LTS (lottery ticket scratcher) or plain QAT at ``--bits`` on an IDX dataset (Fashion-MNIST)."""
+    import torch
+
+    from model.data import FASHION_MNIST_ROOT, load_idx_split
+    from model.errors import UserError
+    from model.lts import build_lts_mlp, plot_sparsity, train_lts
+
+    if args.data not in ("fashion-mnist", "idx"):
+        raise UserError(f"--method lts needs 28x28 IDX data: --data fashion-mnist (or idx with --data-root), "
+                        f"not {args.data!r}")
+    out = Path(args.out)
+    split = load_idx_split(args.data_root or FASHION_MNIST_ROOT, name=args.data)
+    model = build_lts_mlp(args.bits, seed=args.seed)
+    torch.manual_seed(args.seed)
+    result = train_lts(model, split, args.epochs, args.bits, mode=args.lts_mode, strategy=args.strategy,
+                       p=args.p, m=args.m, warmup=args.warmup, lr=args.lr, seed=args.seed,
+                       progress=not args.quiet)
+    report = {"method": "lts", "mode": args.lts_mode, "bits": args.bits, "accuracy": result.accuracy,
+              "avg_wgs": result.avg_wgs, "bp_flops_reduction": result.bp_flops_reduction,
+              "backward_time_s": result.backward_time, "train_time_s": result.train_time,
+              "sparsity_history": result.sparsity_history}
+    write_json(out / "lts.json", report)
+    plot_sparsity(result.sparsity_history, out / "lts_sparsity.png")
+    print_table([(k, report[k]) for k in ("mode", "bits", "accuracy", "avg_wgs", "bp_flops_reduction",
+                                          "backward_time_s", "train_time_s")], "LTS training")
+    print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
+    return 0
+
+
 def cmd_train(args) -> int:
+    if args.method == "lts":
+        return cmd_train_lts(args)
     out = Path(args.out)
     _model, float_acc, history, _ = train_ticket(args, out)
     rows = [(f"iter {r.iteration}: {r.avg_bits:6.2f} bits", r.accuracy) for r in history]
@@ -332,15 +364,32 @@ def plot_dsp(rows: list[dict], path: Path) -> None:
 
 
 def cmd_bench(args) -> int:
+    out = Path(args.out)
+    if args.target == "lts":
+        return bench_lts(args, out)
     from hw.dsp_bench import format_rows, run_bench
 
-    out = Path(args.out)
     rows = run_bench(out / "dsp.json", progress=not args.quiet)
     write_json(out / "dsp.json", rows)
     plot_dsp(rows, out / "dsp.png")
     print(format_rows(rows))
     print(f"\nwrote {out / 'dsp.json'} and {out / 'dsp.png'}")
     return 0 if all(r["verified"] != "FAILED" and r["dsp_config_matches"] for r in rows) else 1
+
+
+def bench_lts(args, out: Path) -> int:
+    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits (model/lts.py run_lts_bench, about 10 min)."""
+    from model.lts import run_lts_bench
+
+    rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
+                         progress=not args.quiet)
+    head = f"{'bits':>4} {'mode':>8} {'accuracy':>9} {'avg WGS':>8} {'BP FLOPs red.':>13} {'bwd time':>9}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(f"{r['bits']:>4} {r['mode']:>8} {r['accuracy']:>9.4f} {r['avg_wgs']:>8.3f} "
+              f"{r['bp_flops_reduction']:>13.3f} {r['backward_time_ratio']:>9.3f}")
+    print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -360,7 +409,8 @@ def bounded(kind, lo, hi):
 
 
 def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
-    p.add_argument("--data", default="digits", help="dataset (default: digits, scikit-learn's 8x8 digits)")
+    p.add_argument("--data", default="digits",
+                   help="dataset: digits (scikit-learn's 8x8 digits, default) or fashion-mnist (--method lts)")
     p.add_argument("--hidden", type=bounded(int, 1, 4096), nargs="+", default=[64], help="hidden layer sizes (default: 64)")
     p.add_argument("--act-bits", type=bounded(int, 1, 8), default=4, help="PACT activation bits, 1..8 (default: 4)")
     p.add_argument("--rho", type=bounded(float, 0.0, 1.0), default=0.3, help="IMQ quantize ratio per iteration (default: 0.3)")
@@ -399,8 +449,20 @@ def parser() -> argparse.ArgumentParser:
     add_batch_arg(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="float baseline and IMQ; writes ticket.pt, imq_history.json, imq.png")
+    p = sub.add_parser("train", help="IMQ (float baseline, then Algorithm 1) or LTS; writes results and plots")
     add_train_args(p, DEFAULT_OUT / "train")
+    p.add_argument("--method", choices=("imq", "lts"), default="imq",
+                   help="imq: MPQ-tickets on digits (default); lts: lottery ticket scratcher on Fashion-MNIST")
+    p.add_argument("--data-root", default=None, help="IDX folder for --method lts (default: Debian's "
+                   "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--bits", type=bounded(int, 2, 8), default=2, help="LTS weight/activation bits (default: 2)")
+    p.add_argument("--lts-mode", choices=("lts", "baseline"), default="lts",
+                   help="lts, or plain QAT for comparison (default: lts)")
+    p.add_argument("--strategy", choices=("fixed", "linear", "sine"), default="linear",
+                   help="LTS growth of p, Eq. 7-8 (default: linear)")
+    p.add_argument("--p", type=bounded(float, 0.0, 1.0), default=0.5, help="LTS rate p (Eq. 6; default 0.5)")
+    p.add_argument("--m", type=bounded(float, 0.0, 1.0), default=0.99, help="LTS EMA momentum (Eq. 5)")
+    p.add_argument("--warmup", type=bounded(int, 0, 10000), default=2, help="LTS warm-up epochs E_wm")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="checkpoint -> packed image (weights.bin, weights.hex, manifest.json)")
@@ -436,7 +498,8 @@ def parser() -> argparse.ArgumentParser:
     add_batch_arg(p)
     p.set_defaults(func=cmd_synth)
     p = sub.add_parser("bench", help="benchmarks; `bench dsp`: packed DSP48E1 lane modes -> out/bench/dsp.json")
-    p.add_argument("target", choices=("dsp",), help="what to measure")
+    p.add_argument("target", choices=("dsp", "lts"), help="what to measure")
+    p.add_argument("--data-root", default=None, help="IDX folder for `bench lts` (default: Debian's Fashion-MNIST)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)

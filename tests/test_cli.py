@@ -103,3 +103,37 @@ def test_out_of_range_option_is_rejected():
     assert res.returncode == 2 and "1..8" in res.stderr
     res = cli("sim", "--batch", 3)
     assert res.returncode == 2 and "even" in res.stderr
+
+
+def write_idx_folder(root: Path, n_train: int = 256, n_test: int = 64) -> None:
+    """A tiny MNIST-style IDX folder of random 28x28 images (big-endian header: magic, then the sizes)."""
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        images = (rng.random((n, 28, 28)) * 64 + labels[:, None, None] * 19).astype(np.uint8)
+        (root / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+
+
+def test_train_lts_on_an_idx_folder(tmp_path):
+    write_idx_folder(tmp_path / "idx")
+    # A fast EMA (m = 0.5) so that a few iterations of linear growth freeze weights.
+    res = cli("train", "--method", "lts", "--data", "idx", "--data-root", tmp_path / "idx", "--epochs", 4,
+              "--warmup", 1, "--m", 0.5, "--bits", 2, "--quiet", "--out", tmp_path / "lts")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((tmp_path / "lts" / "lts.json").read_text())
+    assert report["mode"] == "lts" and report["bits"] == 2
+    assert 0 < report["avg_wgs"] <= 1 and report["bp_flops_reduction"] == pytest.approx(report["avg_wgs"] / 2)
+    assert len(report["sparsity_history"]) == 4
+    assert (tmp_path / "lts" / "lts_sparsity.png").stat().st_size > 1000
+
+
+def test_train_lts_names_a_missing_dataset(tmp_path):
+    res = cli("train", "--method", "lts", "--data", "idx", "--data-root", tmp_path / "nowhere", "--quiet",
+              "--out", tmp_path / "lts")
+    assert res.returncode == 2 and "nowhere" in res.stderr and "Traceback" not in res.stderr

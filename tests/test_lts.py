@@ -1,0 +1,369 @@
+"""Lottery ticket scratcher: Eq. 1-8 by hand, freezing, the structured backward, the IDX loader, the bench."""
+
+import gzip
+import json
+import math
+import struct
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from model.data import load_idx_split
+from model.errors import UserError
+from model.lts import (
+    LTSQuantizer,
+    LTSScratcher,
+    QuantLinearLTS,
+    build_lts_mlp,
+    ema_distance,
+    growth_rate,
+    level_distance,
+    plot_sparsity,
+    quant_interval,
+    run_lts_bench,
+    threshold,
+    train_lts,
+)
+
+W = torch.tensor([-1.5, -0.6, -0.2, 0.1, 0.35, 0.9, 2.0])
+
+
+def _quantizer(bits=2, lower=-1.0, upper=1.0):
+    q = LTSQuantizer(bits)
+    with torch.no_grad():
+        q.lower.fill_(lower)
+        q.upper.fill_(upper)
+    return q
+
+
+def test_eq1_to_eq3_values_by_hand():
+    q = _quantizer()
+    # Eq. 1: (w + 1) / 2 clipped; Eq. 2: round(3 x_n); Eq. 3: 2 (q / 3 - 0.5).
+    assert torch.allclose(q.normalize(W), torch.tensor([0.0, 0.2, 0.4, 0.55, 0.675, 0.95, 1.0]))
+    codes = q.to_int(W)
+    assert codes.tolist() == [0, 1, 1, 2, 2, 3, 3]
+    third = 1 / 3
+    expected = torch.tensor([-1.0, -third, -third, third, third, 1.0, 1.0])
+    assert torch.allclose(q.dequantize(codes), expected)
+    assert torch.equal(q(W), q.dequantize(codes))  # forward value is exactly the de-quantized codes
+
+
+def test_eq1_to_eq3_three_bits_asymmetric_bounds():
+    q = _quantizer(bits=3, lower=-0.5, upper=1.5)
+    # x_n = (w + 0.5) / 2 -> [0, 0, 0.15, 0.3, 0.425, 0.7, 1]; q = round(7 x_n) = [0, 0, 1, 2, 3, 5, 7].
+    assert q.to_int(W).tolist() == [0, 0, 1, 2, 3, 5, 7]
+    assert torch.allclose(q(W), torch.tensor([-1, -1, -5 / 7, -3 / 7, -1 / 7, 3 / 7, 1]))
+
+
+def test_ste_gradients_of_w_l_u():
+    q = _quantizer()
+    w = W.clone().requires_grad_(True)
+    q(w).sum().backward()
+    # d(2 x_n - 1)/dw = 2 / (u - l) = 1 inside [l, u], 0 where Eq. 1 clips.
+    assert w.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    g = 1 / math.sqrt(7 * 3)  # LSQ gradient scale of l, u
+    # d/dl = sum over inside of 2 (w - u) / (u - l)^2 = sum (w - 1) / 2 = -4.45 / 2.
+    assert q.lower.grad.item() == pytest.approx(-2.225 * g, rel=1e-5)
+    # d/du = -sum 2 (w - l) / (u - l)^2 = -sum (w + 1) / 2 = -5.55 / 2.
+    assert q.upper.grad.item() == pytest.approx(-2.775 * g, rel=1e-5)
+
+
+def test_init_bounds_are_three_std():
+    q = LTSQuantizer(4)
+    w = torch.tensor([1.0, -1.0, 1.0, -1.0])  # std (unbiased) = 2 / sqrt(3)
+    q.init_bounds(w)
+    assert q.lower.item() == pytest.approx(-6 / math.sqrt(3)) and q.upper.item() == pytest.approx(6 / math.sqrt(3))
+
+
+@pytest.mark.parametrize("bits", [1, 9, 2.0, True])
+def test_quantizer_rejects_bad_bits(bits):
+    with pytest.raises(UserError, match="'bits'.*2..8"):
+        LTSQuantizer(bits)
+
+
+def test_level_distance_eq5_domain():
+    # 2 bits, levels -1, -1/3, 1/3, 1 in the Eq. 3 domain; 2 x_n - 1 for x_n = 0.4, 0.55, 0.95, 0.
+    d = level_distance(torch.tensor([0.4, 0.55, 0.95, 0.0]), 2)
+    assert torch.allclose(d, torch.tensor([-0.2 + 1 / 3, 1 / 3 - 0.1, 1 - 0.9, 0.0]))
+
+
+def test_eq5_ema_and_reset():
+    prev = torch.tensor([0.5, 0.3, 0.1])
+    dist = torch.tensor([0.2, 0.1, 0.05])
+    changed = torch.tensor([False, True, False])
+    out = ema_distance(prev, dist, changed, m=0.9, bits=2)
+    # 0.9 * 0.5 + 0.1 * 0.2 = 0.47; reset to Delta^2 = 0.5; 0.9 * 0.1 + 0.1 * 0.05 = 0.095.
+    assert torch.allclose(out, torch.tensor([0.47, 0.5, 0.095]))
+    assert ema_distance(prev, dist, changed, m=0.9, bits=3)[1].item() == 0.25  # Delta^3 = 2 / 8
+
+
+def test_eq6_threshold():
+    assert quant_interval(2) == 0.5 and quant_interval(3) == 0.25 and quant_interval(4) == 0.125
+    assert threshold(0.5, 2) == 0.25
+    assert threshold(1.0, 4) == 0.125
+    assert threshold(0.3, 3) == pytest.approx(0.075)
+
+
+def test_eq7_eq8_and_fixed_schedules():
+    # T = 10 iterations per epoch, E = 10 epochs, E_wm = 2: growth starts after iteration 20, spans 80.
+    args = {"iters_per_epoch": 10, "epochs": 10, "warmup": 2}
+    assert growth_rate("linear", 20, **args) == 0.0
+    assert growth_rate("linear", 21, **args) == pytest.approx(1 / 80)
+    assert growth_rate("linear", 60, **args) == pytest.approx(0.5)
+    assert growth_rate("linear", 100, **args) == pytest.approx(1.0)
+    assert growth_rate("sine", 20, **args) == 0.0
+    assert growth_rate("sine", 40, **args) == pytest.approx(0.38268343)  # sin(pi / 8)
+    assert growth_rate("sine", 60, **args) == pytest.approx(0.70710678)  # sin(pi / 4)
+    assert growth_rate("sine", 100, **args) == pytest.approx(1.0)
+    assert growth_rate("fixed", 20, c=0.3, **args) == 0.0
+    assert growth_rate("fixed", 21, c=0.3, **args) == 0.3
+    with pytest.raises(UserError, match="'strategy'.*'fixed', 'linear', 'sine'"):
+        growth_rate("cosine", 5, **args)
+    with pytest.raises(UserError, match="'warmup'"):
+        growth_rate("linear", 5, iters_per_epoch=10, epochs=3, warmup=3)
+
+
+def _layer(weight, bits=2, lower=-1.0, upper=1.0):
+    layer = QuantLinearLTS(weight.shape[1], weight.shape[0], bits, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.quantizer.lower.fill_(lower)
+        layer.quantizer.upper.fill_(upper)
+    layer.lts_enabled = True
+    return layer
+
+
+def test_layer_ema_reset_on_level_change_and_permanent_freeze():
+    layer = _layer(torch.tensor([[-0.2, 0.1, 0.9]]))  # x_n 0.4, 0.55, 0.95 -> d 2/15, 7/30, 0.1
+    x = torch.ones(1, 3)
+    layer(x)
+    assert layer.lts_update(p=0.0, m=0.5) == 0
+    assert torch.allclose(layer.lts_distance, torch.full((1, 3), 0.5))  # first iteration: reset to Delta
+    layer(x)
+    layer.lts_update(p=0.0, m=0.5)
+    expected = torch.tensor([[0.25 + 1 / 15, 0.25 + 7 / 60, 0.25 + 0.05]])
+    assert torch.allclose(layer.lts_distance, expected)
+    with torch.no_grad():
+        layer.weight[0, 1] = 0.5  # x_n 0.75 -> level 2 as before (no reset); weight 0 -> level 2 (reset)
+        layer.weight[0, 0] = 0.3
+    layer(x)
+    layer.lts_update(p=0.0, m=0.5)
+    assert layer.lts_distance[0, 0].item() == 0.5
+    assert layer.lts_distance[0, 1].item() == pytest.approx(0.5 * (0.25 + 7 / 60) + 0.5 * (1 / 6))
+    # Next D: weight 0 (x_n 0.65, d 1/30) 0.25 + 1/60 = 0.2667; weight 1: 0.5 * 0.3667 + 0.5 / 6 = 0.2167;
+    # weight 2: 0.5 * 0.325 + 0.05 = 0.2125. p = 0.45 -> t = 0.225 freezes weights 1 and 2 only.
+    layer(x)
+    assert layer.lts_update(p=0.45, m=0.5) == 2
+    assert layer.lts_distance[0, 0].item() == pytest.approx(0.25 + 1 / 60)
+    assert layer.lts_frozen.tolist() == [[False, True, True]]
+    frozen_d = layer.lts_distance.clone()
+    with torch.no_grad():
+        layer.weight.fill_(-0.99)  # every level changes, p drops to 0: frozen weights stay frozen
+    layer(x)
+    layer.lts_update(p=0.0, m=0.5)
+    assert layer.lts_frozen.tolist() == [[False, True, True]]
+    assert layer.lts_distance[0, 0].item() == 0.5 and torch.equal(layer.lts_distance[0, 1:], frozen_d[0, 1:])
+
+
+def test_frozen_weights_stay_exact_under_sgd_momentum_and_weight_decay():
+    gen = torch.Generator().manual_seed(0)
+    layer = QuantLinearLTS(16, 8, bits=2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(8, 16, generator=gen) * 0.05)
+        layer.bias.zero_()
+        layer.quantizer.init_bounds(layer.weight)
+    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+    scratcher = LTSScratcher(layer, iters_per_epoch=1, epochs=20, warmup=0, strategy="fixed", c=0.4, m=0.0)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
+    snapshots = {}
+    for _ in range(12):
+        loss = F.cross_entropy(layer(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        scratcher.after_step()
+        for idx in layer.lts_frozen.view(-1).nonzero().squeeze(1).tolist():
+            snapshots.setdefault(idx, layer.weight.view(-1)[idx].item())
+    frozen = layer.lts_frozen.view(-1)
+    assert 0 < int(frozen.sum()) < frozen.numel()
+    for idx, value in snapshots.items():
+        assert layer.weight.view(-1)[idx].item() == value  # bit for bit, momentum and decay notwithstanding
+    assert torch.equal(layer.weight.view(-1)[frozen], layer.lts_frozen_value.view(-1)[frozen])
+    assert layer.weight.grad.view(-1)[frozen].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("frozen_fraction, kind", [(0.5, "dense"), (0.9, "sampled"), (1.0, "none")])
+def test_structured_backward_matches_dense_on_unfrozen_and_is_zero_on_frozen(frozen_fraction, kind):
+    gen = torch.Generator().manual_seed(1)
+    layer = QuantLinearLTS(40, 30, bits=3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(30, 40, generator=gen) * 0.1)
+        layer.bias.copy_(torch.randn(30, generator=gen) * 0.1)
+        layer.quantizer.init_bounds(layer.weight)
+        layer.lts_frozen.copy_(torch.rand(30, 40, generator=gen) < frozen_fraction)
+    layer.lts_enabled = True
+    layer._replan()
+    assert layer._plan.kind == kind
+    x = torch.randn(64, 40, generator=gen, requires_grad=True)
+    upstream = torch.randn(64, 30, generator=gen)
+
+    # Reference: plain autograd, dense dL/dw_bar, then masked to the unfrozen positions and pushed through the
+    # quantizer's own (autograd) STE backward into w, l and u.
+    ref_q = LTSQuantizer(3)
+    ref_q.load_state_dict(layer.quantizer.state_dict())
+    ref_w = layer.weight.detach().clone().requires_grad_(True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    w_bar = ref_q(ref_w)
+    w_bar_leaf = w_bar.detach().requires_grad_(True)
+    (F.linear(ref_x, w_bar_leaf, layer.bias.detach()) * upstream).sum().backward()
+    live = ~layer.lts_frozen
+    w_bar.backward(torch.where(live, w_bar_leaf.grad, 0.0))
+
+    (layer(x) * upstream).sum().backward()
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5)  # dX is dense, untouched by LTS
+    assert torch.allclose(layer.bias.grad, upstream.sum(0), atol=1e-5)
+    if kind == "none":  # nothing left to train: no weight gradient at all, none for l and u
+        assert layer.weight.grad is None and layer.quantizer.lower.grad is None
+        return
+    assert ref_w.grad[live].abs().sum() > 0
+    assert torch.allclose(layer.weight.grad, ref_w.grad, atol=1e-5)
+    assert layer.weight.grad[~live].abs().max().item() == 0.0
+    assert layer.quantizer.lower.grad.item() == pytest.approx(ref_q.lower.grad.item(), rel=1e-4, abs=1e-6)
+    assert layer.quantizer.upper.grad.item() == pytest.approx(ref_q.upper.grad.item(), rel=1e-4, abs=1e-6)
+
+
+def test_plain_qat_backward_equals_autograd():
+    gen = torch.Generator().manual_seed(3)
+    layer = QuantLinearLTS(12, 5, bits=4)  # lts_enabled false: the baseline's path
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 12, generator=gen) * 0.2)
+        layer.bias.zero_()
+    ref_q = LTSQuantizer(4)
+    ref_q.load_state_dict(layer.quantizer.state_dict())
+    ref_w = layer.weight.detach().clone().requires_grad_(True)
+    x, up = torch.randn(6, 12, generator=gen), torch.randn(6, 5, generator=gen)
+    (F.linear(x, ref_q(ref_w)) * up).sum().backward()
+    (layer(x) * up).sum().backward()
+    assert torch.allclose(layer.weight.grad, ref_w.grad, atol=1e-5)
+    assert layer.quantizer.upper.grad.item() == pytest.approx(ref_q.upper.grad.item(), rel=1e-4)
+    assert torch.equal(layer.eval()(x), F.linear(x, ref_q(ref_w), layer.bias))
+
+
+def test_sampled_pattern_reused_and_masked_after_more_freezing():
+    gen = torch.Generator().manual_seed(2)
+    layer = QuantLinearLTS(50, 20, bits=2)
+    with torch.no_grad():
+        layer.lts_frozen.copy_(torch.rand(20, 50, generator=gen) < 0.85)
+    layer.lts_enabled = True
+    layer._replan()
+    csr = layer._plan.csr
+    live = (~layer.lts_frozen).nonzero()
+    with torch.no_grad():
+        layer.lts_frozen[live[0, 0], live[0, 1]] = True  # one more: pattern reused, position masked
+    layer._replan()
+    assert layer._plan.kind == "sampled" and layer._plan.csr is csr
+    x = torch.randn(8, 50, generator=gen)
+    layer(x).sum().backward()
+    assert layer.weight.grad[live[0, 0], live[0, 1]].item() == 0.0
+    assert layer.weight.grad[layer.lts_frozen].abs().max().item() == 0.0
+    assert (layer.weight.grad[~layer.lts_frozen] != 0).float().mean().item() > 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# IDX loader
+
+
+def _idx_bytes(array_bytes: bytes, shape: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, 8, len(shape)]) + struct.pack(f">{len(shape)}i", *shape) + array_bytes
+
+
+def _write_idx_folder(root, n_train=3, n_test=2, rows=2, cols=3, gz_train=True, gz_test=False):
+    root.mkdir(exist_ok=True)
+    for prefix, n, gz in (("train", n_train, gz_train), ("t10k", n_test, gz_test)):
+        pixels = bytes((7 * i + (0 if prefix == "train" else 100)) % 256 for i in range(n * rows * cols))
+        labels = bytes(i % 10 for i in range(n))
+        for stem, data in (
+            (f"{prefix}-images-idx3-ubyte", _idx_bytes(pixels, (n, rows, cols))),
+            (f"{prefix}-labels-idx1-ubyte", _idx_bytes(labels, (n,))),
+        ):
+            if gz:
+                (root / f"{stem}.gz").write_bytes(gzip.compress(data))
+            else:
+                (root / stem).write_bytes(data)
+    return root
+
+
+def test_idx_loader_gz_and_plain(tmp_path):
+    split = load_idx_split(_write_idx_folder(tmp_path / "d"), name="tiny")
+    assert split.name == "tiny"
+    assert split.x_train.shape == (3, 6) and split.x_test.shape == (2, 6)
+    assert split.x_train.dtype == torch.float32 and split.y_train.dtype == torch.int64
+    assert split.x_train[0].tolist() == pytest.approx([0, 7 / 255, 14 / 255, 21 / 255, 28 / 255, 35 / 255])
+    assert split.x_test[0, 0].item() == pytest.approx(100 / 255)
+    assert split.y_train.tolist() == [0, 1, 2] and split.y_test.tolist() == [0, 1]
+    sub = load_idx_split(tmp_path / "d", train_subset=2, test_subset=1)
+    assert sub.x_train.shape == (2, 6) and sub.y_test.tolist() == [0]
+
+
+def test_idx_loader_errors(tmp_path):
+    with pytest.raises(UserError, match=r"nowhere.*does not exist.*train-images-idx3-ubyte\[\.gz\]"):
+        load_idx_split(tmp_path / "nowhere")
+    root = _write_idx_folder(tmp_path / "d")
+    (root / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UserError, match=r"missing 't10k-labels-idx1-ubyte'.*expected the files"):
+        load_idx_split(root)
+    root = _write_idx_folder(tmp_path / "bad", gz_test=False)
+    (root / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01garbage")
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte: not an unsigned-byte IDX file with 3"):
+        load_idx_split(root)
+    (root / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(b"\x00" * 5, (1, 2, 3)))
+    with pytest.raises(UserError, match=r"header says shape \(1, 2, 3\)"):
+        load_idx_split(root)
+    root = _write_idx_folder(tmp_path / "count", n_test=2)
+    (root / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(b"\x01", (1,)))
+    with pytest.raises(UserError, match="has 2 images but .* has 1 labels"):
+        load_idx_split(root)
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(UserError, match="cannot read IDX file"):
+        load_idx_split(root)
+    with pytest.raises(UserError, match="'train_subset'.*integer >= 1"):
+        load_idx_split(root, train_subset=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training loop and bench
+
+
+def test_train_lts_freezes_and_reports(tmp_path):
+    split = load_idx_split(_write_idx_folder(tmp_path / "d", n_train=96, n_test=32, rows=28, cols=28))
+    results = {}
+    for mode in ("baseline", "lts"):
+        model = build_lts_mlp(2, hidden=(32,), seed=0)
+        results[mode] = train_lts(model, split, epochs=4, bits=2, mode=mode, warmup=1, batch_size=32,
+                                  progress=False)
+    base, lts = results["baseline"], results["lts"]
+    assert base.avg_wgs == 0.0 and base.sparsity_history == [0.0] * 4
+    assert len(lts.wgs) == 12 and lts.wgs[:4] == [0.0] * 4  # warm-up epoch (3 iterations) + first growth
+    assert lts.sparsity_history == sorted(lts.sparsity_history) and lts.sparsity_history[-1] > 0.3
+    assert lts.avg_wgs == pytest.approx(sum(lts.wgs) / 12) and lts.bp_flops_reduction == lts.avg_wgs / 2
+    assert lts.backward_time > 0 and 0 <= lts.accuracy <= 1
+    with pytest.raises(UserError, match="'bits' is 3"):
+        train_lts(build_lts_mlp(2, hidden=(8,)), split, epochs=2, bits=3, progress=False)
+    with pytest.raises(UserError, match="'mode'.*'lts', 'baseline'"):
+        train_lts(build_lts_mlp(2, hidden=(8,)), split, epochs=2, bits=2, mode="qat", progress=False)
+
+
+def test_bench_rows_json_and_plot(tmp_path):
+    root = _write_idx_folder(tmp_path / "d", n_train=64, n_test=16, rows=28, cols=28)
+    out = tmp_path / "bench" / "lts.json"
+    rows = run_lts_bench(out, epochs=2, warmup=1, bits_list=(2,), root=root, png_path=tmp_path / "s.png",
+                         progress=False)
+    assert json.loads(out.read_text()) == rows
+    assert [(r["bits"], r["mode"]) for r in rows] == [(2, "baseline"), (2, "lts")]
+    assert set(rows[0]) == {"bits", "mode", "accuracy", "avg_wgs", "bp_flops_reduction", "backward_time_ratio"}
+    assert rows[0]["backward_time_ratio"] == 1.0 and rows[1]["backward_time_ratio"] > 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert not list(out.parent.glob("*.tmp"))
+    plot_sparsity([0.0, 0.2, 0.5], tmp_path / "one.png")
+    assert (tmp_path / "one.png").stat().st_size > 0
