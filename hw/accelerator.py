@@ -1,17 +1,18 @@
-"""The accelerator: runs a packed mixed-precision network from its global buffer, image by image.
+"""The accelerator: runs a packed mixed-precision network from its global buffer, ``batch`` images at a time.
 
-Data path (one output row at a time, one non-zero weight per cycle)::
+Data path (one output row at a time, one non-zero weight per cycle, shared by the batch)::
 
     global buffer (BRAM, 32-bit words, the packed image) --port A--> mask fetcher  --+
                                                          --port A--> param fetcher  |  (descriptors too)
                                                          --port B--> payload fetcher-+
     mask + payload -> WeightDecoder (skips pruned weights) -> operand fetch (activation buffer)
-        -> MacLane (DSP48E1 products, per-class sums) -> Requantizer (+ row params) -> activation buffer
-                                                                                     or class scores ``o``
+        -> MacLane (packed DSP48E1 lanes, per-image per-class sums) -> Requantizer (+ row params, one image
+           a cycle) -> activation buffer (the image's lane) or score buffer
 
 The controller reads the header and each layer's descriptor from the buffer at run time
-(docs/image_format.md), loads an image's input codes from ``i`` into activation buffer 0, runs the layers
-ping-ponging between the two activation buffers, and streams the last layer's scores out of ``o``.
+(docs/image_format.md), loads ``batch`` images' input codes from ``i`` into the lanes of activation buffer
+0, runs the layers ping-ponging between the two activation buffers, and streams the last layer's scores
+out of ``o`` image by image.
 """
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -46,11 +47,20 @@ class Accelerator(wiring.Component):
     act_depth : int or None
         Depth of each activation buffer; default: the widest layer of the image, rounded up to a power
         of two. Any image whose layers fit these depths runs on the same hardware.
+    batch : int
+        Images computed together (1, or even up to 16): each decoded weight multiplies all of them on
+        packed DSP48E1 lanes (hw/mac_lane.py). The input stream must carry a multiple of ``batch``
+        images; a host pads the last group.
 
     Members
     -------
     i : In(stream.Signature(unsigned(8)))
         Input activation codes of one image after another, ``n_in`` of layer 0 each.
+
+    Raises
+    ------
+    ValueError
+        For a depth that is not a power of two or too small, or an unsupported ``batch``.
     o : Out(stream.Signature(OUTPUT_LAYOUT))
         Class scores (``2^-8`` units, model/golden.py), ``last`` on the final class of an image.
     """
