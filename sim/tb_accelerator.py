@@ -30,22 +30,18 @@ The test is configured by environment variables (set by :func:`sim.runner.run_ac
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge
 from cocotb.types import LogicArray
 
-#: Clock period in ns (the papers' 100 MHz).
-CLOCK_NS = 10
+from sim.stream_tb import CLOCK_NS, StreamTB, write_json
+
 #: Cycles without any accepted beat after which the DUT counts as hung.
 DEFAULT_TIMEOUT_CYCLES = 1_000_000
 #: Cycles the monitor keeps listening after the last expected image, to catch extra beats.
@@ -53,20 +49,6 @@ TAIL_CYCLES = 64
 SCORE_MASK = (1 << 32) - 1
 LAST_BIT = 1 << 32
 _UNRESOLVED_TO_0 = str.maketrans("xXzZuUwW-", "000000000")
-
-
-def valid_gaps(rng: random.Random, p_gap: float = 0.3, max_gap: int = 3) -> Iterator[int]:
-    """Idle cycles before each input beat: 0 with probability ``1 - p_gap``, else 1 to ``max_gap``."""
-    while True:
-        yield rng.randint(1, max_gap) if rng.random() < p_gap else 0
-
-
-def ready_pattern(rng: random.Random, p_drop: float = 0.35, p_long: float = 0.03) -> Iterator[int]:
-    """Per-cycle ``o.ready``: single-cycle drops with probability ``p_drop``, occasionally 4 to 16 in a row."""
-    while True:
-        if rng.random() < p_long:
-            yield from itertools.repeat(0, rng.randint(4, 16))
-        yield int(rng.random() >= p_drop)
 
 
 def to_signed32(value: int) -> int:
@@ -113,7 +95,7 @@ class Scoreboard:
             self.done.set()
 
 
-class AcceleratorTB:
+class AcceleratorTB(StreamTB):
     """Clock, reset, input driver, output monitor, watchdog and scoreboard of ``mpq_accel``.
 
     Parameters
@@ -132,37 +114,15 @@ class AcceleratorTB:
 
     def __init__(self, dut, expected, *, stall: bool, seed: int = 0,
                  timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
-        if timeout_cycles < 1:
-            raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
-        self.dut = dut
-        self.stall = stall
-        self.timeout_cycles = timeout_cycles
-        # Independent streams, so that changing one pattern does not shift the other.
-        self.valid_gaps = valid_gaps(random.Random(f"valid-{seed}")) if stall else itertools.repeat(0)
-        self.ready_pattern = ready_pattern(random.Random(f"ready-{seed}")) if stall else itertools.repeat(1)
+        super().__init__(dut, stall=stall, seed=seed, timeout_cycles=timeout_cycles)
         self.scoreboard = Scoreboard(expected)
-        self.clk_edge = RisingEdge(dut.clk)
-        self.hung = Event()
         self.beats = 0  # accepted beats on i and o: the watchdog's progress counter
-        self.protocol_errors: list[str] = []
-        self.valid_gap_cycles = 0  # idle cycles the driver inserted
-        self.ready_stall_cycles = 0  # cycles with o.valid high and o.ready low
         self.first_input_ns: float | None = None
         self.image_done_ns: list[float] = []
         self.pending: list[int] = []  # scores of the image being received
-        # The C++ clock: Icarus runs twice as fast as with a Python coroutine toggling clk (measured); our
-        # own writes still land in the ReadWrite phase after the edge, so no race with the DUT's registers.
-        Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi").start()
 
-    async def reset(self, cycles: int = 4) -> None:
-        """Hold the synchronous reset for ``cycles`` edges with both streams idle."""
-        self.dut.rst.value = 1
-        self.dut.i__valid.value = 0
-        self.dut.i__payload.value = 0
-        self.dut.o__ready.value = 0
-        await ClockCycles(self.dut.clk, cycles)
-        self.dut.rst.value = 0
-        await self.clk_edge
+    def progress(self) -> int:
+        return self.beats
 
     def start(self, images) -> None:
         """Start the driver on ``images`` (rows of input codes), the monitor and the watchdog."""
@@ -233,19 +193,6 @@ class AcceleratorTB:
             scores, self.pending = self.pending, []
             self.scoreboard.check(scores)
 
-    def _protocol_error(self, message: str) -> None:
-        self.protocol_errors.append(f"{get_sim_time('ns'):.0f} ns: {message}")
-        cocotb.log.error("%s", message)
-
-    async def watchdog(self) -> None:
-        """Set :attr:`hung` when no beat is accepted on either stream for :attr:`timeout_cycles` cycles."""
-        while True:
-            before = self.beats
-            await Timer(self.timeout_cycles * CLOCK_NS, unit="ns")
-            if self.beats == before:
-                self.hung.set()
-                return
-
     async def run(self, images) -> None:
         """Drive ``images`` and wait for all their scores (or the watchdog), then a short tail."""
         self.start(images)
@@ -292,12 +239,6 @@ class AcceleratorTB:
         }
 
 
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
-
-
 @cocotb.test()
 async def run_images(dut):
     """All images of ``MPQ_CASE`` through the DUT; scores must equal the golden model's, in order."""
@@ -319,7 +260,7 @@ async def run_images(dut):
         # Also when the run dies (e.g. a port is missing): the caller gets what was received so far.
         record = tb.result(time.perf_counter() - t0)
         record["error"] = error
-        _write_json(Path(os.environ["MPQ_RESULT"]), record)
+        write_json(Path(os.environ["MPQ_RESULT"]), record)
 
     assert not record["timed_out"], (
         f"no beat accepted for {tb.timeout_cycles} cycles after {record['images']} of {len(expected)} images")

@@ -9,8 +9,8 @@ The sampling discipline is :mod:`sim.tb_accelerator`'s: handshakes are sampled i
 :class:`~cocotb.triggers.ReadOnly` phase before the edge that performs the transfer, inputs are driven right
 after ``RisingEdge(clk)``, and neither coroutine wakes per cycle while it waits (the driver sleeps until
 ``i.ready`` rises, the monitor until ``o.valid`` rises), so a stalled or computing lane costs no Python time.
-Input gaps and ``o.ready`` drops come from :func:`sim.tb_accelerator.valid_gaps` and
-:func:`sim.tb_accelerator.ready_pattern`.
+Input gaps and ``o.ready`` drops come from :func:`sim.stream_tb.valid_gaps` and
+:func:`sim.stream_tb.ready_pattern`.
 
 The test is configured by environment variables (set by :func:`sim.lane_runner.run_dsp_lane`):
 
@@ -30,24 +30,19 @@ The test is configured by environment variables (set by :func:`sim.lane_runner.r
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
 import time
 from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge
 
 from hw.packing import PackingPlan
-from sim.tb_accelerator import ready_pattern, valid_gaps
+from sim.stream_tb import CLOCK_NS, StreamTB, write_json
 
-#: Clock period in ns.
-CLOCK_NS = 10
 #: Cycles without any accepted beat after which the lane counts as hung (its latency is a few cycles).
 DEFAULT_TIMEOUT_CYCLES = 2000
 #: Cycles the monitor keeps listening after the last expected dot product, to catch extra beats.
@@ -137,7 +132,7 @@ class DotProductScoreboard:
             self.done.set()
 
 
-class DspLaneTB:
+class DspLaneTB(StreamTB):
     """Clock, reset, operand driver, sums monitor, watchdog and scoreboard of ``dsp_lane``.
 
     Parameters
@@ -163,8 +158,6 @@ class DspLaneTB:
 
     def __init__(self, dut, plan: PackingPlan, ops, *, stall: bool, seed: int = 0,
                  timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
-        if timeout_cycles < 1:
-            raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
         out_bits = len(dut.o__payload)
         if out_bits % plan.products:
             raise ValueError(f"o__payload has {out_bits} bits, not a multiple of {plan.products} products")
@@ -172,36 +165,19 @@ class DspLaneTB:
         if len(dut.i__payload) != self.format.input_bits:
             raise ValueError(f"i__payload has {len(dut.i__payload)} bits, the plan needs "
                              f"{self.format.input_bits}: the Verilog is not this mode's lane")
-        self.dut = dut
+        super().__init__(dut, stall=stall, seed=seed, timeout_cycles=timeout_cycles)
         self.plan = plan
-        self.stall = stall
-        self.timeout_cycles = timeout_cycles
         self.beats = [self.format.encode(row) for row in ops]
         self.scoreboard = DotProductScoreboard(expected_dot_products(plan, ops))
-        self.valid_gaps = valid_gaps(random.Random(f"valid-{seed}")) if stall else itertools.repeat(0)
-        self.ready_pattern = ready_pattern(random.Random(f"ready-{seed}")) if stall else itertools.repeat(1)
-        self.clk_edge = RisingEdge(dut.clk)
-        self.hung = Event()
         self.accepted = 0  # operand sets taken by the lane
         self.taken = 0  # dot products taken from the lane
-        self.protocol_errors: list[str] = []
-        self.valid_gap_cycles = 0  # idle cycles the driver inserted
         self.input_wait_cycles = 0  # cycles an offered operand set waited for i.ready (chunks, stalls)
-        self.ready_stall_cycles = 0  # cycles with o.valid high and o.ready low
         self.first_input_ns: float | None = None
         self.last_input_ns: float | None = None
         self.last_output_ns: float | None = None
-        Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi").start()
 
-    async def reset(self, cycles: int = 4) -> None:
-        """Hold the synchronous reset for ``cycles`` edges with both streams idle."""
-        self.dut.rst.value = 1
-        self.dut.i__valid.value = 0
-        self.dut.i__payload.value = 0
-        self.dut.o__ready.value = 0
-        await ClockCycles(self.dut.clk, cycles)
-        self.dut.rst.value = 0
-        await self.clk_edge
+    def progress(self) -> int:
+        return self.accepted + self.taken
 
     async def drive_inputs(self) -> None:
         """Operand driver: ``valid`` held until accepted, gaps from :attr:`valid_gaps`."""
@@ -264,19 +240,6 @@ class DspLaneTB:
             if new_ready != ready_now:
                 ready.value = ready_now = new_ready
 
-    def _protocol_error(self, message: str) -> None:
-        self.protocol_errors.append(f"{get_sim_time('ns'):.0f} ns: {message}")
-        cocotb.log.error("%s", message)
-
-    async def watchdog(self) -> None:
-        """Set :attr:`hung` when no beat is accepted on either stream for :attr:`timeout_cycles` cycles."""
-        while True:
-            before = self.accepted + self.taken
-            await Timer(self.timeout_cycles * CLOCK_NS, unit="ns")
-            if self.accepted + self.taken == before:
-                self.hung.set()
-                return
-
     async def run(self) -> None:
         """Drive every operand set and wait for all dot products (or the watchdog), then a short tail."""
         cocotb.start_soon(self.drive_inputs())
@@ -327,12 +290,6 @@ class DspLaneTB:
         }
 
 
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
-
-
 @cocotb.test()
 async def run_dot_products(dut):
     """All operand sets of ``MPQ_LANE_CASE`` through the lane; every sum must equal the Python model's."""
@@ -353,7 +310,7 @@ async def run_dot_products(dut):
     finally:
         record = tb.result(time.perf_counter() - t0)
         record["error"] = error
-        _write_json(Path(os.environ["MPQ_LANE_RESULT"]), record)
+        write_json(Path(os.environ["MPQ_LANE_RESULT"]), record)
 
     assert not record["timed_out"], (
         f"no beat accepted for {tb.timeout_cycles} cycles after {record['operand_sets']} of {len(ops)} "
