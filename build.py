@@ -432,6 +432,10 @@ def batch_size(text: str) -> int:
     return value
 
 
+def add_image_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+
+
 def add_batch_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=batch_size, default=DEFAULT_BATCH,
                    help="images computed together, sharing each decoded weight on packed DSP48E1 lanes: "
@@ -472,7 +476,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("verilog", help="image -> accelerator Verilog and a Vivado build plan (XDC, TCL)")
-    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    add_image_arg(p)
     p.add_argument("--board", default="arty_z7_20", choices=("arty_z7_20",), help="XC7Z020 board")
     p.add_argument("--selftest-images", type=bounded(int, 1, 360), default=16,
                    help="test images in the on-board self-test ROM (default: 16)")
@@ -482,7 +486,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verilog)
 
     p = sub.add_parser("sim", help="cocotb RTL simulation of the image on the test set vs the golden model")
-    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    add_image_arg(p)
     p.add_argument("--simulator", choices=("icarus", "verilator"), default="icarus",
                    help="HDL simulator (default: icarus)")
     p.add_argument("--images", type=bounded(int, 1, 360), default=None, help="number of test images (default: all)")
@@ -493,7 +497,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("synth", help="Yosys synth_xilinx resource report against the XC7Z020")
-    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    add_image_arg(p)
     p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
     add_batch_arg(p)
     p.set_defaults(func=cmd_synth)

@@ -35,6 +35,19 @@ HEADER_WORDS = 8
 DESCRIPTOR_WORDS = 8
 
 
+def step_image_major(m: Module, row: Signal, img: Signal, rows, batch: int):
+    """Advance ``(img, row)`` in image-major order (all rows of image 0, then image 1, ...) this cycle.
+
+    Returns a value that is true when this step wraps both counters to zero (the batch is complete).
+    """
+    last_row = row == rows - 1
+    last_img = img == batch - 1
+    m.d.sync += row.eq(Mux(last_row, 0, row + 1))
+    with m.If(last_row):
+        m.d.sync += img.eq(Mux(last_img, 0, img + 1))
+    return last_row & last_img
+
+
 class Accelerator(wiring.Component):
     """Mixed-precision network accelerator with the image in its global buffer.
 
@@ -287,13 +300,8 @@ class Accelerator(wiring.Component):
                     act_wr[0].addr.eq(row),
                     act_wr[0].data.eq(self.i.payload.replicate(batch)),
                 ]
-                with m.If(self.i.valid):
-                    m.d.sync += row.eq(row + 1)
-                    with m.If(row == n_in - 1):
-                        m.d.sync += [row.eq(0), img.eq(img + 1)]
-                        with m.If(img == batch - 1):
-                            m.d.sync += img.eq(0)
-                            m.next = "START"
+                with m.If(self.i.valid), m.If(step_image_major(m, row, img, n_in, batch)):
+                    m.next = "START"
             with m.State("START"):
                 m.d.comb += restart.eq(1)
                 m.next = "RUN"
@@ -319,10 +327,6 @@ class Accelerator(wiring.Component):
                 ]
                 with m.If(self.o.ready):
                     m.next = "EMIT-READ"
-                    m.d.sync += row.eq(row + 1)
-                    with m.If(row == n_out - 1):
-                        m.d.sync += [row.eq(0), img.eq(img + 1)]
-                        with m.If(img == batch - 1):
-                            m.d.sync += img.eq(0)
-                            m.next = "DESCRIPTOR"
+                    with m.If(step_image_major(m, row, img, n_out, batch)):
+                        m.next = "DESCRIPTOR"
         return m
