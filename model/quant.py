@@ -16,9 +16,14 @@ from torch import nn
 from .errors import UserError
 from .golden import MAX_ACT_BITS, WIDTHS
 
+#: Widths the DoReFa quantizer trains with: the hardware's :data:`model.golden.WIDTHS` plus 1 and 2 bits,
+#: which the extended IMQ hierarchy of Sec. 3.2 / Fig. 6 and QNN-1 / QNN-2 use. Eq. 1 and 3 hold for any
+#: ``k >= 1``; the exporter, the golden model and the hardware accept only :data:`model.golden.WIDTHS`.
+TRAIN_WIDTHS: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32)
 
-def check_widths(widths: torch.Tensor, where: str) -> None:
-    """Raise :class:`UserError` unless every element of ``widths`` is one of :data:`model.golden.WIDTHS`.
+
+def check_widths(widths: torch.Tensor, where: str, allowed: tuple[int, ...] = WIDTHS) -> None:
+    """Raise :class:`UserError` unless every element of ``widths`` is one of ``allowed``.
 
     Parameters
     ----------
@@ -26,13 +31,16 @@ def check_widths(widths: torch.Tensor, where: str) -> None:
         Integer bit-width mask.
     where : str
         Names the field in the message, e.g. ``"fc1.bit_width"``.
+    allowed : tuple of int
+        The accepted widths: :data:`model.golden.WIDTHS` (what the hardware runs, the default) or
+        :data:`TRAIN_WIDTHS` (what training can quantize to).
     """
     if widths.dtype.is_floating_point or widths.dtype.is_complex:
         raise UserError(f"{where}: bit widths must be an integer tensor, not {widths.dtype}")
-    bad = ~torch.isin(widths, torch.tensor(WIDTHS, dtype=widths.dtype))
+    bad = ~torch.isin(widths, torch.tensor(allowed, dtype=widths.dtype))
     if bad.any():
         found = sorted(set(widths[bad].tolist()))[:5]
-        raise UserError(f"{where}: bit widths {found} are not allowed; allowed {WIDTHS}")
+        raise UserError(f"{where}: bit widths {found} are not allowed; allowed {allowed}")
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +75,7 @@ def dorefa_codes(w: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     w : torch.Tensor
         Latent full-precision weights of one layer.
     widths : torch.Tensor
-        Integer mask of the same shape, elements in :data:`model.golden.WIDTHS`.
+        Integer mask of the same shape, elements in :data:`TRAIN_WIDTHS`.
 
     Returns
     -------
@@ -77,9 +85,9 @@ def dorefa_codes(w: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     Raises
     ------
     UserError
-        If ``widths`` holds a value outside :data:`model.golden.WIDTHS`.
+        If ``widths`` holds a value outside :data:`TRAIN_WIDTHS`.
     """
-    check_widths(widths, "bit widths")
+    check_widths(widths, "bit widths", TRAIN_WIDTHS)
     with torch.no_grad():
         x = dorefa_normalize(w).to(torch.float64)
         return torch.round(x * _levels(widths)).to(torch.int64)
