@@ -2,19 +2,34 @@
 
 The float network (DoReFa weights with an element-wise bit-width mask, paper Eq. 3 and 7, PACT activations,
 Eq. 5-6) is turned into integers as follows. For one fully connected layer with input PACT codes
-``u_i`` in ``[0, 2^a - 1]`` and DoReFa weight codes ``q_ij`` in ``[0, 2^m_ij - 1]``, ``m_ij`` in
-``{0, 4, 8, 16, 32}``:
+``u_i`` in ``[0, 2^a - 1]`` and weight codes ``q_ij`` of element-wise widths ``m_ij`` in
+``{0, 4, 8, 16, 32}`` (0 = pruned), with ``D = 2^32 - 1`` and ``R_m = D / (2^m - 1)``
+(``0x11111111, 0x01010101, 0x00010001, 1``: ``q * R_m`` is ``q``'s bits repeated to fill 32 bits), the
+accelerator sums unsigned products per bit-width class and per-class activation sums,
 
-* DoReFa (Eq. 3) gives ``w = 2 q / (2^m - 1) - 1``. With ``D = 2^32 - 1`` and ``R_m = D / (2^m - 1)``
-  (``0x11111111, 0x01010101, 0x00010001, 1``) this is ``w = (2 R_m q - D) / D`` exactly.
-* So ``D * sum_i w_ij u_i`` is the integer
+  ``S_m[j] = sum_{i: m_ij = m} q_ij u_i``,  ``A_m[j] = sum_{i: m_ij = m} u_i``,  ``A[j] = sum_m A_m[j]``,
 
-  ``acc_j = 2 * sum_m R_m S_m[j] - D * A[j]``,  ``S_m[j] = sum_{i: m_ij = m} q_ij u_i``,
-  ``A[j] = sum_{i: m_ij != 0} u_i``.
+and combines them once per output (:func:`combine`), never per multiply; products stay as narrow as their
+weights, and 0-bit weights take no part at all (Eq. 7). Each layer is in one of two modes:
 
-  Products stay as narrow as their weights; the class constants ``R_m`` and ``D`` are applied once per
-  output (:func:`combine`), never per multiply. 0-bit weights take no part at all (Eq. 7).
-* Requantization (PACT of the next layer, Eq. 5-6, with the bias folded in) is fixed point:
+* **DoReFa** (``signed=False``; MPQ-tickets Eq. 3): ``q`` in ``[0, 2^m - 1]``, ``w = 2 q / (2^m - 1) - 1``
+  ``= (2 R_m q - D) / D``. So ``D * sum_i w_ij u_i`` is the integer
+
+  ``acc_j = 2 * sum_m R_m S_m[j] - D * A[j]``.
+
+* **signed** (``signed=True``; the symmetric codes ``c`` in ``[-(2^(m-1) - 1), 2^(m-1) - 1]`` of BMPQ
+  Eq. 3-5 and LSQ, with the per-layer scale folded into the requantizer): the stored code is offset binary,
+  ``q = c + 2^(m-1)`` in ``[1, 2^m - 1]`` (an unsigned ``m``-bit code, so the lanes are unchanged), and
+  ``w = 2 c / (2^m - 1)``. DoReFa's levels all have odd numerators ``2q - (2^m - 1)``, so they cannot hold
+  an even ``c``; this mode can. ``D w = 2 R_m c = 2 R_m q - R_m 2^m`` and ``R_m 2^m = D + R_m``, so
+
+  ``acc_j = 2 * sum_m R_m S_m[j] - sum_m R_m 2^m A_m[j] = 2 * sum_m R_m S_m[j] - D * A[j] - sum_m R_m A_m[j]``:
+
+  the DoReFa accumulator plus one correction ``- sum_m R_m A_m`` (shift-and-add, like ``R_m S_m``).
+  ``c = 0`` weights cost a multiply for nothing: exporters should prune them (zero-skipping).
+
+* Requantization (PACT of the next layer, Eq. 5-6, with the bias folded in) is the same for both modes
+  and fixed point:
 
   ``t_j = acc_j >> ACC_SHIFT`` (arithmetic shift, i.e. floor),
   ``y_j = (t_j * M_j + B_j + 2^(S-1)) >> S`` (round half up, i.e. floor(x + 1/2)),
@@ -26,9 +41,11 @@ Rounding is named once here and nowhere else: **floor** for the accumulator shif
 requantizer. The float model rounds half to even (``torch.round``); the two differ only on exact ties,
 which the accuracy test bounds (golden within 0.5 percentage points of fake-quant).
 
-Every array here is int64; ``S_32`` reaches ``2^32 * 2^8 * n_in`` and ``acc`` about ``2^55`` for
-``n_in <= 4096`` and 8-bit activations, inside int64. :func:`check_layer` rejects layers that could
-overflow.
+Every array here is int64. For ``n_in <= MAX_FAN_IN = 2^12`` and 8-bit activations, in both modes:
+``S_m < 2^m * 2^8 * 2^12`` (``2^52`` for ``m = 32``), each ``2 R_m S_m < 2 D * 255 * n_m``, so
+``2 sum_m R_m S_m < 2^53``; ``D * A < 2^52``; ``sum_m R_m A_m <= R_4 * 255 * 2^12 < 2^49``; and
+``|acc| = D |sum w u| <= D * 255 * 2^12 < 2^52`` since ``|w| <= 1``. Everything stays far inside int64.
+:func:`check_layer` rejects layers outside these bounds.
 """
 
 from __future__ import annotations
@@ -68,7 +85,8 @@ class IntLinear:
     Members
     -------
     codes : int64 ``[n_out, n_in]``
-        DoReFa codes ``q`` in ``[0, 2^width - 1]``; 0 wherever ``widths`` is 0.
+        Weight codes ``q``: DoReFa codes in ``[0, 2^width - 1]``, or for a ``signed`` layer offset-binary
+        codes ``c + 2^(width-1)`` in ``[1, 2^width - 1]``; 0 wherever ``widths`` is 0.
     widths : int64 ``[n_out, n_in]``
         Element-wise bit widths in :data:`WIDTHS`.
     in_bits : int
@@ -81,6 +99,11 @@ class IntLinear:
         Requant offset ``B`` (bias and rounding offset of the float model, in units of ``2^-shift``).
     shift : int
         Requant shift ``S`` >= 1.
+    name : str
+        Layer name (manifests and messages only).
+    signed : bool
+        Weight mode of the whole layer: False for DoReFa codes, True for symmetric signed codes stored in
+        offset binary (module docstring).
     """
 
     codes: np.ndarray
@@ -91,6 +114,7 @@ class IntLinear:
     bias: np.ndarray
     shift: int
     name: str = ""
+    signed: bool = False
 
     @property
     def n_out(self) -> int:
@@ -127,8 +151,10 @@ class IntNetwork:
 
 
 def check_layer(layer: IntLinear, where: str = "layer") -> None:
-    """Raise :class:`UserError` if ``layer`` breaks the contract (widths, code ranges, sizes)."""
+    """Raise :class:`UserError` if ``layer`` breaks the contract (mode, widths, code ranges, sizes)."""
     w, q = layer.widths, layer.codes
+    if not isinstance(layer.signed, bool | np.bool_):
+        raise UserError(f"{where}: field 'signed' is {layer.signed!r}; allowed True or False")
     if w.shape != q.shape or w.ndim != 2:
         raise UserError(f"{where}: codes {q.shape} and widths {w.shape} must be equal 2-D shapes")
     bad = ~np.isin(w, WIDTHS)
@@ -137,6 +163,10 @@ def check_layer(layer: IntLinear, where: str = "layer") -> None:
     limit = np.where(w == 32, D, (np.int64(1) << np.minimum(w, 31)) - 1)
     if (q < 0).any() or (q > limit).any():
         raise UserError(f"{where}: field 'codes' outside [0, 2^width - 1]")
+    if layer.signed and (q[w != 0] == 0).any():
+        # q = 0 would be c = -2^(m-1), outside the symmetric range (and |w| > 1 breaks the bounds above).
+        raise UserError(f"{where}: field 'codes' of a signed layer outside [1, 2^width - 1] (offset binary"
+                        " of c in [-(2^(width-1) - 1), 2^(width-1) - 1])")
     if layer.n_in > MAX_FAN_IN:
         raise UserError(f"{where}: n_in {layer.n_in} exceeds the supported maximum {MAX_FAN_IN}")
     for field, bits in (("in_bits", layer.in_bits), ("out_bits", layer.out_bits)):
@@ -152,20 +182,40 @@ def check_layer(layer: IntLinear, where: str = "layer") -> None:
         raise UserError(f"{where}: field 'bias' outside (-2^62, 2^62)")
 
 
-def class_sums(layer: IntLinear, u: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Per-class unsigned sums ``S_m`` and the activation sum ``A`` (see module docstring)."""
+def class_sums(layer: IntLinear, u: torch.Tensor) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per-class unsigned sums ``S_m`` and per-class activation sums ``A_m`` (module docstring).
+
+    Parameters
+    ----------
+    layer : IntLinear
+    u : int64 ``[N, n_in]``
+        Input activation codes.
+
+    Returns
+    -------
+    sums, act_sums : dict of int64 ``[N, n_out]``, keyed by the classes :data:`CLASSES`
+        ``S_m = sum over class-m weights of q u`` and ``A_m = sum over class-m weights of u``; pruned
+        weights take part in neither. The two modes have the same sums; only :func:`combine` differs.
+    """
     q = torch.as_tensor(layer.codes, dtype=torch.int64)
     w = torch.as_tensor(layer.widths, dtype=torch.int64)
     sums = {m: u @ torch.where(w == m, q, 0).T for m in CLASSES}
-    act_sum = u @ (w != 0).to(torch.int64).T
-    return sums, act_sum
+    act_sums = {m: u @ (w == m).to(torch.int64).T for m in CLASSES}
+    return sums, act_sums
 
 
-def combine(sums: dict[int, torch.Tensor], act_sum: torch.Tensor) -> torch.Tensor:
-    """``acc = 2 * sum_m R_m S_m - D * A``: ``D`` times the exact dot product with DoReFa weights."""
-    acc = -D * act_sum
+def combine(sums: dict[int, torch.Tensor], act_sums: dict[int, torch.Tensor], signed: bool = False
+            ) -> torch.Tensor:
+    """``D`` times the exact dot product of the layer's weights with the activations (module docstring).
+
+    DoReFa: ``acc = 2 sum_m R_m S_m - D A``; signed (offset-binary codes): the same minus
+    ``sum_m R_m A_m``, i.e. ``2 sum_m R_m S_m - sum_m R_m 2^m A_m``. ``A = sum_m A_m``.
+    """
+    acc = 0
     for m in CLASSES:
-        acc = acc + 2 * R[m] * sums[m]
+        acc = acc + 2 * R[m] * sums[m] - D * act_sums[m]
+        if signed:
+            acc = acc - R[m] * act_sums[m]
     return acc
 
 
@@ -179,8 +229,8 @@ def requantize(acc: torch.Tensor, mult, bias, shift: int, out_bits: int) -> torc
 
 
 def layer_forward(layer: IntLinear, u: torch.Tensor) -> torch.Tensor:
-    sums, act_sum = class_sums(layer, u)
-    return requantize(combine(sums, act_sum), layer.mult, layer.bias, layer.shift, layer.out_bits)
+    sums, act_sums = class_sums(layer, u)
+    return requantize(combine(sums, act_sums, layer.signed), layer.mult, layer.bias, layer.shift, layer.out_bits)
 
 
 def requant_params(gain: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1,8 +1,10 @@
-"""Packed weight image (format version 1, ``docs/image_format.md``): packer, unpacker, writer, reader.
+"""Packed weight image (format version 2, ``docs/image_format.md``): packer, unpacker, writer, reader.
 
-An image is a ``uint32`` array: an 8-word header, one 8-word descriptor per layer, then for each layer its
-requant parameters, its 3-bit width mask (ten codes a word, rows word aligned) and its weight payload (a
-bit stream of DoReFa codes, least significant bit first, 0-bit weights absent). :func:`layer_regions` is the
+An image is a ``uint32`` array: an 8-word header, one 8-word descriptor per layer (with the layer's weight
+mode, DoReFa or signed, in bit 24 of its third word), then for each layer its requant parameters, its 3-bit
+width mask (ten codes a word, rows word aligned) and its weight payload (a bit stream of weight codes, least
+significant bit first, 0-bit weights absent). Version 1 images (no signed layers; the same layout with
+bit 24 reserved) still load. :func:`layer_regions` is the
 one place that decides where each region lies; :func:`pack` writes it and :func:`unpack` checks every
 descriptor against it, so the two cannot drift apart.
 """
@@ -22,7 +24,11 @@ from .errors import UserError
 from .golden import MAX_ACT_BITS, MAX_FAN_IN, WIDTHS, IntLinear, IntNetwork, check_layer
 
 MAGIC = 0x4151504D  # the bytes "MPQA" read as a little-endian word
-VERSION = 1
+VERSION = 2
+#: Versions :func:`unpack` and :func:`read_image` accept; version 1 has no signed layers (bit 24 reserved).
+SUPPORTED_VERSIONS = (1, 2)
+#: Bit of descriptor word 2 that marks a signed (offset-binary) layer, from format version 2 on.
+SIGNED_BIT = 24
 FORMAT = "mpqaccel-image"
 HEADER_WORDS = 8
 DESC_WORDS = 8
@@ -142,7 +148,8 @@ def pack(net: IntNetwork) -> np.ndarray:
     for index, (layer, reg) in enumerate(zip(net.layers, regs)):
         d = HEADER_WORDS + DESC_WORDS * index
         words[d : d + DESC_WORDS] = (
-            layer.n_in, layer.n_out, layer.in_bits | layer.out_bits << 8 | layer.shift << 16,
+            layer.n_in, layer.n_out,
+            layer.in_bits | layer.out_bits << 8 | layer.shift << 16 | int(layer.signed) << SIGNED_BIT,
             reg.mask_base, reg.payload_base, reg.param_base, reg.mask_words_per_row,
             int(np.count_nonzero(layer.widths)))
         params = words[reg.param_base : reg.mask_base].reshape(-1, PARAM_WORDS)
@@ -160,7 +167,8 @@ def _field(where: str, field: str, addr: int, value: object, allowed: str) -> Us
     return UserError(f"{where}: field '{field}' (word {addr}) is {value}; {allowed}")
 
 
-def _unpack_layer(words: np.ndarray, index: int, base: int, where: str) -> tuple[IntLinear, Regions]:
+def _unpack_layer(words: np.ndarray, index: int, base: int, where: str, version: int
+                  ) -> tuple[IntLinear, Regions]:
     d = HEADER_WORDS + DESC_WORDS * index
     desc = [int(x) for x in words[d : d + DESC_WORDS]]
     n_in, n_out, packed, mask_base, payload_base, param_base, per_row, nonzero = desc
@@ -170,8 +178,12 @@ def _unpack_layer(words: np.ndarray, index: int, base: int, where: str) -> tuple
     if not 1 <= n_out <= len(words):
         raise _field(where, name + "n_out", d + 1, n_out, f"allowed 1..{len(words)} (the image size)")
     in_bits, out_bits, shift = packed & 0xFF, packed >> 8 & 0xFF, packed >> 16 & 0xFF
-    if packed >> 24:
-        raise _field(where, name + "bits/shift", d + 2, hex(packed), "bits 24-31 are reserved and must be 0")
+    signed = bool(packed >> SIGNED_BIT & 1)
+    if version == 1 and packed >> SIGNED_BIT:
+        raise _field(where, name + "bits/shift", d + 2, hex(packed),
+                     "bits 24-31 are reserved and must be 0 in format version 1 (signed layers need version 2)")
+    if packed >> (SIGNED_BIT + 1):
+        raise _field(where, name + "bits/shift", d + 2, hex(packed), "bits 25-31 are reserved and must be 0")
     if not 1 <= in_bits <= MAX_ACT_BITS:
         raise _field(where, name + "in_bits", d + 2, in_bits, f"allowed 1..{MAX_ACT_BITS}")
     if not 0 <= out_bits <= MAX_ACT_BITS:
@@ -230,7 +242,7 @@ def _unpack_layer(words: np.ndarray, index: int, base: int, where: str) -> tuple
     codes = np.zeros(flat.size, dtype=np.int64)
     codes[keep] = np.packbits(bits, axis=1, bitorder="little").view("<u4").ravel()
     layer = IntLinear(codes=codes.reshape(n_out, n_in), widths=widths, in_bits=in_bits, out_bits=out_bits,
-                      mult=mult, bias=bias.copy(), shift=shift)
+                      mult=mult, bias=bias.copy(), shift=shift, signed=signed)
     check_layer(layer, where=f"{where}: layer {index}")
     return layer, reg
 
@@ -248,7 +260,8 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork:
     ------
     UserError
         Naming ``where``, the field and the allowed values, if the header, a descriptor, a mask code, the
-        requant parameters or the region layout break the format.
+        requant parameters or the region layout break the format. Versions 1 and 2 are read (version 1:
+        every layer DoReFa).
     """
     words = np.asarray(words)
     if words.ndim != 1 or words.dtype.kind not in "ui":
@@ -261,8 +274,8 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork:
     magic, version, n_layers, input_bits, total = (int(x) for x in words[:5])
     if magic != MAGIC:
         raise _field(where, "magic", 0, hex(magic), f"expected {MAGIC:#x} (the bytes 'MPQA')")
-    if version != VERSION:
-        raise _field(where, "version", 1, version, f"supported: {VERSION}")
+    if version not in SUPPORTED_VERSIONS:
+        raise _field(where, "version", 1, version, f"supported: {', '.join(map(str, SUPPORTED_VERSIONS))}")
     if total != len(words):
         raise _field(where, "words", 4, total, f"the image holds {len(words)} words (truncated or padded?)")
     if not 1 <= input_bits <= MAX_ACT_BITS:
@@ -274,7 +287,7 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork:
         raise _field(where, "layers", 2, n_layers, f"allowed 1..{max_layers} (the descriptors must fit)")
     layers, base = [], HEADER_WORDS + DESC_WORDS * n_layers
     for index in range(n_layers):
-        layer, reg = _unpack_layer(words, index, base, where)
+        layer, reg = _unpack_layer(words, index, base, where, version)
         layers.append(layer)
         base = reg.end
     if base != len(words):
@@ -300,13 +313,13 @@ def manifest(net: IntNetwork, words: np.ndarray, names=None, extra: dict | None 
         counts = {str(m): int(np.count_nonzero(layer.widths == m)) for m in WIDTHS}
         layers.append({
             "name": name, "n_in": layer.n_in, "n_out": layer.n_out, "in_bits": layer.in_bits,
-            "out_bits": layer.out_bits, "shift": layer.shift,
+            "out_bits": layer.out_bits, "shift": layer.shift, "signed": bool(layer.signed),
             "mask_base": reg.mask_base, "mask_words": reg.mask_words,
             "payload_base": reg.payload_base, "payload_words": reg.payload_words,
             "param_base": reg.param_base, "param_words": reg.param_words,
             "nonzero": int(np.count_nonzero(layer.widths)), "width_counts": counts})
     record = {
-        "format": FORMAT, "version": VERSION, "words": len(words), "bytes": image_bytes(words),
+        "format": FORMAT, "version": int(words[1]), "words": len(words), "bytes": image_bytes(words),
         "sha256": hashlib.sha256(np.asarray(words, dtype="<u4").tobytes()).hexdigest(),
         "input_bits": net.input_bits, "avg_weight_bits": net.avg_weight_bits, "layers": layers}
     if extra is not None:
@@ -362,8 +375,9 @@ def read_image(path) -> tuple[IntNetwork, dict]:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise UserError(f"{man_path}: field 'format' is {found!r}; expected {FORMAT!r}")
-    if record.get("version") != VERSION:
-        raise UserError(f"{man_path}: field 'version' is {record.get('version')!r}; supported: {VERSION}")
+    if record.get("version") not in SUPPORTED_VERSIONS or isinstance(record.get("version"), bool):
+        raise UserError(f"{man_path}: field 'version' is {record.get('version')!r}; supported:"
+                        f" {', '.join(map(str, SUPPORTED_VERSIONS))}")
     for field, kind in (("bytes", int), ("sha256", str), ("layers", list)):
         if not isinstance(record.get(field), kind):
             raise UserError(f"{man_path}: field '{field}' is {record.get(field)!r}; expected {kind.__name__}")
@@ -380,7 +394,11 @@ def read_image(path) -> tuple[IntNetwork, dict]:
     if digest != record["sha256"]:
         raise UserError(f"{bin_path}: field 'sha256' mismatch: {man_path.name} expects {record['sha256']},"
                         f" the file has {digest}")
-    net = unpack(np.frombuffer(data, dtype="<u4"), where=str(bin_path))
+    words = np.frombuffer(data, dtype="<u4")
+    net = unpack(words, where=str(bin_path))
+    if int(words[1]) != record["version"]:
+        raise UserError(f"{man_path}: field 'version' is {record['version']}; {bin_path.name} is version"
+                        f" {int(words[1])}")
     names = [layer.get("name", "") if isinstance(layer, dict) else "" for layer in record["layers"]]
     if len(names) != len(net.layers):
         raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds"

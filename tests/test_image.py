@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 
@@ -13,24 +14,26 @@ from hypothesis import strategies as st
 
 from model.errors import UserError
 from model.golden import WIDTHS, D, IntLinear, IntNetwork
-from model.image import MAGIC, pack, read_image, regions, unpack, write_image
+from model.image import MAGIC, VERSION, pack, read_image, regions, unpack, write_image
 
 FIELDS = ("codes", "widths", "mult", "bias")
 
 
 def random_layer(rng: np.random.Generator, n_in: int, n_out: int, in_bits: int, out_bits: int,
-                 probs: np.ndarray, zero_rows: float) -> IntLinear:
+                 probs: np.ndarray, zero_rows: float, signed: bool = False) -> IntLinear:
     widths = rng.choice(WIDTHS, size=(n_out, n_in), p=probs)
     widths[rng.random(n_out) < zero_rows] = 0
     limit = np.where(widths == 32, D, (np.int64(1) << np.minimum(widths, 31)) - 1)
-    # Each code is 0, the largest code of its width (2^32 - 1 for 32 bits), or uniform in between.
+    # Each code is 0, the largest code of its width (2^32 - 1 for 32 bits), or uniform in between; a signed
+    # layer's offset-binary codes start at 1 (c = -(2^(m-1) - 1)).
+    low = np.minimum(int(signed), limit)
     uniform = np.minimum((rng.random(widths.shape) * (limit + 1.0)).astype(np.int64), limit)
-    codes = np.choose(rng.integers(0, 3, size=widths.shape), [np.zeros_like(limit), limit, uniform])
+    codes = np.choose(rng.integers(0, 3, size=widths.shape), [low, limit, np.maximum(uniform, low)])
     mult = rng.choice([0, (1 << 17) - 1, *rng.integers(0, 1 << 17, size=4)], size=n_out)
     big = (1 << 62) - 1
     bias = rng.choice([-big, -1, 0, big, *rng.integers(-big, big + 1, size=4)], size=n_out)
     return IntLinear(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits,
-                     mult=mult, bias=bias, shift=int(rng.integers(1, 63)))
+                     mult=mult, bias=bias, shift=int(rng.integers(1, 63)), signed=signed)
 
 
 @st.composite
@@ -45,14 +48,15 @@ def networks(draw) -> IntNetwork:
         probs = raw / raw.sum() if raw.sum() else np.eye(5)[0]  # all weights pruned
         zero_rows = draw(st.sampled_from([0.0, 0.3, 1.0]))
         layers.append(random_layer(rng, sizes[index], sizes[index + 1], bits[index], bits[index + 1],
-                                   probs, zero_rows))
+                                   probs, zero_rows, signed=draw(st.booleans())))
     return IntNetwork(input_bits=bits[0], layers=tuple(layers))
 
 
 def assert_same(a: IntNetwork, b: IntNetwork) -> None:
     assert a.input_bits == b.input_bits and len(a.layers) == len(b.layers)
     for x, y in zip(a.layers, b.layers):
-        assert (x.in_bits, x.out_bits, x.shift) == (y.in_bits, y.out_bits, y.shift)
+        assert (x.in_bits, x.out_bits, x.shift, x.signed) == (y.in_bits, y.out_bits, y.shift, y.signed)
+        assert type(y.signed) is bool
         for field in FIELDS:
             u, v = getattr(x, field), getattr(y, field)
             assert u.shape == v.shape and v.dtype == np.int64 and np.array_equal(u, v), field
@@ -62,8 +66,10 @@ def assert_same(a: IntNetwork, b: IntNetwork) -> None:
 @given(networks())
 def test_pack_unpack_roundtrip(net):
     words = pack(net)
-    assert words.dtype == np.uint32 and words[4] == len(words)
+    assert words.dtype == np.uint32 and words[1] == VERSION == 2 and words[4] == len(words)
     assert_same(net, unpack(words))
+    for index, layer in enumerate(net.layers):  # the mode is bit 24 of descriptor word 2, nothing else
+        assert words[8 + 8 * index + 2] >> 24 == int(layer.signed)
 
 
 @settings(max_examples=100, deadline=None)
@@ -87,7 +93,7 @@ def tiny_net() -> IntNetwork:
 
 
 TINY_WORDS = [
-    0x4151504D, 1, 1, 4, 26, 0, 0, 0,  # header: magic, version, layers, input bits, words
+    0x4151504D, 2, 1, 4, 26, 0, 0, 0,  # header: magic, version, layers, input bits, words
     3, 2, 0x00140004, 22, 24, 16, 1, 4,  # n_in, n_out, in|out<<8|shift<<16, mask, payload, params, 1/row, nnz
     5, 0xFFFFFFFD, 0xFFFFFFFF,  # M=5, B=-3 (two's complement, low word first)
     0x1FFFF, 7, 0x100,  # M=2^17-1, B=2^40+7
@@ -104,6 +110,39 @@ def test_tiny_image_by_hand():
     assert_same(tiny_net(), unpack(np.array(TINY_WORDS, dtype=np.uint32)))
 
 
+def signed_tiny_net() -> IntNetwork:
+    return dataclasses.replace(tiny_net(), layers=(dataclasses.replace(tiny_net().layers[0], signed=True),))
+
+
+def test_signed_tiny_image_by_hand():
+    """A signed layer differs from the DoReFa one in bit 24 of descriptor word 2 only (codes are all >= 1)."""
+    words = pack(signed_tiny_net())
+    assert words.tolist() == [w | 1 << 24 if k == 10 else w for k, w in enumerate(TINY_WORDS)]
+    back = unpack(words)
+    assert_same(signed_tiny_net(), back)
+    assert back.layers[0].signed is True
+
+
+def test_version_1_images_still_load():
+    """Version 1 (no mode bit) loads as all-DoReFa; a version 1 image with bit 24 set is rejected."""
+    old = corrupt(1, 1)
+    assert_same(tiny_net(), unpack(old))
+    old[10] |= 1 << 24
+    with pytest.raises(UserError, match=r"'layer 0 bits/shift' \(word 10\).*reserved.*version 1.*version 2"):
+        unpack(old, where="old.bin")
+
+
+def test_signed_zero_code_is_rejected():
+    """q = 0 is c = -2^(m-1), outside the symmetric range: packing and unpacking name the field."""
+    layer = dataclasses.replace(tiny_net().layers[0], codes=np.array([[0, 0, 0xC3], [0xDEADBEEF, 0x1234, 0]]))
+    words = pack(IntNetwork(input_bits=4, layers=(layer,)))  # fine as DoReFa
+    with pytest.raises(UserError, match="'codes' of a signed layer"):
+        pack(IntNetwork(input_bits=4, layers=(dataclasses.replace(layer, signed=True),)))
+    words[10] |= 1 << 24
+    with pytest.raises(UserError, match=r"bad\.bin: layer 0.*'codes' of a signed layer"):
+        unpack(words, where="bad.bin")
+
+
 def test_write_read_roundtrip(tmp_path):
     net = tiny_net()
     record = write_image(tmp_path / "img", net, extra={"scales": [0.5, 0.25]})
@@ -114,8 +153,9 @@ def test_write_read_roundtrip(tmp_path):
     assert json.loads(out.joinpath("manifest.json").read_text()) == record
     assert record["words"] == 26 and record["bytes"] == 104 and record["extra"] == {"scales": [0.5, 0.25]}
     assert record["avg_weight_bits"] == 60 / 6 and record["input_bits"] == 4
+    assert record["version"] == 2
     assert record["layers"] == [{
-        "name": "fc1", "n_in": 3, "n_out": 2, "in_bits": 4, "out_bits": 0, "shift": 20,
+        "name": "fc1", "n_in": 3, "n_out": 2, "in_bits": 4, "out_bits": 0, "shift": 20, "signed": False,
         "mask_base": 22, "mask_words": 2, "payload_base": 24, "payload_words": 2,
         "param_base": 16, "param_words": 6, "nonzero": 4,
         "width_counts": {"0": 2, "4": 1, "8": 1, "16": 1, "32": 1}}]
@@ -123,6 +163,28 @@ def test_write_read_roundtrip(tmp_path):
         back, man = read_image(path)
         assert_same(net, back)
         assert back.layers[0].name == "fc1" and man == record
+    # A signed network: the manifest says so per layer, and the flag survives the round trip.
+    record = write_image(tmp_path / "signed", signed_tiny_net())
+    assert record["layers"][0]["signed"] is True
+    back, _ = read_image(tmp_path / "signed")
+    assert_same(signed_tiny_net(), back)
+    assert back.layers[0].signed is True and back.layers[0].name == "fc1"
+
+
+def test_read_version_1_image(tmp_path):
+    """An image directory written by version 1 (its manifest has no 'signed' keys) still reads."""
+    words = corrupt(1, 1)
+    (tmp_path / "weights.bin").write_bytes(words.astype("<u4").tobytes())
+    record = {"format": "mpqaccel-image", "version": 1, "words": len(words), "bytes": 4 * len(words),
+              "sha256": hashlib.sha256(words.astype("<u4").tobytes()).hexdigest(), "layers": [{"name": "old"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    net, man = read_image(tmp_path)
+    assert_same(tiny_net(), net)
+    assert net.layers[0].name == "old" and man["version"] == 1
+    # Manifest and weights.bin must agree on the version.
+    (tmp_path / "manifest.json").write_text(json.dumps({**record, "version": 2}))
+    with pytest.raises(UserError, match=r"manifest\.json: field 'version' is 2; weights\.bin is version 1"):
+        read_image(tmp_path)
 
 
 def test_large_layer_packs_fast():
@@ -142,7 +204,8 @@ def corrupt(index: int, value: int) -> np.ndarray:
 
 @pytest.mark.parametrize("words, field", [
     (corrupt(0, MAGIC ^ 1), "'magic'"),
-    (corrupt(1, 2), "'version'"),
+    (corrupt(1, 3), "'version'"),
+    (corrupt(1, 0), "'version'"),
     (np.array(TINY_WORDS[:-1], dtype=np.uint32), "'words'"),
     (corrupt(4, 27), "'words'"),
     (corrupt(2, 0), "'layers'"),
@@ -155,7 +218,8 @@ def corrupt(index: int, value: int) -> np.ndarray:
     (corrupt(10, 0x00140009), "'layer 0 in_bits'"),
     (corrupt(10, 0x00000004), "'layer 0 shift'"),
     (corrupt(10, 0x00400004), "'layer 0 shift'"),
-    (corrupt(10, 0x01140004), "'layer 0 bits/shift'"),
+    (corrupt(10, 0x02140004), "'layer 0 bits/shift'"),  # bit 25: reserved
+    (corrupt(10, 0x80140004), "'layer 0 bits/shift'"),
     (corrupt(11, 23), "'layer 0 mask_base'"),
     (corrupt(12, 25), "'layer 0 payload_base'"),
     (corrupt(13, 8), "'layer 0 param_base'"),
@@ -211,7 +275,8 @@ def test_read_rejects_wrong_size(image_dir):
 
 @pytest.mark.parametrize("text, field", [
     ("{", "'format'"), ("[]", "'format'"), ('{"format": "other", "version": 1}', "'format'"),
-    ('{"format": "mpqaccel-image", "version": 2}', "'version'"),
+    ('{"format": "mpqaccel-image", "version": 3}', "'version'"),
+    ('{"format": "mpqaccel-image", "version": true}', "'version'"),
 ])
 def test_read_rejects_bad_manifest(image_dir, text, field):
     (image_dir / "manifest.json").write_text(text)
