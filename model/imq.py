@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .data import Split
 from .errors import UserError
 from .golden import WIDTHS
-from .layers import QuantLinear
+from .layers import QUANT_LAYER_TYPES, QuantLinear
 from .quant import check_widths
 from .train import evaluate, train
 
@@ -153,7 +153,7 @@ def select_ticket(history: list[IterationRecord]) -> IterationRecord | None:
 
 
 def _mask_keys(model: nn.Module) -> set[str]:
-    return {f"{name}.bit_width" for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    return {f"{name}.bit_width" for name, m in model.named_modules() if isinstance(m, QUANT_LAYER_TYPES)}
 
 
 def initial_state(model: nn.Module) -> dict[str, torch.Tensor]:
