@@ -176,12 +176,19 @@ def test_config_errors():
         train_bmpq(DigitsMLP(hidden=(32,)), split, BMPQConfig(compression=30.0, epochs=1), progress=False)
 
 
-def test_train_bmpq_on_digits_meets_budget():
+@pytest.fixture(scope="module")
+def trained_bmpq_mlp():
+    """A BMPQ MLP on digits with a 2-bit (ternary) and a 4-bit hidden layer between the 16-bit edges."""
     torch.manual_seed(0)
     split = load_digits_split()
     model = DigitsMLP(hidden=(64, 64, 64), act_bits=8)
-    config = BMPQConfig(compression=4.0, epochs=5, warmup=2, interval=1, lr=0.1, batch_size=32, support=(2, 4))
+    config = BMPQConfig(compression=4.0, epochs=5, warmup=2, interval=1, lr=0.1, batch_size=32)
     result = train_bmpq(model, split, config, progress=False)
+    return model, split, result
+
+
+def test_train_bmpq_on_digits_meets_budget(trained_bmpq_mlp):
+    _, _, result = trained_bmpq_mlp
     n = len(result.layer_bits)
     assert result.layer_bits[0] == result.layer_bits[-1] == 16
     assert set(result.layer_bits[1:-1]) <= {2, 4}
@@ -196,3 +203,27 @@ def test_train_bmpq_on_digits_meets_budget():
     assert result.accuracy > 0.8
     data = result.to_json()
     assert data["compression_ratio"] == pytest.approx(result.compression_ratio)
+
+
+def test_bmpq_layers_export_as_signed_golden_layers(trained_bmpq_mlp):
+    from model.convert import input_codes, to_golden
+    from model.golden import R, class_sums, combine, layer_forward
+
+    model, split, result = trained_bmpq_mlp
+    assert sorted(result.layer_bits[1:3]) == [2, 4]
+    net = to_golden(model)
+    assert all(layer.signed for layer in net.layers)
+    u = input_codes(model, split.x_test[:50])
+    for layer, linear in zip(net.layers, model.linears):
+        c, _ = to_int(linear.weight, int(linear.bits))
+        m = {2: 4, 4: 4, 16: 16}[int(linear.bits)]
+        assert set(layer.widths.flatten().tolist()) <= {0, m}
+        assert ((layer.widths == 0) == (c.numpy() == 0)).all()  # zero codes are pruned
+        # acc is exactly 2 R_m sum c u (D times the dot product with w = 2c / (2^m - 1)).
+        sums, act_sums = class_sums(layer, u)
+        assert torch.equal(combine(sums, act_sums, signed=True), 2 * R[m] * (u @ c.T))
+        u = layer_forward(layer, u)
+    fake = float((model(split.x_test).argmax(1) == split.y_test).double().mean())
+    golden = float((net.predict(input_codes(model, split.x_test)) == split.y_test).double().mean())
+    assert fake > 0.8
+    assert abs(golden - fake) <= 0.005
