@@ -1,15 +1,98 @@
-"""Training and evaluation loops (one fixed-length run is IMQ's "train to convergence", Algorithm 1 line 7)."""
+"""Training and evaluation loops (one fixed-length run is IMQ's "train to convergence", Algorithm 1 line 7).
+
+Data parallelism (under ``torchrun``, see :mod:`model.distributed`)
+------------------------------------------------------------------
+Every rank draws the same shuffle (and the same augmentation) from the seeded generator, so every rank
+knows the whole global mini-batch of ``batch_size`` examples. Rank ``r`` of ``W`` takes the contiguous
+shard :func:`~model.distributed.shard_bounds` ``(B, r, W)`` of it, computes the *summed* cross entropy of
+its shard divided by the global batch size ``B``, and back-propagates. One all-reduce sums the gradients
+(and the loss) over the ranks, which is the gradient of the mean loss over the whole global batch, also for
+an uneven last batch, as in a single process; then every rank takes the same Adam step. The result equals
+a single-process run with the same ``batch_size`` up to float rounding: the sum over the batch is formed
+in another order (per shard, then across ranks), a difference of the order of float32 epsilon per step.
+
+BatchNorm: a model's ``BatchNorm*d`` layers see batch statistics. On CUDA (NCCL) :func:`train` swaps
+them for ``nn.SyncBatchNorm`` for the run, sharing their parameters and running buffers, so the statistics
+are those of the global batch as in a single process; the original modules are put back afterwards.
+``SyncBatchNorm`` supports only GPU-like devices, so under gloo on CPU each rank normalizes with the
+statistics of its own shard (``B / W`` examples; training then differs from a single process), and the
+running statistics are averaged over the ranks at the end so that every rank evaluates the same model;
+:func:`train` warns once about this. The equality test (tests/test_distributed.py) uses the MLPs, which
+have no BatchNorm.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .data import Split
+
+
+def _batchnorms(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """``(parent, child name, module)`` of every ``BatchNorm*d`` submodule that is not already synced."""
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm)
+    ]
+
+
+@contextmanager
+def synced_batchnorm(model: nn.Module):
+    """Swap every ``BatchNorm*d`` submodule of ``model`` for an ``nn.SyncBatchNorm`` for the ``with`` body.
+
+    The stand-ins share the originals' ``weight``, ``bias`` and running buffers (the same tensor objects),
+    so training updates the originals in place, and an optimizer built on ``model.parameters()`` before or
+    inside the body steps the same tensors. The original modules are back in place afterwards, so the
+    model's types (which the exporters check) never change. Without a process group ``SyncBatchNorm``
+    computes exactly what ``BatchNorm`` does.
+
+    Yields
+    ------
+    int
+        Number of layers swapped.
+    """
+    swaps = _batchnorms(model)
+    for parent, name, bn in swaps:
+        sync = nn.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        for key in ("weight", "bias"):
+            sync._parameters[key] = bn._parameters[key]
+        for key in ("running_mean", "running_var", "num_batches_tracked"):
+            sync._buffers[key] = bn._buffers[key]
+        sync.train(bn.training)
+        parent._modules[name] = sync
+    try:
+        yield len(swaps)
+    finally:
+        for parent, name, bn in swaps:
+            bn.train(parent._modules[name].training)  # keep a mode change made inside the body
+            parent._modules[name] = bn
+
+
+def _average_running_stats(model: nn.Module) -> None:
+    """Average BatchNorm running means and variances over the ranks (rank 0's ``num_batches_tracked``)."""
+    world = distributed.world_size()
+    with torch.no_grad():
+        for _, _, bn in _batchnorms(model):
+            if bn.track_running_stats:
+                for stat in (bn.running_mean, bn.running_var):
+                    distributed.all_reduce_sum_(stat).div_(world)
+                distributed.broadcast_(bn.num_batches_tracked)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def train(
@@ -23,59 +106,130 @@ def train(
 ) -> list[float]:
     """Train ``model`` in place with Adam, cross entropy and a per-step cosine learning-rate schedule.
 
-    Deterministic for a given ``seed``: the only randomness is the shuffling, drawn from its own
-    ``torch.Generator`` (the global RNG is neither used nor touched).
+    Deterministic for a given ``seed``: the only randomness is the shuffling (and, if ``split.augment``,
+    the augmentation), drawn from its own ``torch.Generator`` (the global RNG is neither used nor touched).
+    Under ``torchrun`` this is data-parallel (module docstring): the model moves to
+    :func:`model.distributed.device` and stays there, every rank starts from rank 0's parameters and
+    buffers, the bit-width masks must already agree on all ranks (:func:`model.distributed.check_masks`;
+    every mask update happens between two training runs), and every rank ends with the same model and
+    returns the same losses. In a single process the model stays on its device and nothing is
+    communicated.
 
     Parameters
     ----------
     model : nn.Module
-        Maps ``[N, n_in]`` float inputs to ``[N, n_classes]`` logits.
+        Maps a batch of ``split.x_train`` rows (or augmented images) to ``[N, n_classes]`` logits.
     split : Split
-        Training data come from ``split.x_train`` / ``split.y_train``.
+        Training data come from ``split.x_train`` / ``split.y_train``. If ``split.augment`` is true
+        (``False`` when the attribute is missing), every global mini-batch goes through
+        ``model.data.augment_batch(x, split.image_shape, generator)`` before it is sharded, with the
+        shuffling's generator, so all ranks (and a single process) see the same augmented images.
     epochs : int
         Passes over the training set.
     lr : float
         Peak learning rate.
     batch_size : int
-        Mini-batch size.
+        Global mini-batch size (split over the ranks under ``torchrun``).
     seed : int
-        Seed of the shuffling.
+        Seed of the shuffling and augmentation.
     progress : bool
-        Show a tqdm bar over the epochs.
+        Show a tqdm bar over the epochs (on rank 0 only).
 
     Returns
     -------
     list of float
-        Mean training loss of each epoch.
+        Mean training loss of each epoch over the whole training set (all ranks together).
     """
+    distributed.init()
+    world, rank = distributed.world_size(), distributed.rank()
+    if distributed.launched():
+        model.to(distributed.device())
+    dev = _model_device(model)
+    if world > 1:
+        distributed.check_masks(model)
+        distributed.broadcast_state(model)
+    sync_bn = world > 1 and dev.type != "cpu" and bool(_batchnorms(model))
+    if world > 1 and dev.type == "cpu" and _batchnorms(model) and distributed.is_main():
+        warnings.warn(
+            "BatchNorm under gloo on CPU uses per-rank batch statistics (SyncBatchNorm needs CUDA); "
+            "training differs from a single-process run with the same batch size",
+            stacklevel=2,
+        )
+    augment = bool(getattr(split, "augment", False))
+    if augment:
+        from .data import augment_batch
+
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
     n = split.x_train.shape[0]
     steps = epochs * math.ceil(n / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     model.train()
     losses = []
-    for _ in tqdm(range(epochs), desc="train", leave=False, disable=not progress):
-        order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(split.x_train[idx]), split.y_train[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / n)
+    bar = tqdm(range(epochs), desc="train", leave=False, disable=not progress or not distributed.is_main())
+    with synced_batchnorm(model) if sync_bn else nullcontext():
+        for _ in bar:
+            order = torch.randperm(n, generator=generator)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                x, y = split.x_train[idx], split.y_train[idx]
+                if augment:
+                    x = augment_batch(x, split.image_shape, generator)
+                optimizer.zero_grad()
+                if world == 1:
+                    loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
+                    loss.backward()
+                    batch_loss = float(loss.detach()) * len(idx)
+                else:
+                    lo, hi = distributed.shard_bounds(len(idx), rank, world)
+                    local = torch.zeros(1, device=dev)
+                    if hi > lo or sync_bn:  # SyncBatchNorm's collectives need every rank, empty or not
+                        loss = F.cross_entropy(model(x[lo:hi].to(dev)), y[lo:hi].to(dev), reduction="sum")
+                        (loss / len(idx)).backward()
+                        local = loss.detach().reshape(1)
+                    batch_loss = float(distributed.all_reduce_gradients(params, local)[0])
+                optimizer.step()
+                schedule.step()
+                total += batch_loss
+            losses.append(total / n)
+    if world > 1 and not sync_bn and _batchnorms(model):
+        _average_running_stats(model)
     return losses
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy in ``[0, 1]`` (the model's train/eval mode is restored afterwards)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
+    """Top-1 accuracy in ``[0, 1]`` (the model's train/eval mode is restored afterwards).
+
+    Under ``torchrun`` each rank classifies its contiguous shard of ``x`` and one all-reduce sums the
+    integer counts of correct predictions, so the accuracy is exact and the same on every rank (each
+    rank must call this). Inputs move to the model's device.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier.
+    x, y : torch.Tensor
+        Inputs and int64 labels.
+    batch_size : int, optional
+        Classify at most this many examples per forward pass (bounds memory for big test sets);
+        ``None``: the whole (per-rank) set at once.
+    """
+    distributed.init()
+    dev = _model_device(model)
+    n = x.shape[0]
+    lo, hi = distributed.shard_bounds(n, distributed.rank(), distributed.world_size())
+    step = batch_size or max(hi - lo, 1)
     was_training = model.training
     model.eval()
     try:
-        return float((model(x).argmax(dim=1) == y).double().mean())
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        for start in range(lo, hi, step):
+            stop = min(start + step, hi)
+            correct += (model(x[start:stop].to(dev)).argmax(dim=1) == y[start:stop].to(dev)).sum()
+        count = int(distributed.all_reduce_sum_(correct))
     finally:
         model.train(was_training)
+    return count / n if n else float("nan")

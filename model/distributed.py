@@ -1,0 +1,282 @@
+"""Data-parallel runs under ``torchrun``: process group, device, rank-0 output and mask consistency.
+
+The same command runs in one process or under ``torchrun``; nothing else changes::
+
+    python build.py train --method imq ...                              # one process, no process group
+    torchrun --nproc-per-node 2 build.py train --method imq ...         # 2 CPU processes, gloo
+    torchrun --standalone --nproc-per-node 8 build.py train --method imq ...   # 8 GPUs, NCCL
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` / ``MASTER_PORT``);
+:func:`launched` looks for them. Under ``torchrun``, :func:`init` (idempotent; :func:`model.train.train`
+and :func:`model.train.evaluate` call it) starts the default process group with NCCL when CUDA is available
+and gloo otherwise, and :func:`device` is ``cuda:LOCAL_RANK`` or ``cpu``. Without ``torchrun`` every
+function here returns at once without touching ``torch.distributed``: rank 0 of 1, no process group, no
+communication.
+
+The data-parallel scheme itself (one seeded shuffle shared by all ranks, contiguous shards of each global
+batch, gradient sum weighted by shard size) is in :mod:`model.train`. Every rank holds the same weights and
+bit-width masks at all times; :func:`check_masks` verifies the masks (one hash, one all-reduce) and
+:func:`broadcast_masks` copies rank 0's masks to the others (e.g. after only rank 0 has read a file).
+Output files are written by rank 0 only (:func:`is_main`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+#: The environment variables ``torchrun`` sets for every worker.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+#: Name of the bit-width mask buffers (``QuantLinear.bit_width`` and every layer that follows its naming).
+MASK_BUFFER = "bit_width"
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` are set)."""
+    return all(name in os.environ for name in TORCHRUN_ENV)
+
+
+def active() -> bool:
+    """Whether a default process group exists (after :func:`init` under ``torchrun``)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def backend() -> str:
+    """``"nccl"`` if CUDA is available, else ``"gloo"`` (the backend :func:`init` picks)."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def local_rank() -> int:
+    """``LOCAL_RANK`` under ``torchrun``, else 0."""
+    return int(os.environ["LOCAL_RANK"]) if launched() else 0
+
+
+def rank() -> int:
+    """Global rank: the process group's, else ``RANK`` from ``torchrun``, else 0."""
+    if active():
+        return dist.get_rank()
+    return int(os.environ["RANK"]) if launched() else 0
+
+
+def world_size() -> int:
+    """Number of processes: the process group's, else ``WORLD_SIZE`` from ``torchrun``, else 1."""
+    if active():
+        return dist.get_world_size()
+    return int(os.environ["WORLD_SIZE"]) if launched() else 1
+
+
+def is_main() -> bool:
+    """Whether this is rank 0, the one process that prints results and writes output files.
+
+    Needs no process group (it reads ``RANK``), so it can gate output before :func:`init`.
+    """
+    return rank() == 0
+
+
+def device() -> torch.device:
+    """``cuda:LOCAL_RANK`` under ``torchrun`` with CUDA, ``cpu`` under ``torchrun`` without it.
+
+    Without ``torchrun`` this is ``cpu``; :func:`model.train.train` then leaves the model on whatever
+    device the caller put it.
+    """
+    if launched() and torch.cuda.is_available():
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def init() -> bool:
+    """Start the default process group if launched by ``torchrun`` and none exists yet.
+
+    NCCL with ``cuda:LOCAL_RANK`` as this process's current device when CUDA is available, gloo
+    otherwise; the rendezvous is ``torchrun``'s (``env://``). :func:`teardown` runs at interpreter exit.
+
+    Returns
+    -------
+    bool
+        Whether a process group is active afterwards (``False`` in a plain single process).
+    """
+    if active() or not launched():
+        return active()
+    if backend() == "nccl":
+        torch.cuda.set_device(device())
+        dist.init_process_group("nccl", device_id=device())
+    else:
+        dist.init_process_group("gloo")
+    atexit.register(teardown)
+    return True
+
+
+def teardown() -> None:
+    """Destroy the default process group if there is one (no-op otherwise; safe to call twice)."""
+    if active():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if active():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous share of ``n`` items split over ``world_size`` ranks.
+
+    The first ``n % world_size`` ranks get one item more than the others; shards may be empty when
+    ``n < world_size``. Concatenating the shards of ranks ``0 .. world_size - 1`` gives ``range(n)``.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 0``, ``world_size < 1`` or ``rank`` is outside ``[0, world_size)``.
+    """
+    if n < 0 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"shard_bounds needs n >= 0 and 0 <= rank < world_size, not {n=}, {rank=}, {world_size=}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def _comm_device() -> torch.device:
+    """Where tensors for a collective must live: the CUDA device under NCCL, else the CPU."""
+    return device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place and return it (no-op without a process group).
+
+    A tensor that is not on the backend's device goes there and back (one copy each way).
+    """
+    if not active():
+        return tensor
+    target = _comm_device()
+    if tensor.device == target:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+    moved = tensor.to(target)
+    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    return tensor.copy_(moved)
+
+
+def all_reduce_gradients(parameters: list[nn.Parameter], extra: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Sum every parameter's ``.grad`` (and ``extra``) over all ranks with one all-reduce.
+
+    The gradients travel as one flat buffer. A ``None`` gradient counts as zeros; a parameter whose
+    gradient is ``None`` on every rank keeps ``None`` (so optimizers skip it exactly as in a single
+    process), which is what one extra flag element per parameter in the buffer decides.
+
+    Parameters
+    ----------
+    parameters : list of nn.Parameter
+        The same list, in the same order, on every rank.
+    extra : torch.Tensor, optional
+        More values to sum in the same message (e.g. the loss); flattened.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``extra`` summed over the ranks (flat, in the parameters' promoted dtype, on their device), or
+        ``None``.
+    """
+    if not parameters:
+        raise ValueError("all_reduce_gradients needs at least one parameter")
+    dev = parameters[0].device
+    dtype = functools.reduce(torch.promote_types, [p.dtype for p in parameters])
+    parts, flags = [], []
+    for p in parameters:
+        parts.append((p.grad if p.grad is not None else torch.zeros_like(p)).flatten().to(dtype))
+        flags.append(float(p.grad is not None))
+    n_extra = 0 if extra is None else extra.numel()
+    if extra is not None:
+        parts.append(extra.detach().flatten().to(dev, dtype))
+    parts.append(torch.tensor(flags, dtype=dtype, device=dev))
+    flat = all_reduce_sum_(torch.cat(parts))
+    grads_end = flat.numel() - len(parameters) - n_extra
+    seen = flat[flat.numel() - len(parameters) :].tolist()
+    start = 0
+    for p, count in zip(parameters, seen, strict=True):
+        n = p.numel()
+        if count > 0:
+            p.grad = flat[start : start + n].view_as(p).to(p.dtype)
+        start += n
+    return flat[grads_end : grads_end + n_extra] if extra is not None else None
+
+
+def broadcast_state(model: nn.Module, src: int = 0, include_masks: bool = False) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's ``model`` in place.
+
+    Bit-width masks are left alone unless ``include_masks`` (use :func:`broadcast_masks` /
+    :func:`check_masks` for them). No-op without a process group.
+    """
+    if not active():
+        return
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if include_masks or name.rsplit(".", 1)[-1] != MASK_BUFFER:
+                broadcast_(tensor, src)
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> None:
+    """Copy rank ``src``'s ``tensor`` into every rank's in place (no-op without a process group)."""
+    if not active():
+        return
+    target = _comm_device()
+    if tensor.device == target:
+        dist.broadcast(tensor, src)
+    else:
+        moved = tensor.to(target)
+        dist.broadcast(moved, src)
+        tensor.copy_(moved)
+
+
+def masks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, buffer)`` of every bit-width mask of ``model`` (buffers named ``bit_width``), in order."""
+    return [(name, b) for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] == MASK_BUFFER]
+
+
+def broadcast_masks(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s bit-width masks into every rank's ``model`` in place (no-op without a group)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for _, mask in masks(model):
+            broadcast_(mask, src)
+
+
+def mask_digest(model: nn.Module) -> bytes:
+    """SHA-256 over the names, shapes and int64 values of all bit-width masks of ``model``."""
+    h = hashlib.sha256()
+    for name, mask in masks(model):
+        h.update(f"{name}{tuple(mask.shape)};".encode())
+        h.update(mask.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return h.digest()
+
+
+def check_masks(model: nn.Module) -> None:
+    """Raise unless every rank holds the same bit-width masks (no-op without a process group).
+
+    Cost: one SHA-256 of the masks and one all-reduce of 16 int64 numbers (MIN and MAX of the digest's
+    eight 32-bit words).
+
+    Raises
+    ------
+    RuntimeError
+        If the masks differ between ranks; this is a bug (masks follow from weights that every rank
+        holds identically), not a user error.
+    """
+    if not active():
+        return
+    words = torch.frombuffer(bytearray(mask_digest(model)), dtype=torch.int32).to(torch.int64)
+    both = torch.cat([words, -words]).to(_comm_device())
+    dist.all_reduce(both, op=dist.ReduceOp.MIN)  # min(w) and -max(w) in one message
+    if not torch.equal(both[:8], -both[8:]):
+        raise RuntimeError(f"bit-width masks differ between ranks (rank {rank()} of {world_size()})")

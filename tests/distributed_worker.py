@@ -1,0 +1,73 @@
+"""Worker for tests/test_distributed.py: a short IMQ run (and an uneven-batch run) under ``torchrun``.
+
+``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py OUT`` writes
+``OUT/rank{r}.pt`` for every rank; :func:`run` is the same computation in one process.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from model import distributed
+from model.data import Split, load_digits_split
+from model.imq import run_imq
+from model.nets import DigitsMLP
+from model.train import evaluate, train
+
+#: Settings of the IMQ run: digits MLP, 3 iterations of 1 epoch, global batch 64.
+IMQ_SETTINGS = {"rho": 0.3, "target_avg_bits": 0.0, "max_iterations": 3, "epochs": 1, "batch_size": 64,
+                "seed": 0, "progress": False}
+#: 129 training examples in batches of 64: the last global batch has 1 example, so one rank's shard is empty.
+UNEVEN_TRAIN = 129
+
+
+def run() -> dict:
+    """The IMQ run and the uneven-batch run; identical code in one process and under ``torchrun``."""
+    torch.set_num_threads(1)
+    split = load_digits_split()
+    torch.manual_seed(0)
+    model = DigitsMLP(hidden=(32,))
+    result = run_imq(model, split, **IMQ_SETTINGS)
+    small = Split(split.x_train[:UNEVEN_TRAIN], split.y_train[:UNEVEN_TRAIN], split.x_test, split.y_test, "small")
+    torch.manual_seed(1)
+    uneven = DigitsMLP(hidden=(16,))
+    losses = train(uneven, small, epochs=2, batch_size=64, seed=3, progress=False)
+    return {
+        "imq_state": result.state_dict,
+        "imq_history": [(r.iteration, r.avg_bits, r.accuracy, r.width_counts) for r in result.history],
+        "uneven_state": {k: v.detach().clone() for k, v in uneven.state_dict().items()},
+        "uneven_losses": losses,
+        "uneven_accuracy": evaluate(uneven, small.x_test, small.y_test, batch_size=50),
+        "world_size": distributed.world_size(),
+    }
+
+
+def mask_check_detects_a_difference(model: torch.nn.Module) -> tuple[bool, bool]:
+    """Under ``torchrun``: change one mask element on rank 1, then (check raises?, check passes after
+    :func:`~model.distributed.broadcast_masks`?)."""
+    if distributed.rank() == 1:
+        with torch.no_grad():
+            model.linears[0].bit_width[0, 0] = 0 if int(model.linears[0].bit_width[0, 0]) else 4
+    try:
+        distributed.check_masks(model)
+        raised = False
+    except RuntimeError:
+        raised = True
+    distributed.broadcast_masks(model)
+    distributed.check_masks(model)
+    return raised, True
+
+
+def main(out: Path) -> None:
+    result = run()
+    model = DigitsMLP(hidden=(32,))
+    model.load_state_dict(result["imq_state"])
+    result["mask_check"] = mask_check_detects_a_difference(model)
+    torch.save(result, out / f"rank{distributed.rank()}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
