@@ -3,6 +3,11 @@
 Layout: ``{"format": "mpqaccel-checkpoint", "version": 1, "config": {...}, "state_dict": {...},
 "meta": {...}}``. Loading uses ``torch.load(..., weights_only=True)`` (no pickled code runs) and checks
 every field against the rebuilt model, so a wrong file is reported by name, field and allowed values.
+
+A model trained with BMPQ (model/bmpq.py) carries ``"quantizer": "bmpq"``: it is rebuilt from its config
+and then converted with :func:`model.bmpq.to_bmpq`, so its layers hold layer-wise ``bits`` instead of
+element-wise masks; ``"act_bits"`` maps every PACT module's path to its width (BMPQ sets them per layer).
+Files without the key are DoReFa models (``"quantizer": "dorefa"``).
 """
 
 from __future__ import annotations
@@ -21,14 +26,27 @@ from .nets import build_model
 
 FORMAT = "mpqaccel-checkpoint"
 VERSION = 1
+#: Weight quantizers a checkpoint may name.
+QUANTIZERS = ("dorefa", "bmpq")
+
+
+def quantizer_of(model) -> str:
+    """``"bmpq"`` if ``model`` has BMPQ layers, else ``"dorefa"``."""
+    from .bmpq import BMPQ_LAYERS
+
+    return "bmpq" if any(isinstance(m, BMPQ_LAYERS) for m in model.modules()) else "dorefa"
 
 
 def save_checkpoint(path, model, meta: dict | None = None) -> Path:
     """Write ``model`` atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, "config": model.config,
+    from .quant import PACT
+
+    payload = {"format": FORMAT, "version": VERSION, "config": model.config, "quantizer": quantizer_of(model),
                "state_dict": model.state_dict(), "meta": meta or {}}
+    if payload["quantizer"] == "bmpq":
+        payload["act_bits"] = {n: m.bits for n, m in model.named_modules() if isinstance(m, PACT)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -64,6 +82,13 @@ def load_checkpoint(path):
         model = build_model(payload.get("config"))
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
+    quantizer = payload.get("quantizer", "dorefa")
+    if quantizer not in QUANTIZERS:
+        raise UserError(f"{path}: field 'quantizer' is {quantizer!r}; allowed {QUANTIZERS}")
+    if quantizer == "bmpq":
+        from .bmpq import LAYER_BITS, to_bmpq
+
+        to_bmpq(model)
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise UserError(f"{path}: field 'state_dict' is missing")
@@ -83,6 +108,24 @@ def load_checkpoint(path):
             if bad.any():
                 raise UserError(f"{path}: field 'state_dict.{key}' holds mask value "
                                 f"{int(value[bad][0])}; allowed {WIDTHS}")
+        if quantizer == "bmpq" and key.endswith(".bits") and int(value) not in LAYER_BITS:
+            raise UserError(f"{path}: field 'state_dict.{key}' is {int(value)}; allowed {LAYER_BITS}")
     model.load_state_dict(state)
+    if quantizer == "bmpq":
+        _load_act_bits(path, model, payload.get("act_bits"))
     meta = payload.get("meta", {})
     return model, meta if isinstance(meta, dict) else {}
+
+
+def _load_act_bits(path: Path, model, act_bits) -> None:
+    from .quant import PACT
+
+    acts = {n: m for n, m in model.named_modules() if isinstance(m, PACT)}
+    if not isinstance(act_bits, dict) or set(act_bits) != set(acts):
+        raise UserError(f"{path}: field 'act_bits' must map exactly the PACT modules {sorted(acts)[:4]}...")
+    for name, bits in act_bits.items():
+        try:
+            PACT(bits)
+        except ValueError as exc:
+            raise UserError(f"{path}: field 'act_bits.{name}': {exc}") from None
+        acts[name].bits = bits

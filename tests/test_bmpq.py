@@ -227,3 +227,23 @@ def test_bmpq_layers_export_as_signed_golden_layers(trained_bmpq_mlp):
     golden = float((net.predict(input_codes(model, split.x_test)) == split.y_test).double().mean())
     assert fake > 0.8
     assert abs(golden - fake) <= 0.005
+
+
+def test_bmpq_checkpoint_round_trip_and_bad_bits(trained_bmpq_mlp, tmp_path):
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, split, _ = trained_bmpq_mlp
+    path = save_checkpoint(tmp_path / "bmpq.pt", model, meta={"method": "bmpq"})
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"method": "bmpq"}
+    assert [int(layer.bits) for layer in loaded.linears] == [int(layer.bits) for layer in model.linears]
+    assert torch.equal(loaded(split.x_test), model(split.x_test))
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["linears.1.bits"] = torch.tensor(9)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match=r"'state_dict.linears.1.bits' is 9; allowed"):
+        load_checkpoint(tmp_path / "bad.pt")
+    payload["quantizer"] = "lsq"
+    torch.save(payload, tmp_path / "bad2.pt")
+    with pytest.raises(UserError, match="'quantizer' is 'lsq'"):
+        load_checkpoint(tmp_path / "bad2.pt")
