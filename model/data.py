@@ -1,19 +1,29 @@
-"""Data sets: scikit-learn's 8x8 handwritten digits (bundled, no download) and MNIST-style IDX folders.
+"""Data sets: scikit-learn's 8x8 digits (bundled), MNIST-style IDX folders, CIFAR-10 and CIFAR-100.
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (``apt-get install -y
 dataset-fashion-mnist``), which installs the four gzipped IDX files under :data:`FASHION_MNIST_ROOT`.
+CIFAR-10/100 are in no package registry: the user downloads the official "python version" archives
+(https://www.cs.toronto.edu/~kriz/cifar.html) and passes the unpacked folder. :func:`load_dataset` picks
+a loader by name. Every :class:`Split` holds flattened images; :func:`augment_batch` is the training-time
+augmentation of the CIFAR ResNets.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import gzip
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy._core.multiarray
+import numpy._core.numeric
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from torch.nn import functional as F
 
 from .errors import UserError
 
@@ -29,15 +39,61 @@ IDX_FILES = (
 )
 
 
+#: Names accepted by :func:`load_dataset`.
+DATASETS = ("digits", "fashion-mnist", "idx", "cifar10", "cifar100")
+
+#: The folder names of the official CIFAR "python version" archives.
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR100_FOLDER = "cifar-100-python"
+
+#: ``(C, H, W)`` of a CIFAR image; a row of ``b"data"`` is the R, G, B planes, each row-major 32x32.
+CIFAR_IMAGE_SHAPE = (3, 32, 32)
+
+#: Zero pixels added on each side before the random crop of :func:`augment_batch`.
+CROP_PADDING = 4
+
+
 @dataclass(frozen=True, eq=False)
 class Split:
-    """A train/test split. ``x_*``: float32 ``[N, n_in]`` in ``[0, 1]``; ``y_*``: int64 ``[N]`` labels."""
+    """A train/test split of flattened images.
+
+    Members
+    -------
+    x_train, x_test : torch.Tensor
+        float32 ``[N, C*H*W]`` in ``[0, 1]``, each row an image flattened row-major from ``(C, H, W)``.
+    y_train, y_test : torch.Tensor
+        int64 ``[N]`` labels.
+    name : str
+        Data set name.
+    image_shape : tuple of int
+        ``(C, H, W)``; digits ``(1, 8, 8)``, IDX ``(1, rows, cols)``, CIFAR ``(3, 32, 32)``. ``None`` (the
+        default, for feature vectors) becomes ``(1, 1, n_features)``.
+    augment : bool
+        Whether training should pass batches through :func:`augment_batch` (True for CIFAR).
+
+    Raises
+    ------
+    ValueError
+        If ``image_shape`` does not multiply out to the number of features.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     name: str
+    image_shape: tuple[int, int, int] | None = None
+    augment: bool = False
+
+    def __post_init__(self):
+        n_features = self.x_train.shape[1]
+        shape = (1, 1, n_features) if self.image_shape is None else tuple(int(d) for d in self.image_shape)
+        if len(shape) != 3 or int(np.prod(shape)) != n_features or self.x_test.shape[1] != n_features:
+            raise ValueError(
+                f"Split {self.name!r}: image_shape {self.image_shape!r} does not match {n_features} training "
+                f"and {self.x_test.shape[1]} test features per image"
+            )
+        object.__setattr__(self, "image_shape", shape)
 
 
 def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> Split:
@@ -64,7 +120,7 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> Split:
     x_train, x_test, y_train, y_test = (
         torch.as_tensor(a, dtype=torch.float32 if a.ndim == 2 else torch.int64) for a in parts
     )
-    return Split(x_train, y_train, x_test, y_test, name="digits")
+    return Split(x_train, y_train, x_test, y_test, name="digits", image_shape=(1, 8, 8))
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -129,9 +185,7 @@ def load_idx_split(
         If the folder or a file is missing, a file is not a valid unsigned-byte IDX file, images and labels
         disagree in count, or a subset size is not a positive integer.
     """
-    for field, value in (("train_subset", train_subset), ("test_subset", test_subset)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"field {field!r} is {value!r}; allowed values: None or an integer >= 1")
+    _check_subsets(train_subset, test_subset)
     root = Path(root)
     if not root.is_dir():
         expected = ", ".join(f"{f}[.gz]" for f in IDX_FILES)
@@ -140,6 +194,7 @@ def load_idx_split(
             hint = " (install it with apt-get install -y dataset-fashion-mnist)"
         raise UserError(f"IDX folder {str(root)!r} does not exist{hint}; expected a folder with {expected}")
     parts = []
+    image_shape = None
     for prefix, subset in (("train", train_subset), ("t10k", test_subset)):
         images_path = _find_idx(root, f"{prefix}-images-idx3-ubyte")
         labels_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
@@ -148,7 +203,275 @@ def load_idx_split(
             raise UserError(
                 f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels"
             )
+        if image_shape not in (None, (1, *images.shape[1:])):
+            raise UserError(f"{images_path}: images are {images.shape[1:]}, the training images "
+                            f"{image_shape[1:]}; both parts must have one image size")
+        image_shape = (1, *images.shape[1:])
         images, labels = images[:subset], labels[:subset]
         x = torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.float32) / 255.0)
         parts += [x, torch.from_numpy(labels.astype(np.int64))]
-    return Split(parts[0], parts[1], parts[2], parts[3], name=name)
+    return Split(parts[0], parts[1], parts[2], parts[3], name=name, image_shape=image_shape)
+
+
+def _check_subsets(train_subset: int | None, test_subset: int | None) -> None:
+    for field, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"field {field!r} is {value!r}; allowed values: None or an integer >= 1")
+
+
+#: The only globals a CIFAR batch may name: numpy's array reconstructors (under ``numpy.core`` when written
+#: by numpy 1, ``numpy._core`` since numpy 2) and ``_codecs.encode`` (bytes in protocol-2 pickles written by
+#: Python 3).
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): numpy._core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): numpy._core.multiarray._reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): numpy._core.numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): numpy._core.numeric._frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, numbers and numpy arrays, and nothing else.
+
+    ``pickle.load`` calls whatever global a file names, so a crafted file runs code; this one resolves
+    only :data:`_PICKLE_GLOBALS` and refuses every other global.
+    """
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing the global {module}.{name}; a CIFAR batch holds only "
+                                         f"numpy arrays, lists, bytes and numbers") from None
+
+
+def _read_cifar_batch(path: Path, label_key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One official CIFAR pickle: ``b"data"`` uint8 ``[N, 3072]`` and labels ``[N]`` in ``0..n_classes-1``."""
+    expected = (f"a pickled dict with b'data' (uint8 [N, 3072]) and {label_key!r} "
+                f"(N labels in 0..{n_classes - 1})")
+    try:
+        with path.open("rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read CIFAR batch ({e})") from e
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, MemoryError) as e:  # what the unpickler raises for files that are not pickles
+        raise UserError(f"{path}: not a CIFAR batch ({type(e).__name__}: {str(e)[:120]}); expected {expected}"
+                        ) from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: holds a {type(batch).__name__}; expected {expected}")
+    batch = {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}  # a Python 3 re-pickle
+    missing = [k for k in (b"data", label_key) if k not in batch]
+    if missing:
+        found = sorted(map(repr, batch))[:6]
+        raise UserError(f"{path}: missing key(s) {missing}, found {found}; expected {expected}")
+    data = batch[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise UserError(f"{path}: field b'data' is {found}; expected uint8 [N, 3072] (3x32x32 images)")
+    labels = np.asarray(batch[label_key])
+    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
+        raise UserError(f"{path}: field {label_key!r} is {labels.dtype} {list(labels.shape)}; expected "
+                        f"{data.shape[0]} integer labels, one per image")
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        raise UserError(f"{path}: field {label_key!r} holds label {int(labels[bad][0])}; "
+                        f"allowed 0..{n_classes - 1}")
+    return data, labels.astype(np.int64)
+
+
+def _load_cifar(
+    root: str | Path,
+    folder: str,
+    train_files: tuple[str, ...],
+    test_file: str,
+    label_key: bytes,
+    n_classes: int,
+    name: str,
+    train_subset: int | None,
+    test_subset: int | None,
+) -> Split:
+    _check_subsets(train_subset, test_subset)
+    root = Path(root)
+    files = (*train_files, test_file)
+    wanted = f"the files {', '.join(files)} of the official python-version archive"
+    if not root.is_dir():
+        raise UserError(f"{name} folder {str(root)!r} does not exist; expected {folder!r} (holding {wanted}) "
+                        f"or its parent")
+    base = root / folder if (root / folder).is_dir() else root
+    for f in files:
+        if not (base / f).is_file():
+            raise UserError(f"{name} folder {str(base)!r}: missing {f!r}; expected {wanted}, in "
+                            f"{str(root)!r} or in {str(root / folder)!r}")
+    parts = []
+    for part_files, subset in ((train_files, train_subset), ((test_file,), test_subset)):
+        images, labels = [], []
+        for f in part_files:  # read batches only as far as the subset needs
+            data, y = _read_cifar_batch(base / f, label_key, n_classes)
+            images.append(data)
+            labels.append(y)
+            if subset is not None and sum(len(a) for a in labels) >= subset:
+                break
+        data, y = np.concatenate(images)[:subset], np.concatenate(labels)[:subset]
+        parts += [torch.from_numpy(data.astype(np.float32) / 255.0), torch.from_numpy(y)]
+    return Split(parts[0], parts[1], parts[2], parts[3], name=name, image_shape=CIFAR_IMAGE_SHAPE,
+                 augment=True)
+
+
+def load_cifar10_split(
+    root: str | Path, train_subset: int | None = None, test_subset: int | None = None
+) -> Split:
+    """CIFAR-10 from the official ``cifar-10-batches-py`` folder: 50,000 training and 10,000 test images.
+
+    Training images are ``data_batch_1`` .. ``data_batch_5`` in that order, test images ``test_batch``.
+    Each image becomes 3072 float32 ``pixel / 255`` in the files' order (R, G, B planes, each row-major
+    32x32), so ``x.view(-1, 3, 32, 32)`` gives it back. The split has ``image_shape=(3, 32, 32)`` and
+    ``augment=True``. Files are unpickled with ``encoding="bytes"`` by an unpickler that accepts only numpy
+    arrays and plain data, then checked for keys, dtypes, shapes and label ranges.
+
+    Parameters
+    ----------
+    root : str or Path
+        The ``cifar-10-batches-py`` folder itself, or the folder that holds it (where the archive was
+        unpacked); the subfolder wins if both could apply.
+    train_subset, test_subset : int, optional
+        Keep only the first this many training / test images; ``None`` keeps all.
+
+    Raises
+    ------
+    UserError
+        If the folder or a file is missing, a file is not a CIFAR batch (or names a global other than
+        numpy's array constructors), ``b"data"`` is not uint8 ``[N, 3072]``, ``b"labels"`` is not ``N``
+        labels in 0..9, or a subset size is not a positive integer.
+    """
+    return _load_cifar(root, CIFAR10_FOLDER, tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                       b"labels", 10, "cifar10", train_subset, test_subset)
+
+
+def load_cifar100_split(
+    root: str | Path, train_subset: int | None = None, test_subset: int | None = None
+) -> Split:
+    """CIFAR-100 from the official ``cifar-100-python`` folder (files ``train`` and ``test``), fine labels.
+
+    Same layout, checks and ``root`` rule as :func:`load_cifar10_split`; labels are ``b"fine_labels"`` in
+    0..99 (the 20 coarse labels are not used).
+
+    Raises
+    ------
+    UserError
+        As for :func:`load_cifar10_split`, with labels in 0..99.
+    """
+    return _load_cifar(root, CIFAR100_FOLDER, ("train",), "test", b"fine_labels", 100, "cifar100",
+                       train_subset, test_subset)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    image_shape: tuple[int, int, int],
+    generator: torch.Generator,
+    padding: int = CROP_PADDING,
+) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip of a flattened batch.
+
+    The MPQ-tickets paper does not state its augmentation; its ResNet-20 CIFAR set-up (Sec. 4) and the
+    PACT results it compares with ([3]) follow He et al. (2016, Sec. 4.2): pad 4 pixels on each side, take
+    a random crop of the original size, flip it horizontally with probability 1/2. Per image, the crop
+    offsets ``(dy, dx)`` are uniform in ``0..2*padding`` and the output pixel ``(i, j)`` is padded pixel
+    ``(dy + i, dx + j)``, or ``(dy + i, dx + W - 1 - j)`` when flipped (crop, then flip the crop). Zero is
+    black for inputs in ``[0, 1]``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[N, C*H*W]`` images flattened row-major from ``(C, H, W)``.
+    image_shape : tuple of int
+        ``(C, H, W)``, e.g. :attr:`Split.image_shape`.
+    generator : torch.Generator
+        CPU generator; the only source of randomness, so a given generator state gives the same batch.
+        Draws ``N`` row offsets, then ``N`` column offsets, then ``N`` flip bits.
+    padding : int
+        Pixels of zero padding on each side (the largest shift); 4 in the paper's set-up.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, C*H*W]`` augmented images, same dtype and device as ``x``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not ``[N, C*H*W]`` or ``padding`` is negative.
+    """
+    c, h, w = (int(d) for d in image_shape)
+    if x.dim() != 2 or x.shape[1] != c * h * w:
+        raise ValueError(f"augment_batch needs [N, {c * h * w}] images for image_shape {tuple(image_shape)}, "
+                         f"not {list(x.shape)}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, not {padding!r}")
+    n = x.shape[0]
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool()
+    rows = dy[:, None] + torch.arange(h)
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x.reshape(n, c, h, w), (padding, padding, padding, padding))
+    index = (torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :])
+    return padded[tuple(i.to(x.device) for i in index)].reshape(n, c * h * w)
+
+
+def _subset(split: Split, train_subset: int | None, test_subset: int | None) -> Split:
+    return dataclasses.replace(split, x_train=split.x_train[:train_subset],
+                               y_train=split.y_train[:train_subset], x_test=split.x_test[:test_subset],
+                               y_test=split.y_test[:test_subset])
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> Split:
+    """Load a data set by name: one of :data:`DATASETS`.
+
+    Parameters
+    ----------
+    name : str
+        ``"digits"`` (bundled with scikit-learn; takes no ``root``), ``"fashion-mnist"`` (``root`` defaults
+        to :data:`FASHION_MNIST_ROOT`), ``"idx"`` (any MNIST-style folder; needs ``root``), ``"cifar10"``,
+        ``"cifar100"`` (need ``root``: see :func:`load_cifar10_split`).
+    root : str or Path, optional
+        The data folder.
+    train_subset, test_subset : int, optional
+        Keep only the first this many training / test images.
+    seed : int
+        Seed of the digits' random train/test split (the other sets come split).
+
+    Raises
+    ------
+    UserError
+        If ``name`` is unknown, ``root`` is missing where needed or given for digits, or the loader fails.
+    """
+    if name not in DATASETS:
+        raise UserError(f"data set {name!r} is unknown; allowed {DATASETS}")
+    _check_subsets(train_subset, test_subset)
+    if name == "digits":
+        if root is not None:
+            raise UserError(f"data set 'digits' is bundled with scikit-learn and takes no root, "
+                            f"not {str(root)!r}")
+        return _subset(load_digits_split(seed=seed), train_subset, test_subset)
+    if name == "fashion-mnist":
+        return load_idx_split(root or FASHION_MNIST_ROOT, name, train_subset, test_subset)
+    if root is None:
+        what = {"idx": "an MNIST-style IDX folder", "cifar10": f"the {CIFAR10_FOLDER} folder or its parent",
+                "cifar100": f"the {CIFAR100_FOLDER} folder or its parent"}[name]
+        raise UserError(f"data set {name!r} needs a root: {what}")
+    if name == "idx":
+        return load_idx_split(root, "idx", train_subset, test_subset)
+    loader = load_cifar10_split if name == "cifar10" else load_cifar100_split
+    return loader(root, train_subset, test_subset)

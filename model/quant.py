@@ -137,7 +137,9 @@ class _ActivationQuant(nn.Module):
 
     def _check_codes(self) -> None:
         if self.full_precision:
-            raise ValueError(f"a {FULL_PRECISION_BITS}-bit activation is full precision and has no integer codes")
+            raise ValueError(
+                f"a {FULL_PRECISION_BITS}-bit activation is full precision and has no integer codes"
+            )
 
     @property
     def levels(self) -> int:
