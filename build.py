@@ -367,6 +367,8 @@ def cmd_bench(args) -> int:
     out = Path(args.out)
     if args.target == "lts":
         return bench_lts(args, out)
+    if args.target == "bmpq":
+        return bench_bmpq(args, out)
     from hw.dsp_bench import format_rows, run_bench
 
     rows = run_bench(out / "dsp.json", progress=not args.quiet)
@@ -389,6 +391,21 @@ def bench_lts(args, out: Path) -> int:
         print(f"{r['bits']:>4} {r['mode']:>8} {r['accuracy']:>9.4f} {r['avg_wgs']:>8.3f} "
               f"{r['bp_flops_reduction']:>13.3f} {r['backward_time_ratio']:>9.3f}")
     print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
+    return 0
+
+
+def bench_bmpq(args, out: Path) -> int:
+    """FP-32 vs BMPQ at 10x on Fashion-MNIST (model/bmpq.py run_bmpq_bench, about 15 min on 2 cores)."""
+    from model.bmpq import run_bmpq_bench
+
+    rows = run_bmpq_bench(out / "bmpq.json", root=args.data_root, png_path=out / "bmpq.png",
+                          progress=not args.quiet)
+    head = f"{'budget MB':>9} {'layer bits':<28} {'accuracy':>9} {'FP-32':>7} {'drop pp':>7} {'r_M^32':>7}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(f"{r['budget']:>9.4f} {r['layer_bits']!s:<28} {r['accuracy']:>9.4f} {r['fp_accuracy']:>7.4f} "
+              f"{r['accuracy_drop_pp']:>7.2f} {r['compression_ratio']:>7.2f}")
+    print(f"\nwrote {out / 'bmpq.json'} and {out / 'bmpq.png'}")
     return 0
 
 
@@ -502,8 +519,9 @@ def parser() -> argparse.ArgumentParser:
     add_batch_arg(p)
     p.set_defaults(func=cmd_synth)
     p = sub.add_parser("bench", help="benchmarks; `bench dsp`: packed DSP48E1 lane modes -> out/bench/dsp.json")
-    p.add_argument("target", choices=("dsp", "lts"), help="what to measure")
-    p.add_argument("--data-root", default=None, help="IDX folder for `bench lts` (default: Debian's Fashion-MNIST)")
+    p.add_argument("target", choices=("dsp", "lts", "bmpq"), help="what to measure")
+    p.add_argument("--data-root", default=None,
+                   help="IDX folder for `bench lts` / `bench bmpq` (default: Debian's Fashion-MNIST)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)

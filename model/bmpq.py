@@ -39,8 +39,13 @@ Choices where the paper leaves room, each said once here:
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,8 +54,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .data import Split
+from . import layers as quant_layers
+from .data import FASHION_MNIST_ROOT, Split, augment_batch, load_idx_split
 from .errors import UserError
+from .nets import SmallVGG
 from .quant import PACT
 
 #: Default support widths S_q (Sec. IV-A).
@@ -296,9 +303,7 @@ BMPQ_LAYERS = (BMPQLinear, BMPQConv2d)
 
 
 def _source_layer_types() -> tuple[type, ...]:
-    from . import layers
-
-    return tuple(getattr(layers, "QUANT_LAYER_TYPES", (layers.QuantLinear,)))
+    return quant_layers.QUANT_LAYER_TYPES
 
 
 def _replacement(old: nn.Module) -> nn.Module:
@@ -596,8 +601,6 @@ def train_bmpq(
             idx = order[start : start + config.batch_size]
             x = split.x_train[idx]
             if augment:
-                from .data import augment_batch
-
                 x = augment_batch(x, split.image_shape, generator)
             loss = F.cross_entropy(model(x), split.y_train[idx])
             optimizer.zero_grad()
@@ -627,3 +630,129 @@ def train_bmpq(
         if on_epoch is not None:
             on_epoch(record)
     return BMPQResult(history, graph.names, layer_bits(graph), params, history[-1].accuracy, budget, assignments)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bench
+
+#: The bench's network: a 4-block VGG whose first conv (144 weights) and FC (1,280) are small, so the
+#: 16-bit edge layers leave room for 10x (:class:`model.nets.SmallVGG` with these channels).
+BENCH_CHANNELS = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class BenchBudget:
+    """What :func:`run_bmpq_bench` spends: subset sizes, epochs, schedule, and the budgets to try."""
+
+    train_subset: int | None = 30000
+    test_subset: int | None = None
+    epochs: int = 8
+    warmup: int = 2
+    interval: int = 2
+    lr: float = 0.05
+    batch_size: int = 128
+    compressions: tuple[float, ...] = (10.0,)
+    channels: tuple[int, ...] = BENCH_CHANNELS
+    seed: int = 0
+
+
+def _bench_model(split: Split, budget: BenchBudget, act_bits: int) -> nn.Module:
+    torch.manual_seed(budget.seed)
+    model = SmallVGG(image_shape=split.image_shape, n_classes=int(split.y_train.max()) + 1, act_bits=act_bits,
+                     channels=budget.channels)
+    return to_bmpq(model)
+
+
+def run_bmpq_bench(
+    json_path,
+    root=None,
+    budget: BenchBudget = BenchBudget(),
+    png_path=None,
+    progress: bool = True,
+) -> list[dict]:
+    """FP-32 baseline and BMPQ at each target compression on Fashion-MNIST (or any IDX folder ``root``).
+
+    Both runs use the same network (:data:`BENCH_CHANNELS` VGG), data, seed and SGD schedule; the FP-32
+    run keeps every weight and activation unquantized (PACT-32 clipping only). Writes ``json_path``: a list
+    of rows ``{budget, layer_bits, accuracy, compression_ratio, fp_accuracy}`` (``budget`` in MB of
+    weights, Eq. 11 units) plus details, atomically; and a plot to ``png_path`` if given.
+    """
+    split = load_idx_split(root or FASHION_MNIST_ROOT, train_subset=budget.train_subset,
+                           test_subset=budget.test_subset)
+    common = {"epochs": budget.epochs, "warmup": budget.warmup, "interval": budget.interval, "lr": budget.lr,
+              "batch_size": budget.batch_size, "seed": budget.seed}
+    t0 = time.perf_counter()
+    fp_model = _bench_model(split, budget, act_bits=32 if _pact_accepts_32() else ACT_BITS_CAP)
+    fp = train_bmpq(fp_model, split, BMPQConfig(fp=True, **common), progress=progress)
+    fp_seconds = time.perf_counter() - t0
+    rows = []
+    for target in budget.compressions:
+        t0 = time.perf_counter()
+        model = _bench_model(split, budget, act_bits=ACT_BITS_CAP)
+        result = train_bmpq(model, split, BMPQConfig(compression=target, **common), progress=progress)
+        rows.append({
+            "budget": result.budget_bits / 8 / 2**20,
+            "target_compression": target,
+            "layer_names": result.layer_names,
+            "layer_bits": result.layer_bits,
+            "params": result.params,
+            "accuracy": result.accuracy,
+            "compression_ratio": result.compression_ratio,
+            "compression_ratio_16": 0.5 * result.compression_ratio,
+            "memory_mb": result.memory_mb,
+            "fp_memory_mb": memory_mb(result.params, [32] * len(result.params)),
+            "fp_accuracy": fp.accuracy,
+            "accuracy_drop_pp": 100 * (fp.accuracy - result.accuracy),
+            "meets_floor": result.compression_ratio >= 10 and fp.accuracy - result.accuracy <= 0.01,
+            "assignments": result.assignments,
+            "accuracy_per_epoch": [r.accuracy for r in result.history],
+            "fp_accuracy_per_epoch": [r.accuracy for r in fp.history],
+            "seconds": time.perf_counter() - t0,
+            "fp_seconds": fp_seconds,
+            "data": split.name,
+            "train_images": int(split.x_train.shape[0]),
+            "test_images": int(split.x_test.shape[0]),
+            "network": f"SmallVGG channels={list(budget.channels)}",
+            **{f"cfg_{k}": v for k, v in common.items()},
+        })
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(rows, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    if png_path is not None:
+        plot_bench(rows, png_path)
+    return rows
+
+
+def plot_bench(rows: list[dict], png_path) -> None:
+    """Left: the widths the ILP chose per layer for each budget; right: accuracy vs compression ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_bits, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / max(1, len(rows))
+    for k, row in enumerate(rows):
+        xs = [i + k * width for i in range(len(row["layer_bits"]))]
+        ax_bits.bar(xs, row["layer_bits"], width=width, label=f"{row['compression_ratio']:.1f}x")
+    if rows:
+        ax_bits.set_xticks(range(len(rows[0]["layer_names"])), rows[0]["layer_names"], rotation=45, ha="right")
+    ax_bits.set_ylabel("weight bits")
+    ax_bits.set_title("BMPQ layer-wise widths")
+    ax_bits.legend(fontsize=8)
+    ax_acc.plot([r["compression_ratio"] for r in rows], [100 * r["accuracy"] for r in rows], "o-", label="BMPQ")
+    if rows:
+        ax_acc.axhline(100 * rows[0]["fp_accuracy"], color="gray", ls="--", label="FP-32")
+        ax_acc.axhline(100 * rows[0]["fp_accuracy"] - 1, color="gray", ls=":", label="FP-32 - 1 pp")
+    ax_acc.set_xlabel("compression ratio r_M^32 (Eq. 12)")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = str(png_path) + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, png_path)
