@@ -1,11 +1,13 @@
-"""QuantLinear and the DigitsMLP network built from it."""
+"""QuantLinear, QuantConv2d and the DigitsMLP network built from QuantLinear."""
+
+import itertools
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from model.errors import UserError
-from model.layers import QuantLinear
+from model.layers import QUANT_LAYER_TYPES, ElementWiseMask, QuantConv2d, QuantLinear
 from model.nets import DigitsMLP, build_model
 from model.quant import PACT, InputQuant
 
@@ -115,3 +117,75 @@ def test_build_model_rejects_bad_configs(change, field):
     config = {"n_in": 64, "hidden": [16], "n_classes": 10}
     with pytest.raises(UserError, match="act_bits"):
         build_model(config)
+
+
+def _dorefa_by_hand(w: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 and 7 element by element in float64: 0 for m = 0, else 2 round((2^m - 1) x) / (2^m - 1) - 1."""
+    t = torch.tanh(w)
+    x = (t / (2 * t.abs().max()) + 0.5).double()
+    out = torch.zeros(w.shape, dtype=torch.float64)
+    for idx in itertools.product(*(range(d) for d in w.shape)):
+        m = int(widths[idx])
+        if m:
+            levels = 2.0**m - 1
+            out[idx] = 2 * round(float(x[idx]) * levels) / levels - 1
+    return out
+
+
+def test_quant_conv2d_weight_is_eq7_per_element_hand_case():
+    conv = QuantConv2d(1, 1, 2, bias=True, name="c1")
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[0.5, -1.0], [0.0, 1.0]]]]))
+        conv.bias.fill_(0.25)
+    conv.set_bit_width(torch.tensor([[[[4, 8], [32, 32]]]]))
+    # max|tanh| = tanh(1); 0.5 -> x = tanh(.5) / (2 tanh(1)) + .5 = 0.8034 -> round(15 x) = 12 -> 24/15 - 1 = 0.6;
+    # -1 -> x = 0 -> code 0 -> -1; 0 -> x = 1/2 -> round((2^32 - 1) / 2) = 2^31 (half to even) -> 1/(2^32 - 1).
+    assert conv.weight_codes().flatten().tolist() == [12, 0, 2147483648, 4294967295]
+    w_q = conv.quantized_weight()
+    assert w_q.flatten().tolist() == pytest.approx([0.6, -1.0, 1 / 4294967295, 1.0], abs=1e-7)
+    x = torch.tensor([[[[1.0, 2.0, 0.0], [3.0, 4.0, 1.0]]]])  # [1, 1, 2, 3]: two output positions
+    y = conv(x)
+    assert y.shape == (1, 1, 1, 2)
+    assert y[0, 0, 0, 0].item() == pytest.approx(0.6 - 2.0 + 3 / 4294967295 + 4.0 + 0.25, abs=1e-5)
+    assert y[0, 0, 0, 1].item() == pytest.approx(2 * 0.6 - 0.0 + 4 / 4294967295 + 1.0 + 0.25, abs=1e-5)
+
+
+def test_quant_conv2d_matches_dorefa_per_element_and_f_conv2d():
+    torch.manual_seed(3)
+    conv = QuantConv2d(2, 3, 3, stride=2, padding=1, bias=False, name="c2")
+    widths = torch.tensor([0, 4, 8, 16, 32])[torch.randint(0, 5, conv.weight.shape)]
+    conv.set_bit_width(widths)
+    expected = _dorefa_by_hand(conv.weight.detach(), widths)
+    assert torch.equal(conv.quantized_weight().detach(), expected.float())
+    assert conv.avg_bits == widths.double().mean().item()
+    x = torch.rand(2, 2, 5, 4)
+    y = conv(x)
+    assert torch.equal(y, F.conv2d(x, conv.quantized_weight(), None, stride=2, padding=1))
+    assert y.shape == (2, 3, 3, 2)
+    y.sum().backward()
+    assert (conv.weight.grad[widths == 0] == 0).all()
+    assert (conv.weight.grad[widths != 0] != 0).any()
+
+
+def test_quant_conv2d_mask_starts_at_32_and_is_validated():
+    conv = QuantConv2d(3, 4, (3, 1), padding=(1, 0), bias=False)
+    assert conv.name == "QuantConv2d(3->4,3x1)"
+    assert conv.bias is None and conv.bit_width.shape == (4, 3, 3, 1) and conv.bit_width.dtype == torch.int64
+    assert conv.bit_width.unique().tolist() == [32] and "bit_width" in conv.state_dict()
+    with pytest.raises(UserError, match=r"QuantConv2d\(3->4,3x1\).*\(4, 3, 1, 3\).*\(4, 3, 3, 1\)"):
+        conv.set_bit_width(torch.full((4, 3, 1, 3), 4))
+    bad = torch.full((4, 3, 3, 1), 8)
+    bad[1, 2, 0, 0] = 2
+    with pytest.raises(UserError, match=r"bit_width.*\[2\].*\(0, 4, 8, 16, 32\)"):
+        conv.set_bit_width(bad)
+    with pytest.raises(UserError, match="integer"):
+        conv.set_bit_width(torch.full((4, 3, 3, 1), 4.0))
+    assert conv.bit_width.unique().tolist() == [32]  # unchanged after the errors
+    assert "avg_bits=32" in repr(conv)
+
+
+def test_both_layer_types_share_the_mask_code():
+    assert QUANT_LAYER_TYPES == (QuantLinear, QuantConv2d)
+    for cls in QUANT_LAYER_TYPES:
+        assert issubclass(cls, ElementWiseMask)
+        assert all(name not in vars(cls) for name in ("set_bit_width", "quantized_weight", "weight_codes"))
