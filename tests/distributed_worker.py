@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,10 +23,12 @@ IMQ_SETTINGS = {"rho": 0.3, "target_avg_bits": 0.0, "max_iterations": 3, "epochs
                 "seed": 0, "progress": False}
 #: 129 training examples in batches of 64: the last global batch has 1 example, so one rank's shard is empty.
 UNEVEN_TRAIN = 129
+#: Training examples of the run with augmentation (random crop and flip of the 8x8 digits).
+AUGMENT_TRAIN = 200
 
 
 def run() -> dict:
-    """The IMQ run and the uneven-batch run; identical code in one process and under ``torchrun``."""
+    """The IMQ run, the uneven-batch run and a run with augmentation; identical code in one process and under ``torchrun``."""
     torch.set_num_threads(1)
     split = load_digits_split()
     torch.manual_seed(0)
@@ -35,12 +38,18 @@ def run() -> dict:
     torch.manual_seed(1)
     uneven = DigitsMLP(hidden=(16,))
     losses = train(uneven, small, epochs=2, batch_size=64, seed=3, progress=False)
+    augmented = dataclasses.replace(split, x_train=split.x_train[:AUGMENT_TRAIN],
+                                    y_train=split.y_train[:AUGMENT_TRAIN], augment=True)
+    torch.manual_seed(2)
+    aug_model = DigitsMLP(hidden=(16,))
+    train(aug_model, augmented, epochs=1, batch_size=64, seed=4, progress=False)
     return {
         "imq_state": result.state_dict,
         "imq_history": [(r.iteration, r.avg_bits, r.accuracy, r.width_counts) for r in result.history],
         "uneven_state": {k: v.detach().clone() for k, v in uneven.state_dict().items()},
         "uneven_losses": losses,
         "uneven_accuracy": evaluate(uneven, small.x_test, small.y_test, batch_size=50),
+        "augment_state": {k: v.detach().clone() for k, v in aug_model.state_dict().items()},
         "world_size": distributed.world_size(),
     }
 

@@ -63,7 +63,7 @@ def single() -> dict:
 def test_every_rank_holds_the_same_model(two_ranks):
     r0, r1 = two_ranks
     assert r0["world_size"] == r1["world_size"] == 2
-    for key in ("imq_state", "uneven_state"):
+    for key in ("imq_state", "uneven_state", "augment_state"):
         for name, value in r0[key].items():
             assert torch.equal(value, r1[key][name]), f"{key}.{name} differs between ranks"
     assert r0["imq_history"] == r1["imq_history"]
@@ -86,6 +86,11 @@ def test_uneven_last_batch_and_an_empty_shard(two_ranks, single):
     assert_states_match(single["uneven_state"], got["uneven_state"])
     assert got["uneven_losses"] == pytest.approx(single["uneven_losses"], rel=1e-6, abs=0)
     assert got["uneven_accuracy"] == single["uneven_accuracy"]
+
+
+def test_augmentation_is_drawn_once_for_the_global_batch(two_ranks, single):
+    # Every rank augments the whole global batch from the shared generator, then takes its shard.
+    assert_states_match(single["augment_state"], two_ranks[0]["augment_state"])
 
 
 def test_mask_check_catches_a_difference_and_broadcast_repairs_it(two_ranks):

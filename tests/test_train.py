@@ -6,6 +6,7 @@ The multi-process behaviour (2 gloo ranks against one process) is in tests/test_
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -172,3 +173,19 @@ def test_training_through_synced_batchnorm_equals_batchnorm(no_torchrun):
     for key, value in plain.state_dict().items():
         assert torch.equal(value, synced.state_dict()[key]), key
     assert int(plain.block[0].num_batches_tracked) == 8
+
+
+def test_augmentation_is_applied_and_seeded(no_torchrun):
+    base = _toy_split_digits()
+    images = dataclasses.replace(base, image_shape=(1, 8, 8))
+    augmented = dataclasses.replace(images, augment=True)
+    assert getattr(base, "augment", False) is False
+    torch.manual_seed(0)
+    init = DigitsMLP(hidden=(8,))
+    runs = {}
+    for name, split in (("plain", images), ("aug", augmented), ("aug again", augmented)):
+        model = copy.deepcopy(init)
+        runs[name] = (train(model, split, epochs=2, batch_size=16, seed=5, progress=False), model.state_dict())
+    assert runs["aug"][0] == runs["aug again"][0]
+    assert all(torch.equal(v, runs["aug again"][1][k]) for k, v in runs["aug"][1].items())
+    assert runs["aug"][0] != runs["plain"][0]
