@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import UserError
+
 #: The environment variables ``torchrun`` sets for every worker.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -101,10 +103,20 @@ def init() -> bool:
     -------
     bool
         Whether a process group is active afterwards (``False`` in a plain single process).
+
+    Raises
+    ------
+    UserError
+        If ``LOCAL_RANK`` has no CUDA device (more processes per node than visible GPUs).
     """
     if active() or not launched():
         return active()
     if backend() == "nccl":
+        if local_rank() >= torch.cuda.device_count():
+            raise UserError(
+                f"torchrun started local rank {local_rank()} but only {torch.cuda.device_count()} CUDA "
+                f"device(s) are visible; allowed --nproc-per-node 1..{torch.cuda.device_count()}"
+            )
         torch.cuda.set_device(device())
         dist.init_process_group("nccl", device_id=device())
     else:
