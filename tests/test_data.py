@@ -1,10 +1,24 @@
-"""The digits split, training and evaluation loops."""
+"""Data sets (digits, IDX, CIFAR), augmentation, training and evaluation loops."""
 
+import pickle
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from model.data import Split, load_digits_split
+from model.data import (
+    CIFAR10_FOLDER,
+    CIFAR100_FOLDER,
+    FASHION_MNIST_ROOT,
+    Split,
+    augment_batch,
+    load_cifar10_split,
+    load_cifar100_split,
+    load_dataset,
+    load_digits_split,
+)
 from model.errors import UserError
 from model.train import evaluate, train
 
@@ -57,3 +71,221 @@ def test_train_is_deterministic_and_learns():
     assert torch.equal(models[0].weight, models[1].weight)
     assert losses[0][-1] < losses[0][0]
     assert evaluate(models[0], x, y) > 0.9
+
+
+# ------------------------------------------------------------------------------------------- CIFAR
+def _write_pickle(path, obj, python2_globals=False):
+    """Protocol 2 as the official files; ``python2_globals`` names ``numpy.core`` as numpy 1 did."""
+    raw = pickle.dumps(obj, protocol=2)
+    if python2_globals:
+        raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    path.write_bytes(raw)
+
+
+def _batch(first, n, n_classes, label_key=b"labels"):
+    """``n`` images; image ``i`` has pixels ``(first + i + k) % 256``, label ``(first + i) % n_classes``."""
+    i = np.arange(first, first + n)[:, None]
+    data = ((i + np.arange(3072)[None, :]) % 256).astype(np.uint8)
+    return {b"batch_label": b"synthetic", label_key: [int(v) % n_classes for v in i[:, 0]], b"data": data}
+
+
+@pytest.fixture
+def cifar10_root(tmp_path):
+    folder = tmp_path / CIFAR10_FOLDER
+    folder.mkdir()
+    for b in range(1, 6):
+        _write_pickle(folder / f"data_batch_{b}", _batch(3 * (b - 1), 3, 10), python2_globals=b == 1)
+    _write_pickle(folder / "test_batch", _batch(100, 2, 10))
+    return tmp_path
+
+
+@pytest.fixture
+def cifar100_root(tmp_path):
+    folder = tmp_path / CIFAR100_FOLDER
+    folder.mkdir()
+    train = _batch(90, 12, 100, label_key=b"fine_labels")
+    train[b"coarse_labels"] = [0] * 12
+    _write_pickle(folder / "train", train)
+    _write_pickle(folder / "test", _batch(7, 4, 100, label_key=b"fine_labels"))
+    return folder  # the folder itself, not its parent
+
+
+def test_cifar10_loads_batches_in_order_from_the_parent_or_the_folder(cifar10_root):
+    split = load_cifar10_split(cifar10_root)
+    assert split.name == "cifar10" and split.image_shape == (3, 32, 32) and split.augment
+    assert split.x_train.shape == (15, 3072) and split.x_test.shape == (2, 3072)
+    assert split.x_train.dtype == torch.float32 and split.y_train.dtype == torch.int64
+    assert split.y_train.tolist() == list(range(10)) + list(range(5)) and split.y_test.tolist() == [0, 1]
+    # Image i of the training part is batch i // 3, row i % 3, whose first pixel is i (batches in order).
+    pixels = torch.round(split.x_train * 255)
+    assert torch.equal(split.x_train, pixels / 255)  # exactly pixel / 255
+    assert torch.equal(pixels[:, 0], torch.arange(15, dtype=torch.float32))
+    image = torch.round(split.x_test[1] * 255).view(3, 32, 32)  # R, G, B planes, each row-major
+    assert image[0, 0, 1] == 102 and image[1, 0, 0] == (101 + 1024) % 256
+    assert image[2, 1, 0] == (101 + 2048 + 32) % 256
+    again = load_cifar10_split(cifar10_root / CIFAR10_FOLDER, train_subset=4, test_subset=1)
+    assert torch.equal(again.x_train, split.x_train[:4]) and torch.equal(again.y_test, split.y_test[:1])
+
+
+def test_cifar100_fine_labels(cifar100_root):
+    split = load_cifar100_split(cifar100_root)
+    assert split.name == "cifar100" and split.image_shape == (3, 32, 32) and split.augment
+    assert split.y_train.tolist() == [90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 0, 1]
+    assert split.y_test.tolist() == [7, 8, 9, 10]
+    assert load_cifar100_split(cifar100_root.parent, test_subset=2).x_test.shape == (2, 3072)
+
+
+def test_cifar_missing_folder_and_file(tmp_path, cifar10_root):
+    with pytest.raises(UserError, match=r"does not exist; expected 'cifar-10-batches-py'.*or its parent"):
+        load_cifar10_split(tmp_path / "nowhere")
+    (cifar10_root / CIFAR10_FOLDER / "data_batch_4").unlink()
+    with pytest.raises(UserError, match=r"missing 'data_batch_4'.*data_batch_1, .*test_batch"):
+        load_cifar10_split(cifar10_root)
+    with pytest.raises(UserError, match=r"missing 'train'"):
+        load_cifar100_split(cifar10_root / CIFAR10_FOLDER)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: b.pop(b"labels"), r"missing key\(s\) \[b'labels'\]"),
+        (lambda b: b.update({b"data": b[b"data"][:, :3071]}),
+         r"b'data' is uint8 \[3, 3071\]; expected uint8 \[N, 3072\]"),
+        (lambda b: b.update({b"data": b[b"data"].astype(np.float32)}), r"b'data' is float32"),
+        (lambda b: b.update({b"data": b[b"data"].tolist()}), r"b'data' is list"),
+        (lambda b: b.update({b"labels": [0, 10, 1]}), r"holds label 10; allowed 0\.\.9"),
+        (lambda b: b.update({b"labels": [0, -1, 1]}), r"holds label -1; allowed 0\.\.9"),
+        (lambda b: b.update({b"labels": [0, 1]}), r"expected 3 integer labels"),
+        (lambda b: b.update({b"labels": [0.0, 1.0, 2.0]}), r"float64 \[3\]; expected 3 integer labels"),
+    ],
+)
+def test_cifar_malformed_batch(cifar10_root, change, message):
+    batch = _batch(6, 3, 10)
+    change(batch)
+    path = cifar10_root / CIFAR10_FOLDER / "data_batch_3"
+    _write_pickle(path, batch)
+    with pytest.raises(UserError, match=message) as info:
+        load_cifar10_split(cifar10_root)
+    assert str(path) in str(info.value)
+
+
+def test_cifar100_label_out_of_range(cifar100_root):
+    _write_pickle(cifar100_root / "test", _batch(99, 2, 1000, label_key=b"fine_labels"))  # labels 99, 100
+    with pytest.raises(UserError, match=r"test: field b'fine_labels' holds label 100; allowed 0\.\.99"):
+        load_cifar100_split(cifar100_root)
+
+
+def test_cifar_not_a_pickle_or_not_a_dict(cifar10_root):
+    path = cifar10_root / CIFAR10_FOLDER / "test_batch"
+    path.write_bytes(b"\x89PNG not a pickle")
+    with pytest.raises(UserError, match="test_batch: not a CIFAR batch"):
+        load_cifar10_split(cifar10_root)
+    _write_pickle(path, [1, 2, 3])
+    with pytest.raises(UserError, match="holds a list"):
+        load_cifar10_split(cifar10_root)
+
+
+class _Touch:
+    """Unpickling this calls ``Path.touch(target)``: a stand-in for a malicious payload."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_cifar_unpickler_refuses_other_globals(cifar10_root, tmp_path):
+    target = tmp_path / "touched"
+    path = cifar10_root / CIFAR10_FOLDER / "data_batch_1"
+    batch = _batch(0, 3, 10)
+    batch[b"filenames"] = _Touch(target)
+    path.write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(UserError, match=r"refusing the global pathlib.*Path\.touch"):
+        load_cifar10_split(cifar10_root)
+    assert not target.exists()
+    pickle.loads(path.read_bytes())  # the payload is real: plain pickle would run it
+    assert target.exists()
+
+
+# ------------------------------------------------------------------------------ Split and load_dataset
+def test_split_image_shape_defaults_and_validation():
+    x, y = torch.zeros(4, 12), torch.zeros(4, dtype=torch.int64)
+    split = Split(x, y, x, y, name="toy")
+    assert split.image_shape == (1, 1, 12) and not split.augment
+    assert Split(x, y, x, y, "toy", image_shape=[3, 2, 2], augment=True).image_shape == (3, 2, 2)
+    with pytest.raises(ValueError, match=r"image_shape \(3, 2, 3\) does not match 12"):
+        Split(x, y, x, y, "toy", image_shape=(3, 2, 3))
+    assert load_digits_split().image_shape == (1, 8, 8)
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_load_dataset_fashion_mnist_subset():
+    split = load_dataset("fashion-mnist", train_subset=50, test_subset=20)
+    assert split.x_train.shape == (50, 784) and split.x_test.shape == (20, 784)
+    assert split.image_shape == (1, 28, 28) and not split.augment and split.name == "fashion-mnist"
+
+
+def test_load_dataset_dispatch_and_errors(cifar10_root):
+    digits = load_dataset("digits", train_subset=100, test_subset=30, seed=1)
+    assert digits.x_train.shape == (100, 64) and digits.x_test.shape == (30, 64)
+    assert torch.equal(digits.x_test, load_digits_split(seed=1).x_test[:30])
+    cifar = load_dataset("cifar10", root=cifar10_root, train_subset=5)
+    assert cifar.name == "cifar10" and cifar.x_train.shape == (5, 3072)
+    with pytest.raises(UserError, match=r"'mnist' is unknown; allowed \('digits', 'fashion-mnist', 'idx', "
+                                        r"'cifar10', 'cifar100'\)"):
+        load_dataset("mnist")
+    for name in ("cifar10", "cifar100", "idx"):
+        with pytest.raises(UserError, match=f"{name}' needs a root"):
+            load_dataset(name)
+    with pytest.raises(UserError, match="takes no root"):
+        load_dataset("digits", root=cifar10_root)
+    with pytest.raises(UserError, match="'train_subset' is 0"):
+        load_dataset("digits", train_subset=0)
+    with pytest.raises(UserError, match="IDX folder"):
+        load_dataset("idx", root=cifar10_root)
+
+
+# ------------------------------------------------------------------------------------- augmentation
+def _candidates(image, padding):
+    """Every crop (dy, dx) of the zero-padded image and its mirror, by plain slicing."""
+    c, h, w = image.shape
+    padded = np.zeros((c, h + 2 * padding, w + 2 * padding), dtype=image.dtype)
+    padded[:, padding:padding + h, padding:padding + w] = image
+    for dy in range(2 * padding + 1):
+        for dx in range(2 * padding + 1):
+            crop = padded[:, dy:dy + h, dx:dx + w]
+            yield (dy, dx, False), crop
+            yield (dy, dx, True), crop[:, :, ::-1]
+
+
+def test_augment_batch_is_a_shifted_or_mirrored_copy_with_zero_padding():
+    shape = (3, 6, 5)  # not square: a swapped H and W would show
+    n = 200
+    x = (torch.arange(n * 90, dtype=torch.float32).view(n, 90) + 1) / (n * 90)  # every pixel distinct, > 0
+    out = augment_batch(x, shape, torch.Generator().manual_seed(7))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    seen = set()
+    for image, augmented in zip(x.view(n, *shape).numpy(), out.view(n, *shape).numpy()):
+        matches = [key for key, crop in _candidates(image, 4) if np.array_equal(crop, augmented)]
+        assert len(matches) == 1  # exactly one crop offset and flip explains the output
+        seen.add(matches[0])
+    assert {dy for dy, _, _ in seen} == set(range(9)) and {dx for _, dx, _ in seen} == set(range(9))
+    assert {f for _, _, f in seen} == {False, True}
+
+
+def test_augment_batch_is_deterministic_per_generator():
+    x = torch.rand(16, 3 * 32 * 32, generator=torch.Generator().manual_seed(0))
+    a = augment_batch(x, (3, 32, 32), torch.Generator().manual_seed(3))
+    b = augment_batch(x, (3, 32, 32), torch.Generator().manual_seed(3))
+    c = augment_batch(x, (3, 32, 32), torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    gen = torch.Generator().manual_seed(3)
+    first, second = augment_batch(x, (3, 32, 32), gen), augment_batch(x, (3, 32, 32), gen)
+    assert torch.equal(first, a) and not torch.equal(second, a)  # the generator advances
+    zero = augment_batch(x, (3, 32, 32), torch.Generator().manual_seed(3), padding=0)
+    images = x.view(16, 3, 32, 32)
+    assert all(torch.equal(z.view(3, 32, 32), i) or torch.equal(z.view(3, 32, 32), i.flip(2))
+               for z, i in zip(zero, images))
+    with pytest.raises(ValueError, match=r"\[N, 3072\]"):
+        augment_batch(x[:, :100], (3, 32, 32), gen)

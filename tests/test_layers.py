@@ -138,8 +138,8 @@ def test_quant_conv2d_weight_is_eq7_per_element_hand_case():
         conv.weight.copy_(torch.tensor([[[[0.5, -1.0], [0.0, 1.0]]]]))
         conv.bias.fill_(0.25)
     conv.set_bit_width(torch.tensor([[[[4, 8], [32, 32]]]]))
-    # max|tanh| = tanh(1); 0.5 -> x = tanh(.5) / (2 tanh(1)) + .5 = 0.8034 -> round(15 x) = 12 -> 24/15 - 1 = 0.6;
-    # -1 -> x = 0 -> code 0 -> -1; 0 -> x = 1/2 -> round((2^32 - 1) / 2) = 2^31 (half to even) -> 1/(2^32 - 1).
+    # max|tanh| = tanh(1). 0.5: x = tanh(.5) / (2 tanh(1)) + .5 = 0.8034, round(15 x) = 12, 24/15 - 1 = 0.6.
+    # -1: x = 0, code 0, weight -1. 0: x = 1/2, round((2^32 - 1) / 2) = 2^31 (half to even), 1/(2^32 - 1).
     assert conv.weight_codes().flatten().tolist() == [12, 0, 2147483648, 4294967295]
     w_q = conv.quantized_weight()
     assert w_q.flatten().tolist() == pytest.approx([0.6, -1.0, 1 / 4294967295, 1.0], abs=1e-7)

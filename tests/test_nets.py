@@ -13,7 +13,8 @@ from model.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
 from model.nets import BasicBlock, DigitsMLP, ResNet20, SmallVGG, build_model
 from model.quant import PACT, InputQuant
 
-RESNET_CIFAR = {"arch": "resnet20", "image_shape": [3, 32, 32], "n_classes": 10, "act_bits": 4, "input_bits": 8}
+RESNET_CIFAR = {"arch": "resnet20", "image_shape": [3, 32, 32], "n_classes": 10, "act_bits": 4,
+                "input_bits": 8}
 TINY_VGG = {"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 3, "act_bits": 4, "input_bits": 8,
             "channels": [2, 3]}
 
@@ -27,7 +28,7 @@ def _one_thread():
 
 
 def _n_params(model):
-    """Weights, biases and BatchNorm affine parameters; PACT alphas excluded (He et al. count no such thing)."""
+    """Weights, biases and BatchNorm affine parameters; not the PACT alphas (He et al. have none)."""
     return sum(p.numel() for name, p in model.named_parameters() if not name.endswith("alpha"))
 
 
@@ -128,7 +129,8 @@ def test_build_model_round_trips_conv_nets(config):
     model = build_model(dict(config))
     assert model.config == config
     for i, q in enumerate(model.quant_layers()):
-        q.set_bit_width(torch.tensor([0, 4, 8, 16, 32])[(torch.arange(q.weight.numel()) + i) % 5].view_as(q.weight))
+        pattern = (torch.arange(q.weight.numel()) + i) % 5
+        q.set_bit_width(torch.tensor([0, 4, 8, 16, 32])[pattern].view_as(q.weight))
     model(torch.rand(4, x_probe(config).shape[1]))  # training mode: moves the BN running statistics
     rebuilt = build_model(dict(model.config))
     assert type(rebuilt) is type(model)
