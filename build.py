@@ -8,6 +8,8 @@ end with a one-line message naming the file and the field, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
@@ -533,8 +535,14 @@ def main(argv=None) -> int:
     from model.errors import UserError
 
     args = parser().parse_args(argv)
+    # Under torchrun every rank runs the command (model.distributed); only rank 0 (RANK unset or 0) prints
+    # and shows progress bars. Read from the environment so that the CLI does not import torch here.
+    silent = os.environ.get("RANK", "0") != "0"
+    if silent and hasattr(args, "quiet"):
+        args.quiet = True
     try:
-        return args.func(args)
+        with contextlib.redirect_stdout(io.StringIO()) if silent else contextlib.nullcontext():
+            return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
