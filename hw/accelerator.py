@@ -10,9 +10,11 @@ Data path (one output row at a time, one non-zero weight per cycle, shared by th
            a cycle) -> activation buffer (the image's lane) or score buffer
 
 The controller reads the header and each layer's descriptor from the buffer at run time
-(docs/image_format.md), loads ``batch`` images' input codes from ``i`` into the lanes of activation buffer
-0, runs the layers ping-ponging between the two activation buffers, and streams the last layer's scores
-out of ``o`` image by image.
+(docs/image_format.md), including the layer's weight mode (DoReFa or signed offset-binary codes; the
+requantizer adds the signed correction, model/golden.py), so one bitstream runs both kinds of layers. It
+loads ``batch`` images' input codes from ``i`` into the lanes of activation buffer 0, runs the layers
+ping-ponging between the two activation buffers, and streams the last layer's scores out of ``o`` image by
+image.
 """
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -23,7 +25,7 @@ from amaranth.lib.wiring import In, Out, connect
 from amaranth.utils import bits_for, ceil_log2
 
 from model.golden import MAX_ACT_BITS, MAX_FAN_IN
-from model.image import unpack
+from model.image import SIGNED_BIT, unpack
 
 from .fetcher import WordFetcher
 from .mac_lane import MacLane
@@ -163,6 +165,7 @@ class Accelerator(wiring.Component):
         n_out = Signal(index_width)
         out_bits = Signal(8)
         shift = Signal(8)
+        signed_layer = Signal()  # weight mode: 0 DoReFa, 1 signed offset-binary codes
         mask_base = Signal(addr_width)
         payload_base = Signal(addr_width)
         param_base = Signal(addr_width)
@@ -221,6 +224,7 @@ class Accelerator(wiring.Component):
             params.o.ready.eq(fed & last_img_q),
             requant.shift.eq(shift),
             requant.out_bits.eq(out_bits),
+            requant.signed_layer.eq(signed_layer),
         ]
         with m.If(fed):
             m.d.sync += img_q.eq(Mux(last_img_q, 0, img_q + 1))
@@ -276,7 +280,8 @@ class Accelerator(wiring.Component):
                     with m.Case(2):
                         m.d.sync += n_out.eq(word)
                     with m.Case(3):
-                        m.d.sync += [out_bits.eq(word[8:16]), shift.eq(word[16:24])]
+                        m.d.sync += [out_bits.eq(word[8:16]), shift.eq(word[16:24]),
+                                     signed_layer.eq(word[SIGNED_BIT])]
                     with m.Case(4):
                         m.d.sync += mask_base.eq(word)
                     with m.Case(5):

@@ -1,15 +1,20 @@
 """Requantizer: class sums of one output -> the next layer's PACT code (or a class score).
 
-Implements :func:`model.golden.combine` and :func:`model.golden.requantize` bit for bit, as a four-stage
-pipeline that accepts one output per cycle:
+Implements :func:`model.golden.combine` and :func:`model.golden.requantize` bit for bit, for DoReFa and
+signed layers, as a four-stage pipeline that accepts one output per cycle:
 
 1. ``R_m * S_m`` as shift-and-add of the repeated-code constants (``0x11111111`` is eight shifted copies),
-   and ``D * A = (A << 32) - A``: no multiplier needed for the class constants;
-2. ``acc = 2 * sum_m R_m S_m - D * A`` (exact, 58 bits signed), then ``t = acc >> ACC_SHIFT`` (floor);
+   ``A = sum_m A_m`` and ``D * A = (A << 32) - A``, and for a signed layer the correction
+   ``sum_m R_m A_m``, by Horner's rule on ``R_4 = 17 R_8``, ``R_8 = 257 R_16``, ``R_16 = 65537 R_32``
+   (six adders instead of fourteen): no multiplier needed for the class constants;
+2. ``acc = 2 * sum_m R_m S_m - (D * A [+ sum_m R_m A_m])`` (exact, < 2^53 in magnitude), then
+   ``t = acc >> ACC_SHIFT`` (floor);
 3. ``t * M`` on DSP48E1s (41 x 18 bits signed), registered;
 4. ``y = (t * M + B + 2^(S-1)) >> S`` (round half up), then clamp to ``[0, 2^out_bits - 1]`` or saturate
    to int32 for the last layer.
 """
+
+import itertools
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -33,6 +38,18 @@ def repeat_shifts(m: int) -> list[int]:
     return shifts
 
 
+def class_weighted_sum(values: dict):
+    """``sum_m R_m * values[m]`` by Horner's rule: ``R_m = (2^m + 1) R_2m``, so each step is two adders.
+
+    Works on Amaranth values and on Python ints alike (the tests check it on ints).
+    """
+    total = values[CLASSES[0]]
+    for narrow, wide in itertools.pairwise(CLASSES):
+        assert R[narrow] == ((1 << narrow) + 1) * R[wide]
+        total = values[wide] + total + (total << narrow)
+    return total
+
+
 class Requantizer(wiring.Component):
     """Fixed-point requantization of one output row per cycle, with back-pressure.
 
@@ -42,6 +59,8 @@ class Requantizer(wiring.Component):
         Requant shift ``S`` of the layer (held while the layer runs).
     out_bits : In(4)
         Output code width, 0 for the last layer (signed scores).
+    signed_layer : In(1)
+        The layer's weight mode: 0 DoReFa, 1 signed offset-binary codes (held while the layer runs).
     i : In(stream.Signature(REQUANT_IN_LAYOUT))
     o : Out(stream.Signature(signed(32)))
         Codes (zero-extended) or scores.
@@ -49,6 +68,7 @@ class Requantizer(wiring.Component):
 
     shift: In(range(64))
     out_bits: In(4)
+    signed_layer: In(1)
     i: In(stream.Signature(REQUANT_IN_LAYOUT))
     o: Out(stream.Signature(signed(32)))
 
@@ -62,7 +82,7 @@ class Requantizer(wiring.Component):
         # Stage 1: class constants by shift-and-add.
         v1 = Signal()
         scaled = Signal(unsigned(ACC_BITS))
-        da = Signal(unsigned(ACC_BITS))
+        offset = Signal(unsigned(ACC_BITS))  # D * A, plus sum_m R_m A_m for a signed layer
         mult1 = Signal(MULT_BITS)
         bias1 = Signal(signed(64))
         sums = self.i.payload.sums
@@ -73,13 +93,16 @@ class Requantizer(wiring.Component):
         total = terms[0]
         for t in terms[1:]:
             total = total + t
+        acts = {c: getattr(sums, f"a{c}") for c in CLASSES}
+        act_total = sum(acts.values())
+        correction = Mux(self.signed_layer, class_weighted_sum(acts), 0)
         # Stage 2: exact accumulator and floor shift.
         v2 = Signal()
         t2 = Signal(signed(ACC_BITS - ACC_SHIFT))
         mult2 = Signal(MULT_BITS)
         bias2 = Signal(signed(64))
         acc = Signal(signed(ACC_BITS + 1))
-        m.d.comb += acc.eq((scaled << 1) - da)
+        m.d.comb += acc.eq((scaled << 1) - offset)
         # Stage 3: DSP multiply.
         v3 = Signal()
         prod = Signal(signed(ACC_BITS - ACC_SHIFT + MULT_BITS + 1))
@@ -100,7 +123,7 @@ class Requantizer(wiring.Component):
             m.d.sync += [
                 v1.eq(self.i.valid),
                 scaled.eq(total),
-                da.eq((sums.a << 32) - sums.a),
+                offset.eq((act_total << 32) - act_total + correction),
                 mult1.eq(self.i.payload.param.mult),
                 bias1.eq(self.i.payload.param.bias),
                 v2.eq(v1),

@@ -1,7 +1,7 @@
 """Weight decoder: walks a layer's bit-width masks and payload bit stream, skipping pruned weights.
 
 It turns the two packed regions of the global buffer (docs/image_format.md) back into one token per
-non-zero weight: the input index, the width code and the DoReFa code ``q``. Ten mask codes are looked at
+non-zero weight: the input index, the width code and the weight code ``q``. Ten mask codes are looked at
 every cycle and the lowest non-zero one is taken (a priority encoder), so pruned weights cost no cycle
 unless a whole mask word is empty (ten pruned weights for one cycle). Rows end with a token flagged
 ``row_end``; an all-pruned row still produces one (with width code 0) so its output is computed.

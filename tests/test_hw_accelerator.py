@@ -1,14 +1,16 @@
 # amaranth: UnusedElaboratable=no
-"""The whole Accelerator in Amaranth's simulator against model.golden.IntNetwork.forward, bit for bit."""
+"""The whole Accelerator in Amaranth's simulator against model.golden.IntNetwork.forward, bit for bit,
+for DoReFa, signed and mixed networks."""
 
 import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from amaranth.sim import Simulator
 
 from hw.accelerator import Accelerator
-from model.golden import MAX_FAN_IN, IntNetwork
+from model.golden import MAX_FAN_IN, IntNetwork, layer_forward
 from model.image import pack
 from tests.hw_netgen import random_network
 
@@ -172,6 +174,56 @@ def test_batched_accelerator_matches_golden(name, batch):
         net = prune_layer(net, pruned)
     dut = check(net, images_for(rng, net, 2 * batch), seed, p_gap, p_stall, batch=batch)
     assert dut.batch == batch
+
+
+SIGNED_CASES = {
+    # name: (sizes, act_bits, probs, per-layer signed, batch, p_gap, p_stall)
+    "signed-one-layer": ((12, 3), 4, MIXED, (True,), 1, 0.3, 0.3),
+    "signed-two-layer": ((23, 17, 5), 4, MIXED, (True, True), 1, 0.4, 0.4),
+    "dorefa-then-signed": ((20, 9, 4), 4, MIXED, (False, True), 1, 0.2, 0.5),
+    "signed-then-dorefa-batched": ((20, 9, 4), 4, MIXED, (True, False), 2, 0.5, 0.2),
+    "signed-all-32-bit-8-bit-acts": ((9, 6, 3), 8, (0, 0, 0, 0, 1), (True, True), 2, 0.3, 0.5),
+    "signed-4-bit-2-bit-acts-batch-4": ((31, 8, 4), 2, (0.5, 0.5, 0, 0, 0), (True, True), 4, 0.1, 0.7),
+    "alternating-four-layer": ((6, 5, 4, 3, 2), 3, (0.2, 0.2, 0.2, 0.2, 0.2), (True, False, True, False), 2,
+                               0.4, 0.4),
+}
+
+
+@pytest.mark.parametrize("name", SIGNED_CASES)
+def test_signed_accelerator_matches_golden(name):
+    """Signed (offset-binary) layers, alone and mixed with DoReFa ones in one image: the controller reads
+    each layer's mode from its descriptor, so one bitstream runs both, bit for bit with the golden model."""
+    sizes, act_bits, probs, signed, batch, p_gap, p_stall = SIGNED_CASES[name]
+    seed = 200 + list(SIGNED_CASES).index(name)
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, sizes=sizes, act_bits=act_bits, probs=probs, signed=signed)
+    assert [layer.signed for layer in net.layers] == list(signed)
+    images = images_for(rng, net, 2 * batch)
+    dut = check(net, images, seed, p_gap, p_stall, batch=batch)
+    assert dut.batch == batch
+    # The mode matters: some signed layer's outputs change when it is read as DoReFa (unless every signed
+    # weight is 32-bit: then the correction is A_32, below the accumulator's dropped ACC_SHIFT bits).
+    x, changed = torch.as_tensor(images), 0
+    for layer in net.layers:
+        y = layer_forward(layer, x)
+        changed += int((y != layer_forward(dataclasses.replace(layer, signed=False), x)).sum())
+        x = y
+    narrow = any(((lay.widths > 0) & (lay.widths < 32)).any() for lay in net.layers if lay.signed)
+    assert (changed > 0) == narrow
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_accelerator_random_modes(seed):
+    """Random depth, sizes, activation width, width distribution and per-layer mode, batch 1 or 2."""
+    rng = np.random.default_rng(300 + seed)
+    n_layers = int(rng.integers(1, 4))
+    sizes = tuple(int(x) for x in rng.integers(1, 25, size=n_layers + 1))
+    probs = rng.dirichlet(np.ones(5) * 0.7)
+    signed = tuple(bool(x) for x in rng.integers(0, 2, size=n_layers))
+    net = random_network(rng, sizes=sizes, act_bits=int(rng.integers(1, 9)), probs=probs, signed=signed)
+    batch = int(rng.choice([1, 2]))
+    check(net, images_for(rng, net, 2 * batch), seed, float(rng.uniform(0, 0.6)), float(rng.uniform(0, 0.8)),
+          batch=batch)
 
 
 @pytest.mark.parametrize("bad", [3, 0, 18])

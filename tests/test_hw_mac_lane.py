@@ -1,5 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""MacLane: per-class row sums against plain Python integers and against model.golden.class_sums."""
+"""MacLane: per-class row sums (products and activations) against plain Python integers and against
+model.golden.class_sums, for DoReFa and signed (offset-binary) layers."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from amaranth.sim import Simulator
 from stream_source import Source
 
 from hw.mac_lane import ACT_SUM_BITS, SUM_BITS, MacLane
-from model.golden import CLASSES, IntLinear, class_sums
+from model.golden import CLASSES, IntLinear, check_layer, class_sums
 
 CODE = {4: 1, 8: 2, 16: 3, 32: 4}  # width -> mask code (docs/image_format.md)
 
@@ -38,7 +39,8 @@ def run_lane(operands, n_rows, seed, p_gap, p_stall, batch=1):
                 assert ov and sums == held, "row sums changed or vanished before their transfer"
             held = sums if ov and not orr else None
             if ov and orr:
-                got.append([{**{m: int(getattr(sums[k], f"s{m}")) for m in CLASSES}, "a": int(sums[k].a)}
+                got.append([{**{m: int(getattr(sums[k], f"s{m}")) for m in CLASSES},
+                             **{f"a{m}": int(getattr(sums[k], f"a{m}")) for m in CLASSES}}
                             for k in range(batch)])
                 out_cycles.append(cycle)
         assert len(got) == n_rows, f"lane stalled after {len(got)} of {n_rows} rows"
@@ -55,14 +57,14 @@ def run_lane(operands, n_rows, seed, p_gap, p_stall, batch=1):
 
 
 def model_sums(rows, batch=1):
-    """Plain Python, per image k: S_m = sum of q * u[k] over the row's code-m operands, A = sum of u[k]
-    over weighted ones."""
+    """Plain Python, per image k: S_m = sum of q * u[k] over the row's code-m operands, A_m = sum of u[k]
+    over them."""
     out = []
     for row in rows:
         images = []
         for k in range(batch):
             sums = {m: sum(op["q"] * op["u"][k] for op in row if op["code"] == CODE[m]) for m in CLASSES}
-            sums["a"] = sum(op["u"][k] for op in row if op["code"] != 0)
+            sums.update({f"a{m}": sum(op["u"][k] for op in row if op["code"] == CODE[m]) for m in CLASSES})
             images.append(sums)
         out.append(images)
     return out
@@ -111,8 +113,9 @@ def test_lane_extremes_fit_the_sum_widths():
         row[-1]["row_end"] = 1
     got, _, _ = run_lane([op for row in rows for op in row], len(rows), 0, 0.2, 0.2, batch=2)
     assert got == model_sums(rows, 2)
-    assert got[0][1][32] == 40 * ((1 << 32) - 1) * 255
-    assert got[2][0] == {4: 0, 8: 0, 16: 0, 32: 0, "a": 0}
+    assert got[0][1][32] == 40 * ((1 << 32) - 1) * 255 and got[0][1]["a32"] == 40 * 255
+    assert got[1][0]["a4"] == got[1][0]["a16"] == 3 * 255
+    assert got[2][0] == {4: 0, 8: 0, 16: 0, 32: 0, "a4": 0, "a8": 0, "a16": 0, "a32": 0}
     # The accumulators hold the largest row the contract allows (MAX_FAN_IN weights, 8-bit activations).
     assert all((((1 << m) - 1) * 255 * 4096) < 1 << SUM_BITS[m] for m in CLASSES)
     assert 255 * 4096 < 1 << ACT_SUM_BITS
@@ -130,28 +133,39 @@ def test_lane_latency_and_throughput():
     assert out_cycles == [c + MacLane().latency for c in ends]
 
 
-def test_lane_matches_golden_class_sums():
-    """Operands built as the decoder emits them for an IntLinear, against model.golden.class_sums."""
-    rng = np.random.default_rng(21)
+@pytest.mark.parametrize(("signed", "batch"), [(False, 1), (True, 1), (True, 2)])
+def test_lane_matches_golden_class_sums(signed, batch):
+    """Operands built as the decoder emits them for an IntLinear, against model.golden.class_sums.
+
+    A signed layer's offset-binary codes run through the same lane: its sums are what the requantizer's
+    correction needs (``A_m`` per class), so they must match the golden model's too.
+    """
+    rng = np.random.default_rng(21 + signed + batch)
     n_out, n_in = 6, 17
     widths = rng.choice([0, 4, 8, 16, 32], size=(n_out, n_in), p=(0.3, 0.2, 0.2, 0.15, 0.15))
     widths[2] = 0  # an all-pruned row
     widths[4] = 32
     top = np.where(widths == 32, (1 << 32) - 1, (1 << np.minimum(widths, 31)) - 1)
-    codes = np.minimum((rng.random(widths.shape) * (top + 1.0)).astype(np.int64), top) * (widths != 0)
+    low = np.minimum(int(signed), top)  # signed codes are >= 1 (c >= -(2^(m-1) - 1))
+    codes = np.maximum(np.minimum((rng.random(widths.shape) * (top + 1.0)).astype(np.int64), top), low)
+    codes = codes * (widths != 0)
     codes[4, :3] = (1 << 32) - 1
+    codes[4, 3:5] = 1 if signed else 0  # c = -(2^31 - 1): the most negative signed 32-bit code
     layer = IntLinear(codes=codes, widths=widths.astype(np.int64), in_bits=8, out_bits=8,
-                      mult=np.ones(n_out, dtype=np.int64), bias=np.zeros(n_out, dtype=np.int64), shift=1)
-    u = rng.integers(0, 256, size=n_in)
-    u[:3] = 255
+                      mult=np.ones(n_out, dtype=np.int64), bias=np.zeros(n_out, dtype=np.int64), shift=1,
+                      signed=signed)
+    check_layer(layer)
+    u = rng.integers(0, 256, size=(batch, n_in))
+    u[:, :5] = 255
     ops = []
     for j in range(n_out):
-        row = [{"code": CODE[int(widths[j, i])], "q": int(codes[j, i]), "u": [int(u[i])], "row_end": 0}
-               for i in range(n_in) if widths[j, i]]
-        row = row or [{"code": 0, "q": 0, "u": [int(u[0])], "row_end": 0}]
+        row = [{"code": CODE[int(widths[j, i])], "q": int(codes[j, i]), "u": [int(x) for x in u[:, i]],
+                "row_end": 0} for i in range(n_in) if widths[j, i]]
+        row = row or [{"code": 0, "q": 0, "u": [int(x) for x in u[:, 0]], "row_end": 0}]
         row[-1]["row_end"] = 1
         ops += row
-    got, _, _ = run_lane(ops, n_out, 4, 0.3, 0.3)
-    sums, act_sum = class_sums(layer, torch.as_tensor(u[None, :], dtype=torch.int64))
+    got, _, _ = run_lane(ops, n_out, 4, 0.3, 0.3, batch)
+    sums, act_sums = class_sums(layer, torch.as_tensor(u, dtype=torch.int64))
     for j in range(n_out):
-        assert got[j] == [{**{m: int(sums[m][0, j]) for m in CLASSES}, "a": int(act_sum[0, j])}]
+        assert got[j] == [{**{m: int(sums[m][k, j]) for m in CLASSES},
+                           **{f"a{m}": int(act_sums[m][k, j]) for m in CLASSES}} for k in range(batch)]

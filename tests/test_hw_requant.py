@@ -1,5 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""Requantizer against model.golden.combine + requantize, and ParamReader against the parameter words."""
+"""Requantizer against model.golden.combine + requantize (DoReFa and signed layers), and ParamReader against
+the parameter words."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from amaranth.sim import Simulator
 from stream_source import Source
 
 from hw.mac_lane import ACT_SUM_BITS, SUM_BITS
-from hw.requant import ParamReader, Requantizer
+from hw.requant import ParamReader, Requantizer, class_weighted_sum
 from model import golden as gm
 from model.golden import CLASSES, INT32_MAX, INT32_MIN, MAX_FAN_IN, MULT_BITS, combine, requantize
 
@@ -47,40 +48,56 @@ async def pump(ctx, dut, items, n_out, rng, p_gap, p_stall, convert):
 
 # -- Requantizer ----------------------------------------------------------------------------------------
 
-def golden(item, shift, out_bits):
+def golden(item, shift, out_bits, signed):
     sums = {m: torch.tensor([item["sums"][f"s{m}"]], dtype=torch.int64) for m in CLASSES}
-    acc = combine(sums, torch.tensor([item["sums"]["a"]], dtype=torch.int64))
+    act_sums = {m: torch.tensor([item["sums"][f"a{m}"]], dtype=torch.int64) for m in CLASSES}
+    acc = combine(sums, act_sums, signed)
     p = item["param"]
     return int(requantize(acc, torch.tensor([p["mult"]]), torch.tensor([p["bias"]]), shift, out_bits)[0])
 
 
 def item(s, a, mult, bias):
-    return {"sums": {**{f"s{m}": int(s[m]) for m in CLASSES}, "a": int(a)},
+    """``s`` and ``a``: per-class S_m and A_m."""
+    return {"sums": {**{f"s{m}": int(s[m]) for m in CLASSES}, **{f"a{m}": int(a[m]) for m in CLASSES}},
             "param": {"mult": int(mult), "bias": int(bias)}}
 
 
+def one_class(m, value):
+    return {c: value if c == m else 0 for c in CLASSES}
+
+
 def random_sums(rng):
-    """Sums of a random row (n_in up to MAX_FAN_IN), sometimes at the contract's or the layout's extremes."""
-    kind = rng.integers(0, 6)
-    if kind == 0:  # a full row of one class at its maximum: the largest acc
-        m = int(rng.choice(CLASSES))
-        return {c: MAX_SUM[c] if c == m else 0 for c in CLASSES}, MAX_A
-    if kind == 1:  # all codes 0 at u = 255: the most negative acc
-        return dict.fromkeys(CLASSES, 0), MAX_A
-    if kind == 2:
-        return dict.fromkeys(CLASSES, 0), 0
-    if kind == 3:  # every field all ones: the widest the row-sum layout carries
-        return {c: (1 << SUM_BITS[c]) - 1 for c in CLASSES}, int(rng.choice([0, (1 << ACT_SUM_BITS) - 1]))
+    """Per-class S_m and A_m of a random row (n_in up to MAX_FAN_IN), sometimes at the contract's or the
+    layout's extremes (for either mode: the largest DoReFa acc is the largest signed one's neighbour)."""
+    kind = rng.integers(0, 7)
+    m = int(rng.choice(CLASSES))
+    if kind == 0:  # a full row of one class at its maximum code: the largest acc
+        return one_class(m, MAX_SUM[m]), one_class(m, MAX_A)
+    if kind == 1:  # all codes 0 (DoReFa) at u = 255: the most negative acc
+        return dict.fromkeys(CLASSES, 0), one_class(m, MAX_A)
+    if kind == 2:  # all codes 1 (signed c = -(2^(m-1) - 1)) at u = 255: the most negative signed acc
+        return one_class(m, MAX_A), one_class(m, MAX_A)
+    if kind == 3:
+        return dict.fromkeys(CLASSES, 0), dict.fromkeys(CLASSES, 0)
+    if kind == 4:  # every field all ones: the widest the row-sum layout carries
+        return ({c: (1 << SUM_BITS[c]) - 1 for c in CLASSES},
+                {c: int(rng.choice([0, (1 << ACT_SUM_BITS) - 1])) for c in CLASSES})
     n_in = int(rng.integers(1, MAX_FAN_IN + 1))
     share = rng.dirichlet(np.ones(5)) * n_in  # weights per class (and pruned)
-    s = {c: int(rng.integers(0, int(share[k] * ((1 << c) - 1) * MAX_U) + 1)) for k, c in enumerate(CLASSES)}
-    a = int(rng.integers(0, int(sum(share[:4]) * MAX_U) + 1))
+    a = {c: int(rng.integers(0, int(share[k] * MAX_U) + 1)) for k, c in enumerate(CLASSES)}
+    s = {c: int(rng.integers(0, a[c] * ((1 << c) - 1) + 1)) for c in CLASSES}
     return s, a
 
 
-def aimed_bias(rng, s, a, mult, shift, out_bits):
+def exact_acc(s, a, signed):
+    """combine() in plain Python integers."""
+    acc = 2 * sum(gm.R[c] * s[c] for c in CLASSES) - gm.D * sum(a.values())
+    return acc - class_weighted_sum(a) if signed else acc
+
+
+def aimed_bias(rng, s, a, mult, shift, out_bits, signed):
     """A bias that puts ``y`` near a random in-range value, often exactly on a rounding tie (or one off)."""
-    t = (2 * sum(gm.R[c] * s[c] for c in CLASSES) - gm.D * a) >> gm.ACC_SHIFT
+    t = exact_acc(s, a, signed) >> gm.ACC_SHIFT
     lo, hi = (INT32_MIN, INT32_MAX) if out_bits == 0 else (0, (1 << out_bits) - 1)
     room = (1 << max(0, 61 - shift)) - 1  # keeps |B| < 2^62
     target = int(rng.integers(max(lo, -room), min(hi, room) + 1))
@@ -90,7 +107,7 @@ def aimed_bias(rng, s, a, mult, shift, out_bits):
     return bias if abs(bias) <= BIG_BIAS else 0
 
 
-def random_batch(rng, n, out_bits):
+def random_batch(rng, n, out_bits, signed):
     """Items of one layer: realistic mult/bias from requant_params, edge mults and biases, and biases
     aimed at the rounding ties of in-range outputs (the clamp hides rounding errors otherwise)."""
     gain = rng.uniform(0.01, 2.0, size=n) * 15 / rng.integers(1, MAX_FAN_IN)
@@ -107,21 +124,23 @@ def random_batch(rng, n, out_bits):
         if kind < 0.2:
             b = int(rng.choice([1 << 50, -(1 << 50), BIG_BIAS, -BIG_BIAS, 0, -1]))
         elif kind < 0.6:
-            b = aimed_bias(rng, sums, a, m, shift, out_bits)
+            b = aimed_bias(rng, sums, a, m, shift, out_bits, signed)
         items.append(item(sums, a, m, b))
     return items, shift
 
 
 def run_requant(batches, seed, p_gap, p_stall):
-    """Each batch is (items, shift, out_bits), run back to back with the pipeline drained in between."""
+    """Each batch is (items, shift, out_bits, signed), run back to back with the pipeline drained in
+    between (as the accelerator changes layers)."""
     rng = np.random.default_rng(seed)
     dut = Requantizer()
     results = []
 
     async def bench(ctx):
-        for items, shift, out_bits in batches:
+        for items, shift, out_bits, signed in batches:
             ctx.set(dut.shift, shift)
             ctx.set(dut.out_bits, out_bits)
+            ctx.set(dut.signed_layer, signed)
             results.append(await pump(ctx, dut, items, len(items), rng, p_gap, p_stall, int))
 
     sim = Simulator(dut)
@@ -131,41 +150,74 @@ def run_requant(batches, seed, p_gap, p_stall):
     return results
 
 
+def test_class_weighted_sum_is_the_class_constants():
+    """Horner's rule on R_4 = 17 R_8, R_8 = 257 R_16, R_16 = 65537: sum_m R_m x_m, extremes included."""
+    rng = np.random.default_rng(0)
+    for x in [dict.fromkeys(CLASSES, (1 << ACT_SUM_BITS) - 1), one_class(4, 1), one_class(32, 1)] + [
+            {c: int(v) for c, v in zip(CLASSES, rng.integers(0, 1 << ACT_SUM_BITS, size=4))} for _ in range(50)]:
+        assert class_weighted_sum(x) == sum(gm.R[c] * x[c] for c in CLASSES)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_requantizer_matches_golden(seed):
+    """DoReFa and signed layers interleaved (as a network mixing them runs), random and back-pressured."""
     rng = np.random.default_rng(seed)
     batches = []
     for out_bits in (0, 1, 2, 4, 7, 8):
-        items, shift = random_batch(rng, 12, out_bits)
-        batches.append((items, shift, out_bits))
+        for signed in (False, True):
+            items, shift = random_batch(rng, 12, out_bits, signed)
+            batches.append((items, shift, out_bits, signed))
     p_gap, p_stall = [(0.0, 0.0), (0.3, 0.3), (0.6, 0.2), (0.2, 0.6)][seed]
-    for (items, shift, out_bits), (got, _, _) in zip(batches, run_requant(batches, seed, p_gap, p_stall)):
-        assert got == [golden(x, shift, out_bits) for x in items], f"shift {shift}, out_bits {out_bits}"
+    for (items, shift, out_bits, signed), (got, _, _) in zip(batches,
+                                                             run_requant(batches, seed, p_gap, p_stall)):
+        want = [golden(x, shift, out_bits, signed) for x in items]
+        assert got == want, f"shift {shift}, out_bits {out_bits}, signed {signed}"
+
+
+def test_requantizer_signed_correction_is_applied():
+    """The same sums give different codes by mode: acc differs by exactly sum_m R_m A_m."""
+    s, a = {4: 0, 8: 300, 16: 0, 32: 0}, {4: 20, 8: 10, 16: 0, 32: 0}  # 20 pruned-like 4-bit q = 0 at u = 1
+    items = [item(s, a, 1, 0)]
+    (dorefa, _, _), (signed, _, _) = run_requant([(items, 1, 0, False), (items, 1, 0, True)], 0, 0.0, 0.0)
+    assert dorefa == [golden(items[0], 1, 0, False)] and signed == [golden(items[0], 1, 0, True)]
+    t_dorefa, t_signed = exact_acc(s, a, False) >> 16, exact_acc(s, a, True) >> 16
+    assert exact_acc(s, a, False) - exact_acc(s, a, True) == 20 * gm.R[4] + 10 * gm.R[8]
+    assert dorefa == [(t_dorefa + 1) >> 1] and signed == [(t_signed + 1) >> 1] and dorefa != signed
 
 
 def test_requantizer_saturates_both_ways():
-    """Scores saturate to int32 at both ends; codes clamp to [0, 2^out_bits - 1] at both ends."""
-    top = {c: MAX_SUM[c] if c == 32 else 0 for c in CLASSES}
+    """Scores saturate to int32 at both ends; codes clamp to [0, 2^out_bits - 1] at both ends; in both
+    modes, with the signed extremes c = +-(2^(m-1) - 1) at MAX_FAN_IN inputs of u = 255."""
+    top = one_class(32, MAX_SUM[32])
     zero = dict.fromkeys(CLASSES, 0)
+    full = {m: one_class(m, MAX_A) for m in CLASSES}
     big = (1 << MULT_BITS) - 1
-    extreme = [item(top, MAX_A, big, 0), item(zero, MAX_A, big, 0),  # acc = +-D * 255 * 4096
-               item(zero, 0, 0, BIG_BIAS), item(zero, 0, 0, -BIG_BIAS),  # bias alone
-               item(zero, 0, big, 0), item(zero, 1, 1, 0)]  # 0, and -D >> 16 = -65536 times 1
-    batches = [(extreme, 1, 0), (extreme, 62, 0), (extreme, 1, 8), (extreme, 3, 1), (extreme, 62, 4)]
+    extreme = [item(top, full[32], big, 0), item(zero, full[32], big, 0),  # DoReFa acc = +-D * 255 * 4096
+               item(zero, zero, 0, BIG_BIAS), item(zero, zero, 0, -BIG_BIAS),  # bias alone
+               item(zero, zero, big, 0), item(zero, one_class(8, 1), 1, 0)]  # 0, and -D >> 16 = -65536 * 1
+    # Signed: q = 2^m - 1 (c = 2^(m-1) - 1) and q = 1 (c = -(2^(m-1) - 1)), every width, full rows.
+    extreme += [item(one_class(m, q * MAX_A), full[m], big, 0) for m in CLASSES for q in (1, (1 << m) - 1)]
+    batches = [(extreme, 1, 0, False), (extreme, 62, 0, False), (extreme, 1, 8, False), (extreme, 3, 1, False),
+               (extreme, 62, 4, False), (extreme, 1, 0, True), (extreme, 62, 0, True), (extreme, 1, 8, True),
+               (extreme, 20, 4, True)]
     results = run_requant(batches, 5, 0.2, 0.4)
-    for (items, shift, out_bits), (got, _, _) in zip(batches, results):
-        assert got == [golden(x, shift, out_bits) for x in items], f"shift {shift}, out_bits {out_bits}"
+    for (items, shift, out_bits, signed), (got, _, _) in zip(batches, results):
+        want = [golden(x, shift, out_bits, signed) for x in items]
+        assert got == want, f"shift {shift}, out_bits {out_bits}, signed {signed}"
     assert results[0][0][:4] == [INT32_MAX, INT32_MIN, INT32_MAX, INT32_MIN]
     assert results[2][0][:4] == [255, 0, 255, 0]
     # With S = 62 the extreme acc no longer saturates: (t * M + 2^61) >> 62 with |t * M| < 2^57 is 0.
     assert results[1][0][:2] == [0, 0] and results[1][0][2:4] == [1, -1]
+    # Signed extremes saturate the other way round by code: q = 1 -> most negative, q = 2^m - 1 -> positive.
+    assert results[5][0][6:] == [INT32_MIN, INT32_MAX] * 4
+    assert results[7][0][6:] == [0, 255] * 4
 
 
 def test_requantizer_latency_and_throughput():
     rng = np.random.default_rng(8)
-    items, shift = random_batch(rng, 20, 4)
-    (got, in_cycles, out_cycles), = run_requant([(items, shift, 4)], 8, 0.0, 0.0)
-    assert got == [golden(x, shift, 4) for x in items]
+    items, shift = random_batch(rng, 20, 4, True)
+    (got, in_cycles, out_cycles), = run_requant([(items, shift, 4, True)], 8, 0.0, 0.0)
+    assert got == [golden(x, shift, 4, True) for x in items]
     assert in_cycles == list(range(in_cycles[0], in_cycles[0] + len(items)))
     assert out_cycles == [c + Requantizer.latency for c in in_cycles]
 

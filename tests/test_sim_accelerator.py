@@ -126,3 +126,19 @@ def test_mostly_32_bit_weights(work_dir):
     verilog = write_verilog(pack(net), work_dir / "wide.v")
     result = run_accelerator(verilog, inputs, expected, work_dir=work_dir, stall=True, seed=4)
     _assert_matches(result, expected)
+
+
+@pytest.mark.parametrize(("name", "signed", "seed"), [("signed", (True, True), 13), ("mixed", (False, True), 14)],
+                         ids=["signed", "dorefa-then-signed"])
+def test_signed_layers(work_dir, name, signed, seed):
+    """Signed (offset-binary) layers alone, and a DoReFa layer feeding a signed one, through the Verilog."""
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, sizes=(21, 13, 5), probs=(0.3, 0.3, 0.2, 0.1, 0.1), signed=signed)
+    assert [layer.signed for layer in net.layers] == list(signed)
+    inputs, expected = _case(net, rng)
+    # Hardware that ran every layer as DoReFa would fail: those scores differ.
+    dorefa = IntNetwork(net.input_bits, tuple(dataclasses.replace(x, signed=False) for x in net.layers))
+    assert not np.array_equal(dorefa.forward(inputs).numpy(), expected)
+    verilog = write_verilog(pack(net), work_dir / f"{name}.v")
+    result = run_accelerator(verilog, inputs, expected, work_dir=work_dir, stall=True, seed=5)
+    _assert_matches(result, expected)
