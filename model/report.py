@@ -1,0 +1,239 @@
+"""Reports over run directories: accuracy against average weight bit width (the paper's Fig. 3 and Fig. 8)
+and a Table-1-style markdown table.
+
+A run directory is what :func:`model.runs.run` writes; finished and partial runs both report (a partial run
+shows the iterations it has finished). The x-axis is the average weight width with pruned weights counting
+0 bits, so IMP sits at ``32 * density``, QNN-k at ``k`` (Sec. 4, "test accuracy v.s. average bitwidth").
+
+Curves: one per method and activation width (``"PACT-8 IMQ"``); QNN-k runs of several ``k`` with the same
+activation width join into one ``"PACT-8 QNN"`` curve, one point per run, as in Fig. 8. A run's dense float
+baseline is a dashed horizontal line.
+
+Table (Table 1): per run, its most accurate iteration ("for LTH and random MPQ-tickets, we simply report
+the best results"), Algorithm 1's ticket (line 12: the narrowest iteration more accurate than
+iteration 0) and, for each budget ``q`` (default 8, 4, 2 bits), "the best performing lottery ticket with
+average weight bitwidth below q-bit" (the most accurate iteration with at most ``q`` average bits); plus a
+"Full precision" row per float baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .imq import IterationRecord, best_within, select_ticket
+from .methods import METHODS
+from .runs import RunConfig, atomic_write, history_file, read_run_config, record_from_json, write_json
+
+#: Table 1's budgets ``q`` of "(PACT-k, q-bit)".
+DEFAULT_BUDGETS: tuple[float, ...] = (8.0, 4.0, 2.0)
+#: Where a 0-bit point goes on the log-2 axis.
+_MIN_PLOT_BITS = 2.0 ** -4
+
+
+@dataclass(frozen=True, eq=False)
+class RunSummary:
+    """A run directory as the report sees it.
+
+    Members
+    -------
+    run_dir : Path
+    config : RunConfig
+    history : list of IterationRecord
+        Finished iterations (possibly none yet).
+    float_accuracy : float or None
+        The run's dense float baseline, if it has one (and it has finished).
+    float_model : str or None
+        What that baseline is.
+    finished : bool
+    """
+
+    run_dir: Path
+    config: RunConfig
+    history: list[IterationRecord]
+    float_accuracy: float | None
+    float_model: str | None
+    finished: bool
+
+    @property
+    def curve(self) -> str:
+        """Name of the curve this run belongs to (``"PACT-8 IMQ"``, ``"PACT-8 QNN"``, ...)."""
+        name = "QNN" if self.config.method == "qnn" else self.config.schedule.label
+        return f"PACT-{self.config.act_bits} {name}"
+
+    @property
+    def setting(self) -> str:
+        """Data and network (``"fashion-mnist / mlp 256"``): runs of different settings are not comparable."""
+        net = self.config.arch + (" " + "-".join(map(str, self.config.hidden)) if self.config.hidden else "")
+        return f"{self.config.data} / {net}"
+
+
+def load_summary(run_dir: str | os.PathLike) -> RunSummary:
+    """Read a run directory (config and history JSON).
+
+    Raises
+    ------
+    UserError
+        If it is not a run directory or its history file is malformed.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    path = run_dir / history_file(config)
+    if not path.is_file():
+        return RunSummary(run_dir, config, [], None, None, False)
+    try:
+        data = json.loads(path.read_text())
+        history = [record_from_json(r) for r in data["history"]]
+        float_accuracy = data.get("float_accuracy")
+        return RunSummary(run_dir, config, history, None if float_accuracy is None else float(float_accuracy),
+                          data.get("float_model"), bool(data["finished"]))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: malformed run history ({type(exc).__name__}: {exc})") from None
+
+
+def _fmt_bits(bits: float) -> str:
+    return f"{bits:g}" if bits == int(bits) else f"{bits:.2f}"
+
+
+def table_rows(summaries: list[RunSummary], budgets: tuple[float, ...] = DEFAULT_BUDGETS) -> list[dict]:
+    """Table 1's rows: full-precision baselines, then per run its best, Algorithm-1 and best-under-``q`` rows.
+
+    Returns
+    -------
+    list of dict
+        Keys ``model`` (Table 1's name, e.g. ``"MPQ-ticket (PACT-8, 4-bit)"``), ``method``, ``act_bits``
+        (``None`` for float), ``avg_weight_bits``, ``accuracy`` (in ``[0, 1]``), ``iteration`` (``None``
+        for float), ``rule`` (``"float"``, ``"best"``, ``"algorithm-1"``, ``"<= q bits"`` or ``"single run"``),
+        ``setting`` and ``run`` (the directory).
+    """
+    rows: list[dict] = []
+    seen_float = set()
+    for s in summaries:
+        if s.float_accuracy is not None and (s.setting, s.float_accuracy) not in seen_float:
+            seen_float.add((s.setting, s.float_accuracy))
+            rows.append({"model": "Full precision", "method": "float", "act_bits": None, "avg_weight_bits": 32.0,
+                         "accuracy": s.float_accuracy, "iteration": None, "rule": "float", "setting": s.setting,
+                         "run": str(s.run_dir)})
+    for s in summaries:
+        spec = METHODS[s.config.method]
+        act = s.config.act_bits
+
+        def row(name: str, record: IterationRecord, rule: str, s=s, spec=spec, act=act) -> dict:
+            return {"model": name, "method": s.config.method, "act_bits": act, "avg_weight_bits": record.avg_bits,
+                    "accuracy": record.accuracy, "iteration": record.iteration, "rule": rule,
+                    "setting": s.setting, "run": str(s.run_dir)}
+
+        if not s.history:
+            continue
+        if spec.step is None:
+            rows.append(row(f"QNN (PACT-{act}, {s.config.weight_bits}-bit)", s.history[0], "single run"))
+            continue
+        name = spec.ticket_name if s.config.method != "qnn-imp" else f"QNN-{s.config.weight_bits}-ticket"
+        rows.append(row(f"{name} (PACT-{act}), best", max(s.history, key=lambda r: r.accuracy), "best"))
+        ticket = select_ticket(s.history)
+        if ticket is not None:
+            rows.append(row(f"{name} (PACT-{act})", ticket, "algorithm-1"))
+        for q in budgets:
+            best = best_within(s.history, q)
+            if best is not None:
+                rows.append(row(f"{name} (PACT-{act}, {_fmt_bits(q)}-bit)", best, f"<= {_fmt_bits(q)} bits"))
+    return rows
+
+
+def markdown_table(rows: list[dict], summaries: list[RunSummary] | None = None) -> str:
+    """Rows of :func:`table_rows` as a markdown table (accuracy in percent), plus notes on partial runs."""
+    lines = ["| model | method | act bits | avg weight bits | accuracy (%) | ticket iteration | rule | run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        act = "float" if r["act_bits"] is None else str(r["act_bits"])
+        it = "-" if r["iteration"] is None else str(r["iteration"])
+        lines.append(f"| {r['model']} | {r['method']} | {act} | {r['avg_weight_bits']:.2f} | "
+                     f"{100 * r['accuracy']:.2f} | {it} | {r['rule']} | {r['run']} |")
+    notes = []
+    settings = sorted({r["setting"] for r in rows})
+    if len(settings) > 1:
+        notes.append(f"Rows come from different settings ({'; '.join(settings)}); compare within one only.")
+    for s in summaries or []:
+        if not s.finished:
+            notes.append(f"{s.run_dir}: partial run, {len(s.history)} of {s.config.iterations} iterations.")
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+
+
+def plot_report(summaries: list[RunSummary], path: str | os.PathLike) -> Path:
+    """Accuracy (%) against average weight bits (log 2, decreasing to the right), one line per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    several = len({s.setting for s in summaries}) > 1
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for s in summaries:
+        name = s.curve + (f" [{s.setting}]" if several else "")
+        curves.setdefault(name, []).extend((r.avg_bits, 100 * r.accuracy) for r in s.history)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    markers = "os^vD<>px*h"
+    for i, (name, points) in enumerate(curves.items()):
+        points.sort(key=lambda p: -p[0])
+        ax.plot([max(b, _MIN_PLOT_BITS) for b, _ in points], [a for _, a in points], marker=markers[i % len(markers)],
+                ms=4, label=name)
+    floats = {}
+    for s in summaries:
+        if s.float_accuracy is not None:
+            floats.setdefault(s.setting, s.float_accuracy)
+    for setting, acc in floats.items():
+        ax.axhline(100 * acc, color="gray", ls="--", lw=1,
+                   label="full precision" + (f" [{setting}]" if several else ""))
+    ax.set_xscale("log", base=2)
+    ax.invert_xaxis()
+    ax.set_xlabel("average weight bit width (pruned = 0)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    if curves or floats:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def write_report(
+    run_dirs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS,
+) -> tuple[list[dict], str, dict[str, Path]]:
+    """Read ``run_dirs`` and write ``report.png``, ``report.md`` and ``report.json`` to ``out_dir``.
+
+    Returns
+    -------
+    rows, markdown, paths
+        :func:`table_rows`, :func:`markdown_table`, and the written files by kind.
+
+    Raises
+    ------
+    UserError
+        If no run directory is given, one is not a run, or a budget is not positive.
+    """
+    if not run_dirs:
+        raise UserError("report needs at least one run directory")
+    for q in budgets:
+        if not (isinstance(q, int | float) and math.isfinite(q) and q > 0):
+            raise UserError(f"field 'budgets' holds {q!r}; allowed numbers > 0")
+    summaries = [load_summary(d) for d in run_dirs]
+    rows = table_rows(summaries, budgets)
+    markdown = markdown_table(rows, summaries)
+    out_dir = Path(out_dir)
+    paths = {"png": out_dir / "report.png", "md": out_dir / "report.md", "json": out_dir / "report.json"}
+    plot_report(summaries, paths["png"])
+    atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(markdown))
+    curves = [{"run": str(s.run_dir), "curve": s.curve, "setting": s.setting, "method": s.config.method,
+               "act_bits": s.config.act_bits, "finished": s.finished,
+               "points": [{"iteration": r.iteration, "avg_weight_bits": r.avg_bits, "accuracy": r.accuracy}
+                          for r in s.history]} for s in summaries]
+    write_json(paths["json"], {"rows": rows, "curves": curves})
+    return rows, markdown, paths

@@ -1,0 +1,673 @@
+"""Resumable run directories for the methods of :mod:`model.methods` (IMQ, IRQ, IMP, IRP, QNN-k, QNN-k IMP).
+
+A run directory holds everything a run needs to go on after an interruption, and its results::
+
+    run.json                  {"format": "mpqaccel-run", "version": 1, "config": {...}}: method, data, arch,
+                              every hyper-parameter (defaults resolved), as RunConfig.to_json() gives them
+    theta_0.pt                the model config and theta_0, the initial parameters (Algorithm 1 line 1)
+    state.pt                  after every iteration: the masks of the next iteration, the history so far,
+                              the float baseline's accuracy, the random methods' generator state, the
+                              global torch RNG state, and whether the run has finished
+    iterations/iter_NNN.pt    the trained model of iteration NNN with its masks (model.checkpoint format)
+    {method}_history.json     config, float accuracy, history, ticket: rewritten after every iteration
+    {method}.png              accuracy against average weight bits (Fig. 3 / Fig. 8 axes), at the end
+    ticket.pt                 the selected ticket (:func:`pick_ticket`), which ``build.py export`` reads
+
+Every file is written atomically (temporary file in the same directory, then ``os.replace``), so an
+interruption leaves either the old or the new version. :func:`run` with the same config on the same
+directory resumes at the next iteration: every iteration rewinds to the stored ``theta_0`` and trains with
+the same seed, and the masks and generator state come from ``state.pt``, so the result equals that of an
+uninterrupted run bit for bit. A directory whose ``run.json`` holds another config is refused with a
+:class:`UserError` naming the differing fields. Checkpoints load with ``torch.load(..., weights_only=True)``.
+
+Under ``torchrun`` every rank runs the same loop (the masks stay equal: same seeds, same updates) and only
+rank 0 writes files (:func:`model.distributed.is_main`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import distributed
+from .checkpoint import save_checkpoint
+from .data import DATASETS, FASHION_MNIST_ROOT, Split, load_dataset
+from .errors import UserError
+from .golden import MAX_ACT_BITS, WIDTHS
+from .imq import IterationRecord, Progress, initial_state, select_ticket
+from .methods import Schedule, init_masks, make_schedule, mask_generator, run_method
+from .nets import ARCHS, FloatMLP, build_model
+from .quant import FULL_PRECISION_BITS
+from .train import evaluate, train
+
+RUN_FORMAT = "mpqaccel-run"
+STATE_FORMAT = "mpqaccel-run-state"
+THETA_FORMAT = "mpqaccel-run-theta0"
+VERSION = 1
+RUN_FILE = "run.json"
+THETA_FILE = "theta_0.pt"
+STATE_FILE = "state.pt"
+ITERATION_DIR = "iterations"
+TICKET_FILE = "ticket.pt"
+#: Activation widths a run may use: integer PACT codes of 1..8 bits, or 32 (PACT-32, clip only).
+ACT_BITS = (*range(1, MAX_ACT_BITS + 1), FULL_PRECISION_BITS)
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result (and nothing else: progress bars are not here).
+
+    Members
+    -------
+    method : str
+        Key of :data:`model.methods.METHODS`.
+    data : str
+        One of :data:`model.data.DATASETS`.
+    data_root : str or None
+        Data folder (absolute); Fashion-MNIST's defaults to :data:`model.data.FASHION_MNIST_ROOT`.
+    train_subset, test_subset : int or None
+        Keep only the first this many training / test images.
+    arch : str
+        ``"mlp"``, ``"resnet20"`` or ``"vgg"`` (:func:`model.nets.build_model`).
+    hidden : tuple of int or None
+        MLP hidden sizes (``None`` for the conv nets).
+    act_bits : int
+        PACT-k activation width: 1..8 or 32.
+    rho, iterations, weight_bits, hierarchy, scope, target_avg_bits
+        The mask schedule (:class:`model.methods.Schedule`), defaults resolved; ``rho`` is the pruning rate
+        for the pruning methods.
+    epochs, lr, batch_size, seed
+        Training of every iteration (:func:`model.train.train`); ``seed`` also seeds ``theta_0``, the
+        digits split and the random methods' generator.
+    float_baseline : bool
+        Also train the dense float network once (FloatMLP for the MLP; see :func:`float_model`).
+    """
+
+    method: str
+    data: str = "digits"
+    data_root: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    arch: str = "mlp"
+    hidden: tuple[int, ...] | None = (64,)
+    act_bits: int = 4
+    rho: float | None = None
+    iterations: int = 1
+    weight_bits: int = 32
+    hierarchy: str = "paper"
+    scope: str = "global"
+    target_avg_bits: float = 0.0
+    epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 64
+    seed: int = 0
+    float_baseline: bool = True
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.method, self.rho, self.iterations, self.weight_bits, self.hierarchy, self.scope,
+                        self.target_avg_bits)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["hidden"] = None if self.hidden is None else list(self.hidden)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> RunConfig:
+        """Rebuild from :meth:`to_json`'s dict and check it with :func:`make_run_config`."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise UserError(f"{where}: field 'config' has keys {got}; expected {sorted(names)}")
+        data = dict(data)
+        hidden = data.pop("hidden")
+        try:
+            return make_run_config(**data, hidden=None if hidden is None else tuple(hidden))
+        except (UserError, TypeError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+
+
+def _positive_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"field {name!r} is {value!r}; allowed integers >= 1" + (" or none" if allow_none else ""))
+    return value
+
+
+def make_run_config(
+    method: str,
+    data: str = "digits",
+    data_root: str | os.PathLike | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    arch: str = "mlp",
+    hidden: tuple[int, ...] | None = (64,),
+    act_bits: int = 4,
+    rho: float | None = None,
+    iterations: int | None = None,
+    weight_bits: int | None = None,
+    hierarchy: str = "paper",
+    scope: str = "global",
+    target_avg_bits: float = 0.0,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    float_baseline: bool = True,
+) -> RunConfig:
+    """A checked :class:`RunConfig` with the method's defaults filled in (:func:`model.methods.make_schedule`).
+
+    ``data_root`` becomes an absolute path (Fashion-MNIST's default is filled in), ``hidden`` is dropped
+    for the conv nets, so that the same run asked for in two ways has one config.
+
+    Raises
+    ------
+    UserError
+        Naming the field and the allowed values.
+    """
+    schedule = make_schedule(method, rate=rho, iterations=iterations, weight_bits=weight_bits,
+                             hierarchy=hierarchy, scope=scope, target_avg_bits=target_avg_bits)
+    if data not in DATASETS:
+        raise UserError(f"field 'data' is {data!r}; allowed {DATASETS}")
+    if data == "fashion-mnist" and data_root is None:
+        data_root = FASHION_MNIST_ROOT
+    if data_root is not None:
+        data_root = str(Path(data_root).expanduser().resolve())
+    if arch not in ARCHS:
+        raise UserError(f"field 'arch' is {arch!r}; allowed {ARCHS}")
+    if arch == "mlp":
+        if not isinstance(hidden, list | tuple) or not hidden:
+            raise UserError(f"field 'hidden' is {hidden!r}; allowed a non-empty list of sizes for the MLP")
+        hidden = tuple(_positive_int("hidden", h) for h in hidden)
+    else:
+        hidden = None
+    if isinstance(act_bits, bool) or act_bits not in ACT_BITS:
+        raise UserError(f"field 'act_bits' is {act_bits!r}; allowed 1..{MAX_ACT_BITS} or {FULL_PRECISION_BITS}")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise UserError(f"field 'lr' is {lr!r}; allowed numbers > 0")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"field 'seed' is {seed!r}; allowed integers")
+    if not isinstance(float_baseline, bool):
+        raise UserError(f"field 'float_baseline' is {float_baseline!r}; allowed true, false")
+    return RunConfig(
+        method=schedule.method, data=data, data_root=data_root,
+        train_subset=_positive_int("train_subset", train_subset, allow_none=True),
+        test_subset=_positive_int("test_subset", test_subset, allow_none=True),
+        arch=arch, hidden=hidden, act_bits=act_bits, rho=schedule.rate, iterations=schedule.iterations,
+        weight_bits=schedule.weight_bits, hierarchy=schedule.hierarchy, scope=schedule.scope,
+        target_avg_bits=schedule.target_avg_bits, epochs=_positive_int("epochs", epochs), lr=float(lr),
+        batch_size=_positive_int("batch_size", batch_size), seed=seed, float_baseline=float_baseline,
+    )
+
+
+# ------------------------------------------------------------------------------------------ files
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path`` (same directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, data) -> Path:
+    """Write ``data`` as indented JSON atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+
+    return atomic_write(Path(path), write)
+
+
+def _torch_save(path: Path, payload: dict) -> Path:
+    return atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def _torch_load(path: Path, expected_format: str) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:  # what torch.load raises for files that are not checkpoints
+        raise UserError(f"{path}: not a readable {expected_format} file ({type(exc).__name__}: "
+                        f"{str(exc)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        raise UserError(f"{path}: field 'format' is not {expected_format!r}")
+    if payload.get("version") != VERSION:
+        raise UserError(f"{path}: field 'version' is {payload.get('version')!r}; supported: {VERSION}")
+    return payload
+
+
+def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The :class:`RunConfig` stored in ``run_dir/run.json``.
+
+    Raises
+    ------
+    UserError
+        If ``run_dir`` is not a directory, has no ``run.json``, or the file is not a run config.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory: it has no {RUN_FILE} (runs are made by "
+                        f"`build.py train --method imq|irq|imp|irp|qnn|qnn-imp --run-dir DIR`)")
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != RUN_FORMAT:
+        raise UserError(f"{path}: field 'format' is not {RUN_FORMAT!r}; this is not an mpqaccel run")
+    if payload.get("version") != VERSION:
+        raise UserError(f"{path}: field 'version' is {payload.get('version')!r}; supported: {VERSION}")
+    return RunConfig.from_json(payload.get("config"), str(path))
+
+
+def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
+    """Make ``run_dir`` a run of ``config``, or check that it already is one.
+
+    Returns
+    -------
+    bool
+        Whether the directory already held this run (so it is resumed).
+
+    Raises
+    ------
+    UserError
+        If the stored config differs; the message names every differing field with both values.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_FILE).exists():
+        stored = read_run_config(run_dir)
+        old, new = stored.to_json(), config.to_json()
+        diff = [k for k in new if old[k] != new[k]]
+        if diff:
+            pairs = ", ".join(f"{k}: stored {old[k]!r}, asked {new[k]!r}" for k in diff)
+            raise UserError(f"{run_dir / RUN_FILE}: this run directory holds another run ({pairs}); resume it "
+                            f"with the stored values or choose another --run-dir")
+        return True
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a directory")
+    if distributed.is_main():
+        write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "version": VERSION, "config": config.to_json()})
+    return False
+
+
+# ------------------------------------------------------------------------------------------ model, data
+def load_split(config: RunConfig) -> Split:
+    """The run's data (:func:`model.data.load_dataset`); the digits' split is seeded with the run's seed."""
+    root = None if config.data == "digits" else config.data_root
+    return load_dataset(config.data, root, config.train_subset, config.test_subset, seed=config.seed)
+
+
+def n_classes_of(config: RunConfig, split: Split) -> int:
+    """100 for CIFAR-100, else 10 (digits, Fashion-MNIST, CIFAR-10), or the labels' count for IDX folders."""
+    if config.data == "cifar100":
+        return 100
+    if config.data == "idx":
+        return max(2, int(max(split.y_train.max(), split.y_test.max())) + 1)
+    return 10
+
+
+def model_config(config: RunConfig, split: Split) -> dict:
+    """The :func:`model.nets.build_model` config of the run's quantized network."""
+    n_classes = n_classes_of(config, split)
+    if config.arch == "mlp":
+        return {"n_in": int(split.x_train.shape[1]), "hidden": list(config.hidden), "n_classes": n_classes,
+                "act_bits": config.act_bits}
+    return {"arch": config.arch, "image_shape": list(split.image_shape), "n_classes": n_classes,
+            "act_bits": config.act_bits}
+
+
+def float_model(config: RunConfig, split: Split) -> tuple[nn.Module, str]:
+    """The dense full-precision baseline and its description (Table 1's "Full Precision").
+
+    The MLP's is :class:`model.nets.FloatMLP` (``nn.Linear`` and ReLU). The conv nets have no float twin
+    in :mod:`model.nets`, so theirs is the same net with 32-bit weights everywhere and PACT-32 activations
+    and input: full precision, but with PACT's learnable clip instead of ReLU (the paper's "PACT-full",
+    Fig. 5, which it finds slightly below ReLU).
+    """
+    n_classes = n_classes_of(config, split)
+    if config.arch == "mlp":
+        model = FloatMLP(int(split.x_train.shape[1]), tuple(config.hidden), n_classes)
+        return model, "FloatMLP (nn.Linear + ReLU)"
+    model = build_model({**model_config(config, split), "act_bits": FULL_PRECISION_BITS,
+                         "input_bits": FULL_PRECISION_BITS})
+    return model, f"{config.arch} with 32-bit weights and PACT-32 (PACT-full)"
+
+
+def _checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by :func:`model.checkpoint.save_checkpoint` without the hardware's width check.
+
+    (Iterations of the extended hierarchy hold 1- and 2-bit widths, which
+    :func:`model.checkpoint.load_checkpoint` rightly refuses for export.)
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
+        raise UserError(f"{path}: not an mpqaccel checkpoint (fields 'config', 'state_dict')")
+    model = build_model(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model, payload.get("meta", {})
+
+
+def iteration_path(run_dir: str | os.PathLike, iteration: int) -> Path:
+    """``run_dir/iterations/iter_NNN.pt``: the trained model of one iteration."""
+    return Path(run_dir) / ITERATION_DIR / f"iter_{iteration:03d}.pt"
+
+
+def load_iteration(run_dir: str | os.PathLike, iteration: int) -> nn.Module:
+    """The trained model of ``iteration`` with its masks (widths 1 and 2 included)."""
+    path = iteration_path(run_dir, iteration)
+    if not path.is_file():
+        raise UserError(f"{path}: no such iteration checkpoint")
+    return _checkpoint_model(path)[0]
+
+
+# ------------------------------------------------------------------------------------------ state
+def record_json(record: IterationRecord) -> dict:
+    return {"iteration": record.iteration, "avg_bits": record.avg_bits, "accuracy": record.accuracy,
+            "width_counts": {str(k): v for k, v in record.width_counts.items()}}
+
+
+def record_from_json(data: dict) -> IterationRecord:
+    return IterationRecord(int(data["iteration"]), float(data["avg_bits"]), float(data["accuracy"]),
+                           {int(k): int(v) for k, v in data["width_counts"].items()})
+
+
+def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.endswith("bit_width")}
+
+
+@dataclass
+class _State:
+    progress: Progress
+    float_accuracy: float | None
+    masks: dict[str, torch.Tensor]
+    generator_state: torch.Tensor
+    rng_state: torch.Tensor
+
+
+def _save_state(run_dir: Path, config: RunConfig, state: _State) -> None:
+    if not distributed.is_main():
+        return
+    _torch_save(run_dir / STATE_FILE, {
+        "format": STATE_FORMAT, "version": VERSION, "config": config.to_json(),
+        "history": [record_json(r) for r in state.progress.history], "finished": state.progress.finished,
+        "reached_target": state.progress.reached_target, "float_accuracy": state.float_accuracy,
+        "masks": state.masks, "generator_state": state.generator_state, "rng_state": state.rng_state,
+    })
+
+
+def _load_state(run_dir: Path, config: RunConfig, model: nn.Module) -> _State | None:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    payload = _torch_load(path, STATE_FORMAT)
+    if payload.get("config") != config.to_json():
+        raise UserError(f"{path}: field 'config' differs from {run_dir / RUN_FILE}; the run directory is "
+                        f"inconsistent (remove {STATE_FILE} to start the run over)")
+    masks = payload.get("masks")
+    expected = _masks(model)
+    if not isinstance(masks, dict) or set(masks) != set(expected) or any(
+            not isinstance(masks[k], torch.Tensor) or masks[k].shape != v.shape for k, v in expected.items()):
+        raise UserError(f"{path}: field 'masks' does not match the run's model")
+    try:
+        history = [record_from_json(r) for r in payload["history"]]
+        progress = Progress(history, bool(payload["finished"]), bool(payload["reached_target"]))
+        float_accuracy = payload["float_accuracy"]
+        generator_state, rng_state = payload["generator_state"], payload["rng_state"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: malformed run state ({type(exc).__name__}: {exc})") from None
+    return _State(progress, None if float_accuracy is None else float(float_accuracy), masks, generator_state,
+                  rng_state)
+
+
+def _initial_model(run_dir: Path, config: RunConfig, split: Split) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The run's model holding ``theta_0`` (read from ``theta_0.pt``, or made with the run's seed and saved)."""
+    mconfig = model_config(config, split)
+    path = run_dir / THETA_FILE
+    if path.is_file():
+        payload = _torch_load(path, THETA_FORMAT)
+        if payload.get("config") != mconfig:
+            raise UserError(f"{path}: field 'config' is {payload.get('config')!r}; this run's model is {mconfig!r}")
+        model = build_model(mconfig)
+        theta_0 = initial_state(model)
+        stored = payload.get("theta_0")
+        if not isinstance(stored, dict) or set(stored) != set(theta_0) or any(
+                not isinstance(stored[k], torch.Tensor) or stored[k].shape != v.shape for k, v in theta_0.items()):
+            raise UserError(f"{path}: field 'theta_0' does not match the model {mconfig!r}")
+        model.load_state_dict(stored, strict=False)
+        return model, initial_state(model)
+    torch.manual_seed(config.seed)
+    model = build_model(mconfig)
+    theta_0 = initial_state(model)
+    if distributed.is_main():
+        _torch_save(path, {"format": THETA_FORMAT, "version": VERSION, "config": mconfig,
+                           "theta_0": {k: v.cpu() for k, v in theta_0.items()}})
+    return model, theta_0
+
+
+# ------------------------------------------------------------------------------------------ results
+def pick_ticket(history: list[IterationRecord], reached_target: bool) -> tuple[IterationRecord, str]:
+    """The ticket a run hands on (``ticket.pt``) and the rule that chose it.
+
+    * ``"target"``: the run stopped at the first iteration at most ``target_avg_bits`` wide; that one
+      (the "(PACT-k, q-bit)" ticket of Table 1 with ``q`` the target, as bits only fall).
+    * ``"algorithm-1"``: otherwise Algorithm 1 line 12 (:func:`model.imq.select_ticket`): the narrowest
+      iteration more accurate than iteration 0.
+    * ``"last"``: if no iteration beats iteration 0 (or there is only one, as for QNN-k), the last one.
+    """
+    if not history:
+        raise ValueError("no finished iteration")
+    if reached_target:
+        return history[-1], "target"
+    ticket = select_ticket(history)
+    return (ticket, "algorithm-1") if ticket is not None else (history[-1], "last")
+
+
+def history_file(config: RunConfig) -> str:
+    return f"{config.method}_history.json"
+
+
+def plot_file(config: RunConfig) -> str:
+    return f"{config.method}.png"
+
+
+def results_json(config: RunConfig, state: _State, float_description: str | None,
+                 ticket: tuple[IterationRecord, str] | None) -> dict:
+    return {
+        "method": config.method, "label": config.schedule.label, "act_bits": config.act_bits,
+        "config": config.to_json(), "float_accuracy": state.float_accuracy, "float_model": float_description,
+        "history": [record_json(r) for r in state.progress.history], "finished": state.progress.finished,
+        "reached_target": state.progress.reached_target,
+        "ticket": None if ticket is None else {**record_json(ticket[0]), "rule": ticket[1]},
+    }
+
+
+def plot_history(history: list[IterationRecord], path: Path, label: str, float_accuracy: float | None = None,
+                 ticket: IterationRecord | None = None) -> Path:
+    """Accuracy against average weight width over the iterations (Fig. 3 / Fig. 8 axes), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([max(r.avg_bits, 2 ** -4) for r in history], [100 * r.accuracy for r in history], "o-",
+            label=f"{label} iterations")
+    if ticket is not None:
+        ax.plot([max(ticket.avg_bits, 2 ** -4)], [100 * ticket.accuracy], "r*", ms=12,
+                label=f"ticket (iteration {ticket.iteration})")
+    if float_accuracy is not None:
+        ax.axhline(100 * float_accuracy, color="gray", ls="--", label="float model")
+    ax.set_xscale("log", base=2)
+    ax.invert_xaxis()
+    ax.set_xlabel("average weight bit width (pruned = 0)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+
+    def write(tmp):
+        fig.savefig(tmp, dpi=120, format="png")
+
+    try:
+        return atomic_write(Path(path), write)
+    finally:
+        plt.close(fig)
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    """What :func:`run` returns.
+
+    Members
+    -------
+    config : RunConfig
+    history : list of IterationRecord
+    float_accuracy : float or None
+        The dense float baseline's test accuracy (if the config asks for one).
+    finished, reached_target : bool
+    ticket : IterationRecord or None
+        The chosen iteration (:func:`pick_ticket`), ``None`` until the run has finished.
+    ticket_rule : str or None
+    ticket_model : nn.Module or None
+        The ticket's trained model with its masks.
+    resumed : bool
+        Whether the run directory already held (part of) this run.
+    """
+
+    config: RunConfig
+    history: list[IterationRecord]
+    float_accuracy: float | None
+    finished: bool
+    reached_target: bool
+    ticket: IterationRecord | None
+    ticket_rule: str | None
+    ticket_model: nn.Module | None
+    resumed: bool
+
+
+def run(
+    config: RunConfig,
+    run_dir: str | os.PathLike,
+    progress: bool = True,
+    on_step=None,
+) -> RunResult:
+    """Run (or resume, or just re-read) the run ``config`` in ``run_dir``; see the module docstring.
+
+    Order: ``theta_0`` (seeded with ``config.seed``), the float baseline (if asked for), then the
+    iterations of :func:`model.methods.run_method`. After each iteration its trained model goes to
+    ``iterations/iter_NNN.pt``, then ``state.pt`` and the history JSON are rewritten; at the end the ticket
+    (:func:`pick_ticket`) is copied to ``ticket.pt`` and the plot drawn.
+
+    Parameters
+    ----------
+    config : RunConfig
+        From :func:`make_run_config`.
+    run_dir : path
+        The run directory (created if missing).
+    progress : bool
+        tqdm bars.
+    on_step : callable, optional
+        ``on_step(progress, model)`` after each iteration's checkpoint is written (for callers that watch).
+
+    Raises
+    ------
+    UserError
+        If the directory holds another run, a stored file is broken, or the data cannot be loaded.
+    """
+    run_dir = Path(run_dir)
+    resumed = open_run(run_dir, config)
+    split = load_split(config)
+    model, theta_0 = _initial_model(run_dir, config, split)
+    saved = _load_state(run_dir, config, model)
+    if saved is None:
+        init_masks(model.quant_layers(), config.schedule)
+        state = _State(Progress(), None, _masks(model), mask_generator(config.seed).get_state(),
+                       torch.get_rng_state())
+    else:
+        state = saved
+        model.load_state_dict(state.masks, strict=False)
+        torch.set_rng_state(state.rng_state)
+    generator = torch.Generator()
+    generator.set_state(state.generator_state)
+    float_description = None
+    if config.float_baseline:
+        float_description = float_model(config, split)[1]
+        if state.float_accuracy is None:
+            torch.manual_seed(config.seed)
+            baseline = float_model(config, split)[0]
+            train(baseline, split, config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                  progress=progress)
+            state.float_accuracy = evaluate(baseline, split.x_test, split.y_test)
+            state.rng_state = torch.get_rng_state()
+            _save_state(run_dir, config, state)
+            if progress and distributed.is_main():
+                print(f"float model: test accuracy {state.float_accuracy:.4f}", file=sys.stderr)
+
+    def on_iteration(record: IterationRecord, trained: nn.Module) -> None:
+        if distributed.is_main():
+            save_checkpoint(iteration_path(run_dir, record.iteration), trained,
+                            {"run": config.to_json(), **record_json(record)})
+
+    def step(prog: Progress, stepped: nn.Module) -> None:
+        state.progress = prog
+        state.masks = _masks(stepped)
+        state.generator_state = generator.get_state()
+        state.rng_state = torch.get_rng_state()
+        _save_state(run_dir, config, state)
+        if distributed.is_main():
+            write_json(run_dir / history_file(config), results_json(config, state, float_description, None))
+        if on_step is not None:
+            on_step(prog, stepped)
+
+    schedule = config.schedule
+    state.progress = run_method(model, split, schedule, config.epochs, lr=config.lr, batch_size=config.batch_size,
+                                seed=config.seed, theta_0=theta_0, start=state.progress, generator=generator,
+                                progress=progress, on_iteration=on_iteration, on_step=step)
+    prog = state.progress
+    ticket = ticket_model = None
+    rule = None
+    if prog.finished:
+        ticket, rule = pick_ticket(prog.history, prog.reached_target)
+        ticket_model, _ = _checkpoint_model(iteration_path(run_dir, ticket.iteration))
+        if distributed.is_main():
+            meta = {"float_accuracy": state.float_accuracy, "history": [record_json(r) for r in prog.history],
+                    "data": config.data, "seed": config.seed, "method": config.method,
+                    "ticket_iteration": ticket.iteration, "ticket_rule": rule, "run": config.to_json()}
+            save_checkpoint(run_dir / TICKET_FILE, ticket_model, meta)
+            write_json(run_dir / history_file(config), results_json(config, state, float_description,
+                                                                    (ticket, rule)))
+            plot_history(prog.history, run_dir / plot_file(config), schedule.label, state.float_accuracy, ticket)
+    return RunResult(config, list(prog.history), state.float_accuracy, prog.finished, prog.reached_target,
+                     ticket, rule, ticket_model, resumed)
+
+
+def ticket_widths_supported(model: nn.Module) -> bool:
+    """Whether every mask of ``model`` is one of the accelerator's :data:`model.golden.WIDTHS`."""
+    allowed = torch.tensor(WIDTHS)
+    return all(bool(torch.isin(layer.bit_width.cpu(), allowed).all()) for layer in model.quant_layers())
+
