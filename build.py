@@ -51,69 +51,42 @@ def load_split(dataset: str, seed: int):
     return load_digits_split(seed=seed)
 
 
-def plot_imq(history, path: Path, float_accuracy: float | None = None) -> None:
-    """Accuracy against average weight width over the IMQ iterations (the paper's Fig. 3 axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot([r.avg_bits for r in history], [100 * r.accuracy for r in history], "o-", label="IMQ iterations")
-    if float_accuracy is not None:
-        ax.axhline(100 * float_accuracy, color="gray", ls="--", label="float model")
-    ax.set_xscale("log", base=2)
-    ax.invert_xaxis()
-    ax.set_xlabel("average weight bit width")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def history_json(history) -> list[dict]:
-    return [{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy,
-             "width_counts": {str(k): v for k, v in r.width_counts.items()}} for r in history]
-
-
 # --------------------------------------------------------------------------------------------- commands
+def train_config(args):
+    """The :class:`model.runs.RunConfig` that ``train`` (any method but lts) or ``demo`` (IMQ) asks for."""
+    from model.runs import make_run_config
+
+    return make_run_config(
+        getattr(args, "method", "imq"), data=args.data, data_root=getattr(args, "data_root", None),
+        train_subset=getattr(args, "train_subset", None), test_subset=getattr(args, "test_subset", None),
+        arch=getattr(args, "arch", "mlp"), hidden=tuple(args.hidden), act_bits=args.act_bits, rho=args.rho,
+        iterations=args.max_iterations, weight_bits=getattr(args, "weight_bits", None),
+        hierarchy=getattr(args, "hierarchy", "paper"), scope=args.scope, target_avg_bits=args.target_bits,
+        epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "batch_size", 64), seed=args.seed,
+        float_baseline=not getattr(args, "no_float_baseline", False))
+
+
 def train_ticket(args, out: Path):
-    """Float baseline, then IMQ to the target width; returns (model, float_acc, history, split)."""
-    import torch
+    """Float baseline, then the method (IMQ for ``demo``) in the run directory ``out`` (resumable).
 
-    from model.checkpoint import save_checkpoint
-    from model.imq import run_imq
-    from model.nets import DigitsMLP, FloatMLP
-    from model.train import evaluate, train
+    Returns ``(ticket model, float accuracy, history, split)``; see :func:`model.runs.run`.
+    """
+    from model.runs import load_split as load_run_split
+    from model.runs import run
 
-    torch.manual_seed(args.seed)
-    split = load_split(args.data, args.seed)
-    hidden = tuple(args.hidden)
-    float_model = FloatMLP(hidden=hidden)
-    train(float_model, split, args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet)
-    float_acc = evaluate(float_model, split.x_test, split.y_test)
-    print(f"float model: test accuracy {float_acc:.4f}")
-
-    torch.manual_seed(args.seed)
-    model = DigitsMLP(hidden=hidden, act_bits=args.act_bits)
-    result = run_imq(model, split, rho=args.rho, target_avg_bits=args.target_bits,
-                     max_iterations=args.max_iterations, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                     scope=args.scope, progress=not args.quiet)
-    model.load_state_dict(result.state_dict)
+    config = train_config(args)
+    result = run(config, out, progress=not args.quiet)
     history = result.history
-    if not result.reached_target:
-        print(f"warning: IMQ stopped after {len(history)} iterations at {history[-1].avg_bits:.2f} bits, "
-              f"above the target {args.target_bits}", file=sys.stderr)
-    meta = {"float_accuracy": float_acc, "history": history_json(history), "data": args.data,
-            "seed": args.seed}
-    save_checkpoint(out / "ticket.pt", model, meta)
-    write_json(out / "imq_history.json", {"float_accuracy": float_acc, "history": history_json(history)})
-    plot_imq(history, out / "imq.png", float_acc)
-    return model, float_acc, history, split
+    if result.resumed:
+        print(f"resumed the run in {out} ({len(history)} of {config.iterations} iterations done)",
+              file=sys.stderr)
+    if config.target_avg_bits > 0 and not result.reached_target:
+        print(f"warning: {config.schedule.label} stopped after {len(history)} iterations at "
+              f"{history[-1].avg_bits:.2f} bits, above the target {config.target_avg_bits:g}", file=sys.stderr)
+    if result.ticket_rule == "last" and len(history) > 1:
+        print(f"warning: no iteration beat iteration 0 (Algorithm 1 line 12); ticket.pt holds the last one, "
+              f"iteration {result.ticket.iteration}", file=sys.stderr)
+    return result.ticket_model, result.float_accuracy, history, load_run_split(config)
 
 
 def cmd_train_lts(args) -> int:
@@ -147,13 +120,25 @@ def cmd_train_lts(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """``train --method imq|irq|imp|irp|qnn|qnn-imp`` in a resumable run directory, or LTS."""
     if args.method == "lts":
         return cmd_train_lts(args)
-    out = Path(args.out)
-    _model, float_acc, history, _ = train_ticket(args, out)
+    from model.runs import history_file, plot_file, ticket_widths_supported
+
+    out = Path(args.run_dir or args.out)
+    model, float_acc, history, _ = train_ticket(args, out)
+    config = train_config(args)
     rows = [(f"iter {r.iteration}: {r.avg_bits:6.2f} bits", r.accuracy) for r in history]
-    print_table([("float", float_acc), *rows], "IMQ (test accuracy)")
-    print(f"\nwrote {out / 'ticket.pt'}, {out / 'imq_history.json'}, {out / 'imq.png'}")
+    title = f"{config.schedule.label}, PACT-{config.act_bits} (test accuracy)"
+    print_table(([("float", float_acc)] if float_acc is not None else []) + rows, title)
+    ticket = json.loads((out / history_file(config)).read_text())["ticket"]
+    print(f"\nticket: iteration {ticket['iteration']} ({ticket['rule']}), {ticket['avg_bits']:.2f} average "
+          f"weight bits, test accuracy {ticket['accuracy']:.4f}")
+    if not ticket_widths_supported(model):
+        print("note: the ticket has 1- or 2-bit weights; `build.py export` refuses it (the accelerator runs "
+              "0/4/8/16/32-bit weights)", file=sys.stderr)
+    print(f"wrote {out / 'ticket.pt'}, {out / history_file(config)}, {out / plot_file(config)} "
+          f"(run directory {out})")
     return 0
 
 
@@ -168,6 +153,12 @@ def cmd_export(args) -> int:
     from model.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint)
+    arch = model.config.get("arch", "mlp")
+    if arch != "mlp":
+        from model.errors import UserError
+
+        raise UserError(f"{args.checkpoint}: field 'config.arch' is {arch!r}; the accelerator (and so `export`) "
+                        f"supports only MLPs (arch 'mlp') yet, not conv nets (resnet20, vgg)")
     manifest = export_image(model, Path(args.out))
     print_table([("words", manifest["words"]), ("bytes", manifest["bytes"]),
                  ("avg weight bits", manifest["avg_weight_bits"]), ("sha256", manifest["sha256"][:16])],
@@ -371,6 +362,8 @@ def cmd_bench(args) -> int:
         return bench_lts(args, out)
     if args.target == "bmpq":
         return bench_bmpq(args, out)
+    if args.target == "imq":
+        return bench_imq(args, out)
     from hw.dsp_bench import format_rows, run_bench
 
     rows = run_bench(out / "dsp.json", progress=not args.quiet)
@@ -393,6 +386,47 @@ def bench_lts(args, out: Path) -> int:
         print(f"{r['bits']:>4} {r['mode']:>8} {r['accuracy']:>9.4f} {r['avg_wgs']:>8.3f} "
               f"{r['bp_flops_reduction']:>13.3f} {r['backward_time_ratio']:>9.3f}")
     print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
+    return 0
+
+
+def bench_imq(args, out: Path) -> int:
+    """Float MLP, IMQ, IRQ, IMP, QNN-8/4/2 on Fashion-MNIST (model/imq_bench.py, under 20 min on 2 cores)."""
+    from model.imq_bench import FLOAT_GAP_PP, TICKET_BITS, run_imq_bench
+
+    rows, summary = run_imq_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet)
+    head = f"{'method':<10} {'act':>5} {'iter':>4} {'avg bits':>8} {'accuracy':>9}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        act = "float" if r["act_bits"] is None else str(r["act_bits"])
+        it = "-" if r["iteration"] is None else str(r["iteration"])
+        print(f"{r['label']:<10} {act:>5} {it:>4} {r['avg_weight_bits']:>8.2f} {r['accuracy']:>9.4f}")
+    best, gap = summary["best_imq_at_most_4_bits"], summary["gap_to_float_pp"]
+    if best is None:
+        print(f"\nno IMQ iteration reached <= {TICKET_BITS:g} average bits")
+    else:
+        verdict = "within" if summary["ticket_within_0.5pp"] else "NOT within"
+        print(f"\nbest IMQ ticket <= {TICKET_BITS:g} bits: iteration {best['iteration']}, "
+              f"{best['avg_weight_bits']:.2f} bits, {best['accuracy']:.4f}; {gap:+.2f} pp vs float "
+              f"({verdict} {FLOAT_GAP_PP} pp)")
+    for m in summary["imq_vs_irq"]:
+        print(f"IMQ vs IRQ at {m['avg_weight_bits']:.2f} bits: {m['imq_accuracy']:.4f} vs {m['irq_accuracy']:.4f} "
+              f"({m['difference_pp']:+.2f} pp)")
+    if summary["imq_above_irq"] is None:
+        print("IMQ vs IRQ: no IMQ iteration <= 4 bits inside IRQ's range")
+    print(f"\nwall time {summary['wall_seconds']:.0f} s" + (" (resumed runs: " + ", ".join(summary["resumed_runs"])
+                                                            + ")" if summary["resumed_runs"] else ""))
+    suffix = "_smoke" if args.smoke else ""
+    print(f"wrote {out / f'imq{suffix}.json'}, {out / f'imq{suffix}.png'}, {out / f'imq{suffix}_summary.json'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Fig. 3 / Fig. 8 plot and Table-1 markdown over run directories (model/report.py)."""
+    from model.report import write_report
+
+    _rows, markdown, paths = write_report(args.run_dirs, Path(args.out), tuple(args.budgets))
+    print(markdown)
+    print(f"wrote {paths['png']}, {paths['md']}, {paths['json']}")
     return 0
 
 
@@ -429,19 +463,38 @@ def bounded(kind, lo, hi):
 
 def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
     p.add_argument("--data", default="digits",
-                   help="dataset: digits (scikit-learn's 8x8 digits, default) or fashion-mnist (--method lts)")
+                   help="dataset: digits (scikit-learn's 8x8 digits, default), fashion-mnist, idx (--data-root), "
+                        "cifar10 or cifar100 (--data-root)")
     p.add_argument("--hidden", type=bounded(int, 1, 4096), nargs="+", default=[64], help="hidden layer sizes (default: 64)")
-    p.add_argument("--act-bits", type=bounded(int, 1, 8), default=4, help="PACT activation bits, 1..8 (default: 4)")
-    p.add_argument("--rho", type=bounded(float, 0.0, 1.0), default=0.3, help="IMQ quantize ratio per iteration (default: 0.3)")
-    p.add_argument("--target-bits", type=bounded(float, 0.0, 32.0), default=4.0, help="stop at this average width (default: 4)")
-    p.add_argument("--max-iterations", type=bounded(int, 1, 1000), default=25, help="IMQ iteration limit (default: 25)")
-    p.add_argument("--epochs", type=bounded(int, 1, 100000), default=20, help="epochs per IMQ iteration (default: 20)")
+    p.add_argument("--act-bits", type=act_bits, default=4,
+                   help="PACT-k activation bits: 1..8, or 32 for PACT-32 (clip only; not exportable) (default: 4)")
+    p.add_argument("--rho", type=bounded(float, 0.0, 1.0), default=None,
+                   help="fraction of the non-zero weights changed per iteration: IMQ/IRQ quantize ratio "
+                        "(default 0.3), IMP/IRP/QNN-IMP pruning rate (default 0.2)")
+    p.add_argument("--target-bits", type=bounded(float, 0.0, 32.0), default=4.0,
+                   help="stop at the first iteration with at most this average weight width; that iteration is "
+                        "the ticket (default: 4; 0 runs every iteration and picks the ticket by Algorithm 1)")
+    p.add_argument("--iterations", "--max-iterations", dest="max_iterations", type=bounded(int, 1, 1000),
+                   default=None, help="iteration limit N_iter (default: 25 for IMQ/IRQ, 16 for IMP/IRP/QNN-IMP, "
+                                      "1 for QNN)")
+    p.add_argument("--epochs", type=bounded(int, 1, 100000), default=20, help="epochs per iteration (default: 20)")
     p.add_argument("--lr", type=bounded(float, 1e-8, 10.0), default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="magnitude ranking across all layers or per layer (default: global)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(out), help=f"output directory (default: {out})")
+
+
+def act_bits(text: str) -> int:
+    """PACT-k activation width: 1..8 (integer codes), or 32 (PACT-32, full precision)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if not (1 <= value <= 8 or value == 32):
+        raise argparse.ArgumentTypeError(f"{value} is outside the allowed range 1..8 (or 32 for PACT-32)")
+    return value
 
 
 def batch_size(text: str) -> int:
@@ -472,12 +525,28 @@ def parser() -> argparse.ArgumentParser:
     add_batch_arg(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="IMQ (float baseline, then Algorithm 1) or LTS; writes results and plots")
+    p = sub.add_parser("train", help="IMQ (float baseline, then Algorithm 1), its baselines, or LTS; resumable; "
+                                      "writes results, plots and ticket.pt")
     add_train_args(p, DEFAULT_OUT / "train")
-    p.add_argument("--method", choices=("imq", "lts"), default="imq",
-                   help="imq: MPQ-tickets on digits (default); lts: lottery ticket scratcher on Fashion-MNIST")
-    p.add_argument("--data-root", default=None, help="IDX folder for --method lts (default: Debian's "
-                   "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--method", choices=("imq", "irq", "imp", "irp", "qnn", "qnn-imp", "lts"), default="imq",
+                   help="imq: MPQ-tickets (default); irq: random instead of magnitude choice; imp / irp: "
+                        "iterative magnitude / random pruning at 32 bits; qnn: all weights --weight-bits, one "
+                        "run; qnn-imp: IMP on a --weight-bits QNN; lts: lottery ticket scratcher")
+    p.add_argument("--data-root", default=None, help="data folder for --data idx, cifar10, cifar100 (default for "
+                   "fashion-mnist: Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--arch", choices=("mlp", "resnet20", "vgg"), default="mlp",
+                   help="network: mlp (--hidden; the accelerator runs these), resnet20 or vgg (default: mlp)")
+    p.add_argument("--weight-bits", type=int, choices=(1, 2, 4, 8, 16, 32), default=None,
+                   help="QNN-k / QNN-k IMP weight width k (default: 8; others start from 32)")
+    p.add_argument("--hierarchy", choices=("paper", "extended"), default="paper",
+                   help="IMQ/IRQ widths: paper 32/16/8/4/0, or extended with 2 and 1 (Fig. 6; not exportable)")
+    p.add_argument("--batch-size", type=bounded(int, 1, 65536), default=64, help="mini-batch size (default: 64)")
+    p.add_argument("--train-subset", type=bounded(int, 1, 10**9), default=None,
+                   help="use only the first N training images")
+    p.add_argument("--test-subset", type=bounded(int, 1, 10**9), default=None, help="use only the first N test images")
+    p.add_argument("--no-float-baseline", action="store_true", help="skip the dense float model")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory (default: --out); running again with the same options resumes it")
     p.add_argument("--bits", type=bounded(int, 2, 8), default=2, help="LTS weight/activation bits (default: 2)")
     p.add_argument("--lts-mode", choices=("lts", "baseline"), default="lts",
                    help="lts, or plain QAT for comparison (default: lts)")
@@ -520,8 +589,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
     add_batch_arg(p)
     p.set_defaults(func=cmd_synth)
+    p = sub.add_parser("report", help="accuracy vs average weight bits over run directories (Fig. 3 / 8 plot, "
+                                       "Table 1 markdown)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories made by `train`")
+    p.add_argument("--budgets", type=bounded(float, 1e-6, 32.0), nargs="+", default=[8.0, 4.0, 2.0],
+                   help="Table 1 budgets q: best ticket with at most q average bits (default: 8 4 2)")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "report"), help="output directory (default: out/report)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("bench", help="benchmarks; `bench dsp`: packed DSP48E1 lane modes -> out/bench/dsp.json")
-    p.add_argument("target", choices=("dsp", "lts", "bmpq"), help="what to measure")
+    p.add_argument("target", choices=("dsp", "lts", "bmpq", "imq"), help="what to measure")
+    p.add_argument("--smoke", action="store_true",
+                   help="`bench imq` only: a tiny budget that checks the pipeline in about a minute (its figures "
+                        "mean nothing)")
     p.add_argument("--data-root", default=None,
                    help="IDX folder for `bench lts` / `bench bmpq` (default: Debian's Fashion-MNIST)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
@@ -536,12 +616,16 @@ def main(argv=None) -> int:
 
     args = parser().parse_args(argv)
     # Under torchrun every rank runs the command (model.distributed); only rank 0 (RANK unset or 0) prints
-    # and shows progress bars. Read from the environment so that the CLI does not import torch here.
+    # results, warnings and progress bars (the others still report errors). Read from the environment so
+    # that the CLI does not import torch here.
     silent = os.environ.get("RANK", "0") != "0"
     if silent and hasattr(args, "quiet"):
         args.quiet = True
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if silent else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if silent:
+                stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
             return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
