@@ -1,10 +1,13 @@
-"""Networks that the accelerator runs, each built from a JSON-able ``config`` by :func:`build_model`.
+"""Quantized networks, each rebuilt from its JSON-able ``config`` by :func:`build_model`.
 
 * ``"mlp"``: :class:`DigitsMLP`, ``InputQuant -> [QuantLinear -> PACT]* -> QuantLinear``.
 * ``"resnet20"``: :class:`ResNet20`, the CIFAR ResNet-20 of He et al. (2016, Sec. 4.2) that the MPQ-tickets
   paper benchmarks (Sec. 4, "ResNet20s"), for any ``(C, H, W)`` input (CIFAR 3x32x32, Fashion-MNIST 1x28x28).
 * ``"vgg"``: :class:`SmallVGG`, a few ``conv-BN-PACT-maxpool`` blocks and one FC, small enough to train
-  on Fashion-MNIST on a laptop CPU.
+  on Fashion-MNIST on 2 CPU cores.
+
+The exporters and the accelerator take the MLP (its :meth:`DigitsMLP.stages`); the conv nets are the
+paper's training-side networks, and PACT-32 ones have no integer activation codes at all.
 
 Every weight layer, the first and the last included, is a :class:`~model.layers.QuantLinear` or
 :class:`~model.layers.QuantConv2d` with an element-wise mask: the paper masks all of ``theta``
@@ -264,7 +267,7 @@ class SmallVGG(nn.Module):
     so pooled activations stay on the code grid. With the default ``channels=(16, 32, 64)`` on
     Fashion-MNIST (1x28x28 -> 14 -> 7 -> 3): 23,184 conv weights, 5,760 FC weights and 10 biases,
     224 BatchNorm parameters (29,178 in all) and 1.92 M multiply-accumulates per image. One training
-    epoch over the 60,000 images (batch 64, Adam) took about 46 s on 2 shared CPU cores (torch 2.13);
+    epoch over the 60,000 images (batch 64, Adam) took about 46 s on 2 CPU cores, 70 s on one (torch 2.13);
     ``(32, 64, 128)`` would be 7.5 M MACs and about 3.5x slower.
 
     Parameters
