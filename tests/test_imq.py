@@ -8,9 +8,11 @@ import torch
 from model.data import load_digits_split
 from model.errors import UserError
 from model.imq import (
+    EXTENDED_HIERARCHY,
     HIERARCHY,
     IterationRecord,
     average_bits,
+    best_within,
     halve,
     imq_update,
     initial_state,
@@ -29,6 +31,15 @@ def test_halve_every_width():
     assert halve(torch.tensor([32, 16, 8, 4, 0])).tolist() == [16, 8, 4, 0, 0]
     with pytest.raises(UserError, match="allowed"):
         halve(torch.tensor([2]))
+
+
+def test_halve_extended_hierarchy():
+    assert EXTENDED_HIERARCHY == (32, 16, 8, 4, 2, 1, 0)
+    assert halve(torch.tensor([32, 16, 8, 4, 2, 1, 0]), EXTENDED_HIERARCHY).tolist() == [16, 8, 4, 2, 1, 0, 0]
+    with pytest.raises(UserError, match=r"\[3\].*allowed \(32, 16, 8, 4, 2, 1, 0\)"):
+        halve(torch.tensor([3, 4]), EXTENDED_HIERARCHY)
+    with pytest.raises(UserError, match="hierarchy"):
+        halve(torch.tensor([4]), (32, 8, 0))
 
 
 def _layer(weight, widths):
@@ -92,6 +103,14 @@ def test_select_ticket_is_algorithm_1_line_12():
     assert select_ticket(history[:3]).iteration == 1
     assert select_ticket([_record(0, 32.0, 0.9), _record(1, 27.2, 0.9)]) is None
     assert select_ticket([]) is None
+
+
+def test_best_within_is_table_1s_budget_ticket():
+    history = [_record(0, 32.0, 0.90), _record(1, 9.0, 0.93), _record(2, 4.0, 0.91), _record(3, 3.0, 0.91),
+               _record(4, 1.5, 0.80)]
+    assert best_within(history, 8.0).iteration == 2  # ties in accuracy go to the earlier iteration
+    assert best_within(history, 2.0).iteration == 4
+    assert best_within(history, 1.0) is None
 
 
 @pytest.fixture(scope="module")
