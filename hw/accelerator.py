@@ -217,7 +217,6 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             last_img_q.eq(img_q == batch - 1),
             requant.i.valid.eq(lane.o.valid & params.o.valid),
-            requant.i.payload.sums.eq(lane.o.payload[img_q] if batch > 1 else lane.o.payload[0]),
             requant.i.payload.param.eq(params.o.payload),
             fed.eq(requant.i.valid & requant.i.ready),
             lane.o.ready.eq(fed & last_img_q),
@@ -226,6 +225,12 @@ class Accelerator(wiring.Component):
             requant.out_bits.eq(out_bits),
             requant.signed_layer.eq(signed_layer),
         ]
+        # One case per image: a plain multiplexer. Indexing the array with img_q (a shift by img_q times
+        # the record width) synthesised to a barrel shifter that grew faster than the batch.
+        with m.Switch(img_q):
+            for k in range(batch):
+                with m.Case(k):
+                    m.d.comb += requant.i.payload.sums.eq(lane.o.payload[k])
         with m.If(fed):
             m.d.sync += img_q.eq(Mux(last_img_q, 0, img_q + 1))
 

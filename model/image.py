@@ -4,9 +4,8 @@ An image is a ``uint32`` array: an 8-word header, one 8-word descriptor per laye
 mode, DoReFa or signed, in bit 24 of its third word), then for each layer its requant parameters, its 3-bit
 width mask (ten codes a word, rows word aligned) and its weight payload (a bit stream of weight codes, least
 significant bit first, 0-bit weights absent). Version 1 images (no signed layers; the same layout with
-bit 24 reserved) still load. :func:`layer_regions` is the
-one place that decides where each region lies; :func:`pack` writes it and :func:`unpack` checks every
-descriptor against it, so the two cannot drift apart.
+bit 24 reserved) still load. :func:`layer_regions` is the one place that decides where each region lies;
+:func:`pack` writes it and :func:`unpack` checks every descriptor against it, so the two cannot drift apart.
 """
 
 from __future__ import annotations
