@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-bmpq lint clean
+.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq lint clean
 
 demo: setup
 	$(VPY) build.py demo
@@ -27,6 +27,9 @@ bench-dsp: setup
 
 bench-lts: setup fashion-mnist
 	$(VPY) build.py bench lts
+
+bench-imq: setup fashion-mnist
+	$(VPY) build.py bench imq
 
 bench-bmpq: setup fashion-mnist
 	$(VPY) build.py bench bmpq
