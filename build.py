@@ -158,7 +158,7 @@ def cmd_export(args) -> int:
         from model.errors import UserError
 
         raise UserError(f"{args.checkpoint}: field 'config.arch' is {arch!r}; the accelerator (and so `export`) "
-                        f"supports only MLPs (arch 'mlp') yet, not conv nets (resnet20, vgg)")
+                        f"does not support conv nets (resnet20, vgg) yet, only MLPs (arch 'mlp')")
     manifest = export_image(model, Path(args.out))
     print_table([("words", manifest["words"]), ("bytes", manifest["bytes"]),
                  ("avg weight bits", manifest["avg_weight_bits"]), ("sha256", manifest["sha256"][:16])],
