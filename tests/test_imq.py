@@ -26,6 +26,15 @@ from model.nets import DigitsMLP
 from model.train import train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The networks here are tiny: a second intra-op thread only adds hand-off cost (a lot on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_halve_every_width():
     assert HIERARCHY == (32, 16, 8, 4, 0)
     assert halve(torch.tensor([32, 16, 8, 4, 0])).tolist() == [16, 8, 4, 0, 0]
