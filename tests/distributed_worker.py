@@ -1,12 +1,22 @@
-"""Worker for tests/test_distributed.py: a short IMQ run (and an uneven-batch run) under ``torchrun``.
+"""Worker for tests/test_distributed.py: short runs through the library and through ``build.py``.
 
-``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py OUT`` writes
-``OUT/rank{r}.pt`` for every rank; :func:`run` is the same computation in one process.
+``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py RECORDS OUT
+COMMAND ARGS...`` (one launch, since starting torch costs seconds per process) does on every rank:
+
+1. :func:`run` (IMQ, an uneven last batch, augmentation; the same computation as in one process) and the
+   mask check, saved to ``RECORDS/rank{r}.pt``;
+2. ``build.main([COMMAND, ARGS..., "--out", OUT])`` under a Python audit hook (PEP 578) that notes every
+   file opened for writing, created, renamed or removed below ``OUT`` (what ``open``, ``os.open``,
+   ``tempfile``, ``torch.save``, ``os.replace`` and ``savefig`` all go through); the exit status and those
+   events (``[event, path]``, or ``[event, source, destination]`` for renames) go to
+   ``RECORDS/rank{r}.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,13 +80,49 @@ def mask_check_detects_a_difference(model: torch.nn.Module) -> tuple[bool, bool]
     return raised, True
 
 
-def main(out: Path) -> None:
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_PATH_EVENTS = ("os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree")
+
+
+def _watch(out: Path, events: list[list[str]]):
+    root = str(out.resolve())
+
+    def inside(path) -> bool:
+        try:
+            return os.path.abspath(os.fsdecode(path)).startswith(root)
+        except TypeError:  # file descriptors, not paths
+            return False
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and args and inside(args[0]):
+            mode, flags = args[1], args[2]
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
+            if writing:
+                events.append([event, os.fsdecode(args[0])])
+        elif event == "os.rename" and (inside(args[0]) or inside(args[1])):
+            events.append([event, os.fsdecode(args[0]), os.fsdecode(args[1])])
+        elif event in _PATH_EVENTS and args and inside(args[0]):
+            events.append([event, os.fsdecode(args[0])])
+
+    return hook
+
+
+def main(records: Path, out: Path, argv: list[str]) -> int:
     result = run()
     model = DigitsMLP(hidden=(32,))
     model.load_state_dict(result["imq_state"])
     result["mask_check"] = mask_check_detects_a_difference(model)
-    torch.save(result, out / f"rank{distributed.rank()}.pt")
+    torch.save(result, records / f"rank{distributed.rank()}.pt")
+    distributed.barrier()  # both records are on disk before a failing command could stop the other rank
+
+    import build
+
+    events: list[list[str]] = []
+    sys.addaudithook(_watch(out, events))
+    status = build.main([*argv, "--out", str(out)])
+    (records / f"rank{distributed.rank()}.json").write_text(json.dumps({"status": status, "events": events}))
+    return status
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))

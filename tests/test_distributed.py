@@ -10,6 +10,7 @@ moves weights by far more. Masks and accuracies must be identical, and all ranks
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,9 +30,11 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 120) -
     """``torchrun --standalone`` (rendezvous on a free port the OS picks) with ``nproc`` CPU workers."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    return subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"torchrun exit status {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
 def assert_states_match(ref: dict, got: dict) -> None:
@@ -44,11 +47,26 @@ def assert_states_match(ref: dict, got: dict) -> None:
             torch.testing.assert_close(b, a, rtol=0, atol=ATOL, msg=lambda m, k=key: f"{k}: {m}")
 
 
+#: Tiny IMQ through the command line: 2 iterations of 1 epoch on a 16-unit digits MLP, global batch 64.
+CLI_TRAIN = ["train", "--method", "imq", "--hidden", "16", "--epochs", "1", "--iterations", "2",
+             "--target-bits", "0", "--batch-size", "64", "--quiet"]
+
+
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ranks")
-    torchrun([str(ROOT / "tests" / "distributed_worker.py"), str(out)], cwd=ROOT)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+def launch(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``torchrun`` of tests/distributed_worker.py: the folder with ``records`` and ``cli``, the process."""
+    base = tmp_path_factory.mktemp("torchrun")
+    (base / "records").mkdir()
+    worker = ROOT / "tests" / "distributed_worker.py"
+    return base, torchrun([str(worker), str(base / "records"), str(base / "cli"), *CLI_TRAIN], cwd=base)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(launch) -> list[dict]:
+    base, proc = launch
+    paths = [base / "records" / f"rank{r}.pt" for r in range(2)]
+    assert all(p.is_file() for p in paths), explain(proc)
+    return [torch.load(p, weights_only=True) for p in paths]
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +114,35 @@ def test_augmentation_is_drawn_once_for_the_global_batch(two_ranks, single):
 def test_mask_check_catches_a_difference_and_broadcast_repairs_it(two_ranks):
     for result in two_ranks:
         assert result["mask_check"] == (True, True)
+
+
+
+def test_cli_train_under_torchrun_writes_on_rank_0_only_and_matches_one_process(launch, tmp_path):
+    import build
+    from model.checkpoint import load_checkpoint
+
+    base, proc = launch
+    assert proc.returncode == 0, explain(proc)
+    dist_out, single_out = base / "cli", tmp_path / "single"
+    ranks = [json.loads((base / "records" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["status"] for r in ranks] == [0, 0]
+    assert ranks[1]["events"] == [], f"rank 1 wrote below the output directory: {ranks[1]['events'][:5]}"
+    # The audit hook saw rank 0 write the results (so it would have seen rank 1 write too).
+    renamed = {Path(e[2]).name for e in ranks[0]["events"] if e[0] == "os.rename"}
+    assert {"ticket.pt", "imq_history.json", "state.pt"} <= renamed
+
+    threads = torch.get_num_threads()
+    try:
+        assert build.main([*CLI_TRAIN, "--out", str(single_out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(p.relative_to(dist_out) for p in dist_out.rglob("*")) == sorted(
+        p.relative_to(single_out) for p in single_out.rglob("*"))
+    ticket_dist, meta_dist = load_checkpoint(dist_out / "ticket.pt")
+    ticket_single, meta_single = load_checkpoint(single_out / "ticket.pt")
+    assert_states_match(ticket_single.state_dict(), ticket_dist.state_dict())
+    assert meta_dist["history"] == meta_single["history"]
+    hist_dist = json.loads((dist_out / "imq_history.json").read_text())
+    hist_single = json.loads((single_out / "imq_history.json").read_text())
+    # Config, float baseline accuracy, per-iteration widths and accuracies, ticket: all identical.
+    assert hist_dist == hist_single and len(hist_dist["history"]) == 2
