@@ -127,6 +127,7 @@ def test_cli_train_under_torchrun_writes_on_rank_0_only_and_matches_one_process(
     ranks = [json.loads((base / "records" / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["status"] for r in ranks] == [0, 0]
     assert ranks[1]["events"] == [], f"rank 1 wrote below the output directory: {ranks[1]['events'][:5]}"
+    assert proc.stdout.count("ticket: iteration") == 1  # rank 1 prints nothing
     # The audit hook saw rank 0 write the results (so it would have seen rank 1 write too).
     renamed = {Path(e[2]).name for e in ranks[0]["events"] if e[0] == "os.rename"}
     assert {"ticket.pt", "imq_history.json", "state.pt"} <= renamed
@@ -146,3 +147,13 @@ def test_cli_train_under_torchrun_writes_on_rank_0_only_and_matches_one_process(
     hist_single = json.loads((single_out / "imq_history.json").read_text())
     # Config, float baseline accuracy, per-iteration widths and accuracies, ticket: all identical.
     assert hist_dist == hist_single and len(hist_dist["history"]) == 2
+
+
+@pytest.mark.parametrize("argv", [["train", "--method", "lts"], ["export"], ["report", "somewhere"]])
+def test_cli_refuses_commands_that_are_not_data_parallel(argv, monkeypatch, capsys):
+    import build
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert build.main(argv) == 2
+    assert "does not run data-parallel" in capsys.readouterr().err
