@@ -2,9 +2,17 @@
 
 The same command runs in one process or under ``torchrun``; nothing else changes::
 
-    python build.py train --method imq ...                              # one process, no process group
-    torchrun --nproc-per-node 2 build.py train --method imq ...         # 2 CPU processes, gloo
-    torchrun --standalone --nproc-per-node 8 build.py train --method imq ...   # 8 GPUs, NCCL
+    python build.py train --method imq ...                                    # one process, no group
+    torchrun --standalone --nproc-per-node 2 build.py train --method imq ...  # CPU: 2 processes, gloo
+    torchrun --standalone --nproc-per-node 4 build.py train --method imq --data cifar10 \
+        --data-root ~/data/cifar-10-batches-py --arch resnet20 --batch-size 128 --out out/r20-imq
+                                                                   # 4 GPUs: NCCL, cuda:0..3
+
+``--batch-size`` is the global batch (each of ``N`` ranks computes about ``batch_size / N`` examples per
+step); the learning rate means what it means in one process. ``--standalone`` lets the OS pick a free
+rendezvous port. On several nodes (``--nnodes``, ``--rdzv-endpoint``) the data and the run directory must
+be at the same path on every node (a shared file system): rank 0 writes the run directory, the other
+ranks read its checkpoints back. ``CUDA_VISIBLE_DEVICES=`` forces gloo on a GPU machine.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` / ``MASTER_PORT``);
 :func:`launched` looks for them. Under ``torchrun``, :func:`init` (idempotent; :func:`model.train.train`
