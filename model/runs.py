@@ -653,6 +653,7 @@ def run(
     rule = None
     if prog.finished:
         ticket, rule = pick_ticket(prog.history, prog.reached_target)
+        distributed.barrier()  # under torchrun: rank 0 has written iterations/iter_NNN.pt
         ticket_model, _ = _checkpoint_model(iteration_path(run_dir, ticket.iteration))
         if distributed.is_main():
             meta = {"float_accuracy": state.float_accuracy, "history": [record_json(r) for r in prog.history],
@@ -662,6 +663,7 @@ def run(
             write_json(run_dir / history_file(config), results_json(config, state, float_description,
                                                                     (ticket, rule)))
             plot_history(prog.history, run_dir / plot_file(config), schedule.label, state.float_accuracy, ticket)
+    distributed.barrier()  # ticket.pt and the history JSON exist before any rank returns
     return RunResult(config, list(prog.history), state.float_accuracy, prog.finished, prog.reached_target,
                      ticket, rule, ticket_model, resumed)
 
