@@ -20,6 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = Path("out")
 DEFAULT_BATCH = 2
+#: Default learning rates: Adam for IMQ, its baselines and LTS; SGD with momentum for BMPQ (its Sec. IV-A).
+ADAM_LR = 3e-3
+SGD_LR = 0.05
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -62,7 +65,7 @@ def train_config(args):
         arch=getattr(args, "arch", "mlp"), hidden=tuple(args.hidden), act_bits=args.act_bits, rho=args.rho,
         iterations=args.max_iterations, weight_bits=getattr(args, "weight_bits", None),
         hierarchy=getattr(args, "hierarchy", "paper"), scope=args.scope, target_avg_bits=args.target_bits,
-        epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "batch_size", 64), seed=args.seed,
+        epochs=args.epochs, lr=ADAM_LR if args.lr is None else args.lr, batch_size=getattr(args, "batch_size", 64), seed=args.seed,
         float_baseline=not getattr(args, "no_float_baseline", False))
 
 
@@ -105,7 +108,7 @@ def cmd_train_lts(args) -> int:
     model = build_lts_mlp(args.bits, seed=args.seed)
     torch.manual_seed(args.seed)
     result = train_lts(model, split, args.epochs, args.bits, mode=args.lts_mode, strategy=args.strategy,
-                       p=args.p, m=args.m, warmup=args.warmup, lr=args.lr, seed=args.seed,
+                       p=args.p, m=args.m, warmup=args.warmup, lr=ADAM_LR if args.lr is None else args.lr, seed=args.seed,
                        progress=not args.quiet)
     report = {"method": "lts", "mode": args.lts_mode, "bits": args.bits, "accuracy": result.accuracy,
               "avg_wgs": result.avg_wgs, "bp_flops_reduction": result.bp_flops_reduction,
@@ -119,10 +122,58 @@ def cmd_train_lts(args) -> int:
     return 0
 
 
+def cmd_train_bmpq(args) -> int:
+    """BMPQ (model/bmpq.py): warm-up, then the bit-gradient ILP every ``--interval`` epochs; or its FP-32 twin."""
+    import torch
+
+    from model.bmpq import BMPQConfig, plot_bench, to_bmpq, train_bmpq
+    from model.checkpoint import save_checkpoint
+    from model.data import load_dataset
+    from model.errors import UserError
+    from model.nets import build_model
+
+    out = Path(args.run_dir or args.out)
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+                         seed=args.seed)
+    n_classes = int(split.y_train.max()) + 1
+    if args.arch == "mlp":
+        config = {"arch": "mlp", "n_in": split.x_train.shape[1], "hidden": list(args.hidden),
+                  "n_classes": n_classes, "act_bits": 8}
+    else:
+        config = {"arch": args.arch, "image_shape": list(split.image_shape), "n_classes": n_classes, "act_bits": 8}
+    torch.manual_seed(args.seed)
+    model = to_bmpq(build_model(config))
+    budget_bits = None if args.budget_mb is None else args.budget_mb * 8 * 2**20
+    try:
+        bmpq_config = BMPQConfig(budget_bits=budget_bits, compression=args.compression,
+                                 support=tuple(sorted(set(args.support))), edge_bits=args.edge_bits,
+                                 warmup=max(1, args.warmup), interval=args.interval, epochs=args.epochs,
+                                 lr=SGD_LR if args.lr is None else args.lr, batch_size=args.batch_size, seed=args.seed)
+    except TypeError as exc:  # pragma: no cover - argparse already typed every field
+        raise UserError(str(exc)) from None
+    result = train_bmpq(model, split, bmpq_config, progress=not args.quiet)
+    report = {"method": "bmpq", **result.to_json(), "target_compression": args.compression,
+              "budget": None if result.budget_bits is None else result.budget_bits / 8 / 2**20}
+    write_json(out / "bmpq.json", report)
+    row = {"layer_bits": result.layer_bits, "layer_names": result.layer_names, "accuracy": result.accuracy,
+           "compression_ratio": result.compression_ratio, "fp_accuracy": float("nan")}
+    plot_bench([row], out / "bmpq.png")
+    save_checkpoint(out / "bmpq.pt", model, meta={"method": "bmpq", "accuracy": result.accuracy,
+                                                  "layer_bits": result.layer_bits})
+    print_table([(f"{name} ({p} weights)", f"{b} bits") for name, p, b in
+                 zip(result.layer_names, result.params, result.layer_bits)]
+                + [("test accuracy", result.accuracy), ("compression r_M^32 (Eq. 12)", result.compression_ratio),
+                   ("weights MB (Eq. 11)", result.memory_mb)], "BMPQ")
+    print(f"\nwrote {out / 'bmpq.json'}, {out / 'bmpq.png'} and {out / 'bmpq.pt'}")
+    return 0
+
+
 def cmd_train(args) -> int:
-    """``train --method imq|irq|imp|irp|qnn|qnn-imp`` in a resumable run directory, or LTS."""
+    """``train --method imq|irq|imp|irp|qnn|qnn-imp`` in a resumable run directory, or LTS, or BMPQ."""
     if args.method == "lts":
         return cmd_train_lts(args)
+    if args.method == "bmpq":
+        return cmd_train_bmpq(args)
     from model.runs import history_file, plot_file, ticket_widths_supported
 
     out = Path(args.run_dir or args.out)
@@ -478,7 +529,8 @@ def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
                    default=None, help="iteration limit N_iter (default: 25 for IMQ/IRQ, 16 for IMP/IRP/QNN-IMP, "
                                       "1 for QNN)")
     p.add_argument("--epochs", type=bounded(int, 1, 100000), default=20, help="epochs per iteration (default: 20)")
-    p.add_argument("--lr", type=bounded(float, 1e-8, 10.0), default=3e-3, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--lr", type=bounded(float, 1e-8, 10.0), default=None,
+                   help=f"peak learning rate (default: {ADAM_LR} with Adam; BMPQ: {SGD_LR} with SGD, as its paper)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="magnitude ranking across all layers or per layer (default: global)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -528,10 +580,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="IMQ (float baseline, then Algorithm 1), its baselines, or LTS; resumable; "
                                       "writes results, plots and ticket.pt")
     add_train_args(p, DEFAULT_OUT / "train")
-    p.add_argument("--method", choices=("imq", "irq", "imp", "irp", "qnn", "qnn-imp", "lts"), default="imq",
+    p.add_argument("--method", choices=("imq", "irq", "imp", "irp", "qnn", "qnn-imp", "lts", "bmpq"), default="imq",
                    help="imq: MPQ-tickets (default); irq: random instead of magnitude choice; imp / irp: "
                         "iterative magnitude / random pruning at 32 bits; qnn: all weights --weight-bits, one "
-                        "run; qnn-imp: IMP on a --weight-bits QNN; lts: lottery ticket scratcher")
+                        "run; qnn-imp: IMP on a --weight-bits QNN; lts: lottery ticket scratcher; bmpq: "
+                        "layer-wise widths from bit gradients and an ILP")
     p.add_argument("--data-root", default=None, help="data folder for --data idx, cifar10, cifar100 (default for "
                    "fashion-mnist: Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
     p.add_argument("--arch", choices=("mlp", "resnet20", "vgg"), default="mlp",
@@ -554,7 +607,18 @@ def parser() -> argparse.ArgumentParser:
                    help="LTS growth of p, Eq. 7-8 (default: linear)")
     p.add_argument("--p", type=bounded(float, 0.0, 1.0), default=0.5, help="LTS rate p (Eq. 6; default 0.5)")
     p.add_argument("--m", type=bounded(float, 0.0, 1.0), default=0.99, help="LTS EMA momentum (Eq. 5)")
-    p.add_argument("--warmup", type=bounded(int, 0, 10000), default=2, help="LTS warm-up epochs E_wm")
+    p.add_argument("--warmup", type=bounded(int, 0, 10000), default=2,
+                   help="warm-up epochs: LTS E_wm, BMPQ ep_w (default: 2)")
+    p.add_argument("--compression", type=bounded(float, 1.0, 32.0), default=10.0,
+                   help="BMPQ memory budget as a target compression ratio r_M^32, Eq. 12 (default: 10)")
+    p.add_argument("--budget-mb", type=bounded(float, 1e-9, 1e6), default=None,
+                   help="BMPQ memory budget C in MB of weights, Eq. 11 units (overrides --compression)")
+    p.add_argument("--support", type=int, nargs="+", choices=(2, 3, 4, 5, 6, 7, 8, 16), default=[2, 4],
+                   help="BMPQ support widths S_q (default: 2 4; 2 is ternary)")
+    p.add_argument("--edge-bits", type=int, choices=(4, 8, 16), default=16,
+                   help="BMPQ width of the first and the last layer (default: 16)")
+    p.add_argument("--interval", type=bounded(int, 1, 10000), default=2,
+                   help="BMPQ epoch interval ep_int between ILP runs, Def. 2 (default: 2)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="checkpoint -> packed image (weights.bin, weights.hex, manifest.json)")

@@ -653,6 +653,7 @@ class BenchBudget:
     batch_size: int = 128
     compressions: tuple[float, ...] = (10.0,)
     channels: tuple[int, ...] = BENCH_CHANNELS
+    pact_alpha: float = 3.0
     seed: int = 0
 
 
@@ -660,6 +661,13 @@ def _bench_model(split: Split, budget: BenchBudget, act_bits: int) -> nn.Module:
     torch.manual_seed(budget.seed)
     model = SmallVGG(image_shape=split.image_shape, n_classes=int(split.y_train.max()) + 1, act_bits=act_bits,
                      channels=budget.channels)
+    with torch.no_grad():
+        # PACT's clipping level starts at pact_alpha (it is trained, with weight decay as PACT's L2 term):
+        # after BN the pre-activations are about N(0, 1), and the default 6.0 leaves a 2-bit activation
+        # with levels {0, 2, 4, 6}, which rounds almost everything to 0 or 2.
+        for module in model.modules():
+            if isinstance(module, PACT):
+                module.alpha.fill_(budget.pact_alpha)
     return to_bmpq(model)
 
 

@@ -247,3 +247,35 @@ def test_bmpq_checkpoint_round_trip_and_bad_bits(trained_bmpq_mlp, tmp_path):
     torch.save(payload, tmp_path / "bad2.pt")
     with pytest.raises(UserError, match="'quantizer' is 'lsq'"):
         load_checkpoint(tmp_path / "bad2.pt")
+
+
+def test_cli_train_export_and_rtl_sim(tmp_path):
+    """`train --method bmpq` -> `export` (signed layers) -> `sim`: the RTL matches the golden model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, str(root / "build.py"), *map(str, args)], check=False, cwd=root,
+                              capture_output=True, text=True, timeout=900)
+
+    train = cli("train", "--method", "bmpq", "--hidden", 64, 64, 64, "--epochs", 3, "--warmup", 1, "--interval", 1,
+                "--compression", 4, "--lr", 0.1, "--batch-size", 32, "--quiet", "--out", tmp_path / "train")
+    assert train.returncode == 0, train.stderr
+    report = json.loads((tmp_path / "train" / "bmpq.json").read_text())
+    assert report["layer_bits"][0] == report["layer_bits"][-1] == 16
+    assert report["compression_ratio"] >= 4
+    assert (tmp_path / "train" / "bmpq.png").stat().st_size > 1000
+    export = cli("export", "--checkpoint", tmp_path / "train" / "bmpq.pt", "--out", tmp_path / "image")
+    assert export.returncode == 0, export.stderr
+    manifest = json.loads((tmp_path / "image" / "manifest.json").read_text())
+    assert manifest["words"] * 4 == (tmp_path / "image" / "weights.bin").stat().st_size
+    sim = cli("sim", "--image", tmp_path / "image", "--images", 6, "--out", tmp_path / "sim")
+    assert sim.returncode == 0, sim.stdout + sim.stderr
+    assert json.loads((tmp_path / "sim" / "sim.json").read_text())["mismatches"] == 0
+    bad = cli("train", "--method", "bmpq", "--hidden", 32, 32, "--compression", 30, "--epochs", 1, "--quiet",
+              "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "smallest assignment" in bad.stderr
