@@ -128,10 +128,12 @@ def test_mostly_32_bit_weights(work_dir):
     _assert_matches(result, expected)
 
 
-@pytest.mark.parametrize(("name", "signed", "seed"), [("signed", (True, True), 13), ("mixed", (False, True), 14)],
-                         ids=["signed", "dorefa-then-signed"])
-def test_signed_layers(work_dir, name, signed, seed):
-    """Signed (offset-binary) layers alone, and a DoReFa layer feeding a signed one, through the Verilog."""
+@pytest.mark.parametrize(("name", "signed", "seed", "batch"),
+                         [("signed", (True, True), 13, 1), ("mixed", (False, True), 14, 2)],
+                         ids=["signed", "dorefa-then-signed-batch-2"])
+def test_signed_layers(work_dir, name, signed, seed, batch):
+    """Signed (offset-binary) layers alone, and a DoReFa layer feeding a signed one (two images sharing
+    each weight on the packed lanes), through the Verilog."""
     rng = np.random.default_rng(seed)
     net = random_network(rng, sizes=(21, 13, 5), probs=(0.3, 0.3, 0.2, 0.1, 0.1), signed=signed)
     assert [layer.signed for layer in net.layers] == list(signed)
@@ -139,6 +141,6 @@ def test_signed_layers(work_dir, name, signed, seed):
     # Hardware that ran every layer as DoReFa would fail: those scores differ.
     dorefa = IntNetwork(net.input_bits, tuple(dataclasses.replace(x, signed=False) for x in net.layers))
     assert not np.array_equal(dorefa.forward(inputs).numpy(), expected)
-    verilog = write_verilog(pack(net), work_dir / f"{name}.v")
+    verilog = write_verilog(pack(net), work_dir / f"{name}.v", batch=batch)
     result = run_accelerator(verilog, inputs, expected, work_dir=work_dir, stall=True, seed=5)
     _assert_matches(result, expected)
