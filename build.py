@@ -83,7 +83,7 @@ def train_ticket(args, out: Path):
     if result.resumed:
         print(f"resumed the run in {out} ({len(history)} of {config.iterations} iterations done)",
               file=sys.stderr)
-    if config.target_avg_bits > 0 and not result.reached_target:
+    if config.target_avg_bits > 0 and not result.reached_target and config.iterations > 1:
         print(f"warning: {config.schedule.label} stopped after {len(history)} iterations at "
               f"{history[-1].avg_bits:.2f} bits, above the target {config.target_avg_bits:g}", file=sys.stderr)
     if result.ticket_rule == "last" and len(history) > 1:
@@ -104,6 +104,8 @@ def cmd_train_lts(args) -> int:
         raise UserError(f"--method lts needs 28x28 IDX data: --data fashion-mnist (or idx with --data-root), "
                         f"not {args.data!r}")
     out = Path(args.out)
+    if args.data == "idx" and args.data_root is None:
+        raise UserError("--data idx needs --data-root: the folder with the four IDX files")
     split = load_idx_split(args.data_root or FASHION_MNIST_ROOT, name=args.data)
     model = build_lts_mlp(args.bits, seed=args.seed)
     torch.manual_seed(args.seed)
@@ -128,14 +130,14 @@ def cmd_train_bmpq(args) -> int:
 
     from model.bmpq import BMPQConfig, plot_bench, to_bmpq, train_bmpq
     from model.checkpoint import save_checkpoint
-    from model.data import load_dataset
+    from model.data import class_count, load_dataset
     from model.errors import UserError
     from model.nets import build_model
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
                          seed=args.seed)
-    n_classes = int(split.y_train.max()) + 1
+    n_classes = class_count(args.data, split)
     if args.arch == "mlp":
         config = {"arch": "mlp", "n_in": split.x_train.shape[1], "hidden": list(args.hidden),
                   "n_classes": n_classes, "act_bits": 8}
@@ -147,7 +149,7 @@ def cmd_train_bmpq(args) -> int:
     try:
         bmpq_config = BMPQConfig(budget_bits=budget_bits, compression=args.compression,
                                  support=tuple(sorted(set(args.support))), edge_bits=args.edge_bits,
-                                 warmup=max(1, args.warmup), interval=args.interval, epochs=args.epochs,
+                                 warmup=args.warmup, interval=args.interval, epochs=args.epochs,
                                  lr=SGD_LR if args.lr is None else args.lr, batch_size=args.batch_size, seed=args.seed)
     except TypeError as exc:  # pragma: no cover - argparse already typed every field
         raise UserError(str(exc)) from None
@@ -321,8 +323,12 @@ def cmd_demo(args) -> int:
     from hw.synth import format_table, synthesize
     from hw.verilog import TOP_NAME
     from model.convert import input_codes, to_golden
+    from model.errors import UserError
     from model.train import evaluate
 
+    if args.data != "digits":
+        raise UserError(f"`demo` runs on the embedded digits (its RTL check feeds the digits test images), "
+                        f"not --data {args.data!r}; use `train --data {args.data}`, then `export` and `sim`")
     out = Path(args.out)
     t0 = time.time()
     print("[1/5] training: float baseline, then IMQ (Algorithm 1) to <= "
@@ -512,6 +518,10 @@ def bounded(kind, lo, hi):
     return parse
 
 
+#: Seeds: what numpy and scikit-learn accept.
+SEED = bounded(int, 0, 2**32 - 1)
+
+
 def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
     p.add_argument("--data", default="digits",
                    help="dataset: digits (scikit-learn's 8x8 digits, default), fashion-mnist, idx (--data-root), "
@@ -530,10 +540,11 @@ def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
                                       "1 for QNN)")
     p.add_argument("--epochs", type=bounded(int, 1, 100000), default=20, help="epochs per iteration (default: 20)")
     p.add_argument("--lr", type=bounded(float, 1e-8, 10.0), default=None,
-                   help=f"peak learning rate (default: {ADAM_LR} with Adam; BMPQ: {SGD_LR} with SGD, as its paper)")
+                   help=f"peak learning rate (default: {ADAM_LR} with Adam; BMPQ: {SGD_LR} with SGD and momentum 0.9; "
+                        "its paper uses 0.1 for 200 epochs)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="magnitude ranking across all layers or per layer (default: global)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed, 0..2^32-1 (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(out), help=f"output directory (default: {out})")
 
@@ -599,7 +610,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=bounded(int, 1, 10**9), default=None, help="use only the first N test images")
     p.add_argument("--no-float-baseline", action="store_true", help="skip the dense float model")
     p.add_argument("--run-dir", default=None,
-                   help="run directory (default: --out); running again with the same options resumes it")
+                   help="run directory (default: --out); for the iterative methods running again with the same "
+                        "options resumes it (lts and bmpq start over)")
     p.add_argument("--bits", type=bounded(int, 2, 8), default=2, help="LTS weight/activation bits (default: 2)")
     p.add_argument("--lts-mode", choices=("lts", "baseline"), default="lts",
                    help="lts, or plain QAT for comparison (default: lts)")
@@ -632,7 +644,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--board", default="arty_z7_20", choices=("arty_z7_20",), help="XC7Z020 board")
     p.add_argument("--selftest-images", type=bounded(int, 1, 360), default=16,
                    help="test images in the on-board self-test ROM (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="data split seed, 0..2^32-1 (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "verilog"), help="output directory")
     add_batch_arg(p)
     p.set_defaults(func=cmd_verilog)
@@ -643,7 +655,7 @@ def parser() -> argparse.ArgumentParser:
                    help="HDL simulator (default: icarus)")
     p.add_argument("--images", type=bounded(int, 1, 360), default=None, help="number of test images (default: all)")
     p.add_argument("--no-stall", action="store_true", help="no random back-pressure (cycle measurement)")
-    p.add_argument("--seed", type=int, default=0, help="data split and stall seed (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="data split and stall seed, 0..2^32-1 (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "sim"), help="output directory")
     add_batch_arg(p)
     p.set_defaults(func=cmd_sim)
@@ -686,9 +698,9 @@ def main(argv=None) -> int:
     if silent and hasattr(args, "quiet"):
         args.quiet = True
     try:
-        parallel = args.command == "train" and args.method != "lts"
+        parallel = args.command == "train" and args.method not in ("lts", "bmpq")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not parallel:
-            what = "train --method lts" if args.command == "train" else args.command
+            what = f"train --method {args.method}" if args.command == "train" else args.command
             raise UserError(f"`{what}` does not run data-parallel; under torchrun only `train` with --method "
                             f"imq, irq, imp, irp, qnn or qnn-imp does: run `{what}` as one process")
         with contextlib.ExitStack() as stack:

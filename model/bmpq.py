@@ -26,11 +26,16 @@ Choices where the paper leaves room, each said once here:
   ``sum_l p_l q_l <= C``. Tied layers share one variable and their ENBGs add up. It is solved exactly with
   HiGHS through ``scipy.optimize.milp``.
 * **Fixed and tied layers.** The first and the last quantized layer stay at 16 bits (Sec. IV-A). Layers
-  that read the same input tensor (a ResNet block's first conv and its 1x1 downsampling conv) are tied, so
-  the downsampling layer follows the width of the layer it shares its input with ("as its input layer").
-* **Activations.** The PACT quantizer that follows a layer uses the layer's width (Sec. III-D), capped at
-  :data:`ACT_BITS_CAP` = 8 bits, the accelerator's activation width (the 16-bit first layer gets 8-bit
-  activations). Which PACT follows which layer is found by running one forward pass with hooks.
+  that read the same input tensor (a ResNet-18 block's first conv and its 1x1 downsampling conv) are
+  tied, so the downsampling layer follows the width of the layer it shares its input with ("as its input
+  layer"); a layer tied to a fixed layer takes the fixed width. (This repository's ResNet-20 uses
+  parameter-free option-A shortcuts, so it has no downsampling conv; the tie is found by tracing, for any
+  network.)
+* **Activations.** "The activation of layer l" (Sec. III-D) is layer l's *input* activation
+  ``A_l^(q_l)`` (notation of Sec. III-A): the PACT quantizers that run between layer ``l-1`` and layer
+  ``l`` use ``q_l`` bits, capped at :data:`ACT_BITS_CAP` = 8 bits, the accelerator's activation width.
+  The first layer's input is the image (the network's input quantizer keeps its own width). Which PACT
+  feeds which layer is found by running one forward pass with hooks.
 * **Schedule.** SGD with momentum 0.9 and weight decay 5e-4 with the paper's step decay by 0.1 at 40 % and
   70 % of the epochs (80 and 140 of 200 in Sec. IV-A), batch 128 by default.
 * **Memory.** Eq. 10-12 count the weights of the quantized (conv and fully connected) layers; biases,
@@ -39,9 +44,6 @@ Choices where the paper leaves room, each said once here:
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,10 +57,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import layers as quant_layers
-from .data import FASHION_MNIST_ROOT, Split, augment_batch, load_idx_split
+from .data import FASHION_MNIST_ROOT, Split, augment_batch, class_count, load_idx_split
 from .errors import UserError
 from .nets import SmallVGG
 from .quant import PACT
+from .runs import atomic_write, write_json
+from .train import evaluate
 
 #: Default support widths S_q (Sec. IV-A).
 SUPPORT = (2, 4)
@@ -210,6 +214,13 @@ def assign_bits(
         raise UserError(f"field 'params' has {len(params)} entries for {n} layers")
     if not support or any(b not in LAYER_BITS or b == 32 for b in support):
         raise UserError(f"field 'support' is {support!r}; allowed non-empty subsets of {LAYER_BITS[:-1]}")
+    for group in ties or []:  # a layer tied to a fixed layer takes the fixed width
+        widths = {fixed[i] for i in group if i in fixed}
+        if len(widths) > 1:
+            raise UserError(f"BMPQ: tied layers {group} hold different fixed widths {sorted(widths)}")
+        if widths:
+            width = widths.pop()
+            fixed.update(dict.fromkeys(group, width))
     groups: list[list[int]] = []
     seen: set[int] = set()
     for group in [*(ties or []), *([i] for i in range(n))]:
@@ -223,7 +234,9 @@ def assign_bits(
     if budget_bits < minimum:
         raise UserError(
             f"field 'budget' is {budget_bits:.0f} bits ({budget_bits / 8 / 2**20:.4f} MB); the smallest "
-            f"assignment (free layers at {min(support)} bits) needs {minimum} bits ({minimum / 8 / 2**20:.4f} MB)"
+            f"assignment (free layers at {min(support)} bits) needs {minimum} bits ({minimum / 8 / 2**20:.4f} MB), "
+            f"{fixed_bits} of them for the fixed layers; allowed budgets >= {minimum} bits: ask for less "
+            "compression, narrower edge layers, or a network whose first and last layers are a smaller share"
         )
     if not groups:
         return [fixed[i] for i in range(n)]
@@ -302,10 +315,6 @@ class BMPQConv2d(nn.Conv2d):
 BMPQ_LAYERS = (BMPQLinear, BMPQConv2d)
 
 
-def _source_layer_types() -> tuple[type, ...]:
-    return quant_layers.QUANT_LAYER_TYPES
-
-
 def _replacement(old: nn.Module) -> nn.Module:
     name = getattr(old, "name", "")
     if isinstance(old, nn.Linear):
@@ -314,7 +323,7 @@ def _replacement(old: nn.Module) -> nn.Module:
         new = BMPQConv2d(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
                          padding=old.padding, dilation=old.dilation, groups=old.groups,
                          bias=old.bias is not None, padding_mode=old.padding_mode, name=name)
-    else:  # pragma: no cover - _source_layer_types only holds Linear and Conv2d subclasses
+    else:  # pragma: no cover - QUANT_LAYER_TYPES only holds Linear and Conv2d subclasses
         raise TypeError(f"cannot convert {type(old).__name__}")
     with torch.no_grad():
         new.weight.copy_(old.weight)
@@ -334,7 +343,8 @@ class LayerGraph:
     names : list of str
         Their module paths.
     acts : list of list of PACT
-        The PACT modules called after each layer and before the next one (the layer's activation).
+        The PACT modules called before each layer and after the previous one (the layer's input
+        activation, ``A_l`` of Sec. III-A); empty for the first layer.
     ties : list of list of int
         Groups of layer indices that read the same input tensor.
     """
@@ -372,6 +382,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerGraph:
             h.remove()
     layers: list[nn.Module] = []
     acts: list[list[PACT]] = []
+    pending: list[PACT] = []
     by_input: list[tuple[torch.Tensor, list[int]]] = []
     for kind, module, key in order:
         if kind == "layer":
@@ -382,9 +393,10 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerGraph:
                 by_input.append((key, group := []))
             group.append(len(layers))
             layers.append(module)
-            acts.append([])
-        elif layers and not any(module is a for a in acts[-1]):
-            acts[-1].append(module)
+            acts.append(pending if acts else [])  # PACTs before the first layer are not its input's
+            pending = []
+        elif not any(module is a for a in pending):
+            pending.append(module)
     if len(layers) < 2:
         raise UserError(f"BMPQ needs at least two quantized layers; the model has {len(layers)}")
     ties = [group for _, group in by_input if len(group) > 1]
@@ -396,7 +408,7 @@ def to_bmpq(model: nn.Module) -> nn.Module:
 
     The element-wise DoReFa masks are dropped: BMPQ quantizes layer-wise. Returns ``model``.
     """
-    types = _source_layer_types()
+    types = quant_layers.QUANT_LAYER_TYPES
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, types):
@@ -407,20 +419,12 @@ def to_bmpq(model: nn.Module) -> nn.Module:
 
 
 def set_bits(graph: LayerGraph, bits: list[int]) -> None:
-    """Give every layer its width and every PACT that follows it ``min(width, ACT_BITS_CAP)`` bits."""
+    """Give every layer its width and the PACTs feeding it ``min(width, ACT_BITS_CAP)`` bits (32 stays 32)."""
     for layer, acts, b in zip(graph.layers, graph.acts, bits, strict=True):
         _check_bits(b)
         layer.bits.fill_(b)
         for act in acts:
-            act.bits = b if b == 32 and _pact_accepts_32() else min(b, ACT_BITS_CAP)
-
-
-def _pact_accepts_32() -> bool:
-    try:
-        PACT(32)
-    except ValueError:
-        return False
-    return True
+            act.bits = b if b == 32 else min(b, ACT_BITS_CAP)
 
 
 def layer_bits(graph: LayerGraph) -> list[int]:
@@ -479,6 +483,9 @@ class BMPQConfig:
                 raise UserError(f"field 'compression' is {self.compression!r}; allowed values > 1")
             if self.budget_bits is not None and not self.budget_bits > 0:
                 raise UserError(f"field 'budget_bits' is {self.budget_bits!r}; allowed values > 0")
+        if not self.fp and self.warmup >= self.epochs:
+            raise UserError(f"field 'warmup' is {self.warmup} with {self.epochs} epochs; the first ILP runs after "
+                            f"the warm-up, so allowed 1..{self.epochs - 1} (or more epochs)")
         _check_bits(self.edge_bits, "edge_bits")
         if not self.lr > 0:
             raise UserError(f"field 'lr' is {self.lr!r}; allowed values > 0")
@@ -530,17 +537,6 @@ class BMPQResult:
             "assignments": self.assignments,
             "history": [vars(r) for r in self.history],
         }
-
-
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    was = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, x.shape[0], batch):
-            correct += int((model(x[s : s + batch]).argmax(1) == y[s : s + batch]).sum())
-    model.train(was)
-    return correct / max(1, x.shape[0])
 
 
 def train_bmpq(
@@ -615,7 +611,7 @@ def train_bmpq(
             batches += 1
         schedule.step()
         epoch_nbg = [s / batches for s in sums]
-        accuracy = _evaluate(model, split.x_test, split.y_test)
+        accuracy = evaluate(model, split.x_test, split.y_test, batch_size=1000)
         record = EpochRecord(epoch, layer_bits(graph), total / n_train, accuracy, epoch_nbg)
         interval_nbg.append(epoch_nbg)
         if not config.fp and epoch == boundary and epoch < config.epochs:
@@ -664,7 +660,7 @@ class BenchBudget:
 
 def _bench_model(split: Split, budget: BenchBudget, act_bits: int) -> nn.Module:
     torch.manual_seed(budget.seed)
-    model = SmallVGG(image_shape=split.image_shape, n_classes=int(split.y_train.max()) + 1, act_bits=act_bits,
+    model = SmallVGG(image_shape=split.image_shape, n_classes=class_count("idx", split), act_bits=act_bits,
                      channels=budget.channels)
     with torch.no_grad():
         # PACT's clipping level starts at pact_alpha (it is trained, with weight decay as PACT's L2 term):
@@ -695,7 +691,7 @@ def run_bmpq_bench(
     common = {"epochs": budget.epochs, "warmup": budget.warmup, "interval": budget.interval, "lr": budget.lr,
               "batch_size": budget.batch_size, "seed": budget.seed}
     t0 = time.perf_counter()
-    fp_model = _bench_model(split, budget, act_bits=32 if _pact_accepts_32() else ACT_BITS_CAP)
+    fp_model = _bench_model(split, budget, act_bits=32)
     fp = train_bmpq(fp_model, split, BMPQConfig(fp=True, **common), progress=progress)
     fp_seconds = time.perf_counter() - t0
     rows = []
@@ -728,13 +724,7 @@ def run_bmpq_bench(
             "network": f"SmallVGG channels={list(budget.channels)}",
             **{f"cfg_{k}": v for k, v in common.items()},
         })
-    path = Path(json_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(Path(json_path), rows)
     if png_path is not None:
         plot_bench(rows, png_path)
     return rows
@@ -765,7 +755,7 @@ def plot_bench(rows: list[dict], png_path) -> None:
     ax_acc.set_ylabel("test accuracy (%)")
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
-    tmp = str(png_path) + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        atomic_write(Path(png_path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)

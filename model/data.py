@@ -430,6 +430,16 @@ def _subset(split: Split, train_subset: int | None, test_subset: int | None) -> 
                                y_test=split.y_test[:test_subset])
 
 
+def class_count(name: str, split: Split) -> int:
+    """Number of classes of data set ``name``: 100 for CIFAR-100, 10 for digits, Fashion-MNIST and CIFAR-10,
+    and for an IDX folder the largest label seen plus one (at least 2)."""
+    if name == "cifar100":
+        return 100
+    if name == "idx":
+        return max(2, int(max(split.y_train.max(), split.y_test.max())) + 1)
+    return 10
+
+
 def load_dataset(
     name: str,
     root: str | Path | None = None,

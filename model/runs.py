@@ -40,7 +40,7 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import save_checkpoint
-from .data import DATASETS, FASHION_MNIST_ROOT, Split, load_dataset
+from .data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
 from .errors import UserError
 from .golden import MAX_ACT_BITS, WIDTHS
 from .imq import IterationRecord, Progress, initial_state, select_ticket
@@ -319,12 +319,8 @@ def load_split(config: RunConfig) -> Split:
 
 
 def n_classes_of(config: RunConfig, split: Split) -> int:
-    """100 for CIFAR-100, else 10 (digits, Fashion-MNIST, CIFAR-10), or the labels' count for IDX folders."""
-    if config.data == "cifar100":
-        return 100
-    if config.data == "idx":
-        return max(2, int(max(split.y_train.max(), split.y_test.max())) + 1)
-    return 10
+    """:func:`model.data.class_count` of the run's data set."""
+    return class_count(config.data, split)
 
 
 def model_config(config: RunConfig, split: Split) -> dict:
@@ -600,8 +596,9 @@ def run(
         If the directory holds another run, a stored file is broken, or the data cannot be loaded.
     """
     run_dir = Path(run_dir)
-    resumed = open_run(run_dir, config)
     split = load_split(config)
+    build_model(model_config(config, split))  # a bad model config is an error before run.json is written
+    resumed = open_run(run_dir, config)
     model, theta_0 = _initial_model(run_dir, config, split)
     saved = _load_state(run_dir, config, model)
     if saved is None:

@@ -108,6 +108,8 @@ def test_ilp_hand_computed():
     assert assign_bits([0, 1, 5, 0], params, budget, (2, 4), fixed, ties=[[1, 2]]) == [16, 2, 2, 16]
     with pytest.raises(UserError, match="smallest assignment"):
         assign_bits([0, 1, 5, 0], params, budget - 300, (2, 4), fixed)
+    # A layer tied to a fixed layer takes the fixed width.
+    assert assign_bits([0, 1, 5, 0], params, 16 * 120 + 200, (2, 4), fixed, ties=[[0, 1]]) == [16, 16, 2, 16]
 
 
 def test_ilp_is_optimal_against_brute_force():
@@ -137,11 +139,13 @@ def test_to_bmpq_keeps_weights_and_finds_activations():
     assert all(torch.equal(a, b.weight) for a, b in zip(before, model.linears))
     graph = trace(model, torch.rand(2, 64))
     assert graph.names == ["linears.0", "linears.1", "linears.2"]
-    assert [[id(a) for a in acts] for acts in graph.acts] == [[id(model.acts[0])], [id(model.acts[1])], []]
+    # Each layer's input activation A_l (Sec. III-A): the PACT between it and the previous layer.
+    assert [[id(a) for a in acts] for acts in graph.acts] == [[], [id(model.acts[0])], [id(model.acts[1])]]
     assert graph.ties == []
     set_bits(graph, [16, 2, 16])
     assert [int(layer.bits) for layer in model.linears] == [16, 2, 16]
-    assert [a.bits for a in model.acts] == [8, 2]  # activations follow the layer, capped at 8 bits
+    assert [a.bits for a in model.acts] == [2, 8]  # a layer's input takes its width, capped at 8 bits
+    assert model.input_quant.bits == 4  # the image input keeps its own width (DigitsMLP's act_bits)
 
 
 class _Fork(nn.Module):
@@ -171,9 +175,11 @@ def test_config_errors():
         BMPQConfig(epochs=0).check()
     with pytest.raises(UserError, match="'compression'"):
         BMPQConfig(compression=0.5).check()
+    with pytest.raises(UserError, match=r"'warmup' is 3 with 3 epochs; .* allowed 1\.\.2"):
+        BMPQConfig(warmup=3, epochs=3).check()
     split = load_digits_split()
     with pytest.raises(UserError, match="smallest assignment"):
-        train_bmpq(DigitsMLP(hidden=(32,)), split, BMPQConfig(compression=30.0, epochs=1), progress=False)
+        train_bmpq(DigitsMLP(hidden=(32,)), split, BMPQConfig(compression=30.0, epochs=3), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +282,6 @@ def test_cli_train_export_and_rtl_sim(tmp_path):
     sim = cli("sim", "--image", tmp_path / "image", "--images", 6, "--out", tmp_path / "sim")
     assert sim.returncode == 0, sim.stdout + sim.stderr
     assert json.loads((tmp_path / "sim" / "sim.json").read_text())["mismatches"] == 0
-    bad = cli("train", "--method", "bmpq", "--hidden", 32, 32, "--compression", 30, "--epochs", 1, "--quiet",
+    bad = cli("train", "--method", "bmpq", "--hidden", 32, 32, "--compression", 30, "--epochs", 3, "--quiet",
               "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "smallest assignment" in bad.stderr

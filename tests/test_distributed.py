@@ -149,7 +149,8 @@ def test_cli_train_under_torchrun_writes_on_rank_0_only_and_matches_one_process(
     assert hist_dist == hist_single and len(hist_dist["history"]) == 2
 
 
-@pytest.mark.parametrize("argv", [["train", "--method", "lts"], ["export"], ["report", "somewhere"]])
+@pytest.mark.parametrize("argv", [["train", "--method", "lts"], ["train", "--method", "bmpq"], ["export"],
+                                  ["report", "somewhere"]])
 def test_cli_refuses_commands_that_are_not_data_parallel(argv, monkeypatch, capsys):
     import build
 
