@@ -363,8 +363,13 @@ def _checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
         raise UserError(f"{path}: not an mpqaccel checkpoint (fields 'config', 'state_dict')")
-    model = build_model(payload["config"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = build_model(payload["config"])
+        model.load_state_dict(payload["state_dict"])
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except (RuntimeError, TypeError, AttributeError) as exc:  # what load_state_dict raises on a mismatch
+        raise UserError(f"{path}: field 'state_dict' does not fit the model ({str(exc)[:160]})") from None
     return model, payload.get("meta", {})
 
 

@@ -212,3 +212,15 @@ def test_export_refuses_conv_nets(tmp_path, capsys):
     code, _out, err = cli(capsys, "export", "--checkpoint", tmp_path / "vgg.pt", "--out", tmp_path / "img")
     assert code == 2 and "'vgg'" in err and "only MLPs" in err and "Traceback" not in err
     assert not (tmp_path / "img").exists()
+
+
+def test_iteration_file_that_does_not_fit_its_model_is_a_clear_error(tmp_path):
+    from model.nets import DigitsMLP
+    from model.runs import _checkpoint_model
+
+    path = save_checkpoint(tmp_path / "iter_000.pt", DigitsMLP(hidden=(8,)))
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["linears.0.weight"] = torch.zeros(3, 3)
+    torch.save(payload, path)
+    with pytest.raises(UserError, match="field 'state_dict' does not fit the model"):
+        _checkpoint_model(path)
