@@ -488,7 +488,7 @@ def cmd_report(args) -> int:
 
 
 def bench_bmpq(args, out: Path) -> int:
-    """FP-32 vs BMPQ at 10x on Fashion-MNIST (model/bmpq.py run_bmpq_bench, about 15 min on 2 cores)."""
+    """FP-32 vs BMPQ at 6x, 10x and 13x on Fashion-MNIST (model/bmpq.py run_bmpq_bench, about 10 min on 2 cores)."""
     from model.bmpq import run_bmpq_bench
 
     rows = run_bmpq_bench(out / "bmpq.json", root=args.data_root, png_path=out / "bmpq.png",
