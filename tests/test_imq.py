@@ -25,14 +25,7 @@ from model.layers import QuantLinear
 from model.nets import DigitsMLP
 from model.train import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The networks here are tiny: a second intra-op thread only adds hand-off cost (a lot on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_halve_every_width():

@@ -17,14 +17,7 @@ from model.methods import (
 )
 from model.nets import DigitsMLP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The networks here are tiny: a second intra-op thread only adds hand-off cost (a lot on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(weight, widths):
