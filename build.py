@@ -13,7 +13,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,14 +26,10 @@ SGD_LR = 0.05
 
 # ---------------------------------------------------------------------------------------------- helpers
 def write_json(path: Path, data) -> Path:
-    """Write JSON atomically (temporary file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (model/files.py)."""
+    from model.files import write_json as write
+
+    return write(path, data)
 
 
 def print_table(rows: list[tuple[str, object]], title: str) -> None:
@@ -407,10 +402,12 @@ def plot_dsp(rows: list[dict], path: Path) -> None:
                 ax.text(j, i, f"{grid[i, j]:g}", ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(im)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from model.files import save_figure
+
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def cmd_bench(args) -> int:

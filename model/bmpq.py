@@ -59,9 +59,9 @@ from tqdm import tqdm
 from . import layers as quant_layers
 from .data import FASHION_MNIST_ROOT, Split, augment_batch, class_count, load_idx_split
 from .errors import UserError
+from .files import save_figure, write_json
 from .nets import SmallVGG
 from .quant import PACT
-from .runs import atomic_write, write_json
 from .train import evaluate
 
 #: Default support widths S_q (Sec. IV-A).
@@ -757,6 +757,6 @@ def plot_bench(rows: list[dict], png_path) -> None:
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
     try:
-        atomic_write(Path(png_path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        save_figure(fig, png_path)
     finally:
         plt.close(fig)

@@ -12,15 +12,14 @@ Files without the key are DoReFa models (``"quantizer": "dorefa"``).
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .files import atomic_write
 from .golden import WIDTHS
 from .nets import build_model
 
@@ -47,15 +46,7 @@ def save_checkpoint(path, model, meta: dict | None = None) -> Path:
                "state_dict": model.state_dict(), "meta": meta or {}}
     if payload["quantizer"] == "bmpq":
         payload["act_bits"] = {n: m.bits for n, m in model.named_modules() if isinstance(m, PACT)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path):

@@ -41,10 +41,7 @@ Choices where the paper leaves room, each said once here:
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -57,6 +54,7 @@ from tqdm import tqdm
 
 from .data import Split
 from .errors import UserError
+from .files import write_json
 from .quant import PACT
 
 #: Growth strategies of the rate ``p`` (Sec. III-C).
@@ -663,20 +661,6 @@ def train_lts(
 # Bench
 
 
-def _write_json_atomic(obj, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_lts_bench(
     out_path: str | Path,
     epochs: int = 10,
@@ -749,7 +733,7 @@ def run_lts_bench(
                         "backward_time_ratio": res.backward_time / base_time,
                     }
                 )
-                _write_json_atomic(rows, out_path)
+                write_json(out_path, rows, indent=1)
     finally:
         torch.set_num_threads(old_threads)
     if png_path is not None and histories:

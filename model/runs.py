@@ -30,7 +30,6 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -42,6 +41,7 @@ from . import distributed
 from .checkpoint import save_checkpoint
 from .data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
 from .errors import UserError
+from .files import atomic_write, write_json
 from .golden import MAX_ACT_BITS, WIDTHS
 from .imq import IterationRecord, Progress, initial_state, select_ticket
 from .methods import Schedule, init_masks, make_schedule, mask_generator, run_method
@@ -213,30 +213,6 @@ def make_run_config(
 
 
 # ------------------------------------------------------------------------------------------ files
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)``, then rename the temporary file over ``path`` (same directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: Path, data) -> Path:
-    """Write ``data`` as indented JSON atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-
-    return atomic_write(Path(path), write)
-
-
 def _torch_save(path: Path, payload: dict) -> Path:
     return atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
