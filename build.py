@@ -32,6 +32,14 @@ def write_json(path: Path, data) -> Path:
     return write(path, data)
 
 
+def print_rows(rows: list[dict], columns: list[tuple[str, str, str, object]]) -> None:
+    """A bench table: ``columns`` are ``(title, align and width, format, key or function of the row)``."""
+    head = " ".join(f"{title:{width}}" for title, width, _, _ in columns)
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(" ".join(format(get(r) if callable(get) else r[get], width + fmt) for _, width, fmt, get in columns))
+
+
 def print_table(rows: list[tuple[str, object]], title: str) -> None:
     width = max(len(k) for k, _ in rows)
     print(f"\n{title}\n{'-' * (width + 24)}")
@@ -127,17 +135,13 @@ def cmd_train_bmpq(args) -> int:
     from model.checkpoint import save_checkpoint
     from model.data import class_count, load_dataset
     from model.errors import UserError
-    from model.nets import build_model
+    from model.nets import build_model, model_config
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
                          seed=args.seed)
-    n_classes = class_count(args.data, split)
-    if args.arch == "mlp":
-        config = {"arch": "mlp", "n_in": split.x_train.shape[1], "hidden": list(args.hidden),
-                  "n_classes": n_classes, "act_bits": 8}
-    else:
-        config = {"arch": args.arch, "image_shape": list(split.image_shape), "n_classes": n_classes, "act_bits": 8}
+    # The activations' widths follow the layers (set_bits); 8 bits until the first assignment.
+    config = model_config(args.arch, split, args.hidden, class_count(args.data, split), act_bits=8)
     torch.manual_seed(args.seed)
     model = to_bmpq(build_model(config))
     budget_bits = None if args.budget_mb is None else args.budget_mb * 8 * 2**20
@@ -434,11 +438,9 @@ def bench_lts(args, out: Path) -> int:
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
                          progress=not args.quiet)
-    head = f"{'bits':>4} {'mode':>8} {'accuracy':>9} {'avg WGS':>8} {'BP FLOPs red.':>13} {'bwd time':>9}"
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        print(f"{r['bits']:>4} {r['mode']:>8} {r['accuracy']:>9.4f} {r['avg_wgs']:>8.3f} "
-              f"{r['bp_flops_reduction']:>13.3f} {r['backward_time_ratio']:>9.3f}")
+    print_rows(rows, [("bits", ">4", "", "bits"), ("mode", ">8", "", "mode"), ("accuracy", ">9", ".4f", "accuracy"),
+                      ("avg WGS", ">8", ".3f", "avg_wgs"), ("BP FLOPs red.", ">13", ".3f", "bp_flops_reduction"),
+                      ("bwd time", ">9", ".3f", "backward_time_ratio")])
     print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
     return 0
 
@@ -448,12 +450,10 @@ def bench_imq(args, out: Path) -> int:
     from model.imq_bench import FLOAT_GAP_PP, TICKET_BITS, run_imq_bench
 
     rows, summary = run_imq_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet)
-    head = f"{'method':<10} {'act':>5} {'iter':>4} {'avg bits':>8} {'accuracy':>9}"
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        act = "float" if r["act_bits"] is None else str(r["act_bits"])
-        it = "-" if r["iteration"] is None else str(r["iteration"])
-        print(f"{r['label']:<10} {act:>5} {it:>4} {r['avg_weight_bits']:>8.2f} {r['accuracy']:>9.4f}")
+    print_rows(rows, [("method", "<10", "", "label"),
+                      ("act", ">5", "", lambda r: "float" if r["act_bits"] is None else str(r["act_bits"])),
+                      ("iter", ">4", "", lambda r: "-" if r["iteration"] is None else str(r["iteration"])),
+                      ("avg bits", ">8", ".2f", "avg_weight_bits"), ("accuracy", ">9", ".4f", "accuracy")])
     best, gap = summary["best_imq_at_most_4_bits"], summary["gap_to_float_pp"]
     if best is None:
         print(f"\nno IMQ iteration reached <= {TICKET_BITS:g} average bits")
@@ -490,11 +490,9 @@ def bench_bmpq(args, out: Path) -> int:
 
     rows = run_bmpq_bench(out / "bmpq.json", root=args.data_root, png_path=out / "bmpq.png",
                           progress=not args.quiet)
-    head = f"{'budget MB':>9} {'layer bits':<28} {'accuracy':>9} {'FP-32':>7} {'drop pp':>7} {'r_M^32':>7}"
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        print(f"{r['budget']:>9.4f} {r['layer_bits']!s:<28} {r['accuracy']:>9.4f} {r['fp_accuracy']:>7.4f} "
-              f"{r['accuracy_drop_pp']:>7.2f} {r['compression_ratio']:>7.2f}")
+    print_rows(rows, [("budget MB", ">9", ".4f", "budget"), ("layer bits", "<28", "", lambda r: str(r["layer_bits"])),
+                      ("accuracy", ">9", ".4f", "accuracy"), ("FP-32", ">7", ".4f", "fp_accuracy"),
+                      ("drop pp", ">7", ".2f", "accuracy_drop_pp"), ("r_M^32", ">7", ".2f", "compression_ratio")])
     print(f"\nwrote {out / 'bmpq.json'} and {out / 'bmpq.png'}")
     return 0
 

@@ -565,11 +565,11 @@ def train_bmpq(
     n = len(graph.layers)
     params = graph.params
     fixed = {0: config.edge_bits, n - 1: config.edge_bits}
+    q_max = max(config.support)
     if config.fp:
         bits = [32] * n
         budget = None
     else:
-        q_max = max(config.support)
         bits = [fixed.get(i, q_max) for i in range(n)]
         budget = config.budget_bits if config.budget_bits is not None else 32 * sum(params) / config.compression
         # Fail before training if the budget is infeasible.
@@ -602,7 +602,6 @@ def train_bmpq(
             optimizer.zero_grad()
             loss.backward()
             if not config.fp:
-                q_max = max(config.support)
                 for i, layer in enumerate(graph.layers):
                     if i not in fixed and layer.weight.grad is not None:
                         sums[i] += nbg(layer.weight, layer.weight.grad, q_max)

@@ -39,7 +39,6 @@ def quantizer_of(model) -> str:
 def save_checkpoint(path, model, meta: dict | None = None) -> Path:
     """Write ``model`` atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     from .quant import PACT
 
     payload = {"format": FORMAT, "version": VERSION, "config": model.config, "quantizer": quantizer_of(model),

@@ -391,6 +391,17 @@ def _build_conv(config: dict) -> ResNet20 | SmallVGG:
     return ResNet20(**kwargs) if arch == "resnet20" else SmallVGG(**kwargs)
 
 
+def model_config(arch: str, split, hidden, n_classes: int, act_bits: int) -> dict:
+    """The :func:`build_model` config of ``arch`` for the data of ``split`` (its features or image shape).
+
+    ``hidden`` is used by the MLP only; the MLP config carries no ``"arch"`` key, like older checkpoints.
+    """
+    if arch == "mlp":
+        return {"n_in": int(split.x_train.shape[1]), "hidden": list(hidden), "n_classes": n_classes,
+                "act_bits": act_bits}
+    return {"arch": arch, "image_shape": list(split.image_shape), "n_classes": n_classes, "act_bits": act_bits}
+
+
 def build_model(config: dict) -> DigitsMLP | ResNet20 | SmallVGG:
     """Rebuild a network from its ``config`` (e.g. read from a checkpoint).
 

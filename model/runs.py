@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, nets
 from .checkpoint import save_checkpoint
 from .data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
 from .errors import UserError
@@ -301,12 +301,7 @@ def n_classes_of(config: RunConfig, split: Split) -> int:
 
 def model_config(config: RunConfig, split: Split) -> dict:
     """The :func:`model.nets.build_model` config of the run's quantized network."""
-    n_classes = n_classes_of(config, split)
-    if config.arch == "mlp":
-        return {"n_in": int(split.x_train.shape[1]), "hidden": list(config.hidden), "n_classes": n_classes,
-                "act_bits": config.act_bits}
-    return {"arch": config.arch, "image_shape": list(split.image_shape), "n_classes": n_classes,
-            "act_bits": config.act_bits}
+    return nets.model_config(config.arch, split, config.hidden, n_classes_of(config, split), config.act_bits)
 
 
 def float_model(config: RunConfig, split: Split) -> tuple[nn.Module, str]:
