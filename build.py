@@ -59,8 +59,8 @@ def load_split(dataset: str, seed: int):
 
 # --------------------------------------------------------------------------------------------- commands
 def train_config(args):
-    """The :class:`model.runs.RunConfig` that ``train`` (any method but lts) or ``demo`` (IMQ) asks for."""
-    from model.runs import make_run_config
+    """The :class:`model.runs.rundir.RunConfig` that ``train`` (any method but lts) or ``demo`` (IMQ) asks for."""
+    from model.runs.rundir import make_run_config
 
     return make_run_config(
         getattr(args, "method", "imq"), data=args.data, data_root=getattr(args, "data_root", None),
@@ -75,10 +75,10 @@ def train_config(args):
 def train_ticket(args, out: Path):
     """Float baseline, then the method (IMQ for ``demo``) in the run directory ``out`` (resumable).
 
-    Returns ``(ticket model, float accuracy, history, split)``; see :func:`model.runs.run`.
+    Returns ``(ticket model, float accuracy, history, split)``; see :func:`model.runs.rundir.run`.
     """
-    from model.runs import load_split as load_run_split
-    from model.runs import run
+    from model.runs.rundir import load_split as load_run_split
+    from model.runs.rundir import run
 
     config = train_config(args)
     result = run(config, out, progress=not args.quiet)
@@ -99,9 +99,11 @@ def cmd_train_lts(args) -> int:
     """LTS (lottery ticket scratcher) or plain QAT at ``--bits`` on an IDX dataset (Fashion-MNIST)."""
     import torch
 
+    from model.bench.lts import plot_sparsity
     from model.data import FASHION_MNIST_ROOT, load_idx_split
     from model.errors import UserError
-    from model.lts import build_lts_mlp, plot_sparsity, train_lts
+    from model.methods.lts import train_lts
+    from model.quant.lts import build_lts_mlp
 
     if args.data not in ("fashion-mnist", "idx"):
         raise UserError(f"--method lts needs 28x28 IDX data: --data fashion-mnist (or idx with --data-root), "
@@ -131,11 +133,13 @@ def cmd_train_bmpq(args) -> int:
     """BMPQ (model/bmpq.py): warm-up, then the bit-gradient ILP every ``--interval`` epochs; or its FP-32 twin."""
     import torch
 
-    from model.bmpq import BMPQConfig, plot_bench, to_bmpq, train_bmpq
-    from model.checkpoint import save_checkpoint
+    from model.bench.bmpq import plot_bench
     from model.data import class_count, load_dataset
     from model.errors import UserError
-    from model.nets import build_model, model_config
+    from model.methods.bmpq import BMPQConfig, train_bmpq
+    from model.quant.bmpq import to_bmpq
+    from model.quant.nets import build_model, model_config
+    from model.runs.checkpoint import save_checkpoint
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
@@ -175,7 +179,7 @@ def cmd_train(args) -> int:
         return cmd_train_lts(args)
     if args.method == "bmpq":
         return cmd_train_bmpq(args)
-    from model.runs import history_file, plot_file, ticket_widths_supported
+    from model.runs.rundir import history_file, plot_file, ticket_widths_supported
 
     out = Path(args.run_dir or args.out)
     model, float_acc, history, _ = train_ticket(args, out)
@@ -195,14 +199,14 @@ def cmd_train(args) -> int:
 
 
 def export_image(model, out_dir: Path) -> dict:
-    from model.convert import scales, to_golden
-    from model.image import write_image
+    from model.export.convert import scales, to_golden
+    from model.export.image import write_image
 
     return write_image(out_dir, to_golden(model), extra={"scales": scales(model)})
 
 
 def cmd_export(args) -> int:
-    from model.checkpoint import load_checkpoint
+    from model.runs.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint)
     arch = model.config.get("arch", "mlp")
@@ -223,8 +227,8 @@ def golden_vectors(image_dir: Path, count: int | None, seed: int):
     import numpy as np
 
     from model.errors import UserError
-    from model.image import read_image
-    from model.quant import InputQuant
+    from model.export.image import read_image
+    from model.quant.pact import InputQuant
 
     net, manifest = read_image(image_dir)
     split = load_split("digits", seed)
@@ -242,7 +246,7 @@ def cmd_verilog(args) -> int:
     from hw.board import write_build_plan
     from hw.verilog import write_verilog
     from model.errors import UserError
-    from model.image import pack, read_image
+    from model.export.image import pack, read_image
 
     net, _ = read_image(args.image)
     words = pack(net)
@@ -269,7 +273,7 @@ def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed:
     import numpy as np
 
     from hw.verilog import write_verilog
-    from model.image import pack
+    from model.export.image import pack
     from sim.runner import run_accelerator
 
     net, _, u, expected, labels = golden_vectors(image_dir, count, seed)
@@ -303,7 +307,7 @@ def cmd_sim(args) -> int:
 def cmd_synth(args) -> int:
     from hw.synth import format_table, synthesize
     from hw.verilog import TOP_NAME, write_verilog
-    from model.image import pack, read_image
+    from model.export.image import pack, read_image
 
     out = Path(args.out)
     net, _ = read_image(args.image)
@@ -321,9 +325,9 @@ def cmd_synth(args) -> int:
 def cmd_demo(args) -> int:
     from hw.synth import format_table, synthesize
     from hw.verilog import TOP_NAME
-    from model.convert import input_codes, to_golden
     from model.errors import UserError
-    from model.train import evaluate
+    from model.export.convert import input_codes, to_golden
+    from model.training.loop import evaluate
 
     if args.data != "digits":
         raise UserError(f"`demo` runs on the embedded digits (its RTL check feeds the digits test images), "
@@ -434,7 +438,7 @@ def cmd_bench(args) -> int:
 
 def bench_lts(args, out: Path) -> int:
     """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits (model/lts.py run_lts_bench, about 10 min)."""
-    from model.lts import run_lts_bench
+    from model.bench.lts import run_lts_bench
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
                          progress=not args.quiet)
@@ -446,8 +450,8 @@ def bench_lts(args, out: Path) -> int:
 
 
 def bench_imq(args, out: Path) -> int:
-    """Float MLP, IMQ, IRQ, IMP, QNN-8/4/2 on Fashion-MNIST (model/imq_bench.py, under 20 min on 2 cores)."""
-    from model.imq_bench import FLOAT_GAP_PP, TICKET_BITS, run_imq_bench
+    """Float MLP, IMQ, IRQ, IMP, QNN-8/4/2 on Fashion-MNIST (model/bench/imq.py, under 20 min on 2 cores)."""
+    from model.bench.imq import FLOAT_GAP_PP, TICKET_BITS, run_imq_bench
 
     rows, summary = run_imq_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet)
     print_rows(rows, [("method", "<10", "", "label"),
@@ -475,8 +479,8 @@ def bench_imq(args, out: Path) -> int:
 
 
 def cmd_report(args) -> int:
-    """Fig. 3 / Fig. 8 plot and Table-1 markdown over run directories (model/report.py)."""
-    from model.report import write_report
+    """Fig. 3 / Fig. 8 plot and Table-1 markdown over run directories (model/runs/report.py)."""
+    from model.runs.report import write_report
 
     _rows, markdown, paths = write_report(args.run_dirs, Path(args.out), tuple(args.budgets))
     print(markdown)
@@ -486,7 +490,7 @@ def cmd_report(args) -> int:
 
 def bench_bmpq(args, out: Path) -> int:
     """FP-32 vs BMPQ at 6x, 10x and 13x on Fashion-MNIST (model/bmpq.py run_bmpq_bench, about 10 min on 2 cores)."""
-    from model.bmpq import run_bmpq_bench
+    from model.bench.bmpq import run_bmpq_bench
 
     rows = run_bmpq_bench(out / "bmpq.json", root=args.data_root, png_path=out / "bmpq.png",
                           progress=not args.quiet)
@@ -686,7 +690,7 @@ def main(argv=None) -> int:
     from model.errors import UserError
 
     args = parser().parse_args(argv)
-    # Under torchrun every rank runs the command (model.distributed); only rank 0 (RANK unset or 0) prints
+    # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0) prints
     # results, warnings and progress bars (the others still report errors). Read from the environment so
     # that the CLI does not import torch here.
     silent = os.environ.get("RANK", "0") != "0"

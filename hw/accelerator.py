@@ -11,7 +11,7 @@ Data path (one output row at a time, one non-zero weight per cycle, shared by th
 
 The controller reads the header and each layer's descriptor from the buffer at run time
 (docs/image_format.md), including the layer's weight mode (DoReFa or signed offset-binary codes; the
-requantizer adds the signed correction, model/golden.py), so one bitstream runs both kinds of layers. It
+requantizer adds the signed correction, model/export/golden.py), so one bitstream runs both kinds of layers. It
 loads ``batch`` images' input codes from ``i`` into the lanes of activation buffer 0, runs the layers
 ping-ponging between the two activation buffers, and streams the last layer's scores out of ``o`` image by
 image.
@@ -24,8 +24,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 from amaranth.utils import bits_for, ceil_log2
 
-from model.golden import MAX_ACT_BITS, MAX_FAN_IN
-from model.image import SIGNED_BIT, unpack
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
+from model.export.image import SIGNED_BIT, unpack
 
 from .fetcher import WordFetcher
 from .mac_lane import MacLane
@@ -73,7 +73,7 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     image : sequence of int
-        The packed image words (model/image.py); they initialise the global buffer.
+        The packed image words (model/export/image.py); they initialise the global buffer.
     buffer_depth : int or None
         Global buffer depth in words (a power of two); default: the image rounded up.
     act_depth : int or None
@@ -94,7 +94,7 @@ class Accelerator(wiring.Component):
     ValueError
         For a depth that is not a power of two or too small, or an unsupported ``batch``.
     o : Out(stream.Signature(OUTPUT_LAYOUT))
-        Class scores (``2^-8`` units, model/golden.py), ``last`` on the final class of an image.
+        Class scores (``2^-8`` units, model/export/golden.py), ``last`` on the final class of an image.
     """
 
     def __init__(self, image, *, buffer_depth: int | None = None, act_depth: int | None = None,

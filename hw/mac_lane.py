@@ -11,7 +11,7 @@ idles no DSP lane). The weight code (up to 32 bits) is cut into chunks; each chu
   32-bit weight still takes one cycle, and ``batch`` images share every decoded weight.
 
 The lanes drain every product (``last`` on each operand set): consecutive weights usually belong to
-different width classes, whose sums must stay apart (``S_4 .. S_32``, model/golden.py), so P cannot
+different width classes, whose sums must stay apart (``S_4 .. S_32``, model/export/golden.py), so P cannot
 accumulate across them. The per-image, per-class sums, and per-class activation sums ``A_4 .. A_32`` (the
 offset terms of both weight modes, DoReFa and signed), are kept in LUT accumulators; the class constants
 are applied once per output by :mod:`hw.requant`, never per multiply. The lane does not know the layer's
@@ -23,7 +23,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from model.golden import CLASSES, MAX_ACT_BITS, MAX_FAN_IN
+from model.export.golden import CLASSES, MAX_ACT_BITS, MAX_FAN_IN
 
 from .dsp_lane import PackedDspLane, lane_latency
 from .packing import plan
@@ -63,7 +63,7 @@ class MacLane(wiring.Component):
         Weight code (width code 0 = no weight, only a row end), the images' activation codes, row end.
     o : Out(stream.Signature(data.ArrayLayout(ROW_SUMS_LAYOUT, batch)))
         Each image's exact class sums ``S_4 .. S_32`` and class activation sums ``A_4 .. A_32`` for the
-        row (model.golden.class_sums).
+        row (model.export.golden.class_sums).
     """
 
     def __init__(self, batch: int = 1):

@@ -1,6 +1,6 @@
 """Requantizer: class sums of one output -> the next layer's PACT code (or a class score).
 
-Implements :func:`model.golden.combine` and :func:`model.golden.requantize` bit for bit, for DoReFa and
+Implements :func:`model.export.golden.combine` and :func:`model.export.golden.requantize` bit for bit, for DoReFa and
 signed layers, as a four-stage pipeline that accepts one output per cycle:
 
 1. ``R_m * S_m`` as shift-and-add of the repeated-code constants (``0x11111111`` is eight shifted copies),
@@ -20,7 +20,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.golden import ACC_SHIFT, CLASSES, INT32_MAX, INT32_MIN, MULT_BITS, R
+from model.export.golden import ACC_SHIFT, CLASSES, INT32_MAX, INT32_MIN, MULT_BITS, R
 
 from .mac_lane import ROW_SUMS_LAYOUT
 
@@ -28,7 +28,7 @@ PARAM_LAYOUT = data.StructLayout({"mult": unsigned(MULT_BITS), "bias": signed(64
 
 REQUANT_IN_LAYOUT = data.StructLayout({"sums": ROW_SUMS_LAYOUT, "param": PARAM_LAYOUT})
 
-ACC_BITS = 60  # signed; |acc| < 2^57 for n_in <= MAX_FAN_IN and 8-bit activations (model/golden.py)
+ACC_BITS = 60  # signed; |acc| < 2^57 for n_in <= MAX_FAN_IN and 8-bit activations (model/export/golden.py)
 
 
 def repeat_shifts(m: int) -> list[int]:

@@ -11,8 +11,8 @@ from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.golden import WIDTHS
-from model.image import CODES_PER_WORD
+from model.export.golden import WIDTHS
+from model.export.image import CODES_PER_WORD
 
 #: Weight width -> its 3-bit mask code (the index in WIDTHS, docs/image_format.md), and back.
 CODE_OF_WIDTH = {width: code for code, width in enumerate(WIDTHS)}

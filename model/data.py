@@ -25,7 +25,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.nn import functional as F
 
-from .errors import UserError
+from model.errors import UserError
 
 #: Where the Debian package ``dataset-fashion-mnist`` puts its IDX files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -3,7 +3,7 @@
 A file is written to a temporary name in its own directory (so the rename cannot cross file systems),
 given the permissions a plain ``open`` would give it (``mkstemp`` makes it 0600), and renamed over the
 target with ``os.replace``. If writing fails, the temporary file is removed and the target is untouched.
-(``model/image.py`` writes its three files the same way, manifest last, as one commit.)
+(``model/export/image.py`` writes its three files the same way, manifest last, as one commit.)
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from model import distributed
 from model.data import Split, load_digits_split
-from model.imq import run_imq
-from model.nets import DigitsMLP
-from model.train import evaluate, train
+from model.methods.imq import run_imq
+from model.quant.nets import DigitsMLP
+from model.training import distributed
+from model.training.loop import evaluate, train
 
 #: Settings of the IMQ run: digits MLP, 3 iterations of 1 epoch, global batch 64.
 IMQ_SETTINGS = {"rho": 0.3, "target_avg_bits": 0.0, "max_iterations": 3, "epochs": 1, "batch_size": 64,
@@ -66,7 +66,7 @@ def run() -> dict:
 
 def mask_check_detects_a_difference(model: torch.nn.Module) -> tuple[bool, bool]:
     """Under ``torchrun``: change one mask element on rank 1, then (check raises?, check passes after
-    :func:`~model.distributed.broadcast_masks`?)."""
+    :func:`~model.training.distributed.broadcast_masks`?)."""
     if distributed.rank() == 1:
         with torch.no_grad():
             model.linears[0].bit_width[0, 0] = 0 if int(model.linears[0].bit_width[0, 0]) else 4

@@ -4,11 +4,11 @@ import itertools
 
 import numpy as np
 
-from model.golden import IntLinear, IntNetwork, requant_params
+from model.export.golden import IntLinear, IntNetwork, requant_params
 
 
 def signed_codes(rng: np.random.Generator, widths: np.ndarray) -> np.ndarray:
-    """Offset-binary codes ``q = c + 2^(m-1)`` of symmetric signed codes ``c`` (model/golden.py).
+    """Offset-binary codes ``q = c + 2^(m-1)`` of symmetric signed codes ``c`` (model/export/golden.py).
 
     ``c`` is uniform in ``[-(2^(m-1) - 1), 2^(m-1) - 1]``, and a fifth of the weights take one of the
     extremes ``c = +-(2^(m-1) - 1)`` (``q = 1`` or ``2^m - 1``), which uniform draws of wide codes never hit.

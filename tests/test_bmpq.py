@@ -8,26 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from model import bmpq
-from model.bmpq import (
+from model.data import load_digits_split
+from model.errors import UserError
+from model.methods.bmpq import (
     BMPQConfig,
-    BMPQLinear,
     assign_bits,
     bit_gradients,
-    bmpq_weight,
     compression_ratio,
     memory_mb,
     nbg,
-    set_bits,
-    to_bmpq,
-    to_int,
-    trace,
     train_bmpq,
 )
-from model.data import load_digits_split
-from model.errors import UserError
-from model.nets import DigitsMLP
-from model.quant import PACT
+from model.quant import bmpq
+from model.quant.bmpq import BMPQLinear, bmpq_weight, set_bits, to_bmpq, to_int, trace
+from model.quant.nets import DigitsMLP
+from model.quant.pact import PACT
 
 
 def test_symmetric_quantizer_hand_computed():
@@ -212,8 +207,8 @@ def test_train_bmpq_on_digits_meets_budget(trained_bmpq_mlp):
 
 
 def test_bmpq_layers_export_as_signed_golden_layers(trained_bmpq_mlp):
-    from model.convert import input_codes, to_golden
-    from model.golden import R, class_sums, combine, layer_forward
+    from model.export.convert import input_codes, to_golden
+    from model.export.golden import R, class_sums, combine, layer_forward
 
     model, split, result = trained_bmpq_mlp
     assert sorted(result.layer_bits[1:3]) == [2, 4]
@@ -236,7 +231,7 @@ def test_bmpq_layers_export_as_signed_golden_layers(trained_bmpq_mlp):
 
 
 def test_bmpq_checkpoint_round_trip_and_bad_bits(trained_bmpq_mlp, tmp_path):
-    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.runs.checkpoint import load_checkpoint, save_checkpoint
 
     model, split, _ = trained_bmpq_mlp
     path = save_checkpoint(tmp_path / "bmpq.pt", model, meta={"method": "bmpq"})

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, save_checkpoint
 from model.errors import UserError
-from model.nets import DigitsMLP
+from model.quant.nets import DigitsMLP
+from model.runs.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from model.data import (
     load_digits_split,
 )
 from model.errors import UserError
-from model.train import evaluate, train
+from model.training.loop import evaluate, train
 
 
 def test_digits_split_shapes_ranges_and_stratification():

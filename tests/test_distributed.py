@@ -119,7 +119,7 @@ def test_mask_check_catches_a_difference_and_broadcast_repairs_it(two_ranks):
 
 def test_cli_train_under_torchrun_writes_on_rank_0_only_and_matches_one_process(launch, tmp_path):
     import build
-    from model.checkpoint import load_checkpoint
+    from model.runs.checkpoint import load_checkpoint
 
     base, proc = launch
     assert proc.returncode == 0, explain(proc)

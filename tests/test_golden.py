@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.convert import input_codes, to_golden
 from model.data import load_digits_split
 from model.errors import UserError
-from model.golden import (
+from model.export.convert import input_codes, to_golden
+from model.export.golden import (
     ACC_SHIFT,
     CLASSES,
     MAX_FAN_IN,
@@ -22,8 +22,8 @@ from model.golden import (
     requant_params,
     requantize,
 )
-from model.nets import DigitsMLP
-from model.train import evaluate, train
+from model.quant.nets import DigitsMLP
+from model.training.loop import evaluate, train
 
 D = 2**32 - 1
 
@@ -62,7 +62,7 @@ def exact_acc(values, u) -> int:
 
 def test_class_constants_repeat_the_code():
     # R_m * q is q's bits repeated to fill 32 bits (ARCHITECTURE.md, integer semantics).
-    from model.golden import R
+    from model.export.golden import R
 
     assert R == {4: 0x11111111, 8: 0x01010101, 16: 0x00010001, 32: 1}
     assert 0xA * R[4] == 0xAAAAAAAA and 0x5C * R[8] == 0x5C5C5C5C
@@ -184,7 +184,7 @@ def test_signed_zero_codes_equal_pruning():
 
 def test_signed_flag_only_changes_the_correction():
     """The same codes run as DoReFa and as signed differ by exactly sum_m R_m A_m in acc."""
-    from model.golden import R
+    from model.export.golden import R
 
     rng = np.random.default_rng(2)
     widths = rng.choice([0, 4, 8, 16, 32], size=(6, 25))

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The whole Accelerator in Amaranth's simulator against model.golden.IntNetwork.forward, bit for bit,
+"""The whole Accelerator in Amaranth's simulator against model.export.golden.IntNetwork.forward, bit for bit,
 for DoReFa, signed and mixed networks."""
 
 import dataclasses
@@ -10,8 +10,8 @@ import torch
 from amaranth.sim import Simulator
 
 from hw.accelerator import Accelerator
-from model.golden import MAX_FAN_IN, IntNetwork, layer_forward
-from model.image import pack
+from model.export.golden import MAX_FAN_IN, IntNetwork, layer_forward
+from model.export.image import pack
 from tests.hw_netgen import random_network
 
 

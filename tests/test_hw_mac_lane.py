@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """MacLane: per-class row sums (products and activations) against plain Python integers and against
-model.golden.class_sums, for DoReFa and signed (offset-binary) layers."""
+model.export.golden.class_sums, for DoReFa and signed (offset-binary) layers."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from stream_source import Source
 
 from hw.mac_lane import ACT_SUM_BITS, SUM_BITS, MacLane
-from model.golden import CLASSES, IntLinear, check_layer, class_sums
+from model.export.golden import CLASSES, IntLinear, check_layer, class_sums
 
 CODE = {4: 1, 8: 2, 16: 3, 32: 4}  # width -> mask code (docs/image_format.md)
 
@@ -135,7 +135,7 @@ def test_lane_latency_and_throughput():
 
 @pytest.mark.parametrize(("signed", "batch"), [(False, 1), (True, 1), (True, 2)])
 def test_lane_matches_golden_class_sums(signed, batch):
-    """Operands built as the decoder emits them for an IntLinear, against model.golden.class_sums.
+    """Operands built as the decoder emits them for an IntLinear, against model.export.golden.class_sums.
 
     A signed layer's offset-binary codes run through the same lane: its sums are what the requantizer's
     correction needs (``A_m`` per class), so they must match the golden model's too.

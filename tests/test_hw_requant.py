@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Requantizer against model.golden.combine + requantize (DoReFa and signed layers), and ParamReader against
+"""Requantizer against model.export.golden.combine + requantize (DoReFa and signed layers), and ParamReader against
 the parameter words."""
 
 import numpy as np
@@ -10,13 +10,13 @@ from stream_source import Source
 
 from hw.mac_lane import ACT_SUM_BITS, SUM_BITS
 from hw.requant import ParamReader, Requantizer, class_weighted_sum
-from model import golden as gm
-from model.golden import CLASSES, INT32_MAX, INT32_MIN, MAX_FAN_IN, MULT_BITS, combine, requantize
+from model.export import golden as gm
+from model.export.golden import CLASSES, INT32_MAX, INT32_MIN, MAX_FAN_IN, MULT_BITS, combine, requantize
 
 MAX_U = 255  # 8-bit activations
 MAX_SUM = {m: ((1 << m) - 1) * MAX_U * MAX_FAN_IN for m in CLASSES}  # a full row of one class at its maximum
 MAX_A = MAX_U * MAX_FAN_IN
-BIG_BIAS = (1 << 62) - 1  # the largest |B| model.golden.check_layer accepts
+BIG_BIAS = (1 << 62) - 1  # the largest |B| model.export.golden.check_layer accepts
 
 
 

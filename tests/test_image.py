@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.errors import UserError
-from model.golden import WIDTHS, D, IntLinear, IntNetwork
-from model.image import MAGIC, VERSION, pack, read_image, regions, unpack, write_image
+from model.export.golden import WIDTHS, D, IntLinear, IntNetwork
+from model.export.image import MAGIC, VERSION, pack, read_image, regions, unpack, write_image
 
 FIELDS = ("codes", "widths", "mult", "bias")
 
@@ -312,7 +312,7 @@ def test_write_cleans_up_when_a_file_fails(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("model.image.os.replace", fail)
+    monkeypatch.setattr("model.export.image.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_image(tmp_path, tiny_net())
     assert list(tmp_path.iterdir()) == []

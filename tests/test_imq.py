@@ -7,7 +7,7 @@ import torch
 
 from model.data import load_digits_split
 from model.errors import UserError
-from model.imq import (
+from model.methods.imq import (
     EXTENDED_HIERARCHY,
     HIERARCHY,
     IterationRecord,
@@ -21,9 +21,9 @@ from model.imq import (
     select_ticket,
     width_counts,
 )
-from model.layers import QuantLinear
-from model.nets import DigitsMLP
-from model.train import train
+from model.quant.layers import QuantLinear
+from model.quant.nets import DigitsMLP
+from model.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

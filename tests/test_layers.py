@@ -7,9 +7,9 @@ import torch
 from torch.nn import functional as F
 
 from model.errors import UserError
-from model.layers import QUANT_LAYER_TYPES, ElementWiseMask, QuantConv2d, QuantLinear
-from model.nets import DigitsMLP, build_model
-from model.quant import PACT, InputQuant
+from model.quant.layers import QUANT_LAYER_TYPES, ElementWiseMask, QuantConv2d, QuantLinear
+from model.quant.nets import DigitsMLP, build_model
+from model.quant.pact import PACT, InputQuant
 
 
 def test_quant_linear_starts_at_32_bits():

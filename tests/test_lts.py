@@ -9,21 +9,19 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from model.bench.lts import plot_sparsity, run_lts_bench
 from model.data import load_idx_split
 from model.errors import UserError
-from model.lts import (
+from model.methods.lts import LTSScratcher, train_lts
+from model.quant.lts import (
     LTSQuantizer,
-    LTSScratcher,
     QuantLinearLTS,
     build_lts_mlp,
     ema_distance,
     growth_rate,
     level_distance,
-    plot_sparsity,
     quant_interval,
-    run_lts_bench,
     threshold,
-    train_lts,
 )
 
 W = torch.tensor([-1.5, -0.6, -0.2, 0.1, 0.35, 0.9, 2.0])

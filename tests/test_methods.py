@@ -5,9 +5,8 @@ import torch
 
 from model.data import load_digits_split
 from model.errors import UserError
-from model.imq import choose, imq_update, prune_update
-from model.layers import QuantLinear
-from model.methods import (
+from model.methods.imq import choose, imq_update, prune_update
+from model.methods.schedules import (
     METHODS,
     init_masks,
     make_schedule,
@@ -15,7 +14,8 @@ from model.methods import (
     mask_update,
     run_method,
 )
-from model.nets import DigitsMLP
+from model.quant.layers import QuantLinear
+from model.quant.nets import DigitsMLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

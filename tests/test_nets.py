@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from model.checkpoint import load_checkpoint, save_checkpoint
 from model.errors import UserError
-from model.imq import imq_update, initial_state, rewind
-from model.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
-from model.nets import BasicBlock, DigitsMLP, ResNet20, SmallVGG, build_model
-from model.quant import PACT, InputQuant
+from model.methods.imq import imq_update, initial_state, rewind
+from model.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
+from model.quant.nets import BasicBlock, DigitsMLP, ResNet20, SmallVGG, build_model
+from model.quant.pact import PACT, InputQuant
+from model.runs.checkpoint import load_checkpoint, save_checkpoint
 
 RESNET_CIFAR = {"arch": "resnet20", "image_shape": [3, 32, 32], "n_classes": 10, "act_bits": 4,
                 "input_bits": 8}

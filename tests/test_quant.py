@@ -6,15 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.errors import UserError
-from model.quant import (
-    PACT,
-    InputQuant,
-    check_widths,
-    dorefa_codes,
-    dorefa_normalize,
-    dorefa_weight,
-    round_ste,
-)
+from model.quant.dorefa import check_widths, dorefa_codes, dorefa_normalize, dorefa_weight, round_ste
+from model.quant.pact import PACT, InputQuant
 
 # w = [0.5, -1, 0, 1]: max|tanh| = tanh(1) = 0.7615941559557649 and
 # x(0.5) = tanh(0.5) / (2 tanh(1)) + 1/2 = 0.8033880667585181 (math module); x(-1) = 0, x(0) = 1/2, x(1) = 1.

@@ -1,15 +1,15 @@
-"""Reports over run directories (model/report.py), `build.py report`, and the bench's floors."""
+"""Reports over run directories (model/runs/report.py), `build.py report`, and the bench's floors."""
 
 import json
 
 import pytest
 
 import build
+from model.bench.imq import bench_configs, floors
 from model.errors import UserError
-from model.imq import IterationRecord
-from model.imq_bench import bench_configs, floors
-from model.report import load_summary, markdown_table, table_rows, write_report
-from model.runs import history_file, make_run_config, open_run, record_json, write_json
+from model.methods.imq import IterationRecord
+from model.runs.report import load_summary, markdown_table, table_rows, write_report
+from model.runs.rundir import history_file, make_run_config, open_run, record_json, write_json
 
 
 def make_run(path, method, points, float_accuracy=None, finished=True, **kwargs):

@@ -1,4 +1,4 @@
-"""Run directories (model/runs.py): resume equals an uninterrupted run bit for bit, config checks, tickets."""
+"""Run directories (model/runs/rundir.py): resume equals an uninterrupted run bit for bit, config checks, tickets."""
 
 import json
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import build
-from model.checkpoint import load_checkpoint, save_checkpoint
 from model.errors import UserError
-from model.imq import IterationRecord
-from model.nets import build_model
-from model.runs import (
+from model.methods.imq import IterationRecord
+from model.quant.nets import build_model
+from model.runs.checkpoint import load_checkpoint, save_checkpoint
+from model.runs.rundir import (
     ITERATION_DIR,
     RUN_FILE,
     STATE_FILE,
@@ -208,8 +208,8 @@ def test_export_refuses_conv_nets(tmp_path, capsys):
 
 
 def test_iteration_file_that_does_not_fit_its_model_is_a_clear_error(tmp_path):
-    from model.nets import DigitsMLP
-    from model.runs import _checkpoint_model
+    from model.quant.nets import DigitsMLP
+    from model.runs.rundir import _checkpoint_model
 
     path = save_checkpoint(tmp_path / "iter_000.pt", DigitsMLP(hidden=(8,)))
     payload = torch.load(path, weights_only=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hw.verilog import write_verilog
-from model.golden import IntNetwork
-from model.image import pack
+from model.export.golden import IntNetwork
+from model.export.image import pack
 from sim.runner import run_accelerator, simulators_available
 from tests.hw_netgen import random_network
 

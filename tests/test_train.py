@@ -1,4 +1,4 @@
-"""model.train and model.distributed in one process: sharding, the single-process path, BatchNorm swap.
+"""model.training.loop and model.training.distributed in one process: sharding, the single-process path, BatchNorm swap.
 
 The multi-process behaviour (2 gloo ranks against one process) is in tests/test_distributed.py.
 """
@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from model import distributed
 from model.data import Split
-from model.nets import DigitsMLP
-from model.train import evaluate, synced_batchnorm, train
+from model.quant.nets import DigitsMLP
+from model.training import distributed
+from model.training.loop import evaluate, synced_batchnorm, train
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .golden import MAX_ACT_BITS, MAX_FAN_IN, WIDTHS, IntLinear, IntNetwork, check_layer
+from model.errors import UserError
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, WIDTHS, IntLinear, IntNetwork, check_layer
 
 MAGIC = 0x4151504D  # the bytes "MPQA" read as a little-endian word
 VERSION = 2
@@ -136,7 +136,7 @@ def pack(net: IntNetwork) -> np.ndarray:
     Raises
     ------
     UserError
-        If a layer breaks :func:`model.golden.check_layer` or the layers do not chain.
+        If a layer breaks :func:`model.export.golden.check_layer` or the layers do not chain.
     """
     for index, layer in enumerate(net.layers):
         check_layer(layer, where=f"layer {index}" + (f" ({layer.name})" if layer.name else ""))

@@ -1,6 +1,6 @@
 """The methods the MPQ-tickets paper compares (Sec. 4, Fig. 3, Fig. 8, Table 1), as mask schedules.
 
-Every method is Algorithm 1's loop (:func:`model.imq.iterate`: rewind to ``theta_0`` every iteration,
+Every method is Algorithm 1's loop (:func:`model.methods.imq.iterate`: rewind to ``theta_0`` every iteration,
 train, evaluate, update the masks) with its own start mask and update:
 
 ======== ============== ===================================================== ======= ==========
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data import Split
-from .errors import UserError
-from .golden import WIDTHS
-from .imq import (
+from model.data import Split
+from model.errors import UserError
+from model.export.golden import WIDTHS
+from model.methods.imq import (
     HIERARCHIES,
     IterationRecord,
     Progress,
@@ -50,7 +50,7 @@ from .imq import (
     iterate,
     prune_update,
 )
-from .quant import TRAIN_WIDTHS
+from model.quant.dorefa import TRAIN_WIDTHS
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Method:
     step : {"quantize", "prune", None}
         Mask update: one step down the hierarchy, width -> 0, or none (one training run).
     criterion : {"magnitude", "random", None}
-        How the update picks weights (:func:`model.imq.choose`).
+        How the update picks weights (:func:`model.methods.imq.choose`).
     rate : float or None
         Default fraction of the non-zero weights changed per iteration.
     iterations : int
@@ -124,7 +124,7 @@ class Schedule:
     hierarchy : str
         ``"paper"`` (32/16/8/4/0) or ``"extended"`` (with 2 and 1, Fig. 6); only IMQ and IRQ use it.
     scope : str
-        ``"global"`` or ``"layer"`` ranking (:func:`model.imq.choose`).
+        ``"global"`` or ``"layer"`` ranking (:func:`model.methods.imq.choose`).
     target_avg_bits : float
         Stop at the first iteration whose average width is at most this (0: run all ``iterations``).
     """
@@ -274,9 +274,9 @@ def run_method(
     schedule : Schedule
         From :func:`make_schedule`.
     epochs, lr, batch_size, seed
-        Training of every iteration (:func:`model.train.train`).
+        Training of every iteration (:func:`model.training.loop.train`).
     theta_0 : dict, optional
-        Rewind point (:func:`model.imq.initial_state`).
+        Rewind point (:func:`model.methods.imq.initial_state`).
     start : Progress, optional
         Where to go on from.
     generator : torch.Generator, optional
@@ -284,7 +284,7 @@ def run_method(
     progress : bool
         tqdm bars.
     on_iteration, on_step : callable, optional
-        See :func:`model.imq.iterate`.
+        See :func:`model.methods.imq.iterate`.
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""Resumable run directories for the methods of :mod:`model.methods` (IMQ, IRQ, IMP, IRP, QNN-k, QNN-k IMP).
+"""Resumable run directories for the methods of :mod:`model.methods.schedules` (IMQ, IRQ, IMP, IRP, QNN-k, QNN-k IMP).
 
 A run directory holds everything a run needs to go on after an interruption, and its results::
 
@@ -8,7 +8,7 @@ A run directory holds everything a run needs to go on after an interruption, and
     state.pt                  after every iteration: the masks of the next iteration, the history so far,
                               the float baseline's accuracy, the random methods' generator state, the
                               global torch RNG state, and whether the run has finished
-    iterations/iter_NNN.pt    the trained model of iteration NNN with its masks (model.checkpoint format)
+    iterations/iter_NNN.pt    the trained model of iteration NNN with its masks (model.runs.checkpoint format)
     {method}_history.json     config, float accuracy, history, ticket: rewritten after every iteration
     {method}.png              accuracy against average weight bits (Fig. 3 / Fig. 8 axes), at the end
     ticket.pt                 the selected ticket (:func:`pick_ticket`), which ``build.py export`` reads
@@ -21,7 +21,7 @@ uninterrupted run bit for bit. A directory whose ``run.json`` holds another conf
 :class:`UserError` naming the differing fields. Checkpoints load with ``torch.load(..., weights_only=True)``.
 
 Under ``torchrun`` every rank runs the same loop (the masks stay equal: same seeds, same updates) and only
-rank 0 writes files (:func:`model.distributed.is_main`).
+rank 0 writes files (:func:`model.training.distributed.is_main`).
 """
 
 from __future__ import annotations
@@ -37,17 +37,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, nets
-from .checkpoint import save_checkpoint
-from .data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
-from .errors import UserError
-from .files import atomic_write, write_json
-from .golden import MAX_ACT_BITS, WIDTHS
-from .imq import IterationRecord, Progress, initial_state, select_ticket
-from .methods import Schedule, init_masks, make_schedule, mask_generator, run_method
-from .nets import ARCHS, FloatMLP, build_model
-from .quant import FULL_PRECISION_BITS
-from .train import evaluate, train
+from model.data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
+from model.errors import UserError
+from model.export.golden import MAX_ACT_BITS, WIDTHS
+from model.files import atomic_write, write_json
+from model.methods.imq import IterationRecord, Progress, initial_state, select_ticket
+from model.methods.schedules import Schedule, init_masks, make_schedule, mask_generator, run_method
+from model.quant import nets
+from model.quant.nets import ARCHS, FloatMLP, build_model
+from model.quant.pact import FULL_PRECISION_BITS
+from model.runs.checkpoint import save_checkpoint
+from model.training import distributed
+from model.training.loop import evaluate, train
 
 RUN_FORMAT = "mpqaccel-run"
 STATE_FORMAT = "mpqaccel-run-state"
@@ -70,7 +71,7 @@ class RunConfig:
     Members
     -------
     method : str
-        Key of :data:`model.methods.METHODS`.
+        Key of :data:`model.methods.schedules.METHODS`.
     data : str
         One of :data:`model.data.DATASETS`.
     data_root : str or None
@@ -78,16 +79,16 @@ class RunConfig:
     train_subset, test_subset : int or None
         Keep only the first this many training / test images.
     arch : str
-        ``"mlp"``, ``"resnet20"`` or ``"vgg"`` (:func:`model.nets.build_model`).
+        ``"mlp"``, ``"resnet20"`` or ``"vgg"`` (:func:`model.quant.nets.build_model`).
     hidden : tuple of int or None
         MLP hidden sizes (``None`` for the conv nets).
     act_bits : int
         PACT-k activation width: 1..8 or 32.
     rho, iterations, weight_bits, hierarchy, scope, target_avg_bits
-        The mask schedule (:class:`model.methods.Schedule`), defaults resolved; ``rho`` is the pruning rate
+        The mask schedule (:class:`model.methods.schedules.Schedule`), defaults resolved; ``rho`` is the pruning rate
         for the pruning methods.
     epochs, lr, batch_size, seed
-        Training of every iteration (:func:`model.train.train`); ``seed`` also seeds ``theta_0``, the
+        Training of every iteration (:func:`model.training.loop.train`); ``seed`` also seeds ``theta_0``, the
         digits split and the random methods' generator.
     float_baseline : bool
         Also train the dense float network once (FloatMLP for the MLP; see :func:`float_model`).
@@ -167,7 +168,7 @@ def make_run_config(
     seed: int = 0,
     float_baseline: bool = True,
 ) -> RunConfig:
-    """A checked :class:`RunConfig` with the method's defaults filled in (:func:`model.methods.make_schedule`).
+    """A checked :class:`RunConfig` with the method's defaults filled in (:func:`model.methods.schedules.make_schedule`).
 
     ``data_root`` becomes an absolute path (Fashion-MNIST's default is filled in), ``hidden`` is dropped
     for the conv nets, so that the same run asked for in two ways has one config.
@@ -300,15 +301,15 @@ def n_classes_of(config: RunConfig, split: Split) -> int:
 
 
 def model_config(config: RunConfig, split: Split) -> dict:
-    """The :func:`model.nets.build_model` config of the run's quantized network."""
+    """The :func:`model.quant.nets.build_model` config of the run's quantized network."""
     return nets.model_config(config.arch, split, config.hidden, n_classes_of(config, split), config.act_bits)
 
 
 def float_model(config: RunConfig, split: Split) -> tuple[nn.Module, str]:
     """The dense full-precision baseline and its description (Table 1's "Full Precision").
 
-    The MLP's is :class:`model.nets.FloatMLP` (``nn.Linear`` and ReLU). The conv nets have no float twin
-    in :mod:`model.nets`, so theirs is the same net with 32-bit weights everywhere and PACT-32 activations
+    The MLP's is :class:`model.quant.nets.FloatMLP` (``nn.Linear`` and ReLU). The conv nets have no float twin
+    in :mod:`model.quant.nets`, so theirs is the same net with 32-bit weights everywhere and PACT-32 activations
     and input: full precision, but with PACT's learnable clip instead of ReLU (the paper's "PACT-full",
     Fig. 5, which it finds slightly below ReLU).
     """
@@ -322,10 +323,10 @@ def float_model(config: RunConfig, split: Split) -> tuple[nn.Module, str]:
 
 
 def _checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model saved by :func:`model.checkpoint.save_checkpoint` without the hardware's width check.
+    """Rebuild a model saved by :func:`model.runs.checkpoint.save_checkpoint` without the hardware's width check.
 
     (Iterations of the extended hierarchy hold 1- and 2-bit widths, which
-    :func:`model.checkpoint.load_checkpoint` rightly refuses for export.)
+    :func:`model.runs.checkpoint.load_checkpoint` rightly refuses for export.)
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -447,7 +448,7 @@ def pick_ticket(history: list[IterationRecord], reached_target: bool) -> tuple[I
 
     * ``"target"``: the run stopped at the first iteration at most ``target_avg_bits`` wide; that one
       (the "(PACT-k, q-bit)" ticket of Table 1 with ``q`` the target, as bits only fall).
-    * ``"algorithm-1"``: otherwise Algorithm 1 line 12 (:func:`model.imq.select_ticket`): the narrowest
+    * ``"algorithm-1"``: otherwise Algorithm 1 line 12 (:func:`model.methods.imq.select_ticket`): the narrowest
       iteration more accurate than iteration 0.
     * ``"last"``: if no iteration beats iteration 0 (or there is only one, as for QNN-k), the last one.
     """
@@ -551,7 +552,7 @@ def run(
     """Run (or resume, or just re-read) the run ``config`` in ``run_dir``; see the module docstring.
 
     Order: ``theta_0`` (seeded with ``config.seed``), the float baseline (if asked for), then the
-    iterations of :func:`model.methods.run_method`. After each iteration its trained model goes to
+    iterations of :func:`model.methods.schedules.run_method`. After each iteration its trained model goes to
     ``iterations/iter_NNN.pt``, then ``state.pt`` and the history JSON are rewritten; at the end the ticket
     (:func:`pick_ticket`) is copied to ``ticket.pt`` and the plot drawn.
 
@@ -642,7 +643,7 @@ def run(
 
 
 def ticket_widths_supported(model: nn.Module) -> bool:
-    """Whether every mask of ``model`` is one of the accelerator's :data:`model.golden.WIDTHS`."""
+    """Whether every mask of ``model`` is one of the accelerator's :data:`model.export.golden.WIDTHS`."""
     allowed = torch.tensor(WIDTHS)
     return all(bool(torch.isin(layer.bit_width.cpu(), allowed).all()) for layer in model.quant_layers())
 

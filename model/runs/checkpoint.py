@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .files import atomic_write
-from .golden import WIDTHS
-from .nets import build_model
+from model.errors import UserError
+from model.export.golden import WIDTHS
+from model.files import atomic_write
+from model.quant.bmpq import BMPQ_LAYERS, LAYER_BITS, to_bmpq
+from model.quant.nets import build_model
+from model.quant.pact import PACT
 
 FORMAT = "mpqaccel-checkpoint"
 VERSION = 1
@@ -31,7 +33,6 @@ QUANTIZERS = ("dorefa", "bmpq")
 
 def quantizer_of(model) -> str:
     """``"bmpq"`` if ``model`` has BMPQ layers, else ``"dorefa"``."""
-    from .bmpq import BMPQ_LAYERS
 
     return "bmpq" if any(isinstance(m, BMPQ_LAYERS) for m in model.modules()) else "dorefa"
 
@@ -39,7 +40,6 @@ def quantizer_of(model) -> str:
 def save_checkpoint(path, model, meta: dict | None = None) -> Path:
     """Write ``model`` atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
-    from .quant import PACT
 
     payload = {"format": FORMAT, "version": VERSION, "config": model.config, "quantizer": quantizer_of(model),
                "state_dict": model.state_dict(), "meta": meta or {}}
@@ -76,7 +76,6 @@ def load_checkpoint(path):
     if quantizer not in QUANTIZERS:
         raise UserError(f"{path}: field 'quantizer' is {quantizer!r}; allowed {QUANTIZERS}")
     if quantizer == "bmpq":
-        from .bmpq import LAYER_BITS, to_bmpq
 
         to_bmpq(model)
     state = payload.get("state_dict")
@@ -108,7 +107,6 @@ def load_checkpoint(path):
 
 
 def _load_act_bits(path: Path, model, act_bits) -> None:
-    from .quant import PACT
 
     acts = {n: m for n, m in model.named_modules() if isinstance(m, PACT)}
     if not isinstance(act_bits, dict) or set(act_bits) != set(acts):

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import UserError
+from model.errors import UserError
 
 #: Weight widths of the MPQ-tickets hierarchy (paper Sec. 3.2); 0 means pruned.
 WIDTHS: tuple[int, ...] = (0, 4, 8, 16, 32)

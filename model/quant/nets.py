@@ -9,11 +9,11 @@
 The exporters and the accelerator take the MLP (its :meth:`DigitsMLP.stages`); the conv nets are the
 paper's training-side networks, and PACT-32 ones have no integer activation codes at all.
 
-Every weight layer, the first and the last included, is a :class:`~model.layers.QuantLinear` or
-:class:`~model.layers.QuantConv2d` with an element-wise mask: the paper masks all of ``theta``
+Every weight layer, the first and the last included, is a :class:`~model.quant.layers.QuantLinear` or
+:class:`~model.quant.layers.QuantConv2d` with an element-wise mask: the paper masks all of ``theta``
 (``m_q = {32}^|theta|``, Sec. 3.2, Algorithm 1) and names no full-precision first or last layer. BatchNorm
 parameters and biases stay full precision (they fold into the per-channel requantization). Every ReLU is
-a :class:`~model.quant.PACT` with ``act_bits`` (1..8, or 32 for the paper's PACT-32, Sec. 4).
+a :class:`~model.quant.pact.PACT` with ``act_bits`` (1..8, or 32 for the paper's PACT-32, Sec. 4).
 
 Inputs arrive flattened, ``[N, C*H*W]`` in ``[0, 1]`` (as every :class:`~model.data.Split` holds them); the
 conv nets reshape them with their ``image_shape`` and quantize them with an ``InputQuant`` of
@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import UserError
-from .golden import MAX_ACT_BITS, MAX_FAN_IN
-from .layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
-from .quant import FULL_PRECISION_BITS, PACT, InputQuant
+from model.errors import UserError
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
+from model.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
+from model.quant.pact import FULL_PRECISION_BITS, PACT, InputQuant
 
 #: The keys of :attr:`DigitsMLP.config`, which :func:`build_model` accepts (plus an optional
 #: ``"arch": "mlp"``).

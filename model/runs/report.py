@@ -1,7 +1,7 @@
 """Reports over run directories: accuracy against average weight bit width (the paper's Fig. 3 and Fig. 8)
 and a Table-1-style markdown table.
 
-A run directory is what :func:`model.runs.run` writes; finished and partial runs both report (a partial run
+A run directory is what :func:`model.runs.rundir.run` writes; finished and partial runs both report (a partial run
 shows the iterations it has finished). The x-axis is the average weight width with pruned weights counting
 0 bits, so IMP sits at ``32 * density``, QNN-k at ``k`` (Sec. 4, "test accuracy v.s. average bitwidth").
 
@@ -24,10 +24,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .imq import IterationRecord, best_within, select_ticket
-from .methods import METHODS
-from .runs import RunConfig, atomic_write, history_file, read_run_config, record_from_json, write_json
+from model.errors import UserError
+from model.methods.imq import IterationRecord, best_within, select_ticket
+from model.methods.schedules import METHODS
+from model.runs.rundir import (
+    RunConfig,
+    atomic_write,
+    history_file,
+    read_run_config,
+    record_from_json,
+    write_json,
+)
 
 #: Table 1's budgets ``q`` of "(PACT-k, q-bit)".
 DEFAULT_BUDGETS: tuple[float, ...] = (8.0, 4.0, 2.0)

@@ -11,8 +11,8 @@ which would exhaust the network after a handful of iterations and leave the pape
 at ``rho = 0.3`` meaningless. IMP's pruning rate is a fraction of the remaining weights too (Sec. 3.1).
 
 The loop itself (:func:`iterate`) takes the mask update (lines 8-9) as an argument, so the baselines of
-Sec. 4 (IRQ, IMP, IRP, QNN-8 IMP; :mod:`model.methods`) run through the same code, and it can start from
-a saved :class:`Progress` (:mod:`model.runs` resumes interrupted runs with it).
+Sec. 4 (IRQ, IMP, IRP, QNN-8 IMP; :mod:`model.methods.schedules`) run through the same code, and it can start from
+a saved :class:`Progress` (:mod:`model.runs.rundir` resumes interrupted runs with it).
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import Split
-from .errors import UserError
-from .golden import WIDTHS
-from .layers import QUANT_LAYER_TYPES
-from .quant import check_widths
-from .train import evaluate, train
+from model.data import Split
+from model.errors import UserError
+from model.export.golden import WIDTHS
+from model.quant.dorefa import check_widths
+from model.quant.layers import QUANT_LAYER_TYPES
+from model.training.loop import evaluate, train
 
 #: The quantization hierarchy of Sec. 3.2; one IMQ step moves a weight one place to the right.
 HIERARCHY: tuple[int, ...] = (32, 16, 8, 4, 0)
 #: The hierarchy with 2 and 1 bits that Sec. 3.2 tried first and Fig. 6 compares (worse in the paper).
-#: DoReFa trains at these widths; the exporter and the accelerator accept only :data:`model.golden.WIDTHS`.
+#: DoReFa trains at these widths; the exporter and the accelerator accept only :data:`model.export.golden.WIDTHS`.
 EXTENDED_HIERARCHY: tuple[int, ...] = (32, 16, 8, 4, 2, 1, 0)
 #: The two hierarchies by the name the command line and run configs use.
 HIERARCHIES: dict[str, tuple[int, ...]] = {"paper": HIERARCHY, "extended": EXTENDED_HIERARCHY}
@@ -341,7 +341,7 @@ def iterate(
     """Algorithm 1's loop with the mask update (lines 8-9) as the argument ``update``.
 
     Iteration ``k``: rewind to ``theta_0`` keeping the masks (lines 5-6), train ``epochs`` with
-    :func:`model.train.train` (same ``seed`` every iteration, so only the masks differ; line 7), record
+    :func:`model.training.loop.train` (same ``seed`` every iteration, so only the masks differ; line 7), record
     the test accuracy and call ``on_iteration(record, model)`` (the model then holds the trained network
     and the masks it was trained with); stop if ``avg_bits <= target_avg_bits`` or ``k`` is the last
     iteration, else ``update(layers)``; then call ``on_step(progress, model)``, where the model's masks are
@@ -363,7 +363,7 @@ def iterate(
     target_avg_bits : float
         Stop at the first trained model whose average weight width is at most this.
     epochs, lr, batch_size, seed
-        Passed to :func:`model.train.train` in every iteration.
+        Passed to :func:`model.training.loop.train` in every iteration.
     widths : tuple of int
         The widths :attr:`IterationRecord.width_counts` counts.
     start : Progress, optional
@@ -433,7 +433,7 @@ def run_imq(
 
     ``theta_0`` is taken from ``model`` before any training; the masks start as they are in ``model``
     (all 32 for a fresh one). See :func:`iterate` for one iteration; the mask update is
-    :func:`imq_update`. For checkpointed, resumable runs of IMQ and the baselines use :mod:`model.runs`.
+    :func:`imq_update`. For checkpointed, resumable runs of IMQ and the baselines use :mod:`model.runs.rundir`.
 
     Parameters
     ----------
@@ -448,7 +448,7 @@ def run_imq(
     max_iterations : int
         Upper bound on the number of training runs (``N_iter``).
     epochs, lr, batch_size, seed
-        Passed to :func:`model.train.train` in every iteration.
+        Passed to :func:`model.training.loop.train` in every iteration.
     progress : bool
         Show tqdm bars.
     on_iteration : callable, optional

@@ -1,10 +1,10 @@
 """Training and evaluation loops (one fixed-length run is IMQ's "train to convergence", Algorithm 1 line 7).
 
-Data parallelism (under ``torchrun``, see :mod:`model.distributed`)
+Data parallelism (under ``torchrun``, see :mod:`model.training.distributed`)
 ------------------------------------------------------------------
 Every rank draws the same shuffle (and the same augmentation) from the seeded generator, so every rank
 knows the whole global mini-batch of ``batch_size`` examples. Rank ``r`` of ``W`` takes the contiguous
-shard :func:`~model.distributed.shard_bounds` ``(B, r, W)`` of it, computes the *summed* cross entropy of
+shard :func:`~model.training.distributed.shard_bounds` ``(B, r, W)`` of it, computes the *summed* cross entropy of
 its shard divided by the global batch size ``B``, and back-propagates. One all-reduce sums the gradients
 (and the loss) over the ranks, which is the gradient of the mean loss over the whole global batch, also for
 an uneven last batch, as in a single process; then every rank takes the same Adam step. The result equals
@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import distributed
-from .data import Split
+from model.data import Split, augment_batch
+from model.training import distributed
 
 
 def _batchnorms(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
@@ -109,8 +109,8 @@ def train(
     Deterministic for a given ``seed``: the only randomness is the shuffling (and, if ``split.augment``,
     the augmentation), drawn from its own ``torch.Generator`` (the global RNG is neither used nor touched).
     Under ``torchrun`` this is data-parallel (module docstring): the model moves to
-    :func:`model.distributed.device` and stays there, every rank starts from rank 0's parameters and
-    buffers, the bit-width masks must already agree on all ranks (:func:`model.distributed.check_masks`;
+    :func:`model.training.distributed.device` and stays there, every rank starts from rank 0's parameters and
+    buffers, the bit-width masks must already agree on all ranks (:func:`model.training.distributed.check_masks`;
     every mask update happens between two training runs), and every rank ends with the same model and
     returns the same losses. In a single process the model stays on its device and nothing is
     communicated.
@@ -156,8 +156,6 @@ def train(
             stacklevel=2,
         )
     augment = bool(getattr(split, "augment", False))
-    if augment:
-        from .data import augment_batch
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import UserError
-from .quant import check_widths, dorefa_codes, dorefa_weight
+from model.errors import UserError
+from model.quant.dorefa import check_widths, dorefa_codes, dorefa_weight
 
 
 class ElementWiseMask:

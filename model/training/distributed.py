@@ -15,14 +15,14 @@ be at the same path on every node (a shared file system): rank 0 writes the run 
 ranks read its checkpoints back. ``CUDA_VISIBLE_DEVICES=`` forces gloo on a GPU machine.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` / ``MASTER_PORT``);
-:func:`launched` looks for them. Under ``torchrun``, :func:`init` (idempotent; :func:`model.train.train`
-and :func:`model.train.evaluate` call it) starts the default process group with NCCL when CUDA is available
+:func:`launched` looks for them. Under ``torchrun``, :func:`init` (idempotent; :func:`model.training.loop.train`
+and :func:`model.training.loop.evaluate` call it) starts the default process group with NCCL when CUDA is available
 and gloo otherwise, and :func:`device` is ``cuda:LOCAL_RANK`` or ``cpu``. Without ``torchrun`` every
 function here returns at once without touching ``torch.distributed``: rank 0 of 1, no process group, no
 communication.
 
 The data-parallel scheme itself (one seeded shuffle shared by all ranks, contiguous shards of each global
-batch, gradient sum weighted by shard size) is in :mod:`model.train`. Every rank holds the same weights and
+batch, gradient sum weighted by shard size) is in :mod:`model.training.loop`. Every rank holds the same weights and
 bit-width masks at all times; :func:`check_masks` verifies the masks (one hash, one all-reduce) and
 :func:`broadcast_masks` copies rank 0's masks to the others (e.g. after only rank 0 has read a file).
 Output files are written by rank 0 only (:func:`is_main`).
@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import UserError
+from model.errors import UserError
 
 #: The environment variables ``torchrun`` sets for every worker.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -93,7 +93,7 @@ def is_main() -> bool:
 def device() -> torch.device:
     """``cuda:LOCAL_RANK`` under ``torchrun`` with CUDA, ``cpu`` under ``torchrun`` without it.
 
-    Without ``torchrun`` this is ``cpu``; :func:`model.train.train` then leaves the model on whatever
+    Without ``torchrun`` this is ``cpu``; :func:`model.training.loop.train` then leaves the model on whatever
     device the caller put it.
     """
     if launched() and torch.cuda.is_available():

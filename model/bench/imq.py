@@ -1,7 +1,7 @@
 """``build.py bench imq``: MPQ-tickets (IMQ) against its baselines on Fashion-MNIST in a bounded budget.
 
 The paper's setting (ResNet-20 on CIFAR, 25 IMQ iterations of full training, Sec. 4) is far beyond 20
-minutes on 2 CPU cores, and so is a conv net here (:class:`model.nets.SmallVGG` takes tens of seconds per
+minutes on 2 CPU cores, and so is a conv net here (:class:`model.quant.nets.SmallVGG` takes tens of seconds per
 Fashion-MNIST epoch, and IMQ needs about 15 trainings to reach 2-3 bits), so the bench uses the MLP the
 accelerator runs. The budget (:data:`BENCH`, :data:`RUNS`):
 
@@ -14,7 +14,7 @@ accelerator runs. The budget (:data:`BENCH`, :data:`RUNS`):
   faster: about 1 bit after 10); IMP 5 iterations at pruning rate 0.5 (32 -> 2 average bits); QNN-8,
   QNN-4, QNN-2 (one run each). 34 training runs in all.
 
-Each run is a run directory under ``out/bench/imq_runs`` (:mod:`model.runs`), so an interrupted bench
+Each run is a run directory under ``out/bench/imq_runs`` (:mod:`model.runs.rundir`), so an interrupted bench
 resumes where it stopped. The result, ``out/bench/imq.json``, is a list of rows ``{"method", "label",
 "act_bits", "avg_weight_bits", "accuracy", "iteration", "run"}``, one per trained iteration plus one for the
 float model; ``imq_summary.json`` holds the budget, the wall time and the two floors the issue asks about:
@@ -35,9 +35,9 @@ import os
 import time
 from pathlib import Path
 
-from .data import FASHION_MNIST_ROOT
-from .report import load_summary, plot_report
-from .runs import make_run_config, run, write_json
+from model.data import FASHION_MNIST_ROOT
+from model.runs.report import load_summary, plot_report
+from model.runs.rundir import make_run_config, run, write_json
 
 #: Settings shared by every run of the bench (see the module docstring for why).
 BENCH: dict = {"data": "fashion-mnist", "arch": "mlp", "hidden": (256,), "act_bits": 8, "train_subset": 30000,

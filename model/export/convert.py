@@ -1,4 +1,4 @@
-"""Fake-quant network -> integer golden model (model/golden.py).
+"""Fake-quant network -> integer golden model (model/export/golden.py).
 
 For a layer with input step ``s_in = alpha_in / (2^a_in - 1)``, DoReFa weights ``w`` (Eq. 3, 7) and bias
 ``b``, the float pre-activation is ``z = s_in * sum_i w_i u_i + b``; the next PACT code (Eq. 5-6) is
@@ -6,7 +6,7 @@ For a layer with input step ``s_in = alpha_in / (2^a_in - 1)``, DoReFa weights `
 ``b / s_out``; the last layer has no PACT and emits ``z * 2^SCORE_FRAC_BITS``.
 
 BMPQ layers (model/bmpq.py, layer-wise symmetric codes ``c`` with scale ``S``, BMPQ Eq. 3-4, ternary at
-2 bits) become *signed* golden layers (model/golden.py): a ``q``-bit layer is stored in the smallest
+2 bits) become *signed* golden layers (model/export/golden.py): a ``q``-bit layer is stored in the smallest
 accelerator class ``m >= q`` (2 and 3 bits in the 4-bit class, 5 to 7 in the 8-bit class), as offset
 binary ``c + 2^(m-1)``; weights with ``c = 0`` are pruned (width 0, skipped by the hardware). The golden
 weight is ``2c / (2^m - 1)`` and the real one ``c S``, so the requantizer's gain gets the factor
@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import UserError
-from .golden import SCORE_FRAC_BITS, WIDTHS, IntLinear, IntNetwork, check_layer, requant_params
+from model.errors import UserError
+from model.export.golden import SCORE_FRAC_BITS, WIDTHS, IntLinear, IntNetwork, check_layer, requant_params
+from model.quant.bmpq import BMPQLinear, to_int
 
 #: Accelerator class that stores a BMPQ layer of each width.
 BMPQ_CLASS = {2: 4, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8, 16: 16}
@@ -34,7 +35,6 @@ def weight_codes(linear, where: str) -> tuple[np.ndarray, np.ndarray, bool, floa
     UserError
         For an FP-32 BMPQ layer (no integer codes) or a DoReFa width the accelerator lacks.
     """
-    from .bmpq import BMPQLinear, to_int
 
     with torch.no_grad():
         if isinstance(linear, BMPQLinear):

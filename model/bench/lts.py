@@ -1,0 +1,126 @@
+"""`build.py bench lts`: plain QAT against LTS on Fashion-MNIST, and the sparsity plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.data import FASHION_MNIST_ROOT, load_idx_split
+from model.files import write_json
+from model.methods.lts import train_lts
+from model.quant.lts import build_lts_mlp
+
+# ----------------------------------------------------------------------------------------------------------
+# Bench
+
+
+def run_lts_bench(
+    out_path: str | Path,
+    epochs: int = 10,
+    warmup: int = 2,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    bits_list: tuple[int, ...] = (2, 3, 4),
+    m: float = 0.99,
+    threads: int = 1,
+    root: str | Path | None = None,
+    png_path: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Plain QAT vs LTS (linear growth) on Fashion-MNIST for each bit width; writes a JSON list of rows.
+
+    Each row is ``{bits, mode, accuracy, avg_wgs, bp_flops_reduction, backward_time_ratio}``, with
+    ``backward_time_ratio`` the summed ``loss.backward()`` time of the row over that of the baseline row at
+    the same bits (1.0 for baseline rows). Both modes start from the same initial weights and see the same
+    batches. The file is written atomically (temp file + ``os.replace``) after every row.
+
+    Budget: the defaults (all 60000 training images, 10 epochs of 469 iterations, ``E_wm = 2`` (the paper's
+    80 / 400), ``m = 0.99``, batch 128, a 784-256-256-10 MLP, ``threads=1`` so that timings are not
+    disturbed by a second process on a 2-core machine) take about 1.5-2.5 minutes per run, 6 runs in all,
+    inside 20 minutes; use ``train_subset`` / fewer ``epochs`` for a quicker look.
+
+    Parameters
+    ----------
+    out_path : str or Path
+        JSON output.
+    epochs, warmup : int
+        ``E`` and ``E_wm``.
+    train_subset, test_subset : int, optional
+        First images only (see :func:`model.data.load_idx_split`).
+    bits_list : tuple of int
+        Bit widths to compare.
+    m : float
+        EMA momentum.
+    threads : int
+        ``torch.set_num_threads`` during the bench (restored afterwards).
+    root : str or Path, optional
+        IDX folder; default :data:`model.data.FASHION_MNIST_ROOT`.
+    png_path : str or Path, optional
+        Where :func:`plot_sparsity` draws the LTS sparsity curves; none if omitted.
+    """
+
+    split = load_idx_split(root or FASHION_MNIST_ROOT, train_subset=train_subset, test_subset=test_subset)
+    out_path = Path(out_path)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows: list[dict] = []
+    histories: dict[str, list[float]] = {}
+    try:
+        for bits in bits_list:
+            base_time = None
+            for mode in ("baseline", "lts"):
+                model = build_lts_mlp(bits, seed=0)
+                res = train_lts(model, split, epochs, bits, mode=mode, warmup=warmup, m=m, progress=progress)
+                if mode == "baseline":
+                    base_time = res.backward_time
+                else:
+                    histories[f"{bits}-bit"] = res.sparsity_history
+                rows.append(
+                    {
+                        "bits": bits,
+                        "mode": mode,
+                        "accuracy": res.accuracy,
+                        "avg_wgs": res.avg_wgs,
+                        "bp_flops_reduction": res.bp_flops_reduction,
+                        "backward_time_ratio": res.backward_time / base_time,
+                    }
+                )
+                write_json(out_path, rows, indent=1)
+    finally:
+        torch.set_num_threads(old_threads)
+    if png_path is not None and histories:
+        plot_sparsity(histories, png_path)
+    return rows
+
+
+def plot_sparsity(history, png: str | Path) -> None:
+    """Weight-gradient sparsity vs epoch (the paper's Fig. 4).
+
+    Parameters
+    ----------
+    history : list of float or dict of str to list of float
+        End-of-epoch sparsity (:attr:`LTSResult.sparsity_history`), or several such curves by label.
+    png : str or Path
+        Output image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = history if isinstance(history, dict) else {"LTS": history}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    try:
+        for label, values in curves.items():
+            ax.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("weight gradient sparsity (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+    finally:
+        plt.close(fig)
