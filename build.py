@@ -238,13 +238,13 @@ def golden_vectors(image_dir: Path, count: int | None, seed: int):
     if u.shape[1] != net.layers[0].n_in:
         raise UserError(f"{image_dir}: layer 0 field 'n_in' is {net.layers[0].n_in}; the digits data has "
                         f"{u.shape[1]} inputs")
-    expected = net.forward(u).numpy()
+    expected = net.forward(u.numpy())
     return net, manifest, u.numpy().astype(np.int64), expected, y.numpy()
 
 
 def cmd_verilog(args) -> int:
-    from hw.board import write_build_plan
-    from hw.verilog import write_verilog
+    from hw.platform.board import write_build_plan
+    from hw.platform.verilog import write_verilog
     from model.errors import UserError
     from model.export.image import pack, read_image
 
@@ -272,7 +272,7 @@ def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed:
     """
     import numpy as np
 
-    from hw.verilog import write_verilog
+    from hw.platform.verilog import write_verilog
     from model.export.image import pack
     from sim.runner import run_accelerator
 
@@ -305,8 +305,8 @@ def cmd_sim(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from hw.synth import format_table, synthesize
-    from hw.verilog import TOP_NAME, write_verilog
+    from hw.platform.synth import format_table, synthesize
+    from hw.platform.verilog import TOP_NAME, write_verilog
     from model.export.image import pack, read_image
 
     out = Path(args.out)
@@ -323,10 +323,10 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from hw.synth import format_table, synthesize
-    from hw.verilog import TOP_NAME
+    from hw.platform.synth import format_table, synthesize
+    from hw.platform.verilog import TOP_NAME
     from model.errors import UserError
-    from model.export.convert import input_codes, to_golden
+    from model.export.convert import golden_accuracy, to_golden
     from model.training.loop import evaluate
 
     if args.data != "digits":
@@ -341,8 +341,7 @@ def cmd_demo(args) -> int:
 
     print("[2/5] integer golden model and packed image")
     net = to_golden(model)
-    golden_pred = net.predict(input_codes(model, split.x_test))
-    golden_acc = float((golden_pred == split.y_test).double().mean())
+    golden_acc = golden_accuracy(net, model, split.x_test, split.y_test)
     manifest = export_image(model, out / "image")
 
     print(f"[3/5] RTL simulation ({args.simulator}) of every test image under random back-pressure")
@@ -426,7 +425,7 @@ def cmd_bench(args) -> int:
         return bench_bmpq(args, out)
     if args.target == "imq":
         return bench_imq(args, out)
-    from hw.dsp_bench import format_rows, run_bench
+    from sim.bench.dsp import format_rows, run_bench
 
     rows = run_bench(out / "dsp.json", progress=not args.quiet)
     write_json(out / "dsp.json", rows)

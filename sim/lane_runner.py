@@ -3,7 +3,7 @@
 :func:`run_dsp_lane` builds the Verilog once per (Verilog text, simulator) under ``work_dir`` and simulates
 any number of operand streams against it::
 
-    from hw.packing import plan
+    from hw.dsp.packing import plan
     from sim.lane_runner import run_dsp_lane, write_lane_verilog
     p = plan(4, 4)
     verilog = write_lane_verilog(p, "out/dsp_lane_4x4.v")
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from amaranth.back import verilog
 
-from hw.dsp_lane import PackedDspLane
-from hw.packing import PackingPlan
-from hw.synth import yosys_binary
+from hw.dsp.lane import PackedDspLane
+from hw.dsp.packing import PackingPlan
+from hw.platform.synth import yosys_binary
 from sim.runner import build, check_timeout, run_test
 
 TOPLEVEL = "dsp_lane"
@@ -132,7 +132,7 @@ def run_dsp_lane(verilog_path, plan_dict, ops, *, work_dir, simulator: str = "ic
     Parameters
     ----------
     verilog_path : path
-        Verilog of :class:`~hw.dsp_lane.PackedDspLane` with top module ``dsp_lane``
+        Verilog of :class:`~hw.dsp.lane.PackedDspLane` with top module ``dsp_lane``
         (:func:`write_lane_verilog`).
     plan_dict : mapping or PackingPlan
         The mode the Verilog was generated for: ``dataclasses.asdict(plan)`` (or the plan itself).

@@ -240,7 +240,7 @@ def run_accelerator(verilog_path, inputs, expected, *, work_dir, simulator: str 
     Parameters
     ----------
     verilog_path : path
-        Verilog from :func:`hw.verilog.write_verilog` (top module ``mpq_accel``).
+        Verilog from :func:`hw.platform.verilog.write_verilog` (top module ``mpq_accel``).
     inputs : array_like of int, ``[N, n_in]``
         Input activation codes, one image per row.
     expected : array_like of int, ``[N, n_out]``

@@ -1,4 +1,4 @@
-"""cocotb testbench of the accelerator top ``mpq_accel`` (hw/verilog.py).
+"""cocotb testbench of the accelerator top ``mpq_accel`` (hw/platform/verilog.py).
 
 The test runs whole images through the Verilog: a driver feeds input codes into ``i`` (one code per beat,
 ``n_in`` beats per image), a monitor collects class scores from ``o`` (``payload[31:0]`` signed score,

@@ -1,4 +1,4 @@
-"""cocotb testbench of the packed DSP48E1 lane ``dsp_lane`` (:class:`hw.dsp_lane.PackedDspLane`).
+"""cocotb testbench of the packed DSP48E1 lane ``dsp_lane`` (:class:`hw.dsp.lane.PackedDspLane`).
 
 A driver feeds operand sets into ``i`` (``payload`` = ``w[0..weights)``, ``a[0..acts)``, ``last``, packed
 LSB first in that order, as Amaranth flattens its struct and array layouts), a monitor takes the finished
@@ -16,7 +16,7 @@ The test is configured by environment variables (set by :func:`sim.lane_runner.r
 
 ``MPQ_LANE_CASE``
     ``.npz`` with ``ops`` (int64 ``[N, weights + acts + 1]``: weight codes, activation codes, ``last``) and
-    ``plan`` (JSON of the :class:`~hw.packing.PackingPlan` fields).
+    ``plan`` (JSON of the :class:`~hw.dsp.packing.PackingPlan` fields).
 ``MPQ_LANE_RESULT``
     Path of the JSON the test writes before it asserts (see :meth:`DspLaneTB.result`).
 ``MPQ_LANE_STALL``
@@ -40,7 +40,7 @@ import numpy as np
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge
 
-from hw.packing import PackingPlan
+from hw.dsp.packing import PackingPlan
 from sim.stream_tb import CLOCK_NS, StreamTB, write_json
 
 #: Cycles without any accepted beat after which the lane counts as hung (its latency is a few cycles).

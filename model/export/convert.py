@@ -83,6 +83,12 @@ def input_codes(model, x: torch.Tensor) -> torch.Tensor:
     return model.stages()[0][1].to_codes(x)
 
 
+def golden_accuracy(net: IntNetwork, model, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of the integer network ``net`` on images ``x`` (quantized by ``model``'s input quantizer)."""
+    pred = net.predict(input_codes(model, x).numpy())
+    return float((pred == y.numpy()).mean())
+
+
 def scales(model) -> dict:
     """Float scales of every quantizer, for the image manifest's ``extra`` (documentation only)."""
     return {

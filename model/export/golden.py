@@ -41,6 +41,10 @@ Rounding is named once here and nowhere else: **floor** for the accumulator shif
 requantizer. The float model rounds half to even (``torch.round``); the two differ only on exact ties,
 which the accuracy test bounds (golden within 0.5 percentage points of fake-quant).
 
+This module imports numpy only, never torch: it is part of the export contract that the hardware side
+(``hw/``) reads, and generating Verilog must not load a deep-learning framework. Inputs may be numpy arrays
+or anything ``np.asarray`` takes (a CPU torch tensor included); results are int64 numpy arrays.
+
 Every array here is int64. For ``n_in <= MAX_FAN_IN = 2^12`` and 8-bit activations, in both modes:
 ``S_m < 2^m * 2^8 * 2^12`` (``2^52`` for ``m = 32``), each ``2 R_m S_m < 2 D * 255 * n_m``, so
 ``2 sum_m R_m S_m < 2^53``; ``D * A < 2^52``; ``sum_m R_m A_m <= R_4 * 255 * 2^12 < 2^49``; and
@@ -54,7 +58,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from model.errors import UserError
 
@@ -132,16 +135,16 @@ class IntNetwork:
     input_bits: int
     layers: tuple[IntLinear, ...]
 
-    def forward(self, u: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Integer inference. ``u``: int64 ``[N, n_in]`` input codes. Returns int64 ``[N, n_classes]``."""
-        x = torch.as_tensor(np.asarray(u), dtype=torch.int64)
+    def forward(self, u) -> np.ndarray:
+        """Integer inference. ``u``: ``[N, n_in]`` input codes. Returns int64 ``[N, n_classes]``."""
+        x = as_codes(u)
         for layer in self.layers:
             x = layer_forward(layer, x)
         return x
 
-    def predict(self, u) -> torch.Tensor:
-        """Class index of the highest score (lowest index on ties, like ``torch.argmax``)."""
-        return self.forward(u).argmax(dim=1)
+    def predict(self, u) -> np.ndarray:
+        """Class index of the highest score (lowest index on ties, like ``np.argmax``)."""
+        return self.forward(u).argmax(axis=1)
 
     @property
     def avg_weight_bits(self) -> float:
@@ -182,7 +185,12 @@ def check_layer(layer: IntLinear, where: str = "layer") -> None:
         raise UserError(f"{where}: field 'bias' outside (-2^62, 2^62)")
 
 
-def class_sums(layer: IntLinear, u: torch.Tensor) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+def as_codes(u) -> np.ndarray:
+    """``u`` as an int64 numpy array (numpy arrays, lists and CPU torch tensors all convert)."""
+    return np.asarray(u).astype(np.int64, copy=False)
+
+
+def class_sums(layer: IntLinear, u) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Per-class unsigned sums ``S_m`` and per-class activation sums ``A_m`` (module docstring).
 
     Parameters
@@ -197,15 +205,16 @@ def class_sums(layer: IntLinear, u: torch.Tensor) -> tuple[dict[int, torch.Tenso
         ``S_m = sum over class-m weights of q u`` and ``A_m = sum over class-m weights of u``; pruned
         weights take part in neither. The two modes have the same sums; only :func:`combine` differs.
     """
-    q = torch.as_tensor(layer.codes, dtype=torch.int64)
-    w = torch.as_tensor(layer.widths, dtype=torch.int64)
-    sums = {m: u @ torch.where(w == m, q, 0).T for m in CLASSES}
-    act_sums = {m: u @ (w == m).to(torch.int64).T for m in CLASSES}
+    u = as_codes(u)
+    q = np.asarray(layer.codes, dtype=np.int64)
+    w = np.asarray(layer.widths, dtype=np.int64)
+    sums = {m: u @ np.where(w == m, q, 0).T for m in CLASSES}
+    act_sums = {m: u @ (w == m).astype(np.int64).T for m in CLASSES}
     return sums, act_sums
 
 
-def combine(sums: dict[int, torch.Tensor], act_sums: dict[int, torch.Tensor], signed: bool = False
-            ) -> torch.Tensor:
+def combine(sums: dict[int, np.ndarray], act_sums: dict[int, np.ndarray], signed: bool = False
+            ) -> np.ndarray:
     """``D`` times the exact dot product of the layer's weights with the activations (module docstring).
 
     DoReFa: ``acc = 2 sum_m R_m S_m - D A``; signed (offset-binary codes): the same minus
@@ -219,16 +228,16 @@ def combine(sums: dict[int, torch.Tensor], act_sums: dict[int, torch.Tensor], si
     return acc
 
 
-def requantize(acc: torch.Tensor, mult, bias, shift: int, out_bits: int) -> torch.Tensor:
+def requantize(acc, mult, bias, shift: int, out_bits: int) -> np.ndarray:
     """Floor shift, fixed-point multiply-add, round half up, then clamp (hidden) or saturate (scores)."""
-    t = acc >> ACC_SHIFT
-    y = (t * torch.as_tensor(mult) + torch.as_tensor(bias) + (1 << (shift - 1))) >> shift
+    t = as_codes(acc) >> ACC_SHIFT
+    y = (t * np.asarray(mult, dtype=np.int64) + np.asarray(bias, dtype=np.int64) + (1 << (shift - 1))) >> shift
     if out_bits:
-        return y.clamp(0, (1 << out_bits) - 1)
-    return y.clamp(INT32_MIN, INT32_MAX)
+        return np.clip(y, 0, (1 << out_bits) - 1)
+    return np.clip(y, INT32_MIN, INT32_MAX)
 
 
-def layer_forward(layer: IntLinear, u: torch.Tensor) -> torch.Tensor:
+def layer_forward(layer: IntLinear, u) -> np.ndarray:
     sums, act_sums = class_sums(layer, u)
     return requantize(combine(sums, act_sums, layer.signed), layer.mult, layer.bias, layer.shift, layer.out_bits)
 

@@ -1,0 +1,171 @@
+# amaranth: UnusedElaboratable=no
+"""MacLane: per-class row sums (products and activations) against plain Python integers and against
+model.export.golden.class_sums, for DoReFa and signed (offset-binary) layers."""
+
+import numpy as np
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from hw.core.mac_lane import ACT_SUM_BITS, SUM_BITS, MacLane
+from model.export.golden import CLASSES, IntLinear, check_layer, class_sums
+from tests.hw.stream_source import Source
+
+CODE = {4: 1, 8: 2, 16: 3, 32: 4}  # width -> mask code (docs/image_format.md)
+
+
+
+
+def run_lane(operands, n_rows, seed, p_gap, p_stall, batch=1):
+    """Feed ``operands`` (dicts of the operand layout); return the row sums and the transfer cycles."""
+    rng = np.random.default_rng(seed)
+    dut = MacLane(batch)
+    got, in_cycles, out_cycles = [], [], []
+
+    async def bench(ctx):
+        src = Source(dut.i, operands, rng, p_gap)
+        held = None
+        for cycle in range(10 * len(operands) + 50):
+            if len(got) == n_rows:
+                break
+            src.drive(ctx)
+            ctx.set(dut.o.ready, rng.random() >= p_stall)
+            _, _, iv, ir, ov, orr, sums = await ctx.tick().sample(
+                dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload)
+            src.update(iv, ir)
+            if iv and ir:
+                in_cycles.append(cycle)
+            if held is not None:
+                assert ov and sums == held, "row sums changed or vanished before their transfer"
+            held = sums if ov and not orr else None
+            if ov and orr:
+                got.append([{**{m: int(getattr(sums[k], f"s{m}")) for m in CLASSES},
+                             **{f"a{m}": int(getattr(sums[k], f"a{m}")) for m in CLASSES}}
+                            for k in range(batch)])
+                out_cycles.append(cycle)
+        assert len(got) == n_rows, f"lane stalled after {len(got)} of {n_rows} rows"
+        for _ in range(5):  # nothing more
+            ctx.set(dut.o.ready, 1)
+            _, _, ov = await ctx.tick().sample(dut.o.valid)
+            assert not ov
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return got, in_cycles, out_cycles
+
+
+def model_sums(rows, batch=1):
+    """Plain Python, per image k: S_m = sum of q * u[k] over the row's code-m operands, A_m = sum of u[k]
+    over them."""
+    out = []
+    for row in rows:
+        images = []
+        for k in range(batch):
+            sums = {m: sum(op["q"] * op["u"][k] for op in row if op["code"] == CODE[m]) for m in CLASSES}
+            sums.update({f"a{m}": sum(op["u"][k] for op in row if op["code"] == CODE[m]) for m in CLASSES})
+            images.append(sums)
+        out.append(images)
+    return out
+
+
+def random_rows(rng, n_rows, batch=1):
+    rows = []
+    for _ in range(n_rows):
+        kind = rng.integers(0, 5)
+        length = {0: 0, 1: 1}.get(int(kind), int(rng.integers(1, 25)))
+        row = []
+        for _ in range(length):
+            width = int(rng.choice(CLASSES))
+            top = (1 << width) - 1
+            q = int(rng.choice([top, 0, int(rng.integers(0, top, endpoint=True))]))
+            u = [int(rng.choice([255, 0, int(rng.integers(0, 256))])) for _ in range(batch)]
+            row.append({"code": CODE[width], "q": q, "u": u, "row_end": 0})
+        if kind == 4 and row:
+            row = [{**op, "q": (1 << 32) - 1 if op["code"] == CODE[32] else op["q"], "u": [255] * batch}
+                   for op in row]
+        if not row or rng.random() < 0.3:
+            # An empty row end (the decoder's all-pruned last mask word): q and u must be ignored.
+            row.append({"code": 0, "q": int(rng.integers(0, 1 << 32)),
+                        "u": [int(rng.integers(0, 256)) for _ in range(batch)], "row_end": 0})
+        row[-1]["row_end"] = 1
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(("seed", "batch"), [(0, 1), (1, 1), (2, 2), (3, 2), (4, 4)])
+def test_lane_row_sums_match_python_ints(seed, batch):
+    rng = np.random.default_rng(seed)
+    rows = random_rows(rng, 30, batch)
+    p_gap, p_stall = [(0.0, 0.0), (0.3, 0.3), (0.6, 0.2), (0.1, 0.7), (0.5, 0.5)][seed]
+    got, _, _ = run_lane([op for row in rows for op in row], len(rows), seed, p_gap, p_stall, batch)
+    assert got == model_sums(rows, batch)
+
+
+def test_lane_extremes_fit_the_sum_widths():
+    """A long row of 32-bit q = 2^32 - 1 at u = 255, and one of every class at its maximum: exact."""
+    big = [{"code": CODE[32], "q": (1 << 32) - 1, "u": [255, 255], "row_end": 0} for _ in range(40)]
+    every = [{"code": CODE[m], "q": (1 << m) - 1, "u": [255, 255], "row_end": 0}
+             for m in CLASSES for _ in range(3)]
+    rows = [big, every, [{"code": 0, "q": (1 << 32) - 1, "u": [255, 255], "row_end": 0}]]
+    for row in rows:
+        row[-1]["row_end"] = 1
+    got, _, _ = run_lane([op for row in rows for op in row], len(rows), 0, 0.2, 0.2, batch=2)
+    assert got == model_sums(rows, 2)
+    assert got[0][1][32] == 40 * ((1 << 32) - 1) * 255 and got[0][1]["a32"] == 40 * 255
+    assert got[1][0]["a4"] == got[1][0]["a16"] == 3 * 255
+    assert got[2][0] == {4: 0, 8: 0, 16: 0, 32: 0, "a4": 0, "a8": 0, "a16": 0, "a32": 0}
+    # The accumulators hold the largest row the contract allows (MAX_FAN_IN weights, 8-bit activations).
+    assert all((((1 << m) - 1) * 255 * 4096) < 1 << SUM_BITS[m] for m in CLASSES)
+    assert 255 * 4096 < 1 << ACT_SUM_BITS
+
+
+def test_lane_latency_and_throughput():
+    """No gaps, no stalls: one operand a cycle, and a row's sums leave ``latency`` cycles after its end."""
+    rng = np.random.default_rng(9)
+    rows = random_rows(rng, 12)
+    ops = [op for row in rows for op in row]
+    got, in_cycles, out_cycles = run_lane(ops, len(rows), 1, 0.0, 0.0)
+    assert got == model_sums(rows)
+    assert in_cycles == list(range(in_cycles[0], in_cycles[0] + len(ops)))
+    ends = [c for c, op in zip(in_cycles, ops) if op["row_end"]]
+    assert out_cycles == [c + MacLane().latency for c in ends]
+
+
+@pytest.mark.parametrize(("signed", "batch"), [(False, 1), (True, 1), (True, 2)])
+def test_lane_matches_golden_class_sums(signed, batch):
+    """Operands built as the decoder emits them for an IntLinear, against model.export.golden.class_sums.
+
+    A signed layer's offset-binary codes run through the same lane: its sums are what the requantizer's
+    correction needs (``A_m`` per class), so they must match the golden model's too.
+    """
+    rng = np.random.default_rng(21 + signed + batch)
+    n_out, n_in = 6, 17
+    widths = rng.choice([0, 4, 8, 16, 32], size=(n_out, n_in), p=(0.3, 0.2, 0.2, 0.15, 0.15))
+    widths[2] = 0  # an all-pruned row
+    widths[4] = 32
+    top = np.where(widths == 32, (1 << 32) - 1, (1 << np.minimum(widths, 31)) - 1)
+    low = np.minimum(int(signed), top)  # signed codes are >= 1 (c >= -(2^(m-1) - 1))
+    codes = np.maximum(np.minimum((rng.random(widths.shape) * (top + 1.0)).astype(np.int64), top), low)
+    codes = codes * (widths != 0)
+    codes[4, :3] = (1 << 32) - 1
+    codes[4, 3:5] = 1 if signed else 0  # c = -(2^31 - 1): the most negative signed 32-bit code
+    layer = IntLinear(codes=codes, widths=widths.astype(np.int64), in_bits=8, out_bits=8,
+                      mult=np.ones(n_out, dtype=np.int64), bias=np.zeros(n_out, dtype=np.int64), shift=1,
+                      signed=signed)
+    check_layer(layer)
+    u = rng.integers(0, 256, size=(batch, n_in))
+    u[:, :5] = 255
+    ops = []
+    for j in range(n_out):
+        row = [{"code": CODE[int(widths[j, i])], "q": int(codes[j, i]), "u": [int(x) for x in u[:, i]],
+                "row_end": 0} for i in range(n_in) if widths[j, i]]
+        row = row or [{"code": 0, "q": 0, "u": [int(x) for x in u[:, 0]], "row_end": 0}]
+        row[-1]["row_end"] = 1
+        ops += row
+    got, _, _ = run_lane(ops, n_out, 4, 0.3, 0.3, batch)
+    sums, act_sums = class_sums(layer, torch.as_tensor(u, dtype=torch.int64))
+    for j in range(n_out):
+        assert got[j] == [{**{m: int(sums[m][k, j]) for m in CLASSES},
+                           **{f"a{m}": int(act_sums[m][k, j]) for m in CLASSES}} for k in range(batch)]

@@ -1,0 +1,258 @@
+"""The integer golden model: exact dot products, named rounding, and agreement with the fake-quant model."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from model.data import load_digits_split
+from model.errors import UserError
+from model.export.convert import golden_accuracy, input_codes, to_golden
+from model.export.golden import (
+    ACC_SHIFT,
+    CLASSES,
+    MAX_FAN_IN,
+    MULT_BITS,
+    IntLinear,
+    R,
+    check_layer,
+    class_sums,
+    combine,
+    layer_forward,
+    requant_params,
+    requantize,
+)
+from model.quant.nets import DigitsMLP
+from model.training.loop import evaluate, train
+
+D = 2**32 - 1
+
+
+def dorefa_value(q: int, m: int) -> Fraction:
+    """Eq. 3 with exact rationals: 2 q / (2^m - 1) - 1."""
+    return Fraction(2 * q, 2**m - 1) - 1 if m else Fraction(0)
+
+
+def signed_value(c: int, m: int) -> Fraction:
+    """The signed mode's weight, exactly: 2 c / (2^m - 1)."""
+    return Fraction(2 * c, 2**m - 1) if m else Fraction(0)
+
+
+def layer(codes, widths, mult=None, bias=None, shift=20, out_bits=4, signed=False, in_bits=4):
+    codes = np.asarray(codes, dtype=np.int64)
+    widths = np.asarray(widths, dtype=np.int64)
+    n_out = codes.shape[0]
+    return IntLinear(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits,
+                     mult=np.full(n_out, 1 if mult is None else mult, dtype=np.int64),
+                     bias=np.full(n_out, 0 if bias is None else bias, dtype=np.int64), shift=shift,
+                     signed=signed)
+
+
+def offset_codes(c: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Offset binary: q = c + 2^(m-1) where m > 0, 0 where pruned."""
+    return np.where(widths > 0, c + (np.int64(1) << np.maximum(widths - 1, 0)), 0).astype(np.int64)
+
+
+def exact_acc(values, u) -> int:
+    """D * sum_i w_i u_i for exact rational weights; asserts that it is an integer."""
+    total = D * sum(w * int(x) for w, x in zip(values, u))
+    assert total.denominator == 1
+    return int(total)
+
+
+def test_class_constants_repeat_the_code():
+    # R_m * q is q's bits repeated to fill 32 bits (ARCHITECTURE.md, integer semantics).
+    assert R == {4: 0x11111111, 8: 0x01010101, 16: 0x00010001, 32: 1}
+    assert 0xA * R[4] == 0xAAAAAAAA and 0x5C * R[8] == 0x5C5C5C5C
+
+
+def test_hand_computed_dot_product():
+    # widths 4, 8, 0, 32 and 16; codes 15 (w = 1), 0 (w = -1), pruned, 2^31 and 0x8000 (near 0).
+    lay = layer([[15, 0, 0, 2**31, 0x8000]], [[4, 8, 0, 32, 16]])
+    u = np.array([[3, 5, 9, 2, 7]])
+    sums, act_sums = class_sums(lay, u)
+    assert {m: int(sums[m].item()) for m in CLASSES} == {4: 45, 8: 0, 16: 7 * 0x8000, 32: 2 * 2**31}
+    # Per-class activation sums; the pruned weight's activation counts nowhere.
+    assert {m: int(act_sums[m].item()) for m in CLASSES} == {4: 3, 8: 5, 16: 7, 32: 2}
+    # w = 1, -1, (2*2^31 - D)/D = 1/D, (2*0x8000 - 65535)/65535 = 1/65535
+    exact = 3 * 1 + 5 * -1 + 2 * Fraction(1, D) + 7 * Fraction(1, 65535)
+    assert int(combine(sums, act_sums).item()) == exact * D
+    # The same codes read as a signed layer: c = q - 2^(m-1) = 7, -128, 2^31 - 2^31 = 0, 0x8000 - 0x8000 = 0.
+    exact = 3 * Fraction(14, 15) + 5 * Fraction(-256, 255)
+    assert int(combine(sums, act_sums, signed=True).item()) == exact * D
+
+
+def test_combine_is_exact_for_random_layers():
+    rng = np.random.default_rng(3)
+    widths = rng.choice([0, 4, 8, 16, 32], size=(6, 40))
+    top = np.where(widths == 32, D, (1 << np.minimum(widths, 31)) - 1)
+    codes = (rng.random(widths.shape) * (top + 1.0)).astype(np.int64).clip(0, top) * (widths != 0)
+    codes[0, :] = top[0, :]  # extreme codes, 2^32 - 1 included
+    u = rng.integers(0, 256, size=(3, 40))
+    u[0, :] = 255
+    lay = layer(codes, widths)
+    acc = combine(*class_sums(lay, torch.as_tensor(u)))
+    for n in range(3):
+        for j in range(6):
+            exact = sum(dorefa_value(int(codes[j, i]), int(widths[j, i])) * int(u[n, i]) for i in range(40))
+            assert int(acc[n, j]) == exact * D
+
+
+def test_signed_hand_computed_dot_product():
+    # c = 7 (4 bit), -127 (8 bit), pruned, -1 (32 bit), 2 (16 bit): an even c, which DoReFa cannot hold.
+    c = np.array([[7, -127, 0, -1, 2]])
+    widths = np.array([[4, 8, 0, 32, 16]])
+    q = offset_codes(c, widths)
+    assert q.tolist() == [[15, 1, 0, 2**31 - 1, 0x8002]]
+    lay = layer(q, widths, signed=True)
+    check_layer(lay)
+    u = np.array([[3, 5, 9, 2, 7]])
+    sums, act_sums = class_sums(lay, u)
+    exact = 3 * Fraction(14, 15) + 5 * Fraction(-254, 255) + 2 * Fraction(-2, D) + 7 * Fraction(4, 65535)
+    assert int(combine(sums, act_sums, signed=True).item()) == exact * D
+    # The correction is -sum_m R_m A_m on top of the DoReFa accumulator of the same codes.
+    r_a = 0x11111111 * 3 + 0x01010101 * 5 + 0x00010001 * 7 + 1 * 2
+    assert int(combine(sums, act_sums, signed=True).item()) == int(combine(sums, act_sums).item()) - r_a
+
+
+def random_signed(rng, widths):
+    """Symmetric signed codes: 0 where pruned, else the extremes +-(2^(m-1) - 1), +-1, 0 or uniform."""
+    top = np.where(widths > 0, (np.int64(1) << np.maximum(widths - 1, 0)) - 1, 0)
+    uniform = np.floor(rng.random(widths.shape) * (2.0 * top + 1)).astype(np.int64) - top
+    pick = rng.integers(0, 6, size=widths.shape)
+    c = np.choose(pick, [top, -top, np.ones_like(top), -np.ones_like(top), np.zeros_like(top), uniform])
+    return np.clip(c, -top, top) * (widths > 0)
+
+
+def test_signed_combine_is_exact_for_random_mixed_layers():
+    """Mixed-width signed layers (every class, pruned weights, c = 0 kept) against exact rationals."""
+    rng = np.random.default_rng(5)
+    for n_in in (1, 7, 40):
+        widths = rng.choice([0, 4, 8, 16, 32], size=(8, n_in))
+        widths[0] = rng.choice([4, 8, 16, 32], size=n_in)  # no pruned weight
+        widths[1] = 0  # all pruned
+        c = random_signed(rng, widths)
+        lay = layer(offset_codes(c, widths), widths, signed=True, in_bits=8)
+        check_layer(lay)
+        u = rng.integers(0, 256, size=(3, n_in))
+        u[0] = 255
+        acc = combine(*class_sums(lay, torch.as_tensor(u)), signed=True)
+        for n in range(3):
+            for j in range(8):
+                values = [signed_value(int(c[j, i]), int(widths[j, i])) for i in range(n_in)]
+                assert int(acc[n, j]) == exact_acc(values, u[n])
+        assert not acc[:, 1].any()
+
+
+def test_signed_extremes_at_max_fan_in():
+    """c = +-(2^(m-1) - 1) for every width (32 included) over MAX_FAN_IN inputs at u = 255: exact in int64."""
+    rows, signs = [], []
+    for m in CLASSES:
+        for sign in (1, -1):
+            rows.append(np.full(MAX_FAN_IN, m))
+            signs.append(sign)
+    widths = np.array(rows + [np.resize([4, 8, 16, 32], MAX_FAN_IN)] * 2)  # and two rows mixing all widths
+    signs += [1, -1]
+    top = (np.int64(1) << (widths - 1)) - 1
+    c = top * np.array(signs)[:, None]
+    lay = layer(offset_codes(c, widths), widths, signed=True, in_bits=8)
+    check_layer(lay)
+    u = np.full((1, MAX_FAN_IN), 255)
+    acc = combine(*class_sums(lay, torch.as_tensor(u)), signed=True)[0]
+    for j in range(len(widths)):
+        values = {m: signed_value(int(signs[j]) * (2 ** (m - 1) - 1), m) for m in CLASSES}
+        assert int(acc[j]) == exact_acc([values[int(m)] for m in widths[j]], u[0])
+    # |acc| <= D * 255 * 4096 < 2^52 (module docstring), the 32-bit rows nearly reach it.
+    assert int(np.abs(acc).max()) < 2**52 and int(acc[6]) == 2 * (2**31 - 1) * 255 * MAX_FAN_IN
+
+
+def test_signed_zero_codes_equal_pruning():
+    """An unpruned c = 0 weight adds exactly nothing, so pruning it (zero-skipping) changes no result."""
+    rng = np.random.default_rng(8)
+    widths = rng.choice([4, 8, 16, 32], size=(5, 30))
+    c = random_signed(rng, widths)
+    u = torch.as_tensor(rng.integers(0, 256, size=(4, 30)))
+    kept = layer(offset_codes(c, widths), widths, signed=True, in_bits=8)
+    pruned_widths = np.where(c == 0, 0, widths)
+    pruned = layer(offset_codes(c, pruned_widths), pruned_widths, signed=True, in_bits=8)
+    assert (c == 0).any() and not (c[widths == 0] != 0).any()
+    assert np.array_equal(layer_forward(kept, u), layer_forward(pruned, u))
+    assert np.array_equal(combine(*class_sums(kept, u), signed=True), combine(*class_sums(pruned, u), signed=True))
+
+
+def test_signed_flag_only_changes_the_correction():
+    """The same codes run as DoReFa and as signed differ by exactly sum_m R_m A_m in acc."""
+    rng = np.random.default_rng(2)
+    widths = rng.choice([0, 4, 8, 16, 32], size=(6, 25))
+    codes = offset_codes(random_signed(rng, widths), widths)
+    u = torch.as_tensor(rng.integers(0, 256, size=(2, 25)))
+    sums, act_sums = class_sums(layer(codes, widths, in_bits=8), u)
+    correction = sum(R[m] * act_sums[m] for m in CLASSES)
+    assert np.array_equal(combine(sums, act_sums) - combine(sums, act_sums, signed=True), correction)
+
+
+def test_requantize_rounds_floor_then_half_up():
+    # acc >> 16 is a floor: -1 -> -1, and -65536 -> -1, -65537 -> -2.
+    acc = np.array([-1, -65536, -65537, 65535])
+    t = acc >> ACC_SHIFT
+    assert t.tolist() == [-1, -1, -2, 0]
+    # y = (t * M + B + 2^(S-1)) >> S with S = 1, M = 1: t/2 rounded half up: 5/2 -> 3, -5/2 -> -2.
+    acc = np.array([5 << 16, -5 << 16, 4 << 16, -3 << 16])
+    y = requantize(acc, 1, 0, 1, out_bits=0)
+    assert y.tolist() == [3, -2, 2, -1]
+    # Hidden layers clamp to [0, 2^bits - 1].
+    y = requantize(np.array([100 << 16, -100 << 16]), 1, 0, 1, out_bits=4)
+    assert y.tolist() == [15, 0]
+    # The last layer saturates to int32.
+    y = requantize(np.array([1 << 57, -(1 << 57)]), (1 << 17) - 1, 0, 1, out_bits=0)
+    assert y.tolist() == [2**31 - 1, -(2**31)]
+
+
+def test_requant_params_precision():
+    gain = np.array([0.5, 1.3, 0.02, 7.0])
+    offset = np.array([-3.25, 0.0, 11.5, 2.0])
+    mult, bias, shift = requant_params(gain, offset)
+    assert mult.max() < 2**MULT_BITS and mult.max() >= 2 ** (MULT_BITS - 1)
+    # gain * sum(wu) + offset for sum(wu) = 20: acc = 20 * D.
+    acc = np.full((4,), 20 * D)
+    y = requantize(acc, mult, bias, shift, out_bits=0)
+    np.testing.assert_allclose(y, np.floor(gain * 20 + offset + 0.5), atol=1)
+
+
+def test_check_layer_rejects_bad_widths_and_codes():
+    with pytest.raises(UserError, match=r"'widths'.*allowed \(0, 4, 8, 16, 32\)"):
+        check_layer(layer([[1]], [[3]]))
+    with pytest.raises(UserError, match="'codes'"):
+        check_layer(layer([[16]], [[4]]))
+    with pytest.raises(UserError, match="'shift'"):
+        check_layer(layer([[1]], [[4]], shift=0))
+    # Signed layers: q = 0 would be c = -2^(m-1), outside the symmetric range.
+    check_layer(layer([[1, 15, 0]], [[4, 4, 0]], signed=True))
+    check_layer(layer([[0]], [[4]]))  # the same code is fine for DoReFa
+    with pytest.raises(UserError, match=r"'codes' of a signed layer outside \[1, 2\^width - 1\]"):
+        check_layer(layer([[1, 0]], [[4, 8]], signed=True))
+    with pytest.raises(UserError, match="'signed' is 1; allowed True or False"):
+        check_layer(layer([[1]], [[4]], signed=1))
+
+
+def test_golden_accuracy_matches_fake_quant():
+    """The acceptance test of the conversion: within 0.5 percentage points on the digits test set."""
+    split = load_digits_split()
+    torch.manual_seed(0)
+    model = DigitsMLP(hidden=(32,), act_bits=4)
+    gen = torch.Generator().manual_seed(1)
+    for lin in model.quant_layers():  # a mixed element-wise mask like an IMQ ticket
+        idx = torch.randint(0, 5, lin.weight.shape, generator=gen)
+        lin.set_bit_width(np.array([0, 4, 8, 16, 32])[idx])
+    train(model, split, epochs=6, progress=False)
+    fq = evaluate(model, split.x_test, split.y_test)
+    net = to_golden(model)
+    golden = golden_accuracy(net, model, split.x_test, split.y_test)
+    assert fq > 0.85
+    assert abs(golden - fq) <= 0.005
+    # And the scores themselves agree with the float logits to the score resolution.
+    with torch.no_grad():
+        logits = model(split.x_test).double()
+    scores = torch.as_tensor(net.forward(input_codes(model, split.x_test))).double() / 256
+    assert (logits - scores).abs().max() < 0.05
