@@ -20,7 +20,7 @@ from amaranth.utils import ceil_log2
 
 from model.errors import UserError
 
-from hw.core.accelerator import Accelerator
+from hw.accelerator import Accelerator
 
 # amaranth-boards' MicroZed 7020 has no PL clock, LEDs or buttons (its clocks come from the PS), so the
 # self-test shell targets the Arty Z7-20 only until the PS interface exists.

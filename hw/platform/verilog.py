@@ -4,13 +4,13 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hw.core.accelerator import Accelerator
+from hw.accelerator import Accelerator
 
 TOP_NAME = "mpq_accel"
 
 
 def accelerator_verilog(image, *, name: str = TOP_NAME, **kwargs) -> str:
-    """Verilog text of :class:`~hw.core.accelerator.Accelerator` for ``image`` (top module ``name``)."""
+    """Verilog text of :class:`~hw.accelerator.Accelerator` for ``image`` (top module ``name``)."""
     return verilog.convert(Accelerator(image, **kwargs), name=name, emit_src=False)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
-from hw.core.accelerator import Accelerator
+from hw.accelerator import Accelerator
 from model.export.golden import MAX_FAN_IN, IntNetwork, layer_forward
 from model.export.image import pack
 from tests.hw.netgen import random_network
