@@ -1,0 +1,133 @@
+"""The package layers import one way (README, "Layout"): checked on the source, so a new upward import fails here.
+
+Each project module gets a layer from :data:`LAYERS` (longest matching prefix); a module may import only
+modules of a lower layer or of its own package at the same layer, and the module graph has no cycle.
+Project imports inside functions are allowed only in the ``*_command.py`` modules, whose ``run`` defers the
+heavy imports so that ``--help`` stays fast; anywhere else an import inside a function would hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("model", "hw", "sim")
+
+#: Module prefix -> layer; lower layers never import higher ones.
+LAYERS: dict[str, float] = {
+    "model.errors": 0,
+    "model.files": 0,
+    "model.export.format": 1,
+    "model.export.golden": 1,
+    "model.export.image": 1,
+    "model.cli": 2,
+    "model.data": 2,
+    # hw sees only the torch-free contract (layers 0-1; checked again by ALLOWED_FOR_HW), inside it:
+    # DSP lanes -> the core's blocks -> the accelerator top -> platform (Verilog, boards, Yosys)
+    "hw": 2.0,
+    "hw.dsp": 2.1,
+    "hw.core": 2.2,
+    "hw.accelerator": 2.3,
+    "hw.platform": 2.4,
+    "model.quant": 3,
+    "model.training": 4,
+    "model.methods": 5,
+    "model.export.convert": 5,
+    "model.runs": 6,
+    "model.bench": 7,
+    "sim": 7,
+    "build": 9,
+}
+#: What hw/ may import from outside hw/: the torch-free export contract and CLI helpers (no torch, no sim).
+ALLOWED_FOR_HW = ("hw", "model.cli", "model.errors", "model.files", "model.export.format", "model.export.golden",
+                  "model.export.image")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(name: str) -> float:
+    if (ROOT / name.replace(".", "/")).is_dir():
+        return 0  # a package's (empty) __init__
+    if name.endswith("_command"):
+        return 8
+    best = max((p for p in LAYERS if name == p or name.startswith(p + ".")), key=len, default=None)
+    assert best is not None, f"{name} has no layer in tests/test_layering.py LAYERS: add it"
+    return LAYERS[best]
+
+
+def project_imports(path: Path) -> list[tuple[str, int, bool]]:
+    """``(imported module, line, inside a function)`` for every import of a project module in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+
+    def visit(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            names = []
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                # `from model.quant import nets` imports the module model.quant.nets
+                names = [f"{child.module}.{a.name}" if (ROOT / (child.module.replace(".", "/") + f"/{a.name}.py"))
+                         .exists() else child.module for a in child.names]
+            for name in names:
+                if name.split(".")[0] in (*PACKAGES, "build"):
+                    found.append((name, child.lineno, in_function))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def sources() -> list[Path]:
+    files = [ROOT / "build.py"]
+    for package in PACKAGES:
+        files += sorted((ROOT / package).rglob("*.py"))
+    return files
+
+
+def test_no_relative_imports():
+    bad = [f"{p.relative_to(ROOT)}:{n.lineno}" for p in sources() for n in ast.walk(ast.parse(p.read_text()))
+           if isinstance(n, ast.ImportFrom) and n.level > 0]
+    assert not bad, f"use absolute imports (the layer check reads them): {bad}"
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_go_down(path):
+    me = module_name(path)
+    mine = layer_of(me)
+    for name, line, in_function in project_imports(path):
+        where = f"{path.relative_to(ROOT)}:{line} imports {name}"
+        if in_function:
+            assert me.endswith("_command") or me == "build", f"{where} inside a function (only *_command.py modules defer imports)"
+        if me.startswith("hw"):
+            assert name.startswith(ALLOWED_FOR_HW), f"{where}: hw/ may import only {ALLOWED_FOR_HW}"
+        same_package = name.rsplit(".", 1)[0] == me.rsplit(".", 1)[0]
+        assert layer_of(name) < mine or (layer_of(name) == mine and (same_package or mine >= 7)), (
+            f"{where}: layer {layer_of(name)} above or beside layer {mine}")
+
+
+def test_no_import_cycles():
+    graph = {module_name(p): {n for n, _, _ in project_imports(p)} for p in sources()}
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*stack, node, nxt]))
+            if nxt in graph and not state.get(nxt):
+                visit(nxt, [*stack, node])
+        state[node] = 2
+
+    for node in graph:
+        if not state.get(node):
+            visit(node, [])
