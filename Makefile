@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 demo: setup
 	$(VPY) build.py demo
 
-test: setup
+test: setup fashion-mnist
 	$(VPY) -m pytest -q
 
 # Fashion-MNIST (70,000 28x28 images) from Debian, for the LTS benchmark and `train --method lts`.
