@@ -18,8 +18,9 @@ DEFAULT_BATCH = 2
 ADAM_LR = 3e-3
 SGD_LR = 0.05
 
-__all__ = ["ADAM_LR", "DEFAULT_BATCH", "DEFAULT_OUT", "SEED", "SGD_LR", "act_bits", "add_batch_arg", "add_image_arg",
-           "batch_size", "bounded", "print_rows", "print_table", "write_json"]
+__all__ = ["ADAM_LR", "DEFAULT_BATCH", "DEFAULT_OUT", "IMAGE_COUNT", "SEED", "SGD_LR", "act_bits", "add_batch_arg",
+           "add_data_override_args", "add_image_arg", "batch_size", "bounded", "print_rows", "print_table",
+           "write_json"]
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str, str, object]]) -> None:
@@ -56,6 +57,9 @@ def bounded(kind, lo, hi):
 #: Seeds: what numpy and scikit-learn accept.
 SEED = bounded(int, 0, 2**32 - 1)
 
+#: A number of test images; the upper bound is the data set's test count, checked once it is loaded.
+IMAGE_COUNT = bounded(int, 1, 10**9)
+
 
 def act_bits(text: str) -> int:
     """PACT-k activation width: 1..8 (integer codes), or 32 (PACT-32, full precision)."""
@@ -83,3 +87,13 @@ def add_batch_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=batch_size, default=DEFAULT_BATCH,
                    help="images computed together, sharing each decoded weight on packed DSP48E1 lanes: "
                         f"1 or even up to 16 (default: {DEFAULT_BATCH})")
+
+
+def add_data_override_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--data`` / ``--data-root``: read ``what``'s test images from another data set or folder than recorded."""
+    p.add_argument("--data", default=None,
+                   help=f"data set of the test images: digits, fashion-mnist, idx, cifar10 or cifar100 (default: "
+                        f"the one {what} records, or digits if it records none)")
+    p.add_argument("--data-root", default=None,
+                   help=f"folder of that data set (default: the one {what} records; Fashion-MNIST's default "
+                        f"is /usr/share/datasets/fashion-mnist)")

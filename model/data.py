@@ -30,7 +30,9 @@ from model.errors import UserError
 #: Where the Debian package ``dataset-fashion-mnist`` puts its IDX files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
-#: The four IDX files of an MNIST-style folder (each may also be gzipped, with a ``.gz`` suffix).
+#: The four IDX files of an MNIST-style folder. Each may also be spelled with a dot before ``idx``
+#: (``train-images.idx3-ubyte``, as some mirrors and Kaggle name them) and may be gzipped (``.gz``):
+#: :func:`idx_spellings`.
 IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -143,17 +145,48 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(shape)
 
 
+def idx_spellings(stem: str) -> tuple[str, ...]:
+    """The file names that :func:`load_idx_split` accepts for ``stem`` (e.g. ``train-images-idx3-ubyte``),
+    in the order it tries them: ``stem``, ``stem.gz``, then the dotted ``train-images.idx3-ubyte`` and
+    ``train-images.idx3-ubyte.gz``."""
+    dotted = stem.replace("-idx", ".idx")
+    return stem, f"{stem}.gz", dotted, f"{dotted}.gz"
+
+
+def _expected_idx_files() -> str:
+    return ", ".join(f"{f}[.gz]" for f in IDX_FILES) + " (or spelled with a dot: train-images.idx3-ubyte[.gz], ...)"
+
+
 def _find_idx(root: Path, stem: str) -> Path:
-    """``root / stem`` if it is a file, else ``root / stem.gz``; :class:`UserError` naming both if neither."""
-    for candidate in (root / stem, root / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    expected = ", ".join(f"{f}[.gz]" for f in IDX_FILES)
+    """The first of :func:`idx_spellings` that is a file in ``root``; :class:`UserError` naming them if none."""
+    for name in idx_spellings(stem):
+        if (root / name).is_file():
+            return root / name
     raise UserError(
-        f"IDX folder {str(root)!r}: missing {stem!r} (or {stem}.gz); expected the files {expected}"
+        f"IDX folder {str(root)!r}: missing {stem!r} (or {', '.join(idx_spellings(stem)[1:])}); expected the "
+        f"files {_expected_idx_files()}"
         + (" (for Fashion-MNIST: apt-get install -y dataset-fashion-mnist)" if str(root) == FASHION_MNIST_ROOT
            else "")
     )
+
+
+def idx_image_shape(root: str | Path) -> tuple[int, int, int] | None:
+    """``(1, rows, cols)`` from the header of the folder's training images, or ``None`` if it cannot be read.
+
+    Reads only the 16 header bytes (decompressing no more than that of a ``.gz``), so it is cheap even for
+    the 47 MB of Fashion-MNIST.
+    """
+    try:
+        path = _find_idx(Path(root), IDX_FILES[0])
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            head = f.read(16)
+    except (UserError, OSError, EOFError, gzip.BadGzipFile):
+        return None
+    if len(head) < 16 or head[:4] != bytes([0, 0, 0x08, 3]):
+        return None
+    _, rows, cols = (int(d) for d in np.frombuffer(head, dtype=">i4", count=3, offset=4))
+    return 1, rows, cols
 
 
 def load_idx_split(
@@ -166,14 +199,15 @@ def load_idx_split(
 
     Images are flattened row-major to ``[N, rows * cols]`` (784 for 28x28) float32 ``pixel / 255`` in
     ``[0, 1]``, like every other :class:`Split` (``x.view(-1, 1, 28, 28)`` gives the image back); labels
-    are int64. The split is the files' own train / t10k split. Each file may be plain or gzipped
-    (``name`` or ``name.gz``; the plain one wins if both exist).
+    are int64. The split is the files' own train / t10k split. Each file may be plain or gzipped, with a
+    hyphen or a dot before ``idx`` (:func:`idx_spellings`; the first spelling found wins).
 
     Parameters
     ----------
     root : str or Path
         Folder holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``
-        and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``).
+        and ``t10k-labels-idx1-ubyte``, each optionally ``.gz`` and optionally spelled with a dot before
+        ``idx`` (``train-images.idx3-ubyte``): :func:`idx_spellings`.
     name : str
         Stored in :attr:`Split.name`.
     train_subset, test_subset : int, optional
@@ -188,7 +222,7 @@ def load_idx_split(
     _check_subsets(train_subset, test_subset)
     root = Path(root)
     if not root.is_dir():
-        expected = ", ".join(f"{f}[.gz]" for f in IDX_FILES)
+        expected = _expected_idx_files()
         hint = ""
         if str(root) == FASHION_MNIST_ROOT:
             hint = " (install it with apt-get install -y dataset-fashion-mnist)"
@@ -485,3 +519,169 @@ def load_dataset(
         return load_idx_split(root, "idx", train_subset, test_subset)
     loader = load_cifar10_split if name == "cifar10" else load_cifar100_split
     return loader(root, train_subset, test_subset)
+
+
+def image_shape_of(name: str, root: str | Path | None = None) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of data set ``name`` without loading it: digits ``(1, 8, 8)``, CIFAR ``(3, 32, 32)``, an
+    IDX folder from its header (:func:`idx_image_shape`; ``None`` if it cannot be read)."""
+    if name == "digits":
+        return 1, 8, 8
+    if name in ("cifar10", "cifar100"):
+        return CIFAR_IMAGE_SHAPE
+    if name in ("fashion-mnist", "idx") and (root is not None or name == "fashion-mnist"):
+        return idx_image_shape(root or FASHION_MNIST_ROOT)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ data record
+@dataclass(frozen=True)
+class DataRecord:
+    """The data set a network was trained on, as checkpoints and images record it.
+
+    A checkpoint keeps it in its meta (``"dataset"``, :mod:`model.runs.checkpoint`), an image in
+    ``manifest.json`` (``"data"``, :mod:`model.export.image`), so that ``build.py sim``, ``verilog`` and
+    ``eval`` feed the network its own test images: :meth:`load_test` gives them back exactly (same files,
+    digits split seed and test subset).
+
+    Members
+    -------
+    name : str
+        One of :data:`DATASETS`.
+    root : str or None
+        The data folder, absolute; ``None`` for digits and where none was given (Fashion-MNIST then reads
+        :data:`FASHION_MNIST_ROOT`).
+    input_shape : tuple of int
+        ``(C, H, W)`` of an image (:attr:`Split.image_shape`); the network takes ``C*H*W`` inputs.
+    input_bits : int
+        Width of the network's input codes (its ``InputQuant``): 1..8, or 32.
+    seed : int
+        Seed of the digits' train/test split (the other sets come split; recorded anyway).
+    train_subset, test_subset : int or None
+        The first this many training / test images were used; ``None``: all.
+    """
+
+    name: str
+    root: str | None
+    input_shape: tuple[int, int, int]
+    input_bits: int
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+    #: The JSON keys, in :meth:`to_json` order.
+    KEYS = ("name", "root", "input_shape", "input_bits", "seed", "train_subset", "test_subset")
+
+    @classmethod
+    def of(cls, name: str, root: str | Path | None, input_shape, input_bits: int, seed: int = 0,
+           train_subset: int | None = None, test_subset: int | None = None, where: str = "data record"
+           ) -> DataRecord:
+        """A checked record; ``root`` becomes absolute (digits keeps ``None``); ``where`` prefixes errors.
+
+        Raises
+        ------
+        UserError
+            Naming the field and the allowed values.
+        """
+        if root is not None and name != "digits":
+            root = str(Path(root).expanduser().resolve())
+        return cls.from_json({"name": name, "root": None if name == "digits" else root,
+                              "input_shape": list(input_shape), "input_bits": input_bits, "seed": seed,
+                              "train_subset": train_subset, "test_subset": test_subset}, where)
+
+    @classmethod
+    def from_json(cls, data, where: str) -> DataRecord:
+        """Rebuild from :meth:`to_json`'s dict, checking every field.
+
+        Raises
+        ------
+        UserError
+            ``"{where}: field '<key>' is ...; allowed ..."``; keys beyond :attr:`KEYS` are ignored.
+        """
+        if not isinstance(data, dict):
+            raise UserError(f"{where} is a {type(data).__name__}; expected an object with keys {list(cls.KEYS)}")
+        missing = [k for k in cls.KEYS if k not in data]
+        if missing:
+            raise UserError(f"{where}: missing key(s) {missing}; expected {list(cls.KEYS)}")
+        name, root, shape, bits = data["name"], data["root"], data["input_shape"], data["input_bits"]
+        if name not in DATASETS:
+            raise UserError(f"{where}: field 'name' is {name!r}; allowed {DATASETS}")
+        if root is not None and (not isinstance(root, str) or not Path(root).is_absolute()):
+            raise UserError(f"{where}: field 'root' is {root!r}; allowed an absolute folder path or null")
+        if (not isinstance(shape, list | tuple) or len(shape) != 3
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
+            raise UserError(f"{where}: field 'input_shape' is {shape!r}; allowed [C, H, W], integers >= 1")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 8 or bits == 32):
+            raise UserError(f"{where}: field 'input_bits' is {bits!r}; allowed 1..8 or 32")
+        if isinstance(data["seed"], bool) or not isinstance(data["seed"], int) or data["seed"] < 0:
+            raise UserError(f"{where}: field 'seed' is {data['seed']!r}; allowed integers >= 0")
+        try:
+            _check_subsets(data["train_subset"], data["test_subset"])
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        return cls(name, root, tuple(shape), bits, data["seed"], data["train_subset"], data["test_subset"])
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "root": self.root, "input_shape": list(self.input_shape),
+                "input_bits": self.input_bits, "seed": self.seed, "train_subset": self.train_subset,
+                "test_subset": self.test_subset}
+
+    @property
+    def features(self) -> int:
+        """Inputs per image, ``C*H*W``."""
+        return int(np.prod(self.input_shape))
+
+    def override(self, name: str | None = None, root: str | Path | None = None) -> DataRecord:
+        """The same record read from another data set (``name``) and/or another copy of it (``root``).
+
+        The network's side (input shape and bits) and the split (seed, subsets) stay; another ``name``
+        without a ``root`` uses that set's default (none, or Fashion-MNIST's :data:`FASHION_MNIST_ROOT`).
+
+        Raises
+        ------
+        UserError
+            For an unknown ``name``, or a ``root`` for digits.
+        """
+        if name is None and root is None:
+            return self
+        new_name = self.name if name is None else name
+        if new_name == "digits" and root is not None:
+            raise UserError(f"--data-root {str(root)!r}: the data set 'digits' is bundled with scikit-learn and "
+                            f"takes no root")
+        new_root = root if root is not None else (self.root if new_name == self.name else None)
+        return DataRecord.of(new_name, new_root, self.input_shape, self.input_bits, self.seed,
+                             self.train_subset, self.test_subset, where="--data / --data-root")
+
+    def describe(self) -> str:
+        """``name`` with its folder, e.g. ``fashion-mnist (/usr/share/datasets/fashion-mnist)``."""
+        root = self.root or (FASHION_MNIST_ROOT if self.name == "fashion-mnist" else None)
+        return self.name if root is None else f"{self.name} ({root})"
+
+    def load_test(self, where: str) -> Split:
+        """The recorded test images: the split :func:`load_dataset` gives for this record.
+
+        Only the test part is meant to be used: the training part is cut to one image (CIFAR then reads
+        one training batch instead of five); the digits' test split does not depend on it.
+
+        Parameters
+        ----------
+        where : str
+            What holds the record (``"out/image/manifest.json: field 'data'"``), for the messages.
+
+        Raises
+        ------
+        UserError
+            If the data set is not available here (missing folder or file: the message says to pass
+            ``--data`` / ``--data-root``), or its images do not have :attr:`features` inputs.
+        """
+        try:
+            split = load_dataset(self.name, self.root, train_subset=1, test_subset=self.test_subset, seed=self.seed)
+        except UserError as exc:
+            raise UserError(f"{where} records the data set {self.describe()}, which cannot be read here: {exc}; "
+                            f"install or copy it, or choose another copy with --data-root DIR (or another "
+                            f"set with --data NAME)") from None
+        if split.x_test.shape[1] != self.features:
+            raise UserError(f"{where}: field 'input_shape' is {list(self.input_shape)} ({self.features} inputs), "
+                            f"but the data set {self.describe()} has {split.x_test.shape[1]} inputs per image "
+                            f"(shape {list(split.image_shape)}); choose the data set the network was trained on "
+                            f"with --data / --data-root")
+        return split

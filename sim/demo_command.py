@@ -8,7 +8,7 @@ from pathlib import Path
 
 from model.cli import DEFAULT_OUT, add_batch_arg, print_table, write_json
 from model.export.export_command import export_image
-from model.runs.train_command import add_train_args, train_ticket
+from model.runs.train_command import add_train_args, resolve, train_ticket
 from sim.sim_command import run_rtl
 
 HELP = "train an IMQ ticket on digits, export it, run it in RTL, synthesize"
@@ -24,10 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from hw.platform.synth import format_table, synthesize
     from hw.platform.verilog import TOP_NAME
+    from model.data import DataRecord
     from model.errors import UserError
     from model.export.convert import golden_accuracy, to_golden
+    from model.runs.checkpoint import input_bits_of
     from model.training.loop import evaluate
 
+    resolve(args, "imq")
     if args.data != "digits":
         raise UserError(f"`demo` runs on the embedded digits (its RTL check feeds the digits test images), "
                         f"not --data {args.data!r}; use `train --data {args.data}`, then `export` and `sim`")
@@ -35,13 +38,17 @@ def run(args) -> int:
     t0 = time.time()
     print("[1/5] training: float baseline, then IMQ (Algorithm 1) to <= "
           f"{args.target_bits} average weight bits")
-    model, float_acc, history, split = train_ticket(args, out)
+    result, split = train_ticket(args, out)
+    model, float_acc, history = result.ticket_model, result.float_accuracy, result.history
     fq_acc = evaluate(model, split.x_test, split.y_test)
 
     print("[2/5] integer golden model and packed image")
     net = to_golden(model)
     golden_acc = golden_accuracy(net, model, split.x_test, split.y_test)
-    manifest = export_image(model, out / "image")
+    config = result.config
+    data = DataRecord.of(config.data, None, split.image_shape, input_bits_of(model), config.seed,
+                         config.train_subset, config.test_subset)
+    manifest = export_image(model, out / "image", data)
 
     print(f"[3/5] RTL simulation ({args.simulator}) of every test image under random back-pressure")
     rtl = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=True, batch=args.batch)
@@ -69,14 +76,16 @@ def run(args) -> int:
         "simulator": args.simulator,
         "batch": args.batch,
         "wall_seconds": round(time.time() - t0, 1),
+        "resumed": result.resumed,
     }
     write_json(out / "summary.json", summary)
     rows = [(k, summary[k]) for k in ("float_accuracy", "fakequant_accuracy", "golden_accuracy",
                                       "rtl_accuracy", "rtl_images", "rtl_mismatches", "avg_weight_bits",
                                       "image_bytes", "cycles_per_image", "images_per_second_at_100mhz",
                                       "wall_seconds")]
+    rows.append(("resumed", "true" if result.resumed else "false"))
     print_table(rows, "mpqaccel demo: digits, IMQ ticket on the accelerator")
     print("\n" + format_table(res))
     print(f"\nwrote {out / 'summary.json'} and {out / 'imq.png'}")
-    ok = summary["rtl_mismatches"] == 0 and res.fits()
+    ok = summary["rtl_mismatches"] == 0 and rtl.get("passed", True) and timing.get("passed", True) and res.fits()
     return 0 if ok else 1

@@ -1,4 +1,4 @@
-"""Run the cocotb testbench of the packed DSP48E1 lane (:mod:`sim.tb_dsp_lane`) on its generated Verilog.
+"""Run the cocotb testbench of the packed DSP48E1 lane (:mod:`sim.tb.dsp_lane`) on its generated Verilog.
 
 :func:`run_dsp_lane` builds the Verilog once per (Verilog text, simulator) under ``work_dir`` and simulates
 any number of operand streams against it::
@@ -35,7 +35,7 @@ from hw.platform.synth import yosys_binary
 from sim.runner import build, check_timeout, run_test
 
 TOPLEVEL = "dsp_lane"
-TEST_MODULE = "sim.tb_dsp_lane"
+TEST_MODULE = "sim.tb.dsp_lane"
 
 
 def mode_name(plan: PackingPlan) -> str:
@@ -156,7 +156,7 @@ def run_dsp_lane(verilog_path, plan_dict, ops, *, work_dir, simulator: str = "ic
     Returns
     -------
     dict
-        The testbench's record (:meth:`sim.tb_dsp_lane.DspLaneTB.result`: ``mode``, ``operand_sets``,
+        The testbench's record (:meth:`sim.tb.dsp_lane.DspLaneTB.result`: ``mode``, ``operand_sets``,
         ``dot_products``, ``mismatches``, ``sums``, ``cycles_total``, ``sim_wall_s``, ``cycles_per_s``...)
         plus ``verified`` (``"exhaustive"`` when ``ops`` holds every combination of operand values, see
         :func:`coverage`, else ``"random"``), ``passed`` (the cocotb verdict), ``simulator``, ``wall_s``

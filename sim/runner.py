@@ -1,4 +1,4 @@
-"""Run the cocotb testbench (:mod:`sim.tb_accelerator`) on generated accelerator Verilog.
+"""Run the cocotb testbench (:mod:`sim.tb.accelerator`) on generated accelerator Verilog.
 
 :func:`run_accelerator` builds the Verilog once per (Verilog text, simulator) under ``work_dir`` and then
 simulates any number of input sets against it::
@@ -31,7 +31,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 TOPLEVEL = "mpq_accel"
-TEST_MODULE = "sim.tb_accelerator"
+TEST_MODULE = "sim.tb.accelerator"
 SIMULATORS = ("icarus", "verilator")
 TIMESCALE = ("1ns", "1ps")
 #: Verilator flags: Amaranth's Verilog trips width and unused-signal lints that are not errors.
@@ -255,7 +255,7 @@ def run_accelerator(verilog_path, inputs, expected, *, work_dir, simulator: str 
         Seed of the stall patterns (and cocotb's random seed).
     timeout_cycles : int or None
         Cycles without any accepted beat after which the run fails as hung; None: the testbench default
-        (:data:`sim.tb_accelerator.DEFAULT_TIMEOUT_CYCLES`).
+        (:data:`sim.tb.accelerator.DEFAULT_TIMEOUT_CYCLES`).
     keep_logs : bool
         Keep the run folder (case, result, ``sim.log``, ``results.xml``) after a passing run; failing runs
         always keep theirs.
@@ -263,7 +263,7 @@ def run_accelerator(verilog_path, inputs, expected, *, work_dir, simulator: str 
     Returns
     -------
     dict
-        The testbench's record (:meth:`sim.tb_accelerator.AcceleratorTB.result`: ``images``, ``mismatches``,
+        The testbench's record (:meth:`sim.tb.accelerator.AcceleratorTB.result`: ``images``, ``mismatches``,
         ``mismatched_images``, ``scores``, ``cycles_total``, ``cycles_per_image``, ...) plus ``passed``
         (the cocotb verdict: every image received and equal, no protocol error, no timeout),
         ``simulator``, ``wall_s`` (whole simulator run), ``build_dir`` and ``log`` (the kept run folder's

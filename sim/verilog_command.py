@@ -1,11 +1,15 @@
-"""``build.py verilog``: an image -> the accelerator's Verilog and a Vivado build plan with a self-test ROM."""
+"""``build.py verilog``: an image -> the accelerator's Verilog and a Vivado build plan with a self-test ROM.
+
+The self-test ROM holds the first ``--selftest-images`` test images of the data set the image's manifest
+records (``--data`` / ``--data-root`` choose another) and their golden scores.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, SEED, add_batch_arg, add_image_arg, bounded
+from model.cli import DEFAULT_OUT, IMAGE_COUNT, SEED, add_batch_arg, add_data_override_args, add_image_arg
 from sim.sim_command import golden_vectors
 
 HELP = "image -> accelerator Verilog and a Vivado build plan (XDC, TCL)"
@@ -14,9 +18,11 @@ HELP = "image -> accelerator Verilog and a Vivado build plan (XDC, TCL)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
     p.add_argument("--board", default="arty_z7_20", choices=("arty_z7_20",), help="XC7Z020 board")
-    p.add_argument("--selftest-images", type=bounded(int, 1, 360), default=16,
-                   help="test images in the on-board self-test ROM (default: 16)")
-    p.add_argument("--seed", type=SEED, default=0, help="data split seed, 0..2^32-1 (default: 0)")
+    p.add_argument("--selftest-images", type=IMAGE_COUNT, default=16,
+                   help="test images in the on-board self-test ROM, up to the data set's test count (default: 16)")
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="digits split seed of an image that records no data set, 0..2^32-1 (default: 0)")
+    add_data_override_args(p, "the image")
     p.add_argument("--out", default=str(DEFAULT_OUT / "verilog"), help="output directory")
     add_batch_arg(p)
 
@@ -28,13 +34,15 @@ def run(args) -> int:
     from model.export.image import pack, read_image
 
     net, _ = read_image(args.image)
+    # The test vectors first: a data set that is not available here is an error before any file is written.
+    _, _, u, expected, _ = golden_vectors(Path(args.image), args.selftest_images, args.seed, args.data,
+                                          args.data_root, flag="--selftest-images")
+    if len(u) % args.batch:
+        raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")
     words = pack(net)
     out = Path(args.out)
     path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
     print(f"wrote {path}")
-    _, _, u, expected, _ = golden_vectors(Path(args.image), args.selftest_images, args.seed)
-    if len(u) % args.batch:
-        raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")
     files = write_build_plan(out / "vivado", words, u, expected, board=args.board, batch=args.batch)
     print(f"wrote the Vivado build plan for {args.board} ({len(files)} files) to {out / 'vivado'}; "
           f"run build_mpq_accel_selftest.sh there with Vivado on PATH")

@@ -6,6 +6,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from hw.core.global_buffer import buffer_port_signature
+
 
 class WordFetcher(wiring.Component):
     """Reads ``base, base+1, ...`` from a shared synchronous read port, ahead of its consumer.
@@ -25,9 +27,10 @@ class WordFetcher(wiring.Component):
     -------
     start, base : In
         Restart at ``base`` (one-cycle pulse).
-    req, addr : Out
-        Read request to the arbiter; ``grant`` says it was issued this cycle, ``data`` returns it one
-        cycle later (the port's latency).
+    bus : Out(buffer_port_signature(addr_width))
+        Read requests to a :class:`~hw.core.global_buffer.GlobalBuffer` port: ``req`` and ``addr`` out;
+        ``grant`` says the read was issued this cycle, ``data`` returns it one cycle later (the port's
+        latency).
     o : Out(stream.Signature(32))
         Words in address order.
     """
@@ -41,10 +44,7 @@ class WordFetcher(wiring.Component):
         super().__init__({
             "start": In(1),
             "base": In(addr_width),
-            "req": Out(1),
-            "addr": Out(addr_width),
-            "grant": In(1),
-            "data": In(32),
+            "bus": Out(buffer_port_signature(addr_width)),
             "o": Out(stream.Signature(32)),
         })
 
@@ -53,24 +53,25 @@ class WordFetcher(wiring.Component):
         fifo = SyncFIFO(width=32, depth=self._depth)
         m.submodules.fifo = ResetInserter(self.start)(fifo)
 
-        addr = Signal.like(self.addr)
+        bus = self.bus
+        addr = Signal.like(bus.addr)
         inflight = Signal()
         # Words the FIFO will hold next cycle without new reads: what it holds, plus the read in flight,
         # less the word popped now. Counting the popped word keeps one read a cycle going at depth 2.
         occupancy = Signal(range(self._depth + 2))
         m.d.comb += [
             occupancy.eq(fifo.level + inflight - (self.o.valid & self.o.ready)),
-            self.req.eq(~self.start & (occupancy < self._depth)),
-            self.addr.eq(addr),
-            fifo.w_data.eq(self.data),
+            bus.req.eq(~self.start & (occupancy < self._depth)),
+            bus.addr.eq(addr),
+            fifo.w_data.eq(bus.data),
             fifo.w_en.eq(inflight),
             self.o.payload.eq(fifo.r_data),
             self.o.valid.eq(fifo.r_rdy),
             fifo.r_en.eq(self.o.ready),
         ]
-        m.d.sync += inflight.eq(self.req & self.grant & ~self.start)
+        m.d.sync += inflight.eq(bus.req & bus.grant & ~self.start)
         with m.If(self.start):
             m.d.sync += addr.eq(self.base)
-        with m.Elif(self.req & self.grant):
+        with m.Elif(bus.req & bus.grant):
             m.d.sync += addr.eq(addr + 1)
         return m

@@ -23,11 +23,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from model.export.golden import CLASSES, MAX_ACT_BITS, MAX_FAN_IN
-
+from hw.core.image_layout import WidthCode
 from hw.dsp.lane import PackedDspLane, lane_latency
 from hw.dsp.packing import plan
-from hw.core.weight_decoder import CODE_OF_WIDTH
+from model.export.format import CODE_OF_WIDTH
+from model.export.golden import CLASSES, MAX_ACT_BITS, MAX_FAN_IN
 
 #: Bits of each class accumulator: max code * max activation * max fan-in, exactly.
 SUM_BITS = {m: (((1 << m) - 1) * ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN).bit_length() for m in CLASSES}
@@ -41,8 +41,9 @@ ROW_SUMS_LAYOUT = data.StructLayout({
 
 
 def operand_layout(batch: int) -> data.StructLayout:
+    """One weight (width code and code ``q``) with the activations of ``batch`` images at its input index."""
     return data.StructLayout({
-        "code": unsigned(3),
+        "code": WidthCode,
         "q": unsigned(32),
         "u": data.ArrayLayout(MAX_ACT_BITS, batch),
         "row_end": unsigned(1),
@@ -60,7 +61,8 @@ class MacLane(wiring.Component):
     Members
     -------
     i : In(stream.Signature(operand_layout(batch)))
-        Weight code (width code 0 = no weight, only a row end), the images' activation codes, row end.
+        Weight code (width code ``PRUNED`` = no weight, only a row end), the images' activation codes, row
+        end.
     o : Out(stream.Signature(data.ArrayLayout(ROW_SUMS_LAYOUT, batch)))
         Each image's exact class sums ``S_4 .. S_32`` and class activation sums ``A_4 .. A_32`` for the
         row (model.export.golden.class_sums).
@@ -108,7 +110,7 @@ class MacLane(wiring.Component):
         flat = [lane for row in lanes for lane in row]
 
         # Side band (width code, activation codes, row end) waits in a FIFO for the products.
-        side_layout = data.StructLayout({"code": unsigned(3), "u": data.ArrayLayout(MAX_ACT_BITS, batch),
+        side_layout = data.StructLayout({"code": WidthCode, "u": data.ArrayLayout(MAX_ACT_BITS, batch),
                                          "row_end": unsigned(1)})
         m.submodules.side = side = SyncFIFO(width=side_layout.size, depth=flat[0].latency + 2)
         side_in = data.View(side_layout, side.w_data)
@@ -153,7 +155,7 @@ class MacLane(wiring.Component):
             m.d.sync += self.o.valid.eq(0)
         with m.If(take & side_out.row_end):
             m.d.sync += self.o.valid.eq(1)
-        in_class = {cl: side_out.code == CODE_OF_WIDTH[cl] for cl in CLASSES}
+        in_class = {cl: side_out.code == WidthCode(CODE_OF_WIDTH[cl]) for cl in CLASSES}
         for image in range(batch):
             g, k = divmod(image, p.acts)
             product = Signal(32 + MAX_ACT_BITS, name=f"product{image}")

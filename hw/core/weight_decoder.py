@@ -4,26 +4,28 @@ It turns the two packed regions of the global buffer (docs/image_format.md) back
 non-zero weight: the input index, the width code and the weight code ``q``. Ten mask codes are looked at
 every cycle and the lowest non-zero one is taken (a priority encoder), so pruned weights cost no cycle
 unless a whole mask word is empty (ten pruned weights for one cycle). Rows end with a token flagged
-``row_end``; an all-pruned row still produces one (with width code 0) so its output is computed.
+``row_end``; an all-pruned row still produces one (with width code ``PRUNED``) so its output is computed.
+
+A reserved width code (5-7, :data:`model.export.format.RESERVED_CODES`) in any position of a layer's mask
+words is not a weight: when the priority encoder reaches one, the decoder raises ``error`` instead of
+emitting it and stops (no more tokens, no more mask or payload words taken; a token already offered on
+``o`` still waits for its transfer) until it is reset. The words are typed by
+:data:`~hw.core.image_layout.MASK_WORD_LAYOUT` and the codes by :class:`~hw.core.image_layout.WidthCode`.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.export.golden import WIDTHS
-from model.export.image import CODES_PER_WORD
-
-#: Weight width -> its 3-bit mask code (the index in WIDTHS, docs/image_format.md), and back.
-CODE_OF_WIDTH = {width: code for code, width in enumerate(WIDTHS)}
-WIDTH_OF_CODE = dict(enumerate(WIDTHS))
+from hw.core.image_layout import MASK_WORD_LAYOUT, WidthCode, is_reserved
+from model.export.format import CODES_PER_WORD, WIDTH_OF_CODE
 
 
 def token_layout(index_width: int) -> data.StructLayout:
-    """Payload of the decoder's output: one non-zero weight, or an empty end of row (``code == 0``)."""
+    """Payload of the decoder's output: one non-zero weight, or an empty end of row (code ``PRUNED``)."""
     return data.StructLayout({
         "index": unsigned(index_width),
-        "code": unsigned(3),
+        "code": WidthCode,
         "q": unsigned(32),
         "row_end": unsigned(1),
     })
@@ -48,6 +50,13 @@ class WeightDecoder(wiring.Component):
         The layer's mask words and payload words, in address order.
     o : Out(stream.Signature(token_layout(index_width)))
         One token per non-zero weight; ``row_end`` marks the last of a row.
+    error : Out(1)
+        A reserved width code was reached (sticky until reset; the decoder has stopped).
+
+    Raises
+    ------
+    ValueError
+        For ``index_width`` < 4.
     """
 
     def __init__(self, *, index_width: int):
@@ -60,21 +69,20 @@ class WeightDecoder(wiring.Component):
             "mask": In(stream.Signature(32)),
             "payload": In(stream.Signature(32)),
             "o": Out(stream.Signature(token_layout(index_width))),
+            "error": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         n = CODES_PER_WORD
 
-        word = Signal(3 * n)  # the current mask word (codes only)
-        pending = Signal(n)  # non-zero codes of `word` not yet emitted
-        have = Signal()  # `word` holds a mask word
+        codes = Signal(data.ArrayLayout(WidthCode, n))  # the current mask word's codes
+        pending = Signal(n)  # non-zero codes of `codes` not yet emitted
+        have = Signal()  # `codes` holds a mask word
         widx = Signal(self._index_width)  # word index inside the row
         ibase = Signal(self._index_width)  # widx * 10, the input index of code 0
         bitbuf = Signal(64)  # payload bits, next weight in the LSBs
         nbits = Signal(range(65))
-
-        codes = [word[3 * p:3 * p + 3] for p in range(n)]
 
         # Lowest pending position (priority encoder); `pick` is one-hot.
         pos = Signal(range(n))
@@ -87,20 +95,22 @@ class WeightDecoder(wiring.Component):
         rest = Signal(n)
         m.d.comb += rest.eq(pending & ~pick)
 
-        code = Signal(3)
-        m.d.comb += code.eq(Cat(*codes).word_select(pos, 3))
-        width = Signal(range(33))
-        with m.Switch(code):
-            for c, w in WIDTH_OF_CODE.items():
-                with m.Case(c):
-                    m.d.comb += width.eq(w)
+        code = Signal(WidthCode)
+        m.d.comb += code.eq(codes[pos])
+        width = Signal(range(max(WIDTH_OF_CODE.values()) + 1))
+        with m.Switch(code.as_value()):
+            for member in WidthCode:
+                with m.Case(member):
+                    m.d.comb += width.eq(WIDTH_OF_CODE[member.value])
+        reserved = Signal()  # the next code is reserved: an error, not a weight
+        m.d.comb += reserved.eq(is_reserved(code))
 
         last_word = Signal()
         m.d.comb += last_word.eq(widx == self.words_per_row - 1)
 
         row = Signal(self._index_width)  # rows finished
         active = Signal()
-        m.d.comb += active.eq(row != self.rows)
+        m.d.comb += active.eq((row != self.rows) & ~self.error)
 
         out_free = Signal()
         m.d.comb += out_free.eq(active & (~self.o.valid | self.o.ready))
@@ -110,17 +120,19 @@ class WeightDecoder(wiring.Component):
         emit_empty_end = Signal()  # an all-pruned tail of a row leaves as an empty row end
         word_done = Signal()  # the current word has nothing left after this cycle
         m.d.comb += [
-            emit_weight.eq(have & any_pending & out_free & (nbits >= width)),
+            emit_weight.eq(have & any_pending & ~reserved & out_free & (nbits >= width)),
             emit_empty_end.eq(have & ~any_pending & last_word & out_free),
             word_done.eq((emit_weight & (rest == 0)) | emit_empty_end | (have & ~any_pending & ~last_word)),
         ]
 
+        with m.If(have & any_pending & reserved & active):
+            m.d.sync += self.error.eq(1)
         with m.If(~self.o.valid | self.o.ready):
             m.d.sync += self.o.valid.eq(emit_weight | emit_empty_end)
         with m.If(emit_weight | emit_empty_end):
             m.d.sync += [
                 self.o.payload.index.eq(ibase + pos),
-                self.o.payload.code.eq(Mux(emit_weight, code, 0)),
+                self.o.payload.code.eq(Mux(emit_weight, code.as_value(), WidthCode.PRUNED)),
                 self.o.payload.q.eq(bitbuf[:32] & ((Const(1, 33) << width) - 1)),
                 self.o.payload.row_end.eq(last_word & (emit_empty_end | (rest == 0))),
             ]
@@ -133,10 +145,11 @@ class WeightDecoder(wiring.Component):
             load.eq(active & self.mask.valid & (~have | word_done)),
             self.mask.ready.eq(load),
         ]
+        incoming = data.View(MASK_WORD_LAYOUT, self.mask.payload)
         with m.If(load):
             m.d.sync += [
-                word.eq(self.mask.payload[:3 * n]),
-                pending.eq(Cat(*(c != 0 for c in (self.mask.payload[3 * p:3 * p + 3] for p in range(n))))),
+                codes.eq(incoming.codes),
+                pending.eq(Cat(*(c != WidthCode.PRUNED for c in incoming.codes))),
                 have.eq(1),
             ]
         with m.Elif(word_done):
@@ -154,7 +167,7 @@ class WeightDecoder(wiring.Component):
         m.d.comb += left.eq(nbits - consumed)
         refill = Signal()
         m.d.comb += [
-            refill.eq(self.payload.valid & (left <= 32)),
+            refill.eq(self.payload.valid & (left <= 32) & ~self.error),
             self.payload.ready.eq(refill),
         ]
         kept = Signal(64)

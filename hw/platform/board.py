@@ -18,9 +18,8 @@ from amaranth import ClockDomain, ClockSignal, Elaboratable, Instance, Module, S
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
-from model.errors import UserError
-
 from hw.accelerator import Accelerator
+from model.errors import UserError
 
 # amaranth-boards' MicroZed 7020 has no PL clock, LEDs or buttons (its clocks come from the PS), so the
 # self-test shell targets the Arty Z7-20 only until the PS interface exists.

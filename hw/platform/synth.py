@@ -62,20 +62,36 @@ def parse_stat(text: str) -> Resources:
     return Resources(dsp=cells.get("DSP48E1", 0), lut=lut, ff=ff, bram36=bram36, cells=cells)
 
 
-def synthesize(verilog_path, top: str, *, log_path=None) -> Resources:
-    """Run ``synth_xilinx -flatten`` on ``verilog_path`` and count what it mapped to."""
+def synth_stat(verilog_path, top: str, *, flatten: bool = True, log_path=None) -> str:
+    """Run ``synth_xilinx`` (flattened or keeping the hierarchy) on ``verilog_path``; return its ``stat``.
+
+    Without ``flatten``, the text has one section per module (``=== top.sub ===``, see
+    :func:`module_cells`) and a ``design hierarchy`` section with the totals.
+    """
     verilog_path = Path(verilog_path)
     if not verilog_path.is_file():
         raise UserError(f"{verilog_path}: no such Verilog file")
-    script = f"read_verilog {verilog_path}; synth_xilinx -family xc7 -flatten -top {top}; stat"
+    flow = f"synth_xilinx -family xc7{' -flatten' if flatten else ''} -top {top}"
+    script = f"read_verilog {verilog_path}; {flow}; stat"
     proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
     if log_path is not None:
         Path(log_path).write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
         raise RuntimeError(f"yosys failed on {verilog_path} (exit {proc.returncode}):\n{tail}")
-    stat = proc.stdout[proc.stdout.rfind("Printing statistics"):]
-    return parse_stat(stat)
+    return proc.stdout[proc.stdout.rfind("Printing statistics"):]
+
+
+def synthesize(verilog_path, top: str, *, log_path=None) -> Resources:
+    """Run ``synth_xilinx -flatten`` on ``verilog_path`` and count what it mapped to."""
+    return parse_stat(synth_stat(verilog_path, top, log_path=log_path))
+
+
+def module_cells(text: str) -> dict[str, dict[str, int]]:
+    """Cell counts per module of a hierarchical ``stat`` (``synth_stat(..., flatten=False)``); the
+    ``design hierarchy`` section (the totals) is left out."""
+    sections = re.findall(r"^=== (\S+) ===\n(.*?)(?=^=== |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    return {name: parse_stat(body).cells for name, body in sections}
 
 
 LABELS = {"dsp": "DSP48E1", "lut": "LUT", "ff": "FF", "bram36": "RAMB36"}

@@ -1,4 +1,14 @@
-"""`build.py bench bmpq`: FP-32 against BMPQ at several compression ratios on Fashion-MNIST, and its plot."""
+"""`build.py bench bmpq`: FP-32 against BMPQ at several compression ratios on Fashion-MNIST, and its plot.
+
+``bmpq.json`` is a list of rows (:func:`run_bmpq_bench`); the floors (:func:`floors`, :mod:`model.bench.floors`)
+go beside it to ``bmpq_floors.json`` as ``{"floors": {...}}``, so the rows keep their format. From the
+README ("10x within 1 point of FP-32"), for the row whose target compression is :data:`FLOOR_COMPRESSION`:
+
+* ``compression_ratio_10x >= 10``: the reached ``r_M^32`` (Eq. 12);
+* ``accuracy_drop_pp_10x <= 1``: FP-32's test accuracy minus BMPQ's, in percentage points.
+
+Without a 10x row (a custom ``compressions``) both are unmeasured and fail.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.bench.floors import floor_entry
 from model.data import FASHION_MNIST_ROOT, Split, class_count, load_idx_split
 from model.files import save_figure, write_json
 from model.methods.bmpq import BMPQConfig, memory_mb, train_bmpq
@@ -22,6 +33,9 @@ from model.quant.pact import PACT
 #: The bench's network: a 4-block VGG whose first conv (144 weights) and FC (1,280) are small, so the
 #: 16-bit edge layers leave room for 10x (:class:`model.quant.nets.SmallVGG` with these channels).
 BENCH_CHANNELS = (16, 32, 64, 128)
+#: The floors (module docstring): the target compression they look at, and the allowed drop below FP-32 (pp).
+FLOOR_COMPRESSION = 10.0
+MAX_DROP_PP = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,8 @@ def run_bmpq_bench(
             "fp_memory_mb": memory_mb(result.params, [32] * len(result.params)),
             "fp_accuracy": fp.accuracy,
             "accuracy_drop_pp": 100 * (fp.accuracy - result.accuracy),
-            "meets_floor": result.compression_ratio >= 10 and fp.accuracy - result.accuracy <= 0.01,
+            "meets_floor": (result.compression_ratio >= FLOOR_COMPRESSION
+                            and 100 * (fp.accuracy - result.accuracy) <= MAX_DROP_PP),
             "assignments": result.assignments,
             "accuracy_per_epoch": [r.accuracy for r in result.history],
             "fp_accuracy_per_epoch": [r.accuracy for r in fp.history],
@@ -117,6 +132,17 @@ def run_bmpq_bench(
     if png_path is not None:
         plot_bench(rows, png_path)
     return rows
+
+
+def floors(rows: list[dict]) -> dict[str, dict]:
+    """The floors of the module docstring (the first row with target compression :data:`FLOOR_COMPRESSION`)."""
+    row = next((r for r in rows if r["target_compression"] == FLOOR_COMPRESSION), None)
+    tag = f"{FLOOR_COMPRESSION:g}x"
+    return {
+        f"compression_ratio_{tag}": floor_entry(None if row is None else row["compression_ratio"],
+                                                FLOOR_COMPRESSION, ">="),
+        f"accuracy_drop_pp_{tag}": floor_entry(None if row is None else row["accuracy_drop_pp"], MAX_DROP_PP, "<="),
+    }
 
 
 def plot_bench(rows: list[dict], png_path) -> None:

@@ -45,26 +45,39 @@ This module imports numpy only, never torch: it is part of the export contract t
 (``hw/``) reads, and generating Verilog must not load a deep-learning framework. Inputs may be numpy arrays
 or anything ``np.asarray`` takes (a CPU torch tensor included); results are int64 numpy arrays.
 
-Every array here is int64. For ``n_in <= MAX_FAN_IN = 2^12`` and 8-bit activations, in both modes:
-``S_m < 2^m * 2^8 * 2^12`` (``2^52`` for ``m = 32``), each ``2 R_m S_m < 2 D * 255 * n_m``, so
-``2 sum_m R_m S_m < 2^53``; ``D * A < 2^52``; ``sum_m R_m A_m <= R_4 * 255 * 2^12 < 2^49``; and
-``|acc| = D |sum w u| <= D * 255 * 2^12 < 2^52`` since ``|w| <= 1``. Everything stays far inside int64.
-:func:`check_layer` rejects layers outside these bounds.
+Every array here is int64, and every intermediate provably fits it. With ``U = 2^MAX_ACT_BITS - 1``
+(255), ``N = MAX_FAN_IN`` (2^12) and ``|w| <= 1`` in both modes (DoReFa ``|2q - (2^m - 1)| <= 2^m - 1``; signed
+``2|c| <= 2^m - 2``), and the fields :func:`check_layer` enforces:
+
+1. ``S_m < 2^m U N``, so ``2 sum_m R_m S_m <= 2 D U N < 2^53``; ``D A <= D U N < 2^52``;
+   ``sum_m R_m A_m <= R_4 U N < 2^49``; every partial sum of :func:`combine` stays below ``2^54``.
+2. ``|acc| = D |sum w u| <= ACC_BOUND = D U N < 2^52``.
+3. ``t = acc >> ACC_SHIFT``: ``|t| <= T_BOUND = ceil(ACC_BOUND / 2^ACC_SHIFT) < 2^36``.
+4. ``0 <= M < 2^MULT_BITS`` (17): ``|t M| <= PRODUCT_BOUND = T_BOUND (2^MULT_BITS - 1) < 2^53``.
+5. ``B`` is a signed ``BIAS_BITS``-bit value (``-2^62 <= B < 2^62``) and ``1 <= S <= MAX_SHIFT`` (62), so
+   ``|t M + B + 2^(S-1)| <= ROUND_BOUND = PRODUCT_BOUND + 2^62 + 2^61 < 2^63``: no int64 overflow, and
+   ``y = (...) >> S`` is exact.
+
+The hardware (``hw/core/requant.py``) derives the widths of its stages from the same named constants
+(:data:`ACC_SHIFT`, :data:`MULT_BITS`, :data:`BIAS_BITS`, :data:`MAX_SHIFT`, :data:`MAX_ACT_BITS`,
+:data:`MAX_FAN_IN`) and from its row-sum layout; ``tests/hw/core/test_requant.py`` checks that each stage
+holds the bound above (``ACC_BOUND`` .. ``ROUND_BOUND``), so golden and RTL compute the same integers for every
+layer :func:`check_layer` accepts. :func:`check_layer` rejects any field outside these bounds, naming the
+layer, the field and the bound; :func:`requant_params` never produces one.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from model.errors import UserError
+from model.export.format import WIDTHS
 
-#: Weight widths of the MPQ-tickets hierarchy (paper Sec. 3.2); 0 means pruned.
-WIDTHS: tuple[int, ...] = (0, 4, 8, 16, 32)
-#: Non-zero widths, the classes that get their own accumulator.
-CLASSES: tuple[int, ...] = (4, 8, 16, 32)
+#: Non-zero widths (:data:`WIDTHS`, the MPQ-tickets hierarchy the image format encodes, 0 = pruned), the
+#: classes that get their own accumulator.
+CLASSES: tuple[int, ...] = tuple(m for m in WIDTHS if m)
 D = (1 << 32) - 1
 #: R_m = D / (2^m - 1): the code q of an m-bit weight repeated to fill 32 bits is q * R_m.
 R = {m: D // ((1 << m) - 1) for m in CLASSES}
@@ -72,6 +85,10 @@ R = {m: D // ((1 << m) - 1) for m in CLASSES}
 ACC_SHIFT = 16
 #: Width of the unsigned requant multiplier M (fits the DSP48E1 B port as a non-negative 18-bit value).
 MULT_BITS = 17
+#: Width of the signed requant offset B: ``-2^(BIAS_BITS-1) <= B < 2^(BIAS_BITS-1)`` (bound 5 above).
+BIAS_BITS = 63
+#: Largest requant shift S (the smallest is 1).
+MAX_SHIFT = 62
 #: Fractional bits of the last layer's class scores.
 SCORE_FRAC_BITS = 8
 #: Largest activation code width the integer contract (and the hardware) accepts.
@@ -79,6 +96,16 @@ MAX_ACT_BITS = 8
 #: Largest fan-in for which every intermediate stays inside int64 (and the hardware's 64-bit sums).
 MAX_FAN_IN = 4096
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+INT64_MAX = (1 << 63) - 1
+BIAS_MIN, BIAS_MAX = -(1 << (BIAS_BITS - 1)), (1 << (BIAS_BITS - 1)) - 1
+
+# The bounds of the module docstring, in Python integers (bounds 2 to 5).
+ACC_BOUND = D * ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN
+T_BOUND = -(-ACC_BOUND >> ACC_SHIFT)
+PRODUCT_BOUND = T_BOUND * ((1 << MULT_BITS) - 1)
+ROUND_BOUND = PRODUCT_BOUND + max(-BIAS_MIN, BIAS_MAX) + (1 << (MAX_SHIFT - 1))
+if ROUND_BOUND > INT64_MAX:
+    raise AssertionError(f"t*M + B + 2^(S-1) may reach {ROUND_BOUND}, past int64: the named bounds do not fit")
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,11 +163,34 @@ class IntNetwork:
     layers: tuple[IntLinear, ...]
 
     def forward(self, u) -> np.ndarray:
-        """Integer inference. ``u``: ``[N, n_in]`` input codes. Returns int64 ``[N, n_classes]``."""
-        x = as_codes(u)
+        """Integer inference. ``u``: ``[N, n_in]`` input codes. Returns int64 ``[N, n_classes]``.
+
+        Raises
+        ------
+        UserError
+            If ``u`` is not a 2-D array of integers with ``n_in`` columns, or holds a code outside
+            ``[0, 2^input_bits - 1]`` (the hardware would read only the low bits of such a code).
+        """
+        x = self.check_inputs(u)
         for layer in self.layers:
             x = layer_forward(layer, x)
         return x
+
+    def check_inputs(self, u, where: str = "input codes") -> np.ndarray:
+        """``u`` as int64 ``[N, n_in]`` after checking shape, type and range (see :meth:`forward`)."""
+        x = np.asarray(u)
+        n_in = self.layers[0].n_in if self.layers else None
+        if x.ndim != 2 or x.shape[1] != n_in:
+            raise UserError(f"{where}: shape {x.shape}; expected [N, {n_in}] (N images of layer 0's n_in codes)")
+        if x.dtype.kind not in "iu":
+            raise UserError(f"{where}: dtype {x.dtype}; expected integer codes")
+        top = (1 << self.input_bits) - 1
+        outside = (x < 0) | (x > top)
+        if outside.any():
+            n, i = (int(k[0]) for k in np.nonzero(outside))
+            raise UserError(f"{where}: code {int(x[n, i])} of image {n}, input {i} is outside [0, {top}]"
+                            f" (input_bits = {self.input_bits})")
+        return x.astype(np.int64, copy=False)
 
     def predict(self, u) -> np.ndarray:
         """Class index of the highest score (lowest index on ties, like ``np.argmax``)."""
@@ -154,12 +204,22 @@ class IntNetwork:
 
 
 def check_layer(layer: IntLinear, where: str = "layer") -> None:
-    """Raise :class:`UserError` if ``layer`` breaks the contract (mode, widths, code ranges, sizes)."""
+    """Raise :class:`UserError` if ``layer`` breaks the contract (mode, widths, code ranges, sizes, requant).
+
+    Every requant field is checked against the bound the module docstring derives from the hardware's
+    widths (``M``: :data:`MULT_BITS` unsigned bits; ``B``: :data:`BIAS_BITS` signed bits; ``S``:
+    ``1..MAX_SHIFT``), so that no intermediate overflows int64 here or a stage of the requantizer; the message
+    names ``where`` (the layer), the field, the offending value and the bound.
+    """
     w, q = layer.widths, layer.codes
     if not isinstance(layer.signed, bool | np.bool_):
         raise UserError(f"{where}: field 'signed' is {layer.signed!r}; allowed True or False")
     if w.shape != q.shape or w.ndim != 2:
         raise UserError(f"{where}: codes {q.shape} and widths {w.shape} must be equal 2-D shapes")
+    for field in ("codes", "widths", "mult", "bias"):
+        kind = np.asarray(getattr(layer, field)).dtype
+        if kind.kind not in "iu":
+            raise UserError(f"{where}: field '{field}' holds {kind} values; allowed integers")
     bad = ~np.isin(w, WIDTHS)
     if bad.any():
         raise UserError(f"{where}: field 'widths' holds {sorted(set(w[bad].tolist()))[:5]}; allowed {WIDTHS}")
@@ -175,14 +235,21 @@ def check_layer(layer: IntLinear, where: str = "layer") -> None:
     for field, bits in (("in_bits", layer.in_bits), ("out_bits", layer.out_bits)):
         if not (bits == 0 and field == "out_bits") and not 1 <= bits <= MAX_ACT_BITS:
             raise UserError(f"{where}: field '{field}' is {bits}; allowed 1..{MAX_ACT_BITS}")
-    if not 1 <= layer.shift <= 62:
-        raise UserError(f"{where}: field 'shift' is {layer.shift}; allowed 1..62")
+    if not isinstance(layer.shift, int | np.integer) or not 1 <= layer.shift <= MAX_SHIFT:
+        raise UserError(f"{where}: field 'shift' is {layer.shift!r}; allowed 1..{MAX_SHIFT} (MAX_SHIFT)")
     if layer.mult.shape != (layer.n_out,) or layer.bias.shape != (layer.n_out,):
         raise UserError(f"{where}: fields 'mult'/'bias' must have shape ({layer.n_out},)")
-    if (layer.mult < 0).any() or (layer.mult >= 1 << MULT_BITS).any():
-        raise UserError(f"{where}: field 'mult' outside [0, 2^{MULT_BITS})")
-    if (np.abs(layer.bias) >= 1 << 62).any():
-        raise UserError(f"{where}: field 'bias' outside (-2^62, 2^62)")
+    mult_bound = f"[0, 2^{MULT_BITS} - 1] (MULT_BITS = {MULT_BITS} unsigned bits)"
+    bias_bound = (f"[-2^{BIAS_BITS - 1}, 2^{BIAS_BITS - 1} - 1] (BIAS_BITS = {BIAS_BITS} signed bits, so that"
+                  " t*M + B + 2^(S-1) fits int64)")
+    for field, low, high, bound in (("mult", 0, (1 << MULT_BITS) - 1, mult_bound),
+                                    ("bias", BIAS_MIN, BIAS_MAX, bias_bound)):
+        values = getattr(layer, field)
+        # Compare, never negate: -INT64_MIN overflows (np.abs of it is negative).
+        outside = (values < low) | (values > high)
+        if outside.any():
+            j = int(np.flatnonzero(outside)[0])
+            raise UserError(f"{where}: field '{field}' of output {j} is {int(values[j])}; allowed {bound}")
 
 
 def as_codes(u) -> np.ndarray:
@@ -242,23 +309,37 @@ def layer_forward(layer: IntLinear, u) -> np.ndarray:
     return requantize(combine(sums, act_sums, layer.signed), layer.mult, layer.bias, layer.shift, layer.out_bits)
 
 
-def requant_params(gain: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def requant_params(gain: np.ndarray, offset: np.ndarray, where: str = "requantization"
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
     """Fixed-point ``M``, ``B``, ``S`` so that ``y ~= gain * acc / D + offset`` (per output channel).
 
     ``gain`` multiplies the exact dot product ``sum w u`` and ``offset`` is added after it, both in units
-    of the output code. ``S`` is the largest shift that keeps every ``M`` below ``2^MULT_BITS``, which
-    gives ``M`` 16 to 17 significant bits for the largest channel.
+    of the output code. ``S`` is the largest shift in ``1..MAX_SHIFT`` that keeps every ``M`` below
+    ``2^MULT_BITS`` and every ``B = round(offset 2^S)`` inside :data:`BIAS_BITS` signed bits; for the
+    largest channel that gives ``M`` 16 to 17 significant bits unless the offset limits ``S`` (a tiny gain
+    next to a large offset). Giving up a bit of ``M`` there costs at most ``|t| / 2^(S+1) <= |offset| 2^-26``
+    output units (``|t| <= T_BOUND < 2^36``, ``2^S > 2^60 / |offset|``), far below the rounding step.
+
+    Raises
+    ------
+    UserError
+        Naming ``where``, for a negative or non-finite gain, a non-finite offset, or parameters that no
+        shift fits: ``M`` of the largest gain at ``S = 1`` not below ``2^MULT_BITS``, or ``B`` at ``S = 1``
+        outside the signed :data:`BIAS_BITS` bits. Nothing is cast unchecked.
     """
-    gain = np.asarray(gain, dtype=np.float64)
-    offset = np.asarray(offset, dtype=np.float64)
+    gain, offset = np.broadcast_arrays(np.asarray(gain, dtype=np.float64), np.asarray(offset, dtype=np.float64))
     if (gain < 0).any() or not np.isfinite(gain).all() or not np.isfinite(offset).all():
-        raise UserError("requantization gain must be finite and non-negative (PACT alpha > 0)")
+        raise UserError(f"{where}: requantization gain must be finite and non-negative (PACT alpha > 0), and the"
+                        " offset finite")
     c = gain * (1 << ACC_SHIFT) / D
-    cmax = float(c.max()) if c.size and c.max() > 0 else 1.0
-    shift = math.floor(math.log2(((1 << MULT_BITS) - 1) / cmax))
-    shift = max(1, min(62, shift))
-    while np.round(c * 2.0**shift).max() >= 1 << MULT_BITS:
-        shift -= 1
-    mult = np.round(c * 2.0**shift).astype(np.int64)
-    bias = np.round(offset * 2.0**shift).astype(np.int64)
-    return mult, bias, shift
+    for shift in range(MAX_SHIFT, 0, -1):
+        mult = np.round(c * 2.0**shift)
+        bias = np.round(offset * 2.0**shift)
+        # Float comparisons against powers of two are exact; the casts below only see values that fit.
+        if (mult < 2.0**MULT_BITS).all() and (bias >= float(BIAS_MIN)).all() and (bias < 2.0**(BIAS_BITS - 1)).all():
+            return mult.astype(np.int64), bias.astype(np.int64), shift
+    if not (np.round(c * 2.0) < 2.0**MULT_BITS).all():
+        raise UserError(f"{where}: field 'mult': gain {float(gain.max())!r} needs M >= 2^{MULT_BITS} even at"
+                        f" shift 1; allowed gains below {(2**MULT_BITS - 0.5) * D / 2 ** (ACC_SHIFT + 1):.6g}")
+    raise UserError(f"{where}: field 'bias': offset {float(np.abs(offset).max())!r} needs |B| >= 2^{BIAS_BITS - 1}"
+                    f" even at shift 1 (BIAS_BITS = {BIAS_BITS} signed bits); allowed |offset| below 2^{BIAS_BITS - 2}")

@@ -1,11 +1,13 @@
 """Packed weight image (format version 2, ``docs/image_format.md``): packer, unpacker, writer, reader.
 
 An image is a ``uint32`` array: an 8-word header, one 8-word descriptor per layer (with the layer's weight
-mode, DoReFa or signed, in bit 24 of its third word), then for each layer its requant parameters, its 3-bit
-width mask (ten codes a word, rows word aligned) and its weight payload (a bit stream of weight codes, least
-significant bit first, 0-bit weights absent). Version 1 images (no signed layers; the same layout with
-bit 24 reserved) still load. :func:`layer_regions` is the one place that decides where each region lies;
-:func:`pack` writes it and :func:`unpack` checks every descriptor against it, so the two cannot drift apart.
+mode, DoReFa or signed), then for each layer its requant parameters, its 3-bit width mask (ten codes a word,
+rows word aligned) and its weight payload (a bit stream of weight codes, least significant bit first, 0-bit
+weights absent). Version 1 images (no signed layers; the same layout with the ``signed`` bit reserved) still
+load. Where each field of the header, a descriptor and a parameter record lies, and which bits are reserved
+in which version, comes from the field table in :mod:`model.export.format` (:func:`pack_records` and
+:func:`unpack_records` read it); :func:`layer_regions` is the one place that decides where each region lies.
+:func:`pack` writes by both and :func:`unpack` checks every word against both, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -20,26 +22,89 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import UserError
-from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, WIDTHS, IntLinear, IntNetwork, check_layer
+from model.export.format import (
+    CODE_BITS,
+    CODE_OF_WIDTH,
+    CODES_PER_WORD,
+    DESCRIPTOR,
+    HEADER,
+    MAGIC,
+    MASK_RESERVED,
+    PARAMS,
+    RESERVED_CODES,
+    SUPPORTED_VERSIONS,
+    VERSION,
+    WIDTHS,
+    WORD_BITS,
+    Record,
+)
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, IntLinear, IntNetwork, check_layer
 
-MAGIC = 0x4151504D  # the bytes "MPQA" read as a little-endian word
-VERSION = 2
-#: Versions :func:`unpack` and :func:`read_image` accept; version 1 has no signed layers (bit 24 reserved).
-SUPPORTED_VERSIONS = (1, 2)
-#: Bit of descriptor word 2 that marks a signed (offset-binary) layer, from format version 2 on.
-SIGNED_BIT = 24
 FORMAT = "mpqaccel-image"
-HEADER_WORDS = 8
-DESC_WORDS = 8
-PARAM_WORDS = 3  # M, then B low word, B high word
-CODE_BITS = 3
-CODES_PER_WORD = 10
+HEADER_WORDS = HEADER.words
+DESC_WORDS = DESCRIPTOR.words
+PARAM_WORDS = PARAMS.words  # M, then B low word, B high word
 FILES = ("weights.bin", "weights.hex", "manifest.json")
 
 _CODE_OF_WIDTH = np.zeros(max(WIDTHS) + 1, dtype=np.uint32)
-_CODE_OF_WIDTH[list(WIDTHS)] = np.arange(len(WIDTHS), dtype=np.uint32)
+_CODE_OF_WIDTH[list(CODE_OF_WIDTH)] = list(CODE_OF_WIDTH.values())
 _WIDTH_OF_CODE = np.array(WIDTHS, dtype=np.int64)
 _SHIFTS = np.arange(CODES_PER_WORD, dtype=np.uint32) * CODE_BITS
+_WORD_MASK = (1 << WORD_BITS) - 1
+
+
+def pack_records(record: Record, values: dict, count: int = 1) -> np.ndarray:
+    """``count`` records of ``record``'s layout (:mod:`model.export.format`), ``uint32 [count, record.words]``.
+
+    ``values`` maps every field name to an integer or ``count`` integers (signed fields in two's complement).
+
+    Raises
+    ------
+    ValueError
+        For a missing or unknown field, or a value that its field's bits cannot hold.
+    """
+    if set(values) != set(record.names):
+        raise ValueError(f"{record.name}: values for {sorted(values)}, expected {sorted(record.names)}")
+    out = np.zeros((count, record.words), dtype=np.uint64)
+    for field in record.fields:
+        value = np.broadcast_to(np.asarray(values[field.name]), (count,))
+        low, high = field.limits()
+        if value.dtype.kind not in "iu" or (value < low).any() or (value > high).any():
+            raise ValueError(f"{record.name}: field {field.name!r} needs integers in [{low}, {high}], not {value}")
+        bits = value.astype(np.int64).view(np.uint64) if value.dtype.kind == "i" else value.astype(np.uint64)
+        for word in field.words:
+            skip = WORD_BITS * word - field.offset  # field bit that lands on bit 0 of `word`
+            part = bits >> np.uint64(skip) if skip >= 0 else bits << np.uint64(-skip)
+            out[:, word] |= part & np.uint64(_field_mask(field, word))
+    return out.astype(np.uint32)
+
+
+def unpack_records(record: Record, words: np.ndarray, version: int = VERSION) -> dict[str, np.ndarray]:
+    """The fields of records ``words`` (``[count, record.words]``) that ``version`` has, as int64 arrays.
+
+    Signed fields are sign-extended; reserved bits are ignored (:func:`unpack` checks them).
+    """
+    words = np.asarray(words, dtype=np.uint64).reshape(-1, record.words)
+    out = {}
+    for field in record.fields_of(version):
+        bits = np.zeros(len(words), dtype=np.uint64)
+        for word in field.words:
+            skip = WORD_BITS * word - field.offset
+            part = words[:, word] & np.uint64(_field_mask(field, word))
+            bits |= part << np.uint64(skip) if skip >= 0 else part >> np.uint64(-skip)
+        if field.width == 64:
+            value = bits.view(np.int64)
+        else:
+            value = bits.astype(np.int64)
+            if field.signed:
+                value = value - ((value >> (field.width - 1)) << field.width)
+        out[field.name] = value
+    return out
+
+
+def _field_mask(field, word: int) -> int:
+    """Bits of record word ``word`` that ``field`` occupies."""
+    return (((1 << field.width) - 1) << field.offset) >> (WORD_BITS * word) & _WORD_MASK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,19 +208,21 @@ def pack(net: IntNetwork) -> np.ndarray:
     _check_network(net, "network")
     regs = regions(net)
     words = np.zeros(regs[-1].end, dtype=np.uint32)
-    words[:5] = (MAGIC, VERSION, len(net.layers), net.input_bits, len(words))
-    for index, (layer, reg) in enumerate(zip(net.layers, regs)):
-        d = HEADER_WORDS + DESC_WORDS * index
-        words[d : d + DESC_WORDS] = (
-            layer.n_in, layer.n_out,
-            layer.in_bits | layer.out_bits << 8 | layer.shift << 16 | int(layer.signed) << SIGNED_BIT,
-            reg.mask_base, reg.payload_base, reg.param_base, reg.mask_words_per_row,
-            int(np.count_nonzero(layer.widths)))
-        params = words[reg.param_base : reg.mask_base].reshape(-1, PARAM_WORDS)
-        bias = np.asarray(layer.bias, dtype=np.int64).view(np.uint64)
-        params[:, 0] = layer.mult
-        params[:, 1] = bias & 0xFFFFFFFF
-        params[:, 2] = bias >> np.uint64(32)
+    words[:HEADER_WORDS] = pack_records(HEADER, {"magic": MAGIC, "version": VERSION, "layers": len(net.layers),
+                                                 "input_bits": net.input_bits, "words": len(words)})[0]
+    layers = net.layers
+    descriptors = pack_records(DESCRIPTOR, {
+        "n_in": [layer.n_in for layer in layers], "n_out": [layer.n_out for layer in layers],
+        "in_bits": [layer.in_bits for layer in layers], "out_bits": [layer.out_bits for layer in layers],
+        "shift": [layer.shift for layer in layers], "signed": [int(layer.signed) for layer in layers],
+        "mask_base": [reg.mask_base for reg in regs], "payload_base": [reg.payload_base for reg in regs],
+        "param_base": [reg.param_base for reg in regs],
+        "mask_words_per_row": [reg.mask_words_per_row for reg in regs],
+        "nonzero": [int(np.count_nonzero(layer.widths)) for layer in layers]}, count=len(layers))
+    words[HEADER_WORDS : HEADER_WORDS + DESC_WORDS * len(layers)] = descriptors.ravel()
+    for layer, reg in zip(layers, regs):
+        params = pack_records(PARAMS, {"mult": layer.mult, "bias": layer.bias}, count=layer.n_out)
+        words[reg.param_base : reg.mask_base] = params.ravel()
         widths = np.asarray(layer.widths)
         words[reg.mask_base : reg.payload_base] = _mask_words(widths, reg.mask_words_per_row)
         words[reg.payload_base : reg.end] = _payload_words(np.asarray(layer.codes), widths)
@@ -166,67 +233,92 @@ def _field(where: str, field: str, addr: int, value: object, allowed: str) -> Us
     return UserError(f"{where}: field '{field}' (word {addr}) is {value}; {allowed}")
 
 
+def _check_reserved(words: np.ndarray, record: Record, base: int, version: int, where: str, prefix: str = ""
+                    ) -> None:
+    """Reject set reserved bits of the record at word ``base``, naming the word by its label."""
+    for word in range(record.words):
+        mask = record.reserved_mask(word, version)
+        value = int(words[base + word])
+        if value & mask:
+            newer = [f"'{f.name}' needs version {f.since}" for f in record.fields
+                     if f.since > version and word in f.words]
+            bits = "bits " + ("0-31" if mask == _WORD_MASK else _bit_span(mask))
+            raise _field(where, prefix + record.label(word), base + word, hex(value),
+                         f"{bits} are reserved and must be 0 in format version {version}"
+                         + (f" ({', '.join(newer)})" if newer else ""))
+
+
+def _bit_span(mask: int) -> str:
+    """``"25-31"`` for a contiguous mask (reserved bits of a word are a top range in this format)."""
+    low = (mask & -mask).bit_length() - 1
+    high = mask.bit_length() - 1
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def _unpack_layer(words: np.ndarray, index: int, base: int, where: str, version: int
                   ) -> tuple[IntLinear, Regions]:
     d = HEADER_WORDS + DESC_WORDS * index
-    desc = [int(x) for x in words[d : d + DESC_WORDS]]
-    n_in, n_out, packed, mask_base, payload_base, param_base, per_row, nonzero = desc
     name = f"layer {index} "
+    _check_reserved(words, DESCRIPTOR, d, version, where, name)
+    desc = {k: int(v[0]) for k, v in unpack_records(DESCRIPTOR, words[d : d + DESC_WORDS], version).items()}
+
+    def addr(field: str) -> int:
+        return d + DESCRIPTOR[field].word
+
+    n_in, n_out = desc["n_in"], desc["n_out"]
     if not 1 <= n_in <= MAX_FAN_IN:
-        raise _field(where, name + "n_in", d, n_in, f"allowed 1..{MAX_FAN_IN}")
+        raise _field(where, name + "n_in", addr("n_in"), n_in, f"allowed 1..{MAX_FAN_IN}")
     if not 1 <= n_out <= len(words):
-        raise _field(where, name + "n_out", d + 1, n_out, f"allowed 1..{len(words)} (the image size)")
-    in_bits, out_bits, shift = packed & 0xFF, packed >> 8 & 0xFF, packed >> 16 & 0xFF
-    signed = bool(packed >> SIGNED_BIT & 1)
-    if version == 1 and packed >> SIGNED_BIT:
-        raise _field(where, name + "bits/shift", d + 2, hex(packed),
-                     "bits 24-31 are reserved and must be 0 in format version 1 (signed layers need version 2)")
-    if packed >> (SIGNED_BIT + 1):
-        raise _field(where, name + "bits/shift", d + 2, hex(packed), "bits 25-31 are reserved and must be 0")
+        raise _field(where, name + "n_out", addr("n_out"), n_out, f"allowed 1..{len(words)} (the image size)")
+    in_bits, out_bits, shift = desc["in_bits"], desc["out_bits"], desc["shift"]
+    signed = bool(desc.get("signed", 0))
     if not 1 <= in_bits <= MAX_ACT_BITS:
-        raise _field(where, name + "in_bits", d + 2, in_bits, f"allowed 1..{MAX_ACT_BITS}")
+        raise _field(where, name + "in_bits", addr("in_bits"), in_bits, f"allowed 1..{MAX_ACT_BITS}")
     if not 0 <= out_bits <= MAX_ACT_BITS:
-        raise _field(where, name + "out_bits", d + 2, out_bits, f"allowed 0..{MAX_ACT_BITS}")
-    if not 1 <= shift <= 62:
-        raise _field(where, name + "shift", d + 2, shift, "allowed 1..62")
+        raise _field(where, name + "out_bits", addr("out_bits"), out_bits, f"allowed 0..{MAX_ACT_BITS}")
+    if not 1 <= shift <= MAX_SHIFT:
+        raise _field(where, name + "shift", addr("shift"), shift, f"allowed 1..{MAX_SHIFT}")
     reg = layer_regions(base, n_in, n_out, 0)
     if reg.payload_base > len(words):
-        raise _field(where, name + "n_out", d + 1, n_out,
+        raise _field(where, name + "n_out", addr("n_out"), n_out,
                      f"its params and mask end at word {reg.payload_base}, past the image end {len(words)}")
-    for field, offset, value, expected in (("param_base", 5, param_base, reg.param_base),
-                                           ("mask_base", 3, mask_base, reg.mask_base),
-                                           ("mask_words_per_row", 6, per_row, reg.mask_words_per_row)):
-        if value != expected:
-            raise _field(where, name + field, d + offset, value, f"expected {expected} (format layout)")
+    for field, expected in (("param_base", reg.param_base), ("mask_base", reg.mask_base),
+                            ("mask_words_per_row", reg.mask_words_per_row)):
+        if desc[field] != expected:
+            raise _field(where, name + field, addr(field), desc[field], f"expected {expected} (format layout)")
+    per_row = reg.mask_words_per_row
 
-    params = words[reg.param_base : reg.mask_base].reshape(n_out, PARAM_WORDS).astype(np.uint64)
-    mult = params[:, 0].astype(np.int64)
-    bias = (params[:, 1] | params[:, 2] << np.uint64(32)).view(np.int64)
+    params = unpack_records(PARAMS, words[reg.param_base : reg.mask_base], version)
 
     mask = words[reg.mask_base : reg.payload_base]
-    if (mask >> 30).any():
-        bad = reg.mask_base + int(np.flatnonzero(mask >> 30)[0])
-        raise _field(where, name + "mask", bad, hex(int(words[bad])), "bits 30-31 are reserved and must be 0")
-    codes3 = ((mask[:, None] >> _SHIFTS) & 7).reshape(n_out, per_row * CODES_PER_WORD)
-    if (codes3 > len(WIDTHS) - 1).any():
-        j, i = (int(x[0]) for x in np.nonzero(codes3 > len(WIDTHS) - 1))
+    if (mask & MASK_RESERVED).any():
+        bad = reg.mask_base + int(np.flatnonzero(mask & MASK_RESERVED)[0])
+        raise _field(where, name + "mask", bad, hex(int(words[bad])),
+                     f"bits {_bit_span(MASK_RESERVED)} are reserved and must be 0")
+    codes3 = ((mask[:, None] >> _SHIFTS) & ((1 << CODE_BITS) - 1)).reshape(n_out, per_row * CODES_PER_WORD)
+    reserved = np.isin(codes3, RESERVED_CODES)
+    if reserved.any():
+        j, i = (int(x[0]) for x in np.nonzero(reserved))
         raise _field(where, name + "mask", reg.mask_base + j * per_row + i // CODES_PER_WORD,
                      f"code {int(codes3[j, i])} for weight ({j}, {i})",
-                     "allowed codes 0..4; 5-7 are reserved")
+                     f"allowed codes 0..{RESERVED_CODES[0] - 1}; {RESERVED_CODES[0]}-{RESERVED_CODES[-1]} are"
+                     " reserved")
     if codes3[:, n_in:].any():
         last = (int(np.flatnonzero(codes3[:, n_in:].any(axis=1))[0]) + 1) * per_row - 1
         raise _field(where, name + "mask", reg.mask_base + last, hex(int(mask[last])),
                      f"codes past n_in={n_in} at the end of each row must be 0")
     widths = _WIDTH_OF_CODE[codes3[:, :n_in]]
-    if nonzero != np.count_nonzero(widths):
-        raise _field(where, name + "nonzero", d + 7, nonzero, f"the mask holds {np.count_nonzero(widths)}")
+    if desc["nonzero"] != np.count_nonzero(widths):
+        raise _field(where, name + "nonzero", addr("nonzero"), desc["nonzero"],
+                     f"the mask holds {np.count_nonzero(widths)}")
 
     reg = layer_regions(base, n_in, n_out, int(widths.sum()))
+    payload_base = desc["payload_base"]
     if payload_base != reg.payload_base:
-        raise _field(where, name + "payload_base", d + 4, payload_base,
+        raise _field(where, name + "payload_base", addr("payload_base"), payload_base,
                      f"expected {reg.payload_base} (format layout)")
     if reg.end > len(words):
-        raise _field(where, name + "payload_base", d + 4, payload_base,
+        raise _field(where, name + "payload_base", addr("payload_base"), payload_base,
                      f"its {reg.payload_words} payload words end at word {reg.end},"
                      f" past the image end {len(words)}")
     stream = np.unpackbits(words[reg.payload_base : reg.end].astype("<u4").view(np.uint8), bitorder="little")
@@ -241,7 +333,7 @@ def _unpack_layer(words: np.ndarray, index: int, base: int, where: str, version:
     codes = np.zeros(flat.size, dtype=np.int64)
     codes[keep] = np.packbits(bits, axis=1, bitorder="little").view("<u4").ravel()
     layer = IntLinear(codes=codes.reshape(n_out, n_in), widths=widths, in_bits=in_bits, out_bits=out_bits,
-                      mult=mult, bias=bias.copy(), shift=shift, signed=signed)
+                      mult=params["mult"], bias=params["bias"], shift=shift, signed=signed)
     check_layer(layer, where=f"{where}: layer {index}")
     return layer, reg
 
@@ -270,37 +362,43 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork:
     words = words.astype(np.uint32)
     if len(words) < HEADER_WORDS:
         raise UserError(f"{where}: field 'words' is {len(words)}; an image holds at least {HEADER_WORDS}")
-    magic, version, n_layers, input_bits, total = (int(x) for x in words[:5])
+    header = {k: int(v[0]) for k, v in unpack_records(HEADER, words[:HEADER_WORDS]).items()}
+    magic, version, n_layers = header["magic"], header["version"], header["layers"]
     if magic != MAGIC:
-        raise _field(where, "magic", 0, hex(magic), f"expected {MAGIC:#x} (the bytes 'MPQA')")
+        raise _field(where, "magic", HEADER["magic"].word, hex(magic), f"expected {MAGIC:#x} (the bytes 'MPQA')")
     if version not in SUPPORTED_VERSIONS:
-        raise _field(where, "version", 1, version, f"supported: {', '.join(map(str, SUPPORTED_VERSIONS))}")
-    if total != len(words):
-        raise _field(where, "words", 4, total, f"the image holds {len(words)} words (truncated or padded?)")
-    if not 1 <= input_bits <= MAX_ACT_BITS:
-        raise _field(where, "input_bits", 3, input_bits, f"allowed 1..{MAX_ACT_BITS}")
-    if words[5:HEADER_WORDS].any():
-        raise _field(where, "reserved", 5, words[5:HEADER_WORDS].tolist(), "words 5-7 must be 0")
+        raise _field(where, "version", HEADER["version"].word, version,
+                     f"supported: {', '.join(map(str, SUPPORTED_VERSIONS))}")
+    if header["words"] != len(words):
+        raise _field(where, "words", HEADER["words"].word, header["words"],
+                     f"the image holds {len(words)} words (truncated or padded?)")
+    if not 1 <= header["input_bits"] <= MAX_ACT_BITS:
+        raise _field(where, "input_bits", HEADER["input_bits"].word, header["input_bits"],
+                     f"allowed 1..{MAX_ACT_BITS}")
+    _check_reserved(words, HEADER, 0, version, where)
     max_layers = (len(words) - HEADER_WORDS) // DESC_WORDS
     if not 1 <= n_layers <= max_layers:
-        raise _field(where, "layers", 2, n_layers, f"allowed 1..{max_layers} (the descriptors must fit)")
+        raise _field(where, "layers", HEADER["layers"].word, n_layers,
+                     f"allowed 1..{max_layers} (the descriptors must fit)")
     layers, base = [], HEADER_WORDS + DESC_WORDS * n_layers
     for index in range(n_layers):
         layer, reg = _unpack_layer(words, index, base, where, version)
         layers.append(layer)
         base = reg.end
     if base != len(words):
-        raise _field(where, "words", 4, total, f"the layers end at word {base}")
-    net = IntNetwork(input_bits=input_bits, layers=tuple(layers))
+        raise _field(where, "words", HEADER["words"].word, header["words"], f"the layers end at word {base}")
+    net = IntNetwork(input_bits=header["input_bits"], layers=tuple(layers))
     _check_network(net, where)
     return net
 
 
-def manifest(net: IntNetwork, words: np.ndarray, names=None, extra: dict | None = None) -> dict:
+def manifest(net: IntNetwork, words: np.ndarray, names=None, extra: dict | None = None,
+             data: dict | None = None) -> dict:
     """The ``manifest.json`` record of image ``words`` packed from ``net`` (keys as in the format doc).
 
     ``names`` defaults to each layer's ``name``, or ``fc1``, ``fc2``, ...; ``extra`` (JSON-serialisable)
-    is stored under the key ``"extra"``.
+    is stored under the key ``"extra"``; ``data``, the data set the network was trained on
+    (``model.data.DataRecord.to_json()``: name, root, input shape and bits, split), under ``"data"``.
     """
     regs = regions(net)
     if regs[-1].end != len(words):
@@ -323,18 +421,21 @@ def manifest(net: IntNetwork, words: np.ndarray, names=None, extra: dict | None 
         "input_bits": net.input_bits, "avg_weight_bits": net.avg_weight_bits, "layers": layers}
     if extra is not None:
         record["extra"] = extra
+    if data is not None:
+        record["data"] = data
     return record
 
 
-def write_image(out_dir, net: IntNetwork, extra: dict | None = None) -> dict:
+def write_image(out_dir, net: IntNetwork, extra: dict | None = None, data: dict | None = None) -> dict:
     """Write ``weights.bin``, ``weights.hex`` and ``manifest.json`` for ``net`` into ``out_dir``.
 
     Everything is packed and serialised first and each file goes through a temporary file in ``out_dir``
     and ``os.replace``; ``manifest.json`` is replaced last, so a reader never sees a half-written file and
-    an interrupted write shows up as a checksum mismatch. Returns the manifest.
+    an interrupted write shows up as a checksum mismatch. ``extra`` and ``data`` go into the manifest
+    (:func:`manifest`). Returns the manifest.
     """
     words = pack(net)
-    record = manifest(net, words, extra=extra)
+    record = manifest(net, words, extra=extra, data=data)
     contents = {
         "weights.bin": words.astype("<u4").tobytes(),
         "weights.hex": "".join(f"{w:08x}\n" for w in words.tolist()).encode(),
@@ -344,10 +445,10 @@ def write_image(out_dir, net: IntNetwork, extra: dict | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     temps: dict[str, str] = {}
     try:
-        for name, data in contents.items():
+        for name, content in contents.items():
             fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(content)
         for name in FILES:
             os.replace(temps[name], out / name)
             del temps[name]
@@ -380,6 +481,8 @@ def read_image(path) -> tuple[IntNetwork, dict]:
     for field, kind in (("bytes", int), ("sha256", str), ("layers", list)):
         if not isinstance(record.get(field), kind):
             raise UserError(f"{man_path}: field '{field}' is {record.get(field)!r}; expected {kind.__name__}")
+    if not isinstance(record.get("data", {}), dict):  # optional: images before data records have none
+        raise UserError(f"{man_path}: field 'data' is {record['data']!r}; expected an object (the data set record)")
     bin_path = man_path.parent / "weights.bin"
     try:
         data = bin_path.read_bytes()

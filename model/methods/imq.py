@@ -229,12 +229,28 @@ def prune_update(
 
 @dataclass(frozen=True)
 class IterationRecord:
-    """One iteration after training: its index, mask statistics and test accuracy."""
+    """One iteration after training: its index, mask statistics and accuracies.
+
+    Members
+    -------
+    iteration : int
+    avg_bits : float
+        Mean weight width, pruned weights counting 0.
+    accuracy : float
+        Test accuracy: what results report.
+    width_counts : dict of int to int
+        Weights per width.
+    val_accuracy : float or None
+        Accuracy on the validation images held out of the training data (:mod:`model.runs.validation`);
+        what ticket selection ranks by when every record has one (:func:`selection_accuracies`). ``None``
+        without a validation split.
+    """
 
     iteration: int
     avg_bits: float
     accuracy: float
     width_counts: dict[int, int]
+    val_accuracy: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,24 +272,51 @@ class IMQResult:
     reached_target: bool
 
 
+def selection_split(history: list[IterationRecord]) -> str:
+    """Which accuracy ranks ``history``: ``"validation"`` if every record has one, else ``"test"``.
+
+    (A history is all one or all the other; ranking a mix would compare two data sets.)
+    """
+    return "validation" if history and all(r.val_accuracy is not None for r in history) else "test"
+
+
+def selection_accuracies(history: list[IterationRecord]) -> dict[int, float]:
+    """The accuracy every ranking of ``history`` uses, by iteration (:func:`selection_split`'s).
+
+    Selecting on validation accuracy and reporting test accuracy keeps the reported figure an unbiased
+    estimate; selecting on test accuracy (the fallback for runs without a validation split) does not.
+    """
+    on_validation = selection_split(history) == "validation"
+    return {r.iteration: r.val_accuracy if on_validation else r.accuracy for r in history}
+
+
 def select_ticket(history: list[IterationRecord]) -> IterationRecord | None:
     """Algorithm 1 line 12: among iterations more accurate than iteration 0, the one with fewest bits.
 
-    Ties in bits go to the earlier iteration. Returns ``None`` if no later iteration beats iteration 0.
+    "More accurate" compares :func:`selection_accuracies` (validation accuracy when the run has a validation
+    split). Ties in bits go to the earlier iteration. Returns ``None`` if no later iteration beats iteration 0.
     """
     if not history:
         return None
-    better = [r for r in history[1:] if r.accuracy > history[0].accuracy]
+    score = selection_accuracies(history)
+    better = [r for r in history[1:] if score[r.iteration] > score[history[0].iteration]]
     return min(better, key=lambda r: r.avg_bits, default=None)
 
 
 def best_within(history: list[IterationRecord], max_avg_bits: float) -> IterationRecord | None:
     """Table 1's "(PACT-k, q-bit)" ticket: the most accurate iteration with average width at most ``q``.
 
-    Ties in accuracy go to the earlier iteration; ``None`` if no iteration is that narrow.
+    Ranked by :func:`selection_accuracies`; ties go to the earlier iteration; ``None`` if no iteration is
+    that narrow.
     """
+    score = selection_accuracies(history)
     within = [r for r in history if r.avg_bits <= max_avg_bits]
-    return max(within, key=lambda r: r.accuracy, default=None)
+    return max(within, key=lambda r: score[r.iteration], default=None)
+
+
+def best_of(history: list[IterationRecord]) -> IterationRecord | None:
+    """The most accurate iteration by :func:`selection_accuracies` (ties to the earlier one); ``None`` if empty."""
+    return best_within(history, math.inf)
 
 
 def _mask_keys(model: nn.Module) -> set[str]:
@@ -337,12 +380,14 @@ def iterate(
     desc: str = "IMQ",
     on_iteration: Callable[[IterationRecord, nn.Module], None] | None = None,
     on_step: Callable[[Progress, nn.Module], None] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Progress:
     """Algorithm 1's loop with the mask update (lines 8-9) as the argument ``update``.
 
-    Iteration ``k``: rewind to ``theta_0`` keeping the masks (lines 5-6), train ``epochs`` with
-    :func:`model.training.loop.train` (same ``seed`` every iteration, so only the masks differ; line 7), record
-    the test accuracy and call ``on_iteration(record, model)`` (the model then holds the trained network
+    Iteration ``k``: rewind to ``theta_0`` keeping the masks (lines 5-6), train ``epochs`` on the training
+    images with :func:`model.training.loop.train` (same ``seed`` every iteration, so only the masks differ;
+    line 7), record the test accuracy (and the validation accuracy if ``val`` is given), then call
+    ``on_iteration(record, model)`` (the model then holds the trained network
     and the masks it was trained with); stop if ``avg_bits <= target_avg_bits`` or ``k`` is the last
     iteration, else ``update(layers)``; then call ``on_step(progress, model)``, where the model's masks are
     the ones the next iteration will use. ``model`` is left holding the last trained network with the
@@ -374,6 +419,9 @@ def iterate(
         Label of the iteration bar.
     on_iteration, on_step : callable, optional
         Called after each iteration's evaluation and after its mask update.
+    val : (x, y), optional
+        Validation images held out of ``split``'s training images (:mod:`model.runs.validation`); their
+        accuracy goes to :attr:`IterationRecord.val_accuracy`.
 
     Returns
     -------
@@ -389,7 +437,8 @@ def iterate(
             rewind(model, theta_0)
             train(model, split, epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
             accuracy = evaluate(model, split.x_test, split.y_test)
-            record = IterationRecord(k, average_bits(layers), accuracy, width_counts(layers, widths))
+            val_accuracy = None if val is None else evaluate(model, val[0], val[1])
+            record = IterationRecord(k, average_bits(layers), accuracy, width_counts(layers, widths), val_accuracy)
             state.history.append(record)
             bar.update(1)
             bar.set_postfix(avg_bits=f"{record.avg_bits:.2f}", acc=f"{accuracy:.4f}")
@@ -428,6 +477,7 @@ def run_imq(
     hierarchy: tuple[int, ...] = HIERARCHY,
     progress: bool = True,
     on_iteration: Callable[[IterationRecord, nn.Module], None] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> IMQResult:
     """Find an MPQ-ticket with IMQ (Algorithm 1), stopping once the average width is at most the target.
 
@@ -453,6 +503,8 @@ def run_imq(
         Show tqdm bars.
     on_iteration : callable, optional
         Called after each iteration's evaluation.
+    val : (x, y), optional
+        Validation images (see :func:`iterate`).
 
     Raises
     ------
@@ -464,6 +516,6 @@ def run_imq(
     widths = tuple(sorted(set(WIDTHS) | set(hierarchy)))
     state = iterate(model, split, lambda layers: imq_update(layers, rho, scope, hierarchy), initial_state(model),
                     max_iterations, target_avg_bits, epochs, lr=lr, batch_size=batch_size, seed=seed,
-                    widths=widths, progress=progress, on_iteration=on_iteration)
+                    widths=widths, progress=progress, on_iteration=on_iteration, val=val)
     result_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return IMQResult(state.history, result_state, state.reached_target)

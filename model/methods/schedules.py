@@ -260,6 +260,7 @@ def run_method(
     progress: bool = True,
     on_iteration: Callable[[IterationRecord, nn.Module], None] | None = None,
     on_step: Callable[[Progress, nn.Module], None] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Progress:
     """Run ``schedule`` on ``model`` (Algorithm 1 with the method's start mask and update).
 
@@ -270,7 +271,7 @@ def run_method(
         here and ``theta_0`` defaults to its current parameters; to resume, pass the saved ``theta_0``,
         ``start`` and ``generator`` state with the model holding ``start``'s next masks.
     split : Split
-        Training and test data.
+        Training and test data (the test images give :attr:`IterationRecord.accuracy`).
     schedule : Schedule
         From :func:`make_schedule`.
     epochs, lr, batch_size, seed
@@ -285,6 +286,8 @@ def run_method(
         tqdm bars.
     on_iteration, on_step : callable, optional
         See :func:`model.methods.imq.iterate`.
+    val : (x, y), optional
+        Validation images held out of the training data; see :func:`model.methods.imq.iterate`.
 
     Returns
     -------
@@ -302,5 +305,5 @@ def run_method(
         update = mask_update(schedule, generator if generator is not None else mask_generator(seed))
     return iterate(model, split, update, theta_0, schedule.iterations, schedule.target_avg_bits, epochs, lr=lr,
                    batch_size=batch_size, seed=seed, widths=schedule.widths, start=start, progress=progress,
-                   desc=schedule.label, on_iteration=on_iteration, on_step=on_step)
+                   desc=schedule.label, on_iteration=on_iteration, on_step=on_step, val=val)
 

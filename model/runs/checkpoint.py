@@ -8,6 +8,12 @@ A model trained with BMPQ (model/bmpq.py) carries ``"quantizer": "bmpq"``: it is
 and then converted with :func:`model.bmpq.to_bmpq`, so its layers hold layer-wise ``bits`` instead of
 element-wise masks; ``"act_bits"`` maps every PACT module's path to its width (BMPQ sets them per layer).
 Files without the key are DoReFa models (``"quantizer": "dorefa"``).
+
+The meta records the data set the model was trained on under ``"dataset"`` (:class:`model.data.DataRecord`:
+name, absolute root, input shape and bits, split seed and subsets), so that ``export`` can copy it into the
+image and ``eval`` can find the test images again: :func:`save_checkpoint` takes it as ``data``, or derives
+it from a run directory's ``"run"`` config (the checkpoints of :mod:`model.runs.rundir`);
+:func:`checkpoint_data` reads it back (or derives it for files written before the record existed).
 """
 
 from __future__ import annotations
@@ -18,17 +24,20 @@ from pathlib import Path
 
 import torch
 
+from model.data import DataRecord, image_shape_of
 from model.errors import UserError
 from model.export.golden import WIDTHS
 from model.files import atomic_write
 from model.quant.bmpq import BMPQ_LAYERS, LAYER_BITS, to_bmpq
 from model.quant.nets import build_model
-from model.quant.pact import PACT
+from model.quant.pact import PACT, InputQuant
 
 FORMAT = "mpqaccel-checkpoint"
 VERSION = 1
 #: Weight quantizers a checkpoint may name.
 QUANTIZERS = ("dorefa", "bmpq")
+#: The meta key of the data record (:class:`model.data.DataRecord`).
+DATA_KEY = "dataset"
 
 
 def quantizer_of(model) -> str:
@@ -37,12 +46,21 @@ def quantizer_of(model) -> str:
     return "bmpq" if any(isinstance(m, BMPQ_LAYERS) for m in model.modules()) else "dorefa"
 
 
-def save_checkpoint(path, model, meta: dict | None = None) -> Path:
-    """Write ``model`` atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
+def save_checkpoint(path, model, meta: dict | None = None, data: DataRecord | None = None) -> Path:
+    """Write ``model`` atomically (temporary file in the same directory, then rename).
 
+    ``data`` (the data set it was trained on) goes into the meta as ``"dataset"``; without it, a meta with
+    a run directory's ``"run"`` config (:meth:`model.runs.rundir.RunConfig.to_json`) gets the record derived
+    from that (:func:`run_data_record`), and any other meta is stored as given.
+    """
+    path = Path(path)
+    meta = dict(meta or {})
+    if data is None and DATA_KEY not in meta and isinstance(meta.get("run"), dict):
+        data = run_data_record(meta["run"], model, str(path))
+    if data is not None:
+        meta[DATA_KEY] = data.to_json()
     payload = {"format": FORMAT, "version": VERSION, "config": model.config, "quantizer": quantizer_of(model),
-               "state_dict": model.state_dict(), "meta": meta or {}}
+               "state_dict": model.state_dict(), "meta": meta}
     if payload["quantizer"] == "bmpq":
         payload["act_bits"] = {n: m.bits for n, m in model.named_modules() if isinstance(m, PACT)}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -103,7 +121,72 @@ def load_checkpoint(path):
     if quantizer == "bmpq":
         _load_act_bits(path, model, payload.get("act_bits"))
     meta = payload.get("meta", {})
-    return model, meta if isinstance(meta, dict) else {}
+    meta = meta if isinstance(meta, dict) else {}
+    if DATA_KEY in meta:
+        _check_data(DataRecord.from_json(meta[DATA_KEY], f"{path}: field 'meta.{DATA_KEY}'"), model, path)
+    return model, meta
+
+
+def input_bits_of(model) -> int:
+    """Width of the model's input codes (its :class:`model.quant.pact.InputQuant`)."""
+    return next(m.bits for m in model.modules() if isinstance(m, InputQuant))
+
+
+def _input_shape(model, name: str, root) -> tuple[int, int, int]:
+    """The model's ``(C, H, W)``: a conv net's ``image_shape``; for an MLP the data set's image shape when it
+    has ``n_in`` pixels, else ``(1, 1, n_in)``."""
+    if "image_shape" in model.config:
+        return tuple(model.config["image_shape"])
+    n_in = int(model.config["n_in"])
+    shape = image_shape_of(name, root)
+    return shape if shape is not None and shape[0] * shape[1] * shape[2] == n_in else (1, 1, n_in)
+
+
+def run_data_record(run: dict, model, where: str) -> DataRecord:
+    """The data record of a run config (:meth:`model.runs.rundir.RunConfig.to_json`: ``data``, ``data_root``,
+    ``seed``, ``train_subset``, ``test_subset``) and the model trained in it.
+
+    Raises
+    ------
+    UserError
+        If a field is missing or not allowed (``where`` names the file).
+    """
+    try:
+        name, root = run["data"], run.get("data_root")
+        return DataRecord.of(name, root, _input_shape(model, name, root), input_bits_of(model), run["seed"],
+                             run.get("train_subset"), run.get("test_subset"), where=f"{where}: field 'meta.run'")
+    except KeyError as exc:
+        raise UserError(f"{where}: field 'meta.run' lacks {exc.args[0]!r}") from None
+
+
+def _check_data(record: DataRecord, model, path) -> DataRecord:
+    shape = _input_shape(model, record.name, record.root)
+    features = shape[0] * shape[1] * shape[2]
+    if record.features != features or ("image_shape" in model.config and record.input_shape != shape):
+        raise UserError(f"{path}: field 'meta.{DATA_KEY}.input_shape' is {list(record.input_shape)}; the model "
+                        f"takes {list(shape) if 'image_shape' in model.config else features} inputs")
+    if record.input_bits != input_bits_of(model):
+        raise UserError(f"{path}: field 'meta.{DATA_KEY}.input_bits' is {record.input_bits}; the model's input "
+                        f"quantizer has {input_bits_of(model)} bits")
+    return record
+
+
+def checkpoint_data(path, model, meta: dict) -> DataRecord | None:
+    """The data set the checkpoint at ``path`` was trained on (``model, meta = load_checkpoint(path)``).
+
+    From the meta's ``"dataset"``; for a run directory's checkpoint written before that existed, derived
+    from its ``"run"`` config; ``None`` if the file records neither (callers then say what they assume).
+
+    Raises
+    ------
+    UserError
+        If the record is malformed or does not fit the model (input shape, input bits).
+    """
+    if DATA_KEY in meta:
+        return DataRecord.from_json(meta[DATA_KEY], f"{path}: field 'meta.{DATA_KEY}'")
+    if isinstance(meta.get("run"), dict):
+        return _check_data(run_data_record(meta["run"], model, str(path)), model, path)
+    return None
 
 
 def _load_act_bits(path: Path, model, act_bits) -> None:

@@ -13,7 +13,9 @@ Table (Table 1): per run, its most accurate iteration ("for LTH and random MPQ-t
 the best results"), Algorithm 1's ticket (line 12: the narrowest iteration more accurate than
 iteration 0) and, for each budget ``q`` (default 8, 4, 2 bits), "the best performing lottery ticket with
 average weight bitwidth below q-bit" (the most accurate iteration with at most ``q`` average bits); plus a
-"Full precision" row per float baseline.
+"Full precision" row per float baseline. "Most accurate" ranks by validation accuracy when the run holds
+a validation split (:func:`model.methods.imq.selection_accuracies`), and every row reports test accuracy;
+a run without one is ranked on the test set, and the table says so in a note.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.errors import UserError
-from model.methods.imq import IterationRecord, best_within, select_ticket
+from model.methods.imq import IterationRecord, best_of, best_within, select_ticket, selection_split
 from model.methods.schedules import METHODS
 from model.runs.rundir import (
     RunConfig,
@@ -113,9 +115,11 @@ def table_rows(summaries: list[RunSummary], budgets: tuple[float, ...] = DEFAULT
     -------
     list of dict
         Keys ``model`` (Table 1's name, e.g. ``"MPQ-ticket (PACT-8, 4-bit)"``), ``method``, ``act_bits``
-        (``None`` for float), ``avg_weight_bits``, ``accuracy`` (in ``[0, 1]``), ``iteration`` (``None``
+        (``None`` for float), ``avg_weight_bits``, ``accuracy`` (test, in ``[0, 1]``), ``iteration`` (``None``
         for float), ``rule`` (``"float"``, ``"best"``, ``"algorithm-1"``, ``"<= q bits"`` or ``"single run"``),
-        ``setting`` and ``run`` (the directory).
+        ``setting``, ``run`` (the directory), ``val_accuracy`` (``None`` without a validation split) and
+        ``selected_on`` (the accuracy the rule ranked by: ``"validation"`` or ``"test"``; ``None`` for rows
+        that rank nothing: float and single runs).
     """
     rows: list[dict] = []
     seen_float = set()
@@ -124,7 +128,7 @@ def table_rows(summaries: list[RunSummary], budgets: tuple[float, ...] = DEFAULT
             seen_float.add((s.setting, s.float_accuracy))
             rows.append({"model": "Full precision", "method": "float", "act_bits": None, "avg_weight_bits": 32.0,
                          "accuracy": s.float_accuracy, "iteration": None, "rule": "float", "setting": s.setting,
-                         "run": str(s.run_dir)})
+                         "run": str(s.run_dir), "val_accuracy": None, "selected_on": None})
     for s in summaries:
         spec = METHODS[s.config.method]
         act = s.config.act_bits
@@ -132,7 +136,8 @@ def table_rows(summaries: list[RunSummary], budgets: tuple[float, ...] = DEFAULT
         def row(name: str, record: IterationRecord, rule: str, s=s, spec=spec, act=act) -> dict:
             return {"model": name, "method": s.config.method, "act_bits": act, "avg_weight_bits": record.avg_bits,
                     "accuracy": record.accuracy, "iteration": record.iteration, "rule": rule,
-                    "setting": s.setting, "run": str(s.run_dir)}
+                    "setting": s.setting, "run": str(s.run_dir), "val_accuracy": record.val_accuracy,
+                    "selected_on": None if rule == "single run" else selection_split(s.history)}
 
         if not s.history:
             continue
@@ -140,7 +145,7 @@ def table_rows(summaries: list[RunSummary], budgets: tuple[float, ...] = DEFAULT
             rows.append(row(f"QNN (PACT-{act}, {s.config.weight_bits}-bit)", s.history[0], "single run"))
             continue
         name = spec.ticket_name if s.config.method != "qnn-imp" else f"QNN-{s.config.weight_bits}-ticket"
-        rows.append(row(f"{name} (PACT-{act}), best", max(s.history, key=lambda r: r.accuracy), "best"))
+        rows.append(row(f"{name} (PACT-{act}), best", best_of(s.history), "best"))
         ticket = select_ticket(s.history)
         if ticket is not None:
             rows.append(row(f"{name} (PACT-{act})", ticket, "algorithm-1"))
@@ -167,6 +172,12 @@ def markdown_table(rows: list[dict], summaries: list[RunSummary] | None = None) 
     for s in summaries or []:
         if not s.finished:
             notes.append(f"{s.run_dir}: partial run, {len(s.history)} of {s.config.iterations} iterations.")
+    if any(r["selected_on"] == "validation" for r in rows):
+        notes.append("Tickets are chosen by validation accuracy (held-out training images); accuracies are test "
+                     "accuracies.")
+    for run in sorted({r["run"] for r in rows if r["selected_on"] == "test"}):
+        notes.append(f"{run}: no validation split; its tickets were chosen on the test set, so their accuracies are "
+                     f"optimistic.")
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 
 
@@ -240,7 +251,7 @@ def write_report(
     atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(markdown))
     curves = [{"run": str(s.run_dir), "curve": s.curve, "setting": s.setting, "method": s.config.method,
                "act_bits": s.config.act_bits, "finished": s.finished,
-               "points": [{"iteration": r.iteration, "avg_weight_bits": r.avg_bits, "accuracy": r.accuracy}
-                          for r in s.history]} for s in summaries]
+               "points": [{"iteration": r.iteration, "avg_weight_bits": r.avg_bits, "accuracy": r.accuracy,
+                           "val_accuracy": r.val_accuracy} for r in s.history]} for s in summaries]
     write_json(paths["json"], {"rows": rows, "curves": curves})
     return rows, markdown, paths

@@ -2,14 +2,18 @@
 
 A run directory holds everything a run needs to go on after an interruption, and its results::
 
-    run.json                  {"format": "mpqaccel-run", "version": 1, "config": {...}}: method, data, arch,
-                              every hyper-parameter (defaults resolved), as RunConfig.to_json() gives them
+    run.json                  {"format": "mpqaccel-run", "version": 1, "config": {...}, "provenance": {...}}:
+                              the config (method, data, arch, every hyper-parameter with defaults resolved, the
+                              validation split's size and seed, as RunConfig.to_json() gives them) and the code
+                              revision and environment it was started under (model.runs.provenance)
     theta_0.pt                the model config and theta_0, the initial parameters (Algorithm 1 line 1)
     state.pt                  after every iteration: the masks of the next iteration, the history so far,
                               the float baseline's accuracy, the random methods' generator state, the
                               global torch RNG state, and whether the run has finished
     iterations/iter_NNN.pt    the trained model of iteration NNN with its masks (model.runs.checkpoint format)
-    {method}_history.json     config, float accuracy, history, ticket: rewritten after every iteration
+    {method}_history.json     config, provenance, validation split, whether this invocation resumed, float
+                              accuracy, history (per iteration: test ``accuracy`` and ``val_accuracy``), ticket:
+                              rewritten after every iteration
     {method}.png              accuracy against average weight bits (Fig. 3 / Fig. 8 axes), at the end
     ticket.pt                 the selected ticket (:func:`pick_ticket`), which ``build.py export`` reads
 
@@ -17,8 +21,18 @@ Every file is written atomically (temporary file in the same directory, then ``o
 interruption leaves either the old or the new version. :func:`run` with the same config on the same
 directory resumes at the next iteration: every iteration rewinds to the stored ``theta_0`` and trains with
 the same seed, and the masks and generator state come from ``state.pt``, so the result equals that of an
-uninterrupted run bit for bit. A directory whose ``run.json`` holds another config is refused with a
-:class:`UserError` naming the differing fields. Checkpoints load with ``torch.load(..., weights_only=True)``.
+uninterrupted run bit for bit. Checkpoints load with ``torch.load(..., weights_only=True)``.
+
+Refusals (:class:`UserError`): a directory whose ``run.json`` holds another config (the message names the
+differing fields), or another code revision, torch / numpy version, thread count or process count
+(:func:`model.runs.provenance.differences`; a ``run.json`` without ``provenance``, written before revisions
+were recorded, counts as another revision): results of two code versions would be mixed and printed as if
+fresh. ``run(..., restart=True)`` (``--restart`` on the command line) first removes what a run wrote there
+(:func:`clear_run`: the files above and nothing else) and starts afresh.
+
+Validation: the run holds out ``val_size`` of its training images (:mod:`model.runs.validation`, seeded with
+``val_seed``), trains on the rest, and records every iteration's validation accuracy next to its test
+accuracy; ticket selection ranks by the validation accuracy and the results report the test accuracy.
 
 Under ``torchrun`` every rank runs the same loop (the masks stay equal: same seeds, same updates) and only
 rank 0 writes files (:func:`model.training.distributed.is_main`).
@@ -29,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import sys
 import zipfile
 from dataclasses import asdict, dataclass, fields
@@ -41,12 +56,14 @@ from model.data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_da
 from model.errors import UserError
 from model.export.golden import MAX_ACT_BITS, WIDTHS
 from model.files import atomic_write, write_json
-from model.methods.imq import IterationRecord, Progress, initial_state, select_ticket
+from model.methods.imq import IterationRecord, Progress, initial_state, select_ticket, selection_split
 from model.methods.schedules import Schedule, init_masks, make_schedule, mask_generator, run_method
 from model.quant import nets
 from model.quant.nets import ARCHS, FloatMLP, build_model
 from model.quant.pact import FULL_PRECISION_BITS
+from model.runs import provenance
 from model.runs.checkpoint import save_checkpoint
+from model.runs.validation import DEFAULT_VAL_SIZE, Validation, carve_validation, check_val_seed, check_val_size
 from model.training import distributed
 from model.training.loop import evaluate, train
 
@@ -59,6 +76,10 @@ THETA_FILE = "theta_0.pt"
 STATE_FILE = "state.pt"
 ITERATION_DIR = "iterations"
 TICKET_FILE = "ticket.pt"
+#: ``iterations/iter_NNN.pt``: what :func:`clear_run` removes from the iteration folder.
+ITERATION_PATTERN = re.compile(r"iter_\d{3,}\.pt")
+#: Config fields added after the first run directories were written, with the value those runs had.
+LEGACY_CONFIG_DEFAULTS = {"val_size": 0, "val_seed": 0}
 #: Activation widths a run may use: integer PACT codes of 1..8 bits, or 32 (PACT-32, clip only).
 ACT_BITS = (*range(1, MAX_ACT_BITS + 1), FULL_PRECISION_BITS)
 
@@ -92,6 +113,11 @@ class RunConfig:
         digits split and the random methods' generator.
     float_baseline : bool
         Also train the dense float network once (FloatMLP for the MLP; see :func:`float_model`).
+    val_size : int or float
+        Validation images held out of the training images (:mod:`model.runs.validation`): a count, a
+        fraction in (0, 1), or 0 for none (ticket selection then ranks by test accuracy).
+    val_seed : int
+        Seed of the validation carve.
     """
 
     method: str
@@ -113,6 +139,8 @@ class RunConfig:
     batch_size: int = 64
     seed: int = 0
     float_baseline: bool = True
+    val_size: int | float = DEFAULT_VAL_SIZE
+    val_seed: int = 0
 
     @property
     def schedule(self) -> Schedule:
@@ -126,8 +154,13 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> RunConfig:
-        """Rebuild from :meth:`to_json`'s dict and check it with :func:`make_run_config`."""
+        """Rebuild from :meth:`to_json`'s dict and check it with :func:`make_run_config`.
+
+        Fields of :data:`LEGACY_CONFIG_DEFAULTS` missing from an older file take the value those runs had.
+        """
         names = {f.name for f in fields(cls)}
+        if isinstance(data, dict):
+            data = {**{k: v for k, v in LEGACY_CONFIG_DEFAULTS.items() if k not in data}, **data}
         if not isinstance(data, dict) or set(data) != names:
             got = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise UserError(f"{where}: field 'config' has keys {got}; expected {sorted(names)}")
@@ -167,11 +200,15 @@ def make_run_config(
     batch_size: int = 64,
     seed: int = 0,
     float_baseline: bool = True,
+    val_size: float = DEFAULT_VAL_SIZE,
+    val_seed: int = 0,
 ) -> RunConfig:
     """A checked :class:`RunConfig` with the method's defaults filled in (:func:`model.methods.schedules.make_schedule`).
 
     ``data_root`` becomes an absolute path (Fashion-MNIST's default is filled in), ``hidden`` is dropped
-    for the conv nets, so that the same run asked for in two ways has one config.
+    for the conv nets, so that the same run asked for in two ways has one config. ``val_size`` (default a
+    tenth of the training images) and ``val_seed`` define the validation split
+    (:mod:`model.runs.validation`); whether it fits the training images is checked when the data is loaded.
 
     Raises
     ------
@@ -210,6 +247,7 @@ def make_run_config(
         weight_bits=schedule.weight_bits, hierarchy=schedule.hierarchy, scope=schedule.scope,
         target_avg_bits=schedule.target_avg_bits, epochs=_positive_int("epochs", epochs), lr=float(lr),
         batch_size=_positive_int("batch_size", batch_size), seed=seed, float_baseline=float_baseline,
+        val_size=check_val_size(val_size), val_seed=check_val_seed(val_seed),
     )
 
 
@@ -232,14 +270,8 @@ def _torch_load(path: Path, expected_format: str) -> dict:
     return payload
 
 
-def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
-    """The :class:`RunConfig` stored in ``run_dir/run.json``.
-
-    Raises
-    ------
-    UserError
-        If ``run_dir`` is not a directory, has no ``run.json``, or the file is not a run config.
-    """
+def _read_run_file(run_dir: str | os.PathLike) -> tuple[dict, RunConfig]:
+    """``run_dir/run.json`` as a dict and its checked :class:`RunConfig` (errors as :func:`read_run_config`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
@@ -255,11 +287,37 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
         raise UserError(f"{path}: field 'format' is not {RUN_FORMAT!r}; this is not an mpqaccel run")
     if payload.get("version") != VERSION:
         raise UserError(f"{path}: field 'version' is {payload.get('version')!r}; supported: {VERSION}")
-    return RunConfig.from_json(payload.get("config"), str(path))
+    return payload, RunConfig.from_json(payload.get("config"), str(path))
+
+
+def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The :class:`RunConfig` stored in ``run_dir/run.json``.
+
+    Raises
+    ------
+    UserError
+        If ``run_dir`` is not a directory, has no ``run.json``, or the file is not a run config.
+    """
+    return _read_run_file(run_dir)[1]
+
+
+def read_provenance(run_dir: str | os.PathLike) -> dict | None:
+    """The ``provenance`` stored in ``run_dir/run.json`` (:func:`model.runs.provenance.provenance`); ``None`` for
+    a run written before revisions were recorded. Errors as :func:`read_run_config`."""
+    stored = _read_run_file(run_dir)[0].get("provenance")
+    return stored if isinstance(stored, dict) else None
+
+
+#: How every refusal to resume says how to start afresh.
+RESTART_HINT = ("start it afresh with --restart (`build.py train|demo|bench imq ... --restart`; "
+                "model.runs.rundir.run(..., restart=True)), which removes what the run wrote there, or choose "
+                "another --run-dir")
 
 
 def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
-    """Make ``run_dir`` a run of ``config``, or check that it already is one.
+    """Make ``run_dir`` a run of ``config`` under the current provenance, or check that it already is one.
+
+    A new run's ``run.json`` records the config and :func:`model.runs.provenance.provenance`.
 
     Returns
     -------
@@ -269,30 +327,108 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
     Raises
     ------
     UserError
-        If the stored config differs; the message names every differing field with both values.
+        If the stored config differs (the message names every differing field with both values), or the
+        stored provenance does (another code revision, torch / numpy version, thread or process count, or
+        none recorded); the message says how to start afresh (:data:`RESTART_HINT`).
     """
     run_dir = Path(run_dir)
     if (run_dir / RUN_FILE).exists():
-        stored = read_run_config(run_dir)
+        payload, stored = _read_run_file(run_dir)
         old, new = stored.to_json(), config.to_json()
         diff = [k for k in new if old[k] != new[k]]
         if diff:
             pairs = ", ".join(f"{k}: stored {old[k]!r}, asked {new[k]!r}" for k in diff)
             raise UserError(f"{run_dir / RUN_FILE}: this run directory holds another run ({pairs}); resume it "
-                            f"with the stored values or choose another --run-dir")
+                            f"with the stored values, or {RESTART_HINT}")
+        stored_provenance = payload.get("provenance")
+        changed = provenance.differences(stored_provenance, provenance.provenance())
+        if changed:
+            what = ("field 'provenance' is missing (the run predates revision records)"
+                    if not isinstance(stored_provenance, dict) else "; ".join(changed))
+            raise UserError(f"{run_dir / RUN_FILE}: this run was made under another code revision or environment "
+                            f"({what}); resuming it would mix results of two versions: {RESTART_HINT}")
         return True
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a directory")
     if distributed.is_main():
-        write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "version": VERSION, "config": config.to_json()})
+        write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "version": VERSION, "config": config.to_json(),
+                                        "provenance": provenance.provenance()})
     return False
 
 
+def run_files(run_dir: str | os.PathLike, method: str) -> list[Path]:
+    """The files a run of ``method`` writes in ``run_dir`` that exist now (the module docstring's list, plus
+    temporary files an interrupted atomic write left behind)."""
+    run_dir = Path(run_dir)
+    names = [RUN_FILE, THETA_FILE, STATE_FILE, TICKET_FILE, f"{method}_history.json", f"{method}.png"]
+    found = [run_dir / n for n in names if (run_dir / n).is_file()]
+    found += [p for n in names for p in run_dir.glob(f".{n}.*.tmp") if p.is_file()]
+    iterations = run_dir / ITERATION_DIR
+    if iterations.is_dir():
+        found += [p for p in iterations.iterdir() if p.is_file() and (
+            ITERATION_PATTERN.fullmatch(p.name) or (p.name.startswith(".iter_") and p.name.endswith(".tmp")))]
+    return sorted(found)
+
+
+def clear_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what a run wrote in ``run_dir`` (:func:`run_files` of its stored method) so it can start afresh.
+
+    Nothing else is touched: other files (a demo's image, notes) stay, and so does the folder. A folder
+    without ``run.json`` holds no run, and nothing is removed. Only rank 0 removes files under ``torchrun``.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+
+    Raises
+    ------
+    UserError
+        If ``run.json`` exists but is not an mpqaccel run (then nothing is removed: the folder may belong
+        to something else).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        return []
+    removed = run_files(run_dir, read_run_config(run_dir).method)
+    if distributed.is_main():
+        for path in removed:
+            path.unlink(missing_ok=True)
+        iterations = run_dir / ITERATION_DIR
+        if iterations.is_dir() and not any(iterations.iterdir()):
+            iterations.rmdir()
+    return removed
+
+
 # ------------------------------------------------------------------------------------------ model, data
-def load_split(config: RunConfig) -> Split:
-    """The run's data (:func:`model.data.load_dataset`); the digits' split is seeded with the run's seed."""
+def load_data(config: RunConfig) -> tuple[Split, Validation | None]:
+    """The run's data: what it trains and tests on, and its validation images.
+
+    :func:`model.data.load_dataset` (the digits' split is seeded with the run's seed), then
+    :func:`model.runs.validation.carve_validation` takes ``val_size`` of the training images out (seeded
+    with ``val_seed``).
+
+    Raises
+    ------
+    UserError
+        If the data cannot be loaded or ``val_size`` does not fit the training images.
+    """
     root = None if config.data == "digits" else config.data_root
-    return load_dataset(config.data, root, config.train_subset, config.test_subset, seed=config.seed)
+    split = load_dataset(config.data, root, config.train_subset, config.test_subset, seed=config.seed)
+    return carve_validation(split, config.val_size, config.val_seed)
+
+
+def load_split(config: RunConfig) -> Split:
+    """The split the run trains and tests on (:func:`load_data` without the validation images)."""
+    return load_data(config)[0]
+
+
+def validation_json(config: RunConfig, split: Split, val: Validation | None) -> dict | None:
+    """What the results record about the validation split: images, seed, the requested size, training images."""
+    if val is None:
+        return None
+    return {"size": val.size, "seed": val.seed, "requested": config.val_size,
+            "train_images": int(split.x_train.shape[0])}
 
 
 def n_classes_of(config: RunConfig, split: Split) -> int:
@@ -360,13 +496,18 @@ def load_iteration(run_dir: str | os.PathLike, iteration: int) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------ state
 def record_json(record: IterationRecord) -> dict:
+    """An iteration as the history JSON holds it: ``accuracy`` is the test accuracy, ``val_accuracy`` the
+    validation accuracy (``null`` without a validation split)."""
     return {"iteration": record.iteration, "avg_bits": record.avg_bits, "accuracy": record.accuracy,
-            "width_counts": {str(k): v for k, v in record.width_counts.items()}}
+            "val_accuracy": record.val_accuracy, "width_counts": {str(k): v for k, v in record.width_counts.items()}}
 
 
 def record_from_json(data: dict) -> IterationRecord:
+    """Inverse of :func:`record_json` (histories written before validation splits have no ``val_accuracy``)."""
+    val = data.get("val_accuracy")
     return IterationRecord(int(data["iteration"]), float(data["avg_bits"]), float(data["accuracy"]),
-                           {int(k): int(v) for k, v in data["width_counts"].items()})
+                           {int(k): int(v) for k, v in data["width_counts"].items()},
+                           None if val is None else float(val))
 
 
 def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -380,6 +521,7 @@ class _State:
     masks: dict[str, torch.Tensor]
     generator_state: torch.Tensor
     rng_state: torch.Tensor
+    float_val_accuracy: float | None = None
 
 
 def _save_state(run_dir: Path, config: RunConfig, state: _State) -> None:
@@ -389,7 +531,7 @@ def _save_state(run_dir: Path, config: RunConfig, state: _State) -> None:
         "format": STATE_FORMAT, "version": VERSION, "config": config.to_json(),
         "history": [record_json(r) for r in state.progress.history], "finished": state.progress.finished,
         "reached_target": state.progress.reached_target, "float_accuracy": state.float_accuracy,
-        "masks": state.masks, "generator_state": state.generator_state, "rng_state": state.rng_state,
+        "float_val_accuracy": state.float_val_accuracy, "masks": state.masks, "generator_state": state.generator_state, "rng_state": state.rng_state,
     })
 
 
@@ -410,11 +552,12 @@ def _load_state(run_dir: Path, config: RunConfig, model: nn.Module) -> _State | 
         history = [record_from_json(r) for r in payload["history"]]
         progress = Progress(history, bool(payload["finished"]), bool(payload["reached_target"]))
         float_accuracy = payload["float_accuracy"]
+        float_val_accuracy = payload.get("float_val_accuracy")
         generator_state, rng_state = payload["generator_state"], payload["rng_state"]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: malformed run state ({type(exc).__name__}: {exc})") from None
     return _State(progress, None if float_accuracy is None else float(float_accuracy), masks, generator_state,
-                  rng_state)
+                  rng_state, None if float_val_accuracy is None else float(float_val_accuracy))
 
 
 def _initial_model(run_dir: Path, config: RunConfig, split: Split) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -449,7 +592,8 @@ def pick_ticket(history: list[IterationRecord], reached_target: bool) -> tuple[I
     * ``"target"``: the run stopped at the first iteration at most ``target_avg_bits`` wide; that one
       (the "(PACT-k, q-bit)" ticket of Table 1 with ``q`` the target, as bits only fall).
     * ``"algorithm-1"``: otherwise Algorithm 1 line 12 (:func:`model.methods.imq.select_ticket`): the narrowest
-      iteration more accurate than iteration 0.
+      iteration more accurate than iteration 0, on the validation images when the run has them
+      (:func:`model.methods.imq.selection_split`).
     * ``"last"``: if no iteration beats iteration 0 (or there is only one, as for QNN-k), the last one.
     """
     if not history:
@@ -468,14 +612,23 @@ def plot_file(config: RunConfig) -> str:
     return f"{config.method}.png"
 
 
+def ticket_json(history: list[IterationRecord], ticket: IterationRecord, rule: str) -> dict:
+    """The history JSON's ``ticket``: the record, the rule, and the accuracy the rule ranked by
+    (``selected_on``: ``"validation"``, ``"test"``, or ``None`` for the ``"target"`` rule, which ranks nothing)."""
+    return {**record_json(ticket), "rule": rule, "selected_on": None if rule == "target" else selection_split(history)}
+
+
 def results_json(config: RunConfig, state: _State, float_description: str | None,
-                 ticket: tuple[IterationRecord, str] | None) -> dict:
+                 ticket: tuple[IterationRecord, str] | None, context: dict | None = None) -> dict:
+    """The history JSON (module docstring); ``context`` adds ``resumed``, ``provenance`` and ``validation``."""
+    history = state.progress.history
     return {
         "method": config.method, "label": config.schedule.label, "act_bits": config.act_bits,
-        "config": config.to_json(), "float_accuracy": state.float_accuracy, "float_model": float_description,
-        "history": [record_json(r) for r in state.progress.history], "finished": state.progress.finished,
+        "config": config.to_json(), **(context or {}), "float_accuracy": state.float_accuracy,
+        "float_val_accuracy": state.float_val_accuracy, "float_model": float_description,
+        "history": [record_json(r) for r in history], "finished": state.progress.finished,
         "reached_target": state.progress.reached_target,
-        "ticket": None if ticket is None else {**record_json(ticket[0]), "rule": ticket[1]},
+        "ticket": None if ticket is None else ticket_json(history, *ticket),
     }
 
 
@@ -530,6 +683,12 @@ class RunResult:
         The ticket's trained model with its masks.
     resumed : bool
         Whether the run directory already held (part of) this run.
+    float_val_accuracy : float or None
+        The float baseline's accuracy on the validation images.
+    validation : dict or None
+        :func:`validation_json`: the validation split's size and seed (``None`` without one).
+    provenance : dict or None
+        What ``run.json`` records (:func:`model.runs.provenance.provenance`).
     """
 
     config: RunConfig
@@ -541,6 +700,9 @@ class RunResult:
     ticket_rule: str | None
     ticket_model: nn.Module | None
     resumed: bool
+    float_val_accuracy: float | None = None
+    validation: dict | None = None
+    provenance: dict | None = None
 
 
 def run(
@@ -548,11 +710,12 @@ def run(
     run_dir: str | os.PathLike,
     progress: bool = True,
     on_step=None,
+    restart: bool = False,
 ) -> RunResult:
     """Run (or resume, or just re-read) the run ``config`` in ``run_dir``; see the module docstring.
 
-    Order: ``theta_0`` (seeded with ``config.seed``), the float baseline (if asked for), then the
-    iterations of :func:`model.methods.schedules.run_method`. After each iteration its trained model goes to
+    Order: the validation carve, ``theta_0`` (seeded with ``config.seed``), the float baseline (if asked
+    for), then the iterations of :func:`model.methods.schedules.run_method`. After each iteration its trained model goes to
     ``iterations/iter_NNN.pt``, then ``state.pt`` and the history JSON are rewritten; at the end the ticket
     (:func:`pick_ticket`) is copied to ``ticket.pt`` and the plot drawn.
 
@@ -566,16 +729,27 @@ def run(
         tqdm bars.
     on_step : callable, optional
         ``on_step(progress, model)`` after each iteration's checkpoint is written (for callers that watch).
+    restart : bool
+        Start afresh: :func:`clear_run` first removes what a run wrote in ``run_dir`` (whatever its config
+        and provenance), so nothing is resumed.
 
     Raises
     ------
     UserError
-        If the directory holds another run, a stored file is broken, or the data cannot be loaded.
+        If the directory holds another run or was made under another revision or environment (unless
+        ``restart``), a stored file is broken, or the data cannot be loaded.
     """
     run_dir = Path(run_dir)
-    split = load_split(config)
+    split, val = load_data(config)
     build_model(model_config(config, split))  # a bad model config is an error before run.json is written
+    if restart:
+        distributed.init()
+        clear_run(run_dir)
+        distributed.barrier()  # under torchrun: no rank reads the old run.json after rank 0 removed it
     resumed = open_run(run_dir, config)
+    context = {"resumed": resumed, "provenance": read_provenance(run_dir) if distributed.is_main()
+               else provenance.provenance(), "validation": validation_json(config, split, val)}
+    val_xy = None if val is None else (val.x, val.y)
     model, theta_0 = _initial_model(run_dir, config, split)
     saved = _load_state(run_dir, config, model)
     if saved is None:
@@ -597,6 +771,8 @@ def run(
             train(baseline, split, config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
                   progress=progress)
             state.float_accuracy = evaluate(baseline, split.x_test, split.y_test)
+            if val is not None:
+                state.float_val_accuracy = evaluate(baseline, val.x, val.y)
             state.rng_state = torch.get_rng_state()
             _save_state(run_dir, config, state)
             if progress and distributed.is_main():
@@ -614,14 +790,14 @@ def run(
         state.rng_state = torch.get_rng_state()
         _save_state(run_dir, config, state)
         if distributed.is_main():
-            write_json(run_dir / history_file(config), results_json(config, state, float_description, None))
+            write_json(run_dir / history_file(config), results_json(config, state, float_description, None, context))
         if on_step is not None:
             on_step(prog, stepped)
 
     schedule = config.schedule
     state.progress = run_method(model, split, schedule, config.epochs, lr=config.lr, batch_size=config.batch_size,
                                 seed=config.seed, theta_0=theta_0, start=state.progress, generator=generator,
-                                progress=progress, on_iteration=on_iteration, on_step=step)
+                                progress=progress, on_iteration=on_iteration, on_step=step, val=val_xy)
     prog = state.progress
     ticket = ticket_model = None
     rule = None
@@ -632,14 +808,18 @@ def run(
         if distributed.is_main():
             meta = {"float_accuracy": state.float_accuracy, "history": [record_json(r) for r in prog.history],
                     "data": config.data, "seed": config.seed, "method": config.method,
-                    "ticket_iteration": ticket.iteration, "ticket_rule": rule, "run": config.to_json()}
+                    "ticket_iteration": ticket.iteration, "ticket_rule": rule,
+                    "ticket_selected_on": ticket_json(prog.history, ticket, rule)["selected_on"],
+                    "run": config.to_json(), "provenance": context["provenance"],
+                    "validation": context["validation"]}
             save_checkpoint(run_dir / TICKET_FILE, ticket_model, meta)
             write_json(run_dir / history_file(config), results_json(config, state, float_description,
-                                                                    (ticket, rule)))
+                                                                    (ticket, rule), context))
             plot_history(prog.history, run_dir / plot_file(config), schedule.label, state.float_accuracy, ticket)
     distributed.barrier()  # ticket.pt and the history JSON exist before any rank returns
     return RunResult(config, list(prog.history), state.float_accuracy, prog.finished, prog.reached_target,
-                     ticket, rule, ticket_model, resumed)
+                     ticket, rule, ticket_model, resumed, state.float_val_accuracy, context["validation"],
+                     context["provenance"])
 
 
 def ticket_widths_supported(model: nn.Module) -> bool:

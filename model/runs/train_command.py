@@ -1,7 +1,21 @@
 """``build.py train``: IMQ and its baselines in resumable run directories, LTS, or BMPQ.
 
-Heavy modules (torch and the training code) are imported inside :func:`run` so that ``train --help`` stays
-fast; see :mod:`model.cli`.
+The options are one table, :data:`OPTIONS`: each says which methods use it and its default per method, and
+``train --help`` shows them in one argument group per method family. Every option is parsed with the
+default ``None`` (``False`` for flags), so :func:`resolve` can tell an option given on the command line from
+one left out: one the chosen method does not use is an error naming both (even when it equals the default),
+and the others get the method's default. With no option but ``--method`` every method runs on its defaults:
+
+* imq, irq, imp, irp, qnn, qnn-imp: digits, MLP 64-10, PACT-4, 20 epochs per iteration, Adam 3e-3, batch 64.
+* lts: exactly the 2-bit LTS row of ``bench lts`` (:func:`model.bench.lts.run_lts_bench` with
+  :func:`model.methods.lts.train_lts`'s defaults): all of Fashion-MNIST, MLP 784-256-256-10, 10 epochs,
+  ``E_wm`` 2, ``m`` 0.99, linear growth, SGD 0.01, batch 128, one thread (tests/test_cli_train.py checks
+  that the two agree).
+* bmpq: digits, MLP 64-64-64-64-10 (BMPQ needs at least three layers), 4x compression (its 16-bit first and
+  last layers leave this MLP at most 4.49x; conv nets keep the paper's 10x), 20 epochs, SGD 0.05, batch 64.
+
+Heavy modules (torch and the training code) are imported inside the functions so that ``train --help``
+stays fast; see :mod:`model.cli`.
 """
 
 from __future__ import annotations
@@ -9,86 +23,257 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.cli import ADAM_LR, DEFAULT_OUT, SEED, SGD_LR, act_bits, bounded, print_table, write_json
 
 HELP = "IMQ (float baseline, then Algorithm 1), its baselines, LTS or BMPQ; resumable; writes results, plots and ticket.pt"
 
+#: The methods of Algorithm 1's loop (model/methods/schedules.py), run in resumable run directories.
+ITERATIVE = ("imq", "irq", "imp", "irp", "qnn", "qnn-imp")
+METHODS = (*ITERATIVE, "lts", "bmpq")
+ALL = METHODS
+
+#: ``bench lts``'s configuration (model/bench/lts.py run_lts_bench and train_lts's defaults), 2-bit row.
+LTS_BENCH = {"data": "fashion-mnist", "hidden": [256, 256], "epochs": 10, "lr": 0.01, "batch_size": 128,
+             "bits": 2, "lts_mode": "lts", "strategy": "linear", "p": 0.5, "m": 0.99, "warmup": 2, "threads": 1}
+#: BMPQ's target compression r_M^32 for an MLP and for the conv nets (the paper's 10x, BMPQ Sec. IV-A).
+BMPQ_MLP_COMPRESSION = 4.0
+BMPQ_CONV_COMPRESSION = 10.0
+
+#: Argument groups of ``train --help``: title -> description.
+GROUPS = {
+    "common": ("common options", "used by every method; defaults differ per method where shown"),
+    "iterative": ("imq, irq, imp, irp, qnn, qnn-imp",
+                  "Algorithm 1 in a resumable run directory (rewind to theta_0, change the masks, retrain)"),
+    "lts": ("lts", "lottery ticket scratcher (LTS paper Eq. 1-8); also --hidden, --epochs, --lr, --batch-size"),
+    "bmpq": ("bmpq", ("layer-wise widths from bit gradients and an ILP (BMPQ paper Sec. III); also --warmup "
+                      "(its ep_w, default 2; listed under lts)")),
+}
+
+
+def _per_method(iterative=None, lts=None, bmpq=None) -> dict:
+    return {**dict.fromkeys(ITERATIVE, iterative), "lts": lts, "bmpq": bmpq}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``train`` option: its flags, the methods that use it, its default per method, argparse's kwargs."""
+
+    flags: tuple[str, ...]
+    group: str
+    methods: tuple[str, ...]
+    help: str
+    defaults: dict = field(default_factory=dict)
+    kwargs: dict = field(default_factory=dict)
+    in_demo: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return self.flags[0]
+
+    def default_help(self) -> str:
+        """``default: X`` or ``default: X for imq.., Y for lts`` from :attr:`defaults`."""
+        values: dict[str, list[str]] = {}
+        for method in self.methods:
+            value = self.defaults.get(method)
+            if value is None:
+                continue
+            text = " ".join(map(str, value)) if isinstance(value, list) else format(value, "g" if isinstance(
+                value, float) else "")
+            values.setdefault(text, []).append(method)
+        if not values:
+            return ""
+        if len(values) == 1:
+            return f" (default: {next(iter(values))})"
+        parts = [f"{text} for {_methods_text(methods)}" for text, methods in values.items()]
+        return f" (default: {'; '.join(parts)})"
+
+
+def _methods_text(methods) -> str:
+    """``imq, lts`` or, for all six iterative methods, ``imq..qnn-imp``."""
+    methods = tuple(methods)
+    if set(ITERATIVE) <= set(methods):
+        methods = ("imq..qnn-imp", *(m for m in methods if m not in ITERATIVE))
+    return ", ".join(methods)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # ------------------------------------------------------------------------------------------ common
+    Option(("--data",), "common", ALL, "data set: digits (scikit-learn's 8x8 digits), fashion-mnist, idx "
+           "(--data-root), cifar10 or cifar100 (--data-root)",
+           _per_method("digits", LTS_BENCH["data"], "digits"), in_demo=True),
+    Option(("--data-root",), "common", ALL, "data folder for --data idx, cifar10, cifar100 (fashion-mnist: "
+           "default Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)"),
+    Option(("--train-subset",), "common", ALL, "use only the first N training images (default: all)",
+           kwargs={"type": bounded(int, 1, 10**9)}),
+    Option(("--test-subset",), "common", ALL, "use only the first N test images (default: all)",
+           kwargs={"type": bounded(int, 1, 10**9)}),
+    Option(("--arch",), "common", ALL, "network: mlp (--hidden; the accelerator runs these), resnet20 or vgg "
+           "(lts: mlp only)", _per_method("mlp", "mlp", "mlp"), {"choices": ("mlp", "resnet20", "vgg")}),
+    Option(("--hidden",), "common", ALL, "MLP hidden layer sizes",
+           _per_method([64], LTS_BENCH["hidden"], [64, 64, 64]), {"type": bounded(int, 1, 4096), "nargs": "+"},
+           in_demo=True),
+    Option(("--epochs",), "common", ALL, "training epochs (per iteration for the iterative methods)",
+           _per_method(20, LTS_BENCH["epochs"], 20), {"type": bounded(int, 1, 100000)}, in_demo=True),
+    Option(("--lr",), "common", ALL, "peak learning rate: Adam for imq..qnn-imp; SGD with momentum 0.9 for lts "
+           "and bmpq (BMPQ's paper uses 0.1 for 200 epochs)",
+           _per_method(ADAM_LR, LTS_BENCH["lr"], SGD_LR), {"type": bounded(float, 1e-8, 10.0)}, in_demo=True),
+    Option(("--batch-size",), "common", ALL, "mini-batch size", _per_method(64, LTS_BENCH["batch_size"], 64),
+           {"type": bounded(int, 1, 65536)}),
+    Option(("--seed",), "common", ALL, "random seed, 0..2^32-1", _per_method(0, 0, 0), {"type": SEED},
+           in_demo=True),
+    Option(("--run-dir",), "common", ALL, "output directory, overriding --out; for imq..qnn-imp the run "
+           "directory that running again with the same options resumes (lts and bmpq start over)"),
+    # ------------------------------------------------------------------------------------------ iterative
+    Option(("--act-bits",), "iterative", ITERATIVE, "PACT-k activation bits: 1..8, or 32 for PACT-32 (clip only; "
+           "not exportable)", _per_method(4), {"type": act_bits}, in_demo=True),
+    Option(("--rho",), "iterative", tuple(m for m in ITERATIVE if m != "qnn"),
+           "fraction of the non-zero weights changed per iteration: IMQ/IRQ quantize ratio (default 0.3), "
+           "IMP/IRP/QNN-IMP pruning rate (default 0.2)", kwargs={"type": bounded(float, 0.0, 1.0)}, in_demo=True),
+    Option(("--target-bits",), "iterative", ITERATIVE, "stop at the first iteration with at most this average "
+           "weight width; that iteration is the ticket (0 runs every iteration and picks the ticket by "
+           "Algorithm 1)", _per_method(4.0), {"type": bounded(float, 0.0, 32.0)}, in_demo=True),
+    Option(("--iterations", "--max-iterations"), "iterative", tuple(m for m in ITERATIVE if m != "qnn"),
+           "iteration limit N_iter (default: 25 for imq/irq, 16 for imp/irp/qnn-imp; qnn trains once)",
+           kwargs={"type": bounded(int, 1, 1000), "dest": "max_iterations"}, in_demo=True),
+    Option(("--weight-bits",), "iterative", ("qnn", "qnn-imp"), "QNN-k / QNN-k IMP weight width k (the other "
+           "methods start from 32 bits)", {"qnn": 8, "qnn-imp": 8}, {"type": int, "choices": (1, 2, 4, 8, 16, 32)}),
+    Option(("--hierarchy",), "iterative", ("imq", "irq"), "IMQ/IRQ widths: paper 32/16/8/4/0, or extended with 2 "
+           "and 1 (Fig. 6; not exportable)", {"imq": "paper", "irq": "paper"}, {"choices": ("paper", "extended")}),
+    Option(("--scope",), "iterative", ITERATIVE, "magnitude (or random) choice across all layers or per layer",
+           _per_method("global"), {"choices": ("global", "layer")}, in_demo=True),
+    Option(("--no-float-baseline",), "iterative", ITERATIVE, "skip the dense float model",
+           kwargs={"action": "store_true"}),
+    Option(("--restart",), "iterative", ITERATIVE, "start the run directory afresh: remove what an earlier run "
+           "wrote there (needed after a code change or to change the config in place)",
+           kwargs={"action": "store_true"}, in_demo=True),
+    # ------------------------------------------------------------------------------------------ lts
+    Option(("--bits",), "lts", ("lts",), "LTS weight and activation bits, 2..8", {"lts": LTS_BENCH["bits"]},
+           {"type": bounded(int, 2, 8)}),
+    Option(("--lts-mode",), "lts", ("lts",), "lts, or plain QAT (no scratcher) for comparison",
+           {"lts": LTS_BENCH["lts_mode"]}, {"choices": ("lts", "baseline")}),
+    Option(("--strategy",), "lts", ("lts",), "growth of p after the warm-up, Eq. 7-8",
+           {"lts": LTS_BENCH["strategy"]}, {"choices": ("fixed", "linear", "sine")}),
+    Option(("--p",), "lts", ("lts",), "rate p of --strategy fixed (Eq. 6)", {"lts": LTS_BENCH["p"]},
+           {"type": bounded(float, 0.0, 1.0)}),
+    Option(("--m",), "lts", ("lts",), "EMA momentum (Eq. 5)", {"lts": LTS_BENCH["m"]},
+           {"type": bounded(float, 0.0, 1.0)}),
+    Option(("--warmup",), "lts", ("lts", "bmpq"), "warm-up epochs: LTS E_wm, BMPQ ep_w",
+           {"lts": LTS_BENCH["warmup"], "bmpq": 2}, {"type": bounded(int, 0, 10000)}),
+    Option(("--threads",), "lts", ("lts",), "torch CPU threads (the bench's 1 keeps backward timings "
+           "undisturbed and results equal to its row; 0: torch's default)", {"lts": LTS_BENCH["threads"]},
+           {"type": bounded(int, 0, 1024)}),
+    # ------------------------------------------------------------------------------------------ bmpq
+    Option(("--compression",), "bmpq", ("bmpq",), "memory budget as a target compression ratio r_M^32, Eq. 12 "
+           f"(default: {BMPQ_MLP_COMPRESSION:g} for an MLP, {BMPQ_CONV_COMPRESSION:g} for resnet20 and vgg)",
+           kwargs={"type": bounded(float, 1.0, 32.0)}),
+    Option(("--budget-mb",), "bmpq", ("bmpq",), "memory budget C in MB of weights, Eq. 11 units (instead of "
+           "--compression)", kwargs={"type": bounded(float, 1e-9, 1e6)}),
+    Option(("--support",), "bmpq", ("bmpq",), "support widths S_q (2 is ternary)", {"bmpq": [2, 4]},
+           {"type": int, "nargs": "+", "choices": (2, 3, 4, 5, 6, 7, 8, 16)}),
+    Option(("--edge-bits",), "bmpq", ("bmpq",), "width of the first and the last layer", {"bmpq": 16},
+           {"type": int, "choices": (4, 8, 16)}),
+    Option(("--interval",), "bmpq", ("bmpq",), "epoch interval ep_int between ILP runs, Def. 2", {"bmpq": 2},
+           {"type": bounded(int, 1, 10000)}),
+)
+
+OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def _add(p, option: Option) -> None:
+    kwargs = dict(option.kwargs)
+    if kwargs.get("action") != "store_true":
+        kwargs["default"] = None  # None: not given (resolve() fills the method's default)
+    p.add_argument(*option.flags, help=option.help + option.default_help(), **kwargs)
+
 
 def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
-    p.add_argument("--data", default="digits",
-                   help="dataset: digits (scikit-learn's 8x8 digits, default), fashion-mnist, idx (--data-root), "
-                        "cifar10 or cifar100 (--data-root)")
-    p.add_argument("--hidden", type=bounded(int, 1, 4096), nargs="+", default=[64], help="hidden layer sizes (default: 64)")
-    p.add_argument("--act-bits", type=act_bits, default=4,
-                   help="PACT-k activation bits: 1..8, or 32 for PACT-32 (clip only; not exportable) (default: 4)")
-    p.add_argument("--rho", type=bounded(float, 0.0, 1.0), default=None,
-                   help="fraction of the non-zero weights changed per iteration: IMQ/IRQ quantize ratio "
-                        "(default 0.3), IMP/IRP/QNN-IMP pruning rate (default 0.2)")
-    p.add_argument("--target-bits", type=bounded(float, 0.0, 32.0), default=4.0,
-                   help="stop at the first iteration with at most this average weight width; that iteration is "
-                        "the ticket (default: 4; 0 runs every iteration and picks the ticket by Algorithm 1)")
-    p.add_argument("--iterations", "--max-iterations", dest="max_iterations", type=bounded(int, 1, 1000),
-                   default=None, help="iteration limit N_iter (default: 25 for IMQ/IRQ, 16 for IMP/IRP/QNN-IMP, "
-                                      "1 for QNN)")
-    p.add_argument("--epochs", type=bounded(int, 1, 100000), default=20, help="epochs per iteration (default: 20)")
-    p.add_argument("--lr", type=bounded(float, 1e-8, 10.0), default=None,
-                   help=f"peak learning rate (default: {ADAM_LR} with Adam; BMPQ: {SGD_LR} with SGD and momentum 0.9; "
-                        "its paper uses 0.1 for 200 epochs)")
-    p.add_argument("--scope", choices=("global", "layer"), default="global",
-                   help="magnitude ranking across all layers or per layer (default: global)")
-    p.add_argument("--seed", type=SEED, default=0, help="random seed, 0..2^32-1 (default: 0)")
+    """The options ``demo`` shares with ``train`` (IMQ on digits); resolve them with ``resolve(args, "imq")``."""
+    for option in OPTIONS:
+        if option.in_demo:
+            _add(p, option)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(out), help=f"output directory (default: {out})")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_train_args(p, DEFAULT_OUT / "train")
-    p.add_argument("--method", choices=("imq", "irq", "imp", "irp", "qnn", "qnn-imp", "lts", "bmpq"), default="imq",
-                   help="imq: MPQ-tickets (default); irq: random instead of magnitude choice; imp / irp: "
-                        "iterative magnitude / random pruning at 32 bits; qnn: all weights --weight-bits, one "
-                        "run; qnn-imp: IMP on a --weight-bits QNN; lts: lottery ticket scratcher; bmpq: "
-                        "layer-wise widths from bit gradients and an ILP")
-    p.add_argument("--data-root", default=None, help="data folder for --data idx, cifar10, cifar100 (default for "
-                   "fashion-mnist: Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--arch", choices=("mlp", "resnet20", "vgg"), default="mlp",
-                   help="network: mlp (--hidden; the accelerator runs these), resnet20 or vgg (default: mlp)")
-    p.add_argument("--weight-bits", type=int, choices=(1, 2, 4, 8, 16, 32), default=None,
-                   help="QNN-k / QNN-k IMP weight width k (default: 8; others start from 32)")
-    p.add_argument("--hierarchy", choices=("paper", "extended"), default="paper",
-                   help="IMQ/IRQ widths: paper 32/16/8/4/0, or extended with 2 and 1 (Fig. 6; not exportable)")
-    p.add_argument("--batch-size", type=bounded(int, 1, 65536), default=64, help="mini-batch size (default: 64)")
-    p.add_argument("--train-subset", type=bounded(int, 1, 10**9), default=None,
-                   help="use only the first N training images")
-    p.add_argument("--test-subset", type=bounded(int, 1, 10**9), default=None, help="use only the first N test images")
-    p.add_argument("--no-float-baseline", action="store_true", help="skip the dense float model")
-    p.add_argument("--run-dir", default=None,
-                   help="run directory (default: --out); for the iterative methods running again with the same "
-                        "options resumes it (lts and bmpq start over)")
-    p.add_argument("--bits", type=bounded(int, 2, 8), default=2, help="LTS weight/activation bits (default: 2)")
-    p.add_argument("--lts-mode", choices=("lts", "baseline"), default="lts",
-                   help="lts, or plain QAT for comparison (default: lts)")
-    p.add_argument("--strategy", choices=("fixed", "linear", "sine"), default="linear",
-                   help="LTS growth of p, Eq. 7-8 (default: linear)")
-    p.add_argument("--p", type=bounded(float, 0.0, 1.0), default=0.5, help="LTS rate p (Eq. 6; default 0.5)")
-    p.add_argument("--m", type=bounded(float, 0.0, 1.0), default=0.99, help="LTS EMA momentum (Eq. 5)")
-    p.add_argument("--warmup", type=bounded(int, 0, 10000), default=2,
-                   help="warm-up epochs: LTS E_wm, BMPQ ep_w (default: 2)")
-    p.add_argument("--compression", type=bounded(float, 1.0, 32.0), default=10.0,
-                   help="BMPQ memory budget as a target compression ratio r_M^32, Eq. 12 (default: 10)")
-    p.add_argument("--budget-mb", type=bounded(float, 1e-9, 1e6), default=None,
-                   help="BMPQ memory budget C in MB of weights, Eq. 11 units (overrides --compression)")
-    p.add_argument("--support", type=int, nargs="+", choices=(2, 3, 4, 5, 6, 7, 8, 16), default=[2, 4],
-                   help="BMPQ support widths S_q (default: 2 4; 2 is ternary)")
-    p.add_argument("--edge-bits", type=int, choices=(4, 8, 16), default=16,
-                   help="BMPQ width of the first and the last layer (default: 16)")
-    p.add_argument("--interval", type=bounded(int, 1, 10000), default=2,
-                   help="BMPQ epoch interval ep_int between ILP runs, Def. 2 (default: 2)")
+    groups = {key: p.add_argument_group(title, description) for key, (title, description) in GROUPS.items()}
+    groups["common"].add_argument(
+        "--method", choices=METHODS, default="imq",
+        help="imq: MPQ-tickets (default); irq: random instead of magnitude choice; imp / irp: iterative magnitude "
+             "/ random pruning at 32 bits; qnn: all weights --weight-bits, one run; qnn-imp: IMP on a "
+             "--weight-bits QNN; lts: lottery ticket scratcher; bmpq: layer-wise widths from bit gradients and an "
+             "ILP")
+    for option in OPTIONS:
+        _add(groups[option.group], option)
+    out = DEFAULT_OUT / "train"
+    groups["common"].add_argument("--quiet", action="store_true", help="no progress bars")
+    groups["common"].add_argument("--out", default=str(out), help=f"output directory (default: {out})")
+
+
+def given_options(args) -> list[Option]:
+    """The options of :data:`OPTIONS` given on the command line (parsed values other than None / False)."""
+    return [o for o in OPTIONS if getattr(args, o.dest, None) not in (None, False)]
+
+
+def resolve(args, method: str | None = None):
+    """Check the options given for the method and fill in the method's defaults (in place; returns ``args``).
+
+    Raises
+    ------
+    UserError
+        For an option the method does not use, naming the method and the option, or a combination that
+        does not apply (LTS: ``--arch`` other than mlp, ``--p`` without ``--strategy fixed``, scratcher
+        options with ``--lts-mode baseline``; BMPQ: ``--compression`` with ``--budget-mb``).
+    """
+    from model.errors import UserError
+
+    method = method or args.method
+    given = given_options(args)
+    for option in given:
+        if method not in option.methods:
+            users = _methods_text(option.methods)
+            raise UserError(f"{option.flag} (field '{option.dest}') does not apply to --method {method}; it is "
+                            f"used by {users}" + (" (see `train --help`)" if hasattr(args, "method") else ""))
+    names = {o.dest for o in given}
+    if method == "lts":
+        if "arch" in names and args.arch != "mlp":
+            raise UserError(f"--arch {args.arch} does not apply to --method lts: LTS trains an MLP "
+                            f"(QuantLinearLTS layers, --hidden); allowed: mlp")
+        if "p" in names and args.strategy != "fixed":
+            raise UserError(f"--p does not apply to --method lts with --strategy {args.strategy or 'linear'}: "
+                            f"p is the rate of --strategy fixed (linear and sine grow it from 0 to 1)")
+        scratcher = sorted({"strategy", "p", "m", "warmup"} & names)
+        if args.lts_mode == "baseline" and scratcher:
+            raise UserError(f"--{scratcher[0]} does not apply to --method lts with --lts-mode baseline: plain QAT "
+                            f"has no scratcher")
+    if method == "bmpq" and "compression" in names and "budget_mb" in names:
+        raise UserError("--compression and --budget-mb both set the BMPQ memory budget: give one of them")
+    if "hidden" in names and (getattr(args, "arch", None) or "mlp") != "mlp":
+        raise UserError(f"--hidden does not apply to --arch {args.arch}: it sizes the MLP (--arch mlp)")
+    if "data_root" in names and (args.data or OPTION_BY_DEST["data"].defaults[method]) == "digits":
+        raise UserError(f"--data-root {args.data_root!r} does not apply to --data digits: the digits are bundled "
+                        f"with scikit-learn")
+    for option in OPTIONS:
+        if getattr(args, option.dest, None) is None and hasattr(args, option.dest):
+            value = option.defaults.get(method)
+            setattr(args, option.dest, list(value) if isinstance(value, list) else value)
+    if method == "bmpq" and args.compression is None and args.budget_mb is None:
+        args.compression = BMPQ_MLP_COMPRESSION if args.arch == "mlp" else BMPQ_CONV_COMPRESSION
+    return args
 
 
 def train_config(args):
-    """The :class:`model.runs.rundir.RunConfig` that ``train`` (any method but lts) or ``demo`` (IMQ) asks for."""
+    """The :class:`model.runs.rundir.RunConfig` that ``train`` (imq..qnn-imp) or ``demo`` (IMQ) asks for.
+
+    ``args`` is resolved (:func:`resolve`).
+    """
     from model.runs.rundir import make_run_config
 
     return make_run_config(
@@ -96,21 +281,38 @@ def train_config(args):
         train_subset=getattr(args, "train_subset", None), test_subset=getattr(args, "test_subset", None),
         arch=getattr(args, "arch", "mlp"), hidden=tuple(args.hidden), act_bits=args.act_bits, rho=args.rho,
         iterations=args.max_iterations, weight_bits=getattr(args, "weight_bits", None),
-        hierarchy=getattr(args, "hierarchy", "paper"), scope=args.scope, target_avg_bits=args.target_bits,
-        epochs=args.epochs, lr=ADAM_LR if args.lr is None else args.lr, batch_size=getattr(args, "batch_size", 64), seed=args.seed,
+        hierarchy=getattr(args, "hierarchy", None) or "paper", scope=args.scope, target_avg_bits=args.target_bits,
+        epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "batch_size", None) or 64, seed=args.seed,
         float_baseline=not getattr(args, "no_float_baseline", False))
+
+
+def _restart_kwargs(restart: bool) -> dict:
+    """``{"restart": restart}`` for :func:`model.runs.rundir.run` (``{}`` without ``--restart`` on a
+    rundir.py that does not take the keyword yet)."""
+    import inspect
+
+    from model.errors import UserError
+    from model.runs.rundir import run
+
+    if "restart" in inspect.signature(run).parameters:
+        return {"restart": restart}
+    if restart:
+        raise UserError("--restart is not supported by this version of model/runs/rundir.py")
+    return {}
 
 
 def train_ticket(args, out: Path):
     """Float baseline, then the method (IMQ for ``demo``) in the run directory ``out`` (resumable).
 
-    Returns ``(ticket model, float accuracy, history, split)``; see :func:`model.runs.rundir.run`.
+    ``args`` is resolved (:func:`resolve`). Returns ``(result, split)``: the
+    :class:`model.runs.rundir.RunResult` (``resumed`` says whether the directory held the run already) and
+    the run's data.
     """
     from model.runs.rundir import load_split as load_run_split
     from model.runs.rundir import run
 
     config = train_config(args)
-    result = run(config, out, progress=not args.quiet)
+    result = run(config, out, progress=not args.quiet, **_restart_kwargs(getattr(args, "restart", False)))
     history = result.history
     if result.resumed:
         print(f"resumed the run in {out} ({len(history)} of {config.iterations} iterations done)",
@@ -121,54 +323,63 @@ def train_ticket(args, out: Path):
     if result.ticket_rule == "last" and len(history) > 1:
         print(f"warning: no iteration beat iteration 0 (Algorithm 1 line 12); ticket.pt holds the last one, "
               f"iteration {result.ticket.iteration}", file=sys.stderr)
-    return result.ticket_model, result.float_accuracy, history, load_run_split(config)
+    return result, load_run_split(config)
 
 
 def cmd_train_lts(args) -> int:
-    """LTS (lottery ticket scratcher) or plain QAT at ``--bits`` on an IDX dataset (Fashion-MNIST)."""
+    """LTS (lottery ticket scratcher) or plain QAT at ``--bits`` on any data set (an LTS MLP of its size)."""
     import torch
 
     from model.bench.lts import plot_sparsity
-    from model.data import FASHION_MNIST_ROOT, load_idx_split
-    from model.errors import UserError
+    from model.data import class_count, load_dataset
     from model.methods.lts import train_lts
-    from model.quant.lts import build_lts_mlp
+    from model.quant.lts import LTSMLP
 
-    if args.data not in ("fashion-mnist", "idx"):
-        raise UserError(f"--method lts needs 28x28 IDX data: --data fashion-mnist (or idx with --data-root), "
-                        f"not {args.data!r}")
-    out = Path(args.out)
-    if args.data == "idx" and args.data_root is None:
-        raise UserError("--data idx needs --data-root: the folder with the four IDX files")
-    split = load_idx_split(args.data_root or FASHION_MNIST_ROOT, name=args.data)
-    model = build_lts_mlp(args.bits, seed=args.seed)
-    torch.manual_seed(args.seed)
-    result = train_lts(model, split, args.epochs, args.bits, mode=args.lts_mode, strategy=args.strategy,
-                       p=args.p, m=args.m, warmup=args.warmup, lr=ADAM_LR if args.lr is None else args.lr, seed=args.seed,
-                       progress=not args.quiet)
+    out = Path(args.run_dir or args.out)
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+                         seed=args.seed)
+    old_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        # As model.quant.lts.build_lts_mlp (which fixes 784 inputs and 10 classes): seeded, global RNG untouched.
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)
+            model = LTSMLP(args.bits, n_in=int(split.x_train.shape[1]), hidden=tuple(args.hidden),
+                           n_classes=class_count(args.data, split))
+        torch.manual_seed(args.seed)
+        result = train_lts(model, split, args.epochs, args.bits, mode=args.lts_mode, strategy=args.strategy,
+                           p=args.p, m=args.m, warmup=args.warmup, lr=args.lr, batch_size=args.batch_size,
+                           seed=args.seed, progress=not args.quiet)
+    finally:
+        torch.set_num_threads(old_threads)
     report = {"method": "lts", "mode": args.lts_mode, "bits": args.bits, "accuracy": result.accuracy,
               "avg_wgs": result.avg_wgs, "bp_flops_reduction": result.bp_flops_reduction,
               "backward_time_s": result.backward_time, "train_time_s": result.train_time,
-              "sparsity_history": result.sparsity_history}
+              "sparsity_history": result.sparsity_history,
+              "config": {"data": args.data, "data_root": args.data_root, "train_images": len(split.y_train),
+                         "test_images": len(split.y_test), "hidden": list(args.hidden), "epochs": args.epochs,
+                         "warmup": args.warmup, "strategy": args.strategy, "p": args.p, "m": args.m, "lr": args.lr,
+                         "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads}}
     write_json(out / "lts.json", report)
     plot_sparsity(result.sparsity_history, out / "lts_sparsity.png")
     print_table([(k, report[k]) for k in ("mode", "bits", "accuracy", "avg_wgs", "bp_flops_reduction",
-                                          "backward_time_s", "train_time_s")], "LTS training")
+                                          "backward_time_s", "train_time_s")], f"LTS training ({args.data})")
     print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
     return 0
 
 
 def cmd_train_bmpq(args) -> int:
-    """BMPQ (model/bmpq.py): warm-up, then the bit-gradient ILP every ``--interval`` epochs; or its FP-32 twin."""
+    """BMPQ (model/methods/bmpq.py): warm-up, then the bit-gradient ILP every ``--interval`` epochs."""
     import torch
 
     from model.bench.bmpq import plot_bench
-    from model.data import class_count, load_dataset
+    from model.data import DataRecord, class_count, load_dataset
     from model.errors import UserError
     from model.methods.bmpq import BMPQConfig, train_bmpq
     from model.quant.bmpq import to_bmpq
     from model.quant.nets import build_model, model_config
-    from model.runs.checkpoint import save_checkpoint
+    from model.runs.checkpoint import input_bits_of, save_checkpoint
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
@@ -182,7 +393,7 @@ def cmd_train_bmpq(args) -> int:
         bmpq_config = BMPQConfig(budget_bits=budget_bits, compression=args.compression,
                                  support=tuple(sorted(set(args.support))), edge_bits=args.edge_bits,
                                  warmup=args.warmup, interval=args.interval, epochs=args.epochs,
-                                 lr=SGD_LR if args.lr is None else args.lr, batch_size=args.batch_size, seed=args.seed)
+                                 lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     except TypeError as exc:  # pragma: no cover - argparse already typed every field
         raise UserError(str(exc)) from None
     result = train_bmpq(model, split, bmpq_config, progress=not args.quiet)
@@ -192,18 +403,21 @@ def cmd_train_bmpq(args) -> int:
     row = {"layer_bits": result.layer_bits, "layer_names": result.layer_names, "accuracy": result.accuracy,
            "compression_ratio": result.compression_ratio, "fp_accuracy": float("nan")}
     plot_bench([row], out / "bmpq.png")
+    data = DataRecord.of(args.data, args.data_root, split.image_shape, input_bits_of(model), args.seed,
+                         args.train_subset, args.test_subset)
     save_checkpoint(out / "bmpq.pt", model, meta={"method": "bmpq", "accuracy": result.accuracy,
-                                                  "layer_bits": result.layer_bits})
+                                                  "layer_bits": result.layer_bits}, data=data)
     print_table([(f"{name} ({p} weights)", f"{b} bits") for name, p, b in
                  zip(result.layer_names, result.params, result.layer_bits)]
                 + [("test accuracy", result.accuracy), ("compression r_M^32 (Eq. 12)", result.compression_ratio),
-                   ("weights MB (Eq. 11)", result.memory_mb)], "BMPQ")
+                   ("weights MB (Eq. 11)", result.memory_mb)], f"BMPQ ({args.data})")
     print(f"\nwrote {out / 'bmpq.json'}, {out / 'bmpq.png'} and {out / 'bmpq.pt'}")
     return 0
 
 
 def run(args) -> int:
     """``train --method imq|irq|imp|irp|qnn|qnn-imp`` in a resumable run directory, or LTS, or BMPQ."""
+    resolve(args)
     if args.method == "lts":
         return cmd_train_lts(args)
     if args.method == "bmpq":
@@ -211,14 +425,16 @@ def run(args) -> int:
     from model.runs.rundir import history_file, plot_file, ticket_widths_supported
 
     out = Path(args.run_dir or args.out)
-    model, float_acc, history, _ = train_ticket(args, out)
-    config = train_config(args)
+    result, _ = train_ticket(args, out)
+    model, history, config = result.ticket_model, result.history, result.config
     rows = [(f"iter {r.iteration}: {r.avg_bits:6.2f} bits", r.accuracy) for r in history]
     title = f"{config.schedule.label}, PACT-{config.act_bits} (test accuracy)"
+    float_acc = result.float_accuracy
     print_table(([("float", float_acc)] if float_acc is not None else []) + rows, title)
     ticket = json.loads((out / history_file(config)).read_text())["ticket"]
     print(f"\nticket: iteration {ticket['iteration']} ({ticket['rule']}), {ticket['avg_bits']:.2f} average "
           f"weight bits, test accuracy {ticket['accuracy']:.4f}")
+    print(f"resumed: {'true' if result.resumed else 'false'}")
     if not ticket_widths_supported(model):
         print("note: the ticket has 1- or 2-bit weights; `build.py export` refuses it (the accelerator runs "
               "0/4/8/16/32-bit weights)", file=sys.stderr)

@@ -1,11 +1,20 @@
-"""``build.py bench``: the benchmarks (dsp in :mod:`sim.bench.dsp`; lts, imq, bmpq in :mod:`model.bench`)."""
+"""``build.py bench``: the benchmarks (dsp in :mod:`sim.bench.dsp`; lts, imq, bmpq in :mod:`model.bench`).
+
+Every bench prints its floors (the README's claims against the measured values, :mod:`model.bench.floors`)
+and writes them: into ``imq_summary.json`` as ``floors``; beside the list-of-rows JSONs as
+``dsp_floors.json``, ``lts_floors.json`` and ``bmpq_floors.json``. ``--check`` makes a failing floor exit 1
+(:func:`model.bench.floors.exit_code`); without it the exit status is what it was (``bench dsp`` exits 1 on a
+failed verification or DSP configuration in any case).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from model.bench.floors import exit_code, floors_path, format_floors, write_floors
 from model.cli import DEFAULT_OUT, print_rows, write_json
+from model.errors import UserError
 
 HELP = "benchmarks; `bench dsp`: packed DSP48E1 lane modes -> out/bench/dsp.json"
 
@@ -19,9 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="IDX folder for `bench lts` / `bench bmpq` (default: Debian's Fashion-MNIST)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a floor (a README claim the bench measures) fails; the floors are printed and "
+                        "written either way")
+    p.add_argument("--restart", action="store_true",
+                   help="`bench imq` only: start every run afresh instead of resuming its run directory (needed "
+                        "after a code change: a run made under another revision is refused)")
 
 
 def run(args) -> int:
+    if args.restart and args.target != "imq":
+        raise UserError(f"--restart applies to `bench imq` only (its resumable run directories), not "
+                        f"`bench {args.target}`")
     out = Path(args.out)
     if args.target == "lts":
         return bench_lts(args, out)
@@ -29,46 +47,65 @@ def run(args) -> int:
         return bench_bmpq(args, out)
     if args.target == "imq":
         return bench_imq(args, out)
-    from sim.bench.dsp import format_rows, run_bench
+    return bench_dsp(args, out)
+
+
+def report_floors(floors: dict[str, dict], written_to: Path, check: bool) -> int:
+    """Print the floors and where they were written; return the exit status ``--check`` asks for."""
+    print("\n" + format_floors(floors, f"floors (in {written_to})"))
+    return exit_code(floors, check)
+
+
+def bench_dsp(args, out: Path) -> int:
+    """Every packed DSP48E1 lane mode: synthesis, bit-exact simulation, density (sim/bench/dsp.py)."""
+    from sim.bench.dsp import floors, format_rows, run_bench
 
     rows = run_bench(out / "dsp.json", progress=not args.quiet)
     write_json(out / "dsp.json", rows)
     plot_dsp(rows, out / "dsp.png")
     print(format_rows(rows))
-    print(f"\nwrote {out / 'dsp.json'} and {out / 'dsp.png'}")
-    return 0 if all(r["verified"] != "FAILED" and r["dsp_config_matches"] for r in rows) else 1
+    result = floors(rows)
+    write_floors(out / "dsp.json", result)
+    print(f"\nwrote {out / 'dsp.json'}, {out / 'dsp.png'} and {floors_path(out / 'dsp.json')}")
+    code = report_floors(result, floors_path(out / "dsp.json"), args.check)
+    verified = all(r["verified"] != "FAILED" and r["dsp_config_matches"] for r in rows)
+    return max(code, 0 if verified else 1)
 
 
 def bench_lts(args, out: Path) -> int:
     """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits (model/lts.py run_lts_bench, about 10 min)."""
-    from model.bench.lts import run_lts_bench
+    from model.bench.lts import floors, run_lts_bench
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
                          progress=not args.quiet)
     print_rows(rows, [("bits", ">4", "", "bits"), ("mode", ">8", "", "mode"), ("accuracy", ">9", ".4f", "accuracy"),
                       ("avg WGS", ">8", ".3f", "avg_wgs"), ("BP FLOPs red.", ">13", ".3f", "bp_flops_reduction"),
                       ("bwd time", ">9", ".3f", "backward_time_ratio")])
-    print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
-    return 0
+    result = floors(rows)
+    write_floors(out / "lts.json", result)
+    print(f"\nwrote {out / 'lts.json'}, {out / 'lts_sparsity.png'} and {floors_path(out / 'lts.json')}")
+    return report_floors(result, floors_path(out / "lts.json"), args.check)
 
 
 def bench_imq(args, out: Path) -> int:
     """Float MLP, IMQ, IRQ, IMP, QNN-8/4/2 on Fashion-MNIST (model/bench/imq.py, under 20 min on 2 cores)."""
     from model.bench.imq import FLOAT_GAP_PP, TICKET_BITS, run_imq_bench
 
-    rows, summary = run_imq_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet)
+    rows, summary = run_imq_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet,
+                                  restart=args.restart)
     print_rows(rows, [("method", "<10", "", "label"),
                       ("act", ">5", "", lambda r: "float" if r["act_bits"] is None else str(r["act_bits"])),
                       ("iter", ">4", "", lambda r: "-" if r["iteration"] is None else str(r["iteration"])),
-                      ("avg bits", ">8", ".2f", "avg_weight_bits"), ("accuracy", ">9", ".4f", "accuracy")])
+                      ("avg bits", ">8", ".2f", "avg_weight_bits"), ("val acc", ">8", "", _val_accuracy),
+                      ("test acc", ">9", ".4f", "accuracy")])
     best, gap = summary["best_imq_at_most_4_bits"], summary["gap_to_float_pp"]
     if best is None:
         print(f"\nno IMQ iteration reached <= {TICKET_BITS:g} average bits")
     else:
         verdict = "within" if summary["ticket_within_0.5pp"] else "NOT within"
-        print(f"\nbest IMQ ticket <= {TICKET_BITS:g} bits: iteration {best['iteration']}, "
-              f"{best['avg_weight_bits']:.2f} bits, {best['accuracy']:.4f}; {gap:+.2f} pp vs float "
-              f"({verdict} {FLOAT_GAP_PP} pp)")
+        print(f"\nbest IMQ ticket <= {TICKET_BITS:g} bits (chosen on {summary['ticket_selected_on']} accuracy): "
+              f"iteration {best['iteration']}, {best['avg_weight_bits']:.2f} bits, test accuracy "
+              f"{best['accuracy']:.4f}; {gap:+.2f} pp vs float ({verdict} {FLOAT_GAP_PP} pp)")
     for m in summary["imq_vs_irq"]:
         print(f"IMQ vs IRQ at {m['avg_weight_bits']:.2f} bits: {m['imq_accuracy']:.4f} vs {m['irq_accuracy']:.4f} "
               f"({m['difference_pp']:+.2f} pp)")
@@ -78,20 +115,26 @@ def bench_imq(args, out: Path) -> int:
                                                             + ")" if summary["resumed_runs"] else ""))
     suffix = "_smoke" if args.smoke else ""
     print(f"wrote {out / f'imq{suffix}.json'}, {out / f'imq{suffix}.png'}, {out / f'imq{suffix}_summary.json'}")
-    return 0
+    return report_floors(summary["floors"], out / f"imq{suffix}_summary.json", args.check)
+
+
+def _val_accuracy(row: dict) -> str:
+    return "-" if row.get("val_accuracy") is None else f"{row['val_accuracy']:.4f}"
 
 
 def bench_bmpq(args, out: Path) -> int:
     """FP-32 vs BMPQ at 6x, 10x and 13x on Fashion-MNIST (model/bmpq.py run_bmpq_bench, about 10 min on 2 cores)."""
-    from model.bench.bmpq import run_bmpq_bench
+    from model.bench.bmpq import floors, run_bmpq_bench
 
     rows = run_bmpq_bench(out / "bmpq.json", root=args.data_root, png_path=out / "bmpq.png",
                           progress=not args.quiet)
     print_rows(rows, [("budget MB", ">9", ".4f", "budget"), ("layer bits", "<28", "", lambda r: str(r["layer_bits"])),
                       ("accuracy", ">9", ".4f", "accuracy"), ("FP-32", ">7", ".4f", "fp_accuracy"),
                       ("drop pp", ">7", ".2f", "accuracy_drop_pp"), ("r_M^32", ">7", ".2f", "compression_ratio")])
-    print(f"\nwrote {out / 'bmpq.json'} and {out / 'bmpq.png'}")
-    return 0
+    result = floors(rows)
+    write_floors(out / "bmpq.json", result)
+    print(f"\nwrote {out / 'bmpq.json'}, {out / 'bmpq.png'} and {floors_path(out / 'bmpq.json')}")
+    return report_floors(result, floors_path(out / "bmpq.json"), args.check)
 
 
 def plot_dsp(rows: list[dict], path: Path) -> None:

@@ -4,6 +4,16 @@ For each (weight bits, activation bits) mode: the packing plan (:mod:`hw.dsp.pac
 ``synth_xilinx`` of the lane alone (DSP48E1 / LUT / FF, and the inferred DSP configuration against
 :data:`hw.dsp.lane.DSP48E1_ATTRIBUTES`), a randomized bit-exact check in Amaranth's simulator with
 back-pressure, and for the 4x4 and 8x4 modes the exhaustive cocotb check of the generated Verilog.
+
+``dsp.json`` is a list of rows, one per mode; the floors (:func:`floors`, :mod:`model.bench.floors`) go beside
+it to ``dsp_floors.json`` as ``{"floors": {...}}``, so the rows keep their format. From the README ("every
+mode maps to exactly one DSP48E1 with the intended registers; exact MACs per DSP per cycle: ..."):
+
+* ``modes_failing_verification <= 0``: modes whose randomized (or exhaustive) check found a wrong sum;
+* ``modes_not_one_dsp48e1 <= 0``: modes that Yosys did not map to exactly one DSP48E1;
+* ``modes_dsp_config_mismatch <= 0``: modes whose inferred DSP registers differ from the ``Instance`` form's;
+* ``macs_per_dsp_cycle_<w>x<a> >= README figure`` for each mode of :data:`README_MACS_PER_DSP_CYCLE` that
+  the bench ran.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from amaranth.sim import Simulator
 from hw.dsp.lane import DSP48E1_ATTRIBUTES, PackedDspLane
 from hw.dsp.packing import A_BITS, B_BITS, P_BITS, PackingPlan, plan
 from hw.platform.synth import parse_stat, yosys_binary
+from model.bench.floors import floor_entry
 from sim.lane_runner import exhaustive_ops, run_dsp_lane
 
 #: Modes of the bench: every weight width with the activation widths the papers use, and more.
@@ -27,6 +38,9 @@ MODES = [(w, a) for w in (2, 3, 4, 8, 16, 32) for a in (2, 4, 8, 16, 32)] + [(4,
 EXHAUSTIVE = {(4, 4), (8, 4)}
 COUNT_BITS = 32
 LANE_TOP = "dsp_lane"
+#: The README's exact MACs per DSP48E1 per cycle, by (weight bits, activation bits): floors of :func:`floors`.
+README_MACS_PER_DSP_CYCLE = {(2, 2): 8, (3, 2): 8, (4, 4): 4, (4, 2): 6, (8, 4): 2, (4, 8): 2, (8, 8): 2, (16, 4): 2,
+                             (16, 8): 1, (32, 8): 0.5, (32, 32): 0.25}
 
 
 def limit_text(p: PackingPlan) -> str:
@@ -189,6 +203,20 @@ def run_bench(out_path: Path, modes=MODES, progress: bool = True) -> list[dict]:
         for w, a in tqdm(modes, desc="bench dsp", disable=not progress):
             rows.append(bench_mode(w, a, Path(tmp)))
     return rows
+
+
+def floors(rows: list[dict]) -> dict[str, dict]:
+    """The floors of the module docstring over the bench's rows (MAC floors only for modes in ``rows``)."""
+    out = {
+        "modes_failing_verification": floor_entry(sum(r["verified"] == "FAILED" for r in rows), 0, "<="),
+        "modes_not_one_dsp48e1": floor_entry(sum(r["dsp48e1"] != 1 for r in rows), 0, "<="),
+        "modes_dsp_config_mismatch": floor_entry(sum(not r["dsp_config_matches"] for r in rows), 0, "<="),
+    }
+    by_mode = {(r["weight_bits"], r["act_bits"]): r for r in rows}
+    for (w, a), macs in README_MACS_PER_DSP_CYCLE.items():
+        if (w, a) in by_mode:
+            out[f"macs_per_dsp_cycle_{w}x{a}"] = floor_entry(by_mode[(w, a)]["macs_per_dsp_cycle"], macs, ">=")
+    return out
 
 
 def format_rows(rows: list[dict]) -> str:

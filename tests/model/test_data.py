@@ -1,5 +1,6 @@
 """Data sets (digits, IDX, CIFAR), augmentation, training and evaluation loops."""
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -12,15 +13,21 @@ from model.data import (
     CIFAR10_FOLDER,
     CIFAR100_FOLDER,
     FASHION_MNIST_ROOT,
+    DataRecord,
     Split,
     augment_batch,
+    idx_image_shape,
+    idx_spellings,
+    image_shape_of,
     load_cifar10_split,
     load_cifar100_split,
     load_dataset,
     load_digits_split,
+    load_idx_split,
 )
 from model.errors import UserError
 from model.training.loop import evaluate, train
+from tests.idx_files import SPELLINGS, idx_bytes, idx_name, write_idx_folder
 
 
 def test_digits_split_shapes_ranges_and_stratification():
@@ -289,3 +296,110 @@ def test_augment_batch_is_deterministic_per_generator():
                for z, i in zip(zero, images))
     with pytest.raises(ValueError, match=r"\[N, 3072\]"):
         augment_batch(x[:, :100], (3, 32, 32), gen)
+
+
+# ------------------------------------------------------------------------------------- IDX spellings
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_folder_loads_in_every_common_spelling(tmp_path, spelling, gz):
+    """MNIST's site: train-images-idx3-ubyte[.gz]; Kaggle and some mirrors: train-images.idx3-ubyte[.gz]."""
+    root = write_idx_folder(tmp_path / "d", n_train=12, n_test=5, spelling=spelling, gz=gz, side=8)
+    reference = write_idx_folder(tmp_path / "ref", n_train=12, n_test=5, side=8)
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        idx_name(prefix, kind, spelling, gz) for prefix in ("train", "t10k") for kind in ("images", "labels"))
+    split, ref = load_idx_split(root, name="idx"), load_idx_split(reference, name="idx")
+    assert split.x_train.shape == (12, 64) and split.x_test.shape == (5, 64) and split.image_shape == (1, 8, 8)
+    for a, b in ((split.x_train, ref.x_train), (split.y_train, ref.y_train), (split.x_test, ref.x_test),
+                 (split.y_test, ref.y_test)):
+        assert torch.equal(a, b)
+    assert idx_image_shape(root) == (1, 8, 8)
+
+
+def test_idx_spellings_mixed_in_one_folder_and_the_order_they_are_tried(tmp_path):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    labels = np.array([3, 1, 4], dtype=np.uint8)
+    images = np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2)
+    (root / "train-images.idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+    (root / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    (root / "t10k-images.idx3-ubyte").write_bytes(idx_bytes(images[:2]))
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels[:2])))
+    split = load_dataset("idx", root)
+    assert split.y_train.tolist() == [3, 1, 4] and split.y_test.tolist() == [3, 1]
+    assert split.x_train[2].tolist() == pytest.approx([8 / 255, 9 / 255, 10 / 255, 11 / 255])
+    assert idx_spellings("t10k-labels-idx1-ubyte") == (
+        "t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz", "t10k-labels.idx1-ubyte", "t10k-labels.idx1-ubyte.gz")
+    # The hyphenated plain file wins over the others when several are there.
+    (root / "train-labels.idx1-ubyte").write_bytes(idx_bytes(np.array([0, 0, 0], dtype=np.uint8)))
+    assert load_dataset("idx", root).y_train.tolist() == [3, 1, 4]
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UserError, match=r"missing 't10k-labels-idx1-ubyte' \(or t10k-labels-idx1-ubyte.gz, "
+                                        r"t10k-labels.idx1-ubyte, t10k-labels.idx1-ubyte.gz\)"):
+        load_dataset("idx", root)
+    assert idx_image_shape(tmp_path / "nowhere") is None
+
+
+# ------------------------------------------------------------------------------------- data records
+def test_data_record_round_trip_and_absolute_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record = DataRecord.of("idx", "rel/idx", (1, 28, 28), 8, seed=3, train_subset=100, test_subset=None)
+    assert record.root == str(tmp_path / "rel" / "idx") and record.features == 784
+    assert record.to_json() == {"name": "idx", "root": str(tmp_path / "rel" / "idx"), "input_shape": [1, 28, 28],
+                                "input_bits": 8, "seed": 3, "train_subset": 100, "test_subset": None}
+    assert DataRecord.from_json(record.to_json(), "x") == record
+    assert DataRecord.of("digits", "/ignored", (1, 8, 8), 4).root is None
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"name": "mnist"}, r"m.json: field 'name' is 'mnist'; allowed \('digits'"),
+    ({"root": "relative/path"}, "field 'root' is 'relative/path'; allowed an absolute folder path or null"),
+    ({"input_shape": [28, 28]}, r"field 'input_shape' is \[28, 28\]; allowed \[C, H, W\]"),
+    ({"input_bits": 9}, "field 'input_bits' is 9; allowed 1..8 or 32"),
+    ({"seed": -1}, "field 'seed' is -1; allowed integers >= 0"),
+    ({"test_subset": 0}, "field 'test_subset' is 0"),
+])
+def test_data_record_fields_are_checked(change, message):
+    good = DataRecord.of("digits", None, (1, 8, 8), 4).to_json()
+    with pytest.raises(UserError, match=message):
+        DataRecord.from_json({**good, **change}, "m.json")
+    with pytest.raises(UserError, match=r"m.json: missing key\(s\) \['seed'\]"):
+        DataRecord.from_json({k: v for k, v in good.items() if k != "seed"}, "m.json")
+    with pytest.raises(UserError, match="m.json is a list"):
+        DataRecord.from_json([], "m.json")
+
+
+def test_data_record_loads_its_own_test_images(tmp_path):
+    digits = DataRecord.of("digits", None, (1, 8, 8), 4, seed=1, test_subset=30)
+    assert torch.equal(digits.load_test("here").x_test, load_digits_split(seed=1).x_test[:30])
+    root = write_idx_folder(tmp_path / "idx", n_train=20, n_test=7, spelling="dot", gz=True)
+    record = DataRecord.of("idx", root, (1, 28, 28), 8)
+    split = record.load_test("m.json: field 'data'")
+    assert split.x_test.shape == (7, 784) and torch.equal(split.y_test, load_idx_split(root).y_test)
+    # another copy of the same set, and another set
+    copy = write_idx_folder(tmp_path / "copy", n_train=20, n_test=7)
+    assert record.override(root=copy).root == str(copy)
+    assert record.override(name="fashion-mnist").root is None
+    with pytest.raises(UserError, match="'digits' is bundled with scikit-learn and takes no root"):
+        record.override(name="digits", root=copy)
+    with pytest.raises(UserError, match=r"--data / --data-root: field 'name' is 'mnist'"):
+        record.override(name="mnist")
+
+
+def test_data_record_says_when_its_data_is_not_here_or_does_not_fit(tmp_path):
+    root = write_idx_folder(tmp_path / "idx", n_train=20, n_test=7)
+    record = DataRecord.of("idx", root, (1, 28, 28), 8)
+    for path in root.iterdir():
+        path.unlink()
+    root.rmdir()
+    with pytest.raises(UserError, match=r"m.json: field 'data' records the data set idx \(.*idx\), which cannot be "
+                                        r"read here: IDX folder .* does not exist.*--data-root DIR"):
+        record.load_test("m.json: field 'data'")
+    with pytest.raises(UserError, match=r"field 'input_shape' is \[1, 28, 28\] \(784 inputs\), but the data set "
+                                        r"digits has 64 inputs per image"):
+        record.override(name="digits").load_test("m.json: field 'data'")
+
+
+def test_image_shape_of_each_data_set(tmp_path):
+    assert image_shape_of("digits") == (1, 8, 8) and image_shape_of("cifar10") == (3, 32, 32)
+    assert image_shape_of("idx", write_idx_folder(tmp_path / "i", n_train=2, n_test=1, side=12)) == (1, 12, 12)
+    assert image_shape_of("idx") is None

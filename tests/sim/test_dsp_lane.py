@@ -27,7 +27,7 @@ from sim.lane_runner import (
     write_lane_verilog,
 )
 from sim.runner import simulators_available
-from sim.tb_dsp_lane import expected_dot_products
+from sim.tb.dsp_lane import expected_dot_products
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,12 @@ class FetcherHarness(wiring.Component):
         port = mem.read_port()
         m.submodules.fetcher = fetcher = WordFetcher(addr_width=ADDR_WIDTH, depth=self._depth)
         m.d.comb += [
-            port.addr.eq(Mux(self.grant, fetcher.addr, self.other)),
-            fetcher.grant.eq(self.grant),
-            fetcher.data.eq(port.data),
+            port.addr.eq(Mux(self.grant, fetcher.bus.addr, self.other)),
+            fetcher.bus.grant.eq(self.grant),
+            fetcher.bus.data.eq(port.data),
             fetcher.start.eq(self.start),
             fetcher.base.eq(self.base),
-            self.req.eq(fetcher.req),
+            self.req.eq(fetcher.bus.req),
         ]
         wiring.connect(m, fetcher=fetcher.o, out=wiring.flipped(self.o))
         return m

@@ -25,11 +25,12 @@ class DecoderHarness(wiring.Component):
     mask: In(stream.Signature(32))
     payload: In(stream.Signature(32))
     o: Out(stream.Signature(token_layout(INDEX_WIDTH)))
+    error: Out(1)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.dec = dec = ResetInserter(self.rst)(WeightDecoder(index_width=INDEX_WIDTH))
-        m.d.comb += [dec.words_per_row.eq(self.words_per_row), dec.rows.eq(self.rows)]
+        m.d.comb += [dec.words_per_row.eq(self.words_per_row), dec.rows.eq(self.rows), self.error.eq(dec.error)]
         wiring.connect(m, mask=wiring.flipped(self.mask), dec=dec.mask)
         wiring.connect(m, payload=wiring.flipped(self.payload), dec=dec.payload)
         wiring.connect(m, dec=dec.o, out=wiring.flipped(self.o))
@@ -145,7 +146,7 @@ def run_layers(layers, seed, p_gap, p_stall, extra_words=6, tail=30):
                     assert ov and tok == held, "token changed or vanished before its transfer"
                 held = tok if ov and not orr else None
                 if ov and orr:
-                    tokens.append((int(tok.index), int(tok.code), int(tok.q), int(tok.row_end)))
+                    tokens.append((int(tok.index), tok.code.value, int(tok.q), int(tok.row_end)))
                     cycles.append(cycle)
             assert len(tokens) == n_tokens, f"decoder stalled after {len(tokens)} of {n_tokens} tokens"
             # Keep offering the extra words with the consumer ready: nothing may come out.
@@ -243,6 +244,86 @@ def test_decoder_one_token_per_cycle():
     # Per row: 3 tokens, one idle cycle for the empty middle word, 2 tokens; rows follow without a bubble.
     start = gappy_cycles[0]
     assert gappy_cycles == [start + c for c in (0, 1, 2, 4, 5, 6, 7, 8, 10, 11)]
+
+
+def run_until_error(widths, codes, bad, seed, p_gap=0.3, p_stall=0.3):
+    """Decode one layer whose mask holds reserved code ``bad[2]`` at weight ``(bad[0], bad[1])``; return the
+    tokens that left, the cycle ``error`` rose, and the mask and payload words taken (at the error and
+    30 cycles later)."""
+    rng = np.random.default_rng(seed)
+    mask, payload = encode(widths, codes)
+    per_row = -(-widths.shape[1] // 10)
+    j, i, code = bad
+    word = j * per_row + i // 10
+    mask[word] = mask[word] & ~(7 << 3 * (i % 10)) | code << 3 * (i % 10)
+    dut = DecoderHarness()
+    out = {"tokens": [], "error_cycle": None}
+
+    async def bench(ctx):
+        ctx.set(dut.rst, 1)
+        await ctx.tick()
+        ctx.set(dut.rst, 0)
+        ctx.set(dut.words_per_row, per_row)
+        ctx.set(dut.rows, widths.shape[0])
+        src_mask = Source(dut.mask, mask, rng, p_gap)
+        src_payload = Source(dut.payload, payload, rng, p_gap)
+        for cycle in range(40 * len(mask) + 40 * len(payload) + 100):
+            src_mask.drive(ctx)
+            src_payload.drive(ctx)
+            ctx.set(dut.o.ready, rng.random() >= p_stall)
+            _, _, mv, mr, pv, pr, ov, orr, tok, err = await ctx.tick().sample(
+                dut.mask.valid, dut.mask.ready, dut.payload.valid, dut.payload.ready,
+                dut.o.valid, dut.o.ready, dut.o.payload, dut.error)
+            src_mask.update(mv, mr)
+            src_payload.update(pv, pr)
+            if ov and orr:
+                out["tokens"].append((int(tok.index), tok.code.value, int(tok.q), int(tok.row_end)))
+            if err and out["error_cycle"] is None:
+                out["error_cycle"] = cycle
+                out["taken_at_error"] = (src_mask.pos, src_payload.pos)
+            if out["error_cycle"] is not None:
+                assert err, "error is sticky until reset"
+                if cycle == out["error_cycle"] + 30:
+                    break
+        out["taken_after"] = (src_mask.pos, src_payload.pos)
+        out["word"] = word
+        # A reset clears the error.
+        ctx.set(dut.rst, 1)
+        await ctx.tick()
+        ctx.set(dut.rst, 0)
+        _, _, err = await ctx.tick().sample(dut.error)
+        out["error_after_reset"] = err
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decoder_stops_at_a_reserved_code(seed):
+    """A reserved width code (5-7) is an error, not a weight: every weight before it (in the decoder's
+    order: rows, then input indices) leaves as a token, then ``error`` rises and stays, and no token leaves
+    and no mask or payload word is taken any more, whatever stalls the streams had."""
+    rng = np.random.default_rng(2000 + seed)
+    widths, codes = random_layer(rng, int(rng.integers(12, 46)), int(rng.integers(2, 6)))
+    widths[:, 0] = 8  # every row has a weight before the bad code when it sits past index 0
+    codes[:, 0] = 0xA5
+    bad = (int(rng.integers(0, widths.shape[0])), int(rng.integers(0, widths.shape[1])), 5 + seed % 3)
+    out = run_until_error(widths, codes, bad, seed)
+    assert out["error_cycle"] is not None, "no error for a reserved code"
+    j, i, _ = bad
+    before = expected_tokens(widths[:j], codes[:j])  # the rows before the bad one, complete
+    row = [(k, WIDTHS.index(int(widths[j, k])), int(codes[j, k])) for k in range(i) if widths[j, k]]
+    got = [(None if code == 0 else index, code, q, end) for index, code, q, end in out["tokens"]]
+    assert got[:len(before)] == before
+    # The bad row's weights before the code, none of them a row end (the row never ends).
+    assert [t[:3] for t in got[len(before):]] == row
+    assert not any(t[3] for t in got[len(before):])
+    assert out["taken_after"] == out["taken_at_error"], "words taken after the error"
+    assert out["taken_at_error"][0] <= out["word"] + 1  # nothing past the bad mask word
+    assert not out["error_after_reset"]
 
 
 def test_decoder_rejects_small_index_width():

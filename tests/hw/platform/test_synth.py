@@ -1,6 +1,18 @@
-"""Resource report parsing and the XC7Z020 capacity check."""
+# amaranth: UnusedElaboratable=no
+"""Resource report parsing, the XC7Z020 capacity check, and one real Yosys synthesis of the accelerator."""
 
-from hw.platform.synth import XC7Z020, format_table, parse_stat
+import re
+
+import numpy as np
+import pytest
+
+from hw.core.mac_lane import MacLane
+from hw.core.requant import T_BITS
+from hw.platform.synth import XC7Z020, format_table, module_cells, parse_stat, synth_stat
+from hw.platform.verilog import TOP_NAME, write_verilog
+from model.export.golden import MULT_BITS
+from model.export.image import pack
+from tests.hw.netgen import random_network
 
 STAT = """
 === mpq_accel ===
@@ -34,3 +46,56 @@ def test_over_capacity_does_not_fit():
     assert not res.fits()
     assert res.utilisation()["dsp"] > 1
     assert "DSP48E1" in format_table(res) and "221" in format_table(res)
+
+
+# -- a real synthesis ------------------------------------------------------------------------------------
+
+def test_module_cells_splits_a_hierarchical_stat():
+    text = """
+=== top ===
+   Number of cells:                  3
+     FDRE                            2
+     LUT2                            1
+=== top.lane ===
+   Number of cells:                  1
+     DSP48E1                         1
+=== design hierarchy ===
+   Number of cells:                  4
+     DSP48E1                         1
+"""
+    assert module_cells(text) == {"top": {"FDRE": 2, "LUT2": 1}, "top.lane": {"DSP48E1": 1}}
+
+
+def requant_dsp_count() -> int:
+    """DSP48E1s of the requantizer's ``t * M``: a signed ``T_BITS`` x ``MULT_BITS + 1`` product. Yosys'
+    ``mul2dsp`` keeps B (18 bits) whole and cuts A into a signed 25-bit slice plus unsigned 24-bit slices."""
+    b_bits = MULT_BITS + 1
+    assert b_bits <= 18, "M no longer fits the DSP48E1 B port: the count below does not hold"
+    return 1 + max(0, -(-(T_BITS - 25) // 24))
+
+
+@pytest.mark.parametrize("batch", [1])
+def test_synthesised_accelerator_puts_products_on_dsp48e1(tmp_path, batch):
+    """Yosys synth_xilinx on a tiny Accelerator (hierarchy kept): each packed lane of the MAC lane is one
+    DSP48E1 (not a LUT multiplier), the requantizer's multiply takes its DSP48E1s, and nothing else does
+    (the sequencer's and decoder's arithmetic stay in LUTs). About 40 s on a busy 2-core machine."""
+    net = random_network(np.random.default_rng(0), sizes=(4, 2), act_bits=4)
+    verilog = write_verilog(pack(net), tmp_path / "tiny.v", batch=batch)
+    stat = synth_stat(verilog, TOP_NAME, flatten=False, log_path=tmp_path / "yosys.log")
+    modules = module_cells(stat)
+    lane = MacLane(batch)
+    lanes = {name: cells for name, cells in modules.items()
+             if re.fullmatch(rf"{TOP_NAME}\.engine\.lane\.dsp_c\d+_g\d+", name)}
+    assert len(lanes) == lane.dsp_count == 2 * batch
+    for name, cells in lanes.items():
+        assert cells.get("DSP48E1") == 1, f"{name} did not map to one DSP48E1: {cells}"
+    requant = modules[f"{TOP_NAME}.engine.requant"]
+    assert requant.get("DSP48E1") == requant_dsp_count() == 2
+    elsewhere = {name: cells["DSP48E1"] for name, cells in modules.items()
+                 if cells.get("DSP48E1") and name not in lanes and name != f"{TOP_NAME}.engine.requant"}
+    assert elsewhere == {}, f"DSP48E1 outside the lanes and the requantizer: {elsewhere}"
+    unmapped = {name: [c for c in cells if c.startswith("$")] for name, cells in modules.items()}
+    assert not any(unmapped.values()), unmapped
+    total = parse_stat(stat[stat.rfind("=== design hierarchy ==="):])
+    assert total.dsp == lane.dsp_count + requant_dsp_count()
+    assert total.fits()

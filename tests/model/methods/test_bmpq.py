@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -282,3 +283,68 @@ def test_cli_train_export_and_rtl_sim(tmp_path):
     bad = cli("train", "--method", "bmpq", "--hidden", 32, 32, "--compression", 30, "--epochs", 3, "--quiet",
               "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "smallest assignment" in bad.stderr
+
+
+def test_nbg_hand_computed_at_q_max():
+    # S at q_max = 4: 0.7 / (2^3 - 1) = 0.1; row sums |g| S (2^4 - 1): 0.5 * 1.5 and 1.0 * 1.5; mean 1.125.
+    weight, grad = torch.tensor([0.7, -0.2]), torch.tensor([0.5, -1.0])
+    assert nbg(weight, grad, 4) == pytest.approx(1.125)
+    # At 2 bits S would be 0.7 / 1 and the rows 3 S |g|: another value, so the width matters.
+    assert nbg(weight, grad, 2) == pytest.approx(0.75 * 0.7 * 3)
+
+
+#: Layers 64x16, 16x16, 16x10: the edges at 16 bits take 18,944 bits; the middle layer's 256 weights fit this
+#: budget only at 2 bits (4 bits would need 19,968), so every ILP gives [16, 2, 16].
+_NBG_BUDGET = 19500
+
+
+@pytest.fixture(scope="module")
+def one_batch_bmpq():
+    """BMPQ with one full batch per epoch (64 images), ILP after epochs 2 and 4; a copy of the model after each
+    epoch (the weights the next epoch's single gradient is taken at)."""
+    torch.manual_seed(0)
+    full = load_digits_split()
+    split = type(full)(full.x_train[:64], full.y_train[:64], full.x_test[:64], full.y_test[:64], "digits64")
+    model = DigitsMLP(hidden=(16, 16), act_bits=8)
+    with torch.no_grad():
+        for act in model.acts:  # with the default clip 6, 2-bit activations (levels 0, 2, 4, 6) are all 0 here
+            act.alpha.fill_(1.0)
+    config = BMPQConfig(budget_bits=_NBG_BUDGET, support=(2, 4), warmup=2, interval=2, epochs=5, lr=0.05,
+                        batch_size=64)
+    copies = []
+    result = train_bmpq(model, split, config, progress=False, on_epoch=lambda r: copies.append(copy.deepcopy(model)))
+    return split, result, copies
+
+
+def test_nbg_during_training_uses_the_scale_at_q_max_for_narrower_layers(one_batch_bmpq):
+    """Sec. III-B: a layer's bit gradients are taken over the q_max bits of the support, also once the ILP has
+    given it fewer (here 2): NBG = mean|dL/dw_q| * S(q_max) * (2^q_max - 1), S(q) = max|W| / (2^(q-1) - 1)."""
+    split, result, copies = one_batch_bmpq
+    assert [r.bits for r in result.history] == [[16, 4, 16], [16, 4, 16], [16, 2, 16], [16, 2, 16], [16, 2, 16]]
+    for epoch in (2, 3):  # epochs 3 and 4 (0-based 2, 3) train the middle layer at 2 bits
+        model = copy.deepcopy(copies[epoch - 1])  # the weights at the start of that epoch
+        model.train()
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(split.x_train), split.y_train).backward()
+        middle = model.linears[1]
+        assert int(middle.bits) == 2
+        w, g = middle.weight.detach().double(), middle.weight.grad.double()
+        assert float(g.abs().mean()) > 0
+        expected = float(g.abs().mean() * (w.abs().max() / 7) * 15)
+        assert result.history[epoch].nbg[1] == pytest.approx(expected, rel=1e-4)
+        at_two_bits = float(g.abs().mean() * w.abs().max() * 3)
+        assert abs(at_two_bits - expected) > 0.1 * expected  # what S at the layer's own width would give
+
+
+def test_enbg_is_the_mean_nbg_over_every_epoch_of_the_interval(one_batch_bmpq):
+    """Def. 2 / Sec. III-B: the ILP after an interval sees the mean of the NBGs of all the interval's epochs."""
+    _, result, _ = one_batch_bmpq
+    nbgs = [r.nbg for r in result.history]
+    assert [a["after_epoch"] for a in result.assignments] == [2, 4]
+    for assignment, epochs in zip(result.assignments, ([0, 1], [2, 3]), strict=True):
+        expected = [float(np.mean([nbgs[e][i] for e in epochs])) for i in range(3)]
+        assert assignment["enbg"] == pytest.approx(expected, rel=1e-12)
+    # The epochs differ, so the last epoch alone, or an average that runs on across intervals, gives other values.
+    assert abs(nbgs[1][1] - nbgs[0][1]) > 0.01 * nbgs[1][1]
+    assert abs(nbgs[3][1] - nbgs[2][1]) > 0.01 * nbgs[3][1]
+    assert abs(np.mean([n[1] for n in nbgs[:4]]) - result.assignments[1]["enbg"][1]) > 0.01 * nbgs[3][1]

@@ -1,4 +1,8 @@
-"""IMQ (Algorithm 1): the width hierarchy, the magnitude update, ticket selection and weight rewinding."""
+"""IMQ (Algorithm 1): the width hierarchy, the magnitude update, ticket selection and weight rewinding.
+
+The core of the loop is pinned against plausible mistakes: the update ranks the weights trained in this
+iteration (not theta_0), accuracies come from the test and validation images (not the training images),
+and ticket selection ranks by validation accuracy."""
 
 import copy
 
@@ -12,6 +16,7 @@ from model.methods.imq import (
     HIERARCHY,
     IterationRecord,
     average_bits,
+    best_of,
     best_within,
     halve,
     imq_update,
@@ -19,11 +24,13 @@ from model.methods.imq import (
     rewind,
     run_imq,
     select_ticket,
+    selection_split,
     width_counts,
 )
+from model.methods.schedules import make_schedule, run_method
 from model.quant.layers import QuantLinear
 from model.quant.nets import DigitsMLP
-from model.training.loop import train
+from model.training.loop import evaluate, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,3 +198,79 @@ def test_run_imq_stops_at_the_target(small_split):
 def test_run_imq_validates_before_training(small_split, kwargs, field):
     with pytest.raises(UserError, match=field):
         run_imq(DigitsMLP(hidden=(8,)), small_split, epochs=1, progress=False, **kwargs)
+
+
+def test_selection_ranks_by_validation_accuracy_when_every_record_has_one():
+    # Test accuracy would pick iteration 2 (Algorithm 1) and 1 (best within 8 bits); validation picks 3 and 3.
+    history = [IterationRecord(0, 32.0, 0.90, {}, 0.80), IterationRecord(1, 9.0, 0.95, {}, 0.79),
+               IterationRecord(2, 6.0, 0.93, {}, 0.78), IterationRecord(3, 7.0, 0.85, {}, 0.81)]
+    assert selection_split(history) == "validation"
+    assert select_ticket(history).iteration == 3
+    assert best_within(history, 8.0).iteration == 3
+    assert best_of(history).iteration == 3
+    # One record without a validation accuracy: the whole history ranks by test accuracy (never a mix).
+    mixed = [*history[:3], IterationRecord(3, 7.0, 0.85, {})]
+    assert selection_split(mixed) == "test"
+    assert select_ticket(mixed).iteration == 2 and best_within(mixed, 8.0).iteration == 2
+    assert best_of(mixed).iteration == 1
+
+
+def _quant_weights(model):
+    return [layer.weight.detach().clone() for layer in model.quant_layers()]
+
+
+def test_iterate_ranks_the_trained_weights_not_theta_0(small_split):
+    """Algorithm 1 line 8 ranks the weights trained in this iteration; theta_0 is only the rewind point."""
+    torch.manual_seed(0)
+    model = DigitsMLP(hidden=(8,), act_bits=4)
+    theta_0 = _quant_weights(model)
+    trained, masks = [], []
+
+    def on_iteration(record, m):
+        trained.append(_quant_weights(m))
+
+    def on_step(progress, m):
+        masks.append([layer.bit_width.clone() for layer in m.quant_layers()])
+
+    run_method(model, small_split, make_schedule("imq", rate=0.3, iterations=2), epochs=3, lr=0.05, batch_size=32,
+               seed=5, progress=False, on_iteration=on_iteration, on_step=on_step)
+    # After iteration 0 every weight was 32-bit: the round(0.3 * 592) = 178 smallest |w| go to 16 bits.
+    k = 178
+
+    def smallest(weights):
+        flat = torch.cat([w.abs().flatten() for w in weights])
+        chosen = torch.zeros_like(flat, dtype=torch.bool)
+        chosen[torch.sort(flat, stable=True).indices[:k]] = True
+        return chosen
+
+    by_trained, by_theta_0 = smallest(trained[0]), smallest(theta_0)
+    # The two rankings really disagree (otherwise the test could not tell them apart).
+    assert int((by_trained & ~by_theta_0).sum()) > 20
+    halved = torch.cat([m.flatten() for m in masks[0]]) == 16
+    assert torch.equal(halved, by_trained)
+    assert int(halved.sum()) == k and set(torch.cat([m.flatten() for m in masks[0]]).tolist()) == {16, 32}
+
+
+def test_iterate_records_test_and_validation_accuracy(small_split):
+    """``accuracy`` is measured on the test images and ``val_accuracy`` on the validation images, never on the
+    training images: the three sets carry different labels, so the three accuracies differ."""
+    x = small_split.x_train
+    train_labels = torch.zeros(120, dtype=torch.int64)  # all class 0: training teaches "always 0"
+    test_labels = torch.tensor([0] * 30 + [1] * 30)  # half of them 0
+    val_labels = torch.tensor([0] * 10 + [3] * 30)  # a quarter of them 0
+    split = type(small_split)(x[:120], train_labels, small_split.x_test[:60], test_labels, "labels")
+    val = (x[120:160], val_labels)
+    torch.manual_seed(0)
+    seen = []
+
+    def on_iteration(record, m):
+        seen.append((record, evaluate(m, split.x_train, split.y_train), evaluate(m, split.x_test, split.y_test),
+                     evaluate(m, *val)))
+
+    run_method(DigitsMLP(hidden=(8,)), split, make_schedule("imq", iterations=2), epochs=3, lr=0.05, batch_size=32,
+               seed=5, progress=False, on_iteration=on_iteration, val=val)
+    assert len(seen) == 2
+    for record, on_train, on_test, on_val in seen:
+        assert (on_train, on_test, on_val) == (1.0, 0.5, 0.25)  # the model answers 0 everywhere
+        assert record.accuracy == on_test
+        assert record.val_accuracy == on_val

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from model.data import DataRecord
 from model.errors import UserError
 from model.quant.nets import DigitsMLP
-from model.runs.checkpoint import load_checkpoint, save_checkpoint
+from model.runs.checkpoint import checkpoint_data, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture
@@ -57,3 +58,46 @@ def test_shape_mismatch(tmp_path, model):
     torch.save(payload, path)
     with pytest.raises(UserError, match="act_bits"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------------------ data record
+def test_the_data_record_round_trips_in_the_meta(tmp_path, model):
+    record = DataRecord.of("digits", None, (1, 8, 8), 4, seed=7, test_subset=50)
+    path = save_checkpoint(tmp_path / "t.pt", model, {"note": "x"}, data=record)
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"note": "x", "dataset": record.to_json()}
+    assert checkpoint_data(path, loaded, meta) == record
+
+
+def test_a_run_checkpoint_derives_its_record_from_the_run_config(tmp_path, model):
+    from tests.idx_files import write_idx_folder
+
+    run = {"data": "digits", "data_root": None, "seed": 5, "train_subset": 100, "test_subset": None, "epochs": 1}
+    path = save_checkpoint(tmp_path / "t.pt", model, {"run": run})
+    loaded, meta = load_checkpoint(path)
+    assert meta["dataset"] == {"name": "digits", "root": None, "input_shape": [1, 8, 8], "input_bits": 4, "seed": 5,
+                               "train_subset": 100, "test_subset": None}
+    # A checkpoint written before records existed: derived at load time, the same way.
+    del meta["dataset"]
+    assert checkpoint_data(path, loaded, meta) == DataRecord.of("digits", None, (1, 8, 8), 4, 5, 100)
+    # An IDX run: the image shape comes from the folder's header (here 8x8, the MLP's 64 inputs).
+    root = write_idx_folder(tmp_path / "idx", n_train=4, n_test=2, side=8)
+    path = save_checkpoint(tmp_path / "i.pt", model, {"run": {**run, "data": "idx", "data_root": str(root)}})
+    assert load_checkpoint(path)[1]["dataset"]["input_shape"] == [1, 8, 8]
+    assert load_checkpoint(path)[1]["dataset"]["root"] == str(root)
+
+
+def test_no_record_and_bad_records(tmp_path, model):
+    path = save_checkpoint(tmp_path / "t.pt", model, {"note": "x"})
+    loaded, meta = load_checkpoint(path)
+    assert checkpoint_data(path, loaded, meta) is None
+    payload = torch.load(path, weights_only=True)
+    for change, message in [
+        ({"name": "mnist"}, r"t.pt: field 'meta.dataset': field 'name' is 'mnist'"),
+        ({"input_shape": [1, 28, 28]}, r"t.pt: field 'meta.dataset.input_shape' is \[1, 28, 28\]; the model takes 64"),
+        ({"input_bits": 8}, "t.pt: field 'meta.dataset.input_bits' is 8; the model's input quantizer has 4 bits"),
+    ]:
+        payload["meta"] = {"dataset": {**DataRecord.of("digits", None, (1, 8, 8), 4).to_json(), **change}}
+        torch.save(payload, path)
+        with pytest.raises(UserError, match=message):
+            load_checkpoint(path)

@@ -1,0 +1,98 @@
+"""Global buffer: the packed image in block RAM, shared by its readers through fixed-priority read ports.
+
+The buffer is a ROM of 32-bit words (``MemoryData``: its contents may be replaced before elaboration,
+e.g. by another image for the same hardware). Each physical read port serves a list of named requesters in
+priority order; a requester raises ``req`` with an ``addr``, sees ``grant`` in the same cycle when the port
+is its own, and reads ``data`` one cycle later (the synchronous port's latency, :attr:`GlobalBuffer.latency`).
+``data`` is shared by all requesters of a port, so a requester keeps track of its own reads in flight
+(:class:`~hw.core.fetcher.WordFetcher` does).
+"""
+
+from amaranth import Module, Mux
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory, MemoryData
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from model.export.format import WORD_BITS
+
+
+def buffer_port_signature(addr_width: int) -> wiring.Signature:
+    """A requester's side of a global buffer read port: ``req``, ``addr`` out; ``grant``, ``data`` in."""
+    if addr_width < 1:
+        raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
+    return wiring.Signature({"req": Out(1), "addr": Out(addr_width), "grant": In(1), "data": In(WORD_BITS)})
+
+
+class GlobalBuffer(wiring.Component):
+    """Image words with ``len(ports)`` read ports, each shared by named requesters by fixed priority.
+
+    Parameters
+    ----------
+    data : MemoryData
+        The buffer contents: ``shape`` 32 bits, ``depth`` a power of two >= 2.
+    ports : sequence of sequence of str
+        For each physical read port, its requesters from highest to lowest priority. Names are Python
+        identifiers and unique over all ports.
+
+    Members
+    -------
+    <name> : In(buffer_port_signature(addr_width)), one per requester
+        ``grant`` is ``req`` of the requester when no requester before it on its port asks; a requester
+        that does not ask is not granted. The port reads ``addr`` of the granted requester (or of the last
+        requester when none asks).
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is not a ``MemoryData``.
+    ValueError
+        For a shape other than 32 bits, a depth that is not a power of two >= 2, no port, an empty port,
+        or a requester name that is not an identifier or appears twice.
+    """
+
+    def __init__(self, data: MemoryData, *, ports):
+        if not isinstance(data, MemoryData):
+            raise TypeError(f"data must be a MemoryData, not {data!r}")
+        if data.shape != WORD_BITS:
+            raise ValueError(f"data.shape must be unsigned({WORD_BITS}), not {data.shape!r}")
+        if data.depth < 2 or data.depth & (data.depth - 1):
+            raise ValueError(f"data.depth must be a power of two >= 2, not {data.depth!r}")
+        ports = tuple(tuple(port) for port in ports)
+        names = [name for port in ports for name in port]
+        if not ports or not all(ports):
+            raise ValueError(f"ports must be one or more non-empty lists of requester names, not {ports!r}")
+        if len(set(names)) != len(names) or not all(isinstance(n, str) and n.isidentifier() for n in names):
+            raise ValueError(f"requester names must be unique identifiers, not {names!r}")
+        self._data = data
+        self._ports = ports
+        self._addr_width = ceil_log2(data.depth)
+        super().__init__({name: In(buffer_port_signature(self._addr_width)) for name in names})
+
+    @property
+    def addr_width(self) -> int:
+        return self._addr_width
+
+    @property
+    def ports(self) -> tuple[tuple[str, ...], ...]:
+        return self._ports
+
+    #: Cycles from a granted request to its ``data``.
+    latency = 1
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.memory = memory = Memory(data=self._data)
+        for requesters in self._ports:
+            port = memory.read_port()
+            members = [getattr(self, name) for name in requesters]
+            addr = members[-1].addr
+            for member in reversed(members[:-1]):
+                addr = Mux(member.req, member.addr, addr)
+            m.d.comb += port.addr.eq(addr)
+            ahead = None  # a requester before this one asks
+            for member in members:
+                m.d.comb += [member.data.eq(port.data),
+                             member.grant.eq(member.req if ahead is None else member.req & ~ahead)]
+                ahead = member.req if ahead is None else ahead | member.req
+        return m

@@ -1,0 +1,112 @@
+"""Score streamer: the last layer's outputs of a batch, held in a score memory and streamed out image by image."""
+
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from hw.core.job import emit_job_layout, job_signature
+
+#: One score on the output stream: ``score`` (``2^-SCORE_FRAC_BITS`` units, model/export/golden.py) and
+#: ``last`` on the final class of an image.
+OUTPUT_LAYOUT = data.StructLayout({"score": signed(32), "last": unsigned(1)})
+
+
+def score_write_signature(batch: int, depth: int) -> wiring.Signature:
+    """A writer's side: score ``data`` of row ``row`` of image ``img`` when ``en``."""
+    return wiring.Signature({
+        "img": Out(range(batch)),
+        "row": Out(range(depth)),
+        "data": Out(signed(32)),
+        "en": Out(1),
+    })
+
+
+class ScoreStreamer(wiring.Component):
+    """Score memory (``batch`` images of ``depth`` rows) and its output stream.
+
+    A job streams rows ``0 .. count - 1`` of image 0, then of image 1, ..., with ``last`` on each image's
+    final row; ``done`` pulses with the transfer of the last score. Each score takes two cycles (a memory
+    read, then the offer), and a score offered on ``o`` stays unchanged until taken.
+
+    Parameters
+    ----------
+    batch : int
+        Images per job, 1 to 16.
+    depth : int
+        Rows per image (a power of two >= 2); ``count`` is 1 to ``depth``.
+
+    Members
+    -------
+    write : In(score_write_signature(batch, depth))
+        From the layer engine (the last layer's outputs).
+    ctl : In(job_signature(emit_job_layout(depth)))
+    o : Out(stream.Signature(OUTPUT_LAYOUT))
+
+    Raises
+    ------
+    ValueError
+        For a ``batch`` outside 1..16 or a ``depth`` that is not a power of two >= 2.
+    """
+
+    def __init__(self, *, batch: int, depth: int):
+        if not 1 <= batch <= 16:
+            raise ValueError(f"batch must be in 1..16, not {batch!r}")
+        if depth < 2 or depth & (depth - 1):
+            raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
+        self._batch = batch
+        self._depth = depth
+        super().__init__({
+            "write": In(score_write_signature(batch, depth)),
+            "ctl": In(job_signature(emit_job_layout(depth))),
+            "o": Out(stream.Signature(OUTPUT_LAYOUT)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        row_bits = ceil_log2(self._depth)
+        m.submodules.memory = memory = Memory(shape=signed(32), depth=self._batch << row_bits, init=[])
+        wr = memory.write_port()
+        rd = memory.read_port()
+        m.d.comb += [
+            wr.addr.eq((self.write.img << row_bits) | self.write.row),
+            wr.data.eq(self.write.data),
+            wr.en.eq(self.write.en),
+        ]
+
+        job = self.ctl.job
+        count = Signal.like(job.payload.count)
+        row = Signal(range(self._depth))
+        img = Signal(range(self._batch))
+        last_row = row == count - 1
+        last_img = img == self._batch - 1
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += job.ready.eq(1)
+                with m.If(job.valid):
+                    m.d.sync += [count.eq(job.payload.count), row.eq(0), img.eq(0)]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += [rd.addr.eq((img << row_bits) | row), rd.en.eq(1)]
+                m.next = "OFFER"
+            with m.State("OFFER"):
+                m.d.comb += [
+                    rd.en.eq(0),
+                    self.o.valid.eq(1),
+                    self.o.payload.score.eq(rd.data),
+                    self.o.payload.last.eq(last_row),
+                ]
+                with m.If(self.o.ready):
+                    m.d.sync += row.eq(row + 1)
+                    with m.If(last_row):
+                        m.d.sync += row.eq(0)
+                        with m.If(last_img):
+                            m.d.comb += self.ctl.done.eq(1)
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.d.sync += img.eq(img + 1)
+                            m.next = "READ"
+                    with m.Else():
+                        m.next = "READ"
+        return m

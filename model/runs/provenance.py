@@ -1,0 +1,135 @@
+"""What a run's results depend on besides its config: the code revision and the numeric environment.
+
+A run directory (:mod:`model.runs.rundir`) records :func:`provenance` in ``run.json`` and refuses to resume
+under another one (:func:`differences`), so that results of two code versions are never mixed.
+
+The code revision (:func:`code_revision`) is, in order of preference:
+
+``git:<commit>``
+    The repository's ``HEAD`` when ``git status`` shows no change to the package sources (``model/``,
+    ``hw/``, ``sim/``, ``build.py``; untracked files included, ignored ones not).
+``git:<commit>+dirty:<hash>``
+    The same with uncommitted changes: ``<hash>`` is the first 16 hex digits of :func:`source_hash`, so
+    two different sets of uncommitted edits on one commit are two revisions.
+``src:<hash>``
+    Outside git (an unpacked archive, no ``git`` binary, a repository git refuses to read): the source hash
+    alone.
+
+The revision is computed once per process: the code that runs is the code that was imported, even if a
+file changes on disk later (and a long run compares one value with itself). The environment adds the
+torch and numpy versions, torch's intra-op thread count and the number of processes (``torchrun``): a
+different summation order changes the last bits of every result (README, "`python build.py train`").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.training import distributed
+
+#: The repository root: the folder that holds ``model/`` and ``build.py``.
+ROOT = Path(__file__).resolve().parents[2]
+#: What the revision covers: the packages (every file but byte code) and the entry point.
+SOURCE_PACKAGES = ("model", "hw", "sim")
+SOURCE_FILES = ("build.py",)
+#: The fields of :func:`provenance` that must agree for a run to resume.
+CHECKED_FIELDS = ("revision", "torch", "numpy", "threads", "processes")
+#: Hex digits of the source hash kept in a revision string.
+HASH_DIGITS = 16
+
+
+def source_files(root: Path = ROOT) -> list[Path]:
+    """The package sources under ``root``, sorted: every file of :data:`SOURCE_PACKAGES` and :data:`SOURCE_FILES`
+    except ``__pycache__`` folders and ``*.pyc``."""
+    files = [root / name for name in SOURCE_FILES if (root / name).is_file()]
+    for package in SOURCE_PACKAGES:
+        files += [p for p in (root / package).rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def source_hash(root: Path = ROOT) -> str:
+    """SHA-256 (hex) over the relative path and the bytes of every file of :func:`source_files`."""
+    digest = hashlib.sha256()
+    for path in source_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git -C root args`` stdout, or ``None`` if git is missing or fails (not a repository, ...)."""
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_state(root: Path = ROOT) -> tuple[str, bool] | None:
+    """``(HEAD commit, whether the package sources have uncommitted changes)``, or ``None`` outside git."""
+    head = _git(root, "rev-parse", "--verify", "HEAD")
+    if head is None:
+        return None
+    status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PACKAGES, *SOURCE_FILES)
+    if status is None:
+        return None
+    return head.strip(), bool(status.strip())
+
+
+def revision_of(root: Path = ROOT) -> dict:
+    """The code revision of the sources under ``root`` (module docstring), with its parts.
+
+    Returns
+    -------
+    dict
+        ``revision`` (the string runs compare), ``git_commit`` (``None`` outside git), ``dirty`` (``None``
+        outside git) and ``source_sha256`` (:func:`source_hash`).
+    """
+    sources = source_hash(root)
+    state = git_state(root)
+    if state is None:
+        return {"revision": f"src:{sources[:HASH_DIGITS]}", "git_commit": None, "dirty": None,
+                "source_sha256": sources}
+    commit, dirty = state
+    revision = f"git:{commit}" + (f"+dirty:{sources[:HASH_DIGITS]}" if dirty else "")
+    return {"revision": revision, "git_commit": commit, "dirty": dirty, "source_sha256": sources}
+
+
+@functools.cache
+def code_revision() -> dict:
+    """:func:`revision_of` this checkout, computed once per process (module docstring)."""
+    return revision_of(ROOT)
+
+
+def provenance() -> dict:
+    """What ``run.json`` records beside the config: :func:`code_revision` and the numeric environment.
+
+    Returns
+    -------
+    dict
+        ``revision``, ``git_commit``, ``dirty``, ``source_sha256``, ``torch`` and ``numpy`` (versions),
+        ``threads`` (``torch.get_num_threads()`` now) and ``processes`` (the ``torchrun`` world size, 1 alone).
+    """
+    return {**code_revision(), "torch": torch.__version__, "numpy": np.__version__,
+            "threads": torch.get_num_threads(), "processes": distributed.world_size()}
+
+
+def differences(stored: dict | None, current: dict) -> list[str]:
+    """The :data:`CHECKED_FIELDS` in which ``stored`` differs from ``current``, as ``"field: stored X, now Y"``.
+
+    ``stored`` ``None`` (a ``run.json`` written before revisions were recorded) or not a dict differs in
+    every field.
+    """
+    if not isinstance(stored, dict):
+        return [f"{name}: stored none, now {current[name]!r}" for name in CHECKED_FIELDS]
+    return [f"{name}: stored {stored.get(name)!r}, now {current[name]!r}" for name in CHECKED_FIELDS
+            if stored.get(name) != current[name]]

@@ -1,0 +1,119 @@
+"""`build.py eval`: float / fake-quant / golden accuracy of a checkpoint or an image, on its recorded data set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import build
+from model.data import DataRecord, load_digits_split
+from model.export.convert import golden_accuracy, to_golden
+from model.export.eval_command import float_twin
+from model.quant.nets import DigitsMLP, build_model
+from model.quant.pact import PACT, InputQuant
+from model.runs.checkpoint import save_checkpoint
+from model.training.loop import evaluate, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def main(capsys, *argv) -> tuple[int, str, str]:
+    code = build.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def ticket():
+    """A small digits MLP, trained briefly, with some weights pruned and the rest at 4, 8 and 32 bits."""
+    split = load_digits_split(seed=2)
+    torch.manual_seed(0)
+    model = DigitsMLP(hidden=(16,), act_bits=4)
+    train(model, split, epochs=4, lr=1e-2, seed=0, progress=False)
+    widths = torch.tensor([0, 4, 8, 32]).repeat(16 * 64 // 4).reshape(16, 64)
+    model.linears[0].set_bit_width(widths)
+    return model, split
+
+
+def test_eval_checkpoint_reports_each_accuracy_on_the_recorded_test_images(capsys, tmp_path, ticket):
+    model, split = ticket
+    record = DataRecord.of("digits", None, (1, 8, 8), 4, seed=2, test_subset=100)
+    save_checkpoint(tmp_path / "t.pt", model, {"float_accuracy": 0.5}, data=record)
+    code, out, err = main(capsys, "eval", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    x, y = split.x_test[:100], split.y_test[:100]  # seed 2, first 100: what the record says
+    assert report["data"] == record.to_json() and report["test_images"] == 100
+    assert report["fakequant_accuracy"] == evaluate(model, x, y)
+    assert report["golden_accuracy"] == golden_accuracy(to_golden(model), model, x, y)
+    assert report["float_accuracy"] == evaluate(float_twin(model), x, y)
+    assert report["float_baseline_accuracy"] == 0.5 and "rounding off" in report["notes"]["float_accuracy"]
+    assert "fake-quant" in out and "golden (integer)" in out and "digits" in out
+
+
+def test_float_twin_turns_rounding_off_and_keeps_pruned_weights(ticket):
+    model, split = ticket
+    twin = float_twin(model)
+    mask = model.linears[0].bit_width
+    assert torch.equal(twin.linears[0].bit_width, torch.where(mask != 0, 32, 0))
+    assert torch.equal(model.linears[0].bit_width, mask)  # the original is untouched
+    assert all(m.bits == 32 for m in twin.modules() if isinstance(m, PACT | InputQuant))
+    assert all(m.bits == 4 for m in model.modules() if isinstance(m, PACT | InputQuant))
+    with torch.no_grad():
+        w = twin.linears[0].quantized_weight()
+    assert bool((w[mask == 0] == 0).all()) and not torch.equal(twin(split.x_test), model(split.x_test))
+
+
+def test_eval_image_gives_the_golden_accuracy_of_the_exported_ticket(capsys, tmp_path, ticket):
+    model, split = ticket
+    save_checkpoint(tmp_path / "t.pt", model, data=DataRecord.of("digits", None, (1, 8, 8), 4, seed=2))
+    assert main(capsys, "export", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "image")[0] == 0
+    assert json.loads((tmp_path / "image" / "manifest.json").read_text())["data"]["seed"] == 2
+    code, _, err = main(capsys, "eval", "--image", tmp_path / "image", "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["golden_accuracy"] == golden_accuracy(to_golden(model), model, split.x_test, split.y_test)
+    assert report["fakequant_accuracy"] is None and report["float_accuracy"] is None
+    assert report["test_images"] == 360 and "integer codes only" in report["notes"]["fakequant_accuracy"]
+
+
+def test_eval_of_a_conv_net_has_no_golden_accuracy_and_says_why(capsys, tmp_path):
+    model = build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4, "channels": [4]})
+    save_checkpoint(tmp_path / "vgg.pt", model, data=DataRecord.of("digits", None, (1, 8, 8), 8, test_subset=20))
+    code, out, err = main(capsys, "eval", "--checkpoint", tmp_path / "vgg.pt", "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["golden_accuracy"] is None and "vgg conv net has no integer golden model" in out
+    assert "conv net" in report["notes"]["golden_accuracy"] and report["fakequant_accuracy"] is not None
+
+
+def test_eval_says_when_the_recorded_data_is_not_here(capsys, tmp_path, ticket):
+    model, _ = ticket
+    gone = tmp_path / "gone"
+    save_checkpoint(tmp_path / "t.pt", model, data=DataRecord.of("idx", gone, (1, 8, 8), 4))
+    code, _, err = main(capsys, "eval", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "eval")
+    assert code == 2 and "Traceback" not in err
+    assert "t.pt: field 'meta.dataset' records the data set idx" in err and str(gone) in err and "--data-root" in err
+    assert not (tmp_path / "eval").exists()
+    # --data / --data-root read the test images from elsewhere
+    code, _, err = main(capsys, "eval", "--checkpoint", tmp_path / "t.pt", "--data", "digits", "--out",
+                        tmp_path / "eval")
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["data"]["name"] == "digits"
+
+
+def test_eval_of_a_file_without_a_record_assumes_digits_with_a_note(capsys, tmp_path, ticket):
+    model, _ = ticket
+    save_checkpoint(tmp_path / "old.pt", model)
+    code, _, err = main(capsys, "eval", "--checkpoint", tmp_path / "old.pt", "--out", tmp_path / "eval")
+    assert code == 0 and "records no data set" in err and "digits" in err
+
+
+def test_eval_needs_exactly_one_of_checkpoint_and_image(capsys, tmp_path):
+    for argv in ([], ["--checkpoint", "a.pt", "--image", "b"]):
+        with pytest.raises(SystemExit) as exc:
+            build.main(["eval", *argv])
+        assert exc.value.code == 2
+    capsys.readouterr()

@@ -1,0 +1,204 @@
+"""`build.py train`: option groups, per-method defaults, options rejected for methods that do not use them,
+and `--help` without torch."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import build
+from model.runs.train_command import (
+    BMPQ_CONV_COMPRESSION,
+    BMPQ_MLP_COMPRESSION,
+    ITERATIVE,
+    METHODS,
+    OPTIONS,
+    resolve,
+    train_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def parse(*argv):
+    return build.parser().parse_args(["train", *map(str, argv)])
+
+
+def main(capsys, *argv) -> tuple[int, str, str]:
+    code = build.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ------------------------------------------------------------------------------------------ --help
+def test_help_builds_the_parsers_without_torch_and_fast():
+    code = ("import sys, time; t = time.perf_counter(); import build; build.parser(); "
+            "print(time.perf_counter() - t, 'torch' in sys.modules, sorted(build.COMMANDS))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    seconds, torch_loaded, commands = res.stdout.split(" ", 2)
+    assert torch_loaded == "False", "building the parsers imported torch"
+    assert float(seconds) < 2.0
+    assert "eval" in commands
+    for command in ("", *build.COMMANDS):
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, str(ROOT / "build.py"), *([command] if command else []), "--help"],
+                             cwd=ROOT, capture_output=True, text=True, check=False)
+        assert res.returncode == 0 and "usage:" in res.stdout, (command, res.stderr)
+        assert time.perf_counter() - t0 < 2.0, f"`build.py {command} --help` took over 2 s"
+
+
+def test_train_help_groups_the_options_per_method():
+    res = subprocess.run([sys.executable, str(ROOT / "build.py"), "train", "--method", "lts", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    text = res.stdout
+    heads = ["common options:", "imq, irq, imp, irp, qnn, qnn-imp:", "lts:", "bmpq:"]
+    positions = [text.index("\n" + h) for h in heads]
+    assert positions == sorted(positions)
+    common, iterative, lts, bmpq = (text[a:b] for a, b in zip(positions, [*positions[1:], len(text)]))
+    assert "--hidden" in common and "256 256 for lts" in common and "64 64 64 for bmpq" in common
+    assert "--act-bits" in iterative and "--restart" in iterative and "--rho" in iterative
+    assert "--bits" in lts and "--strategy" in lts and "--threads" in lts and "--act-bits" not in lts
+    assert "--compression" in bmpq and "--support" in bmpq and "4 for an MLP" in bmpq
+
+
+# ------------------------------------------------------------------------------------------ defaults
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_resolves_its_defaults(method):
+    args = resolve(parse("--method", method))
+    assert args.epochs >= 1 and args.lr > 0 and args.batch_size >= 1 and args.hidden
+    if method in ITERATIVE:
+        config = train_config(args)  # the run config the method would run: checked by make_run_config
+        assert config.method == method and config.data == "digits" and config.hidden == (64,)
+        assert config.act_bits == 4 and config.epochs == 20 and config.batch_size == 64
+        assert config.weight_bits == (8 if method.startswith("qnn") else 32)
+    elif method == "bmpq":
+        assert (args.data, args.hidden, args.compression, args.support, args.edge_bits) == (
+            "digits", [64, 64, 64], BMPQ_MLP_COMPRESSION, [2, 4], 16)
+        assert resolve(parse("--method", "bmpq", "--arch", "vgg")).compression == BMPQ_CONV_COMPRESSION
+
+
+def test_bmpq_default_budget_is_feasible_for_its_default_mlp():
+    """The 16-bit first and last layers of 64-64-64-64-10 on digits leave at most 4.49x; 4x fits, 10x would not."""
+    from model.methods.bmpq import memory_mb
+
+    args = resolve(parse("--method", "bmpq"))
+    sizes = [64, *args.hidden, 10]
+    params = [a * b for a, b in itertools.pairwise(sizes)]
+    smallest = [args.edge_bits, *[min(args.support)] * (len(params) - 2), args.edge_bits]
+    most = memory_mb(params, [32] * len(params)) / memory_mb(params, smallest)
+    assert args.compression < most < BMPQ_CONV_COMPRESSION
+
+
+def test_lts_defaults_are_the_configuration_of_bench_lts():
+    """`train --method lts` = the 2-bit LTS row of `bench lts` (model/bench/lts.py, train_lts's defaults)."""
+    from model.bench.lts import run_lts_bench
+    from model.methods.lts import train_lts
+    from model.quant.lts import build_lts_mlp
+
+    args = resolve(parse("--method", "lts"))
+    bench = {k: p.default for k, p in inspect.signature(run_lts_bench).parameters.items()}
+    trainer = {k: p.default for k, p in inspect.signature(train_lts).parameters.items()}
+    assert args.data == "fashion-mnist" and args.data_root is None and bench["root"] is None  # Debian's copy
+    assert args.train_subset is bench["train_subset"] is None and args.test_subset is bench["test_subset"] is None
+    assert (args.epochs, args.warmup, args.m, args.threads) == (bench["epochs"], bench["warmup"], bench["m"],
+                                                               bench["threads"])
+    assert args.bits == bench["bits_list"][0] and args.lts_mode == "lts"
+    assert (args.strategy, args.p, args.lr, args.batch_size, args.seed) == (
+        trainer["strategy"], trainer["p"], trainer["lr"], trainer["batch_size"], trainer["seed"])
+    assert tuple(args.hidden) == inspect.signature(build_lts_mlp).parameters["hidden"].default
+
+
+# ------------------------------------------------------------------------------------------ rejections
+@pytest.mark.parametrize(("method", "argv", "named"), [
+    ("lts", ["--act-bits", 4], "--act-bits"),            # equal to the iterative default: still rejected
+    ("lts", ["--rho", 0.3], "--rho"),
+    ("lts", ["--no-float-baseline"], "--no-float-baseline"),
+    ("lts", ["--restart"], "--restart"),
+    ("lts", ["--compression", 10], "--compression"),
+    ("lts", ["--arch", "resnet20"], "--arch"),
+    ("lts", ["--p", 0.5], "--p"),                       # p is --strategy fixed's
+    ("lts", ["--lts-mode", "baseline", "--m", 0.9], "--m"),
+    ("bmpq", ["--act-bits", 4], "--act-bits"),
+    ("bmpq", ["--bits", 2], "--bits"),
+    ("bmpq", ["--target-bits", 4], "--target-bits"),
+    ("bmpq", ["--threads", 1], "--threads"),
+    ("imq", ["--bits", 2], "--bits"),                   # equal to the LTS default: still rejected
+    ("imq", ["--warmup", 2], "--warmup"),
+    ("imq", ["--support", 2, 4], "--support"),
+    ("imq", ["--weight-bits", 32], "--weight-bits"),
+    ("imp", ["--hierarchy", "paper"], "--hierarchy"),
+    ("qnn", ["--rho", 0.2], "--rho"),
+    ("qnn", ["--iterations", 1], "--iterations"),
+    ("irq", ["--edge-bits", 16], "--edge-bits"),
+])
+def test_an_option_the_method_does_not_use_is_rejected(capsys, tmp_path, method, argv, named):
+    code, out, err = main(capsys, "train", "--method", method, *argv, "--quiet", "--out", tmp_path / "out")
+    assert code == 2, out + err
+    assert named in err and method in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_options_that_do_not_fit_together_are_rejected(capsys, tmp_path):
+    for argv, words in [
+        (["--method", "bmpq", "--compression", 4, "--budget-mb", 1], ("--compression", "--budget-mb")),
+        (["--arch", "vgg", "--hidden", 8], ("--hidden", "vgg")),
+        (["--data-root", tmp_path], ("--data-root", "digits")),
+    ]:
+        code, _, err = main(capsys, "train", *argv, "--quiet", "--out", tmp_path / "out")
+        assert code == 2 and all(w in err for w in words), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_option_has_a_group_and_methods():
+    for option in OPTIONS:
+        assert option.group in ("common", "iterative", "lts", "bmpq") and set(option.methods) <= set(METHODS)
+        if option.group == "lts":
+            assert "lts" in option.methods
+        if option.group == "bmpq":
+            assert option.methods == ("bmpq",)
+
+
+# ------------------------------------------------------------------------------------------ real runs
+@pytest.mark.parametrize("method", ITERATIVE)
+def test_iterative_methods_run_on_their_defaults_with_tiny_overrides(capsys, tmp_path, method):
+    tiny = ["--epochs", 1, "--train-subset", 150, "--test-subset", 60, "--hidden", 8]
+    if method != "qnn":
+        tiny += ["--iterations", 2]
+    code, out, err = main(capsys, "train", "--method", method, *tiny, "--quiet", "--run-dir", tmp_path / "run")
+    assert code == 0, err
+    assert "resumed: false" in out and (tmp_path / "run" / "ticket.pt").is_file()
+    history = json.loads((tmp_path / "run" / f"{method}_history.json").read_text())
+    assert history["config"]["epochs"] == 1 and history["config"]["act_bits"] == 4
+    code, out, err = main(capsys, "train", "--method", method, *tiny, "--quiet", "--run-dir", tmp_path / "run")
+    assert code == 0 and "resumed: true" in out, err
+
+
+def test_bmpq_runs_on_its_defaults_with_tiny_overrides(capsys, tmp_path):
+    code, _out, err = main(capsys, "train", "--method", "bmpq", "--epochs", 3, "--warmup", 1, "--interval", 1,
+                          "--train-subset", 300, "--quiet", "--out", tmp_path / "bmpq")
+    assert code == 0, err
+    report = json.loads((tmp_path / "bmpq" / "bmpq.json").read_text())
+    assert report["compression_ratio"] >= BMPQ_MLP_COMPRESSION and len(report["layer_bits"]) == 4
+
+
+def test_lts_uses_hidden_batch_size_run_dir_and_subsets(capsys, tmp_path):
+    from tests.idx_files import write_idx_folder
+
+    root = write_idx_folder(tmp_path / "fm", n_train=120, n_test=30, spelling="dot", gz=True)
+    code, _out, err = main(capsys, "train", "--method", "lts", "--data-root", root, "--hidden", 16, "--epochs", 2,
+                          "--warmup", 1, "--batch-size", 32, "--train-subset", 96, "--test-subset", 20, "--quiet",
+                          "--run-dir", tmp_path / "lts")
+    assert code == 0, err
+    report = json.loads((tmp_path / "lts" / "lts.json").read_text())
+    config = report["config"]
+    assert (config["data"], config["hidden"], config["batch_size"]) == ("fashion-mnist", [16], 32)
+    assert (config["train_images"], config["test_images"], config["threads"]) == (96, 20, 1)
+    assert len(report["sparsity_history"]) == 2
