@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mpqaccel command line: train -> export -> verilog -> sim -> synth, and `demo` for all of it.
+"""mpqaccel command line: train -> export -> verilog -> sim -> synth, `eval` for accuracies, `demo` for all of it.
 
 Every subcommand has its own ``--help``. User mistakes (missing or malformed files, out-of-range values)
 end with a one-line message naming the file and the field, and exit status 2.

@@ -177,19 +177,56 @@ def check_timeout(timeout_cycles: int | None) -> None:
         raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
 
 
+def run_cocotb(build_dir: Path, *, simulator: str, toplevel: str, test_module: str, test_dir: Path,
+               env: dict[str, str] | None = None, seed: int = 0, test_filter: str | None = None) -> Path:
+    """Run the cocotb tests of ``test_module`` on a build from :func:`build`; return their ``results.xml``.
+
+    Writes ``sim.log`` and ``results.xml`` into ``test_dir``. ``env`` reaches the testbench through
+    ``os.environ`` (set only while the simulator runs); ``test_filter`` is a regular expression that selects
+    tests by name. A failing test does not raise: read the outcomes with :func:`cocotb_results`.
+
+    Raises
+    ------
+    SimulationError
+        The simulator could not be started or crashed (the message names ``sim.log``).
+    """
+    env = dict(env or {})
+    results_xml, log = Path(test_dir) / "results.xml", Path(test_dir) / "sim.log"
+    try:
+        with _scoped_environ({**_simulator_env(simulator), **env}):
+            _get_runner(simulator).test(
+                test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+                build_dir=build_dir, test_dir=test_dir, extra_env=env, seed=int(seed),
+                results_xml=str(results_xml.resolve()), log_file=log, test_filter=test_filter)
+    except SystemExit:
+        pass  # under pytest the runner exits on a failing cocotb test; the results say what failed
+    except (RuntimeError, OSError) as exc:
+        raise SimulationError(f"{simulator} simulation of {test_module} failed ({exc})", log) from exc
+    return results_xml
+
+
+def cocotb_results(results_xml: Path) -> dict[str, bool]:
+    """``{test name: passed}`` from a cocotb ``results.xml``; empty when there is no such file."""
+    if not Path(results_xml).is_file():
+        return {}
+    cases = ElementTree.parse(results_xml).getroot().iter("testcase")
+    return {case.get("name"): case.find("failure") is None and case.find("error") is None for case in cases}
+
+
 def run_test(build_dir: Path, verilog_path, *, simulator: str, toplevel: str, test_module: str,
              env_prefix: str, case: dict, stall: bool, seed: int, timeout_cycles: int | None,
              keep_logs: bool) -> dict:
     """Run one cocotb test module on a build: write ``case`` (arrays) for it, read back its JSON record.
 
     The testbench learns its case, result path, stall switch, seed and watchdog from
-    ``<env_prefix>_CASE``, ``_RESULT``, ``_STALL``, ``_SEED`` and ``_TIMEOUT_CYCLES``. The record gets
-    ``passed`` (the cocotb verdict), ``simulator``, ``wall_s``, ``build_dir`` and ``log`` (the kept run
-    folder's ``sim.log``; passing runs delete theirs unless ``keep_logs``).
+    ``<env_prefix>_CASE``, ``_RESULT``, ``_STALL``, ``_SEED`` and ``_TIMEOUT_CYCLES``
+    (:class:`sim.tb.stream.RunSettings`). The record gets ``passed`` (the cocotb verdict), ``simulator``,
+    ``wall_s``, ``build_dir`` and ``log`` (the kept run folder's ``sim.log``; passing runs delete theirs
+    unless ``keep_logs``).
     """
     check_timeout(timeout_cycles)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
-    case_path, result_path, log = run_dir / "case.npz", run_dir / "result.json", run_dir / "sim.log"
+    case_path, result_path = run_dir / "case.npz", run_dir / "result.json"
     np.savez(case_path, **case)
     env = {
         f"{env_prefix}_CASE": str(case_path),
@@ -199,37 +236,26 @@ def run_test(build_dir: Path, verilog_path, *, simulator: str, toplevel: str, te
     }
     if timeout_cycles is not None:
         env[f"{env_prefix}_TIMEOUT_CYCLES"] = str(int(timeout_cycles))
-    results_xml = run_dir / "results.xml"
     t0 = time.perf_counter()
     try:
-        with _scoped_environ({**_simulator_env(simulator), **env}):
-            _get_runner(simulator).test(
-                test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
-                build_dir=build_dir, test_dir=run_dir, extra_env=env, seed=int(seed),
-                results_xml=str(results_xml), log_file=log)
-    except SystemExit:
-        pass  # under pytest the runner exits on a failing cocotb test; the record says what failed
-    except (RuntimeError, OSError) as exc:
-        raise SimulationError(f"{simulator} simulation of {verilog_path} failed ({exc})", log) from exc
+        results_xml = run_cocotb(build_dir, simulator=simulator, toplevel=toplevel, test_module=test_module,
+                                 test_dir=run_dir, env=env, seed=seed)
+    except SimulationError as exc:
+        raise SimulationError(f"{simulator} simulation of {verilog_path} failed ({exc.__cause__})",
+                              exc.log) from exc.__cause__
     wall_s = time.perf_counter() - t0
+    log = run_dir / "sim.log"
     if not result_path.is_file():
         raise SimulationError(f"{simulator} simulation of {verilog_path} wrote no result record", log)
     result = json.loads(result_path.read_text())
-    result.update(passed=_failed_tests(results_xml) == 0, simulator=simulator, wall_s=wall_s,
+    outcomes = cocotb_results(results_xml)
+    result.update(passed=bool(outcomes) and all(outcomes.values()), simulator=simulator, wall_s=wall_s,
                   build_dir=str(build_dir), log=None)
     if result["passed"] and not keep_logs:
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
         result["log"] = str(log)
     return result
-
-
-def _failed_tests(results_xml: Path) -> int | None:
-    """Failures plus errors in a cocotb results file, or None when there is none."""
-    if not results_xml.is_file():
-        return None
-    suites = ElementTree.parse(results_xml).getroot().iter("testsuite")
-    return sum(int(suite.get("failures", 0)) + int(suite.get("errors", 0)) for suite in suites)
 
 
 def run_accelerator(verilog_path, inputs, expected, *, work_dir, simulator: str = "icarus",

@@ -177,27 +177,24 @@ class StreamSource(_StreamPort):
     async def _run(self) -> None:
         clk_edge = RisingEdge(self.clk)
         valid, ready, payload, queue = self.valid, self.ready, self.payload, self._queue
-        valid_high = True  # what we drive (unknown at first): write valid only when it changes (a GPI call)
+        driven = None  # the valid we drive, None while unknown: write it only when it changes (a GPI call)
         while True:
             if not queue:
-                valid.value = 0
-                valid_high = False
+                valid.value = driven = 0
                 self._idle.set()
                 self._queued.clear()
                 await self._queued.wait()
                 await clk_edge  # values may be queued mid-cycle: offer them from the next edge on
                 continue
             if self._paused():
-                if valid_high:
-                    valid.value = 0
-                    valid_high = False
+                if driven != 0:
+                    valid.value = driven = 0
                 self.idle_cycles += 1
                 await clk_edge
                 continue
             payload.value = queue.popleft()
-            if not valid_high:
-                valid.value = 1
-                valid_high = True
+            if driven != 1:
+                valid.value = driven = 1
             self._busy = True
             offered_ns = get_sim_time("ns")
             await ReadOnly()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("demo", "train", "export", "verilog", "sim", "synth")
+COMMANDS = ("demo", "train", "eval", "export", "verilog", "sim", "synth")
 
 
 def cli(*args, cwd=ROOT):

@@ -179,6 +179,9 @@ def test_iterative_methods_run_on_their_defaults_with_tiny_overrides(capsys, tmp
     assert history["config"]["epochs"] == 1 and history["config"]["act_bits"] == 4
     code, out, err = main(capsys, "train", "--method", method, *tiny, "--quiet", "--run-dir", tmp_path / "run")
     assert code == 0 and "resumed: true" in out, err
+    if method == "imq":
+        code, out, err = main(capsys, "train", *tiny, "--restart", "--quiet", "--run-dir", tmp_path / "run")
+        assert code == 0 and "resumed: false" in out, err
 
 
 def test_bmpq_runs_on_its_defaults_with_tiny_overrides(capsys, tmp_path):

@@ -216,11 +216,12 @@ class LayerEngine(wiring.Component):
         ]
         with m.If(written):
             m.d.sync += img.eq(Mux(img == batch - 1, 0, img + 1))
+        finished = Signal()  # the last image's last row is written now
+        m.d.comb += [finished.eq(row_done & (row == desc.n_out - 1)), self.ctl.done.eq(finished)]
         with m.If(start):
             m.d.sync += row.eq(0)
         with m.Elif(row_done):
             m.d.sync += row.eq(row + 1)
-            with m.If(row == desc.n_out - 1):
-                m.d.sync += busy.eq(0)
-                m.d.comb += self.ctl.done.eq(1)
+        with m.If(finished):
+            m.d.sync += busy.eq(0)
         return m

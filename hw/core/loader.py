@@ -78,6 +78,8 @@ class InputLoader(wiring.Component):
         with m.If(job.valid & job.ready):
             m.d.sync += [busy.eq(1), count.eq(job.payload.count), buf.eq(job.payload.buf), row.eq(0), img.eq(0)]
 
+        # Every combinational output is a plain expression, outside any `If` (Icarus 11 leaves an `always @*`
+        # block at X until one of its inputs changes).
         take = Signal()
         m.d.comb += [
             self.i.ready.eq(busy),
@@ -87,7 +89,10 @@ class InputLoader(wiring.Component):
             self.write.data.eq(self.i.payload),
             self.write.lanes.eq(Mux(take, 1 << img, 0)),
         ]
-        with m.If(take), m.If(step_image_major(m, row, img, count, self._batch)):
+        with m.If(take):
+            wraps = step_image_major(m, row, img, count, self._batch)
+        finished = Signal()  # the batch's last code is taken now
+        m.d.comb += [finished.eq(take & wraps), self.ctl.done.eq(finished)]
+        with m.If(finished):
             m.d.sync += busy.eq(0)
-            m.d.comb += self.ctl.done.eq(1)
         return m

@@ -79,34 +79,32 @@ class ScoreStreamer(wiring.Component):
         count = Signal.like(job.payload.count)
         row = Signal(range(self._depth))
         img = Signal(range(self._batch))
-        last_row = row == count - 1
-        last_img = img == self._batch - 1
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += job.ready.eq(1)
-                with m.If(job.valid):
-                    m.d.sync += [count.eq(job.payload.count), row.eq(0), img.eq(0)]
-                    m.next = "READ"
+        last_row = Signal()
+        last_img = Signal()
+        m.d.comb += [last_row.eq(row == count - 1), last_img.eq(img == self._batch - 1)]
+        with m.FSM() as fsm:
+            with m.State("IDLE"), m.If(job.valid):
+                m.d.sync += [count.eq(job.payload.count), row.eq(0), img.eq(0)]
+                m.next = "READ"
             with m.State("READ"):
-                m.d.comb += [rd.addr.eq((img << row_bits) | row), rd.en.eq(1)]
                 m.next = "OFFER"
-            with m.State("OFFER"):
-                m.d.comb += [
-                    rd.en.eq(0),
-                    self.o.valid.eq(1),
-                    self.o.payload.score.eq(rd.data),
-                    self.o.payload.last.eq(last_row),
-                ]
-                with m.If(self.o.ready):
-                    m.d.sync += row.eq(row + 1)
-                    with m.If(last_row):
-                        m.d.sync += row.eq(0)
-                        with m.If(last_img):
-                            m.d.comb += self.ctl.done.eq(1)
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.d.sync += img.eq(img + 1)
-                            m.next = "READ"
-                    with m.Else():
-                        m.next = "READ"
+            with m.State("OFFER"), m.If(self.o.ready):
+                m.d.sync += row.eq(row + 1)
+                m.next = "READ"
+                with m.If(last_row):
+                    m.d.sync += [row.eq(0), img.eq(img + 1)]
+                    with m.If(last_img):
+                        m.next = "IDLE"
+        # Outputs as plain functions of the state (no combinational logic under the FSM's control flow:
+        # Icarus 11 leaves such an `always @*` block at X until one of its inputs changes).
+        offer = fsm.ongoing("OFFER")
+        m.d.comb += [
+            job.ready.eq(fsm.ongoing("IDLE")),
+            rd.addr.eq((img << row_bits) | row),
+            rd.en.eq(~offer),  # hold the score while it is offered
+            self.o.valid.eq(offer),
+            self.o.payload.score.eq(rd.data),
+            self.o.payload.last.eq(last_row),
+            self.ctl.done.eq(offer & self.o.ready & last_row & last_img),
+        ]
         return m

@@ -129,11 +129,9 @@ class LayerSequencer(wiring.Component):
                            (desc.n_out <= act_depth) & (per_row_codes >= desc.n_in) &
                            (per_row_codes < desc.n_in + CODES_PER_WORD) & (desc.out_bits <= MAX_ACT_BITS) &
                            (desc.shift >= 1) & (desc.shift <= MAX_SHIFT))
-        with m.FSM():
-            with m.State("HEADER"):
-                m.d.comb += reading.eq(1)
-                with m.If(read_done):
-                    m.next = "CHECK-HEADER"
+        with m.FSM() as fsm:
+            with m.State("HEADER"), m.If(read_done):
+                m.next = "CHECK-HEADER"
             with m.State("CHECK-HEADER"):
                 with m.If((header.magic != MAGIC) | (header.layers == 0) | (header.layers > self.max_layers)):
                     fail(ErrorCode.BAD_HEADER)
@@ -141,10 +139,8 @@ class LayerSequencer(wiring.Component):
                     m.d.sync += [n_layers.eq(header.layers), layer.eq(0)]
                     read(HEADER.words)
                     m.next = "DESCRIPTOR"
-            with m.State("DESCRIPTOR"):
-                m.d.comb += reading.eq(1)
-                with m.If(read_done):
-                    m.next = "CHECK-DESCRIPTOR"
+            with m.State("DESCRIPTOR"), m.If(read_done):
+                m.next = "CHECK-DESCRIPTOR"
             with m.State("CHECK-DESCRIPTOR"):
                 with m.If(~good_descriptor):
                     fail(ErrorCode.BAD_DESCRIPTOR)
@@ -152,18 +148,12 @@ class LayerSequencer(wiring.Component):
                     m.next = "LOAD"
                 with m.Else():
                     m.next = "RUN"
-            with m.State("LOAD"):
-                m.d.comb += [self.load.job.valid.eq(1), self.load.job.payload.count.eq(desc.n_in),
-                             self.load.job.payload.buf.eq(0)]
-                with m.If(self.load.job.ready):
-                    m.next = "LOAD-WAIT"
+            with m.State("LOAD"), m.If(self.load.job.ready):
+                m.next = "LOAD-WAIT"
             with m.State("LOAD-WAIT"), m.If(self.load.done):
                 m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += [self.run.job.valid.eq(1), self.run.job.payload.desc.eq(desc),
-                             self.run.job.payload.src.eq(layer[0]), self.run.job.payload.last.eq(last_layer)]
-                with m.If(self.run.job.ready):
-                    m.next = "RUN-WAIT"
+            with m.State("RUN"), m.If(self.run.job.ready):
+                m.next = "RUN-WAIT"
             with m.State("RUN-WAIT"):
                 with m.If(self.run.error != ErrorCode.NONE):
                     m.d.sync += self.error_code.eq(self.run.error)
@@ -174,14 +164,26 @@ class LayerSequencer(wiring.Component):
                     m.d.sync += layer.eq(layer + 1)
                     read(base + DESCRIPTOR.words)  # `base` still holds this layer's descriptor address
                     m.next = "DESCRIPTOR"
-            with m.State("EMIT"):
-                m.d.comb += [self.emit.job.valid.eq(1), self.emit.job.payload.count.eq(desc.n_out)]
-                with m.If(self.emit.job.ready):
-                    m.next = "EMIT-WAIT"
+            with m.State("EMIT"), m.If(self.emit.job.ready):
+                m.next = "EMIT-WAIT"
             with m.State("EMIT-WAIT"), m.If(self.emit.done):
                 m.d.sync += layer.eq(0)
                 read(HEADER.words)
                 m.next = "DESCRIPTOR"
             with m.State("ERROR"):
                 pass
+        # Outputs as plain functions of the state, outside the FSM's control flow: Icarus 11 leaves an
+        # `always @*` block at X until one of its inputs changes, and a state can hold from time 0.
+        m.d.comb += [
+            reading.eq(fsm.ongoing("HEADER") | fsm.ongoing("DESCRIPTOR")),
+            self.load.job.valid.eq(fsm.ongoing("LOAD")),
+            self.load.job.payload.count.eq(desc.n_in),
+            self.load.job.payload.buf.eq(0),
+            self.run.job.valid.eq(fsm.ongoing("RUN")),
+            self.run.job.payload.desc.eq(desc),
+            self.run.job.payload.src.eq(layer[0]),
+            self.run.job.payload.last.eq(last_layer),
+            self.emit.job.valid.eq(fsm.ongoing("EMIT")),
+            self.emit.job.payload.count.eq(desc.n_out),
+        ]
         return m

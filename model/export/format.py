@@ -252,7 +252,7 @@ def _bit_ranges(mask: int) -> str:
 def markdown() -> str:
     """Every table of the format, as ``docs/image_format.md`` embeds them."""
     parts = [f"### {title}\n\n{record_table(rec)}" for title, rec in
-             (("Header", HEADER), ("Layer descriptor", DESCRIPTOR), ("Requant parameters", PARAMS))]
+             (("Header", HEADER), ("Layer descriptor", DESCRIPTOR), ("Requant parameter record", PARAMS))]
     parts.append(f"### Width codes\n\n{width_code_table()}")
     return "\n\n".join(parts) + "\n"
 

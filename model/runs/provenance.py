@@ -7,7 +7,7 @@ The code revision (:func:`code_revision`) is, in order of preference:
 
 ``git:<commit>``
     The repository's ``HEAD`` when ``git status`` shows no change to the package sources (``model/``,
-    ``hw/``, ``sim/``, ``build.py``; untracked files included, ignored ones not).
+    ``hw/``, ``sim/``, ``build.py``; untracked files included, ignored ones and byte code not).
 ``git:<commit>+dirty:<hash>``
     The same with uncommitted changes: ``<hash>`` is the first 16 hex digits of :func:`source_hash`, so
     two different sets of uncommitted edits on one commit are two revisions.
@@ -42,6 +42,8 @@ SOURCE_FILES = ("build.py",)
 CHECKED_FIELDS = ("revision", "torch", "numpy", "threads", "processes")
 #: Hex digits of the source hash kept in a revision string.
 HASH_DIGITS = 16
+#: What neither the hash nor the dirty check looks at (git pathspecs; byte code even where no .gitignore says so).
+_EXCLUDE = (":(exclude)*/__pycache__/*", ":(exclude)*.pyc")
 
 
 def source_files(root: Path = ROOT) -> list[Path]:
@@ -79,7 +81,8 @@ def git_state(root: Path = ROOT) -> tuple[str, bool] | None:
     head = _git(root, "rev-parse", "--verify", "HEAD")
     if head is None:
         return None
-    status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PACKAGES, *SOURCE_FILES)
+    status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PACKAGES, *SOURCE_FILES,
+                  *_EXCLUDE)
     if status is None:
         return None
     return head.strip(), bool(status.strip())

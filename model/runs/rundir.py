@@ -11,9 +11,9 @@ A run directory holds everything a run needs to go on after an interruption, and
                               the float baseline's accuracy, the random methods' generator state, the
                               global torch RNG state, and whether the run has finished
     iterations/iter_NNN.pt    the trained model of iteration NNN with its masks (model.runs.checkpoint format)
-    {method}_history.json     config, provenance, validation split, whether this invocation resumed, float
-                              accuracy, history (per iteration: test ``accuracy`` and ``val_accuracy``), ticket:
-                              rewritten after every iteration
+    {method}_history.json     config, validation split, whether this invocation resumed (``resumed``), float
+                              accuracy, history (per iteration: test ``accuracy`` and ``val_accuracy``), ticket
+                              (with ``selected_on``): rewritten after every iteration
     {method}.png              accuracy against average weight bits (Fig. 3 / Fig. 8 axes), at the end
     ticket.pt                 the selected ticket (:func:`pick_ticket`), which ``build.py export`` reads
 
@@ -329,7 +329,8 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
     UserError
         If the stored config differs (the message names every differing field with both values), or the
         stored provenance does (another code revision, torch / numpy version, thread or process count, or
-        none recorded); the message says how to start afresh (:data:`RESTART_HINT`).
+        none recorded), or there is no ``run.json`` but ``theta_0.pt`` or ``state.pt`` is there; the
+        message says how to start afresh (:data:`RESTART_HINT`).
     """
     run_dir = Path(run_dir)
     if (run_dir / RUN_FILE).exists():
@@ -350,31 +351,38 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
         return True
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a directory")
+    orphans = [n for n in (THETA_FILE, STATE_FILE) if (run_dir / n).exists()]
+    if orphans and distributed.is_main():  # rank 0 writes run.json before anything else, so no race there
+        raise UserError(f"{run_dir}: holds {', '.join(orphans)} but no {RUN_FILE}, so nothing says which run or "
+                        f"code revision made them; {RESTART_HINT}")
     if distributed.is_main():
         write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "version": VERSION, "config": config.to_json(),
                                         "provenance": provenance.provenance()})
     return False
 
 
-def run_files(run_dir: str | os.PathLike, method: str) -> list[Path]:
+def run_files(run_dir: str | os.PathLike, method: str | None) -> list[Path]:
     """The files a run of ``method`` writes in ``run_dir`` that exist now (the module docstring's list, plus
-    temporary files an interrupted atomic write left behind)."""
+    temporary files an interrupted atomic write left behind), ``run.json`` last; ``method`` ``None``: only the
+    files whose names do not depend on the method."""
     run_dir = Path(run_dir)
-    names = [RUN_FILE, THETA_FILE, STATE_FILE, TICKET_FILE, f"{method}_history.json", f"{method}.png"]
+    names = [THETA_FILE, STATE_FILE, TICKET_FILE, *([f"{method}_history.json", f"{method}.png"] if method else [])]
     found = [run_dir / n for n in names if (run_dir / n).is_file()]
-    found += [p for n in names for p in run_dir.glob(f".{n}.*.tmp") if p.is_file()]
+    found += sorted(p for n in [*names, RUN_FILE] for p in run_dir.glob(f".{n}.*.tmp") if p.is_file())
     iterations = run_dir / ITERATION_DIR
     if iterations.is_dir():
-        found += [p for p in iterations.iterdir() if p.is_file() and (
-            ITERATION_PATTERN.fullmatch(p.name) or (p.name.startswith(".iter_") and p.name.endswith(".tmp")))]
-    return sorted(found)
+        found += sorted(p for p in iterations.iterdir() if p.is_file() and (
+            ITERATION_PATTERN.fullmatch(p.name) or (p.name.startswith(".iter_") and p.name.endswith(".tmp"))))
+    # run.json goes last: a removal cut short leaves a directory that still says which run it holds.
+    return found + ([run_dir / RUN_FILE] if (run_dir / RUN_FILE).is_file() else [])
 
 
-def clear_run(run_dir: str | os.PathLike) -> list[Path]:
-    """Remove what a run wrote in ``run_dir`` (:func:`run_files` of its stored method) so it can start afresh.
+def clear_run(run_dir: str | os.PathLike, method: str | None = None) -> list[Path]:
+    """Remove what a run wrote in ``run_dir`` (:func:`run_files`) so that a run can start afresh there.
 
-    Nothing else is touched: other files (a demo's image, notes) stay, and so does the folder. A folder
-    without ``run.json`` holds no run, and nothing is removed. Only rank 0 removes files under ``torchrun``.
+    The method whose history and plot go is the one ``run.json`` names, or ``method`` if there is no
+    ``run.json`` (left-over run files without it). Nothing else is touched: other files (a demo's image,
+    notes) stay, and so does the folder. Only rank 0 removes files under ``torchrun``.
 
     Returns
     -------
@@ -388,9 +396,9 @@ def clear_run(run_dir: str | os.PathLike) -> list[Path]:
         to something else).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_FILE).exists():
-        return []
-    removed = run_files(run_dir, read_run_config(run_dir).method)
+    if (run_dir / RUN_FILE).exists():
+        method = read_run_config(run_dir).method
+    removed = run_files(run_dir, method)
     if distributed.is_main():
         for path in removed:
             path.unlink(missing_ok=True)
@@ -620,7 +628,7 @@ def ticket_json(history: list[IterationRecord], ticket: IterationRecord, rule: s
 
 def results_json(config: RunConfig, state: _State, float_description: str | None,
                  ticket: tuple[IterationRecord, str] | None, context: dict | None = None) -> dict:
-    """The history JSON (module docstring); ``context`` adds ``resumed``, ``provenance`` and ``validation``."""
+    """The history JSON (module docstring); ``context`` adds ``resumed`` and ``validation``."""
     history = state.progress.history
     return {
         "method": config.method, "label": config.schedule.label, "act_bits": config.act_bits,
@@ -744,11 +752,13 @@ def run(
     build_model(model_config(config, split))  # a bad model config is an error before run.json is written
     if restart:
         distributed.init()
-        clear_run(run_dir)
+        clear_run(run_dir, config.method)
         distributed.barrier()  # under torchrun: no rank reads the old run.json after rank 0 removed it
     resumed = open_run(run_dir, config)
-    context = {"resumed": resumed, "provenance": read_provenance(run_dir) if distributed.is_main()
-               else provenance.provenance(), "validation": validation_json(config, split, val)}
+    recorded = read_provenance(run_dir) if distributed.is_main() else provenance.provenance()
+    # The history JSON says whether this invocation resumed and how the data was split; the provenance stays
+    # in run.json and ticket.pt (a data-parallel run's history then equals a single process's).
+    context = {"resumed": resumed, "validation": validation_json(config, split, val)}
     val_xy = None if val is None else (val.x, val.y)
     model, theta_0 = _initial_model(run_dir, config, split)
     saved = _load_state(run_dir, config, model)
@@ -810,16 +820,14 @@ def run(
                     "data": config.data, "seed": config.seed, "method": config.method,
                     "ticket_iteration": ticket.iteration, "ticket_rule": rule,
                     "ticket_selected_on": ticket_json(prog.history, ticket, rule)["selected_on"],
-                    "run": config.to_json(), "provenance": context["provenance"],
-                    "validation": context["validation"]}
+                    "run": config.to_json(), "provenance": recorded, "validation": context["validation"]}
             save_checkpoint(run_dir / TICKET_FILE, ticket_model, meta)
             write_json(run_dir / history_file(config), results_json(config, state, float_description,
                                                                     (ticket, rule), context))
             plot_history(prog.history, run_dir / plot_file(config), schedule.label, state.float_accuracy, ticket)
     distributed.barrier()  # ticket.pt and the history JSON exist before any rank returns
     return RunResult(config, list(prog.history), state.float_accuracy, prog.finished, prog.reached_target,
-                     ticket, rule, ticket_model, resumed, state.float_val_accuracy, context["validation"],
-                     context["provenance"])
+                     ticket, rule, ticket_model, resumed, state.float_val_accuracy, context["validation"], recorded)
 
 
 def ticket_widths_supported(model: nn.Module) -> bool:

@@ -286,25 +286,11 @@ def train_config(args):
         float_baseline=not getattr(args, "no_float_baseline", False))
 
 
-def _restart_kwargs(restart: bool) -> dict:
-    """``{"restart": restart}`` for :func:`model.runs.rundir.run` (``{}`` without ``--restart`` on a
-    rundir.py that does not take the keyword yet)."""
-    import inspect
-
-    from model.errors import UserError
-    from model.runs.rundir import run
-
-    if "restart" in inspect.signature(run).parameters:
-        return {"restart": restart}
-    if restart:
-        raise UserError("--restart is not supported by this version of model/runs/rundir.py")
-    return {}
-
-
 def train_ticket(args, out: Path):
     """Float baseline, then the method (IMQ for ``demo``) in the run directory ``out`` (resumable).
 
-    ``args`` is resolved (:func:`resolve`). Returns ``(result, split)``: the
+    ``args`` is resolved (:func:`resolve`); ``--restart`` starts the run directory afresh. Returns
+    ``(result, split)``: the
     :class:`model.runs.rundir.RunResult` (``resumed`` says whether the directory held the run already) and
     the run's data.
     """
@@ -312,7 +298,7 @@ def train_ticket(args, out: Path):
     from model.runs.rundir import run
 
     config = train_config(args)
-    result = run(config, out, progress=not args.quiet, **_restart_kwargs(getattr(args, "restart", False)))
+    result = run(config, out, progress=not args.quiet, restart=getattr(args, "restart", False))
     history = result.history
     if result.resumed:
         print(f"resumed the run in {out} ({len(history)} of {config.iterations} iterations done)",
@@ -365,7 +351,8 @@ def cmd_train_lts(args) -> int:
     plot_sparsity(result.sparsity_history, out / "lts_sparsity.png")
     print_table([(k, report[k]) for k in ("mode", "bits", "accuracy", "avg_wgs", "bp_flops_reduction",
                                           "backward_time_s", "train_time_s")], f"LTS training ({args.data})")
-    print(f"\nwrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
+    print("\nresumed: false (lts always starts over)")
+    print(f"wrote {out / 'lts.json'} and {out / 'lts_sparsity.png'}")
     return 0
 
 
@@ -411,7 +398,8 @@ def cmd_train_bmpq(args) -> int:
                  zip(result.layer_names, result.params, result.layer_bits)]
                 + [("test accuracy", result.accuracy), ("compression r_M^32 (Eq. 12)", result.compression_ratio),
                    ("weights MB (Eq. 11)", result.memory_mb)], f"BMPQ ({args.data})")
-    print(f"\nwrote {out / 'bmpq.json'}, {out / 'bmpq.png'} and {out / 'bmpq.pt'}")
+    print("\nresumed: false (bmpq always starts over)")
+    print(f"wrote {out / 'bmpq.json'}, {out / 'bmpq.png'} and {out / 'bmpq.pt'}")
     return 0
 
 

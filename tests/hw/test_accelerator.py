@@ -10,8 +10,11 @@ import torch
 from amaranth.sim import Simulator
 
 from hw.accelerator import Accelerator
+from hw.core.job import ErrorCode
+from model.errors import UserError
+from model.export.format import DESCRIPTOR, HEADER
 from model.export.golden import MAX_FAN_IN, IntNetwork, layer_forward
-from model.export.image import pack
+from model.export.image import pack, regions, unpack
 from tests.hw.netgen import random_network
 
 
@@ -41,7 +44,9 @@ def run(dut: Accelerator, images: np.ndarray, seed: int, p_gap: float, p_stall: 
             if len(got) == n_out:
                 break
             ctx.set(dut.o.ready, rng.random() >= p_stall)
-            _, _, valid, ready, out = await ctx.tick().sample(dut.o.valid, dut.o.ready, dut.o.payload)
+            _, _, valid, ready, out, error = await ctx.tick().sample(dut.o.valid, dut.o.ready, dut.o.payload,
+                                                                     dut.error)
+            assert not error, "error raised on a valid image"
             if held is not None:
                 assert valid and out == held, "score changed or vanished before its transfer"
             held = out if valid and not ready else None
@@ -231,3 +236,88 @@ def test_accelerator_rejects_bad_batch(bad):
     words = pack(random_network(np.random.default_rng(0), sizes=(4, 2)))
     with pytest.raises(ValueError, match=f"batch must be 1 or an even number in 2..16, not {bad}"):
         Accelerator(words, batch=bad)
+
+
+def test_last_layer_with_output_codes_streams_its_codes():
+    """A last layer with ``out_bits`` > 0 returns clamped codes in the golden model; the hardware streams
+    those codes (the sequencer marks the last layer, not ``out_bits == 0``)."""
+    rng = np.random.default_rng(77)
+    net = random_network(rng, sizes=(13, 7, 5), act_bits=3)
+    last = dataclasses.replace(net.layers[-1], out_bits=3)
+    net = dataclasses.replace(net, layers=(*net.layers[:-1], last))
+    images = images_for(rng, net, 4)
+    assert net.forward(images).max() <= 7
+    check(net, images, 77, batch=2)
+
+
+def run_corrupt(words, good_words, n_images, cycles=3000, **kwargs):
+    """Run ``words`` (bypassing ``unpack``: set as the buffer contents of an accelerator built for
+    ``good_words``), feeding codes and taking scores all the time; return what happened."""
+    dut = Accelerator(good_words, **kwargs)
+    dut.image.init = [int(w) for w in words]
+    n_in = dut.network.layers[0].n_in
+    log = {"taken": 0, "scores": 0, "error_cycle": None, "codes": []}
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.i.valid, 1)
+        for cycle in range(cycles):
+            ctx.set(dut.i.payload, log["taken"] % 7)
+            _, _, iv, ir, ov, error, code = await ctx.tick().sample(
+                dut.i.valid, dut.i.ready, dut.o.valid, dut.error, dut.error_code)
+            log["taken"] += int(iv and ir)
+            log["scores"] += int(ov)
+            log["codes"].append(code)
+            if error and log["error_cycle"] is None:
+                log["error_cycle"], log["taken_at_error"] = cycle, log["taken"]
+            if log["error_cycle"] is not None:
+                assert error and not ov, "no score after the error, and the error stays"
+                assert code == log["codes"][log["error_cycle"]]
+                if cycle > log["error_cycle"] + 200:
+                    break
+        log["code"] = code
+        assert log["taken"] <= n_images * n_in
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return log
+
+
+def corrupt_words(words, index, value):
+    words = np.array(words, dtype=np.uint32)
+    words[index] = value
+    return words
+
+
+def test_reserved_width_code_stops_the_core_with_an_error():
+    """A mask with a reserved width code (which ``unpack`` rejects, so the words are built by hand): the
+    first batch's scores never come, ``error`` rises with RESERVED_WIDTH_CODE and stays, the input stream
+    stops (it took only the first batch's codes), and the core sits idle instead of hanging."""
+    rng = np.random.default_rng(31)
+    net = random_network(rng, sizes=(14, 9, 3), probs=(0.2, 0.2, 0.2, 0.2, 0.2))
+    words = pack(net)
+    reg = regions(net)[1]
+    bad = reg.mask_base + 2 * reg.mask_words_per_row  # layer 1, row 2
+    corrupted = corrupt_words(words, bad, (int(words[bad]) & ~(7 << 9)) | 7 << 9)  # its weight 3: code 7
+    with pytest.raises(UserError, match="reserved"):
+        unpack(corrupted)
+    log = run_corrupt(corrupted, words, n_images=2, batch=2)
+    assert log["error_cycle"] is not None and log["code"] == ErrorCode.RESERVED_WIDTH_CODE
+    assert log["scores"] == 0 and log["taken_at_error"] == log["taken"] == 2 * 14
+    assert all(c == ErrorCode.NONE for c in log["codes"][:log["error_cycle"]])
+
+
+@pytest.mark.parametrize("name, index, value, code", [
+    ("magic", HEADER["magic"].word, 0x4151504E, ErrorCode.BAD_HEADER),
+    ("layers", HEADER["layers"].word, 0, ErrorCode.BAD_HEADER),
+    ("n_out of layer 0", HEADER.words + DESCRIPTOR["n_out"].word, 1000, ErrorCode.BAD_DESCRIPTOR),
+])
+def test_corrupt_header_or_descriptor_stops_the_core(name, index, value, code):
+    """The core checks what it reads: a bad header or descriptor raises ``error`` before any code is taken."""
+    net = random_network(np.random.default_rng(32), sizes=(10, 6, 3))
+    words = pack(net)
+    log = run_corrupt(corrupt_words(words, index, value), words, n_images=1, cycles=400)
+    assert log["error_cycle"] is not None and log["code"] == code, name
+    assert log["taken"] == 0 and log["scores"] == 0

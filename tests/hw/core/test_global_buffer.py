@@ -23,9 +23,9 @@ def run_random(seed: int, p_req: float, cycles: int = 300):
         for _ in range(cycles):
             reqs = {name: bool(rng.random() < p_req) for port in PORTS for name in port}
             addrs = {name: int(rng.integers(0, DEPTH)) for name in reqs}
-            for name in reqs:
+            for name, req in reqs.items():
                 member = getattr(dut, name)
-                ctx.set(member.req, reqs[name])
+                ctx.set(member.req, req)
                 ctx.set(member.addr, addrs[name])
             # Grants are combinational: read them before the edge.
             grants = {name: ctx.get(getattr(dut, name).grant) for name in reqs}
@@ -80,7 +80,7 @@ def test_buffer_image_can_be_replaced_before_elaboration():
 @pytest.mark.parametrize("make, error, message", [
     (lambda: GlobalBuffer([1, 2], ports=(("a",),)), TypeError, "data must be a MemoryData, not [1, 2]"),
     (lambda: GlobalBuffer(MemoryData(shape=16, depth=4, init=[]), ports=(("a",),)), ValueError,
-     "data.shape must be unsigned(32), not unsigned(16)"),
+     "data.shape must be unsigned(32), not 16"),
     (lambda: GlobalBuffer(MemoryData(shape=32, depth=6, init=[]), ports=(("a",),)), ValueError,
      "data.depth must be a power of two >= 2, not 6"),
     (lambda: GlobalBuffer(MemoryData(shape=32, depth=4, init=[]), ports=()), ValueError,

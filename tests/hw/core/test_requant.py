@@ -7,6 +7,7 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
+from hw.core import requant as rq
 from hw.core.mac_lane import ACT_SUM_BITS, SUM_BITS
 from hw.core.requant import ParamReader, Requantizer, class_weighted_sum
 from model.export import golden as gm
@@ -251,3 +252,43 @@ def test_param_reader_assembles_records(seed):
     if p_gap == 0 and p_stall == 0:
         # One word a cycle, a record every third cycle, no bubble.
         assert out["in"] == list(range(out["in"][0], out["in"][0] + len(words)))
+
+
+def test_stage_widths_hold_the_contract_bounds():
+    """Each stage holds the bound model/export/golden.py proves for every layer check_layer accepts (and the
+    row-sum layout's own maxima), so golden and RTL compute the same integers."""
+    assert rq.SCALED_MAX < 1 << rq.SCALED_BITS and rq.OFFSET_MAX < 1 << rq.OFFSET_BITS
+    # acc ranges from -OFFSET_MAX to 2 SCALED_MAX (signed ACC_BITS), and covers the contract's |acc|.
+    assert -(1 << (rq.ACC_BITS - 1)) <= -rq.OFFSET_MAX and 2 * rq.SCALED_MAX < 1 << (rq.ACC_BITS - 1)
+    assert gm.ACC_BOUND <= min(rq.OFFSET_MAX, 2 * rq.SCALED_MAX)
+    # t = acc >> ACC_SHIFT, signed T_BITS; t * M signed PRODUCT_BITS.
+    assert gm.T_BOUND < 1 << (rq.T_BITS - 1)
+    t_max = 1 << (rq.T_BITS - 1)
+    assert t_max * ((1 << MULT_BITS) - 1) <= 1 << (rq.PRODUCT_BITS - 1)
+    # t M + B + 2^(S-1) for the hardware's whole ranges (64-bit B field, S <= MAX_SHIFT), signed ROUND_BITS.
+    top = (1 << (rq.PRODUCT_BITS - 1)) + (1 << (rq.PARAM_BIAS_BITS - 1)) + (1 << (gm.MAX_SHIFT - 1))
+    assert top <= 1 << (rq.ROUND_BITS - 1)
+    # The golden model's own int64 bound, and the parameter ranges it admits, fit the hardware ports.
+    assert gm.ROUND_BOUND <= gm.INT64_MAX and gm.BIAS_BITS <= rq.PARAM_BIAS_BITS
+    assert Requantizer().shift.shape().width >= gm.MAX_SHIFT.bit_length()
+
+
+def test_requantizer_at_the_contract_extremes():
+    """The extreme parameters check_layer admits (M = 2^17 - 1, B = -2^62 and 2^62 - 1, S = 1 and 62) with
+    the largest |acc| of either sign, against plain Python integers (no int64 anywhere)."""
+    zero = dict.fromkeys(CLASSES, 0)
+    top = one_class(32, MAX_SUM[32])
+    full = one_class(32, MAX_A)
+    big = (1 << MULT_BITS) - 1
+    items = [item(s, a, big, b) for s, a in ((top, full), (zero, full)) for b in (gm.BIAS_MIN, gm.BIAS_MAX, 0)]
+    batches = [(items, shift, out_bits, signed) for shift in (1, 62) for out_bits in (0, 8)
+               for signed in (False, True)]
+    for (its, shift, out_bits, signed), (got, _, _) in zip(batches, run_requant(batches, 3, 0.2, 0.2)):
+        want = []
+        for x in its:
+            s, a = ({m: x["sums"][f"s{m}"] for m in CLASSES}, {m: x["sums"][f"a{m}"] for m in CLASSES})
+            t = exact_acc(s, a, signed) >> gm.ACC_SHIFT
+            y = (t * x["param"]["mult"] + x["param"]["bias"] + (1 << (shift - 1))) >> shift
+            lo, hi = (INT32_MIN, INT32_MAX) if out_bits == 0 else (0, (1 << out_bits) - 1)
+            want.append(min(max(y, lo), hi))
+        assert got == want == [golden(x, shift, out_bits, signed) for x in its]

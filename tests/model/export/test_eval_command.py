@@ -117,3 +117,20 @@ def test_eval_needs_exactly_one_of_checkpoint_and_image(capsys, tmp_path):
             build.main(["eval", *argv])
         assert exc.value.code == 2
     capsys.readouterr()
+
+
+def test_an_image_without_a_record_is_read_on_digits_with_a_note(capsys, tmp_path, ticket):
+    model, split = ticket
+    save_checkpoint(tmp_path / "old.pt", model)
+    code, _, err = main(capsys, "export", "--checkpoint", tmp_path / "old.pt", "--out", tmp_path / "image")
+    assert code == 0 and "does not record its data set" in err
+    manifest = json.loads((tmp_path / "image" / "manifest.json").read_text())
+    assert "data" not in manifest
+    code, _, err = main(capsys, "eval", "--image", tmp_path / "image", "--seed", 2, "--out", tmp_path / "eval")
+    assert code == 0 and "records no data set" in err and "seed 2" in err
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["data"]["name"] == "digits" and report["data"]["seed"] == 2
+    assert report["golden_accuracy"] == golden_accuracy(to_golden(model), model, split.x_test, split.y_test)
+    (tmp_path / "image" / "manifest.json").write_text(json.dumps({**manifest, "data": "digits"}))
+    code, _, err = main(capsys, "eval", "--image", tmp_path / "image", "--out", tmp_path / "bad")
+    assert code == 2 and "field 'data' is 'digits'; expected an object" in err and not (tmp_path / "bad").exists()

@@ -1,5 +1,6 @@
 """The integer golden model: exact dot products, named rounding, and agreement with the fake-quant model."""
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -11,10 +12,15 @@ from model.errors import UserError
 from model.export.convert import golden_accuracy, input_codes, to_golden
 from model.export.golden import (
     ACC_SHIFT,
+    BIAS_MAX,
+    BIAS_MIN,
     CLASSES,
     MAX_FAN_IN,
+    MAX_SHIFT,
     MULT_BITS,
+    ROUND_BOUND,
     IntLinear,
+    IntNetwork,
     R,
     check_layer,
     class_sums,
@@ -256,3 +262,89 @@ def test_golden_accuracy_matches_fake_quant():
         logits = model(split.x_test).double()
     scores = torch.as_tensor(net.forward(input_codes(model, split.x_test))).double() / 256
     assert (logits - scores).abs().max() < 0.05
+
+
+# -- bounds: requant parameters, check_layer, input codes ---------------------------------------------------
+
+def test_requant_params_fits_a_tiny_gain_with_an_offset():
+    """gain 1e-9 next to offset 3: the shift that maximises M (62) would make B = 3 * 2^62, which int64 cannot
+    hold (an unchecked cast gave -2^63); the shift is lowered until B fits, and the layer stays exact."""
+    gain, offset = np.array([1e-9, 0.0]), np.array([3.0, -2.5])
+    mult, bias, shift = requant_params(gain, offset)
+    assert shift < 62 and bias[0] == 3 << shift and bias[1] == -5 << (shift - 1)
+    assert BIAS_MIN <= bias.min() and bias.max() <= BIAS_MAX and mult[0] > 0
+    check_layer(IntLinear(codes=np.array([[1], [1]]), widths=np.array([[4], [4]]), in_bits=4, out_bits=0,
+                          mult=mult, bias=bias, shift=shift))
+    acc = np.array([[1000 * D, -1000 * D]])  # sum w u = +-1000: gain * 1000 = 1e-6, far below a step
+    assert requantize(acc, mult, bias, shift, out_bits=0).tolist() == [[3, -2]]
+
+
+@pytest.mark.parametrize("gain, offset, field", [
+    (1e10, 0.0, "'mult'"),  # M >= 2^17 even at S = 1
+    (0.5, 2.0**61, "'bias'"),  # B = 2^62 at S = 1
+    (0.5, -(2.0**62), "'bias'"),
+])
+def test_requant_params_refuses_what_no_shift_fits(gain, offset, field):
+    with pytest.raises(UserError, match=rf"^fc3: field {field}"):
+        requant_params(np.array([gain]), np.array([offset]), where="fc3")
+
+
+@pytest.mark.parametrize("field, value, bound", [
+    ("bias", -(1 << 63), r"\[-2\^62, 2\^62 - 1\]"),  # np.abs(INT64_MIN) < 0 let this through before
+    ("bias", 1 << 62, r"\[-2\^62, 2\^62 - 1\]"),
+    ("bias", -(1 << 62) - 1, r"\[-2\^62, 2\^62 - 1\]"),
+    ("mult", 1 << MULT_BITS, r"\[0, 2\^17 - 1\]"),
+    ("mult", -1, r"\[0, 2\^17 - 1\]"),
+])
+def test_check_layer_names_layer_field_and_bound(field, value, bound):
+    good = layer([[1, 2], [3, 4]], [[4, 4], [4, 4]])
+    values = getattr(good, field).copy()
+    values[1] = value
+    bad = dataclasses.replace(good, **{field: values})
+    with pytest.raises(UserError, match=rf"^layer 2 \(fc3\): field '{field}' of output 1 is {value}; allowed {bound}"):
+        check_layer(bad, where="layer 2 (fc3)")
+
+
+def test_check_layer_accepts_the_bounds_themselves():
+    lay = layer([[1, 2], [3, 4]], [[4, 4], [4, 4]], shift=MAX_SHIFT)
+    extreme = dataclasses.replace(lay, bias=np.array([BIAS_MIN, BIAS_MAX]), mult=np.array([0, (1 << MULT_BITS) - 1]))
+    check_layer(extreme)
+    with pytest.raises(UserError, match=rf"'shift' is {MAX_SHIFT + 1}; allowed 1\.\.{MAX_SHIFT}"):
+        check_layer(dataclasses.replace(extreme, shift=MAX_SHIFT + 1))
+    with pytest.raises(UserError, match="'bias' holds float64 values; allowed integers"):
+        check_layer(dataclasses.replace(extreme, bias=np.array([0.5, 1.0])))
+
+
+def test_golden_is_exact_at_the_extremes():
+    """MAX_FAN_IN inputs of 255 on all-ones 32-bit codes (the largest acc) and on zero codes (the most
+    negative), with M = 2^17 - 1, B at both ends of its range and S = 1 or MAX_SHIFT: forward equals the
+    formula in Python integers, so no int64 intermediate overflowed (module docstring, bounds 1-5)."""
+    widths = np.full((2, MAX_FAN_IN), 32)
+    codes = np.stack([np.full(MAX_FAN_IN, D), np.zeros(MAX_FAN_IN, dtype=np.int64)])
+    u = np.full((1, MAX_FAN_IN), 255)
+    for shift in (1, MAX_SHIFT):
+        for bias in (BIAS_MIN, BIAS_MAX):
+            lay = layer(codes, widths, mult=(1 << MULT_BITS) - 1, bias=bias, shift=shift, out_bits=0, in_bits=8)
+            check_layer(lay)
+            got = layer_forward(lay, u)[0].tolist()
+            want = []
+            for acc in (D * 255 * MAX_FAN_IN, -D * 255 * MAX_FAN_IN):
+                y = ((acc >> ACC_SHIFT) * ((1 << MULT_BITS) - 1) + bias + (1 << (shift - 1))) >> shift
+                want.append(min(max(y, -(1 << 31)), (1 << 31) - 1))
+            assert got == want
+    assert ROUND_BOUND <= (1 << 63) - 1
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (np.array([[0, 15, 16]]), r"code 16 of image 0, input 2 is outside \[0, 15\] \(input_bits = 4\)"),
+    (np.array([[0, 3, 1], [2, -1, 0]]), r"code -1 of image 1, input 1 is outside \[0, 15\]"),
+    (np.array([0, 3, 1]), r"shape \(3,\); expected \[N, 3\]"),
+    (np.zeros((2, 4), dtype=np.int64), r"shape \(2, 4\); expected \[N, 3\]"),
+    (np.zeros((2, 3)), "dtype float64; expected integer codes"),
+])
+def test_forward_rejects_bad_input_codes(inputs, message):
+    lay = layer(np.ones((2, 3), dtype=np.int64), np.full((2, 3), 4), out_bits=0)
+    net = IntNetwork(input_bits=4, layers=(lay,))
+    with pytest.raises(UserError, match=message):
+        net.forward(inputs)
+    assert net.forward(np.array([[0, 15, 7]])).shape == (1, 2)  # the extremes of the range are fine

@@ -1,11 +1,10 @@
-"""Reports over run directories (model/runs/report.py), `build.py report`, and the bench's floors."""
+"""Reports over run directories (model/runs/report.py) and `build.py report` (the benches: tests/model/bench/)."""
 
 import json
 
 import pytest
 
 import build
-from model.bench.imq import bench_configs, floors
 from model.errors import UserError
 from model.methods.imq import IterationRecord
 from model.runs.report import load_summary, markdown_table, table_rows, write_report
@@ -13,10 +12,10 @@ from model.runs.rundir import history_file, make_run_config, open_run, record_js
 
 
 def make_run(path, method, points, float_accuracy=None, finished=True, **kwargs):
-    """A run directory with a hand-written history: ``points`` are (avg_bits, accuracy) per iteration."""
+    """A run directory with a hand-written history: ``points`` are (avg_bits, accuracy[, val_accuracy]) per iteration."""
     config = make_run_config(method, data="digits", hidden=(8,), act_bits=8, **kwargs)
     open_run(path, config)
-    history = [record_json(IterationRecord(k, b, a, {})) for k, (b, a) in enumerate(points)]
+    history = [record_json(IterationRecord(k, *p[:2], {}, *p[2:])) for k, p in enumerate(points)]
     write_json(path / history_file(config), {"method": method, "float_accuracy": float_accuracy,
                                              "float_model": "FloatMLP" if float_accuracy else None,
                                              "history": history, "finished": finished})
@@ -95,34 +94,15 @@ def test_report_cli(runs, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.png").is_file()
 
 
-def test_bench_floors_by_hand():
-    rows = [
-        {"method": "float", "avg_weight_bits": 32.0, "accuracy": 0.880, "iteration": None},
-        {"method": "imq", "avg_weight_bits": 32.0, "accuracy": 0.870, "iteration": 0},
-        {"method": "imq", "avg_weight_bits": 4.0, "accuracy": 0.876, "iteration": 1},
-        {"method": "imq", "avg_weight_bits": 2.0, "accuracy": 0.860, "iteration": 2},
-        {"method": "irq", "avg_weight_bits": 32.0, "accuracy": 0.870, "iteration": 0},
-        {"method": "irq", "avg_weight_bits": 8.0, "accuracy": 0.860, "iteration": 1},
-        {"method": "irq", "avg_weight_bits": 2.0, "accuracy": 0.800, "iteration": 2},
-    ]
-    f = floors(rows)
-    assert f["best_imq_at_most_4_bits"]["iteration"] == 1
-    assert f["gap_to_float_pp"] == pytest.approx(-0.4) and f["ticket_within_0.5pp"] is True
-    # IRQ at 4 bits: halfway between 8 and 2 bits in log2 -> (0.86 + 0.80) / 2 = 0.83; at 2 bits: 0.80.
-    assert [(m["avg_weight_bits"], m["irq_accuracy"]) for m in f["imq_vs_irq"]] == [
-        (4.0, pytest.approx(0.83)), (2.0, pytest.approx(0.80))]
-    assert f["imq_above_irq"] is True and f["mean_difference_pp"] == pytest.approx((4.6 + 6.0) / 2)
-    rows[2]["accuracy"] = 0.82
-    f = floors(rows)
-    assert f["imq_above_irq"] is False and f["ticket_within_0.5pp"] is False
-
-
-def test_bench_budget():
-    full = dict(bench_configs())
-    assert [c.method for c in full.values()] == ["imq", "irq", "imp", "qnn", "qnn", "qnn"]
-    imq = full["imq"]
-    assert (imq.data, imq.arch, imq.hidden, imq.act_bits, imq.rho, imq.iterations, imq.epochs, imq.train_subset) == (
-        "fashion-mnist", "mlp", (256,), 8, 0.5, 15, 4, 30000)
-    assert sum(c.iterations for c in full.values()) == 33 and imq.float_baseline
-    smoke = dict(bench_configs(smoke=True))
-    assert max(c.iterations for c in smoke.values()) == 3 and smoke["imq"].train_subset == 1000
+def test_rows_are_chosen_on_validation_accuracy_and_report_test_accuracy(tmp_path):
+    # By test accuracy: best 9 bits, Algorithm 1 3.5 bits, <= 4 bits 3.5 bits. By validation: 5, 5 and 1.9 bits.
+    run = make_run(tmp_path / "imq", "imq", [(32, 0.90, 0.80), (9, 0.93, 0.81), (5, 0.91, 0.84), (3.5, 0.905, 0.79),
+                                             (1.9, 0.85, 0.82)], iterations=5)
+    rows = table_rows([load_summary(run)], budgets=(4.0,))
+    got = [(r["rule"], r["avg_weight_bits"], r["accuracy"], r["val_accuracy"], r["selected_on"]) for r in rows]
+    assert got == [("best", 5.0, 0.91, 0.84, "validation"), ("algorithm-1", 1.9, 0.85, 0.82, "validation"),
+                   ("<= 4 bits", 1.9, 0.85, 0.82, "validation")]
+    assert "chosen by validation accuracy" in markdown_table(rows)
+    test_only = make_run(tmp_path / "old", "imq", [(32, 0.90), (9, 0.93)], iterations=2)
+    assert "no validation split; its tickets were chosen on the test set" in markdown_table(
+        table_rows([load_summary(test_only)]))

@@ -1,14 +1,24 @@
-"""Run directories (model/runs/rundir.py): resume equals an uninterrupted run bit for bit, config checks, tickets."""
+"""Run directories (model/runs/rundir.py): resume equals an uninterrupted run bit for bit, config checks, tickets,
+the recorded revision and environment (a resume under another one is refused), --restart, the validation split."""
 
+import hashlib
 import json
+import math
+import re
+import shutil
+import subprocess
 
+import numpy as np
 import pytest
 import torch
 
 import build
+from model.data import load_digits_split
 from model.errors import UserError
 from model.methods.imq import IterationRecord
+from model.methods.schedules import init_masks
 from model.quant.nets import build_model
+from model.runs import provenance
 from model.runs.checkpoint import load_checkpoint, save_checkpoint
 from model.runs.rundir import (
     ITERATION_DIR,
@@ -16,13 +26,21 @@ from model.runs.rundir import (
     STATE_FILE,
     THETA_FILE,
     TICKET_FILE,
+    _initial_model,
+    clear_run,
     iteration_path,
+    load_data,
+    load_iteration,
     make_run_config,
     open_run,
     pick_ticket,
     read_run_config,
+    record_from_json,
     run,
+    ticket_json,
 )
+from model.runs.validation import carve_validation
+from model.training.loop import evaluate, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,6 +149,8 @@ def test_not_a_run_directory(tmp_path):
         ({"epochs": 0}, "epochs"),
         ({"hidden": ()}, "hidden"),
         ({"train_subset": 0}, "train_subset"),
+        ({"val_size": 1.5}, "val_size.*fraction in \\(0, 1\\)"),
+        ({"val_seed": "1"}, "val_seed.*integers"),
     ],
 )
 def test_make_run_config_names_the_field(kwargs, match):
@@ -144,10 +164,6 @@ def test_make_run_config_resolves_defaults():
     assert make_run_config("imp", rho=0.2, iterations=16) == a
     assert make_run_config("imq", arch="resnet20", hidden=(5,)).hidden is None
     assert make_run_config("imq", data="fashion-mnist").data_root == "/usr/share/datasets/fashion-mnist"
-
-
-def _record(iteration, bits, accuracy):
-    return IterationRecord(iteration, bits, accuracy, {})
 
 
 def test_pick_ticket_rules():
@@ -217,3 +233,185 @@ def test_iteration_file_that_does_not_fit_its_model_is_a_clear_error(tmp_path):
     torch.save(payload, path)
     with pytest.raises(UserError, match="field 'state_dict' does not fit the model"):
         _checkpoint_model(path)
+
+
+# ------------------------------------------------------------------------------------------ provenance
+def test_run_json_records_the_revision_and_environment(tmp_path):
+    config = small("qnn", iterations=1, float_baseline=False)
+    result = run(config, tmp_path, progress=False)
+    stored = json.loads((tmp_path / RUN_FILE).read_text())["provenance"]
+    current = provenance.code_revision()
+    assert stored == {**current, "torch": torch.__version__, "numpy": np.__version__, "threads": 1, "processes": 1}
+    assert stored["revision"].startswith(("git:", "src:")) and len(stored["source_sha256"]) == 64
+    if stored["git_commit"] is not None:
+        assert re.fullmatch(r"git:[0-9a-f]{40}(\+dirty:[0-9a-f]{16})?", stored["revision"])
+        assert ("+dirty:" + stored["source_sha256"][:16] in stored["revision"]) == stored["dirty"]
+    assert result.provenance == stored and not result.resumed
+    history = json.loads((tmp_path / "qnn_history.json").read_text())
+    assert history["resumed"] is False and "provenance" not in history  # equal under torchrun and alone
+    assert torch.load(tmp_path / TICKET_FILE, weights_only=True)["meta"]["provenance"] == stored
+    again = run(config, tmp_path, progress=False)
+    assert again.resumed and json.loads((tmp_path / "qnn_history.json").read_text())["resumed"] is True
+
+
+def test_revision_of_git_and_plain_source_trees(tmp_path):
+    """``src:<hash>`` outside git; ``git:<commit>`` when clean; ``+dirty:<hash>`` for uncommitted package changes."""
+    if shutil.which("git") is None:
+        pytest.skip("no git binary")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "a.py").write_text("A = 1\n")
+    (tmp_path / "model" / "__pycache__").mkdir()
+    (tmp_path / "model" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"ignored")
+    (tmp_path / "build.py").write_text("print()\n")
+    plain = provenance.revision_of(tmp_path)
+    digest = hashlib.sha256(b"build.py\0print()\n\0model/a.py\0A = 1\n\0").hexdigest()
+    assert plain == {"revision": f"src:{digest[:16]}", "git_commit": None, "dirty": None, "source_sha256": digest}
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "-c",
+                        "commit.gpgsign=false", *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "model/a.py", "build.py")
+    git("commit", "-q", "-m", "x")
+    commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    (tmp_path / "README.md").write_text("not a package source\n")  # untracked, outside the packages: still clean
+    assert provenance.revision_of(tmp_path)["revision"] == f"git:{commit}"
+    (tmp_path / "model" / "b.py").write_text("B = 2\n")  # an untracked package file is a change
+    dirty = provenance.revision_of(tmp_path)
+    assert dirty["dirty"] and dirty["revision"] == f"git:{commit}+dirty:{dirty['source_sha256'][:16]}"
+    (tmp_path / "model" / "b.py").write_text("B = 3\n")
+    assert provenance.revision_of(tmp_path)["revision"] not in (dirty["revision"], f"git:{commit}")
+
+
+def test_resume_under_another_revision_or_thread_count_is_refused(tmp_path, monkeypatch):
+    config = small("imq", iterations=2)
+    first = run(config, tmp_path, progress=False)
+    (tmp_path / "notes.txt").write_text("mine")  # not written by the run: --restart must keep it
+    real = provenance.code_revision()
+    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "git:" + "0" * 40})
+    with pytest.raises(UserError, match=r"run.json: this run was made under another code revision.*"
+                                        r"revision: stored '.*', now 'git:0{40}'.*--restart"):
+        run(config, tmp_path, progress=False)
+    monkeypatch.setattr(provenance, "code_revision", lambda: real)
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(UserError, match="threads: stored 1, now 2.*--restart"):
+            run(config, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(1)
+    # --restart: the old state goes, the run starts afresh under the new revision and gives a fresh run's result.
+    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "git:" + "1" * 40})
+    fresh = run(config, tmp_path, progress=False, restart=True)
+    assert not fresh.resumed and fresh.finished
+    assert fresh.history == first.history and fresh.float_accuracy == first.float_accuracy
+    assert json.loads((tmp_path / RUN_FILE).read_text())["provenance"]["revision"] == "git:" + "1" * 40
+    assert json.loads((tmp_path / "imq_history.json").read_text())["resumed"] is False
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert run(config, tmp_path, progress=False).resumed
+
+
+def test_run_json_without_provenance_is_refused(tmp_path):
+    config = small("qnn", iterations=1, float_baseline=False)
+    open_run(tmp_path, config)
+    payload = json.loads((tmp_path / RUN_FILE).read_text())
+    del payload["provenance"]
+    (tmp_path / RUN_FILE).write_text(json.dumps(payload))
+    assert read_run_config(tmp_path) == config  # reports still read it
+    with pytest.raises(UserError, match="field 'provenance' is missing.*--restart"):
+        open_run(tmp_path, config)
+
+
+def test_clear_run_removes_only_what_the_run_wrote(tmp_path):
+    config = small("imp", iterations=2, float_baseline=False)
+    run(config, tmp_path, progress=False)
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "weights.bin").write_bytes(b"\0")
+    (tmp_path / ITERATION_DIR / "keep.txt").write_text("x")
+    (tmp_path / "irq_history.json").write_text("{}")  # another method's name: not this run's
+    removed = clear_run(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == sorted(
+        [RUN_FILE, THETA_FILE, STATE_FILE, TICKET_FILE, "imp_history.json", "imp.png", f"{ITERATION_DIR}/iter_000.pt",
+         f"{ITERATION_DIR}/iter_001.pt"])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "image/weights.bin", "irq_history.json", f"{ITERATION_DIR}/keep.txt"]
+    assert removed[-1] == tmp_path / RUN_FILE  # last: a removal cut short still says which run it was
+    assert clear_run(tmp_path) == []  # no run.json and no run files
+    # Run files without run.json (deleted by hand): refused, since nothing says which revision made them.
+    (tmp_path / STATE_FILE).write_bytes(b"old")
+    (tmp_path / "imp.png").write_bytes(b"old")
+    with pytest.raises(UserError, match="holds state.pt but no run.json.*--restart"):
+        open_run(tmp_path, config)
+    assert sorted(p.name for p in clear_run(tmp_path, "imp")) == ["imp.png", STATE_FILE]
+    (tmp_path / RUN_FILE).write_text('{"format": "something-else"}')
+    with pytest.raises(UserError, match="format"):
+        clear_run(tmp_path)
+    assert (tmp_path / RUN_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------ validation
+def test_carve_validation_is_seeded_disjoint_and_checked():
+    split = load_digits_split()
+    n = split.x_train.shape[0]
+    train_part, val = carve_validation(split, 0.1, seed=3)
+    assert val.size == math.floor(0.1 * n + 0.5) and train_part.x_train.shape[0] == n - val.size
+    rest = sorted(set(range(n)) - set(val.indices.tolist()))
+    assert torch.equal(train_part.x_train, split.x_train[rest]) and torch.equal(val.x, split.x_train[val.indices])
+    assert torch.equal(val.y, split.y_train[val.indices]) and train_part.x_test is split.x_test
+    assert torch.equal(carve_validation(split, 0.1, seed=3)[1].indices, val.indices)
+    assert not torch.equal(carve_validation(split, 0.1, seed=4)[1].indices, val.indices)
+    assert carve_validation(split, 100, seed=3)[1].size == 100
+    assert carve_validation(split, 0, seed=3) == (split, None)
+    for bad in (1.0, -1, True, "5"):
+        with pytest.raises(UserError, match="val_size.*allowed"):
+            carve_validation(split, bad, seed=0)
+    with pytest.raises(UserError, match=f"val_size.*allowed 1 .. {n - 1} images"):
+        carve_validation(split, n, seed=0)
+    with pytest.raises(UserError, match="val_seed"):
+        carve_validation(split, 0.1, seed=0.5)
+
+
+def test_run_trains_without_the_validation_images_and_records_both_accuracies(tmp_path):
+    config = small("imq", iterations=2, val_size=40, val_seed=7)
+    result = run(config, tmp_path, progress=False)
+    split, val = load_data(config)
+    assert val.size == 40 and split.x_train.shape[0] == 160
+    assert result.validation == {"size": 40, "seed": 7, "requested": 40, "train_images": 160}
+    history = json.loads((tmp_path / "imq_history.json").read_text())
+    assert history["validation"] == result.validation and history["config"]["val_size"] == 40
+    for k, record in enumerate(history["history"]):
+        trained = load_iteration(tmp_path, k)
+        assert record["accuracy"] == evaluate(trained, split.x_test, split.y_test)
+        assert record["val_accuracy"] == evaluate(trained, val.x, val.y)
+    # Iteration 0 is theta_0 trained on the 160 remaining training images, bit for bit.
+    model, _ = _initial_model(tmp_path, config, split)
+    init_masks(model.quant_layers(), config.schedule)
+    train(model, split, config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed, progress=False)
+    assert all(torch.equal(v, load_iteration(tmp_path, 0).state_dict()[k]) for k, v in model.state_dict().items())
+    assert history["ticket"]["selected_on"] == "validation"
+
+
+def _record(iteration, bits, accuracy, val_accuracy=None):
+    return IterationRecord(iteration, bits, accuracy, {}, val_accuracy)
+
+
+def test_pick_ticket_ranks_by_validation_accuracy():
+    # By test accuracy Algorithm 1 would take iteration 2 (10 bits); by validation accuracy only 1 beats 0.
+    history = [_record(0, 32.0, 0.90, 0.80), _record(1, 20.0, 0.92, 0.85), _record(2, 10.0, 0.91, 0.79)]
+    assert pick_ticket(history, reached_target=False) == (history[1], "algorithm-1")
+    assert ticket_json(history, history[1], "algorithm-1")["selected_on"] == "validation"
+    assert ticket_json(history, history[2], "target")["selected_on"] is None
+    worse = [_record(0, 32.0, 0.90, 0.9), _record(1, 20.0, 0.95, 0.8)]
+    assert pick_ticket(worse, reached_target=False) == (worse[1], "last")
+
+
+def test_old_configs_and_histories_read_without_validation_fields(tmp_path):
+    config = small("qnn", iterations=1, float_baseline=False)
+    open_run(tmp_path, config)
+    payload = json.loads((tmp_path / RUN_FILE).read_text())
+    for key in ("val_size", "val_seed"):
+        del payload["config"][key]
+    (tmp_path / RUN_FILE).write_text(json.dumps(payload))
+    assert read_run_config(tmp_path) == small("qnn", iterations=1, float_baseline=False, val_size=0)
+    assert record_from_json({"iteration": 0, "avg_bits": 8.0, "accuracy": 0.5, "width_counts": {}}).val_accuracy is None

@@ -1,0 +1,28 @@
+"""``bench bmpq`` floors (model/bench/bmpq.py) on hand-written rows: 10x within 1 point of FP-32."""
+
+import pytest
+
+from model.bench.bmpq import floors
+
+
+def _row(target, ratio, drop):
+    return {"target_compression": target, "compression_ratio": ratio, "accuracy_drop_pp": drop}
+
+
+def test_floors_read_the_10x_row():
+    rows = [_row(6.0, 7.67, -0.03), _row(10.0, 11.97, 0.26), _row(13.0, 13.93, 0.76)]
+    assert floors(rows) == {
+        "compression_ratio_10x": {"value": 11.97, "floor": 10.0, "op": ">=", "holds": True},
+        "accuracy_drop_pp_10x": {"value": 0.26, "floor": 1.0, "op": "<=", "holds": True},
+    }
+
+
+@pytest.mark.parametrize(("ratio", "drop", "failing"), [(9.5, 0.2, ["compression_ratio_10x"]),
+                                                         (10.5, 1.2, ["accuracy_drop_pp_10x"])])
+def test_floors_fail(ratio, drop, failing):
+    f = floors([_row(13.0, 14.0, 0.1), _row(10.0, ratio, drop)])
+    assert [n for n, e in f.items() if not e["holds"]] == failing
+
+
+def test_no_10x_row_is_unmeasured():
+    assert all(e["value"] is None and not e["holds"] for e in floors([_row(6.0, 7.0, 0.0)]).values())
