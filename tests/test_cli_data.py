@@ -21,7 +21,7 @@ from tests.idx_files import write_idx_folder
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["--hidden", 8, "--epochs", 6, "--lr", 0.01, "--iterations", 2, "--target-bits", 30, "--no-float-baseline",
+TINY_TRAIN = ["--hidden", 16, "--epochs", 6, "--lr", 0.01, "--iterations", 2, "--target-bits", 30, "--no-float-baseline",
               "--quiet"]
 
 
@@ -62,7 +62,7 @@ def test_fashion_mnist_ticket_runs_bit_exact_in_rtl_on_its_own_test_images(fashi
     assert main("sim", "--image", tmp / "image", "--images", 8, "--out", tmp / "sim") == 0, capsys.readouterr().err
     report = json.loads((tmp / "sim" / "sim.json").read_text())
     assert report["images"] == 8 and report["mismatches"] == 0 and report["data"]["name"] == "fashion-mnist"
-    assert report["rtl_accuracy"] == report["golden_accuracy"] > 0.3  # it learned something: 10 classes
+    assert report["rtl_accuracy"] == report["golden_accuracy"] > 0.5  # it learned: 10 classes
 
 
 def test_idx_ticket_runs_bit_exact_in_rtl_and_in_the_selftest_rom(idx, capsys):

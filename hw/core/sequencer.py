@@ -33,7 +33,8 @@ class LayerSequencer(wiring.Component):
     Parameters
     ----------
     addr_width : int
-        Global buffer address width (the buffer holds ``2^addr_width`` words).
+        Global buffer address width (the buffer holds ``2^addr_width`` words, at least a header and one
+        descriptor).
     act_depth : int
         Words per activation buffer (a power of two in 2..MAX_FAN_IN): a layer with a larger ``n_in`` or
         ``n_out`` is a ``BAD_DESCRIPTOR`` error.
@@ -54,12 +55,14 @@ class LayerSequencer(wiring.Component):
     Raises
     ------
     ValueError
-        For ``addr_width`` < 1 or an ``act_depth`` that is not a power of two in 2..MAX_FAN_IN.
+        For an ``addr_width`` too small for a header and a descriptor, or an ``act_depth`` that is not a power
+        of two in 2..MAX_FAN_IN.
     """
 
     def __init__(self, *, addr_width: int, act_depth: int):
-        if addr_width < 1:
-            raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
+        min_width = (HEADER.words + DESCRIPTOR.words - 1).bit_length()  # room for a header and a descriptor
+        if addr_width < min_width:
+            raise ValueError(f"addr_width must be >= {min_width}, not {addr_width!r}")
         if act_depth < 2 or act_depth & (act_depth - 1) or act_depth > MAX_FAN_IN:
             raise ValueError(f"act_depth must be a power of two in 2..{MAX_FAN_IN}, not {act_depth!r}")
         self._addr_width = addr_width

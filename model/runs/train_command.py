@@ -77,10 +77,10 @@ class Option:
     def flag(self) -> str:
         return self.flags[0]
 
-    def default_help(self) -> str:
-        """``default: X`` or ``default: X for imq.., Y for lts`` from :attr:`defaults`."""
+    def default_help(self, methods: tuple[str, ...] | None = None) -> str:
+        """``default: X`` or ``default: X for imq.., Y for lts`` from :attr:`defaults` (of ``methods`` only)."""
         values: dict[str, list[str]] = {}
-        for method in self.methods:
+        for method in self.methods if methods is None else methods:
             value = self.defaults.get(method)
             if value is None:
                 continue
@@ -186,18 +186,18 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
 
 
-def _add(p, option: Option) -> None:
+def _add(p, option: Option, methods: tuple[str, ...] | None = None) -> None:
     kwargs = dict(option.kwargs)
     if kwargs.get("action") != "store_true":
         kwargs["default"] = None  # None: not given (resolve() fills the method's default)
-    p.add_argument(*option.flags, help=option.help + option.default_help(), **kwargs)
+    p.add_argument(*option.flags, help=option.help + option.default_help(methods), **kwargs)
 
 
 def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
     """The options ``demo`` shares with ``train`` (IMQ on digits); resolve them with ``resolve(args, "imq")``."""
     for option in OPTIONS:
         if option.in_demo:
-            _add(p, option)
+            _add(p, option, ("imq",))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(out), help=f"output directory (default: {out})")
 

@@ -19,11 +19,15 @@ from sim.tb.stream import CLOCK_NS, StreamTB, backpressure_pattern, idle_pattern
 from tests.sim.stream_fifo import CHANGE_PAYLOAD, DROP_VALID, PAYLOAD
 
 N_BEATS = 120
-#: Pause patterns: none, two pauses before every beat (exact counts follow), seeded random ones.
-SOURCE_PAUSES = {"none": lambda: None, "1-1-0": lambda: itertools.cycle([1, 1, 0]),
+#: Pause patterns: none, two pauses out of every three draws (exact counts follow), seeded random ones.
+SOURCE_PAUSES = {"none": lambda: None, "cycle110": lambda: itertools.cycle([1, 1, 0]),
                  "random": lambda: idle_pattern(random.Random("fifo-source"))}
-SINK_PAUSES = {"none": lambda: None, "1-1-0": lambda: itertools.cycle([1, 1, 0]),
+SINK_PAUSES = {"none": lambda: None, "cycle110": lambda: itertools.cycle([1, 1, 0]),
                "random": lambda: backpressure_pattern(random.Random("fifo-sink"))}
+
+
+#: Faults of the FIFO, by the stream signal they break.
+FAULTS = {"valid": DROP_VALID, "payload": CHANGE_PAYLOAD}
 
 
 def beats(n: int, seed: int = 0) -> list[dict]:
@@ -63,7 +67,7 @@ class FifoTB(StreamTB):
             self.scoreboard.expect(self.model(value))
 
     async def hardware_counts(self) -> tuple[int, int]:
-        """The FIFO's own ``(i_count, o_count)``."""
+        """The FIFO's own ``(i_count, o_count)``, read in the ReadOnly phase of this cycle."""
         await ReadOnly()
         return int(self.dut.i_count.value), int(self.dut.o_count.value)
 
@@ -85,9 +89,9 @@ async def every_beat_once_in_order(dut, source_pause, sink_pause):
     assert sink.protocol_errors == []
     # What the transactors counted is what the hardware counted: no beat taken twice, none missed.
     assert (source.transfers, sink.transfers) == await tb.hardware_counts() == (N_BEATS, N_BEATS)
-    # Pauses: "1-1-0" is drawn once per beat the source could offer, once per cycle a beat is offered to the
+    # Pauses: "cycle110" is drawn once per beat the source could offer, once per cycle a beat is offered to the
     # sink, so it costs exactly two cycles per beat on either side.
-    exact = {"none": 0, "1-1-0": 2 * N_BEATS}
+    exact = {"none": 0, "cycle110": 2 * N_BEATS}
     for pause, cycles in ((source_pause, source.idle_cycles), (sink_pause, sink.stall_cycles)):
         if pause in exact:
             assert cycles == exact[pause], (pause, cycles)
@@ -126,7 +130,7 @@ async def scoreboard_reports_an_injected_mismatch(dut):
 async def scoreboard_reports_an_extra_beat(dut):
     """The model expects one beat fewer than the DUT sends: the extra one is a mismatch at its index."""
     values = beats(20, seed=2)
-    tb = FifoTB(dut, sink_pause="1-1-0")
+    tb = FifoTB(dut, sink_pause="cycle110")
     tb.expect_all(values[:-1])
     await tb.reset()
     await tb.run(values)
@@ -151,19 +155,19 @@ async def watchdog_ends_a_run_that_misses_a_beat(dut):
 
 
 @cocotb.test()
-@cocotb.parametrize(fault=[DROP_VALID, CHANGE_PAYLOAD])
+@cocotb.parametrize(fault=list(FAULTS))
 async def sink_reports_protocol_violations(dut, fault):
     """A DUT that drops ``valid`` or changes ``payload`` while stalled is reported; the transfers themselves
     are right, so the scoreboard passes: the protocol check is the sink's, not the scoreboard's."""
     values = beats(30, seed=4)
-    tb = FifoTB(dut, sink_pause="1-1-0")
+    tb = FifoTB(dut, sink_pause="cycle110")
     tb.expect_all(values)
     await tb.reset()
-    dut.fault.value = fault
+    dut.fault.value = FAULTS[fault]
     await tb.run(values)
 
     assert tb.scoreboard.passed, tb.scoreboard.errors[:5]
-    message = "o.valid dropped before the beat" if fault == DROP_VALID else "o.payload changed from"
+    message = {"valid": "o.valid dropped before the beat", "payload": "o.payload changed from"}[fault]
     assert tb.sink.protocol_errors, "no protocol error reported"
     assert all(message in error for error in tb.sink.protocol_errors), tb.sink.protocol_errors[:5]
 
@@ -190,6 +194,7 @@ async def source_restarts_after_running_dry(dut):
     assert not tb.source.idle
     await tb.source.wait()
     await First(tb.scoreboard.done.wait(), ClockCycles(dut.clk, 20))
+    await ClockCycles(dut.clk, 1)  # the edge that transfers the last beat
 
     assert tb.scoreboard.passed and tb.scoreboard.received == values
     assert await tb.hardware_counts() == (20, 20)

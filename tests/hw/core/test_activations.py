@@ -11,6 +11,7 @@ DEPTH = 16
 
 
 def run_random(batch: int, seed: int, cycles: int = 400):
+    assert ActivationBank.latency == 1  # the model below reads one cycle after `en`
     rng = np.random.default_rng(seed)
     dut = ActivationBank(batch=batch, depth=DEPTH)
     model = np.zeros((2, DEPTH, batch), dtype=np.int64)  # buffers start cleared (init=[])

