@@ -9,7 +9,7 @@ count what they did, and take their idle cycles and back-pressure from pause gen
     source = StreamSource(dut, "i", payload_shape=operand_layout(plan))
     sink = StreamSink(dut, "o", payload_shape=sums_layout(plan, 32), callback=scoreboard.check)
     source.set_pause_generator(itertools.cycle([1, 1, 0]))   # two idle cycles before every beat
-    sink.set_pause_generator(itertools.cycle([0, 1]))        # ready low on every other offered beat
+    sink.set_pause_generator(itertools.cycle([0, 1]))        # ready low every other cycle a beat waits
     source.send_all_nowait(operand_sets)
     source.start()
     sink.start()
@@ -66,7 +66,6 @@ class _StreamPort:
         if self.codec.width != width:
             raise ValueError(f"{name}__payload has {width} bits, the payload shape {payload_shape!r} has "
                              f"{self.codec.width}")
-        self.log = logging.getLogger(f"cocotb.tb.{name}")
         self._pause: Iterator | None = None
         self._task = None
         self.transfers = 0
@@ -256,6 +255,7 @@ class StreamSink(_StreamPort):
         self.callback = self.received.append if callback is None else callback
         self.stall_cycles = 0
         self.protocol_errors: list[str] = []
+        self.log = logging.getLogger(f"cocotb.tb.{name}")
 
     def drive_idle(self) -> None:
         """``ready`` to 0 (during reset, before :meth:`start`)."""

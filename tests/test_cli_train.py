@@ -79,7 +79,8 @@ def test_every_method_resolves_its_defaults(method):
         assert config.method == method and config.data == "digits" and config.hidden == (64,)
         assert config.act_bits == 4 and config.epochs == 20 and config.batch_size == 64
         assert config.weight_bits == (8 if method.startswith("qnn") else 32)
-    elif method == "bmpq":
+    assert resolve(args) is args  # a second call changes nothing (filled defaults are not "given")
+    if method == "bmpq":
         assert (args.data, args.hidden, args.compression, args.support, args.edge_bits) == (
             "digits", [64, 64, 64], BMPQ_MLP_COMPRESSION, [2, 4], 16)
         assert resolve(parse("--method", "bmpq", "--arch", "vgg")).compression == BMPQ_CONV_COMPRESSION

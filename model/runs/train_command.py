@@ -33,6 +33,7 @@ HELP = "IMQ (float baseline, then Algorithm 1), its baselines, LTS or BMPQ; resu
 #: The methods of Algorithm 1's loop (model/methods/schedules.py), run in resumable run directories.
 ITERATIVE = ("imq", "irq", "imp", "irp", "qnn", "qnn-imp")
 METHODS = (*ITERATIVE, "lts", "bmpq")
+#: Options every method uses.
 ALL = METHODS
 
 #: ``bench lts``'s configuration (model/bench/lts.py run_lts_bench and train_lts's defaults), 2-bit row.
@@ -234,6 +235,8 @@ def resolve(args, method: str | None = None):
     """
     from model.errors import UserError
 
+    if getattr(args, "resolved", False):  # defaults filled in look like given options: check only once
+        return args
     method = method or args.method
     given = given_options(args)
     for option in given:
@@ -266,6 +269,7 @@ def resolve(args, method: str | None = None):
             setattr(args, option.dest, list(value) if isinstance(value, list) else value)
     if method == "bmpq" and args.compression is None and args.budget_mb is None:
         args.compression = BMPQ_MLP_COMPRESSION if args.arch == "mlp" else BMPQ_CONV_COMPRESSION
+    args.resolved = True
     return args
 
 
