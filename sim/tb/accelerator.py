@@ -100,7 +100,8 @@ class AcceleratorTB(StreamTB):
         Keys: ``images`` (received), ``expected_images``, ``mismatches``, ``mismatched_images`` (first 20),
         ``scores`` (per received image), ``cycles_total`` (first input transfer through last output transfer),
         ``cycles_per_image``, ``first_image_latency_cycles``, ``image_done_cycles`` (per image, counted like
-        ``cycles_total``), ``partial_beats`` (scores after the last ``last``) and the keys of
+        ``cycles_total``), ``partial_beats`` (scores after the last ``last``), ``status_code`` (the core's
+``error_code`` at the end: 0 for no error, -1 if unresolved) and the keys of
         :meth:`~sim.tb.stream.StreamTB.stream_record`; the test adds ``error`` (the exception that ended the
         run, or None).
         """
@@ -119,6 +120,7 @@ class AcceleratorTB(StreamTB):
             "first_image_latency_cycles": done[0] if done else 0,
             "image_done_cycles": done,
             "partial_beats": len(self.pending),
+            "status_code": int(self.dut.error_code.value) if self.dut.error.value.is_resolvable else -1,
             **self.stream_record(wall_s),
         }
 
@@ -139,6 +141,7 @@ async def run_images(dut):
         f"no beat accepted for {tb.timeout_cycles} cycles after {record['images']} of {len(expected)} images")
     assert not record["protocol_errors"], f"stream protocol violated: {record['protocol_errors']}"
     assert record["images"] == len(expected), f"received {record['images']} images, expected {len(expected)}"
+    assert record["status_code"] == 0, f"the core reported error code {record['status_code']} on a valid image"
     assert record["partial_beats"] == 0, f"{record['partial_beats']} scores without a final 'last'"
     assert record["mismatches"] == 0, (
         f"{record['mismatches']} of {len(expected)} images differ from the golden model: "
