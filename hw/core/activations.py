@@ -18,6 +18,17 @@ from model.export.golden import MAX_ACT_BITS
 BUFFERS = 2
 
 
+def check_batch_and_depth(batch: int, depth: int) -> None:
+    """Raise ``ValueError`` unless ``batch`` is 1..16 and ``depth`` a power of two >= 2.
+
+    The parameters every per-image buffer shares (activation bank, input loader, score streamer).
+    """
+    if not 1 <= batch <= 16:
+        raise ValueError(f"batch must be in 1..16, not {batch!r}")
+    if depth < 2 or depth & (depth - 1):
+        raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
+
+
 def act_read_signature(batch: int, addr_width: int) -> wiring.Signature:
     """A reader's side: ``addr``, ``buf`` and ``en`` out; ``data`` (every image's code at ``addr``) in, one
     cycle after ``en``, held while ``en`` is low."""
@@ -67,10 +78,7 @@ class ActivationBank(wiring.Component):
     latency = 1
 
     def __init__(self, *, batch: int, depth: int):
-        if not 1 <= batch <= 16:
-            raise ValueError(f"batch must be in 1..16, not {batch!r}")
-        if depth < 2 or depth & (depth - 1):
-            raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
+        check_batch_and_depth(batch, depth)
         self._batch = batch
         self._depth = depth
         addr_width = ceil_log2(depth)

@@ -5,7 +5,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hw.core.activations import act_write_signature
+from hw.core.activations import act_write_signature, check_batch_and_depth
 from hw.core.job import job_signature, load_job_layout
 from model.export.golden import MAX_ACT_BITS
 
@@ -54,10 +54,7 @@ class InputLoader(wiring.Component):
     """
 
     def __init__(self, *, batch: int, depth: int):
-        if not 1 <= batch <= 16:
-            raise ValueError(f"batch must be in 1..16, not {batch!r}")
-        if depth < 2 or depth & (depth - 1):
-            raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
+        check_batch_and_depth(batch, depth)
         self._batch = batch
         self._depth = depth
         super().__init__({

@@ -6,6 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from hw.core.activations import check_batch_and_depth
 from hw.core.job import emit_job_layout, job_signature
 
 #: One score on the output stream: ``score`` (``2^-SCORE_FRAC_BITS`` units, model/export/golden.py) and
@@ -51,10 +52,7 @@ class ScoreStreamer(wiring.Component):
     """
 
     def __init__(self, *, batch: int, depth: int):
-        if not 1 <= batch <= 16:
-            raise ValueError(f"batch must be in 1..16, not {batch!r}")
-        if depth < 2 or depth & (depth - 1):
-            raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
+        check_batch_and_depth(batch, depth)
         self._batch = batch
         self._depth = depth
         super().__init__({
