@@ -185,6 +185,23 @@ def test_iterative_methods_run_on_their_defaults_with_tiny_overrides(capsys, tmp
         assert code == 0 and "resumed: false" in out, err
 
 
+def test_validation_split_size_and_seed_reach_the_run(capsys, tmp_path):
+    tiny = ["--epochs", 1, "--train-subset", 150, "--test-subset", 60, "--hidden", 8, "--iterations", 1, "--quiet"]
+    code, _out, err = main(capsys, "train", *tiny, "--val-size", 30, "--val-seed", 7, "--run-dir", tmp_path / "a")
+    assert code == 0, err
+    config = json.loads((tmp_path / "a" / "run.json").read_text())["config"]
+    assert config["val_size"] == 30 and config["val_seed"] == 7
+    history = json.loads((tmp_path / "a" / "imq_history.json").read_text())["history"]
+    assert all(h["val_accuracy"] is not None for h in history)
+    code, _out, err = main(capsys, "train", *tiny, "--val-size", 0, "--run-dir", tmp_path / "b")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["val_size"] == 0
+    for bad in ("1.5", "-3", "x"):
+        with pytest.raises(SystemExit):
+            parse("--val-size", bad)
+    assert "val-size" in main(capsys, "train", "--method", "lts", "--val-size", 0.2)[2]
+
+
 def test_bmpq_runs_on_its_defaults_with_tiny_overrides(capsys, tmp_path):
     code, _out, err = main(capsys, "train", "--method", "bmpq", "--epochs", 3, "--warmup", 1, "--interval", 1,
                           "--train-subset", 300, "--quiet", "--out", tmp_path / "bmpq")

@@ -54,6 +54,24 @@ GROUPS = {
 }
 
 
+def val_size(text: str) -> int | float:
+    """``--val-size``: 0, a count >= 1, or a fraction in (0, 1) (:func:`model.runs.validation.check_val_size`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range: a fraction in (0, 1), a "
+                                             "count >= 1, or 0")
+        return value
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is outside the allowed range: a count >= 0 or a fraction")
+    return value
+
+
 def _per_method(iterative=None, lts=None, bmpq=None) -> dict:
     return {**dict.fromkeys(ITERATIVE, iterative), "lts": lts, "bmpq": bmpq}
 
@@ -151,6 +169,11 @@ OPTIONS: tuple[Option, ...] = (
            _per_method("global"), {"choices": ("global", "layer")}, in_demo=True),
     Option(("--no-float-baseline",), "iterative", ITERATIVE, "skip the dense float model",
            kwargs={"action": "store_true"}),
+    Option(("--val-size",), "iterative", ITERATIVE, "training images held out for validation (ticket selection "
+           "ranks on them): a fraction in (0, 1), a count >= 1, or 0 for none",
+           _per_method(0.1), {"type": val_size}),
+    Option(("--val-seed",), "iterative", ITERATIVE, "seed of the validation split, 0..2^32-1", _per_method(0),
+           {"type": SEED}),
     Option(("--restart",), "iterative", ITERATIVE, "start the run directory afresh: remove what an earlier run "
            "wrote there (needed after a code change or to change the config in place)",
            kwargs={"action": "store_true"}, in_demo=True),
@@ -287,7 +310,9 @@ def train_config(args):
         iterations=args.max_iterations, weight_bits=getattr(args, "weight_bits", None),
         hierarchy=getattr(args, "hierarchy", None) or "paper", scope=args.scope, target_avg_bits=args.target_bits,
         epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "batch_size", None) or 64, seed=args.seed,
-        float_baseline=not getattr(args, "no_float_baseline", False))
+        float_baseline=not getattr(args, "no_float_baseline", False),
+        val_size=getattr(args, "val_size", None) if getattr(args, "val_size", None) is not None else 0.1,
+        val_seed=getattr(args, "val_seed", None) or 0)
 
 
 def train_ticket(args, out: Path):
