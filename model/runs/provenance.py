@@ -1,7 +1,8 @@
 """What a run's results depend on besides its config: the code revision and the numeric environment.
 
 A run directory (:mod:`model.runs.rundir`) records :func:`provenance` in ``run.json`` and refuses to resume
-under another one (:func:`differences`), so that results of two code versions are never mixed.
+under another one (:func:`differences`: other package sources, versions, threads or processes), so that
+results of two code versions are never mixed.
 
 The code revision (:func:`code_revision`) is, in order of preference:
 
@@ -38,8 +39,10 @@ ROOT = Path(__file__).resolve().parents[2]
 #: What the revision covers: the packages (every file but byte code) and the entry point.
 SOURCE_PACKAGES = ("model", "hw", "sim")
 SOURCE_FILES = ("build.py",)
-#: The fields of :func:`provenance` that must agree for a run to resume.
-CHECKED_FIELDS = ("revision", "torch", "numpy", "threads", "processes")
+#: The fields of :func:`provenance` that must agree for a run to resume. The sources' hash, not the commit:
+#: a commit that changes only the README, the docs or the tests leaves the code that runs, and so the
+#: results, as they were, and must not throw away a long run (the commit is recorded for information).
+CHECKED_FIELDS = ("source_sha256", "torch", "numpy", "threads", "processes")
 #: Hex digits of the source hash kept in a revision string.
 HASH_DIGITS = 16
 #: What neither the hash nor the dirty check looks at (git pathspecs; byte code even where no .gitignore says so).

@@ -116,10 +116,11 @@ def test_bench_command_resumes_refuses_another_revision_and_restarts(tmp_path, m
     capsys.readouterr()
 
     real = provenance.code_revision()
-    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "src:changed"})
+    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "src:changed",
+                                                              "source_sha256": "c" * 64})
     assert build.main(args) == 2
     err = capsys.readouterr().err
-    assert "another code revision" in err and "now 'src:changed'" in err and "--restart" in err
+    assert "another code revision" in err and f"now '{'c' * 64}'" in err and "--restart" in err
     assert build.main([*args, "--restart"]) == 0
     summary = json.loads((tmp_path / "imq_smoke_summary.json").read_text())
     assert summary["resumed"] is False and summary["resumed_runs"] == []

@@ -290,9 +290,13 @@ def test_resume_under_another_revision_or_thread_count_is_refused(tmp_path, monk
     first = run(config, tmp_path, progress=False)
     (tmp_path / "notes.txt").write_text("mine")  # not written by the run: --restart must keep it
     real = provenance.code_revision()
-    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "git:" + "0" * 40})
+    # Another commit with the same package sources (a README-only commit) resumes: the code that runs is the same.
+    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "git:" + "2" * 40})
+    assert run(config, tmp_path, progress=False).resumed
+    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "git:" + "0" * 40,
+                                                              "source_sha256": "0" * 64})
     with pytest.raises(UserError, match=r"run.json: this run was made under another code revision.*"
-                                        r"revision: stored '.*', now 'git:0{40}'.*--restart"):
+                                        r"source_sha256: stored '.*', now '0{64}'.*--restart"):
         run(config, tmp_path, progress=False)
     monkeypatch.setattr(provenance, "code_revision", lambda: real)
     torch.set_num_threads(2)
@@ -302,7 +306,8 @@ def test_resume_under_another_revision_or_thread_count_is_refused(tmp_path, monk
     finally:
         torch.set_num_threads(1)
     # --restart: the old state goes, the run starts afresh under the new revision and gives a fresh run's result.
-    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "git:" + "1" * 40})
+    monkeypatch.setattr(provenance, "code_revision", lambda: {**real, "revision": "git:" + "1" * 40,
+                                                              "source_sha256": "1" * 64})
     fresh = run(config, tmp_path, progress=False, restart=True)
     assert not fresh.resumed and fresh.finished
     assert fresh.history == first.history and fresh.float_accuracy == first.float_accuracy
