@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 
 from model.cli import DEFAULT_OUT, add_batch_arg, print_table, write_json
-from model.export.export_command import export_image
 from model.runs.train_command import add_train_args, resolve, train_ticket
-from sim.sim_command import run_rtl
 
 HELP = "train an IMQ ticket on digits, export it, run it in RTL, synthesize"
 
@@ -26,14 +24,17 @@ def run(args) -> int:
     from hw.platform.verilog import TOP_NAME
     from model.data import DataRecord
     from model.errors import UserError
-    from model.export.convert import golden_accuracy, to_golden
+    from model.export.convert import export_image, golden_accuracy, to_golden
     from model.runs.checkpoint import input_bits_of
     from model.training.loop import evaluate
+    from sim.image_run import run_rtl
 
     resolve(args, "imq")
     if args.data != "digits":
-        raise UserError(f"`demo` runs on the embedded digits (its RTL check feeds the digits test images), "
-                        f"not --data {args.data!r}; use `train --data {args.data}`, then `export` and `sim`")
+        raise UserError(f"`demo` runs on the embedded digits only, not --data {args.data!r}: it simulates every "
+                        f"test image in RTL, twice (360 digits take minutes; Fashion-MNIST's 10,000 would take "
+                        f"hours); use `train --data {args.data}`, then `export` and `sim` (which runs the first "
+                        f"images of the ticket's own data set, --images N)")
     out = Path(args.out)
     t0 = time.time()
     print("[1/5] training: float baseline, then IMQ (Algorithm 1) to <= "

@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 from model.cli import DEFAULT_OUT, IMAGE_COUNT, SEED, add_batch_arg, add_data_override_args, add_image_arg
-from sim.sim_command import golden_vectors
 
 HELP = "image -> accelerator Verilog and a Vivado build plan (XDC, TCL)"
 
@@ -32,6 +31,7 @@ def run(args) -> int:
     from hw.platform.verilog import write_verilog
     from model.errors import UserError
     from model.export.image import pack, read_image
+    from sim.image_run import golden_vectors
 
     net, _ = read_image(args.image)
     # The test vectors first: a data set that is not available here is an error before any file is written.

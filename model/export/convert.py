@@ -5,7 +5,7 @@ For a layer with input step ``s_in = alpha_in / (2^a_in - 1)``, DoReFa weights `
 ``round(clamp(z, 0, alpha_out) / s_out)``. So the requantizer's gain is ``s_in / s_out`` and its offset
 ``b / s_out``; the last layer has no PACT and emits ``z * 2^SCORE_FRAC_BITS``.
 
-BMPQ layers (model/bmpq.py, layer-wise symmetric codes ``c`` with scale ``S``, BMPQ Eq. 3-4, ternary at
+BMPQ layers (model/quant/bmpq.py, layer-wise symmetric codes ``c`` with scale ``S``, BMPQ Eq. 3-4, ternary at
 2 bits) become *signed* golden layers (model/export/golden.py): a ``q``-bit layer is stored in the smallest
 accelerator class ``m >= q`` (2 and 3 bits in the 4-bit class, 5 to 7 in the 8-bit class), as offset
 binary ``c + 2^(m-1)``; weights with ``c = 0`` are pruned (width 0, skipped by the hardware). The golden
@@ -16,11 +16,14 @@ width code every weight has); Eq. 11's ``q_l`` bits per weight is the paper's co
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from model.errors import UserError
 from model.export.golden import SCORE_FRAC_BITS, WIDTHS, IntLinear, IntNetwork, check_layer, requant_params
+from model.export.image import write_image
 from model.quant.bmpq import BMPQLinear, to_int
 
 #: Accelerator class that stores a BMPQ layer of each width.
@@ -97,3 +100,14 @@ def scales(model) -> dict:
                    for _, q_in, q_out in model.stages()],
         "score_frac_bits": SCORE_FRAC_BITS,
     }
+
+
+def export_image(model, out_dir: Path, data=None) -> dict:
+    """Convert ``model`` to the golden model and write its image; ``data`` (a :class:`model.data.DataRecord`)
+    goes into the manifest. Returns the manifest."""
+    net = to_golden(model)
+    if data is not None and (data.input_bits != net.input_bits or data.features != net.layers[0].n_in):
+        raise UserError(f"data record {data.to_json()} does not fit the network: {net.layers[0].n_in} inputs of "
+                        f"{net.input_bits} bits")
+    return write_image(out_dir, net, extra={"scales": scales(model)},
+                       data=None if data is None else data.to_json())

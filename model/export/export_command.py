@@ -22,21 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
 
 
-def export_image(model, out_dir: Path, data=None) -> dict:
-    """Convert ``model`` to the golden model and write its image; ``data`` (a :class:`model.data.DataRecord`)
-    goes into the manifest. Returns the manifest."""
-    from model.errors import UserError
-    from model.export.convert import scales, to_golden
-    from model.export.image import write_image
-
-    net = to_golden(model)
-    if data is not None and (data.input_bits != net.input_bits or data.features != net.layers[0].n_in):
-        raise UserError(f"data record {data.to_json()} does not fit the network: {net.layers[0].n_in} inputs of "
-                        f"{net.input_bits} bits")
-    return write_image(out_dir, net, extra={"scales": scales(model)},
-                       data=None if data is None else data.to_json())
-
-
 def require_mlp(model, path) -> None:
     """:class:`UserError` for a conv net: the accelerator (and so the golden model) runs MLPs only."""
     from model.errors import UserError
@@ -57,6 +42,8 @@ def run(args) -> int:
         print(f"note: {args.checkpoint} does not record its data set (written before checkpoints did); the "
               f"image will not either, and `sim` / `verilog` / `eval` will assume digits unless given --data",
               file=sys.stderr)
+    from model.export.convert import export_image
+
     manifest = export_image(model, Path(args.out), data)
     print_table([("words", manifest["words"]), ("bytes", manifest["bytes"]),
                  ("avg weight bits", manifest["avg_weight_bits"]), ("sha256", manifest["sha256"][:16]),
