@@ -18,9 +18,16 @@ DEFAULT_BATCH = 2
 ADAM_LR = 3e-3
 SGD_LR = 0.05
 
-__all__ = ["ADAM_LR", "DEFAULT_BATCH", "DEFAULT_OUT", "IMAGE_COUNT", "SEED", "SGD_LR", "act_bits", "add_batch_arg",
-           "add_data_override_args", "add_image_arg", "batch_size", "bounded", "print_rows", "print_table",
-           "write_json"]
+#: The data sets ``--data`` accepts: :data:`model.data.DATASETS`, repeated here so that the parsers stay torch-free
+#: (tests/test_cli.py checks that the two agree).
+DATA_SETS = ("digits", "fashion-mnist", "idx", "cifar10", "cifar100")
+#: Test images ``sim`` runs through the RTL by default: the digits' whole test set (360), and at most that many
+#: of a larger one (Fashion-MNIST's 10,000 would take hours in Icarus); ``--images N`` asks for more.
+SIM_DEFAULT_IMAGES = 360
+
+__all__ = ["ADAM_LR", "DATA_SETS", "DEFAULT_BATCH", "DEFAULT_OUT", "IMAGE_COUNT", "SEED", "SGD_LR", "SIM_DEFAULT_IMAGES",
+           "act_bits", "add_batch_arg", "add_data_override_args", "add_image_arg", "batch_size", "bounded",
+           "print_rows", "print_table", "write_json"]
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str, str, object]]) -> None:
@@ -91,8 +98,8 @@ def add_batch_arg(p: argparse.ArgumentParser) -> None:
 
 def add_data_override_args(p: argparse.ArgumentParser, what: str) -> None:
     """``--data`` / ``--data-root``: read ``what``'s test images from another data set or folder than recorded."""
-    p.add_argument("--data", default=None,
-                   help=f"data set of the test images: digits, fashion-mnist, idx, cifar10 or cifar100 (default: "
+    p.add_argument("--data", default=None, choices=DATA_SETS, metavar="NAME",
+                   help=f"data set of the test images: {', '.join(DATA_SETS[:-1])} or {DATA_SETS[-1]} (default: "
                         f"the one {what} records, or digits if it records none)")
     p.add_argument("--data-root", default=None,
                    help=f"folder of that data set (default: the one {what} records; Fashion-MNIST's default "

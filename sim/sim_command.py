@@ -1,20 +1,20 @@
 """``build.py sim``: cocotb RTL simulation of an image on its own test images against the golden model.
 
 The test images are those of the data set the image's manifest records (``"data"``; ``--data`` /
-``--data-root`` choose another), read by :func:`model.export.eval_command.image_vectors`.
+``--data-root`` choose another), read by :func:`model.export.vectors.image_vectors`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from model.cli import (
     DEFAULT_OUT,
     IMAGE_COUNT,
     SEED,
+    SIM_DEFAULT_IMAGES,
     add_batch_arg,
     add_data_override_args,
     add_image_arg,
@@ -30,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulator", choices=("icarus", "verilator"), default="icarus",
                    help="HDL simulator (default: icarus)")
     p.add_argument("--images", type=IMAGE_COUNT, default=None,
-                   help="number of test images, 1 up to the data set's test count (default: all)")
+                   help="number of test images, 1 up to the data set's test count (default: all of them, at most "
+                        f"{SIM_DEFAULT_IMAGES}: the digits' whole test set; Icarus takes hours for Fashion-MNIST's "
+                        "10,000)")
     p.add_argument("--no-stall", action="store_true", help="no random back-pressure (cycle measurement)")
     p.add_argument("--seed", type=SEED, default=0,
                    help="stall seed, and the digits split seed of an image that records no data set; 0..2^32-1 "
@@ -40,55 +42,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_batch_arg(p)
 
 
-def golden_vectors(image_dir: Path, count: int | None, seed: int, data: str | None = None,
-                   data_root: str | None = None, flag: str = "--images"):
-    """``(net, manifest, input codes, golden scores, labels)`` of the first ``count`` test images of the image's
-    data set (:func:`model.export.eval_command.image_vectors`)."""
-    from model.export.eval_command import image_vectors
+def default_count(args) -> int:
+    """``--images`` left out: the data set's test count, at most :data:`model.cli.SIM_DEFAULT_IMAGES` (with a note
+    when that leaves images out)."""
+    import contextlib
+    import io
 
-    v = image_vectors(image_dir, count, seed, data, data_root, flag)
-    return v.net, v.manifest, v.codes, v.expected, v.labels
+    from model.export.vectors import image_vectors
 
-
-def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed: int, stall: bool,
-            batch: int, data: str | None = None, data_root: str | None = None) -> dict:
-    """Run the test images through the RTL in cocotb and compare with the golden model.
-
-    The accelerator computes ``batch`` images at a time, so the stream is padded with copies of the last
-    image to a multiple of ``batch`` (as a host would); the padding is checked too but not counted in
-    the accuracy. The images are the first ``count`` test images of the image's data set (``data`` and
-    ``data_root`` choose another, :func:`golden_vectors`); ``result["data"]`` records which.
-    """
-    import numpy as np
-
-    from hw.platform.verilog import write_verilog
-    from model.export.eval_command import image_vectors
-    from model.export.image import pack
-    from sim.runner import run_accelerator
-
-    vectors = image_vectors(image_dir, count, seed, data, data_root)
-    net, u, expected, labels = vectors.net, vectors.codes, vectors.expected, vectors.labels
-    pad = -len(u) % batch
-    u_all = np.concatenate([u, np.repeat(u[-1:], pad, axis=0)])
-    expected_all = np.concatenate([expected, np.repeat(expected[-1:], pad, axis=0)])
-    vpath = write_verilog(pack(net), out / "mpq_accel.v", batch=batch)
-    t0 = time.time()
-    result = run_accelerator(vpath, u_all, expected_all, work_dir=out / "sim_build", simulator=simulator,
-                             stall=stall, seed=seed)
-    result["padding_images"] = pad
-    result["batch"] = batch
-    scores = np.array(result["scores"], dtype=np.int64)[:len(u)]
-    result["rtl_accuracy"] = float((scores.argmax(axis=1) == labels[:len(scores)]).mean()) if len(scores) else 0.0
-    result["golden_accuracy"] = float((expected.argmax(axis=1) == labels).mean())
-    result["wall_s"] = time.time() - t0
-    result["simulator"] = simulator
-    result["data"] = vectors.data.to_json()
-    return result
+    # One image is enough to resolve the data set (recorded or overridden); its legacy note, if any, is printed
+    # once, by the run itself.
+    with contextlib.redirect_stderr(io.StringIO()):
+        record = image_vectors(Path(args.image), 1, args.seed, args.data, args.data_root).data
+    available = len(record.load_test(f"{args.image}: the data set").y_test)
+    if available > SIM_DEFAULT_IMAGES:
+        print(f"note: simulating the first {SIM_DEFAULT_IMAGES} of the {available} test images of "
+              f"{record.describe()} (the default, to keep the RTL simulation short); --images N runs up to "
+              f"{available}", file=sys.stderr)
+    return min(available, SIM_DEFAULT_IMAGES)
 
 
 def run(args) -> int:
+    from sim.image_run import run_rtl
+
     out = Path(args.out)
-    result = run_rtl(Path(args.image), out, args.simulator, args.images, args.seed, not args.no_stall,
+    count = args.images if args.images is not None else default_count(args)
+    result = run_rtl(Path(args.image), out, args.simulator, count, args.seed, not args.no_stall,
                      args.batch, args.data, args.data_root)
     write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]

@@ -105,6 +105,33 @@ def test_out_of_range_option_is_rejected():
     assert res.returncode == 2 and "even" in res.stderr
 
 
+def test_every_data_option_takes_only_the_data_sets():
+    """--data is checked by argparse (torch-free model.cli.DATA_SETS, which mirrors model.data.DATASETS), so a typo
+    fails at once, before any command loads torch."""
+    import argparse
+
+    import build
+    from model.cli import DATA_SETS
+    from model.data import DATASETS
+
+    assert DATA_SETS == DATASETS
+    sub = next(a for a in build.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    takes_data = {name for name, p in sub.choices.items() for a in p._actions if "--data" in a.option_strings}
+    assert takes_data == {"demo", "train", "eval", "sim", "verilog"}
+    for name in takes_data:
+        action = next(a for a in sub.choices[name]._actions if "--data" in a.option_strings)
+        assert tuple(action.choices) == DATA_SETS, name
+    res = cli("sim", "--data", "foo")
+    assert res.returncode == 2 and "invalid choice: 'foo'" in res.stderr and "fashion-mnist" in res.stderr
+
+
+def test_demo_says_why_it_runs_on_the_digits_only(tmp_path):
+    res = cli("demo", "--data", "fashion-mnist", "--out", tmp_path / "demo")
+    assert res.returncode == 2, res.stderr
+    assert "simulates every test image in RTL" in res.stderr and "10,000" in res.stderr and "hours" in res.stderr
+    assert "feeds the digits" not in res.stderr and not (tmp_path / "demo").exists()
+
+
 def write_idx_folder(root: Path, n_train: int = 256, n_test: int = 64) -> None:
     """A tiny MNIST-style IDX folder of random 28x28 images (big-endian header: magic, then the sizes)."""
     import struct

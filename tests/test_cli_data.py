@@ -116,3 +116,44 @@ def test_recorded_data_that_is_not_here_is_a_clear_error(fashion, tmp_path, caps
     # and the digits do not fit a 784-input network
     assert main("eval", "--image", image, "--data", "digits", "--out", tmp_path / "digits") == 2
     assert "has 64 inputs per image" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ sim's default count
+def export_untrained(tmp: Path, n_test: int) -> Path:
+    """An image of an untrained 16-8-10 MLP that records an IDX folder of 4x4 images with ``n_test`` test images."""
+    from model.data import DataRecord, load_dataset
+    from model.export.convert import export_image
+    from model.quant.nets import build_model, model_config
+    from model.runs.checkpoint import input_bits_of
+
+    root = write_idx_folder(tmp / "idx", n_train=20, n_test=n_test, side=4)
+    split = load_dataset("idx", root)
+    model = build_model(model_config("mlp", split, [8], 10, act_bits=4))
+    export_image(model, tmp / "image", DataRecord.of("idx", root, split.image_shape, input_bits_of(model)))
+    return tmp / "image"
+
+
+@pytest.mark.parametrize(("n_test", "argv", "simulated", "capped"), [
+    (400, [], 360, True),             # a large test set: the first 360 by default, with a note
+    (400, ["--images", 400], 400, False),  # --images still goes up to the data set's test count
+    (100, [], 100, False),            # a smaller one: all of it (as the digits' 360)
+])
+def test_sim_runs_at_most_360_test_images_by_default(tmp_path, capsys, monkeypatch, n_test, argv, simulated, capped):
+    """Icarus takes hours for 10,000 Fashion-MNIST images: `sim` without --images stops at the digits' 360."""
+    from sim import image_run
+
+    image = export_untrained(tmp_path, n_test)
+    counts = []
+
+    def fake_run_rtl(image_dir, out, simulator, count, seed, stall, batch, data=None, data_root=None):
+        counts.append(count)
+        return {"data": {"name": "idx"}, "images": count, "mismatches": 0, "rtl_accuracy": 0.0,
+                "golden_accuracy": 0.0, "cycles_per_image": 1, "wall_s": 0.0, "passed": True, "scores": []}
+
+    monkeypatch.setattr(image_run, "run_rtl", fake_run_rtl)
+    capsys.readouterr()
+    assert main("sim", "--image", image, *argv, "--out", tmp_path / "sim") == 0
+    err = capsys.readouterr().err
+    assert counts == [simulated]
+    assert ("note: simulating the first 360 of the 400 test images of idx" in err) == capped, err
+    assert ("--images N runs up to 400" in err) == capped

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import build
+from model.runs import provenance
+from model.runs.checkpoint import load_checkpoint
 from model.runs.train_command import (
     BMPQ_CONV_COMPRESSION,
     BMPQ_MLP_COMPRESSION,
@@ -138,6 +140,9 @@ def test_lts_defaults_are_the_configuration_of_bench_lts():
     ("imp", ["--hierarchy", "paper"], "--hierarchy"),
     ("qnn", ["--rho", 0.2], "--rho"),
     ("qnn", ["--iterations", 1], "--iterations"),
+    ("qnn", ["--scope", "layer"], "--scope"),            # qnn trains once: no mask update to rank per layer
+    ("qnn", ["--target-bits", 2], "--target-bits"),      # ... and no iteration to stop at
+    ("qnn", ["--target-bits", 4], "--target-bits"),      # equal to the default: still rejected
     ("irq", ["--edge-bits", 16], "--edge-bits"),
 ])
 def test_an_option_the_method_does_not_use_is_rejected(capsys, tmp_path, method, argv, named):
@@ -152,10 +157,47 @@ def test_options_that_do_not_fit_together_are_rejected(capsys, tmp_path):
         (["--method", "bmpq", "--compression", 4, "--budget-mb", 1], ("--compression", "--budget-mb")),
         (["--arch", "vgg", "--hidden", 8], ("--hidden", "vgg")),
         (["--data-root", tmp_path], ("--data-root", "digits")),
+        (["--val-size", 0, "--val-seed", 3], ("--val-seed", "--val-size 0")),
     ]:
         code, _, err = main(capsys, "train", *argv, "--quiet", "--out", tmp_path / "out")
         assert code == 2 and all(w in err for w in words), err
     assert not (tmp_path / "out").exists()
+
+
+def test_qnn_keeps_its_schedule_defaults_without_the_options():
+    """--scope and --target-bits are refused for qnn, but its run config keeps their defaults (old run directories
+    of qnn resume with the same config)."""
+    config = train_config(resolve(parse("--method", "qnn")))
+    assert (config.scope, config.target_avg_bits, config.iterations) == ("global", 4.0, 1)
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    # 1 epoch: no room for BMPQ's warm-up and an ILP; the message names --epochs, not the defaulted --warmup
+    (["--method", "bmpq", "--epochs", 1], ["BMPQ needs --epochs >= 2", "warm-up of at least 1 epoch",
+                                           "raise --epochs"]),
+    (["--method", "bmpq", "--epochs", 2], ["--epochs 2", "its default --warmup 2", "give --warmup 1 or --epochs 3"]),
+    (["--method", "bmpq", "--epochs", 5, "--warmup", 5], ["--warmup 5", "give --warmup 1..4 or --epochs 6"]),
+    (["--method", "bmpq", "--warmup", 0], ["--warmup 0 is too short for --method bmpq"]),
+    (["--method", "lts", "--epochs", 1], ["--epochs 1", "its default --warmup 2", "give --warmup 0 or --epochs 3"]),
+])
+def test_a_warmup_that_leaves_no_epoch_names_the_option_to_change(capsys, tmp_path, argv, words):
+    code, out, err = main(capsys, "train", *argv, "--quiet", "--out", tmp_path / "out")
+    assert code == 2, out + err
+    assert all(w in err for w in words) and "field 'warmup'" not in err and "1..0" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_plain_qat_fits_its_unused_warmup_to_short_trainings():
+    args = resolve(parse("--method", "lts", "--lts-mode", "baseline", "--epochs", 1))
+    assert args.warmup == 0  # train_lts checks warmup < epochs even with the scratcher off
+
+
+def test_data_is_one_of_the_data_sets_before_anything_loads():
+    for argv in (["train", "--data", "foo"], ["train", "--method", "lts", "--data", "mnist"],
+                 ["demo", "--data", "foo"]):
+        with pytest.raises(SystemExit) as exc:
+            build.parser().parse_args(argv)
+        assert exc.value.code == 2
 
 
 def test_every_option_has_a_group_and_methods():
@@ -208,6 +250,11 @@ def test_bmpq_runs_on_its_defaults_with_tiny_overrides(capsys, tmp_path):
     assert code == 0, err
     report = json.loads((tmp_path / "bmpq" / "bmpq.json").read_text())
     assert report["compression_ratio"] >= BMPQ_MLP_COMPRESSION and len(report["layer_bits"]) == 4
+    # BMPQ always starts over, and says so, with the code revision it ran under (as run.json does)
+    revision = provenance.code_revision()["revision"]
+    assert report["resumed"] is False and report["provenance"]["revision"] == revision
+    _model, meta = load_checkpoint(tmp_path / "bmpq" / "bmpq.pt")
+    assert meta["provenance"]["revision"] == revision
 
 
 def test_lts_uses_hidden_batch_size_run_dir_and_subsets(capsys, tmp_path):
@@ -223,3 +270,5 @@ def test_lts_uses_hidden_batch_size_run_dir_and_subsets(capsys, tmp_path):
     assert (config["data"], config["hidden"], config["batch_size"]) == ("fashion-mnist", [16], 32)
     assert (config["train_images"], config["test_images"], config["threads"]) == (96, 20, 1)
     assert len(report["sparsity_history"]) == 2
+    assert report["resumed"] is False and report["provenance"]["revision"] == provenance.code_revision()["revision"]
+    assert report["provenance"]["threads"] == 1  # what LTS trained with (--threads), not torch's count after it

@@ -10,7 +10,9 @@ passes (a ceiling such as a time ratio uses ``"<="``). The bench prints :func:`f
 object next to its results, and with ``--check`` exits 1 when any floor fails (:func:`exit_code`). Where a
 bench's JSON is an object (``imq_summary.json``) the object gains a ``floors`` key; where it is a list of
 rows (``dsp.json``, ``lts.json``, ``bmpq.json``), the rows stay as they are and the floors go to a sibling
-``<name>_floors.json`` (:func:`floors_path`) holding ``{"floors": {...}}``.
+``<name>_floors.json`` (:func:`floors_path`) holding ``{"floors": {...}, "provenance": {...}}``: the code
+revision and environment that measured them (:func:`model.runs.provenance.provenance`, which the bench passes in;
+``imq_summary.json`` records it beside its ``floors``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def floors_path(json_path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}_floors.json")
 
 
-def write_floors(json_path: str | os.PathLike, floors: dict[str, dict]) -> Path:
-    """Write ``{"floors": floors}`` to :func:`floors_path` of ``json_path`` (atomically); returns that path."""
-    return write_json(floors_path(json_path), {"floors": floors})
+def write_floors(json_path: str | os.PathLike, floors: dict[str, dict], provenance: dict) -> Path:
+    """Write ``{"floors": floors, "provenance": provenance}`` to :func:`floors_path` of ``json_path``
+    (atomically); returns that path. ``provenance`` is :func:`model.runs.provenance.provenance` of the run that
+    measured the floors (the code revision, so that a floors file says which code it holds for)."""
+    return write_json(floors_path(json_path), {"floors": floors, "provenance": provenance})

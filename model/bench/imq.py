@@ -22,7 +22,8 @@ list of rows ``{"method", "label", "act_bits", "avg_weight_bits", "accuracy", "i
 "val_accuracy"}``, one per trained iteration plus one for the float model (``accuracy`` is test accuracy,
 ``val_accuracy`` the accuracy on the held-out training images). ``imq_summary.json`` holds the budget, the
 validation split, whether any run was resumed (``resumed``, ``resumed_runs``), the wall time, the analysis
-(:func:`analyse`) and the ``floors`` object (:mod:`model.bench.floors`; :func:`floors`):
+(:func:`analyse`), the ``floors`` object (:mod:`model.bench.floors`; :func:`floors`) and the code revision and
+environment of this invocation (``provenance``, :func:`model.runs.provenance.provenance`). The floors:
 
 * ``ticket_avg_weight_bits <= 4`` and ``ticket_minus_float_pp >= -0.5``: an MPQ-ticket of at most 4 average
   bits within 0.5 percentage points of the dense float model. The ticket is the IMQ iteration of at most 4
@@ -48,6 +49,7 @@ import torch
 
 from model.bench.floors import floor_entry
 from model.data import FASHION_MNIST_ROOT
+from model.runs import provenance
 from model.runs.report import load_summary, plot_report
 from model.runs.rundir import make_run_config, run, write_json
 
@@ -226,6 +228,6 @@ def run_imq_bench(
     summary = {"smoke": smoke, "budget": budget, "validation": validation,
                "wall_seconds": round(time.time() - started, 1), "run_seconds": timings, "resumed": bool(resumed),
                "resumed_runs": resumed, "torch_threads": torch.get_num_threads(), **analyse(rows),
-               "floors": floors(rows)}
+               "floors": floors(rows), "provenance": provenance.provenance()}
     write_json(out_dir / f"imq{suffix}_summary.json", summary)
     return rows, summary

@@ -2,16 +2,14 @@
 
 Both read the test images of the data set that the checkpoint's meta or the image's manifest records
 (:class:`model.data.DataRecord`), or another one given with ``--data`` / ``--data-root``; a file that
-records none (written before files recorded it) is read on digits, with a note. :func:`image_vectors` is
-also what ``sim`` and ``verilog`` feed the accelerator. Heavy modules (torch) are imported inside the
+records none (written before files recorded it) is read on digits, with a note
+(:mod:`model.export.vectors`, which ``sim`` and ``verilog`` read too). Heavy modules (torch) are imported inside the
 functions so that ``--help`` stays fast; see :mod:`model.cli`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from model.cli import DEFAULT_OUT, SEED, add_data_override_args, print_table, write_json
@@ -33,99 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="digits split seed for a file that records no data set (default: 0)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "eval"),
                    help="output directory for eval.json (default: out/eval)")
-
-
-# ------------------------------------------------------------------------------------------ test images
-def default_record(input_shape, input_bits: int, seed: int, where: str):
-    """What a file without a data record is read on: digits (the only data set before records existed)."""
-    from model.data import DataRecord
-
-    print(f"note: {where} records no data set (written before files recorded it): using the digits test "
-          f"split of seed {seed}; choose another with --data / --data-root", file=sys.stderr)
-    return DataRecord.of("digits", None, input_shape, input_bits, seed)
-
-
-def check_count(count: int | None, available: int, flag: str, record) -> None:
-    """:class:`UserError` if ``flag`` asks for more test images than the data set has."""
-    from model.errors import UserError
-
-    if count is not None and count > available:
-        raise UserError(f"{flag} {count} is more than the {available} test images of {record.describe()}; "
-                        f"allowed 1..{available}")
-
-
-@dataclass(frozen=True, eq=False)
-class ImageVectors:
-    """An image and its recorded test images: integer input codes, golden scores, labels.
-
-    Members
-    -------
-    net : model.export.golden.IntNetwork
-    manifest : dict
-    data : model.data.DataRecord
-        The data set read (recorded, overridden, or digits by default).
-    codes : numpy.ndarray
-        int64 ``[N, n_in]`` input codes of ``net.input_bits`` bits.
-    expected : numpy.ndarray
-        int64 ``[N, n_classes]`` golden scores.
-    labels : numpy.ndarray
-        int64 ``[N]``.
-    """
-
-    net: object
-    manifest: dict
-    data: object
-    codes: object
-    expected: object
-    labels: object
-
-
-def image_vectors(image_dir, count: int | None, seed: int, data: str | None = None, data_root: str | None = None,
-                  flag: str = "--images") -> ImageVectors:
-    """The first ``count`` (default all) test images of the image's recorded data set, with golden scores.
-
-    Parameters
-    ----------
-    image_dir : path
-        Image directory (or its ``manifest.json``).
-    count : int or None
-        Test images to take; more than the data set has is an error naming ``flag``.
-    seed : int
-        Digits split seed of an image that records no data set.
-    data, data_root : str, optional
-        ``--data`` / ``--data-root``: another data set or another copy of it.
-
-    Raises
-    ------
-    UserError
-        If the image is broken, its data set is not available here or does not fit the network.
-    """
-    import numpy as np
-
-    from model.data import DataRecord
-    from model.errors import UserError
-    from model.export.image import read_image
-    from model.quant.pact import InputQuant
-
-    net, manifest = read_image(image_dir)
-    path = Path(image_dir)
-    man_path = path / "manifest.json" if path.is_dir() else path
-    n_in = net.layers[0].n_in
-    if "data" in manifest:
-        where = f"{man_path}: field 'data'"
-        record = DataRecord.from_json(manifest["data"], where)
-        if record.features != n_in or record.input_bits != net.input_bits:
-            raise UserError(f"{where} records {record.features} inputs of {record.input_bits} bits; the network "
-                            f"takes {n_in} inputs of {net.input_bits} bits")
-    else:
-        where = str(man_path)
-        record = default_record((1, 8, 8) if n_in == 64 else (1, 1, n_in), net.input_bits, seed, where)
-    record = record.override(data, data_root)
-    split = record.load_test(where)
-    check_count(count, len(split.y_test), flag, record)
-    x, y = split.x_test[:count], split.y_test[:count]
-    codes = InputQuant(net.input_bits).to_codes(x).numpy().astype(np.int64)
-    return ImageVectors(net, manifest, record, codes, net.forward(codes), y.numpy())
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -178,6 +83,7 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
 def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int) -> dict:
     """Float, fake-quant and golden accuracy of the checkpoint at ``path`` on its recorded test images."""
     from model.export.convert import golden_accuracy
+    from model.export.vectors import default_record
     from model.runs.checkpoint import checkpoint_data, input_bits_of, load_checkpoint
     from model.training.loop import evaluate
 
@@ -206,6 +112,8 @@ def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int) ->
 
 def eval_image(image_dir, data: str | None, data_root: str | None, seed: int) -> dict:
     """Golden accuracy of the image in ``image_dir`` on its recorded test images."""
+    from model.export.vectors import image_vectors
+
     vectors = image_vectors(image_dir, None, seed, data, data_root)
     golden = float((vectors.expected.argmax(axis=1) == vectors.labels).mean())
     why = "an image holds integer codes only; `eval --checkpoint` gives the float and fake-quant accuracy"

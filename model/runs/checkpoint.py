@@ -4,10 +4,10 @@ Layout: ``{"format": "mpqaccel-checkpoint", "version": 1, "config": {...}, "stat
 "meta": {...}}``. Loading uses ``torch.load(..., weights_only=True)`` (no pickled code runs) and checks
 every field against the rebuilt model, so a wrong file is reported by name, field and allowed values.
 
-A model trained with BMPQ (model/bmpq.py) carries ``"quantizer": "bmpq"``: it is rebuilt from its config
-and then converted with :func:`model.bmpq.to_bmpq`, so its layers hold layer-wise ``bits`` instead of
-element-wise masks; ``"act_bits"`` maps every PACT module's path to its width (BMPQ sets them per layer).
-Files without the key are DoReFa models (``"quantizer": "dorefa"``).
+A model trained with BMPQ (model/methods/bmpq.py, its layers in model/quant/bmpq.py) carries ``"quantizer":
+"bmpq"``: it is rebuilt from its config and then converted with :func:`model.quant.bmpq.to_bmpq`, so its layers
+hold layer-wise ``bits`` instead of element-wise masks; ``"act_bits"`` maps every PACT module's path to its width
+(BMPQ sets them per layer). Files without the key are DoReFa models (``"quantizer": "dorefa"``).
 
 The meta records the data set the model was trained on under ``"dataset"`` (:class:`model.data.DataRecord`:
 name, absolute root, input shape and bits, split seed and subsets), so that ``export`` can copy it into the
@@ -75,6 +75,14 @@ def load_checkpoint(path):
         If the file is missing, not a checkpoint, or a field does not match the model (shape, mask values).
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.relative_to(path).as_posix() for pattern in ("*.pt", "iterations/*.pt")
+                       for p in path.glob(pattern))
+        inside = (f"; it holds {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}: give one of those, e.g. "
+                  f"{path / found[0]}") if found else (
+            "; give the checkpoint file itself (ticket.pt of a `train` run directory, iterations/iter_NNN.pt, "
+            "or bmpq.pt)")
+        raise UserError(f"{path}: is a directory, not a checkpoint file{inside}")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     try:

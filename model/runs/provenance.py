@@ -125,7 +125,9 @@ def provenance() -> dict:
         ``revision``, ``git_commit``, ``dirty``, ``source_sha256``, ``torch`` and ``numpy`` (versions),
         ``threads`` (``torch.get_num_threads()`` now) and ``processes`` (the ``torchrun`` world size, 1 alone).
     """
-    return {**code_revision(), "torch": torch.__version__, "numpy": np.__version__,
+    # str(): torch.__version__ is a str subclass that torch.load(weights_only=True) refuses to unpickle (meta of a
+    # checkpoint such as bmpq.pt holds this dict).
+    return {**code_revision(), "torch": str(torch.__version__), "numpy": str(np.__version__),
             "threads": torch.get_num_threads(), "processes": distributed.world_size()}
 
 

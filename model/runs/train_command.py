@@ -14,6 +14,10 @@ and the others get the method's default. With no option but ``--method`` every m
 * bmpq: digits, MLP 64-64-64-64-10 (BMPQ needs at least three layers), 4x compression (its 16-bit first and
   last layers leave this MLP at most 4.49x; conv nets keep the paper's 10x), 20 epochs, SGD 0.05, batch 64.
 
+LTS and BMPQ always start over: ``lts.json`` and ``bmpq.json`` say ``"resumed": false`` and record the code
+revision and environment they ran under (``provenance``, :func:`model.runs.provenance.provenance`, as a run
+directory's ``run.json`` does); ``bmpq.pt`` has it in its meta.
+
 Heavy modules (torch and the training code) are imported inside the functions so that ``train --help``
 stays fast; see :mod:`model.cli`.
 """
@@ -26,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.cli import ADAM_LR, DEFAULT_OUT, SEED, SGD_LR, act_bits, bounded, print_table, write_json
+from model.cli import ADAM_LR, DATA_SETS, DEFAULT_OUT, SEED, SGD_LR, act_bits, bounded, print_table, write_json
 
 HELP = "IMQ (float baseline, then Algorithm 1), its baselines, LTS or BMPQ; resumable; writes results, plots and ticket.pt"
 
@@ -126,7 +130,8 @@ OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------------------------------------ common
     Option(("--data",), "common", ALL, "data set: digits (scikit-learn's 8x8 digits), fashion-mnist, idx "
            "(--data-root), cifar10 or cifar100 (--data-root)",
-           _per_method("digits", LTS_BENCH["data"], "digits"), in_demo=True),
+           _per_method("digits", LTS_BENCH["data"], "digits"), {"choices": DATA_SETS, "metavar": "NAME"},
+           in_demo=True),
     Option(("--data-root",), "common", ALL, "data folder for --data idx, cifar10, cifar100 (fashion-mnist: "
            "default Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)"),
     Option(("--train-subset",), "common", ALL, "use only the first N training images (default: all)",
@@ -155,9 +160,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--rho",), "iterative", tuple(m for m in ITERATIVE if m != "qnn"),
            "fraction of the non-zero weights changed per iteration: IMQ/IRQ quantize ratio (default 0.3), "
            "IMP/IRP/QNN-IMP pruning rate (default 0.2)", kwargs={"type": bounded(float, 0.0, 1.0)}, in_demo=True),
-    Option(("--target-bits",), "iterative", ITERATIVE, "stop at the first iteration with at most this average "
-           "weight width; that iteration is the ticket (0 runs every iteration and picks the ticket by "
-           "Algorithm 1)", _per_method(4.0), {"type": bounded(float, 0.0, 32.0)}, in_demo=True),
+    # qnn trains once (no mask update): no iteration to stop at, nothing to rank per layer. Its config still
+    # holds the defaults below (unchanged run directories), but giving these options is an error.
+    Option(("--target-bits",), "iterative", tuple(m for m in ITERATIVE if m != "qnn"), "stop at the first "
+           "iteration with at most this average weight width; that iteration is the ticket (0 runs every iteration "
+           "and picks the ticket by Algorithm 1; not qnn, which trains once)", _per_method(4.0), {"type": bounded(float, 0.0, 32.0)},
+           in_demo=True),
     Option(("--iterations", "--max-iterations"), "iterative", tuple(m for m in ITERATIVE if m != "qnn"),
            "iteration limit N_iter (default: 25 for imq/irq, 16 for imp/irp/qnn-imp; qnn trains once)",
            kwargs={"type": bounded(int, 1, 1000), "dest": "max_iterations"}, in_demo=True),
@@ -165,8 +173,9 @@ OPTIONS: tuple[Option, ...] = (
            "methods start from 32 bits)", {"qnn": 8, "qnn-imp": 8}, {"type": int, "choices": (1, 2, 4, 8, 16, 32)}),
     Option(("--hierarchy",), "iterative", ("imq", "irq"), "IMQ/IRQ widths: paper 32/16/8/4/0, or extended with 2 "
            "and 1 (Fig. 6; not exportable)", {"imq": "paper", "irq": "paper"}, {"choices": ("paper", "extended")}),
-    Option(("--scope",), "iterative", ITERATIVE, "magnitude (or random) choice across all layers or per layer",
-           _per_method("global"), {"choices": ("global", "layer")}, in_demo=True),
+    Option(("--scope",), "iterative", tuple(m for m in ITERATIVE if m != "qnn"), "magnitude (or random) choice "
+           "of the weights each iteration changes: across all layers or per layer (not qnn, which changes none)", _per_method("global"),
+           {"choices": ("global", "layer")}, in_demo=True),
     Option(("--no-float-baseline",), "iterative", ITERATIVE, "skip the dense float model",
            kwargs={"action": "store_true"}),
     Option(("--val-size",), "iterative", ITERATIVE, "training images held out for validation (ticket selection "
@@ -281,6 +290,8 @@ def resolve(args, method: str | None = None):
                             f"has no scratcher")
     if method == "bmpq" and "compression" in names and "budget_mb" in names:
         raise UserError("--compression and --budget-mb both set the BMPQ memory budget: give one of them")
+    if "val_seed" in names and args.val_size == 0:
+        raise UserError("--val-seed does not apply with --val-size 0: there is no validation split to seed")
     if "hidden" in names and (getattr(args, "arch", None) or "mlp") != "mlp":
         raise UserError(f"--hidden does not apply to --arch {args.arch}: it sizes the MLP (--arch mlp)")
     if "data_root" in names and (args.data or OPTION_BY_DEST["data"].defaults[method]) == "digits":
@@ -292,8 +303,55 @@ def resolve(args, method: str | None = None):
             setattr(args, option.dest, list(value) if isinstance(value, list) else value)
     if method == "bmpq" and args.compression is None and args.budget_mb is None:
         args.compression = BMPQ_MLP_COMPRESSION if args.arch == "mlp" else BMPQ_CONV_COMPRESSION
+    check_warmup(args, method, names)
     args.resolved = True
     return args
+
+
+def _warmups(lo: int, hi: int) -> str:
+    return f"--warmup {lo}" if lo == hi else f"--warmup {lo}..{hi}"
+
+
+def check_warmup(args, method: str, names: set[str]) -> None:
+    """The warm-up must leave epochs to train after it (``args`` with the method's defaults filled in).
+
+    BMPQ runs its first ILP after at least one warm-up epoch (``1 <= --warmup < --epochs``); LTS starts freezing
+    after ``--warmup`` epochs (``0 <= --warmup < --epochs``). The message names the option to change, also when
+    ``--warmup`` was left at its default. Plain QAT (``--lts-mode baseline``) has no warm-up: its unused
+    default is cut to fit short trainings.
+
+    Raises
+    ------
+    UserError
+        Naming ``--warmup`` / ``--epochs`` and the values that work.
+    """
+    from model.errors import UserError
+
+    if method not in ("bmpq", "lts"):
+        return
+    warmup, epochs = args.warmup, args.epochs
+    given = "warmup" in names
+    default = f"its default --warmup {warmup}" if not given else f"--warmup {warmup}"
+    if method == "bmpq":
+        if warmup < 1:
+            raise UserError(f"--warmup {warmup} is too short for --method bmpq: BMPQ trains at least 1 warm-up "
+                            f"epoch (ep_w) at the widest support width before its first ILP; give --warmup 1 or "
+                            f"more (less than --epochs)")
+        if epochs < 2:
+            raise UserError(f"--method bmpq with --epochs {epochs}: BMPQ needs --epochs >= 2 (a warm-up of at least "
+                            f"1 epoch, --warmup, before the first ILP, then at least 1 epoch at the widths it "
+                            f"assigns); raise --epochs")
+        if warmup >= epochs:
+            raise UserError(f"--method bmpq with --epochs {epochs} and {default}: the first ILP runs after the "
+                            f"warm-up, so --warmup must be less than --epochs; give {_warmups(1, epochs - 1)} or "
+                            f"--epochs {warmup + 1} or more")
+    elif method == "lts" and warmup >= epochs:
+        if args.lts_mode == "baseline":
+            args.warmup = epochs - 1  # unused by plain QAT; train_lts still checks it against the epochs
+            return
+        raise UserError(f"--method lts with --epochs {epochs} and {default}: LTS freezes weights only after the "
+                        f"warm-up (E_wm), so --warmup must be less than --epochs; give {_warmups(0, epochs - 1)} "
+                        f"or --epochs {warmup + 1} or more")
 
 
 def train_config(args):
@@ -349,6 +407,7 @@ def cmd_train_lts(args) -> int:
     from model.data import class_count, load_dataset
     from model.methods.lts import train_lts
     from model.quant.lts import LTSMLP
+    from model.runs.provenance import provenance
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
@@ -357,6 +416,7 @@ def cmd_train_lts(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        recorded = provenance()  # the thread count LTS trains with (the finally below restores torch's)
         # As model.quant.lts.build_lts_mlp (which fixes 784 inputs and 10 classes): seeded, global RNG untouched.
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
@@ -368,7 +428,8 @@ def cmd_train_lts(args) -> int:
                            seed=args.seed, progress=not args.quiet)
     finally:
         torch.set_num_threads(old_threads)
-    report = {"method": "lts", "mode": args.lts_mode, "bits": args.bits, "accuracy": result.accuracy,
+    report = {"method": "lts", "resumed": False, "provenance": recorded,
+              "mode": args.lts_mode, "bits": args.bits, "accuracy": result.accuracy,
               "avg_wgs": result.avg_wgs, "bp_flops_reduction": result.bp_flops_reduction,
               "backward_time_s": result.backward_time, "train_time_s": result.train_time,
               "sparsity_history": result.sparsity_history,
@@ -396,6 +457,7 @@ def cmd_train_bmpq(args) -> int:
     from model.quant.bmpq import to_bmpq
     from model.quant.nets import build_model, model_config
     from model.runs.checkpoint import input_bits_of, save_checkpoint
+    from model.runs.provenance import provenance
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
@@ -413,7 +475,9 @@ def cmd_train_bmpq(args) -> int:
     except TypeError as exc:  # pragma: no cover - argparse already typed every field
         raise UserError(str(exc)) from None
     result = train_bmpq(model, split, bmpq_config, progress=not args.quiet)
-    report = {"method": "bmpq", **result.to_json(), "target_compression": args.compression,
+    recorded = provenance()
+    report = {"method": "bmpq", "resumed": False, "provenance": recorded, **result.to_json(),
+              "target_compression": args.compression,
               "budget": None if result.budget_bits is None else result.budget_bits / 8 / 2**20}
     write_json(out / "bmpq.json", report)
     row = {"layer_bits": result.layer_bits, "layer_names": result.layer_names, "accuracy": result.accuracy,
@@ -422,7 +486,8 @@ def cmd_train_bmpq(args) -> int:
     data = DataRecord.of(args.data, args.data_root, split.image_shape, input_bits_of(model), args.seed,
                          args.train_subset, args.test_subset)
     save_checkpoint(out / "bmpq.pt", model, meta={"method": "bmpq", "accuracy": result.accuracy,
-                                                  "layer_bits": result.layer_bits}, data=data)
+                                                  "layer_bits": result.layer_bits, "provenance": recorded},
+                    data=data)
     print_table([(f"{name} ({p} weights)", f"{b} bits") for name, p, b in
                  zip(result.layer_names, result.params, result.layer_bits)]
                 + [("test accuracy", result.accuracy), ("compression r_M^32 (Eq. 12)", result.compression_ratio),

@@ -17,8 +17,8 @@ are those of the global batch as in a single process; the original modules are p
 ``SyncBatchNorm`` supports only GPU-like devices, so under gloo on CPU each rank normalizes with the
 statistics of its own shard (``B / W`` examples; training then differs from a single process), and the
 running statistics are averaged over the ranks at the end so that every rank evaluates the same model;
-:func:`train` warns once about this. The equality test (tests/test_distributed.py) uses the MLPs, which
-have no BatchNorm.
+:func:`train` warns once about this. The equality test (tests/model/training/test_distributed.py) uses the
+MLPs, which have no BatchNorm.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every bench prints its floors (the README's claims against the measured values, :mod:`model.bench.floors`)
 and writes them: into ``imq_summary.json`` as ``floors``; beside the list-of-rows JSONs as
-``dsp_floors.json``, ``lts_floors.json`` and ``bmpq_floors.json``. ``--check`` makes a failing floor exit 1
+``dsp_floors.json``, ``lts_floors.json`` and ``bmpq_floors.json``, each with the code revision that measured
+them (``provenance``, as ``imq_summary.json`` has). ``--check`` makes a failing floor exit 1
 (:func:`model.bench.floors.exit_code`); without it the exit status is what it was (``bench dsp`` exits 1 on a
 failed verification or DSP configuration in any case).
 """
@@ -16,16 +17,23 @@ from model.bench.floors import exit_code, floors_path, format_floors, write_floo
 from model.cli import DEFAULT_OUT, print_rows, write_json
 from model.errors import UserError
 
-HELP = "benchmarks; `bench dsp`: packed DSP48E1 lane modes -> out/bench/dsp.json"
+#: The benches, and those that train on a data set (``--data-root``).
+BENCHES = ("dsp", "lts", "bmpq", "imq")
+DATA_BENCHES = ("lts", "imq", "bmpq")
+HELP = ("benchmarks: dsp (packed DSP48E1 lane modes), lts (LTS vs plain QAT), imq (IMQ vs its baselines), bmpq "
+        "(BMPQ vs FP-32) -> out/bench/<bench>.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", choices=("dsp", "lts", "bmpq", "imq"), help="what to measure")
+    p.add_argument("target", choices=BENCHES, help="what to measure: dsp (packed DSP48E1 lane modes: synthesis, "
+                   "bit-exact simulation, density), lts (plain QAT vs LTS at 2-4 bits), imq (float, IMQ, IRQ, IMP, "
+                   "QNN-k), bmpq (FP-32 vs BMPQ at three budgets); lts, imq and bmpq train on Fashion-MNIST")
     p.add_argument("--smoke", action="store_true",
                    help="`bench imq` only: a tiny budget that checks the pipeline in about a minute (its figures "
                         "mean nothing)")
     p.add_argument("--data-root", default=None,
-                   help="IDX folder for `bench lts` / `bench bmpq` (default: Debian's Fashion-MNIST)")
+                   help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` (default: Debian's "
+                        "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--check", action="store_true",
@@ -40,6 +48,11 @@ def run(args) -> int:
     if args.restart and args.target != "imq":
         raise UserError(f"--restart applies to `bench imq` only (its resumable run directories), not "
                         f"`bench {args.target}`")
+    if args.smoke and args.target != "imq":
+        raise UserError(f"--smoke applies to `bench imq` only (its tiny budget), not `bench {args.target}`")
+    if args.data_root is not None and args.target not in DATA_BENCHES:
+        raise UserError(f"--data-root applies to `bench {'`, `bench '.join(DATA_BENCHES)}` (they train on "
+                        f"Fashion-MNIST), not `bench {args.target}`, which reads no data set")
     out = Path(args.out)
     if args.target == "lts":
         return bench_lts(args, out)
@@ -48,6 +61,13 @@ def run(args) -> int:
     if args.target == "imq":
         return bench_imq(args, out)
     return bench_dsp(args, out)
+
+
+def provenance() -> dict:
+    """The code revision and environment the floors were measured under (:func:`model.runs.provenance.provenance`)."""
+    from model.runs.provenance import provenance as current
+
+    return current()
 
 
 def report_floors(floors: dict[str, dict], written_to: Path, check: bool) -> int:
@@ -65,7 +85,7 @@ def bench_dsp(args, out: Path) -> int:
     plot_dsp(rows, out / "dsp.png")
     print(format_rows(rows))
     result = floors(rows)
-    write_floors(out / "dsp.json", result)
+    write_floors(out / "dsp.json", result, provenance())
     print(f"\nwrote {out / 'dsp.json'}, {out / 'dsp.png'} and {floors_path(out / 'dsp.json')}")
     code = report_floors(result, floors_path(out / "dsp.json"), args.check)
     verified = all(r["verified"] != "FAILED" and r["dsp_config_matches"] for r in rows)
@@ -73,7 +93,7 @@ def bench_dsp(args, out: Path) -> int:
 
 
 def bench_lts(args, out: Path) -> int:
-    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits (model/lts.py run_lts_bench, about 10 min)."""
+    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits (model/bench/lts.py run_lts_bench, about 10 min)."""
     from model.bench.lts import floors, run_lts_bench
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
@@ -82,7 +102,7 @@ def bench_lts(args, out: Path) -> int:
                       ("avg WGS", ">8", ".3f", "avg_wgs"), ("BP FLOPs red.", ">13", ".3f", "bp_flops_reduction"),
                       ("bwd time", ">9", ".3f", "backward_time_ratio")])
     result = floors(rows)
-    write_floors(out / "lts.json", result)
+    write_floors(out / "lts.json", result, provenance())
     print(f"\nwrote {out / 'lts.json'}, {out / 'lts_sparsity.png'} and {floors_path(out / 'lts.json')}")
     return report_floors(result, floors_path(out / "lts.json"), args.check)
 
@@ -123,7 +143,8 @@ def _val_accuracy(row: dict) -> str:
 
 
 def bench_bmpq(args, out: Path) -> int:
-    """FP-32 vs BMPQ at 6x, 10x and 13x on Fashion-MNIST (model/bmpq.py run_bmpq_bench, about 10 min on 2 cores)."""
+    """FP-32 vs BMPQ at 6x, 10x and 13x on Fashion-MNIST (model/bench/bmpq.py run_bmpq_bench, about 10 min on
+    2 cores)."""
     from model.bench.bmpq import floors, run_bmpq_bench
 
     rows = run_bmpq_bench(out / "bmpq.json", root=args.data_root, png_path=out / "bmpq.png",
@@ -132,7 +153,7 @@ def bench_bmpq(args, out: Path) -> int:
                       ("accuracy", ">9", ".4f", "accuracy"), ("FP-32", ">7", ".4f", "fp_accuracy"),
                       ("drop pp", ">7", ".2f", "accuracy_drop_pp"), ("r_M^32", ">7", ".2f", "compression_ratio")])
     result = floors(rows)
-    write_floors(out / "bmpq.json", result)
+    write_floors(out / "bmpq.json", result, provenance())
     print(f"\nwrote {out / 'bmpq.json'}, {out / 'bmpq.png'} and {floors_path(out / 'bmpq.json')}")
     return report_floors(result, floors_path(out / "bmpq.json"), args.check)
 

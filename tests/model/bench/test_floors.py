@@ -46,5 +46,6 @@ def test_format_floors_names_the_failing_ones():
 def test_floors_go_beside_a_list_of_rows(tmp_path):
     assert floors_path(tmp_path / "dsp.json") == tmp_path / "dsp_floors.json"
     entries = {"x": floor_entry(1, 0)}
-    assert write_floors(tmp_path / "lts.json", entries) == tmp_path / "lts_floors.json"
-    assert json.loads((tmp_path / "lts_floors.json").read_text()) == {"floors": entries}
+    recorded = {"revision": "git:abc", "torch": "2.x"}
+    assert write_floors(tmp_path / "lts.json", entries, recorded) == tmp_path / "lts_floors.json"
+    assert json.loads((tmp_path / "lts_floors.json").read_text()) == {"floors": entries, "provenance": recorded}

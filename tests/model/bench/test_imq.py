@@ -126,6 +126,7 @@ def test_bench_command_resumes_refuses_another_revision_and_restarts(tmp_path, m
     assert summary["resumed"] is False and summary["resumed_runs"] == []
     assert json.loads((tmp_path / "imq_smoke_runs" / "imq" / "run.json").read_text())["provenance"]["revision"] == (
         "src:changed")
+    assert summary["provenance"]["revision"] == "src:changed"  # the floors say which code measured them
 
 
 @pytest.mark.parametrize("restart", [False, True])

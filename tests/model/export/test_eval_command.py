@@ -136,3 +136,14 @@ def test_an_image_without_a_record_is_read_on_digits_with_a_note(capsys, tmp_pat
     code, _, err = main(capsys, "eval", "--image", tmp_path / "image", "--out", tmp_path / "bad")
     assert code == 2 and re.search(r"manifest.json: field 'data' is .*; expected an object", err)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_checkpoint_directory_is_named_as_such(capsys, tmp_path, ticket):
+    model, _ = ticket
+    code, _, err = main(capsys, "eval", "--checkpoint", tmp_path, "--out", tmp_path / "eval")
+    assert code == 2 and f"{tmp_path}: is a directory, not a checkpoint file" in err, err
+    assert "no such checkpoint file" not in err and "ticket.pt" in err  # what to give instead
+    save_checkpoint(tmp_path / "run" / "ticket.pt", model, {})
+    code, _, err = main(capsys, "eval", "--checkpoint", tmp_path / "run", "--out", tmp_path / "eval")
+    assert code == 2 and "it holds ticket.pt" in err and str(tmp_path / "run" / "ticket.pt") in err, err
+    assert not (tmp_path / "eval").exists()

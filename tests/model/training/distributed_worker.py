@@ -1,7 +1,7 @@
-"""Worker for tests/test_distributed.py: short runs through the library and through ``build.py``.
+"""Worker for tests/model/training/test_distributed.py: short runs through the library and through ``build.py``.
 
-``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py RECORDS OUT
-COMMAND ARGS...`` (one launch, since starting torch costs seconds per process) does on every rank:
+``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/model/training/distributed_worker.py
+RECORDS OUT COMMAND ARGS...`` (one launch, since starting torch costs seconds per process) does on every rank:
 
 1. :func:`run` (IMQ, an uneven last batch, augmentation; the same computation as in one process) and the
    mask check, saved to ``RECORDS/rank{r}.pt``;

@@ -54,7 +54,8 @@ CLI_TRAIN = ["train", "--method", "imq", "--hidden", "16", "--epochs", "1", "--i
 
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One ``torchrun`` of tests/distributed_worker.py: the folder with ``records`` and ``cli``, the process."""
+    """One ``torchrun`` of tests/model/training/distributed_worker.py: the folder with ``records`` and ``cli``,
+    the process."""
     base = tmp_path_factory.mktemp("torchrun")
     (base / "records").mkdir()
     worker = ROOT / "tests" / "model" / "training" / "distributed_worker.py"

@@ -1,6 +1,6 @@
 """model.training.loop and model.training.distributed in one process: sharding, the single-process path, BatchNorm swap.
 
-The multi-process behaviour (2 gloo ranks against one process) is in tests/test_distributed.py.
+The multi-process behaviour (2 gloo ranks against one process) is in tests/model/training/test_distributed.py.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import pytest
 import build
 from model.bench import bmpq as bmpq_bench
 from model.bench import lts as lts_bench
+from model.runs import provenance
 from sim.bench import dsp as dsp_bench
 from tests.sim.bench.test_dsp import dsp_row, readme_rows
 
@@ -28,8 +29,9 @@ def test_dsp_floors_and_check(tmp_path, capsys, monkeypatch):
     code, out, _ = bench(capsys, "dsp", "--quiet", "--check", "--out", tmp_path)
     assert code == 0 and "floors (in" in out and f"{len(rows) - 1 + 3} of {len(rows) - 1 + 3} floors hold" in out
     assert json.loads((tmp_path / "dsp.json").read_text()) == rows  # the rows keep their format
-    written = json.loads((tmp_path / "dsp_floors.json").read_text())["floors"]
-    assert written == dsp_bench.floors(rows)
+    written = json.loads((tmp_path / "dsp_floors.json").read_text())
+    assert written["floors"] == dsp_bench.floors(rows)
+    assert written["provenance"]["revision"] == provenance.code_revision()["revision"]  # which code measured them
 
     rows[2] = dsp_row(rows[2]["weight_bits"], rows[2]["act_bits"], macs=0.1)  # below its README figure
     code, out, _ = bench(capsys, "dsp", "--quiet", "--out", tmp_path)
@@ -54,7 +56,9 @@ def test_lts_floors_and_check(tmp_path, capsys, monkeypatch, check):
     code, out, _ = bench(capsys, "lts", "--quiet", "--out", tmp_path, *(["--check"] if check else []))
     assert code == (1 if check else 0)
     assert "accuracy_vs_qat_pp_2bit" in out and "failing: accuracy_vs_qat_pp_2bit" in out
-    assert json.loads((tmp_path / "lts_floors.json").read_text())["floors"] == lts_bench.floors(rows)
+    written = json.loads((tmp_path / "lts_floors.json").read_text())
+    assert written["floors"] == lts_bench.floors(rows)
+    assert written["provenance"]["revision"] == provenance.code_revision()["revision"]
 
 
 @pytest.mark.parametrize(("drop", "code"), [(0.26, 0), (1.5, 1)])
@@ -64,9 +68,32 @@ def test_bmpq_floors_and_check(tmp_path, capsys, monkeypatch, drop, code):
     monkeypatch.setattr(bmpq_bench, "run_bmpq_bench", lambda path, **kwargs: rows)
     got, out, _ = bench(capsys, "bmpq", "--quiet", "--check", "--out", tmp_path)
     assert got == code and "accuracy_drop_pp_10x" in out
-    assert json.loads((tmp_path / "bmpq_floors.json").read_text())["floors"] == bmpq_bench.floors(rows)
+    written = json.loads((tmp_path / "bmpq_floors.json").read_text())
+    assert written["floors"] == bmpq_bench.floors(rows)
+    assert written["provenance"]["revision"] == provenance.code_revision()["revision"]
 
 
 def test_restart_is_for_bench_imq_only(tmp_path, capsys):
     code, _, err = bench(capsys, "dsp", "--restart", "--out", tmp_path)
     assert code == 2 and "--restart applies to `bench imq` only" in err
+
+
+@pytest.mark.parametrize("target", ["dsp", "lts", "bmpq"])
+def test_smoke_is_for_bench_imq_only(tmp_path, capsys, target):
+    code, _, err = bench(capsys, target, "--smoke", "--out", tmp_path / "out")
+    assert code == 2 and "--smoke applies to `bench imq` only" in err and f"`bench {target}`" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_root_is_rejected_where_no_data_set_is_read(tmp_path, capsys):
+    code, _, err = bench(capsys, "dsp", "--data-root", tmp_path, "--out", tmp_path / "out")
+    assert code == 2 and "--data-root" in err and "`bench dsp`" in err and "reads no data set" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_help_names_every_bench():
+    import argparse
+
+    sub = next(a for a in build.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    summary = next(c.help for c in sub._choices_actions if c.dest == "bench")
+    assert all(name in summary for name in ("dsp", "lts", "imq", "bmpq")), summary
