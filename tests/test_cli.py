@@ -164,3 +164,21 @@ def test_train_lts_names_a_missing_dataset(tmp_path):
     res = cli("train", "--method", "lts", "--data", "idx", "--data-root", tmp_path / "nowhere", "--quiet",
               "--out", tmp_path / "lts")
     assert res.returncode == 2 and "nowhere" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_demo_end_to_end_on_a_tiny_budget(tmp_path):
+    """The main job, shrunk: IMQ on digits, golden model, image, RTL under back-pressure and without, Yosys."""
+    out = tmp_path / "demo"
+    res = cli("demo", "--hidden", 8, "--epochs", 2, "--iterations", 2, "--target-bits", 30,
+              "--simulator", "icarus", "--quiet", "--out", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rtl_images"] == 360 and summary["rtl_mismatches"] == 0 and summary["resumed"] is False
+    assert summary["golden_accuracy"] == summary["rtl_accuracy"]
+    history = json.loads((out / "imq_history.json").read_text())
+    ticket = history["ticket"]
+    assert summary["ticket_iteration"] == ticket["iteration"] == 1
+    # The ticket's own width counts, every weight counted once (64 x 8 + 8 x 10).
+    assert sum(summary["width_counts"].values()) == 64 * 8 + 8 * 10
+    assert summary["width_counts"] == {str(k): v for k, v in history["history"][1]["width_counts"].items()}
+    assert summary["resources"]["dsp"] == 6 and summary["fits_xc7z020"] is True
