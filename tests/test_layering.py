@@ -24,6 +24,7 @@ LAYERS: dict[str, float] = {
     "model.files": 0,
     "model.export.format": 1,
     "model.export.golden": 1,
+    "model.export.golden_conv": 1,
     "model.export.image": 1,
     "model.cli": 2,
     "model.data": 2,
