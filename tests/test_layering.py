@@ -25,6 +25,7 @@ LAYERS: dict[str, float] = {
     "model.export.format": 1,
     "model.export.golden": 1,
     "model.export.golden_conv": 1,
+    "model.export.golden_net": 1,
     "model.export.image": 1,
     "model.cli": 2,
     "model.data": 2,

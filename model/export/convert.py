@@ -12,6 +12,23 @@ binary ``c + 2^(m-1)``; weights with ``c = 0`` are pruned (width 0, skipped by t
 weight is ``2c / (2^m - 1)`` and the real one ``c S``, so the requantizer's gain gets the factor
 ``S (2^m - 1) / 2``. Storage in the image is therefore ``m`` bits per non-zero weight (plus the 3-bit
 width code every weight has); Eq. 11's ``q_l`` bits per weight is the paper's count, not the image's.
+
+Conv nets (:func:`to_golden_conv`, :class:`~model.quant.nets.SmallVGG` so far) become an
+:class:`~model.export.golden_net.IntConvNetwork`. A block ``conv -> BN -> PACT [-> max-pool]`` computes, per
+output channel, ``z = s_in sum w u + b`` (``b`` the conv bias, 0 in the nets here), then BatchNorm with its
+running statistics, ``k (z - mean) + beta`` with ``k = gamma / sqrt(var + eps)``, then the PACT code
+``round(clamp(., 0, alpha) / s_out)``. So BatchNorm folds into the per-channel requant exactly as the bias of
+an MLP layer does:
+
+  ``gain = s_in * weight_gain * k / s_out``,  ``offset = (beta + k (b - mean)) / s_out``.
+
+A channel with ``gamma < 0`` has a negative gain; :func:`~model.export.golden_conv.fold_negative_gain`
+complements its weight codes (DoReFa ``q' = 2^m - 1 - q``, signed ``q' = 2^m - q``), which negates its
+accumulator exactly, and the requant gets ``|gain|`` with the same offset, so ``M >= 0`` always. Max-pool
+after PACT then runs on the output codes: the requant with ``M >= 0`` and the clamp are non-decreasing, as is
+the float code map, so the max of the codes is the code of the max (no rounding;
+:mod:`model.export.golden_net`). The final FC is the MLP's last layer (``gain = s_in weight_gain 2^8``,
+``offset = b 2^8``) on the flattened codes of the last block.
 """
 
 from __future__ import annotations
@@ -23,8 +40,12 @@ import torch
 
 from model.errors import UserError
 from model.export.golden import SCORE_FRAC_BITS, WIDTHS, IntLinear, IntNetwork, check_layer, requant_params
+from model.export.golden_conv import IntConv2d, fold_negative_gain
+from model.export.golden_net import ConvStage, FCStage, IntConvNetwork, check_network
 from model.export.image import write_image
-from model.quant.bmpq import BMPQLinear, to_int
+from model.quant.bmpq import BMPQConv2d, BMPQLinear, to_int
+from model.quant.layers import QuantConv2d
+from model.quant.nets import ResNet20, SmallVGG
 
 #: Accelerator class that stores a BMPQ layer of each width.
 BMPQ_CLASS = {2: 4, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8, 16: 16}
@@ -40,7 +61,7 @@ def weight_codes(linear, where: str) -> tuple[np.ndarray, np.ndarray, bool, floa
     """
 
     with torch.no_grad():
-        if isinstance(linear, BMPQLinear):
+        if isinstance(linear, BMPQLinear | BMPQConv2d):
             bits = int(linear.bits)
             if bits not in BMPQ_CLASS:
                 raise UserError(f"{where}: BMPQ layer width {bits} cannot be exported; allowed {sorted(BMPQ_CLASS)}")
@@ -58,8 +79,13 @@ def weight_codes(linear, where: str) -> tuple[np.ndarray, np.ndarray, bool, floa
         return linear.weight_codes().numpy().copy(), widths, False, 1.0
 
 
-def to_golden(model) -> IntNetwork:
-    """Integer network computing what ``model`` computes, with the codes its quantizers produce."""
+def to_golden(model) -> IntNetwork | IntConvNetwork:
+    """Integer network computing what ``model`` computes, with the codes its quantizers produce.
+
+    MLPs give an :class:`IntNetwork`; conv nets an :class:`IntConvNetwork` (:func:`to_golden_conv`).
+    """
+    if isinstance(model, SmallVGG | ResNet20):
+        return to_golden_conv(model)
     layers = []
     stages = model.stages()
     for k, (linear, in_quant, out_quant) in enumerate(stages):
@@ -82,14 +108,105 @@ def to_golden(model) -> IntNetwork:
 
 
 def input_codes(model, x: torch.Tensor) -> torch.Tensor:
-    """The network input as integer codes (the first quantizer's ``to_codes``), int64."""
+    """The network input as integer codes (the first quantizer's ``to_codes``), int64.
+
+    For a conv net: ``[N, C, H, W]`` codes of ``x`` reshaped to the model's ``image_shape``.
+    """
+    if isinstance(model, SmallVGG | ResNet20):
+        _codes_of(model.input_quant, "input_quant")
+        return model.input_quant.to_codes(x.reshape(x.shape[0], *model.image_shape))
     return model.stages()[0][1].to_codes(x)
 
 
-def golden_accuracy(net: IntNetwork, model, x: torch.Tensor, y: torch.Tensor) -> float:
+def golden_accuracy(net: IntNetwork | IntConvNetwork, model, x: torch.Tensor, y: torch.Tensor) -> float:
     """Accuracy of the integer network ``net`` on images ``x`` (quantized by ``model``'s input quantizer)."""
     pred = net.predict(input_codes(model, x).numpy())
     return float((pred == y.numpy()).mean())
+
+
+def _codes_of(quant, where: str) -> int:
+    """``quant.bits``, or :class:`UserError` for a full-precision (PACT-32) quantizer, which has no codes."""
+    if quant.full_precision:
+        raise UserError(f"{where}: field 'bits' is {quant.bits} (full precision, PACT-32): no integer codes to"
+                        " export; allowed 1..8")
+    return quant.bits
+
+
+def fold_batchnorm(bn: torch.nn.BatchNorm2d, conv_bias, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(k, c)`` with ``BN(z + b) = k z + c`` per channel (running statistics, i.e. eval mode), float64.
+
+    ``k = gamma / sqrt(var + eps)``, ``c = beta + k (b - mean)``; ``gamma = 1``, ``beta = 0`` without ``affine``.
+    """
+    if not isinstance(bn, torch.nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+        raise UserError(f"{where}: expected a BatchNorm2d with running statistics, found {type(bn).__name__}")
+    with torch.no_grad():
+        mean = bn.running_mean.double().numpy()
+        var = bn.running_var.double().numpy()
+        gamma = bn.weight.double().numpy() if bn.weight is not None else np.ones_like(mean)
+        beta = bn.bias.double().numpy() if bn.bias is not None else np.zeros_like(mean)
+        b = conv_bias.detach().double().numpy() if conv_bias is not None else np.zeros_like(mean)
+    k = gamma / np.sqrt(var + bn.eps)
+    return k, beta + k * (b - mean)
+
+
+def conv_block(conv, bn, act, in_quant, where: str) -> IntConv2d:
+    """One ``conv -> BN -> PACT`` block as an :class:`IntConv2d` (module docstring: BN fold, negative gamma)."""
+    if not isinstance(conv, QuantConv2d | BMPQConv2d):
+        raise UserError(f"{where}: expected a QuantConv2d or BMPQConv2d, found {type(conv).__name__}")
+    k_h, k_w = conv.kernel_size
+    if (k_h != k_w or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]
+            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"):
+        raise UserError(f"{where}: kernel {conv.kernel_size}, stride {conv.stride}, padding {conv.padding},"
+                        f" dilation {conv.dilation}, groups {conv.groups}, padding_mode {conv.padding_mode!r};"
+                        " allowed square kernels, equal strides and paddings, no dilation or groups, zeros")
+    codes, widths, signed, weight_gain = weight_codes(conv, where)
+    k, c = fold_batchnorm(bn, conv.bias, where)
+    in_bits, out_bits = _codes_of(in_quant, f"{where} input"), _codes_of(act, f"{where} activation")
+    gain = in_quant.step * weight_gain * k / act.step
+    codes, gain = fold_negative_gain(codes, widths, gain, signed)
+    mult, bias, shift = requant_params(gain, c / act.step, where=where)
+    return IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
+                     shift=shift, stride=int(conv.stride[0]), padding=int(conv.padding[0]), name=where,
+                     signed=signed)
+
+
+def to_golden_conv(model) -> IntConvNetwork:
+    """:class:`IntConvNetwork` of a :class:`SmallVGG` (``conv -> BN -> PACT -> max-pool`` blocks, then the FC).
+
+    Raises
+    ------
+    UserError
+        For a ResNet-20 (not in the integer contract yet), a PACT-32 activation, a weight width outside
+        :data:`WIDTHS`, or a layer the contract lacks; from :func:`check_network` for a bound it breaks.
+    """
+    if not isinstance(model, SmallVGG):
+        raise UserError(f"{type(model).__name__}: the integer contract takes SmallVGG conv nets so far (ResNet-20's"
+                        " residual blocks come later)")
+    mods = list(model.features)
+    stages = []
+    in_quant = model.input_quant
+    for i in range(0, len(mods), 4):
+        conv, bn, act, pool = mods[i:i + 4]
+        where = getattr(conv, "name", "") or f"conv{i // 4 + 1}"
+        if (not isinstance(pool, torch.nn.MaxPool2d) or pool.kernel_size not in (2, (2, 2))
+                or pool.stride not in (2, (2, 2)) or pool.padding not in (0, (0, 0)) or pool.ceil_mode
+                or pool.dilation not in (1, (1, 1))):
+            raise UserError(f"{where}: expected MaxPool2d(2) after the PACT, found {pool!r}")
+        stages.append(ConvStage(conv_block(conv, bn, act, in_quant, where), pool=2))
+        in_quant = act
+    fc = model.fc
+    codes, widths, signed, weight_gain = weight_codes(fc, fc.name)
+    with torch.no_grad():
+        bias = fc.bias.detach().double().numpy() if fc.bias is not None else np.zeros(fc.out_features)
+    scale = float(1 << SCORE_FRAC_BITS)
+    mult, int_bias, shift = requant_params(np.full(fc.out_features, in_quant.step * weight_gain * scale),
+                                           bias * scale, where=fc.name)
+    layer = IntLinear(codes=codes, widths=widths, in_bits=_codes_of(in_quant, f"{fc.name} input"), out_bits=0,
+                      mult=mult, bias=int_bias, shift=shift, name=fc.name, signed=signed)
+    net = IntConvNetwork(input_bits=_codes_of(model.input_quant, "input_quant"),
+                         image_shape=tuple(model.image_shape), stages=(*stages, FCStage(layer)))
+    check_network(net)
+    return net
 
 
 def scales(model) -> dict:

@@ -68,10 +68,6 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
     from model.export.convert import to_golden
     from model.quant.pact import PACT, InputQuant
 
-    arch = model.config.get("arch", "mlp")
-    if arch != "mlp":
-        return None, (f"{path}: a {arch} conv net has no integer golden model yet (the accelerator and `export` "
-                      f"run MLPs only)")
     if any(isinstance(m, PACT | InputQuant) and m.full_precision for m in model.modules()):
         return None, f"{path}: PACT-32 activations have no integer codes (act_bits 1..8 export)"
     try:

@@ -29,9 +29,10 @@ Bounds (in addition to golden's, which this module reuses through :func:`~model.
    limit, and a layer whose largest input code ``u_max`` and fan-in ``n`` have ``u_max n <= ACT_SUM_BOUND``
    keeps all of them, even with inputs wider than 8 bits (the FC after global pooling, :func:`check_act_mass`).
 7. A conv's fan-in is ``C_in k^2 <= MAX_FAN_IN`` (checked by golden's ``check_layer`` on the linear view).
-8. Residual: the shortcut code ``r < 2^MAX_ACT_BITS`` times its multiplier ``0 <= M_r < 2^MULT_BITS`` is
-   below :data:`RESIDUAL_BOUND` ``< 2^25``, so ``|t M + r M_r + B + 2^(S-1)| <= RES_ROUND_BOUND =
-   ROUND_BOUND + RESIDUAL_BOUND < 2^63`` (asserted at import).
+8. Residual: the shortcut code ``r < 2^MAX_ACT_BITS`` times its multiplier ``0 <= M_r < 2^MULT_BITS``,
+   scaled like ``t`` by ``2^ACC_SHIFT``, is below :data:`RESIDUAL_BOUND` ``< 2^41``, so
+   ``|t M + (r M_r << ACC_SHIFT) + B + 2^(S-1)| <= RES_ROUND_BOUND = ROUND_BOUND + RESIDUAL_BOUND < 2^63``
+   (asserted at import).
    The same bound makes :func:`exact_matmul`'s float64 sums exact: ``(2^32 - 1) ACT_SUM_BOUND < 2^52``.
 9. Global pooling: ``sum_{h,w} u <= (2^a - 1) H W < 2^GAP_SUM_BITS`` (16-bit pooled codes, :func:`global_sum_pool`).
 
@@ -46,6 +47,7 @@ import numpy as np
 
 from model.errors import UserError
 from model.export.golden import (
+    ACC_SHIFT,
     CLASSES,
     INT64_MAX,
     MAX_ACT_BITS,
@@ -62,10 +64,10 @@ from model.export.golden import (
 #: Bound 6: the largest per-output sum of input codes golden's bounds 1-5 allow (``U N``).
 ACT_SUM_BOUND = ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN
 #: Bound 8: the largest shortcut term ``r M_r``.
-RESIDUAL_BOUND = ((1 << MAX_ACT_BITS) - 1) * ((1 << MULT_BITS) - 1)
+RESIDUAL_BOUND = ((1 << MAX_ACT_BITS) - 1) * ((1 << MULT_BITS) - 1) << ACC_SHIFT
 RES_ROUND_BOUND = ROUND_BOUND + RESIDUAL_BOUND
 if RES_ROUND_BOUND > INT64_MAX:
-    raise AssertionError(f"t*M + r*M_r + B + 2^(S-1) may reach {RES_ROUND_BOUND}, past int64")
+    raise AssertionError(f"t*M + (r*M_r << ACC_SHIFT) + B + 2^(S-1) may reach {RES_ROUND_BOUND}, past int64")
 #: Bound 9: width of a pooled (summed) code of :func:`global_sum_pool`.
 GAP_SUM_BITS = 16
 #: Kernel sizes, strides and paddings the contract accepts (the nets use k 1 and 3, stride 1 and 2, pad 0 and 1).
@@ -253,13 +255,16 @@ def conv_accumulator(layer: IntConv2d, u) -> np.ndarray:
 
 def requantize_residual(acc, residual, mult, res_mult, bias, shift: int, out_bits: int,
                         where: str = "residual") -> np.ndarray:
-    """Requant with a residual: ``clamp((t M + r M_r + B + 2^(S-1)) >> S, 0, 2^out_bits - 1)``, ``t = acc >> ACC_SHIFT``.
+    """Requant with a residual: ``clamp((t M + (r M_r << ACC_SHIFT) + B + 2^(S-1)) >> S, 0, 2^out_bits - 1)``.
 
-    The float block computes ``PACT(BN2(conv2(y)) + shortcut(x))``; in units of the output code the
-    shortcut is ``r s_r / s_out`` for input codes ``r`` of step ``s_r``, which the fixed-point ``M_r / 2^S``
-    represents like ``M / 2^S`` represents the conv's gain. ``r M_r`` is an exact integer added before the one
-    rounding, so this is golden's :func:`~model.export.golden.requantize` with the per-pixel offset
-    ``B + r M_r`` (no second rounding rule). Per-channel arrays (``mult``, ``res_mult``, ``bias``: ``[C]``)
+    ``t = acc >> ACC_SHIFT``. The float block computes ``PACT(BN2(conv2(y)) + shortcut(x))``; in units of the
+    output code the shortcut is ``r s_r / s_out`` for input codes ``r`` of step ``s_r``, which the
+    fixed-point ``M_r 2^ACC_SHIFT / 2^S`` represents. The shortcut enters at the accumulator's scale
+    (``t`` carries ``2^ACC_SHIFT`` times ``D sum w u / 2^32``): with ``r`` added unscaled, a shortcut of
+    gain near 1 would force ``S <= MULT_BITS`` and leave the conv's ``M`` one or two significant bits; scaled,
+    ``M`` and ``M_r`` share one ``S`` at full precision. ``r M_r 2^ACC_SHIFT`` is an exact integer added
+    before the one rounding, so this is golden's :func:`~model.export.golden.requantize` with the per-pixel
+    offset ``B + (r M_r << ACC_SHIFT)`` (no second rounding rule). Per-channel arrays (``mult``, ``res_mult``, ``bias``: ``[C]``)
     broadcast over ``[N, C, H, W]``.
 
     Raises
@@ -284,7 +289,7 @@ def requantize_residual(acc, residual, mult, res_mult, bias, shift: int, out_bit
         a = as_codes(a)
         return a.reshape(-1, 1, 1) if a.ndim == 1 else a
 
-    offset = per_channel(bias) + r * per_channel(res_mult)  # |B| <= 2^62, r M_r < 2^25: fits int64
+    offset = per_channel(bias) + ((r * per_channel(res_mult)) << ACC_SHIFT)  # |B| <= 2^62, < 2^41: fits int64
     return requantize(acc, per_channel(mult), offset, shift, out_bits)
 
 

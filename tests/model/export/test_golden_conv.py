@@ -232,7 +232,7 @@ def test_complement_of_extreme_codes():
 
 def residual_reference(acc, r, mult, res_mult, bias, shift, out_bits) -> int:
     t = Fraction(acc, 2**ACC_SHIFT).__floor__()
-    y = (Fraction(t * mult + r * res_mult + bias, 2**shift) + Fraction(1, 2)).__floor__()
+    y = (Fraction(t * mult + r * res_mult * 2**ACC_SHIFT + bias, 2**shift) + Fraction(1, 2)).__floor__()
     return min(max(y, 0), 2**out_bits - 1)
 
 
@@ -248,12 +248,13 @@ def test_requantize_residual_matches_fractions():
             res_mult = rng.integers(0, 2**MULT_BITS, size=c)
             bias = rng.integers(-(2**40), 2**40, size=c)
             shift, out_bits = int(rng.integers(30, 50)), int(rng.integers(1, 9))
-        else:  # narrow: small shifts, so every unit of r M_r and every tie shows in y
-            acc = rng.integers(-(2**19), 2**20, size=shape)
+        else:  # narrow: shifts just above ACC_SHIFT, so single units of r M_r and of t M show in y
+            acc = rng.integers(-(2**35), 2**35, size=shape)
             mult = rng.integers(0, 4, size=c)
             res_mult = rng.integers(0, 3, size=c)
-            bias = rng.integers(-64, 64, size=c)
-            shift, out_bits = int(rng.integers(1, 4)), 8
+            shift, out_bits = int(rng.integers(ACC_SHIFT + 1, ACC_SHIFT + 5)), 8
+            # half-way offsets make exact ties of the half-up rounding appear
+            bias = rng.integers(-64, 64, size=c) + (1 << (shift - 1)) * rng.integers(0, 2, size=c)
         y = requantize_residual(acc, r, mult, res_mult, bias, shift, out_bits)
         for idx in np.ndindex(*shape):
             o = idx[1]
@@ -262,7 +263,7 @@ def test_requantize_residual_matches_fractions():
 
 
 def test_requantize_residual_extremes_do_not_overflow():
-    """Bound 8: t M + r M_r + B + 2^(S-1) at its extremes, against Python integers (no clamp: S=62 keeps y small)."""
+    """Bound 8: t M + (r M_r << ACC_SHIFT) + B + 2^(S-1) at its extremes, against Python integers (no clamp: S=62 keeps y small)."""
     top_m = 2**MULT_BITS - 1
     acc = np.array([2**51, -(2**51), 2**51, -(2**51)]).reshape(1, 4, 1, 1)
     bias = np.array([BIAS_MAX, BIAS_MIN, BIAS_MIN, BIAS_MAX])

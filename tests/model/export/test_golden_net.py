@@ -1,0 +1,250 @@
+"""The network-level integer contract of conv nets (golden_net) and the SmallVGG conversion (convert.to_golden)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from model.data import load_dataset
+from model.errors import UserError
+from model.export.convert import golden_accuracy, input_codes, to_golden
+from model.export.golden import ACC_SHIFT, WIDTHS, IntLinear, R, requantize
+from model.export.golden_conv import ACT_SUM_BOUND, IntConv2d, conv_forward, global_sum_pool
+from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, check_network
+from model.quant.bmpq import to_bmpq
+from model.quant.nets import ResNet20, SmallVGG
+from model.training.loop import evaluate, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+D = 2**32 - 1
+
+
+def random_mask(model, seed: int) -> None:
+    """A mixed element-wise mask over {0, 4, 8, 16, 32} on every quantized layer, like an IMQ ticket."""
+    gen = torch.Generator().manual_seed(seed)
+    for lin in model.quant_layers():
+        idx = torch.randint(0, 5, lin.weight.shape, generator=gen)
+        lin.set_bit_width(torch.tensor(WIDTHS)[idx])
+
+
+def block_codes(model: SmallVGG, x: torch.Tensor) -> list[torch.Tensor]:
+    """The float model's codes after each ``conv -> BN -> PACT -> max-pool`` block (eval mode)."""
+    mods = list(model.features)
+    out = []
+    with torch.no_grad():
+        h = model.input_quant(x.reshape(x.shape[0], *model.image_shape))
+        for i in range(0, len(mods), 4):
+            conv, bn, act, pool = mods[i:i + 4]
+            z = bn(conv(h))
+            out.append(pool(act.to_codes(z).double()).to(torch.int64))
+            h = pool(act(z))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_dataset("fashion-mnist", train_subset=3000, test_subset=2000)
+
+
+def test_vgg_golden_accuracy_matches_fake_quant(fashion):
+    """Acceptance: a SmallVGG with a random element-wise mask, trained briefly; golden within 0.5 pp of fake-quant."""
+    torch.manual_seed(0)
+    model = SmallVGG(image_shape=fashion.image_shape, act_bits=4, channels=(8, 16))
+    random_mask(model, 1)
+    with torch.no_grad():  # start some BatchNorm gains negative, so that trained channels of both signs export
+        model.features[1].weight[::3].neg_()
+        model.features[5].weight[1::4].neg_()
+    train(model, fashion, epochs=2, progress=False)
+    model.eval()
+    assert (model.features[1].weight < 0).any() and (model.features[5].weight < 0).any()
+    fq = evaluate(model, fashion.x_test, fashion.y_test)
+    net = to_golden(model)
+    assert isinstance(net, IntConvNetwork)
+    golden = golden_accuracy(net, model, fashion.x_test, fashion.y_test)
+    print(f"fake-quant {fq:.4f}, golden {golden:.4f}")
+    assert fq > 0.6
+    assert abs(golden - fq) <= 0.005
+    # Each block's codes agree with the float model's: differences only where the float value sits on a
+    # rounding boundary (float32 BN vs the exact fixed-point requant), at most one step.
+    u = input_codes(model, fashion.x_test).numpy()
+    for stage, ref in zip(net.stages, block_codes(model, fashion.x_test)):
+        u = conv_forward(stage.conv, u)
+        u = u.reshape(*u.shape[:2], u.shape[2] // 2, 2, u.shape[3] // 2, 2).max(axis=(3, 5))
+        diff = np.abs(u - ref.numpy())
+        assert diff.max() <= 1 and (diff != 0).mean() < 2e-3
+        u = ref.numpy()  # the next block from the float model's codes: no error carried over
+    # The scores themselves are the float logits to within the score resolution, mostly.
+    with torch.no_grad():
+        logits = model(fashion.x_test).double().numpy()
+    scores = net.forward(input_codes(model, fashion.x_test).numpy()) / 256
+    err = np.abs(logits - scores)
+    assert np.median(err) < 0.01 and np.quantile(err, 0.99) < 0.2
+
+
+def test_negative_gamma_channel_is_exact():
+    """Negating a channel's latent weights, gamma and running mean leaves BN(conv) unchanged in float, and the
+    folded golden layer (complemented codes, |gain|) is bit for bit the one of the original channel."""
+    torch.manual_seed(3)
+    model = SmallVGG(image_shape=(1, 8, 8), act_bits=4, channels=(4, 8))
+    random_mask(model, 2)
+    with torch.no_grad():
+        for bn in (model.features[1], model.features[5]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+    model.eval()
+    flipped = SmallVGG(image_shape=(1, 8, 8), act_bits=4, channels=(4, 8))
+    flipped.load_state_dict(model.state_dict())
+    channels = [0, 2]
+    with torch.no_grad():
+        conv, bn = flipped.features[0], flipped.features[1]
+        conv.weight[channels] *= -1  # DoReFa: tanh(-w) -> codes 2^m - 1 - q (no ties on random floats)
+        bn.weight[channels] *= -1
+        bn.running_mean[channels] *= -1
+    flipped.eval()
+    x = torch.rand(16, 64)
+    with torch.no_grad():
+        assert torch.equal(model.features[:3](model.input_quant(x.reshape(-1, 1, 8, 8))),
+                           flipped.features[:3](flipped.input_quant(x.reshape(-1, 1, 8, 8))))
+    a, b = to_golden(model), to_golden(flipped)
+    assert (b.stages[0].conv.codes[channels] != a.stages[0].conv.codes[channels]).sum() == 0
+    for field in ("codes", "widths", "mult", "bias"):
+        assert np.array_equal(getattr(a.stages[0].conv, field), getattr(b.stages[0].conv, field)), field
+    assert a.stages[0].conv.shift == b.stages[0].conv.shift
+    u = input_codes(model, x).numpy()
+    assert np.array_equal(a.forward(u), b.forward(u))
+    # The flipped model's raw codes really were complemented (so the fold did the work).
+    raw = flipped.features[0].weight_codes().numpy()
+    assert not np.array_equal(raw[channels], a.stages[0].conv.codes[channels])
+
+
+def test_bmpq_signed_vgg_blocks_match_the_float_codes():
+    """A BMPQ SmallVGG (layer-wise symmetric codes: signed golden layers, ternary included), negative gammas too:
+    every block's codes are the float model's up to rare one-step differences on rounding boundaries."""
+    torch.manual_seed(4)
+    model = to_bmpq(SmallVGG(image_shape=(1, 16, 16), act_bits=4, channels=(8, 16)))
+    with torch.no_grad():
+        for conv, bits in ((model.features[0], 8), (model.features[4], 2), (model.fc, 4)):
+            conv.bits.fill_(bits)
+        for bn in (model.features[1], model.features[5]):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.05, 0.2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.weight[::3].neg_()
+            bn.bias.uniform_(0.0, 0.5)
+        model.features[2].alpha.fill_(2.0)
+        model.features[6].alpha.fill_(2.0)
+    model.eval()
+    x = torch.rand(64, 256)
+    net = to_golden(model)
+    assert all(stage.conv.signed for stage in net.stages[:-1]) and net.stages[-1].layer.signed
+    assert set(net.stages[1].conv.widths.flatten().tolist()) <= {0, 4}  # ternary in the 4-bit class
+    u = input_codes(model, x).numpy()
+    for stage, ref in zip(net.stages, block_codes(model, x)):
+        u = conv_forward(stage.conv, u)
+        u = u.reshape(*u.shape[:2], u.shape[2] // 2, 2, u.shape[3] // 2, 2).max(axis=(3, 5))
+        assert len(np.unique(ref.numpy())) > 3  # the comparison is not all zeros or all clamped
+        diff = np.abs(u - ref.numpy())
+        assert diff.max() <= 1 and (diff != 0).mean() < 2e-3
+        u = ref.numpy()
+    with torch.no_grad():
+        logits = model(x).double().numpy()
+    scores = net.forward(input_codes(model, x).numpy()) / 256
+    assert np.quantile(np.abs(logits - scores), 0.9) < 0.05
+
+
+def test_unsupported_width_is_a_user_error():
+    model = SmallVGG(image_shape=(1, 8, 8), act_bits=4, channels=(4, 8))
+    model.eval()
+    model.features[4].bit_width.fill_(2)  # a training width (QNN-2) the accelerator lacks
+    with pytest.raises(UserError, match=r"conv2: weight widths \[2\] cannot be exported; the accelerator supports"):
+        to_golden(model)
+
+
+def test_pact32_and_resnet_are_refused():
+    with pytest.raises(UserError, match="full precision, PACT-32"):
+        to_golden(SmallVGG(image_shape=(1, 8, 8), act_bits=32, channels=(4,)).eval())
+    with pytest.raises(UserError, match="SmallVGG conv nets so far"):
+        to_golden(ResNet20(image_shape=(1, 8, 8)).eval())
+
+
+def tiny_net(rng, pooled=True, fc_bits=4):
+    widths = rng.choice(np.array(WIDTHS), size=(3, 2, 3, 3))
+    codes = np.where(widths > 0, rng.integers(0, 2**31, size=widths.shape) % (
+        np.where(widths == 32, D, (1 << np.minimum(widths, 31)) - 1) + 1), 0)
+    conv = IntConv2d(codes=codes.astype(np.int64), widths=widths.astype(np.int64), in_bits=4, out_bits=fc_bits,
+                     mult=rng.integers(0, 2**17, size=3), bias=rng.integers(-(2**40), 2**40, size=3), shift=40,
+                     padding=1, name="c1")
+    n_in = 3 if pooled else 3 * 3 * 3
+    fw = rng.choice(np.array(WIDTHS), size=(5, n_in))
+    fc = IntLinear(codes=np.where(fw > 0, rng.integers(0, 16, size=fw.shape) % np.where(fw > 0, 15, 1), 0),
+                   widths=fw.astype(np.int64), in_bits=fc_bits, out_bits=0, mult=rng.integers(0, 2**17, size=5),
+                   bias=rng.integers(-(2**40), 2**40, size=5), shift=30, name="fc")
+    if pooled:
+        return IntConvNetwork(4, (2, 7, 7), (ConvStage(conv, pool=2), GlobalSumPool(), FCStage(fc, pooled=9)))
+    return IntConvNetwork(4, (2, 7, 7), (ConvStage(conv, pool=2), FCStage(fc)))
+
+
+def test_global_pool_and_wide_fc_are_exact():
+    """conv -> max-pool -> global sum -> FC on summed (wider than 8-bit) codes, against Python integers."""
+    rng = np.random.default_rng(5)
+    net = tiny_net(rng)
+    u = rng.integers(0, 16, size=(4, 2, 7, 7))
+    codes = conv_forward(net.stages[0].conv, u)
+    pooled = global_sum_pool(codes[:, :, :6, :6].reshape(4, 3, 3, 2, 3, 2).max(axis=(3, 5)), 4)
+    fc = net.stages[-1].layer
+    dw = np.where(fc.widths > 0, 2 * np.vectorize(lambda m: R.get(m, 0))(fc.widths) * fc.codes - D, 0)
+    acc = np.array([[sum(int(a) * int(b) for a, b in zip(row, col)) for col in dw] for row in pooled])
+    assert np.array_equal(net.forward(u), requantize(acc, fc.mult, fc.bias, fc.shift, 0))
+    assert np.array_equal(net.predict(u.reshape(4, -1)), net.forward(u).argmax(axis=1))
+    assert ACC_SHIFT == 16  # the reference above uses golden's requantize, whose rounding golden's tests pin
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda n: dataclasses.replace(n, stages=n.stages[:-1]), "must end in one FCStage"),
+    (lambda n: dataclasses.replace(n, image_shape=(3, 7, 7)), "fields 'c_in', 'in_bits' are 2, 4"),
+    (lambda n: dataclasses.replace(n, input_bits=5), "fields 'c_in', 'in_bits' are 2, 4"),
+    (lambda n: dataclasses.replace(n, stages=(dataclasses.replace(n.stages[0], pool=9), *n.stages[1:])),
+     "field 'pool' is 9"),
+    (lambda n: dataclasses.replace(n, stages=(*n.stages[:2], dataclasses.replace(n.stages[2], pooled=4))),
+     "'pooled' are 3, 4, 4; the previous stage gives 3 inputs, 4-bit codes, pooled over 9"),
+    (lambda n: dataclasses.replace(n, stages=(n.stages[0], FCStage(n.stages[2].layer, pooled=9))),
+     "'n_in'"),
+])
+def test_check_network_names_stage_and_field(change, message):
+    net = tiny_net(np.random.default_rng(1))
+    check_network(net)
+    with pytest.raises(UserError, match=message):
+        change(net).forward(np.zeros((1, 2, 7, 7), dtype=np.int64))
+
+
+def gap_net(channels: int) -> IntConvNetwork:
+    """1x16x16 -> 1x1 conv to ``channels`` 8-bit maps -> global sum (255 * 256 < 2^16) -> FC on the sums."""
+    conv = IntConv2d(codes=np.full((channels, 1, 1, 1), 15), widths=np.full((channels, 1, 1, 1), 4), in_bits=8,
+                     out_bits=8, mult=np.full(channels, 1), bias=np.zeros(channels, dtype=np.int64), shift=1,
+                     name="c1")
+    fc = IntLinear(codes=np.full((2, channels), 15), widths=np.full((2, channels), 4), in_bits=8, out_bits=0,
+                   mult=np.full(2, 1), bias=np.zeros(2, dtype=np.int64), shift=1, name="fc")
+    return IntConvNetwork(8, (1, 16, 16), (ConvStage(conv), GlobalSumPool(), FCStage(fc, pooled=256)))
+
+
+def test_wide_fc_inputs_are_bounded_by_act_mass():
+    """The FC after global pooling: largest summed code (255 * 256) times fan-in at most ACT_SUM_BOUND."""
+    assert 255 * 256 * 16 == ACT_SUM_BOUND
+    check_network(gap_net(16))  # exactly at the bound
+    with pytest.raises(UserError, match="stage 2 \\(fc\\): field 'input codes'.*ACT_SUM_BOUND"):
+        check_network(gap_net(17))
+    rng = np.random.default_rng(2)
+    flat = tiny_net(rng, pooled=False)
+    assert flat.forward(rng.integers(0, 16, size=(2, 2, 7, 7))).shape == (2, 5)
+
+
+def test_input_codes_are_checked():
+    net = tiny_net(np.random.default_rng(4))
+    with pytest.raises(UserError, match="allowed \\[0, 15\\]"):
+        net.forward(np.full((1, 2, 7, 7), 16))
+    with pytest.raises(UserError, match="expected \\[N, 2, 7, 7\\]"):
+        net.forward(np.zeros((1, 3, 7, 7), dtype=np.int64))
