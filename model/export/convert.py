@@ -13,7 +13,7 @@ weight is ``2c / (2^m - 1)`` and the real one ``c S``, so the requantizer's gain
 ``S (2^m - 1) / 2``. Storage in the image is therefore ``m`` bits per non-zero weight (plus the 3-bit
 width code every weight has); Eq. 11's ``q_l`` bits per weight is the paper's count, not the image's.
 
-Conv nets (:func:`to_golden_conv`, :class:`~model.quant.nets.SmallVGG` so far) become an
+Conv nets (:func:`to_golden_conv`: :class:`~model.quant.nets.SmallVGG` and ResNet-20, below) become an
 :class:`~model.export.golden_net.IntConvNetwork`. A block ``conv -> BN -> PACT [-> max-pool]`` computes, per
 output channel, ``z = s_in sum w u + b`` (``b`` the conv bias, 0 in the nets here), then BatchNorm with its
 running statistics, ``k (z - mean) + beta`` with ``k = gamma / sqrt(var + eps)``, then the PACT code
@@ -29,6 +29,32 @@ after PACT then runs on the output codes: the requant with ``M >= 0`` and the cl
 the float code map, so the max of the codes is the code of the max (no rounding;
 :mod:`model.export.golden_net`). The final FC is the MLP's last layer (``gain = s_in weight_gain 2^8``,
 ``offset = b 2^8``) on the flattened codes of the last block.
+
+ResNet-20 (:class:`~model.quant.nets.ResNet20`): the stem ``conv -> BN -> PACT`` is a :class:`ConvStage`
+folded as above (no pool). A :class:`~model.quant.nets.BasicBlock` becomes a
+:class:`~model.export.golden_net.ResidualStage`: ``conv1 -> BN1 -> PACT`` folds as above; conv2 computes
+``PACT(BN2(conv2(h)) + shortcut(x))``, i.e. in units of the output code
+
+  ``gain acc / D + g_r r + offset``, ``gain = s_h weight_gain k2 / s_out``, ``offset = c2 / s_out``,
+  ``g_r = s_x / s_out``
+
+(``r`` the option-A shortcut codes of the block input ``x``, step ``s_x``). :func:`residual_requant_params`
+turns ``gain``, ``g_r`` and ``offset`` into ``M``, ``M_r``, ``B`` with one shift ``S``
+(:func:`~model.export.golden_conv.requantize_residual`).
+
+Negative gamma in a residual conv2 (the decision; exact, not refused). ``fold_negative_gain`` complements
+the codes of a channel with ``gain < 0``, so its accumulator is negated exactly (``acc' = -acc``) and
+``|gain| acc' = gain acc``: the *conv term* keeps its value. The shortcut term ``g_r r`` is a separate
+summand with its own multiplier and ``g_r = s_x / s_out > 0`` whatever gamma's sign (BatchNorm2 acts on the
+conv output only, before the add), so it is neither negated nor should be: the pre-activation
+``gain acc / D + g_r r + offset`` is the same sum with the same value, and ``M, M_r >= 0`` hold. So the
+complement trick is exact for conv2 with the residual too; what would NOT be exact is negating the whole
+pre-activation (e.g. complementing output codes), which is not done. Tested in
+tests/model/export/test_golden_resnet.py.
+
+The final FC after global average pooling gets the per-channel sums of the last block's codes
+(:class:`~model.export.golden_net.GlobalSumPool`), so ``1 / (H W)`` goes into its gain:
+``gain = s_last weight_gain 2^8 / (H W)`` (one rounding, in ``M``), ``FCStage(pooled=H W)``.
 """
 
 from __future__ import annotations
@@ -39,13 +65,26 @@ import numpy as np
 import torch
 
 from model.errors import UserError
-from model.export.golden import SCORE_FRAC_BITS, WIDTHS, IntLinear, IntNetwork, check_layer, requant_params
+from model.export.golden import (
+    ACC_SHIFT,
+    BIAS_BITS,
+    BIAS_MIN,
+    MAX_SHIFT,
+    MULT_BITS,
+    SCORE_FRAC_BITS,
+    WIDTHS,
+    D,
+    IntLinear,
+    IntNetwork,
+    check_layer,
+    requant_params,
+)
 from model.export.golden_conv import IntConv2d, fold_negative_gain
-from model.export.golden_net import ConvStage, FCStage, IntConvNetwork, check_network
+from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage, check_network
 from model.export.image import write_image
 from model.quant.bmpq import BMPQConv2d, BMPQLinear, to_int
 from model.quant.layers import QuantConv2d
-from model.quant.nets import ResNet20, SmallVGG
+from model.quant.nets import BasicBlock, ResNet20, SmallVGG
 
 #: Accelerator class that stores a BMPQ layer of each width.
 BMPQ_CLASS = {2: 4, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8, 16: 16}
@@ -149,8 +188,43 @@ def fold_batchnorm(bn: torch.nn.BatchNorm2d, conv_bias, where: str) -> tuple[np.
     return k, beta + k * (b - mean)
 
 
-def conv_block(conv, bn, act, in_quant, where: str) -> IntConv2d:
-    """One ``conv -> BN -> PACT`` block as an :class:`IntConv2d` (module docstring: BN fold, negative gamma)."""
+def residual_requant_params(gain, res_gain, offset, where: str = "residual requantization"
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(M, M_r, B, S)`` with ``y ~= gain acc / D + res_gain r + offset`` (per channel) for ``requantize_residual``.
+
+    ``M = round(gain 2^ACC_SHIFT / D 2^S)`` and ``B = round(offset 2^S)`` as :func:`golden.requant_params
+    <model.export.golden.requant_params>`, and ``M_r = round(res_gain 2^(S - ACC_SHIFT))`` (the shortcut
+    enters at the accumulator's scale, ``(r M_r) << ACC_SHIFT``). ``S`` is the largest shift in
+    ``1..MAX_SHIFT`` with every ``M`` and ``M_r`` below ``2^MULT_BITS`` and every ``B`` inside
+    :data:`~model.export.golden.BIAS_BITS` signed bits. Since ``2^ACC_SHIFT / D ~= 2^-ACC_SHIFT``, ``M`` and
+    ``M_r`` have the same scale ``2^(S - ACC_SHIFT)``: the larger of ``max gain`` and ``max res_gain`` gets
+    16 to 17 significant bits. Precision: ``|M_r - res_gain 2^(S - ACC_SHIFT)| <= 1/2``, so the shortcut term
+    ``r M_r 2^ACC_SHIFT / 2^S`` is ``r res_gain`` to within ``r 2^(ACC_SHIFT - 1 - S)`` output units
+    (``<= 255 * 2^(15 - S)``; ``2^-8`` of a step at ``S = 31``, a shortcut gain near 1), before the one rounding.
+
+    Raises
+    ------
+    UserError
+        Naming ``where``: a negative or non-finite gain or residual gain, a non-finite offset, or no shift fits.
+    """
+    gain, res_gain, offset = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (gain, res_gain, offset)))
+    if ((gain < 0).any() or (res_gain < 0).any() or not np.isfinite(gain).all() or not np.isfinite(res_gain).all()
+            or not np.isfinite(offset).all()):
+        raise UserError(f"{where}: gains must be finite and non-negative (M, M_r unsigned), the offset finite")
+    c = gain * (1 << ACC_SHIFT) / D
+    for shift in range(MAX_SHIFT, 0, -1):
+        mult = np.round(c * 2.0**shift)
+        res_mult = np.round(res_gain * 2.0 ** (shift - ACC_SHIFT))
+        bias = np.round(offset * 2.0**shift)
+        if ((mult < 2.0**MULT_BITS).all() and (res_mult < 2.0**MULT_BITS).all() and (bias >= float(BIAS_MIN)).all()
+                and (bias < 2.0 ** (BIAS_BITS - 1)).all()):
+            return mult.astype(np.int64), res_mult.astype(np.int64), bias.astype(np.int64), shift
+    raise UserError(f"{where}: fields 'mult', 'res_mult', 'bias': gain {float(gain.max())!r}, residual gain"
+                    f" {float(res_gain.max())!r}, offset {float(np.abs(offset).max())!r} fit no shift 1..{MAX_SHIFT}"
+                    f" (M, M_r below 2^{MULT_BITS}, B in {BIAS_BITS} signed bits)")
+
+
+def _check_geometry(conv, where: str) -> None:
     if not isinstance(conv, QuantConv2d | BMPQConv2d):
         raise UserError(f"{where}: expected a QuantConv2d or BMPQConv2d, found {type(conv).__name__}")
     k_h, k_w = conv.kernel_size
@@ -159,6 +233,32 @@ def conv_block(conv, bn, act, in_quant, where: str) -> IntConv2d:
         raise UserError(f"{where}: kernel {conv.kernel_size}, stride {conv.stride}, padding {conv.padding},"
                         f" dilation {conv.dilation}, groups {conv.groups}, padding_mode {conv.padding_mode!r};"
                         " allowed square kernels, equal strides and paddings, no dilation or groups, zeros")
+
+
+def residual_conv(conv, bn, act, in_quant, short_quant, where: str) -> IntConv2d:
+    """conv2 of a basic block: ``PACT(BN(conv(h)) + shortcut(x))`` as an :class:`IntConv2d` with ``res_mult``.
+
+    ``in_quant`` quantized ``h`` (conv1's PACT), ``short_quant`` the block input ``x`` (the shortcut codes).
+    A negative BN gain is folded into the codes exactly as for a plain block (module docstring: exact with
+    the residual too, the shortcut's ``g_r = s_x / s_out`` stays positive).
+    """
+    _check_geometry(conv, where)
+    codes, widths, signed, weight_gain = weight_codes(conv, where)
+    k, c = fold_batchnorm(bn, conv.bias, where)
+    in_bits, out_bits = _codes_of(in_quant, f"{where} input"), _codes_of(act, f"{where} activation")
+    _codes_of(short_quant, f"{where} shortcut")
+    gain = in_quant.step * weight_gain * k / act.step
+    codes, gain = fold_negative_gain(codes, widths, gain, signed)
+    res_gain = np.full(conv.out_channels, short_quant.step / act.step)
+    mult, res_mult, bias, shift = residual_requant_params(gain, res_gain, c / act.step, where=where)
+    return IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
+                     shift=shift, stride=int(conv.stride[0]), padding=int(conv.padding[0]), name=where,
+                     signed=signed, res_mult=res_mult)
+
+
+def conv_block(conv, bn, act, in_quant, where: str) -> IntConv2d:
+    """One ``conv -> BN -> PACT`` block as an :class:`IntConv2d` (module docstring: BN fold, negative gamma)."""
+    _check_geometry(conv, where)
     codes, widths, signed, weight_gain = weight_codes(conv, where)
     k, c = fold_batchnorm(bn, conv.bias, where)
     in_bits, out_bits = _codes_of(in_quant, f"{where} input"), _codes_of(act, f"{where} activation")
@@ -170,18 +270,59 @@ def conv_block(conv, bn, act, in_quant, where: str) -> IntConv2d:
                      signed=signed)
 
 
+def final_fc(fc, in_quant, pooled: int = 1) -> IntLinear:
+    """The FC that ends a conv net: scores ``2^8 (s_in weight_gain sum w u / pooled + b)`` (``pooled = H W``
+    after global average pooling, whose sum of codes the FC receives)."""
+    codes, widths, signed, weight_gain = weight_codes(fc, fc.name)
+    with torch.no_grad():
+        bias = fc.bias.detach().double().numpy() if fc.bias is not None else np.zeros(fc.out_features)
+    scale = float(1 << SCORE_FRAC_BITS)
+    mult, int_bias, shift = requant_params(np.full(fc.out_features, in_quant.step * weight_gain * scale / pooled),
+                                           bias * scale, where=fc.name)
+    return IntLinear(codes=codes, widths=widths, in_bits=_codes_of(in_quant, f"{fc.name} input"), out_bits=0,
+                     mult=mult, bias=int_bias, shift=shift, name=fc.name, signed=signed)
+
+
+def to_golden_resnet(model: ResNet20) -> IntConvNetwork:
+    """:class:`IntConvNetwork` of a :class:`ResNet20`: stem, 9 :class:`ResidualStage`, global sum pool, FC.
+
+    Module docstring: the residual requant, negative gamma (exact), ``1 / (H W)`` in the FC's gain.
+    """
+    stem = conv_block(model.conv1, model.bn1, model.act1, model.input_quant, "conv1")
+    stages = [ConvStage(stem)]
+    h, w = stem.out_size(*model.image_shape[1:])
+    in_quant = model.act1
+    for layer in (model.layer1, model.layer2, model.layer3):
+        for block in layer:
+            if not isinstance(block, BasicBlock):
+                raise UserError(f"expected a BasicBlock, found {type(block).__name__}")
+            name = block.conv1.name.rsplit(".", 1)[0]
+            conv1 = conv_block(block.conv1, block.bn1, block.act1, in_quant, block.conv1.name)
+            conv2 = residual_conv(block.conv2, block.bn2, block.act2, block.act1, in_quant, block.conv2.name)
+            stages.append(ResidualStage(conv1, conv2, stride=int(block.stride), name=name))
+            h, w = conv2.out_size(*conv1.out_size(h, w))
+            in_quant = block.act2
+    fc = final_fc(model.fc, in_quant, pooled=h * w)
+    net = IntConvNetwork(input_bits=_codes_of(model.input_quant, "input_quant"), image_shape=tuple(model.image_shape),
+                         stages=(*stages, GlobalSumPool(), FCStage(fc, pooled=h * w)))
+    check_network(net)
+    return net
+
+
 def to_golden_conv(model) -> IntConvNetwork:
-    """:class:`IntConvNetwork` of a :class:`SmallVGG` (``conv -> BN -> PACT -> max-pool`` blocks, then the FC).
+    """:class:`IntConvNetwork` of a :class:`SmallVGG` (``conv -> BN -> PACT -> max-pool`` blocks, then the FC)
+    or a :class:`ResNet20` (:func:`to_golden_resnet`).
 
     Raises
     ------
     UserError
-        For a ResNet-20 (not in the integer contract yet), a PACT-32 activation, a weight width outside
-        :data:`WIDTHS`, or a layer the contract lacks; from :func:`check_network` for a bound it breaks.
+        For another model, a PACT-32 activation, a weight width outside :data:`WIDTHS`, or a layer the
+        contract lacks; from :func:`check_network` for a bound it breaks.
     """
+    if isinstance(model, ResNet20):
+        return to_golden_resnet(model)
     if not isinstance(model, SmallVGG):
-        raise UserError(f"{type(model).__name__}: the integer contract takes SmallVGG conv nets so far (ResNet-20's"
-                        " residual blocks come later)")
+        raise UserError(f"{type(model).__name__}: the integer contract takes SmallVGG and ResNet20 conv nets")
     mods = list(model.features)
     stages = []
     in_quant = model.input_quant
@@ -194,15 +335,7 @@ def to_golden_conv(model) -> IntConvNetwork:
             raise UserError(f"{where}: expected MaxPool2d(2) after the PACT, found {pool!r}")
         stages.append(ConvStage(conv_block(conv, bn, act, in_quant, where), pool=2))
         in_quant = act
-    fc = model.fc
-    codes, widths, signed, weight_gain = weight_codes(fc, fc.name)
-    with torch.no_grad():
-        bias = fc.bias.detach().double().numpy() if fc.bias is not None else np.zeros(fc.out_features)
-    scale = float(1 << SCORE_FRAC_BITS)
-    mult, int_bias, shift = requant_params(np.full(fc.out_features, in_quant.step * weight_gain * scale),
-                                           bias * scale, where=fc.name)
-    layer = IntLinear(codes=codes, widths=widths, in_bits=_codes_of(in_quant, f"{fc.name} input"), out_bits=0,
-                      mult=mult, bias=int_bias, shift=shift, name=fc.name, signed=signed)
+    layer = final_fc(model.fc, in_quant)
     net = IntConvNetwork(input_bits=_codes_of(model.input_quant, "input_quant"),
                          image_shape=tuple(model.image_shape), stages=(*stages, FCStage(layer)))
     check_network(net)

@@ -13,6 +13,11 @@ rounding is added here. The stages:
   :func:`~model.export.golden_conv.fold_negative_gain`, never into ``M``), and the float model's
   ``x -> round(clamp(x, 0, alpha) / step)`` is non-decreasing too, so the max of the codes is the code of
   the max: pooling the unsigned output codes is exact and needs no rounding.
+* :class:`ResidualStage`: ResNet-20's basic block, ``h = conv_forward(conv1, x)``,
+  ``y = conv_forward(conv2, h, residual=shortcut_a(x, C_out, stride))``: conv2's requant adds the option-A
+  shortcut codes with their own multiplier ``M_r`` (:func:`~model.export.golden_conv.requantize_residual`,
+  the one rounding), then the PACT clamp. ``conv1`` carries the block's stride, ``conv2`` has stride 1 and a
+  ``res_mult``; the shortcut's codes are ``x``'s (``conv1.in_bits`` bits, at most ``MAX_ACT_BITS``: bound 8).
 * :class:`GlobalSumPool`: global average pooling as the per-channel sum of codes
   (:func:`~model.export.golden_conv.global_sum_pool`, bound 9); the ``1 / (H W)`` goes into the next FC's gain.
 * :class:`FCStage`: the final fully connected layer (an :class:`~model.export.golden.IntLinear` with
@@ -45,6 +50,7 @@ from model.export.golden_conv import (
     conv_forward,
     global_sum_pool,
     max_pool_codes,
+    shortcut_a,
 )
 
 
@@ -58,6 +64,30 @@ class ConvStage:
     @property
     def name(self) -> str:
         return self.conv.name or "conv"
+
+
+@dataclass(frozen=True, eq=False)
+class ResidualStage:
+    """A basic block: ``conv1`` (stride ``stride``), then ``conv2`` whose requant adds the option-A shortcut.
+
+    ``conv2.res_mult`` is the shortcut's per-channel ``M_r``; the shortcut is ``shortcut_a(x, conv2.c_out,
+    stride)`` of the block's input codes ``x``.
+    """
+
+    conv1: IntConv2d
+    conv2: IntConv2d
+    stride: int = 1
+    name: str = ""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """``conv_forward(conv2, conv_forward(conv1, x), residual=shortcut_a(x, C_out, stride))``."""
+        h = conv_forward(self.conv1, x)
+        r = shortcut_a(x, self.conv2.c_out, self.stride, where=f"{self.label} shortcut")
+        return conv_forward(self.conv2, h, residual=r)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.conv1.name or "block"
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,7 +114,7 @@ class FCStage:
         return ((1 << self.layer.in_bits) - 1) * self.pooled
 
 
-Stage = ConvStage | GlobalSumPool | FCStage
+Stage = ConvStage | ResidualStage | GlobalSumPool | FCStage
 
 
 def check_network(net: IntConvNetwork) -> None:
@@ -92,7 +122,8 @@ def check_network(net: IntConvNetwork) -> None:
 
     Checks each conv (:func:`~model.export.golden_conv.check_conv`), that its ``c_in`` and ``in_bits`` are the
     previous stage's channels and code width, that every map is at least the kernel or pool window, the
-    global pool's sum width (bound 9), and the FC (``check_layer``, fan-in = flattened size, ``pooled`` =
+    global pool's sum width (bound 9), each residual block (:func:`_check_residual`: conv1/conv2 chaining,
+    ``res_mult`` on conv2 only, shortcut channels, stride and map size, shortcut code width), and the FC (``check_layer``, fan-in = flattened size, ``pooled`` =
     the pooled area, bound 6 by ``check_act_mass``).
     """
     shape = tuple(net.image_shape)
@@ -122,6 +153,8 @@ def check_network(net: IntConvNetwork) -> None:
                     raise UserError(f"{where}: field 'pool' is {stage.pool!r}; allowed 0 (none) or 1..{min(h, w)}"
                                     f" (the {h}x{w} output map)")
                 h, w = h // stage.pool, w // stage.pool
+        elif isinstance(stage, ResidualStage):
+            c, h, w, bits = _check_residual(stage, where, c, h, w, bits, pooled)
         elif isinstance(stage, GlobalSumPool):
             if pooled != 1:
                 raise UserError(f"{where}: a second global pool")
@@ -143,7 +176,46 @@ def check_network(net: IntConvNetwork) -> None:
                                 f" pooled over {pooled}")
             check_act_mass(stage.in_max, layer.n_in, where)
         else:
-            raise UserError(f"stage {k}: {type(stage).__name__}; allowed ConvStage, GlobalSumPool, FCStage")
+            raise UserError(f"stage {k}: {type(stage).__name__}; allowed ConvStage, ResidualStage, GlobalSumPool,"
+                            " FCStage")
+
+
+def _check_residual(stage: ResidualStage, where: str, c: int, h: int, w: int, bits: int, pooled: int
+                    ) -> tuple[int, int, int, int]:
+    """Check one :class:`ResidualStage` on a ``c x h x w`` map of ``bits``-bit codes; its output ``(c, h, w, bits)``.
+
+    conv1 takes the input (channels, width), conv2 conv1's output at stride 1 and carries ``res_mult``
+    (conv1 none); the shortcut (``stride`` 1 or 2, ``c <= conv2.c_out``) has conv2's output map; its codes are
+    the input's, ``bits <= MAX_ACT_BITS`` (bound 8, already checked for conv1's ``in_bits``).
+    """
+    one, two = stage.conv1, stage.conv2
+    check_conv(one, f"{where} conv1")
+    check_conv(two, f"{where} conv2")
+    if pooled != 1:
+        raise UserError(f"{where}: a residual block after the global pool; allowed only the FC")
+    if one.c_in != c or one.in_bits != bits:
+        raise UserError(f"{where}: conv1 fields 'c_in', 'in_bits' are {one.c_in}, {one.in_bits}; the previous"
+                        f" stage gives {c} channels of {bits}-bit codes (the shortcut's codes too)")
+    if not 1 <= bits <= MAX_ACT_BITS:
+        raise UserError(f"{where}: shortcut codes of {bits} bits; allowed 1..{MAX_ACT_BITS} (bound 8)")
+    if one.res_mult is not None or two.res_mult is None:
+        raise UserError(f"{where}: field 'res_mult' must be None on conv1 and set on conv2 (the residual add)")
+    if two.c_in != one.c_out or two.in_bits != one.out_bits or two.stride != 1:
+        raise UserError(f"{where}: conv2 fields 'c_in', 'in_bits', 'stride' are {two.c_in}, {two.in_bits},"
+                        f" {two.stride}; allowed conv1's {one.c_out}, {one.out_bits}, and 1")
+    if isinstance(stage.stride, bool) or stage.stride not in (1, 2) or two.c_out < c:
+        raise UserError(f"{where}: field 'stride' is {stage.stride!r} and conv2 has {two.c_out} channels; allowed"
+                        f" stride 1 or 2 and at least the input's {c} channels (option A pads with zeros)")
+    for conv, (hh, ww) in ((one, (h, w)), (two, one.out_size(h, w))):
+        if hh + 2 * conv.padding < conv.kernel or ww + 2 * conv.padding < conv.kernel:
+            raise UserError(f"{where}: input map {hh}x{ww} of {conv.name or 'conv'} padded by {conv.padding} is"
+                            " smaller than the kernel")
+    out = two.out_size(*one.out_size(h, w))
+    short = (-(-h // stage.stride), -(-w // stage.stride))
+    if out != short:
+        raise UserError(f"{where}: conv2's output map {out[0]}x{out[1]} differs from the shortcut's"
+                        f" {short[0]}x{short[1]} ({h}x{w} subsampled by {stage.stride})")
+    return two.c_out, out[0], out[1], two.out_bits
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,7 +229,8 @@ class IntConvNetwork:
     image_shape : tuple of int
         ``(C, H, W)`` of one input image.
     stages : tuple
-        :class:`ConvStage`, then optionally :class:`GlobalSumPool`, then one :class:`FCStage`.
+        :class:`ConvStage` and :class:`ResidualStage`, then optionally :class:`GlobalSumPool`, then one
+        :class:`FCStage`.
     """
 
     input_bits: int
@@ -167,8 +240,15 @@ class IntConvNetwork:
     @property
     def layers(self) -> tuple[IntConv2d | IntLinear, ...]:
         """The weight layers, input to output."""
-        return tuple(s.conv if isinstance(s, ConvStage) else s.layer for s in self.stages
-                     if not isinstance(s, GlobalSumPool))
+        out = []
+        for s in self.stages:
+            if isinstance(s, ConvStage):
+                out.append(s.conv)
+            elif isinstance(s, ResidualStage):
+                out.extend((s.conv1, s.conv2))
+            elif isinstance(s, FCStage):
+                out.append(s.layer)
+        return tuple(out)
 
     @property
     def avg_weight_bits(self) -> float:
@@ -200,6 +280,8 @@ class IntConvNetwork:
                 x = conv_forward(stage.conv, x)
                 if stage.pool:
                     x = max_pool_codes(x, stage.pool, stage.pool, where=f"{stage.name} max-pool")
+            elif isinstance(stage, ResidualStage):
+                x = stage.forward(x)
             elif isinstance(stage, GlobalSumPool):
                 x = global_sum_pool(x, stage_bits(self, stage), where=stage.name)
             else:
@@ -219,4 +301,6 @@ def stage_bits(net: IntConvNetwork, stage: Stage) -> int:
             return bits
         if isinstance(s, ConvStage):
             bits = s.conv.out_bits
+        elif isinstance(s, ResidualStage):
+            bits = s.conv2.out_bits
     raise UserError(f"{stage.name}: not a stage of this network")

@@ -164,11 +164,12 @@ def test_unsupported_width_is_a_user_error():
         to_golden(model)
 
 
-def test_pact32_and_resnet_are_refused():
+def test_pact32_is_refused_and_resnet_converts():
     with pytest.raises(UserError, match="full precision, PACT-32"):
         to_golden(SmallVGG(image_shape=(1, 8, 8), act_bits=32, channels=(4,)).eval())
-    with pytest.raises(UserError, match="SmallVGG conv nets so far"):
-        to_golden(ResNet20(image_shape=(1, 8, 8)).eval())
+    with pytest.raises(UserError, match="full precision, PACT-32"):
+        to_golden(ResNet20(image_shape=(1, 8, 8), act_bits=32).eval())
+    assert isinstance(to_golden(ResNet20(image_shape=(1, 8, 8)).eval()), IntConvNetwork)  # tests: test_golden_resnet
 
 
 def tiny_net(rng, pooled=True, fc_bits=4):
