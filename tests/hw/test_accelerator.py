@@ -16,6 +16,7 @@ from model.export.format import DESCRIPTOR, HEADER
 from model.export.golden import MAX_FAN_IN, IntNetwork, layer_forward
 from model.export.image import pack, regions, unpack
 from tests.hw.netgen import random_network
+from tests.hw.stream_source import simulate
 
 
 def run(dut: Accelerator, images: np.ndarray, seed: int, p_gap: float, p_stall: float):
@@ -278,10 +279,7 @@ def run_corrupt(words, good_words, n_images, cycles=3000, **kwargs):
         log["code"] = code
         assert log["taken"] <= n_images * n_in
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return log
 
 

@@ -3,9 +3,9 @@
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hw.core.activations import ActivationBank
+from tests.hw.stream_source import simulate
 
 DEPTH = 16
 
@@ -60,10 +60,7 @@ def run_random(batch: int, seed: int, cycles: int = 400):
                     if en >> k & 1:
                         model[buf, addr, k] = value
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return log
 
 
@@ -95,10 +92,7 @@ def test_bank_holds_read_data_while_disabled():
             await ctx.tick()
             assert [int(x) for x in ctx.get(dut.read.data)] == [77, 77]
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -8,7 +8,6 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import MemoryData
 from amaranth.lib.wiring import In, Out, connect, flipped
-from amaranth.sim import Simulator
 from amaranth.utils import ceil_log2
 
 from hw.core.activations import ActivationBank, act_write_signature
@@ -20,6 +19,7 @@ from model.export.format import DESCRIPTOR, HEADER
 from model.export.golden import layer_forward
 from model.export.image import pack, regions
 from tests.hw.netgen import random_network
+from tests.hw.stream_source import simulate
 
 ACT_DEPTH = 32
 
@@ -114,10 +114,7 @@ def run_layers(words, net, images, batch, seed, p_noise, max_cycles=20_000):
             if error != ErrorCode.NONE:
                 break
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return out
 
 

@@ -7,9 +7,9 @@ from amaranth import Module, Mux
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
 from hw.core.fetcher import WordFetcher
+from tests.hw.stream_source import simulate
 
 ADDR_WIDTH = 6  # a 64-word buffer: restarts near the top exercise the address wrap-around
 
@@ -90,10 +90,7 @@ def run_segments(seed: int, depth: int, p_grant: float, p_ready: float, n_segmen
                     log["words"] += 1
             old = (base, taken)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return log
 
 
@@ -141,10 +138,7 @@ def test_fetcher_sustains_one_word_per_cycle(depth):
                 taken += 1
                 cycles.append(cycle)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     # Latency (measured): request in the cycle after start, data a cycle later into the FIFO, out the next.
     assert cycles[0] == 2
     assert cycles == list(range(cycles[0], 60)), f"gaps in the stream with depth {depth}: {cycles[:12]}"

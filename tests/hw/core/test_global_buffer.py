@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 from amaranth.lib.memory import MemoryData
-from amaranth.sim import Simulator
 
 from hw.core.global_buffer import GlobalBuffer
+from tests.hw.stream_source import simulate
 
 PORTS = (("ctrl", "params", "mask"), ("payload",))
 DEPTH = 64
@@ -45,10 +45,7 @@ def run_random(seed: int, p_req: float, cycles: int = 300):
                 log["grants"][name[0]] += 1
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return log
 
 
@@ -72,10 +69,7 @@ def test_buffer_image_can_be_replaced_before_elaboration():
             await ctx.tick()
             assert ctx.get(dut.a.data) == 9 - addr
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
 
 
 @pytest.mark.parametrize("make, error, message", [

@@ -3,10 +3,9 @@
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hw.core.loader import InputLoader
-from tests.hw.stream_source import Source
+from tests.hw.stream_source import Source, simulate
 
 DEPTH = 16
 
@@ -55,10 +54,7 @@ def run_jobs(batch: int, jobs, seed: int, p_gap: float, p_job_gap: float = 0.3):
             results.append({"writes": writes, "dones": dones, "codes": codes[taken:taken + count * batch]})
             taken = src.pos
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return results
 
 

@@ -5,11 +5,10 @@ model.export.golden.class_sums, for DoReFa and signed (offset-binary) layers."""
 import numpy as np
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from hw.core.mac_lane import ACT_SUM_BITS, SUM_BITS, MacLane
 from model.export.golden import CLASSES, IntLinear, check_layer, class_sums
-from tests.hw.stream_source import Source
+from tests.hw.stream_source import pump, simulate
 
 CODE = {4: 1, 8: 2, 16: 3, 32: 4}  # width -> mask code (docs/image_format.md)
 
@@ -22,37 +21,21 @@ def run_lane(operands, n_rows, seed, p_gap, p_stall, batch=1):
     dut = MacLane(batch)
     got, in_cycles, out_cycles = [], [], []
 
+    def row(sums):
+        return [{**{m: int(getattr(sums[k], f"s{m}")) for m in CLASSES},
+                 **{f"a{m}": int(getattr(sums[k], f"a{m}")) for m in CLASSES}} for k in range(batch)]
+
     async def bench(ctx):
-        src = Source(dut.i, operands, rng, p_gap)
-        held = None
-        for cycle in range(10 * len(operands) + 50):
-            if len(got) == n_rows:
-                break
-            src.drive(ctx)
-            ctx.set(dut.o.ready, rng.random() >= p_stall)
-            _, _, iv, ir, ov, orr, sums = await ctx.tick().sample(
-                dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload)
-            src.update(iv, ir)
-            if iv and ir:
-                in_cycles.append(cycle)
-            if held is not None:
-                assert ov and sums == held, "row sums changed or vanished before their transfer"
-            held = sums if ov and not orr else None
-            if ov and orr:
-                got.append([{**{m: int(getattr(sums[k], f"s{m}")) for m in CLASSES},
-                             **{f"a{m}": int(getattr(sums[k], f"a{m}")) for m in CLASSES}}
-                            for k in range(batch)])
-                out_cycles.append(cycle)
-        assert len(got) == n_rows, f"lane stalled after {len(got)} of {n_rows} rows"
+        rows, ins, outs = await pump(ctx, dut, operands, n_rows, rng, p_gap, p_stall, row)
+        got.extend(rows)
+        in_cycles.extend(ins)
+        out_cycles.extend(outs)
         for _ in range(5):  # nothing more
             ctx.set(dut.o.ready, 1)
             _, _, ov = await ctx.tick().sample(dut.o.valid)
             assert not ov
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return got, in_cycles, out_cycles
 
 

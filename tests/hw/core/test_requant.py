@@ -5,14 +5,13 @@ the parameter words."""
 import numpy as np
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from hw.core import requant as rq
 from hw.core.mac_lane import ACT_SUM_BITS, SUM_BITS
 from hw.core.requant import ParamReader, Requantizer, class_weighted_sum
 from model.export import golden as gm
 from model.export.golden import CLASSES, INT32_MAX, INT32_MIN, MAX_FAN_IN, MULT_BITS, combine, requantize
-from tests.hw.stream_source import Source
+from tests.hw.stream_source import pump, simulate
 
 MAX_U = 255  # 8-bit activations
 MAX_SUM = {m: ((1 << m) - 1) * MAX_U * MAX_FAN_IN for m in CLASSES}  # a full row of one class at its maximum
@@ -20,31 +19,6 @@ MAX_A = MAX_U * MAX_FAN_IN
 BIG_BIAS = (1 << 62) - 1  # the largest |B| model.export.golden.check_layer accepts
 
 
-
-
-async def pump(ctx, dut, items, n_out, rng, p_gap, p_stall, convert):
-    """Drive ``dut.i`` with ``items`` and collect ``n_out`` outputs; also the transfer cycles."""
-    src = Source(dut.i, items, rng, p_gap)
-    got, in_cycles, out_cycles, held = [], [], [], None
-    for cycle in range(10 * len(items) + 50):
-        if len(got) == n_out:
-            break
-        src.drive(ctx)
-        ctx.set(dut.o.ready, rng.random() >= p_stall)
-        _, _, iv, ir, ov, orr, out = await ctx.tick().sample(
-            dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload)
-        src.update(iv, ir)
-        if iv and ir:
-            in_cycles.append(cycle)
-        if held is not None:
-            assert ov and out == held, "output changed or vanished before its transfer"
-        held = out if ov and not orr else None
-        if ov and orr:
-            got.append(convert(out))
-            out_cycles.append(cycle)
-    assert len(got) == n_out, f"stalled after {len(got)} of {n_out} outputs"
-    ctx.set(dut.i.valid, 0)
-    return got, in_cycles, out_cycles
 
 
 # -- Requantizer ----------------------------------------------------------------------------------------
@@ -144,10 +118,7 @@ def run_requant(batches, seed, p_gap, p_stall):
             ctx.set(dut.signed_layer, signed)
             results.append(await pump(ctx, dut, items, len(items), rng, p_gap, p_stall, int))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return results
 
 
@@ -244,10 +215,7 @@ def test_param_reader_assembles_records(seed):
             ctx, dut, words, len(mults), np.random.default_rng(seed), p_gap, p_stall,
             lambda rec: (int(rec.mult), int(rec.bias)))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     assert out["got"] == list(zip(mults, biases))
     if p_gap == 0 and p_stall == 0:
         # One word a cycle, a record every third cycle, no bubble.

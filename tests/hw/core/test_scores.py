@@ -3,9 +3,9 @@
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hw.core.scores import ScoreStreamer
+from tests.hw.stream_source import simulate
 
 DEPTH = 8
 INT32 = (-(1 << 31), (1 << 31) - 1)
@@ -54,10 +54,7 @@ def run_jobs(batch: int, jobs, seed: int, p_stall: float):
                 assert not valid, "a score after the job"
             results.append((scores, got, dones))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return results
 
 

@@ -9,7 +9,6 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import MemoryData
 from amaranth.lib.wiring import In, Out, connect, flipped
-from amaranth.sim import Simulator
 from amaranth.utils import ceil_log2
 
 from hw.core.global_buffer import GlobalBuffer, buffer_port_signature
@@ -18,6 +17,7 @@ from hw.core.sequencer import LayerSequencer
 from model.export.format import DESCRIPTOR, HEADER
 from model.export.image import pack
 from tests.hw.netgen import random_network
+from tests.hw.stream_source import simulate
 
 ACT_DEPTH = 32
 
@@ -98,10 +98,7 @@ def run(words, n_jobs: int, seed: int, p_noise: float, engine_error_at: int | No
         log["error"] = error
         log["error_code"] = ctx.get(dut.error_code)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return log
 
 

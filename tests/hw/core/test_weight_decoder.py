@@ -7,10 +7,9 @@ from amaranth import Module
 from amaranth.hdl import ResetInserter
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
 from hw.core.weight_decoder import WeightDecoder, token_layout
-from tests.hw.stream_source import Source
+from tests.hw.stream_source import Source, simulate
 
 INDEX_WIDTH = 6  # n_in <= 45 -> input indices <= 49, words_per_row <= 5, rows <= 6
 WIDTHS = (0, 4, 8, 16, 32)  # mask code = position in this tuple (docs/image_format.md)
@@ -164,10 +163,7 @@ def run_layers(layers, seed, p_gap, p_stall, extra_words=6, tail=30):
                             "payload_taken": src_payload.pos, "n_mask": len(mask),
                             "n_payload": len(payload)})
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return results
 
 
@@ -294,10 +290,7 @@ def run_until_error(widths, codes, bad, seed, p_gap=0.3, p_stall=0.3):
         _, _, err = await ctx.tick().sample(dut.error)
         out["error_after_reset"] = err
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return out
 
 

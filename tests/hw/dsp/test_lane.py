@@ -5,10 +5,10 @@ import functools
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from hw.dsp.lane import DSP_LATENCY, PackedDspLane, sums_layout
 from hw.dsp.packing import plan
+from tests.hw.stream_source import simulate
 
 #: Modes under test: the accelerator's (4x4 ... 16x8), a 16-bit operand in one chunk (8x16), two and four
 #: chunk pairs per operand set (32x8, 32x32) and the densest narrow ones (2x2: 8 products, 3x3: 6).
@@ -104,10 +104,7 @@ def run_lane(lane, groups, *, seed: int, p_gap: float, p_stall: float):
             _, _, ov = await ctx.tick().sample(lane.o.valid)
             assert not ov, "output without a dot product"
 
-    sim = Simulator(lane)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(lane, bench)
     return got, ops, accepted, emitted
 
 
