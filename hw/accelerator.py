@@ -38,6 +38,7 @@ from hw.core.engine import LayerEngine
 from hw.core.global_buffer import GlobalBuffer
 from hw.core.job import ErrorCode
 from hw.core.loader import InputLoader
+from hw.core.mac_lane import check_lane_batch
 from hw.core.scores import OUTPUT_LAYOUT, ScoreStreamer
 from hw.core.sequencer import LayerSequencer
 from model.export.format import WORD_BITS
@@ -97,8 +98,7 @@ class Accelerator(wiring.Component):
             raise ValueError(f"buffer_depth must be a power of two >= {len(words)} words, not {buffer_depth!r}")
         if act_depth & (act_depth - 1) or act_depth < widest or act_depth > MAX_FAN_IN:
             raise ValueError(f"act_depth must be a power of two in [{widest}, {MAX_FAN_IN}], not {act_depth!r}")
-        if batch != 1 and (batch % 2 or not 2 <= batch <= 16):
-            raise ValueError(f"batch must be 1 or an even number in 2..16, not {batch!r}")
+        check_lane_batch(batch)
         self._batch = batch
         self._net = net
         self._image = MemoryData(shape=WORD_BITS, depth=buffer_depth, init=words)

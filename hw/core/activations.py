@@ -13,7 +13,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from model.export.golden import MAX_ACT_BITS
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
 
 BUFFERS = 2
 
@@ -27,6 +27,12 @@ def check_batch_and_depth(batch: int, depth: int) -> None:
         raise ValueError(f"batch must be in 1..16, not {batch!r}")
     if depth < 2 or depth & (depth - 1):
         raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
+
+
+def check_act_depth(act_depth: int) -> None:
+    """Raise ``ValueError`` unless ``act_depth`` is a power of two in 2..MAX_FAN_IN (a layer's widest vector)."""
+    if act_depth < 2 or act_depth & (act_depth - 1) or act_depth > MAX_FAN_IN:
+        raise ValueError(f"act_depth must be a power of two in 2..{MAX_FAN_IN}, not {act_depth!r}")
 
 
 def act_read_signature(batch: int, addr_width: int) -> wiring.Signature:

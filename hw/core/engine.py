@@ -25,16 +25,16 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 from amaranth.utils import bits_for, ceil_log2
 
-from hw.core.activations import act_read_signature, act_write_signature
+from hw.core.activations import act_read_signature, act_write_signature, check_act_depth
 from hw.core.fetcher import WordFetcher
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.job import LAYER_JOB_LAYOUT, ErrorCode, job_signature
-from hw.core.mac_lane import MacLane
+from hw.core.mac_lane import MacLane, check_lane_batch
 from hw.core.requant import ParamReader, Requantizer
 from hw.core.scores import score_write_signature
 from hw.core.weight_decoder import WeightDecoder
 from model.export.format import CODES_PER_WORD, PARAMS
-from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
+from model.export.golden import MAX_ACT_BITS
 
 
 def select(values: list, index):
@@ -93,12 +93,10 @@ class LayerEngine(wiring.Component):
     """
 
     def __init__(self, *, batch: int, addr_width: int, act_depth: int):
-        if batch != 1 and (batch % 2 or not 2 <= batch <= 16):
-            raise ValueError(f"batch must be 1 or an even number in 2..16, not {batch!r}")
+        check_lane_batch(batch)
         if addr_width < 1:
             raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
-        if act_depth < 2 or act_depth & (act_depth - 1) or act_depth > MAX_FAN_IN:
-            raise ValueError(f"act_depth must be a power of two in 2..{MAX_FAN_IN}, not {act_depth!r}")
+        check_act_depth(act_depth)
         self._batch = batch
         self._addr_width = addr_width
         self._act_depth = act_depth

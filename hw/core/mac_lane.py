@@ -50,6 +50,12 @@ def operand_layout(batch: int) -> data.StructLayout:
     })
 
 
+def check_lane_batch(batch: int) -> None:
+    """Raise ``ValueError`` unless ``batch`` is 1 or an even number in 2..16 (images share a lane in pairs)."""
+    if batch != 1 and (batch % 2 or not 2 <= batch <= 16):
+        raise ValueError(f"batch must be 1 or an even number in 2..16, not {batch!r}")
+
+
 class MacLane(wiring.Component):
     """Per-class multiply-accumulate of one output row for ``batch`` images at a time.
 
@@ -69,8 +75,7 @@ class MacLane(wiring.Component):
     """
 
     def __init__(self, batch: int = 1):
-        if batch != 1 and (batch % 2 or not 2 <= batch <= 16):
-            raise ValueError(f"batch must be 1 or an even number in 2..16, not {batch!r}")
+        check_lane_batch(batch)
         self._batch = batch
         self._plan = plan(16 if batch == 1 else 8, MAX_ACT_BITS, weights=1)
         super().__init__({

@@ -20,11 +20,12 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
 
+from hw.core.activations import check_act_depth
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.image_layout import DESCRIPTOR_LAYOUT, HEADER_LAYOUT
 from hw.core.job import LAYER_JOB_LAYOUT, ErrorCode, emit_job_layout, job_signature, load_job_layout
 from model.export.format import CODES_PER_WORD, DESCRIPTOR, HEADER, MAGIC, WORD_BITS
-from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT
+from model.export.golden import MAX_ACT_BITS, MAX_SHIFT
 
 
 class LayerSequencer(wiring.Component):
@@ -63,8 +64,7 @@ class LayerSequencer(wiring.Component):
         min_width = (HEADER.words + DESCRIPTOR.words - 1).bit_length()  # room for a header and a descriptor
         if addr_width < min_width:
             raise ValueError(f"addr_width must be >= {min_width}, not {addr_width!r}")
-        if act_depth < 2 or act_depth & (act_depth - 1) or act_depth > MAX_FAN_IN:
-            raise ValueError(f"act_depth must be a power of two in 2..{MAX_FAN_IN}, not {act_depth!r}")
+        check_act_depth(act_depth)
         self._addr_width = addr_width
         self._act_depth = act_depth
         super().__init__({
