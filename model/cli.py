@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from model.errors import UserError
 from model.files import write_json
 
 DEFAULT_OUT = Path("out")
@@ -59,6 +60,22 @@ def bounded(kind, lo, hi):
         return value
 
     return parse
+
+
+#: The validation size a run holds out unless told otherwise: a tenth of its training images.
+DEFAULT_VAL_SIZE = 0.1
+
+
+def check_val_size(size) -> int | float:
+    """``size`` if it is 0, an int >= 1 or a float in (0, 1); :class:`UserError` naming ``val_size`` otherwise."""
+    if isinstance(size, bool) or not isinstance(size, int | float):
+        raise UserError(f"field 'val_size' is {size!r}; allowed 0 (none), an integer count >= 1, or a fraction "
+                        f"in (0, 1)")
+    if isinstance(size, int) and size >= 0:
+        return size
+    if isinstance(size, float) and 0 < size < 1:
+        return size
+    raise UserError(f"field 'val_size' is {size!r}; allowed 0 (none), an integer count >= 1, or a fraction in (0, 1)")
 
 
 #: Seeds: what numpy and scikit-learn accept.

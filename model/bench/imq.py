@@ -49,6 +49,7 @@ import torch
 
 from model.bench.floors import floor_entry
 from model.data import FASHION_MNIST_ROOT
+from model.methods.imq import IterationRecord, best_within, selection_split
 from model.runs import provenance
 from model.runs.report import load_summary, plot_report
 from model.runs.rundir import make_run_config, run, write_json
@@ -101,9 +102,10 @@ def _interpolate(points: list[tuple[float, float]], bits: float) -> float | None
     return None
 
 
-def _selection_key(rows: list[dict]) -> str:
-    """``"val_accuracy"`` if every row has one, else ``"accuracy"`` (rows written without a validation split)."""
-    return SELECTION_KEY if rows and all(r.get(SELECTION_KEY) is not None for r in rows) else "accuracy"
+def _record(row: dict) -> IterationRecord:
+    """A bench row as the :class:`model.methods.imq.IterationRecord` that ticket selection ranks."""
+    return IterationRecord(row["iteration"], row["avg_weight_bits"], row["accuracy"], {},
+                           row.get(SELECTION_KEY))
 
 
 def analyse(rows: list[dict]) -> dict:
@@ -124,8 +126,9 @@ def analyse(rows: list[dict]) -> dict:
     imq = sorted((r for r in rows if r["method"] == "imq"), key=lambda r: r["iteration"])
     irq = sorted((r for r in rows if r["method"] == "irq"), key=lambda r: r["iteration"])
     low = [r for r in imq if r["avg_weight_bits"] <= TICKET_BITS]
-    key = _selection_key(low)
-    best = max(low, key=lambda r: r[key], default=None)
+    records = [_record(r) for r in low]
+    chosen = best_within(records, TICKET_BITS)
+    best = None if chosen is None else next(r for r, rec in zip(low, records, strict=True) if rec is chosen)
     gap = None if best is None or float_acc is None else 100 * (best["accuracy"] - float_acc)
     irq_points = [(r["avg_weight_bits"], r["accuracy"]) for r in irq]
     matched = []
@@ -137,7 +140,7 @@ def analyse(rows: list[dict]) -> dict:
     return {
         "float_accuracy": float_acc,
         "best_imq_at_most_4_bits": best,
-        "ticket_selected_on": None if best is None else ("validation" if key == SELECTION_KEY else "test"),
+        "ticket_selected_on": None if best is None else selection_split(records),
         "gap_to_float_pp": gap,
         "ticket_within_0.5pp": None if gap is None else gap >= -FLOAT_GAP_PP,
         "imq_vs_irq": matched,

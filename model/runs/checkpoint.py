@@ -140,19 +140,31 @@ def input_bits_of(model) -> int:
     return next(m.bits for m in model.modules() if isinstance(m, InputQuant))
 
 
-def _input_shape(model, name: str, root) -> tuple[int, int, int]:
-    """The model's ``(C, H, W)``: a conv net's ``image_shape``; for an MLP the data set's image shape when it
-    has ``n_in`` pixels, else ``(1, 1, n_in)``."""
+def _input_shape(model, name: str, root, image_shape=None) -> tuple[int, int, int]:
+    """The model's ``(C, H, W)``: a conv net's ``image_shape``; for an MLP the data set's image shape
+    (``image_shape`` if the caller knows it, else read from the data set) when it has ``n_in`` pixels, else
+    ``(1, 1, n_in)``."""
     if "image_shape" in model.config:
         return tuple(model.config["image_shape"])
     n_in = int(model.config["n_in"])
-    shape = image_shape_of(name, root)
+    shape = image_shape_of(name, root) if image_shape is None else tuple(int(d) for d in image_shape)
     return shape if shape is not None and shape[0] * shape[1] * shape[2] == n_in else (1, 1, n_in)
 
 
-def run_data_record(run: dict, model, where: str) -> DataRecord:
+def _model_features(model) -> int:
+    """Inputs per image the model takes, from its config: ``C*H*W`` of a conv net's ``image_shape``, or ``n_in``."""
+    if "image_shape" in model.config:
+        c, h, w = model.config["image_shape"]
+        return int(c) * int(h) * int(w)
+    return int(model.config["n_in"])
+
+
+def run_data_record(run: dict, model, where: str, image_shape=None) -> DataRecord:
     """The data record of a run config (:meth:`model.runs.rundir.RunConfig.to_json`: ``data``, ``data_root``,
     ``seed``, ``train_subset``, ``test_subset``) and the model trained in it.
+
+    ``image_shape`` is the data set's ``(C, H, W)`` (:attr:`model.data.Split.image_shape`) when the caller has
+    loaded it; without it, an MLP's input shape is read from the data set's files.
 
     Raises
     ------
@@ -161,16 +173,17 @@ def run_data_record(run: dict, model, where: str) -> DataRecord:
     """
     try:
         name, root = run["data"], run.get("data_root")
-        return DataRecord.of(name, root, _input_shape(model, name, root), input_bits_of(model), run["seed"],
-                             run.get("train_subset"), run.get("test_subset"), where=f"{where}: field 'meta.run'")
+        return DataRecord.of(name, root, _input_shape(model, name, root, image_shape), input_bits_of(model),
+                             run["seed"], run.get("train_subset"), run.get("test_subset"),
+                             where=f"{where}: field 'meta.run'")
     except KeyError as exc:
         raise UserError(f"{where}: field 'meta.run' lacks {exc.args[0]!r}") from None
 
 
 def _check_data(record: DataRecord, model, path) -> DataRecord:
-    shape = _input_shape(model, record.name, record.root)
-    features = shape[0] * shape[1] * shape[2]
-    if record.features != features or ("image_shape" in model.config and record.input_shape != shape):
+    features = _model_features(model)
+    shape = tuple(model.config["image_shape"]) if "image_shape" in model.config else None
+    if record.features != features or (shape is not None and record.input_shape != shape):
         raise UserError(f"{path}: field 'meta.{DATA_KEY}.input_shape' is {list(record.input_shape)}; the model "
                         f"takes {list(shape) if 'image_shape' in model.config else features} inputs")
     if record.input_bits != input_bits_of(model):

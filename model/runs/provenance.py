@@ -36,7 +36,8 @@ from model.training import distributed
 
 #: The repository root: the folder that holds ``model/`` and ``build.py``.
 ROOT = Path(__file__).resolve().parents[2]
-#: What the revision covers: the packages (every file but byte code) and the entry point.
+#: What the revision covers: the packages (every file but byte code; inside git, those git does not ignore) and
+#: the entry point.
 SOURCE_PACKAGES = ("model", "hw", "sim")
 SOURCE_FILES = ("build.py",)
 #: The fields of :func:`provenance` that must agree for a run to resume. The sources' hash, not the commit:
@@ -50,12 +51,22 @@ _EXCLUDE = (":(exclude)*/__pycache__/*", ":(exclude)*.pyc")
 
 
 def source_files(root: Path = ROOT) -> list[Path]:
-    """The package sources under ``root``, sorted: every file of :data:`SOURCE_PACKAGES` and :data:`SOURCE_FILES`
-    except ``__pycache__`` folders and ``*.pyc``."""
-    files = [root / name for name in SOURCE_FILES if (root / name).is_file()]
-    for package in SOURCE_PACKAGES:
-        files += [p for p in (root / package).rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    """The package sources under ``root``, sorted: the files of :data:`SOURCE_PACKAGES` and :data:`SOURCE_FILES`
+    except ``__pycache__`` folders and ``*.pyc``.
+
+    Inside git, the files git sees there (tracked or untracked, not ignored: ``git ls-files --cached --others
+    --exclude-standard``), the same files the dirty check of :func:`git_state` looks at, so that an ignored
+    build artefact (``sim_build/``, ``*.vcd``) changes neither. Outside git, every file below the packages.
+    """
+    listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *SOURCE_PACKAGES,
+                  *SOURCE_FILES, *_EXCLUDE)
+    if listed is not None:
+        files = {root / name for name in listed.split("\0") if name and (root / name).is_file()}
+    else:
+        files = {root / name for name in SOURCE_FILES if (root / name).is_file()}
+        for package in SOURCE_PACKAGES:
+            files |= {p for p in (root / package).rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

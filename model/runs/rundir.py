@@ -62,7 +62,7 @@ from model.quant import nets
 from model.quant.nets import ARCHS, FloatMLP, build_model
 from model.quant.pact import FULL_PRECISION_BITS
 from model.runs import provenance
-from model.runs.checkpoint import save_checkpoint
+from model.runs.checkpoint import run_data_record, save_checkpoint
 from model.runs.validation import DEFAULT_VAL_SIZE, Validation, carve_validation, check_val_seed, check_val_size
 from model.training import distributed
 from model.training.loop import evaluate, train
@@ -426,11 +426,6 @@ def load_data(config: RunConfig) -> tuple[Split, Validation | None]:
     return carve_validation(split, config.val_size, config.val_seed)
 
 
-def load_split(config: RunConfig) -> Split:
-    """The split the run trains and tests on (:func:`load_data` without the validation images)."""
-    return load_data(config)[0]
-
-
 def validation_json(config: RunConfig, split: Split, val: Validation | None) -> dict | None:
     """What the results record about the validation split: images, seed, the requested size, training images."""
     if val is None:
@@ -697,6 +692,8 @@ class RunResult:
         :func:`validation_json`: the validation split's size and seed (``None`` without one).
     provenance : dict or None
         What ``run.json`` records (:func:`model.runs.provenance.provenance`).
+    split : Split or None
+        The data the run trained and tested on (:func:`load_data` without the validation images).
     """
 
     config: RunConfig
@@ -711,6 +708,7 @@ class RunResult:
     float_val_accuracy: float | None = None
     validation: dict | None = None
     provenance: dict | None = None
+    split: Split | None = None
 
 
 def run(
@@ -761,6 +759,8 @@ def run(
     context = {"resumed": resumed, "validation": validation_json(config, split, val)}
     val_xy = None if val is None else (val.x, val.y)
     model, theta_0 = _initial_model(run_dir, config, split)
+    # Every checkpoint of the run records this data set (the shape from the loaded split, not its files).
+    data_record = run_data_record(config.to_json(), model, str(run_dir), image_shape=split.image_shape)
     saved = _load_state(run_dir, config, model)
     if saved is None:
         init_masks(model.quant_layers(), config.schedule)
@@ -791,7 +791,7 @@ def run(
     def on_iteration(record: IterationRecord, trained: nn.Module) -> None:
         if distributed.is_main():
             save_checkpoint(iteration_path(run_dir, record.iteration), trained,
-                            {"run": config.to_json(), **record_json(record)})
+                            {"run": config.to_json(), **record_json(record)}, data=data_record)
 
     def step(prog: Progress, stepped: nn.Module) -> None:
         state.progress = prog
@@ -821,13 +821,14 @@ def run(
                     "ticket_iteration": ticket.iteration, "ticket_rule": rule,
                     "ticket_selected_on": ticket_json(prog.history, ticket, rule)["selected_on"],
                     "run": config.to_json(), "provenance": recorded, "validation": context["validation"]}
-            save_checkpoint(run_dir / TICKET_FILE, ticket_model, meta)
+            save_checkpoint(run_dir / TICKET_FILE, ticket_model, meta, data=data_record)
             write_json(run_dir / history_file(config), results_json(config, state, float_description,
                                                                     (ticket, rule), context))
             plot_history(prog.history, run_dir / plot_file(config), schedule.label, state.float_accuracy, ticket)
     distributed.barrier()  # ticket.pt and the history JSON exist before any rank returns
     return RunResult(config, list(prog.history), state.float_accuracy, prog.finished, prog.reached_target,
-                     ticket, rule, ticket_model, resumed, state.float_val_accuracy, context["validation"], recorded)
+                     ticket, rule, ticket_model, resumed, state.float_val_accuracy, context["validation"], recorded,
+                     split)
 
 
 def ticket_widths_supported(model: nn.Module) -> bool:

@@ -25,12 +25,24 @@ stays fast; see :mod:`model.cli`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.cli import ADAM_LR, DATA_SETS, DEFAULT_OUT, SEED, SGD_LR, act_bits, bounded, print_table, write_json
+from model.cli import (
+    ADAM_LR,
+    DATA_SETS,
+    DEFAULT_OUT,
+    DEFAULT_VAL_SIZE,
+    SEED,
+    SGD_LR,
+    act_bits,
+    bounded,
+    check_val_size,
+    print_table,
+    write_json,
+)
+from model.errors import UserError
 
 HELP = "IMQ (float baseline, then Algorithm 1), its baselines, LTS or BMPQ; resumable; writes results, plots and ticket.pt"
 
@@ -59,7 +71,7 @@ GROUPS = {
 
 
 def val_size(text: str) -> int | float:
-    """``--val-size``: 0, a count >= 1, or a fraction in (0, 1) (:func:`model.runs.validation.check_val_size`)."""
+    """``--val-size``: 0, a count >= 1, or a fraction in (0, 1) (:func:`model.cli.check_val_size`)."""
     try:
         value = int(text)
     except ValueError:
@@ -67,13 +79,10 @@ def val_size(text: str) -> int | float:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not 0 < value < 1:
-            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range: a fraction in (0, 1), a "
-                                             "count >= 1, or 0")
-        return value
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is outside the allowed range: a count >= 0 or a fraction")
-    return value
+    try:
+        return check_val_size(value)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _per_method(iterative=None, lts=None, bmpq=None) -> dict:
@@ -180,7 +189,7 @@ OPTIONS: tuple[Option, ...] = (
            kwargs={"action": "store_true"}),
     Option(("--val-size",), "iterative", ITERATIVE, "training images held out for validation (ticket selection "
            "ranks on them): a fraction in (0, 1), a count >= 1, or 0 for none",
-           _per_method(0.1), {"type": val_size}),
+           _per_method(DEFAULT_VAL_SIZE), {"type": val_size}),
     Option(("--val-seed",), "iterative", ITERATIVE, "seed of the validation split, 0..2^32-1", _per_method(0),
            {"type": SEED}),
     Option(("--restart",), "iterative", ITERATIVE, "start the run directory afresh: remove what an earlier run "
@@ -369,7 +378,7 @@ def train_config(args):
         hierarchy=getattr(args, "hierarchy", None) or "paper", scope=args.scope, target_avg_bits=args.target_bits,
         epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "batch_size", None) or 64, seed=args.seed,
         float_baseline=not getattr(args, "no_float_baseline", False),
-        val_size=getattr(args, "val_size", None) if getattr(args, "val_size", None) is not None else 0.1,
+        val_size=getattr(args, "val_size", None) if getattr(args, "val_size", None) is not None else DEFAULT_VAL_SIZE,
         val_seed=getattr(args, "val_seed", None) or 0)
 
 
@@ -381,7 +390,6 @@ def train_ticket(args, out: Path):
     :class:`model.runs.rundir.RunResult` (``resumed`` says whether the directory held the run already) and
     the run's data.
     """
-    from model.runs.rundir import load_split as load_run_split
     from model.runs.rundir import run
 
     config = train_config(args)
@@ -396,7 +404,7 @@ def train_ticket(args, out: Path):
     if result.ticket_rule == "last" and len(history) > 1:
         print(f"warning: no iteration beat iteration 0 (Algorithm 1 line 12); ticket.pt holds the last one, "
               f"iteration {result.ticket.iteration}", file=sys.stderr)
-    return result, load_run_split(config)
+    return result, result.split
 
 
 def cmd_train_lts(args) -> int:
@@ -513,9 +521,9 @@ def run(args) -> int:
     title = f"{config.schedule.label}, PACT-{config.act_bits} (test accuracy)"
     float_acc = result.float_accuracy
     print_table(([("float", float_acc)] if float_acc is not None else []) + rows, title)
-    ticket = json.loads((out / history_file(config)).read_text())["ticket"]
-    print(f"\nticket: iteration {ticket['iteration']} ({ticket['rule']}), {ticket['avg_bits']:.2f} average "
-          f"weight bits, test accuracy {ticket['accuracy']:.4f}")
+    ticket = result.ticket
+    print(f"\nticket: iteration {ticket.iteration} ({result.ticket_rule}), {ticket.avg_bits:.2f} average "
+          f"weight bits, test accuracy {ticket.accuracy:.4f}")
     print(f"resumed: {'true' if result.resumed else 'false'}")
     if not ticket_widths_supported(model):
         print("note: the ticket has 1- or 2-bit weights; `build.py export` refuses it (the accelerator runs "

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from model.cli import DEFAULT_VAL_SIZE, check_val_size
 from model.data import Split
 from model.errors import UserError
 
-#: The validation size a run holds out unless told otherwise: a tenth of its training images.
-DEFAULT_VAL_SIZE = 0.1
+__all__ = ["DEFAULT_VAL_SIZE", "Validation", "carve_validation", "check_val_seed", "check_val_size", "val_count"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,18 +49,6 @@ class Validation:
     @property
     def size(self) -> int:
         return int(self.y.shape[0])
-
-
-def check_val_size(size) -> int | float:
-    """``size`` if it is 0, an int >= 1 or a float in (0, 1); :class:`UserError` naming ``val_size`` otherwise."""
-    if isinstance(size, bool) or not isinstance(size, int | float):
-        raise UserError(f"field 'val_size' is {size!r}; allowed 0 (none), an integer count >= 1, or a fraction "
-                        f"in (0, 1)")
-    if isinstance(size, int) and size >= 0:
-        return size
-    if isinstance(size, float) and 0 < size < 1:
-        return size
-    raise UserError(f"field 'val_size' is {size!r}; allowed 0 (none), an integer count >= 1, or a fraction in (0, 1)")
 
 
 def check_val_seed(seed) -> int:

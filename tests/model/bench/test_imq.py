@@ -57,6 +57,12 @@ def test_the_ticket_is_chosen_on_validation_and_reported_on_test():
     assert analyse(old)["best_imq_at_most_4_bits"]["iteration"] == 1 and analyse(old)["ticket_selected_on"] == "test"
 
 
+def test_a_tie_in_the_ticket_choice_goes_to_the_earliest_iteration():
+    rows = _rows()
+    rows[2]["val_accuracy"] = rows[3]["val_accuracy"]  # iterations 1 and 2 tie on validation
+    assert analyse(rows)["best_imq_at_most_4_bits"] is rows[2]
+
+
 def test_floors_fail_when_imq_loses_to_irq_or_nothing_is_measured():
     rows = _rows()
     rows[2]["accuracy"] = 0.82  # below IRQ's 0.83 at 4 bits

@@ -247,6 +247,8 @@ def test_run_json_records_the_revision_and_environment(tmp_path):
         assert re.fullmatch(r"git:[0-9a-f]{40}(\+dirty:[0-9a-f]{16})?", stored["revision"])
         assert ("+dirty:" + stored["source_sha256"][:16] in stored["revision"]) == stored["dirty"]
     assert result.provenance == stored and not result.resumed
+    assert result.split.x_train.shape[0] == 180 and result.split.image_shape == (1, 8, 8)  # 200 less 10 % val
+    assert torch.load(tmp_path / TICKET_FILE, weights_only=True)["meta"]["dataset"]["input_shape"] == [1, 8, 8]
     history = json.loads((tmp_path / "qnn_history.json").read_text())
     assert history["resumed"] is False and "provenance" not in history  # equal under torchrun and alone
     assert torch.load(tmp_path / TICKET_FILE, weights_only=True)["meta"]["provenance"] == stored
@@ -277,7 +279,14 @@ def test_revision_of_git_and_plain_source_trees(tmp_path):
     commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=True).stdout.strip()
     (tmp_path / "README.md").write_text("not a package source\n")  # untracked, outside the packages: still clean
-    assert provenance.revision_of(tmp_path)["revision"] == f"git:{commit}"
+    clean = provenance.revision_of(tmp_path)
+    assert clean["revision"] == f"git:{commit}" and clean["source_sha256"] == digest
+    # Files git ignores (build artefacts) change neither the dirty check nor the hash.
+    (tmp_path / ".gitignore").write_text("sim_build/\n*.vcd\n")
+    (tmp_path / "model" / "sim_build").mkdir()
+    (tmp_path / "model" / "sim_build" / "out.bin").write_bytes(b"artefact")
+    (tmp_path / "model" / "wave.vcd").write_text("$end\n")
+    assert provenance.revision_of(tmp_path) == clean
     (tmp_path / "model" / "b.py").write_text("B = 2\n")  # an untracked package file is a change
     dirty = provenance.revision_of(tmp_path)
     assert dirty["dirty"] and dirty["revision"] == f"git:{commit}+dirty:{dirty['source_sha256'][:16]}"
