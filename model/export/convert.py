@@ -68,7 +68,6 @@ from model.errors import UserError
 from model.export.golden import (
     ACC_SHIFT,
     BIAS_BITS,
-    BIAS_MIN,
     MAX_SHIFT,
     MULT_BITS,
     SCORE_FRAC_BITS,
@@ -77,6 +76,7 @@ from model.export.golden import (
     IntLinear,
     IntNetwork,
     check_layer,
+    largest_shift,
     requant_params,
 )
 from model.export.golden_conv import IntConv2d, fold_negative_gain
@@ -88,6 +88,8 @@ from model.quant.nets import BasicBlock, ResNet20, SmallVGG
 
 #: Accelerator class that stores a BMPQ layer of each width.
 BMPQ_CLASS = {2: 4, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8, 16: 16}
+#: Images per slice of :func:`golden_accuracy` (as eval_command's EVAL_BATCH).
+GOLDEN_BATCH = 500
 
 
 def weight_codes(linear, where: str) -> tuple[np.ndarray, np.ndarray, bool, float]:
@@ -158,8 +160,12 @@ def input_codes(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def golden_accuracy(net: IntNetwork | IntConvNetwork, model, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy of the integer network ``net`` on images ``x`` (quantized by ``model``'s input quantizer)."""
-    pred = net.predict(input_codes(model, x).numpy())
+    """Accuracy of the integer network ``net`` on images ``x`` (quantized by ``model``'s input quantizer).
+
+    Evaluated in slices of :data:`GOLDEN_BATCH` images (a conv net's im2col of a whole test set is GBs).
+    """
+    pred = np.concatenate([net.predict(input_codes(model, x[i:i + GOLDEN_BATCH]).numpy())
+                           for i in range(0, max(len(x), 1), GOLDEN_BATCH)])
     return float((pred == y.numpy()).mean())
 
 
@@ -212,13 +218,10 @@ def residual_requant_params(gain, res_gain, offset, where: str = "residual requa
             or not np.isfinite(offset).all()):
         raise UserError(f"{where}: gains must be finite and non-negative (M, M_r unsigned), the offset finite")
     c = gain * (1 << ACC_SHIFT) / D
-    for shift in range(MAX_SHIFT, 0, -1):
-        mult = np.round(c * 2.0**shift)
-        res_mult = np.round(res_gain * 2.0 ** (shift - ACC_SHIFT))
-        bias = np.round(offset * 2.0**shift)
-        if ((mult < 2.0**MULT_BITS).all() and (res_mult < 2.0**MULT_BITS).all() and (bias >= float(BIAS_MIN)).all()
-                and (bias < 2.0 ** (BIAS_BITS - 1)).all()):
-            return mult.astype(np.int64), res_mult.astype(np.int64), bias.astype(np.int64), shift
+    fit = largest_shift(offset, (c, 0), (res_gain, -ACC_SHIFT))
+    if fit is not None:
+        (mult, res_mult), bias, shift = fit
+        return mult, res_mult, bias, shift
     raise UserError(f"{where}: fields 'mult', 'res_mult', 'bias': gain {float(gain.max())!r}, residual gain"
                     f" {float(res_gain.max())!r}, offset {float(np.abs(offset).max())!r} fit no shift 1..{MAX_SHIFT}"
                     f" (M, M_r below 2^{MULT_BITS}, B in {BIAS_BITS} signed bits)")
@@ -242,32 +245,32 @@ def residual_conv(conv, bn, act, in_quant, short_quant, where: str) -> IntConv2d
     A negative BN gain is folded into the codes exactly as for a plain block (module docstring: exact with
     the residual too, the shortcut's ``g_r = s_x / s_out`` stays positive).
     """
+    return conv_block(conv, bn, act, in_quant, where, short_quant=short_quant)
+
+
+def conv_block(conv, bn, act, in_quant, where: str, short_quant=None) -> IntConv2d:
+    """One ``conv -> BN -> PACT`` block as an :class:`IntConv2d` (module docstring: BN fold, negative gamma).
+
+    With ``short_quant`` (the quantizer of a residual shortcut's codes) the block adds the shortcut before
+    the PACT and the layer gets a ``res_mult`` (:func:`residual_conv`).
+    """
     _check_geometry(conv, where)
     codes, widths, signed, weight_gain = weight_codes(conv, where)
     k, c = fold_batchnorm(bn, conv.bias, where)
     in_bits, out_bits = _codes_of(in_quant, f"{where} input"), _codes_of(act, f"{where} activation")
-    _codes_of(short_quant, f"{where} shortcut")
+    if short_quant is not None:
+        _codes_of(short_quant, f"{where} shortcut")
     gain = in_quant.step * weight_gain * k / act.step
     codes, gain = fold_negative_gain(codes, widths, gain, signed)
-    res_gain = np.full(conv.out_channels, short_quant.step / act.step)
-    mult, res_mult, bias, shift = residual_requant_params(gain, res_gain, c / act.step, where=where)
+    if short_quant is None:
+        res_mult = None
+        mult, bias, shift = requant_params(gain, c / act.step, where=where)
+    else:
+        res_gain = np.full(conv.out_channels, short_quant.step / act.step)
+        mult, res_mult, bias, shift = residual_requant_params(gain, res_gain, c / act.step, where=where)
     return IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
                      shift=shift, stride=int(conv.stride[0]), padding=int(conv.padding[0]), name=where,
                      signed=signed, res_mult=res_mult)
-
-
-def conv_block(conv, bn, act, in_quant, where: str) -> IntConv2d:
-    """One ``conv -> BN -> PACT`` block as an :class:`IntConv2d` (module docstring: BN fold, negative gamma)."""
-    _check_geometry(conv, where)
-    codes, widths, signed, weight_gain = weight_codes(conv, where)
-    k, c = fold_batchnorm(bn, conv.bias, where)
-    in_bits, out_bits = _codes_of(in_quant, f"{where} input"), _codes_of(act, f"{where} activation")
-    gain = in_quant.step * weight_gain * k / act.step
-    codes, gain = fold_negative_gain(codes, widths, gain, signed)
-    mult, bias, shift = requant_params(gain, c / act.step, where=where)
-    return IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
-                     shift=shift, stride=int(conv.stride[0]), padding=int(conv.padding[0]), name=where,
-                     signed=signed)
 
 
 def final_fc(fc, in_quant, pooled: int = 1) -> IntLinear:

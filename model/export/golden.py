@@ -309,6 +309,25 @@ def layer_forward(layer: IntLinear, u) -> np.ndarray:
     return requantize(combine(sums, act_sums, layer.signed), layer.mult, layer.bias, layer.shift, layer.out_bits)
 
 
+def largest_shift(offset: np.ndarray, *scaled: tuple[np.ndarray, int]
+                  ) -> tuple[tuple[np.ndarray, ...], np.ndarray, int] | None:
+    """The shift search of :func:`requant_params` (shared with the residual requant of the conv export).
+
+    For each ``(x, e)`` of ``scaled`` the multiplier is ``round(x 2^(S + e))``, and ``B = round(offset 2^S)``.
+    Returns ``((M, ...), B, S)`` (int64) for the largest ``S`` in ``MAX_SHIFT..1`` with every multiplier
+    below ``2^MULT_BITS`` and every ``B`` inside :data:`BIAS_BITS` signed bits, or None if no shift fits.
+    Inputs are float64 arrays, already checked finite (the caller raises its own error for None).
+    """
+    for shift in range(MAX_SHIFT, 0, -1):
+        mults = tuple(np.round(x * 2.0 ** (shift + e)) for x, e in scaled)
+        bias = np.round(offset * 2.0**shift)
+        # Float comparisons against powers of two are exact; the casts below only see values that fit.
+        if (all((m < 2.0**MULT_BITS).all() for m in mults) and (bias >= float(BIAS_MIN)).all()
+                and (bias < 2.0**(BIAS_BITS - 1)).all()):
+            return tuple(m.astype(np.int64) for m in mults), bias.astype(np.int64), shift
+    return None
+
+
 def requant_params(gain: np.ndarray, offset: np.ndarray, where: str = "requantization"
                    ) -> tuple[np.ndarray, np.ndarray, int]:
     """Fixed-point ``M``, ``B``, ``S`` so that ``y ~= gain * acc / D + offset`` (per output channel).
@@ -332,12 +351,10 @@ def requant_params(gain: np.ndarray, offset: np.ndarray, where: str = "requantiz
         raise UserError(f"{where}: requantization gain must be finite and non-negative (PACT alpha > 0), and the"
                         " offset finite")
     c = gain * (1 << ACC_SHIFT) / D
-    for shift in range(MAX_SHIFT, 0, -1):
-        mult = np.round(c * 2.0**shift)
-        bias = np.round(offset * 2.0**shift)
-        # Float comparisons against powers of two are exact; the casts below only see values that fit.
-        if (mult < 2.0**MULT_BITS).all() and (bias >= float(BIAS_MIN)).all() and (bias < 2.0**(BIAS_BITS - 1)).all():
-            return mult.astype(np.int64), bias.astype(np.int64), shift
+    fit = largest_shift(offset, (c, 0))
+    if fit is not None:
+        (mult,), bias, shift = fit
+        return mult, bias, shift
     if not (np.round(c * 2.0) < 2.0**MULT_BITS).all():
         raise UserError(f"{where}: field 'mult': gain {float(gain.max())!r} needs M >= 2^{MULT_BITS} even at"
                         f" shift 1; allowed gains below {(2**MULT_BITS - 0.5) * D / 2 ** (ACC_SHIFT + 1):.6g}")

@@ -233,6 +233,13 @@ def conv_class_sums(layer: IntConv2d, u) -> tuple[dict[int, np.ndarray], dict[in
     if u.shape[2] + 2 * layer.padding < layer.kernel or u.shape[3] + 2 * layer.padding < layer.kernel:
         raise UserError(f"{where}: input map {u.shape[2:]} padded by {layer.padding} is smaller than the kernel"
                         f" {layer.kernel}")
+    return _conv_class_sums(layer, u)
+
+
+def _conv_class_sums(layer: IntConv2d, u: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """:func:`conv_class_sums` without its checks, for a layer and int64 codes already checked (by
+    :func:`~model.export.golden_net.check_network` and the network's input check). :func:`exact_matmul`
+    still checks its exactness premise."""
     cols = im2col(u, layer.kernel, layer.stride, layer.padding)
     n, ho, wo, f = cols.shape
     x = cols.reshape(-1, f)
@@ -242,8 +249,16 @@ def conv_class_sums(layer: IntConv2d, u) -> tuple[dict[int, np.ndarray], dict[in
     def to_map(a: np.ndarray) -> np.ndarray:
         return a.reshape(n, ho, wo, layer.c_out).transpose(0, 3, 1, 2)
 
-    sums = {m: to_map(exact_matmul(x, np.where(w == m, q, 0))) for m in CLASSES}
-    act_sums = {m: to_map(exact_matmul(x, (w == m).astype(np.int64))) for m in CLASSES}
+    # One matmul for all classes: rows [k C_out, (k + 1) C_out) hold class k's codes (k < 4), then its
+    # indicator (k >= 4). Stacking rows changes no output sum, and every row is still a code below 2^32 or
+    # 0/1, so the one bound check (max weight times max input row sum < 2^53) is the same as per class.
+    k = len(CLASSES)
+    stacked = np.concatenate([np.where(w == m, q, 0) for m in CLASSES]
+                             + [(w == m).astype(np.int64) for m in CLASSES])
+    out = exact_matmul(x, stacked)
+    parts = [to_map(out[:, i * layer.c_out:(i + 1) * layer.c_out]) for i in range(2 * k)]
+    sums = {m: parts[i] for i, m in enumerate(CLASSES)}
+    act_sums = {m: parts[k + i] for i, m in enumerate(CLASSES)}
     return sums, act_sums
 
 
@@ -285,6 +300,13 @@ def requantize_residual(acc, residual, mult, res_mult, bias, shift: int, out_bit
         raise UserError(f"{where}: field 'res_mult' outside [0, 2^{MULT_BITS} - 1] (MULT_BITS = {MULT_BITS}"
                         " unsigned bits)")
 
+    return _requantize_residual(acc, r, mult, res_mult, bias, shift, out_bits)
+
+
+def _requantize_residual(acc: np.ndarray, r: np.ndarray, mult, res_mult, bias, shift: int,
+                         out_bits: int) -> np.ndarray:
+    """:func:`requantize_residual` without its checks (residual codes, ``M_r`` and ``out_bits`` already checked)."""
+
     def per_channel(a) -> np.ndarray:
         a = as_codes(a)
         return a.reshape(-1, 1, 1) if a.ndim == 1 else a
@@ -307,6 +329,18 @@ def conv_forward(layer: IntConv2d, u, residual=None) -> np.ndarray:
     if residual is not None:
         return requantize_residual(acc, residual, layer.mult, layer.res_mult, layer.bias, layer.shift,
                                    layer.out_bits, where=f"{where} residual")
+    c = (-1, 1, 1)
+    return requantize(acc, np.asarray(layer.mult).reshape(c), np.asarray(layer.bias).reshape(c), layer.shift,
+                      layer.out_bits)
+
+
+def _conv_forward(layer: IntConv2d, u: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+    """:func:`conv_forward` without its checks: ``layer`` checked by :func:`~model.export.golden_net.check_network`,
+    ``u`` and ``residual`` int64 codes of the checked widths (``residual`` given exactly with ``res_mult``)."""
+    acc = combine(*_conv_class_sums(layer, u), layer.signed)
+    if residual is not None:
+        return _requantize_residual(acc, residual, layer.mult, layer.res_mult, layer.bias, layer.shift,
+                                    layer.out_bits)
     c = (-1, 1, 1)
     return requantize(acc, np.asarray(layer.mult).reshape(c), np.asarray(layer.bias).reshape(c), layer.shift,
                       layer.out_bits)
@@ -395,6 +429,11 @@ def global_sum_pool(u, bits: int, where: str = "global pool") -> np.ndarray:
     if bound >= 1 << GAP_SUM_BITS:
         raise UserError(f"{where}: field 'pool sum' may reach (2^{bits} - 1) * {u.shape[2]} * {u.shape[3]} ="
                         f" {bound}; allowed below 2^{GAP_SUM_BITS} (GAP_SUM_BITS)")
+    return _global_sum_pool(u)
+
+
+def _global_sum_pool(u: np.ndarray) -> np.ndarray:
+    """:func:`global_sum_pool` without its checks (codes and bound 9 checked by ``check_network``)."""
     return u.sum(axis=(2, 3))
 
 

@@ -44,11 +44,12 @@ from model.export.golden import MAX_ACT_BITS, IntLinear, check_layer, layer_forw
 from model.export.golden_conv import (
     GAP_SUM_BITS,
     IntConv2d,
+    _conv_forward,
+    _global_sum_pool,
     check_act_mass,
     check_codes,
     check_conv,
     conv_forward,
-    global_sum_pool,
     max_pool_codes,
     shortcut_a,
 )
@@ -81,9 +82,13 @@ class ResidualStage:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``conv_forward(conv2, conv_forward(conv1, x), residual=shortcut_a(x, C_out, stride))``."""
-        h = conv_forward(self.conv1, x)
+        return self._forward(x, conv_forward)
+
+    def _forward(self, x: np.ndarray, conv) -> np.ndarray:
+        """:meth:`forward` with ``conv`` for ``conv_forward`` (the network passes its unchecked variant)."""
+        h = conv(self.conv1, x)
         r = shortcut_a(x, self.conv2.c_out, self.stride, where=f"{self.label} shortcut")
-        return conv_forward(self.conv2, h, residual=r)
+        return conv(self.conv2, h, residual=r)
 
     @property
     def label(self) -> str:
@@ -140,13 +145,8 @@ def check_network(net: IntConvNetwork) -> None:
         if isinstance(stage, ConvStage):
             conv = stage.conv
             check_conv(conv, where)
-            if pooled != 1:
-                raise UserError(f"{where}: a conv after the global pool; allowed only the FC")
-            if conv.c_in != c or conv.in_bits != bits:
-                raise UserError(f"{where}: fields 'c_in', 'in_bits' are {conv.c_in}, {conv.in_bits}; the previous"
-                                f" stage gives {c} channels of {bits}-bit codes")
-            if h + 2 * conv.padding < conv.kernel or w + 2 * conv.padding < conv.kernel:
-                raise UserError(f"{where}: input map {h}x{w} padded by {conv.padding} is smaller than the kernel")
+            _check_chain(conv, where, c, bits, pooled, "a conv", "fields")
+            _check_fits(conv, where, h, w)
             (h, w), c, bits = conv.out_size(h, w), conv.c_out, conv.out_bits
             if stage.pool:
                 if isinstance(stage.pool, bool) or not 1 <= stage.pool <= min(h, w):
@@ -180,6 +180,23 @@ def check_network(net: IntConvNetwork) -> None:
                             " FCStage")
 
 
+def _check_chain(conv: IntConv2d, where: str, c: int, bits: int, pooled: int, what: str, fields: str,
+                 note: str = "") -> None:
+    """A conv (``what``, as the message names it) takes the previous stage's ``c`` channels of ``bits``-bit
+    codes, and comes before the global pool."""
+    if pooled != 1:
+        raise UserError(f"{where}: {what} after the global pool; allowed only the FC")
+    if conv.c_in != c or conv.in_bits != bits:
+        raise UserError(f"{where}: {fields} 'c_in', 'in_bits' are {conv.c_in}, {conv.in_bits}; the previous"
+                        f" stage gives {c} channels of {bits}-bit codes{note}")
+
+
+def _check_fits(conv: IntConv2d, where: str, h: int, w: int, of: str = "") -> None:
+    """The ``h x w`` input map of ``conv`` (``of`` names it in the message), padded, is at least the kernel."""
+    if h + 2 * conv.padding < conv.kernel or w + 2 * conv.padding < conv.kernel:
+        raise UserError(f"{where}: input map {h}x{w}{of} padded by {conv.padding} is smaller than the kernel")
+
+
 def _check_residual(stage: ResidualStage, where: str, c: int, h: int, w: int, bits: int, pooled: int
                     ) -> tuple[int, int, int, int]:
     """Check one :class:`ResidualStage` on a ``c x h x w`` map of ``bits``-bit codes; its output ``(c, h, w, bits)``.
@@ -191,11 +208,7 @@ def _check_residual(stage: ResidualStage, where: str, c: int, h: int, w: int, bi
     one, two = stage.conv1, stage.conv2
     check_conv(one, f"{where} conv1")
     check_conv(two, f"{where} conv2")
-    if pooled != 1:
-        raise UserError(f"{where}: a residual block after the global pool; allowed only the FC")
-    if one.c_in != c or one.in_bits != bits:
-        raise UserError(f"{where}: conv1 fields 'c_in', 'in_bits' are {one.c_in}, {one.in_bits}; the previous"
-                        f" stage gives {c} channels of {bits}-bit codes (the shortcut's codes too)")
+    _check_chain(one, where, c, bits, pooled, "a residual block", "conv1 fields", " (the shortcut's codes too)")
     if not 1 <= bits <= MAX_ACT_BITS:
         raise UserError(f"{where}: shortcut codes of {bits} bits; allowed 1..{MAX_ACT_BITS} (bound 8)")
     if one.res_mult is not None or two.res_mult is None:
@@ -207,9 +220,7 @@ def _check_residual(stage: ResidualStage, where: str, c: int, h: int, w: int, bi
         raise UserError(f"{where}: field 'stride' is {stage.stride!r} and conv2 has {two.c_out} channels; allowed"
                         f" stride 1 or 2 and at least the input's {c} channels (option A pads with zeros)")
     for conv, (hh, ww) in ((one, (h, w)), (two, one.out_size(h, w))):
-        if hh + 2 * conv.padding < conv.kernel or ww + 2 * conv.padding < conv.kernel:
-            raise UserError(f"{where}: input map {hh}x{ww} of {conv.name or 'conv'} padded by {conv.padding} is"
-                            " smaller than the kernel")
+        _check_fits(conv, where, hh, ww, of=f" of {conv.name or 'conv'}")
     out = two.out_size(*one.out_size(h, w))
     short = (-(-h // stage.stride), -(-w // stage.stride))
     if out != short:
@@ -275,15 +286,17 @@ class IntConvNetwork:
         """
         check_network(self)
         x = self.check_inputs(u)
+        # check_network checked every layer, the chaining and bound 9, and every code below is the checked
+        # input or a requantizer's clamped output: the unchecked ops do not repeat those checks.
         for stage in self.stages:
             if isinstance(stage, ConvStage):
-                x = conv_forward(stage.conv, x)
+                x = _conv_forward(stage.conv, x)
                 if stage.pool:
                     x = max_pool_codes(x, stage.pool, stage.pool, where=f"{stage.name} max-pool")
             elif isinstance(stage, ResidualStage):
-                x = stage.forward(x)
+                x = stage._forward(x, _conv_forward)
             elif isinstance(stage, GlobalSumPool):
-                x = global_sum_pool(x, stage_bits(self, stage), where=stage.name)
+                x = _global_sum_pool(x)
             else:
                 x = layer_forward(stage.layer, x.reshape(x.shape[0], -1))
         return x
@@ -291,16 +304,3 @@ class IntConvNetwork:
     def predict(self, u) -> np.ndarray:
         """Class index of the highest score (lowest index on ties, like ``np.argmax``)."""
         return self.forward(u).argmax(axis=1)
-
-
-def stage_bits(net: IntConvNetwork, stage: Stage) -> int:
-    """Code width entering ``stage`` (the previous conv's ``out_bits``, or ``input_bits``)."""
-    bits = net.input_bits
-    for s in net.stages:
-        if s is stage:
-            return bits
-        if isinstance(s, ConvStage):
-            bits = s.conv.out_bits
-        elif isinstance(s, ResidualStage):
-            bits = s.conv2.out_bits
-    raise UserError(f"{stage.name}: not a stage of this network")

@@ -9,7 +9,7 @@ import torch
 
 from model.data import load_digits_split
 from model.errors import UserError
-from model.export.convert import golden_accuracy, input_codes, to_golden
+from model.export.convert import GOLDEN_BATCH, golden_accuracy, input_codes, to_golden
 from model.export.golden import (
     ACC_SHIFT,
     BIAS_MAX,
@@ -254,14 +254,30 @@ def test_golden_accuracy_matches_fake_quant():
     train(model, split, epochs=6, progress=False)
     fq = evaluate(model, split.x_test, split.y_test)
     net = to_golden(model)
-    golden = golden_accuracy(net, model, split.x_test, split.y_test)
+    raw = net.forward(input_codes(model, split.x_test))  # the scores, computed once
+    golden = float((raw.argmax(axis=1) == split.y_test.numpy()).mean())
+    assert golden == golden_accuracy(net, model, split.x_test, split.y_test)  # cheap for an MLP
     assert fq > 0.85
     assert abs(golden - fq) <= 0.005
     # And the scores themselves agree with the float logits to the score resolution.
     with torch.no_grad():
         logits = model(split.x_test).double()
-    scores = torch.as_tensor(net.forward(input_codes(model, split.x_test))).double() / 256
+    scores = torch.as_tensor(raw).double() / 256
     assert (logits - scores).abs().max() < 0.05
+
+
+def test_golden_accuracy_evaluates_in_slices():
+    """More images than one slice (GOLDEN_BATCH): the accuracy of the concatenated predictions, in order."""
+    split = load_digits_split()
+    torch.manual_seed(0)
+    model = DigitsMLP(hidden=(16,), act_bits=4)
+    net = to_golden(model)
+    x = torch.cat([split.x_test] * (GOLDEN_BATCH // len(split.x_test) + 2))
+    y = torch.cat([split.y_test] * (GOLDEN_BATCH // len(split.y_test) + 2))
+    assert len(x) > GOLDEN_BATCH and len(x) % GOLDEN_BATCH
+    y[::7] = (y[::7] + 1) % 10  # labels that differ along the set, so that misordered slices would show
+    pred = net.forward(input_codes(model, x)).argmax(axis=1)
+    assert golden_accuracy(net, model, x, y) == float((pred == y.numpy()).mean())
 
 
 # -- bounds: requant parameters, check_layer, input codes ---------------------------------------------------

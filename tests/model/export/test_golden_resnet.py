@@ -9,9 +9,9 @@ import torch
 
 from model.data import load_digits_split
 from model.errors import UserError
-from model.export.convert import golden_accuracy, input_codes, residual_requant_params, to_golden
-from model.export.golden import ACC_SHIFT, MULT_BITS, WIDTHS, D, IntLinear
-from model.export.golden_conv import IntConv2d, conv_forward, requantize_residual
+from model.export.convert import input_codes, residual_requant_params, to_golden
+from model.export.golden import ACC_SHIFT, MULT_BITS, WIDTHS, D, IntLinear, R, layer_forward
+from model.export.golden_conv import IntConv2d, conv_forward, global_sum_pool, requantize_residual
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage, check_network
 from model.quant.nets import ResNet20, build_model
 from model.quant.pact import PACT
@@ -82,14 +82,15 @@ def test_resnet20_golden_accuracy_matches_fake_quant(digits):
     kinds = [type(s) for s in net.stages]
     assert kinds == [ConvStage] + [ResidualStage] * 9 + [GlobalSumPool, FCStage]
     assert net.stages[-1].pooled == 4 and len(net.layers) == 20  # 8x8 -> 4x4 -> 2x2
-    golden = golden_accuracy(net, model, digits.x_test, digits.y_test)
+    raw = net.forward(input_codes(model, digits.x_test).numpy())  # the scores, computed once
+    golden = float((raw.argmax(axis=1) == digits.y_test.numpy()).mean())
     print(f"fake-quant {fq:.4f}, golden {golden:.4f}, {time.perf_counter() - start:.1f} s")
     assert fq > 0.6
     assert abs(golden - fq) <= 0.005
     check_blocks(net, model, digits.x_test)
     with torch.no_grad():
         logits = model(digits.x_test).double().numpy()
-    scores = net.forward(input_codes(model, digits.x_test).numpy()) / 256
+    scores = raw / 256
     err = np.abs(logits - scores)
     assert np.median(err) < 0.05 and np.quantile(err, 0.9) < 0.3
 
@@ -190,7 +191,15 @@ def test_residual_stage_is_conv_conv_plus_shortcut():
                    bias=np.zeros(2, dtype=np.int64), shift=1, name="fc")
     net = IntConvNetwork(4, (2, 7, 7), (st, GlobalSumPool(), FCStage(fc, pooled=16)))
     check_network(net)
-    assert net.forward(u).shape == (3, 2)
+    scores = net.forward(u)
+    assert scores.shape == (3, 2)
+    # An independent composition: the checked public ops one by one (the net's forward uses unchecked ones).
+    pooled = global_sum_pool(st.forward(u), 4)
+    assert np.array_equal(scores, layer_forward(fc, pooled))
+    # And in plain Python integers: every weight is code 7 of 4 bits, acc = (2 R_4 7 - D) sum of the pooled codes.
+    for n in range(3):
+        acc = (2 * R[4] * 7 - D) * int(pooled[n].sum())
+        assert scores[n].tolist() == [((acc >> ACC_SHIFT) + 1) >> 1] * 2  # M = 1, B = 0, S = 1
 
 
 @pytest.mark.parametrize("change, message", [
