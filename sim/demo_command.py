@@ -25,9 +25,10 @@ def run(args) -> int:
     from model.data import DataRecord
     from model.errors import UserError
     from model.export.convert import export_image, golden_accuracy, to_golden
+    from model.export.vectors import image_vectors
     from model.runs.checkpoint import input_bits_of
     from model.training.loop import evaluate
-    from sim.image_run import run_rtl
+    from sim.image_run import prepare, simulate
 
     resolve(args, "imq")
     if args.data != "digits":
@@ -52,10 +53,10 @@ def run(args) -> int:
     manifest = export_image(model, out / "image", data)
 
     print(f"[3/5] RTL simulation ({args.simulator}) of every test image under random back-pressure")
-    rtl = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=True, batch=args.batch)
+    prepared = prepare(image_vectors(out / "image", None, args.seed), out / "rtl", args.batch)
+    rtl = simulate(prepared, args.simulator, args.seed, stall=True)
     print("[4/5] cycle count without stalls")
-    timing = run_rtl(out / "image", out / "rtl", args.simulator, None, args.seed, stall=False,
-                     batch=args.batch)
+    timing = simulate(prepared, args.simulator, args.seed, stall=False)
     print("[5/5] Yosys synth_xilinx for the XC7Z020")
     res = synthesize(out / "rtl" / "mpq_accel.v", TOP_NAME, log_path=out / "yosys.log")
 

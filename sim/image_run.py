@@ -1,54 +1,87 @@
 """An exported image's test images through the generated Verilog, against the golden model.
 
-What ``sim`` and ``demo`` run and ``verilog`` puts in its self-test ROM: the image's recorded test images
-(:mod:`model.export.vectors`), padded to a multiple of the batch, through :func:`sim.runner.run_accelerator`.
+What ``sim`` and ``demo`` run: the image's recorded test images (:func:`model.export.vectors.image_vectors`),
+padded to a multiple of the batch, through :func:`sim.runner.run_accelerator`. :func:`prepare` does the setup
+once (padding, Verilog); :func:`simulate` runs it, as often as wanted (``demo``: with and without stalls);
+:func:`run_rtl` is both in one.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hw.platform.verilog import write_verilog
 from model.export.image import pack
-from model.export.vectors import image_vectors
+from model.export.vectors import ImageVectors
 from sim.runner import run_accelerator
 
 
-def golden_vectors(image_dir: Path, count: int | None, seed: int, data: str | None = None,
-                   data_root: str | None = None, flag: str = "--images"):
-    """``(net, manifest, input codes, golden scores, labels)`` of the first ``count`` test images of the image's
-    data set (:func:`model.export.vectors.image_vectors`)."""
-    v = image_vectors(image_dir, count, seed, data, data_root, flag)
-    return v.net, v.manifest, v.codes, v.expected, v.labels
+@dataclass(frozen=True, eq=False)
+class PreparedRun:
+    """Test images padded to a multiple of the batch, and the Verilog they run on.
+
+    Members
+    -------
+    vectors : model.export.vectors.ImageVectors
+        The test images (without padding) and their golden scores.
+    inputs, expected : numpy.ndarray
+        Input codes and golden scores with the padding.
+    padding : int
+        Copies of the last image appended.
+    batch : int
+    verilog : Path
+        The accelerator's Verilog.
+    out : Path
+        Output directory (the Verilog and the simulator's ``sim_build``).
+    """
+
+    vectors: ImageVectors
+    inputs: np.ndarray
+    expected: np.ndarray
+    padding: int
+    batch: int
+    verilog: Path
+    out: Path
 
 
-def run_rtl(image_dir: Path, out: Path, simulator: str, count: int | None, seed: int, stall: bool,
-            batch: int, data: str | None = None, data_root: str | None = None) -> dict:
-    """Run the test images through the RTL in cocotb and compare with the golden model.
+def prepare(vectors: ImageVectors, out: Path, batch: int) -> PreparedRun:
+    """Pad the test images to a multiple of ``batch`` and write the Verilog to ``out / "mpq_accel.v"``.
 
     The accelerator computes ``batch`` images at a time, so the stream is padded with copies of the last
-    image to a multiple of ``batch`` (as a host would); the padding is checked too but not counted in
-    the accuracy. The images are the first ``count`` test images of the image's data set (``data`` and
-    ``data_root`` choose another, :func:`golden_vectors`); ``result["data"]`` records which.
+    image (as a host would); the padding is checked too but not counted in the accuracy.
     """
-    vectors = image_vectors(image_dir, count, seed, data, data_root)
-    net, u, expected, labels = vectors.net, vectors.codes, vectors.expected, vectors.labels
+    u, expected = vectors.codes, vectors.expected
     pad = -len(u) % batch
     u_all = np.concatenate([u, np.repeat(u[-1:], pad, axis=0)])
     expected_all = np.concatenate([expected, np.repeat(expected[-1:], pad, axis=0)])
-    vpath = write_verilog(pack(net), out / "mpq_accel.v", batch=batch)
+    vpath = write_verilog(pack(vectors.net), out / "mpq_accel.v", batch=batch)
+    return PreparedRun(vectors, u_all, expected_all, pad, batch, vpath, out)
+
+
+def simulate(run: PreparedRun, simulator: str, seed: int, stall: bool) -> dict:
+    """Run a prepared stream through the RTL in cocotb and compare with the golden model.
+
+    ``result["data"]`` records the data set the images come from.
+    """
+    vectors = run.vectors
+    expected, labels = vectors.expected, vectors.labels
     t0 = time.time()
-    result = run_accelerator(vpath, u_all, expected_all, work_dir=out / "sim_build", simulator=simulator,
-                             stall=stall, seed=seed)
-    result["padding_images"] = pad
-    result["batch"] = batch
-    scores = np.array(result["scores"], dtype=np.int64)[:len(u)]
+    result = run_accelerator(run.verilog, run.inputs, run.expected, work_dir=run.out / "sim_build",
+                             simulator=simulator, stall=stall, seed=seed)
+    result["padding_images"] = run.padding
+    result["batch"] = run.batch
+    scores = np.array(result["scores"], dtype=np.int64)[:len(vectors.codes)]
     result["rtl_accuracy"] = float((scores.argmax(axis=1) == labels[:len(scores)]).mean()) if len(scores) else 0.0
     result["golden_accuracy"] = float((expected.argmax(axis=1) == labels).mean())
     result["wall_s"] = time.time() - t0
-    result["simulator"] = simulator
     result["data"] = vectors.data.to_json()
     return result
+
+
+def run_rtl(vectors: ImageVectors, out: Path, simulator: str, seed: int, stall: bool, batch: int) -> dict:
+    """:func:`prepare` and :func:`simulate` the test images ``vectors``."""
+    return simulate(prepare(vectors, out, batch), simulator, seed, stall)

@@ -42,33 +42,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_batch_arg(p)
 
 
-def default_count(args) -> int:
-    """``--images`` left out: the data set's test count, at most :data:`model.cli.SIM_DEFAULT_IMAGES` (with a note
-    when that leaves images out)."""
-    import contextlib
-    import io
-
+def read_vectors(args):
+    """The test images to simulate, read once: ``--images``, or left out the data set's test count, at most
+    :data:`model.cli.SIM_DEFAULT_IMAGES` (with a note when that leaves images out)."""
     from model.export.vectors import image_vectors
 
-    # One image is enough to resolve the data set (recorded or overridden); its legacy note, if any, is printed
-    # once, by the run itself.
-    with contextlib.redirect_stderr(io.StringIO()):
-        record = image_vectors(Path(args.image), 1, args.seed, args.data, args.data_root).data
-    available = len(record.load_test(f"{args.image}: the data set").y_test)
-    if available > SIM_DEFAULT_IMAGES:
-        print(f"note: simulating the first {SIM_DEFAULT_IMAGES} of the {available} test images of "
-              f"{record.describe()} (the default, to keep the RTL simulation short); --images N runs up to "
+    cap = SIM_DEFAULT_IMAGES if args.images is None else None
+    vectors = image_vectors(Path(args.image), args.images, args.seed, args.data, args.data_root, cap=cap)
+    available = vectors.available
+    if cap is not None and available > cap:
+        print(f"note: simulating the first {cap} of the {available} test images of "
+              f"{vectors.data.describe()} (the default, to keep the RTL simulation short); --images N runs up to "
               f"{available}", file=sys.stderr)
-    return min(available, SIM_DEFAULT_IMAGES)
+    return vectors
 
 
 def run(args) -> int:
     from sim.image_run import run_rtl
 
     out = Path(args.out)
-    count = args.images if args.images is not None else default_count(args)
-    result = run_rtl(Path(args.image), out, args.simulator, count, args.seed, not args.no_stall,
-                     args.batch, args.data, args.data_root)
+    result = run_rtl(read_vectors(args), out, args.simulator, args.seed, not args.no_stall, args.batch)
     write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]
                 + [(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",

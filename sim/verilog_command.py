@@ -30,16 +30,16 @@ def run(args) -> int:
     from hw.platform.board import write_build_plan
     from hw.platform.verilog import write_verilog
     from model.errors import UserError
-    from model.export.image import pack, read_image
-    from sim.image_run import golden_vectors
+    from model.export.image import pack
+    from model.export.vectors import image_vectors
 
-    net, _ = read_image(args.image)
     # The test vectors first: a data set that is not available here is an error before any file is written.
-    _, _, u, expected, _ = golden_vectors(Path(args.image), args.selftest_images, args.seed, args.data,
-                                          args.data_root, flag="--selftest-images")
+    v = image_vectors(Path(args.image), args.selftest_images, args.seed, args.data, args.data_root,
+                      flag="--selftest-images")
+    u, expected = v.codes, v.expected
     if len(u) % args.batch:
         raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")
-    words = pack(net)
+    words = pack(v.net)
     out = Path(args.out)
     path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
     print(f"wrote {path}")

@@ -145,7 +145,8 @@ def test_sim_runs_at_most_360_test_images_by_default(tmp_path, capsys, monkeypat
     image = export_untrained(tmp_path, n_test)
     counts = []
 
-    def fake_run_rtl(image_dir, out, simulator, count, seed, stall, batch, data=None, data_root=None):
+    def fake_run_rtl(vectors, out, simulator, seed, stall, batch):
+        count = len(vectors.codes)
         counts.append(count)
         return {"data": {"name": "idx"}, "images": count, "mismatches": 0, "rtl_accuracy": 0.0,
                 "golden_accuracy": 0.0, "cycles_per_image": 1, "wall_s": 0.0, "passed": True, "scores": []}

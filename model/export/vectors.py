@@ -48,6 +48,8 @@ class ImageVectors:
         int64 ``[N, n_classes]`` golden scores.
     labels : numpy.ndarray
         int64 ``[N]``.
+    available : int
+        Test images the data set has (``N`` is at most this).
     """
 
     net: object
@@ -56,11 +58,13 @@ class ImageVectors:
     codes: object
     expected: object
     labels: object
+    available: int
 
 
 def image_vectors(image_dir, count: int | None, seed: int, data: str | None = None, data_root: str | None = None,
-                  flag: str = "--images") -> ImageVectors:
-    """The first ``count`` (default all) test images of the image's recorded data set, with golden scores.
+                  flag: str = "--images", cap: int | None = None) -> ImageVectors:
+    """The first ``count`` (default all, at most ``cap``) test images of the image's recorded data set, with golden
+    scores.
 
     Parameters
     ----------
@@ -72,6 +76,8 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
         Digits split seed of an image that records no data set.
     data, data_root : str, optional
         ``--data`` / ``--data-root``: another data set or another copy of it.
+    cap : int, optional
+        At most this many images: ``min(count or all, cap)``.
 
     Raises
     ------
@@ -93,7 +99,11 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
         record = default_record((1, 8, 8) if n_in == 64 else (1, 1, n_in), net.input_bits, seed, where)
     record = record.override(data, data_root)
     split = record.load_test(where)
-    check_count(count, len(split.y_test), flag, record)
-    x, y = split.x_test[:count], split.y_test[:count]
+    available = len(split.y_test)
+    check_count(count, available, flag, record)
+    take = available if count is None else count
+    if cap is not None:
+        take = min(take, cap)
+    x, y = split.x_test[:take], split.y_test[:take]
     codes = InputQuant(net.input_bits).to_codes(x).numpy().astype(np.int64)
-    return ImageVectors(net, manifest, record, codes, net.forward(codes), y.numpy())
+    return ImageVectors(net, manifest, record, codes, net.forward(codes), y.numpy(), available)

@@ -80,7 +80,7 @@ def bench_dsp(args, out: Path) -> int:
     """Every packed DSP48E1 lane mode: synthesis, bit-exact simulation, density (sim/bench/dsp.py)."""
     from sim.bench.dsp import floors, format_rows, run_bench
 
-    rows = run_bench(out / "dsp.json", progress=not args.quiet)
+    rows = run_bench(progress=not args.quiet)
     write_json(out / "dsp.json", rows)
     plot_dsp(rows, out / "dsp.png")
     print(format_rows(rows))

@@ -24,14 +24,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from hw.dsp.lane import DSP48E1_ATTRIBUTES, PackedDspLane
 from hw.dsp.packing import A_BITS, B_BITS, P_BITS, PackingPlan, plan
 from hw.platform.synth import parse_stat, yosys_binary
 from model.bench.floors import floor_entry
-from sim.lane_runner import exhaustive_ops, run_dsp_lane
+from sim.lane_runner import exhaustive_ops, run_dsp_lane, write_lane_verilog
 
 #: Modes of the bench: every weight width with the activation widths the papers use, and more.
 MODES = [(w, a) for w in (2, 3, 4, 8, 16, 32) for a in (2, 4, 8, 16, 32)] + [(4, 3), (4, 5), (4, 6), (4, 7)]
@@ -97,8 +96,8 @@ def config_mismatches(cell: dict) -> list[str]:
 
 def synth_lane(p: PackingPlan, work: Path) -> dict:
     """Yosys on the behavioural lane alone: resources and the inferred DSP configuration."""
-    vpath = work / f"lane_{p.weight_bits}x{p.act_bits}.v"
-    vpath.write_text(verilog.convert(PackedDspLane(p, count_bits=COUNT_BITS), name=LANE_TOP, emit_src=False))
+    vpath = write_lane_verilog(p, work / f"lane_{p.weight_bits}x{p.act_bits}.v", count_bits=COUNT_BITS,
+                               name=LANE_TOP)
     jpath = vpath.with_suffix(".json")
     script = f"read_verilog {vpath}; synth_xilinx -family xc7 -flatten -top {LANE_TOP}; stat; write_json {jpath}"
     proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
@@ -195,7 +194,7 @@ def bench_mode(w: int, a: int, work: Path, *, random_sets: int = 3000) -> dict:
     }
 
 
-def run_bench(out_path: Path, modes=MODES, progress: bool = True) -> list[dict]:
+def run_bench(modes=MODES, progress: bool = True) -> list[dict]:
     from tqdm import tqdm
 
     rows = []

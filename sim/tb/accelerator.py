@@ -32,7 +32,6 @@ import cocotb
 import numpy as np
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
-from cocotb.simtime import get_sim_time
 
 from sim.scoreboard import Scoreboard
 from sim.tb.stream import RunSettings, StreamTB
@@ -76,7 +75,7 @@ class AcceleratorTB(StreamTB):
 
     def __init__(self, dut, expected, *, stall: bool, seed: int = 0,
                  timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
-        scoreboard = Scoreboard(([int(v) for v in row] for row in expected), name="image")
+        scoreboard = Scoreboard(expected, name="image")
         super().__init__(dut, input_shape=INPUT_SHAPE, output_shape=OUTPUT_LAYOUT, scoreboard=scoreboard,
                          stall=stall, seed=seed, timeout_cycles=timeout_cycles)
         self.image_done_ns: list[float] = []
@@ -86,7 +85,7 @@ class AcceleratorTB(StreamTB):
         """One score: gather it; an image ends at ``last`` and goes to the scoreboard."""
         self.pending.append(value["score"])
         if value["last"]:
-            self.image_done_ns.append(get_sim_time("ns"))
+            self.image_done_ns.append(self.sink.last_transfer_ns)  # this score's transfer
             scores, self.pending = self.pending, []
             self.scoreboard.check(scores)
 
@@ -109,6 +108,7 @@ class AcceleratorTB(StreamTB):
         first = self.source.first_transfer_ns
         done = [self.cycles(first, t) for t in self.image_done_ns] if first is not None else []
         received = len(board.received)
+        code = self.dut.error_code.value
         return {
             "images": received,
             "expected_images": len(board.expected),
@@ -120,7 +120,7 @@ class AcceleratorTB(StreamTB):
             "first_image_latency_cycles": done[0] if done else 0,
             "image_done_cycles": done,
             "partial_beats": len(self.pending),
-            "status_code": int(self.dut.error_code.value) if self.dut.error.value.is_resolvable else -1,
+            "status_code": int(code) if code.is_resolvable else -1,
             **self.stream_record(wall_s),
         }
 

@@ -15,7 +15,6 @@ The runners (:func:`sim.runner.run_test`) configure a testbench through environm
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import time
@@ -28,6 +27,7 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, Event, First, RisingEdge, Timer
 
+from model.files import write_json
 from sim.scoreboard import Scoreboard
 from sim.transactors import StreamSink, StreamSource
 
@@ -49,13 +49,6 @@ def backpressure_pattern(rng: random.Random, p_drop: float = 0.35, p_long: float
         if rng.random() < p_long:
             yield from itertools.repeat(1, rng.randint(4, 16))
         yield int(rng.random() < p_drop)
-
-
-def write_json(path: Path, record: dict) -> None:
-    """Write the result record atomically (the runner reads it after the simulator exits)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def bench(capsys, *args):
 
 def test_dsp_floors_and_check(tmp_path, capsys, monkeypatch):
     rows = readme_rows()
-    monkeypatch.setattr(dsp_bench, "run_bench", lambda path, progress=True: rows)
+    monkeypatch.setattr(dsp_bench, "run_bench", lambda progress=True: rows)
     code, out, _ = bench(capsys, "dsp", "--quiet", "--check", "--out", tmp_path)
     assert code == 0 and "floors (in" in out and f"{len(rows) - 1 + 3} of {len(rows) - 1 + 3} floors hold" in out
     assert json.loads((tmp_path / "dsp.json").read_text()) == rows  # the rows keep their format
