@@ -41,9 +41,10 @@ from hw.core.loader import InputLoader
 from hw.core.mac_lane import check_lane_batch
 from hw.core.scores import OUTPUT_LAYOUT, ScoreStreamer
 from hw.core.sequencer import LayerSequencer
+from model.errors import UserError
 from model.export.format import WORD_BITS
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
-from model.export.image import unpack
+from model.export.image import MASK_VERSION, unpack
 
 #: Read ports of the global buffer and their requesters, by priority: the sequencer reads only while the
 #: engine is idle; the parameter fetcher needs a word per three outputs' worth of weights, the mask
@@ -89,6 +90,9 @@ class Accelerator(wiring.Component):
                  batch: int = 1):
         words = [int(w) for w in image]
         net = unpack(words, where="accelerator image")
+        if words[1] > MASK_VERSION:
+            raise UserError(f"accelerator image: field 'version' is {words[1]}; this core reads versions 1 and"
+                            f" {MASK_VERSION} (fully connected; model.export.image.core_words packs them)")
         widest = max(max(layer.n_in, layer.n_out) for layer in net.layers)
         if buffer_depth is None:
             buffer_depth = 1 << ceil_log2(max(len(words), 2))

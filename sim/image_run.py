@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hw.platform.verilog import write_verilog
-from model.export.image import pack
+from model.export.image import core_words
 from model.export.vectors import ImageVectors
 from sim.runner import run_accelerator
 
@@ -58,7 +58,7 @@ def prepare(vectors: ImageVectors, out: Path, batch: int) -> PreparedRun:
     pad = -len(u) % batch
     u_all = np.concatenate([u, np.repeat(u[-1:], pad, axis=0)])
     expected_all = np.concatenate([expected, np.repeat(expected[-1:], pad, axis=0)])
-    vpath = write_verilog(pack(vectors.net), out / "mpq_accel.v", batch=batch)
+    vpath = write_verilog(core_words(vectors.net, "image"), out / "mpq_accel.v", batch=batch)
     return PreparedRun(vectors, u_all, expected_all, pad, batch, vpath, out)
 
 

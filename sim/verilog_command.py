@@ -30,7 +30,7 @@ def run(args) -> int:
     from hw.platform.board import write_build_plan
     from hw.platform.verilog import write_verilog
     from model.errors import UserError
-    from model.export.image import pack
+    from model.export.image import core_words
     from model.export.vectors import image_vectors
 
     # The test vectors first: a data set that is not available here is an error before any file is written.
@@ -39,7 +39,7 @@ def run(args) -> int:
     u, expected = v.codes, v.expected
     if len(u) % args.batch:
         raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")
-    words = pack(v.net)
+    words = core_words(v.net, args.image)
     out = Path(args.out)
     path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
     print(f"wrote {path}")

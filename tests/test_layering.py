@@ -27,6 +27,9 @@ LAYERS: dict[str, float] = {
     "model.export.golden_conv": 1,
     "model.export.golden_net": 1,
     "model.export.image": 1,
+    "model.export.layout_v3": 1,
+    "model.export.records": 1,
+    "model.export.weight_stream": 1,
     "model.cli": 2,
     "model.data": 2,
     # hw sees only the torch-free contract (layers 0-1; checked again by ALLOWED_FOR_HW), inside it:

@@ -20,11 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from hw.platform.synth import format_table, synthesize
     from hw.platform.verilog import TOP_NAME, write_verilog
-    from model.export.image import pack, read_image
+    from model.export.image import core_words, read_image
 
     out = Path(args.out)
     net, _ = read_image(args.image)
-    vpath = write_verilog(pack(net), out / "mpq_accel.v", batch=args.batch)
+    vpath = write_verilog(core_words(net, args.image), out / "mpq_accel.v", batch=args.batch)
     res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")
     write_json(out / "resources.json", {**res.as_dict(), "fits_xc7z020": res.fits()})
     print("\nYosys synth_xilinx, XC7Z020\n" + format_table(res))

@@ -81,10 +81,11 @@ from model.export.golden import (
 )
 from model.export.golden_conv import IntConv2d, fold_negative_gain
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage, check_network
-from model.export.image import write_image
+from model.export.image import input_features, write_image
 from model.quant.bmpq import BMPQConv2d, BMPQLinear, to_int
 from model.quant.layers import QuantConv2d
 from model.quant.nets import BasicBlock, ResNet20, SmallVGG
+from model.quant.pact import PACT, InputQuant
 
 #: Accelerator class that stores a BMPQ layer of each width.
 BMPQ_CLASS = {2: 4, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8, 16: 16}
@@ -346,7 +347,15 @@ def to_golden_conv(model) -> IntConvNetwork:
 
 
 def scales(model) -> dict:
-    """Float scales of every quantizer, for the image manifest's ``extra`` (documentation only)."""
+    """Float scales of every quantizer, for the image manifest's ``extra`` (documentation only).
+
+    MLPs: the input step and each layer's input and output steps; conv nets: every quantizer's step by its
+    module name (``input_quant``, ``act1``, ``layer1.0.act2``, ...).
+    """
+    if isinstance(model, SmallVGG | ResNet20):
+        return {"steps": {name: float(m.step) for name, m in model.named_modules()
+                          if isinstance(m, PACT | InputQuant) and not m.full_precision},
+                "score_frac_bits": SCORE_FRAC_BITS}
     return {
         "input_step": model.stages()[0][1].step,
         "layers": [{"in_step": q_in.step, "out_step": (q_out.step if q_out is not None else None)}
@@ -359,8 +368,8 @@ def export_image(model, out_dir: Path, data=None) -> dict:
     """Convert ``model`` to the golden model and write its image; ``data`` (a :class:`model.data.DataRecord`)
     goes into the manifest. Returns the manifest."""
     net = to_golden(model)
-    if data is not None and (data.input_bits != net.input_bits or data.features != net.layers[0].n_in):
-        raise UserError(f"data record {data.to_json()} does not fit the network: {net.layers[0].n_in} inputs of "
+    if data is not None and (data.input_bits != net.input_bits or data.features != input_features(net)):
+        raise UserError(f"data record {data.to_json()} does not fit the network: {input_features(net)} inputs of "
                         f"{net.input_bits} bits")
     return write_image(out_dir, net, extra={"scales": scales(model)},
                        data=None if data is None else data.to_json())

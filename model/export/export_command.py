@@ -13,7 +13,8 @@ from pathlib import Path
 
 from model.cli import DEFAULT_OUT, print_table
 
-HELP = "checkpoint -> packed image (weights.bin, weights.hex, manifest.json with the data set it was trained on)"
+HELP = ("checkpoint (MLP, ResNet-20 or VGG; any method) -> packed image, format version 3 (weights.bin, weights.hex, "
+        "manifest.json with the data set and the memory report)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,21 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
 
 
-def require_mlp(model, path) -> None:
-    """:class:`UserError` for a conv net: the accelerator (and so the golden model) runs MLPs only."""
-    from model.errors import UserError
-
-    arch = model.config.get("arch", "mlp")
-    if arch != "mlp":
-        raise UserError(f"{path}: field 'config.arch' is {arch!r}; the accelerator (and so `export`) "
-                        f"does not support conv nets (resnet20, vgg) yet, only MLPs (arch 'mlp')")
-
-
 def run(args) -> int:
     from model.runs.checkpoint import checkpoint_data, load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint)
-    require_mlp(model, args.checkpoint)
     data = checkpoint_data(args.checkpoint, model, meta)
     if data is None:
         print(f"note: {args.checkpoint} does not record its data set (written before checkpoints did); the "
@@ -45,8 +35,27 @@ def run(args) -> int:
     from model.export.convert import export_image
 
     manifest = export_image(model, Path(args.out), data)
-    print_table([("words", manifest["words"]), ("bytes", manifest["bytes"]),
-                 ("avg weight bits", manifest["avg_weight_bits"]), ("sha256", manifest["sha256"][:16]),
-                 ("data", "unrecorded" if data is None else data.describe())],
+    print_table([("arch", model.config.get("arch", "mlp")), ("format version", manifest["version"]),
+                 ("words", manifest["words"]), ("avg weight bits", manifest["avg_weight_bits"]),
+                 ("sha256", manifest["sha256"][:16]), ("data", "unrecorded" if data is None else data.describe())],
                 f"image written to {args.out}")
+    print("\n" + format_memory(manifest["memory"]))
     return 0
+
+
+def format_memory(memory: dict) -> str:
+    """The manifest's memory report as a table, beside the paper's ResNet-20 figures."""
+    paper = memory["paper_resnet20"]
+    rows = [("payload", memory["payload_bytes"], f"{memory['avg_weight_bits']:.2f} bits per weight"),
+            ("metadata", memory["metadata_bytes"],
+             (f"{memory['metadata_bits_per_weight']:.3f} bits per weight; width-map entropy "
+             f"{memory['width_entropy_bits']:.3f} (per layer {memory['width_entropy_layer_bits']:.3f})")),
+            ("requant params", memory["param_bytes"], ""),
+            ("image total", memory["image_bytes"],
+             f"{memory['weights']:,} weights, {memory['nonzero_fraction']:.1%} non-zero"),
+            ("FP32 weights", memory["fp32_bytes"], "")]
+    lines = [f"{'memory':<16}{'bytes':>12}  ", "-" * 60]
+    lines += [f"{name:<16}{value:>12,.0f}  {note}" for name, value, note in rows]
+    lines.append(f"paper (ResNet-20): payload {paper['payload_mb_at_2.29_bits']} MB at 2.29 bits, FP32 "
+                 f"{paper['fp32_mb']} MB")
+    return "\n".join(lines)

@@ -24,9 +24,13 @@ from dataclasses import dataclass
 #: The first word of every image: the bytes ``"MPQA"`` read as a little-endian word.
 MAGIC = 0x4151504D
 #: Version written by the packer.
-VERSION = 2
-#: Versions readers accept; version 1 has no signed layers (descriptor bit ``signed`` reserved).
-SUPPORTED_VERSIONS = (1, 2)
+VERSION = 3
+#: Versions readers accept; version 1 has no signed layers (descriptor bit ``signed`` reserved); versions 1
+#: and 2 hold fully connected networks in the mask + payload layout (:data:`DESCRIPTOR`), version 3 any
+#: network of the integer contract in the layer layout (:data:`LAYER`, class-grouped weight streams).
+SUPPORTED_VERSIONS = (1, 2, 3)
+#: The last version with the mask + payload layout (the fully connected core of ``hw/core`` reads it).
+MASK_VERSION = 2
 WORD_BITS = 32
 
 
@@ -156,11 +160,16 @@ class Record:
 
 HEADER = Record("header", 8, (
     Field("magic", 0, 0, 32, f"magic `0x{MAGIC:08X}` (the bytes `MPQA`)"),
-    Field("version", 1, 0, 32, "format version (readers accept 1 and 2, see Versions)"),
+    Field("version", 1, 0, 32, "format version (readers accept 1, 2 and 3, see Versions)"),
     Field("layers", 2, 0, 32, "number of layers `L`"),
     Field("input_bits", 3, 0, 32, "input code width in bits"),
     Field("words", 4, 0, 32, "total number of words in the image"),
-))
+    Field("in_channels", 5, 0, 16, "input channels `C` (a fully connected network: its fan-in)", since=3),
+    Field("in_height", 5, 16, 16, "input height `H` (1 for a fully connected network)", since=3),
+    Field("in_width", 6, 0, 16, "input width `W` (1 for a fully connected network)", since=3),
+    Field("fmap_codes", 7, 0, 32, "codes the largest feature map (or activation vector) held in one "
+          "feature-map buffer has: the buffer depth an accelerator needs", since=3),
+), labels=((5, "in_channels/in_height"), (6, "in_width")))
 
 DESCRIPTOR = Record("descriptor", 8, (
     Field("n_in", 0, 0, 32, "fan-in"),
@@ -180,6 +189,79 @@ PARAMS = Record("params", 3, (
     Field("mult", 0, 0, 32, "requant multiplier `M`, unsigned, below `2^MULT_BITS` (model/export/golden.py)"),
     Field("bias", 1, 0, 64, "requant offset `B`, two's complement, low word first", signed=True),
 ))
+
+#: Layer kinds of a version 3 descriptor (field ``kind``).
+KIND_FC = 0
+KIND_CONV = 1
+KINDS = {KIND_FC: "fc", KIND_CONV: "conv"}
+#: Feature-map buffers of a version 3 network (the input image is in buffer 0), and the ``out_buf`` of the
+#: last layer, whose outputs are the class scores (streamed out, not stored in a buffer).
+FMAP_BUFFERS = 3
+SCORE_SINK = 7
+
+LAYER = Record("layer", 16, (
+    Field("kind", 0, 0, 2, "0 fully connected, 1 conv", since=3),
+    Field("signed", 0, 2, 1, "weight mode: 0 DoReFa, 1 signed offset-binary codes (see Payload)", since=3),
+    Field("residual", 0, 3, 1, "1: the requant adds the option-A shortcut of buffer `res_buf` (conv only)",
+          since=3),
+    Field("gap", 0, 4, 1, "1: the input map is summed per channel first (global average pooling; FC only)",
+          since=3),
+    Field("pool", 0, 8, 8, "max-pool window (= stride) on the output codes, 0 none (conv only)", since=3),
+    Field("in_bits", 0, 16, 8, "input code width (of the codes before a global pool)", since=3),
+    Field("out_bits", 0, 24, 8, "output code width; 0 for the last layer (signed int32 scores)", since=3),
+    Field("c_in", 1, 0, 16, "input channels (fully connected, no global pool: the fan-in)", since=3),
+    Field("c_out", 1, 16, 16, "output channels (rows)", since=3),
+    Field("in_height", 2, 0, 16, "input map height `H` (1 for a vector)", since=3),
+    Field("in_width", 2, 16, 16, "input map width `W` (1 for a vector)", since=3),
+    Field("kernel", 3, 0, 8, "kernel size `k` (square; 1 for fully connected)", since=3),
+    Field("stride", 3, 8, 8, "stride (1 for fully connected)", since=3),
+    Field("padding", 3, 16, 8, "zero padding on every side", since=3),
+    Field("shift", 3, 24, 8, "requant shift `S`", since=3),
+    Field("in_buf", 4, 0, 8, f"feature-map buffer read (0..{FMAP_BUFFERS - 1}; the input image is in 0)",
+          since=3),
+    Field("out_buf", 4, 8, 8, f"buffer written (0..{FMAP_BUFFERS - 1}), or {SCORE_SINK} for the scores", since=3),
+    Field("res_buf", 4, 16, 8, "buffer holding the shortcut's codes (the block input; 0 without residual)",
+          since=3),
+    Field("res_stride", 4, 24, 8, "shortcut subsampling stride, 1 or 2 (0 without residual)", since=3),
+    Field("fan_in", 5, 0, 32, "weights per row: `c_in k k` (conv), `c_in H W` or `c_in` after a global pool "
+          "(fully connected)", since=3),
+    Field("param_base", 6, 0, 32, "word address of the requant parameters, one record per row", since=3),
+    Field("row_base", 7, 0, 32, "word address of the row-pointer table: one `ptr_bits`-bit pointer per row, "
+          "row `j` at bit `j ptr_bits`", since=3),
+    Field("stream_base", 8, 0, 32, "word address of the layer's weight stream", since=3),
+    Field("stream_bits", 9, 0, 32, "bits of the weight stream before its padding to a word", since=3),
+    Field("nonzero", 10, 0, 32, "number of non-zero weights in the layer", since=3),
+    Field("classes", 11, 0, 4, "width classes present: bit `c` for class `c` (4, 8, 16, 32 bits)", since=3),
+    Field("pos_bits", 11, 8, 8, "bits of an escaped gap: bit length of `fan_in - 1` (at least 1)", since=3),
+    Field("ptr_bits", 11, 16, 8, "bits of a row pointer: bit length of `stream_bits` (at least 1)", since=3),
+    Field("rice_k4", 12, 0, 8, "Rice parameter of the 4-bit class's position gaps", since=3),
+    Field("rice_k8", 12, 8, 8, "Rice parameter of the 8-bit class", since=3),
+    Field("rice_k16", 12, 16, 8, "Rice parameter of the 16-bit class", since=3),
+    Field("rice_k32", 12, 24, 8, "Rice parameter of the 32-bit class", since=3),
+    Field("payload_bits", 13, 0, 32, "sum of the layer's weight widths (its payload bits)", since=3),
+    Field("count_bits4", 14, 0, 8, "bits of a row's 4-bit-class count (bit length of the layer's largest; "
+          "0 when absent)", since=3),
+    Field("count_bits8", 14, 8, 8, "bits of a row's 8-bit-class count", since=3),
+    Field("count_bits16", 14, 16, 8, "bits of a row's 16-bit-class count", since=3),
+    Field("count_bits32", 14, 24, 8, "bits of a row's 32-bit-class count", since=3),
+), labels=((0, "kind/flags/bits"), (1, "c_in/c_out"), (2, "in_height/in_width"),
+           (3, "kernel/stride/padding/shift"), (4, "buffers"), (11, "classes/pos_bits/ptr_bits"),
+           (12, "rice_k"), (14, "count_bits")))
+
+RES_PARAMS = Record("residual params", 4, (
+    Field("mult", 0, 0, 32, "requant multiplier `M`", since=3),
+    Field("bias", 1, 0, 64, "requant offset `B`, two's complement, low word first", since=3, signed=True),
+    Field("res_mult", 3, 0, 32, "shortcut multiplier `M_r`, unsigned, below `2^MULT_BITS`", since=3),
+))
+
+#: Width classes of a version 3 weight stream, in stream order (class ``c`` is ``CLASS_WIDTHS[c]`` bits).
+CLASS_WIDTHS = (4, 8, 16, 32)
+#: Rice parameter field of each class.
+RICE_FIELDS = ("rice_k4", "rice_k8", "rice_k16", "rice_k32")
+#: Count-width field of each class.
+COUNT_FIELDS = ("count_bits4", "count_bits8", "count_bits16", "count_bits32")
+#: A Rice quotient of this many ones or more is escaped: the ones, then the raw gap in ``pos_bits`` bits.
+RICE_ESCAPE = 8
 
 #: Bits per width code in the mask, and codes per mask word (code ``p`` in bits ``3p .. 3p + 2``).
 CODE_BITS = 3
@@ -252,7 +334,9 @@ def _bit_ranges(mask: int) -> str:
 def markdown() -> str:
     """Every table of the format, as ``docs/image_format.md`` embeds them."""
     parts = [f"### {title}\n\n{record_table(rec)}" for title, rec in
-             (("Header", HEADER), ("Layer descriptor", DESCRIPTOR), ("Requant parameter record", PARAMS))]
+             (("Header", HEADER), ("Layer descriptor (versions 1, 2)", DESCRIPTOR),
+              ("Requant parameter record", PARAMS), ("Layer descriptor (version 3)", LAYER),
+              ("Requant parameter record with a shortcut (version 3)", RES_PARAMS))]
     parts.append(f"### Width codes\n\n{width_code_table()}")
     return "\n\n".join(parts) + "\n"
 

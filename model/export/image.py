@@ -1,13 +1,22 @@
-"""Packed weight image (format version 2, ``docs/image_format.md``): packer, unpacker, writer, reader.
+"""Packed weight image (``docs/image_format.md``): packer, unpacker, writer, reader, memory report.
 
-An image is a ``uint32`` array: an 8-word header, one 8-word descriptor per layer (with the layer's weight
-mode, DoReFa or signed), then for each layer its requant parameters, its 3-bit width mask (ten codes a word,
-rows word aligned) and its weight payload (a bit stream of weight codes, least significant bit first, 0-bit
-weights absent). Version 1 images (no signed layers; the same layout with the ``signed`` bit reserved) still
-load. Where each field of the header, a descriptor and a parameter record lies, and which bits are reserved
-in which version, comes from the field table in :mod:`model.export.format` (:func:`pack_records` and
-:func:`unpack_records` read it); :func:`layer_regions` is the one place that decides where each region lies.
-:func:`pack` writes by both and :func:`unpack` checks every word against both, so they cannot drift apart.
+An image is a ``uint32`` array that starts with an 8-word header (magic, version, ...). Two layouts exist:
+
+* **Version 3** (written by default, :mod:`model.export.layout_v3`): any network of the integer contract,
+  fully connected or conv (ResNet-20, VGG): a 16-word descriptor per weight layer (geometry, feature-map
+  buffers, residual source, pooling, weight mode, code widths), then per layer its requant parameters, a
+  row-pointer table and a class-grouped, Rice-coded weight stream (:mod:`model.export.weight_stream`).
+* **Versions 1 and 2** (fully connected only; the core in ``hw/core`` reads them): an 8-word descriptor per
+  layer (version 2 adds the weight mode, DoReFa or signed), then for each layer its requant parameters, its
+  3-bit width mask (ten codes a word, rows word aligned) and its weight payload (a bit stream of weight
+  codes, least significant bit first, 0-bit weights absent). ``pack(net, version=2)`` writes it; version 1
+  images (no signed layers; the ``signed`` bit reserved) still load.
+
+Where each field of a record lies, and which bits are reserved in which version, comes from the field table
+in :mod:`model.export.format` (:mod:`model.export.records` packs and unpacks it); :func:`layer_regions` (v1-2)
+and :func:`model.export.layout_v3.pack` are the places that decide where each region lies. :func:`pack`
+writes by both and :func:`unpack` checks every word against both, so they cannot drift apart.
+:func:`memory_report` splits an image into payload, metadata and requant parameters.
 """
 
 from __future__ import annotations
@@ -22,23 +31,27 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import UserError
+from model.export import layout_v3
 from model.export.format import (
     CODE_BITS,
     CODE_OF_WIDTH,
     CODES_PER_WORD,
     DESCRIPTOR,
     HEADER,
+    LAYER,
     MAGIC,
     MASK_RESERVED,
+    MASK_VERSION,
     PARAMS,
     RESERVED_CODES,
     SUPPORTED_VERSIONS,
     VERSION,
     WIDTHS,
     WORD_BITS,
-    Record,
 )
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, IntLinear, IntNetwork, check_layer
+from model.export.golden_net import IntConvNetwork
+from model.export.records import bit_span, check_reserved, field_error, pack_records, unpack_records
 
 FORMAT = "mpqaccel-image"
 HEADER_WORDS = HEADER.words
@@ -50,61 +63,6 @@ _CODE_OF_WIDTH = np.zeros(max(WIDTHS) + 1, dtype=np.uint32)
 _CODE_OF_WIDTH[list(CODE_OF_WIDTH)] = list(CODE_OF_WIDTH.values())
 _WIDTH_OF_CODE = np.array(WIDTHS, dtype=np.int64)
 _SHIFTS = np.arange(CODES_PER_WORD, dtype=np.uint32) * CODE_BITS
-_WORD_MASK = (1 << WORD_BITS) - 1
-
-
-def pack_records(record: Record, values: dict, count: int = 1) -> np.ndarray:
-    """``count`` records of ``record``'s layout (:mod:`model.export.format`), ``uint32 [count, record.words]``.
-
-    ``values`` maps every field name to an integer or ``count`` integers (signed fields in two's complement).
-
-    Raises
-    ------
-    ValueError
-        For a missing or unknown field, or a value that its field's bits cannot hold.
-    """
-    if set(values) != set(record.names):
-        raise ValueError(f"{record.name}: values for {sorted(values)}, expected {sorted(record.names)}")
-    out = np.zeros((count, record.words), dtype=np.uint64)
-    for field in record.fields:
-        value = np.broadcast_to(np.asarray(values[field.name]), (count,))
-        low, high = field.limits()
-        if value.dtype.kind not in "iu" or (value < low).any() or (value > high).any():
-            raise ValueError(f"{record.name}: field {field.name!r} needs integers in [{low}, {high}], not {value}")
-        bits = value.astype(np.int64).view(np.uint64) if value.dtype.kind == "i" else value.astype(np.uint64)
-        for word in field.words:
-            skip = WORD_BITS * word - field.offset  # field bit that lands on bit 0 of `word`
-            part = bits >> np.uint64(skip) if skip >= 0 else bits << np.uint64(-skip)
-            out[:, word] |= part & np.uint64(_field_mask(field, word))
-    return out.astype(np.uint32)
-
-
-def unpack_records(record: Record, words: np.ndarray, version: int = VERSION) -> dict[str, np.ndarray]:
-    """The fields of records ``words`` (``[count, record.words]``) that ``version`` has, as int64 arrays.
-
-    Signed fields are sign-extended; reserved bits are ignored (:func:`unpack` checks them).
-    """
-    words = np.asarray(words, dtype=np.uint64).reshape(-1, record.words)
-    out = {}
-    for field in record.fields_of(version):
-        bits = np.zeros(len(words), dtype=np.uint64)
-        for word in field.words:
-            skip = WORD_BITS * word - field.offset
-            part = words[:, word] & np.uint64(_field_mask(field, word))
-            bits |= part << np.uint64(skip) if skip >= 0 else part >> np.uint64(-skip)
-        if field.width == 64:
-            value = bits.view(np.int64)
-        else:
-            value = bits.astype(np.int64)
-            if field.signed:
-                value = value - ((value >> (field.width - 1)) << field.width)
-        out[field.name] = value
-    return out
-
-
-def _field_mask(field, word: int) -> int:
-    """Bits of record word ``word`` that ``field`` occupies."""
-    return (((1 << field.width) - 1) << field.offset) >> (WORD_BITS * word) & _WORD_MASK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +112,13 @@ def regions(net: IntNetwork) -> list[Regions]:
     return out
 
 
+def input_features(net: IntNetwork | IntConvNetwork) -> int:
+    """Input codes per image: an MLP's fan-in, a conv net's ``C H W``."""
+    if isinstance(net, IntConvNetwork):
+        return int(np.prod(net.image_shape))
+    return net.layers[0].n_in
+
+
 def image_bytes(words: np.ndarray) -> int:
     """Size of the image in bytes."""
     return 4 * len(words)
@@ -195,21 +160,58 @@ def _payload_words(codes: np.ndarray, widths: np.ndarray) -> np.ndarray:
     return np.packbits(stream, bitorder="little").view("<u4").astype(np.uint32)
 
 
-def pack(net: IntNetwork) -> np.ndarray:
+def pack(net: IntNetwork | IntConvNetwork, version: int = VERSION) -> np.ndarray:
     """Pack ``net`` into image words (``uint32``), exactly as ``docs/image_format.md`` lays them out.
+
+    ``version`` 3 (the default) takes any network; ``version=2`` the mask + payload layout of a fully
+    connected ``IntNetwork``, which the core in ``hw/core`` runs.
 
     Raises
     ------
     UserError
-        If a layer breaks :func:`model.export.golden.check_layer` or the layers do not chain.
+        If a layer breaks :func:`model.export.golden.check_layer` or the layers do not chain, or
+        ``version=2`` is asked for a conv network.
     """
-    for index, layer in enumerate(net.layers):
-        check_layer(layer, where=f"layer {index}" + (f" ({layer.name})" if layer.name else ""))
-    _check_network(net, "network")
+    if version not in (MASK_VERSION, layout_v3.VERSION_3):
+        raise ValueError(f"pack writes versions {MASK_VERSION} and {layout_v3.VERSION_3}, not {version}")
+    if isinstance(net, IntNetwork):
+        for index, layer in enumerate(net.layers):
+            check_layer(layer, where=f"layer {index}" + (f" ({layer.name})" if layer.name else ""))
+        _check_network(net, "network")
+    elif version == MASK_VERSION:
+        raise UserError(f"image version {MASK_VERSION} holds fully connected networks only; a conv network needs"
+                        f" version {layout_v3.VERSION_3}")
+    if version == layout_v3.VERSION_3:
+        return layout_v3.pack(net)[0]
+    return _pack_mask(net)
+
+
+def core_words(net: IntNetwork | IntConvNetwork, where: str = "network") -> np.ndarray:
+    """The image words the fully connected core of ``hw/core`` runs: version 2 (mask + payload).
+
+    That core reads the version 2 descriptors at run time; the multiplier array that runs version 3
+    (conv networks) is the next step of the hardware. So ``sim``, ``verilog`` and ``synth`` repack an image's
+    network as version 2 (the same network, bit for bit: ``unpack`` of both gives equal layers).
+
+    Raises
+    ------
+    UserError
+        For a conv network, naming ``where``: the core runs fully connected networks only.
+    """
+    if isinstance(net, IntConvNetwork):
+        raise UserError(f"{where}: a conv network ({len(net.layers)} weight layers); the accelerator core in hw/"
+                        " runs fully connected networks (MLPs) only, so `sim`, `verilog` and `synth` take MLP images;"
+                        " `eval --image` runs a conv image on the golden model")
+    return pack(net, MASK_VERSION)
+
+
+def _pack_mask(net: IntNetwork) -> np.ndarray:
+    """The version 2 words of a checked fully connected ``net``."""
     regs = regions(net)
     words = np.zeros(regs[-1].end, dtype=np.uint32)
-    words[:HEADER_WORDS] = pack_records(HEADER, {"magic": MAGIC, "version": VERSION, "layers": len(net.layers),
-                                                 "input_bits": net.input_bits, "words": len(words)})[0]
+    words[:HEADER_WORDS] = pack_records(HEADER, {
+        "magic": MAGIC, "version": MASK_VERSION, "layers": len(net.layers), "input_bits": net.input_bits,
+        "words": len(words), "in_channels": 0, "in_height": 0, "in_width": 0, "fmap_codes": 0})[0]
     layers = net.layers
     descriptors = pack_records(DESCRIPTOR, {
         "n_in": [layer.n_in for layer in layers], "n_out": [layer.n_out for layer in layers],
@@ -229,37 +231,11 @@ def pack(net: IntNetwork) -> np.ndarray:
     return words
 
 
-def _field(where: str, field: str, addr: int, value: object, allowed: str) -> UserError:
-    return UserError(f"{where}: field '{field}' (word {addr}) is {value}; {allowed}")
-
-
-def _check_reserved(words: np.ndarray, record: Record, base: int, version: int, where: str, prefix: str = ""
-                    ) -> None:
-    """Reject set reserved bits of the record at word ``base``, naming the word by its label."""
-    for word in range(record.words):
-        mask = record.reserved_mask(word, version)
-        value = int(words[base + word])
-        if value & mask:
-            newer = [f"'{f.name}' needs version {f.since}" for f in record.fields
-                     if f.since > version and word in f.words]
-            bits = "bits " + ("0-31" if mask == _WORD_MASK else _bit_span(mask))
-            raise _field(where, prefix + record.label(word), base + word, hex(value),
-                         f"{bits} are reserved and must be 0 in format version {version}"
-                         + (f" ({', '.join(newer)})" if newer else ""))
-
-
-def _bit_span(mask: int) -> str:
-    """``"25-31"`` for a contiguous mask (reserved bits of a word are a top range in this format)."""
-    low = (mask & -mask).bit_length() - 1
-    high = mask.bit_length() - 1
-    return f"{low}" if low == high else f"{low}-{high}"
-
-
 def _unpack_layer(words: np.ndarray, index: int, base: int, where: str, version: int
                   ) -> tuple[IntLinear, Regions]:
     d = HEADER_WORDS + DESC_WORDS * index
     name = f"layer {index} "
-    _check_reserved(words, DESCRIPTOR, d, version, where, name)
+    check_reserved(words, DESCRIPTOR, d, version, where, name)
     desc = {k: int(v[0]) for k, v in unpack_records(DESCRIPTOR, words[d : d + DESC_WORDS], version).items()}
 
     def addr(field: str) -> int:
@@ -267,25 +243,25 @@ def _unpack_layer(words: np.ndarray, index: int, base: int, where: str, version:
 
     n_in, n_out = desc["n_in"], desc["n_out"]
     if not 1 <= n_in <= MAX_FAN_IN:
-        raise _field(where, name + "n_in", addr("n_in"), n_in, f"allowed 1..{MAX_FAN_IN}")
+        raise field_error(where, name + "n_in", addr("n_in"), n_in, f"allowed 1..{MAX_FAN_IN}")
     if not 1 <= n_out <= len(words):
-        raise _field(where, name + "n_out", addr("n_out"), n_out, f"allowed 1..{len(words)} (the image size)")
+        raise field_error(where, name + "n_out", addr("n_out"), n_out, f"allowed 1..{len(words)} (the image size)")
     in_bits, out_bits, shift = desc["in_bits"], desc["out_bits"], desc["shift"]
     signed = bool(desc.get("signed", 0))
     if not 1 <= in_bits <= MAX_ACT_BITS:
-        raise _field(where, name + "in_bits", addr("in_bits"), in_bits, f"allowed 1..{MAX_ACT_BITS}")
+        raise field_error(where, name + "in_bits", addr("in_bits"), in_bits, f"allowed 1..{MAX_ACT_BITS}")
     if not 0 <= out_bits <= MAX_ACT_BITS:
-        raise _field(where, name + "out_bits", addr("out_bits"), out_bits, f"allowed 0..{MAX_ACT_BITS}")
+        raise field_error(where, name + "out_bits", addr("out_bits"), out_bits, f"allowed 0..{MAX_ACT_BITS}")
     if not 1 <= shift <= MAX_SHIFT:
-        raise _field(where, name + "shift", addr("shift"), shift, f"allowed 1..{MAX_SHIFT}")
+        raise field_error(where, name + "shift", addr("shift"), shift, f"allowed 1..{MAX_SHIFT}")
     reg = layer_regions(base, n_in, n_out, 0)
     if reg.payload_base > len(words):
-        raise _field(where, name + "n_out", addr("n_out"), n_out,
+        raise field_error(where, name + "n_out", addr("n_out"), n_out,
                      f"its params and mask end at word {reg.payload_base}, past the image end {len(words)}")
     for field, expected in (("param_base", reg.param_base), ("mask_base", reg.mask_base),
                             ("mask_words_per_row", reg.mask_words_per_row)):
         if desc[field] != expected:
-            raise _field(where, name + field, addr(field), desc[field], f"expected {expected} (format layout)")
+            raise field_error(where, name + field, addr(field), desc[field], f"expected {expected} (format layout)")
     per_row = reg.mask_words_per_row
 
     params = unpack_records(PARAMS, words[reg.param_base : reg.mask_base], version)
@@ -293,37 +269,37 @@ def _unpack_layer(words: np.ndarray, index: int, base: int, where: str, version:
     mask = words[reg.mask_base : reg.payload_base]
     if (mask & MASK_RESERVED).any():
         bad = reg.mask_base + int(np.flatnonzero(mask & MASK_RESERVED)[0])
-        raise _field(where, name + "mask", bad, hex(int(words[bad])),
-                     f"bits {_bit_span(MASK_RESERVED)} are reserved and must be 0")
+        raise field_error(where, name + "mask", bad, hex(int(words[bad])),
+                     f"bits {bit_span(MASK_RESERVED)} are reserved and must be 0")
     codes3 = ((mask[:, None] >> _SHIFTS) & ((1 << CODE_BITS) - 1)).reshape(n_out, per_row * CODES_PER_WORD)
     reserved = np.isin(codes3, RESERVED_CODES)
     if reserved.any():
         j, i = (int(x[0]) for x in np.nonzero(reserved))
-        raise _field(where, name + "mask", reg.mask_base + j * per_row + i // CODES_PER_WORD,
+        raise field_error(where, name + "mask", reg.mask_base + j * per_row + i // CODES_PER_WORD,
                      f"code {int(codes3[j, i])} for weight ({j}, {i})",
                      f"allowed codes 0..{RESERVED_CODES[0] - 1}; {RESERVED_CODES[0]}-{RESERVED_CODES[-1]} are"
                      " reserved")
     if codes3[:, n_in:].any():
         last = (int(np.flatnonzero(codes3[:, n_in:].any(axis=1))[0]) + 1) * per_row - 1
-        raise _field(where, name + "mask", reg.mask_base + last, hex(int(mask[last])),
+        raise field_error(where, name + "mask", reg.mask_base + last, hex(int(mask[last])),
                      f"codes past n_in={n_in} at the end of each row must be 0")
     widths = _WIDTH_OF_CODE[codes3[:, :n_in]]
     if desc["nonzero"] != np.count_nonzero(widths):
-        raise _field(where, name + "nonzero", addr("nonzero"), desc["nonzero"],
+        raise field_error(where, name + "nonzero", addr("nonzero"), desc["nonzero"],
                      f"the mask holds {np.count_nonzero(widths)}")
 
     reg = layer_regions(base, n_in, n_out, int(widths.sum()))
     payload_base = desc["payload_base"]
     if payload_base != reg.payload_base:
-        raise _field(where, name + "payload_base", addr("payload_base"), payload_base,
+        raise field_error(where, name + "payload_base", addr("payload_base"), payload_base,
                      f"expected {reg.payload_base} (format layout)")
     if reg.end > len(words):
-        raise _field(where, name + "payload_base", addr("payload_base"), payload_base,
+        raise field_error(where, name + "payload_base", addr("payload_base"), payload_base,
                      f"its {reg.payload_words} payload words end at word {reg.end},"
                      f" past the image end {len(words)}")
     stream = np.unpackbits(words[reg.payload_base : reg.end].astype("<u4").view(np.uint8), bitorder="little")
     if stream[reg.payload_bits :].any():
-        raise _field(where, name + "payload", reg.end - 1, hex(int(words[reg.end - 1])),
+        raise field_error(where, name + "payload", reg.end - 1, hex(int(words[reg.end - 1])),
                      f"padding after bit {reg.payload_bits} of the stream must be 0")
     flat = widths.ravel()
     keep = flat > 0
@@ -338,7 +314,7 @@ def _unpack_layer(words: np.ndarray, index: int, base: int, where: str, version:
     return layer, reg
 
 
-def unpack(words: np.ndarray, where: str = "image") -> IntNetwork:
+def unpack(words: np.ndarray, where: str = "image") -> IntNetwork | IntConvNetwork:
     """Parse and validate image words; the inverse of :func:`pack`.
 
     Parameters
@@ -351,8 +327,9 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork:
     ------
     UserError
         Naming ``where``, the field and the allowed values, if the header, a descriptor, a mask code, the
-        requant parameters or the region layout break the format. Versions 1 and 2 are read (version 1:
-        every layer DoReFa).
+        requant parameters, the weight stream or the region layout break the format. Versions 1 and 2 are
+        read as fully connected networks (version 1: every layer DoReFa), version 3 by
+        :func:`model.export.layout_v3.unpack` (fully connected or conv).
     """
     words = np.asarray(words)
     if words.ndim != 1 or words.dtype.kind not in "ui":
@@ -365,60 +342,136 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork:
     header = {k: int(v[0]) for k, v in unpack_records(HEADER, words[:HEADER_WORDS]).items()}
     magic, version, n_layers = header["magic"], header["version"], header["layers"]
     if magic != MAGIC:
-        raise _field(where, "magic", HEADER["magic"].word, hex(magic), f"expected {MAGIC:#x} (the bytes 'MPQA')")
+        raise field_error(where, "magic", HEADER["magic"].word, hex(magic), f"expected {MAGIC:#x} (the bytes 'MPQA')")
     if version not in SUPPORTED_VERSIONS:
-        raise _field(where, "version", HEADER["version"].word, version,
-                     f"supported: {', '.join(map(str, SUPPORTED_VERSIONS))}")
+        raise field_error(where, "version", HEADER["version"].word, version,
+                           f"supported: {', '.join(map(str, SUPPORTED_VERSIONS))}")
     if header["words"] != len(words):
-        raise _field(where, "words", HEADER["words"].word, header["words"],
-                     f"the image holds {len(words)} words (truncated or padded?)")
+        raise field_error(where, "words", HEADER["words"].word, header["words"],
+                           f"the image holds {len(words)} words (truncated or padded?)")
     if not 1 <= header["input_bits"] <= MAX_ACT_BITS:
-        raise _field(where, "input_bits", HEADER["input_bits"].word, header["input_bits"],
-                     f"allowed 1..{MAX_ACT_BITS}")
-    _check_reserved(words, HEADER, 0, version, where)
+        raise field_error(where, "input_bits", HEADER["input_bits"].word, header["input_bits"],
+                           f"allowed 1..{MAX_ACT_BITS}")
+    if version == layout_v3.VERSION_3:
+        return layout_v3.unpack(words, where)
+    check_reserved(words, HEADER, 0, version, where)
     max_layers = (len(words) - HEADER_WORDS) // DESC_WORDS
     if not 1 <= n_layers <= max_layers:
-        raise _field(where, "layers", HEADER["layers"].word, n_layers,
-                     f"allowed 1..{max_layers} (the descriptors must fit)")
+        raise field_error(where, "layers", HEADER["layers"].word, n_layers,
+                           f"allowed 1..{max_layers} (the descriptors must fit)")
     layers, base = [], HEADER_WORDS + DESC_WORDS * n_layers
     for index in range(n_layers):
         layer, reg = _unpack_layer(words, index, base, where, version)
         layers.append(layer)
         base = reg.end
     if base != len(words):
-        raise _field(where, "words", HEADER["words"].word, header["words"], f"the layers end at word {base}")
+        raise field_error(where, "words", HEADER["words"].word, header["words"], f"the layers end at word {base}")
     net = IntNetwork(input_bits=header["input_bits"], layers=tuple(layers))
     _check_network(net, where)
     return net
 
 
-def manifest(net: IntNetwork, words: np.ndarray, names=None, extra: dict | None = None,
+#: The paper's ResNet-20 figures the memory report stands beside (MPQ-tickets Sec. 4.3: the ticket's payload at
+#: 2.29 average bits, and the FP32 model).
+PAPER_RESNET20 = {"payload_mb_at_2.29_bits": 0.07, "fp32_mb": 1.02}
+
+
+def width_entropy(widths_per_layer: list[np.ndarray]) -> tuple[float, float]:
+    """Empirical entropies of a width map, in bits per weight: ``(order 0 over the whole network, per layer)``.
+
+    The first is ``H(p)`` of the network's width histogram ``p``: no lossless code of the map that treats the
+    widths as drawn independently from one distribution can average less. The second conditions on the
+    layer (each layer's histogram, weighted by its size), the bound for a code that adapts per layer as the
+    version 3 stream does; it is never larger.
+    """
+    def entropy(counts: np.ndarray) -> float:
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log2(p)).sum())
+
+    per_layer = [np.array([np.count_nonzero(np.asarray(w) == m) for m in WIDTHS]) for w in widths_per_layer]
+    total = sum(per_layer)
+    weights = int(total.sum())
+    return entropy(total), sum(entropy(c) * int(c.sum()) for c in per_layer) / weights
+
+
+def memory_report(net: IntNetwork | IntConvNetwork, words: np.ndarray | None = None) -> dict:
+    """Where the bytes of ``net``'s image go: payload, metadata, requant parameters (``words`` default: ``pack(net)``).
+
+    * ``payload_bits``: the weight codes, exactly the sum of the widths (a pruned weight costs none);
+    * ``param_bytes``: the requant records (``M``, ``B``, ``M_r``), 12 or 16 bytes per output channel;
+    * ``metadata_bits``: everything else: header, descriptors, the row-pointer tables and the stream's
+      counts and position codes (version 3), or the width masks (versions 1-2), and word padding;
+    * ``width_entropy_bits`` / ``width_entropy_layer_bits``: the empirical entropy of the width map
+      (:func:`width_entropy`), the lower bound that ``metadata_bits_per_weight`` stands beside.
+    """
+    words = pack(net) if words is None else words
+    layers = net.layers
+    widths = [np.asarray(layer.widths) for layer in layers]
+    weights = sum(w.size for w in widths)
+    nonzero = sum(int(np.count_nonzero(w)) for w in widths)
+    payload_bits = sum(int(w.sum()) for w in widths)
+    version = int(words[1])
+    n_layers = int(words[2])
+    if version == layout_v3.VERSION_3:
+        desc = unpack_records(LAYER, words[HEADER_WORDS : HEADER_WORDS + LAYER.words * n_layers], version)
+        param_words = int((desc["row_base"] - desc["param_base"]).sum())
+    else:
+        desc = unpack_records(DESCRIPTOR, words[HEADER_WORDS : HEADER_WORDS + DESC_WORDS * n_layers], version)
+        param_words = int((desc["mask_base"] - desc["param_base"]).sum())
+    image_bits = WORD_BITS * len(words)
+    param_bits = WORD_BITS * param_words
+    metadata_bits = image_bits - param_bits - payload_bits
+    order0, per_layer = width_entropy(widths)
+    return {
+        "version": version, "weights": weights, "nonzero": nonzero, "nonzero_fraction": nonzero / weights,
+        "avg_weight_bits": payload_bits / weights,
+        "payload_bits": payload_bits, "payload_bytes": payload_bits / 8,
+        "metadata_bits": metadata_bits, "metadata_bytes": metadata_bits / 8,
+        "param_bytes": param_bits // 8, "image_bytes": image_bits // 8,
+        "metadata_bits_per_weight": metadata_bits / weights,
+        "width_entropy_bits": order0, "width_entropy_layer_bits": per_layer,
+        "fp32_bytes": 4 * weights, "paper_resnet20": PAPER_RESNET20}
+
+
+def manifest(net: IntNetwork | IntConvNetwork, words: np.ndarray, names=None, extra: dict | None = None,
              data: dict | None = None) -> dict:
     """The ``manifest.json`` record of image ``words`` packed from ``net`` (keys as in the format doc).
 
-    ``names`` defaults to each layer's ``name``, or ``fc1``, ``fc2``, ...; ``extra`` (JSON-serialisable)
-    is stored under the key ``"extra"``; ``data``, the data set the network was trained on
-    (``model.data.DataRecord.to_json()``: name, root, input shape and bits, split), under ``"data"``.
+    ``names`` defaults to each layer's ``name``, or ``fc1``, ``fc2``, ... (``layer1``, ... in a conv net);
+    ``extra`` (JSON-serialisable) is stored under the key ``"extra"``; ``data``, the data set the network was
+    trained on (``model.data.DataRecord.to_json()``: name, root, input shape and bits, split), under
+    ``"data"``; the :func:`memory_report` under ``"memory"``.
     """
-    regs = regions(net)
-    if regs[-1].end != len(words):
-        raise ValueError(f"{len(words)} words do not match the network's layout ({regs[-1].end} words)")
+    version = int(words[1])
+    conv = isinstance(net, IntConvNetwork)
     if names is None:
-        names = [layer.name or f"fc{i + 1}" for i, layer in enumerate(net.layers)]
-    layers = []
-    for name, layer, reg in zip(names, net.layers, regs):
-        counts = {str(m): int(np.count_nonzero(layer.widths == m)) for m in WIDTHS}
-        layers.append({
-            "name": name, "n_in": layer.n_in, "n_out": layer.n_out, "in_bits": layer.in_bits,
-            "out_bits": layer.out_bits, "shift": layer.shift, "signed": bool(layer.signed),
-            "mask_base": reg.mask_base, "mask_words": reg.mask_words,
-            "payload_base": reg.payload_base, "payload_words": reg.payload_words,
-            "param_base": reg.param_base, "param_words": reg.param_words,
-            "nonzero": int(np.count_nonzero(layer.widths)), "width_counts": counts})
+        names = [layer.name or f"{'layer' if conv else 'fc'}{i + 1}" for i, layer in enumerate(net.layers)]
+    if version == layout_v3.VERSION_3:
+        packed, specs, regs = layout_v3.pack(net)
+        if not np.array_equal(packed, words):
+            raise ValueError("the words are not the version 3 image of the network")
+        layers = layout_v3.describe(specs, regs, names)
+    else:
+        regs = regions(net)
+        if regs[-1].end != len(words):
+            raise ValueError(f"{len(words)} words do not match the network's layout ({regs[-1].end} words)")
+        layers = []
+        for name, layer, reg in zip(names, net.layers, regs):
+            counts = {str(m): int(np.count_nonzero(layer.widths == m)) for m in WIDTHS}
+            layers.append({
+                "name": name, "n_in": layer.n_in, "n_out": layer.n_out, "in_bits": layer.in_bits,
+                "out_bits": layer.out_bits, "shift": layer.shift, "signed": bool(layer.signed),
+                "mask_base": reg.mask_base, "mask_words": reg.mask_words,
+                "payload_base": reg.payload_base, "payload_words": reg.payload_words,
+                "param_base": reg.param_base, "param_words": reg.param_words,
+                "nonzero": int(np.count_nonzero(layer.widths)), "width_counts": counts})
     record = {
-        "format": FORMAT, "version": int(words[1]), "words": len(words), "bytes": image_bytes(words),
+        "format": FORMAT, "version": version, "words": len(words), "bytes": image_bytes(words),
         "sha256": hashlib.sha256(np.asarray(words, dtype="<u4").tobytes()).hexdigest(),
-        "input_bits": net.input_bits, "avg_weight_bits": net.avg_weight_bits, "layers": layers}
+        "input_bits": net.input_bits, "avg_weight_bits": net.avg_weight_bits, "layers": layers,
+        "memory": memory_report(net, words)}
+    if conv:
+        record["input_shape"] = list(net.image_shape)
     if extra is not None:
         record["extra"] = extra
     if data is not None:
@@ -426,7 +479,8 @@ def manifest(net: IntNetwork, words: np.ndarray, names=None, extra: dict | None 
     return record
 
 
-def write_image(out_dir, net: IntNetwork, extra: dict | None = None, data: dict | None = None) -> dict:
+def write_image(out_dir, net: IntNetwork | IntConvNetwork, extra: dict | None = None, data: dict | None = None,
+                version: int = VERSION) -> dict:
     """Write ``weights.bin``, ``weights.hex`` and ``manifest.json`` for ``net`` into ``out_dir``.
 
     Everything is packed and serialised first and each file goes through a temporary file in ``out_dir``
@@ -434,7 +488,7 @@ def write_image(out_dir, net: IntNetwork, extra: dict | None = None, data: dict 
     an interrupted write shows up as a checksum mismatch. ``extra`` and ``data`` go into the manifest
     (:func:`manifest`). Returns the manifest.
     """
-    words = pack(net)
+    words = pack(net, version)
     record = manifest(net, words, extra=extra, data=data)
     contents = {
         "weights.bin": words.astype("<u4").tobytes(),
@@ -458,7 +512,7 @@ def write_image(out_dir, net: IntNetwork, extra: dict | None = None, data: dict 
     return record
 
 
-def read_image(path) -> tuple[IntNetwork, dict]:
+def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:
     """Read an image directory (or its ``manifest.json``); check size and checksum; return net and manifest.
 
     Layer names come from the manifest. Raises :class:`UserError` naming the file and the field.
@@ -505,5 +559,4 @@ def read_image(path) -> tuple[IntNetwork, dict]:
     if len(names) != len(net.layers):
         raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds"
                         f" {len(net.layers)}")
-    layers = tuple(dataclasses.replace(layer, name=str(name)) for layer, name in zip(net.layers, names))
-    return IntNetwork(input_bits=net.input_bits, layers=layers), record
+    return layout_v3.rename(net, [str(name) for name in names]), record

@@ -14,7 +14,7 @@ import numpy as np
 
 from model.data import DataRecord
 from model.errors import UserError
-from model.export.image import read_image
+from model.export.image import input_features, read_image
 from model.quant.pact import InputQuant
 
 
@@ -38,12 +38,13 @@ class ImageVectors:
 
     Members
     -------
-    net : model.export.golden.IntNetwork
+    net : model.export.golden.IntNetwork or model.export.golden_net.IntConvNetwork
     manifest : dict
     data : model.data.DataRecord
         The data set read (recorded, overridden, or digits by default).
     codes : numpy.ndarray
-        int64 ``[N, n_in]`` input codes of ``net.input_bits`` bits.
+        int64 ``[N, n_in]`` input codes of ``net.input_bits`` bits (a conv net's ``[N, C H W]``, flattened in
+        ``(C, H, W)`` order; ``IntConvNetwork.forward`` takes them as they are).
     expected : numpy.ndarray
         int64 ``[N, n_classes]`` golden scores.
     labels : numpy.ndarray
@@ -87,7 +88,7 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
     net, manifest = read_image(image_dir)
     path = Path(image_dir)
     man_path = path / "manifest.json" if path.is_dir() else path
-    n_in = net.layers[0].n_in
+    n_in = input_features(net)
     if "data" in manifest:
         where = f"{man_path}: field 'data'"
         record = DataRecord.from_json(manifest["data"], where)
@@ -96,7 +97,8 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
                             f"takes {n_in} inputs of {net.input_bits} bits")
     else:
         where = str(man_path)
-        record = default_record((1, 8, 8) if n_in == 64 else (1, 1, n_in), net.input_bits, seed, where)
+        shape = tuple(manifest.get("input_shape") or ((1, 8, 8) if n_in == 64 else (1, 1, n_in)))
+        record = default_record(shape, net.input_bits, seed, where)
     record = record.override(data, data_root)
     split = record.load_test(where)
     available = len(split.y_test)

@@ -6,8 +6,9 @@
 * ``"vgg"``: :class:`SmallVGG`, a few ``conv-BN-PACT-maxpool`` blocks and one FC, small enough to train
   on Fashion-MNIST on 2 CPU cores.
 
-The exporters and the accelerator take the MLP (its :meth:`DigitsMLP.stages`); the conv nets are the
-paper's training-side networks, and PACT-32 ones have no integer activation codes at all.
+The exporter takes all three (model/export/convert.py: the MLP by its :meth:`DigitsMLP.stages`, the conv nets
+stage by stage, into the version 3 image); the accelerator core in hw/ runs the MLP. PACT-32 networks have
+no integer activation codes at all and are refused.
 
 Every weight layer, the first and the last included, is a :class:`~model.quant.layers.QuantLinear` or
 :class:`~model.quant.layers.QuantConv2d` with an element-wise mask: the paper masks all of ``theta``

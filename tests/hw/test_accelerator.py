@@ -14,7 +14,8 @@ from hw.core.job import ErrorCode
 from model.errors import UserError
 from model.export.format import DESCRIPTOR, HEADER
 from model.export.golden import MAX_FAN_IN, IntNetwork, layer_forward
-from model.export.image import pack, regions, unpack
+from model.export.image import core_words as pack
+from model.export.image import regions, unpack
 from tests.hw.netgen import random_network
 from tests.hw.stream_source import simulate
 

@@ -9,7 +9,7 @@ import pytest
 
 from hw.platform.verilog import write_verilog
 from model.export.golden import IntNetwork
-from model.export.image import pack
+from model.export.image import core_words as pack
 from sim.runner import run_accelerator, simulators_available
 from tests.hw.netgen import random_network
 

@@ -17,7 +17,8 @@ from hw.core.job import LAYER_JOB_LAYOUT, ErrorCode, job_signature
 from hw.core.scores import score_write_signature
 from model.export.format import DESCRIPTOR, HEADER
 from model.export.golden import layer_forward
-from model.export.image import pack, regions
+from model.export.image import core_words as pack
+from model.export.image import regions
 from tests.hw.netgen import random_network
 from tests.hw.stream_source import simulate
 

@@ -15,7 +15,7 @@ from hw.core.global_buffer import GlobalBuffer, buffer_port_signature
 from hw.core.job import LAYER_JOB_LAYOUT, ErrorCode, emit_job_layout, job_signature, load_job_layout
 from hw.core.sequencer import LayerSequencer
 from model.export.format import DESCRIPTOR, HEADER
-from model.export.image import pack
+from model.export.image import core_words as pack
 from tests.hw.netgen import random_network
 from tests.hw.stream_source import simulate
 

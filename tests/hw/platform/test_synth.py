@@ -11,7 +11,7 @@ from hw.core.requant import T_BITS
 from hw.platform.synth import XC7Z020, format_table, module_cells, parse_stat, synth_stat
 from hw.platform.verilog import TOP_NAME, write_verilog
 from model.export.golden import MULT_BITS
-from model.export.image import pack
+from model.export.image import core_words as pack
 from tests.hw.netgen import random_network
 
 STAT = """

@@ -14,8 +14,10 @@ from model.export.format import (
     CODE_OF_WIDTH,
     DESCRIPTOR,
     HEADER,
+    LAYER,
     MASK_RESERVED,
     PARAMS,
+    RES_PARAMS,
     RESERVED_CODES,
     WIDTH_OF_CODE,
     WIDTHS,
@@ -26,7 +28,7 @@ from model.export.format import (
 from model.export.image import pack_records, unpack_records
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "image_format.md"
-RECORDS = (HEADER, DESCRIPTOR, PARAMS)
+RECORDS = (HEADER, DESCRIPTOR, PARAMS, LAYER, RES_PARAMS)
 
 
 def test_doc_tables_are_the_field_table():
@@ -40,7 +42,7 @@ def test_doc_tables_are_the_field_table():
 def test_record_sizes_and_known_positions():
     """The positions every released image relies on (version 1 and 2 readers, the hardware)."""
     assert (HEADER.words, DESCRIPTOR.words, PARAMS.words) == (8, 8, 3)
-    assert [(f.name, f.offset, f.width) for f in HEADER.fields] == [
+    assert [(f.name, f.offset, f.width) for f in HEADER.fields_of(2)] == [
         ("magic", 0, 32), ("version", 32, 32), ("layers", 64, 32), ("input_bits", 96, 32), ("words", 128, 32)]
     d = {f.name: (f.word, f.bit, f.width, f.since) for f in DESCRIPTOR.fields}
     assert d["in_bits"] == (2, 0, 8, 1) and d["out_bits"] == (2, 8, 8, 1) and d["shift"] == (2, 16, 8, 1)
@@ -48,13 +50,27 @@ def test_record_sizes_and_known_positions():
     assert PARAMS["bias"].words == range(1, 3) and PARAMS["bias"].signed
 
 
+def test_version_3_records():
+    """Version 3: the header gains the input shape and the buffer depth; a 16-word layer descriptor; residual
+    params with M_r in word 3."""
+    assert (LAYER.words, RES_PARAMS.words) == (16, 4)
+    assert all(f.since == 3 for f in LAYER.fields + RES_PARAMS.fields)
+    assert {f.name for f in HEADER.fields if f.since == 3} == {"in_channels", "in_height", "in_width", "fmap_codes"}
+    assert [RES_PARAMS[n].offset for n in ("mult", "bias", "res_mult")] == [0, 32, 96]
+    assert [PARAMS[n].offset for n in ("mult", "bias")] == [RES_PARAMS[n].offset for n in ("mult", "bias")]
+    d = {f.name: (f.word, f.bit, f.width) for f in LAYER.fields}
+    assert d["kind"] == (0, 0, 2) and d["fan_in"] == (5, 0, 32) and d["payload_bits"] == (13, 0, 32)
+    assert [LAYER.reserved_mask(w, 3) for w in (15,)] == [0xFFFFFFFF]
+    assert LAYER.reserved_mask(0, 3) == 0b11100000 and LAYER.label(4) == "buffers"
+
 def test_reserved_bits_by_version():
     assert DESCRIPTOR.reserved_mask(2, version=1) == 0xFF000000
     assert DESCRIPTOR.reserved_mask(2, version=2) == 0xFE000000
-    assert [HEADER.reserved_mask(w) for w in range(8)] == [0] * 5 + [0xFFFFFFFF] * 3
+    assert [HEADER.reserved_mask(w, version=2) for w in range(8)] == [0] * 5 + [0xFFFFFFFF] * 3
+    assert [HEADER.reserved_mask(w, version=3) for w in range(8)] == [0] * 6 + [0xFFFF0000, 0]
     assert all(PARAMS.reserved_mask(w) == 0 for w in range(3))
     assert MASK_RESERVED == 0xC0000000
-    assert DESCRIPTOR.label(2) == "bits/shift" and HEADER.label(6) == "reserved" and DESCRIPTOR.label(0) == "n_in"
+    assert DESCRIPTOR.label(2) == "bits/shift" and HEADER.label(6) == "in_width" and DESCRIPTOR.label(0) == "n_in"
 
 
 def test_width_codes():

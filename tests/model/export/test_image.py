@@ -1,4 +1,8 @@
-"""Packed weight image: round trips, a hand-computed image, sizes, and every rejection path."""
+"""Packed weight image, versions 1-2 (the mask + payload layout of fully connected nets): round trips, a
+hand-computed image, sizes, every rejection path; and the reader and writer common to all versions.
+
+Version 3 (conv nets, class-grouped streams) is tested in test_layout_v3.py and test_weight_stream.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from hypothesis import strategies as st
 
 from model.errors import UserError
 from model.export.golden import WIDTHS, D, IntLinear, IntNetwork
-from model.export.image import MAGIC, VERSION, pack, read_image, regions, unpack, write_image
+from model.export.image import MAGIC, MASK_VERSION, pack, read_image, regions, unpack, write_image
 
 FIELDS = ("codes", "widths", "mult", "bias")
 
@@ -65,8 +69,8 @@ def assert_same(a: IntNetwork, b: IntNetwork) -> None:
 @settings(max_examples=150, deadline=None)
 @given(networks())
 def test_pack_unpack_roundtrip(net):
-    words = pack(net)
-    assert words.dtype == np.uint32 and words[1] == VERSION == 2 and words[4] == len(words)
+    words = pack(net, MASK_VERSION)
+    assert words.dtype == np.uint32 and words[1] == MASK_VERSION == 2 and words[4] == len(words)
     assert_same(net, unpack(words))
     for index, layer in enumerate(net.layers):  # the mode is bit 24 of descriptor word 2, nothing else
         assert words[8 + 8 * index + 2] >> 24 == int(layer.signed)
@@ -75,7 +79,7 @@ def test_pack_unpack_roundtrip(net):
 @settings(max_examples=100, deadline=None)
 @given(networks())
 def test_payload_costs_exactly_the_weight_bits(net):
-    words = pack(net)
+    words = pack(net, MASK_VERSION)
     for layer, reg in zip(net.layers, regions(net)):
         bits = int(layer.widths.sum())  # 0-bit weights cost nothing
         assert reg.payload_bits == bits and reg.payload_words == -(-bits // 32)
@@ -105,7 +109,7 @@ TINY_WORDS = [
 
 
 def test_tiny_image_by_hand():
-    words = pack(tiny_net())
+    words = pack(tiny_net(), MASK_VERSION)
     assert words.tolist() == TINY_WORDS
     assert_same(tiny_net(), unpack(np.array(TINY_WORDS, dtype=np.uint32)))
 
@@ -116,7 +120,7 @@ def signed_tiny_net() -> IntNetwork:
 
 def test_signed_tiny_image_by_hand():
     """A signed layer differs from the DoReFa one in bit 24 of descriptor word 2 only (codes are all >= 1)."""
-    words = pack(signed_tiny_net())
+    words = pack(signed_tiny_net(), MASK_VERSION)
     assert words.tolist() == [w | 1 << 24 if k == 10 else w for k, w in enumerate(TINY_WORDS)]
     back = unpack(words)
     assert_same(signed_tiny_net(), back)
@@ -135,7 +139,7 @@ def test_version_1_images_still_load():
 def test_signed_zero_code_is_rejected():
     """q = 0 is c = -2^(m-1), outside the symmetric range: packing and unpacking name the field."""
     layer = dataclasses.replace(tiny_net().layers[0], codes=np.array([[0, 0, 0xC3], [0xDEADBEEF, 0x1234, 0]]))
-    words = pack(IntNetwork(input_bits=4, layers=(layer,)))  # fine as DoReFa
+    words = pack(IntNetwork(input_bits=4, layers=(layer,)), MASK_VERSION)  # fine as DoReFa
     with pytest.raises(UserError, match="'codes' of a signed layer"):
         pack(IntNetwork(input_bits=4, layers=(dataclasses.replace(layer, signed=True),)))
     words[10] |= 1 << 24
@@ -145,7 +149,7 @@ def test_signed_zero_code_is_rejected():
 
 def test_write_read_roundtrip(tmp_path):
     net = tiny_net()
-    record = write_image(tmp_path / "img", net, extra={"scales": [0.5, 0.25]})
+    record = write_image(tmp_path / "img", net, extra={"scales": [0.5, 0.25]}, version=MASK_VERSION)
     out = tmp_path / "img"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "weights.bin", "weights.hex"]
     assert out.joinpath("weights.bin").read_bytes()[:4] == b"MPQA"
@@ -159,12 +163,16 @@ def test_write_read_roundtrip(tmp_path):
         "mask_base": 22, "mask_words": 2, "payload_base": 24, "payload_words": 2,
         "param_base": 16, "param_words": 6, "nonzero": 4,
         "width_counts": {"0": 2, "4": 1, "8": 1, "16": 1, "32": 1}}]
+    # The memory report: 60 payload bits, 6 param words, the rest (header, descriptor, mask, padding) metadata.
+    memory = record["memory"]
+    assert (memory["payload_bits"], memory["param_bytes"], memory["image_bytes"]) == (60, 24, 104)
+    assert memory["metadata_bits"] == 8 * 104 - 8 * 24 - 60 and memory["weights"] == 6
     for path in (out, out / "manifest.json"):
         back, man = read_image(path)
         assert_same(net, back)
         assert back.layers[0].name == "fc1" and man == record
     # A signed network: the manifest says so per layer, and the flag survives the round trip.
-    record = write_image(tmp_path / "signed", signed_tiny_net())
+    record = write_image(tmp_path / "signed", signed_tiny_net(), version=MASK_VERSION)
     assert record["layers"][0]["signed"] is True
     back, _ = read_image(tmp_path / "signed")
     assert_same(signed_tiny_net(), back)
@@ -190,10 +198,11 @@ def test_read_version_1_image(tmp_path):
 def test_large_layer_packs_fast():
     rng = np.random.default_rng(1)
     net = IntNetwork(4, (random_layer(rng, 1024, 300, 4, 0, np.full(5, 0.2), 0.0),))
-    start = time.perf_counter()
-    words = pack(net)
-    assert time.perf_counter() - start < 1.0
-    assert_same(net, unpack(words))
+    for version in (MASK_VERSION, 3):
+        start = time.perf_counter()
+        words = pack(net, version)
+        assert time.perf_counter() - start < 1.0
+        assert_same(net, unpack(words))
 
 
 def corrupt(index: int, value: int) -> np.ndarray:
@@ -204,13 +213,13 @@ def corrupt(index: int, value: int) -> np.ndarray:
 
 @pytest.mark.parametrize("words, field", [
     (corrupt(0, MAGIC ^ 1), "'magic'"),
-    (corrupt(1, 3), "'version'"),
+    (corrupt(1, 4), "'version'"),
     (corrupt(1, 0), "'version'"),
     (np.array(TINY_WORDS[:-1], dtype=np.uint32), "'words'"),
     (corrupt(4, 27), "'words'"),
     (corrupt(2, 0), "'layers'"),
     (corrupt(3, 9), "'input_bits'"),
-    (corrupt(6, 1), "'reserved'"),
+    (corrupt(6, 1), "'in_width' needs version 3"),  # reserved in version 2
     (corrupt(8, 0), "'layer 0 n_in'"),
     (corrupt(8, 4097), "'layer 0 n_in'"),
     (corrupt(9, 10**6), "'layer 0 n_out'"),
@@ -275,7 +284,7 @@ def test_read_rejects_wrong_size(image_dir):
 
 @pytest.mark.parametrize("text, field", [
     ("{", "'format'"), ("[]", "'format'"), ('{"format": "other", "version": 1}', "'format'"),
-    ('{"format": "mpqaccel-image", "version": 3}', "'version'"),
+    ('{"format": "mpqaccel-image", "version": 4}', "'version'"),
     ('{"format": "mpqaccel-image", "version": true}', "'version'"),
 ])
 def test_read_rejects_bad_manifest(image_dir, text, field):

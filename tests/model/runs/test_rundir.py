@@ -215,12 +215,28 @@ def test_export_refuses_1_and_2_bit_tickets(tmp_path, capsys):
     assert not (tmp_path / "img").exists()
 
 
-def test_export_refuses_conv_nets(tmp_path, capsys):
+def test_export_and_eval_conv_nets(tmp_path, capsys):
+    """A VGG checkpoint exports to a version 3 image with its memory report, and `eval --image` gives the golden
+    accuracy the checkpoint's own `eval` gives (both on the digits test split: the checkpoint records no data)."""
     model = build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4, "channels": [4]})
     save_checkpoint(tmp_path / "vgg.pt", model)
-    code, _out, err = cli(capsys, "export", "--checkpoint", tmp_path / "vgg.pt", "--out", tmp_path / "img")
-    assert code == 2 and "'vgg'" in err and "only MLPs" in err and "Traceback" not in err
-    assert not (tmp_path / "img").exists()
+    code, out, err = cli(capsys, "export", "--checkpoint", tmp_path / "vgg.pt", "--out", tmp_path / "img")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "img" / "manifest.json").read_text())
+    assert manifest["version"] == 3 and manifest["input_shape"] == [1, 8, 8]
+    assert [layer["kind"] for layer in manifest["layers"]] == ["conv", "fc"] and manifest["layers"][0]["pool"] == 2
+    assert "metadata" in out and "width-map entropy" in out and "paper (ResNet-20)" in out
+    code, _out, err = cli(capsys, "eval", "--image", tmp_path / "img", "--out", tmp_path / "ev_img")
+    assert code == 0, err
+    code, _out, err = cli(capsys, "eval", "--checkpoint", tmp_path / "vgg.pt", "--out", tmp_path / "ev_ckpt")
+    assert code == 0, err
+    by_image = json.loads((tmp_path / "ev_img" / "eval.json").read_text())
+    by_checkpoint = json.loads((tmp_path / "ev_ckpt" / "eval.json").read_text())
+    assert by_image["test_images"] == by_checkpoint["test_images"] > 0
+    assert by_image["golden_accuracy"] == by_checkpoint["golden_accuracy"] is not None
+    # The fully connected core of `sim` runs MLP images only: a conv image is a clear error.
+    code, _out, err = cli(capsys, "sim", "--image", tmp_path / "img", "--images", 2, "--out", tmp_path / "rtl")
+    assert code == 2 and "conv network" in err and "MLP" in err and "Traceback" not in err
 
 
 def test_iteration_file_that_does_not_fit_its_model_is_a_clear_error(tmp_path):
