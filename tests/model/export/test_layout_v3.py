@@ -273,3 +273,32 @@ def test_version_3_layer_reads_like_version_2():
     first = dataclasses.replace(fc_layer(rng, 20, 6, 8, [0.5, 0.2, 0.2, 0.05, 0.05]), out_bits=4)
     net = IntNetwork(8, (first, fc_layer(rng, 6, 3, 4, [0.2, 0.8, 0, 0, 0], signed=True)))
     assert_same(unpack(pack(net, 2)), unpack(pack(net, 3)))
+
+
+def test_bmpq_and_resnet20_checkpoints_round_trip_through_the_image(tmp_path):
+    """Networks the training side produces: a BMPQ VGG (signed layer-wise codes, ternary in the 4-bit class)
+    and a ResNet-20 with element-wise DoReFa widths, through write_image / read_image: the same scores."""
+    import torch
+
+    from model.export.convert import to_golden
+    from model.quant.bmpq import to_bmpq
+    from model.quant.nets import ResNet20, SmallVGG
+    from tests.model.export.test_golden_resnet import random_mask
+
+    torch.manual_seed(0)
+    vgg = to_bmpq(SmallVGG(image_shape=(1, 16, 16), act_bits=4, channels=(8, 16)))
+    with torch.no_grad():
+        for layer, bits in ((vgg.features[0], 8), (vgg.features[4], 2), (vgg.fc, 4)):
+            layer.bits.fill_(bits)
+    resnet = ResNet20(image_shape=(1, 12, 12))
+    random_mask(resnet, 1)
+    rng = np.random.default_rng(0)
+    for name, model in (("vgg", vgg), ("resnet", resnet)):
+        net = to_golden(model.eval())
+        record = write_image(tmp_path / name, net)
+        back, _ = read_image(tmp_path / name)
+        u = rng.integers(0, 256, size=(3, *net.image_shape))
+        assert np.array_equal(net.forward(u), back.forward(u)), name
+        assert record["memory"]["payload_bits"] == sum(int(layer.widths.sum()) for layer in net.layers)
+    assert all(layer.signed for layer in back.layers) is False and any(layer["signed"] for layer in
+                                                                       read_image(tmp_path / "vgg")[1]["layers"])
