@@ -1,0 +1,380 @@
+"""Row decoder of a version 3 weight stream: one row's non-zero weights, one entry a cycle.
+
+A version 3 row (docs/image_format.md, "Regions and streams, version 3"; the reference coder is
+``model/export/weight_stream.py``) is its class counts, then per present class its entries in ascending
+position: a Rice-coded position gap and the weight code in the class's 4, 8, 16 or 32 bits. The
+:class:`RowStreamDecoder` takes one row command (the row's absolute first bit in the global buffer,
+``32 stream_base + row_ptr[j]``), reads the row's words through its own :class:`~hw.core.fetcher.WordFetcher`
+and emits one entry per non-zero weight in stream order (class by class, ascending position); an all-pruned
+row emits one entry flagged ``empty`` so that its output is still computed.
+
+It is the first block of the packed multiplier array that will run version 3 images (each engine owns one
+and gets rows by row pointer); the accelerator (``hw/accelerator.py``) does not use it yet.
+
+Datapath (parameters ``fan_in_width`` = ``FW``; ``E = RICE_ESCAPE + FW + 32`` bits, the longest entry):
+
+* A bit window of ``window_bits`` = ``32 ceil((32 + E) / 32)`` bits (96 for ``FW <= 24``), next bit in bit 0,
+  with a count of valid bits. A word is appended (at bit ``nbits``, from the registered count: off the
+  critical loop) whenever ``nbits <= window_bits - 32``, so the window always has room for the longest entry
+  and never waits on itself.
+* The loop: a priority encoder finds the first zero among the window's first ``RICE_ESCAPE`` bits (``q``, or
+  the escape); the entry length (``q + 1 + k`` or ``RICE_ESCAPE + pos_bits``, plus the class width; the
+  width alone in a dense class) is a small adder, and the window shifts right by it when the whole entry is
+  in the window and ``o`` is free. Path: window bit -> priority encoder -> length adder -> comparison with
+  the valid bits -> ``window_bits``-bit barrel shifter -> window and row-state registers.
+* Beside it, into the output register and ``error`` only: the gap (``(q << k) | remainder``: a shift by
+  ``q + 1`` <= 8, or the raw escaped gap), ``position = previous + 1 + gap`` (``gap`` for a class's first
+  entry), and the code (a shift by the gap code's length). The position check compares the gap with a
+  register holding what is left of the row (``fan_in - 1 - previous``), so no adder precedes the comparator:
+  window bit -> priority encoder -> remainder shift -> comparator -> ``error`` / ``o.valid``.
+
+  Measured depth (``fan_in_width`` 16, Yosys ``synth -flatten; abc -lut 6; ltp -noff``, carry chains mapped
+  to LUTs, so pessimistic): 11 LUT levels for the longest path (the position check into ``error``), 10 for
+  the window loop. ``synth_xilinx``: about 1,900 LUTs (mostly the barrel shifters), 330 FFs and
+  6 RAM32M (the fetcher's FIFO).
+
+Throughput: one entry a cycle while ``o`` is ready and the entry is in the window; refills bring 32 bits a
+cycle, so entries up to 32 bits (every 4-bit entry with its gap code, every 8-bit one up to ``FW`` 16, nearly
+every 16-bit one, dense 32-bit classes) run at one a cycle and sparse 32-bit entries (33 bits or more) at about ``32 / length`` a
+cycle (measured 0.86 at 30 % density, 35 bits an entry). Per row: 6 cycles from the command to the first
+entry with one class present, one more per further class (the fetcher's restart, 3 cycles to the first
+word; the skip of the first word's leading bits; one cycle per present class for the counts; the output
+register). The next command is taken in the cycle after the row's last entry is parsed.
+
+What the hardware checks, so that a corrupt image cannot hang it (``error`` rises, sticky until reset, and
+the decoder stops: no more commands, no more entries, no more reads from the next cycle on; the entry already
+offered on ``o`` waits for its transfer, the faulty one is not emitted):
+
+* at each command, the layer fields it depends on for termination: ``1 <= fan_in < 2^FW``,
+  ``1 <= pos_bits <= FW``, ``rice_k_c <= pos_bits`` and ``count_bits_c <= FW`` for every class;
+* counts summing past ``fan_in`` (so a row has at most ``fan_in`` entries), found as each count is read;
+* a position at or past ``fan_in`` (a gap that runs past the row); the entry is not emitted.
+
+Only the Python reader (``model.export.weight_stream.decode_layer``, ``model.export.layout_v3``) checks what
+needs the whole layer or a position map: ``pos_bits`` and ``count_bits_c`` equal to what ``fan_in`` and the
+counts imply, a position two classes claim, rows that end exactly where the next row pointer (or
+``stream_bits``) says, zero padding, ``nonzero`` and ``payload_bits``.
+"""
+
+from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from hw.core.fetcher import WordFetcher
+from hw.core.global_buffer import buffer_port_signature
+from model.export.format import CLASS_WIDTHS, COUNT_FIELDS, LAYER, RICE_ESCAPE, RICE_FIELDS, WORD_BITS
+
+CLASSES = len(CLASS_WIDTHS)
+_WORD_SHIFT = ceil_log2(WORD_BITS)
+
+
+def layer_fields_layout() -> data.StructLayout:
+    """The descriptor fields the decoder reads, at their descriptor widths (``model.export.format.LAYER``)."""
+    return data.StructLayout({
+        "fan_in": unsigned(LAYER["fan_in"].width),
+        "classes": unsigned(LAYER["classes"].width),
+        "pos_bits": unsigned(LAYER["pos_bits"].width),
+        "count_bits": data.ArrayLayout(unsigned(LAYER[COUNT_FIELDS[0]].width), CLASSES),
+        "rice_k": data.ArrayLayout(unsigned(LAYER[RICE_FIELDS[0]].width), CLASSES),
+    })
+
+
+def command_layout(addr_width: int) -> data.StructLayout:
+    """A row command: the row's first bit in the global buffer, ``32 stream_base + row_ptr[j]``."""
+    return data.StructLayout({"start_bit": unsigned(addr_width + _WORD_SHIFT)})
+
+
+def entry_layout(fan_in_width: int) -> data.StructLayout:
+    """One decoded entry: a non-zero weight, or (``empty``) the single entry of an all-pruned row."""
+    return data.StructLayout({
+        "position": unsigned(fan_in_width),
+        "cls": unsigned(ceil_log2(CLASSES)),  # class c: CLASS_WIDTHS[c] bits
+        "code": unsigned(max(CLASS_WIDTHS)),
+        "last": unsigned(1),
+        "empty": unsigned(1),
+    })
+
+
+class _Phase(enum.Enum, shape=3):
+    IDLE = 0  # waiting for a command
+    SKIP = 1  # dropping the first word's bits before the row's first bit
+    COUNT = 2  # reading one present class's count a cycle
+    ENTRY = 3  # decoding entries
+    EMPTY = 4  # emitting an all-pruned row's single entry
+
+
+def _lowest(m: Module, mask, after=None):
+    """``(found, index)``: the lowest set bit of the 4-bit ``mask`` (above class ``after`` when given)."""
+    found = Signal()
+    index = Signal(range(CLASSES))
+    for c in reversed(range(CLASSES)):
+        hit = mask[c] if after is None else mask[c] & (after < c)
+        with m.If(hit):
+            m.d.comb += [found.eq(1), index.eq(c)]
+    return found, index
+
+
+def _thermometer(n, width: int):
+    """``width`` bits, bit ``i`` set where ``i < n``: the mask of an ``n``-bit field."""
+    return Cat(*(n > i for i in range(width)))
+
+
+class RowStreamDecoder(wiring.Component):
+    """Decoder of one row of a version 3 weight stream at a time.
+
+    Parameters
+    ----------
+    addr_width : int
+        Width of the global buffer's word address.
+    fan_in_width : int
+        Rows of up to ``2^fan_in_width - 1`` weights (sizes positions, counts and gaps).
+    fetch_depth : int
+        Depth of the word fetcher's FIFO (4 keeps one word a cycle coming, see ``tests/hw/core/test_fetcher.py``).
+
+    Members
+    -------
+    layer : In(layer_fields_layout())
+        The layer's descriptor fields ``fan_in``, ``classes``, ``pos_bits``, ``count_bits4..32`` and
+        ``rice_k4..32``. Hold them stable from the layer's first command until its last row's last entry has
+        left ``o``.
+    cmd : In(stream.Signature(command_layout(addr_width)))
+        Row commands; one is taken once the previous row's last entry is in ``o`` (it may still wait
+        for its transfer). Taking one restarts the fetcher at ``start_bit // 32``.
+    bus : Out(buffer_port_signature(addr_width))
+        The fetcher's requests to a :class:`~hw.core.global_buffer.GlobalBuffer` port.
+    o : Out(stream.Signature(entry_layout(fan_in_width)))
+        One entry per non-zero weight of the row, in stream order; ``last`` marks the row's final one. An
+        all-pruned row gives one entry with ``empty`` and ``last`` set (position, class and code 0).
+    error : Out(1)
+        A check failed (see the module docstring); sticky until reset, the decoder has stopped.
+
+    Raises
+    ------
+    ValueError
+        For ``addr_width`` < 1, ``fan_in_width`` outside 1..24 or ``fetch_depth`` < 2.
+    """
+
+    def __init__(self, *, addr_width: int, fan_in_width: int, fetch_depth: int = 4):
+        if addr_width < 1:
+            raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
+        if not 1 <= fan_in_width <= 24:
+            raise ValueError(f"fan_in_width must be 1..24, not {fan_in_width!r}")
+        if fetch_depth < 2:
+            raise ValueError(f"fetch_depth must be >= 2, not {fetch_depth!r}")
+        self._addr_width = addr_width
+        self._fan_in_width = fan_in_width
+        self._fetch_depth = fetch_depth
+        super().__init__({
+            "layer": In(layer_fields_layout()),
+            "cmd": In(stream.Signature(command_layout(addr_width))),
+            "bus": Out(buffer_port_signature(addr_width)),
+            "o": Out(stream.Signature(entry_layout(fan_in_width))),
+            "error": Out(1),
+        })
+
+    @property
+    def max_entry_bits(self) -> int:
+        """The longest entry: an escaped gap (``RICE_ESCAPE + pos_bits`` bits) and a 32-bit code."""
+        return RICE_ESCAPE + self._fan_in_width + max(CLASS_WIDTHS)
+
+    @property
+    def window_bits(self) -> int:
+        """Bit window: room for the longest entry plus the word that refills it."""
+        return WORD_BITS * -(-(WORD_BITS + self.max_entry_bits) // WORD_BITS)
+
+    def elaborate(self, platform):
+        m = Module()
+        fw = self._fan_in_width
+        wbits = self.window_bits
+        small = bits_for(fw)  # layer fields once checked: 0..fw
+        gap_bits = fw + ceil_log2(RICE_ESCAPE)  # (q << k) | r < 2^(k + 3) <= 2^(fw + 3)
+        layer = self.layer
+
+        m.submodules.fetcher = fetcher = WordFetcher(addr_width=self._addr_width, depth=self._fetch_depth)
+        m.d.comb += [
+            self.bus.req.eq(fetcher.bus.req & ~self.error),
+            self.bus.addr.eq(fetcher.bus.addr),
+            fetcher.bus.grant.eq(self.bus.grant & ~self.error),
+            fetcher.bus.data.eq(self.bus.data),
+        ]
+        words = fetcher.o
+
+        # -- Parser state ----------------------------------------------------------------------------------
+        phase = Signal(_Phase)
+        win = Signal(wbits)
+        nbits = Signal(range(wbits + 1))
+        skip = Signal(_WORD_SHIFT)
+        cls = Signal(range(CLASSES))
+        left = Signal(fw)  # entries of class `cls` still to parse
+        first = Signal()  # the next entry is its class's first
+        counts = Signal(data.ArrayLayout(unsigned(fw), CLASSES))
+        nonzero = Signal(CLASSES)
+        dense = Signal(CLASSES)
+        total = Signal(fw + ceil_log2(CLASSES) + 1)
+
+        prev = Signal(fw)  # position of the entry before, in its class
+        room = Signal(fw)  # fan_in - 1 - prev: the gaps that keep the next entry in the row are 0 .. room - 1
+
+        # Layer fields the decoder depends on for termination (see the module docstring).
+        pos_bits = layer.pos_bits[:small]
+        layer_ok = Signal()
+        m.d.comb += layer_ok.eq(
+            (layer.fan_in != 0) & (layer.fan_in < (1 << fw))
+            & (layer.pos_bits != 0) & (layer.pos_bits <= fw)
+            & Cat(*(layer.rice_k[c] <= layer.pos_bits for c in range(CLASSES))).all()
+            & Cat(*(layer.count_bits[c] <= fw for c in range(CLASSES))).all())
+        fan_in = layer.fan_in[:fw]
+
+        # -- Commands --------------------------------------------------------------------------------------
+        take_cmd = Signal()
+        m.d.comb += [
+            self.cmd.ready.eq((phase == _Phase.IDLE) & ~self.error),
+            take_cmd.eq(self.cmd.valid & self.cmd.ready),
+            fetcher.start.eq(take_cmd),
+            fetcher.base.eq(self.cmd.payload.start_bit[_WORD_SHIFT:]),
+        ]
+
+        # -- Window refill: at bit `nbits`, decided from registers only ------------------------------------
+        take = Signal()
+        m.d.comb += [
+            take.eq(words.valid & ~self.error & (nbits <= wbits - WORD_BITS)
+                    & phase.as_value().matches(_Phase.SKIP, _Phase.COUNT, _Phase.ENTRY)),
+            words.ready.eq(take),
+        ]
+        merged = Signal(wbits)
+        m.d.comb += merged.eq(win | Mux(take, (words.payload << nbits)[:wbits], 0))
+
+        # -- Entry decode (from the registered window) -----------------------------------------------------
+        q = Signal(range(RICE_ESCAPE + 1))  # leading one bits, RICE_ESCAPE for an escape
+        m.d.comb += q.eq(RICE_ESCAPE)
+        for i in reversed(range(RICE_ESCAPE)):
+            with m.If(~win[i]):
+                m.d.comb += q.eq(i)
+        escaped = q == RICE_ESCAPE
+        k = layer.rice_k[cls][:small]
+        is_dense = dense.bit_select(cls, 1)
+        prefix = Signal(range(RICE_ESCAPE + 1))
+        suffix = Signal(range(fw + 1))
+        m.d.comb += [
+            prefix.eq(Mux(is_dense, 0, Mux(escaped, RICE_ESCAPE, q + 1))),
+            suffix.eq(Mux(is_dense, 0, Mux(escaped, pos_bits, k))),
+        ]
+        remainder = Signal(fw)
+        m.d.comb += remainder.eq((win >> prefix)[:fw] & _thermometer(suffix, fw))
+        gap = Signal(gap_bits)
+        m.d.comb += gap.eq(Mux(is_dense | escaped, remainder, ((q << k)[:gap_bits]) | remainder))
+        offset = Signal(range(RICE_ESCAPE + fw + 1))
+        m.d.comb += offset.eq(prefix + suffix)
+        class_width = Signal(range(max(CLASS_WIDTHS) + 1))
+        code = Signal(max(CLASS_WIDTHS))
+        at_code = (win >> offset)[:max(CLASS_WIDTHS)]
+        with m.Switch(cls):
+            for c, width in enumerate(CLASS_WIDTHS):
+                with m.Case(c):
+                    m.d.comb += [class_width.eq(width), code.eq(at_code[:width])]
+        entry_bits = Signal(range(self.max_entry_bits + 1))
+        m.d.comb += entry_bits.eq(offset + class_width)
+        more_found, more_cls = _lowest(m, nonzero, after=cls)  # a later class with entries
+
+        # -- Count decode ----------------------------------------------------------------------------------
+        count_bits = layer.count_bits[cls][:small]
+        count = Signal(fw)
+        m.d.comb += count.eq(win[:fw] & _thermometer(count_bits, fw))
+        total_next = Signal.like(total)
+        m.d.comb += total_next.eq(total + count)
+        next_present, next_present_cls = _lowest(m, layer.classes, after=cls)
+        nonzero_next = Signal(CLASSES)
+        m.d.comb += nonzero_next.eq(nonzero | ((count != 0) << cls)[:CLASSES])
+        any_nonzero, first_nonzero = _lowest(m, nonzero_next)
+        any_present, first_present = _lowest(m, layer.classes)
+
+        # Position and its check: off the window loop (they only load the output register and `error`). The
+        # check compares the gap with what is left of the row (a register) instead of adding first.
+        position = Signal(fw + ceil_log2(RICE_ESCAPE) + 1)
+        m.d.comb += position.eq(Mux(first, 0, prev + 1) + gap)
+        past_row = Signal()
+        m.d.comb += past_row.eq(gap >= Mux(first, fan_in, room))
+        o_free = ~self.o.valid | self.o.ready
+
+        # -- What the window gives this cycle --------------------------------------------------------------
+        consume = Signal()  # drop `amount` bits of `merged`
+        amount = Signal(range(self.max_entry_bits + 1))
+        emit = Signal()  # load the output register
+        active = ~self.error
+        with m.Switch(phase):
+            with m.Case(_Phase.SKIP):
+                m.d.comb += [consume.eq(take), amount.eq(skip)]
+            with m.Case(_Phase.COUNT):
+                m.d.comb += [consume.eq(active & (nbits >= count_bits)), amount.eq(count_bits)]
+            with m.Case(_Phase.ENTRY):
+                m.d.comb += [consume.eq(active & o_free & (nbits >= entry_bits)), amount.eq(entry_bits),
+                             emit.eq(consume & ~past_row)]
+                with m.If(consume & past_row):
+                    m.d.sync += self.error.eq(1)
+            with m.Case(_Phase.EMPTY):
+                m.d.comb += emit.eq(active & o_free)
+
+        with m.If(take_cmd):
+            m.d.sync += [win.eq(0), nbits.eq(0)]
+        with m.Elif(consume):
+            m.d.sync += [win.eq(merged >> amount), nbits.eq(nbits + Mux(take, WORD_BITS, 0) - amount)]
+        with m.Else():
+            m.d.sync += [win.eq(merged), nbits.eq(nbits + Mux(take, WORD_BITS, 0))]
+
+        empty = phase == _Phase.EMPTY
+        with m.If(emit):
+            m.d.sync += [
+                self.o.valid.eq(1),
+                self.o.payload.position.eq(Mux(empty, 0, position[:fw])),
+                self.o.payload.cls.eq(Mux(empty, 0, cls)),
+                self.o.payload.code.eq(Mux(empty, 0, code)),
+                self.o.payload.last.eq(empty | ((left == 1) & ~more_found)),
+                self.o.payload.empty.eq(empty),
+                prev.eq(position[:fw]),
+                room.eq(Mux(first, fan_in - 1, room - 1) - gap),
+            ]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        with m.Switch(phase):
+            with m.Case(_Phase.IDLE), m.If(take_cmd):
+                with m.If(layer_ok):
+                    m.d.sync += [
+                        phase.eq(_Phase.SKIP),
+                        skip.eq(self.cmd.payload.start_bit[:_WORD_SHIFT]),
+                        counts.eq(0), nonzero.eq(0), dense.eq(0), total.eq(0),
+                    ]
+                with m.Else():
+                    m.d.sync += self.error.eq(1)
+            with m.Case(_Phase.SKIP), m.If(consume):
+                m.d.sync += phase.eq(Mux(any_present, _Phase.COUNT, _Phase.EMPTY))
+                m.d.sync += cls.eq(first_present)
+            with m.Case(_Phase.COUNT), m.If(consume):
+                m.d.sync += [
+                    counts[cls].eq(count),
+                    nonzero.eq(nonzero_next),
+                    dense.bit_select(cls, 1).eq(count == fan_in),
+                    total.eq(total_next),
+                ]
+                with m.If(total_next > fan_in):
+                    m.d.sync += self.error.eq(1)
+                with m.If(next_present):
+                    m.d.sync += cls.eq(next_present_cls)
+                with m.Elif(any_nonzero):
+                    m.d.sync += [
+                        phase.eq(_Phase.ENTRY), cls.eq(first_nonzero), first.eq(1),
+                        left.eq(Mux(first_nonzero == cls, count, counts[first_nonzero])),
+                    ]
+                with m.Else():
+                    m.d.sync += phase.eq(_Phase.EMPTY)
+            with m.Case(_Phase.ENTRY), m.If(consume):
+                m.d.sync += [left.eq(left - 1), first.eq(0)]
+                with m.If(left == 1):
+                    with m.If(more_found):
+                        m.d.sync += [cls.eq(more_cls), left.eq(counts[more_cls]), first.eq(1)]
+                    with m.Else():
+                        m.d.sync += phase.eq(_Phase.IDLE)
+            with m.Case(_Phase.EMPTY), m.If(emit):
+                m.d.sync += phase.eq(_Phase.IDLE)
+        return m
