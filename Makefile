@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq lint clean
+.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq bench-conv bench-export lint clean
 
 demo: setup
 	$(VPY) build.py demo
@@ -33,6 +33,12 @@ bench-imq: setup fashion-mnist
 
 bench-bmpq: setup fashion-mnist
 	$(VPY) build.py bench bmpq
+
+bench-conv: setup fashion-mnist
+	$(VPY) build.py bench conv
+
+bench-export: setup
+	$(VPY) build.py bench export
 
 lint: setup
 	$(VENV)/bin/ruff check .

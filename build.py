@@ -59,11 +59,11 @@ def main(argv=None) -> int:
     if silent and hasattr(args, "quiet"):
         args.quiet = True
     try:
-        parallel = args.command == "train" and args.method not in ("lts", "bmpq")
+        parallel = args.command == "train" and args.method != "lts"
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not parallel:
             what = f"train --method {args.method}" if args.command == "train" else args.command
             raise UserError(f"`{what}` does not run data-parallel; under torchrun only `train` with --method "
-                            f"imq, irq, imp, irp, qnn or qnn-imp does: run `{what}` as one process")
+                            f"imq, irq, imp, irp, qnn, qnn-imp or bmpq does: run `{what}` as one process")
         with contextlib.ExitStack() as stack:
             if silent:
                 stack.enter_context(contextlib.redirect_stdout(io.StringIO()))

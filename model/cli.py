@@ -8,6 +8,7 @@ the standard library at import time; each command's ``run`` imports the heavy co
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from model.errors import UserError
@@ -93,6 +94,20 @@ def act_bits(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
     if not (1 <= value <= 8 or value == 32):
         raise argparse.ArgumentTypeError(f"{value} is outside the allowed range 1..8 (or 32 for PACT-32)")
+    return value
+
+
+#: ``--device`` of the training commands: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``;
+#: :func:`model.training.distributed.resolve_device` decides what it means in a process.
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def device_spec(text: str) -> str:
+    """``--device``: the spelling checked here (torch-free), normalised to lower case; CUDA is checked later."""
+    value = text.strip().lower()
+    if DEVICE_SPEC.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; allowed {DEVICE_CHOICES}")
     return value
 
 

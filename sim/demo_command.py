@@ -25,6 +25,7 @@ def run(args) -> int:
     from model.data import DataRecord
     from model.errors import UserError
     from model.export.convert import export_image, golden_accuracy, to_golden
+    from model.export.image import core_words
     from model.export.vectors import image_vectors
     from model.runs.checkpoint import input_bits_of
     from model.training.loop import evaluate
@@ -69,6 +70,10 @@ def run(args) -> int:
         "rtl_mismatches": rtl["mismatches"] + timing["mismatches"],
         "avg_weight_bits": manifest["avg_weight_bits"],
         "image_bytes": manifest["bytes"],
+        "image_version": manifest["version"],
+        "metadata_bits_per_weight": manifest["memory"]["metadata_bits_per_weight"],
+        # The fully connected core holds the same network as a version 2 image (model.export.image.core_words).
+        "core_image_bytes": 4 * len(core_words(prepared.vectors.net)),
         "cycles_per_image": timing["cycles_per_image"],
         "images_per_second_at_100mhz": 100e6 / timing["cycles_per_image"],
         "resources": {"dsp": res.dsp, "lut": res.lut, "ff": res.ff, "bram36": res.bram36},
@@ -85,7 +90,7 @@ def run(args) -> int:
     write_json(out / "summary.json", summary)
     rows = [(k, summary[k]) for k in ("float_accuracy", "fakequant_accuracy", "golden_accuracy",
                                       "rtl_accuracy", "rtl_images", "rtl_mismatches", "avg_weight_bits",
-                                      "image_bytes", "cycles_per_image", "images_per_second_at_100mhz",
+                                      "image_bytes", "core_image_bytes", "cycles_per_image", "images_per_second_at_100mhz",
                                       "wall_seconds")]
     rows.append(("resumed", "true" if result.resumed else "false"))
     print_table(rows, "mpqaccel demo: digits, IMQ ticket on the accelerator")

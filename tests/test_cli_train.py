@@ -126,7 +126,6 @@ def test_lts_defaults_are_the_configuration_of_bench_lts():
     ("lts", ["--no-float-baseline"], "--no-float-baseline"),
     ("lts", ["--restart"], "--restart"),
     ("lts", ["--compression", 10], "--compression"),
-    ("lts", ["--arch", "resnet20"], "--arch"),
     ("lts", ["--p", 0.5], "--p"),                       # p is --strategy fixed's
     ("lts", ["--lts-mode", "baseline", "--m", 0.9], "--m"),
     ("bmpq", ["--act-bits", 4], "--act-bits"),
@@ -272,3 +271,15 @@ def test_lts_uses_hidden_batch_size_run_dir_and_subsets(capsys, tmp_path):
     assert len(report["sparsity_history"]) == 2
     assert report["resumed"] is False and report["provenance"]["revision"] == provenance.code_revision()["revision"]
     assert report["provenance"]["threads"] == 1  # what LTS trained with (--threads), not torch's count after it
+
+
+def test_lts_trains_the_conv_nets_too(capsys, tmp_path):
+    from tests.idx_files import write_idx_folder
+
+    root = write_idx_folder(tmp_path / "fm", n_train=64, n_test=16, spelling="dot", gz=True)
+    code, _out, err = main(capsys, "train", "--method", "lts", "--arch", "vgg", "--data-root", root, "--epochs", 2,
+                          "--warmup", 1, "--batch-size", 32, "--quiet", "--run-dir", tmp_path / "lts")
+    assert code == 0, err
+    report = json.loads((tmp_path / "lts" / "lts.json").read_text())
+    assert report["config"]["arch"] == "vgg" and len(report["sparsity_history"]) == 2
+    assert 0 < report["sparsity_history"][-1] <= 1 and report["train_time_s"] > 0

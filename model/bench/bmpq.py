@@ -61,7 +61,9 @@ class BenchBudget:
     seed: int = 0
 
 
-def _bench_model(split: Split, budget: BenchBudget, act_bits: int) -> nn.Module:
+def bench_model(split: Split, budget: BenchBudget, act_bits: int) -> nn.Module:
+    """The bench's BMPQ SmallVGG (``budget.channels``, PACT clip ``budget.pact_alpha``), seeded with ``budget.seed``
+    (``bench conv`` trains its BMPQ row on it too)."""
     torch.manual_seed(budget.seed)
     model = SmallVGG(image_shape=split.image_shape, n_classes=class_count("idx", split), act_bits=act_bits,
                      channels=budget.channels)
@@ -94,13 +96,13 @@ def run_bmpq_bench(
     common = {"epochs": budget.epochs, "warmup": budget.warmup, "interval": budget.interval, "lr": budget.lr,
               "batch_size": budget.batch_size, "seed": budget.seed}
     t0 = time.perf_counter()
-    fp_model = _bench_model(split, budget, act_bits=32)
+    fp_model = bench_model(split, budget, act_bits=32)
     fp = train_bmpq(fp_model, split, BMPQConfig(fp=True, **common), progress=progress)
     fp_seconds = time.perf_counter() - t0
     rows = []
     for target in budget.compressions:
         t0 = time.perf_counter()
-        model = _bench_model(split, budget, act_bits=ACT_BITS_CAP)
+        model = bench_model(split, budget, act_bits=ACT_BITS_CAP)
         result = train_bmpq(model, split, BMPQConfig(compression=target, **common), progress=progress)
         rows.append({
             "budget": result.budget_bits / 8 / 2**20,

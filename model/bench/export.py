@@ -17,6 +17,7 @@ floor is the issue's goal: packing under :data:`PACK_SECONDS` seconds on 2 cores
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -37,7 +38,7 @@ def random_network(probs, seed: int = 0, sizes=SIZES) -> IntNetwork:
     """A fully connected network with i.i.d. widths drawn from ``probs`` and uniform codes of each width."""
     rng = np.random.default_rng(seed)
     layers = []
-    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         widths = rng.choice(np.array([0, 4, 8, 16, 32], dtype=np.int64), size=(n_out, n_in), p=probs)
         codes = rng.integers(0, 1 << 32, size=widths.shape, dtype=np.int64) & ((np.int64(1) << widths) - 1)
         last = k == len(sizes) - 2
@@ -67,10 +68,12 @@ def measure(mix: str, seed: int = 0, sizes=SIZES) -> dict:
             "param_bytes": report["param_bytes"], "weights_per_second": report["weights"] / seconds}
 
 
-def run_export_bench(sizes=SIZES, progress: bool = True) -> dict:
-    """Every mix; the result object of ``export.json`` (without provenance and floors, which the command adds)."""
+def run_export_bench(sizes=None, progress: bool = True) -> dict:
+    """Every mix (layer sizes ``sizes``, default :data:`SIZES`); the result object of ``export.json`` (without
+    provenance and floors, which the command adds)."""
     from tqdm import tqdm
 
+    sizes = SIZES if sizes is None else sizes
     rows = [measure(mix, sizes=sizes) for mix in tqdm(MIXES, desc="bench export", disable=not progress)]
     main = rows[0]
     return {"weights": main["weights"], "seconds": main["seconds"], "bytes": main["bytes"],

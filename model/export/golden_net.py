@@ -304,3 +304,51 @@ class IntConvNetwork:
     def predict(self, u) -> np.ndarray:
         """Class index of the highest score (lowest index on ties, like ``np.argmax``)."""
         return self.forward(u).argmax(axis=1)
+
+
+def mac_counts(net: IntConvNetwork) -> tuple[int, int]:
+    """Multiply-accumulates per image of ``net``: ``(dense, non-zero)``.
+
+    A conv of ``C_out x C_in x k x k`` weights with an ``H_out x W_out`` output map issues
+    ``C_out H_out W_out C_in k k`` MACs dense and ``H_out W_out nnz`` when only its non-zero-width weights
+    are multiplied (``nnz`` = weights of width > 0; the hardware skips pruned weights, not zero activations).
+    Every kernel tap counts, also those that fall on the zero padding: the hardware issues them like the
+    others (it streams the padded map), so a ``3 x 3`` conv with padding 1 counts ``9 C_in C_out`` per output
+    pixel at the border too. The FC counts ``n_out n_in`` dense and ``nnz`` non-zero (its inputs after a
+    :class:`GlobalSumPool` are sums, one MAC each). Pooling, the residual add and the requantizers are no MACs.
+
+    Raises
+    ------
+    UserError
+        From :func:`check_network`.
+    """
+    check_network(net)
+    _, h, w = net.image_shape
+    dense = nonzero = 0
+
+    def conv_macs(conv: IntConv2d, h: int, w: int) -> tuple[int, int]:
+        ho, wo = conv.out_size(h, w)
+        nnz = int(np.count_nonzero(np.asarray(conv.widths)))
+        return ho * wo * int(np.asarray(conv.widths).size), ho * wo * nnz
+
+    for stage in net.stages:
+        if isinstance(stage, ConvStage):
+            d, z = conv_macs(stage.conv, h, w)
+            h, w = stage.conv.out_size(h, w)
+            if stage.pool:
+                h, w = h // stage.pool, w // stage.pool
+        elif isinstance(stage, ResidualStage):
+            d1, z1 = conv_macs(stage.conv1, h, w)
+            h, w = stage.conv1.out_size(h, w)
+            d2, z2 = conv_macs(stage.conv2, h, w)
+            h, w = stage.conv2.out_size(h, w)
+            d, z = d1 + d2, z1 + z2
+        elif isinstance(stage, FCStage):
+            widths = np.asarray(stage.layer.widths)
+            d, z = int(widths.size), int(np.count_nonzero(widths))
+        else:  # GlobalSumPool: additions only
+            h = w = 1
+            d = z = 0
+        dense += d
+        nonzero += z
+    return dense, nonzero

@@ -8,13 +8,13 @@ made where the paper leaves room.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from model.data import Split, augment_batch
@@ -31,7 +31,8 @@ from model.quant.bmpq import (
     to_bmpq,
     trace,
 )
-from model.training.loop import evaluate
+from model.training import distributed
+from model.training.loop import backward_step, evaluate, finish, place, synced_batchnorm, training_tensors
 
 
 def bit_gradients(grad_wq: torch.Tensor, scale: float, q_max: int) -> torch.Tensor:
@@ -50,8 +51,14 @@ def nbg(weight: torch.Tensor, grad_wq: torch.Tensor, q_max: int) -> float:
 
     Uses ``S`` of Eq. 3 at ``q_max`` bits and the closed form ``|dL/dw_q| S (2^q_max - 1)`` of the row sum.
     """
-    scale = float(symmetric_scale(weight, q_max))
-    return float(grad_wq.detach().abs().double().mean()) * scale * ((1 << q_max) - 1)
+    return float(nbg_tensor(weight, grad_wq, q_max))
+
+
+def nbg_tensor(weight: torch.Tensor, grad_wq: torch.Tensor, q_max: int) -> torch.Tensor:
+    """:func:`nbg` as a float64 0-d tensor on the weight's device (the same float64 operations, so the same
+    value): the training loop sums it there without a host synchronisation per layer and batch."""
+    scale = symmetric_scale(weight, q_max).double()
+    return grad_wq.detach().abs().double().mean() * scale * ((1 << q_max) - 1)
 
 
 def memory_mb(params: list[int], bits: list[int]) -> float:
@@ -272,6 +279,13 @@ def train_bmpq(
     ``ep_w`` and then every ``ep_int`` epochs the ENBG of the interval drives :func:`assign_bits`
     (Eq. 8-9). With ``config.fp`` every layer stays at 32 bits (the FP-32 baseline).
 
+    Runs on :func:`model.training.distributed.device` and, under ``torchrun``, data-parallel exactly as
+    :func:`model.training.loop.train` does (:func:`~model.training.loop.place`,
+    :func:`~model.training.loop.backward_step`): the bit gradients are taken from the all-reduced gradient
+    of the global batch, so each rank's NBGs are those of one process, and each epoch's NBG sums are then
+    broadcast from rank 0 so that every rank's ILP sees the same numbers, bit for bit, and assigns the same
+    widths. ``on_epoch`` is called on every rank.
+
     Raises
     ------
     UserError
@@ -280,9 +294,10 @@ def train_bmpq(
     config.check()
     if not any(isinstance(m, BMPQ_LAYERS) for m in model.modules()):
         to_bmpq(model)
-    graph = trace(model, split.x_train[:2])
+    where = place(model)
+    graph = trace(model, split.x_train[:2].to(where.device))
     n = len(graph.layers)
-    params = graph.params
+    params_count = graph.params
     fixed = {0: config.edge_bits, n - 1: config.edge_bits}
     q_max = max(config.support)
     if config.fp:
@@ -290,14 +305,17 @@ def train_bmpq(
         budget = None
     else:
         bits = [fixed.get(i, q_max) for i in range(n)]
-        budget = config.budget_bits if config.budget_bits is not None else 32 * sum(params) / config.compression
+        budget = (config.budget_bits if config.budget_bits is not None
+                  else 32 * sum(params_count) / config.compression)
         # Fail before training if the budget is infeasible.
-        assign_bits([0.0] * n, params, budget, config.support, fixed, graph.ties)
+        assign_bits([0.0] * n, params_count, budget, config.support, fixed, graph.ties)
     set_bits(graph, bits)
 
+    xs, ys = training_tensors(split.x_train, split.y_train, where.device)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
     milestones = [max(1, round(0.4 * config.epochs)), max(1, round(0.7 * config.epochs))]
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     augment = getattr(split, "augment", False)
@@ -306,42 +324,52 @@ def train_bmpq(
     interval_nbg: list[list[float]] = []
     boundary = config.warmup
     n_train = split.x_train.shape[0]
+    free = [i for i in range(n) if i not in fixed]
     model.train()
-    for epoch in tqdm(range(1, config.epochs + 1), desc="BMPQ", disable=not progress):
-        order = torch.randperm(n_train, generator=generator)
-        sums = [0.0] * n
-        batches = 0
-        total = 0.0
-        for start in range(0, n_train, config.batch_size):
-            idx = order[start : start + config.batch_size]
-            x = split.x_train[idx]
-            if augment:
-                x = augment_batch(x, split.image_shape, generator)
-            loss = F.cross_entropy(model(x), split.y_train[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            if not config.fp:
-                for i, layer in enumerate(graph.layers):
-                    if i not in fixed and layer.weight.grad is not None:
-                        sums[i] += nbg(layer.weight, layer.weight.grad, q_max)
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            batches += 1
-        schedule.step()
-        epoch_nbg = [s / batches for s in sums]
-        accuracy = evaluate(model, split.x_test, split.y_test, batch_size=1000)
-        record = EpochRecord(epoch, layer_bits(graph), total / n_train, accuracy, epoch_nbg)
-        interval_nbg.append(epoch_nbg)
-        if not config.fp and epoch == boundary and epoch < config.epochs:
-            enbg = [float(np.mean([e[i] for e in interval_nbg])) for i in range(n)]
-            new_bits = assign_bits(enbg, params, budget, config.support, fixed, graph.ties)
-            assignments.append({"after_epoch": epoch, "enbg": enbg, "bits": new_bits})
-            set_bits(graph, new_bits)
-            record.ilp = True
-            interval_nbg = []
-            boundary += config.interval
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-    return BMPQResult(history, graph.names, layer_bits(graph), params, history[-1].accuracy, budget, assignments)
+    bar = tqdm(range(1, config.epochs + 1), desc="BMPQ", disable=not progress or not distributed.is_main())
+    with synced_batchnorm(model) if where.sync_bn else nullcontext():
+        for epoch in bar:
+            order = torch.randperm(n_train, generator=generator).to(xs.device)
+            # Per-layer NBG sums and the loss stay on the device (no host synchronisation per batch).
+            sums = torch.zeros(n, dtype=torch.float64, device=where.device)
+            batches = 0
+            total = torch.zeros((), dtype=torch.float64, device=where.device)
+            for start in range(0, n_train, config.batch_size):
+                idx = order[start : start + config.batch_size]
+                x = xs[idx]
+                if augment:
+                    x = augment_batch(x, split.image_shape, generator)
+                optimizer.zero_grad()
+                total += backward_step(model, x, ys[idx], params, where)
+                if not config.fp:
+                    # The gradient is the global batch's (all-reduced under torchrun): every rank's bit
+                    # gradients are the single-process ones.
+                    for i in free:
+                        grad = graph.layers[i].weight.grad
+                        if grad is not None:
+                            sums[i] += nbg_tensor(graph.layers[i].weight, grad, q_max)
+                optimizer.step()
+                batches += 1
+            schedule.step()
+            finish(model, where)
+            # Every rank solves the ILP with rank 0's statistics, bit for bit (they agree already; this
+            # makes the widths independent of any difference in float summation between ranks).
+            distributed.broadcast_(sums)
+            epoch_nbg = (sums / batches).tolist()
+            accuracy = evaluate(model, split.x_test, split.y_test, batch_size=1000)
+            record = EpochRecord(epoch, layer_bits(graph), float(total) / n_train, accuracy, epoch_nbg)
+            interval_nbg.append(epoch_nbg)
+            if not config.fp and epoch == boundary and epoch < config.epochs:
+                enbg = [float(np.mean([e[i] for e in interval_nbg])) for i in range(n)]
+                new_bits = assign_bits(enbg, params_count, budget, config.support, fixed, graph.ties)
+                assignments.append({"after_epoch": epoch, "enbg": enbg, "bits": new_bits})
+                set_bits(graph, new_bits)
+                record.ilp = True
+                interval_nbg = []
+                boundary += config.interval
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+    return BMPQResult(history, graph.names, layer_bits(graph), params_count, history[-1].accuracy, budget,
+                      assignments)
 

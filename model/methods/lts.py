@@ -17,18 +17,26 @@ from tqdm import tqdm
 
 from model.data import Split
 from model.errors import UserError
-from model.quant.lts import MODES, STRATEGIES, QuantLinearLTS, growth_rate
-from model.training.loop import evaluate
+from model.quant.lts import LTS_LAYERS, MODES, STRATEGIES, growth_rate
+from model.training import distributed
+from model.training.loop import evaluate, training_tensors
 
 # ----------------------------------------------------------------------------------------------------------
 # Algorithm
 
 
 class LTSScratcher:
-    """Drives LTS over every :class:`QuantLinearLTS` of a model (Sec. III-C).
+    """Drives LTS over every LTS layer (:data:`model.quant.lts.LTS_LAYERS`) of a model (Sec. III-C).
 
-    Call :meth:`after_step` once per training iteration, after ``optimizer.step()``: it restores frozen
-    weights, then runs Eq. 5-6 with ``p`` of Eq. 7/8 (or the fixed rate) for that iteration.
+    Call :meth:`after_step` once per training iteration, after ``optimizer.step()``: it runs Eq. 5-6 with
+    ``p`` of Eq. 7/8 (or the fixed rate) for that iteration.
+
+    Frozen weights must not move. With ``optimizer`` given, the scratcher makes that hold by construction:
+    the optimizer must apply no weight decay of its own to the layers' latent weights (the layers add it
+    at their unfrozen positions, :attr:`~model.quant.lts.QuantLinearLTS.weight_decay`), and the scratcher
+    zeroes the momentum of each weight the moment it freezes, so every later update of it is exactly 0 and
+    nothing is restored. Without ``optimizer`` (any optimizer, any decay) each step ends by putting frozen
+    weights back to their frozen values (one pass over every partly frozen layer).
 
     Parameters
     ----------
@@ -43,9 +51,19 @@ class LTSScratcher:
         EMA momentum of Eq. 5, in ``[0, 1)``.
     enabled : bool
         False for plain QAT: no freezing, plain autograd backward; sparsity stays 0.
+    optimizer : torch.optim.Optimizer, optional
+        The optimizer stepping the layers (module docstring of :mod:`model.quant.lts`); SGD's
+        ``momentum_buffer`` is the state it zeroes.
+
+    Raises
+    ------
+    UserError
+        For a bad strategy, ``m``, ``c`` or warm-up, a model without LTS layers, or an ``optimizer`` that
+        decays the latent weights itself.
     """
 
-    def __init__(self, model, iters_per_epoch, epochs, warmup, strategy="linear", c=0.5, m=0.99, enabled=True):
+    def __init__(self, model, iters_per_epoch, epochs, warmup, strategy="linear", c=0.5, m=0.99, enabled=True,
+                 optimizer=None):
         if strategy not in STRATEGIES:
             raise UserError(f"field 'strategy' is {strategy!r}; allowed values {STRATEGIES}")
         if not 0 <= m < 1:
@@ -53,15 +71,24 @@ class LTSScratcher:
         if not 0 <= c <= 1:
             raise UserError(f"field 'p' is {c!r}; allowed values in [0, 1]")
         growth_rate(strategy, 1, iters_per_epoch, epochs, warmup, c)  # validates warmup
-        self.layers = [mod for mod in model.modules() if isinstance(mod, QuantLinearLTS)]
+        self.layers = [mod for mod in model.modules() if isinstance(mod, LTS_LAYERS)]
         if not self.layers:
-            raise UserError("model has no QuantLinearLTS layer; LTS needs at least one")
+            raise UserError("model has no LTS layer (QuantLinearLTS, QuantConv2dLTS); LTS needs at least one")
         self.T, self.E, self.E_wm, self.strategy, self.c, self.m = iters_per_epoch, epochs, warmup, strategy, c, m
         self.enabled = enabled
+        self.optimizer = optimizer
         self.iteration = 0
         self.total = sum(layer.weight.numel() for layer in self.layers)
+        if optimizer is not None and enabled:
+            latent = {id(layer.weight) for layer in self.layers}
+            for group in optimizer.param_groups:
+                if group.get("weight_decay", 0) and any(id(q) in latent for q in group["params"]):
+                    raise UserError("LTSScratcher: the optimizer decays the LTS layers' latent weights itself; give "
+                                    "their group weight_decay 0 and set the layers' weight_decay instead")
         for layer in self.layers:
             layer.lts_enabled = enabled
+            layer.lts_m = m if enabled else None
+            layer.lts_restore = optimizer is None
 
     def sparsity(self) -> float:
         """Weight-gradient sparsity now: frozen / all quantized weights (Sec. IV-A)."""
@@ -73,8 +100,12 @@ class LTSScratcher:
             return
         p = growth_rate(self.strategy, self.iteration, self.T, self.E, self.E_wm, self.c)
         for layer in self.layers:
-            layer.restore_frozen_()
-            layer.lts_update(p, self.m)
+            if self.optimizer is None:
+                layer.restore_frozen_()
+            if layer.lts_update(p, self.m) and self.optimizer is not None:
+                buffer = self.optimizer.state.get(layer.weight, {}).get("momentum_buffer")
+                if buffer is not None:  # zero where frozen: times the float unfrozen mask, exact 0 or unchanged
+                    buffer.mul_(layer._plan.keep)
 
 
 @dataclass
@@ -117,13 +148,18 @@ def train_lts(
     """Quantization-aware training with (``mode="lts"``) or without (``"baseline"``) the scratcher.
 
     SGD with momentum and weight decay (Sec. IV-A; weight decay on the latent weights only, not on ``l``,
-    ``u``, PACT ``alpha``, batch-norm or bias), a per-step cosine learning rate, cross entropy. Shuffling
-    from its own generator seeded by ``seed``, so both modes see the same batches.
+    ``u``, PACT ``alpha``, batch-norm or bias; under LTS only at unfrozen positions: the layers add it to
+    their weight gradient, :class:`LTSScratcher` with the optimizer), a per-step cosine learning rate, cross
+    entropy. Shuffling from its own generator seeded by ``seed``, so both modes see the same batches. Runs
+    on :func:`model.training.distributed.device` (one process; batches from
+    :func:`model.training.loop.training_tensors`). ``train_time`` covers the whole loop, bookkeeping included,
+    and is what ``bench lts`` compares as ``total_time_ratio``.
 
     Parameters
     ----------
     model : nn.Module
-        Holds :class:`QuantLinearLTS` layers of ``bits`` bits.
+        Holds LTS layers (:class:`~model.quant.lts.QuantLinearLTS`, :class:`~model.quant.lts.QuantConv2dLTS`) of
+        ``bits`` bits.
     split : Split
         Train on ``x_train``, report top-1 accuracy on ``x_test``.
     epochs : int
@@ -150,48 +186,115 @@ def train_lts(
         ``[0, 1)``, or layers whose bits differ from ``bits``.
     """
 
-    if mode not in MODES:
-        raise UserError(f"field 'mode' is {mode!r}; allowed values {MODES}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise UserError(f"field 'epochs' is {epochs!r}; allowed values integers >= 1")
-    n = split.x_train.shape[0]
-    iters = math.ceil(n / batch_size)
-    scratcher = LTSScratcher(model, iters, epochs, warmup, strategy, p, m, enabled=(mode == "lts"))
-    wrong = sorted({layer.bits for layer in scratcher.layers} - {bits})
-    if wrong:
-        raise UserError(f"field 'bits' is {bits!r} but the model's QuantLinearLTS layers have bits {wrong}")
-    latent = [layer.weight for layer in scratcher.layers]
-    latent_ids = {id(w) for w in latent}
-    others = [q for q in model.parameters() if id(q) not in latent_ids]
-    optimizer = torch.optim.SGD(
-        [{"params": latent, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}],
-        lr=lr,
-        momentum=momentum,
-    )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * iters)
-    generator = torch.Generator().manual_seed(seed)
-    result = LTSResult(0.0, 0.0, 0.0, 0.0, 0.0)
-    model.train()
-    start = time.perf_counter()
-    for _ in tqdm(range(epochs), desc=f"{mode} {bits}b", leave=False, disable=not progress):
-        order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for first in range(0, n, batch_size):
-            idx = order[first : first + batch_size]
-            result.wgs.append(scratcher.sparsity() if scratcher.enabled else 0.0)
-            loss = F.cross_entropy(model(split.x_train[idx]), split.y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            loss.backward()
-            result.backward_time += time.perf_counter() - t0
-            optimizer.step()
-            schedule.step()
-            scratcher.after_step()
-            total += float(loss.detach()) * len(idx)
-        result.losses.append(total / n)
-        result.sparsity_history.append(scratcher.sparsity() if scratcher.enabled else 0.0)
-    result.train_time = time.perf_counter() - start
-    result.accuracy = evaluate(model, split.x_test, split.y_test)
-    result.avg_wgs = sum(result.wgs) / len(result.wgs)
-    result.bp_flops_reduction = result.avg_wgs / 2
-    return result
+    run = LTSTraining(model, split, epochs, bits, mode, strategy, p, m, warmup, lr, momentum, weight_decay,
+                      batch_size, seed)
+    train_lockstep([run], progress=progress)
+    return run.result
+
+
+class LTSTraining:
+    """One :func:`train_lts` run, stepped from outside (:func:`train_lockstep`); arguments as there.
+
+    The run's ``result.train_time`` and ``backward_time`` count only the time spent in its own
+    :meth:`step` and epoch boundaries, so several runs stepped in turn (one step each) are timed under the
+    same machine load: what ``bench lts`` needs for an LTS / plain QAT time ratio on a shared machine.
+    """
+
+    def __init__(self, model, split, epochs, bits, mode="lts", strategy="linear", p=0.5, m=0.99, warmup=1,
+                 lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=128, seed=0):
+        if mode not in MODES:
+            raise UserError(f"field 'mode' is {mode!r}; allowed values {MODES}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise UserError(f"field 'epochs' is {epochs!r}; allowed values integers >= 1")
+        n = split.x_train.shape[0]
+        iters = math.ceil(n / batch_size)
+        layers = [mod for mod in model.modules() if isinstance(mod, LTS_LAYERS)]
+        latent_ids = {id(layer.weight) for layer in layers}
+        latent = [w for w in model.parameters() if id(w) in latent_ids]
+        others = [q for q in model.parameters() if id(q) not in latent_ids]
+        # Plain QAT is plain SGD with weight decay on the latent weights. Under LTS the layers apply the decay
+        # at their unfrozen positions instead (none by SGD), so a frozen weight's update is exactly zero.
+        lts = mode == "lts"
+        self.optimizer = torch.optim.SGD(
+            [{"params": latent, "weight_decay": 0.0 if lts else weight_decay}, {"params": others, "weight_decay": 0.0}],
+            lr=lr,
+            momentum=momentum,
+        )
+        self.scratcher = LTSScratcher(model, iters, epochs, warmup, strategy, p, m, enabled=(mode == "lts"),
+                                      optimizer=self.optimizer)
+        wrong = sorted({layer.bits for layer in self.scratcher.layers} - {bits})
+        if wrong:
+            raise UserError(f"field 'bits' is {bits!r} but the model's LTS layers have bits {wrong}")
+        for layer in self.scratcher.layers:
+            layer.weight_decay = weight_decay if lts else 0.0
+        self.dev = distributed.device()
+        self.model = model.to(self.dev)
+        self.split, self.epochs, self.n, self.batch_size = split, epochs, n, batch_size
+        self.label = f"{mode} {bits}b"
+        self.xs, self.ys = training_tensors(split.x_train, split.y_train, self.dev)
+        # Honest timings on a GPU: wait for the device before reading the clock.
+        self.sync = torch.cuda.synchronize if self.dev.type == "cuda" else (lambda: None)
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs * iters)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.result = LTSResult(0.0, 0.0, 0.0, 0.0, 0.0)
+        self._order = self._total = None
+
+    def start_epoch(self) -> None:
+        t0 = time.perf_counter()
+        self.model.train()
+        self._order = torch.randperm(self.n, generator=self.generator).to(self.xs.device)
+        self._total = torch.zeros((), dtype=torch.float64, device=self.dev)
+        self.result.train_time += time.perf_counter() - t0
+
+    def step(self, first: int) -> None:
+        """The training iteration on the batch starting at position ``first`` of this epoch's order."""
+        self.sync()
+        t0 = time.perf_counter()
+        result, scratcher = self.result, self.scratcher
+        idx = self._order[first : first + self.batch_size]
+        result.wgs.append(scratcher.sparsity() if scratcher.enabled else 0.0)
+        y = self.ys[idx].to(self.dev, non_blocking=True)
+        loss = F.cross_entropy(self.model(self.xs[idx].to(self.dev, non_blocking=True)), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        self.sync()
+        result.backward_time += time.perf_counter() - t1
+        self.optimizer.step()
+        self.schedule.step()
+        scratcher.after_step()
+        self._total += loss.detach().double() * len(idx)
+        self.sync()
+        result.train_time += time.perf_counter() - t0
+
+    def end_epoch(self) -> None:
+        t0 = time.perf_counter()
+        self.result.losses.append(float(self._total) / self.n)
+        self.result.sparsity_history.append(self.scratcher.sparsity() if self.scratcher.enabled else 0.0)
+        self.result.train_time += time.perf_counter() - t0
+
+    def finish(self) -> None:
+        result = self.result
+        result.accuracy = evaluate(self.model, self.split.x_test, self.split.y_test)
+        result.avg_wgs = sum(result.wgs) / len(result.wgs)
+        result.bp_flops_reduction = result.avg_wgs / 2
+
+
+def train_lockstep(runs: list[LTSTraining], progress: bool = True) -> None:
+    """Train every run of ``runs`` to the end, one step of each in turn (they must share the data and the
+    batch size); each run's times are its own (:class:`LTSTraining`)."""
+    first = runs[0]
+    if any(r.n != first.n or r.batch_size != first.batch_size or r.epochs != first.epochs for r in runs):
+        raise ValueError("train_lockstep needs runs over the same data, epochs and batch size")
+    label = " / ".join(r.label for r in runs)
+    for _ in tqdm(range(first.epochs), desc=label, leave=False, disable=not progress):
+        for r in runs:
+            r.start_epoch()
+        for start in range(0, first.n, first.batch_size):
+            for r in runs:
+                r.step(start)
+        for r in runs:
+            r.end_epoch()
+    for r in runs:
+        r.finish()

@@ -10,6 +10,8 @@ straight-through estimators are written as ``value.detach() + (y - y.detach())``
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from model.errors import UserError
@@ -92,15 +94,60 @@ def dorefa_codes(w: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         return torch.round(x * _levels(widths)).to(torch.int64)
 
 
-def dorefa_weight(w: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+class MaskLevels(NamedTuple):
+    """What :func:`dorefa_weight` needs of a checked mask, computed once per mask (:func:`mask_levels`)."""
+
+    levels: torch.Tensor  #: ``2^m - 1`` per element, float64, 0 where ``m = 0``
+    divisor: torch.Tensor  #: ``levels`` with 0 replaced by 1 (the value's divisor)
+    nonzero: torch.Tensor  #: ``m != 0``, bool
+
+
+def mask_levels(widths: torch.Tensor) -> MaskLevels:
+    """:class:`MaskLevels` of ``widths`` after checking it.
+
+    Raises
+    ------
+    UserError
+        If ``widths`` holds a value outside :data:`TRAIN_WIDTHS`.
+    """
+    check_widths(widths, "bit widths", TRAIN_WIDTHS)
+    levels = _levels(widths)
+    return MaskLevels(levels, levels.clamp_min(1), widths != 0)
+
+
+class _DoReFaValue(torch.autograd.Function):
+    """Eq. 3 and 7 from ``x`` (:func:`dorefa_normalize`'s output) with the STE of Eq. 4 in one node.
+
+    Forward: the codes ``round((2^m - 1) x)`` in float64 (exact for every width up to 32 bits, so no int64
+    round trip is needed) and ``2 q / (2^m - 1) - 1`` from them, 0 where ``m = 0``, cast to ``x``'s dtype: the
+    operations of :func:`dorefa_codes` and the reference form, in their order. Backward: ``d(2 x - 1)/dx = 2``
+    where ``m != 0``, else 0, the gradient of ``value + (y - y.detach())`` with ``y = 2 x - 1``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, levels, divisor, nonzero):
+        ctx.save_for_backward(nonzero)
+        q = torch.round(x.to(torch.float64) * levels)
+        return torch.where(nonzero, q.mul_(2).div_(divisor).sub_(1), 0.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (nonzero,) = ctx.saved_tensors
+        return torch.where(nonzero, grad * 2, 0.0), None, None, None
+
+
+def dorefa_weight(w: torch.Tensor, widths: torch.Tensor, levels: MaskLevels | None = None) -> torch.Tensor:
     """Element-wise DoReFa fake-quant weight, paper Eq. 3 and 7, with the STE of Eq. 4.
 
-    Forward: 0 where ``m = 0``, else ``2 q / (2^m - 1) - 1`` with ``q`` from :func:`dorefa_codes` (the
+    Forward: 0 where ``m = 0``, else ``2 q / (2^m - 1) - 1`` with ``q`` the codes of :func:`dorefa_codes` (the
     value is computed in float64 from the codes and cast to ``w.dtype``). Backward: the gradient of the
     un-rounded ``2 x - 1`` (through ``tanh`` and the maximum), zero where ``m = 0``.
+
+    ``x`` (:func:`dorefa_normalize`) is computed once, with its graph, and the codes are rounded from its
+    value exactly as :func:`dorefa_codes` rounds them (:class:`_DoReFaValue`). ``levels`` is
+    :func:`mask_levels` of a mask already checked (a layer keeps it until its mask changes); without it the
+    mask is checked and its levels computed here.
     """
-    q = dorefa_codes(w, widths).to(torch.float64)
-    levels = _levels(widths)
-    value = torch.where(levels > 0, 2 * q / levels.clamp_min(1) - 1, 0.0).to(w.dtype)
-    y = 2 * dorefa_normalize(w) - 1
-    return torch.where(widths != 0, value + (y - y.detach()), torch.zeros_like(y))
+    if levels is None:
+        levels = mask_levels(widths)
+    return _DoReFaValue.apply(dorefa_normalize(w), levels.levels, levels.divisor, levels.nonzero)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from model.errors import UserError
-from model.quant.dorefa import check_widths, dorefa_codes, dorefa_weight
+from model.quant.dorefa import MaskLevels, check_widths, dorefa_codes, dorefa_weight, mask_levels
 
 
 class ElementWiseMask:
@@ -59,7 +59,21 @@ class ElementWiseMask:
 
     def quantized_weight(self) -> torch.Tensor:
         """Fake-quant weight ``Q(w, m)`` of Eq. 7, in ``[-1, 1]``, with the STE of Eq. 4."""
-        return dorefa_weight(self.weight, self.bit_width)
+        return dorefa_weight(self.weight, self.bit_width, self._mask_levels())
+
+    def _mask_levels(self) -> MaskLevels:
+        """The mask's levels ``2^m - 1`` (:class:`~model.quant.dorefa.MaskLevels`), checked and computed once
+        per mask.
+
+        The mask changes only in place (``set_bit_width``, ``load_state_dict``, IMQ's updates), each of which
+        bumps the buffer's version counter; the cache is keyed on that counter and the device.
+        """
+        key = (self.bit_width._version, self.bit_width.device, self.bit_width.data_ptr())
+        cached = self.__dict__.get("_levels_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, mask_levels(self.bit_width))
+            self.__dict__["_levels_cache"] = cached
+        return cached[1]
 
     def weight_codes(self) -> torch.Tensor:
         """int64 DoReFa codes, 0 where the width is 0 (what the accelerator stores)."""

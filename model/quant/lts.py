@@ -1,9 +1,11 @@
 """Lottery ticket scratcher (LTS): freeze quantized weights that have settled on their level (paper Sec. III).
 
 Layout, as in the style guide: pure functions of the paper's equations first (Eq. 1-8), then the weight
-quantizer module :class:`LTSQuantizer`, the layer :class:`QuantLinearLTS` with its structured weight-gradient
-reduction (Sec. III-D), then the algorithm (:class:`LTSScratcher`, :func:`train_lts`) and the bench
-(:func:`run_lts_bench`, :func:`plot_sparsity`).
+quantizer module :class:`LTSQuantizer`, the layers :class:`QuantLinearLTS` and :class:`QuantConv2dLTS` with
+their structured weight-gradient reduction (Sec. III-D) and shared bookkeeping (:class:`_LTSWeight`), the
+MLP :class:`LTSMLP` and :func:`to_lts`, which gives ResNet-20 and the VGG of :mod:`model.quant.nets` LTS
+layers. The algorithm is in :mod:`model.methods.lts` (:class:`~model.methods.lts.LTSScratcher`,
+:func:`~model.methods.lts.train_lts`), the bench in :mod:`model.bench.lts`.
 
 Choices where the paper leaves room, each said once here:
 
@@ -15,8 +17,24 @@ Choices where the paper leaves room, each said once here:
   integer level (Eq. 2) differs from the level of the previous training iteration. ``D`` is updated from
   the values the forward pass of the iteration used (no second quantization).
 * **Freezing is permanent and exact.** Once ``D < t`` a weight is frozen for the rest of training; its
-  weight gradient is never computed (it is exactly 0) and, because SGD momentum and weight decay would
-  still move it, its latent value is restored bit for bit after every optimizer step.
+  weight gradient is never computed (it is exactly 0). SGD momentum and weight decay would still move it,
+  so :func:`~model.methods.lts.train_lts` applies the weight decay inside the layers' backward, at unfrozen
+  positions only, and the scratcher zeroes a weight's momentum when it freezes: every later update of it
+  is exactly 0, bit for bit, with no pass to restore it (with an optimizer it does not control, the
+  scratcher restores frozen weights after every step instead).
+* **Bookkeeping cost.** The forward computes ``z = (2^B - 1) x_n`` and ``q = round(z)`` anyway; Eq. 5 is
+  updated from them, ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|``, with the reset as a ``lerp`` whose
+  weight is the level-change test (:meth:`_LTSWeight._ema`, run by the training forward itself when the
+  scratcher drives the layer), and Eq. 6 is one comparison, one product with the float unfrozen mask and
+  a sum (:meth:`_LTSWeight.lts_update`): about nine float32 passes per weight and step, every one in
+  place, with no bool-producing comparison, ``masked_fill``, ``nonzero``, int64 or float64 pass (on this
+  CPU each of those costs four to twenty times an add). While a linear layer is on its sampled product only
+  the pattern's positions are tracked. A layer whose weights are all frozen gets no weight gradient, so
+  the optimizer skips it, its bounds ``l``, ``u`` stop training and its fake-quant weight is computed once
+  and reused.
+* **Conv layers.** :class:`QuantConv2dLTS` masks the dense weight gradient of ``aten.convolution_backward``
+  while any weight is unfrozen and skips it once all are (a conv weight gradient has no cheap sampled
+  form).
 * **Clipping bounds.** ``l`` and ``u`` (Eq. 1) stay trainable. Their gradient comes through the weight
   gradient ``dL/dw_bar``, which LTS does not compute at frozen positions, so it sums over unfrozen
   weights only; this is what makes the backward saving real (computing it anyway would cost the full
@@ -49,6 +67,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from model.errors import UserError
+from model.quant.layers import QuantConv2d, QuantLinear
 from model.quant.pact import PACT
 
 #: Growth strategies of the rate ``p`` (Sec. III-C).
@@ -229,10 +248,11 @@ class LTSQuantizer(nn.Module):
 
 
 class _Plan:
-    """How :class:`_LTSLinearFunction` computes the weight gradient.
+    """How the layers' weight-gradient backward runs.
 
-    ``dense``: full ``dY^T X``, times ``keep`` if given (``keep=None``: nothing frozen, plain QAT);
-    ``sampled``: only at the CSR pattern's positions ``flat``; ``none``: no weight gradient at all.
+    ``dense``: full ``dL/dw_bar``, times ``keep`` if given (``keep=None``: nothing frozen, plain QAT);
+    ``sampled`` (linear layers only): only at the CSR pattern's positions ``flat``; ``none``: no weight
+    gradient at all.
     """
 
     def __init__(self, kind: str, keep: torch.Tensor | None = None, csr=None, flat=None):
@@ -258,20 +278,39 @@ def _ste_chain(gy, w, lower, upper, g):
     return dw, dl, du
 
 
+def _weight_grad(gy, w, lower, upper, plan: _Plan, g: float, weight_decay: float):
+    """``(dL/dw, dL/dl, dL/du)`` from the dense ``dL/dw_bar`` ``gy`` (``None`` for ``plan.kind == "none"``).
+
+    Masks ``gy`` with ``plan.keep``, runs the STE chain and adds the weight decay ``weight_decay * w`` at
+    the unfrozen positions only, so a frozen weight's gradient is exactly 0 (``dense``) or absent
+    (``sampled`` positions outside the pattern, ``none``).
+    """
+    if plan.kind == "none":
+        return None, None, None
+    if plan.kind == "dense":
+        if plan.keep is not None:
+            gy = gy * plan.keep
+        dw, dl, du = _ste_chain(gy, w, lower, upper, g)
+        if weight_decay:
+            dw = dw.add_(w, alpha=weight_decay) if plan.keep is None else dw.addcmul_(w, plan.keep, value=weight_decay)
+        return dw, dl, du
+    raise ValueError(f"plan {plan.kind!r} needs the sampled product")  # pragma: no cover - linear handles it
+
+
 class _LTSLinearFunction(torch.autograd.Function):
     """``y = x w_bar^T + b`` with ``w_bar`` of Eq. 1-3; the backward skips frozen weights (Sec. III-D).
 
-    Inputs ``(x, w, lower, upper, bias, w_bar, plan, g)``: ``w_bar`` is the (detached) fake-quant value of
-    ``w``; the backward computes ``dL/dw_bar`` only where ``plan`` says and runs the STE chain
-    (:func:`_ste_chain`) only there, so both the weight-gradient product and the element-wise quantizer
-    backward shrink with the frozen fraction. Both training modes use this function, so the baseline and
-    LTS differ only in what is skipped.
+    Inputs ``(x, w, lower, upper, bias, w_bar, plan, g, weight_decay)``: ``w_bar`` is the (detached)
+    fake-quant value of ``w``; the backward computes ``dL/dw_bar`` only where ``plan`` says and runs the STE
+    chain (:func:`_ste_chain`) and the weight decay only there, so the weight-gradient product, the
+    element-wise quantizer backward and the decay all shrink with the frozen fraction. Both training modes
+    use this function, so the baseline and LTS differ only in what is skipped.
     """
 
     @staticmethod
-    def forward(ctx, x, w, lower, upper, bias, w_bar, plan, g):
+    def forward(ctx, x, w, lower, upper, bias, w_bar, plan, g, weight_decay):
         ctx.save_for_backward(x, w, lower, upper, w_bar)
-        ctx.plan, ctx.g, ctx.has_bias = plan, g, bias is not None
+        ctx.plan, ctx.g, ctx.has_bias, ctx.weight_decay = plan, g, bias is not None, weight_decay
         y = x @ w_bar.t()
         return y + bias if bias is not None else y
 
@@ -281,33 +320,268 @@ class _LTSLinearFunction(torch.autograd.Function):
         plan = ctx.plan
         dx = grad @ w_bar if ctx.needs_input_grad[0] else None
         db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        dw = dl = du = None
-        if plan.kind == "dense":
-            gy = grad.t() @ x
-            if plan.keep is not None:
-                gy = gy * plan.keep
-            dw, dl, du = _ste_chain(gy, w, lower, upper, ctx.g)
-        elif plan.kind == "sampled":
+        if plan.kind == "sampled":
             # Dot products of dY and X columns at the pattern's positions only; positions frozen since the
             # pattern was built are zeroed by ``keep``.
-            values = torch.sparse.sampled_addmm(plan.csr, grad.t(), x, beta=0.0).values()
-            values = values * plan.keep.view(-1)[plan.flat]
-            dw_v, dl, du = _ste_chain(values, w.view(-1)[plan.flat], lower, upper, ctx.g)
-            dw = torch.zeros(w.numel(), dtype=w.dtype)
+            keep = plan.keep.view(-1)[plan.flat]
+            values = torch.sparse.sampled_addmm(plan.csr, grad.t(), x, beta=0.0).values() * keep
+            w_live = w.view(-1)[plan.flat]
+            dw_v, dl, du = _ste_chain(values, w_live, lower, upper, ctx.g)
+            if ctx.weight_decay:
+                dw_v = dw_v.addcmul_(w_live, keep, value=ctx.weight_decay)
+            dw = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
             dw[plan.flat] = dw_v
             dw = dw.view_as(w)
+        else:
+            gy = grad.t() @ x if plan.kind == "dense" else None
+            dw, dl, du = _weight_grad(gy, w, lower, upper, plan, ctx.g, ctx.weight_decay)
         # "none": every weight frozen, so no weight gradient and (it flows through dL/dw_bar) none for l, u.
-        return dx, dw, dl, du, db, None, None, None
+        return dx, dw, dl, du, db, None, None, None, None
 
 
-class QuantLinearLTS(nn.Linear):
+class _LTSConvFunction(torch.autograd.Function):
+    """``conv2d(x, w_bar) + b`` with ``w_bar`` of Eq. 1-3; the backward skips frozen weights (Sec. III-D).
+
+    As :class:`_LTSLinearFunction`, with ``aten.convolution_backward`` computing only the gradients asked
+    for: a conv weight gradient is a correlation of the input with ``dY`` over every output position, so
+    there is no cheap sampled form; it is computed densely and masked while any weight is unfrozen, and not
+    at all once every weight is frozen (``none``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, lower, upper, bias, w_bar, plan, g, weight_decay, conv):
+        stride, padding, dilation, groups = conv
+        ctx.save_for_backward(x, w, lower, upper, w_bar)
+        ctx.plan, ctx.g, ctx.has_bias, ctx.weight_decay, ctx.conv = plan, g, bias is not None, weight_decay, conv
+        return F.conv2d(x, w_bar, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, lower, upper, w_bar = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        plan = ctx.plan
+        mask = [ctx.needs_input_grad[0], plan.kind != "none", ctx.has_bias and ctx.needs_input_grad[4]]
+        dx, gy, db = torch.ops.aten.convolution_backward(
+            grad, x, w_bar, [w_bar.shape[0]] if ctx.has_bias else None, list(stride), list(padding),
+            list(dilation), False, [0, 0], groups, mask)
+        dw, dl, du = _weight_grad(gy, w, lower, upper, plan, ctx.g, ctx.weight_decay)
+        return dx, dw, dl, du, db, None, None, None, None, None
+
+
+class _LTSWeight:
+    """The per-weight LTS state (Eq. 5-6) and its bookkeeping, shared by :class:`QuantLinearLTS` and
+    :class:`QuantConv2dLTS` (a base for ``nn.Module`` layers owning ``weight``; call :meth:`_init_lts`).
+
+    Cost per training step, per weight: about eight in-place float32 passes (module docstring, "Bookkeeping
+    cost"): Eq. 5 from the forward's ``z = (2^B - 1) x_n`` and ``q``, Eq. 6 with one reduction (the count
+    of new freezes). Weight decay is applied inside the backward at the unfrozen
+    positions (:attr:`weight_decay`), so with an optimizer that applies no decay of its own to the latent
+    weights and whose momentum is zeroed where a weight freezes (:class:`model.methods.lts.LTSScratcher`
+    does both when it is given the optimizer), a frozen weight's update is exactly zero and nothing needs
+    restoring; a layer whose weights are all frozen gets no weight gradient at all, so the optimizer skips
+    it, its bounds stop training, and its fake-quant weight is computed once and reused.
+
+    Members
+    -------
+    quantizer : LTSQuantizer
+    lts_distance : torch.Tensor
+        float32 EMA distance ``D`` (Eq. 5), starts at ``Delta^B`` (while a linear layer is sampled, its
+        pattern's values live in a compact copy; :meth:`eq5_distance` reads both).
+    lts_level : torch.Tensor
+        float32 level of the previous iteration (-1 before the first).
+    lts_frozen : torch.Tensor
+        bool, true for frozen weights (never cleared).
+    lts_frozen_value : torch.Tensor
+        Latent value of each frozen weight at the moment it froze (kept by :meth:`lts_update` when
+        :attr:`lts_restore` is true, for :meth:`restore_frozen_`).
+    lts_enabled : bool
+        Whether the custom backward and freezing are active (set by :class:`LTSScratcher`).
+    lts_m : float or None
+        EMA momentum; when set (by :class:`LTSScratcher`) each training forward updates Eq. 5 itself.
+    lts_restore : bool
+        Whether frozen weights are put back after each optimizer step (an optimizer that may move them).
+    weight_decay : float
+        L2 decay added to the weight gradient at unfrozen positions (0: none).
+    """
+
+    weight: nn.Parameter
+    quantizer: LTSQuantizer
+
+    def _init_lts(self, bits: int) -> None:
+        self.quantizer = LTSQuantizer(bits)
+        self.quantizer.init_bounds(self.weight)
+        self.register_buffer("lts_distance", torch.full_like(self.weight, quant_interval(bits)))
+        self.register_buffer("lts_level", torch.full_like(self.weight, -1))
+        self.register_buffer("lts_frozen", torch.zeros_like(self.weight, dtype=torch.bool))
+        self.register_buffer("lts_frozen_value", torch.zeros_like(self.weight))
+        # Eq. 3 of every level, so that the forward's w_bar is one gather, bit for bit dequantize_weight(q).
+        self.register_buffer("_w_levels", dequantize_weight(torch.arange(1 << bits), bits, self.weight.dtype),
+                             persistent=False)
+        self.lts_enabled = False
+        self.lts_m: float | None = None
+        self.lts_restore = True
+        self.weight_decay = 0.0
+        self.n_frozen = 0
+        #: (z, q) of the last training forward for lts_update, True if the forward did Eq. 5 itself, or None.
+        self._last: tuple[torch.Tensor, torch.Tensor] | bool | None = None
+        self._reset: torch.Tensor | None = None
+        self._scratch: torch.Tensor | None = None
+        self._plan = _Plan("dense")
+        #: While sampled: (pattern positions, their D, their level, still unfrozen) (:meth:`lts_update`).
+        self._compact: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._frozen_w_bar: tuple[tuple[int, int, int], torch.Tensor] | None = None
+
+    @property
+    def bits(self) -> int:
+        return self.quantizer.bits
+
+    def _train_weight(self) -> tuple[torch.Tensor, _Plan, float]:
+        """``(w_bar, plan, g)`` for a training forward; keeps ``(z, q)`` for :meth:`lts_update`."""
+        qz = self.quantizer
+        plan = self._plan if self.lts_enabled and self._plan.keep is not None else _FULL
+        g = qz.bound_grad_scale(self.weight.numel())
+        if plan.kind == "none":
+            # Nothing here trains any more (no gradient for w, l or u): the values of the last forward stand.
+            versions = (self.weight._version, qz.lower._version, qz.upper._version)
+            if self._frozen_w_bar is None or self._frozen_w_bar[0] != versions:
+                self._frozen_w_bar = (versions, qz.dequantize(qz.to_int(self.weight)))
+            self._last = None
+            return self._frozen_w_bar[1], plan, g
+        with torch.no_grad():
+            # Eq. 1-2 as LTSQuantizer.normalize / quant_codes compute them (the same float32 operations).
+            z = ((self.weight - qz.lower) / (qz.upper - qz.lower)).clamp_(0.0, 1.0).mul_((1 << qz.bits) - 1)
+            q = torch.round(z)
+            w_bar = self._w_levels[q.to(torch.int64)]
+            if self.lts_enabled and self.lts_m is not None:
+                # Eq. 5 now, while z and q are fresh in the cache (the values the iteration uses either way).
+                self._ema(z, q, self.lts_m)
+                self._last = True
+            else:
+                self._last = (z, q)
+        return w_bar, plan, g
+
+    def eq5_distance(self) -> torch.Tensor:
+        """``D`` of Eq. 5 per weight (a copy, with the compact values of a sampled layer in place)."""
+        d = self.lts_distance.detach().clone()
+        if self._compact is not None:
+            d.view(-1)[self._compact[0]] = self._compact[1]
+        return d
+
+    @torch.no_grad()
+    def _ema(self, z: torch.Tensor, q: torch.Tensor, m: float) -> None:
+        """Eq. 5 on a training forward's ``z`` and ``q``: ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|``, reset to
+        ``Delta^B`` where the level changed; four passes and a reset pass, all float arithmetic in place
+        (``z`` is consumed)."""
+        if self.n_frozen == self.lts_frozen.numel():
+            return
+        if self._reset is None or self._reset.device != z.device:
+            self._reset = torch.tensor(quant_interval(self.bits), dtype=z.dtype, device=z.device)
+        if self._compact is None:
+            d, level = self.lts_distance, self.lts_level
+            scratch = self._scratch
+            if scratch is None or scratch.device != z.device:
+                scratch = self._scratch = torch.empty_like(z)
+        else:
+            flat, d, level, _ = self._compact
+            z, q = z.view(-1).index_select(0, flat), q.view(-1).index_select(0, flat)
+            scratch = torch.empty_like(z)
+        d.mul_(m).add_(z.sub_(q).abs_(), alpha=(1 - m) * 2 / ((1 << self.bits) - 1))
+        d.lerp_(self._reset.expand_as(d), torch.ne(q, level, out=scratch))  # weight 0 or 1: exactly D or Delta
+        if self._compact is None:
+            self.lts_level = q
+        else:
+            level.copy_(q)
+
+    @torch.no_grad()
+    def lts_update(self, p: float, m: float) -> int:
+        """One LTS iteration on the values of the last training forward: Eq. 5 EMA, Eq. 6 freeze.
+
+        ``D`` is updated as ``m D + (1 - m) (2 / (2^B - 1)) |z - q|`` (the distance of :func:`level_distance`
+        in the forward's own terms) and reset to ``Delta^B`` where the level changed (:meth:`_ema`; when the scratcher has set :attr:`lts_m`, the forward has done this already,
+        with that ``m``); a weight freezes where ``D < t``. Returns the number of newly frozen weights.
+
+        Every pass is float arithmetic in place (on CPU a comparison into a bool tensor, ``masked_fill`` and
+        ``nonzero`` each cost four to twenty times an add on these sizes): the level change and the freeze
+        test are comparisons written into a float 0/1 scratch tensor, the reset is ``lerp`` with that as
+        the weight (exactly ``D`` or exactly ``Delta^B``), the unfrozen mask ``keep`` is float, and the
+        count is a sum. ``D`` and the level of a frozen weight are not looked at again, so they are updated
+        with the others. While a linear layer uses a sampled pattern (fewer than :data:`SAMPLED_BELOW` of
+        its weights unfrozen), ``D`` and the level are kept for the pattern's positions only (gathered
+        once per pattern), so the update costs in proportion to them; ``lts_distance`` and ``lts_level``
+        are brought up to date whenever a new pattern is built (:meth:`eq5_distance` reads both).
+        """
+        last, self._last = self._last, None
+        if last is None:
+            return 0
+        if last is not True:
+            self._ema(*last, m)
+        if self.n_frozen == self.lts_frozen.numel():
+            return 0
+        bits = self.bits
+        t = threshold(p, bits)
+        if t <= 0:  # warm-up: nothing can freeze
+            return 0
+        if self._compact is None:
+            d, keep = self.lts_distance, self._plan.keep
+            newly = torch.lt(d, t, out=self._scratch)
+        else:
+            flat, d, _, keep = self._compact
+            newly = torch.lt(d, t, out=torch.empty_like(d))
+        if keep is not None:
+            newly.mul_(keep)
+        n_new = int(newly.sum())
+        if not n_new:
+            return 0
+        if self._compact is None:
+            frozen = newly.bool()
+            if self.lts_restore:
+                self.lts_frozen_value.copy_(torch.where(frozen, self.weight, self.lts_frozen_value))
+            self.lts_frozen |= frozen
+            if keep is not None:
+                keep.sub_(newly)
+        else:
+            idx = flat[newly.bool().nonzero().squeeze(1)]
+            keep.sub_(newly)
+            if self.lts_restore:
+                self.lts_frozen_value.view(-1)[idx] = self.weight.detach().view(-1)[idx]
+            self.lts_frozen.view(-1).index_fill_(0, idx, True)
+            self._plan.keep.view(-1).index_fill_(0, idx, 0.0)
+        self._replan(n_new)
+        return n_new
+
+    @torch.no_grad()
+    def restore_frozen_(self) -> None:
+        """Put every frozen weight back to its frozen value (undoes momentum / weight-decay drift exactly).
+
+        Not needed when the optimizer cannot move frozen weights (class docstring); a layer with every weight
+        frozen gets no gradient, so no optimizer step touches it.
+        """
+        if self._plan.keep is not None and self._plan.kind != "none":
+            self.weight.copy_(torch.where(self.lts_frozen, self.lts_frozen_value, self.weight))
+
+    def _replan(self, n_new: int | None = None) -> None:
+        """Bring the plan up to date with :attr:`lts_frozen`: after :meth:`lts_update` froze ``n_new`` more
+        weights (and already cleared them in the plan's ``keep``), or from scratch without ``n_new``."""
+        if n_new is None or self._plan.keep is None:
+            self.n_frozen = int(torch.count_nonzero(self.lts_frozen))
+            keep = (~self.lts_frozen).to(self.weight.dtype)
+        else:
+            self.n_frozen += n_new
+            keep = self._plan.keep
+        kind = "none" if self.n_frozen == keep.numel() else "dense"
+        self._plan = _Plan(kind, keep)
+        if kind == "none":
+            self._compact = None
+
+
+class QuantLinearLTS(_LTSWeight, nn.Linear):
     """``nn.Linear`` with an :class:`LTSQuantizer` weight and the per-weight LTS state (Eq. 5-6).
 
     In training the layer runs :class:`_LTSLinearFunction`: with LTS off (:attr:`lts_enabled` false, or
     nothing frozen yet) it is ordinary QAT with the full weight gradient; with frozen weights it skips
     their gradient (module docstring: dense-masked while at least :data:`SAMPLED_BELOW` is unfrozen,
     ``sampled_addmm`` below, nothing when all are frozen). In eval mode it is ``F.linear`` of
-    :class:`LTSQuantizer`'s output. Each training forward keeps ``x_n`` and ``q`` for :meth:`lts_update`.
+    :class:`LTSQuantizer`'s output. State and bookkeeping: :class:`_LTSWeight`.
 
     Parameters
     ----------
@@ -317,113 +591,101 @@ class QuantLinearLTS(nn.Linear):
         Weight bit width ``B``, 2..8.
     bias : bool
         Full-precision bias (never frozen, never quantized).
-
-    Members
-    -------
-    quantizer : LTSQuantizer
-    lts_distance : torch.Tensor
-        float32 EMA distance ``D`` (Eq. 5), starts at ``Delta^B``.
-    lts_level : torch.Tensor
-        int64 level of the previous iteration (-1 before the first).
-    lts_frozen : torch.Tensor
-        bool, true for frozen weights (never cleared).
-    lts_frozen_value : torch.Tensor
-        Latent value of each frozen weight at the moment it froze.
-    lts_enabled : bool
-        Whether the custom backward and freezing are active (set by :class:`LTSScratcher`).
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, bias: bool = True):
         super().__init__(in_features, out_features, bias=bias)
-        self.quantizer = LTSQuantizer(bits)
-        self.quantizer.init_bounds(self.weight)
-        self.register_buffer("lts_distance", torch.full_like(self.weight, quant_interval(bits)))
-        self.register_buffer("lts_level", torch.full_like(self.weight, -1, dtype=torch.int64))
-        self.register_buffer("lts_frozen", torch.zeros_like(self.weight, dtype=torch.bool))
-        self.register_buffer("lts_frozen_value", torch.zeros_like(self.weight))
-        self.lts_enabled = False
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._plan = _Plan("dense")
+        self._init_lts(bits)
         self._pattern_nnz = 0
-        self.n_frozen = 0
-
-    @property
-    def bits(self) -> int:
-        return self.quantizer.bits
+        self._sampled: _Plan | None = None  # the last sampled plan, whose CSR pattern may be reused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return F.linear(x, self.quantizer(self.weight), self.bias)
+        w_bar, plan, g = self._train_weight()
         qz = self.quantizer
-        with torch.no_grad():
-            x_n = qz.normalize(self.weight)
-            q = quant_codes(x_n, qz.bits)
-            w_bar = qz.dequantize(q)
-        self._last = (x_n, q)
-        plan = self._plan if self.lts_enabled and self._plan.keep is not None else _FULL
-        g = qz.bound_grad_scale(self.weight.numel())
-        return _LTSLinearFunction.apply(x, self.weight, qz.lower, qz.upper, self.bias, w_bar, plan, g)
+        return _LTSLinearFunction.apply(x, self.weight, qz.lower, qz.upper, self.bias, w_bar, plan, g,
+                                        self.weight_decay)
 
-    @torch.no_grad()
-    def lts_update(self, p: float, m: float) -> int:
-        """One LTS iteration on the values of the last training forward: Eq. 5 EMA, Eq. 6 freeze.
-
-        Returns the number of newly frozen weights. Frozen weights keep their ``D`` and level.
-        """
-        if self._last is None:
-            return 0
-        x_n, q = self._last
-        self._last = None
-        if self.n_frozen == self.lts_frozen.numel():
-            return 0
-        live = ~self.lts_frozen
-        changed = q != self.lts_level
-        d = ema_distance(self.lts_distance, level_distance(x_n, self.bits, q), changed, m, self.bits)
-        self.lts_distance.copy_(torch.where(live, d, self.lts_distance))
-        self.lts_level.copy_(torch.where(live, q, self.lts_level))
-        newly = live & (self.lts_distance < threshold(p, self.bits))
-        n_new = int(newly.sum())
-        if n_new:
-            self.lts_frozen_value.copy_(torch.where(newly, self.weight, self.lts_frozen_value))
-            self.lts_frozen |= newly
-            self._replan()
-        return n_new
-
-    @torch.no_grad()
-    def restore_frozen_(self) -> None:
-        """Put every frozen weight back to its frozen value (undoes momentum / weight-decay drift exactly)."""
-        if self._plan.keep is not None:
-            self.weight.copy_(torch.where(self.lts_frozen, self.lts_frozen_value, self.weight))
-
-    def _replan(self) -> None:
-        keep = (~self.lts_frozen).to(self.weight.dtype)
-        self.n_frozen = int(self.lts_frozen.sum())
+    def _replan(self, n_new: int | None = None) -> None:
+        super()._replan(n_new)
         n_live = self.lts_frozen.numel() - self.n_frozen
-        if n_live == 0:
-            self._plan = _Plan("none", keep)
-        elif n_live >= SAMPLED_BELOW * self.weight.numel():
-            self._plan = _Plan("dense", keep)
+        if n_live == 0 or n_live >= SAMPLED_BELOW * self.weight.numel():
+            return
+        keep, previous = self._plan.keep, self._sampled
+        if previous is None or n_live < REBUILD_SHRINK * self._pattern_nnz:
+            self._store_compact()
+            live = ~self.lts_frozen
+            flat = live.view(-1).nonzero().squeeze(1)
+            crow = torch.zeros(live.shape[0] + 1, dtype=torch.int64, device=live.device)
+            torch.cumsum(live.sum(1), 0, out=crow[1:])
+            col = flat % live.shape[1]
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+                csr = torch.sparse_csr_tensor(
+                    crow, col, torch.ones(flat.numel(), dtype=self.weight.dtype, device=live.device), live.shape,
+                    check_invariants=False,
+                )
+            self._pattern_nnz = n_live
+            self._plan = _Plan("sampled", keep, csr, flat)
+            self._compact = (flat, self.lts_distance.view(-1)[flat], self.lts_level.view(-1)[flat],
+                             keep.view(-1)[flat])
         else:
-            plan = self._plan
-            if plan.kind != "sampled" or n_live < REBUILD_SHRINK * self._pattern_nnz:
-                live = ~self.lts_frozen
-                flat = live.view(-1).nonzero().squeeze(1)
-                crow = torch.zeros(live.shape[0] + 1, dtype=torch.int64)
-                torch.cumsum(live.sum(1), 0, out=crow[1:])
-                col = flat % live.shape[1]
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-                    csr = torch.sparse_csr_tensor(
-                        crow, col, torch.ones(flat.numel(), dtype=self.weight.dtype), live.shape,
-                        check_invariants=False,
-                    )
-                self._pattern_nnz = n_live
-                self._plan = _Plan("sampled", keep, csr, flat)
-            else:
-                self._plan = _Plan("sampled", keep, plan.csr, plan.flat)
+            self._plan = _Plan("sampled", keep, previous.csr, previous.flat)
+            if self._compact is None:  # pragma: no cover - a reused pattern always has its compact state
+                raise RuntimeError("sampled pattern without its compact LTS state")
+            if n_new is None:  # rebuilt from lts_frozen (not by lts_update): refresh which positions are live
+                self._compact[3].copy_(keep.view(-1)[previous.flat])
+        self._sampled = self._plan
+
+    def _store_compact(self) -> None:
+        """Write the pattern positions' ``D`` and level back into the dense buffers (before a new pattern)."""
+        if self._compact is not None:
+            flat, d, level, _ = self._compact
+            self.lts_distance.view(-1)[flat] = d
+            self.lts_level.view(-1)[flat] = level
+            self._compact = None
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bits={self.bits}"
+
+
+class QuantConv2dLTS(_LTSWeight, nn.Conv2d):
+    """``nn.Conv2d`` with an :class:`LTSQuantizer` weight and the per-weight LTS state (Eq. 5-6).
+
+    Training runs :class:`_LTSConvFunction`: the full weight gradient with LTS off, masked to the unfrozen
+    weights while any is unfrozen, none once all are frozen. Eval mode is ``conv2d`` of
+    :class:`LTSQuantizer`'s output. State and bookkeeping: :class:`_LTSWeight`.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        As for ``nn.Conv2d`` (zero padding).
+    bits : int
+        Weight bit width ``B``, 2..8.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, bits: int, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias)
+        self._init_lts(bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._conv_forward(x, self.quantizer(self.weight), self.bias)
+        w_bar, plan, g = self._train_weight()
+        qz = self.quantizer
+        conv = (self.stride, self.padding, self.dilation, self.groups)
+        return _LTSConvFunction.apply(x, self.weight, qz.lower, qz.upper, self.bias, w_bar, plan, g,
+                                      self.weight_decay, conv)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}"
+
+
+#: The layers :class:`model.methods.lts.LTSScratcher` drives.
+LTS_LAYERS = (QuantLinearLTS, QuantConv2dLTS)
 
 
 class LTSMLP(nn.Module):
@@ -471,3 +733,45 @@ def build_lts_mlp(bits: int, hidden: tuple[int, ...] = (256, 256), seed: int = 0
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return LTSMLP(bits, hidden=hidden)
+
+
+def to_lts(model: nn.Module, bits: int) -> nn.Module:
+    """Give a network of :mod:`model.quant.nets` (ResNet-20, the VGG, an MLP) ``bits``-bit LTS weights, in place.
+
+    Every :class:`~model.quant.layers.QuantLinear` / :class:`~model.quant.layers.QuantConv2d` becomes a
+    :class:`QuantLinearLTS` / :class:`QuantConv2dLTS` with the same weights and bias and bounds at
+    ``+-3 std(w)`` (Sec. III-A); every PACT gets ``bits`` bits (W/A = B/B, as :class:`LTSMLP`); the input
+    quantizer keeps its width. ``model.config["act_bits"]`` follows. Returns ``model``.
+
+    Raises
+    ------
+    UserError
+        If ``bits`` is not 2..8 or the model has no quantized layer.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise UserError(f"field 'bits' is {bits!r}; allowed values integers 2..8")
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, QuantConv2d):
+                new = QuantConv2dLTS(child.in_channels, child.out_channels, child.kernel_size, bits,
+                                     stride=child.stride, padding=child.padding, dilation=child.dilation,
+                                     groups=child.groups, bias=child.bias is not None)
+            elif isinstance(child, QuantLinear):
+                new = QuantLinearLTS(child.in_features, child.out_features, bits, bias=child.bias is not None)
+            else:
+                if type(child) is PACT:
+                    child.bits = bits
+                continue
+            with torch.no_grad():
+                new.weight.copy_(child.weight)
+                if child.bias is not None:
+                    new.bias.copy_(child.bias)
+                new.quantizer.init_bounds(new.weight)
+            setattr(parent, name, new)
+            replaced += 1
+    if not replaced:
+        raise UserError("LTS: the model has no QuantLinear/QuantConv2d layer to give LTS weights")
+    if isinstance(getattr(model, "config", None), dict) and "act_bits" in model.config:
+        model.config["act_bits"] = bits
+    return model

@@ -72,15 +72,44 @@ class _ActivationQuant(nn.Module):
         return codes.to(self.alpha.dtype) * self.alpha.detach() / self.levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Clip (Eq. 5), quantize (Eq. 6); STE on the rounding only, so ``d y_q / d alpha = d y / d alpha``."""
-        y = self._clip(x)
+        """Clip (Eq. 5), quantize (Eq. 6); STE on the rounding only, so ``d y_q / d alpha = d y / d alpha``.
+
+        Bit for bit ``dequantize(to_codes(x))`` (:class:`_PACTFunction` runs the same float operations without
+        the int64 round trip); the gradients are those of :meth:`_clip`.
+        """
         if self.full_precision:
-            return y
-        value = self.dequantize(self.to_codes(x))
-        return value + (y - y.detach())
+            return self._clip(x)
+        return _PACTFunction.apply(x, self.alpha, self.levels)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, alpha={float(self.alpha.detach()):.4g}"
+
+
+class _PACTFunction(torch.autograd.Function):
+    """PACT forward and backward in one pass each (a training step's largest quantizer cost: it runs over every
+    activation, not every weight).
+
+    Forward: ``round(clamp(x, 0, alpha) * s / alpha) * alpha / s``, the operations of
+    :meth:`_ActivationQuant.to_codes` and :meth:`_ActivationQuant.dequantize` in their order, in ``x``'s
+    dtype (the codes stay float: integers up to 255 are exact, so the int64 round trip changes nothing).
+    Backward (the STE of Eq. 6 on the clip of Eq. 5, as :meth:`_ActivationQuant._clip` differentiates):
+    ``dy/dx = 1`` on ``0 < x < alpha``, else 0; ``dy/dalpha = 1`` where ``x >= alpha``, summed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, levels):
+        a = alpha.detach().to(x.dtype)
+        y = torch.clamp(x, min=0.0, max=a)  # _clip's value (one pass instead of relu, compare and select)
+        ctx.save_for_backward(x, a)
+        return torch.round(y.mul_(levels).div_(a)).mul_(a).div_(levels)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a = ctx.saved_tensors
+        high = x >= a
+        dx = grad * ((x > 0) & ~high) if ctx.needs_input_grad[0] else None
+        dalpha = torch.where(high, grad, 0.0).sum().to(a.dtype) if ctx.needs_input_grad[1] else None
+        return dx, dalpha, None
 
 
 class PACT(_ActivationQuant):

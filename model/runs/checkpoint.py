@@ -47,7 +47,7 @@ def quantizer_of(model) -> str:
 
 
 def save_checkpoint(path, model, meta: dict | None = None, data: DataRecord | None = None) -> Path:
-    """Write ``model`` atomically (temporary file in the same directory, then rename).
+    """Write ``model`` atomically (temporary file in the same directory, then rename), its tensors on the CPU.
 
     ``data`` (the data set it was trained on) goes into the meta as ``"dataset"``; without it, a meta with
     a run directory's ``"run"`` config (:meth:`model.runs.rundir.RunConfig.to_json`) gets the record derived
@@ -59,8 +59,11 @@ def save_checkpoint(path, model, meta: dict | None = None, data: DataRecord | No
         data = run_data_record(meta["run"], model, str(path))
     if data is not None:
         meta[DATA_KEY] = data.to_json()
+    # CPU tensors whatever the device trained on: the file loads anywhere, and export and the golden model
+    # compute the codes from exactly these values.
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": model.config, "quantizer": quantizer_of(model),
-               "state_dict": model.state_dict(), "meta": meta}
+               "state_dict": state, "meta": meta}
     if payload["quantizer"] == "bmpq":
         payload["act_bits"] = {n: m.bits for n, m in model.named_modules() if isinstance(m, PACT)}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))

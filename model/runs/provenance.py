@@ -1,7 +1,7 @@
 """What a run's results depend on besides its config: the code revision and the numeric environment.
 
 A run directory (:mod:`model.runs.rundir`) records :func:`provenance` in ``run.json`` and refuses to resume
-under another one (:func:`differences`: other package sources, versions, threads or processes), so that
+under another one (:func:`differences`: other package sources, versions, threads, processes or device), so that
 results of two code versions are never mixed.
 
 The code revision (:func:`code_revision`) is, in order of preference:
@@ -18,7 +18,7 @@ The code revision (:func:`code_revision`) is, in order of preference:
 
 The revision is computed once per process: the code that runs is the code that was imported, even if a
 file changes on disk later (and a long run compares one value with itself). The environment adds the
-torch and numpy versions, torch's intra-op thread count and the number of processes (``torchrun``): a
+torch and numpy versions, torch's intra-op thread count, the number of processes (``torchrun``) and the device type: a
 different summation order changes the last bits of every result (README, "`python build.py train`").
 """
 
@@ -43,7 +43,7 @@ SOURCE_FILES = ("build.py",)
 #: The fields of :func:`provenance` that must agree for a run to resume. The sources' hash, not the commit:
 #: a commit that changes only the README, the docs or the tests leaves the code that runs, and so the
 #: results, as they were, and must not throw away a long run (the commit is recorded for information).
-CHECKED_FIELDS = ("source_sha256", "torch", "numpy", "threads", "processes")
+CHECKED_FIELDS = ("source_sha256", "torch", "numpy", "threads", "processes", "device")
 #: Hex digits of the source hash kept in a revision string.
 HASH_DIGITS = 16
 #: What neither the hash nor the dirty check looks at (git pathspecs; byte code even where no .gitignore says so).
@@ -134,12 +134,15 @@ def provenance() -> dict:
     -------
     dict
         ``revision``, ``git_commit``, ``dirty``, ``source_sha256``, ``torch`` and ``numpy`` (versions),
-        ``threads`` (``torch.get_num_threads()`` now) and ``processes`` (the ``torchrun`` world size, 1 alone).
+        ``threads`` (``torch.get_num_threads()`` now), ``processes`` (the ``torchrun`` world size, 1 alone) and
+        ``device`` (the type of the device training runs on, ``"cpu"`` or ``"cuda"``: float results differ
+        between them, not between two GPUs of one kind).
     """
     # str(): torch.__version__ is a str subclass that torch.load(weights_only=True) refuses to unpickle (meta of a
     # checkpoint such as bmpq.pt holds this dict).
     return {**code_revision(), "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "threads": torch.get_num_threads(), "processes": distributed.world_size()}
+            "threads": torch.get_num_threads(), "processes": distributed.world_size(),
+            "device": distributed.device().type}
 
 
 def differences(stored: dict | None, current: dict) -> list[str]:

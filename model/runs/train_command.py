@@ -39,6 +39,7 @@ from model.cli import (
     act_bits,
     bounded,
     check_val_size,
+    device_spec,
     print_table,
     write_json,
 )
@@ -148,7 +149,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--test-subset",), "common", ALL, "use only the first N test images (default: all)",
            kwargs={"type": bounded(int, 1, 10**9)}),
     Option(("--arch",), "common", ALL, "network: mlp (--hidden; the accelerator runs these), resnet20 or vgg "
-           "(lts: mlp only)", _per_method("mlp", "mlp", "mlp"), {"choices": ("mlp", "resnet20", "vgg")}),
+           "(lts: an MLP with BatchNorm, or these conv nets with LTS weights)", _per_method("mlp", "mlp", "mlp"), {"choices": ("mlp", "resnet20", "vgg")}),
     Option(("--hidden",), "common", ALL, "MLP hidden layer sizes",
            _per_method([64], LTS_BENCH["hidden"], [64, 64, 64]), {"type": bounded(int, 1, 4096), "nargs": "+"},
            in_demo=True),
@@ -161,6 +162,9 @@ OPTIONS: tuple[Option, ...] = (
            {"type": bounded(int, 1, 65536)}),
     Option(("--seed",), "common", ALL, "random seed, 0..2^32-1", _per_method(0, 0, 0), {"type": SEED},
            in_demo=True),
+    Option(("--device",), "common", ALL, "where to train: auto (CUDA when available, else the CPU), cpu, cuda or "
+           "cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK (NCCL), cpu means gloo",
+           _per_method("auto", "auto", "auto"), {"type": device_spec, "metavar": "auto|cpu|cuda[:N]"}),
     Option(("--run-dir",), "common", ALL, "output directory, overriding --out; for imq..qnn-imp the run "
            "directory that running again with the same options resumes (lts and bmpq start over)"),
     # ------------------------------------------------------------------------------------------ iterative
@@ -287,9 +291,6 @@ def resolve(args, method: str | None = None):
                             f"used by {users}" + (" (see `train --help`)" if hasattr(args, "method") else ""))
     names = {o.dest for o in given}
     if method == "lts":
-        if "arch" in names and args.arch != "mlp":
-            raise UserError(f"--arch {args.arch} does not apply to --method lts: LTS trains an MLP "
-                            f"(QuantLinearLTS layers, --hidden); allowed: mlp")
         if "p" in names and args.strategy != "fixed":
             raise UserError(f"--p does not apply to --method lts with --strategy {args.strategy or 'linear'}: "
                             f"p is the rate of --strategy fixed (linear and sine grow it from 0 to 1)")
@@ -414,7 +415,8 @@ def cmd_train_lts(args) -> int:
     from model.bench.lts import plot_sparsity
     from model.data import class_count, load_dataset
     from model.methods.lts import train_lts
-    from model.quant.lts import LTSMLP
+    from model.quant.lts import LTSMLP, to_lts
+    from model.quant.nets import build_model, model_config
     from model.runs.provenance import provenance
 
     out = Path(args.run_dir or args.out)
@@ -428,8 +430,12 @@ def cmd_train_lts(args) -> int:
         # As model.quant.lts.build_lts_mlp (which fixes 784 inputs and 10 classes): seeded, global RNG untouched.
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
-            model = LTSMLP(args.bits, n_in=int(split.x_train.shape[1]), hidden=tuple(args.hidden),
-                           n_classes=class_count(args.data, split))
+            if args.arch == "mlp":
+                model = LTSMLP(args.bits, n_in=int(split.x_train.shape[1]), hidden=tuple(args.hidden),
+                               n_classes=class_count(args.data, split))
+            else:  # ResNet-20 / the VGG of model.quant.nets with LTS conv and FC layers
+                model = to_lts(build_model(model_config(args.arch, split, None, class_count(args.data, split),
+                                                        act_bits=args.bits)), args.bits)
         torch.manual_seed(args.seed)
         result = train_lts(model, split, args.epochs, args.bits, mode=args.lts_mode, strategy=args.strategy,
                            p=args.p, m=args.m, warmup=args.warmup, lr=args.lr, batch_size=args.batch_size,
@@ -441,7 +447,8 @@ def cmd_train_lts(args) -> int:
               "avg_wgs": result.avg_wgs, "bp_flops_reduction": result.bp_flops_reduction,
               "backward_time_s": result.backward_time, "train_time_s": result.train_time,
               "sparsity_history": result.sparsity_history,
-              "config": {"data": args.data, "data_root": args.data_root, "train_images": len(split.y_train),
+              "config": {"data": args.data, "data_root": args.data_root, "arch": args.arch,
+                         "train_images": len(split.y_train),
                          "test_images": len(split.y_test), "hidden": list(args.hidden), "epochs": args.epochs,
                          "warmup": args.warmup, "strategy": args.strategy, "p": args.p, "m": args.m, "lr": args.lr,
                          "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads}}
@@ -466,6 +473,7 @@ def cmd_train_bmpq(args) -> int:
     from model.quant.nets import build_model, model_config
     from model.runs.checkpoint import input_bits_of, save_checkpoint
     from model.runs.provenance import provenance
+    from model.training import distributed
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
@@ -484,6 +492,8 @@ def cmd_train_bmpq(args) -> int:
         raise UserError(str(exc)) from None
     result = train_bmpq(model, split, bmpq_config, progress=not args.quiet)
     recorded = provenance()
+    if not distributed.is_main():  # under torchrun every rank holds the same result; rank 0 writes it
+        return 0
     report = {"method": "bmpq", "resumed": False, "provenance": recorded, **result.to_json(),
               "target_compression": args.compression,
               "budget": None if result.budget_bits is None else result.budget_bits / 8 / 2**20}
@@ -508,6 +518,9 @@ def cmd_train_bmpq(args) -> int:
 def run(args) -> int:
     """``train --method imq|irq|imp|irp|qnn|qnn-imp`` in a resumable run directory, or LTS, or BMPQ."""
     resolve(args)
+    from model.training import distributed
+
+    distributed.use_device(args.device)  # the one choice every loop below trains on (UserError without CUDA)
     if args.method == "lts":
         return cmd_train_lts(args)
     if args.method == "bmpq":

@@ -15,11 +15,16 @@ be at the same path on every node (a shared file system): rank 0 writes the run 
 ranks read its checkpoints back. ``CUDA_VISIBLE_DEVICES=`` forces gloo on a GPU machine.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` / ``MASTER_PORT``);
-:func:`launched` looks for them. Under ``torchrun``, :func:`init` (idempotent; :func:`model.training.loop.train`
-and :func:`model.training.loop.evaluate` call it) starts the default process group with NCCL when CUDA is available
-and gloo otherwise, and :func:`device` is ``cuda:LOCAL_RANK`` or ``cpu``. Without ``torchrun`` every
-function here returns at once without touching ``torch.distributed``: rank 0 of 1, no process group, no
-communication.
+:func:`launched` looks for them. Without ``torchrun`` every collective here returns at once without touching
+``torch.distributed``: rank 0 of 1, no process group, no communication.
+
+The device is chosen once, in one place: :func:`resolve_device` turns ``--device auto|cpu|cuda[:N]`` into a
+``torch.device`` (``auto``: CUDA when available; under ``torchrun`` ``auto`` and ``cuda`` mean
+``cuda:LOCAL_RANK``), :func:`use_device` makes it the process's choice (the ``train`` command calls it
+before anything else), and :func:`device` returns that choice (``auto`` if none was made) to every training
+loop (:mod:`model.training.loop`, LTS, BMPQ). The process group follows the device: :func:`init`
+(idempotent; the loops call it) starts NCCL on a CUDA device and gloo on the CPU, so ``--device cpu`` runs
+gloo on a GPU machine too.
 
 The data-parallel scheme itself (one seeded shuffle shared by all ranks, contiguous shards of each global
 batch, gradient sum weighted by shard size) is in :mod:`model.training.loop`. Every rank holds the same weights and
@@ -39,10 +44,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from model.cli import DEVICE_CHOICES, DEVICE_SPEC
 from model.errors import UserError
 
 #: The environment variables ``torchrun`` sets for every worker.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+#: The device :func:`use_device` chose for this process (``None``: none chosen, :func:`device` means ``auto``).
+_chosen: torch.device | None = None
 
 #: Name of the bit-width mask buffers (``QuantLinear.bit_width`` and every layer that follows its naming).
 MASK_BUFFER = "bit_width"
@@ -59,8 +68,8 @@ def active() -> bool:
 
 
 def backend() -> str:
-    """``"nccl"`` if CUDA is available, else ``"gloo"`` (the backend :func:`init` picks)."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """``"nccl"`` when :func:`device` is a CUDA device, else ``"gloo"`` (the backend :func:`init` picks)."""
+    return "nccl" if device().type == "cuda" else "gloo"
 
 
 def local_rank() -> int:
@@ -90,21 +99,70 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def device() -> torch.device:
-    """``cuda:LOCAL_RANK`` under ``torchrun`` with CUDA, ``cpu`` under ``torchrun`` without it.
+def resolve_device(spec: str = "auto") -> torch.device:
+    """The ``torch.device`` that ``--device spec`` means in this process (the one place that decides it).
 
-    Without ``torchrun`` this is ``cpu``; :func:`model.training.loop.train` then leaves the model on whatever
-    device the caller put it.
+    ``cpu``: the CPU. ``auto``: CUDA when available, else the CPU. ``cuda`` / ``cuda:N``: that GPU (``cuda`` is
+    ``cuda:0``). Under ``torchrun`` every process takes its own GPU, so ``auto`` (with CUDA) and ``cuda`` mean
+    ``cuda:LOCAL_RANK``, and ``cuda:N`` is refused.
+
+    Raises
+    ------
+    UserError
+        For a malformed ``spec``, ``cuda`` without CUDA, a GPU index that does not exist (also a ``LOCAL_RANK``
+        beyond the visible GPUs), or ``cuda:N`` under ``torchrun``.
     """
-    if launched() and torch.cuda.is_available():
-        return torch.device("cuda", local_rank())
-    return torch.device("cpu")
+    text = str(spec).strip().lower()
+    match = DEVICE_SPEC.fullmatch(text)
+    if match is None:
+        raise UserError(f"--device {spec!r} is not a device; allowed {DEVICE_CHOICES}")
+    if text == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    if text == "auto" and not available:
+        return torch.device("cpu")
+    if not available:
+        raise UserError(f"--device {text}: CUDA is not available here (torch {torch.__version__}, "
+                        f"{torch.cuda.device_count()} CUDA devices); allowed: auto or cpu")
+    count = torch.cuda.device_count()
+    if launched():
+        if match.group(1) is not None:
+            raise UserError(f"--device {text} under torchrun: every process takes its own GPU, cuda:LOCAL_RANK; "
+                            f"give --device cuda or auto (or restrict the GPUs with CUDA_VISIBLE_DEVICES)")
+        index = local_rank()
+        if index >= count:
+            raise UserError(f"torchrun started local rank {index} but only {count} CUDA device(s) are visible; "
+                            f"allowed --nproc-per-node 1..{count}")
+    else:
+        index = int(match.group(1) or 0)
+        if index >= count:
+            raise UserError(f"--device {text}: there are {count} CUDA device(s); allowed cuda:0..cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def use_device(spec: str = "auto") -> torch.device:
+    """Make :func:`resolve_device` ``(spec)`` this process's device (what :func:`device` returns); returns it.
+
+    Call it before :func:`init`: the process group's backend follows the device.
+    """
+    global _chosen
+    _chosen = resolve_device(spec)
+    return _chosen
+
+
+def device() -> torch.device:
+    """The device this process trains on: :func:`use_device`'s choice, else :func:`resolve_device` ``("auto")``.
+
+    So without a choice: ``cuda:LOCAL_RANK`` under ``torchrun`` with CUDA, ``cuda:0`` in one process with
+    CUDA, the CPU without CUDA.
+    """
+    return _chosen if _chosen is not None else resolve_device("auto")
 
 
 def init() -> bool:
     """Start the default process group if launched by ``torchrun`` and none exists yet.
 
-    NCCL with ``cuda:LOCAL_RANK`` as this process's current device when CUDA is available, gloo
+    NCCL with :func:`device` (``cuda:LOCAL_RANK``) as this process's current device when that is a GPU, gloo
     otherwise; the rendezvous is ``torchrun``'s (``env://``). :func:`teardown` runs at interpreter exit.
 
     Returns
@@ -120,11 +178,6 @@ def init() -> bool:
     if active() or not launched():
         return active()
     if backend() == "nccl":
-        if local_rank() >= torch.cuda.device_count():
-            raise UserError(
-                f"torchrun started local rank {local_rank()} but only {torch.cuda.device_count()} CUDA "
-                f"device(s) are visible; allowed --nproc-per-node 1..{torch.cuda.device_count()}"
-            )
         torch.cuda.set_device(device())
         dist.init_process_group("nccl", device_id=device())
     else:

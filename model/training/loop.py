@@ -19,6 +19,18 @@ statistics of its own shard (``B / W`` examples; training then differs from a si
 running statistics are averaged over the ranks at the end so that every rank evaluates the same model;
 :func:`train` warns once about this. The equality test (tests/model/training/test_distributed.py) uses the
 MLPs, which have no BatchNorm.
+
+Device and mixed precision
+--------------------------
+Every loop (this one, LTS's and BMPQ's) trains on :func:`model.training.distributed.device`, the one choice
+of ``--device``, through :func:`place` and :func:`training_tensors`; checkpoints are written from CPU
+copies (:func:`model.runs.checkpoint.save_checkpoint`), so export and the golden model read the same codes
+whatever device trained. Autocast is deliberately not used. It leaves the weight codes alone (DoReFa's are
+computed from the float32 latent weights in float64; a check on ResNet-20 found them identical under CPU
+bfloat16 autocast), but it runs convolutions and matrix products in 16 bits, so the pre-activations that
+PACT rounds change: in that check 0.4-70 % (mean 39 %) of each PACT layer's activation codes differed from
+the float32 forward of the same weights. The network trained under autocast would then not be the one
+that the fake-quant evaluation, export and the golden model compute.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import itertools
 import math
 import warnings
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -95,6 +108,95 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
+#: Training tensors go onto the GPU itself when they take at most this fraction of its free memory.
+DEVICE_DATA_FRACTION = 0.25
+
+
+def training_tensors(x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a training loop builds its batches: ``(x, y)`` on ``dev`` or in pinned host memory.
+
+    On a GPU the whole training set goes to the device once when it takes at most
+    :data:`DEVICE_DATA_FRACTION` of the free device memory (Fashion-MNIST: 188 MB, CIFAR-10: 615 MB), so
+    every batch is gathered (and augmented) there with no host copy per step; otherwise it is pinned, so that
+    each batch's copy (``non_blocking``) overlaps the previous step. On the CPU they are returned as they are.
+    The values are the same in every case (a copy and an index), so the batches are bit for bit those of a
+    CPU run.
+    """
+    if dev.type != "cuda":
+        return x, y
+    need = x.numel() * x.element_size() + y.numel() * y.element_size()
+    free, _ = torch.cuda.mem_get_info(dev)
+    if need <= DEVICE_DATA_FRACTION * free:
+        return x.to(dev), y.to(dev)
+    return x.pin_memory(), y.pin_memory()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a training loop runs (:func:`place`): the device, this process's rank of ``world``, and whether
+    BatchNorm layers are swapped for ``SyncBatchNorm`` during the run."""
+
+    device: torch.device
+    rank: int
+    world: int
+    sync_bn: bool
+
+
+def place(model: nn.Module) -> Placement:
+    """Start the process group if under ``torchrun``, move ``model`` to
+    :func:`model.training.distributed.device` and (with several ranks) give every rank rank 0's weights.
+
+    The bit-width masks must already agree on all ranks (checked). Shared by :func:`train`, LTS and BMPQ,
+    so one process and ``torchrun`` take the same path; warns once when BatchNorm runs per rank on CPU.
+    """
+    distributed.init()
+    world, rank = distributed.world_size(), distributed.rank()
+    dev = distributed.device()
+    model.to(dev)
+    if world > 1:
+        distributed.check_masks(model)
+        distributed.broadcast_state(model)
+    sync_bn = world > 1 and dev.type != "cpu" and bool(_batchnorms(model))
+    if world > 1 and dev.type == "cpu" and _batchnorms(model) and distributed.is_main():
+        warnings.warn(
+            "BatchNorm under gloo on CPU uses per-rank batch statistics (SyncBatchNorm needs CUDA); "
+            "training differs from a single-process run with the same batch size",
+            stacklevel=3,
+        )
+    return Placement(dev, rank, world, sync_bn)
+
+
+def backward_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter],
+                  where: Placement) -> torch.Tensor:
+    """Cross entropy of one global batch and its gradients in ``.grad`` (call ``zero_grad`` before).
+
+    In one process: the mean loss over the batch, back-propagated. Under ``torchrun``: this rank's contiguous
+    shard (:func:`~model.training.distributed.shard_bounds`), summed loss over the global batch size, then one
+    all-reduce of the gradients of ``params`` and the loss (module docstring), so every rank holds the
+    global batch's gradient. Returns the loss summed over the global batch as a float64 0-d tensor on the
+    device (no host synchronisation; ``float()`` of it equals ``float(mean loss) * len(y)``).
+    """
+    if where.world == 1:
+        loss = F.cross_entropy(model(x.to(where.device, non_blocking=True)),
+                               y.to(where.device, non_blocking=True))
+        loss.backward()
+        return loss.detach().double() * len(y)
+    lo, hi = distributed.shard_bounds(len(y), where.rank, where.world)
+    local = torch.zeros(1, device=where.device)
+    if hi > lo or where.sync_bn:  # SyncBatchNorm's collectives need every rank, empty or not
+        loss = F.cross_entropy(model(x[lo:hi].to(where.device, non_blocking=True)),
+                               y[lo:hi].to(where.device, non_blocking=True), reduction="sum")
+        (loss / len(y)).backward()
+        local = loss.detach().reshape(1)
+    return distributed.all_reduce_gradients(params, local)[0].double()
+
+
+def finish(model: nn.Module, where: Placement) -> None:
+    """After a data-parallel run on CPU: average the per-rank BatchNorm running statistics (module docstring)."""
+    if where.world > 1 and not where.sync_bn and _batchnorms(model):
+        _average_running_stats(model)
+
+
 def train(
     model: nn.Module,
     split: Split,
@@ -108,12 +210,12 @@ def train(
 
     Deterministic for a given ``seed``: the only randomness is the shuffling (and, if ``split.augment``,
     the augmentation), drawn from its own ``torch.Generator`` (the global RNG is neither used nor touched).
-    Under ``torchrun`` this is data-parallel (module docstring): the model moves to
-    :func:`model.training.distributed.device` and stays there, every rank starts from rank 0's parameters and
-    buffers, the bit-width masks must already agree on all ranks (:func:`model.training.distributed.check_masks`;
-    every mask update happens between two training runs), and every rank ends with the same model and
-    returns the same losses. In a single process the model stays on its device and nothing is
-    communicated.
+    The model moves to :func:`model.training.distributed.device` (``--device``) and stays there; batches are
+    built where :func:`training_tensors` says. Under ``torchrun`` this is data-parallel (module docstring):
+    every rank starts from rank 0's parameters and buffers, the bit-width masks must already agree on all
+    ranks (:func:`model.training.distributed.check_masks`; every mask update happens between two training
+    runs), and every rank ends with the same model and returns the same losses. In a single process nothing
+    is communicated.
 
     Parameters
     ----------
@@ -140,22 +242,9 @@ def train(
     list of float
         Mean training loss of each epoch over the whole training set (all ranks together).
     """
-    distributed.init()
-    world, rank = distributed.world_size(), distributed.rank()
-    if distributed.launched():
-        model.to(distributed.device())
-    dev = _model_device(model)
-    if world > 1:
-        distributed.check_masks(model)
-        distributed.broadcast_state(model)
-    sync_bn = world > 1 and dev.type != "cpu" and bool(_batchnorms(model))
-    if world > 1 and dev.type == "cpu" and _batchnorms(model) and distributed.is_main():
-        warnings.warn(
-            "BatchNorm under gloo on CPU uses per-rank batch statistics (SyncBatchNorm needs CUDA); "
-            "training differs from a single-process run with the same batch size",
-            stacklevel=2,
-        )
+    where = place(model)
     augment = bool(getattr(split, "augment", False))
+    xs, ys = training_tensors(split.x_train, split.y_train, where.device)
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -166,34 +255,21 @@ def train(
     model.train()
     losses = []
     bar = tqdm(range(epochs), desc="train", leave=False, disable=not progress or not distributed.is_main())
-    with synced_batchnorm(model) if sync_bn else nullcontext():
+    with synced_batchnorm(model) if where.sync_bn else nullcontext():
         for _ in bar:
-            order = torch.randperm(n, generator=generator)
-            total = 0.0
+            order = torch.randperm(n, generator=generator).to(xs.device)
+            total = torch.zeros((), dtype=torch.float64, device=where.device)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                x, y = split.x_train[idx], split.y_train[idx]
+                x, y = xs[idx], ys[idx]
                 if augment:
                     x = augment_batch(x, split.image_shape, generator)
                 optimizer.zero_grad()
-                if world == 1:
-                    loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
-                    loss.backward()
-                    batch_loss = float(loss.detach()) * len(idx)
-                else:
-                    lo, hi = distributed.shard_bounds(len(idx), rank, world)
-                    local = torch.zeros(1, device=dev)
-                    if hi > lo or sync_bn:  # SyncBatchNorm's collectives need every rank, empty or not
-                        loss = F.cross_entropy(model(x[lo:hi].to(dev)), y[lo:hi].to(dev), reduction="sum")
-                        (loss / len(idx)).backward()
-                        local = loss.detach().reshape(1)
-                    batch_loss = float(distributed.all_reduce_gradients(params, local)[0])
+                total += backward_step(model, x, y, params, where)
                 optimizer.step()
                 schedule.step()
-                total += batch_loss
-            losses.append(total / n)
-    if world > 1 and not sync_bn and _batchnorms(model):
-        _average_running_stats(model)
+            losses.append(float(total) / n)
+    finish(model, where)
     return losses
 
 

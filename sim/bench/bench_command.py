@@ -1,8 +1,8 @@
-"""``build.py bench``: the benchmarks (dsp in :mod:`sim.bench.dsp`; lts, imq, bmpq in :mod:`model.bench`).
+"""``build.py bench``: the benchmarks (dsp in :mod:`sim.bench.dsp`; lts, imq, bmpq, conv, qat in :mod:`model.bench`).
 
 Every bench prints its floors (the README's claims against the measured values, :mod:`model.bench.floors`)
-and writes them: into ``imq_summary.json`` as ``floors``; beside the list-of-rows JSONs as
-``dsp_floors.json``, ``lts_floors.json`` and ``bmpq_floors.json``, each with the code revision that measured
+and writes them: into ``imq_summary.json`` and ``conv_summary.json`` as ``floors``; beside the list-of-rows JSONs as
+``dsp_floors.json``, ``lts_floors.json``, ``bmpq_floors.json`` and ``qat_floors.json``, each with the code revision that measured
 them (``provenance``, as ``imq_summary.json`` has). ``--check`` makes a failing floor exit 1
 (:func:`model.bench.floors.exit_code`); without it the exit status is what it was (``bench dsp`` exits 1 on a
 failed verification or DSP configuration in any case).
@@ -18,21 +18,28 @@ from model.cli import DEFAULT_OUT, print_rows, write_json
 from model.errors import UserError
 
 #: The benches, and those that train on a data set (``--data-root``).
-BENCHES = ("dsp", "lts", "bmpq", "imq")
-DATA_BENCHES = ("lts", "imq", "bmpq")
+BENCHES = ("dsp", "lts", "bmpq", "imq", "conv", "qat", "export")
+DATA_BENCHES = ("lts", "imq", "bmpq", "conv")
+#: The benches with resumable run directories (``--restart``) and a tiny budget (``--smoke``).
+RUN_DIR_BENCHES = ("imq", "conv")
 HELP = ("benchmarks: dsp (packed DSP48E1 lane modes), lts (LTS vs plain QAT), imq (IMQ vs its baselines), bmpq "
-        "(BMPQ vs FP-32) -> out/bench/<bench>.json")
+        "(BMPQ vs FP-32), conv (ResNet-20 / VGG tickets -> golden model -> image), qat (quantized vs float training "
+        "step), export (packing a 10-million-weight image) -> out/bench/<bench>.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=BENCHES, help="what to measure: dsp (packed DSP48E1 lane modes: synthesis, "
                    "bit-exact simulation, density), lts (plain QAT vs LTS at 2-4 bits), imq (float, IMQ, IRQ, IMP, "
-                   "QNN-k), bmpq (FP-32 vs BMPQ at three budgets); lts, imq and bmpq train on Fashion-MNIST")
+                   "QNN-k), bmpq (FP-32 vs BMPQ at three budgets), conv (ResNet-20 and VGG IMQ tickets and a BMPQ "
+                   "VGG: fake-quant vs golden accuracy, image bytes, MACs; about 20 min), qat (a DoReFa, BMPQ and LTS "
+                   "training step of the MLP, VGG and ResNet-20 against the float step; about 2 min), export (packs a "
+                   "10-million-weight network of random widths into a version 3 image: seconds, bytes, metadata "
+                   "bits per weight; under a minute); lts, imq, bmpq and conv train on Fashion-MNIST")
     p.add_argument("--smoke", action="store_true",
-                   help="`bench imq` only: a tiny budget that checks the pipeline in about a minute (its figures "
-                        "mean nothing)")
+                   help="`bench imq` / `bench conv` only: a tiny budget that checks the pipeline in a minute or two "
+                        "(its figures mean nothing)")
     p.add_argument("--data-root", default=None,
-                   help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` (default: Debian's "
+                   help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` / `bench conv` (default: Debian's "
                         "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -40,16 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exit 1 when a floor (a README claim the bench measures) fails; the floors are printed and "
                         "written either way")
     p.add_argument("--restart", action="store_true",
-                   help="`bench imq` only: start every run afresh instead of resuming its run directory (needed "
-                        "after a code change: a run made under another revision is refused)")
+                   help="`bench imq` / `bench conv` only: start every run afresh instead of resuming its run directories "
+                        "(needed after a code change: a run made under another revision is refused)")
 
 
 def run(args) -> int:
-    if args.restart and args.target != "imq":
-        raise UserError(f"--restart applies to `bench imq` only (its resumable run directories), not "
+    if args.restart and args.target not in RUN_DIR_BENCHES:
+        raise UserError(f"--restart applies to `bench imq` and `bench conv` only (their resumable run directories), "
+                        f"not `bench {args.target}`")
+    if args.smoke and args.target not in RUN_DIR_BENCHES:
+        raise UserError(f"--smoke applies to `bench imq` and `bench conv` only (their tiny budgets), not "
                         f"`bench {args.target}`")
-    if args.smoke and args.target != "imq":
-        raise UserError(f"--smoke applies to `bench imq` only (its tiny budget), not `bench {args.target}`")
     if args.data_root is not None and args.target not in DATA_BENCHES:
         raise UserError(f"--data-root applies to `bench {'`, `bench '.join(DATA_BENCHES)}` (they train on "
                         f"Fashion-MNIST), not `bench {args.target}`, which reads no data set")
@@ -60,6 +68,12 @@ def run(args) -> int:
         return bench_bmpq(args, out)
     if args.target == "imq":
         return bench_imq(args, out)
+    if args.target == "conv":
+        return bench_conv(args, out)
+    if args.target == "qat":
+        return bench_qat(args, out)
+    if args.target == "export":
+        return bench_export(args, out)
     return bench_dsp(args, out)
 
 
@@ -100,11 +114,44 @@ def bench_lts(args, out: Path) -> int:
                          progress=not args.quiet)
     print_rows(rows, [("bits", ">4", "", "bits"), ("mode", ">8", "", "mode"), ("accuracy", ">9", ".4f", "accuracy"),
                       ("avg WGS", ">8", ".3f", "avg_wgs"), ("BP FLOPs red.", ">13", ".3f", "bp_flops_reduction"),
-                      ("bwd time", ">9", ".3f", "backward_time_ratio")])
+                      ("bwd time", ">9", ".3f", "backward_time_ratio"),
+                      ("total time", ">10", "", lambda r: "-" if r.get("total_time_ratio") is None
+                       else f"{r['total_time_ratio']:.3f}")])
     result = floors(rows)
     write_floors(out / "lts.json", result, provenance())
     print(f"\nwrote {out / 'lts.json'}, {out / 'lts_sparsity.png'} and {floors_path(out / 'lts.json')}")
     return report_floors(result, floors_path(out / "lts.json"), args.check)
+
+
+def bench_export(args, out: Path) -> int:
+    """Pack a 10-million-weight network into a version 3 image (model/bench/export.py run_export_bench)."""
+    from model.bench.export import floors, run_export_bench
+
+    result = run_export_bench(progress=not args.quiet)
+    result["floors"] = floors(result)
+    result["provenance"] = provenance()
+    write_json(out / "export.json", result)
+    print_rows(result["mixes"], [("mix", "<8", "", "mix"), ("weights", ">11", ",", "weights"),
+                                 ("pack s", ">7", ".2f", "seconds"), ("unpack s", ">8", ".2f", "unpack_seconds"),
+                                 ("bytes", ">11", ",", "bytes"), ("meta b/w", ">8", ".3f", "metadata_bits_per_weight"),
+                                 ("entropy", ">8", ".3f", "width_entropy_bits")])
+    print(f"\nwrote {out / 'export.json'}")
+    return report_floors(result["floors"], out / "export.json", args.check)
+
+
+def bench_qat(args, out: Path) -> int:
+    """A quantized training step against the float step of the same network: MLP, VGG, ResNet-20 at 28x28 in
+    every training mode (model/bench/qat.py run_qat_bench, about 2 min on 2 cores)."""
+    from model.bench.qat import floors, run_qat_bench
+
+    rows = run_qat_bench(out / "qat.json", progress=not args.quiet)
+    print_rows(rows, [("arch", "<9", "", "arch"), ("mode", "<7", "", "mode"), ("device", "<7", "", "device"),
+                      ("step ms", ">9", ".1f", "step_ms"), ("float ms", ">9", ".1f", "float_step_ms"),
+                      ("ratio", ">6", ".2f", "ratio")])
+    result = floors(rows)
+    write_floors(out / "qat.json", result, provenance())
+    print(f"\nwrote {out / 'qat.json'} and {floors_path(out / 'qat.json')}")
+    return report_floors(result, floors_path(out / "qat.json"), args.check)
 
 
 def bench_imq(args, out: Path) -> int:
@@ -156,6 +203,34 @@ def bench_bmpq(args, out: Path) -> int:
     write_floors(out / "bmpq.json", result, provenance())
     print(f"\nwrote {out / 'bmpq.json'}, {out / 'bmpq.png'} and {floors_path(out / 'bmpq.json')}")
     return report_floors(result, floors_path(out / "bmpq.json"), args.check)
+
+
+def bench_conv(args, out: Path) -> int:
+    """ResNet-20 and VGG IMQ tickets and a BMPQ VGG on Fashion-MNIST, each exported as an image (model/bench/conv.py,
+    about 20 min on 2 cores)."""
+    from model.bench.conv import run_conv_bench
+
+    rows, summary = run_conv_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet,
+                                   restart=args.restart)
+    print_rows(rows, [("arch", "<8", "", "arch"), ("method", "<6", "", "method"),
+                      ("avg bits", ">8", ".2f", "avg_weight_bits"), ("fq acc", ">7", ".4f", "fakequant_accuracy"),
+                      ("golden", ">7", ".4f", "golden_accuracy"),
+                      ("gap pp", ">6", "", lambda r: f"{r['golden_minus_fakequant_pp']:+.2f}"),
+                      ("nonzero", ">7", ".3f", "nonzero_fraction"), ("payload B", ">9", ",.0f", "payload_bytes"),
+                      ("meta B", ">7", ",.0f", "metadata_bytes"), ("param B", ">7", ",.0f", "param_bytes"),
+                      ("image B", ">8", ",.0f", "image_bytes"), ("meta b/w", ">8", ".3f", "metadata_bits_per_weight"),
+                      ("H(w) b", ">6", ".3f", "width_entropy_bits"), ("MACs dense", ">11", ",", "macs_dense"),
+                      ("MACs nz", ">11", ",", "macs_nonzero")])
+    for r in rows:
+        if r["method"] == "imq":
+            print(f"{r['arch']} ticket: iteration {r['ticket_iteration']} ({r['ticket_rule']}), validation accuracy "
+                  f"{r['ticket_val_accuracy']:.4f}")
+    print(f"\nwall time {summary['wall_seconds']:.0f} s" + (" (resumed runs: " + ", ".join(summary["resumed_runs"])
+                                                            + ")" if summary["resumed_runs"] else ""))
+    suffix = "_smoke" if args.smoke else ""
+    print(f"wrote {out / f'conv{suffix}.json'}, {out / f'conv{suffix}_summary.json'}, {out / f'conv{suffix}.png'} "
+          f"and the images under {out / f'conv{suffix}'}")
+    return report_floors(summary["floors"], out / f"conv{suffix}_summary.json", args.check)
 
 
 def plot_dsp(rows: list[dict], path: Path) -> None:

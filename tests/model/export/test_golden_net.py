@@ -5,13 +5,21 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from model.data import load_dataset
 from model.errors import UserError
 from model.export.convert import input_codes, to_golden
 from model.export.golden import ACC_SHIFT, WIDTHS, IntLinear, R, requantize
 from model.export.golden_conv import ACT_SUM_BOUND, IntConv2d, conv_forward, global_sum_pool
-from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, check_network
+from model.export.golden_net import (
+    ConvStage,
+    FCStage,
+    GlobalSumPool,
+    IntConvNetwork,
+    check_network,
+    mac_counts,
+)
 from model.quant.bmpq import to_bmpq
 from model.quant.nets import ResNet20, SmallVGG
 from model.training.loop import evaluate, train
@@ -250,3 +258,58 @@ def test_input_codes_are_checked():
         net.forward(np.full((1, 2, 7, 7), 16))
     with pytest.raises(UserError, match="expected \\[N, 2, 7, 7\\]"):
         net.forward(np.zeros((1, 3, 7, 7), dtype=np.int64))
+
+
+def torch_mac_counts(model, image_shape) -> tuple[int, int]:
+    """MACs per image counted by torch itself, independently of golden_net's stage walk: each quantized layer's
+    input shape comes from a forward hook; a conv's MACs are ``conv2d`` of an all-ones input padded with *ones*
+    (so every tap on the padding counts, as the hardware issues it) against all-ones weights (dense) or the
+    non-zero-width indicator (non-zero), summed over the output."""
+    shapes = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: shapes.__setitem__(mod, args[0].shape[1:]))
+             for m in model.quant_layers()]
+    with torch.no_grad():
+        model(torch.rand(1, int(np.prod(image_shape))))
+    for h in hooks:
+        h.remove()
+    dense = nonzero = 0
+    for m in model.quant_layers():
+        nz = (m.bit_width != 0).double()
+        if isinstance(m, torch.nn.Conv2d):
+            p, s = m.padding[0], m.stride[0]
+            ones = F.pad(torch.ones(1, *shapes[m], dtype=torch.float64), (p, p, p, p), value=1.0)
+            dense += int(F.conv2d(ones, torch.ones_like(nz), stride=s).sum())
+            nonzero += int(F.conv2d(ones, nz, stride=s).sum())
+        else:
+            dense += nz.numel()
+            nonzero += int(nz.sum())
+    return dense, nonzero
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet20"])
+def test_mac_counts_match_torch(arch):
+    """Dense and non-zero MACs per image of a masked VGG / ResNet-20 (odd map sizes, strides, padding, pools)."""
+    torch.manual_seed(0)
+    shape = (1, 13, 11)
+    model = (SmallVGG(image_shape=shape, act_bits=4, channels=(4, 8)) if arch == "vgg"
+             else ResNet20(image_shape=shape, act_bits=4))
+    random_mask(model, 7)
+    model.eval()
+    dense, nonzero = mac_counts(to_golden(model))
+    assert (dense, nonzero) == torch_mac_counts(model, shape)
+    assert 0.7 * dense < nonzero < 0.9 * dense  # a fifth of the random widths are 0
+
+
+def test_mac_counts_by_hand():
+    """tiny_net: a 3x2x3x3 conv, padding 1, on 7x7 (49 output pixels, border taps included), then a 5x3 FC."""
+    net = tiny_net(np.random.default_rng(5))
+    conv, fc = net.stages[0].conv, net.stages[-1].layer
+    assert mac_counts(net) == (49 * 3 * 2 * 9 + 5 * 3,
+                               49 * int((conv.widths != 0).sum()) + int((fc.widths != 0).sum()))
+
+
+def test_resnet20_dense_macs_on_fashion_mnist():
+    """About 31 M MACs per 1x28x28 image (option-A shortcuts, padding taps included); CIFAR's 3x32x32: 40.55 M."""
+    fashion = mac_counts(to_golden(ResNet20(image_shape=(1, 28, 28), act_bits=4).eval()))[0]
+    assert 30e6 < fashion < 32e6
+    assert mac_counts(to_golden(ResNet20(image_shape=(3, 32, 32), act_bits=4).eval()))[0] == 40_551_040

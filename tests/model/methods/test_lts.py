@@ -10,11 +10,12 @@ import torch
 from torch.nn import functional as F
 
 from model.bench.lts import plot_sparsity, run_lts_bench
-from model.data import load_idx_split
+from model.data import Split, load_idx_split
 from model.errors import UserError
-from model.methods.lts import LTSScratcher, train_lts
+from model.methods.lts import LTSScratcher, LTSTraining, train_lockstep, train_lts
 from model.quant.lts import (
     LTSQuantizer,
+    QuantConv2dLTS,
     QuantLinearLTS,
     build_lts_mlp,
     ema_distance,
@@ -22,7 +23,9 @@ from model.quant.lts import (
     level_distance,
     quant_interval,
     threshold,
+    to_lts,
 )
+from model.quant.nets import ResNet20, SmallVGG
 
 W = torch.tensor([-1.5, -0.6, -0.2, 0.1, 0.35, 0.9, 2.0])
 
@@ -137,31 +140,33 @@ def test_layer_ema_reset_on_level_change_and_permanent_freeze():
     x = torch.ones(1, 3)
     layer(x)
     assert layer.lts_update(p=0.0, m=0.5) == 0
-    assert torch.allclose(layer.lts_distance, torch.full((1, 3), 0.5))  # first iteration: reset to Delta
+    assert torch.allclose(layer.eq5_distance(), torch.full((1, 3), 0.5))  # first iteration: reset to Delta
     layer(x)
     layer.lts_update(p=0.0, m=0.5)
     expected = torch.tensor([[0.25 + 1 / 15, 0.25 + 7 / 60, 0.25 + 0.05]])
-    assert torch.allclose(layer.lts_distance, expected)
+    assert torch.allclose(layer.eq5_distance(), expected)
     with torch.no_grad():
         layer.weight[0, 1] = 0.5  # x_n 0.75 -> level 2 as before (no reset); weight 0 -> level 2 (reset)
         layer.weight[0, 0] = 0.3
     layer(x)
     layer.lts_update(p=0.0, m=0.5)
-    assert layer.lts_distance[0, 0].item() == 0.5
-    assert layer.lts_distance[0, 1].item() == pytest.approx(0.5 * (0.25 + 7 / 60) + 0.5 * (1 / 6))
+    assert layer.eq5_distance()[0, 0].item() == 0.5
+    assert layer.eq5_distance()[0, 1].item() == pytest.approx(0.5 * (0.25 + 7 / 60) + 0.5 * (1 / 6))
     # Next D: weight 0 (x_n 0.65, d 1/30) 0.25 + 1/60 = 0.2667; weight 1: 0.5 * 0.3667 + 0.5 / 6 = 0.2167;
     # weight 2: 0.5 * 0.325 + 0.05 = 0.2125. p = 0.45 -> t = 0.225 freezes weights 1 and 2 only.
     layer(x)
     assert layer.lts_update(p=0.45, m=0.5) == 2
-    assert layer.lts_distance[0, 0].item() == pytest.approx(0.25 + 1 / 60)
+    assert layer.eq5_distance()[0, 0].item() == pytest.approx(0.25 + 1 / 60)
     assert layer.lts_frozen.tolist() == [[False, True, True]]
-    frozen_d = layer.lts_distance.clone()
     with torch.no_grad():
         layer.weight.fill_(-0.99)  # every level changes, p drops to 0: frozen weights stay frozen
     layer(x)
     layer.lts_update(p=0.0, m=0.5)
     assert layer.lts_frozen.tolist() == [[False, True, True]]
-    assert layer.lts_distance[0, 0].item() == 0.5 and torch.equal(layer.lts_distance[0, 1:], frozen_d[0, 1:])
+    assert layer.eq5_distance()[0, 0].item() == 0.5
+    layer(x)  # every D below t: only the one unfrozen weight counts as newly frozen
+    assert layer.lts_update(p=0.99, m=0.5) == 1 and layer.lts_frozen.tolist() == [[True, True, True]]
+    assert layer._plan.kind == "none" and layer.n_frozen == 3
 
 
 def test_frozen_weights_stay_exact_under_sgd_momentum_and_weight_decay():
@@ -268,6 +273,206 @@ def test_sampled_pattern_reused_and_masked_after_more_freezing():
     assert (layer.weight.grad[~layer.lts_frozen] != 0).float().mean().item() > 0.5
 
 
+def test_compact_bookkeeping_of_a_sampled_layer_equals_the_dense_one(monkeypatch):
+    import model.quant.lts as lts_module
+
+    gen = torch.Generator().manual_seed(7)
+    w0 = torch.randn(30, 40, generator=gen) * 0.2
+    steps = [torch.randn(30, 40, generator=gen) * 0.004 for _ in range(40)]
+    x = torch.randn(4, 40, generator=gen)
+
+    def run(sampled_below):
+        monkeypatch.setattr(lts_module, "SAMPLED_BELOW", sampled_below)
+        layer = QuantLinearLTS(40, 30, bits=2)
+        with torch.no_grad():
+            layer.weight.copy_(w0)
+            layer.quantizer.init_bounds(layer.weight)
+        layer.lts_enabled = True
+        frozen, kinds = [], set()
+        for i, step in enumerate(steps):
+            layer(x)
+            layer.lts_update(p=i / 70, m=0.8)
+            kinds.add(layer._plan.kind)
+            frozen.append(layer.lts_frozen.clone())
+            with torch.no_grad():
+                layer.weight.add_(step)  # frozen weights move too here: only the bookkeeping is compared
+        if layer._compact is not None:
+            live = layer._compact[0][layer._compact[3].bool()]
+            distance = layer._compact[1][layer._compact[3].bool()]
+        else:
+            live = (~layer.lts_frozen).view(-1).nonzero().squeeze(1)
+            distance = layer.lts_distance.view(-1)[live]
+        return frozen, kinds, live, distance
+
+    dense = run(0.0)   # never sampled: the dense bookkeeping throughout
+    compact = run(1.0)  # sampled (compact bookkeeping) from the first freeze on
+    assert "sampled" in compact[1] and "sampled" not in dense[1]
+    assert all(torch.equal(a, b) for a, b in zip(dense[0], compact[0], strict=True))
+    assert 0 < int(dense[0][-1].sum()) < dense[0][-1].numel()
+    assert torch.equal(dense[2], compact[2]) and torch.equal(dense[3], compact[3])
+
+
+def test_eq5_in_the_forward_equals_eq5_in_the_update():
+    gen = torch.Generator().manual_seed(8)
+    w0 = torch.randn(12, 20, generator=gen) * 0.2
+    x = torch.randn(4, 20, generator=gen)
+    layers = []
+    for m in (None, 0.8):  # the scratcher sets lts_m: the forward then updates D itself
+        layer = QuantLinearLTS(20, 12, bits=3)
+        with torch.no_grad():
+            layer.weight.copy_(w0)
+            layer.quantizer.init_bounds(layer.weight)
+        layer.lts_enabled, layer.lts_m = True, m
+        layers.append(layer)
+    for i in range(30):
+        for layer in layers:
+            layer(x)
+            layer.lts_update(p=i / 40, m=0.8)
+            with torch.no_grad():
+                layer.weight.add_(torch.sin(torch.arange(240.0) * (i + 1)).view(12, 20) * 0.01)
+    a, b = layers
+    assert torch.equal(a.lts_frozen, b.lts_frozen) and torch.equal(a.eq5_distance(), b.eq5_distance())
+    assert 0 < int(a.lts_frozen.sum()) < a.lts_frozen.numel()
+
+
+def test_training_forward_is_the_quantizer_bit_for_bit():
+    gen = torch.Generator().manual_seed(4)
+    for bits in (2, 3, 5, 8):
+        layer = QuantLinearLTS(30, 20, bits)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(20, 30, generator=gen) * 0.3)
+        x = torch.randn(4, 30, generator=gen)
+        expected = F.linear(x, layer.quantizer(layer.weight), layer.bias)
+        assert torch.equal(layer.train()(x), expected)  # the level table gives dequantize_weight's values
+        _z, q = layer._last
+        assert torch.equal(q.to(torch.int64), layer.quantizer.to_int(layer.weight))
+
+
+def _exact_run(layer, x, y, steps, scratcher_kwargs, weight_decay=5e-4):
+    """SGD as train_lts sets it up: no decay in the optimizer, the layers decay their unfrozen weights."""
+    latent = [layer.weight]
+    others = [q for q in layer.parameters() if q is not layer.weight]
+    opt = torch.optim.SGD([{"params": latent, "weight_decay": 0.0}, {"params": others}], lr=0.5, momentum=0.9)
+    layer.weight_decay = weight_decay
+    scratcher = LTSScratcher(layer, optimizer=opt, **scratcher_kwargs)
+    snapshots = {}
+    for _ in range(steps):
+        loss = F.cross_entropy(layer(x).flatten(1), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        scratcher.after_step()
+        for idx in layer.lts_frozen.view(-1).nonzero().squeeze(1).tolist():
+            snapshots.setdefault(idx, layer.weight.view(-1)[idx].item())
+    return snapshots
+
+
+def test_frozen_weights_never_move_with_the_optimizer_given_and_nothing_restored():
+    gen = torch.Generator().manual_seed(0)
+    layer = QuantLinearLTS(16, 8, bits=2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(8, 16, generator=gen) * 0.05)
+        layer.bias.zero_()
+        layer.quantizer.init_bounds(layer.weight)
+    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+    kwargs = {"iters_per_epoch": 1, "epochs": 20, "warmup": 0, "strategy": "fixed", "c": 0.4, "m": 0.0}
+    layer.restore_frozen_ = None  # would raise if called: the optimizer cannot move frozen weights
+    snapshots = _exact_run(layer, x, y, 12, kwargs)
+    frozen = layer.lts_frozen.view(-1)
+    assert 0 < int(frozen.sum()) < frozen.numel() and not layer.lts_restore
+    for idx, value in snapshots.items():
+        assert layer.weight.view(-1)[idx].item() == value  # bit for bit, momentum and decay notwithstanding
+    assert layer.lts_frozen_value.abs().sum() == 0  # not kept: nothing to restore
+
+
+def test_layer_weight_decay_is_sgds_at_unfrozen_positions():
+    gen = torch.Generator().manual_seed(5)
+    layer = QuantLinearLTS(10, 6, bits=3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(6, 10, generator=gen) * 0.2)
+        layer.lts_frozen.copy_(torch.rand(6, 10, generator=gen) < 0.4)
+    x = torch.randn(5, 10, generator=gen)
+    layer(x).sum().backward()
+    plain = layer.weight.grad.clone()
+    layer.weight.grad = None
+    layer.weight_decay = 0.01
+    layer(x).sum().backward()
+    assert torch.allclose(layer.weight.grad, plain + 0.01 * layer.weight.detach(), rtol=0, atol=1e-7)
+    layer.lts_enabled = True
+    layer._replan()
+    layer.weight.grad = None
+    layer(x).sum().backward()
+    live = ~layer.lts_frozen
+    assert torch.allclose(layer.weight.grad[live], (plain + 0.01 * layer.weight.detach())[live], atol=1e-7)
+    assert layer.weight.grad[~live].abs().max().item() == 0.0
+
+
+def test_scratcher_refuses_an_optimizer_that_decays_the_latent_weights():
+    layer = QuantLinearLTS(4, 3, bits=2)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    with pytest.raises(UserError, match="decays the LTS layers' latent weights"):
+        LTSScratcher(layer, 1, 2, 0, optimizer=opt)
+
+
+@pytest.mark.parametrize("frozen_fraction, kind", [(0.0, "full"), (0.6, "dense"), (1.0, "none")])
+def test_conv_backward_matches_autograd_on_unfrozen_and_skips_frozen(frozen_fraction, kind):
+    gen = torch.Generator().manual_seed(6)
+    layer = QuantConv2dLTS(3, 5, 3, bits=2, stride=2, padding=1, bias=True)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 3, 3, 3, generator=gen) * 0.2)
+        layer.bias.copy_(torch.randn(5, generator=gen) * 0.1)
+        layer.quantizer.init_bounds(layer.weight)
+        layer.lts_frozen.copy_(torch.rand(5, 3, 3, 3, generator=gen) < frozen_fraction)
+    layer.lts_enabled = True
+    layer._replan()
+    x = torch.randn(4, 3, 9, 9, generator=gen, requires_grad=True)
+    upstream = torch.randn(4, 5, 5, 5, generator=gen)
+    ref_q = LTSQuantizer(2)
+    ref_q.load_state_dict(layer.quantizer.state_dict())
+    ref_w = layer.weight.detach().clone().requires_grad_(True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    w_bar = ref_q(ref_w)
+    w_bar_leaf = w_bar.detach().requires_grad_(True)
+    out = F.conv2d(ref_x, w_bar_leaf, layer.bias.detach(), stride=2, padding=1)
+    (out * upstream).sum().backward()
+    live = ~layer.lts_frozen
+    w_bar.backward(torch.where(live, w_bar_leaf.grad, 0.0))
+
+    got = layer(x)
+    assert torch.equal(got, out.detach())  # the forward is the quantizer's conv, bit for bit
+    (got * upstream).sum().backward()
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5)
+    assert torch.allclose(layer.bias.grad, upstream.sum((0, 2, 3)), atol=1e-5)
+    if kind == "none":
+        assert layer.weight.grad is None and layer.quantizer.lower.grad is None
+        cached = layer._frozen_w_bar[1]
+        layer(x)
+        assert layer._frozen_w_bar[1] is cached  # nothing trains: w_bar computed once
+        return
+    assert torch.allclose(layer.weight.grad, ref_w.grad, atol=1e-5)
+    if kind == "dense":
+        assert layer.weight.grad[~live].abs().max().item() == 0.0
+    assert layer.quantizer.lower.grad.item() == pytest.approx(ref_q.lower.grad.item(), rel=1e-4, abs=1e-6)
+    assert torch.equal(layer.eval()(x), F.conv2d(x, ref_q(layer.weight), layer.bias, stride=2, padding=1))
+
+
+@pytest.mark.parametrize("net", [
+    lambda: ResNet20((1, 12, 12), n_classes=4, act_bits=4),
+    lambda: SmallVGG((1, 12, 12), n_classes=4, act_bits=4, channels=(4, 8)),
+])
+def test_conv_nets_train_under_lts(net):
+    torch.manual_seed(0)
+    model = to_lts(net(), bits=3)
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2dLTS)]
+    assert convs and all(c.bits == 3 for c in convs) and model.config["act_bits"] == 3
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(48, 144, generator=gen), torch.randint(0, 4, (48,), generator=gen)
+    split = Split(x, y, x[:16], y[:16], "tiny", image_shape=(1, 12, 12))
+    result = train_lts(model, split, epochs=3, bits=3, warmup=1, batch_size=16, progress=False)
+    assert result.sparsity_history[0] == 0 and result.sparsity_history[-1] > 0.3
+    assert result.train_time >= result.backward_time > 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # IDX loader
 
@@ -352,6 +557,22 @@ def test_train_lts_freezes_and_reports(tmp_path):
         train_lts(build_lts_mlp(2, hidden=(8,)), split, epochs=2, bits=2, mode="qat", progress=False)
 
 
+def test_lockstep_runs_give_the_results_of_runs_on_their_own(tmp_path):
+    split = load_idx_split(_write_idx_folder(tmp_path / "d", n_train=96, n_test=32, rows=28, cols=28))
+    alone = {mode: train_lts(build_lts_mlp(2, hidden=(16,), seed=0), split, epochs=3, bits=2, mode=mode, warmup=1,
+                             batch_size=32, progress=False) for mode in ("baseline", "lts")}
+    runs = {mode: LTSTraining(build_lts_mlp(2, hidden=(16,), seed=0), split, 3, 2, mode=mode, warmup=1,
+                              batch_size=32) for mode in ("baseline", "lts")}
+    train_lockstep(list(runs.values()), progress=False)
+    for mode, res in alone.items():
+        got = runs[mode].result
+        assert (got.losses, got.wgs, got.sparsity_history, got.accuracy) == (
+            res.losses, res.wgs, res.sparsity_history, res.accuracy)
+        assert got.train_time >= got.backward_time > 0
+    with pytest.raises(ValueError, match="same data, epochs and batch size"):
+        train_lockstep([runs["lts"], LTSTraining(build_lts_mlp(2, hidden=(16,)), split, 2, 2)], progress=False)
+
+
 def test_bench_rows_json_and_plot(tmp_path):
     root = _write_idx_folder(tmp_path / "d", n_train=64, n_test=16, rows=28, cols=28)
     out = tmp_path / "bench" / "lts.json"
@@ -359,8 +580,10 @@ def test_bench_rows_json_and_plot(tmp_path):
                          progress=False)
     assert json.loads(out.read_text()) == rows
     assert [(r["bits"], r["mode"]) for r in rows] == [(2, "baseline"), (2, "lts")]
-    assert set(rows[0]) == {"bits", "mode", "accuracy", "avg_wgs", "bp_flops_reduction", "backward_time_ratio"}
-    assert rows[0]["backward_time_ratio"] == 1.0 and rows[1]["backward_time_ratio"] > 0
+    assert set(rows[0]) == {"bits", "mode", "accuracy", "avg_wgs", "bp_flops_reduction", "backward_time_ratio",
+                            "total_time_ratio"}
+    assert rows[0]["backward_time_ratio"] == rows[0]["total_time_ratio"] == 1.0
+    assert rows[1]["backward_time_ratio"] > 0 and rows[1]["total_time_ratio"] > 0
     assert (tmp_path / "s.png").stat().st_size > 0
     assert not list(out.parent.glob("*.tmp"))
     plot_sparsity([0.0, 0.2, 0.5], tmp_path / "one.png")

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from model.errors import UserError
 from model.quant.dorefa import check_widths, dorefa_codes, dorefa_normalize, dorefa_weight, round_ste
+from model.quant.layers import QuantConv2d
 from model.quant.pact import PACT, InputQuant
 
 # w = [0.5, -1, 0, 1]: max|tanh| = tanh(1) = 0.7615941559557649 and
@@ -160,3 +161,74 @@ def test_input_quant_has_fixed_alpha_one():
     expected = [0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 10, 11, 12, 13, 14, 15]
     assert iq.to_codes(x).tolist() == expected
     assert torch.equal(iq(x), torch.tensor(expected) / 15.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The training fast paths against the reference quantizers, bit for bit (what export and the golden model
+# compute from the codes must be what training saw).
+
+
+def _reference_dorefa_weight(w, widths):
+    """The straightforward form: codes through int64, the value from them, the STE on 2 x - 1."""
+    q = dorefa_codes(w, widths).to(torch.float64)
+    levels = ((torch.ones_like(widths) << widths) - 1).to(torch.float64)
+    value = torch.where(levels > 0, 2 * q / levels.clamp_min(1) - 1, 0.0).to(w.dtype)
+    y = 2 * dorefa_normalize(w) - 1
+    return torch.where(widths != 0, value + (y - y.detach()), torch.zeros_like(y))
+
+
+def _reference_pact(pact, x):
+    y = torch.where(x >= pact.alpha, pact.alpha.to(x.dtype), torch.relu(x))
+    return pact.dequantize(pact.to_codes(x)) + (y - y.detach())
+
+
+def _bits(t):
+    return t.detach().view(torch.int32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([1e-3, 0.05, 1.0, 30.0]), st.integers(1, 300))
+def test_dorefa_fast_path_equals_the_reference_bit_for_bit(seed, scale, n):
+    gen = torch.Generator().manual_seed(seed)
+    w_ref = (torch.randn(n, generator=gen) * scale).requires_grad_(True)
+    w = w_ref.detach().clone().requires_grad_(True)
+    widths = torch.tensor([0, 1, 2, 4, 8, 16, 32])[torch.randint(0, 7, (n,), generator=gen)]
+    ref, got = _reference_dorefa_weight(w_ref, widths), dorefa_weight(w, widths)
+    assert torch.equal(_bits(got), _bits(ref))
+    upstream = torch.randn(n, generator=gen)
+    (ref * upstream).sum().backward()
+    (got * upstream).sum().backward()
+    assert torch.equal(w.grad, w_ref.grad)
+
+
+def test_quant_layer_caches_its_mask_levels_until_the_mask_changes():
+    gen = torch.Generator().manual_seed(3)
+    conv = QuantConv2d(2, 3, 3)
+    w = conv.weight.detach()
+    assert torch.equal(conv.quantized_weight(), dorefa_weight(w, conv.bit_width))
+    widths = torch.tensor([0, 4, 8, 16, 32])[torch.randint(0, 5, tuple(w.shape), generator=gen)]
+    conv.set_bit_width(widths)
+    assert torch.equal(_bits(conv.quantized_weight()), _bits(_reference_dorefa_weight(w, widths)))
+    with torch.no_grad():
+        conv.bit_width[0, 0, 0, 0] = 0 if int(conv.bit_width[0, 0, 0, 0]) else 4  # in place, as IMQ writes
+    assert torch.equal(conv.quantized_weight(), _reference_dorefa_weight(w, conv.bit_width))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 8), st.floats(0.125, 8.0, width=32))
+def test_pact_fast_path_equals_the_reference_bit_for_bit(seed, bits, alpha):
+    gen = torch.Generator().manual_seed(seed)
+    pact, ref_pact = PACT(bits, alpha=alpha), PACT(bits, alpha=alpha)
+    s = (1 << bits) - 1
+    # Random values around [0, alpha], exact ties (k + 1/2) alpha / s, 0 and alpha themselves.
+    ties = (torch.arange(s + 1) + 0.5) * pact.alpha.detach() / s
+    x_ref = torch.cat([torch.randn(200, generator=gen) * alpha + alpha / 2, ties, torch.tensor([0.0, alpha, -0.0])])
+    x_ref.requires_grad_(True)
+    x = x_ref.detach().clone().requires_grad_(True)
+    ref, got = _reference_pact(ref_pact, x_ref), pact(x)
+    assert torch.equal(got, ref) and torch.equal(pact.to_codes(x), ref_pact.to_codes(x_ref))
+    upstream = torch.randn(got.shape, generator=gen)
+    (ref * upstream).sum().backward()
+    (got * upstream).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+    assert pact.alpha.grad.item() == pytest.approx(ref_pact.alpha.grad.item(), rel=1e-5, abs=1e-6)

@@ -257,7 +257,8 @@ def test_run_json_records_the_revision_and_environment(tmp_path):
     result = run(config, tmp_path, progress=False)
     stored = json.loads((tmp_path / RUN_FILE).read_text())["provenance"]
     current = provenance.code_revision()
-    assert stored == {**current, "torch": torch.__version__, "numpy": np.__version__, "threads": 1, "processes": 1}
+    assert stored == {**current, "torch": torch.__version__, "numpy": np.__version__, "threads": 1, "processes": 1,
+                      "device": "cpu"}
     assert stored["revision"].startswith(("git:", "src:")) and len(stored["source_sha256"]) == 64
     if stored["git_commit"] is not None:
         assert re.fullmatch(r"git:[0-9a-f]{40}(\+dirty:[0-9a-f]{16})?", stored["revision"])

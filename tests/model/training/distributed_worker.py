@@ -3,8 +3,8 @@
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/model/training/distributed_worker.py
 RECORDS OUT COMMAND ARGS...`` (one launch, since starting torch costs seconds per process) does on every rank:
 
-1. :func:`run` (IMQ, an uneven last batch, augmentation; the same computation as in one process) and the
-   mask check, saved to ``RECORDS/rank{r}.pt``;
+1. :func:`run` (IMQ, an uneven last batch, augmentation, BMPQ; the same computation as in one process) and
+   the mask check, saved to ``RECORDS/rank{r}.pt``;
 2. ``build.main([COMMAND, ARGS..., "--out", OUT])`` under a Python audit hook (PEP 578) that notes every
    file opened for writing, created, renamed or removed below ``OUT`` (what ``open``, ``os.open``,
    ``tempfile``, ``torch.save``, ``os.replace`` and ``savefig`` all go through); the exit status and those
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from model.data import Split, load_digits_split
+from model.methods.bmpq import BMPQConfig, train_bmpq
 from model.methods.imq import run_imq
 from model.quant.nets import DigitsMLP
 from model.training import distributed
@@ -35,10 +36,13 @@ IMQ_SETTINGS = {"rho": 0.3, "target_avg_bits": 0.0, "max_iterations": 3, "epochs
 UNEVEN_TRAIN = 129
 #: Training examples of the run with augmentation (random crop and flip of the 8x8 digits).
 AUGMENT_TRAIN = 200
+#: BMPQ on a 64-32-32-32-10 MLP: ILPs after epochs 1 and 2. At 3.1x compression the two free 32x32 layers
+#: cannot both take 4 bits, so the ENBGs decide which one does.
+BMPQ_CONFIG = BMPQConfig(compression=3.1, warmup=1, interval=1, epochs=3, lr=0.05, batch_size=64, seed=6)
 
 
 def run() -> dict:
-    """The IMQ run, the uneven-batch run and a run with augmentation; identical code in one process and under ``torchrun``."""
+    """The IMQ run, the uneven-batch run, a run with augmentation and BMPQ; identical code in one process and under ``torchrun``."""
     torch.set_num_threads(1)
     split = load_digits_split()
     torch.manual_seed(0)
@@ -53,6 +57,9 @@ def run() -> dict:
     torch.manual_seed(2)
     aug_model = DigitsMLP(hidden=(16,))
     train(aug_model, augmented, epochs=1, batch_size=64, seed=4, progress=False)
+    torch.manual_seed(5)
+    bmpq_model = DigitsMLP(hidden=(32, 32, 32), act_bits=8)
+    bmpq = train_bmpq(bmpq_model, split, BMPQ_CONFIG, progress=False)
     return {
         "imq_state": result.state_dict,
         "imq_history": [(r.iteration, r.avg_bits, r.accuracy, r.width_counts) for r in result.history],
@@ -60,6 +67,9 @@ def run() -> dict:
         "uneven_losses": losses,
         "uneven_accuracy": evaluate(uneven, small.x_test, small.y_test, batch_size=50),
         "augment_state": {k: v.detach().clone() for k, v in aug_model.state_dict().items()},
+        "bmpq_state": {k: v.detach().clone() for k, v in bmpq_model.state_dict().items()},
+        "bmpq_assignments": bmpq.assignments,
+        "bmpq_history": [(r.epoch, r.bits, r.accuracy, r.nbg) for r in bmpq.history],
         "world_size": distributed.world_size(),
     }
 

@@ -11,6 +11,7 @@ import pytest
 
 import build
 from model.bench import bmpq as bmpq_bench
+from model.bench import conv as conv_bench
 from model.bench import lts as lts_bench
 from model.runs import provenance
 from sim.bench import dsp as dsp_bench
@@ -73,15 +74,32 @@ def test_bmpq_floors_and_check(tmp_path, capsys, monkeypatch, drop, code):
     assert written["provenance"]["revision"] == provenance.code_revision()["revision"]
 
 
-def test_restart_is_for_bench_imq_only(tmp_path, capsys):
+@pytest.mark.parametrize(("golden", "code"), [(0.851, 0), (0.84, 1)])
+def test_conv_rows_floors_and_check(tmp_path, capsys, monkeypatch, golden, code):
+    def row(arch, method, g):
+        return {"arch": arch, "method": method, "avg_weight_bits": 3.8, "fakequant_accuracy": 0.85,
+                "golden_accuracy": g, "golden_minus_fakequant_pp": 100 * (g - 0.85), "payload_bytes": 9000,
+                "metadata_bytes": 30000, "param_bytes": 1500, "image_bytes": 41000, "metadata_bits_per_weight": 0.9,
+                "width_entropy_bits": 0.8, "nonzero_fraction": 0.2, "macs_dense": 31_000_000,
+                "macs_nonzero": 6_000_000, "ticket_iteration": 5, "ticket_rule": "best validation <= 4 bits",
+                "ticket_val_accuracy": 0.84}
+    rows = [row("resnet20", "imq", golden), row("vgg", "imq", 0.85), row("vgg", "bmpq", 0.85)]
+    summary = {"wall_seconds": 1200.0, "resumed_runs": [], "floors": conv_bench.floors(rows, 1200.0)}
+    monkeypatch.setattr(conv_bench, "run_conv_bench", lambda out, **kwargs: (rows, summary))
+    got, out, _ = bench(capsys, "conv", "--quiet", "--check", "--out", tmp_path)
+    assert got == code and "31,000,000" in out and "resnet20 ticket: iteration 5" in out
+    assert ("5 of 5 floors hold" in out) == (code == 0) and "conv_summary.json" in out
+
+
+def test_restart_is_for_bench_imq_and_conv_only(tmp_path, capsys):
     code, _, err = bench(capsys, "dsp", "--restart", "--out", tmp_path)
-    assert code == 2 and "--restart applies to `bench imq` only" in err
+    assert code == 2 and "--restart applies to `bench imq` and `bench conv` only" in err
 
 
 @pytest.mark.parametrize("target", ["dsp", "lts", "bmpq"])
-def test_smoke_is_for_bench_imq_only(tmp_path, capsys, target):
+def test_smoke_is_for_bench_imq_and_conv_only(tmp_path, capsys, target):
     code, _, err = bench(capsys, target, "--smoke", "--out", tmp_path / "out")
-    assert code == 2 and "--smoke applies to `bench imq` only" in err and f"`bench {target}`" in err
+    assert code == 2 and "--smoke applies to `bench imq` and `bench conv` only" in err and f"`bench {target}`" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -96,4 +114,32 @@ def test_bench_help_names_every_bench():
 
     sub = next(a for a in build.parser()._actions if isinstance(a, argparse._SubParsersAction))
     summary = next(c.help for c in sub._choices_actions if c.dest == "bench")
-    assert all(name in summary for name in ("dsp", "lts", "imq", "bmpq")), summary
+    assert all(name in summary for name in ("dsp", "lts", "imq", "bmpq", "conv")), summary
+
+
+@pytest.mark.parametrize(("ratio", "code"), [(1.3, 0), (1.8, 1)])
+def test_qat_rows_floors_and_check(tmp_path, capsys, monkeypatch, ratio, code):
+    from model.bench import qat as qat_bench
+
+    rows = [{"arch": "resnet20", "mode": "dorefa", "device": "cpu", "step_ms": 10.0 * ratio, "float_step_ms": 10.0,
+             "ratio": ratio}]
+    monkeypatch.setattr(qat_bench, "run_qat_bench", lambda path, **kwargs: rows)
+    got, out, _ = bench(capsys, "qat", "--quiet", "--check", "--out", tmp_path)
+    assert got == code and "dorefa_ratio_resnet20" in out and "resnet20" in out
+    written = json.loads((tmp_path / "qat_floors.json").read_text())
+    assert written["floors"] == qat_bench.floors(rows)
+
+
+@pytest.mark.parametrize("limit, code", [(60.0, 0), (0.0, 1)])
+def test_export_bench_runs_and_checks_its_floor(tmp_path, capsys, monkeypatch, limit, code):
+    """`bench export` for real on a small network (the layer sizes shrunk), its JSON keys, and --check."""
+    from model.bench import export as export_bench
+
+    monkeypatch.setattr(export_bench, "SIZES", (30, 20, 4))
+    monkeypatch.setattr(export_bench, "PACK_SECONDS", limit)
+    assert build.main(["bench", "export", "--quiet", "--check", "--out", str(tmp_path)]) == code
+    result = json.loads((tmp_path / "export.json").read_text())
+    assert result["weights"] == 30 * 20 + 20 * 4 and result["bytes"] % 4 == 0
+    assert {"seconds", "metadata_bits_per_weight", "mixes", "floors", "provenance"} <= set(result)
+    assert result["floors"]["pack_seconds"]["holds"] == (code == 0)
+    assert "meta b/w" in capsys.readouterr().out

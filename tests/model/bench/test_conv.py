@@ -1,0 +1,122 @@
+"""``bench conv`` (model/bench/conv.py): floors on hand-written rows, the ticket rule, and one row built for real from
+a tiny VGG trained briefly on Fashion-MNIST (an IMQ-style mask and a BMPQ signed one), exported and measured."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.bench.conv import MAX_GAP_PP, NETWORKS, ROW_KEYS, floors, network_row, pick_ticket
+from model.data import DataRecord, load_dataset
+from model.export.convert import to_golden
+from model.export.golden_net import mac_counts
+from model.methods.imq import IterationRecord, imq_update
+from model.quant.bmpq import to_bmpq
+from model.quant.nets import SmallVGG
+from model.training.loop import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _row(arch, method, fq=0.85, golden=0.851, meta=1.2):
+    return {"arch": arch, "method": method, "fakequant_accuracy": fq, "golden_accuracy": golden,
+            "metadata_bits_per_weight": meta}
+
+
+def _rows(**changes):
+    rows = [_row(a, m) for a, m in NETWORKS]
+    for key, value in changes.items():
+        arch, method, field = key.split("__")
+        next(r for r in rows if (r["arch"], r["method"]) == (arch, method))[field] = value
+    return rows
+
+
+def test_floors_hold():
+    f = floors(_rows(), wall_seconds=1500.0)
+    assert list(f) == ["golden_gap_pp_resnet20_imq", "golden_gap_pp_vgg_imq", "golden_gap_pp_vgg_bmpq",
+                       "metadata_bits_per_weight_resnet20_imq", "wall_seconds"]
+    assert all(e["holds"] for e in f.values())
+    assert f["golden_gap_pp_vgg_imq"]["value"] == pytest.approx(0.1)
+    assert f["metadata_bits_per_weight_resnet20_imq"] == {"value": 1.2, "floor": 1.6, "op": "<=", "holds": True}
+
+
+@pytest.mark.parametrize(("changes", "wall", "failing"), [
+    ({"vgg__bmpq__golden_accuracy": 0.85 - 0.006}, 100.0, ["golden_gap_pp_vgg_bmpq"]),  # golden below: |gap|
+    ({"vgg__imq__golden_accuracy": 0.85 + 0.006}, 100.0, ["golden_gap_pp_vgg_imq"]),  # ... and above
+    ({"resnet20__imq__metadata_bits_per_weight": 1.61}, 100.0, ["metadata_bits_per_weight_resnet20_imq"]),
+    ({"vgg__imq__metadata_bits_per_weight": 3.0}, 100.0, []),  # the metadata floor is the ResNet-20 ticket's
+    ({}, 1800.5, ["wall_seconds"]),
+    ({}, None, ["wall_seconds"]),
+])
+def test_floors_fail(changes, wall, failing):
+    f = floors(_rows(**changes), wall_seconds=wall)
+    assert [n for n, e in f.items() if not e["holds"]] == failing
+
+
+def test_a_missing_network_is_unmeasured():
+    f = floors([r for r in _rows() if r["arch"] != "resnet20"], wall_seconds=10.0)
+    assert [n for n, e in f.items() if not e["holds"]] == ["golden_gap_pp_resnet20_imq",
+                                                          "metadata_bits_per_weight_resnet20_imq"]
+    assert f["golden_gap_pp_resnet20_imq"]["value"] is None
+
+
+def test_ticket_is_the_best_validation_accuracy_within_4_bits():
+    history = [IterationRecord(0, 32.0, 0.90, {}, 0.91), IterationRecord(1, 4.0, 0.88, {}, 0.87),
+               IterationRecord(2, 3.0, 0.89, {}, 0.86), IterationRecord(3, 2.0, 0.80, {}, 0.85)]
+    ticket, rule = pick_ticket(history)
+    assert ticket.iteration == 1 and "validation" in rule  # iteration 2's better *test* accuracy does not count
+    ticket, rule = pick_ticket(history[:1] + [IterationRecord(1, 6.0, 0.9, {}, 0.9)])
+    assert ticket.iteration == 1 and rule == "narrowest"
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_dataset("fashion-mnist", train_subset=600, test_subset=300)
+
+
+def _imq_vgg(split):
+    """A tiny SmallVGG: trained one epoch, then IMQ steps (least-|w| weights down 32/16/8/4/0), trained again."""
+    torch.manual_seed(0)
+    model = SmallVGG(image_shape=split.image_shape, act_bits=4, channels=(4, 8))
+    train(model, split, epochs=1, batch_size=64, progress=False)
+    for _ in range(5):
+        imq_update(model.quant_layers(), 0.6)
+    train(model, split, epochs=1, batch_size=64, progress=False)
+    return model
+
+
+@pytest.mark.parametrize("method", ["imq", "bmpq"])
+def test_network_row_of_a_tiny_vgg(fashion, tmp_path, method):
+    if method == "imq":
+        model = _imq_vgg(fashion)
+    else:  # layer-wise signed codes: 16-bit edges, a ternary middle layer (pruned where its code is 0)
+        torch.manual_seed(0)
+        model = to_bmpq(SmallVGG(image_shape=fashion.image_shape, act_bits=4, channels=(4, 8)))
+        with torch.no_grad():
+            for layer, bits in ((model.features[0], 16), (model.features[4], 2), (model.fc, 16)):
+                layer.bits.fill_(bits)
+        train(model, fashion, epochs=1, batch_size=64, progress=False)
+    data = DataRecord.of("fashion-mnist", None, fashion.image_shape, 8, test_subset=300)
+    row = network_row("vgg", method, model, fashion.x_test, fashion.y_test, tmp_path / "img", data=data,
+                      note="tiny")
+    assert tuple(row)[:len(ROW_KEYS)] == ROW_KEYS and row["note"] == "tiny" and row["test_images"] == 300
+    net = to_golden(model)
+    assert (row["macs_dense"], row["macs_nonzero"]) == mac_counts(net)
+    # The figures describe this network: its widths (IMQ pruned most weights; BMPQ prunes its zero codes) ...
+    widths = np.concatenate([np.asarray(layer.widths).ravel() for layer in net.layers])
+    assert row["width_counts"] == {str(m): int((widths == m).sum()) for m in (0, 4, 8, 16, 32)}
+    assert row["nonzero_fraction"] == pytest.approx(np.count_nonzero(widths) / widths.size)
+    assert row["avg_weight_bits"] == pytest.approx(widths.mean())
+    assert 0 < row["nonzero_fraction"] < (0.5 if method == "imq" else 1)
+    assert row["macs_nonzero"] < row["macs_dense"]
+    # ... and its image: the manifest on disk says what the row says.
+    manifest = json.loads((tmp_path / "img" / "manifest.json").read_text())
+    for key in ("payload_bytes", "metadata_bytes", "param_bytes", "image_bytes", "metadata_bits_per_weight"):
+        assert row[key] == manifest["memory"][key], key
+    assert row["image_bytes"] == (tmp_path / "img" / "weights.bin").stat().st_size
+    assert manifest["data"]["test_subset"] == 300
+    # Accuracies are of the trained net, and golden is the integer model's (a few boundary cases may differ).
+    assert row["fakequant_accuracy"] > 0.3  # chance is 0.1
+    assert abs(row["golden_minus_fakequant_pp"]) <= MAX_GAP_PP + 100 / 300
+    assert row["golden_minus_fakequant_pp"] == pytest.approx(100 * (row["golden_accuracy"] - row["fakequant_accuracy"]))
