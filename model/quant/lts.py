@@ -24,13 +24,19 @@ Choices where the paper leaves room, each said once here:
   scratcher restores frozen weights after every step instead).
 * **Bookkeeping cost.** The forward computes ``z = (2^B - 1) x_n`` and ``q = round(z)`` anyway; Eq. 5 is
   updated from them, ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|``, with the reset as a ``lerp`` whose
-  weight is the level-change test (:meth:`_LTSWeight._ema`, run by the training forward itself when the
-  scratcher drives the layer), and Eq. 6 is one comparison, one product with the float unfrozen mask and
-  a sum (:meth:`_LTSWeight.lts_update`): about nine float32 passes per weight and step, every one in
-  place, with no bool-producing comparison, ``masked_fill``, ``nonzero``, int64 or float64 pass (on this
-  CPU each of those costs four to twenty times an add). While a linear layer is on its sampled product only
-  the pattern's positions are tracked. A layer whose weights are all frozen gets no weight gradient, so
-  the optimizer skips it, its bounds ``l``, ``u`` stop training and its fake-quant weight is computed once
+  weight is the level-change test written into the spent ``z`` (:meth:`_LTSWeight._ema`, run by the
+  training forward itself when the scratcher drives the layer). Eq. 6 updates the float unfrozen mask
+  directly, ``keep <- keep * [D >= t]``, and counts the new freezes with one sum
+  (:meth:`_LTSWeight.lts_update`); the backward masks its fresh product in place. No full-size pass makes a
+  bool from a comparison or calls ``masked_fill``, ``nonzero``, ``logical_*``, int64 or float64 (on this
+  CPU each costs four to twenty times an add). Decisions are bit for bit those of the earlier
+  formulation and, up to float rounding at ``t``, those of :func:`level_distance`, :func:`ema_distance`
+  and :func:`threshold` (a test runs both side by side). Measured cost (short 2-bit run, one thread):
+  Eq. 5 alone is 7-8 % of a plain QAT step (warm-up epochs 1.06-1.08x with it, 0.99-1.00x without), being
+  memory-bound passes over buffers that are out of cache by then (the 200k-weight layer: ~240 us a step
+  in training, about twice the same passes on hot buffers). While a linear layer is on its sampled product only the
+  pattern's positions are tracked. A layer whose weights are all frozen gets no weight gradient, so the
+  optimizer skips it, its bounds ``l``, ``u`` stop training and its fake-quant weight is computed once
   and reused.
 * **Conv layers.** :class:`QuantConv2dLTS` masks the dense weight gradient of ``aten.convolution_backward``
   while any weight is unfrozen and skips it once all are (a conv weight gradient has no cheap sampled
@@ -289,7 +295,7 @@ def _weight_grad(gy, w, lower, upper, plan: _Plan, g: float, weight_decay: float
         return None, None, None
     if plan.kind == "dense":
         if plan.keep is not None:
-            gy = gy * plan.keep
+            gy = gy.mul_(plan.keep)  # gy is the fresh product of the backward: masked in place
         dw, dl, du = _ste_chain(gy, w, lower, upper, g)
         if weight_decay:
             dw = dw.add_(w, alpha=weight_decay) if plan.keep is None else dw.addcmul_(w, plan.keep, value=weight_decay)
@@ -372,14 +378,15 @@ class _LTSWeight:
     """The per-weight LTS state (Eq. 5-6) and its bookkeeping, shared by :class:`QuantLinearLTS` and
     :class:`QuantConv2dLTS` (a base for ``nn.Module`` layers owning ``weight``; call :meth:`_init_lts`).
 
-    Cost per training step, per weight: about eight in-place float32 passes (module docstring, "Bookkeeping
-    cost"): Eq. 5 from the forward's ``z = (2^B - 1) x_n`` and ``q``, Eq. 6 with one reduction (the count
-    of new freezes). Weight decay is applied inside the backward at the unfrozen
-    positions (:attr:`weight_decay`), so with an optimizer that applies no decay of its own to the latent
-    weights and whose momentum is zeroed where a weight freezes (:class:`model.methods.lts.LTSScratcher`
-    does both when it is given the optimizer), a frozen weight's update is exactly zero and nothing needs
-    restoring; a layer whose weights are all frozen gets no weight gradient at all, so the optimizer skips
-    it, its bounds stop training, and its fake-quant weight is computed once and reused.
+    Cost per training step, per weight: about nine in-place float32 passes (module docstring, "Bookkeeping
+    cost"): six for Eq. 5 from the forward's ``z = (2^B - 1) x_n`` and ``q``, Eq. 6 as a comparison, a
+    product into the unfrozen mask and one sum. Weight decay is applied inside the backward
+    at the unfrozen positions (:attr:`weight_decay`), so with an optimizer that applies no decay of its own
+    to the latent weights and whose momentum is zeroed where a weight freezes
+    (:class:`model.methods.lts.LTSScratcher` does both when it is given the optimizer), a frozen weight's
+    update is exactly zero and nothing needs restoring; a layer whose weights are all frozen gets no weight
+    gradient at all, so the optimizer skips it, its bounds stop training, and its fake-quant weight is
+    computed once and reused.
 
     Members
     -------
@@ -461,32 +468,33 @@ class _LTSWeight:
         return w_bar, plan, g
 
     def eq5_distance(self) -> torch.Tensor:
-        """``D`` of Eq. 5 per weight (a copy, with the compact values of a sampled layer in place)."""
+        """``D`` of Eq. 5 per weight (a copy, with the compact values of a sampled layer in place; NaN where a
+        weight is frozen: its ``D`` is no longer tracked)."""
         d = self.lts_distance.detach().clone()
         if self._compact is not None:
             d.view(-1)[self._compact[0]] = self._compact[1]
-        return d
+        return d.masked_fill_(self.lts_frozen, math.nan)
 
     @torch.no_grad()
     def _ema(self, z: torch.Tensor, q: torch.Tensor, m: float) -> None:
         """Eq. 5 on a training forward's ``z`` and ``q``: ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|``, reset to
-        ``Delta^B`` where the level changed; four passes and a reset pass, all float arithmetic in place
-        (``z`` is consumed)."""
+        ``Delta^B`` where the level changed; six in-place float passes, the spent ``z`` holding the
+        level-change test. A frozen weight's ``D`` is updated with the others and never looked at (the
+        unfrozen mask decides)."""
         if self.n_frozen == self.lts_frozen.numel():
             return
-        if self._reset is None or self._reset.device != z.device:
-            self._reset = torch.tensor(quant_interval(self.bits), dtype=z.dtype, device=z.device)
         if self._compact is None:
-            d, level = self.lts_distance, self.lts_level
-            scratch = self._scratch
-            if scratch is None or scratch.device != z.device:
-                scratch = self._scratch = torch.empty_like(z)
+            e, level = self.lts_distance, self.lts_level
         else:
-            flat, d, level, _ = self._compact
+            flat, e, level, _ = self._compact
             z, q = z.view(-1).index_select(0, flat), q.view(-1).index_select(0, flat)
-            scratch = torch.empty_like(z)
-        d.mul_(m).add_(z.sub_(q).abs_(), alpha=(1 - m) * 2 / ((1 << self.bits) - 1))
-        d.lerp_(self._reset.expand_as(d), torch.ne(q, level, out=scratch))  # weight 0 or 1: exactly D or Delta
+        reset = self._reset
+        if reset is None or reset.shape != e.shape or reset.device != e.device:
+            value = torch.tensor(quant_interval(self.bits), dtype=z.dtype, device=z.device)
+            reset = self._reset = value.expand_as(e)  # expanded once per shape (a view, no pass)
+        e.mul_(m).add_(z.sub_(q).abs_(), alpha=(1 - m) * 2 / ((1 << self.bits) - 1))
+        # z is spent: it takes the level-change test, the lerp weight (0 or 1: exactly D or exactly Delta^B).
+        e.lerp_(reset, torch.ne(q, level, out=z))
         if self._compact is None:
             self.lts_level = q
         else:
@@ -497,18 +505,19 @@ class _LTSWeight:
         """One LTS iteration on the values of the last training forward: Eq. 5 EMA, Eq. 6 freeze.
 
         ``D`` is updated as ``m D + (1 - m) (2 / (2^B - 1)) |z - q|`` (the distance of :func:`level_distance`
-        in the forward's own terms) and reset to ``Delta^B`` where the level changed (:meth:`_ema`; when the scratcher has set :attr:`lts_m`, the forward has done this already,
-        with that ``m``); a weight freezes where ``D < t``. Returns the number of newly frozen weights.
+        in the forward's own terms) and reset to ``Delta^B`` where the level changed (:meth:`_ema`; when the
+        scratcher has set :attr:`lts_m`, the forward has done this already, with that ``m``); a weight
+        freezes where ``D < t``. Returns the number of newly frozen weights.
 
-        Every pass is float arithmetic in place (on CPU a comparison into a bool tensor, ``masked_fill`` and
-        ``nonzero`` each cost four to twenty times an add on these sizes): the level change and the freeze
-        test are comparisons written into a float 0/1 scratch tensor, the reset is ``lerp`` with that as
-        the weight (exactly ``D`` or exactly ``Delta^B``), the unfrozen mask ``keep`` is float, and the
-        count is a sum. ``D`` and the level of a frozen weight are not looked at again, so they are updated
-        with the others. While a linear layer uses a sampled pattern (fewer than :data:`SAMPLED_BELOW` of
-        its weights unfrozen), ``D`` and the level are kept for the pattern's positions only (gathered
-        once per pattern), so the update costs in proportion to them; ``lts_distance`` and ``lts_level``
-        are brought up to date whenever a new pattern is built (:meth:`eq5_distance` reads both).
+        Every full-size pass is float arithmetic in place (on this CPU a comparison into a bool tensor,
+        ``logical_*``, ``masked_fill`` and ``nonzero`` cost four to twenty times an add): Eq. 6 is
+        ``stays = [D >= t]`` as float 0/1, the unfrozen mask ``keep <- keep * stays`` (a frozen weight stays 0
+        whatever its ``D``) and one sum, whose drop is the number of new freezes; only then is the bool
+        :attr:`lts_frozen` rewritten (``~keep.bool()``). While a linear layer uses a sampled pattern (fewer
+        than :data:`SAMPLED_BELOW` of its weights unfrozen), ``D`` and the level are kept for the pattern's
+        positions only (gathered once per pattern), so the update costs in proportion to them;
+        ``lts_distance`` and ``lts_level`` are brought up to date whenever a new pattern is built
+        (:meth:`eq5_distance` reads both).
         """
         last, self._last = self._last, None
         if last is None:
@@ -517,35 +526,52 @@ class _LTSWeight:
             self._ema(*last, m)
         if self.n_frozen == self.lts_frozen.numel():
             return 0
-        bits = self.bits
-        t = threshold(p, bits)
+        t = threshold(p, self.bits)
         if t <= 0:  # warm-up: nothing can freeze
             return 0
         if self._compact is None:
-            d, keep = self.lts_distance, self._plan.keep
-            newly = torch.lt(d, t, out=self._scratch)
+            e, keep = self.lts_distance, self._plan.keep
+            scratch = self._scratch
+            if scratch is None or scratch.shape != e.shape or scratch.device != e.device:
+                scratch = self._scratch = torch.empty_like(e)
+            stays = torch.ge(e, t, out=scratch)  # 1.0 where D >= t: the weight stays unfrozen (Eq. 6)
         else:
-            flat, d, _, keep = self._compact
-            newly = torch.lt(d, t, out=torch.empty_like(d))
-        if keep is not None:
-            newly.mul_(keep)
-        n_new = int(newly.sum())
-        if not n_new:
-            return 0
-        if self._compact is None:
-            frozen = newly.bool()
+            flat, e, _, keep = self._compact
+            stays = torch.ge(e, t, out=torch.empty_like(e))
+        if keep is None:  # nothing of the layer frozen yet
+            n_new = stays.numel() - int(stays.sum())
+            if not n_new:
+                return 0
+            torch.bitwise_not(stays.bool(), out=self.lts_frozen)  # was all False: now D < t
             if self.lts_restore:
-                self.lts_frozen_value.copy_(torch.where(frozen, self.weight, self.lts_frozen_value))
-            self.lts_frozen |= frozen
-            if keep is not None:
-                keep.sub_(newly)
-        else:
+                self.lts_frozen_value.copy_(torch.where(self.lts_frozen, self.weight, self.lts_frozen_value))
+            self._replan(n_new)
+            return n_new
+        if self._compact is not None:
+            newly = keep.sub(stays).clamp_(min=0.0)  # compact (small): 1 where unfrozen and D < t
             idx = flat[newly.bool().nonzero().squeeze(1)]
+            n_new = idx.numel()
+            if not n_new:
+                return 0
             keep.sub_(newly)
             if self.lts_restore:
                 self.lts_frozen_value.view(-1)[idx] = self.weight.detach().view(-1)[idx]
             self.lts_frozen.view(-1).index_fill_(0, idx, True)
             self._plan.keep.view(-1).index_fill_(0, idx, 0.0)
+            self._replan(n_new)
+            return n_new
+        # keep <- keep * [D >= t]: frozen weights stay 0 whatever their D; the count of 1s gives the new freezes.
+        n_live = keep.numel() - self.n_frozen
+        keep.mul_(stays)
+        n_new = n_live - int(keep.sum())
+        if not n_new:
+            return 0
+        if self.lts_restore:
+            frozen_before = self.lts_frozen.clone()
+        torch.bitwise_not(keep.bool(), out=self.lts_frozen)  # (bool ops on CPU: bitwise, not logical_*)
+        if self.lts_restore:
+            newly = self.lts_frozen & ~frozen_before
+            self.lts_frozen_value.copy_(torch.where(newly, self.weight, self.lts_frozen_value))
         self._replan(n_new)
         return n_new
 
