@@ -1,0 +1,93 @@
+"""LSQ quantization (Eq. 1 of the vertical-layering paper, after Esser et al. 2020) and the vertical-layered
+downsampling of its integer codes (Eq. 5): the first building blocks of the vertical-layered training of
+``../shared/papers/vertical-layering-quantized-networks.txt``.
+
+Eq. 1: ``v_bar = Q(v, s) = clip(round(v / s), -Q_N, Q_P)``, ``v_hat = v_bar s``; ``K`` bits signed:
+``Q_N = 2^(K-1)``, ``Q_P = 2^(K-1) - 1``; unsigned: ``Q_N = 0``, ``Q_P = 2^K - 1``. The step ``s > 0`` is
+learned (LSQ): the rounding passes gradients straight through (STE), and the step's gradient is scaled by
+``g = 1 / sqrt(N Q_P)`` (``N`` the number of elements quantized with that step), as Esser et al. do, which
+gives, per element, ``d v_hat / d s = g (-v / s + round(v / s))`` inside the range and ``g (-Q_N)`` or
+``g Q_P`` outside it (the paper's Eq. 8 without ``g``, which LSQ adds for stable steps).
+
+Eq. 5: the ``i``-bit-lower codes of a vertical-layered weight are ``w_bar_i = floor(w_bar_(i+1) / 2)``, step
+``s_i = 2 s_(i+1)``; the enhance layer ``b_(i+1) = w_bar_(i+1) - 2 w_bar_i`` is the dropped bit (0 or 1), so a
+``K``-bit code is its ``K - 1``-bit code and one more bit plane (:func:`downsample`, :func:`enhance_layers`,
+:func:`compose`). ``floor`` (not round) keeps the lower codes inside the ``K - 1``-bit signed range.
+
+Not built yet (issue 12): the positive compensation ``z_i`` (Eq. 6), the joint training (Eq. 7-11), the
+vertical layers and ``train --method vertical``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def q_range(bits: int, signed: bool) -> tuple[int, int]:
+    """``(Q_N, Q_P)`` of Eq. 1 for ``bits`` bits."""
+    if not isinstance(bits, int) or bits < 1 or (signed and bits < 2):
+        raise ValueError(f"bits must be an int >= 1 (>= 2 when signed), not {bits!r}")
+    return (1 << (bits - 1), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` in the forward pass, gradient multiplied by ``scale`` in the backward pass."""
+    return (x - x * scale).detach() + x * scale
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even (``torch.round``) forward; identity gradient (the straight-through estimator)."""
+    return (torch.round(x) - x).detach() + x
+
+
+def lsq_codes(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Eq. 1's integer codes ``v_bar`` (as float values), with LSQ's gradients to ``v`` and ``step``."""
+    q_n, q_p = q_range(bits, signed)
+    g = 1.0 / math.sqrt(max(v.numel(), 1) * q_p)
+    s = grad_scale(step, g)
+    return round_ste(torch.clamp(v / s, -q_n, q_p))
+
+
+def lsq_quantize(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Eq. 1's de-quantized ``v_hat = Q(v, s) s`` with LSQ's gradients."""
+    q_n, q_p = q_range(bits, signed)
+    g = 1.0 / math.sqrt(max(v.numel(), 1) * q_p)
+    s = grad_scale(step, g)
+    return round_ste(torch.clamp(v / s, -q_n, q_p)) * s
+
+
+def init_step(v: torch.Tensor, bits: int) -> float:
+    """LSQ's initial step ``2 mean|v| / sqrt(Q_P)`` (the paper's Sec. 5 uses it with ``Q_P = 2^4 - 1``)."""
+    _, q_p = q_range(bits, signed=True)
+    return float(2 * v.detach().abs().mean() / math.sqrt(max(q_p, 1)))
+
+
+def downsample(codes: torch.Tensor, times: int = 1) -> torch.Tensor:
+    """Eq. 5 applied ``times`` times: ``floor(w_bar / 2^times)`` of integer codes (exact in int64)."""
+    if times < 0:
+        raise ValueError(f"times must be >= 0, not {times!r}")
+    return torch.div(codes.to(torch.int64), 1 << times, rounding_mode="floor")
+
+
+def enhance_layers(codes: torch.Tensor, top_bits: int, base_bits: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The basic layer (``base_bits`` codes) and the enhance layers ``b_(base+1) .. b_top`` (0/1 bit planes) of
+    ``top_bits``-bit signed codes: ``w_bar_(i+1) = 2 w_bar_i + b_(i+1)``."""
+    if not 2 <= base_bits <= top_bits:
+        raise ValueError(f"need 2 <= base_bits <= top_bits, not {base_bits}, {top_bits}")
+    codes = codes.to(torch.int64)
+    planes = []
+    for k in range(base_bits, top_bits):  # plane of width k + 1 over width k
+        higher = downsample(codes, top_bits - k - 1)
+        planes.append(higher - 2 * downsample(higher, 1))
+    return downsample(codes, top_bits - base_bits), planes
+
+
+def compose(base: torch.Tensor, planes: list[torch.Tensor], use: int | None = None) -> torch.Tensor:
+    """Codes at ``base_bits + use`` bits from the basic layer and the first ``use`` enhance layers (default
+    all): a lower precision reads a prefix of the planes."""
+    out = base.to(torch.int64)
+    for plane in planes[: len(planes) if use is None else use]:
+        out = 2 * out + plane
+    return out
