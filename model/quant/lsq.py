@@ -14,8 +14,12 @@ Eq. 5: the ``i``-bit-lower codes of a vertical-layered weight are ``w_bar_i = fl
 ``K``-bit code is its ``K - 1``-bit code and one more bit plane (:func:`downsample`, :func:`enhance_layers`,
 :func:`compose`). ``floor`` (not round) keeps the lower codes inside the ``K - 1``-bit signed range.
 
-Not built yet (issue 12): the positive compensation ``z_i`` (Eq. 6), the joint training (Eq. 7-11), the
-vertical layers and ``train --method vertical``.
+:func:`vertical_quantize` gives a lower-precision weight of a vertical-layered tensor for training: the codes of
+Eq. 5 from one source weight and one source step, the positive compensation ``z_i`` of Eq. 6 with the paper's
+preset value (Sec. 5: ``z_i = (1 - 2^(i - n)) / 2`` for ``n - i`` downsamplings, the mean error of the floor), and
+the straight-through gradients of Eq. 7-8.
+
+Not built yet (issue 12): the joint training (Eq. 9-11), the vertical layers and ``train --method vertical``.
 """
 
 from __future__ import annotations
@@ -91,3 +95,36 @@ def compose(base: torch.Tensor, planes: list[torch.Tensor], use: int | None = No
     for plane in planes[: len(planes) if use is None else use]:
         out = 2 * out + plane
     return out
+
+
+def compensation(times: int) -> float:
+    """Eq. 6's preset ``z_i`` after ``times = n - i`` downsamplings: ``(1 - 2^-times) / 2`` (Sec. 5 of the paper,
+    ``z_i = 2^-1 (1 - 2^(i-2))`` with ``n = 2``): the mean of ``x / 2^times - floor(x / 2^times)`` over integers."""
+    if times < 0:
+        raise ValueError(f"times must be >= 0, not {times!r}")
+    return 0.5 * (1.0 - 2.0 ** -times)
+
+
+def vertical_quantize(w: torch.Tensor, step: torch.Tensor, top_bits: int, bits: int,
+                      compensate: bool = True) -> torch.Tensor:
+    """The de-quantized ``bits``-bit weight ``(w_bar_i + z_i) s_i`` of a vertical-layered tensor (signed codes).
+
+    ``w_bar_n = Q(w, s_w)`` at ``top_bits`` (Eq. 1), ``w_bar_i = floor(w_bar_n / 2^d)`` and ``s_i = 2^d s_w``
+    with ``d = top_bits - bits`` (Eq. 5), ``z_i`` = :func:`compensation` (0 with ``compensate=False``). Gradients
+    (Eq. 7-8): ``w_bar_i`` acts as ``w / s_i`` inside the top code's range (straight through, 0 outside), so
+    the de-quantized weight's ``d/dw`` is 1 inside and 0 outside, and ``d/ds_i = w_bar_i + z_i - w / s_i``
+    inside and ``w_bar_i + z_i`` outside (the clipped code's value, LSQ's ``-Q_N`` / ``Q_P`` case); the step's
+    gradient is scaled by LSQ's ``g = 1 / sqrt(N Q_P)`` of the top width.
+    """
+    if not 2 <= bits <= top_bits:
+        raise ValueError(f"need 2 <= bits <= top_bits, not bits={bits!r}, top_bits={top_bits!r}")
+    q_n, q_p = q_range(top_bits, signed=True)
+    times = top_bits - bits
+    g = 1.0 / math.sqrt(max(w.numel(), 1) * q_p)
+    s_w = grad_scale(step, g)
+    top = torch.clamp(w / s_w, -q_n, q_p)  # the top code's range, as a float (gradient 0 outside)
+    codes = downsample(torch.round(top.detach()).to(torch.int64), times).to(w.dtype)
+    s_i = s_w * (1 << times)
+    x = top / (1 << times)  # = w / s_i inside the range
+    z = compensation(times) if compensate else 0.0
+    return ((codes - x).detach() + x + z) * s_i

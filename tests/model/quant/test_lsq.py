@@ -7,7 +7,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.quant.lsq import compose, downsample, enhance_layers, init_step, lsq_codes, lsq_quantize, q_range
+from model.quant.lsq import (
+    compensation,
+    compose,
+    downsample,
+    enhance_layers,
+    init_step,
+    lsq_codes,
+    lsq_quantize,
+    q_range,
+    vertical_quantize,
+)
 
 
 def test_q_range_is_eq1():
@@ -62,3 +72,37 @@ def test_downsampling_and_bit_planes(base, extra, values):
         lo_n, lo_p = q_range(k, signed=True)
         assert int(lower.min()) >= -lo_n and int(lower.max()) <= lo_p
     assert torch.equal(compose(basic, planes), codes) and torch.equal(downsample(codes, extra), basic)
+
+
+def test_compensation_is_the_papers_preset():
+    """Sec. 5: z_i = 2^-1 (1 - 2^(i-2)) for widths 2/3/4 (i = 0, 1, 2); the mean floor error."""
+    assert [compensation(2 - i) for i in range(3)] == [0.375, 0.25, 0.0]
+    x = torch.arange(-64, 64)
+    for times in range(4):
+        assert float((x / 2**times - downsample(x, times)).mean()) == compensation(times)
+
+
+@pytest.mark.parametrize("bits, compensate", [(2, True), (3, True), (4, True), (2, False)])
+def test_vertical_quantize_forward_and_gradients(bits, compensate):
+    """Forward: (floor(Q(w, s_w) / 2^d) + z) 2^d s_w (Eq. 1, 5, 6). Gradients: Eq. 7-8 as autograd of the STE,
+    checked against the formulas element by element."""
+    torch.manual_seed(bits)
+    w = (torch.randn(200) * 0.8).requires_grad_()
+    s = torch.tensor(0.2, requires_grad=True)
+    top, d = 4, 4 - bits
+    out = vertical_quantize(w, s, top, bits, compensate)
+    codes = torch.clamp(torch.round(w.detach() / 0.2), -8, 7)
+    low = torch.div(codes, 2**d, rounding_mode="floor")
+    z = compensation(d) if compensate else 0.0
+    assert torch.allclose(out.detach(), (low + z) * 2**d * 0.2)
+    weights = torch.randn(200)
+    (out * weights).sum().backward()
+    x = w.detach() / 0.2
+    inside = (x >= -8) & (x <= 7)
+    assert torch.allclose(w.grad, weights * inside.float())  # d/dw of (x/2^d) 2^d s = 1 inside
+    g = 1 / math.sqrt(200 * 7)
+    clamped = torch.clamp(x, -8, 7) / 2**d
+    per = torch.where(inside, low + z - clamped, low + z) * 2**d
+    assert torch.allclose(s.grad, g * (weights * per).sum(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="bits"):
+        vertical_quantize(w, s, 4, 5)
