@@ -172,6 +172,12 @@ def pack(net: IntNetwork | IntConvNetwork, version: int = VERSION) -> np.ndarray
         If a layer breaks :func:`model.export.golden.check_layer` or the layers do not chain, or
         ``version=2`` is asked for a conv network.
     """
+    return _pack(net, version)[0]
+
+
+def _pack(net: IntNetwork | IntConvNetwork, version: int) -> tuple[np.ndarray, tuple | None]:
+    """:func:`pack`, plus the version 3 layout (``(specs, regions)`` of :func:`model.export.layout_v3.pack`, None
+    for version 2) so that :func:`write_image` describes the image without packing it again."""
     if version not in (MASK_VERSION, layout_v3.VERSION_3):
         raise ValueError(f"pack writes versions {MASK_VERSION} and {layout_v3.VERSION_3}, not {version}")
     if isinstance(net, IntNetwork):
@@ -182,8 +188,9 @@ def pack(net: IntNetwork | IntConvNetwork, version: int = VERSION) -> np.ndarray
         raise UserError(f"image version {MASK_VERSION} holds fully connected networks only; a conv network needs"
                         f" version {layout_v3.VERSION_3}")
     if version == layout_v3.VERSION_3:
-        return layout_v3.pack(net)[0]
-    return _pack_mask(net)
+        words, specs, regs = layout_v3.pack(net)
+        return words, (specs, regs)
+    return _pack_mask(net), None
 
 
 def core_words(net: IntNetwork | IntConvNetwork, where: str = "network") -> np.ndarray:
@@ -434,22 +441,26 @@ def memory_report(net: IntNetwork | IntConvNetwork, words: np.ndarray | None = N
 
 
 def manifest(net: IntNetwork | IntConvNetwork, words: np.ndarray, names=None, extra: dict | None = None,
-             data: dict | None = None) -> dict:
+             data: dict | None = None, layout: tuple | None = None) -> dict:
     """The ``manifest.json`` record of image ``words`` packed from ``net`` (keys as in the format doc).
 
     ``names`` defaults to each layer's ``name``, or ``fc1``, ``fc2``, ... (``layer1``, ... in a conv net);
     ``extra`` (JSON-serialisable) is stored under the key ``"extra"``; ``data``, the data set the network was
     trained on (``model.data.DataRecord.to_json()``: name, root, input shape and bits, split), under
-    ``"data"``; the :func:`memory_report` under ``"memory"``.
+    ``"data"``; the :func:`memory_report` under ``"memory"``. ``layout``: the version 3 ``(specs, regions)``
+    the words were packed with (:func:`_pack`); without it the network is packed again and compared.
     """
     version = int(words[1])
     conv = isinstance(net, IntConvNetwork)
     if names is None:
         names = [layer.name or f"{'layer' if conv else 'fc'}{i + 1}" for i, layer in enumerate(net.layers)]
     if version == layout_v3.VERSION_3:
-        packed, specs, regs = layout_v3.pack(net)
-        if not np.array_equal(packed, words):
-            raise ValueError("the words are not the version 3 image of the network")
+        if layout is None:
+            packed, specs, regs = layout_v3.pack(net)
+            if not np.array_equal(packed, words):
+                raise ValueError("the words are not the version 3 image of the network")
+        else:
+            specs, regs = layout
         layers = layout_v3.describe(specs, regs, names)
     else:
         regs = regions(net)
@@ -488,8 +499,8 @@ def write_image(out_dir, net: IntNetwork | IntConvNetwork, extra: dict | None = 
     an interrupted write shows up as a checksum mismatch. ``extra`` and ``data`` go into the manifest
     (:func:`manifest`). Returns the manifest.
     """
-    words = pack(net, version)
-    record = manifest(net, words, extra=extra, data=data)
+    words, layout = _pack(net, version)
+    record = manifest(net, words, extra=extra, data=data, layout=layout)
     contents = {
         "weights.bin": words.astype("<u4").tobytes(),
         "weights.hex": "".join(f"{w:08x}\n" for w in words.tolist()).encode(),

@@ -46,19 +46,21 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(x) - x).detach() + x
 
 
+def _scaled_step(v: torch.Tensor, step: torch.Tensor, q_p: int) -> torch.Tensor:
+    """``step`` with LSQ's gradient scale ``g = 1 / sqrt(N Q_P)``."""
+    return grad_scale(step, 1.0 / math.sqrt(max(v.numel(), 1) * q_p))
+
+
 def lsq_codes(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Eq. 1's integer codes ``v_bar`` (as float values), with LSQ's gradients to ``v`` and ``step``."""
     q_n, q_p = q_range(bits, signed)
-    g = 1.0 / math.sqrt(max(v.numel(), 1) * q_p)
-    s = grad_scale(step, g)
-    return round_ste(torch.clamp(v / s, -q_n, q_p))
+    return round_ste(torch.clamp(v / _scaled_step(v, step, q_p), -q_n, q_p))
 
 
 def lsq_quantize(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Eq. 1's de-quantized ``v_hat = Q(v, s) s`` with LSQ's gradients."""
     q_n, q_p = q_range(bits, signed)
-    g = 1.0 / math.sqrt(max(v.numel(), 1) * q_p)
-    s = grad_scale(step, g)
+    s = _scaled_step(v, step, q_p)
     return round_ste(torch.clamp(v / s, -q_n, q_p)) * s
 
 
@@ -120,8 +122,7 @@ def vertical_quantize(w: torch.Tensor, step: torch.Tensor, top_bits: int, bits: 
         raise ValueError(f"need 2 <= bits <= top_bits, not bits={bits!r}, top_bits={top_bits!r}")
     q_n, q_p = q_range(top_bits, signed=True)
     times = top_bits - bits
-    g = 1.0 / math.sqrt(max(w.numel(), 1) * q_p)
-    s_w = grad_scale(step, g)
+    s_w = _scaled_step(w, step, q_p)
     top = torch.clamp(w / s_w, -q_n, q_p)  # the top code's range, as a float (gradient 0 outside)
     codes = downsample(torch.round(top.detach()).to(torch.int64), times).to(w.dtype)
     s_i = s_w * (1 << times)

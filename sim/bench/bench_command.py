@@ -61,20 +61,9 @@ def run(args) -> int:
     if args.data_root is not None and args.target not in DATA_BENCHES:
         raise UserError(f"--data-root applies to `bench {'`, `bench '.join(DATA_BENCHES)}` (they train on "
                         f"Fashion-MNIST), not `bench {args.target}`, which reads no data set")
-    out = Path(args.out)
-    if args.target == "lts":
-        return bench_lts(args, out)
-    if args.target == "bmpq":
-        return bench_bmpq(args, out)
-    if args.target == "imq":
-        return bench_imq(args, out)
-    if args.target == "conv":
-        return bench_conv(args, out)
-    if args.target == "qat":
-        return bench_qat(args, out)
-    if args.target == "export":
-        return bench_export(args, out)
-    return bench_dsp(args, out)
+    runners = {"dsp": bench_dsp, "lts": bench_lts, "bmpq": bench_bmpq, "imq": bench_imq, "conv": bench_conv,
+               "qat": bench_qat, "export": bench_export}
+    return runners[args.target](args, Path(args.out))
 
 
 def provenance() -> dict:
