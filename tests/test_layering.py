@@ -38,6 +38,7 @@ LAYERS: dict[str, float] = {
     "hw": 2.0,
     "hw.dsp": 2.1,
     "hw.core": 2.2,
+    "hw.array": 2.25,
     "hw.accelerator": 2.3,
     "hw.platform": 2.4,
     "model.quant": 3,

@@ -93,6 +93,7 @@ def entry_layout(fan_in_width: int) -> data.StructLayout:
         "code": unsigned(max(CLASS_WIDTHS)),
         "last": unsigned(1),
         "empty": unsigned(1),
+        "seg_end": unsigned(1),  # the last entry of its width-class segment (set with ``last`` and ``empty``)
     })
 
 
@@ -146,6 +147,7 @@ class RowStreamDecoder(wiring.Component):
     o : Out(stream.Signature(entry_layout(fan_in_width)))
         One entry per non-zero weight of the row, in stream order; ``last`` marks the row's final one. An
         all-pruned row gives one entry with ``empty`` and ``last`` set (position, class and code 0).
+        ``seg_end`` marks the last entry of each width class (the array's lanes close a segment there).
     error : Out(1)
         A check failed (see the module docstring); sticky until reset, the decoder has stopped.
 
@@ -331,6 +333,7 @@ class RowStreamDecoder(wiring.Component):
                 self.o.payload.code.eq(Mux(empty, 0, code)),
                 self.o.payload.last.eq(empty | ((left == 1) & ~more_found)),
                 self.o.payload.empty.eq(empty),
+                self.o.payload.seg_end.eq(empty | (left == 1)),
                 prev.eq(position[:fw]),
                 room.eq(Mux(first, fan_in - 1, room - 1) - gap),
             ]

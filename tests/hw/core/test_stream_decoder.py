@@ -55,15 +55,17 @@ class DecoderHarness(wiring.Component):
 # -- The expected entries, from the reference decoder ---------------------------------------------------
 
 def expected_rows(codes: np.ndarray, widths: np.ndarray) -> list[list[tuple]]:
-    """Per row its entries ``(position, cls, code, last, empty)`` in stream order: class by class, ascending
-    position; an all-pruned row is one empty entry."""
+    """Per row its entries ``(position, cls, code, last, empty, seg_end)`` in stream order: class by class,
+    ascending position, ``seg_end`` on each class's last entry; an all-pruned row is one empty entry."""
     rows = []
     for j in range(widths.shape[0]):
-        entries = [(int(p), c, int(codes[j, p]), 0, 0)
-                   for c, width in enumerate(CLASS_WIDTHS) for p in np.flatnonzero(widths[j] == width)]
+        entries = []
+        for c, width in enumerate(CLASS_WIDTHS):
+            where = np.flatnonzero(widths[j] == width)
+            entries += [(int(p), c, int(codes[j, p]), 0, 0, int(k == len(where) - 1)) for k, p in enumerate(where)]
         if not entries:
-            entries = [(0, 0, 0, 0, 1)]
-        entries[-1] = entries[-1][:3] + (1, entries[-1][4])
+            entries = [(0, 0, 0, 0, 1, 1)]
+        entries[-1] = entries[-1][:3] + (1,) + entries[-1][4:]
         rows.append(entries)
     return rows
 
@@ -147,7 +149,7 @@ def run_commands(words, fields, starts, n_out, seed, p_gap=0.0, p_stall=0.0, p_o
             held = entry if ov and not orr else None
             if ov and orr:
                 out["entries"].append((int(entry.position), int(entry.cls), int(entry.code), int(entry.last),
-                                       int(entry.empty)))
+                                       int(entry.empty), int(entry.seg_end)))
                 out["cycles"].append(cycle)
             if out["error_cycle"] is not None:
                 assert err, "error is sticky"
@@ -300,7 +302,7 @@ def test_gap_past_fan_in_stops_the_decoder(last_gap, escaped):
             fields += rice(v, k, fan_in)
         fields.append((code, 4))
     res, words, bits = run_bad(fields, fan_in, 0b0001, (4, 0, 0, 0), (k, 0, 0, 0), 3, n_good=2)
-    assert res["entries"] == [(1, 0, 0xA, 0, 0), (4, 0, 0x5, 0, 0)]
+    assert res["entries"] == [(1, 0, 0xA, 0, 0, 0), (4, 0, 0x5, 0, 0, 0)]
     with pytest.raises(UserError, match="field 'position'"):
         decode_layer(words, bits, np.array([0]), fan_in, 0b0001, (4, 0, 0, 0), (k, 0, 0, 0), "bad")
 

@@ -1,0 +1,187 @@
+"""The array's output pipeline: one pixel's combined sums -> its next-layer code or class score, 8 stages.
+
+An engine of the array (``docs/array_design.md``, decision 5) ends each output channel with, per pixel, the
+class-weighted sum ``X = sum_m R_m S_m``, the activation sum ``A = sum_m A_m`` and, for a signed layer,
+``Y = sum_m R_m A_m`` (its combine stage forms them segment by segment). This pipeline computes golden's
+:func:`~model.export.golden.combine` and :func:`~model.export.golden.requantize`, or
+:func:`~model.export.golden_conv.requantize_residual` when the layer adds a shortcut, bit for bit:
+
+  ``acc = 2 X - D A - Y`` (``Y = 0`` for DoReFa), ``t = acc >> ACC_SHIFT`` (floor),
+  ``y = (t M + B + (r M_r << ACC_SHIFT) + 2^(S-1)) >> S`` (round half up; ``r M_r = 0`` without a shortcut),
+
+then ``clamp(y, 0, 2^out_bits - 1)``, or for the last layer (``out_bits = 0``) saturation to int32.
+
+Unlike :class:`hw.core.requant.Requantizer` (a 66-bit add and a variable shift in one stage), every stage
+here holds one adder or one shift level group, so that the array reaches 100 MHz on the XC7Z020 (-1):
+
+1. ``2 X + A`` and ``D A + Y = (A << 32) + Y``; ``r M_r`` (8 x 17 bits, LUTs or a DSP);
+2. ``acc`` (one subtraction), ``2^(S-1)``;
+3. ``t = acc >> ACC_SHIFT`` (wiring) into the multiplier's input registers;
+4. ``t M`` (DSP48E1s, registered);
+5. ``t M + B`` and ``(r M_r << ACC_SHIFT) + 2^(S-1)``;
+6. their sum;
+7. ``>> S`` (a barrel shifter);
+8. the clamp or the int32 saturation.
+
+Widths come from the named bounds of the integer contract (``model/export/golden.py``, bounds 1-5 and 8):
+``X <= ACC_BOUND`` (``R_m (2^m - 1) = D``, so ``X <= D sum u``), ``A <= ACT_SUM_BOUND``,
+``Y <= R_4 ACT_SUM_BOUND``; every stage is sized from them (:data:`X_BITS` .. :data:`ROUND_BITS`), and
+``tests/hw/array/test_requant.py`` checks the pipeline at those extremes against golden.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from model.export.format import RES_PARAMS
+from model.export.golden import (
+    ACC_BOUND,
+    ACC_SHIFT,
+    INT32_MAX,
+    INT32_MIN,
+    MAX_ACT_BITS,
+    MAX_FAN_IN,
+    MAX_SHIFT,
+    MULT_BITS,
+    D,
+    R,
+)
+
+#: Largest activation sum of one output: ``MAX_FAN_IN`` codes of ``MAX_ACT_BITS`` bits (bound 6 keeps the FC
+#: after a global pool inside it too).
+ACT_SUM_BOUND = ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN
+X_BITS = ACC_BOUND.bit_length()
+A_BITS = ACT_SUM_BOUND.bit_length()
+Y_BITS = (R[4] * ACT_SUM_BOUND).bit_length()
+#: ``2 X + A`` and ``D A + Y`` (unsigned), ``acc`` (signed, between ``-(D A + Y)`` and ``2 X + A``).
+POS_BITS = (2 * ACC_BOUND + ACT_SUM_BOUND).bit_length()
+NEG_BITS = (D * ACT_SUM_BOUND + ACT_SUM_BOUND + R[4] * ACT_SUM_BOUND).bit_length()
+ACC_BITS = max(POS_BITS, NEG_BITS) + 1
+T_BITS = ACC_BITS - ACC_SHIFT
+PRODUCT_BITS = T_BITS + MULT_BITS + 1
+#: The offset ``B`` as the image stores it (64-bit two's complement field).
+BIAS_BITS = RES_PARAMS["bias"].width
+RES_TERM_BITS = ((1 << MAX_ACT_BITS) - 1) * ((1 << MULT_BITS) - 1) << ACC_SHIFT
+RES_TERM_BITS = RES_TERM_BITS.bit_length()
+#: ``(r M_r << ACC_SHIFT) + 2^(S-1)``, and the rounded sum ``t M + B + that``.
+OFFSET_BITS = max(RES_TERM_BITS, MAX_SHIFT - 1) + 1
+ROUND_BITS = max(PRODUCT_BITS, BIAS_BITS, OFFSET_BITS) + 2
+
+
+def input_layout(tag_bits: int) -> data.StructLayout:
+    """One pixel's sums, its shortcut code, its channel's parameters, and a tag carried to the output."""
+    return data.StructLayout({
+        "x": unsigned(X_BITS),
+        "a": unsigned(A_BITS),
+        "y": unsigned(Y_BITS),
+        "r": unsigned(MAX_ACT_BITS),
+        "mult": unsigned(MULT_BITS),
+        "res_mult": unsigned(MULT_BITS),
+        "bias": signed(BIAS_BITS),
+        "tag": unsigned(tag_bits),
+    })
+
+
+def output_layout(tag_bits: int) -> data.StructLayout:
+    """A code (zero-extended) or a class score, with the input's tag."""
+    return data.StructLayout({"value": signed(32), "tag": unsigned(tag_bits)})
+
+
+class PixelRequantizer(wiring.Component):
+    """Requantization of one pixel per cycle in :attr:`latency` stages, with back-pressure.
+
+    Parameters
+    ----------
+    tag_bits : int
+        Width of the tag carried from input to output (channel and pixel of the value).
+
+    Members
+    -------
+    shift : In(range(MAX_SHIFT + 1))
+        ``S`` of the layer, 1..``MAX_SHIFT`` (hold while the layer's pixels are in the pipeline).
+    out_bits : In(range(MAX_ACT_BITS + 1))
+        Output code width, 0 for int32 scores.
+    signed_layer : In(1)
+        Weight mode: subtract ``Y`` (signed offset-binary codes) or not (DoReFa).
+    residual : In(1)
+        Add ``(r M_r) << ACC_SHIFT``.
+    i : In(stream.Signature(input_layout(tag_bits)))
+    o : Out(stream.Signature(output_layout(tag_bits)))
+    """
+
+    #: Stages from accepting a pixel to its output (module docstring).
+    latency = 8
+
+    def __init__(self, tag_bits: int = 1):
+        if not isinstance(tag_bits, int) or tag_bits < 1:
+            raise ValueError(f"tag_bits must be an integer >= 1, not {tag_bits!r}")
+        self._tag_bits = tag_bits
+        super().__init__({
+            "shift": In(range(MAX_SHIFT + 1)),
+            "out_bits": In(range(MAX_ACT_BITS + 1)),
+            "signed_layer": In(1),
+            "residual": In(1),
+            "i": In(stream.Signature(input_layout(tag_bits))),
+            "o": Out(stream.Signature(output_layout(tag_bits))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        advance = Signal()
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        p = self.i.payload
+
+        def reg(shape, name, value):
+            """A pipeline register loaded with ``value`` whenever the pipeline advances."""
+            r = Signal(shape, name=name)
+            with m.If(advance):
+                m.d.sync += r.eq(value)
+            return r
+
+        valid = [self.i.valid]
+        for k in range(1, self.latency):
+            valid.append(reg(1, f"v{k}", valid[-1]))
+        tags = [p.tag]
+        for k in range(1, self.latency):
+            tags.append(reg(self._tag_bits, f"tag{k}", tags[-1]))
+
+        # Stage 1.
+        pos1 = reg(unsigned(POS_BITS), "pos1", (p.x << 1) + p.a)
+        neg1 = reg(unsigned(NEG_BITS), "neg1", (p.a << 32) + Mux(self.signed_layer, p.y, 0))
+        rm1 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm1", Mux(self.residual, p.r * p.res_mult, 0))
+        mult1 = reg(unsigned(MULT_BITS), "mult1", p.mult)
+        bias1 = reg(signed(BIAS_BITS), "bias1", p.bias)
+        # Stage 2.
+        acc2 = reg(signed(ACC_BITS), "acc2", pos1 - neg1)
+        mult2 = reg(unsigned(MULT_BITS), "mult2", mult1)
+        bias2 = reg(signed(BIAS_BITS), "bias2", bias1)
+        rm2 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm2", rm1)
+        half2 = reg(unsigned(MAX_SHIFT), "half2", (Const(1, 1) << self.shift)[1:])  # 2^(S-1)
+        # Stage 3: the multiplier's input registers.
+        t3 = reg(signed(T_BITS), "t3", acc2 >> ACC_SHIFT)
+        mult3 = reg(signed(MULT_BITS + 1), "mult3", mult2)
+        bias3 = reg(signed(BIAS_BITS), "bias3", bias2)
+        rm3 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm3", rm2)
+        half3 = reg(unsigned(MAX_SHIFT), "half3", half2)
+        # Stage 4: the product.
+        prod4 = reg(signed(PRODUCT_BITS), "prod4", t3 * mult3)
+        bias4 = reg(signed(BIAS_BITS), "bias4", bias3)
+        res4 = reg(unsigned(OFFSET_BITS), "res4", (rm3 << ACC_SHIFT) + half3)
+        # Stage 5 and 6: the round-half-up sum.
+        sum5 = reg(signed(ROUND_BITS), "sum5", prod4 + bias4)
+        res5 = reg(unsigned(OFFSET_BITS), "res5", res4)
+        sum6 = reg(signed(ROUND_BITS), "sum6", sum5 + res5)
+        # Stage 7: the shift.
+        y7 = reg(signed(ROUND_BITS), "y7", sum6 >> self.shift)
+        # Stage 8: clamp or saturate, into the output register.
+        hi = Signal(signed(33))
+        lo = Signal(signed(33))
+        m.d.comb += [hi.eq(Mux(self.out_bits == 0, INT32_MAX, (Const(1, 9) << self.out_bits) - 1)),
+                     lo.eq(Mux(self.out_bits == 0, INT32_MIN, 0))]
+        with m.If(advance):
+            m.d.sync += [self.o.valid.eq(valid[-1]),
+                         self.o.payload.value.eq(Mux(y7 > hi, hi, Mux(y7 < lo, lo, y7))),
+                         self.o.payload.tag.eq(tags[-1])]
+        return m

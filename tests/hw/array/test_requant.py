@@ -1,0 +1,110 @@
+# amaranth: UnusedElaboratable=no
+"""The array's pipelined requantizer against golden's combine + requantize / requantize_residual, bit for bit."""
+
+import numpy as np
+import pytest
+
+from hw.array import requant as rq
+from hw.array.requant import ACT_SUM_BOUND, PixelRequantizer
+from model.export.golden import (
+    ACC_BOUND,
+    ACC_SHIFT,
+    BIAS_MAX,
+    BIAS_MIN,
+    MAX_SHIFT,
+    MULT_BITS,
+    D,
+    R,
+    requantize,
+)
+from model.export.golden_conv import requantize_residual
+from tests.hw.stream_source import pump, simulate
+
+MAX_M = (1 << MULT_BITS) - 1
+
+
+def expected(item, shift, out_bits, signed, residual):
+    """Golden's requantizer on ``acc = 2 X - D A (- Y)``; ``requantize_residual`` with a shortcut code."""
+    acc = 2 * item["x"] - D * item["a"] - (item["y"] if signed else 0)
+    acc = np.array([[[[acc]]]], dtype=np.int64)
+    if residual:
+        out = requantize_residual(acc, np.array([[[[item["r"]]]]]), np.array([item["mult"]]),
+                                  np.array([item["res_mult"]]), np.array([item["bias"]]), shift, out_bits)
+    else:
+        out = requantize(acc, item["mult"], item["bias"], shift, out_bits)
+    return int(out.reshape(-1)[0])
+
+
+def random_item(rng, tag):
+    kind = int(rng.integers(0, 6))
+    a = int(rng.integers(0, ACT_SUM_BOUND + 1))
+    if kind == 0:  # the largest acc: X at its bound, no activation offset
+        x, a = ACC_BOUND, 0
+    elif kind == 1:  # the most negative: X = 0, every activation at its maximum
+        x, a = 0, ACT_SUM_BOUND
+    else:  # a consistent X: at most D times the activation sum
+        x = int(rng.integers(0, D * a + 1)) if a else 0
+    y = int(rng.integers(0, R[4] * a + 1)) if a else 0
+    bias_kind = int(rng.integers(0, 4))
+    bias = {0: BIAS_MIN, 1: BIAS_MAX, 2: 0}.get(bias_kind, int(rng.integers(-(1 << 40), 1 << 40)))
+    return {"x": x, "a": a, "y": y, "r": int(rng.integers(0, 256)), "mult": int(rng.choice([0, MAX_M, rng.integers(0, MAX_M)])),
+            "res_mult": int(rng.choice([0, MAX_M, rng.integers(0, MAX_M)])), "bias": bias, "tag": tag}
+
+
+def run(items, shift, out_bits, signed, residual, seed, p_gap=0.3, p_stall=0.3):
+    dut = PixelRequantizer(tag_bits=12)
+    rng = np.random.default_rng(seed)
+    res = {}
+
+    async def bench(ctx):
+        ctx.set(dut.shift, shift)
+        ctx.set(dut.out_bits, out_bits)
+        ctx.set(dut.signed_layer, signed)
+        ctx.set(dut.residual, residual)
+        got, _, out_cycles = await pump(ctx, dut, items, len(items), rng, p_gap, p_stall,
+                                        lambda o: (int(o.value), int(o.tag)))
+        res["got"], res["cycles"] = got, out_cycles
+
+    simulate(dut, bench)
+    return res
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_golden(seed):
+    rng = np.random.default_rng(seed)
+    shift = int(rng.choice([1, 16, 30, 47, MAX_SHIFT]))
+    out_bits = int(rng.choice([0, 1, 4, 8]))
+    signed, residual = bool(seed & 1), bool(seed & 2)
+    if residual:  # a shortcut ends a hidden conv: codes, never scores
+        out_bits = max(out_bits, 1)
+    items = [random_item(rng, k) for k in range(150)]
+    got = run(items, shift, out_bits, signed, residual, seed)["got"]
+    assert [tag for _, tag in got] == list(range(len(items)))
+    want = [expected(it, shift, out_bits, signed, residual) for it in items]
+    assert [v for v, _ in got] == want
+
+
+def test_one_pixel_a_cycle_after_the_latency():
+    rng = np.random.default_rng(7)
+    items = [random_item(rng, k) for k in range(40)]
+    res = run(items, 20, 4, False, True, 7, p_gap=0.0, p_stall=0.0)
+    cycles = res["cycles"]
+    assert cycles == list(range(cycles[0], cycles[0] + len(items)))
+    assert cycles[0] == PixelRequantizer.latency
+
+
+def test_widths_hold_the_contract_bounds():
+    # acc between -(D A + R_4 A) and 2 X + A at the bounds; t M + B + offset within the rounding width.
+    assert (2 * ACC_BOUND + ACT_SUM_BOUND) < 1 << rq.POS_BITS
+    assert -(1 << (rq.ACC_BITS - 1)) <= -(D * ACT_SUM_BOUND + R[4] * ACT_SUM_BOUND)
+    t_max = (2 * ACC_BOUND + ACT_SUM_BOUND) >> ACC_SHIFT
+    t_min = -(D * ACT_SUM_BOUND + R[4] * ACT_SUM_BOUND) >> ACC_SHIFT
+    assert max(abs(t_max), abs(t_min)) * MAX_M < 1 << (rq.PRODUCT_BITS - 1)
+    offset = (255 * MAX_M << ACC_SHIFT) + (1 << (MAX_SHIFT - 1))
+    assert offset < 1 << rq.OFFSET_BITS
+    assert max(abs(t_min), t_max) * MAX_M + max(-BIAS_MIN, BIAS_MAX) + offset < 1 << (rq.ROUND_BITS - 1)
+
+
+def test_rejects_bad_tag_bits():
+    with pytest.raises(ValueError, match="tag_bits"):
+        PixelRequantizer(tag_bits=0)
