@@ -1,0 +1,117 @@
+"""Feature-map buffers: three on-chip maps of activation codes, stored a map row per word.
+
+A version 3 network reads and writes :data:`~model.export.format.FMAP_BUFFERS` buffers (the layer descriptors
+name ``in_buf``, ``out_buf`` and ``res_buf``, the input image is in buffer 0). Each buffer holds one map
+``[C, H, W]`` of 8-bit codes as ``C H`` words of ``row_codes`` codes: row ``y`` of channel ``c`` at word
+``c H + y``, the code of column ``x`` in byte ``x``. A fully connected layer's vector is a ``C x 1 x 1`` map
+(one code per word). A row per word lets the patch loader (:mod:`hw.array.patch_loader`) fill one patch row
+(the codes of every pixel of an output row at one weight position) from one read, whatever the stride and
+padding, and the map writer write a whole output row of a channel at once.
+
+Ports (each buffer has the same three; the role decides which buffer a port reaches):
+
+* ``rd``: a read port for the patch loader or the shortcut reads (the layer's ``in_buf`` and ``res_buf`` are
+  different buffers, and the loader and the dispatcher never read in the same phase);
+* ``rmw``: a read port for the writer's read-modify-write (max-pool);
+* ``wr``: a write port with a byte mask (the writer, or the input image loader).
+
+Reads have a latency of one cycle and hold their data while ``en`` is low. In BRAM each buffer is a true
+dual-port RAM in read-first mode (``rmw`` and ``wr`` share port B's address at different cycles) or, as
+Yosys maps it without that inference, two copies; either way ``rows x 8 row_codes`` bits each.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from model.export.format import FMAP_BUFFERS
+from model.export.golden import MAX_ACT_BITS
+
+BUF_BITS = 2  # buffer index 0..FMAP_BUFFERS - 1
+
+
+def read_signature(addr_width: int, row_codes: int) -> wiring.Signature:
+    return wiring.Signature({
+        "buf": Out(BUF_BITS), "addr": Out(addr_width), "en": Out(1), "data": In(MAX_ACT_BITS * row_codes),
+    })
+
+
+def write_signature(addr_width: int, row_codes: int) -> wiring.Signature:
+    return wiring.Signature({
+        "buf": Out(BUF_BITS), "addr": Out(addr_width), "en": Out(1), "mask": Out(row_codes),
+        "data": Out(MAX_ACT_BITS * row_codes),
+    })
+
+
+class FeatureMaps(wiring.Component):
+    """:data:`FMAP_BUFFERS` buffers of ``rows`` words of ``row_codes`` codes.
+
+    Parameters
+    ----------
+    rows : int
+        Words per buffer: the largest ``C H`` of a map it holds.
+    row_codes : int
+        Codes per word: the widest map row.
+
+    Members
+    -------
+    rd : In(read_signature(addr_width, row_codes))
+    rmw : In(read_signature(addr_width, row_codes))
+    wr : In(write_signature(addr_width, row_codes))
+    """
+
+    def __init__(self, *, rows: int, row_codes: int):
+        for name, value in (("rows", rows), ("row_codes", row_codes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        self._rows = rows
+        self._row_codes = row_codes
+        self._addr_width = max(ceil_log2(rows), 1)
+        super().__init__({
+            "rd": In(read_signature(self._addr_width, row_codes)),
+            "rmw": In(read_signature(self._addr_width, row_codes)),
+            "wr": In(write_signature(self._addr_width, row_codes)),
+        })
+
+    @property
+    def addr_width(self) -> int:
+        return self._addr_width
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def row_codes(self) -> int:
+        return self._row_codes
+
+    def elaborate(self, platform):
+        m = Module()
+        width = MAX_ACT_BITS * self._row_codes
+        rd_sel = Signal(BUF_BITS)
+        rmw_sel = Signal(BUF_BITS)
+        with m.If(self.rd.en):
+            m.d.sync += rd_sel.eq(self.rd.buf)
+        with m.If(self.rmw.en):
+            m.d.sync += rmw_sel.eq(self.rmw.buf)
+        for b in range(FMAP_BUFFERS):
+            mem = Memory(shape=width, depth=self._rows, init=[])
+            m.submodules[f"buf{b}"] = mem
+            rd = mem.read_port()
+            rmw = mem.read_port()
+            wr = mem.write_port(granularity=MAX_ACT_BITS)
+            m.d.comb += [
+                rd.addr.eq(self.rd.addr), rd.en.eq(self.rd.en & (self.rd.buf == b)),
+                rmw.addr.eq(self.rmw.addr), rmw.en.eq(self.rmw.en & (self.rmw.buf == b)),
+                wr.addr.eq(self.wr.addr), wr.data.eq(self.wr.data),
+                wr.en.eq(self.wr.mask & (self.wr.en & (self.wr.buf == b)).replicate(self._row_codes)),
+            ]
+            with m.If(rd_sel == b):
+                m.d.comb += self.rd.data.eq(rd.data)
+            with m.If(rmw_sel == b):
+                m.d.comb += self.rmw.data.eq(rmw.data)
+        return m
