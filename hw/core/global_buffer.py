@@ -1,7 +1,8 @@
 """Global buffer: the packed image in block RAM, shared by its readers through fixed-priority read ports.
 
-The buffer is a ROM of 32-bit words (``MemoryData``: its contents may be replaced before elaboration,
-e.g. by another image for the same hardware). Each physical read port serves a list of named requesters in
+The buffer holds 32-bit words (``MemoryData``: its initial contents may be replaced before elaboration,
+e.g. by another image for the same hardware). With ``writable`` it has a load port, one word a cycle, so
+that an image is loaded at run time (the array's ``hw/array/top.py``; the fully connected core keeps a ROM). Each physical read port serves a list of named requesters in
 priority order; a requester raises ``req`` with an ``addr``, sees ``grant`` in the same cycle when the port
 is its own, and reads ``data`` one cycle later (the synchronous port's latency, :attr:`GlobalBuffer.latency`).
 ``data`` is shared by all requesters of a port, so a requester keeps track of its own reads in flight
@@ -15,6 +16,13 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from model.export.format import WORD_BITS
+
+
+def load_port_signature(addr_width: int) -> wiring.Signature:
+    """The writer's side of the load port: a word ``data`` written at ``addr`` in each cycle ``en`` is high."""
+    if addr_width < 1:
+        raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
+    return wiring.Signature({"en": Out(1), "addr": Out(addr_width), "data": Out(WORD_BITS)})
 
 
 def buffer_port_signature(addr_width: int) -> wiring.Signature:
@@ -37,6 +45,8 @@ class GlobalBuffer(wiring.Component):
 
     Members
     -------
+    load : In(load_port_signature(addr_width)), with ``writable``
+        One word written per cycle (a read of the same word in that cycle returns the old contents).
     <name> : In(buffer_port_signature(addr_width)), one per requester
         ``grant`` is ``req`` of the requester when no requester before it on its port asks; a requester
         that does not ask is not granted. The port reads ``addr`` of the granted requester (or of the last
@@ -51,7 +61,7 @@ class GlobalBuffer(wiring.Component):
         or a requester name that is not an identifier or appears twice.
     """
 
-    def __init__(self, data: MemoryData, *, ports):
+    def __init__(self, data: MemoryData, *, ports, writable: bool = False):
         if not isinstance(data, MemoryData):
             raise TypeError(f"data must be a MemoryData, not {data!r}")
         if data.shape != WORD_BITS:
@@ -67,7 +77,13 @@ class GlobalBuffer(wiring.Component):
         self._data = data
         self._ports = ports
         self._addr_width = ceil_log2(data.depth)
-        super().__init__({name: In(buffer_port_signature(self._addr_width)) for name in names})
+        self._writable = bool(writable)
+        members = {name: In(buffer_port_signature(self._addr_width)) for name in names}
+        if self._writable:
+            if "load" in members:
+                raise ValueError("a requester may not be named 'load' in a writable buffer")
+            members["load"] = In(load_port_signature(self._addr_width))
+        super().__init__(members)
 
     @property
     def addr_width(self) -> int:
@@ -83,6 +99,9 @@ class GlobalBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.memory = memory = Memory(data=self._data)
+        if self._writable:
+            wr = memory.write_port()
+            m.d.comb += [wr.addr.eq(self.load.addr), wr.data.eq(self.load.data), wr.en.eq(self.load.en)]
         for requesters in self._ports:
             port = memory.read_port()
             members = [getattr(self, name) for name in requesters]

@@ -91,3 +91,30 @@ def test_buffer_rejects_bad_parameters(make, error, message):
     with pytest.raises(error) as info:
         make()
     assert str(info.value) == message
+
+
+def test_load_port_writes_words_read_back():
+    from hw.core.global_buffer import load_port_signature  # noqa: F401  (the signature the array drives)
+
+    buf = GlobalBuffer(MemoryData(shape=32, depth=16, init=[7] * 16), ports=[["a"]], writable=True)
+    writes = {3: 0xDEADBEEF, 9: 0x12345678, 15: 1}
+
+    async def bench(ctx):
+        for addr, word in writes.items():
+            ctx.set(buf.load.en, 1)
+            ctx.set(buf.load.addr, addr)
+            ctx.set(buf.load.data, word)
+            await ctx.tick()
+        ctx.set(buf.load.en, 0)
+        for addr in range(16):
+            ctx.set(buf.a.req, 1)
+            ctx.set(buf.a.addr, addr)
+            await ctx.tick()
+            assert ctx.get(buf.a.data) == writes.get(addr, 7), f"word {addr}"
+
+    simulate(buf, bench)
+
+
+def test_load_is_not_a_requester_name_of_a_writable_buffer():
+    with pytest.raises(ValueError, match="load"):
+        GlobalBuffer(MemoryData(shape=32, depth=16, init=[]), ports=[["load"]], writable=True)

@@ -1,0 +1,418 @@
+"""Array controller: reads the image's header and layer descriptors at run time and sequences the array.
+
+One run (``start`` to ``done``) infers one image:
+
+1. **Header** (8 words at address 0): magic, version 3, the layer count, the input shape; refused with a
+   :class:`~hw.array.status.Status` code when the array cannot hold it.
+2. **Input**: the image's ``C H W`` input codes arrive on ``x`` in ``(c, y, x)`` order and are written into
+   feature-map buffer 0, one code a cycle.
+3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
+   (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
+   ``BAD_GEOMETRY``; then for each **tile** (an output row of a conv layer, the one "pixel" of a fully
+   connected layer) the patch loader builds the tile's patch, the **dispatcher** reads each output
+   channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
+   record and, for a residual layer, the shortcut codes of the tile's pixels (word ``j H_r + y s_r`` of
+   ``res_buf``, every ``s_r``-th code; zero channels past the block input's ``C_r``, option A), and hands the
+   row command to the first engine that takes one; when every engine and the writer have drained, the next
+   tile starts.
+4. **Scores**: the last layer's outputs (``out_buf = SCORE_SINK``) leave on ``o`` in class order.
+
+The residual map's shape is the previous layer's input (a residual layer is conv2 of a block whose conv1 is
+the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 6 or 7 words per row command, one
+a cycle, and the patch is loaded while the engines wait: both are the simple first version of the array;
+prefetching row commands and a double-buffered patch are the next steps (``docs/array_design.md``).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.array.engine import engine_layer_layout, row_command_layout
+from hw.array.feature_maps import read_signature, write_signature
+from hw.array.map_writer import writer_layer_layout
+from hw.array.patch_loader import DIM_BITS, LoadMode, geometry_layout
+from hw.array.status import Status
+from hw.core.global_buffer import buffer_port_signature
+from hw.core.image_layout import record_layout
+from model.export.format import (
+    FMAP_BUFFERS,
+    HEADER,
+    KIND_CONV,
+    KIND_FC,
+    LAYER,
+    MAGIC,
+    PARAMS,
+    RES_PARAMS,
+    SCORE_SINK,
+    WORD_BITS,
+)
+from model.export.golden import MAX_ACT_BITS, MAX_SHIFT
+from model.export.golden_conv import MAX_KERNEL
+
+HEADER_LAYOUT = record_layout(HEADER)
+LAYER_LAYOUT = record_layout(LAYER)
+VERSION_3 = 3
+
+
+class ArrayController(wiring.Component):
+    """The run's sequence (module docstring).
+
+    Parameters
+    ----------
+    engines, pixels, row_codes, fmap_rows, fmap_addr_width, fan_in_width, channel_bits, addr_width : int
+        The array's configuration (:class:`~hw.array.top.ConvArray`).
+
+    Members
+    -------
+    start : In(1)
+    done : Out(1)
+        One cycle, at the end of a run (``status`` says how it ended).
+    busy : Out(1)
+    status : Out(Status)
+        Held from ``done`` until the next ``start``.
+    x : In(stream.Signature(MAX_ACT_BITS))
+        Input codes.
+    o : Out(stream.Signature(signed(32)))
+        Class scores.
+    bus : Out(buffer_port_signature(addr_width))
+    loader : Out(geometry_layout), load_start : Out(1), load_done : In(1)
+    layer : Out(engine_layer_layout())
+    cmd<e> : Out(stream.Signature(row_command_layout(...))), one per engine
+    engine_error : In(engines)
+    writer : Out(writer_layer_layout(fmap_addr_width))
+    drained : In(1)
+        No row in any engine, assembler or the writer.
+    score_addr : Out(channel_bits), score_data : In(signed(32))
+    fmap_wr : Out(write_signature) (the input codes), fmap_rd : Out(read_signature) (the shortcut codes)
+    """
+
+    def __init__(self, *, engines: int, pixels: int, row_codes: int, fmap_rows: int, fmap_addr_width: int,
+                 fan_in_width: int, channel_bits: int, addr_width: int):
+        self._g = engines
+        self._t = pixels
+        self._rc = row_codes
+        self._rows = fmap_rows
+        self._faw = fmap_addr_width
+        self._fw = fan_in_width
+        self._cb = channel_bits
+        self._aw = addr_width
+        members = {
+            "start": In(1),
+            "done": Out(1),
+            "busy": Out(1),
+            "status": Out(Status),
+            "x": In(stream.Signature(MAX_ACT_BITS)),
+            "o": Out(stream.Signature(signed(32))),
+            "bus": Out(buffer_port_signature(addr_width)),
+            "loader": Out(geometry_layout(fmap_addr_width)),
+            "load_start": Out(1),
+            "load_done": In(1),
+            "layer": Out(engine_layer_layout()),
+            "engine_error": In(engines),
+            "writer": Out(writer_layer_layout(fmap_addr_width)),
+            "drained": In(1),
+            "score_addr": Out(channel_bits),
+            "score_data": In(signed(32)),
+            "fmap_wr": Out(write_signature(fmap_addr_width, row_codes)),
+            "fmap_rd": Out(read_signature(fmap_addr_width, row_codes)),
+        }
+        for e in range(engines):
+            members[f"cmd{e}"] = Out(stream.Signature(row_command_layout(addr_width, channel_bits, pixels)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        t, rc = self._t, self._rc
+
+        # -- Registers -------------------------------------------------------------------------------
+        header = Signal(HEADER_LAYOUT)
+        desc = Signal(LAYER_LAYOUT)
+        k = Signal(range(LAYER.words + 2))  # word counter of a record read
+        k_prev = Signal.like(k)  # the word whose data arrives now
+        m.d.comb += k_prev.eq(k - 1)
+        layer_idx = Signal(16)
+        desc_base = Signal(self._aw + 1)
+        # Derived geometry of the running layer.
+        h_out = Signal(DIM_BITS + 2)
+        w_out = Signal(DIM_BITS + 2)
+        h_st = Signal(DIM_BITS + 2)  # stored map (after the pool)
+        w_st = Signal(DIM_BITS + 2)
+        y = Signal(DIM_BITS)  # the tile
+        prev_c = Signal(16)  # the previous layer's input: the shortcut's map
+        prev_h = Signal(16)
+        cur_c = Signal(16)
+        cur_h = Signal(16)
+        last_layer = Signal()
+        # Dispatcher.
+        j = Signal(16)
+        ptr_bit = Signal(32)  # j ptr_bits
+        param_addr = Signal(32)
+        res_addr = Signal(32)  # j H_r + y s_r
+        words = Signal(7 * WORD_BITS)  # row pointer (2 words), params (3 or 4), the shortcut row
+        cmd_valid = Signal()
+        cmd = Signal(row_command_layout(self._aw, self._cb, t))
+        status = Signal(Status)
+        m.d.comb += self.status.eq(status)
+
+        d = desc
+        is_conv = d.kind == KIND_CONV
+        m.d.comb += [
+            # The engines' view of the layer.
+            self.layer.stream.fan_in.eq(d.fan_in), self.layer.stream.classes.eq(d.classes),
+            self.layer.stream.pos_bits.eq(d.pos_bits),
+            self.layer.act_bits.eq(Mux(d.gap, MAX_ACT_BITS, d.in_bits)), self.layer.signed.eq(d.signed),
+            self.layer.residual.eq(d.residual), self.layer.gap.eq(d.gap), self.layer.shift.eq(d.shift),
+            self.layer.out_bits.eq(d.out_bits),
+            # The loader's tile.
+            self.loader.mode.eq(Mux(is_conv, LoadMode.CONV, Mux(d.gap, LoadMode.POOLED, LoadMode.FLATTEN))),
+            self.loader.buf.eq(d.in_buf), self.loader.c_in.eq(d.c_in), self.loader.height.eq(d.in_height),
+            self.loader.width.eq(d.in_width),
+            self.loader.kh.eq(Mux(is_conv, d.kernel, d.in_height)),
+            self.loader.kw.eq(Mux(is_conv, d.kernel, d.in_width)),
+            self.loader.stride.eq(Mux(is_conv, d.stride, 1)), self.loader.pad.eq(Mux(is_conv, d.padding, 0)),
+            self.loader.y.eq(y),
+            # The writer's.
+            self.writer.scores.eq(d.out_buf == SCORE_SINK), self.writer.buf.eq(d.out_buf),
+            self.writer.pool.eq(d.pool == 2), self.writer.height.eq(h_st), self.writer.width.eq(w_st),
+            self.writer.y.eq(y), self.writer.pixels.eq(w_out),
+        ]
+        for c, (cb, rk) in enumerate(zip(("count_bits4", "count_bits8", "count_bits16", "count_bits32"),
+                                         ("rice_k4", "rice_k8", "rice_k16", "rice_k32"))):
+            m.d.comb += [self.layer.stream.count_bits[c].eq(getattr(d, cb)),
+                         self.layer.stream.rice_k[c].eq(getattr(d, rk))]
+
+        # Geometry checks of the descriptor in `desc` (combinational, registered into `bad`).
+        k_ok = (d.kernel >= 1) & (d.kernel <= MAX_KERNEL) & (d.padding < d.kernel)
+        stride_ok = (d.stride == 1) | (d.stride == 2)
+        fits_in = ((d.in_height + 2 * d.padding) >= d.kernel) & ((d.in_width + 2 * d.padding) >= d.kernel)
+        conv_h = ((d.in_height + 2 * d.padding - d.kernel) >> (d.stride == 2)) + 1
+        conv_w = ((d.in_width + 2 * d.padding - d.kernel) >> (d.stride == 2)) + 1
+        g_hout = Signal(DIM_BITS + 2)
+        g_wout = Signal(DIM_BITS + 2)
+        m.d.comb += [g_hout.eq(Mux(is_conv, conv_h, 1)), g_wout.eq(Mux(is_conv, conv_w, 1))]
+        pool2 = is_conv & (d.pool == 2)
+        g_hst = Mux(pool2, g_hout >> 1, g_hout)
+        g_wst = Mux(pool2, g_wout >> 1, g_wout)
+        scores = d.out_buf == SCORE_SINK
+        in_rows = Signal(32)
+        out_rows = Signal(32)
+        res_rows = Signal(32)
+        m.d.comb += [in_rows.eq(d.c_in * d.in_height), out_rows.eq(d.c_out * g_hst),
+                     res_rows.eq(prev_c * prev_h)]
+        fan = Signal(32)
+        m.d.comb += fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
+                               Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width)))
+        bad = Signal()
+        m.d.comb += bad.eq(
+            (d.kind > KIND_CONV) | (d.in_buf >= FMAP_BUFFERS)
+            | (d.in_height == 0) | (d.in_width == 0) | (d.c_in == 0) | (d.c_out == 0)
+            | (d.in_height >= 1 << DIM_BITS) | (d.in_width > rc) | (in_rows > self._rows)
+            | (d.c_out > 1 << self._cb) | (d.fan_in != fan) | (d.fan_in >= 1 << self._fw)
+            | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
+            | (scores != last_layer)
+            | Mux(scores, (d.out_bits != 0) | d.residual,
+                  (d.out_bits == 0) | (d.out_bits > MAX_ACT_BITS) | (d.out_buf >= FMAP_BUFFERS)
+                  | (d.out_buf == d.in_buf) | (out_rows > self._rows) | (g_wst > rc))
+            | Mux(is_conv, ~k_ok | ~stride_ok | ~fits_in | (g_wout > t) | d.gap | (d.pool > 2),
+                  (d.pool != 0) | d.residual | (d.kernel != 1) | (d.stride != 1) | (d.padding != 0))
+            | (d.residual & ((d.res_buf >= FMAP_BUFFERS) | (d.res_buf == d.out_buf)
+                             | ((d.res_stride != 1) & (d.res_stride != 2)) | (res_rows > self._rows)))
+        )
+
+        # -- Dispatcher reads: up to 7 words, one a cycle --------------------------------------------
+        rec = Mux(d.residual, RES_PARAMS.words, PARAMS.words)
+        ptr_word = d.row_base + (ptr_bit >> 5)
+        read_addr = Signal(self._aw)
+        with m.Switch(k):
+            with m.Case(0):
+                m.d.comb += read_addr.eq(ptr_word)
+            with m.Case(1):
+                m.d.comb += read_addr.eq(ptr_word + 1)
+            for n in range(4):
+                with m.Case(2 + n):
+                    m.d.comb += read_addr.eq(param_addr + n)
+        pair = Signal(2 * WORD_BITS)
+        m.d.comb += pair.eq(words[:2 * WORD_BITS] >> ptr_bit[:5])
+        ptr = Signal(WORD_BITS)
+        m.d.comb += ptr.eq(pair[:WORD_BITS] & ((Const(1, WORD_BITS + 1) << d.ptr_bits[:6]) - 1))
+
+        # The shortcut row: codes x s_r of word j H_r + y s_r (zero past the block input's channels).
+        res_word = Signal(MAX_ACT_BITS * rc)
+        m.d.comb += [self.fmap_rd.buf.eq(d.res_buf), self.fmap_rd.addr.eq(res_addr)]
+        res_codes = []
+        for x in range(t):
+            one = self.fmap_rd.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < rc else Const(0, 8)
+            two = self.fmap_rd.data[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < rc else Const(0, 8)
+            res_codes.append(Mux(d.res_stride == 2, two, one))
+        res_live = Signal()  # the channel has a shortcut input (j < C_r)
+
+        # -- Engines' command ports ------------------------------------------------------------------
+        cmds = [getattr(self, f"cmd{e}") for e in range(self._g)]
+        chosen = Signal(range(max(self._g, 2)))
+        any_ready = Signal()
+        for e in reversed(range(self._g)):
+            with m.If(cmds[e].ready):
+                m.d.comb += [chosen.eq(e), any_ready.eq(1)]
+        for e in range(self._g):
+            m.d.comb += [cmds[e].payload.eq(cmd), cmds[e].valid.eq(cmd_valid & (chosen == e) & any_ready)]
+        taken = cmd_valid & any_ready
+
+        # -- Input codes -----------------------------------------------------------------------------
+        xin_c = Signal(16)
+        xin_y = Signal(16)
+        xin_x = Signal(DIM_BITS)
+        xin_base = Signal(32)
+        m.d.comb += [self.fmap_wr.buf.eq(0), self.fmap_wr.addr.eq(xin_base + xin_y),
+                     self.fmap_wr.data.eq(self.x.payload.replicate(rc)),
+                     self.fmap_wr.mask.eq(Const(1, rc) << xin_x[:max(rc - 1, 1).bit_length()])]
+
+        engine_fault = self.engine_error.any()
+        busy = Signal()
+        m.d.comb += self.busy.eq(busy)
+
+        def finish(code):
+            m.d.sync += [status.eq(code), busy.eq(0)]
+            m.d.comb += self.done.eq(1)
+            m.next = "IDLE"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [busy.eq(1), k.eq(0), status.eq(Status.OK)]
+                    m.next = "HEADER"
+
+            with m.State("HEADER"):
+                m.d.comb += [self.bus.req.eq(k < HEADER.words), self.bus.addr.eq(k)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k > 0):
+                    m.d.sync += header.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
+                with m.If(k == HEADER.words):
+                    m.next = "HEADER_CHECK"
+
+            with m.State("HEADER_CHECK"):
+                hd = header
+                with m.If(hd.magic != MAGIC):
+                    finish(Status.BAD_MAGIC)
+                with m.Elif(hd.version != VERSION_3):
+                    finish(Status.BAD_VERSION)
+                with m.Elif((hd.layers == 0) | (hd.input_bits == 0) | (hd.input_bits > MAX_ACT_BITS)
+                            | (hd.in_channels == 0) | (hd.in_height == 0) | (hd.in_width == 0)
+                            | (hd.in_width > rc) | (hd.in_channels * hd.in_height > self._rows)
+                            | (HEADER.words + LAYER.words * hd.layers >= 1 << self._aw)):
+                    finish(Status.BAD_GEOMETRY)
+                with m.Else():
+                    m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0),
+                                 layer_idx.eq(0), desc_base.eq(HEADER.words)]
+                    m.next = "INPUT"
+
+            with m.State("INPUT"):
+                m.d.comb += [self.x.ready.eq(1), self.fmap_wr.en.eq(self.x.valid)]
+                with m.If(self.x.valid):
+                    with m.If(xin_x == header.in_width - 1):
+                        m.d.sync += xin_x.eq(0)
+                        with m.If(xin_y == header.in_height - 1):
+                            m.d.sync += [xin_y.eq(0), xin_c.eq(xin_c + 1), xin_base.eq(xin_base + header.in_height)]
+                            with m.If(xin_c == header.in_channels - 1):
+                                m.d.sync += k.eq(0)
+                                m.next = "DESC"
+                        with m.Else():
+                            m.d.sync += xin_y.eq(xin_y + 1)
+                    with m.Else():
+                        m.d.sync += xin_x.eq(xin_x + 1)
+
+            with m.State("DESC"):
+                m.d.comb += [self.bus.req.eq(k < LAYER.words), self.bus.addr.eq(desc_base + k)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k > 0):
+                    m.d.sync += desc.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
+                with m.If(k == LAYER.words):
+                    m.d.sync += last_layer.eq(layer_idx == header.layers - 1)
+                    m.next = "GEOMETRY"
+
+            with m.State("GEOMETRY"):
+                with m.If(bad):
+                    finish(Status.BAD_GEOMETRY)
+                with m.Else():
+                    m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), y.eq(0)]
+                    m.next = "LOAD"
+
+            with m.State("LOAD"):
+                m.d.comb += self.load_start.eq(1)
+                m.next = "LOADING"
+
+            with m.State("LOADING"):
+                with m.If(self.load_done):
+                    m.d.sync += [j.eq(0), ptr_bit.eq(0), param_addr.eq(d.param_base),
+                                 res_addr.eq(y * d.res_stride), k.eq(0)]
+                    m.next = "READ"
+                with m.If(engine_fault):
+                    m.next = "FAULT"
+
+            with m.State("READ"):
+                # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut);
+                # k = 6: the shortcut row (fmap, same latency); words land one cycle later.
+                m.d.comb += [self.bus.req.eq(k < 6), self.bus.addr.eq(read_addr),
+                             self.fmap_rd.en.eq(k == 6)]
+                m.d.sync += k.eq(k + 1)
+                with m.If((k > 0) & (k < 7)):
+                    m.d.sync += words.word_select(k_prev, WORD_BITS).eq(self.bus.data)
+                with m.If(k == 7):
+                    m.d.sync += [
+                        cmd.start_bit.eq((d.stream_base << 5) + ptr), cmd.channel.eq(j), cmd.pixels.eq(w_out),
+                        cmd.mult.eq(words.word_select(2, WORD_BITS)),
+                        cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
+                        cmd.res_mult.eq(Mux(d.residual, words.word_select(5, WORD_BITS), 0)),
+                        cmd_valid.eq(1),
+                    ]
+                    for x in range(t):
+                        m.d.sync += cmd.r[x].eq(Mux(d.residual & res_live & (x < w_out), res_codes[x], 0))
+                    m.next = "OFFER"
+                with m.If(engine_fault):
+                    m.next = "FAULT"
+
+            with m.State("OFFER"):
+                with m.If(taken):
+                    m.d.sync += [cmd_valid.eq(0), j.eq(j + 1), ptr_bit.eq(ptr_bit + d.ptr_bits),
+                                 param_addr.eq(param_addr + rec), res_addr.eq(res_addr + prev_h), k.eq(0)]
+                    with m.If(j == d.c_out - 1):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "READ"
+                with m.If(engine_fault):
+                    m.next = "FAULT"
+
+            with m.State("DRAIN"):
+                with m.If(self.drained):
+                    with m.If(y != h_out - 1):
+                        m.d.sync += y.eq(y + 1)
+                        m.next = "LOAD"
+                    with m.Elif(last_layer):
+                        m.d.sync += j.eq(0)
+                        m.next = "SCORES"
+                    with m.Else():
+                        m.d.sync += [layer_idx.eq(layer_idx + 1), desc_base.eq(desc_base + LAYER.words), k.eq(0),
+                                     prev_c.eq(d.c_in), prev_h.eq(d.in_height)]
+                        m.next = "DESC"
+                with m.If(engine_fault):
+                    m.next = "FAULT"
+
+            with m.State("SCORES"):
+                m.d.comb += self.score_addr.eq(j)
+                m.next = "SCORE_OUT"
+
+            with m.State("SCORE_OUT"):
+                m.d.comb += [self.score_addr.eq(j), self.o.valid.eq(1), self.o.payload.eq(self.score_data)]
+                with m.If(self.o.ready):
+                    with m.If(j == d.c_out - 1):
+                        finish(Status.OK)
+                    with m.Else():
+                        m.d.sync += j.eq(j + 1)
+                        m.next = "SCORES"
+
+            # A decoder error ends the run (the engines have stopped; every state below watches for it).
+            with m.State("FAULT"):
+                finish(Status.BAD_STREAM)
+        m.d.comb += res_live.eq(j < prev_c)
+        return m

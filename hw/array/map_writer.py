@@ -1,0 +1,196 @@
+"""From the engines' pixel outputs to the output feature map (with max-pool) or the class scores.
+
+Each engine emits a channel's pixels of the tile in order (``hw/array/engine.py``). A :class:`RowAssembler`
+per engine collects them into one map row (``T`` codes, a feature-map word) and offers it with the channel;
+the :class:`MapWriter` takes one assembled row a cycle from the engines, round robin, and
+
+* **stores** it at word ``channel H_out + y`` of the layer's ``out_buf`` (byte mask: the ``W_out`` columns);
+  a fully connected layer's output is a ``C x 1 x 1`` map (one code at word ``channel``);
+* **max-pools** it (``pool = 2``, floor mode, ``model/export/golden_conv.max_pool_codes``): the row's codes
+  pairwise (column ``x'`` is the max of ``2x'`` and ``2x' + 1``), then the even row ``y = 2y'`` is written at
+  word ``channel H' + y'`` and the odd row ``2y' + 1`` is read and written back as the bytewise max (two
+  cycles); the last row of an odd-height map is dropped, like the last column of an odd width;
+* **scores** (``out_buf = SCORE_SINK``): the channel's 32-bit score goes into the score memory, which the
+  controller streams out in class order when the network ends.
+
+Max-pool on codes is exact (codes are unsigned and the requant is monotone, ``model/export/golden_net.py``).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.array.engine import output_layout
+from hw.array.feature_maps import write_signature, read_signature
+from hw.array.patch_loader import DIM_BITS
+from model.export.golden import MAX_ACT_BITS
+
+
+def row_layout(channel_bits: int, pixels: int) -> data.StructLayout:
+    """One channel's output row of a tile (codes), or its score (pixel 0's value)."""
+    return data.StructLayout({
+        "channel": unsigned(channel_bits),
+        "codes": data.ArrayLayout(MAX_ACT_BITS, pixels),
+        "score": signed(32),
+    })
+
+
+def writer_layer_layout(addr_width: int) -> data.StructLayout:
+    """What the writer needs of the running layer and tile (hold while the tile's rows are written)."""
+    return data.StructLayout({
+        "scores": unsigned(1),  # out_buf is the score sink
+        "buf": unsigned(2),  # out_buf
+        "pool": unsigned(1),  # 2 x 2 max-pool
+        "height": unsigned(DIM_BITS),  # rows of the stored map (after the pool)
+        "width": unsigned(DIM_BITS),  # columns of the stored map (after the pool)
+        "y": unsigned(DIM_BITS),  # the tile's output row (before the pool)
+        "pixels": unsigned(DIM_BITS),  # pixels per row of the engines' outputs (W_out, 1 for an FC)
+    })
+
+
+class RowAssembler(wiring.Component):
+    """Collects an engine's pixels ``0 .. pixels - 1`` of each channel into one row.
+
+    Members
+    -------
+    pixels : In(range(T + 1))
+        Pixels a channel has in this tile (hold while the tile runs).
+    i : In(stream.Signature(output_layout(channel_bits, T)))
+    o : Out(stream.Signature(row_layout(channel_bits, T)))
+    """
+
+    def __init__(self, *, channel_bits: int, pixels: int):
+        self._t = pixels
+        super().__init__({
+            "pixels": In(range(pixels + 1)),
+            "i": In(stream.Signature(output_layout(channel_bits, pixels))),
+            "o": Out(stream.Signature(row_layout(channel_bits, pixels))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        codes = Signal(data.ArrayLayout(MAX_ACT_BITS, self._t))
+        p = self.i.payload
+        closes = p.pixel == self.pixels - 1
+        m.d.comb += self.i.ready.eq(~closes | ~self.o.valid | self.o.ready)
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += codes[p.pixel].eq(p.value[:MAX_ACT_BITS])
+            with m.If(closes):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.channel.eq(p.channel),
+                             self.o.payload.score.eq(p.value), self.o.payload.codes.eq(codes)]
+                m.d.sync += self.o.payload.codes[p.pixel].eq(p.value[:MAX_ACT_BITS])
+        return m
+
+
+class MapWriter(wiring.Component):
+    """Writes the assembled rows of ``engines`` engines, one a cycle (an odd pooled row: two).
+
+    Members
+    -------
+    layer : In(writer_layer_layout(addr_width))
+    rows : In(stream.Signature(row_layout(channel_bits, T))) array of ``engines``
+    fmap : Out(write_signature(addr_width, row_codes))
+    rmw : Out(read_signature(addr_width, row_codes))
+    score_addr : In(channel_bits)
+    score_data : Out(signed(32))
+        The score of class ``score_addr``, the cycle after.
+    busy : Out(1)
+        A row is being written (the second cycle of a pooled read-modify-write).
+    """
+
+    def __init__(self, *, engines: int, channel_bits: int, pixels: int, row_codes: int, addr_width: int):
+        self._engines = engines
+        self._channel_bits = channel_bits
+        self._t = pixels
+        self._row_codes = row_codes
+        self._addr_width = addr_width
+        members = {
+            "layer": In(writer_layer_layout(addr_width)),
+            "fmap": Out(write_signature(addr_width, row_codes)),
+            "rmw": Out(read_signature(addr_width, row_codes)),
+            "score_addr": In(channel_bits),
+            "score_data": Out(signed(32)),
+            "busy": Out(1),
+        }
+        for e in range(engines):
+            members[f"row{e}"] = In(stream.Signature(row_layout(channel_bits, pixels)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        lay = self.layer
+        rc = self._row_codes
+        rows = [getattr(self, f"row{e}") for e in range(self._engines)]
+
+        m.submodules.scores = scores = Memory(shape=signed(32), depth=1 << self._channel_bits, init=[])
+        s_wr = scores.write_port()
+        s_rd = scores.read_port()
+        m.d.comb += [s_rd.addr.eq(self.score_addr), self.score_data.eq(s_rd.data)]
+
+        # Round robin: the first engine at or after `turn` with a row.
+        turn = Signal(range(max(self._engines, 2)))
+        pick = Signal(range(max(self._engines, 2)))
+        found = Signal()
+        for off in reversed(range(self._engines)):
+            for e in range(self._engines):
+                with m.If((turn == e) & rows[(e + off) % self._engines].valid):
+                    m.d.comb += [pick.eq((e + off) % self._engines), found.eq(1)]
+        row = Signal(row_layout(self._channel_bits, self._t))
+        with m.Switch(pick):
+            for e in range(self._engines):
+                with m.Case(e):
+                    m.d.comb += row.eq(rows[e].payload)
+
+        # The row as stored: pooled pairwise when pooling (column x' = max(2x', 2x' + 1)).
+        stored = Signal(MAX_ACT_BITS * rc)
+        for x in range(rc):
+            a = row.codes[x] if x < self._t else 0
+            lo = row.codes[2 * x] if 2 * x < self._t else 0
+            hi = row.codes[2 * x + 1] if 2 * x + 1 < self._t else 0
+            m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(
+                Mux(lay.pool, Mux(lo > hi, lo, hi), a))
+        y_out = Mux(lay.pool, lay.y >> 1, lay.y)
+        addr = Signal(self._addr_width + DIM_BITS)
+        m.d.comb += addr.eq(row.channel * lay.height + y_out)
+        mask = Signal(rc)
+        m.d.comb += mask.eq(Cat(*(x < lay.width for x in range(rc))))
+        odd = lay.pool & lay.y[0]
+        dropped = y_out >= lay.height  # the last row of an odd-height map under a pool
+
+        # Second cycle of a read-modify-write: the stored row waits here.
+        pending = Signal()
+        p_addr = Signal.like(addr)
+        p_row = Signal.like(stored)
+        p_mask = Signal.like(mask)
+        merged = Signal.like(stored)
+        for x in range(rc):
+            a = p_row[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)]
+            b = self.rmw.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)]
+            m.d.comb += merged[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(a > b, a, b))
+
+        take = Signal()
+        m.d.comb += [take.eq(found & ~pending), self.busy.eq(pending)]
+        for e in range(self._engines):
+            m.d.comb += rows[e].ready.eq(take & (pick == e))
+        with m.If(take):
+            m.d.sync += turn.eq(Mux(pick == self._engines - 1, 0, pick + 1))
+
+        m.d.comb += [self.fmap.buf.eq(lay.buf), self.rmw.buf.eq(lay.buf), self.rmw.addr.eq(addr)]
+        with m.If(pending):
+            m.d.sync += pending.eq(0)
+            m.d.comb += [self.fmap.en.eq(1), self.fmap.addr.eq(p_addr), self.fmap.data.eq(merged),
+                         self.fmap.mask.eq(p_mask)]
+        with m.Elif(take & lay.scores):
+            m.d.comb += [s_wr.addr.eq(row.channel), s_wr.data.eq(row.score), s_wr.en.eq(1)]
+        with m.Elif(take & ~dropped & odd):
+            m.d.comb += self.rmw.en.eq(1)
+            m.d.sync += [pending.eq(1), p_addr.eq(addr), p_row.eq(stored), p_mask.eq(mask)]
+        with m.Elif(take & ~dropped):
+            m.d.comb += [self.fmap.en.eq(1), self.fmap.addr.eq(addr), self.fmap.data.eq(stored),
+                         self.fmap.mask.eq(mask)]
+        return m

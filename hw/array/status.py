@@ -1,0 +1,24 @@
+"""Status codes of the array: why a run stopped (``status`` after ``done``).
+
+The array reads the image's header and each layer's descriptor at run time (any image that fits the
+buffers runs on the same bitstream) and refuses, with one of these codes, what it cannot run; it never hangs
+on a bad image: a refused image ends the run (``done``) with its code, and a corrupt weight stream stops the
+row decoders (their sticky ``error``) and ends the run with :attr:`Status.BAD_STREAM`. After an error the
+array must be reset before the next run (the decoders' error is sticky).
+"""
+
+from amaranth.lib import enum
+
+
+class Status(enum.Enum, shape=4):
+    OK = 0
+    #: Header word 0 is not ``MAGIC``.
+    BAD_MAGIC = 1
+    #: Header word 1 is not version 3 (the array reads the layer descriptors of version 3).
+    BAD_VERSION = 2
+    #: A header or descriptor field this array cannot run: a map wider than a buffer word or than a tile,
+    #: more rows than a buffer, a stride other than 1 or 2, a pool other than 2, a fan-in past the patch,
+    #: more channels than the channel tags, a buffer index out of range, or fields that contradict each other.
+    BAD_GEOMETRY = 3
+    #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``).
+    BAD_STREAM = 4

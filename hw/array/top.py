@@ -1,0 +1,199 @@
+"""The array top: global buffer, feature maps, patch, engines, writer and controller, wired.
+
+:class:`ConvArray` runs any version 3 image that fits its buffers (``model/export/layout_v3.py``: conv
+layers with stride and padding, residual blocks, max-pool, global average pooling, fully connected layers,
+and the fully connected MLPs) on one configuration, reading the descriptors at run time
+(:mod:`hw.array.controller`). The image is written into the global buffer through ``load`` (one word a
+cycle; the Zynq system connects it to DDR) or given as the buffer's initial contents; the input codes of an
+image arrive on ``x`` after ``start``, its class scores leave on ``o``, and ``done`` / ``status`` end the run.
+
+Configuration (:class:`ArrayConfig`): ``engines`` x ``lanes`` DSP48E1 lanes of ``LANE_SLOTS`` pixels
+(``T = lanes LANE_SLOTS`` pixels a tile), the global buffer's depth, the feature maps' rows and row width,
+the patch depth (largest fan-in) and the channel tags. The default test configuration is small; the
+ResNet-20 configuration of ``docs/array_design.md`` is a parameter change.
+
+Ports of the global buffer: the controller reads on the first physical port with the first engine's
+decoder below it, the other decoders two to a port (fixed priority; a decoder reads about one word per
+four entries of 4-bit weights, so two share a port with little loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth import Cat, Module, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory, MemoryData
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from hw.array.controller import ArrayController
+from hw.array.engine import LANE_SLOTS, ChannelEngine
+from hw.array.feature_maps import FeatureMaps
+from hw.array.map_writer import MapWriter, RowAssembler
+from hw.array.patch_loader import PatchLoader
+from hw.array.status import Status
+from hw.core.global_buffer import GlobalBuffer, load_port_signature
+from hw.dsp.segment_lane import DEFAULT_ACT_WIDTHS
+from model.export.golden import MAX_ACT_BITS
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Sizes of one array build.
+
+    Members
+    -------
+    engines : int
+        Channel engines (each its own decoder and requantizer).
+    lanes : int
+        DSP48E1 lanes per engine; a tile has ``lanes * LANE_SLOTS`` pixels (the widest output row).
+    buffer_words : int
+        Global buffer depth in 32-bit words (a power of two).
+    fmap_rows : int
+        Rows (``C H``) a feature-map buffer holds.
+    row_codes : int
+        Codes per feature-map row (the widest map).
+    fan_in_width : int
+        Bits of a weight position: fan-ins up to ``2^fan_in_width - 1`` (the patch depth).
+    channel_bits : int
+        Output channels up to ``2^channel_bits`` per layer.
+    act_widths : tuple of int
+        Activation widths the lanes have a mode for.
+    """
+
+    engines: int = 2
+    lanes: int = 2
+    buffer_words: int = 4096
+    fmap_rows: int = 256
+    row_codes: int = 16
+    fan_in_width: int = 10
+    channel_bits: int = 6
+    act_widths: tuple = DEFAULT_ACT_WIDTHS
+
+    @property
+    def pixels(self) -> int:
+        return self.lanes * LANE_SLOTS
+
+    @property
+    def dsp_lanes(self) -> int:
+        return self.engines * self.lanes
+
+    def check(self) -> None:
+        for name in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes", "fan_in_width", "channel_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        if self.buffer_words < 2 or self.buffer_words & (self.buffer_words - 1):
+            raise ValueError(f"buffer_words must be a power of two >= 2, not {self.buffer_words}")
+        if self.row_codes < self.pixels:
+            raise ValueError(f"row_codes ({self.row_codes}) must hold a tile's {self.pixels} pixels")
+
+
+class ConvArray(wiring.Component):
+    """The array (module docstring).
+
+    Members
+    -------
+    load : In(load_port_signature(addr_width))
+        Image words into the global buffer (between runs).
+    start : In(1)
+    x : In(stream.Signature(MAX_ACT_BITS))
+    o : Out(stream.Signature(signed(32)))
+    done : Out(1)
+    busy : Out(1)
+    status : Out(Status)
+    """
+
+    def __init__(self, config: ArrayConfig = ArrayConfig(), init=()):
+        config.check()
+        self._config = config
+        self._init = [int(w) for w in init]
+        if len(self._init) > config.buffer_words:
+            raise ValueError(f"the initial image has {len(self._init)} words; the buffer holds "
+                             f"{config.buffer_words}")
+        self._addr_width = ceil_log2(config.buffer_words)
+        super().__init__({
+            "load": In(load_port_signature(self._addr_width)),
+            "start": In(1),
+            "x": In(stream.Signature(MAX_ACT_BITS)),
+            "o": Out(stream.Signature(signed(32))),
+            "done": Out(1),
+            "busy": Out(1),
+            "status": Out(Status),
+        })
+
+    @property
+    def config(self) -> ArrayConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        g, t = cfg.engines, cfg.pixels
+        names = [f"eng{e}" for e in range(g)]
+        ports = [["ctl", names[0]]] + [names[i:i + 2] for i in range(1, g, 2)]
+        m.submodules.buffer = buf = GlobalBuffer(
+            MemoryData(shape=32, depth=cfg.buffer_words, init=self._init), ports=ports, writable=True)
+        wiring.connect(m, wiring.flipped(self.load), buf.load)
+        m.submodules.maps = maps = FeatureMaps(rows=cfg.fmap_rows, row_codes=cfg.row_codes)
+        faw = maps.addr_width
+        m.submodules.loader = loader = PatchLoader(pixels=t, row_codes=cfg.row_codes, addr_width=faw,
+                                                   fan_in_width=cfg.fan_in_width)
+        m.submodules.patch = patch = Memory(shape=MAX_ACT_BITS * t, depth=1 << cfg.fan_in_width, init=[])
+        pw = patch.write_port()
+        m.d.comb += [pw.addr.eq(loader.patch.addr), pw.data.eq(loader.patch.data.as_value()),
+                     pw.en.eq(loader.patch.en)]
+        m.submodules.ctl = ctl = ArrayController(
+            engines=g, pixels=t, row_codes=cfg.row_codes, fmap_rows=cfg.fmap_rows, fmap_addr_width=faw,
+            fan_in_width=cfg.fan_in_width, channel_bits=cfg.channel_bits, addr_width=self._addr_width)
+        wiring.connect(m, buf.ctl, ctl.bus)
+        m.submodules.writer = writer = MapWriter(engines=g, channel_bits=cfg.channel_bits, pixels=t,
+                                                 row_codes=cfg.row_codes, addr_width=faw)
+        m.d.comb += [
+            ctl.start.eq(self.start), self.done.eq(ctl.done), self.busy.eq(ctl.busy), self.status.eq(ctl.status),
+            loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
+            writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
+        ]
+        wiring.connect(m, wiring.flipped(self.x), ctl.x)
+        wiring.connect(m, ctl.o, wiring.flipped(self.o))
+
+        # Feature-map read port: the loader while it runs, else the controller (shortcut rows).
+        with m.If(loader.busy):
+            m.d.comb += [maps.rd.buf.eq(loader.fmap.buf), maps.rd.addr.eq(loader.fmap.addr),
+                         maps.rd.en.eq(loader.fmap.en)]
+        with m.Else():
+            m.d.comb += [maps.rd.buf.eq(ctl.fmap_rd.buf), maps.rd.addr.eq(ctl.fmap_rd.addr),
+                         maps.rd.en.eq(ctl.fmap_rd.en)]
+        m.d.comb += [loader.fmap.data.eq(maps.rd.data), ctl.fmap_rd.data.eq(maps.rd.data)]
+        # Feature-map writes: the input codes while the controller takes them, else the writer.
+        with m.If(ctl.fmap_wr.en):
+            m.d.comb += [maps.wr.buf.eq(ctl.fmap_wr.buf), maps.wr.addr.eq(ctl.fmap_wr.addr),
+                         maps.wr.data.eq(ctl.fmap_wr.data), maps.wr.mask.eq(ctl.fmap_wr.mask), maps.wr.en.eq(1)]
+        with m.Else():
+            wiring.connect(m, writer.fmap, maps.wr)
+        wiring.connect(m, writer.rmw, maps.rmw)
+
+        busy_any = []
+        errors = []
+        for e in range(g):
+            eng = ChannelEngine(lanes=cfg.lanes, addr_width=self._addr_width, fan_in_width=cfg.fan_in_width,
+                                channel_bits=cfg.channel_bits, act_widths=cfg.act_widths)
+            m.submodules[f"engine{e}"] = eng
+            wiring.connect(m, getattr(buf, names[e]), eng.bus)
+            rp = patch.read_port()
+            m.d.comb += [rp.addr.eq(eng.patch_addr), rp.en.eq(eng.patch_en), eng.patch_data.as_value().eq(rp.data),
+                         eng.layer.eq(ctl.layer)]
+            wiring.connect(m, getattr(ctl, f"cmd{e}"), eng.cmd)
+            asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t)
+            m.submodules[f"assembler{e}"] = asm
+            m.d.comb += asm.pixels.eq(ctl.writer.pixels)
+            wiring.connect(m, eng.o, asm.i)
+            wiring.connect(m, asm.o, getattr(writer, f"row{e}"))
+            busy_any.append(eng.busy | asm.o.valid)
+            errors.append(eng.error)
+        drained = ~writer.busy
+        for b in busy_any:
+            drained = drained & ~b
+        m.d.comb += [ctl.drained.eq(drained), ctl.engine_error.eq(Cat(*errors))]
+        return m

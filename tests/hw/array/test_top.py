@@ -1,0 +1,144 @@
+# amaranth: UnusedElaboratable=no
+"""ConvArray end to end in the Amaranth simulator: version 3 images of small conv nets (stem, max-pool, residual
+blocks of stride 1 and 2, global pool or flatten, FC) and MLPs loaded through the load port, run on one
+configuration, scores equal to golden's; bad images end with their status code."""
+
+import numpy as np
+import pytest
+
+from hw.array.status import Status
+from hw.array.top import ArrayConfig, ConvArray
+from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
+from model.export.layout_v3 import pack as pack_v3
+from tests.hw.netgen import random_network
+from tests.model.export.test_golden_conv import make_conv
+from tests.model.export.test_layout_v3 import fc_layer, resnet_like
+from tests.hw.stream_source import simulate
+
+CONFIG = ArrayConfig(engines=2, lanes=3, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
+                     channel_bits=5)
+
+
+def random_conv_net(rng) -> IntConvNetwork:
+    """A stem (optional max-pool), 0-2 residual blocks (stride 1 or 2), then an FC on the global sum or on the
+    flattened map; random widths, weight modes, kernels 1 or 3, code widths (as tests/model/export's
+    ``conv_networks``, from a seed)."""
+    c, size, bits = int(rng.integers(1, 3)), int(rng.integers(4, 10)), int(rng.integers(1, 9))
+    probs = rng.choice([0.0, 0.05, 1.0, 5.0], size=5)
+    probs = probs / probs.sum() if probs.sum() else np.eye(5)[0]
+    choices = [w for w, p in zip((0, 4, 8, 16, 32), probs) if p > 0]
+
+    def conv(c_in, c_out, k, stride, in_bits, out_bits, res=False):
+        return make_conv(rng, c_in, c_out, k, stride=stride, padding=k // 2, signed=bool(rng.integers(0, 2)),
+                         in_bits=in_bits, out_bits=out_bits, width_choices=choices, res=res)
+
+    out_bits = int(rng.integers(1, 9))
+    k = int(rng.choice([1, 3]))
+    stem = conv(c, int(rng.integers(1, 4)), k, int(rng.choice([1, 2])), bits, out_bits)
+    h = stem.out_size(size, size)[0]
+    pool = int(rng.choice([0, 2])) if h >= 2 else 0
+    stages = [ConvStage(stem, pool=pool)]
+    ch, h = stem.c_out, h // pool if pool else h
+    for _ in range(int(rng.integers(0, 3))):
+        stride = int(rng.choice([1, 2])) if h >= 2 else 1
+        c_out = int(rng.integers(ch, ch + 3))
+        mid_bits, end_bits = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        one = conv(ch, c_out, 3, stride, out_bits, mid_bits)
+        two = conv(c_out, c_out, 3, 1, mid_bits, end_bits, res=True)
+        stages.append(ResidualStage(one, two, stride=stride, name="blk"))
+        ch, h, out_bits = c_out, -(-h // stride), end_bits
+    if rng.integers(0, 2):
+        stages += [GlobalSumPool(), FCStage(fc_layer(rng, ch, int(rng.integers(1, 6)), out_bits, probs), pooled=h * h)]
+    else:
+        stages.append(FCStage(fc_layer(rng, ch * h * h, int(rng.integers(1, 6)), out_bits, probs)))
+    return IntConvNetwork(input_bits=bits, image_shape=(c, size, size), stages=tuple(stages))
+
+
+def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, max_cycles=200_000):
+    """Load ``words`` through the load port, then run each image; ``(scores per image, status, cycles)``."""
+    dut = ConvArray(config)
+    rng = np.random.default_rng(seed)
+    out = {"scores": [], "status": [], "cycles": []}
+
+    async def bench(ctx):
+        for addr, word in enumerate(words):
+            ctx.set(dut.load.en, 1)
+            ctx.set(dut.load.addr, addr)
+            ctx.set(dut.load.data, int(word))
+            await ctx.tick()
+        ctx.set(dut.load.en, 0)
+        for image in images:
+            codes = [int(v) for v in np.asarray(image).reshape(-1)]
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            scores, at, done = [], 0, False
+            for cycle in range(max_cycles):
+                ctx.set(dut.x.valid, at < len(codes))
+                if at < len(codes):
+                    ctx.set(dut.x.payload, codes[at])
+                ctx.set(dut.o.ready, rng.random() >= p_stall)
+                _, _, xv, xr, ov, orr, o, d = await ctx.tick().sample(
+                    dut.x.valid, dut.x.ready, dut.o.valid, dut.o.ready, dut.o.payload, dut.done)
+                if xv and xr:
+                    at += 1
+                if ov and orr:
+                    scores.append(int(o))
+                if d:
+                    done = True
+                    break
+            assert done, f"no done after {max_cycles} cycles"
+            out["scores"].append(scores)
+            out["status"].append(Status(ctx.get(dut.status)))
+            out["cycles"].append(cycle + 1)
+
+    simulate(dut, bench)
+    return out
+
+
+def check_net(net, n_images, seed):
+    words = pack_v3(net)[0]
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 1 << net.input_bits, size=(n_images, *net.image_shape))
+    res = run_array(words, images, seed=seed)
+    assert res["status"] == [Status.OK] * n_images
+    want = net.forward(images)
+    assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
+    return res
+
+
+def test_resnet_like_net_matches_golden():
+    check_net(resnet_like(np.random.default_rng(3)), 2, 3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_conv_nets_match_golden(seed):
+    check_net(random_conv_net(np.random.default_rng(1000 + seed)), 1, seed)
+
+
+def test_mlp_runs_on_the_same_array():
+    net = random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4)
+    words = pack_v3(net)[0]
+    images = np.random.default_rng(4).integers(0, 16, size=(2, 23))
+    res = run_array(words, images)
+    assert res["status"] == [Status.OK] * 2
+    assert np.array_equal(np.array(res["scores"]), net.forward(images))
+
+
+def test_bad_magic_and_version_end_with_their_status():
+    words = pack_v3(resnet_like(np.random.default_rng(0)))[0].copy()
+    bad = words.copy()
+    bad[0] ^= 1
+    assert run_array(bad, [np.zeros((1, 8, 8))])["status"] == [Status.BAD_MAGIC]
+    bad = words.copy()
+    bad[1] = 2
+    assert run_array(bad, [np.zeros((1, 8, 8))])["status"] == [Status.BAD_VERSION]
+
+
+def test_a_map_wider_than_a_tile_ends_with_bad_geometry():
+    net = resnet_like(np.random.default_rng(0))
+    words = pack_v3(net)[0]
+    small = ArrayConfig(engines=1, lanes=1, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
+                        channel_bits=4)  # 3 pixels a tile, the stem's output rows have 8
+    res = run_array(words, [np.zeros((1, 8, 8), dtype=np.int64)], config=small)
+    assert res["status"] == [Status.BAD_GEOMETRY] and res["scores"] == [[]]
