@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -119,6 +120,23 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: Yosys's marker register that makes ``always @*`` blocks run at time 0 (``reg \$auto$verilog_backend...dump_module$N = 0;``).
+_TIME_ZERO_MARKER = re.compile(rb"reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;")
+
+
+def icarus_time_zero_fix(text: bytes) -> bytes:
+    """Make Yosys's time-0 trick work on Icarus 11.
+
+    Yosys's Verilog puts ``if (<marker>) begin end`` into every ``always @*`` block and declares the marker
+    ``reg <marker> = 0;``, so that the marker's change at time 0 runs every combinational block once. Icarus
+    11 applies declaration initialisers before any process waits, so there is no event, and a block whose
+    inputs are registers that keep their initial value (a state machine resting in its first state) stays
+    undefined until one of them changes. The fix delays the marker's assignment by ``#0`` until every process
+    waits. Verilator evaluates all logic at start-up and needs nothing.
+    """
+    return _TIME_ZERO_MARKER.sub(rb"reg \1;\n  initial #0 \1 = 1'b0;", text)
+
+
 def _get_runner(simulator: str):
     from cocotb_tools.runner import get_runner
 
@@ -145,6 +163,8 @@ def build(verilog_path, *, work_dir, simulator: str = "icarus", toplevel: str = 
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     texts = [Path(verilog_path).read_bytes()] + [Path(p).read_bytes() for p in extra_sources]
+    if simulator == "icarus":
+        texts = [icarus_time_zero_fix(text) for text in texts]
     digest = hashlib.sha256(b"\0".join(texts)).hexdigest()[:16]
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -268,6 +268,13 @@ class ArrayController(wiring.Component):
                      self.fmap_wr.data.eq(self.x.payload.replicate(rc)),
                      self.fmap_wr.mask.eq(Const(1, rc) << xin_x[:max(rc - 1, 1).bit_length()])]
 
+        # ``x.ready`` and ``o.valid`` from registers, not from the state decode: a simulator that evaluates combinational
+        # blocks only on a change (Icarus) would otherwise leave it undefined until the state first changes.
+        taking = Signal()
+        m.d.comb += [self.x.ready.eq(taking), self.fmap_wr.en.eq(taking & self.x.valid)]
+        scoring = Signal()  # o.valid, likewise
+        m.d.comb += [self.o.valid.eq(scoring), self.o.payload.eq(self.score_data)]
+
         engine_fault = self.engine_error.any()
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
@@ -304,18 +311,17 @@ class ArrayController(wiring.Component):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0),
-                                 layer_idx.eq(0), desc_base.eq(HEADER.words)]
+                                 layer_idx.eq(0), desc_base.eq(HEADER.words), taking.eq(1)]
                     m.next = "INPUT"
 
             with m.State("INPUT"):
-                m.d.comb += [self.x.ready.eq(1), self.fmap_wr.en.eq(self.x.valid)]
                 with m.If(self.x.valid):
                     with m.If(xin_x == header.in_width - 1):
                         m.d.sync += xin_x.eq(0)
                         with m.If(xin_y == header.in_height - 1):
                             m.d.sync += [xin_y.eq(0), xin_c.eq(xin_c + 1), xin_base.eq(xin_base + header.in_height)]
                             with m.If(xin_c == header.in_channels - 1):
-                                m.d.sync += k.eq(0)
+                                m.d.sync += [k.eq(0), taking.eq(0)]
                                 m.next = "DESC"
                         with m.Else():
                             m.d.sync += xin_y.eq(xin_y + 1)
@@ -400,11 +406,13 @@ class ArrayController(wiring.Component):
 
             with m.State("SCORES"):
                 m.d.comb += self.score_addr.eq(j)
+                m.d.sync += scoring.eq(1)
                 m.next = "SCORE_OUT"
 
             with m.State("SCORE_OUT"):
-                m.d.comb += [self.score_addr.eq(j), self.o.valid.eq(1), self.o.payload.eq(self.score_data)]
+                m.d.comb += self.score_addr.eq(j)
                 with m.If(self.o.ready):
+                    m.d.sync += scoring.eq(0)
                     with m.If(j == d.c_out - 1):
                         finish(Status.OK)
                     with m.Else():

@@ -5,7 +5,7 @@ layers with stride and padding, residual blocks, max-pool, global average poolin
 and the fully connected MLPs) on one configuration, reading the descriptors at run time
 (:mod:`hw.array.controller`). The image is written into the global buffer through ``load`` (one word a
 cycle; the Zynq system connects it to DDR) or given as the buffer's initial contents; the input codes of an
-image arrive on ``x`` after ``start``, its class scores leave on ``o``, and ``done`` / ``status`` end the run.
+image arrive on ``i`` after ``start``, its class scores leave on ``o``, and ``done`` / ``status`` end the run.
 
 Configuration (:class:`ArrayConfig`): ``engines`` x ``lanes`` DSP48E1 lanes of ``LANE_SLOTS`` pixels
 (``T = lanes LANE_SLOTS`` pixels a tile), the global buffer's depth, the feature maps' rows and row width,
@@ -98,7 +98,7 @@ class ConvArray(wiring.Component):
     load : In(load_port_signature(addr_width))
         Image words into the global buffer (between runs).
     start : In(1)
-    x : In(stream.Signature(MAX_ACT_BITS))
+    i : In(stream.Signature(MAX_ACT_BITS))
     o : Out(stream.Signature(signed(32)))
     done : Out(1)
     busy : Out(1)
@@ -116,7 +116,7 @@ class ConvArray(wiring.Component):
         super().__init__({
             "load": In(load_port_signature(self._addr_width)),
             "start": In(1),
-            "x": In(stream.Signature(MAX_ACT_BITS)),
+            "i": In(stream.Signature(MAX_ACT_BITS)),
             "o": Out(stream.Signature(signed(32))),
             "done": Out(1),
             "busy": Out(1),
@@ -155,7 +155,7 @@ class ConvArray(wiring.Component):
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
             writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
         ]
-        wiring.connect(m, wiring.flipped(self.x), ctl.x)
+        wiring.connect(m, wiring.flipped(self.i), ctl.x)
         wiring.connect(m, ctl.o, wiring.flipped(self.o))
 
         # Feature-map read port: the loader while it runs, else the controller (shortcut rows).

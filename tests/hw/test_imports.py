@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The only parts of model/ that hw/ may import: the torch-free export contract.
-ALLOWED_MODEL = {"model.errors", "model.export.golden", "model.export.image", "model.export.format"}
+ALLOWED_MODEL = {"model.errors", "model.export.golden", "model.export.golden_conv", "model.export.image",
+                 "model.export.format"}
 #: ``build.py`` command modules (``*_command.py``) beside the hardware they drive may also use the
 #: torch-free command-line helpers.
 ALLOWED_COMMAND = ALLOWED_MODEL | {"model.cli", "model.files"}

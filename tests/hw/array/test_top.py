@@ -74,12 +74,12 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             ctx.set(dut.start, 0)
             scores, at, done = [], 0, False
             for cycle in range(max_cycles):
-                ctx.set(dut.x.valid, at < len(codes))
+                ctx.set(dut.i.valid, at < len(codes))
                 if at < len(codes):
-                    ctx.set(dut.x.payload, codes[at])
+                    ctx.set(dut.i.payload, codes[at])
                 ctx.set(dut.o.ready, rng.random() >= p_stall)
                 _, _, xv, xr, ov, orr, o, d = await ctx.tick().sample(
-                    dut.x.valid, dut.x.ready, dut.o.valid, dut.o.ready, dut.o.payload, dut.done)
+                    dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload, dut.done)
                 if xv and xr:
                     at += 1
                 if ov and orr:

@@ -1,0 +1,54 @@
+"""Run the array's cocotb testbench (:mod:`sim.tb.array`) on its generated Verilog.
+
+::
+
+    from sim.array_runner import run_array
+    result = run_array("out/mpq_array.v", words, inputs, expected, work_dir="out/sim", simulator="verilator")
+    if not result["passed"]:
+        print(result["mismatched_images"], result["log"])
+
+Builds are cached per (Verilog text, simulator) as :func:`sim.runner.build` does; one build runs any image
+that fits the configuration (the image is loaded through the load port by the testbench).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.runner import build, check_timeout, run_test
+
+TOPLEVEL = "mpq_array"
+TEST_MODULE = "sim.tb.array"
+
+
+def run_array(verilog_path, words, inputs, expected, *, work_dir, simulator: str = "icarus", stall: bool = True,
+              seed: int = 0, timeout_cycles: int | None = None, keep_logs: bool = False) -> dict:
+    """Load ``words`` (a version 3 image) into the array and run ``inputs`` ``[N, C H W]``; compare with
+    ``expected`` ``[N, n_classes]``.
+
+    Returns the testbench's record (:meth:`sim.tb.array.ArrayTB.result`: ``images``, ``mismatches``,
+    ``statuses``, ``cycles_per_image``, ``image_cycles``, ``load_cycles``, ...) plus ``passed``, ``simulator``,
+    ``wall_s``, ``build_dir`` and ``log``, as :func:`sim.runner.run_accelerator`.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or values.
+    SimulationError
+        The build failed or the simulation wrote no record.
+    """
+    words = np.asarray(words, dtype=np.int64)
+    inputs = np.asarray(inputs, dtype=np.int64)
+    expected = np.asarray(expected, dtype=np.int64)
+    if inputs.ndim != 2 or expected.ndim != 2 or len(inputs) != len(expected) or len(inputs) == 0:
+        raise ValueError(f"inputs [N, C H W] and expected [N, n_classes] must have the same N >= 1, not shapes "
+                         f"{inputs.shape} and {expected.shape}")
+    if inputs.min() < 0 or inputs.max() > 255:
+        raise ValueError(f"input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
+    if words.ndim != 1 or len(words) == 0 or words.min() < 0 or words.max() >= 1 << 32:
+        raise ValueError("words must be a non-empty vector of 32-bit words")
+    check_timeout(timeout_cycles)
+    build_dir = build(verilog_path, work_dir=work_dir, simulator=simulator, toplevel=TOPLEVEL, prefix="array")
+    return run_test(build_dir, verilog_path, simulator=simulator, toplevel=TOPLEVEL, test_module=TEST_MODULE,
+                    env_prefix="MPQA", case={"words": words, "inputs": inputs, "expected": expected}, stall=stall,
+                    seed=seed, timeout_cycles=timeout_cycles, keep_logs=keep_logs)

@@ -1,0 +1,166 @@
+"""cocotb testbench of the packed multiplier array ``mpq_array`` (hw/array/top.py).
+
+The test loads a version 3 image through the load port (one word a cycle, with random idle cycles when
+stalling), then runs every image: a ``start`` pulse whenever the array is idle, the image's input codes on
+``i`` (one code per beat, ``C H W`` beats, accepted while the array takes its input), the class scores from
+``o`` (``n_classes`` beats), and ``done`` with ``status``. The scoreboard compares each image's scores with
+the golden model's, in order. Transactors, timing discipline and stall patterns are :mod:`sim.tb.stream`'s.
+
+Configured by environment variables (set by :func:`sim.array_runner.run_array`):
+
+``MPQA_CASE``
+    ``.npz`` with ``words`` (the image, uint32), ``inputs`` (int64 ``[N, C H W]``) and ``expected`` (int64
+    ``[N, n_classes]``).
+``MPQA_RESULT``, ``MPQA_STALL``, ``MPQA_SEED``, ``MPQA_TIMEOUT_CYCLES``
+    As :mod:`sim.tb.accelerator`'s ``MPQ_*`` (:class:`sim.tb.stream.RunSettings`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+
+import cocotb
+import numpy as np
+from amaranth.hdl import signed, unsigned
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from model.files import write_json
+from sim.scoreboard import Scoreboard
+from sim.tb.stream import CLOCK_NS, RunSettings, StreamTB
+
+DEFAULT_TIMEOUT_CYCLES = 2_000_000
+INPUT_SHAPE = unsigned(8)
+OUTPUT_SHAPE = signed(32)
+
+
+class ArrayTB(StreamTB):
+    """Clock, reset, load port, start/done, input source, score sink, watchdog and scoreboard of ``mpq_array``.
+
+    Members
+    -------
+    starts_ns, dones_ns : list of float
+        Time of each image's ``start`` pulse and ``done``.
+    statuses : list of int
+        ``status`` at each ``done``.
+    load_cycles : int
+        Cycles the image load took.
+    """
+
+    def __init__(self, dut, expected, *, stall: bool, seed: int = 0, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
+        super().__init__(dut, input_shape=INPUT_SHAPE, output_shape=OUTPUT_SHAPE,
+                         scoreboard=Scoreboard(expected, name="image"), stall=stall, seed=seed,
+                         timeout_cycles=timeout_cycles)
+        self.n_classes = len(expected[0]) if len(expected) else 0
+        self.pending: list[int] = []
+        self.starts_ns: list[float] = []
+        self.dones_ns: list[float] = []
+        self.statuses: list[int] = []
+        self.load_cycles = 0
+        self.rng = random.Random(f"load-{seed}")
+
+    def receive(self, value: int) -> None:
+        self.pending.append(value)
+        if len(self.pending) == self.n_classes:
+            scores, self.pending = self.pending, []
+            self.scoreboard.check(scores)
+
+    def progress(self) -> int:
+        return super().progress() + len(self.dones_ns)
+
+    async def load(self, words) -> None:
+        """Write the image words through the load port."""
+        dut = self.dut
+        t0 = get_sim_time("ns")
+        for addr, word in enumerate(words):
+            while self.stall and self.rng.random() < 0.2:
+                dut.load__en.value = 0
+                await RisingEdge(dut.clk)
+            dut.load__en.value = 1
+            dut.load__addr.value = addr
+            dut.load__data.value = int(word)
+            await RisingEdge(dut.clk)
+        dut.load__en.value = 0
+        self.load_cycles = round((get_sim_time("ns") - t0) / CLOCK_NS)
+
+    async def starter(self, n_images: int) -> None:
+        """A ``start`` pulse whenever the array is idle, then wait for its ``done``; ``n_images`` times."""
+        dut = self.dut
+        for _ in range(n_images):
+            dut.start.value = 1
+            await RisingEdge(dut.clk)
+            self.starts_ns.append(get_sim_time("ns"))
+            dut.start.value = 0
+            while True:
+                await ReadOnly()
+                if dut.done.value:
+                    self.dones_ns.append(get_sim_time("ns"))
+                    self.statuses.append(int(dut.status.value))
+                    await RisingEdge(dut.clk)
+                    break
+                await RisingEdge(dut.clk)
+
+    async def run_images(self, words, inputs) -> None:
+        self.dut.start.value = 0
+        self.dut.load__en.value = 0
+        await self.reset()
+        await self.load(words)
+        cocotb.start_soon(self.starter(len(inputs)))
+        await self.run(itertools.chain.from_iterable(inputs))
+
+    def result(self, wall_s: float) -> dict:
+        """The record: ``images``, ``expected_images``, ``mismatches``, ``mismatched_images``, ``scores``,
+        ``statuses``, ``cycles_per_image`` (mean of start -> done), ``image_cycles`` (each), ``load_cycles``,
+        and :meth:`~sim.tb.stream.StreamTB.stream_record`'s keys."""
+        board = self.scoreboard
+        spans = [round((d - s) / CLOCK_NS) for s, d in zip(self.starts_ns, self.dones_ns)]
+        return {
+            "images": len(board.received),
+            "expected_images": len(board.expected),
+            "mismatches": len(board.mismatched),
+            "mismatched_images": board.mismatched[:20],
+            "scores": board.received,
+            "statuses": self.statuses,
+            "image_cycles": spans,
+            "cycles_per_image": float(np.mean(spans)) if spans else 0.0,
+            "load_cycles": self.load_cycles,
+            "partial_beats": len(self.pending),
+            **self.stream_record(wall_s),
+        }
+
+
+@cocotb.test()
+async def run_images(dut):
+    """The image of ``MPQA_CASE`` loaded, then all its inputs through the array; scores equal golden's."""
+    t0 = time.perf_counter()
+    settings = RunSettings.from_env("MPQA", default_timeout_cycles=DEFAULT_TIMEOUT_CYCLES)
+    with np.load(settings.case) as case:
+        words = case["words"].astype(np.int64).tolist()
+        inputs = case["inputs"].astype(np.int64)
+        expected = case["expected"].astype(np.int64)
+    tb = ArrayTB(dut, expected.tolist(), stall=settings.stall, seed=settings.seed,
+                 timeout_cycles=settings.timeout_cycles)
+    error = None
+    try:
+        await tb.run_images(words, inputs.tolist())
+        for _ in range(64):  # the last done follows the last score
+            if len(tb.dones_ns) == len(inputs):
+                break
+            await RisingEdge(dut.clk)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record = tb.result(time.perf_counter() - t0)
+        record["error"] = error
+        write_json(settings.result, record)
+
+    assert not record["timed_out"], f"no progress for {tb.timeout_cycles} cycles after {record['images']} images"
+    assert not record["protocol_errors"], f"stream protocol violated: {record['protocol_errors']}"
+    assert record["images"] == len(expected), f"received {record['images']} images, expected {len(expected)}"
+    assert record["statuses"] == [0] * len(expected), f"status codes {record['statuses']} on a valid image"
+    assert record["partial_beats"] == 0
+    assert record["mismatches"] == 0, (f"{record['mismatches']} of {len(expected)} images differ from the golden "
+                                       f"model: {record['mismatched_images']}")

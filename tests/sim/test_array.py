@@ -1,0 +1,51 @@
+"""The array's Verilog under cocotb: small conv nets (residual blocks, max-pool, global pool or flatten) and an
+MLP on one build, images loaded through the load port, with back-pressure; scores equal golden's."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hw.array.top import ArrayConfig
+from hw.platform.verilog import array_verilog, write_text_atomically
+from model.export.layout_v3 import pack as pack_v3
+from sim.array_runner import run_array
+from tests.hw.array.test_top import random_conv_net
+from tests.hw.netgen import random_network
+from tests.model.export.test_layout_v3 import resnet_like
+
+CONFIG = ArrayConfig(engines=2, lanes=3, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
+                     channel_bits=5)
+
+
+@pytest.fixture(scope="module")
+def verilog(tmp_path_factory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("array")
+    return write_text_atomically(work / "mpq_array.v", array_verilog(CONFIG)), work
+
+
+def check(verilog, net, n_images, seed, stall=True):
+    path, work = verilog
+    rng = np.random.default_rng(seed)
+    shape = net.image_shape if hasattr(net, "image_shape") else (net.layers[0].n_in,)
+    inputs = rng.integers(0, 1 << net.input_bits, size=(n_images, *shape))
+    expected = net.forward(inputs)
+    res = run_array(path, pack_v3(net)[0], inputs.reshape(n_images, -1), expected, work_dir=work, stall=stall,
+                    seed=seed)
+    assert res["passed"], {k: v for k, v in res.items() if k != "scores"}
+    assert res["scores"] == expected.tolist() and res["statuses"] == [0] * n_images
+    return res
+
+
+def test_resnet_like_net_under_backpressure(verilog):
+    res = check(verilog, resnet_like(np.random.default_rng(3)), 3, 3)
+    assert res["ready_stall_cycles"] > 0 and res["valid_gap_cycles"] > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_conv_nets_on_one_build(verilog, seed):
+    check(verilog, random_conv_net(np.random.default_rng(2000 + seed)), 2, seed)
+
+
+def test_mlp_on_the_same_build(verilog):
+    check(verilog, random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4), 3, 4)
