@@ -40,6 +40,7 @@ LAYERS: dict[str, float] = {
     "hw.core": 2.2,
     "hw.array": 2.25,
     "hw.accelerator": 2.3,
+    "hw.system": 2.35,
     "hw.platform": 2.4,
     "model.quant": 3,
     "model.training": 4,

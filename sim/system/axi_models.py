@@ -1,0 +1,255 @@
+"""AXI4 memory model with random latency, back-pressure and error injection, and an AXI4 protocol checker.
+
+:class:`LatencyAxiRam` is cocotbext-axi's ``AxiRam`` (an AXI4 slave: INCR / WRAP / FIXED bursts, WSTRB,
+one burst at a time per direction) with what an interconnect and a DDR controller add:
+
+- random latency: before each R beat and after each W beat a random wait (usually none or a few cycles,
+  now and then a long one, like a DDR page miss or a refresh);
+- random back-pressure: pause generators on AW, W and AR (``*ready`` low) and on R and B (``*valid`` held
+  back);
+- outstanding requests: ``ar_channel`` / ``aw_channel`` accept up to ``outstanding`` addresses ahead of
+  the burst being served;
+- error injection: beats whose address lies in :attr:`LatencyAxiRam.error_ranges` answer SLVERR (a read
+  returns zeros, a write is dropped and its burst's B is SLVERR).
+
+:class:`AxiProtocolChecker` watches the master's side of the bus and records violations: a ``*valid`` that
+drops or a payload that changes before its handshake, a burst over ``max_burst`` beats, across a 4 KiB
+boundary, of another size than the bus width or not INCR, a ``wlast`` out of place, and more R or B than were
+requested. It also counts the most bursts in flight at once.
+
+cocotbext-axi samples handshakes right after the rising edge: right on Icarus (event-driven), not on
+Verilator (see :mod:`sim.transactors`); these benches run on Icarus.
+"""
+
+from __future__ import annotations
+
+import random
+
+import cocotb
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotbext.axi import AxiBus
+from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
+from cocotbext.axi.memory import Memory
+
+BOUNDARY_BYTES = 4096
+
+
+def pauses(rng: random.Random, p: float, p_long: float = 0.0, long: tuple[int, int] = (8, 24)):
+    """A pause generator: 1 with probability ``p`` per cycle, and runs of ``long`` cycles with ``p_long``."""
+    while True:
+        if p_long and rng.random() < p_long:
+            yield from [1] * rng.randint(*long)
+        yield int(rng.random() < p)
+
+
+class InjectedError(Exception):
+    """Raised by the model's memory access inside an error range (cocotbext-axi answers it with SLVERR)."""
+
+
+class _Delays:
+    def __init__(self, rng: random.Random, p_wait: float, max_wait: int, p_long: float, long_wait: int):
+        self.rng, self.p_wait, self.max_wait, self.p_long, self.long_wait = rng, p_wait, max_wait, p_long, long_wait
+
+    def cycles(self) -> int:
+        r = self.rng.random()
+        if r < self.p_long:
+            return self.rng.randint(self.long_wait // 2, self.long_wait)
+        if r < self.p_long + self.p_wait:
+            return self.rng.randint(1, self.max_wait)
+        return 0
+
+
+class _Read(AxiRamRead):
+    def __init__(self, owner, *args, **kwargs):
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    async def _read(self, address, length):
+        owner = self._owner
+        wait = owner.delays.cycles()
+        if wait:
+            await ClockCycles(self.clock, wait)
+        if owner.in_error_range(address, length):
+            owner.read_errors += 1
+            raise InjectedError(f"read of {length} bytes at {address:#x}")
+        return await super()._read(address, length)
+
+
+class _Write(AxiRamWrite):
+    def __init__(self, owner, *args, **kwargs):
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    async def _write(self, address, data):
+        owner = self._owner
+        if owner.in_error_range(address, len(data)):
+            owner.write_errors += 1
+            raise InjectedError(f"write of {len(data)} bytes at {address:#x}")
+        await super()._write(address, data)
+        wait = owner.delays.cycles()
+        if wait:
+            await ClockCycles(self.clock, wait)
+
+
+class LatencyAxiRam(Memory):
+    """cocotbext-axi's AXI4 RAM with random latency, back-pressure, outstanding depth and error ranges.
+
+    Parameters
+    ----------
+    dut : cocotb handle
+    prefix : str
+        The bus's signal prefix (``"m_axi_gmem"``).
+    clock, reset : cocotb handles
+    size : int
+        Bytes of memory (addresses wrap modulo ``size``).
+    rng : random.Random
+        Source of every random choice (one generator per channel is drawn from it).
+    stall : bool
+        Random latency and back-pressure; False: every channel at full speed.
+    outstanding : int
+        Addresses accepted ahead of the burst being served, per direction (>= 1).
+
+    Members
+    -------
+    error_ranges : list of (int, int)
+        Byte ranges ``[lo, hi)`` that answer SLVERR.
+    read_errors, write_errors : int
+        Beat accesses answered with an error.
+
+    Raises
+    ------
+    ValueError
+        ``outstanding`` below 1.
+    """
+
+    def __init__(self, dut, prefix: str, clock, reset, *, size: int, rng: random.Random, stall: bool = True,
+                 outstanding: int = 4):
+        if outstanding < 1:
+            raise ValueError(f"outstanding must be >= 1, not {outstanding!r}")
+        super().__init__(size)
+        bus = AxiBus.from_prefix(dut, prefix)
+        self.error_ranges: list[tuple[int, int]] = []
+        self.read_errors = self.write_errors = 0
+        self.delays = _Delays(random.Random(rng.random()), *((0.15, 3, 0.02, 30) if stall else (0, 0, 0, 0)))
+        self.write_if = _Write(self, bus.write, clock, reset, mem=self.mem)
+        self.read_if = _Read(self, bus.read, clock, reset, mem=self.mem)
+        self.read_if.ar_channel.queue_occupancy_limit = outstanding
+        self.write_if.aw_channel.queue_occupancy_limit = outstanding
+        self.write_if.w_channel.queue_occupancy_limit = 4
+        if stall:
+            for channel, p in ((self.write_if.aw_channel, 0.3), (self.write_if.w_channel, 0.3),
+                               (self.write_if.b_channel, 0.3), (self.read_if.ar_channel, 0.3),
+                               (self.read_if.r_channel, 0.25)):
+                channel.set_pause_generator(pauses(random.Random(rng.random()), p, 0.01))
+
+    def in_error_range(self, address: int, length: int) -> bool:
+        return any(address < hi and lo < address + length for lo, hi in self.error_ranges)
+
+
+class AxiProtocolChecker:
+    """Checks the master's AXI4 behaviour from the wires (module docstring); read :attr:`errors`.
+
+    Members
+    -------
+    errors : list of str
+    ar_bursts, aw_bursts : list of (addr, beats)
+        Every burst requested, in order.
+    max_reads_in_flight, max_writes_in_flight : int
+        Most bursts requested and not yet answered (last R beat, B) at one time.
+    r_refused : int
+        Cycles with ``rvalid`` high and ``rready`` low (a master that buffers whole bursts has none).
+    """
+
+    def __init__(self, dut, prefix: str, clock, *, data_bytes: int = 8, max_burst: int = 16):
+        self.dut, self.p, self.clock = dut, prefix, clock
+        self.data_bytes, self.max_burst = data_bytes, max_burst
+        self.errors: list[str] = []
+        self.ar_bursts: list[tuple[int, int]] = []
+        self.aw_bursts: list[tuple[int, int]] = []
+        self.max_reads_in_flight = self.max_writes_in_flight = 0
+        self.r_refused = 0
+        cocotb.start_soon(self._run())
+
+    def _sig(self, name):
+        return getattr(self.dut, f"{self.p}_{name}")
+
+    def _check_burst(self, ch: str, addr: int, beats: int, size: int, burst: int) -> None:
+        if beats > self.max_burst:
+            self.errors.append(f"{ch} burst of {beats} beats at {addr:#x} (max {self.max_burst})")
+        if 1 << size != self.data_bytes or burst != 1:
+            self.errors.append(f"{ch} at {addr:#x}: size code {size}, burst type {burst} (want full width INCR)")
+        if addr % self.data_bytes:
+            self.errors.append(f"{ch} at {addr:#x} is not aligned to {self.data_bytes} bytes")
+        if addr // BOUNDARY_BYTES != (addr + beats * self.data_bytes - 1) // BOUNDARY_BYTES:
+            self.errors.append(f"{ch} burst {addr:#x} + {beats} beats crosses a 4 KiB boundary")
+
+    async def _run(self) -> None:
+        held: dict[str, tuple] = {}  # channel -> payload offered while its ready was low
+        payloads = {"ar": ("araddr", "arlen", "arsize", "arburst"), "aw": ("awaddr", "awlen", "awsize", "awburst"),
+                    "w": ("wdata", "wstrb", "wlast")}
+        w_expect: list[int] = []  # beats of each AW whose W is not complete
+        w_ahead: list[int] = []  # beats of each W burst that completed before its AW
+        w_beat = 0
+        reads_in_flight = writes_in_flight = 0
+        while True:
+            await RisingEdge(self.clock)
+            await ReadOnly()
+            if int(self.dut.rst.value):
+                continue
+            now = {}
+            for ch, names in payloads.items():
+                valid, ready = int(self._sig(f"{ch}valid").value), int(self._sig(f"{ch}ready").value)
+                values = [self._sig(n).value for n in names] if valid else []
+                if not all(v.is_resolvable for v in values):
+                    self.errors.append(f"{ch} payload {values} has X/Z bits while {ch}valid is high")
+                now[ch] = tuple(int(v) if v.is_resolvable else -1 for v in values)
+            for ch in payloads:
+                valid, ready = int(self._sig(f"{ch}valid").value), int(self._sig(f"{ch}ready").value)
+                if ch in held and (not valid or now[ch] != held[ch]):
+                    self.errors.append(f"{ch}valid dropped or payload changed before the handshake")
+                held.pop(ch, None)
+                if valid and not ready:
+                    held[ch] = now[ch]
+                if not (valid and ready):
+                    continue
+                if ch == "ar":
+                    addr, length, size, burst = now[ch]
+                    self._check_burst("AR", addr, length + 1, size, burst)
+                    self.ar_bursts.append((addr, length + 1))
+                    reads_in_flight += 1
+                elif ch == "aw":
+                    addr, length, size, burst = now[ch]
+                    self._check_burst("AW", addr, length + 1, size, burst)
+                    self.aw_bursts.append((addr, length + 1))
+                    if w_ahead:  # its W burst is complete already
+                        if w_ahead[0] != length + 1:
+                            self.errors.append(f"a {w_ahead[0]}-beat W burst ran ahead of a {length + 1}-beat AW")
+                        w_ahead.pop(0)
+                    else:
+                        w_expect.append(length + 1)
+                    writes_in_flight += 1
+                else:
+                    last = now[ch][2]
+                    if w_expect:  # W may run ahead of its AW; then only count
+                        expect_last = w_beat == w_expect[0] - 1
+                        if last != expect_last:
+                            self.errors.append(f"wlast={last} on beat {w_beat} of a {w_expect[0]}-beat burst")
+                    w_beat += 1
+                    if last:
+                        if w_expect:
+                            w_expect.pop(0)
+                        else:
+                            w_ahead.append(w_beat)
+                        w_beat = 0
+            if int(self._sig("rvalid").value) and not int(self._sig("rready").value):
+                self.r_refused += 1
+            if int(self._sig("rvalid").value) and int(self._sig("rready").value) and int(self._sig("rlast").value):
+                reads_in_flight -= 1
+                if reads_in_flight < 0:
+                    self.errors.append("an R burst ended that was never requested")
+            if int(self._sig("bvalid").value) and int(self._sig("bready").value):
+                writes_in_flight -= 1
+                if writes_in_flight < 0:
+                    self.errors.append("a B came for a write that was never requested")
+            self.max_reads_in_flight = max(self.max_reads_in_flight, reads_in_flight)
+            self.max_writes_in_flight = max(self.max_writes_in_flight, writes_in_flight)
