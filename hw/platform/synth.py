@@ -8,9 +8,11 @@ and registers differently, but DSP48E1 and block RAM counts agree for inferred m
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,3 +105,40 @@ def format_table(res: Resources) -> str:
         used = getattr(res, key)
         rows.append(f"{LABELS[key]:<10}{used:>10g}{cap:>10}{used / cap:>8.1%}")
     return "\n".join(rows)
+
+
+def dsp_configs(design: dict, top: str) -> dict[str, int]:
+    """DSP48E1 cells of a ``write_json`` netlist by register and OPMODE configuration:
+    ``{"AREG=0 BREG=0 MREG=1 PREG=1 OPMODE=...": count}`` (``OPMODE`` a constant or ``dynamic``)."""
+    out: dict[str, int] = {}
+    for cell in design["modules"][top]["cells"].values():
+        if cell["type"] != "DSP48E1":
+            continue
+        params = cell.get("parameters", {})
+        regs = " ".join(f"{k}={int(params[k], 2) if isinstance(params.get(k), str) else params.get(k, 1)}"
+                        for k in ("AREG", "BREG", "MREG", "PREG"))
+        opmode = cell["connections"].get("OPMODE", [])
+        mode = "".join(str(b) for b in reversed(opmode)) if all(b in ("0", "1") for b in opmode) else "dynamic"
+        key = f"{regs} OPMODE={mode}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def synthesize_netlist(verilog_path, top: str, *, log_path=None) -> tuple[Resources, dict]:
+    """``synth_xilinx -flatten``: the resource counts and the ``write_json`` netlist (for the timing estimate
+    and the DSP configuration check), from one synthesis run."""
+    verilog_path = Path(verilog_path)
+    if not verilog_path.is_file():
+        raise UserError(f"{verilog_path}: no such Verilog file")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "netlist.json"
+        script = (f"read_verilog {verilog_path}; synth_xilinx -family xc7 -flatten -top {top}; stat; "
+                  f"write_json {out}")
+        proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
+        if log_path is not None:
+            Path(log_path).write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+            raise RuntimeError(f"yosys failed on {verilog_path} (exit {proc.returncode}):\n{tail}")
+        design = json.loads(out.read_text())
+    return parse_stat(proc.stdout[proc.stdout.rfind("Printing statistics"):]), design

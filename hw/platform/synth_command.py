@@ -1,4 +1,11 @@
-"""``build.py synth``: Yosys ``synth_xilinx`` of the accelerator for an image, against the XC7Z020."""
+"""``build.py synth``: Yosys ``synth_xilinx`` of the accelerator for an image, against the XC7Z020.
+
+``--core fc`` (the default for now) synthesises the fully connected core with the image in its ROM;
+``--core array`` the packed multiplier array sized for the image (:func:`hw.array.sizing.config_for`; the
+array loads images at run time, so any image that fits runs on it), with the DSP48E1 configurations Yosys
+mapped and the timing estimate of :mod:`hw.platform.timing` (the slowest register-to-register path, LUT
+levels, carry steps and the estimated Fmax on the -1 speed grade; no Vivado here, so an estimate).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, add_batch_arg, add_image_arg, write_json
+from model.cli import DEFAULT_OUT, add_batch_arg, add_image_arg, bounded, write_json
 
-HELP = "Yosys synth_xilinx resource report against the XC7Z020"
+HELP = "Yosys synth_xilinx resource report (and, for the array, a timing estimate) against the XC7Z020"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
     p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
     add_batch_arg(p)
+    p.add_argument("--core", choices=("fc", "array"), default="fc",
+                   help="fc: the fully connected core; array: the packed multiplier array (default: fc)")
+    p.add_argument("--engines", type=bounded(int, 1, 64), default=16, help="array engines (default: 16)")
+    p.add_argument("--lanes", type=bounded(int, 1, 64), default=None,
+                   help="DSP48E1 lanes per engine (default: the fewest whose tile holds the widest output row)")
 
 
 def run(args) -> int:
@@ -23,13 +35,45 @@ def run(args) -> int:
     from model.export.image import core_words, read_image
 
     out = Path(args.out)
+    if args.core == "array":
+        return _array(args, out)
     net, _ = read_image(args.image)
     vpath = write_verilog(core_words(net, args.image), out / "mpq_accel.v", batch=args.batch)
     res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")
     write_json(out / "resources.json", {**res.as_dict(), "fits_xc7z020": res.fits()})
     print("\nYosys synth_xilinx, XC7Z020\n" + format_table(res))
+    return _fits(res)
+
+
+def _fits(res) -> int:
     if not res.fits():
         over = [k for k, v in res.utilisation().items() if v > 1]
         print(f"error: the design does not fit the XC7Z020 ({', '.join(over)} over capacity)", file=sys.stderr)
         return 1
     return 0
+
+
+def _array(args, out: Path) -> int:
+    from hw.array.sizing import config_for
+    from hw.platform.synth import dsp_configs, format_table, synthesize_netlist
+    from hw.platform.timing import estimate
+    from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog, write_text_atomically
+    from model.export.image import pack, read_image
+
+    net, _ = read_image(args.image)
+    config = config_for([pack(net)], engines=args.engines, lanes=args.lanes)
+    vpath = write_text_atomically(out / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
+    print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes, {vpath}): minutes")
+    res, design = synthesize_netlist(vpath, ARRAY_TOP_NAME, log_path=out / "yosys.log")
+    timing = estimate(design, ARRAY_TOP_NAME)
+    dsps = dsp_configs(design, ARRAY_TOP_NAME)
+    record = {**res.as_dict(), "fits_xc7z020": res.fits(), "config": {k: getattr(config, k) for k in (
+        "engines", "lanes", "buffer_words", "fmap_rows", "row_codes", "fan_in_width", "channel_bits")},
+        "dsp_lanes": config.dsp_lanes, "dsp_configs": dsps, "timing": timing.as_dict(),
+        "fmax_mhz_estimate": timing.fmax_mhz}
+    write_json(out / "resources.json", record)
+    print("\nYosys synth_xilinx, XC7Z020\n" + format_table(res))
+    print("\nDSP48E1 configurations: " + ", ".join(f"{n} x {k}" for k, n in dsps.items()))
+    print(f"slowest path (estimate, -1 speed grade): {timing.delay_ns} ns, {timing.lut_levels} LUT levels, "
+          f"{timing.carry_steps} CARRY4 steps: Fmax about {timing.fmax_mhz} MHz")
+    return _fits(res)

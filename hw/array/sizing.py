@@ -1,0 +1,83 @@
+"""An array configuration sized for images: the buffers, widths and tags their descriptors need.
+
+The array reads any version 3 image that fits its buffers (``hw/array/controller.py`` refuses the others
+with ``BAD_GEOMETRY``). :func:`needs` reads an image's header and layer descriptors with the format's field
+table (the same fields the controller reads) and gives the smallest sizes that run it;
+:func:`config_for` turns those of one or more images into an :class:`~hw.array.top.ArrayConfig` with the
+given numbers of engines and lanes (the lanes set the tile width ``T``, which must hold the widest output
+row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hw.array.engine import LANE_SLOTS
+from hw.array.top import ArrayConfig
+from model.errors import UserError
+from model.export.format import HEADER, KIND_CONV, LAYER, MAGIC, WORD_BITS
+
+
+def _field(words: np.ndarray, base: int, record, name: str) -> int:
+    f = record[name]
+    value = 0
+    for k, w in enumerate(f.words):
+        value |= int(words[base + w]) << (WORD_BITS * k)
+    return (value >> f.bit) & ((1 << f.width) - 1)
+
+
+def needs(words, where: str = "image") -> dict:
+    """``{buffer_words, fmap_rows, row_codes, fan_in, channels, out_width}`` of a version 3 image."""
+    words = np.asarray(words, dtype=np.int64)
+    if len(words) < HEADER.words or _field(words, 0, HEADER, "magic") != MAGIC:
+        raise UserError(f"{where}: not an image (field 'magic')")
+    if _field(words, 0, HEADER, "version") != 3:
+        raise UserError(f"{where}: field 'version' is {_field(words, 0, HEADER, 'version')}; the array runs "
+                        "version 3 images (build.py export writes them)")
+    layers = _field(words, 0, HEADER, "layers")
+    c, h, w = (_field(words, 0, HEADER, n) for n in ("in_channels", "in_height", "in_width"))
+    out = {"buffer_words": len(words), "fmap_rows": c * h, "row_codes": w, "fan_in": 1, "channels": 1,
+           "out_width": 1}
+    for k in range(layers):
+        base = HEADER.words + LAYER.words * k
+        if base + LAYER.words > len(words):
+            raise UserError(f"{where}: layer {k}'s descriptor runs past the image's {len(words)} words")
+        g = {n: _field(words, base, LAYER, n) for n in ("kind", "c_in", "c_out", "in_height", "in_width", "kernel",
+                                                         "stride", "padding", "pool", "fan_in")}
+        if g["kind"] == KIND_CONV:
+            ho = (g["in_height"] + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
+            wo = (g["in_width"] + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
+        else:
+            ho = wo = 1
+        hs = ho // 2 if g["pool"] == 2 else ho
+        out["fmap_rows"] = max(out["fmap_rows"], g["c_in"] * g["in_height"], g["c_out"] * hs)
+        out["row_codes"] = max(out["row_codes"], g["in_width"], wo)
+        out["fan_in"] = max(out["fan_in"], g["fan_in"])
+        out["channels"] = max(out["channels"], g["c_out"])
+        out["out_width"] = max(out["out_width"], wo)
+    return out
+
+
+def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -> ArrayConfig:
+    """The smallest :class:`ArrayConfig` with ``engines`` engines that runs every image of ``images``.
+
+    ``lanes`` defaults to the fewest whose tile holds the widest output row; ``overrides`` set any other
+    field (e.g. a larger ``buffer_words`` so that bigger images load later).
+    """
+    need = [needs(w, where=f"image {k}") for k, w in enumerate(images)]
+    top = {key: max(n[key] for n in need) for key in need[0]}
+    if lanes is None:
+        lanes = -(-top["out_width"] // LANE_SLOTS)
+    pixels = lanes * LANE_SLOTS
+    if pixels < top["out_width"]:
+        raise UserError(f"{lanes} lanes give {pixels}-pixel tiles; the images have output rows of "
+                        f"{top['out_width']} pixels")
+    fields = {
+        "engines": engines, "lanes": lanes,
+        "buffer_words": 1 << max(1, (top["buffer_words"] - 1).bit_length()),
+        "fmap_rows": top["fmap_rows"], "row_codes": max(top["row_codes"], pixels),
+        "fan_in_width": top["fan_in"].bit_length(),  # fan_in < 2^width (the decoder's and controller's check)
+        "channel_bits": max(1, (top["channels"] - 1).bit_length()),
+    }
+    fields.update(overrides)
+    return ArrayConfig(**fields)
