@@ -201,11 +201,11 @@ def test_data_is_one_of_the_data_sets_before_anything_loads():
 
 def test_every_option_has_a_group_and_methods():
     for option in OPTIONS:
-        assert option.group in ("common", "iterative", "lts", "bmpq") and set(option.methods) <= set(METHODS)
+        assert option.group in ("common", "iterative", "lts", "bmpq", "vertical") and set(option.methods) <= set(METHODS)
         if option.group == "lts":
             assert "lts" in option.methods
-        if option.group == "bmpq":
-            assert option.methods == ("bmpq",)
+        if option.group in ("bmpq", "vertical"):
+            assert option.methods == (option.group,)
 
 
 # ------------------------------------------------------------------------------------------ real runs

@@ -19,7 +19,8 @@ Eq. 5 from one source weight and one source step, the positive compensation ``z_
 preset value (Sec. 5: ``z_i = (1 - 2^(i - n)) / 2`` for ``n - i`` downsamplings, the mean error of the floor), and
 the straight-through gradients of Eq. 7-8.
 
-Not built yet (issue 12): the joint training (Eq. 9-11), the vertical layers and ``train --method vertical``.
+The vertical layers built on these are in :mod:`model.quant.vertical`, the joint training (Eq. 9-11), the
+baselines and Eq. 12 in :mod:`model.methods.vertical` (``train --method vertical``).
 """
 
 from __future__ import annotations

@@ -45,11 +45,12 @@ from model.cli import (
 )
 from model.errors import UserError
 
-HELP = "IMQ (float baseline, then Algorithm 1), its baselines, LTS or BMPQ; resumable; writes results, plots and ticket.pt"
+HELP = ("IMQ (float baseline, then Algorithm 1), its baselines, LTS, BMPQ or vertical layering; resumable; writes "
+        "results, plots and ticket.pt")
 
 #: The methods of Algorithm 1's loop (model/methods/schedules.py), run in resumable run directories.
 ITERATIVE = ("imq", "irq", "imp", "irp", "qnn", "qnn-imp")
-METHODS = (*ITERATIVE, "lts", "bmpq")
+METHODS = (*ITERATIVE, "lts", "bmpq", "vertical")
 #: Options every method uses.
 ALL = METHODS
 
@@ -68,7 +69,11 @@ GROUPS = {
     "lts": ("lts", "lottery ticket scratcher (LTS paper Eq. 1-8); also --hidden, --epochs, --lr, --batch-size"),
     "bmpq": ("bmpq", ("layer-wise widths from bit gradients and an ILP (BMPQ paper Sec. III); also --warmup "
                       "(its ep_w, default 2; listed under lts)")),
+    "vertical": ("vertical", ("one net trained once that runs at 2, 3 or 4 bits (vertical-layering paper Sec. 4); "
+                              "also --val-size, --val-seed (listed under imq..qnn-imp)")),
 }
+#: Options of ``--method vertical`` that apply to the joint training only (not to --baseline).
+VERTICAL_JOINT_ONLY = ("moo", "no_compensation", "no_kd", "mixed_points")
 
 
 def val_size(text: str) -> int | float:
@@ -86,8 +91,8 @@ def val_size(text: str) -> int | float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _per_method(iterative=None, lts=None, bmpq=None) -> dict:
-    return {**dict.fromkeys(ITERATIVE, iterative), "lts": lts, "bmpq": bmpq}
+def _per_method(iterative=None, lts=None, bmpq=None, vertical=None) -> dict:
+    return {**dict.fromkeys(ITERATIVE, iterative), "lts": lts, "bmpq": bmpq, "vertical": vertical}
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------------------------------------ common
     Option(("--data",), "common", ALL, "data set: digits (scikit-learn's 8x8 digits), fashion-mnist, idx "
            "(--data-root), cifar10 or cifar100 (--data-root)",
-           _per_method("digits", LTS_BENCH["data"], "digits"), {"choices": DATA_SETS, "metavar": "NAME"},
+           _per_method("digits", LTS_BENCH["data"], "digits", "digits"), {"choices": DATA_SETS, "metavar": "NAME"},
            in_demo=True),
     Option(("--data-root",), "common", ALL, "data folder for --data idx, cifar10, cifar100 (fashion-mnist: "
            "default Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)"),
@@ -149,22 +154,22 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--test-subset",), "common", ALL, "use only the first N test images (default: all)",
            kwargs={"type": bounded(int, 1, 10**9)}),
     Option(("--arch",), "common", ALL, "network: mlp (--hidden; the accelerator runs these), resnet20 or vgg "
-           "(lts: an MLP with BatchNorm, or these conv nets with LTS weights)", _per_method("mlp", "mlp", "mlp"), {"choices": ("mlp", "resnet20", "vgg")}),
+           "(lts: an MLP with BatchNorm, or these conv nets with LTS weights)", _per_method("mlp", "mlp", "mlp", "mlp"), {"choices": ("mlp", "resnet20", "vgg")}),
     Option(("--hidden",), "common", ALL, "MLP hidden layer sizes",
-           _per_method([64], LTS_BENCH["hidden"], [64, 64, 64]), {"type": bounded(int, 1, 4096), "nargs": "+"},
+           _per_method([64], LTS_BENCH["hidden"], [64, 64, 64], [64, 64, 64]), {"type": bounded(int, 1, 4096), "nargs": "+"},
            in_demo=True),
     Option(("--epochs",), "common", ALL, "training epochs (per iteration for the iterative methods)",
-           _per_method(20, LTS_BENCH["epochs"], 20), {"type": bounded(int, 1, 100000)}, in_demo=True),
+           _per_method(20, LTS_BENCH["epochs"], 20, 10), {"type": bounded(int, 1, 100000)}, in_demo=True),
     Option(("--lr",), "common", ALL, "peak learning rate: Adam for imq..qnn-imp; SGD with momentum 0.9 for lts "
-           "and bmpq (BMPQ's paper uses 0.1 for 200 epochs)",
-           _per_method(ADAM_LR, LTS_BENCH["lr"], SGD_LR), {"type": bounded(float, 1e-8, 10.0)}, in_demo=True),
-    Option(("--batch-size",), "common", ALL, "mini-batch size", _per_method(64, LTS_BENCH["batch_size"], 64),
+           "and bmpq (BMPQ's paper uses 0.1 for 200 epochs); Adam for vertical",
+           _per_method(ADAM_LR, LTS_BENCH["lr"], SGD_LR, ADAM_LR), {"type": bounded(float, 1e-8, 10.0)}, in_demo=True),
+    Option(("--batch-size",), "common", ALL, "mini-batch size", _per_method(64, LTS_BENCH["batch_size"], 64, 64),
            {"type": bounded(int, 1, 65536)}),
-    Option(("--seed",), "common", ALL, "random seed, 0..2^32-1", _per_method(0, 0, 0), {"type": SEED},
+    Option(("--seed",), "common", ALL, "random seed, 0..2^32-1", _per_method(0, 0, 0, 0), {"type": SEED},
            in_demo=True),
     Option(("--device",), "common", ALL, "where to train: auto (CUDA when available, else the CPU), cpu, cuda or "
            "cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK (NCCL), cpu means gloo",
-           _per_method("auto", "auto", "auto"), {"type": device_spec, "metavar": "auto|cpu|cuda[:N]"}),
+           _per_method("auto", "auto", "auto", "auto"), {"type": device_spec, "metavar": "auto|cpu|cuda[:N]"}),
     Option(("--run-dir",), "common", ALL, "output directory, overriding --out; for imq..qnn-imp the run "
            "directory that running again with the same options resumes (lts and bmpq start over)"),
     # ------------------------------------------------------------------------------------------ iterative
@@ -191,11 +196,11 @@ OPTIONS: tuple[Option, ...] = (
            {"choices": ("global", "layer")}, in_demo=True),
     Option(("--no-float-baseline",), "iterative", ITERATIVE, "skip the dense float model",
            kwargs={"action": "store_true"}),
-    Option(("--val-size",), "iterative", ITERATIVE, "training images held out for validation (ticket selection "
-           "ranks on them): a fraction in (0, 1), a count >= 1, or 0 for none",
-           _per_method(DEFAULT_VAL_SIZE), {"type": val_size}),
-    Option(("--val-seed",), "iterative", ITERATIVE, "seed of the validation split, 0..2^32-1", _per_method(0),
-           {"type": SEED}),
+    Option(("--val-size",), "iterative", (*ITERATIVE, "vertical"), "training images held out for validation "
+           "(ticket selection, and vertical's epoch selection, rank on them): a fraction in (0, 1), a count >= 1, "
+           "or 0 for none", _per_method(DEFAULT_VAL_SIZE, vertical=DEFAULT_VAL_SIZE), {"type": val_size}),
+    Option(("--val-seed",), "iterative", (*ITERATIVE, "vertical"), "seed of the validation split, 0..2^32-1",
+           _per_method(0, vertical=0), {"type": SEED}),
     Option(("--restart",), "iterative", ITERATIVE, "start the run directory afresh: remove what an earlier run "
            "wrote there (needed after a code change or to change the config in place)",
            kwargs={"action": "store_true"}, in_demo=True),
@@ -227,6 +232,25 @@ OPTIONS: tuple[Option, ...] = (
            {"type": int, "choices": (4, 8, 16)}),
     Option(("--interval",), "bmpq", ("bmpq",), "epoch interval ep_int between ILP runs, Def. 2", {"bmpq": 2},
            {"type": bounded(int, 1, 10000)}),
+    # ------------------------------------------------------------------------------------------ vertical
+    Option(("--widths",), "vertical", ("vertical",), "trained weight and activation widths, consecutive, "
+           "comma-separated; the largest is the source width n", {"vertical": "2,3,4"}),
+    Option(("--moo",), "vertical", ("vertical",), "combination of the per-width gradients: us (unitary "
+           "scalarization, alpha_i = 1/(n+1)) or mgd (min-norm, Eq. 10)", {"vertical": "us"},
+           {"choices": ("us", "mgd")}),
+    Option(("--no-compensation",), "vertical", ("vertical",), "downsample without the positive compensation "
+           "z_i (Eq. 6; the paper's ablation)", kwargs={"action": "store_true"}),
+    Option(("--no-kd",), "vertical", ("vertical",), "no cosine self-knowledge distillation from the next wider "
+           "width (Eq. 11)", kwargs={"action": "store_true"}),
+    Option(("--baseline",), "vertical", ("vertical",), "train a baseline instead of the joint training: lsq "
+           "(a separate LSQ net per width, the oracle), downsample (LSQ at the source width, lower widths by "
+           "direct floor downsampling), ascending (Sec. 3.3 ascending layer training)",
+           kwargs={"choices": ("lsq", "downsample", "ascending")}),
+    Option(("--float-edges",), "vertical", ("vertical",), "keep the first and last layers' weights full "
+           "precision (the paper's setting; not for the accelerator) instead of 8-bit integers",
+           kwargs={"action": "store_true"}),
+    Option(("--mixed-points",), "vertical", ("vertical",), "bit budgets of the Eq. 12 mixed-precision curve "
+           "(Fig. 8; 0: none)", {"vertical": 5}, {"type": bounded(int, 0, 50)}),
 )
 
 OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
@@ -255,7 +279,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="imq: MPQ-tickets (default); irq: random instead of magnitude choice; imp / irp: iterative magnitude "
              "/ random pruning at 32 bits; qnn: all weights --weight-bits, one run; qnn-imp: IMP on a "
              "--weight-bits QNN; lts: lottery ticket scratcher; bmpq: layer-wise widths from bit gradients and an "
-             "ILP")
+             "ILP; vertical: one vertical-layered net for every width of --widths")
     for option in OPTIONS:
         _add(groups[option.group], option)
     out = DEFAULT_OUT / "train"
@@ -300,6 +324,11 @@ def resolve(args, method: str | None = None):
                             f"has no scratcher")
     if method == "bmpq" and "compression" in names and "budget_mb" in names:
         raise UserError("--compression and --budget-mb both set the BMPQ memory budget: give one of them")
+    if method == "vertical" and args.baseline:
+        joint = sorted(set(VERTICAL_JOINT_ONLY) & names)
+        if joint:
+            raise UserError(f"{OPTION_BY_DEST[joint[0]].flag} does not apply to --method vertical --baseline "
+                            f"{args.baseline}: it is an option of the joint training")
     if "val_seed" in names and args.val_size == 0:
         raise UserError("--val-seed does not apply with --val-size 0: there is no validation split to seed")
     if "hidden" in names and (getattr(args, "arch", None) or "mlp") != "mlp":
@@ -515,6 +544,159 @@ def cmd_train_bmpq(args) -> int:
     return 0
 
 
+def save_vertical_checkpoint(path, model, meta: dict | None = None) -> Path:
+    """Write a vertical net (:mod:`model.methods.vertical`) like :func:`model.runs.checkpoint.save_checkpoint`
+    (same format and version, CPU tensors) with ``"quantizer": "vertical"`` and ``"vertical"`` (widths,
+    compensation); :func:`load_vertical_checkpoint` reads it back. (``model.runs.checkpoint.load_checkpoint``
+    refuses the file, naming the field ``quantizer``: taking it there is the export side's step.)"""
+    import torch
+
+    from model.files import atomic_write
+    from model.runs.checkpoint import FORMAT, VERSION
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "config": model.config, "quantizer": "vertical",
+               "vertical": dict(model.vertical), "state_dict": state, "meta": dict(meta or {})}
+    return atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def load_vertical_checkpoint(path):
+    """Rebuild a net written by :func:`save_vertical_checkpoint`; returns ``(model, meta)``.
+
+    Raises
+    ------
+    UserError
+        If the file is not a vertical checkpoint or its state does not fit the rebuilt net.
+    """
+    import torch
+
+    from model.quant.nets import build_model
+    from model.quant.vertical import DEFAULT_WIDTHS, set_width, to_vertical, widths_of
+    from model.runs.checkpoint import FORMAT
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("quantizer") != "vertical":
+        raise UserError(f"{path}: field 'quantizer' is not 'vertical'; this is not a vertical-layered checkpoint")
+    vertical = payload.get("vertical") or {}
+    model = to_vertical(build_model(payload["config"]), vertical.get("widths", DEFAULT_WIDTHS),
+                        vertical.get("compensate", True), vertical.get("float_edges", False))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"{path}: field 'state_dict' does not fit the model ({str(exc)[:160]})") from None
+    set_width(model, widths_of(model)[-1])
+    return model, payload.get("meta", {})
+
+
+def cmd_train_vertical(args) -> int:
+    """Vertical layering (model/methods/vertical.py): the joint training, or a baseline (``--baseline``).
+
+    Writes ``vertical.json`` (per-width validation and test accuracies, the history, the Eq. 12 rows),
+    ``vertical.pt`` (the net; ``lsq_<b>bit.pt`` per width for ``--baseline lsq``, none for ascending),
+    ``vertical_hist.png`` (Fig. 5) and, for the joint training, ``vertical_mixed.png`` (Fig. 8).
+    """
+    import torch
+
+    from model.data import DataRecord, class_count, load_dataset
+    from model.methods.vertical import (
+        VerticalConfig,
+        mixed_precision_curve,
+        model_bits,
+        plot_histograms,
+        plot_mixed_precision,
+        train_ascending,
+        train_downsample,
+        train_lsq_oracle,
+        train_vertical,
+    )
+    from model.quant.nets import build_model, model_config
+    from model.quant.vertical import parse_widths, set_width, to_vertical
+    from model.runs.provenance import provenance
+    from model.runs.validation import carve_validation
+
+    widths = parse_widths(args.widths)
+    out = Path(args.run_dir or args.out)
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+                         seed=args.seed)
+    split, validation = carve_validation(split, args.val_size, args.val_seed)
+    n_classes = class_count(args.data, split)
+    config = model_config(args.arch, split, args.hidden, n_classes, act_bits=max(widths))
+    scheme = args.baseline or "joint"
+    compensate = scheme == "joint" and not args.no_compensation
+
+    def build(net_widths):
+        torch.manual_seed(args.seed)  # the same initial weights for every net of the comparison
+        return to_vertical(build_model(config), net_widths, compensate, args.float_edges)
+
+    vconfig = VerticalConfig(widths=widths, moo=args.moo, compensate=compensate, kd=not args.no_kd,
+                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    progress = not args.quiet
+    mixed: list[dict] = []
+    model = None
+    if scheme == "lsq":
+        per_width = train_lsq_oracle(build, split, vconfig, validation, progress=progress)
+        test = {b: r.test_accuracy[b] for b, r in per_width.items()}
+        val = {b: r.val_accuracy.get(b) for b, r in per_width.items()}
+        history = {str(b): r.history for b, r in per_width.items()}
+        selected = {str(b): r.selected_epoch for b, r in per_width.items()}
+    else:
+        model = build(widths)
+        trainer = {"joint": train_vertical, "downsample": train_downsample, "ascending": train_ascending}[scheme]
+        result = trainer(model, split, vconfig, validation, progress=progress)
+        test, val, history, selected = result.test_accuracy, result.val_accuracy, result.history, result.selected_epoch
+        if scheme == "joint" and args.mixed_points:
+            mixed = mixed_precision_curve(model, split, points=args.mixed_points, seed=args.seed)
+    sizes = {}
+    if model is not None:
+        for b in widths:
+            set_width(model, b)
+            sizes[str(b)] = model_bits(model)
+        set_width(model, widths[-1])
+    recorded = provenance()
+    report = {"method": "vertical", "scheme": scheme, "resumed": False, "provenance": recorded,
+              "widths": list(widths), "moo": args.moo if scheme == "joint" else None,
+              "compensation": compensate, "kd": scheme == "joint" and not args.no_kd,
+              "edge_bits": 32 if args.float_edges else 8,
+              "test_accuracy": {str(b): a for b, a in test.items()},
+              "val_accuracy": {str(b): a for b, a in val.items()},
+              "selected_epoch": selected, "model_bits": sizes, "mixed_precision": mixed, "history": history,
+              "config": {"data": args.data, "data_root": args.data_root, "arch": args.arch,
+                         "train_images": len(split.y_train), "val_images": 0 if validation is None else validation.size,
+                         "test_images": len(split.y_test), "hidden": list(args.hidden) if args.arch == "mlp" else None,
+                         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+                         "val_size": args.val_size, "val_seed": args.val_seed, "model": config}}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "vertical.json", report)
+    written = [out / "vertical.json"]
+    data = DataRecord.of(args.data, args.data_root, split.image_shape, 8, args.seed, args.train_subset,
+                         args.test_subset)
+    meta = {"method": "vertical", "scheme": scheme, "test_accuracy": report["test_accuracy"],
+            "provenance": recorded, "dataset": data.to_json()}
+    if scheme == "lsq":
+        for b, r in per_width.items():
+            written.append(save_vertical_checkpoint(out / f"lsq_{b}bit.pt", r.model, meta))
+        nets = {b: r.model for b, r in per_width.items()}
+    else:
+        nets = model
+    if scheme != "ascending":  # the ascending net's codes live in its stages, not in weight and s_w
+        if model is not None:
+            written.append(save_vertical_checkpoint(out / "vertical.pt", model, meta))
+        written.append(plot_histograms(nets, out / "vertical_hist.png", f"{scheme}, {args.arch}, {args.data}"))
+    if mixed:
+        written.append(plot_mixed_precision(mixed, out / "vertical_mixed.png"))
+    rows = [(f"{b}-bit test accuracy" + (f" (val {val[b]:.4f})" if val.get(b) is not None else ""), test[b])
+            for b in widths]
+    rows += [(f"Eq. 12 {r['avg_inner_bits']:.2f} inner bits, {r['model_bits'] / 8 / 1024:.1f} KB", r["accuracy"])
+             for r in mixed if r["kind"] == "mixed"]
+    print_table(rows, f"vertical ({scheme}, {args.arch}, {args.data})")
+    print("\nresumed: false (vertical always starts over)")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def run(args) -> int:
     """``train --method imq|irq|imp|irp|qnn|qnn-imp`` in a resumable run directory, or LTS, or BMPQ."""
     resolve(args)
@@ -525,6 +707,8 @@ def run(args) -> int:
         return cmd_train_lts(args)
     if args.method == "bmpq":
         return cmd_train_bmpq(args)
+    if args.method == "vertical":
+        return cmd_train_vertical(args)
     from model.runs.rundir import history_file, plot_file, ticket_widths_supported
 
     out = Path(args.run_dir or args.out)
