@@ -1,0 +1,36 @@
+"""config_for: the smallest array configuration that runs given images (what the controller would accept)."""
+
+import numpy as np
+import pytest
+
+from hw.array.sizing import config_for, needs
+from model.errors import UserError
+from model.export.layout_v3 import pack as pack_v3
+from tests.model.export.test_layout_v3 import resnet_like
+
+
+def test_needs_of_a_resnet_like_image():
+    words = pack_v3(resnet_like(np.random.default_rng(0)))[0]
+    n = needs(words)
+    # input 1x8x8; stem 2x8x8; blocks 2x8x8 and 4x4x4 (stride 2); fan-ins up to 4 * 9; 4 channels
+    assert n == {"buffer_words": len(words), "fmap_rows": 16, "row_codes": 8, "fan_in": 36, "channels": 4,
+                 "out_width": 8}
+
+
+def test_config_holds_the_widest_row_and_every_field():
+    words = pack_v3(resnet_like(np.random.default_rng(0)))[0]
+    cfg = config_for([words], engines=3)
+    assert cfg.engines == 3 and cfg.lanes == 3 and cfg.pixels == 9 >= 8
+    assert cfg.buffer_words >= len(words) and cfg.buffer_words & (cfg.buffer_words - 1) == 0
+    assert (1 << cfg.fan_in_width) > 36 and (1 << cfg.channel_bits) >= 4 and cfg.row_codes >= 9
+    with pytest.raises(UserError, match="output rows of 8"):
+        config_for([words], engines=1, lanes=2)
+
+
+def test_refuses_what_is_not_a_version_3_image():
+    words = pack_v3(resnet_like(np.random.default_rng(0)))[0].copy()
+    words[1] = 2
+    with pytest.raises(UserError, match="version"):
+        needs(words)
+    with pytest.raises(UserError, match="magic"):
+        needs(np.zeros(8, dtype=np.uint32))

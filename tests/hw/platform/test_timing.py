@@ -1,0 +1,49 @@
+"""The timing estimate on small netlists whose slowest path is known: a carry chain, LUT levels, a DSP."""
+
+import shutil
+
+import pytest
+
+from hw.platform.synth import dsp_configs, synthesize_netlist
+from hw.platform.timing import T_CARRY_STEP, T_CKO, T_SETUP, estimate
+
+pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
+
+ADDER = """
+module top(input clk, input [63:0] a, input [63:0] b, output reg [63:0] s);
+  reg [63:0] ra, rb;
+  always @(posedge clk) begin ra <= a; rb <= b; s <= ra + rb; end
+endmodule
+"""
+
+MULT = """
+module top(input clk, input [15:0] a, input [15:0] b, output reg [31:0] p);
+  reg [15:0] ra, rb; reg [31:0] m;
+  always @(posedge clk) begin ra <= a; rb <= b; m <= ra * rb; p <= m; end
+endmodule
+"""
+
+
+def test_a_registered_64_bit_adder_is_one_carry_chain(tmp_path):
+    path = tmp_path / "adder.v"
+    path.write_text(ADDER)
+    res, design = synthesize_netlist(path, "top")
+    report = estimate(design, "top")
+    assert res.lut >= 64 and res.ff >= 192
+    assert report.carry_steps == 16  # 64 bits, 4 per CARRY4
+    assert report.path[0] == "FDRE" and report.path[-1] == "FDRE"
+    # clock to Q, a net and the carry entry, 15 chain steps, the net to the FF and its setup
+    assert report.delay_ns == pytest.approx(T_CKO + 0.45 + 0.12 + 0.45 + 0.40 + 15 * T_CARRY_STEP + 0.45 + T_SETUP,
+                                            abs=0.6)
+    assert report.fmax_mhz > 150
+
+
+def test_a_registered_multiplier_maps_to_one_dsp(tmp_path):
+    path = tmp_path / "mult.v"
+    path.write_text(MULT)
+    res, design = synthesize_netlist(path, "top")
+    assert res.dsp == 1 and res.lut < 10
+    configs = dsp_configs(design, "top")
+    assert sum(configs.values()) == 1
+    assert "MREG=1" in next(iter(configs)) or "PREG=1" in next(iter(configs))
+    assert estimate(design, "top").fmax_mhz > 100
