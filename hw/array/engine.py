@@ -12,8 +12,8 @@ the shortcut codes of the tile's pixels and how many pixels the tile has. For ea
 3. broadcasts ``q`` to ``lanes`` :class:`~hw.dsp.segment_lane.SegmentDspLane` (one DSP48E1 each, ``slots``
    pixels per lane) in the lane mode of the entry's class and the layer's activation width; a pruned weight
    has no entry and costs no cycle, an all-pruned row one entry of zeros (``acc = 0``);
-4. at each class segment's end the lanes give ``S`` and ``A`` per pixel; the *combine* takes them one pixel
-   a cycle, multiplies by ``R_m`` in three conditional shift-adds (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``,
+4. at each class segment's end the lanes give ``S`` and ``A`` per pixel, which move into a holding register
+   (the lanes go on with the next segment); the *combine* takes them one pixel a cycle, multiplies by ``R_m`` in three conditional shift-adds (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``,
    ``R_8 = (1 + 2^8)(1 + 2^16)``, ``R_16 = 1 + 2^16``, ``R_32 = 1``; also ``R_m A`` for a signed layer) and
    adds into per-pixel accumulators ``X = sum_m R_m S_m``, ``A``, ``Y = sum_m R_m A_m`` (written, not
    added, by a row's first segment: no clearing);
@@ -222,29 +222,42 @@ class ChannelEngine(wiring.Component):
                      rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual)]
         c_adv = Signal()
         m.d.comb += c_adv.eq(rq.i.ready)
-        seg = data.View(seg_layout, segs.r_data)
+        # The lanes' segment sums move into a holding register at once, so that the lanes go on with the next
+        # segment while the combine takes this one pixel by pixel.
+        s_shape = lead.o.payload.s[0].shape()
+        a_shape = lead.o.payload.a[0].shape()
+        held_valid = Signal()
+        held_s = Signal(data.ArrayLayout(s_shape, t))
+        held_a = Signal(data.ArrayLayout(a_shape, t))
+        seg = Signal(seg_layout)  # the held segment's class and position in its row
         k = Signal(range(t))
         n_last = Signal(range(t))  # the segment's last pixel to combine
         m.d.comb += n_last.eq(Mux(layer.gap, GAP_SLOTS - 1, row.pixels - 1))
         start = Signal()
-        m.d.comb += start.eq(lead.o.valid & segs.r_rdy & rows.r_rdy & c_adv)
+        m.d.comb += start.eq(held_valid & rows.r_rdy & c_adv)
         at_end = Signal()
         m.d.comb += at_end.eq(k == n_last)
+        release = start & at_end
+        capture = Signal()
+        m.d.comb += capture.eq(lead.o.valid & segs.r_rdy & (~held_valid | release))
         for lane in lane_list:
-            m.d.comb += lane.o.ready.eq(start & at_end)
-        m.d.comb += [segs.r_en.eq(start & at_end), rows.r_en.eq(start & at_end & seg.last)]
+            m.d.comb += lane.o.ready.eq(capture)
+        m.d.comb += [segs.r_en.eq(capture), rows.r_en.eq(release & seg.last)]
+        with m.If(capture):
+            m.d.sync += [held_valid.eq(1), seg.eq(segs.r_data)]
+            for kk in range(t):
+                lane = lane_list[kk // LANE_SLOTS]
+                m.d.sync += [held_s[kk].eq(lane.o.payload.s[kk % LANE_SLOTS]),
+                             held_a[kk].eq(lane.o.payload.a[kk % LANE_SLOTS])]
+        with m.Elif(release):
+            m.d.sync += held_valid.eq(0)
         with m.If(start):
             m.d.sync += k.eq(Mux(at_end, 0, k + 1))
 
-        # Stage C0 -> C1: select pixel k's sums (slot k of lane k // 3), the row's data for it.
-        s_sel = Signal(lead.o.payload.s[0].shape())
-        a_sel = Signal(lead.o.payload.a[0].shape())
-        with m.Switch(k):
-            for kk in range(t):
-                with m.Case(kk):
-                    lane = lane_list[kk // LANE_SLOTS]
-                    m.d.comb += [s_sel.eq(lane.o.payload.s[kk % LANE_SLOTS]),
-                                 a_sel.eq(lane.o.payload.a[kk % LANE_SLOTS])]
+        # Stage C0 -> C1: select pixel k's sums, the row's data for it.
+        s_sel = Signal(s_shape)
+        a_sel = Signal(a_shape)
+        m.d.comb += [s_sel.eq(held_s[k]), a_sel.eq(held_a[k])]
         r_sel = Signal(MAX_ACT_BITS)
         m.d.comb += r_sel.eq(row.r[k])
         # In gap mode slot 1 holds the high bytes: weight 256, into pixel 0.
