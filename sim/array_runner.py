@@ -37,18 +37,31 @@ def run_array(verilog_path, words, inputs, expected, *, work_dir, simulator: str
     SimulationError
         The build failed or the simulation wrote no record.
     """
-    words = np.asarray(words, dtype=np.int64)
-    inputs = np.asarray(inputs, dtype=np.int64)
-    expected = np.asarray(expected, dtype=np.int64)
-    if inputs.ndim != 2 or expected.ndim != 2 or len(inputs) != len(expected) or len(inputs) == 0:
-        raise ValueError(f"inputs [N, C H W] and expected [N, n_classes] must have the same N >= 1, not shapes "
-                         f"{inputs.shape} and {expected.shape}")
-    if inputs.min() < 0 or inputs.max() > 255:
-        raise ValueError(f"input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
-    if words.ndim != 1 or len(words) == 0 or words.min() < 0 or words.max() >= 1 << 32:
-        raise ValueError("words must be a non-empty vector of 32-bit words")
+    return run_array_cases(verilog_path, [(words, inputs, expected)], work_dir=work_dir, simulator=simulator,
+                           stall=stall, seed=seed, timeout_cycles=timeout_cycles, keep_logs=keep_logs)
+
+
+def run_array_cases(verilog_path, cases, *, work_dir, simulator: str = "icarus", stall: bool = True, seed: int = 0,
+                    timeout_cycles: int | None = None, keep_logs: bool = False) -> dict:
+    """:func:`run_array` for several ``(words, inputs, expected)`` cases, one after the other on one RTL run
+    (each image loaded through the load port, no reset between them)."""
+    arrays = {"n_cases": np.array(len(cases))}
+    if not cases:
+        raise ValueError("cases must not be empty")
+    for k, (words, inputs, expected) in enumerate(cases):
+        words = np.asarray(words, dtype=np.int64)
+        inputs = np.asarray(inputs, dtype=np.int64)
+        expected = np.asarray(expected, dtype=np.int64)
+        if inputs.ndim != 2 or expected.ndim != 2 or len(inputs) != len(expected) or len(inputs) == 0:
+            raise ValueError(f"case {k}: inputs [N, C H W] and expected [N, n_classes] must have the same N >= 1, "
+                             f"not shapes {inputs.shape} and {expected.shape}")
+        if inputs.min() < 0 or inputs.max() > 255:
+            raise ValueError(f"case {k}: input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
+        if words.ndim != 1 or len(words) == 0 or words.min() < 0 or words.max() >= 1 << 32:
+            raise ValueError(f"case {k}: words must be a non-empty vector of 32-bit words")
+        arrays.update({f"words_{k}": words, f"inputs_{k}": inputs, f"expected_{k}": expected})
     check_timeout(timeout_cycles)
     build_dir = build(verilog_path, work_dir=work_dir, simulator=simulator, toplevel=TOPLEVEL, prefix="array")
     return run_test(build_dir, verilog_path, simulator=simulator, toplevel=TOPLEVEL, test_module=TEST_MODULE,
-                    env_prefix="MPQA", case={"words": words, "inputs": inputs, "expected": expected}, stall=stall,
-                    seed=seed, timeout_cycles=timeout_cycles, keep_logs=keep_logs)
+                    env_prefix="MPQA", case=arrays, stall=stall, seed=seed, timeout_cycles=timeout_cycles,
+                    keep_logs=keep_logs)

@@ -1,23 +1,25 @@
 """cocotb testbench of the packed multiplier array ``mpq_array`` (hw/array/top.py).
 
-The test loads a version 3 image through the load port (one word a cycle, with random idle cycles when
-stalling), then runs every image: a ``start`` pulse whenever the array is idle, the image's input codes on
-``i`` (one code per beat, ``C H W`` beats, accepted while the array takes its input), the class scores from
-``o`` (``n_classes`` beats), and ``done`` with ``status``. The scoreboard compares each image's scores with
-the golden model's, in order. Transactors, timing discipline and stall patterns are :mod:`sim.tb.stream`'s.
+The test runs one or more *cases* on the same RTL, one after the other, without a reset between them: a
+case is a version 3 image and its input images. For each case it loads the image through the load port
+(one word a cycle, with random idle cycles when stalling), then runs every input image: a ``start`` pulse
+when the array is idle, the image's input codes on ``i`` (one code per beat, ``C H W`` beats, accepted while
+the array takes its input), the class scores from ``o`` and ``done`` with ``status``. The scoreboard compares
+every image's scores with the golden model's, in order; a case loaded after another must give its own
+golden scores (no state survives from the previous image). Transactors, timing discipline and stall
+patterns are :mod:`sim.tb.stream`'s.
 
-Configured by environment variables (set by :func:`sim.array_runner.run_array`):
+Configured by environment variables (set by :func:`sim.array_runner.run_array` / ``run_array_cases``):
 
 ``MPQA_CASE``
-    ``.npz`` with ``words`` (the image, uint32), ``inputs`` (int64 ``[N, C H W]``) and ``expected`` (int64
-    ``[N, n_classes]``).
+    ``.npz`` with ``n_cases`` and, per case ``k``, ``words_k`` (the image, uint32), ``inputs_k`` (int64
+    ``[N, C H W]``) and ``expected_k`` (int64 ``[N, n_classes]``).
 ``MPQA_RESULT``, ``MPQA_STALL``, ``MPQA_SEED``, ``MPQA_TIMEOUT_CYCLES``
     As :mod:`sim.tb.accelerator`'s ``MPQ_*`` (:class:`sim.tb.stream.RunSettings`).
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 
@@ -25,7 +27,7 @@ import cocotb
 import numpy as np
 from amaranth.hdl import signed, unsigned
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import First, ReadOnly, RisingEdge
 
 from model.files import write_json
 from sim.scoreboard import Scoreboard
@@ -45,20 +47,20 @@ class ArrayTB(StreamTB):
         Time of each image's ``start`` pulse and ``done``.
     statuses : list of int
         ``status`` at each ``done``.
-    load_cycles : int
-        Cycles the image load took.
+    load_cycles : list of int
+        Cycles each case's image load took.
     """
 
     def __init__(self, dut, expected, *, stall: bool, seed: int = 0, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
         super().__init__(dut, input_shape=INPUT_SHAPE, output_shape=OUTPUT_SHAPE,
                          scoreboard=Scoreboard(expected, name="image"), stall=stall, seed=seed,
                          timeout_cycles=timeout_cycles)
-        self.n_classes = len(expected[0]) if len(expected) else 0
+        self.n_classes = 0
         self.pending: list[int] = []
         self.starts_ns: list[float] = []
         self.dones_ns: list[float] = []
         self.statuses: list[int] = []
-        self.load_cycles = 0
+        self.load_cycles: list[int] = []
         self.rng = random.Random(f"load-{seed}")
 
     def receive(self, value: int) -> None:
@@ -68,7 +70,7 @@ class ArrayTB(StreamTB):
             self.scoreboard.check(scores)
 
     def progress(self) -> int:
-        return super().progress() + len(self.dones_ns)
+        return super().progress() + len(self.dones_ns) + sum(self.load_cycles)
 
     async def load(self, words) -> None:
         """Write the image words through the load port."""
@@ -83,37 +85,49 @@ class ArrayTB(StreamTB):
             dut.load__data.value = int(word)
             await RisingEdge(dut.clk)
         dut.load__en.value = 0
-        self.load_cycles = round((get_sim_time("ns") - t0) / CLOCK_NS)
+        self.load_cycles.append(round((get_sim_time("ns") - t0) / CLOCK_NS))
 
-    async def starter(self, n_images: int) -> None:
-        """A ``start`` pulse whenever the array is idle, then wait for its ``done``; ``n_images`` times."""
+    async def run_image(self) -> bool:
+        """A ``start`` pulse, then wait for ``done``; False when the watchdog fired first."""
         dut = self.dut
-        for _ in range(n_images):
-            dut.start.value = 1
-            await RisingEdge(dut.clk)
-            self.starts_ns.append(get_sim_time("ns"))
-            dut.start.value = 0
-            while True:
-                await ReadOnly()
-                if dut.done.value:
-                    self.dones_ns.append(get_sim_time("ns"))
-                    self.statuses.append(int(dut.status.value))
-                    await RisingEdge(dut.clk)
-                    break
+        dut.start.value = 1
+        await RisingEdge(dut.clk)
+        self.starts_ns.append(get_sim_time("ns"))
+        dut.start.value = 0
+        while not self.hung.is_set():
+            await ReadOnly()
+            if dut.done.value:
+                self.dones_ns.append(get_sim_time("ns"))
+                self.statuses.append(int(dut.status.value))
                 await RisingEdge(dut.clk)
+                return True
+            await RisingEdge(dut.clk)
+        return False
 
-    async def run_images(self, words, inputs) -> None:
+    async def run_cases(self, cases) -> None:
+        """Each case: load its image, run its input images; stop at the first hang."""
         self.dut.start.value = 0
         self.dut.load__en.value = 0
         await self.reset()
-        await self.load(words)
-        cocotb.start_soon(self.starter(len(inputs)))
-        await self.run(itertools.chain.from_iterable(inputs))
+        self.source.start()
+        self.sink.start()
+        cocotb.start_soon(self.watchdog())
+        received = 0
+        for words, inputs, expected in cases:
+            self.n_classes = expected.shape[1]
+            await self.load(words)
+            self.source.send_all_nowait(int(v) for v in inputs.reshape(-1))
+            for _ in range(len(inputs)):
+                if not await self.run_image():
+                    return
+            received += len(inputs)
+            while len(self.scoreboard.received) < received and not self.hung.is_set():
+                await First(RisingEdge(self.dut.clk), self.hung.wait())
 
     def result(self, wall_s: float) -> dict:
         """The record: ``images``, ``expected_images``, ``mismatches``, ``mismatched_images``, ``scores``,
-        ``statuses``, ``cycles_per_image`` (mean of start -> done), ``image_cycles`` (each), ``load_cycles``,
-        and :meth:`~sim.tb.stream.StreamTB.stream_record`'s keys."""
+        ``statuses``, ``cycles_per_image`` (mean of start -> done), ``image_cycles`` (each), ``load_cycles``
+        (per case), and :meth:`~sim.tb.stream.StreamTB.stream_record`'s keys."""
         board = self.scoreboard
         spans = [round((d - s) / CLOCK_NS) for s, d in zip(self.starts_ns, self.dones_ns)]
         return {
@@ -131,24 +145,23 @@ class ArrayTB(StreamTB):
         }
 
 
+def read_cases(path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    with np.load(path) as case:
+        return [(case[f"words_{k}"].astype(np.int64), case[f"inputs_{k}"].astype(np.int64),
+                 case[f"expected_{k}"].astype(np.int64)) for k in range(int(case["n_cases"]))]
+
+
 @cocotb.test()
 async def run_images(dut):
-    """The image of ``MPQA_CASE`` loaded, then all its inputs through the array; scores equal golden's."""
+    """Every case of ``MPQA_CASE`` on the same RTL; every image's scores equal golden's, status OK."""
     t0 = time.perf_counter()
     settings = RunSettings.from_env("MPQA", default_timeout_cycles=DEFAULT_TIMEOUT_CYCLES)
-    with np.load(settings.case) as case:
-        words = case["words"].astype(np.int64).tolist()
-        inputs = case["inputs"].astype(np.int64)
-        expected = case["expected"].astype(np.int64)
-    tb = ArrayTB(dut, expected.tolist(), stall=settings.stall, seed=settings.seed,
-                 timeout_cycles=settings.timeout_cycles)
+    cases = read_cases(settings.case)
+    expected = [row for _, _, exp in cases for row in exp.tolist()]
+    tb = ArrayTB(dut, expected, stall=settings.stall, seed=settings.seed, timeout_cycles=settings.timeout_cycles)
     error = None
     try:
-        await tb.run_images(words, inputs.tolist())
-        for _ in range(64):  # the last done follows the last score
-            if len(tb.dones_ns) == len(inputs):
-                break
-            await RisingEdge(dut.clk)
+        await tb.run_cases(cases)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -160,7 +173,7 @@ async def run_images(dut):
     assert not record["timed_out"], f"no progress for {tb.timeout_cycles} cycles after {record['images']} images"
     assert not record["protocol_errors"], f"stream protocol violated: {record['protocol_errors']}"
     assert record["images"] == len(expected), f"received {record['images']} images, expected {len(expected)}"
-    assert record["statuses"] == [0] * len(expected), f"status codes {record['statuses']} on a valid image"
+    assert record["statuses"] == [0] * len(expected), f"status codes {record['statuses']} on valid images"
     assert record["partial_beats"] == 0
     assert record["mismatches"] == 0, (f"{record['mismatches']} of {len(expected)} images differ from the golden "
                                        f"model: {record['mismatched_images']}")

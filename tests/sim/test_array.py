@@ -9,7 +9,7 @@ import pytest
 from hw.array.top import ArrayConfig
 from hw.platform.verilog import array_verilog, write_text_atomically
 from model.export.layout_v3 import pack as pack_v3
-from sim.array_runner import run_array
+from sim.array_runner import run_array, run_array_cases
 from tests.hw.array.test_top import random_conv_net
 from tests.hw.netgen import random_network
 from tests.model.export.test_layout_v3 import resnet_like
@@ -49,3 +49,17 @@ def test_random_conv_nets_on_one_build(verilog, seed):
 
 def test_mlp_on_the_same_build(verilog):
     check(verilog, random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4), 3, 4)
+
+
+def test_images_loaded_one_after_another_on_one_run(verilog):
+    """Three networks through the load port in one simulation, no reset: each gives its own golden scores."""
+    path, work = verilog
+    cases = []
+    for k, net in enumerate((resnet_like(np.random.default_rng(5)), random_conv_net(np.random.default_rng(6)),
+                             random_network(np.random.default_rng(7), sizes=(23, 17, 5), act_bits=4))):
+        shape = net.image_shape if hasattr(net, "image_shape") else (net.layers[0].n_in,)
+        x = np.random.default_rng(k).integers(0, 1 << net.input_bits, size=(2, *shape))
+        cases.append((pack_v3(net)[0], x.reshape(2, -1), net.forward(x)))
+    res = run_array_cases(path, cases, work_dir=work, seed=1)
+    assert res["passed"], {k: v for k, v in res.items() if k != "scores"}
+    assert res["scores"] == [row for _, _, e in cases for row in e.tolist()] and len(res["load_cycles"]) == 3
