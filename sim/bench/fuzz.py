@@ -1,0 +1,264 @@
+"""``bench fuzz``: random conv and fully connected layers and small networks through the array's RTL.
+
+Every network is drawn at random within what one small array configuration holds (:data:`CONFIG`): conv
+stems with kernels 1 to 7, every padding the contract allows, stride 1 or 2, optional 2 x 2 max-pool,
+residual blocks of stride 1 or 2, a global pool or a flatten before the FC, and MLPs of one to three layers;
+element-wise widths from a random mix over (0, 4, 8, 16, 32) with 0 to 99 % pruned, both weight modes
+(DoReFa, signed offset-binary), activation widths 1 to 8. Each layer's requantizer is calibrated on the
+network's own activations (golden's ``requant_params`` from the accumulator's 5th and 95th percentiles per
+channel), so that its codes spread over their range instead of saturating; one layer in ten keeps random
+parameters (extremes of ``M``, ``B``, ``S``).
+
+The networks are packed (image version 3) and run on **one** RTL build, loaded one after another through the
+load port without a reset (:func:`sim.array_runner.run_array_cases`), under random back-pressure on every
+stream; each image's scores must equal golden's. ``mismatches`` counts images that differ, ``deadlocks``
+runs whose watchdog fired (no transfer and no ``done`` for :data:`TIMEOUT_CYCLES` cycles).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hw.array.top import ArrayConfig
+from hw.platform.verilog import array_verilog, write_text_atomically
+from model.bench.floors import floor_entry
+from model.errors import UserError
+from model.export.golden import MULT_BITS, IntLinear, IntNetwork, class_sums, combine, layer_forward, requant_params
+from model.export.golden_conv import IntConv2d, conv_accumulator, conv_forward, max_pool_codes, shortcut_a
+from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
+from model.export.layout_v3 import pack as pack_v3
+from sim.array_runner import run_array_cases
+from sim.runner import SimulationError
+
+#: The array the networks run on: 2 engines of 3 lanes (9-pixel tiles), maps up to 12 wide.
+CONFIG = ArrayConfig(engines=2, lanes=3, buffer_words=4096, fmap_rows=128, row_codes=12, fan_in_width=9,
+                     channel_bits=4)
+TIMEOUT_CYCLES = 200_000
+#: Networks per simulator run (one build serves all runs).
+CHUNK = 150
+WIDTHS = np.array([0, 4, 8, 16, 32])
+
+
+def _weights(rng, shape, signed: bool):
+    """Widths with a random pruned share (0 to 99 %) and a random mix of the others; codes in range."""
+    p0 = float(rng.choice([0.0, 0.3, 0.6, 0.9, 0.99, rng.uniform(0, 0.99)]))
+    mix = rng.dirichlet(np.ones(4) * rng.choice([0.3, 1.0, 5.0]))
+    widths = rng.choice(WIDTHS, size=shape, p=np.concatenate([[p0], (1 - p0) * mix])).astype(np.int64)
+    top = np.where(widths == 32, (1 << 32) - 1, (np.int64(1) << np.minimum(widths, 31)) - 1)
+    low = np.where(widths > 0, int(signed), 0)
+    codes = low + np.floor(rng.random(shape) * (top - low + 1).astype(np.float64)).astype(np.int64)
+    extreme = rng.random(shape)
+    codes = np.where(extreme < 0.1, low, np.where(extreme > 0.9, top, np.minimum(codes, top)))
+    return np.where(widths > 0, codes, 0), widths
+
+
+def _params(rng, acc: np.ndarray, out_bits: int, residual: np.ndarray | None = None):
+    """``(mult, bias, shift, res_mult)`` mapping each channel's accumulator (axis 1) to the code range, or
+    random extremes one time in ten. ``acc`` is ``[N, C, ...]``; ``residual`` the shortcut codes."""
+    c = acc.shape[1]
+    if rng.random() < 0.1:
+        shift = int(rng.integers(1, 63))
+        bias = rng.integers(-(1 << min(62, shift + 8)), 1 << min(62, shift + 8), size=c)
+        res = rng.integers(0, 1 << MULT_BITS, size=c) if residual is not None else None
+        return rng.integers(0, 1 << MULT_BITS, size=c), bias, shift, res
+    flat = np.moveaxis(acc, 1, 0).reshape(c, -1).astype(np.float64)
+    lo, hi = np.percentile(flat, 5, axis=1), np.percentile(flat, 95, axis=1)
+    top = (1 << out_bits) - 1 if out_bits else 1000
+    span = np.maximum(hi - lo, 1.0)
+    gain = top * float((1 << 32) - 1) / span
+    offset = -gain * lo / float((1 << 32) - 1)
+    if residual is not None:
+        offset = offset - 0.5 * top
+    mult, bias, shift = requant_params(gain, offset, where="fuzz")
+    res = None
+    if residual is not None:
+        g_r = rng.uniform(0.2, 1.0) * top / 255.0
+        scale = 2.0 ** (shift - 16)
+        need = g_r * scale
+        drop = max(0, int(np.ceil(np.log2(max(need, 1) / ((1 << MULT_BITS) - 1)))) + 1) if need >= 1 << MULT_BITS \
+            else 0
+        if drop:
+            mult, bias, shift = mult >> drop, bias >> drop, shift - drop
+            scale = 2.0 ** (shift - 16)
+        res = np.minimum(np.round(g_r * scale * np.ones(c)), (1 << MULT_BITS) - 1).astype(np.int64)
+    return mult, bias, shift, res
+
+
+def _conv(rng, x, in_bits, c_out, k, stride, pad, out_bits, residual=None):
+    """A conv layer on codes ``x`` ``[N, C, H, W]`` of ``in_bits`` bits, requant calibrated on its accumulator;
+    ``residual`` (its shortcut codes) makes it conv2 of a block."""
+    signed = bool(rng.integers(0, 2))
+    codes, widths = _weights(rng, (c_out, x.shape[1], k, k), signed)
+    zeros = np.zeros(c_out, np.int64)
+    probe = IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=zeros, bias=zeros,
+                      shift=1, stride=stride, padding=pad, signed=signed)
+    mult, bias, shift, res = _params(rng, conv_accumulator(probe, x), out_bits, residual)
+    return IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
+                     shift=shift, stride=stride, padding=pad, signed=signed, res_mult=res)
+
+
+def _fc(rng, u, in_bits, n_out, out_bits=0):
+    """A fully connected layer on inputs ``u`` ``[N, n_in]`` (codes of ``in_bits`` bits, or their pooled sums)."""
+    signed = bool(rng.integers(0, 2))
+    codes, widths = _weights(rng, (n_out, u.shape[1]), signed)
+    zeros = np.zeros(n_out, np.int64)
+    probe = IntLinear(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=zeros, bias=zeros, shift=1,
+                      signed=signed)
+    mult, bias, shift, _ = _params(rng, combine(*class_sums(probe, u), signed), out_bits)
+    return IntLinear(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
+                     shift=shift, signed=signed)
+
+
+def random_mlp(rng, calib: int = 6) -> IntNetwork:
+    """One to three fully connected layers, up to 40 inputs and 16 outputs each."""
+    bits = int(rng.integers(1, 9))
+    sizes = [int(rng.integers(1, 41))] + [int(rng.integers(1, 17)) for _ in range(int(rng.integers(1, 4)))]
+    x = rng.integers(0, 1 << bits, size=(calib, sizes[0]))
+    layers = []
+    for k in range(len(sizes) - 1):
+        last = k == len(sizes) - 2
+        out_bits = 0 if last else int(rng.integers(1, 9))
+        layer = _fc(rng, x, bits, sizes[k + 1], out_bits)
+        layers.append(layer)
+        x, bits = layer_forward(layer, x), out_bits
+    return IntNetwork(input_bits=int(layers[0].in_bits), layers=tuple(layers))
+
+
+def random_conv_net(rng, calib: int = 4, config: ArrayConfig = CONFIG) -> IntConvNetwork:
+    """A conv stem (kernel 1-7, any padding, stride 1/2, optional max-pool), up to one residual block (stride
+    1/2) and one more conv, then a global pool or a flatten and the FC; every map fits ``config``."""
+    t, rc = config.pixels, config.row_codes
+    c0, bits = int(rng.integers(1, 4)), int(rng.integers(1, 9))
+    while True:
+        size = int(rng.integers(3, min(rc, 2 * t) + 1))
+        k = int(rng.choice([1, 3, 5, 7]))
+        pad = int(rng.integers(0, k))
+        stride = int(rng.integers(1, 3))
+        if size + 2 * pad >= k:
+            out = (size + 2 * pad - k) // stride + 1
+            if out <= t:
+                break
+    x = rng.integers(0, 1 << bits, size=(calib, c0, size, size))
+    image_shape, input_bits = (c0, size, size), bits
+    stages = []
+    out_bits = int(rng.integers(1, 9))
+    stem = _conv(rng, x, bits, int(rng.integers(1, 9)), k, stride, pad, out_bits)
+    x, bits = conv_forward(stem, x), out_bits
+    pool = 2 if x.shape[2] >= 2 and rng.random() < 0.4 else 0
+    if pool:
+        x = max_pool_codes(x, 2, 2)
+    stages.append(ConvStage(stem, pool=pool))
+    if rng.random() < 0.6:  # a residual block
+        s = int(rng.integers(1, 3)) if x.shape[2] >= 2 else 1
+        c_out = int(rng.integers(x.shape[1], min(x.shape[1] + 4, 16) + 1))
+        mid_bits, end_bits = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        one = _conv(rng, x, bits, c_out, 3, s, 1, mid_bits)
+        h = conv_forward(one, x)
+        short = shortcut_a(x, c_out, s)
+        two = _conv(rng, h, mid_bits, c_out, 3, 1, 1, end_bits, residual=short)
+        stages.append(ResidualStage(one, two, stride=s))
+        x, bits = conv_forward(two, h, residual=short), end_bits
+    if rng.random() < 0.3:  # one more plain conv
+        out_bits = int(rng.integers(1, 9))
+        more = _conv(rng, x, bits, int(rng.integers(1, 9)), int(rng.choice([1, 3])), 1, int(rng.integers(0, 2)),
+                     out_bits)
+        if more.padding >= more.kernel:
+            more = _conv(rng, x, bits, more.c_out, 3, 1, 1, out_bits)
+        x, bits = conv_forward(more, x), out_bits
+        stages.append(ConvStage(more))
+    n_out = int(rng.integers(1, 17))
+    if rng.random() < 0.5 or x.shape[1] * x.shape[2] * x.shape[3] >= 1 << config.fan_in_width:
+        pooled = x.sum(axis=(2, 3))
+        stages += [GlobalSumPool(), FCStage(_fc(rng, pooled, bits, n_out), pooled=x.shape[2] * x.shape[3])]
+    else:
+        stages.append(FCStage(_fc(rng, x.reshape(len(x), -1), bits, n_out)))
+    return IntConvNetwork(input_bits=input_bits, image_shape=image_shape, stages=tuple(stages))
+
+
+def random_network(rng) -> IntNetwork | IntConvNetwork:
+    """A conv net four times in five, else an MLP; redrawn until it packs (bounds of the contract)."""
+    while True:
+        try:
+            net = random_conv_net(rng) if rng.random() < 0.8 else random_mlp(rng)
+            pack_v3(net)
+            return net
+        except UserError:
+            continue
+
+
+def weight_layers(net) -> int:
+    return len(net.layers)
+
+
+def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: str = "verilator",
+             progress: bool = True) -> dict:
+    """Draw networks until they hold ``layers`` weight layers, run them on one build; the result record."""
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    vpath = write_text_atomically(out_dir / "mpq_array.v", array_verilog(CONFIG))
+    t0 = time.perf_counter()
+    total = {"layers": 0, "networks": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "sim_cycles": 0,
+             "conv_layers": 0, "fc_layers": 0, "residual_blocks": 0, "pooled": 0, "flattened": 0, "mlps": 0,
+             "failed_runs": []}
+    bar = tqdm(total=layers, unit="layer", disable=not progress, desc="fuzz")
+    run = 0
+    while total["layers"] < layers:
+        cases, nets = [], []
+        while len(cases) < CHUNK and total["layers"] + sum(weight_layers(n) for n in nets) < layers:
+            net = random_network(rng)
+            shape = net.image_shape if isinstance(net, IntConvNetwork) else (net.layers[0].n_in,)
+            n_img = int(rng.integers(1, 3))
+            x = rng.integers(0, 1 << net.input_bits, size=(n_img, *shape))
+            cases.append((pack_v3(net)[0], x.reshape(n_img, -1), net.forward(x)))
+            nets.append(net)
+        try:
+            res = run_array_cases(vpath, cases, work_dir=out_dir / "sim", simulator=simulator, stall=True,
+                                  seed=seed * 1000 + run, timeout_cycles=TIMEOUT_CYCLES)
+        except SimulationError as exc:
+            raise UserError(f"bench fuzz: the simulator failed ({exc})") from exc
+        expected = [row for _, _, e in cases for row in e.tolist()]
+        got = res["scores"]
+        wrong = sum(1 for k, row in enumerate(expected) if k >= len(got) or got[k] != row)
+        total["mismatches"] += wrong
+        total["deadlocks"] += int(bool(res["timed_out"]))
+        total["images"] += len(expected)
+        total["sim_cycles"] += int(res["sim_cycles"])
+        if not res["passed"]:
+            total["failed_runs"].append({"run": run, "log": res["log"], "mismatched_images": res["mismatched_images"],
+                                         "statuses": [s for s in res["statuses"] if s][:10]})
+        for net in nets:
+            total["networks"] += 1
+            total["layers"] += weight_layers(net)
+            if isinstance(net, IntNetwork):
+                total["mlps"] += 1
+                total["fc_layers"] += len(net.layers)
+                continue
+            for st in net.stages:
+                if isinstance(st, ConvStage):
+                    total["conv_layers"] += 1
+                elif isinstance(st, ResidualStage):
+                    total["conv_layers"] += 2
+                    total["residual_blocks"] += 1
+                elif isinstance(st, FCStage):
+                    total["fc_layers"] += 1
+                    total["pooled" if st.pooled > 1 or any(isinstance(s, GlobalSumPool) for s in net.stages)
+                          else "flattened"] += 1
+        bar.update(sum(weight_layers(n) for n in nets))
+        run += 1
+    bar.close()
+    total.update(seconds=round(time.perf_counter() - t0, 1), simulator=simulator, runs=run,
+                 config={k: getattr(CONFIG, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
+                                                         "fan_in_width", "channel_bits")})
+    return total
+
+
+def floors(result: dict) -> dict:
+    return {
+        "layers >= 10000": floor_entry(result["layers"], 10_000),
+        "mismatches == 0": floor_entry(result["mismatches"], 0, "=="),
+        "deadlocks == 0": floor_entry(result["deadlocks"], 0, "=="),
+    }
