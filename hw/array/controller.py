@@ -68,7 +68,7 @@ class ArrayController(wiring.Component):
     -------
     start : In(1)
     done : Out(1)
-        One cycle, at the end of a run (``status`` says how it ended).
+        One cycle, at the end of a run, with ``status`` already saying how it ended.
     busy : Out(1)
     status : Out(Status)
         Held from ``done`` until the next ``start``.
@@ -139,7 +139,13 @@ class ArrayController(wiring.Component):
         w_out = Signal(DIM_BITS + 2)
         h_st = Signal(DIM_BITS + 2)  # stored map (after the pool)
         w_st = Signal(DIM_BITS + 2)
-        y = Signal(DIM_BITS)  # the tile
+        y = Signal(DIM_BITS)  # the tile's first output row
+        full_rows = Signal(DIM_BITS)  # output rows of a full tile: T // w_out (conv), 1 (FC)
+        tile_rows = Signal(DIM_BITS)  # output rows of this tile
+        tile_px = Signal(range(t + 1))  # its pixels, tile_rows w_out
+        rr = Signal(DIM_BITS + 1)  # shortcut row reads of a row command
+        res_row = Signal(32)  # the word of the shortcut row being read
+        res_off = Signal(range(t + 1))  # the first pixel of the output row whose shortcut codes arrive
         prev_c = Signal(16)  # the previous layer's input: the shortcut's map
         prev_h = Signal(16)
         cur_c = Signal(16)
@@ -172,11 +178,13 @@ class ArrayController(wiring.Component):
             self.loader.kh.eq(Mux(is_conv, d.kernel, d.in_height)),
             self.loader.kw.eq(Mux(is_conv, d.kernel, d.in_width)),
             self.loader.stride.eq(Mux(is_conv, d.stride, 1)), self.loader.pad.eq(Mux(is_conv, d.padding, 0)),
-            self.loader.y.eq(y),
+            self.loader.y.eq(y), self.loader.rows.eq(Mux(is_conv, tile_rows, 1)),
+            self.loader.w_out.eq(Mux(is_conv, w_out, 1)),
             # The writer's.
             self.writer.scores.eq(d.out_buf == SCORE_SINK), self.writer.buf.eq(d.out_buf),
             self.writer.pool.eq(d.pool == 2), self.writer.height.eq(h_st), self.writer.width.eq(w_st),
-            self.writer.y.eq(y), self.writer.pixels.eq(w_out),
+            self.writer.y.eq(y), self.writer.rows.eq(tile_rows), self.writer.w_out.eq(w_out),
+            self.writer.pixels.eq(tile_px),
         ]
         for c, (cb, rk) in enumerate(zip(("count_bits4", "count_bits8", "count_bits16", "count_bits32"),
                                          ("rice_k4", "rice_k8", "rice_k16", "rice_k32"))):
@@ -239,14 +247,27 @@ class ArrayController(wiring.Component):
         m.d.comb += ptr.eq(pair[:WORD_BITS] & ((Const(1, WORD_BITS + 1) << d.ptr_bits[:6]) - 1))
 
         # The shortcut row: codes x s_r of word j H_r + y s_r (zero past the block input's channels).
-        res_word = Signal(MAX_ACT_BITS * rc)
-        m.d.comb += [self.fmap_rd.buf.eq(d.res_buf), self.fmap_rd.addr.eq(res_addr)]
+        m.d.comb += self.fmap_rd.buf.eq(d.res_buf)
         res_codes = []
         for x in range(t):
             one = self.fmap_rd.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < rc else Const(0, 8)
             two = self.fmap_rd.data[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < rc else Const(0, 8)
             res_codes.append(Mux(d.res_stride == 2, two, one))
         res_live = Signal()  # the channel has a shortcut input (j < C_r)
+        # Output row r's shortcut codes go to pixels r w_out .. (r + 1) w_out - 1 of the command.
+        res_placed = Signal(MAX_ACT_BITS * t)
+        m.d.comb += res_placed.eq(Cat(*(Mux(x < w_out, code, 0) for x, code in enumerate(res_codes)))
+                                  << (res_off * MAX_ACT_BITS))
+        res_keep = Signal(t)
+        m.d.comb += res_keep.eq(Cat(*(x < w_out for x in range(t))) << res_off)
+
+        # Rows of a full tile, T // w_out, from a table (w_out <= T after the geometry check).
+        table_rows = Signal(DIM_BITS)
+        with m.Switch(g_wout):
+            for w in range(1, t + 1):
+                with m.Case(w):
+                    m.d.comb += table_rows.eq(t // w)
+        rows_left = Signal(DIM_BITS + 2)
 
         # -- Engines' command ports ------------------------------------------------------------------
         cmds = [getattr(self, f"cmd{e}") for e in range(self._g)]
@@ -279,9 +300,13 @@ class ArrayController(wiring.Component):
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
 
+        # ``done`` is a register set with ``status``: both change in the same cycle.
+        done = Signal()
+        m.d.sync += done.eq(0)
+        m.d.comb += self.done.eq(done)
+
         def finish(code):
-            m.d.sync += [status.eq(code), busy.eq(0)]
-            m.d.comb += self.done.eq(1)
+            m.d.sync += [status.eq(code), busy.eq(0), done.eq(1)]
             m.next = "IDLE"
 
         with m.FSM():
@@ -341,7 +366,9 @@ class ArrayController(wiring.Component):
                 with m.If(bad):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
-                    m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), y.eq(0)]
+                    rows = Mux(is_conv, table_rows, 1)
+                    m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), y.eq(0),
+                                 full_rows.eq(rows), tile_rows.eq(Mux(rows < g_hout, rows, g_hout))]
                     m.next = "LOAD"
 
             with m.State("LOAD"):
@@ -351,29 +378,43 @@ class ArrayController(wiring.Component):
             with m.State("LOADING"):
                 with m.If(self.load_done):
                     m.d.sync += [j.eq(0), ptr_bit.eq(0), param_addr.eq(d.param_base),
-                                 res_addr.eq(y * d.res_stride), k.eq(0)]
+                                 res_addr.eq(Mux(d.res_stride == 2, y << 1, y)), k.eq(0)]
                     m.next = "READ"
+                m.d.sync += tile_px.eq(tile_rows * w_out)
                 with m.If(engine_fault):
                     m.next = "FAULT"
 
             with m.State("READ"):
-                # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut);
-                # k = 6: the shortcut row (fmap, same latency); words land one cycle later.
-                m.d.comb += [self.bus.req.eq(k < 6), self.bus.addr.eq(read_addr),
-                             self.fmap_rd.en.eq(k == 6)]
+                # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut); words land
+                # one cycle later.
+                m.d.comb += [self.bus.req.eq(k < 6), self.bus.addr.eq(read_addr)]
                 m.d.sync += k.eq(k + 1)
                 with m.If((k > 0) & (k < 7)):
                     m.d.sync += words.word_select(k_prev, WORD_BITS).eq(self.bus.data)
-                with m.If(k == 7):
+                with m.If(k == 6):
+                    m.d.sync += [cmd.r.as_value().eq(0), rr.eq(0), res_row.eq(res_addr), res_off.eq(0)]
+                    m.next = "SHORTCUT"
+                with m.If(engine_fault):
+                    m.next = "FAULT"
+
+            with m.State("SHORTCUT"):
+                # One shortcut row per output row of the tile (read at rr, placed at rr + 1); none without one.
+                live = d.residual & res_live
+                m.d.comb += [self.fmap_rd.addr.eq(res_row), self.fmap_rd.en.eq(live & (rr < tile_rows))]
+                m.d.sync += [rr.eq(rr + 1), res_row.eq(res_row + d.res_stride)]
+                with m.If(rr > 0):
+                    m.d.sync += res_off.eq(res_off + w_out)
+                    for x in range(t):
+                        m.d.sync += cmd.r[x].eq(Mux(live & res_keep[x],
+                                                    res_placed[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], cmd.r[x]))
+                with m.If(rr == tile_rows):
                     m.d.sync += [
-                        cmd.start_bit.eq((d.stream_base << 5) + ptr), cmd.channel.eq(j), cmd.pixels.eq(w_out),
+                        cmd.start_bit.eq((d.stream_base << 5) + ptr), cmd.channel.eq(j), cmd.pixels.eq(tile_px),
                         cmd.mult.eq(words.word_select(2, WORD_BITS)),
                         cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
                         cmd.res_mult.eq(Mux(d.residual, words.word_select(5, WORD_BITS), 0)),
                         cmd_valid.eq(1),
                     ]
-                    for x in range(t):
-                        m.d.sync += cmd.r[x].eq(Mux(d.residual & res_live & (x < w_out), res_codes[x], 0))
                     m.next = "OFFER"
                 with m.If(engine_fault):
                     m.next = "FAULT"
@@ -391,8 +432,9 @@ class ArrayController(wiring.Component):
 
             with m.State("DRAIN"):
                 with m.If(self.drained):
-                    with m.If(y != h_out - 1):
-                        m.d.sync += y.eq(y + 1)
+                    with m.If(y + tile_rows < h_out):
+                        m.d.sync += [y.eq(y + tile_rows),
+                                     tile_rows.eq(Mux(full_rows < rows_left, full_rows, rows_left))]
                         m.next = "LOAD"
                     with m.Elif(last_layer):
                         m.d.sync += j.eq(0)
@@ -422,5 +464,5 @@ class ArrayController(wiring.Component):
             # A decoder error ends the run (the engines have stopped; every state below watches for it).
             with m.State("FAULT"):
                 finish(Status.BAD_STREAM)
-        m.d.comb += res_live.eq(j < prev_c)
+        m.d.comb += [res_live.eq(j < prev_c), rows_left.eq(h_out - y - tile_rows)]
         return m

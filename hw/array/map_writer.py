@@ -4,8 +4,9 @@ Each engine emits a channel's pixels of the tile in order (``hw/array/engine.py`
 per engine collects them into one map row (``T`` codes, a feature-map word) and offers it with the channel;
 the :class:`MapWriter` takes one assembled row a cycle from the engines, round robin, and
 
-* **stores** it at word ``channel H_out + y`` of the layer's ``out_buf`` (byte mask: the ``W_out`` columns);
-  a fully connected layer's output is a ``C x 1 x 1`` map (one code at word ``channel``);
+* **stores** it at words ``channel H_out + y + r`` of the layer's ``out_buf`` (byte mask: the ``W_out``
+  columns), one output row ``r`` of the tile a cycle (a tile holds ``rows`` output rows of ``W_out`` pixels,
+  pixel ``r W_out + x``); a fully connected layer's output is a ``C x 1 x 1`` map (one code at word ``channel``);
 * **max-pools** it (``pool = 2``, floor mode, ``model/export/golden_conv.max_pool_codes``): the row's codes
   pairwise (column ``x'`` is the max of ``2x'`` and ``2x' + 1``), then the even row ``y = 2y'`` is written at
   word ``channel H' + y'`` and the odd row ``2y' + 1`` is read and written back as the bytewise max (two
@@ -46,8 +47,10 @@ def writer_layer_layout(addr_width: int) -> data.StructLayout:
         "pool": unsigned(1),  # 2 x 2 max-pool
         "height": unsigned(DIM_BITS),  # rows of the stored map (after the pool)
         "width": unsigned(DIM_BITS),  # columns of the stored map (after the pool)
-        "y": unsigned(DIM_BITS),  # the tile's output row (before the pool)
-        "pixels": unsigned(DIM_BITS),  # pixels per row of the engines' outputs (W_out, 1 for an FC)
+        "y": unsigned(DIM_BITS),  # the tile's first output row (before the pool)
+        "rows": unsigned(DIM_BITS),  # output rows in the tile
+        "w_out": unsigned(DIM_BITS),  # pixels per output row (W_out, 1 for an FC)
+        "pixels": unsigned(DIM_BITS),  # pixels of a tile: rows w_out
     })
 
 
@@ -88,7 +91,8 @@ class RowAssembler(wiring.Component):
 
 
 class MapWriter(wiring.Component):
-    """Writes the assembled rows of ``engines`` engines, one a cycle (an odd pooled row: two).
+    """Writes the assembled rows of ``engines`` engines: a channel's tile takes one cycle per output row (an
+    odd pooled row two); a score one cycle.
 
     Members
     -------
@@ -100,7 +104,7 @@ class MapWriter(wiring.Component):
     score_data : Out(signed(32))
         The score of class ``score_addr``, the cycle after.
     busy : Out(1)
-        A row is being written (the second cycle of a pooled read-modify-write).
+        A channel's tile is being written.
     """
 
     def __init__(self, *, engines: int, channel_bits: int, pixels: int, row_codes: int, addr_width: int):
@@ -124,7 +128,7 @@ class MapWriter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lay = self.layer
-        rc = self._row_codes
+        rc, t = self._row_codes, self._t
         rows = [getattr(self, f"row{e}") for e in range(self._engines)]
 
         m.submodules.scores = scores = Memory(shape=signed(32), depth=1 << self._channel_bits, init=[])
@@ -140,57 +144,70 @@ class MapWriter(wiring.Component):
             for e in range(self._engines):
                 with m.If((turn == e) & rows[(e + off) % self._engines].valid):
                     m.d.comb += [pick.eq((e + off) % self._engines), found.eq(1)]
-        row = Signal(row_layout(self._channel_bits, self._t))
+        row = Signal(row_layout(self._channel_bits, t))
         with m.Switch(pick):
             for e in range(self._engines):
                 with m.Case(e):
                     m.d.comb += row.eq(rows[e].payload)
 
-        # The row as stored: pooled pairwise when pooling (column x' = max(2x', 2x' + 1)).
-        stored = Signal(MAX_ACT_BITS * rc)
-        for x in range(rc):
-            a = row.codes[x] if x < self._t else 0
-            lo = row.codes[2 * x] if 2 * x < self._t else 0
-            hi = row.codes[2 * x + 1] if 2 * x + 1 < self._t else 0
-            m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(
-                Mux(lay.pool, Mux(lo > hi, lo, hi), a))
-        y_out = Mux(lay.pool, lay.y >> 1, lay.y)
-        addr = Signal(self._addr_width + DIM_BITS)
-        m.d.comb += addr.eq(row.channel * lay.height + y_out)
-        mask = Signal(rc)
-        m.d.comb += mask.eq(Cat(*(x < lay.width for x in range(rc))))
-        odd = lay.pool & lay.y[0]
-        dropped = y_out >= lay.height  # the last row of an odd-height map under a pool
-
-        # Second cycle of a read-modify-write: the stored row waits here.
-        pending = Signal()
-        p_addr = Signal.like(addr)
-        p_row = Signal.like(stored)
-        p_mask = Signal.like(mask)
-        merged = Signal.like(stored)
-        for x in range(rc):
-            a = p_row[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)]
-            b = self.rmw.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)]
-            m.d.comb += merged[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(a > b, a, b))
-
+        # The held row: a channel's tile, written output row by output row.
+        held = Signal()
+        codes = Signal(MAX_ACT_BITS * t)
+        base = Signal(self._addr_width + DIM_BITS)  # channel H (registered product)
+        r = Signal(DIM_BITS)
+        off = Signal(range(t + 1))  # r w_out
+        second = Signal()  # the write cycle of a read-modify-write
         take = Signal()
-        m.d.comb += [take.eq(found & ~pending), self.busy.eq(pending)]
+        m.d.comb += [take.eq(found & ~held), self.busy.eq(held)]
         for e in range(self._engines):
             m.d.comb += rows[e].ready.eq(take & (pick == e))
         with m.If(take):
             m.d.sync += turn.eq(Mux(pick == self._engines - 1, 0, pick + 1))
+            with m.If(lay.scores):
+                m.d.comb += [s_wr.addr.eq(row.channel), s_wr.data.eq(row.score), s_wr.en.eq(1)]
+            with m.Else():
+                m.d.sync += [held.eq(1), codes.eq(row.codes.as_value()), base.eq(row.channel * lay.height),
+                             r.eq(0), off.eq(0), second.eq(0)]
 
-        m.d.comb += [self.fmap.buf.eq(lay.buf), self.rmw.buf.eq(lay.buf), self.rmw.addr.eq(addr)]
-        with m.If(pending):
-            m.d.sync += pending.eq(0)
-            m.d.comb += [self.fmap.en.eq(1), self.fmap.addr.eq(p_addr), self.fmap.data.eq(merged),
-                         self.fmap.mask.eq(p_mask)]
-        with m.Elif(take & lay.scores):
-            m.d.comb += [s_wr.addr.eq(row.channel), s_wr.data.eq(row.score), s_wr.en.eq(1)]
-        with m.Elif(take & ~dropped & odd):
-            m.d.comb += self.rmw.en.eq(1)
-            m.d.sync += [pending.eq(1), p_addr.eq(addr), p_row.eq(stored), p_mask.eq(mask)]
-        with m.Elif(take & ~dropped):
-            m.d.comb += [self.fmap.en.eq(1), self.fmap.addr.eq(addr), self.fmap.data.eq(stored),
-                         self.fmap.mask.eq(mask)]
+        # Output row r: its codes (slots r w_out ..), pooled pairwise when pooling (x' = max(2x', 2x' + 1)).
+        mine = Signal(MAX_ACT_BITS * t)
+        m.d.comb += mine.eq(codes >> (off * MAX_ACT_BITS))
+        stored = Signal(MAX_ACT_BITS * rc)
+        for x in range(rc):
+            a = mine[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < t else 0
+            lo = mine[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < t else 0
+            hi = mine[MAX_ACT_BITS * (2 * x + 1):MAX_ACT_BITS * (2 * x + 2)] if 2 * x + 1 < t else 0
+            m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(lay.pool, Mux(lo > hi, lo, hi), a))
+        y_row = Signal(DIM_BITS + 1)
+        m.d.comb += y_row.eq(lay.y + r)
+        y_st = Mux(lay.pool, y_row >> 1, y_row)
+        addr = Signal(self._addr_width + DIM_BITS)
+        m.d.comb += addr.eq(base + y_st)
+        mask = Signal(rc)
+        m.d.comb += mask.eq(Cat(*(x < lay.width for x in range(rc))))
+        odd = lay.pool & y_row[0]
+        dropped = y_st >= lay.height  # the last row of an odd-height map under a pool
+        merged = Signal.like(stored)
+        for x in range(rc):
+            sl = slice(MAX_ACT_BITS * x, MAX_ACT_BITS * (x + 1))
+            m.d.comb += merged[sl].eq(Mux(stored[sl] > self.rmw.data[sl], stored[sl], self.rmw.data[sl]))
+
+        m.d.comb += [self.fmap.buf.eq(lay.buf), self.rmw.buf.eq(lay.buf), self.rmw.addr.eq(addr),
+                     self.fmap.addr.eq(addr), self.fmap.mask.eq(mask)]
+        done_row = Signal()
+        with m.If(held):
+            with m.If(dropped):
+                m.d.comb += done_row.eq(1)
+            with m.Elif(odd & ~second):
+                m.d.comb += self.rmw.en.eq(1)
+                m.d.sync += second.eq(1)
+            with m.Elif(odd):
+                m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(merged), done_row.eq(1)]
+                m.d.sync += second.eq(0)
+            with m.Else():
+                m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(stored), done_row.eq(1)]
+        with m.If(done_row):
+            m.d.sync += [r.eq(r + 1), off.eq(off + lay.w_out)]
+            with m.If(r == lay.rows - 1):
+                m.d.sync += held.eq(0)
         return m

@@ -12,7 +12,12 @@ A tile of the array is one output row ``y`` of a conv layer (its ``W_out <= T`` 
   ``c``'s ``H W`` codes (golden's ``global_sum_pool``; bound 9 keeps it below ``2^16``) split over pixel slots
   0 (low byte) and 1 (high byte), which the engine recombines exactly (:mod:`hw.array.engine`).
 
-Datapath, two stages and one patch row per cycle in conv and flatten modes: the counters ``(c, ky, kx)`` give
+**Multi-row tiles** (conv): a tile of ``rows`` output rows of ``w_out`` pixels (``rows w_out <= T``; maps
+narrower than half a tile fill it with several rows) puts pixel ``(r, x)`` in slot ``r w_out + x``; each
+patch row then takes ``rows`` reads (one per output row) and is written after the last: ``F rows`` cycles
+a tile, ``F`` per output row as with one-row tiles.
+
+Datapath, two stages and one read per cycle in conv and flatten modes: the counters ``(c, ky, kx)`` give
 the word ``c H + y_in`` (a zero row outside ``0 <= y_in < H``); the next cycle the word's codes at columns
 ``>= W`` are zeroed, the row is placed at a fixed offset in a zero-extended vector and shifted by
 ``kx - pad`` (``-6..6``: the contract's ``pad < k <= MAX_KERNEL``), and pixel ``i`` takes code ``i s`` of
@@ -56,7 +61,9 @@ def geometry_layout(addr_width: int) -> data.StructLayout:
         "kw": unsigned(DIM_BITS),  # kernel columns (conv: k; flatten: W)
         "stride": unsigned(2),  # 1 or 2
         "pad": unsigned(DIM_BITS),
-        "y": unsigned(DIM_BITS),  # the tile's output row
+        "y": unsigned(DIM_BITS),  # the tile's first output row
+        "rows": unsigned(DIM_BITS),  # output rows in the tile (conv; 1 otherwise)
+        "w_out": unsigned(DIM_BITS),  # pixels per output row (conv; 1 otherwise): pixel i = (i div w_out, i mod w_out)
     })
 
 
@@ -120,19 +127,27 @@ class PatchLoader(wiring.Component):
         kx = Signal(DIM_BITS)
         p = Signal(self._fan_in_width)
         base = Signal(self._addr_width + DIM_BITS)  # c H
+        r = Signal(DIM_BITS)  # the tile's output row being read (conv)
+        off = Signal(range(t + 1))  # r w_out: its first pixel
         y_in = Signal(signed(DIM_BITS + 3))
         pooled = g.mode == LoadMode.POOLED
-        m.d.comb += y_in.eq(Mux(pooled, ky, g.y * g.stride + ky - g.pad))
+        conv = g.mode == LoadMode.CONV
+        y_out = Signal(DIM_BITS + 1)
+        m.d.comb += [y_out.eq(g.y + r),
+                     y_in.eq(Mux(pooled, ky, Mux(g.stride == 2, y_out << 1, y_out) + ky - g.pad))]
         row_ok = (y_in >= 0) & (y_in < g.height)
+        last_r = ~conv | (r == g.rows - 1)
         last_kx = Mux(pooled, 1, kx == g.kw - 1)
         last_ky = ky == Mux(pooled, g.height, g.kh) - 1
         last_c = c == g.c_in - 1
         m.d.comb += [self.fmap.buf.eq(g.buf), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
                      self.fmap.en.eq(running & row_ok), self.busy.eq(running | self.start)]
         with m.If(self.start):
-            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx.eq(0), p.eq(0), base.eq(0)]
+            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx.eq(0), p.eq(0), base.eq(0), r.eq(0), off.eq(0)]
+        with m.Elif(running & ~last_r):
+            m.d.sync += [r.eq(r + 1), off.eq(off + g.w_out)]
         with m.Elif(running):
-            m.d.sync += p.eq(p + 1)
+            m.d.sync += [p.eq(p + 1), r.eq(0), off.eq(0)]
             with m.If(last_kx):
                 m.d.sync += kx.eq(0)
                 with m.If(last_ky):
@@ -153,8 +168,11 @@ class PatchLoader(wiring.Component):
         first2 = Signal()  # the channel's first row (pooled)
         last2 = Signal()  # the channel's last row (pooled) / the tile's last position
         end2 = Signal()
+        off2 = Signal.like(off)
+        last_r2 = Signal()
         m.d.sync += [v2.eq(running), ok2.eq(row_ok), p2.eq(p), c2.eq(c), kx2.eq(kx), first2.eq(ky == 0),
-                     last2.eq(last_ky), end2.eq(running & last_kx & last_ky & last_c)]
+                     last2.eq(last_ky), end2.eq(running & last_r & last_kx & last_ky & last_c), off2.eq(off),
+                     last_r2.eq(last_r)]
         m.d.comb += self.done.eq(v2 & end2)
         codes = [Mux(ok2 & (x < g.width), self.fmap.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], 0)
                  for x in range(rc)]
@@ -167,10 +185,25 @@ class PatchLoader(wiring.Component):
         m.d.comb += amount.eq(off + kx2 - g.pad)
         shifted = Signal(MAX_ACT_BITS * 2 * t)
         m.d.comb += shifted.eq(vector >> (amount * MAX_ACT_BITS))
+        row_vals = []
         for i in range(t):
             one = shifted[MAX_ACT_BITS * i:MAX_ACT_BITS * (i + 1)]
             two = shifted[MAX_ACT_BITS * 2 * i:MAX_ACT_BITS * (2 * i + 1)]
-            m.d.comb += self.patch.data[i].eq(Mux(g.stride == 2, two, one))
+            row_vals.append(Mux(i < g.w_out, Mux(g.stride == 2, two, one), 0))
+        # A multi-row tile: output row r's pixels go to slots r w_out .. (r + 1) w_out - 1 of the patch row,
+        # which collects the tile's rows (one read each) before it is written.
+        placed = Signal(MAX_ACT_BITS * t)
+        m.d.comb += placed.eq(Cat(*row_vals) << (off2 * MAX_ACT_BITS))
+        keep = Signal(t)  # the slots of this output row
+        m.d.comb += keep.eq(Cat(*(i < g.w_out for i in range(t))) << off2)
+        collected = Signal(MAX_ACT_BITS * t)
+        merged = Signal(MAX_ACT_BITS * t)
+        for i in range(t):
+            sl = slice(MAX_ACT_BITS * i, MAX_ACT_BITS * (i + 1))
+            m.d.comb += merged[sl].eq(Mux(keep[i], placed[sl], collected[sl]))
+        with m.If(v2):
+            m.d.sync += collected.eq(Mux(last_r2, 0, merged))
+        m.d.comb += self.patch.data.as_value().eq(merged)
         column = Signal(MAX_ACT_BITS)
         with m.Switch(kx2):
             for x in range(rc):
@@ -192,5 +225,6 @@ class PatchLoader(wiring.Component):
             m.d.sync += acc.eq(acc_next)
             m.d.comb += [self.patch.data[0].eq(acc_next[:8]), self.patch.data[1].eq(acc_next[8:])]
 
-        m.d.comb += [self.patch.addr.eq(Mux(pooled, c2, p2)), self.patch.en.eq(v2 & (~pooled | last2))]
+        m.d.comb += [self.patch.addr.eq(Mux(pooled, c2, p2)),
+                     self.patch.en.eq(v2 & Mux(pooled, last2, last_r2))]
         return m

@@ -63,3 +63,15 @@ def test_images_loaded_one_after_another_on_one_run(verilog):
     res = run_array_cases(path, cases, work_dir=work, seed=1)
     assert res["passed"], {k: v for k, v in res.items() if k != "scores"}
     assert res["scores"] == [row for _, _, e in cases for row in e.tolist()] and len(res["load_cycles"]) == 3
+
+
+def test_a_bad_image_ends_with_its_status_at_done(verilog):
+    """Bad magic: the run ends (done) with BAD_MAGIC readable in the same cycle, and no score comes."""
+    path, work = verilog
+    net = resnet_like(np.random.default_rng(3))
+    words = pack_v3(net)[0].copy()
+    words[0] ^= 1
+    x = np.zeros((1, 64), dtype=np.int64)
+    res = run_array(path, words, x, net.forward(x.reshape(1, 1, 8, 8)), work_dir=work, stall=False,
+                    timeout_cycles=3000)
+    assert not res["passed"] and res["statuses"] == [1] and res["images"] == 0

@@ -87,19 +87,19 @@ def run_loader(u, buf, geometry, fan_in):
     return np.array([got[p] for p in range(fan_in)]), res["cycles"]
 
 
-def geometry(mode, buf, c, h, w, kh, kw, stride, pad, y):
+def geometry(mode, buf, c, h, w, kh, kw, stride, pad, y, rows=1, w_out=1):
     return {"mode": mode, "buf": buf, "c_in": c, "height": h, "width": w, "kh": kh, "kw": kw, "stride": stride,
-            "pad": pad, "y": y}
+            "pad": pad, "y": y, "rows": rows, "w_out": w_out}
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(12))
 def test_conv_patch_rows_match_im2col(seed):
     rng = np.random.default_rng(seed)
-    k = int(rng.choice([1, 3, 5, 7]))
-    pad = int(rng.integers(0, k))
-    stride = int(rng.integers(1, 3))
     c = int(rng.integers(1, 4))
-    while True:
+    while True:  # a geometry whose output rows fit a tile
+        k = int(rng.choice([1, 3, 5, 7]))
+        pad = int(rng.integers(0, k))
+        stride = int(rng.integers(1, 3))
         h, w = int(rng.integers(1, 9)), int(rng.integers(1, ROW_CODES + 1))
         ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         if h + 2 * pad >= k and w + 2 * pad >= k and wo <= PIXELS and c * h <= ROWS:
@@ -108,9 +108,12 @@ def test_conv_patch_rows_match_im2col(seed):
     buf = int(rng.integers(0, 3))
     want = im2col(u[None], k, stride, pad)[0]  # [ho, wo, c k k]
     y = int(rng.integers(0, ho))
-    patch, cycles = run_loader(u, buf, geometry(LoadMode.CONV, buf, c, h, w, k, k, stride, pad, y), c * k * k)
-    assert (patch[:, :wo] == want[y].T).all()
-    assert cycles == c * k * k + 1  # one patch row a cycle, one cycle of latency
+    rows = int(rng.integers(1, min(PIXELS // wo, ho - y) + 1))  # a multi-row tile when the rows fit
+    patch, cycles = run_loader(u, buf, geometry(LoadMode.CONV, buf, c, h, w, k, k, stride, pad, y, rows, wo),
+                               c * k * k)
+    for r in range(rows):
+        assert (patch[:, r * wo:(r + 1) * wo] == want[y + r].T).all(), f"output row {y + r}"
+    assert cycles == c * k * k * rows + 1  # one read a cycle, one cycle of latency
 
 
 @pytest.mark.parametrize("seed", range(3))
