@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "verilog": "sim.verilog_command",
     "sim": "sim.sim_command",
     "synth": "hw.platform.synth_command",
+    "system": "hw.system.system_command",
     "report": "model.runs.report_command",
     "bench": "sim.bench.bench_command",
 }

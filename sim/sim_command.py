@@ -40,6 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_override_args(p, "the image")
     p.add_argument("--out", default=str(DEFAULT_OUT / "sim"), help="output directory")
     add_batch_arg(p)
+    p.add_argument("--system", action="store_true",
+                   help="run the images through the Zynq system instead (AXI shell + array sized for the image, "
+                        "DDR model) with the host driver (driver/), as on a board; reports rtl_mismatches, "
+                        "cycles_per_image and ddr_bytes_per_image")
+    p.add_argument("--ddr-latency", type=int, default=24, metavar="CYCLES",
+                   help="with --system: DDR read latency of the model before each burst's first beat, in cycles "
+                        "of the 100 MHz clock, 0-1000 (default: 24)")
 
 
 def read_vectors(args):
@@ -57,7 +64,47 @@ def read_vectors(args):
     return vectors
 
 
+def run_system_sim(args) -> int:
+    """``--system``: the test images through MpqSystem and the host driver (sim/system/system_run.py)."""
+    import numpy as np
+
+    from model.errors import UserError
+    from sim.system.system_run import run_system
+
+    if args.simulator != "icarus":
+        raise UserError(f"--system runs on Icarus (cocotbext-axi samples handshakes as Icarus schedules them), "
+                        f"not --simulator {args.simulator}")
+    if not 0 <= args.ddr_latency <= 1000:
+        raise UserError(f"--ddr-latency must be 0 to 1000 cycles, not {args.ddr_latency}")
+    vectors = read_vectors(args)
+    codes = np.asarray(vectors.codes).reshape(len(vectors.codes), -1)
+    out = Path(args.out) / "system"
+    result = run_system(Path(args.image), codes, vectors.expected, out, seed=args.seed, stall=not args.no_stall,
+                        ddr_latency=args.ddr_latency)
+    summary = {k: v for k, v in result.items() if k != "scores"}
+    if "images" in result:
+        scores = np.asarray(result["scores"])
+        summary["rtl_accuracy"] = float((scores.argmax(axis=1) == vectors.labels[:len(scores)]).mean())
+        summary["golden_accuracy"] = float((vectors.expected.argmax(axis=1) == vectors.labels).mean())
+        summary["data"] = vectors.data.to_json()
+    write_json(out / "sim.json", summary)
+    print_table([(k, summary.get(k)) for k in ("images", "rtl_mismatches", "rtl_accuracy", "golden_accuracy",
+                                               "cycles_per_image", "ddr_bytes_per_image", "ddr_latency_cycles",
+                                               "load_cycles", "wall_s")]
+                + [("throughput " + k, summary.get("throughput", {}).get(k))
+                   for k in ("images", "cycles_per_image", "images_per_s")],
+                "Zynq system (RTL + host driver) vs golden model")
+    print(f"summary: {out / 'sim.json'}")
+    ok = result["passed"] and result.get("rtl_mismatches") == 0
+    if not ok:
+        why = result.get("error") or f"{result.get('rtl_mismatches')} mismatches"
+        print(f"error: the system simulation failed ({why}); log: {result.get('log')}", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def run(args) -> int:
+    if args.system:
+        return run_system_sim(args)
     from sim.image_run import run_rtl
 
     out = Path(args.out)

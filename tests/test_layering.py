@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("model", "hw", "sim")
+PACKAGES = ("model", "hw", "sim", "driver")
 
 #: Module prefix -> layer; lower layers never import higher ones.
 LAYERS: dict[str, float] = {
@@ -26,7 +26,9 @@ LAYERS: dict[str, float] = {
     "model.export.golden": 1,
     "model.export.golden_conv": 1,
     "model.export.golden_net": 1,
+    "model.export.golden_vertical": 1,
     "model.export.image": 1,
+    "model.export.image_v4": 1,
     "model.export.layout_v3": 1,
     "model.export.records": 1,
     "model.export.weight_stream": 1,
@@ -42,10 +44,13 @@ LAYERS: dict[str, float] = {
     "hw.accelerator": 2.3,
     "hw.system": 2.35,
     "hw.platform": 2.4,
+    # the host driver: the register map and the image reader below it; its simulation backend is in sim
+    "driver": 2.5,
     "model.quant": 3,
     "model.training": 4,
     "model.methods": 5,
     "model.export.convert": 5,
+    "model.export.convert_vertical": 5,
     "model.export.vectors": 5,
     "model.runs": 6,
     "model.bench": 7,

@@ -62,11 +62,23 @@ class _Delays:
 class _Read(AxiRamRead):
     def __init__(self, owner, *args, **kwargs):
         self._owner = owner
+        self._burst_start = False
         super().__init__(*args, **kwargs)
+        recv = self.ar_channel.recv
+
+        async def recv_burst():  # marks the next beat as a burst's first (for ``first_beat_latency``)
+            ar = await recv()
+            self._burst_start = True
+            return ar
+
+        self.ar_channel.recv = recv_burst
 
     async def _read(self, address, length):
         owner = self._owner
         wait = owner.delays.cycles()
+        if self._burst_start:
+            self._burst_start = False
+            wait += owner.first_beat_latency
         if wait:
             await ClockCycles(self.clock, wait)
         if owner.in_error_range(address, length):
@@ -108,6 +120,11 @@ class LatencyAxiRam(Memory):
         Random latency and back-pressure; False: every channel at full speed.
     outstanding : int
         Addresses accepted ahead of the burst being served, per direction (>= 1).
+    reset_active_level : bool
+        Level of ``reset`` that resets (False for an active-low ``ap_rst_n``).
+    first_beat_latency : int
+        Extra cycles before the first R beat of every burst (a DDR read latency; bursts are served one
+        after the other, so this latency does not overlap between outstanding bursts: pessimistic).
 
     Members
     -------
@@ -123,16 +140,19 @@ class LatencyAxiRam(Memory):
     """
 
     def __init__(self, dut, prefix: str, clock, reset, *, size: int, rng: random.Random, stall: bool = True,
-                 outstanding: int = 4):
+                 outstanding: int = 4, reset_active_level: bool = True, first_beat_latency: int = 0):
         if outstanding < 1:
             raise ValueError(f"outstanding must be >= 1, not {outstanding!r}")
+        if first_beat_latency < 0:
+            raise ValueError(f"first_beat_latency must be >= 0, not {first_beat_latency!r}")
         super().__init__(size)
+        self.first_beat_latency = first_beat_latency
         bus = AxiBus.from_prefix(dut, prefix)
         self.error_ranges: list[tuple[int, int]] = []
         self.read_errors = self.write_errors = 0
         self.delays = _Delays(random.Random(rng.random()), *((0.15, 3, 0.02, 30) if stall else (0, 0, 0, 0)))
-        self.write_if = _Write(self, bus.write, clock, reset, mem=self.mem)
-        self.read_if = _Read(self, bus.read, clock, reset, mem=self.mem)
+        self.write_if = _Write(self, bus.write, clock, reset, reset_active_level=reset_active_level, mem=self.mem)
+        self.read_if = _Read(self, bus.read, clock, reset, reset_active_level=reset_active_level, mem=self.mem)
         self.read_if.ar_channel.queue_occupancy_limit = outstanding
         self.write_if.aw_channel.queue_occupancy_limit = outstanding
         self.write_if.w_channel.queue_occupancy_limit = 4
@@ -160,8 +180,11 @@ class AxiProtocolChecker:
         Cycles with ``rvalid`` high and ``rready`` low (a master that buffers whole bursts has none).
     """
 
-    def __init__(self, dut, prefix: str, clock, *, data_bytes: int = 8, max_burst: int = 16):
+    def __init__(self, dut, prefix: str, clock, *, data_bytes: int = 8, max_burst: int = 16, reset=None,
+                 reset_active_level: bool = True):
         self.dut, self.p, self.clock = dut, prefix, clock
+        self.reset = dut.rst if reset is None else reset
+        self.reset_active_level = reset_active_level
         self.data_bytes, self.max_burst = data_bytes, max_burst
         self.errors: list[str] = []
         self.ar_bursts: list[tuple[int, int]] = []
@@ -194,7 +217,7 @@ class AxiProtocolChecker:
         while True:
             await RisingEdge(self.clock)
             await ReadOnly()
-            if int(self.dut.rst.value):
+            if int(self.reset.value) == int(self.reset_active_level):
                 continue
             now = {}
             for ch, names in payloads.items():

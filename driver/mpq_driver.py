@@ -1,0 +1,287 @@
+"""The host driver of the Zynq accelerator (:class:`hw.system.zynq_top.MpqSystem`), in the style of PYNQ drivers.
+
+::
+
+    drv = MpqDriver(backend)              # PynqBackend("mpq_system.bit") on a board, SimBackend(...) in cocotb
+    drv.load("out/demo/image")            # weights.bin + manifest.json of `build.py export`: no new bitstream
+    scores = drv.run(codes)               # [N, C, H, W] or [N, C H W] input codes -> [N, n_classes] int32
+    drv.throughput_test()                 # {"images_per_s", "cycles_per_image", "ddr_bytes_per_image", ...}
+
+Every register access goes through the offsets of :data:`hw.system.register_map.REGISTER_MAP` (the table the
+slave is generated from), and the same code runs on both backends: only :class:`~driver.backend.Backend`
+differs. A run that the core ends with a non-OK ``status`` raises :class:`CoreError` carrying the code.
+
+The driver has run only against the RTL in simulation (:mod:`sim.system.sim_backend`); see
+:mod:`driver.pynq_backend` for what has not run on a board.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from driver.backend import Backend
+from hw.system.register_map import REGISTER_MAP, SHELL_CODE_DESCRIPTIONS, StatusCode, field
+from model.errors import UserError
+from model.export.format import HEADER, VERSION
+from model.export.image import read_image
+
+#: Default device time allowed for one load or run before the driver gives up (the core's own watchdog
+#: normally ends a run with TIMEOUT long before).
+DEFAULT_TIMEOUT_S = 10.0
+#: Images per DMA batch (the input and score buffers are sized for it).
+DEFAULT_MAX_BATCH = 64
+#: Precision register values: 0 (the image's own widths) or a weight width in bits.
+PRECISIONS = range(9)
+
+
+class CoreError(RuntimeError):
+    """The core ended a load or run with a non-OK status.
+
+    Members
+    -------
+    code : StatusCode or int
+        The ``status`` register (:class:`~hw.system.register_map.StatusCode` when known).
+    """
+
+    def __init__(self, code: int, what: str):
+        try:
+            self.code = StatusCode(code)
+            name = self.code.name
+        except ValueError:
+            self.code, name = code, "unknown code"
+        detail = SHELL_CODE_DESCRIPTIONS.get(self.code, "")
+        super().__init__(f"{what}: the core stopped with status {int(code)} ({name})" +
+                         (f": {detail}" if detail else ""))
+
+
+def _bit(name: str) -> int:
+    f = field(name)
+    return 1 << f.bit
+
+
+class MpqDriver:
+    """One accelerator instance behind ``backend`` (module docstring).
+
+    Parameters
+    ----------
+    backend : Backend
+    max_batch : int
+        Images per DMA batch, 1 to 65536; ``run`` splits larger inputs.
+    timeout_s : float
+        Device seconds a load or batch may take before :class:`TimeoutError`.
+
+    Raises
+    ------
+    ValueError
+        A parameter out of range, naming it and its value.
+    """
+
+    def __init__(self, backend: Backend, *, max_batch: int = DEFAULT_MAX_BATCH, timeout_s: float = DEFAULT_TIMEOUT_S):
+        if not isinstance(backend, Backend):
+            raise TypeError(f"backend must be a driver.backend.Backend, not {backend!r}")
+        if not isinstance(max_batch, int) or not 1 <= max_batch <= 1 << 16:
+            raise ValueError(f"max_batch must be an integer from 1 to 65536, not {max_batch!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, not {timeout_s!r}")
+        self.backend, self.max_batch, self.timeout_s = backend, max_batch, timeout_s
+        self.words: np.ndarray | None = None
+        self.input_shape: tuple[int, ...] = ()
+        self.n_codes = self.n_classes = self.input_bits = 0
+        self._image_buf = self._in_buf = self._out_buf = None
+
+    # --- registers -------------------------------------------------------------------------------------
+    def read_field(self, name: str) -> int:
+        """A field of the register map (64-bit fields: low word first, which latches the high word)."""
+        f = field(name)
+        if f.width > 32:
+            lo = self.backend.read(f.offset)
+            return lo | self.backend.read(f.offset + 4) << 32
+        return (self.backend.read(f.offset) & f.mask) >> f.bit
+
+    def write_field(self, name: str, value: int) -> None:
+        """Write a field that has its word to itself (the address, count and command registers)."""
+        f = field(name)
+        if not 0 <= value < 1 << f.width:
+            raise ValueError(f"register {name} holds {f.width} bits; {value!r} does not fit")
+        if sum(g.offset == f.offset for g in REGISTER_MAP) > 1:
+            raise ValueError(f"register {name} shares its word; write the word with backend.write")
+        self.backend.write(f.offset, value & 0xFFFFFFFF)
+        if f.width > 32:
+            self.backend.write(f.offset + 4, value >> 32)
+
+    def status(self) -> int:
+        return self.read_field("status")
+
+    def _poll(self, done, what: str) -> None:
+        waited = 0.0
+        while not done():
+            if waited > self.timeout_s:
+                raise TimeoutError(f"{what}: the core did not finish within {self.timeout_s} s of device time "
+                                   f"(status {self.status()})")
+            waited += self.backend.wait()
+
+    # --- API -------------------------------------------------------------------------------------------
+    def load(self, image_dir) -> dict:
+        """Load the image of ``image_dir`` (``weights.bin`` and ``manifest.json`` of ``build.py export``)
+        into the core's global buffer through DDR; return its manifest.
+
+        Raises
+        ------
+        UserError
+            A missing or corrupt image (read by :func:`model.export.image.read_image`) or one that is not
+            format version 3.
+        CoreError
+            The core refused the image (its status: BAD_MAGIC, BAD_GEOMETRY, AXI_ERROR, ...).
+        """
+        path = Path(image_dir)
+        _, manifest = read_image(path)
+        bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
+        words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
+        if int(words[1]) != VERSION:
+            raise UserError(f"{bin_path}: header field 'version' is {int(words[1])}; the array runs version "
+                            f"{VERSION} images (export without --version)")
+        n_classes = manifest["layers"][-1].get("n_out")
+        if not isinstance(n_classes, int) or n_classes < 1:
+            raise UserError(f"{bin_path.parent / 'manifest.json'}: field 'layers[-1].n_out' is {n_classes!r}; "
+                            "expected the number of classes, an integer >= 1")
+        self.load_words(words, n_classes=n_classes, input_bits=int(manifest["input_bits"]))
+        return manifest
+
+    def load_words(self, words, *, n_classes: int, input_bits: int = 8) -> None:
+        """Load a packed version 3 image given as words (what :meth:`load` does after reading the files).
+
+        The header is not checked here: the core checks it (a corrupt image raises :class:`CoreError`).
+        """
+        words = np.asarray(words, dtype=np.uint32)
+        if words.ndim != 1 or len(words) < HEADER.words:
+            raise ValueError(f"an image is a vector of at least {HEADER.words} words, not shape {words.shape}")
+        buf = self._buffer("_image_buf", 4 * len(words))
+        buf.write(0, words.astype("<u4").tobytes())
+        self.write_field("image_addr", buf.address)
+        self.write_field("load_image", 1)
+        self._poll(lambda: self.read_field("ap_idle"), "image load")
+        code = self.status()
+        if code != StatusCode.OK:
+            self.words = None
+            raise CoreError(code, "image load")
+        self.attach(words, n_classes=n_classes, input_bits=input_bits)
+
+    def attach(self, words, *, n_classes: int, input_bits: int = 8) -> None:
+        """Use the image the core already holds (``words``: the packed image, for its input shape), without
+        loading it: a bitstream whose global buffer was initialised with it (``build.py system
+        --bram-image``), or one loaded before."""
+        words = np.asarray(words, dtype=np.uint32)
+        c = int(words[HEADER["in_channels"].word]) >> HEADER["in_channels"].bit & 0xFFFF
+        h = int(words[HEADER["in_height"].word]) >> HEADER["in_height"].bit & 0xFFFF
+        w = int(words[HEADER["in_width"].word]) >> HEADER["in_width"].bit & 0xFFFF
+        self.words = words
+        self.input_shape = (c, h, w)
+        self.n_codes, self.n_classes, self.input_bits = c * h * w, int(n_classes), int(input_bits)
+        self._buffer("_in_buf", self.max_batch * self.n_codes)
+        self._buffer("_out_buf", 4 * self.max_batch * self.n_classes)
+
+    def _buffer(self, name: str, size: int):
+        """The DDR buffer ``name``, allocated again only when it is smaller than ``size`` bytes (so that
+        reloading images does not use up the board's contiguous memory)."""
+        buf = getattr(self, name)
+        if buf is None or buf.size < size:
+            buf = self.backend.allocate(size)
+            setattr(self, name, buf)
+        return buf
+
+    def set_precision(self, bits: int) -> None:
+        """Write the ``precision`` register (0: the image's own widths; 1 to 8: a vertical model's width).
+
+        The array ignores it for now: it runs the loaded image's widths (a vertical model is selected by
+        loading its image).
+        """
+        if not isinstance(bits, int) or bits not in PRECISIONS:
+            raise UserError(f"precision must be an integer from {PRECISIONS.start} to {PRECISIONS.stop - 1} "
+                            f"(0: the image's own widths), not {bits!r}")
+        self.write_field("precision", bits)
+
+    def _codes(self, x) -> np.ndarray:
+        if self.words is None:
+            raise UserError("no image loaded: call load(image_dir) first")
+        x = np.asarray(x)
+        if x.ndim >= 1 and x.shape[1:] == self.input_shape or (x.ndim == 2 and x.shape[1] == self.n_codes):
+            pass
+        else:
+            raise UserError(f"inputs must have shape [N, {', '.join(map(str, self.input_shape))}] or "
+                            f"[N, {self.n_codes}], not {list(x.shape)}")
+        if len(x) == 0:
+            raise UserError("inputs hold no image (N = 0)")
+        if not np.issubdtype(x.dtype, np.integer):
+            raise UserError(f"inputs must be integer input codes, not {x.dtype}")
+        top = (1 << self.input_bits) - 1
+        if x.min() < 0 or x.max() > top:
+            raise UserError(f"input codes must lie in [0, {top}] ({self.input_bits}-bit inputs), not "
+                            f"[{x.min()}, {x.max()}]")
+        return x.reshape(len(x), self.n_codes).astype(np.uint8)
+
+    def run_batch(self, codes: np.ndarray) -> np.ndarray:
+        """One DMA batch (at most ``max_batch`` images of ``n_codes`` byte codes): scores ``[N, n_classes]``."""
+        n = len(codes)
+        self._in_buf.write(0, codes.tobytes())
+        self.write_field("input_addr", self._in_buf.address)
+        self.write_field("output_addr", self._out_buf.address)
+        self.write_field("image_count", n)
+        self.backend.write(field("ap_start").offset, _bit("ap_start"))
+        ap_done = _bit("ap_done")
+        self._poll(lambda: self.backend.read(field("ap_done").offset) & ap_done, "run")
+        code = self.status()
+        if code != StatusCode.OK:
+            raise CoreError(code, f"run of {n} images")
+        data = self._out_buf.read(0, 4 * n * self.n_classes)
+        return np.frombuffer(data, dtype="<i4").reshape(n, self.n_classes).astype(np.int64)
+
+    def run(self, x) -> np.ndarray:
+        """Class scores ``[N, n_classes]`` (int64 of the core's int32) of input codes ``x`` ``[N, C, H, W]``
+        or ``[N, C H W]``, in batches of ``max_batch``.
+
+        Raises
+        ------
+        UserError
+            No image loaded, or inputs of the wrong shape, type or range (naming the allowed ones).
+        CoreError
+            The core ended a batch with a non-OK status.
+        """
+        codes = self._codes(x)
+        return np.concatenate([self.run_batch(codes[k:k + self.max_batch])
+                               for k in range(0, len(codes), self.max_batch)])
+
+    def throughput_test(self, images: int | None = None, seed: int = 0) -> dict:
+        """Run ``images`` random input images (default: one batch) and measure.
+
+        Returns
+        -------
+        dict
+            ``images``, ``batches``, ``cycles`` (``busy_cycles`` of the runs: DMA included),
+            ``cycles_per_image``, ``clock_hz``, ``images_per_s`` (from the cycles at ``clock_hz``),
+            ``wall_s`` and ``wall_images_per_s`` (host time around the runs: on a board the real rate with the
+            driver's overhead; in simulation meaningless), ``ddr_bytes`` (inputs read, padded to 8-byte
+            beats, and scores written) and ``ddr_bytes_per_image``, ``image_bytes`` (one load), ``load_cycles``.
+        """
+        if self.words is None:
+            raise UserError("no image loaded: call load(image_dir) first")
+        images = self.max_batch if images is None else images
+        if not isinstance(images, int) or images < 1:
+            raise UserError(f"images must be an integer >= 1, not {images!r}")
+        rng = np.random.default_rng(seed)
+        x = rng.integers(0, 1 << self.input_bits, size=(images, self.n_codes))
+        before = self.read_field("busy_cycles")
+        t0 = time.perf_counter()
+        self.run(x)
+        wall = time.perf_counter() - t0
+        cycles = self.read_field("busy_cycles") - before
+        batches = [min(self.max_batch, images - k) for k in range(0, images, self.max_batch)]
+        ddr = sum(-(-b * self.n_codes // 8) * 8 + 4 * b * self.n_classes for b in batches)
+        clock = float(self.backend.clock_hz)
+        return {"images": images, "batches": len(batches), "cycles": cycles, "cycles_per_image": cycles / images,
+                "clock_hz": clock, "images_per_s": images * clock / cycles if cycles else 0.0,
+                "wall_s": wall, "wall_images_per_s": images / wall if wall else 0.0,
+                "ddr_bytes": ddr, "ddr_bytes_per_image": ddr / images, "image_bytes": 4 * len(self.words),
+                "load_cycles": self.read_field("load_cycles")}

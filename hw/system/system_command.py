@@ -1,0 +1,49 @@
+"""``build.py system``: a Vivado project for the Zynq system on a PYNQ-Z2 or Arty Z7-20 (hw/system/vivado.py).
+
+The array is sized for ``--image`` (:func:`hw.array.sizing.config_for`, with ``--engines``): any image that
+fits it loads at run time (``MpqDriver.load``) without a new bitstream; ``--bram-image`` also puts that image
+into the global buffer's BRAMs (the core starts with it) and writes ``weights.mem`` and the ``updatemem``
+scripts. Nothing here runs Vivado (none is installed): the folder's ``build.sh`` does, on a machine with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from model.cli import DEFAULT_OUT, add_image_arg, bounded, print_table
+
+HELP = "Vivado project (Verilog, block design TCL, XDC, build script) of the Zynq system for a PYNQ board"
+BOARD_NAMES = ("pynq_z2", "arty_z7_20")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", choices=BOARD_NAMES, default="pynq_z2", help="target board (default: pynq_z2)")
+    add_image_arg(p)
+    p.add_argument("--engines", type=bounded(int, 1, 64), default=2, help="array engines (default: 2)")
+    p.add_argument("--bram-image", action="store_true",
+                   help="initialise the global buffer with --image (BRAM contents, replaceable with updatemem)")
+    p.add_argument("--out", default=None, help="output folder (default: out/system/BOARD)")
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from hw.array.sizing import config_for
+    from hw.system.vivado import BOARDS, IP_NAME, write_project
+    from hw.system.zynq_top import MpqSystem
+    from model.export.image import read_image
+
+    image = Path(args.image)
+    read_image(image)  # checks the folder (UserError naming the file and field)
+    words = np.fromfile(image / "weights.bin", dtype="<u4")
+    config = config_for([words], engines=args.engines)
+    system = MpqSystem(config, init=words.tolist() if args.bram_image else ())
+    out = Path(args.out) if args.out else DEFAULT_OUT / "system" / args.board
+    paths = write_project(out, args.board, system)
+    print_table([("board", BOARDS[args.board].title), ("part", BOARDS[args.board].part),
+                 ("array", f"{config.engines} engines x {config.lanes} lanes, {config.buffer_words}-word buffer"),
+                 ("image in BRAM", bool(args.bram_image)), ("accelerator cell", IP_NAME),
+                 ("files", ", ".join(sorted(paths)))], f"Vivado project in {out}")
+    print(f"next: {out / 'build.sh'} (needs Vivado; not run here) -> mpq_system.bit + mpq_system.hwh")
+    return 0

@@ -1,0 +1,318 @@
+"""cocotb tests of the whole Zynq shell (:class:`hw.system.zynq_top.MpqSystem`), driven by the host driver.
+
+The host is :class:`driver.mpq_driver.MpqDriver` on :class:`~sim.system.sim_backend.SimBackend`: the same
+driver code as on a board, its register accesses going through cocotbext-axi's ``AxiLiteMaster`` (random
+pauses on every channel when stalling) and its DDR buffers in :class:`~sim.system.axi_models.LatencyAxiRam`
+(random latency, back-pressure, SLVERR ranges); :class:`~sim.system.axi_models.AxiProtocolChecker` watches
+``m_axi_gmem``. Every test also checks that the bus protocol held and that the core ended idle.
+
+Settings (environment, strings):
+
+``MPQS_CASE``
+    ``.npz`` with, per image ``a``, ``b``: ``<x>_words``, ``<x>_inputs`` (``[N, C H W]`` codes),
+    ``<x>_expected`` (``[N, n_classes]`` golden scores), ``<x>_input_bits``; optional ``image_dir`` (str
+    array: the image folder :meth:`MpqDriver.load` reads), ``images`` (the number of ``driver_run`` images).
+``MPQS_RESULT``
+    JSON file ``driver_run`` writes its record to.
+``MPQS_SEED``, ``MPQS_STALL`` (``1``: random latency and back-pressure), ``MPQS_MAX_BATCH``,
+``MPQS_DDR_LATENCY`` (cycles before each read burst's first beat), ``MPQS_TIMEOUT_CYCLES`` (the build's
+watchdog, for ``watchdog_timeout``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.task import resume
+from cocotb.triggers import ClockCycles, RisingEdge
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
+from driver.mpq_driver import CoreError, MpqDriver
+from hw.system.register_map import StatusCode, field
+from model.files import write_json
+from sim.system.axi_models import AxiProtocolChecker, LatencyAxiRam, pauses
+from sim.system.sim_backend import SimBackend, run_driver
+
+CLOCK_NS = 10
+MEMORY_BYTES = 1 << 20
+
+
+class SystemTB:
+    """Clock, active-low reset, the AXI-Lite host, the DDR model, the protocol checker and the driver."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.seed = int(os.environ.get("MPQS_SEED", "0"))
+        self.stall = os.environ.get("MPQS_STALL", "1") == "1"
+        self.rng = random.Random(self.seed)
+        cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns").start())
+        self.ram = LatencyAxiRam(dut, "m_axi_gmem", dut.ap_clk, dut.ap_rst_n, size=MEMORY_BYTES, rng=self.rng,
+                                 stall=self.stall, reset_active_level=False,
+                                 first_beat_latency=int(os.environ.get("MPQS_DDR_LATENCY", "0")))
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk, dut.ap_rst_n,
+                                  reset_active_level=False)
+        if self.stall:
+            for channel, p in ((self.axil.write_if.aw_channel, 0.3), (self.axil.write_if.w_channel, 0.3),
+                               (self.axil.write_if.b_channel, 0.3), (self.axil.read_if.ar_channel, 0.3),
+                               (self.axil.read_if.r_channel, 0.3)):
+                channel.set_pause_generator(pauses(random.Random(self.rng.random()), p))
+        self.checker = AxiProtocolChecker(dut, "m_axi_gmem", dut.ap_clk, reset=dut.ap_rst_n,
+                                          reset_active_level=False)
+        self.backend = SimBackend(dut.ap_clk, self.ram, self.axil)
+        self.driver = MpqDriver(self.backend, max_batch=int(os.environ.get("MPQS_MAX_BATCH", "4")),
+                                timeout_s=0.05)
+        self.case = {}
+        if os.environ.get("MPQS_CASE"):
+            with np.load(os.environ["MPQS_CASE"]) as case:
+                self.case = {k: case[k] for k in case.files}
+
+    async def reset(self):
+        self.dut.ap_rst_n.value = 0
+        await ClockCycles(self.dut.ap_clk, 4)
+        self.dut.ap_rst_n.value = 1
+        await RisingEdge(self.dut.ap_clk)
+
+    def image(self, key: str):
+        c = self.case
+        return (c[f"{key}_words"], c[f"{key}_inputs"], c[f"{key}_expected"], int(c[f"{key}_input_bits"]))
+
+    def load(self, key: str, words=None):
+        w, _, expected, bits = self.image(key)
+        self.driver.load_words(w if words is None else words, n_classes=expected.shape[1], input_bits=bits)
+
+    def check_run(self, key: str, n: int | None = None):
+        _, inputs, expected, _ = self.image(key)
+        n = len(inputs) if n is None else n
+        scores = self.driver.run(inputs[:n])
+        assert scores.tolist() == expected[:n].tolist(), (
+            f"image {key}: {int((scores != expected[:n]).any(axis=1).sum())} of {n} images differ from golden")
+
+    def expect_error(self, code: StatusCode, call, *args):
+        try:
+            call(*args)
+        except CoreError as exc:
+            assert exc.code == code, f"status {exc.code!r}, expected {code!r} ({exc})"
+            return exc
+        raise AssertionError(f"no CoreError; expected status {code.name}")
+
+    def check_idle(self):
+        drv = self.driver
+        assert drv.read_field("ap_idle") == 1, "the core is not idle"
+        assert not self.checker.errors, self.checker.errors[:5]
+
+
+def start_and_wait(drv) -> int:
+    """ap_start with whatever the registers hold; wait for ap_done; the status."""
+    drv.backend.write(field("ap_start").offset, 1 << field("ap_start").bit)
+    drv._poll(lambda: drv.backend.read(field("ap_done").offset) & (1 << field("ap_done").bit), "run")
+    return drv.status()
+
+
+@cocotb.test()
+async def reload_and_batches(dut):
+    """Image a in batches, image b on the same RTL (its golden scores: no stale state), a again; busy and
+    load counters; the ap_done interrupt."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+
+    async def read_interrupt():
+        return int(dut.interrupt.value)
+
+    interrupt = resume(read_interrupt)
+
+    def body():
+        tb.load("a")
+        tb.check_run("a")
+        tb.load("b")
+        tb.check_run("b")
+        drv.write_field("gie", 1)
+        drv.write_field("ier", 1)
+        tb.load("a")
+        tb.check_run("a", 1)
+        assert interrupt() == 1, "no interrupt after a run with gie and ier set"
+        drv.backend.write(field("isr").offset, 1)  # toggle on write: clears the ap_done bit
+        assert drv.read_field("isr") == 0 and interrupt() == 0, "isr write did not clear the interrupt"
+        assert drv.read_field("busy_cycles") > 0 and drv.read_field("load_cycles") > 0
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def corrupt_images(dut):
+    """Bad magic, version, word count, flipped stream bits: the documented status, no hang; then a good image
+    runs right."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    words = tb.image("a")[0].astype(np.uint32)
+
+    def body():
+        bad = words.copy()
+        bad[0] ^= 1
+        tb.expect_error(StatusCode.BAD_MAGIC, tb.load, "a", bad)
+        assert start_and_wait(tb.driver) == StatusCode.NO_IMAGE
+        bad = words.copy()
+        bad[1] = 2
+        tb.expect_error(StatusCode.BAD_VERSION, tb.load, "a", bad)
+        bad = words.copy()
+        bad[4] = 1 << 20
+        tb.expect_error(StatusCode.BAD_GEOMETRY, tb.load, "a", bad)
+        # the corrupt stream (words from the case) loads, and its run stops with the array's code
+        corrupt = tb.case["corrupt_words"].astype(np.uint32)
+        tb.load("a", corrupt)
+        exc = tb.expect_error(StatusCode(int(tb.case["corrupt_status"])), tb.check_run, "a", 2)
+        tb.dut._log.info(f"corrupt stream: {exc}")
+        tb.check_idle()
+        tb.load("a")
+        tb.check_run("a")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def bad_registers(dut):
+    """ap_start before a load (NO_IMAGE), image_count 0 and misaligned addresses (BAD_ADDRESS): ap_done with
+    the code, never a hang; then the same registers set right run."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+
+    def body():
+        assert start_and_wait(drv) == StatusCode.NO_IMAGE
+        tb.load("a")
+        drv.write_field("image_count", 0)
+        assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        drv.write_field("image_count", 1)
+        drv.write_field("input_addr", drv._in_buf.address + 4)
+        assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        drv.write_field("input_addr", 1 << 32)
+        assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        drv.write_field("image_addr", 0x1004)
+        drv.write_field("load_image", 1)
+        drv._poll(lambda: drv.read_field("ap_idle"), "load")
+        assert drv.status() == StatusCode.BAD_ADDRESS
+        assert start_and_wait(drv) == StatusCode.NO_IMAGE, "a refused load must leave no usable image"
+        tb.load("a")
+        drv.set_precision(4)
+        tb.check_run("a")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def axi_errors(dut):
+    """SLVERR in the image, the inputs and the scores: AXI_ERROR and the response-error bits; no hang; the
+    next run is right."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+
+    def body():
+        tb.load("a")
+        image_at = drv._image_buf.address
+        tb.ram.error_ranges.append((image_at + 64, image_at + 72))
+        tb.expect_error(StatusCode.AXI_ERROR, tb.load, "a")
+        tb.ram.error_ranges.clear()
+        assert drv.read_field("rresp_error") == 1
+        drv.backend.write(field("rresp_error").offset, 3)
+        tb.load("a")
+        tb.ram.error_ranges.append((drv._in_buf.address + 8, drv._in_buf.address + 16))
+        tb.expect_error(StatusCode.AXI_ERROR, tb.check_run, "a")
+        tb.ram.error_ranges[:] = [(drv._out_buf.address, drv._out_buf.address + 8)]
+        tb.expect_error(StatusCode.AXI_ERROR, tb.check_run, "a")
+        assert drv.read_field("bresp_error") == 1
+        tb.ram.error_ranges.clear()
+        tb.check_run("a")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def driver_run(dut):
+    """``build.py sim --system``: load the image folder, run its test images, measure; write the record."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+    c = tb.case
+    record = {}
+
+    def body():
+        manifest = drv.load(str(c["image_dir"]))
+        inputs, expected = c["a_inputs"], c["a_expected"]
+        before = drv.read_field("busy_cycles")
+        scores = drv.run(inputs)
+        cycles = drv.read_field("busy_cycles") - before
+        record.update({
+            "images": len(scores), "rtl_mismatches": int((scores != expected).any(axis=1).sum()),
+            "run_cycles": cycles, "cycles_per_image": cycles / len(scores),
+            "scores": scores.tolist(), "image_words": int(manifest["words"]),
+            "load_cycles": drv.read_field("load_cycles"),
+            "throughput": drv.throughput_test(int(c["images"])),
+            "register_reads": tb.backend.reads, "register_writes": tb.backend.writes})
+
+    try:
+        await run_driver(body)
+    except Exception as exc:  # the record says why (a CoreError names the status code)
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record["protocol_errors"] = tb.checker.errors[:20]
+        record["max_reads_in_flight"] = tb.checker.max_reads_in_flight
+        write_json(os.environ["MPQS_RESULT"], record)
+    assert not tb.checker.errors, tb.checker.errors[:5]
+
+
+@cocotb.test()
+async def watchdog_timeout(dut):
+    """A DDR read that stalls past the watchdog (``MPQS_TIMEOUT_CYCLES`` + 1000 cycles): the run ends with
+    TIMEOUT, the engines drain once the bus answers, and the next run is right."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+    limit = int(os.environ["MPQS_TIMEOUT_CYCLES"])
+    delays = tb.ram.delays
+    normal = delays.cycles
+
+    def one_long_wait():
+        delays.cycles = normal
+        return limit + 1000
+
+    def body():
+        tb.load("a")
+        delays.cycles = one_long_wait
+        drv.timeout_s = 10 * limit / drv.backend.clock_hz
+        tb.expect_error(StatusCode.TIMEOUT, tb.check_run, "a", 1)
+        assert delays.cycles == normal, "the long wait was not taken"
+        tb.check_run("a")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def preloaded_image(dut):
+    """A build whose global buffer holds image a from configuration (BRAM-initialised): runs right without a
+    load; a load of b and back to a still work."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+
+    def body():
+        words, _, expected, bits = tb.image("a")
+        drv.attach(words, n_classes=expected.shape[1], input_bits=bits)
+        tb.check_run("a")
+        tb.load("b")
+        tb.check_run("b", 1)
+        tb.load("a")
+        tb.check_run("a", 2)
+        tb.check_idle()
+
+    await run_driver(body)

@@ -1,0 +1,88 @@
+# amaranth: UnusedElaboratable=no
+"""The Vivado project of ``build.py system`` (no Vivado here): files, the ports and address map the TCL uses,
+and the BRAM image (``weights.mem``) word for word."""
+
+import re
+
+import numpy as np
+import pytest
+
+import build
+from hw.array.top import ArrayConfig
+from hw.system.register_map import address_width
+from hw.system.vivado import BOARDS, CONTROL_BASE, CONTROL_RANGE, IP_NAME, mem_file, parse_mem, write_project
+from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from model.export.image import write_image
+from model.export.layout_v3 import pack as pack_v3
+from tests.hw.netgen import random_network
+
+CONFIG = ArrayConfig(engines=1, lanes=1, buffer_words=512, fmap_rows=32, row_codes=3, fan_in_width=6,
+                     channel_bits=5)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return random_network(np.random.default_rng(3), sizes=(23, 17, 5), act_bits=4)
+
+
+def verilog_ports(text: str) -> set[str]:
+    header = text[text.index(f"module {SYSTEM_TOP_NAME}("):]
+    return {p.strip() for p in header[header.index("(") + 1:header.index(");")].split(",")}
+
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_project_with_bram_image(tmp_path, net, board):
+    words = pack_v3(net)[0]
+    paths = write_project(tmp_path, board, MpqSystem(CONFIG, init=words.tolist()))
+    assert set(paths) == {"mpq_system.v", "block_design.tcl", "mpq_system.xdc", "build.tcl", "build.sh",
+                          "weights.mem", "write_mmi.tcl", "update_image.sh"}
+    # the .mem is the packed image word for word
+    assert parse_mem(paths["weights.mem"].read_text()) == words.tolist()
+    verilog = paths["mpq_system.v"].read_text()
+    ports = verilog_ports(verilog)
+    tcl = paths["block_design.tcl"].read_text()
+    # every accelerator pin the TCL connects is a port of the Verilog top
+    pins = set(re.findall(rf"{IP_NAME}/(\w+)", tcl))
+    assert pins == {"ap_clk", "ap_rst_n", "interrupt", "s_axi_control", "m_axi_gmem"}
+    assert {"ap_clk", "ap_rst_n", "interrupt"} <= ports and "clk" not in ports and "rst" not in ports
+    for bus, channels in (("s_axi_control", ("awaddr awvalid awready wdata wstrb wvalid wready bresp bvalid bready "
+                                            "araddr arvalid arready rdata rresp rvalid rready")),
+                          ("m_axi_gmem", ("awaddr awlen awsize awburst awvalid awready wdata wstrb wlast wvalid "
+                                         "wready bresp bvalid bready araddr arlen arsize arburst arvalid arready "
+                                         "rdata rresp rlast rvalid rready"))):
+        missing = [c for c in channels.split() if f"{bus}_{c}" not in ports]
+        assert not missing, f"{bus} lacks {missing}: IP integrator would not infer the interface"
+    # address map: the control window holds the register map; GP0/HP0 wiring; FCLK0 at 100 MHz
+    assert f"-offset 0x{CONTROL_BASE:08X} -range 0x{CONTROL_RANGE:X}" in tcl
+    assert 1 << address_width() <= CONTROL_RANGE
+    assert "PCW_FPGA0_PERIPHERAL_FREQMHZ {100}" in tcl and "PCW_S_AXI_HP0_DATA_WIDTH {64}" in tcl
+    assert "processing_system7_0/M_AXI_GP0" in tcl and "processing_system7_0/S_AXI_HP0]" in tcl
+    assert "processing_system7_0/IRQ_F2P" in tcl
+    assert BOARDS[board].part in paths["build.tcl"].read_text()
+    assert "write_mmi" in paths["build.tcl"].read_text()
+    # the BRAM initial contents in the Verilog are the image
+    assert f"memory[0] = 32'd{int(words[0])};" in verilog and f"memory[{len(words) - 1}] = 32'd{int(words[-1])};" in verilog
+
+
+def test_project_without_bram_image_has_no_mem(tmp_path):
+    paths = write_project(tmp_path, "pynq_z2", MpqSystem(CONFIG))
+    assert "weights.mem" not in paths and "write_mmi" not in paths["build.tcl"].read_text()
+
+
+def test_mem_format_errors_and_round_trip():
+    assert parse_mem(mem_file([0, 0xFFFFFFFF, 5])) == [0, 0xFFFFFFFF, 5]
+    with pytest.raises(ValueError, match="line 2"):
+        parse_mem("@0\nXYZ\n")
+    with pytest.raises(ValueError, match="board must be one of pynq_z2, arty_z7_20"):
+        write_project("/nonexistent", "zybo", MpqSystem(CONFIG))
+
+
+def test_cli_system(tmp_path, net, capsys):
+    write_image(tmp_path / "image", net)
+    out = tmp_path / "project"
+    assert build.main(["system", "--board", "pynq_z2", "--image", str(tmp_path / "image"), "--bram-image",
+                       "--engines", "1", "--out", str(out)]) == 0
+    words = np.fromfile(tmp_path / "image" / "weights.bin", dtype="<u4")
+    assert parse_mem((out / "weights.mem").read_text()) == words.tolist()
+    assert build.main(["system", "--image", str(tmp_path / "missing")]) == 2
+    assert "missing: file not found" in capsys.readouterr().err

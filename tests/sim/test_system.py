@@ -1,0 +1,103 @@
+# amaranth: UnusedElaboratable=no
+"""The whole Zynq shell (hw/system/zynq_top.py) under cocotb on Icarus, driven by the host driver's own code.
+
+One small array build runs every test (:mod:`sim.system.tb_system`): an MLP and a conv net loaded in turn on the
+same RTL (each image's scores equal its golden model's), batches split by the driver, random AXI latency and
+back-pressure on both buses; corrupted images, bad register values and SLVERR responses ending with the
+documented status code and never a hang.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hw.array.top import ArrayConfig
+from hw.system.register_map import StatusCode
+from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from model.export.layout_v3 import pack as pack_v3
+from sim.runner import simulators_available
+from sim.system.runner import run_block_test, write_block_verilog
+from tests.hw.array.test_top import random_conv_net
+from tests.hw.netgen import random_network
+
+CONFIG = ArrayConfig(engines=2, lanes=3, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
+                     channel_bits=5)
+TEST_MODULE = "sim.system.tb_system"
+#: The build's watchdog (the longest stretch without a transfer in these nets is a few thousand cycles).
+TIMEOUT_CYCLES = 20_000
+icarus = pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+
+
+def image_case(net, n_images: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    shape = net.image_shape if hasattr(net, "image_shape") else (net.layers[0].n_in,)
+    inputs = rng.integers(0, 1 << net.input_bits, size=(n_images, *shape))
+    return {"words": pack_v3(net)[0].astype(np.uint32), "inputs": inputs.reshape(n_images, -1),
+            "expected": net.forward(inputs).astype(np.int64), "input_bits": np.int64(net.input_bits)}
+
+
+def corrupt_stream(net) -> np.ndarray:
+    """The image of ``net`` with its first layer's weight stream set to ones: its class counts overrun the
+    fan-in, which the row decoders flag (BAD_STREAM)."""
+    words, _, regions = pack_v3(net)
+    bad = words.astype(np.uint32)
+    bad[regions[0].stream_base:regions[0].end] = 0xFFFFFFFF
+    return bad
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("system")
+    verilog = write_block_verilog(MpqSystem(CONFIG, timeout_cycles=TIMEOUT_CYCLES), work / f"{SYSTEM_TOP_NAME}.v",
+                                  name=SYSTEM_TOP_NAME)
+    mlp = random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4)
+    a = image_case(mlp, 7, 1)
+    b = image_case(random_conv_net(np.random.default_rng(2001)), 3, 2)
+    arrays = {f"{k}_{name}": v for k, img in (("a", a), ("b", b)) for name, v in img.items()}
+    arrays["corrupt_words"] = corrupt_stream(mlp)
+    arrays["corrupt_status"] = np.int64(StatusCode.BAD_STREAM)
+    path = work / "case.npz"
+    np.savez(path, **arrays)
+    return verilog, path
+
+
+@icarus
+@pytest.mark.parametrize("test,seed,stall", [
+    ("reload_and_batches", 1, 1), ("reload_and_batches", 2, 0), ("corrupt_images", 3, 1),
+    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0)])
+def test_system(case, test, seed, stall):
+    verilog, npz = case
+    result = run_block_test(verilog, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,
+                            work_dir=verilog.parent, seed=seed,
+                            env={"MPQS_CASE": npz, "MPQS_SEED": seed, "MPQS_STALL": stall, "MPQS_MAX_BATCH": 3,
+                                 "MPQS_TIMEOUT_CYCLES": TIMEOUT_CYCLES})
+    assert result["passed"], result["log"]
+
+
+@icarus
+def test_preloaded_image(case):
+    """MpqSystem(init=image a): the BRAM-initialised build runs a without a load."""
+    verilog, npz = case
+    with np.load(npz) as arrays:
+        words = arrays["a_words"]
+    path = write_block_verilog(MpqSystem(CONFIG, init=words), verilog.parent / "preloaded" / f"{SYSTEM_TOP_NAME}.v",
+                               name=SYSTEM_TOP_NAME)
+    result = run_block_test(path, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test="preloaded_image",
+                            work_dir=path.parent, seed=7, env={"MPQS_CASE": npz, "MPQS_SEED": 7, "MPQS_STALL": 1})
+    assert result["passed"], result["log"]
+
+
+def test_bad_parameters_name_the_value():
+    for kwargs, text in (({"max_classes": 0}, "max_classes"), ({"timeout_cycles": 3}, "timeout_cycles")):
+        with pytest.raises(ValueError, match=text):
+            MpqSystem(CONFIG, **kwargs)
+    with pytest.raises(TypeError, match="ArrayConfig"):
+        MpqSystem({"engines": 2})
+    words = pack_v3(random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4))[0]
+    bad = words.copy()
+    bad[0] ^= 1
+    with pytest.raises(ValueError, match="version 3 image"):
+        MpqSystem(CONFIG, init=bad)
+    with pytest.raises(ValueError, match="header field 'words'"):
+        MpqSystem(CONFIG, init=words[:-1])

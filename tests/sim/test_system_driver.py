@@ -1,0 +1,84 @@
+# amaranth: UnusedElaboratable=no
+"""The host driver on an exported image folder, through the whole system in simulation (what ``build.py sim
+--system`` runs), and the driver's and the command's checks of user mistakes (before any register access)."""
+
+import numpy as np
+import pytest
+
+import build
+from driver.backend import Backend
+from driver.mpq_driver import CoreError, MpqDriver
+from hw.system.register_map import StatusCode
+from model.errors import UserError
+from model.export.image import write_image
+from sim.runner import simulators_available
+from sim.system.system_run import run_system
+from tests.hw.netgen import random_network
+
+
+class NoDevice(Backend):
+    """A backend that fails every access: the checks below must refuse before touching the device."""
+
+    clock_hz = 100e6
+
+    def read(self, offset):
+        raise AssertionError(f"register read at {offset:#x}")
+
+    def write(self, offset, value):
+        raise AssertionError(f"register write at {offset:#x}")
+
+    def allocate(self, size):
+        raise AssertionError("allocate")
+
+    def wait(self):
+        raise AssertionError("wait")
+
+
+@pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+def test_exported_image_through_system_and_driver(tmp_path):
+    net = random_network(np.random.default_rng(7), sizes=(19, 13, 6), act_bits=4)
+    write_image(tmp_path / "image", net)
+    inputs = np.random.default_rng(8).integers(0, 16, size=(5, 19))
+    expected = net.forward(inputs)
+    res = run_system(tmp_path / "image", inputs, expected, tmp_path / "out", ddr_latency=24, max_batch=2,
+                     throughput_images=3)
+    assert res["passed"], res["log"]
+    assert res["rtl_mismatches"] == 0 and res["scores"] == expected.tolist()
+    # 3 batches (2, 2, 1): inputs padded to 8-byte beats, 6 scores of 4 bytes each
+    assert res["ddr_bytes_per_image"] == ((40 + 40 + 24) + 4 * 6 * 5) / 5
+    assert res["cycles_per_image"] > 0 and res["load_cycles"] > 0
+    t = res["throughput"]
+    assert t["images"] == 3 and t["batches"] == 2 and t["ddr_bytes"] == 40 + 24 + 4 * 6 * 3
+    assert t["images_per_s"] == pytest.approx(3 * 100e6 / t["cycles"])
+    assert not res["protocol_errors"]
+
+
+def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
+    drv = MpqDriver(NoDevice())
+    with pytest.raises(UserError, match="no image loaded"):
+        drv.run(np.zeros((1, 4), np.int64))
+    with pytest.raises(UserError, match="manifest.json: file not found"):
+        drv.load(tmp_path)
+    with pytest.raises(UserError, match="precision must be an integer from 0 to 8"):
+        drv.set_precision(9)
+    drv.words, drv.input_shape, drv.n_codes, drv.input_bits = np.zeros(8, np.uint32), (4, 1, 1), 4, 4
+    with pytest.raises(UserError, match=r"shape \[N, 4, 1, 1\] or \[N, 4\], not \[2, 5\]"):
+        drv.run(np.zeros((2, 5), np.int64))
+    with pytest.raises(UserError, match=r"lie in \[0, 15\]"):
+        drv.run(np.full((2, 4), 16))
+    with pytest.raises(ValueError, match="max_batch"):
+        MpqDriver(NoDevice(), max_batch=0)
+
+
+def test_core_error_names_the_code():
+    exc = CoreError(StatusCode.AXI_ERROR, "run of 3 images")
+    assert exc.code is StatusCode.AXI_ERROR
+    assert "status 17 (AXI_ERROR): SLVERR or DECERR" in str(exc)
+    assert "unknown code" in str(CoreError(99, "load"))
+
+
+@pytest.mark.parametrize("argv,text", [(["--simulator", "verilator"], "--system runs on Icarus"),
+                                       (["--ddr-latency", "-1"], "--ddr-latency must be 0 to 1000")])
+def test_cli_system_user_errors(argv, text, capsys):
+    assert build.main(["sim", "--system", *argv]) == 2
+    assert text in capsys.readouterr().err
