@@ -204,14 +204,12 @@ class ArrayController(wiring.Component):
         g_hst = Mux(pool2, g_hout >> 1, g_hout)
         g_wst = Mux(pool2, g_wout >> 1, g_wout)
         scores = d.out_buf == SCORE_SINK
+        # The products the checks need, registered in the MEASURE state (a multiplier each, then a register).
         in_rows = Signal(32)
         out_rows = Signal(32)
         res_rows = Signal(32)
-        m.d.comb += [in_rows.eq(d.c_in * d.in_height), out_rows.eq(d.c_out * g_hst),
-                     res_rows.eq(prev_c * prev_h)]
         fan = Signal(32)
-        m.d.comb += fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
-                               Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width)))
+        hdr_rows = Signal(32)
         bad = Signal()
         m.d.comb += bad.eq(
             (d.kind > KIND_CONV) | (d.in_buf >= FMAP_BUFFERS)
@@ -321,7 +319,11 @@ class ArrayController(wiring.Component):
                 with m.If(k > 0):
                     m.d.sync += header.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
                 with m.If(k == HEADER.words):
-                    m.next = "HEADER_CHECK"
+                    m.next = "HEADER_MEASURE"
+
+            with m.State("HEADER_MEASURE"):
+                m.d.sync += hdr_rows.eq(header.in_channels * header.in_height)
+                m.next = "HEADER_CHECK"
 
             with m.State("HEADER_CHECK"):
                 hd = header
@@ -331,7 +333,7 @@ class ArrayController(wiring.Component):
                     finish(Status.BAD_VERSION)
                 with m.Elif((hd.layers == 0) | (hd.input_bits == 0) | (hd.input_bits > MAX_ACT_BITS)
                             | (hd.in_channels == 0) | (hd.in_height == 0) | (hd.in_width == 0)
-                            | (hd.in_width > rc) | (hd.in_channels * hd.in_height > self._rows)
+                            | (hd.in_width > rc) | (hdr_rows > self._rows)
                             | (HEADER.words + LAYER.words * hd.layers >= 1 << self._aw)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
@@ -360,7 +362,14 @@ class ArrayController(wiring.Component):
                     m.d.sync += desc.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
                 with m.If(k == LAYER.words):
                     m.d.sync += last_layer.eq(layer_idx == header.layers - 1)
-                    m.next = "GEOMETRY"
+                    m.next = "MEASURE"
+
+            with m.State("MEASURE"):
+                m.d.sync += [in_rows.eq(d.c_in * d.in_height), out_rows.eq(d.c_out * g_hst),
+                             res_rows.eq(prev_c * prev_h),
+                             fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
+                                        Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width)))]
+                m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):
                 with m.If(bad):
