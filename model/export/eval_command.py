@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_override_args(p, "the checkpoint or image")
     p.add_argument("--seed", type=SEED, default=0,
                    help="digits split seed for a file that records no data set (default: 0)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="vertical-layered image (format version 4): evaluate this stored width only (default: every "
+                        "stored width and every Eq. 12 row of its table)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "eval"),
                    help="output directory for eval.json (default: out/eval)")
 
@@ -70,7 +73,14 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
 
     if any(isinstance(m, PACT | InputQuant) and m.full_precision for m in model.modules()):
         return None, f"{path}: PACT-32 activations have no integer codes (act_bits 1..8 export)"
+    from model.runs.checkpoint import quantizer_of
+
     try:
+        if quantizer_of(model) == "vertical":  # at the width the checkpoint loads at (its source width)
+            from model.export.convert_vertical import to_golden_vertical
+
+            net = to_golden_vertical(model)
+            return net.materialize(net.widths[-1]), None
         return to_golden(model), None
     except UserError as exc:
         return None, str(exc)
@@ -119,10 +129,66 @@ def eval_image(image_dir, data: str | None, data_root: str | None, seed: int) ->
             "notes": {"float_accuracy": why, "fakequant_accuracy": why}}
 
 
+def eval_vertical_image(image_dir, bits: int | None, data: str | None, data_root: str | None) -> dict:
+    """Golden accuracy of a version 4 (vertical-layered) image at ``bits`` (default every stored width, and
+    every Eq. 12 row of its table), on the test images its manifest records."""
+    import numpy as np
+
+    from model.data import DataRecord
+    from model.errors import UserError
+    from model.export.image_v4 import bytes_read, read_vertical_image
+    from model.quant.pact import InputQuant
+
+    net, manifest = read_vertical_image(image_dir)
+    path = Path(image_dir)
+    man_path = path / "manifest.json" if path.is_dir() else path
+    if "data" not in manifest:
+        raise UserError(f"{man_path}: field 'data' is missing; a vertical image records its data set")
+    where = f"{man_path}: field 'data'"
+    record = DataRecord.from_json(manifest["data"], where).override(data, data_root)
+    split = record.load_test(where)
+    if bits is not None and bits not in net.widths:
+        raise UserError(f"--bits {bits}: allowed the image's stored widths {list(net.widths)}")
+    x = split.x_test
+    if net.image_shape is not None:
+        x = x.reshape(x.shape[0], *net.image_shape)
+    u = InputQuant(net.input_bits).to_codes(x).numpy()
+    y = split.y_test.numpy()
+    assignments = [bits] if bits is not None else [*net.widths, *net.table]
+    rows = []
+    for a in assignments:
+        golden = net.materialize(a)
+        pred = np.concatenate([golden.predict(u[i:i + EVAL_BATCH]) for i in range(0, len(u), EVAL_BATCH)])
+        rows.append({"bits": a if isinstance(a, int) else list(a), "golden_accuracy": float((pred == y).mean()),
+                     "weight_bytes_read": bytes_read(net, a)})
+    why = "an image holds integer codes only; `eval --checkpoint` gives the float and fake-quant accuracy"
+    top = rows[0]["golden_accuracy"] if bits is not None else rows[len(net.widths) - 1]["golden_accuracy"]
+    return {"image": str(image_dir), "data": record.to_json(), "test_images": len(y), "format_version": 4,
+            "widths": list(net.widths), "per_width": rows, "float_accuracy": None, "fakequant_accuracy": None,
+            "golden_accuracy": top, "notes": {"float_accuracy": why, "fakequant_accuracy": why}}
+
+
+def _image_version(image_dir) -> int | None:
+    import json
+
+    path = Path(image_dir)
+    man_path = path / "manifest.json" if path.is_dir() else path
+    try:
+        return json.loads(man_path.read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None  # the ordinary reader reports what is wrong
+
+
 def run(args) -> int:
     from model.data import DataRecord
+    from model.errors import UserError
 
-    if args.checkpoint is not None:
+    vertical = args.image is not None and _image_version(args.image) == 4
+    if args.bits is not None and not vertical:
+        raise UserError("--bits applies to a vertical-layered image (format version 4) only")
+    if vertical:
+        report = eval_vertical_image(Path(args.image), args.bits, args.data, args.data_root)
+    elif args.checkpoint is not None:
         report = eval_checkpoint(Path(args.checkpoint), args.data, args.data_root, args.seed)
     else:
         report = eval_image(Path(args.image), args.data, args.data_root, args.seed)
@@ -133,6 +199,9 @@ def run(args) -> int:
     for key, title in (("float_accuracy", "float (rounding off)"), ("fakequant_accuracy", "fake-quant"),
                        ("golden_accuracy", "golden (integer)")):
         rows.append((title, "n/a" if report[key] is None else report[key]))
+    for row in report.get("per_width", []):
+        label = row["bits"] if isinstance(row["bits"], int) else "Eq. 12 " + ",".join(map(str, row["bits"]))
+        rows.append((f"golden at {label} bits ({row['weight_bytes_read']} weight bytes)", row["golden_accuracy"]))
     print_table(rows, f"accuracy of {report.get('checkpoint') or report.get('image')}")
     missing: dict[str, list[str]] = {}
     for key, why in report["notes"].items():

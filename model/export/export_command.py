@@ -14,7 +14,8 @@ from pathlib import Path
 from model.cli import DEFAULT_OUT, print_table
 
 HELP = ("checkpoint (MLP, ResNet-20 or VGG; any method) -> packed image, format version 3 (weights.bin, weights.hex, "
-        "manifest.json with the data set and the memory report)")
+        "manifest.json with the data set and the memory report); a vertical-layered checkpoint (train --method "
+        "vertical; MLP or VGG) -> format version 4, every width in one image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,10 @@ def run(args) -> int:
         print(f"note: {args.checkpoint} does not record its data set (written before checkpoints did); the "
               f"image will not either, and `sim` / `verilog` / `eval` will assume digits unless given --data",
               file=sys.stderr)
+    from model.runs.checkpoint import quantizer_of
+
+    if quantizer_of(model) == "vertical":
+        return _export_vertical(args, model, meta, data)
     from model.export.convert import export_image
 
     manifest = export_image(model, Path(args.out), data)
@@ -40,6 +45,21 @@ def run(args) -> int:
                  ("sha256", manifest["sha256"][:16]), ("data", "unrecorded" if data is None else data.describe())],
                 f"image written to {args.out}")
     print("\n" + format_memory(manifest["memory"]))
+    return 0
+
+
+def _export_vertical(args, model, meta: dict, data) -> int:
+    """Version 4 image of a vertical net, with the Eq. 12 rows the training recorded (meta ``eq12_table``)."""
+    from model.export.convert_vertical import export_vertical_image
+
+    table = meta.get("eq12_table") or []
+    manifest = export_vertical_image(model, Path(args.out), data, table)
+    rows = [("arch", model.config.get("arch", "mlp")), ("format version", manifest["version"]),
+            ("widths", ",".join(map(str, manifest["widths"]))), ("Eq. 12 table rows", len(manifest["table"])),
+            ("words", manifest["words"]), ("sha256", manifest["sha256"][:16]),
+            ("data", "unrecorded" if data is None else data.describe())]
+    rows += [(f"weight bytes read at {b} bits", n) for b, n in manifest["weight_bytes_read"].items()]
+    print_table(rows, f"vertical image written to {args.out}")
     return 0
 
 

@@ -31,6 +31,12 @@ VERSION = 3
 SUPPORTED_VERSIONS = (1, 2, 3)
 #: The last version with the mask + payload layout (the fully connected core of ``hw/core`` reads it).
 MASK_VERSION = 2
+#: The vertical-layered image (:mod:`model.export.image_v4`): one network at every width of its training
+#: (the vertical-layering paper), read by :func:`model.export.image_v4.read_vertical_image`; the readers of
+#: versions 1-3 (:func:`model.export.image.unpack`, ``read_image``) refuse it by name.
+VERTICAL_VERSION = 4
+#: Every version this module describes.
+ALL_VERSIONS = (*SUPPORTED_VERSIONS, VERTICAL_VERSION)
 WORD_BITS = 32
 
 
@@ -160,7 +166,7 @@ class Record:
 
 HEADER = Record("header", 8, (
     Field("magic", 0, 0, 32, f"magic `0x{MAGIC:08X}` (the bytes `MPQA`)"),
-    Field("version", 1, 0, 32, "format version (readers accept 1, 2 and 3, see Versions)"),
+    Field("version", 1, 0, 32, "format version (1, 2 and 3; 4 for a vertical-layered net, see Versions)"),
     Field("layers", 2, 0, 32, "number of layers `L`"),
     Field("input_bits", 3, 0, 32, "input code width in bits"),
     Field("words", 4, 0, 32, "total number of words in the image"),
@@ -254,6 +260,47 @@ RES_PARAMS = Record("residual params", 4, (
     Field("res_mult", 3, 0, 32, "shortcut multiplier `M_r`, unsigned, below `2^MULT_BITS`", since=3),
 ))
 
+VHEADER = Record("vertical header", 3, (
+    Field("base_bits", 0, 0, 8, "width of the basic layer `b` (the smallest stored width)", since=4),
+    Field("top_bits", 0, 8, 8, "source width `n` (the largest stored width)", since=4),
+    Field("edge_bits", 0, 16, 8, "width of the first and last layers' signed codes (8)", since=4),
+    Field("inner", 0, 24, 8, "inner (switchable) layers: all but the first and the last", since=4),
+    Field("table_rows", 1, 0, 32, "rows of the Eq. 12 width table (0: none)", since=4),
+    Field("table_base", 2, 0, 32, "word address of the width table: per row `ceil(inner / 4)` words, the "
+          "width of inner layer `m` in byte `m % 4` of the row's word `m / 4`", since=4),
+), labels=((0, "widths/inner"),))
+
+VLAYER = Record("vertical layer", 10, (
+    Field("kind", 0, 0, 2, "0 fully connected, 1 conv", since=4),
+    Field("edge", 0, 2, 1, "1: first or last layer (`edge_bits` codes, no planes, every width)", since=4),
+    Field("compensate", 0, 3, 1, "1: the lower widths add Eq. 6's `K_t = 2^t - 1` (golden_vertical.py)", since=4),
+    Field("pool", 0, 8, 8, "max-pool window (= stride) on the output codes, 0 none", since=4),
+    Field("base_bits", 0, 16, 8, "width of the codes in the base region (`edge_bits` for an edge)", since=4),
+    Field("top_bits", 0, 24, 8, "width with every plane (`base_bits` for an edge)", since=4),
+    Field("c_in", 1, 0, 16, "input channels (fully connected: the fan-in)", since=4),
+    Field("c_out", 1, 16, 16, "output channels (rows)", since=4),
+    Field("kernel", 2, 0, 8, "kernel size `k` (1 for fully connected)", since=4),
+    Field("stride", 2, 8, 8, "stride (1 for fully connected)", since=4),
+    Field("padding", 2, 16, 8, "zero padding on every side", since=4),
+    Field("fan_in", 3, 0, 32, "weights per row: `c_in k k`", since=4),
+    Field("weight_base", 4, 0, 32, "word address of the weight region: the base region, then each plane",
+          since=4),
+    Field("base_words", 5, 0, 32, "words of the base region: `ceil(c_out fan_in base_bits / 32)`", since=4),
+    Field("plane_words", 6, 0, 32, "words of one enhance plane: `ceil(c_out fan_in / 32)`", since=4),
+    Field("requant_base", 7, 0, 32, "word address of the layer's first requant group", since=4),
+    Field("requant_count", 8, 0, 32, "requant groups, one per `(in_bits, out_bits)` pair", since=4),
+    Field("group_words", 9, 0, 32, "words per requant group: `1 + 3 c_out + ceil(c_out / 32)`", since=4),
+), labels=((0, "kind/flags/pool/bits"), (1, "c_in/c_out"), (2, "kernel/stride/padding")))
+
+VREQUANT = Record("vertical requant group", 1, (
+    Field("in_bits", 0, 0, 8, "width of the layer's input codes this group serves", since=4),
+    Field("out_bits", 0, 8, 8, "width of its output codes (0: class scores)", since=4),
+    Field("shift", 0, 16, 8, "requant shift `S`", since=4),
+))
+
+
+#: The records only version 4 has.
+VERTICAL_RECORDS = (VHEADER, VLAYER, VREQUANT)
 #: Width classes of a version 3 weight stream, in stream order (class ``c`` is ``CLASS_WIDTHS[c]`` bits).
 CLASS_WIDTHS = (4, 8, 16, 32)
 #: Rice parameter field of each class.
@@ -295,13 +342,14 @@ WIDTH_OF_CODE: dict[int, int] = {c.code: c.width for c in WIDTH_CODES}
 RESERVED_CODES: tuple[int, ...] = tuple(range(len(WIDTH_CODES), 1 << CODE_BITS))
 
 
-def record_table(record: Record) -> str:
-    """A record's fields as a Markdown table (the one in ``docs/image_format.md``)."""
+def record_table(record: Record, version: int = VERSION) -> str:
+    """A record's fields as a Markdown table (the one in ``docs/image_format.md``), reserved bits as of
+    ``version``."""
     rows = ["| word | bits | field | since | meaning |", "|---|---|---|---|---|"]
     for word in range(record.words):
         for f in (f for f in record.fields if f.word == word):
             rows.append(f"| {word} | {f.bits} | `{f.name}` | {f.since} | {f.meaning} |")
-        reserved = record.reserved_mask(word)
+        reserved = record.reserved_mask(word, version)
         covered = any(word in f.words for f in record.fields)
         if reserved and not covered:
             rows.append(f"| {word} | 0-31 | reserved | | 0 |")
@@ -333,10 +381,13 @@ def _bit_ranges(mask: int) -> str:
 
 def markdown() -> str:
     """Every table of the format, as ``docs/image_format.md`` embeds them."""
-    parts = [f"### {title}\n\n{record_table(rec)}" for title, rec in
+    parts = [f"### {title}\n\n{record_table(rec, VERTICAL_VERSION if rec in VERTICAL_RECORDS else VERSION)}"
+             for title, rec in
              (("Header", HEADER), ("Layer descriptor (versions 1, 2)", DESCRIPTOR),
               ("Requant parameter record", PARAMS), ("Layer descriptor (version 3)", LAYER),
-              ("Requant parameter record with a shortcut (version 3)", RES_PARAMS))]
+              ("Requant parameter record with a shortcut (version 3)", RES_PARAMS),
+              ("Vertical header (version 4)", VHEADER), ("Vertical layer descriptor (version 4)", VLAYER),
+              ("Vertical requant group head (version 4)", VREQUANT))]
     parts.append(f"### Width codes\n\n{width_code_table()}")
     return "\n\n".join(parts) + "\n"
 

@@ -46,6 +46,7 @@ from model.export.format import (
     RESERVED_CODES,
     SUPPORTED_VERSIONS,
     VERSION,
+    VERTICAL_VERSION,
     WIDTHS,
     WORD_BITS,
 )
@@ -352,7 +353,9 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork | IntConvNetwo
         raise field_error(where, "magic", HEADER["magic"].word, hex(magic), f"expected {MAGIC:#x} (the bytes 'MPQA')")
     if version not in SUPPORTED_VERSIONS:
         raise field_error(where, "version", HEADER["version"].word, version,
-                           f"supported: {', '.join(map(str, SUPPORTED_VERSIONS))}")
+                           f"supported: {', '.join(map(str, SUPPORTED_VERSIONS))}" + (
+                               f" (version {VERTICAL_VERSION} is a vertical-layered image: "
+                               "model.export.image_v4.read_vertical_image)" if version == VERTICAL_VERSION else ""))
     if header["words"] != len(words):
         raise field_error(where, "words", HEADER["words"].word, header["words"],
                            f"the image holds {len(words)} words (truncated or padded?)")
@@ -542,7 +545,10 @@ def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:
         raise UserError(f"{man_path}: field 'format' is {found!r}; expected {FORMAT!r}")
     if record.get("version") not in SUPPORTED_VERSIONS or isinstance(record.get("version"), bool):
         raise UserError(f"{man_path}: field 'version' is {record.get('version')!r}; supported:"
-                        f" {', '.join(map(str, SUPPORTED_VERSIONS))}")
+                        f" {', '.join(map(str, SUPPORTED_VERSIONS))}" + (
+                            f" (version {VERTICAL_VERSION} is a vertical-layered image: "
+                            "model.export.image_v4.read_vertical_image)"
+                            if record.get("version") == VERTICAL_VERSION else ""))
     for field, kind in (("bytes", int), ("sha256", str), ("layers", list)):
         if not isinstance(record.get(field), kind):
             raise UserError(f"{man_path}: field '{field}' is {record.get(field)!r}; expected {kind.__name__}")

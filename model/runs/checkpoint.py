@@ -9,6 +9,12 @@ A model trained with BMPQ (model/methods/bmpq.py, its layers in model/quant/bmpq
 hold layer-wise ``bits`` instead of element-wise masks; ``"act_bits"`` maps every PACT module's path to its width
 (BMPQ sets them per layer). Files without the key are DoReFa models (``"quantizer": "dorefa"``).
 
+A vertical-layered net (model/quant/vertical.py, trained by model/methods/vertical.py) carries ``"quantizer":
+"vertical"`` and ``"vertical": {"widths": [...], "compensate": bool[, "float_edges": true]}``: it is rebuilt from
+its config and converted with :func:`model.quant.vertical.to_vertical` with those choices, then left at its
+source (widest) width. Its state holds one weight and one source step per layer, per-width activation steps
+and BatchNorms: every width of the net is in the one file.
+
 The meta records the data set the model was trained on under ``"dataset"`` (:class:`model.data.DataRecord`:
 name, absolute root, input shape and bits, split seed and subsets), so that ``export`` can copy it into the
 image and ``eval`` can find the test images again: :func:`save_checkpoint` takes it as ``data``, or derives
@@ -31,18 +37,21 @@ from model.files import atomic_write
 from model.quant.bmpq import BMPQ_LAYERS, LAYER_BITS, to_bmpq
 from model.quant.nets import build_model
 from model.quant.pact import PACT, InputQuant
+from model.quant.vertical import VERTICAL_LAYER_TYPES, check_widths, set_width, to_vertical, widths_of
 
 FORMAT = "mpqaccel-checkpoint"
 VERSION = 1
 #: Weight quantizers a checkpoint may name.
-QUANTIZERS = ("dorefa", "bmpq")
+QUANTIZERS = ("dorefa", "bmpq", "vertical")
 #: The meta key of the data record (:class:`model.data.DataRecord`).
 DATA_KEY = "dataset"
 
 
 def quantizer_of(model) -> str:
-    """``"bmpq"`` if ``model`` has BMPQ layers, else ``"dorefa"``."""
-
+    """``"vertical"`` if ``model`` has vertical-layered layers, ``"bmpq"`` if it has BMPQ layers, else
+    ``"dorefa"``."""
+    if any(isinstance(m, VERTICAL_LAYER_TYPES) for m in model.modules()):
+        return "vertical"
     return "bmpq" if any(isinstance(m, BMPQ_LAYERS) for m in model.modules()) else "dorefa"
 
 
@@ -66,6 +75,8 @@ def save_checkpoint(path, model, meta: dict | None = None, data: DataRecord | No
                "state_dict": state, "meta": meta}
     if payload["quantizer"] == "bmpq":
         payload["act_bits"] = {n: m.bits for n, m in model.named_modules() if isinstance(m, PACT)}
+    if payload["quantizer"] == "vertical":
+        payload["vertical"] = dict(model.vertical)
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -105,8 +116,9 @@ def load_checkpoint(path):
     if quantizer not in QUANTIZERS:
         raise UserError(f"{path}: field 'quantizer' is {quantizer!r}; allowed {QUANTIZERS}")
     if quantizer == "bmpq":
-
         to_bmpq(model)
+    if quantizer == "vertical":
+        model = _to_vertical(path, model, payload.get("vertical"))
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise UserError(f"{path}: field 'state_dict' is missing")
@@ -129,6 +141,8 @@ def load_checkpoint(path):
         if quantizer == "bmpq" and key.endswith(".bits") and int(value) not in LAYER_BITS:
             raise UserError(f"{path}: field 'state_dict.{key}' is {int(value)}; allowed {LAYER_BITS}")
     model.load_state_dict(state)
+    if quantizer == "vertical":
+        set_width(model, widths_of(model)[-1])
     if quantizer == "bmpq":
         _load_act_bits(path, model, payload.get("act_bits"))
     meta = payload.get("meta", {})
@@ -224,3 +238,43 @@ def _load_act_bits(path: Path, model, act_bits) -> None:
         except ValueError as exc:
             raise UserError(f"{path}: field 'act_bits.{name}': {exc}") from None
         acts[name].bits = bits
+
+
+def _to_vertical(path: Path, model, vertical):
+    """``model`` converted by :func:`to_vertical` with the checkpoint's ``"vertical"`` choices (checked)."""
+    if not isinstance(vertical, dict) or "widths" not in vertical:
+        raise UserError(f"{path}: field 'vertical' must be a dict with 'widths' (and 'compensate'), not {vertical!r}")
+    try:
+        widths = check_widths(vertical["widths"], "vertical.widths")
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    for key in ("compensate", "float_edges"):
+        if not isinstance(vertical.get(key, False), bool):
+            raise UserError(f"{path}: field 'vertical.{key}' is {vertical[key]!r}; allowed true or false")
+    try:
+        return to_vertical(model, widths, vertical.get("compensate", True), vertical.get("float_edges", False))
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def save_vertical_checkpoint(path, model, meta: dict | None = None) -> Path:
+    """Write a vertical net (:mod:`model.methods.vertical`): :func:`save_checkpoint` (``"quantizer":
+    "vertical"``); :func:`load_checkpoint` and :func:`load_vertical_checkpoint` read it back."""
+    if quantizer_of(model) != "vertical":
+        raise UserError("save_vertical_checkpoint: the model has no vertical-layered layer")
+    return save_checkpoint(path, model, meta)
+
+
+def load_vertical_checkpoint(path):
+    """:func:`load_checkpoint` for a file that must hold a vertical net; returns ``(model, meta)``.
+
+    Raises
+    ------
+    UserError
+        From :func:`load_checkpoint`, or naming the field ``quantizer`` if the file holds another net.
+    """
+    model, meta = load_checkpoint(path)
+    if quantizer_of(model) != "vertical":
+        raise UserError(f"{path}: field 'quantizer' is {quantizer_of(model)!r}, not 'vertical'; this is not a "
+                        f"vertical-layered checkpoint")
+    return model, meta

@@ -544,53 +544,6 @@ def cmd_train_bmpq(args) -> int:
     return 0
 
 
-def save_vertical_checkpoint(path, model, meta: dict | None = None) -> Path:
-    """Write a vertical net (:mod:`model.methods.vertical`) like :func:`model.runs.checkpoint.save_checkpoint`
-    (same format and version, CPU tensors) with ``"quantizer": "vertical"`` and ``"vertical"`` (widths,
-    compensation); :func:`load_vertical_checkpoint` reads it back. (``model.runs.checkpoint.load_checkpoint``
-    refuses the file, naming the field ``quantizer``: taking it there is the export side's step.)"""
-    import torch
-
-    from model.files import atomic_write
-    from model.runs.checkpoint import FORMAT, VERSION
-
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "config": model.config, "quantizer": "vertical",
-               "vertical": dict(model.vertical), "state_dict": state, "meta": dict(meta or {})}
-    return atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
-
-
-def load_vertical_checkpoint(path):
-    """Rebuild a net written by :func:`save_vertical_checkpoint`; returns ``(model, meta)``.
-
-    Raises
-    ------
-    UserError
-        If the file is not a vertical checkpoint or its state does not fit the rebuilt net.
-    """
-    import torch
-
-    from model.quant.nets import build_model
-    from model.quant.vertical import DEFAULT_WIDTHS, set_width, to_vertical, widths_of
-    from model.runs.checkpoint import FORMAT
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("quantizer") != "vertical":
-        raise UserError(f"{path}: field 'quantizer' is not 'vertical'; this is not a vertical-layered checkpoint")
-    vertical = payload.get("vertical") or {}
-    model = to_vertical(build_model(payload["config"]), vertical.get("widths", DEFAULT_WIDTHS),
-                        vertical.get("compensate", True), vertical.get("float_edges", False))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"{path}: field 'state_dict' does not fit the model ({str(exc)[:160]})") from None
-    set_width(model, widths_of(model)[-1])
-    return model, payload.get("meta", {})
-
-
 def cmd_train_vertical(args) -> int:
     """Vertical layering (model/methods/vertical.py): the joint training, or a baseline (``--baseline``).
 
@@ -614,6 +567,7 @@ def cmd_train_vertical(args) -> int:
     )
     from model.quant.nets import build_model, model_config
     from model.quant.vertical import parse_widths, set_width, to_vertical
+    from model.runs.checkpoint import save_vertical_checkpoint
     from model.runs.provenance import provenance
     from model.runs.validation import carve_validation
 
@@ -674,7 +628,8 @@ def cmd_train_vertical(args) -> int:
     data = DataRecord.of(args.data, args.data_root, split.image_shape, 8, args.seed, args.train_subset,
                          args.test_subset)
     meta = {"method": "vertical", "scheme": scheme, "test_accuracy": report["test_accuracy"],
-            "provenance": recorded, "dataset": data.to_json()}
+            "provenance": recorded, "dataset": data.to_json(),
+            "eq12_table": [list(r["layer_bits"]) for r in mixed if r["kind"] == "mixed"]}
     if scheme == "lsq":
         for b, r in per_width.items():
             written.append(save_vertical_checkpoint(out / f"lsq_{b}bit.pt", r.model, meta))

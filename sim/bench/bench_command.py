@@ -1,8 +1,9 @@
-"""``build.py bench``: the benchmarks (dsp in :mod:`sim.bench.dsp`; lts, imq, bmpq, conv, qat in :mod:`model.bench`).
+"""``build.py bench``: the benchmarks (dsp in :mod:`sim.bench.dsp`; lts, imq, bmpq, conv, qat, vertical in
+:mod:`model.bench`).
 
 Every bench prints its floors (the README's claims against the measured values, :mod:`model.bench.floors`)
 and writes them: into ``imq_summary.json`` and ``conv_summary.json`` as ``floors``; beside the list-of-rows JSONs as
-``dsp_floors.json``, ``lts_floors.json``, ``bmpq_floors.json`` and ``qat_floors.json``, each with the code revision that measured
+``dsp_floors.json``, ``lts_floors.json``, ``bmpq_floors.json``, ``qat_floors.json`` and ``vertical_floors.json``, each with the code revision that measured
 them (``provenance``, as ``imq_summary.json`` has). ``--check`` makes a failing floor exit 1
 (:func:`model.bench.floors.exit_code`); without it the exit status is what it was (``bench dsp`` exits 1 on a
 failed verification or DSP configuration in any case).
@@ -18,13 +19,14 @@ from model.cli import DEFAULT_OUT, print_rows, write_json
 from model.errors import UserError
 
 #: The benches, and those that train on a data set (``--data-root``).
-BENCHES = ("dsp", "lts", "bmpq", "imq", "conv", "qat", "export")
-DATA_BENCHES = ("lts", "imq", "bmpq", "conv")
+BENCHES = ("dsp", "lts", "bmpq", "imq", "conv", "qat", "export", "vertical", "fuzz")
+DATA_BENCHES = ("lts", "imq", "bmpq", "conv", "vertical")
 #: The benches with resumable run directories (``--restart``) and a tiny budget (``--smoke``).
 RUN_DIR_BENCHES = ("imq", "conv")
 HELP = ("benchmarks: dsp (packed DSP48E1 lane modes), lts (LTS vs plain QAT), imq (IMQ vs its baselines), bmpq "
         "(BMPQ vs FP-32), conv (ResNet-20 / VGG tickets -> golden model -> image), qat (quantized vs float training "
-        "step), export (packing a 10-million-weight image) -> out/bench/<bench>.json")
+        "step), export (packing a 10-million-weight image), vertical (vertical layering vs its baselines) "
+        "-> out/bench/<bench>.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "VGG: fake-quant vs golden accuracy, image bytes, MACs; about 20 min), qat (a DoReFa, BMPQ and LTS "
                    "training step of the MLP, VGG and ResNet-20 against the float step; about 2 min), export (packs a "
                    "10-million-weight network of random widths into a version 3 image: seconds, bytes, metadata "
-                   "bits per weight; under a minute); lts, imq, bmpq and conv train on Fashion-MNIST")
+                   "bits per weight; under a minute), fuzz (random conv and FC layers and small networks through "
+                   "the array's RTL against the golden model: --layers of them, 10,000 by default), vertical (the "
+                   "vertical-layered net against per-width LSQ, ascending training, no compensation, no KD and MGD, "
+                   "MLP and VGG, at 2, 3 and 4 bits; about 6 min; hardware rows not yet); lts, imq, bmpq, conv and "
+                   "vertical train on Fashion-MNIST")
     p.add_argument("--smoke", action="store_true",
-                   help="`bench imq` / `bench conv` only: a tiny budget that checks the pipeline in a minute or two "
+                   help="`bench imq` / `bench conv` / `bench vertical` only: a tiny budget that checks the pipeline in a "
+                        "minute or two "
                         "(its figures mean nothing)")
     p.add_argument("--data-root", default=None,
                    help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` / `bench conv` (default: Debian's "
@@ -46,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a floor (a README claim the bench measures) fails; the floors are printed and "
                         "written either way")
+    p.add_argument("--layers", type=int, default=10_000,
+                   help="`bench fuzz` only: weight layers to draw (default: 10000)")
+    p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
+                   help="`bench fuzz` only: the RTL simulator (default: verilator)")
     p.add_argument("--restart", action="store_true",
                    help="`bench imq` / `bench conv` only: start every run afresh instead of resuming its run directories "
                         "(needed after a code change: a run made under another revision is refused)")
@@ -55,14 +66,15 @@ def run(args) -> int:
     if args.restart and args.target not in RUN_DIR_BENCHES:
         raise UserError(f"--restart applies to `bench imq` and `bench conv` only (their resumable run directories), "
                         f"not `bench {args.target}`")
-    if args.smoke and args.target not in RUN_DIR_BENCHES:
-        raise UserError(f"--smoke applies to `bench imq` and `bench conv` only (their tiny budgets), not "
+    if args.smoke and args.target not in (*RUN_DIR_BENCHES, "vertical"):
+        raise UserError(f"--smoke applies to `bench imq`, `bench conv` and `bench vertical` only (their tiny budgets), not "
                         f"`bench {args.target}`")
     if args.data_root is not None and args.target not in DATA_BENCHES:
         raise UserError(f"--data-root applies to `bench {'`, `bench '.join(DATA_BENCHES)}` (they train on "
                         f"Fashion-MNIST), not `bench {args.target}`, which reads no data set")
     runners = {"dsp": bench_dsp, "lts": bench_lts, "bmpq": bench_bmpq, "imq": bench_imq, "conv": bench_conv,
-               "qat": bench_qat, "export": bench_export}
+               "qat": bench_qat, "export": bench_export, "vertical": bench_vertical,
+               "fuzz": bench_fuzz}
     return runners[args.target](args, Path(args.out))
 
 
@@ -112,6 +124,25 @@ def bench_lts(args, out: Path) -> int:
     return report_floors(result, floors_path(out / "lts.json"), args.check)
 
 
+def bench_vertical(args, out: Path) -> int:
+    """Vertical layering vs per-width LSQ, ascending, no compensation, no KD and MGD on Fashion-MNIST, MLP and
+    VGG (model/bench/vertical.py, about 6 min; ``--smoke``: tiny budgets that test the path)."""
+    from model.bench.vertical import DEFAULT_CONFIGS, SMOKE_CONFIGS, floors, run_vertical_bench
+
+    configs = SMOKE_CONFIGS if args.smoke else DEFAULT_CONFIGS
+    report = run_vertical_bench(out / "vertical.json", root=args.data_root, configs=configs, progress=not args.quiet)
+    print_rows(report["rows"], [("arch", ">6", "", "arch"), ("method", ">16", "", "method"), ("bits", ">4", "", "bits"),
+                                ("accuracy", ">9", ".4f", "accuracy")])
+    for c in report["configs"]:
+        print(f"\nbudget {c['arch']}: {c['train_images']} training images, {c['test_images']} test images, "
+              f"{c['epochs']} epochs, {report['seconds'][c['arch']]['total']:.0f} s")
+    print(f"total {report['seconds']['total']:.0f} s\nhardware: {report['hardware']}")
+    result = floors(report["rows"], configs[0].widths)
+    write_floors(out / "vertical.json", result, provenance())
+    print(f"\nwrote {out / 'vertical.json'} and {floors_path(out / 'vertical.json')}")
+    return report_floors(result, floors_path(out / "vertical.json"), args.check)
+
+
 def bench_export(args, out: Path) -> int:
     """Pack a 10-million-weight network into a version 3 image (model/bench/export.py run_export_bench)."""
     from model.bench.export import floors, run_export_bench
@@ -126,6 +157,25 @@ def bench_export(args, out: Path) -> int:
                                  ("entropy", ">8", ".3f", "width_entropy_bits")])
     print(f"\nwrote {out / 'export.json'}")
     return report_floors(result["floors"], out / "export.json", args.check)
+
+
+def bench_fuzz(args, out: Path) -> int:
+    """Random layers and small networks through one build of the array's RTL (sim/bench/fuzz.py)."""
+    from sim.bench.fuzz import floors, run_fuzz
+
+    if args.layers < 1:
+        raise UserError(f"--layers is {args.layers}; allowed 1 or more")
+    result = run_fuzz(out / "fuzz", layers=args.layers, simulator=args.simulator, progress=not args.quiet)
+    result["floors"] = floors(result)
+    result["provenance"] = provenance()
+    write_json(out / "fuzz.json", result)
+    print_rows([result], [("layers", ">7", ",", "layers"), ("networks", ">9", ",", "networks"),
+                          ("images", ">7", ",", "images"), ("conv", ">6", ",", "conv_layers"),
+                          ("fc", ">6", ",", "fc_layers"), ("blocks", ">7", ",", "residual_blocks"),
+                          ("mismatches", ">11", "", "mismatches"), ("deadlocks", ">10", "", "deadlocks"),
+                          ("sim cycles", ">12", ",", "sim_cycles"), ("s", ">7", ".0f", "seconds")])
+    print(f"\nwrote {out / 'fuzz.json'}")
+    return report_floors(result["floors"], out / "fuzz.json", args.check)
 
 
 def bench_qat(args, out: Path) -> int:

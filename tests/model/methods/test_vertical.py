@@ -32,9 +32,9 @@ from model.methods.vertical import (
     train_vertical,
     us_weights,
 )
-from model.quant.nets import DigitsMLP
+from model.quant.nets import DigitsMLP, build_model
 from model.quant.vertical import inner_layers, set_width, to_vertical, vertical_layers, width
-from model.runs.train_command import load_vertical_checkpoint, save_vertical_checkpoint
+from model.runs.checkpoint import load_checkpoint, load_vertical_checkpoint, save_checkpoint, save_vertical_checkpoint
 from model.runs.validation import carve_validation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -206,9 +206,18 @@ def test_checkpoint_round_trip_gives_the_same_outputs(trained, tmp_path):
     for bits in (2, 3, 4):
         with width(model, bits), width(loaded, bits):
             assert torch.equal(model(x), loaded(x))
-    torch.save({"format": "mpqaccel-checkpoint"}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="field 'quantizer'"):
+    # load_checkpoint (what export and eval read) takes the file too, at the source width
+    generic, _ = load_checkpoint(path)
+    generic.eval()
+    assert torch.equal(generic(x), model(x))
+    save_checkpoint(tmp_path / "other.pt", build_model(model.config))
+    with pytest.raises(UserError, match="field 'quantizer' is 'dorefa'"):
         load_vertical_checkpoint(tmp_path / "other.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["vertical"]["widths"] = [2, 4]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="field 'vertical.widths'"):
+        load_checkpoint(tmp_path / "bad.pt")
 
 
 def test_mixed_precision_rows_stay_within_budget_and_recalibrate(trained, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import build
 from model.data import load_dataset
 from model.methods.vertical import evaluate_widths
-from model.runs.train_command import load_vertical_checkpoint, resolve
+from model.runs.checkpoint import load_vertical_checkpoint
+from model.runs.train_command import resolve
 from model.runs.validation import carve_validation
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -97,9 +97,10 @@ def test_restart_is_for_bench_imq_and_conv_only(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("target", ["dsp", "lts", "bmpq"])
-def test_smoke_is_for_bench_imq_and_conv_only(tmp_path, capsys, target):
+def test_smoke_is_for_bench_imq_conv_and_vertical_only(tmp_path, capsys, target):
     code, _, err = bench(capsys, target, "--smoke", "--out", tmp_path / "out")
-    assert code == 2 and "--smoke applies to `bench imq` and `bench conv` only" in err and f"`bench {target}`" in err
+    assert code == 2 and "--smoke applies to `bench imq`, `bench conv` and `bench vertical` only" in err
+    assert f"`bench {target}`" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -1,0 +1,171 @@
+"""Vertical-layered net (model/quant/vertical.py) -> its integer contract
+(:class:`~model.export.golden_vertical.VerticalNetwork`).
+
+Weights: an inner layer's source codes ``w_bar_n = Q(w, s_w)`` (Eq. 1) split into the basic layer and the
+enhance planes (Eq. 3-5, :func:`model.quant.lsq.enhance_layers`); an edge's 8-bit codes as they are.
+
+Requant records, one per ``(in_bits, out_bits)`` pair an assignment can need
+(:func:`~model.export.golden_vertical.needed_pairs`). For the layer's input step ``s_in`` (the 8-bit input
+quantizer's, or the per-width step ``s_a`` of the activation quantizer feeding it at ``in_bits``, Sec.
+4.2.2), weight unit ``v`` (``s_w / 2`` for an inner layer, whose effective code ``e_i`` is in those units at
+every width; the edge's own step), golden class ``m`` (signed mode: golden weight ``2 e / (2^m - 1)``), bias
+``b``, the output step ``s_out`` at ``out_bits``, the float pre-activation in output-code units is
+
+  ``gain * (sum of golden weights * u) + offset``,  ``gain = s_in v (2^m - 1) / 2 * k / s_out``,
+  ``offset = (beta + k (b - mean)) / s_out``
+
+with BatchNorm's ``k = gamma / sqrt(var + eps)`` of the BN at the width that layer runs at (an inner
+layer's own width = ``in_bits``; the first edge's BN follows the next inner layer = ``out_bits``), ``k = 1``,
+``beta = mean = 0`` without BN (the MLP). The last layer emits scores: ``s_out = 2^-SCORE_FRAC_BITS``. A
+negative gain sets the output's ``negate`` flag and uses ``|gain|`` (exact: the effective codes are negated).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from model.errors import UserError
+from model.export.convert import GOLDEN_BATCH, fold_batchnorm
+from model.export.golden import SCORE_FRAC_BITS, requant_params
+from model.export.golden_vertical import (
+    EDGE_BITS,
+    VerticalLayer,
+    VerticalNetwork,
+    VerticalRequant,
+    check_vertical,
+    edge_class,
+    inner_class,
+    needed_pairs,
+)
+from model.export.image_v4 import write_vertical_image
+from model.quant.lsq import enhance_layers
+from model.quant.nets import DigitsMLP, SmallVGG
+from model.quant.pact import InputQuant
+from model.quant.vertical import (
+    SwitchableBatchNorm,
+    VerticalActQuant,
+    VerticalConv2d,
+    VerticalLinear,
+    vertical_layers,
+    widths_of,
+)
+
+
+def _step(quant, bits: int) -> float:
+    """The step of ``quant`` at ``bits``: a per-width :class:`VerticalActQuant` step, or the input quantizer's."""
+    if isinstance(quant, VerticalActQuant):
+        return float(quant.steps.detach()[quant.widths.index(bits)])
+    if isinstance(quant, InputQuant):
+        if quant.bits != bits:
+            raise UserError(f"input quantizer has {quant.bits} bits, the contract needs {bits}")
+        return float(quant.step)
+    raise UserError(f"expected a VerticalActQuant or the 8-bit InputQuant, found {type(quant).__name__}")
+
+
+def _chain(model) -> list[tuple]:
+    """``(layer, in_quant, bn, out_quant, pool)`` input to output, for the nets the contract takes."""
+    if isinstance(model, DigitsMLP):
+        return [(lin, q_in, None, q_out, 0) for lin, q_in, q_out in model.stages()]
+    if isinstance(model, SmallVGG):
+        mods = list(model.features)
+        chain, q_in = [], model.input_quant
+        for i in range(0, len(mods), 4):
+            conv, bn, act, pool = mods[i:i + 4]
+            if not isinstance(pool, torch.nn.MaxPool2d):
+                raise UserError(f"{conv.name}: expected MaxPool2d(2) after the activation, found {pool!r}")
+            chain.append((conv, q_in, bn, act, 2))
+            q_in = act
+        chain.append((model.fc, q_in, None, None, 0))
+        return chain
+    raise UserError(f"{type(model).__name__}: the vertical integer contract takes the MLP and VGG nets "
+                    f"(ResNet-20's residual requant per width is not defined yet)")
+
+
+def to_golden_vertical(model, table=()) -> VerticalNetwork:
+    """The :class:`VerticalNetwork` of a vertical-layered ``model`` (module docstring); ``table``: Eq. 12 rows.
+
+    Raises
+    ------
+    UserError
+        For a net that is not vertical-layered, float edges, an unsupported architecture, or a bound.
+    """
+    layers = vertical_layers(model)
+    if not layers:
+        raise UserError("the model has no vertical-layered layer; export it as a plain net")
+    if any(layer.float_edge for layer in layers):
+        raise UserError("the model has float first/last layers (--float-edges): no integer codes to export; "
+                        f"train with {EDGE_BITS}-bit edges")
+    widths = widths_of(model)
+    chain = _chain(model)
+    if [c[0] for c in chain] != layers:
+        raise UserError("the net's layers and its vertical layers differ; cannot export")
+    out = []
+    for k, (layer, q_in, bn, q_out, pool) in enumerate(chain):
+        codes = layer.source_codes().numpy()
+        if layer.edge:
+            base, planes, base_bits, unit, m = codes, (), EDGE_BITS, float(layer.step.detach()), edge_class()
+        else:
+            b, p = enhance_layers(torch.from_numpy(codes), layer.top, widths[0])
+            base, planes, base_bits = b.numpy(), tuple(x.numpy() for x in p), widths[0]
+            unit, m = float(layer.step.detach()) / 2, inner_class(layer.top)
+        with torch.no_grad():
+            bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(layer.weight.shape[0])
+        records = {}
+        for in_bits, out_bits in needed_pairs(len(chain), k, widths):
+            s_in = _step(q_in, in_bits)
+            if isinstance(bn, SwitchableBatchNorm):
+                bn_bits = out_bits if layer.edge else in_bits
+                kk, offset = fold_batchnorm(bn.bns[bn.widths.index(bn_bits)], layer.bias, layer.name)
+            else:
+                kk, offset = np.ones_like(bias), bias
+            s_out = 2.0 ** -SCORE_FRAC_BITS if q_out is None else _step(q_out, out_bits)
+            gain = s_in * unit * ((1 << m) - 1) / 2 * kk / s_out
+            negate = gain < 0
+            mult, int_bias, shift = requant_params(np.abs(gain), offset / s_out,
+                                                   where=f"{layer.name} ({in_bits}, {out_bits})")
+            records[(in_bits, out_bits)] = VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate)
+        conv = isinstance(layer, VerticalConv2d)
+        if not isinstance(layer, VerticalLinear | VerticalConv2d):
+            raise UserError(f"{layer.name}: unexpected layer {type(layer).__name__}")
+        out.append(VerticalLayer(
+            name=layer.name, kind="conv" if conv else "linear", edge=layer.edge, base=np.asarray(base, np.int64),
+            planes=tuple(np.asarray(x, np.int64) for x in planes), base_bits=base_bits,
+            compensate=bool(layer.compensate), requant=records,
+            stride=int(layer.stride[0]) if conv else 1, padding=int(layer.padding[0]) if conv else 0, pool=pool))
+    image_shape = tuple(model.image_shape) if isinstance(model, SmallVGG) else None
+    net = VerticalNetwork(input_bits=EDGE_BITS, image_shape=image_shape, widths=tuple(widths), layers=tuple(out),
+                          table=tuple(tuple(int(b) for b in row) for row in table))
+    check_vertical(net)
+    return net
+
+
+def vertical_input_codes(model, x: torch.Tensor) -> np.ndarray:
+    """The 8-bit input codes of ``x`` (the net's input quantizer), int64 numpy; ``[N, C, H, W]`` for a conv net."""
+    if isinstance(model, SmallVGG):
+        x = x.reshape(x.shape[0], *model.image_shape)
+    return model.input_quant.to_codes(x).numpy()
+
+
+def vertical_golden_accuracy(net: VerticalNetwork, model, x: torch.Tensor, y: torch.Tensor, bits) -> float:
+    """Accuracy of ``net`` under ``bits`` (an int or one width per inner layer) on images ``x``."""
+    golden = net.materialize(bits)
+    pred = np.concatenate([golden.predict(vertical_input_codes(model, x[i:i + GOLDEN_BATCH]))
+                           for i in range(0, max(len(x), 1), GOLDEN_BATCH)])
+    return float((pred == y.numpy()).mean())
+
+
+def export_vertical_image(model, out_dir, data=None, table=()) -> dict:
+    """Convert a vertical ``model`` (:func:`to_golden_vertical`, Eq. 12 rows ``table``) and write its version 4
+    image (:func:`model.export.image_v4.write_vertical_image`); ``data`` (a :class:`model.data.DataRecord`)
+    goes into the manifest. Returns the manifest."""
+    net = to_golden_vertical(model, table)
+    if data is not None and data.input_bits != net.input_bits:
+        raise UserError(f"data record {data.to_json()} does not fit the network: {net.input_bits}-bit inputs")
+    steps = {name: [float(s) for s in m.steps.detach()] for name, m in model.named_modules()
+             if isinstance(m, VerticalActQuant)}
+    extra = {"scales": {"activation_steps": steps, "weight_steps": {layer.name: float(layer.step.detach())
+                                                                     for layer in vertical_layers(model)},
+                        "score_frac_bits": SCORE_FRAC_BITS},
+             "note": "Eq. 12 table rows use the per-width BatchNorms as trained (no re-estimation per row)"}
+    return write_vertical_image(out_dir, net, extra=extra, data=None if data is None else data.to_json())

@@ -1,0 +1,423 @@
+"""Integer contract of a vertical-layered network (``../shared/papers/vertical-layering-quantized-networks.txt``):
+one stored network that runs, bit for bit defined here, at every trained width and at any per-layer width
+assignment (the mixed precision of Eq. 12).
+
+What is stored (:class:`VerticalNetwork`, image format version 4 in :mod:`model.export.image_v4`):
+
+* Per inner (switchable) layer the **basic layer** ``c_b`` (signed ``b``-bit codes, ``b = widths[0]``, Eq. 5
+  applied ``n - b`` times to the source codes ``w_bar_n = Q(w, s_w)`` of Eq. 1) and the **enhance layers**
+  ``b_(b+1) .. b_n`` (0/1 bit planes, Eq. 3-4). The codes at width ``i`` are the basic layer and the first
+  ``i - b`` planes: ``c_(k+1) = 2 c_k + b_(k+1)`` (:func:`compose`), so a lower precision reads a prefix.
+* The **first and last layers** (edges) hold :data:`EDGE_BITS`-bit signed LSQ codes, shared by every width.
+* Per layer, one **requant record** per pair ``(in_bits, out_bits)`` of its input and output code widths
+  (:class:`VerticalRequant`): the per-width BatchNorm (Sec. 4.2.2, "individual BN") and the per-width
+  activation steps of the input and of the output are folded into ``M``, ``B``, ``S`` there (the integer
+  requantizer of :mod:`model.export.golden`), plus per-output ``negate`` flags for a negative BN gain.
+* An optional table of Eq. 12 assignments (one width per inner layer per row).
+
+**Where the compensation enters (Eq. 6).** At width ``i`` with ``t = n - i`` downsamplings the paper's
+weight is ``(c_i + z_i) s_i`` with ``s_i = 2^t s_w`` and the preset ``z_i = (1 - 2^-t) / 2`` (Sec. 5; the
+training side's :func:`model.quant.lsq.compensation`). In units of ``s_w / 2`` this is the integer
+
+  ``e_i = 2^(t+1) c_i + K_t``,  ``K_t = 2^t - 1`` (0 without compensation),
+
+odd for every ``t >= 1`` with compensation (the compensated code sits half-way between the grid of the
+uncompensated one). ``e_i`` is the *effective code* of the layer at width ``i``; its unit ``s_w / 2`` is
+the same at every width, so the requant scale differs between widths only by the per-width BN and
+activation steps. The accumulator a layer needs is ``sum_j e_ij u_j``, which the hardware may compute from
+the planes it read as
+
+  ``sum_j e_ij u_j = 2^(t+1) sum_j c_ij u_j + K_t sum_j u_j``   (:func:`compensated_dot`):
+
+the compensation enters once per output, as ``K_t`` times the sum of the input codes that output reads
+(the activation sum the signed mode of :mod:`model.export.golden` forms anyway), never per weight.
+
+**Running it** (:meth:`VerticalNetwork.materialize`): for an assignment the network becomes a plain integer
+network of the version 1-3 contract (:class:`~model.export.golden.IntNetwork` for an MLP,
+:class:`~model.export.golden_net.IntConvNetwork` for a VGG-style conv net) whose layers are *signed* layers
+(offset binary) holding the effective codes: an inner layer's ``e_i`` in the class :func:`inner_class`
+``(n)``, an edge's codes in :func:`edge_class`. Its golden weight is ``2 e / (2^m - 1)`` (signed mode), so
+the converter puts ``(2^m - 1) / 2`` times the unit (``s_w / 2``, or the edge's step) into the requant gain.
+A channel whose gain (BN's gamma) is negative has ``negate`` set: its effective codes are negated
+(``e -> -e``, exact in the symmetric signed range), so ``M >= 0``. Every bound of the version 1-3 contract
+(:func:`~model.export.golden.check_layer`, :func:`~model.export.golden_net.check_network`) holds for the
+materialized network, which :meth:`materialize` checks.
+
+**Bounds** (named, and checked by :func:`check_vertical`):
+
+1. ``c_i`` in ``[-2^(i-1), 2^(i-1) - 1]`` (Eq. 5's floor keeps a signed range: ``floor`` of a value in
+   ``[-2^i, 2^i - 1]`` over 2 is in ``[-2^(i-1), 2^(i-1) - 1]``); the planes are 0 or 1.
+2. ``|e_i| <= E_BOUND(n) = 2^n``: ``2^(t+1) c_i >= -2^(t+i) = -2^(n)`` and
+   ``2^(t+1) (2^(i-1) - 1) + 2^t - 1 = 2^n - 2^t - 1 < 2^n``, with ``K_t >= 0``. So the effective codes fit
+   the symmetric signed range ``2^(m-1) - 1`` of the class :func:`inner_class` picks (``m = 8`` up to
+   ``n = 6``, ``m = 16`` for 7 and 8 bits).
+3. Edge codes in ``[-2^(E-1), 2^(E-1) - 1]`` (``E`` = :data:`EDGE_BITS`); ``-2^(E-1)`` is outside the
+   symmetric ``E``-bit range, so the edges are carried in the next class (:func:`edge_class`, 16 for 8-bit
+   edges) and negating them stays in range.
+4. :func:`compensated_dot`: with ``U = 2^MAX_ACT_BITS - 1`` and ``N = MAX_FAN_IN``,
+   ``|sum c u| <= 2^(i-1) U N`` (``DOT_BOUND``), ``0 <= sum u <= U N`` (``SUM_BOUND``), the result
+   ``|sum e u| <= 2^n U N`` (``COMP_BOUND``) < 2^29 for ``n <= 8``: int64 throughout.
+
+Rounding: none beyond the version 1-3 requantizer (floor shift, round half up).
+
+Torch-free (numpy only), like the rest of the contract that ``hw/`` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.errors import UserError
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, IntLinear, IntNetwork, check_layer
+from model.export.golden_conv import IntConv2d
+from model.export.golden_net import ConvStage, FCStage, IntConvNetwork, check_network
+
+#: Width of the first and last layers' signed codes, shared by every precision (issue 12).
+EDGE_BITS = 8
+#: Smallest and largest trained width of an inner layer (the paper's 2-bit basic layer; the activation width).
+MIN_BITS, MAX_BITS = 2, 8
+#: Signed accelerator classes (symmetric ranges ``2^(m-1) - 1``) an effective code may be stored in.
+SIGNED_CLASSES = (4, 8, 16)
+#: Layer kinds.
+KINDS = ("linear", "conv")
+
+
+def E_BOUND(top: int) -> int:
+    """Bound 2: ``|e_i| <= 2^n`` for source width ``n = top``."""
+    return 1 << top
+
+
+def DOT_BOUND(bits: int) -> int:
+    """Bound 4: ``|sum_j c_j u_j| <= 2^(bits-1) U N``."""
+    return (1 << (bits - 1)) * ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN
+
+
+SUM_BOUND = ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN
+
+
+def COMP_BOUND(top: int) -> int:
+    """Bound 4: ``|sum_j e_j u_j| <= 2^n U N``."""
+    return E_BOUND(top) * SUM_BOUND
+
+
+def _class_for(bound: int) -> int:
+    for m in SIGNED_CLASSES:
+        if bound <= (1 << (m - 1)) - 1:
+            return m
+    raise UserError(f"codes of magnitude {bound} fit no signed class {SIGNED_CLASSES}")
+
+
+def inner_class(top: int) -> int:
+    """The signed class holding an inner layer's effective codes at every width (bound 2: ``|e| <= 2^top``)."""
+    return _class_for(E_BOUND(top))
+
+
+def edge_class(edge_bits: int = EDGE_BITS) -> int:
+    """The signed class holding an edge layer's codes (bound 3: ``|c| <= 2^(E-1)``)."""
+    return _class_for(1 << (edge_bits - 1))
+
+
+def comp_offset(top: int, bits: int, compensate: bool) -> int:
+    """``K_t = 2^t - 1`` with ``t = top - bits`` (0 without compensation): ``z_i`` in units of ``s_w / 2``,
+    times ``2^(t+1)`` (module docstring)."""
+    return (1 << (top - bits)) - 1 if compensate else 0
+
+
+def compose(base: np.ndarray, planes: Sequence[np.ndarray], use: int) -> np.ndarray:
+    """Codes from the basic layer and the first ``use`` enhance planes: ``c_(k+1) = 2 c_k + b_(k+1)`` (Eq. 4)."""
+    out = np.asarray(base, dtype=np.int64)
+    for plane in planes[:use]:
+        out = 2 * out + np.asarray(plane, dtype=np.int64)
+    return out
+
+
+def effective_codes(base: np.ndarray, planes: Sequence[np.ndarray], base_bits: int, bits: int,
+                    compensate: bool) -> np.ndarray:
+    """``e_i = 2^(t+1) c_i + K_t`` at width ``bits`` (module docstring; ``t = top - bits``)."""
+    top = base_bits + len(planes)
+    if not base_bits <= bits <= top:
+        raise UserError(f"width {bits} is outside the stored widths {base_bits}..{top}")
+    c = compose(base, planes, bits - base_bits)
+    t = top - bits
+    return (c << (t + 1)) + comp_offset(top, bits, compensate)
+
+
+def compensated_dot(codes: np.ndarray, u: np.ndarray, top: int, bits: int, compensate: bool) -> np.ndarray:
+    """``sum_j e_ij u_j`` computed as the hardware may: ``2^(t+1) sum_j c_ij u_j + K_t sum_j u_j`` (bound 4).
+
+    ``codes``: ``[n_out, n_in]`` codes ``c_i`` at ``bits``; ``u``: ``[N, n_in]`` unsigned input codes.
+    Returns int64 ``[N, n_out]``.
+    """
+    c = np.asarray(codes, dtype=np.int64)
+    u = np.asarray(u, dtype=np.int64)
+    t = top - bits
+    dot = u @ c.T
+    total = u.sum(axis=1, keepdims=True)
+    if np.abs(dot).max(initial=0) > DOT_BOUND(bits) or total.max(initial=0) > SUM_BOUND:
+        raise UserError("compensated_dot: inputs break DOT_BOUND / SUM_BOUND (fan-in or code range)")
+    return (dot << (t + 1)) + comp_offset(top, bits, compensate) * total
+
+
+@dataclass(frozen=True, eq=False)
+class VerticalRequant:
+    """The requantizer of one layer for one pair of code widths.
+
+    Members
+    -------
+    in_bits, out_bits : int
+        Width of the layer's input codes and of its output codes (0: class scores).
+    mult, bias : int64 ``[n_out]``; shift : int
+        ``M``, ``B``, ``S`` of :func:`model.export.golden.requantize` (per-width BN and steps folded in).
+    negate : bool ``[n_out]``
+        Outputs whose effective codes are negated (a negative gain made non-negative, exactly).
+    """
+
+    in_bits: int
+    out_bits: int
+    mult: np.ndarray
+    bias: np.ndarray
+    shift: int
+    negate: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class VerticalLayer:
+    """One weight layer of a vertical network.
+
+    Members
+    -------
+    name : str
+    kind : str
+        ``"linear"`` (codes ``[n_out, n_in]``) or ``"conv"`` (``[C_out, C_in, k, k]``).
+    edge : bool
+        First or last layer: ``base`` holds :data:`EDGE_BITS`-bit codes, no planes.
+    base : int64 array
+        Basic layer codes (``base_bits`` signed bits) or the edge's codes.
+    planes : tuple of int64 arrays (0/1)
+        Enhance layers ``b_(base_bits+1) .. b_top``, shape of ``base``.
+    base_bits : int
+        Width of ``base``.
+    compensate : bool
+        Whether the lower widths carry Eq. 6's ``K_t``.
+    requant : dict ``(in_bits, out_bits) -> VerticalRequant``
+    stride, padding, pool : int
+        Conv geometry and the max-pool after it (0: none).
+    """
+
+    name: str
+    kind: str
+    edge: bool
+    base: np.ndarray
+    planes: tuple[np.ndarray, ...]
+    base_bits: int
+    compensate: bool
+    requant: dict = field(default_factory=dict)
+    stride: int = 1
+    padding: int = 0
+    pool: int = 0
+
+    @property
+    def top(self) -> int:
+        return self.base_bits + len(self.planes)
+
+    @property
+    def n_out(self) -> int:
+        return int(self.base.shape[0])
+
+    @property
+    def weight_class(self) -> int:
+        return edge_class(self.base_bits) if self.edge else inner_class(self.top)
+
+    def codes_at(self, bits: int) -> np.ndarray:
+        """The effective codes (units of the requant scale) at ``bits`` (the edge's codes for an edge)."""
+        if self.edge:
+            return np.asarray(self.base, dtype=np.int64)
+        e = effective_codes(self.base, self.planes, self.base_bits, bits, self.compensate)
+        if e.size and np.abs(e).max() > E_BOUND(self.top):  # bound 2 (holds whenever bound 1 does)
+            raise UserError(f"{self.name}: effective codes at {bits} bits reach {int(np.abs(e).max())}; bound "
+                            f"E_BOUND = 2^{self.top}")
+        return e
+
+
+@dataclass(frozen=True, eq=False)
+class VerticalNetwork:
+    """A whole vertical-layered network (module docstring).
+
+    Members
+    -------
+    input_bits : int
+        Width of the input codes (:data:`EDGE_BITS`: the first layer reads 8-bit pixels at every width).
+    image_shape : tuple of int or None
+        ``(C, H, W)`` of a conv net's input, None for an MLP.
+    widths : tuple of int
+        Trained widths (consecutive; the source width is the largest).
+    layers : tuple of VerticalLayer
+        Input to output; the first and the last are edges.
+    table : tuple of tuple of int
+        Eq. 12 assignments: one width per inner layer per row (may be empty).
+    """
+
+    input_bits: int
+    image_shape: tuple[int, int, int] | None
+    widths: tuple[int, ...]
+    layers: tuple[VerticalLayer, ...]
+    table: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def inner(self) -> list[VerticalLayer]:
+        return [layer for layer in self.layers if not layer.edge]
+
+    def assignment(self, bits) -> tuple[int, ...]:
+        """One width per inner layer from ``bits``: an int (uniform) or a sequence (Eq. 12 row).
+
+        Raises
+        ------
+        UserError
+            For a width that was not trained or a sequence of the wrong length.
+        """
+        n = len(self.inner)
+        if isinstance(bits, int | np.integer):
+            bits = (int(bits),) * n
+        bits = tuple(int(b) for b in bits)
+        if len(bits) != n:
+            raise UserError(f"field 'layer_bits' has {len(bits)} entries for {n} inner layers")
+        bad = [b for b in bits if b not in self.widths]
+        if bad:
+            raise UserError(f"field 'bits' is {bad[0]}; allowed the stored widths {list(self.widths)}")
+        return bits
+
+    def code_widths(self, bits) -> list[tuple[int, int]]:
+        """``(in_bits, out_bits)`` of every layer under an assignment (the rule of
+        :func:`model.quant.vertical.set_layer_widths`): an inner layer reads codes of its own width, the first
+        edge reads ``input_bits``; every hidden output has the width of the layer it feeds (the last inner
+        layer's own width before the last edge); the last edge emits scores (0)."""
+        assigned = iter(self.assignment(bits))
+        per_layer = [None if layer.edge else next(assigned) for layer in self.layers]
+        ins = []
+        for k, layer in enumerate(self.layers):
+            if k == 0:
+                ins.append(self.input_bits)
+            elif per_layer[k] is not None:
+                ins.append(per_layer[k])
+            else:
+                ins.append(next(b for b in reversed(per_layer[:k]) if b is not None))
+        outs = [*ins[1:], 0]
+        return list(zip(ins, outs))
+
+    def materialize(self, bits) -> IntNetwork | IntConvNetwork:
+        """The version 1-3 integer network this one computes under ``bits`` (module docstring), checked.
+
+        Raises
+        ------
+        UserError
+            For an unknown width or a missing requant record (naming the layer and the widths).
+        """
+        assigned = iter(self.assignment(bits))
+        out = []
+        for layer, (in_bits, out_bits) in zip(self.layers, self.code_widths(bits)):
+            own = None if layer.edge else next(assigned)
+            record = layer.requant.get((in_bits, out_bits))
+            if record is None:
+                raise UserError(f"{layer.name}: no requant record for input width {in_bits}, output width "
+                                f"{out_bits}; stored {sorted(layer.requant)}")
+            e = layer.codes_at(own if own is not None else layer.base_bits)
+            sign = np.where(np.asarray(record.negate, dtype=bool), -1, 1).reshape((-1,) + (1,) * (e.ndim - 1))
+            e = e * sign
+            m = layer.weight_class
+            widths = np.where(e != 0, m, 0).astype(np.int64)
+            codes = np.where(e != 0, e + (1 << (m - 1)), 0).astype(np.int64)
+            common = {"codes": codes, "widths": widths, "in_bits": in_bits, "out_bits": out_bits,
+                      "mult": record.mult, "bias": record.bias, "shift": int(record.shift), "name": layer.name,
+                      "signed": True}
+            if layer.kind == "conv":
+                out.append((IntConv2d(**common, stride=layer.stride, padding=layer.padding), layer.pool))
+            else:
+                out.append((IntLinear(**common), 0))
+        if self.image_shape is None:
+            for layer, _ in out:
+                check_layer(layer, where=layer.name)
+            return IntNetwork(input_bits=self.input_bits, layers=tuple(layer for layer, _ in out))
+        stages = [ConvStage(layer, pool=pool) if isinstance(layer, IntConv2d) else FCStage(layer)
+                  for layer, pool in out]
+        net = IntConvNetwork(input_bits=self.input_bits, image_shape=tuple(self.image_shape), stages=tuple(stages))
+        check_network(net)
+        return net
+
+    def forward(self, u, bits) -> np.ndarray:
+        """Integer class scores of input codes ``u`` under ``bits`` (an int or one width per inner layer)."""
+        return self.materialize(bits).forward(u)
+
+    def predict(self, u, bits) -> np.ndarray:
+        return self.materialize(bits).predict(u)
+
+    def weight_bits(self, bits) -> int:
+        """Weight bits read under ``bits``: edges at :data:`EDGE_BITS`, inner layers at their width."""
+        assigned = iter(self.assignment(bits))
+        return sum(int(layer.base.size) * (layer.base_bits if layer.edge else next(assigned))
+                   for layer in self.layers)
+
+
+def check_vertical(net: VerticalNetwork, where: str = "vertical network") -> None:
+    """Raise :class:`UserError` (naming the layer and field) if ``net`` breaks a bound of the module docstring
+    or its structure (edges first and last, widths consecutive and equal to every inner layer's, records
+    present for every width pair an assignment can need). Every assignment's materialized network is then
+    checked by :meth:`VerticalNetwork.materialize` against the version 1-3 bounds."""
+    widths = tuple(net.widths)
+    if (not widths or widths != tuple(range(widths[0], widths[-1] + 1)) or widths[0] < MIN_BITS
+            or widths[-1] > MAX_BITS):
+        raise UserError(f"{where}: field 'widths' is {list(widths)}; allowed consecutive widths in "
+                        f"{MIN_BITS}..{MAX_BITS}")
+    if net.input_bits != EDGE_BITS:
+        raise UserError(f"{where}: field 'input_bits' is {net.input_bits}; allowed {EDGE_BITS}")
+    if len(net.layers) < 3 or not net.layers[0].edge or not net.layers[-1].edge or any(
+            layer.edge for layer in net.layers[1:-1]):
+        raise UserError(f"{where}: field 'layers' must be an edge, one or more inner layers, an edge")
+    for layer in net.layers:
+        name = f"{where}: {layer.name}"
+        if layer.kind not in KINDS:
+            raise UserError(f"{name}: field 'kind' is {layer.kind!r}; allowed {KINDS}")
+        base = np.asarray(layer.base)
+        if base.dtype.kind not in "iu":
+            raise UserError(f"{name}: field 'base' holds {base.dtype}; allowed integers")
+        if layer.edge:
+            if layer.base_bits != EDGE_BITS or layer.planes:
+                raise UserError(f"{name}: an edge has {EDGE_BITS}-bit codes and no planes")
+        elif layer.base_bits != widths[0] or layer.top != widths[-1]:
+            raise UserError(f"{name}: fields 'base_bits'/'planes' give widths {layer.base_bits}..{layer.top}; "
+                            f"the network's are {widths[0]}..{widths[-1]}")
+        low, high = -(1 << (layer.base_bits - 1)), (1 << (layer.base_bits - 1)) - 1
+        if base.size and (base.min() < low or base.max() > high):  # bound 1 / 3
+            raise UserError(f"{name}: field 'base' outside [{low}, {high}] ({layer.base_bits}-bit signed)")
+        for k, plane in enumerate(layer.planes):
+            plane = np.asarray(plane)
+            if plane.shape != base.shape or (plane.size and (plane.min() < 0 or plane.max() > 1)):
+                raise UserError(f"{name}: field 'planes[{k}]' must be 0/1 with the shape of 'base' {base.shape}")
+        for key, record in layer.requant.items():
+            for part in ("mult", "bias", "negate"):
+                value = np.asarray(getattr(record, part))
+                if value.shape != (layer.n_out,) or value.dtype.kind not in ("b" if part == "negate" else "iu"):
+                    raise UserError(f"{name}: field 'requant{list(key)}.{part}' has shape {value.shape} and dtype "
+                                    f"{value.dtype}; allowed ({layer.n_out},) "
+                                    f"{'booleans' if part == 'negate' else 'integers'}")
+    for row in [*widths, *net.table]:  # uniform widths and every Eq. 12 row have their records
+        for k, (in_bits, out_bits) in enumerate(net.code_widths(row)):
+            if (in_bits, out_bits) not in net.layers[k].requant:
+                raise UserError(f"{where}: {net.layers[k].name}: field 'requant' lacks the record for widths "
+                                f"({in_bits}, {out_bits})")
+
+
+def needed_pairs(net_layers: int, k: int, widths: Sequence[int], input_bits: int = EDGE_BITS
+                 ) -> list[tuple[int, int]]:
+    """Every ``(in_bits, out_bits)`` layer ``k`` of ``net_layers`` (edges first and last) can need under some
+    assignment of ``widths`` (:meth:`VerticalNetwork.code_widths`): what an exporter stores."""
+    last = net_layers - 1
+    if k == 0:
+        return [(input_bits, b) for b in widths]
+    if k == last:
+        return [(b, 0) for b in widths]
+    if k == last - 1:
+        return [(b, b) for b in widths]
+    return [(a, b) for a in widths for b in widths]

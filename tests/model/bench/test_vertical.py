@@ -1,0 +1,72 @@
+"""``bench vertical`` (model/bench/vertical.py): floors on hand-written rows, the whole path on a tiny IDX folder,
+and ``build.py bench vertical --smoke --check``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import build
+from model.bench import vertical as vertical_bench
+from model.bench.vertical import HARDWARE_NOTE, METHODS, BenchConfig, floors, run_vertical_bench
+from model.errors import UserError
+from tests.idx_files import write_idx_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rows(vertical, lsq, no_comp, arch="mlp"):
+    return ([{"arch": arch, "method": "vertical", "bits": b, "accuracy": a} for b, a in zip((2, 3, 4), vertical)]
+            + [{"arch": arch, "method": "lsq", "bits": b, "accuracy": a} for b, a in zip((2, 3, 4), lsq)]
+            + [{"arch": arch, "method": "no-compensation", "bits": 2, "accuracy": no_comp}])
+
+
+def test_floors_hold_within_one_point_and_with_a_compensation_gain():
+    f = floors(_rows((0.80, 0.84, 0.85), (0.805, 0.845, 0.855), 0.70))
+    assert all(e["holds"] for e in f.values()), f
+    assert f["mlp_vertical_gap_to_lsq_pp_2bit"]["value"] == pytest.approx(0.5)
+    assert f["mlp_compensation_gain_pp_2bit"]["value"] == pytest.approx(10.0)
+
+
+def test_floors_fail_on_a_gap_a_loss_or_a_missing_row():
+    f = floors(_rows((0.80, 0.84, 0.83), (0.805, 0.845, 0.855), 0.81))
+    assert [n for n, e in f.items() if not e["holds"]] == ["mlp_vertical_gap_to_lsq_pp_4bit",
+                                                          "mlp_compensation_gain_pp_2bit"]
+    rows = [r for r in _rows((0.8,) * 3, (0.8,) * 3, 0.7) if r["method"] != "lsq" or r["bits"] != 3]
+    assert floors(rows)["mlp_vertical_gap_to_lsq_pp_3bit"] == {"value": None, "floor": 1.0, "op": "<=",
+                                                                "holds": False}
+    # the MLP is always judged: VGG rows alone leave the MLP floors unmeasured
+    f = floors(_rows((0.8,) * 3, (0.8,) * 3, 0.7, arch="vgg"))
+    assert f["vgg_compensation_gain_pp_2bit"]["holds"] and not f["mlp_compensation_gain_pp_2bit"]["holds"]
+
+
+TINY = (BenchConfig(hidden=(16, 16, 16), epochs=1, batch_size=32, train_subset=None, test_subset=None),)
+
+
+def test_run_writes_every_method_and_width(tmp_path):
+    root = write_idx_folder(tmp_path / "idx", n_train=120, n_test=40)
+    report = run_vertical_bench(tmp_path / "vertical.json", root=root, configs=TINY)
+    assert sorted({(r["method"], r["bits"]) for r in report["rows"]}) == sorted(
+        (m, b) for m in METHODS for b in (2, 3, 4))
+    assert all(0 <= r["accuracy"] <= 1 and r["arch"] == "mlp" for r in report["rows"])
+    on_disk = json.loads((tmp_path / "vertical.json").read_text())
+    assert on_disk["hardware"] == HARDWARE_NOTE and "git" in json.dumps(on_disk["provenance"])
+    assert on_disk["configs"][0]["train_images"] == 120 and on_disk["configs"][0]["epochs"] == 1
+    assert set(on_disk["seconds"]["mlp"]) == {*METHODS, "total"}
+    with pytest.raises(UserError, match="field 'methods'"):
+        run_vertical_bench(tmp_path / "x.json", root=root, configs=BenchConfig(methods=("vertical", "bogus")))
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_command_prints_rows_budget_and_floors(tmp_path, capsys, monkeypatch):
+    root = write_idx_folder(tmp_path / "idx", n_train=120, n_test=40)
+    monkeypatch.setattr(vertical_bench, "SMOKE_CONFIGS", TINY)
+    code = build.main(["bench", "vertical", "--smoke", "--quiet", "--check", "--data-root", str(root),
+                       "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    floors_file = json.loads((tmp_path / "out" / "vertical_floors.json").read_text())
+    holds = all(e["holds"] for e in floors_file["floors"].values())
+    assert code == (0 if holds else 1)
+    assert "no-compensation" in out and "budget mlp: 120 training images" in out and "not measured" in out
+    assert "git" in json.dumps(floors_file)

@@ -1,0 +1,213 @@
+"""The integer contract of a vertical-layered net (model/export/golden_vertical.py, convert_vertical.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.data import load_digits_split
+from model.errors import UserError
+from model.export.convert_vertical import to_golden_vertical, vertical_golden_accuracy, vertical_input_codes
+from model.export.golden import SCORE_FRAC_BITS
+from model.export.golden_vertical import (
+    COMP_BOUND,
+    E_BOUND,
+    VerticalRequant,
+    check_vertical,
+    compensated_dot,
+    compose,
+    effective_codes,
+    inner_class,
+)
+from model.methods.vertical import VerticalConfig, evaluate_widths, train_vertical
+from model.quant.lsq import enhance_layers
+from model.quant.nets import DigitsMLP, build_model
+from model.quant.vertical import inner_layers, set_layer_widths, to_vertical
+
+TABLE = ((2, 4), (4, 2), (3, 2))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    split = load_digits_split()
+    return dataclasses.replace(split, x_train=split.x_train[:700], y_train=split.y_train[:700])
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    model = to_vertical(DigitsMLP(64, (32, 32, 32), 10, 4))
+    train_vertical(model, digits, VerticalConfig(epochs=3, lr=5e-3, batch_size=32))
+    model.eval()
+    return model, to_golden_vertical(model, table=TABLE)
+
+
+def _fake_quant_accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def test_golden_is_within_half_a_point_of_fake_quant_at_every_width(trained, digits):
+    model, net = trained
+    fake = evaluate_widths(model, digits.x_test, digits.y_test)
+    for bits in (2, 3, 4):
+        golden = vertical_golden_accuracy(net, model, digits.x_test, digits.y_test, bits)
+        assert abs(golden - fake[bits]) <= 0.005, (bits, golden, fake[bits])
+        assert golden > 0.3  # learned something: the comparison is not between two random nets
+
+
+def test_golden_scores_track_the_float_logits(trained, digits):
+    model, net = trained
+    u = vertical_input_codes(model, digits.x_test)
+    for bits in (2, 4):
+        set_layer_widths(model, [bits, bits], digits.x_test[:2])
+        model.eval()
+        with torch.no_grad():
+            logits = model(digits.x_test).double().numpy()
+        scores = net.forward(u, bits) / 2.0**SCORE_FRAC_BITS
+        # the same codes except on requant ties: nearly every score within a fraction of the logits' spread
+        close = np.abs(scores - logits) <= 0.05 * np.abs(logits).max()
+        assert close.mean() > 0.97, (bits, close.mean())
+
+
+def test_golden_runs_every_eq12_row_of_its_table(trained, digits):
+    model, net = trained
+    assert net.table == TABLE
+    for row in net.table:
+        set_layer_widths(model, list(row), digits.x_test[:2])
+        model.eval()
+        fake = _fake_quant_accuracy(model, digits.x_test, digits.y_test)
+        golden = vertical_golden_accuracy(net, model, digits.x_test, digits.y_test, row)
+        assert abs(golden - fake) <= 0.005, (row, golden, fake)
+    with pytest.raises(UserError, match="field 'bits' is 5"):
+        net.materialize(5)
+    with pytest.raises(UserError, match="3 entries for 2 inner layers"):
+        net.materialize((2, 2, 2))
+
+
+def test_effective_codes_are_the_training_sides_weights_in_half_steps(trained):
+    model, net = trained
+    for layer, golden in zip(inner_layers(model), net.inner):
+        for bits in (2, 3, 4):
+            e = golden.codes_at(bits)
+            expected = layer.dequantized(bits).numpy() / (float(layer.step.detach()) / 2)
+            assert np.array_equal(e, np.round(expected).astype(np.int64))
+            assert np.abs(e).max() <= E_BOUND(4) and E_BOUND(4) <= (1 << (inner_class(4) - 1)) - 1
+            if bits < 4:
+                assert (e % 2 == 1).all()  # compensated codes are odd at every lower width
+
+
+def test_basic_layer_and_planes_recompose_the_source_codes(trained):
+    model, net = trained
+    for layer, golden in zip(inner_layers(model), net.inner):
+        assert golden.base_bits == 2 and len(golden.planes) == 2
+        assert np.array_equal(compose(golden.base, golden.planes, 2), layer.source_codes().numpy())
+        for bits in (2, 3):
+            assert np.array_equal(compose(golden.base, golden.planes, bits - 2), layer.weight_codes(bits).numpy())
+
+
+@settings(max_examples=60, deadline=None)
+@given(top=st.integers(2, 8), data=st.data())
+def test_compensated_dot_is_the_dot_of_the_effective_codes(top, data):
+    bits = data.draw(st.integers(2, top))
+    compensate = data.draw(st.booleans())
+    n_in = data.draw(st.integers(1, 12))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    source = rng.integers(-(1 << (top - 1)), 1 << (top - 1), size=(3, n_in))
+    base, planes = enhance_layers(torch.from_numpy(source), top, 2)
+    planes = [p.numpy() for p in planes]
+    c = compose(base.numpy(), planes, bits - 2)
+    e = effective_codes(base.numpy(), planes, 2, bits, compensate)
+    u = rng.integers(0, 256, size=(4, n_in))
+    got = compensated_dot(c, u, top, bits, compensate)
+    assert np.array_equal(got, u @ e.T)
+    assert np.abs(got).max(initial=0) <= COMP_BOUND(top)
+    assert np.abs(e).max() <= E_BOUND(top)
+    # the paper's weight (c + z) s_i in units of s_w / 2 (Eq. 5-6)
+    t = top - bits
+    z = 0.5 * (1 - 2.0**-t) if compensate else 0.0
+    assert np.array_equal(e, np.round((c + z) * 2**t * 2).astype(np.int64))
+
+
+def test_conv_net_golden_matches_fake_quant_per_width():
+    torch.manual_seed(1)
+    config = {"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4}
+    try:
+        model = to_vertical(build_model(config))
+    except UserError as exc:  # pragma: no cover - the VGG builder refuses 8x8 inputs
+        pytest.skip(str(exc))
+    x = torch.rand(64, 64)
+    model.train()
+    for bits in (2, 3, 4):  # initialise the per-width activation steps and BN statistics
+        set_layer_widths(model, [bits] * len(inner_layers(model)), x[:2].reshape(2, 1, 8, 8))
+        model.train()
+        with torch.no_grad():
+            model(x.reshape(64, 1, 8, 8))
+    with torch.no_grad():  # a negative gamma somewhere: the negate flags are exercised
+        bn = model.features[1].bns[0]
+        bn.weight[0] = -1.0
+    model.eval()
+    net = to_golden_vertical(model)
+    assert any(r.negate.any() for layer in net.layers for r in layer.requant.values())
+    u = vertical_input_codes(model, x)
+    for bits in (2, 3, 4):
+        set_layer_widths(model, [bits] * len(net.inner), x[:2].reshape(2, 1, 8, 8))
+        model.eval()
+        with torch.no_grad():
+            pred = model(x.reshape(64, 1, 8, 8)).argmax(1).numpy()
+        agree = (net.predict(u, bits) == pred).mean()
+        assert agree >= 0.95, (bits, agree)
+
+
+def test_check_vertical_names_the_broken_field(trained):
+    _, net = trained
+    layer = net.inner[0]
+    bad = dataclasses.replace(net, layers=(net.layers[0], dataclasses.replace(layer, base=layer.base * 4),
+                                           *net.layers[2:]))
+    with pytest.raises(UserError, match="field 'base' outside"):
+        check_vertical(bad)
+    plane = layer.planes[0].copy()
+    plane[0, 0] = 2
+    bad = dataclasses.replace(net, layers=(net.layers[0], dataclasses.replace(layer, planes=(plane, layer.planes[1])),
+                                           *net.layers[2:]))
+    with pytest.raises(UserError, match=r"field 'planes\[0\]'"):
+        check_vertical(bad)
+    records = dict(layer.requant)
+    del records[(3, 3)]
+    bad = dataclasses.replace(net, layers=(net.layers[0], dataclasses.replace(layer, requant=records),
+                                           *net.layers[2:]))
+    with pytest.raises(UserError, match=r"lacks the record for widths \(3, 3\)"):
+        check_vertical(bad)
+    short = VerticalRequant(2, 2, layer.requant[(2, 2)].mult[:-1], layer.requant[(2, 2)].bias, 4,
+                            np.zeros(layer.n_out, bool))
+    bad = dataclasses.replace(net, layers=(net.layers[0], dataclasses.replace(layer, requant={**layer.requant,
+                                                                                             (2, 2): short}),
+                                           *net.layers[2:]))
+    with pytest.raises(UserError, match=r"field 'requant\[2, 2\]\.mult' has shape"):
+        check_vertical(bad)
+    bad = dataclasses.replace(net, table=((2, 5),))
+    with pytest.raises(UserError, match="field 'bits' is 5"):
+        check_vertical(bad)
+    big = VerticalRequant(2, 2, np.full(layer.n_out, 1 << 20), np.zeros(layer.n_out, np.int64), 4,
+                          np.zeros(layer.n_out, bool))
+    records = dict(layer.requant)
+    records[(2, 2)] = big
+    bad = dataclasses.replace(net, layers=(net.layers[0], dataclasses.replace(layer, requant=records),
+                                           *net.layers[2:]))
+    with pytest.raises(UserError, match="field 'mult'"):
+        bad.materialize(2)
+
+
+def test_export_refuses_float_edges_and_resnet():
+    torch.manual_seed(0)
+    with pytest.raises(UserError, match="float first/last"):
+        to_golden_vertical(to_vertical(DigitsMLP(64, (16, 16), 10, 4), float_edges=True))
+    config = {"arch": "resnet20", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4}
+    with pytest.raises(UserError, match="MLP and VGG"):
+        to_golden_vertical(to_vertical(build_model(config)))

@@ -1,0 +1,76 @@
+"""`build.py export` of a vertical checkpoint (image format version 4) and `build.py eval --image --bits`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import build
+from model.export.image_v4 import read_vertical_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def main(capsys, *argv):
+    code = build.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vertical")
+    assert build.main(["train", "--method", "vertical", "--epochs", "2", "--train-subset", "500", "--val-size", "0",
+                       "--mixed-points", "2", "--quiet", "--out", str(out / "run")]) == 0
+    assert build.main(["export", "--checkpoint", str(out / "run" / "vertical.pt"), "--out", str(out / "image")]) == 0
+    return out
+
+
+def test_export_writes_a_version_4_image_with_the_eq12_table(exported):
+    net, manifest = read_vertical_image(exported / "image")
+    report = json.loads((exported / "run" / "vertical.json").read_text())
+    rows = [r["layer_bits"] for r in report["mixed_precision"] if r["kind"] == "mixed"]
+    assert manifest["version"] == 4 and manifest["widths"] == [2, 3, 4]
+    assert [list(row) for row in net.table] == rows and len(rows) == 2
+    read = manifest["weight_bytes_read"]
+    assert read["2"] < read["3"] < read["4"]
+    assert manifest["data"]["name"] == "digits"
+
+
+def test_eval_image_reports_each_width_and_matches_the_checkpoint(capsys, exported):
+    code, out, err = main(capsys, "eval", "--image", exported / "image", "--out", exported / "eval")
+    assert code == 0, err
+    report = json.loads((exported / "eval" / "eval.json").read_text())
+    per = {json.dumps(r["bits"]): r["golden_accuracy"] for r in report["per_width"]}
+    assert sorted(per) == sorted(["2", "3", "4", *(json.dumps(list(r)) for r in
+                                                   read_vertical_image(exported / "image")[0].table)])
+    trained = json.loads((exported / "run" / "vertical.json").read_text())["test_accuracy"]
+    for bits in ("2", "3", "4"):
+        # a 2-epoch net on 360 digits: near-ties make one or two images flip between fake-quant and golden
+        # (17-bit M); the 0.5-point check on better-trained nets is in test_golden_vertical.py
+        assert abs(per[bits] - trained[bits]) <= 0.01 + 1e-9, (bits, per[bits], trained[bits])
+    # the image's source width is bit for bit the checkpoint's golden network
+    code, _, err = main(capsys, "eval", "--checkpoint", exported / "run" / "vertical.pt", "--out", exported / "ec4")
+    assert code == 0, err
+    assert json.loads((exported / "ec4" / "eval.json").read_text())["golden_accuracy"] == per["4"]
+    assert "golden at 2 bits" in out
+    code, out, err = main(capsys, "eval", "--image", exported / "image", "--bits", 3, "--out", exported / "eval3")
+    assert code == 0, err
+    only = json.loads((exported / "eval3" / "eval.json").read_text())["per_width"]
+    assert [r["bits"] for r in only] == [3] and only[0]["golden_accuracy"] == per["3"]
+
+
+def test_bits_errors_name_the_flag(capsys, exported):
+    code, _, err = main(capsys, "eval", "--image", exported / "image", "--bits", 5, "--out", exported / "e5")
+    assert code == 2 and "--bits 5" in err and "[2, 3, 4]" in err
+    code, _, err = main(capsys, "eval", "--checkpoint", exported / "run" / "vertical.pt", "--bits", 2,
+                        "--out", exported / "e6")
+    assert code == 2 and "--bits applies to a vertical-layered image" in err
+
+
+def test_eval_checkpoint_gives_the_golden_accuracy_at_the_source_width(capsys, exported):
+    code, _, err = main(capsys, "eval", "--checkpoint", exported / "run" / "vertical.pt", "--out", exported / "ec")
+    assert code == 0, err
+    report = json.loads((exported / "ec" / "eval.json").read_text())
+    assert abs(report["golden_accuracy"] - report["fakequant_accuracy"]) <= 0.01 + 1e-9
