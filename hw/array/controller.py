@@ -17,10 +17,13 @@ One run (``start`` to ``done``) infers one image:
    tile starts.
 4. **Scores**: the last layer's outputs (``out_buf = SCORE_SINK``) leave on ``o`` in class order.
 
+The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
+next tile (the loader reads ``in_buf`` through the feature maps' ``rd`` port, the dispatcher the shortcut
+rows of ``res_buf`` through ``res``), so a layer's loads hide behind its compute except the first.
+
 The residual map's shape is the previous layer's input (a residual layer is conv2 of a block whose conv1 is
 the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 6 or 7 words per row command, one
-a cycle, and the patch is loaded while the engines wait: both are the simple first version of the array;
-prefetching row commands and a double-buffered patch are the next steps (``docs/array_design.md``).
+a cycle: prefetching row commands is a next step (``docs/array_design.md``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class ArrayController(wiring.Component):
         Class scores.
     bus : Out(buffer_port_signature(addr_width))
     loader : Out(geometry_layout), load_start : Out(1), load_done : In(1)
+    load_bank, comp_bank : Out(1)
+        The patch bank the loader writes and the one the engines read (a double-buffered patch).
     layer : Out(engine_layer_layout())
     cmd<e> : Out(stream.Signature(row_command_layout(...))), one per engine
     engine_error : In(engines)
@@ -109,6 +114,8 @@ class ArrayController(wiring.Component):
             "loader": Out(geometry_layout(fmap_addr_width)),
             "load_start": Out(1),
             "load_done": In(1),
+            "load_bank": Out(1),
+            "comp_bank": Out(1),
             "layer": Out(engine_layer_layout()),
             "engine_error": In(engines),
             "writer": Out(writer_layer_layout(fmap_addr_width)),
@@ -143,6 +150,12 @@ class ArrayController(wiring.Component):
         full_rows = Signal(DIM_BITS)  # output rows of a full tile: T // w_out (conv), 1 (FC)
         tile_rows = Signal(DIM_BITS)  # output rows of this tile
         tile_px = Signal(range(t + 1))  # its pixels, tile_rows w_out
+        ly = Signal(DIM_BITS)  # the tile being loaded (double buffer): its first row and rows
+        l_rows = Signal(DIM_BITS)
+        load_bank = Signal()  # the patch bank the loader writes
+        comp_bank = Signal()  # the patch bank the engines read
+        loading = Signal()  # the next tile's load is under way
+        loaded = Signal()  # ... and finished
         rr = Signal(DIM_BITS + 1)  # shortcut row reads of a row command
         res_row = Signal(32)  # the word of the shortcut row being read
         res_off = Signal(range(t + 1))  # the first pixel of the output row whose shortcut codes arrive
@@ -178,7 +191,7 @@ class ArrayController(wiring.Component):
             self.loader.kh.eq(Mux(is_conv, d.kernel, d.in_height)),
             self.loader.kw.eq(Mux(is_conv, d.kernel, d.in_width)),
             self.loader.stride.eq(Mux(is_conv, d.stride, 1)), self.loader.pad.eq(Mux(is_conv, d.padding, 0)),
-            self.loader.y.eq(y), self.loader.rows.eq(Mux(is_conv, tile_rows, 1)),
+            self.loader.y.eq(ly), self.loader.rows.eq(Mux(is_conv, l_rows, 1)),
             self.loader.w_out.eq(Mux(is_conv, w_out, 1)),
             # The writer's.
             self.writer.scores.eq(d.out_buf == SCORE_SINK), self.writer.buf.eq(d.out_buf),
@@ -265,7 +278,10 @@ class ArrayController(wiring.Component):
             for w in range(1, t + 1):
                 with m.Case(w):
                     m.d.comb += table_rows.eq(t // w)
-        rows_left = Signal(DIM_BITS + 2)
+        rows_left = Signal(DIM_BITS + 2)  # output rows after the tile being loaded
+        m.d.comb += [self.load_bank.eq(load_bank), self.comp_bank.eq(comp_bank)]
+        with m.If(self.load_done):
+            m.d.sync += loaded.eq(1)
 
         # -- Engines' command ports ------------------------------------------------------------------
         cmds = [getattr(self, f"cmd{e}") for e in range(self._g)]
@@ -376,22 +392,37 @@ class ArrayController(wiring.Component):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     rows = Mux(is_conv, table_rows, 1)
-                    m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), y.eq(0),
-                                 full_rows.eq(rows), tile_rows.eq(Mux(rows < g_hout, rows, g_hout))]
+                    m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), ly.eq(0),
+                                 full_rows.eq(rows), l_rows.eq(Mux(rows < g_hout, rows, g_hout)),
+                                 load_bank.eq(0), loaded.eq(0)]
                     m.next = "LOAD"
 
-            with m.State("LOAD"):
+            with m.State("LOAD"):  # the layer's first tile
                 m.d.comb += self.load_start.eq(1)
                 m.next = "LOADING"
 
             with m.State("LOADING"):
-                with m.If(self.load_done):
-                    m.d.sync += [j.eq(0), ptr_bit.eq(0), param_addr.eq(d.param_base),
-                                 res_addr.eq(Mux(d.res_stride == 2, y << 1, y)), k.eq(0)]
-                    m.next = "READ"
-                m.d.sync += tile_px.eq(tile_rows * w_out)
+                with m.If(loaded):
+                    m.next = "PREP"
                 with m.If(engine_fault):
                     m.next = "FAULT"
+
+            with m.State("PREP"):
+                # The loaded tile becomes the engines'; the next one (if any) starts loading into the other bank
+                # while the engines work (a double-buffered patch).
+                more = ly + l_rows < h_out
+                m.d.sync += [y.eq(ly), tile_rows.eq(l_rows), comp_bank.eq(load_bank), loaded.eq(0),
+                             loading.eq(more), j.eq(0), ptr_bit.eq(0), param_addr.eq(d.param_base), k.eq(0),
+                             res_addr.eq(Mux(d.res_stride == 2, ly << 1, ly))]
+                with m.If(more):
+                    m.d.sync += [ly.eq(ly + l_rows), l_rows.eq(Mux(full_rows < rows_left, full_rows, rows_left)),
+                                 load_bank.eq(~load_bank)]
+                m.next = "PREFETCH"
+
+            with m.State("PREFETCH"):
+                m.d.comb += self.load_start.eq(loading)
+                m.d.sync += tile_px.eq(tile_rows * w_out)
+                m.next = "READ"
 
             with m.State("READ"):
                 # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut); words land
@@ -440,11 +471,9 @@ class ArrayController(wiring.Component):
                     m.next = "FAULT"
 
             with m.State("DRAIN"):
-                with m.If(self.drained):
-                    with m.If(y + tile_rows < h_out):
-                        m.d.sync += [y.eq(y + tile_rows),
-                                     tile_rows.eq(Mux(full_rows < rows_left, full_rows, rows_left))]
-                        m.next = "LOAD"
+                with m.If(self.drained & (~loading | loaded)):
+                    with m.If(loading):
+                        m.next = "PREP"
                     with m.Elif(last_layer):
                         m.d.sync += j.eq(0)
                         m.next = "SCORES"
@@ -473,5 +502,5 @@ class ArrayController(wiring.Component):
             # A decoder error ends the run (the engines have stopped; every state below watches for it).
             with m.State("FAULT"):
                 finish(Status.BAD_STREAM)
-        m.d.comb += [res_live.eq(j < prev_c), rows_left.eq(h_out - y - tile_rows)]
+        m.d.comb += [res_live.eq(j < prev_c), rows_left.eq(h_out - ly - l_rows)]
         return m

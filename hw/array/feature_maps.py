@@ -10,8 +10,9 @@ padding, and the map writer write a whole output row of a channel at once.
 
 Ports (each buffer has the same three; the role decides which buffer a port reaches):
 
-* ``rd``: a read port for the patch loader or the shortcut reads (the layer's ``in_buf`` and ``res_buf`` are
-  different buffers, and the loader and the dispatcher never read in the same phase);
+* ``rd``: a read port for the patch loader (the layer's ``in_buf``);
+* ``res``: a read port for the dispatcher's shortcut rows (``res_buf``; the loader may run at the same time,
+  filling the other half of the double-buffered patch);
 * ``rmw``: a read port for the writer's read-modify-write (max-pool);
 * ``wr``: a write port with a byte mask (the writer, or the input image loader).
 
@@ -60,6 +61,7 @@ class FeatureMaps(wiring.Component):
     Members
     -------
     rd : In(read_signature(addr_width, row_codes))
+    res : In(read_signature(addr_width, row_codes))
     rmw : In(read_signature(addr_width, row_codes))
     wr : In(write_signature(addr_width, row_codes))
     """
@@ -73,6 +75,7 @@ class FeatureMaps(wiring.Component):
         self._addr_width = max(ceil_log2(rows), 1)
         super().__init__({
             "rd": In(read_signature(self._addr_width, row_codes)),
+            "res": In(read_signature(self._addr_width, row_codes)),
             "rmw": In(read_signature(self._addr_width, row_codes)),
             "wr": In(write_signature(self._addr_width, row_codes)),
         })
@@ -93,25 +96,32 @@ class FeatureMaps(wiring.Component):
         m = Module()
         width = MAX_ACT_BITS * self._row_codes
         rd_sel = Signal(BUF_BITS)
+        res_sel = Signal(BUF_BITS)
         rmw_sel = Signal(BUF_BITS)
         with m.If(self.rd.en):
             m.d.sync += rd_sel.eq(self.rd.buf)
+        with m.If(self.res.en):
+            m.d.sync += res_sel.eq(self.res.buf)
         with m.If(self.rmw.en):
             m.d.sync += rmw_sel.eq(self.rmw.buf)
         for b in range(FMAP_BUFFERS):
             mem = Memory(shape=width, depth=self._rows, init=[])
             m.submodules[f"buf{b}"] = mem
             rd = mem.read_port()
+            res = mem.read_port()
             rmw = mem.read_port()
             wr = mem.write_port(granularity=MAX_ACT_BITS)
             m.d.comb += [
                 rd.addr.eq(self.rd.addr), rd.en.eq(self.rd.en & (self.rd.buf == b)),
+                res.addr.eq(self.res.addr), res.en.eq(self.res.en & (self.res.buf == b)),
                 rmw.addr.eq(self.rmw.addr), rmw.en.eq(self.rmw.en & (self.rmw.buf == b)),
                 wr.addr.eq(self.wr.addr), wr.data.eq(self.wr.data),
                 wr.en.eq(self.wr.mask & (self.wr.en & (self.wr.buf == b)).replicate(self._row_codes)),
             ]
             with m.If(rd_sel == b):
                 m.d.comb += self.rd.data.eq(rd.data)
+            with m.If(res_sel == b):
+                m.d.comb += self.res.data.eq(res.data)
             with m.If(rmw_sel == b):
                 m.d.comb += self.rmw.data.eq(rmw.data)
         return m

@@ -140,14 +140,15 @@ class ConvArray(wiring.Component):
         faw = maps.addr_width
         m.submodules.loader = loader = PatchLoader(pixels=t, row_codes=cfg.row_codes, addr_width=faw,
                                                    fan_in_width=cfg.fan_in_width)
-        m.submodules.patch = patch = Memory(shape=MAX_ACT_BITS * t, depth=1 << cfg.fan_in_width, init=[])
+        # The patch, double-buffered: the loader fills one bank while the engines read the other.
+        m.submodules.patch = patch = Memory(shape=MAX_ACT_BITS * t, depth=2 << cfg.fan_in_width, init=[])
         pw = patch.write_port()
-        m.d.comb += [pw.addr.eq(loader.patch.addr), pw.data.eq(loader.patch.data.as_value()),
-                     pw.en.eq(loader.patch.en)]
         m.submodules.ctl = ctl = ArrayController(
             engines=g, pixels=t, row_codes=cfg.row_codes, fmap_rows=cfg.fmap_rows, fmap_addr_width=faw,
             fan_in_width=cfg.fan_in_width, channel_bits=cfg.channel_bits, addr_width=self._addr_width)
         wiring.connect(m, buf.ctl, ctl.bus)
+        m.d.comb += [pw.addr.eq(Cat(loader.patch.addr, ctl.load_bank)), pw.data.eq(loader.patch.data.as_value()),
+                     pw.en.eq(loader.patch.en)]
         m.submodules.writer = writer = MapWriter(engines=g, channel_bits=cfg.channel_bits, pixels=t,
                                                  row_codes=cfg.row_codes, addr_width=faw)
         m.d.comb += [
@@ -158,14 +159,9 @@ class ConvArray(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i), ctl.x)
         wiring.connect(m, ctl.o, wiring.flipped(self.o))
 
-        # Feature-map read port: the loader while it runs, else the controller (shortcut rows).
-        with m.If(loader.busy):
-            m.d.comb += [maps.rd.buf.eq(loader.fmap.buf), maps.rd.addr.eq(loader.fmap.addr),
-                         maps.rd.en.eq(loader.fmap.en)]
-        with m.Else():
-            m.d.comb += [maps.rd.buf.eq(ctl.fmap_rd.buf), maps.rd.addr.eq(ctl.fmap_rd.addr),
-                         maps.rd.en.eq(ctl.fmap_rd.en)]
-        m.d.comb += [loader.fmap.data.eq(maps.rd.data), ctl.fmap_rd.data.eq(maps.rd.data)]
+        # Feature-map reads: the loader's patch rows and the controller's shortcut rows, each its own port.
+        wiring.connect(m, loader.fmap, maps.rd)
+        wiring.connect(m, ctl.fmap_rd, maps.res)
         # Feature-map writes: the input codes while the controller takes them, else the writer.
         with m.If(ctl.fmap_wr.en):
             m.d.comb += [maps.wr.buf.eq(ctl.fmap_wr.buf), maps.wr.addr.eq(ctl.fmap_wr.addr),
@@ -182,7 +178,8 @@ class ConvArray(wiring.Component):
             m.submodules[f"engine{e}"] = eng
             wiring.connect(m, getattr(buf, names[e]), eng.bus)
             rp = patch.read_port()
-            m.d.comb += [rp.addr.eq(eng.patch_addr), rp.en.eq(eng.patch_en), eng.patch_data.as_value().eq(rp.data),
+            m.d.comb += [rp.addr.eq(Cat(eng.patch_addr, ctl.comp_bank)), rp.en.eq(eng.patch_en),
+                         eng.patch_data.as_value().eq(rp.data),
                          eng.layer.eq(ctl.layer)]
             wiring.connect(m, getattr(ctl, f"cmd{e}"), eng.cmd)
             asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t)
