@@ -165,9 +165,10 @@ def bench_fuzz(args, out: Path) -> int:
 
     if args.layers < 1:
         raise UserError(f"--layers is {args.layers}; allowed 1 or more")
+    measured_under = provenance()  # the revision whose RTL runs (recorded before the long run, not after)
     result = run_fuzz(out / "fuzz", layers=args.layers, simulator=args.simulator, progress=not args.quiet)
     result["floors"] = floors(result)
-    result["provenance"] = provenance()
+    result["provenance"] = measured_under
     write_json(out / "fuzz.json", result)
     print_rows([result], [("layers", ">7", ",", "layers"), ("networks", ">9", ",", "networks"),
                           ("images", ">7", ",", "images"), ("conv", ">6", ",", "conv_layers"),
