@@ -12,7 +12,8 @@ parameters (extremes of ``M``, ``B``, ``S``).
 The networks are packed (image version 3) and run on **one** RTL build, loaded one after another through the
 load port without a reset (:func:`sim.array_runner.run_array_cases`), under random back-pressure on every
 stream; each image's scores must equal golden's. ``mismatches`` counts images that differ, ``deadlocks``
-runs whose watchdog fired (no transfer and no ``done`` for :data:`TIMEOUT_CYCLES` cycles).
+runs whose watchdog fired (no transfer and no ``done`` for :data:`TIMEOUT_CYCLES` cycles), ``not_run`` the
+images a deadlocked run left. Every network fits :data:`CONFIG` (:func:`fits`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from hw.array.sizing import needs
 from hw.array.top import ArrayConfig
 from hw.platform.verilog import array_verilog, write_text_atomically
 from model.bench.floors import floor_entry
@@ -179,13 +181,22 @@ def random_conv_net(rng, calib: int = 4, config: ArrayConfig = CONFIG) -> IntCon
     return IntConvNetwork(input_bits=input_bits, image_shape=image_shape, stages=tuple(stages))
 
 
+def fits(words, config: ArrayConfig = CONFIG) -> bool:
+    """The image runs on ``config``: the sizes its descriptors need (:func:`hw.array.sizing.needs`)."""
+    n = needs(words)
+    return (n["buffer_words"] <= config.buffer_words and n["fmap_rows"] <= config.fmap_rows
+            and n["row_codes"] <= config.row_codes and n["fan_in"] < 1 << config.fan_in_width
+            and n["channels"] <= 1 << config.channel_bits and n["out_width"] <= config.pixels)
+
+
 def random_network(rng) -> IntNetwork | IntConvNetwork:
-    """A conv net four times in five, else an MLP; redrawn until it packs (bounds of the contract)."""
+    """A conv net four times in five, else an MLP; redrawn until it packs (bounds of the contract) and fits
+    :data:`CONFIG`."""
     while True:
         try:
             net = random_conv_net(rng) if rng.random() < 0.8 else random_mlp(rng)
-            pack_v3(net)
-            return net
+            if fits(pack_v3(net)[0]):
+                return net
         except UserError:
             continue
 
@@ -201,8 +212,8 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
     out_dir = Path(out_dir)
     vpath = write_text_atomically(out_dir / "mpq_array.v", array_verilog(CONFIG))
     t0 = time.perf_counter()
-    total = {"layers": 0, "networks": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "sim_cycles": 0,
-             "conv_layers": 0, "fc_layers": 0, "residual_blocks": 0, "pooled": 0, "flattened": 0, "mlps": 0,
+    total = {"layers": 0, "networks": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "not_run": 0,
+             "sim_cycles": 0, "conv_layers": 0, "fc_layers": 0, "residual_blocks": 0, "pooled": 0, "flattened": 0, "mlps": 0,
              "failed_runs": []}
     bar = tqdm(total=layers, unit="layer", disable=not progress, desc="fuzz")
     run = 0
@@ -220,10 +231,12 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
                                   seed=seed * 1000 + run, timeout_cycles=TIMEOUT_CYCLES)
         except SimulationError as exc:
             raise UserError(f"bench fuzz: the simulator failed ({exc})") from exc
+        if res.get("error") and not res["timed_out"]:
+            raise UserError(f"bench fuzz: the testbench stopped ({res['error']}); see {res['log']}")
         expected = [row for _, _, e in cases for row in e.tolist()]
         got = res["scores"]
-        wrong = sum(1 for k, row in enumerate(expected) if k >= len(got) or got[k] != row)
-        total["mismatches"] += wrong
+        total["mismatches"] += sum(1 for k, row in enumerate(expected) if k < len(got) and got[k] != row)
+        total["not_run"] += max(0, len(expected) - len(got))
         total["deadlocks"] += int(bool(res["timed_out"]))
         total["images"] += len(expected)
         total["sim_cycles"] += int(res["sim_cycles"])

@@ -5,7 +5,7 @@ import numpy as np
 from model.export.golden_conv import conv_forward
 from model.export.golden_net import ConvStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.layout_v3 import pack as pack_v3
-from sim.bench.fuzz import CONFIG, floors, random_network, run_fuzz
+from sim.bench.fuzz import CONFIG, fits, floors, random_network, run_fuzz
 
 
 def test_networks_cover_kernels_strides_pools_blocks_widths_and_sparsity():
@@ -47,3 +47,8 @@ def test_short_fuzz_run_matches_golden(tmp_path):
     f = floors(result)
     assert f["mismatches == 0"]["holds"] and not f["layers >= 10000"]["holds"]
     assert result["config"]["engines"] == CONFIG.engines
+
+
+def test_every_network_fits_the_configuration():
+    rng = np.random.default_rng(2)
+    assert all(fits(pack_v3(random_network(rng))[0]) for _ in range(80))
