@@ -74,14 +74,19 @@ def synth_stat(verilog_path, top: str, *, flatten: bool = True, log_path=None) -
     if not verilog_path.is_file():
         raise UserError(f"{verilog_path}: no such Verilog file")
     flow = f"synth_xilinx -family xc7{' -flatten' if flatten else ''} -top {top}"
-    script = f"read_verilog {verilog_path}; {flow}; stat"
+    out = _yosys(verilog_path, f"read_verilog {verilog_path}; {flow}; stat", log_path)
+    return out[out.rfind("Printing statistics"):]
+
+
+def _yosys(verilog_path, script: str, log_path=None) -> str:
+    """Run Yosys on ``script``; its standard output (and, with ``log_path``, both streams into that file)."""
     proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
     if log_path is not None:
         Path(log_path).write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
         raise RuntimeError(f"yosys failed on {verilog_path} (exit {proc.returncode}):\n{tail}")
-    return proc.stdout[proc.stdout.rfind("Printing statistics"):]
+    return proc.stdout
 
 
 def synthesize(verilog_path, top: str, *, log_path=None) -> Resources:
@@ -134,11 +139,6 @@ def synthesize_netlist(verilog_path, top: str, *, log_path=None) -> tuple[Resour
         out = Path(tmp) / "netlist.json"
         script = (f"read_verilog {verilog_path}; synth_xilinx -family xc7 -flatten -top {top}; stat; "
                   f"write_json {out}")
-        proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
-        if log_path is not None:
-            Path(log_path).write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-            raise RuntimeError(f"yosys failed on {verilog_path} (exit {proc.returncode}):\n{tail}")
+        text = _yosys(verilog_path, script, log_path)
         design = json.loads(out.read_text())
-    return parse_stat(proc.stdout[proc.stdout.rfind("Printing statistics"):]), design
+    return parse_stat(text[text.rfind("Printing statistics"):]), design

@@ -504,6 +504,14 @@ def write_image(out_dir, net: IntNetwork | IntConvNetwork, extra: dict | None = 
     """
     words, layout = _pack(net, version)
     record = manifest(net, words, extra=extra, data=data, layout=layout)
+    write_image_files(out_dir, words, record)
+    return record
+
+
+def write_image_files(out_dir, words: np.ndarray, record: dict) -> None:
+    """Write ``weights.bin``, ``weights.hex`` and ``manifest.json`` (``record``) into ``out_dir``: each to a
+    temporary file first, then renamed in :data:`FILES` order (manifest last), so that an interrupted write
+    leaves no half-written image that reads as whole."""
     contents = {
         "weights.bin": words.astype("<u4").tobytes(),
         "weights.hex": "".join(f"{w:08x}\n" for w in words.tolist()).encode(),
@@ -523,7 +531,6 @@ def write_image(out_dir, net: IntNetwork | IntConvNetwork, extra: dict | None = 
     finally:
         for temp in temps.values():
             Path(temp).unlink(missing_ok=True)
-    return record
 
 
 def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +55,10 @@ from model.export.golden_vertical import (
     VerticalRequant,
     check_vertical,
 )
+from model.export.image import write_image_files
 from model.export.records import check_reserved, field_error, pack_records, unpack_records
 
 FORMAT = "mpqaccel-image"
-FILES = ("weights.bin", "weights.hex", "manifest.json")
 HEADER_WORDS, VHEADER_WORDS, VLAYER_WORDS = HEADER.words, VHEADER.words, VLAYER.words
 MAX_PLANES = MAX_BITS - MIN_BITS
 
@@ -339,23 +337,7 @@ def write_vertical_image(out_dir, net: VerticalNetwork, extra: dict | None = Non
     """Write ``weights.bin``, ``weights.hex`` and ``manifest.json`` (version 4) atomically, manifest last."""
     words = pack_vertical(net)
     record = vertical_manifest(net, words, extra, data)
-    contents = {"weights.bin": words.astype("<u4").tobytes(),
-                "weights.hex": "".join(f"{w:08x}\n" for w in words.tolist()).encode(),
-                "manifest.json": (json.dumps(record, indent=2) + "\n").encode()}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    temps: dict[str, str] = {}
-    try:
-        for name, content in contents.items():
-            fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-        for name in FILES:
-            os.replace(temps[name], out / name)
-            del temps[name]
-    finally:
-        for temp in temps.values():
-            Path(temp).unlink(missing_ok=True)
+    write_image_files(out_dir, words, record)
     return record
 
 
