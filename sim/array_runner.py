@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.runner import build, check_timeout, run_test
+from sim.runner import build, check_images, check_timeout, run_test
 
 TOPLEVEL = "mpq_array"
 TEST_MODULE = "sim.tb.array"
@@ -50,13 +50,7 @@ def run_array_cases(verilog_path, cases, *, work_dir, simulator: str = "icarus",
         raise ValueError("cases must not be empty")
     for k, (words, inputs, expected) in enumerate(cases):
         words = np.asarray(words, dtype=np.int64)
-        inputs = np.asarray(inputs, dtype=np.int64)
-        expected = np.asarray(expected, dtype=np.int64)
-        if inputs.ndim != 2 or expected.ndim != 2 or len(inputs) != len(expected) or len(inputs) == 0:
-            raise ValueError(f"case {k}: inputs [N, C H W] and expected [N, n_classes] must have the same N >= 1, "
-                             f"not shapes {inputs.shape} and {expected.shape}")
-        if inputs.min() < 0 or inputs.max() > 255:
-            raise ValueError(f"case {k}: input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
+        inputs, expected = check_images(inputs, expected, where=f"case {k}: ")
         if words.ndim != 1 or len(words) == 0 or words.min() < 0 or words.max() >= 1 << 32:
             raise ValueError(f"case {k}: words must be a non-empty vector of 32-bit words")
         arrays.update({f"words_{k}": words, f"inputs_{k}": inputs, f"expected_{k}": expected})

@@ -192,6 +192,19 @@ def build(verilog_path, *, work_dir, simulator: str = "icarus", toplevel: str = 
     return build_dir
 
 
+def check_images(inputs, expected, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """``inputs`` ``[N, n_in]`` codes in ``[0, 255]`` and ``expected`` ``[N, n_out]`` scores as int64, N >= 1;
+    ValueError (prefixed by ``where``) otherwise."""
+    inputs = np.asarray(inputs, dtype=np.int64)
+    expected = np.asarray(expected, dtype=np.int64)
+    if inputs.ndim != 2 or expected.ndim != 2 or len(inputs) != len(expected) or len(inputs) == 0:
+        raise ValueError(f"{where}inputs [N, n_in] and expected [N, n_out] must have the same N >= 1, "
+                         f"not shapes {inputs.shape} and {expected.shape}")
+    if inputs.min() < 0 or inputs.max() > 255:
+        raise ValueError(f"{where}input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
+    return inputs, expected
+
+
 def check_timeout(timeout_cycles: int | None) -> None:
     if timeout_cycles is not None and timeout_cycles < 1:
         raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
@@ -327,13 +340,7 @@ def run_accelerator(verilog_path, inputs, expected, *, work_dir, simulator: str 
     SimulationError
         The build failed, or the simulation ended without writing its record (crash, bad Verilog).
     """
-    inputs = np.asarray(inputs, dtype=np.int64)
-    expected = np.asarray(expected, dtype=np.int64)
-    if inputs.ndim != 2 or expected.ndim != 2 or len(inputs) != len(expected) or len(inputs) == 0:
-        raise ValueError(f"inputs [N, n_in] and expected [N, n_out] must have the same N >= 1, "
-                         f"not shapes {inputs.shape} and {expected.shape}")
-    if inputs.min() < 0 or inputs.max() > 255:
-        raise ValueError(f"input codes must lie in [0, 255], not [{inputs.min()}, {inputs.max()}]")
+    inputs, expected = check_images(inputs, expected)
     check_timeout(timeout_cycles)
     build_dir = build(verilog_path, work_dir=work_dir, simulator=simulator)
     return run_test(build_dir, verilog_path, simulator=simulator, toplevel=TOPLEVEL, test_module=TEST_MODULE,

@@ -169,7 +169,7 @@ class ArrayController(wiring.Component):
         ptr_bit = Signal(32)  # j ptr_bits
         param_addr = Signal(32)
         res_addr = Signal(32)  # j H_r + y s_r
-        words = Signal(7 * WORD_BITS)  # row pointer (2 words), params (3 or 4), the shortcut row
+        words = Signal(6 * WORD_BITS)  # row pointer (2 words), params (3, or 4 with a shortcut)
         cmd_valid = Signal()
         cmd = Signal(row_command_layout(self._aw, self._cb, t))
         status = Signal(Status)

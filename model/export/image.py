@@ -533,29 +533,31 @@ def write_image_files(out_dir, words: np.ndarray, record: dict) -> None:
             Path(temp).unlink(missing_ok=True)
 
 
-def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:
-    """Read an image directory (or its ``manifest.json``); check size and checksum; return net and manifest.
+def read_image_files(path, versions, writer: str, hint=lambda version: ""
+                     ) -> tuple[dict, np.ndarray, Path, Path]:
+    """The checked manifest and words of an image directory (or its ``manifest.json``), any version.
 
-    Layer names come from the manifest. Raises :class:`UserError` naming the file and the field.
+    Checks the manifest's ``format``, ``version`` (one of ``versions``; ``hint(version)`` is added to the
+    message otherwise), ``bytes``, ``sha256``, ``layers`` and ``data`` fields and the size and checksum of
+    ``weights.bin``. ``writer`` names the function that writes such images. Returns ``(record, words,
+    manifest path, weights.bin path)``; raises :class:`UserError` naming the file and the field.
     """
     path = Path(path)
     man_path = path / "manifest.json" if path.is_dir() else path
     try:
         record = json.loads(man_path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{man_path}: file not found; expected the manifest written by write_image") from None
+        raise UserError(f"{man_path}: file not found; expected the manifest written by {writer}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{man_path}: not valid JSON ({e}); expected an object with field 'format'"
                         f" = {FORMAT!r}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise UserError(f"{man_path}: field 'format' is {found!r}; expected {FORMAT!r}")
-    if record.get("version") not in SUPPORTED_VERSIONS or isinstance(record.get("version"), bool):
-        raise UserError(f"{man_path}: field 'version' is {record.get('version')!r}; supported:"
-                        f" {', '.join(map(str, SUPPORTED_VERSIONS))}" + (
-                            f" (version {VERTICAL_VERSION} is a vertical-layered image: "
-                            "model.export.image_v4.read_vertical_image)"
-                            if record.get("version") == VERTICAL_VERSION else ""))
+    version = record.get("version")
+    if version not in versions or isinstance(version, bool):
+        raise UserError(f"{man_path}: field 'version' is {version!r}; supported: {', '.join(map(str, versions))}"
+                        + hint(version))
     for field, kind in (("bytes", int), ("sha256", str), ("layers", list)):
         if not isinstance(record.get(field), kind):
             raise UserError(f"{man_path}: field '{field}' is {record.get(field)!r}; expected {kind.__name__}")
@@ -574,7 +576,17 @@ def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:
     if digest != record["sha256"]:
         raise UserError(f"{bin_path}: field 'sha256' mismatch: {man_path.name} expects {record['sha256']},"
                         f" the file has {digest}")
-    words = np.frombuffer(data, dtype="<u4")
+    return record, np.frombuffer(data, dtype="<u4"), man_path, bin_path
+
+
+def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:
+    """Read an image directory (or its ``manifest.json``); check size and checksum; return net and manifest.
+
+    Layer names come from the manifest. Raises :class:`UserError` naming the file and the field.
+    """
+    record, words, man_path, bin_path = read_image_files(path, SUPPORTED_VERSIONS, "write_image", hint=lambda v: (
+        f" (version {VERTICAL_VERSION} is a vertical-layered image: model.export.image_v4.read_vertical_image)"
+        if v == VERTICAL_VERSION else ""))
     net = unpack(words, where=str(bin_path))
     if int(words[1]) != record["version"]:
         raise UserError(f"{man_path}: field 'version' is {record['version']}; {bin_path.name} is version"

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -55,7 +53,7 @@ from model.export.golden_vertical import (
     VerticalRequant,
     check_vertical,
 )
-from model.export.image import write_image_files
+from model.export.image import read_image_files, write_image_files
 from model.export.records import check_reserved, field_error, pack_records, unpack_records
 
 FORMAT = "mpqaccel-image"
@@ -349,32 +347,9 @@ def read_vertical_image(path) -> tuple[VerticalNetwork, dict]:
     UserError
         Naming the file and the field.
     """
-    path = Path(path)
-    man_path = path / "manifest.json" if path.is_dir() else path
-    try:
-        record = json.loads(man_path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{man_path}: file not found; expected the manifest written by write_vertical_image") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{man_path}: not valid JSON ({e})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise UserError(f"{man_path}: field 'format' is not {FORMAT!r}")
-    if record.get("version") != VERTICAL_VERSION:
-        raise UserError(f"{man_path}: field 'version' is {record.get('version')!r}; this reader takes "
-                        f"{VERTICAL_VERSION} (a vertical-layered image)")
-    for field, kind in (("bytes", int), ("sha256", str), ("layers", list)):
-        if not isinstance(record.get(field), kind):
-            raise UserError(f"{man_path}: field '{field}' is {record.get(field)!r}; expected {kind.__name__}")
-    bin_path = man_path.parent / "weights.bin"
-    try:
-        raw = bin_path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{bin_path}: file not found") from None
-    if len(raw) != record["bytes"] or len(raw) % 4:
-        raise UserError(f"{bin_path}: holds {len(raw)} bytes; {man_path.name} field 'bytes' expects {record['bytes']}")
-    if hashlib.sha256(raw).hexdigest() != record["sha256"]:
-        raise UserError(f"{bin_path}: field 'sha256' mismatch with {man_path.name}")
-    net = unpack_vertical(np.frombuffer(raw, dtype="<u4"), where=str(bin_path))
+    record, words, man_path, bin_path = read_image_files(path, (VERTICAL_VERSION,), "write_vertical_image",
+                                                         hint=lambda v: " (a vertical-layered image)")
+    net = unpack_vertical(words, where=str(bin_path))
     names = [layer.get("name", "") if isinstance(layer, dict) else "" for layer in record["layers"]]
     if len(names) != len(net.layers):
         raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds {len(net.layers)}")

@@ -81,8 +81,7 @@ def _params(rng, acc: np.ndarray, out_bits: int, residual: np.ndarray | None = N
         g_r = rng.uniform(0.2, 1.0) * top / 255.0
         scale = 2.0 ** (shift - 16)
         need = g_r * scale
-        drop = max(0, int(np.ceil(np.log2(max(need, 1) / ((1 << MULT_BITS) - 1)))) + 1) if need >= 1 << MULT_BITS \
-            else 0
+        drop = int(np.ceil(np.log2(need / ((1 << MULT_BITS) - 1)))) + 1 if need >= 1 << MULT_BITS else 0
         if drop:
             mult, bias, shift = mult >> drop, bias >> drop, shift - drop
             scale = 2.0 ** (shift - 16)

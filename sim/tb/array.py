@@ -29,7 +29,6 @@ from amaranth.hdl import signed, unsigned
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import First, ReadOnly, RisingEdge
 
-from model.files import write_json
 from sim.scoreboard import Scoreboard
 from sim.tb.stream import CLOCK_NS, RunSettings, StreamTB
 
@@ -62,6 +61,8 @@ class ArrayTB(StreamTB):
         self.statuses: list[int] = []
         self.load_cycles: list[int] = []
         self.rng = random.Random(f"load-{seed}")
+        dut.start.value = 0  # defined before the reset: the state machine samples them through it
+        dut.load__en.value = 0
 
     def receive(self, value: int) -> None:
         self.pending.append(value)
@@ -104,11 +105,9 @@ class ArrayTB(StreamTB):
             await RisingEdge(dut.clk)
         return False
 
-    async def run_cases(self, cases) -> None:
-        """Each case: load its image, run its input images; stop at the first hang."""
-        self.dut.start.value = 0
-        self.dut.load__en.value = 0
-        await self.reset()
+    async def run(self, cases) -> None:
+        """Each case: load its image, run its input images; stop at the first hang (after
+        :meth:`~sim.tb.stream.StreamTB.reset`, which :meth:`~sim.tb.stream.StreamTB.run_and_record` does)."""
         self.source.start()
         self.sink.start()
         cocotb.start_soon(self.watchdog())
@@ -123,6 +122,8 @@ class ArrayTB(StreamTB):
             received += len(inputs)
             while len(self.scoreboard.received) < received and not self.hung.is_set():
                 await First(RisingEdge(self.dut.clk), self.hung.wait())
+            if self.hung.is_set():
+                return
 
     def result(self, wall_s: float) -> dict:
         """The record: ``images``, ``expected_images``, ``mismatches``, ``mismatched_images``, ``scores``,
@@ -159,16 +160,7 @@ async def run_images(dut):
     cases = read_cases(settings.case)
     expected = [row for _, _, exp in cases for row in exp.tolist()]
     tb = ArrayTB(dut, expected, stall=settings.stall, seed=settings.seed, timeout_cycles=settings.timeout_cycles)
-    error = None
-    try:
-        await tb.run_cases(cases)
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        record = tb.result(time.perf_counter() - t0)
-        record["error"] = error
-        write_json(settings.result, record)
+    record = await tb.run_and_record(cases, settings.result, t0)
 
     assert not record["timed_out"], f"no progress for {tb.timeout_cycles} cycles after {record['images']} images"
     assert not record["protocol_errors"], f"stream protocol violated: {record['protocol_errors']}"
