@@ -127,6 +127,13 @@ class ConvArray(wiring.Component):
     def config(self) -> ArrayConfig:
         return self._config
 
+    def engine(self) -> ChannelEngine:
+        """A new engine as the array instantiates ``config.engines`` of (all alike: the parts synthesis of
+        :mod:`hw.platform.array_synth` synthesises one and counts it that many times)."""
+        cfg = self._config
+        return ChannelEngine(lanes=cfg.lanes, addr_width=self._addr_width, fan_in_width=cfg.fan_in_width,
+                             channel_bits=cfg.channel_bits, act_widths=cfg.act_widths)
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
@@ -173,8 +180,7 @@ class ConvArray(wiring.Component):
         busy_any = []
         errors = []
         for e in range(g):
-            eng = ChannelEngine(lanes=cfg.lanes, addr_width=self._addr_width, fan_in_width=cfg.fan_in_width,
-                                channel_bits=cfg.channel_bits, act_widths=cfg.act_widths)
+            eng = self.engine()
             m.submodules[f"engine{e}"] = eng
             wiring.connect(m, getattr(buf, names[e]), eng.bus)
             rp = patch.read_port()

@@ -4,7 +4,9 @@
 ``--core array`` the packed multiplier array sized for the image (:func:`hw.array.sizing.config_for`; the
 array loads images at run time, so any image that fits runs on it), with the DSP48E1 configurations Yosys
 mapped and the timing estimate of :mod:`hw.platform.timing` (the slowest register-to-register path, LUT
-levels, carry steps and the estimated Fmax on the -1 speed grade; no Vivado here, so an estimate).
+levels, carry steps and the estimated Fmax on the -1 speed grade; no Vivado here, so an estimate). The array
+is synthesised by parts, one engine and the shell with black-box engines (:mod:`hw.platform.array_synth`:
+a flattened run of a 150-lane array takes Yosys hours here).
 """
 
 from __future__ import annotations
@@ -55,24 +57,25 @@ def _fits(res) -> int:
 
 def _array(args, out: Path) -> int:
     from hw.array.sizing import config_for
-    from hw.platform.synth import dsp_configs, format_table, synthesize_netlist
-    from hw.platform.timing import estimate
-    from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog, write_text_atomically
+    from hw.platform.array_synth import synthesize_array
+    from hw.platform.synth import format_table
     from model.export.image import pack, read_image
 
     net, _ = read_image(args.image)
     config = config_for([pack(net)], engines=args.engines, lanes=args.lanes)
-    vpath = write_text_atomically(out / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
-    print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes, {vpath}): minutes")
-    res, design = synthesize_netlist(vpath, ARRAY_TOP_NAME, log_path=out / "yosys.log")
-    timing = estimate(design, ARRAY_TOP_NAME)
-    dsps = dsp_configs(design, ARRAY_TOP_NAME)
+    print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) by parts, one engine and the "
+          f"shell, into {out}: minutes")
+    syn = synthesize_array(config, out)
+    res, timing, dsps = syn.resources, syn.timing, syn.dsp_configs
     record = {**res.as_dict(), "fits_xc7z020": res.fits(), "config": {k: getattr(config, k) for k in (
         "engines", "lanes", "buffer_words", "fmap_rows", "row_codes", "fan_in_width", "channel_bits")},
         "dsp_lanes": config.dsp_lanes, "dsp_configs": dsps, "timing": timing.as_dict(),
-        "fmax_mhz_estimate": timing.fmax_mhz}
+        "fmax_mhz_estimate": timing.fmax_mhz, "parts": syn.as_dict()}
     write_json(out / "resources.json", record)
-    print("\nYosys synth_xilinx, XC7Z020\n" + format_table(res))
+    print("\nYosys synth_xilinx, XC7Z020 (one engine counted " f"{config.engines} times, plus the shell)\n"
+          + format_table(res))
+    print(f"one engine: {syn.engine.lut:,} LUT, {syn.engine.ff:,} FF, {syn.engine.dsp} DSP48E1; the shell: "
+          f"{syn.shell.lut:,} LUT, {syn.shell.ff:,} FF, {syn.shell.dsp} DSP48E1, {syn.shell.bram36} RAMB36")
     print("\nDSP48E1 configurations: " + ", ".join(f"{n} x {k}" for k, n in dsps.items()))
     print(f"slowest path (estimate, -1 speed grade): {timing.delay_ns} ns, {timing.lut_levels} LUT levels, "
           f"{timing.carry_steps} CARRY4 steps: Fmax about {timing.fmax_mhz} MHz")

@@ -19,7 +19,7 @@ from model.cli import DEFAULT_OUT, print_rows, write_json
 from model.errors import UserError
 
 #: The benches, and those that train on a data set (``--data-root``).
-BENCHES = ("dsp", "lts", "bmpq", "imq", "conv", "qat", "export", "vertical", "fuzz")
+BENCHES = ("dsp", "lts", "bmpq", "imq", "conv", "qat", "export", "vertical", "fuzz", "accel")
 DATA_BENCHES = ("lts", "imq", "bmpq", "conv", "vertical")
 #: The benches with resumable run directories (``--restart``) and a tiny budget (``--smoke``).
 RUN_DIR_BENCHES = ("imq", "conv")
@@ -39,8 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "bits per weight; under a minute), fuzz (random conv and FC layers and small networks through "
                    "the array's RTL against the golden model: --layers of them, 10,000 by default), vertical (the "
                    "vertical-layered net against per-width LSQ, ascending training, no compensation, no KD and MGD, "
-                   "MLP and VGG, at 2, 3 and 4 bits; about 6 min; hardware rows not yet); lts, imq, bmpq, conv and "
-                   "vertical train on Fashion-MNIST")
+                   "MLP and VGG, at 2, 3 and 4 bits; about 6 min; hardware rows not yet), accel (bench conv's "
+                   "ResNet-20 ticket, dense32 and qnn4 at PACT-4 and PACT-8 on one build of the array: RTL cycles "
+                   "per image, resources, Fmax estimate, Fig. 4 plot; trains the ticket first when bench conv has "
+                   "not); lts, imq, bmpq, conv and vertical train on Fashion-MNIST")
     p.add_argument("--smoke", action="store_true",
                    help="`bench imq` / `bench conv` / `bench vertical` only: a tiny budget that checks the pipeline in a "
                         "minute or two "
@@ -56,7 +58,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=10_000,
                    help="`bench fuzz` only: weight layers to draw (default: 10000)")
     p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
-                   help="`bench fuzz` only: the RTL simulator (default: verilator)")
+                   help="`bench fuzz` / `bench accel` only: the RTL simulator (default: verilator)")
+    p.add_argument("--engines", type=int, default=None,
+                   help="`bench accel` only: the array's engines (default: 8)")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="`bench accel` only: DSP48E1 lanes per engine (default: 19)")
+    p.add_argument("--images", type=int, default=None,
+                   help="`bench accel` only: test images of the ticket at PACT-4 (default: 100; every other row "
+                        "runs a tenth of them, at least 1)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="`bench accel` only: wall-time budget of the RTL simulations in minutes (default: 40); "
+                        "rows get fewer images when it runs out (rtl_images says how many ran)")
     p.add_argument("--restart", action="store_true",
                    help="`bench imq` / `bench conv` only: start every run afresh instead of resuming its run directories "
                         "(needed after a code change: a run made under another revision is refused)")
@@ -69,12 +81,15 @@ def run(args) -> int:
     if args.smoke and args.target not in (*RUN_DIR_BENCHES, "vertical"):
         raise UserError(f"--smoke applies to `bench imq`, `bench conv` and `bench vertical` only (their tiny budgets), not "
                         f"`bench {args.target}`")
+    accel_only = [f for f in ("engines", "lanes", "images", "minutes") if getattr(args, f) is not None]
+    if accel_only and args.target != "accel":
+        raise UserError(f"--{accel_only[0]} applies to `bench accel` only, not `bench {args.target}`")
     if args.data_root is not None and args.target not in DATA_BENCHES:
         raise UserError(f"--data-root applies to `bench {'`, `bench '.join(DATA_BENCHES)}` (they train on "
                         f"Fashion-MNIST), not `bench {args.target}`, which reads no data set")
     runners = {"dsp": bench_dsp, "lts": bench_lts, "bmpq": bench_bmpq, "imq": bench_imq, "conv": bench_conv,
                "qat": bench_qat, "export": bench_export, "vertical": bench_vertical,
-               "fuzz": bench_fuzz}
+               "fuzz": bench_fuzz, "accel": bench_accel}
     return runners[args.target](args, Path(args.out))
 
 
@@ -177,6 +192,56 @@ def bench_fuzz(args, out: Path) -> int:
                           ("sim cycles", ">12", ",", "sim_cycles"), ("s", ">7", ".0f", "seconds")])
     print(f"\nwrote {out / 'fuzz.json'}")
     return report_floors(result["floors"], out / "fuzz.json", args.check)
+
+
+def bench_accel(args, out: Path) -> int:
+    """bench conv's ResNet-20 ticket, dense32 and qnn4 at PACT-4 and PACT-8 on one RTL build of the array
+    (sim/bench/accel.py; about 40 min on 2 cores at the default 152 lanes)."""
+    from sim.bench.accel import (
+        BUDGET_MINUTES,
+        DEFAULT_ENGINES,
+        DEFAULT_LANES,
+        TICKET_IMAGES,
+        floors,
+        plot_accel,
+        run_accel,
+    )
+
+    engines = DEFAULT_ENGINES if args.engines is None else args.engines
+    lanes = DEFAULT_LANES if args.lanes is None else args.lanes
+    images = TICKET_IMAGES if args.images is None else args.images
+    for flag, value, top in (("--engines", engines, 64), ("--lanes", lanes, 64), ("--images", images, 10_000)):
+        if not 1 <= value <= top:
+            raise UserError(f"{flag} is {value}; allowed 1 to {top}")
+    minutes = BUDGET_MINUTES if args.minutes is None else args.minutes
+    if not 0 < minutes <= 24 * 60:
+        raise UserError(f"--minutes is {minutes:g}; allowed more than 0, up to 1440")
+    measured_under = provenance()  # the revision whose RTL runs (recorded before the long run)
+    result = run_accel(out / "accel", out, engines=engines, lanes=lanes, ticket_images=images,
+                       other_images=max(1, images // 10), simulator=args.simulator, minutes=minutes,
+                       progress=not args.quiet)
+    result["floors"] = floors(result)
+    result["provenance"] = measured_under
+    write_json(out / "accel.json", result)
+    plot_accel(result["rows"], out / "accel.png")
+    def col(key, spec):  # "-" where a row has no value (a run that hung)
+        return lambda r: "-" if r[key] is None else format(r[key], spec)
+
+    print_rows(result["rows"], [
+        ("weights", "<8", "", "weights"), ("A", ">2", "", "act_bits"), ("avg bits", ">8", "", col("avg_weight_bits", ".2f")),
+        ("cycles/img", ">11", "", col("cycles_per_image", ",.0f")),
+        ("img/s@100", ">10", "", col("images_per_second_at_100mhz", ",.0f")),
+        ("speed-up", ">8", "", col("speedup_vs_dense32", ".2f")),
+        ("MAC/DSP/c", ">9", "", col("dense_macs_per_dsp_cycle", ".2f")),
+        ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
+        ("acc", ">6", "", col("golden_accuracy", ".3f")), ("sim c/s", ">8", "", col("sim_cycles_per_second", ",.0f"))])
+    syn = result["synthesis"]
+    print(f"\narray {result['config']['engines']} engines x {result['config']['lanes']} lanes: {syn['dsp']} DSP48E1, "
+          f"{syn['lut']:,} LUT ({100 * syn['lut_fraction']:.0f} % of the XC7Z020), {syn['ff']:,} FF, "
+          f"{syn['bram36']} RAMB36; Fmax estimate {syn['timing']['fmax_mhz']} MHz (Yosys netlist, DS187 -1 "
+          "delays; no Vivado here)")
+    print(f"wrote {out / 'accel.json'} and {out / 'accel.png'}")
+    return report_floors(result["floors"], out / "accel.json", args.check)
 
 
 def bench_qat(args, out: Path) -> int:

@@ -95,15 +95,16 @@ class ArrayTB(StreamTB):
         await RisingEdge(dut.clk)
         self.starts_ns.append(get_sim_time("ns"))
         dut.start.value = 0
-        while not self.hung.is_set():
-            await ReadOnly()
-            if dut.done.value:
-                self.dones_ns.append(get_sim_time("ns"))
-                self.statuses.append(int(dut.status.value))
-                await RisingEdge(dut.clk)
-                return True
-            await RisingEdge(dut.clk)
-        return False
+        # ``done`` is a one-cycle pulse from a register: sleep until it rises instead of waking every cycle
+        # (a ResNet-20 image is hundreds of thousands of cycles; Verilator then runs without Python between).
+        await First(RisingEdge(dut.done), self.hung.wait())
+        if self.hung.is_set():
+            return False
+        await ReadOnly()
+        self.dones_ns.append(get_sim_time("ns"))
+        self.statuses.append(int(dut.status.value))
+        await RisingEdge(dut.clk)
+        return True
 
     async def run(self, cases) -> None:
         """Each case: load its image, run its input images; stop at the first hang (after

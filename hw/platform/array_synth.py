@@ -1,0 +1,138 @@
+"""Parts synthesis of the array: one engine and the shell around the engines, each by Yosys ``synth_xilinx``.
+
+A flattened ``synth_xilinx`` of a whole 150-lane array takes Yosys hours on this machine (its optimisation
+passes grow faster than the design), while the array's ``G`` engines are ``G`` identical instances
+(:meth:`hw.array.top.ConvArray.engine`). So, as an out-of-context flow would, this synthesises
+
+* **one engine** (its own Verilog, flattened), and
+* **the shell**: the whole array with every engine module turned into a black box (Yosys ``blackbox``), so
+  the controller, loader, feature maps, patch memory, global buffer, writer and assemblers,
+
+in two Yosys processes side by side, and counts ``shell + G x engine``. What this leaves out, and says:
+no optimisation across an engine's ports (a flattened run could merge or drop a few cells there: the counts
+are an upper bound in that sense), and timing paths that cross an engine's ports are timed only up to the
+port on each side (:func:`hw.platform.timing.estimate` starts a path at a top-level input and ends one at a
+top-level output or at a black box's input is not an end point); the slower of the two parts' estimates is
+reported. The engine's ports are registered on the engine's side for the command and patch paths
+(``hw/array/engine.py``), so the paths most at risk are inside the parts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from hw.array.top import ArrayConfig, ConvArray
+from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, synthesize_netlist
+from hw.platform.timing import TimingReport, estimate
+from hw.platform.verilog import ARRAY_TOP_NAME, write_text_atomically
+
+ENGINE_TOP_NAME = "mpq_engine"
+
+
+@dataclass(frozen=True)
+class ArraySynthesis:
+    """Resources of the whole array (``shell + engines x engine``) and the slower part's timing estimate.
+
+    Members
+    -------
+    resources : Resources
+        The totals (``cells`` summed the same way).
+    timing : TimingReport
+        The slower of the engine's and the shell's estimates.
+    engine, shell : Resources
+        The two parts.
+    engine_timing, shell_timing : TimingReport
+    dsp_configs : dict
+        DSP48E1 configurations of the whole array (the engine's counted ``engines`` times).
+    engines : int
+    seconds : float
+        Wall time of the two Yosys runs (side by side).
+    """
+
+    resources: Resources
+    timing: TimingReport
+    engine: Resources
+    shell: Resources
+    engine_timing: TimingReport
+    shell_timing: TimingReport
+    dsp_configs: dict
+    engines: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {"method": "parts: one engine + the shell with black-box engines (hw/platform/array_synth.py)",
+                "engines": self.engines, "total": self.resources.as_dict(), "engine": self.engine.as_dict(),
+                "shell": self.shell.as_dict(), "timing": self.timing.as_dict(),
+                "engine_timing": self.engine_timing.as_dict(), "shell_timing": self.shell_timing.as_dict(),
+                "dsp_configs": self.dsp_configs, "seconds": self.seconds}
+
+
+def _sum(shell: Resources, engine: Resources, n: int) -> Resources:
+    cells = dict(shell.cells)
+    for k, v in engine.cells.items():
+        cells[k] = cells.get(k, 0) + n * v
+    cells = {k: v for k, v in cells.items() if not k.startswith(f"{ARRAY_TOP_NAME}.engine")}
+    return Resources(dsp=shell.dsp + n * engine.dsp, lut=shell.lut + n * engine.lut, ff=shell.ff + n * engine.ff,
+                     bram36=shell.bram36 + n * engine.bram36, cells=cells)
+
+
+def _shell_netlist(verilog_path: Path, log_path: Path | None) -> tuple[Resources, dict]:
+    """``synth_xilinx -flatten`` of the array with its engines as black boxes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "netlist.json"
+        script = (f"read_verilog {verilog_path}; hierarchy -top {ARRAY_TOP_NAME}; "
+                  f"blackbox {ARRAY_TOP_NAME}.engine*; synth_xilinx -family xc7 -flatten -top {ARRAY_TOP_NAME}; "
+                  f"stat; write_json {out}")
+        text = _yosys(verilog_path, script, log_path)
+        design = json.loads(out.read_text())
+    return parse_stat(text[text.rfind("Printing statistics"):]), design
+
+
+def synthesize_array(config: ArrayConfig, out_dir) -> ArraySynthesis:
+    """Write ``mpq_array.v`` and ``mpq_engine.v`` into ``out_dir``, synthesise the two parts side by side
+    (logs ``yosys_engine.log`` and ``yosys_shell.log``), and add them up (module docstring).
+
+    Raises
+    ------
+    RuntimeError
+        A Yosys run failed (its log's tail in the message).
+    """
+    out_dir = Path(out_dir)
+    array = ConvArray(config)
+    engine_verilog = verilog.convert(array.engine(), name=ENGINE_TOP_NAME, emit_src=False)
+    vpath = write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.v",
+                                  verilog.convert(array, name=ARRAY_TOP_NAME, emit_src=False))  # = array_verilog
+    epath = write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.v", engine_verilog)
+    box: dict = {}
+
+    def engine_part():
+        try:
+            box["engine"] = synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log")
+        except (RuntimeError, OSError, ValueError) as exc:  # Yosys or its netlist: re-raised in the caller's thread
+            box["engine_error"] = exc
+
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=engine_part, daemon=True)
+    worker.start()
+    shell, shell_design = _shell_netlist(vpath, out_dir / "yosys_shell.log")
+    worker.join()
+    if "engine_error" in box:
+        raise box["engine_error"]
+    engine, engine_design = box["engine"]
+    n = config.engines
+    engine_timing = estimate(engine_design, ENGINE_TOP_NAME)
+    shell_timing = estimate(shell_design, ARRAY_TOP_NAME)
+    configs = dsp_configs(shell_design, ARRAY_TOP_NAME)
+    for k, v in dsp_configs(engine_design, ENGINE_TOP_NAME).items():
+        configs[k] = configs.get(k, 0) + n * v
+    slower = max(engine_timing, shell_timing, key=lambda t: t.delay_ns)
+    return ArraySynthesis(resources=_sum(shell, engine, n), timing=slower, engine=engine, shell=shell,
+                          engine_timing=engine_timing, shell_timing=shell_timing, dsp_configs=configs, engines=n,
+                          seconds=round(time.perf_counter() - t0, 1))

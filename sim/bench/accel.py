@@ -1,0 +1,361 @@
+"""``bench accel``: the packed multiplier array on ResNet-20, counted in RTL (the paper's Fig. 4 and Sec. 4.3).
+
+Three weight settings of the **same** trained ResNet-20 (the IMQ ticket of ``bench conv``, 28 x 28
+Fashion-MNIST; ``bench conv``'s ResNet-20 run is trained first when it is not there), each at PACT-4 and
+PACT-8 activations:
+
+* ``ticket``: the ticket's element-wise widths (0, 4, 8, 16, 32; 0 = pruned), as ``bench conv`` exported it;
+* ``dense32``: every weight at 32 bits, none pruned (the 32-bit baseline of the paper's speed-up);
+* ``qnn4``: every weight at 4 bits, none pruned.
+
+The variants are the same float weights and PACT clips re-quantized by :func:`model.export.convert.to_golden`
+after setting every mask (``set_bit_width``) and every activation quantizer's ``bits`` (the input keeps its 8
+bits): they are not retrained, so only the ticket's accuracy is a trained network's (``golden_accuracy`` says
+what each variant gives on the images it ran). All six images run on **one** RTL build (one bitstream) of
+:data:`DEFAULT_ENGINES` x :data:`DEFAULT_LANES` (the issue's floor is 150 DSP48E1 doing products), loaded
+one after another through the load port; every image's scores must equal golden's. Cycles are start -> done
+of each image, counted by the Verilator simulation (no back-pressure on the score stream: the bench counts
+the array's cycles, ``bench fuzz`` and the tests verify under back-pressure).
+
+The simulations run within a wall-time budget (:data:`BUDGET_MINUTES`, ``--minutes``): every row gets one
+image first, then the ticket at PACT-4 more up to its count (100), then the others (10 each); a row whose
+next chunk would not end in time gets no more, so ``rtl_images`` may fall short of the floors and says so.
+At the array's present speed (hundreds of thousands of cycles per image, a few thousand simulated cycles a
+second for a 152-lane model) the budget is what limits the image counts.
+
+dense32's weights (271,435 words, 8.7 Mbit) do not fit the XC7Z020's block RAM (140 RAMB36, 4.9 Mbit) at all,
+so the simulated build's global buffer is deep enough for them (a buffer's depth changes no cycle count: the
+engines read one word a cycle from it either way), and the synthesised configuration is the same engines and
+lanes with the buffer the other images need (``synth_config``); on a board dense32 would stream its weights
+from DDR, which these cycle counts do not model.
+
+Resources and the timing estimate come from Yosys ``synth_xilinx`` of that configuration, by parts (one
+engine and the shell with black-box engines, :mod:`hw.platform.array_synth`: a flattened run of 152 lanes
+takes Yosys hours here), run in a thread beside the simulations; no Vivado here, so the Fmax is an estimate
+from DS187 delays (:mod:`hw.platform.timing`).
+
+Rows (``out/bench/accel.json``): ``network``, ``weights``, ``act_bits``, ``avg_weight_bits`` (pruned weights
+count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``, ``rtl_mismatches``, ``dsp``,
+``lut``, ``ff``, ``bram36``, ``fits_xc7z020``, ``fmax_mhz_estimate``, ``image_bytes``, ``speedup_vs_dense32``
+(dense32's cycles at the same activation width over this row's), ``dense_macs_per_dsp_cycle`` (the
+network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_accuracy``,
+``nonzero_macs`` and ``width_counts``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hw.array.sizing import config_for
+from hw.platform.array_synth import synthesize_array
+from hw.platform.verilog import array_verilog, write_text_atomically
+from model.bench.conv import imq_configs, run_imq_row
+from model.bench.floors import floor_entry
+from model.errors import UserError
+from model.export.convert import to_golden
+from model.export.golden_net import mac_counts
+from model.export.image import pack, read_image
+from model.export.vectors import image_vectors
+from model.files import save_figure
+from model.quant.layers import QUANT_LAYER_TYPES
+from model.quant.pact import PACT
+from model.runs.rundir import load_iteration
+from sim.array_runner import run_array
+from sim.runner import SimulationError
+
+#: The array of the bench: 8 engines of 19 DSP48E1 lanes (57-pixel tiles: two 28-pixel rows of layer1,
+#: four of layer2, seven of layer3), 152 lanes. Eight engines divide ResNet-20's 16, 32 and 64 channels
+#: evenly.
+DEFAULT_ENGINES = 8
+DEFAULT_LANES = 19
+#: Images of the ticket at PACT-4 (the floor's row) and of every other row.
+TICKET_IMAGES = 100
+OTHER_IMAGES = 10
+WEIGHTS = ("ticket", "dense32", "qnn4")
+ACT_BITS = (4, 8)
+CLOCK_HZ = 100e6
+#: The floors (issue 11): the ticket at PACT-4.
+MAX_TICKET_CYCLES = 40_000
+MIN_SPEEDUP = 8.63
+MIN_DSP = 150
+MAX_LUT_FRACTION = 0.8
+MIN_FMAX_MHZ = 100.0
+#: Wall-time budget of the simulations (the issue bounds the bench to 45 minutes on 2 cores).
+BUDGET_MINUTES = 40.0
+#: The watchdog of a run: an image of dense32 at PACT-8 on a small array takes a few million cycles.
+TIMEOUT_CYCLES = 20_000_000
+
+
+def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
+    """``bench conv``'s ResNet-20 IMQ row (``conv.json``): its run directory, ticket iteration and image.
+
+    When ``conv.json`` has no such row, or its run directory is gone, the ResNet-20 IMQ run of ``bench conv``
+    is trained (resuming what is there) and its ticket exported, as ``bench conv`` does.
+    """
+    conv_json = bench_dir / "conv.json"
+    if conv_json.is_file():
+        try:
+            rows = json.loads(conv_json.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{conv_json}: not JSON ({exc}); run `python build.py bench conv` again") from exc
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and row.get("arch") == "resnet20" and row.get("method") == "imq":
+                missing = [k for k in ("run", "ticket_iteration", "image") if k not in row]
+                if missing:
+                    raise UserError(f"{conv_json}: the resnet20/imq row has no field {missing[0]!r}; run "
+                                    "`python build.py bench conv --restart`")
+                if (Path(row["run"]) / "iterations").is_dir() and Path(row["image"]).is_dir():
+                    return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]),
+                            "image": Path(row["image"]), "trained_now": False}
+
+    if progress:
+        tqdm.write("bench accel: no ResNet-20 ticket of `bench conv` here; training it (about 8 minutes)")
+    row, _ = run_imq_row("resnet20", imq_configs()["resnet20"], bench_dir / "conv_runs", bench_dir / "conv",
+                         progress, restart=False)
+    return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]), "image": Path(row["image"]),
+            "trained_now": True}
+
+
+def variant(model, weights: str, act_bits: int):
+    """A copy of the quantized ``model`` with every mask at ``weights``'s widths and every activation
+    quantizer after the input at ``act_bits`` bits (module docstring); the copy is in eval mode."""
+
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights {weights!r}; allowed {WEIGHTS}")
+    m = copy.deepcopy(model).eval()
+    if weights != "ticket":
+        width = 32 if weights == "dense32" else 4
+        for layer in m.modules():
+            if isinstance(layer, QUANT_LAYER_TYPES):
+                layer.set_bit_width(torch.full_like(layer.bit_width, width))
+    for act in m.modules():
+        if isinstance(act, PACT):
+            act.bits = act_bits
+    return m
+
+
+def networks(source: dict, images: dict[tuple[str, int], int]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The six integer networks ``{(weights, act_bits): IntConvNetwork}``, the test images' input codes
+    ``[N, C H W]`` (the most any row runs) and their labels."""
+
+    model = load_iteration(source["run"], source["iteration"])
+    vectors = image_vectors(source["image"], max(images.values()), 0)
+    nets = {key: to_golden(variant(model, *key)) for key in images}
+    ticket = nets[("ticket", 4)]
+
+    exported, _ = read_image(source["image"])
+    if ("ticket", 4) in nets and not np.array_equal(pack(ticket), pack(exported)):
+        raise UserError(f"{source['image']}: the exported ticket differs from iteration {source['iteration']} of "
+                        f"{source['run']} converted now; run `python build.py bench conv --restart`")
+    return nets, vectors.codes, vectors.labels
+
+
+def _synthesize(config, out_dir: Path, box: dict) -> None:
+    """:func:`hw.platform.array_synth.synthesize_array` of ``config`` into ``box`` (run in a thread; Yosys runs
+    as subprocesses, so the simulations go on meanwhile)."""
+
+    try:
+        box["synthesis"] = synthesize_array(config, out_dir)
+    except (RuntimeError, OSError, ValueError, UserError) as exc:  # reported by run_accel after the simulations
+        box["error"] = exc
+
+
+def _plan(counts: dict, done: dict, wall: dict, left_s: float) -> tuple | None:
+    """The next ``(key, images)`` chunk to run within ``left_s`` seconds, or None.
+
+    Every row gets one image first (in :data:`WEIGHTS` x :data:`ACT_BITS` order), then the ticket at PACT-4
+    up to its count, then the others; a chunk is as many images as the row's measured seconds per image
+    leave time for (at most a quarter of a row's count, so that the progress bar moves)."""
+    for key in counts:
+        if done[key] == 0:
+            return key, 1
+    order = [("ticket", 4)] + [k for k in counts if k != ("ticket", 4)]
+    for key in order:
+        want = counts[key] - done[key]
+        if want <= 0:
+            continue
+        per_image = wall[key] / max(done[key], 1)
+        fit = int(left_s // max(per_image, 1e-3))
+        n = min(want, fit, max(1, counts[key] // 4))
+        if n >= 1:
+            return key, n
+    return None
+
+
+def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES, lanes: int = DEFAULT_LANES,
+              ticket_images: int = TICKET_IMAGES, other_images: int = OTHER_IMAGES, simulator: str = "verilator",
+              minutes: float = BUDGET_MINUTES, synth: bool = True, progress: bool = True) -> dict:
+    """Build the array once, run every row's images on it within ``minutes``, synthesise it (module docstring).
+
+    The time budget counts from the call (training a missing ticket included); the simulations stop taking
+    new chunks when the next would end after it, so rows may have fewer images than asked (``rtl_images``
+    says how many ran; the floors need 100 and 10). The images are the first test images of the ticket's
+    recorded data set, in order, for every row.
+    """
+
+    if ticket_images < 1 or other_images < 1:
+        raise UserError(f"images per row must be >= 1, not {ticket_images} / {other_images}")
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * minutes
+    source = ticket_source(bench_dir, progress=progress)
+    counts = {(w, a): ticket_images if (w, a) == ("ticket", 4) else other_images for w in WEIGHTS for a in ACT_BITS}
+    nets, codes, labels = networks(source, counts)
+    words = {key: pack(net) for key, net in nets.items()}
+    # dense32's weights (8.7 Mbit) are more than the XC7Z020's block RAM (4.9 Mbit): the simulated build's
+    # global buffer holds them (its depth changes no cycle count), the synthesised one the other images.
+    config = config_for(list(words.values()), engines=engines, lanes=lanes)
+    synth_config = config_for([w for (weights, _), w in words.items() if weights != "dense32"], engines=engines,
+                              lanes=lanes)
+    vpath = write_text_atomically(out_dir / "mpq_array.v", array_verilog(config))
+    box: dict = {}
+    worker = None
+    if synth:
+        worker = threading.Thread(target=_synthesize, args=(synth_config, out_dir / "synth", box), daemon=True)
+        worker.start()
+    done = dict.fromkeys(counts, 0)
+    wall = dict.fromkeys(counts, 0.0)
+    spans: dict = {key: [] for key in counts}
+    mismatched = dict.fromkeys(counts, 0)
+    sim_cycles = dict.fromkeys(counts, 0)
+    sim_wall = dict.fromkeys(counts, 0.0)
+    statuses: dict = {key: set() for key in counts}
+    timed_out = dict.fromkeys(counts, False)
+    expected_all = {key: nets[key].forward(codes[:counts[key]]) for key in counts}
+    bar = tqdm(total=sum(counts.values()), unit="image", disable=not progress, desc="accel RTL")
+    while (step := _plan(counts, done, wall, deadline - time.perf_counter())) is not None:
+        key, n = step
+        lo = done[key]
+        bar.set_postfix_str(f"{key[0]} A{key[1]}")
+        t1 = time.perf_counter()
+        try:
+            res = run_array(vpath, words[key], codes[lo:lo + n], expected_all[key][lo:lo + n],
+                            work_dir=out_dir / "sim", simulator=simulator, stall=False, timeout_cycles=TIMEOUT_CYCLES)
+        except SimulationError as exc:
+            raise UserError(f"bench accel: the simulator failed ({exc})") from exc
+        if res.get("error") and not res["timed_out"]:
+            raise UserError(f"bench accel: the testbench stopped ({res['error']}); see {res['log']}")
+        wall[key] += time.perf_counter() - t1
+        done[key] += n
+        spans[key] += res["image_cycles"]
+        mismatched[key] += int(res["mismatches"]) + (n - int(res["images"]))  # an image that did not come back
+        sim_cycles[key] += int(res["sim_cycles"])
+        sim_wall[key] += float(res["sim_wall_s"])
+        statuses[key] |= set(res["statuses"])
+        timed_out[key] |= bool(res["timed_out"])
+        bar.update(n)
+        if res["timed_out"]:
+            done[key] = counts[key]  # a hung row takes no more time; its images count as mismatches
+    bar.close()
+    rows = []
+    for key, asked in counts.items():
+        weights, act = key
+        net = nets[key]
+        n = done[key]
+        dense, nonzero = mac_counts(net)
+        widths = np.concatenate([np.asarray(layer.widths).ravel() for layer in net.layers])
+        cycles = float(np.mean(spans[key])) if spans[key] else None
+        rows.append({
+            "network": "resnet20", "weights": weights, "act_bits": act,
+            "avg_weight_bits": float(net.avg_weight_bits),
+            "cycles_per_image": cycles,
+            "images_per_second_at_100mhz": CLOCK_HZ / cycles if cycles else None,
+            "rtl_images": len(spans[key]), "rtl_mismatches": mismatched[key], "images_asked": asked,
+            "image_bytes": 4 * len(words[key]),
+            "macs_dense": int(dense), "nonzero_macs": int(nonzero),
+            "golden_accuracy": float((expected_all[key][:n].argmax(axis=1) == labels[:n]).mean()) if n else None,
+            "width_counts": {str(m): int((widths == m).sum()) for m in (0, 4, 8, 16, 32)},
+            "sim_cycles_per_second": sim_cycles[key] / sim_wall[key] if sim_wall[key] else None,
+            "statuses": sorted(statuses[key]), "timed_out": timed_out[key],
+        })
+    if worker is not None:
+        if progress and worker.is_alive():
+            tqdm.write("bench accel: waiting for Yosys")
+        worker.join()
+        if "error" in box:
+            raise UserError(f"bench accel: synthesis failed ({box['error']}); see the logs in {out_dir / 'synth'}")
+    syn = box.get("synthesis")
+    res = None if syn is None else syn.resources
+    for r in rows:
+        base = next(b for b in rows if b["weights"] == "dense32" and b["act_bits"] == r["act_bits"])
+        r["speedup_vs_dense32"] = (base["cycles_per_image"] / r["cycles_per_image"]
+                                   if r["cycles_per_image"] and base["cycles_per_image"] else None)
+        r["dense_macs_per_dsp_cycle"] = (r["macs_dense"] / r["cycles_per_image"] / res.dsp
+                                         if res is not None and r["cycles_per_image"] else None)
+        r.update(dsp=None if res is None else res.dsp, lut=None if res is None else res.lut,
+                 ff=None if res is None else res.ff, bram36=None if res is None else res.bram36,
+                 fits_xc7z020=None if res is None else res.fits(),
+                 fmax_mhz_estimate=None if syn is None else syn.timing.fmax_mhz)
+    return {
+        "rows": rows,
+        "config": {k: getattr(config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
+                                                    "fan_in_width", "channel_bits")},
+        "synth_config": {k: getattr(synth_config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows",
+                                                                "row_codes", "fan_in_width", "channel_bits")},
+        "dsp_lanes": config.dsp_lanes,
+        "ticket": {"run": str(source["run"]), "iteration": source["iteration"], "image": str(source["image"]),
+                   "trained_now": source["trained_now"]},
+        "synthesis": None if syn is None else {**syn.as_dict(), "dsp": res.dsp, "lut": res.lut, "ff": res.ff,
+                                               "bram36": res.bram36, "fits_xc7z020": res.fits(),
+                                               "lut_fraction": res.lut / 53200},
+        "budget_minutes": minutes, "simulator": simulator, "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def floors(result: dict) -> dict:
+    """The issue's floors, on the ticket at PACT-4 (and at least 10 images, 0 mismatches, on every row)."""
+
+    rows = result["rows"]
+    t = next(r for r in rows if r["weights"] == "ticket" and r["act_bits"] == 4)
+    syn = result["synthesis"] or {}
+    others = [r for r in rows if r is not t]
+    return {
+        "ticket_a4_cycles_per_image <= 40000": floor_entry(t["cycles_per_image"], MAX_TICKET_CYCLES, "<="),
+        "ticket_a4_speedup_vs_dense32 >= 8.63": floor_entry(t["speedup_vs_dense32"], MIN_SPEEDUP),
+        "ticket_a4_rtl_images >= 100": floor_entry(t["rtl_images"], 100),
+        "ticket_a4_rtl_mismatches == 0": floor_entry(t["rtl_mismatches"], 0, "=="),
+        "other_rows_min_rtl_images >= 10": floor_entry(min(r["rtl_images"] for r in others), 10),
+        "other_rows_rtl_mismatches == 0": floor_entry(sum(r["rtl_mismatches"] for r in others), 0, "=="),
+        "dsp >= 150": floor_entry(t["dsp"], MIN_DSP),
+        "fits_xc7z020 (220 DSP, 140 RAMB36)": floor_entry(t["fits_xc7z020"], True, "=="),
+        "lut_fraction <= 0.8": floor_entry(syn.get("lut_fraction"), MAX_LUT_FRACTION, "<="),
+        "fmax_mhz_estimate >= 100": floor_entry(t["fmax_mhz_estimate"], MIN_FMAX_MHZ),
+    }
+
+
+def plot_accel(rows: list[dict], png_path: Path) -> None:
+    """Fig. 4 style: speed-up over dense32 against average weight bits, one curve per activation width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for act in ACT_BITS:
+        pts = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"], r["weights"]) for r in rows
+                     if r["act_bits"] == act and r["speedup_vs_dense32"] is not None)
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"PACT-{act}")
+        for b, s, w in pts:
+            ax.annotate(w, (b, s), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(MIN_SPEEDUP, color="grey", linestyle=":", label=f"paper: {MIN_SPEEDUP}x at PACT-4")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("average weight bits (pruned = 0)")
+    ax.set_ylabel("speed-up over dense32 (RTL cycles)")
+    ax.set_title("ResNet-20 on the packed multiplier array")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        save_figure(fig, png_path)
+    finally:
+        plt.close(fig)

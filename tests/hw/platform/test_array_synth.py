@@ -1,0 +1,56 @@
+"""Parts synthesis of the array: one engine plus the shell with black-box engines adds up to what a
+flattened synthesis of the whole array gives (on a tiny configuration, where the flattened run is quick)."""
+
+import shutil
+import threading
+
+import pytest
+
+from hw.array.top import ArrayConfig
+from hw.platform.array_synth import ENGINE_TOP_NAME, synthesize_array
+from hw.platform.synth import synthesize_netlist
+from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog
+
+pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
+
+TINY = ArrayConfig(engines=2, lanes=1, buffer_words=1024, fmap_rows=64, row_codes=8, fan_in_width=6, channel_bits=3,
+                   act_widths=(4, 8))
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """The parts synthesis, and beside it (a third Yosys process) the flattened synthesis of the same Verilog."""
+    out = tmp_path_factory.mktemp("parts")
+    flat_dir = tmp_path_factory.mktemp("flat")
+    (flat_dir / "a.v").write_text(array_verilog(TINY))
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(whole=synthesize_netlist(
+        flat_dir / "a.v", ARRAY_TOP_NAME, log_path=flat_dir / "flat.log")[0]))
+    worker.start()
+    syn = synthesize_array(TINY, out)
+    worker.join()
+    return out, syn, box["whole"]
+
+
+def test_the_total_is_the_shell_plus_every_engine(parts):
+    out, syn, _ = parts
+    assert (out / f"{ARRAY_TOP_NAME}.v").read_text() == array_verilog(TINY)
+    assert (out / f"{ARRAY_TOP_NAME}.v").is_file() and (out / f"{ENGINE_TOP_NAME}.v").is_file()
+    assert (out / "yosys_engine.log").is_file() and (out / "yosys_shell.log").is_file()
+    e, s, t = syn.engine, syn.shell, syn.resources
+    for key in ("dsp", "lut", "ff", "bram36"):
+        assert getattr(t, key) == getattr(s, key) + 2 * getattr(e, key), key
+    assert e.dsp >= TINY.lanes + 1  # the lanes and the requantizer's multipliers
+    assert not any(k.startswith(f"{ARRAY_TOP_NAME}.engine") for k in t.cells)  # no black boxes in the totals
+    assert sum(syn.dsp_configs.values()) == t.dsp
+    assert syn.timing.delay_ns == max(syn.engine_timing.delay_ns, syn.shell_timing.delay_ns)
+    record = syn.as_dict()
+    assert record["total"]["lut"] == t.lut and record["engines"] == 2
+
+
+def test_the_parts_agree_with_a_flattened_synthesis(parts):
+    _, syn, whole = parts
+    assert syn.resources.dsp == whole.dsp and syn.resources.bram36 == whole.bram36
+    # Optimisation across the engines' ports is all the flattened run may add: a few per cent at most.
+    assert whole.lut <= syn.resources.lut * 1.02 and whole.lut >= syn.resources.lut * 0.90
+    assert whole.ff <= syn.resources.ff * 1.02 and whole.ff >= syn.resources.ff * 0.90

@@ -1,0 +1,165 @@
+"""bench accel: the weight/activation variants of one network, the floors, the command's files and errors.
+
+The measurement itself (six ResNet-20 images through a 152-lane RTL build and a Yosys synthesis of it) takes
+about 40 minutes: the command test replaces :func:`sim.bench.accel.run_accel` with hand-written results, as
+tests/sim/bench/test_bench_command.py does for the other benches; the variants run on a real ResNet-20.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import build
+from model.errors import UserError
+from model.export.convert import to_golden
+from model.quant.layers import QUANT_LAYER_TYPES
+from model.quant.nets import ResNet20
+from model.quant.pact import PACT
+from sim.bench import accel
+
+
+@pytest.fixture(scope="module")
+def ticket():
+    torch.manual_seed(0)
+    m = ResNet20(image_shape=(1, 28, 28), n_classes=10, act_bits=4).eval()
+    rng = np.random.default_rng(0)
+    for layer in m.modules():
+        if isinstance(layer, QUANT_LAYER_TYPES):  # a ticket-like mask: pruned and mixed widths
+            widths = rng.choice([0, 4, 8, 16, 32], size=tuple(layer.bit_width.shape), p=[0.7, 0.1, 0.1, 0.05, 0.05])
+            layer.set_bit_width(torch.as_tensor(widths))
+    return m
+
+
+def _widths(model):
+    return torch.cat([layer.bit_width.flatten() for layer in model.modules() if isinstance(layer, QUANT_LAYER_TYPES)])
+
+
+@pytest.mark.parametrize(("weights", "act", "bits"), [("dense32", 4, 32.0), ("qnn4", 8, 4.0)])
+def test_variants_set_every_weight_and_activation_width(ticket, weights, act, bits):
+    before = _widths(ticket).clone()
+    v = accel.variant(ticket, weights, act)
+    assert torch.equal(_widths(ticket), before)  # the ticket is not touched
+    assert set(_widths(v).unique().tolist()) == {int(bits)}
+    assert {a.bits for a in v.modules() if isinstance(a, PACT)} == {act}
+    assert v.input_quant.bits == ticket.input_quant.bits  # the input keeps its 8 bits
+    net = to_golden(v)
+    assert net.avg_weight_bits == bits
+    x = np.random.default_rng(1).integers(0, 256, size=(2, 1, 28, 28))
+    assert net.forward(x).shape == (2, 10)
+
+
+def test_the_ticket_variant_keeps_the_masks_and_changes_only_the_activations(ticket):
+    same = accel.variant(ticket, "ticket", 4)
+    assert torch.equal(_widths(same), _widths(ticket))
+    a8 = to_golden(accel.variant(ticket, "ticket", 8))
+    assert [np.array_equal(x.widths, y.widths) for x, y in zip(a8.layers, to_golden(same).layers)] == [True] * 20
+    with pytest.raises(ValueError, match="allowed"):
+        accel.variant(ticket, "dense16", 4)
+
+
+def _row(weights, act, cycles, **kw):
+    row = {"network": "resnet20", "weights": weights, "act_bits": act, "avg_weight_bits": 32.0 if weights == "dense32"
+           else 4.0 if weights == "qnn4" else 3.5, "cycles_per_image": cycles,
+           "images_per_second_at_100mhz": 1e8 / cycles, "rtl_images": 10, "rtl_mismatches": 0, "dsp": 160,
+           "lut": 40000, "ff": 50000, "bram36": 60.0, "fits_xc7z020": True, "fmax_mhz_estimate": 105.0,
+           "image_bytes": 1000, "speedup_vs_dense32": None, "dense_macs_per_dsp_cycle": 1.0,
+           "sim_cycles_per_second": 1e5, "golden_accuracy": 0.8, "nonzero_macs": 1, "macs_dense": 2,
+           "width_counts": {}, "statuses": [0], "timed_out": False}
+    row.update(kw)
+    return row
+
+
+def _result(ticket_cycles=30_000.0, **ticket_kw):
+    rows = []
+    for act in (4, 8):
+        rows += [_row("ticket", act, ticket_cycles if act == 4 else 50_000.0,
+                      **({"rtl_images": 100, **ticket_kw} if act == 4 else {})),
+                 _row("dense32", act, 400_000.0), _row("qnn4", act, 60_000.0)]
+    for r in rows:
+        base = next(b for b in rows if b["weights"] == "dense32" and b["act_bits"] == r["act_bits"])
+        r["speedup_vs_dense32"] = base["cycles_per_image"] / r["cycles_per_image"]
+    return {"rows": rows, "config": {"engines": 8, "lanes": 19}, "synthesis": {
+        "dsp": 160, "lut": 40000, "ff": 50000, "bram36": 60.0, "lut_fraction": 40000 / 53200,
+        "timing": {"fmax_mhz": 105.0}}}
+
+
+def test_floors_hold_and_fail_on_the_ticket_at_pact4():
+    f = accel.floors(_result())
+    assert all(e["holds"] for e in f.values()), f
+    f = accel.floors(_result(50_000.0))  # too slow, and then below 8.63x over dense32 (400,000 / 50,000 = 8)
+    assert not f["ticket_a4_cycles_per_image <= 40000"]["holds"]
+    assert not f["ticket_a4_speedup_vs_dense32 >= 8.63"]["holds"]
+    assert not accel.floors(_result(rtl_mismatches=1))["ticket_a4_rtl_mismatches == 0"]["holds"]
+    assert not accel.floors(_result(rtl_images=99))["ticket_a4_rtl_images >= 100"]["holds"]
+    small = _result()
+    for r in small["rows"]:
+        r["dsp"] = 140
+    assert not accel.floors(small)["dsp >= 150"]["holds"]
+
+
+def bench(capsys, *args):
+    code = build.main(["bench", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def fake_run(out_dir, bench_dir, **kw):
+        seen.update(kw)
+        return _result(50_000.0)
+
+    monkeypatch.setattr(accel, "run_accel", fake_run)
+    code, out, _ = bench(capsys, "accel", "--quiet", "--out", tmp_path, "--engines", 4, "--lanes", 10,
+                         "--images", 30)
+    assert code == 0 and "FAILS" in out and "cycles/img" in out
+    assert seen["engines"] == 4 and seen["lanes"] == 10 and seen["ticket_images"] == 30 and seen["other_images"] == 3
+    written = json.loads((tmp_path / "accel.json").read_text())
+    assert written["rows"][0]["cycles_per_image"] == 50_000.0 and "provenance" in written
+    assert not written["floors"]["ticket_a4_cycles_per_image <= 40000"]["holds"]
+    assert (tmp_path / "accel.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
+    assert code == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["accel", "--lanes", "0"], "--lanes is 0; allowed 1 to 64"),
+    (["accel", "--images", "0"], "--images is 0"),
+    (["fuzz", "--engines", "4"], "--engines applies to `bench accel` only"),
+])
+def test_bad_flags_are_named(tmp_path, capsys, args, message):
+    code, _, err = bench(capsys, *args, "--out", tmp_path)
+    assert code == 2 and message in err
+    assert not (tmp_path / "accel.json").exists()
+
+
+def test_a_conv_json_without_the_ticket_fields_is_named(tmp_path):
+    (tmp_path / "conv.json").write_text(json.dumps([{"arch": "resnet20", "method": "imq", "run": "x"}]))
+    with pytest.raises(UserError, match="conv.json: the resnet20/imq row has no field 'ticket_iteration'"):
+        accel.ticket_source(tmp_path, progress=False)
+    (tmp_path / "conv.json").write_text("{")
+    with pytest.raises(UserError, match="conv.json: not JSON"):
+        accel.ticket_source(tmp_path, progress=False)
+
+
+def test_the_budget_plan_gives_every_row_an_image_then_the_ticket_then_the_others():
+    counts = {(w, a): 100 if (w, a) == ("ticket", 4) else 10 for w in accel.WEIGHTS for a in accel.ACT_BITS}
+    done = dict.fromkeys(counts, 0)
+    wall = dict.fromkeys(counts, 0.0)
+    seen = []
+    while (step := accel._plan(counts, done, wall, left_s=1e9)) is not None:
+        key, n = step
+        seen.append(step)
+        done[key] += n
+        wall[key] += 2.0 * n
+    assert [k for k, _ in seen[:6]] == list(counts) and all(n == 1 for _, n in seen[:6])
+    assert seen[6] == (("ticket", 4), 25)  # a quarter of the row a chunk
+    assert done == counts
+    # With 30 s left and 2 s an image, the ticket's next chunk is 15 images; with 1 s left nothing runs.
+    done = {k: 1 for k in counts}
+    wall = {k: 2.0 for k in counts}
+    assert accel._plan(counts, done, wall, left_s=30.0) == (("ticket", 4), 15)
+    assert accel._plan(counts, done, wall, left_s=1.0) is None
