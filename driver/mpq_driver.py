@@ -11,6 +11,11 @@ Every register access goes through the offsets of :data:`hw.system.register_map.
 slave is generated from), and the same code runs on both backends: only :class:`~driver.backend.Backend`
 differs. A run that the core ends with a non-OK ``status`` raises :class:`CoreError` carrying the code.
 
+A load writes the image's CRC-32 (``zlib.crc32`` of the bytes put in DDR: :func:`image_crc`) to
+``image_crc``; the core computes the same CRC over the words it reads and ends the load with BAD_CHECKSUM
+when they differ (on a board: DDR not holding what the driver wrote, e.g. a cache not flushed, or a corrupted
+transfer).
+
 The driver has run only against the RTL in simulation (:mod:`sim.system.sim_backend`); see
 :mod:`driver.pynq_backend` for what has not run on a board.
 """
@@ -18,6 +23,7 @@ The driver has run only against the RTL in simulation (:mod:`sim.system.sim_back
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +63,12 @@ class CoreError(RuntimeError):
                          (f": {detail}" if detail else ""))
 
 
+def image_crc(words) -> int:
+    """The ``image_crc`` register value of a packed image: ``zlib.crc32`` of its words as little-endian
+    bytes, the bytes the driver puts in DDR and the core loads (:mod:`hw.system.register_map`)."""
+    return zlib.crc32(np.asarray(words, dtype=np.uint32).astype("<u4").tobytes()) & 0xFFFFFFFF
+
+
 def _bit(name: str) -> int:
     f = field(name)
     return 1 << f.bit
@@ -91,6 +103,7 @@ class MpqDriver:
         self.input_shape: tuple[int, ...] = ()
         self.n_codes = self.n_classes = self.input_bits = 0
         self._image_buf = self._in_buf = self._out_buf = None
+        self._staged: np.ndarray | None = None
 
     # --- registers -------------------------------------------------------------------------------------
     def read_field(self, name: str) -> int:
@@ -154,19 +167,48 @@ class MpqDriver:
         """Load a packed version 3 image given as words (what :meth:`load` does after reading the files).
 
         The header is not checked here: the core checks it (a corrupt image raises :class:`CoreError`).
+        :meth:`stage_image`, then :meth:`load_staged`.
         """
+        self.stage_image(words)
+        self.load_staged(n_classes=n_classes, input_bits=input_bits)
+
+    def stage_image(self, words) -> int:
+        """Put a packed image in DDR and point the core at it (``image_addr``, ``image_crc``), without
+        loading it; return its CRC (:func:`image_crc`)."""
         words = np.asarray(words, dtype=np.uint32)
         if words.ndim != 1 or len(words) < HEADER.words:
             raise ValueError(f"an image is a vector of at least {HEADER.words} words, not shape {words.shape}")
-        buf = self._buffer("_image_buf", 4 * len(words))
-        buf.write(0, words.astype("<u4").tobytes())
+        data = words.astype("<u4").tobytes()
+        crc = image_crc(words)
+        buf = self._buffer("_image_buf", len(data))
+        buf.write(0, data)
         self.write_field("image_addr", buf.address)
+        self.write_field("image_crc", crc)
+        self._staged = words
+        return crc
+
+    def load_staged(self, *, n_classes: int, input_bits: int = 8) -> None:
+        """``load_image`` of the image :meth:`stage_image` put in DDR; wait for the core to finish.
+
+        Raises
+        ------
+        CoreError
+            The core refused the image (BAD_CHECKSUM: the words it read are not those staged; the message
+            gives ``image_crc`` and the core's ``loaded_crc``).
+        """
+        if self._staged is None:
+            raise UserError("no image staged: call stage_image(words) first")
+        words = self._staged
+        self.words = None
         self.write_field("load_image", 1)
         self._poll(lambda: self.read_field("ap_idle"), "image load")
         code = self.status()
         if code != StatusCode.OK:
-            self.words = None
-            raise CoreError(code, "image load")
+            what = "image load"
+            if code == StatusCode.BAD_CHECKSUM:
+                what += (f" (image_crc {self.read_field('image_crc'):#010x}, the core read "
+                         f"{self.read_field('loaded_crc'):#010x})")
+            raise CoreError(code, what)
         self.attach(words, n_classes=n_classes, input_bits=input_bits)
 
     def attach(self, words, *, n_classes: int, input_bits: int = 8) -> None:

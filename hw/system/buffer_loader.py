@@ -9,6 +9,16 @@ until the next ``start``; the load still runs to its end, so the engine is idle 
 
 ``cycles`` counts the cycles the loader has been busy since reset (the ``load_cycles`` register).
 
+Checksum. :class:`~hw.system.crc32.Crc32` (32-bit step) takes every word as it is written into the buffer
+(the ``load.en`` cycles: the pad word of an odd count is not written and not checked), restarted by
+``start``; ``crc`` is the zlib CRC-32 of the ``words`` words, i.e. of the ``4 words`` image bytes from
+``addr`` in DDR byte order (a 32-bit word holds its 4 bytes little-endian, lowest address first), and it is
+final with ``done``, when ``crc_ok`` says whether it equals ``expected_crc``. A load of 0 words has CRC 0.
+The CRC runs in parallel with the buffer write (the same word, the same cycle), so it adds no load cycle;
+its path is the read engine's word mux and the xor of at most 17 ``state ^ data`` pairs (two LUT6 levels at
+best; :mod:`hw.system.crc32`) into the 32 state flip-flops, and ``crc_ok`` is the compare of those
+flip-flops with ``expected_crc`` (a register of the AXI-Lite slave), read by the shell on ``done``.
+
 Simulated with the AXI master, a writable global buffer and the latency AXI RAM model under cocotb
 (tests/sim/test_buffer_loader.py); not run on a board.
 """
@@ -19,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.core.global_buffer import load_port_signature
 from hw.system.axi_master import READ_WORD, command_layout
+from hw.system.crc32 import CRC_BITS, Crc32
 
 
 class BufferLoader(wiring.Component):
@@ -49,6 +60,12 @@ class BufferLoader(wiring.Component):
         An error response came during the current or last load.
     cycles : Out(cycle_bits)
         Busy cycles since reset (wraps).
+    expected_crc : In(32)
+        The CRC the host computed over the image (``image_crc``).
+    crc : Out(32)
+        CRC-32 of the words written by the current or last load (final with ``done``).
+    crc_ok : Out(1)
+        ``crc == expected_crc``.
     rd_cmd : Out(stream.Signature(command_layout(addr_width, length_width)))
         To ``AxiMaster.rd_cmd``.
     rd_data : In(stream.Signature(READ_WORD))
@@ -78,6 +95,7 @@ class BufferLoader(wiring.Component):
         super().__init__({
             "start": In(1), "addr": In(addr_width), "words": In(buffer_addr_width + 1),
             "busy": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(cycle_bits),
+            "expected_crc": In(CRC_BITS), "crc": Out(CRC_BITS), "crc_ok": Out(1),
             "rd_cmd": Out(stream.Signature(command_layout(addr_width, length_width))),
             "rd_data": In(stream.Signature(READ_WORD)), "rd_error": In(1),
             "load": Out(load_port_signature(buffer_addr_width))})
@@ -117,4 +135,8 @@ class BufferLoader(wiring.Component):
             m.d.sync += self.error.eq(1)
         with m.If(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        m.submodules.crc = crc = Crc32(data_width=32)
+        m.d.comb += [crc.clear.eq(self.start & ~busy), crc.en.eq(self.load.en), crc.data.eq(self.load.data),
+                     self.crc.eq(crc.crc), self.crc_ok.eq(crc.crc == self.expected_crc)]
         return m

@@ -21,6 +21,17 @@ Access kinds (:class:`Access`) as seen from the host:
 ``W1C``  sticky bits set by hardware events, a written 1 clears the bit.
 ``SC``   command: a written 1 gives a one-cycle pulse to the core; reads 0 (``load_image``).
 
+Image checksum. ``image_crc`` holds the CRC-32 the host computed over the image it put in DDR: zlib's
+``crc32`` (reflected polynomial 0xEDB88320, initial value and final xor 0xFFFFFFFF) of the image's bytes
+from ``image_addr``, in DDR byte order, exactly ``4 * words`` of them (``words``: the header field, the whole
+image, header included; the image is a whole number of 32-bit words, so the length is a multiple of 4, not
+necessarily of 8; a pad word the DMA reads to fill its last 8-byte beat is not covered). The core computes
+the same CRC of the words it writes into its global buffer and, at the end of the load, compares: a
+mismatch ends the load with BAD_CHECKSUM (no usable image), and ``loaded_crc`` shows what the core read.
+The header checks come first (a load refused for BAD_MAGIC, BAD_VERSION or BAD_GEOMETRY is not checksummed);
+an error response (AXI_ERROR) takes precedence over BAD_CHECKSUM. A BRAM-initialised image
+(``MpqSystem(init=...)``) is not checksummed: it is not loaded.
+
 Nothing here has run on a board (no Zynq here); the slave built from this table runs under cocotb
 (tests/sim/test_axi_lite.py).
 """
@@ -54,7 +65,7 @@ class Access(enum.Enum):
 SHELL_CODES_FROM = 16
 #: The shell's own codes: what goes wrong around the array (image load, DMA, registers).
 _SHELL_CODES = (
-    ("BAD_CHECKSUM", "the image's checksum does not match the words loaded"),
+    ("BAD_CHECKSUM", "the image's checksum does not match the words loaded (image_crc != loaded_crc)"),
     ("AXI_ERROR", "SLVERR or DECERR on a read (RRESP) or write (BRESP) response"),
     ("TIMEOUT", "an AXI transfer or the array made no progress within its limit"),
     ("BAD_PRECISION", "the precision register holds a width the loaded image does not have"),
@@ -141,8 +152,12 @@ REGISTER_MAP: tuple[Field, ...] = (
     Field("status", 0x34, 8, _A.RO, 0, "Error code of the last run or load (StatusCode; 0 OK)"),
     Field("rresp_error", 0x38, 1, _A.W1C, 0, "A read response was SLVERR or DECERR (write 1 to clear)", bit=0),
     Field("bresp_error", 0x38, 1, _A.W1C, 0, "A write response was SLVERR or DECERR (write 1 to clear)", bit=1),
+    Field("image_crc", 0x3C, 32, _A.RW, 0, "zlib CRC-32 of the image at image_addr (its 4 * words bytes); a "
+          "load that reads other bytes ends with BAD_CHECKSUM"),
     Field("busy_cycles", 0x40, 64, _A.RO, 0, "Clock cycles with the core busy (runs), since reset"),
     Field("load_cycles", 0x48, 64, _A.RO, 0, "Clock cycles spent loading images, since reset"),
+    Field("loaded_crc", 0x50, 32, _A.RO, 0, "CRC-32 the core computed over the image words of the last load "
+          "(0: the load ended before the end of its body)"),
 )
 
 #: ISR / IER bit of each interrupt event.

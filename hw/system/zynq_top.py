@@ -11,10 +11,13 @@ Vivado's IP integrator infers as an HLS core's (``ap_clk``, ``ap_rst_n`` active 
 
 Load (``load_image`` written 1). The array is reset; the 8 header words at ``image_addr`` are loaded and
 checked (magic, version 3, ``words`` from 8 to the buffer depth, ``C H W`` from 1 to 2^24 - 1); then the
-``words`` words of the image are loaded. ``status`` becomes OK (and the image usable) or the reason it is
-not: BAD_ADDRESS (``image_addr`` not 8-byte aligned or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION,
-BAD_GEOMETRY, TIMEOUT. ``ap_idle`` is low during a load (from the cycle its write response is offered), and a
-load gives no ``ap_done``: the host polls ``ap_idle`` and then reads ``status``.
+``words`` words of the image are loaded, their CRC-32 computed on the way into the buffer
+(:class:`~hw.system.buffer_loader.BufferLoader`) and compared with ``image_crc`` at the end (``loaded_crc``
+shows the core's). ``status`` becomes OK (and the image usable) or the reason it is not: BAD_ADDRESS
+(``image_addr`` not 8-byte aligned or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION, BAD_GEOMETRY,
+BAD_CHECKSUM (the CRC-32 of the ``4 words`` image bytes read is not ``image_crc``: what exactly it covers is
+in :mod:`hw.system.register_map`), TIMEOUT. ``ap_idle`` is low during a load (from the cycle its write
+response is offered), and a load gives no ``ap_done``: the host polls ``ap_idle`` and then reads ``status``.
 
 Run (``ap_start``; ``ap_ready`` when taken, ``ap_done`` when finished, whatever the outcome). The array is
 reset (its decoders' error is sticky), then ``image_count`` images run back to back. DDR layout:
@@ -195,6 +198,8 @@ class MpqSystem(wiring.Component):
         m.d.comb += self.interrupt.eq(regs.interrupt)
 
         wiring.connect(m, loader.load, array.load)
+        loaded_crc = Signal(32)
+        m.d.comb += [loader.expected_crc.eq(regs.image_crc), regs.loaded_crc.eq(loaded_crc)]
         m.d.comb += [loader.rd_error.eq(master.rd_error),
                      regs.rresp_error.eq(master.rd_error), regs.bresp_error.eq(master.wr_error)]
 
@@ -320,6 +325,7 @@ class MpqSystem(wiring.Component):
             # --- load ---
             with m.State("LOAD_RESET"):
                 m.d.comb += array_rst.eq(1)
+                m.d.sync += loaded_crc.eq(0)
                 with m.If((regs.image_addr[32:] != 0) | (regs.image_addr[:3] != 0)):
                     fail(StatusCode.BAD_ADDRESS)
                     m.next = "LOAD_END"
@@ -356,8 +362,11 @@ class MpqSystem(wiring.Component):
                     m.next = "LOAD_BODY"
             with m.State("LOAD_BODY"):
                 with m.If(loader.done):
+                    m.d.sync += loaded_crc.eq(loader.crc)
                     with m.If(loader.error):
                         fail(StatusCode.AXI_ERROR)
+                    with m.Elif(~loader.crc_ok):
+                        fail(StatusCode.BAD_CHECKSUM)
                     with m.Else():
                         fail(StatusCode.OK)
                         m.d.sync += image_loaded.eq(1)

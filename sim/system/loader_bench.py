@@ -39,7 +39,8 @@ class LoaderBench(wiring.Component):
                if name.startswith(self._master.prefix)}
         loader = self._loader.signature.members
         super().__init__(axi | {name: loader[name] for name in ("start", "addr", "words", "busy", "done",
-                                                               "error", "cycles")} |
+                                                               "error", "cycles", "expected_crc", "crc",
+                                                               "crc_ok")} |
                          {"peek": In(buffer_port_signature(buffer_addr_width))})
 
     def elaborate(self, platform):
@@ -53,9 +54,9 @@ class LoaderBench(wiring.Component):
                     m.d.comb += getattr(self, name).eq(getattr(master, name))
                 else:
                     m.d.comb += getattr(master, name).eq(getattr(self, name))
-        for name in ("start", "addr", "words"):
+        for name in ("start", "addr", "words", "expected_crc"):
             m.d.comb += getattr(loader, name).eq(getattr(self, name))
-        for name in ("busy", "done", "error", "cycles"):
+        for name in ("busy", "done", "error", "cycles", "crc", "crc_ok"):
             m.d.comb += getattr(self, name).eq(getattr(loader, name))
         wiring.connect(m, loader.rd_cmd, master.rd_cmd)
         wiring.connect(m, master.rd_data, loader.rd_data)

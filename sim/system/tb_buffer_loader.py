@@ -2,13 +2,16 @@
 
 The DDR side is :class:`~sim.system.axi_models.LatencyAxiRam` (random latency, back-pressure, SLVERR ranges);
 after each load every buffer word is read back through the buffer's ``peek`` port and compared with a model:
-words below the count equal DDR, the others keep what they held. Settings: ``AXI_TB_SEED``, ``AXI_TB_STALL``.
+words below the count equal DDR, the others keep what they held; the loader's ``crc`` equals ``zlib.crc32`` of
+the ``4 words`` DDR bytes (the pad word of an odd count not included) and ``crc_ok`` compares it with
+``expected_crc``. Settings: ``AXI_TB_SEED``, ``AXI_TB_STALL``.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import zlib
 
 import cocotb
 from cocotb.clock import Clock
@@ -37,7 +40,7 @@ class LoaderTB:
 
     async def reset(self):
         dut = self.dut
-        dut.start.value = dut.addr.value = dut.words.value = 0
+        dut.start.value = dut.addr.value = dut.words.value = dut.expected_crc.value = 0
         dut.peek__req.value = dut.peek__addr.value = 0
         dut.rst.value = 1
         await ClockCycles(dut.clk, 3)
@@ -54,12 +57,23 @@ class LoaderTB:
                 self.done_at.append(self.cycle)
             self.cycle += 1
 
-    async def load(self, addr: int, words: int, limit: int = 100_000) -> int:
-        """Start a load, wait for ``done``; return the cycles it took (``done`` must come exactly once)."""
+    async def load(self, addr: int, words: int, limit: int = 100_000, expected_crc: int | None = None) -> int:
+        """Start a load, wait for ``done``; return the cycles it took (``done`` must come exactly once).
+
+        The loader's ``crc`` must be ``zlib.crc32`` of the DDR bytes (an error beat: zeros), and ``crc_ok``
+        whether it equals ``expected_crc`` (default: that CRC).
+        """
         dut = self.dut
         before = self.dones
+        data = bytearray(self.ram.read(addr, 4 * words))
+        for beat in range(addr, addr + 4 * words, 8):  # an error beat reads as zeros (the loader sees those)
+            if any(beat < hi and lo < beat + 8 for lo, hi in self.ram.error_ranges):
+                data[beat - addr:beat - addr + 8] = bytes(len(data[beat - addr:beat - addr + 8]))
+        want = zlib.crc32(data)
+        expected_crc = want if expected_crc is None else expected_crc
         await FallingEdge(dut.clk)
         dut.addr.value, dut.words.value, dut.start.value = addr, words, 1
+        dut.expected_crc.value = expected_crc
         started = self.cycle
         await FallingEdge(dut.clk)
         dut.start.value = 0
@@ -73,6 +87,9 @@ class LoaderTB:
         await ReadOnly()
         assert self.dones == before + 1, f"done pulsed {self.dones - before} times for one load"
         assert not int(dut.busy.value), "busy after done"
+        assert int(dut.crc.value) == want, (f"load of {words} words at {addr:#x}: crc {int(dut.crc.value):#010x}, "
+                                            f"zlib.crc32 {want:#010x}")
+        assert int(dut.crc_ok.value) == (want == expected_crc), "crc_ok is not crc == expected_crc"
         return self.done_at[-1] - started
 
     async def peek_all(self) -> list[int]:
@@ -124,6 +141,8 @@ async def load_with_error_response(dut):
     assert int(dut.error.value) == 1, "no error after a SLVERR beat"
     assert tb.ram.read_errors == 1
     tb.ram.error_ranges.clear()
+    await tb.load(0x1000, 256, expected_crc=0x12345678)  # a wrong expected CRC: crc_ok low
+    assert int(dut.crc_ok.value) == 0
     await tb.load(0x1000, 256)
     assert int(dut.error.value) == 0, "error must clear at the next start"
     tb.buffer[:256] = tb.ddr_words(0x1000, 256)

@@ -9,7 +9,8 @@ pauses on every channel when stalling) and its DDR buffers in :class:`~sim.syste
 Settings (environment, strings):
 
 ``MPQS_CASE``
-    ``.npz`` with, per image ``a``, ``b``: ``<x>_words``, ``<x>_inputs`` (``[N, C H W]`` codes),
+    ``.npz`` with, per image ``a``, ``b`` (and ``c``, of an odd number of words, for ``bad_checksum``):
+    ``<x>_words``, ``<x>_inputs`` (``[N, C H W]`` codes),
     ``<x>_expected`` (``[N, n_classes]`` golden scores), ``<x>_input_bits``; optional ``image_dir`` (str
     array: the image folder :meth:`MpqDriver.load` reads), ``images`` (the number of ``driver_run`` images).
 ``MPQS_RESULT``
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import zlib
 
 import cocotb
 import numpy as np
@@ -170,6 +172,57 @@ async def corrupt_images(dut):
         tb.check_idle()
         tb.load("a")
         tb.check_run("a")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def bad_checksum(dut):
+    """A bit flipped in DDR after the driver computed the image's CRC, and a wrong ``image_crc``: the driver's
+    load raises BAD_CHECKSUM (``loaded_crc`` is the CRC of what DDR held), no image is usable, no hang; a flip
+    in the pad word past an odd-length image (c) is not covered; then good loads of a and c run right."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+
+    def flip(address: int, mask: int):
+        tb.ram.write(address, bytes([tb.ram.read(address, 1)[0] ^ mask]))
+
+    def staged_load(key: str):
+        _, _, expected, bits = tb.image(key)
+        drv.load_staged(n_classes=expected.shape[1], input_bits=bits)
+
+    def body():
+        pads = 0
+        for key in ("a", "c"):  # c has an odd number of words
+            words = tb.image(key)[0].astype(np.uint32)
+            good = zlib.crc32(words.astype("<u4").tobytes())
+            assert drv.stage_image(words) == good and drv.read_field("image_crc") == good
+            base = drv._image_buf.address
+            # one bit of the last image word, then one of a word in the middle (header checks still pass)
+            for at in (base + 4 * len(words) - 1, base + 4 * (len(words) // 2) + 1):
+                mask = 1 << tb.rng.randrange(8)
+                flip(at, mask)
+                exc = tb.expect_error(StatusCode.BAD_CHECKSUM, staged_load, key)
+                read = zlib.crc32(tb.ram.read(base, 4 * len(words)))
+                assert drv.read_field("loaded_crc") == read != good, (hex(read), hex(good))
+                assert f"{good:#010x}" in str(exc) and f"{read:#010x}" in str(exc), str(exc)
+                assert start_and_wait(drv) == StatusCode.NO_IMAGE, "a BAD_CHECKSUM load left an image"
+                flip(at, mask)
+            # DDR right, the register wrong
+            drv.write_field("image_crc", good ^ 0x80000000)
+            tb.expect_error(StatusCode.BAD_CHECKSUM, staged_load, key)
+            assert drv.read_field("loaded_crc") == good
+            if len(words) % 2:  # the DMA reads the pad word of the last beat; the CRC does not cover it
+                drv.stage_image(words)
+                flip(base + 4 * len(words), 0xFF)
+                staged_load(key)
+                pads += 1
+            tb.load(key)
+            assert drv.read_field("loaded_crc") == good
+            tb.check_run(key)
+        assert pads, "no image with an odd number of words: the pad case did not run"
         tb.check_idle()
 
     await run_driver(body)

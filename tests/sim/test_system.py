@@ -3,8 +3,9 @@
 
 One small array build runs every test (:mod:`sim.system.tb_system`): an MLP and a conv net loaded in turn on the
 same RTL (each image's scores equal its golden model's), batches split by the driver, random AXI latency and
-back-pressure on both buses; corrupted images, bad register values and SLVERR responses ending with the
-documented status code and never a hang.
+back-pressure on both buses; corrupted images, images that DDR does not hold as the driver checksummed them
+(BAD_CHECKSUM), bad register values and SLVERR responses ending with the documented status code and never a
+hang.
 """
 
 from pathlib import Path
@@ -54,7 +55,9 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
     mlp = random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4)
     a = image_case(mlp, 7, 1)
     b = image_case(random_conv_net(np.random.default_rng(2001)), 3, 2)
-    arrays = {f"{k}_{name}": v for k, img in (("a", a), ("b", b)) for name, v in img.items()}
+    c = image_case(random_network(np.random.default_rng(5), sizes=(11, 7, 3), act_bits=4), 3, 3)
+    assert len(c["words"]) % 2, "image c must have an odd number of words (the DMA's pad word)"
+    arrays = {f"{k}_{name}": v for k, img in (("a", a), ("b", b), ("c", c)) for name, v in img.items()}
     arrays["corrupt_words"] = corrupt_stream(mlp)
     arrays["corrupt_status"] = np.int64(StatusCode.BAD_STREAM)
     path = work / "case.npz"
@@ -65,7 +68,7 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
 @icarus
 @pytest.mark.parametrize("test,seed,stall", [
     ("reload_and_batches", 1, 1), ("reload_and_batches", 2, 0), ("corrupt_images", 3, 1),
-    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0)])
+    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("bad_checksum", 8, 1)])
 def test_system(case, test, seed, stall):
     verilog, npz = case
     result = run_block_test(verilog, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,

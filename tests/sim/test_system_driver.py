@@ -2,12 +2,14 @@
 """The host driver on an exported image folder, through the whole system in simulation (what ``build.py sim
 --system`` runs), and the driver's and the command's checks of user mistakes (before any register access)."""
 
+import zlib
+
 import numpy as np
 import pytest
 
 import build
 from driver.backend import Backend
-from driver.mpq_driver import CoreError, MpqDriver
+from driver.mpq_driver import CoreError, MpqDriver, image_crc
 from hw.system.register_map import StatusCode
 from model.errors import UserError
 from model.export.image import write_image
@@ -68,6 +70,16 @@ def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
         drv.run(np.full((2, 4), 16))
     with pytest.raises(ValueError, match="max_batch"):
         MpqDriver(NoDevice(), max_batch=0)
+
+
+def test_image_crc_is_zlib_of_the_little_endian_bytes():
+    """What the driver writes to image_crc: zlib.crc32 of the words as DDR holds them (byte 0 = low byte)."""
+    assert image_crc([0x64636261, 0x68676665]) == zlib.crc32(b"abcdefgh") == 0xAEEF2A50
+    words = np.random.default_rng(9).integers(0, 1 << 32, size=77, dtype=np.uint64).astype(np.uint32)
+    assert image_crc(words) == zlib.crc32(words.astype("<u4").tobytes())
+    assert image_crc(words.byteswap()) != image_crc(words)
+    exc = CoreError(StatusCode.BAD_CHECKSUM, "image load")
+    assert exc.code is StatusCode.BAD_CHECKSUM and "status 16 (BAD_CHECKSUM)" in str(exc)
 
 
 def test_core_error_names_the_code():

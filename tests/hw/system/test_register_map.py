@@ -62,7 +62,7 @@ def test_the_map_passes_its_check_and_covers_every_status_code():
     ({"name": "Bad-Name"}, "unique"),
 ])
 def test_check_map_rejects(change, text):
-    extra = Field("extra", 0x50, 8, Access.RW, 0, "test")
+    extra = Field("extra", 0x58, 8, Access.RW, 0, "test")
     with pytest.raises(ValueError, match=text):
         check_map(REGISTER_MAP + (dataclasses.replace(extra, **change),))
 
@@ -75,9 +75,9 @@ def test_check_map_rejects_overlapping_bits_in_a_shared_word():
 
 def test_check_map_rejects_wide_fields_of_other_kinds():
     with pytest.raises(ValueError, match="only RW and RO"):
-        check_map(REGISTER_MAP + (Field("wide", 0x50, 40, Access.W1C, 0, "x"),))
+        check_map(REGISTER_MAP + (Field("wide", 0x58, 40, Access.W1C, 0, "x"),))
     with pytest.raises(ValueError, match="one bit"):
-        check_map(REGISTER_MAP + (Field("cmd", 0x50, 2, Access.SC, 0, "x"),))
+        check_map(REGISTER_MAP + (Field("cmd", 0x58, 2, Access.SC, 0, "x"),))
 
 
 def test_renderings_name_every_field_at_its_offset():
