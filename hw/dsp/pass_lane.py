@@ -1,0 +1,210 @@
+"""Pass lane: one DSP48E1 whose P register sums a whole *pass* of a weight row, for two pixels or for one.
+
+The array's next engine (``docs/array_design.md``, "the redesign") broadcasts a weight row's entries to its
+lanes class segment by class segment, as today's :class:`~hw.dsp.segment_lane.SegmentDspLane` takes them,
+but a lane no longer drains its DSP's P register into per-pixel sums in fabric every few products: P sums
+the whole pass, and the engine reads the pixel sums out of the 48-bit P word once, at the pass's end. That
+is what makes a lane small (the drain multiplexers and the six wide sums of a segment lane are most of its
+800 LUT): here a lane is its DSP48E1, a 2-way multiplexer on each of A and B, two sums of its activation
+codes (DoReFa's ``A``) and the output register.
+
+A pass is one of two forms (:func:`lane_passes` gives a segment's passes; the engine replays a segment's
+entries for its second and later passes):
+
+* **pair** (activations of at most :data:`PAIR_ACT_BITS` bits, weights of at most :data:`PAIR_WEIGHT_BITS`):
+  ``A = u0 + 2^PAIR_SHIFT u1``, ``B = q``, so ``P = S0 + 2^PAIR_SHIFT S1`` with ``S_j = sum q u_j``.
+  ``S0 < 2^PAIR_SHIFT`` (no carry into ``S1``'s bits) while the pass has at most :func:`pass_capacity`
+  entries: any row of the contract (P's field would hold 4,660 > 4,096) of 4-bit weights, 274 of 8-bit
+  ones; the engine splits a longer segment. ``u1 < 16`` keeps
+  A below ``2^24``, positive in the DSP48E1's 25-bit signed A port.
+* **single** (any other pair of widths): ``A = u_g`` for the pass's slot group ``g`` (0 or 1), ``B`` the
+  pass's 16-bit chunk ``c`` of ``q`` (:data:`~hw.dsp.packing.CHUNK_BITS`; one chunk below 32 bits), so
+  ``P = sum q_c u_g``, below ``2^48`` for any contract row (at most 4,096 products below ``2^24``).
+  A segment takes ``groups x chunks`` such passes: 2 for a 16-bit class or for 4- and 8-bit weights at
+  5-8-bit activations, 4 for a 32-bit class.
+
+So the lane's cost per entry grows with both widths: one cycle for two pixels at 4/8-bit weights and 1-4-bit
+activations, two at 16 bits or at 5-8-bit activations, four for 32-bit weights.
+
+The activation sums: each entry carries a ``count`` bit per slot (the engine sets it on the pass that first
+sees a slot's codes, chunk 0 of the slot's group), and the lane adds ``u_j`` into slot ``j``'s sum when it is
+set; both sums leave with P at the pass's end (``end``) and restart. ``A_j <= 4096 (2^8 - 1) < 2^20``.
+
+Timing: P restarts from the product that follows an ``end`` (OPMODE Z = 0, as :class:`~hw.dsp.lane.PackedDspLane`
+does), so passes follow each other without a gap; the output register takes P, ``A0``, ``A1`` the cycle after
+the pass's last product enters P, and holds them under back-pressure (which stops the whole lane).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.dsp.lane import DSP_LATENCY, M_STAGE
+from hw.dsp.packing import A_BITS, B_BITS, CHUNK_BITS, P_BITS
+from model.export.format import CLASS_WIDTHS
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
+
+#: Pair passes: activations up to 4 bits, weights up to 8 bits; ``u1`` goes in at bit 20.
+PAIR_ACT_BITS = 4
+PAIR_WEIGHT_BITS = 8
+PAIR_SHIFT = 20
+#: Pixel slots of a pass lane.
+SLOTS = 2
+
+
+def act_sum_bits(max_entries: int = MAX_FAN_IN) -> int:
+    """Bits of a slot's activation sum ``A_j``: ``max_entries`` codes of ``MAX_ACT_BITS`` bits."""
+    return (max_entries * ((1 << MAX_ACT_BITS) - 1)).bit_length()
+
+
+def is_pair(class_bits: int, act_bits: int) -> bool:
+    """Whether a ``class_bits`` weight at ``act_bits`` activations runs in pair passes."""
+    _check_widths(class_bits, act_bits)
+    return class_bits <= PAIR_WEIGHT_BITS and act_bits <= PAIR_ACT_BITS
+
+
+def pass_capacity(class_bits: int, act_bits: int) -> int:
+    """The most entries a pass of this class may have: in a pair pass, ``S0`` stays below ``2^PAIR_SHIFT``
+    (every code at its largest); a single pass holds any row of the contract (``MAX_FAN_IN``)."""
+    if not is_pair(class_bits, act_bits):
+        return MAX_FAN_IN
+    top = ((1 << class_bits) - 1) * ((1 << PAIR_ACT_BITS) - 1)
+    return min(MAX_FAN_IN, ((1 << PAIR_SHIFT) - 1) // top)
+
+
+def lane_passes(class_bits: int, act_bits: int) -> list[tuple[bool, int, int]]:
+    """A segment's passes, in order: ``(pair, chunk, group)`` (chunk and group 0 in a pair pass)."""
+    if is_pair(class_bits, act_bits):
+        return [(True, 0, 0)]
+    chunks = max(1, class_bits // CHUNK_BITS)
+    return [(False, c, g) for c in range(chunks) for g in range(SLOTS)]
+
+
+def _check_widths(class_bits: int, act_bits: int) -> None:
+    if class_bits not in CLASS_WIDTHS:
+        raise ValueError(f"class_bits must be one of {CLASS_WIDTHS}, not {class_bits!r}")
+    if not isinstance(act_bits, int) or not 1 <= act_bits <= MAX_ACT_BITS:
+        raise ValueError(f"act_bits must be an integer in 1..{MAX_ACT_BITS}, not {act_bits!r}")
+
+
+def entry_layout() -> data.StructLayout:
+    """One entry of a pass: the weight's code, how the pass uses it, the two slots' codes."""
+    return data.StructLayout({
+        "code": unsigned(max(CLASS_WIDTHS)),  # q (below 2^PAIR_WEIGHT_BITS in a pair pass)
+        "pair": unsigned(1),  # a pair pass (else single)
+        "chunk": unsigned(1),  # single: B = code[16 chunk : 16 chunk + 16]
+        "group": unsigned(1),  # single: A = u[group]
+        "u": data.ArrayLayout(MAX_ACT_BITS, SLOTS),  # below 2^PAIR_ACT_BITS in a pair pass
+        "count": data.ArrayLayout(1, SLOTS),  # add u_j into A_j
+        "end": unsigned(1),  # the pass's last entry
+    })
+
+
+def result_layout(max_entries: int = MAX_FAN_IN) -> data.StructLayout:
+    """A pass's P word and the two activation sums."""
+    return data.StructLayout({"p": unsigned(P_BITS), "a": data.ArrayLayout(act_sum_bits(max_entries), SLOTS)})
+
+
+class PassDspLane(wiring.Component):
+    """One DSP48E1 summing a pass's products in P, two slots' activation sums beside it.
+
+    Parameters
+    ----------
+    max_entries : int
+        Longest pass (1..``MAX_FAN_IN``); sizes the activation sums.
+
+    Members
+    -------
+    i : In(stream.Signature(entry_layout()))
+        One entry a cycle (``i.ready`` is low only under back-pressure from ``o``).
+    o : Out(stream.Signature(result_layout(max_entries)))
+        One transfer per pass.
+
+    Raises
+    ------
+    ValueError
+        ``max_entries`` out of range.
+    """
+
+    def __init__(self, *, max_entries: int = MAX_FAN_IN):
+        if not isinstance(max_entries, int) or not 1 <= max_entries <= MAX_FAN_IN:
+            raise ValueError(f"max_entries must be an integer in 1..{MAX_FAN_IN}, not {max_entries!r}")
+        self._max_entries = max_entries
+        super().__init__({
+            "i": In(stream.Signature(entry_layout())),
+            "o": Out(stream.Signature(result_layout(max_entries))),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from accepting a pass's last entry to its result on ``o`` (no back-pressure): the DSP's M
+        and P registers and the output register."""
+        return DSP_LATENCY + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        entry = self.i.payload
+        advance = Signal()  # every pipeline register moves (the DSP's clock enables)
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+
+        # Stage 0: A and B.
+        a_word = Signal(A_BITS + 1)  # 25 and 18 bits, the DSP48E1's signed ports, with the sign bits 0
+        b_word = Signal(B_BITS + 1)
+        m.d.comb += [
+            a_word.eq(Mux(entry.pair, entry.u[0][:PAIR_ACT_BITS] | (entry.u[1][:PAIR_ACT_BITS] << PAIR_SHIFT),
+                          Mux(entry.group, entry.u[1], entry.u[0]))),
+            b_word.eq(Mux(entry.pair, entry.code[:PAIR_WEIGHT_BITS], entry.code.word_select(entry.chunk, CHUNK_BITS))),
+        ]
+
+        # Stages 1..DSP_LATENCY: the DSP (M and P registers) and its side band.
+        def stages(sig, name):
+            pipe = [sig] + [Signal.like(sig, name=f"{name}{k}") for k in range(1, DSP_LATENCY + 1)]
+            with m.If(advance):
+                m.d.sync += [pipe[k + 1].eq(pipe[k]) for k in range(DSP_LATENCY)]
+            return pipe
+
+        valid = stages(self.i.valid, "valid")
+        ends = stages(Signal(name="end0"), "end")
+        m.d.comb += ends[0].eq(entry.end & self.i.valid)
+
+        # P restarts (OPMODE Z = 0) with the product behind a closed or empty accumulation (hw/dsp/lane.py).
+        p_holds = Signal()
+        restart = Signal()
+        enter = Signal()
+        m.d.comb += enter.eq(advance & valid[M_STAGE])
+        with m.If(enter):
+            m.d.sync += p_holds.eq(~ends[M_STAGE])
+        with m.If(advance):
+            m.d.sync += restart.eq(Mux(valid[M_STAGE], ends[M_STAGE], ~p_holds))
+        # Reset-less DSP registers (what Yosys packs as MREG / PREG); `restart` clears P before use.
+        # The DSP48E1's own form, a 25 x 18 signed product (the codes are positive, so the sign bits are 0):
+        # Yosys then finds the P adder behind it and packs it with PREG; an unsigned product narrowed to the
+        # bits the codes use (24 x 17) keeps it from seeing the post-adder.
+        m_reg = Signal(signed(A_BITS + B_BITS + 2), reset_less=True)
+        p_reg = Signal(P_BITS, reset_less=True)
+        with m.If(advance):
+            m.d.sync += m_reg.eq(a_word.as_signed() * b_word.as_signed())
+        with m.If(enter):
+            m.d.sync += p_reg.eq((Mux(restart, 0, p_reg) + m_reg)[:P_BITS])
+
+        # The activation sums run beside the DSP, at stage 0, and close with the pass's last entry; their
+        # value waits for P's (DSP_LATENCY cycles) in a small delay line.
+        a_bits = act_sum_bits(self._max_entries)
+        sums = [Signal(a_bits, name=f"a_acc{j}") for j in range(SLOTS)]
+        closed = [stages(Signal(a_bits, name=f"a_closed{j}_0"), f"a_closed{j}_") for j in range(SLOTS)]
+        for j in range(SLOTS):
+            nxt = sums[j] + Mux(entry.count[j], entry.u[j], 0)
+            m.d.comb += closed[j][0].eq(nxt)
+            with m.If(advance & self.i.valid):
+                m.d.sync += sums[j].eq(Mux(entry.end, 0, nxt))
+
+        # Output register: P and the closed sums, the cycle after the pass's last product entered P.
+        d = DSP_LATENCY
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(advance & valid[d] & ends[d]):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.p.eq(p_reg)]
+            m.d.sync += [self.o.payload.a[j].eq(closed[j][d]) for j in range(SLOTS)]
+        return m
