@@ -104,7 +104,12 @@ class LTSScratcher:
                 layer.restore_frozen_()
             if layer.lts_update(p, self.m) and self.optimizer is not None:
                 buffer = self.optimizer.state.get(layer.weight, {}).get("momentum_buffer")
-                if buffer is not None:  # zero where frozen: times the float unfrozen mask, exact 0 or unchanged
+                if buffer is None:
+                    continue
+                idx = layer._new_frozen_idx
+                if idx is not None:  # a sampled layer: only the few positions it just froze
+                    buffer.view(-1).index_fill_(0, idx, 0.0)
+                else:  # zero where frozen: times the float unfrozen mask, exact 0 or unchanged
                     buffer.mul_(layer._plan.keep)
 
 
@@ -283,17 +288,29 @@ class LTSTraining:
 
 def train_lockstep(runs: list[LTSTraining], progress: bool = True) -> None:
     """Train every run of ``runs`` to the end, one step of each in turn (they must share the data and the
-    batch size); each run's times are its own (:class:`LTSTraining`)."""
+    batch size); each run's times are its own (:class:`LTSTraining`).
+
+    The order of the runs within a turn alternates (A B, B A, A B, ...): a run stepped right after another
+    finds the caches and the clock as that one left them, so always stepping the same run second would bias
+    a time ratio; alternating gives each run each position on half the steps. Each run's computation is
+    unchanged by the order (its own model, optimizer and generator), so its results are those of a run on
+    its own.
+    """
+    if not runs:
+        raise ValueError("train_lockstep needs at least one run")
     first = runs[0]
     if any(r.n != first.n or r.batch_size != first.batch_size or r.epochs != first.epochs for r in runs):
         raise ValueError("train_lockstep needs runs over the same data, epochs and batch size")
     label = " / ".join(r.label for r in runs)
+    backwards = runs[::-1]
+    turn = 0
     for _ in tqdm(range(first.epochs), desc=label, leave=False, disable=not progress):
         for r in runs:
             r.start_epoch()
         for start in range(0, first.n, first.batch_size):
-            for r in runs:
+            for r in runs if turn % 2 == 0 else backwards:
                 r.step(start)
+            turn += 1
         for r in runs:
             r.end_epoch()
     for r in runs:

@@ -15,7 +15,9 @@ Choices where the paper leaves room, each said once here:
   ``1 / (2^B - 1)``, from its level, and ``t`` reaches that at ``p = 2^B / (2 (2^B - 1))`` (2/3 for 2 bits).
 * **EMA start and reset.** ``D`` starts at ``Delta^B`` and is reset to ``Delta^B`` whenever the weight's
   integer level (Eq. 2) differs from the level of the previous training iteration. ``D`` is updated from
-  the values the forward pass of the iteration used (no second quantization).
+  the values the forward pass of the iteration used (no second quantization). The layers store ``D`` in
+  units of the Eq. 3 step ``2 / (2^B - 1)`` (``|z - q|``, see below) and divide the reset value and the
+  threshold by that step alike (:meth:`_LTSWeight.eq5_distance` reports ``D`` in the domain above).
 * **Freezing is permanent and exact.** Once ``D < t`` a weight is frozen for the rest of training; its
   weight gradient is never computed (it is exactly 0). SGD momentum and weight decay would still move it,
   so :func:`~model.methods.lts.train_lts` applies the weight decay inside the layers' backward, at unfrozen
@@ -23,16 +25,17 @@ Choices where the paper leaves room, each said once here:
   is exactly 0, bit for bit, with no pass to restore it (with an optimizer it does not control, the
   scratcher restores frozen weights after every step instead).
 * **Bookkeeping cost.** The forward computes ``z = (2^B - 1) x_n`` and ``q = round(z)`` anyway; Eq. 5 is
-  updated from them, ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|``, with the reset as a ``lerp`` whose
+  updated from them, ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|`` (kept in units of that step, so one
+  ``lerp(D, |z - q|, 1 - m)``), with the reset as a ``lerp`` whose
   weight is the level-change test written into the spent ``z`` (:meth:`_LTSWeight._ema`, run by the
   training forward itself when the scratcher drives the layer). Eq. 6 updates the float unfrozen mask
   directly, ``keep <- keep * [D >= t]``, and counts the new freezes with one sum
   (:meth:`_LTSWeight.lts_update`); the backward masks its fresh product in place. No full-size pass makes a
   bool from a comparison or calls ``masked_fill``, ``nonzero``, ``logical_*``, int64 or float64 (on this
-  CPU each costs four to twenty times an add). Decisions are bit for bit those of the earlier
-  formulation and, up to float rounding at ``t``, those of :func:`level_distance`, :func:`ema_distance`
-  and :func:`threshold` (a test runs both side by side). Measured cost (short 2-bit run, one thread):
-  Eq. 5 alone is 7-8 % of a plain QAT step (warm-up epochs 1.06-1.08x with it, 0.99-1.00x without), being
+  CPU each costs four to twenty times an add). Decisions are, up to float rounding at ``t``, those of
+  :func:`level_distance`, :func:`ema_distance` and :func:`threshold` (a test runs both side by side).
+  Measured cost (short 2-bit run, one thread, before the EMA became one ``lerp``): Eq. 5 alone is 7-8 %
+  of a plain QAT step (warm-up epochs 1.06-1.08x with it, 0.99-1.00x without), being
   memory-bound passes over buffers that are out of cache by then (the 200k-weight layer: ~240 us a step
   in training, about twice the same passes on hot buffers). While a linear layer is on its sampled product only the
   pattern's positions are tracked. A layer whose weights are all frozen gets no weight gradient, so the
@@ -128,6 +131,11 @@ def ema_distance(
 ) -> torch.Tensor:
     """Eq. 5, ``D^i = m D^{i-1} + (1 - m) D``, reset to ``Delta^B`` where the level ``changed``."""
     return torch.where(changed, quant_interval(bits), m * previous + (1 - m) * distance)
+
+
+def _step(bits: int) -> float:
+    """The Eq. 3 quantization step ``2 / (2^B - 1)``: the layers keep ``D`` in units of it (``|z - q|``)."""
+    return 2.0 / ((1 << bits) - 1)
 
 
 def threshold(p: float, bits: int) -> float:
@@ -261,8 +269,8 @@ class _Plan:
     gradient at all.
     """
 
-    def __init__(self, kind: str, keep: torch.Tensor | None = None, csr=None, flat=None):
-        self.kind, self.keep, self.csr, self.flat = kind, keep, csr, flat
+    def __init__(self, kind: str, keep: torch.Tensor | None = None, csr=None, flat=None, keep_flat=None):
+        self.kind, self.keep, self.csr, self.flat, self.keep_flat = kind, keep, csr, flat, keep_flat
 
 
 _FULL = _Plan("dense")
@@ -328,16 +336,17 @@ class _LTSLinearFunction(torch.autograd.Function):
         db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
         if plan.kind == "sampled":
             # Dot products of dY and X columns at the pattern's positions only; positions frozen since the
-            # pattern was built are zeroed by ``keep``.
-            keep = plan.keep.view(-1)[plan.flat]
-            values = torch.sparse.sampled_addmm(plan.csr, grad.t(), x, beta=0.0).values() * keep
-            w_live = w.view(-1)[plan.flat]
+            # pattern was built are zeroed by ``keep`` (the layer's compact copy of the mask at the pattern's
+            # positions, kept up to date by lts_update, so no gather of the dense mask). Gathers and the
+            # scatter are index_select / scatter_: on this CPU advanced indexing (``t[idx]``, ``t[idx] = v``)
+            # costs three to four times as much per element.
+            keep = plan.keep_flat if plan.keep_flat is not None else plan.keep.view(-1).index_select(0, plan.flat)
+            values = torch.sparse.sampled_addmm(plan.csr, grad.t(), x, beta=0.0).values().mul_(keep)
+            w_live = w.view(-1).index_select(0, plan.flat)
             dw_v, dl, du = _ste_chain(values, w_live, lower, upper, ctx.g)
             if ctx.weight_decay:
                 dw_v = dw_v.addcmul_(w_live, keep, value=ctx.weight_decay)
-            dw = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
-            dw[plan.flat] = dw_v
-            dw = dw.view_as(w)
+            dw = torch.zeros(w.numel(), dtype=w.dtype, device=w.device).scatter_(0, plan.flat, dw_v).view_as(w)
         else:
             gy = grad.t() @ x if plan.kind == "dense" else None
             dw, dl, du = _weight_grad(gy, w, lower, upper, plan, ctx.g, ctx.weight_decay)
@@ -392,12 +401,14 @@ class _LTSWeight:
     -------
     quantizer : LTSQuantizer
     lts_distance : torch.Tensor
-        float32 EMA distance ``D`` (Eq. 5), starts at ``Delta^B`` (while a linear layer is sampled, its
-        pattern's values live in a compact copy; :meth:`eq5_distance` reads both).
+        float32 EMA distance ``D`` (Eq. 5) in units of the Eq. 3 step ``2 / (2^B - 1)``, starts at ``Delta^B``
+        (while a linear layer is sampled, its pattern's values live in a compact copy; :meth:`eq5_distance`
+        reads both and returns ``D`` in the domain of Eq. 3).
     lts_level : torch.Tensor
         float32 level of the previous iteration (-1 before the first).
     lts_frozen : torch.Tensor
-        bool, true for frozen weights (never cleared).
+        bool, true for frozen weights (never cleared); rewritten from the float unfrozen mask when read after
+        :meth:`lts_update` froze more (not on every training step).
     lts_frozen_value : torch.Tensor
         Latent value of each frozen weight at the moment it froze (kept by :meth:`lts_update` when
         :attr:`lts_restore` is true, for :meth:`restore_frozen_`).
@@ -417,7 +428,8 @@ class _LTSWeight:
     def _init_lts(self, bits: int) -> None:
         self.quantizer = LTSQuantizer(bits)
         self.quantizer.init_bounds(self.weight)
-        self.register_buffer("lts_distance", torch.full_like(self.weight, quant_interval(bits)))
+        # D is kept in units of the Eq. 3 step 2 / (2^B - 1) (the forward's z units), so that Eq. 5 is one lerp.
+        self.register_buffer("lts_distance", torch.full_like(self.weight, quant_interval(bits) / _step(bits)))
         self.register_buffer("lts_level", torch.full_like(self.weight, -1))
         self.register_buffer("lts_frozen", torch.zeros_like(self.weight, dtype=torch.bool))
         self.register_buffer("lts_frozen_value", torch.zeros_like(self.weight))
@@ -437,6 +449,26 @@ class _LTSWeight:
         #: While sampled: (pattern positions, their D, their level, still unfrozen) (:meth:`lts_update`).
         self._compact: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._frozen_w_bar: tuple[tuple[int, int, int], torch.Tensor] | None = None
+        #: True while lts_frozen lags behind the unfrozen mask (lts_update); __getattr__ brings it up to date.
+        self._frozen_stale = False
+        #: Flat indices frozen by the last lts_update of a sampled layer (None: dense, see the mask).
+        self._new_frozen_idx: torch.Tensor | None = None
+
+    def __getattr__(self, name: str):
+        # Buffers live in nn.Module._buffers, so reads of ``lts_frozen`` come here: rewrite it from the
+        # unfrozen mask first if lts_update left it stale (one pass when read, not one per training step).
+        if name == "lts_frozen" and self.__dict__.get("_frozen_stale"):
+            self.__dict__["_frozen_stale"] = False
+            torch.bitwise_not(self._plan.keep.bool(), out=self._buffers["lts_frozen"])
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.lts_frozen  # noqa: B018 - brings the buffer up to date (__getattr__)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__["_frozen_stale"] = False  # the loaded mask wins
+        super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def bits(self) -> int:
@@ -473,15 +505,17 @@ class _LTSWeight:
         d = self.lts_distance.detach().clone()
         if self._compact is not None:
             d.view(-1)[self._compact[0]] = self._compact[1]
-        return d.masked_fill_(self.lts_frozen, math.nan)
+        return d.mul_(_step(self.bits)).masked_fill_(self.lts_frozen, math.nan)  # in the domain of Eq. 3
 
     @torch.no_grad()
     def _ema(self, z: torch.Tensor, q: torch.Tensor, m: float) -> None:
         """Eq. 5 on a training forward's ``z`` and ``q``: ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|``, reset to
-        ``Delta^B`` where the level changed; six in-place float passes, the spent ``z`` holding the
-        level-change test. A frozen weight's ``D`` is updated with the others and never looked at (the
+        ``Delta^B`` where the level changed. ``D`` is kept in units of the Eq. 3 step ``2 / (2^B - 1)`` (so the
+        EMA is ``lerp(D, |z - q|, 1 - m)``, the reset value and the threshold divided by the step; the
+        decisions are Eq. 5-6's up to float rounding); five in-place float passes, the spent ``z`` holding
+        the level-change test. A frozen weight's ``D`` is updated with the others and never looked at (the
         unfrozen mask decides)."""
-        if self.n_frozen == self.lts_frozen.numel():
+        if self.n_frozen == self.weight.numel():
             return
         if self._compact is None:
             e, level = self.lts_distance, self.lts_level
@@ -490,9 +524,9 @@ class _LTSWeight:
             z, q = z.view(-1).index_select(0, flat), q.view(-1).index_select(0, flat)
         reset = self._reset
         if reset is None or reset.shape != e.shape or reset.device != e.device:
-            value = torch.tensor(quant_interval(self.bits), dtype=z.dtype, device=z.device)
+            value = torch.tensor(quant_interval(self.bits) / _step(self.bits), dtype=z.dtype, device=z.device)
             reset = self._reset = value.expand_as(e)  # expanded once per shape (a view, no pass)
-        e.mul_(m).add_(z.sub_(q).abs_(), alpha=(1 - m) * 2 / ((1 << self.bits) - 1))
+        e.lerp_(z.sub_(q).abs_(), 1 - m)  # m D + (1 - m) |z - q|, in step units (one pass)
         # z is spent: it takes the level-change test, the lerp weight (0 or 1: exactly D or exactly Delta^B).
         e.lerp_(reset, torch.ne(q, level, out=z))
         if self._compact is None:
@@ -512,23 +546,29 @@ class _LTSWeight:
         Every full-size pass is float arithmetic in place (on this CPU a comparison into a bool tensor,
         ``logical_*``, ``masked_fill`` and ``nonzero`` cost four to twenty times an add): Eq. 6 is
         ``stays = [D >= t]`` as float 0/1, the unfrozen mask ``keep <- keep * stays`` (a frozen weight stays 0
-        whatever its ``D``) and one sum, whose drop is the number of new freezes; only then is the bool
-        :attr:`lts_frozen` rewritten (``~keep.bool()``). While a linear layer uses a sampled pattern (fewer
+        whatever its ``D``) and one sum, whose drop is the number of new freezes. The bool :attr:`lts_frozen`
+        is not rewritten then (nothing on the training path reads it; ``keep`` decides): it is marked stale and
+        rewritten (``~keep.bool()``) when next read, by attribute or ``state_dict`` (unless
+        :attr:`lts_restore`, which needs it at once). While a linear layer uses a sampled pattern (fewer
         than :data:`SAMPLED_BELOW` of its weights unfrozen), ``D`` and the level are kept for the pattern's
-        positions only (gathered once per pattern), so the update costs in proportion to them;
-        ``lts_distance`` and ``lts_level`` are brought up to date whenever a new pattern is built
-        (:meth:`eq5_distance` reads both).
+        positions only (gathered once per pattern; a new pattern is cut out of the old one's compact state,
+        whose positions it is a subset of), so the update costs in proportion to them; ``lts_distance`` and
+        ``lts_level`` are stale there (:meth:`eq5_distance` reads the compact values); the flat indices it
+        froze are left in ``_new_frozen_idx``, so that
+        the scratcher zeroes their momentum by index instead of a pass over the layer.
         """
         last, self._last = self._last, None
+        self._new_frozen_idx = None
         if last is None:
             return 0
         if last is not True:
             self._ema(*last, m)
-        if self.n_frozen == self.lts_frozen.numel():
+        if self.n_frozen == self.weight.numel():
             return 0
         t = threshold(p, self.bits)
         if t <= 0:  # warm-up: nothing can freeze
             return 0
+        t /= _step(self.bits)  # D is kept in step units (_init_lts)
         if self._compact is None:
             e, keep = self.lts_distance, self._plan.keep
             scratch = self._scratch
@@ -558,6 +598,7 @@ class _LTSWeight:
                 self.lts_frozen_value.view(-1)[idx] = self.weight.detach().view(-1)[idx]
             self.lts_frozen.view(-1).index_fill_(0, idx, True)
             self._plan.keep.view(-1).index_fill_(0, idx, 0.0)
+            self._new_frozen_idx = idx
             self._replan(n_new)
             return n_new
         # keep <- keep * [D >= t]: frozen weights stay 0 whatever their D; the count of 1s gives the new freezes.
@@ -568,10 +609,13 @@ class _LTSWeight:
             return 0
         if self.lts_restore:
             frozen_before = self.lts_frozen.clone()
-        torch.bitwise_not(keep.bool(), out=self.lts_frozen)  # (bool ops on CPU: bitwise, not logical_*)
-        if self.lts_restore:
+            torch.bitwise_not(keep.bool(), out=self.lts_frozen)  # (bool ops on CPU: bitwise, not logical_*)
             newly = self.lts_frozen & ~frozen_before
             self.lts_frozen_value.copy_(torch.where(newly, self.weight, self.lts_frozen_value))
+        else:
+            # Nothing on the training path reads the bool mask (keep decides): it is rewritten from keep
+            # when next read (__getattr__, state_dict), not on every step.
+            self._frozen_stale = True
         self._replan(n_new)
         return n_new
 
@@ -635,41 +679,51 @@ class QuantLinearLTS(_LTSWeight, nn.Linear):
 
     def _replan(self, n_new: int | None = None) -> None:
         super()._replan(n_new)
-        n_live = self.lts_frozen.numel() - self.n_frozen
+        n_live = self.weight.numel() - self.n_frozen
         if n_live == 0 or n_live >= SAMPLED_BELOW * self.weight.numel():
             return
         keep, previous = self._plan.keep, self._sampled
         if previous is None or n_live < REBUILD_SHRINK * self._pattern_nnz:
-            self._store_compact()
-            live = ~self.lts_frozen
-            flat = live.view(-1).nonzero().squeeze(1)
-            crow = torch.zeros(live.shape[0] + 1, dtype=torch.int64, device=live.device)
-            torch.cumsum(live.sum(1), 0, out=crow[1:])
-            col = flat % live.shape[1]
+            rows, cols = self.weight.shape
+            if self._compact is not None and n_new is not None:
+                # The live positions are a subset of the old pattern's: found in its compact state (its size),
+                # not by a pass over the whole layer (nonzero over a full bool mask is slow on this CPU).
+                old_flat, d, level, old_keep = self._compact
+                pos = old_keep.nonzero().squeeze(1)
+                flat = old_flat.index_select(0, pos)
+                compact = (flat, d.index_select(0, pos), level.index_select(0, pos), old_keep.index_select(0, pos))
+            else:
+                self._store_compact()
+                flat = (~self.lts_frozen).view(-1).nonzero().squeeze(1)
+                compact = (flat, self.lts_distance.view(-1).index_select(0, flat),
+                           self.lts_level.view(-1).index_select(0, flat), keep.view(-1).index_select(0, flat))
+            crow = torch.zeros(rows + 1, dtype=torch.int64, device=flat.device)
+            torch.cumsum(torch.bincount(torch.div(flat, cols, rounding_mode="floor"), minlength=rows), 0,
+                         out=crow[1:])
+            col = flat % cols
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
                 csr = torch.sparse_csr_tensor(
-                    crow, col, torch.ones(flat.numel(), dtype=self.weight.dtype, device=live.device), live.shape,
+                    crow, col, torch.ones(flat.numel(), dtype=self.weight.dtype, device=flat.device), (rows, cols),
                     check_invariants=False,
                 )
             self._pattern_nnz = n_live
-            self._plan = _Plan("sampled", keep, csr, flat)
-            self._compact = (flat, self.lts_distance.view(-1)[flat], self.lts_level.view(-1)[flat],
-                             keep.view(-1)[flat])
+            self._compact = compact
+            self._plan = _Plan("sampled", keep, csr, flat, self._compact[3])
         else:
-            self._plan = _Plan("sampled", keep, previous.csr, previous.flat)
             if self._compact is None:  # pragma: no cover - a reused pattern always has its compact state
                 raise RuntimeError("sampled pattern without its compact LTS state")
+            self._plan = _Plan("sampled", keep, previous.csr, previous.flat, self._compact[3])
             if n_new is None:  # rebuilt from lts_frozen (not by lts_update): refresh which positions are live
-                self._compact[3].copy_(keep.view(-1)[previous.flat])
+                self._compact[3].copy_(keep.view(-1).index_select(0, previous.flat))
         self._sampled = self._plan
 
     def _store_compact(self) -> None:
         """Write the pattern positions' ``D`` and level back into the dense buffers (before a new pattern)."""
         if self._compact is not None:
             flat, d, level, _ = self._compact
-            self.lts_distance.view(-1)[flat] = d
-            self.lts_level.view(-1)[flat] = level
+            self.lts_distance.view(-1).index_copy_(0, flat, d)
+            self.lts_level.view(-1).index_copy_(0, flat, level)
             self._compact = None
 
     def extra_repr(self) -> str:

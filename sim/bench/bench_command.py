@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=BENCHES, help="what to measure: dsp (packed DSP48E1 lane modes: synthesis, "
                    "bit-exact simulation, density), lts (plain QAT vs LTS at 2-4 bits), imq (float, IMQ, IRQ, IMP, "
                    "QNN-k), bmpq (FP-32 vs BMPQ at three budgets), conv (ResNet-20 and VGG IMQ tickets and a BMPQ "
-                   "VGG: fake-quant vs golden accuracy, image bytes, MACs; about 20 min), qat (a DoReFa, BMPQ and LTS "
+                   "VGG: fake-quant vs golden accuracy, image bytes, MACs; about 20 min), qat (a DoReFa, BMPQ, LTS and vertical "
                    "training step of the MLP, VGG and ResNet-20 against the float step; about 2 min), export (packs a "
                    "10-million-weight network of random widths into a version 3 image: seconds, bytes, metadata "
                    "bits per weight; under a minute), fuzz (random conv and FC layers and small networks through "
@@ -123,7 +123,7 @@ def bench_dsp(args, out: Path) -> int:
 
 
 def bench_lts(args, out: Path) -> int:
-    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits (model/bench/lts.py run_lts_bench, about 10 min)."""
+    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits, two seeds (model/bench/lts.py run_lts_bench, 10-15 min)."""
     from model.bench.lts import floors, run_lts_bench
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",

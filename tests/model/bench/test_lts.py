@@ -1,6 +1,7 @@
 """``bench lts`` floors (model/bench/lts.py) on hand-written rows."""
 
 import pytest
+import torch
 
 from model.bench.lts import floors
 
@@ -50,3 +51,47 @@ def test_rows_of_an_older_bench_without_total_time_fail_that_floor_only():
     f = floors(rows)
     assert f["total_time_ratio_2bit"] == {"value": None, "floor": 1.0, "op": "<", "holds": False}
     assert [n for n, e in f.items() if not e["holds"]] == ["total_time_ratio_2bit", "total_time_ratio_3bit"]
+
+
+
+def test_bench_averages_one_pair_per_seed(tmp_path, monkeypatch):
+    """Each width trains a plain-QAT / LTS pair per seed (same seed for both modes); accuracy is the mean of
+    the seeds' accuracies (kept in the row), the time ratios are ratios of the summed times."""
+    import gzip
+
+    import model.bench.lts as bench
+    from model.errors import UserError
+    from model.methods.lts import LTSTraining
+
+    assert bench.SEEDS == (0, 1)
+    root = tmp_path / "d"
+    root.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 64), ("t10k", 16)):
+        header = bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        pixels = torch.randint(0, 256, (n * 784,), generator=gen, dtype=torch.uint8).numpy().tobytes()
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + pixels))
+        labels = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(i % 10 for i in range(n))
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    made = []
+
+    def spy(*args, **kwargs):
+        run = LTSTraining(*args, **kwargs)
+        made.append((args[3], kwargs["mode"], kwargs["seed"], run))
+        return run
+
+    monkeypatch.setattr(bench, "LTSTraining", spy)
+    rows = bench.run_lts_bench(tmp_path / "lts.json", epochs=3, warmup=1, bits_list=(2,), root=root,
+                               progress=False)
+    assert [m[:3] for m in made] == [(2, "baseline", 0), (2, "lts", 0), (2, "baseline", 1), (2, "lts", 1)]
+    runs = {(mode, seed): run.result for _, mode, seed, run in made}
+    lts = rows[1]
+    assert lts["seeds"] == [0, 1] and lts["accuracies"] == [runs["lts", 0].accuracy, runs["lts", 1].accuracy]
+    assert lts["accuracy"] == pytest.approx(sum(lts["accuracies"]) / 2)
+    assert lts["avg_wgs"] == pytest.approx((runs["lts", 0].avg_wgs + runs["lts", 1].avg_wgs) / 2)
+    base_total = runs["baseline", 0].train_time + runs["baseline", 1].train_time
+    assert lts["total_time_ratio"] == pytest.approx((runs["lts", 0].train_time + runs["lts", 1].train_time)
+                                                    / base_total)
+    assert rows[0]["total_time_ratio"] == pytest.approx(1.0)
+    with pytest.raises(UserError, match="'seeds'"):
+        bench.run_lts_bench(tmp_path / "x.json", seeds=(), bits_list=(2,), root=root, progress=False)

@@ -10,6 +10,7 @@ from model.bench.qat import MODES, TICKET_MIX, float_twin, floors, quant_net, ru
 from model.quant.bmpq import BMPQ_LAYERS
 from model.quant.lts import QuantConv2dLTS
 from model.quant.pact import PACT
+from model.quant.vertical import SwitchableBatchNorm, VerticalActQuant, VerticalWeight
 
 
 def test_rows_for_every_arch_and_mode(tmp_path):
@@ -19,6 +20,7 @@ def test_rows_for_every_arch_and_mode(tmp_path):
     assert torch.get_num_threads() == threads
     assert json.loads(out.read_text()) == rows
     assert [(r["arch"], r["mode"]) for r in rows] == [(a, m) for a in ("mlp", "vgg", "resnet20") for m in MODES]
+    assert "vertical" in MODES
     for r in rows:
         assert set(r) == {"arch", "mode", "device", "step_ms", "float_step_ms", "ratio"} and r["device"] == "cpu"
         assert r["step_ms"] > 0 and r["float_step_ms"] > 0
@@ -34,6 +36,24 @@ def test_each_mode_builds_what_it_trains():
     assert bmpq[0] == bmpq[-1] == 16 and set(bmpq[1:-1]) == {4}
     lts = quant_net("vgg", "lts")
     assert any(isinstance(m, QuantConv2dLTS) for m in lts.modules())
+    vertical = quant_net("resnet20", "vertical")
+    layers = [m for m in vertical.modules() if isinstance(m, VerticalWeight)]
+    assert vertical.vertical["widths"] == [2, 3, 4]
+    assert layers[0].edge and layers[-1].edge and not any(m.edge for m in layers[1:-1])
+    assert any(isinstance(m, SwitchableBatchNorm) for m in vertical.modules())
+
+
+def test_vertical_step_is_one_joint_step_over_every_width():
+    from model.bench.qat import _Stepper
+
+    model = quant_net("mlp", "vertical")
+    stepper = _Stepper(model, torch.device("cpu"), lts=False, vertical=True)
+    acts = [m for m in model.modules() if isinstance(m, VerticalActQuant)]
+    before = model.linears[1].weight.detach().clone()
+    x, y = torch.rand(8, 784), torch.randint(0, 10, (8,))
+    assert stepper(x, y) > 0
+    assert all(bool(a.initialized.all()) for a in acts)  # a forward ran at each of the three widths
+    assert not torch.equal(before, model.linears[1].weight)  # and SGD stepped the shared weights
 
 
 def test_float_twin_is_the_same_network_without_quantizers():
@@ -44,6 +64,12 @@ def test_float_twin_is_the_same_network_without_quantizers():
     assert torch.equal(twin.layer2[0].conv1.weight, model.layer2[0].conv1.weight)
     assert twin.layer2[0].conv1.stride == (2, 2)
     assert twin(torch.rand(2, 784)).shape == (2, 10)
+    vertical = quant_net("vgg", "vertical")
+    vtwin = float_twin(vertical)
+    assert not any(isinstance(m, VerticalWeight | VerticalActQuant | SwitchableBatchNorm) for m in vtwin.modules())
+    first = next(m for m in vertical.modules() if isinstance(m, VerticalWeight))
+    assert torch.equal(next(m for m in vtwin.modules() if isinstance(m, nn.Conv2d)).weight, first.weight)
+    assert vtwin(torch.rand(2, 784)).shape == (2, 10)
 
 
 def test_floor():
