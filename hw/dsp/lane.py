@@ -71,6 +71,42 @@ DSP_LATENCY = DSP48E1_ATTRIBUTES["AREG"] + DSP48E1_ATTRIBUTES["MREG"] + DSP48E1_
 M_STAGE = DSP_LATENCY - 1  # pipeline stage whose product enters P at the next edge
 
 
+def delay_line(m, advance, sig, name: str) -> list:
+    """``sig`` and its copies 1 to :data:`DSP_LATENCY` stages later, moving when ``advance``: the side band
+    that travels with an operand set through the DSP's registers."""
+    pipe = [sig] + [Signal.like(sig, name=f"{name}{k}") for k in range(1, DSP_LATENCY + 1)]
+    with m.If(advance):
+        m.d.sync += [pipe[k + 1].eq(pipe[k]) for k in range(DSP_LATENCY)]
+    return pipe
+
+
+def accumulate_in_p(m, advance, valid_m, end_m, product):
+    """The DSP48E1's M and P registers, behaviourally: ``M = product``, P sums the products and restarts
+    (OPMODE Z = 0) with the one behind a closed or empty accumulation; returns P.
+
+    ``valid_m`` / ``end_m``: the M stage's valid and "closes its accumulation" bits (:data:`M_STAGE` of a
+    :func:`delay_line`). P holds an open accumulation; the product in the M stage enters P at the next edge,
+    and the restart decision for the one behind it is registered with M, like the DSP's OPMODE register.
+    The registers have no reset (``restart`` clears P before use): reset-less registers are what Yosys packs
+    as MREG and PREG, the adder between them as the DSP's post-adder.
+    """
+    p_holds = Signal()
+    restart = Signal()
+    enter = Signal()  # a product enters P at this edge (CEP)
+    m.d.comb += enter.eq(advance & valid_m)
+    with m.If(enter):
+        m.d.sync += p_holds.eq(~end_m)
+    with m.If(advance):
+        m.d.sync += restart.eq(Mux(valid_m, end_m, ~p_holds))
+    m_reg = Signal(product.shape(), reset_less=True)
+    p_reg = Signal(P_BITS, reset_less=True)
+    with m.If(advance):
+        m.d.sync += m_reg.eq(product)
+    with m.If(enter):
+        m.d.sync += p_reg.eq((Mux(restart, 0, p_reg) + m_reg)[:P_BITS])
+    return p_reg
+
+
 def lane_latency(plan: PackingPlan) -> int:
     """Cycles from accepting an operand set with ``last`` to its sums on ``o``: the DSP's M and P
     registers and the drain into the output register. A multi-chunk set is accepted with its last chunk

@@ -37,11 +37,11 @@ the pass's last product enters P, and holds them under back-pressure (which stop
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.dsp.lane import DSP_LATENCY, M_STAGE
+from hw.dsp.lane import DSP_LATENCY, M_STAGE, accumulate_in_p, delay_line
 from hw.dsp.packing import A_BITS, B_BITS, CHUNK_BITS, P_BITS
 from model.export.format import CLASS_WIDTHS
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
@@ -160,34 +160,16 @@ class PassDspLane(wiring.Component):
 
         # Stages 1..DSP_LATENCY: the DSP (M and P registers) and its side band.
         def stages(sig, name):
-            pipe = [sig] + [Signal.like(sig, name=f"{name}{k}") for k in range(1, DSP_LATENCY + 1)]
-            with m.If(advance):
-                m.d.sync += [pipe[k + 1].eq(pipe[k]) for k in range(DSP_LATENCY)]
-            return pipe
+            return delay_line(m, advance, sig, name)
 
         valid = stages(self.i.valid, "valid")
         ends = stages(Signal(name="end0"), "end")
         m.d.comb += ends[0].eq(entry.end & self.i.valid)
 
-        # P restarts (OPMODE Z = 0) with the product behind a closed or empty accumulation (hw/dsp/lane.py).
-        p_holds = Signal()
-        restart = Signal()
-        enter = Signal()
-        m.d.comb += enter.eq(advance & valid[M_STAGE])
-        with m.If(enter):
-            m.d.sync += p_holds.eq(~ends[M_STAGE])
-        with m.If(advance):
-            m.d.sync += restart.eq(Mux(valid[M_STAGE], ends[M_STAGE], ~p_holds))
-        # Reset-less DSP registers (what Yosys packs as MREG / PREG); `restart` clears P before use.
         # The DSP48E1's own form, a 25 x 18 signed product (the codes are positive, so the sign bits are 0):
         # Yosys then finds the P adder behind it and packs it with PREG; an unsigned product narrowed to the
         # bits the codes use (24 x 17) keeps it from seeing the post-adder.
-        m_reg = Signal(signed(A_BITS + B_BITS + 2), reset_less=True)
-        p_reg = Signal(P_BITS, reset_less=True)
-        with m.If(advance):
-            m.d.sync += m_reg.eq(a_word.as_signed() * b_word.as_signed())
-        with m.If(enter):
-            m.d.sync += p_reg.eq((Mux(restart, 0, p_reg) + m_reg)[:P_BITS])
+        p_reg = accumulate_in_p(m, advance, valid[M_STAGE], ends[M_STAGE], a_word.as_signed() * b_word.as_signed())
 
         # The activation sums run beside the DSP, at stage 0, and close with the pass's last entry; their
         # value waits for P's (DSP_LATENCY cycles) in a small delay line.

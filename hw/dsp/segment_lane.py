@@ -48,8 +48,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hw.dsp.lane import DSP_LATENCY, M_STAGE
-from hw.dsp.packing import A_BITS, ACT_BITS, B_BITS, CHUNK_BITS, P_BITS, PackingPlan, plan
+from hw.dsp.lane import DSP_LATENCY, M_STAGE, accumulate_in_p, delay_line
+from hw.dsp.packing import A_BITS, ACT_BITS, B_BITS, CHUNK_BITS, PackingPlan, plan
 from model.export.format import CLASS_WIDTHS
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
 
@@ -300,10 +300,7 @@ class SegmentDspLane(wiring.Component):
 
         # Stages 1..DSP_LATENCY: the DSP (M and P registers) and its side band.
         def stages(sig, name):
-            pipe = [sig] + [Signal.like(sig, name=f"{name}{k}") for k in range(1, DSP_LATENCY + 1)]
-            with m.If(advance):
-                m.d.sync += [pipe[k + 1].eq(pipe[k]) for k in range(DSP_LATENCY)]
-            return pipe
+            return delay_line(m, advance, sig, name)
 
         valid = stages(self.i.valid, "valid")
         ends = stages(Signal.like(close, name="close0"), "close")
@@ -316,22 +313,7 @@ class SegmentDspLane(wiring.Component):
         m.d.comb += [ends[0].eq(close & self.i.valid), finals[0].eq(final & self.i.valid),
                      done[0].eq(last_cycle & self.i.valid), us[0].eq(entry.u)]
 
-        # P restarts (OPMODE Z = 0) with the product behind a closed or empty accumulation (hw/dsp/lane.py).
-        p_holds = Signal()
-        restart = Signal()
-        enter = Signal()
-        m.d.comb += enter.eq(advance & valid[M_STAGE])
-        with m.If(enter):
-            m.d.sync += p_holds.eq(~ends[M_STAGE])
-        with m.If(advance):
-            m.d.sync += restart.eq(Mux(valid[M_STAGE], ends[M_STAGE], ~p_holds))
-        # Reset-less DSP registers (what Yosys packs as MREG / PREG); `restart` clears P before use.
-        m_reg = Signal(A_BITS + B_BITS, reset_less=True)
-        p_reg = Signal(P_BITS, reset_less=True)
-        with m.If(advance):
-            m.d.sync += m_reg.eq(a_word * b_word)
-        with m.If(enter):
-            m.d.sync += p_reg.eq((Mux(restart, 0, p_reg) + m_reg)[:P_BITS])
+        p_reg = accumulate_in_p(m, advance, valid[M_STAGE], ends[M_STAGE], a_word * b_word)
 
         # Drain: each slot's field of P (by the mode and slot group of the product now in P) into its sum.
         d = DSP_LATENCY
