@@ -90,6 +90,8 @@ MAX_LUT_FRACTION = 0.8
 MIN_FMAX_MHZ = 100.0
 #: Wall-time budget of the simulations (the issue bounds the bench to 45 minutes on 2 cores).
 BUDGET_MINUTES = 40.0
+#: Seconds a simulator run costs besides its images (start-up, the image load through the load port).
+RUN_OVERHEAD_S = 20.0
 #: The watchdog of a run: an image of dense32 at PACT-8 on a small array takes a few million cycles.
 TIMEOUT_CYCLES = 20_000_000
 
@@ -173,8 +175,9 @@ def _plan(counts: dict, done: dict, wall: dict, left_s: float) -> tuple | None:
     """The next ``(key, images)`` chunk to run within ``left_s`` seconds, or None.
 
     Every row gets one image first (in :data:`WEIGHTS` x :data:`ACT_BITS` order), then the ticket at PACT-4
-    up to its count, then the others; a chunk is as many images as the row's measured seconds per image
-    leave time for (at most a quarter of a row's count, so that the progress bar moves)."""
+    up to its count, then the others; a chunk is as many images as the row's measured simulation seconds per
+    image (``wall``: the simulator's own time, not the first run's Verilator build) leave time for after
+    :data:`RUN_OVERHEAD_S` (at most a quarter of a row's count, so that the progress bar moves)."""
     for key in counts:
         if done[key] == 0:
             return key, 1
@@ -184,7 +187,7 @@ def _plan(counts: dict, done: dict, wall: dict, left_s: float) -> tuple | None:
         if want <= 0:
             continue
         per_image = wall[key] / max(done[key], 1)
-        fit = int(left_s // max(per_image, 1e-3))
+        fit = int((left_s - RUN_OVERHEAD_S) // max(per_image, 1e-3))
         n = min(want, fit, max(1, counts[key] // 4))
         if n >= 1:
             return key, n
@@ -235,7 +238,6 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         key, n = step
         lo = done[key]
         bar.set_postfix_str(f"{key[0]} A{key[1]}")
-        t1 = time.perf_counter()
         try:
             res = run_array(vpath, words[key], codes[lo:lo + n], expected_all[key][lo:lo + n],
                             work_dir=out_dir / "sim", simulator=simulator, stall=False, timeout_cycles=TIMEOUT_CYCLES)
@@ -243,7 +245,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             raise UserError(f"bench accel: the simulator failed ({exc})") from exc
         if res.get("error") and not res["timed_out"]:
             raise UserError(f"bench accel: the testbench stopped ({res['error']}); see {res['log']}")
-        wall[key] += time.perf_counter() - t1
+        wall[key] += float(res["sim_wall_s"])  # the simulation's own seconds (the first run also builds)
         done[key] += n
         spans[key] += res["image_cycles"]
         mismatched[key] += int(res["mismatches"]) + (n - int(res["images"]))  # an image that did not come back

@@ -158,8 +158,9 @@ def test_the_budget_plan_gives_every_row_an_image_then_the_ticket_then_the_other
     assert [k for k, _ in seen[:6]] == list(counts) and all(n == 1 for _, n in seen[:6])
     assert seen[6] == (("ticket", 4), 25)  # a quarter of the row a chunk
     assert done == counts
-    # With 30 s left and 2 s an image, the ticket's next chunk is 15 images; with 1 s left nothing runs.
+    # With the run's overhead and 30 s more left at 2 s an image, the ticket's next chunk is 15 images;
+    # with less than the overhead left nothing runs.
     done = {k: 1 for k in counts}
     wall = {k: 2.0 for k in counts}
-    assert accel._plan(counts, done, wall, left_s=30.0) == (("ticket", 4), 15)
-    assert accel._plan(counts, done, wall, left_s=1.0) is None
+    assert accel._plan(counts, done, wall, left_s=accel.RUN_OVERHEAD_S + 30.0) == (("ticket", 4), 15)
+    assert accel._plan(counts, done, wall, left_s=accel.RUN_OVERHEAD_S + 1.0) is None
