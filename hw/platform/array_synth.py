@@ -83,26 +83,27 @@ def _sum(shell: Resources, engine: Resources, n: int) -> Resources:
                      bram36=shell.bram36 + n * engine.bram36, cells=cells)
 
 
-def _shell_netlist(verilog_path: Path, log_path: Path | None) -> tuple[Resources, dict]:
+def _shell_netlist(verilog_path: Path, log_path: Path | None, timeout_s: float | None) -> tuple[Resources, dict]:
     """``synth_xilinx -flatten`` of the array with its engines as black boxes."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "netlist.json"
         script = (f"read_verilog {verilog_path}; hierarchy -top {ARRAY_TOP_NAME}; "
                   f"blackbox {ARRAY_TOP_NAME}.engine*; synth_xilinx -family xc7 -flatten -top {ARRAY_TOP_NAME}; "
                   f"stat; write_json {out}")
-        text = _yosys(verilog_path, script, log_path)
+        text = _yosys(verilog_path, script, log_path, timeout_s)
         design = json.loads(out.read_text())
     return parse_stat(text[text.rfind("Printing statistics"):]), design
 
 
-def synthesize_array(config: ArrayConfig, out_dir) -> ArraySynthesis:
+def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = None) -> ArraySynthesis:
     """Write ``mpq_array.v`` and ``mpq_engine.v`` into ``out_dir``, synthesise the two parts side by side
-    (logs ``yosys_engine.log`` and ``yosys_shell.log``), and add them up (module docstring).
+    (logs ``yosys_engine.log`` and ``yosys_shell.log``), and add them up (module docstring). ``timeout_s``
+    bounds each Yosys run.
 
     Raises
     ------
     RuntimeError
-        A Yosys run failed (its log's tail in the message).
+        A Yosys run failed (its log's tail in the message) or ran past ``timeout_s``.
     """
     out_dir = Path(out_dir)
     array = ConvArray(config)
@@ -114,14 +115,15 @@ def synthesize_array(config: ArrayConfig, out_dir) -> ArraySynthesis:
 
     def engine_part():
         try:
-            box["engine"] = synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log")
+            box["engine"] = synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log",
+                                               timeout_s=timeout_s)
         except (RuntimeError, OSError, ValueError) as exc:  # Yosys or its netlist: re-raised in the caller's thread
             box["engine_error"] = exc
 
     t0 = time.perf_counter()
     worker = threading.Thread(target=engine_part, daemon=True)
     worker.start()
-    shell, shell_design = _shell_netlist(vpath, out_dir / "yosys_shell.log")
+    shell, shell_design = _shell_netlist(vpath, out_dir / "yosys_shell.log", timeout_s)
     worker.join()
     if "engine_error" in box:
         raise box["engine_error"]

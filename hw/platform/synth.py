@@ -78,9 +78,14 @@ def synth_stat(verilog_path, top: str, *, flatten: bool = True, log_path=None) -
     return out[out.rfind("Printing statistics"):]
 
 
-def _yosys(verilog_path, script: str, log_path=None) -> str:
-    """Run Yosys on ``script``; its standard output (and, with ``log_path``, both streams into that file)."""
-    proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
+def _yosys(verilog_path, script: str, log_path=None, timeout_s: float | None = None) -> str:
+    """Run Yosys on ``script``; its standard output (and, with ``log_path``, both streams into that file).
+    With ``timeout_s``, a run that takes longer is killed and raises :class:`RuntimeError` saying so."""
+    try:
+        proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"yosys on {verilog_path} did not finish in {timeout_s:.0f} s (killed)") from exc
     if log_path is not None:
         Path(log_path).write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -129,7 +134,8 @@ def dsp_configs(design: dict, top: str) -> dict[str, int]:
     return out
 
 
-def synthesize_netlist(verilog_path, top: str, *, log_path=None) -> tuple[Resources, dict]:
+def synthesize_netlist(verilog_path, top: str, *, log_path=None, timeout_s: float | None = None
+                       ) -> tuple[Resources, dict]:
     """``synth_xilinx -flatten``: the resource counts and the ``write_json`` netlist (for the timing estimate
     and the DSP configuration check), from one synthesis run."""
     verilog_path = Path(verilog_path)
@@ -139,6 +145,6 @@ def synthesize_netlist(verilog_path, top: str, *, log_path=None) -> tuple[Resour
         out = Path(tmp) / "netlist.json"
         script = (f"read_verilog {verilog_path}; synth_xilinx -family xc7 -flatten -top {top}; stat; "
                   f"write_json {out}")
-        text = _yosys(verilog_path, script, log_path)
+        text = _yosys(verilog_path, script, log_path, timeout_s)
         design = json.loads(out.read_text())
     return parse_stat(text[text.rfind("Printing statistics"):]), design

@@ -64,7 +64,7 @@ from model.export.convert import to_golden
 from model.export.golden_net import mac_counts
 from model.export.image import pack, read_image
 from model.export.vectors import image_vectors
-from model.files import save_figure
+from model.files import save_figure, write_json
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.pact import PACT
 from model.runs.rundir import load_iteration
@@ -90,6 +90,8 @@ MAX_LUT_FRACTION = 0.8
 MIN_FMAX_MHZ = 100.0
 #: Wall-time budget of the simulations (the issue bounds the bench to 45 minutes on 2 cores).
 BUDGET_MINUTES = 40.0
+#: Bound on each Yosys run of the synthesis (the shell of a 152-lane array takes Yosys over half an hour here).
+SYNTH_MINUTES = 60.0
 #: Seconds a simulator run costs besides its images (start-up, the image load through the load port).
 RUN_OVERHEAD_S = 20.0
 #: The watchdog of a run: an image of dense32 at PACT-8 on a small array takes a few million cycles.
@@ -161,12 +163,12 @@ def networks(source: dict, images: dict[tuple[str, int], int]) -> tuple[dict, np
     return nets, vectors.codes, vectors.labels
 
 
-def _synthesize(config, out_dir: Path, box: dict) -> None:
+def _synthesize(config, out_dir: Path, box: dict, timeout_s: float) -> None:
     """:func:`hw.platform.array_synth.synthesize_array` of ``config`` into ``box`` (run in a thread; Yosys runs
     as subprocesses, so the simulations go on meanwhile)."""
 
     try:
-        box["synthesis"] = synthesize_array(config, out_dir)
+        box["synthesis"] = synthesize_array(config, out_dir, timeout_s=timeout_s)
     except (RuntimeError, OSError, ValueError, UserError) as exc:  # reported by run_accel after the simulations
         box["error"] = exc
 
@@ -196,13 +198,19 @@ def _plan(counts: dict, done: dict, wall: dict, left_s: float) -> tuple | None:
 
 def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES, lanes: int = DEFAULT_LANES,
               ticket_images: int = TICKET_IMAGES, other_images: int = OTHER_IMAGES, simulator: str = "verilator",
-              minutes: float = BUDGET_MINUTES, synth: bool = True, progress: bool = True) -> dict:
+              minutes: float = BUDGET_MINUTES, synth_minutes: float = SYNTH_MINUTES, synth: bool = True,
+              progress: bool = True) -> dict:
     """Build the array once, run every row's images on it within ``minutes``, synthesise it (module docstring).
 
     The time budget counts from the call (training a missing ticket included); the simulations stop taking
     new chunks when the next would end after it, so rows may have fewer images than asked (``rtl_images``
     says how many ran; the floors need 100 and 10). The images are the first test images of the ticket's
     recorded data set, in order, for every row.
+
+    Each Yosys run of the synthesis is bounded by ``synth_minutes``; a synthesis that fails or runs out is
+    recorded (``synthesis_error``, and ``None`` for the resource keys, so those floors fail) instead of
+    losing the simulations, whose rows are also written to ``out_dir / "rtl_rows.json"`` before the bench
+    waits for Yosys.
     """
 
     if ticket_images < 1 or other_images < 1:
@@ -222,7 +230,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     box: dict = {}
     worker = None
     if synth:
-        worker = threading.Thread(target=_synthesize, args=(synth_config, out_dir / "synth", box), daemon=True)
+        worker = threading.Thread(target=_synthesize, args=(synth_config, out_dir / "synth", box, 60 * synth_minutes),
+                                  daemon=True)
         worker.start()
     done = dict.fromkeys(counts, 0)
     wall = dict.fromkeys(counts, 0.0)
@@ -278,12 +287,13 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "sim_cycles_per_second": sim_cycles[key] / sim_wall[key] if sim_wall[key] else None,
             "statuses": sorted(statuses[key]), "timed_out": timed_out[key],
         })
+    write_json(out_dir / "rtl_rows.json", rows)  # the simulations' figures, whatever the synthesis does
     if worker is not None:
         if progress and worker.is_alive():
-            tqdm.write("bench accel: waiting for Yosys")
+            tqdm.write(f"bench accel: waiting for Yosys (at most {synth_minutes:g} minutes a run)")
         worker.join()
-        if "error" in box:
-            raise UserError(f"bench accel: synthesis failed ({box['error']}); see the logs in {out_dir / 'synth'}")
+        if "error" in box and progress:
+            tqdm.write(f"bench accel: synthesis failed ({box['error']}); see the logs in {out_dir / 'synth'}")
     syn = box.get("synthesis")
     res = None if syn is None else syn.resources
     for r in rows:
@@ -308,6 +318,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         "synthesis": None if syn is None else {**syn.as_dict(), "dsp": res.dsp, "lut": res.lut, "ff": res.ff,
                                                "bram36": res.bram36, "fits_xc7z020": res.fits(),
                                                "lut_fraction": res.lut / 53200},
+        "synthesis_error": str(box["error"]) if "error" in box else None,
         "budget_minutes": minutes, "simulator": simulator, "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -236,10 +236,13 @@ def bench_accel(args, out: Path) -> int:
         ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
         ("acc", ">6", "", col("golden_accuracy", ".3f")), ("sim c/s", ">8", "", col("sim_cycles_per_second", ",.0f"))])
     syn = result["synthesis"]
-    print(f"\narray {result['config']['engines']} engines x {result['config']['lanes']} lanes: {syn['dsp']} DSP48E1, "
-          f"{syn['lut']:,} LUT ({100 * syn['lut_fraction']:.0f} % of the XC7Z020), {syn['ff']:,} FF, "
-          f"{syn['bram36']} RAMB36; Fmax estimate {syn['timing']['fmax_mhz']} MHz (Yosys netlist, DS187 -1 "
-          "delays; no Vivado here)")
+    if syn is None:
+        print(f"\nno resources: the synthesis did not finish ({result.get('synthesis_error')})")
+    else:
+        print(f"\narray {result['config']['engines']} engines x {result['config']['lanes']} lanes: {syn['dsp']} "
+              f"DSP48E1, {syn['lut']:,} LUT ({100 * syn['lut_fraction']:.0f} % of the XC7Z020), {syn['ff']:,} FF, "
+              f"{syn['bram36']} RAMB36; Fmax estimate {syn['timing']['fmax_mhz']} MHz (Yosys netlist, DS187 -1 "
+              "delays; no Vivado here)")
     print(f"wrote {out / 'accel.json'} and {out / 'accel.png'}")
     return report_floors(result["floors"], out / "accel.json", args.check)
 

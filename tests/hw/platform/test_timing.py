@@ -47,3 +47,10 @@ def test_a_registered_multiplier_maps_to_one_dsp(tmp_path):
     assert sum(configs.values()) == 1
     assert "MREG=1" in next(iter(configs)) or "PREG=1" in next(iter(configs))
     assert estimate(design, "top").fmax_mhz > 100
+
+
+def test_a_yosys_run_past_its_timeout_is_killed_and_named(tmp_path):
+    path = tmp_path / "adder.v"
+    path.write_text(ADDER)
+    with pytest.raises(RuntimeError, match=r"did not finish in 0 s \(killed\)"):
+        synthesize_netlist(path, "top", timeout_s=0.001)

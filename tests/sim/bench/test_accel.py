@@ -164,3 +164,17 @@ def test_the_budget_plan_gives_every_row_an_image_then_the_ticket_then_the_other
     wall = {k: 2.0 for k in counts}
     assert accel._plan(counts, done, wall, left_s=accel.RUN_OVERHEAD_S + 30.0) == (("ticket", 4), 15)
     assert accel._plan(counts, done, wall, left_s=accel.RUN_OVERHEAD_S + 1.0) is None
+
+
+def test_a_synthesis_that_did_not_finish_keeps_the_rtl_rows_and_fails_its_floors(tmp_path, capsys, monkeypatch):
+    result = _result()
+    result["synthesis"] = None
+    result["synthesis_error"] = "yosys on x.v did not finish in 3600 s (killed)"
+    for r in result["rows"]:
+        r.update(dsp=None, lut=None, ff=None, bram36=None, fits_xc7z020=None, fmax_mhz_estimate=None)
+    monkeypatch.setattr(accel, "run_accel", lambda out_dir, bench_dir, **kw: result)
+    code, out, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
+    assert code == 1 and "no resources: the synthesis did not finish (yosys on x.v" in out
+    floors = json.loads((tmp_path / "accel.json").read_text())["floors"]
+    assert not floors["dsp >= 150"]["holds"] and not floors["fmax_mhz_estimate >= 100"]["holds"]
+    assert floors["ticket_a4_cycles_per_image <= 40000"]["holds"]  # the RTL's figures stand
