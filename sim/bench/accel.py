@@ -62,7 +62,7 @@ from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.convert import to_golden
 from model.export.golden_net import mac_counts
-from model.export.image import pack, read_image
+from model.export.image import pack
 from model.export.vectors import image_vectors
 from model.files import save_figure, write_json
 from model.quant.layers import QUANT_LAYER_TYPES
@@ -152,12 +152,9 @@ def networks(source: dict, images: dict[tuple[str, int], int]) -> tuple[dict, np
     ``[N, C H W]`` (the most any row runs) and their labels."""
 
     model = load_iteration(source["run"], source["iteration"])
-    vectors = image_vectors(source["image"], max(images.values()), 0)
+    vectors = image_vectors(source["image"], max(images.values()), 0)  # reads the exported image too
     nets = {key: to_golden(variant(model, *key)) for key in images}
-    ticket = nets[("ticket", 4)]
-
-    exported, _ = read_image(source["image"])
-    if ("ticket", 4) in nets and not np.array_equal(pack(ticket), pack(exported)):
+    if ("ticket", 4) in nets and not np.array_equal(pack(nets[("ticket", 4)]), pack(vectors.net)):
         raise UserError(f"{source['image']}: the exported ticket differs from iteration {source['iteration']} of "
                         f"{source['run']} converted now; run `python build.py bench conv --restart`")
     return nets, vectors.codes, vectors.labels
@@ -296,16 +293,16 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             tqdm.write(f"bench accel: synthesis failed ({box['error']}); see the logs in {out_dir / 'synth'}")
     syn = box.get("synthesis")
     res = None if syn is None else syn.resources
+    resources = dict.fromkeys(("dsp", "lut", "ff", "bram36", "fits_xc7z020", "fmax_mhz_estimate")) if syn is None else {
+        "dsp": res.dsp, "lut": res.lut, "ff": res.ff, "bram36": res.bram36, "fits_xc7z020": res.fits(),
+        "fmax_mhz_estimate": syn.timing.fmax_mhz}
     for r in rows:
         base = next(b for b in rows if b["weights"] == "dense32" and b["act_bits"] == r["act_bits"])
         r["speedup_vs_dense32"] = (base["cycles_per_image"] / r["cycles_per_image"]
                                    if r["cycles_per_image"] and base["cycles_per_image"] else None)
         r["dense_macs_per_dsp_cycle"] = (r["macs_dense"] / r["cycles_per_image"] / res.dsp
                                          if res is not None and r["cycles_per_image"] else None)
-        r.update(dsp=None if res is None else res.dsp, lut=None if res is None else res.lut,
-                 ff=None if res is None else res.ff, bram36=None if res is None else res.bram36,
-                 fits_xc7z020=None if res is None else res.fits(),
-                 fmax_mhz_estimate=None if syn is None else syn.timing.fmax_mhz)
+        r.update(resources)
     return {
         "rows": rows,
         "config": {k: getattr(config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
