@@ -1,39 +1,51 @@
 """Channel engine: one output channel at a time over a tile of pixels, from its weight row to its codes.
 
-An engine (``docs/array_design.md``, decisions 1, 3-5) takes *row commands*: an output channel ``j`` of the
-running layer with its row's first bit in the global buffer, its requant parameters (``M``, ``B``, ``M_r``),
-the shortcut codes of the tile's pixels and how many pixels the tile has. For each, it
+An engine (``docs/array_design.md``) takes *row commands*: an output channel ``j`` of the running layer with
+its row's first bit in the global buffer, its requant parameters (``M``, ``B``, ``M_r``), the shortcut codes
+of the tile's pixels and how many pixels the tile has. For each, it
 
 1. decodes the row (:class:`~hw.core.stream_decoder.RowStreamDecoder`, its own global-buffer requester):
-   one entry ``(position p, class, code q)`` per non-zero weight, grouped by width class;
-2. reads ``patch[p]``, the ``T = lanes * slots`` input codes of the tile's pixels at weight position ``p``
-   (the patch memory is outside: ``patch_addr`` / ``patch_en`` in, ``patch_data`` the next cycle; the read
-   port holds its data while ``patch_en`` is low);
-3. broadcasts ``q`` to ``lanes`` :class:`~hw.dsp.segment_lane.SegmentDspLane` (one DSP48E1 each, ``slots``
-   pixels per lane) in the lane mode of the entry's class and the layer's activation width; a pruned weight
-   has no entry and costs no cycle, an all-pruned row one entry of zeros (``acc = 0``);
-4. at each class segment's end the lanes give ``S`` and ``A`` per pixel, which move into a holding register
-   (the lanes go on with the next segment); the *combine* takes them one pixel a cycle, multiplies by ``R_m`` in three conditional shift-adds (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``,
-   ``R_8 = (1 + 2^8)(1 + 2^16)``, ``R_16 = 1 + 2^16``, ``R_32 = 1``; also ``R_m A`` for a signed layer) and
-   adds into per-pixel accumulators ``X = sum_m R_m S_m``, ``A``, ``Y = sum_m R_m A_m`` (written, not
-   added, by a row's first segment: no clearing);
-5. with a row's last segment, each pixel's ``(X, A, Y)`` goes with its shortcut code and the channel's
-   parameters into the :class:`~hw.array.requant.PixelRequantizer`, whose codes (or scores) leave on ``o``
-   tagged ``(channel, pixel)``.
+   one entry ``(position p, class, code q)`` per non-zero weight, grouped by width class (*segments*);
+2. turns each segment into the *passes* of its lanes (:class:`~hw.array.pass_sequencer.PassSequencer`): one
+   pair pass for 4- and 8-bit weights at 1-4-bit activations, one single pass per 16-bit chunk and pixel
+   slot otherwise, replayed from a small memory;
+3. reads ``patch[p]``, the ``T = 2 lanes`` input codes of the tile's pixels at weight position ``p`` (the
+   patch memory is outside: ``patch_addr`` / ``patch_en`` in, ``patch_data`` the next cycle; the read port
+   holds its data while ``patch_en`` is low);
+4. broadcasts ``q`` to ``lanes`` :class:`~hw.dsp.pass_lane.PassDspLane` (one DSP48E1 each; lane ``k`` holds
+   pixels ``2k`` and ``2k + 1``), whose P registers sum the whole pass; a pruned weight has no entry and costs
+   no cycle, an all-pruned row one entry of zeros (``acc = 0``);
+5. at each pass's end the lanes' P words and activation sums move into a holding register (the lanes go on
+   with the next pass); the *combine* takes the pass's pixels one a cycle (every pixel of the tile after a
+   pair pass, the pixels ``2k + g`` after a single pass of group ``g``), takes each pixel's sum out of its
+   lane's P word (and weights a chunk-1 sum by ``2^16``), multiplies by ``R_m`` in three conditional
+   shift-adds (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``, ``R_8 = (1 + 2^8)(1 + 2^16)``, ``R_16 = 1 + 2^16``,
+   ``R_32 = 1``; also ``R_m A`` for a signed layer) and adds into the per-pixel accumulators
+   ``X = sum_m R_m S_m``, ``A``, ``Y = sum_m R_m A_m`` (written, not added, by the row's first pass into
+   the pixel's slot: no clearing); a DoReFa layer's 4- and 8-bit entries share one pass (the sequencer
+   promotes 4-bit codes exactly: ``q R_4 = 17 q R_8``);
+6. the row's last pass into a pixel passes its ``(X, A, Y)`` into the FIFO of the pixel's parity; the
+   *emitter* takes the tile's pixels in order (pixel ``i`` from FIFO ``i mod 2``: a single pass's last
+   chunk gives the even pixels before the odd ones) with their shortcut codes and the channel's parameters
+   into the :class:`~hw.array.requant.PixelRequantizer`, whose codes (or scores) leave on ``o`` tagged
+   ``(channel, pixel)``.
 
-**Global pool before an FC** (``layer.gap``): the loader puts each input's 16-bit channel sum in pixel
-slots 0 (low byte) and 1 (high byte) of the patch, and the layer runs at 8-bit activations; the combine adds
-slot 1's sums times 256 into pixel 0's accumulators: ``q v = q lo + 256 q hi`` exactly, so pixel 0 gets the
-FC's class sums over the pooled inputs (golden's ``global_sum_pool`` then ``layer_forward``).
+**Global pool before an FC** (``layer.gap``): the loader puts each input's 16-bit channel sum in pixels 0
+(low byte) and 1 (high byte) of the patch, lane 0's two slots, and the layer runs at 8-bit activations (single
+passes); the combine adds group 1's sums times 256 into pixel 0's accumulators: ``q v = q lo + 256 q hi``
+exactly, so pixel 0 gets the FC's class sums over the pooled inputs (golden's ``global_sum_pool`` then
+``layer_forward``).
 
-Throughput: one entry per lane cycle count (``SegmentDspLane.cycles_per_entry``: 1 for 4-bit weights at
-1-5-bit activations); the combine needs one cycle per pixel of each segment, which the lanes' output
-register and the decoder's row start overlap with the next segment's entries; rows follow each other
-without a gap in the lanes when the next command is waiting.
+Throughput: per entry 1 lane cycle for two pixels at 4/8-bit weights and 1-4-bit activations, 2 at 16 bits
+or 5-8-bit activations, 4 for 32-bit weights (``hw/dsp/pass_lane.py``); the combine one pixel a cycle
+(``pixels`` cycles after a pair pass, about half that after a single one), overlapped with the lanes' next
+pass; the emitter one pixel a cycle, overlapped with the next row. So a row costs at least ``pixels``
+cycles (its outputs), and more when its passes are longer.
 
-What is exact: the lanes' sums (``hw/dsp/segment_lane.py``), ``X``, ``A``, ``Y`` at the widths of
-:mod:`hw.array.requant` (``X <= ACC_BOUND`` because ``R_m (2^m - 1) = D``), the requantizer. The engine
-trusts the image's fields the decoder checks (``error``, sticky: the decoder stops and so does the engine).
+What is exact: the lanes' pass sums (``hw/dsp/pass_lane.py``), ``X``, ``A``, ``Y`` at the widths of
+:mod:`hw.array.requant` (``X <= ACC_BOUND`` because ``R_m (2^m - 1) = D``; a pass's partial sum is at most
+its segment's), the requantizer. The engine trusts the image's fields the decoder checks (``error``, sticky:
+the decoder stops and so does the engine).
 """
 
 from __future__ import annotations
@@ -45,17 +57,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from hw.array.pass_sequencer import PassSequencer, record_layout
 from hw.array.requant import A_BITS, BIAS_BITS, X_BITS, Y_BITS, PixelRequantizer
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.stream_decoder import RowStreamDecoder, command_layout, layer_fields_layout
-from hw.dsp.segment_lane import ACT_BITS_FIELD, DEFAULT_ACT_WIDTHS, SegmentDspLane
-from model.export.format import CLASS_WIDTHS
-from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, MULT_BITS
+from hw.dsp.packing import CHUNK_BITS, P_BITS
+from hw.dsp.pass_lane import ACT_BITS_FIELD, PAIR_SHIFT, SLOTS, PassDspLane
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, MULT_BITS
 
-#: Pixel slots of one lane (the 4x4 broadcast plan packs 3 products per DSP48E1, ``hw/dsp/packing.py``).
-LANE_SLOTS = 3
-#: Bits of a global-pool sum split over two slots (``GAP_SUM_BITS``, two bytes).
-GAP_SLOTS = 2
+#: Pixel slots of one lane (a pass lane's two: ``hw/dsp/pass_lane.py``).
+LANE_SLOTS = SLOTS
 
 
 def engine_layer_layout() -> data.StructLayout:
@@ -105,8 +116,6 @@ class ChannelEngine(wiring.Component):
         Positions (patch addresses) of up to ``2^fan_in_width - 1`` weights.
     channel_bits : int
         Width of the channel tag.
-    act_widths : tuple of int
-        Activation widths the lanes have a mode for (:class:`~hw.dsp.segment_lane.SegmentDspLane`).
 
     Members
     -------
@@ -125,8 +134,7 @@ class ChannelEngine(wiring.Component):
         A row is in the engine (from its command to its last pixel on ``o``).
     """
 
-    def __init__(self, *, lanes: int, addr_width: int, fan_in_width: int, channel_bits: int,
-                 act_widths=DEFAULT_ACT_WIDTHS):
+    def __init__(self, *, lanes: int, addr_width: int, fan_in_width: int, channel_bits: int):
         for name, value, lo in (("lanes", lanes, 1), ("addr_width", addr_width, 1),
                                 ("fan_in_width", fan_in_width, 1), ("channel_bits", channel_bits, 1)):
             if not isinstance(value, int) or value < lo:
@@ -136,7 +144,6 @@ class ChannelEngine(wiring.Component):
         self._addr_width = addr_width
         self._fan_in_width = fan_in_width
         self._channel_bits = channel_bits
-        self._act_widths = tuple(act_widths)
         t = self._pixels
         super().__init__({
             "layer": In(engine_layer_layout()),
@@ -161,7 +168,7 @@ class ChannelEngine(wiring.Component):
         layer = self.layer
         pix_bits = max(ceil_log2(t), 1)
 
-        # -- Row commands: the decoder, and the row's data for the combine -----------------------------
+        # -- Row commands: the decoder; the row's pixel count for the sequencer; its data for the emitter --
         m.submodules.decoder = dec = RowStreamDecoder(addr_width=self._addr_width,
                                                       fan_in_width=self._fan_in_width)
         wiring.connect(m, dec.bus, wiring.flipped(self.bus))
@@ -170,148 +177,180 @@ class ChannelEngine(wiring.Component):
                                         "mult": unsigned(MULT_BITS), "res_mult": unsigned(MULT_BITS),
                                         "bias": unsigned(BIAS_BITS), "r": data.ArrayLayout(MAX_ACT_BITS, t)})
         m.submodules.rows = rows = SyncFIFOBuffered(width=row_layout.size, depth=4)
+        m.submodules.row_pixels = row_pixels = SyncFIFOBuffered(width=ceil_log2(t + 1), depth=4)
         cmd = self.cmd.payload
+        accept = Signal()
         m.d.comb += [
-            dec.cmd.valid.eq(self.cmd.valid & rows.w_rdy),
+            # (ready does not look at valid: the controller offers a command to an engine that is ready)
+            self.cmd.ready.eq(rows.w_rdy & row_pixels.w_rdy & dec.cmd.ready),
+            accept.eq(self.cmd.valid & self.cmd.ready),
+            dec.cmd.valid.eq(self.cmd.valid & rows.w_rdy & row_pixels.w_rdy),
             dec.cmd.payload.start_bit.eq(cmd.start_bit),
-            self.cmd.ready.eq(rows.w_rdy & dec.cmd.ready),
-            rows.w_en.eq(self.cmd.valid & rows.w_rdy & dec.cmd.ready),
+            rows.w_en.eq(accept), row_pixels.w_en.eq(accept),
             rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.r)),
+            row_pixels.w_data.eq(cmd.pixels),
         ]
         row = data.View(row_layout, rows.r_data)
 
+        # -- Passes: the sequencer replays segments that take more than one pass -------------------------
+        m.submodules.sequencer = seq = PassSequencer(fan_in_width=self._fan_in_width, pixels=t)
+        m.d.comb += [seq.act_bits.eq(layer.act_bits), seq.gap.eq(layer.gap), seq.signed.eq(layer.signed),
+                     seq.rows.valid.eq(row_pixels.r_rdy), seq.rows.payload.eq(row_pixels.r_data),
+                     row_pixels.r_en.eq(seq.rows.ready)]
+        wiring.connect(m, dec.o, seq.i)
+
         # -- Fetch: the entry waits here while its patch row is read ---------------------------------------
         f_valid = Signal()
-        f = Signal.like(dec.o.payload, name="f_entry")
+        f = Signal.like(seq.o.payload, name="f_entry")
         take = Signal()  # the lanes take the entry in F
         f_adv = Signal()
-        m.d.comb += [f_adv.eq(~f_valid | take), dec.o.ready.eq(f_adv),
-                     self.patch_addr.eq(dec.o.payload.position), self.patch_en.eq(f_adv)]
+        m.d.comb += [f_adv.eq(~f_valid | take), seq.o.ready.eq(f_adv),
+                     self.patch_addr.eq(seq.o.payload.position), self.patch_en.eq(f_adv)]
         with m.If(f_adv):
-            m.d.sync += [f_valid.eq(dec.o.valid), f.eq(dec.o.payload)]
+            m.d.sync += [f_valid.eq(seq.o.valid), f.eq(seq.o.payload)]
 
-        # -- Lanes ---------------------------------------------------------------------------------------
-        seg_layout = data.StructLayout({"cls": unsigned(2), "first": unsigned(1), "last": unsigned(1)})
-        m.submodules.segs = segs = SyncFIFOBuffered(width=seg_layout.size, depth=8)
+        # -- Lanes: lane k holds pixels 2k (slot 0) and 2k + 1 (slot 1) ----------------------------------
+        rec_layout = record_layout(t)
+        m.submodules.recs = recs = SyncFIFOBuffered(width=rec_layout.size, depth=8)
         lane_list = []
         for k in range(lanes):
-            lane = SegmentDspLane(LANE_SLOTS, act_widths=self._act_widths)
+            lane = PassDspLane(max_entries=min(MAX_FAN_IN, (1 << self._fan_in_width) - 1))
             m.submodules[f"lane{k}"] = lane
             lane_list.append(lane)
             m.d.comb += [
-                lane.i.valid.eq(f_valid & segs.w_rdy),
-                lane.i.payload.cls.eq(f.cls),
+                lane.i.valid.eq(f_valid & recs.w_rdy),
                 lane.i.payload.code.eq(f.code),
-                lane.i.payload.act_bits.eq(layer.act_bits),
-                lane.i.payload.end.eq(f.seg_end),
+                lane.i.payload.pair.eq(f.rec.pair),
+                lane.i.payload.chunk.eq(f.rec.chunk),
+                lane.i.payload.group.eq(f.rec.group),
+                lane.i.payload.count.eq(f.count),
+                lane.i.payload.end.eq(f.end),
             ]
-            for s in range(LANE_SLOTS):
-                m.d.comb += lane.i.payload.u[s].eq(Mux(f.empty, 0, self.patch_data[k * LANE_SLOTS + s]))
-        lead = lane_list[0]  # every lane sees the same entries and modes: they move in lockstep
-        m.d.comb += take.eq(f_valid & segs.w_rdy & lead.i.ready)
-        row_open = Signal()  # a segment of the current row has gone into the FIFO
-        seg_w = data.View(seg_layout, segs.w_data)
-        m.d.comb += [segs.w_en.eq(take & f.seg_end), seg_w.cls.eq(f.cls), seg_w.first.eq(~row_open),
-                     seg_w.last.eq(f.last)]
-        with m.If(take & f.seg_end):
-            m.d.sync += row_open.eq(~f.last)
+            for s in range(SLOTS):
+                m.d.comb += lane.i.payload.u[s].eq(self.patch_data[k * SLOTS + s])
+        lead = lane_list[0]  # every lane sees the same entries: they move in lockstep
+        m.d.comb += [take.eq(f_valid & recs.w_rdy & lead.i.ready),
+                     recs.w_en.eq(take & f.end), recs.w_data.eq(f.rec)]
 
-        # -- Combine: one pixel of a finished segment a cycle ------------------------------------------
-        m.submodules.requant = rq = PixelRequantizer(tag_bits=self._channel_bits + pix_bits)
-        m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
-                     rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual)]
+        # -- Combine: one pixel of a finished pass a cycle ---------------------------------------------------
         c_adv = Signal()
-        m.d.comb += c_adv.eq(rq.i.ready)
-        # The lanes' segment sums move into a holding register at once, so that the lanes go on with the next
-        # segment while the combine takes this one pixel by pixel.
-        s_shape = lead.o.payload.s[0].shape()
+        # The lanes' pass sums move into a holding register at once (the lanes go on with the next pass).
         a_shape = lead.o.payload.a[0].shape()
         held_valid = Signal()
-        held_s = Signal(data.ArrayLayout(s_shape, t))
-        held_a = Signal(data.ArrayLayout(a_shape, t))
-        seg = Signal(seg_layout)  # the held segment's class and position in its row
-        k = Signal(range(t))
-        n_last = Signal(range(t))  # the segment's last pixel to combine
-        m.d.comb += n_last.eq(Mux(layer.gap, GAP_SLOTS - 1, row.pixels - 1))
+        held_p = Signal(data.ArrayLayout(P_BITS, lanes))
+        held_a = Signal(data.ArrayLayout(data.ArrayLayout(a_shape, SLOTS), lanes))
+        rec = Signal(rec_layout)  # the held pass's record
+        # The pass's n-th pixel: every pixel of the tile in a pair pass (pixel n: lane n >> 1, slot n & 1);
+        # pixels 2n + g in a single pass of group g (lane n); pixel 0 alone under gap.
+        n = Signal(range(t))
+        n_last = Signal(range(t))
+        m.d.comb += n_last.eq(Mux(layer.gap, 0, Mux(rec.pair, rec.pixels - 1, (rec.pixels - 1 - rec.group) >> 1)))
         start = Signal()
-        m.d.comb += start.eq(held_valid & rows.r_rdy & c_adv)
-        at_end = Signal()
-        m.d.comb += at_end.eq(k == n_last)
-        release = start & at_end
+        m.d.comb += start.eq(held_valid & c_adv)
+        release = Signal()
+        m.d.comb += release.eq(start & (n == n_last))
         capture = Signal()
-        m.d.comb += capture.eq(lead.o.valid & segs.r_rdy & (~held_valid | release))
+        m.d.comb += capture.eq(lead.o.valid & recs.r_rdy & (~held_valid | release))
         for lane in lane_list:
             m.d.comb += lane.o.ready.eq(capture)
-        m.d.comb += [segs.r_en.eq(capture), rows.r_en.eq(release & seg.last)]
+        m.d.comb += recs.r_en.eq(capture)
         with m.If(capture):
-            m.d.sync += [held_valid.eq(1), seg.eq(segs.r_data)]
-            for kk in range(t):
-                lane = lane_list[kk // LANE_SLOTS]
-                m.d.sync += [held_s[kk].eq(lane.o.payload.s[kk % LANE_SLOTS]),
-                             held_a[kk].eq(lane.o.payload.a[kk % LANE_SLOTS])]
+            m.d.sync += [held_valid.eq(1), rec.eq(recs.r_data)]
+            for kk, lane in enumerate(lane_list):
+                m.d.sync += [held_p[kk].eq(lane.o.payload.p), held_a[kk].eq(lane.o.payload.a)]
         with m.Elif(release):
             m.d.sync += held_valid.eq(0)
         with m.If(start):
-            m.d.sync += k.eq(Mux(at_end, 0, k + 1))
+            m.d.sync += n.eq(Mux(n == n_last, 0, n + 1))
 
-        # Stage C0 -> C1: select pixel k's sums, the row's data for it.
-        s_sel = Signal(s_shape)
+        # Stage C0: the pixel's sum out of its lane's word. A pair pass has slot 0's sum in P's low
+        # PAIR_SHIFT bits and slot 1's above; a single pass all of P, weighted by its chunk (2^16). Under gap,
+        # group 1 carries pixel 0's high bytes: weight 256.
+        lane_sel = Signal(range(lanes))
+        slot = Signal()
+        pixel = Signal(range(t))
+        m.d.comb += [lane_sel.eq(Mux(rec.pair, n >> 1, n)), slot.eq(Mux(rec.pair, n[0], rec.group)),
+                     pixel.eq(Mux(layer.gap, 0, Mux(rec.pair, n, (n << 1) | rec.group)))]
+        p_sel = Signal(P_BITS)
         a_sel = Signal(a_shape)
-        m.d.comb += [s_sel.eq(held_s[k]), a_sel.eq(held_a[k])]
-        r_sel = Signal(MAX_ACT_BITS)
-        m.d.comb += r_sel.eq(row.r[k])
-        # In gap mode slot 1 holds the high bytes: weight 256, into pixel 0.
-        s_in = Mux(layer.gap & (k == 1), s_sel << 8, s_sel)
-        a_in = Mux(layer.gap & (k == 1), a_sel << 8, a_sel)
-        dest = Mux(layer.gap, 0, k)
-        emit = seg.last & Mux(layer.gap, k == GAP_SLOTS - 1, 1)
-        first = seg.first & ~(layer.gap & (k != 0))  # slot 1 of a pooled input adds to slot 0's sums
+        m.d.comb += [p_sel.eq(held_p[lane_sel]), a_sel.eq(held_a[lane_sel][slot])]
+        single = Mux(rec.chunk, p_sel << CHUNK_BITS, p_sel)
+        hi = layer.gap & rec.group
+        s_in = Mux(rec.pair, Mux(slot, p_sel[PAIR_SHIFT:], p_sel[:PAIR_SHIFT]), Mux(hi, single << 8, single))
+        a_in = Mux(hi, a_sel << 8, a_sel)
 
         side_layout = data.StructLayout({
-            "valid": unsigned(1), "cls": unsigned(2), "first": unsigned(1), "emit": unsigned(1),
-            "dest": range(t), "r": unsigned(MAX_ACT_BITS), "channel": unsigned(self._channel_bits),
-            "mult": unsigned(MULT_BITS), "res_mult": unsigned(MULT_BITS), "bias": unsigned(BIAS_BITS),
+            "valid": unsigned(1), "cls": unsigned(2), "final": unsigned(1), "pixel": range(t), "first": unsigned(1),
         })
-        side = [Signal(side_layout, name=f"c{n}") for n in range(1, 4)]
+        # side[0] / s0 / a0: the pixel's sum as taken out (its own stage: the holding register's lane
+        # multiplexer and the field selection stay off the first adder's path); then three stages of R_m.
+        side = [Signal(side_layout, name=f"c{n}") for n in range(4)]
+        s0 = Signal(X_BITS, name="cs0")
         sv = [Signal(X_BITS, name=f"cs{n}") for n in range(1, 4)]  # R_m S in the making
-        av = [Signal(A_BITS, name=f"ca{n}") for n in range(1, 4)]  # A, unchanged
+        av = [Signal(A_BITS, name=f"ca{n}") for n in range(4)]  # A, unchanged
         yv = [Signal(Y_BITS, name=f"cy{n}") for n in range(1, 4)]  # R_m A in the making (signed layers)
         with m.If(c_adv):
             m.d.sync += [
-                side[0].valid.eq(start), side[0].cls.eq(seg.cls), side[0].first.eq(first),
-                side[0].emit.eq(emit), side[0].dest.eq(dest), side[0].r.eq(r_sel),
-                side[0].channel.eq(row.channel), side[0].mult.eq(row.mult), side[0].res_mult.eq(row.res_mult),
-                side[0].bias.eq(row.bias),
-                side[1].eq(side[0]), side[2].eq(side[1]),
+                side[0].valid.eq(start), side[0].cls.eq(rec.cls), side[0].final.eq(rec.final),
+                side[0].pixel.eq(pixel), side[0].first.eq(rec.first.as_value().bit_select(Mux(layer.gap, 0, slot), 1)),
+                s0.eq(s_in), av[0].eq(a_in),
+                side[1].eq(side[0]), side[2].eq(side[1]), side[3].eq(side[2]),
             ]
             # R_m by three conditional shift-adds: class 0 (4 bits) adds << 4, classes <= 1 << 8, <= 2 << 16.
-            for n, (shift, upto) in enumerate(((4, 0), (8, 1), (16, 2))):
-                s_prev = s_in if n == 0 else sv[n - 1]
-                y_prev = a_in if n == 0 else yv[n - 1]
-                cls = seg.cls if n == 0 else side[n - 1].cls
-                m.d.sync += [sv[n].eq(s_prev + Mux(cls <= upto, s_prev << shift, 0)),
-                             yv[n].eq(y_prev + Mux(cls <= upto, y_prev << shift, 0)),
-                             av[n].eq(a_in if n == 0 else av[n - 1])]
+            for k, (shift, upto) in enumerate(((4, 0), (8, 1), (16, 2))):
+                s_prev = s0 if k == 0 else sv[k - 1]
+                y_prev = av[0] if k == 0 else yv[k - 1]
+                cls = side[k].cls
+                m.d.sync += [sv[k].eq(s_prev + Mux(cls <= upto, s_prev << shift, 0)),
+                             yv[k].eq(y_prev + Mux(cls <= upto, y_prev << shift, 0)),
+                             av[k + 1].eq(av[k])]
 
-        # Stage C4: the per-pixel accumulators (asynchronous read, written in the same cycle).
+        # Stage C5: the per-pixel accumulators (asynchronous read, written in the same cycle); the row's last
+        # pass into a pixel passes its finished sums on, into the FIFO of the pixel's parity.
         acc_layout = data.StructLayout({"x": unsigned(X_BITS), "a": unsigned(A_BITS), "y": unsigned(Y_BITS)})
+        last = side[3]
         m.submodules.accs = accs = Memory(shape=acc_layout, depth=t, init=[])
         rd = accs.read_port(domain="comb")
         wr = accs.write_port()
-        last = side[2]
-        m.d.comb += rd.addr.eq(last.dest)
-        x_new = Mux(last.first, sv[2], rd.data.x + sv[2])
-        a_new = Mux(last.first, av[2], rd.data.a + av[2])
-        y_new = Mux(last.first, yv[2], rd.data.y + yv[2])
-        m.d.comb += [wr.addr.eq(last.dest), wr.data.x.eq(x_new), wr.data.a.eq(a_new), wr.data.y.eq(y_new),
-                     wr.en.eq(c_adv & last.valid)]
+        new = Signal(acc_layout)
         m.d.comb += [
-            rq.i.valid.eq(last.valid & last.emit),
-            rq.i.payload.x.eq(x_new), rq.i.payload.a.eq(a_new), rq.i.payload.y.eq(y_new),
-            rq.i.payload.r.eq(last.r), rq.i.payload.mult.eq(last.mult), rq.i.payload.res_mult.eq(last.res_mult),
-            rq.i.payload.bias.eq(last.bias), rq.i.payload.tag.eq(Cat(last.dest, last.channel)),
+            rd.addr.eq(last.pixel), wr.addr.eq(last.pixel), wr.data.eq(new), wr.en.eq(c_adv & last.valid),
+            new.x.eq(Mux(last.first, sv[2], rd.data.x + sv[2])),
+            new.a.eq(Mux(last.first, av[3], rd.data.a + av[3])),
+            new.y.eq(Mux(last.first, yv[2], rd.data.y + yv[2])),
         ]
-        # c_adv is rq.i.ready, which does not depend on rq.i.valid: C4 moves when the requantizer can take.
+        fifos = []
+        for b in range(SLOTS):
+            fifo = SyncFIFOBuffered(width=acc_layout.size, depth=lanes + 1)
+            m.submodules[f"done{b}"] = fifo
+            fifos.append(fifo)
+            m.d.comb += [fifo.w_en.eq(c_adv & last.valid & last.final & (last.pixel[0] == b)),
+                         fifo.w_data.eq(new)]
+        m.d.comb += c_adv.eq(fifos[0].w_rdy & fifos[1].w_rdy)
+
+        # -- Emit: the row's pixels in order (pixel i from bank i mod 2) into the requantizer -------------
+        m.submodules.requant = rq = PixelRequantizer(tag_bits=self._channel_bits + pix_bits)
+        m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
+                     rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual)]
+        i = Signal(range(t))
+        pix = Signal(pix_bits)
+        m.d.comb += pix.eq(i)
+        bank = i[0]
+        head = data.View(acc_layout, Mux(bank, fifos[1].r_data, fifos[0].r_data))
+        ready_b = Mux(bank, fifos[1].r_rdy, fifos[0].r_rdy)
+        i_last = Mux(layer.gap, 1, row.pixels) - 1
+        go = Signal()
+        m.d.comb += [
+            rq.i.valid.eq(rows.r_rdy & ready_b),
+            rq.i.payload.x.eq(head.x), rq.i.payload.a.eq(head.a), rq.i.payload.y.eq(head.y),
+            rq.i.payload.r.eq(row.r[i]), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
+            rq.i.payload.bias.eq(row.bias), rq.i.payload.tag.eq(Cat(pix, row.channel)),
+            go.eq(rq.i.valid & rq.i.ready),
+            fifos[0].r_en.eq(go & ~bank), fifos[1].r_en.eq(go & bank),
+            rows.r_en.eq(go & (i == i_last)),
+        ]
+        with m.If(go):
+            m.d.sync += i.eq(Mux(i == i_last, 0, i + 1))
 
         m.d.comb += [
             self.o.valid.eq(rq.o.valid), rq.o.ready.eq(self.o.ready),
@@ -321,8 +360,7 @@ class ChannelEngine(wiring.Component):
         ]
         # Outputs owed: a tile's pixels (one for a pooled FC) per accepted command, one less per output.
         owed = Signal(16)
-        taken = self.cmd.valid & self.cmd.ready
         gone = self.o.valid & self.o.ready
-        m.d.sync += owed.eq(owed + Mux(taken, Mux(layer.gap, 1, cmd.pixels), 0) - gone)
+        m.d.sync += owed.eq(owed + Mux(accept, Mux(layer.gap, 1, cmd.pixels), 0) - gone)
         m.d.comb += self.busy.eq(owed != 0)
         return m

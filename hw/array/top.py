@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Cat, Module, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In, Out
@@ -34,7 +34,6 @@ from hw.array.map_writer import MapWriter, RowAssembler
 from hw.array.patch_loader import PatchLoader
 from hw.array.status import Status
 from hw.core.global_buffer import GlobalBuffer, load_port_signature
-from hw.dsp.segment_lane import DEFAULT_ACT_WIDTHS
 from model.export.golden import MAX_ACT_BITS
 
 
@@ -58,8 +57,6 @@ class ArrayConfig:
         Bits of a weight position: fan-ins up to ``2^fan_in_width - 1`` (the patch depth).
     channel_bits : int
         Output channels up to ``2^channel_bits`` per layer.
-    act_widths : tuple of int
-        Activation widths the lanes have a mode for.
     """
 
     engines: int = 2
@@ -69,7 +66,6 @@ class ArrayConfig:
     row_codes: int = 16
     fan_in_width: int = 10
     channel_bits: int = 6
-    act_widths: tuple = DEFAULT_ACT_WIDTHS
 
     @property
     def pixels(self) -> int:
@@ -132,7 +128,7 @@ class ConvArray(wiring.Component):
         :mod:`hw.platform.array_synth` synthesises one and counts it that many times)."""
         cfg = self._config
         return ChannelEngine(lanes=cfg.lanes, addr_width=self._addr_width, fan_in_width=cfg.fan_in_width,
-                             channel_bits=cfg.channel_bits, act_widths=cfg.act_widths)
+                             channel_bits=cfg.channel_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -147,15 +143,10 @@ class ConvArray(wiring.Component):
         faw = maps.addr_width
         m.submodules.loader = loader = PatchLoader(pixels=t, row_codes=cfg.row_codes, addr_width=faw,
                                                    fan_in_width=cfg.fan_in_width)
-        # The patch, double-buffered: the loader fills one bank while the engines read the other.
-        m.submodules.patch = patch = Memory(shape=MAX_ACT_BITS * t, depth=2 << cfg.fan_in_width, init=[])
-        pw = patch.write_port()
         m.submodules.ctl = ctl = ArrayController(
             engines=g, pixels=t, row_codes=cfg.row_codes, fmap_rows=cfg.fmap_rows, fmap_addr_width=faw,
             fan_in_width=cfg.fan_in_width, channel_bits=cfg.channel_bits, addr_width=self._addr_width)
         wiring.connect(m, buf.ctl, ctl.bus)
-        m.d.comb += [pw.addr.eq(Cat(loader.patch.addr, ctl.load_bank)), pw.data.eq(loader.patch.data.as_value()),
-                     pw.en.eq(loader.patch.en)]
         m.submodules.writer = writer = MapWriter(engines=g, channel_bits=cfg.channel_bits, pixels=t,
                                                  row_codes=cfg.row_codes, addr_width=faw)
         m.d.comb += [
@@ -177,15 +168,40 @@ class ConvArray(wiring.Component):
             wiring.connect(m, writer.fmap, maps.wr)
         wiring.connect(m, writer.rmw, maps.rmw)
 
+        engines = [self.engine() for _ in range(g)]
+        # The patch, double-buffered (the loader fills bank `load_bank` while the engines read `comp_bank`),
+        # one copy per pair of engines and bank. A copy is written only while its bank loads and read only
+        # while it is the engines' bank (the controller never makes the loading bank the engines' one before
+        # it is loaded), so its write and its first engine's reads share one address: Yosys maps the copy to
+        # true-dual-port block RAM, the write and engine 2i on port A, engine 2i + 1 on port B, instead of one
+        # copy per engine (half the RAMB36).
+        patch_data = [[None, None] for _ in range(g)]
+        for pair in range(-(-g // 2)):
+            for bank in range(2):
+                mem = Memory(shape=MAX_ACT_BITS * t, depth=1 << cfg.fan_in_width, init=[])
+                m.submodules[f"patch{pair}_{bank}"] = mem
+                writing = loader.patch.en & (ctl.load_bank == bank)
+                first = engines[2 * pair]
+                shared = Signal(cfg.fan_in_width, name=f"patch{pair}_{bank}_addr")
+                m.d.comb += shared.eq(Mux(writing, loader.patch.addr, first.patch_addr))
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(shared), wp.data.eq(loader.patch.data.as_value()), wp.en.eq(writing)]
+                for e in range(2 * pair, min(2 * pair + 2, g)):
+                    rp = mem.read_port()
+                    addr = shared if e == 2 * pair else engines[e].patch_addr
+                    m.d.comb += [rp.addr.eq(addr), rp.en.eq(engines[e].patch_en)]
+                    patch_data[e][bank] = rp.data
+
         busy_any = []
         errors = []
-        for e in range(g):
-            eng = self.engine()
+        for e, eng in enumerate(engines):
             m.submodules[f"engine{e}"] = eng
             wiring.connect(m, getattr(buf, names[e]), eng.bus)
-            rp = patch.read_port()
-            m.d.comb += [rp.addr.eq(Cat(eng.patch_addr, ctl.comp_bank)), rp.en.eq(eng.patch_en),
-                         eng.patch_data.as_value().eq(rp.data),
+            # The bank of the engine's last read (its data port holds while patch_en is low).
+            read_bank = Signal(name=f"engine{e}_read_bank")
+            with m.If(eng.patch_en):
+                m.d.sync += read_bank.eq(ctl.comp_bank)
+            m.d.comb += [eng.patch_data.as_value().eq(Mux(read_bank, patch_data[e][1], patch_data[e][0])),
                          eng.layer.eq(ctl.layer)]
             wiring.connect(m, getattr(ctl, f"cmd{e}"), eng.cmd)
             asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t)

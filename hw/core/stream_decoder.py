@@ -94,6 +94,8 @@ def entry_layout(fan_in_width: int) -> data.StructLayout:
         "last": unsigned(1),
         "empty": unsigned(1),
         "seg_end": unsigned(1),  # the last entry of its width-class segment (set with ``last`` and ``empty``)
+        "next_cls": unsigned(ceil_log2(CLASSES)),  # the row's next class with entries (meaningful at a seg_end
+                                                   # that is not ``last``): lets the array merge 4- and 8-bit passes
     })
 
 
@@ -334,6 +336,7 @@ class RowStreamDecoder(wiring.Component):
                 self.o.payload.last.eq(empty | ((left == 1) & ~more_found)),
                 self.o.payload.empty.eq(empty),
                 self.o.payload.seg_end.eq(empty | (left == 1)),
+                self.o.payload.next_cls.eq(more_cls),
                 prev.eq(position[:fw]),
                 room.eq(Mux(first, fan_in - 1, room - 1) - gap),
             ]

@@ -1,12 +1,11 @@
 """Pass lane: one DSP48E1 whose P register sums a whole *pass* of a weight row, for two pixels or for one.
 
-The array's next engine (``docs/array_design.md``, "the redesign") broadcasts a weight row's entries to its
-lanes class segment by class segment, as today's :class:`~hw.dsp.segment_lane.SegmentDspLane` takes them,
-but a lane no longer drains its DSP's P register into per-pixel sums in fabric every few products: P sums
-the whole pass, and the engine reads the pixel sums out of the 48-bit P word once, at the pass's end. That
-is what makes a lane small (the drain multiplexers and the six wide sums of a segment lane are most of its
-800 LUT): here a lane is its DSP48E1, a 2-way multiplexer on each of A and B, two sums of its activation
-codes (DoReFa's ``A``) and the output register.
+The array's engines (``hw/array/engine.py``, ``docs/array_design.md``) broadcast a weight row's entries to
+their lanes class segment by class segment. A lane does not drain its DSP's P register into per-pixel sums in
+fabric every few products (the first version's segment lane did: its drain multiplexers and six wide sums
+cost about 800 LUT): P sums the whole pass, and the engine reads the pixel sums out of the 48-bit P word
+once, at the pass's end. So a lane is its DSP48E1, a 2-way multiplexer on each of A and B, two sums of its
+activation codes (DoReFa's ``A``) and the output register.
 
 A pass is one of two forms (:func:`lane_passes` gives a segment's passes; the engine replays a segment's
 entries for its second and later passes):
@@ -38,6 +37,7 @@ the pass's last product enters P, and holds them under back-pressure (which stop
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
+from amaranth.utils import ceil_log2
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -52,6 +52,8 @@ PAIR_WEIGHT_BITS = 8
 PAIR_SHIFT = 20
 #: Pixel slots of a pass lane.
 SLOTS = 2
+#: Bits of a run-time activation-width field (0..MAX_ACT_BITS).
+ACT_BITS_FIELD = ceil_log2(MAX_ACT_BITS + 1)
 
 
 def act_sum_bits(max_entries: int = MAX_FAN_IN) -> int:

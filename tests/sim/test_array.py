@@ -14,7 +14,7 @@ from tests.hw.array.test_top import random_conv_net
 from tests.hw.netgen import random_network
 from tests.model.export.test_layout_v3 import resnet_like
 
-CONFIG = ArrayConfig(engines=2, lanes=3, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
+CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=5)
 
 

@@ -22,7 +22,7 @@ from sim.system.runner import run_block_test, write_block_verilog
 from tests.hw.array.test_top import random_conv_net
 from tests.hw.netgen import random_network
 
-CONFIG = ArrayConfig(engines=2, lanes=3, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
+CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=5)
 TEST_MODULE = "sim.system.tb_system"
 #: The build's watchdog (the longest stretch without a transfer in these nets is a few thousand cycles).

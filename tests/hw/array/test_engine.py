@@ -28,15 +28,16 @@ CHANNEL_BITS = 4
 class EngineHarness(wiring.Component):
     """The engine with its global buffer (the weight stream) and a patch memory (the tile's codes)."""
 
-    def __init__(self, lanes, words, patch):
-        self._engine = ChannelEngine(lanes=lanes, addr_width=ADDR_WIDTH, fan_in_width=FAN_IN_WIDTH,
+    def __init__(self, lanes, words, patch, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH):
+        self._engine = ChannelEngine(lanes=lanes, addr_width=addr_width, fan_in_width=fan_in_width,
                                      channel_bits=CHANNEL_BITS)
+        self._faw, self._aw = fan_in_width, addr_width
         t = self._engine.pixels
         self._words = [int(w) for w in words]
         self._patch = [sum(int(code) << (8 * i) for i, code in enumerate(row)) for row in patch]
         super().__init__({
             "layer": In(engine_layer_layout()),
-            "cmd": In(stream.Signature(row_command_layout(ADDR_WIDTH, CHANNEL_BITS, t))),
+            "cmd": In(stream.Signature(row_command_layout(addr_width, CHANNEL_BITS, t))),
             "o": Out(stream.Signature(output_layout(CHANNEL_BITS, t))),
             "error": Out(1),
             "busy": Out(1),
@@ -47,9 +48,9 @@ class EngineHarness(wiring.Component):
         eng = self._engine
         t = eng.pixels
         m.submodules.engine = eng
-        m.submodules.buffer = buf = GlobalBuffer(MemoryData(shape=32, depth=1 << ADDR_WIDTH, init=self._words),
+        m.submodules.buffer = buf = GlobalBuffer(MemoryData(shape=32, depth=1 << self._aw, init=self._words),
                                                  ports=[["eng"]])
-        m.submodules.patch = patch = Memory(shape=8 * t, depth=1 << FAN_IN_WIDTH, init=self._patch)
+        m.submodules.patch = patch = Memory(shape=8 * t, depth=1 << self._faw, init=self._patch)
         port = patch.read_port()
         wiring.connect(m, buf.eng, eng.bus)
         m.d.comb += [port.addr.eq(eng.patch_addr), port.en.eq(eng.patch_en), eng.patch_data.as_value().eq(port.data),
@@ -145,9 +146,9 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3):
         assert not ctx.get(dut.busy), "busy after the last output"
 
     simulate(dut, bench)
-    for j in range(rows):
-        for i in range(1 if gap else pixels):
-            assert got[(j, i)] == int(want[i, j]), f"channel {j} pixel {i}"
+    bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(1 if gap else pixels)
+           if got[(j, i)] != int(want[i, j])]
+    assert not bad, f"{len(bad)} of {n_out} outputs differ ((channel, pixel), got, want): {bad[:8]}"
     return res
 
 
@@ -205,3 +206,53 @@ def test_dense_four_bit_rows_run_near_one_entry_a_cycle():
     assert all(got[(j, i)][0] == want[i, j] for j in range(rows) for i in range(t))
     last = max(c for _, c in got.values())
     assert last <= rows * (fan_in + 9) + 40, f"{last} cycles for {rows} rows of {fan_in} entries"
+
+
+@pytest.mark.parametrize("width,act_bits", [(8, 4), (4, 4), (16, 4), (32, 8)])
+def test_long_rows_at_their_largest_codes(width, act_bits):
+    """Rows of 600 weights of one width with every code and input at its largest, and a few random ones: an
+    8-bit pair pass holds 274 entries (``pass_capacity``), so the sequencer cuts these rows' segments into
+    sub-passes; the others run whole (4-bit pairs up to 4,660; single passes of any length, replayed)."""
+    rng = np.random.default_rng(width + act_bits)
+    rows, fan_in, lanes, faw, aw = 3, 600, 2, 10, 14
+    t = lanes * LANE_SLOTS
+    widths = np.full((rows, fan_in), width)
+    codes = np.full((rows, fan_in), (1 << width) - 1, dtype=np.int64)
+    codes[1] = rng.integers(0, 1 << width, size=fan_in, dtype=np.uint64).astype(np.int64) if width < 32 else \
+        rng.integers(0, 1 << 31, size=fan_in)
+    widths[2, ::3] = 0
+    codes[2, ::3] = 0
+    patch = np.full((fan_in, t), (1 << act_bits) - 1)
+    patch[:, 1] = rng.integers(0, 1 << act_bits, size=fan_in)
+    mult = np.full(rows, 1)
+    want = golden_outputs(codes, widths, patch.T, False, mult, np.zeros(rows, dtype=np.int64), None, None, 1, 0,
+                          False)
+    enc = encode_layer(codes, widths)
+    words, base = place(rng, enc.words, size=1 << aw)
+    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1,
+             "res_mult": 0, "bias": 0, "r": [0] * t} for j in range(rows)]
+    layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
+                        "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
+             "act_bits": act_bits, "signed": 0, "residual": 0, "gap": 0, "shift": 1, "out_bits": 0}
+    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << faw) - fan_in), fan_in_width=faw,
+                        addr_width=aw)
+    got = {}
+
+    async def bench(ctx):
+        ctx.set(dut.layer, layer)
+        src = Source(dut.cmd, cmds, rng, 0.2)
+        for _ in range(30 * rows * fan_in):
+            if len(got) == rows * t:
+                break
+            src.drive(ctx)
+            ctx.set(dut.o.ready, rng.random() >= 0.3)
+            _, _, cv, cr, ov, orr, out = await ctx.tick().sample(dut.cmd.valid, dut.cmd.ready, dut.o.valid,
+                                                                dut.o.ready, dut.o.payload)
+            src.update(cv, cr)
+            if ov and orr:
+                got[(int(out.channel), int(out.pixel))] = int(out.value)
+
+    simulate(dut, bench)
+    assert len(got) == rows * t, f"stalled after {len(got)} of {rows * t} outputs"
+    bad = [(key, got[key], int(want[key[1], key[0]])) for key in sorted(got) if got[key] != want[key[1], key[0]]]
+    assert not bad, f"differ ((channel, pixel), got, want): {bad[:8]}"

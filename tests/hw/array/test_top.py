@@ -15,7 +15,7 @@ from tests.model.export.test_golden_conv import make_conv
 from tests.model.export.test_layout_v3 import fc_layer, resnet_like
 from tests.hw.stream_source import simulate
 
-CONFIG = ArrayConfig(engines=2, lanes=3, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
+CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=5)
 
 

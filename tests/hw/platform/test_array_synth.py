@@ -14,7 +14,7 @@ from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog
 pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
 
 TINY = ArrayConfig(engines=2, lanes=1, buffer_words=1024, fmap_rows=64, row_codes=8, fan_in_width=6, channel_bits=3,
-                   act_widths=(4, 8))
+                   )
 
 
 @pytest.fixture(scope="module")

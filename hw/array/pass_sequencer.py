@@ -1,0 +1,235 @@
+"""Pass sequencer: a weight row's decoded entries -> the passes of :class:`~hw.dsp.pass_lane.PassDspLane`.
+
+A channel engine (``hw/array/engine.py``) broadcasts each decoded weight of a row to its pass lanes. A lane
+sums a whole *pass* in its DSP48E1's P register (``hw/dsp/pass_lane.py``), and a class segment of the row
+takes one or more passes (:func:`~hw.dsp.pass_lane.lane_passes`):
+
+* **pair** (4- or 8-bit weights at 1-4-bit activations): one pass, both pixel slots of every lane at once. A
+  pass may hold at most :func:`~hw.dsp.pass_lane.pass_capacity` entries (274 at 8 bits, more than any row
+  at 4 bits), so an 8-bit segment longer than that is cut into sub-passes (the engine adds them up). In a
+  DoReFa layer the 4-bit segment and the 8-bit one share a pass: a 4-bit code is promoted exactly into the
+  8-bit class, ``q R_4 = (17 q) R_8`` (``R_4 = 17 R_8``, and ``17 q <= 255``), so the row's narrow weights
+  cost one pass and one combine, not two. (A signed layer's ``Y = sum_m R_m A_m`` needs each class's
+  activation sum apart, so its passes stay one per class.) The decoder's ``next_cls`` says at the 4-bit
+  segment's end whether the 8-bit one follows;
+* **single** (16- or 32-bit weights, or any weight at 5-8-bit activations): one pass per 16-bit chunk and
+  slot *group* ``g`` (slot ``g`` of every lane: the tile's pixels ``2 k + g``), chunk-major: ``(c0, g0)``,
+  ``(c0, g1)``, ``(c1, g0)``, ``(c1, g1)``. The decoder streams each row once, so the sequencer keeps the
+  segment's entries (position, code) in a *replay* memory as they go out in the first pass and plays them
+  back for the others. Group 1 is skipped when no pixel has slot 1 (a one-pixel tile).
+
+Every entry leaves with what its lane needs (``code``, ``pair``, ``chunk``, ``group``, the ``count`` bits
+that add each slot's codes into the lane's activation sums once per segment: pair passes count both slots,
+single passes slot ``g`` in chunk 0 only; ``end`` on a pass's last entry) and with the pass's *record*, which
+the engine's combine reads when the pass's sums come out of the lanes:
+
+* ``cls``, ``pair``, ``chunk``, ``group``: how to take the pixels' sums out of a lane's P word;
+* ``first``: per bank (pixel slot) whether this is the row's first pass that adds into it (the combine
+  writes instead of adding, so the accumulators need no clearing);
+* ``final``: the row's last pass into its banks: the combine passes the pixels' finished sums on;
+* ``pixels``: the tile's pixels (from the row's command).
+
+**Global pool** (``gap``): the inputs are 16-bit sums split into a low byte (pixel 0, slot 0) and a high byte
+(pixel 1, slot 1 of lane 0) at 8-bit activations, so every segment runs single passes of both groups and
+group 1 adds (shifted by 8, in the combine) into pixel 0: bank 0. Only its ``(last chunk, g1)`` pass is final.
+
+Throughput: one entry a cycle from the decoder in a segment's first pass, one a cycle from the replay
+memory in the others; one idle cycle when a segment's replay starts (the memory's read latency).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.core.stream_decoder import entry_layout as decoder_entry_layout
+from hw.dsp.pass_lane import ACT_BITS_FIELD, PAIR_ACT_BITS, PAIR_WEIGHT_BITS, SLOTS, pass_capacity
+from model.export.format import CLASS_WIDTHS
+from model.export.golden import MAX_FAN_IN, R
+
+#: Class index of the widest class that runs in pair passes, and of the 32-bit class (two chunks).
+PAIR_CLASSES = max(c for c, w in enumerate(CLASS_WIDTHS) if w <= PAIR_WEIGHT_BITS)
+WIDE_CLASS = CLASS_WIDTHS.index(32)
+#: Classes whose pair passes can overflow a slot's field: ``(class, capacity)`` (a merged pass has class 1).
+CAPPED = tuple((c, pass_capacity(w, PAIR_ACT_BITS)) for c, w in enumerate(CLASS_WIDTHS)
+               if w <= PAIR_WEIGHT_BITS and pass_capacity(w, PAIR_ACT_BITS) < MAX_FAN_IN)
+#: The promotion of a 4-bit code into the 8-bit class: ``R_4 / R_8`` (= 1 + 2^4).
+PROMOTE = R[CLASS_WIDTHS[0]] // R[CLASS_WIDTHS[1]]
+assert PROMOTE == 17 and PROMOTE * R[CLASS_WIDTHS[1]] == R[CLASS_WIDTHS[0]]
+
+
+def record_layout(pixels: int) -> data.StructLayout:
+    """What the combine needs of a pass (module docstring)."""
+    return data.StructLayout({
+        "cls": unsigned(2),
+        "pair": unsigned(1),
+        "chunk": unsigned(1),
+        "group": unsigned(1),
+        "first": data.ArrayLayout(1, SLOTS),
+        "final": unsigned(1),
+        "pixels": range(pixels + 1),
+    })
+
+
+def pass_entry_layout(fan_in_width: int, pixels: int) -> data.StructLayout:
+    """One entry of a pass: where its codes are in the patch, the lane's fields, the pass's record."""
+    return data.StructLayout({
+        "position": unsigned(fan_in_width),
+        "code": unsigned(max(CLASS_WIDTHS)),
+        "empty": unsigned(1),  # an all-pruned row's single entry: code 0 and no count bits, so it adds nothing
+        "count": data.ArrayLayout(1, SLOTS),
+        "end": unsigned(1),
+        "rec": record_layout(pixels),
+    })
+
+
+class PassSequencer(wiring.Component):
+    """Decoded entries in, pass entries out (module docstring).
+
+    Parameters
+    ----------
+    fan_in_width : int
+        Width of a position; a segment has at most ``2^fan_in_width - 1`` entries (the replay memory's depth).
+    pixels : int
+        ``T``, the tile's pixels (2 a lane).
+
+    Members
+    -------
+    act_bits, gap, signed : In
+        The running layer's activation width, global-pool flag and weight mode (held while its rows run).
+    rows : In(stream.Signature(range(pixels + 1)))
+        Each row's pixel count, in row order (taken at the row's last pass).
+    i : In(stream.Signature(decoder entry))
+    o : Out(stream.Signature(pass_entry_layout(fan_in_width, pixels)))
+    """
+
+    def __init__(self, *, fan_in_width: int, pixels: int):
+        self._faw = fan_in_width
+        self._t = pixels
+        super().__init__({
+            "act_bits": In(ACT_BITS_FIELD),
+            "gap": In(1),
+            "signed": In(1),
+            "rows": In(stream.Signature(range(pixels + 1))),
+            "i": In(stream.Signature(decoder_entry_layout(fan_in_width))),
+            "o": Out(stream.Signature(pass_entry_layout(fan_in_width, pixels))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        faw = self._faw
+        e = self.i.payload
+        out = self.o.payload
+
+        stored = data.StructLayout({"position": unsigned(faw), "code": unsigned(max(CLASS_WIDTHS)),
+                                    "empty": unsigned(1)})
+        m.submodules.replay = replay = Memory(shape=stored, depth=1 << faw, init=[])
+        wr = replay.write_port()
+        rd = replay.read_port()  # synchronous: data the cycle after en, held while en is low
+        m.d.comb += rd.en.eq(0)  # (its reset value is 1)
+
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        # The segment's mode, fixed by its first entry's class and the layer.
+        gap = self.gap
+        pixels = self.rows.payload
+        two_groups = gap | (pixels > 1)
+        pair_now = (e.cls <= PAIR_CLASSES) & (self.act_bits <= PAIR_ACT_BITS) & ~gap
+        merge = pair_now & ~self.signed  # 4- and 8-bit entries in one pass of class 1
+        promote = merge & (e.cls == 0)
+        live_cls = Mux(merge, 1, e.cls)
+        q4 = e.code[:CLASS_WIDTHS[0]]
+        live_code = Mux(promote, q4 + (q4 << 4), e.code)  # 17 q (PROMOTE), as a shift-add
+        go_on = promote & e.seg_end & ~e.last & (e.next_cls == 1)  # the pass continues with the 8-bit segment
+
+        touched = Signal(SLOTS)  # banks this row's passes have added into
+        sub = Signal(range(MAX_FAN_IN + 1))  # entries of the current pair pass (capacity split)
+        cap_end = Signal()
+        m.d.comb += cap_end.eq(0)
+        for cls, cap in CAPPED:
+            with m.If(pair_now & (live_cls == cls) & (sub == cap - 1)):
+                m.d.comb += cap_end.eq(1)
+
+        # Replay state: the segment's class, length, whether it is the row's last, the pass playing.
+        replaying = Signal()
+        priming = Signal()
+        seg_cls = Signal(2)
+        seg_len = Signal(range((1 << faw) + 1))
+        seg_last = Signal()
+        widx = Signal(range(1 << faw))
+        ridx = Signal(range(1 << faw))
+        chunk = Signal()
+        group = Signal()
+
+        def banks_of(pair, grp):
+            """The banks a pass adds into: both for a pair pass, ``grp`` for a single one, 0 under gap."""
+            return Mux(pair, 0b11, Mux(gap, 0b01, Mux(grp, 0b10, 0b01)))
+
+        def emit(position, code, empty, cls, pair, c, g, count, end, final):
+            banks = banks_of(pair, g)
+            m.d.sync += [
+                self.o.valid.eq(1),
+                out.position.eq(position), out.code.eq(code), out.empty.eq(empty),
+                out.count.eq(Mux(empty, 0, count)), out.end.eq(end),  # (an empty entry's code is 0)
+                out.rec.cls.eq(cls), out.rec.pair.eq(pair), out.rec.chunk.eq(c), out.rec.group.eq(g),
+                out.rec.first.eq(banks & ~touched), out.rec.final.eq(final), out.rec.pixels.eq(pixels),
+            ]
+            return banks
+
+        def row_done():
+            m.d.sync += touched.eq(0)
+            m.d.comb += self.rows.ready.eq(1)
+
+        with m.If(priming):
+            # The replay memory's first entry is read this cycle.
+            m.d.comb += [rd.addr.eq(0), rd.en.eq(1)]
+            m.d.sync += [priming.eq(0), replaying.eq(1), ridx.eq(0)]
+        with m.Elif(replaying):
+            last_entry = ridx == seg_len - 1
+            last_chunk = chunk == (seg_cls == WIDE_CLASS)
+            last_pass = last_chunk & (group | ~two_groups)
+            final = seg_last & last_chunk & (~gap | group)
+            with m.If(advance):
+                nxt = Mux(last_entry, 0, ridx + 1)
+                m.d.comb += [rd.addr.eq(nxt), rd.en.eq(1)]
+                m.d.sync += ridx.eq(nxt)
+                count = Mux(chunk, 0, Mux(group, 0b10, 0b01))
+                banks = emit(rd.data.position, rd.data.code, rd.data.empty, seg_cls, 0, chunk, group, count,
+                             last_entry, final & last_entry)
+                with m.If(last_entry):
+                    m.d.sync += touched.eq(touched | banks)
+                    with m.If(last_pass):
+                        m.d.sync += replaying.eq(0)
+                        with m.If(seg_last):
+                            row_done()
+                    with m.Elif(group | ~two_groups):
+                        m.d.sync += [chunk.eq(1), group.eq(0)]
+                    with m.Else():
+                        m.d.sync += group.eq(1)
+        with m.Else():
+            # Live: the first pass of a segment, straight from the decoder.
+            m.d.comb += self.i.ready.eq(advance & self.rows.valid)
+            with m.If(self.i.valid & self.i.ready):
+                wide = e.cls == WIDE_CLASS
+                more = ~pair_now & (wide | two_groups)  # the segment has passes to replay
+                end = (e.seg_end & ~go_on) | cap_end
+                final = e.last & e.seg_end & ~wide & ~gap  # chunk 0 is the last chunk; gap ends in group 1
+                banks = emit(e.position, live_code, e.empty, live_cls, pair_now, 0, 0, Mux(pair_now, 0b11, 0b01),
+                             end, final)
+                m.d.comb += [wr.addr.eq(widx), wr.en.eq(1), wr.data.position.eq(e.position),
+                             wr.data.code.eq(e.code), wr.data.empty.eq(e.empty)]
+                m.d.sync += [widx.eq(Mux(e.seg_end, 0, widx + 1)), sub.eq(Mux(end, 0, sub + 1))]
+                with m.If(end):
+                    m.d.sync += touched.eq(touched | banks)
+                with m.If(e.seg_end):
+                    with m.If(more):
+                        m.d.sync += [priming.eq(1), seg_cls.eq(e.cls), seg_len.eq(widx + 1), seg_last.eq(e.last),
+                                     chunk.eq(~two_groups), group.eq(two_groups)]
+                    with m.Elif(e.last):
+                        row_done()
+        return m
