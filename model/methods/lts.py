@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from model.data import Split
 from model.errors import UserError
-from model.quant.lts import LTS_LAYERS, MODES, STRATEGIES, growth_rate
+from model.quant.lts import LTS_LAYERS, MODES, STRATEGIES, _step, growth_rate, threshold
 from model.training import distributed
 from model.training.loop import evaluate, training_tensors
 
@@ -28,8 +28,15 @@ from model.training.loop import evaluate, training_tensors
 class LTSScratcher:
     """Drives LTS over every LTS layer (:data:`model.quant.lts.LTS_LAYERS`) of a model (Sec. III-C).
 
-    Call :meth:`after_step` once per training iteration, after ``optimizer.step()``: it runs Eq. 5-6 with
-    ``p`` of Eq. 7/8 (or the fixed rate) for that iteration.
+    Iteration ``i`` (counted from 1) runs Eq. 5 and Eq. 6 in the layers' training forward, with ``t`` of
+    Eq. 6 from ``p`` of Eq. 7/8 (or the fixed rate) at that ``i``: the scratcher sets each layer's threshold
+    (:attr:`~model.quant.lts.QuantLinearLTS.lts_t`) for the next iteration. A weight whose ``D^i`` is below
+    ``t`` is frozen from iteration ``i`` on: its gradient of iteration ``i`` is already zero ("If D^i_{w_n} is
+    lower than the threshold t, w_n will be frozen, meaning zeroing out the gradient of w_n"), and it is
+    never unfrozen (Sec. I: "A weight will be permanently frozen"). Call :meth:`after_step` once per training
+    iteration, after ``optimizer.step()``; call :meth:`before_step` between the backward and
+    ``optimizer.step()`` as well to keep the momentum of the weights that iteration froze from moving them in
+    its step (without it they stop one step later, after :meth:`after_step` zeroes it).
 
     Frozen weights must not move. With ``optimizer`` given, the scratcher makes that hold by construction:
     the optimizer must apply no weight decay of its own to the layers' latent weights (the layers add it
@@ -88,29 +95,62 @@ class LTSScratcher:
         for layer in self.layers:
             layer.lts_enabled = enabled
             layer.lts_m = m if enabled else None
+            layer.lts_t = None
             layer.lts_restore = optimizer is None
+        self._p = None
+        self._set_threshold()
 
     def sparsity(self) -> float:
         """Weight-gradient sparsity now: frozen / all quantized weights (Sec. IV-A)."""
         return sum(layer.n_frozen for layer in self.layers) / self.total
 
+    def rate(self, iteration: int) -> float:
+        """``p`` of Eq. 7 / Eq. 8 (or the fixed rate) at (1-based) ``iteration``."""
+        return growth_rate(self.strategy, iteration, self.T, self.E, self.E_wm, self.c)
+
+    def _set_threshold(self) -> None:
+        """Give every layer Eq. 6's ``t = Delta^B p`` of the next iteration (in its ``D`` units)."""
+        if not self.enabled:
+            return
+        p = self.rate(self.iteration + 1)
+        if p == self._p:
+            return
+        self._p = p
+        for layer in self.layers:
+            layer.lts_t = threshold(p, layer.bits) / _step(layer.bits)  # as lts_update divides it
+
+    def before_step(self) -> None:
+        """Zero the optimizer momentum of the weights this iteration's forward froze (call after the backward,
+        before ``optimizer.step()``): their update in this step is then exactly 0 as well."""
+        if not self.enabled or self.optimizer is None:
+            return
+        for layer in self.layers:
+            n_new, idx = layer.pop_forward_freezes()
+            if not n_new:
+                continue
+            buffer = self.optimizer.state.get(layer.weight, {}).get("momentum_buffer")
+            if buffer is None:
+                continue
+            if any(i is None for i in idx):  # a dense freeze: zero where frozen (times the float mask)
+                buffer.mul_(layer._plan.keep)
+            else:  # sampled: only the few positions just frozen
+                flat = buffer.view(-1)
+                for i in idx:
+                    flat.index_fill_(0, i, 0.0)
+
     def after_step(self) -> None:
+        """End of an iteration (after ``optimizer.step()``): momentum of new freezes zeroed if
+        :meth:`before_step` was not called, frozen weights restored without an optimizer, next ``t`` set."""
         self.iteration += 1
         if not self.enabled:
             return
-        p = growth_rate(self.strategy, self.iteration, self.T, self.E, self.E_wm, self.c)
-        for layer in self.layers:
-            if self.optimizer is None:
+        if self.optimizer is None:
+            for layer in self.layers:
+                layer.pop_forward_freezes()
                 layer.restore_frozen_()
-            if layer.lts_update(p, self.m) and self.optimizer is not None:
-                buffer = self.optimizer.state.get(layer.weight, {}).get("momentum_buffer")
-                if buffer is None:
-                    continue
-                idx = layer._new_frozen_idx
-                if idx is not None:  # a sampled layer: only the few positions it just froze
-                    buffer.view(-1).index_fill_(0, idx, 0.0)
-                else:  # zero where frozen: times the float unfrozen mask, exact 0 or unchanged
-                    buffer.mul_(layer._plan.keep)
+        else:
+            self.before_step()
+        self._set_threshold()
 
 
 @dataclass
@@ -252,20 +292,27 @@ class LTSTraining:
         self.result.train_time += time.perf_counter() - t0
 
     def step(self, first: int) -> None:
-        """The training iteration on the batch starting at position ``first`` of this epoch's order."""
+        """The training iteration on the batch starting at position ``first`` of this epoch's order.
+
+        Forward (under LTS: Eq. 5 and Eq. 6 in the layers, :class:`LTSScratcher`), backward, the scratcher's
+        :meth:`~LTSScratcher.before_step`, optimizer and learning-rate steps, :meth:`~LTSScratcher.after_step`.
+        ``wgs`` records the sparsity the backward of the iteration used (after its forward's freezes).
+        """
         self.sync()
         t0 = time.perf_counter()
         result, scratcher = self.result, self.scratcher
         idx = self._order[first : first + self.batch_size]
-        result.wgs.append(scratcher.sparsity() if scratcher.enabled else 0.0)
         y = self.ys[idx].to(self.dev, non_blocking=True)
         loss = F.cross_entropy(self.model(self.xs[idx].to(self.dev, non_blocking=True)), y)
+        # The sparsity this iteration's backward uses: the forward has just frozen the weights whose D^i < t.
+        result.wgs.append(scratcher.sparsity() if scratcher.enabled else 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         self.sync()
         t1 = time.perf_counter()
         loss.backward()
         self.sync()
         result.backward_time += time.perf_counter() - t1
+        scratcher.before_step()
         self.optimizer.step()
         self.schedule.step()
         scratcher.after_step()

@@ -18,19 +18,24 @@ Choices where the paper leaves room, each said once here:
   the values the forward pass of the iteration used (no second quantization). The layers store ``D`` in
   units of the Eq. 3 step ``2 / (2^B - 1)`` (``|z - q|``, see below) and divide the reset value and the
   threshold by that step alike (:meth:`_LTSWeight.eq5_distance` reports ``D`` in the domain above).
-* **Freezing is permanent and exact.** Once ``D < t`` a weight is frozen for the rest of training; its
-  weight gradient is never computed (it is exactly 0). SGD momentum and weight decay would still move it,
-  so :func:`~model.methods.lts.train_lts` applies the weight decay inside the layers' backward, at unfrozen
-  positions only, and the scratcher zeroes a weight's momentum when it freezes: every later update of it
-  is exactly 0, bit for bit, with no pass to restore it (with an optimizer it does not control, the
-  scratcher restores frozen weights after every step instead).
+* **Freezing is permanent and exact.** Once ``D^i < t`` at iteration ``i`` a weight is frozen for the rest
+  of training (Sec. I: "A weight will be permanently frozen"; nothing unfreezes it): Eq. 5 and Eq. 6 run
+  in the training forward of iteration ``i`` (:meth:`_LTSWeight._train_weight`, with the threshold the
+  scratcher set for ``i``), so its gradient is zero from iteration ``i`` on, that one included (Sec.
+  III-C: "w_n will be frozen, meaning zeroing out the gradient of w_n"), and it is never computed after.
+  SGD momentum and weight decay would still move it, so :func:`~model.methods.lts.train_lts` applies the
+  weight decay inside the layers' backward, at unfrozen positions only, and the scratcher zeroes a weight's
+  momentum between that backward and the optimizer step: the weight keeps, bit for bit, the value the
+  forward of iteration ``i`` used, with no pass to restore it (with an optimizer it does not control, the
+  scratcher restores frozen weights to that value after every step instead).
 * **Bookkeeping cost.** The forward computes ``z = (2^B - 1) x_n`` and ``q = round(z)`` anyway; Eq. 5 is
   updated from them, ``D <- m D + (1 - m) (2 / (2^B - 1)) |z - q|`` (kept in units of that step, so one
   ``lerp(D, |z - q|, 1 - m)``), with the reset as a ``lerp`` whose
   weight is the level-change test written into the spent ``z`` (:meth:`_LTSWeight._ema`, run by the
   training forward itself when the scratcher drives the layer). Eq. 6 updates the float unfrozen mask
-  directly, ``keep <- keep * [D >= t]``, and counts the new freezes with one sum
-  (:meth:`_LTSWeight.lts_update`); the backward masks its fresh product in place. No full-size pass makes a
+  directly, ``keep <- keep * [D >= t]`` (the comparison written into the spent ``z`` again), and counts
+  the new freezes with one sum (:meth:`_LTSWeight._freeze`, in the same forward); the backward masks its
+  fresh product in place. No full-size pass makes a
   bool from a comparison or calls ``masked_fill``, ``nonzero``, ``logical_*``, int64 or float64 (on this
   CPU each costs four to twenty times an add). Decisions are, up to float rounding at ``t``, those of
   :func:`level_distance`, :func:`ema_distance` and :func:`threshold` (a test runs both side by side).
@@ -38,7 +43,9 @@ Choices where the paper leaves room, each said once here:
   of a plain QAT step (warm-up epochs 1.06-1.08x with it, 0.99-1.00x without), being
   memory-bound passes over buffers that are out of cache by then (the 200k-weight layer: ~240 us a step
   in training, about twice the same passes on hot buffers). While a linear layer is on its sampled product only the
-  pattern's positions are tracked. A layer whose weights are all frozen gets no weight gradient, so the
+  pattern's positions are tracked, with as few small ops as possible (at 80-98 % frozen their count, not
+  their size, is the cost): one gather of ``z`` (``q`` is its rounding), the level kept as that call's
+  own ``q``, Eq. 6 as ``nonzero(D < t keep)``. A layer whose weights are all frozen gets no weight gradient, so the
   optimizer skips it, its bounds ``l``, ``u`` stop training and its fake-quant weight is computed once
   and reused.
 * **Conv layers.** :class:`QuantConv2dLTS` masks the dense weight gradient of ``aten.convolution_backward``
@@ -337,7 +344,7 @@ class _LTSLinearFunction(torch.autograd.Function):
         if plan.kind == "sampled":
             # Dot products of dY and X columns at the pattern's positions only; positions frozen since the
             # pattern was built are zeroed by ``keep`` (the layer's compact copy of the mask at the pattern's
-            # positions, kept up to date by lts_update, so no gather of the dense mask). Gathers and the
+            # positions, kept up to date by _freeze, so no gather of the dense mask). Gathers and the
             # scatter are index_select / scatter_: on this CPU advanced indexing (``t[idx]``, ``t[idx] = v``)
             # costs three to four times as much per element.
             keep = plan.keep_flat if plan.keep_flat is not None else plan.keep.view(-1).index_select(0, plan.flat)
@@ -387,9 +394,9 @@ class _LTSWeight:
     """The per-weight LTS state (Eq. 5-6) and its bookkeeping, shared by :class:`QuantLinearLTS` and
     :class:`QuantConv2dLTS` (a base for ``nn.Module`` layers owning ``weight``; call :meth:`_init_lts`).
 
-    Cost per training step, per weight: about nine in-place float32 passes (module docstring, "Bookkeeping
-    cost"): six for Eq. 5 from the forward's ``z = (2^B - 1) x_n`` and ``q``, Eq. 6 as a comparison, a
-    product into the unfrozen mask and one sum. Weight decay is applied inside the backward
+    Cost per training step, per weight: about eight in-place float32 passes (module docstring, "Bookkeeping
+    cost"), all in the training forward: five for Eq. 5 from the forward's ``z = (2^B - 1) x_n`` and ``q``,
+    Eq. 6 as a comparison, a product into the unfrozen mask and one sum. Weight decay is applied inside the backward
     at the unfrozen positions (:attr:`weight_decay`), so with an optimizer that applies no decay of its own
     to the latent weights and whose momentum is zeroed where a weight freezes
     (:class:`model.methods.lts.LTSScratcher` does both when it is given the optimizer), a frozen weight's
@@ -408,14 +415,18 @@ class _LTSWeight:
         float32 level of the previous iteration (-1 before the first).
     lts_frozen : torch.Tensor
         bool, true for frozen weights (never cleared); rewritten from the float unfrozen mask when read after
-        :meth:`lts_update` froze more (not on every training step).
+        :meth:`_freeze` froze more (not on every training step).
     lts_frozen_value : torch.Tensor
-        Latent value of each frozen weight at the moment it froze (kept by :meth:`lts_update` when
+        Latent value of each frozen weight at the moment it froze (kept by :meth:`_freeze` when
         :attr:`lts_restore` is true, for :meth:`restore_frozen_`).
     lts_enabled : bool
         Whether the custom backward and freezing are active (set by :class:`LTSScratcher`).
     lts_m : float or None
         EMA momentum; when set (by :class:`LTSScratcher`) each training forward updates Eq. 5 itself.
+    lts_t : float or None
+        Eq. 6 threshold ``t`` of the next training iteration, divided by the Eq. 3 step (the units of
+        :attr:`lts_distance`); when set (by :class:`LTSScratcher`, with :attr:`lts_m`) each training forward
+        freezes the weights with ``D^i < t`` itself, before its backward (:meth:`_train_weight`).
     lts_restore : bool
         Whether frozen weights are put back after each optimizer step (an optimizer that may move them).
     weight_decay : float
@@ -438,25 +449,30 @@ class _LTSWeight:
                              persistent=False)
         self.lts_enabled = False
         self.lts_m: float | None = None
+        self.lts_t: float | None = None
         self.lts_restore = True
         self.weight_decay = 0.0
         self.n_frozen = 0
-        #: (z, q) of the last training forward for lts_update, True if the forward did Eq. 5 itself, or None.
+        #: (z, q) of the last training forward for lts_update, True if the forward did Eq. 5 itself, None if
+        #: it did Eq. 5 and Eq. 6 (lts_t set) or there is nothing to do.
         self._last: tuple[torch.Tensor, torch.Tensor] | bool | None = None
         self._reset: torch.Tensor | None = None
         self._scratch: torch.Tensor | None = None
         self._plan = _Plan("dense")
-        #: While sampled: (pattern positions, their D, their level, still unfrozen) (:meth:`lts_update`).
+        #: While sampled: (pattern positions, their D, their level, still unfrozen) (_ema, _freeze).
         self._compact: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._frozen_w_bar: tuple[tuple[int, int, int], torch.Tensor] | None = None
-        #: True while lts_frozen lags behind the unfrozen mask (lts_update); __getattr__ brings it up to date.
+        #: True while lts_frozen lags behind the unfrozen mask (_freeze); __getattr__ brings it up to date.
         self._frozen_stale = False
-        #: Flat indices frozen by the last lts_update of a sampled layer (None: dense, see the mask).
+        #: Flat indices frozen by the last _freeze of a sampled layer (None: dense, see the mask).
         self._new_frozen_idx: torch.Tensor | None = None
+        #: Weights frozen by training forwards (Eq. 6 with lts_t) and their indices, for pop_forward_freezes.
+        self._fwd_new = 0
+        self._fwd_idx: list[torch.Tensor | None] = []
 
     def __getattr__(self, name: str):
         # Buffers live in nn.Module._buffers, so reads of ``lts_frozen`` come here: rewrite it from the
-        # unfrozen mask first if lts_update left it stale (one pass when read, not one per training step).
+        # unfrozen mask first if _freeze left it stale (one pass when read, not one per training step).
         if name == "lts_frozen" and self.__dict__.get("_frozen_stale"):
             self.__dict__["_frozen_stale"] = False
             torch.bitwise_not(self._plan.keep.bool(), out=self._buffers["lts_frozen"])
@@ -475,7 +491,14 @@ class _LTSWeight:
         return self.quantizer.bits
 
     def _train_weight(self) -> tuple[torch.Tensor, _Plan, float]:
-        """``(w_bar, plan, g)`` for a training forward; keeps ``(z, q)`` for :meth:`lts_update`."""
+        """``(w_bar, plan, g)`` for a training forward.
+
+        With :attr:`lts_m` set (by :class:`~model.methods.lts.LTSScratcher`) it runs Eq. 5 on this forward's
+        ``z`` and ``q`` and, with :attr:`lts_t` set too, Eq. 6 against that threshold, before the plan is
+        chosen: a weight whose ``D^i`` falls below ``t`` at iteration ``i`` gets no gradient from iteration ``i``
+        on (Sec. III-C: "If D^i is lower than the threshold t, w_n will be frozen, meaning zeroing out the
+        gradient of w_n"). Otherwise it keeps ``(z, q)`` for :meth:`lts_update`.
+        """
         qz = self.quantizer
         plan = self._plan if self.lts_enabled and self._plan.keep is not None else _FULL
         g = qz.bound_grad_scale(self.weight.numel())
@@ -494,10 +517,30 @@ class _LTSWeight:
             if self.lts_enabled and self.lts_m is not None:
                 # Eq. 5 now, while z and q are fresh in the cache (the values the iteration uses either way).
                 self._ema(z, q, self.lts_m)
-                self._last = True
+                t = self.lts_t
+                if t is None:
+                    self._last = True
+                else:
+                    # Eq. 6 now too, while D is in the cache; the spent z takes the comparison.
+                    self._last = None
+                    if t > 0 and self.n_frozen < self.weight.numel():
+                        n_new = self._freeze(t, z)
+                        if n_new:
+                            self._fwd_new += n_new
+                            self._fwd_idx.append(self._new_frozen_idx)
+                    plan = self._plan if self._plan.keep is not None else _FULL
             else:
                 self._last = (z, q)
         return w_bar, plan, g
+
+    def pop_forward_freezes(self) -> tuple[int, list[torch.Tensor | None]]:
+        """``(n, idx)``: the weights frozen by training forwards (Eq. 6 with :attr:`lts_t`) since the last call,
+        and per freezing forward the flat indices it froze (a sampled layer) or ``None`` (a dense one, whose
+        unfrozen mask ``_plan.keep`` says which)."""
+        out = (self._fwd_new, self._fwd_idx)
+        if self._fwd_new:
+            self._fwd_new, self._fwd_idx = 0, []
+        return out
 
     def eq5_distance(self) -> torch.Tensor:
         """``D`` of Eq. 5 per weight (a copy, with the compact values of a sampled layer in place; NaN where a
@@ -520,8 +563,10 @@ class _LTSWeight:
         if self._compact is None:
             e, level = self.lts_distance, self.lts_level
         else:
-            flat, e, level, _ = self._compact
-            z, q = z.view(-1).index_select(0, flat), q.view(-1).index_select(0, flat)
+            flat, e, level, keep = self._compact
+            # One gather: the pattern positions' z; their q is its rounding (as the forward's q is of z).
+            z = z.view(-1).index_select(0, flat)
+            q = torch.round(z)
         reset = self._reset
         if reset is None or reset.shape != e.shape or reset.device != e.device:
             value = torch.tensor(quant_interval(self.bits) / _step(self.bits), dtype=z.dtype, device=z.device)
@@ -532,7 +577,7 @@ class _LTSWeight:
         if self._compact is None:
             self.lts_level = q
         else:
-            level.copy_(q)
+            self._compact = (flat, e, q, keep)  # q is this call's own compact tensor: it becomes the level
 
     @torch.no_grad()
     def lts_update(self, p: float, m: float) -> int:
@@ -556,6 +601,10 @@ class _LTSWeight:
         ``lts_level`` are stale there (:meth:`eq5_distance` reads the compact values); the flat indices it
         froze are left in ``_new_frozen_idx``, so that
         the scratcher zeroes their momentum by index instead of a pass over the layer.
+
+        When the scratcher drives the layer (:attr:`lts_m` and :attr:`lts_t` set) the training forward has
+        run both equations already (:meth:`_train_weight`) and this returns 0; its freezes are reported by
+        :meth:`pop_forward_freezes`.
         """
         last, self._last = self._last, None
         self._new_frozen_idx = None
@@ -568,16 +617,25 @@ class _LTSWeight:
         t = threshold(p, self.bits)
         if t <= 0:  # warm-up: nothing can freeze
             return 0
-        t /= _step(self.bits)  # D is kept in step units (_init_lts)
+        return self._freeze(t / _step(self.bits))  # D is kept in step units (_init_lts)
+
+    @torch.no_grad()
+    def _freeze(self, t: float, scratch: torch.Tensor | None = None) -> int:
+        """Eq. 6 against ``t`` (in the step units ``D`` is kept in): freeze every unfrozen weight with ``D < t``;
+        returns how many. ``scratch``, a spent full-size float buffer (the forward's ``z``), takes the
+        comparison; without it the layer's own scratch buffer does. Leaves the flat indices a sampled layer
+        froze in ``_new_frozen_idx`` (``None`` for a dense layer)."""
+        self._new_frozen_idx = None
         if self._compact is None:
             e, keep = self.lts_distance, self._plan.keep
-            scratch = self._scratch
-            if scratch is None or scratch.shape != e.shape or scratch.device != e.device:
-                scratch = self._scratch = torch.empty_like(e)
+            if scratch is None or scratch.shape != e.shape or scratch.dtype != e.dtype:
+                scratch = self._scratch
+                if scratch is None or scratch.shape != e.shape or scratch.device != e.device:
+                    scratch = self._scratch = torch.empty_like(e)
             stays = torch.ge(e, t, out=scratch)  # 1.0 where D >= t: the weight stays unfrozen (Eq. 6)
         else:
             flat, e, _, keep = self._compact
-            stays = torch.ge(e, t, out=torch.empty_like(e))
+            stays = None
         if keep is None:  # nothing of the layer frozen yet
             n_new = stays.numel() - int(stays.sum())
             if not n_new:
@@ -588,15 +646,19 @@ class _LTSWeight:
             self._replan(n_new)
             return n_new
         if self._compact is not None:
-            newly = keep.sub(stays).clamp_(min=0.0)  # compact (small): 1 where unfrozen and D < t
-            idx = flat[newly.bool().nonzero().squeeze(1)]
-            n_new = idx.numel()
+            # Compact (small): unfrozen (keep 1) and D < t is D < t * keep, since D >= 0 and frozen positions
+            # have keep 0. Few small ops: their count, not their size, is the cost here.
+            pos = torch.lt(e, keep * t).nonzero().squeeze(1)
+            n_new = pos.numel()
             if not n_new:
                 return 0
-            keep.sub_(newly)
+            keep.index_fill_(0, pos, 0.0)
+            idx = flat.index_select(0, pos)
             if self.lts_restore:
-                self.lts_frozen_value.view(-1)[idx] = self.weight.detach().view(-1)[idx]
-            self.lts_frozen.view(-1).index_fill_(0, idx, True)
+                self.lts_frozen.view(-1).index_fill_(0, idx, True)
+                self.lts_frozen_value.view(-1).index_copy_(0, idx, self.weight.detach().view(-1).index_select(0, idx))
+            else:
+                self._frozen_stale = True  # rewritten from the dense keep below when next read
             self._plan.keep.view(-1).index_fill_(0, idx, 0.0)
             self._new_frozen_idx = idx
             self._replan(n_new)
@@ -630,7 +692,7 @@ class _LTSWeight:
             self.weight.copy_(torch.where(self.lts_frozen, self.lts_frozen_value, self.weight))
 
     def _replan(self, n_new: int | None = None) -> None:
-        """Bring the plan up to date with :attr:`lts_frozen`: after :meth:`lts_update` froze ``n_new`` more
+        """Bring the plan up to date with :attr:`lts_frozen`: after :meth:`_freeze` froze ``n_new`` more
         weights (and already cleared them in the plan's ``keep``), or from scratch without ``n_new``."""
         if n_new is None or self._plan.keep is None:
             self.n_frozen = int(torch.count_nonzero(self.lts_frozen))
@@ -714,7 +776,7 @@ class QuantLinearLTS(_LTSWeight, nn.Linear):
             if self._compact is None:  # pragma: no cover - a reused pattern always has its compact state
                 raise RuntimeError("sampled pattern without its compact LTS state")
             self._plan = _Plan("sampled", keep, previous.csr, previous.flat, self._compact[3])
-            if n_new is None:  # rebuilt from lts_frozen (not by lts_update): refresh which positions are live
+            if n_new is None:  # rebuilt from lts_frozen (not by _freeze): refresh which positions are live
                 self._compact[3].copy_(keep.view(-1).index_select(0, previous.flat))
         self._sampled = self._plan
 

@@ -357,28 +357,88 @@ def test_layer_freezes_as_the_pure_eq5_eq6_reference(monkeypatch, bits, sampled_
         assert layer._plan.kind == "sampled"
 
 
-def test_eq5_in_the_forward_equals_eq5_in_the_update():
+@pytest.mark.parametrize("sampled_below", [0.0, 1.0])
+def test_eq5_and_eq6_in_the_forward_equal_them_in_the_update(monkeypatch, sampled_below):
+    """Eq. 5 in the forward (lts_m set) and Eq. 6 in the forward too (lts_t set, as LTSScratcher drives the
+    layers) take exactly the decisions of lts_update after the forward, dense and sampled."""
+    import model.quant.lts as lts_module
+
+    monkeypatch.setattr(lts_module, "SAMPLED_BELOW", sampled_below)
     gen = torch.Generator().manual_seed(8)
     w0 = torch.randn(12, 20, generator=gen) * 0.2
     x = torch.randn(4, 20, generator=gen)
     layers = []
-    for m in (None, 0.8):  # the scratcher sets lts_m: the forward then updates D itself
+    for m, in_forward in ((None, False), (0.8, False), (0.8, True)):
         layer = QuantLinearLTS(20, 12, bits=3)
         with torch.no_grad():
             layer.weight.copy_(w0)
             layer.quantizer.init_bounds(layer.weight)
         layer.lts_enabled, layer.lts_m = True, m
-        layers.append(layer)
+        layers.append((layer, in_forward))
+    counts = [[], [], []]
     for i in range(30):
-        for layer in layers:
-            layer(x)
-            layer.lts_update(p=i / 40, m=0.8)
+        for (layer, in_forward), count in zip(layers, counts):
+            if in_forward:
+                layer.lts_t = threshold(i / 40, 3) / (2 / 7)  # in the units of D (the Eq. 3 step 2 / 7)
+                layer(x)
+                count.append(layer.pop_forward_freezes()[0])
+                assert layer.lts_update(p=i / 40, m=0.8) == 0  # done in the forward already
+            else:
+                layer(x)
+                count.append(layer.lts_update(p=i / 40, m=0.8))
             with torch.no_grad():
                 layer.weight.add_(torch.sin(torch.arange(240.0) * (i + 1)).view(12, 20) * 0.01)
-    a, b = layers
-    assert torch.equal(a.lts_frozen, b.lts_frozen)
-    torch.testing.assert_close(a.eq5_distance(), b.eq5_distance(), rtol=0, atol=0, equal_nan=True)
+    (a, _), (b, _), (c, _) = layers
+    assert counts[0] == counts[1] == counts[2] and sum(counts[0]) == int(a.lts_frozen.sum())
+    for other in (b, c):
+        assert torch.equal(a.lts_frozen, other.lts_frozen)
+        torch.testing.assert_close(a.eq5_distance(), other.eq5_distance(), rtol=0, atol=0, equal_nan=True)
     assert 0 < int(a.lts_frozen.sum()) < a.lts_frozen.numel()
+    assert (c._plan.kind == "sampled") == bool(sampled_below)
+
+
+@pytest.mark.parametrize("sampled_below", [0.0, 1.0])
+def test_a_weight_frozen_at_iteration_i_keeps_its_value_of_that_forward(monkeypatch, sampled_below):
+    """Driven as LTSTraining drives it (forward, backward, before_step, SGD step, after_step), a weight whose
+    D^i falls below t at iteration i gets a zero gradient at iteration i (Sec. III-C: frozen means its gradient
+    is zeroed) and keeps, bit for bit, the value that iteration's forward used, for the rest of training."""
+    import model.quant.lts as lts_module
+
+    monkeypatch.setattr(lts_module, "SAMPLED_BELOW", sampled_below)
+    gen = torch.Generator().manual_seed(1)
+    layer = QuantLinearLTS(16, 8, bits=2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(8, 16, generator=gen) * 0.05)
+        layer.bias.zero_()
+        layer.quantizer.init_bounds(layer.weight)
+    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+    latent, others = [layer.weight], [q for q in layer.parameters() if q is not layer.weight]
+    opt = torch.optim.SGD([{"params": latent, "weight_decay": 0.0}, {"params": others}], lr=0.5, momentum=0.9)
+    layer.weight_decay = 5e-4
+    scratcher = LTSScratcher(layer, iters_per_epoch=2, epochs=15, warmup=1, strategy="linear", m=0.5,
+                             optimizer=opt)
+    frozen_at = {}
+    kinds = set()
+    for i in range(1, 31):
+        before = layer.weight.detach().clone()
+        was = layer.lts_frozen.clone()
+        assert layer.lts_t == pytest.approx(threshold(scratcher.rate(i), 2) / (2 / 3))
+        loss = F.cross_entropy(layer(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        newly = layer.lts_frozen & ~was
+        if newly.any() and layer.weight.grad is not None:
+            assert layer.weight.grad[newly].abs().max().item() == 0.0  # no gradient in its own iteration
+        scratcher.before_step()
+        opt.step()
+        scratcher.after_step()
+        kinds.add(layer._plan.kind)
+        for idx in newly.view(-1).nonzero().squeeze(1).tolist():
+            frozen_at[idx] = before.view(-1)[idx].item()
+        for idx, value in frozen_at.items():
+            assert layer.weight.view(-1)[idx].item() == value
+    assert 0 < len(frozen_at) == int(layer.lts_frozen.sum())
+    assert ("sampled" in kinds) == bool(sampled_below)
 
 
 def test_training_forward_is_the_quantizer_bit_for_bit():
@@ -699,14 +759,16 @@ def test_sampled_layer_momentum_zeroed_at_the_new_freezes_only(monkeypatch):
     x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
     kwargs = {"iters_per_epoch": 1, "epochs": 30, "warmup": 0, "strategy": "linear", "m": 0.0}
     seen = []
-    real = lts_module.QuantLinearLTS.lts_update
+    real = lts_module.QuantLinearLTS.pop_forward_freezes
 
-    def spy(self, p, m):
-        n = real(self, p, m)
-        seen.append((self._plan.kind, self._new_frozen_idx is not None and n > 0))
-        return n
+    def spy(self):
+        n, idx = real(self)
+        seen.append((self._plan.kind, n > 0 and all(i is not None for i in idx)))
+        if n:
+            assert sum(i.numel() for i in idx if i is not None) == n or any(i is None for i in idx)
+        return n, idx
 
-    monkeypatch.setattr(lts_module.QuantLinearLTS, "lts_update", spy)
+    monkeypatch.setattr(lts_module.QuantLinearLTS, "pop_forward_freezes", spy)
     snapshots = _exact_run(layer, x, y, 25, kwargs)
     assert ("sampled", True) in seen  # freezes of an already sampled layer, zeroed by index
     assert len(snapshots) > 0
