@@ -103,6 +103,16 @@ def output_layout(channel_bits: int, pixels: int) -> data.StructLayout:
     })
 
 
+def select(m: Module, index, pairs, n: int) -> None:
+    """``out = array[index]`` for each ``(out, array)`` of ``n`` elements, as one case statement: Yosys maps it
+    to a multiplexer tree, where a variable part-select (``array[index * w +: w]``) becomes a barrel shifter
+    over the whole array."""
+    with m.Switch(index):
+        for k in range(n):
+            with m.Case(k):
+                m.d.comb += [out.eq(array[k]) for out, array in pairs]
+
+
 class ChannelEngine(wiring.Component):
     """Decoder, patch reads, ``lanes`` segment lanes, the combine and the requantizer of one engine.
 
@@ -273,7 +283,9 @@ class ChannelEngine(wiring.Component):
                      pixel.eq(Mux(layer.gap, 0, Mux(rec.pair, n, (n << 1) | rec.group)))]
         p_sel = Signal(P_BITS)
         a_sel = Signal(a_shape)
-        m.d.comb += [p_sel.eq(held_p[lane_sel]), a_sel.eq(held_a[lane_sel][slot])]
+        a_pair = Signal(data.ArrayLayout(a_shape, SLOTS))
+        select(m, lane_sel, [(p_sel, held_p), (a_pair, held_a)], lanes)
+        m.d.comb += a_sel.eq(Mux(slot, a_pair[1], a_pair[0]))
         single = Mux(rec.chunk, p_sel << CHUNK_BITS, p_sel)
         hi = layer.gap & rec.group
         s_in = Mux(rec.pair, Mux(slot, p_sel[PAIR_SHIFT:], p_sel[:PAIR_SHIFT]), Mux(hi, single << 8, single))
@@ -339,11 +351,13 @@ class ChannelEngine(wiring.Component):
         head = data.View(acc_layout, Mux(bank, fifos[1].r_data, fifos[0].r_data))
         ready_b = Mux(bank, fifos[1].r_rdy, fifos[0].r_rdy)
         i_last = Mux(layer.gap, 1, row.pixels) - 1
+        r_sel = Signal(MAX_ACT_BITS)
+        select(m, i, [(r_sel, row.r)], t)
         go = Signal()
         m.d.comb += [
             rq.i.valid.eq(rows.r_rdy & ready_b),
             rq.i.payload.x.eq(head.x), rq.i.payload.a.eq(head.a), rq.i.payload.y.eq(head.y),
-            rq.i.payload.r.eq(row.r[i]), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
+            rq.i.payload.r.eq(r_sel), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
             rq.i.payload.bias.eq(row.bias), rq.i.payload.tag.eq(Cat(pix, row.channel)),
             go.eq(rq.i.valid & rq.i.ready),
             fifos[0].r_en.eq(go & ~bank), fifos[1].r_en.eq(go & bank),
