@@ -4,6 +4,8 @@
 
 import zlib
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -37,12 +39,15 @@ class NoDevice(Backend):
 
 
 @pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
-def test_exported_image_through_system_and_driver(tmp_path):
+def test_exported_image_through_system_and_driver(tmp_path, monkeypatch):
+    """Relative image and output folders, as `build.py sim --system` gets them by default (the simulator runs
+    in its build folder, so every path it reads must be made absolute)."""
     net = random_network(np.random.default_rng(7), sizes=(19, 13, 6), act_bits=4)
-    write_image(tmp_path / "image", net)
+    monkeypatch.chdir(tmp_path)
+    write_image(Path("image"), net)
     inputs = np.random.default_rng(8).integers(0, 16, size=(5, 19))
     expected = net.forward(inputs)
-    res = run_system(tmp_path / "image", inputs, expected, tmp_path / "out", ddr_latency=24, max_batch=2,
+    res = run_system(Path("image"), inputs, expected, Path("out"), ddr_latency=24, max_batch=2,
                      throughput_images=3)
     assert res["passed"], res["log"]
     assert res["rtl_mismatches"] == 0 and res["scores"] == expected.tolist()
