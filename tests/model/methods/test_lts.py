@@ -170,14 +170,19 @@ def test_layer_ema_reset_on_level_change_and_permanent_freeze():
     assert layer._plan.kind == "none" and layer.n_frozen == 3
 
 
-def test_frozen_weights_stay_exact_under_sgd_momentum_and_weight_decay():
-    gen = torch.Generator().manual_seed(0)
+def small_layer(seed):
+    """A 2-bit 16 -> 8 layer with small random weights, its bounds set, and a batch of 32 to train it on."""
+    gen = torch.Generator().manual_seed(seed)
     layer = QuantLinearLTS(16, 8, bits=2)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(8, 16, generator=gen) * 0.05)
         layer.bias.zero_()
         layer.quantizer.init_bounds(layer.weight)
-    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+    return layer, torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+
+
+def test_frozen_weights_stay_exact_under_sgd_momentum_and_weight_decay():
+    layer, x, y = small_layer(0)
     scratcher = LTSScratcher(layer, iters_per_epoch=1, epochs=20, warmup=0, strategy="fixed", c=0.4, m=0.0)
     opt = torch.optim.SGD(layer.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
     snapshots = {}
@@ -405,13 +410,7 @@ def test_a_weight_frozen_at_iteration_i_keeps_its_value_of_that_forward(monkeypa
     import model.quant.lts as lts_module
 
     monkeypatch.setattr(lts_module, "SAMPLED_BELOW", sampled_below)
-    gen = torch.Generator().manual_seed(1)
-    layer = QuantLinearLTS(16, 8, bits=2)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(8, 16, generator=gen) * 0.05)
-        layer.bias.zero_()
-        layer.quantizer.init_bounds(layer.weight)
-    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+    layer, x, y = small_layer(1)
     latent, others = [layer.weight], [q for q in layer.parameters() if q is not layer.weight]
     opt = torch.optim.SGD([{"params": latent, "weight_decay": 0.0}, {"params": others}], lr=0.5, momentum=0.9)
     layer.weight_decay = 5e-4
@@ -474,13 +473,7 @@ def _exact_run(layer, x, y, steps, scratcher_kwargs, weight_decay=5e-4):
 
 
 def test_frozen_weights_never_move_with_the_optimizer_given_and_nothing_restored():
-    gen = torch.Generator().manual_seed(0)
-    layer = QuantLinearLTS(16, 8, bits=2)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(8, 16, generator=gen) * 0.05)
-        layer.bias.zero_()
-        layer.quantizer.init_bounds(layer.weight)
-    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+    layer, x, y = small_layer(0)
     kwargs = {"iters_per_epoch": 1, "epochs": 20, "warmup": 0, "strategy": "fixed", "c": 0.4, "m": 0.0}
     layer.restore_frozen_ = None  # would raise if called: the optimizer cannot move frozen weights
     snapshots = _exact_run(layer, x, y, 12, kwargs)
@@ -750,13 +743,7 @@ def test_sampled_layer_momentum_zeroed_at_the_new_freezes_only(monkeypatch):
     import model.quant.lts as lts_module
 
     monkeypatch.setattr(lts_module, "SAMPLED_BELOW", 1.0)  # sampled from the first freeze on
-    gen = torch.Generator().manual_seed(0)
-    layer = QuantLinearLTS(16, 8, bits=2)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(8, 16, generator=gen) * 0.05)
-        layer.bias.zero_()
-        layer.quantizer.init_bounds(layer.weight)
-    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 8, (32,), generator=gen)
+    layer, x, y = small_layer(0)
     kwargs = {"iters_per_epoch": 1, "epochs": 30, "warmup": 0, "strategy": "linear", "m": 0.0}
     seen = []
     real = lts_module.QuantLinearLTS.pop_forward_freezes
