@@ -16,18 +16,19 @@ of the tile's pixels and how many pixels the tile has. For each, it
    pixels ``2k`` and ``2k + 1``), whose P registers sum the whole pass; a pruned weight has no entry and costs
    no cycle, an all-pruned row one entry of zeros (``acc = 0``);
 5. at each pass's end the lanes' P words and activation sums move into a holding register (the lanes go on
-   with the next pass); the *combine* takes the pass's pixels one a cycle (every pixel of the tile after a
-   pair pass, the pixels ``2k + g`` after a single pass of group ``g``), takes each pixel's sum out of its
-   lane's P word (and weights a chunk-1 sum by ``2^16``), multiplies by ``R_m`` in three conditional
-   shift-adds (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``, ``R_8 = (1 + 2^8)(1 + 2^16)``, ``R_16 = 1 + 2^16``,
-   ``R_32 = 1``; also ``R_m A`` for a signed layer) and adds into the per-pixel accumulators
+   with the next pass); the *combine* takes two lanes a cycle on two paths (path ``q`` lane ``2m + q``:
+   after a pair pass its slot ``s`` in step ``2m + s``, after a single pass of group ``g`` its slot ``g`` in
+   step ``m``, so pixel ``4m + 2q + s`` either way), takes each pixel's sum out of its lane's P word (and
+   weights a chunk-1 sum by ``2^16``), multiplies by ``R_m`` in three conditional shift-adds
+   (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``, ``R_8 = (1 + 2^8)(1 + 2^16)``, ``R_16 = 1 + 2^16``, ``R_32 = 1``;
+   also ``R_m A`` for a signed layer) and adds into the path's bank of per-pixel accumulators
    ``X = sum_m R_m S_m``, ``A``, ``Y = sum_m R_m A_m`` (written, not added, by the row's first pass into
    the pixel's slot: no clearing); a DoReFa layer's 4- and 8-bit entries share one pass (the sequencer
    promotes 4-bit codes exactly: ``q R_4 = 17 q R_8``);
-6. the row's last pass into a pixel passes its ``(X, A, Y)`` into the FIFO of the pixel's parity; the
-   *emitter* takes the tile's pixels in order (pixel ``i`` from FIFO ``i mod 2``: a single pass's last
-   chunk gives the even pixels before the odd ones) with their shortcut codes and the channel's parameters
-   into the :class:`~hw.array.requant.PixelRequantizer`, whose codes (or scores) leave on ``o`` tagged
+6. the row's last pass into a pixel passes its ``(X, A, Y)`` into FIFO ``pixel mod 4``; the *emitter* takes
+   the tile's pixels in order (pixel ``i`` from FIFO ``i mod 4``: a single pass's last chunk gives the even
+   pixels before the odd ones) with their shortcut codes and the channel's parameters into the
+   :class:`~hw.array.requant.PixelRequantizer`, whose codes (or scores) leave on ``o`` tagged
    ``(channel, pixel)``.
 
 **Global pool before an FC** (``layer.gap``): the loader puts each input's 16-bit channel sum in pixels 0
@@ -37,9 +38,9 @@ exactly, so pixel 0 gets the FC's class sums over the pooled inputs (golden's ``
 ``layer_forward``).
 
 Throughput: per entry 1 lane cycle for two pixels at 4/8-bit weights and 1-4-bit activations, 2 at 16 bits
-or 5-8-bit activations, 4 for 32-bit weights (``hw/dsp/pass_lane.py``); the combine one pixel a cycle
-(``pixels`` cycles after a pair pass, about half that after a single one), overlapped with the lanes' next
-pass; the emitter one pixel a cycle, overlapped with the next row. So a row costs at least ``pixels``
+or 5-8-bit activations, 4 for 32-bit weights (``hw/dsp/pass_lane.py``); the combine two pixels a cycle
+(``pixels / 2`` cycles after a pair pass, ``pixels / 4`` after a single one), overlapped with the lanes'
+next pass; the emitter one pixel a cycle, overlapped with the next row. So a row costs at least ``pixels``
 cycles (its outputs), and more when its passes are longer.
 
 What is exact: the lanes' pass sums (``hw/dsp/pass_lane.py``), ``X``, ``A``, ``Y`` at the widths of
@@ -242,7 +243,10 @@ class ChannelEngine(wiring.Component):
         m.d.comb += [take.eq(f_valid & recs.w_rdy & lead.i.ready),
                      recs.w_en.eq(take & f.end), recs.w_data.eq(f.rec)]
 
-        # -- Combine: one pixel of a finished pass a cycle ---------------------------------------------------
+        # -- Combine: two lanes of a finished pass a cycle ---------------------------------------------------
+        # Path q takes lane 2m + q: after a pair pass slot s of it in step n = 2m + s, after a single pass of
+        # group g its slot g in step n = m; either way its pixel is 4m + 2q + s (s = g in a single pass), so a
+        # pair pass takes about T / 2 steps and a single one T / 4. Under gap, pixel 0 alone (path 0, lane 0).
         c_adv = Signal()
         # The lanes' pass sums move into a holding register at once (the lanes go on with the next pass).
         a_shape = lead.o.payload.a[0].shape()
@@ -250,11 +254,11 @@ class ChannelEngine(wiring.Component):
         held_p = Signal(data.ArrayLayout(P_BITS, lanes))
         held_a = Signal(data.ArrayLayout(data.ArrayLayout(a_shape, SLOTS), lanes))
         rec = Signal(rec_layout)  # the held pass's record
-        # The pass's n-th pixel: every pixel of the tile in a pair pass (pixel n: lane n >> 1, slot n & 1);
-        # pixels 2n + g in a single pass of group g (lane n); pixel 0 alone under gap.
         n = Signal(range(t))
         n_last = Signal(range(t))
-        m.d.comb += n_last.eq(Mux(layer.gap, 0, Mux(rec.pair, rec.pixels - 1, (rec.pixels - 1 - rec.group) >> 1)))
+        top = Signal(range(t))  # the pass's last pixel of path 0's kind: pixels - 1 (minus g in a single pass)
+        m.d.comb += [top.eq(rec.pixels - 1 - Mux(rec.pair, 0, rec.group)),
+                     n_last.eq(Mux(layer.gap, 0, Mux(rec.pair, ((top >> 2) << 1) | (top[:2] != 0), top >> 2)))]
         start = Signal()
         m.d.comb += start.eq(held_valid & c_adv)
         release = Signal()
@@ -273,83 +277,98 @@ class ChannelEngine(wiring.Component):
         with m.If(start):
             m.d.sync += n.eq(Mux(n == n_last, 0, n + 1))
 
-        # Stage C0: the pixel's sum out of its lane's word. A pair pass has slot 0's sum in P's low
+        # Stage C0: each path's pixel sum out of its lane's word. A pair pass has slot 0's sum in P's low
         # PAIR_SHIFT bits and slot 1's above; a single pass all of P, weighted by its chunk (2^16). Under gap,
         # group 1 carries pixel 0's high bytes: weight 256.
-        lane_sel = Signal(range(lanes))
+        half = Signal(range(t))  # m
         slot = Signal()
-        pixel = Signal(range(t))
-        m.d.comb += [lane_sel.eq(Mux(rec.pair, n >> 1, n)), slot.eq(Mux(rec.pair, n[0], rec.group)),
-                     pixel.eq(Mux(layer.gap, 0, Mux(rec.pair, n, (n << 1) | rec.group)))]
-        p_sel = Signal(P_BITS)
-        a_sel = Signal(a_shape)
-        a_pair = Signal(data.ArrayLayout(a_shape, SLOTS))
-        select(m, lane_sel, [(p_sel, held_p), (a_pair, held_a)], lanes)
-        m.d.comb += a_sel.eq(Mux(slot, a_pair[1], a_pair[0]))
-        single = Mux(rec.chunk, p_sel << CHUNK_BITS, p_sel)
+        m.d.comb += [half.eq(Mux(rec.pair, n >> 1, n)), slot.eq(Mux(rec.pair, n[0], rec.group))]
         hi = layer.gap & rec.group
-        s_in = Mux(rec.pair, Mux(slot, p_sel[PAIR_SHIFT:], p_sel[:PAIR_SHIFT]), Mux(hi, single << 8, single))
-        a_in = Mux(hi, a_sel << 8, a_sel)
-
+        first = rec.first.as_value().bit_select(Mux(layer.gap, 0, slot), 1)
+        pair_lanes = -(-lanes // 2)
         side_layout = data.StructLayout({
-            "valid": unsigned(1), "cls": unsigned(2), "final": unsigned(1), "pixel": range(t), "first": unsigned(1),
+            "valid": unsigned(1), "cls": unsigned(2), "final": unsigned(1), "addr": range(max(pair_lanes * 2, 1)),
+            "fifo": unsigned(2), "first": unsigned(1),
         })
-        # side[0] / s0 / a0: the pixel's sum as taken out (its own stage: the holding register's lane
-        # multiplexer and the field selection stay off the first adder's path); then three stages of R_m.
-        side = [Signal(side_layout, name=f"c{n}") for n in range(4)]
-        s0 = Signal(X_BITS, name="cs0")
-        sv = [Signal(X_BITS, name=f"cs{n}") for n in range(1, 4)]  # R_m S in the making
-        av = [Signal(A_BITS, name=f"ca{n}") for n in range(4)]  # A, unchanged
-        yv = [Signal(Y_BITS, name=f"cy{n}") for n in range(1, 4)]  # R_m A in the making (signed layers)
-        with m.If(c_adv):
-            m.d.sync += [
-                side[0].valid.eq(start), side[0].cls.eq(rec.cls), side[0].final.eq(rec.final),
-                side[0].pixel.eq(pixel), side[0].first.eq(rec.first.as_value().bit_select(Mux(layer.gap, 0, slot), 1)),
-                s0.eq(s_in), av[0].eq(a_in),
-                side[1].eq(side[0]), side[2].eq(side[1]), side[3].eq(side[2]),
-            ]
-            # R_m by three conditional shift-adds: class 0 (4 bits) adds << 4, classes <= 1 << 8, <= 2 << 16.
-            for k, (shift, upto) in enumerate(((4, 0), (8, 1), (16, 2))):
-                s_prev = s0 if k == 0 else sv[k - 1]
-                y_prev = av[0] if k == 0 else yv[k - 1]
-                cls = side[k].cls
-                m.d.sync += [sv[k].eq(s_prev + Mux(cls <= upto, s_prev << shift, 0)),
-                             yv[k].eq(y_prev + Mux(cls <= upto, y_prev << shift, 0)),
-                             av[k + 1].eq(av[k])]
+        # side[q][0] / s0 / a0: the pixel's sum as taken out (its own stage: the lane select and the field
+        # selection stay off the first adder's path); then three stages of R_m.
+        side = [[Signal(side_layout, name=f"c{q}_{k}") for k in range(4)] for q in range(2)]
+        s0 = [Signal(X_BITS, name=f"cs{q}_0") for q in range(2)]
+        sv = [[Signal(X_BITS, name=f"cs{q}_{k}") for k in range(1, 4)] for q in range(2)]  # R_m S in the making
+        av = [[Signal(A_BITS, name=f"ca{q}_{k}") for k in range(4)] for q in range(2)]  # A, unchanged
+        yv = [[Signal(Y_BITS, name=f"cy{q}_{k}") for k in range(1, 4)] for q in range(2)]  # R_m A (signed layers)
+        for q in range(2):
+            # Lane 2m + q: its word by a case over m (a variable part-select would be a barrel shifter).
+            group_of = [k for k in range(lanes) if k % 2 == q]
+            p_sel = Signal(P_BITS, name=f"p_sel{q}")
+            a_pair = Signal(data.ArrayLayout(a_shape, SLOTS), name=f"a_pair{q}")
+            if group_of:
+                select(m, half, [(p_sel, [held_p[k] for k in group_of]), (a_pair, [held_a[k] for k in group_of])],
+                       len(group_of))
+            a_sel = Mux(slot, a_pair[1], a_pair[0])
+            single = Mux(rec.chunk, p_sel << CHUNK_BITS, p_sel)
+            s_in = Mux(rec.pair, Mux(slot, p_sel[PAIR_SHIFT:], p_sel[:PAIR_SHIFT]), Mux(hi, single << 8, single))
+            a_in = Mux(hi, a_sel << 8, a_sel)
+            pixel = (half << 2) | (q << 1) | slot
+            on = Mux(layer.gap, (q == 0) & (half == 0), pixel < rec.pixels) if group_of else 0
+            with m.If(c_adv):
+                m.d.sync += [
+                    side[q][0].valid.eq(start & on), side[q][0].cls.eq(rec.cls), side[q][0].final.eq(rec.final),
+                    side[q][0].addr.eq(Mux(layer.gap, 0, (half << 1) | slot)),
+                    side[q][0].fifo.eq(Mux(layer.gap, 0, (q << 1) | slot)), side[q][0].first.eq(first),
+                    s0[q].eq(s_in), av[q][0].eq(a_in),
+                    side[q][1].eq(side[q][0]), side[q][2].eq(side[q][1]), side[q][3].eq(side[q][2]),
+                ]
+                # R_m by three conditional shift-adds: class 0 (4 bits) adds << 4, classes <= 1 << 8, <= 2 << 16.
+                for k, (shift, upto) in enumerate(((4, 0), (8, 1), (16, 2))):
+                    s_prev = s0[q] if k == 0 else sv[q][k - 1]
+                    y_prev = av[q][0] if k == 0 else yv[q][k - 1]
+                    cls = side[q][k].cls
+                    m.d.sync += [sv[q][k].eq(s_prev + Mux(cls <= upto, s_prev << shift, 0)),
+                                 yv[q][k].eq(y_prev + Mux(cls <= upto, y_prev << shift, 0)),
+                                 av[q][k + 1].eq(av[q][k])]
 
-        # Stage C5: the per-pixel accumulators (asynchronous read, written in the same cycle); the row's last
-        # pass into a pixel passes its finished sums on, into the FIFO of the pixel's parity.
+        # Stage C5: the per-pixel accumulators, a bank per path (asynchronous read, written in the same
+        # cycle); the row's last pass into a pixel passes its finished sums on, into FIFO pixel mod 4.
         acc_layout = data.StructLayout({"x": unsigned(X_BITS), "a": unsigned(A_BITS), "y": unsigned(Y_BITS)})
-        last = side[3]
-        m.submodules.accs = accs = Memory(shape=acc_layout, depth=t, init=[])
-        rd = accs.read_port(domain="comb")
-        wr = accs.write_port()
-        new = Signal(acc_layout)
-        m.d.comb += [
-            rd.addr.eq(last.pixel), wr.addr.eq(last.pixel), wr.data.eq(new), wr.en.eq(c_adv & last.valid),
-            new.x.eq(Mux(last.first, sv[2], rd.data.x + sv[2])),
-            new.a.eq(Mux(last.first, av[3], rd.data.a + av[3])),
-            new.y.eq(Mux(last.first, yv[2], rd.data.y + yv[2])),
-        ]
         fifos = []
-        for b in range(SLOTS):
-            fifo = SyncFIFOBuffered(width=acc_layout.size, depth=lanes + 1)
-            m.submodules[f"done{b}"] = fifo
+        for f in range(4):
+            fifo = SyncFIFOBuffered(width=acc_layout.size, depth=-(-t // 4) + 1)
+            m.submodules[f"done{f}"] = fifo
             fifos.append(fifo)
-            m.d.comb += [fifo.w_en.eq(c_adv & last.valid & last.final & (last.pixel[0] == b)),
-                         fifo.w_data.eq(new)]
-        m.d.comb += c_adv.eq(fifos[0].w_rdy & fifos[1].w_rdy)
+        for q in range(2):
+            last = side[q][3]
+            accs = Memory(shape=acc_layout, depth=max(pair_lanes * 2, 2), init=[])
+            m.submodules[f"accs{q}"] = accs
+            rd = accs.read_port(domain="comb")
+            wr = accs.write_port()
+            new = Signal(acc_layout, name=f"new{q}")
+            m.d.comb += [
+                rd.addr.eq(last.addr), wr.addr.eq(last.addr), wr.data.eq(new), wr.en.eq(c_adv & last.valid),
+                new.x.eq(Mux(last.first, sv[q][2], rd.data.x + sv[q][2])),
+                new.a.eq(Mux(last.first, av[q][3], rd.data.a + av[q][3])),
+                new.y.eq(Mux(last.first, yv[q][2], rd.data.y + yv[q][2])),
+            ]
+            for s_ in range(2):
+                f = fifos[2 * q + s_]
+                m.d.comb += [f.w_en.eq(c_adv & last.valid & last.final & (last.fifo[0] == s_)), f.w_data.eq(new)]
+        m.d.comb += c_adv.eq(Cat(*(f.w_rdy for f in fifos)).all())
 
-        # -- Emit: the row's pixels in order (pixel i from bank i mod 2) into the requantizer -------------
+        # -- Emit: the row's pixels in order (pixel i from FIFO i mod 4) into the requantizer ---------------
         m.submodules.requant = rq = PixelRequantizer(tag_bits=self._channel_bits + pix_bits)
         m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
                      rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual)]
         i = Signal(range(t))
         pix = Signal(pix_bits)
         m.d.comb += pix.eq(i)
-        bank = i[0]
-        head = data.View(acc_layout, Mux(bank, fifos[1].r_data, fifos[0].r_data))
-        ready_b = Mux(bank, fifos[1].r_rdy, fifos[0].r_rdy)
+        which = Signal(2)
+        m.d.comb += which.eq(i)
+        head = Signal(acc_layout)
+        ready_b = Signal()
+        with m.Switch(which):
+            for f in range(4):
+                with m.Case(f):
+                    m.d.comb += [head.eq(fifos[f].r_data), ready_b.eq(fifos[f].r_rdy)]
         i_last = Mux(layer.gap, 1, row.pixels) - 1
         r_sel = Signal(MAX_ACT_BITS)
         select(m, i, [(r_sel, row.r)], t)
@@ -360,7 +379,7 @@ class ChannelEngine(wiring.Component):
             rq.i.payload.r.eq(r_sel), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
             rq.i.payload.bias.eq(row.bias), rq.i.payload.tag.eq(Cat(pix, row.channel)),
             go.eq(rq.i.valid & rq.i.ready),
-            fifos[0].r_en.eq(go & ~bank), fifos[1].r_en.eq(go & bank),
+            *(fifos[f].r_en.eq(go & (which == f)) for f in range(4)),
             rows.r_en.eq(go & (i == i_last)),
         ]
         with m.If(go):
