@@ -28,8 +28,8 @@ a cycle: prefetching row commands is a next step (``docs/array_design.md``).
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.array.engine import engine_layer_layout, row_command_layout
@@ -43,7 +43,6 @@ from model.export.format import (
     FMAP_BUFFERS,
     HEADER,
     KIND_CONV,
-    KIND_FC,
     LAYER,
     MAGIC,
     PARAMS,
@@ -161,8 +160,6 @@ class ArrayController(wiring.Component):
         res_off = Signal(range(t + 1))  # the first pixel of the output row whose shortcut codes arrive
         prev_c = Signal(16)  # the previous layer's input: the shortcut's map
         prev_h = Signal(16)
-        cur_c = Signal(16)
-        cur_h = Signal(16)
         last_layer = Signal()
         # Dispatcher.
         j = Signal(16)

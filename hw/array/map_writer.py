@@ -25,7 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.array.engine import output_layout
-from hw.array.feature_maps import write_signature, read_signature
+from hw.array.feature_maps import read_signature, write_signature
 from hw.array.patch_loader import DIM_BITS
 from model.export.golden import MAX_ACT_BITS
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from hw.array.feature_maps import read_signature
 from model.export.golden import MAX_ACT_BITS

@@ -37,9 +37,9 @@ the pass's last product enters P, and holds them under back-pressure (which stop
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
-from amaranth.utils import ceil_log2
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from hw.dsp.lane import DSP_LATENCY, M_STAGE, accumulate_in_p, delay_line
 from hw.dsp.packing import A_BITS, B_BITS, CHUNK_BITS, P_BITS

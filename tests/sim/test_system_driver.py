@@ -3,7 +3,6 @@
 --system`` runs), and the driver's and the command's checks of user mistakes (before any register access)."""
 
 import zlib
-
 from pathlib import Path
 
 import numpy as np

@@ -11,9 +11,9 @@ from hw.array.top import ArrayConfig, ConvArray
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.layout_v3 import pack as pack_v3
 from tests.hw.netgen import random_network
+from tests.hw.stream_source import simulate
 from tests.model.export.test_golden_conv import make_conv
 from tests.model.export.test_layout_v3 import fc_layer, resnet_like
-from tests.hw.stream_source import simulate
 
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=5)
