@@ -78,8 +78,7 @@ def pass_entry_layout(fan_in_width: int, pixels: int) -> data.StructLayout:
     return data.StructLayout({
         "position": unsigned(fan_in_width),
         "code": unsigned(max(CLASS_WIDTHS)),
-        "empty": unsigned(1),  # an all-pruned row's single entry: code 0 and no count bits, so it adds nothing
-        "count": data.ArrayLayout(1, SLOTS),
+        "count": data.ArrayLayout(1, SLOTS),  # (none for an all-pruned row's single entry: code 0, it adds nothing)
         "end": unsigned(1),
         "rec": record_layout(pixels),
     })
@@ -174,7 +173,7 @@ class PassSequencer(wiring.Component):
             banks = banks_of(pair, g)
             m.d.sync += [
                 self.o.valid.eq(1),
-                out.position.eq(position), out.code.eq(code), out.empty.eq(empty),
+                out.position.eq(position), out.code.eq(code),
                 out.count.eq(Mux(empty, 0, count)), out.end.eq(end),  # (an empty entry's code is 0)
                 out.rec.cls.eq(cls), out.rec.pair.eq(pair), out.rec.chunk.eq(c), out.rec.group.eq(g),
                 out.rec.first.eq(banks & ~touched), out.rec.final.eq(final), out.rec.pixels.eq(pixels),

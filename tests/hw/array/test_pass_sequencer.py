@@ -1,0 +1,176 @@
+"""PassSequencer against a reference of its passes: the order of :func:`hw.dsp.pass_lane.lane_passes` per
+segment (chunk-major, then slot group), the 4 -> 8-bit promotion of DoReFa rows (``17 q``), the capacity
+split of 8-bit pair passes, the per-bank ``first`` / ``final`` records and the count bits, on random rows
+under back-pressure (Amaranth simulator)."""
+
+import numpy as np
+import pytest
+
+from hw.array.pass_sequencer import PROMOTE, PassSequencer
+from hw.dsp.pass_lane import PAIR_ACT_BITS, PAIR_WEIGHT_BITS, SLOTS, lane_passes, pass_capacity
+from model.export.format import CLASS_WIDTHS
+from tests.hw.stream_source import Source, simulate
+
+FAN_IN_WIDTH = 10
+PIXELS = 6
+
+
+def decoder_entries(row):
+    """A row ``[(cls, [(position, code), ...]), ...]`` (present classes, ascending) as the decoder emits it."""
+    if not row:
+        return [{"position": 0, "cls": 0, "code": 0, "last": 1, "empty": 1, "seg_end": 1, "next_cls": 0}]
+    out = []
+    for s, (cls, entries) in enumerate(row):
+        nxt = row[s + 1][0] if s + 1 < len(row) else 0
+        for i, (pos, code) in enumerate(entries):
+            end = i == len(entries) - 1
+            out.append({"position": pos, "cls": cls, "code": code, "last": int(end and s == len(row) - 1),
+                        "empty": 0, "seg_end": int(end), "next_cls": nxt if end else 0})
+    return out
+
+
+def reference_passes(row, act_bits, signed, gap, pixels):
+    """The passes of one row: ``(cls, pair, chunk, group, count, [(position, code), ...])`` in order."""
+    empty = not row
+    segs = [(0, [(0, 0)])] if empty else [(c, list(e)) for c, e in row]
+    if not signed and not gap and act_bits <= PAIR_ACT_BITS and segs[0][0] == 0:
+        # DoReFa: R_4 = 17 R_8, so the 4-bit codes go out as 17 q in the 8-bit class, one pass with the
+        # row's 8-bit codes when it has any.
+        promoted = [(p, PROMOTE * q) for p, q in segs[0][1]]
+        if len(segs) > 1 and segs[1][0] == 1:
+            segs = [(1, promoted + segs[1][1])] + segs[2:]
+        else:
+            segs = [(1, promoted)] + segs[1:]
+    passes = []
+    for cls, entries in segs:
+        bits = CLASS_WIDTHS[cls]
+        if not gap and bits <= PAIR_WEIGHT_BITS and act_bits <= PAIR_ACT_BITS:
+            assert lane_passes(bits, act_bits) == [(True, 0, 0)]
+            cap = pass_capacity(bits, PAIR_ACT_BITS)
+            for k in range(0, len(entries), cap):
+                passes.append((cls, 1, 0, 0, 0 if empty else 0b11, entries[k:k + cap]))
+            continue
+        order = lane_passes(bits, act_bits if not gap else 8)
+        assert order == sorted(order, key=lambda x: (x[1], x[2]))  # chunk-major
+        for _, chunk, group in order:
+            if group and pixels <= 1 and not gap:
+                continue  # no pixel has slot 1
+            count = 0 if (empty or chunk) else (1 << group)
+            passes.append((cls, 0, chunk, group, count, entries))
+    return passes
+
+
+def banks(pair, group, gap):
+    return 0b11 if pair else (0b01 if gap else 1 << group)
+
+
+def random_row(rng, fan_in, p_zero, long8=False):
+    widths = rng.choice(len(CLASS_WIDTHS) + 1, size=fan_in, p=[p_zero] + [(1 - p_zero) / 4] * 4)
+    if long8:
+        widths = np.where(rng.random(fan_in) < 0.9, 2, widths)
+    row = []
+    for cls in range(len(CLASS_WIDTHS)):
+        pos = np.flatnonzero(widths == cls + 1)
+        if pos.size:
+            hi = 1 << CLASS_WIDTHS[cls]
+            row.append((cls, [(int(p), int(rng.integers(1, hi))) for p in pos]))
+    return row
+
+
+def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
+    rng = np.random.default_rng(seed)
+    dut = PassSequencer(fan_in_width=FAN_IN_WIDTH, pixels=PIXELS)
+    items = [e for row in rows for e in decoder_entries(row)]
+    want = [reference_passes(row, act_bits, signed, gap, pixels) for row in rows]
+    n_out = sum(len(p[5]) for r in want for p in r)
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.act_bits, act_bits)
+        ctx.set(dut.gap, gap)
+        ctx.set(dut.signed, signed)
+        src = Source(dut.i, items, rng, p_gap)
+        row_src = Source(dut.rows, [pixels] * len(rows), rng, p_gap)
+        for _ in range(20 * n_out + 100):
+            if len(got) == n_out:
+                break
+            src.drive(ctx)
+            row_src.drive(ctx)
+            ctx.set(dut.o.ready, rng.random() >= p_stall)
+            _, _, iv, ir, rv, rr, ov, orr, out = await ctx.tick().sample(
+                dut.i.valid, dut.i.ready, dut.rows.valid, dut.rows.ready, dut.o.valid, dut.o.ready, dut.o.payload)
+            src.update(iv, ir)
+            row_src.update(rv, rr)
+            if ov and orr:
+                got.append({"position": out.position, "code": out.code, "count": out.count[0] | (out.count[1] << 1),
+                            "end": out.end, "cls": out.rec.cls, "pair": out.rec.pair, "chunk": out.rec.chunk,
+                            "group": out.rec.group, "first": out.rec.first[0] | (out.rec.first[1] << 1),
+                            "final": out.rec.final, "pixels": out.rec.pixels})
+        assert row_src.pos == len(rows), "the sequencer did not take every row's pixel count"
+
+    simulate(dut, bench)
+    assert len(got) == n_out, f"stalled after {len(got)} of {n_out} pass entries"
+
+    # Cut the output into passes at `end` and compare with the reference, row by row.
+    k = 0
+    for r, passes in enumerate(want):
+        touched = 0
+        for i, (cls, pair, chunk, group, count, entries) in enumerate(passes):
+            seen = got[k:k + len(entries)]
+            k += len(entries)
+            mine = banks(pair, group, gap)
+            later = 0
+            for p in passes[i + 1:]:
+                later |= banks(p[1], p[3], gap)
+            where = f"row {r} pass {i} ({cls=}, {pair=}, {chunk=}, {group=})"
+            assert [(e["position"], e["code"]) for e in seen] == entries, where
+            assert [e["end"] for e in seen] == [0] * (len(entries) - 1) + [1], where
+            for e in seen:
+                assert (e["cls"], e["pair"], e["chunk"], e["group"]) == (cls, pair, chunk, group), where
+                assert e["count"] == count, where
+                assert e["first"] == mine & ~touched, where
+                assert e["pixels"] == pixels, where
+            assert seen[-1]["final"] == int(mine & later == 0), where
+            assert all(e["final"] == 0 for e in seen[:-1]), where
+            touched |= mine
+    return got
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_rows_follow_lane_passes(seed):
+    rng = np.random.default_rng(100 + seed)
+    act_bits = int(rng.choice([2, 4, 5, 8]))
+    signed = bool(seed % 2)
+    gap = seed % 6 == 5
+    pixels = 1 if seed % 6 == 4 else int(rng.integers(2, PIXELS + 1))
+    rows = [random_row(rng, int(rng.integers(1, 40)), float(rng.choice([0.0, 0.5, 0.95]))) for _ in range(5)]
+    rows.append([])  # an all-pruned row
+    run(rows, act_bits, signed, gap, pixels, seed)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_four_bit_codes_join_the_eight_bit_pass_only_in_dorefa_rows(signed):
+    """At 1-4-bit activations a DoReFa row's 4-bit codes go out as ``17 q`` in the 8-bit class (one pass);
+    a signed row keeps a 4-bit and an 8-bit pass (its offsets need each class's activation sum)."""
+    row = [(0, [(1, 3), (4, 15), (9, 1)]), (1, [(2, 200), (7, 9)])]
+    got = run([row], act_bits=4, signed=signed, gap=False, pixels=PIXELS, seed=7)
+    if signed:
+        assert [e["code"] for e in got] == [3, 15, 1, 200, 9]
+        assert [e["cls"] for e in got] == [0, 0, 0, 1, 1]
+        assert sum(e["end"] for e in got) == 2
+    else:
+        assert [e["code"] for e in got] == [51, 255, 17, 200, 9]
+        assert all(e["cls"] == 1 for e in got) and sum(e["end"] for e in got) == 1
+    # At 5-8-bit activations nothing merges: single passes per class.
+    got = run([row], act_bits=8, signed=False, gap=False, pixels=PIXELS, seed=8)
+    assert {e["cls"] for e in got if e["code"] in (3, 15, 1)} == {0}
+
+
+def test_eight_bit_pair_passes_are_cut_at_capacity():
+    """A 600-entry 8-bit segment (with promoted 4-bit codes ahead of it) is cut into passes of at most 274."""
+    rng = np.random.default_rng(3)
+    row = random_row(rng, 700, 0.0, long8=True)
+    got = run([row], act_bits=4, signed=False, gap=False, pixels=PIXELS, seed=9, p_gap=0.1, p_stall=0.1)
+    sizes = np.diff([-1] + [i for i, e in enumerate(got) if e["end"] and e["cls"] == 1])
+    assert sizes.max() == pass_capacity(8, PAIR_ACT_BITS) == 274 and len(sizes) >= 3
+    assert SLOTS == 2
