@@ -6,17 +6,25 @@ class-weighted sum ``X = sum_m R_m S_m``, the activation sum ``A = sum_m A_m`` a
 :func:`~model.export.golden.combine` and :func:`~model.export.golden.requantize`, or
 :func:`~model.export.golden_conv.requantize_residual` when the layer adds a shortcut, bit for bit:
 
-  ``acc = 2 X - D A - Y`` (``Y = 0`` for DoReFa), ``t = acc >> ACC_SHIFT`` (floor),
+  ``acc = 2 X - D A - Y + 2 R_8 k`` (``Y = 0`` for DoReFa; ``k = 0`` but in a vertical layer, below),
+  ``t = acc >> ACC_SHIFT`` (floor),
   ``y = (t M + B + (r M_r << ACC_SHIFT) + 2^(S-1)) >> S`` (round half up; ``r M_r = 0`` without a shortcut),
 
 then ``clamp(y, 0, 2^out_bits - 1)``, or for the last layer (``out_bits = 0``) saturation to int32.
 
+**Compensation of a vertical layer** (``model/export/golden_vertical.py``, Eq. 6): at width ``i`` the layer's
+effective codes are ``e = ±(2^(t+1) c + K_t)``, ``K_t = 2^t - 1``, in class 8. The engine's lanes only see
+the non-zero ``c`` (``hw/array/plane_decoder.py``), so the same ``K_t`` for every weight enters here, once per
+pixel: ``k = ±K_t U`` with ``U`` the pixel's activation sum over the whole patch (``u``, from the patch
+loader) and ``±`` the row's ``negate``; in golden's signed combine a class-8 code contributes
+``2 R_8 e u``, so the term is ``2 R_8 k`` (``comp_shift = t``, 0: no term).
+
 Unlike :class:`hw.core.requant.Requantizer` (a 66-bit add and a variable shift in one stage), every stage
 here holds one adder or one shift level group, so that the array reaches 100 MHz on the XC7Z020 (-1):
 
-1. ``2 X + A`` and ``D A + Y = (A << 32) + Y``; ``r M_r`` (8 x 17 bits, LUTs or a DSP);
-2. ``acc`` (one subtraction), ``2^(S-1)``;
-3. ``t = acc >> ACC_SHIFT`` (wiring) into the multiplier's input registers;
+1. ``2 X + A`` and ``D A + Y = (A << 32) + Y``; ``r M_r`` (8 x 17 bits, LUTs or a DSP); ``K_t U = (U << t) - U``;
+2. ``acc`` (one subtraction), ``2^(S-1)``; ``2 R_8 K_t U`` (shift-adds: ``R_8 = 1 + 2^8 + 2^16 + 2^24``);
+3. ``t = (acc ± 2 R_8 K_t U) >> ACC_SHIFT`` (one addition, then wiring) into the multiplier's input registers;
 4. ``t M`` (DSP48E1s, registered);
 5. ``t M + B`` and ``(r M_r << ACC_SHIFT) + 2^(S-1)``;
 6. their sum;
@@ -58,7 +66,15 @@ Y_BITS = (R[4] * ACT_SUM_BOUND).bit_length()
 #: ``2 X + A`` and ``D A + Y`` (unsigned), ``acc`` (signed, between ``-(D A + Y)`` and ``2 X + A``).
 POS_BITS = (2 * ACC_BOUND + ACT_SUM_BOUND).bit_length()
 NEG_BITS = (D * ACT_SUM_BOUND + ACT_SUM_BOUND + R[4] * ACT_SUM_BOUND).bit_length()
-ACC_BITS = max(POS_BITS, NEG_BITS) + 1
+#: Largest ``t`` of a compensated layer: class-8 codes hold widths up to 6 (``inner_class``) over a basic layer
+#: of at least 1 bit, so ``t = top - i <= 5`` and ``K_t <= 31``.
+MAX_COMP_SHIFT = 5
+COMP_CLASS = 8
+#: ``K_t U`` and ``2 R_8 K_t U``.
+KU_BITS = (((1 << MAX_COMP_SHIFT) - 1) * ACT_SUM_BOUND).bit_length()
+COMP_BITS = (2 * R[COMP_CLASS] * ((1 << MAX_COMP_SHIFT) - 1) * ACT_SUM_BOUND).bit_length()
+#: ``acc`` and ``acc ± 2 R_8 K_t U`` (signed; the sum is bounded by either extreme plus the term).
+ACC_BITS = max(POS_BITS, NEG_BITS, COMP_BITS) + 2
 T_BITS = ACC_BITS - ACC_SHIFT
 PRODUCT_BITS = T_BITS + MULT_BITS + 1
 #: The offset ``B`` as the image stores it (64-bit two's complement field).
@@ -80,6 +96,8 @@ def input_layout(tag_bits: int) -> data.StructLayout:
         "mult": unsigned(MULT_BITS),
         "res_mult": unsigned(MULT_BITS),
         "bias": signed(BIAS_BITS),
+        "u": unsigned(A_BITS),  # the pixel's activation sum over the whole patch (compensation only)
+        "negate": unsigned(1),  # the row's codes are negated: so is the compensation
         "tag": unsigned(tag_bits),
     })
 
@@ -107,6 +125,8 @@ class PixelRequantizer(wiring.Component):
         Weight mode: subtract ``Y`` (signed offset-binary codes) or not (DoReFa).
     residual : In(1)
         Add ``(r M_r) << ACC_SHIFT``.
+    comp_shift : In(range(MAX_COMP_SHIFT + 1))
+        ``t`` of a compensated vertical layer: add ``± 2 R_8 (2^t - 1) u``; 0 adds nothing.
     i : In(stream.Signature(input_layout(tag_bits)))
     o : Out(stream.Signature(output_layout(tag_bits)))
     """
@@ -123,6 +143,7 @@ class PixelRequantizer(wiring.Component):
             "out_bits": In(range(MAX_ACT_BITS + 1)),
             "signed_layer": In(1),
             "residual": In(1),
+            "comp_shift": In(range(MAX_COMP_SHIFT + 1)),
             "i": In(stream.Signature(input_layout(tag_bits))),
             "o": Out(stream.Signature(output_layout(tag_bits))),
         })
@@ -153,14 +174,21 @@ class PixelRequantizer(wiring.Component):
         rm1 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm1", Mux(self.residual, p.r * p.res_mult, 0))
         mult1 = reg(unsigned(MULT_BITS), "mult1", p.mult)
         bias1 = reg(signed(BIAS_BITS), "bias1", p.bias)
+        ku1 = reg(unsigned(KU_BITS), "ku1", (p.u << self.comp_shift) - p.u)  # K_t U (0 at t = 0)
+        ng1 = reg(1, "negate1", p.negate)
         # Stage 2.
         acc2 = reg(signed(ACC_BITS), "acc2", pos1 - neg1)
         mult2 = reg(unsigned(MULT_BITS), "mult2", mult1)
         bias2 = reg(signed(BIAS_BITS), "bias2", bias1)
         rm2 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm2", rm1)
         half2 = reg(unsigned(MAX_SHIFT), "half2", (Const(1, 1) << self.shift)[1:])  # 2^(S-1)
-        # Stage 3: the multiplier's input registers.
-        t3 = reg(signed(T_BITS), "t3", acc2 >> ACC_SHIFT)
+        r8 = sum(ku1 << (8 * k) for k in range(4))  # R_8 K_t U
+        comp2 = reg(unsigned(COMP_BITS), "comp2", r8 << 1)
+        ng2 = reg(1, "negate2", ng1)
+        # Stage 3: the compensation, then the multiplier's input registers.
+        total = Signal(signed(ACC_BITS), name="acc_comp")
+        m.d.comb += total.eq(Mux(ng2, acc2 - comp2, acc2 + comp2))
+        t3 = reg(signed(T_BITS), "t3", total >> ACC_SHIFT)
         mult3 = reg(signed(MULT_BITS + 1), "mult3", mult2)
         bias3 = reg(signed(BIAS_BITS), "bias3", bias2)
         rm3 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm3", rm2)

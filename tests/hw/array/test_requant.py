@@ -18,14 +18,18 @@ from model.export.golden import (
     requantize,
 )
 from model.export.golden_conv import requantize_residual
+from model.export.golden_vertical import comp_offset
 from tests.hw.stream_source import pump, simulate
 
 MAX_M = (1 << MULT_BITS) - 1
 
 
-def expected(item, shift, out_bits, signed, residual):
-    """Golden's requantizer on ``acc = 2 X - D A (- Y)``; ``requantize_residual`` with a shortcut code."""
+def expected(item, shift, out_bits, signed, residual, comp_shift=0):
+    """Golden's requantizer on ``acc = 2 X - D A (- Y)`` plus a vertical layer's compensation
+    ``± 2 R_8 K_t U`` (golden_vertical's ``compensated_dot`` in class 8); ``requantize_residual`` with a
+    shortcut code."""
     acc = 2 * item["x"] - D * item["a"] - (item["y"] if signed else 0)
+    acc += (-1 if item["negate"] else 1) * 2 * R[8] * comp_offset(comp_shift, 0, True) * item["u"]
     acc = np.array([[[[acc]]]], dtype=np.int64)
     if residual:
         out = requantize_residual(acc, np.array([[[[item["r"]]]]]), np.array([item["mult"]]),
@@ -48,10 +52,12 @@ def random_item(rng, tag):
     bias_kind = int(rng.integers(0, 4))
     bias = {0: BIAS_MIN, 1: BIAS_MAX, 2: 0}.get(bias_kind, int(rng.integers(-(1 << 40), 1 << 40)))
     return {"x": x, "a": a, "y": y, "r": int(rng.integers(0, 256)), "mult": int(rng.choice([0, MAX_M, rng.integers(0, MAX_M)])),
-            "res_mult": int(rng.choice([0, MAX_M, rng.integers(0, MAX_M)])), "bias": bias, "tag": tag}
+            "res_mult": int(rng.choice([0, MAX_M, rng.integers(0, MAX_M)])), "bias": bias,
+            "u": int(rng.choice([0, ACT_SUM_BOUND, rng.integers(0, ACT_SUM_BOUND + 1)])),
+            "negate": int(rng.integers(0, 2)), "tag": tag}
 
 
-def run(items, shift, out_bits, signed, residual, seed, p_gap=0.3, p_stall=0.3):
+def run(items, shift, out_bits, signed, residual, seed, p_gap=0.3, p_stall=0.3, comp_shift=0):
     dut = PixelRequantizer(tag_bits=12)
     rng = np.random.default_rng(seed)
     res = {}
@@ -61,6 +67,7 @@ def run(items, shift, out_bits, signed, residual, seed, p_gap=0.3, p_stall=0.3):
         ctx.set(dut.out_bits, out_bits)
         ctx.set(dut.signed_layer, signed)
         ctx.set(dut.residual, residual)
+        ctx.set(dut.comp_shift, comp_shift)
         got, _, out_cycles = await pump(ctx, dut, items, len(items), rng, p_gap, p_stall,
                                         lambda o: (int(o.value), int(o.tag)))
         res["got"], res["cycles"] = got, out_cycles
@@ -84,6 +91,18 @@ def test_matches_golden(seed):
     assert [v for v, _ in got] == want
 
 
+@pytest.mark.parametrize("comp_shift", [1, 3, rq.MAX_COMP_SHIFT])
+def test_vertical_compensation_matches_golden(comp_shift):
+    """A signed layer with Eq. 6's ``K_t`` times the pixel's activation sum, on either sign of the row."""
+    rng = np.random.default_rng(50 + comp_shift)
+    shift = int(rng.choice([16, 30, MAX_SHIFT]))
+    items = [random_item(rng, k) for k in range(120)]
+    got = run(items, shift, 4, True, False, comp_shift, comp_shift=comp_shift)["got"]
+    assert [v for v, _ in got] == [expected(it, shift, 4, True, False, comp_shift) for it in items]
+    scores = run(items, shift, 0, True, False, comp_shift + 1, comp_shift=comp_shift)["got"]
+    assert [v for v, _ in scores] == [expected(it, shift, 0, True, False, comp_shift) for it in items]
+
+
 def test_one_pixel_a_cycle_after_the_latency():
     rng = np.random.default_rng(7)
     items = [random_item(rng, k) for k in range(40)]
@@ -103,6 +122,11 @@ def test_widths_hold_the_contract_bounds():
     offset = (255 * MAX_M << ACC_SHIFT) + (1 << (MAX_SHIFT - 1))
     assert offset < 1 << rq.OFFSET_BITS
     assert max(abs(t_min), t_max) * MAX_M + max(-BIAS_MIN, BIAS_MAX) + offset < 1 << (rq.ROUND_BITS - 1)
+    # The compensation: K_t U at its largest, and acc plus or minus 2 R_8 K_t U at either extreme.
+    comp = 2 * R[8] * ((1 << rq.MAX_COMP_SHIFT) - 1) * ACT_SUM_BOUND
+    assert ((1 << rq.MAX_COMP_SHIFT) - 1) * ACT_SUM_BOUND < 1 << rq.KU_BITS and comp < 1 << rq.COMP_BITS
+    assert 2 * ACC_BOUND + ACT_SUM_BOUND + comp < 1 << (rq.ACC_BITS - 1)
+    assert -(D * ACT_SUM_BOUND + R[4] * ACT_SUM_BOUND) - comp >= -(1 << (rq.ACC_BITS - 1))
 
 
 def test_rejects_bad_tag_bits():
