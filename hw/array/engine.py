@@ -37,6 +37,14 @@ passes); the combine adds group 1's sums times 256 into pixel 0's accumulators: 
 exactly, so pixel 0 gets the FC's class sums over the pooled inputs (golden's ``global_sum_pool`` then
 ``layer_forward``).
 
+**Vertical-layered layers** (image version 4, ``layer.vertical``): the rows come from the
+:class:`~hw.array.plane_decoder.PlaneRowDecoder` instead (the row command's ``start_bit`` is then the row's
+first weight ``j fan_in``, and ``negate`` its requant group's flag): it reads the base region and only the
+planes of the run's width and emits the weights whose code is non-zero at that width, as the signed class-8
+(edges: class-16) layer golden materializes; the same ``K_t`` of every weight (Eq. 6) is added once per
+pixel by the requantizer from the pixel's activation sum over the whole patch (``usum``, summed by the patch
+loader), so a weight that is zero at the run's width costs no lane cycle.
+
 Throughput: per entry 1 lane cycle for two pixels at 4/8-bit weights and 1-4-bit activations, 2 at 16 bits
 or 5-8-bit activations, 4 for 32-bit weights (``hw/dsp/pass_lane.py``); the combine two pixels a cycle
 (``pixels / 2`` cycles after a pair pass, ``pixels / 4`` after a single one), overlapped with the lanes'
@@ -59,7 +67,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hw.array.pass_sequencer import PassSequencer, record_layout
-from hw.array.requant import A_BITS, BIAS_BITS, X_BITS, Y_BITS, PixelRequantizer
+from hw.array.plane_decoder import PlaneRowDecoder, plane_layer_layout
+from hw.array.requant import A_BITS, BIAS_BITS, MAX_COMP_SHIFT, X_BITS, Y_BITS, PixelRequantizer
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.stream_decoder import RowStreamDecoder, command_layout, layer_fields_layout
 from hw.dsp.packing import CHUNK_BITS, P_BITS
@@ -73,7 +82,10 @@ LANE_SLOTS = SLOTS
 def engine_layer_layout() -> data.StructLayout:
     """What an engine needs of the running layer (hold while its rows run)."""
     return data.StructLayout({
-        "stream": layer_fields_layout(),  # the decoder's fields
+        "stream": layer_fields_layout(),  # the version 3 decoder's fields
+        "vertical": unsigned(1),  # a version 4 layer: rows from the plane decoder
+        "planes": plane_layer_layout(),  # the plane decoder's fields
+        "comp_shift": range(MAX_COMP_SHIFT + 1),  # t of a compensated vertical layer (0: none)
         "act_bits": unsigned(ACT_BITS_FIELD),  # lane mode: the input codes' width, 8 for a pooled FC
         "signed": unsigned(1),
         "residual": unsigned(1),
@@ -86,7 +98,10 @@ def engine_layer_layout() -> data.StructLayout:
 def row_command_layout(addr_width: int, channel_bits: int, pixels: int) -> data.StructLayout:
     """One row command: where the row starts, the channel, its parameters and the tile's shortcut codes."""
     return data.StructLayout({
+        # Version 3: the row's first bit in the global buffer; version 4 (``layer.vertical``): the row's
+        # first weight in the layer, ``j fan_in`` (the plane decoder's ``first``).
         "start_bit": command_layout(addr_width)["start_bit"].shape,
+        "negate": unsigned(1),  # version 4: the row's codes (and compensation) are negated
         "channel": unsigned(channel_bits),
         "pixels": range(pixels + 1),  # pixels of the tile (1..T); the others are not emitted
         "mult": unsigned(MULT_BITS),
@@ -138,6 +153,9 @@ class ChannelEngine(wiring.Component):
     patch_en : Out(1)
     patch_data : In(data.ArrayLayout(MAX_ACT_BITS, T))
         The patch row at ``patch_addr``, the cycle after ``patch_en``; held while ``patch_en`` is low.
+    usum : In(data.ArrayLayout(A_BITS, T))
+        Each pixel's activation sum over the whole patch (a compensated vertical layer's ``U``; hold while
+        the tile's rows run).
     o : Out(stream.Signature(output_layout(channel_bits, T)))
     error : Out(1)
         The decoder found a corrupt row (sticky).
@@ -163,6 +181,7 @@ class ChannelEngine(wiring.Component):
             "patch_addr": Out(fan_in_width),
             "patch_en": Out(1),
             "patch_data": In(data.ArrayLayout(MAX_ACT_BITS, t)),
+            "usum": In(data.ArrayLayout(A_BITS, t)),
             "o": Out(stream.Signature(output_layout(channel_bits, t))),
             "error": Out(1),
             "busy": Out(1),
@@ -180,25 +199,37 @@ class ChannelEngine(wiring.Component):
         pix_bits = max(ceil_log2(t), 1)
 
         # -- Row commands: the decoder; the row's pixel count for the sequencer; its data for the emitter --
+        # Version 3 rows from the stream decoder, version 4 rows from the plane decoder (``layer.vertical``);
+        # both are global-buffer requesters on the engine's bus, only the running layer's one asks.
         m.submodules.decoder = dec = RowStreamDecoder(addr_width=self._addr_width,
                                                       fan_in_width=self._fan_in_width)
-        wiring.connect(m, dec.bus, wiring.flipped(self.bus))
-        m.d.comb += [dec.layer.eq(layer.stream), self.error.eq(dec.error)]
+        m.submodules.planes = pdec = PlaneRowDecoder(addr_width=self._addr_width, fan_in_width=self._fan_in_width)
+        vert = layer.vertical
+        m.d.comb += [
+            self.bus.req.eq(Mux(vert, pdec.bus.req, dec.bus.req)),
+            self.bus.addr.eq(Mux(vert, pdec.bus.addr, dec.bus.addr)),
+            dec.bus.grant.eq(self.bus.grant & ~vert), pdec.bus.grant.eq(self.bus.grant & vert),
+            dec.bus.data.eq(self.bus.data), pdec.bus.data.eq(self.bus.data),
+            dec.layer.eq(layer.stream), pdec.layer.eq(layer.planes), self.error.eq(dec.error | pdec.error),
+        ]
         row_layout = data.StructLayout({"channel": unsigned(self._channel_bits), "pixels": range(t + 1),
                                         "mult": unsigned(MULT_BITS), "res_mult": unsigned(MULT_BITS),
-                                        "bias": unsigned(BIAS_BITS), "r": data.ArrayLayout(MAX_ACT_BITS, t)})
+                                        "bias": unsigned(BIAS_BITS), "r": data.ArrayLayout(MAX_ACT_BITS, t),
+                                        "negate": unsigned(1)})
         m.submodules.rows = rows = SyncFIFOBuffered(width=row_layout.size, depth=4)
         m.submodules.row_pixels = row_pixels = SyncFIFOBuffered(width=ceil_log2(t + 1), depth=4)
         cmd = self.cmd.payload
         accept = Signal()
         m.d.comb += [
             # (ready does not look at valid: the controller offers a command to an engine that is ready)
-            self.cmd.ready.eq(rows.w_rdy & row_pixels.w_rdy & dec.cmd.ready),
+            self.cmd.ready.eq(rows.w_rdy & row_pixels.w_rdy & Mux(vert, pdec.cmd.ready, dec.cmd.ready)),
             accept.eq(self.cmd.valid & self.cmd.ready),
-            dec.cmd.valid.eq(self.cmd.valid & rows.w_rdy & row_pixels.w_rdy),
+            dec.cmd.valid.eq(self.cmd.valid & rows.w_rdy & row_pixels.w_rdy & ~vert),
             dec.cmd.payload.start_bit.eq(cmd.start_bit),
+            pdec.cmd.valid.eq(self.cmd.valid & rows.w_rdy & row_pixels.w_rdy & vert),
+            pdec.cmd.payload.first.eq(cmd.start_bit), pdec.cmd.payload.negate.eq(cmd.negate),
             rows.w_en.eq(accept), row_pixels.w_en.eq(accept),
-            rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.r)),
+            rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.r, cmd.negate)),
             row_pixels.w_data.eq(cmd.pixels),
         ]
         row = data.View(row_layout, rows.r_data)
@@ -208,7 +239,11 @@ class ChannelEngine(wiring.Component):
         m.d.comb += [seq.act_bits.eq(layer.act_bits), seq.gap.eq(layer.gap), seq.signed.eq(layer.signed),
                      seq.rows.valid.eq(row_pixels.r_rdy), seq.rows.payload.eq(row_pixels.r_data),
                      row_pixels.r_en.eq(seq.rows.ready)]
-        wiring.connect(m, dec.o, seq.i)
+        m.d.comb += [
+            seq.i.valid.eq(Mux(vert, pdec.o.valid, dec.o.valid)),
+            seq.i.payload.eq(Mux(vert, pdec.o.payload.as_value(), dec.o.payload.as_value())),
+            dec.o.ready.eq(seq.i.ready & ~vert), pdec.o.ready.eq(seq.i.ready & vert),
+        ]
 
         # -- Fetch: the entry waits here while its patch row is read ---------------------------------------
         f_valid = Signal()
@@ -357,7 +392,8 @@ class ChannelEngine(wiring.Component):
         # -- Emit: the row's pixels in order (pixel i from FIFO i mod 4) into the requantizer ---------------
         m.submodules.requant = rq = PixelRequantizer(tag_bits=self._channel_bits + pix_bits)
         m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
-                     rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual)]
+                     rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual),
+                     rq.comp_shift.eq(layer.comp_shift)]
         i = Signal(range(t))
         pix = Signal(pix_bits)
         m.d.comb += pix.eq(i)
@@ -371,13 +407,15 @@ class ChannelEngine(wiring.Component):
                     m.d.comb += [head.eq(fifos[f].r_data), ready_b.eq(fifos[f].r_rdy)]
         i_last = Mux(layer.gap, 1, row.pixels) - 1
         r_sel = Signal(MAX_ACT_BITS)
-        select(m, i, [(r_sel, row.r)], t)
+        u_sel = Signal(A_BITS)
+        select(m, i, [(r_sel, row.r), (u_sel, self.usum)], t)
         go = Signal()
         m.d.comb += [
             rq.i.valid.eq(rows.r_rdy & ready_b),
             rq.i.payload.x.eq(head.x), rq.i.payload.a.eq(head.a), rq.i.payload.y.eq(head.y),
             rq.i.payload.r.eq(r_sel), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
             rq.i.payload.bias.eq(row.bias), rq.i.payload.tag.eq(Cat(pix, row.channel)),
+            rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate),
             go.eq(rq.i.valid & rq.i.ready),
             *(fifos[f].r_en.eq(go & (which == f)) for f in range(4)),
             rows.r_en.eq(go & (i == i_last)),

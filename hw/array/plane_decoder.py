@@ -53,17 +53,18 @@ MAX_CODE_BITS = 8
 BLOCK = WORD_BITS
 
 
-def plane_layer_layout(addr_width: int) -> data.StructLayout:
-    """The running layer's fields (hold from the layer's first command to its last row's last entry)."""
+def plane_layer_layout() -> data.StructLayout:
+    """The running layer's fields (hold from the layer's first command to its last row's last entry);
+    addresses at the image's 32-bit field width (the decoder uses their low ``addr_width`` bits)."""
     return data.StructLayout({
         "fan_in": unsigned(32),
         "base_bits": unsigned(4),  # b, 1..8
         "planes": unsigned(4),  # P, enhance planes to read: the run's width minus b
         "code_shift": unsigned(4),  # e = c << code_shift (t + 1 for an inner layer, 0 for an edge)
         "cls": unsigned(2),  # the signed class of the codes: 1 (8-bit) or 2 (16-bit)
-        "base_addr": unsigned(addr_width),  # word address of the base region
-        "plane_addr": unsigned(addr_width),  # word address of the first plane
-        "plane_words": unsigned(addr_width),  # words of one plane
+        "base_addr": unsigned(32),  # word address of the base region
+        "plane_addr": unsigned(32),  # word address of the first plane
+        "plane_words": unsigned(32),  # words of one plane
     })
 
 
@@ -84,7 +85,7 @@ class PlaneRowDecoder(wiring.Component):
 
     Members
     -------
-    layer : In(plane_layer_layout(addr_width))
+    layer : In(plane_layer_layout())
     cmd : In(stream.Signature(plane_command_layout(addr_width)))
         Taken when the previous row's last entry is in ``o``.
     bus : Out(buffer_port_signature(addr_width))
@@ -103,7 +104,7 @@ class PlaneRowDecoder(wiring.Component):
         self._aw = addr_width
         self._fw = fan_in_width
         super().__init__({
-            "layer": In(plane_layer_layout(addr_width)),
+            "layer": In(plane_layer_layout()),
             "cmd": In(stream.Signature(plane_command_layout(addr_width))),
             "bus": Out(buffer_port_signature(addr_width)),
             "o": Out(stream.Signature(entry_layout(fan_in_width))),

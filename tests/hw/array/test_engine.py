@@ -7,15 +7,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from amaranth import Module
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In, Out
 
 from hw.array.engine import LANE_SLOTS, ChannelEngine, engine_layer_layout, output_layout, row_command_layout
-from hw.array.requant import ACT_SUM_BOUND
+from hw.array.requant import A_BITS, ACT_SUM_BOUND
 from hw.core.global_buffer import GlobalBuffer
 from model.export.golden import class_sums, combine, requantize
 from model.export.golden_conv import requantize_residual
+from model.export.golden_vertical import comp_offset, compose
+from model.export.image_v4 import _pack_bits
 from model.export.weight_stream import encode_layer, pos_bits
 from tests.hw.core.test_stream_decoder import place, random_layer
 from tests.hw.stream_source import Source, simulate
@@ -39,6 +41,7 @@ class EngineHarness(wiring.Component):
             "layer": In(engine_layer_layout()),
             "cmd": In(stream.Signature(row_command_layout(addr_width, CHANNEL_BITS, t))),
             "o": Out(stream.Signature(output_layout(CHANNEL_BITS, t))),
+            "usum": In(data.ArrayLayout(A_BITS, t)),
             "error": Out(1),
             "busy": Out(1),
         })
@@ -54,7 +57,8 @@ class EngineHarness(wiring.Component):
         port = patch.read_port()
         wiring.connect(m, buf.eng, eng.bus)
         m.d.comb += [port.addr.eq(eng.patch_addr), port.en.eq(eng.patch_en), eng.patch_data.as_value().eq(port.data),
-                     eng.layer.eq(self.layer), self.error.eq(eng.error), self.busy.eq(eng.busy)]
+                     eng.layer.eq(self.layer), self.error.eq(eng.error), self.busy.eq(eng.busy),
+                     eng.usum.eq(self.usum)]
         wiring.connect(m, cmd=wiring.flipped(self.cmd), eng=eng.cmd)
         wiring.connect(m, eng=eng.o, out=wiring.flipped(self.o))
         return m
@@ -118,14 +122,25 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3):
              "shift": shift, "out_bits": out_bits}
     dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
     n_out = rows * (1 if gap else pixels)
+    got, res = drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, 400 + 60 * n_out + 30 * fan_in * rows)
+    bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(1 if gap else pixels)
+           if got[(j, i)] != int(want[i, j])]
+    assert not bad, f"{len(bad)} of {n_out} outputs differ ((channel, pixel), got, want): {bad[:8]}"
+    return res
+
+
+def drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, limit, usum=None):
+    """Offer ``cmds`` under random gaps and back-pressure; ``{(channel, pixel): value}`` and the cycles."""
     got = {}
     res = {"cycles": 0}
 
     async def bench(ctx):
         ctx.set(dut.layer, layer)
+        if usum is not None:
+            ctx.set(dut.usum, [int(x) for x in usum])
         src = Source(dut.cmd, cmds, rng, p_gap)
         held = None
-        for cycle in range(400 + 60 * n_out + 30 * fan_in * rows):
+        for cycle in range(limit):
             if len(got) == n_out and not ctx.get(dut.busy):
                 break
             src.drive(ctx)
@@ -146,10 +161,71 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3):
         assert not ctx.get(dut.busy), "busy after the last output"
 
     simulate(dut, bench)
-    bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(1 if gap else pixels)
+    return got, res
+
+
+def run_vertical_engine(seed, lanes, edge=False, p_gap=0.3, p_stall=0.3):
+    """A version 4 layer at a random stored width through the plane decoder: golden is the signed class-8
+    (edge: class-16) layer of ``VerticalNetwork.materialize`` (effective codes ``±(2^(t+1) c + K_t)``)."""
+    rng = np.random.default_rng(seed)
+    t = lanes * LANE_SLOTS
+    rows, fan_in = int(rng.integers(1, 1 << CHANNEL_BITS)), int(rng.integers(1, 90))
+    if edge:
+        base_bits, stored, width, compensate = 8, 0, 8, False
+    else:
+        base_bits = int(rng.choice([1, 2, 3]))
+        stored = int(rng.integers(1, 7 - base_bits))
+        width = int(rng.integers(base_bits, base_bits + stored + 1))
+        compensate = bool(rng.integers(0, 4))
+    top = base_bits + stored
+    base = rng.integers(-(1 << (base_bits - 1)), 1 << (base_bits - 1), size=(rows, fan_in))
+    planes = [rng.integers(0, 2, size=(rows, fan_in)) for _ in range(stored)]
+    c = compose(base, planes, width - base_bits)
+    negate = rng.integers(0, 2, size=rows).astype(bool)
+    if edge:
+        cls, e, comp_t = 16, c, 0
+    else:
+        cls, comp_t = 8, top - width
+        e = (c << (comp_t + 1)) + comp_offset(top, width, compensate)
+    e = np.where(negate[:, None], -e, e)
+    widths = np.where(e != 0, cls, 0)
+    codes = np.where(e != 0, e + (1 << (cls - 1)), 0)
+    act_bits = 8 if edge else min(width, 8)
+    pixels = int(rng.integers(1, t + 1))
+    patch = rng.integers(0, 1 << act_bits, size=(fan_in, t))
+    u = patch[:, :pixels].T
+    shift = int(rng.integers(10, 40))
+    mult = rng.integers(0, 1 << 17, size=rows)
+    bias = rng.integers(-(1 << 40), 1 << 40, size=rows)
+    out_bits = int(rng.choice([0, width]))
+    want = golden_outputs(codes, widths, u, True, mult, bias, None, None, shift, out_bits, False)
+
+    regions = [_pack_bits(base, base_bits)] + [_pack_bits(p, 1) for p in planes]
+    flat = np.concatenate(regions)
+    words, at = place(rng, flat)
+    plane_words = len(regions[1]) if stored else 0
+    cmds = [{"start_bit": int(j) * fan_in, "negate": int(negate[j]), "channel": int(j), "pixels": pixels,
+             "mult": int(mult[j]), "res_mult": 0, "bias": int(bias[j]) & ((1 << 64) - 1), "r": [0] * t}
+            for j in rng.permutation(rows)]
+    layer = {"vertical": 1, "planes": {"fan_in": fan_in, "base_bits": base_bits, "planes": width - base_bits,
+                                       "code_shift": 0 if edge else comp_t + 1, "cls": 2 if edge else 1,
+                                       "base_addr": at, "plane_addr": at + len(regions[0]),
+                                       "plane_words": plane_words},
+             "comp_shift": comp_t if compensate else 0, "act_bits": act_bits, "signed": 1, "residual": 0,
+             "gap": 0, "shift": shift, "out_bits": out_bits}
+    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
+    n_out = rows * pixels
+    got, res = drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, 400 + 60 * n_out + 40 * fan_in * rows,
+                            usum=patch.sum(axis=0))
+    bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(pixels)
            if got[(j, i)] != int(want[i, j])]
     assert not bad, f"{len(bad)} of {n_out} outputs differ ((channel, pixel), got, want): {bad[:8]}"
     return res
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_vertical_rows_match_golden(seed):
+    run_vertical_engine(300 + seed, lanes=1 + seed % 3, edge=seed == 7)
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -22,7 +22,7 @@ FAN_IN_WIDTH = 8
 
 
 class Harness(wiring.Component):
-    layer: In(plane_layer_layout(ADDR_WIDTH))
+    layer: In(plane_layer_layout())
     cmd: In(stream.Signature(plane_command_layout(ADDR_WIDTH)))
     o: Out(stream.Signature(entry_layout(FAN_IN_WIDTH)))
     error: Out(1)
