@@ -31,16 +31,20 @@ import numpy as np
 from driver.backend import Backend
 from hw.system.register_map import REGISTER_MAP, SHELL_CODE_DESCRIPTIONS, StatusCode, field
 from model.errors import UserError
-from model.export.format import HEADER, VERSION
+from model.export.format import HEADER, VERSION, VERTICAL_VERSION
 from model.export.image import read_image
+from model.export.image_v4 import read_vertical_image
 
 #: Default device time allowed for one load or run before the driver gives up (the core's own watchdog
 #: normally ends a run with TIMEOUT long before).
 DEFAULT_TIMEOUT_S = 10.0
 #: Images per DMA batch (the input and score buffers are sized for it).
 DEFAULT_MAX_BATCH = 64
-#: Precision register values: 0 (the image's own widths) or a weight width in bits.
+#: Precision register values: 0 (the image's own widths) or a weight width in bits; a table row is
+#: ``TABLE_ROW_FLAG + row`` (rows below ``TABLE_ROWS``).
 PRECISIONS = range(9)
+TABLE_ROW_FLAG = 0x80
+TABLE_ROWS = 0x80
 
 
 class CoreError(RuntimeError):
@@ -145,17 +149,24 @@ class MpqDriver:
         ------
         UserError
             A missing or corrupt image (read by :func:`model.export.image.read_image`) or one that is not
-            format version 3.
+            format version 3 or 4 (a vertical-layered model: every width in one image, see :meth:`set_precision`).
         CoreError
             The core refused the image (its status: BAD_MAGIC, BAD_GEOMETRY, AXI_ERROR, ...).
         """
         path = Path(image_dir)
-        _, manifest = read_image(path)
         bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
+        if not bin_path.is_file():
+            raise UserError(f"{bin_path}: no such file (an image directory of build.py export)")
         words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
+        if len(words) > 1 and int(words[1]) == VERTICAL_VERSION:
+            # A vertical-layered model: every width in one image; set_precision picks the run's.
+            net, manifest = read_vertical_image(path)
+            self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits)
+            return manifest
+        _, manifest = read_image(path)
         if int(words[1]) != VERSION:
             raise UserError(f"{bin_path}: header field 'version' is {int(words[1])}; the array runs version "
-                            f"{VERSION} images (export without --version)")
+                            f"{VERSION} and {VERTICAL_VERSION} images (export without --version)")
         n_classes = manifest["layers"][-1].get("n_out")
         if not isinstance(n_classes, int) or n_classes < 1:
             raise UserError(f"{bin_path.parent / 'manifest.json'}: field 'layers[-1].n_out' is {n_classes!r}; "
@@ -164,7 +175,7 @@ class MpqDriver:
         return manifest
 
     def load_words(self, words, *, n_classes: int, input_bits: int = 8) -> None:
-        """Load a packed version 3 image given as words (what :meth:`load` does after reading the files).
+        """Load a packed version 3 or 4 image given as words (what :meth:`load` does after reading the files).
 
         The header is not checked here: the core checks it (a corrupt image raises :class:`CoreError`).
         :meth:`stage_image`, then :meth:`load_staged`.
@@ -234,12 +245,19 @@ class MpqDriver:
             setattr(self, name, buf)
         return buf
 
-    def set_precision(self, bits: int) -> None:
-        """Write the ``precision`` register (0: the image's own widths; 1 to 8: a vertical model's width).
-
-        The array ignores it for now: it runs the loaded image's widths (a vertical model is selected by
-        loading its image).
+    def set_precision(self, bits: int = 0, *, table_row: int | None = None) -> None:
+        """Choose the widths a vertical-layered (version 4) image runs at, from the next run on: ``bits`` for
+        every inner layer (0: its source width, the largest it stores), or row ``table_row`` of its Eq. 12
+        table (``precision`` register: ``0x80 + row``). One image serves every width: no reload. A width the
+        loaded image does not store ends the next run with the core's BAD_PRECISION. Version 3 images
+        ignore the register.
         """
+        if table_row is not None:
+            if not isinstance(table_row, int) or not 0 <= table_row < TABLE_ROWS or bits:
+                raise UserError(f"table_row must be an integer from 0 to {TABLE_ROWS - 1} (without bits), not "
+                                f"{table_row!r}")
+            self.write_field("precision", TABLE_ROW_FLAG + table_row)
+            return
         if not isinstance(bits, int) or bits not in PRECISIONS:
             raise UserError(f"precision must be an integer from {PRECISIONS.start} to {PRECISIONS.stop - 1} "
                             f"(0: the image's own widths), not {bits!r}")

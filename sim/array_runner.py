@@ -44,11 +44,18 @@ def run_array(verilog_path, words, inputs, expected, *, work_dir, simulator: str
 def run_array_cases(verilog_path, cases, *, work_dir, simulator: str = "icarus", stall: bool = True, seed: int = 0,
                     timeout_cycles: int | None = None, keep_logs: bool = False) -> dict:
     """:func:`run_array` for several ``(words, inputs, expected)`` cases, one after the other on one RTL run
-    (each image loaded through the load port, no reset between them)."""
+    (each image loaded through the load port, no reset between them). A case may have a fourth item: the
+    widths a version 4 image runs at, encoded as the shell's ``precision`` register (a width, 0 the source
+    width; ``0x80 + r`` row ``r`` of its Eq. 12 table)."""
     arrays = {"n_cases": np.array(len(cases))}
     if not cases:
         raise ValueError("cases must not be empty")
-    for k, (words, inputs, expected) in enumerate(cases):
+    for k, case in enumerate(cases):
+        words, inputs, expected = case[:3]
+        if len(case) > 3:
+            if not isinstance(case[3], int) or not 0 <= case[3] < 0x100:
+                raise ValueError(f"case {k}: precision must be an integer from 0 to 255, not {case[3]!r}")
+            arrays[f"precision_{k}"] = np.array(case[3])
         words = np.asarray(words, dtype=np.int64)
         inputs, expected = check_images(inputs, expected, where=f"case {k}: ")
         if words.ndim != 1 or len(words) == 0 or words.min() < 0 or words.max() >= 1 << 32:

@@ -44,9 +44,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the images through the Zynq system instead (AXI shell + array sized for the image, "
                         "DDR model) with the host driver (driver/), as on a board; reports rtl_mismatches, "
                         "cycles_per_image and ddr_bytes_per_image")
+    p.add_argument("--bits", type=int, default=None, metavar="N",
+                   help="with --system, a vertical-layered (version 4) image: run every inner layer at N bits "
+                        "(0: the source width, the default), through the precision register")
+    p.add_argument("--table-row", type=int, default=None, metavar="R",
+                   help="with --system, a vertical-layered image: run row R of its Eq. 12 width table")
     p.add_argument("--ddr-latency", type=int, default=24, metavar="CYCLES",
                    help="with --system: DDR read latency of the model before each burst's first beat, in cycles "
                         "of the 100 MHz clock, 0-1000 (default: 24)")
+
+
+def vertical_widths(args):
+    """``--bits`` / ``--table-row`` as golden's widths (an int or a table row), None without either."""
+    from model.errors import UserError
+
+    bits, row = getattr(args, "bits", None), getattr(args, "table_row", None)
+    if bits is None and row is None:
+        return None
+    if not args.system:
+        raise UserError("--bits / --table-row run a vertical-layered image on the array: add --system")
+    if bits is not None and row is not None:
+        raise UserError("--bits and --table-row choose the widths two ways: give one")
+    if bits is not None and not 0 <= bits <= 8:
+        raise UserError(f"--bits must be 0 (the source width) to 8, not {bits}")
+    if row is None:
+        return bits or None
+    from model.export.image_v4 import read_vertical_image
+
+    net, _ = read_vertical_image(Path(args.image))
+    if not 0 <= row < min(len(net.table), 128):
+        raise UserError(f"--table-row {row}: the image's Eq. 12 table has {len(net.table)} rows "
+                        f"(allowed 0..{min(len(net.table), 128) - 1})")
+    return net.table[row]
+
+
+def precision_register(args) -> int:
+    """The shell's ``precision`` register value for ``--bits`` / ``--table-row`` (0 without either)."""
+    if getattr(args, "table_row", None) is not None:
+        return 0x80 + args.table_row
+    return getattr(args, "bits", None) or 0
 
 
 def read_vectors(args):
@@ -55,7 +91,8 @@ def read_vectors(args):
     from model.export.vectors import image_vectors
 
     cap = SIM_DEFAULT_IMAGES if args.images is None else None
-    vectors = image_vectors(Path(args.image), args.images, args.seed, args.data, args.data_root, cap=cap)
+    vectors = image_vectors(Path(args.image), args.images, args.seed, args.data, args.data_root, cap=cap,
+                            bits=vertical_widths(args))
     available = vectors.available
     if cap is not None and available > cap:
         print(f"note: simulating the first {cap} of the {available} test images of "
@@ -80,7 +117,7 @@ def run_system_sim(args) -> int:
     codes = np.asarray(vectors.codes).reshape(len(vectors.codes), -1)
     out = Path(args.out) / "system"
     result = run_system(Path(args.image), codes, vectors.expected, out, seed=args.seed, stall=not args.no_stall,
-                        ddr_latency=args.ddr_latency)
+                        ddr_latency=args.ddr_latency, precision=precision_register(args))
     summary = {k: v for k, v in result.items() if k != "scores"}
     if "images" in result:
         scores = np.asarray(result["scores"])
@@ -105,6 +142,13 @@ def run_system_sim(args) -> int:
 def run(args) -> int:
     if args.system:
         return run_system_sim(args)
+    from model.errors import UserError
+    from model.export.vectors import is_vertical
+
+    if is_vertical(Path(args.image)):
+        raise UserError(f"{args.image}: a vertical-layered (version 4) image runs on the array with its run-time "
+                        "widths: add --system (and --bits N or --table-row R)")
+    vertical_widths(args)  # --bits / --table-row without --system: an error naming them
     from sim.image_run import run_rtl
 
     out = Path(args.out)

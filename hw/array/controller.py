@@ -48,6 +48,10 @@ from model.export.format import (
     PARAMS,
     RES_PARAMS,
     SCORE_SINK,
+    VERTICAL_VERSION,
+    VHEADER,
+    VLAYER,
+    VREQUANT,
     WORD_BITS,
 )
 from model.export.golden import MAX_ACT_BITS, MAX_SHIFT
@@ -55,7 +59,13 @@ from model.export.golden_conv import MAX_KERNEL
 
 HEADER_LAYOUT = record_layout(HEADER)
 LAYER_LAYOUT = record_layout(LAYER)
+VHEADER_LAYOUT = record_layout(VHEADER, VERTICAL_VERSION)
+VLAYER_LAYOUT = record_layout(VLAYER, VERTICAL_VERSION)
+VREQUANT_LAYOUT = record_layout(VREQUANT, VERTICAL_VERSION)
 VERSION_3 = 3
+#: Largest source width of a vertical image's inner layers the array runs: their effective codes must fit
+#: class 8 (``model.export.golden_vertical.inner_class``), as the plane decoder emits them.
+MAX_VERTICAL_TOP = 6
 
 
 class ArrayController(wiring.Component):
@@ -74,6 +84,11 @@ class ArrayController(wiring.Component):
     busy : Out(1)
     status : Out(Status)
         Held from ``done`` until the next ``start``.
+    precision, use_table, table_row : In
+        A version 4 (vertical) image's widths: every inner layer at ``precision`` bits (0: the source
+        width, the largest stored), or with
+        ``use_table`` the widths of row ``table_row`` of the image's Eq. 12 table (sampled at ``start``;
+        ignored for version 3 images).
     x : In(stream.Signature(MAX_ACT_BITS))
         Input codes.
     o : Out(stream.Signature(signed(32)))
@@ -107,6 +122,9 @@ class ArrayController(wiring.Component):
             "done": Out(1),
             "busy": Out(1),
             "status": Out(Status),
+            "precision": In(4),
+            "use_table": In(1),
+            "table_row": In(16),
             "x": In(stream.Signature(MAX_ACT_BITS)),
             "o": Out(stream.Signature(signed(32))),
             "bus": Out(buffer_port_signature(addr_width)),
@@ -171,6 +189,24 @@ class ArrayController(wiring.Component):
         cmd = Signal(row_command_layout(self._aw, self._cb, t))
         status = Signal(Status)
         m.d.comb += self.status.eq(status)
+        # Version 4 (vertical) images.
+        v4 = Signal()
+        vhdr = Signal(VHEADER_LAYOUT)
+        vdesc = Signal(VLAYER_LAYOUT)
+        prec = Signal(4)  # the run's precision inputs, sampled at start
+        use_table = Signal()
+        trow = Signal(16)
+        table_row_base = Signal(32)  # first word of the table row
+        twords = Signal(2 * WORD_BITS)  # the table words of this layer's and the next layer's widths
+        w_cur = Signal(4)  # this inner layer's width
+        w_next = Signal(4)  # the next inner layer's width
+        prev_out = Signal(8)  # the previous layer's output width: this layer's input width
+        prev_cout = Signal(16)
+        grp = Signal(32)  # requant group being looked at, and its address
+        grp_addr = Signal(32)
+        head = Signal(VREQUANT_LAYOUT)
+        neg_base = Signal(32)  # the group's negate bits
+        row_first = Signal(32)  # j fan_in: the row's first weight
 
         d = desc
         is_conv = d.kind == KIND_CONV
@@ -181,6 +217,16 @@ class ArrayController(wiring.Component):
             self.layer.act_bits.eq(Mux(d.gap, MAX_ACT_BITS, d.in_bits)), self.layer.signed.eq(d.signed),
             self.layer.residual.eq(d.residual), self.layer.gap.eq(d.gap), self.layer.shift.eq(d.shift),
             self.layer.out_bits.eq(d.out_bits),
+            # A vertical layer's planes at the run's width (module docstring).
+            self.layer.vertical.eq(v4),
+            self.layer.planes.fan_in.eq(vdesc.fan_in), self.layer.planes.base_bits.eq(vdesc.base_bits),
+            self.layer.planes.planes.eq(Mux(vdesc.edge, 0, w_cur - vdesc.base_bits)),
+            self.layer.planes.code_shift.eq(Mux(vdesc.edge, 0, vdesc.top_bits - w_cur + 1)),
+            self.layer.planes.cls.eq(Mux(vdesc.edge, 2, 1)),
+            self.layer.planes.base_addr.eq(vdesc.weight_base),
+            self.layer.planes.plane_addr.eq(vdesc.weight_base + vdesc.base_words),
+            self.layer.planes.plane_words.eq(vdesc.plane_words),
+            self.layer.comp_shift.eq(Mux(v4 & vdesc.compensate & ~vdesc.edge, vdesc.top_bits - w_cur, 0)),
             # The loader's tile.
             self.loader.mode.eq(Mux(is_conv, LoadMode.CONV, Mux(d.gap, LoadMode.POOLED, LoadMode.FLATTEN))),
             self.loader.buf.eq(d.in_buf), self.loader.c_in.eq(d.c_in), self.loader.height.eq(d.in_height),
@@ -242,8 +288,8 @@ class ArrayController(wiring.Component):
         ptr_word = d.row_base + (ptr_bit >> 5)
         read_addr = Signal(self._aw)
         with m.Switch(k):
-            with m.Case(0):
-                m.d.comb += read_addr.eq(ptr_word)
+            with m.Case(0):  # version 4: the word of the group's negate bits holding row j's
+                m.d.comb += read_addr.eq(Mux(v4, neg_base + (j >> 5), ptr_word))
             with m.Case(1):
                 m.d.comb += read_addr.eq(ptr_word + 1)
             for n in range(4):
@@ -321,10 +367,10 @@ class ArrayController(wiring.Component):
             m.next = "IDLE"
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [busy.eq(1), k.eq(0), status.eq(Status.OK)]
-                    m.next = "HEADER"
+            with m.State("IDLE"), m.If(self.start):
+                m.d.sync += [busy.eq(1), k.eq(0), status.eq(Status.OK), prec.eq(self.precision),
+                             use_table.eq(self.use_table), trow.eq(self.table_row)]
+                m.next = "HEADER"
 
             with m.State("HEADER"):
                 m.d.comb += [self.bus.req.eq(k < HEADER.words), self.bus.addr.eq(k)]
@@ -342,31 +388,67 @@ class ArrayController(wiring.Component):
                 hd = header
                 with m.If(hd.magic != MAGIC):
                     finish(Status.BAD_MAGIC)
-                with m.Elif(hd.version != VERSION_3):
+                vert = hd.version == VERTICAL_VERSION
+                descs_end = Mux(vert, HEADER.words + VHEADER.words + VLAYER.words * hd.layers,
+                                HEADER.words + LAYER.words * hd.layers)
+                with m.If(hd.magic != MAGIC):
+                    finish(Status.BAD_MAGIC)
+                with m.Elif((hd.version != VERSION_3) & ~vert):
                     finish(Status.BAD_VERSION)
                 with m.Elif((hd.layers == 0) | (hd.input_bits == 0) | (hd.input_bits > MAX_ACT_BITS)
                             | (hd.in_channels == 0) | (hd.in_height == 0) | (hd.in_width == 0)
                             | (hd.in_width > rc) | (hdr_rows > self._rows)
-                            | (HEADER.words + LAYER.words * hd.layers >= 1 << self._aw)):
+                            | (descs_end >= 1 << self._aw)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
-                    m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0),
-                                 layer_idx.eq(0), desc_base.eq(HEADER.words), taking.eq(1)]
+                    m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0), v4.eq(vert),
+                                 layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0),
+                                 desc_base.eq(Mux(vert, HEADER.words + VHEADER.words, HEADER.words))]
+                    with m.If(vert):
+                        m.next = "VHEADER"
+                    with m.Else():
+                        m.d.sync += taking.eq(1)
+                        m.next = "INPUT"
+
+            with m.State("VHEADER"):
+                m.d.comb += [self.bus.req.eq(k < VHEADER.words), self.bus.addr.eq(HEADER.words + k)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k > 0):
+                    m.d.sync += vhdr.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
+                with m.If(k == VHEADER.words):
+                    m.next = "VHEADER_MEASURE"
+
+            with m.State("VHEADER_MEASURE"):
+                m.d.sync += table_row_base.eq(vhdr.table_base + trow * ((vhdr.inner + 3) >> 2))
+                m.next = "VHEADER_CHECK"
+
+            with m.State("VHEADER_CHECK"):
+                vh = vhdr
+                with m.If((vh.inner == 0) | (vh.inner + 2 != header.layers) | (vh.base_bits == 0)
+                          | (vh.top_bits < vh.base_bits) | (vh.top_bits > MAX_VERTICAL_TOP)):
+                    finish(Status.BAD_GEOMETRY)
+                with m.Elif(Mux(use_table, trow >= vh.table_rows,
+                                (prec != 0) & ((prec < vh.base_bits) | (prec > vh.top_bits)))):
+                    finish(Status.BAD_PRECISION)
+                with m.Else():
+                    m.d.sync += [taking.eq(1), prec.eq(Mux(prec == 0, vh.top_bits, prec))]  # 0: the source width
                     m.next = "INPUT"
 
-            with m.State("INPUT"):
-                with m.If(self.x.valid):
-                    with m.If(xin_x == header.in_width - 1):
-                        m.d.sync += xin_x.eq(0)
-                        with m.If(xin_y == header.in_height - 1):
-                            m.d.sync += [xin_y.eq(0), xin_c.eq(xin_c + 1), xin_base.eq(xin_base + header.in_height)]
-                            with m.If(xin_c == header.in_channels - 1):
-                                m.d.sync += [k.eq(0), taking.eq(0)]
+            with m.State("INPUT"), m.If(self.x.valid):
+                with m.If(xin_x == header.in_width - 1):
+                    m.d.sync += xin_x.eq(0)
+                    with m.If(xin_y == header.in_height - 1):
+                        m.d.sync += [xin_y.eq(0), xin_c.eq(xin_c + 1), xin_base.eq(xin_base + header.in_height)]
+                        with m.If(xin_c == header.in_channels - 1):
+                            m.d.sync += [k.eq(0), taking.eq(0)]
+                            with m.If(v4):
+                                m.next = "VDESC"
+                            with m.Else():
                                 m.next = "DESC"
-                        with m.Else():
-                            m.d.sync += xin_y.eq(xin_y + 1)
                     with m.Else():
-                        m.d.sync += xin_x.eq(xin_x + 1)
+                        m.d.sync += xin_y.eq(xin_y + 1)
+                with m.Else():
+                    m.d.sync += xin_x.eq(xin_x + 1)
 
             with m.State("DESC"):
                 m.d.comb += [self.bus.req.eq(k < LAYER.words), self.bus.addr.eq(desc_base + k)]
@@ -376,6 +458,89 @@ class ArrayController(wiring.Component):
                 with m.If(k == LAYER.words):
                     m.d.sync += last_layer.eq(layer_idx == header.layers - 1)
                     m.next = "MEASURE"
+
+            # -- Version 4: the vertical descriptor, the widths, the requant group, then a version 3 view --
+            with m.State("VDESC"):
+                m.d.comb += [self.bus.req.eq(k < VLAYER.words), self.bus.addr.eq(desc_base + k)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k > 0):
+                    m.d.sync += vdesc.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
+                with m.If(k == VLAYER.words):
+                    m.d.sync += [k.eq(0), last_layer.eq(layer_idx == header.layers - 1)]
+                    m.next = "VWIDTH"
+
+            with m.State("VWIDTH"):
+                # Table words of inner layers layer_idx - 1 (this one) and layer_idx (the next one).
+                m_cur = (layer_idx - 1)[:16]
+                m.d.comb += [self.bus.req.eq(use_table & (k < 2)),
+                             self.bus.addr.eq(table_row_base + (Mux(k == 0, m_cur, layer_idx) >> 2))]
+                m.d.sync += k.eq(k + 1)
+                with m.If((k > 0) & (k < 3)):
+                    m.d.sync += twords.word_select(k_prev[:1], WORD_BITS).eq(self.bus.data)
+                with m.If(k == 2):
+                    m.next = "VWIDTH_PICK"
+
+            with m.State("VWIDTH_PICK"):
+                m_cur = (layer_idx - 1)[:2]
+                m_nxt = layer_idx[:2]
+                cur_byte = twords.word_select(0, WORD_BITS).word_select(m_cur, 8)
+                nxt_byte = twords.word_select(1, WORD_BITS).word_select(m_nxt, 8)
+                m.d.sync += [w_cur.eq(Mux(use_table, cur_byte, prec)), w_next.eq(Mux(use_table, nxt_byte, prec))]
+                m.next = "VWIDTH_CHECK"
+
+            with m.State("VWIDTH_CHECK"):
+                vd = vdesc
+                edge_should = (layer_idx == 0) | last_layer
+                next_inner = layer_idx + 1 < header.layers - 1
+                with m.If((vd.edge != edge_should) | (~vd.edge & (vd.top_bits > MAX_VERTICAL_TOP))
+                          | (vd.base_bits == 0) | (vd.top_bits < vd.base_bits)
+                          | (vd.requant_count == 0)):
+                    finish(Status.BAD_GEOMETRY)
+                with m.Elif((~vd.edge & ((w_cur < vd.base_bits) | (w_cur > vd.top_bits)))
+                            | (next_inner & ((w_next < vhdr.base_bits) | (w_next > vhdr.top_bits)))):
+                    finish(Status.BAD_PRECISION)
+                with m.Else():
+                    out_b = Mux(last_layer, 0, Mux(next_inner, w_next, w_cur))
+                    m.d.sync += [desc.out_bits.eq(out_b), grp.eq(0), grp_addr.eq(vd.requant_base), k.eq(0)]
+                    m.next = "GROUP"
+
+            with m.State("GROUP"):
+                # Requant group heads, one a cycle: the one for (in_bits, out_bits) of this layer.
+                m.d.comb += [self.bus.req.eq(k == 0), self.bus.addr.eq(grp_addr)]
+                m.d.sync += k.eq(1)
+                with m.If(k == 1):
+                    m.d.sync += head.as_value().eq(self.bus.data)
+                    m.next = "GROUP_CHECK"
+
+            with m.State("GROUP_CHECK"):
+                with m.If((head.in_bits == prev_out) & (head.out_bits == desc.out_bits)):
+                    m.next = "TRANSLATE"
+                with m.Elif(grp + 1 >= vdesc.requant_count):
+                    finish(Status.BAD_PRECISION)
+                with m.Else():
+                    m.d.sync += [grp.eq(grp + 1), grp_addr.eq(grp_addr + vdesc.group_words), k.eq(0)]
+                    m.next = "GROUP"
+
+            with m.State("TRANSLATE"):
+                # The version 3 view of the layer, for the geometry checks, the loader, the dispatcher and the
+                # writer: a signed layer; feature maps ping-pong between buffers 0 and 1; the input map is the
+                # header's for the first layer, the previous layer's stored map after it.
+                vd = vdesc
+                first_layer = layer_idx == 0
+                out_b = desc.out_bits
+                m.d.sync += [
+                    desc.eq(0), desc.out_bits.eq(out_b),
+                    desc.kind.eq(vd.kind), desc.signed.eq(1), desc.pool.eq(vd.pool), desc.in_bits.eq(prev_out),
+                    desc.c_in.eq(Mux(first_layer, header.in_channels, prev_cout)), desc.c_out.eq(vd.c_out),
+                    desc.in_height.eq(Mux(first_layer, header.in_height, h_st)),
+                    desc.in_width.eq(Mux(first_layer, header.in_width, w_st)),
+                    desc.kernel.eq(vd.kernel), desc.stride.eq(vd.stride), desc.padding.eq(vd.padding),
+                    desc.shift.eq(head.shift), desc.in_buf.eq(layer_idx[0]),
+                    desc.out_buf.eq(Mux(last_layer, SCORE_SINK, ~layer_idx[0])),
+                    desc.fan_in.eq(vd.fan_in), desc.param_base.eq(grp_addr + VREQUANT.words),
+                    neg_base.eq(grp_addr + VREQUANT.words + (vd.c_out << 1) + vd.c_out),
+                ]
+                m.next = "MEASURE"
 
             with m.State("MEASURE"):
                 m.d.sync += [in_rows.eq(d.c_in * d.in_height), out_rows.eq(d.c_out * g_hst),
@@ -410,6 +575,7 @@ class ArrayController(wiring.Component):
                 more = ly + l_rows < h_out
                 m.d.sync += [y.eq(ly), tile_rows.eq(l_rows), comp_bank.eq(load_bank), loaded.eq(0),
                              loading.eq(more), j.eq(0), ptr_bit.eq(0), param_addr.eq(d.param_base), k.eq(0),
+                             row_first.eq(0),
                              res_addr.eq(Mux(d.res_stride == 2, ly << 1, ly))]
                 with m.If(more):
                     m.d.sync += [ly.eq(ly + l_rows), l_rows.eq(Mux(full_rows < rows_left, full_rows, rows_left)),
@@ -446,7 +612,9 @@ class ArrayController(wiring.Component):
                                                     res_placed[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], cmd.r[x]))
                 with m.If(rr == tile_rows):
                     m.d.sync += [
-                        cmd.start_bit.eq((d.stream_base << 5) + ptr), cmd.channel.eq(j), cmd.pixels.eq(tile_px),
+                        cmd.start_bit.eq(Mux(v4, row_first, (d.stream_base << 5) + ptr)),
+                        cmd.negate.eq(v4 & words.word_select(0, WORD_BITS).bit_select(j[:5], 1)),
+                        cmd.channel.eq(j), cmd.pixels.eq(tile_px),
                         cmd.mult.eq(words.word_select(2, WORD_BITS)),
                         cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
                         cmd.res_mult.eq(Mux(d.residual, words.word_select(5, WORD_BITS), 0)),
@@ -459,6 +627,7 @@ class ArrayController(wiring.Component):
             with m.State("OFFER"):
                 with m.If(taken):
                     m.d.sync += [cmd_valid.eq(0), j.eq(j + 1), ptr_bit.eq(ptr_bit + d.ptr_bits),
+                                 row_first.eq(row_first + d.fan_in),
                                  param_addr.eq(param_addr + rec), res_addr.eq(res_addr + prev_h), k.eq(0)]
                     with m.If(j == d.c_out - 1):
                         m.next = "DRAIN"
@@ -475,9 +644,13 @@ class ArrayController(wiring.Component):
                         m.d.sync += j.eq(0)
                         m.next = "SCORES"
                     with m.Else():
-                        m.d.sync += [layer_idx.eq(layer_idx + 1), desc_base.eq(desc_base + LAYER.words), k.eq(0),
-                                     prev_c.eq(d.c_in), prev_h.eq(d.in_height)]
-                        m.next = "DESC"
+                        m.d.sync += [layer_idx.eq(layer_idx + 1), k.eq(0), prev_c.eq(d.c_in), prev_h.eq(d.in_height),
+                                     desc_base.eq(desc_base + Mux(v4, VLAYER.words, LAYER.words)),
+                                     prev_out.eq(d.out_bits), prev_cout.eq(d.c_out)]
+                        with m.If(v4):
+                            m.next = "VDESC"
+                        with m.Else():
+                            m.next = "DESC"
                 with m.If(engine_fault):
                     m.next = "FAULT"
 

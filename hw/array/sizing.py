@@ -1,6 +1,6 @@
 """An array configuration sized for images: the buffers, widths and tags their descriptors need.
 
-The array reads any version 3 image that fits its buffers (``hw/array/controller.py`` refuses the others
+The array reads any version 3 or 4 image that fits its buffers (``hw/array/controller.py`` refuses the others
 with ``BAD_GEOMETRY``). :func:`needs` reads an image's header and layer descriptors with the format's field
 table (the same fields the controller reads) and gives the smallest sizes that run it;
 :func:`config_for` turns those of one or more images into an :class:`~hw.array.top.ArrayConfig` with the
@@ -15,7 +15,7 @@ import numpy as np
 from hw.array.engine import LANE_SLOTS
 from hw.array.top import ArrayConfig
 from model.errors import UserError
-from model.export.format import HEADER, KIND_CONV, LAYER, MAGIC, WORD_BITS
+from model.export.format import HEADER, KIND_CONV, LAYER, MAGIC, VERTICAL_VERSION, VHEADER, VLAYER, WORD_BITS
 
 
 def _field(words: np.ndarray, base: int, record, name: str) -> int:
@@ -27,17 +27,20 @@ def _field(words: np.ndarray, base: int, record, name: str) -> int:
 
 
 def needs(words, where: str = "image") -> dict:
-    """``{buffer_words, fmap_rows, row_codes, fan_in, channels, out_width}`` of a version 3 image."""
+    """``{buffer_words, fmap_rows, row_codes, fan_in, channels, out_width}`` of a version 3 or 4 image."""
     words = np.asarray(words, dtype=np.int64)
     if len(words) < HEADER.words or _field(words, 0, HEADER, "magic") != MAGIC:
         raise UserError(f"{where}: not an image (field 'magic')")
-    if _field(words, 0, HEADER, "version") != 3:
-        raise UserError(f"{where}: field 'version' is {_field(words, 0, HEADER, 'version')}; the array runs "
-                        "version 3 images (build.py export writes them)")
+    version = _field(words, 0, HEADER, "version")
+    if version not in (3, VERTICAL_VERSION):
+        raise UserError(f"{where}: field 'version' is {version}; the array runs version 3 and 4 images "
+                        "(build.py export writes them)")
     layers = _field(words, 0, HEADER, "layers")
     c, h, w = (_field(words, 0, HEADER, n) for n in ("in_channels", "in_height", "in_width"))
     out = {"buffer_words": len(words), "fmap_rows": c * h, "row_codes": w, "fan_in": 1, "channels": 1,
            "out_width": 1}
+    if version == VERTICAL_VERSION:
+        return _needs_vertical(words, layers, (c, h, w), out, where)
     for k in range(layers):
         base = HEADER.words + LAYER.words * k
         if base + LAYER.words > len(words):
@@ -55,6 +58,31 @@ def needs(words, where: str = "image") -> dict:
         out["fan_in"] = max(out["fan_in"], g["fan_in"])
         out["channels"] = max(out["channels"], g["c_out"])
         out["out_width"] = max(out["out_width"], wo)
+    return out
+
+
+def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
+    """:func:`needs` of a version 4 image: its descriptors hold no map sizes, so they follow the layers from
+    the header's input shape, as the controller derives them."""
+    c, h, w = shape
+    for k in range(layers):
+        base = HEADER.words + VHEADER.words + VLAYER.words * k
+        if base + VLAYER.words > len(words):
+            raise UserError(f"{where}: layer {k}'s descriptor runs past the image's {len(words)} words")
+        g = {n: _field(words, base, VLAYER, n) for n in ("kind", "c_out", "kernel", "stride", "padding", "pool",
+                                                          "fan_in")}
+        if g["kind"] == KIND_CONV:
+            ho = (h + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
+            wo = (w + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
+        else:
+            ho = wo = 1
+        hs, ws = (ho // 2, wo // 2) if g["pool"] == 2 else (ho, wo)
+        out["fmap_rows"] = max(out["fmap_rows"], c * h, g["c_out"] * hs)
+        out["row_codes"] = max(out["row_codes"], w, wo)
+        out["fan_in"] = max(out["fan_in"], g["fan_in"])
+        out["channels"] = max(out["channels"], g["c_out"])
+        out["out_width"] = max(out["out_width"], wo)
+        c, h, w = g["c_out"], hs, ws
     return out
 
 

@@ -14,11 +14,16 @@ class Status(enum.Enum, shape=4):
     OK = 0
     #: Header word 0 is not ``MAGIC``.
     BAD_MAGIC = 1
-    #: Header word 1 is not version 3 (the array reads the layer descriptors of version 3).
+    #: Header word 1 is not version 3 or 4 (the array reads the layer descriptors of versions 3 and 4).
     BAD_VERSION = 2
     #: A header or descriptor field this array cannot run: a map wider than a buffer word or than a tile,
     #: more rows than a buffer, a stride other than 1 or 2, a pool other than 2, a fan-in past the patch,
     #: more channels than the channel tags, a buffer index out of range, or fields that contradict each other.
     BAD_GEOMETRY = 3
-    #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``).
+    #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``) or a vertical layer's
+    #: fields its plane decoder cannot run (``hw/array/plane_decoder.py``).
     BAD_STREAM = 4
+    #: A version 4 (vertical) image run at a width it does not store: ``precision`` outside its widths, a
+    #: ``table_row`` past its Eq. 12 table or a table width outside them, or no requant group for a layer's
+    #: pair of code widths.
+    BAD_PRECISION = 5

@@ -1,6 +1,7 @@
 """The array top: global buffer, feature maps, patch, engines, writer and controller, wired.
 
-:class:`ConvArray` runs any version 3 image that fits its buffers (``model/export/layout_v3.py``: conv
+:class:`ConvArray` runs any version 3 image, and any version 4 (vertical-layered) image at a width chosen at
+run time (``precision`` or a row of the image's Eq. 12 table), that fits its buffers (``model/export/layout_v3.py``: conv
 layers with stride and padding, residual blocks, max-pool, global average pooling, fully connected layers,
 and the fully connected MLPs) on one configuration, reading the descriptors at run time
 (:mod:`hw.array.controller`). The image is written into the global buffer through ``load`` (one word a
@@ -22,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth import Cat, Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -32,6 +33,7 @@ from hw.array.engine import LANE_SLOTS, ChannelEngine
 from hw.array.feature_maps import FeatureMaps
 from hw.array.map_writer import MapWriter, RowAssembler
 from hw.array.patch_loader import PatchLoader
+from hw.array.requant import A_BITS
 from hw.array.status import Status
 from hw.core.global_buffer import GlobalBuffer, load_port_signature
 from model.export.golden import MAX_ACT_BITS
@@ -99,6 +101,12 @@ class ConvArray(wiring.Component):
     done : Out(1)
     busy : Out(1)
     status : Out(Status)
+    precision, use_table, table_row : In
+        The widths of a version 4 (vertical) image's run (:class:`~hw.array.controller.ArrayController`).
+    reads, weight_reads : Out(32)
+        Global-buffer words read since the last ``start``: all of them (descriptors, requant parameters, row
+        pointers and weights), and those of the engines' row decoders (the weights). Four bytes each: what a
+        run costs in memory traffic (``build.py bench vertical`` reports it per width).
     """
 
     def __init__(self, config: ArrayConfig = ArrayConfig(), init=()):
@@ -117,6 +125,11 @@ class ConvArray(wiring.Component):
             "done": Out(1),
             "busy": Out(1),
             "status": Out(Status),
+            "precision": In(4),
+            "use_table": In(1),
+            "table_row": In(16),
+            "reads": Out(32),
+            "weight_reads": Out(32),
         })
 
     @property
@@ -151,6 +164,7 @@ class ConvArray(wiring.Component):
                                                  row_codes=cfg.row_codes, addr_width=faw)
         m.d.comb += [
             ctl.start.eq(self.start), self.done.eq(ctl.done), self.busy.eq(ctl.busy), self.status.eq(ctl.status),
+            ctl.precision.eq(self.precision), ctl.use_table.eq(self.use_table), ctl.table_row.eq(self.table_row),
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
             writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
         ]
@@ -192,6 +206,19 @@ class ConvArray(wiring.Component):
                     m.d.comb += [rp.addr.eq(addr), rp.en.eq(engines[e].patch_en)]
                     patch_data[e][bank] = rp.data
 
+        # Each pixel's activation sum over the tile's patch, a register per bank beside the patch: the loader
+        # writes every position of a tile once, position 0 first (a vertical layer's compensation, Eq. 6).
+        usum = [Signal(data.ArrayLayout(A_BITS, t), name=f"usum{bank}") for bank in range(2)]
+        with m.If(loader.patch.en):
+            for i in range(t):
+                so_far = Mux(loader.patch.addr == 0, 0, Mux(ctl.load_bank, usum[1][i], usum[0][i]))
+                total = so_far + loader.patch.data[i]
+                for bank in range(2):
+                    with m.If(ctl.load_bank == bank):
+                        m.d.sync += usum[bank][i].eq(total)
+        usum_comp = Signal(data.ArrayLayout(A_BITS, t))
+        m.d.comb += usum_comp.eq(Mux(ctl.comp_bank, usum[1].as_value(), usum[0].as_value()))
+
         busy_any = []
         errors = []
         for e, eng in enumerate(engines):
@@ -202,7 +229,7 @@ class ConvArray(wiring.Component):
             with m.If(eng.patch_en):
                 m.d.sync += read_bank.eq(ctl.comp_bank)
             m.d.comb += [eng.patch_data.as_value().eq(Mux(read_bank, patch_data[e][1], patch_data[e][0])),
-                         eng.layer.eq(ctl.layer)]
+                         eng.layer.eq(ctl.layer), eng.usum.eq(usum_comp)]
             wiring.connect(m, getattr(ctl, f"cmd{e}"), eng.cmd)
             asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t)
             m.submodules[f"assembler{e}"] = asm
@@ -211,6 +238,18 @@ class ConvArray(wiring.Component):
             wiring.connect(m, asm.o, getattr(writer, f"row{e}"))
             busy_any.append(eng.busy | asm.o.valid)
             errors.append(eng.error)
+        # Read counters (since start): every granted global-buffer read, and the engines' ones.
+        granted_eng = [eng.bus.req & getattr(buf, names[e]).grant for e, eng in enumerate(engines)]
+        granted_ctl = ctl.bus.req & buf.ctl.grant
+        reads = Signal(32)
+        weight_reads = Signal(32)
+        eng_count = sum(granted_eng[1:], granted_eng[0])
+        with m.If(self.start):
+            m.d.sync += [reads.eq(0), weight_reads.eq(0)]
+        with m.Else():
+            m.d.sync += [reads.eq(reads + eng_count + granted_ctl), weight_reads.eq(weight_reads + eng_count)]
+        m.d.comb += [self.reads.eq(reads), self.weight_reads.eq(weight_reads)]
+
         drained = ~writer.busy
         for b in busy_any:
             drained = drained & ~b

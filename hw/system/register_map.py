@@ -68,7 +68,6 @@ _SHELL_CODES = (
     ("BAD_CHECKSUM", "the image's checksum does not match the words loaded (image_crc != loaded_crc)"),
     ("AXI_ERROR", "SLVERR or DECERR on a read (RRESP) or write (BRESP) response"),
     ("TIMEOUT", "an AXI transfer or the array made no progress within its limit"),
-    ("BAD_PRECISION", "the precision register holds a width the loaded image does not have"),
     ("BAD_ADDRESS", "an address register is not 8-byte aligned, or image_count is 0"),
     ("NO_IMAGE", "ap_start before any image was loaded"),
 )
@@ -78,8 +77,8 @@ if max(s.value for s in ArrayStatus) >= SHELL_CODES_FROM:
                      f"{max(s.value for s in ArrayStatus)}")
 
 #: The ``status`` register's codes: the array's :class:`~hw.array.status.Status` (same names and values:
-#: OK, BAD_MAGIC, BAD_VERSION, BAD_GEOMETRY, BAD_STREAM, ...), then the shell's from
-#: :data:`SHELL_CODES_FROM` (BAD_CHECKSUM, AXI_ERROR, TIMEOUT, BAD_PRECISION, BAD_ADDRESS, NO_IMAGE).
+#: OK, BAD_MAGIC, BAD_VERSION, BAD_GEOMETRY, BAD_STREAM, BAD_PRECISION), then the shell's from
+#: :data:`SHELL_CODES_FROM` (BAD_CHECKSUM, AXI_ERROR, TIMEOUT, BAD_ADDRESS, NO_IMAGE).
 #: The core stops with one of these instead of hanging; ``OK`` after a run or load that completed.
 StatusCode = enum.IntEnum("StatusCode", [(s.name, s.value) for s in ArrayStatus] +
                           [(name, SHELL_CODES_FROM + k) for k, (name, _) in enumerate(_SHELL_CODES)],
@@ -147,7 +146,8 @@ REGISTER_MAP: tuple[Field, ...] = (
     Field("input_addr", 0x18, 64, _A.RW, 0, "DDR byte address of the input images (8-byte aligned)"),
     Field("output_addr", 0x20, 64, _A.RW, 0, "DDR byte address of the output scores (8-byte aligned)"),
     Field("image_count", 0x28, 32, _A.RW, 1, "Input images per run (a batch)"),
-    Field("precision", 0x2C, 8, _A.RW, 0, "Weight bit width of a vertical model (0: the image's own)"),
+    Field("precision", 0x2C, 8, _A.RW, 0, "Widths of a vertical (version 4) image: 0 its source width, 1-8 "
+          "that width for every inner layer, 0x80 + r row r of its Eq. 12 table (ignored for version 3)"),
     Field("load_image", 0x30, 1, _A.SC, 0, "Write 1: reload the global buffer from image_addr"),
     Field("status", 0x34, 8, _A.RO, 0, "Error code of the last run or load (StatusCode; 0 OK)"),
     Field("rresp_error", 0x38, 1, _A.W1C, 0, "A read response was SLVERR or DECERR (write 1 to clear)", bit=0),

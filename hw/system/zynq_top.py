@@ -10,7 +10,7 @@ Vivado's IP integrator infers as an HLS core's (``ap_clk``, ``ap_rst_n`` active 
 - :class:`~hw.system.buffer_loader.BufferLoader` writes the packed image into the array's global buffer.
 
 Load (``load_image`` written 1). The array is reset; the 8 header words at ``image_addr`` are loaded and
-checked (magic, version 3, ``words`` from 8 to the buffer depth, ``C H W`` from 1 to 2^24 - 1); then the
+checked (magic, version 3 or 4, ``words`` from 8 to the buffer depth, ``C H W`` from 1 to 2^24 - 1); then the
 ``words`` words of the image are loaded, their CRC-32 computed on the way into the buffer
 (:class:`~hw.system.buffer_loader.BufferLoader`) and compared with ``image_crc`` at the end (``loaded_crc``
 shows the core's). ``status`` becomes OK (and the image usable) or the reason it is not: BAD_ADDRESS
@@ -36,8 +36,10 @@ the watchdog (TIMEOUT: ``timeout_cycles`` cycles without any transfer or ``done`
 leaves its partial scores padded with zeros, the later images' scores are not written. Then it drains the
 DMA engines (remaining input words read and dropped), holding the array in reset, and raises ``ap_done``.
 ``ap_start`` before any successful load: NO_IMAGE; ``image_count`` 0 or an address not 8-byte aligned or
-above 4 GiB, or a batch of 4 GiB of inputs or more: BAD_ADDRESS. ``precision`` is stored and ignored (the
-array runs the loaded image's own widths).
+above 4 GiB, or a batch of 4 GiB of inputs or more: BAD_ADDRESS. ``precision`` selects a vertical (version 4)
+image's widths for the next runs (bits 0-3 a width for every inner layer, 0 the source width; bit 7 set:
+row ``bits 0-6`` of the image's Eq. 12 table); a width the image does not store ends the run with the
+array's BAD_PRECISION. Version 3 images ignore it.
 
 Counters: ``busy_cycles`` counts the cycles of runs (DDR reads and writes included), ``load_cycles`` those of
 loads.
@@ -60,7 +62,7 @@ from hw.system.axi_lite import AxiLiteSlave
 from hw.system.axi_master import AxiMaster
 from hw.system.buffer_loader import BufferLoader
 from hw.system.register_map import StatusCode
-from model.export.format import HEADER, MAGIC, VERSION
+from model.export.format import HEADER, MAGIC, VERSION, VERTICAL_VERSION
 
 #: Top module name of the system's Verilog (the IP's name in the block design).
 SYSTEM_TOP_NAME = "mpq_system"
@@ -85,8 +87,8 @@ def _check_init(words: list[int], buffer_words: int) -> int:
         f = HEADER[name]
         return (words[f.word] >> f.bit) & ((1 << f.width) - 1) if f.word < len(words) else None
 
-    if len(words) < HEADER_WORDS or get("magic") != MAGIC or get("version") != VERSION:
-        raise ValueError(f"init must be a version {VERSION} image (magic {MAGIC:#x}), not one starting "
+    if len(words) < HEADER_WORDS or get("magic") != MAGIC or get("version") not in (VERSION, VERTICAL_VERSION):
+        raise ValueError(f"init must be a version {VERSION} or {VERTICAL_VERSION} image (magic {MAGIC:#x}), not one starting "
                          f"{[hex(w) for w in words[:2]]}")
     if get("words") != len(words) or len(words) > buffer_words:
         raise ValueError(f"init holds {len(words)} words, its header field 'words' says {get('words')}; the "
@@ -111,7 +113,7 @@ class MpqSystem(wiring.Component):
     max_burst, max_reads, max_writes : int
         The AXI master's (:class:`~hw.system.axi_master.AxiMaster`).
     init : sequence of int
-        A packed version 3 image the global buffer holds from configuration (a BRAM-initialised build,
+        A packed version 3 or 4 image the global buffer holds from configuration (a BRAM-initialised build,
         whose words ``updatemem`` can replace in the bitstream): the core starts with it loaded (``ap_start``
         works without ``load_image``; its ``C H W`` is a reset value of the logic, so an image put in by
         ``updatemem`` must have the same input shape, or be followed by a ``load_image``). Empty: the core
@@ -133,7 +135,7 @@ class MpqSystem(wiring.Component):
     TypeError
         ``config`` is not an ArrayConfig.
     ValueError
-        A parameter out of range, naming it and its value, or an ``init`` that is not a version 3 image
+        A parameter out of range, naming it and its value, or an ``init`` that is not a version 3 or 4 image
         that fits the buffer.
     """
 
@@ -198,6 +200,8 @@ class MpqSystem(wiring.Component):
         m.d.comb += self.interrupt.eq(regs.interrupt)
 
         wiring.connect(m, loader.load, array.load)
+        m.d.comb += [array.precision.eq(Mux(regs.precision[7], 0, regs.precision[:4])),
+                     array.use_table.eq(regs.precision[7]), array.table_row.eq(regs.precision[:7])]
         loaded_crc = Signal(32)
         m.d.comb += [loader.expected_crc.eq(regs.image_crc), regs.loaded_crc.eq(loaded_crc)]
         m.d.comb += [loader.rd_error.eq(master.rd_error),
@@ -348,7 +352,7 @@ class MpqSystem(wiring.Component):
                 with m.Elif(hdr["magic"] != MAGIC):
                     fail(StatusCode.BAD_MAGIC)
                     m.next = "LOAD_END"
-                with m.Elif(hdr["version"] != VERSION):
+                with m.Elif((hdr["version"] != VERSION) & (hdr["version"] != VERTICAL_VERSION)):
                     fail(StatusCode.BAD_VERSION)
                     m.next = "LOAD_END"
                 with m.Elif((hdr["words"] < HEADER_WORDS) | (hdr["words"] > cfg.buffer_words) |

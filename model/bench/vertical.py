@@ -10,9 +10,10 @@ Training rows ``{arch, method, bits, accuracy}`` (test accuracy) with ``method``
 * ``mgd``: the joint training with the min-norm combination (Eq. 10).
 
 Floors (:func:`floors`): the vertical net within :data:`MAX_GAP_PP` percentage points of per-width LSQ at each
-width; compensation better than no compensation at the lowest width. Hardware rows (cycles and bytes read
-per image on one bitstream, RTL == golden) are not measured here yet: the array's run-time precision is
-another engineer's step; the report says so (``"hardware"``).
+width; compensation better than no compensation at the lowest width. The hardware rows (cycles and bytes read
+per image at each width on one bitstream, RTL == golden) are measured by ``build.py bench vertical`` on the
+exported vertical model (:func:`export_for_hardware`, then ``sim/bench/vertical_hw.py``: the torch-side
+bench does not run the RTL).
 
 Every net of one architecture trains with the same seed, epochs, optimiser and data (:class:`BenchConfig`);
 the budget (images, epochs, wall time per method) is recorded in the JSON with the code revision. The default
@@ -27,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.bench.floors import floor_entry
@@ -47,7 +49,8 @@ METHODS = ("vertical", "lsq", "ascending", "no-compensation", "no-kd", "mgd")
 #: Floor: the vertical net's accuracy may trail per-width LSQ by at most this many points at each width.
 MAX_GAP_PP = 1.0
 HARDWARE_NOTE = ("hardware rows (cycles_per_image, bytes_read_per_image, rtl_images, rtl_mismatches at each width "
-                 "on one bitstream) are not measured: the array's run-time precision is not built yet")
+                 "on one bitstream) come from `build.py bench vertical` (sim/bench/vertical_hw.py), which runs the "
+                 "exported vertical model on the array's RTL; run_vertical_bench alone trains")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,22 @@ SMOKE_CONFIGS = (BenchConfig(arch="mlp", hidden=(64, 64, 64), epochs=1, train_su
                  BenchConfig(arch="vgg", epochs=1, train_subset=300, test_subset=200, batch_size=64))
 
 
-def run_vertical_bench(json_path, root=None, configs=DEFAULT_CONFIGS, progress: bool = False) -> dict:
+def export_for_hardware(model, split, out_dir: Path, images: int) -> dict:
+    """The trained vertical ``model`` as a version 4 image (``out_dir / "image"``) and the 8-bit input codes
+    and labels of the first ``images`` test images (``out_dir / "inputs.npz"``): what the RTL runs (the
+    hardware rows of ``build.py bench vertical``, :mod:`sim.bench.vertical_hw`). Returns the paths."""
+    from model.export.convert_vertical import export_vertical_image, vertical_input_codes
+
+    out_dir = Path(out_dir)
+    export_vertical_image(model, out_dir / "image")
+    n = min(images, len(split.y_test))
+    codes = vertical_input_codes(model, split.x_test[:n]).reshape(n, -1)
+    np.savez(out_dir / "inputs.npz", codes=codes, labels=split.y_test[:n].numpy())
+    return {"image": str(out_dir / "image"), "inputs": str(out_dir / "inputs.npz"), "images": n}
+
+
+def run_vertical_bench(json_path, root=None, configs=DEFAULT_CONFIGS, progress: bool = False,
+                       hardware_dir=None, hardware_archs=("mlp",), hardware_images: int = 100) -> dict:
     """Train every method of each config (one per architecture) and write ``{"configs", "rows", "hardware",
     "seconds", "provenance"}`` (the code revision, :func:`model.runs.provenance.provenance`) to ``json_path``;
     returns it."""
@@ -86,12 +104,16 @@ def run_vertical_bench(json_path, root=None, configs=DEFAULT_CONFIGS, progress: 
         bad = [m for m in config.methods if m not in METHODS]
         if bad:
             raise UserError(f"field 'methods' holds {bad}; allowed {METHODS}")
+    exports = {}
     for config in configs:
         part = _run_arch(root, config, progress)
         rows += part["rows"]
         seconds[config.arch] = part["seconds"]
         budget.append(part["config"])
-    report = {"configs": budget, "rows": rows, "hardware": HARDWARE_NOTE,
+        if hardware_dir is not None and config.arch in hardware_archs and part["model"] is not None:
+            exports[config.arch] = export_for_hardware(part["model"], part["split"],
+                                                       Path(hardware_dir) / config.arch, hardware_images)
+    report = {"configs": budget, "rows": rows, "hardware": HARDWARE_NOTE, "hardware_exports": exports,
               "seconds": {**seconds, "total": time.time() - start}, "provenance": provenance()}
     write_json(Path(json_path), report)
     return report
@@ -114,6 +136,7 @@ def _run_arch(root, config: BenchConfig, progress: bool) -> dict:
         return VerticalConfig(**{**base, **over})
 
     rows, seconds = [], {}
+    kept = None  # the joint-trained vertical model: the one the hardware rows run
     for method in config.methods:
         t0 = time.time()
         if method == "lsq":
@@ -126,11 +149,13 @@ def _run_arch(root, config: BenchConfig, progress: bool) -> dict:
                     "mgd": {"moo": "mgd"}}[method]
             model = build(config.widths, over.get("compensate", True))
             accs = train_vertical(model, split, vconfig(**over), progress=progress).test_accuracy
+            if method == "vertical":
+                kept = model
         seconds[method] = time.time() - t0
         rows += [{"arch": config.arch, "method": method, "bits": int(b), "accuracy": float(a)} for b, a in accs.items()]
     return {"config": {**asdict(config), "data": "fashion-mnist", "train_images": len(split.y_train),
                        "test_images": len(split.y_test)},
-            "rows": rows, "seconds": {**seconds, "total": time.time() - start}}
+            "rows": rows, "seconds": {**seconds, "total": time.time() - start}, "model": kept, "split": split}
 
 
 def _acc(rows: list[dict], arch: str, method: str, bits: int):

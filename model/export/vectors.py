@@ -62,8 +62,19 @@ class ImageVectors:
     available: int
 
 
+def is_vertical(path: Path) -> bool:
+    """Whether the image at ``path`` (a directory or its manifest) is version 4, from its weights' header."""
+    bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
+    if not bin_path.is_file():
+        return False  # read_image names the missing file
+    head = np.fromfile(bin_path, dtype="<u4", count=2)
+    from model.export.format import VERTICAL_VERSION
+
+    return len(head) == 2 and int(head[1]) == VERTICAL_VERSION
+
+
 def image_vectors(image_dir, count: int | None, seed: int, data: str | None = None, data_root: str | None = None,
-                  flag: str = "--images", cap: int | None = None) -> ImageVectors:
+                  flag: str = "--images", cap: int | None = None, bits=None) -> ImageVectors:
     """The first ``count`` (default all, at most ``cap``) test images of the image's recorded data set, with golden
     scores.
 
@@ -79,14 +90,27 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
         ``--data`` / ``--data-root``: another data set or another copy of it.
     cap : int, optional
         At most this many images: ``min(count or all, cap)``.
+    bits : int or sequence of int, optional
+        A version 4 (vertical) image's widths: one for every inner layer (None or 0: its source width) or a
+        row of widths; ``net`` is then the version 1-3 network it computes at them
+        (:meth:`~model.export.golden_vertical.VerticalNetwork.materialize`).
 
     Raises
     ------
     UserError
         If the image is broken, its data set is not available here or does not fit the network.
     """
-    net, manifest = read_image(image_dir)
     path = Path(image_dir)
+    if is_vertical(path):
+        from model.export.image_v4 import read_vertical_image
+
+        vnet, manifest = read_vertical_image(image_dir)
+        net = vnet.materialize(bits or vnet.widths[-1])
+    else:
+        if bits is not None:
+            raise UserError(f"{path}: a width (--bits / --table-row) applies to vertical-layered (version 4) "
+                            "images; this one has its own widths")
+        net, manifest = read_image(image_dir)
     man_path = path / "manifest.json" if path.is_dir() else path
     n_in = input_features(net)
     if "data" in manifest:

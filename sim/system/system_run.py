@@ -33,8 +33,9 @@ ENGINES = 2
 
 def run_system(image_dir, inputs: np.ndarray, expected: np.ndarray, out: Path, *, seed: int = 0,
                stall: bool = False, ddr_latency: int = DEFAULT_DDR_LATENCY, max_batch: int = 16,
-               throughput_images: int | None = None) -> dict:
+               throughput_images: int | None = None, precision: int = 0) -> dict:
     """Run ``inputs`` ``[N, C H W]`` through the system and the driver; compare with ``expected``.
+    ``precision``: the ``precision`` register the driver writes before the runs (a vertical image's widths).
 
     Returns
     -------
@@ -60,7 +61,7 @@ def run_system(image_dir, inputs: np.ndarray, expected: np.ndarray, out: Path, *
         case, result_path = Path(tmp) / "case.npz", Path(tmp) / "result.json"
         np.savez(case, image_dir=np.array(str(image_dir.resolve())), a_inputs=np.asarray(inputs, np.int64),
                  a_expected=np.asarray(expected, np.int64),
-                 images=np.int64(throughput_images or min(n, max_batch)))
+                 images=np.int64(throughput_images or min(n, max_batch)), precision=np.int64(precision))
         t0 = time.perf_counter()
         run = run_block_test(verilog, toplevel=SYSTEM_TOP_NAME, test_module="sim.system.tb_system",
                              test="driver_run", work_dir=out / "sim_build", seed=seed,

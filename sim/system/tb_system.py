@@ -260,6 +260,33 @@ async def bad_registers(dut):
 
 
 @cocotb.test()
+async def vertical_widths(dut):
+    """A vertical-layered (version 4) image loaded once, run at 2, 3 and 4 bits and at a row of its Eq. 12
+    table by the precision register alone (each width's golden scores: one image, one bitstream, no reload);
+    a width it does not store ends the run with BAD_PRECISION, and the next run is right."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+    c = tb.case
+
+    def body():
+        tb.load("v")
+        inputs = c["v_inputs"]
+        for bits in (2, 3, 4):
+            drv.set_precision(bits)
+            assert drv.run(inputs).tolist() == c[f"v_expected_{bits}"].tolist(), f"at {bits} bits"
+        drv.set_precision(table_row=0)
+        assert drv.run(inputs).tolist() == c["v_expected_row0"].tolist(), "at table row 0"
+        drv.set_precision(6)
+        tb.expect_error(StatusCode.BAD_PRECISION, drv.run, inputs[:1])
+        drv.set_precision(2)
+        assert drv.run(inputs).tolist() == c["v_expected_2"].tolist(), "after BAD_PRECISION"
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
 async def axi_errors(dut):
     """SLVERR in the image, the inputs and the scores: AXI_ERROR and the response-error bits; no hang; the
     next run is right."""
@@ -299,6 +326,8 @@ async def driver_run(dut):
 
     def body():
         manifest = drv.load(str(c["image_dir"]))
+        if "precision" in c:
+            drv.write_field("precision", int(c["precision"]))
         inputs, expected = c["a_inputs"], c["a_expected"]
         before = drv.read_field("busy_cycles")
         scores = drv.run(inputs)

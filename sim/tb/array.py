@@ -13,7 +13,8 @@ Configured by environment variables (set by :func:`sim.array_runner.run_array` /
 
 ``MPQA_CASE``
     ``.npz`` with ``n_cases`` and, per case ``k``, ``words_k`` (the image, uint32), ``inputs_k`` (int64
-    ``[N, C H W]``) and ``expected_k`` (int64 ``[N, n_classes]``).
+    ``[N, C H W]``), ``expected_k`` (int64 ``[N, n_classes]``) and optionally ``precision_k`` (a version 4
+    image's widths, as the shell's ``precision`` register: :meth:`ArrayTB.set_precision`).
 ``MPQA_RESULT``, ``MPQA_STALL``, ``MPQA_SEED``, ``MPQA_TIMEOUT_CYCLES``
     As :mod:`sim.tb.accelerator`'s ``MPQ_*`` (:class:`sim.tb.stream.RunSettings`).
 """
@@ -63,6 +64,16 @@ class ArrayTB(StreamTB):
         self.rng = random.Random(f"load-{seed}")
         dut.start.value = 0  # defined before the reset: the state machine samples them through it
         dut.load__en.value = 0
+        self.set_precision(0)
+        self.reads: list[int] = []
+        self.weight_reads: list[int] = []
+
+    def set_precision(self, value: int) -> None:
+        """A version 4 image's widths, encoded as the Zynq shell's ``precision`` register: a width (0: the
+        image's source width), or ``0x80 + r`` for row ``r`` of its Eq. 12 table."""
+        self.dut.precision.value = 0 if value & 0x80 else value & 0xF
+        self.dut.use_table.value = value >> 7 & 1
+        self.dut.table_row.value = value & 0x7F
 
     def receive(self, value: int) -> None:
         self.pending.append(value)
@@ -103,6 +114,8 @@ class ArrayTB(StreamTB):
         await ReadOnly()
         self.dones_ns.append(get_sim_time("ns"))
         self.statuses.append(int(dut.status.value))
+        self.reads.append(int(dut.reads.value))
+        self.weight_reads.append(int(dut.weight_reads.value))
         await RisingEdge(dut.clk)
         return True
 
@@ -113,8 +126,9 @@ class ArrayTB(StreamTB):
         self.sink.start()
         cocotb.start_soon(self.watchdog())
         received = 0
-        for words, inputs, expected in cases:
+        for words, inputs, expected, precision in cases:
             self.n_classes = expected.shape[1]
+            self.set_precision(precision)
             await self.load(words)
             self.source.send_all_nowait(int(v) for v in inputs.reshape(-1))
             for _ in range(len(inputs)):
@@ -142,15 +156,19 @@ class ArrayTB(StreamTB):
             "image_cycles": spans,
             "cycles_per_image": float(np.mean(spans)) if spans else 0.0,
             "load_cycles": self.load_cycles,
+            "image_reads": self.reads,
+            "image_weight_reads": self.weight_reads,
             "partial_beats": len(self.pending),
             **self.stream_record(wall_s),
         }
 
 
-def read_cases(path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def read_cases(path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
     with np.load(path) as case:
         return [(case[f"words_{k}"].astype(np.int64), case[f"inputs_{k}"].astype(np.int64),
-                 case[f"expected_{k}"].astype(np.int64)) for k in range(int(case["n_cases"]))]
+                 case[f"expected_{k}"].astype(np.int64),
+                 int(case[f"precision_{k}"]) if f"precision_{k}" in case.files else 0)
+                for k in range(int(case["n_cases"]))]
 
 
 @cocotb.test()
@@ -159,7 +177,7 @@ async def run_images(dut):
     t0 = time.perf_counter()
     settings = RunSettings.from_env("MPQA", default_timeout_cycles=DEFAULT_TIMEOUT_CYCLES)
     cases = read_cases(settings.case)
-    expected = [row for _, _, exp in cases for row in exp.tolist()]
+    expected = [row for _, _, exp, _ in cases for row in exp.tolist()]
     tb = ArrayTB(dut, expected, stall=settings.stall, seed=settings.seed, timeout_cycles=settings.timeout_cycles)
     record = await tb.run_and_record(cases, settings.result, t0)
 

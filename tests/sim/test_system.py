@@ -3,7 +3,8 @@
 
 One small array build runs every test (:mod:`sim.system.tb_system`): an MLP and a conv net loaded in turn on the
 same RTL (each image's scores equal its golden model's), batches split by the driver, random AXI latency and
-back-pressure on both buses; corrupted images, images that DDR does not hold as the driver checksummed them
+back-pressure on both buses; a vertical-layered image run at every width by the precision register alone;
+corrupted images, images that DDR does not hold as the driver checksummed them
 (BAD_CHECKSUM), bad register values and SLVERR responses ending with the documented status code and never a
 hang.
 """
@@ -16,11 +17,13 @@ import pytest
 from hw.array.top import ArrayConfig
 from hw.system.register_map import StatusCode
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from sim.runner import simulators_available
 from sim.system.runner import run_block_test, write_block_verilog
 from tests.hw.array.test_top import random_conv_net
 from tests.hw.netgen import random_network
+from tests.model.export.test_image_v4 import random_net as random_vertical_net
 
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=5)
@@ -58,6 +61,12 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
     c = image_case(random_network(np.random.default_rng(5), sizes=(11, 7, 3), act_bits=4), 3, 3)
     assert len(c["words"]) % 2, "image c must have an odd number of words (the DMA's pad word)"
     arrays = {f"{k}_{name}": v for k, img in (("a", a), ("b", b), ("c", c)) for name, v in img.items()}
+    vnet = random_vertical_net(9, sizes=(23, 14, 12, 5), widths=(2, 3, 4), rows=1)
+    vin = np.random.default_rng(9).integers(0, 256, size=(3, 23))
+    arrays.update({"v_words": pack_vertical(vnet).astype(np.uint32), "v_inputs": vin, "v_input_bits": np.int64(8),
+                   "v_expected": vnet.forward(vin, 4).astype(np.int64),
+                   "v_expected_row0": vnet.forward(vin, vnet.table[0]).astype(np.int64),
+                   **{f"v_expected_{b}": vnet.forward(vin, b).astype(np.int64) for b in (2, 3, 4)}})
     arrays["corrupt_words"] = corrupt_stream(mlp)
     arrays["corrupt_status"] = np.int64(StatusCode.BAD_STREAM)
     path = work / "case.npz"
@@ -68,7 +77,8 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
 @icarus
 @pytest.mark.parametrize("test,seed,stall", [
     ("reload_and_batches", 1, 1), ("reload_and_batches", 2, 0), ("corrupt_images", 3, 1),
-    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("bad_checksum", 8, 1)])
+    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("bad_checksum", 8, 1),
+    ("vertical_widths", 10, 1)])
 def test_system(case, test, seed, stall):
     verilog, npz = case
     result = run_block_test(verilog, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,
@@ -100,7 +110,7 @@ def test_bad_parameters_name_the_value():
     words = pack_v3(random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4))[0]
     bad = words.copy()
     bad[0] ^= 1
-    with pytest.raises(ValueError, match="version 3 image"):
+    with pytest.raises(ValueError, match="version 3 or 4 image"):
         MpqSystem(CONFIG, init=bad)
     with pytest.raises(ValueError, match="header field 'words'"):
         MpqSystem(CONFIG, init=words[:-1])

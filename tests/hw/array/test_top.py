@@ -9,10 +9,12 @@ import pytest
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
+from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from tests.hw.netgen import random_network
 from tests.hw.stream_source import simulate
 from tests.model.export.test_golden_conv import make_conv
+from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_layout_v3 import fc_layer, resnet_like
 
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
@@ -54,11 +56,13 @@ def random_conv_net(rng) -> IntConvNetwork:
     return IntConvNetwork(input_bits=bits, image_shape=(c, size, size), stages=tuple(stages))
 
 
-def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, max_cycles=200_000):
-    """Load ``words`` through the load port, then run each image; ``(scores per image, status, cycles)``."""
+def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, max_cycles=200_000, widths=None):
+    """Load ``words`` through the load port, then run each image; ``(scores per image, status, cycles)``.
+    ``widths``: per image ``(precision, use_table, table_row)`` for version 4 images."""
     dut = ConvArray(config)
     rng = np.random.default_rng(seed)
     out = {"scores": [], "status": [], "cycles": []}
+    widths = widths or [(0, 0, 0)] * len(images)
 
     async def bench(ctx):
         for addr, word in enumerate(words):
@@ -67,8 +71,11 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             ctx.set(dut.load.data, int(word))
             await ctx.tick()
         ctx.set(dut.load.en, 0)
-        for image in images:
+        for image, (precision, use_table, table_row) in zip(images, widths):
             codes = [int(v) for v in np.asarray(image).reshape(-1)]
+            ctx.set(dut.precision, precision)
+            ctx.set(dut.use_table, use_table)
+            ctx.set(dut.table_row, table_row)
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
@@ -142,3 +149,30 @@ def test_a_map_wider_than_a_tile_ends_with_bad_geometry():
                         channel_bits=4)  # 3 pixels a tile, the stem's output rows have 8
     res = run_array(words, [np.zeros((1, 8, 8), dtype=np.int64)], config=small)
     assert res["status"] == [Status.BAD_GEOMETRY] and res["scores"] == [[]]
+
+
+def test_vertical_mlp_runs_every_width_and_table_row_on_one_array():
+    """One version 4 image (an MLP with three inner layers, widths 2-4, negated rows, compensation) at 2, 3
+    and 4 bits (and 0: the source width) and at both rows of its Eq. 12 table, run after run on the same
+    array: every score equals golden's at that width."""
+    net = random_vertical_net(7, sizes=(20, 14, 12, 9, 6), widths=(2, 3, 4), rows=2)
+    words = pack_vertical(net)
+    rng = np.random.default_rng(7)
+    runs = [(2, 0, 0), (3, 0, 0), (4, 0, 0), (0, 0, 0), (0, 1, 0), (0, 1, 1), (2, 0, 0)]
+    images = rng.integers(0, 256, size=(len(runs), 20))
+    res = run_array(words, images, widths=runs, seed=7)
+    assert res["status"] == [Status.OK] * len(runs)
+    for k, (precision, use_table, row) in enumerate(runs):
+        bits = net.table[row] if use_table else (precision or 4)
+        want = net.forward(images[k:k + 1], bits)[0]
+        assert res["scores"][k] == [int(v) for v in want], f"run {k} at {bits}"
+    # Fewer bits, fewer cycles (zero codes skipped, fewer planes read).
+    assert res["cycles"][0] < res["cycles"][2]
+
+
+def test_vertical_widths_the_image_lacks_end_with_bad_precision():
+    net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
+    words = pack_vertical(net)
+    runs = [(5, 0, 0), (1, 0, 0), (0, 1, 1), (3, 0, 0)]
+    res = run_array(words, np.zeros((len(runs), 12), dtype=np.int64), widths=runs)
+    assert res["status"] == [Status.BAD_PRECISION] * 3 + [Status.OK]
