@@ -33,7 +33,7 @@ from hw.system.register_map import REGISTER_MAP, SHELL_CODE_DESCRIPTIONS, Status
 from model.errors import UserError
 from model.export.format import HEADER, VERSION, VERTICAL_VERSION
 from model.export.image import read_image
-from model.export.image_v4 import read_vertical_image
+from model.export.image_v4 import is_vertical, read_vertical_image
 
 #: Default device time allowed for one load or run before the driver gives up (the core's own watchdog
 #: normally ends a run with TIMEOUT long before).
@@ -155,15 +155,14 @@ class MpqDriver:
         """
         path = Path(image_dir)
         bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
-        if not bin_path.is_file():
-            raise UserError(f"{bin_path}: no such file (an image directory of build.py export)")
-        words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
-        if len(words) > 1 and int(words[1]) == VERTICAL_VERSION:
+        if is_vertical(path):
             # A vertical-layered model: every width in one image; set_precision picks the run's.
             net, manifest = read_vertical_image(path)
+            words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
             self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits)
             return manifest
-        _, manifest = read_image(path)
+        _, manifest = read_image(path)  # names a missing or corrupt file
+        words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
         if int(words[1]) != VERSION:
             raise UserError(f"{bin_path}: header field 'version' is {int(words[1])}; the array runs version "
                             f"{VERSION} and {VERTICAL_VERSION} images (export without --version)")

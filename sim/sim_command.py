@@ -143,7 +143,7 @@ def run(args) -> int:
     if args.system:
         return run_system_sim(args)
     from model.errors import UserError
-    from model.export.vectors import is_vertical
+    from model.export.image_v4 import is_vertical
 
     if is_vertical(Path(args.image)):
         raise UserError(f"{args.image}: a vertical-layered (version 4) image runs on the array with its run-time "

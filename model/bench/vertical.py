@@ -34,6 +34,7 @@ import torch
 from model.bench.floors import floor_entry
 from model.data import FASHION_MNIST_ROOT, class_count, load_idx_split
 from model.errors import UserError
+from model.export.convert_vertical import export_vertical_image, vertical_input_codes
 from model.files import write_json
 from model.methods.vertical import (
     VerticalConfig,
@@ -81,8 +82,6 @@ def export_for_hardware(model, split, out_dir: Path, images: int) -> dict:
     """The trained vertical ``model`` as a version 4 image (``out_dir / "image"``) and the 8-bit input codes
     and labels of the first ``images`` test images (``out_dir / "inputs.npz"``): what the RTL runs (the
     hardware rows of ``build.py bench vertical``, :mod:`sim.bench.vertical_hw`). Returns the paths."""
-    from model.export.convert_vertical import export_vertical_image, vertical_input_codes
-
     out_dir = Path(out_dir)
     export_vertical_image(model, out_dir / "image")
     n = min(images, len(split.y_test))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -354,3 +355,13 @@ def read_vertical_image(path) -> tuple[VerticalNetwork, dict]:
     if len(names) != len(net.layers):
         raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds {len(net.layers)}")
     return rename(net, names), record
+
+
+def is_vertical(path) -> bool:
+    """Whether the image at ``path`` (a directory or its manifest) is version 4, from its weights' header."""
+    path = Path(path)
+    bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
+    if not bin_path.is_file():
+        return False  # read_image names the missing file
+    head = np.fromfile(bin_path, dtype="<u4", count=2)
+    return len(head) == 2 and int(head[1]) == VERTICAL_VERSION

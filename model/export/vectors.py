@@ -15,6 +15,7 @@ import numpy as np
 from model.data import DataRecord
 from model.errors import UserError
 from model.export.image import input_features, read_image
+from model.export.image_v4 import is_vertical, read_vertical_image
 from model.quant.pact import InputQuant
 
 
@@ -62,17 +63,6 @@ class ImageVectors:
     available: int
 
 
-def is_vertical(path: Path) -> bool:
-    """Whether the image at ``path`` (a directory or its manifest) is version 4, from its weights' header."""
-    bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
-    if not bin_path.is_file():
-        return False  # read_image names the missing file
-    head = np.fromfile(bin_path, dtype="<u4", count=2)
-    from model.export.format import VERTICAL_VERSION
-
-    return len(head) == 2 and int(head[1]) == VERTICAL_VERSION
-
-
 def image_vectors(image_dir, count: int | None, seed: int, data: str | None = None, data_root: str | None = None,
                   flag: str = "--images", cap: int | None = None, bits=None) -> ImageVectors:
     """The first ``count`` (default all, at most ``cap``) test images of the image's recorded data set, with golden
@@ -102,8 +92,6 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
     """
     path = Path(image_dir)
     if is_vertical(path):
-        from model.export.image_v4 import read_vertical_image
-
         vnet, manifest = read_vertical_image(image_dir)
         net = vnet.materialize(bits or vnet.widths[-1])
     else:

@@ -28,6 +28,7 @@ import numpy as np
 
 from hw.array.sizing import config_for
 from hw.platform.verilog import array_verilog, write_text_atomically
+from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.image_v4 import read_vertical_image
 from sim.array_runner import run_array_cases
@@ -97,8 +98,6 @@ def run_vertical_hardware(exports: dict, out_dir, *, simulator: str = "verilator
 def floors(rows: list[dict]) -> dict[str, dict]:
     """0 mismatches over at least :data:`MIN_IMAGES` images at every width; cycles and bytes read at the
     lowest width below those at the highest (per architecture)."""
-    from model.bench.floors import floor_entry
-
     out = {}
     for arch in sorted({r["arch"] for r in rows}):
         mine = sorted((r for r in rows if r["arch"] == arch), key=lambda r: r["bits"])

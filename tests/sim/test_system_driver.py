@@ -14,9 +14,11 @@ from driver.mpq_driver import CoreError, MpqDriver, image_crc
 from hw.system.register_map import StatusCode
 from model.errors import UserError
 from model.export.image import write_image
+from model.export.image_v4 import write_vertical_image
 from sim.runner import simulators_available
 from sim.system.system_run import run_system
 from tests.hw.netgen import random_network
+from tests.model.export.test_image_v4 import random_net as random_vertical_net
 
 
 class NoDevice(Backend):
@@ -59,6 +61,35 @@ def test_exported_image_through_system_and_driver(tmp_path, monkeypatch):
     assert not res["protocol_errors"]
 
 
+@pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+def test_vertical_image_folder_at_a_width_through_system_and_driver(tmp_path):
+    """A version 4 image folder loaded by the driver (MpqDriver.load) and run at 2 bits and at a table row
+    through the precision register (run_system's ``precision``: what ``sim --system --bits`` /
+    ``--table-row`` write): golden's scores at those widths."""
+    net = random_vertical_net(11, sizes=(19, 12, 10, 6), widths=(2, 3, 4), rows=2)
+    write_vertical_image(tmp_path / "image", net)
+    inputs = np.random.default_rng(12).integers(0, 256, size=(3, 19))
+    for precision, bits in ((2, 2), (0x81, net.table[1])):
+        res = run_system(tmp_path / "image", inputs, net.forward(inputs, bits), tmp_path / f"out{precision}",
+                         max_batch=2, precision=precision)
+        assert res["passed"], res["log"]
+        assert res["rtl_mismatches"] == 0 and res["scores"] == net.forward(inputs, bits).tolist()
+
+
+def test_cli_vertical_widths_user_errors(tmp_path, capsys):
+    net = random_vertical_net(11, sizes=(19, 12, 10, 6), widths=(2, 3, 4), rows=2)
+    write_vertical_image(tmp_path / "v", net)
+    for argv, text in ((["--image", str(tmp_path / "v")], "add --system"),
+                       (["--image", str(tmp_path / "v"), "--bits", "2"], "add --system"),
+                       (["--image", str(tmp_path / "v"), "--system", "--table-row", "2"],
+                        "--table-row 2: the image's Eq. 12 table has 2 rows"),
+                       (["--image", str(tmp_path / "v"), "--system", "--bits", "9"], "--bits must be 0"),
+                       (["--image", str(tmp_path / "v"), "--system", "--bits", "2", "--table-row", "0"],
+                        "give one")):
+        assert build.main(["sim", *argv]) == 2, argv
+        assert text in capsys.readouterr().err, argv
+
+
 def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
     drv = MpqDriver(NoDevice())
     with pytest.raises(UserError, match="no image loaded"):
@@ -67,6 +98,10 @@ def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
         drv.load(tmp_path)
     with pytest.raises(UserError, match="precision must be an integer from 0 to 8"):
         drv.set_precision(9)
+    with pytest.raises(UserError, match="table_row must be an integer from 0 to 127"):
+        drv.set_precision(table_row=128)
+    with pytest.raises(UserError, match="table_row"):
+        drv.set_precision(3, table_row=1)
     drv.words, drv.input_shape, drv.n_codes, drv.input_bits = np.zeros(8, np.uint32), (4, 1, 1), 4, 4
     with pytest.raises(UserError, match=r"shape \[N, 4, 1, 1\] or \[N, 4\], not \[2, 5\]"):
         drv.run(np.zeros((2, 5), np.int64))
