@@ -33,9 +33,12 @@ def run(args) -> int:
     from hw.system.vivado import BOARDS, IP_NAME, write_project
     from hw.system.zynq_top import MpqSystem
     from model.export.image import read_image
+    from model.export.image_v4 import is_vertical, read_vertical_image
 
     image = Path(args.image)
-    read_image(image)  # checks the folder (UserError naming the file and field)
+    # Checks the folder (UserError naming the file and field); a vertical-layered (version 4) image runs at
+    # the width the precision register gives, on the same bitstream.
+    (read_vertical_image if is_vertical(image) else read_image)(image)
     words = np.fromfile(image / "weights.bin", dtype="<u4")
     config = config_for([words], engines=args.engines)
     system = MpqSystem(config, init=words.tolist() if args.bram_image else ())

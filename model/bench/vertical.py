@@ -91,7 +91,7 @@ def export_for_hardware(model, split, out_dir: Path, images: int) -> dict:
 
 
 def run_vertical_bench(json_path, root=None, configs=DEFAULT_CONFIGS, progress: bool = False,
-                       hardware_dir=None, hardware_archs=("mlp",), hardware_images: int = 100) -> dict:
+                       hardware_dir=None, hardware_archs=("mlp", "vgg"), hardware_images: int = 100) -> dict:
     """Train every method of each config (one per architecture) and write ``{"configs", "rows", "hardware",
     "seconds", "provenance"}`` (the code revision, :func:`model.runs.provenance.provenance`) to ``json_path``;
     returns it."""

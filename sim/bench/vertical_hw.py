@@ -15,8 +15,8 @@ descriptors, requant groups and weights / the weights alone). Every image's scor
 (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at that width).
 
 The array configuration is the smallest that runs the image (:func:`hw.array.sizing.config_for`) with
-:data:`ENGINES` engines of :data:`LANES` lanes: the MLP has one pixel a tile, so its cycles come from the
-engines (rows in parallel) and not from the lanes.
+:data:`ENGINES` engines and the fewest lanes whose tile holds the widest output row: the MLP has one pixel a
+tile (its cycles come from the engines, rows in parallel), the VGG 28-pixel rows (14 lanes).
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ from sim.array_runner import run_array_cases
 from sim.runner import SimulationError
 
 ENGINES = 4
-LANES = 2
+#: Lanes per engine: None, the fewest whose tile holds the widest output row (1 for the MLP, 14 for the
+#: VGG's 28-pixel rows).
+LANES = None
 #: Images per width the floors need.
 MIN_IMAGES = 100
 
 
 def run_vertical_hardware(exports: dict, out_dir, *, simulator: str = "verilator", engines: int = ENGINES,
-                          lanes: int = LANES, progress: bool = True) -> dict:
+                          lanes: int | None = LANES, progress: bool = True) -> dict:
     """Run each exported architecture's image at each of its stored widths (module docstring).
 
     Returns ``{"rows": [...], "config": {arch: ArrayConfig fields}, "seconds": ...}``.

@@ -6,6 +6,7 @@ configuration, scores equal to golden's; bad images end with their status code."
 import numpy as np
 import pytest
 
+from hw.array.sizing import config_for
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
@@ -176,3 +177,32 @@ def test_vertical_widths_the_image_lacks_end_with_bad_precision():
     runs = [(5, 0, 0), (1, 0, 0), (0, 1, 1), (3, 0, 0)]
     res = run_array(words, np.zeros((len(runs), 12), dtype=np.int64), widths=runs)
     assert res["status"] == [Status.BAD_PRECISION] * 3 + [Status.OK]
+
+
+def test_vertical_vgg_runs_every_width_on_one_array():
+    """A version 4 conv net (the VGG of model/quant/nets.py on 8x8 inputs: 8-bit edge conv, two inner convs
+    with max-pools, a negative BN gain at 2 bits, the 8-bit FC edge) at 2 and 4 bits on one array."""
+    import torch
+
+    from model.export.convert_vertical import to_golden_vertical
+    from model.quant.nets import build_model
+    from model.quant.vertical import to_vertical
+
+    torch.manual_seed(2)
+    model = to_vertical(build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4}))
+    x = torch.rand(16, 64)
+    model.train()
+    with torch.no_grad():
+        model(x.reshape(16, 1, 8, 8))  # initialise the activation steps
+        model.features[5].bns[0].weight[3] = -0.5  # a negative gamma at 2 bits (block 2)
+    model.eval()
+    net = to_golden_vertical(model)
+    words = pack_vertical(net)
+    config = config_for([words], engines=2, lanes=5)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(3, 1, 8, 8))
+    runs = [(2, 0, 0), (4, 0, 0)]
+    res = run_array(words, images[:2], config=config, widths=runs, seed=3)
+    assert res["status"] == [Status.OK] * 2
+    for k, (bits, _, _) in enumerate(runs):
+        assert res["scores"][k] == [int(v) for v in net.forward(images[k:k + 1], bits)[0]], f"at {bits} bits"
