@@ -66,6 +66,9 @@ VERSION_3 = 3
 #: Largest source width of a vertical image's inner layers the array runs: their effective codes must fit
 #: class 8 (``model.export.golden_vertical.inner_class``), as the plane decoder emits them.
 MAX_VERTICAL_TOP = 6
+#: Most requant groups a vertical layer may have (one per pair of input and output widths: at most 8 x 8),
+#: so that the group search of a corrupt image ends.
+MAX_REQUANT_GROUPS = 64
 
 
 class ArrayController(wiring.Component):
@@ -490,11 +493,14 @@ class ArrayController(wiring.Component):
 
             with m.State("VWIDTH_CHECK"):
                 vd = vdesc
+                # A group: its head, c_out (M, B) records, the negate words (docs/image_format.md).
+                group_words = VREQUANT.words + PARAMS.words * vd.c_out + ((vd.c_out + WORD_BITS - 1) >> 5)
                 edge_should = (layer_idx == 0) | last_layer
                 next_inner = layer_idx + 1 < header.layers - 1
                 with m.If((vd.edge != edge_should) | (~vd.edge & (vd.top_bits > MAX_VERTICAL_TOP))
                           | (vd.base_bits == 0) | (vd.top_bits < vd.base_bits)
-                          | (vd.requant_count == 0)):
+                          | (vd.requant_count == 0) | (vd.requant_count > MAX_REQUANT_GROUPS)
+                          | (vd.group_words != group_words)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Elif((~vd.edge & ((w_cur < vd.base_bits) | (w_cur > vd.top_bits)))
                             | (next_inner & ((w_next < vhdr.base_bits) | (w_next > vhdr.top_bits)))):

@@ -59,20 +59,29 @@ def random_conv_net(rng) -> IntConvNetwork:
 
 def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, max_cycles=200_000, widths=None):
     """Load ``words`` through the load port, then run each image; ``(scores per image, status, cycles)``.
-    ``widths``: per image ``(precision, use_table, table_row)`` for version 4 images."""
+    ``words`` may be a list (one image's words per input image, loaded before it: a run after a refused one
+    on the same array); ``widths``: per image ``(precision, use_table, table_row)`` for version 4 images."""
     dut = ConvArray(config)
     rng = np.random.default_rng(seed)
     out = {"scores": [], "status": [], "cycles": []}
     widths = widths or [(0, 0, 0)] * len(images)
 
-    async def bench(ctx):
-        for addr, word in enumerate(words):
+    per_image = isinstance(words, list)  # one image's words per input image, each loaded before its run
+
+    async def load(ctx, image_words):
+        for addr, word in enumerate(image_words):
             ctx.set(dut.load.en, 1)
             ctx.set(dut.load.addr, addr)
             ctx.set(dut.load.data, int(word))
             await ctx.tick()
         ctx.set(dut.load.en, 0)
-        for image, (precision, use_table, table_row) in zip(images, widths):
+
+    async def bench(ctx):
+        if not per_image:
+            await load(ctx, words)
+        for k, (image, (precision, use_table, table_row)) in enumerate(zip(images, widths)):
+            if per_image:
+                await load(ctx, words[k])
             codes = [int(v) for v in np.asarray(image).reshape(-1)]
             ctx.set(dut.precision, precision)
             ctx.set(dut.use_table, use_table)
@@ -206,3 +215,37 @@ def test_vertical_vgg_runs_every_width_on_one_array():
     assert res["status"] == [Status.OK] * 2
     for k, (bits, _, _) in enumerate(runs):
         assert res["scores"][k] == [int(v) for v in net.forward(images[k:k + 1], bits)[0]], f"at {bits} bits"
+
+
+def test_corrupt_vertical_images_end_with_their_status():
+    """Version 4 fields the array checks: never a hang, the documented code (then a good run)."""
+    from model.export.format import VHEADER, VLAYER, VREQUANT
+    from model.export.records import pack_records, unpack_records
+
+    net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
+    assert sorted(net.layers[1].requant) == [(2, 2), (3, 3), (4, 4)]
+    words = pack_vertical(net).astype(np.int64)
+    vh, d0 = 8, 8 + VHEADER.words  # the vertical header and the first descriptor
+    d1 = d0 + VLAYER.words
+
+    def with_field(record, at, **fields):
+        bad = words.copy()
+        values = {k: int(v[0]) for k, v in unpack_records(record, bad[at:at + record.words], version=4).items()}
+        values.update(fields)
+        bad[at:at + record.words] = pack_records(record, values).reshape(-1)
+        return bad
+
+    layer1 = {k: int(v[0]) for k, v in unpack_records(VLAYER, words[d1:d1 + VLAYER.words], version=4).items()}
+    cases = [
+        (with_field(VHEADER, vh, inner=5), Status.BAD_GEOMETRY),  # inner + 2 != layers
+        (with_field(VLAYER, d1, edge=1), Status.BAD_GEOMETRY),  # an inner layer marked as an edge
+        (with_field(VLAYER, d1, requant_count=1 << 20), Status.BAD_GEOMETRY),  # a group search that never ends
+        (with_field(VLAYER, d1, group_words=layer1["group_words"] + 1), Status.BAD_GEOMETRY),
+        (with_field(VLAYER, d1, top_bits=7, base_bits=2), Status.BAD_GEOMETRY),  # past class 8
+        # Layer 1's groups are (2, 2), (3, 3), (4, 4): its first one no longer serves 2 bits.
+        (with_field(VREQUANT, layer1["requant_base"], in_bits=7), Status.BAD_PRECISION),
+        (words, Status.OK),
+    ]
+    images = np.zeros((len(cases), 12), dtype=np.int64)
+    res = run_array([bad for bad, _ in cases], images, widths=[(2, 0, 0)] * len(cases))
+    assert res["status"] == [want for _, want in cases]
