@@ -43,7 +43,10 @@ class LTSScratcher:
     at their unfrozen positions, :attr:`~model.quant.lts.QuantLinearLTS.weight_decay`), and the scratcher
     zeroes the momentum of each weight the moment it freezes, so every later update of it is exactly 0 and
     nothing is restored. Without ``optimizer`` (any optimizer, any decay) each step ends by putting frozen
-    weights back to their frozen values (one pass over every partly frozen layer).
+    weights back to their frozen values (one pass over every partly frozen layer). Either way a frozen weight
+    also keeps its quantized value while the bounds ``l``, ``u`` train on: the layers' forwards use the
+    fake-quant value it froze with (module docstring of :mod:`model.quant.lts`, "A frozen weight keeps its
+    quantized value").
 
     Parameters
     ----------

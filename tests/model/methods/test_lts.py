@@ -762,3 +762,76 @@ def test_sampled_layer_momentum_zeroed_at_the_new_freezes_only(monkeypatch):
     for idx, value in snapshots.items():
         assert layer.weight.view(-1)[idx].item() == value
 
+
+
+@pytest.mark.parametrize("sampled_below", [0.25, 1.0])
+def test_frozen_weights_keep_their_quantized_value_when_the_bounds_move(monkeypatch, sampled_below):
+    """A frozen weight keeps the fake-quant value it froze with (its level) while ``l``, ``u`` train on: the
+    training and eval forwards use it, not a re-quantization of its latent value under the new bounds; the
+    live weights follow the bounds. With every position sampled (``SAMPLED_BELOW`` 1) the forward quantizes
+    only the pattern's positions and must give the same values."""
+    import model.quant.lts as lts_module
+
+    monkeypatch.setattr(lts_module, "SAMPLED_BELOW", sampled_below)
+    layer, x, y = small_layer(0)
+    kwargs = {"iters_per_epoch": 1, "epochs": 20, "warmup": 0, "strategy": "fixed", "c": 0.4, "m": 0.0}
+    _exact_run(layer, x, y, 6, kwargs)
+    frozen = layer.lts_frozen.clone()
+    assert 0 < int(frozen.sum()) < frozen.numel()
+    kept = layer._w_used.detach().clone()
+    with torch.no_grad():  # bounds move as training would move them (no gradient from frozen weights)
+        layer.quantizer.lower.mul_(0.7)
+        layer.quantizer.upper.mul_(1.4)
+    requant = layer.quantizer(layer.weight).detach()
+    assert not torch.equal(requant[frozen], kept[frozen])  # the latent values alone would change level
+    layer.eval()
+    expected = F.linear(x, torch.where(frozen, kept, requant), layer.bias)
+    assert torch.equal(layer(x), expected)
+    layer.train()
+    layer.lts_t = 0.0  # no new freezes in this forward: every position is either kept or re-quantized
+    w_bar, _plan, _g = layer._train_weight()
+    assert torch.equal(w_bar[frozen], kept[frozen])
+    assert torch.equal(w_bar[~frozen], requant[~frozen])
+
+
+def test_bound_gradient_is_exact_with_frozen_weights_constant():
+    """With frozen weights held at their value, ``w_bar`` of a frozen position does not depend on ``l``, ``u``:
+    the layer's bound gradients (over the unfrozen positions only) equal autograd's for that forward."""
+    gen = torch.Generator().manual_seed(11)
+    layer = QuantLinearLTS(40, 30, bits=3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(30, 40, generator=gen) * 0.1)
+        layer.quantizer.init_bounds(layer.weight)
+    layer.lts_enabled = True
+    layer(torch.randn(2, 40, generator=gen))  # a training forward: the values frozen weights will keep
+    kept = layer._w_used.detach().clone()
+    with torch.no_grad():
+        layer.lts_frozen.copy_(torch.rand(30, 40, generator=gen) < 0.5)
+        layer.quantizer.upper.mul_(1.2)
+    layer._replan()
+    frozen = layer.lts_frozen.clone()
+    x, up = torch.randn(16, 40, generator=gen), torch.randn(16, 30, generator=gen)
+    ref_q = LTSQuantizer(3)
+    ref_q.load_state_dict(layer.quantizer.state_dict())
+    ref_w = layer.weight.detach().clone().requires_grad_(True)
+    w_bar = torch.where(frozen, kept, ref_q(ref_w))
+    (F.linear(x, w_bar, layer.bias.detach()) * up).sum().backward()
+    (layer(x) * up).sum().backward()
+    assert torch.allclose(layer.weight.grad, ref_w.grad, atol=1e-5)
+    assert layer.quantizer.lower.grad.item() == pytest.approx(ref_q.lower.grad.item(), rel=1e-4, abs=1e-6)
+    assert layer.quantizer.upper.grad.item() == pytest.approx(ref_q.upper.grad.item(), rel=1e-4, abs=1e-6)
+
+
+def test_frozen_values_survive_a_state_dict_round_trip():
+    layer, x, y = small_layer(2)
+    kwargs = {"iters_per_epoch": 1, "epochs": 20, "warmup": 0, "strategy": "fixed", "c": 0.4, "m": 0.0}
+    _exact_run(layer, x, y, 6, kwargs)
+    with torch.no_grad():
+        layer.quantizer.upper.mul_(1.5)
+    layer.eval()
+    out = layer(x)
+    other = QuantLinearLTS(16, 8, bits=2)
+    other.load_state_dict(layer.state_dict())
+    other.lts_enabled = True
+    other._replan()
+    assert torch.equal(other.eval()(x), out)
