@@ -51,7 +51,8 @@ def test_run_writes_every_method_and_width(tmp_path):
         (m, b) for m in METHODS for b in (2, 3, 4))
     assert all(0 <= r["accuracy"] <= 1 and r["arch"] == "mlp" for r in report["rows"])
     on_disk = json.loads((tmp_path / "vertical.json").read_text())
-    assert on_disk["hardware"] == HARDWARE_NOTE and "git" in json.dumps(on_disk["provenance"])
+    assert on_disk["hardware"] == HARDWARE_NOTE and on_disk["hardware_exports"] == {}
+    assert "git" in json.dumps(on_disk["provenance"])
     assert on_disk["configs"][0]["train_images"] == 120 and on_disk["configs"][0]["epochs"] == 1
     assert set(on_disk["seconds"]["mlp"]) == {*METHODS, "total"}
     with pytest.raises(UserError, match="field 'methods'"):
@@ -68,5 +69,10 @@ def test_bench_command_prints_rows_budget_and_floors(tmp_path, capsys, monkeypat
     floors_file = json.loads((tmp_path / "out" / "vertical_floors.json").read_text())
     holds = all(e["holds"] for e in floors_file["floors"].values())
     assert code == (0 if holds else 1)
-    assert "no-compensation" in out and "budget mlp: 120 training images" in out and "not measured" in out
+    assert "no-compensation" in out and "budget mlp: 120 training images" in out
+    # The hardware rows: the trained vertical MLP on the array's RTL (Icarus under --smoke) at every width.
+    assert "cycles/img" in out and "mlp_rtl_mismatches_2bit" in floors_file["floors"]
+    report = json.loads((tmp_path / "out" / "vertical.json").read_text())
+    assert [(r["arch"], r["bits"], r["rtl_images"], r["rtl_mismatches"]) for r in report["hardware"]] == [
+        ("mlp", b, 2, 0) for b in (2, 3, 4)]
     assert "git" in json.dumps(floors_file)
