@@ -365,6 +365,15 @@ class ArrayController(wiring.Component):
         m.d.sync += done.eq(0)
         m.d.comb += self.done.eq(done)
 
+        def read_record(record, base, words):
+            """Read ``words`` words from ``base`` into ``record``, one a cycle (``k`` counts from 0; a word lands
+            the cycle after its request); the condition that the last has landed."""
+            m.d.comb += [self.bus.req.eq(k < words), self.bus.addr.eq(base + k)]
+            m.d.sync += k.eq(k + 1)
+            with m.If(k > 0):
+                m.d.sync += record.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
+            return k == words
+
         def finish(code):
             m.d.sync += [status.eq(code), busy.eq(0), done.eq(1)]
             m.next = "IDLE"
@@ -375,13 +384,8 @@ class ArrayController(wiring.Component):
                              use_table.eq(self.use_table), trow.eq(self.table_row)]
                 m.next = "HEADER"
 
-            with m.State("HEADER"):
-                m.d.comb += [self.bus.req.eq(k < HEADER.words), self.bus.addr.eq(k)]
-                m.d.sync += k.eq(k + 1)
-                with m.If(k > 0):
-                    m.d.sync += header.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
-                with m.If(k == HEADER.words):
-                    m.next = "HEADER_MEASURE"
+            with m.State("HEADER"), m.If(read_record(header, 0, HEADER.words)):
+                m.next = "HEADER_MEASURE"
 
             with m.State("HEADER_MEASURE"):
                 m.d.sync += hdr_rows.eq(header.in_channels * header.in_height)
@@ -413,13 +417,8 @@ class ArrayController(wiring.Component):
                         m.d.sync += taking.eq(1)
                         m.next = "INPUT"
 
-            with m.State("VHEADER"):
-                m.d.comb += [self.bus.req.eq(k < VHEADER.words), self.bus.addr.eq(HEADER.words + k)]
-                m.d.sync += k.eq(k + 1)
-                with m.If(k > 0):
-                    m.d.sync += vhdr.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
-                with m.If(k == VHEADER.words):
-                    m.next = "VHEADER_MEASURE"
+            with m.State("VHEADER"), m.If(read_record(vhdr, HEADER.words, VHEADER.words)):
+                m.next = "VHEADER_MEASURE"
 
             with m.State("VHEADER_MEASURE"):
                 m.d.sync += table_row_base.eq(vhdr.table_base + trow * ((vhdr.inner + 3) >> 2))
@@ -453,24 +452,14 @@ class ArrayController(wiring.Component):
                 with m.Else():
                     m.d.sync += xin_x.eq(xin_x + 1)
 
-            with m.State("DESC"):
-                m.d.comb += [self.bus.req.eq(k < LAYER.words), self.bus.addr.eq(desc_base + k)]
-                m.d.sync += k.eq(k + 1)
-                with m.If(k > 0):
-                    m.d.sync += desc.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
-                with m.If(k == LAYER.words):
-                    m.d.sync += last_layer.eq(layer_idx == header.layers - 1)
-                    m.next = "MEASURE"
+            with m.State("DESC"), m.If(read_record(desc, desc_base, LAYER.words)):
+                m.d.sync += last_layer.eq(layer_idx == header.layers - 1)
+                m.next = "MEASURE"
 
             # -- Version 4: the vertical descriptor, the widths, the requant group, then a version 3 view --
-            with m.State("VDESC"):
-                m.d.comb += [self.bus.req.eq(k < VLAYER.words), self.bus.addr.eq(desc_base + k)]
-                m.d.sync += k.eq(k + 1)
-                with m.If(k > 0):
-                    m.d.sync += vdesc.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
-                with m.If(k == VLAYER.words):
-                    m.d.sync += [k.eq(0), last_layer.eq(layer_idx == header.layers - 1)]
-                    m.next = "VWIDTH"
+            with m.State("VDESC"), m.If(read_record(vdesc, desc_base, VLAYER.words)):
+                m.d.sync += [k.eq(0), last_layer.eq(layer_idx == header.layers - 1)]
+                m.next = "VWIDTH"
 
             with m.State("VWIDTH"):
                 # Table words of inner layers layer_idx - 1 (this one) and layer_idx (the next one).
