@@ -252,7 +252,8 @@ class MpqDriver:
         ignore the register.
         """
         if table_row is not None:
-            if not isinstance(table_row, int) or not 0 <= table_row < TABLE_ROWS or bits:
+            if (not isinstance(table_row, int) or isinstance(table_row, bool) or not 0 <= table_row < TABLE_ROWS
+                    or bits):
                 raise UserError(f"table_row must be an integer from 0 to {TABLE_ROWS - 1} (without bits), not "
                                 f"{table_row!r}")
             self.write_field("precision", TABLE_ROW_FLAG + table_row)

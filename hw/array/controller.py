@@ -2,8 +2,9 @@
 
 One run (``start`` to ``done``) infers one image:
 
-1. **Header** (8 words at address 0): magic, version 3, the layer count, the input shape; refused with a
-   :class:`~hw.array.status.Status` code when the array cannot hold it.
+1. **Header** (8 words at address 0): magic, version 3 or 4, the layer count, the input shape; refused with a
+   :class:`~hw.array.status.Status` code when the array cannot hold it. A version 4 (vertical-layered) image
+   has a vertical header next (its stored widths, the Eq. 12 table): see "Version 4" below.
 2. **Input**: the image's ``C H W`` input codes arrive on ``x`` in ``(c, y, x)`` order and are written into
    feature-map buffer 0, one code a cycle.
 3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
@@ -20,6 +21,19 @@ One run (``start`` to ``done``) infers one image:
 The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
 next tile (the loader reads ``in_buf`` through the feature maps' ``rd`` port, the dispatcher the shortcut
 rows of ``res_buf`` through ``res``), so a layer's loads hide behind its compute except the first.
+
+**Version 4** (``docs/image_format.md``; ``docs/array_design.md``, "Vertical-layered images"): the run's
+widths come from ``precision`` (every inner layer; 0: the source width) or from row ``table_row`` of the
+image's Eq. 12 table (``use_table``), sampled at ``start`` and checked against the stored widths
+(``BAD_PRECISION``). Per layer the controller reads the 10-word vertical descriptor and the table bytes of
+this layer's and the next layer's widths, derives ``(in_bits, out_bits)`` as golden's ``code_widths`` does,
+finds that pair's requant group (heads searched in order, at most :data:`MAX_REQUANT_GROUPS`) and builds the
+version 3 view of the layer in ``desc`` (a signed layer; feature maps ping-pong between buffers 0 and 1; the
+input map from the header or the previous layer's stored map), so that the checks, the loader, the
+dispatcher and the writer run unchanged. The engines get the plane decoder's fields (planes of the width,
+code shift ``t + 1``, class 8, or the 8-bit edge in class 16) and ``comp_shift``; a row command carries
+``j fan_in`` and the row's ``negate`` bit, read from the group's negate words where version 3 reads a row
+pointer.
 
 The residual map's shape is the previous layer's input (a residual layer is conv2 of a block whose conv1 is
 the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 6 or 7 words per row command, one
@@ -66,6 +80,8 @@ VERSION_3 = 3
 #: Largest source width of a vertical image's inner layers the array runs: their effective codes must fit
 #: class 8 (``model.export.golden_vertical.inner_class``), as the plane decoder emits them.
 MAX_VERTICAL_TOP = 6
+#: Widest edge codes the plane decoder composes (``hw.array.plane_decoder.MAX_CODE_BITS``).
+MAX_EDGE_BITS = 8
 #: Most requant groups a vertical layer may have (one per pair of input and output widths: at most 8 x 8),
 #: so that the group search of a corrupt image ends.
 MAX_REQUANT_GROUPS = 64
@@ -201,8 +217,8 @@ class ArrayController(wiring.Component):
         trow = Signal(16)
         table_row_base = Signal(32)  # first word of the table row
         twords = Signal(2 * WORD_BITS)  # the table words of this layer's and the next layer's widths
-        w_cur = Signal(4)  # this inner layer's width
-        w_next = Signal(4)  # the next inner layer's width
+        w_cur = Signal(8)  # this inner layer's width (a table byte: checked against the stored widths)
+        w_next = Signal(8)  # the next inner layer's width
         prev_out = Signal(8)  # the previous layer's output width: this layer's input width
         prev_cout = Signal(16)
         grp = Signal(32)  # requant group being looked at, and its address
@@ -427,7 +443,8 @@ class ArrayController(wiring.Component):
             with m.State("VHEADER_CHECK"):
                 vh = vhdr
                 with m.If((vh.inner == 0) | (vh.inner + 2 != header.layers) | (vh.base_bits == 0)
-                          | (vh.top_bits < vh.base_bits) | (vh.top_bits > MAX_VERTICAL_TOP)):
+                          | (vh.top_bits < vh.base_bits) | (vh.top_bits > MAX_VERTICAL_TOP)
+                          | (vh.edge_bits == 0) | (vh.edge_bits > MAX_EDGE_BITS)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Elif(Mux(use_table, trow >= vh.table_rows,
                                 (prec != 0) & ((prec < vh.base_bits) | (prec > vh.top_bits)))):
@@ -463,8 +480,10 @@ class ArrayController(wiring.Component):
 
             with m.State("VWIDTH"):
                 # Table words of inner layers layer_idx - 1 (this one) and layer_idx (the next one).
+                # (No read for an edge's own width, nor for the next layer's when it is the last edge.)
                 m_cur = (layer_idx - 1)[:16]
-                m.d.comb += [self.bus.req.eq(use_table & (k < 2)),
+                wanted = Mux(k == 0, layer_idx != 0, layer_idx + 1 < header.layers - 1)
+                m.d.comb += [self.bus.req.eq(use_table & (k < 2) & wanted),
                              self.bus.addr.eq(table_row_base + (Mux(k == 0, m_cur, layer_idx) >> 2))]
                 m.d.sync += k.eq(k + 1)
                 with m.If((k > 0) & (k < 3)):
@@ -486,8 +505,10 @@ class ArrayController(wiring.Component):
                 group_words = VREQUANT.words + PARAMS.words * vd.c_out + ((vd.c_out + WORD_BITS - 1) >> 5)
                 edge_should = (layer_idx == 0) | last_layer
                 next_inner = layer_idx + 1 < header.layers - 1
-                with m.If((vd.edge != edge_should) | (~vd.edge & (vd.top_bits > MAX_VERTICAL_TOP))
-                          | (vd.base_bits == 0) | (vd.top_bits < vd.base_bits)
+                # Widths: an edge holds edge_bits codes and no planes; an inner layer the header's widths.
+                widths_bad = Mux(vd.edge, (vd.base_bits != vhdr.edge_bits) | (vd.top_bits != vhdr.edge_bits),
+                                 (vd.base_bits != vhdr.base_bits) | (vd.top_bits != vhdr.top_bits))
+                with m.If((vd.edge != edge_should) | widths_bad
                           | (vd.requant_count == 0) | (vd.requant_count > MAX_REQUANT_GROUPS)
                           | (vd.group_words != group_words)):
                     finish(Status.BAD_GEOMETRY)
@@ -500,7 +521,8 @@ class ArrayController(wiring.Component):
                     m.next = "GROUP"
 
             with m.State("GROUP"):
-                # Requant group heads, one a cycle: the one for (in_bits, out_bits) of this layer.
+                # Requant group heads, one every three cycles (read, land, compare): the one for this layer's
+                # (in_bits, out_bits).
                 m.d.comb += [self.bus.req.eq(k == 0), self.bus.addr.eq(grp_addr)]
                 m.d.sync += k.eq(1)
                 with m.If(k == 1):
@@ -585,7 +607,9 @@ class ArrayController(wiring.Component):
             with m.State("READ"):
                 # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut); words land
                 # one cycle later.
-                m.d.comb += [self.bus.req.eq(k < 6), self.bus.addr.eq(read_addr)]
+                # (Version 4 has no row pointer's second word; without a shortcut the 4th record word is not read.)
+                skip = (v4 & (k == 1)) | (~d.residual & (k == 5))
+                m.d.comb += [self.bus.req.eq((k < 6) & ~skip), self.bus.addr.eq(read_addr)]
                 m.d.sync += k.eq(k + 1)
                 with m.If((k > 0) & (k < 7)):
                     m.d.sync += words.word_select(k_prev, WORD_BITS).eq(self.bus.data)

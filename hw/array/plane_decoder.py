@@ -91,7 +91,9 @@ class PlaneRowDecoder(wiring.Component):
     bus : Out(buffer_port_signature(addr_width))
     o : Out(stream.Signature(entry_layout(fan_in_width)))
         One entry per weight with a non-zero code at the run's width, ascending position, all of class
-        ``layer.cls`` (one segment: ``seg_end`` with ``last``); an all-zero row gives one ``empty`` entry.
+        ``layer.cls`` (one segment: ``seg_end`` with ``last``); an all-zero row gives one ``empty`` entry
+        (also of class ``layer.cls``, code 0: it adds nothing; unlike the version 3 decoder's class 0, so an
+        all-zero edge row runs the class-16 single passes, a few cycles).
     error : Out(1)
         A layer field failed its check (module docstring); sticky, the decoder has stopped.
     """

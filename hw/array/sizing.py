@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hw.array.controller import MAX_VERTICAL_TOP
 from hw.array.engine import LANE_SLOTS
 from hw.array.top import ArrayConfig
 from model.errors import UserError
@@ -69,8 +70,11 @@ def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
         base = HEADER.words + VHEADER.words + VLAYER.words * k
         if base + VLAYER.words > len(words):
             raise UserError(f"{where}: layer {k}'s descriptor runs past the image's {len(words)} words")
-        g = {n: _field(words, base, VLAYER, n) for n in ("kind", "c_out", "kernel", "stride", "padding", "pool",
-                                                          "fan_in")}
+        g = {n: _field(words, base, VLAYER, n) for n in ("kind", "edge", "top_bits", "c_out", "kernel", "stride",
+                                                          "padding", "pool", "fan_in")}
+        if not g["edge"] and g["top_bits"] > MAX_VERTICAL_TOP:
+            raise UserError(f"{where}: layer {k}'s source width is {g['top_bits']} bits; the array runs vertical "
+                            f"layers of up to {MAX_VERTICAL_TOP} bits (their codes in class 8)")
         if g["kind"] == KIND_CONV:
             ho = (h + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
             wo = (w + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1

@@ -200,7 +200,9 @@ class MpqSystem(wiring.Component):
         m.d.comb += self.interrupt.eq(regs.interrupt)
 
         wiring.connect(m, loader.load, array.load)
-        m.d.comb += [array.precision.eq(Mux(regs.precision[7], 0, regs.precision[:4])),
+        # A width above 15 (bits 4-6 set without bit 7) goes in as 15, which no image stores: BAD_PRECISION.
+        width = Mux(regs.precision[4:7].any(), 15, regs.precision[:4])
+        m.d.comb += [array.precision.eq(Mux(regs.precision[7], 0, width)),
                      array.use_table.eq(regs.precision[7]), array.table_row.eq(regs.precision[:7])]
         loaded_crc = Signal(32)
         m.d.comb += [loader.expected_crc.eq(regs.image_crc), regs.loaded_crc.eq(loaded_crc)]

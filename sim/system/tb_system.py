@@ -279,6 +279,8 @@ async def vertical_widths(dut):
         assert drv.run(inputs).tolist() == c["v_expected_row0"].tolist(), "at table row 0"
         drv.set_precision(6)
         tb.expect_error(StatusCode.BAD_PRECISION, drv.run, inputs[:1])
+        drv.write_field("precision", 0x12)  # a raw write past the widths (not 2 bits)
+        tb.expect_error(StatusCode.BAD_PRECISION, drv.run, inputs[:1])
         drv.set_precision(2)
         assert drv.run(inputs).tolist() == c["v_expected_2"].tolist(), "after BAD_PRECISION"
         tb.check_idle()

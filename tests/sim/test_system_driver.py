@@ -102,6 +102,8 @@ def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
         drv.set_precision(table_row=128)
     with pytest.raises(UserError, match="table_row"):
         drv.set_precision(3, table_row=1)
+    with pytest.raises(UserError, match="table_row"):
+        drv.set_precision(table_row=True)
     drv.words, drv.input_shape, drv.n_codes, drv.input_bits = np.zeros(8, np.uint32), (4, 1, 1), 4, 4
     with pytest.raises(UserError, match=r"shape \[N, 4, 1, 1\] or \[N, 4\], not \[2, 5\]"):
         drv.run(np.zeros((2, 5), np.int64))

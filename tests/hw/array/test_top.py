@@ -67,6 +67,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
     widths = widths or [(0, 0, 0)] * len(images)
 
     per_image = isinstance(words, list)  # one image's words per input image, each loaded before its run
+    assert max(len(w) for w in (words if per_image else [words])) <= config.buffer_words, "image past the buffer"
 
     async def load(ctx, image_words):
         for addr, word in enumerate(image_words):
@@ -162,15 +163,16 @@ def test_a_map_wider_than_a_tile_ends_with_bad_geometry():
 
 
 def test_vertical_mlp_runs_every_width_and_table_row_on_one_array():
-    """One version 4 image (an MLP with three inner layers, widths 2-4, negated rows, compensation) at 2, 3
-    and 4 bits (and 0: the source width) and at both rows of its Eq. 12 table, run after run on the same
-    array: every score equals golden's at that width."""
-    net = random_vertical_net(7, sizes=(20, 14, 12, 9, 6), widths=(2, 3, 4), rows=2)
+    """One version 4 image (an MLP with five inner layers, widths 2-4, a 40-output layer with negated rows
+    past row 32, compensation, table rows of two words) at 2, 3 and 4 bits (and 0: the source width) and at
+    both rows of its Eq. 12 table, run after run on the same array: every score equals golden's."""
+    net = random_vertical_net(7, sizes=(20, 40, 12, 12, 12, 12, 10, 6), widths=(2, 3, 4), rows=2)
+    assert len(net.inner) == 5 and any(r.negate[32:].any() for r in net.layers[0].requant.values())
     words = pack_vertical(net)
     rng = np.random.default_rng(7)
     runs = [(2, 0, 0), (3, 0, 0), (4, 0, 0), (0, 0, 0), (0, 1, 0), (0, 1, 1), (2, 0, 0)]
     images = rng.integers(0, 256, size=(len(runs), 20))
-    res = run_array(words, images, widths=runs, seed=7)
+    res = run_array(words, images, config=config_for([words], engines=2, lanes=5), widths=runs, seed=7)
     assert res["status"] == [Status.OK] * len(runs)
     for k, (precision, use_table, row) in enumerate(runs):
         bits = net.table[row] if use_table else (precision or 4)
@@ -178,6 +180,40 @@ def test_vertical_mlp_runs_every_width_and_table_row_on_one_array():
         assert res["scores"][k] == [int(v) for v in want], f"run {k} at {bits}"
     # Fewer bits, fewer cycles (zero codes skipped, fewer planes read).
     assert res["cycles"][0] < res["cycles"][2]
+
+
+def test_trained_vertical_mlp_needs_its_compensation():
+    """A vertical MLP trained on digits (its hidden codes spread over their range, unlike a random net's):
+    golden without Eq. 6's compensation gives other scores at 2 and 3 bits, so the array's equality with
+    golden checks the compensation path (per-pixel activation sums beside the patch, the requantizer's term)
+    as well as the planes."""
+    import dataclasses
+
+    import torch
+
+    from model.data import load_digits_split
+    from model.export.convert_vertical import to_golden_vertical, vertical_input_codes
+    from model.methods.vertical import VerticalConfig, train_vertical
+    from model.quant.nets import DigitsMLP
+    from model.quant.vertical import to_vertical
+
+    split = load_digits_split()
+    split = dataclasses.replace(split, x_train=split.x_train[:400], y_train=split.y_train[:400])
+    torch.manual_seed(0)
+    model = to_vertical(DigitsMLP(64, (24, 24, 24), 10, 4))
+    train_vertical(model, split, VerticalConfig(epochs=2, lr=5e-3, batch_size=32))
+    model.eval()
+    net = to_golden_vertical(model, table=((2, 3),))
+    images = vertical_input_codes(model, split.x_test[:3]).reshape(3, -1)
+    plain = dataclasses.replace(net, layers=tuple(dataclasses.replace(layer, compensate=False)
+                                                  for layer in net.layers))
+    for bits in (2, 3):
+        assert (net.forward(images, bits) != plain.forward(images, bits)).any(), bits
+    runs = [(2, 0, 0), (3, 0, 0), (0, 1, 0)]
+    res = run_array(pack_vertical(net), images, widths=runs, seed=9)
+    assert res["status"] == [Status.OK] * 3
+    for k, bits in enumerate((2, 3, net.table[0])):
+        assert res["scores"][k] == [int(v) for v in net.forward(images[k:k + 1], bits)[0]], bits
 
 
 def test_vertical_widths_the_image_lacks_end_with_bad_precision():
@@ -189,8 +225,8 @@ def test_vertical_widths_the_image_lacks_end_with_bad_precision():
 
 
 def test_vertical_vgg_runs_every_width_on_one_array():
-    """A version 4 conv net (the VGG of model/quant/nets.py on 8x8 inputs: 8-bit edge conv, two inner convs
-    with max-pools, a negative BN gain at 2 bits, the 8-bit FC edge) at 2 and 4 bits on one array."""
+    """A version 4 conv net (the VGG of model/quant/nets.py, narrowed, on 8x8 inputs: 8-bit edge conv, two inner
+    convs with max-pools, a negative BN gain at 2 bits, the 8-bit FC edge) at 2 and 4 bits on one array."""
     import torch
 
     from model.export.convert_vertical import to_golden_vertical
@@ -198,7 +234,8 @@ def test_vertical_vgg_runs_every_width_on_one_array():
     from model.quant.vertical import to_vertical
 
     torch.manual_seed(2)
-    model = to_vertical(build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4}))
+    model = to_vertical(build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4,
+                                     "channels": [6, 12, 16]}))
     x = torch.rand(16, 64)
     model.train()
     with torch.no_grad():
@@ -244,6 +281,8 @@ def test_corrupt_vertical_images_end_with_their_status():
         (with_field(VLAYER, d1, top_bits=7, base_bits=2), Status.BAD_GEOMETRY),  # past class 8
         # Layer 1's groups are (2, 2), (3, 3), (4, 4): its first one no longer serves 2 bits.
         (with_field(VREQUANT, layer1["requant_base"], in_bits=7), Status.BAD_PRECISION),
+        (with_field(VLAYER, d0, base_bits=7, top_bits=7), Status.BAD_GEOMETRY),  # an edge not of edge_bits
+        (with_field(VLAYER, d1, base_bits=3), Status.BAD_GEOMETRY),  # an inner layer not of the header's widths
         (words, Status.OK),
     ]
     images = np.zeros((len(cases), 12), dtype=np.int64)
