@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq bench-conv bench-export lint clean
+.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq bench-conv bench-export bench-vertical lint clean
 
 demo: setup
 	$(VPY) build.py demo
@@ -39,6 +39,9 @@ bench-conv: setup fashion-mnist
 
 bench-export: setup
 	$(VPY) build.py bench export
+
+bench-vertical: setup fashion-mnist
+	$(VPY) build.py bench vertical
 
 lint: setup
 	$(VENV)/bin/ruff check .
