@@ -94,6 +94,8 @@ class ArrayController(wiring.Component):
     ----------
     engines, pixels, row_codes, fmap_rows, fmap_addr_width, fan_in_width, channel_bits, addr_width : int
         The array's configuration (:class:`~hw.array.top.ConvArray`).
+    vertical : bool
+        Whether the engines have the version 4 path; without it version 4 images end with ``BAD_VERSION``.
 
     Members
     -------
@@ -127,7 +129,7 @@ class ArrayController(wiring.Component):
     """
 
     def __init__(self, *, engines: int, pixels: int, row_codes: int, fmap_rows: int, fmap_addr_width: int,
-                 fan_in_width: int, channel_bits: int, addr_width: int):
+                 fan_in_width: int, channel_bits: int, addr_width: int, vertical: bool = True):
         self._g = engines
         self._t = pixels
         self._rc = row_codes
@@ -136,6 +138,7 @@ class ArrayController(wiring.Component):
         self._fw = fan_in_width
         self._cb = channel_bits
         self._aw = addr_width
+        self._vertical = bool(vertical)  # version 4 images run (else BAD_VERSION)
         members = {
             "start": In(1),
             "done": Out(1),
@@ -411,7 +414,7 @@ class ArrayController(wiring.Component):
                 hd = header
                 with m.If(hd.magic != MAGIC):
                     finish(Status.BAD_MAGIC)
-                vert = hd.version == VERTICAL_VERSION
+                vert = (hd.version == VERTICAL_VERSION) & self._vertical
                 descs_end = Mux(vert, HEADER.words + VHEADER.words + VLAYER.words * hd.layers,
                                 HEADER.words + LAYER.words * hd.layers)
                 with m.If(hd.magic != MAGIC):

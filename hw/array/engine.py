@@ -59,6 +59,8 @@ the decoder stops and so does the engine).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -67,10 +69,11 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hw.array.pass_sequencer import PassSequencer, record_layout
-from hw.array.plane_decoder import PlaneRowDecoder, plane_layer_layout
+from hw.array.plane_decoder import PlaneRowDecoder, plane_command_layout, plane_layer_layout
 from hw.array.requant import A_BITS, BIAS_BITS, MAX_COMP_SHIFT, X_BITS, Y_BITS, PixelRequantizer
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.stream_decoder import RowStreamDecoder, command_layout, layer_fields_layout
+from hw.core.stream_decoder import entry_layout as decoder_entry_layout
 from hw.dsp.packing import CHUNK_BITS, P_BITS
 from hw.dsp.pass_lane import ACT_BITS_FIELD, PAIR_SHIFT, SLOTS, PassDspLane
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, MULT_BITS
@@ -142,6 +145,9 @@ class ChannelEngine(wiring.Component):
         Positions (patch addresses) of up to ``2^fan_in_width - 1`` weights.
     channel_bits : int
         Width of the channel tag.
+    vertical : bool
+        Build the version 4 path (the plane decoder; ``layer.vertical`` selects it). Without it the engine
+        runs version 3 rows only (smaller; the array's controller then refuses version 4 images).
 
     Members
     -------
@@ -163,7 +169,7 @@ class ChannelEngine(wiring.Component):
         A row is in the engine (from its command to its last pixel on ``o``).
     """
 
-    def __init__(self, *, lanes: int, addr_width: int, fan_in_width: int, channel_bits: int):
+    def __init__(self, *, lanes: int, addr_width: int, fan_in_width: int, channel_bits: int, vertical: bool = True):
         for name, value, lo in (("lanes", lanes, 1), ("addr_width", addr_width, 1),
                                 ("fan_in_width", fan_in_width, 1), ("channel_bits", channel_bits, 1)):
             if not isinstance(value, int) or value < lo:
@@ -173,6 +179,7 @@ class ChannelEngine(wiring.Component):
         self._addr_width = addr_width
         self._fan_in_width = fan_in_width
         self._channel_bits = channel_bits
+        self._vertical = bool(vertical)
         t = self._pixels
         super().__init__({
             "layer": In(engine_layer_layout()),
@@ -203,8 +210,18 @@ class ChannelEngine(wiring.Component):
         # both are global-buffer requesters on the engine's bus, only the running layer's one asks.
         m.submodules.decoder = dec = RowStreamDecoder(addr_width=self._addr_width,
                                                       fan_in_width=self._fan_in_width)
-        m.submodules.planes = pdec = PlaneRowDecoder(addr_width=self._addr_width, fan_in_width=self._fan_in_width)
-        vert = layer.vertical
+        if self._vertical:
+            pdec = PlaneRowDecoder(addr_width=self._addr_width, fan_in_width=self._fan_in_width)
+            m.submodules.planes = pdec
+            vert = layer.vertical
+        else:  # built without version 4 support: the plane decoder's ports as constants (never selected)
+            pdec = SimpleNamespace(bus=SimpleNamespace(req=0, addr=0, grant=Signal(), data=Signal(32)),
+                                   error=0, cmd=SimpleNamespace(ready=0, valid=Signal(),
+                                                                payload=Signal(plane_command_layout(self._addr_width))),
+                                   o=SimpleNamespace(valid=0, payload=Signal(decoder_entry_layout(self._fan_in_width)),
+                                                     ready=Signal()),
+                                   layer=Signal(plane_layer_layout()))
+            vert = 0
         m.d.comb += [
             self.bus.req.eq(Mux(vert, pdec.bus.req, dec.bus.req)),
             self.bus.addr.eq(Mux(vert, pdec.bus.addr, dec.bus.addr)),

@@ -59,6 +59,9 @@ class ArrayConfig:
         Bits of a weight position: fan-ins up to ``2^fan_in_width - 1`` (the patch depth).
     channel_bits : int
         Output channels up to ``2^channel_bits`` per layer.
+    vertical : bool
+        Build the version 4 (vertical-layered) path: each engine's plane decoder and the per-pixel activation
+        sums (about 3.5 k LUT an engine). Without it version 4 images end with ``BAD_VERSION``.
     """
 
     engines: int = 2
@@ -68,6 +71,7 @@ class ArrayConfig:
     row_codes: int = 16
     fan_in_width: int = 10
     channel_bits: int = 6
+    vertical: bool = True
 
     @property
     def pixels(self) -> int:
@@ -141,6 +145,7 @@ class ConvArray(wiring.Component):
         :mod:`hw.platform.array_synth` synthesises one and counts it that many times)."""
         cfg = self._config
         return ChannelEngine(lanes=cfg.lanes, addr_width=self._addr_width, fan_in_width=cfg.fan_in_width,
+                             vertical=cfg.vertical,
                              channel_bits=cfg.channel_bits)
 
     def elaborate(self, platform):
@@ -158,7 +163,8 @@ class ConvArray(wiring.Component):
                                                    fan_in_width=cfg.fan_in_width)
         m.submodules.ctl = ctl = ArrayController(
             engines=g, pixels=t, row_codes=cfg.row_codes, fmap_rows=cfg.fmap_rows, fmap_addr_width=faw,
-            fan_in_width=cfg.fan_in_width, channel_bits=cfg.channel_bits, addr_width=self._addr_width)
+            fan_in_width=cfg.fan_in_width, channel_bits=cfg.channel_bits, addr_width=self._addr_width,
+            vertical=cfg.vertical)
         wiring.connect(m, buf.ctl, ctl.bus)
         m.submodules.writer = writer = MapWriter(engines=g, channel_bits=cfg.channel_bits, pixels=t,
                                                  row_codes=cfg.row_codes, addr_width=faw)
@@ -209,7 +215,7 @@ class ConvArray(wiring.Component):
         # Each pixel's activation sum over the tile's patch, a register per bank beside the patch: the loader
         # writes every position of a tile once, position 0 first (a vertical layer's compensation, Eq. 6).
         usum = [Signal(data.ArrayLayout(A_BITS, t), name=f"usum{bank}") for bank in range(2)]
-        with m.If(loader.patch.en):
+        with m.If(loader.patch.en & cfg.vertical):
             for i in range(t):
                 so_far = Mux(loader.patch.addr == 0, 0, Mux(ctl.load_bank, usum[1][i], usum[0][i]))
                 total = so_far + loader.patch.data[i]

@@ -38,7 +38,7 @@ from sim.runner import SimulationError
 
 #: The array the networks run on: 2 engines of 3 lanes (9-pixel tiles), maps up to 12 wide.
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=4096, fmap_rows=128, row_codes=12, fan_in_width=9,
-                     channel_bits=4)
+                     channel_bits=4, vertical=False)
 TIMEOUT_CYCLES = 200_000
 #: Networks per simulator run (one build serves all runs).
 CHUNK = 150

@@ -15,7 +15,7 @@ from tests.hw.netgen import random_network
 from tests.model.export.test_layout_v3 import resnet_like
 
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
-                     channel_bits=5)
+                     channel_bits=5, vertical=False)
 
 
 @pytest.fixture(scope="module")

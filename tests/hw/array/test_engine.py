@@ -30,8 +30,8 @@ CHANNEL_BITS = 4
 class EngineHarness(wiring.Component):
     """The engine with its global buffer (the weight stream) and a patch memory (the tile's codes)."""
 
-    def __init__(self, lanes, words, patch, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH):
-        self._engine = ChannelEngine(lanes=lanes, addr_width=addr_width, fan_in_width=fan_in_width,
+    def __init__(self, lanes, words, patch, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH, vertical=False):
+        self._engine = ChannelEngine(lanes=lanes, addr_width=addr_width, fan_in_width=fan_in_width, vertical=vertical,
                                      channel_bits=CHANNEL_BITS)
         self._faw, self._aw = fan_in_width, addr_width
         t = self._engine.pixels
@@ -213,7 +213,7 @@ def run_vertical_engine(seed, lanes, edge=False, p_gap=0.3, p_stall=0.3):
                                        "plane_words": plane_words},
              "comp_shift": comp_t if compensate else 0, "act_bits": act_bits, "signed": 1, "residual": 0,
              "gap": 0, "shift": shift, "out_bits": out_bits}
-    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
+    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in), vertical=True)
     n_out = rows * pixels
     got, res = drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, 400 + 60 * n_out + 40 * fan_in * rows,
                             usum=patch.sum(axis=0))

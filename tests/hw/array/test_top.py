@@ -3,6 +3,8 @@
 blocks of stride 1 and 2, global pool or flatten, FC) and MLPs loaded through the load port, run on one
 configuration, scores equal to golden's; bad images end with their status code."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,8 +20,11 @@ from tests.model.export.test_golden_conv import make_conv
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_layout_v3 import fc_layer, resnet_like
 
+#: Version 3 images only (the plane decoders left out: a faster simulation); VCONFIG runs version 4 too.
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
-                     channel_bits=5)
+                     channel_bits=5,
+                     vertical=False)
+VCONFIG = dataclasses.replace(CONFIG, vertical=True)
 
 
 def random_conv_net(rng) -> IntConvNetwork:
@@ -210,7 +215,7 @@ def test_trained_vertical_mlp_needs_its_compensation():
     for bits in (2, 3):
         assert (net.forward(images, bits) != plain.forward(images, bits)).any(), bits
     runs = [(2, 0, 0), (3, 0, 0), (0, 1, 0)]
-    res = run_array(pack_vertical(net), images, widths=runs, seed=9)
+    res = run_array(pack_vertical(net), images, config=VCONFIG, widths=runs, seed=9)
     assert res["status"] == [Status.OK] * 3
     for k, bits in enumerate((2, 3, net.table[0])):
         assert res["scores"][k] == [int(v) for v in net.forward(images[k:k + 1], bits)[0]], bits
@@ -220,8 +225,11 @@ def test_vertical_widths_the_image_lacks_end_with_bad_precision():
     net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
     words = pack_vertical(net)
     runs = [(5, 0, 0), (1, 0, 0), (0, 1, 1), (3, 0, 0)]
-    res = run_array(words, np.zeros((len(runs), 12), dtype=np.int64), widths=runs)
+    res = run_array(words, np.zeros((len(runs), 12), dtype=np.int64), config=VCONFIG, widths=runs)
     assert res["status"] == [Status.BAD_PRECISION] * 3 + [Status.OK]
+    # An array built without the version 4 path refuses the image by its version.
+    res = run_array(words, np.zeros((1, 12), dtype=np.int64), widths=[(3, 0, 0)])
+    assert res["status"] == [Status.BAD_VERSION]
 
 
 def test_vertical_vgg_runs_every_width_on_one_array():
@@ -286,5 +294,5 @@ def test_corrupt_vertical_images_end_with_their_status():
         (words, Status.OK),
     ]
     images = np.zeros((len(cases), 12), dtype=np.int64)
-    res = run_array([bad for bad, _ in cases], images, widths=[(2, 0, 0)] * len(cases))
+    res = run_array([bad for bad, _ in cases], images, config=VCONFIG, widths=[(2, 0, 0)] * len(cases))
     assert res["status"] == [want for _, want in cases]
