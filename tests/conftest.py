@@ -1,7 +1,14 @@
 """Fixtures shared by several test modules."""
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on the suite's two cores: a second intra-op thread per worker
+    # would only oversubscribe them.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

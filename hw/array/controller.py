@@ -28,8 +28,11 @@ image's Eq. 12 table (``use_table``), sampled at ``start`` and checked against t
 (``BAD_PRECISION``). Per layer the controller reads the 10-word vertical descriptor and the table bytes of
 this layer's and the next layer's widths, derives ``(in_bits, out_bits)`` as golden's ``code_widths`` does,
 finds that pair's requant group (heads searched in order, at most :data:`MAX_REQUANT_GROUPS`) and builds the
-version 3 view of the layer in ``desc`` (a signed layer; feature maps ping-pong between buffers 0 and 1; the
-input map from the header or the previous layer's stored map), so that the checks, the loader, the
+version 3 view of the layer in ``desc`` (a signed layer; the feature-map buffers assigned as a residual
+network needs them: a layer writes the lowest buffer other than its input, a residual layer the third one; the
+input map from the header or the previous layer's stored map; for a residual layer, conv2 of a block, the
+shortcut is the previous layer's input at its stride, and its group is found by ``(in_bits, out_bits,
+res_bits)``), so that the checks, the loader, the
 dispatcher and the writer run unchanged. The engines get the plane decoder's fields (planes of the width,
 code shift ``t + 1``, class 8, or the 8-bit edge in class 16) and ``comp_shift``; a row command carries
 ``j fan_in`` and the row's ``negate`` bit, read from the group's negate words where version 3 reads a row
@@ -224,6 +227,11 @@ class ArrayController(wiring.Component):
         w_next = Signal(8)  # the next inner layer's width
         prev_out = Signal(8)  # the previous layer's output width: this layer's input width
         prev_cout = Signal(16)
+        prev_in = Signal(8)  # the previous layer's input width: a residual layer's shortcut width
+        prev_stride = Signal(8)  # ... its stride: the shortcut's subsampling
+        prev_res = Signal()  # ... whether it added a shortcut itself (a block's conv1 does not)
+        cur_buf = Signal(2)  # the feature-map buffer holding this layer's input
+        prev_buf = Signal(2)  # ... and the previous layer's (the block input, for a residual layer)
         grp = Signal(32)  # requant group being looked at, and its address
         grp_addr = Signal(32)
         head = Signal(VREQUANT_LAYOUT)
@@ -428,7 +436,8 @@ class ArrayController(wiring.Component):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0), v4.eq(vert),
-                                 layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0),
+                                 layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0), prev_res.eq(0),
+                                 cur_buf.eq(0), prev_buf.eq(0),
                                  desc_base.eq(Mux(vert, HEADER.words + VHEADER.words, HEADER.words))]
                     with m.If(vert):
                         m.next = "VHEADER"
@@ -504,14 +513,20 @@ class ArrayController(wiring.Component):
 
             with m.State("VWIDTH_CHECK"):
                 vd = vdesc
-                # A group: its head, c_out (M, B) records, the negate words (docs/image_format.md).
-                group_words = VREQUANT.words + PARAMS.words * vd.c_out + ((vd.c_out + WORD_BITS - 1) >> 5)
+                # A group: its head, c_out (M, B) records ((M, B, M_r) for a residual layer), the negate words
+                # (docs/image_format.md).
+                recs = Mux(vd.residual, (vd.c_out << 2), (vd.c_out << 1) + vd.c_out)
+                group_words = VREQUANT.words + recs + ((vd.c_out + WORD_BITS - 1) >> 5)
                 edge_should = (layer_idx == 0) | last_layer
                 next_inner = layer_idx + 1 < header.layers - 1
                 # Widths: an edge holds edge_bits codes and no planes; an inner layer the header's widths.
                 widths_bad = Mux(vd.edge, (vd.base_bits != vhdr.edge_bits) | (vd.top_bits != vhdr.edge_bits),
                                  (vd.base_bits != vhdr.base_bits) | (vd.top_bits != vhdr.top_bits))
-                with m.If((vd.edge != edge_should) | widths_bad
+                # A residual layer is an inner conv after a block's conv1 (an inner layer without a shortcut);
+                # the global pool belongs to the last layer (the geometry checks refuse it on a conv).
+                block_bad = ((vd.residual & (vd.edge | (layer_idx < 2) | prev_res | (vd.kind != KIND_CONV)))
+                             | (vd.gap & ~last_layer))
+                with m.If((vd.edge != edge_should) | widths_bad | block_bad
                           | (vd.requant_count == 0) | (vd.requant_count > MAX_REQUANT_GROUPS)
                           | (vd.group_words != group_words)):
                     finish(Status.BAD_GEOMETRY)
@@ -533,7 +548,8 @@ class ArrayController(wiring.Component):
                     m.next = "GROUP_CHECK"
 
             with m.State("GROUP_CHECK"):
-                with m.If((head.in_bits == prev_out) & (head.out_bits == desc.out_bits)):
+                res_bits = Mux(vdesc.residual, prev_in, 0)
+                with m.If((head.in_bits == prev_out) & (head.out_bits == desc.out_bits) & (head.res_bits == res_bits)):
                     m.next = "TRANSLATE"
                 with m.Elif(grp + 1 >= vdesc.requant_count):
                     finish(Status.BAD_PRECISION)
@@ -543,11 +559,16 @@ class ArrayController(wiring.Component):
 
             with m.State("TRANSLATE"):
                 # The version 3 view of the layer, for the geometry checks, the loader, the dispatcher and the
-                # writer: a signed layer; feature maps ping-pong between buffers 0 and 1; the input map is the
-                # header's for the first layer, the previous layer's stored map after it.
+                # writer: a signed layer; the input map is the header's for the first layer, the previous
+                # layer's stored map after it. Buffers: a layer writes the lowest buffer other than its input,
+                # a residual layer the one that is neither its input nor its shortcut's (the block input), so
+                # that the block input outlives conv1 (three buffers in all, FMAP_BUFFERS).
                 vd = vdesc
                 first_layer = layer_idx == 0
                 out_b = desc.out_bits
+                third = Signal(2)  # {0, 1, 2} minus the two distinct buffers in use
+                m.d.comb += third.eq(3 - cur_buf - prev_buf)
+                out_buf = Mux(vd.residual, third, Mux(cur_buf == 0, 1, 0))
                 m.d.sync += [
                     desc.eq(0), desc.out_bits.eq(out_b),
                     desc.kind.eq(vd.kind), desc.signed.eq(1), desc.pool.eq(vd.pool), desc.in_bits.eq(prev_out),
@@ -555,10 +576,12 @@ class ArrayController(wiring.Component):
                     desc.in_height.eq(Mux(first_layer, header.in_height, h_st)),
                     desc.in_width.eq(Mux(first_layer, header.in_width, w_st)),
                     desc.kernel.eq(vd.kernel), desc.stride.eq(vd.stride), desc.padding.eq(vd.padding),
-                    desc.shift.eq(head.shift), desc.in_buf.eq(layer_idx[0]),
-                    desc.out_buf.eq(Mux(last_layer, SCORE_SINK, ~layer_idx[0])),
+                    desc.shift.eq(head.shift), desc.in_buf.eq(cur_buf),
+                    desc.out_buf.eq(Mux(last_layer, SCORE_SINK, out_buf)),
+                    desc.residual.eq(vd.residual), desc.gap.eq(vd.gap),
+                    desc.res_buf.eq(Mux(vd.residual, prev_buf, 0)), desc.res_stride.eq(Mux(vd.residual, prev_stride, 0)),
                     desc.fan_in.eq(vd.fan_in), desc.param_base.eq(grp_addr + VREQUANT.words),
-                    neg_base.eq(grp_addr + VREQUANT.words + (vd.c_out << 1) + vd.c_out),
+                    neg_base.eq(grp_addr + VREQUANT.words + Mux(vd.residual, vd.c_out << 2, (vd.c_out << 1) + vd.c_out)),
                 ]
                 m.next = "MEASURE"
 
@@ -668,7 +691,9 @@ class ArrayController(wiring.Component):
                     with m.Else():
                         m.d.sync += [layer_idx.eq(layer_idx + 1), k.eq(0), prev_c.eq(d.c_in), prev_h.eq(d.in_height),
                                      desc_base.eq(desc_base + Mux(v4, VLAYER.words, LAYER.words)),
-                                     prev_out.eq(d.out_bits), prev_cout.eq(d.c_out)]
+                                     prev_out.eq(d.out_bits), prev_cout.eq(d.c_out), prev_in.eq(d.in_bits),
+                                     prev_stride.eq(d.stride), prev_res.eq(d.residual), prev_buf.eq(d.in_buf),
+                                     cur_buf.eq(d.out_buf)]
                         with m.If(v4):
                             m.next = "VDESC"
                         with m.Else():

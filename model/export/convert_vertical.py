@@ -18,6 +18,14 @@ with BatchNorm's ``k = gamma / sqrt(var + eps)`` of the BN at the width that lay
 layer's own width = ``in_bits``; the first edge's BN follows the next inner layer = ``out_bits``), ``k = 1``,
 ``beta = mean = 0`` without BN (the MLP). The last layer emits scores: ``s_out = 2^-SCORE_FRAC_BITS``. A
 negative gain sets the output's ``negate`` flag and uses ``|gain|`` (exact: the effective codes are negated).
+
+ResNet-20 (:class:`~model.quant.nets.ResNet20` after :func:`~model.quant.vertical.to_vertical`): the stem is the
+first edge, each basic block's conv1 a plain inner conv and its conv2 a ``residual`` inner conv, whose records
+are keyed by ``(in_bits, out_bits, res_bits)`` and add the shortcut's ``g_r = s_x / s_out`` (``s_x``: the
+block input's step at ``res_bits``) with its own ``M_r`` (:func:`model.export.convert.residual_requant_params`;
+``g_r > 0`` whatever BN2's sign, so ``negate`` touches the conv term only, as in version 3). The FC is the last
+edge with ``gap`` set: it reads the per-channel sums of the last block's codes, so its gain carries
+``1 / (H W)``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import numpy as np
 import torch
 
 from model.errors import UserError
-from model.export.convert import GOLDEN_BATCH, fold_batchnorm
+from model.export.convert import GOLDEN_BATCH, fold_batchnorm, residual_requant_params
 from model.export.golden import SCORE_FRAC_BITS, requant_params
 from model.export.golden_vertical import (
     EDGE_BITS,
@@ -40,7 +48,7 @@ from model.export.golden_vertical import (
 )
 from model.export.image_v4 import write_vertical_image
 from model.quant.lsq import enhance_layers
-from model.quant.nets import DigitsMLP, SmallVGG
+from model.quant.nets import BasicBlock, DigitsMLP, ResNet20, SmallVGG
 from model.quant.pact import InputQuant
 from model.quant.vertical import (
     SwitchableBatchNorm,
@@ -64,9 +72,11 @@ def _step(quant, bits: int) -> float:
 
 
 def _chain(model) -> list[tuple]:
-    """``(layer, in_quant, bn, out_quant, pool)`` input to output, for the nets the contract takes."""
+    """``(layer, in_quant, bn, out_quant, pool, short_quant, pooled)`` input to output, for the nets the
+    contract takes: ``short_quant`` quantized a residual layer's shortcut (None elsewhere), ``pooled`` is the
+    area a ``gap`` FC sums over (0: no global pool)."""
     if isinstance(model, DigitsMLP):
-        return [(lin, q_in, None, q_out, 0) for lin, q_in, q_out in model.stages()]
+        return [(lin, q_in, None, q_out, 0, None, 0) for lin, q_in, q_out in model.stages()]
     if isinstance(model, SmallVGG):
         mods = list(model.features)
         chain, q_in = [], model.input_quant
@@ -74,12 +84,30 @@ def _chain(model) -> list[tuple]:
             conv, bn, act, pool = mods[i:i + 4]
             if not isinstance(pool, torch.nn.MaxPool2d):
                 raise UserError(f"{conv.name}: expected MaxPool2d(2) after the activation, found {pool!r}")
-            chain.append((conv, q_in, bn, act, 2))
+            chain.append((conv, q_in, bn, act, 2, None, 0))
             q_in = act
-        chain.append((model.fc, q_in, None, None, 0))
+        chain.append((model.fc, q_in, None, None, 0, None, 0))
         return chain
-    raise UserError(f"{type(model).__name__}: the vertical integer contract takes the MLP and VGG nets "
-                    f"(ResNet-20's residual requant per width is not defined yet)")
+    if isinstance(model, ResNet20):
+        _, h, w = model.image_shape
+
+        def out_size(conv, h, w):
+            k, st, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            return (h + 2 * p - k) // st + 1, (w + 2 * p - k) // st + 1
+
+        chain = [(model.conv1, model.input_quant, model.bn1, model.act1, 0, None, 0)]
+        h, w = out_size(model.conv1, h, w)
+        q_in = model.act1
+        for block in (*model.layer1, *model.layer2, *model.layer3):
+            if not isinstance(block, BasicBlock):
+                raise UserError(f"expected a BasicBlock, found {type(block).__name__}")
+            chain.append((block.conv1, q_in, block.bn1, block.act1, 0, None, 0))
+            chain.append((block.conv2, block.act1, block.bn2, block.act2, 0, q_in, 0))
+            h, w = out_size(block.conv2, *out_size(block.conv1, h, w))
+            q_in = block.act2
+        chain.append((model.fc, q_in, None, None, 0, None, h * w))
+        return chain
+    raise UserError(f"{type(model).__name__}: the vertical integer contract takes the MLP, VGG and ResNet-20 nets")
 
 
 def to_golden_vertical(model, table=()) -> VerticalNetwork:
@@ -101,7 +129,7 @@ def to_golden_vertical(model, table=()) -> VerticalNetwork:
     if [c[0] for c in chain] != layers:
         raise UserError("the net's layers and its vertical layers differ; cannot export")
     out = []
-    for k, (layer, q_in, bn, q_out, pool) in enumerate(chain):
+    for k, (layer, q_in, bn, q_out, pool, q_short, pooled) in enumerate(chain):
         codes = layer.source_codes().numpy()
         if layer.edge:
             base, planes, base_bits, unit, m = codes, (), EDGE_BITS, float(layer.step.detach()), edge_class()
@@ -112,7 +140,8 @@ def to_golden_vertical(model, table=()) -> VerticalNetwork:
         with torch.no_grad():
             bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(layer.weight.shape[0])
         records = {}
-        for in_bits, out_bits in needed_pairs(len(chain), k, widths):
+        for key in needed_pairs(len(chain), k, widths, residual=q_short is not None):
+            in_bits, out_bits = key[:2]
             s_in = _step(q_in, in_bits)
             if isinstance(bn, SwitchableBatchNorm):
                 bn_bits = out_bits if layer.edge else in_bits
@@ -120,11 +149,18 @@ def to_golden_vertical(model, table=()) -> VerticalNetwork:
             else:
                 kk, offset = np.ones_like(bias), bias
             s_out = 2.0 ** -SCORE_FRAC_BITS if q_out is None else _step(q_out, out_bits)
-            gain = s_in * unit * ((1 << m) - 1) / 2 * kk / s_out
+            gain = s_in * unit * ((1 << m) - 1) / 2 * kk / s_out / max(pooled, 1)
             negate = gain < 0
-            mult, int_bias, shift = requant_params(np.abs(gain), offset / s_out,
-                                                   where=f"{layer.name} ({in_bits}, {out_bits})")
-            records[(in_bits, out_bits)] = VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate)
+            where = f"{layer.name} {key}"
+            if q_short is None:
+                mult, int_bias, shift = requant_params(np.abs(gain), offset / s_out, where=where)
+                records[key] = VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate)
+            else:
+                res_gain = np.full(layer.weight.shape[0], _step(q_short, key[2]) / s_out)
+                mult, res_mult, int_bias, shift = residual_requant_params(np.abs(gain), res_gain, offset / s_out,
+                                                                          where=where)
+                records[key] = VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate,
+                                               res_bits=key[2], res_mult=res_mult)
         conv = isinstance(layer, VerticalConv2d)
         if not isinstance(layer, VerticalLinear | VerticalConv2d):
             raise UserError(f"{layer.name}: unexpected layer {type(layer).__name__}")
@@ -132,8 +168,9 @@ def to_golden_vertical(model, table=()) -> VerticalNetwork:
             name=layer.name, kind="conv" if conv else "linear", edge=layer.edge, base=np.asarray(base, np.int64),
             planes=tuple(np.asarray(x, np.int64) for x in planes), base_bits=base_bits,
             compensate=bool(layer.compensate), requant=records,
-            stride=int(layer.stride[0]) if conv else 1, padding=int(layer.padding[0]) if conv else 0, pool=pool))
-    image_shape = tuple(model.image_shape) if isinstance(model, SmallVGG) else None
+            stride=int(layer.stride[0]) if conv else 1, padding=int(layer.padding[0]) if conv else 0, pool=pool,
+            residual=q_short is not None, gap=pooled > 0))
+    image_shape = tuple(model.image_shape) if isinstance(model, SmallVGG | ResNet20) else None
     net = VerticalNetwork(input_bits=EDGE_BITS, image_shape=image_shape, widths=tuple(widths), layers=tuple(out),
                           table=tuple(tuple(int(b) for b in row) for row in table))
     check_vertical(net)
@@ -142,7 +179,7 @@ def to_golden_vertical(model, table=()) -> VerticalNetwork:
 
 def vertical_input_codes(model, x: torch.Tensor) -> np.ndarray:
     """The 8-bit input codes of ``x`` (the net's input quantizer), int64 numpy; ``[N, C, H, W]`` for a conv net."""
-    if isinstance(model, SmallVGG):
+    if isinstance(model, SmallVGG | ResNet20):
         x = x.reshape(x.shape[0], *model.image_shape)
     return model.input_quant.to_codes(x).numpy()
 

@@ -274,6 +274,10 @@ VLAYER = Record("vertical layer", 10, (
     Field("kind", 0, 0, 2, "0 fully connected, 1 conv", since=4),
     Field("edge", 0, 2, 1, "1: first or last layer (`edge_bits` codes, no planes, every width)", since=4),
     Field("compensate", 0, 3, 1, "1: the lower widths add Eq. 6's `K_t = 2^t - 1` (golden_vertical.py)", since=4),
+    Field("residual", 0, 4, 1, "1: conv2 of a basic block, the requant adds the option-A shortcut of the "
+          "previous layer's input (subsampled by its stride); requant records of 4 words with `M_r`", since=4),
+    Field("gap", 0, 5, 1, "1: the last (fully connected) layer reads the per-channel sums of the last map "
+          "(global average pooling; `c_in` = channels, `fan_in` = `c_in`)", since=4),
     Field("pool", 0, 8, 8, "max-pool window (= stride) on the output codes, 0 none", since=4),
     Field("base_bits", 0, 16, 8, "width of the codes in the base region (`edge_bits` for an edge)", since=4),
     Field("top_bits", 0, 24, 8, "width with every plane (`base_bits` for an edge)", since=4),
@@ -289,13 +293,16 @@ VLAYER = Record("vertical layer", 10, (
     Field("plane_words", 6, 0, 32, "words of one enhance plane: `ceil(c_out fan_in / 32)`", since=4),
     Field("requant_base", 7, 0, 32, "word address of the layer's first requant group", since=4),
     Field("requant_count", 8, 0, 32, "requant groups, one per `(in_bits, out_bits)` pair", since=4),
-    Field("group_words", 9, 0, 32, "words per requant group: `1 + 3 c_out + ceil(c_out / 32)`", since=4),
+    Field("group_words", 9, 0, 32, "words per requant group: `1 + 3 c_out + ceil(c_out / 32)` (`1 + 4 c_out + "
+          "ceil(c_out / 32)` for a residual layer)", since=4),
 ), labels=((0, "kind/flags/pool/bits"), (1, "c_in/c_out"), (2, "kernel/stride/padding")))
 
 VREQUANT = Record("vertical requant group", 1, (
     Field("in_bits", 0, 0, 8, "width of the layer's input codes this group serves", since=4),
     Field("out_bits", 0, 8, 8, "width of its output codes (0: class scores)", since=4),
     Field("shift", 0, 16, 8, "requant shift `S`", since=4),
+    Field("res_bits", 0, 24, 8, "width of the shortcut's codes a residual layer's group serves (0 otherwise)",
+          since=4),
 ))
 
 

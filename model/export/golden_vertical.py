@@ -32,6 +32,18 @@ the planes it read as
 the compensation enters once per output, as ``K_t`` times the sum of the input codes that output reads
 (the activation sum the signed mode of :mod:`model.export.golden` forms anyway), never per weight.
 
+**Residual networks** (ResNet-20). An inner conv with ``residual`` set is conv2 of a basic block whose conv1
+is the layer before it: its requantizer adds the option-A shortcut of the block's input (conv1's input,
+subsampled by conv1's stride, zero channels appended), with its own per-channel multiplier ``M_r`` as the
+version 3 contract does (:func:`~model.export.golden_conv.requantize_residual`). The shortcut's codes have the
+width of conv1's input, which an Eq. 12 row may set apart from conv2's input width, so a residual layer's
+requant record is keyed by three widths ``(in_bits, out_bits, res_bits)`` (:meth:`VerticalNetwork.record_key`);
+every other layer's by ``(in_bits, out_bits)``. A negative BN gain negates conv2's effective codes only: the
+shortcut's gain ``s_x / s_out`` is positive whatever BN2's sign (the version 3 argument of
+:mod:`model.export.convert`). A last (fully connected) layer with ``gap`` set reads the per-channel sums of
+the last map (global average pooling; its ``1 / (H W)`` is in the record's gain), as
+:class:`~model.export.golden_net.GlobalSumPool` then :class:`~model.export.golden_net.FCStage` do.
+
 **Running it** (:meth:`VerticalNetwork.materialize`): for an assignment the network becomes a plain integer
 network of the version 1-3 contract (:class:`~model.export.golden.IntNetwork` for an MLP,
 :class:`~model.export.golden_net.IntConvNetwork` for a VGG-style conv net) whose layers are *signed* layers
@@ -73,7 +85,14 @@ import numpy as np
 from model.errors import UserError
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, IntLinear, IntNetwork, check_layer
 from model.export.golden_conv import IntConv2d
-from model.export.golden_net import ConvStage, FCStage, IntConvNetwork, check_network
+from model.export.golden_net import (
+    ConvStage,
+    FCStage,
+    GlobalSumPool,
+    IntConvNetwork,
+    ResidualStage,
+    check_network,
+)
 
 #: Width of the first and last layers' signed codes, shared by every precision (issue 12).
 EDGE_BITS = 8
@@ -173,6 +192,10 @@ class VerticalRequant:
         ``M``, ``B``, ``S`` of :func:`model.export.golden.requantize` (per-width BN and steps folded in).
     negate : bool ``[n_out]``
         Outputs whose effective codes are negated (a negative gain made non-negative, exactly).
+    res_bits : int
+        Width of the shortcut's codes (a residual layer; 0 otherwise).
+    res_mult : int64 ``[n_out]`` or None
+        The shortcut's ``M_r`` (a residual layer only).
     """
 
     in_bits: int
@@ -181,6 +204,13 @@ class VerticalRequant:
     bias: np.ndarray
     shift: int
     negate: np.ndarray
+    res_bits: int = 0
+    res_mult: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """``(in_bits, out_bits)``, or ``(in_bits, out_bits, res_bits)`` for a residual layer's record."""
+        return (self.in_bits, self.out_bits, self.res_bits) if self.res_bits else (self.in_bits, self.out_bits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,9 +232,14 @@ class VerticalLayer:
         Width of ``base``.
     compensate : bool
         Whether the lower widths carry Eq. 6's ``K_t``.
-    requant : dict ``(in_bits, out_bits) -> VerticalRequant``
+    requant : dict ``key -> VerticalRequant``
+        Keyed by :attr:`VerticalRequant.key`.
     stride, padding, pool : int
         Conv geometry and the max-pool after it (0: none).
+    residual : bool
+        conv2 of a basic block: the requant adds the shortcut of the previous layer's input (module docstring).
+    gap : bool
+        The last (fully connected) layer reads the per-channel sums of the last map (global average pooling).
     """
 
     name: str
@@ -218,6 +253,8 @@ class VerticalLayer:
     stride: int = 1
     padding: int = 0
     pool: int = 0
+    residual: bool = False
+    gap: bool = False
 
     @property
     def top(self) -> int:
@@ -307,6 +344,12 @@ class VerticalNetwork:
         outs = [*ins[1:], 0]
         return list(zip(ins, outs))
 
+    def record_key(self, bits, k: int) -> tuple[int, ...]:
+        """The requant record layer ``k`` uses under ``bits``: ``(in_bits, out_bits)``, and for a residual layer
+        also ``res_bits``, the width of its shortcut's codes (the input of the block's conv1, layer ``k - 1``)."""
+        pairs = self.code_widths(bits)
+        return (*pairs[k], pairs[k - 1][0]) if self.layers[k].residual else pairs[k]
+
     def materialize(self, bits) -> IntNetwork | IntConvNetwork:
         """The version 1-3 integer network this one computes under ``bits`` (module docstring), checked.
 
@@ -317,12 +360,13 @@ class VerticalNetwork:
         """
         assigned = iter(self.assignment(bits))
         out = []
-        for layer, (in_bits, out_bits) in zip(self.layers, self.code_widths(bits)):
+        for k, (layer, (in_bits, out_bits)) in enumerate(zip(self.layers, self.code_widths(bits))):
             own = None if layer.edge else next(assigned)
-            record = layer.requant.get((in_bits, out_bits))
+            key = self.record_key(bits, k)
+            record = layer.requant.get(key)
             if record is None:
-                raise UserError(f"{layer.name}: no requant record for input width {in_bits}, output width "
-                                f"{out_bits}; stored {sorted(layer.requant)}")
+                raise UserError(f"{layer.name}: no requant record for widths {key} (input, output"
+                                f"{', shortcut' if layer.residual else ''}); stored {sorted(layer.requant)}")
             e = layer.codes_at(own if own is not None else layer.base_bits)
             sign = np.where(np.asarray(record.negate, dtype=bool), -1, 1).reshape((-1,) + (1,) * (e.ndim - 1))
             e = e * sign
@@ -333,18 +377,53 @@ class VerticalNetwork:
                       "mult": record.mult, "bias": record.bias, "shift": int(record.shift), "name": layer.name,
                       "signed": True}
             if layer.kind == "conv":
-                out.append((IntConv2d(**common, stride=layer.stride, padding=layer.padding), layer.pool))
+                res_mult = np.asarray(record.res_mult, dtype=np.int64) if layer.residual else None
+                out.append((IntConv2d(**common, stride=layer.stride, padding=layer.padding, res_mult=res_mult),
+                            layer))
             else:
-                out.append((IntLinear(**common), 0))
+                out.append((IntLinear(**common), layer))
         if self.image_shape is None:
             for layer, _ in out:
                 check_layer(layer, where=layer.name)
             return IntNetwork(input_bits=self.input_bits, layers=tuple(layer for layer, _ in out))
-        stages = [ConvStage(layer, pool=pool) if isinstance(layer, IntConv2d) else FCStage(layer)
-                  for layer, pool in out]
-        net = IntConvNetwork(input_bits=self.input_bits, image_shape=tuple(self.image_shape), stages=tuple(stages))
+        net = IntConvNetwork(input_bits=self.input_bits, image_shape=tuple(self.image_shape),
+                             stages=tuple(self._stages(out)))
         check_network(net)
         return net
+
+    def _stages(self, out: list) -> list:
+        """The version 3 stages of the materialized layers ``out`` (``(int layer, vertical layer)`` pairs):
+        a residual layer and the layer before it form a :class:`ResidualStage`; a ``gap`` FC gets a
+        :class:`GlobalSumPool` before it, with ``pooled`` the area of the map it sums."""
+        stages: list = []
+        c, h, w = self.image_shape
+        k = 0
+        while k < len(out):
+            layer, vl = out[k]
+            if k + 1 < len(out) and out[k + 1][1].residual:
+                conv2, v2 = out[k + 1]
+                if vl.kind != "conv" or vl.residual or vl.edge:
+                    raise UserError(f"{v2.name}: field 'residual' needs an inner conv before it (the block's "
+                                    "conv1)")
+                stages.append(ResidualStage(layer, conv2, stride=vl.stride, name=v2.name))
+                h, w = conv2.out_size(*layer.out_size(h, w))
+                k += 2
+                continue
+            if vl.residual:
+                raise UserError(f"{vl.name}: field 'residual' needs an inner conv before it (the block's conv1)")
+            if isinstance(layer, IntConv2d):
+                stages.append(ConvStage(layer, pool=vl.pool))
+                h, w = layer.out_size(h, w)
+                if vl.pool:
+                    h, w = h // vl.pool, w // vl.pool
+            else:
+                pooled = 1
+                if vl.gap:
+                    stages.append(GlobalSumPool())
+                    pooled = h * w
+                stages.append(FCStage(layer, pooled=pooled))
+            k += 1
+        return stages
 
     def forward(self, u, bits) -> np.ndarray:
         """Integer class scores of input codes ``u`` under ``bits`` (an int or one width per inner layer)."""
@@ -395,29 +474,50 @@ def check_vertical(net: VerticalNetwork, where: str = "vertical network") -> Non
             plane = np.asarray(plane)
             if plane.shape != base.shape or (plane.size and (plane.min() < 0 or plane.max() > 1)):
                 raise UserError(f"{name}: field 'planes[{k}]' must be 0/1 with the shape of 'base' {base.shape}")
+        if layer.residual and (layer.kind != "conv" or layer.edge):
+            raise UserError(f"{name}: field 'residual' is set; allowed on inner conv layers only")
+        if layer.gap and (layer is not net.layers[-1] or layer.kind != "linear" or net.image_shape is None):
+            raise UserError(f"{name}: field 'gap' is set; allowed on the last (fully connected) layer of a conv net")
         for key, record in layer.requant.items():
+            if key != record.key or bool(record.res_bits) != layer.residual:
+                raise UserError(f"{name}: requant record {list(key)} holds widths {list(record.key)}; a residual "
+                                "layer's records name (in_bits, out_bits, res_bits), every other layer's "
+                                "(in_bits, out_bits)")
+            if layer.residual:
+                r = np.asarray(record.res_mult)
+                if r.shape != (layer.n_out,) or r.dtype.kind not in "iu":
+                    raise UserError(f"{name}: field 'requant{list(key)}.res_mult' has shape {r.shape}; allowed "
+                                    f"({layer.n_out},) integers")
             for part in ("mult", "bias", "negate"):
                 value = np.asarray(getattr(record, part))
                 if value.shape != (layer.n_out,) or value.dtype.kind not in ("b" if part == "negate" else "iu"):
                     raise UserError(f"{name}: field 'requant{list(key)}.{part}' has shape {value.shape} and dtype "
                                     f"{value.dtype}; allowed ({layer.n_out},) "
                                     f"{'booleans' if part == 'negate' else 'integers'}")
+    for k, layer in enumerate(net.layers):
+        if layer.residual and (k < 2 or net.layers[k - 1].residual or net.layers[k - 1].kind != "conv"):
+            raise UserError(f"{where}: {layer.name}: field 'residual' needs an inner conv without a residual "
+                            "before it (the block's conv1)")
     for row in [*widths, *net.table]:  # uniform widths and every Eq. 12 row have their records
-        for k, (in_bits, out_bits) in enumerate(net.code_widths(row)):
-            if (in_bits, out_bits) not in net.layers[k].requant:
+        for k in range(len(net.layers)):
+            key = net.record_key(row, k)
+            if key not in net.layers[k].requant:
                 raise UserError(f"{where}: {net.layers[k].name}: field 'requant' lacks the record for widths "
-                                f"({in_bits}, {out_bits})")
+                                f"{key}")
 
 
-def needed_pairs(net_layers: int, k: int, widths: Sequence[int], input_bits: int = EDGE_BITS
-                 ) -> list[tuple[int, int]]:
-    """Every ``(in_bits, out_bits)`` layer ``k`` of ``net_layers`` (edges first and last) can need under some
-    assignment of ``widths`` (:meth:`VerticalNetwork.code_widths`): what an exporter stores."""
+def needed_pairs(net_layers: int, k: int, widths: Sequence[int], input_bits: int = EDGE_BITS,
+                 residual: bool = False) -> list[tuple[int, ...]]:
+    """Every record key layer ``k`` of ``net_layers`` (edges first and last) can need under some assignment of
+    ``widths`` (:meth:`VerticalNetwork.record_key`): what an exporter stores. ``(in_bits, out_bits)``, with
+    ``res_bits`` (any stored width: the block's conv1 is an inner layer) for a ``residual`` layer."""
     last = net_layers - 1
     if k == 0:
-        return [(input_bits, b) for b in widths]
-    if k == last:
-        return [(b, 0) for b in widths]
-    if k == last - 1:
-        return [(b, b) for b in widths]
-    return [(a, b) for a in widths for b in widths]
+        pairs = [(input_bits, b) for b in widths]
+    elif k == last:
+        pairs = [(b, 0) for b in widths]
+    elif k == last - 1:
+        pairs = [(b, b) for b in widths]
+    else:
+        pairs = [(a, b) for a in widths for b in widths]
+    return [(*p, r) for p in pairs for r in widths] if residual else pairs

@@ -12,8 +12,9 @@ Words, in order (every address a word address, every region word aligned):
    bit first), then each enhance plane (one bit per weight, same order) from ``b_(base+1)`` to ``b_top``. At
    width ``i`` a reader fetches the first ``base_words + (i - base_bits) plane_words`` words: a prefix. An edge
    has its 8-bit codes in the base region and no planes. Then its **requant groups**, one per ``(in_bits,
-   out_bits)`` pair: a :data:`~model.export.format.VREQUANT` word, ``c_out`` :data:`~model.export.format.PARAMS`
-   records (``M``, ``B``), and ``ceil(c_out / 32)`` words of ``negate`` bits (output ``j`` at bit ``j % 32`` of
+   out_bits)`` pair (``(in_bits, out_bits, res_bits)`` for a residual layer): a
+   :data:`~model.export.format.VREQUANT` word, ``c_out`` :data:`~model.export.format.PARAMS` records (``M``,
+   ``B``; :data:`~model.export.format.RES_PARAMS` with ``M_r`` for a residual layer), and ``ceil(c_out / 32)`` words of ``negate`` bits (output ``j`` at bit ``j % 32`` of
    word ``j / 32``; bits past ``c_out`` reserved);
 5. the Eq. 12 width table (``table_rows`` rows of ``ceil(inner / 4)`` words, one byte per inner layer).
 
@@ -38,6 +39,7 @@ from model.export.format import (
     KIND_FC,
     MAGIC,
     PARAMS,
+    RES_PARAMS,
     VERTICAL_VERSION,
     VHEADER,
     VLAYER,
@@ -92,8 +94,13 @@ def _geometry(layer: VerticalLayer) -> tuple[int, int, int, int]:
     return int(shape[1]), int(shape[0]), 1, int(shape[1])
 
 
-def _group_words(c_out: int) -> int:
-    return VREQUANT.words + PARAMS.words * c_out + _words(c_out)
+def _record(residual: bool):
+    """The per-output requant record of a group: (``M``, ``B``), with ``M_r`` for a residual layer."""
+    return RES_PARAMS if residual else PARAMS
+
+
+def _group_words(c_out: int, residual: bool = False) -> int:
+    return VREQUANT.words + _record(residual).words * c_out + _words(c_out)
 
 
 def pack_vertical(net: VerticalNetwork) -> np.ndarray:
@@ -113,20 +120,24 @@ def pack_vertical(net: VerticalNetwork) -> np.ndarray:
         c_in, c_out, kernel, fan_in = _geometry(layer)
         weights = [_pack_bits(layer.base, layer.base_bits)] + [_pack_bits(p, 1) for p in layer.planes]
         groups = []
-        for (in_bits, out_bits), r in sorted(layer.requant.items()):
-            head = pack_records(VREQUANT, {"in_bits": in_bits, "out_bits": out_bits, "shift": int(r.shift)})
-            params = pack_records(PARAMS, {"mult": np.asarray(r.mult, np.int64), "bias": np.asarray(r.bias, np.int64)},
-                                  count=c_out)
+        for _, r in sorted(layer.requant.items()):
+            head = pack_records(VREQUANT, {"in_bits": r.in_bits, "out_bits": r.out_bits, "shift": int(r.shift),
+                                           "res_bits": r.res_bits})
+            values = {"mult": np.asarray(r.mult, np.int64), "bias": np.asarray(r.bias, np.int64)}
+            if layer.residual:
+                values["res_mult"] = np.asarray(r.res_mult, np.int64)
+            params = pack_records(_record(layer.residual), values, count=c_out)
             negate = _pack_bits(np.asarray(r.negate, dtype=np.int64), 1)
             groups.append(np.concatenate([head.reshape(-1), params.reshape(-1), negate]))
         weight_words = sum(len(w) for w in weights)
         descs.append({
             "kind": KIND_CONV if layer.kind == "conv" else KIND_FC, "edge": int(layer.edge),
-            "compensate": int(layer.compensate), "pool": layer.pool, "base_bits": layer.base_bits,
+            "compensate": int(layer.compensate), "residual": int(layer.residual), "gap": int(layer.gap),
+            "pool": layer.pool, "base_bits": layer.base_bits,
             "top_bits": layer.top, "c_in": c_in, "c_out": c_out, "kernel": kernel, "stride": layer.stride,
             "padding": layer.padding, "fan_in": fan_in, "weight_base": base, "base_words": len(weights[0]),
             "plane_words": _words(c_out * fan_in) if layer.planes else 0, "requant_base": base + weight_words,
-            "requant_count": len(groups), "group_words": _group_words(c_out)})
+            "requant_count": len(groups), "group_words": _group_words(c_out, layer.residual)})
         regions.extend(weights + groups)
         base += weight_words + sum(len(g) for g in groups)
     table = np.zeros((len(net.table), row_words * 4), dtype=np.uint8)
@@ -216,9 +227,14 @@ def unpack_vertical(words: np.ndarray, where: str = "image") -> VerticalNetwork:
         _expect(where, name + "c_out", addr("c_out"), c_out, c_out >= 1, "allowed >= 1")
         count = c_out * fan_in
         n_planes = d["top_bits"] - d["base_bits"]
+        residual = bool(d["residual"])
+        _expect(where, name + "residual", addr("residual"), d["residual"], not residual or (conv and not edge),
+                "allowed 1 on inner conv layers only")
+        _expect(where, name + "gap", addr("gap"), d["gap"], not d["gap"] or (k == n - 1 and not conv),
+                "allowed 1 on the last (fully connected) layer only")
         expected = {"weight_base": base, "base_words": _words(count * d["base_bits"]),
                     "plane_words": _words(count) if n_planes else 0,
-                    "group_words": _group_words(c_out)}
+                    "group_words": _group_words(c_out, residual)}
         for field, value in expected.items():
             _expect(where, name + field, addr(field), d[field], d[field] == value, f"expected {value}")
         weight_end = base + d["base_words"] + n_planes * d["plane_words"]
@@ -251,20 +267,26 @@ def unpack_vertical(words: np.ndarray, where: str = "image") -> VerticalNetwork:
                     head["out_bits"] == 0 if last else head["out_bits"] in widths,
                     "allowed 0 (scores)" if last else f"allowed {list(widths)}")
             _expect(where, gname + "shift", g_at, head["shift"], 1 <= head["shift"] <= MAX_SHIFT, f"allowed 1..{MAX_SHIFT}")
-            key = (head["in_bits"], head["out_bits"])
-            _expect(where, gname + "in_bits/out_bits", g_at, key, key not in requant, "each pair stored once")
-            params = unpack_records(PARAMS, words[g_at + 1:g_at + 1 + PARAMS.words * c_out], VERTICAL_VERSION)
-            neg_at = g_at + 1 + PARAMS.words * c_out
+            _expect(where, gname + "res_bits", g_at, head["res_bits"],
+                    head["res_bits"] in widths if residual else head["res_bits"] == 0,
+                    f"allowed {list(widths)} (a residual layer's shortcut width)" if residual else "allowed 0")
+            rec = _record(residual)
+            key = (head["in_bits"], head["out_bits"], head["res_bits"])[:3 if residual else 2]
+            _expect(where, gname + "in_bits/out_bits", g_at, key, key not in requant, "each width key stored once")
+            params = unpack_records(rec, words[g_at + 1:g_at + 1 + rec.words * c_out], VERTICAL_VERSION)
+            neg_at = g_at + 1 + rec.words * c_out
             negate, pad = _unpack_bits(words[neg_at:neg_at + _words(c_out)], c_out, 1, signed=False)
             _expect(where, gname + "negate", neg_at, "set", not pad.any(), f"bits past c_out = {c_out} are reserved")
             for j in range(c_out):
-                check_reserved(words, PARAMS, g_at + 1 + PARAMS.words * j, VERTICAL_VERSION, where, gname)
-            requant[key] = VerticalRequant(key[0], key[1], params["mult"], params["bias"], head["shift"],
-                                           negate.astype(bool))
+                check_reserved(words, rec, g_at + 1 + rec.words * j, VERTICAL_VERSION, where, gname)
+            requant[key] = VerticalRequant(head["in_bits"], head["out_bits"], params["mult"], params["bias"],
+                                           head["shift"], negate.astype(bool), res_bits=head["res_bits"],
+                                           res_mult=params["res_mult"] if residual else None)
         layers.append(VerticalLayer(
             name="", kind="conv" if conv else "linear", edge=edge, base=codes.reshape(shape),
             planes=tuple(p.reshape(shape) for p in planes), base_bits=d["base_bits"], compensate=bool(d["compensate"]),
-            requant=requant, stride=d["stride"], padding=d["padding"], pool=d["pool"]))
+            requant=requant, stride=d["stride"], padding=d["padding"], pool=d["pool"], residual=residual,
+            gap=bool(d["gap"])))
         base = end
     rows, inner = vh["table_rows"], vh["inner"]
     row_words = _words(8 * inner)

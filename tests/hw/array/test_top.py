@@ -18,6 +18,7 @@ from tests.hw.netgen import random_network
 from tests.hw.stream_source import simulate
 from tests.model.export.test_golden_conv import make_conv
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
+from tests.model.export.test_image_v4 import random_resnet as random_vertical_resnet
 from tests.model.export.test_layout_v3 import fc_layer, resnet_like
 
 #: Version 3 images only (the plane decoders left out: a faster simulation); VCONFIG runs version 4 too.
@@ -260,6 +261,24 @@ def test_vertical_vgg_runs_every_width_on_one_array():
     assert res["status"] == [Status.OK] * 2
     for k, (bits, _, _) in enumerate(runs):
         assert res["scores"][k] == [int(v) for v in net.forward(images[k:k + 1], bits)[0]], f"at {bits} bits"
+
+
+def test_vertical_residual_net_runs_every_width_and_a_table_row():
+    """A version 4 residual net (8-bit edge stem, a stride-1 and a stride-2 block with option A's zero channels,
+    the global pool, the 8-bit FC edge) at 2 and 4 bits and under an Eq. 12 row that gives a block's conv1 and
+    conv2 different widths (the shortcut's group keyed by three widths), on one array."""
+    net = random_vertical_resnet(5, rows=1)
+    assert net.table[0][0] != net.table[0][1]
+    words = pack_vertical(net)
+    config = config_for([words], engines=2, lanes=5)
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(3, 1, 6, 6))
+    runs = [(2, 0, 0), (4, 0, 0), (0, 1, 0)]
+    res = run_array(words, images, config=config, widths=runs, seed=4)
+    assert res["status"] == [Status.OK] * 3
+    for k, (bits, use_table, row) in enumerate(runs):
+        want = net.forward(images[k:k + 1], net.table[row] if use_table else bits)[0]
+        assert res["scores"][k] == [int(v) for v in want], f"run {k}"
 
 
 def test_corrupt_vertical_images_end_with_their_status():

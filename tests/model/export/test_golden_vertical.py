@@ -14,6 +14,8 @@ from model.data import load_digits_split
 from model.errors import UserError
 from model.export.convert_vertical import to_golden_vertical, vertical_golden_accuracy, vertical_input_codes
 from model.export.golden import SCORE_FRAC_BITS
+from model.export.golden_conv import conv_forward
+from model.export.golden_net import ConvStage
 from model.export.golden_vertical import (
     COMP_BOUND,
     E_BOUND,
@@ -208,10 +210,87 @@ def test_check_vertical_names_the_broken_field(trained):
         bad.materialize(2)
 
 
-def test_export_refuses_float_edges_and_resnet():
+def test_export_refuses_float_edges():
     torch.manual_seed(0)
     with pytest.raises(UserError, match="float first/last"):
         to_golden_vertical(to_vertical(DigitsMLP(64, (16, 16), 10, 4), float_edges=True))
-    config = {"arch": "resnet20", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4}
-    with pytest.raises(UserError, match="MLP and VGG"):
-        to_golden_vertical(to_vertical(build_model(config)))
+
+
+@pytest.fixture(scope="module")
+def resnet(digits):
+    """A vertical ResNet-20 on 8x8 digits after one short epoch (activations that are not all zero at every
+    width), with a negative BN2 gain in the first block."""
+    torch.manual_seed(2)
+    model = to_vertical(build_model({"arch": "resnet20", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4}))
+    train_vertical(model, digits, VerticalConfig(epochs=1, lr=5e-3, batch_size=64))
+    with torch.no_grad():
+        model.layer1[0].bn2.bns[0].weight[1] = -1.0
+    model.eval()
+    return model
+
+
+def _vertical_stage_codes(model, x, shape) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(input codes, output codes)`` of the float vertical ResNet-20 around the stem and every basic block."""
+    out = []
+    with torch.no_grad():
+        x = x.reshape(len(x), *shape)
+        h = model.input_quant(x)
+        u = model.input_quant.to_codes(x)
+        z = model.bn1(model.conv1(h))
+        out.append((u.numpy(), model.act1.to_codes(z).numpy()))
+        h, u = model.act1(z), model.act1.to_codes(z)
+        for block in (*model.layer1, *model.layer2, *model.layer3):
+            y = block.bn2(block.conv2(block.act1(block.bn1(block.conv1(h))))) + block.shortcut(h)
+            out.append((u.numpy(), block.act2.to_codes(y).numpy()))
+            h, u = block.act2(y), block.act2.to_codes(y)
+    return out
+
+
+def test_resnet20_golden_matches_fake_quant_per_width_and_per_layer(resnet, digits):
+    """ResNet-20 as one vertical network: residual records keyed by three widths, the shortcut's ``M_r``, a
+    negative BN2 gain (negate on the conv term only), the FC on the global sums; every stage of the golden
+    model gives the float net's codes at every uniform width and under mixed rows whose shortcut width differs
+    from conv2's input width."""
+    model, shape, x = resnet, (1, 8, 8), digits.x_test[:64]
+    rows = ((2, 4) * 9, (4, 3, 2) * 6)
+    net = to_golden_vertical(model, table=rows)
+    kinds = [(layer.residual, layer.gap) for layer in net.layers]
+    assert kinds == [(False, False)] + [(False, False), (True, False)] * 9 + [(False, True)]
+    block = net.layers[2]
+    assert len(block.requant) == 27 and all(len(key) == 3 for key in block.requant)
+    assert any(r.negate.any() for r in block.requant.values())
+    assert all((r.res_mult > 0).all() for r in block.requant.values())
+    assert net.record_key(rows[0], 2) == (4, 2, 2) and net.record_key(rows[1], 4) == (4, 3, 2)
+    for bits in (2, 3, 4, *rows):
+        layer_bits = [bits] * 18 if isinstance(bits, int) else list(bits)
+        set_layer_widths(model, layer_bits, x[:2].reshape(2, *shape))
+        model.eval()
+        golden = net.materialize(bits)
+        # every stage, from the float model's input codes, gives its output codes up to rare one-step ties
+        for stage, (u, ref) in zip(golden.stages, _vertical_stage_codes(model, x, shape), strict=False):
+            got = conv_forward(stage.conv, u) if isinstance(stage, ConvStage) else stage.forward(u)
+            diff = np.abs(got - ref)
+            assert ref.max() > 0 and diff.max() <= 1 and (diff != 0).mean() < 5e-3, (
+                bits, stage.name, diff.max(), (diff != 0).mean())
+    # the network is the version 3 chain: a stem, nine residual stages, the global pool and the FC
+    stages = [type(st).__name__ for st in net.materialize(3).stages]
+    assert stages == ["ConvStage"] + ["ResidualStage"] * 9 + ["GlobalSumPool", "FCStage"]
+    assert net.materialize(3).stages[-1].pooled == 4
+
+
+def test_check_vertical_names_a_misplaced_residual_or_pool(resnet):
+    net = to_golden_vertical(resnet)
+    layers = list(net.layers)
+    layers[1] = dataclasses.replace(layers[1], residual=True)
+    with pytest.raises(UserError, match="holds widths|'residual'"):
+        check_vertical(dataclasses.replace(net, layers=tuple(layers)))
+    layers = list(net.layers)
+    layers[3] = dataclasses.replace(layers[3], gap=True)
+    with pytest.raises(UserError, match="field 'gap' is set"):
+        check_vertical(dataclasses.replace(net, layers=tuple(layers)))
+    layers = list(net.layers)
+    records = dict(layers[2].requant)
+    del records[(3, 3, 2)]
+    layers[2] = dataclasses.replace(layers[2], requant=records)
+    with pytest.raises(UserError, match=r"lacks the record for widths \(3, 3, 2\)"):
+        check_vertical(dataclasses.replace(net, layers=tuple(layers), table=((2,) + (3,) * 17,)))

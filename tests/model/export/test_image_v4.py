@@ -61,10 +61,54 @@ def random_net(seed: int, sizes, widths=(2, 3, 4), rows: int = 2, compensate: bo
     return VerticalNetwork(EDGE_BITS, None, tuple(widths), tuple(layers), table)
 
 
+def random_resnet(seed: int, widths=(2, 3, 4), size: int = 6, channels=(3, 3, 5), n_classes: int = 3,
+                  rows: int = 1) -> VerticalNetwork:
+    """A small vertical residual net of random codes and records: an 8-bit edge stem (1 -> C0), a stride-1
+    block (C0 -> C1), a stride-2 block (C1 -> C2, option A's zero channels when C2 > C1), the global pool and an
+    8-bit FC edge; records of random 17-bit multipliers with shifts that keep the codes mid-range."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    top = widths[-1]
+
+    def records(n_out, keys, residual, shift=32):
+        out = {}
+        for key in keys:
+            res = dict(res_bits=key[2], res_mult=rng.integers(0, 1 << MULT_BITS, n_out)) if residual else {}
+            out[key] = VerticalRequant(key[0], key[1], rng.integers(0, 1 << MULT_BITS, n_out),
+                                       rng.integers(-(1 << (shift + 2)), 1 << (shift + 2), n_out), shift,
+                                       rng.random(n_out) < 0.3, **res)
+        return out
+
+    c0, c1, c2 = channels
+    shapes = [(c0, 1, 3, 1), (c1, c0, 3, 1), (c1, c1, 3, 1), (c2, c1, 3, 2), (c2, c2, 3, 1)]
+    n = len(shapes) + 1
+    layers = []
+    for k, (c_out, c_in, kernel, stride) in enumerate(shapes):
+        residual = k in (2, 4)
+        keys = needed_pairs(n, k, widths, residual=residual)
+        if k == 0:
+            base = rng.integers(-(1 << (EDGE_BITS - 1)), 1 << (EDGE_BITS - 1), (c_out, c_in, kernel, kernel))
+            layers.append(VerticalLayer("stem", "conv", True, base, (), EDGE_BITS, True, records(c_out, keys, False, 31),
+                                        stride=stride, padding=1))
+            continue
+        source = torch.from_numpy(rng.integers(-(1 << (top - 1)), 1 << (top - 1), (c_out, c_in, kernel, kernel)))
+        b, planes = enhance_layers(source, top, widths[0])
+        layers.append(VerticalLayer(f"conv{k}", "conv", False, b.numpy(), tuple(p.numpy() for p in planes),
+                                    widths[0], True, records(c_out, keys, residual), stride=stride, padding=1,
+                                    residual=residual))
+    base = rng.integers(-(1 << (EDGE_BITS - 1)), 1 << (EDGE_BITS - 1), (n_classes, c2))
+    layers.append(VerticalLayer("fc", "linear", True, base, (), EDGE_BITS, True,
+                                records(n_classes, needed_pairs(n, n - 1, widths), False, 24), gap=True))
+    table = tuple(tuple(int(x) for x in rng.choice(widths, n - 2)) for _ in range(rows))
+    return VerticalNetwork(EDGE_BITS, (1, size, size), tuple(widths), tuple(layers), table)
+
+
 def _same(a: VerticalNetwork, b: VerticalNetwork) -> None:
     assert a.widths == b.widths and a.table == b.table and a.image_shape == b.image_shape
     for x, y in zip(a.layers, b.layers, strict=True):
-        assert (x.kind, x.edge, x.base_bits, x.compensate) == (y.kind, y.edge, y.base_bits, y.compensate)
+        assert (x.kind, x.edge, x.base_bits, x.compensate, x.residual, x.gap) == (
+            y.kind, y.edge, y.base_bits, y.compensate, y.residual, y.gap)
         assert np.array_equal(x.base, y.base) and len(x.planes) == len(y.planes)
         assert all(np.array_equal(p, q) for p, q in zip(x.planes, y.planes))
         assert sorted(x.requant) == sorted(y.requant)
@@ -72,6 +116,8 @@ def _same(a: VerticalNetwork, b: VerticalNetwork) -> None:
             s = y.requant[key]
             assert np.array_equal(r.mult, s.mult) and np.array_equal(r.bias, s.bias) and r.shift == s.shift
             assert np.array_equal(np.asarray(r.negate, bool), s.negate)
+            assert r.res_bits == s.res_bits and (r.res_mult is None) == (s.res_mult is None)
+            assert r.res_mult is None or np.array_equal(r.res_mult, s.res_mult)
 
 
 @settings(max_examples=25, deadline=None)
@@ -146,7 +192,7 @@ def test_reader_errors_name_the_field():
         (_corrupt(words, 1, 3), "field 'version'"),
         (_corrupt(words, 3, 4), "field 'input_bits'"),
         (_corrupt(words, HEADER_WORDS, int(words[HEADER_WORDS]) & ~0xFF | 1), "field 'base_bits'"),
-        (_corrupt(words, desc, int(words[desc]) | 0x10), r"layer 0 .*reserved"),
+        (_corrupt(words, desc, int(words[desc]) | 0x40), r"layer 0 .*reserved"),
         (_corrupt(words, desc, int(words[desc]) & ~0x4), "field 'layer 0 edge'"),
         (_corrupt(words, desc + VLAYER.words + 4, int(words[desc + VLAYER.words + 4]) + 1),
          "field 'layer 1 weight_base'"),
@@ -188,3 +234,49 @@ def test_a_conv_net_round_trips_with_its_geometry_and_negate_flags():
     u = vertical_input_codes(model, x)
     assert np.array_equal(back.forward(u, 4), net.forward(u, 4))
     assert np.array_equal(back.forward(u, back.table[0]), net.forward(u, net.table[0]))
+
+
+def test_a_resnet_round_trips_with_residual_records_and_the_global_pool():
+    import torch
+
+    from model.export.convert_vertical import to_golden_vertical, vertical_input_codes
+    from model.quant.nets import build_model
+    from model.quant.vertical import to_vertical
+
+    torch.manual_seed(4)
+    model = to_vertical(build_model({"arch": "resnet20", "image_shape": [1, 8, 8], "n_classes": 10,
+                                     "act_bits": 4}))
+    x = torch.rand(8, 64)
+    model.train()
+    with torch.no_grad():
+        model(x.reshape(8, 1, 8, 8))  # initialise the 4-bit activation steps
+    model.eval()
+    net = to_golden_vertical(model, table=((2, 3, 4) * 6,))
+    words = pack_vertical(net)
+    back = unpack_vertical(words)
+    _same(net, back)
+    assert [layer.residual for layer in back.layers] == [False] + [False, True] * 9 + [False]
+    assert back.layers[-1].gap and not any(layer.gap for layer in back.layers[:-1])
+    u = vertical_input_codes(model, x)
+    for bits in (3, back.table[0]):
+        assert np.array_equal(back.forward(u, bits), net.forward(u, bits))
+    desc = HEADER_WORDS + VHEADER.words
+    conv1 = desc + VLAYER.words  # layer 1: a block's conv1, not residual
+    with pytest.raises(UserError, match="field 'layer 1 group_words'"):
+        unpack_vertical(_corrupt(words, conv1, int(words[conv1]) | 0x10), where="img.bin")
+    with pytest.raises(UserError, match="field 'layer 1 gap'"):
+        unpack_vertical(_corrupt(words, conv1, int(words[conv1]) | 0x20), where="img.bin")
+    conv2 = desc + 2 * VLAYER.words
+    group = int(words[conv2 + 7])
+    with pytest.raises(UserError, match="requant group 0 res_bits"):
+        unpack_vertical(_corrupt(words, group, int(words[group]) & 0xFFFFFF), where="img.bin")
+
+
+def test_a_random_residual_net_round_trips():
+    net = random_resnet(5, rows=2)
+    back = unpack_vertical(pack_vertical(net))
+    _same(net, back)
+    u = np.random.default_rng(0).integers(0, 256, size=(3, 1, 6, 6))
+    for bits in (2, 4, *net.table):
+        scores = net.forward(u, bits)
+        assert np.array_equal(back.forward(u, bits), scores) and len(np.unique(scores)) > 3
