@@ -396,7 +396,7 @@ class VerticalNetwork:
         a residual layer and the layer before it form a :class:`ResidualStage`; a ``gap`` FC gets a
         :class:`GlobalSumPool` before it, with ``pooled`` the area of the map it sums."""
         stages: list = []
-        c, h, w = self.image_shape
+        _, h, w = self.image_shape
         k = 0
         while k < len(out):
             layer, vl = out[k]

@@ -74,7 +74,7 @@ def random_resnet(seed: int, widths=(2, 3, 4), size: int = 6, channels=(3, 3, 5)
     def records(n_out, keys, residual, shift=32):
         out = {}
         for key in keys:
-            res = dict(res_bits=key[2], res_mult=rng.integers(0, 1 << MULT_BITS, n_out)) if residual else {}
+            res = {"res_bits": key[2], "res_mult": rng.integers(0, 1 << MULT_BITS, n_out)} if residual else {}
             out[key] = VerticalRequant(key[0], key[1], rng.integers(0, 1 << MULT_BITS, n_out),
                                        rng.integers(-(1 << (shift + 2)), 1 << (shift + 2), n_out), shift,
                                        rng.random(n_out) < 0.3, **res)
