@@ -68,11 +68,18 @@ class BenchConfig:
     test_subset: int | None = 5000
     seed: int = 0
     methods: tuple[str, ...] = METHODS
+    #: Test images the hardware rows run at each width (at most; ``run_vertical_bench``'s ``hardware_images``
+    #: caps it).
+    rtl_images: int = 100
 
 
 #: The full bench (module docstring): the MLP, then the VGG.
 DEFAULT_CONFIGS = (BenchConfig(arch="mlp", hidden=(128, 128, 128), epochs=3, train_subset=None, test_subset=None),
-                   BenchConfig(arch="vgg", epochs=2, train_subset=6000, test_subset=5000))
+                   BenchConfig(arch="vgg", epochs=2, train_subset=6000, test_subset=5000),
+                   # ResNet-20 for the hardware: the joint-trained net only (its baselines would take the
+                   # bench past its 40 minutes), 10 images a width on the RTL (about 13 s each on Verilator).
+                   BenchConfig(arch="resnet20", epochs=2, train_subset=6000, test_subset=2000, methods=("vertical",),
+                               rtl_images=10))
 #: ``--smoke``: the code path in well under a minute (figures mean nothing).
 SMOKE_CONFIGS = (BenchConfig(arch="mlp", hidden=(64, 64, 64), epochs=1, train_subset=2000, test_subset=1000),
                  BenchConfig(arch="vgg", epochs=1, train_subset=300, test_subset=200, batch_size=64))
@@ -91,7 +98,8 @@ def export_for_hardware(model, split, out_dir: Path, images: int) -> dict:
 
 
 def run_vertical_bench(json_path, root=None, configs=DEFAULT_CONFIGS, progress: bool = False,
-                       hardware_dir=None, hardware_archs=("mlp", "vgg"), hardware_images: int = 100) -> dict:
+                       hardware_dir=None, hardware_archs=("mlp", "vgg", "resnet20"), hardware_images: int = 100
+                       ) -> dict:
     """Train every method of each config (one per architecture) and write ``{"configs", "rows", "hardware",
     "seconds", "provenance"}`` (the code revision, :func:`model.runs.provenance.provenance`) to ``json_path``;
     returns it."""
@@ -110,8 +118,8 @@ def run_vertical_bench(json_path, root=None, configs=DEFAULT_CONFIGS, progress: 
         seconds[config.arch] = part["seconds"]
         budget.append(part["config"])
         if hardware_dir is not None and config.arch in hardware_archs and part["model"] is not None:
-            exports[config.arch] = export_for_hardware(part["model"], part["split"],
-                                                       Path(hardware_dir) / config.arch, hardware_images)
+            exports[config.arch] = export_for_hardware(part["model"], part["split"], Path(hardware_dir) / config.arch,
+                                                       min(hardware_images, config.rtl_images))
     report = {"configs": budget, "rows": rows, "hardware": HARDWARE_NOTE, "hardware_exports": exports,
               "seconds": {**seconds, "total": time.time() - start}, "provenance": provenance()}
     write_json(Path(json_path), report)
@@ -162,9 +170,16 @@ def _acc(rows: list[dict], arch: str, method: str, bits: int):
                 None)
 
 
+def compared_archs(configs) -> list[str]:
+    """The architectures whose configs train what the floors compare (vertical, LSQ, no compensation)."""
+    need = {"vertical", "lsq", "no-compensation"}
+    return [c.arch for c in configs if need <= set(c.methods)]
+
+
 def floors(rows: list[dict], widths=(2, 3, 4), archs=None) -> dict[str, dict]:
     """The bench's floors (module docstring) per architecture (default: every arch in ``rows``, the MLP at
-    least), named ``<arch>_...``; a floor whose rows are missing is unmeasured and fails."""
+    least; the command passes :func:`compared_archs`), named ``<arch>_...``; a floor whose rows are missing is
+    unmeasured and fails."""
     archs = archs or sorted({r["arch"] for r in rows} | {"mlp"})
     out = {}
     for arch in archs:

@@ -15,7 +15,7 @@ from model.cli import DEFAULT_OUT, print_table
 
 HELP = ("checkpoint (MLP, ResNet-20 or VGG; any method) -> packed image, format version 3 (weights.bin, weights.hex, "
         "manifest.json with the data set and the memory report); a vertical-layered checkpoint (train --method "
-        "vertical; MLP or VGG) -> format version 4, every width in one image")
+        "vertical; MLP, VGG or ResNet-20) -> format version 4, every width in one image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

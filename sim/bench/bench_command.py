@@ -141,9 +141,10 @@ def bench_lts(args, out: Path) -> int:
 
 def bench_vertical(args, out: Path) -> int:
     """Vertical layering vs per-width LSQ, ascending, no compensation, no KD and MGD on Fashion-MNIST, MLP and
-    VGG (model/bench/vertical.py, about 6 min; ``--smoke``: tiny budgets that test the path), then the trained
-    vertical MLP's image on the array's RTL at every width on one build (:mod:`sim.bench.vertical_hw`)."""
-    from model.bench.vertical import DEFAULT_CONFIGS, SMOKE_CONFIGS, floors, run_vertical_bench
+    VGG, and the joint-trained ResNet-20 (model/bench/vertical.py; ``--smoke``: tiny budgets that test the path,
+    MLP and VGG), then each trained vertical model's image on the array's RTL at every width on one build
+    (:mod:`sim.bench.vertical_hw`)."""
+    from model.bench.vertical import DEFAULT_CONFIGS, SMOKE_CONFIGS, compared_archs, floors, run_vertical_bench
     from model.files import write_json
     from sim.bench.vertical_hw import MIN_IMAGES, run_vertical_hardware
     from sim.bench.vertical_hw import floors as hardware_floors
@@ -159,19 +160,20 @@ def bench_vertical(args, out: Path) -> int:
     report["hardware_config"] = hardware["config"]
     report["seconds"]["hardware"] = hardware["seconds"]
     write_json(out / "vertical.json", report)
-    print_rows(report["rows"], [("arch", ">6", "", "arch"), ("method", ">16", "", "method"), ("bits", ">4", "", "bits"),
+    print_rows(report["rows"], [("arch", ">8", "", "arch"), ("method", ">16", "", "method"), ("bits", ">4", "", "bits"),
                                 ("accuracy", ">9", ".4f", "accuracy")])
     for c in report["configs"]:
         print(f"\nbudget {c['arch']}: {c['train_images']} training images, {c['test_images']} test images, "
               f"{c['epochs']} epochs, {report['seconds'][c['arch']]['total']:.0f} s")
     print(f"total {report['seconds']['total']:.0f} s of training, {hardware['seconds']:.0f} s of RTL simulation\n")
-    print_rows(report["hardware"], [("arch", ">6", "", "arch"), ("bits", ">4", "", "bits"),
+    print_rows(report["hardware"], [("arch", ">8", "", "arch"), ("bits", ">4", "", "bits"),
                                     ("cycles/img", ">10", ".0f", "cycles_per_image"),
                                     ("bytes/img", ">10", ".0f", "bytes_read_per_image"),
                                     ("weight B/img", ">12", ".0f", "weight_bytes_read_per_image"),
                                     ("images", ">6", "", "rtl_images"), ("mismatches", ">10", "", "rtl_mismatches"),
                                     ("golden", ">7", ".4f", "golden_accuracy")])
-    result = {**floors(report["rows"], configs[0].widths), **hardware_floors(report["hardware"])}
+    result = {**floors(report["rows"], configs[0].widths, compared_archs(configs)),
+              **hardware_floors(report["hardware"])}
     write_floors(out / "vertical.json", result, provenance())
     print(f"\nwrote {out / 'vertical.json'} and {floors_path(out / 'vertical.json')}")
     return report_floors(result, floors_path(out / "vertical.json"), args.check)

@@ -9,7 +9,15 @@ import pytest
 
 import build
 from model.bench import vertical as vertical_bench
-from model.bench.vertical import HARDWARE_NOTE, METHODS, BenchConfig, floors, run_vertical_bench
+from model.bench.vertical import (
+    DEFAULT_CONFIGS,
+    HARDWARE_NOTE,
+    METHODS,
+    BenchConfig,
+    compared_archs,
+    floors,
+    run_vertical_bench,
+)
 from model.errors import UserError
 from tests.idx_files import write_idx_folder
 
@@ -39,6 +47,25 @@ def test_floors_fail_on_a_gap_a_loss_or_a_missing_row():
     # the MLP is always judged: VGG rows alone leave the MLP floors unmeasured
     f = floors(_rows((0.8,) * 3, (0.8,) * 3, 0.7, arch="vgg"))
     assert f["vgg_compensation_gain_pp_2bit"]["holds"] and not f["mlp_compensation_gain_pp_2bit"]["holds"]
+
+
+def test_resnet20_rows_are_judged_on_the_hardware_only():
+    """The default trains ResNet-20's vertical net alone (no baselines to compare): its training floors are not
+    judged, its hardware floors are, on 10 images a width."""
+    from sim.bench.vertical_hw import floors as hardware_floors
+
+    assert compared_archs(DEFAULT_CONFIGS) == ["mlp", "vgg"]
+    resnet = next(c for c in DEFAULT_CONFIGS if c.arch == "resnet20")
+    assert resnet.methods == ("vertical",) and resnet.rtl_images == 10
+    assert not any(k.startswith("resnet20") for k in floors(_rows((0.8,) * 3, (0.8,) * 3, 0.7) + [
+        {"arch": "resnet20", "method": "vertical", "bits": b, "accuracy": 0.8} for b in (2, 3, 4)],
+        archs=compared_archs(DEFAULT_CONFIGS)))
+    rows = [{"arch": "resnet20", "bits": b, "rtl_images": 10, "rtl_mismatches": 0, "cycles_per_image": 1000.0 * b,
+             "bytes_read_per_image": 100.0 * b} for b in (2, 3, 4)]
+    f = hardware_floors(rows)
+    assert all(e["holds"] for e in f.values()) and f["resnet20_rtl_images_2bit"]["floor"] == 10
+    rows[0]["rtl_images"] = 9
+    assert not hardware_floors(rows)["resnet20_rtl_images_2bit"]["holds"]
 
 
 TINY = (BenchConfig(hidden=(16, 16, 16), epochs=1, batch_size=32, train_subset=None, test_subset=None),)
