@@ -33,7 +33,7 @@ from hw.system.register_map import REGISTER_MAP, SHELL_CODE_DESCRIPTIONS, Status
 from model.errors import UserError
 from model.export.format import HEADER, VERSION, VERTICAL_VERSION
 from model.export.image import read_image
-from model.export.image_v4 import is_vertical, read_vertical_image
+from model.export.image_v4 import is_vertical, read_vertical_words
 
 #: Default device time allowed for one load or run before the driver gives up (the core's own watchdog
 #: normally ends a run with TIMEOUT long before).
@@ -155,10 +155,9 @@ class MpqDriver:
         """
         path = Path(image_dir)
         bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
-        if is_vertical(path):
+        if is_vertical(path):  # (from the header's first two words)
             # A vertical-layered model: every width in one image; set_precision picks the run's.
-            net, manifest = read_vertical_image(path)
-            words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
+            net, manifest, words = read_vertical_words(path)
             self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits)
             return manifest
         _, manifest = read_image(path)  # names a missing or corrupt file

@@ -59,8 +59,6 @@ the decoder stops and so does the engine).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -69,11 +67,10 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hw.array.pass_sequencer import PassSequencer, record_layout
-from hw.array.plane_decoder import PlaneRowDecoder, plane_command_layout, plane_layer_layout
+from hw.array.plane_decoder import PlaneRowDecoder, plane_layer_layout
 from hw.array.requant import A_BITS, BIAS_BITS, MAX_COMP_SHIFT, X_BITS, Y_BITS, PixelRequantizer
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.stream_decoder import RowStreamDecoder, command_layout, layer_fields_layout
-from hw.core.stream_decoder import entry_layout as decoder_entry_layout
 from hw.dsp.packing import CHUNK_BITS, P_BITS
 from hw.dsp.pass_lane import ACT_BITS_FIELD, PAIR_SHIFT, SLOTS, PassDspLane
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, MULT_BITS
@@ -210,25 +207,21 @@ class ChannelEngine(wiring.Component):
         # both are global-buffer requesters on the engine's bus, only the running layer's one asks.
         m.submodules.decoder = dec = RowStreamDecoder(addr_width=self._addr_width,
                                                       fan_in_width=self._fan_in_width)
+        m.d.comb += [dec.bus.data.eq(self.bus.data), dec.layer.eq(layer.stream)]
         if self._vertical:
-            pdec = PlaneRowDecoder(addr_width=self._addr_width, fan_in_width=self._fan_in_width)
-            m.submodules.planes = pdec
+            m.submodules.planes = pdec = PlaneRowDecoder(addr_width=self._addr_width,
+                                                         fan_in_width=self._fan_in_width)
             vert = layer.vertical
-        else:  # built without version 4 support: the plane decoder's ports as constants (never selected)
-            pdec = SimpleNamespace(bus=SimpleNamespace(req=0, addr=0, grant=Signal(), data=Signal(32)),
-                                   error=0, cmd=SimpleNamespace(ready=0, valid=Signal(),
-                                                                payload=Signal(plane_command_layout(self._addr_width))),
-                                   o=SimpleNamespace(valid=0, payload=Signal(decoder_entry_layout(self._fan_in_width)),
-                                                     ready=Signal()),
-                                   layer=Signal(plane_layer_layout()))
-            vert = 0
-        m.d.comb += [
-            self.bus.req.eq(Mux(vert, pdec.bus.req, dec.bus.req)),
-            self.bus.addr.eq(Mux(vert, pdec.bus.addr, dec.bus.addr)),
-            dec.bus.grant.eq(self.bus.grant & ~vert), pdec.bus.grant.eq(self.bus.grant & vert),
-            dec.bus.data.eq(self.bus.data), pdec.bus.data.eq(self.bus.data),
-            dec.layer.eq(layer.stream), pdec.layer.eq(layer.planes), self.error.eq(dec.error | pdec.error),
-        ]
+            m.d.comb += [
+                self.bus.req.eq(Mux(vert, pdec.bus.req, dec.bus.req)),
+                self.bus.addr.eq(Mux(vert, pdec.bus.addr, dec.bus.addr)),
+                dec.bus.grant.eq(self.bus.grant & ~vert), pdec.bus.grant.eq(self.bus.grant & vert),
+                pdec.bus.data.eq(self.bus.data), pdec.layer.eq(layer.planes),
+                self.error.eq(dec.error | pdec.error),
+            ]
+        else:  # built without version 4 support: the stream decoder alone (``layer.vertical`` is ignored)
+            m.d.comb += [self.bus.req.eq(dec.bus.req), self.bus.addr.eq(dec.bus.addr),
+                         dec.bus.grant.eq(self.bus.grant), self.error.eq(dec.error)]
         row_layout = data.StructLayout({"channel": unsigned(self._channel_bits), "pixels": range(t + 1),
                                         "mult": unsigned(MULT_BITS), "res_mult": unsigned(MULT_BITS),
                                         "bias": unsigned(BIAS_BITS), "r": data.ArrayLayout(MAX_ACT_BITS, t),
@@ -237,14 +230,20 @@ class ChannelEngine(wiring.Component):
         m.submodules.row_pixels = row_pixels = SyncFIFOBuffered(width=ceil_log2(t + 1), depth=4)
         cmd = self.cmd.payload
         accept = Signal()
+        offer = self.cmd.valid & rows.w_rdy & row_pixels.w_rdy
+        # (ready does not look at valid: the controller offers a command to an engine that is ready)
+        if self._vertical:
+            m.d.comb += [
+                self.cmd.ready.eq(rows.w_rdy & row_pixels.w_rdy & Mux(vert, pdec.cmd.ready, dec.cmd.ready)),
+                dec.cmd.valid.eq(offer & ~vert),
+                pdec.cmd.valid.eq(offer & vert),
+                pdec.cmd.payload.first.eq(cmd.start_bit), pdec.cmd.payload.negate.eq(cmd.negate),
+            ]
+        else:
+            m.d.comb += [self.cmd.ready.eq(rows.w_rdy & row_pixels.w_rdy & dec.cmd.ready), dec.cmd.valid.eq(offer)]
         m.d.comb += [
-            # (ready does not look at valid: the controller offers a command to an engine that is ready)
-            self.cmd.ready.eq(rows.w_rdy & row_pixels.w_rdy & Mux(vert, pdec.cmd.ready, dec.cmd.ready)),
             accept.eq(self.cmd.valid & self.cmd.ready),
-            dec.cmd.valid.eq(self.cmd.valid & rows.w_rdy & row_pixels.w_rdy & ~vert),
             dec.cmd.payload.start_bit.eq(cmd.start_bit),
-            pdec.cmd.valid.eq(self.cmd.valid & rows.w_rdy & row_pixels.w_rdy & vert),
-            pdec.cmd.payload.first.eq(cmd.start_bit), pdec.cmd.payload.negate.eq(cmd.negate),
             rows.w_en.eq(accept), row_pixels.w_en.eq(accept),
             rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.r, cmd.negate)),
             row_pixels.w_data.eq(cmd.pixels),
@@ -256,11 +255,15 @@ class ChannelEngine(wiring.Component):
         m.d.comb += [seq.act_bits.eq(layer.act_bits), seq.gap.eq(layer.gap), seq.signed.eq(layer.signed),
                      seq.rows.valid.eq(row_pixels.r_rdy), seq.rows.payload.eq(row_pixels.r_data),
                      row_pixels.r_en.eq(seq.rows.ready)]
-        m.d.comb += [
-            seq.i.valid.eq(Mux(vert, pdec.o.valid, dec.o.valid)),
-            seq.i.payload.eq(Mux(vert, pdec.o.payload.as_value(), dec.o.payload.as_value())),
-            dec.o.ready.eq(seq.i.ready & ~vert), pdec.o.ready.eq(seq.i.ready & vert),
-        ]
+        if self._vertical:
+            m.d.comb += [
+                seq.i.valid.eq(Mux(vert, pdec.o.valid, dec.o.valid)),
+                seq.i.payload.eq(Mux(vert, pdec.o.payload.as_value(), dec.o.payload.as_value())),
+                dec.o.ready.eq(seq.i.ready & ~vert), pdec.o.ready.eq(seq.i.ready & vert),
+            ]
+        else:
+            m.d.comb += [seq.i.valid.eq(dec.o.valid), seq.i.payload.eq(dec.o.payload.as_value()),
+                         dec.o.ready.eq(seq.i.ready)]
 
         # -- Fetch: the entry waits here while its patch row is read ---------------------------------------
         f_valid = Signal()

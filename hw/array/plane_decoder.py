@@ -50,7 +50,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.core.global_buffer import buffer_port_signature
-from hw.core.stream_decoder import entry_layout
+from hw.core.stream_decoder import check_decoder_params, entry_layout
 from model.export.format import CLASS_WIDTHS, WORD_BITS
 
 #: Widest stored code the decoder composes: base bits plus planes (the version 4 widths are at most 8).
@@ -105,10 +105,7 @@ class PlaneRowDecoder(wiring.Component):
     """
 
     def __init__(self, *, addr_width: int, fan_in_width: int):
-        if addr_width < 1:
-            raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
-        if not 1 <= fan_in_width <= 24:
-            raise ValueError(f"fan_in_width must be 1..24, not {fan_in_width!r}")
+        check_decoder_params(addr_width, fan_in_width)
         self._aw = addr_width
         self._fw = fan_in_width
         super().__init__({

@@ -214,14 +214,16 @@ class ConvArray(wiring.Component):
 
         # Each pixel's activation sum over the tile's patch, a register per bank beside the patch: the loader
         # writes every position of a tile once, position 0 first (a vertical layer's compensation, Eq. 6).
+        # Without the version 4 path they stay 0 (only a compensated vertical layer uses them).
         usum = [Signal(data.ArrayLayout(A_BITS, t), name=f"usum{bank}") for bank in range(2)]
-        with m.If(loader.patch.en & cfg.vertical):
-            for i in range(t):
-                so_far = Mux(loader.patch.addr == 0, 0, Mux(ctl.load_bank, usum[1][i], usum[0][i]))
-                total = so_far + loader.patch.data[i]
-                for bank in range(2):
-                    with m.If(ctl.load_bank == bank):
-                        m.d.sync += usum[bank][i].eq(total)
+        if cfg.vertical:
+            with m.If(loader.patch.en):
+                for i in range(t):
+                    so_far = Mux(loader.patch.addr == 0, 0, Mux(ctl.load_bank, usum[1][i], usum[0][i]))
+                    total = so_far + loader.patch.data[i]
+                    for bank in range(2):
+                        with m.If(ctl.load_bank == bank):
+                            m.d.sync += usum[bank][i].eq(total)
         usum_comp = Signal(data.ArrayLayout(A_BITS, t))
         m.d.comb += usum_comp.eq(Mux(ctl.comp_bank, usum[1].as_value(), usum[0].as_value()))
 

@@ -107,6 +107,16 @@ class _Phase(enum.Enum, shape=3):
     EMPTY = 4  # emitting an all-pruned row's single entry
 
 
+def check_decoder_params(addr_width: int, fan_in_width: int) -> None:
+    """The parameter checks the row decoders share (this module's and
+    :class:`~hw.array.plane_decoder.PlaneRowDecoder`): ``ValueError`` for ``addr_width`` < 1 or
+    ``fan_in_width`` outside 1..24."""
+    if addr_width < 1:
+        raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
+    if not 1 <= fan_in_width <= 24:
+        raise ValueError(f"fan_in_width must be 1..24, not {fan_in_width!r}")
+
+
 def _lowest(m: Module, mask, after=None):
     """``(found, index)``: the lowest set bit of the 4-bit ``mask`` (above class ``after`` when given)."""
     found = Signal()
@@ -160,10 +170,7 @@ class RowStreamDecoder(wiring.Component):
     """
 
     def __init__(self, *, addr_width: int, fan_in_width: int, fetch_depth: int = 4):
-        if addr_width < 1:
-            raise ValueError(f"addr_width must be >= 1, not {addr_width!r}")
-        if not 1 <= fan_in_width <= 24:
-            raise ValueError(f"fan_in_width must be 1..24, not {fan_in_width!r}")
+        check_decoder_params(addr_width, fan_in_width)
         if fetch_depth < 2:
             raise ValueError(f"fetch_depth must be >= 2, not {fetch_depth!r}")
         self._addr_width = addr_width

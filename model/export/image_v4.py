@@ -370,13 +370,19 @@ def read_vertical_image(path) -> tuple[VerticalNetwork, dict]:
     UserError
         Naming the file and the field.
     """
+    net, record, _ = read_vertical_words(path)
+    return net, record
+
+
+def read_vertical_words(path) -> tuple[VerticalNetwork, dict, np.ndarray]:
+    """:func:`read_vertical_image` and the image's words (``weights.bin`` read once: what a loader sends)."""
     record, words, man_path, bin_path = read_image_files(path, (VERTICAL_VERSION,), "write_vertical_image",
                                                          hint=lambda v: " (a vertical-layered image)")
     net = unpack_vertical(words, where=str(bin_path))
     names = [layer.get("name", "") if isinstance(layer, dict) else "" for layer in record["layers"]]
     if len(names) != len(net.layers):
         raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds {len(net.layers)}")
-    return rename(net, names), record
+    return rename(net, names), record, words
 
 
 def is_vertical(path) -> bool:

@@ -5,45 +5,14 @@ output back-pressure; only the planes of the width are read; the error checks st
 
 import numpy as np
 import pytest
-from amaranth import Module
-from amaranth.lib import stream, wiring
-from amaranth.lib.memory import MemoryData
-from amaranth.lib.wiring import In, Out
 
-from hw.array.plane_decoder import BLOCK, PlaneRowDecoder, plane_command_layout, plane_layer_layout
-from hw.core.global_buffer import GlobalBuffer
-from hw.core.stream_decoder import entry_layout
+from hw.array.plane_decoder import BLOCK, PlaneRowDecoder
 from model.export.golden_vertical import compose
 from model.export.image_v4 import _pack_bits
-from tests.hw.stream_source import Source, simulate
+from tests.hw.decoder_harness import DecoderHarness, run_decoder
 
 ADDR_WIDTH = 10
 FAN_IN_WIDTH = 8
-
-
-class Harness(wiring.Component):
-    layer: In(plane_layer_layout())
-    cmd: In(stream.Signature(plane_command_layout(ADDR_WIDTH)))
-    o: Out(stream.Signature(entry_layout(FAN_IN_WIDTH)))
-    error: Out(1)
-    other: In(1)
-    reads: Out(1)
-
-    def __init__(self, words):
-        self._words = [int(w) for w in words]
-        super().__init__()
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.buffer = buf = GlobalBuffer(MemoryData(shape=32, depth=1 << ADDR_WIDTH, init=self._words),
-                                                 ports=[["other", "dec"]])
-        m.submodules.dec = dec = PlaneRowDecoder(addr_width=ADDR_WIDTH, fan_in_width=FAN_IN_WIDTH)
-        wiring.connect(m, buf.dec, dec.bus)
-        wiring.connect(m, cmd=wiring.flipped(self.cmd), dec=dec.cmd)
-        wiring.connect(m, dec=dec.o, out=wiring.flipped(self.o))
-        m.d.comb += [dec.layer.eq(self.layer), self.error.eq(dec.error), buf.other.req.eq(self.other),
-                     buf.other.addr.eq(0), self.reads.eq(dec.bus.req & dec.bus.grant)]
-        return m
 
 
 def random_vertical(rng, rows, fan_in, base_bits, planes, p_zero):
@@ -84,40 +53,18 @@ def expected(c, j, negate, shift, cls):
              int(k == nz.size - 1)) for k, p in enumerate(nz)]
 
 
+def entry_tuple(entry) -> tuple:
+    return (int(entry.position), int(entry.cls), int(entry.code), int(entry.last), int(entry.empty),
+            int(entry.seg_end))
+
+
 def run(words, fields, commands, n_out, seed, p_gap=0.2, p_stall=0.2, p_other=0.2, limit=None):
-    rng = np.random.default_rng(seed)
-    dut = Harness(words)
-    got, info = [], {"reads": 0, "error": False, "cycles": 0}
-    limit = limit or 400 + 40 * n_out
-
-    async def bench(ctx):
-        ctx.set(dut.layer, fields)
-        src = Source(dut.cmd, commands, rng, p_gap)
-        held = None
-        for cycle in range(limit):
-            if len(got) == n_out:
-                break
-            src.drive(ctx)
-            ctx.set(dut.o.ready, rng.random() >= p_stall)
-            ctx.set(dut.other, rng.random() < p_other)
-            _, _, cv, cr, ov, orr, entry, err, reads = await ctx.tick().sample(
-                dut.cmd.valid, dut.cmd.ready, dut.o.valid, dut.o.ready, dut.o.payload, dut.error, dut.reads)
-            src.update(cv, cr)
-            info["reads"] += int(reads)
-            info["cycles"] = cycle
-            if held is not None:
-                assert ov and entry == held, "entry changed or vanished before its transfer"
-            held = entry if ov and not orr else None
-            if ov and orr:
-                got.append((int(entry.position), int(entry.cls), int(entry.code), int(entry.last),
-                            int(entry.empty), int(entry.seg_end)))
-            if err:
-                info["error"] = True
-                assert not (cv and cr) and not reads
-        info["taken"] = src.pos
-
-    simulate(dut, bench)
-    return got, info
+    """The decoder's entries and what the run did (:func:`tests.hw.decoder_harness.run_decoder`): until
+    ``n_out`` entries, or ``limit`` cycles when ``error`` rises."""
+    dut = DecoderHarness(PlaneRowDecoder(addr_width=ADDR_WIDTH, fan_in_width=FAN_IN_WIDTH), words)
+    res = run_decoder(dut, fields, commands, n_out, seed, convert=entry_tuple, limit=limit or 400 + 40 * n_out,
+                      p_gap=p_gap, p_stall=p_stall, p_other=p_other)
+    return res["entries"], res
 
 
 CASES = [  # (base_bits, planes stored, width read, p_zero, cls)
@@ -145,7 +92,7 @@ def test_rows_match_golden_codes(case):
     want = [expected(c, j, n, shift, cls) for j, n in zip(order, negs)]
     n_out = sum(len(w) for w in want)
     got, info = run(words, fields, commands, n_out, seed=case)
-    assert not info["error"]
+    assert info["error_cycle"] is None
     at = 0
     for j, w in zip(order, want):
         assert got[at:at + len(w)] == w, f"row {j}"
@@ -169,7 +116,7 @@ def test_throughput_dense_rows_one_entry_a_cycle():
     got, info = run(words, fields, commands, rows * fan_in, seed=1, p_gap=0, p_stall=0, p_other=0)
     assert len(got) == rows * fan_in
     # One entry a cycle, one bubble per block for its transfer, and a few cycles per row.
-    assert info["cycles"] <= rows * fan_in * (1 + 1 / BLOCK) + rows * 10, info["cycles"]
+    assert info["last_cycle"] <= rows * fan_in * (1 + 1 / BLOCK) + rows * 10, info["last_cycle"]
 
 
 @pytest.mark.parametrize("bad", [{"base_bits": 0}, {"base_bits": 9}, {"planes": 7, "base_bits": 2},
@@ -183,4 +130,15 @@ def test_bad_fields_stop_the_decoder(bad):
               "base_addr": base_addr, "plane_addr": plane_addr, "plane_words": plane_words, **bad}
     got, info = run(words, fields, [{"first": 0, "negate": 0}, {"first": 40, "negate": 0}], 1, seed=2,
                     limit=200)
-    assert info["error"] and got == [] and info["taken"] == 1
+    assert info["error_cycle"] is not None and got == [] and info["commands_taken"] == 1
+    assert info["moved_after_error"] == []  # no command taken, no read requested after it
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"addr_width": 0, "fan_in_width": 8}, "addr_width must be >= 1, not 0"),
+    ({"addr_width": 8, "fan_in_width": 0}, "fan_in_width must be 1..24, not 0"),
+    ({"addr_width": 8, "fan_in_width": 25}, "fan_in_width must be 1..24, not 25"),
+])
+def test_rejects_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        PlaneRowDecoder(**kwargs)

@@ -5,51 +5,17 @@ error paths; Verilog generation."""
 
 import numpy as np
 import pytest
-from amaranth import Module
 from amaranth.back import verilog
-from amaranth.lib import stream, wiring
-from amaranth.lib.memory import MemoryData
-from amaranth.lib.wiring import In, Out
 
-from hw.core.global_buffer import GlobalBuffer
-from hw.core.stream_decoder import RowStreamDecoder, command_layout, entry_layout, layer_fields_layout
+from hw.core.stream_decoder import RowStreamDecoder
 from model.errors import UserError
 from model.export.format import CLASS_WIDTHS, RICE_ESCAPE
 from model.export.weight_stream import decode_layer, encode_layer, pos_bits
-from tests.hw.stream_source import Source, simulate
+from tests.hw.decoder_harness import DecoderHarness, run_decoder
 
 ADDR_WIDTH = 10  # a 1024-word buffer: the largest test layer (6 rows of 80 32-bit weights) takes 480 words
 FAN_IN_WIDTH = 7  # fan_in <= 127
 WIDTHS = (0, *CLASS_WIDTHS)
-
-
-class DecoderHarness(wiring.Component):
-    """The decoder on the lower-priority requester of a global buffer port; ``other`` takes the port away."""
-
-    layer: In(layer_fields_layout())
-    cmd: In(stream.Signature(command_layout(ADDR_WIDTH)))
-    o: Out(stream.Signature(entry_layout(FAN_IN_WIDTH)))
-    error: Out(1)
-    other: In(1)
-    reading: Out(1)
-
-    def __init__(self, words):
-        self._words = [int(w) for w in words]
-        super().__init__()
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.buffer = buf = GlobalBuffer(MemoryData(shape=32, depth=1 << ADDR_WIDTH, init=self._words),
-                                                 ports=[["other", "dec"]])
-        m.submodules.dec = dec = RowStreamDecoder(addr_width=ADDR_WIDTH, fan_in_width=FAN_IN_WIDTH)
-        wiring.connect(m, buf.dec, dec.bus)
-        wiring.connect(m, cmd=wiring.flipped(self.cmd), dec=dec.cmd)
-        wiring.connect(m, dec=dec.o, out=wiring.flipped(self.o))
-        m.d.comb += [
-            dec.layer.eq(self.layer), self.error.eq(dec.error),
-            buf.other.req.eq(self.other), buf.other.addr.eq(0), self.reading.eq(dec.bus.req),
-        ]
-        return m
 
 
 # -- The expected entries, from the reference decoder ---------------------------------------------------
@@ -126,51 +92,22 @@ def place(rng, stream_words, size=1 << ADDR_WIDTH) -> tuple[list[int], int]:
 
 # -- Cycle-by-cycle driver --------------------------------------------------------------------------------
 
+def entry_tuple(entry) -> tuple:
+    """``(position, cls, code, last, empty, seg_end, next_cls)``; ``next_cls`` only at a ``seg_end`` that is
+    not ``last`` (else None)."""
+    return (int(entry.position), int(entry.cls), int(entry.code), int(entry.last), int(entry.empty),
+            int(entry.seg_end), int(entry.next_cls) if entry.seg_end and not entry.last else None)
+
+
 def run_commands(words, fields, starts, n_out, seed, p_gap=0.0, p_stall=0.0, p_other=0.0, limit=None,
                  after_error=30):
     """Offer ``starts`` as row commands and collect ``n_out`` entries (or stop ``after_error`` cycles after
-    ``error``); return the entries, their cycles, the cycle ``error`` rose and what moved after it."""
-    rng = np.random.default_rng(seed)
-    dut = DecoderHarness(words)
-    out = {"entries": [], "cycles": [], "error_cycle": None, "moved_after_error": []}
-    limit = limit or 200 + 40 * n_out + 20 * len(starts)
-
-    async def bench(ctx):
-        ctx.set(dut.layer, fields)
-        src = Source(dut.cmd, [{"start_bit": s} for s in starts], rng, p_gap)
-        held = None
-        for cycle in range(limit):
-            if len(out["entries"]) == n_out and out["error_cycle"] is None:
-                break
-            src.drive(ctx)
-            ctx.set(dut.o.ready, rng.random() >= p_stall)
-            ctx.set(dut.other, rng.random() < p_other)
-            _, _, cv, cr, ov, orr, entry, err, reading = await ctx.tick().sample(
-                dut.cmd.valid, dut.cmd.ready, dut.o.valid, dut.o.ready, dut.o.payload, dut.error, dut.reading)
-            src.update(cv, cr)
-            if held is not None:
-                assert ov and entry == held, "entry changed or vanished before its transfer"
-            held = entry if ov and not orr else None
-            if ov and orr:
-                out["entries"].append((int(entry.position), int(entry.cls), int(entry.code), int(entry.last),
-                                       int(entry.empty), int(entry.seg_end),
-                                       int(entry.next_cls) if entry.seg_end and not entry.last else None))
-                out["cycles"].append(cycle)
-            if out["error_cycle"] is not None:
-                assert err, "error is sticky"
-                # From the error on: no command taken, no read requested (the entries that left are checked
-                # by the caller: only those before the fault).
-                if (cv and cr) or reading:
-                    out["moved_after_error"].append((cycle, cv and cr, reading))
-                if cycle == out["error_cycle"] + after_error:
-                    break
-            elif err:
-                out["error_cycle"] = cycle
-                assert not (cv and cr) and not reading, "command taken or read requested as the error rose"
-        out["commands_taken"] = src.pos
-
-    simulate(dut, bench)
-    return out
+    ``error``); return the entries, their cycles, the cycle ``error`` rose and what moved after it
+    (:func:`tests.hw.decoder_harness.run_decoder`)."""
+    dut = DecoderHarness(RowStreamDecoder(addr_width=ADDR_WIDTH, fan_in_width=FAN_IN_WIDTH), words)
+    return run_decoder(dut, fields, [{"start_bit": s} for s in starts], n_out, seed, convert=entry_tuple,
+                       limit=limit or 200 + 40 * n_out + 20 * len(starts), p_gap=p_gap, p_stall=p_stall,
+                       p_other=p_other, after_error=after_error)
 
 
 def decode_rows(codes, widths, seed, p_gap, p_stall, p_other):
