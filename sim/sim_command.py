@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def vertical_widths(args):
-    """``--bits`` / ``--table-row`` as golden's widths (an int or a table row), None without either."""
+    """``--bits`` / ``--table-row`` as golden's widths (an int or a :class:`TableRow`), None without either."""
     from model.errors import UserError
 
     bits, row = getattr(args, "bits", None), getattr(args, "table_row", None)
@@ -69,13 +69,14 @@ def vertical_widths(args):
         raise UserError(f"--bits must be 0 (the source width) to 8, not {bits}")
     if row is None:
         return bits or None
+    from model.export.golden_vertical import TableRow
     from model.export.image_v4 import read_vertical_image
 
     net, _ = read_vertical_image(Path(args.image))
     if not 0 <= row < min(len(net.table), 128):
         raise UserError(f"--table-row {row}: the image's Eq. 12 table has {len(net.table)} rows "
                         f"(allowed 0..{min(len(net.table), 128) - 1})")
-    return net.table[row]
+    return TableRow(row)  # the row's widths, and its own requant records where the image has them
 
 
 def precision_register(args) -> int:

@@ -27,7 +27,8 @@ widths come from ``precision`` (every inner layer; 0: the source width) or from 
 image's Eq. 12 table (``use_table``), sampled at ``start`` and checked against the stored widths
 (``BAD_PRECISION``). Per layer the controller reads the 10-word vertical descriptor and the table bytes of
 this layer's and the next layer's widths, derives ``(in_bits, out_bits)`` as golden's ``code_widths`` does,
-finds that pair's requant group (heads searched in order, at most :data:`MAX_REQUANT_GROUPS`) and builds the
+finds that pair's requant group (heads searched in order, at most :data:`MAX_REQUANT_GROUPS`; running a table
+row, the row's own group comes first where the image has one: BN re-estimated for the row) and builds the
 version 3 view of the layer in ``desc`` (a signed layer; the feature-map buffers assigned as a residual
 network needs them: a layer writes the lowest buffer other than its input, a residual layer the third one; the
 input map from the header or the previous layer's stored map; for a residual layer, conv2 of a block, the
@@ -85,9 +86,10 @@ VERSION_3 = 3
 MAX_VERTICAL_TOP = 6
 #: Widest edge codes the plane decoder composes (``hw.array.plane_decoder.MAX_CODE_BITS``).
 MAX_EDGE_BITS = 8
-#: Most requant groups a vertical layer may have (one per pair of input and output widths: at most 8 x 8),
-#: so that the group search of a corrupt image ends.
-MAX_REQUANT_GROUPS = 64
+#: Most requant groups a vertical layer may have, so that the group search of a corrupt image ends: one per
+#: triple of input, output and shortcut widths (at most 5^3 = 125 with widths 2..MAX_VERTICAL_TOP) and one per
+#: table row (at most 128, the rows ``precision`` can name).
+MAX_REQUANT_GROUPS = 256
 
 
 class ArrayController(wiring.Component):
@@ -538,18 +540,17 @@ class ArrayController(wiring.Component):
                     m.d.sync += [desc.out_bits.eq(out_b), grp.eq(0), grp_addr.eq(vd.requant_base), k.eq(0)]
                     m.next = "GROUP"
 
-            with m.State("GROUP"):
-                # Requant group heads, one every three cycles (read, land, compare): the one for this layer's
-                # (in_bits, out_bits).
-                m.d.comb += [self.bus.req.eq(k == 0), self.bus.addr.eq(grp_addr)]
-                m.d.sync += k.eq(1)
-                with m.If(k == 1):
-                    m.d.sync += head.as_value().eq(self.bus.data)
-                    m.next = "GROUP_CHECK"
+            with m.State("GROUP"), m.If(read_record(head, grp_addr, VREQUANT.words)):
+                # Requant group heads (two words, then a compare): the first for this layer's (in_bits,
+                # out_bits[, res_bits]) whose row is 0 or, running table row r, r + 1 (a row's own groups come
+                # first in the image).
+                m.next = "GROUP_CHECK"
 
             with m.State("GROUP_CHECK"):
                 res_bits = Mux(vdesc.residual, prev_in, 0)
-                with m.If((head.in_bits == prev_out) & (head.out_bits == desc.out_bits) & (head.res_bits == res_bits)):
+                row_ok = (head.row == 0) | (use_table & (head.row == trow + 1))
+                with m.If((head.in_bits == prev_out) & (head.out_bits == desc.out_bits) & (head.res_bits == res_bits)
+                          & row_ok):
                     m.next = "TRANSLATE"
                 with m.Elif(grp + 1 >= vdesc.requant_count):
                     finish(Status.BAD_PRECISION)

@@ -30,6 +30,8 @@ edge with ``gap`` set: it reads the per-channel sums of the last block's codes, 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -110,8 +112,60 @@ def _chain(model) -> list[tuple]:
     raise UserError(f"{type(model).__name__}: the vertical integer contract takes the MLP, VGG and ResNet-20 nets")
 
 
-def to_golden_vertical(model, table=()) -> VerticalNetwork:
-    """The :class:`VerticalNetwork` of a vertical-layered ``model`` (module docstring); ``table``: Eq. 12 rows.
+def _record(link, key: tuple[int, ...], widths, row: int = 0) -> VerticalRequant:
+    """The requant record of one chain link (:func:`_chain`) for the widths ``key`` (module docstring), with
+    the BN statistics the link's BN holds at the width it runs at."""
+    layer, q_in, bn, q_out, _, q_short, pooled = link
+    unit = float(layer.step.detach()) if layer.edge else float(layer.step.detach()) / 2
+    m = edge_class() if layer.edge else inner_class(layer.top)
+    with torch.no_grad():
+        bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(layer.weight.shape[0])
+    in_bits, out_bits = key[:2]
+    s_in = _step(q_in, in_bits)
+    if isinstance(bn, SwitchableBatchNorm):
+        bn_bits = out_bits if layer.edge else in_bits
+        kk, offset = fold_batchnorm(bn.bns[bn.widths.index(bn_bits)], layer.bias, layer.name)
+    else:
+        kk, offset = np.ones_like(bias), bias
+    s_out = 2.0 ** -SCORE_FRAC_BITS if q_out is None else _step(q_out, out_bits)
+    gain = s_in * unit * ((1 << m) - 1) / 2 * kk / s_out / max(pooled, 1)
+    negate = gain < 0
+    where = f"{layer.name} {key}" + (f" (table row {row - 1})" if row else "")
+    if q_short is None:
+        mult, int_bias, shift = requant_params(np.abs(gain), offset / s_out, where=where)
+        return VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate, row=row)
+    res_gain = np.full(layer.weight.shape[0], _step(q_short, key[2]) / s_out)
+    mult, res_mult, int_bias, shift = residual_requant_params(np.abs(gain), res_gain, offset / s_out, where=where)
+    return VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate, res_bits=key[2],
+                           res_mult=res_mult, row=row)
+
+
+def _row_model(model, state: dict):
+    """A copy of ``model`` whose BNs in use hold the statistics ``state`` (name of a
+    :class:`SwitchableBatchNorm` -> ``{"bits", "running_mean", "running_var"}``, what
+    :func:`model.methods.vertical.mixed_precision_curve` re-estimated for the row)."""
+    sampled = copy.deepcopy(model)
+    modules = dict(sampled.named_modules())
+    for name, entry in state.items():
+        bn = modules.get(name)
+        if not isinstance(bn, SwitchableBatchNorm) or int(entry["bits"]) not in bn.widths:
+            raise UserError(f"field 'eq12_bn' names {name!r} at {entry.get('bits')} bits; the model has no such "
+                            "per-width BatchNorm")
+        target = bn.bns[bn.widths.index(int(entry["bits"]))]
+        with torch.no_grad():
+            for part in ("running_mean", "running_var"):
+                value = torch.as_tensor(entry[part], dtype=target.running_mean.dtype)
+                if value.shape != target.running_mean.shape:
+                    raise UserError(f"field 'eq12_bn' {name}.{part} has shape {tuple(value.shape)}; the BN has "
+                                    f"{tuple(target.running_mean.shape)}")
+                getattr(target, part).copy_(value)
+    return sampled
+
+
+def to_golden_vertical(model, table=(), row_bn=None) -> VerticalNetwork:
+    """The :class:`VerticalNetwork` of a vertical-layered ``model`` (module docstring); ``table``: Eq. 12 rows;
+    ``row_bn``: per row, the BN statistics re-estimated for it (:func:`_row_model`), from which each layer with
+    a BN gets the row's own requant record (Sec. 6.4; ``golden_vertical``, "Eq. 12 rows and their BatchNorm").
 
     Raises
     ------
@@ -128,39 +182,20 @@ def to_golden_vertical(model, table=()) -> VerticalNetwork:
     chain = _chain(model)
     if [c[0] for c in chain] != layers:
         raise UserError("the net's layers and its vertical layers differ; cannot export")
+    table = tuple(tuple(int(b) for b in row) for row in table)
+    if row_bn is not None and len(row_bn) != len(table):
+        raise UserError(f"field 'eq12_bn' has {len(row_bn)} rows; the table {len(table)}")
     out = []
-    for k, (layer, q_in, bn, q_out, pool, q_short, pooled) in enumerate(chain):
+    for k, link in enumerate(chain):
+        layer, _, _, _, pool, q_short, pooled = link
         codes = layer.source_codes().numpy()
         if layer.edge:
-            base, planes, base_bits, unit, m = codes, (), EDGE_BITS, float(layer.step.detach()), edge_class()
+            base, planes, base_bits = codes, (), EDGE_BITS
         else:
             b, p = enhance_layers(torch.from_numpy(codes), layer.top, widths[0])
             base, planes, base_bits = b.numpy(), tuple(x.numpy() for x in p), widths[0]
-            unit, m = float(layer.step.detach()) / 2, inner_class(layer.top)
-        with torch.no_grad():
-            bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(layer.weight.shape[0])
-        records = {}
-        for key in needed_pairs(len(chain), k, widths, residual=q_short is not None):
-            in_bits, out_bits = key[:2]
-            s_in = _step(q_in, in_bits)
-            if isinstance(bn, SwitchableBatchNorm):
-                bn_bits = out_bits if layer.edge else in_bits
-                kk, offset = fold_batchnorm(bn.bns[bn.widths.index(bn_bits)], layer.bias, layer.name)
-            else:
-                kk, offset = np.ones_like(bias), bias
-            s_out = 2.0 ** -SCORE_FRAC_BITS if q_out is None else _step(q_out, out_bits)
-            gain = s_in * unit * ((1 << m) - 1) / 2 * kk / s_out / max(pooled, 1)
-            negate = gain < 0
-            where = f"{layer.name} {key}"
-            if q_short is None:
-                mult, int_bias, shift = requant_params(np.abs(gain), offset / s_out, where=where)
-                records[key] = VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate)
-            else:
-                res_gain = np.full(layer.weight.shape[0], _step(q_short, key[2]) / s_out)
-                mult, res_mult, int_bias, shift = residual_requant_params(np.abs(gain), res_gain, offset / s_out,
-                                                                          where=where)
-                records[key] = VerticalRequant(in_bits, out_bits, mult, int_bias, int(shift), negate,
-                                               res_bits=key[2], res_mult=res_mult)
+        records = {key: _record(link, key, widths)
+                   for key in needed_pairs(len(chain), k, widths, residual=q_short is not None)}
         conv = isinstance(layer, VerticalConv2d)
         if not isinstance(layer, VerticalLinear | VerticalConv2d):
             raise UserError(f"{layer.name}: unexpected layer {type(layer).__name__}")
@@ -172,7 +207,15 @@ def to_golden_vertical(model, table=()) -> VerticalNetwork:
             residual=q_short is not None, gap=pooled > 0))
     image_shape = tuple(model.image_shape) if isinstance(model, SmallVGG | ResNet20) else None
     net = VerticalNetwork(input_bits=EDGE_BITS, image_shape=image_shape, widths=tuple(widths), layers=tuple(out),
-                          table=tuple(tuple(int(b) for b in row) for row in table))
+                          table=table)
+    for r, state in enumerate(row_bn or ()):
+        if not state:
+            continue
+        row_chain = _chain(_row_model(model, state))
+        for k, link in enumerate(row_chain):
+            if isinstance(link[2], SwitchableBatchNorm):
+                key = net.record_key(table[r], k)
+                out[k].row_requant[(r, *key)] = _record(link, key, widths, row=r + 1)
     check_vertical(net)
     return net
 
@@ -192,11 +235,11 @@ def vertical_golden_accuracy(net: VerticalNetwork, model, x: torch.Tensor, y: to
     return float((pred == y.numpy()).mean())
 
 
-def export_vertical_image(model, out_dir, data=None, table=()) -> dict:
+def export_vertical_image(model, out_dir, data=None, table=(), row_bn=None) -> dict:
     """Convert a vertical ``model`` (:func:`to_golden_vertical`, Eq. 12 rows ``table``) and write its version 4
     image (:func:`model.export.image_v4.write_vertical_image`); ``data`` (a :class:`model.data.DataRecord`)
     goes into the manifest. Returns the manifest."""
-    net = to_golden_vertical(model, table)
+    net = to_golden_vertical(model, table, row_bn)
     if data is not None and data.input_bits != net.input_bits:
         raise UserError(f"data record {data.to_json()} does not fit the network: {net.input_bits}-bit inputs")
     steps = {name: [float(s) for s in m.steps.detach()] for name, m in model.named_modules()
@@ -204,5 +247,7 @@ def export_vertical_image(model, out_dir, data=None, table=()) -> dict:
     extra = {"scales": {"activation_steps": steps, "weight_steps": {layer.name: float(layer.step.detach())
                                                                      for layer in vertical_layers(model)},
                         "score_frac_bits": SCORE_FRAC_BITS},
-             "note": "Eq. 12 table rows use the per-width BatchNorms as trained (no re-estimation per row)"}
+             "note": ("Eq. 12 table rows carry their own requant records with the BN statistics re-estimated for "
+                      "the row (Sec. 6.4)" if row_bn else "Eq. 12 table rows use the per-width BatchNorms as "
+                      "trained (no re-estimation per row recorded)")}
     return write_vertical_image(out_dir, net, extra=extra, data=None if data is None else data.to_json())

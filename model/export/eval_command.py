@@ -136,6 +136,7 @@ def eval_vertical_image(image_dir, bits: int | None, data: str | None, data_root
 
     from model.data import DataRecord
     from model.errors import UserError
+    from model.export.golden_vertical import TableRow
     from model.export.image_v4 import bytes_read, read_vertical_image
     from model.quant.pact import InputQuant
 
@@ -154,13 +155,16 @@ def eval_vertical_image(image_dir, bits: int | None, data: str | None, data_root
         x = x.reshape(x.shape[0], *net.image_shape)
     u = InputQuant(net.input_bits).to_codes(x).numpy()
     y = split.y_test.numpy()
-    assignments = [bits] if bits is not None else [*net.widths, *net.table]
+    # A table row runs as that row (TableRow): with its own requant records where the image has them.
+    assignments = [bits] if bits is not None else [*net.widths, *(TableRow(r) for r in range(len(net.table)))]
     rows = []
     for a in assignments:
         golden = net.materialize(a)
         pred = np.concatenate([golden.predict(u[i:i + EVAL_BATCH]) for i in range(0, len(u), EVAL_BATCH)])
-        rows.append({"bits": a if isinstance(a, int) else list(a), "golden_accuracy": float((pred == y).mean()),
-                     "weight_bytes_read": bytes_read(net, a)})
+        rows.append({"bits": a if isinstance(a, int) else list(net.assignment(a)),
+                     "golden_accuracy": float((pred == y).mean()), "weight_bytes_read": bytes_read(net, a)})
+        if isinstance(a, TableRow):
+            rows[-1]["table_row"] = a.index
     why = "an image holds integer codes only; `eval --checkpoint` gives the float and fake-quant accuracy"
     top = rows[0]["golden_accuracy"] if bits is not None else rows[len(net.widths) - 1]["golden_accuracy"]
     return {"image": str(image_dir), "data": record.to_json(), "test_images": len(y), "format_version": 4,
@@ -200,7 +204,8 @@ def run(args) -> int:
                        ("golden_accuracy", "golden (integer)")):
         rows.append((title, "n/a" if report[key] is None else report[key]))
     for row in report.get("per_width", []):
-        label = row["bits"] if isinstance(row["bits"], int) else "Eq. 12 " + ",".join(map(str, row["bits"]))
+        label = row["bits"] if isinstance(row["bits"], int) else (
+            f"Eq. 12 row {row['table_row']}: " if "table_row" in row else "Eq. 12 ") + ",".join(map(str, row["bits"]))
         rows.append((f"golden at {label} bits ({row['weight_bytes_read']} weight bytes)", row["golden_accuracy"]))
     print_table(rows, f"accuracy of {report.get('checkpoint') or report.get('image')}")
     missing: dict[str, list[str]] = {}

@@ -49,11 +49,13 @@ def run(args) -> int:
 
 
 def _export_vertical(args, model, meta: dict, data) -> int:
-    """Version 4 image of a vertical net, with the Eq. 12 rows the training recorded (meta ``eq12_table``)."""
+    """Version 4 image of a vertical net, with the Eq. 12 rows the training recorded (meta ``eq12_table``) and
+    their re-estimated BN statistics (``eq12_bn``; a checkpoint without them, written before they were
+    recorded, gets the rows with the per-width BN as trained)."""
     from model.export.convert_vertical import export_vertical_image
 
     table = meta.get("eq12_table") or []
-    manifest = export_vertical_image(model, Path(args.out), data, table)
+    manifest = export_vertical_image(model, Path(args.out), data, table, row_bn=meta.get("eq12_bn"))
     rows = [("arch", model.config.get("arch", "mlp")), ("format version", manifest["version"]),
             ("widths", ",".join(map(str, manifest["widths"]))), ("Eq. 12 table rows", len(manifest["table"])),
             ("words", manifest["words"]), ("sha256", manifest["sha256"][:16]),

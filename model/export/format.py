@@ -292,17 +292,20 @@ VLAYER = Record("vertical layer", 10, (
     Field("base_words", 5, 0, 32, "words of the base region: `ceil(c_out fan_in base_bits / 32)`", since=4),
     Field("plane_words", 6, 0, 32, "words of one enhance plane: `ceil(c_out fan_in / 32)`", since=4),
     Field("requant_base", 7, 0, 32, "word address of the layer's first requant group", since=4),
-    Field("requant_count", 8, 0, 32, "requant groups, one per `(in_bits, out_bits)` pair", since=4),
-    Field("group_words", 9, 0, 32, "words per requant group: `1 + 3 c_out + ceil(c_out / 32)` (`1 + 4 c_out + "
+    Field("requant_count", 8, 0, 32, "requant groups: one per `(in_bits, out_bits)` pair (with `res_bits` for a "
+          "residual layer), and the table rows' own groups", since=4),
+    Field("group_words", 9, 0, 32, "words per requant group: `2 + 3 c_out + ceil(c_out / 32)` (`2 + 4 c_out + "
           "ceil(c_out / 32)` for a residual layer)", since=4),
 ), labels=((0, "kind/flags/pool/bits"), (1, "c_in/c_out"), (2, "kernel/stride/padding")))
 
-VREQUANT = Record("vertical requant group", 1, (
+VREQUANT = Record("vertical requant group", 2, (
     Field("in_bits", 0, 0, 8, "width of the layer's input codes this group serves", since=4),
     Field("out_bits", 0, 8, 8, "width of its output codes (0: class scores)", since=4),
     Field("shift", 0, 16, 8, "requant shift `S`", since=4),
     Field("res_bits", 0, 24, 8, "width of the shortcut's codes a residual layer's group serves (0 otherwise)",
           since=4),
+    Field("row", 1, 0, 16, "0: the group of its widths; `r + 1`: table row `r`'s own group (BN re-estimated for "
+          "the row), stored before the layer's width groups", since=4),
 ))
 
 

@@ -44,6 +44,12 @@ shortcut's gain ``s_x / s_out`` is positive whatever BN2's sign (the version 3 a
 the last map (global average pooling; its ``1 / (H W)`` is in the record's gain), as
 :class:`~model.export.golden_net.GlobalSumPool` then :class:`~model.export.golden_net.FCStage` do.
 
+**Eq. 12 rows and their BatchNorm** (Sec. 6.4). The paper re-estimates the BN statistics of a sampled
+mixed-precision network; a layer's requant for table row ``r`` then differs from the per-width one of the same
+widths. Such a record is stored per row (``VerticalLayer.row_requant``, keyed by ``(r, *key)``, the record's
+``row`` = ``r + 1``) and used when the network runs *as table row* ``r`` (:class:`TableRow`); the width-keyed
+record serves every other case (a layer without BN, an assignment given as a plain sequence of widths).
+
 **Running it** (:meth:`VerticalNetwork.materialize`): for an assignment the network becomes a plain integer
 network of the version 1-3 contract (:class:`~model.export.golden.IntNetwork` for an MLP,
 :class:`~model.export.golden_net.IntConvNetwork` for a VGG-style conv net) whose layers are *signed* layers
@@ -180,6 +186,14 @@ def compensated_dot(codes: np.ndarray, u: np.ndarray, top: int, bits: int, compe
     return (dot << (t + 1)) + comp_offset(top, bits, compensate) * total
 
 
+@dataclass(frozen=True)
+class TableRow:
+    """Row ``index`` of a network's Eq. 12 table, as the widths a network runs at: its assignment, and its own
+    requant records where the row has them (BN re-estimated for the row, module docstring)."""
+
+    index: int
+
+
 @dataclass(frozen=True, eq=False)
 class VerticalRequant:
     """The requantizer of one layer for one pair of code widths.
@@ -196,6 +210,8 @@ class VerticalRequant:
         Width of the shortcut's codes (a residual layer; 0 otherwise).
     res_mult : int64 ``[n_out]`` or None
         The shortcut's ``M_r`` (a residual layer only).
+    row : int
+        0: the record of its widths; ``r + 1``: table row ``r``'s own record (BN re-estimated for the row).
     """
 
     in_bits: int
@@ -206,6 +222,7 @@ class VerticalRequant:
     negate: np.ndarray
     res_bits: int = 0
     res_mult: np.ndarray | None = None
+    row: int = 0
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -234,6 +251,8 @@ class VerticalLayer:
         Whether the lower widths carry Eq. 6's ``K_t``.
     requant : dict ``key -> VerticalRequant``
         Keyed by :attr:`VerticalRequant.key`.
+    row_requant : dict ``(r, *key) -> VerticalRequant``
+        Table row ``r``'s own records (``row = r + 1``), where the row re-estimated the layer's BN.
     stride, padding, pool : int
         Conv geometry and the max-pool after it (0: none).
     residual : bool
@@ -255,6 +274,7 @@ class VerticalLayer:
     pool: int = 0
     residual: bool = False
     gap: bool = False
+    row_requant: dict = field(default_factory=dict)
 
     @property
     def top(self) -> int:
@@ -308,14 +328,19 @@ class VerticalNetwork:
         return [layer for layer in self.layers if not layer.edge]
 
     def assignment(self, bits) -> tuple[int, ...]:
-        """One width per inner layer from ``bits``: an int (uniform) or a sequence (Eq. 12 row).
+        """One width per inner layer from ``bits``: an int (uniform), a sequence (an Eq. 12 assignment) or a
+        :class:`TableRow` (that row of the table).
 
         Raises
         ------
         UserError
-            For a width that was not trained or a sequence of the wrong length.
+            For a width that was not trained, a sequence of the wrong length or a row past the table.
         """
         n = len(self.inner)
+        if isinstance(bits, TableRow):
+            if not 0 <= bits.index < len(self.table):
+                raise UserError(f"table row {bits.index}: the Eq. 12 table has {len(self.table)} rows")
+            bits = self.table[bits.index]
         if isinstance(bits, int | np.integer):
             bits = (int(bits),) * n
         bits = tuple(int(b) for b in bits)
@@ -363,7 +388,8 @@ class VerticalNetwork:
         for k, (layer, (in_bits, out_bits)) in enumerate(zip(self.layers, self.code_widths(bits))):
             own = None if layer.edge else next(assigned)
             key = self.record_key(bits, k)
-            record = layer.requant.get(key)
+            record = layer.row_requant.get((bits.index, *key)) if isinstance(bits, TableRow) else None
+            record = record or layer.requant.get(key)
             if record is None:
                 raise UserError(f"{layer.name}: no requant record for widths {key} (input, output"
                                 f"{', shortcut' if layer.residual else ''}); stored {sorted(layer.requant)}")
@@ -479,22 +505,19 @@ def check_vertical(net: VerticalNetwork, where: str = "vertical network") -> Non
         if layer.gap and (layer is not net.layers[-1] or layer.kind != "linear" or net.image_shape is None):
             raise UserError(f"{name}: field 'gap' is set; allowed on the last (fully connected) layer of a conv net")
         for key, record in layer.requant.items():
-            if key != record.key or bool(record.res_bits) != layer.residual:
-                raise UserError(f"{name}: requant record {list(key)} holds widths {list(record.key)}; a residual "
-                                "layer's records name (in_bits, out_bits, res_bits), every other layer's "
-                                "(in_bits, out_bits)")
-            if layer.residual:
-                r = np.asarray(record.res_mult)
-                if r.shape != (layer.n_out,) or r.dtype.kind not in "iu":
-                    raise UserError(f"{name}: field 'requant{list(key)}.res_mult' has shape {r.shape}; allowed "
-                                    f"({layer.n_out},) integers")
-            for part in ("mult", "bias", "negate"):
-                value = np.asarray(getattr(record, part))
-                if value.shape != (layer.n_out,) or value.dtype.kind not in ("b" if part == "negate" else "iu"):
-                    raise UserError(f"{name}: field 'requant{list(key)}.{part}' has shape {value.shape} and dtype "
-                                    f"{value.dtype}; allowed ({layer.n_out},) "
-                                    f"{'booleans' if part == 'negate' else 'integers'}")
+            if key != record.key or record.row:
+                raise UserError(f"{name}: requant record {list(key)} holds widths {list(record.key)} (row "
+                                f"{record.row}); a residual layer's records name (in_bits, out_bits, res_bits), every "
+                                "other layer's (in_bits, out_bits); row records belong in 'row_requant'")
+            _check_record(name, layer, key, record)
     for k, layer in enumerate(net.layers):
+        for rkey, record in layer.row_requant.items():
+            r = rkey[0]
+            if not 0 <= r < len(net.table) or record.row != r + 1 or rkey[1:] != net.record_key(net.table[r], k):
+                raise UserError(f"{where}: {layer.name}: field 'row_requant{list(rkey)}' (row {record.row}) does not "
+                                f"serve table row {r}'s widths; allowed rows 0..{len(net.table) - 1}, the key "
+                                "the row's widths give")
+            _check_record(f"{where}: {layer.name}", layer, rkey, record)
         if layer.residual and (k < 2 or net.layers[k - 1].residual or net.layers[k - 1].kind != "conv"):
             raise UserError(f"{where}: {layer.name}: field 'residual' needs an inner conv without a residual "
                             "before it (the block's conv1)")
@@ -504,6 +527,23 @@ def check_vertical(net: VerticalNetwork, where: str = "vertical network") -> Non
             if key not in net.layers[k].requant:
                 raise UserError(f"{where}: {net.layers[k].name}: field 'requant' lacks the record for widths "
                                 f"{key}")
+
+
+def _check_record(name: str, layer: VerticalLayer, key, record: VerticalRequant) -> None:
+    """One record's fields: the shortcut's width and ``M_r`` exactly on a residual layer, per-output arrays."""
+    if bool(record.res_bits) != layer.residual or tuple(key[-len(record.key):]) != record.key:
+        raise UserError(f"{name}: requant record {list(key)} holds widths {list(record.key)}; a residual layer's "
+                        "records name (in_bits, out_bits, res_bits), every other layer's (in_bits, out_bits)")
+    if layer.residual:
+        r = np.asarray(record.res_mult)
+        if r.shape != (layer.n_out,) or r.dtype.kind not in "iu":
+            raise UserError(f"{name}: field 'requant{list(key)}.res_mult' has shape {r.shape}; allowed "
+                            f"({layer.n_out},) integers")
+    for part in ("mult", "bias", "negate"):
+        value = np.asarray(getattr(record, part))
+        if value.shape != (layer.n_out,) or value.dtype.kind not in ("b" if part == "negate" else "iu"):
+            raise UserError(f"{name}: field 'requant{list(key)}.{part}' has shape {value.shape} and dtype "
+                            f"{value.dtype}; allowed ({layer.n_out},) {'booleans' if part == 'negate' else 'integers'}")
 
 
 def needed_pairs(net_layers: int, k: int, widths: Sequence[int], input_bits: int = EDGE_BITS,

@@ -120,9 +120,11 @@ def pack_vertical(net: VerticalNetwork) -> np.ndarray:
         c_in, c_out, kernel, fan_in = _geometry(layer)
         weights = [_pack_bits(layer.base, layer.base_bits)] + [_pack_bits(p, 1) for p in layer.planes]
         groups = []
-        for _, r in sorted(layer.requant.items()):
+        # A table row's own groups first: a reader running row r takes the first group of its widths whose
+        # row is r + 1 or 0, so that the row's group wins where it has one.
+        for _, r in [*sorted(layer.row_requant.items()), *sorted(layer.requant.items())]:
             head = pack_records(VREQUANT, {"in_bits": r.in_bits, "out_bits": r.out_bits, "shift": int(r.shift),
-                                           "res_bits": r.res_bits})
+                                           "res_bits": r.res_bits, "row": r.row})
             values = {"mult": np.asarray(r.mult, np.int64), "bias": np.asarray(r.bias, np.int64)}
             if layer.residual:
                 values["res_mult"] = np.asarray(r.res_mult, np.int64)
@@ -253,12 +255,13 @@ def unpack_vertical(words: np.ndarray, where: str = "image") -> VerticalNetwork:
             _expect(where, name + f"plane {p} padding", start, "set", not pad.any(), "padding bits must be 0")
             planes.append(plane)
         shape = (c_out, d["c_in"], kernel, kernel) if conv else (c_out, d["c_in"])
-        requant = {}
+        requant, row_requant = {}, {}
         for g in range(d["requant_count"]):
             g_at = weight_end + g * d["group_words"]
             gname = f"{name}requant group {g} "
             check_reserved(words, VREQUANT, g_at, VERTICAL_VERSION, where, gname)
-            head = {f: int(v[0]) for f, v in unpack_records(VREQUANT, words[g_at:g_at + 1], VERTICAL_VERSION).items()}
+            head = {f: int(v[0]) for f, v in unpack_records(VREQUANT, words[g_at:g_at + VREQUANT.words],
+                                                             VERTICAL_VERSION).items()}
             last = k == n - 1
             _expect(where, gname + "in_bits", g_at, head["in_bits"],
                     head["in_bits"] == (EDGE_BITS if k == 0 else head["in_bits"]) and 1 <= head["in_bits"] <= MAX_ACT_BITS
@@ -272,21 +275,27 @@ def unpack_vertical(words: np.ndarray, where: str = "image") -> VerticalNetwork:
                     f"allowed {list(widths)} (a residual layer's shortcut width)" if residual else "allowed 0")
             rec = _record(residual)
             key = (head["in_bits"], head["out_bits"], head["res_bits"])[:3 if residual else 2]
-            _expect(where, gname + "in_bits/out_bits", g_at, key, key not in requant, "each width key stored once")
-            params = unpack_records(rec, words[g_at + 1:g_at + 1 + rec.words * c_out], VERTICAL_VERSION)
-            neg_at = g_at + 1 + rec.words * c_out
+            row = head["row"]
+            _expect(where, gname + "row", g_at + 1, row, row <= vh["table_rows"] and not (row and requant),
+                    f"allowed 0..{vh['table_rows']} (table_rows), the rows' groups before the width groups")
+            store, skey = (row_requant, (row - 1, *key)) if row else (requant, key)
+            _expect(where, gname + "in_bits/out_bits", g_at, key, skey not in store, "each width key stored once "
+                    "(per row)")
+            params = unpack_records(rec, words[g_at + VREQUANT.words:g_at + VREQUANT.words + rec.words * c_out],
+                                    VERTICAL_VERSION)
+            neg_at = g_at + VREQUANT.words + rec.words * c_out
             negate, pad = _unpack_bits(words[neg_at:neg_at + _words(c_out)], c_out, 1, signed=False)
             _expect(where, gname + "negate", neg_at, "set", not pad.any(), f"bits past c_out = {c_out} are reserved")
             for j in range(c_out):
-                check_reserved(words, rec, g_at + 1 + rec.words * j, VERTICAL_VERSION, where, gname)
-            requant[key] = VerticalRequant(head["in_bits"], head["out_bits"], params["mult"], params["bias"],
-                                           head["shift"], negate.astype(bool), res_bits=head["res_bits"],
-                                           res_mult=params["res_mult"] if residual else None)
+                check_reserved(words, rec, g_at + VREQUANT.words + rec.words * j, VERTICAL_VERSION, where, gname)
+            store[skey] = VerticalRequant(head["in_bits"], head["out_bits"], params["mult"], params["bias"],
+                                          head["shift"], negate.astype(bool), res_bits=head["res_bits"],
+                                          res_mult=params["res_mult"] if residual else None, row=row)
         layers.append(VerticalLayer(
             name="", kind="conv" if conv else "linear", edge=edge, base=codes.reshape(shape),
             planes=tuple(p.reshape(shape) for p in planes), base_bits=d["base_bits"], compensate=bool(d["compensate"]),
             requant=requant, stride=d["stride"], padding=d["padding"], pool=d["pool"], residual=residual,
-            gap=bool(d["gap"])))
+            gap=bool(d["gap"]), row_requant=row_requant))
         base = end
     rows, inner = vh["table_rows"], vh["inner"]
     row_words = _words(8 * inner)

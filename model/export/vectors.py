@@ -80,9 +80,10 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
         ``--data`` / ``--data-root``: another data set or another copy of it.
     cap : int, optional
         At most this many images: ``min(count or all, cap)``.
-    bits : int or sequence of int, optional
-        A version 4 (vertical) image's widths: one for every inner layer (None or 0: its source width) or a
-        row of widths; ``net`` is then the version 1-3 network it computes at them
+    bits : int, sequence of int or TableRow, optional
+        A version 4 (vertical) image's widths: one for every inner layer (None or 0: its source width), a
+        row of widths, or a row of its table (:class:`~model.export.golden_vertical.TableRow`, with the row's
+        own requant records); ``net`` is then the version 1-3 network it computes at them
         (:meth:`~model.export.golden_vertical.VerticalNetwork.materialize`).
 
     Raises

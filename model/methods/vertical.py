@@ -536,13 +536,23 @@ def model_bits(model: nn.Module) -> int:
     return sum(layer.weight.numel() * layer.weight_bits for layer in vertical_layers(model))
 
 
+def bn_state(model: nn.Module) -> dict:
+    """The statistics of the BN in use of every :class:`SwitchableBatchNorm`: ``{name: {"bits", "running_mean",
+    "running_var"}}`` (CPU tensors), what :func:`model.export.convert_vertical.to_golden_vertical` takes per
+    Eq. 12 row."""
+    return {name: {"bits": int(m.bits), "running_mean": m.current.running_mean.detach().cpu().clone(),
+                   "running_var": m.current.running_var.detach().cpu().clone()}
+            for name, m in model.named_modules() if isinstance(m, SwitchableBatchNorm)}
+
+
 def mixed_precision_curve(model: nn.Module, split: Split, points: int = 5, calib_batches: int = 8,
                           batch_size: int = 128, seed: int = 0) -> list[dict]:
     """Fig. 8: test accuracy against model size for Eq. 12 assignments at ``points`` budgets spread evenly
     between every inner layer at the lowest and at the highest width, each evaluated on a copy of ``model``
     with its BN statistics re-estimated on ``calib_batches`` training batches; plus the uniform widths (as
     trained, no re-estimation). Rows: ``kind`` (mixed / uniform), ``budget_bits``, ``layer_bits``,
-    ``model_bits``, ``avg_inner_bits``, ``accuracy``."""
+    ``model_bits``, ``avg_inner_bits``, ``accuracy``; a mixed row also ``bn_state`` (:func:`bn_state`: the
+    re-estimated statistics, which the exported image's row records fold in; not JSON)."""
     widths = widths_of(model)
     layers = inner_layers(model)
     params = [layer.weight.numel() for layer in layers]
@@ -566,7 +576,8 @@ def mixed_precision_curve(model: nn.Module, split: Split, points: int = 5, calib
         rows.append({"kind": "mixed", "budget_bits": budget, "layer_bits": assignment,
                      "model_bits": model_bits(sampled),
                      "avg_inner_bits": sum(p * b for p, b in zip(params, assignment)) / sum(params),
-                     "accuracy": evaluate(sampled, split.x_test, split.y_test, batch_size=1024)})
+                     "accuracy": evaluate(sampled, split.x_test, split.y_test, batch_size=1024),
+                     "bn_state": bn_state(sampled)})
     set_width(model, widths[-1])
     return rows
 

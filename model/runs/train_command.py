@@ -603,6 +603,9 @@ def cmd_train_vertical(args) -> int:
         test, val, history, selected = result.test_accuracy, result.val_accuracy, result.history, result.selected_epoch
         if scheme == "joint" and args.mixed_points:
             mixed = mixed_precision_curve(model, split, points=args.mixed_points, seed=args.seed)
+    # The rows' re-estimated BN statistics go into the checkpoint (export folds them into each row's own
+    # requant records), not into the JSON.
+    row_bn = [r.pop("bn_state") for r in mixed if r["kind"] == "mixed"]
     sizes = {}
     if model is not None:
         for b in widths:
@@ -629,7 +632,7 @@ def cmd_train_vertical(args) -> int:
                          args.test_subset)
     meta = {"method": "vertical", "scheme": scheme, "test_accuracy": report["test_accuracy"],
             "provenance": recorded, "dataset": data.to_json(),
-            "eq12_table": [list(r["layer_bits"]) for r in mixed if r["kind"] == "mixed"]}
+            "eq12_table": [list(r["layer_bits"]) for r in mixed if r["kind"] == "mixed"], "eq12_bn": row_bn}
     if scheme == "lsq":
         for b, r in per_width.items():
             written.append(save_vertical_checkpoint(out / f"lsq_{b}bit.pt", r.model, meta))

@@ -235,32 +235,41 @@ def test_vertical_widths_the_image_lacks_end_with_bad_precision():
 
 def test_vertical_vgg_runs_every_width_on_one_array():
     """A version 4 conv net (the VGG of model/quant/nets.py, narrowed, on 8x8 inputs: 8-bit edge conv, two inner
-    convs with max-pools, a negative BN gain at 2 bits, the 8-bit FC edge) at 2 and 4 bits on one array."""
+    convs with max-pools, a negative BN gain at 2 bits, the 8-bit FC edge) at 2 and 4 bits and as an Eq. 12
+    table row whose BN statistics were re-estimated (the row's own requant groups, found before the width
+    groups), on one array."""
     import torch
 
     from model.export.convert_vertical import to_golden_vertical
+    from model.export.golden_vertical import TableRow
     from model.quant.nets import build_model
     from model.quant.vertical import to_vertical
+    from tests.model.export.test_golden_vertical import row_bn_states
 
     torch.manual_seed(2)
     model = to_vertical(build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4,
                                      "channels": [6, 12, 16]}))
-    x = torch.rand(16, 64)
+    x = torch.rand(64, 64)
     model.train()
     with torch.no_grad():
-        model(x.reshape(16, 1, 8, 8))  # initialise the activation steps
+        model(x.reshape(64, 1, 8, 8))  # initialise the activation steps
         model.features[5].bns[0].weight[3] = -0.5  # a negative gamma at 2 bits (block 2)
     model.eval()
-    net = to_golden_vertical(model)
-    words = pack_vertical(net)
-    config = config_for([words], engines=2, lanes=5)
+    table = ((4, 2),)
+    net = to_golden_vertical(model, table=table, row_bn=row_bn_states(model, table, x, (1, 8, 8)))
+    assert net.layers[1].row_requant
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(3, 1, 8, 8))
-    runs = [(2, 0, 0), (4, 0, 0)]
-    res = run_array(words, images[:2], config=config, widths=runs, seed=3)
-    assert res["status"] == [Status.OK] * 2
-    for k, (bits, _, _) in enumerate(runs):
-        assert res["scores"][k] == [int(v) for v in net.forward(images[k:k + 1], bits)[0]], f"at {bits} bits"
+    # the row's own groups change its scores: an array that took the width groups would fail below
+    assert not np.array_equal(net.forward(images[2:3], TableRow(0)), net.forward(images[2:3], table[0]))
+    words = pack_vertical(net)
+    config = config_for([words], engines=2, lanes=5)
+    runs = [(2, 0, 0), (4, 0, 0), (0, 1, 0)]
+    res = run_array(words, images, config=config, widths=runs, seed=3)
+    assert res["status"] == [Status.OK] * 3
+    for k, (bits, use_table, row) in enumerate(runs):
+        want = net.forward(images[k:k + 1], TableRow(row) if use_table else bits)[0]
+        assert res["scores"][k] == [int(v) for v in want], f"run {k}"
 
 
 def test_vertical_residual_net_runs_every_width_and_a_table_row():

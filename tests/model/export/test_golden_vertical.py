@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -19,6 +20,7 @@ from model.export.golden_net import ConvStage
 from model.export.golden_vertical import (
     COMP_BOUND,
     E_BOUND,
+    TableRow,
     VerticalRequant,
     check_vertical,
     compensated_dot,
@@ -26,10 +28,10 @@ from model.export.golden_vertical import (
     effective_codes,
     inner_class,
 )
-from model.methods.vertical import VerticalConfig, evaluate_widths, train_vertical
+from model.methods.vertical import VerticalConfig, bn_state, evaluate_widths, train_vertical
 from model.quant.lsq import enhance_layers
 from model.quant.nets import DigitsMLP, build_model
-from model.quant.vertical import inner_layers, set_layer_widths, to_vertical
+from model.quant.vertical import inner_layers, recalibrate_batchnorm, set_layer_widths, to_vertical
 
 TABLE = ((2, 4), (4, 2), (3, 2))
 
@@ -294,3 +296,59 @@ def test_check_vertical_names_a_misplaced_residual_or_pool(resnet):
     layers[2] = dataclasses.replace(layers[2], requant=records)
     with pytest.raises(UserError, match=r"lacks the record for widths \(3, 3, 2\)"):
         check_vertical(dataclasses.replace(net, layers=tuple(layers), table=((2,) + (3,) * 17,)))
+
+
+def row_bn_states(model, table, x, shape) -> list[dict]:
+    """Per table row, the BN statistics re-estimated on ``x`` at the row's widths (as the training's Eq. 12
+    curve does, Sec. 6.4)."""
+    states = []
+    for row in table:
+        sampled = copy.deepcopy(model)
+        set_layer_widths(sampled, list(row), x[:2].reshape(2, *shape))
+        recalibrate_batchnorm(sampled, [x[:32].reshape(-1, *shape), x[32:].reshape(-1, *shape)])
+        states.append(bn_state(sampled))
+    return states
+
+
+def test_table_rows_carry_their_own_records_with_re_estimated_bn():
+    """An exported Eq. 12 row runs with the BN statistics re-estimated for it: each layer with a BN gets the
+    row's own record (row = r + 1), the golden model as that row (TableRow) predicts as the re-estimated float
+    net, and the width-keyed records still serve the plain assignment."""
+    torch.manual_seed(1)
+    shape = (1, 8, 8)
+    config = {"arch": "vgg", "image_shape": list(shape), "n_classes": 10, "act_bits": 4}
+    model = to_vertical(build_model(config))
+    x = torch.rand(64, 64)
+    model.train()
+    for bits in (2, 3, 4):
+        set_layer_widths(model, [bits] * len(inner_layers(model)), x[:2].reshape(2, *shape))
+        model.train()
+        with torch.no_grad():
+            model(x.reshape(64, *shape))
+    model.eval()
+    table = ((2, 4), (4, 3))
+    states = row_bn_states(model, table, x, shape)
+    net = to_golden_vertical(model, table=table, row_bn=states)
+    with_bn = [k for k, layer in enumerate(net.layers) if layer.kind == "conv"]
+    for r, row in enumerate(table):
+        for k in with_bn:
+            record = net.layers[k].row_requant[(r, *net.record_key(row, k))]
+            assert record.row == r + 1
+        assert not net.layers[-1].row_requant  # the FC has no BN: its width record serves the row
+    u = vertical_input_codes(model, x)
+    for r, row in enumerate(table):
+        sampled = copy.deepcopy(model)
+        set_layer_widths(sampled, list(row), x[:2].reshape(2, *shape))
+        for name, m in sampled.named_modules():
+            if name in states[r]:
+                m.current.running_mean.copy_(states[r][name]["running_mean"])
+                m.current.running_var.copy_(states[r][name]["running_var"])
+        sampled.eval()
+        with torch.no_grad():
+            pred = sampled(x.reshape(64, *shape)).argmax(1).numpy()
+        as_row = net.predict(u, TableRow(r))
+        assert (as_row == pred).mean() >= 0.95, (r, (as_row == pred).mean())
+        assert not np.array_equal(net.forward(u, TableRow(r)), net.forward(u, row))  # the records differ
+    bad = dataclasses.replace(net, table=((2, 4),))
+    with pytest.raises(UserError, match="row_requant"):
+        check_vertical(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -111,9 +112,10 @@ def _same(a: VerticalNetwork, b: VerticalNetwork) -> None:
             y.kind, y.edge, y.base_bits, y.compensate, y.residual, y.gap)
         assert np.array_equal(x.base, y.base) and len(x.planes) == len(y.planes)
         assert all(np.array_equal(p, q) for p, q in zip(x.planes, y.planes))
-        assert sorted(x.requant) == sorted(y.requant)
-        for key, r in x.requant.items():
-            s = y.requant[key]
+        assert sorted(x.requant) == sorted(y.requant) and sorted(x.row_requant) == sorted(y.row_requant)
+        for key, r in [*x.requant.items(), *x.row_requant.items()]:
+            s = y.requant[key] if key in y.requant else y.row_requant[key]
+            assert r.row == s.row
             assert np.array_equal(r.mult, s.mult) and np.array_equal(r.bias, s.bias) and r.shift == s.shift
             assert np.array_equal(np.asarray(r.negate, bool), s.negate)
             assert r.res_bits == s.res_bits and (r.res_mult is None) == (s.res_mult is None)
@@ -280,3 +282,30 @@ def test_a_random_residual_net_round_trips():
     for bits in (2, 4, *net.table):
         scores = net.forward(u, bits)
         assert np.array_equal(back.forward(u, bits), scores) and len(np.unique(scores)) > 3
+
+
+def test_row_groups_round_trip_and_come_before_the_width_groups():
+    net = random_net(3, [12, 8, 8, 4], rows=2)
+    layer = net.layers[1]
+    key = net.record_key(net.table[1], 1)
+    generic = layer.requant[key]
+    own = dataclasses.replace(generic, mult=generic.mult // 2 + 1, row=2)
+    net = dataclasses.replace(net, layers=(net.layers[0], dataclasses.replace(layer, row_requant={(1, *key): own}),
+                                           *net.layers[2:]))
+    words = pack_vertical(net)
+    back = unpack_vertical(words)
+    _same(net, back)
+    assert back.layers[1].row_requant[(1, *key)].row == 2
+    u = np.random.default_rng(1).integers(0, 256, size=(4, 12))
+    from model.export.golden_vertical import TableRow
+
+    assert np.array_equal(back.forward(u, TableRow(1)), net.forward(u, TableRow(1)))
+    # the row's group is layer 1's first; a width group moved before it is refused
+    desc = HEADER_WORDS + VHEADER.words + VLAYER.words
+    first = int(words[desc + 7])
+    swapped = words.copy()
+    size = int(words[desc + 9])
+    swapped[first:first + size], swapped[first + size:first + 2 * size] = (words[first + size:first + 2 * size],
+                                                                           words[first:first + size])
+    with pytest.raises(UserError, match="row' .*before the width groups"):
+        unpack_vertical(swapped, where="img.bin")
