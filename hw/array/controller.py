@@ -232,6 +232,7 @@ class ArrayController(wiring.Component):
         prev_in = Signal(8)  # the previous layer's input width: a residual layer's shortcut width
         prev_stride = Signal(8)  # ... its stride: the shortcut's subsampling
         prev_res = Signal()  # ... whether it added a shortcut itself (a block's conv1 does not)
+        prev_pool = Signal()  # ... whether it max-pooled (a block's conv1 does not)
         cur_buf = Signal(2)  # the feature-map buffer holding this layer's input
         prev_buf = Signal(2)  # ... and the previous layer's (the block input, for a residual layer)
         grp = Signal(32)  # requant group being looked at, and its address
@@ -438,7 +439,7 @@ class ArrayController(wiring.Component):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0), v4.eq(vert),
-                                 layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0), prev_res.eq(0),
+                                 layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0), prev_res.eq(0), prev_pool.eq(0),
                                  cur_buf.eq(0), prev_buf.eq(0),
                                  desc_base.eq(Mux(vert, HEADER.words + VHEADER.words, HEADER.words))]
                     with m.If(vert):
@@ -524,9 +525,11 @@ class ArrayController(wiring.Component):
                 # Widths: an edge holds edge_bits codes and no planes; an inner layer the header's widths.
                 widths_bad = Mux(vd.edge, (vd.base_bits != vhdr.edge_bits) | (vd.top_bits != vhdr.edge_bits),
                                  (vd.base_bits != vhdr.base_bits) | (vd.top_bits != vhdr.top_bits))
-                # A residual layer is an inner conv after a block's conv1 (an inner layer without a shortcut);
+                # A residual layer is an inner conv after a block's conv1 (an inner layer without a shortcut),
+                # neither of them pooled;
                 # the global pool belongs to the last layer (the geometry checks refuse it on a conv).
-                block_bad = ((vd.residual & (vd.edge | (layer_idx < 2) | prev_res | (vd.kind != KIND_CONV)))
+                block_bad = ((vd.residual & (vd.edge | (layer_idx < 2) | prev_res | (vd.kind != KIND_CONV)
+                                             | (vd.pool != 0) | prev_pool))
                              | (vd.gap & ~last_layer))
                 with m.If((vd.edge != edge_should) | widths_bad | block_bad
                           | (vd.requant_count == 0) | (vd.requant_count > MAX_REQUANT_GROUPS)
@@ -694,6 +697,7 @@ class ArrayController(wiring.Component):
                                      desc_base.eq(desc_base + Mux(v4, VLAYER.words, LAYER.words)),
                                      prev_out.eq(d.out_bits), prev_cout.eq(d.c_out), prev_in.eq(d.in_bits),
                                      prev_stride.eq(d.stride), prev_res.eq(d.residual), prev_buf.eq(d.in_buf),
+                                     prev_pool.eq(d.pool != 0),
                                      cur_buf.eq(d.out_buf)]
                         with m.If(v4):
                             m.next = "VDESC"

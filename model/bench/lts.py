@@ -79,6 +79,28 @@ Issue 15 (accuracy floors -0.29 / -0.41 / -0.37 pp at 2 / 3 / 4 bits, test set, 
   below ``E_wm = 2``'s 87.96 %). On the validation split (last 10,000 training images held out) the fixed
   code's gaps are 3 bits -0.44 / -0.17 pp, 4 bits -0.35 / +0.02 pp (seed 0 / 1): a systematic loss of
   0.15-0.3 pp at 3-4 bits, not only seed noise.
+
+Accuracy floors re-checked (after issue 15; LTS runs alone, same seeds, data and epochs as the bench, which
+reproduce its LTS accuracies exactly, against its plain-QAT accuracies; test set, LTS minus plain QAT in pp):
+
+* Noise. The six gaps of ``lts.json`` are -0.31 / +0.12 (2 bits), -0.12 / -0.44 (3), -0.31 / -0.31 (4): mean
+  -0.23 pp, standard deviation 0.20, standard error 0.08, five of six negative; two more seeds (2 / 3) give
+  3 bits -0.05 / -0.32 and 4 bits -0.20 / -0.27 (plain QAT 89.15 / 89.24 and 89.51 / 89.64 %). A systematic
+  loss of about 0.25 pp at 3-4 bits; plain QAT's own seed spread is 0.04-0.17 pp. Trajectories diverge on
+  small changes: Delta^B scaled by 16/15 at 4 bits (below) moved both 4-bit gaps by about 0.15 pp.
+* Checked against the paper (Sec. III-C, Eq. 5-7, Sec. IV-A, Tab. II) and the authors' CIFAR code
+  (``custom_modules.py`` ``QConv_frozen``, ``custom_optims_frozen.py``, ``train_cifar.py``): EMA from the first
+  iteration, reset on a level change, Eq. 7 after ``E_wm``, freezing permanent and exact, sparsity per
+  iteration over all quantized weights: as there. Their weight grid is ``[-1, 1)`` in steps of exactly
+  ``2 / 2^B``, so there ``Delta^B`` is one step and ``t`` passes half a step at ``p = 1/2``; in the Eq. 3 domain
+  used here it is (2^B - 1) / 2^B of a step (half a step at p = 2/3, 4/7, 8/15): the slowest of the readings.
+  Their classifier (``QLinear``) never freezes.
+* Tried, seeds 0 / 1 (3 bits; 4 bits; sparsity): Delta^B as one Eq. 3 step, E_wm = 2: -0.17 / -0.34;
+  -0.47 / -0.45; 0.60-0.61. The same with E_wm = 3 (the paper's ImageNet 30 of 100 epochs): -0.15 / -0.10;
+  -0.27 / -0.17; 0.52-0.53 (2 bits -0.19 / +0.11 at 0.52; seeds 2 / 3: -0.08 / -0.26; -0.34 / +0.02), so the
+  4-bit floor still fails (-0.22). ``m`` = 0.999 (Tab. II), 3 bits: -0.34 / -0.23 at 45 % sparsity.
+  Classifier never frozen (the authors' code): -0.02 / -0.41; -0.37 / -0.33. None is a faithful change that
+  holds all floors; the code is unchanged.
 """
 
 from __future__ import annotations

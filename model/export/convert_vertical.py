@@ -162,6 +162,10 @@ def _row_model(model, state: dict):
     return sampled
 
 
+def _name_of(model, module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
 def to_golden_vertical(model, table=(), row_bn=None) -> VerticalNetwork:
     """The :class:`VerticalNetwork` of a vertical-layered ``model`` (module docstring); ``table``: Eq. 12 rows;
     ``row_bn``: per row, the BN statistics re-estimated for it (:func:`_row_model`), from which each layer with
@@ -211,10 +215,17 @@ def to_golden_vertical(model, table=(), row_bn=None) -> VerticalNetwork:
     for r, state in enumerate(row_bn or ()):
         if not state:
             continue
-        row_chain = _chain(_row_model(model, state))
+        sampled = _row_model(model, state)
+        row_chain = _chain(sampled)
         for k, link in enumerate(row_chain):
             if isinstance(link[2], SwitchableBatchNorm):
                 key = net.record_key(table[r], k)
+                bn_bits = key[1] if link[0].edge else key[0]  # the width whose BN the record folds (_record)
+                name = _name_of(sampled, link[2])
+                entry = state.get(name)
+                if entry is not None and int(entry["bits"]) != bn_bits:
+                    raise UserError(f"field 'eq12_bn' row {r}: {name} was re-estimated at "
+                                    f"{entry['bits']} bits; the row runs it at {bn_bits}")
                 out[k].row_requant[(r, *key)] = _record(link, key, widths, row=r + 1)
     check_vertical(net)
     return net

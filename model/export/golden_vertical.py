@@ -108,6 +108,8 @@ MIN_BITS, MAX_BITS = 2, 8
 SIGNED_CLASSES = (4, 8, 16)
 #: Layer kinds.
 KINDS = ("linear", "conv")
+#: Most Eq. 12 table rows (the array's ``precision`` register names row ``r`` as ``0x80 + r``, 7 bits).
+MAX_TABLE_ROWS = 128
 
 
 def E_BOUND(top: int) -> int:
@@ -480,10 +482,17 @@ def check_vertical(net: VerticalNetwork, where: str = "vertical network") -> Non
     if len(net.layers) < 3 or not net.layers[0].edge or not net.layers[-1].edge or any(
             layer.edge for layer in net.layers[1:-1]):
         raise UserError(f"{where}: field 'layers' must be an edge, one or more inner layers, an edge")
-    for layer in net.layers:
+    if len(net.table) > MAX_TABLE_ROWS:
+        raise UserError(f"{where}: field 'table' has {len(net.table)} rows; allowed at most {MAX_TABLE_ROWS} (the "
+                        "rows the precision register can name)")
+    for k, layer in enumerate(net.layers):
         name = f"{where}: {layer.name}"
         if layer.kind not in KINDS:
             raise UserError(f"{name}: field 'kind' is {layer.kind!r}; allowed {KINDS}")
+        in_block = layer.residual or (k + 1 < len(net.layers) and net.layers[k + 1].residual)
+        if layer.pool and (layer.kind != "conv" or in_block):
+            raise UserError(f"{name}: field 'pool' is {layer.pool}; allowed 0 on a fully connected layer and on a "
+                            "residual block's convs (the block's output map is the shortcut's)")
         base = np.asarray(layer.base)
         if base.dtype.kind not in "iu":
             raise UserError(f"{name}: field 'base' holds {base.dtype}; allowed integers")

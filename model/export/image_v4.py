@@ -12,8 +12,9 @@ Words, in order (every address a word address, every region word aligned):
    bit first), then each enhance plane (one bit per weight, same order) from ``b_(base+1)`` to ``b_top``. At
    width ``i`` a reader fetches the first ``base_words + (i - base_bits) plane_words`` words: a prefix. An edge
    has its 8-bit codes in the base region and no planes. Then its **requant groups**, one per ``(in_bits,
-   out_bits)`` pair (``(in_bits, out_bits, res_bits)`` for a residual layer): a
-   :data:`~model.export.format.VREQUANT` word, ``c_out`` :data:`~model.export.format.PARAMS` records (``M``,
+   out_bits)`` pair (``(in_bits, out_bits, res_bits)`` for a residual layer), each table row's own groups
+   (``row = r + 1``: BN re-estimated for the row) before the width groups (``row = 0``): a two-word
+   :data:`~model.export.format.VREQUANT` head, ``c_out`` :data:`~model.export.format.PARAMS` records (``M``,
    ``B``; :data:`~model.export.format.RES_PARAMS` with ``M_r`` for a residual layer), and ``ceil(c_out / 32)`` words of ``negate`` bits (output ``j`` at bit ``j % 32`` of
    word ``j / 32``; bits past ``c_out`` reserved);
 5. the Eq. 12 width table (``table_rows`` rows of ``ceil(inner / 4)`` words, one byte per inner layer).

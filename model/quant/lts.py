@@ -10,9 +10,13 @@ layers. The algorithm is in :mod:`model.methods.lts` (:class:`~model.methods.lts
 Choices where the paper leaves room, each said once here:
 
 * **Distance domain.** ``D_{w_n}`` (Eq. 5) is measured in the de-quantized domain of Eq. 3,
-  ``|(2 x_n - 1) - w_bar|``, the domain in which ``Delta^B = 2 / 2^B`` (the issue: "threshold
-  t = p * 2/2^B") is the size of a quantization step. A weight is therefore at most half a step,
-  ``1 / (2^B - 1)``, from its level, and ``t`` reaches that at ``p = 2^B / (2 (2^B - 1))`` (2/3 for 2 bits).
+  ``|(2 x_n - 1) - w_bar|``, with the paper's ``Delta^B = 2 / 2^B`` (the issue: "threshold
+  t = p * 2/2^B") as written. The Eq. 3 step is ``2 / (2^B - 1)``, so ``Delta^B`` is ``(2^B - 1) / 2^B`` of a
+  step (3/4, 7/8, 15/16 at 2/3/4 bits), not a whole one. A weight is at most half a step,
+  ``1 / (2^B - 1)``, from its level, and ``t`` reaches that at ``p = 2^B / (2 (2^B - 1))`` (2/3 for 2 bits):
+  of the three readings (the normalized domain of Eq. 1, ``p`` = 1/3; the authors' code, whose grid step is
+  exactly ``2 / 2^B``, ``p`` = 1/2; this one), the one that freezes slowest (measured: ``model/bench/lts.py``
+  docstring).
 * **EMA start and reset.** ``D`` starts at ``Delta^B`` and is reset to ``Delta^B`` whenever the weight's
   integer level (Eq. 2) differs from the level of the previous training iteration. ``D`` is updated from
   the values the forward pass of the iteration used (no second quantization). The layers store ``D`` in

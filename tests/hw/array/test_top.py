@@ -274,20 +274,59 @@ def test_vertical_vgg_runs_every_width_on_one_array():
 
 def test_vertical_residual_net_runs_every_width_and_a_table_row():
     """A version 4 residual net (8-bit edge stem, a stride-1 and a stride-2 block with option A's zero channels,
-    the global pool, the 8-bit FC edge) at 2 and 4 bits and under an Eq. 12 row that gives a block's conv1 and
-    conv2 different widths (the shortcut's group keyed by three widths), on one array."""
-    net = random_vertical_resnet(5, rows=1)
+    the global pool, the 8-bit FC edge) at 2 and 4 bits and as two Eq. 12 rows, each with its own requant
+    groups on every conv (residual ones too: the two-word heads, the 4-word records), one of which gives a
+    block's conv1 and conv2 different widths (the shortcut's group keyed by three widths), on one array."""
+    from model.export.golden_vertical import TableRow
+
+    net = random_vertical_resnet(5, rows=2, row_groups=True)
     assert net.table[0][0] != net.table[0][1]
     words = pack_vertical(net)
     config = config_for([words], engines=2, lanes=5)
     rng = np.random.default_rng(4)
-    images = rng.integers(0, 256, size=(3, 1, 6, 6))
-    runs = [(2, 0, 0), (4, 0, 0), (0, 1, 0)]
+    images = rng.integers(0, 256, size=(4, 1, 6, 6))
+    runs = [(2, 0, 0), (4, 0, 0), (0, 1, 0), (0, 1, 1)]
+    for k in (2, 3):  # each row's own groups change its scores (and differ between the rows)
+        row = TableRow(runs[k][2])
+        assert not np.array_equal(net.forward(images[k:k + 1], row), net.forward(images[k:k + 1], net.table[row.index]))
     res = run_array(words, images, config=config, widths=runs, seed=4)
-    assert res["status"] == [Status.OK] * 3
+    assert res["status"] == [Status.OK] * 4
     for k, (bits, use_table, row) in enumerate(runs):
-        want = net.forward(images[k:k + 1], net.table[row] if use_table else bits)[0]
+        want = net.forward(images[k:k + 1], TableRow(row) if use_table else bits)[0]
         assert res["scores"][k] == [int(v) for v in want], f"run {k}"
+
+
+def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
+    """The block structure the controller checks (a residual conv after an unpooled inner conv1, neither pooled;
+    the global pool on the last layer only): never a hang, BAD_GEOMETRY (then a good run)."""
+    from model.export.format import VLAYER, VREQUANT
+    from model.export.records import pack_records, unpack_records
+
+    net = random_vertical_resnet(6)
+    words = pack_vertical(net).astype(np.int64)
+    d = [8 + 3 + VLAYER.words * k for k in range(len(net.layers))]  # descriptors after the two headers
+
+    def with_fields(k, **fields):
+        bad = words.copy()
+        values = {n: int(v[0]) for n, v in unpack_records(VLAYER, bad[d[k]:d[k] + VLAYER.words], version=4).items()}
+        values.update(fields)
+        if "residual" in fields:  # keep the group size consistent: the check under test is the block's
+            c_out = values["c_out"]
+            values["group_words"] = VREQUANT.words + (4 if fields["residual"] else 3) * c_out + -(-c_out // 32)
+        bad[d[k]:d[k] + VLAYER.words] = pack_records(VLAYER, values).reshape(-1)
+        return bad
+
+    cases = [
+        with_fields(1, residual=1),  # a residual layer at index 1 (no conv1 before it)
+        with_fields(3, residual=1),  # a residual layer right after a residual layer
+        with_fields(2, pool=2),  # a pooled residual conv
+        with_fields(1, pool=2),  # a pooled conv1
+        with_fields(1, gap=1),  # the global pool on a conv that is not last
+        words,
+    ]
+    images = np.zeros((len(cases), 1, 6, 6), dtype=np.int64)
+    res = run_array(cases, images, config=config_for([words], engines=2, lanes=5), widths=[(3, 0, 0)] * len(cases))
+    assert res["status"] == [Status.BAD_GEOMETRY] * (len(cases) - 1) + [Status.OK]
 
 
 def test_corrupt_vertical_images_end_with_their_status():

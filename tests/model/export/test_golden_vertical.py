@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from model.data import load_digits_split
 from model.errors import UserError
 from model.export.convert_vertical import to_golden_vertical, vertical_golden_accuracy, vertical_input_codes
-from model.export.golden import SCORE_FRAC_BITS
+from model.export.golden import SCORE_FRAC_BITS, layer_forward
 from model.export.golden_conv import conv_forward
 from model.export.golden_net import ConvStage
 from model.export.golden_vertical import (
@@ -269,11 +269,26 @@ def test_resnet20_golden_matches_fake_quant_per_width_and_per_layer(resnet, digi
         model.eval()
         golden = net.materialize(bits)
         # every stage, from the float model's input codes, gives its output codes up to rare one-step ties
-        for stage, (u, ref) in zip(golden.stages, _vertical_stage_codes(model, x, shape), strict=False):
+        codes = _vertical_stage_codes(model, x, shape)
+        for stage, (u, ref) in zip(golden.stages[:-2], codes, strict=True):
             got = conv_forward(stage.conv, u) if isinstance(stage, ConvStage) else stage.forward(u)
             diff = np.abs(got - ref)
             assert ref.max() > 0 and diff.max() <= 1 and (diff != 0).mean() < 5e-3, (
                 bits, stage.name, diff.max(), (diff != 0).mean())
+        # the global pool and the FC (its gain carries 1 / (H W)), from the last block's float codes: the float
+        # logits up to the fixed point's precision, in output units: the floor of t = acc >> ACC_SHIFT (< 1
+        # unit of t, i.e. up to M 2^-S output units: 4-5 here, where the FC's class-16 sums are small), M of 17
+        # bits (|M 2^-S - gain| <= 2^-(S+1) per unit of t, t about 2 sum e u) and the output rounding
+        fc = golden.stages[-1].layer
+        sums = codes[-1][1].sum(axis=(2, 3))
+        scores = layer_forward(fc, sums) / 2.0**SCORE_FRAC_BITS
+        with torch.no_grad():
+            logits = model(x.reshape(len(x), *shape)).double().numpy()
+        e = np.where(fc.widths != 0, fc.codes - (1 << 15), 0)
+        t = 2 * np.abs(sums @ e.T).max() + 1
+        bound = (fc.mult.max() / 2.0**fc.shift + t / 2.0 ** (fc.shift + 1) + 1) / 2.0**SCORE_FRAC_BITS
+        assert np.abs(scores - logits).max() <= bound, (bits, np.abs(scores - logits).max(), bound)
+        assert (scores.argmax(1) == logits.argmax(1)).mean() >= 0.95
     # the network is the version 3 chain: a stem, nine residual stages, the global pool and the FC
     stages = [type(st).__name__ for st in net.materialize(3).stages]
     assert stages == ["ConvStage"] + ["ResidualStage"] * 9 + ["GlobalSumPool", "FCStage"]

@@ -63,10 +63,12 @@ def random_net(seed: int, sizes, widths=(2, 3, 4), rows: int = 2, compensate: bo
 
 
 def random_resnet(seed: int, widths=(2, 3, 4), size: int = 6, channels=(3, 3, 5), n_classes: int = 3,
-                  rows: int = 1) -> VerticalNetwork:
+                  rows: int = 1, row_groups: bool = False) -> VerticalNetwork:
     """A small vertical residual net of random codes and records: an 8-bit edge stem (1 -> C0), a stride-1
     block (C0 -> C1), a stride-2 block (C1 -> C2, option A's zero channels when C2 > C1), the global pool and an
-    8-bit FC edge; records of random 17-bit multipliers with shifts that keep the codes mid-range."""
+    8-bit FC edge; records of random 17-bit multipliers with shifts that keep the codes mid-range.
+    ``row_groups``: every conv also gets, per table row, its own records (other multipliers), as a row whose BN
+    statistics were re-estimated does."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -102,7 +104,14 @@ def random_resnet(seed: int, widths=(2, 3, 4), size: int = 6, channels=(3, 3, 5)
     layers.append(VerticalLayer("fc", "linear", True, base, (), EDGE_BITS, True,
                                 records(n_classes, needed_pairs(n, n - 1, widths), False, 24), gap=True))
     table = tuple(tuple(int(x) for x in rng.choice(widths, n - 2)) for _ in range(rows))
-    return VerticalNetwork(EDGE_BITS, (1, size, size), tuple(widths), tuple(layers), table)
+    net = VerticalNetwork(EDGE_BITS, (1, size, size), tuple(widths), tuple(layers), table)
+    if row_groups:
+        for r, row in enumerate(table):
+            for k, layer in enumerate(layers[:-1]):
+                key = net.record_key(row, k)
+                own = records(layer.n_out, [key], layer.residual, 31 if k == 0 else 32)[key]
+                layer.row_requant[(r, *key)] = dataclasses.replace(own, row=r + 1)
+    return net
 
 
 def _same(a: VerticalNetwork, b: VerticalNetwork) -> None:
@@ -275,13 +284,24 @@ def test_a_resnet_round_trips_with_residual_records_and_the_global_pool():
 
 
 def test_a_random_residual_net_round_trips():
-    net = random_resnet(5, rows=2)
+    net = random_resnet(5, rows=2, row_groups=True)
     back = unpack_vertical(pack_vertical(net))
     _same(net, back)
     u = np.random.default_rng(0).integers(0, 256, size=(3, 1, 6, 6))
-    for bits in (2, 4, *net.table):
+    from model.export.golden_vertical import TableRow
+
+    for bits in (2, 4, *net.table, TableRow(0), TableRow(1)):
         scores = net.forward(u, bits)
         assert np.array_equal(back.forward(u, bits), scores) and len(np.unique(scores)) > 3
+    assert not np.array_equal(net.forward(u, TableRow(1)), net.forward(u, net.table[1]))
+    # max-pooling inside a residual block is refused (the block's output map is the shortcut's)
+    from model.export.golden_vertical import check_vertical
+
+    for k in (1, 2):
+        layers = list(net.layers)
+        layers[k] = dataclasses.replace(layers[k], pool=2)
+        with pytest.raises(UserError, match="field 'pool' is 2"):
+            check_vertical(dataclasses.replace(net, layers=tuple(layers)))
 
 
 def test_row_groups_round_trip_and_come_before_the_width_groups():
