@@ -262,11 +262,17 @@ def test_vertical_vgg_runs_every_width_on_one_array():
     images = rng.integers(0, 256, size=(3, 1, 8, 8))
     # the row's own groups change its scores: an array that took the width groups would fail below
     assert not np.array_equal(net.forward(images[2:3], TableRow(0)), net.forward(images[2:3], table[0]))
+    check_vertical_runs(net, images, [(2, 0, 0), (4, 0, 0), (0, 1, 0)], seed=3)
+
+
+def check_vertical_runs(net, images, runs, seed):
+    """Run ``net``'s version 4 image on the smallest 2-engine array that holds it, image ``k`` under ``runs[k]``
+    (``(precision, use_table, table_row)``); every score equal to golden's at that width or as that row."""
+    from model.export.golden_vertical import TableRow
+
     words = pack_vertical(net)
-    config = config_for([words], engines=2, lanes=5)
-    runs = [(2, 0, 0), (4, 0, 0), (0, 1, 0)]
-    res = run_array(words, images, config=config, widths=runs, seed=3)
-    assert res["status"] == [Status.OK] * 3
+    res = run_array(words, images, config=config_for([words], engines=2, lanes=5), widths=runs, seed=seed)
+    assert res["status"] == [Status.OK] * len(runs)
     for k, (bits, use_table, row) in enumerate(runs):
         want = net.forward(images[k:k + 1], TableRow(row) if use_table else bits)[0]
         assert res["scores"][k] == [int(v) for v in want], f"run {k}"
@@ -281,19 +287,13 @@ def test_vertical_residual_net_runs_every_width_and_a_table_row():
 
     net = random_vertical_resnet(5, rows=2, row_groups=True)
     assert net.table[0][0] != net.table[0][1]
-    words = pack_vertical(net)
-    config = config_for([words], engines=2, lanes=5)
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, size=(4, 1, 6, 6))
     runs = [(2, 0, 0), (4, 0, 0), (0, 1, 0), (0, 1, 1)]
     for k in (2, 3):  # each row's own groups change its scores (and differ between the rows)
         row = TableRow(runs[k][2])
         assert not np.array_equal(net.forward(images[k:k + 1], row), net.forward(images[k:k + 1], net.table[row.index]))
-    res = run_array(words, images, config=config, widths=runs, seed=4)
-    assert res["status"] == [Status.OK] * 4
-    for k, (bits, use_table, row) in enumerate(runs):
-        want = net.forward(images[k:k + 1], TableRow(row) if use_table else bits)[0]
-        assert res["scores"][k] == [int(v) for v in want], f"run {k}"
+    check_vertical_runs(net, images, runs, seed=4)
 
 
 def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
