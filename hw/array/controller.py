@@ -240,6 +240,8 @@ class ArrayController(wiring.Component):
         head = Signal(VREQUANT_LAYOUT)
         neg_base = Signal(32)  # the group's negate bits
         row_first = Signal(32)  # j fan_in: the row's first weight
+        # A version 4 group's records: c_out (M, B), or (M, B, M_r) for a residual layer.
+        rec_words = Mux(vdesc.residual, vdesc.c_out << 2, (vdesc.c_out << 1) + vdesc.c_out)
 
         d = desc
         is_conv = d.kind == KIND_CONV
@@ -518,8 +520,7 @@ class ArrayController(wiring.Component):
                 vd = vdesc
                 # A group: its head, c_out (M, B) records ((M, B, M_r) for a residual layer), the negate words
                 # (docs/image_format.md).
-                recs = Mux(vd.residual, (vd.c_out << 2), (vd.c_out << 1) + vd.c_out)
-                group_words = VREQUANT.words + recs + ((vd.c_out + WORD_BITS - 1) >> 5)
+                group_words = VREQUANT.words + rec_words + ((vd.c_out + WORD_BITS - 1) >> 5)
                 edge_should = (layer_idx == 0) | last_layer
                 next_inner = layer_idx + 1 < header.layers - 1
                 # Widths: an edge holds edge_bits codes and no planes; an inner layer the header's widths.
@@ -585,7 +586,7 @@ class ArrayController(wiring.Component):
                     desc.residual.eq(vd.residual), desc.gap.eq(vd.gap),
                     desc.res_buf.eq(Mux(vd.residual, prev_buf, 0)), desc.res_stride.eq(Mux(vd.residual, prev_stride, 0)),
                     desc.fan_in.eq(vd.fan_in), desc.param_base.eq(grp_addr + VREQUANT.words),
-                    neg_base.eq(grp_addr + VREQUANT.words + Mux(vd.residual, vd.c_out << 2, (vd.c_out << 1) + vd.c_out)),
+                    neg_base.eq(grp_addr + VREQUANT.words + rec_words),
                 ]
                 m.next = "MEASURE"
 

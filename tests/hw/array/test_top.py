@@ -14,6 +14,7 @@ from hw.array.top import ArrayConfig, ConvArray
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
+from model.export.records import pack_records, unpack_records
 from tests.hw.netgen import random_network
 from tests.hw.stream_source import simulate
 from tests.model.export.test_golden_conv import make_conv
@@ -265,6 +266,18 @@ def test_vertical_vgg_runs_every_width_on_one_array():
     check_vertical_runs(net, images, [(2, 0, 0), (4, 0, 0), (0, 1, 0)], seed=3)
 
 
+def _fields(words, record, at) -> dict:
+    """The fields of the version 4 ``record`` at word ``at`` of ``words``."""
+    return {k: int(v[0]) for k, v in unpack_records(record, words[at:at + record.words], version=4).items()}
+
+
+def _with_fields(words, record, at, **fields):
+    """A copy of ``words`` with ``fields`` of the ``record`` at word ``at`` replaced."""
+    bad = words.copy()
+    bad[at:at + record.words] = pack_records(record, {**_fields(words, record, at), **fields}).reshape(-1)
+    return bad
+
+
 def check_vertical_runs(net, images, runs, seed):
     """Run ``net``'s version 4 image on the smallest 2-engine array that holds it, image ``k`` under ``runs[k]``
     (``(precision, use_table, table_row)``); every score equal to golden's at that width or as that row."""
@@ -300,21 +313,16 @@ def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
     """The block structure the controller checks (a residual conv after an unpooled inner conv1, neither pooled;
     the global pool on the last layer only): never a hang, BAD_GEOMETRY (then a good run)."""
     from model.export.format import VLAYER, VREQUANT
-    from model.export.records import pack_records, unpack_records
 
     net = random_vertical_resnet(6)
     words = pack_vertical(net).astype(np.int64)
     d = [8 + 3 + VLAYER.words * k for k in range(len(net.layers))]  # descriptors after the two headers
 
     def with_fields(k, **fields):
-        bad = words.copy()
-        values = {n: int(v[0]) for n, v in unpack_records(VLAYER, bad[d[k]:d[k] + VLAYER.words], version=4).items()}
-        values.update(fields)
         if "residual" in fields:  # keep the group size consistent: the check under test is the block's
-            c_out = values["c_out"]
-            values["group_words"] = VREQUANT.words + (4 if fields["residual"] else 3) * c_out + -(-c_out // 32)
-        bad[d[k]:d[k] + VLAYER.words] = pack_records(VLAYER, values).reshape(-1)
-        return bad
+            c_out = _fields(words, VLAYER, d[k])["c_out"]
+            fields["group_words"] = VREQUANT.words + (4 if fields["residual"] else 3) * c_out + -(-c_out // 32)
+        return _with_fields(words, VLAYER, d[k], **fields)
 
     cases = [
         with_fields(1, residual=1),  # a residual layer at index 1 (no conv1 before it)
@@ -332,7 +340,6 @@ def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
 def test_corrupt_vertical_images_end_with_their_status():
     """Version 4 fields the array checks: never a hang, the documented code (then a good run)."""
     from model.export.format import VHEADER, VLAYER, VREQUANT
-    from model.export.records import pack_records, unpack_records
 
     net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
     assert sorted(net.layers[1].requant) == [(2, 2), (3, 3), (4, 4)]
@@ -341,13 +348,9 @@ def test_corrupt_vertical_images_end_with_their_status():
     d1 = d0 + VLAYER.words
 
     def with_field(record, at, **fields):
-        bad = words.copy()
-        values = {k: int(v[0]) for k, v in unpack_records(record, bad[at:at + record.words], version=4).items()}
-        values.update(fields)
-        bad[at:at + record.words] = pack_records(record, values).reshape(-1)
-        return bad
+        return _with_fields(words, record, at, **fields)
 
-    layer1 = {k: int(v[0]) for k, v in unpack_records(VLAYER, words[d1:d1 + VLAYER.words], version=4).items()}
+    layer1 = _fields(words, VLAYER, d1)
     cases = [
         (with_field(VHEADER, vh, inner=5), Status.BAD_GEOMETRY),  # inner + 2 != layers
         (with_field(VLAYER, d1, edge=1), Status.BAD_GEOMETRY),  # an inner layer marked as an edge
