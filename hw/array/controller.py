@@ -115,6 +115,8 @@ class ArrayController(wiring.Component):
         width, the largest stored), or with
         ``use_table`` the widths of row ``table_row`` of the image's Eq. 12 table (sampled at ``start``;
         ignored for version 3 images).
+    layer_index : Out(16)
+        The running layer (it moves on when a layer's last output is written).
     x : In(stream.Signature(MAX_ACT_BITS))
         Input codes.
     o : Out(stream.Signature(signed(32)))
@@ -152,6 +154,7 @@ class ArrayController(wiring.Component):
             "precision": In(4),
             "use_table": In(1),
             "table_row": In(16),
+            "layer_index": Out(16),
             "x": In(stream.Signature(MAX_ACT_BITS)),
             "o": Out(stream.Signature(signed(32))),
             "bus": Out(buffer_port_signature(addr_width)),
@@ -184,6 +187,7 @@ class ArrayController(wiring.Component):
         k_prev = Signal.like(k)  # the word whose data arrives now
         m.d.comb += k_prev.eq(k - 1)
         layer_idx = Signal(16)
+        m.d.comb += self.layer_index.eq(layer_idx)
         desc_base = Signal(self._aw + 1)
         # Derived geometry of the running layer.
         h_out = Signal(DIM_BITS + 2)

@@ -7,8 +7,9 @@ of the tile's pixels and how many pixels the tile has. For each, it
 1. decodes the row (:class:`~hw.core.stream_decoder.RowStreamDecoder`, its own global-buffer requester):
    one entry ``(position p, class, code q)`` per non-zero weight, grouped by width class (*segments*);
 2. turns each segment into the *passes* of its lanes (:class:`~hw.array.pass_sequencer.PassSequencer`): one
-   pair pass for 4- and 8-bit weights at 1-4-bit activations, one single pass per 16-bit chunk and pixel
-   slot otherwise, replayed from a small memory;
+   pair pass for 4- and 8-bit weights at 1-4-bit activations; in a DoReFa row one *merged* single pass per
+   pixel slot for all its other weights (the lanes weight each by its ``R_m``, a 32-bit one in two cycles),
+   in a signed row one single pass per class, 16-bit chunk and pixel slot; replayed from a small memory;
 3. reads ``patch[p]``, the ``T = 2 lanes`` input codes of the tile's pixels at weight position ``p`` (the
    patch memory is outside: ``patch_addr`` / ``patch_en`` in, ``patch_data`` the next cycle; the read port
    holds its data while ``patch_en`` is low);
@@ -287,7 +288,8 @@ class ChannelEngine(wiring.Component):
                 lane.i.valid.eq(f_valid & recs.w_rdy),
                 lane.i.payload.code.eq(f.code),
                 lane.i.payload.pair.eq(f.rec.pair),
-                lane.i.payload.chunk.eq(f.rec.chunk),
+                lane.i.payload.chunk.eq(f.chunk),
+                lane.i.payload.a_mode.eq(f.a_mode),
                 lane.i.payload.group.eq(f.rec.group),
                 lane.i.payload.count.eq(f.count),
                 lane.i.payload.end.eq(f.end),

@@ -107,6 +107,9 @@ class ConvArray(wiring.Component):
     status : Out(Status)
     precision, use_table, table_row : In
         The widths of a version 4 (vertical) image's run (:class:`~hw.array.controller.ArrayController`).
+    layer_index : Out(16)
+        The layer the controller runs (0 from ``start`` until the first layer's last row is written, then 1,
+        ...): a progress indicator, and what the testbench times each layer by (``layer_cycles``).
     reads, weight_reads : Out(32)
         Global-buffer words read since the last ``start``: all of them (descriptors, requant parameters, row
         pointers and weights), and those of the engines' row decoders (the weights). Four bytes each: what a
@@ -132,6 +135,7 @@ class ConvArray(wiring.Component):
             "precision": In(4),
             "use_table": In(1),
             "table_row": In(16),
+            "layer_index": Out(16),
             "reads": Out(32),
             "weight_reads": Out(32),
         })
@@ -171,6 +175,7 @@ class ConvArray(wiring.Component):
         m.d.comb += [
             ctl.start.eq(self.start), self.done.eq(ctl.done), self.busy.eq(ctl.busy), self.status.eq(ctl.status),
             ctl.precision.eq(self.precision), ctl.use_table.eq(self.use_table), ctl.table_row.eq(self.table_row),
+            self.layer_index.eq(ctl.layer_index),
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
             writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
         ]

@@ -17,10 +17,18 @@ entries for its second and later passes):
   ones; the engine splits a longer segment. ``u1 < 16`` keeps
   A below ``2^24``, positive in the DSP48E1's 25-bit signed A port.
 * **single** (any other pair of widths): ``A = u_g`` for the pass's slot group ``g`` (0 or 1), ``B`` the
-  pass's 16-bit chunk ``c`` of ``q`` (:data:`~hw.dsp.packing.CHUNK_BITS`; one chunk below 32 bits), so
+  entry's 16-bit chunk ``c`` of ``q`` (:data:`~hw.dsp.packing.CHUNK_BITS`; one chunk below 32 bits), so
   ``P = sum q_c u_g``, below ``2^48`` for any contract row (at most 4,096 products below ``2^24``).
   A segment takes ``groups x chunks`` such passes: 2 for a 16-bit class or for 4- and 8-bit weights at
   5-8-bit activations, 4 for a 32-bit class.
+* **merged single** (the wide passes of a DoReFa row, :class:`~hw.array.pass_sequencer.PassSequencer`): each
+  entry places ``u_g`` in A by its ``a_mode``: ``u_g`` (:data:`A_LOW`), ``2^16 u_g`` (:data:`A_HIGH`) or
+  ``(1 + 2^16) u_g`` (:data:`A_SPREAD`; ``u_g < 2^8``, so the two copies do not overlap and A stays below
+  ``2^24``: wiring, no adder). A 32-bit weight's two chunks go in as ``(lo, A_LOW)`` and ``(hi, A_HIGH)``,
+  so P sums ``q u`` itself, and a narrower weight of class ``m`` as ``(R_m / R_16) q`` with ``A_SPREAD``,
+  ``R_m q u``: one pass per slot group holds every wide class of the row, already weighted (``R_32 = 1``),
+  where the per-chunk passes need one combine each. Each weight adds at most ``(2^32 - 1)(2^a - 1)`` to P,
+  so a pass holds :func:`merged_capacity` weights (any row at 1-4-bit activations, 257 at 8 bits).
 
 So the lane's cost per entry grows with both widths: one cycle for two pixels at 4/8-bit weights and 1-4-bit
 activations, two at 16 bits or at 5-8-bit activations, four for 32-bit weights.
@@ -54,6 +62,8 @@ PAIR_SHIFT = 20
 SLOTS = 2
 #: Bits of a run-time activation-width field (0..MAX_ACT_BITS).
 ACT_BITS_FIELD = ceil_log2(MAX_ACT_BITS + 1)
+#: A single pass's placements of ``u_g`` in A (``a_mode``): ``u``, ``2^16 u``, ``(1 + 2^16) u``.
+A_LOW, A_HIGH, A_SPREAD = 0, 1, 2
 
 
 def act_sum_bits(max_entries: int = MAX_FAN_IN) -> int:
@@ -74,6 +84,16 @@ def pass_capacity(class_bits: int, act_bits: int) -> int:
         return MAX_FAN_IN
     top = ((1 << class_bits) - 1) * ((1 << PAIR_ACT_BITS) - 1)
     return min(MAX_FAN_IN, ((1 << PAIR_SHIFT) - 1) // top)
+
+
+def merged_capacity(act_bits: int) -> int:
+    """The most weights a merged single pass may hold at ``act_bits`` activations: each adds at most
+    ``(2^32 - 1)(2^act_bits - 1)`` (a 32-bit code's two chunks, or ``(R_m / R_16) q (1 + 2^16) <= 2^32 - 1``
+    for a narrower class) and P must stay below ``2^48``; never more than a row (``MAX_FAN_IN``)."""
+    if not isinstance(act_bits, int) or not 1 <= act_bits <= MAX_ACT_BITS:
+        raise ValueError(f"act_bits must be an integer in 1..{MAX_ACT_BITS}, not {act_bits!r}")
+    top = ((1 << 32) - 1) * ((1 << act_bits) - 1)
+    return min(MAX_FAN_IN, ((1 << P_BITS) - 1) // top)
 
 
 def lane_passes(class_bits: int, act_bits: int) -> list[tuple[bool, int, int]]:
@@ -97,7 +117,8 @@ def entry_layout() -> data.StructLayout:
         "code": unsigned(max(CLASS_WIDTHS)),  # q (below 2^PAIR_WEIGHT_BITS in a pair pass)
         "pair": unsigned(1),  # a pair pass (else single)
         "chunk": unsigned(1),  # single: B = code[16 chunk : 16 chunk + 16]
-        "group": unsigned(1),  # single: A = u[group]
+        "group": unsigned(1),  # single: A = u[group] placed by a_mode
+        "a_mode": unsigned(2),  # single: A_LOW (u), A_HIGH (2^16 u) or A_SPREAD ((1 + 2^16) u)
         "u": data.ArrayLayout(MAX_ACT_BITS, SLOTS),  # below 2^PAIR_ACT_BITS in a pair pass
         "count": data.ArrayLayout(1, SLOTS),  # add u_j into A_j
         "end": unsigned(1),  # the pass's last entry
@@ -154,9 +175,12 @@ class PassDspLane(wiring.Component):
         # Stage 0: A and B.
         a_word = Signal(A_BITS + 1)  # 25 and 18 bits, the DSP48E1's signed ports, with the sign bits 0
         b_word = Signal(B_BITS + 1)
+        u_g = Mux(entry.group, entry.u[1], entry.u[0])
+        low = Mux(entry.a_mode != A_HIGH, u_g, 0)
+        high = Mux(entry.a_mode != A_LOW, u_g, 0)
         m.d.comb += [
             a_word.eq(Mux(entry.pair, entry.u[0][:PAIR_ACT_BITS] | (entry.u[1][:PAIR_ACT_BITS] << PAIR_SHIFT),
-                          Mux(entry.group, entry.u[1], entry.u[0]))),
+                          low | (high << CHUNK_BITS))),
             b_word.eq(Mux(entry.pair, entry.code[:PAIR_WEIGHT_BITS], entry.code.word_select(entry.chunk, CHUNK_BITS))),
         ]
 

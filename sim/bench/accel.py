@@ -39,7 +39,8 @@ count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``,
 ``lut``, ``ff``, ``bram36``, ``fits_xc7z020``, ``fmax_mhz_estimate``, ``image_bytes``, ``speedup_vs_dense32``
 (dense32's cycles at the same activation width over this row's), ``dense_macs_per_dsp_cycle`` (the
 network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_accuracy``,
-``nonzero_macs`` and ``width_counts``.
+``nonzero_macs``, ``width_counts`` and ``layer_cycles`` (cycles per layer, counted in RTL by the array's
+``layer_index`` port: where an image's cycles go).
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     done = dict.fromkeys(counts, 0)
     wall = dict.fromkeys(counts, 0.0)
     spans: dict = {key: [] for key in counts}
+    layer_spans: dict = {key: [] for key in counts}
     mismatched = dict.fromkeys(counts, 0)
     sim_cycles = dict.fromkeys(counts, 0)
     sim_wall = dict.fromkeys(counts, 0.0)
@@ -255,6 +257,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         wall[key] += float(res["sim_wall_s"])  # the simulation's own seconds (the first run also builds)
         done[key] += n
         spans[key] += res["image_cycles"]
+        layer_spans[key] += res.get("layer_cycles", [])
         mismatched[key] += int(res["mismatches"]) + (n - int(res["images"]))  # an image that did not come back
         sim_cycles[key] += int(res["sim_cycles"])
         sim_wall[key] += float(res["sim_wall_s"])
@@ -283,6 +286,9 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "golden_accuracy": float((expected_all[key][:n].argmax(axis=1) == labels[:n]).mean()) if n else None,
             "width_counts": {str(m): int((widths == m).sum()) for m in (0, 4, 8, 16, 32)},
             "sim_cycles_per_second": sim_cycles[key] / sim_wall[key] if sim_wall[key] else None,
+            # cycles per layer index, mean over the row's images (the RTL's layer_index port): where they go
+            "layer_cycles": [round(float(v), 1) for v in np.mean(layer_spans[key], axis=0)]
+            if layer_spans[key] and len({len(x) for x in layer_spans[key]}) == 1 else None,
             "statuses": sorted(statuses[key]), "timed_out": timed_out[key],
         })
     write_json(out_dir / "rtl_rows.json", rows)  # the simulations' figures, whatever the synthesis does

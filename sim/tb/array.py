@@ -28,7 +28,7 @@ import cocotb
 import numpy as np
 from amaranth.hdl import signed, unsigned
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import First, ReadOnly, RisingEdge
+from cocotb.triggers import First, ReadOnly, RisingEdge, ValueChange
 
 from sim.scoreboard import Scoreboard
 from sim.tb.stream import CLOCK_NS, RunSettings, StreamTB
@@ -67,6 +67,7 @@ class ArrayTB(StreamTB):
         self.set_precision(0)
         self.reads: list[int] = []
         self.weight_reads: list[int] = []
+        self.layer_marks: list[tuple[float, int]] = []  # (time, layer_index) at each change of layer_index
 
     def set_precision(self, value: int) -> None:
         """A version 4 image's widths, encoded as the Zynq shell's ``precision`` register: a width (0: the
@@ -119,12 +120,34 @@ class ArrayTB(StreamTB):
         await RisingEdge(dut.clk)
         return True
 
+    async def watch_layers(self) -> None:
+        """Record the time of every change of ``layer_index`` (a few per image: cheap under Verilator)."""
+        while True:
+            await ValueChange(self.dut.layer_index)
+            self.layer_marks.append((get_sim_time("ns"), int(self.dut.layer_index.value)))
+
+    def layer_cycles(self) -> list[list[int]]:
+        """Each image's cycles per layer index (the run starts at layer 0; the header and descriptor reads
+        count to the layer they are read for, the class scores' read-out to the last one)."""
+        out = []
+        for s, d in zip(self.starts_ns, self.dones_ns):
+            spans: dict[int, float] = {}
+            t, value = s, 0
+            for when, idx in self.layer_marks:
+                if s < when < d:
+                    spans[value] = spans.get(value, 0.0) + when - t
+                    t, value = when, idx
+            spans[value] = spans.get(value, 0.0) + d - t
+            out.append([round(spans.get(k, 0.0) / CLOCK_NS) for k in range(max(spans) + 1)])
+        return out
+
     async def run(self, cases) -> None:
         """Each case: load its image, run its input images; stop at the first hang (after
         :meth:`~sim.tb.stream.StreamTB.reset`, which :meth:`~sim.tb.stream.StreamTB.run_and_record` does)."""
         self.source.start()
         self.sink.start()
         cocotb.start_soon(self.watchdog())
+        cocotb.start_soon(self.watch_layers())
         received = 0
         for words, inputs, expected, precision in cases:
             self.n_classes = expected.shape[1]
@@ -156,6 +179,7 @@ class ArrayTB(StreamTB):
             "image_cycles": spans,
             "cycles_per_image": float(np.mean(spans)) if spans else 0.0,
             "load_cycles": self.load_cycles,
+            "layer_cycles": self.layer_cycles(),
             "image_reads": self.reads,
             "image_weight_reads": self.weight_reads,
             "partial_beats": len(self.pending),

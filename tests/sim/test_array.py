@@ -38,8 +38,13 @@ def check(verilog, net, n_images, seed, stall=True):
 
 
 def test_resnet_like_net_under_backpressure(verilog):
-    res = check(verilog, resnet_like(np.random.default_rng(3)), 3, 3)
+    net = resnet_like(np.random.default_rng(3))
+    res = check(verilog, net, 3, 3)
     assert res["ready_stall_cycles"] > 0 and res["valid_gap_cycles"] > 0
+    # The layer_index port times every layer of every image: the spans add up to the image's cycles.
+    assert [len(c) for c in res["layer_cycles"]] == [len(net.layers)] * 3
+    assert [sum(c) for c in res["layer_cycles"]] == res["image_cycles"]
+    assert all(min(c) > 0 for c in res["layer_cycles"])
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -284,11 +284,12 @@ def test_dense_four_bit_rows_run_near_one_entry_a_cycle():
     assert last <= rows * (fan_in + 9) + 40, f"{last} cycles for {rows} rows of {fan_in} entries"
 
 
-@pytest.mark.parametrize("width,act_bits", [(8, 4), (4, 4), (16, 4), (32, 8)])
+@pytest.mark.parametrize("width,act_bits", [(8, 4), (4, 4), (16, 4), (32, 8), (4, 8), (16, 6)])
 def test_long_rows_at_their_largest_codes(width, act_bits):
     """Rows of 600 weights of one width with every code and input at its largest, and a few random ones: an
-    8-bit pair pass holds 274 entries (``pass_capacity``), so the sequencer cuts these rows' segments into
-    sub-passes; the others run whole (4-bit pairs up to 4,660; single passes of any length, replayed)."""
+    8-bit pair pass holds 274 entries (``pass_capacity``) and a merged single pass 257 weights at 8-bit
+    activations, 1,040 at 6 (``merged_capacity``), so the sequencer cuts these rows into sub-passes (in the
+    replay too); the others run whole (4-bit pairs up to 4,660; merged passes at 4-bit activations)."""
     rng = np.random.default_rng(width + act_bits)
     rows, fan_in, lanes, faw, aw = 3, 600, 2, 10, 14
     t = lanes * LANE_SLOTS

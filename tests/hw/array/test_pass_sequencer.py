@@ -6,8 +6,18 @@ under back-pressure (Amaranth simulator)."""
 import numpy as np
 import pytest
 
-from hw.array.pass_sequencer import PROMOTE, PassSequencer
-from hw.dsp.pass_lane import PAIR_ACT_BITS, PAIR_WEIGHT_BITS, SLOTS, lane_passes, pass_capacity
+from hw.array.pass_sequencer import PROMOTE, SPREAD_SCALE, PassSequencer
+from hw.dsp.pass_lane import (
+    A_HIGH,
+    A_LOW,
+    A_SPREAD,
+    PAIR_ACT_BITS,
+    PAIR_WEIGHT_BITS,
+    SLOTS,
+    lane_passes,
+    merged_capacity,
+    pass_capacity,
+)
 from model.export.format import CLASS_WIDTHS
 from tests.hw.stream_source import Source, simulate
 
@@ -30,10 +40,12 @@ def decoder_entries(row):
 
 
 def reference_passes(row, act_bits, signed, gap, pixels):
-    """The passes of one row: ``(cls, pair, chunk, group, count, [(position, code), ...])`` in order."""
+    """The passes of one row: ``(cls, pair, chunk, group, [(position, code, lane chunk, a_mode, count), ...])``
+    in order (``chunk`` is the record's: the combine's ``2^16``; a merged pass's lanes take both chunks)."""
     empty = not row
     segs = [(0, [(0, 0)])] if empty else [(c, list(e)) for c, e in row]
-    if not signed and not gap and act_bits <= PAIR_ACT_BITS and segs[0][0] == 0:
+    dorefa = not signed and not gap
+    if dorefa and act_bits <= PAIR_ACT_BITS and segs[0][0] == 0:
         # DoReFa: R_4 = 17 R_8, so the 4-bit codes go out as 17 q in the 8-bit class, one pass with the
         # row's 8-bit codes when it has any.
         promoted = [(p, PROMOTE * q) for p, q in segs[0][1]]
@@ -42,13 +54,17 @@ def reference_passes(row, act_bits, signed, gap, pixels):
         else:
             segs = [(1, promoted)] + segs[1:]
     passes = []
+    merged = []  # a DoReFa row's weights that do not run in pair passes: (position, code, cls)
     for cls, entries in segs:
         bits = CLASS_WIDTHS[cls]
         if not gap and bits <= PAIR_WEIGHT_BITS and act_bits <= PAIR_ACT_BITS:
             assert lane_passes(bits, act_bits) == [(True, 0, 0)]
             cap = pass_capacity(bits, PAIR_ACT_BITS)
             for k in range(0, len(entries), cap):
-                passes.append((cls, 1, 0, 0, 0 if empty else 0b11, entries[k:k + cap]))
+                passes.append((cls, 1, 0, 0, [(p, q, 0, A_LOW, 0 if empty else 0b11) for p, q in entries[k:k + cap]]))
+            continue
+        if dorefa:
+            merged += [(p, q, cls) for p, q in entries]
             continue
         order = lane_passes(bits, act_bits if not gap else 8)
         assert order == sorted(order, key=lambda x: (x[1], x[2]))  # chunk-major
@@ -56,7 +72,20 @@ def reference_passes(row, act_bits, signed, gap, pixels):
             if group and pixels <= 1 and not gap:
                 continue  # no pixel has slot 1
             count = 0 if (empty or chunk) else (1 << group)
-            passes.append((cls, 0, chunk, group, count, entries))
+            passes.append((cls, 0, chunk, group, [(p, q, chunk, A_LOW, count) for p, q in entries]))
+    if merged:
+        # One merged pass per slot group (cut at the capacity, in weights): R_m q u in the lanes.
+        cap = merged_capacity(act_bits)
+        for group in (0, 1) if pixels > 1 else (0,):
+            count = 0 if empty else 1 << group
+            for k in range(0, len(merged), cap):
+                lane_entries = []
+                for p, q, cls in merged[k:k + cap]:
+                    if CLASS_WIDTHS[cls] == 32:
+                        lane_entries += [(p, q, 0, A_LOW, count), (p, q, 1, A_HIGH, 0)]
+                    else:
+                        lane_entries.append((p, SPREAD_SCALE[cls] * q, 0, A_SPREAD, count))
+                passes.append((len(CLASS_WIDTHS) - 1, 0, 0, group, lane_entries))
     return passes
 
 
@@ -82,7 +111,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
     dut = PassSequencer(fan_in_width=FAN_IN_WIDTH, pixels=PIXELS)
     items = [e for row in rows for e in decoder_entries(row)]
     want = [reference_passes(row, act_bits, signed, gap, pixels) for row in rows]
-    n_out = sum(len(p[5]) for r in want for p in r)
+    n_out = sum(len(p[4]) for r in want for p in r)
     got = []
 
     async def bench(ctx):
@@ -103,6 +132,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
             row_src.update(rv, rr)
             if ov and orr:
                 got.append({"position": out.position, "code": out.code, "count": out.count[0] | (out.count[1] << 1),
+                            "lane_chunk": out.chunk, "a_mode": out.a_mode,
                             "end": out.end, "cls": out.rec.cls, "pair": out.rec.pair, "chunk": out.rec.chunk,
                             "group": out.rec.group, "first": out.rec.first[0] | (out.rec.first[1] << 1),
                             "final": out.rec.final, "pixels": out.rec.pixels})
@@ -115,7 +145,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
     k = 0
     for r, passes in enumerate(want):
         touched = 0
-        for i, (cls, pair, chunk, group, count, entries) in enumerate(passes):
+        for i, (cls, pair, chunk, group, entries) in enumerate(passes):
             seen = got[k:k + len(entries)]
             k += len(entries)
             mine = banks(pair, group, gap)
@@ -123,11 +153,11 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
             for p in passes[i + 1:]:
                 later |= banks(p[1], p[3], gap)
             where = f"row {r} pass {i} ({cls=}, {pair=}, {chunk=}, {group=})"
-            assert [(e["position"], e["code"]) for e in seen] == entries, where
+            assert [(e["position"], e["code"], e["lane_chunk"], e["a_mode"], e["count"]) for e in seen] == entries, \
+                where
             assert [e["end"] for e in seen] == [0] * (len(entries) - 1) + [1], where
             for e in seen:
                 assert (e["cls"], e["pair"], e["chunk"], e["group"]) == (cls, pair, chunk, group), where
-                assert e["count"] == count, where
                 assert e["first"] == mine & ~touched, where
                 assert e["pixels"] == pixels, where
             assert seen[-1]["final"] == int(mine & later == 0), where
@@ -161,9 +191,42 @@ def test_four_bit_codes_join_the_eight_bit_pass_only_in_dorefa_rows(signed):
     else:
         assert [e["code"] for e in got] == [51, 255, 17, 200, 9]
         assert all(e["cls"] == 1 for e in got) and sum(e["end"] for e in got) == 1
-    # At 5-8-bit activations nothing merges: single passes per class.
-    got = run([row], act_bits=8, signed=False, gap=False, pixels=PIXELS, seed=8)
-    assert {e["cls"] for e in got if e["code"] in (3, 15, 1)} == {0}
+    # At 5-8-bit activations a DoReFa row's classes all go into the merged single passes (one per slot
+    # group), each code times R_m / R_16; a signed row keeps one single pass per class and group.
+    got = run([row], act_bits=8, signed=signed, gap=False, pixels=PIXELS, seed=8)
+    if signed:
+        assert [e["code"] for e in got] == [3, 15, 1] * 2 + [200, 9] * 2 and sum(e["end"] for e in got) == 4
+    else:
+        assert [e["code"] for e in got] == [3 * 4369, 15 * 4369, 4369, 200 * 257, 9 * 257] * 2
+        assert {e["cls"] for e in got} == {3} and sum(e["end"] for e in got) == 2
+
+
+def test_wide_classes_of_a_dorefa_row_share_one_pass_per_group():
+    """At 4-bit activations a DoReFa row with weights of every class takes three passes (the pair pass, then
+    one merged pass per slot group: a 16-bit code once with ``A_SPREAD``, a 32-bit one as its low and high
+    chunk) where a signed row takes eight."""
+    row = [(0, [(1, 3)]), (1, [(2, 200)]), (2, [(3, 40000), (5, 7)]), (3, [(6, 0x89ABCDEF)])]
+    got = run([row], act_bits=4, signed=False, gap=False, pixels=PIXELS, seed=5)
+    assert sum(e["end"] for e in got) == 3
+    wide = [(e["code"], e["lane_chunk"], e["a_mode"], e["count"]) for e in got if e["cls"] == 3]
+    lo, hi = [(0x89ABCDEF, 0, A_LOW), (0x89ABCDEF, 1, A_HIGH)]
+    assert wide == [(40000, 0, A_SPREAD, 1), (7, 0, A_SPREAD, 1), (*lo, 1), (*hi, 0),
+                    (40000, 0, A_SPREAD, 2), (7, 0, A_SPREAD, 2), (*lo, 2), (*hi, 0)]
+    assert sum(e["end"] for e in run([row], act_bits=4, signed=True, gap=False, pixels=PIXELS, seed=6)) == 8
+    # A one-pixel tile has no slot-1 pass.
+    assert sum(e["end"] for e in run([row], act_bits=4, signed=False, gap=False, pixels=1, seed=7)) == 2
+
+
+def test_merged_passes_are_cut_at_capacity_in_the_first_pass_and_the_replay():
+    """At 8-bit activations a merged pass holds 257 weights: a row of 600 32-bit weights and a few narrower
+    ones is cut the same way in both slot groups' passes."""
+    rng = np.random.default_rng(4)
+    row = [(1, [(k, int(rng.integers(1, 256))) for k in range(20)]),
+           (3, [(20 + k, int(rng.integers(1, 1 << 32))) for k in range(600)])]
+    got = run([row], act_bits=8, signed=False, gap=False, pixels=PIXELS, seed=10, p_gap=0.1, p_stall=0.1)
+    weights = np.cumsum([e["count"] != 0 for e in got])
+    ends = [int(weights[i]) for i, e in enumerate(got) if e["end"]]
+    assert ends == [257, 514, 620, 620 + 257, 620 + 514, 1240] and merged_capacity(8) == 257
 
 
 def test_eight_bit_pair_passes_are_cut_at_capacity():

@@ -12,11 +12,15 @@ from amaranth.back import verilog
 
 from hw.dsp.lane import DSP48E1_ATTRIBUTES
 from hw.dsp.pass_lane import (
+    A_HIGH,
+    A_LOW,
+    A_SPREAD,
     PAIR_SHIFT,
     PassDspLane,
     act_sum_bits,
     is_pair,
     lane_passes,
+    merged_capacity,
     pass_capacity,
 )
 from hw.platform.synth import parse_stat, yosys_binary
@@ -46,7 +50,9 @@ def expected(entries):
     if e0["pair"]:
         p = sum(e["code"] * (e["u"][0] + (e["u"][1] << PAIR_SHIFT)) for e in entries)
     else:
-        p = sum(((e["code"] >> (16 * e["chunk"])) & 0xFFFF) * e["u"][e["group"]] for e in entries)
+        place = {A_LOW: 1, A_HIGH: 1 << 16, A_SPREAD: (1 << 16) + 1}
+        p = sum(((e["code"] >> (16 * e["chunk"])) & 0xFFFF) * e["u"][e["group"]] * place[e.get("a_mode", A_LOW)]
+                for e in entries)
     return p, [sum(e["u"][j] for e in entries if e["count"][j]) for j in range(2)]
 
 
@@ -118,6 +124,41 @@ def test_pair_passes_at_capacity_keep_the_slots_apart():
             assert s0 < 1 << PAIR_SHIFT and p & ((1 << PAIR_SHIFT) - 1) == s0
             assert p >> PAIR_SHIFT == sum(e["code"] * e["u"][1] for e in entries)
     assert got[-1][0] == MAX_FAN_IN * 0xFFFF * 0xFF and max(a for _, aa in got for a in aa) < 1 << act_sum_bits()
+
+
+def merged_pass(rng, act_bits, weights, style, group):
+    """A merged single pass (a DoReFa row's wide pass): ``weights`` weights of random classes, a 32-bit one as
+    its two chunks (``A_LOW``, ``A_HIGH``), a narrower one as ``(R_m / R_16) q`` with ``A_SPREAD``."""
+    entries = []
+    for _ in range(weights):
+        bits = 32 if style == "max" else rng.choice(CLASS_WIDTHS)
+        top = (1 << bits) - 1
+        q = top if style == "max" else rng.choice([0, top, rng.randrange(top + 1)])
+        u = [(1 << act_bits) - 1] * 2 if style == "max" else [rng.randrange(1 << act_bits) for _ in range(2)]
+        base = {"pair": 0, "group": group, "u": u, "end": 0}
+        if bits == 32:
+            entries.append({**base, "code": q, "chunk": 0, "a_mode": A_LOW, "count": [1 - group, group]})
+            entries.append({**base, "code": q, "chunk": 1, "a_mode": A_HIGH, "count": [0, 0]})
+        else:
+            scale = {4: 4369, 8: 257, 16: 1}[bits]  # R_m / R_16
+            entries.append({**base, "code": scale * q, "chunk": 0, "a_mode": A_SPREAD, "count": [1 - group, group]})
+    entries[-1]["end"] = 1
+    return entries
+
+
+def test_merged_passes_sum_every_weight_times_its_r():
+    """A merged pass's P is ``sum R_m q u`` over its weights (32-bit ones as two chunks), exact under
+    back-pressure, and at :func:`merged_capacity` with every code and activation at its largest it stays
+    below ``2^48`` (8-bit activations: 257 32-bit weights)."""
+    rng = random.Random(11)
+    passes = [merged_pass(rng, a, rng.randrange(1, 30), "mixed", rng.randrange(2)) for a in (2, 4, 5, 8) * 3]
+    assert run_passes(PassDspLane(), passes, seed=12, p_gap=0.3, p_stall=0.3) == [expected(p) for p in passes]
+    assert merged_capacity(8) == 257 and merged_capacity(4) == MAX_FAN_IN and merged_capacity(5) == 2114
+    full = merged_pass(rng, 8, merged_capacity(8), "max", 1)
+    got = run_passes(PassDspLane(), [full], seed=13, p_gap=0.0, p_stall=0.1)
+    assert got == [expected(full)] and got[0][0] == 257 * ((1 << 32) - 1) * 255 < 1 << 48
+    with pytest.raises(ValueError, match="act_bits"):
+        merged_capacity(9)
 
 
 def test_one_entry_a_cycle_without_back_pressure():
