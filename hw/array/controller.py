@@ -14,8 +14,13 @@ One run (``start`` to ``done``) infers one image:
    channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
    record and, for a residual layer, the shortcut codes of the tile's pixels (word ``j H_r + y s_r`` of
    ``res_buf``, every ``s_r``-th code; zero channels past the block input's ``C_r``, option A), and hands the
-   row command to the first engine that takes one; when every engine and the writer have drained, the next
-   tile starts.
+   row command to the first engine that takes one. Tiles overlap: once a tile's last command is taken and
+   the next tile's patch is loaded, that tile's commands follow (each command names its patch bank and its
+   tile, so an engine finishes the last rows of one tile while it starts the next, and the writer places
+   each row by its own tile); the tile after that loads into the first bank when no engine holds a row of
+   it any more. A layer with a max-pool (the writer's read-modify-write pairs rows that two tiles may
+   share) or a vertical compensation (one activation-sum register per bank, read by the running tile)
+   waits instead until every engine and the writer have drained, as does the end of every layer.
 4. **Scores**: the last layer's outputs (``out_buf = SCORE_SINK``) leave on ``o`` in class order.
 
 The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
@@ -131,6 +136,9 @@ class ArrayController(wiring.Component):
     writer : Out(writer_layer_layout(fmap_addr_width))
     drained : In(1)
         No row in any engine, assembler or the writer.
+    engine_holds : In(2)
+        Per patch bank: some engine holds a row of that bank whose patch reads may not be over
+        (:class:`~hw.array.engine.ChannelEngine` ``holds``); the loader refills a bank only when none does.
     score_addr : Out(channel_bits), score_data : In(signed(32))
     fmap_wr : Out(write_signature) (the input codes), fmap_rd : Out(read_signature) (the shortcut codes)
     """
@@ -167,6 +175,7 @@ class ArrayController(wiring.Component):
             "engine_error": In(engines),
             "writer": Out(writer_layer_layout(fmap_addr_width)),
             "drained": In(1),
+            "engine_holds": In(2),
             "score_addr": Out(channel_bits),
             "score_data": In(signed(32)),
             "fmap_wr": Out(write_signature(fmap_addr_width, row_codes)),
@@ -202,8 +211,9 @@ class ArrayController(wiring.Component):
         l_rows = Signal(DIM_BITS)
         load_bank = Signal()  # the patch bank the loader writes
         comp_bank = Signal()  # the patch bank the engines read
-        loading = Signal()  # the next tile's load is under way
+        loading = Signal()  # the next tile's load is under way (or waits for its bank: load_wait)
         loaded = Signal()  # ... and finished
+        load_wait = Signal()  # the next tile's load waits until no engine holds a row of its bank
         rr = Signal(DIM_BITS + 1)  # shortcut row reads of a row command
         res_row = Signal(32)  # the word of the shortcut row being read
         res_off = Signal(range(t + 1))  # the first pixel of the output row whose shortcut codes arrive
@@ -278,8 +288,7 @@ class ArrayController(wiring.Component):
             # The writer's.
             self.writer.scores.eq(d.out_buf == SCORE_SINK), self.writer.buf.eq(d.out_buf),
             self.writer.pool.eq(d.pool == 2), self.writer.height.eq(h_st), self.writer.width.eq(w_st),
-            self.writer.y.eq(y), self.writer.rows.eq(tile_rows), self.writer.w_out.eq(w_out),
-            self.writer.pixels.eq(tile_px),
+            self.writer.w_out.eq(w_out),
         ]
         for c, (cb, rk) in enumerate(zip(("count_bits4", "count_bits8", "count_bits16", "count_bits32"),
                                          ("rice_k4", "rice_k8", "rice_k16", "rice_k32"))):
@@ -364,6 +373,10 @@ class ArrayController(wiring.Component):
         m.d.comb += [self.load_bank.eq(load_bank), self.comp_bank.eq(comp_bank)]
         with m.If(self.load_done):
             m.d.sync += loaded.eq(1)
+        # A deferred load starts once no engine holds a row of the bank it fills (the previous tile's).
+        with m.If(load_wait & ~self.engine_holds.bit_select(load_bank, 1)):
+            m.d.comb += self.load_start.eq(1)
+            m.d.sync += load_wait.eq(0)
 
         # -- Engines' command ports ------------------------------------------------------------------
         cmds = [getattr(self, f"cmd{e}") for e in range(self._g)]
@@ -635,8 +648,7 @@ class ArrayController(wiring.Component):
                 m.next = "PREFETCH"
 
             with m.State("PREFETCH"):
-                m.d.comb += self.load_start.eq(loading)
-                m.d.sync += tile_px.eq(tile_rows * w_out)
+                m.d.sync += [tile_px.eq(tile_rows * w_out), load_wait.eq(loading)]
                 m.next = "READ"
 
             with m.State("READ"):
@@ -668,7 +680,8 @@ class ArrayController(wiring.Component):
                     m.d.sync += [
                         cmd.start_bit.eq(Mux(v4, row_first, (d.stream_base << 5) + ptr)),
                         cmd.negate.eq(v4 & words.word_select(0, WORD_BITS).bit_select(j[:5], 1)),
-                        cmd.channel.eq(j), cmd.pixels.eq(tile_px),
+                        cmd.channel.eq(j), cmd.pixels.eq(tile_px), cmd.bank.eq(comp_bank),
+                        cmd.tile.y.eq(y), cmd.tile.rows.eq(tile_rows),
                         cmd.mult.eq(words.word_select(2, WORD_BITS)),
                         cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
                         cmd.res_mult.eq(Mux(d.residual, words.word_select(5, WORD_BITS), 0)),
@@ -684,9 +697,18 @@ class ArrayController(wiring.Component):
                                  row_first.eq(row_first + d.fan_in),
                                  param_addr.eq(param_addr + rec), res_addr.eq(res_addr + prev_h), k.eq(0)]
                     with m.If(j == d.c_out - 1):
-                        m.next = "DRAIN"
+                        with m.If(loading & (d.pool == 0) & (self.layer.comp_shift == 0)):
+                            m.next = "NEXT"  # the next tile's rows may follow at once (tiles overlap)
+                        with m.Else():
+                            m.next = "DRAIN"
                     with m.Else():
                         m.next = "READ"
+                with m.If(engine_fault):
+                    m.next = "FAULT"
+
+            with m.State("NEXT"):
+                with m.If(loaded & ~load_wait):
+                    m.next = "PREP"
                 with m.If(engine_fault):
                     m.next = "FAULT"
 

@@ -67,7 +67,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hw.array.pass_sequencer import PassSequencer, record_layout
+from hw.array.pass_sequencer import PassSequencer, record_layout, row_info_layout
+from hw.array.patch_loader import DIM_BITS
 from hw.array.plane_decoder import PlaneRowDecoder, plane_layer_layout
 from hw.array.requant import A_BITS, BIAS_BITS, MAX_COMP_SHIFT, X_BITS, Y_BITS, PixelRequantizer
 from hw.core.global_buffer import buffer_port_signature
@@ -109,7 +110,14 @@ def row_command_layout(addr_width: int, channel_bits: int, pixels: int) -> data.
         "res_mult": unsigned(MULT_BITS),
         "bias": unsigned(BIAS_BITS),  # two's complement bits of B
         "r": data.ArrayLayout(MAX_ACT_BITS, pixels),  # shortcut codes (0 without a residual)
+        "bank": unsigned(1),  # the patch bank of the row's tile (tiles overlap: hw/array/controller.py)
+        "tile": tile_layout(),  # the row's tile, passed on with its outputs to the map writer
     })
+
+
+def tile_layout() -> data.StructLayout:
+    """Where a row's tile lies in the output map (the map writer's address of its outputs)."""
+    return data.StructLayout({"y": unsigned(DIM_BITS), "rows": unsigned(DIM_BITS)})
 
 
 def output_layout(channel_bits: int, pixels: int) -> data.StructLayout:
@@ -117,6 +125,8 @@ def output_layout(channel_bits: int, pixels: int) -> data.StructLayout:
         "value": signed(32),  # a code (zero-extended) or a score
         "channel": unsigned(channel_bits),
         "pixel": range(pixels),
+        "last": unsigned(1),  # the row's last pixel
+        "tile": tile_layout(),
     })
 
 
@@ -154,9 +164,12 @@ class ChannelEngine(wiring.Component):
     bus : Out(buffer_port_signature(addr_width))
         The decoder's global-buffer requests.
     patch_addr : Out(fan_in_width)
+    patch_bank : Out(1)
     patch_en : Out(1)
     patch_data : In(data.ArrayLayout(MAX_ACT_BITS, T))
-        The patch row at ``patch_addr``, the cycle after ``patch_en``; held while ``patch_en`` is low.
+        The patch row at ``patch_addr`` of bank ``patch_bank`` (the bank of the row being read: the next
+        tile's rows may start while this tile's last ones finish), the cycle after ``patch_en``; held while
+        ``patch_en`` is low.
     usum : In(data.ArrayLayout(A_BITS, T))
         Each pixel's activation sum over the whole patch (a compensated vertical layer's ``U``; hold while
         the tile's rows run).
@@ -165,6 +178,9 @@ class ChannelEngine(wiring.Component):
         The decoder found a corrupt row (sticky).
     busy : Out(1)
         A row is in the engine (from its command to its last pixel on ``o``).
+    holds : Out(2)
+        Per patch bank: a row of that bank is in the engine and has not yet gone into the requantizer (its
+        patch reads are over once it has: the controller reloads a bank only when no engine holds it).
     """
 
     def __init__(self, *, lanes: int, addr_width: int, fan_in_width: int, channel_bits: int, vertical: bool = True):
@@ -184,12 +200,14 @@ class ChannelEngine(wiring.Component):
             "cmd": In(stream.Signature(row_command_layout(addr_width, channel_bits, t))),
             "bus": Out(buffer_port_signature(addr_width)),
             "patch_addr": Out(fan_in_width),
+            "patch_bank": Out(1),
             "patch_en": Out(1),
             "patch_data": In(data.ArrayLayout(MAX_ACT_BITS, t)),
             "usum": In(data.ArrayLayout(A_BITS, t)),
             "o": Out(stream.Signature(output_layout(channel_bits, t))),
             "error": Out(1),
             "busy": Out(1),
+            "holds": Out(2),
         })
 
     @property
@@ -226,9 +244,10 @@ class ChannelEngine(wiring.Component):
         row_layout = data.StructLayout({"channel": unsigned(self._channel_bits), "pixels": range(t + 1),
                                         "mult": unsigned(MULT_BITS), "res_mult": unsigned(MULT_BITS),
                                         "bias": unsigned(BIAS_BITS), "r": data.ArrayLayout(MAX_ACT_BITS, t),
-                                        "negate": unsigned(1)})
+                                        "negate": unsigned(1), "bank": unsigned(1), "tile": tile_layout()})
         m.submodules.rows = rows = SyncFIFOBuffered(width=row_layout.size, depth=4)
-        m.submodules.row_pixels = row_pixels = SyncFIFOBuffered(width=ceil_log2(t + 1), depth=4)
+        info_layout = row_info_layout(t)
+        m.submodules.row_pixels = row_pixels = SyncFIFOBuffered(width=info_layout.size, depth=4)
         cmd = self.cmd.payload
         accept = Signal()
         offer = self.cmd.valid & rows.w_rdy & row_pixels.w_rdy
@@ -246,10 +265,17 @@ class ChannelEngine(wiring.Component):
             accept.eq(self.cmd.valid & self.cmd.ready),
             dec.cmd.payload.start_bit.eq(cmd.start_bit),
             rows.w_en.eq(accept), row_pixels.w_en.eq(accept),
-            rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.r, cmd.negate)),
-            row_pixels.w_data.eq(cmd.pixels),
+            rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.r, cmd.negate,
+                               cmd.bank, cmd.tile)),
+            row_pixels.w_data.eq(Cat(cmd.pixels, cmd.bank)),
         ]
         row = data.View(row_layout, rows.r_data)
+        # Rows held per patch bank: from the command to the row's last pixel into the requantizer.
+        held_rows = [Signal(range(16), name=f"held_rows{b}") for b in range(2)]
+        leaving = Signal()  # the emitter's last pixel of the head row (below)
+        for b in range(2):
+            m.d.sync += held_rows[b].eq(held_rows[b] + (accept & (cmd.bank == b)) - (leaving & (row.bank == b)))
+            m.d.comb += self.holds[b].eq(held_rows[b] != 0)
 
         # -- Passes: the sequencer replays segments that take more than one pass -------------------------
         m.submodules.sequencer = seq = PassSequencer(fan_in_width=self._fan_in_width, pixels=t)
@@ -272,7 +298,8 @@ class ChannelEngine(wiring.Component):
         take = Signal()  # the lanes take the entry in F
         f_adv = Signal()
         m.d.comb += [f_adv.eq(~f_valid | take), seq.o.ready.eq(f_adv),
-                     self.patch_addr.eq(seq.o.payload.position), self.patch_en.eq(f_adv)]
+                     self.patch_addr.eq(seq.o.payload.position), self.patch_bank.eq(seq.o.payload.bank),
+                     self.patch_en.eq(f_adv)]
         with m.If(f_adv):
             m.d.sync += [f_valid.eq(seq.o.valid), f.eq(seq.o.payload)]
 
@@ -412,7 +439,8 @@ class ChannelEngine(wiring.Component):
         m.d.comb += c_adv.eq(Cat(*(f.w_rdy for f in fifos)).all())
 
         # -- Emit: the row's pixels in order (pixel i from FIFO i mod 4) into the requantizer ---------------
-        m.submodules.requant = rq = PixelRequantizer(tag_bits=self._channel_bits + pix_bits)
+        tile_bits = tile_layout().size
+        m.submodules.requant = rq = PixelRequantizer(tag_bits=self._channel_bits + pix_bits + 1 + tile_bits)
         m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
                      rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual),
                      rq.comp_shift.eq(layer.comp_shift)]
@@ -436,11 +464,13 @@ class ChannelEngine(wiring.Component):
             rq.i.valid.eq(rows.r_rdy & ready_b),
             rq.i.payload.x.eq(head.x), rq.i.payload.a.eq(head.a), rq.i.payload.y.eq(head.y),
             rq.i.payload.r.eq(r_sel), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
-            rq.i.payload.bias.eq(row.bias), rq.i.payload.tag.eq(Cat(pix, row.channel)),
+            rq.i.payload.bias.eq(row.bias),
+            rq.i.payload.tag.eq(Cat(pix, row.channel, i == i_last, row.tile)),
             rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate),
             go.eq(rq.i.valid & rq.i.ready),
             *(fifos[f].r_en.eq(go & (which == f)) for f in range(4)),
             rows.r_en.eq(go & (i == i_last)),
+            leaving.eq(go & (i == i_last)),
         ]
         with m.If(go):
             m.d.sync += i.eq(Mux(i == i_last, 0, i + 1))
@@ -449,7 +479,9 @@ class ChannelEngine(wiring.Component):
             self.o.valid.eq(rq.o.valid), rq.o.ready.eq(self.o.ready),
             self.o.payload.value.eq(rq.o.payload.value),
             self.o.payload.pixel.eq(rq.o.payload.tag[:pix_bits]),
-            self.o.payload.channel.eq(rq.o.payload.tag[pix_bits:]),
+            self.o.payload.channel.eq(rq.o.payload.tag[pix_bits:pix_bits + self._channel_bits]),
+            self.o.payload.last.eq(rq.o.payload.tag[pix_bits + self._channel_bits]),
+            self.o.payload.tile.eq(rq.o.payload.tag[pix_bits + self._channel_bits + 1:]),
         ]
         # Outputs owed: a tile's pixels (one for a pooled FC) per accepted command, one less per output.
         owed = Signal(16)

@@ -24,18 +24,19 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.array.engine import output_layout
+from hw.array.engine import output_layout, tile_layout
 from hw.array.feature_maps import read_signature, write_signature
 from hw.array.patch_loader import DIM_BITS
 from model.export.golden import MAX_ACT_BITS
 
 
 def row_layout(channel_bits: int, pixels: int) -> data.StructLayout:
-    """One channel's output row of a tile (codes), or its score (pixel 0's value)."""
+    """One channel's output row of a tile (codes), or its score (pixel 0's value), and where its tile lies."""
     return data.StructLayout({
         "channel": unsigned(channel_bits),
         "codes": data.ArrayLayout(MAX_ACT_BITS, pixels),
         "score": signed(32),
+        "tile": tile_layout(),
     })
 
 
@@ -47,20 +48,16 @@ def writer_layer_layout(addr_width: int) -> data.StructLayout:
         "pool": unsigned(1),  # 2 x 2 max-pool
         "height": unsigned(DIM_BITS),  # rows of the stored map (after the pool)
         "width": unsigned(DIM_BITS),  # columns of the stored map (after the pool)
-        "y": unsigned(DIM_BITS),  # the tile's first output row (before the pool)
-        "rows": unsigned(DIM_BITS),  # output rows in the tile
         "w_out": unsigned(DIM_BITS),  # pixels per output row (W_out, 1 for an FC)
-        "pixels": unsigned(DIM_BITS),  # pixels of a tile: rows w_out
     })
 
 
 class RowAssembler(wiring.Component):
-    """Collects an engine's pixels ``0 .. pixels - 1`` of each channel into one row.
+    """Collects an engine's pixels of each channel's row into one row (it closes on the pixel marked ``last``:
+    rows of two tiles may follow each other, a tile's rows carry where it lies).
 
     Members
     -------
-    pixels : In(range(T + 1))
-        Pixels a channel has in this tile (hold while the tile runs).
     i : In(stream.Signature(output_layout(channel_bits, T)))
     o : Out(stream.Signature(row_layout(channel_bits, T)))
     """
@@ -68,7 +65,6 @@ class RowAssembler(wiring.Component):
     def __init__(self, *, channel_bits: int, pixels: int):
         self._t = pixels
         super().__init__({
-            "pixels": In(range(pixels + 1)),
             "i": In(stream.Signature(output_layout(channel_bits, pixels))),
             "o": Out(stream.Signature(row_layout(channel_bits, pixels))),
         })
@@ -77,7 +73,7 @@ class RowAssembler(wiring.Component):
         m = Module()
         codes = Signal(data.ArrayLayout(MAX_ACT_BITS, self._t))
         p = self.i.payload
-        closes = p.pixel == self.pixels - 1
+        closes = p.last
         m.d.comb += self.i.ready.eq(~closes | ~self.o.valid | self.o.ready)
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
@@ -85,7 +81,8 @@ class RowAssembler(wiring.Component):
             m.d.sync += codes[p.pixel].eq(p.value[:MAX_ACT_BITS])
             with m.If(closes):
                 m.d.sync += [self.o.valid.eq(1), self.o.payload.channel.eq(p.channel),
-                             self.o.payload.score.eq(p.value), self.o.payload.codes.eq(codes)]
+                             self.o.payload.score.eq(p.value), self.o.payload.codes.eq(codes),
+                             self.o.payload.tile.eq(p.tile)]
                 m.d.sync += self.o.payload.codes[p.pixel].eq(p.value[:MAX_ACT_BITS])
         return m
 
@@ -154,6 +151,7 @@ class MapWriter(wiring.Component):
         held = Signal()
         codes = Signal(MAX_ACT_BITS * t)
         base = Signal(self._addr_width + DIM_BITS)  # channel H (registered product)
+        tile = Signal(tile_layout())  # the held row's tile
         r = Signal(DIM_BITS)
         off = Signal(range(t + 1))  # r w_out
         second = Signal()  # the write cycle of a read-modify-write
@@ -167,7 +165,7 @@ class MapWriter(wiring.Component):
                 m.d.comb += [s_wr.addr.eq(row.channel), s_wr.data.eq(row.score), s_wr.en.eq(1)]
             with m.Else():
                 m.d.sync += [held.eq(1), codes.eq(row.codes.as_value()), base.eq(row.channel * lay.height),
-                             r.eq(0), off.eq(0), second.eq(0)]
+                             tile.eq(row.tile), r.eq(0), off.eq(0), second.eq(0)]
 
         # Output row r: its codes (slots r w_out ..), pooled pairwise when pooling (x' = max(2x', 2x' + 1)).
         mine = Signal(MAX_ACT_BITS * t)
@@ -179,7 +177,7 @@ class MapWriter(wiring.Component):
             hi = mine[MAX_ACT_BITS * (2 * x + 1):MAX_ACT_BITS * (2 * x + 2)] if 2 * x + 1 < t else 0
             m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(lay.pool, Mux(lo > hi, lo, hi), a))
         y_row = Signal(DIM_BITS + 1)
-        m.d.comb += y_row.eq(lay.y + r)
+        m.d.comb += y_row.eq(tile.y + r)
         y_st = Mux(lay.pool, y_row >> 1, y_row)
         addr = Signal(self._addr_width + DIM_BITS)
         m.d.comb += addr.eq(base + y_st)
@@ -208,6 +206,6 @@ class MapWriter(wiring.Component):
                 m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(stored), done_row.eq(1)]
         with m.If(done_row):
             m.d.sync += [r.eq(r + 1), off.eq(off + lay.w_out)]
-            with m.If(r == lay.rows - 1):
+            with m.If(r == tile.rows - 1):
                 m.d.sync += held.eq(0)
         return m

@@ -99,6 +99,11 @@ def record_layout(pixels: int) -> data.StructLayout:
     })
 
 
+def row_info_layout(pixels: int) -> data.StructLayout:
+    """What the sequencer takes of each row: the tile's pixels and the patch bank its entries read."""
+    return data.StructLayout({"pixels": range(pixels + 1), "bank": unsigned(1)})
+
+
 def pass_entry_layout(fan_in_width: int, pixels: int) -> data.StructLayout:
     """One entry of a pass: where its codes are in the patch, the lane's fields, the pass's record."""
     return data.StructLayout({
@@ -108,6 +113,7 @@ def pass_entry_layout(fan_in_width: int, pixels: int) -> data.StructLayout:
         "a_mode": unsigned(2),  # the lane's placement of u in A (A_LOW outside merged passes)
         "count": data.ArrayLayout(1, SLOTS),  # (none for an all-pruned row's single entry: code 0, it adds nothing)
         "end": unsigned(1),
+        "bank": unsigned(1),  # the patch bank of the entry's row (tiles overlap: hw/array/controller.py)
         "rec": record_layout(pixels),
     })
 
@@ -126,8 +132,8 @@ class PassSequencer(wiring.Component):
     -------
     act_bits, gap, signed : In
         The running layer's activation width, global-pool flag and weight mode (held while its rows run).
-    rows : In(stream.Signature(range(pixels + 1)))
-        Each row's pixel count, in row order (taken at the row's last pass).
+    rows : In(stream.Signature(row_info_layout(pixels)))
+        Each row's pixel count and patch bank, in row order (taken at the row's last pass).
     i : In(stream.Signature(decoder entry))
     o : Out(stream.Signature(pass_entry_layout(fan_in_width, pixels)))
     """
@@ -139,7 +145,7 @@ class PassSequencer(wiring.Component):
             "act_bits": In(ACT_BITS_FIELD),
             "gap": In(1),
             "signed": In(1),
-            "rows": In(stream.Signature(range(pixels + 1))),
+            "rows": In(stream.Signature(row_info_layout(pixels))),
             "i": In(stream.Signature(decoder_entry_layout(fan_in_width))),
             "o": Out(stream.Signature(pass_entry_layout(fan_in_width, pixels))),
         })
@@ -164,7 +170,7 @@ class PassSequencer(wiring.Component):
 
         # The segment's mode, fixed by its first entry's class and the layer.
         gap = self.gap
-        pixels = self.rows.payload
+        pixels = self.rows.payload.pixels
         two_groups = gap | (pixels > 1)
         pair_now = (e.cls <= PAIR_CLASSES) & (self.act_bits <= PAIR_ACT_BITS) & ~gap
         merge = pair_now & ~self.signed  # 4- and 8-bit entries in one pass of class 1
@@ -223,6 +229,7 @@ class PassSequencer(wiring.Component):
                 self.o.valid.eq(1),
                 out.position.eq(position), out.code.eq(code), out.chunk.eq(lane_chunk), out.a_mode.eq(a_mode),
                 out.count.eq(Mux(empty, 0, count)), out.end.eq(end),  # (an empty entry's code is 0)
+                out.bank.eq(self.rows.payload.bank),
                 out.rec.cls.eq(cls), out.rec.pair.eq(pair), out.rec.chunk.eq(c), out.rec.group.eq(g),
                 out.rec.first.eq(banks & ~touched), out.rec.final.eq(final), out.rec.pixels.eq(pixels),
             ]

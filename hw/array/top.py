@@ -194,12 +194,13 @@ class ConvArray(wiring.Component):
         wiring.connect(m, writer.rmw, maps.rmw)
 
         engines = [self.engine() for _ in range(g)]
-        # The patch, double-buffered (the loader fills bank `load_bank` while the engines read `comp_bank`),
-        # one copy per pair of engines and bank. A copy is written only while its bank loads and read only
-        # while it is the engines' bank (the controller never makes the loading bank the engines' one before
-        # it is loaded), so its write and its first engine's reads share one address: Yosys maps the copy to
-        # true-dual-port block RAM, the write and engine 2i on port A, engine 2i + 1 on port B, instead of one
-        # copy per engine (half the RAMB36).
+        # The patch, double-buffered (the loader fills bank `load_bank` while the engines read the other, and
+        # for a while both: an engine reads the bank of the row it runs, `patch_bank`, since tiles overlap),
+        # one copy per pair of engines and bank. A copy is written only while its bank loads, and the
+        # controller starts a load only when no engine holds a row of that bank (`engine_holds`), so no engine
+        # reads a copy while it is written: its write and its first engine's reads share one address, and
+        # Yosys maps the copy to true-dual-port block RAM, the write and engine 2i on port A, engine 2i + 1 on
+        # port B, instead of one copy per engine (half the RAMB36).
         patch_data = [[None, None] for _ in range(g)]
         for pair in range(-(-g // 2)):
             for bank in range(2):
@@ -240,13 +241,12 @@ class ConvArray(wiring.Component):
             # The bank of the engine's last read (its data port holds while patch_en is low).
             read_bank = Signal(name=f"engine{e}_read_bank")
             with m.If(eng.patch_en):
-                m.d.sync += read_bank.eq(ctl.comp_bank)
+                m.d.sync += read_bank.eq(eng.patch_bank)
             m.d.comb += [eng.patch_data.as_value().eq(Mux(read_bank, patch_data[e][1], patch_data[e][0])),
                          eng.layer.eq(ctl.layer), eng.usum.eq(usum_comp)]
             wiring.connect(m, getattr(ctl, f"cmd{e}"), eng.cmd)
             asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t)
             m.submodules[f"assembler{e}"] = asm
-            m.d.comb += asm.pixels.eq(ctl.writer.pixels)
             wiring.connect(m, eng.o, asm.i)
             wiring.connect(m, asm.o, getattr(writer, f"row{e}"))
             busy_any.append(eng.busy | asm.o.valid)
@@ -266,5 +266,6 @@ class ConvArray(wiring.Component):
         drained = ~writer.busy
         for b in busy_any:
             drained = drained & ~b
-        m.d.comb += [ctl.drained.eq(drained), ctl.engine_error.eq(Cat(*errors))]
+        m.d.comb += [ctl.drained.eq(drained), ctl.engine_error.eq(Cat(*errors)),
+                     ctl.engine_holds.eq(Cat(*(Cat(*(eng.holds[b] for eng in engines)).any() for b in range(2))))]
         return m

@@ -119,7 +119,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
         ctx.set(dut.gap, gap)
         ctx.set(dut.signed, signed)
         src = Source(dut.i, items, rng, p_gap)
-        row_src = Source(dut.rows, [pixels] * len(rows), rng, p_gap)
+        row_src = Source(dut.rows, [{"pixels": pixels, "bank": r % 2} for r in range(len(rows))], rng, p_gap)
         for _ in range(20 * n_out + 100):
             if len(got) == n_out:
                 break
@@ -132,7 +132,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
             row_src.update(rv, rr)
             if ov and orr:
                 got.append({"position": out.position, "code": out.code, "count": out.count[0] | (out.count[1] << 1),
-                            "lane_chunk": out.chunk, "a_mode": out.a_mode,
+                            "lane_chunk": out.chunk, "a_mode": out.a_mode, "bank": out.bank,
                             "end": out.end, "cls": out.rec.cls, "pair": out.rec.pair, "chunk": out.rec.chunk,
                             "group": out.rec.group, "first": out.rec.first[0] | (out.rec.first[1] << 1),
                             "final": out.rec.final, "pixels": out.rec.pixels})
@@ -159,7 +159,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
             for e in seen:
                 assert (e["cls"], e["pair"], e["chunk"], e["group"]) == (cls, pair, chunk, group), where
                 assert e["first"] == mine & ~touched, where
-                assert e["pixels"] == pixels, where
+                assert e["pixels"] == pixels and e["bank"] == r % 2, where
             assert seen[-1]["final"] == int(mine & later == 0), where
             assert all(e["final"] == 0 for e in seen[:-1]), where
             touched |= mine
