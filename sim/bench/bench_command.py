@@ -60,9 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="`bench fuzz` / `bench accel` only: the RTL simulator (default: verilator)")
     p.add_argument("--engines", type=int, default=None,
-                   help="`bench accel` only: the array's engines (default: 8)")
+                   help="`bench accel` only: the array's engines (default: 4)")
     p.add_argument("--lanes", type=int, default=None,
-                   help="`bench accel` only: DSP48E1 lanes per engine (default: 19)")
+                   help="`bench accel` only: DSP48E1 lanes per engine (default: 38)")
     p.add_argument("--images", type=int, default=None,
                    help="`bench accel` only: test images of the ticket at PACT-4 (default: 100; every other row "
                         "runs a tenth of them, at least 1)")

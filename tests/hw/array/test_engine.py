@@ -284,6 +284,53 @@ def test_dense_four_bit_rows_run_near_one_entry_a_cycle():
     assert last <= rows * (fan_in + 9) + 40, f"{last} cycles for {rows} rows of {fan_in} entries"
 
 
+def test_merged_rows_run_at_their_lane_cycles():
+    """Back-to-back DoReFa rows of all four classes at 4-bit activations: the pair pass, then one merged pass
+    per slot group (a 32-bit weight two lane cycles), so a row of 5 + 10 + 5 + 10 weights costs
+    15 + 2 (5 + 2 x 10) = 65 lane cycles, and the engine keeps up with its lanes (three combines of a 32-pixel
+    tile and the emitter hide behind them): 66 cycles a row (the replay's first read), where seven passes a
+    row (a pass per class, chunk and group, as signed rows run) take 82."""
+    rng = np.random.default_rng(8)
+    rows, fan_in, lanes = 10, 60, 16  # 32 pixels: a pass per class and chunk measures 82 cycles a row here
+    t = lanes * LANE_SLOTS
+    widths = np.zeros((rows, fan_in), dtype=np.int64)
+    for j in range(rows):
+        widths[j, rng.permutation(fan_in)[:30]] = [4] * 5 + [8] * 10 + [16] * 5 + [32] * 10
+    codes = np.zeros_like(widths)
+    for w in (4, 8, 16, 32):
+        codes[widths == w] = rng.integers(1, 1 << min(w, 31), size=int((widths == w).sum()))
+    patch = rng.integers(0, 16, size=(fan_in, t))
+    want = golden_outputs(codes, widths, patch.T, False, np.full(rows, 1000), np.zeros(rows, dtype=np.int64),
+                          None, None, 40, 4, False)
+    enc = encode_layer(codes, widths)
+    words, base = place(rng, enc.words)
+    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1000,
+             "res_mult": 0, "bias": 0, "r": [0] * t} for j in range(rows)]
+    layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
+                        "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
+             "act_bits": 4, "signed": 0, "residual": 0, "gap": 0, "shift": 40, "out_bits": 4}
+    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
+    got = {}
+
+    async def bench(ctx):
+        ctx.set(dut.layer, layer)
+        src = Source(dut.cmd, cmds, rng, 0.0)
+        ctx.set(dut.o.ready, 1)
+        for cycle in range(5000):
+            src.drive(ctx)
+            _, _, cv, cr, ov, out = await ctx.tick().sample(dut.cmd.valid, dut.cmd.ready, dut.o.valid, dut.o.payload)
+            src.update(cv, cr)
+            if ov:
+                got[(int(out.channel), int(out.pixel))] = (int(out.value), cycle)
+            if len(got) == rows * t:
+                break
+
+    simulate(dut, bench)
+    assert all(got[(j, i)][0] == want[i, j] for j in range(rows) for i in range(t))
+    row_end = [max(got[(j, i)][1] for i in range(t)) for j in range(rows)]
+    assert max(np.diff(row_end)) <= 65 + 3, np.diff(row_end)
+
+
 @pytest.mark.parametrize("width,act_bits", [(8, 4), (4, 4), (16, 4), (32, 8), (4, 8), (16, 6)])
 def test_long_rows_at_their_largest_codes(width, act_bits):
     """Rows of 600 weights of one width with every code and input at its largest, and a few random ones: an
