@@ -314,6 +314,7 @@ class ArrayController(wiring.Component):
         res_rows = Signal(32)
         fan = Signal(32)
         hdr_rows = Signal(32)
+        descs_end = Signal(40)  # the word after the last descriptor (registered in HEADER_MEASURE; 32-bit count)
         bad = Signal()
         m.d.comb += bad.eq(
             (d.kind > KIND_CONV) | (d.in_buf >= FMAP_BUFFERS)
@@ -437,7 +438,12 @@ class ArrayController(wiring.Component):
                 m.next = "HEADER_MEASURE"
 
             with m.State("HEADER_MEASURE"):
-                m.d.sync += hdr_rows.eq(header.in_channels * header.in_height)
+                # The products the checks compare, registered (a product, its carry chain and the checks in
+                # one cycle were the shell's slowest path: 66 MHz).
+                vert_m = (header.version == VERTICAL_VERSION) & self._vertical
+                m.d.sync += [hdr_rows.eq(header.in_channels * header.in_height),
+                             descs_end.eq(Mux(vert_m, HEADER.words + VHEADER.words + VLAYER.words * header.layers,
+                                              HEADER.words + LAYER.words * header.layers))]
                 m.next = "HEADER_CHECK"
 
             with m.State("HEADER_CHECK"):
@@ -445,8 +451,6 @@ class ArrayController(wiring.Component):
                 with m.If(hd.magic != MAGIC):
                     finish(Status.BAD_MAGIC)
                 vert = (hd.version == VERTICAL_VERSION) & self._vertical
-                descs_end = Mux(vert, HEADER.words + VHEADER.words + VLAYER.words * hd.layers,
-                                HEADER.words + LAYER.words * hd.layers)
                 with m.If(hd.magic != MAGIC):
                     finish(Status.BAD_MAGIC)
                 with m.Elif((hd.version != VERSION_3) & ~vert):
