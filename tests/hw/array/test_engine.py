@@ -243,29 +243,24 @@ def test_rejects_bad_parameters():
         ChannelEngine(lanes=0, addr_width=8, fan_in_width=4, channel_bits=2)
 
 
-def test_dense_four_bit_rows_run_near_one_entry_a_cycle():
-    """Back to back rows of 4-bit weights at 4-bit activations: one entry a cycle, plus the decoder's row start
-    (about 8 cycles a row: its 6 cycles from a command to the first entry, measured 1,302 cycles here)."""
-    rng = np.random.default_rng(5)
-    rows, fan_in, lanes = 12, 100, 2
+def run_dorefa_rows(rng, codes, widths, patch, lanes, shift):
+    """Back-to-back DoReFa rows at 4-bit activations, commands always offered, outputs always taken: every
+    output equal to golden's; ``{(channel, pixel): cycle}`` of each output."""
+    rows, fan_in = codes.shape
     t = lanes * LANE_SLOTS
-    widths = np.full((rows, fan_in), 4)
-    codes = rng.integers(0, 16, size=(rows, fan_in))
-    patch = rng.integers(0, 16, size=(fan_in, t))
     want = golden_outputs(codes, widths, patch.T, False, np.full(rows, 1000), np.zeros(rows, dtype=np.int64),
-                          None, None, 20, 4, False)
+                          None, None, shift, 4, False)
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words)
     cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1000,
              "res_mult": 0, "bias": 0, "r": [0] * t} for j in range(rows)]
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
-             "act_bits": 4, "signed": 0, "residual": 0, "gap": 0, "shift": 20, "out_bits": 4}
+             "act_bits": 4, "signed": 0, "residual": 0, "gap": 0, "shift": shift, "out_bits": 4}
     dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
-    got, first = {}, None
+    got = {}
 
     async def bench(ctx):
-        nonlocal first
         ctx.set(dut.layer, layer)
         src = Source(dut.cmd, cmds, rng, 0.0)
         ctx.set(dut.o.ready, 1)
@@ -279,8 +274,21 @@ def test_dense_four_bit_rows_run_near_one_entry_a_cycle():
                 break
 
     simulate(dut, bench)
+    assert len(got) == rows * t, f"{len(got)} of {rows * t} outputs"
     assert all(got[(j, i)][0] == want[i, j] for j in range(rows) for i in range(t))
-    last = max(c for _, c in got.values())
+    return {key: cycle for key, (_, cycle) in got.items()}
+
+
+def test_dense_four_bit_rows_run_near_one_entry_a_cycle():
+    """Back to back rows of 4-bit weights at 4-bit activations: one entry a cycle, plus the decoder's row start
+    (about 8 cycles a row: its 6 cycles from a command to the first entry, measured 1,302 cycles here)."""
+    rng = np.random.default_rng(5)
+    rows, fan_in, lanes = 12, 100, 2
+    t = lanes * LANE_SLOTS
+    widths = np.full((rows, fan_in), 4)
+    codes = rng.integers(0, 16, size=(rows, fan_in))
+    patch = rng.integers(0, 16, size=(fan_in, t))
+    last = max(run_dorefa_rows(rng, codes, widths, patch, lanes, 20).values())
     assert last <= rows * (fan_in + 9) + 40, f"{last} cycles for {rows} rows of {fan_in} entries"
 
 
@@ -300,34 +308,8 @@ def test_merged_rows_run_at_their_lane_cycles():
     for w in (4, 8, 16, 32):
         codes[widths == w] = rng.integers(1, 1 << min(w, 31), size=int((widths == w).sum()))
     patch = rng.integers(0, 16, size=(fan_in, t))
-    want = golden_outputs(codes, widths, patch.T, False, np.full(rows, 1000), np.zeros(rows, dtype=np.int64),
-                          None, None, 40, 4, False)
-    enc = encode_layer(codes, widths)
-    words, base = place(rng, enc.words)
-    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1000,
-             "res_mult": 0, "bias": 0, "r": [0] * t} for j in range(rows)]
-    layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
-                        "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
-             "act_bits": 4, "signed": 0, "residual": 0, "gap": 0, "shift": 40, "out_bits": 4}
-    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
-    got = {}
-
-    async def bench(ctx):
-        ctx.set(dut.layer, layer)
-        src = Source(dut.cmd, cmds, rng, 0.0)
-        ctx.set(dut.o.ready, 1)
-        for cycle in range(5000):
-            src.drive(ctx)
-            _, _, cv, cr, ov, out = await ctx.tick().sample(dut.cmd.valid, dut.cmd.ready, dut.o.valid, dut.o.payload)
-            src.update(cv, cr)
-            if ov:
-                got[(int(out.channel), int(out.pixel))] = (int(out.value), cycle)
-            if len(got) == rows * t:
-                break
-
-    simulate(dut, bench)
-    assert all(got[(j, i)][0] == want[i, j] for j in range(rows) for i in range(t))
-    row_end = [max(got[(j, i)][1] for i in range(t)) for j in range(rows)]
+    cycles = run_dorefa_rows(rng, codes, widths, patch, lanes, 40)
+    row_end = [max(cycles[(j, i)] for i in range(t)) for j in range(rows)]
     assert max(np.diff(row_end)) <= 65 + 3, np.diff(row_end)
 
 
