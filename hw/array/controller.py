@@ -313,7 +313,6 @@ class ArrayController(wiring.Component):
         out_rows = Signal(32)
         res_rows = Signal(32)
         fan = Signal(32)
-        fan_part = Signal(32)  # C k (conv) or C H (flatten), MEASURE's half of the fan-in
         hdr_rows = Signal(32)
         descs_end = Signal(40)  # the word after the last descriptor (registered in HEADER_MEASURE; 32-bit count)
         bad = Signal()
@@ -613,15 +612,10 @@ class ArrayController(wiring.Component):
                 m.next = "MEASURE"
 
             with m.State("MEASURE"):
-                # One product a register (the fan-in's two products in one cycle were the shell's slowest
-                # path: two cascaded DSP48E1): C k or C H here, times k or W in MEASURE_FAN.
                 m.d.sync += [in_rows.eq(d.c_in * d.in_height), out_rows.eq(d.c_out * g_hst),
                              res_rows.eq(prev_c * prev_h),
-                             fan_part.eq(Mux(is_conv, d.c_in * d.kernel, d.c_in * d.in_height))]
-                m.next = "MEASURE_FAN"
-
-            with m.State("MEASURE_FAN"):
-                m.d.sync += fan.eq(Mux(is_conv, fan_part * d.kernel, Mux(d.gap, d.c_in, fan_part * d.in_width)))
+                             fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
+                                        Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width)))]
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):
