@@ -271,10 +271,10 @@ class ChannelEngine(wiring.Component):
         ]
         row = data.View(row_layout, rows.r_data)
         # Rows held per patch bank: from the command to the row's last pixel into the requantizer.
+        # (a row leaves when the emitter takes its last pixel: rows.r_en, below)
         held_rows = [Signal(range(16), name=f"held_rows{b}") for b in range(2)]
-        leaving = Signal()  # the emitter's last pixel of the head row (below)
         for b in range(2):
-            m.d.sync += held_rows[b].eq(held_rows[b] + (accept & (cmd.bank == b)) - (leaving & (row.bank == b)))
+            m.d.sync += held_rows[b].eq(held_rows[b] + (accept & (cmd.bank == b)) - (rows.r_en & (row.bank == b)))
             m.d.comb += self.holds[b].eq(held_rows[b] != 0)
 
         # -- Passes: the sequencer replays segments that take more than one pass -------------------------
@@ -439,8 +439,11 @@ class ChannelEngine(wiring.Component):
         m.d.comb += c_adv.eq(Cat(*(f.w_rdy for f in fifos)).all())
 
         # -- Emit: the row's pixels in order (pixel i from FIFO i mod 4) into the requantizer ---------------
-        tile_bits = tile_layout().size
-        m.submodules.requant = rq = PixelRequantizer(tag_bits=self._channel_bits + pix_bits + 1 + tile_bits)
+        tag_layout = data.StructLayout({"pixel": unsigned(pix_bits), "channel": unsigned(self._channel_bits),
+                                        "last": unsigned(1), "tile": tile_layout()})
+        m.submodules.requant = rq = PixelRequantizer(tag_bits=tag_layout.size)
+        tag_in = data.View(tag_layout, rq.i.payload.tag)
+        tag_out = data.View(tag_layout, rq.o.payload.tag)
         m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
                      rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual),
                      rq.comp_shift.eq(layer.comp_shift)]
@@ -465,12 +468,12 @@ class ChannelEngine(wiring.Component):
             rq.i.payload.x.eq(head.x), rq.i.payload.a.eq(head.a), rq.i.payload.y.eq(head.y),
             rq.i.payload.r.eq(r_sel), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
             rq.i.payload.bias.eq(row.bias),
-            rq.i.payload.tag.eq(Cat(pix, row.channel, i == i_last, row.tile)),
+            tag_in.pixel.eq(pix), tag_in.channel.eq(row.channel), tag_in.last.eq(i == i_last),
+            tag_in.tile.eq(row.tile),
             rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate),
             go.eq(rq.i.valid & rq.i.ready),
             *(fifos[f].r_en.eq(go & (which == f)) for f in range(4)),
             rows.r_en.eq(go & (i == i_last)),
-            leaving.eq(go & (i == i_last)),
         ]
         with m.If(go):
             m.d.sync += i.eq(Mux(i == i_last, 0, i + 1))
@@ -478,10 +481,8 @@ class ChannelEngine(wiring.Component):
         m.d.comb += [
             self.o.valid.eq(rq.o.valid), rq.o.ready.eq(self.o.ready),
             self.o.payload.value.eq(rq.o.payload.value),
-            self.o.payload.pixel.eq(rq.o.payload.tag[:pix_bits]),
-            self.o.payload.channel.eq(rq.o.payload.tag[pix_bits:pix_bits + self._channel_bits]),
-            self.o.payload.last.eq(rq.o.payload.tag[pix_bits + self._channel_bits]),
-            self.o.payload.tile.eq(rq.o.payload.tag[pix_bits + self._channel_bits + 1:]),
+            self.o.payload.pixel.eq(tag_out.pixel), self.o.payload.channel.eq(tag_out.channel),
+            self.o.payload.last.eq(tag_out.last), self.o.payload.tile.eq(tag_out.tile),
         ]
         # Outputs owed: a tile's pixels (one for a pooled FC) per accepted command, one less per output.
         owed = Signal(16)
