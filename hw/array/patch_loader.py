@@ -17,11 +17,20 @@ narrower than half a tile fill it with several rows) puts pixel ``(r, x)`` in sl
 patch row then takes ``rows`` reads (one per output row) and is written after the last: ``F rows`` cycles
 a tile, ``F`` per output row as with one-row tiles.
 
-Datapath, two stages and one read per cycle in conv and flatten modes: the counters ``(c, ky, kx)`` give
-the word ``c H + y_in`` (a zero row outside ``0 <= y_in < H``); the next cycle the word's codes at columns
-``>= W`` are zeroed, the row is placed at a fixed offset in a zero-extended vector and shifted by
-``kx - pad`` (``-6..6``: the contract's ``pad < k <= MAX_KERNEL``), and pixel ``i`` takes code ``i s`` of
-the result (``s`` 1 or 2: a 2-input multiplexer per pixel); in flatten mode pixel 0 takes code ``kx``. In pooled mode each cycle reads one row of a channel and adds its ``W`` codes (an adder tree) to the
+**Several kernel columns a read** (conv and flatten): the ``k`` patch rows ``(c, ky, kx)`` of one ``(c, ky)``
+read the same map words, so the loader places each word it reads into ``columns`` patch rows at once (kernel
+columns ``kx0 .. kx0 + columns - 1``, a *group*); a group of ``n`` columns costs ``max(rows, n)`` cycles instead
+of ``n rows``: ResNet-20's 3 x 3 layer3 tile (7 rows of 7 pixels) loads in ``7 C 3`` cycles instead of
+``21 C 3``. The group's first column is written when its last word is placed, the others queue in registers
+and are written one a cycle while the next group reads (a group's last read waits until the queue has drained).
+Patch rows are written in increasing position order, position 0 first.
+
+Datapath, two stages and one read per cycle: the counters ``(c, ky, kx0, r)`` give the word ``c H + y_in``
+(a zero row outside ``0 <= y_in < H``); the next cycle the word's codes at columns ``>= W`` are zeroed and
+the row, at a fixed offset in a zero-extended vector, is shifted by one amount, ``kx0 - pad - s r w_out``
+codes, after which slot ``q`` of column ``j`` is code ``s q + j`` of the result (a 2-input multiplexer a slot
+for the stride) in the slots of output row ``r``. A flatten layer is the same with ``w_out = 1``. In pooled
+mode each cycle reads one row of a channel and adds its ``W`` codes (an adder tree) to the
 channel's sum, which goes into the patch after the channel's last row: ``H`` cycles per channel.
 
 The controller checks the geometry before it starts the loader (``W <= row_codes``, ``W_out <= T``, stride
@@ -40,6 +49,9 @@ from model.export.golden_conv import GAP_SUM_BITS, MAX_KERNEL
 
 #: Bits of the geometry fields (maps up to 255 x 255, kernels up to 255: the descriptor's 8-bit fields).
 DIM_BITS = 8
+#: Kernel columns placed from one map read: 3, the kernel of ResNet-20 and VGG (a wider group would cost a
+#: column's placement registers and multiplexers, ~T bytes each, for 5 x 5 and 7 x 7 kernels only).
+LOADER_COLUMNS = 3
 
 
 class LoadMode(enum.Enum, shape=2):
@@ -96,15 +108,17 @@ class PatchLoader(wiring.Component):
     patch : Out(patch_write_signature(fan_in_width, pixels))
     """
 
-    def __init__(self, *, pixels: int, row_codes: int, addr_width: int, fan_in_width: int):
+    def __init__(self, *, pixels: int, row_codes: int, addr_width: int, fan_in_width: int,
+                 columns: int = LOADER_COLUMNS):
         for name, value, lo in (("pixels", pixels, 2), ("row_codes", row_codes, 1), ("addr_width", addr_width, 1),
-                                ("fan_in_width", fan_in_width, 1)):
+                                ("fan_in_width", fan_in_width, 1), ("columns", columns, 1)):
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, not {value!r}")
         self._pixels = pixels
         self._row_codes = row_codes
         self._addr_width = addr_width
         self._fan_in_width = fan_in_width
+        self._columns = columns
         super().__init__({
             "geometry": In(geometry_layout(addr_width)),
             "start": In(1),
@@ -117,38 +131,50 @@ class PatchLoader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        t, rc = self._pixels, self._row_codes
+        t, rc, cols = self._pixels, self._row_codes, self._columns
+        pooled = g.mode == LoadMode.POOLED
+        conv = g.mode == LoadMode.CONV
+
+        # -- The queue of a group's later columns (written one a cycle after the group's last placement) ----
+        queued = Signal(range(cols))
+        queued_next = Signal(range(cols))
+        place_last = Signal()  # stage 2 places a group's last word this cycle (it writes the group's column 0)
+        group_n2 = Signal(range(cols + 1))  # columns of that group
 
         # -- Stage 1: counters and the read ------------------------------------------------------------
         running = Signal()
         c = Signal(16)
         ky = Signal(DIM_BITS)
-        kx = Signal(DIM_BITS)
-        p = Signal(self._fan_in_width)
+        kx0 = Signal(DIM_BITS)  # the group's first kernel column
+        p = Signal(self._fan_in_width)  # the group's first position
         base = Signal(self._addr_width + DIM_BITS)  # c H
         r = Signal(DIM_BITS)  # the tile's output row being read (conv)
         off = Signal(range(t + 1))  # r w_out: its first pixel
         y_in = Signal(signed(DIM_BITS + 3))
-        pooled = g.mode == LoadMode.POOLED
-        conv = g.mode == LoadMode.CONV
         y_out = Signal(DIM_BITS + 1)
         m.d.comb += [y_out.eq(g.y + r),
                      y_in.eq(Mux(pooled, ky, Mux(g.stride == 2, y_out << 1, y_out) + ky - g.pad))]
+        left = Signal(DIM_BITS)  # kernel columns from kx0 on
+        m.d.comb += left.eq(g.kw - kx0)
+        group_n = Signal(range(cols + 1))
+        m.d.comb += group_n.eq(Mux(pooled, 1, Mux(left < cols, left, cols)))
         row_ok = (y_in >= 0) & (y_in < g.height)
         last_r = ~conv | (r == g.rows - 1)
-        last_kx = Mux(pooled, 1, kx == g.kw - 1)
+        last_kx = Mux(pooled, 1, left <= cols)
         last_ky = ky == Mux(pooled, g.height, g.kh) - 1
         last_c = c == g.c_in - 1
+        # A group's last read waits until the previous group's queue is empty when it is placed.
+        go = running & ~(last_r & (queued_next != 0))
         m.d.comb += [self.fmap.buf.eq(g.buf), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
-                     self.fmap.en.eq(running & row_ok), self.busy.eq(running | self.start)]
+                     self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start)]
         with m.If(self.start):
-            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx.eq(0), p.eq(0), base.eq(0), r.eq(0), off.eq(0)]
-        with m.Elif(running & ~last_r):
+            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(0), base.eq(0), r.eq(0), off.eq(0)]
+        with m.Elif(go & ~last_r):
             m.d.sync += [r.eq(r + 1), off.eq(off + g.w_out)]
-        with m.Elif(running):
-            m.d.sync += [p.eq(p + 1), r.eq(0), off.eq(0)]
+        with m.Elif(go):
+            m.d.sync += [p.eq(p + group_n), r.eq(0), off.eq(0)]
             with m.If(last_kx):
-                m.d.sync += kx.eq(0)
+                m.d.sync += kx0.eq(0)
                 with m.If(last_ky):
                     m.d.sync += [ky.eq(0), c.eq(c + 1), base.eq(base + g.height)]
                     with m.If(last_c):
@@ -156,60 +182,66 @@ class PatchLoader(wiring.Component):
                 with m.Else():
                     m.d.sync += ky.eq(ky + 1)
             with m.Else():
-                m.d.sync += kx.eq(kx + 1)
+                m.d.sync += kx0.eq(kx0 + cols)
+
+        # One shift places the word for every column of the group: slot q of column j takes code
+        # s q + j of the word shifted right by kx0 - pad - s off codes, at offset `zero` of a zero vector.
+        # (kx0 < row_codes: a flatten layer's groups run along the whole row.)
+        zero = 2 * t + MAX_KERNEL
+        amount = Signal(range(zero + max(rc, MAX_KERNEL)))
+        amount1 = Signal.like(amount)
+        m.d.comb += amount1.eq(zero + kx0 - g.pad - Mux(g.stride == 2, off << 1, off))
 
         # -- Stage 2: place the word's codes into the pixels ------------------------------------------
         v2 = Signal()
         ok2 = Signal()
         p2 = Signal(self._fan_in_width)
         c2 = Signal(16)
-        kx2 = Signal(DIM_BITS)
         first2 = Signal()  # the channel's first row (pooled)
-        last2 = Signal()  # the channel's last row (pooled) / the tile's last position
-        end2 = Signal()
+        last2 = Signal()  # the channel's last row (pooled)
+        end2 = Signal()  # the tile's last group
         off2 = Signal.like(off)
         last_r2 = Signal()
-        m.d.sync += [v2.eq(running), ok2.eq(row_ok), p2.eq(p), c2.eq(c), kx2.eq(kx), first2.eq(ky == 0),
-                     last2.eq(last_ky), end2.eq(running & last_r & last_kx & last_ky & last_c), off2.eq(off),
-                     last_r2.eq(last_r)]
-        m.d.comb += self.done.eq(v2 & end2)
+        m.d.sync += [v2.eq(go), ok2.eq(row_ok), p2.eq(p), c2.eq(c), first2.eq(ky == 0), last2.eq(last_ky),
+                     end2.eq(last_kx & last_ky & last_c), off2.eq(off), last_r2.eq(last_r),
+                     group_n2.eq(group_n), amount.eq(amount1)]
         codes = [Mux(ok2 & (x < g.width), self.fmap.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], 0)
                  for x in range(rc)]
-
-        # Conv: the codes at offset MAX_KERNEL - 1 of a zero vector, shifted by kx - pad (-6..6: pad < k <= 7),
-        # pixel i takes code i s of the result. Flatten: pixel 0 takes code kx (a row_codes-input multiplexer).
-        off = MAX_KERNEL - 1
-        vector = Cat(Const(0, MAX_ACT_BITS * off), *codes, Const(0, MAX_ACT_BITS * 2 * t))
-        amount = Signal(range(2 * off + 1))
-        m.d.comb += amount.eq(off + kx2 - g.pad)
-        shifted = Signal(MAX_ACT_BITS * 2 * t)
+        span = 2 * t + cols  # codes the columns read: up to s (T - 1) + cols - 1
+        vector = Cat(Const(0, MAX_ACT_BITS * zero), *codes, Const(0, MAX_ACT_BITS * span))
+        shifted = Signal(MAX_ACT_BITS * span)
         m.d.comb += shifted.eq(vector >> (amount * MAX_ACT_BITS))
-        row_vals = []
-        for i in range(t):
-            one = shifted[MAX_ACT_BITS * i:MAX_ACT_BITS * (i + 1)]
-            two = shifted[MAX_ACT_BITS * 2 * i:MAX_ACT_BITS * (2 * i + 1)]
-            row_vals.append(Mux(i < g.w_out, Mux(g.stride == 2, two, one), 0))
-        # A multi-row tile: output row r's pixels go to slots r w_out .. (r + 1) w_out - 1 of the patch row,
-        # which collects the tile's rows (one read each) before it is written.
-        placed = Signal(MAX_ACT_BITS * t)
-        m.d.comb += placed.eq(Cat(*row_vals) << (off2 * MAX_ACT_BITS))
-        keep = Signal(t)  # the slots of this output row
+        keep = Signal(t)  # the slots of output row r: off .. off + w_out - 1
         m.d.comb += keep.eq(Cat(*(i < g.w_out for i in range(t))) << off2)
-        collected = Signal(MAX_ACT_BITS * t)
-        merged = Signal(MAX_ACT_BITS * t)
-        for i in range(t):
-            sl = slice(MAX_ACT_BITS * i, MAX_ACT_BITS * (i + 1))
-            m.d.comb += merged[sl].eq(Mux(keep[i], placed[sl], collected[sl]))
-        with m.If(v2):
-            m.d.sync += collected.eq(Mux(last_r2, 0, merged))
-        m.d.comb += self.patch.data.as_value().eq(merged)
-        column = Signal(MAX_ACT_BITS)
-        with m.Switch(kx2):
-            for x in range(rc):
-                with m.Case(x):
-                    m.d.comb += column.eq(codes[x])
-        with m.If(g.mode == LoadMode.FLATTEN):
-            m.d.comb += self.patch.data[0].eq(column)
+        merged = []  # per column: this word's codes in its output row's slots, the rows placed before elsewhere
+        collected = []
+        for j in range(cols):
+            col = Signal(MAX_ACT_BITS * t, name=f"merged{j}")
+            kept = Signal(MAX_ACT_BITS * t, name=f"collected{j}")
+            for q in range(t):
+                one = shifted[MAX_ACT_BITS * (q + j):MAX_ACT_BITS * (q + j + 1)]
+                two = shifted[MAX_ACT_BITS * (2 * q + j):MAX_ACT_BITS * (2 * q + j + 1)]
+                sl = slice(MAX_ACT_BITS * q, MAX_ACT_BITS * (q + 1))
+                m.d.comb += col[sl].eq(Mux(keep[q], Mux(g.stride == 2, two, one), kept[sl]))
+            with m.If(v2):
+                m.d.sync += kept.eq(Mux(last_r2, 0, col))
+            merged.append(col)
+            collected.append(kept)
+
+        # The queue: columns 1 .. n - 1 of the group placed last, written in order after its column 0.
+        ready = [Signal(MAX_ACT_BITS * t, name=f"ready{j}") for j in range(cols - 1)]
+        q_addr = Signal(self._fan_in_width)
+        final = Signal()  # the queue holds the tile's last rows
+        writing_queue = ~place_last & (queued != 0)
+        m.d.comb += [place_last.eq(v2 & last_r2 & ~pooled),
+                     queued_next.eq(Mux(place_last, group_n2 - 1, Mux(queued != 0, queued - 1, 0)))]
+        m.d.sync += queued.eq(queued_next)
+        with m.If(place_last):
+            m.d.sync += [q_addr.eq(p2 + 1), final.eq(end2)]
+            m.d.sync += [ready[j - 1].eq(merged[j]) for j in range(1, cols)]
+        with m.Elif(writing_queue):
+            m.d.sync += q_addr.eq(q_addr + 1)
+            m.d.sync += [ready[j].eq(ready[j + 1]) for j in range(cols - 2)]
 
         # Pooled: the channel's running sum.
         row_sum = Signal(GAP_SUM_BITS)
@@ -222,8 +254,16 @@ class PatchLoader(wiring.Component):
         m.d.comb += acc_next.eq(Mux(first2, 0, acc) + row_sum)
         with m.If(v2 & pooled):
             m.d.sync += acc.eq(acc_next)
-            m.d.comb += [self.patch.data[0].eq(acc_next[:8]), self.patch.data[1].eq(acc_next[8:])]
 
-        m.d.comb += [self.patch.addr.eq(Mux(pooled, c2, p2)),
-                     self.patch.en.eq(v2 & Mux(pooled, last2, last_r2))]
+        with m.If(v2 & pooled):
+            m.d.comb += [self.patch.addr.eq(c2), self.patch.en.eq(last2),
+                         self.patch.data[0].eq(acc_next[:8]), self.patch.data[1].eq(acc_next[8:]),
+                         self.done.eq(last2 & end2)]
+        with m.Elif(place_last):
+            m.d.comb += [self.patch.addr.eq(p2), self.patch.en.eq(1),
+                         self.patch.data.as_value().eq(merged[0]), self.done.eq(end2 & (group_n2 == 1))]
+        with m.Elif(writing_queue):
+            m.d.comb += [self.patch.addr.eq(q_addr), self.patch.en.eq(1),
+                         self.patch.data.as_value().eq(ready[0] if ready else 0),
+                         self.done.eq(final & (queued == 1))]
         return m

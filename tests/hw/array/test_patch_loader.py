@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.array.feature_maps import FeatureMaps, write_signature
-from hw.array.patch_loader import LoadMode, PatchLoader, geometry_layout, patch_write_signature
+from hw.array.patch_loader import LOADER_COLUMNS, LoadMode, PatchLoader, geometry_layout, patch_write_signature
 from model.export.golden_conv import global_sum_pool, im2col
 from tests.hw.stream_source import simulate
 
@@ -17,10 +17,10 @@ ROWS, ROW_CODES, PIXELS, FAN_IN_WIDTH = 64, 8, 6, 9
 
 
 class LoaderHarness(wiring.Component):
-    def __init__(self):
+    def __init__(self, columns):
         self._maps = FeatureMaps(rows=ROWS, row_codes=ROW_CODES)
         self._loader = PatchLoader(pixels=PIXELS, row_codes=ROW_CODES, addr_width=self._maps.addr_width,
-                                   fan_in_width=FAN_IN_WIDTH)
+                                   fan_in_width=FAN_IN_WIDTH, columns=columns)
         super().__init__({
             "geometry": In(geometry_layout(self._maps.addr_width)),
             "start": In(1),
@@ -52,8 +52,8 @@ def load_map(u):
     return writes
 
 
-def run_loader(u, buf, geometry, fan_in):
-    dut = LoaderHarness()
+def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS):
+    dut = LoaderHarness(columns)
     got = {}
     res = {}
 
@@ -92,9 +92,24 @@ def geometry(mode, buf, c, h, w, kh, kw, stride, pad, y, rows=1, w_out=1):
             "pad": pad, "y": y, "rows": rows, "w_out": w_out}
 
 
-@pytest.mark.parametrize("seed", range(12))
+def group_cycles(groups, rows):
+    """Cycles from start to done for column groups of ``groups`` columns each, ``rows`` reads a group: a
+    group's last read waits until the previous group's queue (its columns after the first) has drained."""
+    t = rows - 1  # the first group's last read
+    for previous in groups[:-1]:
+        t += max(rows, previous)
+    return t + groups[-1] + 1  # its placement writes column 0, the queue the rest, one a cycle
+
+
+def column_groups(channels, kh, kw, columns):
+    per_row = [min(columns, kw - x0) for x0 in range(0, kw, columns)]
+    return per_row * (channels * kh)
+
+
+@pytest.mark.parametrize("seed", range(15))
 def test_conv_patch_rows_match_im2col(seed):
     rng = np.random.default_rng(seed)
+    columns = [LOADER_COLUMNS, 1, 2][seed % 3]
     c = int(rng.integers(1, 4))
     while True:  # a geometry whose output rows fit a tile
         k = int(rng.choice([1, 3, 5, 7]))
@@ -110,19 +125,36 @@ def test_conv_patch_rows_match_im2col(seed):
     y = int(rng.integers(0, ho))
     rows = int(rng.integers(1, min(PIXELS // wo, ho - y) + 1))  # a multi-row tile when the rows fit
     patch, cycles = run_loader(u, buf, geometry(LoadMode.CONV, buf, c, h, w, k, k, stride, pad, y, rows, wo),
-                               c * k * k)
+                               c * k * k, columns)
     for r in range(rows):
         assert (patch[:, r * wo:(r + 1) * wo] == want[y + r].T).all(), f"output row {y + r}"
-    assert cycles == c * k * k * rows + 1  # one read a cycle, one cycle of latency
+    assert (patch[:, rows * wo:] == 0).all()  # slots past the tile's rows
+    assert cycles == group_cycles(column_groups(c, k, k, columns), rows)
 
 
-@pytest.mark.parametrize("seed", range(3))
+def test_three_by_three_tile_reads_each_word_once():
+    """A 3 x 3 tile of 6 one-pixel rows (the harness's 6 slots; ResNet-20's layer3 tile is 7 rows of 7 pixels):
+    6 cycles per (c, ky), not 18 (one read per row and kernel column)."""
+    rng = np.random.default_rng(99)
+    c, h, w, k = 2, 7, 7, 3
+    u = rng.integers(0, 256, size=(c, h, w))
+    patch, cycles = run_loader(u, 0, geometry(LoadMode.CONV, 0, c, h, w, k, k, 1, 1, 0, 6, 1), c * k * k)
+    want = im2col(u[None], k, 1, 1)[0]
+    for r in range(6):
+        assert (patch[:, r:r + 1] == want[r, :1].T).all()
+    assert cycles == 6 * c * k + 2 + 1  # the last group's queued columns, the placement's latency
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_flatten_takes_torch_flatten_order(seed):
     rng = np.random.default_rng(10 + seed)
+    columns = [LOADER_COLUMNS, 1, 2, 4][seed]
     c, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, ROW_CODES + 1))
     u = rng.integers(0, 256, size=(c, h, w))
-    patch, _ = run_loader(u, 1, geometry(LoadMode.FLATTEN, 1, c, h, w, h, w, 1, 0, 0), c * h * w)
+    patch, cycles = run_loader(u, 1, geometry(LoadMode.FLATTEN, 1, c, h, w, h, w, 1, 0, 0), c * h * w, columns)
     assert (patch[:, 0] == u.reshape(-1)).all()
+    assert (patch[:, 1:] == 0).all()
+    assert cycles == group_cycles(column_groups(c, h, w, columns), 1)
 
 
 @pytest.mark.parametrize("seed", range(3))
