@@ -104,6 +104,13 @@ def lane_passes(class_bits: int, act_bits: int) -> list[tuple[bool, int, int]]:
     return [(False, c, g) for c in range(chunks) for g in range(SLOTS)]
 
 
+def entry_lane_cycles(class_bits: int, act_bits: int) -> int:
+    """Lane cycles one non-zero weight of this class costs a lane's two pixels: one per pass it enters
+    (:func:`lane_passes`): 1 in a pair pass, 2 for a 4/8/16-bit weight in single passes, 4 for a 32-bit one.
+    A merged single pass (:mod:`hw.array.pass_sequencer`) takes the same lane cycles as the separate passes."""
+    return len(lane_passes(class_bits, act_bits))
+
+
 def _check_widths(class_bits: int, act_bits: int) -> None:
     if class_bits not in CLASS_WIDTHS:
         raise ValueError(f"class_bits must be one of {CLASS_WIDTHS}, not {class_bits!r}")

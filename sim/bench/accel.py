@@ -40,7 +40,9 @@ count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``,
 (dense32's cycles at the same activation width over this row's), ``dense_macs_per_dsp_cycle`` (the
 network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_accuracy``,
 ``nonzero_macs``, ``width_counts`` and ``layer_cycles`` (cycles per layer, counted in RTL by the array's
-``layer_index`` port: where an image's cycles go).
+``layer_index`` port: where an image's cycles go), ``lane_bound_cycles`` (:func:`lane_bound_cycles`: the
+fewest cycles the array's lanes and emitters allow for the row's network, no loads, drains or partly filled
+tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``).
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ import torch
 from tqdm import tqdm
 
 from hw.array.sizing import config_for
+from hw.dsp.pass_lane import SLOTS, entry_lane_cycles
 from hw.platform.array_synth import synthesize_array
 from hw.platform.verilog import array_verilog, write_text_atomically
 from model.bench.conv import imq_configs, run_imq_row
 from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.convert import to_golden
-from model.export.golden_net import mac_counts
+from model.export.golden import MAX_ACT_BITS
+from model.export.golden_net import ConvStage, FCStage, IntConvNetwork, ResidualStage, check_network, mac_counts
 from model.export.image import pack
 from model.export.vectors import image_vectors
 from model.files import save_figure, write_json
@@ -72,12 +76,14 @@ from model.runs.rundir import load_iteration
 from sim.array_runner import run_array
 from sim.runner import SimulationError
 
-#: The array of the bench: 4 engines of 38 pass lanes (76-pixel tiles: two 28-pixel rows of layer1, five
-#: 14-pixel rows of layer2, all of layer3's 7 x 7), 152 DSP48E1 lanes. Four engines divide ResNet-20's 16, 32
-#: and 64 channels evenly, and pay the per-engine decoder and requantizer (about 2.7 k LUT) half as often as
-#: eight engines of 19 lanes would, at about the same cycle count (the patch loader sets it in both).
+#: The array of the bench: 4 engines of 42 pass lanes (84-pixel tiles: three 28-pixel rows of layer1 and
+#: the stem, six 14-pixel rows of layer2, all of layer3's 7 x 7), 168 DSP48E1 lanes. 84 pixels is a whole
+#: number of ResNet-20's 28-, 14- and 7-pixel rows (38 lanes, 76 pixels, left a quarter of layer1's slots
+#: empty: 14 tiles of two rows instead of 10 of three, measured 105,069 against ... cycles for the ticket).
+#: Four engines divide ResNet-20's 16, 32 and 64 channels evenly, and pay the per-engine decoder and
+#: requantizer (about 2.7 k LUT) half as often as eight engines of half the lanes would.
 DEFAULT_ENGINES = 4
-DEFAULT_LANES = 38
+DEFAULT_LANES = 42
 #: Images of the ticket at PACT-4 (the floor's row) and of every other row.
 TICKET_IMAGES = 100
 OTHER_IMAGES = 10
@@ -160,6 +166,56 @@ def networks(source: dict, images: dict[tuple[str, int], int]) -> tuple[dict, np
         raise UserError(f"{source['image']}: the exported ticket differs from iteration {source['iteration']} of "
                         f"{source['run']} converted now; run `python build.py bench conv --restart`")
     return nets, vectors.codes, vectors.labels
+
+
+def _row_cycles(widths: np.ndarray, act_bits: int) -> np.ndarray:
+    """Each output channel's lane cycles (rows of ``widths`` ``[C_out, fan_in]``): its non-zero weights'
+    :func:`~hw.dsp.pass_lane.entry_lane_cycles`, at least 1 (an all-pruned row is one entry of zeros)."""
+    cost = np.zeros(widths.shape[0], dtype=np.int64)
+    for m in (4, 8, 16, 32):
+        cost += entry_lane_cycles(m, act_bits) * (widths == m).sum(axis=1)
+    return np.maximum(cost, 1)
+
+
+def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
+    """The fewest cycles an array of ``engines`` x ``lanes`` pass lanes could take for one image of ``net``,
+    summed over its layers: a layer's lane work (each row's lane cycles for every pair of its output
+    pixels) spread evenly over every lane, or its output codes one a cycle per engine's emitter, whichever
+    is more; a fully connected layer's rows use one lane each. It counts no load, no drain and no partly
+    filled tile; it is the bound the measured ``cycles_per_image`` is to be read against, not a count of it
+    (a 32-bit weight costs two lane cycles a pixel, so a ticket whose work is mostly 32-bit weights is bound
+    to a few times its dense32 row, whatever the rest of the array does)."""
+    check_network(net)
+    _, h, w = net.image_shape
+    total = 0.0
+    pooled_input = False
+
+    def conv_bound(conv, h, w):
+        ho, wo = conv.out_size(h, w)
+        rows = _row_cycles(np.asarray(conv.widths).reshape(conv.widths.shape[0], -1), conv.in_bits)
+        lane_work = rows.sum() * (ho * wo / SLOTS) / (engines * lanes)
+        return max(lane_work, conv.widths.shape[0] * ho * wo / engines), ho, wo
+
+    for stage in net.stages:
+        if isinstance(stage, ConvStage):
+            b, h, w = conv_bound(stage.conv, h, w)
+            if stage.pool:
+                h, w = h // stage.pool, w // stage.pool
+        elif isinstance(stage, ResidualStage):
+            b1, h, w = conv_bound(stage.conv1, h, w)
+            b2, h, w = conv_bound(stage.conv2, h, w)
+            b = b1 + b2
+        elif isinstance(stage, FCStage):
+            # After a global pool the inputs are 16-bit sums split over a lane's two slots at 8-bit activations.
+            act = MAX_ACT_BITS if pooled_input else stage.layer.in_bits
+            rows = _row_cycles(np.asarray(stage.layer.widths), act)
+            b = max(rows.sum() / engines, len(rows) / engines)
+        else:  # GlobalSumPool: the loader's sums
+            pooled_input = True
+            h = w = 1
+            b = 0
+        total += b
+    return int(np.ceil(total))
 
 
 def _synthesize(config, out_dir: Path, box: dict, timeout_s: float) -> None:
@@ -268,6 +324,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             done[key] = counts[key]  # a hung row takes no more time; its images count as mismatches
     bar.close()
     rows = []
+    bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}
     for key, asked in counts.items():
         weights, act = key
         net = nets[key]
@@ -283,6 +340,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "rtl_images": len(spans[key]), "rtl_mismatches": mismatched[key], "images_asked": asked,
             "image_bytes": 4 * len(words[key]),
             "macs_dense": int(dense), "nonzero_macs": int(nonzero),
+            # the lanes' and emitters' bound (lane_bound_cycles) and how close the RTL count comes to it
+            "lane_bound_cycles": bound[key], "lane_bound_fraction": bound[key] / cycles if cycles else None,
             "golden_accuracy": float((expected_all[key][:n].argmax(axis=1) == labels[:n]).mean()) if n else None,
             "width_counts": {str(m): int((widths == m).sum()) for m in (0, 4, 8, 16, 32)},
             "sim_cycles_per_second": sim_cycles[key] / sim_wall[key] if sim_wall[key] else None,

@@ -66,7 +66,8 @@ def _row(weights, act, cycles, **kw):
            "lut": 40000, "ff": 50000, "bram36": 60.0, "fits_xc7z020": True, "fmax_mhz_estimate": 105.0,
            "image_bytes": 1000, "speedup_vs_dense32": None, "dense_macs_per_dsp_cycle": 1.0,
            "sim_cycles_per_second": 1e5, "golden_accuracy": 0.8, "nonzero_macs": 1, "macs_dense": 2,
-           "width_counts": {}, "statuses": [0], "timed_out": False}
+           "width_counts": {}, "statuses": [0], "timed_out": False, "lane_bound_cycles": 20_000,
+           "lane_bound_fraction": 20_000 / cycles}
     row.update(kw)
     return row
 
@@ -83,6 +84,29 @@ def _result(ticket_cycles=30_000.0, **ticket_kw):
     return {"rows": rows, "config": {"engines": 8, "lanes": 19}, "synthesis": {
         "dsp": 160, "lut": 40000, "ff": 50000, "bram36": 60.0, "lut_fraction": 40000 / 53200,
         "timing": {"fmax_mhz": 105.0}}}
+
+
+#: ResNet-20 on 28 x 28: (C_in, C_out, output side) of its 19 convs, stem first.
+RESNET20_CONVS = ([(1, 16, 28)] + [(16, 16, 28)] * 6 + [(16, 32, 14)] + [(32, 32, 14)] * 5 + [(32, 64, 7)]
+                  + [(64, 64, 7)] * 5)
+
+
+@pytest.mark.parametrize(("weights", "lanes"), [("dense32", 42), ("qnn4", 42), ("qnn4", 4000)])
+def test_the_lane_bound_counts_every_weight_at_its_lane_cycles(ticket, weights, lanes):
+    """Closed forms for the two uniform variants at PACT-4: a 32-bit weight 4 lane cycles for two pixels, a
+    4-bit one 1 in a pair pass (2 in the stem, whose input codes are 8 bits, and in the FC after the global
+    pool); with thousands of lanes the emitters (one output code a cycle per engine) bound each conv."""
+    engines = 4
+    net = to_golden(accel.variant(ticket, weights, 4))
+    total = 0.0
+    for i, (c_in, c_out, side) in enumerate(RESNET20_CONVS):
+        per_entry = 4 if weights == "dense32" else 2 if i == 0 else 1
+        lanes_work = c_out * 9 * c_in * per_entry * side * side / 2 / (engines * lanes)
+        total += max(lanes_work, c_out * side * side / engines)
+    total += 10 * 64 * (4 if weights == "dense32" else 2) / engines
+    assert accel.lane_bound_cycles(net, engines, lanes) == int(np.ceil(total))
+    if lanes == 4000:  # the emitters' bound: 16 x 784 + 6 x 16 x 784 + ... output codes over 4 engines
+        assert accel.lane_bound_cycles(net, engines, lanes) >= 7 * 16 * 784 / engines
 
 
 def test_floors_hold_and_fail_on_the_ticket_at_pact4():
