@@ -19,19 +19,22 @@ Datapath (parameters ``fan_in_width`` = ``FW``; ``E = RICE_ESCAPE + FW + 32`` bi
   and never waits on itself.
 * The loop: a priority encoder finds the first zero among the window's first ``RICE_ESCAPE`` bits (``q``, or
   the escape); the entry length (``q + 1 + k`` or ``RICE_ESCAPE + pos_bits``, plus the class width; the
-  width alone in a dense class) is a small adder, and the window shifts right by it when the whole entry is
-  in the window and ``o`` is free. Path: window bit -> priority encoder -> length adder -> comparison with
-  the valid bits -> ``window_bits``-bit barrel shifter -> window and row-state registers.
+  width alone in a dense class) is the table word that first zero selects (below), and the window shifts
+  right by it when the whole entry is in the window and the output's skid register is empty.
 * Beside it, into the output register and ``error`` only: the gap (``(q << k) | remainder``: a shift by
   ``q + 1`` <= 8, or the raw escaped gap), ``position = previous + 1 + gap`` (``gap`` for a class's first
   entry), and the code (a shift by the gap code's length). The position check compares the gap with a
   register holding what is left of the row (``fan_in - 1 - previous``), so no adder precedes the comparator:
   window bit -> priority encoder -> remainder shift -> comparator -> ``error`` / ``o.valid``.
 
-  Measured depth (``fan_in_width`` 16, Yosys ``synth -flatten; abc -lut 6; ltp -noff``, carry chains mapped
-  to LUTs, so pessimistic): 11 LUT levels for the longest path (the position check into ``error``), 10 for
-  the window loop. ``synth_xilinx``: about 1,900 LUTs (mostly the barrel shifters), 330 FFs and
-  6 RAM32M (the fetcher's FIFO).
+  For timing (the array's engines, 100 MHz), the loop holds no adder before its comparison: an entry's code
+  offset and length for each gap prefix come from per-class tables registered from the layer fields, the
+  current class's row of them registered with the class, so the loop is window bit -> priority select of a
+  table word -> comparison with the valid bits -> the shifter and the enables of the row-state registers
+  (whose next values are formed beside it). The output is a register and a skid register, so the
+  consumer's ``ready`` is not on the loop either. Measured (``fan_in_width`` 10, ``synth_xilinx``,
+  :mod:`hw.platform.timing`): 106.7 MHz estimated on its own (15 LUT levels), 1,856 LUT, 624 FF (it was
+  79.4 MHz, 17 LUT levels and 5 carry steps, with the adders in the loop and ``ready`` through it).
 
 Throughput: one entry a cycle while ``o`` is ready and the entry is in the window; refills bring 32 bits a
 cycle, so entries up to 32 bits (every 4-bit entry with its gap code, every 8-bit one up to ``FW`` 16, nearly
@@ -217,6 +220,9 @@ class RowStreamDecoder(wiring.Component):
         nbits = Signal(range(wbits + 1))
         skip = Signal(_WORD_SHIFT)
         cls = Signal(range(CLASSES))
+        cls_next = Signal(range(CLASSES))  # the class of the next cycle (the FSM below sets it)
+        m.d.comb += cls_next.eq(cls)
+        m.d.sync += cls.eq(cls_next)
         left = Signal(fw)  # entries of class `cls` still to parse
         first = Signal()  # the next entry is its class's first
         counts = Signal(data.ArrayLayout(unsigned(fw), CLASSES))
@@ -265,6 +271,36 @@ class RowStreamDecoder(wiring.Component):
         escaped = q == RICE_ESCAPE
         k = layer.rice_k[cls][:small]
         is_dense = dense.bit_select(cls, 1)
+        # Timing: an entry's code offset and length for each gap prefix come from tables registered from the
+        # layer fields (stable through a layer; the first entry comes cycles after a command), so the loop
+        # is the priority select of a table word, not the two adders that used to follow the encoder.
+        off_bits = range(RICE_ESCAPE + fw + 2)
+        off_q = [[Signal(off_bits, name=f"off_q{c}_{i}") for i in range(RICE_ESCAPE)] for c in range(CLASSES)]
+        len_q = [[Signal(range(self.max_entry_bits + 1), name=f"len_q{c}_{i}") for i in range(RICE_ESCAPE)]
+                 for c in range(CLASSES)]
+        off_esc = Signal(off_bits)
+        len_esc = [Signal(range(self.max_entry_bits + 1), name=f"len_esc{c}") for c in range(CLASSES)]
+        m.d.sync += off_esc.eq(RICE_ESCAPE + pos_bits)
+        for c, width in enumerate(CLASS_WIDTHS):
+            kc = layer.rice_k[c][:small]
+            m.d.sync += len_esc[c].eq(RICE_ESCAPE + pos_bits + width)
+            for i in range(RICE_ESCAPE):
+                m.d.sync += [off_q[c][i].eq(i + 1 + kc), len_q[c][i].eq(i + 1 + kc + width)]
+        class_width = Signal(range(max(CLASS_WIDTHS) + 1))
+        with m.Switch(cls):
+            for c, width in enumerate(CLASS_WIDTHS):
+                with m.Case(c):
+                    m.d.comb += class_width.eq(width)
+        # The current class's rows of the tables, registered with the class (selected by `cls_next`).
+        cur_off = [Signal(off_bits, name=f"cur_off{i}") for i in range(RICE_ESCAPE)]
+        cur_len = [Signal(range(self.max_entry_bits + 1), name=f"cur_len{i}") for i in range(RICE_ESCAPE)]
+        cur_len_esc = Signal(range(self.max_entry_bits + 1))
+        with m.Switch(cls_next):
+            for c in range(CLASSES):
+                with m.Case(c):
+                    m.d.sync += cur_len_esc.eq(len_esc[c])
+                    m.d.sync += [cur_off[i].eq(off_q[c][i]) for i in range(RICE_ESCAPE)]
+                    m.d.sync += [cur_len[i].eq(len_q[c][i]) for i in range(RICE_ESCAPE)]
         prefix = Signal(range(RICE_ESCAPE + 1))
         suffix = Signal(range(fw + 1))
         m.d.comb += [
@@ -275,17 +311,23 @@ class RowStreamDecoder(wiring.Component):
         m.d.comb += remainder.eq((win >> prefix)[:fw] & _thermometer(suffix, fw))
         gap = Signal(gap_bits)
         m.d.comb += gap.eq(Mux(is_dense | escaped, remainder, ((q << k)[:gap_bits]) | remainder))
-        offset = Signal(range(RICE_ESCAPE + fw + 1))
-        m.d.comb += offset.eq(prefix + suffix)
-        class_width = Signal(range(max(CLASS_WIDTHS) + 1))
+        # offset = prefix + suffix and entry_bits = offset + class width, selected by the first zero bit.
+        sel_off = Signal(off_bits)
+        sel_len = Signal(range(self.max_entry_bits + 1))
+        m.d.comb += [sel_off.eq(off_esc), sel_len.eq(cur_len_esc)]
+        for i in reversed(range(RICE_ESCAPE)):
+            with m.If(~win[i]):
+                m.d.comb += [sel_off.eq(cur_off[i]), sel_len.eq(cur_len[i])]
+        offset = Signal(off_bits)
+        m.d.comb += offset.eq(Mux(is_dense, 0, sel_off))
         code = Signal(max(CLASS_WIDTHS))
         at_code = (win >> offset)[:max(CLASS_WIDTHS)]
         with m.Switch(cls):
             for c, width in enumerate(CLASS_WIDTHS):
                 with m.Case(c):
-                    m.d.comb += [class_width.eq(width), code.eq(at_code[:width])]
+                    m.d.comb += code.eq(at_code[:width])
         entry_bits = Signal(range(self.max_entry_bits + 1))
-        m.d.comb += entry_bits.eq(offset + class_width)
+        m.d.comb += entry_bits.eq(Mux(is_dense, class_width, sel_len))
         more_found, more_cls = _lowest(m, nonzero, after=cls)  # a later class with entries
 
         # -- Count decode ----------------------------------------------------------------------------------
@@ -306,7 +348,12 @@ class RowStreamDecoder(wiring.Component):
         m.d.comb += position.eq(Mux(first, 0, prev + 1) + gap)
         past_row = Signal()
         m.d.comb += past_row.eq(gap >= Mux(first, fan_in, room))
-        o_free = ~self.o.valid | self.o.ready
+        # The output is a register and a skid register: the loop takes an entry while the skid is empty (a
+        # register), so the consumer's `ready`, which comes through the array's sequencer and lanes, is not
+        # on the window loop's path.
+        skid = Signal(entry_layout(fw))
+        skid_valid = Signal()
+        o_free = ~skid_valid
 
         # -- What the window gives this cycle --------------------------------------------------------------
         consume = Signal()  # drop `amount` bits of `merged`
@@ -334,21 +381,40 @@ class RowStreamDecoder(wiring.Component):
             m.d.sync += [win.eq(merged), nbits.eq(nbits + Mux(take, WORD_BITS, 0))]
 
         empty = phase == _Phase.EMPTY
+        new = Signal(entry_layout(fw))
+        m.d.comb += [
+            new.position.eq(Mux(empty, 0, position[:fw])),
+            new.cls.eq(Mux(empty, 0, cls)),
+            new.code.eq(Mux(empty, 0, code)),
+            new.last.eq(empty | ((left == 1) & ~more_found)),
+            new.empty.eq(empty),
+            new.seg_end.eq(empty | (left == 1)),
+            new.next_cls.eq(more_cls),
+        ]
         with m.If(emit):
-            m.d.sync += [
-                self.o.valid.eq(1),
-                self.o.payload.position.eq(Mux(empty, 0, position[:fw])),
-                self.o.payload.cls.eq(Mux(empty, 0, cls)),
-                self.o.payload.code.eq(Mux(empty, 0, code)),
-                self.o.payload.last.eq(empty | ((left == 1) & ~more_found)),
-                self.o.payload.empty.eq(empty),
-                self.o.payload.seg_end.eq(empty | (left == 1)),
-                self.o.payload.next_cls.eq(more_cls),
-                prev.eq(position[:fw]),
-                room.eq(Mux(first, fan_in - 1, room - 1) - gap),
-            ]
+            m.d.sync += [prev.eq(position[:fw]), room.eq(Mux(first, fan_in - 1, room - 1) - gap)]
+            with m.If(self.o.valid & ~self.o.ready):
+                m.d.sync += [skid.eq(new), skid_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(new), self.o.valid.eq(1)]
         with m.Elif(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+            with m.If(skid_valid):
+                m.d.sync += [self.o.payload.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += self.o.valid.eq(0)
+
+        # `left`: its next value is formed beside the window loop, `consume` only enables the register (a
+        # class's first count on entering ENTRY, one less per entry, the next class's count at a class's end).
+        left_d = Signal(fw)
+        load_left = Signal()
+        m.d.comb += [
+            left_d.eq(Mux(phase == _Phase.COUNT, Mux(first_nonzero == cls, count, counts[first_nonzero]),
+                          Mux(left == 1, counts[more_cls], left - 1))),
+            load_left.eq(consume & ((phase == _Phase.ENTRY)
+                                    | ((phase == _Phase.COUNT) & ~next_present & any_nonzero))),
+        ]
+        with m.If(load_left):
+            m.d.sync += left.eq(left_d)
 
         with m.Switch(phase):
             with m.Case(_Phase.IDLE), m.If(take_cmd):
@@ -362,7 +428,7 @@ class RowStreamDecoder(wiring.Component):
                     m.d.sync += self.error.eq(1)
             with m.Case(_Phase.SKIP), m.If(consume):
                 m.d.sync += phase.eq(Mux(any_present, _Phase.COUNT, _Phase.EMPTY))
-                m.d.sync += cls.eq(first_present)
+                m.d.comb += cls_next.eq(first_present)
             with m.Case(_Phase.COUNT), m.If(consume):
                 m.d.sync += [
                     counts[cls].eq(count),
@@ -373,19 +439,18 @@ class RowStreamDecoder(wiring.Component):
                 with m.If(total_next > fan_in):
                     m.d.sync += self.error.eq(1)
                 with m.If(next_present):
-                    m.d.sync += cls.eq(next_present_cls)
+                    m.d.comb += cls_next.eq(next_present_cls)
                 with m.Elif(any_nonzero):
-                    m.d.sync += [
-                        phase.eq(_Phase.ENTRY), cls.eq(first_nonzero), first.eq(1),
-                        left.eq(Mux(first_nonzero == cls, count, counts[first_nonzero])),
-                    ]
+                    m.d.comb += cls_next.eq(first_nonzero)
+                    m.d.sync += [phase.eq(_Phase.ENTRY), first.eq(1)]
                 with m.Else():
                     m.d.sync += phase.eq(_Phase.EMPTY)
             with m.Case(_Phase.ENTRY), m.If(consume):
-                m.d.sync += [left.eq(left - 1), first.eq(0)]
+                m.d.sync += first.eq(0)
                 with m.If(left == 1):
                     with m.If(more_found):
-                        m.d.sync += [cls.eq(more_cls), left.eq(counts[more_cls]), first.eq(1)]
+                        m.d.comb += cls_next.eq(more_cls)
+                        m.d.sync += first.eq(1)
                     with m.Else():
                         m.d.sync += phase.eq(_Phase.IDLE)
             with m.Case(_Phase.EMPTY), m.If(emit):

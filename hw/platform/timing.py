@@ -25,6 +25,9 @@ DSP48E1 A/B to MREG   3.40      T_DSPDCK_{A,B}_MREG class (multiplier with its M
 DSP48E1 to AREG/BREG  0.30      input register setup
 DSP48E1 C / P adder   1.70      C or PCIN input to PREG setup (T_DSPDCK_C_PREG class)
 DSP48E1 P clk to out  0.60      PREG clock to P; 1.90 from MREG through the adder when PREG = 0
+DSP48E1 AREG/BREG     0.46      clock to out of the input registers, then the multiplier (3.40) to P or
+                                PCOUT when MREG = PREG = 0 (a slice whose inputs Yosys registered in
+                                AREG/BREG is a start point, not a combinational step)
 ====================  ========  ===============================================================
 
 So the figure is an estimate: it misses placement (long nets between distant slices), clock skew and
@@ -176,7 +179,11 @@ def _clock_to_out(cell: dict, port: str) -> float:
     if kind.startswith("RAMB"):
         return T_BRAM_CKO_REG if _param(cell, "DOA_REG") or _param(cell, "DOB_REG") else T_BRAM_CKO
     if kind == "DSP48E1":
-        return T_DSP_PCKO if _param(cell, "PREG", 1) else T_DSP_MCKO
+        if _param(cell, "PREG", 1):
+            return T_DSP_PCKO
+        if _param(cell, "MREG", 1):
+            return T_DSP_MCKO
+        return T_CKO + T_DSP_M_SETUP  # from the A/B input registers through the multiplier
     return T_CKO
 
 
@@ -198,7 +205,9 @@ def _comb_inputs(cell: dict, port: str):
         read = [p for p in inputs if p.startswith(("ADDR", "A", "DPRA"))]
         return [(b, T_NET + T_LUTRAM_READ) for p in read for b in conn[p]]
     if kind == "DSP48E1" and not _param(cell, "PREG", 1) and not _param(cell, "MREG", 1):
-        return [(b, T_NET + T_DSP_M_SETUP) for p in ("A", "B") for b in conn.get(p, [])]
+        # Through the multiplier from the unregistered inputs only; with both registered, a start point.
+        comb = [p for p, reg in (("A", "AREG"), ("B", "BREG")) if not _param(cell, reg, 1)]
+        return [(b, T_NET + T_DSP_M_SETUP) for p in comb for b in conn.get(p, [])] or None
     return None  # FFs, block RAMs, registered DSPs, SRLs, clock buffers: start points
 
 

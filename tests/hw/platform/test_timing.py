@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from hw.platform.synth import dsp_configs, synthesize_netlist
-from hw.platform.timing import T_CARRY_STEP, T_CKO, T_SETUP, estimate
+from hw.platform.timing import (T_CARRY_STEP, T_CKO, T_DSP_ADD_SETUP, T_DSP_M_SETUP, T_NET, T_SETUP,
+                                estimate)
 
 pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
 
@@ -47,6 +48,30 @@ def test_a_registered_multiplier_maps_to_one_dsp(tmp_path):
     assert sum(configs.values()) == 1
     assert "MREG=1" in next(iter(configs)) or "PREG=1" in next(iter(configs))
     assert estimate(design, "top").fmax_mhz > 100
+
+
+WIDE_MULT = """
+module top(input clk, input signed [29:0] a, input signed [29:0] b, input signed [17:0] m,
+           output reg signed [47:0] p);
+  reg signed [29:0] ra, rb, t; reg signed [17:0] rm, m2;
+  always @(posedge clk) begin ra <= a; rb <= b; rm <= m; t <= ra + rb; m2 <= rm; p <= t * m2; end
+endmodule
+"""
+
+
+def test_a_dsp_with_registered_inputs_starts_a_path(tmp_path):
+    """A 30 x 18-bit product takes two cascaded DSP48E1; Yosys registers ``t`` and ``m2`` in the first one's
+    AREG/BREG, so the adder before them ends its path there and the product's path starts at them: the
+    slowest path is the multiplier's (clock to out, the multiplier, the cascade into the second's P), not the
+    adder and the multiplier in one cycle."""
+    path = tmp_path / "wide.v"
+    path.write_text(WIDE_MULT)
+    res, design = synthesize_netlist(path, "top")
+    assert res.dsp == 2
+    report = estimate(design, "top")
+    assert report.carry_steps == 0, report.path  # no carry chain in front of the multiplier
+    assert report.path[0] == "DSP48E1"
+    assert report.delay_ns == pytest.approx(T_CKO + T_DSP_M_SETUP + T_NET + T_DSP_ADD_SETUP, abs=0.01)
 
 
 def test_a_yosys_run_past_its_timeout_is_killed_and_named(tmp_path):
