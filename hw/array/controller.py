@@ -256,6 +256,8 @@ class ArrayController(wiring.Component):
         row_first = Signal(32)  # j fan_in: the row's first weight
         # A version 4 group's records: c_out (M, B), or (M, B, M_r) for a residual layer.
         rec_words = Mux(vdesc.residual, vdesc.c_out << 2, (vdesc.c_out << 1) + vdesc.c_out)
+        group_words = Signal(32)  # a group's words, registered in VWIDTH_PICK
+        next_inner = Signal()  # the next layer is an inner one, likewise
 
         d = desc
         is_conv = d.kind == KIND_CONV
@@ -301,9 +303,10 @@ class ArrayController(wiring.Component):
         fits_in = ((d.in_height + 2 * d.padding) >= d.kernel) & ((d.in_width + 2 * d.padding) >= d.kernel)
         conv_h = ((d.in_height + 2 * d.padding - d.kernel) >> (d.stride == 2)) + 1
         conv_w = ((d.in_width + 2 * d.padding - d.kernel) >> (d.stride == 2)) + 1
+        # The output map's size, registered in the MEASURE state (its adders were the head of the shell's slowest
+        # path, into the checks and the state register); the checks and the tiles use the registers.
         g_hout = Signal(DIM_BITS + 2)
         g_wout = Signal(DIM_BITS + 2)
-        m.d.comb += [g_hout.eq(Mux(is_conv, conv_h, 1)), g_wout.eq(Mux(is_conv, conv_w, 1))]
         pool2 = is_conv & (d.pool == 2)
         g_hst = Mux(pool2, g_hout >> 1, g_hout)
         g_wst = Mux(pool2, g_wout >> 1, g_wout)
@@ -534,16 +537,16 @@ class ArrayController(wiring.Component):
                 m_nxt = layer_idx[:2]
                 cur_byte = twords.word_select(0, WORD_BITS).word_select(m_cur, 8)
                 nxt_byte = twords.word_select(1, WORD_BITS).word_select(m_nxt, 8)
-                m.d.sync += [w_cur.eq(Mux(use_table, cur_byte, prec)), w_next.eq(Mux(use_table, nxt_byte, prec))]
+                m.d.sync += [w_cur.eq(Mux(use_table, cur_byte, prec)), w_next.eq(Mux(use_table, nxt_byte, prec)),
+                             # A group: its head, c_out (M, B) records ((M, B, M_r) for a residual layer), the
+                             # negate words (docs/image_format.md); registered for the checks' timing.
+                             group_words.eq(VREQUANT.words + rec_words + ((vdesc.c_out + WORD_BITS - 1) >> 5)),
+                             next_inner.eq(layer_idx + 1 < header.layers - 1)]
                 m.next = "VWIDTH_CHECK"
 
             with m.State("VWIDTH_CHECK"):
                 vd = vdesc
-                # A group: its head, c_out (M, B) records ((M, B, M_r) for a residual layer), the negate words
-                # (docs/image_format.md).
-                group_words = VREQUANT.words + rec_words + ((vd.c_out + WORD_BITS - 1) >> 5)
                 edge_should = (layer_idx == 0) | last_layer
-                next_inner = layer_idx + 1 < header.layers - 1
                 # Widths: an edge holds edge_bits codes and no planes; an inner layer the header's widths.
                 widths_bad = Mux(vd.edge, (vd.base_bits != vhdr.edge_bits) | (vd.top_bits != vhdr.edge_bits),
                                  (vd.base_bits != vhdr.base_bits) | (vd.top_bits != vhdr.top_bits))
@@ -612,10 +615,14 @@ class ArrayController(wiring.Component):
                 m.next = "MEASURE"
 
             with m.State("MEASURE"):
-                m.d.sync += [in_rows.eq(d.c_in * d.in_height), out_rows.eq(d.c_out * g_hst),
-                             res_rows.eq(prev_c * prev_h),
+                m.d.sync += [in_rows.eq(d.c_in * d.in_height), res_rows.eq(prev_c * prev_h),
                              fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
-                                        Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width)))]
+                                        Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width))),
+                             g_hout.eq(Mux(is_conv, conv_h, 1)), g_wout.eq(Mux(is_conv, conv_w, 1))]
+                m.next = "MEASURE_OUT"
+
+            with m.State("MEASURE_OUT"):
+                m.d.sync += out_rows.eq(d.c_out * g_hst)
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):

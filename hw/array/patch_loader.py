@@ -25,11 +25,12 @@ of ``n rows``: ResNet-20's 3 x 3 layer3 tile (7 rows of 7 pixels) loads in ``7 C
 and are written one a cycle while the next group reads (a group's last read waits until the queue has drained).
 Patch rows are written in increasing position order, position 0 first.
 
-Datapath, two stages and one read per cycle: the counters ``(c, ky, kx0, r)`` give the word ``c H + y_in``
-(a zero row outside ``0 <= y_in < H``); the next cycle the word's codes at columns ``>= W`` are zeroed and
-the row, at a fixed offset in a zero-extended vector, is shifted by one amount, ``kx0 - pad - s r w_out``
-codes, after which slot ``q`` of column ``j`` is code ``s q + j`` of the result (a 2-input multiplexer a slot
-for the stride) in the slots of output row ``r``. A flatten layer is the same with ``w_out = 1``. In pooled
+Datapath, three stages and one read per cycle: the counters ``(c, ky, kx0, r)`` give the word ``c H + y_in``
+(a zero row outside ``0 <= y_in < H``); the next cycle the word's codes at columns ``>= W`` are zeroed into a
+register (the block RAM's output comes late in its cycle); the cycle after, the row, at a fixed offset in a
+zero-extended vector, is shifted by one amount, ``kx0 - pad - s r w_out`` codes, after which slot ``q`` of
+column ``j`` is code ``s q + j`` of the result (a 2-input multiplexer a slot for the stride) in the slots of
+output row ``r``. A flatten layer is the same with ``w_out = 1``. In pooled
 mode each cycle reads one row of a channel and adds its ``W`` codes (an adder tree) to the
 channel's sum, which goes into the patch after the channel's last row: ``H`` cycles per channel.
 
@@ -139,7 +140,8 @@ class PatchLoader(wiring.Component):
         queued = Signal(range(cols))
         queued_next = Signal(range(cols))
         place_last = Signal()  # stage 2 places a group's last word this cycle (it writes the group's column 0)
-        group_n2 = Signal(range(cols + 1))  # columns of that group
+        group_n3 = Signal(range(cols + 1))  # columns of that group
+        queued_ahead = Signal(range(cols))  # the queue two cycles on (when a read issued now is placed)
 
         # -- Stage 1: counters and the read ------------------------------------------------------------
         running = Signal()
@@ -163,8 +165,8 @@ class PatchLoader(wiring.Component):
         last_kx = Mux(pooled, 1, left <= cols)
         last_ky = ky == Mux(pooled, g.height, g.kh) - 1
         last_c = c == g.c_in - 1
-        # A group's last read waits until the previous group's queue is empty when it is placed.
-        go = running & ~(last_r & (queued_next != 0))
+        # A group's last read waits until the previous group's queue is empty when it is placed (two cycles on).
+        go = running & ~(last_r & (queued_ahead != 0))
         m.d.comb += [self.fmap.buf.eq(g.buf), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
                      self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start)]
         with m.If(self.start):
@@ -192,27 +194,42 @@ class PatchLoader(wiring.Component):
         amount1 = Signal.like(amount)
         m.d.comb += amount1.eq(zero + kx0 - g.pad - Mux(g.stride == 2, off << 1, off))
 
-        # -- Stage 2: place the word's codes into the pixels ------------------------------------------
+        # -- Stage 2: the word arrives; its codes past the map's width (and a padding row's) are zeroed into a
+        # register (the block RAM's output is late in the cycle: the placement and the pooled sum run from
+        # the register, stage 3).
         v2 = Signal()
         ok2 = Signal()
-        p2 = Signal(self._fan_in_width)
-        c2 = Signal(16)
-        first2 = Signal()  # the channel's first row (pooled)
-        last2 = Signal()  # the channel's last row (pooled)
-        end2 = Signal()  # the tile's last group
-        off2 = Signal.like(off)
-        last_r2 = Signal()
-        m.d.sync += [v2.eq(go), ok2.eq(row_ok), p2.eq(p), c2.eq(c), first2.eq(ky == 0), last2.eq(last_ky),
-                     end2.eq(last_kx & last_ky & last_c), off2.eq(off), last_r2.eq(last_r),
-                     group_n2.eq(group_n), amount.eq(amount1)]
-        codes = [Mux(ok2 & (x < g.width), self.fmap.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], 0)
-                 for x in range(rc)]
+        r2 = {name: Signal(shape, name=f"{name}2") for name, shape in (
+            ("p", self._fan_in_width), ("c", 16), ("first", 1), ("last", 1), ("end", 1), ("off", off.shape()),
+            ("last_r", 1), ("group_n", group_n.shape()), ("amount", amount.shape()))}
+        m.d.sync += [v2.eq(go), ok2.eq(row_ok), r2["p"].eq(p), r2["c"].eq(c), r2["first"].eq(ky == 0),
+                     r2["last"].eq(last_ky), r2["end"].eq(last_kx & last_ky & last_c), r2["off"].eq(off),
+                     r2["last_r"].eq(last_r), r2["group_n"].eq(group_n), r2["amount"].eq(amount1)]
+        codes3 = Signal(MAX_ACT_BITS * rc)
+        m.d.sync += codes3.eq(Cat(*(Mux(ok2 & (x < g.width), self.fmap.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], 0)
+                                    for x in range(rc))))
+        place_ahead = v2 & r2["last_r"] & ~pooled  # stage 3 places a group's last word next cycle
+        m.d.comb += queued_ahead.eq(Mux(place_ahead, r2["group_n"] - 1, Mux(queued_next != 0, queued_next - 1, 0)))
+
+        # -- Stage 3: place the word's codes into the pixels ------------------------------------------
+        v3 = Signal()
+        p3 = Signal(self._fan_in_width)
+        c3 = Signal(16)
+        first3 = Signal()  # the channel's first row (pooled)
+        last3 = Signal()  # the channel's last row (pooled)
+        end3 = Signal()  # the tile's last group
+        off3 = Signal.like(off)
+        last_r3 = Signal()
+        m.d.sync += [v3.eq(v2), p3.eq(r2["p"]), c3.eq(r2["c"]), first3.eq(r2["first"]), last3.eq(r2["last"]),
+                     end3.eq(r2["end"]), off3.eq(r2["off"]), last_r3.eq(r2["last_r"]), group_n3.eq(r2["group_n"]),
+                     amount.eq(r2["amount"])]
+        codes = [codes3[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] for x in range(rc)]
         span = 2 * t + cols  # codes the columns read: up to s (T - 1) + cols - 1
         vector = Cat(Const(0, MAX_ACT_BITS * zero), *codes, Const(0, MAX_ACT_BITS * span))
         shifted = Signal(MAX_ACT_BITS * span)
         m.d.comb += shifted.eq(vector >> (amount * MAX_ACT_BITS))
         keep = Signal(t)  # the slots of output row r: off .. off + w_out - 1
-        m.d.comb += keep.eq(Cat(*(i < g.w_out for i in range(t))) << off2)
+        m.d.comb += keep.eq(Cat(*(i < g.w_out for i in range(t))) << off3)
         merged = []  # per column: this word's codes in its output row's slots, the rows placed before elsewhere
         collected = []
         for j in range(cols):
@@ -223,8 +240,8 @@ class PatchLoader(wiring.Component):
                 two = shifted[MAX_ACT_BITS * (2 * q + j):MAX_ACT_BITS * (2 * q + j + 1)]
                 sl = slice(MAX_ACT_BITS * q, MAX_ACT_BITS * (q + 1))
                 m.d.comb += col[sl].eq(Mux(keep[q], Mux(g.stride == 2, two, one), kept[sl]))
-            with m.If(v2):
-                m.d.sync += kept.eq(Mux(last_r2, 0, col))
+            with m.If(v3):
+                m.d.sync += kept.eq(Mux(last_r3, 0, col))
             merged.append(col)
             collected.append(kept)
 
@@ -233,11 +250,11 @@ class PatchLoader(wiring.Component):
         q_addr = Signal(self._fan_in_width)
         final = Signal()  # the queue holds the tile's last rows
         writing_queue = ~place_last & (queued != 0)
-        m.d.comb += [place_last.eq(v2 & last_r2 & ~pooled),
-                     queued_next.eq(Mux(place_last, group_n2 - 1, Mux(queued != 0, queued - 1, 0)))]
+        m.d.comb += [place_last.eq(v3 & last_r3 & ~pooled),
+                     queued_next.eq(Mux(place_last, group_n3 - 1, Mux(queued != 0, queued - 1, 0)))]
         m.d.sync += queued.eq(queued_next)
         with m.If(place_last):
-            m.d.sync += [q_addr.eq(p2 + 1), final.eq(end2)]
+            m.d.sync += [q_addr.eq(p3 + 1), final.eq(end3)]
             m.d.sync += [ready[j - 1].eq(merged[j]) for j in range(1, cols)]
         with m.Elif(writing_queue):
             m.d.sync += q_addr.eq(q_addr + 1)
@@ -251,17 +268,17 @@ class PatchLoader(wiring.Component):
         m.d.comb += row_sum.eq(total)
         acc = Signal(GAP_SUM_BITS)
         acc_next = Signal(GAP_SUM_BITS)
-        m.d.comb += acc_next.eq(Mux(first2, 0, acc) + row_sum)
-        with m.If(v2 & pooled):
+        m.d.comb += acc_next.eq(Mux(first3, 0, acc) + row_sum)
+        with m.If(v3 & pooled):
             m.d.sync += acc.eq(acc_next)
 
-        with m.If(v2 & pooled):
-            m.d.comb += [self.patch.addr.eq(c2), self.patch.en.eq(last2),
+        with m.If(v3 & pooled):
+            m.d.comb += [self.patch.addr.eq(c3), self.patch.en.eq(last3),
                          self.patch.data[0].eq(acc_next[:8]), self.patch.data[1].eq(acc_next[8:]),
-                         self.done.eq(last2 & end2)]
+                         self.done.eq(last3 & end3)]
         with m.Elif(place_last):
-            m.d.comb += [self.patch.addr.eq(p2), self.patch.en.eq(1),
-                         self.patch.data.as_value().eq(merged[0]), self.done.eq(end2 & (group_n2 == 1))]
+            m.d.comb += [self.patch.addr.eq(p3), self.patch.en.eq(1),
+                         self.patch.data.as_value().eq(merged[0]), self.done.eq(end3 & (group_n3 == 1))]
         with m.Elif(writing_queue):
             m.d.comb += [self.patch.addr.eq(q_addr), self.patch.en.eq(1),
                          self.patch.data.as_value().eq(ready[0] if ready else 0),

@@ -256,11 +256,17 @@ class ConvArray(wiring.Component):
         granted_ctl = ctl.bus.req & buf.ctl.grant
         reads = Signal(32)
         weight_reads = Signal(32)
-        eng_count = sum(granted_eng[1:], granted_eng[0])
+        # The grants are registered before they are counted (the requests come through the engines' and the
+        # controller's logic and the arbiter: with the counters' carry chains they were the shell's slowest
+        # path); the counts trail the reads by one cycle, and `done` comes many cycles after the last read.
+        eng_granted = Signal(len(granted_eng))
+        ctl_granted = Signal()
+        m.d.sync += [eng_granted.eq(Cat(*granted_eng)), ctl_granted.eq(granted_ctl)]
+        eng_count = sum((eng_granted[e] for e in range(1, len(granted_eng))), eng_granted[0])
         with m.If(self.start):
             m.d.sync += [reads.eq(0), weight_reads.eq(0)]
         with m.Else():
-            m.d.sync += [reads.eq(reads + eng_count + granted_ctl), weight_reads.eq(weight_reads + eng_count)]
+            m.d.sync += [reads.eq(reads + eng_count + ctl_granted), weight_reads.eq(weight_reads + eng_count)]
         m.d.comb += [self.reads.eq(reads), self.weight_reads.eq(weight_reads)]
 
         drained = ~writer.busy

@@ -94,11 +94,12 @@ def geometry(mode, buf, c, h, w, kh, kw, stride, pad, y, rows=1, w_out=1):
 
 def group_cycles(groups, rows):
     """Cycles from start to done for column groups of ``groups`` columns each, ``rows`` reads a group: a
-    group's last read waits until the previous group's queue (its columns after the first) has drained."""
+    group's last read waits until the previous group's queue (its columns after the first) has drained by
+    the time it is placed (two cycles after the read)."""
     t = rows - 1  # the first group's last read
     for previous in groups[:-1]:
         t += max(rows, previous)
-    return t + groups[-1] + 1  # its placement writes column 0, the queue the rest, one a cycle
+    return t + groups[-1] + 2  # placed two cycles after its read: column 0, then the queue, one a cycle
 
 
 def column_groups(channels, kh, kw, columns):
@@ -142,7 +143,7 @@ def test_three_by_three_tile_reads_each_word_once():
     want = im2col(u[None], k, 1, 1)[0]
     for r in range(6):
         assert (patch[:, r:r + 1] == want[r, :1].T).all()
-    assert cycles == 6 * c * k + 2 + 1  # the last group's queued columns, the placement's latency
+    assert cycles == 6 * c * k + 2 + 2  # the last group's queued columns, the placement's latency
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -166,4 +167,4 @@ def test_pooled_sums_split_over_two_slots(seed):
     patch, cycles = run_loader(u, 2, geometry(LoadMode.POOLED, 2, c, h, w, 1, 1, 1, 0, 0), c)
     sums = global_sum_pool(u[None], 8)[0]
     assert (patch[:, 0] + 256 * patch[:, 1] == sums).all()
-    assert cycles == c * h + 1
+    assert cycles == c * h + 2
