@@ -1,4 +1,4 @@
-"""Patch loader: the im2col rows of one tile, one weight position a cycle, from the row-per-word feature maps.
+"""Patch loader: the im2col rows of one tile from the row-per-word feature maps, one map word read a cycle.
 
 A tile of the array is one output row ``y`` of a conv layer (its ``W_out <= T`` pixels), or the single
 "pixel" of a fully connected layer. The loader writes ``patch[p][i]``, the input code that weight position
@@ -14,8 +14,8 @@ A tile of the array is one output row ``y`` of a conv layer (its ``W_out <= T`` 
 
 **Multi-row tiles** (conv): a tile of ``rows`` output rows of ``w_out`` pixels (``rows w_out <= T``; maps
 narrower than half a tile fill it with several rows) puts pixel ``(r, x)`` in slot ``r w_out + x``; each
-patch row then takes ``rows`` reads (one per output row) and is written after the last: ``F rows`` cycles
-a tile, ``F`` per output row as with one-row tiles.
+patch row then takes ``rows`` reads (one per output row) and is written after the last (``F rows`` cycles
+a tile with one column a read; the column groups below cut that to about ``F rows / 3`` for 3 x 3 kernels).
 
 **Several kernel columns a read** (conv and flatten): the ``k`` patch rows ``(c, ky, kx)`` of one ``(c, ky)``
 read the same map words, so the loader places each word it reads into ``columns`` patch rows at once (kernel
