@@ -404,7 +404,8 @@ class RowStreamDecoder(wiring.Component):
                 m.d.sync += self.o.valid.eq(0)
 
         # `left`: its next value is formed beside the window loop, `consume` only enables the register (a
-        # class's first count on entering ENTRY, one less per entry, the next class's count at a class's end).
+        # class's first count on entering ENTRY, one less per entry, the next class's count at a class's end;
+        # after a row's last class it holds a count nothing reads: the next row loads it before its entries).
         left_d = Signal(fw)
         load_left = Signal()
         m.d.comb += [
