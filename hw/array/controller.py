@@ -311,7 +311,8 @@ class ArrayController(wiring.Component):
         g_hst = Mux(pool2, g_hout >> 1, g_hout)
         g_wst = Mux(pool2, g_wout >> 1, g_wout)
         scores = d.out_buf == SCORE_SINK
-        # The products the checks need, registered in the MEASURE state (a multiplier each, then a register).
+        # The products the checks need, registered in the MEASURE and MEASURE_OUT states (a multiplier each, then
+        # a register).
         in_rows = Signal(32)
         out_rows = Signal(32)
         res_rows = Signal(32)

@@ -139,9 +139,12 @@ class PatchLoader(wiring.Component):
         # -- The queue of a group's later columns (written one a cycle after the group's last placement) ----
         queued = Signal(range(cols))
         queued_next = Signal(range(cols))
-        place_last = Signal()  # stage 2 places a group's last word this cycle (it writes the group's column 0)
+        place_last = Signal()  # stage 3 places a group's last word this cycle (it writes the group's column 0)
         group_n3 = Signal(range(cols + 1))  # columns of that group
         queued_ahead = Signal(range(cols))  # the queue two cycles on (when a read issued now is placed)
+
+        done = Signal()  # the tile's last patch row is written (not reported in a restart's cycle)
+        write = Signal()  # a patch row is written (not in a restart's cycle)
 
         # -- Stage 1: counters and the read ------------------------------------------------------------
         running = Signal()
@@ -166,9 +169,12 @@ class PatchLoader(wiring.Component):
         last_ky = ky == Mux(pooled, g.height, g.kh) - 1
         last_c = c == g.c_in - 1
         # A group's last read waits until the previous group's queue is empty when it is placed (two cycles on).
-        go = running & ~(last_r & (queued_ahead != 0))
+        # (`start` restarts the loader even in the middle of a tile, e.g. a new run after a fault: nothing of
+        # the old tile is read, placed or written after it; see the end of elaborate.)
+        go = running & ~self.start & ~(last_r & (queued_ahead != 0))
+        in_flight = Signal()  # a word or queued columns not yet written
         m.d.comb += [self.fmap.buf.eq(g.buf), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
-                     self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start)]
+                     self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start | in_flight)]
         with m.If(self.start):
             m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(0), base.eq(0), r.eq(0), off.eq(0)]
         with m.Elif(go & ~last_r):
@@ -273,14 +279,20 @@ class PatchLoader(wiring.Component):
             m.d.sync += acc.eq(acc_next)
 
         with m.If(v3 & pooled):
-            m.d.comb += [self.patch.addr.eq(c3), self.patch.en.eq(last3),
+            m.d.comb += [self.patch.addr.eq(c3), write.eq(last3),
                          self.patch.data[0].eq(acc_next[:8]), self.patch.data[1].eq(acc_next[8:]),
-                         self.done.eq(last3 & end3)]
+                         done.eq(last3 & end3)]
         with m.Elif(place_last):
-            m.d.comb += [self.patch.addr.eq(p3), self.patch.en.eq(1),
-                         self.patch.data.as_value().eq(merged[0]), self.done.eq(end3 & (group_n3 == 1))]
+            m.d.comb += [self.patch.addr.eq(p3), write.eq(1),
+                         self.patch.data.as_value().eq(merged[0]), done.eq(end3 & (group_n3 == 1))]
         with m.Elif(writing_queue):
-            m.d.comb += [self.patch.addr.eq(q_addr), self.patch.en.eq(1),
+            m.d.comb += [self.patch.addr.eq(q_addr), write.eq(1),
                          self.patch.data.as_value().eq(ready[0] if ready else 0),
-                         self.done.eq(final & (queued == 1))]
+                         done.eq(final & (queued == 1))]
+        m.d.comb += [in_flight.eq(v2 | v3 | (queued != 0)), self.done.eq(done & ~self.start),
+                     self.patch.en.eq(write & ~self.start)]
+        # A restart drops what the old tile had in flight (these assignments win over the ones above).
+        with m.If(self.start):
+            m.d.sync += [v3.eq(0), queued.eq(0), final.eq(0)]
+            m.d.sync += [kept.eq(0) for kept in collected]
         return m

@@ -45,8 +45,9 @@ word; the skip of the first word's leading bits; one cycle per present class for
 register). The next command is taken in the cycle after the row's last entry is parsed.
 
 What the hardware checks, so that a corrupt image cannot hang it (``error`` rises, sticky until reset, and
-the decoder stops: no more commands, no more entries, no more reads from the next cycle on; the entry already
-offered on ``o`` waits for its transfer, the faulty one is not emitted):
+the decoder stops: no more commands, no more entries parsed, no more reads from the next cycle on; the entries
+already parsed (the one offered on ``o`` and one in the skid register) wait for their transfer, the faulty one
+is not emitted):
 
 * at each command, the layer fields it depends on for termination: ``1 <= fan_in < 2^FW``,
   ``1 <= pos_bits <= FW``, ``rice_k_c <= pos_bits`` and ``count_bits_c <= FW`` for every class;
@@ -155,8 +156,8 @@ class RowStreamDecoder(wiring.Component):
         ``rice_k4..32``. Hold them stable from the layer's first command until its last row's last entry has
         left ``o``.
     cmd : In(stream.Signature(command_layout(addr_width)))
-        Row commands; one is taken once the previous row's last entry is in ``o`` (it may still wait
-        for its transfer). Taking one restarts the fetcher at ``start_bit // 32``.
+        Row commands; one is taken once the previous row's last entry is parsed (it may still wait in
+        ``o`` or the skid register for its transfer). Taking one restarts the fetcher at ``start_bit // 32``.
     bus : Out(buffer_port_signature(addr_width))
         The fetcher's requests to a :class:`~hw.core.global_buffer.GlobalBuffer` port.
     o : Out(stream.Signature(entry_layout(fan_in_width)))

@@ -225,7 +225,7 @@ def _setup(cell: dict, port: str):
         if port == "CLK":
             return None
         if port in ("A", "B"):
-            return T_DSP_IREG_SETUP if _param(cell, "AREG", 1) or _param(cell, "BREG", 1) else (
+            return T_DSP_IREG_SETUP if _param(cell, port + "REG", 1) else (
                 T_DSP_M_SETUP if _param(cell, "MREG", 1) else None)
         if port in ("C", "PCIN", "OPMODE", "ALUMODE", "CARRYIN", "D"):
             return T_DSP_ADD_SETUP if _param(cell, "PREG", 1) else None

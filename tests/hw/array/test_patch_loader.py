@@ -146,6 +146,50 @@ def test_three_by_three_tile_reads_each_word_once():
     assert cycles == 6 * c * k + 2 + 2  # the last group's queued columns, the placement's latency
 
 
+@pytest.mark.parametrize("restart_after", [1, 2, 3, 7, 20])
+def test_a_start_in_the_middle_of_a_tile_restarts_cleanly(restart_after):
+    """A new run may start the loader while an old tile is in flight (after a fault): from the restart on,
+    only the new tile's patch rows are written, each once, and ``done`` comes once, for the new tile."""
+    rng = np.random.default_rng(restart_after)
+    u = rng.integers(0, 256, size=(2, 6, 6))
+    dut = LoaderHarness(LOADER_COLUMNS)
+    old = geometry(LoadMode.CONV, 0, 2, 6, 6, 3, 3, 1, 1, 0, 1, 6)  # one 6-pixel row: every read is a last read
+    new = geometry(LoadMode.CONV, 0, 2, 6, 6, 3, 3, 1, 1, 2, 1, 6)
+    got, dones = {}, []
+
+    async def bench(ctx):
+        for addr, word, mask in load_map(u):
+            ctx.set(dut.wr.buf, 0)
+            ctx.set(dut.wr.addr, addr)
+            ctx.set(dut.wr.data, word)
+            ctx.set(dut.wr.mask, mask)
+            ctx.set(dut.wr.en, 1)
+            await ctx.tick()
+        ctx.set(dut.wr.en, 0)
+        ctx.set(dut.geometry, old)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for _ in range(restart_after):
+            await ctx.tick()
+        ctx.set(dut.geometry, new)
+        ctx.set(dut.start, 1)
+        for cycle in range(200):
+            _, _, en, addr, data, done = await ctx.tick().sample(dut.patch.en, dut.patch.addr, dut.patch.data,
+                                                                 dut.done)
+            ctx.set(dut.start, 0)
+            if en:
+                assert int(addr) not in got, f"patch row {int(addr)} written twice after the restart"
+                got[int(addr)] = [int(v) for v in data]
+            if done:
+                dones.append(cycle)
+
+    simulate(dut, bench)
+    assert len(dones) == 1 and sorted(got) == list(range(18))
+    want = im2col(u[None], 3, 1, 1)[0][2]  # output row 2: [6 pixels, 18 positions]
+    assert (np.array([got[p] for p in range(18)])[:, :6] == want.T).all()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_flatten_takes_torch_flatten_order(seed):
     rng = np.random.default_rng(10 + seed)
