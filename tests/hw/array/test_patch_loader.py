@@ -52,20 +52,25 @@ def load_map(u):
     return writes
 
 
+async def write_map(ctx, dut, u, buf):
+    """Write map ``u`` into buffer ``buf`` through the harness's write port, a word a cycle."""
+    for addr, word, mask in load_map(u):
+        ctx.set(dut.wr.buf, buf)
+        ctx.set(dut.wr.addr, addr)
+        ctx.set(dut.wr.data, word)
+        ctx.set(dut.wr.mask, mask)
+        ctx.set(dut.wr.en, 1)
+        await ctx.tick()
+    ctx.set(dut.wr.en, 0)
+
+
 def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS):
     dut = LoaderHarness(columns)
     got = {}
     res = {}
 
     async def bench(ctx):
-        for addr, word, mask in load_map(u):
-            ctx.set(dut.wr.buf, buf)
-            ctx.set(dut.wr.addr, addr)
-            ctx.set(dut.wr.data, word)
-            ctx.set(dut.wr.mask, mask)
-            ctx.set(dut.wr.en, 1)
-            await ctx.tick()
-        ctx.set(dut.wr.en, 0)
+        await write_map(ctx, dut, u, buf)
         ctx.set(dut.geometry, geometry)
         ctx.set(dut.start, 1)
         await ctx.tick()
@@ -158,14 +163,7 @@ def test_a_start_in_the_middle_of_a_tile_restarts_cleanly(restart_after):
     got, dones = {}, []
 
     async def bench(ctx):
-        for addr, word, mask in load_map(u):
-            ctx.set(dut.wr.buf, 0)
-            ctx.set(dut.wr.addr, addr)
-            ctx.set(dut.wr.data, word)
-            ctx.set(dut.wr.mask, mask)
-            ctx.set(dut.wr.en, 1)
-            await ctx.tick()
-        ctx.set(dut.wr.en, 0)
+        await write_map(ctx, dut, u, 0)
         ctx.set(dut.geometry, old)
         ctx.set(dut.start, 1)
         await ctx.tick()
