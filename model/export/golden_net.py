@@ -322,33 +322,37 @@ def mac_counts(net: IntConvNetwork) -> tuple[int, int]:
     UserError
         From :func:`check_network`.
     """
+    dense = nonzero = 0
+    for layer, pixels, _ in mac_layers(net):
+        widths = np.asarray(layer.widths)
+        dense += pixels * int(widths.size)
+        nonzero += pixels * int(np.count_nonzero(widths))
+    return dense, nonzero
+
+
+def mac_layers(net: IntConvNetwork):
+    """The layers of ``net`` that multiply, in order, as ``(layer, output pixels, after a global pool)``: each
+    :class:`~model.export.golden_conv.IntConv2d` with its ``H_out W_out``, the FC's
+    :class:`~model.export.golden.IntLinear` with 1 (and whether a :class:`GlobalSumPool` came before it).
+
+    Raises
+    ------
+    UserError
+        From :func:`check_network`.
+    """
     check_network(net)
     _, h, w = net.image_shape
-    dense = nonzero = 0
-
-    def conv_macs(conv: IntConv2d, h: int, w: int) -> tuple[int, int]:
-        ho, wo = conv.out_size(h, w)
-        nnz = int(np.count_nonzero(np.asarray(conv.widths)))
-        return ho * wo * int(np.asarray(conv.widths).size), ho * wo * nnz
-
+    pooled = False
     for stage in net.stages:
-        if isinstance(stage, ConvStage):
-            d, z = conv_macs(stage.conv, h, w)
-            h, w = stage.conv.out_size(h, w)
-            if stage.pool:
+        if isinstance(stage, ConvStage | ResidualStage):
+            convs = [stage.conv] if isinstance(stage, ConvStage) else [stage.conv1, stage.conv2]
+            for conv in convs:
+                h, w = conv.out_size(h, w)
+                yield conv, h * w, False
+            if isinstance(stage, ConvStage) and stage.pool:
                 h, w = h // stage.pool, w // stage.pool
-        elif isinstance(stage, ResidualStage):
-            d1, z1 = conv_macs(stage.conv1, h, w)
-            h, w = stage.conv1.out_size(h, w)
-            d2, z2 = conv_macs(stage.conv2, h, w)
-            h, w = stage.conv2.out_size(h, w)
-            d, z = d1 + d2, z1 + z2
         elif isinstance(stage, FCStage):
-            widths = np.asarray(stage.layer.widths)
-            d, z = int(widths.size), int(np.count_nonzero(widths))
+            yield stage.layer, 1, pooled
         else:  # GlobalSumPool: additions only
             h = w = 1
-            d = z = 0
-        dense += d
-        nonzero += z
-    return dense, nonzero
+            pooled = True

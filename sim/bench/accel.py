@@ -66,7 +66,8 @@ from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.convert import to_golden
 from model.export.golden import MAX_ACT_BITS
-from model.export.golden_net import ConvStage, FCStage, IntConvNetwork, ResidualStage, check_network, mac_counts
+from model.export.golden_conv import IntConv2d
+from model.export.golden_net import IntConvNetwork, mac_counts, mac_layers
 from model.export.image import pack
 from model.export.vectors import image_vectors
 from model.files import save_figure, write_json
@@ -186,36 +187,15 @@ def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     filled tile; it is the bound the measured ``cycles_per_image`` is to be read against, not a count of it
     (a 32-bit weight costs two lane cycles a pixel, so a ticket whose work is mostly 32-bit weights is bound
     to a few times its dense32 row, whatever the rest of the array does)."""
-    check_network(net)
-    _, h, w = net.image_shape
     total = 0.0
-    pooled_input = False
-
-    def conv_bound(conv, h, w):
-        ho, wo = conv.out_size(h, w)
-        rows = _row_cycles(np.asarray(conv.widths).reshape(conv.widths.shape[0], -1), conv.in_bits)
-        lane_work = rows.sum() * (ho * wo / SLOTS) / (engines * lanes)
-        return max(lane_work, conv.widths.shape[0] * ho * wo / engines), ho, wo
-
-    for stage in net.stages:
-        if isinstance(stage, ConvStage):
-            b, h, w = conv_bound(stage.conv, h, w)
-            if stage.pool:
-                h, w = h // stage.pool, w // stage.pool
-        elif isinstance(stage, ResidualStage):
-            b1, h, w = conv_bound(stage.conv1, h, w)
-            b2, h, w = conv_bound(stage.conv2, h, w)
-            b = b1 + b2
-        elif isinstance(stage, FCStage):
-            # After a global pool the inputs are 16-bit sums split over a lane's two slots at 8-bit activations.
-            act = MAX_ACT_BITS if pooled_input else stage.layer.in_bits
-            rows = _row_cycles(np.asarray(stage.layer.widths), act)
-            b = max(rows.sum() / engines, len(rows) / engines)
-        else:  # GlobalSumPool: the loader's sums
-            pooled_input = True
-            h = w = 1
-            b = 0
-        total += b
+    for layer, pixels, after_pool in mac_layers(net):
+        widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
+        if isinstance(layer, IntConv2d):
+            lane_work = _row_cycles(widths, layer.in_bits).sum() * (pixels / SLOTS) / (engines * lanes)
+            total += max(lane_work, widths.shape[0] * pixels / engines)
+        else:  # the FC: one lane per row; after a global pool its 16-bit sums run at 8-bit activations
+            rows = _row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
+            total += max(rows.sum(), len(rows)) / engines
     return int(np.ceil(total))
 
 
