@@ -205,29 +205,30 @@ class PatchLoader(wiring.Component):
         # the register, stage 3).
         v2 = Signal()
         ok2 = Signal()
-        # What travels with a read through stages 2 and 3.
-        tag = data.StructLayout({
-            "p": unsigned(self._fan_in_width), "c": unsigned(16),
-            "first": unsigned(1),  # the channel's first row (pooled)
-            "last": unsigned(1),  # the channel's last row (pooled)
-            "end": unsigned(1),  # the tile's last group
-            "off": off.shape(), "last_r": unsigned(1), "group_n": group_n.shape(), "amount": amount.shape()})
-        r2 = Signal(tag)
-        m.d.sync += [v2.eq(go), ok2.eq(row_ok), r2.p.eq(p), r2.c.eq(c), r2.first.eq(ky == 0), r2.last.eq(last_ky),
-                     r2.end.eq(last_kx & last_ky & last_c), r2.off.eq(off), r2.last_r.eq(last_r),
-                     r2.group_n.eq(group_n), r2.amount.eq(amount1)]
+        r2 = {name: Signal(shape, name=f"{name}2") for name, shape in (
+            ("p", self._fan_in_width), ("c", 16), ("first", 1), ("last", 1), ("end", 1), ("off", off.shape()),
+            ("last_r", 1), ("group_n", group_n.shape()), ("amount", amount.shape()))}
+        m.d.sync += [v2.eq(go), ok2.eq(row_ok), r2["p"].eq(p), r2["c"].eq(c), r2["first"].eq(ky == 0),
+                     r2["last"].eq(last_ky), r2["end"].eq(last_kx & last_ky & last_c), r2["off"].eq(off),
+                     r2["last_r"].eq(last_r), r2["group_n"].eq(group_n), r2["amount"].eq(amount1)]
         codes3 = Signal(MAX_ACT_BITS * rc)
         m.d.sync += codes3.eq(Cat(*(Mux(ok2 & (x < g.width), self.fmap.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], 0)
                                     for x in range(rc))))
-        place_ahead = v2 & r2.last_r & ~pooled  # stage 3 places a group's last word next cycle
-        m.d.comb += queued_ahead.eq(Mux(place_ahead, r2.group_n - 1, Mux(queued_next != 0, queued_next - 1, 0)))
+        place_ahead = v2 & r2["last_r"] & ~pooled  # stage 3 places a group's last word next cycle
+        m.d.comb += queued_ahead.eq(Mux(place_ahead, r2["group_n"] - 1, Mux(queued_next != 0, queued_next - 1, 0)))
 
         # -- Stage 3: place the word's codes into the pixels ------------------------------------------
         v3 = Signal()
-        r3 = Signal(tag)
-        m.d.sync += [v3.eq(v2), r3.eq(r2)]
-        p3, c3, first3, last3, end3, off3, last_r3 = r3.p, r3.c, r3.first, r3.last, r3.end, r3.off, r3.last_r
-        m.d.comb += [group_n3.eq(r3.group_n), amount.eq(r3.amount)]
+        p3 = Signal(self._fan_in_width)
+        c3 = Signal(16)
+        first3 = Signal()  # the channel's first row (pooled)
+        last3 = Signal()  # the channel's last row (pooled)
+        end3 = Signal()  # the tile's last group
+        off3 = Signal.like(off)
+        last_r3 = Signal()
+        m.d.sync += [v3.eq(v2), p3.eq(r2["p"]), c3.eq(r2["c"]), first3.eq(r2["first"]), last3.eq(r2["last"]),
+                     end3.eq(r2["end"]), off3.eq(r2["off"]), last_r3.eq(r2["last_r"]), group_n3.eq(r2["group_n"]),
+                     amount.eq(r2["amount"])]
         codes = [codes3[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] for x in range(rc)]
         span = 2 * t + cols  # codes the columns read: up to s (T - 1) + cols - 1
         vector = Cat(Const(0, MAX_ACT_BITS * zero), *codes, Const(0, MAX_ACT_BITS * span))
