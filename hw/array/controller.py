@@ -128,6 +128,8 @@ class ArrayController(wiring.Component):
         Class scores.
     bus : Out(buffer_port_signature(addr_width))
     loader : Out(geometry_layout), load_start : Out(1), load_done : In(1)
+    load_channels : Out(16)
+        The input channels the loader may read (all while no layer drains; see "Overlapped layers" above).
     load_bank, comp_bank : Out(1)
         The patch bank the loader writes and the one the engines read (a double-buffered patch).
     layer : Out(engine_layer_layout())
@@ -136,6 +138,9 @@ class ArrayController(wiring.Component):
     writer : Out(writer_layer_layout(fmap_addr_width))
     drained : In(1)
         No row in any engine, assembler or the writer.
+    wrote, wrote_channel, wrote_y : In
+        The writer has written a channel's row of the tile at output row ``wrote_y``
+        (:class:`~hw.array.map_writer.MapWriter`).
     engine_holds : In(2)
         Per patch bank: some engine holds a row of that bank whose patch reads may not be over
         (:class:`~hw.array.engine.ChannelEngine` ``holds``); the loader refills a bank only when none does.
@@ -169,12 +174,16 @@ class ArrayController(wiring.Component):
             "loader": Out(geometry_layout(fmap_addr_width)),
             "load_start": Out(1),
             "load_done": In(1),
+            "load_channels": Out(16),
             "load_bank": Out(1),
             "comp_bank": Out(1),
             "layer": Out(engine_layer_layout()),
             "engine_error": In(engines),
             "writer": Out(writer_layer_layout(fmap_addr_width)),
             "drained": In(1),
+            "wrote": In(1),
+            "wrote_channel": In(channel_bits),
+            "wrote_y": In(DIM_BITS),
             "engine_holds": In(2),
             "score_addr": Out(channel_bits),
             "score_data": In(signed(32)),
@@ -196,7 +205,8 @@ class ArrayController(wiring.Component):
         k_prev = Signal.like(k)  # the word whose data arrives now
         m.d.comb += k_prev.eq(k - 1)
         layer_idx = Signal(16)
-        m.d.comb += self.layer_index.eq(layer_idx)
+        pending = Signal()  # the layer before still drains while this one's descriptor and first tile load
+        m.d.comb += self.layer_index.eq(layer_idx - pending)
         desc_base = Signal(self._aw + 1)
         # Derived geometry of the running layer.
         h_out = Signal(DIM_BITS + 2)
@@ -261,23 +271,31 @@ class ArrayController(wiring.Component):
 
         d = desc
         is_conv = d.kind == KIND_CONV
+        # The engines' and the writer's view of the layer in `desc`, and the registers they take it from, set
+        # when the layer's first tile starts (the next layer's descriptor may come into `desc` while this one
+        # drains: "Overlapped layers" in the module docstring).
+        layer_view = Signal(engine_layer_layout())
+        writer_view = Signal(writer_layer_layout(self._faw))
+        run_layer = Signal(engine_layer_layout())
+        run_writer = Signal(writer_layer_layout(self._faw))
+        m.d.comb += [self.layer.eq(run_layer), self.writer.eq(run_writer)]
         m.d.comb += [
             # The engines' view of the layer.
-            self.layer.stream.fan_in.eq(d.fan_in), self.layer.stream.classes.eq(d.classes),
-            self.layer.stream.pos_bits.eq(d.pos_bits),
-            self.layer.act_bits.eq(Mux(d.gap, MAX_ACT_BITS, d.in_bits)), self.layer.signed.eq(d.signed),
-            self.layer.residual.eq(d.residual), self.layer.gap.eq(d.gap), self.layer.shift.eq(d.shift),
-            self.layer.out_bits.eq(d.out_bits),
+            layer_view.stream.fan_in.eq(d.fan_in), layer_view.stream.classes.eq(d.classes),
+            layer_view.stream.pos_bits.eq(d.pos_bits),
+            layer_view.act_bits.eq(Mux(d.gap, MAX_ACT_BITS, d.in_bits)), layer_view.signed.eq(d.signed),
+            layer_view.residual.eq(d.residual), layer_view.gap.eq(d.gap), layer_view.shift.eq(d.shift),
+            layer_view.out_bits.eq(d.out_bits),
             # A vertical layer's planes at the run's width (module docstring).
-            self.layer.vertical.eq(v4),
-            self.layer.planes.fan_in.eq(vdesc.fan_in), self.layer.planes.base_bits.eq(vdesc.base_bits),
-            self.layer.planes.planes.eq(Mux(vdesc.edge, 0, w_cur - vdesc.base_bits)),
-            self.layer.planes.code_shift.eq(Mux(vdesc.edge, 0, vdesc.top_bits - w_cur + 1)),
-            self.layer.planes.cls.eq(Mux(vdesc.edge, 2, 1)),
-            self.layer.planes.base_addr.eq(vdesc.weight_base),
-            self.layer.planes.plane_addr.eq(vdesc.weight_base + vdesc.base_words),
-            self.layer.planes.plane_words.eq(vdesc.plane_words),
-            self.layer.comp_shift.eq(Mux(v4 & vdesc.compensate & ~vdesc.edge, vdesc.top_bits - w_cur, 0)),
+            layer_view.vertical.eq(v4),
+            layer_view.planes.fan_in.eq(vdesc.fan_in), layer_view.planes.base_bits.eq(vdesc.base_bits),
+            layer_view.planes.planes.eq(Mux(vdesc.edge, 0, w_cur - vdesc.base_bits)),
+            layer_view.planes.code_shift.eq(Mux(vdesc.edge, 0, vdesc.top_bits - w_cur + 1)),
+            layer_view.planes.cls.eq(Mux(vdesc.edge, 2, 1)),
+            layer_view.planes.base_addr.eq(vdesc.weight_base),
+            layer_view.planes.plane_addr.eq(vdesc.weight_base + vdesc.base_words),
+            layer_view.planes.plane_words.eq(vdesc.plane_words),
+            layer_view.comp_shift.eq(Mux(v4 & vdesc.compensate & ~vdesc.edge, vdesc.top_bits - w_cur, 0)),
             # The loader's tile.
             self.loader.mode.eq(Mux(is_conv, LoadMode.CONV, Mux(d.gap, LoadMode.POOLED, LoadMode.FLATTEN))),
             self.loader.buf.eq(d.in_buf), self.loader.c_in.eq(d.c_in), self.loader.height.eq(d.in_height),
@@ -288,14 +306,14 @@ class ArrayController(wiring.Component):
             self.loader.y.eq(ly), self.loader.rows.eq(Mux(is_conv, l_rows, 1)),
             self.loader.w_out.eq(Mux(is_conv, w_out, 1)),
             # The writer's.
-            self.writer.scores.eq(d.out_buf == SCORE_SINK), self.writer.buf.eq(d.out_buf),
-            self.writer.pool.eq(d.pool == 2), self.writer.height.eq(h_st), self.writer.width.eq(w_st),
-            self.writer.w_out.eq(w_out),
+            writer_view.scores.eq(d.out_buf == SCORE_SINK), writer_view.buf.eq(d.out_buf),
+            writer_view.pool.eq(d.pool == 2), writer_view.height.eq(h_st), writer_view.width.eq(w_st),
+            writer_view.w_out.eq(w_out),
         ]
         for c, (cb, rk) in enumerate(zip(("count_bits4", "count_bits8", "count_bits16", "count_bits32"),
                                          ("rice_k4", "rice_k8", "rice_k16", "rice_k32"))):
-            m.d.comb += [self.layer.stream.count_bits[c].eq(getattr(d, cb)),
-                         self.layer.stream.rice_k[c].eq(getattr(d, rk))]
+            m.d.comb += [layer_view.stream.count_bits[c].eq(getattr(d, cb)),
+                         layer_view.stream.rice_k[c].eq(getattr(d, rk))]
 
         # Geometry checks of the descriptor in `desc` (combinational, registered into `bad`).
         k_ok = (d.kernel >= 1) & (d.kernel <= MAX_KERNEL) & (d.padding < d.kernel)
@@ -394,6 +412,27 @@ class ArrayController(wiring.Component):
             m.d.comb += [cmds[e].payload.eq(cmd), cmds[e].valid.eq(cmd_valid & (chosen == e) & any_ready)]
         taken = cmd_valid & any_ready
 
+        # -- The running layer's written channels (overlapped layers, module docstring) -----------------
+        # Rows of the tiles before the last: commands taken and rows written (complete when equal, once the
+        # last tile's rows are dispatched); the last tile's (output row `y`) channels written, one bit each;
+        # `avail`: channels 0 .. avail - 1 complete, so the next layer's loader may read them.
+        last_tile = Signal()  # the dispatch is in the layer's last tile (set at its PREP)
+        early_cmds = Signal(32)
+        early_wrote = Signal(32)
+        chans = 1 << self._cb
+        ch_done = Signal(chans)
+        avail = Signal(range(chans + 1))
+        late = last_tile & (self.wrote_y == y)
+        with m.If(taken & ~last_tile):
+            m.d.sync += early_cmds.eq(early_cmds + 1)
+        with m.If(self.wrote & ~late):
+            m.d.sync += early_wrote.eq(early_wrote + 1)
+        with m.If(self.wrote & late):
+            m.d.sync += ch_done.bit_select(self.wrote_channel, 1).eq(1)
+        with m.If((early_wrote == early_cmds) & (avail < chans) & ch_done.bit_select(avail[:self._cb], 1)):
+            m.d.sync += avail.eq(avail + 1)
+        m.d.comb += self.load_channels.eq(Mux(pending, avail, 0xFFFF))
+
         # -- Input codes -----------------------------------------------------------------------------
         xin_c = Signal(16)
         xin_y = Signal(16)
@@ -429,8 +468,21 @@ class ArrayController(wiring.Component):
             return k == words
 
         def finish(code):
-            m.d.sync += [status.eq(code), busy.eq(0), done.eq(1)]
+            m.d.sync += [status.eq(code), busy.eq(0), done.eq(1), pending.eq(0)]
             m.next = "IDLE"
+
+        def next_layer():
+            """The running layer's facts the next one needs, and the next descriptor's address."""
+            m.d.sync += [layer_idx.eq(layer_idx + 1), k.eq(0), prev_c.eq(d.c_in), prev_h.eq(d.in_height),
+                         desc_base.eq(desc_base + Mux(v4, VLAYER.words, LAYER.words)),
+                         prev_out.eq(d.out_bits), prev_cout.eq(d.c_out), prev_in.eq(d.in_bits),
+                         prev_stride.eq(d.stride), prev_res.eq(d.residual), prev_buf.eq(d.in_buf),
+                         prev_pool.eq(d.pool != 0),
+                         cur_buf.eq(d.out_buf)]
+            with m.If(v4):
+                m.next = "VDESC"
+            with m.Else():
+                m.next = "DESC"
 
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
@@ -627,21 +679,36 @@ class ArrayController(wiring.Component):
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):
-                with m.If(bad):
+                # While the layer before drains, this layer's first tile loads only if its input is that
+                # layer's output map as stored (else, and before a refusal, it waits for the drain).
+                chained = ((d.in_buf == cur_buf) & (d.c_in == prev_cout) & (d.in_height == h_st)
+                           & (d.in_width == w_st))
+                with m.If(pending & (bad | ~chained)):
+                    with m.If(engine_fault):
+                        m.next = "FAULT"
+                with m.Elif(bad):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     rows = Mux(is_conv, table_rows, 1)
+                    # The bank the running tile does not read (the other may still be held by the tile before
+                    # it: LOAD waits for it).
                     m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), ly.eq(0),
                                  full_rows.eq(rows), l_rows.eq(Mux(rows < g_hout, rows, g_hout)),
-                                 load_bank.eq(0), loaded.eq(0)]
+                                 load_bank.eq(~comp_bank), loaded.eq(0)]
                     m.next = "LOAD"
 
-            with m.State("LOAD"):  # the layer's first tile
-                m.d.comb += self.load_start.eq(1)
-                m.next = "LOADING"
+            with m.State("LOAD"):  # the layer's first tile, once no engine holds a row of its bank
+                with m.If(~self.engine_holds.bit_select(load_bank, 1)):
+                    m.d.comb += self.load_start.eq(1)
+                    m.next = "LOADING"
+                with m.If(engine_fault):
+                    m.next = "FAULT"
 
             with m.State("LOADING"):
-                with m.If(loaded):
+                with m.If(loaded & ~pending):
+                    # The layer's dispatch begins: the engines and the writer take its fields now.
+                    m.d.sync += [run_layer.eq(layer_view), run_writer.eq(writer_view),
+                                 early_cmds.eq(0), early_wrote.eq(0)]
                     m.next = "PREP"
                 with m.If(engine_fault):
                     m.next = "FAULT"
@@ -650,6 +717,9 @@ class ArrayController(wiring.Component):
                 # The loaded tile becomes the engines'; the next one (if any) starts loading into the other bank
                 # while the engines work (a double-buffered patch).
                 more = ly + l_rows < h_out
+                m.d.sync += last_tile.eq(~more)
+                with m.If(~more):
+                    m.d.sync += [ch_done.eq(0), avail.eq(0)]
                 m.d.sync += [y.eq(ly), tile_rows.eq(l_rows), comp_bank.eq(load_bank), loaded.eq(0),
                              loading.eq(more), j.eq(0), ptr_bit.eq(0), param_addr.eq(d.param_base), k.eq(0),
                              row_first.eq(0),
@@ -709,7 +779,7 @@ class ArrayController(wiring.Component):
                                  row_first.eq(row_first + d.fan_in),
                                  param_addr.eq(param_addr + rec), res_addr.eq(res_addr + prev_h), k.eq(0)]
                     with m.If(j == d.c_out - 1):
-                        with m.If(loading & (d.pool == 0) & (self.layer.comp_shift == 0)):
+                        with m.If(loading & (d.pool == 0) & (layer_view.comp_shift == 0)):
                             m.next = "NEXT"  # the next tile's rows may follow at once (tiles overlap)
                         with m.Else():
                             m.next = "DRAIN"
@@ -725,23 +795,20 @@ class ArrayController(wiring.Component):
                     m.next = "FAULT"
 
             with m.State("DRAIN"):
-                with m.If(self.drained & (~loading | loaded)):
+                # A version 3 layer without a max-pool (the writer's read-modify-write pairs rows of two tiles)
+                # whose last tile is dispatched: the next layer's descriptor is read and its first tile loads
+                # while this one drains (`pending`; module docstring, "Overlapped layers").
+                with m.If(~loading & ~v4 & ~last_layer & (d.pool == 0)):
+                    m.d.sync += pending.eq(1)
+                    next_layer()
+                with m.Elif(self.drained & (~loading | loaded)):
                     with m.If(loading):
                         m.next = "PREP"
                     with m.Elif(last_layer):
                         m.d.sync += j.eq(0)
                         m.next = "SCORES"
                     with m.Else():
-                        m.d.sync += [layer_idx.eq(layer_idx + 1), k.eq(0), prev_c.eq(d.c_in), prev_h.eq(d.in_height),
-                                     desc_base.eq(desc_base + Mux(v4, VLAYER.words, LAYER.words)),
-                                     prev_out.eq(d.out_bits), prev_cout.eq(d.c_out), prev_in.eq(d.in_bits),
-                                     prev_stride.eq(d.stride), prev_res.eq(d.residual), prev_buf.eq(d.in_buf),
-                                     prev_pool.eq(d.pool != 0),
-                                     cur_buf.eq(d.out_buf)]
-                        with m.If(v4):
-                            m.next = "VDESC"
-                        with m.Else():
-                            m.next = "DESC"
+                        next_layer()
                 with m.If(engine_fault):
                     m.next = "FAULT"
 
@@ -764,4 +831,7 @@ class ArrayController(wiring.Component):
             with m.State("FAULT"):
                 finish(Status.BAD_STREAM)
         m.d.comb += [res_live.eq(j < prev_c), rows_left.eq(h_out - ly - l_rows)]
+        # The layer before has drained: its last row is written.
+        with m.If(pending & self.drained):
+            m.d.sync += pending.eq(0)
         return m

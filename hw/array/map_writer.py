@@ -102,6 +102,14 @@ class MapWriter(wiring.Component):
         The score of class ``score_addr``, the cycle after.
     busy : Out(1)
         A channel's tile is being written.
+    wrote : Out(1)
+        A channel's tile has been written: one cycle, with its last output row's write (the cycle its store
+        enables the feature-map write; a dropped last row of a pooled map counts too), ``wrote_channel`` and
+        ``wrote_y`` (the tile's first output row) naming it. The controller tracks a layer's progress by it:
+        the next layer's first tile loads channel by channel as its input channels are complete
+        (:mod:`hw.array.controller`).
+    wrote_channel : Out(channel_bits)
+    wrote_y : Out(DIM_BITS)
     """
 
     def __init__(self, *, engines: int, channel_bits: int, pixels: int, row_codes: int, addr_width: int):
@@ -117,6 +125,9 @@ class MapWriter(wiring.Component):
             "score_addr": In(channel_bits),
             "score_data": Out(signed(32)),
             "busy": Out(1),
+            "wrote": Out(1),
+            "wrote_channel": Out(channel_bits),
+            "wrote_y": Out(DIM_BITS),
         }
         for e in range(engines):
             members[f"row{e}"] = In(stream.Signature(row_layout(channel_bits, pixels)))
@@ -152,6 +163,7 @@ class MapWriter(wiring.Component):
         codes = Signal(MAX_ACT_BITS * t)
         base = Signal(self._addr_width + DIM_BITS)  # channel H (registered product)
         tile = Signal(tile_layout())  # the held row's tile
+        channel = Signal(self._channel_bits)  # the held row's channel
         r = Signal(DIM_BITS)
         off = Signal(range(t + 1))  # r w_out
         second = Signal()  # the write cycle of a read-modify-write
@@ -165,7 +177,7 @@ class MapWriter(wiring.Component):
                 m.d.comb += [s_wr.addr.eq(row.channel), s_wr.data.eq(row.score), s_wr.en.eq(1)]
             with m.Else():
                 m.d.sync += [held.eq(1), codes.eq(row.codes.as_value()), base.eq(row.channel * lay.height),
-                             tile.eq(row.tile), r.eq(0), off.eq(0), second.eq(0)]
+                             tile.eq(row.tile), channel.eq(row.channel), r.eq(0), off.eq(0), second.eq(0)]
 
         # Output row r: its codes (slots r w_out ..), pooled pairwise when pooling (x' = max(2x', 2x' + 1)).
         mine = Signal(MAX_ACT_BITS * t)
@@ -204,8 +216,10 @@ class MapWriter(wiring.Component):
                 m.d.sync += second.eq(0)
             with m.Else():
                 m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(stored), done_row.eq(1)]
+        m.d.comb += [self.wrote_channel.eq(channel), self.wrote_y.eq(tile.y)]
         with m.If(done_row):
             m.d.sync += [r.eq(r + 1), off.eq(off + lay.w_out)]
             with m.If(r == tile.rows - 1):
                 m.d.sync += held.eq(0)
+                m.d.comb += self.wrote.eq(1)
         return m

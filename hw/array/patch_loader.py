@@ -103,6 +103,10 @@ class PatchLoader(wiring.Component):
     -------
     geometry : In(geometry_layout(addr_width))
     start : In(1)
+    channels : In(16)
+        Input channels the loader may read: a read of channel ``c >= channels`` waits (the controller raises
+        it as the layer before writes its output channels, so that a layer's first tile loads while that
+        layer drains; all ones otherwise).
     done : Out(1)
     busy : Out(1)
     fmap : Out(read_signature(addr_width, row_codes))
@@ -123,6 +127,7 @@ class PatchLoader(wiring.Component):
         super().__init__({
             "geometry": In(geometry_layout(addr_width)),
             "start": In(1),
+            "channels": In(16, init=0xFFFF),
             "done": Out(1),
             "busy": Out(1),
             "fmap": Out(read_signature(addr_width, row_codes)),
@@ -171,7 +176,7 @@ class PatchLoader(wiring.Component):
         # A group's last read waits until the previous group's queue is empty when it is placed (two cycles on).
         # (`start` restarts the loader even in the middle of a tile, e.g. a new run after a fault: nothing of
         # the old tile is read, placed or written after it; see the end of elaborate.)
-        go = running & ~self.start & ~(last_r & (queued_ahead != 0))
+        go = running & ~self.start & ~(last_r & (queued_ahead != 0)) & (c < self.channels)
         in_flight = Signal()  # a word or queued columns not yet written
         m.d.comb += [self.fmap.buf.eq(g.buf), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
                      self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start | in_flight)]

@@ -177,6 +177,8 @@ class ConvArray(wiring.Component):
             ctl.precision.eq(self.precision), ctl.use_table.eq(self.use_table), ctl.table_row.eq(self.table_row),
             self.layer_index.eq(ctl.layer_index),
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
+            loader.channels.eq(ctl.load_channels),
+            ctl.wrote.eq(writer.wrote), ctl.wrote_channel.eq(writer.wrote_channel), ctl.wrote_y.eq(writer.wrote_y),
             writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
         ]
         wiring.connect(m, wiring.flipped(self.i), ctl.x)
