@@ -20,8 +20,25 @@ One run (``start`` to ``done``) infers one image:
    each row by its own tile); the tile after that loads into the first bank when no engine holds a row of
    it any more. A layer with a max-pool (the writer's read-modify-write pairs rows that two tiles may
    share) or a vertical compensation (one activation-sum register per bank, read by the running tile)
-   waits instead until every engine and the writer have drained, as does the end of every layer.
+   waits instead until every engine and the writer have drained, as does the end of such a layer and of
+   every version 4 layer; other layers overlap the next (below).
 4. **Scores**: the last layer's outputs (``out_buf = SCORE_SINK``) leave on ``o`` in class order.
+
+**Overlapped layers.** Once a version 3 layer without a max-pool has dispatched its last tile's rows, the
+controller does not wait for its engines: it reads the next descriptor, checks it, and starts the next layer's
+first tile loading into the patch bank the running tile does not read (once no engine holds a row of it),
+while the layer before drains (``pending``). The loader reads input channel ``c`` only when channel ``c`` of
+the layer before is written in full (``load_channels``): every row of the tiles before its last (commands
+taken and rows the writer reports written, counted) and channel ``c`` of its last tile (one bit a channel,
+set by the writer's ``wrote``); the engines take channels in order, so the channels complete roughly in order
+and the load follows the writes, where it used to start after the last (ResNet-20's layer3: 1,344 cycles a
+conv). The next layer's rows are dispatched only after the drain: the engines and the writer take a layer's
+fields from registers set when its first tile starts, so a new descriptor does not change a running layer.
+A descriptor whose input is not the layer before's output map as stored (buffer, channels, height, width),
+or which the checks refuse, waits for the drain (a refusal then ends the run as before). ``layer_index``
+moves on when the layer before has drained, as without the overlap; ``overlaps`` counts the overlapped
+layers of a run. Without the channel gate the loader would read rows the writer has not written yet (the
+tests of ``tests/hw/array/test_top.py`` fail without it).
 
 The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
 next tile (the loader reads ``in_buf`` through the feature maps' ``rd`` port, the dispatcher the shortcut
@@ -122,6 +139,9 @@ class ArrayController(wiring.Component):
         ignored for version 3 images).
     layer_index : Out(16)
         The running layer (it moves on when a layer's last output is written).
+    overlaps : Out(16)
+        Layers of this run whose first tile started loading while the layer before drained ("Overlapped
+        layers"); cleared at ``start``.
     x : In(stream.Signature(MAX_ACT_BITS))
         Input codes.
     o : Out(stream.Signature(signed(32)))
@@ -168,6 +188,7 @@ class ArrayController(wiring.Component):
             "use_table": In(1),
             "table_row": In(16),
             "layer_index": Out(16),
+            "overlaps": Out(16),
             "x": In(stream.Signature(MAX_ACT_BITS)),
             "o": Out(stream.Signature(signed(32))),
             "bus": Out(buffer_port_signature(addr_width)),
@@ -207,6 +228,8 @@ class ArrayController(wiring.Component):
         layer_idx = Signal(16)
         pending = Signal()  # the layer before still drains while this one's descriptor and first tile load
         m.d.comb += self.layer_index.eq(layer_idx - pending)
+        overlaps = Signal(16)
+        m.d.comb += self.overlaps.eq(overlaps)
         desc_base = Signal(self._aw + 1)
         # Derived geometry of the running layer.
         h_out = Signal(DIM_BITS + 2)
@@ -486,7 +509,7 @@ class ArrayController(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
-                m.d.sync += [busy.eq(1), k.eq(0), status.eq(Status.OK), prec.eq(self.precision),
+                m.d.sync += [busy.eq(1), k.eq(0), status.eq(Status.OK), prec.eq(self.precision), overlaps.eq(0),
                              use_table.eq(self.use_table), trow.eq(self.table_row)]
                 m.next = "HEADER"
 
@@ -700,6 +723,8 @@ class ArrayController(wiring.Component):
             with m.State("LOAD"):  # the layer's first tile, once no engine holds a row of its bank
                 with m.If(~self.engine_holds.bit_select(load_bank, 1)):
                     m.d.comb += self.load_start.eq(1)
+                    with m.If(pending & ~self.drained):
+                        m.d.sync += overlaps.eq(overlaps + 1)
                     m.next = "LOADING"
                 with m.If(engine_fault):
                     m.next = "FAULT"

@@ -110,6 +110,9 @@ class ConvArray(wiring.Component):
     layer_index : Out(16)
         The layer the controller runs (0 from ``start`` until the first layer's last row is written, then 1,
         ...): a progress indicator, and what the testbench times each layer by (``layer_cycles``).
+    overlaps : Out(16)
+        Layers of the run whose first tile loaded while the layer before drained
+        (:class:`~hw.array.controller.ArrayController`, "Overlapped layers").
     reads, weight_reads : Out(32)
         Global-buffer words read since the last ``start``: all of them (descriptors, requant parameters, row
         pointers and weights), and those of the engines' row decoders (the weights). Four bytes each: what a
@@ -136,6 +139,7 @@ class ConvArray(wiring.Component):
             "use_table": In(1),
             "table_row": In(16),
             "layer_index": Out(16),
+            "overlaps": Out(16),
             "reads": Out(32),
             "weight_reads": Out(32),
         })
@@ -175,7 +179,7 @@ class ConvArray(wiring.Component):
         m.d.comb += [
             ctl.start.eq(self.start), self.done.eq(ctl.done), self.busy.eq(ctl.busy), self.status.eq(ctl.status),
             ctl.precision.eq(self.precision), ctl.use_table.eq(self.use_table), ctl.table_row.eq(self.table_row),
-            self.layer_index.eq(ctl.layer_index),
+            self.layer_index.eq(ctl.layer_index), self.overlaps.eq(ctl.overlaps),
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
             loader.channels.eq(ctl.load_channels),
             ctl.wrote.eq(writer.wrote), ctl.wrote_channel.eq(writer.wrote_channel), ctl.wrote_y.eq(writer.wrote_y),
