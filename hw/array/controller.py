@@ -294,6 +294,13 @@ class ArrayController(wiring.Component):
 
         d = desc
         is_conv = d.kind == KIND_CONV
+        # The dispatcher's copy of the running layer (set when its first tile starts, with the engines' and the
+        # writer's): the next layer's descriptor, geometry and first load may come into `desc` while the running
+        # layer's last tile is dispatched ("Overlapped layers").
+        dd = Signal(LAYER_LAYOUT)
+        dw_out = Signal.like(w_out)
+        dprev_c = Signal.like(prev_c)
+        dprev_h = Signal.like(prev_h)
         # The engines' and the writer's view of the layer in `desc`, and the registers they take it from, set
         # when the layer's first tile starts (the next layer's descriptor may come into `desc` while this one
         # drains: "Overlapped layers" in the module docstring).
@@ -378,8 +385,8 @@ class ArrayController(wiring.Component):
         )
 
         # -- Dispatcher reads: up to 7 words, one a cycle --------------------------------------------
-        rec = Mux(d.residual, RES_PARAMS.words, PARAMS.words)
-        ptr_word = d.row_base + (ptr_bit >> 5)
+        rec = Mux(dd.residual, RES_PARAMS.words, PARAMS.words)
+        ptr_word = dd.row_base + (ptr_bit >> 5)
         read_addr = Signal(self._aw)
         with m.Switch(k):
             with m.Case(0):  # version 4: the word of the group's negate bits holding row j's
@@ -392,22 +399,22 @@ class ArrayController(wiring.Component):
         pair = Signal(2 * WORD_BITS)
         m.d.comb += pair.eq(words[:2 * WORD_BITS] >> ptr_bit[:5])
         ptr = Signal(WORD_BITS)
-        m.d.comb += ptr.eq(pair[:WORD_BITS] & ((Const(1, WORD_BITS + 1) << d.ptr_bits[:6]) - 1))
+        m.d.comb += ptr.eq(pair[:WORD_BITS] & ((Const(1, WORD_BITS + 1) << dd.ptr_bits[:6]) - 1))
 
         # The shortcut row: codes x s_r of word j H_r + y s_r (zero past the block input's channels).
-        m.d.comb += self.fmap_rd.buf.eq(d.res_buf)
+        m.d.comb += self.fmap_rd.buf.eq(dd.res_buf)
         res_codes = []
         for x in range(t):
             one = self.fmap_rd.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < rc else Const(0, 8)
             two = self.fmap_rd.data[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < rc else Const(0, 8)
-            res_codes.append(Mux(d.res_stride == 2, two, one))
+            res_codes.append(Mux(dd.res_stride == 2, two, one))
         res_live = Signal()  # the channel has a shortcut input (j < C_r)
         # Output row r's shortcut codes go to pixels r w_out .. (r + 1) w_out - 1 of the command.
         res_placed = Signal(MAX_ACT_BITS * t)
-        m.d.comb += res_placed.eq(Cat(*(Mux(x < w_out, code, 0) for x, code in enumerate(res_codes)))
+        m.d.comb += res_placed.eq(Cat(*(Mux(x < dw_out, code, 0) for x, code in enumerate(res_codes)))
                                   << (res_off * MAX_ACT_BITS))
         res_keep = Signal(t)
-        m.d.comb += res_keep.eq(Cat(*(x < w_out for x in range(t))) << res_off)
+        m.d.comb += res_keep.eq(Cat(*(x < dw_out for x in range(t))) << res_off)
 
         # Rows of a full tile, T // w_out, from a table (w_out <= T after the geometry check).
         table_rows = Signal(DIM_BITS)
@@ -454,7 +461,8 @@ class ArrayController(wiring.Component):
             m.d.sync += ch_done.bit_select(self.wrote_channel, 1).eq(1)
         with m.If((early_wrote == early_cmds) & (avail < chans) & ch_done.bit_select(avail[:self._cb], 1)):
             m.d.sync += avail.eq(avail + 1)
-        m.d.comb += self.load_channels.eq(Mux(pending, avail, 0xFFFF))
+        chained = Signal()  # the next layer's input is the running layer's output map as stored
+        m.d.comb += self.load_channels.eq(Mux(pending, Mux(chained, avail, 0), 0xFFFF))
 
         # -- Input codes -----------------------------------------------------------------------------
         xin_c = Signal(16)
@@ -702,37 +710,42 @@ class ArrayController(wiring.Component):
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):
-                # While the layer before drains, this layer's first tile loads only if its input is that
-                # layer's output map as stored (else, and before a refusal, it waits for the drain).
-                chained = ((d.in_buf == cur_buf) & (d.c_in == prev_cout) & (d.in_height == h_st)
-                           & (d.in_width == w_st))
-                with m.If(pending & (bad | ~chained)):
+                # Set up while the layer before runs its last tile (`pending`): the load starts once no engine
+                # holds a row of its bank (`load_wait`), reading the running layer's output channels as they
+                # are written (`load_channels`; none before the drain if the input is not that layer's
+                # output map as stored), and the running layer's dispatch goes on. A refusal waits for the
+                # running layer's queued rows to drain before it ends the run.
+                with m.If(bad):
+                    with m.If(~pending | self.drained):
+                        finish(Status.BAD_GEOMETRY)
                     with m.If(engine_fault):
                         m.next = "FAULT"
-                with m.Elif(bad):
-                    finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     rows = Mux(is_conv, table_rows, 1)
-                    # The bank the running tile does not read (the other may still be held by the tile before
-                    # it: LOAD waits for it).
+                    # The bank the running tile does not read.
                     m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), ly.eq(0),
                                  full_rows.eq(rows), l_rows.eq(Mux(rows < g_hout, rows, g_hout)),
-                                 load_bank.eq(~comp_bank), loaded.eq(0)]
-                    m.next = "LOAD"
+                                 load_bank.eq(~comp_bank), loaded.eq(0),
+                                 chained.eq((d.in_buf == cur_buf) & (d.c_in == prev_cout) & (d.in_height == h_st)
+                                            & (d.in_width == w_st))]
+                    with m.If(pending):
+                        m.d.sync += [load_wait.eq(1), overlaps.eq(overlaps + 1), k.eq(0)]
+                        m.next = "READ"
+                    with m.Else():
+                        m.next = "LOAD"
 
-            with m.State("LOAD"):  # the layer's first tile, once no engine holds a row of its bank
-                with m.If(~self.engine_holds.bit_select(load_bank, 1)):
-                    m.d.comb += self.load_start.eq(1)
-                    with m.If(pending & ~self.drained):
-                        m.d.sync += overlaps.eq(overlaps + 1)
-                    m.next = "LOADING"
-                with m.If(engine_fault):
-                    m.next = "FAULT"
+            with m.State("LOAD"):  # the layer's first tile (no engine runs a row)
+                m.d.comb += self.load_start.eq(1)
+                m.next = "LOADING"
 
             with m.State("LOADING"):
+                # (After an overlapped setup: the layer before is dispatched; it drains, then this one begins.)
+                with m.If(pending & self.drained):
+                    m.d.sync += pending.eq(0)
                 with m.If(loaded & ~pending):
-                    # The layer's dispatch begins: the engines and the writer take its fields now.
-                    m.d.sync += [run_layer.eq(layer_view), run_writer.eq(writer_view),
+                    # The layer's dispatch begins: the engines, the writer and the dispatcher take its fields now.
+                    m.d.sync += [run_layer.eq(layer_view), run_writer.eq(writer_view), dd.eq(desc),
+                                 dw_out.eq(w_out), dprev_c.eq(prev_c), dprev_h.eq(prev_h),
                                  early_cmds.eq(0), early_wrote.eq(0)]
                     m.next = "PREP"
                 with m.If(engine_fault):
@@ -746,23 +759,30 @@ class ArrayController(wiring.Component):
                 with m.If(~more):
                     m.d.sync += [ch_done.eq(0), avail.eq(0)]
                 m.d.sync += [y.eq(ly), tile_rows.eq(l_rows), comp_bank.eq(load_bank), loaded.eq(0),
-                             loading.eq(more), j.eq(0), ptr_bit.eq(0), param_addr.eq(d.param_base), k.eq(0),
+                             loading.eq(more), j.eq(0), ptr_bit.eq(0), param_addr.eq(dd.param_base), k.eq(0),
                              row_first.eq(0),
-                             res_addr.eq(Mux(d.res_stride == 2, ly << 1, ly))]
+                             res_addr.eq(Mux(dd.res_stride == 2, ly << 1, ly))]
                 with m.If(more):
                     m.d.sync += [ly.eq(ly + l_rows), l_rows.eq(Mux(full_rows < rows_left, full_rows, rows_left)),
                                  load_bank.eq(~load_bank)]
                 m.next = "PREFETCH"
 
             with m.State("PREFETCH"):
-                m.d.sync += [tile_px.eq(tile_rows * w_out), load_wait.eq(loading)]
-                m.next = "READ"
+                m.d.sync += [tile_px.eq(tile_rows * dw_out), load_wait.eq(loading)]
+                # The layer's last tile (no more loads of it): a version 3 layer that is not the last and does
+                # not max-pool (the writer's read-modify-write pairs rows of two tiles) sets up the next
+                # layer now, which loads its first tile while this one runs (module docstring).
+                with m.If(~loading & ~v4 & ~last_layer & (dd.pool == 0)):
+                    m.d.sync += pending.eq(1)
+                    next_layer()
+                with m.Else():
+                    m.next = "READ"
 
             with m.State("READ"):
                 # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut); words land
                 # one cycle later.
                 # (Version 4 has no row pointer's second word; without a shortcut the 4th record word is not read.)
-                skip = (v4 & (k == 1)) | (~d.residual & (k == 5))
+                skip = (v4 & (k == 1)) | (~dd.residual & (k == 5))
                 m.d.comb += [self.bus.req.eq((k < 6) & ~skip), self.bus.addr.eq(read_addr)]
                 m.d.sync += k.eq(k + 1)
                 with m.If((k > 0) & (k < 7)):
@@ -775,23 +795,23 @@ class ArrayController(wiring.Component):
 
             with m.State("SHORTCUT"):
                 # One shortcut row per output row of the tile (read at rr, placed at rr + 1); none without one.
-                live = d.residual & res_live
+                live = dd.residual & res_live
                 m.d.comb += [self.fmap_rd.addr.eq(res_row), self.fmap_rd.en.eq(live & (rr < tile_rows))]
-                m.d.sync += [rr.eq(rr + 1), res_row.eq(res_row + d.res_stride)]
+                m.d.sync += [rr.eq(rr + 1), res_row.eq(res_row + dd.res_stride)]
                 with m.If(rr > 0):
-                    m.d.sync += res_off.eq(res_off + w_out)
+                    m.d.sync += res_off.eq(res_off + dw_out)
                     for x in range(t):
                         m.d.sync += cmd.r[x].eq(Mux(live & res_keep[x],
                                                     res_placed[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], cmd.r[x]))
                 with m.If(rr == tile_rows):
                     m.d.sync += [
-                        cmd.start_bit.eq(Mux(v4, row_first, (d.stream_base << 5) + ptr)),
+                        cmd.start_bit.eq(Mux(v4, row_first, (dd.stream_base << 5) + ptr)),
                         cmd.negate.eq(v4 & words.word_select(0, WORD_BITS).bit_select(j[:5], 1)),
                         cmd.channel.eq(j), cmd.pixels.eq(tile_px), cmd.bank.eq(comp_bank),
                         cmd.tile.y.eq(y), cmd.tile.rows.eq(tile_rows),
                         cmd.mult.eq(words.word_select(2, WORD_BITS)),
                         cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
-                        cmd.res_mult.eq(Mux(d.residual, words.word_select(5, WORD_BITS), 0)),
+                        cmd.res_mult.eq(Mux(dd.residual, words.word_select(5, WORD_BITS), 0)),
                         cmd_valid.eq(1),
                     ]
                     m.next = "OFFER"
@@ -800,11 +820,13 @@ class ArrayController(wiring.Component):
 
             with m.State("OFFER"):
                 with m.If(taken):
-                    m.d.sync += [cmd_valid.eq(0), j.eq(j + 1), ptr_bit.eq(ptr_bit + d.ptr_bits),
-                                 row_first.eq(row_first + d.fan_in),
-                                 param_addr.eq(param_addr + rec), res_addr.eq(res_addr + prev_h), k.eq(0)]
-                    with m.If(j == d.c_out - 1):
-                        with m.If(loading & (d.pool == 0) & (layer_view.comp_shift == 0)):
+                    m.d.sync += [cmd_valid.eq(0), j.eq(j + 1), ptr_bit.eq(ptr_bit + dd.ptr_bits),
+                                 row_first.eq(row_first + dd.fan_in),
+                                 param_addr.eq(param_addr + rec), res_addr.eq(res_addr + dprev_h), k.eq(0)]
+                    with m.If(j == dd.c_out - 1):
+                        with m.If(pending):
+                            m.next = "LOADING"  # the next layer is set up and loads: it follows the drain
+                        with m.Elif(loading & (dd.pool == 0) & (run_layer.comp_shift == 0)):
                             m.next = "NEXT"  # the next tile's rows may follow at once (tiles overlap)
                         with m.Else():
                             m.next = "DRAIN"
@@ -820,13 +842,7 @@ class ArrayController(wiring.Component):
                     m.next = "FAULT"
 
             with m.State("DRAIN"):
-                # A version 3 layer without a max-pool (the writer's read-modify-write pairs rows of two tiles)
-                # whose last tile is dispatched: the next layer's descriptor is read and its first tile loads
-                # while this one drains (`pending`; module docstring, "Overlapped layers").
-                with m.If(~loading & ~v4 & ~last_layer & (d.pool == 0)):
-                    m.d.sync += pending.eq(1)
-                    next_layer()
-                with m.Elif(self.drained & (~loading | loaded)):
+                with m.If(self.drained & (~loading | loaded)):
                     with m.If(loading):
                         m.next = "PREP"
                     with m.Elif(last_layer):
@@ -855,8 +871,5 @@ class ArrayController(wiring.Component):
             # A decoder error ends the run (the engines have stopped; every state below watches for it).
             with m.State("FAULT"):
                 finish(Status.BAD_STREAM)
-        m.d.comb += [res_live.eq(j < prev_c), rows_left.eq(h_out - ly - l_rows)]
-        # The layer before has drained: its last row is written.
-        with m.If(pending & self.drained):
-            m.d.sync += pending.eq(0)
+        m.d.comb += [res_live.eq(j < dprev_c), rows_left.eq(h_out - ly - l_rows)]
         return m
