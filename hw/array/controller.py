@@ -24,21 +24,23 @@ One run (``start`` to ``done``) infers one image:
    every version 4 layer; other layers overlap the next (below).
 4. **Scores**: the last layer's outputs (``out_buf = SCORE_SINK``) leave on ``o`` in class order.
 
-**Overlapped layers.** Once a version 3 layer without a max-pool has dispatched its last tile's rows, the
-controller does not wait for its engines: it reads the next descriptor, checks it, and starts the next layer's
-first tile loading into the patch bank the running tile does not read (once no engine holds a row of it),
-while the layer before drains (``pending``). The loader reads input channel ``c`` only when channel ``c`` of
-the layer before is written in full (``load_channels``): every row of the tiles before its last (commands
-taken and rows the writer reports written, counted) and channel ``c`` of its last tile (one bit a channel,
-set by the writer's ``wrote``); the engines take channels in order, so the channels complete roughly in order
-and the load follows the writes, where it used to start after the last (ResNet-20's layer3: 1,344 cycles a
-conv). The next layer's rows are dispatched only after the drain: the engines and the writer take a layer's
-fields from registers set when its first tile starts, so a new descriptor does not change a running layer.
-A descriptor whose input is not the layer before's output map as stored (buffer, channels, height, width),
-or which the checks refuse, waits for the drain (a refusal then ends the run as before). ``layer_index``
-moves on when the layer before has drained, as without the overlap; ``overlaps`` counts the overlapped
-layers of a run. Without the channel gate the loader would read rows the writer has not written yet (the
-tests of ``tests/hw/array/test_top.py`` fail without it).
+**Overlapped layers.** When a version 3 layer that is not the last and does not max-pool starts its last
+tile, the controller sets up the next layer at once (``pending``): it reads the next descriptor, checks it,
+and has the next layer's first tile loaded into the patch bank the last tile does not read (``load_wait``:
+once no engine holds a row of the tile before), then goes on dispatching the running layer's last tile from
+its own copy of that layer's fields (``dd``: the dispatcher's, set with the engines' and the writer's when a
+layer's first tile starts, so a new descriptor changes nothing of a running layer). The loader reads input
+channel ``c`` only once channel ``c`` of the running layer is written in full (``load_channels``): every row
+of the tiles before the last (commands taken and rows the writer reports written, counted) and channel
+``c`` of the last tile (a bit per channel, set by the writer's ``wrote``). The engines take channels in
+order, so they are written roughly in order and the load follows the writes through the whole last tile;
+ResNet-20's layer3 (one tile a layer) used to load 1,344 cycles after each layer's last write. The next
+layer's rows are dispatched after the running layer has drained. A next layer whose input is not the running
+layer's output map as stored (buffer, channels, height, width) loads nothing before the drain; one the
+checks refuse ends the run once the running layer's queued rows have drained. ``layer_index`` moves on
+when a layer has drained, as without the overlap; ``overlaps`` counts a run's overlapped layers. Without
+the channel gate the loader would read rows the writer has not written yet (the tests of
+``tests/hw/array/test_top.py`` fail without it).
 
 The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
 next tile (the loader reads ``in_buf`` through the feature maps' ``rd`` port, the dispatcher the shortcut

@@ -323,7 +323,7 @@ def mac_counts(net: IntConvNetwork) -> tuple[int, int]:
         From :func:`check_network`.
     """
     dense = nonzero = 0
-    for layer, pixels, _ in mac_layers(net):
+    for layer, pixels, _, _ in mac_layers(net):
         widths = np.asarray(layer.widths)
         dense += pixels * int(widths.size)
         nonzero += pixels * int(np.count_nonzero(widths))
@@ -331,9 +331,9 @@ def mac_counts(net: IntConvNetwork) -> tuple[int, int]:
 
 
 def mac_layers(net: IntConvNetwork):
-    """The layers of ``net`` that multiply, in order, as ``(layer, output pixels, after a global pool)``: each
-    :class:`~model.export.golden_conv.IntConv2d` with its ``H_out W_out``, the FC's
-    :class:`~model.export.golden.IntLinear` with 1 (and whether a :class:`GlobalSumPool` came before it).
+    """The layers of ``net`` that multiply, in order, as ``(layer, output pixels, after a global pool, output
+    width)``: each :class:`~model.export.golden_conv.IntConv2d` with its ``H_out W_out`` and ``W_out``, the FC's
+    :class:`~model.export.golden.IntLinear` with 1 and 1 (and whether a :class:`GlobalSumPool` came before it).
 
     Raises
     ------
@@ -348,11 +348,11 @@ def mac_layers(net: IntConvNetwork):
             convs = [stage.conv] if isinstance(stage, ConvStage) else [stage.conv1, stage.conv2]
             for conv in convs:
                 h, w = conv.out_size(h, w)
-                yield conv, h * w, False
+                yield conv, h * w, False, w
             if isinstance(stage, ConvStage) and stage.pool:
                 h, w = h // stage.pool, w // stage.pool
         elif isinstance(stage, FCStage):
-            yield stage.layer, 1, pooled
+            yield stage.layer, 1, pooled, 1
         else:  # GlobalSumPool: additions only
             h = w = 1
             pooled = True

@@ -42,7 +42,9 @@ network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_
 ``nonzero_macs``, ``width_counts`` and ``layer_cycles`` (cycles per layer, counted in RTL by the array's
 ``layer_index`` port: where an image's cycles go), ``lane_bound_cycles`` (:func:`lane_bound_cycles`: the
 fewest cycles the array's lanes and emitters allow for the row's network, no loads, drains or partly filled
-tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``).
+tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
+``tile_bound_fraction`` (:func:`tile_bound_cycles`: the same, counting the tiles as the array runs them,
+partly filled ones at their cost).
 """
 
 from __future__ import annotations
@@ -188,12 +190,36 @@ def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     (a 32-bit weight costs two lane cycles a pixel, so a ticket whose work is mostly 32-bit weights is bound
     to a few times its dense32 row, whatever the rest of the array does)."""
     total = 0.0
-    for layer, pixels, after_pool in mac_layers(net):
+    for layer, pixels, after_pool, _ in mac_layers(net):
         widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
         if isinstance(layer, IntConv2d):
             lane_work = _row_cycles(widths, layer.in_bits).sum() * (pixels / SLOTS) / (engines * lanes)
             total += max(lane_work, widths.shape[0] * pixels / engines)
         else:  # the FC: one lane per row; after a global pool its 16-bit sums run at 8-bit activations
+            rows = _row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
+            total += max(rows.sum(), len(rows)) / engines
+    return int(np.ceil(total))
+
+
+def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
+    """The fewest cycles the array's tiles allow for one image of ``net``: as :func:`lane_bound_cycles`, but a
+    conv layer runs as the array runs it, tile by tile (``T = 2 lanes`` pixel slots; a tile holds
+    ``T // W_out`` whole output rows, the last tile what is left), each row of a tile costing its lane cycles
+    (every lane of the engine works on the tile's pixels at once, the unused ones idle) or the tile's pixels
+    (the emitter's one code a cycle), whichever is more, and the rows spread evenly over the engines. So it
+    counts what partly filled tiles cost (ResNet-20's layer3: 49 pixels on 84 slots) and what the emitters
+    cost row by row, still without loads, drains or the engines' imbalance; :func:`lane_bound_cycles` <= it."""
+    t = lanes * SLOTS
+    total = 0.0
+    for layer, pixels, after_pool, w_out in mac_layers(net):
+        widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
+        if isinstance(layer, IntConv2d):
+            rows = _row_cycles(widths, layer.in_bits)
+            h_out, per_tile = pixels // w_out, max(t // w_out, 1)
+            for y in range(0, h_out, per_tile):
+                tile_pixels = min(per_tile, h_out - y) * w_out
+                total += np.maximum(rows, tile_pixels).sum() / engines
+        else:
             rows = _row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
             total += max(rows.sum(), len(rows)) / engines
     return int(np.ceil(total))
@@ -306,6 +332,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     bar.close()
     rows = []
     bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}
+    tiled = {key: tile_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}
     for key, asked in counts.items():
         weights, act = key
         net = nets[key]
@@ -323,6 +350,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "macs_dense": int(dense), "nonzero_macs": int(nonzero),
             # the lanes' and emitters' bound (lane_bound_cycles) and how close the RTL count comes to it
             "lane_bound_cycles": bound[key], "lane_bound_fraction": bound[key] / cycles if cycles else None,
+            # ... and the tiles' bound (tile_bound_cycles: partly filled tiles, the emitters row by row)
+            "tile_bound_cycles": tiled[key], "tile_bound_fraction": tiled[key] / cycles if cycles else None,
             "golden_accuracy": float((expected_all[key][:n].argmax(axis=1) == labels[:n]).mean()) if n else None,
             "width_counts": {str(m): int((widths == m).sum()) for m in (0, 4, 8, 16, 32)},
             "sim_cycles_per_second": sim_cycles[key] / sim_wall[key] if sim_wall[key] else None,

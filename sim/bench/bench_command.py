@@ -253,7 +253,7 @@ def bench_accel(args, out: Path) -> int:
         ("cycles/img", ">11", "", col("cycles_per_image", ",.0f")),
         ("img/s@100", ">10", "", col("images_per_second_at_100mhz", ",.0f")),
         ("speed-up", ">8", "", col("speedup_vs_dense32", ".2f")),
-        ("bound", ">9", "", col("lane_bound_cycles", ",.0f")), ("of bound", ">8", "", col("lane_bound_fraction", ".2f")),
+        ("bound", ">9", "", col("lane_bound_cycles", ",.0f")), ("of bound", ">8", "", col("lane_bound_fraction", ".2f")), ("tile bound", ">10", "", col("tile_bound_cycles", ",.0f")),
         ("MAC/DSP/c", ">9", "", col("dense_macs_per_dsp_cycle", ".2f")),
         ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
         ("acc", ">6", "", col("golden_accuracy", ".3f")), ("sim c/s", ">8", "", col("sim_cycles_per_second", ",.0f"))])

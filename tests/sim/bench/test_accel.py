@@ -67,7 +67,7 @@ def _row(weights, act, cycles, **kw):
            "image_bytes": 1000, "speedup_vs_dense32": None, "dense_macs_per_dsp_cycle": 1.0,
            "sim_cycles_per_second": 1e5, "golden_accuracy": 0.8, "nonzero_macs": 1, "macs_dense": 2,
            "width_counts": {}, "statuses": [0], "timed_out": False, "lane_bound_cycles": 20_000,
-           "lane_bound_fraction": 20_000 / cycles}
+           "lane_bound_fraction": 20_000 / cycles, "tile_bound_cycles": 25_000, "tile_bound_fraction": 25_000 / cycles}
     row.update(kw)
     return row
 
@@ -105,6 +105,24 @@ def test_the_lane_bound_counts_every_weight_at_its_lane_cycles(ticket, weights, 
         total += max(lanes_work, c_out * side * side / engines)
     total += 10 * 64 * (4 if weights == "dense32" else 2) / engines
     assert accel.lane_bound_cycles(net, engines, lanes) == int(np.ceil(total))
+
+
+@pytest.mark.parametrize(("weights", "lanes"), [("dense32", 42), ("qnn4", 42), ("qnn4", 4000)])
+def test_the_tile_bound_counts_every_tile_row_by_row(ticket, weights, lanes):
+    """Closed forms for the uniform variants at PACT-4: every row of a conv costs the same lane cycles, so a
+    tile of ``p`` pixels costs ``C_out max(lane cycles, p) / engines``; 84-pixel tiles hold 3 rows of 28, 6 of
+    14 and 7 of 7 (one partly filled tile each on 28 and 14: 784 = 9 x 84 + 28, 196 = 2 x 84 + 28)."""
+    engines, t = 4, 2 * lanes
+    net = to_golden(accel.variant(ticket, weights, 4))
+    total = 0.0
+    for i, (c_in, c_out, side) in enumerate(RESNET20_CONVS):
+        row = c_in * 9 * (4 if weights == "dense32" else 2 if i == 0 else 1)
+        per_tile = max(t // side, 1)
+        for y in range(0, side, per_tile):
+            total += c_out * max(row, min(per_tile, side - y) * side) / engines
+    total += 10 * 64 * (4 if weights == "dense32" else 2) / engines
+    assert accel.tile_bound_cycles(net, engines, lanes) == int(np.ceil(total))
+    assert accel.tile_bound_cycles(net, engines, lanes) >= accel.lane_bound_cycles(net, engines, lanes)
 
 
 def test_floors_hold_and_fail_on_the_ticket_at_pact4():
