@@ -142,8 +142,8 @@ class ArrayController(wiring.Component):
     layer_index : Out(16)
         The running layer (it moves on when a layer's last output is written).
     overlaps : Out(16)
-        Layers of this run whose first tile started loading while the layer before drained ("Overlapped
-        layers"); cleared at ``start``.
+        Layers of this run set up while the layer before ran its last tile, with an input the loader may read
+        as that layer writes it ("Overlapped layers"); cleared at ``start``.
     x : In(stream.Signature(MAX_ACT_BITS))
         Input codes.
     o : Out(stream.Signature(signed(32)))
@@ -161,8 +161,8 @@ class ArrayController(wiring.Component):
     drained : In(1)
         No row in any engine, assembler or the writer.
     wrote, wrote_channel, wrote_y : In
-        The writer has written a channel's row of the tile at output row ``wrote_y``
-        (:class:`~hw.array.map_writer.MapWriter`).
+        The writer has written channel ``wrote_channel``'s outputs of the tile whose first output row is
+        ``wrote_y`` (all its rows; :class:`~hw.array.map_writer.MapWriter`).
     engine_holds : In(2)
         Per patch bank: some engine holds a row of that bank whose patch reads may not be over
         (:class:`~hw.array.engine.ChannelEngine` ``holds``); the loader refills a bank only when none does.
@@ -729,13 +729,13 @@ class ArrayController(wiring.Component):
                 with m.Else():
                     rows = Mux(is_conv, table_rows, 1)
                     # The bank the running tile does not read.
+                    chain = ((d.in_buf == cur_buf) & (d.c_in == prev_cout) & (d.in_height == h_st)
+                             & (d.in_width == w_st))
                     m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), ly.eq(0),
                                  full_rows.eq(rows), l_rows.eq(Mux(rows < g_hout, rows, g_hout)),
-                                 load_bank.eq(~comp_bank), loaded.eq(0),
-                                 chained.eq((d.in_buf == cur_buf) & (d.c_in == prev_cout) & (d.in_height == h_st)
-                                            & (d.in_width == w_st))]
+                                 load_bank.eq(~comp_bank), loaded.eq(0), chained.eq(chain)]
                     with m.If(pending):
-                        m.d.sync += [load_wait.eq(1), overlaps.eq(overlaps + 1), k.eq(0)]
+                        m.d.sync += [load_wait.eq(1), overlaps.eq(overlaps + chain), k.eq(0)]
                         m.next = "READ"
                     with m.Else():
                         m.next = "LOAD"
@@ -874,8 +874,10 @@ class ArrayController(wiring.Component):
                         m.d.sync += j.eq(j + 1)
                         m.next = "SCORES"
 
-            # A decoder error ends the run (the engines have stopped; every state below watches for it).
+            # A decoder error ends the run (the engines have stopped; every state below watches for it). A fault in
+            # an overlapped layer's last tile leaves `layer_index` on that layer, as without the overlap.
             with m.State("FAULT"):
+                m.d.sync += layer_idx.eq(layer_idx - pending)
                 finish(Status.BAD_STREAM)
         m.d.comb += [res_live.eq(j < dprev_c), rows_left.eq(h_out - ly - l_rows)]
         return m

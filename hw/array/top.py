@@ -111,7 +111,7 @@ class ConvArray(wiring.Component):
         The layer the controller runs (0 from ``start`` until the first layer's last row is written, then 1,
         ...): a progress indicator, and what the testbench times each layer by (``layer_cycles``).
     overlaps : Out(16)
-        Layers of the run whose first tile loaded while the layer before drained
+        Layers of the run whose first tile loaded while the layer before ran its last tile
         (:class:`~hw.array.controller.ArrayController`, "Overlapped layers").
     reads, weight_reads : Out(32)
         Global-buffer words read since the last ``start``: all of them (descriptors, requant parameters, row

@@ -70,7 +70,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
     on the same array); ``widths``: per image ``(precision, use_table, table_row)`` for version 4 images."""
     dut = ConvArray(config)
     rng = np.random.default_rng(seed)
-    out = {"scores": [], "status": [], "cycles": [], "overlaps": []}
+    out = {"scores": [], "status": [], "cycles": [], "overlaps": [], "layer_index": []}
     widths = widths or [(0, 0, 0)] * len(images)
 
     per_image = isinstance(words, list)  # one image's words per input image, each loaded before its run
@@ -117,6 +117,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             out["status"].append(Status(ctx.get(dut.status)))
             out["cycles"].append(cycle + 1)
             out["overlaps"].append(ctx.get(dut.overlaps))
+            out["layer_index"].append(ctx.get(dut.layer_index))
 
     simulate(dut, bench)
     return out
@@ -160,6 +161,38 @@ def test_layers_overlap_the_drain_of_the_layer_before():
     for seed, net in enumerate(nets):
         res = check_net(net, 1, seed)
         assert res["overlaps"] == [overlappable(net)]
+
+
+def test_a_layer_refused_or_faulting_while_overlapped_ends_the_run_cleanly():
+    """A next layer the checks refuse while the layer before runs its last tile: BAD_GEOMETRY once that
+    layer's queued rows have drained, ``layer_index`` on the refused layer, then a good run on the same array.
+    A corrupt row stream in an overlapped layer's last tile: BAD_STREAM with ``layer_index`` on that layer (as
+    without the overlap, though the next layer was set up; the decoders' error holds until a reset)."""
+    from model.export.format import HEADER, LAYER
+
+    def with_layer(words, k, **fields):
+        at = HEADER.words + LAYER.words * k
+        old = {name: int(v[0]) for name, v in unpack_records(LAYER, words[at:at + LAYER.words], version=3).items()}
+        bad = words.copy()
+        bad[at:at + LAYER.words] = pack_records(LAYER, {**old, **fields}).reshape(-1)
+        return bad, old
+
+    net = resnet_like(np.random.default_rng(3))
+    words = pack_v3(net)[0].astype(np.int64)
+    refused, _ = with_layer(words, 2, kernel=0)
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(2, *net.image_shape))
+    res = run_array([refused, words], images)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK]
+    assert res["layer_index"][0] == 2 and res["overlaps"] == [1, overlappable(net)]
+    assert np.array_equal(np.array(res["scores"][1]), net.forward(images[1:])[0])
+
+    mlp = random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4)
+    words = pack_v3(mlp)[0].astype(np.int64)
+    _, first = with_layer(words, 0)
+    corrupt = words.copy()
+    corrupt[first["stream_base"]:first["stream_base"] + max(1, first["stream_bits"] // 32)] = 0xFFFFFFFF
+    res = run_array(corrupt, np.random.default_rng(4).integers(0, 16, size=(1, 23)))  # (sticky until reset)
+    assert res["status"] == [Status.BAD_STREAM] and res["layer_index"] == [0]
 
 
 @pytest.mark.parametrize("seed", range(6))
