@@ -452,7 +452,7 @@ class ArrayController(wiring.Component):
         # earlier tile, on another engine; the engines take rows in order and at most two tiles run, so that
         # is rare: no test net nor `bench fuzz`'s 3,000 layers met it with the check removed, 2026-12-02.
         # It stays, since nothing in the order of the writes rules it out.)
-        last_tile = Signal()  # the dispatch is in the layer's last tile (set at its PREP)
+        last_tile = ~loading  # the dispatch is in the layer's last tile (`loading` is set at each tile's PREP)
         early_cmds = Signal(32)
         early_wrote = Signal(32)
         chans = 1 << self._cb
@@ -761,7 +761,6 @@ class ArrayController(wiring.Component):
                 # The loaded tile becomes the engines'; the next one (if any) starts loading into the other bank
                 # while the engines work (a double-buffered patch).
                 more = ly + l_rows < h_out
-                m.d.sync += last_tile.eq(~more)
                 with m.If(~more):
                     m.d.sync += [ch_done.eq(0), avail.eq(0)]
                 m.d.sync += [y.eq(ly), tile_rows.eq(l_rows), comp_bank.eq(load_bank), loaded.eq(0),

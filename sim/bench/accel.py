@@ -181,6 +181,13 @@ def _row_cycles(widths: np.ndarray, act_bits: int) -> np.ndarray:
     return np.maximum(cost, 1)
 
 
+def _layer_rows(layer, after_pool: bool) -> np.ndarray:
+    """:func:`_row_cycles` of one layer of :func:`~model.export.golden_net.mac_layers`: a conv at its input
+    width; an FC after a global pool at 8-bit activations (its 16-bit sums split over a lane's two slots)."""
+    widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
+    return _row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
+
+
 def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     """The fewest cycles an array of ``engines`` x ``lanes`` pass lanes could take for one image of ``net``,
     summed over its layers: a layer's lane work (each row's lane cycles for every pair of its output
@@ -191,12 +198,11 @@ def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     to a few times its dense32 row, whatever the rest of the array does)."""
     total = 0.0
     for layer, pixels, after_pool, _ in mac_layers(net):
-        widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
+        rows = _layer_rows(layer, after_pool)
         if isinstance(layer, IntConv2d):
-            lane_work = _row_cycles(widths, layer.in_bits).sum() * (pixels / SLOTS) / (engines * lanes)
-            total += max(lane_work, widths.shape[0] * pixels / engines)
-        else:  # the FC: one lane per row; after a global pool its 16-bit sums run at 8-bit activations
-            rows = _row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
+            lane_work = rows.sum() * (pixels / SLOTS) / (engines * lanes)
+            total += max(lane_work, len(rows) * pixels / engines)
+        else:  # the FC: one lane per row
             total += max(rows.sum(), len(rows)) / engines
     return int(np.ceil(total))
 
@@ -212,15 +218,13 @@ def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     t = lanes * SLOTS
     total = 0.0
     for layer, pixels, after_pool, w_out in mac_layers(net):
-        widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
+        rows = _layer_rows(layer, after_pool)
         if isinstance(layer, IntConv2d):
-            rows = _row_cycles(widths, layer.in_bits)
             h_out, per_tile = pixels // w_out, max(t // w_out, 1)
             for y in range(0, h_out, per_tile):
                 tile_pixels = min(per_tile, h_out - y) * w_out
                 total += np.maximum(rows, tile_pixels).sum() / engines
-        else:
-            rows = _row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
+        else:  # the FC, as in lane_bound_cycles
             total += max(rows.sum(), len(rows)) / engines
     return int(np.ceil(total))
 
