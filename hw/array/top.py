@@ -13,9 +13,13 @@ Configuration (:class:`ArrayConfig`): ``engines`` x ``lanes`` DSP48E1 lanes of `
 the patch depth (largest fan-in) and the channel tags. The default test configuration is small; the
 ResNet-20 configuration of ``docs/array_design.md`` is a parameter change.
 
-Ports of the global buffer: the controller reads on the first physical port with the first engine's
-decoder below it, the other decoders two to a port (fixed priority; a decoder reads about one word per
-four entries of 4-bit weights, so two share a port with little loss).
+Ports of the global buffer: one copy of the image in true-dual-port block RAM, two read ports (fixed
+priority on each): the controller and the first half of the engines' decoders on the first, which shares
+its address with the load port (:class:`~hw.core.global_buffer.GlobalBuffer`, ``share_load``), the other
+half on the second. A decoder reads at most about a word every four lane cycles (a 32-bit weight; a word
+holds about six 4-bit entries), so two or three share a port with little loss; one copy per pair of
+requesters (three copies of a 64 k-word image for 4 engines, 171 RAMB36) was more block RAM than the
+XC7Z020 has.
 """
 
 from __future__ import annotations
@@ -161,9 +165,10 @@ class ConvArray(wiring.Component):
         cfg = self._config
         g, t = cfg.engines, cfg.pixels
         names = [f"eng{e}" for e in range(g)]
-        ports = [["ctl", names[0]]] + [names[i:i + 2] for i in range(1, g, 2)]
+        ports = [["ctl", *names[:g // 2]], names[g // 2:]]
         m.submodules.buffer = buf = GlobalBuffer(
-            MemoryData(shape=32, depth=cfg.buffer_words, init=self._init), ports=ports, writable=True)
+            MemoryData(shape=32, depth=cfg.buffer_words, init=self._init), ports=ports, writable=True,
+            share_load=True)
         wiring.connect(m, wiring.flipped(self.load), buf.load)
         m.submodules.maps = maps = FeatureMaps(rows=cfg.fmap_rows, row_codes=cfg.row_codes)
         faw = maps.addr_width

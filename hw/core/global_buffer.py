@@ -7,9 +7,16 @@ priority order; a requester raises ``req`` with an ``addr``, sees ``grant`` in t
 is its own, and reads ``data`` one cycle later (the synchronous port's latency, :attr:`GlobalBuffer.latency`).
 ``data`` is shared by all requesters of a port, so a requester keeps track of its own reads in flight
 (:class:`~hw.core.fetcher.WordFetcher` does).
+
+With ``share_load`` (a writable buffer), the first read port shares its address with the load port: while a
+word is loaded that port grants no requester and its address is the load's, so one block RAM column in
+true-dual-port mode holds both (the load and the first port on port A, the second read port on port B), and
+a buffer of two read ports is one copy of the image instead of two (Yosys makes one copy per read port that
+has an address of its own). Loads happen between runs, so the requesters of the first port lose no cycle
+to them in practice; one that asks during a load waits.
 """
 
-from amaranth import Module, Mux
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In, Out
@@ -42,6 +49,11 @@ class GlobalBuffer(wiring.Component):
     ports : sequence of sequence of str
         For each physical read port, its requesters from highest to lowest priority. Names are Python
         identifiers and unique over all ports.
+    writable : bool
+        A load port (``load``).
+    share_load : bool
+        The first read port shares the load port's address (module docstring): one block RAM copy for two
+        read ports and the load.
 
     Members
     -------
@@ -58,10 +70,10 @@ class GlobalBuffer(wiring.Component):
         If ``data`` is not a ``MemoryData``.
     ValueError
         For a shape other than 32 bits, a depth that is not a power of two >= 2, no port, an empty port,
-        or a requester name that is not an identifier or appears twice.
+        or a requester name that is not an identifier or appears twice; ``share_load`` without ``writable``.
     """
 
-    def __init__(self, data: MemoryData, *, ports, writable: bool = False):
+    def __init__(self, data: MemoryData, *, ports, writable: bool = False, share_load: bool = False):
         if not isinstance(data, MemoryData):
             raise TypeError(f"data must be a MemoryData, not {data!r}")
         if data.shape != WORD_BITS:
@@ -78,6 +90,9 @@ class GlobalBuffer(wiring.Component):
         self._ports = ports
         self._addr_width = ceil_log2(data.depth)
         self._writable = bool(writable)
+        if share_load and not self._writable:
+            raise ValueError("share_load needs a writable buffer (it shares the load port's address)")
+        self._share_load = bool(share_load)
         members = {name: In(buffer_port_signature(self._addr_width)) for name in names}
         if self._writable:
             if "load" in members:
@@ -101,15 +116,21 @@ class GlobalBuffer(wiring.Component):
         m.submodules.memory = memory = Memory(data=self._data)
         if self._writable:
             wr = memory.write_port()
-            m.d.comb += [wr.addr.eq(self.load.addr), wr.data.eq(self.load.data), wr.en.eq(self.load.en)]
-        for requesters in self._ports:
+            m.d.comb += [wr.data.eq(self.load.data), wr.en.eq(self.load.en)]
+            if not self._share_load:
+                m.d.comb += wr.addr.eq(self.load.addr)
+        for k, requesters in enumerate(self._ports):
             port = memory.read_port()
             members = [getattr(self, name) for name in requesters]
             addr = members[-1].addr
             for member in reversed(members[:-1]):
                 addr = Mux(member.req, member.addr, addr)
+            ahead = None  # a requester before this one asks (or, with share_load on the first port, a load)
+            if k == 0 and self._share_load:
+                shared = Signal(self._addr_width)
+                m.d.comb += [shared.eq(Mux(self.load.en, self.load.addr, addr)), wr.addr.eq(shared)]
+                addr, ahead = shared, self.load.en
             m.d.comb += port.addr.eq(addr)
-            ahead = None  # a requester before this one asks
             for member in members:
                 m.d.comb += [member.data.eq(port.data),
                              member.grant.eq(member.req if ahead is None else member.req & ~ahead)]

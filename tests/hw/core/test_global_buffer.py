@@ -118,3 +118,55 @@ def test_load_port_writes_words_read_back():
 def test_load_is_not_a_requester_name_of_a_writable_buffer():
     with pytest.raises(ValueError, match="load"):
         GlobalBuffer(MemoryData(shape=32, depth=16, init=[]), ports=[["load"]], writable=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_shared_load_port_blocks_the_first_port_only_while_it_loads(seed):
+    """share_load: random loads and reads against a Python model of the memory. While a word is loaded the
+    first port grants nobody (its address is the load's), the second grants as usual; every granted read
+    returns the word as it stood before that cycle's load (a read of the word being loaded on the second
+    port sees the old contents)."""
+    rng = np.random.default_rng(seed)
+    depth = 32
+    model = [int(x) for x in rng.integers(0, 1 << 32, size=depth, dtype=np.uint64)]
+    ports = (("ctl", "eng0"), ("eng1",))
+    dut = GlobalBuffer(MemoryData(shape=32, depth=depth, init=list(model)), ports=ports, writable=True,
+                       share_load=True)
+    names = [name for port in ports for name in port]
+    seen = {"blocked": 0, "reads": 0, "loads": 0}
+
+    async def bench(ctx):
+        pending = []  # (requester, word expected) granted last cycle
+        for _ in range(400):
+            load = bool(rng.random() < 0.3)
+            waddr, wdata = int(rng.integers(0, depth)), int(rng.integers(0, 1 << 32, dtype=np.uint64))
+            ctx.set(dut.load.en, load)
+            ctx.set(dut.load.addr, waddr)
+            ctx.set(dut.load.data, wdata)
+            reqs = {name: bool(rng.random() < 0.6) for name in names}
+            addrs = {name: int(rng.integers(0, depth)) for name in names}
+            for name in names:
+                ctx.set(getattr(dut, name).req, reqs[name])
+                ctx.set(getattr(dut, name).addr, addrs[name])
+            grants = {name: ctx.get(getattr(dut, name).grant) for name in names}
+            for requester, word in pending:
+                assert ctx.get(getattr(dut, requester).data) == word, requester
+                seen["reads"] += 1
+            first = [n for n in ports[0] if reqs[n]]
+            want0 = [] if load or not first else [first[0]]
+            assert [n for n in ports[0] if grants[n]] == want0
+            assert grants["eng1"] == reqs["eng1"]
+            seen["blocked"] += load and bool(first)
+            pending = [(n, model[addrs[n]]) for n in names if grants[n]]
+            if load:
+                model[waddr] = wdata
+                seen["loads"] += 1
+            await ctx.tick()
+
+    simulate(dut, bench)
+    assert seen["reads"] > 300 and seen["blocked"] > 50 and seen["loads"] > 80
+
+
+def test_share_load_needs_a_writable_buffer():
+    with pytest.raises(ValueError, match="share_load needs a writable buffer"):
+        GlobalBuffer(MemoryData(shape=32, depth=16, init=[]), ports=[["a"]], share_load=True)
