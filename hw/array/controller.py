@@ -382,7 +382,7 @@ class ArrayController(wiring.Component):
                   | (d.out_buf == d.in_buf) | (out_rows > self._rows) | (g_wst > rc))
             | Mux(is_conv, ~k_ok | ~stride_ok | ~fits_in | (g_wout > t) | d.gap | (d.pool > 2),
                   (d.pool != 0) | d.residual | (d.kernel != 1) | (d.stride != 1) | (d.padding != 0))
-            | (d.residual & ((d.res_buf >= FMAP_BUFFERS) | (d.res_buf == d.out_buf)
+            | (d.residual & ((d.res_buf >= FMAP_BUFFERS) | (d.res_buf == d.out_buf) | (d.res_buf == d.in_buf)
                              | ((d.res_stride != 1) & (d.res_stride != 2)) | (res_rows > self._rows)))
         )
 

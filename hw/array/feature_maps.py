@@ -16,14 +16,23 @@ Ports (each buffer has the same three; the role decides which buffer a port reac
 * ``rmw``: a read port for the writer's read-modify-write (max-pool);
 * ``wr``: a write port with a byte mask (the writer, or the input image loader).
 
-Reads have a latency of one cycle and hold their data while ``en`` is low. In BRAM each buffer is a true
-dual-port RAM in read-first mode (``rmw`` and ``wr`` share port B's address at different cycles) or, as
-Yosys maps it without that inference, two copies; either way ``rows x 8 row_codes`` bits each.
+Reads have a latency of one cycle; a reader takes the data in the cycle after its read (the loader, the
+dispatcher and the writer all do). Each buffer is **one** true-dual-port block RAM copy of ``rows x 8
+row_codes`` bits (read-first): port A reads for ``rd`` or ``res``, port B writes for ``wr`` or reads for
+``rmw``, each port's address shared by its two users (Yosys makes one copy per read port with an address of
+its own: three copies a buffer before, 90 RAMB36 for ResNet-20's maps on the bench's array, 30 now). That
+needs, in any cycle,
+
+* ``rd`` and ``res`` on different buffers: a layer's ``res_buf`` is never its ``in_buf`` (the image format
+  says so, ``model/export/layout_v3.py``, and the controller refuses such a layer, ``BAD_GEOMETRY``), and a
+  layer loaded while the one before runs its last tile reads that layer's ``out_buf``, never its ``res_buf``;
+* ``wr`` and ``rmw`` not both: the writer reads (``rmw``) and writes in different cycles, and the controller
+  writes the input codes only while the writer is idle.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -107,21 +116,28 @@ class FeatureMaps(wiring.Component):
         for b in range(FMAP_BUFFERS):
             mem = Memory(shape=width, depth=self._rows, init=[])
             m.submodules[f"buf{b}"] = mem
-            rd = mem.read_port()
-            res = mem.read_port()
+            rd_b = self.rd.en & (self.rd.buf == b)
+            res_b = self.res.en & (self.res.buf == b)
+            wr_b = self.wr.en & (self.wr.buf == b)
+            a_addr = Signal(self._addr_width, name=f"buf{b}_a_addr")  # port A: rd or res
+            b_addr = Signal(self._addr_width, name=f"buf{b}_b_addr")  # port B: wr or rmw
+            m.d.comb += [a_addr.eq(Mux(res_b, self.res.addr, self.rd.addr)),
+                         b_addr.eq(Mux(wr_b, self.wr.addr, self.rmw.addr))]
+            port_a = mem.read_port()
             rmw = mem.read_port()
             wr = mem.write_port(granularity=MAX_ACT_BITS)
             m.d.comb += [
-                rd.addr.eq(self.rd.addr), rd.en.eq(self.rd.en & (self.rd.buf == b)),
-                res.addr.eq(self.res.addr), res.en.eq(self.res.en & (self.res.buf == b)),
-                rmw.addr.eq(self.rmw.addr), rmw.en.eq(self.rmw.en & (self.rmw.buf == b)),
-                wr.addr.eq(self.wr.addr), wr.data.eq(self.wr.data),
-                wr.en.eq(self.wr.mask & (self.wr.en & (self.wr.buf == b)).replicate(self._row_codes)),
+                port_a.addr.eq(a_addr), port_a.en.eq(rd_b | res_b),
+                # enabled on writes too: a block RAM port's output takes the (old) word on a write, so a read
+                # port that held its data across the port's writes would need a copy in FFs
+                rmw.addr.eq(b_addr), rmw.en.eq((self.rmw.en & (self.rmw.buf == b)) | wr_b),
+                wr.addr.eq(b_addr), wr.data.eq(self.wr.data),
+                wr.en.eq(self.wr.mask & wr_b.replicate(self._row_codes)),
             ]
             with m.If(rd_sel == b):
-                m.d.comb += self.rd.data.eq(rd.data)
+                m.d.comb += self.rd.data.eq(port_a.data)
             with m.If(res_sel == b):
-                m.d.comb += self.res.data.eq(res.data)
+                m.d.comb += self.res.data.eq(port_a.data)
             with m.If(rmw_sel == b):
                 m.d.comb += self.rmw.data.eq(rmw.data)
         return m

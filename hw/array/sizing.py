@@ -107,7 +107,7 @@ def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -
     fields = {
         "engines": engines, "lanes": lanes,
         "buffer_words": 1 << max(1, (top["buffer_words"] - 1).bit_length()),
-        "fmap_rows": top["fmap_rows"], "row_codes": max(top["row_codes"], pixels),
+        "fmap_rows": top["fmap_rows"], "row_codes": top["row_codes"],
         "fan_in_width": top["fan_in"].bit_length(),  # fan_in < 2^width (the decoder's and controller's check)
         "channel_bits": max(1, (top["channels"] - 1).bit_length()),
     }

@@ -58,7 +58,8 @@ class ArrayConfig:
     fmap_rows : int
         Rows (``C H``) a feature-map buffer holds.
     row_codes : int
-        Codes per feature-map row (the widest map).
+        Codes per feature-map row (the widest map; a tile of several output rows writes each row to a word
+        of its own, so a word need not hold the tile: ResNet-20's 28-code rows on 84-pixel tiles).
     fan_in_width : int
         Bits of a weight position: fan-ins up to ``2^fan_in_width - 1`` (the patch depth).
     channel_bits : int
@@ -92,8 +93,6 @@ class ArrayConfig:
                 raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
         if self.buffer_words < 2 or self.buffer_words & (self.buffer_words - 1):
             raise ValueError(f"buffer_words must be a power of two >= 2, not {self.buffer_words}")
-        if self.row_codes < self.pixels:
-            raise ValueError(f"row_codes ({self.row_codes}) must hold a tile's {self.pixels} pixels")
 
 
 class ConvArray(wiring.Component):

@@ -83,9 +83,16 @@ from sim.runner import SimulationError
 #: the stem, six 14-pixel rows of layer2, all of layer3's 7 x 7), 168 DSP48E1 lanes. 84 pixels is a whole
 #: number of ResNet-20's 28-, 14- and 7-pixel rows (38 lanes, 76 pixels, left a quarter of layer1's slots
 #: empty: 14 tiles of two rows instead of 10 of three; the ticket at PACT-4 measured 105,069 cycles on 4 x 38,
-#: 90,065 on 4 x 42).
-#: Four engines divide ResNet-20's 16, 32 and 64 channels evenly, and pay the per-engine decoder and
-#: requantizer (about 2.7 k LUT) half as often as eight engines of half the lanes would.
+#: 90,065 on 4 x 42, 78,664 with overlapped layers).
+#: Four engines divide ResNet-20's 16, 32 and 64 channels evenly and pay an engine's fixed cost (decoders,
+#: requantizer, about 7.6 k LUT of it) fewer times. The other ways to split 168 lanes, by the ticket's
+#: ``tile_bound_cycles`` at PACT-4: 6 x 28 (56-pixel tiles, layer1 full, layer2 and layer3 88 % full) 62,702
+#: against 72,047, and in RTL 70,753 cycles against 78,664 (dense32 417,379: a speed-up of 5.90, its tiles
+#: were the emptier), but six 28-lane engines are 78.8 k LUT against four 42-lane ones' 63.6 k (13,128 and
+#: 15,890 LUT each, Yosys) and need a fourth global-buffer copy; 7 x 24 and 8 x 21 93,658 and 81,951 (a
+#: 28-pixel row a tile); 12 x 14 59,280 at twice the fixed cost. While the LUTs are what keeps the array off
+#: the chip, 10 % fewer cycles for 24 % more engine LUTs is not the trade to make (docs/array_design.md,
+#: "Six engines of 28 lanes"); ``--engines 6 --lanes 28`` builds it.
 DEFAULT_ENGINES = 4
 DEFAULT_LANES = 42
 #: Images of the ticket at PACT-4 (the floor's row) and of every other row.

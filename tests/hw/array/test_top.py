@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hw.array.sizing import config_for
+from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
@@ -123,11 +123,11 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
     return out
 
 
-def check_net(net, n_images, seed):
+def check_net(net, n_images, seed, config=CONFIG):
     words = pack_v3(net)[0]
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 1 << net.input_bits, size=(n_images, *net.image_shape))
-    res = run_array(words, images, seed=seed)
+    res = run_array(words, images, config=config, seed=seed)
     assert res["status"] == [Status.OK] * n_images
     want = net.forward(images)
     assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
@@ -163,20 +163,39 @@ def test_layers_overlap_the_drain_of_the_layer_before():
         assert res["overlaps"] == [overlappable(net)]
 
 
+def _with_v3_layer(words, k, **fields):
+    """A copy of the version 3 image ``words`` with ``fields`` of layer ``k``'s descriptor replaced, and the
+    descriptor's old fields."""
+    from model.export.format import HEADER, LAYER
+
+    at = HEADER.words + LAYER.words * k
+    old = {name: int(v[0]) for name, v in unpack_records(LAYER, words[at:at + LAYER.words], version=3).items()}
+    bad = words.copy()
+    bad[at:at + LAYER.words] = pack_records(LAYER, {**old, **fields}).reshape(-1)
+    return bad, old
+
+
+def test_a_shortcut_read_from_the_layers_own_input_ends_with_bad_geometry():
+    """A residual layer whose ``res_buf`` is its ``in_buf`` (the format forbids it: the shortcut is the block
+    input, conv1's input): BAD_GEOMETRY on that layer, then a good run. The feature maps rely on it: the
+    loader's and the shortcut's reads share each buffer's port A (``hw/array/feature_maps.py``)."""
+    net = resnet_like(np.random.default_rng(3))
+    words = pack_v3(net)[0].astype(np.int64)
+    _, layer2 = _with_v3_layer(words, 2)
+    assert layer2["residual"] and layer2["res_buf"] != layer2["in_buf"]
+    bad, _ = _with_v3_layer(words, 2, res_buf=layer2["in_buf"])
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(2, *net.image_shape))
+    res = run_array([bad, words], images)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 2
+    assert np.array_equal(np.array(res["scores"][1]), net.forward(images[1:])[0])
+
+
 def test_a_layer_refused_or_faulting_while_overlapped_ends_the_run_cleanly():
     """A next layer the checks refuse while the layer before runs its last tile: BAD_GEOMETRY once that
     layer's queued rows have drained, ``layer_index`` on the refused layer, then a good run on the same array.
     A corrupt row stream in an overlapped layer's last tile: BAD_STREAM with ``layer_index`` on that layer (as
     without the overlap, though the next layer was set up; the decoders' error holds until a reset)."""
-    from model.export.format import HEADER, LAYER
-
-    def with_layer(words, k, **fields):
-        at = HEADER.words + LAYER.words * k
-        old = {name: int(v[0]) for name, v in unpack_records(LAYER, words[at:at + LAYER.words], version=3).items()}
-        bad = words.copy()
-        bad[at:at + LAYER.words] = pack_records(LAYER, {**old, **fields}).reshape(-1)
-        return bad, old
-
+    with_layer = _with_v3_layer
     net = resnet_like(np.random.default_rng(3))
     words = pack_v3(net)[0].astype(np.int64)
     refused, _ = with_layer(words, 2, kernel=0)
@@ -198,6 +217,18 @@ def test_a_layer_refused_or_faulting_while_overlapped_ends_the_run_cleanly():
 @pytest.mark.parametrize("seed", range(6))
 def test_random_conv_nets_match_golden(seed):
     check_net(random_conv_net(np.random.default_rng(1000 + seed)), 1, seed)
+
+
+#: Tiles of 16 pixels over map rows of at most 9 codes: a tile spans up to four output rows, each written to
+#: a word of its own (ResNet-20 on the bench's array: 84-pixel tiles, 28-code rows).
+WIDE_TILES = dataclasses.replace(CONFIG, lanes=8, row_codes=9)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_tiles_wider_than_a_map_row_match_golden(seed):
+    net = random_conv_net(np.random.default_rng(2000 + seed))
+    assert needs(pack_v3(net)[0])["row_codes"] <= WIDE_TILES.row_codes < WIDE_TILES.pixels
+    check_net(net, 1, seed, config=WIDE_TILES)
 
 
 def test_mlp_runs_on_the_same_array():
