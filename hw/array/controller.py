@@ -123,6 +123,9 @@ class ArrayController(wiring.Component):
     ----------
     engines, pixels, row_codes, fmap_rows, fmap_addr_width, fan_in_width, channel_bits, addr_width : int
         The array's configuration (:class:`~hw.array.top.ConvArray`).
+    buffer_words : int or None
+        Words the global buffer holds (``2^addr_width`` when None): a header whose ``words`` is more ends
+        the run with ``BAD_GEOMETRY`` (the image cannot have been loaded whole).
     vertical : bool
         Whether the engines have the version 4 path; without it version 4 images end with ``BAD_VERSION``.
 
@@ -171,7 +174,8 @@ class ArrayController(wiring.Component):
     """
 
     def __init__(self, *, engines: int, pixels: int, row_codes: int, fmap_rows: int, fmap_addr_width: int,
-                 fan_in_width: int, channel_bits: int, addr_width: int, vertical: bool = True):
+                 fan_in_width: int, channel_bits: int, addr_width: int, vertical: bool = True,
+                 buffer_words: int | None = None):
         self._g = engines
         self._t = pixels
         self._rc = row_codes
@@ -180,6 +184,9 @@ class ArrayController(wiring.Component):
         self._fw = fan_in_width
         self._cb = channel_bits
         self._aw = addr_width
+        self._words = (1 << addr_width) if buffer_words is None else buffer_words
+        if not 2 <= self._words <= 1 << addr_width:
+            raise ValueError(f"buffer_words must be 2 to 2^addr_width = {1 << addr_width}, not {buffer_words}")
         self._vertical = bool(vertical)  # version 4 images run (else BAD_VERSION)
         members = {
             "start": In(1),
@@ -551,7 +558,7 @@ class ArrayController(wiring.Component):
                 with m.Elif((hd.layers == 0) | (hd.input_bits == 0) | (hd.input_bits > MAX_ACT_BITS)
                             | (hd.in_channels == 0) | (hd.in_height == 0) | (hd.in_width == 0)
                             | (hd.in_width > rc) | (hdr_rows > self._rows)
-                            | (descs_end >= 1 << self._aw)):
+                            | (hd.words > self._words) | (descs_end > hd.words)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0), v4.eq(vert),

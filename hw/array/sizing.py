@@ -90,6 +90,14 @@ def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
     return out
 
 
+#: The global buffer's depth is a whole number of these words: a RAMB36 holds 1,024 of them (1K x 32 of its
+#: 1K x 36), so a deeper buffer costs block RAM in these steps and no finer rounding saves any. A power of
+#: two would waste up to half of it (the ResNet-20 ticket's 42,888 words: 43,008 words in 42 RAMB36, not
+#: 65,536 in 64); the controller checks an image's ``words`` against the depth instead of relying on the
+#: address wrapping.
+BUFFER_QUANTUM = 1024
+
+
 def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -> ArrayConfig:
     """The smallest :class:`ArrayConfig` with ``engines`` engines that runs every image of ``images``.
 
@@ -106,7 +114,7 @@ def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -
                         f"{top['out_width']} pixels")
     fields = {
         "engines": engines, "lanes": lanes,
-        "buffer_words": 1 << max(1, (top["buffer_words"] - 1).bit_length()),
+        "buffer_words": -(-top["buffer_words"] // BUFFER_QUANTUM) * BUFFER_QUANTUM,
         "fmap_rows": top["fmap_rows"], "row_codes": top["row_codes"],
         "fan_in_width": top["fan_in"].bit_length(),  # fan_in < 2^width (the decoder's and controller's check)
         "channel_bits": max(1, (top["channels"] - 1).bit_length()),

@@ -54,7 +54,7 @@ class ArrayConfig:
     lanes : int
         DSP48E1 lanes per engine; a tile has ``lanes * LANE_SLOTS`` pixels (the widest output row).
     buffer_words : int
-        Global buffer depth in 32-bit words (a power of two).
+        Global buffer depth in 32-bit words (any; an image with more ``words`` ends with ``BAD_GEOMETRY``).
     fmap_rows : int
         Rows (``C H``) a feature-map buffer holds.
     row_codes : int
@@ -91,8 +91,8 @@ class ArrayConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
-        if self.buffer_words < 2 or self.buffer_words & (self.buffer_words - 1):
-            raise ValueError(f"buffer_words must be a power of two >= 2, not {self.buffer_words}")
+        if self.buffer_words < 2:
+            raise ValueError(f"buffer_words must be >= 2, not {self.buffer_words}")
 
 
 class ConvArray(wiring.Component):
@@ -176,7 +176,7 @@ class ConvArray(wiring.Component):
         m.submodules.ctl = ctl = ArrayController(
             engines=g, pixels=t, row_codes=cfg.row_codes, fmap_rows=cfg.fmap_rows, fmap_addr_width=faw,
             fan_in_width=cfg.fan_in_width, channel_bits=cfg.channel_bits, addr_width=self._addr_width,
-            vertical=cfg.vertical)
+            vertical=cfg.vertical, buffer_words=cfg.buffer_words)
         wiring.connect(m, buf.ctl, ctl.bus)
         m.submodules.writer = writer = MapWriter(engines=g, channel_bits=cfg.channel_bits, pixels=t,
                                                  row_codes=cfg.row_codes, addr_width=faw)
@@ -225,7 +225,12 @@ class ConvArray(wiring.Component):
                 for e in range(2 * pair, min(2 * pair + 2, g)):
                     rp = mem.read_port()
                     addr = shared if e == 2 * pair else engines[e].patch_addr
-                    m.d.comb += [rp.addr.eq(addr), rp.en.eq(engines[e].patch_en)]
+                    # The port that shares the write's address is enabled on writes too: a block RAM port's
+                    # output takes the old word on a write, and a port holding its data across writes would
+                    # be a copy of its output in FFs (672 FF and about 780 LUT a copy at 84 pixels, Yosys).
+                    # No engine looks at a bank while it loads (above), so nothing needs that hold.
+                    en = engines[e].patch_en | writing if e == 2 * pair else engines[e].patch_en
+                    m.d.comb += [rp.addr.eq(addr), rp.en.eq(en)]
                     patch_data[e][bank] = rp.data
 
         # Each pixel's activation sum over the tile's patch, a register per bank beside the patch: the loader

@@ -45,7 +45,9 @@ class GlobalBuffer(wiring.Component):
     Parameters
     ----------
     data : MemoryData
-        The buffer contents: ``shape`` 32 bits, ``depth`` a power of two >= 2.
+        The buffer contents: ``shape`` 32 bits, ``depth`` >= 2 (any: an address at or past it reads an
+        unspecified word, so whoever issues addresses checks them against the depth; the array's controller
+        refuses an image whose ``words`` is more, ``hw/array/controller.py``).
     ports : sequence of sequence of str
         For each physical read port, its requesters from highest to lowest priority. Names are Python
         identifiers and unique over all ports.
@@ -78,8 +80,8 @@ class GlobalBuffer(wiring.Component):
             raise TypeError(f"data must be a MemoryData, not {data!r}")
         if data.shape != WORD_BITS:
             raise ValueError(f"data.shape must be unsigned({WORD_BITS}), not {data.shape!r}")
-        if data.depth < 2 or data.depth & (data.depth - 1):
-            raise ValueError(f"data.depth must be a power of two >= 2, not {data.depth!r}")
+        if data.depth < 2:
+            raise ValueError(f"data.depth must be >= 2, not {data.depth!r}")
         ports = tuple(tuple(port) for port in ports)
         names = [name for port in ports for name in port]
         if not ports or not all(ports):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hw.array.sizing import config_for, needs
+from hw.array.sizing import BUFFER_QUANTUM, config_for, needs
 from model.errors import UserError
 from model.export.layout_v3 import pack as pack_v3
 from tests.model.export.test_layout_v3 import resnet_like
@@ -21,7 +21,8 @@ def test_config_holds_the_widest_row_and_every_field():
     words = pack_v3(resnet_like(np.random.default_rng(0)))[0]
     cfg = config_for([words], engines=3)
     assert cfg.engines == 3 and cfg.lanes == 4 and cfg.pixels == 8  # two pixels a lane
-    assert cfg.buffer_words >= len(words) and cfg.buffer_words & (cfg.buffer_words - 1) == 0
+    assert cfg.buffer_words >= len(words) and cfg.buffer_words % BUFFER_QUANTUM == 0
+    assert cfg.buffer_words - len(words) < BUFFER_QUANTUM
     assert (1 << cfg.fan_in_width) > 36 and (1 << cfg.channel_bits) >= 4 and cfg.row_codes >= 8
     with pytest.raises(UserError, match="output rows of 8"):
         config_for([words], engines=1, lanes=3)

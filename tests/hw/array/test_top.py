@@ -250,6 +250,26 @@ def test_bad_magic_and_version_end_with_their_status():
     assert run_array(bad, [np.zeros((1, 8, 8))])["status"] == [Status.BAD_VERSION]
 
 
+def test_a_buffer_of_any_depth_refuses_an_image_that_says_it_is_longer():
+    """A buffer exactly as deep as the image (not a power of two: the address does not wrap): the image runs;
+    a header whose ``words`` is past the buffer, or before the end of the descriptors, ends with
+    BAD_GEOMETRY before any layer; the next good image runs on the same array."""
+    from model.export.format import HEADER
+
+    net = resnet_like(np.random.default_rng(0))
+    words = pack_v3(net)[0].astype(np.int64)
+    config = dataclasses.replace(CONFIG, buffer_words=len(words))
+    assert len(words) & (len(words) - 1) and HEADER["words"].word == 4 and words[4] == len(words)
+    longer, shorter = words.copy(), words.copy()
+    longer[4], shorter[4] = len(words) + 1, HEADER.words + 1
+    images = np.random.default_rng(1).integers(0, 1 << net.input_bits, size=(4, *net.image_shape))
+    res = run_array([words, longer, shorter, words], images, config=config)
+    assert res["status"] == [Status.OK, Status.BAD_GEOMETRY, Status.BAD_GEOMETRY, Status.OK]
+    assert res["scores"][1] == res["scores"][2] == []
+    want = net.forward(images)
+    assert np.array_equal(np.array(res["scores"][0]), want[0]) and np.array_equal(np.array(res["scores"][3]), want[3])
+
+
 def test_a_map_wider_than_a_tile_ends_with_bad_geometry():
     net = resnet_like(np.random.default_rng(0))
     words = pack_v3(net)[0]

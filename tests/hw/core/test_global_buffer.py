@@ -76,8 +76,8 @@ def test_buffer_image_can_be_replaced_before_elaboration():
     (lambda: GlobalBuffer([1, 2], ports=(("a",),)), TypeError, "data must be a MemoryData, not [1, 2]"),
     (lambda: GlobalBuffer(MemoryData(shape=16, depth=4, init=[]), ports=(("a",),)), ValueError,
      "data.shape must be unsigned(32), not 16"),
-    (lambda: GlobalBuffer(MemoryData(shape=32, depth=6, init=[]), ports=(("a",),)), ValueError,
-     "data.depth must be a power of two >= 2, not 6"),
+    (lambda: GlobalBuffer(MemoryData(shape=32, depth=1, init=[]), ports=(("a",),)), ValueError,
+     "data.depth must be >= 2, not 1"),
     (lambda: GlobalBuffer(MemoryData(shape=32, depth=4, init=[]), ports=()), ValueError,
      "ports must be one or more non-empty lists of requester names, not ()"),
     (lambda: GlobalBuffer(MemoryData(shape=32, depth=4, init=[]), ports=(("a",), ())), ValueError,
@@ -127,7 +127,7 @@ def test_a_shared_load_port_blocks_the_first_port_only_while_it_loads(seed):
     returns the word as it stood before that cycle's load (a read of the word being loaded on the second
     port sees the old contents)."""
     rng = np.random.default_rng(seed)
-    depth = 32
+    depth = 24  # not a power of two: addresses below it only (5 address bits)
     model = [int(x) for x in rng.integers(0, 1 << 32, size=depth, dtype=np.uint64)]
     ports = (("ctl", "eng0"), ("eng1",))
     dut = GlobalBuffer(MemoryData(shape=32, depth=depth, init=list(model)), ports=ports, writable=True,
