@@ -165,7 +165,6 @@ class MapWriter(wiring.Component):
         tile = Signal(tile_layout())  # the held row's tile
         channel = Signal(self._channel_bits)  # the held row's channel
         r = Signal(DIM_BITS)
-        off = Signal(range(t + 1))  # r w_out
         second = Signal()  # the write cycle of a read-modify-write
         take = Signal()
         m.d.comb += [take.eq(found & ~held), self.busy.eq(held)]
@@ -177,11 +176,13 @@ class MapWriter(wiring.Component):
                 m.d.comb += [s_wr.addr.eq(row.channel), s_wr.data.eq(row.score), s_wr.en.eq(1)]
             with m.Else():
                 m.d.sync += [held.eq(1), codes.eq(row.codes.as_value()), base.eq(row.channel * lay.height),
-                             tile.eq(row.tile), channel.eq(row.channel), r.eq(0), off.eq(0), second.eq(0)]
+                             tile.eq(row.tile), channel.eq(row.channel), r.eq(0), second.eq(0)]
 
         # Output row r: its codes (slots r w_out ..), pooled pairwise when pooling (x' = max(2x', 2x' + 1)).
-        mine = Signal(MAX_ACT_BITS * t)
-        m.d.comb += mine.eq(codes >> (off * MAX_ACT_BITS))
+        # `codes` shifts down by w_out codes as each row is done, so row r's codes are its low slots: the
+        # barrel shifter sits between two registers, not on the path into the feature maps' write port (it
+        # was the array's slowest path, 18 LUT levels, with the pool's and the read-modify-write's compares).
+        mine = codes
         stored = Signal(MAX_ACT_BITS * rc)
         for x in range(rc):
             a = mine[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < t else 0
@@ -218,7 +219,7 @@ class MapWriter(wiring.Component):
                 m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(stored), done_row.eq(1)]
         m.d.comb += [self.wrote_channel.eq(channel), self.wrote_y.eq(tile.y)]
         with m.If(done_row):
-            m.d.sync += [r.eq(r + 1), off.eq(off + lay.w_out)]
+            m.d.sync += [r.eq(r + 1), codes.eq(codes >> (lay.w_out * MAX_ACT_BITS))]
             with m.If(r == tile.rows - 1):
                 m.d.sync += held.eq(0)
                 m.d.comb += self.wrote.eq(1)
