@@ -64,6 +64,18 @@ def parse_stat(text: str) -> Resources:
     return Resources(dsp=cells.get("DSP48E1", 0), lut=lut, ff=ff, bram36=bram36, cells=cells)
 
 
+def read_command(path) -> str:
+    """The Yosys command that reads ``path``: ``read_rtlil`` for Amaranth's RTLIL (``.il``), else
+    ``read_verilog``.
+
+    The array's parts are synthesised from RTLIL: Amaranth's Verilog initialises a memory one statement a
+    word (the zero contents of a 36,864-word global buffer are 36,864 lines), and Yosys 0.23's
+    ``read_verilog`` spent 1,152 s of a 1,682 s shell synthesis on them, where ``read_rtlil`` reads the same
+    memory's one ``$meminit_v2`` cell in about a second (measured 2026-12-03).
+    """
+    return f"read_rtlil {path}" if Path(path).suffix == ".il" else f"read_verilog {path}"
+
+
 def synth_stat(verilog_path, top: str, *, flatten: bool = True, log_path=None) -> str:
     """Run ``synth_xilinx`` (flattened or keeping the hierarchy) on ``verilog_path``; return its ``stat``.
 
@@ -72,9 +84,9 @@ def synth_stat(verilog_path, top: str, *, flatten: bool = True, log_path=None) -
     """
     verilog_path = Path(verilog_path)
     if not verilog_path.is_file():
-        raise UserError(f"{verilog_path}: no such Verilog file")
+        raise UserError(f"{verilog_path}: no such Verilog (or RTLIL) file")
     flow = f"synth_xilinx -family xc7{' -flatten' if flatten else ''} -top {top}"
-    out = _yosys(verilog_path, f"read_verilog {verilog_path}; {flow}; stat", log_path)
+    out = _yosys(verilog_path, f"{read_command(verilog_path)}; {flow}; stat", log_path)
     return out[out.rfind("Printing statistics"):]
 
 
@@ -140,10 +152,10 @@ def synthesize_netlist(verilog_path, top: str, *, log_path=None, timeout_s: floa
     and the DSP configuration check), from one synthesis run."""
     verilog_path = Path(verilog_path)
     if not verilog_path.is_file():
-        raise UserError(f"{verilog_path}: no such Verilog file")
+        raise UserError(f"{verilog_path}: no such Verilog (or RTLIL) file")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "netlist.json"
-        script = (f"read_verilog {verilog_path}; synth_xilinx -family xc7 -flatten -top {top}; stat; "
+        script = (f"{read_command(verilog_path)}; synth_xilinx -family xc7 -flatten -top {top}; stat; "
                   f"write_json {out}")
         text = _yosys(verilog_path, script, log_path, timeout_s)
         design = json.loads(out.read_text())
