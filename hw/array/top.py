@@ -236,14 +236,21 @@ class ConvArray(wiring.Component):
         # Each pixel's activation sum over the tile's patch, a register per bank beside the patch: the loader
         # writes every position of a tile once, position 0 first (a vertical layer's compensation, Eq. 6).
         # Without the version 4 path they stay 0 (only a compensated vertical layer uses them).
+        # The sums run one cycle behind the loader's writes (its write registered first): the loader's pooled
+        # sum and this adder in one cycle were the shell's slowest path (9.9 ns, 15 LUT levels). An engine
+        # reads a bank's sums at its first pixel's requant, many cycles after the bank's last write.
         usum = [Signal(data.ArrayLayout(A_BITS, t), name=f"usum{bank}") for bank in range(2)]
         if cfg.vertical:
-            with m.If(loader.patch.en):
+            u_en, u_first, u_bank = Signal(), Signal(), Signal()
+            u_data = Signal.like(loader.patch.data)
+            m.d.sync += [u_en.eq(loader.patch.en), u_first.eq(loader.patch.addr == 0), u_bank.eq(ctl.load_bank),
+                         u_data.eq(loader.patch.data)]
+            with m.If(u_en):
                 for i in range(t):
-                    so_far = Mux(loader.patch.addr == 0, 0, Mux(ctl.load_bank, usum[1][i], usum[0][i]))
-                    total = so_far + loader.patch.data[i]
+                    so_far = Mux(u_first, 0, Mux(u_bank, usum[1][i], usum[0][i]))
+                    total = so_far + u_data[i]
                     for bank in range(2):
-                        with m.If(ctl.load_bank == bank):
+                        with m.If(u_bank == bank):
                             m.d.sync += usum[bank][i].eq(total)
         usum_comp = Signal(data.ArrayLayout(A_BITS, t))
         m.d.comb += usum_comp.eq(Mux(ctl.comp_bank, usum[1].as_value(), usum[0].as_value()))
