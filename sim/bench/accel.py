@@ -51,8 +51,10 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -109,10 +111,12 @@ MAX_LUT_FRACTION = 0.8
 MIN_FMAX_MHZ = 100.0
 #: Wall-time budget of the simulations (the issue bounds the bench to 45 minutes on 2 cores).
 BUDGET_MINUTES = 40.0
-#: Bound on each Yosys run of the synthesis (the shell of a 152-lane array takes Yosys over half an hour here).
+#: Bound on each Yosys run of the synthesis (the 4 x 42 array's shell: about 6 minutes from RTLIL, 28 from Verilog).
 SYNTH_MINUTES = 60.0
 #: Seconds a simulator run costs besides its images (start-up, the image load through the load port).
 RUN_OVERHEAD_S = 20.0
+#: Simulator processes side by side after the build (the machine's 2 cores; Yosys shares them while it runs).
+SIM_WORKERS = 2
 #: The watchdog of a run: an image of dense32 at PACT-8 on a small array takes a few million cycles.
 TIMEOUT_CYCLES = 20_000_000
 
@@ -246,27 +250,39 @@ def _synthesize(config, out_dir: Path, box: dict, timeout_s: float) -> None:
         box["error"] = exc
 
 
-def _plan(counts: dict, done: dict, wall: dict, left_s: float) -> tuple | None:
+def _plan(counts: dict, planned: dict, done: dict, wall: dict, left_s: float) -> tuple | None:
     """The next ``(key, images)`` chunk to run within ``left_s`` seconds, or None.
 
     Every row gets one image first (in :data:`WEIGHTS` x :data:`ACT_BITS` order), then the ticket at PACT-4
     up to its count, then the others; a chunk is as many images as the row's measured simulation seconds per
-    image (``wall``: the simulator's own time, not the first run's Verilator build) leave time for after
-    :data:`RUN_OVERHEAD_S` (at most a quarter of a row's count, so that the progress bar moves)."""
+    image (``wall`` over ``done``: the simulator's own time, not the first run's Verilator build) leave time
+    for after :data:`RUN_OVERHEAD_S` (at most a quarter of a row's count, so that the progress bar moves).
+    ``planned`` counts the images given out, ``done`` those that came back (chunks run side by side,
+    :data:`SIM_WORKERS`): a row whose first image is still out gets no more until its time is known."""
     for key in counts:
-        if done[key] == 0:
+        if planned[key] == 0:
             return key, 1
     order = [("ticket", 4)] + [k for k in counts if k != ("ticket", 4)]
     for key in order:
-        want = counts[key] - done[key]
-        if want <= 0:
+        want = counts[key] - planned[key]
+        if want <= 0 or done[key] == 0:
             continue
-        per_image = wall[key] / max(done[key], 1)
+        per_image = wall[key] / done[key]
         fit = int((left_s - RUN_OVERHEAD_S) // max(per_image, 1e-3))
         n = min(want, fit, max(1, counts[key] // 4))
         if n >= 1:
             return key, n
     return None
+
+
+def _run_chunk(vpath: str, words, codes, expected, work_dir: str, simulator: str) -> dict:
+    """One chunk's RTL run, in a worker process (:func:`run_accel`): its record, or ``{"failure": message}``
+    (an exception object need not survive the trip back)."""
+    try:
+        return run_array(vpath, words, codes, expected, work_dir=work_dir, simulator=simulator, stall=False,
+                         timeout_cycles=TIMEOUT_CYCLES)
+    except SimulationError as exc:
+        return {"failure": f"the simulator failed ({exc})"}
 
 
 def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES, lanes: int = DEFAULT_LANES,
@@ -317,15 +333,12 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     timed_out = dict.fromkeys(counts, False)
     expected_all = {key: nets[key].forward(codes[:counts[key]]) for key in counts}
     bar = tqdm(total=sum(counts.values()), unit="image", disable=not progress, desc="accel RTL")
-    while (step := _plan(counts, done, wall, deadline - time.perf_counter())) is not None:
-        key, n = step
-        lo = done[key]
-        bar.set_postfix_str(f"{key[0]} A{key[1]}")
-        try:
-            res = run_array(vpath, words[key], codes[lo:lo + n], expected_all[key][lo:lo + n],
-                            work_dir=out_dir / "sim", simulator=simulator, stall=False, timeout_cycles=TIMEOUT_CYCLES)
-        except SimulationError as exc:
-            raise UserError(f"bench accel: the simulator failed ({exc})") from exc
+    planned = dict.fromkeys(counts, 0)
+    closed: set = set()  # rows that hung: no more images
+
+    def take(key, n, res) -> None:
+        if res.get("failure"):
+            raise UserError(f"bench accel: {res['failure']}")
         if res.get("error") and not res["timed_out"]:
             raise UserError(f"bench accel: the testbench stopped ({res['error']}); see {res['log']}")
         wall[key] += float(res["sim_wall_s"])  # the simulation's own seconds (the first run also builds)
@@ -339,7 +352,36 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         timed_out[key] |= bool(res["timed_out"])
         bar.update(n)
         if res["timed_out"]:
-            done[key] = counts[key]  # a hung row takes no more time; its images count as mismatches
+            closed.add(key)  # a hung row takes no more time; its images count as mismatches
+
+    def next_chunk():
+        open_counts = {k: (planned[k] if k in closed else v) for k, v in counts.items()}
+        step = _plan(open_counts, planned, done, wall, deadline - time.perf_counter())
+        if step is not None:
+            key, n = step
+            planned[key] += n
+            bar.set_postfix_str(f"{key[0]} A{key[1]}")
+        return step
+
+    def args(key, n):
+        lo = planned[key] - n
+        return (str(vpath), words[key], codes[lo:lo + n], expected_all[key][lo:lo + n], str(out_dir / "sim"),
+                simulator)
+
+    # The first image builds the simulator (minutes of C++); then SIM_WORKERS processes run chunks side by
+    # side (the testbench reads its case through os.environ, so processes, not threads).
+    if (step := next_chunk()) is not None:
+        take(*step, _run_chunk(*args(*step)))
+    with ProcessPoolExecutor(max_workers=SIM_WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: dict = {}
+        while True:
+            while len(running) < SIM_WORKERS and (step := next_chunk()) is not None:
+                running[pool.submit(_run_chunk, *args(*step))] = step
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                take(*running.pop(future), future.result())
     bar.close()
     rows = []
     bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}

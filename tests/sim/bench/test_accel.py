@@ -187,12 +187,14 @@ def test_a_conv_json_without_the_ticket_fields_is_named(tmp_path):
 
 def test_the_budget_plan_gives_every_row_an_image_then_the_ticket_then_the_others():
     counts = {(w, a): 100 if (w, a) == ("ticket", 4) else 10 for w in accel.WEIGHTS for a in accel.ACT_BITS}
+    planned = dict.fromkeys(counts, 0)
     done = dict.fromkeys(counts, 0)
     wall = dict.fromkeys(counts, 0.0)
     seen = []
-    while (step := accel._plan(counts, done, wall, left_s=1e9)) is not None:
+    while (step := accel._plan(counts, planned, done, wall, left_s=1e9)) is not None:
         key, n = step
         seen.append(step)
+        planned[key] += n
         done[key] += n
         wall[key] += 2.0 * n
     assert [k for k, _ in seen[:6]] == list(counts) and all(n == 1 for _, n in seen[:6])
@@ -200,10 +202,24 @@ def test_the_budget_plan_gives_every_row_an_image_then_the_ticket_then_the_other
     assert done == counts
     # With the run's overhead and 30 s more left at 2 s an image, the ticket's next chunk is 15 images;
     # with less than the overhead left nothing runs.
-    done = {k: 1 for k in counts}
+    planned = done = {k: 1 for k in counts}
     wall = {k: 2.0 for k in counts}
-    assert accel._plan(counts, done, wall, left_s=accel.RUN_OVERHEAD_S + 30.0) == (("ticket", 4), 15)
-    assert accel._plan(counts, done, wall, left_s=accel.RUN_OVERHEAD_S + 1.0) is None
+    assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 30.0) == (("ticket", 4), 15)
+    assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 1.0) is None
+
+
+def test_chunks_out_at_once_are_planned_from_what_is_given_out_not_what_came_back():
+    counts = {("ticket", 4): 100, ("dense32", 4): 10}
+    wall = {("ticket", 4): 2.0, ("dense32", 4): 0.0}
+    # The ticket's first chunk (25 of 100) is out, dense32's first image too: the ticket gets its next 25,
+    # dense32 nothing until its first image's time is known.
+    planned = {("ticket", 4): 26, ("dense32", 4): 1}
+    done = {("ticket", 4): 1, ("dense32", 4): 0}
+    assert accel._plan(counts, planned, done, wall, left_s=1e9) == (("ticket", 4), 25)
+    planned[("ticket", 4)] = 100
+    assert accel._plan(counts, planned, done, wall, left_s=1e9) is None
+    done[("dense32", 4)], wall[("dense32", 4)] = 1, 50.0
+    assert accel._plan(counts, planned, done, wall, left_s=1e9) == (("dense32", 4), 2)
 
 
 def test_a_synthesis_that_did_not_finish_keeps_the_rtl_rows_and_fails_its_floors(tmp_path, capsys, monkeypatch):
