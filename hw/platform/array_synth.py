@@ -30,10 +30,12 @@ from amaranth.back import rtlil, verilog
 
 from hw.array.top import ArrayConfig, ConvArray
 from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, read_command, synthesize_netlist
-from hw.platform.timing import TimingReport, estimate
+from hw.platform.timing import PathReport, TimingReport, estimate, slowest_paths
 from hw.platform.verilog import ARRAY_TOP_NAME, write_text_atomically
 
 ENGINE_TOP_NAME = "mpq_engine"
+#: End points listed per part, slowest first (where the next timing fix is).
+SLOWEST_PATHS = 10
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class ArraySynthesis:
     engine, shell : Resources
         The two parts.
     engine_timing, shell_timing : TimingReport
+    engine_paths, shell_paths : list of PathReport
+        Each part's :data:`SLOWEST_PATHS` slowest end points (:func:`hw.platform.timing.slowest_paths`).
     dsp_configs : dict
         DSP48E1 configurations of the whole array (the engine's counted ``engines`` times).
     engines : int
@@ -65,13 +69,17 @@ class ArraySynthesis:
     dsp_configs: dict
     engines: int
     seconds: float
+    engine_paths: tuple[PathReport, ...] = ()
+    shell_paths: tuple[PathReport, ...] = ()
 
     def as_dict(self) -> dict:
         return {"method": "parts: one engine + the shell with black-box engines (hw/platform/array_synth.py)",
                 "engines": self.engines, "total": self.resources.as_dict(), "engine": self.engine.as_dict(),
                 "shell": self.shell.as_dict(), "timing": self.timing.as_dict(),
                 "engine_timing": self.engine_timing.as_dict(), "shell_timing": self.shell_timing.as_dict(),
-                "dsp_configs": self.dsp_configs, "seconds": self.seconds}
+                "dsp_configs": self.dsp_configs, "seconds": self.seconds,
+                "engine_paths": [p.as_dict() for p in self.engine_paths],
+                "shell_paths": [p.as_dict() for p in self.shell_paths]}
 
 
 def _sum(shell: Resources, engine: Resources, n: int) -> Resources:
@@ -142,4 +150,6 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     slower = max(engine_timing, shell_timing, key=lambda t: t.delay_ns)
     return ArraySynthesis(resources=_sum(shell, engine, n), timing=slower, engine=engine, shell=shell,
                           engine_timing=engine_timing, shell_timing=shell_timing, dsp_configs=configs, engines=n,
-                          seconds=round(time.perf_counter() - t0, 1))
+                          seconds=round(time.perf_counter() - t0, 1),
+                          engine_paths=tuple(slowest_paths(engine_design, ENGINE_TOP_NAME, SLOWEST_PATHS)),
+                          shell_paths=tuple(slowest_paths(shell_design, ARRAY_TOP_NAME, SLOWEST_PATHS)))

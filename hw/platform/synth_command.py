@@ -79,4 +79,7 @@ def _array(args, out: Path) -> int:
     print("\nDSP48E1 configurations: " + ", ".join(f"{n} x {k}" for k, n in dsps.items()))
     print(f"slowest path (estimate, -1 speed grade): {timing.delay_ns} ns, {timing.lut_levels} LUT levels, "
           f"{timing.carry_steps} CARRY4 steps: Fmax about {timing.fmax_mhz} MHz")
+    for part, paths in (("engine", syn.engine_paths), ("shell", syn.shell_paths)):
+        print(f"slowest end points of the {part}: " + "; ".join(
+            f"{p.end} <- {p.start} {p.delay_ns} ns ({p.lut_levels} LUT, {p.carry_steps} carry)" for p in paths[:5]))
     return _fits(res)

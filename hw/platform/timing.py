@@ -38,6 +38,7 @@ bound it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 T_CKO, T_SETUP, T_LUT, T_NET = 0.46, 0.10, 0.12, 0.45
@@ -86,23 +87,25 @@ def _param(cell: dict, name: str, default: int = 0) -> int:
     return int(value, 2) if isinstance(value, str) and set(value) <= {"0", "1"} else int(value)
 
 
-def estimate(design: dict, top: str) -> TimingReport:
-    """The slowest start-to-end path of module ``top`` of a flattened ``write_json`` netlist."""
-    module = design["modules"][top]
-    cells = module["cells"]
-    driver: dict[int, tuple[str, str]] = {}  # net bit -> (cell, output port)
-    for name, cell in cells.items():
-        for port, bits in cell["connections"].items():
-            if cell.get("port_directions", {}).get(port) == "output":
-                for b in bits:
-                    if isinstance(b, int):
-                        driver[b] = (name, port)
+class _Walk:
+    """Arrival times of the nets of one flattened module (iterative DFS, memoised: netlists are deep)."""
 
-    memo: dict[int, tuple[float, int, int, tuple]] = {}  # net bit -> (arrival, luts, carries, path)
-    start_of: dict[int, str] = {}
+    def __init__(self, module: dict):
+        self.cells = module["cells"]
+        self.driver: dict[int, tuple[str, str]] = {}  # net bit -> (cell, output port)
+        for name, cell in self.cells.items():
+            for port, bits in cell["connections"].items():
+                if cell.get("port_directions", {}).get(port) == "output":
+                    for b in bits:
+                        if isinstance(b, int):
+                            self.driver[b] = (name, port)
+        self.memo: dict[int, tuple[float, int, int, tuple]] = {}  # net bit -> (arrival, luts, carries, path)
+        self.start_of: dict[int, str] = {}
+        self.via: dict[int, tuple] = {}  # net bit -> the net bits along its slowest path, start first
 
-    def source(bit: int) -> tuple[float, int, int, tuple]:
-        """Arrival at net ``bit`` (iterative DFS: netlists are deep)."""
+    def source(self, bit: int) -> tuple[float, int, int, tuple]:
+        """``(arrival, LUT levels, carry steps, cell types)`` at net ``bit``."""
+        memo, start_of, via, cells = self.memo, self.start_of, self.via, self.cells
         stack = [bit]
         visiting: set[int] = set()
         while stack:
@@ -111,18 +114,18 @@ def estimate(design: dict, top: str) -> TimingReport:
                 stack.pop()
                 continue
             visiting.add(b)
-            if b not in driver:  # a top-level input or a constant
+            if b not in self.driver:  # a top-level input or a constant
                 memo[b] = (0.0, 0, 0, ("input",))
-                start_of[b] = f"input bit {b}"
+                start_of[b], via[b] = f"input bit {b}", (b,)
                 stack.pop()
                 continue
-            name, port = driver[b]
+            name, port = self.driver[b]
             cell = cells[name]
             kind = cell["type"]
             ins = _comb_inputs(cell, port)
             if ins is None:  # a timing start point
                 memo[b] = (_clock_to_out(cell, port), 0, 0, (kind,))
-                start_of[b] = name
+                start_of[b], via[b] = name, (b,)
                 stack.pop()
                 continue
             pending = [i for i in ins if isinstance(i[0], int) and i[0] not in memo and i[0] not in visiting]
@@ -130,48 +133,133 @@ def estimate(design: dict, top: str) -> TimingReport:
                 stack.extend(i[0] for i in pending)
                 continue
             best = (0.0, 0, 0, ("const",))
-            best_start = "constant"
+            best_start, best_via = "constant", ()
             for net, extra in ins:
                 if not isinstance(net, int) or net not in memo:  # a constant, or a loop back (not timed)
                     continue
                 arr, luts, carries, path = memo[net]
                 t = arr + extra
                 if t > best[0]:
-                    best, best_start = (t, luts, carries, path), start_of[net]
+                    best, best_start, best_via = (t, luts, carries, path), start_of[net], via[net]
             arr, luts, carries, path = best
             if kind.startswith("LUT") or kind in ("MUXF7", "MUXF8") or kind in _LUTRAM or kind == "INV":
                 luts += 1
             elif kind == "CARRY4":
                 carries += 1
             memo[b] = (arr, luts, carries, path + (kind,))
-            start_of[b] = best_start
+            start_of[b], via[b] = best_start, best_via + (b,)
             stack.pop()
         return memo[bit]
 
+    def endpoints(self, module: dict):
+        """``(delay, net bit, cell name or "output", cell type)`` of every timed end point's input bit."""
+        for name, cell in self.cells.items():
+            for port, bits in cell["connections"].items():
+                if cell.get("port_directions", {}).get(port) != "input":
+                    continue
+                setup = _setup(cell, port)
+                if setup is None:
+                    continue
+                for b in bits:
+                    if isinstance(b, int):
+                        yield self.source(b)[0] + T_NET + setup, b, name, cell["type"]
+        for port in module["ports"].values():
+            if port["direction"] == "output":
+                for b in port["bits"]:
+                    if isinstance(b, int):
+                        yield self.source(b)[0], b, "output", "output"
+
+
+def estimate(design: dict, top: str) -> TimingReport:
+    """The slowest start-to-end path of module ``top`` of a flattened ``write_json`` netlist."""
+    module = design["modules"][top]
+    walk = _Walk(module)
     worst = (0.0, 0, 0, (), "", "")
-    for name, cell in cells.items():
-        for port, bits in cell["connections"].items():
-            if cell.get("port_directions", {}).get(port) != "input":
-                continue
-            setup = _setup(cell, port)
-            if setup is None:
-                continue
-            for b in bits:
-                if isinstance(b, int):
-                    arr, luts, carries, path = source(b)
-                    t = arr + T_NET + setup
-                    if t > worst[0]:
-                        worst = (t, luts, carries, path + (cell["type"],), start_of[b], name)
-    for port in module["ports"].values():
-        if port["direction"] == "output":
-            for b in port["bits"]:
-                if isinstance(b, int):
-                    arr, luts, carries, path = source(b)
-                    if arr > worst[0]:
-                        worst = (arr, luts, carries, path + ("output",), start_of[b], "output")
+    for delay, b, name, kind in walk.endpoints(module):
+        if delay > worst[0]:
+            _, luts, carries, path = walk.source(b)
+            worst = (delay, luts, carries, path + (kind,), walk.start_of[b], name)
     delay, luts, carries, path, start, end = worst
     return TimingReport(round(delay, 3), round(1000.0 / delay, 1) if delay else float("inf"), luts, carries,
                         start, end, list(path))
+
+
+@dataclass(frozen=True)
+class PathReport:
+    """The slowest path into one end point (a register, memory or DSP input named by its wire).
+
+    Members
+    -------
+    delay_ns : float
+    lut_levels, carry_steps : int
+    end : str
+        The end point's wire, its bit index dropped (all bits of a register count as one end point).
+    start : str
+        The start point's wire (the register, memory or DSP output the path leaves from).
+    through : list of str
+        The named wires along the path (Yosys's own ``$``-names left out), start to end.
+    """
+
+    delay_ns: float
+    lut_levels: int
+    carry_steps: int
+    end: str
+    start: str
+    through: list
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _wire_names(module: dict) -> dict[int, str]:
+    """Net bit -> a wire's name for it, a user-named wire (not a ``$``-name) where there is one."""
+    names: dict[int, str] = {}
+    for name, info in module["netnames"].items():
+        name = name.removeprefix("$iopadmap$")  # a top-level port's net before its I/O buffer
+        for i, b in enumerate(info["bits"]):
+            if isinstance(b, int) and (b not in names or names[b].startswith("$") and not name.startswith("$")):
+                names[b] = f"{name}[{i}]" if len(info["bits"]) > 1 else name
+    return names
+
+
+def slowest_paths(design: dict, top: str, n: int = 10) -> list[PathReport]:
+    """The ``n`` slowest end points of module ``top`` and the slowest path into each, slowest first: where
+    the next timing fix is (:func:`estimate` gives only the first). An end point is a wire, all its bits
+    together."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, not {n!r}")
+    module = design["modules"][top]
+    walk = _Walk(module)
+    names = _wire_names(module)
+
+    def wire(bit: int, fallback: str) -> str:
+        return names.get(bit, fallback).rsplit("[", 1)[0]
+
+    cells = module["cells"]
+
+    def end_name(bit: int, cell: str, kind: str) -> str:
+        if kind.startswith("FD"):  # a register: named by its output (the D net is often Yosys's own)
+            q = [x for x in cells[cell]["connections"].get("Q", []) if isinstance(x, int)]
+            return wire(q[0], cell) if q else cell
+        # a memory's or DSP's cells (``buffer.memory.0.17``: column 0, row 17 of RAMB36) as one end point
+        return wire(bit, cell) if kind == "output" else re.sub(r"(\.\d+)+$", "", cell)
+
+    best: dict[str, tuple[float, int]] = {}
+    for delay, b, name, kind in walk.endpoints(module):
+        key = end_name(b, name, kind)
+        if key not in best or delay > best[key][0]:
+            best[key] = (delay, b)
+    out = []
+    for key, (delay, b) in sorted(best.items(), key=lambda kv: -kv[1][0])[:n]:
+        _, luts, carries, _ = walk.source(b)
+        chain = walk.via[b]
+        through = []
+        for net in chain[1:]:
+            w = wire(net, "$")
+            if not w.startswith("$") and (not through or through[-1] != w) and w != key:
+                through.append(w)
+        out.append(PathReport(round(delay, 3), luts, carries, key, wire(chain[0], walk.start_of[b]), through))
+    return out
 
 
 def _clock_to_out(cell: dict, port: str) -> float:

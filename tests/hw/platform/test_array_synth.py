@@ -45,8 +45,11 @@ def test_the_total_is_the_shell_plus_every_engine(parts):
     assert not any(k.startswith(f"{ARRAY_TOP_NAME}.engine") for k in t.cells)  # no black boxes in the totals
     assert sum(syn.dsp_configs.values()) == t.dsp
     assert syn.timing.delay_ns == max(syn.engine_timing.delay_ns, syn.shell_timing.delay_ns)
+    assert syn.shell_paths[0].delay_ns == syn.shell_timing.delay_ns  # the slowest end point first
+    assert syn.engine_paths[0].delay_ns == syn.engine_timing.delay_ns
     record = syn.as_dict()
     assert record["total"]["lut"] == t.lut and record["engines"] == 2
+    assert record["shell_paths"][0]["end"] == syn.shell_paths[0].end
 
 
 def test_the_parts_agree_with_a_flattened_synthesis(parts):

@@ -6,7 +6,7 @@ import pytest
 
 from hw.platform.synth import dsp_configs, synthesize_netlist
 from hw.platform.timing import (T_CARRY_STEP, T_CKO, T_DSP_ADD_SETUP, T_DSP_M_SETUP, T_NET, T_SETUP,
-                                estimate)
+                                estimate, slowest_paths)
 
 pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
 
@@ -79,3 +79,28 @@ def test_a_yosys_run_past_its_timeout_is_killed_and_named(tmp_path):
     path.write_text(ADDER)
     with pytest.raises(RuntimeError, match=r"did not finish in 0 s \(killed\)"):
         synthesize_netlist(path, "top", timeout_s=0.001)
+
+
+TWO_ADDERS = """
+module top(input clk, input [63:0] a, input [63:0] b, output reg [63:0] wide, output reg [7:0] narrow);
+  reg [63:0] ra, rb;
+  always @(posedge clk) begin ra <= a; rb <= b; wide <= ra + rb; narrow <= ra[7:0] + rb[7:0]; end
+endmodule
+"""
+
+
+def test_the_slowest_end_points_are_listed_by_register_slowest_first(tmp_path):
+    path = tmp_path / "two.v"
+    path.write_text(TWO_ADDERS)
+    _, design = synthesize_netlist(path, "top")
+    paths = slowest_paths(design, "top", n=10)
+    ends = [p.end for p in paths]
+    assert len(ends) == len(set(ends))  # one entry a register, all its bits together
+    assert paths[0].end == "wide" and paths[0].delay_ns == estimate(design, "top").delay_ns
+    assert paths[0].carry_steps == 16 and paths[0].start in ("ra", "rb")
+    narrow = next(p for p in paths if p.end == "narrow")
+    assert narrow.carry_steps == 2 and narrow.delay_ns < paths[0].delay_ns
+    assert [p.delay_ns for p in paths] == sorted((p.delay_ns for p in paths), reverse=True)
+    assert [p.end for p in slowest_paths(design, "top", n=1)] == ["wide"]
+    with pytest.raises(ValueError, match="n must be >= 1, not 0"):
+        slowest_paths(design, "top", n=0)
