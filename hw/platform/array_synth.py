@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.back import rtlil, verilog
+from amaranth.back import verilog
 
 from hw.array.top import ArrayConfig, ConvArray
 from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, read_command, synthesize_netlist
@@ -92,10 +92,10 @@ def _sum(shell: Resources, engine: Resources, n: int) -> Resources:
 
 
 def _shell_netlist(path: Path, log_path: Path | None, timeout_s: float | None) -> tuple[Resources, dict]:
-    """``synth_xilinx -flatten`` of the array (RTLIL or Verilog at ``path``) with its engines as black boxes."""
+    """``synth_xilinx -flatten`` of the array (Verilog at ``path``) with its engines as black boxes."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "netlist.json"
-        script = (f"{read_command(path)}; hierarchy -top {ARRAY_TOP_NAME}; "
+        script = (f"{read_command(path, tmp)}; hierarchy -top {ARRAY_TOP_NAME}; "
                   f"blackbox {ARRAY_TOP_NAME}.engine*; synth_xilinx -family xc7 -flatten -top {ARRAY_TOP_NAME}; "
                   f"stat; write_json {out}")
         text = _yosys(path, script, log_path, timeout_s)
@@ -104,10 +104,10 @@ def _shell_netlist(path: Path, log_path: Path | None, timeout_s: float | None) -
 
 
 def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = None) -> ArraySynthesis:
-    """Write ``mpq_array.v`` and ``mpq_engine.v`` into ``out_dir`` (for Vivado and for reading) and the same
-    two designs as Amaranth's RTLIL (``.il``, what Yosys reads: :func:`hw.platform.synth.read_command` says
-    why), synthesise the two parts side by side (logs ``yosys_engine.log`` and ``yosys_shell.log``), and add
-    them up (module docstring). ``timeout_s`` bounds each Yosys run.
+    """Write ``mpq_array.v`` and ``mpq_engine.v`` into ``out_dir``, synthesise the two parts side by side
+    (logs ``yosys_engine.log`` and ``yosys_shell.log``; the memories' long zero inits are not read,
+    :func:`hw.platform.synth.read_command`), and add them up (module docstring). ``timeout_s`` bounds each
+    Yosys run.
 
     Raises
     ------
@@ -117,13 +117,9 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     out_dir = Path(out_dir)
     array = ConvArray(config)
     engine_verilog = verilog.convert(array.engine(), name=ENGINE_TOP_NAME, emit_src=False)
-    write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.v",
-                          verilog.convert(array, name=ARRAY_TOP_NAME, emit_src=False))  # = array_verilog
-    write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.v", engine_verilog)
-    epath = write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.il",
-                                  rtlil.convert(array.engine(), name=ENGINE_TOP_NAME, emit_src=False))
-    shell_path = write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.il",
-                                       rtlil.convert(array, name=ARRAY_TOP_NAME, emit_src=False))
+    shell_path = write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.v",
+                                       verilog.convert(array, name=ARRAY_TOP_NAME, emit_src=False))  # = array_verilog
+    epath = write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.v", engine_verilog)
     box: dict = {}
 
     def engine_part():

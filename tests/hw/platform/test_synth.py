@@ -8,7 +8,8 @@ import pytest
 
 from hw.core.mac_lane import MacLane
 from hw.core.requant import T_BITS
-from hw.platform.synth import XC7Z020, format_table, module_cells, parse_stat, synth_stat
+from hw.platform.synth import (XC7Z020, ZERO_INIT_MIN_WORDS, format_table, module_cells, parse_stat, read_command,
+                               synth_stat)
 from hw.platform.verilog import TOP_NAME, write_verilog
 from model.export.golden import MULT_BITS
 from model.export.image import core_words as pack
@@ -97,3 +98,27 @@ def test_synthesised_accelerator_puts_products_on_dsp48e1(tmp_path, batch):
     total = parse_stat(stat[stat.rfind("=== design hierarchy ==="):])
     assert total.dsp == lane.dsp_count + requant_dsps == 4
     assert total.fits()
+
+
+def _memory(name: str, depth: int, value: int = 0) -> str:
+    words = "".join(f"    {name}[{i}] = 32'd{value if i == 1 else 0};\n" for i in range(depth))
+    return f"  reg [31:0] {name} [{depth - 1}:0];\n  initial begin\n{words}  end\n"
+
+
+def test_yosys_reads_long_zero_inits_without_them_and_keeps_the_rest(tmp_path):
+    n = ZERO_INIT_MIN_WORDS
+    text = ("module m(input clk);\n" + _memory("big", n) + _memory("\\odd$1 ", n) + _memory("small", 8)
+            + _memory("loaded", n, value=7) + "endmodule\n")
+    src = tmp_path / "m.v"
+    src.write_text(text)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    command = read_command(src, tmp)
+    assert command == f"read_verilog {tmp / 'm.v'}" and src.read_text() == text  # a copy; the source untouched
+    kept = (tmp / "m.v").read_text()
+    assert "big[0] =" not in kept and "odd$1 [0] =" not in kept  # long and all zero: left out
+    assert "small[7] = 32'd0;" in kept and "loaded[1] = 32'd7;" in kept and f"loaded[{n - 1}]" in kept
+    assert kept.count("initial begin") == 2 and kept.count("reg [31:0]") == 4
+    plain = tmp_path / "plain.v"
+    plain.write_text("module p; endmodule\n")
+    assert read_command(plain, tmp) == f"read_verilog {plain}"  # nothing to leave out: read as it is
