@@ -111,7 +111,7 @@ MAX_LUT_FRACTION = 0.8
 MIN_FMAX_MHZ = 100.0
 #: Wall-time budget of the simulations (the issue bounds the bench to 45 minutes on 2 cores).
 BUDGET_MINUTES = 40.0
-#: Bound on each Yosys run of the synthesis (the 4 x 42 array's shell: about 6 minutes from RTLIL, 28 from Verilog).
+#: Bound on each Yosys run of the synthesis (the 4 x 42 array's shell: about 5 minutes; 28 with the zero inits).
 SYNTH_MINUTES = 60.0
 #: Seconds a simulator run costs besides its images (start-up, the image load through the load port).
 RUN_OVERHEAD_S = 20.0
