@@ -182,12 +182,11 @@ class MapWriter(wiring.Component):
         # `codes` shifts down by w_out codes as each row is done, so row r's codes are its low slots: the
         # barrel shifter sits between two registers, not on the path into the feature maps' write port (it
         # was the array's slowest path, 18 LUT levels, with the pool's and the read-modify-write's compares).
-        mine = codes
         stored = Signal(MAX_ACT_BITS * rc)
         for x in range(rc):
-            a = mine[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < t else 0
-            lo = mine[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < t else 0
-            hi = mine[MAX_ACT_BITS * (2 * x + 1):MAX_ACT_BITS * (2 * x + 2)] if 2 * x + 1 < t else 0
+            a = codes[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < t else 0
+            lo = codes[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < t else 0
+            hi = codes[MAX_ACT_BITS * (2 * x + 1):MAX_ACT_BITS * (2 * x + 2)] if 2 * x + 1 < t else 0
             m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(lay.pool, Mux(lo > hi, lo, hi), a))
         y_row = Signal(DIM_BITS + 1)
         m.d.comb += y_row.eq(tile.y + r)

@@ -91,6 +91,7 @@ class _Walk:
     """Arrival times of the nets of one flattened module (iterative DFS, memoised: netlists are deep)."""
 
     def __init__(self, module: dict):
+        self.module = module
         self.cells = module["cells"]
         self.driver: dict[int, tuple[str, str]] = {}  # net bit -> (cell, output port)
         for name, cell in self.cells.items():
@@ -151,7 +152,7 @@ class _Walk:
             stack.pop()
         return memo[bit]
 
-    def endpoints(self, module: dict):
+    def endpoints(self):
         """``(delay, net bit, cell name or "output", cell type)`` of every timed end point's input bit."""
         for name, cell in self.cells.items():
             for port, bits in cell["connections"].items():
@@ -163,7 +164,7 @@ class _Walk:
                 for b in bits:
                     if isinstance(b, int):
                         yield self.source(b)[0] + T_NET + setup, b, name, cell["type"]
-        for port in module["ports"].values():
+        for port in self.module["ports"].values():
             if port["direction"] == "output":
                 for b in port["bits"]:
                     if isinstance(b, int):
@@ -175,7 +176,7 @@ def estimate(design: dict, top: str) -> TimingReport:
     module = design["modules"][top]
     walk = _Walk(module)
     worst = (0.0, 0, 0, (), "", "")
-    for delay, b, name, kind in walk.endpoints(module):
+    for delay, b, name, kind in walk.endpoints():
         if delay > worst[0]:
             _, luts, carries, path = walk.source(b)
             worst = (delay, luts, carries, path + (kind,), walk.start_of[b], name)
@@ -245,7 +246,7 @@ def slowest_paths(design: dict, top: str, n: int = 10) -> list[PathReport]:
         return wire(bit, cell) if kind == "output" else re.sub(r"(\.\d+)+$", "", cell)
 
     best: dict[str, tuple[float, int]] = {}
-    for delay, b, name, kind in walk.endpoints(module):
+    for delay, b, name, kind in walk.endpoints():
         key = end_name(b, name, kind)
         if key not in best or delay > best[key][0]:
             best[key] = (delay, b)
