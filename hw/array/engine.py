@@ -171,8 +171,8 @@ class ChannelEngine(wiring.Component):
         tile's rows may start while this tile's last ones finish), the cycle after ``patch_en``; held while
         ``patch_en`` is low.
     usum : In(data.ArrayLayout(A_BITS, T))
-        Each pixel's activation sum over the whole patch (a compensated vertical layer's ``U``; hold while
-        the tile's rows run).
+        Each pixel's activation sum over the whole patch (a compensated vertical layer's ``U``; read only in a
+        build with ``vertical``; hold while the tile's rows run).
     o : Out(stream.Signature(output_layout(channel_bits, T)))
     error : Out(1)
         The decoder found a corrupt row (sticky).
@@ -441,12 +441,14 @@ class ChannelEngine(wiring.Component):
         # -- Emit: the row's pixels in order (pixel i from FIFO i mod 4) into the requantizer ---------------
         tag_layout = data.StructLayout({"pixel": unsigned(pix_bits), "channel": unsigned(self._channel_bits),
                                         "last": unsigned(1), "tile": tile_layout()})
-        m.submodules.requant = rq = PixelRequantizer(tag_bits=tag_layout.size)
+        # (without the version 4 path: no compensation, so no per-pixel activation sum is selected either)
+        m.submodules.requant = rq = PixelRequantizer(tag_bits=tag_layout.size, compensate=self._vertical)
         tag_in = data.View(tag_layout, rq.i.payload.tag)
         tag_out = data.View(tag_layout, rq.o.payload.tag)
         m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
-                     rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual),
-                     rq.comp_shift.eq(layer.comp_shift)]
+                     rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual)]
+        if self._vertical:
+            m.d.comb += rq.comp_shift.eq(layer.comp_shift)
         i = Signal(range(t))
         pix = Signal(pix_bits)
         m.d.comb += pix.eq(i)
@@ -461,7 +463,7 @@ class ChannelEngine(wiring.Component):
         i_last = Mux(layer.gap, 1, row.pixels) - 1
         r_sel = Signal(MAX_ACT_BITS)
         u_sel = Signal(A_BITS)
-        select(m, i, [(r_sel, row.r), (u_sel, self.usum)], t)
+        select(m, i, [(r_sel, row.r), *([(u_sel, self.usum)] if self._vertical else [])], t)
         go = Signal()
         m.d.comb += [
             rq.i.valid.eq(rows.r_rdy & ready_b),
@@ -470,7 +472,7 @@ class ChannelEngine(wiring.Component):
             rq.i.payload.bias.eq(row.bias),
             tag_in.pixel.eq(pix), tag_in.channel.eq(row.channel), tag_in.last.eq(i == i_last),
             tag_in.tile.eq(row.tile),
-            rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate),
+            rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate),  # (read only when vertical)
             go.eq(rq.i.valid & rq.i.ready),
             *(fifos[f].r_en.eq(go & (which == f)) for f in range(4)),
             rows.r_en.eq(go & (i == i_last)),

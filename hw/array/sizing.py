@@ -28,7 +28,8 @@ def _field(words: np.ndarray, base: int, record, name: str) -> int:
 
 
 def needs(words, where: str = "image") -> dict:
-    """``{buffer_words, fmap_rows, row_codes, fan_in, channels, out_width}`` of a version 3 or 4 image."""
+    """``{buffer_words, fmap_rows, row_codes, fan_in, channels, out_width, vertical}`` of a version 3 or 4
+    image (``vertical``: a version 4 image, which needs the array's plane decoders)."""
     words = np.asarray(words, dtype=np.int64)
     if len(words) < HEADER.words or _field(words, 0, HEADER, "magic") != MAGIC:
         raise UserError(f"{where}: not an image (field 'magic')")
@@ -39,7 +40,7 @@ def needs(words, where: str = "image") -> dict:
     layers = _field(words, 0, HEADER, "layers")
     c, h, w = (_field(words, 0, HEADER, n) for n in ("in_channels", "in_height", "in_width"))
     out = {"buffer_words": len(words), "fmap_rows": c * h, "row_codes": w, "fan_in": 1, "channels": 1,
-           "out_width": 1}
+           "out_width": 1, "vertical": version == VERTICAL_VERSION}
     if version == VERTICAL_VERSION:
         return _needs_vertical(words, layers, (c, h, w), out, where)
     for k in range(layers):
@@ -102,7 +103,11 @@ def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -
     """The smallest :class:`ArrayConfig` with ``engines`` engines that runs every image of ``images``.
 
     ``lanes`` defaults to the fewest whose tile holds the widest output row; ``overrides`` set any other
-    field (e.g. a larger ``buffer_words`` so that bigger images load later).
+    field (e.g. a larger ``buffer_words`` so that bigger images load later, or ``vertical=True``).
+
+    The version 4 path (``ArrayConfig.vertical``: a plane decoder in every engine, about 4 k LUT each, and the
+    loader's activation sums) is built only when one of ``images`` is version 4, like every other size here:
+    a build for version 3 images (an MPQ ticket's) refuses version 4 ones with ``BAD_VERSION``.
     """
     need = [needs(w, where=f"image {k}") for k, w in enumerate(images)]
     top = {key: max(n[key] for n in need) for key in need[0]}
@@ -118,6 +123,7 @@ def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -
         "fmap_rows": top["fmap_rows"], "row_codes": top["row_codes"],
         "fan_in_width": top["fan_in"].bit_length(),  # fan_in < 2^width (the decoder's and controller's check)
         "channel_bits": max(1, (top["channels"] - 1).bit_length()),
+        "vertical": bool(top["vertical"]),
     }
     fields.update(overrides)
     return ArrayConfig(**fields)

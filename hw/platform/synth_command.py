@@ -12,6 +12,7 @@ a flattened run of a 150-lane array takes Yosys hours here).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", type=bounded(int, 1, 64), default=16, help="array engines (default: 16)")
     p.add_argument("--lanes", type=bounded(int, 1, 64), default=None,
                    help="DSP48E1 lanes per engine (default: the fewest whose tile holds the widest output row)")
+    p.add_argument("--vertical", action="store_true",
+                   help="array: build the version 4 (vertical-layered) path too, which a version 3 image does not "
+                        "need (a plane decoder an engine)")
 
 
 def run(args) -> int:
@@ -62,13 +66,14 @@ def _array(args, out: Path) -> int:
     from model.export.image import pack, read_image
 
     net, _ = read_image(args.image)
-    config = config_for([pack(net)], engines=args.engines, lanes=args.lanes)
+    # The version 4 path is built when the image needs it or --vertical asks (hw/array/sizing.py config_for).
+    config = config_for([pack(net)], engines=args.engines, lanes=args.lanes,
+                        **({"vertical": True} if args.vertical else {}))
     print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) by parts, one engine and the "
           f"shell, into {out}: minutes")
     syn = synthesize_array(config, out)
     res, timing, dsps = syn.resources, syn.timing, syn.dsp_configs
-    record = {**res.as_dict(), "fits_xc7z020": res.fits(), "config": {k: getattr(config, k) for k in (
-        "engines", "lanes", "buffer_words", "fmap_rows", "row_codes", "fan_in_width", "channel_bits")},
+    record = {**res.as_dict(), "fits_xc7z020": res.fits(), "config": dataclasses.asdict(config),
         "dsp_lanes": config.dsp_lanes, "dsp_configs": dsps, "timing": timing.as_dict(),
         "fmax_mhz_estimate": timing.fmax_mhz, "parts": syn.as_dict()}
     write_json(out / "resources.json", record)

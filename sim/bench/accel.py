@@ -27,7 +27,10 @@ dense32's weights (271,435 words, 8.7 Mbit) do not fit the XC7Z020's block RAM (
 so the simulated build's global buffer is deep enough for them (a buffer's depth changes no cycle count: the
 engines read one word a cycle from it either way), and the synthesised configuration is the same engines and
 lanes with the buffer the other images need (``synth_config``); on a board dense32 would stream its weights
-from DDR, which these cycle counts do not model.
+from DDR, which these cycle counts do not model. Both are :func:`hw.array.sizing.config_for`'s, so neither has the
+version 4 (vertical-layered) path these version 3 images do not use (``vertical`` false in both: a plane
+decoder an engine, 14 k LUT over four engines; ``build.py synth --core array --vertical`` counts the build
+with it).
 
 Resources and the timing estimate come from Yosys ``synth_xilinx`` of that configuration, by parts (one
 engine and the shell with black-box engines, :mod:`hw.platform.array_synth`: a flattened run of 152 lanes
@@ -50,6 +53,7 @@ partly filled ones at their cost).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import multiprocessing
 import threading
@@ -434,10 +438,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         r.update(resources)
     return {
         "rows": rows,
-        "config": {k: getattr(config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
-                                                    "fan_in_width", "channel_bits")},
-        "synth_config": {k: getattr(synth_config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows",
-                                                                "row_codes", "fan_in_width", "channel_bits")},
+        "config": dataclasses.asdict(config),
+        "synth_config": dataclasses.asdict(synth_config),
         "dsp_lanes": config.dsp_lanes,
         "ticket": {"run": str(source["run"]), "iteration": source["iteration"], "image": str(source["image"]),
                    "trained_now": source["trained_now"]},

@@ -57,8 +57,8 @@ def random_item(rng, tag):
             "negate": int(rng.integers(0, 2)), "tag": tag}
 
 
-def run(items, shift, out_bits, signed, residual, seed, p_gap=0.3, p_stall=0.3, comp_shift=0):
-    dut = PixelRequantizer(tag_bits=12)
+def run(items, shift, out_bits, signed, residual, seed, p_gap=0.3, p_stall=0.3, comp_shift=0, compensate=True):
+    dut = PixelRequantizer(tag_bits=12, compensate=compensate)
     rng = np.random.default_rng(seed)
     res = {}
 
@@ -85,7 +85,8 @@ def test_matches_golden(seed):
     if residual:  # a shortcut ends a hidden conv: codes, never scores
         out_bits = max(out_bits, 1)
     items = [random_item(rng, k) for k in range(150)]
-    got = run(items, shift, out_bits, signed, residual, seed)["got"]
+    # seeds 4 and 5: the build without the compensation (its u and negate inputs are random, and unread)
+    got = run(items, shift, out_bits, signed, residual, seed, compensate=seed < 4)["got"]
     assert [tag for _, tag in got] == list(range(len(items)))
     want = [expected(it, shift, out_bits, signed, residual) for it in items]
     assert [v for v, _ in got] == want

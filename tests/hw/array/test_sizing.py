@@ -5,7 +5,9 @@ import pytest
 
 from hw.array.sizing import BUFFER_QUANTUM, config_for, needs
 from model.errors import UserError
+from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
+from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_layout_v3 import resnet_like
 
 
@@ -14,7 +16,7 @@ def test_needs_of_a_resnet_like_image():
     n = needs(words)
     # input 1x8x8; stem 2x8x8; blocks 2x8x8 and 4x4x4 (stride 2); fan-ins up to 4 * 9; 4 channels
     assert n == {"buffer_words": len(words), "fmap_rows": 16, "row_codes": 8, "fan_in": 36, "channels": 4,
-                 "out_width": 8}
+                 "out_width": 8, "vertical": False}
 
 
 def test_config_holds_the_widest_row_and_every_field():
@@ -24,6 +26,8 @@ def test_config_holds_the_widest_row_and_every_field():
     assert cfg.buffer_words >= len(words) and cfg.buffer_words % BUFFER_QUANTUM == 0
     assert cfg.buffer_words - len(words) < BUFFER_QUANTUM
     assert (1 << cfg.fan_in_width) > 36 and (1 << cfg.channel_bits) >= 4 and cfg.row_codes >= 8
+    assert not cfg.vertical  # a version 3 image needs no plane decoders
+    assert config_for([words], engines=3, vertical=True).vertical  # unless asked for
     with pytest.raises(UserError, match="output rows of 8"):
         config_for([words], engines=1, lanes=3)
 
@@ -35,3 +39,10 @@ def test_refuses_what_is_not_a_version_3_image():
         needs(words)
     with pytest.raises(UserError, match="magic"):
         needs(np.zeros(8, dtype=np.uint32))
+
+
+def test_a_version_4_image_gets_the_plane_decoders():
+    words = pack_vertical(random_vertical_net(7, sizes=(20, 12, 8, 6), widths=(2, 3), rows=1))
+    assert needs(words)["vertical"] and config_for([words], engines=2).vertical
+    v3 = pack_v3(resnet_like(np.random.default_rng(0)))[0]
+    assert config_for([v3, words], engines=2).vertical  # any version 4 image among them
