@@ -1,7 +1,8 @@
 """``build.py system``: a Vivado project for the Zynq system on a PYNQ-Z2 or Arty Z7-20 (hw/system/vivado.py).
 
 The array is sized for ``--image`` (:func:`hw.array.sizing.config_for`, with ``--engines``): any image that
-fits it loads at run time (``MpqDriver.load``) without a new bitstream; ``--bram-image`` also puts that image
+fits it loads at run time (``MpqDriver.load``) without a new bitstream (version 4 images too when
+``--image`` is one or ``--vertical`` builds their path); ``--bram-image`` also puts that image
 into the global buffer's BRAMs (the core starts with it) and writes ``weights.mem`` and the ``updatemem``
 scripts. Nothing here runs Vivado (none is installed): the folder's ``build.sh`` does, on a machine with it.
 """
@@ -21,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", choices=BOARD_NAMES, default="pynq_z2", help="target board (default: pynq_z2)")
     add_image_arg(p)
     p.add_argument("--engines", type=bounded(int, 1, 64), default=2, help="array engines (default: 2)")
+    p.add_argument("--vertical", action="store_true",
+                   help="build the version 4 (vertical-layered) path even for a version 3 --image (a plane decoder "
+                        "an engine), so that vertical images load on the same bitstream")
     p.add_argument("--bram-image", action="store_true",
                    help="initialise the global buffer with --image (BRAM contents, replaceable with updatemem)")
     p.add_argument("--out", default=None, help="output folder (default: out/system/BOARD)")
@@ -40,12 +44,13 @@ def run(args) -> int:
     # the width the precision register gives, on the same bitstream.
     (read_vertical_image if is_vertical(image) else read_image)(image)
     words = np.fromfile(image / "weights.bin", dtype="<u4")
-    config = config_for([words], engines=args.engines)
+    config = config_for([words], engines=args.engines, **({"vertical": True} if args.vertical else {}))
     system = MpqSystem(config, init=words.tolist() if args.bram_image else ())
     out = Path(args.out) if args.out else DEFAULT_OUT / "system" / args.board
     paths = write_project(out, args.board, system)
     print_table([("board", BOARDS[args.board].title), ("part", BOARDS[args.board].part),
-                 ("array", f"{config.engines} engines x {config.lanes} lanes, {config.buffer_words}-word buffer"),
+                 ("array", f"{config.engines} engines x {config.lanes} lanes, {config.buffer_words}-word buffer"
+                           + (", version 4 path" if config.vertical else "")),
                  ("image in BRAM", bool(args.bram_image)), ("accelerator cell", IP_NAME),
                  ("files", ", ".join(sorted(paths)))], f"Vivado project in {out}")
     print(f"next: {out / 'build.sh'} (needs Vivado; not run here) -> mpq_system.bit + mpq_system.hwh")

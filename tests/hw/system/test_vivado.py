@@ -84,5 +84,9 @@ def test_cli_system(tmp_path, net, capsys):
                        "--engines", "1", "--out", str(out)]) == 0
     words = np.fromfile(tmp_path / "image" / "weights.bin", dtype="<u4")
     assert parse_mem((out / "weights.mem").read_text()) == words.tolist()
+    assert "version 4 path" not in capsys.readouterr().out  # a version 3 image: config_for leaves it out
+    assert build.main(["system", "--image", str(tmp_path / "image"), "--engines", "1", "--vertical",
+                       "--out", str(tmp_path / "v4")]) == 0
+    assert "version 4 path" in capsys.readouterr().out
     assert build.main(["system", "--image", str(tmp_path / "missing")]) == 2
     assert "missing: file not found" in capsys.readouterr().err
