@@ -1,12 +1,13 @@
 """From the engines' pixel outputs to the output feature map (with max-pool) or the class scores.
 
-Each engine emits a channel's pixels of the tile in order (``hw/array/engine.py``). A :class:`RowAssembler`
-per engine collects them into one map row (``T`` codes, a feature-map word) and offers it with the channel;
-the :class:`MapWriter` takes one assembled row a cycle from the engines, round robin, and
+Each engine emits a channel's pixels of the tile in order (``hw/array/engine.py``; a tile holds ``rows``
+output rows of ``W_out`` pixels, pixel ``r W_out + x``). A :class:`RowAssembler` per engine collects them into
+*output rows*: pixel ``(r, x)`` goes to code ``x`` of its row (a column counter that wraps at ``W_out``), and
+each row is offered with its channel, tile and ``r`` as it closes; the :class:`MapWriter` takes one row a cycle
+from the engines, round robin, and
 
-* **stores** it at words ``channel H_out + y + r`` of the layer's ``out_buf`` (byte mask: the ``W_out``
-  columns), one output row ``r`` of the tile a cycle (a tile holds ``rows`` output rows of ``W_out`` pixels,
-  pixel ``r W_out + x``); a fully connected layer's output is a ``C x 1 x 1`` map (one code at word ``channel``);
+* **stores** it at word ``channel H_out + y + r`` of the layer's ``out_buf`` (byte mask: the ``W_out``
+  columns); a fully connected layer's output is a ``C x 1 x 1`` map (one code at word ``channel``);
 * **max-pools** it (``pool = 2``, floor mode, ``model/export/golden_conv.max_pool_codes``): the row's codes
   pairwise (column ``x'`` is the max of ``2x'`` and ``2x' + 1``), then the even row ``y = 2y'`` is written at
   word ``channel H' + y'`` and the odd row ``2y' + 1`` is read and written back as the bytewise max (two
@@ -15,6 +16,11 @@ the :class:`MapWriter` takes one assembled row a cycle from the engines, round r
   controller streams out in class order when the network ends.
 
 Max-pool on codes is exact (codes are unsigned and the requant is monotone, ``model/export/golden_net.py``).
+
+A row holds :func:`row_codes_of` codes, ``W_out`` at most (``W_out <= W + pad <= row_codes + MAX_KERNEL - 1``
+for a conv, 1 for an FC), not the tile's ``T``: the first version assembled whole tiles and the writer shifted
+the held tile down by ``W_out`` codes after each output row, a 672-bit barrel shifter (ResNet-20's 84-pixel
+tiles) beside 84-code assemblers, about 4 k LUT of the shell.
 """
 
 from __future__ import annotations
@@ -28,15 +34,24 @@ from hw.array.engine import output_layout, tile_layout
 from hw.array.feature_maps import read_signature, write_signature
 from hw.array.patch_loader import DIM_BITS
 from model.export.golden import MAX_ACT_BITS
+from model.export.golden_conv import MAX_KERNEL
 
 
-def row_layout(channel_bits: int, pixels: int) -> data.StructLayout:
-    """One channel's output row of a tile (codes), or its score (pixel 0's value), and where its tile lies."""
+def row_codes_of(pixels: int, row_codes: int) -> int:
+    """Codes of an assembled output row: ``W_out`` at most, which the tile (``pixels``) and the map rows bound."""
+    return max(1, min(pixels, row_codes + MAX_KERNEL - 1))
+
+
+def row_layout(channel_bits: int, codes: int) -> data.StructLayout:
+    """One output row of a channel's tile (``codes`` codes: :func:`row_codes_of`), or its score (pixel 0's
+    value), where its tile lies and which of the tile's rows it is."""
     return data.StructLayout({
         "channel": unsigned(channel_bits),
-        "codes": data.ArrayLayout(MAX_ACT_BITS, pixels),
+        "codes": data.ArrayLayout(MAX_ACT_BITS, codes),
         "score": signed(32),
         "tile": tile_layout(),
+        "r": unsigned(DIM_BITS),  # the output row in the tile
+        "last": unsigned(1),  # the tile's last row (its last pixel)
     })
 
 
@@ -53,48 +68,58 @@ def writer_layer_layout(addr_width: int) -> data.StructLayout:
 
 
 class RowAssembler(wiring.Component):
-    """Collects an engine's pixels of each channel's row into one row (it closes on the pixel marked ``last``:
-    rows of two tiles may follow each other, a tile's rows carry where it lies).
+    """Collects an engine's pixels into output rows: pixel ``(r, x)`` of a tile into code ``x`` of row ``r``;
+    a row closes on its ``W_out``-th pixel or on the tile's last pixel (marked ``last``: rows of two tiles may
+    follow each other, a tile's rows carry where it lies). A closed row waits in the output register while the
+    next one collects; the pixel that closes the next one waits until the register is free.
 
     Members
     -------
+    w_out : In(DIM_BITS)
+        Pixels per output row of the running layer (1 for an FC; hold while its pixels come).
     i : In(stream.Signature(output_layout(channel_bits, T)))
-    o : Out(stream.Signature(row_layout(channel_bits, T)))
+    o : Out(stream.Signature(row_layout(channel_bits, row_codes_of(T, row_codes))))
     """
 
-    def __init__(self, *, channel_bits: int, pixels: int):
-        self._t = pixels
+    def __init__(self, *, channel_bits: int, pixels: int, row_codes: int):
+        self._codes = row_codes_of(pixels, row_codes)
         super().__init__({
+            "w_out": In(DIM_BITS),
             "i": In(stream.Signature(output_layout(channel_bits, pixels))),
-            "o": Out(stream.Signature(row_layout(channel_bits, pixels))),
+            "o": Out(stream.Signature(row_layout(channel_bits, self._codes))),
         })
 
     def elaborate(self, platform):
         m = Module()
-        codes = Signal(data.ArrayLayout(MAX_ACT_BITS, self._t))
+        codes = Signal(data.ArrayLayout(MAX_ACT_BITS, self._codes))
+        x = Signal(DIM_BITS)  # the pixel's column
+        r = Signal(DIM_BITS)  # its output row in the tile
         p = self.i.payload
-        closes = p.last
+        closes = p.last | (x == self.w_out - 1)
         m.d.comb += self.i.ready.eq(~closes | ~self.o.valid | self.o.ready)
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += codes[p.pixel].eq(p.value[:MAX_ACT_BITS])
+            m.d.sync += codes[x].eq(p.value[:MAX_ACT_BITS])
             with m.If(closes):
                 m.d.sync += [self.o.valid.eq(1), self.o.payload.channel.eq(p.channel),
                              self.o.payload.score.eq(p.value), self.o.payload.codes.eq(codes),
-                             self.o.payload.tile.eq(p.tile)]
-                m.d.sync += self.o.payload.codes[p.pixel].eq(p.value[:MAX_ACT_BITS])
+                             self.o.payload.tile.eq(p.tile), self.o.payload.r.eq(r), self.o.payload.last.eq(p.last),
+                             x.eq(0), r.eq(Mux(p.last, 0, r + 1))]
+                m.d.sync += self.o.payload.codes[x].eq(p.value[:MAX_ACT_BITS])
+            with m.Else():
+                m.d.sync += x.eq(x + 1)
         return m
 
 
 class MapWriter(wiring.Component):
-    """Writes the assembled rows of ``engines`` engines: a channel's tile takes one cycle per output row (an
-    odd pooled row two); a score one cycle.
+    """Writes the assembled output rows of ``engines`` engines, one a cycle (an odd pooled row two, the
+    read-modify-write); a score one cycle. The next row is taken in the cycle the held one is written.
 
     Members
     -------
     layer : In(writer_layer_layout(addr_width))
-    rows : In(stream.Signature(row_layout(channel_bits, T))) array of ``engines``
+    rows : In(stream.Signature(row_layout(channel_bits, row_codes_of(T, row_codes)))) array of ``engines``
     fmap : Out(write_signature(addr_width, row_codes))
     rmw : Out(read_signature(addr_width, row_codes))
     score_addr : In(channel_bits)
@@ -117,6 +142,7 @@ class MapWriter(wiring.Component):
         self._channel_bits = channel_bits
         self._t = pixels
         self._row_codes = row_codes
+        self._codes = row_codes_of(pixels, row_codes)
         self._addr_width = addr_width
         members = {
             "layer": In(writer_layer_layout(addr_width)),
@@ -130,13 +156,13 @@ class MapWriter(wiring.Component):
             "wrote_y": Out(DIM_BITS),
         }
         for e in range(engines):
-            members[f"row{e}"] = In(stream.Signature(row_layout(channel_bits, pixels)))
+            members[f"row{e}"] = In(stream.Signature(row_layout(channel_bits, self._codes)))
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
         lay = self.layer
-        rc, t = self._row_codes, self._t
+        rc, n = self._row_codes, self._codes
         rows = [getattr(self, f"row{e}") for e in range(self._engines)]
 
         m.submodules.scores = scores = Memory(shape=signed(32), depth=1 << self._channel_bits, init=[])
@@ -152,51 +178,56 @@ class MapWriter(wiring.Component):
             for e in range(self._engines):
                 with m.If((turn == e) & rows[(e + off) % self._engines].valid):
                     m.d.comb += [pick.eq((e + off) % self._engines), found.eq(1)]
-        row = Signal(row_layout(self._channel_bits, t))
+        row = Signal(row_layout(self._channel_bits, n))
         with m.Switch(pick):
             for e in range(self._engines):
                 with m.Case(e):
                     m.d.comb += row.eq(rows[e].payload)
 
-        # The held row: a channel's tile, written output row by output row.
+        # The held row: one output row of a channel's tile, written the cycle after it is taken (an odd pooled
+        # row read the cycle after and written the one after that). Where it goes is worked out as it is
+        # taken, into registers, so that the write cycle's `done_row`, and the next take by it, come from
+        # registers (the take drives the assemblers' and so the engines' ready).
         held = Signal()
-        codes = Signal(MAX_ACT_BITS * t)
+        codes = Signal(MAX_ACT_BITS * n)
         base = Signal(self._addr_width + DIM_BITS)  # channel H (registered product)
-        tile = Signal(tile_layout())  # the held row's tile
+        y_st = Signal(DIM_BITS + 1)  # the stored row (y + r, halved under a pool)
+        odd = Signal()  # a pool's odd row: read-modify-write
+        dropped = Signal()  # the last row of an odd-height map under a pool
+        last = Signal()  # the tile's last row
+        tile_y = Signal(DIM_BITS)  # the held row's tile's first output row
         channel = Signal(self._channel_bits)  # the held row's channel
-        r = Signal(DIM_BITS)
         second = Signal()  # the write cycle of a read-modify-write
+        done_row = Signal()
         take = Signal()
-        m.d.comb += [take.eq(found & ~held), self.busy.eq(held)]
+        m.d.comb += [take.eq(found & (~held | done_row)), self.busy.eq(held)]
         for e in range(self._engines):
             m.d.comb += rows[e].ready.eq(take & (pick == e))
+        y_row = Signal(DIM_BITS + 1)
+        m.d.comb += y_row.eq(row.tile.y + row.r)
+        y_in = Mux(lay.pool, y_row >> 1, y_row)
+        with m.If(done_row):
+            m.d.sync += held.eq(0)
         with m.If(take):
             m.d.sync += turn.eq(Mux(pick == self._engines - 1, 0, pick + 1))
             with m.If(lay.scores):
                 m.d.comb += [s_wr.addr.eq(row.channel), s_wr.data.eq(row.score), s_wr.en.eq(1)]
             with m.Else():
                 m.d.sync += [held.eq(1), codes.eq(row.codes.as_value()), base.eq(row.channel * lay.height),
-                             tile.eq(row.tile), channel.eq(row.channel), r.eq(0), second.eq(0)]
+                             y_st.eq(y_in), odd.eq(lay.pool & y_row[0]), dropped.eq(y_in >= lay.height),
+                             last.eq(row.last), tile_y.eq(row.tile.y), channel.eq(row.channel), second.eq(0)]
 
-        # Output row r: its codes (slots r w_out ..), pooled pairwise when pooling (x' = max(2x', 2x' + 1)).
-        # `codes` shifts down by w_out codes as each row is done, so row r's codes are its low slots: the
-        # barrel shifter sits between two registers, not on the path into the feature maps' write port (it
-        # was the array's slowest path, 18 LUT levels, with the pool's and the read-modify-write's compares).
+        # The row's codes, pooled pairwise when pooling (x' = max(2x', 2x' + 1)).
         stored = Signal(MAX_ACT_BITS * rc)
         for x in range(rc):
-            a = codes[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < t else 0
-            lo = codes[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < t else 0
-            hi = codes[MAX_ACT_BITS * (2 * x + 1):MAX_ACT_BITS * (2 * x + 2)] if 2 * x + 1 < t else 0
+            a = codes[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < n else 0
+            lo = codes[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < n else 0
+            hi = codes[MAX_ACT_BITS * (2 * x + 1):MAX_ACT_BITS * (2 * x + 2)] if 2 * x + 1 < n else 0
             m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(lay.pool, Mux(lo > hi, lo, hi), a))
-        y_row = Signal(DIM_BITS + 1)
-        m.d.comb += y_row.eq(tile.y + r)
-        y_st = Mux(lay.pool, y_row >> 1, y_row)
         addr = Signal(self._addr_width + DIM_BITS)
         m.d.comb += addr.eq(base + y_st)
         mask = Signal(rc)
         m.d.comb += mask.eq(Cat(*(x < lay.width for x in range(rc))))
-        odd = lay.pool & y_row[0]
-        dropped = y_st >= lay.height  # the last row of an odd-height map under a pool
         merged = Signal.like(stored)
         for x in range(rc):
             sl = slice(MAX_ACT_BITS * x, MAX_ACT_BITS * (x + 1))
@@ -204,7 +235,6 @@ class MapWriter(wiring.Component):
 
         m.d.comb += [self.fmap.buf.eq(lay.buf), self.rmw.buf.eq(lay.buf), self.rmw.addr.eq(addr),
                      self.fmap.addr.eq(addr), self.fmap.mask.eq(mask)]
-        done_row = Signal()
         with m.If(held):
             with m.If(dropped):
                 m.d.comb += done_row.eq(1)
@@ -213,13 +243,7 @@ class MapWriter(wiring.Component):
                 m.d.sync += second.eq(1)
             with m.Elif(odd):
                 m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(merged), done_row.eq(1)]
-                m.d.sync += second.eq(0)
             with m.Else():
                 m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(stored), done_row.eq(1)]
-        m.d.comb += [self.wrote_channel.eq(channel), self.wrote_y.eq(tile.y)]
-        with m.If(done_row):
-            m.d.sync += [r.eq(r + 1), codes.eq(codes >> (lay.w_out * MAX_ACT_BITS))]
-            with m.If(r == tile.rows - 1):
-                m.d.sync += held.eq(0)
-                m.d.comb += self.wrote.eq(1)
+        m.d.comb += [self.wrote_channel.eq(channel), self.wrote_y.eq(tile_y), self.wrote.eq(done_row & last)]
         return m

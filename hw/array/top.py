@@ -267,8 +267,9 @@ class ConvArray(wiring.Component):
             m.d.comb += [eng.patch_data.as_value().eq(Mux(read_bank, patch_data[e][1], patch_data[e][0])),
                          eng.layer.eq(ctl.layer), eng.usum.eq(usum_comp)]
             wiring.connect(m, getattr(ctl, f"cmd{e}"), eng.cmd)
-            asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t)
+            asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t, row_codes=cfg.row_codes)
             m.submodules[f"assembler{e}"] = asm
+            m.d.comb += asm.w_out.eq(ctl.writer.w_out)
             wiring.connect(m, eng.o, asm.i)
             wiring.connect(m, asm.o, getattr(writer, f"row{e}"))
             busy_any.append(eng.busy | asm.o.valid)
