@@ -70,8 +70,9 @@ def writer_layer_layout(addr_width: int) -> data.StructLayout:
 class RowAssembler(wiring.Component):
     """Collects an engine's pixels into output rows: pixel ``(r, x)`` of a tile into code ``x`` of row ``r``;
     a row closes on its ``W_out``-th pixel or on the tile's last pixel (marked ``last``: rows of two tiles may
-    follow each other, a tile's rows carry where it lies). A closed row waits in the output register while the
-    next one collects; the pixel that closes the next one waits until the register is free.
+    follow each other, a tile's rows carry where it lies; a tile's pixel 0 always starts row 0). A closed row
+    waits in the output register while the next one collects; the pixel that closes the next one waits until
+    the register is free.
 
     Members
     -------
@@ -92,9 +93,14 @@ class RowAssembler(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         codes = Signal(data.ArrayLayout(MAX_ACT_BITS, self._codes))
-        x = Signal(DIM_BITS)  # the pixel's column
-        r = Signal(DIM_BITS)  # its output row in the tile
+        x_next = Signal(DIM_BITS)  # the next pixel's column, as counted
+        r_next = Signal(DIM_BITS)  # its output row in the tile
         p = self.i.payload
+        # A tile's pixel 0 starts at column 0 of row 0 whatever the counters say (they resynchronise on every
+        # tile, should a run have stopped in the middle of one).
+        first = p.pixel == 0
+        x = Mux(first, 0, x_next)
+        r = Mux(first, 0, r_next)
         closes = p.last | (x == self.w_out - 1)
         m.d.comb += self.i.ready.eq(~closes | ~self.o.valid | self.o.ready)
         with m.If(self.o.ready):
@@ -105,10 +111,10 @@ class RowAssembler(wiring.Component):
                 m.d.sync += [self.o.valid.eq(1), self.o.payload.channel.eq(p.channel),
                              self.o.payload.score.eq(p.value), self.o.payload.codes.eq(codes),
                              self.o.payload.tile.eq(p.tile), self.o.payload.r.eq(r), self.o.payload.last.eq(p.last),
-                             x.eq(0), r.eq(Mux(p.last, 0, r + 1))]
+                             x_next.eq(0), r_next.eq(Mux(p.last, 0, r + 1))]
                 m.d.sync += self.o.payload.codes[x].eq(p.value[:MAX_ACT_BITS])
             with m.Else():
-                m.d.sync += x.eq(x + 1)
+                m.d.sync += [x_next.eq(x + 1), r_next.eq(r)]
         return m
 
 
@@ -126,7 +132,7 @@ class MapWriter(wiring.Component):
     score_data : Out(signed(32))
         The score of class ``score_addr``, the cycle after.
     busy : Out(1)
-        A channel's tile is being written.
+        An output row is held (taken, not yet written).
     wrote : Out(1)
         A channel's tile has been written: one cycle, with its last output row's write (the cycle its store
         enables the feature-map write; a dropped last row of a pooled map counts too), ``wrote_channel`` and
@@ -140,7 +146,6 @@ class MapWriter(wiring.Component):
     def __init__(self, *, engines: int, channel_bits: int, pixels: int, row_codes: int, addr_width: int):
         self._engines = engines
         self._channel_bits = channel_bits
-        self._t = pixels
         self._row_codes = row_codes
         self._codes = row_codes_of(pixels, row_codes)
         self._addr_width = addr_width
