@@ -462,8 +462,11 @@ class ChannelEngine(wiring.Component):
                     m.d.comb += [head.eq(fifos[f].r_data), ready_b.eq(fifos[f].r_rdy)]
         i_last = Mux(layer.gap, 1, row.pixels) - 1
         r_sel = Signal(MAX_ACT_BITS)
-        u_sel = Signal(A_BITS)
-        select(m, i, [(r_sel, row.r), *([(u_sel, self.usum)] if self._vertical else [])], t)
+        select(m, i, [(r_sel, row.r)], t)
+        if self._vertical:  # the compensation's inputs (the requantizer without it has no use for them)
+            u_sel = Signal(A_BITS)
+            select(m, i, [(u_sel, self.usum)], t)
+            m.d.comb += [rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate)]
         go = Signal()
         m.d.comb += [
             rq.i.valid.eq(rows.r_rdy & ready_b),
@@ -472,7 +475,6 @@ class ChannelEngine(wiring.Component):
             rq.i.payload.bias.eq(row.bias),
             tag_in.pixel.eq(pix), tag_in.channel.eq(row.channel), tag_in.last.eq(i == i_last),
             tag_in.tile.eq(row.tile),
-            rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate),  # (read only when vertical)
             go.eq(rq.i.valid & rq.i.ready),
             *(fifos[f].r_en.eq(go & (which == f)) for f in range(4)),
             rows.r_en.eq(go & (i == i_last)),

@@ -99,11 +99,13 @@ def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
 BUFFER_QUANTUM = 1024
 
 
-def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -> ArrayConfig:
+def config_for(images, *, engines: int, lanes: int | None = None, vertical: bool = False,
+               **overrides) -> ArrayConfig:
     """The smallest :class:`ArrayConfig` with ``engines`` engines that runs every image of ``images``.
 
     ``lanes`` defaults to the fewest whose tile holds the widest output row; ``overrides`` set any other
-    field (e.g. a larger ``buffer_words`` so that bigger images load later, or ``vertical=True``).
+    field (e.g. a larger ``buffer_words`` so that bigger images load later); ``vertical`` builds the version 4
+    path even when no image needs it.
 
     The version 4 path (``ArrayConfig.vertical``: a plane decoder in every engine, about 4 k LUT each, and the
     loader's activation sums) is built only when one of ``images`` is version 4, like every other size here:
@@ -123,7 +125,7 @@ def config_for(images, *, engines: int, lanes: int | None = None, **overrides) -
         "fmap_rows": top["fmap_rows"], "row_codes": top["row_codes"],
         "fan_in_width": top["fan_in"].bit_length(),  # fan_in < 2^width (the decoder's and controller's check)
         "channel_bits": max(1, (top["channels"] - 1).bit_length()),
-        "vertical": bool(top["vertical"]),
+        "vertical": bool(vertical or top["vertical"]),
     }
     fields.update(overrides)
     return ArrayConfig(**fields)

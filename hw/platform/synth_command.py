@@ -67,8 +67,7 @@ def _array(args, out: Path) -> int:
 
     net, _ = read_image(args.image)
     # The version 4 path is built when the image needs it or --vertical asks (hw/array/sizing.py config_for).
-    config = config_for([pack(net)], engines=args.engines, lanes=args.lanes,
-                        **({"vertical": True} if args.vertical else {}))
+    config = config_for([pack(net)], engines=args.engines, lanes=args.lanes, vertical=args.vertical)
     print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) by parts, one engine and the "
           f"shell, into {out}: minutes")
     syn = synthesize_array(config, out)

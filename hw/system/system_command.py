@@ -44,7 +44,7 @@ def run(args) -> int:
     # the width the precision register gives, on the same bitstream.
     (read_vertical_image if is_vertical(image) else read_image)(image)
     words = np.fromfile(image / "weights.bin", dtype="<u4")
-    config = config_for([words], engines=args.engines, **({"vertical": True} if args.vertical else {}))
+    config = config_for([words], engines=args.engines, vertical=args.vertical)
     system = MpqSystem(config, init=words.tolist() if args.bram_image else ())
     out = Path(args.out) if args.out else DEFAULT_OUT / "system" / args.board
     paths = write_project(out, args.board, system)
