@@ -13,20 +13,21 @@ of the tile's pixels and how many pixels the tile has. For each, it
 3. reads ``patch[p]``, the ``T = 2 lanes`` input codes of the tile's pixels at weight position ``p`` (the
    patch memory is outside: ``patch_addr`` / ``patch_en`` in, ``patch_data`` the next cycle; the read port
    holds its data while ``patch_en`` is low);
-4. broadcasts ``q`` to ``lanes`` :class:`~hw.dsp.pass_lane.PassDspLane` (one DSP48E1 each; lane ``k`` holds
-   pixels ``2k`` and ``2k + 1``), whose P registers sum the whole pass; a pruned weight has no entry and costs
-   no cycle, an all-pruned row one entry of zeros (``acc = 0``);
-5. at each pass's end the lanes' P words and activation sums move into a holding register (the lanes go on
-   with the next pass); the *combine* takes two lanes a cycle on two paths (path ``q`` lane ``2m + q``:
-   after a pair pass its slot ``s`` in step ``2m + s``, after a single pass of group ``g`` its slot ``g`` in
-   step ``m``, so pixel ``4m + 2q + s`` either way), takes each pixel's sum out of its lane's P word (and
-   weights a chunk-1 sum by ``2^16``), multiplies by ``R_m`` in three conditional shift-adds
-   (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``, ``R_8 = (1 + 2^8)(1 + 2^16)``, ``R_16 = 1 + 2^16``, ``R_32 = 1``;
-   also ``R_m A`` for a signed layer) and adds into the path's bank of per-pixel accumulators
-   ``X = sum_m R_m S_m``, ``A``, ``Y = sum_m R_m A_m`` (written, not added, by the row's first pass into
-   the pixel's slot: no clearing); a DoReFa layer's 4- and 8-bit entries share one pass (the sequencer
-   promotes 4-bit codes exactly: ``q R_4 = 17 q R_8``);
-6. the row's last pass into a pixel passes its ``(X, A, Y)`` into FIFO ``pixel mod 4``; the *emitter* takes
+4. broadcasts the entry's *lane weight* ``b`` (:func:`lane_weight`: ``v = 2 q - D_m - s``, or a 32-bit
+   weight's chunk of it, formed once here) to ``lanes`` :class:`~hw.dsp.pass_lane.PassDspLane` (one DSP48E1
+   each; lane ``k`` holds pixels ``2k`` and ``2k + 1``), whose P registers sum the whole pass; a pruned weight
+   has no entry and costs no cycle, an all-pruned row one entry of lane weight 0 (``acc = 0``);
+5. at each pass's end the lanes' P words move into a holding register (the lanes go on with the next pass);
+   the *combine* takes two lanes a cycle on two paths (path ``q`` lane ``2m + q``: after a pair pass its slot
+   ``s`` in step ``2m + s``, after a single pass of group ``g`` its slot ``g`` in step ``m``, so pixel
+   ``4m + 2q + s`` either way), takes each pixel's signed sum out of its lane's P word (a pair pass's low field
+   sign-extended, the high one plus its borrow; a chunk-1 sum weighted by ``2^16``), multiplies by ``R_m`` in
+   three conditional shift-adds (``R_4 = (1 + 2^4)(1 + 2^8)(1 + 2^16)``, ``R_8 = (1 + 2^8)(1 + 2^16)``,
+   ``R_16 = 1 + 2^16``, ``R_32 = 1``) and adds into the path's bank of per-pixel accumulators
+   ``X = sum_m R_m sum v u``, which is golden's ``acc = 2 sum_m R_m S_m - D A - sum_m R_m A_m`` (written, not
+   added, by the row's first pass into the pixel's slot: no clearing); a DoReFa layer's 4- and 8-bit entries
+   share one pass (the sequencer promotes 4-bit codes exactly: ``q R_4 = 17 q R_8``);
+6. the row's last pass into a pixel passes its ``X`` into FIFO ``pixel mod 4``; the *emitter* takes
    the tile's pixels in order (pixel ``i`` from FIFO ``i mod 4``: a single pass's last chunk gives the even
    pixels before the odd ones) with their shortcut codes and the channel's parameters into the
    :class:`~hw.array.requant.PixelRequantizer`, whose codes (or scores) leave on ``o`` tagged
@@ -52,9 +53,9 @@ or 5-8-bit activations, 4 for 32-bit weights (``hw/dsp/pass_lane.py``); the comb
 next pass; the emitter one pixel a cycle, overlapped with the next row. So a row costs at least ``pixels``
 cycles (its outputs), and more when its passes are longer.
 
-What is exact: the lanes' pass sums (``hw/dsp/pass_lane.py``), ``X``, ``A``, ``Y`` at the widths of
-:mod:`hw.array.requant` (``X <= ACC_BOUND`` because ``R_m (2^m - 1) = D``; a pass's partial sum is at most
-its segment's), the requantizer. The engine trusts the image's fields the decoder checks (``error``, sticky:
+What is exact: the lanes' pass sums (``hw/dsp/pass_lane.py``), ``X`` at the width of :mod:`hw.array.requant`
+(``|X| <= X_BOUND`` because ``-(D + R_m) <= R_m v <= D``, for any part of a row's sum too), the
+requantizer. The engine trusts the image's fields the decoder checks (``error``, sticky:
 the decoder stops and so does the engine).
 """
 
@@ -70,12 +71,13 @@ from amaranth.utils import ceil_log2
 from hw.array.pass_sequencer import PassSequencer, record_layout, row_info_layout
 from hw.array.patch_loader import DIM_BITS
 from hw.array.plane_decoder import PlaneRowDecoder, plane_layer_layout
-from hw.array.requant import A_BITS, BIAS_BITS, MAX_COMP_SHIFT, X_BITS, Y_BITS, PixelRequantizer
+from hw.array.requant import A_BITS, BIAS_BITS, MAX_COMP_SHIFT, X_BITS, PixelRequantizer
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.stream_decoder import RowStreamDecoder, command_layout, layer_fields_layout
 from hw.dsp.packing import CHUNK_BITS, P_BITS
-from hw.dsp.pass_lane import ACT_BITS_FIELD, PAIR_SHIFT, SLOTS, PassDspLane
-from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, MULT_BITS
+from hw.dsp.pass_lane import A_SPREAD, ACT_BITS_FIELD, PAIR_SHIFT, SLOTS, PassDspLane, entry_layout
+from model.export.format import CLASS_WIDTHS
+from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, MULT_BITS
 
 #: Pixel slots of one lane (a pass lane's two: ``hw/dsp/pass_lane.py``).
 LANE_SLOTS = SLOTS
@@ -138,6 +140,24 @@ def select(m: Module, index, pairs, n: int) -> None:
         for k in range(n):
             with m.Case(k):
                 m.d.comb += [out.eq(array[k]) for out, array in pairs]
+
+
+def lane_weight(m: Module, entry, layer):
+    """The lane weight of a pass entry (:func:`hw.dsp.pass_lane.lane_weight`): ``v = 2 q - D_m - s`` of its
+    code in the class its pass weighs it by (the record's, or the 16-bit class for an ``A_SPREAD`` entry of a
+    merged pass), a 32-bit one's chunk ``entry.chunk``, 0 for an all-pruned row's entry. One subtraction per
+    engine (the lanes take it as it is)."""
+    wide = CLASS_WIDTHS.index(32)
+    dcls = Mux(entry.a_mode == A_SPREAD, CLASS_WIDTHS.index(16), entry.rec.cls)
+    offset = Signal(33, name="lane_offset")  # D_m + s = 2^m - 1 + s
+    with m.Switch(dcls):
+        for c, width in enumerate(CLASS_WIDTHS):
+            with m.Case(c):
+                m.d.comb += offset.eq(Mux(layer.signed, 1 << width, (1 << width) - 1))
+    v = Signal(signed(34), name="lane_v")
+    m.d.comb += v.eq((entry.code << 1) - offset)
+    chunk = Mux(entry.chunk, v >> CHUNK_BITS, v[:CHUNK_BITS])
+    return Mux(entry.empty, 0, Mux(dcls == wide, chunk, v))
 
 
 class ChannelEngine(wiring.Component):
@@ -295,30 +315,30 @@ class ChannelEngine(wiring.Component):
         # -- Fetch: the entry waits here while its patch row is read ---------------------------------------
         f_valid = Signal()
         f = Signal.like(seq.o.payload, name="f_entry")
+        f_b = Signal(entry_layout()["b"].shape, name="f_b")  # its lane weight
         take = Signal()  # the lanes take the entry in F
         f_adv = Signal()
         m.d.comb += [f_adv.eq(~f_valid | take), seq.o.ready.eq(f_adv),
                      self.patch_addr.eq(seq.o.payload.position), self.patch_bank.eq(seq.o.payload.bank),
                      self.patch_en.eq(f_adv)]
+        b_next = lane_weight(m, seq.o.payload, layer)
         with m.If(f_adv):
-            m.d.sync += [f_valid.eq(seq.o.valid), f.eq(seq.o.payload)]
+            m.d.sync += [f_valid.eq(seq.o.valid), f.eq(seq.o.payload), f_b.eq(b_next)]
 
         # -- Lanes: lane k holds pixels 2k (slot 0) and 2k + 1 (slot 1) ----------------------------------
         rec_layout = record_layout(t)
         m.submodules.recs = recs = SyncFIFOBuffered(width=rec_layout.size, depth=8)
         lane_list = []
         for k in range(lanes):
-            lane = PassDspLane(max_entries=min(MAX_FAN_IN, (1 << self._fan_in_width) - 1))
+            lane = PassDspLane()
             m.submodules[f"lane{k}"] = lane
             lane_list.append(lane)
             m.d.comb += [
                 lane.i.valid.eq(f_valid & recs.w_rdy),
-                lane.i.payload.code.eq(f.code),
+                lane.i.payload.b.eq(f_b),
                 lane.i.payload.pair.eq(f.rec.pair),
-                lane.i.payload.chunk.eq(f.chunk),
                 lane.i.payload.a_mode.eq(f.a_mode),
                 lane.i.payload.group.eq(f.rec.group),
-                lane.i.payload.count.eq(f.count),
                 lane.i.payload.end.eq(f.end),
             ]
             for s in range(SLOTS):
@@ -333,10 +353,8 @@ class ChannelEngine(wiring.Component):
         # pair pass takes about T / 2 steps and a single one T / 4. Under gap, pixel 0 alone (path 0, lane 0).
         c_adv = Signal()
         # The lanes' pass sums move into a holding register at once (the lanes go on with the next pass).
-        a_shape = lead.o.payload.a[0].shape()
         held_valid = Signal()
-        held_p = Signal(data.ArrayLayout(P_BITS, lanes))
-        held_a = Signal(data.ArrayLayout(data.ArrayLayout(a_shape, SLOTS), lanes))
+        held_p = Signal(data.ArrayLayout(signed(P_BITS), lanes))
         rec = Signal(rec_layout)  # the held pass's record
         n = Signal(range(t))
         n_last = Signal(range(t))
@@ -355,15 +373,16 @@ class ChannelEngine(wiring.Component):
         with m.If(capture):
             m.d.sync += [held_valid.eq(1), rec.eq(recs.r_data)]
             for kk, lane in enumerate(lane_list):
-                m.d.sync += [held_p[kk].eq(lane.o.payload.p), held_a[kk].eq(lane.o.payload.a)]
+                m.d.sync += held_p[kk].eq(lane.o.payload.p)
         with m.Elif(release):
             m.d.sync += held_valid.eq(0)
         with m.If(start):
             m.d.sync += n.eq(Mux(n == n_last, 0, n + 1))
 
-        # Stage C0: each path's pixel sum out of its lane's word. A pair pass has slot 0's sum in P's low
-        # PAIR_SHIFT bits and slot 1's above; a single pass all of P, weighted by its chunk (2^16). Under gap,
-        # group 1 carries pixel 0's high bytes: weight 256.
+        # Stage C0: each path's pixel sum out of its lane's word. A pair pass has slot 0's signed sum in P's low
+        # PAIR_SHIFT bits (sign-extended) and slot 1's above them, plus the borrow the low field took
+        # (hw/dsp/pass_lane.py); a single pass all of P, weighted by its chunk (2^16). Under gap, group 1
+        # carries pixel 0's high bytes: weight 256.
         half = Signal(range(t))  # m
         slot = Signal()
         m.d.comb += [half.eq(Mux(rec.pair, n >> 1, n)), slot.eq(Mux(rec.pair, n[0], rec.group))]
@@ -374,25 +393,21 @@ class ChannelEngine(wiring.Component):
             "valid": unsigned(1), "cls": unsigned(2), "final": unsigned(1), "addr": range(max(pair_lanes * 2, 1)),
             "fifo": unsigned(2), "first": unsigned(1),
         })
-        # side[q][0] / s0 / a0: the pixel's sum as taken out (its own stage: the lane select and the field
-        # selection stay off the first adder's path); then three stages of R_m.
+        # side[q][0] / s0: the pixel's sum as taken out (its own stage: the lane select and the field selection
+        # stay off the first adder's path); then three stages of R_m.
         side = [[Signal(side_layout, name=f"c{q}_{k}") for k in range(4)] for q in range(2)]
-        s0 = [Signal(X_BITS, name=f"cs{q}_0") for q in range(2)]
-        sv = [[Signal(X_BITS, name=f"cs{q}_{k}") for k in range(1, 4)] for q in range(2)]  # R_m S in the making
-        av = [[Signal(A_BITS, name=f"ca{q}_{k}") for k in range(4)] for q in range(2)]  # A, unchanged
-        yv = [[Signal(Y_BITS, name=f"cy{q}_{k}") for k in range(1, 4)] for q in range(2)]  # R_m A (signed layers)
+        s0 = [Signal(signed(X_BITS), name=f"cs{q}_0") for q in range(2)]
+        sv = [[Signal(signed(X_BITS), name=f"cs{q}_{k}") for k in range(1, 4)] for q in range(2)]  # R_m S
         for q in range(2):
             # Lane 2m + q: its word by a case over m (a variable part-select would be a barrel shifter).
             group_of = [k for k in range(lanes) if k % 2 == q]
-            p_sel = Signal(P_BITS, name=f"p_sel{q}")
-            a_pair = Signal(data.ArrayLayout(a_shape, SLOTS), name=f"a_pair{q}")
+            p_sel = Signal(signed(P_BITS), name=f"p_sel{q}")
             if group_of:
-                select(m, half, [(p_sel, [held_p[k] for k in group_of]), (a_pair, [held_a[k] for k in group_of])],
-                       len(group_of))
-            a_sel = Mux(slot, a_pair[1], a_pair[0])
+                select(m, half, [(p_sel, [held_p[k] for k in group_of])], len(group_of))
+            low = p_sel[:PAIR_SHIFT].as_signed()
+            high = (p_sel >> PAIR_SHIFT) + p_sel[PAIR_SHIFT - 1]  # (P - low) >> PAIR_SHIFT
             single = Mux(rec.chunk, p_sel << CHUNK_BITS, p_sel)
-            s_in = Mux(rec.pair, Mux(slot, p_sel[PAIR_SHIFT:], p_sel[:PAIR_SHIFT]), Mux(hi, single << 8, single))
-            a_in = Mux(hi, a_sel << 8, a_sel)
+            s_in = Mux(rec.pair, Mux(slot, high, low), Mux(hi, single << 8, single))
             pixel = (half << 2) | (q << 1) | slot
             on = Mux(layer.gap, (q == 0) & (half == 0), pixel < rec.pixels) if group_of else 0
             with m.If(c_adv):
@@ -400,38 +415,32 @@ class ChannelEngine(wiring.Component):
                     side[q][0].valid.eq(start & on), side[q][0].cls.eq(rec.cls), side[q][0].final.eq(rec.final),
                     side[q][0].addr.eq(Mux(layer.gap, 0, (half << 1) | slot)),
                     side[q][0].fifo.eq(Mux(layer.gap, 0, (q << 1) | slot)), side[q][0].first.eq(first),
-                    s0[q].eq(s_in), av[q][0].eq(a_in),
+                    s0[q].eq(s_in),
                     side[q][1].eq(side[q][0]), side[q][2].eq(side[q][1]), side[q][3].eq(side[q][2]),
                 ]
                 # R_m by three conditional shift-adds: class 0 (4 bits) adds << 4, classes <= 1 << 8, <= 2 << 16.
                 for k, (shift, upto) in enumerate(((4, 0), (8, 1), (16, 2))):
                     s_prev = s0[q] if k == 0 else sv[q][k - 1]
-                    y_prev = av[q][0] if k == 0 else yv[q][k - 1]
                     cls = side[q][k].cls
-                    m.d.sync += [sv[q][k].eq(s_prev + Mux(cls <= upto, s_prev << shift, 0)),
-                                 yv[q][k].eq(y_prev + Mux(cls <= upto, y_prev << shift, 0)),
-                                 av[q][k + 1].eq(av[q][k])]
+                    m.d.sync += sv[q][k].eq(s_prev + Mux(cls <= upto, s_prev << shift, 0))
 
         # Stage C5: the per-pixel accumulators, a bank per path (asynchronous read, written in the same
-        # cycle); the row's last pass into a pixel passes its finished sums on, into FIFO pixel mod 4.
-        acc_layout = data.StructLayout({"x": unsigned(X_BITS), "a": unsigned(A_BITS), "y": unsigned(Y_BITS)})
+        # cycle); the row's last pass into a pixel passes its finished sum on, into FIFO pixel mod 4.
         fifos = []
         for f in range(4):
-            fifo = SyncFIFOBuffered(width=acc_layout.size, depth=-(-t // 4) + 1)
+            fifo = SyncFIFOBuffered(width=X_BITS, depth=-(-t // 4) + 1)
             m.submodules[f"done{f}"] = fifo
             fifos.append(fifo)
         for q in range(2):
             last = side[q][3]
-            accs = Memory(shape=acc_layout, depth=max(pair_lanes * 2, 2), init=[])
+            accs = Memory(shape=signed(X_BITS), depth=max(pair_lanes * 2, 2), init=[])
             m.submodules[f"accs{q}"] = accs
             rd = accs.read_port(domain="comb")
             wr = accs.write_port()
-            new = Signal(acc_layout, name=f"new{q}")
+            new = Signal(signed(X_BITS), name=f"new{q}")
             m.d.comb += [
                 rd.addr.eq(last.addr), wr.addr.eq(last.addr), wr.data.eq(new), wr.en.eq(c_adv & last.valid),
-                new.x.eq(Mux(last.first, sv[q][2], rd.data.x + sv[q][2])),
-                new.a.eq(Mux(last.first, av[q][3], rd.data.a + av[q][3])),
-                new.y.eq(Mux(last.first, yv[q][2], rd.data.y + yv[q][2])),
+                new.eq(Mux(last.first, sv[q][2], rd.data + sv[q][2])),
             ]
             for s_ in range(2):
                 f = fifos[2 * q + s_]
@@ -445,8 +454,7 @@ class ChannelEngine(wiring.Component):
         m.submodules.requant = rq = PixelRequantizer(tag_bits=tag_layout.size, compensate=self._vertical)
         tag_in = data.View(tag_layout, rq.i.payload.tag)
         tag_out = data.View(tag_layout, rq.o.payload.tag)
-        m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits),
-                     rq.signed_layer.eq(layer.signed), rq.residual.eq(layer.residual)]
+        m.d.comb += [rq.shift.eq(layer.shift), rq.out_bits.eq(layer.out_bits), rq.residual.eq(layer.residual)]
         if self._vertical:
             m.d.comb += rq.comp_shift.eq(layer.comp_shift)
         i = Signal(range(t))
@@ -454,7 +462,7 @@ class ChannelEngine(wiring.Component):
         m.d.comb += pix.eq(i)
         which = Signal(2)
         m.d.comb += which.eq(i)
-        head = Signal(acc_layout)
+        head = Signal(signed(X_BITS))
         ready_b = Signal()
         with m.Switch(which):
             for f in range(4):
@@ -470,7 +478,7 @@ class ChannelEngine(wiring.Component):
         go = Signal()
         m.d.comb += [
             rq.i.valid.eq(rows.r_rdy & ready_b),
-            rq.i.payload.x.eq(head.x), rq.i.payload.a.eq(head.a), rq.i.payload.y.eq(head.y),
+            rq.i.payload.x.eq(head),
             rq.i.payload.r.eq(r_sel), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
             rq.i.payload.bias.eq(row.bias),
             tag_in.pixel.eq(pix), tag_in.channel.eq(row.channel), tag_in.last.eq(i == i_last),

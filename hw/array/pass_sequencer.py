@@ -5,13 +5,14 @@ sums a whole *pass* in its DSP48E1's P register (``hw/dsp/pass_lane.py``), and a
 takes one or more passes (:func:`~hw.dsp.pass_lane.lane_passes`):
 
 * **pair** (4- or 8-bit weights at 1-4-bit activations): one pass, both pixel slots of every lane at once. A
-  pass may hold at most :func:`~hw.dsp.pass_lane.pass_capacity` entries (274 at 8 bits, more than any row
-  at 4 bits), so an 8-bit segment longer than that is cut into sub-passes (the engine adds them up). In a
-  DoReFa layer the 4-bit segment and the 8-bit one share a pass: a 4-bit code is promoted exactly into the
-  8-bit class, ``q R_4 = (17 q) R_8`` (``R_4 = 17 R_8``, and ``17 q <= 255``), so the row's narrow weights
-  cost one pass and one combine, not two. (A signed layer's ``Y = sum_m R_m A_m`` needs each class's
-  activation sum apart, so its passes stay one per class.) The decoder's ``next_cls`` says at the 4-bit
-  segment's end whether the 8-bit one follows;
+  pass may hold at most :func:`~hw.dsp.pass_lane.pass_capacity` entries (136 at 8 bits, 2,184 at 4
+  bits: the lanes' signed sums, ``hw/dsp/pass_lane.py``), so a longer segment is cut into sub-passes (the
+  engine adds them up). In a DoReFa layer the 4-bit segment and the 8-bit one share a pass: a 4-bit code is
+  promoted exactly into the 8-bit class, ``q R_4 = (17 q) R_8`` (``R_4 = 17 R_8``, and ``17 q <= 255``; its
+  lane weight ``2 (17 q) - 255 = 17 (2 q - 15)`` too), so the row's narrow weights cost one pass and one
+  combine, not two. (A signed layer's passes stay one per class: its offset ``2^m`` does not scale by
+  ``R_m / R_8`` into a code of the wider class.) The decoder's ``next_cls`` says at the 4-bit segment's end
+  whether the 8-bit one follows;
 * **single** (16- or 32-bit weights, or any weight at 5-8-bit activations) in a signed row or under global
   pool: one pass per 16-bit chunk and slot *group* ``g`` (slot ``g`` of every lane: the tile's pixels
   ``2 k + g``), chunk-major: ``(c0, g0)``, ``(c0, g1)``, ``(c1, g0)``, ``(c1, g1)``. The decoder streams each
@@ -23,15 +24,14 @@ takes one or more passes (:func:`~hw.dsp.pass_lane.lane_passes`):
   (:data:`~hw.dsp.pass_lane.A_SPREAD` and ``(R_m / R_16) q`` for a class of at most 16 bits, a 32-bit code as
   its low chunk with :data:`~hw.dsp.pass_lane.A_LOW` then its high chunk with
   :data:`~hw.dsp.pass_lane.A_HIGH`: two lane cycles, the decoder held for the second), so the pass's P is
-  ``sum R_m q u`` and its record has the 32-bit class (``R = 1``) and chunk 0: a row of 16- and 32-bit
+  ``sum R_m v u`` and its record has the 32-bit class (``R = 1``) and chunk 0: a row of 16- and 32-bit
   weights costs two combines instead of six. A pass holds at most
-  :func:`~hw.dsp.pass_lane.merged_capacity` weights (a row at 1-4-bit activations, 257 at 8 bits), so a
+  :func:`~hw.dsp.pass_lane.merged_capacity` weights (2,184 at 1-4-bit activations, 128 at 8 bits), so a
   longer one is cut, in its first pass and in its replay alike.
 
-Every entry leaves with what its lane needs (``code``, ``chunk``, ``a_mode``, and the record's ``pair`` and
-``group``, the ``count`` bits that add each slot's codes into the lane's activation sums once per weight: pair
-passes count both slots, single passes slot ``g`` in chunk 0 only, a merged pass on a weight's first lane
-entry; ``end`` on a pass's last entry) and with the pass's *record*, which the engine's combine reads when the
+Every entry leaves with what its lane needs (``code``, ``chunk``, ``a_mode``, ``empty`` for an all-pruned
+row's one entry, and the record's ``pair``, ``cls`` and ``group``, from which the engine forms the lane
+weight, :func:`~hw.dsp.pass_lane.lane_weight`; ``end`` on a pass's last entry) and with the pass's *record*, which the engine's combine reads when the
 pass's sums come out of the lanes:
 
 * ``cls``, ``pair``, ``chunk``, ``group``: how to take the pixels' sums out of a lane's P word;
@@ -111,7 +111,7 @@ def pass_entry_layout(fan_in_width: int, pixels: int) -> data.StructLayout:
         "code": unsigned(max(CLASS_WIDTHS)),
         "chunk": unsigned(1),  # the lane's B chunk (a merged pass's record keeps chunk 0)
         "a_mode": unsigned(2),  # the lane's placement of u in A (A_LOW outside merged passes)
-        "count": data.ArrayLayout(1, SLOTS),  # (none for an all-pruned row's single entry: code 0, it adds nothing)
+        "empty": unsigned(1),  # an all-pruned row's single entry: its lane weight is 0 (it adds nothing)
         "end": unsigned(1),
         "bank": unsigned(1),  # the patch bank of the entry's row (tiles overlap: hw/array/controller.py)
         "rec": record_layout(pixels),
@@ -223,12 +223,12 @@ class PassSequencer(wiring.Component):
             """The banks a pass adds into: both for a pair pass, ``grp`` for a single one, 0 under gap."""
             return Mux(pair, 0b11, Mux(gap, 0b01, Mux(grp, 0b10, 0b01)))
 
-        def emit(position, code, empty, cls, pair, c, g, count, end, final, lane_chunk, a_mode):
+        def emit(position, code, empty, cls, pair, c, g, end, final, lane_chunk, a_mode):
             banks = banks_of(pair, g)
             m.d.sync += [
                 self.o.valid.eq(1),
                 out.position.eq(position), out.code.eq(code), out.chunk.eq(lane_chunk), out.a_mode.eq(a_mode),
-                out.count.eq(Mux(empty, 0, count)), out.end.eq(end),  # (an empty entry's code is 0)
+                out.empty.eq(empty), out.end.eq(end),
                 out.bank.eq(self.rows.payload.bank),
                 out.rec.cls.eq(cls), out.rec.pair.eq(pair), out.rec.chunk.eq(c), out.rec.group.eq(g),
                 out.rec.first.eq(banks & ~touched), out.rec.final.eq(final), out.rec.pixels.eq(pixels),
@@ -250,11 +250,10 @@ class PassSequencer(wiring.Component):
             final = seg_last & last_chunk & (~gap | group)
             cls_out = Mux(seg_merged, WIDE_CLASS, seg_cls)
             rec_chunk = chunk & ~seg_merged
-            count = Mux(chunk & ~seg_merged, 0, Mux(group, 0b10, 0b01))
             with m.If(advance):
                 with m.If(seg_merged & rd.data.split & ~half):
                     # A split weight's low chunk; the memory holds the entry for its high chunk.
-                    emit(rd.data.position, rd.data.code, rd.data.empty, cls_out, 0, rec_chunk, group, count, 0, 0,
+                    emit(rd.data.position, rd.data.code, rd.data.empty, cls_out, 0, rec_chunk, group, 0, 0,
                          0, A_LOW)
                     m.d.sync += half.eq(1)
                 with m.Else():
@@ -266,7 +265,7 @@ class PassSequencer(wiring.Component):
                     m.d.sync += [ridx.eq(nxt), sub.eq(Mux(end, 0, sub + 1))]
                     hi_half = seg_merged & rd.data.split
                     banks = emit(rd.data.position, rd.data.code, rd.data.empty, cls_out, 0, rec_chunk, group,
-                                 Mux(hi_half, 0, count), end, final & last_entry, Mux(seg_merged, hi_half, chunk),
+                                 end, final & last_entry, Mux(seg_merged, hi_half, chunk),
                                  Mux(seg_merged, Mux(hi_half, A_HIGH, A_SPREAD), A_LOW))
                     with m.If(end):
                         m.d.sync += touched.eq(touched | banks)
@@ -285,7 +284,7 @@ class PassSequencer(wiring.Component):
             low_half = split & ~half
             m.d.comb += self.i.ready.eq(advance & self.rows.valid & ~low_half)
             with m.If(self.i.valid & advance & self.rows.valid & low_half):
-                emit(e.position, e.code, e.empty, WIDE_CLASS, 0, 0, 0, 0b01, 0, 0, 0, A_LOW)
+                emit(e.position, e.code, e.empty, WIDE_CLASS, 0, 0, 0, 0, 0, 0, A_LOW)
                 m.d.sync += half.eq(1)
             with m.If(self.i.valid & self.i.ready):
                 m.d.sync += half.eq(0)
@@ -294,8 +293,7 @@ class PassSequencer(wiring.Component):
                 end = (e.seg_end & ~go_on) | cap_end
                 # chunk 0 is the last chunk; gap ends in group 1; a merged pass of group 0 is bank 0's last
                 final = e.last & e.seg_end & Mux(wmerge, 1, ~wide & ~gap)
-                count = Mux(split, 0, Mux(pair_now, 0b11, 0b01))
-                banks = emit(e.position, live_code, e.empty, live_cls, pair_now, 0, 0, count, end, final, split,
+                banks = emit(e.position, live_code, e.empty, live_cls, pair_now, 0, 0, end, final, split,
                              Mux(wmerge, Mux(split, A_HIGH, A_SPREAD), A_LOW))
                 m.d.comb += [wr.addr.eq(widx), wr.en.eq(1), wr.data.position.eq(e.position),
                              wr.data.code.eq(Mux(wmerge, live_code, e.code)), wr.data.empty.eq(e.empty),

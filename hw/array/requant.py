@@ -1,12 +1,13 @@
 """The array's output pipeline: one pixel's combined sums -> its next-layer code or class score, 8 stages.
 
 An engine of the array (``docs/array_design.md``, decision 5) ends each output channel with, per pixel, the
-class-weighted sum ``X = sum_m R_m S_m``, the activation sum ``A = sum_m A_m`` and, for a signed layer,
-``Y = sum_m R_m A_m`` (its combine stage forms them segment by segment). This pipeline computes golden's
-:func:`~model.export.golden.combine` and :func:`~model.export.golden.requantize`, or
+class-weighted signed sum ``X = sum_m R_m sum v u`` of its lanes' weights ``v = 2 q - D_m - s``
+(``hw/dsp/pass_lane.py``; its combine stage forms it segment by segment), which is golden's
+:func:`~model.export.golden.combine`, ``2 sum_m R_m S_m - D A - sum_m R_m A_m`` (the last term in a signed
+layer only), already. This pipeline computes :func:`~model.export.golden.requantize`, or
 :func:`~model.export.golden_conv.requantize_residual` when the layer adds a shortcut, bit for bit:
 
-  ``acc = 2 X - D A - Y + 2 R_8 k`` (``Y = 0`` for DoReFa; ``k = 0`` but in a vertical layer, below),
+  ``acc = X + 2 R_8 k`` (``k = 0`` but in a vertical layer, below),
   ``t = acc >> ACC_SHIFT`` (floor),
   ``y = (t M + B + (r M_r << ACC_SHIFT) + 2^(S-1)) >> S`` (round half up; ``r M_r = 0`` without a shortcut),
 
@@ -22,8 +23,8 @@ loader) and ``±`` the row's ``negate``; in golden's signed combine a class-8 co
 Unlike :class:`hw.core.requant.Requantizer` (a 66-bit add and a variable shift in one stage), every stage
 here holds one adder or one shift level group, so that the array reaches 100 MHz on the XC7Z020 (-1):
 
-1. ``2 X + A`` and ``D A + Y = (A << 32) + Y``; ``r M_r`` (8 x 17 bits, LUTs or a DSP); ``K_t U = (U << t) - U``;
-2. ``acc`` (one subtraction), ``2^(S-1)``; ``2 R_8 K_t U`` (shift-adds: ``R_8 = 1 + 2^8 + 2^16 + 2^24``);
+1. ``X`` registered; ``r M_r`` (8 x 17 bits, LUTs or a DSP); ``K_t U = (U << t) - U``;
+2. ``X`` again, ``2^(S-1)``; ``2 R_8 K_t U`` (shift-adds: ``R_8 = 1 + 2^8 + 2^16 + 2^24``);
 3. ``t = (acc ± 2 R_8 K_t U) >> ACC_SHIFT`` (one addition, then wiring) into the multiplier's input registers;
 4. ``t M`` (DSP48E1s, registered);
 5. ``t M + B`` and ``(r M_r << ACC_SHIFT) + 2^(S-1)``;
@@ -32,8 +33,9 @@ here holds one adder or one shift level group, so that the array reaches 100 MHz
 8. the clamp or the int32 saturation.
 
 Widths come from the named bounds of the integer contract (``model/export/golden.py``, bounds 1-5 and 8):
-``X <= ACC_BOUND`` (``R_m (2^m - 1) = D``, so ``X <= D sum u``), ``A <= ACT_SUM_BOUND``,
-``Y <= R_4 ACT_SUM_BOUND``; every stage is sized from them (:data:`X_BITS` .. :data:`ROUND_BITS`), and
+each weight adds ``R_m v u`` with ``-(D + R_m) <= R_m v <= D`` (``R_m (2^m - 1) = D``), so
+``|X| <= (D + R_4) ACT_SUM_BOUND`` (:data:`X_BOUND`), for the row's whole sum and for any part of it that the
+combine holds; every stage is sized from it (:data:`X_BITS` .. :data:`ROUND_BITS`), and
 ``tests/hw/array/test_requant.py`` checks the pipeline at those extremes against golden.
 """
 
@@ -60,12 +62,13 @@ from model.export.golden import (
 #: Largest activation sum of one output: ``MAX_FAN_IN`` codes of ``MAX_ACT_BITS`` bits (bound 6 keeps the FC
 #: after a global pool inside it too).
 ACT_SUM_BOUND = ((1 << MAX_ACT_BITS) - 1) * MAX_FAN_IN
-X_BITS = ACC_BOUND.bit_length()
+#: Bits of an activation sum (the patch loader's ``U`` of a compensated vertical layer).
 A_BITS = ACT_SUM_BOUND.bit_length()
-Y_BITS = (R[4] * ACT_SUM_BOUND).bit_length()
-#: ``2 X + A`` and ``D A + Y`` (unsigned), ``acc`` (signed, between ``-(D A + Y)`` and ``2 X + A``).
-POS_BITS = (2 * ACC_BOUND + ACT_SUM_BOUND).bit_length()
-NEG_BITS = (D * ACT_SUM_BOUND + ACT_SUM_BOUND + R[4] * ACT_SUM_BOUND).bit_length()
+#: ``|X|``, and any partial sum of it, is at most this (module docstring); ``X`` is two's complement.
+X_BOUND = (D + R[4]) * ACT_SUM_BOUND
+X_BITS = X_BOUND.bit_length() + 1
+# (golden's ACC_BOUND, D ACT_SUM_BOUND, is DoReFa's |acc|; a signed layer's 4-bit code 0 reaches (D + R_4) u)
+assert ACC_BOUND <= X_BOUND
 #: Largest ``t`` of a compensated layer: class-8 codes hold widths up to 6 (``inner_class``) over a basic layer
 #: of at least 1 bit, so ``t = top - i <= 5`` and ``K_t <= 31``.
 MAX_COMP_SHIFT = 5
@@ -73,8 +76,8 @@ COMP_CLASS = 8
 #: ``K_t U`` and ``2 R_8 K_t U``.
 KU_BITS = (((1 << MAX_COMP_SHIFT) - 1) * ACT_SUM_BOUND).bit_length()
 COMP_BITS = (2 * R[COMP_CLASS] * ((1 << MAX_COMP_SHIFT) - 1) * ACT_SUM_BOUND).bit_length()
-#: ``acc`` and ``acc ± 2 R_8 K_t U`` (signed; the sum is bounded by either extreme plus the term).
-ACC_BITS = max(POS_BITS, NEG_BITS, COMP_BITS) + 2
+#: ``acc = X ± 2 R_8 K_t U`` (signed).
+ACC_BITS = max(X_BITS, COMP_BITS + 1) + 1
 T_BITS = ACC_BITS - ACC_SHIFT
 PRODUCT_BITS = T_BITS + MULT_BITS + 1
 #: The offset ``B`` as the image stores it (64-bit two's complement field).
@@ -89,9 +92,7 @@ ROUND_BITS = max(PRODUCT_BITS, BIAS_BITS, OFFSET_BITS) + 2
 def input_layout(tag_bits: int) -> data.StructLayout:
     """One pixel's sums, its shortcut code, its channel's parameters, and a tag carried to the output."""
     return data.StructLayout({
-        "x": unsigned(X_BITS),
-        "a": unsigned(A_BITS),
-        "y": unsigned(Y_BITS),
+        "x": signed(X_BITS),
         "r": unsigned(MAX_ACT_BITS),
         "mult": unsigned(MULT_BITS),
         "res_mult": unsigned(MULT_BITS),
@@ -125,8 +126,6 @@ class PixelRequantizer(wiring.Component):
         ``S`` of the layer, 1..``MAX_SHIFT`` (hold while the layer's pixels are in the pipeline).
     out_bits : In(range(MAX_ACT_BITS + 1))
         Output code width, 0 for int32 scores.
-    signed_layer : In(1)
-        Weight mode: subtract ``Y`` (signed offset-binary codes) or not (DoReFa).
     residual : In(1)
         Add ``(r M_r) << ACC_SHIFT``.
     comp_shift : In(range(MAX_COMP_SHIFT + 1))
@@ -146,7 +145,6 @@ class PixelRequantizer(wiring.Component):
         super().__init__({
             "shift": In(range(MAX_SHIFT + 1)),
             "out_bits": In(range(MAX_ACT_BITS + 1)),
-            "signed_layer": In(1),
             "residual": In(1),
             "comp_shift": In(range(MAX_COMP_SHIFT + 1)),
             "i": In(stream.Signature(input_layout(tag_bits))),
@@ -174,13 +172,12 @@ class PixelRequantizer(wiring.Component):
             tags.append(reg(self._tag_bits, f"tag{k}", tags[-1]))
 
         # Stage 1.
-        pos1 = reg(unsigned(POS_BITS), "pos1", (p.x << 1) + p.a)
-        neg1 = reg(unsigned(NEG_BITS), "neg1", (p.a << 32) + Mux(self.signed_layer, p.y, 0))
+        x1 = reg(signed(X_BITS), "x1", p.x)
         rm1 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm1", Mux(self.residual, p.r * p.res_mult, 0))
         mult1 = reg(unsigned(MULT_BITS), "mult1", p.mult)
         bias1 = reg(signed(BIAS_BITS), "bias1", p.bias)
         # Stage 2.
-        acc2 = reg(signed(ACC_BITS), "acc2", pos1 - neg1)
+        acc2 = reg(signed(X_BITS), "acc2", x1)
         mult2 = reg(unsigned(MULT_BITS), "mult2", mult1)
         bias2 = reg(signed(BIAS_BITS), "bias2", bias1)
         rm2 = reg(unsigned(MAX_ACT_BITS + MULT_BITS), "rm2", rm1)

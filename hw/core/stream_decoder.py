@@ -392,17 +392,19 @@ class RowStreamDecoder(wiring.Component):
             new.seg_end.eq(empty | (left == 1)),
             new.next_cls.eq(more_cls),
         ]
+        # Timing: `emit` comes at the end of the window loop (the gap's check against the row), so it drives only
+        # the two valid bits; the wide payload and skid registers load whenever they are free (an emitted entry
+        # needs ~skid_valid, so the output register takes the skid's entry or the new one, never both).
         with m.If(emit):
             m.d.sync += [prev.eq(position[:fw]), room.eq(Mux(first, fan_in - 1, room - 1) - gap)]
-            with m.If(self.o.valid & ~self.o.ready):
-                m.d.sync += [skid.eq(new), skid_valid.eq(1)]
-            with m.Else():
-                m.d.sync += [self.o.payload.eq(new), self.o.valid.eq(1)]
-        with m.Elif(self.o.ready):
-            with m.If(skid_valid):
-                m.d.sync += [self.o.payload.eq(skid), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += self.o.valid.eq(0)
+        stalled = self.o.valid & ~self.o.ready
+        with m.If(~skid_valid):
+            m.d.sync += skid.eq(new)
+        with m.If(~stalled):
+            m.d.sync += [self.o.payload.eq(Mux(skid_valid, skid.as_value(), new.as_value())),
+                         self.o.valid.eq(skid_valid | emit), skid_valid.eq(0)]
+        with m.Elif(emit):
+            m.d.sync += skid_valid.eq(1)
 
         # `left`: its next value is formed beside the window loop, `consume` only enables the register (a
         # class's first count on entering ENTRY, one less per entry, the next class's count at a class's end;

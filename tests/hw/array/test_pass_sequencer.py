@@ -1,6 +1,6 @@
 """PassSequencer against a reference of its passes: the order of :func:`hw.dsp.pass_lane.lane_passes` per
 segment (chunk-major, then slot group), the 4 -> 8-bit promotion of DoReFa rows (``17 q``), the capacity
-split of 8-bit pair passes, the per-bank ``first`` / ``final`` records and the count bits, on random rows
+split of pair passes, the per-bank ``first`` / ``final`` records and the empty entry of an all-pruned row, on random rows
 under back-pressure (Amaranth simulator)."""
 
 import numpy as np
@@ -40,7 +40,7 @@ def decoder_entries(row):
 
 
 def reference_passes(row, act_bits, signed, gap, pixels):
-    """The passes of one row: ``(cls, pair, chunk, group, [(position, code, lane chunk, a_mode, count), ...])``
+    """The passes of one row: ``(cls, pair, chunk, group, [(position, code, lane chunk, a_mode, empty), ...])``
     in order (``chunk`` is the record's: the combine's ``2^16``; a merged pass's lanes take both chunks)."""
     empty = not row
     segs = [(0, [(0, 0)])] if empty else [(c, list(e)) for c, e in row]
@@ -61,7 +61,7 @@ def reference_passes(row, act_bits, signed, gap, pixels):
             assert lane_passes(bits, act_bits) == [(True, 0, 0)]
             cap = pass_capacity(bits, PAIR_ACT_BITS)
             for k in range(0, len(entries), cap):
-                passes.append((cls, 1, 0, 0, [(p, q, 0, A_LOW, 0 if empty else 0b11) for p, q in entries[k:k + cap]]))
+                passes.append((cls, 1, 0, 0, [(p, q, 0, A_LOW, int(empty)) for p, q in entries[k:k + cap]]))
             continue
         if dorefa:
             merged += [(p, q, cls) for p, q in entries]
@@ -71,20 +71,18 @@ def reference_passes(row, act_bits, signed, gap, pixels):
         for _, chunk, group in order:
             if group and pixels <= 1 and not gap:
                 continue  # no pixel has slot 1
-            count = 0 if (empty or chunk) else (1 << group)
-            passes.append((cls, 0, chunk, group, [(p, q, chunk, A_LOW, count) for p, q in entries]))
+            passes.append((cls, 0, chunk, group, [(p, q, chunk, A_LOW, int(empty)) for p, q in entries]))
     if merged:
         # One merged pass per slot group (cut at the capacity, in weights): R_m q u in the lanes.
         cap = merged_capacity(act_bits)
         for group in (0, 1) if pixels > 1 else (0,):
-            count = 0 if empty else 1 << group
             for k in range(0, len(merged), cap):
                 lane_entries = []
                 for p, q, cls in merged[k:k + cap]:
                     if CLASS_WIDTHS[cls] == 32:
-                        lane_entries += [(p, q, 0, A_LOW, count), (p, q, 1, A_HIGH, 0)]
+                        lane_entries += [(p, q, 0, A_LOW, int(empty)), (p, q, 1, A_HIGH, int(empty))]
                     else:
-                        lane_entries.append((p, SPREAD_SCALE[cls] * q, 0, A_SPREAD, count))
+                        lane_entries.append((p, SPREAD_SCALE[cls] * q, 0, A_SPREAD, int(empty)))
                 passes.append((len(CLASS_WIDTHS) - 1, 0, 0, group, lane_entries))
     return passes
 
@@ -131,7 +129,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
             src.update(iv, ir)
             row_src.update(rv, rr)
             if ov and orr:
-                got.append({"position": out.position, "code": out.code, "count": out.count[0] | (out.count[1] << 1),
+                got.append({"position": out.position, "code": out.code, "empty": out.empty,
                             "lane_chunk": out.chunk, "a_mode": out.a_mode, "bank": out.bank,
                             "end": out.end, "cls": out.rec.cls, "pair": out.rec.pair, "chunk": out.rec.chunk,
                             "group": out.rec.group, "first": out.rec.first[0] | (out.rec.first[1] << 1),
@@ -153,7 +151,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
             for p in passes[i + 1:]:
                 later |= banks(p[1], p[3], gap)
             where = f"row {r} pass {i} ({cls=}, {pair=}, {chunk=}, {group=})"
-            assert [(e["position"], e["code"], e["lane_chunk"], e["a_mode"], e["count"]) for e in seen] == entries, \
+            assert [(e["position"], e["code"], e["lane_chunk"], e["a_mode"], e["empty"]) for e in seen] == entries, \
                 where
             assert [e["end"] for e in seen] == [0] * (len(entries) - 1) + [1], where
             for e in seen:
@@ -181,7 +179,7 @@ def test_random_rows_follow_lane_passes(seed):
 @pytest.mark.parametrize("signed", [False, True])
 def test_four_bit_codes_join_the_eight_bit_pass_only_in_dorefa_rows(signed):
     """At 1-4-bit activations a DoReFa row's 4-bit codes go out as ``17 q`` in the 8-bit class (one pass);
-    a signed row keeps a 4-bit and an 8-bit pass (its offsets need each class's activation sum)."""
+    a signed row keeps a 4-bit and an 8-bit pass (its offset 2^m does not scale into the wider class)."""
     row = [(0, [(1, 3), (4, 15), (9, 1)]), (1, [(2, 200), (7, 9)])]
     got = run([row], act_bits=4, signed=signed, gap=False, pixels=PIXELS, seed=7)
     if signed:
@@ -208,32 +206,32 @@ def test_wide_classes_of_a_dorefa_row_share_one_pass_per_group():
     row = [(0, [(1, 3)]), (1, [(2, 200)]), (2, [(3, 40000), (5, 7)]), (3, [(6, 0x89ABCDEF)])]
     got = run([row], act_bits=4, signed=False, gap=False, pixels=PIXELS, seed=5)
     assert sum(e["end"] for e in got) == 3
-    wide = [(e["code"], e["lane_chunk"], e["a_mode"], e["count"]) for e in got if e["cls"] == 3]
+    wide = [(e["code"], e["lane_chunk"], e["a_mode"], e["group"]) for e in got if e["cls"] == 3]
     lo, hi = [(0x89ABCDEF, 0, A_LOW), (0x89ABCDEF, 1, A_HIGH)]
-    assert wide == [(40000, 0, A_SPREAD, 1), (7, 0, A_SPREAD, 1), (*lo, 1), (*hi, 0),
-                    (40000, 0, A_SPREAD, 2), (7, 0, A_SPREAD, 2), (*lo, 2), (*hi, 0)]
+    assert wide == [(40000, 0, A_SPREAD, 0), (7, 0, A_SPREAD, 0), (*lo, 0), (*hi, 0),
+                    (40000, 0, A_SPREAD, 1), (7, 0, A_SPREAD, 1), (*lo, 1), (*hi, 1)]
     assert sum(e["end"] for e in run([row], act_bits=4, signed=True, gap=False, pixels=PIXELS, seed=6)) == 8
     # A one-pixel tile has no slot-1 pass.
     assert sum(e["end"] for e in run([row], act_bits=4, signed=False, gap=False, pixels=1, seed=7)) == 2
 
 
 def test_merged_passes_are_cut_at_capacity_in_the_first_pass_and_the_replay():
-    """At 8-bit activations a merged pass holds 257 weights: a row of 600 32-bit weights and a few narrower
+    """At 8-bit activations a merged pass holds 128 weights: a row of 600 32-bit weights and a few narrower
     ones is cut the same way in both slot groups' passes."""
     rng = np.random.default_rng(4)
     row = [(1, [(k, int(rng.integers(1, 256))) for k in range(20)]),
            (3, [(20 + k, int(rng.integers(1, 1 << 32))) for k in range(600)])]
     got = run([row], act_bits=8, signed=False, gap=False, pixels=PIXELS, seed=10, p_gap=0.1, p_stall=0.1)
-    weights = np.cumsum([e["count"] != 0 for e in got])
+    weights = np.cumsum([e["a_mode"] != A_HIGH for e in got])  # a 32-bit weight's high chunk is its second entry
     ends = [int(weights[i]) for i, e in enumerate(got) if e["end"]]
-    assert ends == [257, 514, 620, 620 + 257, 620 + 514, 1240] and merged_capacity(8) == 257
+    assert ends == [*range(128, 620, 128), 620, *range(620 + 128, 1240, 128), 1240] and merged_capacity(8) == 128
 
 
 def test_eight_bit_pair_passes_are_cut_at_capacity():
-    """A 600-entry 8-bit segment (with promoted 4-bit codes ahead of it) is cut into passes of at most 274."""
+    """A 600-entry 8-bit segment (with promoted 4-bit codes ahead of it) is cut into passes of at most 136."""
     rng = np.random.default_rng(3)
     row = random_row(rng, 700, 0.0, long8=True)
     got = run([row], act_bits=4, signed=False, gap=False, pixels=PIXELS, seed=9, p_gap=0.1, p_stall=0.1)
     sizes = np.diff([-1] + [i for i, e in enumerate(got) if e["end"] and e["cls"] == 1])
-    assert sizes.max() == pass_capacity(8, PAIR_ACT_BITS) == 274 and len(sizes) >= 3
+    assert sizes.max() == pass_capacity(8, PAIR_ACT_BITS) == 136 and len(sizes) >= 5
     assert SLOTS == 2

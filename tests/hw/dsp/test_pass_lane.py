@@ -1,12 +1,14 @@
 # amaranth: UnusedElaboratable=no
-"""Pass lane: P and the activation sums of every pass exact, pair passes at their capacity with every code at
-its largest, single passes of every chunk and group, under idle input cycles and output back-pressure; the
-pass schedule per width pair; one DSP48E1 in Yosys at a small fraction of a segment lane's LUTs."""
+"""Pass lane: P of every pass exact (signed lane weights), pair passes at their capacity with every lane weight at
+its extreme and both fields read back, single passes of every chunk and group, merged passes, under idle input
+cycles and output back-pressure; the lane weights against golden's combine; the pass schedule per width pair;
+one DSP48E1 in Yosys at a small fraction of a segment lane's LUTs."""
 
 import json
 import random
 import subprocess
 
+import numpy as np
 import pytest
 from amaranth.back import verilog
 
@@ -17,43 +19,53 @@ from hw.dsp.pass_lane import (
     A_SPREAD,
     PAIR_SHIFT,
     PassDspLane,
-    act_sum_bits,
     is_pair,
     lane_passes,
+    lane_weight,
     merged_capacity,
     pass_capacity,
 )
 from hw.platform.synth import parse_stat, yosys_binary
 from model.export.format import CLASS_WIDTHS
-from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, D, R, combine
 from tests.hw.stream_source import simulate
 
+PLACE = {A_LOW: 1, A_HIGH: 1 << 16, A_SPREAD: (1 << 16) + 1}
 
-def make_pass(rng, class_bits, act_bits, length, style, pair=None, chunk=0, group=0):
-    """A pass's entries: ``{code, pair, chunk, group, u, count, end}`` with codes of the given widths."""
-    def code(bits):
-        top = (1 << bits) - 1
+
+def make_pass(rng, class_bits, act_bits, length, style, pair=None, chunk=0, group=0, signed=None):
+    """A pass's entries ``{b, pair, group, a_mode, u, end}``: the lane weights of random codes of the given
+    class (``style`` "max": every code at the end of its range that makes ``|v|`` largest, and every
+    activation at its largest)."""
+    signed = rng.randrange(2) if signed is None else signed
+
+    def act():
+        top = (1 << act_bits) - 1
         return top if style == "max" else rng.choice([0, top, rng.randrange(top + 1)])
 
     pair = is_pair(class_bits, act_bits) if pair is None else pair
+    top = (1 << class_bits) - 1
     entries = []
     for k in range(length):
-        entries.append({"code": code(class_bits), "pair": int(pair), "chunk": chunk, "group": group,
-                        "u": [code(act_bits), code(act_bits)], "count": [rng.randrange(2), rng.randrange(2)],
-                        "end": int(k == length - 1)})
+        q = (0 if signed else top) if style == "max" else rng.choice([0, top, rng.randrange(top + 1)])
+        entries.append({"b": lane_weight(q, class_bits, signed, chunk), "pair": int(pair), "group": group,
+                        "a_mode": A_LOW, "u": [act(), act()], "end": int(k == length - 1)})
     return entries
 
 
 def expected(entries):
-    """P and the two activation sums of one pass (module docstring's equations)."""
-    e0 = entries[0]
-    if e0["pair"]:
-        p = sum(e["code"] * (e["u"][0] + (e["u"][1] << PAIR_SHIFT)) for e in entries)
-    else:
-        place = {A_LOW: 1, A_HIGH: 1 << 16, A_SPREAD: (1 << 16) + 1}
-        p = sum(((e["code"] >> (16 * e["chunk"])) & 0xFFFF) * e["u"][e["group"]] * place[e.get("a_mode", A_LOW)]
-                for e in entries)
-    return p, [sum(e["u"][j] for e in entries if e["count"][j]) for j in range(2)]
+    """P of one pass (module docstring's equations), as a signed number."""
+    if entries[0]["pair"]:
+        return sum(e["b"] * (e["u"][0] + (e["u"][1] << PAIR_SHIFT)) for e in entries)
+    return sum(e["b"] * e["u"][e["group"]] * PLACE[e["a_mode"]] for e in entries)
+
+
+def fields(p):
+    """A pair pass's two slot sums out of its P word, as the engine's combine takes them."""
+    word = p & ((1 << 48) - 1)
+    low = word & ((1 << PAIR_SHIFT) - 1)
+    low -= (low >> (PAIR_SHIFT - 1)) << PAIR_SHIFT
+    return low, (p >> PAIR_SHIFT) + ((word >> (PAIR_SHIFT - 1)) & 1)
 
 
 def run_passes(lane, passes, *, seed, p_gap, p_stall):
@@ -79,7 +91,7 @@ def run_passes(lane, passes, *, seed, p_gap, p_stall):
                 gap = 1 if rng.random() < p_gap else 0
             elif gap:
                 gap -= 1
-            value = (int(out.p), [int(out.a[0]), int(out.a[1])]) if ov else None
+            value = int(out.p) if ov else None
             if held is not None:
                 assert value == held, f"cycle {cycle}: stalled output changed from {held} to {value}"
             held = value if ov and not orr else None
@@ -110,55 +122,97 @@ def test_random_passes_exact_under_back_pressure():
     assert got == [expected(p) for p in passes]
 
 
-def test_pair_passes_at_capacity_keep_the_slots_apart():
-    """Every code at its largest for exactly pass_capacity entries: S0 just below 2^PAIR_SHIFT, and the
-    fields read back exactly; then single passes of 4,096 largest products (the widest P)."""
+@pytest.mark.parametrize("signed", [0, 1])
+def test_pair_passes_at_capacity_keep_the_slots_apart(signed):
+    """Every lane weight at its extreme for exactly pass_capacity entries: ``|S0|`` just below
+    ``2^(PAIR_SHIFT - 1)``, and both fields read back exactly (with the borrow); then single passes of 4,096
+    extreme products (the widest P)."""
     rng = random.Random(1)
-    passes = [make_pass(rng, cls, 4, pass_capacity(cls, 4), "max") for cls in (4, 8)]
-    passes += [make_pass(rng, 32, 8, MAX_FAN_IN, "max", False, chunk, 1) for chunk in (0, 1)]
+    passes = [make_pass(rng, cls, 4, pass_capacity(cls, 4), "max", signed=signed) for cls in (4, 8)]
+    passes += [make_pass(rng, 32, 8, MAX_FAN_IN, "max", False, chunk, 1, signed=signed) for chunk in (0, 1)]
     got = run_passes(PassDspLane(), passes, seed=5, p_gap=0.0, p_stall=0.2)
-    for (p, a), entries in zip(got, passes):
-        assert (p, a) == expected(entries)
-        if entries[0]["pair"]:
-            s0 = sum(e["code"] * e["u"][0] for e in entries)
-            assert s0 < 1 << PAIR_SHIFT and p & ((1 << PAIR_SHIFT) - 1) == s0
-            assert p >> PAIR_SHIFT == sum(e["code"] * e["u"][1] for e in entries)
-    assert got[-1][0] == MAX_FAN_IN * 0xFFFF * 0xFF and max(a for _, aa in got for a in aa) < 1 << act_sum_bits()
+    assert got == [expected(p) for p in passes]
+    for p, entries in zip(got[:2], passes[:2]):
+        s0 = sum(e["b"] * e["u"][0] for e in entries)
+        s1 = sum(e["b"] * e["u"][1] for e in entries)
+        assert abs(s0) < 1 << (PAIR_SHIFT - 1) and fields(p) == (s0, s1)
+        if signed:  # the capacity is tight for the signed extreme |v| = 2^m: one more entry would overflow
+            assert abs(s0) + abs(entries[0]["b"]) * 15 >= 1 << (PAIR_SHIFT - 1)
+    assert abs(got[-1]) == MAX_FAN_IN * abs(lane_weight(0 if signed else (1 << 32) - 1, 32, signed, 1)) * 0xFF
+
+
+def test_pair_fields_with_mixed_signs():
+    """Random signed sums in both slots, positive and negative, including a low field of exactly
+    ``-2^(PAIR_SHIFT - 1) + 1``: the fields come back as the engine reads them."""
+    rng = random.Random(4)
+    passes = [make_pass(rng, rng.choice((4, 8)), rng.randint(1, 4), rng.randint(1, 136), "mixed") for _ in range(60)]
+    got = run_passes(PassDspLane(), passes, seed=6, p_gap=0.2, p_stall=0.2)
+    for p, entries in zip(got, passes):
+        assert fields(p) == (sum(e["b"] * e["u"][0] for e in entries), sum(e["b"] * e["u"][1] for e in entries))
 
 
 def merged_pass(rng, act_bits, weights, style, group):
     """A merged single pass (a DoReFa row's wide pass): ``weights`` weights of random classes, a 32-bit one as
-    its two chunks (``A_LOW``, ``A_HIGH``), a narrower one as ``(R_m / R_16) q`` with ``A_SPREAD``."""
-    entries = []
+    its two chunks of ``v`` (``A_LOW``, ``A_HIGH``), a narrower one as ``(R_m / R_16) q`` in the 16-bit class
+    with ``A_SPREAD``. Returns the entries and the pass's ``sum R_m v u``."""
+    entries, want = [], 0
     for _ in range(weights):
         bits = 32 if style == "max" else rng.choice(CLASS_WIDTHS)
         top = (1 << bits) - 1
         q = top if style == "max" else rng.choice([0, top, rng.randrange(top + 1)])
         u = [(1 << act_bits) - 1] * 2 if style == "max" else [rng.randrange(1 << act_bits) for _ in range(2)]
         base = {"pair": 0, "group": group, "u": u, "end": 0}
+        want += R[bits] * (2 * q - top) * u[group]  # R_m v u, v = 2 q - D_m (DoReFa)
         if bits == 32:
-            entries.append({**base, "code": q, "chunk": 0, "a_mode": A_LOW, "count": [1 - group, group]})
-            entries.append({**base, "code": q, "chunk": 1, "a_mode": A_HIGH, "count": [0, 0]})
+            entries.append({**base, "b": lane_weight(q, 32, False, 0), "a_mode": A_LOW})
+            entries.append({**base, "b": lane_weight(q, 32, False, 1), "a_mode": A_HIGH})
         else:
-            scale = {4: 4369, 8: 257, 16: 1}[bits]  # R_m / R_16
-            entries.append({**base, "code": scale * q, "chunk": 0, "a_mode": A_SPREAD, "count": [1 - group, group]})
+            scale = R[bits] // R[16]
+            entries.append({**base, "b": lane_weight(scale * q, 16, False), "a_mode": A_SPREAD})
     entries[-1]["end"] = 1
-    return entries
+    return entries, want
 
 
 def test_merged_passes_sum_every_weight_times_its_r():
-    """A merged pass's P is ``sum R_m q u`` over its weights (32-bit ones as two chunks), exact under
-    back-pressure, and at :func:`merged_capacity` with every code and activation at its largest it stays
-    below ``2^48`` (8-bit activations: 257 32-bit weights)."""
+    """A merged pass's P is ``sum R_m v u`` over its weights (32-bit ones as two chunks), exact under
+    back-pressure, and at :func:`merged_capacity` with every weight and activation at its largest it stays
+    inside 48 bits signed (8-bit activations: 128 32-bit weights)."""
     rng = random.Random(11)
-    passes = [merged_pass(rng, a, rng.randrange(1, 30), "mixed", rng.randrange(2)) for a in (2, 4, 5, 8) * 3]
-    assert run_passes(PassDspLane(), passes, seed=12, p_gap=0.3, p_stall=0.3) == [expected(p) for p in passes]
-    assert merged_capacity(8) == 257 and merged_capacity(4) == MAX_FAN_IN and merged_capacity(5) == 2114
-    full = merged_pass(rng, 8, merged_capacity(8), "max", 1)
+    made = [merged_pass(rng, a, rng.randrange(1, 30), "mixed", rng.randrange(2)) for a in (2, 4, 5, 8) * 3]
+    got = run_passes(PassDspLane(), [e for e, _ in made], seed=12, p_gap=0.3, p_stall=0.3)
+    assert got == [w for _, w in made] == [expected(e) for e, _ in made]
+    assert merged_capacity(8) == 128 and merged_capacity(4) == 2184 and merged_capacity(5) == 1057
+    full, want = merged_pass(rng, 8, merged_capacity(8), "max", 1)
     got = run_passes(PassDspLane(), [full], seed=13, p_gap=0.0, p_stall=0.1)
-    assert got == [expected(full)] and got[0][0] == 257 * ((1 << 32) - 1) * 255 < 1 << 48
+    assert got == [want] and want == 128 * ((1 << 32) - 1) * 255 < 1 << 47
     with pytest.raises(ValueError, match="act_bits"):
         merged_capacity(9)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_lane_weights_weighted_by_r_are_goldens_combine(signed):
+    """``sum_m R_m sum v u`` (a 32-bit weight's two chunks joined as ``lo + 2^16 hi``) equals golden's
+    :func:`~model.export.golden.combine` of the class sums and activation sums, on random codes of every class."""
+    rng = np.random.default_rng(int(signed))
+    sums, act_sums, total = {}, {}, 0
+    for bits in CLASS_WIDTHS:
+        q = rng.integers(0, 1 << bits, size=50, dtype=np.uint64).astype(object)
+        q[:2] = [0, (1 << bits) - 1]
+        u = rng.integers(0, 256, size=50).astype(object)
+        sums[bits], act_sums[bits] = np.array([int((q * u).sum())]), np.array([int(u.sum())])
+        for qq, uu in zip(q, u):
+            if bits == 32:
+                v = lane_weight(int(qq), 32, signed, 0) + (lane_weight(int(qq), 32, signed, 1) << 16)
+            else:
+                v = lane_weight(int(qq), bits, signed)
+            assert -(1 << 16) <= (v if bits < 32 else lane_weight(int(qq), 32, signed, 1)) < 1 << 16
+            total += R[bits] * v * int(uu)
+    assert total == int(combine(sums, act_sums, signed)[0])
+    assert lane_weight(0, 4, True) == -16 and lane_weight(15, 4, False) == 15 and D == (1 << 32) - 1
+    with pytest.raises(ValueError, match="chunk"):
+        lane_weight(3, 8, False, 1)
+    with pytest.raises(ValueError, match="code"):
+        lane_weight(16, 4, False)
 
 
 def test_one_entry_a_cycle_without_back_pressure():
@@ -179,14 +233,14 @@ def test_one_entry_a_cycle_without_back_pressure():
             assert ir  # never stalls by itself
             accepted += 1  # noqa: SIM113 (the entries offered, as the loop turns: the lane never stalls)
             if ov:
-                got.append((int(out.p), [int(out.a[0]), int(out.a[1])]))
+                got.append(int(out.p))
 
     simulate(lane, bench)
     assert got == [expected(p) for p in passes]
 
 
 @pytest.mark.parametrize(("cls", "act", "passes", "capacity"), [
-    (4, 4, [(True, 0, 0)], MAX_FAN_IN), (8, 4, [(True, 0, 0)], 274), (8, 1, [(True, 0, 0)], 274),
+    (4, 4, [(True, 0, 0)], 2184), (8, 4, [(True, 0, 0)], 136), (8, 1, [(True, 0, 0)], 136),
     (16, 4, [(False, 0, 0), (False, 0, 1)], MAX_FAN_IN), (4, 8, [(False, 0, 0), (False, 0, 1)], MAX_FAN_IN),
     (32, 2, [(False, 0, 0), (False, 0, 1), (False, 1, 0), (False, 1, 1)], MAX_FAN_IN),
 ])
@@ -199,8 +253,6 @@ def test_the_pass_schedule_grows_with_both_widths(cls, act, passes, capacity):
 def test_widths_validated(args, message):
     with pytest.raises(ValueError, match=message):
         lane_passes(*args)
-    with pytest.raises(ValueError, match="max_entries"):
-        PassDspLane(max_entries=0)
 
 
 def test_maps_to_one_dsp48e1_and_few_luts(tmp_path):
@@ -218,4 +270,4 @@ def test_maps_to_one_dsp48e1_and_few_luts(tmp_path):
     assert not [c["type"] for c in cells if c["type"].startswith("$") or "MUL" in c["type"]]
     for name in ("AREG", "BREG", "MREG", "PREG"):
         assert int(dsps[0]["parameters"][name], 2) == DSP48E1_ATTRIBUTES[name], name
-    assert res.lut < 200 and res.ff < 260, (res.lut, res.ff)
+    assert res.lut < 120 and res.ff < 140, (res.lut, res.ff)
