@@ -313,17 +313,19 @@ def test_merged_rows_run_at_their_lane_cycles():
     assert max(np.diff(row_end)) <= 65 + 3, np.diff(row_end)
 
 
-@pytest.mark.parametrize("width,act_bits", [(8, 4), (4, 4), (16, 4), (32, 8), (4, 8), (16, 6)])
-def test_long_rows_at_their_largest_codes(width, act_bits):
-    """Rows of 600 weights of one width with every code and input at its largest, and a few random ones: an
-    8-bit pair pass holds 274 entries (``pass_capacity``) and a merged single pass 257 weights at 8-bit
-    activations, 1,040 at 6 (``merged_capacity``), so the sequencer cuts these rows into sub-passes (in the
-    replay too); the others run whole (4-bit pairs up to 4,660; merged passes at 4-bit activations)."""
-    rng = np.random.default_rng(width + act_bits)
+@pytest.mark.parametrize("width,act_bits,signed", [(8, 4, 0), (4, 4, 0), (16, 4, 0), (32, 8, 0), (4, 8, 0), (16, 6, 0),
+                                                   (8, 4, 1), (4, 4, 1), (32, 8, 1)])
+def test_long_rows_at_their_largest_codes(width, act_bits, signed):
+    """Rows of 600 weights of one width with every lane weight at its extreme (DoReFa: every code at its
+    largest, ``v = D_m``; signed: every code 0, ``v = -2^m``) and every input at its largest, and a few random
+    ones: a pair pass holds 136 entries at 8 bits (``pass_capacity``) and a merged single pass 128 weights at
+    8-bit activations, 520 at 6 (``merged_capacity``), so the sequencer cuts these rows into sub-passes (in the
+    replay too); the others run whole (4-bit pairs up to 2,184; merged passes at 4-bit activations)."""
+    rng = np.random.default_rng(width + act_bits + 100 * signed)
     rows, fan_in, lanes, faw, aw = 3, 600, 2, 10, 14
     t = lanes * LANE_SLOTS
     widths = np.full((rows, fan_in), width)
-    codes = np.full((rows, fan_in), (1 << width) - 1, dtype=np.int64)
+    codes = np.full((rows, fan_in), 0 if signed else (1 << width) - 1, dtype=np.int64)
     codes[1] = rng.integers(0, 1 << width, size=fan_in, dtype=np.uint64).astype(np.int64) if width < 32 else \
         rng.integers(0, 1 << 31, size=fan_in)
     widths[2, ::3] = 0
@@ -331,15 +333,15 @@ def test_long_rows_at_their_largest_codes(width, act_bits):
     patch = np.full((fan_in, t), (1 << act_bits) - 1)
     patch[:, 1] = rng.integers(0, 1 << act_bits, size=fan_in)
     mult = np.full(rows, 1)
-    want = golden_outputs(codes, widths, patch.T, False, mult, np.zeros(rows, dtype=np.int64), None, None, 1, 0,
-                          False)
+    want = golden_outputs(codes, widths, patch.T, bool(signed), mult, np.zeros(rows, dtype=np.int64), None, None, 1,
+                          0, False)
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words, size=1 << aw)
     cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1,
              "res_mult": 0, "bias": 0, "r": [0] * t} for j in range(rows)]
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
-             "act_bits": act_bits, "signed": 0, "residual": 0, "gap": 0, "shift": 1, "out_bits": 0}
+             "act_bits": act_bits, "signed": signed, "residual": 0, "gap": 0, "shift": 1, "out_bits": 0}
     dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << faw) - fan_in), fan_in_width=faw,
                         addr_width=aw)
     got = {}
