@@ -10,9 +10,10 @@ takes one or more passes (:func:`~hw.dsp.pass_lane.lane_passes`):
   engine adds them up). In a DoReFa layer the 4-bit segment and the 8-bit one share a pass: a 4-bit code is
   promoted exactly into the 8-bit class, ``q R_4 = (17 q) R_8`` (``R_4 = 17 R_8``, and ``17 q <= 255``; its
   lane weight ``2 (17 q) - 255 = 17 (2 q - 15)`` too), so the row's narrow weights cost one pass and one
-  combine, not two. (A signed layer's passes stay one per class: its offset ``2^m`` does not scale by
-  ``R_m / R_8`` into a code of the wider class.) The decoder's ``next_cls`` says at the 4-bit segment's end
-  whether the 8-bit one follows;
+  combine, not two; only when the row has 8-bit weights (the decoder's ``next_cls``, on every entry, says
+  whether the 8-bit segment follows): a row of 4-bit weights alone keeps its own pass, which holds 2,184
+  entries where the promoted codes' holds 136. (A signed layer's passes stay one per class: its offset ``2^m``
+  does not scale by ``R_m / R_8`` into a code of the wider class.)
 * **single** (16- or 32-bit weights, or any weight at 5-8-bit activations) in a signed row or under global
   pool: one pass per 16-bit chunk and slot *group* ``g`` (slot ``g`` of every lane: the tile's pixels
   ``2 k + g``), chunk-major: ``(c0, g0)``, ``(c0, g1)``, ``(c1, g0)``, ``(c1, g1)``. The decoder streams each
@@ -173,10 +174,12 @@ class PassSequencer(wiring.Component):
         pixels = self.rows.payload.pixels
         two_groups = gap | (pixels > 1)
         pair_now = (e.cls <= PAIR_CLASSES) & (self.act_bits <= PAIR_ACT_BITS) & ~gap
-        merge = pair_now & ~self.signed  # 4- and 8-bit entries in one pass of class 1
+        merge = pair_now & ~self.signed  # 4- and 8-bit entries may share one pass of class 1
         wmerge = ~pair_now & ~self.signed & ~gap  # the row's other classes in merged single passes
-        promote = merge & (e.cls == 0)
-        live_cls = Mux(merge, 1, Mux(wmerge, WIDE_CLASS, e.cls))
+        # Promotion pays only when the row has 8-bit weights to share the pass with: a row of 4-bit weights alone
+        # runs its own class-0 pair pass (capacity 2,184, against 136 for the promoted codes' 8-bit one).
+        promote = merge & (e.cls == 0) & (e.next_cls == 1)
+        live_cls = Mux(promote, 1, Mux(wmerge, WIDE_CLASS, e.cls))
         q4 = e.code[:CLASS_WIDTHS[0]]
         spread = Signal(max(CLASS_WIDTHS))  # (R_m / R_16) q of a merged pass: copies of q side by side
         with m.Switch(e.cls):
@@ -188,7 +191,7 @@ class PassSequencer(wiring.Component):
         live_code = Mux(promote, q4 + (q4 << 4), Mux(wmerge, spread, e.code))  # 17 q (PROMOTE), as a shift-add
         # The pass continues over the segment's end: a promoted 4-bit segment into the 8-bit one, a merged
         # single pass into the row's next (wider) class.
-        go_on = e.seg_end & ~e.last & ((promote & (e.next_cls == 1)) | wmerge)
+        go_on = e.seg_end & ~e.last & (promote | wmerge)
         split = wmerge & (e.cls == WIDE_CLASS)  # a 32-bit weight of a merged pass: two lane entries
 
         # Capacity of a merged pass at the layer's activation width (weights).

@@ -98,8 +98,8 @@ def entry_layout(fan_in_width: int) -> data.StructLayout:
         "last": unsigned(1),
         "empty": unsigned(1),
         "seg_end": unsigned(1),  # the last entry of its width-class segment (set with ``last`` and ``empty``)
-        "next_cls": unsigned(ceil_log2(CLASSES)),  # the row's next class with entries (meaningful at a seg_end
-                                                   # that is not ``last``): lets the array merge 4- and 8-bit passes
+        "next_cls": unsigned(ceil_log2(CLASSES)),  # the row's next class with entries after this entry's, 0 when
+                                                   # none (on every entry): lets the array merge 4- and 8-bit passes
     })
 
 

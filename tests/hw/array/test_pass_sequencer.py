@@ -35,7 +35,7 @@ def decoder_entries(row):
         for i, (pos, code) in enumerate(entries):
             end = i == len(entries) - 1
             out.append({"position": pos, "cls": cls, "code": code, "last": int(end and s == len(row) - 1),
-                        "empty": 0, "seg_end": int(end), "next_cls": nxt if end else 0})
+                        "empty": 0, "seg_end": int(end), "next_cls": nxt})
     return out
 
 
@@ -45,14 +45,11 @@ def reference_passes(row, act_bits, signed, gap, pixels):
     empty = not row
     segs = [(0, [(0, 0)])] if empty else [(c, list(e)) for c, e in row]
     dorefa = not signed and not gap
-    if dorefa and act_bits <= PAIR_ACT_BITS and segs[0][0] == 0:
+    if dorefa and act_bits <= PAIR_ACT_BITS and segs[0][0] == 0 and len(segs) > 1 and segs[1][0] == 1:
         # DoReFa: R_4 = 17 R_8, so the 4-bit codes go out as 17 q in the 8-bit class, one pass with the
-        # row's 8-bit codes when it has any.
+        # row's 8-bit codes (a row without 8-bit codes keeps its 4-bit pass).
         promoted = [(p, PROMOTE * q) for p, q in segs[0][1]]
-        if len(segs) > 1 and segs[1][0] == 1:
-            segs = [(1, promoted + segs[1][1])] + segs[2:]
-        else:
-            segs = [(1, promoted)] + segs[1:]
+        segs = [(1, promoted + segs[1][1])] + segs[2:]
     passes = []
     merged = []  # a DoReFa row's weights that do not run in pair passes: (position, code, cls)
     for cls, entries in segs:
@@ -189,6 +186,12 @@ def test_four_bit_codes_join_the_eight_bit_pass_only_in_dorefa_rows(signed):
     else:
         assert [e["code"] for e in got] == [51, 255, 17, 200, 9]
         assert all(e["cls"] == 1 for e in got) and sum(e["end"] for e in got) == 1
+        # A row of 4-bit codes alone is not promoted: one class-0 pass of 300 entries, where the promoted
+        # codes' pass would have been cut every 136.
+        alone = [(0, [(k, 1 + k % 15) for k in range(300)])]
+        got4 = run([alone], act_bits=4, signed=False, gap=False, pixels=PIXELS, seed=9, p_gap=0.1, p_stall=0.1)
+        assert [e["code"] for e in got4] == [1 + k % 15 for k in range(300)]
+        assert {e["cls"] for e in got4} == {0} and sum(e["end"] for e in got4) == 1
     # At 5-8-bit activations a DoReFa row's classes all go into the merged single passes (one per slot
     # group), each code times R_m / R_16; a signed row keeps one single pass per class and group.
     got = run([row], act_bits=8, signed=signed, gap=False, pixels=PIXELS, seed=8)

@@ -47,15 +47,15 @@ def expected(c, j, negate, shift, cls):
     offset = 1 << (8 * cls - 1)  # class 1: 8-bit, class 2: 16-bit
     nz = np.flatnonzero(c[j])
     if nz.size == 0:
-        return [(0, cls, 0, 1, 1, 1)]
+        return [(0, cls, 0, 1, 1, 1, 0)]
     sign = -1 if negate else 1
     return [(int(p), cls, int(offset + sign * (int(c[j, p]) << shift)), int(k == nz.size - 1), 0,
-             int(k == nz.size - 1)) for k, p in enumerate(nz)]
+             int(k == nz.size - 1), 0) for k, p in enumerate(nz)]  # (one class: next_cls 0)
 
 
 def entry_tuple(entry) -> tuple:
     return (int(entry.position), int(entry.cls), int(entry.code), int(entry.last), int(entry.empty),
-            int(entry.seg_end))
+            int(entry.seg_end), int(entry.next_cls))
 
 
 def run(words, fields, commands, n_out, seed, p_gap=0.2, p_stall=0.2, p_other=0.2, limit=None):

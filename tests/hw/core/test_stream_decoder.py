@@ -23,7 +23,7 @@ WIDTHS = (0, *CLASS_WIDTHS)
 def expected_rows(codes: np.ndarray, widths: np.ndarray) -> list[list[tuple]]:
     """Per row its entries ``(position, cls, code, last, empty, seg_end, next_cls)`` in stream order: class by
     class, ascending position, ``seg_end`` on each class's last entry; an all-pruned row is one empty entry.
-    ``next_cls`` (the next class with entries) is compared at a ``seg_end`` that is not ``last``, else None."""
+    ``next_cls`` is the next class with entries after the entry's own, 0 when none, on every entry."""
     rows = []
     for j in range(widths.shape[0]):
         entries = []
@@ -31,10 +31,10 @@ def expected_rows(codes: np.ndarray, widths: np.ndarray) -> list[list[tuple]]:
         for c, width in enumerate(CLASS_WIDTHS):
             where = np.flatnonzero(widths[j] == width)
             later = [d for d in present if d > c]
-            entries += [(int(p), c, int(codes[j, p]), 0, 0, int(k == len(where) - 1),
-                         later[0] if k == len(where) - 1 and later else None) for k, p in enumerate(where)]
+            entries += [(int(p), c, int(codes[j, p]), 0, 0, int(k == len(where) - 1), later[0] if later else 0)
+                        for k, p in enumerate(where)]
         if not entries:
-            entries = [(0, 0, 0, 0, 1, 1, None)]
+            entries = [(0, 0, 0, 0, 1, 1, 0)]
         entries[-1] = entries[-1][:3] + (1,) + entries[-1][4:]
         rows.append(entries)
     return rows
@@ -93,10 +93,9 @@ def place(rng, stream_words, size=1 << ADDR_WIDTH) -> tuple[list[int], int]:
 # -- Cycle-by-cycle driver --------------------------------------------------------------------------------
 
 def entry_tuple(entry) -> tuple:
-    """``(position, cls, code, last, empty, seg_end, next_cls)``; ``next_cls`` only at a ``seg_end`` that is
-    not ``last`` (else None)."""
+    """``(position, cls, code, last, empty, seg_end, next_cls)``."""
     return (int(entry.position), int(entry.cls), int(entry.code), int(entry.last), int(entry.empty),
-            int(entry.seg_end), int(entry.next_cls) if entry.seg_end and not entry.last else None)
+            int(entry.seg_end), int(entry.next_cls))
 
 
 def run_commands(words, fields, starts, n_out, seed, p_gap=0.0, p_stall=0.0, p_other=0.0, limit=None,
@@ -244,7 +243,7 @@ def test_gap_past_fan_in_stops_the_decoder(last_gap, escaped):
             fields += rice(v, k, fan_in)
         fields.append((code, 4))
     res, words, bits = run_bad(fields, fan_in, 0b0001, (4, 0, 0, 0), (k, 0, 0, 0), 3, n_good=2)
-    assert res["entries"] == [(1, 0, 0xA, 0, 0, 0, None), (4, 0, 0x5, 0, 0, 0, None)]
+    assert res["entries"] == [(1, 0, 0xA, 0, 0, 0, 0), (4, 0, 0x5, 0, 0, 0, 0)]
     with pytest.raises(UserError, match="field 'position'"):
         decode_layer(words, bits, np.array([0]), fan_in, 0b0001, (4, 0, 0, 0), (k, 0, 0, 0), "bad")
 
