@@ -35,8 +35,8 @@ of the tile's pixels and how many pixels the tile has. For each, it
 
 **Global pool before an FC** (``layer.gap``): the loader puts each input's 16-bit channel sum in pixels 0
 (low byte) and 1 (high byte) of the patch, lane 0's two slots, and the layer runs at 8-bit activations (single
-passes); the combine adds group 1's sums times 256 into pixel 0's accumulators: ``q v = q lo + 256 q hi``
-exactly, so pixel 0 gets the FC's class sums over the pooled inputs (golden's ``global_sum_pool`` then
+passes); the combine adds group 1's sums times 256 into pixel 0's accumulators: ``b U = b lo + 256 b hi``
+exactly for the lane weight ``b`` of the pooled sum ``U``, so pixel 0 gets the FC's class sums over the pooled inputs (golden's ``global_sum_pool`` then
 ``layer_forward``).
 
 **Vertical-layered layers** (image version 4, ``layer.vertical``): the rows come from the

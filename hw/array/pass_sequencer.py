@@ -32,8 +32,8 @@ takes one or more passes (:func:`~hw.dsp.pass_lane.lane_passes`):
 
 Every entry leaves with what its lane needs (``code``, ``chunk``, ``a_mode``, ``empty`` for an all-pruned
 row's one entry, and the record's ``pair``, ``cls`` and ``group``, from which the engine forms the lane
-weight, :func:`~hw.dsp.pass_lane.lane_weight`; ``end`` on a pass's last entry) and with the pass's *record*, which the engine's combine reads when the
-pass's sums come out of the lanes:
+weight, :func:`~hw.dsp.pass_lane.lane_weight`; ``end`` on a pass's last entry) and with the pass's
+*record*, which the engine's combine reads when the pass's sums come out of the lanes:
 
 * ``cls``, ``pair``, ``chunk``, ``group``: how to take the pixels' sums out of a lane's P word;
 * ``first``: per bank (pixel slot) whether this is the row's first pass that adds into it (the combine

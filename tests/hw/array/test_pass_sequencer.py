@@ -101,9 +101,9 @@ def random_row(rng, fan_in, p_zero, long8=False):
     return row
 
 
-def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3):
+def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3, fan_in_width=FAN_IN_WIDTH):
     rng = np.random.default_rng(seed)
-    dut = PassSequencer(fan_in_width=FAN_IN_WIDTH, pixels=PIXELS)
+    dut = PassSequencer(fan_in_width=fan_in_width, pixels=PIXELS)
     items = [e for row in rows for e in decoder_entries(row)]
     want = [reference_passes(row, act_bits, signed, gap, pixels) for row in rows]
     n_out = sum(len(p[4]) for r in want for p in r)
@@ -238,3 +238,16 @@ def test_eight_bit_pair_passes_are_cut_at_capacity():
     sizes = np.diff([-1] + [i for i, e in enumerate(got) if e["end"] and e["cls"] == 1])
     assert sizes.max() == pass_capacity(8, PAIR_ACT_BITS) == 136 and len(sizes) >= 5
     assert SLOTS == 2
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_four_bit_pair_passes_are_cut_at_capacity(signed):
+    """A row of 2,500 4-bit weights alone (a 12-bit fan-in) runs class-0 pair passes of at most 2,184 entries
+    (``|v| <= 16`` at 4-bit activations), in a signed row and in a DoReFa one (not promoted: no 8-bit weights)."""
+    rng = np.random.default_rng(12 + signed)
+    row = [(0, [(k, int(rng.integers(0, 16))) for k in range(2500)])]
+    got = run([row], act_bits=4, signed=signed, gap=False, pixels=PIXELS, seed=13, p_gap=0.05, p_stall=0.05,
+              fan_in_width=12)
+    ends = [i + 1 for i, e in enumerate(got) if e["end"]]
+    assert ends == [2184, 2500] == [pass_capacity(4, PAIR_ACT_BITS), 2500]
+    assert {e["cls"] for e in got} == {0}
