@@ -68,7 +68,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hw.array.pass_sequencer import PassSequencer, record_layout, row_info_layout
+from hw.array.pass_sequencer import WIDE_CLASS, PassSequencer, record_layout, row_info_layout
 from hw.array.patch_loader import DIM_BITS
 from hw.array.plane_decoder import PlaneRowDecoder, plane_layer_layout
 from hw.array.requant import A_BITS, BIAS_BITS, MAX_COMP_SHIFT, X_BITS, PixelRequantizer
@@ -147,17 +147,16 @@ def lane_weight(m: Module, entry, layer):
     code in the class its pass weighs it by (the record's, or the 16-bit class for an ``A_SPREAD`` entry of a
     merged pass), a 32-bit one's chunk ``entry.chunk``, 0 for an all-pruned row's entry. One subtraction per
     engine (the lanes take it as it is)."""
-    wide = CLASS_WIDTHS.index(32)
     dcls = Mux(entry.a_mode == A_SPREAD, CLASS_WIDTHS.index(16), entry.rec.cls)
-    offset = Signal(33, name="lane_offset")  # D_m + s = 2^m - 1 + s
+    d_m = Signal(32, name="lane_d")  # D_m = 2^m - 1
     with m.Switch(dcls):
         for c, width in enumerate(CLASS_WIDTHS):
             with m.Case(c):
-                m.d.comb += offset.eq(Mux(layer.signed, 1 << width, (1 << width) - 1))
+                m.d.comb += d_m.eq((1 << width) - 1)
     v = Signal(signed(34), name="lane_v")
-    m.d.comb += v.eq((entry.code << 1) - offset)
+    m.d.comb += v.eq((entry.code << 1) - d_m - layer.signed)
     chunk = Mux(entry.chunk, v >> CHUNK_BITS, v[:CHUNK_BITS])
-    return Mux(entry.empty, 0, Mux(dcls == wide, chunk, v))
+    return Mux(entry.empty, 0, Mux(dcls == WIDE_CLASS, chunk, v))
 
 
 class ChannelEngine(wiring.Component):

@@ -47,7 +47,6 @@ from amaranth.lib.wiring import In, Out
 
 from model.export.format import RES_PARAMS
 from model.export.golden import (
-    ACC_BOUND,
     ACC_SHIFT,
     INT32_MAX,
     INT32_MIN,
@@ -67,8 +66,7 @@ A_BITS = ACT_SUM_BOUND.bit_length()
 #: ``|X|``, and any partial sum of it, is at most this (module docstring); ``X`` is two's complement.
 X_BOUND = (D + R[4]) * ACT_SUM_BOUND
 X_BITS = X_BOUND.bit_length() + 1
-# (golden's ACC_BOUND, D ACT_SUM_BOUND, is DoReFa's |acc|; a signed layer's 4-bit code 0 reaches (D + R_4) u)
-assert ACC_BOUND <= X_BOUND
+# (golden's ACC_BOUND, D ACT_SUM_BOUND, bounds DoReFa's |acc|; a signed layer's 4-bit code 0 reaches (D + R_4) u)
 #: Largest ``t`` of a compensated layer: class-8 codes hold widths up to 6 (``inner_class``) over a basic layer
 #: of at least 1 bit, so ``t = top - i <= 5`` and ``K_t <= 31``.
 MAX_COMP_SHIFT = 5
