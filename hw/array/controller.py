@@ -78,6 +78,7 @@ from hw.array.engine import engine_layer_layout, row_command_layout
 from hw.array.feature_maps import read_signature, write_signature
 from hw.array.map_writer import writer_layer_layout
 from hw.array.patch_loader import DIM_BITS, LoadMode, geometry_layout
+from hw.array.slot_mask import at_least, row_slot_mask
 from hw.array.status import Status
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.image_layout import record_layout
@@ -420,10 +421,11 @@ class ArrayController(wiring.Component):
         res_live = Signal()  # the channel has a shortcut input (j < C_r)
         # Output row r's shortcut codes go to pixels r w_out .. (r + 1) w_out - 1 of the command.
         res_placed = Signal(MAX_ACT_BITS * t)
-        m.d.comb += res_placed.eq(Cat(*(Mux(x < dw_out, code, 0) for x, code in enumerate(res_codes)))
+        in_row = at_least(dw_out, len(res_codes) + 1)  # w_out >= x + 1
+        m.d.comb += res_placed.eq(Cat(*(Mux(in_row[x + 1], code, 0) for x, code in enumerate(res_codes)))
                                   << (res_off * MAX_ACT_BITS))
         res_keep = Signal(t)
-        m.d.comb += res_keep.eq(Cat(*(x < dw_out for x in range(t))) << res_off)
+        m.d.comb += res_keep.eq(row_slot_mask(res_off, dw_out, t))
 
         # Rows of a full tile, T // w_out, from a table (w_out <= T after the geometry check).
         table_rows = Signal(DIM_BITS)

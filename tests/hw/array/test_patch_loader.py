@@ -17,16 +17,16 @@ ROWS, ROW_CODES, PIXELS, FAN_IN_WIDTH = 64, 8, 6, 9
 
 
 class LoaderHarness(wiring.Component):
-    def __init__(self, columns):
-        self._maps = FeatureMaps(rows=ROWS, row_codes=ROW_CODES)
-        self._loader = PatchLoader(pixels=PIXELS, row_codes=ROW_CODES, addr_width=self._maps.addr_width,
+    def __init__(self, columns, row_codes=ROW_CODES, pixels=PIXELS):
+        self._maps = FeatureMaps(rows=ROWS, row_codes=row_codes)
+        self._loader = PatchLoader(pixels=pixels, row_codes=row_codes, addr_width=self._maps.addr_width,
                                    fan_in_width=FAN_IN_WIDTH, columns=columns)
         super().__init__({
             "geometry": In(geometry_layout(self._maps.addr_width)),
             "start": In(1),
             "done": Out(1),
-            "wr": In(write_signature(self._maps.addr_width, ROW_CODES)),
-            "patch": Out(patch_write_signature(FAN_IN_WIDTH, PIXELS)),
+            "wr": In(write_signature(self._maps.addr_width, row_codes)),
+            "patch": Out(patch_write_signature(FAN_IN_WIDTH, pixels)),
         })
 
     def elaborate(self, platform):
@@ -64,8 +64,8 @@ async def write_map(ctx, dut, u, buf):
     ctx.set(dut.wr.en, 0)
 
 
-def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS):
-    dut = LoaderHarness(columns)
+def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS, row_codes=ROW_CODES, pixels=PIXELS):
+    dut = LoaderHarness(columns, row_codes, pixels)
     got = {}
     res = {}
 
@@ -114,6 +114,19 @@ def column_groups(channels, kh, kw, columns):
 
 @pytest.mark.parametrize("seed", range(15))
 def test_conv_patch_rows_match_im2col(seed):
+    check_conv_tile(seed, ROW_CODES, PIXELS)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conv_patch_rows_with_odd_row_codes(seed):
+    """An odd word width (a stride-2 word's halves differ in length: the even codes one more) and a tile wider
+    than the word."""
+    check_conv_tile(100 + seed, 7, 10)
+
+
+def check_conv_tile(seed, row_codes, pixels):
+    """A random conv geometry (kernel, padding, stride, map, multi-row tile), the loader's patch against
+    im2col and its cycles against :func:`group_cycles`."""
     rng = np.random.default_rng(seed)
     columns = [LOADER_COLUMNS, 1, 2][seed % 3]
     c = int(rng.integers(1, 4))
@@ -121,17 +134,17 @@ def test_conv_patch_rows_match_im2col(seed):
         k = int(rng.choice([1, 3, 5, 7]))
         pad = int(rng.integers(0, k))
         stride = int(rng.integers(1, 3))
-        h, w = int(rng.integers(1, 9)), int(rng.integers(1, ROW_CODES + 1))
+        h, w = int(rng.integers(1, 9)), int(rng.integers(1, row_codes + 1))
         ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        if h + 2 * pad >= k and w + 2 * pad >= k and wo <= PIXELS and c * h <= ROWS:
+        if h + 2 * pad >= k and w + 2 * pad >= k and wo <= pixels and c * h <= ROWS:
             break
     u = rng.integers(0, 256, size=(c, h, w))
     buf = int(rng.integers(0, 3))
     want = im2col(u[None], k, stride, pad)[0]  # [ho, wo, c k k]
     y = int(rng.integers(0, ho))
-    rows = int(rng.integers(1, min(PIXELS // wo, ho - y) + 1))  # a multi-row tile when the rows fit
+    rows = int(rng.integers(1, min(pixels // wo, ho - y) + 1))  # a multi-row tile when the rows fit
     patch, cycles = run_loader(u, buf, geometry(LoadMode.CONV, buf, c, h, w, k, k, stride, pad, y, rows, wo),
-                               c * k * k, columns)
+                               c * k * k, columns, row_codes, pixels)
     for r in range(rows):
         assert (patch[:, r * wo:(r + 1) * wo] == want[y + r].T).all(), f"output row {y + r}"
     assert (patch[:, rows * wo:] == 0).all()  # slots past the tile's rows
