@@ -238,8 +238,9 @@ class MapWriter(wiring.Component):
             sl = slice(MAX_ACT_BITS * x, MAX_ACT_BITS * (x + 1))
             m.d.comb += merged[sl].eq(Mux(stored[sl] > self.rmw.data[sl], stored[sl], self.rmw.data[sl]))
 
+        # (the data matter only with `en`: a 2:1 a bit, no zero default)
         m.d.comb += [self.fmap.buf.eq(lay.buf), self.rmw.buf.eq(lay.buf), self.rmw.addr.eq(addr),
-                     self.fmap.addr.eq(addr), self.fmap.mask.eq(mask)]
+                     self.fmap.addr.eq(addr), self.fmap.mask.eq(mask), self.fmap.data.eq(Mux(odd, merged, stored))]
         with m.If(held):
             with m.If(dropped):
                 m.d.comb += done_row.eq(1)
@@ -247,8 +248,8 @@ class MapWriter(wiring.Component):
                 m.d.comb += self.rmw.en.eq(1)
                 m.d.sync += second.eq(1)
             with m.Elif(odd):
-                m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(merged), done_row.eq(1)]
+                m.d.comb += [self.fmap.en.eq(1), done_row.eq(1)]
             with m.Else():
-                m.d.comb += [self.fmap.en.eq(1), self.fmap.data.eq(stored), done_row.eq(1)]
+                m.d.comb += [self.fmap.en.eq(1), done_row.eq(1)]
         m.d.comb += [self.wrote_channel.eq(channel), self.wrote_y.eq(tile_y), self.wrote.eq(done_row & last)]
         return m
