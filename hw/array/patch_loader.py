@@ -10,7 +10,8 @@ A tile of the array is one output row ``y`` of a conv layer (its ``W_out <= T`` 
   ``kh = H``, ``kw = W``, stride 1, no padding and ``y = 0``: ``p = (c H + y_in) W + x_in`` in pixel 0;
 * **pooled** (a fully connected layer after a global pool, ``gap``): ``p = c``, the 16-bit sum of channel
   ``c``'s ``H W`` codes (golden's ``global_sum_pool``; bound 9 keeps it below ``2^16``) split over pixel slots
-  0 (low byte) and 1 (high byte), which the engine recombines exactly (:mod:`hw.array.engine`).
+  0 (low byte) and 1 (high byte), which the engine recombines exactly (:mod:`hw.array.engine`); its other
+  slots are left undefined (a pooled FC runs lane 0 alone, on an edge layer without the vertical compensation).
 
 **Multi-row tiles** (conv): a tile of ``rows`` output rows of ``w_out`` pixels (``rows w_out <= T``; maps
 narrower than half a tile fill it with several rows) puts pixel ``(r, x)`` in slot ``r w_out + x``; each

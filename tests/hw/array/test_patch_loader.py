@@ -201,6 +201,62 @@ def test_a_start_in_the_middle_of_a_tile_restarts_cleanly(restart_after):
     assert (np.array([got[p] for p in range(18)])[:, :6] == want.T).all()
 
 
+@pytest.mark.parametrize("restart_after", range(1, 13))
+def test_a_restart_drops_a_multi_row_tiles_partial_rows(restart_after):
+    """The old tile has three 2-pixel rows a patch row, so between its rows the placed columns hold slots
+    0-3; the new tile has one row (slots 0-1): its patch rows must hold zeros in slots 2-5, whatever the old
+    tile had placed when the restart came."""
+    rng = np.random.default_rng(50 + restart_after)
+    u = rng.integers(1, 256, size=(2, 6, 2))
+    dut = LoaderHarness(LOADER_COLUMNS)
+    old = geometry(LoadMode.CONV, 0, 2, 6, 2, 3, 3, 1, 1, 0, 3, 2)
+    new = geometry(LoadMode.CONV, 0, 2, 6, 2, 3, 3, 1, 1, 3, 1, 2)
+    got = {}
+
+    async def bench(ctx):
+        await write_map(ctx, dut, u, 0)
+        ctx.set(dut.geometry, old)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for _ in range(restart_after):
+            await ctx.tick()
+        ctx.set(dut.geometry, new)
+        ctx.set(dut.start, 1)
+        for _ in range(200):
+            _, _, en, addr, data, done = await ctx.tick().sample(dut.patch.en, dut.patch.addr, dut.patch.data,
+                                                                 dut.done)
+            ctx.set(dut.start, 0)
+            if en:
+                got[int(addr)] = [int(v) for v in data]
+            if done:
+                break
+        else:
+            raise AssertionError("no done")
+
+    simulate(dut, bench)
+    patch = np.array([got[p] for p in range(18)])
+    assert (patch[:, :2] == im2col(u[None], 3, 1, 1)[0][3].T).all()
+    assert (patch[:, 2:] == 0).all()
+
+
+@pytest.mark.parametrize("k,stride", [(5, 1), (5, 2), (7, 1)])
+def test_groups_of_fewer_columns_write_their_queue_in_order(k, stride):
+    """Kernels of 5 and 7 columns run groups of 3 and 2 (3, 3 and 1) columns: each group's queue is written
+    from its first queued column on, whatever the group before left."""
+    rng = np.random.default_rng(k + stride)
+    c, h, w, pad = 2, 8, 2 if stride == 1 else 4, k // 2  # two-pixel rows: a multi-row tile
+    u = rng.integers(1, 256, size=(c, h, w))
+    wo = (w + 2 * pad - k) // stride + 1
+    rows = min(PIXELS // wo, 2)
+    patch, cycles = run_loader(u, 0, geometry(LoadMode.CONV, 0, c, h, w, k, k, stride, pad, 1, rows, wo),
+                               c * k * k)
+    want = im2col(u[None], k, stride, pad)[0]
+    for r in range(rows):
+        assert (patch[:, r * wo:(r + 1) * wo] == want[1 + r].T).all(), f"output row {1 + r}"
+    assert cycles == group_cycles(column_groups(c, k, k, LOADER_COLUMNS), rows)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_flatten_takes_torch_flatten_order(seed):
     rng = np.random.default_rng(10 + seed)

@@ -25,7 +25,7 @@ def run_comb(module, inputs, outputs, cases):
     return got
 
 
-@pytest.mark.parametrize("width,count", [(3, 9), (6, 70), (8, 85)])
+@pytest.mark.parametrize("width,count", [(2, 20), (3, 9), (4, 40), (6, 70), (8, 85), (9, 300)])
 def test_at_least_is_a_thermometer(width, count):
     m = Module()
     value = Signal(width)
