@@ -164,16 +164,11 @@ def test_three_by_three_tile_reads_each_word_once():
     assert cycles == 6 * c * k + 2 + 2  # the last group's queued columns, the placement's latency
 
 
-@pytest.mark.parametrize("restart_after", [1, 2, 3, 7, 20])
-def test_a_start_in_the_middle_of_a_tile_restarts_cleanly(restart_after):
-    """A new run may start the loader while an old tile is in flight (after a fault): from the restart on,
-    only the new tile's patch rows are written, each once, and ``done`` comes once, for the new tile."""
-    rng = np.random.default_rng(restart_after)
-    u = rng.integers(0, 256, size=(2, 6, 6))
+def run_restart(u, old, new, restart_after):
+    """Start the loader on tile ``old`` of map ``u`` (buffer 0), restart it on ``new`` ``restart_after`` cycles
+    later and run 200 cycles: the patch writes ``[(addr, codes)]`` and the cycles of ``done`` after the restart."""
     dut = LoaderHarness(LOADER_COLUMNS)
-    old = geometry(LoadMode.CONV, 0, 2, 6, 6, 3, 3, 1, 1, 0, 1, 6)  # one 6-pixel row: every read is a last read
-    new = geometry(LoadMode.CONV, 0, 2, 6, 6, 3, 3, 1, 1, 2, 1, 6)
-    got, dones = {}, []
+    writes, dones = [], []
 
     async def bench(ctx):
         await write_map(ctx, dut, u, 0)
@@ -190,12 +185,27 @@ def test_a_start_in_the_middle_of_a_tile_restarts_cleanly(restart_after):
                                                                  dut.done)
             ctx.set(dut.start, 0)
             if en:
-                assert int(addr) not in got, f"patch row {int(addr)} written twice after the restart"
-                got[int(addr)] = [int(v) for v in data]
+                writes.append((int(addr), [int(v) for v in data]))
             if done:
                 dones.append(cycle)
 
     simulate(dut, bench)
+    return writes, dones
+
+
+@pytest.mark.parametrize("restart_after", [1, 2, 3, 7, 20])
+def test_a_start_in_the_middle_of_a_tile_restarts_cleanly(restart_after):
+    """A new run may start the loader while an old tile is in flight (after a fault): from the restart on,
+    only the new tile's patch rows are written, each once, and ``done`` comes once, for the new tile."""
+    rng = np.random.default_rng(restart_after)
+    u = rng.integers(0, 256, size=(2, 6, 6))
+    old = geometry(LoadMode.CONV, 0, 2, 6, 6, 3, 3, 1, 1, 0, 1, 6)  # one 6-pixel row: every read is a last read
+    new = geometry(LoadMode.CONV, 0, 2, 6, 6, 3, 3, 1, 1, 2, 1, 6)
+    writes, dones = run_restart(u, old, new, restart_after)
+    got = {}
+    for addr, data in writes:
+        assert addr not in got, f"patch row {addr} written twice after the restart"
+        got[addr] = data
     assert len(dones) == 1 and sorted(got) == list(range(18))
     want = im2col(u[None], 3, 1, 1)[0][2]  # output row 2: [6 pixels, 18 positions]
     assert (np.array([got[p] for p in range(18)])[:, :6] == want.T).all()
@@ -208,33 +218,11 @@ def test_a_restart_drops_a_multi_row_tiles_partial_rows(restart_after):
     tile had placed when the restart came."""
     rng = np.random.default_rng(50 + restart_after)
     u = rng.integers(1, 256, size=(2, 6, 2))
-    dut = LoaderHarness(LOADER_COLUMNS)
     old = geometry(LoadMode.CONV, 0, 2, 6, 2, 3, 3, 1, 1, 0, 3, 2)
     new = geometry(LoadMode.CONV, 0, 2, 6, 2, 3, 3, 1, 1, 3, 1, 2)
-    got = {}
-
-    async def bench(ctx):
-        await write_map(ctx, dut, u, 0)
-        ctx.set(dut.geometry, old)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        for _ in range(restart_after):
-            await ctx.tick()
-        ctx.set(dut.geometry, new)
-        ctx.set(dut.start, 1)
-        for _ in range(200):
-            _, _, en, addr, data, done = await ctx.tick().sample(dut.patch.en, dut.patch.addr, dut.patch.data,
-                                                                 dut.done)
-            ctx.set(dut.start, 0)
-            if en:
-                got[int(addr)] = [int(v) for v in data]
-            if done:
-                break
-        else:
-            raise AssertionError("no done")
-
-    simulate(dut, bench)
+    writes, dones = run_restart(u, old, new, restart_after)
+    assert dones, "no done"
+    got = dict(writes)
     patch = np.array([got[p] for p in range(18)])
     assert (patch[:, :2] == im2col(u[None], 3, 1, 1)[0][3].T).all()
     assert (patch[:, 2:] == 0).all()
