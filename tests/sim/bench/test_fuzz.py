@@ -1,11 +1,14 @@
 """bench fuzz: the network generator covers what it claims, and a short run through the RTL agrees with golden."""
 
+import json
+
 import numpy as np
 
+import build
 from model.export.golden_conv import conv_forward
 from model.export.golden_net import ConvStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.layout_v3 import pack as pack_v3
-from sim.bench.fuzz import CONFIG, fits, floors, random_network, run_fuzz
+from sim.bench.fuzz import CONFIG, fits, floors, random_network
 
 
 def test_networks_cover_kernels_strides_pools_blocks_widths_and_sparsity():
@@ -40,13 +43,19 @@ def test_calibrated_requant_spreads_the_codes():
     assert np.mean(spread) > 0.6  # most stems give more than one code value
 
 
-def test_short_fuzz_run_matches_golden(tmp_path):
-    result = run_fuzz(tmp_path, layers=8, seed=3, simulator="icarus", progress=False)
+def test_short_fuzz_run_matches_golden_and_check_fails_its_layer_floor(tmp_path, capsys):
+    """`bench fuzz --check` end to end on 8 layers: the RTL agrees with golden, and the run exits 1 because the
+    10,000-layer floor fails (the floors it prints and writes say which)."""
+    code = build.main(["bench", "fuzz", "--layers", "8", "--simulator", "icarus", "--quiet", "--check",
+                       "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert code == 1 and "layers >= 10000" in printed
+    result = json.loads((tmp_path / "fuzz.json").read_text())
     assert result["layers"] >= 8 and result["networks"] >= 2
     assert result["mismatches"] == 0 and result["deadlocks"] == 0 and result["failed_runs"] == []
-    f = floors(result)
-    assert f["mismatches == 0"]["holds"] and not f["layers >= 10000"]["holds"]
-    assert result["config"]["engines"] == CONFIG.engines
+    assert result["floors"]["mismatches == 0"]["holds"] and not result["floors"]["layers >= 10000"]["holds"]
+    assert floors(result) == result["floors"]
+    assert result["config"]["engines"] == CONFIG.engines and "provenance" in result
 
 
 def test_every_network_fits_the_configuration():
