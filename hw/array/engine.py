@@ -378,6 +378,11 @@ class ChannelEngine(wiring.Component):
         with m.If(start):
             m.d.sync += n.eq(Mux(n == n_last, 0, n + 1))
 
+        # Stage CP: each path's lane 2m + q picked in two steps, so that no step is a wide multiplexer (Yosys
+        # 0.23 builds the 21-way select of a 48-bit word, with the field extraction after it, from about 1.1 k
+        # LUT a path; docs/array_design.md, "Wide multiplexers"): here lane m mod 4 of each group of four, one
+        # LUT6 a bit (two select bits, four words), registered; in stage C0 the group, m / 4, among the
+        # ceil(lanes / 8) group words. Stage CP also registers what stage C0 reads of the pass and the step.
         # Stage C0: each path's pixel sum out of its lane's word. A pair pass has slot 0's signed sum in P's low
         # PAIR_SHIFT bits (sign-extended) and slot 1's above them, plus the borrow the low field took
         # (hw/dsp/pass_lane.py); a single pass all of P, weighted by its chunk (2^16). Under gap, group 1
@@ -392,29 +397,44 @@ class ChannelEngine(wiring.Component):
             "valid": unsigned(1), "cls": unsigned(2), "final": unsigned(1), "addr": range(max(pair_lanes * 2, 1)),
             "fifo": unsigned(2), "first": unsigned(1),
         })
+        # What stage C0 needs of the step besides the side fields: the group m / 4, the field and its weights.
+        pick_layout = data.StructLayout({"group": range(max(-(-pair_lanes // 4), 1)), "pair": unsigned(1),
+                                         "slot": unsigned(1), "chunk": unsigned(1), "hi": unsigned(1)})
         # side[q][0] / s0: the pixel's sum as taken out (its own stage: the lane select and the field selection
         # stay off the first adder's path); then three stages of R_m.
+        pick_side = [Signal(side_layout, name=f"cp{q}") for q in range(2)]
+        pick = Signal(pick_layout)  # (alike for both paths)
         side = [[Signal(side_layout, name=f"c{q}_{k}") for k in range(4)] for q in range(2)]
         s0 = [Signal(signed(X_BITS), name=f"cs{q}_0") for q in range(2)]
         sv = [[Signal(signed(X_BITS), name=f"cs{q}_{k}") for k in range(1, 4)] for q in range(2)]  # R_m S
+        with m.If(c_adv):
+            m.d.sync += [pick.group.eq(half >> 2), pick.pair.eq(rec.pair), pick.slot.eq(slot),
+                         pick.chunk.eq(rec.chunk), pick.hi.eq(hi)]
         for q in range(2):
-            # Lane 2m + q: its word by a case over m (a variable part-select would be a barrel shifter).
-            group_of = [k for k in range(lanes) if k % 2 == q]
+            group_of = [k for k in range(lanes) if k % 2 == q]  # path q's lanes, lane 2m + q at index m
+            quads = [group_of[g:g + 4] for g in range(0, len(group_of), 4)]
+            picked = [Signal(signed(P_BITS), name=f"p_pick{q}_{g}") for g in range(len(quads))]
+            for g, quad in enumerate(quads):
+                word = Signal(signed(P_BITS), name=f"p_quad{q}_{g}")
+                select(m, half[:2], [(word, [held_p[k] for k in quad])], len(quad))
+                with m.If(c_adv):
+                    m.d.sync += picked[g].eq(word)
             p_sel = Signal(signed(P_BITS), name=f"p_sel{q}")
-            if group_of:
-                select(m, half, [(p_sel, [held_p[k] for k in group_of])], len(group_of))
+            if picked:
+                select(m, pick.group, [(p_sel, picked)], len(picked))
             low = p_sel[:PAIR_SHIFT].as_signed()
             high = (p_sel >> PAIR_SHIFT) + p_sel[PAIR_SHIFT - 1]  # (P - low) >> PAIR_SHIFT
-            single = Mux(rec.chunk, p_sel << CHUNK_BITS, p_sel)
-            s_in = Mux(rec.pair, Mux(slot, high, low), Mux(hi, single << 8, single))
+            single = Mux(pick.chunk, p_sel << CHUNK_BITS, p_sel)
+            s_in = Mux(pick.pair, Mux(pick.slot, high, low), Mux(pick.hi, single << 8, single))
             pixel = (half << 2) | (q << 1) | slot
             on = Mux(layer.gap, (q == 0) & (half == 0), pixel < rec.pixels) if group_of else 0
             with m.If(c_adv):
                 m.d.sync += [
-                    side[q][0].valid.eq(start & on), side[q][0].cls.eq(rec.cls), side[q][0].final.eq(rec.final),
-                    side[q][0].addr.eq(Mux(layer.gap, 0, (half << 1) | slot)),
-                    side[q][0].fifo.eq(Mux(layer.gap, 0, (q << 1) | slot)), side[q][0].first.eq(first),
-                    s0[q].eq(s_in),
+                    pick_side[q].valid.eq(start & on), pick_side[q].cls.eq(rec.cls),
+                    pick_side[q].final.eq(rec.final),
+                    pick_side[q].addr.eq(Mux(layer.gap, 0, (half << 1) | slot)),
+                    pick_side[q].fifo.eq(Mux(layer.gap, 0, (q << 1) | slot)), pick_side[q].first.eq(first),
+                    side[q][0].eq(pick_side[q]), s0[q].eq(s_in),
                     side[q][1].eq(side[q][0]), side[q][2].eq(side[q][1]), side[q][3].eq(side[q][2]),
                 ]
                 # R_m by three conditional shift-adds: class 0 (4 bits) adds << 4, classes <= 1 << 8, <= 2 << 16.

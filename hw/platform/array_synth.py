@@ -29,13 +29,30 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from hw.array.top import ArrayConfig, ConvArray
-from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, read_command, synthesize_netlist
+from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, read_command, synth_xilinx, synthesize_netlist
 from hw.platform.timing import PathReport, TimingReport, estimate, slowest_paths
 from hw.platform.verilog import ARRAY_TOP_NAME, write_text_atomically
 
 ENGINE_TOP_NAME = "mpq_engine"
 #: End points listed per part, slowest first (where the next timing fix is).
 SLOWEST_PATHS = 10
+#: A pass lane's DSP48E1 as :func:`hw.platform.synth.dsp_configs` names it: M and P registers, the OPMODE set at
+#: run time (a pass's first product restarts P, ``hw/dsp/pass_lane.py``). Nothing else in an engine has it.
+LANE_DSP_CONFIG = "MREG=1 PREG=1 OPMODE=dynamic"
+
+
+def lane_dsps(configs: dict) -> int:
+    """DSP48E1 of an engine's ``dsp_configs`` in the pass lane's configuration (:data:`LANE_DSP_CONFIG`)."""
+    return sum(n for key, n in configs.items() if key.endswith(LANE_DSP_CONFIG))
+
+
+def check_lanes(configs: dict, lanes: int) -> None:
+    """``RuntimeError`` unless the engine's netlist has exactly ``lanes`` lane DSP48E1: a synthesis that drops a
+    lane (as Yosys 0.23's ``-widemux`` did, ``hw/platform/synth.py``) counts a different design."""
+    found = lane_dsps(configs)
+    if found != lanes:
+        raise RuntimeError(f"the engine's netlist has {found} DSP48E1 in the lanes' configuration "
+                           f"({LANE_DSP_CONFIG}), not its {lanes} lanes: the synthesis lost or duplicated lanes")
 
 
 @dataclass(frozen=True)
@@ -96,7 +113,7 @@ def _shell_netlist(path: Path, log_path: Path | None, timeout_s: float | None) -
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "netlist.json"
         script = (f"{read_command(path, tmp)}; hierarchy -top {ARRAY_TOP_NAME}; "
-                  f"blackbox {ARRAY_TOP_NAME}.engine*; synth_xilinx -family xc7 -flatten -top {ARRAY_TOP_NAME}; "
+                  f"blackbox {ARRAY_TOP_NAME}.engine*; {synth_xilinx(ARRAY_TOP_NAME)}; "
                   f"stat; write_json {out}")
         text = _yosys(path, script, log_path, timeout_s)
         design = json.loads(out.read_text())
@@ -112,7 +129,8 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     Raises
     ------
     RuntimeError
-        A Yosys run failed (its log's tail in the message) or ran past ``timeout_s``.
+        A Yosys run failed (its log's tail in the message) or ran past ``timeout_s``, or the engine's netlist
+        does not hold one lane DSP48E1 per lane (:func:`check_lanes`).
     """
     out_dir = Path(out_dir)
     array = ConvArray(config)
@@ -140,8 +158,10 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     n = config.engines
     engine_timing = estimate(engine_design, ENGINE_TOP_NAME)
     shell_timing = estimate(shell_design, ARRAY_TOP_NAME)
+    engine_configs = dsp_configs(engine_design, ENGINE_TOP_NAME)
+    check_lanes(engine_configs, config.lanes)
     configs = dsp_configs(shell_design, ARRAY_TOP_NAME)
-    for k, v in dsp_configs(engine_design, ENGINE_TOP_NAME).items():
+    for k, v in engine_configs.items():
         configs[k] = configs.get(k, 0) + n * v
     slower = max(engine_timing, shell_timing, key=lambda t: t.delay_ns)
     return ArraySynthesis(resources=_sum(shell, engine, n), timing=slower, engine=engine, shell=shell,

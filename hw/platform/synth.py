@@ -4,6 +4,12 @@ Yosys is the Debian package (``yosys``, 0.23 here; the Makefile installs it): it
 to 7-series primitives (DSP48E1, RAMB36E1/RAMB18E1, LUT1-6, LUTRAM, FDRE...) in seconds, where the
 WebAssembly build on PyPI takes minutes. The counts are Yosys' mapping, not Vivado's: Vivado packs LUTs
 and registers differently, but DSP48E1 and block RAM counts agree for inferred multipliers and memories.
+
+Every run here is :func:`synth_xilinx`, Yosys's default mapping. Not ``-widemux``: in Yosys 0.23 it maps a
+21-way case statement wrongly (a netlist simulated against its RTL with Icarus and Yosys's ``cells_sim.v``
+differs on about one vector in eight), and it dropped 10 of an array engine's 42 lanes, whose 21-way P-word
+selects it had broken, so its lower LUT counts were not a design's (``docs/array_design.md``, "Wide
+multiplexers").
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ from model.errors import UserError
 
 #: XC7Z020 programmable-logic capacity (DS190, Zynq-7000 overview, table 1).
 XC7Z020 = {"dsp": 220, "lut": 53200, "ff": 106400, "bram36": 140}
+
+
+def synth_xilinx(top: str, *, flatten: bool = True) -> str:
+    """The Yosys synthesis command of every resource count here (module docstring: why not ``-widemux``)."""
+    return f"synth_xilinx -family xc7{' -flatten' if flatten else ''} -top {top}"
+
 
 # LUTs a LUTRAM primitive occupies (UG474: RAM32M and RAM64M use four SLICEM LUTs, RAM32X1D two...).
 _LUTRAM_LUTS = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM32X1S": 1,
@@ -102,7 +114,7 @@ def synth_stat(verilog_path, top: str, *, flatten: bool = True, log_path=None) -
     verilog_path = Path(verilog_path)
     if not verilog_path.is_file():
         raise UserError(f"{verilog_path}: no such Verilog file")
-    flow = f"synth_xilinx -family xc7{' -flatten' if flatten else ''} -top {top}"
+    flow = synth_xilinx(top, flatten=flatten)
     with tempfile.TemporaryDirectory() as tmp:
         out = _yosys(verilog_path, f"{read_command(verilog_path, tmp)}; {flow}; stat", log_path)
     return out[out.rfind("Printing statistics"):]
@@ -173,7 +185,7 @@ def synthesize_netlist(verilog_path, top: str, *, log_path=None, timeout_s: floa
         raise UserError(f"{verilog_path}: no such Verilog file")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "netlist.json"
-        script = (f"{read_command(verilog_path, tmp)}; synth_xilinx -family xc7 -flatten -top {top}; stat; "
+        script = (f"{read_command(verilog_path, tmp)}; {synth_xilinx(top)}; stat; "
                   f"write_json {out}")
         text = _yosys(verilog_path, script, log_path, timeout_s)
         design = json.loads(out.read_text())

@@ -28,7 +28,7 @@ from amaranth.sim import Simulator
 
 from hw.dsp.lane import DSP48E1_ATTRIBUTES, PackedDspLane
 from hw.dsp.packing import A_BITS, B_BITS, P_BITS, PackingPlan, plan
-from hw.platform.synth import parse_stat, yosys_binary
+from hw.platform.synth import parse_stat, synth_xilinx, yosys_binary
 from model.bench.floors import floor_entry
 from sim.lane_runner import exhaustive_ops, run_dsp_lane, write_lane_verilog
 
@@ -99,7 +99,7 @@ def synth_lane(p: PackingPlan, work: Path) -> dict:
     vpath = write_lane_verilog(p, work / f"lane_{p.weight_bits}x{p.act_bits}.v", count_bits=COUNT_BITS,
                                name=LANE_TOP)
     jpath = vpath.with_suffix(".json")
-    script = f"read_verilog {vpath}; synth_xilinx -family xc7 -flatten -top {LANE_TOP}; stat; write_json {jpath}"
+    script = f"read_verilog {vpath}; {synth_xilinx(LANE_TOP)}; stat; write_json {jpath}"
     proc = subprocess.run([yosys_binary(), "-p", script], check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"yosys failed on {vpath}:\n" + "\n".join(proc.stdout.splitlines()[-10:]))

@@ -15,7 +15,7 @@ from amaranth.back import verilog
 
 from hw.dsp.lane import ALUMODE_ADD, DSP48E1_ATTRIBUTES, INMODE_A2_B2, PackedDspLane
 from hw.dsp.packing import plan
-from hw.platform.synth import yosys_binary
+from hw.platform.synth import synth_xilinx, yosys_binary
 
 SYNTH_MODES = [(4, 4), (8, 8), (16, 4)]
 TOP = "lane"
@@ -128,7 +128,7 @@ def netlists(tmp_path_factory):
             stem = folder / f"{form}_{pair[0]}x{pair[1]}"
             lane = PackedDspLane(plan(*pair), instance=form == "instance")
             stem.with_suffix(".v").write_text(verilog.convert(lane, name=TOP, emit_src=False))
-            flow = (f"synth_xilinx -family xc7 -flatten -top {TOP}" if form == "behavioural" else
+            flow = (synth_xilinx(TOP) if form == "behavioural" else
                     f"hierarchy -top {TOP}; proc; flatten; opt -full")
             library = "read_verilog -lib +/xilinx/cells_sim.v; " if form == "instance" else ""
             scripts[pair, form] = (f"{library}read_verilog {stem}.v; {flow}; write_json {stem}.json", stem)

@@ -25,7 +25,7 @@ from hw.dsp.pass_lane import (
     merged_capacity,
     pass_capacity,
 )
-from hw.platform.synth import parse_stat, yosys_binary
+from hw.platform.synth import parse_stat, synth_xilinx, yosys_binary
 from model.export.format import CLASS_WIDTHS
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, D, R, combine
 from tests.hw.stream_source import simulate
@@ -260,7 +260,7 @@ def test_maps_to_one_dsp48e1_and_few_luts(tmp_path):
     lane's ~800 LUT (the point of the redesign)."""
     path = tmp_path / "pass_lane.v"
     path.write_text(verilog.convert(PassDspLane(), name="lane", emit_src=False))
-    script = f"read_verilog {path}; synth_xilinx -family xc7 -flatten -top lane; stat; write_json {path}.json"
+    script = f"read_verilog {path}; {synth_xilinx('lane')}; stat; write_json {path}.json"
     proc = subprocess.run([yosys_binary(), "-p", script], capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     res = parse_stat(proc.stdout[proc.stdout.rfind("Printing statistics"):])

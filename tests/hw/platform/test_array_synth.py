@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from hw.array.top import ArrayConfig
-from hw.platform.array_synth import ENGINE_TOP_NAME, synthesize_array
+from hw.platform.array_synth import ENGINE_TOP_NAME, LANE_DSP_CONFIG, check_lanes, lane_dsps, synthesize_array
 from hw.platform.synth import synthesize_netlist
 from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog
 
@@ -45,6 +45,7 @@ def test_the_total_is_the_shell_plus_every_engine(parts):
     assert e.dsp >= TINY.lanes + 1  # the lanes and the requantizer's multipliers
     assert not any(k.startswith(f"{ARRAY_TOP_NAME}.engine") for k in t.cells)  # no black boxes in the totals
     assert sum(syn.dsp_configs.values()) == t.dsp
+    assert lane_dsps(syn.dsp_configs) == 2 * TINY.lanes  # one lane DSP48E1 per lane, nothing else like them
     assert syn.timing.delay_ns == max(syn.engine_timing.delay_ns, syn.shell_timing.delay_ns)
     assert syn.shell_paths[0].delay_ns == syn.shell_timing.delay_ns  # the slowest end point first
     assert syn.engine_paths[0].delay_ns == syn.engine_timing.delay_ns
@@ -59,3 +60,10 @@ def test_the_parts_agree_with_a_flattened_synthesis(parts):
     # Optimisation across the engines' ports is all the flattened run may add: a few per cent at most.
     assert whole.lut <= syn.resources.lut * 1.02 and whole.lut >= syn.resources.lut * 0.90
     assert whole.ff <= syn.resources.ff * 1.02 and whole.ff >= syn.resources.ff * 0.90
+
+
+def test_a_netlist_without_every_lane_is_refused():
+    configs = {f"AREG=0 BREG=1 {LANE_DSP_CONFIG}": 32, "AREG=2 BREG=2 MREG=0 PREG=1 OPMODE=1010101": 1}
+    check_lanes(configs, 32)
+    with pytest.raises(RuntimeError, match="32 DSP48E1 in the lanes' configuration .* not its 42 lanes"):
+        check_lanes(configs, 42)
