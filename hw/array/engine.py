@@ -378,11 +378,12 @@ class ChannelEngine(wiring.Component):
         with m.If(start):
             m.d.sync += n.eq(Mux(n == n_last, 0, n + 1))
 
-        # Stage CP: each path's lane 2m + q picked in two steps, so that no step is a wide multiplexer (Yosys
-        # 0.23 builds the 21-way select of a 48-bit word, with the field extraction after it, from about 1.1 k
-        # LUT a path; docs/array_design.md, "Wide multiplexers"): here lane m mod 4 of each group of four, one
-        # LUT6 a bit (two select bits, four words), registered; in stage C0 the group, m / 4, among the
-        # ceil(lanes / 8) group words. Stage CP also registers what stage C0 reads of the pass and the step.
+        # Stage CP: each path's lane 2m + q picked in two steps, so that no step is a wide multiplexer (at 42
+        # lanes the two paths' 21-way selects of a 48-bit word, in one stage with the field extraction, cost
+        # about 0.9 k LUT an engine in Yosys 0.23; 0.6 k this way: docs/array_design.md, "Wide multiplexers"):
+        # here lane m mod 4 of each group of four, one LUT6 a bit (two select bits, four words), registered; in
+        # stage C0 the group, m / 4, among the path's group words (ceil(lanes / 8) on path 0, path 1 may have
+        # one fewer). Stage CP also registers what stage C0 reads of the pass and the step.
         # Stage C0: each path's pixel sum out of its lane's word. A pair pass has slot 0's signed sum in P's low
         # PAIR_SHIFT bits (sign-extended) and slot 1's above them, plus the borrow the low field took
         # (hw/dsp/pass_lane.py); a single pass all of P, weighted by its chunk (2^16). Under gap, group 1

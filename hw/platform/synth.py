@@ -7,7 +7,7 @@ and registers differently, but DSP48E1 and block RAM counts agree for inferred m
 
 Every run here is :func:`synth_xilinx`, Yosys's default mapping. Not ``-widemux``: in Yosys 0.23 it maps a
 21-way case statement wrongly (a netlist simulated against its RTL with Icarus and Yosys's ``cells_sim.v``
-differs on about one vector in eight), and it dropped 10 of an array engine's 42 lanes, whose 21-way P-word
+differs on 354 of about 2,600 vectors), and it dropped 10 of an array engine's 42 lanes, whose 21-way P-word
 selects it had broken, so its lower LUT counts were not a design's (``docs/array_design.md``, "Wide
 multiplexers").
 """

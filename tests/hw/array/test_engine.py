@@ -75,7 +75,8 @@ def golden_outputs(codes, widths, u, signed, mult, bias, res_mult, r, shift, out
     return requantize(acc, mult, bias, shift, out_bits)
 
 
-def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3):
+def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False):
+    """One random layer's rows through an engine against golden; ``full``: every tile holds ``T`` pixels."""
     rng = np.random.default_rng(seed)
     t = lanes * LANE_SLOTS
     rows = int(rng.integers(1, 1 << CHANNEL_BITS))
@@ -100,6 +101,7 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3):
     else:
         act_bits = int(rng.integers(1, 9))
         pixels = int(rng.integers(1, t + 1))
+        pixels = t if full else pixels
         patch = rng.integers(0, 1 << act_bits, size=(fan_in, t))
         patch[rng.random(patch.shape) < 0.1] = (1 << act_bits) - 1
         u = patch[:, :pixels].T
@@ -236,6 +238,19 @@ def test_rows_match_golden(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_pooled_fc_matches_golden(seed):
     run_engine(100 + seed, lanes=1 + seed % 2, gap=True)
+
+
+@pytest.mark.parametrize(("seed", "lanes"), [(s, lanes) for lanes in (9, 13) for s in range(3)])
+def test_rows_match_golden_over_several_lane_groups(seed, lanes):
+    """9 and 13 lanes: the combine picks a lane in two steps (stage CP: lane m mod 4 of each group of four, then
+    the group), so these put several groups on each path, a short last group (1 and 3 lanes on path 0) and a
+    path with one group fewer (path 1 at 9 lanes), on full tiles (every lane's pixels read), under the usual
+    random gaps and back-pressure."""
+    run_engine(200 + seed, lanes=lanes, full=True)
+
+
+def test_pooled_fc_matches_golden_over_several_lane_groups():
+    run_engine(104, lanes=9, gap=True)
 
 
 def test_rejects_bad_parameters():

@@ -45,7 +45,7 @@ def test_the_total_is_the_shell_plus_every_engine(parts):
     assert e.dsp >= TINY.lanes + 1  # the lanes and the requantizer's multipliers
     assert not any(k.startswith(f"{ARRAY_TOP_NAME}.engine") for k in t.cells)  # no black boxes in the totals
     assert sum(syn.dsp_configs.values()) == t.dsp
-    assert lane_dsps(syn.dsp_configs) == 2 * TINY.lanes  # one lane DSP48E1 per lane, nothing else like them
+    assert lane_dsps(syn.dsp_configs) == TINY.engines * TINY.lanes  # one lane DSP48E1 per lane, nothing else like them
     assert syn.timing.delay_ns == max(syn.engine_timing.delay_ns, syn.shell_timing.delay_ns)
     assert syn.shell_paths[0].delay_ns == syn.shell_timing.delay_ns  # the slowest end point first
     assert syn.engine_paths[0].delay_ns == syn.engine_timing.delay_ns
