@@ -12,9 +12,10 @@ One run (``start`` to ``done``) infers one image:
    ``BAD_GEOMETRY``; then for each **tile** (an output row of a conv layer, the one "pixel" of a fully
    connected layer) the patch loader builds the tile's patch, the **dispatcher** reads each output
    channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
-   record and, for a residual layer, the shortcut codes of the tile's pixels (word ``j H_r + y s_r`` of
-   ``res_buf``, every ``s_r``-th code; zero channels past the block input's ``C_r``, option A), and hands the
-   row command to the first engine that takes one. Tiles overlap: once a tile's last command is taken and
+   record (a residual layer's shortcut multiplier ``M_r`` zero for the channels past the block input's
+   ``C_r``: option A's zero channels), and hands the row command to the first engine that takes one; a
+   residual layer's shortcut codes are patch rows (the loader's "Shortcut rows", after the tile's im2col
+   rows), which the engine reads itself. Tiles overlap: once a tile's last command is taken and
    the next tile's patch is loaded, that tile's commands follow (each command names its patch bank and its
    tile, so an engine finishes the last rows of one tile while it starts the next, and the writer places
    each row by its own tile); the tile after that loads into the first bank when no engine holds a row of
@@ -43,8 +44,8 @@ the channel gate the loader would read rows the writer has not written yet (the 
 ``tests/hw/array/test_top.py`` fail without it).
 
 The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
-next tile (the loader reads ``in_buf`` through the feature maps' ``rd`` port, the dispatcher the shortcut
-rows of ``res_buf`` through ``res``), so a layer's loads hide behind its compute except the first.
+next tile (the loader reads ``in_buf``, and a residual layer's shortcut rows of ``res_buf``, through the
+feature maps' ``rd`` port), so a layer's loads hide behind its compute except the first.
 
 **Version 4** (``docs/image_format.md``; ``docs/array_design.md``, "Vertical-layered images"): the run's
 widths come from ``precision`` (every inner layer; 0: the source width) or from row ``table_row`` of the
@@ -75,10 +76,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.array.engine import engine_layer_layout, row_command_layout
-from hw.array.feature_maps import read_signature, write_signature
+from hw.array.feature_maps import write_signature
 from hw.array.map_writer import writer_layer_layout
 from hw.array.patch_loader import DIM_BITS, LoadMode, geometry_layout
-from hw.array.slot_mask import at_least, row_slot_mask
 from hw.array.status import Status
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.image_layout import record_layout
@@ -171,7 +171,7 @@ class ArrayController(wiring.Component):
         Per patch bank: some engine holds a row of that bank whose patch reads may not be over
         (:class:`~hw.array.engine.ChannelEngine` ``holds``); the loader refills a bank only when none does.
     score_addr : Out(channel_bits), score_data : In(signed(32))
-    fmap_wr : Out(write_signature) (the input codes), fmap_rd : Out(read_signature) (the shortcut codes)
+    fmap_wr : Out(write_signature) (the input codes)
     """
 
     def __init__(self, *, engines: int, pixels: int, row_codes: int, fmap_rows: int, fmap_addr_width: int,
@@ -219,7 +219,6 @@ class ArrayController(wiring.Component):
             "score_addr": Out(channel_bits),
             "score_data": In(signed(32)),
             "fmap_wr": Out(write_signature(fmap_addr_width, row_codes)),
-            "fmap_rd": Out(read_signature(fmap_addr_width, row_codes)),
         }
         for e in range(engines):
             members[f"cmd{e}"] = Out(stream.Signature(row_command_layout(addr_width, channel_bits, pixels)))
@@ -257,9 +256,6 @@ class ArrayController(wiring.Component):
         loading = Signal()  # the next tile's load is under way (or waits for its bank: load_wait)
         loaded = Signal()  # ... and finished
         load_wait = Signal()  # the next tile's load waits until no engine holds a row of its bank
-        rr = Signal(DIM_BITS + 1)  # shortcut row reads of a row command
-        res_row = Signal(32)  # the word of the shortcut row being read
-        res_off = Signal(range(t + 1))  # the first pixel of the output row whose shortcut codes arrive
         prev_c = Signal(16)  # the previous layer's input: the shortcut's map
         prev_h = Signal(16)
         last_layer = Signal()
@@ -267,7 +263,6 @@ class ArrayController(wiring.Component):
         j = Signal(16)
         ptr_bit = Signal(32)  # j ptr_bits
         param_addr = Signal(32)
-        res_addr = Signal(32)  # j H_r + y s_r
         words = Signal(6 * WORD_BITS)  # row pointer (2 words), params (3, or 4 with a shortcut)
         cmd_valid = Signal()
         cmd = Signal(row_command_layout(self._aw, self._cb, t))
@@ -345,6 +340,9 @@ class ArrayController(wiring.Component):
             self.loader.stride.eq(Mux(is_conv, d.stride, 1)), self.loader.pad.eq(Mux(is_conv, d.padding, 0)),
             self.loader.y.eq(ly), self.loader.rows.eq(Mux(is_conv, l_rows, 1)),
             self.loader.w_out.eq(Mux(is_conv, w_out, 1)),
+            # A residual layer's shortcut rows follow its im2col rows (the shortcut map: the previous layer's input).
+            self.loader.res.eq(is_conv & d.residual), self.loader.res_buf.eq(d.res_buf),
+            self.loader.res_c.eq(prev_c), self.loader.res_h.eq(prev_h), self.loader.res_stride.eq(d.res_stride),
             # The writer's.
             writer_view.scores.eq(d.out_buf == SCORE_SINK), writer_view.buf.eq(d.out_buf),
             writer_view.pool.eq(d.pool == 2), writer_view.height.eq(h_st), writer_view.width.eq(w_st),
@@ -374,6 +372,7 @@ class ArrayController(wiring.Component):
         in_rows = Signal(32)
         out_rows = Signal(32)
         res_rows = Signal(32)
+        res_end = Signal(17)  # fan_in + C_r: a residual layer's shortcut rows end there in the patch
         fan = Signal(32)
         hdr_rows = Signal(32)
         descs_end = Signal(40)  # the word after the last descriptor (registered in HEADER_MEASURE; 32-bit count)
@@ -391,7 +390,8 @@ class ArrayController(wiring.Component):
             | Mux(is_conv, ~k_ok | ~stride_ok | ~fits_in | (g_wout > t) | d.gap | (d.pool > 2),
                   (d.pool != 0) | d.residual | (d.kernel != 1) | (d.stride != 1) | (d.padding != 0))
             | (d.residual & ((d.res_buf >= FMAP_BUFFERS) | (d.res_buf == d.out_buf) | (d.res_buf == d.in_buf)
-                             | ((d.res_stride != 1) & (d.res_stride != 2)) | (res_rows > self._rows)))
+                             | ((d.res_stride != 1) & (d.res_stride != 2)) | (res_rows > self._rows)
+                             | (res_end >= 1 << self._fw)))
         )
 
         # -- Dispatcher reads: up to 7 words, one a cycle --------------------------------------------
@@ -411,21 +411,7 @@ class ArrayController(wiring.Component):
         ptr = Signal(WORD_BITS)
         m.d.comb += ptr.eq(pair[:WORD_BITS] & ((Const(1, WORD_BITS + 1) << dd.ptr_bits[:6]) - 1))
 
-        # The shortcut row: codes x s_r of word j H_r + y s_r (zero past the block input's channels).
-        m.d.comb += self.fmap_rd.buf.eq(dd.res_buf)
-        res_codes = []
-        for x in range(t):
-            one = self.fmap_rd.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < rc else Const(0, 8)
-            two = self.fmap_rd.data[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < rc else Const(0, 8)
-            res_codes.append(Mux(dd.res_stride == 2, two, one))
-        res_live = Signal()  # the channel has a shortcut input (j < C_r)
-        # Output row r's shortcut codes go to pixels r w_out .. (r + 1) w_out - 1 of the command.
-        res_placed = Signal(MAX_ACT_BITS * t)
-        in_row = at_least(dw_out, len(res_codes) + 1)  # w_out >= x + 1
-        m.d.comb += res_placed.eq(Cat(*(Mux(in_row[x + 1], code, 0) for x, code in enumerate(res_codes)))
-                                  << (res_off * MAX_ACT_BITS))
-        res_keep = Signal(t)
-        m.d.comb += res_keep.eq(row_slot_mask(res_off, dw_out, t))
+        res_live = Signal()  # the channel has a shortcut input (j < C_r; option A's other channels add zero)
 
         # Rows of a full tile, T // w_out, from a table (w_out <= T after the geometry check).
         table_rows = Signal(DIM_BITS)
@@ -715,6 +701,7 @@ class ArrayController(wiring.Component):
 
             with m.State("MEASURE"):
                 m.d.sync += [in_rows.eq(d.c_in * d.in_height), res_rows.eq(prev_c * prev_h),
+                             res_end.eq(d.fan_in + prev_c),
                              fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
                                         Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width))),
                              g_hout.eq(Mux(is_conv, conv_h, 1)), g_wout.eq(Mux(is_conv, conv_w, 1))]
@@ -774,8 +761,7 @@ class ArrayController(wiring.Component):
                     m.d.sync += [ch_done.eq(0), avail.eq(0)]
                 m.d.sync += [y.eq(ly), tile_rows.eq(l_rows), comp_bank.eq(load_bank), loaded.eq(0),
                              loading.eq(more), j.eq(0), ptr_bit.eq(0), param_addr.eq(dd.param_base), k.eq(0),
-                             row_first.eq(0),
-                             res_addr.eq(Mux(dd.res_stride == 2, ly << 1, ly))]
+                             row_first.eq(0)]
                 with m.If(more):
                     m.d.sync += [ly.eq(ly + l_rows), l_rows.eq(Mux(full_rows < rows_left, full_rows, rows_left)),
                                  load_bank.eq(~load_bank)]
@@ -802,33 +788,24 @@ class ArrayController(wiring.Component):
                 with m.If((k > 0) & (k < 7)):
                     m.d.sync += words.word_select(k_prev, WORD_BITS).eq(self.bus.data)
                 with m.If(k == 6):
-                    m.d.sync += [cmd.r.as_value().eq(0), rr.eq(0), res_row.eq(res_addr), res_off.eq(0)]
-                    m.next = "SHORTCUT"
+                    m.next = "COMMAND"
                 with m.If(engine_fault):
                     m.next = "FAULT"
 
-            with m.State("SHORTCUT"):
-                # One shortcut row per output row of the tile (read at rr, placed at rr + 1); none without one.
-                live = dd.residual & res_live
-                m.d.comb += [self.fmap_rd.addr.eq(res_row), self.fmap_rd.en.eq(live & (rr < tile_rows))]
-                m.d.sync += [rr.eq(rr + 1), res_row.eq(res_row + dd.res_stride)]
-                with m.If(rr > 0):
-                    m.d.sync += res_off.eq(res_off + dw_out)
-                    for x in range(t):
-                        m.d.sync += cmd.r[x].eq(Mux(live & res_keep[x],
-                                                    res_placed[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], cmd.r[x]))
-                with m.If(rr == tile_rows):
-                    m.d.sync += [
-                        cmd.start_bit.eq(Mux(v4, row_first, (dd.stream_base << 5) + ptr)),
-                        cmd.negate.eq(v4 & words.word_select(0, WORD_BITS).bit_select(j[:5], 1)),
-                        cmd.channel.eq(j), cmd.pixels.eq(tile_px), cmd.bank.eq(comp_bank),
-                        cmd.tile.y.eq(y), cmd.tile.rows.eq(tile_rows),
-                        cmd.mult.eq(words.word_select(2, WORD_BITS)),
-                        cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
-                        cmd.res_mult.eq(Mux(dd.residual, words.word_select(5, WORD_BITS), 0)),
-                        cmd_valid.eq(1),
-                    ]
-                    m.next = "OFFER"
+            with m.State("COMMAND"):
+                # The record's last word has landed: the command. (A residual layer's shortcut codes are patch
+                # rows fan_in + j, which the engine reads; M_r is zero for a channel past C_r.)
+                m.d.sync += [
+                    cmd.start_bit.eq(Mux(v4, row_first, (dd.stream_base << 5) + ptr)),
+                    cmd.negate.eq(v4 & words.word_select(0, WORD_BITS).bit_select(j[:5], 1)),
+                    cmd.channel.eq(j), cmd.pixels.eq(tile_px), cmd.bank.eq(comp_bank),
+                    cmd.tile.y.eq(y), cmd.tile.rows.eq(tile_rows),
+                    cmd.mult.eq(words.word_select(2, WORD_BITS)),
+                    cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
+                    cmd.res_mult.eq(Mux(dd.residual & res_live, words.word_select(5, WORD_BITS), 0)),
+                    cmd_valid.eq(1),
+                ]
+                m.next = "OFFER"
                 with m.If(engine_fault):
                     m.next = "FAULT"
 
@@ -836,7 +813,7 @@ class ArrayController(wiring.Component):
                 with m.If(taken):
                     m.d.sync += [cmd_valid.eq(0), j.eq(j + 1), ptr_bit.eq(ptr_bit + dd.ptr_bits),
                                  row_first.eq(row_first + dd.fan_in),
-                                 param_addr.eq(param_addr + rec), res_addr.eq(res_addr + dprev_h), k.eq(0)]
+                                 param_addr.eq(param_addr + rec), k.eq(0)]
                     with m.If(j == dd.c_out - 1):
                         with m.If(pending):
                             m.next = "LOADING"  # the next layer is set up and loads: it follows the drain

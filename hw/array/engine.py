@@ -100,7 +100,7 @@ def engine_layer_layout() -> data.StructLayout:
 
 
 def row_command_layout(addr_width: int, channel_bits: int, pixels: int) -> data.StructLayout:
-    """One row command: where the row starts, the channel, its parameters and the tile's shortcut codes."""
+    """One row command: where the row starts, the channel, its parameters, its tile and patch bank."""
     return data.StructLayout({
         # Version 3: the row's first bit in the global buffer; version 4 (``layer.vertical``): the row's
         # first weight in the layer, ``j fan_in`` (the plane decoder's ``first``).
@@ -111,7 +111,6 @@ def row_command_layout(addr_width: int, channel_bits: int, pixels: int) -> data.
         "mult": unsigned(MULT_BITS),
         "res_mult": unsigned(MULT_BITS),
         "bias": unsigned(BIAS_BITS),  # two's complement bits of B
-        "r": data.ArrayLayout(MAX_ACT_BITS, pixels),  # shortcut codes (0 without a residual)
         "bank": unsigned(1),  # the patch bank of the row's tile (tiles overlap: hw/array/controller.py)
         "tile": tile_layout(),  # the row's tile, passed on with its outputs to the map writer
     })
@@ -262,8 +261,8 @@ class ChannelEngine(wiring.Component):
                          dec.bus.grant.eq(self.bus.grant), self.error.eq(dec.error)]
         row_layout = data.StructLayout({"channel": unsigned(self._channel_bits), "pixels": range(t + 1),
                                         "mult": unsigned(MULT_BITS), "res_mult": unsigned(MULT_BITS),
-                                        "bias": unsigned(BIAS_BITS), "r": data.ArrayLayout(MAX_ACT_BITS, t),
-                                        "negate": unsigned(1), "bank": unsigned(1), "tile": tile_layout()})
+                                        "bias": unsigned(BIAS_BITS), "negate": unsigned(1), "bank": unsigned(1),
+                                        "tile": tile_layout()})
         m.submodules.rows = rows = SyncFIFOBuffered(width=row_layout.size, depth=4)
         info_layout = row_info_layout(t)
         m.submodules.row_pixels = row_pixels = SyncFIFOBuffered(width=info_layout.size, depth=4)
@@ -284,8 +283,8 @@ class ChannelEngine(wiring.Component):
             accept.eq(self.cmd.valid & self.cmd.ready),
             dec.cmd.payload.start_bit.eq(cmd.start_bit),
             rows.w_en.eq(accept), row_pixels.w_en.eq(accept),
-            rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.r, cmd.negate,
-                               cmd.bank, cmd.tile)),
+            rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.negate, cmd.bank,
+                               cmd.tile)),
             row_pixels.w_data.eq(Cat(cmd.pixels, cmd.bank)),
         ]
         row = data.View(row_layout, rows.r_data)
@@ -317,12 +316,32 @@ class ChannelEngine(wiring.Component):
         f_b = Signal(entry_layout()["b"].shape, name="f_b")  # its lane weight
         take = Signal()  # the lanes take the entry in F
         f_adv = Signal()
-        m.d.comb += [f_adv.eq(~f_valid | take), seq.o.ready.eq(f_adv),
-                     self.patch_addr.eq(seq.o.payload.position), self.patch_bank.eq(seq.o.payload.bank),
-                     self.patch_en.eq(f_adv)]
+        # A residual row's shortcut codes are patch row fan_in + channel of its bank (the loader's "Shortcut
+        # rows"). The engine reads that row into `r_word` once the row is the emitter's (its bank is held until
+        # its last pixel is emitted), in a cycle in which F is empty or handing its entry to the lanes: the
+        # read port is then not holding an entry's codes, F takes no entry in that cycle and the next one's
+        # read follows (one cycle a residual row).
+        r_word = Signal(data.ArrayLayout(MAX_ACT_BITS, t))
+        r_valid = Signal()  # r_word holds the emitter's row's codes
+        r_wait = Signal()  # read in the cycle before: the codes are on patch_data
+        steal = Signal()
+        m.d.comb += [
+            steal.eq(rows.r_rdy & layer.residual & ~r_valid & ~r_wait & (~f_valid | take)),
+            f_adv.eq((~f_valid | take) & ~steal), seq.o.ready.eq(f_adv),
+            self.patch_addr.eq(Mux(steal, layer.stream.fan_in + row.channel, seq.o.payload.position)),
+            self.patch_bank.eq(Mux(steal, row.bank, seq.o.payload.bank)),
+            self.patch_en.eq(f_adv | steal),
+        ]
+        m.d.sync += r_wait.eq(steal)
+        with m.If(r_wait):
+            m.d.sync += [r_word.eq(self.patch_data), r_valid.eq(1)]
+        with m.Elif(rows.r_en):
+            m.d.sync += r_valid.eq(0)
         b_next = lane_weight(m, seq.o.payload, layer)
         with m.If(f_adv):
             m.d.sync += [f_valid.eq(seq.o.valid), f.eq(seq.o.payload), f_b.eq(b_next)]
+        with m.Elif(take):
+            m.d.sync += f_valid.eq(0)
 
         # -- Lanes: lane k holds pixels 2k (slot 0) and 2k + 1 (slot 1) ----------------------------------
         rec_layout = record_layout(t)
@@ -490,14 +509,14 @@ class ChannelEngine(wiring.Component):
                     m.d.comb += [head.eq(fifos[f].r_data), ready_b.eq(fifos[f].r_rdy)]
         i_last = Mux(layer.gap, 1, row.pixels) - 1
         r_sel = Signal(MAX_ACT_BITS)
-        select(m, i, [(r_sel, row.r)], t)
+        select(m, i, [(r_sel, r_word)], t)
         if self._vertical:  # the compensation's inputs (the requantizer without it has no use for them)
             u_sel = Signal(A_BITS)
             select(m, i, [(u_sel, self.usum)], t)
             m.d.comb += [rq.i.payload.u.eq(u_sel), rq.i.payload.negate.eq(row.negate)]
         go = Signal()
         m.d.comb += [
-            rq.i.valid.eq(rows.r_rdy & ready_b),
+            rq.i.valid.eq(rows.r_rdy & ready_b & (r_valid | ~layer.residual)),
             rq.i.payload.x.eq(head),
             rq.i.payload.r.eq(r_sel), rq.i.payload.mult.eq(row.mult), rq.i.payload.res_mult.eq(row.res_mult),
             rq.i.payload.bias.eq(row.bias),

@@ -8,26 +8,21 @@ name ``in_buf``, ``out_buf`` and ``res_buf``, the input image is in buffer 0). E
 (the codes of every pixel of an output row at one weight position) from one read, whatever the stride and
 padding, and the map writer write a whole output row of a channel at once.
 
-Ports (each buffer has the same three; the role decides which buffer a port reaches):
+Ports (the role decides which buffer a port reaches):
 
-* ``rd``: a read port for the patch loader (the layer's ``in_buf``);
-* ``res``: a read port for the dispatcher's shortcut rows (``res_buf``; the loader may run at the same time,
-  filling the other half of the double-buffered patch);
+* ``rd``: a read port for the patch loader (the layer's ``in_buf``, and a residual layer's ``res_buf`` for its
+  shortcut rows);
 * ``rmw``: a read port for the writer's read-modify-write (max-pool);
 * ``wr``: a write port with a byte mask (the writer, or the input image loader).
 
-Reads have a latency of one cycle; a reader takes the data in the cycle after its read (the loader, the
-dispatcher and the writer all do). Each buffer is **one** true-dual-port block RAM copy of ``rows x 8
-row_codes`` bits (read-first): port A reads for ``rd`` or ``res``, port B writes for ``wr`` or reads for
-``rmw``, each port's address shared by its two users (Yosys makes one copy per read port with an address of
-its own: three copies a buffer before, 90 RAMB36 for ResNet-20's maps on the bench's array, 30 now). That
-needs, in any cycle,
-
-* ``rd`` and ``res`` on different buffers: a layer's ``res_buf`` is never its ``in_buf`` (the image format
-  says so, ``model/export/layout_v3.py``, and the controller refuses such a layer, ``BAD_GEOMETRY``), and a
-  layer loaded while the one before runs its last tile reads that layer's ``out_buf``, never its ``res_buf``;
-* ``wr`` and ``rmw`` not both: the writer reads (``rmw``) and writes in different cycles, and the controller
-  writes the input codes only while the writer is idle.
+Reads have a latency of one cycle; a reader takes the data in the cycle after its read (the loader and the
+writer do). Each buffer is **one** true-dual-port block RAM copy of ``rows x 8 row_codes`` bits
+(read-first): port A reads for ``rd``, port B writes for ``wr`` or reads for ``rmw``, port B's address shared
+by its two users (Yosys makes one copy per read port with an address of its own: three copies a buffer
+before, 90 RAMB36 for ResNet-20's maps on the bench's array, 30 now). That needs ``wr`` and ``rmw`` not both
+in a cycle: the writer reads (``rmw``) and writes in different cycles, and the controller writes the input
+codes only while the writer is idle. (Until 2026-12-04 the dispatcher read the shortcut rows through a port
+``res`` of its own on port A, on a buffer other than ``rd``'s, and placed them into each row command.)
 """
 
 from __future__ import annotations
@@ -70,7 +65,6 @@ class FeatureMaps(wiring.Component):
     Members
     -------
     rd : In(read_signature(addr_width, row_codes))
-    res : In(read_signature(addr_width, row_codes))
     rmw : In(read_signature(addr_width, row_codes))
     wr : In(write_signature(addr_width, row_codes))
     """
@@ -84,7 +78,6 @@ class FeatureMaps(wiring.Component):
         self._addr_width = max(ceil_log2(rows), 1)
         super().__init__({
             "rd": In(read_signature(self._addr_width, row_codes)),
-            "res": In(read_signature(self._addr_width, row_codes)),
             "rmw": In(read_signature(self._addr_width, row_codes)),
             "wr": In(write_signature(self._addr_width, row_codes)),
         })
@@ -105,29 +98,23 @@ class FeatureMaps(wiring.Component):
         m = Module()
         width = MAX_ACT_BITS * self._row_codes
         rd_sel = Signal(BUF_BITS)
-        res_sel = Signal(BUF_BITS)
         rmw_sel = Signal(BUF_BITS)
         with m.If(self.rd.en):
             m.d.sync += rd_sel.eq(self.rd.buf)
-        with m.If(self.res.en):
-            m.d.sync += res_sel.eq(self.res.buf)
         with m.If(self.rmw.en):
             m.d.sync += rmw_sel.eq(self.rmw.buf)
         for b in range(FMAP_BUFFERS):
             mem = Memory(shape=width, depth=self._rows, init=[])
             m.submodules[f"buf{b}"] = mem
             rd_b = self.rd.en & (self.rd.buf == b)
-            res_b = self.res.en & (self.res.buf == b)
             wr_b = self.wr.en & (self.wr.buf == b)
-            a_addr = Signal(self._addr_width, name=f"buf{b}_a_addr")  # port A: rd or res
             b_addr = Signal(self._addr_width, name=f"buf{b}_b_addr")  # port B: wr or rmw
-            m.d.comb += [a_addr.eq(Mux(res_b, self.res.addr, self.rd.addr)),
-                         b_addr.eq(Mux(wr_b, self.wr.addr, self.rmw.addr))]
+            m.d.comb += b_addr.eq(Mux(wr_b, self.wr.addr, self.rmw.addr))
             port_a = mem.read_port()
             rmw = mem.read_port()
             wr = mem.write_port(granularity=MAX_ACT_BITS)
             m.d.comb += [
-                port_a.addr.eq(a_addr), port_a.en.eq(rd_b | res_b),
+                port_a.addr.eq(self.rd.addr), port_a.en.eq(rd_b),
                 # enabled on writes too: a block RAM port's output takes the (old) word on a write, so a read
                 # port that held its data across the port's writes would need a copy in FFs
                 rmw.addr.eq(b_addr), rmw.en.eq((self.rmw.en & (self.rmw.buf == b)) | wr_b),
@@ -136,8 +123,6 @@ class FeatureMaps(wiring.Component):
             ]
             with m.If(rd_sel == b):
                 m.d.comb += self.rd.data.eq(port_a.data)
-            with m.If(res_sel == b):
-                m.d.comb += self.res.data.eq(port_a.data)
             with m.If(rmw_sel == b):
                 m.d.comb += self.rmw.data.eq(rmw.data)
         return m

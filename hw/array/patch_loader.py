@@ -38,6 +38,15 @@ queue shifting between its registers and the clear folded into the data). In poo
 mode each cycle reads one row of a channel and adds its ``W`` codes (an adder tree) to the
 channel's sum, which goes into the patch after the channel's last row: ``H`` cycles per channel.
 
+**Shortcut rows** (a residual conv layer, ``res``): after the ``fan_in`` im2col rows the loader writes one
+patch row per channel ``c < C_r`` of the shortcut's map (``res_buf``, ``C_r`` channels of ``H_r`` rows), at
+position ``fan_in + c``: the code at ``(y s_r, x s_r)`` for pixel ``(y, x)``, golden's ``shortcut_a``: the same
+loop as a 1 x 1 kernel on that map at stride ``s_r`` without padding (``rows`` cycles a channel). The engine
+reads its row's shortcut codes there (:mod:`hw.array.engine`), so no shortcut codes travel with the row
+commands (they did, 672 bits a command at ``T = 84``: the controller's placement network and 536 LUT of LUT RAM
+an engine for the command queue). The channel gate (``channels``) does not hold these reads: the shortcut map
+is the block's input, complete before the layer starts.
+
 The controller checks the geometry before it starts the loader (``W <= row_codes``, ``W_out <= T``, stride
 1 or 2, the maps inside the buffers); the loader trusts it.
 """
@@ -81,6 +90,13 @@ def geometry_layout(addr_width: int) -> data.StructLayout:
         "y": unsigned(DIM_BITS),  # the tile's first output row
         "rows": unsigned(DIM_BITS),  # output rows in the tile (conv; 1 otherwise)
         "w_out": unsigned(DIM_BITS),  # pixels per output row (conv; 1 otherwise): pixel i = (i div w_out, i mod w_out)
+        # A residual conv layer's shortcut (the module docstring's "Shortcut rows"): its map's buffer, channels
+        # and rows, and its subsampling.
+        "res": unsigned(1),
+        "res_buf": unsigned(2),
+        "res_c": unsigned(16),
+        "res_h": unsigned(DIM_BITS),
+        "res_stride": unsigned(2),  # 1 or 2
     })
 
 
@@ -114,6 +130,8 @@ class PatchLoader(wiring.Component):
         layer drains; all ones otherwise).
     done : Out(1)
     busy : Out(1)
+    shortcut : Out(1)
+        The patch row written in this cycle is a shortcut row (not one of the patch's activations).
     fmap : Out(read_signature(addr_width, row_codes))
     patch : Out(patch_write_signature(fan_in_width, pixels))
     """
@@ -135,6 +153,7 @@ class PatchLoader(wiring.Component):
             "channels": In(16, init=0xFFFF),
             "done": Out(1),
             "busy": Out(1),
+            "shortcut": Out(1),
             "fmap": Out(read_signature(addr_width, row_codes)),
             "patch": Out(patch_write_signature(fan_in_width, pixels)),
         })
@@ -145,6 +164,17 @@ class PatchLoader(wiring.Component):
         t, rc, cols = self._pixels, self._row_codes, self._columns
         pooled = g.mode == LoadMode.POOLED
         conv = g.mode == LoadMode.CONV
+        # The shortcut phase (after the im2col rows of a residual conv layer): a 1 x 1 "kernel" on the
+        # shortcut's map at its stride, no padding, its channels' rows at positions fan_in + c.
+        sc = Signal()
+        with_sc = conv & g.res
+        buf_e = Mux(sc, g.res_buf, g.buf)
+        c_in_e = Mux(sc, g.res_c, g.c_in)
+        height_e = Mux(sc, g.res_h, g.height)
+        kh_e = Mux(sc, 1, g.kh)
+        kw_e = Mux(sc, 1, g.kw)
+        stride_e = Mux(sc, g.res_stride, g.stride)
+        pad_e = Mux(sc, 0, g.pad)
 
         # -- The queue of a group's later columns (written one a cycle after the group's last placement) ----
         queued = Signal(range(cols))
@@ -168,25 +198,27 @@ class PatchLoader(wiring.Component):
         y_in = Signal(signed(DIM_BITS + 3))
         y_out = Signal(DIM_BITS + 1)
         m.d.comb += [y_out.eq(g.y + r),
-                     y_in.eq(Mux(pooled, ky, Mux(g.stride == 2, y_out << 1, y_out) + ky - g.pad))]
+                     y_in.eq(Mux(pooled, ky, Mux(stride_e == 2, y_out << 1, y_out) + ky - pad_e))]
         left = Signal(DIM_BITS)  # kernel columns from kx0 on
-        m.d.comb += left.eq(g.kw - kx0)
+        m.d.comb += left.eq(kw_e - kx0)
         group_n = Signal(range(cols + 1))
         m.d.comb += group_n.eq(Mux(pooled, 1, Mux(left < cols, left, cols)))
-        row_ok = (y_in >= 0) & (y_in < g.height)
+        row_ok = (y_in >= 0) & (y_in < height_e)
         last_r = ~conv | (r == g.rows - 1)
         last_kx = Mux(pooled, 1, left <= cols)
-        last_ky = ky == Mux(pooled, g.height, g.kh) - 1
-        last_c = c == g.c_in - 1
+        last_ky = ky == Mux(pooled, g.height, kh_e) - 1
+        last_c = c == c_in_e - 1
+        last_phase = sc | ~with_sc
         # A group's last read waits until the previous group's queue is empty when it is placed (two cycles on).
         # (`start` restarts the loader even in the middle of a tile, e.g. a new run after a fault: nothing of
         # the old tile is read, placed or written after it; see the end of elaborate.)
-        go = running & ~self.start & ~(last_r & (queued_ahead != 0)) & (c < self.channels)
+        go = running & ~self.start & ~(last_r & (queued_ahead != 0)) & (sc | (c < self.channels))
         in_flight = Signal()  # a word or queued columns not yet written
-        m.d.comb += [self.fmap.buf.eq(g.buf), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
+        m.d.comb += [self.fmap.buf.eq(buf_e), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
                      self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start | in_flight)]
         with m.If(self.start):
-            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(0), base.eq(0), r.eq(0), off.eq(0)]
+            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(0), base.eq(0), r.eq(0), off.eq(0),
+                         sc.eq(0)]
         with m.Elif(go & ~last_r):
             m.d.sync += [r.eq(r + 1), off.eq(off + g.w_out)]
         with m.Elif(go):
@@ -194,9 +226,11 @@ class PatchLoader(wiring.Component):
             with m.If(last_kx):
                 m.d.sync += kx0.eq(0)
                 with m.If(last_ky):
-                    m.d.sync += [ky.eq(0), c.eq(c + 1), base.eq(base + g.height)]
-                    with m.If(last_c):
+                    m.d.sync += [ky.eq(0), c.eq(c + 1), base.eq(base + height_e)]
+                    with m.If(last_c & last_phase):
                         m.d.sync += running.eq(0)
+                    with m.Elif(last_c):  # the shortcut rows follow (p goes on from fan_in)
+                        m.d.sync += [sc.eq(1), c.eq(0), base.eq(0)]
                 with m.Else():
                     m.d.sync += ky.eq(ky + 1)
             with m.Else():
@@ -208,7 +242,7 @@ class PatchLoader(wiring.Component):
         zero = 2 * t + MAX_KERNEL
         amount = Signal(range(zero + max(rc, MAX_KERNEL)))
         amount1 = Signal.like(amount)
-        m.d.comb += amount1.eq(zero + kx0 - g.pad - Mux(g.stride == 2, off << 1, off))
+        m.d.comb += amount1.eq(zero + kx0 - pad_e - Mux(stride_e == 2, off << 1, off))
 
         # -- Stage 2: the word arrives; its codes past the map's width (and a padding row's) are zeroed into a
         # register (the block RAM's output is late in the cycle: the placement and the pooled sum run from
@@ -217,12 +251,14 @@ class PatchLoader(wiring.Component):
         ok2 = Signal()
         r2 = {name: Signal(shape, name=f"{name}2") for name, shape in (
             ("p", self._fan_in_width), ("c", 16), ("first", 1), ("last", 1), ("end", 1), ("off", off.shape()),
-            ("last_r", 1), ("group_n", group_n.shape()), ("amount", amount.shape()))}
+            ("last_r", 1), ("group_n", group_n.shape()), ("amount", amount.shape()), ("sc", 1), ("two", 1))}
         m.d.sync += [v2.eq(go), ok2.eq(row_ok), r2["p"].eq(p), r2["c"].eq(c), r2["first"].eq(ky == 0),
-                     r2["last"].eq(last_ky), r2["end"].eq(last_kx & last_ky & last_c), r2["off"].eq(off),
-                     r2["last_r"].eq(last_r), r2["group_n"].eq(group_n), r2["amount"].eq(amount1)]
+                     r2["last"].eq(last_ky), r2["end"].eq(last_kx & last_ky & last_c & last_phase), r2["off"].eq(off),
+                     r2["last_r"].eq(last_r), r2["group_n"].eq(group_n), r2["amount"].eq(amount1),
+                     r2["sc"].eq(sc), r2["two"].eq(stride_e == 2)]
         codes3 = Signal(MAX_ACT_BITS * rc)
-        inside = at_least(g.width, rc + 1)  # width >= x + 1: code x is on the map
+        # (a shortcut row keeps every code: its pixels x s_r lie on its map)
+        inside = at_least(Mux(r2["sc"], (1 << DIM_BITS) - 1, g.width), rc + 1)  # width >= x + 1: code x is on the map
         m.d.sync += codes3.eq(Cat(*(Mux(ok2 & inside[x + 1], self.fmap.data[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)], 0)
                                     for x in range(rc))))
         place_ahead = v2 & r2["last_r"] & ~pooled  # stage 3 places a group's last word next cycle
@@ -236,7 +272,10 @@ class PatchLoader(wiring.Component):
         last3 = Signal()  # the channel's last row (pooled)
         end3 = Signal()  # the tile's last group
         last_r3 = Signal()
-        m.d.sync += [v3.eq(v2), p3.eq(r2["p"]), c3.eq(r2["c"]), first3.eq(r2["first"]), last3.eq(r2["last"]),
+        two3 = Signal()  # the word's stride is 2
+        sc3 = Signal()  # the word is a shortcut row's
+        m.d.sync += [v3.eq(v2), two3.eq(r2["two"]), sc3.eq(r2["sc"]), p3.eq(r2["p"]), c3.eq(r2["c"]), first3.eq(r2["first"]),
+                     last3.eq(r2["last"]),
                      end3.eq(r2["end"]), last_r3.eq(r2["last_r"]), group_n3.eq(r2["group_n"]),
                      amount.eq(r2["amount"])]
         codes = [codes3[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] for x in range(rc)]
@@ -254,7 +293,7 @@ class PatchLoader(wiring.Component):
                 one = shifted[MAX_ACT_BITS * (q + j):MAX_ACT_BITS * (q + j + 1)]
                 two = shifted[MAX_ACT_BITS * (2 * q + j):MAX_ACT_BITS * (2 * q + j + 1)]
                 sl = slice(MAX_ACT_BITS * q, MAX_ACT_BITS * (q + 1))
-                m.d.comb += col[sl].eq(Mux(keep[q], Mux(g.stride == 2, two, one), kept[sl]))
+                m.d.comb += col[sl].eq(Mux(keep[q], Mux(two3, two, one), kept[sl]))
             # One clear (a group's last word, or a restart: the old tile's rows are dropped), the FFs' synchronous
             # reset; a word placed otherwise. (A clear folded into the data as Mux(last, 0, col) cost a LUT a bit.)
             with m.If(self.start | (v3 & last_r3)):
@@ -303,7 +342,8 @@ class PatchLoader(wiring.Component):
                          self.patch.data[0].eq(acc_next[:8]), self.patch.data[1].eq(acc_next[8:]),
                          done.eq(last3 & end3)]
         with m.Elif(place_last):
-            m.d.comb += [self.patch.addr.eq(p3), write.eq(1), done.eq(end3 & (group_n3 == 1))]
+            m.d.comb += [self.patch.addr.eq(p3), write.eq(1), done.eq(end3 & (group_n3 == 1)),
+                         self.shortcut.eq(sc3)]
         with m.Elif(writing_queue):
             m.d.comb += [self.patch.addr.eq(q_addr), write.eq(1), done.eq(final & (queued == 1))]
         m.d.comb += [in_flight.eq(v2 | v3 | (queued != 0)), self.done.eq(done & ~self.start),

@@ -28,8 +28,10 @@ def _field(words: np.ndarray, base: int, record, name: str) -> int:
 
 
 def needs(words, where: str = "image") -> dict:
-    """``{buffer_words, fmap_rows, row_codes, fan_in, channels, out_width, vertical}`` of a version 3 or 4
-    image (``vertical``: a version 4 image, which needs the array's plane decoders)."""
+    """``{buffer_words, fmap_rows, row_codes, fan_in, patch_rows, channels, out_width, vertical}`` of a version 3
+    or 4 image (``vertical``: a version 4 image, which needs the array's plane decoders; ``patch_rows``: the
+    patch positions a tile uses, ``fan_in`` plus a residual layer's shortcut rows, one per channel of the
+    previous layer's input: :mod:`hw.array.patch_loader`)."""
     words = np.asarray(words, dtype=np.int64)
     if len(words) < HEADER.words or _field(words, 0, HEADER, "magic") != MAGIC:
         raise UserError(f"{where}: not an image (field 'magic')")
@@ -39,16 +41,17 @@ def needs(words, where: str = "image") -> dict:
                         "(build.py export writes them)")
     layers = _field(words, 0, HEADER, "layers")
     c, h, w = (_field(words, 0, HEADER, n) for n in ("in_channels", "in_height", "in_width"))
-    out = {"buffer_words": len(words), "fmap_rows": c * h, "row_codes": w, "fan_in": 1, "channels": 1,
-           "out_width": 1, "vertical": version == VERTICAL_VERSION}
+    out = {"buffer_words": len(words), "fmap_rows": c * h, "row_codes": w, "fan_in": 1, "patch_rows": 1,
+           "channels": 1, "out_width": 1, "vertical": version == VERTICAL_VERSION}
     if version == VERTICAL_VERSION:
         return _needs_vertical(words, layers, (c, h, w), out, where)
+    prev_c = 0  # the previous layer's input channels: a residual layer's shortcut rows
     for k in range(layers):
         base = HEADER.words + LAYER.words * k
         if base + LAYER.words > len(words):
             raise UserError(f"{where}: layer {k}'s descriptor runs past the image's {len(words)} words")
         g = {n: _field(words, base, LAYER, n) for n in ("kind", "c_in", "c_out", "in_height", "in_width", "kernel",
-                                                         "stride", "padding", "pool", "fan_in")}
+                                                         "stride", "padding", "pool", "fan_in", "residual")}
         if g["kind"] == KIND_CONV:
             ho = (g["in_height"] + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
             wo = (g["in_width"] + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
@@ -58,8 +61,10 @@ def needs(words, where: str = "image") -> dict:
         out["fmap_rows"] = max(out["fmap_rows"], g["c_in"] * g["in_height"], g["c_out"] * hs)
         out["row_codes"] = max(out["row_codes"], g["in_width"], wo)
         out["fan_in"] = max(out["fan_in"], g["fan_in"])
+        out["patch_rows"] = max(out["patch_rows"], g["fan_in"] + (prev_c if g["residual"] else 0))
         out["channels"] = max(out["channels"], g["c_out"])
         out["out_width"] = max(out["out_width"], wo)
+        prev_c = g["c_in"]
     return out
 
 
@@ -67,12 +72,13 @@ def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
     """:func:`needs` of a version 4 image: its descriptors hold no map sizes, so they follow the layers from
     the header's input shape, as the controller derives them."""
     c, h, w = shape
+    prev_c = 0
     for k in range(layers):
         base = HEADER.words + VHEADER.words + VLAYER.words * k
         if base + VLAYER.words > len(words):
             raise UserError(f"{where}: layer {k}'s descriptor runs past the image's {len(words)} words")
         g = {n: _field(words, base, VLAYER, n) for n in ("kind", "edge", "top_bits", "c_out", "kernel", "stride",
-                                                          "padding", "pool", "fan_in")}
+                                                          "padding", "pool", "fan_in", "residual")}
         if not g["edge"] and g["top_bits"] > MAX_VERTICAL_TOP:
             raise UserError(f"{where}: layer {k}'s source width is {g['top_bits']} bits; the array runs vertical "
                             f"layers of up to {MAX_VERTICAL_TOP} bits (their codes in class 8)")
@@ -85,8 +91,10 @@ def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
         out["fmap_rows"] = max(out["fmap_rows"], c * h, g["c_out"] * hs)
         out["row_codes"] = max(out["row_codes"], w, wo)
         out["fan_in"] = max(out["fan_in"], g["fan_in"])
+        out["patch_rows"] = max(out["patch_rows"], g["fan_in"] + (prev_c if g["residual"] else 0))
         out["channels"] = max(out["channels"], g["c_out"])
         out["out_width"] = max(out["out_width"], wo)
+        prev_c = c
         c, h, w = g["c_out"], hs, ws
     return out
 
@@ -123,7 +131,8 @@ def config_for(images, *, engines: int, lanes: int | None = None, vertical: bool
         "engines": engines, "lanes": lanes,
         "buffer_words": -(-top["buffer_words"] // BUFFER_QUANTUM) * BUFFER_QUANTUM,
         "fmap_rows": top["fmap_rows"], "row_codes": top["row_codes"],
-        "fan_in_width": top["fan_in"].bit_length(),  # fan_in < 2^width (the decoder's and controller's check)
+        # fan_in < 2^width and fan_in + C_r < 2^width (the decoder's and the controller's checks)
+        "fan_in_width": max(top["fan_in"], top["patch_rows"]).bit_length(),
         "channel_bits": max(1, (top["channels"] - 1).bit_length()),
         "vertical": bool(vertical or top["vertical"]),
     }

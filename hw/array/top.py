@@ -194,7 +194,6 @@ class ConvArray(wiring.Component):
 
         # Feature-map reads: the loader's patch rows and the controller's shortcut rows, each its own port.
         wiring.connect(m, loader.fmap, maps.rd)
-        wiring.connect(m, ctl.fmap_rd, maps.res)
         # Feature-map writes: the input codes while the controller takes them, else the writer.
         with m.If(ctl.fmap_wr.en):
             m.d.comb += [maps.wr.buf.eq(ctl.fmap_wr.buf), maps.wr.addr.eq(ctl.fmap_wr.addr),
@@ -243,7 +242,9 @@ class ConvArray(wiring.Component):
         if cfg.vertical:
             u_en, u_first, u_bank = Signal(), Signal(), Signal()
             u_data = Signal.like(loader.patch.data)
-            m.d.sync += [u_en.eq(loader.patch.en), u_first.eq(loader.patch.addr == 0), u_bank.eq(ctl.load_bank),
+            # (a residual layer's shortcut rows, written after the im2col rows, are not the patch's activations)
+            m.d.sync += [u_en.eq(loader.patch.en & ~loader.shortcut), u_first.eq(loader.patch.addr == 0),
+                         u_bank.eq(ctl.load_bank),
                          u_data.eq(loader.patch.data)]
             with m.If(u_en):
                 for i in range(t):

@@ -77,7 +77,7 @@ def parse_stat(text: str) -> Resources:
 
 
 #: An ``initial`` block that sets every word of a memory to zero, one statement a word (Amaranth's Verilog).
-_ZERO_INIT = re.compile(r"^[ \t]*initial begin\n((?:[ \t]*[^\n=]+\[\d+\] = \d+'[hdb]0+;\n)+)[ \t]*end\n", re.M)
+_ZERO_INIT = re.compile(r"^[ \t]*initial begin\n((?:[ \t]*[^\n=]+\[\d+\] = \d+'[hdb]0+;\n)+)[ \t]*end\n", re.MULTILINE)
 #: Zero-init blocks at least this long are left out of what Yosys reads (:func:`read_command`).
 ZERO_INIT_MIN_WORDS = 1024
 

@@ -111,18 +111,19 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False):
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words)
     order = list(rng.permutation(rows))
-    cmds = []
-    for j in order:
-        rr = np.zeros(t, dtype=np.int64)
-        rr[:r.shape[0]] = r[:, j]
-        cmds.append({"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": int(j), "pixels": pixels,
-                     "mult": int(mult[j]), "res_mult": int(res_mult[j]), "bias": int(bias[j]) & ((1 << 64) - 1),
-                     "r": [int(x) for x in rr]})
+    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": int(j), "pixels": pixels,
+             "mult": int(mult[j]), "res_mult": int(res_mult[j]), "bias": int(bias[j]) & ((1 << 64) - 1)}
+            for j in order]
+    # A residual layer's shortcut codes: patch row fan_in + j holds channel j's (the loader's "Shortcut rows"),
+    # random codes in the slots past the tile's pixels (the engine must not read them).
+    shortcut = rng.integers(0, 256, size=(rows, t))
+    shortcut[:, :r.shape[0]] = r.T
+    rest = (1 << FAN_IN_WIDTH) - fan_in - (rows if residual else 0)
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
              "act_bits": act_bits, "signed": int(signed), "residual": int(residual), "gap": int(gap),
              "shift": shift, "out_bits": out_bits}
-    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
+    dut = EngineHarness(lanes, words, patch.tolist() + (shortcut.tolist() if residual else []) + [[0] * t] * rest)
     n_out = rows * (1 if gap else pixels)
     got, res = drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, 400 + 60 * n_out + 30 * fan_in * rows)
     bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(1 if gap else pixels)
@@ -207,7 +208,7 @@ def run_vertical_engine(seed, lanes, edge=False, p_gap=0.3, p_stall=0.3):
     words, at = place(rng, flat)
     plane_words = len(regions[1]) if stored else 0
     cmds = [{"start_bit": int(j) * fan_in, "negate": int(negate[j]), "channel": int(j), "pixels": pixels,
-             "mult": int(mult[j]), "res_mult": 0, "bias": int(bias[j]) & ((1 << 64) - 1), "r": [0] * t}
+             "mult": int(mult[j]), "res_mult": 0, "bias": int(bias[j]) & ((1 << 64) - 1)}
             for j in rng.permutation(rows)]
     layer = {"vertical": 1, "planes": {"fan_in": fan_in, "base_bits": base_bits, "planes": width - base_bits,
                                        "code_shift": 0 if edge else comp_t + 1, "cls": 2 if edge else 1,
@@ -268,7 +269,7 @@ def run_dorefa_rows(rng, codes, widths, patch, lanes, shift):
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words)
     cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1000,
-             "res_mult": 0, "bias": 0, "r": [0] * t} for j in range(rows)]
+             "res_mult": 0, "bias": 0} for j in range(rows)]
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
              "act_bits": 4, "signed": 0, "residual": 0, "gap": 0, "shift": shift, "out_bits": 4}
@@ -353,7 +354,7 @@ def test_long_rows_at_their_largest_codes(width, act_bits, signed):
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words, size=1 << aw)
     cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1,
-             "res_mult": 0, "bias": 0, "r": [0] * t} for j in range(rows)]
+             "res_mult": 0, "bias": 0} for j in range(rows)]
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
              "act_bits": act_bits, "signed": signed, "residual": 0, "gap": 0, "shift": 1, "out_bits": 0}

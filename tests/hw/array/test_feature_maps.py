@@ -1,7 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """FeatureMaps: random reads and byte-masked writes against a Python model of the three buffers, under the
-port contract of the module (``rd`` and ``res`` on different buffers in a cycle; ``wr`` and ``rmw`` not
-both): each read's row comes back the next cycle as the buffer stood before that cycle's write."""
+port contract of the module (``wr`` and ``rmw`` not both in a cycle): each read's row comes back the next cycle as the buffer stood before that cycle's write."""
 
 import numpy as np
 import pytest
@@ -27,16 +26,14 @@ def test_reads_return_the_rows_written_before_them(seed):
     async def bench(ctx):
         pending = []  # (port, expected row) read last cycle
         for _ in range(600):
-            rd_buf, res_buf = rng.choice(FMAP_BUFFERS, size=2, replace=False)
-            ops = {"rd": rng.random() < 0.6, "res": rng.random() < 0.6}
+            ops = {"rd": rng.random() < 0.6}
             writing = rng.random() < 0.5
             ops["rmw"] = not writing and rng.random() < 0.6
-            addrs = {name: int(rng.integers(0, ROWS)) for name in ("rd", "res", "rmw", "wr")}
-            bufs = {"rd": int(rd_buf), "res": int(res_buf), "rmw": int(rng.integers(0, FMAP_BUFFERS)),
-                    "wr": int(rng.integers(0, FMAP_BUFFERS))}
+            addrs = {name: int(rng.integers(0, ROWS)) for name in ("rd", "rmw", "wr")}
+            bufs = {name: int(rng.integers(0, FMAP_BUFFERS)) for name in ("rd", "rmw", "wr")}
             codes = rng.integers(0, 256, size=CODES)
             mask = rng.integers(0, 2, size=CODES)
-            for name in ("rd", "res", "rmw"):
+            for name in ("rd", "rmw"):
                 port = getattr(dut, name)
                 ctx.set(port.en, ops[name])
                 ctx.set(port.buf, bufs[name])
@@ -49,14 +46,13 @@ def test_reads_return_the_rows_written_before_them(seed):
             for name, row in pending:
                 assert ctx.get(getattr(dut, name).data) == _word(row), name
                 seen["reads"] += 1
-            pending = [(name, model[bufs[name], addrs[name]].copy()) for name in ("rd", "res", "rmw") if ops[name]]
+            pending = [(name, model[bufs[name], addrs[name]].copy()) for name in ("rd", "rmw") if ops[name]]
             if writing:
-                seen["same_buffer_rw"] += bufs["wr"] in (bufs["rd"] if ops["rd"] else -1,
-                                                         bufs["res"] if ops["res"] else -1)
+                seen["same_buffer_rw"] += ops["rd"] and bufs["wr"] == bufs["rd"]
                 seen["masked"] += int(0 < mask.sum() < CODES)
                 row = model[bufs["wr"], addrs["wr"]]
                 row[mask == 1] = codes[mask == 1]
             await ctx.tick()
 
     simulate(dut, bench)
-    assert seen["reads"] > 500 and seen["same_buffer_rw"] > 50 and seen["masked"] > 100
+    assert seen["reads"] > 450 and seen["same_buffer_rw"] > 30 and seen["masked"] > 100

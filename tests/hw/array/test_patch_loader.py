@@ -1,6 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """PatchLoader + FeatureMaps against golden's im2col (conv, every kernel, stride 1/2 and padding the loader
-supports), torch.flatten order (flatten) and global_sum_pool (pooled)."""
+supports), shortcut_a (a residual layer's shortcut rows), torch.flatten order (flatten) and global_sum_pool
+(pooled)."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.array.feature_maps import FeatureMaps, write_signature
 from hw.array.patch_loader import LOADER_COLUMNS, LoadMode, PatchLoader, geometry_layout, patch_write_signature
-from model.export.golden_conv import global_sum_pool, im2col
+from model.export.golden_conv import global_sum_pool, im2col, shortcut_a
 from tests.hw.stream_source import simulate
 
 ROWS, ROW_CODES, PIXELS, FAN_IN_WIDTH = 64, 8, 6, 9
@@ -25,6 +26,7 @@ class LoaderHarness(wiring.Component):
             "geometry": In(geometry_layout(self._maps.addr_width)),
             "start": In(1),
             "done": Out(1),
+            "shortcut": Out(1),
             "wr": In(write_signature(self._maps.addr_width, row_codes)),
             "patch": Out(patch_write_signature(FAN_IN_WIDTH, pixels)),
         })
@@ -37,6 +39,7 @@ class LoaderHarness(wiring.Component):
         wiring.connect(m, wiring.flipped(self.wr), maps.wr)
         wiring.connect(m, ld.patch, wiring.flipped(self.patch))
         m.d.comb += [ld.geometry.eq(self.geometry), ld.start.eq(self.start), self.done.eq(ld.done),
+                     self.shortcut.eq(ld.shortcut),
                      maps.rmw.en.eq(0)]
         return m
 
@@ -64,23 +67,31 @@ async def write_map(ctx, dut, u, buf):
     ctx.set(dut.wr.en, 0)
 
 
-def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS, row_codes=ROW_CODES, pixels=PIXELS):
+def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS, row_codes=ROW_CODES, pixels=PIXELS,
+               shortcut=None):
+    """Load one tile; ``(patch rows 0 .. fan_in - 1, cycles from start to done)``. ``shortcut`` (a map and
+    its buffer) is written too: its rows are the patch rows after ``fan_in`` (``fan_in`` counts them)."""
     dut = LoaderHarness(columns, row_codes, pixels)
     got = {}
     res = {}
+    flagged = set()  # rows written with `shortcut`
 
     async def bench(ctx):
         await write_map(ctx, dut, u, buf)
+        if shortcut is not None:
+            await write_map(ctx, dut, *shortcut)
         ctx.set(dut.geometry, geometry)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
         for cycle in range(4 * fan_in * max(1, u.shape[1]) + 20):
-            _, _, en, addr, data, done = await ctx.tick().sample(dut.patch.en, dut.patch.addr, dut.patch.data,
-                                                                 dut.done)
+            _, _, en, addr, data, done, short = await ctx.tick().sample(dut.patch.en, dut.patch.addr,
+                                                                        dut.patch.data, dut.done, dut.shortcut)
             if en:
                 assert int(addr) not in got, f"patch row {int(addr)} written twice"
                 got[int(addr)] = [int(v) for v in data]
+                if short:
+                    flagged.add(int(addr))
             if done:
                 res["cycles"] = cycle + 1
                 break
@@ -89,12 +100,18 @@ def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS, row_codes=ROW_C
 
     simulate(dut, bench)
     assert sorted(got) == list(range(fan_in))
+    c_r = 0 if shortcut is None else shortcut[0].shape[0]
+    assert flagged == set(range(fan_in - c_r, fan_in)), "the shortcut flag marks the shortcut rows alone"
     return np.array([got[p] for p in range(fan_in)]), res["cycles"]
 
 
-def geometry(mode, buf, c, h, w, kh, kw, stride, pad, y, rows=1, w_out=1):
+def geometry(mode, buf, c, h, w, kh, kw, stride, pad, y, rows=1, w_out=1, res=None):
+    """The loader's geometry; ``res`` = ``(buffer, channels, rows, stride)`` of a residual layer's shortcut."""
+    sc = {"res": 0, "res_buf": 0, "res_c": 0, "res_h": 0, "res_stride": 1}
+    if res is not None:
+        sc = {"res": 1, "res_buf": res[0], "res_c": res[1], "res_h": res[2], "res_stride": res[3]}
     return {"mode": mode, "buf": buf, "c_in": c, "height": h, "width": w, "kh": kh, "kw": kw, "stride": stride,
-            "pad": pad, "y": y, "rows": rows, "w_out": w_out}
+            "pad": pad, "y": y, "rows": rows, "w_out": w_out, **sc}
 
 
 def group_cycles(groups, rows):
@@ -149,6 +166,34 @@ def check_conv_tile(seed, row_codes, pixels):
         assert (patch[:, r * wo:(r + 1) * wo] == want[y + r].T).all(), f"output row {y + r}"
     assert (patch[:, rows * wo:] == 0).all()  # slots past the tile's rows
     assert cycles == group_cycles(column_groups(c, k, k, columns), rows)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_shortcut_rows_follow_the_im2col_rows(seed):
+    """A residual layer's tile: after its ``fan_in`` im2col rows, one patch row per shortcut channel ``c``
+    (position ``fan_in + c``) holding the shortcut codes of the tile's pixels (golden's ``shortcut_a``: code
+    ``(y s_r, x s_r)`` of the shortcut map's channel ``c``), at one read per output row."""
+    rng = np.random.default_rng(300 + seed)
+    stride = 1 + seed % 2
+    c, k, pad = int(rng.integers(1, 3)), 3, 1
+    h = w = int(rng.integers(3, PIXELS + 1)) if stride == 1 else 2 * int(rng.integers(2, ROW_CODES // 2 + 1))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    c_r = int(rng.integers(1, 4))
+    u = rng.integers(0, 256, size=(c, h, w))
+    x = rng.integers(0, 256, size=(c_r, h, w))  # the block input: the conv's input map's size
+    buf, res_buf = [(0, 1), (2, 0), (1, 2)][seed % 3]
+    y = int(rng.integers(0, ho))
+    rows = int(rng.integers(1, min(PIXELS // wo, ho - y) + 1))
+    fan_in = c * k * k
+    geo = geometry(LoadMode.CONV, buf, c, h, w, k, k, stride, pad, y, rows, wo, res=(res_buf, c_r, h, stride))
+    patch, cycles = run_loader(u, buf, geo, fan_in + c_r, shortcut=(x, res_buf))
+    want = im2col(u[None], k, stride, pad)[0]
+    short = shortcut_a(x[None], c_r, stride)[0]  # [c_r, ho, wo]
+    for r in range(rows):
+        assert (patch[:fan_in, r * wo:(r + 1) * wo] == want[y + r].T).all(), f"output row {y + r}"
+        assert (patch[fan_in:, r * wo:(r + 1) * wo] == short[:, y + r, :wo]).all(), f"shortcut row {y + r}"
+    assert (patch[:, rows * wo:] == 0).all()
+    assert cycles == group_cycles(column_groups(c, k, k, LOADER_COLUMNS) + [1] * c_r, rows)
 
 
 def test_three_by_three_tile_reads_each_word_once():

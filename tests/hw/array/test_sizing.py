@@ -14,9 +14,10 @@ from tests.model.export.test_layout_v3 import resnet_like
 def test_needs_of_a_resnet_like_image():
     words = pack_v3(resnet_like(np.random.default_rng(0)))[0]
     n = needs(words)
-    # input 1x8x8; stem 2x8x8; blocks 2x8x8 and 4x4x4 (stride 2); fan-ins up to 4 * 9; 4 channels
-    assert n == {"buffer_words": len(words), "fmap_rows": 16, "row_codes": 8, "fan_in": 36, "channels": 4,
-                 "out_width": 8, "vertical": False}
+    # input 1x8x8; stem 2x8x8; blocks 2x8x8 and 4x4x4 (stride 2); fan-ins up to 4 * 9; 4 channels; the
+    # second block's conv2 (fan-in 36) adds the shortcut of its 2-channel input: 38 patch rows
+    assert n == {"buffer_words": len(words), "fmap_rows": 16, "row_codes": 8, "fan_in": 36, "patch_rows": 38,
+                 "channels": 4, "out_width": 8, "vertical": False}
 
 
 def test_config_holds_the_widest_row_and_every_field():
@@ -25,7 +26,7 @@ def test_config_holds_the_widest_row_and_every_field():
     assert cfg.engines == 3 and cfg.lanes == 4 and cfg.pixels == 8  # two pixels a lane
     assert cfg.buffer_words >= len(words) and cfg.buffer_words % BUFFER_QUANTUM == 0
     assert cfg.buffer_words - len(words) < BUFFER_QUANTUM
-    assert (1 << cfg.fan_in_width) > 36 and (1 << cfg.channel_bits) >= 4 and cfg.row_codes >= 8
+    assert (1 << cfg.fan_in_width) > 38 and (1 << cfg.channel_bits) >= 4 and cfg.row_codes >= 8
     assert not cfg.vertical  # a version 3 image needs no plane decoders
     assert config_for([words], engines=3, vertical=True).vertical  # unless asked for
     with pytest.raises(UserError, match="output rows of 8"):

@@ -8,8 +8,15 @@ import pytest
 
 from hw.core.mac_lane import MacLane
 from hw.core.requant import T_BITS
-from hw.platform.synth import (XC7Z020, ZERO_INIT_MIN_WORDS, format_table, module_cells, parse_stat, read_command,
-                               synth_stat)
+from hw.platform.synth import (
+    XC7Z020,
+    ZERO_INIT_MIN_WORDS,
+    format_table,
+    module_cells,
+    parse_stat,
+    read_command,
+    synth_stat,
+)
 from hw.platform.verilog import TOP_NAME, write_verilog
 from model.export.golden import MULT_BITS
 from model.export.image import core_words as pack

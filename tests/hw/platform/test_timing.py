@@ -5,8 +5,16 @@ import shutil
 import pytest
 
 from hw.platform.synth import dsp_configs, synthesize_netlist
-from hw.platform.timing import (T_CARRY_STEP, T_CKO, T_DSP_ADD_SETUP, T_DSP_M_SETUP, T_NET, T_SETUP,
-                                estimate, slowest_paths)
+from hw.platform.timing import (
+    T_CARRY_STEP,
+    T_CKO,
+    T_DSP_ADD_SETUP,
+    T_DSP_M_SETUP,
+    T_NET,
+    T_SETUP,
+    estimate,
+    slowest_paths,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
 
