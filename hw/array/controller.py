@@ -343,6 +343,7 @@ class ArrayController(wiring.Component):
             # A residual layer's shortcut rows follow its im2col rows (the shortcut map: the previous layer's input).
             self.loader.res.eq(is_conv & d.residual), self.loader.res_buf.eq(d.res_buf),
             self.loader.res_c.eq(prev_c), self.loader.res_h.eq(prev_h), self.loader.res_stride.eq(d.res_stride),
+            self.loader.res_p.eq(d.fan_in),
             # The writer's.
             writer_view.scores.eq(d.out_buf == SCORE_SINK), writer_view.buf.eq(d.out_buf),
             writer_view.pool.eq(d.pool == 2), writer_view.height.eq(h_st), writer_view.width.eq(w_st),

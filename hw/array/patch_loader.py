@@ -24,7 +24,8 @@ columns ``kx0 .. kx0 + columns - 1``, a *group*); a group of ``n`` columns costs
 of ``n rows``: ResNet-20's 3 x 3 layer3 tile (7 rows of 7 pixels) loads in ``7 C 3`` cycles instead of
 ``21 C 3``. The group's first column is written when its last word is placed, the others queue in registers
 and are written one a cycle while the next group reads (a group's last read waits until the queue has drained).
-Patch rows are written in increasing position order, position 0 first.
+Patch rows are written in increasing position order, position 0 first (after a residual layer's shortcut
+rows, below).
 
 Datapath, three stages and one read per cycle: the counters ``(c, ky, kx0, r)`` give the word ``c H + y_in``
 (a zero row outside ``0 <= y_in < H``); the next cycle the word's codes at columns ``>= W`` are zeroed into a
@@ -38,9 +39,10 @@ queue shifting between its registers and the clear folded into the data). In poo
 mode each cycle reads one row of a channel and adds its ``W`` codes (an adder tree) to the
 channel's sum, which goes into the patch after the channel's last row: ``H`` cycles per channel.
 
-**Shortcut rows** (a residual conv layer, ``res``): after the ``fan_in`` im2col rows the loader writes one
+**Shortcut rows** (a residual conv layer, ``res``): besides the ``fan_in`` im2col rows the loader writes one
 patch row per channel ``c < C_r`` of the shortcut's map (``res_buf``, ``C_r`` channels of ``H_r`` rows), at
-position ``fan_in + c``: the code at ``(y s_r, x s_r)`` for pixel ``(y, x)``, golden's ``shortcut_a``: the same
+position ``fan_in + c`` (``res_p + c``), before the im2col rows (the shortcut map is complete when the layer
+starts, so these load while the channel gate may still hold the im2col rows of an overlapped layer): the code at ``(y s_r, x s_r)`` for pixel ``(y, x)``, golden's ``shortcut_a``: the same
 loop as a 1 x 1 kernel on that map at stride ``s_r`` without padding (``rows`` cycles a channel). The engine
 reads its row's shortcut codes there (:mod:`hw.array.engine`), so no shortcut codes travel with the row
 commands (they did, 672 bits a command at ``T = 84``: the controller's placement network and 536 LUT of LUT RAM
@@ -97,6 +99,7 @@ def geometry_layout(addr_width: int) -> data.StructLayout:
         "res_c": unsigned(16),
         "res_h": unsigned(DIM_BITS),
         "res_stride": unsigned(2),  # 1 or 2
+        "res_p": unsigned(16),  # the first shortcut row's position: the layer's fan_in
     })
 
 
@@ -164,8 +167,9 @@ class PatchLoader(wiring.Component):
         t, rc, cols = self._pixels, self._row_codes, self._columns
         pooled = g.mode == LoadMode.POOLED
         conv = g.mode == LoadMode.CONV
-        # The shortcut phase (after the im2col rows of a residual conv layer): a 1 x 1 "kernel" on the
-        # shortcut's map at its stride, no padding, its channels' rows at positions fan_in + c.
+        # The shortcut phase (first, in a residual conv layer: its map is complete, so it loads while the channel
+        # gate may still hold the im2col rows): a 1 x 1 "kernel" on the shortcut's map at its stride, no
+        # padding, its channels' rows at positions fan_in + c.
         sc = Signal()
         with_sc = conv & g.res
         buf_e = Mux(sc, g.res_buf, g.buf)
@@ -208,7 +212,7 @@ class PatchLoader(wiring.Component):
         last_kx = Mux(pooled, 1, left <= cols)
         last_ky = ky == Mux(pooled, g.height, kh_e) - 1
         last_c = c == c_in_e - 1
-        last_phase = sc | ~with_sc
+        last_phase = ~sc
         # A group's last read waits until the previous group's queue is empty when it is placed (two cycles on).
         # (`start` restarts the loader even in the middle of a tile, e.g. a new run after a fault: nothing of
         # the old tile is read, placed or written after it; see the end of elaborate.)
@@ -217,8 +221,8 @@ class PatchLoader(wiring.Component):
         m.d.comb += [self.fmap.buf.eq(buf_e), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
                      self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start | in_flight)]
         with m.If(self.start):
-            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(0), base.eq(0), r.eq(0), off.eq(0),
-                         sc.eq(0)]
+            m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(Mux(with_sc, g.res_p, 0)), base.eq(0),
+                         r.eq(0), off.eq(0), sc.eq(with_sc)]
         with m.Elif(go & ~last_r):
             m.d.sync += [r.eq(r + 1), off.eq(off + g.w_out)]
         with m.Elif(go):
@@ -229,8 +233,8 @@ class PatchLoader(wiring.Component):
                     m.d.sync += [ky.eq(0), c.eq(c + 1), base.eq(base + height_e)]
                     with m.If(last_c & last_phase):
                         m.d.sync += running.eq(0)
-                    with m.Elif(last_c):  # the shortcut rows follow (p goes on from fan_in)
-                        m.d.sync += [sc.eq(1), c.eq(0), base.eq(0)]
+                    with m.Elif(last_c):  # the im2col rows follow the shortcut rows
+                        m.d.sync += [sc.eq(0), c.eq(0), base.eq(0), p.eq(0)]
                 with m.Else():
                     m.d.sync += ky.eq(ky + 1)
             with m.Else():

@@ -1,8 +1,7 @@
 """The pixel slots of one output row in a tile: a mask from the row's first slot and its width.
 
 A multi-row tile puts output row ``r`` of ``w_out`` pixels in slots ``off = r w_out`` to ``off + w_out - 1``
-(:mod:`hw.array.patch_loader`, whose words fill those slots of the patch, and :mod:`hw.array.controller`,
-whose shortcut rows fill them in a row command). Written as ``thermometer(w_out) << off`` the mask is a
+(:mod:`hw.array.patch_loader`, whose words fill those slots of the patch). Written as ``thermometer(w_out) << off`` the mask is a
 comparator a slot and an 84-bit shifter (about 1,000 LUT at ``T = 84``, Yosys); here each slot compares both
 ends against a constant through one shared decode of each end's low four bits and high bits, one LUT6 a slot.
 """

@@ -107,9 +107,10 @@ def run_loader(u, buf, geometry, fan_in, columns=LOADER_COLUMNS, row_codes=ROW_C
 
 def geometry(mode, buf, c, h, w, kh, kw, stride, pad, y, rows=1, w_out=1, res=None):
     """The loader's geometry; ``res`` = ``(buffer, channels, rows, stride)`` of a residual layer's shortcut."""
-    sc = {"res": 0, "res_buf": 0, "res_c": 0, "res_h": 0, "res_stride": 1}
+    sc = {"res": 0, "res_buf": 0, "res_c": 0, "res_h": 0, "res_stride": 1, "res_p": 0}
     if res is not None:
-        sc = {"res": 1, "res_buf": res[0], "res_c": res[1], "res_h": res[2], "res_stride": res[3]}
+        sc = {"res": 1, "res_buf": res[0], "res_c": res[1], "res_h": res[2], "res_stride": res[3],
+              "res_p": c * kh * kw}
     return {"mode": mode, "buf": buf, "c_in": c, "height": h, "width": w, "kh": kh, "kw": kw, "stride": stride,
             "pad": pad, "y": y, "rows": rows, "w_out": w_out, **sc}
 
@@ -170,8 +171,8 @@ def check_conv_tile(seed, row_codes, pixels):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_shortcut_rows_follow_the_im2col_rows(seed):
-    """A residual layer's tile: after its ``fan_in`` im2col rows, one patch row per shortcut channel ``c``
-    (position ``fan_in + c``) holding the shortcut codes of the tile's pixels (golden's ``shortcut_a``: code
+    """A residual layer's tile: besides its ``fan_in`` im2col rows (and first), one patch row per shortcut
+    channel ``c`` (position ``fan_in + c``) holding the shortcut codes of the tile's pixels (golden's ``shortcut_a``: code
     ``(y s_r, x s_r)`` of the shortcut map's channel ``c``), at one read per output row."""
     rng = np.random.default_rng(300 + seed)
     stride = 1 + seed % 2
@@ -193,7 +194,7 @@ def test_shortcut_rows_follow_the_im2col_rows(seed):
         assert (patch[:fan_in, r * wo:(r + 1) * wo] == want[y + r].T).all(), f"output row {y + r}"
         assert (patch[fan_in:, r * wo:(r + 1) * wo] == short[:, y + r, :wo]).all(), f"shortcut row {y + r}"
     assert (patch[:, rows * wo:] == 0).all()
-    assert cycles == group_cycles(column_groups(c, k, k, LOADER_COLUMNS) + [1] * c_r, rows)
+    assert cycles == group_cycles([1] * c_r + column_groups(c, k, k, LOADER_COLUMNS), rows)
 
 
 def test_three_by_three_tile_reads_each_word_once():
