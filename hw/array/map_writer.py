@@ -74,17 +74,25 @@ class RowAssembler(wiring.Component):
     waits in the output register while the next one collects; the pixel that closes the next one waits until
     the register is free.
 
+    The closing pixel is written into the collecting codes like any other, and the codes are copied into the
+    output register in the next cycle (a plain register copy, no multiplexer: placing the closing pixel's
+    code into the copy cost a LUT a code bit, 272 LUT of an assembler's 351 at ``T = 84``); a row is offered
+    one cycle after its last pixel, and a closing pixel that follows a closing pixel at once waits a cycle.
+
     Members
     -------
     w_out : In(DIM_BITS)
         Pixels per output row of the running layer (1 for an FC; hold while its pixels come).
     i : In(stream.Signature(output_layout(channel_bits, T)))
     o : Out(stream.Signature(row_layout(channel_bits, row_codes_of(T, row_codes))))
+    busy : Out(1)
+        A closed row is not yet taken (offered on ``o``, or its codes on their way into the output register).
     """
 
     def __init__(self, *, channel_bits: int, pixels: int, row_codes: int):
         self._codes = row_codes_of(pixels, row_codes)
         super().__init__({
+            "busy": Out(1),
             "w_out": In(DIM_BITS),
             "i": In(stream.Signature(output_layout(channel_bits, pixels))),
             "o": Out(stream.Signature(row_layout(channel_bits, self._codes))),
@@ -102,17 +110,22 @@ class RowAssembler(wiring.Component):
         x = Mux(first, 0, x_next)
         r = Mux(first, 0, r_next)
         closes = p.last | (x == self.w_out - 1)
-        m.d.comb += self.i.ready.eq(~closes | ~self.o.valid | self.o.ready)
+        copy = Signal()  # a row closed in the cycle before: its codes go into the output register now
+        m.d.comb += [self.i.ready.eq(~closes | (~copy & (~self.o.valid | self.o.ready))),
+                     self.busy.eq(copy | self.o.valid)]
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
+        m.d.sync += copy.eq(0)
+        with m.If(copy):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.codes.eq(codes)]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += codes[x].eq(p.value[:MAX_ACT_BITS])
             with m.If(closes):
-                m.d.sync += [self.o.valid.eq(1), self.o.payload.channel.eq(p.channel),
-                             self.o.payload.score.eq(p.value), self.o.payload.codes.eq(codes),
+                # (the output register is free or taken in this cycle, so its other fields may change now)
+                m.d.sync += [copy.eq(1), self.o.payload.channel.eq(p.channel),
+                             self.o.payload.score.eq(p.value),
                              self.o.payload.tile.eq(p.tile), self.o.payload.r.eq(r), self.o.payload.last.eq(p.last),
                              x_next.eq(0), r_next.eq(Mux(p.last, 0, r + 1))]
-                m.d.sync += self.o.payload.codes[x].eq(p.value[:MAX_ACT_BITS])
             with m.Else():
                 m.d.sync += [x_next.eq(x + 1), r_next.eq(r)]
         return m

@@ -273,7 +273,7 @@ class ConvArray(wiring.Component):
             m.d.comb += asm.w_out.eq(ctl.writer.w_out)
             wiring.connect(m, eng.o, asm.i)
             wiring.connect(m, asm.o, getattr(writer, f"row{e}"))
-            busy_any.append(eng.busy | asm.o.valid)
+            busy_any.append(eng.busy | asm.busy)
             errors.append(eng.error)
         # Read counters (since start): every granted global-buffer read, and the engines' ones.
         granted_eng = [eng.bus.req & getattr(buf, names[e]).grant for e, eng in enumerate(engines)]
