@@ -48,7 +48,7 @@ product enters P, and holds it under back-pressure (which stops the whole lane).
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -178,39 +178,14 @@ class PassDspLane(wiring.Component):
         advance = Signal()  # every pipeline register moves (the DSP's clock enables)
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
 
-        # Stage 0: A (B is the entry's lane weight as it comes). Each bit of A is an AND-OR of code bits with
-        # select terms formed once from the entry's mode (alike in every lane of an engine, so shared once
-        # flattened): a pair pass places u0's low bits at 0 and u1's at PAIR_SHIFT, a single pass u_g at 0
-        # (low), at 2^16 (high) or both. Written this way each bit is one LUT (at most three terms of a code
-        # bit and a select), where the nested multiplexers took two LUTs for the bits that both forms use.
+        # Stage 0: A (B is the entry's lane weight as it comes).
         a_word = Signal(A_BITS + 1)  # 25 bits, the DSP48E1's signed port, with the sign bit 0
-        pair, group = entry.pair, entry.group
-        low_on = entry.a_mode != A_HIGH
-        high_on = entry.a_mode != A_LOW
-        sel = {name: Signal(name=f"sel_{name}") for name in ("lo0", "lo1", "lohi0", "hi0", "hi1")}
-        m.d.comb += [
-            sel["lo0"].eq(pair | (~group & low_on)),  # bits 0..3 from u0: a pair's slot 0, or u_0 low
-            sel["lo1"].eq(~pair & group & low_on),  # bits 0..7 from u1: u_1 low
-            sel["lohi0"].eq(~pair & ~group & low_on),  # bits 4..7 from u0: u_0 low (a pair's codes have 4 bits)
-            sel["hi0"].eq(~pair & ~group & high_on),  # bits 16..23 from u0: u_0 high
-            sel["hi1"].eq(~pair & group & high_on),  # bits 16..23 from u1: u_1 high
-        ]
-        u0, u1 = entry.u[0], entry.u[1]
-        bits = []
-        for i in range(CHUNK_BITS + MAX_ACT_BITS):
-            if i < PAIR_ACT_BITS:
-                bits.append((sel["lo0"] & u0[i]) | (sel["lo1"] & u1[i]))
-            elif i < MAX_ACT_BITS:
-                bits.append((sel["lohi0"] & u0[i]) | (sel["lo1"] & u1[i]))
-            elif i < CHUNK_BITS:
-                bits.append(0)
-            else:
-                k = i - CHUNK_BITS
-                term = (sel["hi0"] & u0[k]) | (sel["hi1"] & u1[k])
-                if PAIR_SHIFT <= i < PAIR_SHIFT + PAIR_ACT_BITS:
-                    term = term | (pair & u1[i - PAIR_SHIFT])
-                bits.append(term)
-        m.d.comb += a_word.eq(Cat(*bits))
+        u_g = Mux(entry.group, entry.u[1], entry.u[0])
+        low = Mux(entry.a_mode != A_HIGH, u_g, 0)
+        high = Mux(entry.a_mode != A_LOW, u_g, 0)
+        m.d.comb += a_word.eq(Mux(entry.pair,
+                                  entry.u[0][:PAIR_ACT_BITS] | (entry.u[1][:PAIR_ACT_BITS] << PAIR_SHIFT),
+                                  low | (high << CHUNK_BITS)))
 
         # Stages 1..DSP_LATENCY: the DSP (M and P registers) and its side band.
         valid = delay_line(m, advance, self.i.valid, "valid")
