@@ -14,7 +14,7 @@ One run (``start`` to ``done``) infers one image:
    channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
    record (a residual layer's shortcut multiplier ``M_r`` zero for the channels past the block input's
    ``C_r``: option A's zero channels), and hands the row command to the first engine that takes one; a
-   residual layer's shortcut codes are patch rows (the loader's "Shortcut rows", after the tile's im2col
+   residual layer's shortcut codes are patch rows (the loader's "Shortcut rows", at positions past the im2col
    rows), which the engine reads itself. Tiles overlap: once a tile's last command is taken and
    the next tile's patch is loaded, that tile's commands follow (each command names its patch bank and its
    tile, so an engine finishes the last rows of one tile while it starts the next, and the writer places
@@ -305,7 +305,6 @@ class ArrayController(wiring.Component):
         dd = Signal(LAYER_LAYOUT)
         dw_out = Signal.like(w_out)
         dprev_c = Signal.like(prev_c)
-        dprev_h = Signal.like(prev_h)
         # The engines' and the writer's view of the layer in `desc`, and the registers they take it from, set
         # when the layer's first tile starts (the next layer's descriptor may come into `desc` while this one
         # drains: "Overlapped layers" in the module docstring).
@@ -340,8 +339,9 @@ class ArrayController(wiring.Component):
             self.loader.stride.eq(Mux(is_conv, d.stride, 1)), self.loader.pad.eq(Mux(is_conv, d.padding, 0)),
             self.loader.y.eq(ly), self.loader.rows.eq(Mux(is_conv, l_rows, 1)),
             self.loader.w_out.eq(Mux(is_conv, w_out, 1)),
-            # A residual layer's shortcut rows follow its im2col rows (the shortcut map: the previous layer's input).
-            self.loader.res.eq(is_conv & d.residual), self.loader.res_buf.eq(d.res_buf),
+            # A residual layer's shortcut rows, at positions fan_in + c (the shortcut map: the previous layer's
+            # input; the loader builds them for a conv tile only).
+            self.loader.res.eq(d.residual), self.loader.res_buf.eq(d.res_buf),
             self.loader.res_c.eq(prev_c), self.loader.res_h.eq(prev_h), self.loader.res_stride.eq(d.res_stride),
             self.loader.res_p.eq(d.fan_in),
             # The writer's.
@@ -748,7 +748,7 @@ class ArrayController(wiring.Component):
                 with m.If(loaded & ~pending):
                     # The layer's dispatch begins: the engines, the writer and the dispatcher take its fields now.
                     m.d.sync += [run_layer.eq(layer_view), run_writer.eq(writer_view), dd.eq(desc),
-                                 dw_out.eq(w_out), dprev_c.eq(prev_c), dprev_h.eq(prev_h),
+                                 dw_out.eq(w_out), dprev_c.eq(prev_c),
                                  early_cmds.eq(0), early_wrote.eq(0)]
                     m.next = "PREP"
                 with m.If(engine_fault):

@@ -325,9 +325,10 @@ class ChannelEngine(wiring.Component):
         r_valid = Signal()  # r_word holds the emitter's row's codes
         r_wait = Signal()  # read in the cycle before: the codes are on patch_data
         steal = Signal()
+        f_free = ~f_valid | take  # F holds no entry after this cycle unless it takes one
         m.d.comb += [
-            steal.eq(rows.r_rdy & layer.residual & ~r_valid & ~r_wait & (~f_valid | take)),
-            f_adv.eq((~f_valid | take) & ~steal), seq.o.ready.eq(f_adv),
+            steal.eq(rows.r_rdy & layer.residual & ~r_valid & ~r_wait & f_free),
+            f_adv.eq(f_free & ~steal), seq.o.ready.eq(f_adv),
             self.patch_addr.eq(Mux(steal, layer.stream.fan_in + row.channel, seq.o.payload.position)),
             self.patch_bank.eq(Mux(steal, row.bank, seq.o.payload.bank)),
             self.patch_en.eq(f_adv | steal),

@@ -27,6 +27,7 @@ class LoaderHarness(wiring.Component):
             "start": In(1),
             "done": Out(1),
             "shortcut": Out(1),
+            "channels": In(16, init=0xFFFF),
             "wr": In(write_signature(self._maps.addr_width, row_codes)),
             "patch": Out(patch_write_signature(FAN_IN_WIDTH, pixels)),
         })
@@ -39,7 +40,7 @@ class LoaderHarness(wiring.Component):
         wiring.connect(m, wiring.flipped(self.wr), maps.wr)
         wiring.connect(m, ld.patch, wiring.flipped(self.patch))
         m.d.comb += [ld.geometry.eq(self.geometry), ld.start.eq(self.start), self.done.eq(ld.done),
-                     self.shortcut.eq(ld.shortcut),
+                     self.shortcut.eq(ld.shortcut), ld.channels.eq(self.channels),
                      maps.rmw.en.eq(0)]
         return m
 
@@ -195,6 +196,42 @@ def test_shortcut_rows_follow_the_im2col_rows(seed):
         assert (patch[fan_in:, r * wo:(r + 1) * wo] == short[:, y + r, :wo]).all(), f"shortcut row {y + r}"
     assert (patch[:, rows * wo:] == 0).all()
     assert cycles == group_cycles([1] * c_r + column_groups(c, k, k, LOADER_COLUMNS), rows)
+
+
+def test_the_channel_gate_holds_the_im2col_rows_not_the_shortcut_rows():
+    """An overlapped layer's tile starts loading while the layer before still writes its input: with no input
+    channel released, the shortcut rows (the block input, complete) load and nothing else; released, the rest."""
+    rng = np.random.default_rng(7)
+    c, h, w, c_r = 2, 4, 4, 3
+    u = rng.integers(0, 256, size=(c, h, w))
+    x = rng.integers(0, 256, size=(c_r, h, w))
+    dut = LoaderHarness(LOADER_COLUMNS)
+    geo = geometry(LoadMode.CONV, 0, c, h, w, 3, 3, 1, 1, 0, 1, w, res=(1, c_r, h, 1))
+    held, got = [], {}
+
+    async def bench(ctx):
+        await write_map(ctx, dut, u, 0)
+        await write_map(ctx, dut, x, 1)
+        ctx.set(dut.channels, 0)
+        ctx.set(dut.geometry, geo)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for cycle in range(200):
+            if cycle == 100:
+                ctx.set(dut.channels, 0xFFFF)
+            _, _, en, addr, data, done = await ctx.tick().sample(dut.patch.en, dut.patch.addr, dut.patch.data,
+                                                                 dut.done)
+            if en:
+                (held if cycle < 100 else []).append(int(addr))
+                got[int(addr)] = [int(v) for v in data]
+            if done:
+                break
+
+    simulate(dut, bench)
+    assert held == [c * 9 + k for k in range(c_r)]
+    assert sorted(got) == list(range(c * 9 + c_r))
+    assert (np.array([got[c * 9 + k] for k in range(c_r)])[:, :w] == x[:, 0, :]).all()
 
 
 def test_three_by_three_tile_reads_each_word_once():
