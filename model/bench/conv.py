@@ -109,6 +109,12 @@ SMOKE_IMQ: dict = {"train_subset": 600, "val_size": 100, "test_subset": 300, "ep
 SMOKE_BMPQ: dict = {"train_subset": 600, "test_subset": 300, "epochs": 2, "warmup": 1, "interval": 1}
 #: The ticket's width cap (average bits), as ``bench imq``'s.
 TICKET_BITS = 4.0
+#: torch's intra-op threads while an IMQ run trains (restored afterwards). Pinned because the float reductions'
+#: order, and so the trained weights, depend on it, and the ticket with them: on one thread the validation picked a
+#: 3.56-bit ResNet-20 ticket (42,888 words, whose global buffer needs 145 RAMB36, more than the XC7Z020 has) where
+#: on two (CI's machine) it picks the 2.35-bit one; a run directory records the thread count
+#: (:mod:`model.runs.provenance`), so a run of another machine is refused rather than resumed.
+IMQ_THREADS = 2
 #: The floors: golden vs fake-quant (pp), the ResNet-20 ticket's metadata per weight, the wall-time budget (s).
 MAX_GAP_PP = 0.5
 MAX_METADATA_BITS = 1.6
@@ -196,9 +202,15 @@ def _test_record(config, split, model) -> DataRecord:
 
 def run_imq_row(arch: str, config, runs_dir: Path, image_root: Path, progress: bool, restart: bool
                 ) -> tuple[dict, object]:
-    """Run (or resume) ``arch``'s IMQ run, pick its ticket, measure it (:func:`network_row`); ``(row, result)``."""
+    """Run (or resume) ``arch``'s IMQ run on :data:`IMQ_THREADS` threads, pick its ticket, measure it
+    (:func:`network_row`); ``(row, result)``."""
     t0 = time.time()
-    result = run(config, runs_dir / f"{arch}_imq", progress=progress, restart=restart)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(IMQ_THREADS)
+    try:
+        result = run(config, runs_dir / f"{arch}_imq", progress=progress, restart=restart)
+    finally:
+        torch.set_num_threads(old_threads)
     ticket, rule = pick_ticket(result.history)
     model = load_iteration(runs_dir / f"{arch}_imq", ticket.iteration)
     split = result.split
@@ -320,6 +332,7 @@ def run_conv_bench(
         "validation": validation, "wall_seconds": wall,
         "network_seconds": {f"{r['arch']}_{r['method']}": r["seconds"] for r in rows},
         "resumed": bool(resumed), "resumed_runs": resumed, "torch_threads": torch.get_num_threads(),
+        "imq_threads": IMQ_THREADS,
         "floors": floors(rows, wall), "provenance": provenance.provenance(),
     }
     write_json(out_dir / f"conv{suffix}_summary.json", summary)

@@ -48,6 +48,14 @@ fewest cycles the array's lanes and emitters allow for the row's network, no loa
 tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
 ``tile_bound_fraction`` (:func:`tile_bound_cycles`: the same, counting the tiles as the array runs them,
 partly filled ones at their cost).
+
+``curve``: the paper's Fig. 4 plots the speed-up of tickets at several average bit widths; here every iteration
+of the ticket's IMQ run (32 bits at iteration 0 down to about 1.6 at the last) runs :data:`CURVE_IMAGES` image at
+PACT-4 and PACT-8 on the same build after the rows (a point whose first image would not end within the budget is
+left out). A point has the row keys without the resources (the same bitstream), plus ``imq_iteration``,
+``is_ticket``, and ``fakequant_accuracy`` / ``val_accuracy`` from the run's history (its test and validation
+accuracy as trained, on all the test images; ``golden_accuracy`` is the one image's). ``accel.png`` draws the
+curve with the rows on it; ``imq_curve_rtl_mismatches == 0`` is one more floor (every point golden's scores).
 """
 
 from __future__ import annotations
@@ -104,6 +112,9 @@ DEFAULT_LANES = 42
 #: Images of the ticket at PACT-4 (the floor's row) and of every other row.
 TICKET_IMAGES = 100
 OTHER_IMAGES = 10
+#: Images of each point of the IMQ curve (every iteration of the ticket's run at its own widths, PACT-4 and PACT-8:
+#: the tickets of the paper's Fig. 4 at their average bits); they run after the rows of the floors.
+CURVE_IMAGES = 1
 WEIGHTS = ("ticket", "dense32", "qnn4")
 ACT_BITS = (4, 8)
 CLOCK_HZ = 100e6
@@ -139,20 +150,20 @@ def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
             raise UserError(f"{conv_json}: not JSON ({exc}); run `python build.py bench conv` again") from exc
         for row in rows if isinstance(rows, list) else []:
             if isinstance(row, dict) and row.get("arch") == "resnet20" and row.get("method") == "imq":
-                missing = [k for k in ("run", "ticket_iteration", "image") if k not in row]
+                missing = [k for k in ("run", "ticket_iteration", "image", "history") if k not in row]
                 if missing:
                     raise UserError(f"{conv_json}: the resnet20/imq row has no field {missing[0]!r}; run "
                                     "`python build.py bench conv --restart`")
                 if (Path(row["run"]) / "iterations").is_dir() and Path(row["image"]).is_dir():
                     return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]),
-                            "image": Path(row["image"]), "trained_now": False}
+                            "image": Path(row["image"]), "history": row["history"], "trained_now": False}
 
     if progress:
         tqdm.write("bench accel: no ResNet-20 ticket of `bench conv` here; training it (about 8 minutes)")
     row, _ = run_imq_row("resnet20", imq_configs()["resnet20"], bench_dir / "conv_runs", bench_dir / "conv",
                          progress, restart=False)
     return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]), "image": Path(row["image"]),
-            "trained_now": True}
+            "history": row["history"], "trained_now": True}
 
 
 def variant(model, weights: str, act_bits: int):
@@ -185,6 +196,19 @@ def networks(source: dict, images: dict[tuple[str, int], int]) -> tuple[dict, np
         raise UserError(f"{source['image']}: the exported ticket differs from iteration {source['iteration']} of "
                         f"{source['run']} converted now; run `python build.py bench conv --restart`")
     return nets, vectors.codes, vectors.labels
+
+
+def curve_networks(source: dict, acts: tuple[int, ...] = ACT_BITS) -> dict:
+    """The IMQ curve's integer networks ``{(f"imq{k}", act_bits): IntConvNetwork}``: every iteration ``k`` of the
+    ticket's run (``source["history"]``) at its own widths, each at every width of ``acts`` (:func:`variant`'s
+    ``"ticket"``: the masks kept, the activations set)."""
+    nets = {}
+    for record in source["history"]:
+        k = int(record["iteration"])
+        model = load_iteration(source["run"], k)
+        for act in acts:
+            nets[(f"imq{k}", act)] = to_golden(variant(model, "ticket", act))
+    return nets
 
 
 def _row_cycles(widths: np.ndarray, act_bits: int) -> np.ndarray:
@@ -258,17 +282,21 @@ def _plan(counts: dict, planned: dict, done: dict, wall: dict, left_s: float) ->
     """The next ``(key, images)`` chunk to run within ``left_s`` seconds, or None.
 
     Every row gets one image first (in :data:`WEIGHTS` x :data:`ACT_BITS` order), then the ticket at PACT-4
-    up to its count, then the others; a chunk is as many images as the row's measured simulation seconds per
+    up to its count, then the others, then the keys that are not rows of :data:`WEIGHTS` (the IMQ curve's
+    points, each given its first image only while three run overheads are left); a chunk is as many images as the row's measured simulation seconds per
     image (``wall`` over ``done``: the simulator's own time, not the first run's Verilator build) leave time
     for after :data:`RUN_OVERHEAD_S` (at most a quarter of a row's count, so that the progress bar moves).
     ``planned`` counts the images given out, ``done`` those that came back (chunks run side by side,
     :data:`SIM_WORKERS`): a row whose first image is still out gets no more until its time is known."""
-    for key in counts:
+    rows = [k for k in counts if k[0] in WEIGHTS]
+    for key in rows:
         if planned[key] == 0:
             return key, 1
-    order = [("ticket", 4)] + [k for k in counts if k != ("ticket", 4)]
+    order = [("ticket", 4)] + [k for k in rows if k != ("ticket", 4)] + [k for k in counts if k not in rows]
     for key in order:
         want = counts[key] - planned[key]
+        if want > 0 and planned[key] == 0 and left_s >= 3 * RUN_OVERHEAD_S:
+            return key, 1
         if want <= 0 or done[key] == 0:
             continue
         per_image = wall[key] / done[key]
@@ -292,13 +320,17 @@ def _run_chunk(vpath: str, words, codes, expected, work_dir: str, simulator: str
 def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES, lanes: int = DEFAULT_LANES,
               ticket_images: int = TICKET_IMAGES, other_images: int = OTHER_IMAGES, simulator: str = "verilator",
               minutes: float = BUDGET_MINUTES, synth_minutes: float = SYNTH_MINUTES, synth: bool = True,
-              progress: bool = True) -> dict:
+              curve: bool = True, progress: bool = True) -> dict:
     """Build the array once, run every row's images on it within ``minutes``, synthesise it (module docstring).
 
     The time budget counts from the call (training a missing ticket included); the simulations stop taking
     new chunks when the next would end after it, so rows may have fewer images than asked (``rtl_images``
     says how many ran; the floors need 100 and 10). The images are the first test images of the ticket's
     recorded data set, in order, for every row.
+
+    With ``curve``, every iteration of the ticket's IMQ run also runs :data:`CURVE_IMAGES` image at PACT-4 and
+    PACT-8 after the rows (``curve`` of the result: the Fig. 4 curve, speed-up over dense32 against average
+    bits, each point with its iteration's test and validation accuracy from the run's history).
 
     Each Yosys run of the synthesis is bounded by ``synth_minutes``; a synthesis that fails or runs out is
     recorded (``synthesis_error``, and ``None`` for the resource keys, so those floors fail) instead of
@@ -313,12 +345,16 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     source = ticket_source(bench_dir, progress=progress)
     counts = {(w, a): ticket_images if (w, a) == ("ticket", 4) else other_images for w in WEIGHTS for a in ACT_BITS}
     nets, codes, labels = networks(source, counts)
+    history = {f"imq{int(h['iteration'])}": h for h in source["history"]} if curve else {}
+    if curve:
+        nets.update(curve_networks(source))
+        counts.update({key: CURVE_IMAGES for key in nets if key not in counts})
     words = {key: pack(net) for key, net in nets.items()}
     # dense32's weights (8.7 Mbit) are more than the XC7Z020's block RAM (4.9 Mbit): the simulated build's
     # global buffer holds them (its depth changes no cycle count), the synthesised one the other images.
     config = config_for(list(words.values()), engines=engines, lanes=lanes)
-    synth_config = config_for([w for (weights, _), w in words.items() if weights != "dense32"], engines=engines,
-                              lanes=lanes)
+    synth_config = config_for([w for (weights, _), w in words.items() if weights in ("ticket", "qnn4")],
+                              engines=engines, lanes=lanes)
     vpath = write_text_atomically(out_dir / "mpq_array.v", array_verilog(config))
     box: dict = {}
     worker = None
@@ -387,7 +423,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             for future in finished:
                 take(*running.pop(future), future.result())
     bar.close()
-    rows = []
+    rows, curve_rows = [], []
     bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}
     tiled = {key: tile_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}
     for key, asked in counts.items():
@@ -397,8 +433,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         dense, nonzero = mac_counts(net)
         widths = np.concatenate([np.asarray(layer.widths).ravel() for layer in net.layers])
         cycles = float(np.mean(spans[key])) if spans[key] else None
-        rows.append({
-            "network": "resnet20", "weights": weights, "act_bits": act,
+        row = {
+            "network": "resnet20", "weights": weights if weights in WEIGHTS else "imq", "act_bits": act,
             "avg_weight_bits": float(net.avg_weight_bits),
             "cycles_per_image": cycles,
             "images_per_second_at_100mhz": CLOCK_HZ / cycles if cycles else None,
@@ -416,7 +452,14 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "layer_cycles": [round(float(v), 1) for v in np.mean(layer_spans[key], axis=0)]
             if layer_spans[key] and len({len(x) for x in layer_spans[key]}) == 1 else None,
             "statuses": sorted(statuses[key]), "timed_out": timed_out[key],
-        })
+        }
+        if weights in WEIGHTS:
+            rows.append(row)
+        else:  # a point of the IMQ curve: its iteration, and that iteration's accuracies from the run's history
+            h = history[weights]
+            row.update(imq_iteration=int(h["iteration"]), is_ticket=int(h["iteration"]) == source["iteration"],
+                       fakequant_accuracy=h.get("accuracy"), val_accuracy=h.get("val_accuracy"))
+            curve_rows.append(row)
     write_json(out_dir / "rtl_rows.json", rows)  # the simulations' figures, whatever the synthesis does
     if worker is not None:
         if progress and worker.is_alive():
@@ -429,15 +472,17 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     resources = dict.fromkeys(("dsp", "lut", "ff", "bram36", "fits_xc7z020", "fmax_mhz_estimate")) if syn is None else {
         "dsp": res.dsp, "lut": res.lut, "ff": res.ff, "bram36": res.bram36, "fits_xc7z020": res.fits(),
         "fmax_mhz_estimate": syn.timing.fmax_mhz}
-    for r in rows:
+    for r in rows + curve_rows:
         base = next(b for b in rows if b["weights"] == "dense32" and b["act_bits"] == r["act_bits"])
         r["speedup_vs_dense32"] = (base["cycles_per_image"] / r["cycles_per_image"]
                                    if r["cycles_per_image"] and base["cycles_per_image"] else None)
         r["dense_macs_per_dsp_cycle"] = (r["macs_dense"] / r["cycles_per_image"] / res.dsp
                                          if res is not None and r["cycles_per_image"] else None)
-        r.update(resources)
+        if r in rows:
+            r.update(resources)
     return {
         "rows": rows,
+        "curve": sorted(curve_rows, key=lambda r: (r["act_bits"], r["imq_iteration"])),
         "config": dataclasses.asdict(config),
         "synth_config": dataclasses.asdict(synth_config),
         "dsp_lanes": config.dsp_lanes,
@@ -452,12 +497,14 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
 
 
 def floors(result: dict) -> dict:
-    """The issue's floors, on the ticket at PACT-4 (and at least 10 images, 0 mismatches, on every row)."""
+    """The issue's floors, on the ticket at PACT-4 (and at least 10 images, 0 mismatches, on every row), and
+    0 mismatches on the IMQ curve's points (at least one of which ran)."""
 
     rows = result["rows"]
     t = next(r for r in rows if r["weights"] == "ticket" and r["act_bits"] == 4)
     syn = result["synthesis"] or {}
     others = [r for r in rows if r is not t]
+    ran = [r for r in result.get("curve", []) if r["rtl_images"]]
     return {
         "ticket_a4_cycles_per_image <= 40000": floor_entry(t["cycles_per_image"], MAX_TICKET_CYCLES, "<="),
         "ticket_a4_speedup_vs_dense32 >= 8.63": floor_entry(t["speedup_vs_dense32"], MIN_SPEEDUP),
@@ -469,32 +516,42 @@ def floors(result: dict) -> dict:
         "fits_xc7z020 (220 DSP, 140 RAMB36)": floor_entry(t["fits_xc7z020"], True, "=="),
         "lut_fraction <= 0.8": floor_entry(syn.get("lut_fraction"), MAX_LUT_FRACTION, "<="),
         "fmax_mhz_estimate >= 100": floor_entry(t["fmax_mhz_estimate"], MIN_FMAX_MHZ),
+        # the IMQ curve's points are the same array on the run's other tickets: golden's scores too (None when
+        # no point ran: unmeasured fails)
+        "imq_curve_rtl_mismatches == 0": floor_entry(sum(r["rtl_mismatches"] for r in ran) if ran else None, 0, "=="),
     }
 
 
-def plot_accel(rows: list[dict], png_path: Path) -> None:
-    """Fig. 4 style: speed-up over dense32 against average weight bits, one curve per activation width."""
+def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None) -> None:
+    """Fig. 4 style: speed-up over dense32 against average weight bits, one curve per activation width through
+    the IMQ run's iterations (``curve``, :func:`run_accel`), the rows (ticket, dense32, qnn4) marked on it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for act in ACT_BITS:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for act, colour in zip(ACT_BITS, ("tab:blue", "tab:orange")):
+        line = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
+                      if r["act_bits"] == act and r["speedup_vs_dense32"] is not None)
+        if line:
+            ax.plot([p[0] for p in line], [p[1] for p in line], marker=".", color=colour,
+                    label=f"IMQ iterations, PACT-{act}")
         pts = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"], r["weights"]) for r in rows
                      if r["act_bits"] == act and r["speedup_vs_dense32"] is not None)
         if not pts:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"PACT-{act}")
-        for b, s, w in pts:
-            ax.annotate(w, (b, s), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.axhline(MIN_SPEEDUP, color="grey", linestyle=":", label=f"paper: {MIN_SPEEDUP}x at PACT-4")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="none" if line else ":",
+                color=colour, label=f"ticket, dense32, qnn4, PACT-{act}")
+        for b, sp, w in pts:
+            ax.annotate(f"{w} {sp:.2f}x", (b, sp), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(MIN_SPEEDUP, color="grey", linestyle=":", label=f"paper: {MIN_SPEEDUP}x at PACT-4, 2.29 bits")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("average weight bits (pruned = 0)")
     ax.set_ylabel("speed-up over dense32 (RTL cycles)")
-    ax.set_title("ResNet-20 on the packed multiplier array")
+    ax.set_title("ResNet-20 on the packed multiplier array (one bitstream)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     try:
         save_figure(fig, png_path)

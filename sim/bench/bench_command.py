@@ -244,7 +244,7 @@ def bench_accel(args, out: Path) -> int:
     result["floors"] = floors(result)
     result["provenance"] = measured_under
     write_json(out / "accel.json", result)
-    plot_accel(result["rows"], out / "accel.png")
+    plot_accel(result["rows"], out / "accel.png", result.get("curve"))
     def col(key, spec):  # "-" where a row has no value (a run that hung)
         return lambda r: "-" if r[key] is None else format(r[key], spec)
 
@@ -257,6 +257,17 @@ def bench_accel(args, out: Path) -> int:
         ("MAC/DSP/c", ">9", "", col("dense_macs_per_dsp_cycle", ".2f")),
         ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
         ("acc", ">6", "", col("golden_accuracy", ".3f")), ("sim c/s", ">8", "", col("sim_cycles_per_second", ",.0f"))])
+    if result.get("curve"):
+        print("\nthe IMQ run's iterations on the same bitstream (Fig. 4's curve; accuracies from the run's history):")
+        print_rows(result["curve"], [
+            ("iter", ">4", "", "imq_iteration"), ("A", ">2", "", "act_bits"),
+            ("avg bits", ">8", "", col("avg_weight_bits", ".2f")),
+            ("cycles/img", ">11", "", col("cycles_per_image", ",.0f")),
+            ("speed-up", ">8", "", col("speedup_vs_dense32", ".2f")),
+            ("tile bound", ">10", "", col("tile_bound_cycles", ",.0f")),
+            ("test acc", ">8", "", col("fakequant_accuracy", ".3f")), ("val acc", ">7", "", col("val_accuracy", ".3f")),
+            ("ticket", ">6", "", lambda r: "yes" if r["is_ticket"] else ""),
+            ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches")])
     syn = result["synthesis"]
     if syn is None:
         print(f"\nno resources: the synthesis did not finish ({result.get('synthesis_error')})")

@@ -81,7 +81,9 @@ def _result(ticket_cycles=30_000.0, **ticket_kw):
     for r in rows:
         base = next(b for b in rows if b["weights"] == "dense32" and b["act_bits"] == r["act_bits"])
         r["speedup_vs_dense32"] = base["cycles_per_image"] / r["cycles_per_image"]
-    return {"rows": rows, "config": {"engines": 8, "lanes": 19}, "synthesis": {
+    curve = [_row("imq", act, 400_000.0 / k, imq_iteration=k, rtl_images=1, is_ticket=k == 2, fakequant_accuracy=0.8,
+                  val_accuracy=0.8, speedup_vs_dense32=float(k)) for act in (4, 8) for k in (1, 2)]
+    return {"rows": rows, "curve": curve, "config": {"engines": 8, "lanes": 19}, "synthesis": {
         "dsp": 160, "lut": 40000, "ff": 50000, "bram36": 60.0, "lut_fraction": 40000 / 53200,
         "timing": {"fmax_mhz": 105.0}}}
 
@@ -139,6 +141,29 @@ def test_floors_hold_and_fail_on_the_ticket_at_pact4():
     assert not accel.floors(small)["dsp >= 150"]["holds"]
 
 
+def test_the_imq_curve_must_run_and_match_golden():
+    result = _result()
+    result["curve"][1]["rtl_mismatches"] = 1
+    assert not accel.floors(result)["imq_curve_rtl_mismatches == 0"]["holds"]
+    for r in result["curve"]:  # no point ran (the budget): unmeasured, so the floor fails
+        r.update(rtl_images=0, rtl_mismatches=0)
+    entry = accel.floors(result)["imq_curve_rtl_mismatches == 0"]
+    assert entry["value"] is None and not entry["holds"]
+
+
+def test_the_curve_networks_are_every_iteration_at_its_own_widths(ticket, monkeypatch):
+    """One network per iteration of the run and activation width, each with that iteration's masks."""
+    dense = accel.variant(ticket, "dense32", 4)  # stands for iteration 0 (every weight at 32 bits)
+    models = {0: dense, 3: ticket}
+    monkeypatch.setattr(accel, "load_iteration", lambda run, k: models[k])
+    source = {"run": "run", "history": [{"iteration": 0}, {"iteration": 3}]}
+    nets = accel.curve_networks(source)
+    assert set(nets) == {("imq0", 4), ("imq0", 8), ("imq3", 4), ("imq3", 8)}
+    assert nets[("imq0", 8)].avg_weight_bits == 32.0
+    assert nets[("imq3", 4)].avg_weight_bits == to_golden(accel.variant(ticket, "ticket", 4)).avg_weight_bits < 32
+    assert {a.bits for a in ticket.modules() if isinstance(a, PACT)} == {4}  # the models are not touched
+
+
 def bench(capsys, *args):
     code = build.main(["bench", *map(str, args)])
     out = capsys.readouterr()
@@ -161,6 +186,7 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     assert written["rows"][0]["cycles_per_image"] == 50_000.0 and "provenance" in written
     assert not written["floors"]["ticket_a4_cycles_per_image <= 40000"]["holds"]
     assert (tmp_path / "accel.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Fig. 4's curve" in out and written["curve"][0]["imq_iteration"] == 1
     code, _, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
     assert code == 1
 
@@ -206,6 +232,25 @@ def test_the_budget_plan_gives_every_row_an_image_then_the_ticket_then_the_other
     wall = {k: 2.0 for k in counts}
     assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 30.0) == (("ticket", 4), 15)
     assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 1.0) is None
+
+
+def test_the_curve_points_come_after_every_row_and_only_with_time_left():
+    counts = {("ticket", 4): 4, ("dense32", 4): 2, ("imq0", 4): 1, ("imq1", 4): 1}
+    planned = dict.fromkeys(counts, 0)
+    done = dict.fromkeys(counts, 0)
+    wall = dict.fromkeys(counts, 0.0)
+    seen = []
+    while (step := accel._plan(counts, planned, done, wall, left_s=1e9)) is not None:
+        seen.append(step)
+        planned[step[0]] += step[1]
+        done[step[0]] += step[1]
+        wall[step[0]] += 2.0 * step[1]
+    assert [k for k, _ in seen][-2:] == [("imq0", 4), ("imq1", 4)] and done == counts
+    planned = {**counts, ("imq0", 4): 0, ("imq1", 4): 0}
+    done = dict(planned)
+    wall = {k: 2.0 * n for k, n in planned.items()}
+    assert accel._plan(counts, planned, done, wall, left_s=3 * accel.RUN_OVERHEAD_S) == (("imq0", 4), 1)
+    assert accel._plan(counts, planned, done, wall, left_s=3 * accel.RUN_OVERHEAD_S - 1) is None
 
 
 def test_chunks_out_at_once_are_planned_from_what_is_given_out_not_what_came_back():
