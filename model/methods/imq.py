@@ -30,7 +30,7 @@ from model.data import Split
 from model.errors import UserError
 from model.export.golden import WIDTHS
 from model.quant.dorefa import check_widths
-from model.quant.layers import QUANT_LAYER_TYPES
+from model.quant.layers import QUANT_LAYER_TYPES, QuantConv2d
 from model.training.loop import evaluate, train
 
 #: The quantization hierarchy of Sec. 3.2; one IMQ step moves a weight one place to the right.
@@ -87,6 +87,20 @@ def average_bits(layers: list[nn.Module]) -> float:
 def width_counts(layers: list[nn.Module], widths: tuple[int, ...] = WIDTHS) -> dict[int, int]:
     """Number of weights of each width in ``widths``, summed over ``layers``."""
     return {m: sum(int((layer.bit_width == m).sum()) for layer in layers) for m in widths}
+
+
+def schedule_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose masks Algorithm 1 and its baselines move: a network's conv layers when it has any, else
+    every quantized layer (an MLP).
+
+    Sec. 4 (Fig. 1's caption): "although we demonstrate the example using MLP, in experiments we only quantize
+    or prune weights of convolutional layers". So a conv network's fully connected classifier keeps 32 bits
+    (QNN-k's start width too: :func:`model.methods.schedules.init_masks`) through every iteration, and the rate ``rho``
+    is a fraction of the conv weights; :func:`average_bits` still counts every weight, the classifier's at 32.
+    """
+    layers = model.quant_layers()
+    convs = [layer for layer in layers if isinstance(layer, QuantConv2d)]
+    return convs or layers
 
 
 def _check_rate(rate: float, name: str) -> None:
@@ -389,7 +403,7 @@ def iterate(
     line 7), record the test accuracy (and the validation accuracy if ``val`` is given), then call
     ``on_iteration(record, model)`` (the model then holds the trained network
     and the masks it was trained with); stop if ``avg_bits <= target_avg_bits`` or ``k`` is the last
-    iteration, else ``update(layers)``; then call ``on_step(progress, model)``, where the model's masks are
+    iteration, else ``update(layers)`` on :func:`schedule_layers` (a conv network's conv layers); then call ``on_step(progress, model)``, where the model's masks are
     the ones the next iteration will use. ``model`` is left holding the last trained network with the
     masks it was trained with.
 
@@ -429,7 +443,8 @@ def iterate(
         ``start`` (updated in place) or a new one.
     """
     state = start if start is not None else Progress()
-    layers = model.quant_layers()
+    layers = model.quant_layers()  # what the records count: every weight
+    moving = schedule_layers(model)  # what the update moves
     with tqdm(total=iterations, initial=state.next_iteration, desc=desc, disable=not progress) as bar:
         for k in range(state.next_iteration, iterations):
             if state.finished:
@@ -447,7 +462,7 @@ def iterate(
             state.reached_target = record.avg_bits <= target_avg_bits
             state.finished = state.reached_target or k == iterations - 1
             if not state.finished:
-                update(layers)
+                update(moving)
             if on_step is not None:
                 on_step(state, model)
     return state

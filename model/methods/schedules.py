@@ -49,6 +49,7 @@ from model.methods.imq import (
     initial_state,
     iterate,
     prune_update,
+    schedule_layers,
 )
 from model.quant.dorefa import TRAIN_WIDTHS
 
@@ -211,11 +212,14 @@ def mask_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def init_masks(layers: list[nn.Module], schedule: Schedule) -> None:
-    """Set every weight's width to the schedule's start width (``m_q = {32}^|theta|``, or ``k`` for QNN-k)."""
+def init_masks(model: nn.Module, schedule: Schedule) -> None:
+    """Set the schedule's start width (``m_q = {32}^|theta|``, or ``k`` for QNN-k) on the weights of
+    :func:`~model.methods.imq.schedule_layers` (a conv network's conv layers), 32 bits on the other quantized
+    layers (a conv network's classifier, which the paper neither quantizes nor prunes)."""
+    moving = schedule_layers(model)
     with torch.no_grad():
-        for layer in layers:
-            layer.bit_width.fill_(schedule.weight_bits)
+        for layer in model.quant_layers():
+            layer.bit_width.fill_(schedule.weight_bits if any(layer is x for x in moving) else 32)
 
 
 def mask_update(schedule: Schedule, generator: torch.Generator | None = None) -> Callable[[list[nn.Module]], int]:
@@ -294,9 +298,8 @@ def run_method(
     Progress
         History and whether the target was reached; the model holds the last trained network.
     """
-    layers = model.quant_layers()
     if start is None:
-        init_masks(layers, schedule)
+        init_masks(model, schedule)
     if theta_0 is None:
         theta_0 = initial_state(model)
     if schedule.spec.step is None:

@@ -763,7 +763,7 @@ def run(
     data_record = run_data_record(config.to_json(), model, str(run_dir), image_shape=split.image_shape)
     saved = _load_state(run_dir, config, model)
     if saved is None:
-        init_masks(model.quant_layers(), config.schedule)
+        init_masks(model, config.schedule)
         state = _State(Progress(), None, _masks(model), mask_generator(config.seed).get_state(),
                        torch.get_rng_state())
     else:

@@ -5,7 +5,7 @@ import torch
 
 from model.data import load_digits_split
 from model.errors import UserError
-from model.methods.imq import choose, imq_update, prune_update
+from model.methods.imq import choose, imq_update, prune_update, schedule_layers
 from model.methods.schedules import (
     METHODS,
     init_masks,
@@ -14,8 +14,8 @@ from model.methods.schedules import (
     mask_update,
     run_method,
 )
-from model.quant.layers import QuantLinear
-from model.quant.nets import DigitsMLP
+from model.quant.layers import QuantConv2d, QuantLinear
+from model.quant.nets import DigitsMLP, SmallVGG
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,5 +189,45 @@ def test_random_methods_are_reproducible(small_split):
 
 def test_init_masks_sets_the_start_width():
     model = DigitsMLP(hidden=(4,))
-    init_masks(model.quant_layers(), make_schedule("qnn", weight_bits=2))
+    init_masks(model, make_schedule("qnn", weight_bits=2))
     assert all(set(layer.bit_width.flatten().tolist()) == {2} for layer in model.quant_layers())
+
+
+def test_a_conv_networks_classifier_is_neither_quantized_nor_pruned():
+    """Sec. 4: "we only quantize or prune weights of convolutional layers": QNN-4's start width and every
+    IMQ / IMP update reach the conv layers, the classifier stays at 32 bits (an MLP's layers all move)."""
+    torch.manual_seed(0)
+    model = SmallVGG(image_shape=(1, 8, 8), n_classes=10, act_bits=4, channels=(4, 8))
+    init_masks(model, make_schedule("qnn", weight_bits=4))
+    convs, fcs = _conv_and_fc(model)
+    assert convs and fcs
+    assert all(set(c.bit_width.flatten().tolist()) == {4} for c in convs)
+    assert all(set(f.bit_width.flatten().tolist()) == {32} for f in fcs)
+    assert schedule_layers(model) == convs and schedule_layers(DigitsMLP(hidden=(4,))) != []
+    for method in ("imq", "imp"):
+        init_masks(model, make_schedule(method))
+        update = mask_update(make_schedule(method, rate=0.5))
+        for _ in range(3):
+            update(schedule_layers(model))
+        assert all(set(f.bit_width.flatten().tolist()) == {32} for f in fcs)
+        assert all((c.bit_width < 32).any() for c in convs)
+
+
+def test_a_conv_runs_iterations_leave_the_classifier_at_32_bits(small_split):
+    """The whole loop (:func:`run_method`): IMQ's masks move in the conv layers only, and the recorded average
+    counts the classifier's weights at 32 bits."""
+    torch.manual_seed(0)
+    model = SmallVGG(image_shape=(1, 8, 8), n_classes=10, act_bits=4, channels=(4,))
+    progress = run_method(model, small_split, make_schedule("imq", rate=0.5, iterations=3), epochs=1, lr=0.01,
+                          batch_size=32, seed=0, progress=False)
+    convs, fcs = _conv_and_fc(model)
+    assert all(set(f.bit_width.flatten().tolist()) == {32} for f in fcs)
+    n_conv, n_fc = (sum(x.bit_width.numel() for x in group) for group in (convs, fcs))
+    conv_bits = sum(int(c.bit_width.sum()) for c in convs)
+    assert conv_bits < 32 * n_conv
+    assert progress.history[-1].avg_bits == pytest.approx((conv_bits + 32 * n_fc) / (n_conv + n_fc))
+
+
+def _conv_and_fc(model):
+    layers = model.quant_layers()
+    return [x for x in layers if isinstance(x, QuantConv2d)], [x for x in layers if not isinstance(x, QuantConv2d)]

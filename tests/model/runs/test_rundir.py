@@ -417,7 +417,7 @@ def test_run_trains_without_the_validation_images_and_records_both_accuracies(tm
         assert record["val_accuracy"] == evaluate(trained, val.x, val.y)
     # Iteration 0 is theta_0 trained on the 160 remaining training images, bit for bit.
     model, _ = _initial_model(tmp_path, config, split)
-    init_masks(model.quant_layers(), config.schedule)
+    init_masks(model, config.schedule)
     train(model, split, config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed, progress=False)
     assert all(torch.equal(v, load_iteration(tmp_path, 0).state_dict()[k]) for k, v in model.state_dict().items())
     assert history["ticket"]["selected_on"] == "validation"
