@@ -56,6 +56,12 @@ left out). A point has the row keys without the resources (the same bitstream), 
 ``is_ticket``, and ``fakequant_accuracy`` / ``val_accuracy`` from the run's history (its test and validation
 accuracy as trained, on all the test images; ``golden_accuracy`` is the one image's). ``accel.png`` draws the
 curve with the rows on it; ``imq_curve_rtl_mismatches == 0`` is one more floor (every point golden's scores).
+
+``backpressure``: the rows count cycles without stalls; :data:`STALL_IMAGES` images of the ticket at PACT-4 then
+run once more on the same build under random back-pressure on every stream of the top (idle cycles on the load
+port and the input stream, the score stream's ``ready`` low at random: the testbench's ``stall``, a seed per
+chunk), after the rows and before the curve; ``rtl_images`` and ``rtl_mismatches`` of them, two more floors
+(at least :data:`STALL_IMAGES`, 0 mismatches): whole ResNet-20 images bit-exact under back-pressure.
 """
 
 from __future__ import annotations
@@ -115,6 +121,12 @@ OTHER_IMAGES = 10
 #: Images of each point of the IMQ curve (every iteration of the ticket's run at its own widths, PACT-4 and PACT-8:
 #: the tickets of the paper's Fig. 4 at their average bits); they run after the rows of the floors.
 CURVE_IMAGES = 1
+#: Images of the ticket at PACT-4 run again under random back-pressure (the testbench's ``stall``: idle cycles on
+#: the load port and the input stream, the score stream not ready at random), after the rows; their cycles are
+#: not counted (stalls add cycles), their scores must be golden's.
+STALL_IMAGES = 10
+#: The key of that run (not a row: :data:`WEIGHTS` has no such weights).
+STALL_KEY = ("ticket_stalled", 4)
 WEIGHTS = ("ticket", "dense32", "qnn4")
 ACT_BITS = (4, 8)
 CLOCK_HZ = 100e6
@@ -307,11 +319,12 @@ def _plan(counts: dict, planned: dict, done: dict, wall: dict, left_s: float) ->
     return None
 
 
-def _run_chunk(vpath: str, words, codes, expected, work_dir: str, simulator: str) -> dict:
+def _run_chunk(vpath: str, words, codes, expected, work_dir: str, simulator: str, stall: bool = False,
+               seed: int = 0) -> dict:
     """One chunk's RTL run, in a worker process (:func:`run_accel`): its record, or ``{"failure": message}``
     (an exception object need not survive the trip back)."""
     try:
-        return run_array(vpath, words, codes, expected, work_dir=work_dir, simulator=simulator, stall=False,
+        return run_array(vpath, words, codes, expected, work_dir=work_dir, simulator=simulator, stall=stall, seed=seed,
                          timeout_cycles=TIMEOUT_CYCLES)
     except SimulationError as exc:
         return {"failure": f"the simulator failed ({exc})"}
@@ -320,7 +333,7 @@ def _run_chunk(vpath: str, words, codes, expected, work_dir: str, simulator: str
 def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES, lanes: int = DEFAULT_LANES,
               ticket_images: int = TICKET_IMAGES, other_images: int = OTHER_IMAGES, simulator: str = "verilator",
               minutes: float = BUDGET_MINUTES, synth_minutes: float = SYNTH_MINUTES, synth: bool = True,
-              curve: bool = True, progress: bool = True) -> dict:
+              curve: bool = True, stall_images: int = STALL_IMAGES, progress: bool = True) -> dict:
     """Build the array once, run every row's images on it within ``minutes``, synthesise it (module docstring).
 
     The time budget counts from the call (training a missing ticket included); the simulations stop taking
@@ -331,6 +344,9 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     With ``curve``, every iteration of the ticket's IMQ run also runs :data:`CURVE_IMAGES` image at PACT-4 and
     PACT-8 after the rows (``curve`` of the result: the Fig. 4 curve, speed-up over dense32 against average
     bits, each point with its iteration's test and validation accuracy from the run's history).
+
+    ``stall_images`` images of the ticket at PACT-4 then run again under random back-pressure on every stream of
+    the array's top (``backpressure`` of the result: images, mismatches; their cycles are not counted).
 
     Each Yosys run of the synthesis is bounded by ``synth_minutes``; a synthesis that fails or runs out is
     recorded (``synthesis_error``, and ``None`` for the resource keys, so those floors fail) instead of
@@ -346,6 +362,9 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     counts = {(w, a): ticket_images if (w, a) == ("ticket", 4) else other_images for w in WEIGHTS for a in ACT_BITS}
     nets, codes, labels = networks(source, counts)
     history = {f"imq{int(h['iteration'])}": h for h in source["history"]} if curve else {}
+    if stall_images:
+        nets[STALL_KEY] = nets[("ticket", 4)]
+        counts[STALL_KEY] = stall_images
     if curve:
         nets.update(curve_networks(source))
         counts.update({key: CURVE_IMAGES for key in nets if key not in counts})
@@ -406,7 +425,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     def args(key, n):
         lo = planned[key] - n
         return (str(vpath), words[key], codes[lo:lo + n], expected_all[key][lo:lo + n], str(out_dir / "sim"),
-                simulator)
+                simulator, key == STALL_KEY, lo)
 
     # The first image builds the simulator (minutes of C++); then SIM_WORKERS processes run chunks side by
     # side (the testbench reads its case through os.environ, so processes, not threads).
@@ -424,9 +443,11 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
                 take(*running.pop(future), future.result())
     bar.close()
     rows, curve_rows = [], []
-    bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}
-    tiled = {key: tile_bound_cycles(nets[key], config.engines, config.lanes) for key in counts}
-    for key, asked in counts.items():
+    measured = [key for key in counts if key != STALL_KEY]
+    bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in measured}
+    tiled = {key: tile_bound_cycles(nets[key], config.engines, config.lanes) for key in measured}
+    for key in measured:
+        asked = counts[key]
         weights, act = key
         net = nets[key]
         n = done[key]
@@ -483,6 +504,10 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     return {
         "rows": rows,
         "curve": sorted(curve_rows, key=lambda r: (r["act_bits"], r["imq_iteration"])),
+        "backpressure": None if not stall_images else {
+            "weights": "ticket", "act_bits": 4, "images_asked": stall_images, "rtl_images": len(spans[STALL_KEY]),
+            "rtl_mismatches": mismatched[STALL_KEY], "statuses": sorted(statuses[STALL_KEY]),
+            "timed_out": timed_out[STALL_KEY]},
         "config": dataclasses.asdict(config),
         "synth_config": dataclasses.asdict(synth_config),
         "dsp_lanes": config.dsp_lanes,
@@ -497,14 +522,16 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
 
 
 def floors(result: dict) -> dict:
-    """The issue's floors, on the ticket at PACT-4 (and at least 10 images, 0 mismatches, on every row), and
-    0 mismatches on the IMQ curve's points (at least one of which ran)."""
+    """The issue's floors, on the ticket at PACT-4 (and at least 10 images, 0 mismatches, on every row), 0
+    mismatches on the IMQ curve's points (at least one of which ran) and on at least :data:`STALL_IMAGES` images
+    of the ticket at PACT-4 under back-pressure."""
 
     rows = result["rows"]
     t = next(r for r in rows if r["weights"] == "ticket" and r["act_bits"] == 4)
     syn = result["synthesis"] or {}
     others = [r for r in rows if r is not t]
     ran = [r for r in result.get("curve", []) if r["rtl_images"]]
+    stalled = result.get("backpressure") or {}
     return {
         "ticket_a4_cycles_per_image <= 40000": floor_entry(t["cycles_per_image"], MAX_TICKET_CYCLES, "<="),
         "ticket_a4_speedup_vs_dense32 >= 8.63": floor_entry(t["speedup_vs_dense32"], MIN_SPEEDUP),
@@ -519,6 +546,10 @@ def floors(result: dict) -> dict:
         # the IMQ curve's points are the same array on the run's other tickets: golden's scores too (None when
         # no point ran: unmeasured fails)
         "imq_curve_rtl_mismatches == 0": floor_entry(sum(r["rtl_mismatches"] for r in ran) if ran else None, 0, "=="),
+        # whole ResNet-20 images under random back-pressure on every stream of the top (the issue's verification)
+        "ticket_a4_backpressure_images >= 10": floor_entry(stalled.get("rtl_images"), STALL_IMAGES),
+        "ticket_a4_backpressure_mismatches == 0": floor_entry(
+            stalled.get("rtl_mismatches") if stalled.get("rtl_images") else None, 0, "=="),
     }
 
 

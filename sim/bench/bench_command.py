@@ -257,6 +257,10 @@ def bench_accel(args, out: Path) -> int:
         ("MAC/DSP/c", ">9", "", col("dense_macs_per_dsp_cycle", ".2f")),
         ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
         ("acc", ">6", "", col("golden_accuracy", ".3f")), ("sim c/s", ">8", "", col("sim_cycles_per_second", ",.0f"))])
+    stalled = result.get("backpressure")
+    if stalled:
+        print(f"\nunder random back-pressure (the ticket at PACT-4, cycles not counted): {stalled['rtl_images']} "
+              f"images, {stalled['rtl_mismatches']} mismatches")
     if result.get("curve"):
         print("\nthe IMQ run's iterations on the same bitstream (Fig. 4's curve; accuracies from the run's history):")
         print_rows(result["curve"], [

@@ -83,7 +83,9 @@ def _result(ticket_cycles=30_000.0, **ticket_kw):
         r["speedup_vs_dense32"] = base["cycles_per_image"] / r["cycles_per_image"]
     curve = [_row("imq", act, 400_000.0 / k, imq_iteration=k, rtl_images=1, is_ticket=k == 2, fakequant_accuracy=0.8,
                   val_accuracy=0.8, speedup_vs_dense32=float(k)) for act in (4, 8) for k in (1, 2)]
-    return {"rows": rows, "curve": curve, "config": {"engines": 8, "lanes": 19}, "synthesis": {
+    stalled = {"weights": "ticket", "act_bits": 4, "images_asked": 10, "rtl_images": 10, "rtl_mismatches": 0,
+               "statuses": [0], "timed_out": False}
+    return {"rows": rows, "curve": curve, "backpressure": stalled, "config": {"engines": 8, "lanes": 19}, "synthesis": {
         "dsp": 160, "lut": 40000, "ff": 50000, "bram36": 60.0, "lut_fraction": 40000 / 53200,
         "timing": {"fmax_mhz": 105.0}}}
 
@@ -151,6 +153,18 @@ def test_the_imq_curve_must_run_and_match_golden():
     assert entry["value"] is None and not entry["holds"]
 
 
+def test_whole_images_under_back_pressure_must_run_and_match_golden():
+    result = _result()
+    result["backpressure"]["rtl_mismatches"] = 1
+    assert not accel.floors(result)["ticket_a4_backpressure_mismatches == 0"]["holds"]
+    result["backpressure"].update(rtl_images=9, rtl_mismatches=0)
+    assert not accel.floors(result)["ticket_a4_backpressure_images >= 10"]["holds"]
+    result["backpressure"] = None  # not run: both unmeasured
+    f = accel.floors(result)
+    assert not f["ticket_a4_backpressure_images >= 10"]["holds"]
+    assert not f["ticket_a4_backpressure_mismatches == 0"]["holds"]
+
+
 def test_the_curve_networks_are_every_iteration_at_its_own_widths(ticket, monkeypatch):
     """One network per iteration of the run and activation width, each with that iteration's masks."""
     dense = accel.variant(ticket, "dense32", 4)  # stands for iteration 0 (every weight at 32 bits)
@@ -187,6 +201,7 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     assert not written["floors"]["ticket_a4_cycles_per_image <= 40000"]["holds"]
     assert (tmp_path / "accel.png").read_bytes()[:4] == b"\x89PNG"
     assert "Fig. 4's curve" in out and written["curve"][0]["imq_iteration"] == 1
+    assert "under random back-pressure" in out and written["backpressure"]["rtl_images"] == 10
     code, _, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
     assert code == 1
 
