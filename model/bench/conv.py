@@ -24,6 +24,10 @@ per image for the golden model), so:
   8.63x at 2.29 bits and PACT-4), with most of its non-zero weights at 4 and 8 bits, so ``bench accel`` measures
   the array on a ticket like the paper's (iteration 7, about 1.6 bits, lets the validation choose between the
   two). It trains on 5,000 images for 2 epochs per iteration; the VGG 6 iterations on 15,000 for 2;
+* IMQ moves the conv layers' masks only, the classifier stays at 32 bits (Sec. 4, "we only quantize or prune
+  weights of convolutional layers"; :func:`model.methods.imq.schedule_layers`), and an iteration's average bits
+  are those of its conv weights (the paper's axis; the row's ``avg_weight_bits`` is the image's, every weight,
+  and ``ticket_conv_avg_bits`` the ticket's conv weights);
 * the ticket: the iteration of at most :data:`TICKET_BITS` average bits with the best *validation* accuracy
   (:func:`model.methods.imq.best_within`); the narrowest iteration if none is that narrow (``ticket_rule``);
 * BMPQ: the first 12,000 training images, 6 epochs of SGD (ILP after epochs 2 and 4), target compression 10x. It
@@ -215,10 +219,12 @@ def run_imq_row(arch: str, config, runs_dir: Path, image_root: Path, progress: b
     model = load_iteration(runs_dir / f"{arch}_imq", ticket.iteration)
     split = result.split
     train_seconds = time.time() - t0
-    _say(progress, f"{arch} IMQ ticket: iteration {ticket.iteration}, {ticket.avg_bits:.2f} bits; measuring")
+    _say(progress, f"{arch} IMQ ticket: iteration {ticket.iteration}, {ticket.avg_bits:.2f} bits (its conv weights: "
+                   "the classifier stays at 32 bits); measuring")
     row = network_row(arch, "imq", model, split.x_test, split.y_test, image_root / f"{arch}_imq",
                       data=_test_record(config, split, model), progress=progress,
                       ticket_iteration=ticket.iteration, ticket_rule=rule, ticket_val_accuracy=ticket.val_accuracy,
+                      ticket_conv_avg_bits=ticket.avg_bits,
                       history=[{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy,
                                 "val_accuracy": r.val_accuracy} for r in result.history],
                       train_images=int(split.x_train.shape[0]), val_images=(result.validation or {}).get("size"),
