@@ -52,16 +52,19 @@ partly filled ones at their cost).
 ``curve``: the paper's Fig. 4 plots the speed-up of tickets at several average bit widths; here every iteration
 of the ticket's IMQ run (32 bits at iteration 0 down to about 1.6 at the last) runs :data:`CURVE_IMAGES` image at
 PACT-4 and PACT-8 on the same build after the rows (a point whose first image would not end within the budget is
-left out). A point has the row keys without the resources (the same bitstream), plus ``imq_iteration``,
-``is_ticket``, and ``fakequant_accuracy`` / ``val_accuracy`` from the run's history (its test and validation
-accuracy as trained, on all the test images; ``golden_accuracy`` is the one image's). ``accel.png`` draws the
+left out). A point has the row keys without the resources (the same bitstream; ``avg_weight_bits`` is the image's,
+every weight, the plot's axis), plus ``imq_iteration``, ``is_ticket``, ``conv_avg_bits`` (IMQ's own average, over
+the conv weights it quantizes: the paper's axis) and ``fakequant_accuracy`` / ``val_accuracy`` from the run's
+history (its test and validation accuracy as trained, on the run's test and validation images: ``bench conv``'s
+2,000 and 1,000; ``golden_accuracy`` is the one image's). ``accel.png`` draws the
 curve with the rows on it; ``imq_curve_rtl_mismatches == 0`` is one more floor (every point golden's scores).
 
 ``backpressure``: the rows count cycles without stalls; :data:`STALL_IMAGES` images of the ticket at PACT-4 then
 run once more on the same build under random back-pressure on every stream of the top (idle cycles on the load
 port and the input stream, the score stream's ``ready`` low at random: the testbench's ``stall``, a seed per
-chunk), after the rows and before the curve; ``rtl_images`` and ``rtl_mismatches`` of them, two more floors
-(at least :data:`STALL_IMAGES`, 0 mismatches): whole ResNet-20 images bit-exact under back-pressure.
+chunk), after the rows (its first image before the curve's, its other chunks beside them); ``rtl_images`` and
+``rtl_mismatches`` of them, two more floors (at least :data:`STALL_IMAGES`, 0 mismatches): whole ResNet-20 images
+bit-exact under back-pressure.
 """
 
 from __future__ import annotations
@@ -197,12 +200,13 @@ def variant(model, weights: str, act_bits: int):
     return m
 
 
-def networks(source: dict, images: dict[tuple[str, int], int]) -> tuple[dict, np.ndarray, np.ndarray]:
+def networks(source: dict, images: dict[tuple[str, int], int], n_images: int = 0
+             ) -> tuple[dict, np.ndarray, np.ndarray]:
     """The six integer networks ``{(weights, act_bits): IntConvNetwork}``, the test images' input codes
-    ``[N, C H W]`` (the most any row runs) and their labels."""
+    ``[N, C H W]`` (the most any row runs, at least ``n_images``) and their labels."""
 
     model = load_iteration(source["run"], source["iteration"])
-    vectors = image_vectors(source["image"], max(images.values()), 0)  # reads the exported image too
+    vectors = image_vectors(source["image"], max(*images.values(), n_images), 0)  # reads the exported image too
     nets = {key: to_golden(variant(model, *key)) for key in images}
     if ("ticket", 4) in nets and not np.array_equal(pack(nets[("ticket", 4)]), pack(vectors.net)):
         raise UserError(f"{source['image']}: the exported ticket differs from iteration {source['iteration']} of "
@@ -294,9 +298,11 @@ def _plan(counts: dict, planned: dict, done: dict, wall: dict, left_s: float) ->
     """The next ``(key, images)`` chunk to run within ``left_s`` seconds, or None.
 
     Every row gets one image first (in :data:`WEIGHTS` x :data:`ACT_BITS` order), then the ticket at PACT-4
-    up to its count, then the others, then the keys that are not rows of :data:`WEIGHTS` (the IMQ curve's
-    points, each given its first image only while three run overheads are left); a chunk is as many images as the row's measured simulation seconds per
-    image (``wall`` over ``done``: the simulator's own time, not the first run's Verilator build) leave time
+    up to its count, then the others, then the keys that are not rows of :data:`WEIGHTS` (the back-pressure
+    run, then the IMQ curve's points: each gets its first image only if the slowest image measured so far would
+    end in time, and they run side by side with the back-pressure run's later chunks); a chunk is as many
+    images as the row's measured simulation seconds per image (``wall`` over ``done``: the simulator's own
+    time, not the first run's Verilator build) leave time
     for after :data:`RUN_OVERHEAD_S` (at most a quarter of a row's count, so that the progress bar moves).
     ``planned`` counts the images given out, ``done`` those that came back (chunks run side by side,
     :data:`SIM_WORKERS`): a row whose first image is still out gets no more until its time is known."""
@@ -304,10 +310,13 @@ def _plan(counts: dict, planned: dict, done: dict, wall: dict, left_s: float) ->
     for key in rows:
         if planned[key] == 0:
             return key, 1
+    # A key that is not a row starts only if the slowest image measured so far (dense32's: no point of the
+    # curve is slower) would end in time, or, with nothing measured, three run overheads are left.
+    slowest = max((wall[k] / done[k] for k in rows if done[k]), default=2 * RUN_OVERHEAD_S)
     order = [("ticket", 4)] + [k for k in rows if k != ("ticket", 4)] + [k for k in counts if k not in rows]
     for key in order:
         want = counts[key] - planned[key]
-        if want > 0 and planned[key] == 0 and left_s >= 3 * RUN_OVERHEAD_S:
+        if want > 0 and planned[key] == 0 and left_s >= RUN_OVERHEAD_S + slowest:
             return key, 1
         if want <= 0 or done[key] == 0:
             continue
@@ -360,7 +369,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     deadline = t0 + 60 * minutes
     source = ticket_source(bench_dir, progress=progress)
     counts = {(w, a): ticket_images if (w, a) == ("ticket", 4) else other_images for w in WEIGHTS for a in ACT_BITS}
-    nets, codes, labels = networks(source, counts)
+    nets, codes, labels = networks(source, counts, stall_images)
     history = {f"imq{int(h['iteration'])}": h for h in source["history"]} if curve else {}
     if stall_images:
         nets[STALL_KEY] = nets[("ticket", 4)]
@@ -479,9 +488,13 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         else:  # a point of the IMQ curve: its iteration, and that iteration's accuracies from the run's history
             h = history[weights]
             row.update(imq_iteration=int(h["iteration"]), is_ticket=int(h["iteration"]) == source["iteration"],
-                       fakequant_accuracy=h.get("accuracy"), val_accuracy=h.get("val_accuracy"))
+                       conv_avg_bits=h.get("avg_bits"), fakequant_accuracy=h.get("accuracy"),
+                       val_accuracy=h.get("val_accuracy"))
             curve_rows.append(row)
-    write_json(out_dir / "rtl_rows.json", rows)  # the simulations' figures, whatever the synthesis does
+    # the simulations' figures, whatever the synthesis does
+    write_json(out_dir / "rtl_rows.json", {"rows": rows, "curve": curve_rows, "backpressure": None if not stall_images
+                                           else {"rtl_images": len(spans[STALL_KEY]),
+                                                 "rtl_mismatches": mismatched[STALL_KEY]}})
     if worker is not None:
         if progress and worker.is_alive():
             tqdm.write(f"bench accel: waiting for Yosys (at most {synth_minutes:g} minutes a run)")
@@ -499,7 +512,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
                                    if r["cycles_per_image"] and base["cycles_per_image"] else None)
         r["dense_macs_per_dsp_cycle"] = (r["macs_dense"] / r["cycles_per_image"] / res.dsp
                                          if res is not None and r["cycles_per_image"] else None)
-        if r in rows:
+        if any(r is b for b in rows):
             r.update(resources)
     return {
         "rows": rows,
@@ -530,7 +543,8 @@ def floors(result: dict) -> dict:
     t = next(r for r in rows if r["weights"] == "ticket" and r["act_bits"] == 4)
     syn = result["synthesis"] or {}
     others = [r for r in rows if r is not t]
-    ran = [r for r in result.get("curve", []) if r["rtl_images"]]
+    curve = result.get("curve") or []
+    ran = [r for r in curve if r["rtl_images"] or r["rtl_mismatches"] or r["timed_out"]]
     stalled = result.get("backpressure") or {}
     return {
         "ticket_a4_cycles_per_image <= 40000": floor_entry(t["cycles_per_image"], MAX_TICKET_CYCLES, "<="),
@@ -545,7 +559,8 @@ def floors(result: dict) -> dict:
         "fmax_mhz_estimate >= 100": floor_entry(t["fmax_mhz_estimate"], MIN_FMAX_MHZ),
         # the IMQ curve's points are the same array on the run's other tickets: golden's scores too (None when
         # no point ran: unmeasured fails)
-        "imq_curve_rtl_mismatches == 0": floor_entry(sum(r["rtl_mismatches"] for r in ran) if ran else None, 0, "=="),
+        "imq_curve_rtl_mismatches == 0": floor_entry(sum(r["rtl_mismatches"] for r in curve) if ran else None, 0,
+                                                     "=="),
         # whole ResNet-20 images under random back-pressure on every stream of the top (the issue's verification)
         "ticket_a4_backpressure_images >= 10": floor_entry(stalled.get("rtl_images"), STALL_IMAGES),
         "ticket_a4_backpressure_mismatches == 0": floor_entry(

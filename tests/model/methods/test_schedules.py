@@ -203,7 +203,8 @@ def test_a_conv_networks_classifier_is_neither_quantized_nor_pruned():
     assert convs and fcs
     assert all(set(c.bit_width.flatten().tolist()) == {4} for c in convs)
     assert all(set(f.bit_width.flatten().tolist()) == {32} for f in fcs)
-    assert schedule_layers(model) == convs and schedule_layers(DigitsMLP(hidden=(4,))) != []
+    mlp = DigitsMLP(hidden=(4,))
+    assert schedule_layers(model) == convs and schedule_layers(mlp) == mlp.quant_layers()
     for method in ("imq", "imp"):
         init_masks(model, make_schedule(method))
         update = mask_update(make_schedule(method, rate=0.5))

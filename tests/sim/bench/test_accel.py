@@ -6,6 +6,7 @@ tests/sim/bench/test_bench_command.py does for the other benches; the variants r
 """
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -147,8 +148,11 @@ def test_the_imq_curve_must_run_and_match_golden():
     result = _result()
     result["curve"][1]["rtl_mismatches"] = 1
     assert not accel.floors(result)["imq_curve_rtl_mismatches == 0"]["holds"]
+    result = _result()  # a point that hung: no image came back, one mismatch
+    result["curve"][1].update(rtl_images=0, rtl_mismatches=1, timed_out=True)
+    assert not accel.floors(result)["imq_curve_rtl_mismatches == 0"]["holds"]
     for r in result["curve"]:  # no point ran (the budget): unmeasured, so the floor fails
-        r.update(rtl_images=0, rtl_mismatches=0)
+        r.update(rtl_images=0, rtl_mismatches=0, timed_out=False)
     entry = accel.floors(result)["imq_curve_rtl_mismatches == 0"]
     assert entry["value"] is None and not entry["holds"]
 
@@ -261,11 +265,66 @@ def test_the_curve_points_come_after_every_row_and_only_with_time_left():
         done[step[0]] += step[1]
         wall[step[0]] += 2.0 * step[1]
     assert [k for k, _ in seen][-2:] == [("imq0", 4), ("imq1", 4)] and done == counts
+    # A point starts only if the slowest image measured (dense32's 50 s here) ends in time.
     planned = {**counts, ("imq0", 4): 0, ("imq1", 4): 0}
     done = dict(planned)
-    wall = {k: 2.0 * n for k, n in planned.items()}
-    assert accel._plan(counts, planned, done, wall, left_s=3 * accel.RUN_OVERHEAD_S) == (("imq0", 4), 1)
-    assert accel._plan(counts, planned, done, wall, left_s=3 * accel.RUN_OVERHEAD_S - 1) is None
+    wall = {("ticket", 4): 8.0, ("dense32", 4): 100.0, ("imq0", 4): 0.0, ("imq1", 4): 0.0}
+    assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 50) == (("imq0", 4), 1)
+    assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 49) is None
+
+
+def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_build(ticket, tmp_path, monkeypatch):
+    """run_accel's bookkeeping, with the simulator replaced by a record whose cycles are the image's words (the
+    RTL runs are bench accel's): the back-pressure chunks are the only stalled ones, with a seed each and the
+    images after the ones before; they make no row; the curve has every iteration at both widths, the ticket's
+    marked, each with its speed-up over the same build's dense32; ten back-pressure images with fewer asked of
+    the ticket's row load ten test images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    models = {0: accel.variant(ticket, "dense32", 4), 1: ticket}
+    monkeypatch.setattr(accel, "load_iteration", lambda run, k: models[k])
+    source = {"run": "run", "iteration": 1, "image": "img", "trained_now": False,
+              "history": [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.79},
+                          {"iteration": 1, "avg_bits": 3.0, "accuracy": 0.7, "val_accuracy": 0.69}]}
+    monkeypatch.setattr(accel, "ticket_source", lambda bench_dir, progress: source)
+    asked = []
+
+    def vectors(image, n, seed):
+        asked.append(n)
+        codes = np.random.default_rng(0).integers(0, 256, size=(n, 784))
+        return types.SimpleNamespace(net=to_golden(accel.variant(ticket, "ticket", 4)), codes=codes,
+                                     labels=np.zeros(n, dtype=np.int64))
+
+    monkeypatch.setattr(accel, "image_vectors", vectors)
+    monkeypatch.setattr(accel, "array_verilog", lambda config: "module mpq_array; endmodule\n")
+    monkeypatch.setattr(accel, "ProcessPoolExecutor", lambda max_workers, mp_context: ThreadPoolExecutor(1))
+    calls = []
+
+    def fake_chunk(vpath, words, codes, expected, work_dir, simulator, stall=False, seed=0):
+        calls.append((len(words), len(codes), stall, seed))
+        return {"sim_wall_s": 0.01, "image_cycles": [float(len(words))] * len(codes), "layer_cycles": [],
+                "mismatches": 0, "images": len(codes), "sim_cycles": len(words) * len(codes), "statuses": [0],
+                "timed_out": False, "error": None}
+
+    monkeypatch.setattr(accel, "_run_chunk", fake_chunk)
+    result = accel.run_accel(tmp_path, tmp_path, engines=1, lanes=14, ticket_images=4, other_images=1, synth=False,
+                             progress=False)
+    assert asked == [10]  # the back-pressure run's ten images, more than the rows ask
+    assert [(r["weights"], r["act_bits"]) for r in result["rows"]] == [(w, a) for w in accel.WEIGHTS
+                                                                      for a in accel.ACT_BITS]
+    ticket_words = len(accel.pack(to_golden(accel.variant(ticket, "ticket", 4))))
+    stalled = [c for c in calls if c[2]]
+    assert sum(c[1] for c in stalled) == 10 and all(c[0] == ticket_words for c in stalled)
+    assert sorted(c[3] for c in stalled) == [0, *np.cumsum([c[1] for c in stalled])[:-1].tolist()]
+    assert result["backpressure"]["rtl_images"] == 10 and result["backpressure"]["rtl_mismatches"] == 0
+    curve = {(r["imq_iteration"], r["act_bits"]): r for r in result["curve"]}
+    assert set(curve) == {(0, 4), (0, 8), (1, 4), (1, 8)}
+    assert curve[(1, 4)]["is_ticket"] and not curve[(0, 4)]["is_ticket"] and curve[(1, 4)]["conv_avg_bits"] == 3.0
+    dense = next(r for r in result["rows"] if r["weights"] == "dense32" and r["act_bits"] == 4)
+    assert curve[(0, 4)]["speedup_vs_dense32"] == 1.0  # iteration 0 is every weight at 32 bits, as dense32
+    assert curve[(1, 4)]["speedup_vs_dense32"] == dense["cycles_per_image"] / ticket_words
+    assert curve[(1, 4)]["fakequant_accuracy"] == 0.7 and "lut" not in curve[(1, 4)]
+    assert json.loads((tmp_path / "rtl_rows.json").read_text())["backpressure"]["rtl_images"] == 10
 
 
 def test_chunks_out_at_once_are_planned_from_what_is_given_out_not_what_came_back():
