@@ -24,6 +24,10 @@ IMQ with random choice"), which is how the defaults here read it. Every method i
 average weight width with pruned weights counting 0 bits (Fig. 3 and 8): ``32 * density`` for IMP and
 IRP, ``k * density`` for QNN-k IMP, ``k`` for QNN-k.
 
+"Start mask" and "update" are over :func:`model.methods.imq.schedule_layers`: in a conv network its conv layers
+("in experiments we only quantize or prune weights of convolutional layers", Sec. 4), the classifier staying at
+32 bits; the rate and the recorded average width are over those weights too. An MLP's layers all take part.
+
 The random methods draw from a ``torch.Generator`` seeded with the run's seed (its state is part of a
 run's checkpoint, so a resumed run draws what an uninterrupted one would).
 """
