@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.bench.conv import MAX_GAP_PP, NETWORKS, ROW_KEYS, floors, network_row, pick_ticket
+from model.bench import conv
+from model.bench.conv import MAX_GAP_PP, NETWORKS, ROW_KEYS, floors, imq_configs, network_row, pick_ticket
 from model.data import DataRecord, load_dataset
 from model.export.convert import to_golden
 from model.export.golden_net import mac_counts
@@ -17,6 +18,26 @@ from model.quant.nets import SmallVGG
 from model.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _Stop(Exception):
+    """Ends the run once its thread count is seen."""
+
+
+def test_imq_runs_train_on_the_pinned_thread_count_and_restore_it(monkeypatch, tmp_path):
+    """The ticket depends on torch's thread count, so an IMQ run of the bench trains on IMQ_THREADS, and the
+    caller's count comes back even when the run stops with an error."""
+    seen = []
+
+    def fake_run(config, run_dir, progress, restart):
+        seen.append(torch.get_num_threads())
+        raise _Stop
+
+    monkeypatch.setattr(conv, "run", fake_run)
+    before = torch.get_num_threads()
+    with pytest.raises(_Stop):
+        conv.run_imq_row("resnet20", imq_configs(smoke=True)["resnet20"], tmp_path, tmp_path, False, False)
+    assert seen == [conv.IMQ_THREADS] != [before] and torch.get_num_threads() == before
 
 
 def _row(arch, method, fq=0.85, golden=0.851, meta=1.2):
