@@ -577,6 +577,7 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    labelled = set()  # a point both widths share (dense32 at 1.00x) is labelled once
     for act, colour in zip(ACT_BITS, ("tab:blue", "tab:orange")):
         line = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
                       if r["act_bits"] == act and r["speedup_vs_dense32"] is not None)
@@ -590,7 +591,9 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="none" if line else ":",
                 color=colour, label=f"ticket, dense32, qnn4, PACT-{act}")
         for b, sp, w in pts:
-            ax.annotate(f"{w} {sp:.2f}x", (b, sp), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            if (w, round(b, 3), round(sp, 3)) not in labelled:
+                labelled.add((w, round(b, 3), round(sp, 3)))
+                ax.annotate(f"{w} {sp:.2f}x", (b, sp), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(MIN_SPEEDUP, color="grey", linestyle=":", label=f"paper: {MIN_SPEEDUP}x at PACT-4, 2.29 bits")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("average weight bits (pruned = 0)")
