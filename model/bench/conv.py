@@ -86,7 +86,7 @@ from model.methods.imq import IterationRecord, best_within
 from model.quant.bmpq import ACT_BITS_CAP
 from model.runs import provenance
 from model.runs.rundir import load_iteration, make_run_config, run
-from model.training.loop import evaluate
+from model.training.loop import evaluate, torch_threads
 
 #: The keys every row has (the issue's interface), in this order.
 ROW_KEYS = ("arch", "method", "avg_weight_bits", "fakequant_accuracy", "golden_accuracy", "payload_bytes",
@@ -209,12 +209,8 @@ def run_imq_row(arch: str, config, runs_dir: Path, image_root: Path, progress: b
     """Run (or resume) ``arch``'s IMQ run on :data:`IMQ_THREADS` threads, pick its ticket, measure it
     (:func:`network_row`); ``(row, result)``."""
     t0 = time.time()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(IMQ_THREADS)
-    try:
+    with torch_threads(IMQ_THREADS):
         result = run(config, runs_dir / f"{arch}_imq", progress=progress, restart=restart)
-    finally:
-        torch.set_num_threads(old_threads)
     ticket, rule = pick_ticket(result.history)
     model = load_iteration(runs_dir / f"{arch}_imq", ticket.iteration)
     split = result.split

@@ -107,14 +107,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from model.bench.floors import floor_entry
 from model.data import FASHION_MNIST_ROOT, load_idx_split
 from model.errors import UserError
 from model.files import write_json
 from model.methods.lts import LTSTraining, train_lockstep
 from model.quant.lts import build_lts_mlp
+from model.training.loop import torch_threads
 
 #: The floors (module docstring): accuracy drop against plain QAT (pp), sparsity, backward and total time ratios.
 ACCURACY_PP = -0.2
@@ -201,11 +200,9 @@ def run_lts_bench(
         raise UserError(f"field 'seeds' is {seeds!r}; allowed a non-empty tuple of integers")
     split = load_idx_split(root or FASHION_MNIST_ROOT, train_subset=train_subset, test_subset=test_subset)
     out_path = Path(out_path)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows: list[dict] = []
     histories: dict[str, list[float]] = {}
-    try:
+    with torch_threads(threads):
         for bits in bits_list:
             # Both modes in lockstep, one training step each in turn, so that they are timed under the same
             # load (model.methods.lts.train_lockstep); each run's results are those of a run on its own.
@@ -235,8 +232,6 @@ def run_lts_bench(
                     }
                 )
             write_json(out_path, rows, indent=1)
-    finally:
-        torch.set_num_threads(old_threads)
     if png_path is not None and histories:
         plot_sparsity(histories, png_path)
     return rows

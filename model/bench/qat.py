@@ -53,6 +53,7 @@ from model.quant.nets import build_model
 from model.quant.pact import PACT, InputQuant
 from model.quant.vertical import DEFAULT_WIDTHS, SwitchableBatchNorm, VerticalActQuant, VerticalWeight, to_vertical
 from model.training import distributed
+from model.training.loop import torch_threads
 
 ARCHS = ("mlp", "vgg", "resnet20")
 MODES = ("dorefa", "bmpq", "lts", "vertical")
@@ -199,20 +200,15 @@ def run_qat_bench(
     ``threads``: ``torch.set_num_threads`` during the bench (restored afterwards; 0 keeps torch's).
     """
     out_path = Path(out_path)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     rows: list[dict] = []
     device = str(distributed.device())
-    try:
+    with torch_threads(threads):
         for arch, mode in tqdm([(a, m) for a in archs for m in modes], desc="bench qat", disable=not progress):
             step, float_step = measure(quant_net(arch, mode), steps, warmup, lts=(mode == "lts"),
                                        vertical=(mode == "vertical"))
             rows.append({"arch": arch, "mode": mode, "device": device, "step_ms": 1e3 * step,
                          "float_step_ms": 1e3 * float_step, "ratio": step / float_step})
             write_json(out_path, rows, indent=1)
-    finally:
-        torch.set_num_threads(old_threads)
     return rows
 
 

@@ -447,15 +447,13 @@ def cmd_train_lts(args) -> int:
     from model.quant.lts import LTSMLP, to_lts
     from model.quant.nets import build_model, model_config
     from model.runs.provenance import provenance
+    from model.training.loop import torch_threads
 
     out = Path(args.run_dir or args.out)
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
                          seed=args.seed)
-    old_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        recorded = provenance()  # the thread count LTS trains with (the finally below restores torch's)
+    with torch_threads(args.threads):
+        recorded = provenance()  # the thread count LTS trains with (torch's is restored after the block)
         # As model.quant.lts.build_lts_mlp (which fixes 784 inputs and 10 classes): seeded, global RNG untouched.
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
@@ -469,8 +467,6 @@ def cmd_train_lts(args) -> int:
         result = train_lts(model, split, args.epochs, args.bits, mode=args.lts_mode, strategy=args.strategy,
                            p=args.p, m=args.m, warmup=args.warmup, lr=args.lr, batch_size=args.batch_size,
                            seed=args.seed, progress=not args.quiet)
-    finally:
-        torch.set_num_threads(old_threads)
     report = {"method": "lts", "resumed": False, "provenance": recorded,
               "mode": args.lts_mode, "bits": args.bits, "accuracy": result.accuracy,
               "avg_wgs": result.avg_wgs, "bp_flops_reduction": result.bp_flops_reduction,

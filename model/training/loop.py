@@ -61,6 +61,19 @@ def _batchnorms(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
 
 
 @contextmanager
+def torch_threads(threads: int):
+    """``torch.set_num_threads(threads)`` for the ``with`` body, the caller's count restored afterwards (also when
+    the body raises); ``0`` keeps torch's count."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
 def synced_batchnorm(model: nn.Module):
     """Swap every ``BatchNorm*d`` submodule of ``model`` for an ``nn.SyncBatchNorm`` for the ``with`` body.
 

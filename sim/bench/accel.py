@@ -491,10 +491,13 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
                        conv_avg_bits=h.get("avg_bits"), fakequant_accuracy=h.get("accuracy"),
                        val_accuracy=h.get("val_accuracy"))
             curve_rows.append(row)
+    curve_rows.sort(key=lambda r: (r["act_bits"], r["imq_iteration"]))
+    backpressure = None if not stall_images else {
+        "weights": "ticket", "act_bits": 4, "images_asked": stall_images, "rtl_images": len(spans[STALL_KEY]),
+        "rtl_mismatches": mismatched[STALL_KEY], "statuses": sorted(statuses[STALL_KEY]),
+        "timed_out": timed_out[STALL_KEY]}
     # the simulations' figures, whatever the synthesis does
-    write_json(out_dir / "rtl_rows.json", {"rows": rows, "curve": curve_rows, "backpressure": None if not stall_images
-                                           else {"rtl_images": len(spans[STALL_KEY]),
-                                                 "rtl_mismatches": mismatched[STALL_KEY]}})
+    write_json(out_dir / "rtl_rows.json", {"rows": rows, "curve": curve_rows, "backpressure": backpressure})
     if worker is not None:
         if progress and worker.is_alive():
             tqdm.write(f"bench accel: waiting for Yosys (at most {synth_minutes:g} minutes a run)")
@@ -512,15 +515,12 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
                                    if r["cycles_per_image"] and base["cycles_per_image"] else None)
         r["dense_macs_per_dsp_cycle"] = (r["macs_dense"] / r["cycles_per_image"] / res.dsp
                                          if res is not None and r["cycles_per_image"] else None)
-        if any(r is b for b in rows):
-            r.update(resources)
+    for r in rows:  # the curve's points are the same bitstream: its resources are the rows'
+        r.update(resources)
     return {
         "rows": rows,
-        "curve": sorted(curve_rows, key=lambda r: (r["act_bits"], r["imq_iteration"])),
-        "backpressure": None if not stall_images else {
-            "weights": "ticket", "act_bits": 4, "images_asked": stall_images, "rtl_images": len(spans[STALL_KEY]),
-            "rtl_mismatches": mismatched[STALL_KEY], "statuses": sorted(statuses[STALL_KEY]),
-            "timed_out": timed_out[STALL_KEY]},
+        "curve": curve_rows,
+        "backpressure": backpressure,
         "config": dataclasses.asdict(config),
         "synth_config": dataclasses.asdict(synth_config),
         "dsp_lanes": config.dsp_lanes,
