@@ -47,7 +47,10 @@ network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_
 fewest cycles the array's lanes and emitters allow for the row's network, no loads, drains or partly filled
 tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
 ``tile_bound_fraction`` (:func:`tile_bound_cycles`: the same, counting the tiles as the array runs them,
-partly filled ones at their cost).
+partly filled ones at their cost), ``mac_weighted_weight_bits`` (:func:`mac_weighted_bits`: the average weight
+width a MAC sees, each weight counted once per output pixel it meets) and ``bit_proportional_speedup_bound``
+(``32 /`` that: the speed-up over dense32 of an array whose time per MAC is proportional to the weight's bits and
+that has no other cost; what ``speedup_vs_dense32`` can reach on any such array).
 
 ``curve``: the paper's Fig. 4 plots the speed-up of tickets at several average bit widths; here every iteration
 of the ticket's IMQ run (32 bits at iteration 0 down to about 1.6 at the last) runs :data:`CURVE_IMAGES` image at
@@ -284,6 +287,23 @@ def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     return int(np.ceil(total))
 
 
+def mac_weighted_bits(net: IntConvNetwork) -> float:
+    """The network's average weight width weighted by the MACs each weight takes part in: a conv weight once
+    per output pixel of its layer, a fully connected one once (:func:`~model.export.golden_net.mac_layers`),
+    a pruned weight at 0 bits. ``avg_weight_bits`` weights every stored weight alike; this is the average a
+    multiply-accumulate sees. ``32 / mac_weighted_bits(net)`` is the speed-up over dense32 of *any* array
+    whose time per MAC is proportional to the weight's bits (the paper's premise, Sec. 3.3: narrower operands,
+    more products a DSP48E1) and that has no other cost: the ceiling of the ratio ``speedup_vs_dense32``
+    measures, whatever the lanes, tiles and engines do. (This array's lanes are less than proportional at the
+    narrow end: a 4-bit weight costs what an 8-bit one does, :func:`~hw.dsp.pass_lane.entry_lane_cycles`.)"""
+    bits = macs = 0
+    for layer, pixels, _, _ in mac_layers(net):
+        widths = np.asarray(layer.widths)
+        bits += int(widths.sum(dtype=np.int64)) * pixels
+        macs += widths.size * pixels
+    return bits / macs
+
+
 def _synthesize(config, out_dir: Path, box: dict, timeout_s: float) -> None:
     """:func:`hw.platform.array_synth.synthesize_array` of ``config`` into ``box`` (run in a thread; Yosys runs
     as subprocesses, so the simulations go on meanwhile)."""
@@ -455,6 +475,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     measured = [key for key in counts if key != STALL_KEY]
     bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in measured}
     tiled = {key: tile_bound_cycles(nets[key], config.engines, config.lanes) for key in measured}
+    mac_bits = {key: mac_weighted_bits(nets[key]) for key in measured}
     for key in measured:
         asked = counts[key]
         weights, act = key
@@ -475,6 +496,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "lane_bound_cycles": bound[key], "lane_bound_fraction": bound[key] / cycles if cycles else None,
             # ... and the tiles' bound (tile_bound_cycles: partly filled tiles, the emitters row by row)
             "tile_bound_cycles": tiled[key], "tile_bound_fraction": tiled[key] / cycles if cycles else None,
+            # the average bits a MAC sees, and the speed-up over dense32 a bits-proportional array could reach
+            "mac_weighted_weight_bits": mac_bits[key], "bit_proportional_speedup_bound": 32 / mac_bits[key],
             "golden_accuracy": float((expected_all[key][:n].argmax(axis=1) == labels[:n]).mean()) if n else None,
             "width_counts": {str(m): int((widths == m).sum()) for m in (0, 4, 8, 16, 32)},
             "sim_cycles_per_second": sim_cycles[key] / sim_wall[key] if sim_wall[key] else None,

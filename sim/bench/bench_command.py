@@ -253,10 +253,17 @@ def bench_accel(args, out: Path) -> int:
         ("cycles/img", ">11", "", col("cycles_per_image", ",.0f")),
         ("img/s@100", ">10", "", col("images_per_second_at_100mhz", ",.0f")),
         ("speed-up", ">8", "", col("speedup_vs_dense32", ".2f")),
+        ("bits-prop.", ">10", "", col("bit_proportional_speedup_bound", ".2f")),
         ("bound", ">9", "", col("lane_bound_cycles", ",.0f")), ("of bound", ">8", "", col("lane_bound_fraction", ".2f")), ("tile bound", ">10", "", col("tile_bound_cycles", ",.0f")),
         ("MAC/DSP/c", ">9", "", col("dense_macs_per_dsp_cycle", ".2f")),
         ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
         ("acc", ">6", "", col("golden_accuracy", ".3f")), ("sim c/s", ">8", "", col("sim_cycles_per_second", ",.0f"))])
+    for r in result["rows"]:
+        if r["weights"] == "ticket" and r["act_bits"] == 4 and r.get("bit_proportional_speedup_bound"):
+            print(f"\nthe ticket's weights average {r['avg_weight_bits']:.2f} bits, {r['mac_weighted_weight_bits']:.2f} "
+                  "weighted by the MACs each takes part in: an array whose time per MAC is proportional to the "
+                  f"weight's bits, with no other cost, would be {r['bit_proportional_speedup_bound']:.2f}x faster than "
+                  f"dense32 (measured here: {col('speedup_vs_dense32', '.2f')(r)}x)")
     stalled = result.get("backpressure")
     if stalled:
         print(f"\nunder random back-pressure (the ticket at PACT-4, cycles not counted): {stalled['rtl_images']} "
@@ -268,6 +275,7 @@ def bench_accel(args, out: Path) -> int:
             ("avg bits", ">8", "", col("avg_weight_bits", ".2f")),
             ("cycles/img", ">11", "", col("cycles_per_image", ",.0f")),
             ("speed-up", ">8", "", col("speedup_vs_dense32", ".2f")),
+            ("bits-prop.", ">10", "", col("bit_proportional_speedup_bound", ".2f")),
             ("tile bound", ">10", "", col("tile_bound_cycles", ",.0f")),
             ("test acc", ">8", "", col("fakequant_accuracy", ".3f")), ("val acc", ">7", "", col("val_accuracy", ".3f")),
             ("ticket", ">6", "", lambda r: "yes" if r["is_ticket"] else ""),

@@ -69,6 +69,8 @@ def _row(weights, act, cycles, **kw):
            "sim_cycles_per_second": 1e5, "golden_accuracy": 0.8, "nonzero_macs": 1, "macs_dense": 2,
            "width_counts": {}, "statuses": [0], "timed_out": False, "lane_bound_cycles": 20_000,
            "lane_bound_fraction": 20_000 / cycles, "tile_bound_cycles": 25_000, "tile_bound_fraction": 25_000 / cycles}
+    mac_bits = {"dense32": 32.0, "qnn4": 4.0}.get(weights, 4.9)
+    row.update(mac_weighted_weight_bits=mac_bits, bit_proportional_speedup_bound=32 / mac_bits)
     row.update(kw)
     return row
 
@@ -128,6 +130,26 @@ def test_the_tile_bound_counts_every_tile_row_by_row(ticket, weights, lanes):
     total += 10 * 64 * (4 if weights == "dense32" else 2) / engines
     assert accel.tile_bound_cycles(net, engines, lanes) == int(np.ceil(total))
     assert accel.tile_bound_cycles(net, engines, lanes) >= accel.lane_bound_cycles(net, engines, lanes)
+
+
+def test_mac_weighted_bits_count_each_weight_once_per_output_pixel(ticket):
+    """Uniform variants: every MAC sees the one width. The ticket-like mix: each conv layer's widths summed and
+    weighted by its output map's pixels (``RESNET20_CONVS``), the classifier's once; not the plain average of
+    the stored weights, which weights a layer3 weight (49 output pixels) like a layer1 one (784)."""
+    assert accel.mac_weighted_bits(to_golden(accel.variant(ticket, "dense32", 4))) == 32.0
+    assert accel.mac_weighted_bits(to_golden(accel.variant(ticket, "qnn4", 8))) == 4.0
+    net = to_golden(accel.variant(ticket, "ticket", 4))
+    convs = [layer for layer in ticket.modules() if isinstance(layer, QUANT_LAYER_TYPES)]
+    assert len(convs) == len(RESNET20_CONVS) + 1
+    bits = macs = 0
+    for layer, (c_in, c_out, side) in zip(convs, RESNET20_CONVS):
+        assert tuple(layer.bit_width.shape) == (c_out, c_in, 3, 3)
+        bits += int(layer.bit_width.sum()) * side * side
+        macs += layer.bit_width.numel() * side * side
+    bits += int(convs[-1].bit_width.sum())
+    macs += convs[-1].bit_width.numel()
+    assert accel.mac_weighted_bits(net) == pytest.approx(bits / macs, rel=1e-12)
+    assert accel.mac_weighted_bits(net) != pytest.approx(net.avg_weight_bits, rel=1e-3)
 
 
 def test_floors_hold_and_fail_on_the_ticket_at_pact4():
