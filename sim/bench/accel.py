@@ -593,7 +593,8 @@ def floors(result: dict) -> dict:
 
 def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None) -> None:
     """Fig. 4 style: speed-up over dense32 against average weight bits, one curve per activation width through
-    the IMQ run's iterations (``curve``, :func:`run_accel`), the rows (ticket, dense32, qnn4) marked on it."""
+    the IMQ run's iterations (``curve``, :func:`run_accel`), the rows (ticket, dense32, qnn4) marked on it, and
+    the iterations' ``bit_proportional_speedup_bound`` (:func:`mac_weighted_bits`) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -617,6 +618,13 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
             if (w, round(b, 3), round(sp, 3)) not in labelled:
                 labelled.add((w, round(b, 3), round(sp, 3)))
                 ax.annotate(f"{w} {sp:.2f}x", (b, sp), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # The ceiling of any array whose time per MAC is proportional to the weight's bits (mac_weighted_bits): the
+    # same for both activation widths, drawn once through the curve's points.
+    ceiling = sorted({(round(r["avg_weight_bits"], 6), r["bit_proportional_speedup_bound"]) for r in curve or ()
+                      if r.get("bit_proportional_speedup_bound")})
+    if ceiling:
+        ax.plot([p[0] for p in ceiling], [p[1] for p in ceiling], color="grey", linestyle="--", linewidth=1,
+                label="bits-proportional ceiling (32 / MAC-weighted bits)")
     ax.axhline(MIN_SPEEDUP, color="grey", linestyle=":", label=f"paper: {MIN_SPEEDUP}x at PACT-4, 2.29 bits")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("average weight bits (pruned = 0)")
