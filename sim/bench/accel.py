@@ -62,6 +62,14 @@ history (its test and validation accuracy as trained, on the run's test and vali
 2,000 and 1,000; ``golden_accuracy`` is the one image's). ``accel.png`` draws the
 curve with the rows on it; ``imq_curve_rtl_mismatches == 0`` is one more floor (every point golden's scores).
 
+The curve has a second run too (``ranking`` of a point: ``"global"``, the ticket's run, or ``"layer"``): the same
+IMQ schedule of ``bench conv`` with Algorithm 1's line 8 ranked within each layer instead of globally (not the
+paper's choice; :func:`layer_run_source` trains it when the bench directory has none), every iteration on the
+same build after the ticket's points. The paper's global ranking keeps layer1's weights wide (784 MACs each an
+image against layer3's 49), so the ticket's speed-up is capped by its MAC-weighted bits (:func:`mac_weighted_bits`);
+the second curve shows the same array on tickets whose wide weights are spread over the layers, at their own
+accuracies. No ticket is chosen from it and no floor reads it except ``imq_curve_rtl_mismatches``.
+
 ``backpressure``: the rows count cycles without stalls; :data:`STALL_IMAGES` images of the ticket at PACT-4 then
 run once more on the same build under random back-pressure on every stream of the top (idle cycles on the load
 port and the input stream, the score stream's ``ready`` low at random: the testbench's ``stall``, a seed per
@@ -89,7 +97,7 @@ from hw.array.sizing import config_for
 from hw.dsp.pass_lane import SLOTS, entry_lane_cycles
 from hw.platform.array_synth import synthesize_array
 from hw.platform.verilog import array_verilog, write_text_atomically
-from model.bench.conv import imq_configs, run_imq_row
+from model.bench.conv import IMQ_THREADS, imq_configs, run_imq_row
 from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.convert import to_golden
@@ -101,7 +109,8 @@ from model.export.vectors import image_vectors
 from model.files import save_figure, write_json
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.pact import PACT
-from model.runs.rundir import load_iteration
+from model.runs.rundir import load_iteration, run
+from model.training.loop import torch_threads
 from sim.array_runner import run_array
 from sim.runner import SimulationError
 
@@ -127,6 +136,14 @@ OTHER_IMAGES = 10
 #: Images of each point of the IMQ curve (every iteration of the ticket's run at its own widths, PACT-4 and PACT-8:
 #: the tickets of the paper's Fig. 4 at their average bits); they run after the rows of the floors.
 CURVE_IMAGES = 1
+#: The second curve's run (module docstring): ``bench conv``'s ResNet-20 IMQ run with Algorithm 1's line 8 ranked
+#: within each layer (``scope="layer"``) instead of globally, trained by ``bench accel`` into this folder of the
+#: bench directory's ``conv_runs`` when ``LAYER_RUN_JSON`` does not name it; no ticket is chosen from it.
+LAYER_RUN = "resnet20_imq_layer"
+LAYER_RUN_JSON = "accel_layer_run.json"
+#: Curve keys: ``(f"{prefix}{k}", act_bits)`` for iteration ``k`` of the ticket's run (the paper's global ranking)
+#: and of the layer-ranked run.
+CURVE_PREFIX = {"global": "imq", "layer": "layer"}
 #: Images of the ticket at PACT-4 run again under random back-pressure (the testbench's ``stall``: idle cycles on
 #: the load port and the input stream, the score stream not ready at random), after the rows; their cycles are
 #: not counted (stalls add cycles), their scores must be golden's.
@@ -184,6 +201,35 @@ def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
             "history": row["history"], "trained_now": True}
 
 
+def layer_run_source(bench_dir: Path, *, progress: bool = True) -> dict:
+    """The layer-ranked IMQ run of the second curve: ``{"run", "history", "trained_now"}``.
+
+    ``LAYER_RUN_JSON`` in ``bench_dir`` names a finished run and its history (written when it was trained); when
+    it is missing or its run directory is gone, the run is trained afresh (``bench conv``'s ResNet-20 config with
+    ``scope="layer"``, on :data:`~model.bench.conv.IMQ_THREADS` threads, about 3 minutes) and the file written.
+    """
+    marker = bench_dir / LAYER_RUN_JSON
+    if marker.is_file():
+        try:
+            data = json.loads(marker.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{marker}: not JSON ({exc}); delete it to train the layer-ranked run again") from exc
+        if not isinstance(data, dict) or not {"run", "history"} <= set(data):
+            raise UserError(f"{marker}: needs the fields 'run' and 'history'; delete it to train the run again")
+        if (Path(data["run"]) / "iterations").is_dir():
+            return {"run": Path(data["run"]), "history": data["history"], "trained_now": False}
+    if progress:
+        tqdm.write("bench accel: training the layer-ranked IMQ run of the second curve (about 3 minutes)")
+    config = dataclasses.replace(imq_configs()["resnet20"], scope="layer")
+    run_dir = bench_dir / "conv_runs" / LAYER_RUN
+    with torch_threads(IMQ_THREADS):
+        result = run(config, run_dir, progress=progress, restart=True)
+    history = [{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy,
+                "val_accuracy": r.val_accuracy} for r in result.history]
+    write_json(marker, {"run": str(run_dir), "history": history})
+    return {"run": run_dir, "history": history, "trained_now": True}
+
+
 def variant(model, weights: str, act_bits: int):
     """A copy of the quantized ``model`` with every mask at ``weights``'s widths and every activation
     quantizer after the input at ``act_bits`` bits (module docstring); the copy is in eval mode."""
@@ -217,16 +263,17 @@ def networks(source: dict, images: dict[tuple[str, int], int], n_images: int = 0
     return nets, vectors.codes, vectors.labels
 
 
-def curve_networks(source: dict, acts: tuple[int, ...] = ACT_BITS) -> dict:
-    """The IMQ curve's integer networks ``{(f"imq{k}", act_bits): IntConvNetwork}``: every iteration ``k`` of the
-    ticket's run (``source["history"]``) at its own widths, each at every width of ``acts`` (:func:`variant`'s
-    ``"ticket"``: the masks kept, the activations set)."""
+def curve_networks(source: dict, acts: tuple[int, ...] = ACT_BITS, prefix: str = CURVE_PREFIX["global"]) -> dict:
+    """The IMQ curve's integer networks ``{(f"{prefix}{k}", act_bits): IntConvNetwork}``: every iteration ``k`` of
+    the run (``source["history"]``: the ticket's, or the layer-ranked one with ``prefix="layer"``) at its own
+    widths, each at every width of ``acts`` (:func:`variant`'s ``"ticket"``: the masks kept, the activations
+    set)."""
     nets = {}
     for record in source["history"]:
         k = int(record["iteration"])
         model = load_iteration(source["run"], k)
         for act in acts:
-            nets[(f"imq{k}", act)] = to_golden(variant(model, "ticket", act))
+            nets[(f"{prefix}{k}", act)] = to_golden(variant(model, "ticket", act))
     return nets
 
 
@@ -390,12 +437,16 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     source = ticket_source(bench_dir, progress=progress)
     counts = {(w, a): ticket_images if (w, a) == ("ticket", 4) else other_images for w in WEIGHTS for a in ACT_BITS}
     nets, codes, labels = networks(source, counts, stall_images)
-    history = {f"imq{int(h['iteration'])}": h for h in source["history"]} if curve else {}
+    layer_source = layer_run_source(bench_dir, progress=progress) if curve else None
+    history = {}
+    for ranking, src in (("global", source), ("layer", layer_source)) if curve else ():
+        history.update({f"{CURVE_PREFIX[ranking]}{int(h['iteration'])}": (ranking, h) for h in src["history"]})
     if stall_images:
         nets[STALL_KEY] = nets[("ticket", 4)]
         counts[STALL_KEY] = stall_images
     if curve:
         nets.update(curve_networks(source))
+        nets.update(curve_networks(layer_source, prefix=CURVE_PREFIX["layer"]))
         counts.update({key: CURVE_IMAGES for key in nets if key not in counts})
     words = {key: pack(net) for key, net in nets.items()}
     # dense32's weights (8.7 Mbit) are more than the XC7Z020's block RAM (4.9 Mbit): the simulated build's
@@ -509,12 +560,13 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         if weights in WEIGHTS:
             rows.append(row)
         else:  # a point of the IMQ curve: its iteration, and that iteration's accuracies from the run's history
-            h = history[weights]
-            row.update(imq_iteration=int(h["iteration"]), is_ticket=int(h["iteration"]) == source["iteration"],
+            ranking, h = history[weights]
+            row.update(ranking=ranking, imq_iteration=int(h["iteration"]),
+                       is_ticket=ranking == "global" and int(h["iteration"]) == source["iteration"],
                        conv_avg_bits=h.get("avg_bits"), fakequant_accuracy=h.get("accuracy"),
                        val_accuracy=h.get("val_accuracy"))
             curve_rows.append(row)
-    curve_rows.sort(key=lambda r: (r["act_bits"], r["imq_iteration"]))
+    curve_rows.sort(key=lambda r: (list(CURVE_PREFIX).index(r["ranking"]), r["act_bits"], r["imq_iteration"]))
     backpressure = None if not stall_images else {
         "weights": "ticket", "act_bits": 4, "images_asked": stall_images, "rtl_images": len(spans[STALL_KEY]),
         "rtl_mismatches": mismatched[STALL_KEY], "statuses": sorted(statuses[STALL_KEY]),
@@ -549,6 +601,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         "dsp_lanes": config.dsp_lanes,
         "ticket": {"run": str(source["run"]), "iteration": source["iteration"], "image": str(source["image"]),
                    "trained_now": source["trained_now"]},
+        "layer_run": None if layer_source is None else {"run": str(layer_source["run"]),
+                                                        "trained_now": layer_source["trained_now"]},
         "synthesis": None if syn is None else {**syn.as_dict(), "dsp": res.dsp, "lut": res.lut, "ff": res.ff,
                                                "bram36": res.bram36, "fits_xc7z020": res.fits(),
                                                "lut_fraction": res.lut / 53200},
@@ -604,10 +658,17 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
     labelled = set()  # a point both widths share (dense32 at 1.00x) is labelled once
     for act, colour in zip(ACT_BITS, ("tab:blue", "tab:orange")):
         line = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
-                      if r["act_bits"] == act and r["speedup_vs_dense32"] is not None)
+                      if r["act_bits"] == act and r["speedup_vs_dense32"] is not None
+                      and r.get("ranking", "global") == "global")
         if line:
             ax.plot([p[0] for p in line], [p[1] for p in line], marker=".", color=colour,
                     label=f"IMQ iterations, PACT-{act}")
+        layer = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
+                       if r["act_bits"] == act and r["speedup_vs_dense32"] is not None
+                       and r.get("ranking") == "layer")
+        if layer:
+            ax.plot([p[0] for p in layer], [p[1] for p in layer], marker="x", color=colour, linestyle="-.",
+                    alpha=0.6, label=f"IMQ ranked within each layer (not the paper's), PACT-{act}")
         pts = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"], r["weights"]) for r in rows
                      if r["act_bits"] == act and r["speedup_vs_dense32"] is not None)
         if not pts:
@@ -621,10 +682,10 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
     # The ceiling of any array whose time per MAC is proportional to the weight's bits (mac_weighted_bits): the
     # same for both activation widths, drawn once through the curve's points.
     ceiling = sorted({(round(r["avg_weight_bits"], 6), r["bit_proportional_speedup_bound"]) for r in curve or ()
-                      if r.get("bit_proportional_speedup_bound")})
+                      if r.get("bit_proportional_speedup_bound") and r.get("ranking", "global") == "global"})
     if ceiling:
         ax.plot([p[0] for p in ceiling], [p[1] for p in ceiling], color="grey", linestyle="--", linewidth=1,
-                label="bits-proportional ceiling (32 / MAC-weighted bits)")
+                label="bits-proportional ceiling of the ticket's run (32 / MAC-weighted bits)")
     ax.axhline(MIN_SPEEDUP, color="grey", linestyle=":", label=f"paper: {MIN_SPEEDUP}x at PACT-4, 2.29 bits")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("average weight bits (pruned = 0)")

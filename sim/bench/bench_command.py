@@ -269,8 +269,10 @@ def bench_accel(args, out: Path) -> int:
         print(f"\nunder random back-pressure (the ticket at PACT-4, cycles not counted): {stalled['rtl_images']} "
               f"images, {stalled['rtl_mismatches']} mismatches")
     if result.get("curve"):
-        print("\nthe IMQ run's iterations on the same bitstream (Fig. 4's curve; accuracies from the run's history):")
+        print("\nthe IMQ runs' iterations on the same bitstream (Fig. 4's curve; ranking: global, the ticket's run and "
+              "the paper's, or within each layer; accuracies from the runs' histories):")
         print_rows(result["curve"], [
+            ("ranking", "<7", "", lambda r: r.get("ranking", "global")),
             ("iter", ">4", "", "imq_iteration"), ("A", ">2", "", "act_bits"),
             ("avg bits", ">8", "", col("avg_weight_bits", ".2f")),
             ("cycles/img", ">11", "", col("cycles_per_image", ",.0f")),

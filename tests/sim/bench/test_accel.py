@@ -5,6 +5,7 @@ about 40 minutes: the command test replaces :func:`sim.bench.accel.run_accel` wi
 tests/sim/bench/test_bench_command.py does for the other benches; the variants run on a real ResNet-20.
 """
 
+import dataclasses
 import json
 import types
 
@@ -84,8 +85,9 @@ def _result(ticket_cycles=30_000.0, **ticket_kw):
     for r in rows:
         base = next(b for b in rows if b["weights"] == "dense32" and b["act_bits"] == r["act_bits"])
         r["speedup_vs_dense32"] = base["cycles_per_image"] / r["cycles_per_image"]
-    curve = [_row("imq", act, 400_000.0 / k, imq_iteration=k, rtl_images=1, is_ticket=k == 2, fakequant_accuracy=0.8,
-                  val_accuracy=0.8, speedup_vs_dense32=float(k)) for act in (4, 8) for k in (1, 2)]
+    curve = [_row("imq", act, 400_000.0 / k, imq_iteration=k, rtl_images=1, is_ticket=k == 2 and ranking == "global",
+                  fakequant_accuracy=0.8, val_accuracy=0.8, speedup_vs_dense32=float(k), ranking=ranking)
+             for ranking in ("global", "layer") for act in (4, 8) for k in (1, 2)]
     stalled = {"weights": "ticket", "act_bits": 4, "images_asked": 10, "rtl_images": 10, "rtl_mismatches": 0,
                "statuses": [0], "timed_out": False}
     return {"rows": rows, "curve": curve, "backpressure": stalled, "config": {"engines": 8, "lanes": 19}, "synthesis": {
@@ -150,6 +152,39 @@ def test_mac_weighted_bits_count_each_weight_once_per_output_pixel(ticket):
     macs += convs[-1].bit_width.numel()
     assert accel.mac_weighted_bits(net) == pytest.approx(bits / macs, rel=1e-12)
     assert accel.mac_weighted_bits(net) != pytest.approx(net.avg_weight_bits, rel=1e-3)
+
+
+def test_the_layer_ranked_run_is_read_from_its_file_or_trained(tmp_path, monkeypatch):
+    """A file naming a finished run is used as it is; a bad file is named; without one the run is trained with
+    ``bench conv``'s ResNet-20 config ranked within each layer, restarted, and the file written."""
+    (tmp_path / "conv_runs" / accel.LAYER_RUN / "iterations").mkdir(parents=True)
+    history = [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.7}]
+    marker = tmp_path / accel.LAYER_RUN_JSON
+    marker.write_text(json.dumps({"run": str(tmp_path / "conv_runs" / accel.LAYER_RUN), "history": history}))
+    monkeypatch.setattr(accel, "run", lambda *a, **k: pytest.fail("trained although the file names a run"))
+    got = accel.layer_run_source(tmp_path, progress=False)
+    assert got["history"] == history and not got["trained_now"]
+    marker.write_text("{")
+    with pytest.raises(UserError, match=accel.LAYER_RUN_JSON):
+        accel.layer_run_source(tmp_path, progress=False)
+    marker.write_text(json.dumps({"run": "x"}))
+    with pytest.raises(UserError, match="'history'"):
+        accel.layer_run_source(tmp_path, progress=False)
+    marker.unlink()
+    seen = {}
+
+    def fake_run(config, run_dir, progress, restart):
+        seen.update(config=config, run_dir=run_dir, restart=restart, threads=torch.get_num_threads())
+        record = types.SimpleNamespace(iteration=0, avg_bits=32.0, accuracy=0.5, val_accuracy=0.4)
+        return types.SimpleNamespace(history=[record])
+
+    monkeypatch.setattr(accel, "run", fake_run)
+    got = accel.layer_run_source(tmp_path, progress=False)
+    assert seen["config"].scope == "layer" and seen["restart"] and seen["threads"] == accel.IMQ_THREADS
+    assert seen["config"] == dataclasses.replace(accel.imq_configs()["resnet20"], scope="layer")
+    assert seen["run_dir"] == tmp_path / "conv_runs" / accel.LAYER_RUN and got["trained_now"]
+    assert json.loads(marker.read_text())["history"] == [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.5,
+                                                          "val_accuracy": 0.4}]
 
 
 def test_floors_hold_and_fail_on_the_ticket_at_pact4():
@@ -309,6 +344,12 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
               "history": [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.79},
                           {"iteration": 1, "avg_bits": 3.0, "accuracy": 0.7, "val_accuracy": 0.69}]}
     monkeypatch.setattr(accel, "ticket_source", lambda bench_dir, progress: source)
+    layer_models = {0: models[0], 2: accel.variant(ticket, "qnn4", 4)}  # the layer-ranked run's iterations
+    layer = {"run": "layer_run", "trained_now": False,
+             "history": [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.79},
+                         {"iteration": 2, "avg_bits": 4.0, "accuracy": 0.6, "val_accuracy": 0.59}]}
+    monkeypatch.setattr(accel, "load_iteration", lambda run, k: (layer_models if run == "layer_run" else models)[k])
+    monkeypatch.setattr(accel, "layer_run_source", lambda bench_dir, progress: layer)
     asked = []
 
     def vectors(image, n, seed):
@@ -339,8 +380,14 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
     assert sum(c[1] for c in stalled) == 10 and all(c[0] == ticket_words for c in stalled)
     assert sorted(c[3] for c in stalled) == [0, *np.cumsum([c[1] for c in stalled])[:-1].tolist()]
     assert result["backpressure"]["rtl_images"] == 10 and result["backpressure"]["rtl_mismatches"] == 0
-    curve = {(r["imq_iteration"], r["act_bits"]): r for r in result["curve"]}
-    assert set(curve) == {(0, 4), (0, 8), (1, 4), (1, 8)}
+    by_ranking = {(r["ranking"], r["imq_iteration"], r["act_bits"]): r for r in result["curve"]}
+    assert list(by_ranking) == [("global", 0, 4), ("global", 1, 4), ("global", 0, 8), ("global", 1, 8),
+                                ("layer", 0, 4), ("layer", 2, 4), ("layer", 0, 8), ("layer", 2, 8)]
+    curve = {(k, a): r for (ranking, k, a), r in by_ranking.items() if ranking == "global"}
+    qnn4_words = len(accel.pack(to_golden(accel.variant(ticket, "qnn4", 4))))
+    assert by_ranking[("layer", 2, 4)]["cycles_per_image"] == qnn4_words  # its own iteration's network
+    assert not any(r["is_ticket"] for (ranking, _, _), r in by_ranking.items() if ranking == "layer")
+    assert by_ranking[("layer", 2, 8)]["fakequant_accuracy"] == 0.6 and result["layer_run"]["run"] == "layer_run"
     assert curve[(1, 4)]["is_ticket"] and not curve[(0, 4)]["is_ticket"] and curve[(1, 4)]["conv_avg_bits"] == 3.0
     dense = next(r for r in result["rows"] if r["weights"] == "dense32" and r["act_bits"] == 4)
     assert curve[(0, 4)]["speedup_vs_dense32"] == 1.0  # iteration 0 is every weight at 32 bits, as dense32
