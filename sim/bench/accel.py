@@ -654,7 +654,7 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     labelled = set()  # a point both widths share (dense32 at 1.00x) is labelled once
     for act, colour in zip(ACT_BITS, ("tab:blue", "tab:orange")):
         line = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
@@ -692,7 +692,7 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
     ax.set_ylabel("speed-up over dense32 (RTL cycles)")
     ax.set_title("ResNet-20 on the packed multiplier array (one bitstream)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the curves fill them
     fig.tight_layout()
     try:
         save_figure(fig, png_path)
