@@ -204,29 +204,32 @@ def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
 def layer_run_source(bench_dir: Path, *, progress: bool = True) -> dict:
     """The layer-ranked IMQ run of the second curve: ``{"run", "history", "trained_now"}``.
 
-    ``LAYER_RUN_JSON`` in ``bench_dir`` names a finished run and its history (written when it was trained); when
-    it is missing or its run directory is gone, the run is trained afresh (``bench conv``'s ResNet-20 config with
-    ``scope="layer"``, on :data:`~model.bench.conv.IMQ_THREADS` threads, about 3 minutes) and the file written.
+    ``LAYER_RUN_JSON`` in ``bench_dir`` names a finished run, its history and its config (written when it was
+    trained). When it is missing, names another config than ``bench conv``'s ResNet-20 one with ``scope="layer"``
+    (``bench conv``'s schedule changed since: the run would be stale), or its run directory is gone, the run is
+    trained afresh (on :data:`~model.bench.conv.IMQ_THREADS` threads, about 3 minutes) and the file written.
     """
+    config = dataclasses.replace(imq_configs()["resnet20"], scope="layer")
+    wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     marker = bench_dir / LAYER_RUN_JSON
     if marker.is_file():
         try:
             data = json.loads(marker.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{marker}: not JSON ({exc}); delete it to train the layer-ranked run again") from exc
-        if not isinstance(data, dict) or not {"run", "history"} <= set(data):
-            raise UserError(f"{marker}: needs the fields 'run' and 'history'; delete it to train the run again")
-        if (Path(data["run"]) / "iterations").is_dir():
+        if not isinstance(data, dict) or not {"run", "history", "config"} <= set(data):
+            raise UserError(f"{marker}: needs the fields 'run', 'history' and 'config'; delete it to train the run "
+                            "again")
+        if data["config"] == wanted and (Path(data["run"]) / "iterations").is_dir():
             return {"run": Path(data["run"]), "history": data["history"], "trained_now": False}
     if progress:
         tqdm.write("bench accel: training the layer-ranked IMQ run of the second curve (about 3 minutes)")
-    config = dataclasses.replace(imq_configs()["resnet20"], scope="layer")
     run_dir = bench_dir / "conv_runs" / LAYER_RUN
     with torch_threads(IMQ_THREADS):
         result = run(config, run_dir, progress=progress, restart=True)
     history = [{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy,
                 "val_accuracy": r.val_accuracy} for r in result.history]
-    write_json(marker, {"run": str(run_dir), "history": history})
+    write_json(marker, {"run": str(run_dir), "history": history, "config": wanted})
     return {"run": run_dir, "history": history, "trained_now": True}
 
 

@@ -155,22 +155,25 @@ def test_mac_weighted_bits_count_each_weight_once_per_output_pixel(ticket):
 
 
 def test_the_layer_ranked_run_is_read_from_its_file_or_trained(tmp_path, monkeypatch):
-    """A file naming a finished run is used as it is; a bad file is named; without one the run is trained with
-    ``bench conv``'s ResNet-20 config ranked within each layer, restarted, and the file written."""
+    """A file naming a finished run of the current config is used as it is; a bad file is named; without one, or
+    with one of another config (a stale run), the run is trained with ``bench conv``'s ResNet-20 config ranked
+    within each layer, restarted, and the file written with that config."""
     (tmp_path / "conv_runs" / accel.LAYER_RUN / "iterations").mkdir(parents=True)
     history = [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.7}]
+    config = dataclasses.replace(accel.imq_configs()["resnet20"], scope="layer")
+    wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     marker = tmp_path / accel.LAYER_RUN_JSON
-    marker.write_text(json.dumps({"run": str(tmp_path / "conv_runs" / accel.LAYER_RUN), "history": history}))
+    marker.write_text(json.dumps({"run": str(tmp_path / "conv_runs" / accel.LAYER_RUN), "history": history,
+                                  "config": wanted}))
     monkeypatch.setattr(accel, "run", lambda *a, **k: pytest.fail("trained although the file names a run"))
     got = accel.layer_run_source(tmp_path, progress=False)
     assert got["history"] == history and not got["trained_now"]
     marker.write_text("{")
     with pytest.raises(UserError, match=accel.LAYER_RUN_JSON):
         accel.layer_run_source(tmp_path, progress=False)
-    marker.write_text(json.dumps({"run": "x"}))
-    with pytest.raises(UserError, match="'history'"):
+    marker.write_text(json.dumps({"run": "x", "history": []}))
+    with pytest.raises(UserError, match="'config'"):
         accel.layer_run_source(tmp_path, progress=False)
-    marker.unlink()
     seen = {}
 
     def fake_run(config, run_dir, progress, restart):
@@ -179,6 +182,13 @@ def test_the_layer_ranked_run_is_read_from_its_file_or_trained(tmp_path, monkeyp
         return types.SimpleNamespace(history=[record])
 
     monkeypatch.setattr(accel, "run", fake_run)
+    stale = {**wanted, "epochs": wanted["epochs"] + 1}  # bench conv's schedule changed since the run
+    marker.write_text(json.dumps({"run": str(tmp_path / "conv_runs" / accel.LAYER_RUN), "history": history,
+                                  "config": stale}))
+    got = accel.layer_run_source(tmp_path, progress=False)
+    assert got["trained_now"] and json.loads(marker.read_text())["config"] == wanted
+    marker.unlink()
+    seen.clear()
     got = accel.layer_run_source(tmp_path, progress=False)
     assert seen["config"].scope == "layer" and seen["restart"] and seen["threads"] == accel.IMQ_THREADS
     assert seen["config"] == dataclasses.replace(accel.imq_configs()["resnet20"], scope="layer")
