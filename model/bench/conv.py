@@ -204,6 +204,13 @@ def _test_record(config, split, model) -> DataRecord:
                          config.train_subset, config.test_subset)
 
 
+def history_json(history: list[IterationRecord]) -> list[dict]:
+    """An IMQ run's iterations as the rows keep them (``history`` of a ``bench conv`` row, and of ``bench accel``'s
+    layer-ranked run): iteration, average bits, test and validation accuracy."""
+    return [{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy, "val_accuracy": r.val_accuracy}
+            for r in history]
+
+
 def run_imq_row(arch: str, config, runs_dir: Path, image_root: Path, progress: bool, restart: bool
                 ) -> tuple[dict, object]:
     """Run (or resume) ``arch``'s IMQ run on :data:`IMQ_THREADS` threads, pick its ticket, measure it
@@ -221,8 +228,7 @@ def run_imq_row(arch: str, config, runs_dir: Path, image_root: Path, progress: b
                       data=_test_record(config, split, model), progress=progress,
                       ticket_iteration=ticket.iteration, ticket_rule=rule, ticket_val_accuracy=ticket.val_accuracy,
                       ticket_conv_avg_bits=ticket.avg_bits,
-                      history=[{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy,
-                                "val_accuracy": r.val_accuracy} for r in result.history],
+                      history=history_json(result.history),
                       train_images=int(split.x_train.shape[0]), val_images=(result.validation or {}).get("size"),
                       epochs=config.epochs, iterations=config.iterations, rho=config.rho, act_bits=config.act_bits,
                       run=str(runs_dir / f"{arch}_imq"), resumed=result.resumed)

@@ -97,7 +97,7 @@ from hw.array.sizing import config_for
 from hw.dsp.pass_lane import SLOTS, entry_lane_cycles
 from hw.platform.array_synth import synthesize_array
 from hw.platform.verilog import array_verilog, write_text_atomically
-from model.bench.conv import IMQ_THREADS, imq_configs, run_imq_row
+from model.bench.conv import IMQ_THREADS, history_json, imq_configs, run_imq_row
 from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.convert import to_golden
@@ -227,8 +227,7 @@ def layer_run_source(bench_dir: Path, *, progress: bool = True) -> dict:
     run_dir = bench_dir / "conv_runs" / LAYER_RUN
     with torch_threads(IMQ_THREADS):
         result = run(config, run_dir, progress=progress, restart=True)
-    history = [{"iteration": r.iteration, "avg_bits": r.avg_bits, "accuracy": r.accuracy,
-                "val_accuracy": r.val_accuracy} for r in result.history]
+    history = history_json(result.history)
     write_json(marker, {"run": str(run_dir), "history": history, "config": wanted})
     return {"run": run_dir, "history": history, "trained_now": True}
 
@@ -441,16 +440,15 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     counts = {(w, a): ticket_images if (w, a) == ("ticket", 4) else other_images for w in WEIGHTS for a in ACT_BITS}
     nets, codes, labels = networks(source, counts, stall_images)
     layer_source = layer_run_source(bench_dir, progress=progress) if curve else None
-    history = {}
-    for ranking, src in (("global", source), ("layer", layer_source)) if curve else ():
-        history.update({f"{CURVE_PREFIX[ranking]}{int(h['iteration'])}": (ranking, h) for h in src["history"]})
+    runs = {"global": source, "layer": layer_source} if curve else {}  # the curve's runs by ranking
+    history = {f"{CURVE_PREFIX[ranking]}{int(h['iteration'])}": (ranking, h)
+               for ranking, src in runs.items() for h in src["history"]}
     if stall_images:
         nets[STALL_KEY] = nets[("ticket", 4)]
         counts[STALL_KEY] = stall_images
-    if curve:
-        nets.update(curve_networks(source))
-        nets.update(curve_networks(layer_source, prefix=CURVE_PREFIX["layer"]))
-        counts.update({key: CURVE_IMAGES for key in nets if key not in counts})
+    for ranking, src in runs.items():
+        nets.update(curve_networks(src, prefix=CURVE_PREFIX[ranking]))
+    counts.update({key: CURVE_IMAGES for key in nets if key not in counts})
     words = {key: pack(net) for key, net in nets.items()}
     # dense32's weights (8.7 Mbit) are more than the XC7Z020's block RAM (4.9 Mbit): the simulated build's
     # global buffer holds them (its depth changes no cycle count), the synthesised one the other images.
@@ -659,24 +657,20 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
 
     fig, ax = plt.subplots(figsize=(11, 4.8))
     labelled = set()  # a point both widths share (dense32 at 1.00x) is labelled once
+    styles = {"global": ({"marker": "."}, "IMQ iterations"),
+              "layer": ({"marker": "x", "linestyle": "-.", "alpha": 0.6}, "IMQ ranked within each layer (not the paper's)")}
     for act, colour in zip(ACT_BITS, ("tab:blue", "tab:orange")):
-        line = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
-                      if r["act_bits"] == act and r["speedup_vs_dense32"] is not None
-                      and r.get("ranking", "global") == "global")
-        if line:
-            ax.plot([p[0] for p in line], [p[1] for p in line], marker=".", color=colour,
-                    label=f"IMQ iterations, PACT-{act}")
-        layer = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
-                       if r["act_bits"] == act and r["speedup_vs_dense32"] is not None
-                       and r.get("ranking") == "layer")
-        if layer:
-            ax.plot([p[0] for p in layer], [p[1] for p in layer], marker="x", color=colour, linestyle="-.",
-                    alpha=0.6, label=f"IMQ ranked within each layer (not the paper's), PACT-{act}")
+        drawn = {}
+        for ranking, (style, name) in styles.items():
+            line = drawn[ranking] = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"]) for r in curve or ()
+                          if r["act_bits"] == act and r["speedup_vs_dense32"] is not None and r["ranking"] == ranking)
+            if line:
+                ax.plot([p[0] for p in line], [p[1] for p in line], color=colour, label=f"{name}, PACT-{act}", **style)
         pts = sorted((r["avg_weight_bits"], r["speedup_vs_dense32"], r["weights"]) for r in rows
                      if r["act_bits"] == act and r["speedup_vs_dense32"] is not None)
         if not pts:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="none" if line else ":",
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="none" if drawn["global"] else ":",
                 color=colour, label=f"ticket, dense32, qnn4, PACT-{act}")
         for b, sp, w in pts:
             if (w, round(b, 3), round(sp, 3)) not in labelled:
@@ -685,7 +679,7 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
     # The ceiling of any array whose time per MAC is proportional to the weight's bits (mac_weighted_bits): the
     # same for both activation widths, drawn once through the curve's points.
     ceiling = sorted({(round(r["avg_weight_bits"], 6), r["bit_proportional_speedup_bound"]) for r in curve or ()
-                      if r.get("bit_proportional_speedup_bound") and r.get("ranking", "global") == "global"})
+                      if r["ranking"] == "global"})
     if ceiling:
         ax.plot([p[0] for p in ceiling], [p[1] for p in ceiling], color="grey", linestyle="--", linewidth=1,
                 label="bits-proportional ceiling of the ticket's run (32 / MAC-weighted bits)")

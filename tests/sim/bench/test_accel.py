@@ -19,6 +19,7 @@ from model.export.convert import to_golden
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.nets import ResNet20
 from model.quant.pact import PACT
+from model.training.loop import torch_threads
 from sim.bench import accel
 
 
@@ -189,7 +190,8 @@ def test_the_layer_ranked_run_is_read_from_its_file_or_trained(tmp_path, monkeyp
     assert got["trained_now"] and json.loads(marker.read_text())["config"] == wanted
     marker.unlink()
     seen.clear()
-    got = accel.layer_run_source(tmp_path, progress=False)
+    with torch_threads(1):  # a caller's count other than IMQ_THREADS, so that the pin is seen
+        got = accel.layer_run_source(tmp_path, progress=False)
     assert seen["config"].scope == "layer" and seen["restart"] and seen["threads"] == accel.IMQ_THREADS
     assert seen["config"] == dataclasses.replace(accel.imq_configs()["resnet20"], scope="layer")
     assert seen["run_dir"] == tmp_path / "conv_runs" / accel.LAYER_RUN and got["trained_now"]
