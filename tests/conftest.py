@@ -2,6 +2,13 @@
 
 import os
 
+# The suite is the CPU's: its expected figures (bit-exact runs, torchrun against one process, bench rows) are
+# CPU results, and CI has no GPU. On a GPU machine it hides the GPUs (before torch initialises CUDA, and from the
+# subprocesses it starts) unless MPQACCEL_GPU_TESTS=1, which tests/model/training/test_cuda.py needs
+# (model/bench/gpu_check.sh sets it).
+if os.environ.get("MPQACCEL_GPU_TESTS") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 import pytest
 import torch
 

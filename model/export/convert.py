@@ -59,6 +59,7 @@ The final FC after global average pooling gets the per-channel sums of the last 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,27 @@ def weight_codes(linear, where: str) -> tuple[np.ndarray, np.ndarray, bool, floa
         return linear.weight_codes().numpy().copy(), widths, False, 1.0
 
 
+def on_host(model):
+    """``model`` itself when its parameters and buffers are on the CPU, else a CPU copy (the model stays put).
+
+    The integer contract is computed on the CPU: a checkpoint holds CPU tensors and export reads the codes there,
+    so a model still on a GPU after training converts to the golden model of its checkpoint (its weight codes
+    from the CPU's ``tanh``; the GPU's may move a code by what an ulp of Eq. 3's ``x`` is worth,
+    tests/model/training/test_cuda.py).
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def to_golden(model) -> IntNetwork | IntConvNetwork:
     """Integer network computing what ``model`` computes, with the codes its quantizers produce.
 
-    MLPs give an :class:`IntNetwork`; conv nets an :class:`IntConvNetwork` (:func:`to_golden_conv`).
+    MLPs give an :class:`IntNetwork`; conv nets an :class:`IntConvNetwork` (:func:`to_golden_conv`). A model on
+    a GPU is converted from a CPU copy (:func:`on_host`).
     """
+    model = on_host(model)
     if isinstance(model, SmallVGG | ResNet20):
         return to_golden_conv(model)
     layers = []
@@ -165,6 +182,7 @@ def golden_accuracy(net: IntNetwork | IntConvNetwork, model, x: torch.Tensor, y:
 
     Evaluated in slices of :data:`GOLDEN_BATCH` images (a conv net's im2col of a whole test set is GBs).
     """
+    model = on_host(model)
     pred = np.concatenate([net.predict(input_codes(model, x[i:i + GOLDEN_BATCH]).numpy())
                            for i in range(0, max(len(x), 1), GOLDEN_BATCH)])
     return float((pred == y.numpy()).mean())
@@ -323,6 +341,7 @@ def to_golden_conv(model) -> IntConvNetwork:
         For another model, a PACT-32 activation, a weight width outside :data:`WIDTHS`, or a layer the
         contract lacks; from :func:`check_network` for a bound it breaks.
     """
+    model = on_host(model)
     if isinstance(model, ResNet20):
         return to_golden_resnet(model)
     if not isinstance(model, SmallVGG):

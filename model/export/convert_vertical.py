@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from model.errors import UserError
-from model.export.convert import GOLDEN_BATCH, fold_batchnorm, residual_requant_params
+from model.export.convert import GOLDEN_BATCH, fold_batchnorm, on_host, residual_requant_params
 from model.export.golden import SCORE_FRAC_BITS, requant_params
 from model.export.golden_vertical import (
     EDGE_BITS,
@@ -176,6 +176,7 @@ def to_golden_vertical(model, table=(), row_bn=None) -> VerticalNetwork:
     UserError
         For a net that is not vertical-layered, float edges, an unsupported architecture, or a bound.
     """
+    model = on_host(model)  # the codes are read on the CPU, as from a checkpoint
     layers = vertical_layers(model)
     if not layers:
         raise UserError("the model has no vertical-layered layer; export it as a plain net")
@@ -241,6 +242,7 @@ def vertical_input_codes(model, x: torch.Tensor) -> np.ndarray:
 def vertical_golden_accuracy(net: VerticalNetwork, model, x: torch.Tensor, y: torch.Tensor, bits) -> float:
     """Accuracy of ``net`` under ``bits`` (an int or one width per inner layer) on images ``x``."""
     golden = net.materialize(bits)
+    model = on_host(model)
     pred = np.concatenate([golden.predict(vertical_input_codes(model, x[i:i + GOLDEN_BATCH]))
                            for i in range(0, max(len(x), 1), GOLDEN_BATCH)])
     return float((pred == y.numpy()).mean())

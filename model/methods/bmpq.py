@@ -42,7 +42,7 @@ def bit_gradients(grad_wq: torch.Tensor, scale: float, q_max: int) -> torch.Tens
     ``dL/db_i = dL/dw_q * S * (-2^(q-1))`` for the sign bit and ``dL/dw_q * S * 2^i`` for the others.
     """
     weights = torch.tensor([-(2.0 ** (q_max - 1))] + [2.0**i for i in range(q_max - 2, -1, -1)],
-                           dtype=torch.float64)
+                           dtype=torch.float64, device=grad_wq.device)
     return grad_wq.detach().reshape(-1, 1).to(torch.float64) * scale * weights
 
 

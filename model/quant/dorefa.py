@@ -38,7 +38,7 @@ def check_widths(widths: torch.Tensor, where: str, allowed: tuple[int, ...] = WI
     """
     if widths.dtype.is_floating_point or widths.dtype.is_complex:
         raise UserError(f"{where}: bit widths must be an integer tensor, not {widths.dtype}")
-    bad = ~torch.isin(widths, torch.tensor(allowed, dtype=widths.dtype))
+    bad = ~torch.isin(widths, torch.tensor(allowed, dtype=widths.dtype, device=widths.device))
     if bad.any():
         found = sorted(set(widths[bad].tolist()))[:5]
         raise UserError(f"{where}: bit widths {found} are not allowed; allowed {allowed}")

@@ -856,6 +856,10 @@ class QuantLinearLTS(_LTSWeight, nn.Linear):
             col = flat % cols
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+                # The pattern is valid by construction (row pointers from a count, columns of sorted flat
+                # indices), so the checks stay off; CUDA builds of torch warn that they are off even when
+                # check_invariants=False says so (seen with torch 2.11 on an H200).
+                warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
                 csr = torch.sparse_csr_tensor(
                     crow, col, torch.ones(flat.numel(), dtype=self.weight.dtype, device=flat.device), (rows, cols),
                     check_invariants=False,
