@@ -169,12 +169,13 @@ def to_golden(model) -> IntNetwork | IntConvNetwork:
 def input_codes(model, x: torch.Tensor) -> torch.Tensor:
     """The network input as integer codes (the first quantizer's ``to_codes``), int64.
 
-    For a conv net: ``[N, C, H, W]`` codes of ``x`` reshaped to the model's ``image_shape``.
+    For a conv net: ``[N, C, H, W]`` codes of ``x`` reshaped to the model's ``image_shape``. Computed on the CPU
+    (a model on a GPU lends a CPU copy of its input quantizer, :func:`on_host`), as the golden model reads them.
     """
     if isinstance(model, SmallVGG | ResNet20):
         _codes_of(model.input_quant, "input_quant")
-        return model.input_quant.to_codes(x.reshape(x.shape[0], *model.image_shape))
-    return model.stages()[0][1].to_codes(x)
+        return on_host(model.input_quant).to_codes(x.cpu().reshape(x.shape[0], *model.image_shape))
+    return on_host(model.stages()[0][1]).to_codes(x.cpu())
 
 
 def golden_accuracy(net: IntNetwork | IntConvNetwork, model, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -182,10 +183,9 @@ def golden_accuracy(net: IntNetwork | IntConvNetwork, model, x: torch.Tensor, y:
 
     Evaluated in slices of :data:`GOLDEN_BATCH` images (a conv net's im2col of a whole test set is GBs).
     """
-    model = on_host(model)
     pred = np.concatenate([net.predict(input_codes(model, x[i:i + GOLDEN_BATCH]).numpy())
                            for i in range(0, max(len(x), 1), GOLDEN_BATCH)])
-    return float((pred == y.numpy()).mean())
+    return float((pred == y.cpu().numpy()).mean())
 
 
 def _codes_of(quant, where: str) -> int:

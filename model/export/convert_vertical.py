@@ -236,16 +236,15 @@ def vertical_input_codes(model, x: torch.Tensor) -> np.ndarray:
     """The 8-bit input codes of ``x`` (the net's input quantizer), int64 numpy; ``[N, C, H, W]`` for a conv net."""
     if isinstance(model, SmallVGG | ResNet20):
         x = x.reshape(x.shape[0], *model.image_shape)
-    return model.input_quant.to_codes(x).numpy()
+    return on_host(model.input_quant).to_codes(x.cpu()).numpy()  # on the CPU, as from a checkpoint
 
 
 def vertical_golden_accuracy(net: VerticalNetwork, model, x: torch.Tensor, y: torch.Tensor, bits) -> float:
     """Accuracy of ``net`` under ``bits`` (an int or one width per inner layer) on images ``x``."""
     golden = net.materialize(bits)
-    model = on_host(model)
     pred = np.concatenate([golden.predict(vertical_input_codes(model, x[i:i + GOLDEN_BATCH]))
                            for i in range(0, max(len(x), 1), GOLDEN_BATCH)])
-    return float((pred == y.numpy()).mean())
+    return float((pred == y.cpu().numpy()).mean())
 
 
 def export_vertical_image(model, out_dir, data=None, table=(), row_bn=None) -> dict:

@@ -7,12 +7,13 @@ checks the device choice and its errors with CUDA simulated); on a GPU machine t
 
 What a GPU may change and what it may not: the weight codes export and the golden model see are computed from
 the checkpoint on the CPU (checkpoints hold CPU tensors), so a GPU run's ticket exports the same image whichever
-device trained it. The fake-quant forward on the GPU rounds the same float32 ``x`` of Eq. 3 the CPU does when
-both compute ``tanh`` alike; where the GPU's ``tanh`` differs from the CPU's by an ulp, a code may move by
-what one float32 ulp of ``x`` is worth at that width (0 or 1 code at 4 and 8 bits, up to 2^(m-22) codes at 16
-and 32 bits). :func:`test_dorefa_codes_on_the_gpu_are_the_cpus_within_an_ulp_of_x` bounds that and prints how
-many codes differ per width; the PACT codes (clamp, multiply, divide by the 0-d alpha tensor, round: correctly rounded on both) must
-be identical, and their fake-quant value within an ulp (:func:`test_pact_codes_on_the_gpu_are_the_cpus`).
+device trained it. The fake-quant forward on the GPU rounds Eq. 3's float32 ``x = tanh(w) / (2 max|tanh|) + 1/2``
+computed there; its ``tanh`` need not be the CPU's to the last bit, so ``x`` may differ by a few ulps of 1/2
+(checked: at most 4, i.e. ``|dx| <= 2^-22``), and a code at width ``m`` by at most ``2^(m-22)`` plus the rounding:
+1 code up to 21 bits, 1,025 at 32 bits (:func:`test_dorefa_codes_on_the_gpu_are_the_cpus_within_4_ulps_of_x`
+checks that and prints how many codes differ and by how much per width). The PACT codes (clamp, multiply, divide by
+the 0-d alpha tensor, round) must be identical and their fake-quant values within 2 float32 eps relative
+(:func:`test_pact_codes_on_the_gpu_are_the_cpus`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import pytest
 import torch
 
 import build
+from model.bench.qat import quant_net
 from model.data import load_digits_split
 from model.export.convert import golden_accuracy, input_codes, to_golden
+from model.export.convert_vertical import vertical_input_codes
 from model.export.golden import WIDTHS as HW_WIDTHS
 from model.quant.dorefa import dorefa_codes, dorefa_normalize
 from model.quant.nets import build_model
@@ -56,24 +59,29 @@ def resnet20_weights() -> list[torch.Tensor]:
     return [p.detach() for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1]
 
 
-def test_dorefa_codes_on_the_gpu_are_the_cpus_within_an_ulp_of_x(capsys):
+def test_dorefa_codes_on_the_gpu_are_the_cpus_within_4_ulps_of_x(capsys):
     differing = {m: 0 for m in WIDTHS}
-    total = 0
+    largest = {m: 0 for m in WIDTHS}
+    total, worst_ulps = 0, 0.0
     for w in resnet20_weights():
         x_cpu, x_gpu = dorefa_normalize(w), dorefa_normalize(w.to(GPU)).cpu()
         # x = t / (2 max|t|) + 1/2 carries the absolute error of the add (ulps of 1/2, 2^-24), however small x
         ulps = float((x_gpu - x_cpu).abs().max()) / 2.0 ** -24
         assert ulps <= 4.0, f"x of Eq. 3 differs by {ulps:.1f} ulps of 1/2 on the GPU"
+        worst_ulps = max(worst_ulps, ulps)
         total += w.numel()
         for m in WIDTHS:
             widths = torch.full_like(w, m, dtype=torch.int64)
             q_cpu, q_gpu = dorefa_codes(w, widths), dorefa_codes(w.to(GPU), widths.to(GPU)).cpu()
-            slack = max(1, 2 ** (m - 21))  # 4 ulps of 1/2 (2^-22) in codes at width m, and the rounding
-            assert int((q_gpu - q_cpu).abs().max()) <= slack, f"{m}-bit codes differ by more than {slack}"
+            slack = (1 << (m - 22)) + 1 if m >= 22 else 1  # |dx| (2^m - 1) < 2^(m-22), then the rounding
+            diff = int((q_gpu - q_cpu).abs().max())
+            assert diff <= slack, f"{m}-bit codes differ by {diff}, more than {slack}"
             differing[m] += int((q_gpu != q_cpu).sum())
+            largest[m] = max(largest[m], diff)
     with capsys.disabled():
-        print(f"\nDoReFa codes differing GPU vs CPU over {total:,} ResNet-20 weights: "
-              + ", ".join(f"{m}-bit {n:,}" for m, n in differing.items()))
+        print(f"\nDoReFa on the GPU vs the CPU over {total:,} ResNet-20 weights: x within {worst_ulps:g} ulps of 1/2; "
+              "codes differing (largest difference): "
+              + ", ".join(f"{m}-bit {differing[m]:,} ({largest[m]})" for m in WIDTHS))
     assert differing[4] + differing[8] <= total // 1000  # a rounding tie within an ulp is rare at 4 and 8 bits
 
 
@@ -108,6 +116,9 @@ def test_a_model_on_the_gpu_converts_to_the_golden_model_of_its_cpu_copy():
     codes = input_codes(model, x).numpy()
     assert (got.forward(codes) == ref.forward(codes)).all()
     assert golden_accuracy(got, on_gpu, x, y) == golden_accuracy(ref, model, x, y)
+    assert torch.equal(input_codes(on_gpu, x.to(GPU)), input_codes(model, x))  # images on either device
+    vertical = quant_net("mlp", "vertical")  # `bench vertical` reads its trained net's input codes this way
+    assert (vertical_input_codes(copy.deepcopy(vertical).to(GPU), x) == vertical_input_codes(vertical, x)).all()
 
 
 def test_a_small_training_set_is_gathered_on_the_gpu():
@@ -139,15 +150,24 @@ def test_imq_on_the_gpu_exports_the_ticket_the_golden_model_computes(tmp_path, c
     assert report["golden_accuracy"] == golden and report["fakequant_accuracy"] == fq
 
 
-@pytest.mark.parametrize(("report", "argv"), [
-    ("lts.json", ["--method", "lts", "--data", "digits", "--epochs", "3", "--warmup", "1"]),
-    ("lts.json", ["--method", "lts", "--arch", "resnet20", "--data", "digits", "--epochs", "2", "--warmup", "1"]),
-    ("bmpq.json", ["--method", "bmpq", "--hidden", "64", "64", "64", "--epochs", "3", "--warmup", "1", "--interval", "1",
-     "--compression", "4"]),
-    ("vertical.json", ["--method", "vertical", "--hidden", "32", "32", "--epochs", "1", "--train-subset", "400"]),
-], ids=["lts-mlp", "lts-resnet20", "bmpq", "vertical"])
-def test_every_method_trains_on_the_gpu(tmp_path, capsys, report, argv):
+#: Settings under which each method learns the digits within seconds (checked on the CPU: 0.91, 0.83, 0.80, 0.93).
+METHOD_RUNS = {
+    "lts-mlp": ("lts.json", ["--method", "lts", "--data", "digits", "--epochs", "3", "--warmup", "1"]),
+    "lts-resnet20": ("lts.json", ["--method", "lts", "--arch", "resnet20", "--data", "digits", "--epochs", "6",
+                                  "--warmup", "2", "--batch-size", "32"]),
+    "bmpq": ("bmpq.json", ["--method", "bmpq", "--epochs", "3", "--warmup", "1", "--interval", "1",
+                           "--compression", "4", "--lr", "0.1", "--batch-size", "32"]),
+    "vertical": ("vertical.json", ["--method", "vertical", "--hidden", "64", "64", "--epochs", "8"]),
+}
+
+
+@pytest.mark.parametrize("name", METHOD_RUNS)
+def test_every_method_trains_on_the_gpu(tmp_path, capsys, name):
+    report, argv = METHOD_RUNS[name]
     run = tmp_path / "run"
     code = build.main(["train", "--device", "cuda", *argv, "--quiet", "--run-dir", str(run)])
     assert code == 0, capsys.readouterr().err
-    assert json.loads((run / report).read_text())["provenance"]["device"] == "cuda"
+    result = json.loads((run / report).read_text())
+    assert result["provenance"]["device"] == "cuda"
+    accuracy = min(result["test_accuracy"].values()) if name == "vertical" else result["accuracy"]
+    assert accuracy >= 0.5, f"{name} did not learn on the GPU: test accuracy {accuracy}"  # chance is 0.1
