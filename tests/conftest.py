@@ -5,7 +5,8 @@ import os
 # The suite is the CPU's: its expected figures (bit-exact runs, torchrun against one process, bench rows) are
 # CPU results, and CI has no GPU. On a GPU machine it hides the GPUs (before torch initialises CUDA, and from the
 # subprocesses it starts) unless MPQACCEL_GPU_TESTS=1, which tests/model/training/test_cuda.py needs
-# (model/bench/gpu_check.sh sets it).
+# (model/bench/gpu_check.sh sets it for that file alone: with the GPUs visible, the tests that compare against
+# CPU figures would train on the GPU).
 if os.environ.get("MPQACCEL_GPU_TESTS") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
