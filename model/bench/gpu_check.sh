@@ -35,7 +35,7 @@ if [ -n "$data" ]; then  # the Debian package's path, where the tests and `--dat
 fi
 
 step pytest_cuda 180 bash -c "MPQACCEL_GPU_TESTS=1 $py -m pytest -p no:cacheprovider -p no:benchmark -q -s tests/model/training/test_cuda.py >'$out/pytest_cuda.txt' 2>&1; rc=\$?; tail -n 25 '$out/pytest_cuda.txt'; exit \$rc"
-step bench_qat 150 "$py" build.py bench qat --quiet --out /tmp/gpu_bench
+step bench_qat 150 "$py" build.py bench qat --device cuda --quiet --out /tmp/gpu_bench
 cp /tmp/gpu_bench/qat.json "$out/qat.json" 2>/dev/null
 # bench conv's ResNet-20 IMQ run (model/bench/conv.py COMMON and IMQ_RUNS) through the command line.
 step imq_resnet20 240 "$py" build.py train --method imq --arch resnet20 --data fashion-mnist --act-bits 4 \

@@ -15,12 +15,16 @@ import argparse
 from pathlib import Path
 
 from model.bench.floors import exit_code, floors_path, format_floors, write_floors
-from model.cli import DEFAULT_OUT, print_rows, write_json
+from model.cli import DEFAULT_OUT, device_spec, print_rows, write_json
 from model.errors import UserError
 
 #: The benches, and those that train on a data set (``--data-root``).
 BENCHES = ("dsp", "lts", "bmpq", "imq", "conv", "qat", "export", "vertical", "fuzz", "accel")
 DATA_BENCHES = ("lts", "imq", "bmpq", "conv", "vertical")
+#: The benches that train (``--device``): on the CPU unless told otherwise, since their floors and the README's
+#: figures are CPU results, and ``bench conv``'s ticket (which ``bench accel`` runs) is reproducible only there: a
+#: GPU run is not bit-reproducible and picks another ticket (README, "Where it trains").
+TRAINING_BENCHES = ("lts", "imq", "bmpq", "conv", "qat", "vertical", "accel")
 #: The benches with resumable run directories (``--restart``) and a tiny budget (``--smoke``).
 RUN_DIR_BENCHES = ("imq", "conv")
 HELP = ("benchmarks: dsp (packed DSP48E1 lane modes), lts (LTS vs plain QAT), imq (IMQ vs its baselines), bmpq "
@@ -69,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=None,
                    help="`bench accel` only: wall-time budget of the RTL simulations in minutes (default: 40); "
                         "rows get fewer images when it runs out (rtl_images says how many ran)")
+    p.add_argument("--device", type=device_spec, default=None, metavar="auto|cpu|cuda[:N]",
+                   help=f"`bench {'` / `bench '.join(TRAINING_BENCHES)}` only: where they train (default: cpu, "
+                        "where their floors and the README's figures were measured; `--device cuda` for GPU figures, "
+                        "e.g. `bench qat`'s GPU step)")
     p.add_argument("--restart", action="store_true",
                    help="`bench imq` / `bench conv` only: start every run afresh instead of resuming its run directories "
                         "(needed after a code change: a run made under another revision is refused)")
@@ -87,6 +95,13 @@ def run(args) -> int:
     if args.data_root is not None and args.target not in DATA_BENCHES:
         raise UserError(f"--data-root applies to `bench {'`, `bench '.join(DATA_BENCHES)}` (they train on "
                         f"Fashion-MNIST), not `bench {args.target}`, which reads no data set")
+    if args.device is not None and args.target not in TRAINING_BENCHES:
+        raise UserError(f"--device applies to the benches that train (`bench {'`, `bench '.join(TRAINING_BENCHES)}`), "
+                        f"not `bench {args.target}`")
+    if args.target in TRAINING_BENCHES:
+        from model.training import distributed
+
+        distributed.use_device(args.device or "cpu")  # UserError for CUDA where there is none
     runners = {"dsp": bench_dsp, "lts": bench_lts, "bmpq": bench_bmpq, "imq": bench_imq, "conv": bench_conv,
                "qat": bench_qat, "export": bench_export, "vertical": bench_vertical,
                "fuzz": bench_fuzz, "accel": bench_accel}

@@ -8,6 +8,7 @@ hand-written rows, so what is tested is the command: rows unchanged, ``<bench>_f
 import json
 
 import pytest
+import torch
 
 import build
 from model.bench import bmpq as bmpq_bench
@@ -108,6 +109,25 @@ def test_data_root_is_rejected_where_no_data_set_is_read(tmp_path, capsys):
     code, _, err = bench(capsys, "dsp", "--data-root", tmp_path, "--out", tmp_path / "out")
     assert code == 2 and "--data-root" in err and "`bench dsp`" in err and "reads no data set" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_benches_train_on_the_cpu_unless_told(tmp_path, capsys, monkeypatch):
+    from model.bench import qat as qat_bench
+    from model.training import distributed
+    from tests.model.training.test_device import fake_cuda
+
+    fake_cuda(monkeypatch, 2)  # a machine with two GPUs: `auto` would mean cuda:0
+    monkeypatch.setattr(distributed, "_chosen", None)
+    seen = []
+    monkeypatch.setattr(qat_bench, "run_qat_bench", lambda path, **kwargs: seen.append(distributed.device()) or [])
+    assert bench(capsys, "qat", "--quiet", "--out", tmp_path)[0] == 0
+    assert bench(capsys, "qat", "--quiet", "--device", "cuda:1", "--out", tmp_path)[0] == 0
+    assert seen == [torch.device("cpu"), torch.device("cuda", 1)]
+    code, _, err = bench(capsys, "dsp", "--device", "cpu", "--out", tmp_path / "out")
+    assert code == 2 and "--device applies to the benches that train" in err and "`bench dsp`" in err
+    fake_cuda(monkeypatch, 0)
+    code, _, err = bench(capsys, "qat", "--device", "cuda", "--out", tmp_path / "out")
+    assert code == 2 and "CUDA is not available here" in err and not (tmp_path / "out").exists()
 
 
 def test_bench_help_names_every_bench():
