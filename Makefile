@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq bench-conv bench-export bench-vertical lint clean
+.PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq bench-conv bench-export bench-vertical gpu-check lint clean
 
 demo: setup
 	$(VPY) build.py demo
@@ -42,6 +42,10 @@ bench-export: setup
 
 bench-vertical: setup fashion-mnist
 	$(VPY) build.py bench vertical
+
+# The GPU checks (README, "Where it trains"): needs a machine with CUDA; writes out/gpu_check/.
+gpu-check: setup fashion-mnist
+	PYTHON=$(VPY) bash model/bench/gpu_check.sh out/gpu_check
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@
 #   qat.json        `build.py bench qat` on the GPU (its `device` column says cuda)
 #   imq_run.json    run.json of bench conv's ResNet-20 IMQ schedule trained on the GPU
 #   imq_history.json, imq_eval.json  its per-iteration history; `build.py eval` of its ticket on the CPU
+#   lts_gpu.json    `bench lts`'s rows at 2 and 4 bits, seed 0 only, trained on the GPU (LTS's time ratios there)
 #   pytest_cuda.txt tests/model/training/test_cuda.py (MPQACCEL_GPU_TESTS=1: the rest of the suite is the CPU's
 #                   and hides the GPUs, tests/conftest.py)
 # and, in the log, where a ResNet-20 DoReFa training step spends its time on the GPU (torch's profiler).
@@ -15,6 +16,10 @@ set -u
 out=${1:?usage: bash model/bench/gpu_check.sh OUT [FASHION_MNIST_DIR]}
 data=${2:-}
 py=${PYTHON:-python3}
+if ! "$py" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    echo "gpu_check.sh: $py sees no CUDA device (torch.cuda.is_available() is False); run it on a GPU machine" >&2
+    exit 2
+fi
 mkdir -p "$out"
 log="$out/gpu_check.log"
 export PYTHONUNBUFFERED=1
@@ -46,6 +51,8 @@ cp /tmp/gpu_imq/run.json "$out/imq_run.json" 2>/dev/null
 cp /tmp/gpu_imq/imq_history.json "$out/imq_history.json" 2>/dev/null
 step imq_eval 120 "$py" build.py eval --checkpoint /tmp/gpu_imq/ticket.pt --out /tmp/gpu_eval
 cp /tmp/gpu_eval/eval.json "$out/imq_eval.json" 2>/dev/null
+# bench lts on the GPU, two widths and one seed of its rows (about 100 s on an H200).
+step lts_gpu 200 "$py" -c "from model.training import distributed; distributed.use_device('cuda'); from model.bench.lts import run_lts_bench; [print(r) for r in run_lts_bench('$out/lts_gpu.json', bits_list=(2, 4), seeds=(0,), progress=False)]"
 # Where a ResNet-20 DoReFa step's time goes on the GPU (bench qat's step, torch's profiler, top ops by GPU time).
 step profile 120 "$py" - <<'PY'
 import torch
