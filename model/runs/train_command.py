@@ -56,7 +56,8 @@ ALL = METHODS
 
 #: ``bench lts``'s configuration (model/bench/lts.py run_lts_bench and train_lts's defaults), 2-bit row.
 LTS_BENCH = {"data": "fashion-mnist", "hidden": [256, 256], "epochs": 10, "lr": 0.01, "batch_size": 128,
-             "bits": 2, "lts_mode": "lts", "strategy": "linear", "p": 0.5, "m": 0.99, "warmup": 2, "threads": 1}
+             "bits": 2, "lts_mode": "lts", "strategy": "linear", "p": 0.5, "m": 0.99, "warmup": 2, "threads": 1,
+             "bounds_lr_ratio": 1e-3}  # bounds_lr_ratio: model.methods.lts.BOUNDS_LR_RATIO (torch-free copy, tested)
 #: BMPQ's target compression r_M^32 for an MLP and for the conv nets (the paper's 10x, BMPQ Sec. IV-A).
 BMPQ_MLP_COMPRESSION = 4.0
 BMPQ_CONV_COMPRESSION = 10.0
@@ -215,6 +216,8 @@ OPTIONS: tuple[Option, ...] = (
            {"type": bounded(float, 0.0, 1.0)}),
     Option(("--m",), "lts", ("lts",), "EMA momentum (Eq. 5)", {"lts": LTS_BENCH["m"]},
            {"type": bounded(float, 0.0, 1.0)}),
+    Option(("--bounds-lr-ratio",), "lts", ("lts",), "learning rate of the quantizers' bounds l, u over --lr (the "
+           "authors' code: 1e-4 / 0.1)", {"lts": LTS_BENCH["bounds_lr_ratio"]}, {"type": bounded(float, 0.0, 1.0)}),
     Option(("--warmup",), "lts", ("lts", "bmpq"), "warm-up epochs: LTS E_wm, BMPQ ep_w",
            {"lts": LTS_BENCH["warmup"], "bmpq": 2}, {"type": bounded(int, 0, 10000)}),
     Option(("--threads",), "lts", ("lts",), "torch CPU threads (the bench's 1 keeps backward timings "
@@ -466,7 +469,7 @@ def cmd_train_lts(args) -> int:
         torch.manual_seed(args.seed)
         result = train_lts(model, split, args.epochs, args.bits, mode=args.lts_mode, strategy=args.strategy,
                            p=args.p, m=args.m, warmup=args.warmup, lr=args.lr, batch_size=args.batch_size,
-                           seed=args.seed, progress=not args.quiet)
+                           seed=args.seed, progress=not args.quiet, bounds_lr_ratio=args.bounds_lr_ratio)
     report = {"method": "lts", "resumed": False, "provenance": recorded,
               "mode": args.lts_mode, "bits": args.bits, "accuracy": result.accuracy,
               "avg_wgs": result.avg_wgs, "bp_flops_reduction": result.bp_flops_reduction,
@@ -476,7 +479,8 @@ def cmd_train_lts(args) -> int:
                          "train_images": len(split.y_train),
                          "test_images": len(split.y_test), "hidden": list(args.hidden), "epochs": args.epochs,
                          "warmup": args.warmup, "strategy": args.strategy, "p": args.p, "m": args.m, "lr": args.lr,
-                         "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads}}
+                         "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads,
+                         "bounds_lr_ratio": args.bounds_lr_ratio}}
     write_json(out / "lts.json", report)
     plot_sparsity(result.sparsity_history, out / "lts_sparsity.png")
     print_table([(k, report[k]) for k in ("mode", "bits", "accuracy", "avg_wgs", "bp_flops_reduction",

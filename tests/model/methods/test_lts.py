@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from model.bench.lts import plot_sparsity, run_lts_bench
 from model.data import Split, load_idx_split
 from model.errors import UserError
-from model.methods.lts import LTSScratcher, LTSTraining, train_lockstep, train_lts
+from model.methods.lts import BOUNDS_LR_RATIO, LTSScratcher, LTSTraining, train_lockstep, train_lts
 from model.quant.lts import (
     LTSQuantizer,
     QuantConv2dLTS,
@@ -27,6 +27,7 @@ from model.quant.lts import (
     to_lts,
 )
 from model.quant.nets import ResNet20, SmallVGG
+from model.runs.train_command import LTS_BENCH
 
 W = torch.tensor([-1.5, -0.6, -0.2, 0.1, 0.35, 0.9, 2.0])
 
@@ -654,6 +655,28 @@ def test_train_lts_freezes_and_reports(tmp_path):
         train_lts(build_lts_mlp(2, hidden=(8,)), split, epochs=2, bits=3, progress=False)
     with pytest.raises(UserError, match="'mode'.*'lts', 'baseline'"):
         train_lts(build_lts_mlp(2, hidden=(8,)), split, epochs=2, bits=2, mode="qat", progress=False)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "lts"])
+def test_the_bounds_train_at_their_own_rate_in_both_modes(tmp_path, mode):
+    split = load_idx_split(_write_idx_folder(tmp_path / "d", n_train=96, n_test=32, rows=28, cols=28))
+    bounds = {}
+    for ratio in (0.0, 0.5):
+        model = build_lts_mlp(2, hidden=(16,), seed=0)
+        run = LTSTraining(model, split, 2, 2, mode=mode, warmup=1, batch_size=32, lr=0.05, bounds_lr_ratio=ratio)
+        quantizers = [m for m in model.modules() if isinstance(m, LTSQuantizer)]
+        group = run.optimizer.param_groups[-1]
+        assert group["lr"] == 0.05 * ratio and group["weight_decay"] == 0.0
+        assert {id(p) for p in group["params"]} == {id(p) for q in quantizers for p in (q.lower, q.upper)}
+        before = [(float(q.lower.detach()), float(q.upper.detach())) for q in quantizers]
+        latent = model.linears[0].weight.detach().clone()
+        train_lockstep([run], progress=False)
+        bounds[ratio] = [(float(q.lower.detach()), float(q.upper.detach())) for q in quantizers]
+        assert not torch.equal(model.linears[0].weight.detach(), latent)  # the weights trained either way
+        if ratio == 0.0:
+            assert bounds[ratio] == before  # at rate 0 the bounds stay where init_bounds put them
+    assert bounds[0.5] != bounds[0.0]
+    assert BOUNDS_LR_RATIO == LTS_BENCH["bounds_lr_ratio"]  # train --method lts's default is the bench's
 
 
 def test_lockstep_runs_give_the_results_of_runs_on_their_own(tmp_path):
