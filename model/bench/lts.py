@@ -113,6 +113,11 @@ reproduce its LTS accuracies exactly, against its plain-QAT accuracies; test set
   - the paper's fixing strategy (Sec. III-C, ``p = c`` after the warm-up) instead of linear growth: ``c = 0.5``
     -0.66 / -0.66; -0.79 / -0.45; 0.77 / 0.78; ``c = 0.3`` -0.56 / -0.08; -0.37 / -0.30; 0.59 / 0.70. Worse than
     linear growth at the same or higher sparsity; not taken.
+  - **taken**: the bounds ``l``, ``u`` at 1e-3 of the weights' learning rate in both modes, the authors' ratio
+    (:data:`model.methods.lts.BOUNDS_LR_RATIO`, with the sweep that chose it): +0.10 / -0.09; +0.26 / -0.12;
+    0.57 / 0.60. On the test set (``bench lts --check``, commit b73e675) the gaps became +0.09 / -0.225 / +0.02
+    pp at 2 / 3 / 4 bits (seeds 0 / 1: +0.05 / +0.13, -0.29 / -0.16, -0.18 / +0.22), 11 of 12 floors: the 3-bit
+    accuracy floor fails by 0.025 pp, within one seed's noise (standard deviation about 0.2 pp).
 """
 
 from __future__ import annotations
