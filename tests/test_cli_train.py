@@ -114,8 +114,9 @@ def test_lts_defaults_are_the_configuration_of_bench_lts():
     assert (args.epochs, args.warmup, args.m, args.threads) == (bench["epochs"], bench["warmup"], bench["m"],
                                                                bench["threads"])
     assert args.bits == bench["bits_list"][0] and args.lts_mode == "lts"
-    assert (args.strategy, args.p, args.lr, args.batch_size, args.seed) == (
-        trainer["strategy"], trainer["p"], trainer["lr"], trainer["batch_size"], trainer["seed"])
+    assert (args.strategy, args.p, args.lr, args.batch_size, args.seed, args.bounds_lr_ratio) == (
+        trainer["strategy"], trainer["p"], trainer["lr"], trainer["batch_size"], trainer["seed"],
+        trainer["bounds_lr_ratio"])
     assert tuple(args.hidden) == inspect.signature(build_lts_mlp).parameters["hidden"].default
 
 

@@ -2,7 +2,7 @@
 # The checks of the training side that need a GPU, in one bounded script (README, "Where it trains"):
 #   bash model/bench/gpu_check.sh OUT [FASHION_MNIST_DIR]
 # run from the repository root on a machine with CUDA and torch (no .venv needed: the machine's python3, or
-# $PYTHON). It writes at most eight files into OUT:
+# $PYTHON). It writes seven files into OUT:
 #   gpu_check.log   every step's output, its exit status and seconds
 #   qat.json        `build.py bench qat` on the GPU (its `device` column says cuda)
 #   imq_run.json    run.json of bench conv's ResNet-20 IMQ schedule trained on the GPU
@@ -11,7 +11,8 @@
 #   pytest_cuda.txt tests/model/training/test_cuda.py (MPQACCEL_GPU_TESTS=1: the rest of the suite is the CPU's
 #                   and hides the GPUs, tests/conftest.py)
 # and, in the log, where a ResNet-20 DoReFa training step spends its time on the GPU (torch's profiler).
-# Each step has its own time limit, so that one slow step leaves the others their turn.
+# Each step has its own time limit, so that one slow step leaves the others their turn; the script exits 1
+# when any step failed (after running them all), 2 without CUDA.
 set -u
 out=${1:?usage: bash model/bench/gpu_check.sh OUT [FASHION_MNIST_DIR]}
 data=${2:-}
@@ -32,7 +33,9 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, append its output and exit sta
     rc=$?
     echo "== $name: exit $rc in $((SECONDS - start)) s" >>"$log"
     echo "$name: exit $rc in $((SECONDS - start)) s"
+    [ "$rc" -eq 0 ] || failed="$failed $name"
 }
+failed=""
 
 step machine 60 bash -c "nvidia-smi -L; nproc; $py -c 'import torch, numpy; print(torch.__version__, numpy.__version__, torch.cuda.get_device_name(0))'"
 if [ -n "$data" ]; then  # the Debian package's path, where the tests and `--data fashion-mnist` look
@@ -69,3 +72,7 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
 print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=40))
 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
 PY
+if [ -n "$failed" ]; then
+    echo "gpu_check.sh: failed:$failed (details in $log)" >&2
+    exit 1
+fi

@@ -40,7 +40,9 @@ Choices where the paper leaves room, each said once here:
   (most likely for the late freezes, up to half a step from their level), with no gradient to correct it,
   and the bounds' gradient, which sums over unfrozen weights only (below), ignored a dependence the forward
   had. The authors' code keeps the latent value and lets the bounds move at 1e-3 of the weights' learning
-  rate, so that there the level hardly moves; here the bounds train at the weights' rate. Measured
+  rate, so that there the level hardly moves; here the bounds trained at the weights' rate when this was
+  measured (since 2026-12-04 :class:`model.methods.lts.LTSTraining` trains them at the authors' ratio,
+  :data:`model.methods.lts.BOUNDS_LR_RATIO`, and keeps the frozen value too). Measured
   (Fashion-MNIST MLP, 10 epochs, seeds 0 / 1): LTS +0.10 / +0.29 pp at 2 bits, +0.25 / +0.01 pp at 3
   bits against keeping only the latent value.
 * **Bookkeeping cost.** The forward computes ``z = (2^B - 1) x_n`` and ``q = round(z)`` anyway; Eq. 5 is

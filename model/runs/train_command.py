@@ -9,8 +9,8 @@ and the others get the method's default. With no option but ``--method`` every m
 * imq, irq, imp, irp, qnn, qnn-imp: digits, MLP 64-10, PACT-4, 20 epochs per iteration, Adam 3e-3, batch 64.
 * lts: exactly the 2-bit LTS row of ``bench lts`` (:func:`model.bench.lts.run_lts_bench` with
   :func:`model.methods.lts.train_lts`'s defaults): all of Fashion-MNIST, MLP 784-256-256-10, 10 epochs,
-  ``E_wm`` 2, ``m`` 0.99, linear growth, SGD 0.01, batch 128, one thread (tests/test_cli_train.py checks
-  that the two agree).
+  ``E_wm`` 2, ``m`` 0.99, linear growth, SGD 0.01 with the quantizers' bounds at 1e-3 of it, batch 128, one
+  thread (tests/test_cli_train.py checks that the two agree).
 * bmpq: digits, MLP 64-64-64-64-10 (BMPQ needs at least three layers), 4x compression (its 16-bit first and
   last layers leave this MLP at most 4.49x; conv nets keep the paper's 10x), 20 epochs, SGD 0.05, batch 64.
 

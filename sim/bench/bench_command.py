@@ -98,10 +98,11 @@ def run(args) -> int:
     if args.device is not None and args.target not in TRAINING_BENCHES:
         raise UserError(f"--device applies to the benches that train (`bench {'`, `bench '.join(TRAINING_BENCHES)}`), "
                         f"not `bench {args.target}`")
-    if args.target in TRAINING_BENCHES:
-        from model.training import distributed
+    from model.training import distributed
 
-        distributed.use_device(args.device or "cpu")  # UserError for CUDA where there is none
+    # UserError for CUDA where there is none. The other benches run nothing on a GPU: the CPU is also what
+    # their floors' provenance records.
+    distributed.use_device(args.device or "cpu")
     runners = {"dsp": bench_dsp, "lts": bench_lts, "bmpq": bench_bmpq, "imq": bench_imq, "conv": bench_conv,
                "qat": bench_qat, "export": bench_export, "vertical": bench_vertical,
                "fuzz": bench_fuzz, "accel": bench_accel}

@@ -455,7 +455,8 @@ def test_training_forward_is_the_quantizer_bit_for_bit():
 
 
 def _exact_run(layer, x, y, steps, scratcher_kwargs, weight_decay=5e-4):
-    """SGD as train_lts sets it up: no decay in the optimizer, the layers decay their unfrozen weights."""
+    """SGD with no decay in the optimizer, the layers decaying their unfrozen weights, as train_lts sets it up (the
+    bounds here at the weights' rate; what is checked is the freezing, not the bounds' rate)."""
     latent = [layer.weight]
     others = [q for q in layer.parameters() if q is not layer.weight]
     opt = torch.optim.SGD([{"params": latent, "weight_decay": 0.0}, {"params": others}], lr=0.5, momentum=0.9)
@@ -676,6 +677,9 @@ def test_the_bounds_train_at_their_own_rate_in_both_modes(tmp_path, mode):
         if ratio == 0.0:
             assert bounds[ratio] == before  # at rate 0 the bounds stay where init_bounds put them
     assert bounds[0.5] != bounds[0.0]
+    for bad in (-1.0, float("nan"), 2.0, "0.1"):
+        with pytest.raises(UserError, match="'bounds_lr_ratio'.*numbers in \\[0, 1\\]"):
+            LTSTraining(build_lts_mlp(2, hidden=(8,)), split, 2, 2, bounds_lr_ratio=bad)
     assert BOUNDS_LR_RATIO == LTS_BENCH["bounds_lr_ratio"]  # train --method lts's default is the bench's
 
 
