@@ -186,7 +186,7 @@ class LTSResult:
 #: alike within the seed noise; the authors' 1e-3 is kept (LTS 0.1-0.25 pp more accurate than at ratio 1, plain
 #: QAT within its noise). Bounds that move little keep a weight frozen at its level a sensible quantization of the
 #: weights that go on training. (Ratios 1, 0.1 and 1e-3 were first run by a script that set the group itself;
-#: 1e-3 run again through this class gives the same accuracies to the last image, as do 0.01 and 0.)
+#: 1e-3 run again through this class gives the same accuracies to the last image; 0.01 and 0 ran through it.)
 BOUNDS_LR_RATIO = 1e-3
 
 
