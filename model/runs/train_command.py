@@ -660,7 +660,13 @@ def run(args) -> int:
     resolve(args)
     from model.training import distributed
 
-    distributed.use_device(args.device)  # the one choice every loop below trains on (UserError without CUDA)
+    dev = distributed.use_device(args.device)  # the one choice every loop below trains on (UserError without CUDA)
+    if not args.quiet and distributed.is_main():  # where it trains, before anything long starts
+        import torch
+
+        name = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
+        ranks = f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+        print(f"train: {args.method} on {dev}{name}{ranks}", file=sys.stderr)
     if args.method == "lts":
         return cmd_train_lts(args)
     if args.method == "bmpq":

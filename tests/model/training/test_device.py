@@ -101,3 +101,17 @@ def test_train_on_the_cpu_records_the_device(capsys, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run.json").read_text())["provenance"]["device"] == "cpu"
     payload = torch.load(tmp_path / "ticket.pt", weights_only=True)
     assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
+
+
+def test_train_says_where_it_trains_unless_quiet(capsys, tmp_path):
+    argv = ["train", "--method", "lts", "--device", "cpu", "--data", "digits", "--hidden", "8", "--epochs", "2",
+            "--warmup", "1", "--run-dir"]
+    threads = torch.get_num_threads()
+    try:
+        assert build.main([*argv, str(tmp_path / "a")]) == 0
+        assert "train: lts on cpu\n" in capsys.readouterr().err
+        assert build.main([*argv, str(tmp_path / "b"), "--quiet"]) == 0
+        assert "train:" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+
