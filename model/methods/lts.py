@@ -278,15 +278,15 @@ class LTSTraining:
         layers = [mod for mod in model.modules() if isinstance(mod, LTS_LAYERS)]
         latent_ids = {id(layer.weight) for layer in layers}
         latent = [w for w in model.parameters() if id(w) in latent_ids]
-        bound_ids = {id(q) for mod in model.modules() if isinstance(mod, LTSQuantizer) for q in (mod.lower, mod.upper)}
-        others = [q for q in model.parameters() if id(q) not in latent_ids and id(q) not in bound_ids]
-        bounds = [q for q in model.parameters() if id(q) in bound_ids]
+        bounds = [q for mod in model.modules() if isinstance(mod, LTSQuantizer) for q in (mod.lower, mod.upper)]
+        grouped = latent_ids | {id(q) for q in bounds}
+        others = [q for q in model.parameters() if id(q) not in grouped]
         # Plain QAT is plain SGD with weight decay on the latent weights. Under LTS the layers apply the decay
         # at their unfrozen positions instead (none by SGD), so a frozen weight's update is exactly zero.
         lts = mode == "lts"
         self.optimizer = torch.optim.SGD(
             [{"params": latent, "weight_decay": 0.0 if lts else weight_decay}, {"params": others, "weight_decay": 0.0},
-             *([{"params": bounds, "weight_decay": 0.0, "lr": lr * bounds_lr_ratio}] if bounds else [])],
+             {"params": bounds, "weight_decay": 0.0, "lr": lr * bounds_lr_ratio}],
             lr=lr,
             momentum=momentum,
         )

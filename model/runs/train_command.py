@@ -665,7 +665,8 @@ def run(args) -> int:
         import torch
 
         name = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
-        ranks = f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+        world = distributed.world_size()
+        ranks = f", {world} processes" if world > 1 else ""
         print(f"train: {args.method} on {dev}{name}{ranks}", file=sys.stderr)
     if args.method == "lts":
         return cmd_train_lts(args)
