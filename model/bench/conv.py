@@ -19,7 +19,9 @@ per image for the golden model), so:
   2,000 test images (fake-quant and golden on the same images, so their gap is a paired difference);
 * IMQ: ``rho = 0.8``, Adam 3e-3 with cosine decay, batch 128, seed 0. IMQ keeps moving the same small weights down
   the hierarchy, so after 4 iterations 80 % are pruned and iteration 5 is at about 3.6 average bits (79 % 0, the
-  rest mostly 16- and 32-bit); ``rho = 0.3`` would need about 20 iterations to get there. ResNet-20 runs 8
+  rest mostly 16- and 32-bit); ``rho = 0.3`` would need about 20 iterations to get there (tried: 30 iterations
+  in 8 minutes, more accurate tickets, but more of their kept weights at 32 bits and the validation's pick too
+  wide for the chip's block RAM; ``docs/array_design.md``, "The paper's rate"). ResNet-20 runs 8
   iterations (0..7): iteration 6 is at about 2.3 bits, the operating point of the paper's hardware figures (Fig. 4:
   8.63x at 2.29 bits and PACT-4), with most of its non-zero weights at 4 and 8 bits, so ``bench accel`` measures
   the array on a ticket like the paper's (iteration 7, about 1.6 bits, lets the validation choose between the
