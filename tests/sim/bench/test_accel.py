@@ -342,16 +342,13 @@ def test_the_curve_points_come_after_every_row_and_only_with_time_left():
     assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 49) is None
 
 
-def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_build(ticket, tmp_path, monkeypatch):
-    """run_accel's bookkeeping, with the simulator replaced by a record whose cycles are the image's words (the
-    RTL runs are bench accel's): the back-pressure chunks are the only stalled ones, with a seed each and the
-    images after the ones before; they make no row; the curve has every iteration at both widths, the ticket's
-    marked, each with its speed-up over the same build's dense32; ten back-pressure images with fewer asked of
-    the ticket's row load ten test images."""
+def _fake_accel_run(ticket, tmp_path, monkeypatch, chunk):
+    """``run_accel`` on 1 x 14 lanes with the training, the images, the Verilog and the simulator replaced:
+    ``chunk(words, codes, stall, seed)`` answers each chunk (the RTL runs are bench accel's own). Returns the
+    result and the test images asked for."""
     from concurrent.futures import ThreadPoolExecutor
 
     models = {0: accel.variant(ticket, "dense32", 4), 1: ticket}
-    monkeypatch.setattr(accel, "load_iteration", lambda run, k: models[k])
     source = {"run": "run", "iteration": 1, "image": "img", "trained_now": False,
               "history": [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.79},
                           {"iteration": 1, "avg_bits": 3.0, "accuracy": 0.7, "val_accuracy": 0.69}]}
@@ -373,17 +370,31 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
     monkeypatch.setattr(accel, "image_vectors", vectors)
     monkeypatch.setattr(accel, "array_verilog", lambda config: "module mpq_array; endmodule\n")
     monkeypatch.setattr(accel, "ProcessPoolExecutor", lambda max_workers, mp_context: ThreadPoolExecutor(1))
-    calls = []
 
     def fake_chunk(vpath, words, codes, expected, work_dir, simulator, stall=False, seed=0):
+        return chunk(words, codes, stall, seed)
+
+    monkeypatch.setattr(accel, "_run_chunk", fake_chunk)
+    result = accel.run_accel(tmp_path, tmp_path, engines=1, lanes=14, ticket_images=4, other_images=1, synth=False,
+                             progress=False)
+    return result, asked
+
+
+def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_build(ticket, tmp_path, monkeypatch):
+    """run_accel's bookkeeping, with the simulator replaced by a record whose cycles are the image's words (the
+    RTL runs are bench accel's): the back-pressure chunks are the only stalled ones, with a seed each and the
+    images after the ones before; they make no row; the curve has every iteration at both widths, the ticket's
+    marked, each with its speed-up over the same build's dense32; ten back-pressure images with fewer asked of
+    the ticket's row load ten test images."""
+    calls = []
+
+    def chunk(words, codes, stall, seed):
         calls.append((len(words), len(codes), stall, seed))
         return {"sim_wall_s": 0.01, "image_cycles": [float(len(words))] * len(codes), "layer_cycles": [],
                 "mismatches": 0, "images": len(codes), "sim_cycles": len(words) * len(codes), "statuses": [0],
                 "timed_out": False, "error": None}
 
-    monkeypatch.setattr(accel, "_run_chunk", fake_chunk)
-    result = accel.run_accel(tmp_path, tmp_path, engines=1, lanes=14, ticket_images=4, other_images=1, synth=False,
-                             progress=False)
+    result, asked = _fake_accel_run(ticket, tmp_path, monkeypatch, chunk)
     assert asked == [10]  # the back-pressure run's ten images, more than the rows ask
     assert [(r["weights"], r["act_bits"]) for r in result["rows"]] == [(w, a) for w in accel.WEIGHTS
                                                                       for a in accel.ACT_BITS]
@@ -406,6 +417,39 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
     assert curve[(1, 4)]["speedup_vs_dense32"] == dense["cycles_per_image"] / ticket_words
     assert curve[(1, 4)]["fakequant_accuracy"] == 0.7 and "lut" not in curve[(1, 4)]
     assert json.loads((tmp_path / "rtl_rows.json").read_text())["backpressure"]["rtl_images"] == 10
+
+
+def test_run_accel_counts_what_the_rtl_runs_report_wrong(ticket, tmp_path, monkeypatch):
+    """Mismatches the simulator reports, and images that did not come back, reach the row, the curve point and
+    the back-pressure record that ran them, and fail their floors: a chunk of qnn4's words (its PACT-4 row and
+    the layer-ranked iteration of the same network) reports one mismatch an image, dense32's chunks return
+    one image fewer than they were given, and the first back-pressure chunk one mismatch."""
+    qnn4_words = len(accel.pack(to_golden(accel.variant(ticket, "qnn4", 4))))
+    dense_words = len(accel.pack(to_golden(accel.variant(ticket, "dense32", 4))))
+
+    def chunk(words, codes, stall, seed):
+        wrong = len(codes) if (len(words) == qnn4_words and not stall) else int(stall and seed == 0)
+        back = len(codes) - 1 if len(words) == dense_words and not stall else len(codes)
+        return {"sim_wall_s": 0.01, "image_cycles": [float(len(words))] * back, "layer_cycles": [],
+                "mismatches": wrong, "images": back, "sim_cycles": len(words) * back, "statuses": [0],
+                "timed_out": False, "error": None}
+
+    result, _ = _fake_accel_run(ticket, tmp_path, monkeypatch, chunk)
+    rows = {(r["weights"], r["act_bits"]): r for r in result["rows"]}
+    assert rows[("qnn4", 4)]["rtl_mismatches"] == rows[("qnn4", 4)]["images_asked"] > 0
+    assert rows[("ticket", 4)]["rtl_mismatches"] == 0 and rows[("ticket", 8)]["rtl_mismatches"] == 0
+    for act in accel.ACT_BITS:  # every chunk of dense32 lost one image; the curve's iteration 0 is that network
+        dense = rows[("dense32", act)]
+        assert dense["rtl_mismatches"] >= 1 and dense["rtl_images"] == dense["images_asked"] - dense["rtl_mismatches"]
+    points = {(r["ranking"], r["imq_iteration"], r["act_bits"]): r for r in result["curve"]}
+    assert points[("layer", 2, 4)]["rtl_mismatches"] == 1 and points[("global", 1, 4)]["rtl_mismatches"] == 0
+    assert points[("global", 0, 4)]["rtl_mismatches"] == 1  # dense32's network: its image did not come back
+    assert result["backpressure"]["rtl_mismatches"] == 1
+    floors = accel.floors(result)
+    assert not floors["other_rows_rtl_mismatches == 0"]["holds"]
+    assert not floors["imq_curve_rtl_mismatches == 0"]["holds"]
+    assert floors["ticket_a4_rtl_mismatches == 0"]["holds"]
+    assert not floors["ticket_a4_backpressure_mismatches == 0"]["holds"]
 
 
 def test_chunks_out_at_once_are_planned_from_what_is_given_out_not_what_came_back():
