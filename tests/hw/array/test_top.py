@@ -8,9 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from hw.array.controller import MAX_EDGE_BITS, MAX_VERTICAL_TOP
 from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
+from model.export.format import HEADER, VHEADER
+from model.export.golden import MAX_ACT_BITS
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
@@ -65,12 +68,13 @@ def random_conv_net(rng) -> IntConvNetwork:
 
 
 def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, max_cycles=200_000, widths=None):
-    """Load ``words`` through the load port, then run each image; ``(scores per image, status, cycles)``.
+    """Load ``words`` through the load port, then run each image; per image its scores, status, cycles, overlapped
+    layers, ``layer_index`` at ``done`` and the input codes the array took.
     ``words`` may be a list (one image's words per input image, loaded before it: a run after a refused one
     on the same array); ``widths``: per image ``(precision, use_table, table_row)`` for version 4 images."""
     dut = ConvArray(config)
     rng = np.random.default_rng(seed)
-    out = {"scores": [], "status": [], "cycles": [], "overlaps": [], "layer_index": []}
+    out = {"scores": [], "status": [], "cycles": [], "overlaps": [], "layer_index": [], "inputs": []}
     widths = widths or [(0, 0, 0)] * len(images)
 
     per_image = isinstance(words, list)  # one image's words per input image, each loaded before its run
@@ -118,6 +122,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             out["cycles"].append(cycle + 1)
             out["overlaps"].append(ctx.get(dut.overlaps))
             out["layer_index"].append(ctx.get(dut.layer_index))
+            out["inputs"].append(at)  # input codes the array took
 
     simulate(dut, bench)
     return out
@@ -248,6 +253,35 @@ def test_bad_magic_and_version_end_with_their_status():
     bad = words.copy()
     bad[1] = 2
     assert run_array(bad, [np.zeros((1, 8, 8))])["status"] == [Status.BAD_VERSION]
+
+
+@pytest.mark.parametrize("vertical", [False, True])
+def test_header_fields_out_of_range_end_with_bad_geometry_before_the_input(vertical):
+    """Every header field the controller checks, each alone out of range (no layers, an input width of 0 or past
+    MAX_ACT_BITS, an empty input map; a version 4 header's basic, source and edge widths past their limits):
+    BAD_GEOMETRY at the header, before any input code is taken (a later layer check would take the input first),
+    then the good image runs on the same array."""
+    if vertical:
+        net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
+        words, config, run_widths = pack_vertical(net).astype(np.int64), VCONFIG, (2, 0, 0)
+        vh = _fields(words, VHEADER, HEADER.words)
+        assert vh["top_bits"] < MAX_VERTICAL_TOP and vh["edge_bits"] == MAX_EDGE_BITS
+        bad = [_with_fields(words, VHEADER, HEADER.words, **f) for f in (
+            {"top_bits": MAX_VERTICAL_TOP + 1}, {"edge_bits": MAX_EDGE_BITS + 1}, {"edge_bits": 0},
+            {"base_bits": 0})]
+        images = np.zeros((len(bad) + 1, 12), dtype=np.int64)
+    else:
+        net = resnet_like(np.random.default_rng(0))
+        words, config, run_widths = pack_v3(net)[0].astype(np.int64), CONFIG, (0, 0, 0)
+        bad = [_with_fields(words, HEADER, 0, **f) for f in (
+            {"layers": 0}, {"input_bits": 0}, {"input_bits": MAX_ACT_BITS + 1}, {"in_channels": 0},
+            {"in_height": 0}, {"in_width": 0})]
+        images = np.random.default_rng(1).integers(0, 1 << net.input_bits, size=(len(bad) + 1, *net.image_shape))
+    res = run_array([*bad, words], images, config=config, widths=[run_widths] * (len(bad) + 1))
+    assert res["status"] == [Status.BAD_GEOMETRY] * len(bad) + [Status.OK]
+    assert res["inputs"][:-1] == [0] * len(bad) and res["inputs"][-1] == images[0].size
+    want = net.forward(images[-1:], 2)[0] if vertical else net.forward(images[-1:])[0]
+    assert res["scores"][-1] == [int(v) for v in want]
 
 
 def test_a_buffer_of_any_depth_refuses_an_image_that_says_it_is_longer():

@@ -112,11 +112,10 @@ def test_fetcher_pops_in_the_start_cycle_belong_to_the_old_stream():
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
 def test_fetcher_sustains_one_word_per_cycle(depth):
-    """Always granted, always ready: after the pipeline fills, one word every cycle.
-
-    WordFetcher's docstring promises this for any ``depth >= 2``; with ``depth == 2`` the fetcher only
-    delivers two words every three cycles (``occupancy`` counts the word popped this cycle, so a read in
-    flight plus the head word block the next request).
+    """Always granted, always ready: after the pipeline fills, one word every cycle, at every ``depth >= 2``
+    (WordFetcher's docstring). At ``depth == 2`` a first version delivered two words every three cycles (it
+    counted the word popped this cycle in ``occupancy``, so a read in flight and the head word blocked the next
+    request); this test caught it.
     """
     size = 1 << ADDR_WIDTH
     init = [(0x9E3779B1 * k) & 0xFFFFFFFF for k in range(size)]
