@@ -113,9 +113,9 @@ def test_fetcher_pops_in_the_start_cycle_belong_to_the_old_stream():
 @pytest.mark.parametrize("depth", [2, 3, 4])
 def test_fetcher_sustains_one_word_per_cycle(depth):
     """Always granted, always ready: after the pipeline fills, one word every cycle, at every ``depth >= 2``
-    (WordFetcher's docstring). At ``depth == 2`` a first version delivered two words every three cycles (it
+    (WordFetcher's docstring). An earlier version delivered two words every three cycles at ``depth == 2`` (it
     counted the word popped this cycle in ``occupancy``, so a read in flight and the head word blocked the next
-    request); this test caught it.
+    request).
     """
     size = 1 << ADDR_WIDTH
     init = [(0x9E3779B1 * k) & 0xFFFFFFFF for k in range(size)]
