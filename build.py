@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from model.errors import UserError
+    from model.files import check_output_dir
 
     args = parser().parse_args(argv)
     # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0)
@@ -65,6 +66,9 @@ def main(argv=None) -> int:
             what = f"train --method {args.method}" if args.command == "train" else args.command
             raise UserError(f"`{what}` does not run data-parallel; under torchrun only `train` with --method "
                             f"imq, irq, imp, irp, qnn, qnn-imp or bmpq does: run `{what}` as one process")
+        for attr, option in (("out", "--out"), ("run_dir", "--run-dir")):  # before any work (model/files.py)
+            if getattr(args, attr, None):
+                check_output_dir(getattr(args, attr), option)
         with contextlib.ExitStack() as stack:
             if silent:
                 stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
@@ -72,6 +76,12 @@ def main(argv=None) -> int:
             return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the system refuses (a path given by the user, or a full disk)
+        if exc.filename is None:
+            raise
+        names = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        print(f"error: {names}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import gzip
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,16 +133,19 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise UserError(f"{path}: cannot read IDX file ({e})") from e
     head = 4 + 4 * ndim
-    if len(raw) < head or raw[:4] != bytes([0, 0, 0x08, ndim]):
+    if raw[:4] != bytes([0, 0, 0x08, ndim]):
         raise UserError(
             f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s); expected magic "
             f"00 00 08 {ndim:02x}, found {raw[:4].hex(' ') or 'nothing'}"
         )
+    if len(raw) < head:
+        raise UserError(f"{path}: header cut short: {len(raw)} bytes, the magic and {ndim} size(s) take {head}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
-    if len(raw) - head != int(np.prod(shape)):
-        raise UserError(
-            f"{path}: header says shape {shape} ({int(np.prod(shape))} bytes of data), file has {len(raw) - head}"
-        )
+    if min(shape) < 1:
+        raise UserError(f"{path}: header says shape {shape}; every size must be at least 1 (no images, or empty ones)")
+    size = math.prod(shape)  # Python integers: sizes near 2^31 must not wrap
+    if len(raw) - head != size:
+        raise UserError(f"{path}: header says shape {shape} ({size} bytes of data), file has {len(raw) - head}")
     return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(shape)
 
 
@@ -221,6 +225,8 @@ def load_idx_split(
     """
     _check_subsets(train_subset, test_subset)
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"IDX folder {str(root)!r} is a file; give the folder that holds {_expected_idx_files()}")
     if not root.is_dir():
         expected = _expected_idx_files()
         hint = ""

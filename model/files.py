@@ -14,8 +14,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from model.errors import UserError
 
-def _umask() -> int:
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -29,7 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -51,3 +54,36 @@ def write_json(path: str | os.PathLike, data, indent: int = 2) -> Path:
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically (the format is given, the temporary name has no suffix)."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """Refuse an output folder no file can be written into, before any work starts (a command that would train
+    for minutes and then fail on its first write loses nothing this way). Creates nothing.
+
+    ``path`` must be a writable folder, or not exist yet under a writable folder (the nearest existing parent);
+    :class:`~model.errors.UserError` names ``option``, the path and what is wrong otherwise.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling link: mkdir would fail on it
+            raise UserError(f"{option} {path}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe.is_file() else "is not a folder"
+        raise UserError(f"{option} {path}: {probe} {what}; give a folder to write into")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: the folder {probe} is not writable")
+    return path
+
+
+def make_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """:func:`check_output_dir`, then create the folder (and its parents) now rather than at the first write;
+    a folder the system refuses (permissions the check cannot see, e.g. under ``/sys``) is a
+    :class:`~model.errors.UserError` naming ``option`` and the path."""
+    path = check_output_dir(path, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot create the folder ({exc.strerror})") from None
+    return path

@@ -1,6 +1,8 @@
 """build.py end to end on a small network: train -> export -> sim -> verilog -> synth, and bad input."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +195,75 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path):
     assert summary["resources"]["dsp"] >= 4 and summary["fits_xc7z020"] is True
     assert 10 < summary["fmax_mhz_estimate"] < 1000
     assert summary["core_image_bytes"] == summary["image_bytes"]  # the array loads the version 3 image itself
+
+
+def test_an_output_folder_no_file_can_be_written_into_is_refused_before_any_work(tmp_path):
+    """A file, or a path under a file, as --out / --run-dir: exit 2 naming the option and the path, before
+    training starts (LTS writes only at the end, so its minutes of training would be lost)."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    for args in (("train", "--method", "lts", "--data", "digits", "--epochs", 50, "--run-dir", afile),
+                 ("train", "--method", "bmpq", "--epochs", 50, "--out", afile / "sub"),
+                 ("export", "--checkpoint", tmp_path / "none.pt", "--out", afile)):
+        res = cli(*args)
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr and str(afile) in res.stderr and "is a file" in res.stderr
+        assert ("--run-dir" if "--run-dir" in args else "--out") in res.stderr
+        assert "train:" not in res.stderr  # refused before the device line that starts the training
+
+
+def test_a_refused_write_names_the_file(flow, tmp_path):
+    """eval.json where a folder is: exit 2 naming the file and the system's reason, no traceback."""
+    (tmp_path / "eval" / "eval.json").mkdir(parents=True)
+    res = cli("eval", "--image", flow / "image", "--out", tmp_path / "eval")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "eval.json" in res.stderr and "directory" in res.stderr.lower()
+
+
+def test_export_leaves_an_image_whole_when_a_file_of_it_is_a_folder(flow, tmp_path):
+    """An image folder whose weights.hex is a folder: export refuses before it replaces any file, so the old
+    image still reads (its weights.bin matches its manifest); a new image's files get the umask's permissions."""
+    image = tmp_path / "image"
+    image.mkdir()
+    for name in ("manifest.json", "weights.bin"):
+        (image / name).write_bytes((flow / "image" / name).read_bytes())
+    (image / "weights.hex").mkdir()
+    before = (image / "weights.bin").read_bytes()
+    res = cli("export", "--checkpoint", flow / "train" / "ticket.pt", "--out", image)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "weights.hex" in res.stderr
+    assert (image / "weights.bin").read_bytes() == before
+    assert cli("eval", "--image", image, "--out", tmp_path / "eval").returncode == 0
+    fresh = tmp_path / "fresh"
+    assert cli("export", "--checkpoint", flow / "train" / "ticket.pt", "--out", fresh).returncode == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {(fresh / n).stat().st_mode & 0o777 for n in ("manifest.json", "weights.bin", "weights.hex")} == {
+        0o666 & ~mask}
+
+
+def test_an_image_whose_manifest_is_a_folder_is_named(tmp_path):
+    (tmp_path / "image" / "manifest.json").mkdir(parents=True)
+    res = cli("eval", "--image", tmp_path / "image", "--out", tmp_path / "eval")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "manifest.json: cannot read it" in res.stderr
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("alpha0", r"state_dict\.\S*alpha' is 0; a PACT clip alpha must be > 0"),
+    ("nan", r"state_dict\.\S*weight' holds NaN or infinite values"),
+])
+def test_a_checkpoint_with_impossible_parameters_is_named(flow, tmp_path, change, message):
+    import torch  # here: the module's other tests run build.py in a subprocess and need no torch
+
+    payload = torch.load(flow / "train" / "ticket.pt", weights_only=False)
+    state = payload["state_dict"]
+    key = next(k for k in state if k.endswith("alpha" if change == "alpha0" else "weight"))
+    state[key] = torch.zeros_like(state[key]) if change == "alpha0" else torch.full_like(state[key], float("nan"))
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    for args in (("export", "--checkpoint", bad, "--out", tmp_path / "image"),
+                 ("eval", "--checkpoint", bad, "--out", tmp_path / "eval")):
+        res = cli(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert "bad.pt" in res.stderr and re.search(message, res.stderr), res.stderr
+    assert not (tmp_path / "image").exists()

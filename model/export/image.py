@@ -53,6 +53,7 @@ from model.export.format import (
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, IntLinear, IntNetwork, check_layer
 from model.export.golden_net import IntConvNetwork
 from model.export.records import bit_span, check_reserved, field_error, pack_records, unpack_records
+from model.files import current_umask
 
 FORMAT = "mpqaccel-image"
 HEADER_WORDS = HEADER.words
@@ -518,13 +519,20 @@ def write_image_files(out_dir, words: np.ndarray, record: dict) -> None:
         "manifest.json": (json.dumps(record, indent=2) + "\n").encode(),
     }
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; an image is a folder (weights.bin, weights.hex, manifest.json)")
+    for name in FILES:  # before anything is replaced: a rename that fails half-way would mix two images
+        if (out / name).exists() and not (out / name).is_file():
+            raise UserError(f"{out / name}: is not a file; the image writes its {name} there")
     out.mkdir(parents=True, exist_ok=True)
     temps: dict[str, str] = {}
+    mode = 0o666 & ~current_umask()  # what a plain open gives (mkstemp makes 0600), as model/files.py atomic_write
     try:
         for name, content in contents.items():
             fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
+            os.chmod(temps[name], mode)
         for name in FILES:
             os.replace(temps[name], out / name)
             del temps[name]
@@ -548,6 +556,9 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
         record = json.loads(man_path.read_text())
     except FileNotFoundError:
         raise UserError(f"{man_path}: file not found; expected the manifest written by {writer}") from None
+    except OSError as e:  # a folder, no permission
+        raise UserError(f"{man_path}: cannot read it ({e.strerror}); expected the manifest written by {writer}"
+                        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{man_path}: not valid JSON ({e}); expected an object with field 'format'"
                         f" = {FORMAT!r}") from None
@@ -568,6 +579,9 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
         data = bin_path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{bin_path}: file not found; {man_path.name} field 'bytes' expects"
+                        f" {record['bytes']} bytes") from None
+    except OSError as e:
+        raise UserError(f"{bin_path}: cannot read it ({e.strerror}); {man_path.name} field 'bytes' expects"
                         f" {record['bytes']} bytes") from None
     if len(data) != record["bytes"] or len(data) % 4:
         raise UserError(f"{bin_path}: holds {len(data)} bytes; {man_path.name} field 'bytes' expects"

@@ -365,6 +365,7 @@ def _read_layer(words: np.ndarray, index: int, base: int, where: str) -> tuple[L
     else:
         layer = IntLinear(codes=codes, widths=widths, in_bits=desc["in_bits"], out_bits=desc["out_bits"],
                           mult=params["mult"], bias=params["bias"], shift=desc["shift"], signed=signed)
+        check_layer(layer, where=f"{where}: {name.strip()}")  # as pack does: the requant fields' bounds
     spec = LayerSpec(layer, kind, desc["c_in"], h, w, fan_in, desc["in_buf"], desc["out_buf"], pool=desc["pool"],
                      gap=bool(desc["gap"]), res_buf=desc["res_buf"], res_stride=desc["res_stride"])
     return spec, end

@@ -140,6 +140,12 @@ def load_checkpoint(path):
                                 f"{int(value[bad][0])}; allowed {WIDTHS}")
         if quantizer == "bmpq" and key.endswith(".bits") and int(value) not in LAYER_BITS:
             raise UserError(f"{path}: field 'state_dict.{key}' is {int(value)}; allowed {LAYER_BITS}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"{path}: field 'state_dict.{key}' holds NaN or infinite values; a trained model's "
+                            "parameters are finite")
+        if key.endswith(".alpha") and not (value > 0).all():  # PACT's clip (Eq. 5): the step alpha / s divides
+            raise UserError(f"{path}: field 'state_dict.{key}' is {value.flatten()[0].item():g}; a PACT clip "
+                            "alpha must be > 0")
     model.load_state_dict(state)
     if quantizer == "vertical":
         set_width(model, widths_of(model)[-1])

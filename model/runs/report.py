@@ -92,6 +92,8 @@ def load_summary(run_dir: str | os.PathLike) -> RunSummary:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     path = run_dir / history_file(config)
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: is not a file; expected the run's history (JSON)")
     if not path.is_file():
         return RunSummary(run_dir, config, [], None, None, False)
     try:
@@ -100,7 +102,8 @@ def load_summary(run_dir: str | os.PathLike) -> RunSummary:
         float_accuracy = data.get("float_accuracy")
         return RunSummary(run_dir, config, history, None if float_accuracy is None else float(float_accuracy),
                           data.get("float_model"), bool(data["finished"]))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError
+            ) as exc:
         raise UserError(f"{path}: malformed run history ({type(exc).__name__}: {exc})") from None
 
 

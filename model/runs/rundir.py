@@ -41,6 +41,7 @@ rank 0 writes files (:func:`model.training.distributed.is_main`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -506,11 +507,22 @@ def record_json(record: IterationRecord) -> dict:
 
 
 def record_from_json(data: dict) -> IterationRecord:
-    """Inverse of :func:`record_json` (histories written before validation splits have no ``val_accuracy``)."""
+    """Inverse of :func:`record_json` (histories written before validation splits have no ``val_accuracy``).
+
+    Raises ``TypeError`` for a record that is not an object and ``ValueError`` naming the field for a value out
+    of its range (iteration >= 0, average bits in [0, 32], accuracies in [0, 1]); the callers name the file.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"an iteration record is {data!r}; expected an object with 'iteration', 'avg_bits', ...")
     val = data.get("val_accuracy")
-    return IterationRecord(int(data["iteration"]), float(data["avg_bits"]), float(data["accuracy"]),
-                           {int(k): int(v) for k, v in data["width_counts"].items()},
-                           None if val is None else float(val))
+    record = IterationRecord(int(data["iteration"]), float(data["avg_bits"]), float(data["accuracy"]),
+                             {int(k): int(v) for k, v in data["width_counts"].items()},
+                             None if val is None else float(val))
+    for field, value, lo, hi in (("iteration", record.iteration, 0, math.inf), ("avg_bits", record.avg_bits, 0, 32),
+                                 ("accuracy", record.accuracy, 0, 1), ("val_accuracy", record.val_accuracy, 0, 1)):
+        if value is not None and not lo <= value <= hi:  # NaN fails too
+            raise ValueError(f"iteration record field {field!r} is {value!r}; allowed [{lo}, {hi}]")
+    return record
 
 
 def _masks(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,21 @@ def test_image_shape_of_each_data_set(tmp_path):
     assert image_shape_of("digits") == (1, 8, 8) and image_shape_of("cifar10") == (3, 32, 32)
     assert image_shape_of("idx", write_idx_folder(tmp_path / "i", n_train=2, n_test=1, side=12)) == (1, 12, 12)
     assert image_shape_of("idx") is None
+
+
+def test_idx_headers_that_lie_are_named(tmp_path):
+    """Sizes whose product wraps int64 (2^30 each), no images, a header cut short, and a file given as the
+    folder: each a UserError naming the file, not numpy's reshape error."""
+    root = write_idx_folder(tmp_path / "d", n_train=12, n_test=5, side=8)
+    images = root / idx_name("train", "images")
+    images.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3i", 1 << 30, 1 << 30, 1 << 30))
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte: header says shape \(1073741824, .*file has 0"):
+        load_idx_split(root)
+    images.write_bytes(idx_bytes(np.zeros((0, 8, 8))))
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte: header says shape \(0, 8, 8\); every size"):
+        load_idx_split(root)
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte: header cut short: 6 bytes"):
+        load_idx_split(root)
+    with pytest.raises(UserError, match=r"IDX folder .*train-images-idx3-ubyte' is a file"):
+        load_idx_split(images)

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from model.files import atomic_write, write_json
+from model.errors import UserError
+from model.files import atomic_write, check_output_dir, make_output_dir, write_json
 
 
 def test_write_json_replaces_whole_file(tmp_path):
@@ -40,3 +41,17 @@ def test_permissions_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_output_folders_are_checked_without_creating_them(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for path in (afile, afile / "sub" / "deeper"):
+        with pytest.raises(UserError, match=rf"^--out {path}: {afile} is a file; give a folder"):
+            check_output_dir(path, "--out")
+    new = tmp_path / "a" / "b"
+    assert check_output_dir(new, "--run-dir") == new and not (tmp_path / "a").exists()
+    assert make_output_dir(new, "--run-dir").is_dir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="broken symbolic link"):
+        check_output_dir(tmp_path / "dangling" / "x", "--out")

@@ -302,3 +302,16 @@ def test_bmpq_and_resnet20_checkpoints_round_trip_through_the_image(tmp_path):
         assert record["memory"]["payload_bits"] == sum(int(layer.widths.sum()) for layer in net.layers)
     assert all(layer.signed for layer in back.layers) is False and any(layer["signed"] for layer in
                                                                        read_image(tmp_path / "vgg")[1]["layers"])
+
+
+def test_unpack_refuses_requant_fields_past_the_contract_in_an_mlp():
+    """An MLP image whose first layer's ``mult`` word is past ``MULT_BITS``: refused when the image is read
+    (as ``pack`` refuses it), naming the file, the layer and the field, not only when it is packed again."""
+    rng = np.random.default_rng(0)
+    net = IntNetwork(input_bits=4, layers=(fc_layer(rng, 6, 3, 4, [0.5, 0.5, 0, 0, 0]),))
+    words = pack(net).copy()
+    base = HEADER.words + LAYER.words  # layer 0's requant records, output 0's mult first
+    assert words[base] == net.layers[0].mult[0]
+    words[base] = 0x7F00_0000
+    with pytest.raises(UserError, match=r"^bad\.bin: layer 0: field 'mult' of output 0 is 2130706432"):
+        unpack(words, where="bad.bin")

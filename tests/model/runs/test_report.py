@@ -81,6 +81,20 @@ def test_report_errors(tmp_path, capsys):
     (run / "imq_history.json").write_text("{")
     with pytest.raises(UserError, match="malformed run history"):
         load_summary(run)
+    # Records that are not objects, and values out of their range, are named too (not a traceback or a table
+    # with -4 bits in it).
+    for record, message in (('"x"', "an iteration record is 'x'"),
+                            ('{"iteration": 0, "avg_bits": -4, "accuracy": 0.5, "width_counts": {}}',
+                             "field 'avg_bits' is -4.0; allowed \\[0, 32\\]"),
+                            ('{"iteration": 0, "avg_bits": 4, "accuracy": NaN, "width_counts": {}}',
+                             "field 'accuracy' is nan")):
+        (run / "imq_history.json").write_text('{"history": [' + record + '], "finished": true}')
+        with pytest.raises(UserError, match="imq_history.json: malformed run history.*" + message):
+            load_summary(run)
+    (run / "imq_history.json").unlink()
+    (run / "imq_history.json").mkdir()
+    with pytest.raises(UserError, match="imq_history.json: is not a file"):
+        load_summary(run)
     code = build.main(["report", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "nothing-here" in err and "no such run directory" in err
