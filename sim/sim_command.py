@@ -24,6 +24,9 @@ from model.cli import (
 
 HELP = "cocotb RTL simulation of the image on the test images of its data set vs the golden model"
 
+#: The DDR model's read latency of `--system` when `--ddr-latency` is not given (cycles of the 100 MHz clock).
+DDR_LATENCY = 24
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
@@ -49,9 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(0: the source width, the default), through the precision register")
     p.add_argument("--table-row", type=int, default=None, metavar="R",
                    help="with --system, a vertical-layered image: run row R of its Eq. 12 width table")
-    p.add_argument("--ddr-latency", type=int, default=24, metavar="CYCLES",
+    p.add_argument("--ddr-latency", type=int, default=None, metavar="CYCLES",
                    help="with --system: DDR read latency of the model before each burst's first beat, in cycles "
-                        "of the 100 MHz clock, 0-1000 (default: 24)")
+                        f"of the 100 MHz clock, 0-1000 (default: {DDR_LATENCY})")
 
 
 def vertical_widths(args):
@@ -112,13 +115,14 @@ def run_system_sim(args) -> int:
     if args.simulator != "icarus":
         raise UserError(f"--system runs on Icarus (cocotbext-axi samples handshakes as Icarus schedules them), "
                         f"not --simulator {args.simulator}")
-    if not 0 <= args.ddr_latency <= 1000:
-        raise UserError(f"--ddr-latency must be 0 to 1000 cycles, not {args.ddr_latency}")
+    latency = DDR_LATENCY if args.ddr_latency is None else args.ddr_latency
+    if not 0 <= latency <= 1000:
+        raise UserError(f"--ddr-latency must be 0 to 1000 cycles, not {latency}")
     vectors = read_vectors(args)
     codes = np.asarray(vectors.codes).reshape(len(vectors.codes), -1)
     out = Path(args.out) / "system"
     result = run_system(Path(args.image), codes, vectors.expected, out, seed=args.seed, stall=not args.no_stall,
-                        ddr_latency=args.ddr_latency, precision=precision_register(args))
+                        ddr_latency=latency, precision=precision_register(args))
     summary = {k: v for k, v in result.items() if k != "scores"}
     if "images" in result:
         scores = np.asarray(result["scores"])
@@ -144,6 +148,9 @@ def run(args) -> int:
     if args.system:
         return run_system_sim(args)
     from model.errors import UserError
+
+    if args.ddr_latency is not None:  # refused rather than ignored
+        raise UserError("--ddr-latency sets the DDR model of the Zynq system: add --system")
     from model.export.image_v4 import is_vertical
 
     if is_vertical(Path(args.image)):

@@ -267,3 +267,12 @@ def test_a_checkpoint_with_impossible_parameters_is_named(flow, tmp_path, change
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert "bad.pt" in res.stderr and re.search(message, res.stderr), res.stderr
     assert not (tmp_path / "image").exists()
+
+
+@pytest.mark.parametrize("args", [("--engines", 4), ("--lanes", 2), ("--vertical",)])
+def test_array_options_of_synth_are_refused_for_the_fc_core(flow, tmp_path, args):
+    """--engines, --lanes and --vertical size the array: with the fully connected core (the default) they are
+    refused before Yosys runs, not ignored."""
+    res = cli("synth", "--image", flow / "image", "--out", tmp_path / "synth", *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{args[0]}: options of `--core array`" in res.stderr and not (tmp_path / "synth").exists()

@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 from model.cli import DEFAULT_OUT, add_batch_arg, add_image_arg, bounded, write_json
+from model.errors import UserError
+
+#: ``--engines`` of ``--core array`` when not given.
+DEFAULT_ENGINES = 16
 
 HELP = "Yosys synth_xilinx resource report (and, for the array, a timing estimate) against the XC7Z020"
 
@@ -27,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_batch_arg(p)
     p.add_argument("--core", choices=("fc", "array"), default="fc",
                    help="fc: the fully connected core; array: the packed multiplier array (default: fc)")
-    p.add_argument("--engines", type=bounded(int, 1, 64), default=16, help="array engines (default: 16)")
+    p.add_argument("--engines", type=bounded(int, 1, 64), default=None, help=f"array engines (default: {DEFAULT_ENGINES})")
     p.add_argument("--lanes", type=bounded(int, 1, 64), default=None,
                    help="DSP48E1 lanes per engine (default: the fewest whose tile holds the widest output row)")
     p.add_argument("--vertical", action="store_true",
@@ -43,6 +47,11 @@ def run(args) -> int:
     out = Path(args.out)
     if args.core == "array":
         return _array(args, out)
+    given = [f"--{k}" for k in ("engines", "lanes") if getattr(args, k) is not None] + (
+        ["--vertical"] if args.vertical else [])
+    if given:  # refused rather than ignored: the user meant to size an array
+        raise UserError(f"{', '.join(given)}: options of `--core array`; the fully connected core (--core fc, the "
+                        "default) has none")
     net, _ = read_image(args.image)
     vpath = write_verilog(core_words(net, args.image), out / "mpq_accel.v", batch=args.batch)
     res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")
@@ -67,7 +76,8 @@ def _array(args, out: Path) -> int:
 
     net, _ = read_image(args.image)
     # The version 4 path is built when the image needs it or --vertical asks (hw/array/sizing.py config_for).
-    config = config_for([pack(net)], engines=args.engines, lanes=args.lanes, vertical=args.vertical)
+    config = config_for([pack(net)], engines=args.engines or DEFAULT_ENGINES, lanes=args.lanes,
+                        vertical=args.vertical)
     print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) by parts, one engine and the "
           f"shell, into {out}: minutes")
     syn = synthesize_array(config, out)

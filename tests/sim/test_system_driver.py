@@ -135,3 +135,9 @@ def test_core_error_names_the_code():
 def test_cli_system_user_errors(argv, text, capsys):
     assert build.main(["sim", "--system", *argv]) == 2
     assert text in capsys.readouterr().err
+
+
+def test_cli_system_options_without_system_are_refused(capsys):
+    """Options that only the Zynq system reads are refused without --system, not ignored."""
+    assert build.main(["sim", "--ddr-latency", "10"]) == 2
+    assert "--ddr-latency sets the DDR model of the Zynq system: add --system" in capsys.readouterr().err
