@@ -38,6 +38,7 @@ def run(args) -> int:
     from model.data import DataRecord
     from model.errors import UserError
     from model.export.convert import export_image, golden_accuracy, to_golden
+    from model.export.golden import MAX_ACT_BITS
     from model.export.image import core_words
     from model.export.vectors import image_vectors
     from model.runs.checkpoint import input_bits_of
@@ -50,6 +51,9 @@ def run(args) -> int:
                         "array runs one image at a time")
     if args.batch is None:
         args.batch = DEFAULT_BATCH
+    if args.act_bits is not None and not 1 <= args.act_bits <= MAX_ACT_BITS:
+        raise UserError(f"--act-bits {args.act_bits}: the accelerator runs 1..{MAX_ACT_BITS}-bit activations "
+                        "(PACT-32 trains with `train --act-bits 32`, but does not export)")
     if args.data != "digits":
         raise UserError(f"`demo` runs on the embedded digits only, not --data {args.data!r}: it simulates every "
                         f"test image in RTL, twice (360 digits take minutes; Fashion-MNIST's 10,000 would take "

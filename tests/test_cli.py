@@ -132,6 +132,9 @@ def test_demo_says_why_it_runs_on_the_digits_only(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "simulates every test image in RTL" in res.stderr and "10,000" in res.stderr and "hours" in res.stderr
     assert "feeds the digits" not in res.stderr and not (tmp_path / "demo").exists()
+    res = cli("demo", "--act-bits", 32, "--out", tmp_path / "demo")
+    assert res.returncode == 2 and "--act-bits 32: the accelerator runs 1..8-bit activations" in res.stderr
+    assert not (tmp_path / "demo").exists()
 
 
 def write_idx_folder(root: Path, n_train: int = 256, n_test: int = 64) -> None:

@@ -167,6 +167,10 @@ class RunConfig:
             raise UserError(f"{where}: field 'config' has keys {got}; expected {sorted(names)}")
         data = dict(data)
         hidden = data.pop("hidden")
+        if hidden is not None and (not isinstance(hidden, list) or not all(
+                isinstance(h, int) and not isinstance(h, bool) for h in hidden)):
+            raise UserError(f"{where}: field 'config.hidden' is {hidden!r}; expected null or a list of integers "
+                            "(the MLP's hidden sizes)")
         try:
             return make_run_config(**data, hidden=None if hidden is None else tuple(hidden))
         except (UserError, TypeError) as exc:
@@ -345,7 +349,8 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
         stored_provenance = payload.get("provenance")
         changed = provenance.differences(stored_provenance, provenance.provenance())
         if changed:
-            what = ("field 'provenance' is missing (the run predates revision records)"
+            what = ("field 'provenance' is missing (the run predates revision records)" if stored_provenance is None
+                    else f"field 'provenance' is {stored_provenance!r}, not an object"
                     if not isinstance(stored_provenance, dict) else "; ".join(changed))
             raise UserError(f"{run_dir / RUN_FILE}: this run was made under another code revision or environment "
                             f"({what}); resuming it would mix results of two versions: {RESTART_HINT}")
@@ -552,6 +557,8 @@ def _save_state(run_dir: Path, config: RunConfig, state: _State) -> None:
 
 def _load_state(run_dir: Path, config: RunConfig, model: nn.Module) -> _State | None:
     path = run_dir / STATE_FILE
+    if path.exists() and not path.is_file():  # else the run would train again, then fail to save it
+        raise UserError(f"{path}: is not a file; remove it to start the run over")
     if not path.is_file():
         return None
     payload = _torch_load(path, STATE_FORMAT)

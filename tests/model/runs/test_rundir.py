@@ -191,6 +191,14 @@ def test_train_cli_resumes_and_refuses_another_config(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "qnn-imp_history.json").read_text())["history"][1]["avg_bits"] == 4 * 474 / 592
     code, out, err = cli(capsys, *common)
     assert code == 0 and "resumed the run" in err
+    state = tmp_path / "run" / "state.pt"  # a folder where the state is: refused, not retrained then lost
+    saved = state.read_bytes()
+    state.unlink()
+    state.mkdir()
+    code, out, err = cli(capsys, *common)
+    assert code == 2 and "state.pt: is not a file; remove it" in err
+    state.rmdir()
+    state.write_bytes(saved)
     code, out, err = cli(capsys, *common[:-2], "--epochs", 2, "--run-dir", tmp_path / "run")
     assert code == 2 and "epochs: stored 1, asked 2" in err
     code, out, err = cli(capsys, "train", "--method", "imq", "--weight-bits", 8, "--quiet", "--run-dir", tmp_path / "x")
@@ -352,6 +360,21 @@ def test_run_json_without_provenance_is_refused(tmp_path):
     assert read_run_config(tmp_path) == config  # reports still read it
     with pytest.raises(UserError, match="field 'provenance' is missing.*--restart"):
         open_run(tmp_path, config)
+    payload["provenance"] = "x"
+    (tmp_path / RUN_FILE).write_text(json.dumps(payload))
+    with pytest.raises(UserError, match="field 'provenance' is 'x', not an object"):
+        open_run(tmp_path, config)
+
+
+@pytest.mark.parametrize("hidden", ["64", 64, [64, "x"]])
+def test_run_json_hidden_sizes_must_be_a_list_of_integers(tmp_path, hidden):
+    config = small("qnn", iterations=1, float_baseline=False)
+    open_run(tmp_path, config)
+    payload = json.loads((tmp_path / RUN_FILE).read_text())
+    payload["config"]["hidden"] = hidden
+    (tmp_path / RUN_FILE).write_text(json.dumps(payload))
+    with pytest.raises(UserError, match=rf"run.json: field 'config.hidden' is {re.escape(repr(hidden))}; expected"):
+        read_run_config(tmp_path)
 
 
 def test_clear_run_removes_only_what_the_run_wrote(tmp_path):
