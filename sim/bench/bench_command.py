@@ -27,6 +27,8 @@ DATA_BENCHES = ("lts", "imq", "bmpq", "conv", "vertical")
 TRAINING_BENCHES = ("lts", "imq", "bmpq", "conv", "qat", "vertical", "accel")
 #: The benches with resumable run directories (``--restart``) and a tiny budget (``--smoke``).
 RUN_DIR_BENCHES = ("imq", "conv")
+#: ``bench fuzz``'s weight layers when ``--layers`` is not given (the issue's floor: at least 10,000).
+FUZZ_LAYERS = 10_000
 HELP = ("benchmarks: dsp (packed DSP48E1 lane modes), lts (LTS vs plain QAT), imq (IMQ vs its baselines), bmpq "
         "(BMPQ vs FP-32), conv (ResNet-20 / VGG tickets -> golden model -> image), qat (quantized vs float training "
         "step), export (packing a 10-million-weight image), vertical (vertical layering vs its baselines) "
@@ -59,9 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a floor (a README claim the bench measures) fails; the floors are printed and "
                         "written either way")
-    p.add_argument("--layers", type=int, default=10_000,
-                   help="`bench fuzz` only: weight layers to draw (default: 10000)")
-    p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
+    p.add_argument("--layers", type=int, default=None,
+                   help=f"`bench fuzz` only: weight layers to draw (default: {FUZZ_LAYERS})")
+    p.add_argument("--simulator", choices=("verilator", "icarus"), default=None,
                    help="`bench fuzz` / `bench accel` only: the RTL simulator (default: verilator)")
     p.add_argument("--engines", type=int, default=None,
                    help="`bench accel` only: the array's engines (default: 4)")
@@ -92,6 +94,13 @@ def run(args) -> int:
     accel_only = [f for f in ("engines", "lanes", "images", "minutes") if getattr(args, f) is not None]
     if accel_only and args.target != "accel":
         raise UserError(f"--{accel_only[0]} applies to `bench accel` only, not `bench {args.target}`")
+    if args.layers is not None and args.target != "fuzz":
+        raise UserError(f"--layers applies to `bench fuzz` only, not `bench {args.target}`")
+    if args.simulator is not None and args.target not in ("fuzz", "accel"):
+        raise UserError(f"--simulator applies to `bench fuzz` and `bench accel` only (the RTL benches), not "
+                        f"`bench {args.target}`")
+    args.layers = FUZZ_LAYERS if args.layers is None else args.layers
+    args.simulator = args.simulator or "verilator"
     if args.data_root is not None and args.target not in DATA_BENCHES:
         raise UserError(f"--data-root applies to `bench {'`, `bench '.join(DATA_BENCHES)}` (they train on "
                         f"Fashion-MNIST), not `bench {args.target}`, which reads no data set")

@@ -283,6 +283,8 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     (["accel", "--lanes", "0"], "--lanes is 0; allowed 1 to 64"),
     (["accel", "--images", "0"], "--images is 0"),
     (["fuzz", "--engines", "4"], "--engines applies to `bench accel` only"),
+    (["accel", "--layers", "10"], "--layers applies to `bench fuzz` only, not `bench accel`"),
+    (["dsp", "--simulator", "icarus"], "--simulator applies to `bench fuzz` and `bench accel` only"),
 ])
 def test_bad_flags_are_named(tmp_path, capsys, args, message):
     code, _, err = bench(capsys, *args, "--out", tmp_path)
