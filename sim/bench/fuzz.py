@@ -269,8 +269,13 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
 
 
 def floors(result: dict) -> dict:
+    """The issue's floors (10,000 layers, no mismatch, no deadlock), and that every image ran and every run
+    passed: an image whose scores never came back, or a run that ended with an error status, is a failure
+    too, not a pass by omission."""
     return {
         "layers >= 10000": floor_entry(result["layers"], 10_000),
         "mismatches == 0": floor_entry(result["mismatches"], 0, "=="),
         "deadlocks == 0": floor_entry(result["deadlocks"], 0, "=="),
+        "not_run == 0": floor_entry(result["not_run"], 0, "=="),
+        "failed_runs == 0": floor_entry(len(result["failed_runs"]), 0, "=="),
     }

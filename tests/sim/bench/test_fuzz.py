@@ -61,3 +61,39 @@ def test_short_fuzz_run_matches_golden_and_check_fails_its_layer_floor(tmp_path,
 def test_every_network_fits_the_configuration():
     rng = np.random.default_rng(2)
     assert all(fits(pack_v3(random_network(rng))[0]) for _ in range(80))
+
+
+def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail_the_floors(tmp_path, monkeypatch):
+    """The bookkeeping of run_fuzz with the simulator replaced (the RTL runs are the test above and the bench's
+    own): run 0 returns one wrong score, run 1 one image short and timed out, run 2 an error status with the
+    right scores; each is counted and each fails its floor."""
+    from sim.bench import fuzz
+
+    calls = []
+
+    def fake(vpath, cases, **kwargs):
+        run = len(calls)
+        calls.append(run)
+        scores = [row.tolist() for _, _, e in cases for row in e]
+        res = {"scores": scores, "timed_out": False, "error": None, "passed": True, "sim_cycles": 10, "log": "log",
+               "mismatched_images": [], "statuses": [0] * len(scores)}
+        if run == 0:
+            scores[0] = [v + 1 for v in scores[0]]
+            res.update(passed=False, mismatched_images=[0])
+        elif run == 1:
+            res.update(scores=scores[:-1], timed_out=True, passed=False, error="watchdog")
+        elif run == 2:
+            res.update(passed=False, statuses=[4] + [0] * (len(scores) - 1))
+        return res
+
+    monkeypatch.setattr(fuzz, "run_array_cases", fake)
+    monkeypatch.setattr(fuzz, "array_verilog", lambda config: "module mpq_array; endmodule\n")
+    result = fuzz.run_fuzz(tmp_path, layers=4 * fuzz.CHUNK * 3, progress=False)
+    assert len(calls) >= 4 and result["runs"] == len(calls)
+    assert result["mismatches"] == 1 and result["not_run"] == 1 and result["deadlocks"] == 1
+    assert [r["run"] for r in result["failed_runs"]] == [0, 1, 2] and result["failed_runs"][2]["statuses"] == [4]
+    held = {k: v["holds"] for k, v in floors(result).items()}
+    assert held == {"layers >= 10000": False, "mismatches == 0": False, "deadlocks == 0": False,
+                    "not_run == 0": False, "failed_runs == 0": False}
+    ok = {**result, "layers": 10_000, "mismatches": 0, "deadlocks": 0, "not_run": 0, "failed_runs": []}
+    assert all(v["holds"] for v in floors(ok).values())
