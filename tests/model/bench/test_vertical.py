@@ -66,6 +66,46 @@ def test_resnet20_rows_are_judged_on_the_hardware_only():
     assert all(e["holds"] for e in f.values()) and f["resnet20_rtl_images_2bit"]["floor"] == 10
     rows[0]["rtl_images"] = 9
     assert not hardware_floors(rows)["resnet20_rtl_images_2bit"]["holds"]
+    rows[0]["rtl_images"], rows[1]["rtl_mismatches"] = 10, 1
+    f = hardware_floors(rows)
+    assert not f["resnet20_rtl_mismatches_3bit"]["holds"] and f["resnet20_rtl_mismatches_2bit"]["holds"]
+
+
+def test_hardware_rows_count_wrong_and_missing_scores(tmp_path, monkeypatch):
+    """run_vertical_hardware's bookkeeping with the simulator replaced (the RTL run is the bench command test's):
+    a wrong score at 3 bits and an image that did not come back at 4 bits count as mismatches of their width."""
+    import numpy as np
+
+    from model.export.image_v4 import write_vertical_image
+    from sim.bench import vertical_hw
+    from tests.model.export.test_image_v4 import random_net
+
+    net = random_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
+    write_vertical_image(tmp_path / "image", net)
+    codes = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(3, 12))
+    np.savez(tmp_path / "inputs.npz", codes=codes, labels=np.zeros(3, dtype=np.int64))
+
+    def fake(vpath, cases, **kwargs):
+        scores = []
+        for _, _, expected, bits in cases:
+            rows = [r.tolist() for r in expected]
+            if bits == 3:
+                rows[1] = [v + 1 for v in rows[1]]
+            if bits == 4:
+                rows = rows[:-1]
+            scores += rows
+        n = len(scores)
+        return {"scores": scores, "image_cycles": [100.0] * n, "image_reads": [10] * n,
+                "image_weight_reads": [5] * n, "statuses": [0] * n, "error": None, "timed_out": False}
+
+    monkeypatch.setattr(vertical_hw, "run_array_cases", fake)
+    monkeypatch.setattr(vertical_hw, "array_verilog", lambda config: "module mpq_array; endmodule\n")
+    result = vertical_hw.run_vertical_hardware({"mlp": {"image": tmp_path / "image", "inputs": tmp_path / "inputs.npz"}},
+                                               tmp_path / "hw", progress=False)
+    got = {r["bits"]: (r["rtl_images"], r["rtl_mismatches"]) for r in result["rows"]}
+    assert got == {2: (3, 0), 3: (3, 1), 4: (2, 1)}
+    f = vertical_hw.floors(result["rows"])
+    assert [f[f"mlp_rtl_mismatches_{b}bit"]["holds"] for b in (2, 3, 4)] == [True, False, False]
 
 
 TINY = (BenchConfig(hidden=(16, 16, 16), epochs=1, batch_size=32, train_subset=None, test_subset=None),)
