@@ -43,6 +43,12 @@ def test_dsp_floors_and_check(tmp_path, capsys, monkeypatch):
     assert not json.loads((tmp_path / "dsp_floors.json").read_text())["floors"][
         f"macs_per_dsp_cycle_{rows[2]['weight_bits']}x{rows[2]['act_bits']}"]["holds"]
 
+    rows[2] = dsp_row(rows[2]["weight_bits"], rows[2]["act_bits"])
+    rows[1] = dsp_row(rows[1]["weight_bits"], rows[1]["act_bits"], matches=False)
+    code, _, _ = bench(capsys, "dsp", "--quiet", "--out", tmp_path)
+    assert code == 1  # a DSP48E1 configured otherwise than intended fails `bench dsp` without --check too
+    rows[1] = dsp_row(rows[1]["weight_bits"], rows[1]["act_bits"])
+    assert bench(capsys, "dsp", "--quiet", "--out", tmp_path)[0] == 0
     rows[0] = dsp_row(rows[0]["weight_bits"], rows[0]["act_bits"], verified="FAILED")
     code, _, _ = bench(capsys, "dsp", "--quiet", "--out", tmp_path)
     assert code == 1  # a failed verification fails `bench dsp` with or without --check, as before
