@@ -11,6 +11,7 @@ from model.data import load_digits_split
 from model.errors import UserError
 from model.export.convert import GOLDEN_BATCH, golden_accuracy, input_codes, to_golden
 from model.export.golden import (
+    ACC_BOUND,
     ACC_SHIFT,
     BIAS_MAX,
     BIAS_MIN,
@@ -18,7 +19,9 @@ from model.export.golden import (
     MAX_FAN_IN,
     MAX_SHIFT,
     MULT_BITS,
+    PRODUCT_BOUND,
     ROUND_BOUND,
+    T_BOUND,
     IntLinear,
     IntNetwork,
     R,
@@ -199,10 +202,9 @@ def test_signed_flag_only_changes_the_correction():
 
 
 def test_requantize_rounds_floor_then_half_up():
-    # acc >> 16 is a floor: -1 -> -1, and -65536 -> -1, -65537 -> -2.
+    # acc >> 16 is a floor: -1 -> -1, and -65536 -> -1, -65537 -> -2 (with M = 2, B = 0, S = 1, y = t).
     acc = np.array([-1, -65536, -65537, 65535])
-    t = acc >> ACC_SHIFT
-    assert t.tolist() == [-1, -1, -2, 0]
+    assert requantize(acc, 2, 0, 1, out_bits=0).tolist() == [-1, -1, -2, 0]
     # y = (t * M + B + 2^(S-1)) >> S with S = 1, M = 1: t/2 rounded half up: 5/2 -> 3, -5/2 -> -2.
     acc = np.array([5 << 16, -5 << 16, 4 << 16, -3 << 16])
     y = requantize(acc, 1, 0, 1, out_bits=0)
@@ -240,6 +242,14 @@ def test_check_layer_rejects_bad_widths_and_codes():
         check_layer(layer([[1, 0]], [[4, 8]], signed=True))
     with pytest.raises(UserError, match="'signed' is 1; allowed True or False"):
         check_layer(layer([[1]], [[4]], signed=1))
+    with pytest.raises(UserError, match="'codes'"):
+        check_layer(layer([[-1]], [[4]]))  # a negative code
+    check_layer(layer([[D]], [[32]]))
+    with pytest.raises(UserError, match="'codes'"):
+        check_layer(layer([[D + 1]], [[32]]))  # 2^32: the image's 32-bit word would wrap it to 0
+    check_layer(layer(np.ones((1, MAX_FAN_IN), dtype=np.int64), np.full((1, MAX_FAN_IN), 4)))
+    with pytest.raises(UserError, match="n_in|fan"):
+        check_layer(layer(np.ones((1, MAX_FAN_IN + 1), dtype=np.int64), np.full((1, MAX_FAN_IN + 1), 4)))
 
 
 def test_golden_accuracy_matches_fake_quant():
@@ -296,12 +306,15 @@ def test_requant_params_fits_a_tiny_gain_with_an_offset():
 
 
 @pytest.mark.parametrize("gain, offset, field", [
-    (1e10, 0.0, "'mult'"),  # M >= 2^17 even at S = 1
-    (0.5, 2.0**61, "'bias'"),  # B = 2^62 at S = 1
-    (0.5, -(2.0**62), "'bias'"),
+    (1e10, 0.0, "field 'mult'"),  # M >= 2^17 even at S = 1
+    (0.5, 2.0**61, "field 'bias'"),  # B = 2^62 at S = 1
+    (0.5, -(2.0**62), "field 'bias'"),
+    (-0.5, 0.0, "requantization gain must be finite and non-negative"),  # M is unsigned
+    (0.5, float("nan"), "requantization gain .* and the offset finite"),
+    (0.5, float("inf"), "requantization gain .* and the offset finite"),
 ])
 def test_requant_params_refuses_what_no_shift_fits(gain, offset, field):
-    with pytest.raises(UserError, match=rf"^fc3: field {field}"):
+    with pytest.raises(UserError, match=rf"^fc3: {field}"):
         requant_params(np.array([gain]), np.array([offset]), where="fc3")
 
 
@@ -349,6 +362,31 @@ def test_golden_is_exact_at_the_extremes():
                 want.append(min(max(y, -(1 << 31)), (1 << 31) - 1))
             assert got == want
     assert ROUND_BOUND <= (1 << 63) - 1
+
+
+def test_golden_is_exact_and_unsaturated_at_the_largest_accumulators():
+    """The extremes above saturate (S = 1) or keep only B's sign (S = 62), which would hide a narrow ``t`` or a
+    float product: at S = 40 (and 24) with M = 2^17 - 1 the largest and most negative accumulators give scores
+    of about +-2^13 +- B / 2^40 (+-2^29), inside int32 and different for the two signs. They equal the formula in Python integers,
+    and the named bounds are the ones reached: |acc| = ACC_BOUND, t = +-T_BOUND (a ceiling for the negative
+    one: the floor shift), |t M| <= PRODUCT_BOUND."""
+    widths = np.full((2, MAX_FAN_IN), 32)
+    codes = np.stack([np.full(MAX_FAN_IN, D), np.zeros(MAX_FAN_IN, dtype=np.int64)])
+    u = np.full((1, MAX_FAN_IN), 255)
+    mult = (1 << MULT_BITS) - 1
+    accs = (D * 255 * MAX_FAN_IN, -D * 255 * MAX_FAN_IN)
+    assert [abs(a) for a in accs] == [ACC_BOUND, ACC_BOUND]
+    ts = [a >> ACC_SHIFT for a in accs]
+    assert max(ts) <= T_BOUND and min(ts) == -T_BOUND and max(abs(t * mult) for t in ts) <= PRODUCT_BOUND
+    # S = 40: B at both ends of its range; S = 24: every bit of t M above 2^23 reaches the score (a float
+    # product, exact to 24 bits, would not).
+    for shift, bias in ((40, BIAS_MIN), (40, 0), (40, BIAS_MAX), (24, -(1 << 40)), (24, 0), (24, 1 << 40)):
+        lay = layer(codes, widths, mult=mult, bias=bias, shift=shift, out_bits=0, in_bits=8)
+        check_layer(lay)
+        got = layer_forward(lay, u)[0].tolist()
+        want = [(t * mult + bias + (1 << (shift - 1))) >> shift for t in ts]
+        assert all(abs(y) < (1 << 30) for y in want) and want[0] != want[1]
+        assert got == want
 
 
 @pytest.mark.parametrize("inputs, message", [
