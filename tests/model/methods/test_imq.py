@@ -82,6 +82,17 @@ def test_imq_update_per_layer_scope():
     assert b.bit_width.tolist() == [[0, 16]]
 
 
+@pytest.mark.parametrize(("rho", "moved"), [(0.2, 1), (0.05, 1), (0.25, 2), (1.0, 6)])
+def test_imq_update_moves_round_half_up_of_rho_n_at_least_one(rho, moved):
+    """k = max(1, floor(rho n + 1/2)) of the n = 6 non-zero weights: 0.2 -> 1.2 -> 1 (a ceiling would move 2),
+    0.05 -> 0.3 -> 0 -> at least 1 (IMQ never stalls), 0.25 -> 1.5 -> 2 (half up), 1.0 -> all 6."""
+    a, b = _two_layers()
+    before = torch.cat([a.bit_width.flatten(), b.bit_width.flatten()])
+    assert imq_update([a, b], rho=rho) == moved
+    after = torch.cat([a.bit_width.flatten(), b.bit_width.flatten()])
+    assert int((after != before).sum()) == moved
+
+
 def test_imq_update_ties_go_to_the_earlier_weight_and_zero_widths_stay():
     layer = _layer([[0.1, -0.1, 0.1, -0.1], [0.0, 0.1, 0.2, 0.0]], [[4, 8, 16, 32], [0, 32, 32, 0]])
     assert imq_update([layer], rho=0.5) == 3  # 6 candidates; the first three of the five 0.1s

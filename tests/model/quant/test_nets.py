@@ -246,5 +246,13 @@ def test_rewind_keeps_the_conv_masks():
     with torch.no_grad():
         conv.weight.add_(1.0)
     conv.set_bit_width(torch.full_like(conv.bit_width, 8))
+    # BatchNorm's running statistics are part of theta_0 too (Algorithm 1 line 5 rewinds the whole state).
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    stats = {k: v.clone() for k, v in bn.state_dict().items()}
+    with torch.no_grad():
+        bn.running_mean.add_(3.0)
+        bn.running_var.mul_(5.0)
+        bn.num_batches_tracked.add_(7)
     rewind(model, theta_0)
     assert torch.equal(conv.weight, before) and conv.bit_width.unique().tolist() == [8]
+    assert all(torch.equal(v, stats[k]) for k, v in bn.state_dict().items())
