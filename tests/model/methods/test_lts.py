@@ -254,7 +254,9 @@ def test_plain_qat_backward_equals_autograd():
     ref_w = layer.weight.detach().clone().requires_grad_(True)
     x, up = torch.randn(6, 12, generator=gen), torch.randn(6, 5, generator=gen)
     (F.linear(x, ref_q(ref_w)) * up).sum().backward()
-    (layer(x) * up).sum().backward()
+    out = layer(x)
+    assert torch.allclose(out, F.linear(x, w_bar, layer.bias), atol=1e-6)  # the forward uses the kept values
+    (out * up).sum().backward()
     assert torch.allclose(layer.weight.grad, ref_w.grad, atol=1e-5)
     assert layer.quantizer.upper.grad.item() == pytest.approx(ref_q.upper.grad.item(), rel=1e-4)
     assert torch.equal(layer.eval()(x), F.linear(x, ref_q(ref_w), layer.bias))
@@ -417,6 +419,7 @@ def test_a_weight_frozen_at_iteration_i_keeps_its_value_of_that_forward(monkeypa
     layer.weight_decay = 5e-4
     scratcher = LTSScratcher(layer, iters_per_epoch=2, epochs=15, warmup=1, strategy="linear", m=0.5,
                              optimizer=opt)
+    assert layer.lts_m == 0.5  # Eq. 5's momentum reaches the layer as given
     frozen_at = {}
     kinds = set()
     for i in range(1, 31):
@@ -791,8 +794,8 @@ def test_sampled_layer_momentum_zeroed_at_the_new_freezes_only(monkeypatch):
 
 
 
-@pytest.mark.parametrize("sampled_below", [0.25, 1.0])
-def test_frozen_weights_keep_their_quantized_value_when_the_bounds_move(monkeypatch, sampled_below):
+@pytest.mark.parametrize(("sampled_below", "plan"), [(0.0, "dense"), (0.25, "sampled"), (1.0, "sampled")])
+def test_frozen_weights_keep_their_quantized_value_when_the_bounds_move(monkeypatch, sampled_below, plan):
     """A frozen weight keeps the fake-quant value it froze with (its level) while ``l``, ``u`` train on: the
     training and eval forwards use it, not a re-quantization of its latent value under the new bounds; the
     live weights follow the bounds. With every position sampled (``SAMPLED_BELOW`` 1) the forward quantizes
@@ -805,6 +808,7 @@ def test_frozen_weights_keep_their_quantized_value_when_the_bounds_move(monkeypa
     _exact_run(layer, x, y, 6, kwargs)
     frozen = layer.lts_frozen.clone()
     assert 0 < int(frozen.sum()) < frozen.numel()
+    assert layer._plan.kind == plan  # 0.0: the dense path keeps the frozen values too (none is sampled)
     kept = layer._w_used.detach().clone()
     with torch.no_grad():  # bounds move as training would move them (no gradient from frozen weights)
         layer.quantizer.lower.mul_(0.7)
@@ -843,7 +847,9 @@ def test_bound_gradient_is_exact_with_frozen_weights_constant():
     ref_w = layer.weight.detach().clone().requires_grad_(True)
     w_bar = torch.where(frozen, kept, ref_q(ref_w))
     (F.linear(x, w_bar, layer.bias.detach()) * up).sum().backward()
-    (layer(x) * up).sum().backward()
+    out = layer(x)
+    assert torch.allclose(out, F.linear(x, w_bar, layer.bias), atol=1e-6)  # the forward uses the kept values
+    (out * up).sum().backward()
     assert torch.allclose(layer.weight.grad, ref_w.grad, atol=1e-5)
     assert layer.quantizer.lower.grad.item() == pytest.approx(ref_q.lower.grad.item(), rel=1e-4, abs=1e-6)
     assert layer.quantizer.upper.grad.item() == pytest.approx(ref_q.upper.grad.item(), rel=1e-4, abs=1e-6)
