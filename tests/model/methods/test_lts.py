@@ -254,9 +254,7 @@ def test_plain_qat_backward_equals_autograd():
     ref_w = layer.weight.detach().clone().requires_grad_(True)
     x, up = torch.randn(6, 12, generator=gen), torch.randn(6, 5, generator=gen)
     (F.linear(x, ref_q(ref_w)) * up).sum().backward()
-    out = layer(x)
-    assert torch.allclose(out, F.linear(x, w_bar, layer.bias), atol=1e-6)  # the forward uses the kept values
-    (out * up).sum().backward()
+    (layer(x) * up).sum().backward()
     assert torch.allclose(layer.weight.grad, ref_w.grad, atol=1e-5)
     assert layer.quantizer.upper.grad.item() == pytest.approx(ref_q.upper.grad.item(), rel=1e-4)
     assert torch.equal(layer.eval()(x), F.linear(x, ref_q(ref_w), layer.bias))
