@@ -469,3 +469,48 @@ def test_old_configs_and_histories_read_without_validation_fields(tmp_path):
     (tmp_path / RUN_FILE).write_text(json.dumps(payload))
     assert read_run_config(tmp_path) == small("qnn", iterations=1, float_baseline=False, val_size=0)
     assert record_from_json({"iteration": 0, "avg_bits": 8.0, "accuracy": 0.5, "width_counts": {}}).val_accuracy is None
+
+
+@pytest.mark.parametrize("name", provenance.CHECKED_FIELDS)
+def test_every_checked_provenance_field_refuses_a_resume(name):
+    """Each field of CHECKED_FIELDS, changed alone, is a difference (and named); the others are not checked."""
+    now = provenance.provenance()
+    stored = {**now, name: "something else"}
+    assert provenance.differences(stored, now) == [f"{name}: stored 'something else', now {now[name]!r}"]
+    assert provenance.differences({**now, "revision": "git:" + "3" * 40, "git_commit": "x"}, now) == []
+    assert set(provenance.CHECKED_FIELDS) == {"source_sha256", "torch", "numpy", "threads", "processes", "device"}
+
+
+@pytest.mark.parametrize(("target", "change", "message"), [
+    (STATE_FILE, "config", "state.pt: field 'config' differs from"),
+    (STATE_FILE, "masks", "state.pt: field 'masks' does not match the run's model"),
+    (THETA_FILE, "config", "theta_0.pt: field 'config' is"),
+    (THETA_FILE, "theta_0", "theta_0.pt: field 'theta_0' does not match the model"),
+])
+def test_a_run_directory_whose_state_or_theta_0_does_not_match_is_refused(tmp_path, target, change, message):
+    """A state or theta_0 file that disagrees with run.json (its config, the masks' or tensors' shapes) is
+    refused on resume, naming the file and the field, rather than loaded into a model it does not fit."""
+    config = small("imq", iterations=3)
+
+    def stop_after_one(progress, model):
+        if progress.next_iteration == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(config, tmp_path, progress=False, on_step=stop_after_one)
+    path = tmp_path / target
+    payload = torch.load(path, weights_only=True)
+    if change == "config":
+        payload["config"] = {**payload["config"], "seed": 99} if isinstance(payload["config"], dict) else {}
+    else:
+        key = next(iter(payload[change]))
+        payload[change][key] = torch.zeros(3, 3)
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=message):
+        run(config, tmp_path, progress=False)
+
+
+def test_theta_0_without_run_json_is_refused(tmp_path):
+    (tmp_path / THETA_FILE).write_bytes(b"old")
+    with pytest.raises(UserError, match="holds theta_0.pt but no run.json.*--restart"):
+        open_run(tmp_path, small("imp"))
