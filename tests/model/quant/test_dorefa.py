@@ -101,6 +101,15 @@ def test_dorefa_gradient_is_that_of_the_unrounded_expression_and_zero_at_width_0
     w.grad = None
     dorefa_weight(w, widths).sum().backward()
     assert torch.equal(w.grad, w_ref.grad)
+    # Eq. 3's maximum carries gradient too (DoReFa differentiates through max |tanh w|): an independent
+    # reference, written out here rather than through dorefa_normalize, over every element, the argmax included.
+    w_in = torch.tensor(W, dtype=torch.float64, requires_grad=True)
+    t = torch.tanh(w_in)
+    ((t / (2 * t.abs().max()) + 0.5) * 2 - 1)[widths != 0].sum().backward()
+    w.grad = None
+    dorefa_weight(w, widths).sum().backward()
+    assert torch.allclose(w.grad.double(), w_in.grad, rtol=1e-5, atol=1e-7)
+    assert w_in.grad[torch.tanh(w_in).abs().argmax()].item() != 0.0  # the argmax's own gradient is checked
 
 
 def test_check_widths_names_field_and_allowed_values():
