@@ -122,6 +122,12 @@ def test_check_widths_names_field_and_allowed_values():
         dorefa_codes(torch.zeros(2), torch.tensor([4, 3]))
 
 
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan")])
+def test_pact_refuses_a_clip_level_that_is_not_positive(alpha):
+    with pytest.raises(ValueError, match="PACT alpha must be positive"):
+        PACT(4, alpha=alpha)
+
+
 def test_pact_forward_and_codes_by_hand():
     # 2 bits, alpha = 3: s = 3, step 1; Eq. 5 clips to [0, 3], Eq. 6 rounds half to even.
     pact = PACT(2, alpha=3.0)
