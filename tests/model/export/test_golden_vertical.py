@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from model.data import load_digits_split
 from model.errors import UserError
 from model.export.convert_vertical import to_golden_vertical, vertical_golden_accuracy, vertical_input_codes
-from model.export.golden import SCORE_FRAC_BITS, layer_forward
+from model.export.golden import MAX_FAN_IN, SCORE_FRAC_BITS, layer_forward
 from model.export.golden_conv import conv_forward
 from model.export.golden_net import ConvStage
 from model.export.golden_vertical import (
@@ -176,6 +176,28 @@ def test_conv_net_golden_matches_fake_quant_per_width():
             pred = model(x.reshape(64, 1, 8, 8)).argmax(1).numpy()
         agree = (net.predict(u, bits) == pred).mean()
         assert agree >= 0.95, (bits, agree)
+
+
+@pytest.mark.parametrize("top", [2, 4, 8])
+def test_the_bounds_of_the_effective_codes_are_reached_and_enforced(top):
+    """Bound 2, |e| <= E_BOUND(n) = 2^n, is reached by the most negative source code at every width (so it is
+    the bound, not a slack one); compensated_dot refuses inputs past DOT_BOUND (a fan-in past MAX_FAN_IN at the
+    most negative codes) and past SUM_BOUND (input sums past U N), rather than overflowing."""
+    assert E_BOUND(top) == 1 << top
+    source = np.full((1, 3), -(1 << (top - 1)))
+    base, planes = enhance_layers(torch.from_numpy(source), top, 2)
+    planes = [p.numpy() for p in planes]
+    for bits in range(2, top + 1):
+        e = effective_codes(base.numpy(), planes, 2, bits, False)
+        assert int(np.abs(e).max()) == E_BOUND(top)
+    n = MAX_FAN_IN + 1
+    c = np.full((1, n), -(1 << (top - 1)))
+    with pytest.raises(UserError, match="compensated_dot: inputs break DOT_BOUND / SUM_BOUND"):
+        compensated_dot(c, np.full((1, n), 255), top, top, False)
+    with pytest.raises(UserError, match="compensated_dot: inputs break DOT_BOUND / SUM_BOUND"):
+        compensated_dot(np.zeros((1, n), dtype=np.int64), np.full((1, n), 255), top, top, False)
+    ok = compensated_dot(c[:, :MAX_FAN_IN], np.full((1, MAX_FAN_IN), 255), top, top, False)
+    assert int(np.abs(ok).max()) == (1 << (top - 1)) * 255 * MAX_FAN_IN * 2  # DOT_BOUND itself, times 2^(t+1)
 
 
 def test_check_vertical_names_the_broken_field(trained):
