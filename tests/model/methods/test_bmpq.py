@@ -107,6 +107,15 @@ def test_ilp_hand_computed():
         assign_bits([0, 1, 5, 0], params, budget - 300, (2, 4), fixed)
     # A layer tied to a fixed layer takes the fixed width.
     assert assign_bits([0, 1, 5, 0], params, 16 * 120 + 200, (2, 4), fixed, ties=[[0, 1]]) == [16, 16, 2, 16]
+    # Malformed arguments are named: a tie across two different fixed widths, 32 bits (the float reference)
+    # or nothing in the support, a params list of another length.
+    with pytest.raises(UserError, match=r"tied layers \[0, 3\] hold different fixed widths \[8, 16\]"):
+        assign_bits([0, 1, 5, 0], params, budget, (2, 4), {0: 8, 3: 16}, ties=[[0, 3]])
+    for support in ((2, 32), ()):
+        with pytest.raises(UserError, match="field 'support'"):
+            assign_bits([0, 1, 5, 0], params, budget, support, fixed)
+    with pytest.raises(UserError, match="field 'params' has 3 entries for 4 layers"):
+        assign_bits([0, 1, 5, 0], params[:3], budget, (2, 4), fixed)
 
 
 def test_ilp_is_optimal_against_brute_force():
