@@ -28,6 +28,7 @@ from model.export.golden import (
     check_layer,
     class_sums,
     combine,
+    largest_shift,
     layer_forward,
     requant_params,
     requantize,
@@ -291,6 +292,16 @@ def test_golden_accuracy_evaluates_in_slices():
 
 
 # -- bounds: requant parameters, check_layer, input codes ---------------------------------------------------
+
+def test_largest_shift_takes_the_largest_that_fits_up_to_max_shift():
+    """S = MAX_SHIFT itself when everything fits there; the largest S below it whose M stays under 2^17 (M =
+    2^17 exactly does not fit: the next shift down is taken); None when no shift fits."""
+    (m,), b, s = largest_shift(np.array([0.0]), (np.array([2.0**-70]), 0))
+    assert s == MAX_SHIFT and m.tolist() == [round(2.0**-70 * 2.0**MAX_SHIFT)] and b.tolist() == [0]
+    (m,), _, s = largest_shift(np.array([0.0]), (np.array([1.0]), 0))  # M = 2^S: at S = 17 it is 2^17
+    assert s == MULT_BITS - 1 and m.tolist() == [(1 << MULT_BITS) - (1 << (MULT_BITS - 1))]
+    assert largest_shift(np.array([0.0]), (np.array([2.0**MULT_BITS]), 0)) is None
+
 
 def test_requant_params_fits_a_tiny_gain_with_an_offset():
     """gain 1e-9 next to offset 3: the shift that maximises M (62) would make B = 3 * 2^62, which int64 cannot
