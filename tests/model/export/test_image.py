@@ -249,6 +249,21 @@ def test_unpack_rejects(words, field):
     assert "bad.bin" in str(info.value) and field in str(info.value)
 
 
+def test_unpack_rejects_trailing_words_and_a_manifest_of_another_layer_count(tmp_path):
+    """A version 2 image one word longer than its layers (the header's 'words' updated to match) is refused;
+    a manifest that lists another number of layers than the image holds is refused."""
+    longer = np.array([*TINY_WORDS, 0], dtype=np.uint32)
+    longer[4] += 1
+    with pytest.raises(UserError, match=r"^bad\.bin: .*'words'.*the layers end at word 26"):
+        unpack(longer, where="bad.bin")
+    write_image(tmp_path, tiny_net())
+    record = json.loads((tmp_path / "manifest.json").read_text())
+    record["layers"] = record["layers"] * 2
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"manifest\.json: field 'layers' lists 2 layers; weights\.bin holds 1"):
+        read_image(tmp_path)
+
+
 def test_reserved_code_names_allowed_values():
     with pytest.raises(UserError, match=r"code 5 for weight \(0, 1\).*allowed codes 0\.\.4"):
         unpack(corrupt(22, 0x81 | 5 << 3), where="bad.bin")
