@@ -123,6 +123,9 @@ def test_select_ticket_is_algorithm_1_line_12():
     assert select_ticket(history[:3]).iteration == 1
     assert select_ticket([_record(0, 32.0, 0.9), _record(1, 27.2, 0.9)]) is None
     assert select_ticket([]) is None
+    # Ties in bits go to the earlier iteration (a width that stops moving: IMQ with nothing left to halve).
+    tied = [_record(0, 32.0, 0.90), _record(1, 4.0, 0.91), _record(2, 4.0, 0.93)]
+    assert select_ticket(tied).iteration == 1
 
 
 def test_best_within_is_table_1s_budget_ticket():
