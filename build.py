@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
-    from model.errors import UserError
+    from model.errors import ToolError, UserError
     from model.files import check_output_dir
 
     args = parser().parse_args(argv)
@@ -66,9 +66,12 @@ def main(argv=None) -> int:
             what = f"train --method {args.method}" if args.command == "train" else args.command
             raise UserError(f"`{what}` does not run data-parallel; under torchrun only `train` with --method "
                             f"imq, irq, imp, irp, qnn, qnn-imp or bmpq does: run `{what}` as one process")
-        for attr, option in (("out", "--out"), ("run_dir", "--run-dir")):  # before any work (model/files.py)
-            if getattr(args, attr, None):
-                check_output_dir(getattr(args, attr), option)
+        # The folder the command writes to, before any work (model/files.py): --run-dir where given (it
+        # replaces --out), else --out.
+        if getattr(args, "run_dir", None):
+            check_output_dir(args.run_dir, "--run-dir")
+        elif getattr(args, "out", None):
+            check_output_dir(args.out, "--out")
         with contextlib.ExitStack() as stack:
             if silent:
                 stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
@@ -77,6 +80,9 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ToolError as exc:  # e.g. a simulator that is not installed: its message names the tool and the log
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # a file or folder the system refuses (a path given by the user, or a full disk)
         if exc.filename is None:
             raise

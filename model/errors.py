@@ -2,10 +2,17 @@
 
 ``build.py`` catches :class:`UserError` and prints its message with exit status 2 instead of a traceback, and
 does the same for an :class:`OSError` that names a file (a path the system refuses: a folder where a file is
-written, no permission, a full disk), printing the file and the system's reason; anything else that escapes is
-a bug in mpqaccel and keeps its traceback.
+written, no permission, a full disk), printing the file and the system's reason; a :class:`ToolError` (an
+external tool failed) is printed with exit status 1; anything else that escapes is a bug in mpqaccel and keeps
+its traceback.
 """
 
 
 class UserError(Exception):
     """A user-facing error. The message names the file, the field and the allowed values."""
+
+
+class ToolError(RuntimeError):
+    """An external tool the command runs (a simulator, a synthesizer) failed: not installed, a build that did not
+    compile, a run without a result. The message names the tool and the log to read; ``build.py`` prints it
+    with exit status 1 (the tool or the design failed, not the user's input)."""

@@ -58,17 +58,23 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     """Refuse an output folder no file can be written into, before any work starts (a command that would train
-    for minutes and then fail on its first write loses nothing this way). Creates nothing.
+    for minutes and then fail on its first write loses nothing this way). Creates nothing: the folder is made
+    at the first write, on the rank that writes (under torchrun the others write nothing), and a user mistake
+    refused before that leaves no folder behind. What only the attempt shows (a file system that refuses
+    ``mkdir`` to root, a full disk) still fails at that write, with the path (``build.py``).
 
     ``path`` must be a writable folder, or not exist yet under a writable folder (the nearest existing parent);
     :class:`~model.errors.UserError` names ``option``, the path and what is wrong otherwise.
     """
     path = Path(path)
     probe = path
-    while not probe.exists() and probe != probe.parent:
-        if probe.is_symlink():  # a dangling link: mkdir would fail on it
-            raise UserError(f"{option} {path}: {probe} is a broken symbolic link")
-        probe = probe.parent
+    try:
+        while not probe.exists() and probe != probe.parent:
+            if probe.is_symlink():  # a dangling link: mkdir would fail on it
+                raise UserError(f"{option} {path}: {probe} is a broken symbolic link")
+            probe = probe.parent
+    except OSError as exc:  # a parent that cannot be searched (Path.exists raises on Python 3.11)
+        raise UserError(f"{option} {path}: cannot look into {probe.parent} ({exc.strerror})") from None
     if not probe.is_dir():
         what = "is a file" if probe.is_file() else "is not a folder"
         raise UserError(f"{option} {path}: {probe} {what}; give a folder to write into")
@@ -76,14 +82,3 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
         raise UserError(f"{option} {path}: the folder {probe} is not writable")
     return path
 
-
-def make_output_dir(path: str | os.PathLike, option: str) -> Path:
-    """:func:`check_output_dir`, then create the folder (and its parents) now rather than at the first write;
-    a folder the system refuses (permissions the check cannot see, e.g. under ``/sys``) is a
-    :class:`~model.errors.UserError` naming ``option`` and the path."""
-    path = check_output_dir(path, option)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{option} {path}: cannot create the folder ({exc.strerror})") from None
-    return path

@@ -31,6 +31,8 @@ from xml.etree import ElementTree
 
 import numpy as np
 
+from model.errors import ToolError
+
 TOPLEVEL = "mpq_accel"
 TEST_MODULE = "sim.tb.accelerator"
 SIMULATORS = ("icarus", "verilator")
@@ -41,7 +43,7 @@ VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNU
 _BUILT = ".built"  # marker written after a successful build
 
 
-class SimulationError(RuntimeError):
+class SimulationError(ToolError):
     """The simulator failed to build or ended without a result record.
 
     Members

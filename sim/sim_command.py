@@ -24,7 +24,8 @@ from model.cli import (
 
 HELP = "cocotb RTL simulation of the image on the test images of its data set vs the golden model"
 
-#: The DDR model's read latency of `--system` when `--ddr-latency` is not given (cycles of the 100 MHz clock).
+#: The DDR model's read latency of `--system` when `--ddr-latency` is not given (cycles of the 100 MHz clock); the
+#: same as sim.system.system_run.DEFAULT_DDR_LATENCY (not imported here: it loads Amaranth; a test compares them).
 DDR_LATENCY = 24
 
 

@@ -279,3 +279,34 @@ def test_array_options_of_synth_are_refused_for_the_fc_core(flow, tmp_path, args
     res = cli("synth", "--image", flow / "image", "--out", tmp_path / "synth", *args)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"{args[0]}: options of `--core array`" in res.stderr and not (tmp_path / "synth").exists()
+
+
+def test_synth_refuses_batch_for_the_array(flow, tmp_path):
+    res = cli("synth", "--core", "array", "--batch", 4, "--image", flow / "image", "--out", tmp_path / "synth")
+    assert res.returncode == 2 and "--batch: an option of the fully connected core" in res.stderr
+
+
+def test_run_dir_replaces_out_and_only_it_is_checked(tmp_path):
+    """`train --run-dir` writes only there: a default --out (out/train under the working folder) that could not
+    be written does not stop it."""
+    (tmp_path / "out").write_text("a file where the default output folder would be\n")
+    res = cli("train", "--method", "qnn", "--hidden", 4, "--epochs", 1, "--train-subset", 100, "--test-subset", 50,
+              "--no-float-baseline", "--quiet", "--run-dir", tmp_path / "run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "run" / "ticket.pt").is_file()
+
+
+def test_a_missing_tool_is_named_not_a_traceback(flow, tmp_path):
+    """Yosys or the simulator missing from PATH: an error line naming the tool (exit 2 for Yosys, which synth
+    checks first; exit 1 for a simulator build that failed, with its log), not a traceback."""
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, args)], capture_output=True,
+                              text=True, env=env, timeout=600, check=False)
+
+    res = run("synth", "--image", flow / "image", "--out", tmp_path / "synth")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "yosys not found on PATH" in res.stderr
+    res = run("sim", "--image", flow / "image", "--images", 1, "--simulator", "icarus", "--out", tmp_path / "sim")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "icarus build" in res.stderr and "iverilog executable not found" in res.stderr and "build.log" in res.stderr

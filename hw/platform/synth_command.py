@@ -16,7 +16,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, add_batch_arg, add_image_arg, bounded, write_json
+from model.cli import DEFAULT_BATCH, DEFAULT_OUT, add_batch_arg, add_image_arg, bounded, write_json
 from model.errors import UserError
 
 #: ``--engines`` of ``--core array`` when not given.
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
     p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
     add_batch_arg(p)
+    p.set_defaults(batch=None)  # --core fc's default (DEFAULT_BATCH) when not given; refused with --core array
     p.add_argument("--core", choices=("fc", "array"), default="fc",
                    help="fc: the fully connected core; array: the packed multiplier array (default: fc)")
     p.add_argument("--engines", type=bounded(int, 1, 64), default=None, help=f"array engines (default: {DEFAULT_ENGINES})")
@@ -46,7 +47,11 @@ def run(args) -> int:
 
     out = Path(args.out)
     if args.core == "array":
+        if args.batch is not None:
+            raise UserError("--batch: an option of the fully connected core (--core fc); the array runs one image "
+                            "at a time")
         return _array(args, out)
+    args.batch = DEFAULT_BATCH if args.batch is None else args.batch
     given = [f"--{k}" for k in ("engines", "lanes") if getattr(args, k) is not None] + (
         ["--vertical"] if args.vertical else [])
     if given:  # refused rather than ignored: the user meant to size an array

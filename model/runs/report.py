@@ -102,8 +102,7 @@ def load_summary(run_dir: str | os.PathLike) -> RunSummary:
         float_accuracy = data.get("float_accuracy")
         return RunSummary(run_dir, config, history, None if float_accuracy is None else float(float_accuracy),
                           data.get("float_model"), bool(data["finished"]))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError
-            ) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: malformed run history ({type(exc).__name__}: {exc})") from None
 
 

@@ -357,6 +357,9 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
         return True
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a directory")
+    for name in (THETA_FILE, STATE_FILE):  # --restart removes files only: a folder there would refuse forever
+        if (run_dir / name).exists() and not (run_dir / name).is_file():
+            raise UserError(f"{run_dir / name}: is not a file; remove it to start the run over")
     orphans = [n for n in (THETA_FILE, STATE_FILE) if (run_dir / n).exists()]
     if orphans and distributed.is_main():  # rank 0 writes run.json before anything else, so no race there
         raise UserError(f"{run_dir}: holds {', '.join(orphans)} but no {RUN_FILE}, so nothing says which run or "
@@ -519,6 +522,9 @@ def record_from_json(data: dict) -> IterationRecord:
     """
     if not isinstance(data, dict):
         raise TypeError(f"an iteration record is {data!r}; expected an object with 'iteration', 'avg_bits', ...")
+    if not isinstance(data.get("width_counts"), dict):
+        raise TypeError(f"iteration record field 'width_counts' is {data.get('width_counts')!r}; expected an object "
+                        "{width: count}")
     val = data.get("val_accuracy")
     record = IterationRecord(int(data["iteration"]), float(data["avg_bits"]), float(data["accuracy"]),
                              {int(k): int(v) for k, v in data["width_counts"].items()},

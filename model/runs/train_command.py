@@ -44,7 +44,6 @@ from model.cli import (
     write_json,
 )
 from model.errors import UserError
-from model.files import make_output_dir
 
 HELP = ("IMQ (float baseline, then Algorithm 1), its baselines, LTS, BMPQ or vertical layering; resumable; writes "
         "results, plots and ticket.pt")
@@ -662,8 +661,6 @@ def run(args) -> int:
     from model.training import distributed
 
     dev = distributed.use_device(args.device)  # the one choice every loop below trains on (UserError without CUDA)
-    # The output folder now, not after the training (LTS, BMPQ and vertical write only at the end).
-    make_output_dir(args.run_dir or args.out, "--run-dir" if args.run_dir else "--out")
     if not args.quiet and distributed.is_main():  # where it trains, before anything long starts
         import torch
 

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from model.errors import UserError
-from model.files import atomic_write, check_output_dir, make_output_dir, write_json
+from model.files import atomic_write, check_output_dir, write_json
 
 
 def test_write_json_replaces_whole_file(tmp_path):
@@ -51,7 +51,6 @@ def test_output_folders_are_checked_without_creating_them(tmp_path):
             check_output_dir(path, "--out")
     new = tmp_path / "a" / "b"
     assert check_output_dir(new, "--run-dir") == new and not (tmp_path / "a").exists()
-    assert make_output_dir(new, "--run-dir").is_dir()
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(UserError, match="broken symbolic link"):
         check_output_dir(tmp_path / "dangling" / "x", "--out")

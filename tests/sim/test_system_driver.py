@@ -138,6 +138,11 @@ def test_cli_system_user_errors(argv, text, capsys):
 
 
 def test_cli_system_options_without_system_are_refused(capsys):
-    """Options that only the Zynq system reads are refused without --system, not ignored."""
+    """Options that only the Zynq system reads are refused without --system, not ignored; the command's
+    default latency is the system run's."""
+    from sim import sim_command
+    from sim.system import system_run
+
+    assert sim_command.DDR_LATENCY == system_run.DEFAULT_DDR_LATENCY
     assert build.main(["sim", "--ddr-latency", "10"]) == 2
     assert "--ddr-latency sets the DDR model of the Zynq system: add --system" in capsys.readouterr().err

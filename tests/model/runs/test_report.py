@@ -87,7 +87,9 @@ def test_report_errors(tmp_path, capsys):
                             ('{"iteration": 0, "avg_bits": -4, "accuracy": 0.5, "width_counts": {}}',
                              "field 'avg_bits' is -4.0; allowed \\[0, 32\\]"),
                             ('{"iteration": 0, "avg_bits": 4, "accuracy": NaN, "width_counts": {}}',
-                             "field 'accuracy' is nan")):
+                             "field 'accuracy' is nan"),
+                            ('{"iteration": 0, "avg_bits": 4, "accuracy": 0.5, "width_counts": [4]}',
+                             "field 'width_counts' is \\[4\\]; expected an object")):
         (run / "imq_history.json").write_text('{"history": [' + record + '], "finished": true}')
         with pytest.raises(UserError, match="imq_history.json: malformed run history.*" + message):
             load_summary(run)

@@ -514,3 +514,9 @@ def test_theta_0_without_run_json_is_refused(tmp_path):
     (tmp_path / THETA_FILE).write_bytes(b"old")
     with pytest.raises(UserError, match="holds theta_0.pt but no run.json.*--restart"):
         open_run(tmp_path, small("imp"))
+    # A folder there survives --restart (which removes files only): named as what to remove, not --restart again.
+    (tmp_path / THETA_FILE).unlink()
+    (tmp_path / THETA_FILE).mkdir()
+    clear_run(tmp_path, "imp")
+    with pytest.raises(UserError, match="theta_0.pt: is not a file; remove it to start the run over"):
+        open_run(tmp_path, small("imp"))
