@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import build
-from driver.backend import Backend
+from driver.backend import Backend, DeviceBuffer
 from driver.mpq_driver import CoreError, MpqDriver, image_crc
 from hw.system.register_map import StatusCode
 from model.errors import UserError
@@ -37,6 +37,63 @@ class NoDevice(Backend):
 
     def wait(self):
         raise AssertionError("wait")
+
+
+class HungCore(Backend):
+    """A core that never finishes: every register reads 0 (ap_idle and ap_done never set, status OK) and each
+    wait is 10 ms of device time; host memory stands in for DDR. What a stalled AXI bus looks like to the host,
+    which the shell's watchdog is there to prevent (the system tests run the real shell); this checks the
+    driver's own bound."""
+
+    clock_hz = 100e6
+
+    class Buffer(DeviceBuffer):
+        def __init__(self, size):
+            self.address, self.size, self.data = 0x1000_0000, size, bytearray(size)
+
+        def write(self, offset, data):
+            self._check(offset, len(data))
+            self.data[offset:offset + len(data)] = data
+
+        def read(self, offset, length):
+            self._check(offset, length)
+            return bytes(self.data[offset:offset + length])
+
+    def __init__(self):
+        self.waits = 0
+
+    def read(self, offset):
+        return 0
+
+    def write(self, offset, value):
+        pass
+
+    def allocate(self, size):
+        return self.Buffer(size)
+
+    def wait(self):
+        self.waits += 1
+        assert self.waits < 1000, "the driver kept polling past its timeout"  # fail, not hang, if it never gives up
+        return 0.01
+
+
+def test_the_driver_gives_up_on_a_core_that_never_finishes():
+    """load_staged and run_batch poll at most timeout_s of device time, then raise TimeoutError naming what
+    hung, instead of hanging the host."""
+    backend = HungCore()
+    drv = MpqDriver(backend, timeout_s=0.5)
+    words = np.zeros(16, dtype=np.uint32)
+    words[5] = 4 | 1 << 16  # 4 channels of 1 x 1
+    words[6] = 1
+    drv.stage_image(words)
+    with pytest.raises(TimeoutError, match=r"image load: the core did not finish within 0\.5 s"):
+        drv.load_staged(n_classes=3)
+    assert 50 <= backend.waits <= 52
+    drv.attach(words, n_classes=3)
+    backend.waits = 0
+    with pytest.raises(TimeoutError, match=r"run: the core did not finish within 0\.5 s"):
+        drv.run(np.zeros((2, 4), dtype=np.int64))
+    assert 50 <= backend.waits <= 52
 
 
 @pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
