@@ -230,8 +230,9 @@ async def bad_checksum(dut):
 
 @cocotb.test()
 async def bad_registers(dut):
-    """ap_start before a load (NO_IMAGE), image_count 0 and misaligned addresses (BAD_ADDRESS): ap_done with
-    the code, never a hang; then the same registers set right run."""
+    """ap_start before a load (NO_IMAGE), image_count 0, misaligned input and output addresses, addresses and
+    batches past 4 GiB (BAD_ADDRESS): ap_done with the code, never a hang; then the same registers set right
+    run."""
     tb = SystemTB(dut)
     await tb.reset()
     drv = tb.driver
@@ -246,6 +247,20 @@ async def bad_registers(dut):
         assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
         drv.write_field("input_addr", 1 << 32)
         assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        drv.write_field("input_addr", drv._in_buf.address)
+        drv.write_field("output_addr", drv._out_buf.address + 4)  # scores are written in 8-byte beats
+        assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        drv.write_field("output_addr", drv._out_buf.address)
+        drv.write_field("image_count", 0xFFFFFFFF)  # 4 GiB of inputs and more: past the 32-bit address space
+        saved, drv.timeout_s = drv.timeout_s, 1e-3  # refused at once; a shell that ran it would time out here
+        assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        drv.timeout_s = saved
+        drv.write_field("image_count", 1)
+        drv.write_field("image_addr", (1 << 32) | 0x1000)  # an image above 4 GiB
+        drv.write_field("load_image", 1)
+        drv._poll(lambda: drv.read_field("ap_idle"), "load")
+        assert drv.status() == StatusCode.BAD_ADDRESS
+        tb.load("a")
         drv.write_field("image_addr", 0x1004)
         drv.write_field("load_image", 1)
         drv._poll(lambda: drv.read_field("ap_idle"), "load")
