@@ -30,7 +30,7 @@ def design(request, tmp_path_factory) -> tuple[Path, dict]:
     dut = AxiMaster(max_burst=max_burst, max_reads=max_reads, max_writes=max_reads, length_width=16)
     path = write_block_verilog(dut, tmp_path_factory.mktemp(f"axim_{request.param}") / f"{TOPLEVEL}.v",
                                name=TOPLEVEL)
-    return path, {"AXI_TB_MAX_BURST": max_burst, "AXI_TB_MAX_READS": max_reads}
+    return path, {"AXI_TB_MAX_BURST": max_burst, "AXI_TB_MAX_READS": max_reads, "AXI_TB_MAX_WRITES": max_reads}
 
 
 @pytest.mark.parametrize("test,seed,stall", [("read_engine_random", 1, 1), ("read_engine_random", 2, 0),
