@@ -82,3 +82,10 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
         raise UserError(f"{option} {path}: the folder {probe} is not writable")
     return path
 
+
+def refuse_non_file(path: str | os.PathLike, why: str) -> None:
+    """Raise :class:`~model.errors.UserError` ``"<path>: is not a file; <why>"`` when ``path`` exists as something
+    else than a file (a folder where a file is read or written); nothing when it is a file or absent."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: is not a file; {why}")

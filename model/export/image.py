@@ -53,7 +53,7 @@ from model.export.format import (
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, IntLinear, IntNetwork, check_layer
 from model.export.golden_net import IntConvNetwork
 from model.export.records import bit_span, check_reserved, field_error, pack_records, unpack_records
-from model.files import current_umask
+from model.files import current_umask, refuse_non_file
 
 FORMAT = "mpqaccel-image"
 HEADER_WORDS = HEADER.words
@@ -522,8 +522,7 @@ def write_image_files(out_dir, words: np.ndarray, record: dict) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; an image is a folder (weights.bin, weights.hex, manifest.json)")
     for name in FILES:  # before anything is replaced: a rename that fails half-way would mix two images
-        if (out / name).exists() and not (out / name).is_file():
-            raise UserError(f"{out / name}: is not a file; the image writes its {name} there")
+        refuse_non_file(out / name, f"the image writes its {name} there")
     out.mkdir(parents=True, exist_ok=True)
     temps: dict[str, str] = {}
     mode = 0o666 & ~current_umask()  # what a plain open gives (mkstemp makes 0600), as model/files.py atomic_write

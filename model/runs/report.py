@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.errors import UserError
+from model.files import refuse_non_file
 from model.methods.imq import IterationRecord, best_of, best_within, select_ticket, selection_split
 from model.methods.schedules import METHODS
 from model.runs.rundir import (
@@ -92,8 +93,7 @@ def load_summary(run_dir: str | os.PathLike) -> RunSummary:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     path = run_dir / history_file(config)
-    if path.exists() and not path.is_file():
-        raise UserError(f"{path}: is not a file; expected the run's history (JSON)")
+    refuse_non_file(path, "expected the run's history (JSON)")
     if not path.is_file():
         return RunSummary(run_dir, config, [], None, None, False)
     try:

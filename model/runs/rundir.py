@@ -56,7 +56,7 @@ from torch import nn
 from model.data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
 from model.errors import UserError
 from model.export.golden import MAX_ACT_BITS, WIDTHS
-from model.files import atomic_write, write_json
+from model.files import atomic_write, refuse_non_file, write_json
 from model.methods.imq import IterationRecord, Progress, initial_state, select_ticket, selection_split
 from model.methods.schedules import Schedule, init_masks, make_schedule, mask_generator, run_method
 from model.quant import nets
@@ -358,8 +358,7 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a directory")
     for name in (THETA_FILE, STATE_FILE):  # --restart removes files only: a folder there would refuse forever
-        if (run_dir / name).exists() and not (run_dir / name).is_file():
-            raise UserError(f"{run_dir / name}: is not a file; remove it to start the run over")
+        refuse_non_file(run_dir / name, "remove it to start the run over")
     orphans = [n for n in (THETA_FILE, STATE_FILE) if (run_dir / n).exists()]
     if orphans and distributed.is_main():  # rank 0 writes run.json before anything else, so no race there
         raise UserError(f"{run_dir}: holds {', '.join(orphans)} but no {RUN_FILE}, so nothing says which run or "
@@ -563,8 +562,7 @@ def _save_state(run_dir: Path, config: RunConfig, state: _State) -> None:
 
 def _load_state(run_dir: Path, config: RunConfig, model: nn.Module) -> _State | None:
     path = run_dir / STATE_FILE
-    if path.exists() and not path.is_file():  # else the run would train again, then fail to save it
-        raise UserError(f"{path}: is not a file; remove it to start the run over")
+    refuse_non_file(path, "remove it to start the run over")  # else the run would train again, then fail to save it
     if not path.is_file():
         return None
     payload = _torch_load(path, STATE_FORMAT)
