@@ -257,8 +257,18 @@ async def status_counters_w1c_and_command(dut):
     dut.status.value = 5
     await RisingEdge(dut.clk)
     assert await tb.read(field("status").offset) == 5
-    # a counter that crosses 2**32 while the host reads it: low then high word must belong together
     busy, load = field("busy_cycles"), field("load_cycles")
+    # the carry put between the host's two reads: the high word is the one latched with the low word, on
+    # each counter (a slave without the latch reads 0x1_ffffffff here)
+    for f in (busy, load):
+        getattr(dut, f.name).value = (1 << 32) - 1
+        await RisingEdge(dut.clk)
+        assert await tb.read(f.offset) == 0xFFFFFFFF
+        getattr(dut, f.name).value = 1 << 32
+        await RisingEdge(dut.clk)
+        assert await tb.read(f.offset + 4) == 0, f"{f.name}: the high word read after the carry, not latched"
+        assert await tb.read(f.offset) == 0 and await tb.read(f.offset + 4) == 1, f"{f.name}: the next read"
+    # a counter that crosses 2**32 while the host reads it: low then high word must belong together
 
     async def count():
         value = (1 << 32) - 40
