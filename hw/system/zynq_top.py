@@ -13,14 +13,17 @@ Load (``load_image`` written 1). The array is reset; the 8 header words at ``ima
 checked (magic, version 3 or 4, ``words`` from 8 to the buffer depth, ``C H W`` from 1 to 2^24 - 1); then the
 ``words`` words of the image are loaded, their CRC-32 computed on the way into the buffer
 (:class:`~hw.system.buffer_loader.BufferLoader`) and compared with ``image_crc`` at the end (``loaded_crc``
-shows the core's). ``status`` becomes OK (and the image usable) or the reason it is not: BAD_ADDRESS
+shows the core's). Work a load or run that timed out left in the DMA engines (a read that came back late, a
+write still due) is finished first: its words dropped, its writes padded (TIMEOUT if the bus still does not
+answer within the watchdog). ``status`` becomes OK (and the image usable) or the reason it is not: BAD_ADDRESS
 (``image_addr`` not 8-byte aligned or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION, BAD_GEOMETRY,
 BAD_CHECKSUM (the CRC-32 of the ``4 words`` image bytes read is not ``image_crc``: what exactly it covers is
 in :mod:`hw.system.register_map`), TIMEOUT. ``ap_idle`` is low during a load (from the cycle its write
 response is offered), and a load gives no ``ap_done``: the host polls ``ap_idle`` and then reads ``status``.
 
 Run (``ap_start``; ``ap_ready`` when taken, ``ap_done`` when finished, whatever the outcome). The array is
-reset (its decoders' error is sticky), then ``image_count`` images run back to back. DDR layout:
+reset (its decoders' error is sticky), the DMA engines finish what a timed-out operation left (as for a load),
+then ``image_count`` images run back to back. DDR layout:
 
 - inputs at ``input_addr``: ``image_count`` images of ``C H W`` input codes, one byte per code (code k of
   image n at byte ``input_addr + n C H W + k``, the order of the array's ``i`` stream: channel, row, column),
@@ -46,7 +49,9 @@ loads.
 
 Simulated under cocotb (Icarus) with cocotbext-axi's AXI4-Lite master and the latency AXI RAM of
 :mod:`sim.system.axi_models` (tests/sim/test_system.py); it has not been through Vivado or run on a board.
-After a TIMEOUT caused by a bus that never answers, the DMA engines may stay busy: reset the PL (``ap_rst_n``).
+After a TIMEOUT the DMA engines may still wait for the bus; the next load or run waits for them (dropping late
+read words, padding writes still due; TIMEOUT again while the bus does not answer), so no late word reaches an
+image or the buffer, and the core never hangs. Only a bus that never answers needs a PL reset (``ap_rst_n``).
 """
 
 from __future__ import annotations
@@ -335,6 +340,13 @@ class MpqSystem(wiring.Component):
                 with m.If((regs.image_addr[32:] != 0) | (regs.image_addr[:3] != 0)):
                     fail(StatusCode.BAD_ADDRESS)
                     m.next = "LOAD_END"
+                with m.Elif(loader.busy | master.rd_busy | master.wr_busy):
+                    # Work left by a load or run that timed out: drop its words, pad its writes, until the
+                    # engines are idle (the loader would ignore ``start``; late words would be taken as ours).
+                    m.d.comb += drain.eq(1)
+                    with m.If(timed_out):
+                        fail(StatusCode.TIMEOUT)
+                        m.next = "LOAD_END"
                 with m.Else():
                     m.d.comb += [loader.start.eq(1), loader.addr.eq(regs.image_addr[:ADDR_BITS]),
                                  loader.words.eq(HEADER_WORDS)]
@@ -406,9 +418,17 @@ class MpqSystem(wiring.Component):
                 with m.Else():
                     m.next = "RUN_CMD"
             with m.State("RUN_CMD"):
-                m.d.comb += [in_run.eq(1), run_cmd_valid.eq(1)]
-                with m.If(master.rd_cmd.ready):
-                    m.next = "RUN_START"
+                m.d.comb += in_run.eq(1)
+                with m.If(master.rd_busy | master.wr_busy):
+                    # As in LOAD_RESET: a late read would feed its words to this run's images as inputs.
+                    m.d.comb += drain.eq(1)
+                    with m.If(timed_out):
+                        fail(StatusCode.TIMEOUT)
+                        m.next = "FINISH"
+                with m.Else():
+                    m.d.comb += run_cmd_valid.eq(1)
+                    with m.If(master.rd_cmd.ready):
+                        m.next = "RUN_START"
             with m.State("RUN_START"):
                 m.d.comb += [in_run.eq(1), array.start.eq(1), fifo_clear.eq(1)]
                 m.d.sync += [codes_left.eq(codes), score_count.eq(0), overflow.eq(0)]

@@ -9,8 +9,11 @@ one burst at a time per direction) with what an interconnect and a DDR controlle
   back);
 - outstanding requests: ``ar_channel`` / ``aw_channel`` accept up to ``outstanding`` addresses ahead of
   the burst being served;
-- error injection: beats whose address lies in :attr:`LatencyAxiRam.error_ranges` answer SLVERR (a read
-  returns zeros, a write is dropped and its burst's B is SLVERR).
+- error injection: beats whose address lies in :attr:`LatencyAxiRam.error_ranges` answer SLVERR, and in
+  :attr:`LatencyAxiRam.decode_error_ranges` DECERR (an interconnect's "no slave here"): a read returns
+  zeros, a write is dropped and its burst's B carries the error;
+- one-shot long waits (:attr:`LatencyAxiRam.long_waits`): a read beat or a write at a chosen address waits a
+  chosen number of cycles once (a bus that stops answering, for watchdog tests).
 
 :class:`AxiProtocolChecker` watches the master's side of the bus and records violations: a ``*valid`` that
 drops or a payload that changes before its handshake, a burst over ``max_burst`` beats, across a 4 KiB
@@ -27,7 +30,7 @@ import random
 
 import cocotb
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
-from cocotbext.axi import AxiBus
+from cocotbext.axi import AxiBus, AxiResp
 from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
 from cocotbext.axi.memory import Memory
 
@@ -63,15 +66,23 @@ class _Read(AxiRamRead):
     def __init__(self, owner, *args, **kwargs):
         self._owner = owner
         self._burst_start = False
+        self._decode_error = False
         super().__init__(*args, **kwargs)
-        recv = self.ar_channel.recv
+        recv, send = self.ar_channel.recv, self.r_channel.send
 
         async def recv_burst():  # marks the next beat as a burst's first (for ``first_beat_latency``)
             ar = await recv()
             self._burst_start = True
             return ar
 
+        async def send_beat(r):  # a beat the model refused as a decode error: DECERR, not cocotbext's SLVERR
+            if self._decode_error:
+                self._decode_error = False
+                r.rresp = AxiResp.DECERR
+            await send(r)
+
         self.ar_channel.recv = recv_burst
+        self.r_channel.send = send_beat
 
     async def _read(self, address, length):
         owner = self._owner
@@ -79,10 +90,12 @@ class _Read(AxiRamRead):
         if self._burst_start:
             self._burst_start = False
             wait += owner.first_beat_latency
+        wait += owner.long_waits.pop(address, 0)
         if wait:
             await ClockCycles(self.clock, wait)
         if owner.in_error_range(address, length):
             owner.read_errors += 1
+            self._decode_error = owner.in_error_range(address, length, owner.decode_error_ranges)
             raise InjectedError(f"read of {length} bytes at {address:#x}")
         return await super()._read(address, length)
 
@@ -90,15 +103,26 @@ class _Read(AxiRamRead):
 class _Write(AxiRamWrite):
     def __init__(self, owner, *args, **kwargs):
         self._owner = owner
+        self._decode_error = False
         super().__init__(*args, **kwargs)
+        send = self.b_channel.send
+
+        async def send_response(b):  # a burst with a decode error: DECERR, not cocotbext's SLVERR
+            if self._decode_error:
+                self._decode_error = False
+                b.bresp = AxiResp.DECERR
+            await send(b)
+
+        self.b_channel.send = send_response
 
     async def _write(self, address, data):
         owner = self._owner
         if owner.in_error_range(address, len(data)):
             owner.write_errors += 1
+            self._decode_error |= owner.in_error_range(address, len(data), owner.decode_error_ranges)
             raise InjectedError(f"write of {len(data)} bytes at {address:#x}")
         await super()._write(address, data)
-        wait = owner.delays.cycles()
+        wait = owner.delays.cycles() + owner.long_waits.pop(address, 0)
         if wait:
             await ClockCycles(self.clock, wait)
 
@@ -130,6 +154,11 @@ class LatencyAxiRam(Memory):
     -------
     error_ranges : list of (int, int)
         Byte ranges ``[lo, hi)`` that answer SLVERR.
+    decode_error_ranges : list of (int, int)
+        Byte ranges ``[lo, hi)`` that answer DECERR.
+    long_waits : dict of int to int
+        One-shot waits: the read beat at byte address ``a`` (bus aligned) waits ``long_waits[a]`` cycles before
+        its R, a write at ``a`` as long before the burst goes on (its B comes after); each is used once.
     read_errors, write_errors : int
         Beat accesses answered with an error.
 
@@ -149,6 +178,8 @@ class LatencyAxiRam(Memory):
         self.first_beat_latency = first_beat_latency
         bus = AxiBus.from_prefix(dut, prefix)
         self.error_ranges: list[tuple[int, int]] = []
+        self.decode_error_ranges: list[tuple[int, int]] = []
+        self.long_waits: dict[int, int] = {}
         self.read_errors = self.write_errors = 0
         self.delays = _Delays(random.Random(rng.random()), *((0.15, 3, 0.02, 30) if stall else (0, 0, 0, 0)))
         self.write_if = _Write(self, bus.write, clock, reset, reset_active_level=reset_active_level, mem=self.mem)
@@ -162,8 +193,11 @@ class LatencyAxiRam(Memory):
                                (self.read_if.r_channel, 0.25)):
                 channel.set_pause_generator(pauses(random.Random(rng.random()), p, 0.01))
 
-    def in_error_range(self, address: int, length: int) -> bool:
-        return any(address < hi and lo < address + length for lo, hi in self.error_ranges)
+    def in_error_range(self, address: int, length: int, ranges=None) -> bool:
+        """Whether ``[address, address + length)`` meets ``ranges`` (default: both kinds of error range)."""
+        if ranges is None:
+            ranges = self.error_ranges + self.decode_error_ranges
+        return any(address < hi and lo < address + length for lo, hi in ranges)
 
 
 class AxiProtocolChecker:

@@ -305,27 +305,52 @@ async def vertical_widths(dut):
 
 @cocotb.test()
 async def axi_errors(dut):
-    """SLVERR in the image, the inputs and the scores: AXI_ERROR and the response-error bits; no hang; the
-    next run is right."""
+    """SLVERR and DECERR in the image (body and header), the inputs and the scores (the first image's, and the
+    last image's of a batch): AXI_ERROR and the response-error bits; no hang; the next run is right."""
     tb = SystemTB(dut)
     await tb.reset()
     drv = tb.driver
+    ram = tb.ram
+    n_classes = tb.image("a")[2].shape[1]
+
+    def clear_error_bits():
+        drv.backend.write(field("rresp_error").offset, 3)
+        assert drv.read_field("rresp_error") == drv.read_field("bresp_error") == 0
 
     def body():
         tb.load("a")
         image_at = drv._image_buf.address
-        tb.ram.error_ranges.append((image_at + 64, image_at + 72))
+        ram.error_ranges.append((image_at + 64, image_at + 72))
         tb.expect_error(StatusCode.AXI_ERROR, tb.load, "a")
-        tb.ram.error_ranges.clear()
+        ram.error_ranges.clear()
         assert drv.read_field("rresp_error") == 1
-        drv.backend.write(field("rresp_error").offset, 3)
+        clear_error_bits()
+        # the header's magic word answered DECERR (its data zeros): AXI_ERROR, not BAD_MAGIC
+        ram.decode_error_ranges.append((image_at, image_at + 8))
+        tb.expect_error(StatusCode.AXI_ERROR, tb.load, "a")
+        ram.decode_error_ranges.clear()
+        assert drv.read_field("rresp_error") == 1 and drv.read_field("bresp_error") == 0
+        clear_error_bits()
         tb.load("a")
-        tb.ram.error_ranges.append((drv._in_buf.address + 8, drv._in_buf.address + 16))
+        for ranges in (ram.error_ranges, ram.decode_error_ranges):
+            ranges.append((drv._in_buf.address + 8, drv._in_buf.address + 16))
+            tb.expect_error(StatusCode.AXI_ERROR, tb.check_run, "a")
+            ranges.clear()
+            assert drv.read_field("rresp_error") == 1
+            clear_error_bits()
+        out = drv._out_buf.address
+        ram.error_ranges.append((out, out + 8))
         tb.expect_error(StatusCode.AXI_ERROR, tb.check_run, "a")
-        tb.ram.error_ranges[:] = [(drv._out_buf.address, drv._out_buf.address + 8)]
-        tb.expect_error(StatusCode.AXI_ERROR, tb.check_run, "a")
+        ram.error_ranges.clear()
+        assert drv.read_field("bresp_error") == 1 and drv.read_field("rresp_error") == 0
+        clear_error_bits()
+        # the last image of a batch: its write answered DECERR after the others were written
+        last = out + 2 * 4 * n_classes
+        ram.decode_error_ranges.append((last, last + 8))
+        tb.expect_error(StatusCode.AXI_ERROR, tb.check_run, "a", 3)
+        ram.decode_error_ranges.clear()
         assert drv.read_field("bresp_error") == 1
-        tb.ram.error_ranges.clear()
+        assert ram.read_errors == 4 and ram.write_errors == 2, (ram.read_errors, ram.write_errors)
         tb.check_run("a")
         tb.check_idle()
 
@@ -391,6 +416,51 @@ async def watchdog_timeout(dut):
         tb.expect_error(StatusCode.TIMEOUT, tb.check_run, "a", 1)
         assert delays.cycles == normal, "the long wait was not taken"
         tb.check_run("a")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def watchdog_states(dut):
+    """A bus that stops answering in each state that waits on it, once (``long_waits``): the header read of a
+    load (LOAD_HEADER), its body (LOAD_BODY), a score write's B (RUN_WDATA): TIMEOUT, and the next load or run
+    right. An input read that stays away past two watchdog periods (RUN_IMAGE, then DRAIN: the shell gives up
+    with the read still due): the next run drops the late words before its own read and is right. One that
+    stays away past three: the next run and the next load end with TIMEOUT too (waiting for the engines), the
+    one after is right. Never a hang: the driver gives up after ten watchdog periods."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv, ram = tb.driver, tb.ram
+    limit = int(os.environ["MPQS_TIMEOUT_CYCLES"])
+
+    def stall(address: int, cycles: int, call, *args):
+        ram.long_waits[address] = cycles
+        exc = tb.expect_error(StatusCode.TIMEOUT, call, *args)
+        assert not ram.long_waits, f"the long wait at {address:#x} was not taken ({exc})"
+
+    def body():
+        drv.timeout_s = 10 * limit / drv.backend.clock_hz
+        tb.load("a")
+        tb.check_run("a", 1)
+        image_at, in_at, out_at = drv._image_buf.address, drv._in_buf.address, drv._out_buf.address
+        stall(image_at, limit + 1000, tb.load, "a")  # LOAD_HEADER
+        tb.load("a")
+        stall(image_at + 64, limit + 1000, tb.load, "a")  # LOAD_BODY
+        tb.load("a")
+        tb.check_run("a", 2)
+        stall(out_at, limit + 1000, tb.check_run, "a", 1)  # RUN_WDATA
+        tb.check_run("a")
+        stall(in_at, 2 * limit + 1000, tb.check_run, "a", 1)  # RUN_IMAGE, DRAIN
+        assert drv.read_field("ap_idle") == 1
+        tb.check_run("a")
+        stall(in_at, 4 * limit, tb.check_run, "a", 1)  # RUN_IMAGE, DRAIN; then the next run's wait
+        tb.expect_error(StatusCode.TIMEOUT, tb.check_run, "a", 1)
+        tb.check_run("a", 2)
+        stall(in_at, 4 * limit, tb.check_run, "a", 1)  # the same, then a load's wait
+        tb.expect_error(StatusCode.TIMEOUT, tb.load, "b")
+        tb.load("b")
+        tb.check_run("b")
         tb.check_idle()
 
     await run_driver(body)
