@@ -35,8 +35,10 @@ Each image: ``start`` to the array, its codes into ``i``, its scores from ``o`` 
 (``max_classes`` deep); at the array's ``done`` the scores are written (one DMA write, waited for until its B
 came back) and the next image starts. The run stops at the first image that ends with a non-OK array
 status (that status), an AXI error response (AXI_ERROR), more than ``max_classes`` scores (BAD_GEOMETRY), or
-the watchdog (TIMEOUT: ``timeout_cycles`` cycles without any transfer or ``done``); the image that stopped it
-leaves its partial scores padded with zeros, the later images' scores are not written. Then it drains the
+the watchdog (TIMEOUT: ``timeout_cycles`` cycles without any transfer or ``done``). The image that stopped it
+writes no scores, unless the stop came during its score write (an error response: its scores as the bus took
+them; the watchdog: the words the write engine had not yet taken go out as zeros); later images' scores are
+not written (tests/sim/test_system.py ``score_overflow`` checks the output buffer). Then it drains the
 DMA engines (remaining input words read and dropped), holding the array in reset, and raises ``ap_done``.
 ``ap_start`` before any successful load: NO_IMAGE; ``image_count`` 0 or an address not 8-byte aligned or
 above 4 GiB, or a batch of 4 GiB of inputs or more: BAD_ADDRESS. ``precision`` selects a vertical (version 4)

@@ -35,6 +35,7 @@ from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from driver.mpq_driver import CoreError, MpqDriver
 from hw.system.register_map import StatusCode, field
+from model.export.format import HEADER
 from model.files import write_json
 from sim.system.axi_models import AxiProtocolChecker, LatencyAxiRam, pauses
 from sim.system.sim_backend import SimBackend, run_driver
@@ -164,6 +165,22 @@ async def corrupt_images(dut):
         bad = words.copy()
         bad[4] = 1 << 20
         tb.expect_error(StatusCode.BAD_GEOMETRY, tb.load, "a", bad)
+        in_chw, in_w = HEADER["in_channels"].word, HEADER["in_width"].word
+        for name, word, value in (("words < 8", HEADER["words"].word, 7), ("W = 0", in_w, 0),
+                                  ("C H W = 2^32 - 2^17 + 1", in_chw, 0xFFFFFFFF),
+                                  ("C H W = 2^24", in_chw, 256 | 256 << 16)):
+            bad = words.copy()
+            bad[word] = value
+            if name.endswith("2^24"):
+                bad[in_w] = 256
+            exc = tb.expect_error(StatusCode.BAD_GEOMETRY, tb.load, "a", bad)
+            tb.dut._log.info(f"{name}: {exc}")
+        bad = words.copy()  # C H W = 2^24 - 1 = 4095 x 4097 x 1, the most the shell takes: loads (not run)
+        bad[in_chw], bad[in_w] = 4095 | 4097 << 16, 1
+        tb.driver.stage_image(bad)
+        tb.driver.write_field("load_image", 1)
+        tb.driver._poll(lambda: tb.driver.read_field("ap_idle"), "load")
+        assert tb.driver.status() == StatusCode.OK, f"C H W = 2^24 - 1 refused: {tb.driver.status()!r}"
         # the corrupt stream (words from the case) loads, and its run stops with the array's code
         corrupt = tb.case["corrupt_words"].astype(np.uint32)
         tb.load("a", corrupt)
@@ -461,6 +478,31 @@ async def watchdog_states(dut):
         tb.expect_error(StatusCode.TIMEOUT, tb.load, "b")
         tb.load("b")
         tb.check_run("b")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test()
+async def score_overflow(dut):
+    """A build whose score FIFO holds exactly image a's classes (``max_classes``): a runs right (the FIFO full,
+    not over); image d has one class more: its run ends with BAD_GEOMETRY and writes no score (the output
+    buffer keeps what it held), no hang; then a runs right again."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+
+    def body():
+        words, _, expected, bits = tb.image("a")
+        drv.attach(words, n_classes=expected.shape[1], input_bits=bits)  # the build holds a
+        tb.check_run("a")
+        tb.load("d")
+        sentinel = bytes([0xA5]) * drv._out_buf.size
+        drv._out_buf.write(0, sentinel)
+        tb.expect_error(StatusCode.BAD_GEOMETRY, tb.check_run, "d", 1)
+        assert drv._out_buf.read(0, drv._out_buf.size) == sentinel, "a refused image wrote scores"
+        tb.load("a")
+        tb.check_run("a")
         tb.check_idle()
 
     await run_driver(body)

@@ -30,6 +30,8 @@ CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_c
 TEST_MODULE = "sim.system.tb_system"
 #: The build's watchdog (the longest stretch without a transfer in these nets is a few thousand cycles).
 TIMEOUT_CYCLES = 20_000
+#: Classes of image a (the MLP), the score FIFO depth of the preloaded build.
+A_CLASSES = 5
 icarus = pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
 
 
@@ -55,12 +57,14 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("system")
     verilog = write_block_verilog(MpqSystem(CONFIG, timeout_cycles=TIMEOUT_CYCLES), work / f"{SYSTEM_TOP_NAME}.v",
                                   name=SYSTEM_TOP_NAME)
-    mlp = random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4)
+    mlp = random_network(np.random.default_rng(4), sizes=(23, 17, A_CLASSES), act_bits=4)
     a = image_case(mlp, 7, 1)
     b = image_case(random_conv_net(np.random.default_rng(2001)), 3, 2)
     c = image_case(random_network(np.random.default_rng(5), sizes=(11, 7, 3), act_bits=4), 3, 3)
     assert len(c["words"]) % 2, "image c must have an odd number of words (the DMA's pad word)"
-    arrays = {f"{k}_{name}": v for k, img in (("a", a), ("b", b), ("c", c)) for name, v in img.items()}
+    d = image_case(random_network(np.random.default_rng(6), sizes=(11, 9, A_CLASSES + 1), act_bits=4), 2, 4)
+    assert a["expected"].shape[1] == A_CLASSES and b["expected"].shape[1] <= A_CLASSES
+    arrays = {f"{k}_{name}": v for k, img in (("a", a), ("b", b), ("c", c), ("d", d)) for name, v in img.items()}
     vnet = random_vertical_net(9, sizes=(23, 14, 12, 5), widths=(2, 3, 4), rows=1)
     vin = np.random.default_rng(9).integers(0, 256, size=(3, 23))
     arrays.update({"v_words": pack_vertical(vnet).astype(np.uint32), "v_inputs": vin, "v_input_bits": np.int64(8),
@@ -89,15 +93,18 @@ def test_system(case, test, seed, stall):
 
 
 @icarus
-def test_preloaded_image(case):
-    """MpqSystem(init=image a): the BRAM-initialised build runs a without a load."""
+@pytest.mark.parametrize("test,seed", [("preloaded_image", 7), ("score_overflow", 12)])
+def test_preloaded_image(case, test, seed):
+    """MpqSystem(init=image a, max_classes=a's classes): the BRAM-initialised build runs a without a load; an
+    image with more classes than the score FIFO holds ends with BAD_GEOMETRY."""
     verilog, npz = case
     with np.load(npz) as arrays:
         words = arrays["a_words"]
-    path = write_block_verilog(MpqSystem(CONFIG, init=words), verilog.parent / "preloaded" / f"{SYSTEM_TOP_NAME}.v",
-                               name=SYSTEM_TOP_NAME)
-    result = run_block_test(path, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test="preloaded_image",
-                            work_dir=path.parent, seed=7, env={"MPQS_CASE": npz, "MPQS_SEED": 7, "MPQS_STALL": 1})
+    path = write_block_verilog(MpqSystem(CONFIG, init=words, max_classes=A_CLASSES),
+                               verilog.parent / "preloaded" / f"{SYSTEM_TOP_NAME}.v", name=SYSTEM_TOP_NAME)
+    result = run_block_test(path, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,
+                            work_dir=path.parent, seed=seed,
+                            env={"MPQS_CASE": npz, "MPQS_SEED": seed, "MPQS_STALL": 1})
     assert result["passed"], result["log"]
 
 
