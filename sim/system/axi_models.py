@@ -271,12 +271,14 @@ class AxiProtocolChecker:
                     continue
                 if ch == "ar":
                     addr, length, size, burst = now[ch]
-                    self._check_burst("AR", addr, length + 1, size, burst)
+                    if -1 not in now[ch]:  # (an X payload is reported once, above)
+                        self._check_burst("AR", addr, length + 1, size, burst)
                     self.ar_bursts.append((addr, length + 1))
                     reads_in_flight += 1
                 elif ch == "aw":
                     addr, length, size, burst = now[ch]
-                    self._check_burst("AW", addr, length + 1, size, burst)
+                    if -1 not in now[ch]:  # (an X payload is reported once, above)
+                        self._check_burst("AW", addr, length + 1, size, burst)
                     self.aw_bursts.append((addr, length + 1))
                     if w_ahead:  # its W burst is complete already
                         if w_ahead[0] != length + 1:
