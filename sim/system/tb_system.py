@@ -17,7 +17,11 @@ Settings (environment, strings):
     JSON file ``driver_run`` writes its record to.
 ``MPQS_SEED``, ``MPQS_STALL`` (``1``: random latency and back-pressure), ``MPQS_MAX_BATCH``,
 ``MPQS_DDR_LATENCY`` (cycles before each read burst's first beat), ``MPQS_TIMEOUT_CYCLES`` (the build's
-watchdog, for ``watchdog_timeout``).
+watchdog, for ``watchdog_timeout`` and ``watchdog_states``).
+
+Time limits: the driver gives up on a load or batch after :data:`TEST_TIMEOUT_S` of device time, and cocotb
+fails a test after :data:`SIM_LIMIT_MS` of simulated time (more for the watchdog tests), so that an RTL that
+hangs fails in about a minute instead of running for hours; ``driver_run`` keeps the driver's own limit only.
 """
 
 from __future__ import annotations
@@ -42,12 +46,21 @@ from sim.system.sim_backend import SimBackend, run_driver
 
 CLOCK_NS = 10
 MEMORY_BYTES = 1 << 20
+#: The driver's limit on one load or batch in the tests (200,000 cycles; their longest takes under 15,000), so
+#: that a core that never finishes fails a test in about half a minute of Icarus, not in hours.
+TEST_TIMEOUT_S = 2e-3
+#: The same for ``driver_run`` (``build.py sim --system``: whole networks, a ResNet-20 batch is about 330,000
+#: cycles).
+RUN_TIMEOUT_S = 0.05
+#: cocotb's limit on a test's simulated time (ms), for a hang outside the driver's polls (a register access
+#: that never completes): about ten times the longest test's.
+SIM_LIMIT_MS = 3
 
 
 class SystemTB:
     """Clock, active-low reset, the AXI-Lite host, the DDR model, the protocol checker and the driver."""
 
-    def __init__(self, dut):
+    def __init__(self, dut, *, timeout_s: float = TEST_TIMEOUT_S):
         self.dut = dut
         self.seed = int(os.environ.get("MPQS_SEED", "0"))
         self.stall = os.environ.get("MPQS_STALL", "1") == "1"
@@ -67,7 +80,7 @@ class SystemTB:
                                           reset_active_level=False)
         self.backend = SimBackend(dut.ap_clk, self.ram, self.axil)
         self.driver = MpqDriver(self.backend, max_batch=int(os.environ.get("MPQS_MAX_BATCH", "4")),
-                                timeout_s=0.05)
+                                timeout_s=timeout_s)
         self.case = {}
         if os.environ.get("MPQS_CASE"):
             with np.load(os.environ["MPQS_CASE"]) as case:
@@ -115,7 +128,7 @@ def start_and_wait(drv) -> int:
     return drv.status()
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def reload_and_batches(dut):
     """Image a in batches, image b on the same RTL (its golden scores: no stale state), a again; busy and
     load counters; the ap_done interrupt."""
@@ -146,7 +159,7 @@ async def reload_and_batches(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def corrupt_images(dut):
     """Bad magic, version, word count, flipped stream bits: the documented status, no hang; then a good image
     runs right."""
@@ -194,7 +207,7 @@ async def corrupt_images(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def bad_checksum(dut):
     """A bit flipped in DDR after the driver computed the image's CRC, and a wrong ``image_crc``: the driver's
     load raises BAD_CHECKSUM (``loaded_crc`` is the CRC of what DDR held), no image is usable, no hang; a flip
@@ -245,7 +258,7 @@ async def bad_checksum(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def bad_registers(dut):
     """ap_start before a load (NO_IMAGE), image_count 0, misaligned input and output addresses, addresses and
     batches past 4 GiB (BAD_ADDRESS): ap_done with the code, never a hang; then the same registers set right
@@ -291,7 +304,7 @@ async def bad_registers(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def vertical_widths(dut):
     """A vertical-layered (version 4) image loaded once, run at 2, 3 and 4 bits and at a row of its Eq. 12
     table by the precision register alone (each width's golden scores: one image, one bitstream, no reload);
@@ -320,7 +333,7 @@ async def vertical_widths(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def axi_errors(dut):
     """SLVERR and DECERR in the image (body and header), the inputs and the scores (the first image's, and the
     last image's of a batch): AXI_ERROR and the response-error bits; no hang; the next run is right."""
@@ -377,7 +390,7 @@ async def axi_errors(dut):
 @cocotb.test()
 async def driver_run(dut):
     """``build.py sim --system``: load the image folder, run its test images, measure; write the record."""
-    tb = SystemTB(dut)
+    tb = SystemTB(dut, timeout_s=RUN_TIMEOUT_S)
     await tb.reset()
     drv = tb.driver
     c = tb.case
@@ -411,7 +424,7 @@ async def driver_run(dut):
     assert not tb.checker.errors, tb.checker.errors[:5]
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=2 * SIM_LIMIT_MS, timeout_unit="ms")
 async def watchdog_timeout(dut):
     """A DDR read that stalls past the watchdog (``MPQS_TIMEOUT_CYCLES`` + 1000 cycles): the run ends with
     TIMEOUT, the engines drain once the bus answers, and the next run is right."""
@@ -438,7 +451,7 @@ async def watchdog_timeout(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=10 * SIM_LIMIT_MS, timeout_unit="ms")
 async def watchdog_states(dut):
     """A bus that stops answering in each state that waits on it, once (``long_waits``): the header read of a
     load (LOAD_HEADER), its body (LOAD_BODY), a score write's B (RUN_WDATA): TIMEOUT, and the next load or run
@@ -483,7 +496,7 @@ async def watchdog_states(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def score_overflow(dut):
     """A build whose score FIFO holds exactly image a's classes (``max_classes``): a runs right (the FIFO full,
     not over); image d has one class more: its run ends with BAD_GEOMETRY and writes no score (the output
@@ -508,7 +521,7 @@ async def score_overflow(dut):
     await run_driver(body)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def preloaded_image(dut):
     """A build whose global buffer holds image a from configuration (BRAM-initialised): runs right without a
     load; a load of b and back to a still work."""
