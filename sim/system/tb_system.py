@@ -39,7 +39,9 @@ from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from driver.mpq_driver import CoreError, MpqDriver
 from hw.system.register_map import StatusCode, field
+from model.errors import UserError
 from model.export.format import HEADER
+from model.export.image import unpack as unpack_image
 from model.files import write_json
 from sim.system.axi_models import AxiProtocolChecker, LatencyAxiRam, pauses
 from sim.system.sim_backend import SimBackend, run_driver
@@ -494,6 +496,90 @@ async def watchdog_states(dut):
         tb.check_idle()
 
     await run_driver(body)
+
+
+@cocotb.test(timeout_time=10 * SIM_LIMIT_MS, timeout_unit="ms")
+async def random_flips(dut):
+    """Single-bit flips anywhere in images a (MLP) and b (conv net), half of them in the header and the first
+    descriptors, each signed by the driver (``image_crc`` of the flipped words, as an exporter bug would
+    write it, so the CRC does not refuse it): every load and run ends with a status code, never a hang; a run
+    the core ends OK gives the golden scores of the network the reader (:func:`model.export.image.unpack`)
+    decodes from the flipped words, on inputs of the flipped header's shape; the clean image runs right after.
+    The core checks an image's structure (what it needs to stay in bounds and finish), not every field the
+    reader does: a flip the reader refuses may run OK (``ok_reader_refused``); the CRC-32 of an image as
+    exported refuses every single-bit flip before it runs. Outcomes are logged and written to
+    ``MPQS_RESULT`` when set."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+    rng = np.random.default_rng(tb.seed)
+    flips = int(os.environ.get("MPQS_FLIPS", "24"))
+    counts: dict[str, int] = {}
+    record: list[dict] = []
+
+    def header(words, name):
+        f = HEADER[name]
+        return (int(words[f.word]) >> f.bit) & ((1 << f.width) - 1)
+
+    def input_shape(net):
+        return net.image_shape if hasattr(net, "image_shape") else (net.layers[0].n_in, 1, 1)
+
+    def forward(net, x):
+        return net.forward(x.reshape(1, *net.image_shape) if hasattr(net, "image_shape") else x).astype(np.int64)
+
+    def outcome(bad, n_classes, clean):
+        try:
+            net = unpack_image(bad.astype(np.uint32), where="flipped image")
+        except UserError:
+            net = None
+        shape = tuple(header(bad, name) for name in ("in_channels", "in_height", "in_width"))
+        bits = min(max(header(bad, "input_bits"), 1), 8)
+        if net is not None:
+            n_classes = net.layers[-1].n_out
+        drv.stage_image(bad)  # loaded by hand: the driver would size its input buffer from the flipped header
+        drv.write_field("load_image", 1)
+        drv._poll(lambda: drv.read_field("ap_idle"), "load")
+        code = drv.status()
+        if code != StatusCode.OK:
+            return f"load_{StatusCode(code).name}"
+        if int(np.prod(shape)) > 4096:  # the shell would stream that many input bytes; the model holds 1 MiB
+            return "loaded_not_run"
+        drv.attach(bad, n_classes=n_classes, input_bits=bits)
+        x = rng.integers(0, 1 << bits, size=(1, int(np.prod(shape))))
+        try:
+            scores = drv.run(x)
+        except CoreError as exc:
+            return f"run_{exc.code.name}"
+        if net is None:  # did the flip change what the core computed?
+            same = ((shape, bits) == (input_shape(clean), clean.input_bits)
+                    and scores.tolist() == forward(clean, x).tolist())
+            return "ok_reader_refused_" + ("same_scores" if same else "other_scores")
+        golden = forward(net, x)
+        assert scores.tolist() == golden.tolist(), "a run ended OK with scores other than golden's"
+        return "ok_golden"
+
+    def body():
+        for key in ("a", "b"):
+            words, _, expected, _ = tb.image(key)
+            words = words.astype(np.int64)
+            clean = unpack_image(words.astype(np.uint32), where=f"image {key}")
+            for k in range(flips):
+                bad = words.copy()
+                at = int(rng.integers(0, min(len(words), 24) if k % 2 == 0 else len(words)))
+                bit = int(rng.integers(0, 32))
+                bad[at] ^= 1 << bit
+                what = outcome(bad, expected.shape[1], clean)
+                counts[what] = counts.get(what, 0) + 1
+                record.append({"image": key, "word": at, "bit": bit, "outcome": what})
+            tb.load(key)
+            tb.check_run(key)
+        tb.check_idle()
+
+    await run_driver(body)
+    dut._log.info(f"random flips: {dict(sorted(counts.items()))}")
+    if os.environ.get("MPQS_RESULT"):
+        write_json(os.environ["MPQS_RESULT"], {"counts": counts, "flips": record})
+    assert counts.get("ok_golden", 0) > 0 and any(k.startswith(("load_", "run_")) for k in counts), counts
 
 
 @cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
