@@ -38,11 +38,13 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from driver.mpq_driver import CoreError, MpqDriver
+from driver.pynq_backend import PynqBackend
 from hw.system.register_map import StatusCode, field
 from model.errors import UserError
 from model.export.format import HEADER
 from model.export.image import unpack as unpack_image
 from model.files import write_json
+from sim.system import pynq_standin
 from sim.system.axi_models import AxiProtocolChecker, LatencyAxiRam, pauses
 from sim.system.sim_backend import SimBackend, run_driver
 
@@ -580,6 +582,49 @@ async def random_flips(dut):
     if os.environ.get("MPQS_RESULT"):
         write_json(os.environ["MPQS_RESULT"], {"counts": counts, "flips": record})
     assert counts.get("ok_golden", 0) > 0 and any(k.startswith(("load_", "run_")) for k in counts), counts
+
+
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
+async def pynq_backend(dut):
+    """``driver/pynq_backend.py`` on the RTL, through the stand-in for pynq (:mod:`sim.system.pynq_standin`,
+    whose buffers keep the CPU's copy apart from DDR, as a cache does): images a and b load and run right
+    with the backend's own ``flush`` / ``invalidate`` calls; with ``flush`` doing nothing the core reads stale
+    DDR (the load fails), with ``invalidate`` doing nothing the host reads stale scores: the stand-in sees the
+    two mistakes a board would punish."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    pynq_standin.install(tb.ram, tb.axil)
+
+    def body():
+        backend = PynqBackend("mpq_system.bit")
+        assert backend.clock_hz == 100e6 and backend.mmio is getattr(backend.overlay, pynq_standin.IP_NAME).mmio
+        drv = MpqDriver(backend, max_batch=3, timeout_s=60.0)  # wall seconds: PynqBackend.wait times the host
+        for key in ("a", "b", "a"):
+            words, inputs, expected, bits = tb.image(key)
+            drv.load_words(words, n_classes=expected.shape[1], input_bits=bits)
+            assert drv.run(inputs).tolist() == expected.tolist(), f"image {key} through PynqBackend"
+        assert drv._image_buf.buffer.flushes > 0 and drv._out_buf.buffer.invalidates > 0
+        words, inputs, expected, bits = tb.image("a")
+        flush, invalidate = pynq_standin.CachedBuffer.flush, pynq_standin.CachedBuffer.invalidate
+        try:
+            pynq_standin.CachedBuffer.flush = lambda self: None
+            fresh = MpqDriver(backend, max_batch=3, timeout_s=60.0)  # new buffers: DDR holds the fill pattern
+            tb.expect_error(StatusCode.BAD_MAGIC,
+                            lambda: fresh.load_words(words, n_classes=expected.shape[1], input_bits=bits))
+            pynq_standin.CachedBuffer.flush = flush
+            pynq_standin.CachedBuffer.invalidate = lambda self: None
+            fresh = MpqDriver(backend, max_batch=3, timeout_s=60.0)
+            fresh.load_words(words, n_classes=expected.shape[1], input_bits=bits)
+            stale = fresh.run(inputs)
+            assert not (stale == expected).all(), "scores read without invalidate() matched: the model is no cache"
+        finally:
+            pynq_standin.CachedBuffer.flush, pynq_standin.CachedBuffer.invalidate = flush, invalidate
+        tb.check_idle()
+
+    try:
+        await run_driver(body)
+    finally:
+        pynq_standin.uninstall()
 
 
 @cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")

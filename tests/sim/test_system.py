@@ -84,7 +84,7 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
 @icarus
 @pytest.mark.parametrize("test,seed,stall", [
     ("reload_and_batches", 1, 1), ("reload_and_batches", 2, 0), ("corrupt_images", 3, 1),
-    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("watchdog_states", 11, 0), ("random_flips", 13, 1), ("bad_checksum", 8, 1),
+    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("watchdog_states", 11, 0), ("random_flips", 13, 1), ("pynq_backend", 14, 1), ("bad_checksum", 8, 1),
     ("vertical_widths", 10, 1)])
 def test_system(case, test, seed, stall, tmp_path):
     verilog, npz = case
