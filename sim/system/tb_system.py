@@ -41,8 +41,10 @@ from driver.mpq_driver import CoreError, MpqDriver
 from driver.pynq_backend import PynqBackend
 from hw.system.register_map import StatusCode, field
 from model.errors import UserError
-from model.export.format import HEADER
+from model.export.format import HEADER, VERTICAL_VERSION
+from model.export.golden_vertical import VerticalNetwork
 from model.export.image import unpack as unpack_image
+from model.export.image_v4 import unpack_vertical
 from model.files import write_json
 from sim.system import pynq_standin
 from sim.system.axi_models import AxiProtocolChecker, LatencyAxiRam, pauses
@@ -502,11 +504,12 @@ async def watchdog_states(dut):
 
 @cocotb.test(timeout_time=10 * SIM_LIMIT_MS, timeout_unit="ms")
 async def random_flips(dut):
-    """Single-bit flips anywhere in images a (MLP) and b (conv net), half of them in the header and the first
+    """Single-bit flips anywhere in images a (MLP), b (conv net) and v (vertical MLP, run at a random stored
+    width), half of them in the header and the first
     descriptors, each signed by the driver (``image_crc`` of the flipped words, as an exporter bug would
     write it, so the CRC does not refuse it): every load and run ends with a status code, never a hang; a run
-    the core ends OK gives the golden scores of the network the reader (:func:`model.export.image.unpack`)
-    decodes from the flipped words, on inputs of the flipped header's shape; the clean image runs right after.
+    the core ends OK gives the golden scores of the network the reader (:func:`model.export.image.unpack`,
+    :func:`model.export.image_v4.unpack_vertical`) decodes from the flipped words, on inputs of the flipped header's shape; the clean image runs right after.
     The core checks an image's structure (what it needs to stay in bounds and finish), not every field the
     reader does: a flip the reader refuses may run OK (``ok_reader_refused``); the CRC-32 of an image as
     exported refuses every single-bit flip before it runs. Outcomes are logged and written to
@@ -523,17 +526,22 @@ async def random_flips(dut):
         f = HEADER[name]
         return (int(words[f.word]) >> f.bit) & ((1 << f.width) - 1)
 
-    def input_shape(net):
-        return net.image_shape if hasattr(net, "image_shape") else (net.layers[0].n_in, 1, 1)
-
-    def forward(net, x):
-        return net.forward(x.reshape(1, *net.image_shape) if hasattr(net, "image_shape") else x).astype(np.int64)
-
-    def outcome(bad, n_classes, clean):
+    def decode(words):
+        """The network the reader decodes from ``words`` (version 3 or 4), or None where it refuses them."""
         try:
-            net = unpack_image(bad.astype(np.uint32), where="flipped image")
+            if header(words, "version") == VERTICAL_VERSION:
+                return unpack_vertical(words.astype(np.uint32), where="flipped image")
+            return unpack_image(words.astype(np.uint32), where="flipped image")
         except UserError:
-            net = None
+            return None
+
+    def forward(net, x, width):
+        shape = getattr(net, "image_shape", None)
+        u = x.reshape(1, *shape) if shape is not None else x
+        return (net.forward(u, width) if isinstance(net, VerticalNetwork) else net.forward(u)).astype(np.int64)
+
+    def outcome(bad, n_classes, clean, clean_words, width):
+        net = decode(bad)
         shape = tuple(header(bad, name) for name in ("in_channels", "in_height", "in_width"))
         bits = min(max(header(bad, "input_bits"), 1), 8)
         if net is not None:
@@ -553,26 +561,30 @@ async def random_flips(dut):
         except CoreError as exc:
             return f"run_{exc.code.name}"
         if net is None:  # did the flip change what the core computed?
-            same = ((shape, bits) == (input_shape(clean), clean.input_bits)
-                    and scores.tolist() == forward(clean, x).tolist())
+            same_input = all(header(bad, f) == header(clean_words, f)
+                             for f in ("in_channels", "in_height", "in_width", "input_bits"))
+            same = same_input and scores.tolist() == forward(clean, x, width).tolist()
             return "ok_reader_refused_" + ("same_scores" if same else "other_scores")
-        golden = forward(net, x)
+        golden = forward(net, x, width)
         assert scores.tolist() == golden.tolist(), "a run ended OK with scores other than golden's"
         return "ok_golden"
 
     def body():
-        for key in ("a", "b"):
+        for key in ("a", "b", "v"):
             words, _, expected, _ = tb.image(key)
             words = words.astype(np.int64)
-            clean = unpack_image(words.astype(np.uint32), where=f"image {key}")
+            clean = decode(words)
             for k in range(flips):
                 bad = words.copy()
                 at = int(rng.integers(0, min(len(words), 24) if k % 2 == 0 else len(words)))
                 bit = int(rng.integers(0, 32))
                 bad[at] ^= 1 << bit
-                what = outcome(bad, expected.shape[1], clean)
+                width = int(rng.choice(clean.widths)) if isinstance(clean, VerticalNetwork) else 0
+                drv.set_precision(width)  # a vertical image's widths (0: its source width); others ignore it
+                what = outcome(bad, expected.shape[1], clean, words, width)
                 counts[what] = counts.get(what, 0) + 1
-                record.append({"image": key, "word": at, "bit": bit, "outcome": what})
+                record.append({"image": key, "word": at, "bit": bit, "width": width, "outcome": what})
+            drv.set_precision(0)
             tb.load(key)
             tb.check_run(key)
         tb.check_idle()
