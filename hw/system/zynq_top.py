@@ -14,8 +14,9 @@ checked (magic, version 3 or 4, ``words`` from 8 to the buffer depth, ``C H W`` 
 ``words`` words of the image are loaded, their CRC-32 computed on the way into the buffer
 (:class:`~hw.system.buffer_loader.BufferLoader`) and compared with ``image_crc`` at the end (``loaded_crc``
 shows the core's). Work a load or run that timed out left in the DMA engines (a read that came back late, a
-write still due) is finished first: its words dropped, its writes padded (TIMEOUT if the bus still does not
-answer within the watchdog). ``status`` becomes OK (and the image usable) or the reason it is not: BAD_ADDRESS
+write still due) is finished first: a timed-out load's late words go into the buffer (which this load then
+overwrites, its CRC and header restarted), a run's are dropped, writes still due are padded (TIMEOUT if the
+bus still does not answer within the watchdog). ``status`` becomes OK (and the image usable) or the reason it is not: BAD_ADDRESS
 (``image_addr`` not 8-byte aligned or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION, BAD_GEOMETRY,
 BAD_CHECKSUM (the CRC-32 of the ``4 words`` image bytes read is not ``image_crc``: what exactly it covers is
 in :mod:`hw.system.register_map`), TIMEOUT. ``ap_idle`` is low during a load (from the cycle its write
@@ -52,8 +53,9 @@ loads.
 Simulated under cocotb (Icarus) with cocotbext-axi's AXI4-Lite master and the latency AXI RAM of
 :mod:`sim.system.axi_models` (tests/sim/test_system.py); it has not been through Vivado or run on a board.
 After a TIMEOUT the DMA engines may still wait for the bus; the next load or run waits for them (dropping late
-read words, padding writes still due; TIMEOUT again while the bus does not answer), so no late word reaches an
-image or the buffer, and the core never hangs. Only a bus that never answers needs a PL reset (``ap_rst_n``).
+read words or letting a timed-out load's finish into the buffer it then overwrites, padding writes still due;
+TIMEOUT again while the bus does not answer), so no late word reaches the new image or a run's inputs, and the
+core never hangs. Only a bus that never answers needs a PL reset (``ap_rst_n``).
 """
 
 from __future__ import annotations
@@ -343,8 +345,9 @@ class MpqSystem(wiring.Component):
                     fail(StatusCode.BAD_ADDRESS)
                     m.next = "LOAD_END"
                 with m.Elif(loader.busy | master.rd_busy | master.wr_busy):
-                    # Work left by a load or run that timed out: drop its words, pad its writes, until the
-                    # engines are idle (the loader would ignore ``start``; late words would be taken as ours).
+                    # Work left by a load or run that timed out: drop a run's late words (a load's finish into
+                    # the buffer, overwritten below), pad writes, until the engines are idle (the loader would
+                    # ignore ``start``; late words would be taken as this load's).
                     m.d.comb += drain.eq(1)
                     with m.If(timed_out):
                         fail(StatusCode.TIMEOUT)

@@ -12,8 +12,10 @@ one burst at a time per direction) with what an interconnect and a DDR controlle
 - error injection: beats whose address lies in :attr:`LatencyAxiRam.error_ranges` answer SLVERR, and in
   :attr:`LatencyAxiRam.decode_error_ranges` DECERR (an interconnect's "no slave here"): a read returns
   zeros, a write is dropped and its burst's B carries the error;
-- one-shot long waits (:attr:`LatencyAxiRam.long_waits`): a read beat or a write at a chosen address waits a
-  chosen number of cycles once (a bus that stops answering, for watchdog tests).
+- one-shot long waits (:attr:`LatencyAxiRam.read_waits`, :attr:`LatencyAxiRam.write_waits`): a read beat or
+  a write at a chosen address waits a chosen number of cycles once (a bus that stops answering, for watchdog
+  tests). A read beat takes its data from memory when it is fetched and then waits, so a late beat carries
+  what memory held then.
 
 :class:`AxiProtocolChecker` watches the master's side of the bus and records violations: a ``*valid`` that
 drops or a payload that changes before its handshake, a burst over ``max_burst`` beats, across a 4 KiB
@@ -79,10 +81,16 @@ class _Read(AxiRamRead):
             if self._decode_error:
                 self._decode_error = False
                 r.rresp = AxiResp.DECERR
+                self._owner.decerr_reads += 1
             await send(r)
 
         self.ar_channel.recv = recv_burst
         self.r_channel.send = send_beat
+
+    def _handle_reset(self, state):
+        super()._handle_reset(state)
+        if state:
+            self._decode_error = self._burst_start = False
 
     async def _read(self, address, length):
         owner = self._owner
@@ -90,14 +98,18 @@ class _Read(AxiRamRead):
         if self._burst_start:
             self._burst_start = False
             wait += owner.first_beat_latency
-        wait += owner.long_waits.pop(address, 0)
+        wait += owner.read_waits.pop(address, 0)
+        # DDR is read when the beat is fetched, the wait is the way back: a late beat carries the memory as it
+        # was then, not what the host wrote there since
+        error = owner.in_error_range(address, length)
+        data = None if error else await super()._read(address, length)
         if wait:
             await ClockCycles(self.clock, wait)
-        if owner.in_error_range(address, length):
+        if error:
             owner.read_errors += 1
             self._decode_error = owner.in_error_range(address, length, owner.decode_error_ranges)
             raise InjectedError(f"read of {length} bytes at {address:#x}")
-        return await super()._read(address, length)
+        return data
 
 
 class _Write(AxiRamWrite):
@@ -111,18 +123,24 @@ class _Write(AxiRamWrite):
             if self._decode_error:
                 self._decode_error = False
                 b.bresp = AxiResp.DECERR
+                self._owner.decerr_writes += 1
             await send(b)
 
         self.b_channel.send = send_response
 
+    def _handle_reset(self, state):
+        super()._handle_reset(state)
+        if state:
+            self._decode_error = False
+
     async def _write(self, address, data):
         owner = self._owner
+        wait = owner.delays.cycles() + owner.write_waits.pop(address, 0)
         if owner.in_error_range(address, len(data)):
             owner.write_errors += 1
             self._decode_error |= owner.in_error_range(address, len(data), owner.decode_error_ranges)
             raise InjectedError(f"write of {len(data)} bytes at {address:#x}")
         await super()._write(address, data)
-        wait = owner.delays.cycles() + owner.long_waits.pop(address, 0)
         if wait:
             await ClockCycles(self.clock, wait)
 
@@ -156,11 +174,14 @@ class LatencyAxiRam(Memory):
         Byte ranges ``[lo, hi)`` that answer SLVERR.
     decode_error_ranges : list of (int, int)
         Byte ranges ``[lo, hi)`` that answer DECERR.
-    long_waits : dict of int to int
-        One-shot waits: the read beat at byte address ``a`` (bus aligned) waits ``long_waits[a]`` cycles before
-        its R, a write at ``a`` as long before the burst goes on (its B comes after); each is used once.
+    read_waits, write_waits : dict of int to int
+        One-shot waits: the read beat at byte address ``a`` (bus aligned) waits ``read_waits[a]`` cycles before
+        its R; the write at ``a`` (the address of a beat's first written byte) ``write_waits[a]`` cycles before
+        the burst goes on (its B comes after); each is used once.
     read_errors, write_errors : int
         Beat accesses answered with an error.
+    decerr_reads, decerr_writes : int
+        R beats and B responses sent as DECERR.
 
     Raises
     ------
@@ -179,7 +200,9 @@ class LatencyAxiRam(Memory):
         bus = AxiBus.from_prefix(dut, prefix)
         self.error_ranges: list[tuple[int, int]] = []
         self.decode_error_ranges: list[tuple[int, int]] = []
-        self.long_waits: dict[int, int] = {}
+        self.read_waits: dict[int, int] = {}
+        self.write_waits: dict[int, int] = {}
+        self.decerr_reads = self.decerr_writes = 0
         self.read_errors = self.write_errors = 0
         self.delays = _Delays(random.Random(rng.random()), *((0.15, 3, 0.02, 30) if stall else (0, 0, 0, 0)))
         self.write_if = _Write(self, bus.write, clock, reset, reset_active_level=reset_active_level, mem=self.mem)
@@ -247,6 +270,7 @@ class AxiProtocolChecker:
         w_expect: list[int] = []  # beats of each AW whose W is not complete
         w_ahead: list[int] = []  # beats of each W burst that completed before its AW
         w_beat = 0
+        w_reported = False  # a wrong wlast of the current burst was reported
         reads_in_flight = writes_in_flight = 0
         while True:
             await RisingEdge(self.clock)
@@ -289,26 +313,31 @@ class AxiProtocolChecker:
                     writes_in_flight += 1
                 else:
                     last = now[ch][2]
-                    if w_expect:  # W may run ahead of its AW; then only count
+                    if w_expect:  # its AW is known: the burst ends by its length, a wrong wlast reported once
                         expect_last = w_beat == w_expect[0] - 1
-                        if last != expect_last:
+                        if last != expect_last and not w_reported:
                             self.errors.append(f"wlast={last} on beat {w_beat} of a {w_expect[0]}-beat burst")
-                    w_beat += 1
-                    if last:
-                        if w_expect:
+                            w_reported = True
+                        w_beat += 1
+                        if expect_last:
                             w_expect.pop(0)
-                        else:
+                            w_beat, w_reported = 0, False
+                    else:  # W ahead of its AW: wlast ends the burst, its AW checks the length
+                        w_beat += 1
+                        if last:
                             w_ahead.append(w_beat)
-                        w_beat = 0
+                            w_beat = 0
             if int(self._sig("rvalid").value) and not int(self._sig("rready").value):
                 self.r_refused += 1
             if int(self._sig("rvalid").value) and int(self._sig("rready").value) and int(self._sig("rlast").value):
                 reads_in_flight -= 1
                 if reads_in_flight < 0:
                     self.errors.append("an R burst ended that was never requested")
+                    reads_in_flight = 0  # reported once; later bursts are counted as they come
             if int(self._sig("bvalid").value) and int(self._sig("bready").value):
                 writes_in_flight -= 1
                 if writes_in_flight < 0:
                     self.errors.append("a B came for a write that was never requested")
+                    writes_in_flight = 0
             self.max_reads_in_flight = max(self.max_reads_in_flight, reads_in_flight)
             self.max_writes_in_flight = max(self.max_writes_in_flight, writes_in_flight)

@@ -82,12 +82,15 @@ async def finds_each_violation(dut):
     assert checker.ar_bursts == [(0x1000, 16)] and checker.aw_bursts == [(0x2000, 2), (0x2100, 3)]
     assert checker.max_reads_in_flight == 1 and checker.max_writes_in_flight == 1
 
+    windows = [0]
+
     async def expect(what: str, action):
         before = len(checker.errors)
         await action
         await ClockCycles(dut.clk, 1)
         new = checker.errors[before:]
         assert len(new) == 1 and what in new[0], f"{what!r}: checker reported {new}"
+        windows[0] += 1
 
     # responses nobody asked for (nothing is in flight now)
     await expect("never requested", bus.read_data(1))
@@ -104,6 +107,8 @@ async def finds_each_violation(dut):
         await bus.cycle(awvalid=1, awready=0, awaddr=0x3000, awlen=0, **{f"aw{k}": v for k, v in OKAY_BURST.items()})
         await bus.cycle(awaddr=0x3008, awready=1)  # taken, but not as first offered
         await bus.cycle(awvalid=0, awready=0)
+        await bus.write_data(1)
+        await bus.response()
 
     async def x_payload():
         await bus.cycle(arvalid=1, arready=1, araddr=LogicArray("X" * 32))
@@ -116,4 +121,15 @@ async def finds_each_violation(dut):
     await expect("crosses a 4 KiB boundary", bus.address("ar", 0x4F88, 16))
     await expect("size code 2", bus.address("ar", 0x5000, 1, size=2))
     await expect("burst type 2", bus.address("aw", 0x5000, 1, burst=2))
+    await bus.write_data(1)  # the data and the response of the burst just requested
+    await bus.response()
     await expect("not aligned", bus.address("ar", 0x5004, 1))
+    # the checker is back in step after each report: a clean exchange adds nothing, and nothing was reported
+    # outside the windows above (a response after an unrequested one, the beats after a wrong wlast)
+    await bus.address("aw", 0x7000, 2)
+    await bus.write_data(2)
+    await bus.response()
+    await bus.address("ar", 0x7000, 2)
+    await bus.read_data(2)
+    await ClockCycles(dut.clk, 2)
+    assert len(checker.errors) == windows[0], "\n".join(checker.errors)

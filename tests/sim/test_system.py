@@ -90,8 +90,10 @@ def test_system(case, test, seed, stall, tmp_path):
     verilog, npz = case
     env = {"MPQS_CASE": npz, "MPQS_SEED": seed, "MPQS_STALL": stall, "MPQS_MAX_BATCH": 3,
            "MPQS_TIMEOUT_CYCLES": TIMEOUT_CYCLES}
-    if test == "random_flips":  # MPQ_FLIPS=150 pytest ... -k random_flips -s: a longer run, its outcomes printed
-        env |= {"MPQS_FLIPS": os.environ.get("MPQ_FLIPS", "24"), "MPQS_RESULT": tmp_path / "flips.json"}
+    if test == "random_flips":  # MPQ_FLIPS=150 MPQ_SEED=21 pytest ... -k random_flips -s: its outcomes printed
+        seed = int(os.environ.get("MPQ_SEED", seed))
+        env |= {"MPQS_FLIPS": os.environ.get("MPQ_FLIPS", "24"), "MPQS_RESULT": tmp_path / "flips.json",
+                "MPQS_SEED": seed}
     result = run_block_test(verilog, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,
                             work_dir=verilog.parent, seed=seed, env=env)
     assert result["passed"], result["log"]
