@@ -47,7 +47,7 @@ from model.export.format import (
     VREQUANT,
     WORD_BITS,
 )
-from model.export.golden import MAX_ACT_BITS, MAX_SHIFT
+from model.export.golden import BIAS_MAX, BIAS_MIN, MAX_ACT_BITS, MAX_SHIFT, MULT_BITS
 from model.export.golden_vertical import (
     EDGE_BITS,
     MAX_BITS,
@@ -289,6 +289,16 @@ def unpack_vertical(words: np.ndarray, where: str = "image") -> VerticalNetwork:
             _expect(where, gname + "negate", neg_at, "set", not pad.any(), f"bits past c_out = {c_out} are reserved")
             for j in range(c_out):
                 check_reserved(words, rec, g_at + VREQUANT.words + rec.words * j, VERTICAL_VERSION, where, gname)
+            # The integer contract's requant bounds (model/export/golden.py check_layer), at the record's address.
+            mult_top = (1 << MULT_BITS) - 1
+            for field, low, high in (("mult", 0, mult_top), ("bias", BIAS_MIN, BIAS_MAX),
+                                     ("res_mult", 0, mult_top)):
+                values = params.get(field)
+                bad = np.flatnonzero((values < low) | (values > high)) if values is not None else ()
+                if len(bad):
+                    j = int(bad[0])
+                    raise field_error(where, gname + f"{field} of output {j}", g_at + VREQUANT.words + rec.words * j,
+                                      int(values[j]), f"allowed [{low}, {high}]")
             store[skey] = VerticalRequant(head["in_bits"], head["out_bits"], params["mult"], params["bias"],
                                           head["shift"], negate.astype(bool), res_bits=head["res_bits"],
                                           res_mult=params["res_mult"] if residual else None, row=row)

@@ -329,3 +329,41 @@ def test_row_groups_round_trip_and_come_before_the_width_groups():
                                                                            words[first:first + size])
     with pytest.raises(UserError, match="row' .*before the width groups"):
         unpack_vertical(swapped, where="img.bin")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_corruption_is_refused_or_runs_at_every_width(seed):
+    """Flip random bits anywhere: the reader refuses with a UserError naming the file, or returns a network
+    that materialises at every width and table row (whose requant fields keep the integer contract); it never
+    hands back a network that fails later (a requant multiplier past 2^17 once did)."""
+    net = random_net(9 + seed, sizes=(23, 14, 12, 5), widths=(2, 3, 4), rows=1)
+    words = pack_vertical(net)
+    rng = np.random.default_rng(seed)
+    refused = 0
+    for _ in range(400):
+        bad = words.copy()
+        bad[int(rng.integers(0, len(words)))] ^= np.uint32(1 << int(rng.integers(0, 32)))
+        try:
+            back = unpack_vertical(bad, where="bad.bin")
+        except UserError as exc:
+            assert str(exc).startswith("bad.bin"), str(exc)
+            refused += 1
+            continue
+        for bits in (*back.widths, *back.table):
+            back.materialize(bits)
+    assert refused > 100
+
+
+def test_a_requant_multiplier_past_17_bits_is_refused_by_name():
+    net = random_net(9, sizes=(23, 14, 12, 5), widths=(2, 3, 4), rows=1)
+    words = pack_vertical(net)
+    for at in range(len(words)):  # a mult word with bit 25 set is past 17 bits; other words fail otherwise
+        bad = words.copy()
+        bad[at] ^= np.uint32(1 << 25)
+        try:
+            unpack_vertical(bad, where="bad.bin")
+        except UserError as exc:
+            if "mult of output" in str(exc):
+                assert f"allowed [0, {(1 << MULT_BITS) - 1}]" in str(exc)
+                return
+    raise AssertionError("no word of the image holds a requant multiplier")
