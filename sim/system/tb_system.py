@@ -134,6 +134,14 @@ def start_and_wait(drv) -> int:
     return drv.status()
 
 
+def load_and_wait(drv) -> int:
+    """load_image with whatever ``image_addr`` and ``image_crc`` hold; wait for ap_idle; the status (the
+    driver's own load would also size its buffers from the image's header)."""
+    drv.write_field("load_image", 1)
+    drv._poll(lambda: drv.read_field("ap_idle"), "load")
+    return drv.status()
+
+
 @cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def reload_and_batches(dut):
     """Image a in batches, images b and d on the same RTL (their golden scores: no stale state), a again; busy
@@ -169,8 +177,8 @@ async def reload_and_batches(dut):
 
 @cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def corrupt_images(dut):
-    """Bad magic, version, word count, flipped stream bits: the documented status, no hang; then a good image
-    runs right."""
+    """Bad magic, version, word count (past the buffer, below 8), input shape (W = 0, C H W past 2^24 - 1; 2^24 - 1
+    itself loads), flipped stream bits: the documented status, no hang; then a good image runs right."""
     tb = SystemTB(dut)
     await tb.reset()
     words = tb.image("a")[0].astype(np.uint32)
@@ -199,9 +207,8 @@ async def corrupt_images(dut):
         bad = words.copy()  # C H W = 2^24 - 1 = 4095 x 4097 x 1, the most the shell takes: loads (not run)
         bad[in_chw], bad[in_w] = 4095 | 4097 << 16, 1
         tb.driver.stage_image(bad)
-        tb.driver.write_field("load_image", 1)
-        tb.driver._poll(lambda: tb.driver.read_field("ap_idle"), "load")
-        assert tb.driver.status() == StatusCode.OK, f"C H W = 2^24 - 1 refused: {tb.driver.status()!r}"
+        code = load_and_wait(tb.driver)
+        assert code == StatusCode.OK, f"C H W = 2^24 - 1 refused: {code!r}"
         # the corrupt stream (words from the case) loads, and its run stops with the array's code
         corrupt = tb.case["corrupt_words"].astype(np.uint32)
         tb.load("a", corrupt)
@@ -295,14 +302,10 @@ async def bad_registers(dut):
         drv.timeout_s = saved
         drv.write_field("image_count", 1)
         drv.write_field("image_addr", (1 << 32) | 0x1000)  # an image above 4 GiB
-        drv.write_field("load_image", 1)
-        drv._poll(lambda: drv.read_field("ap_idle"), "load")
-        assert drv.status() == StatusCode.BAD_ADDRESS
+        assert load_and_wait(drv) == StatusCode.BAD_ADDRESS
         tb.load("a")
         drv.write_field("image_addr", 0x1004)
-        drv.write_field("load_image", 1)
-        drv._poll(lambda: drv.read_field("ap_idle"), "load")
-        assert drv.status() == StatusCode.BAD_ADDRESS
+        assert load_and_wait(drv) == StatusCode.BAD_ADDRESS
         assert start_and_wait(drv) == StatusCode.NO_IMAGE, "a refused load must leave no usable image"
         tb.load("a")
         drv.set_precision(4)
@@ -518,16 +521,16 @@ async def watchdog_states(dut):
 @cocotb.test(timeout_time=10 * SIM_LIMIT_MS, timeout_unit="ms")
 async def random_flips(dut):
     """Single-bit flips anywhere in images a (MLP), b (conv net) and v (vertical MLP, run at a random stored
-    width), half of them in the header and the first
-    descriptors, each signed by the driver (``image_crc`` of the flipped words, as an exporter bug would
-    write it, so the CRC does not refuse it): every load and run ends with a status code, never a hang; a run
-    the core ends OK gives the golden scores of the network the reader (:func:`model.export.image.unpack`,
-    :func:`model.export.image_v4.unpack_vertical`) decodes from the flipped words, on inputs of the flipped header's shape; the clean image runs right after.
-    The core checks an image's structure (what it needs to stay in bounds and finish), not every field the
-    reader does: a flip the reader refuses may run OK (``ok_reader_refused_``: ``same_scores`` as the clean
-    image on that input, ``other_scores``, or ``other_input`` when the flip changed the header's input shape or
-    width); the CRC-32 of an image as exported refuses every single-bit flip before it runs. Outcomes are logged and written to
-    ``MPQS_RESULT`` when set."""
+    width), half of them in the header and the first descriptors, each signed by the driver (``image_crc`` of
+    the flipped words, as an exporter bug would write it, so the CRC does not refuse it): every load and run
+    ends with a status code, never a hang; a run the core ends OK gives the golden scores of the network the
+    reader (:func:`model.export.image.unpack`, :func:`model.export.image_v4.unpack_vertical`) decodes from the
+    flipped words, on inputs of the flipped header's shape; the clean image runs right after. The core checks
+    an image's structure (what it needs to stay in bounds and finish), not every field the reader does: a flip
+    the reader refuses may run OK (``ok_reader_refused_``: ``same_scores`` as the clean image on that input,
+    ``other_scores``, or ``other_input`` when the flip changed the header's input shape or width); the CRC-32
+    of an image as exported refuses every single-bit flip before it runs. Outcomes are logged and written to
+    ``MPQS_RESULT`` when set (docs/system.md "Corrupt images")."""
     tb = SystemTB(dut)
     await tb.reset()
     drv = tb.driver
@@ -561,9 +564,7 @@ async def random_flips(dut):
         if net is not None:
             n_classes = net.layers[-1].n_out
         drv.stage_image(bad)  # loaded by hand: the driver would size its input buffer from the flipped header
-        drv.write_field("load_image", 1)
-        drv._poll(lambda: drv.read_field("ap_idle"), "load")
-        code = drv.status()
+        code = load_and_wait(drv)
         if code != StatusCode.OK:
             return f"load_{StatusCode(code).name}"
         if int(np.prod(shape)) > 4096:  # the shell would stream that many input bytes; the model holds 1 MiB

@@ -4,6 +4,7 @@
 One small array build runs every test (:mod:`sim.system.tb_system`): an MLP and a conv net loaded in turn on the
 same RTL (each image's scores equal its golden model's), batches split by the driver, random AXI latency and
 back-pressure on both buses; a vertical-layered image run at every width by the precision register alone;
+the board backend (driver/pynq_backend.py) through a stand-in for pynq;
 corrupted images (single fields at their limits, and random single-bit flips signed with their own CRC),
 images that DDR does not hold as the driver checksummed them (BAD_CHECKSUM), bad register values, SLVERR and
 DECERR responses and a bus that stops answering in each state that waits on it, ending with the documented
@@ -84,8 +85,8 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
 @icarus
 @pytest.mark.parametrize("test,seed,stall", [
     ("reload_and_batches", 1, 1), ("reload_and_batches", 2, 0), ("corrupt_images", 3, 1),
-    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("watchdog_states", 11, 0), ("random_flips", 13, 1), ("pynq_backend", 14, 1), ("bad_checksum", 8, 1),
-    ("vertical_widths", 10, 1)])
+    ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("watchdog_states", 11, 0),
+    ("random_flips", 13, 1), ("pynq_backend", 14, 1), ("bad_checksum", 8, 1), ("vertical_widths", 10, 1)])
 def test_system(case, test, seed, stall, tmp_path):
     verilog, npz = case
     env = {"MPQS_CASE": npz, "MPQS_SEED": seed, "MPQS_STALL": stall, "MPQS_MAX_BATCH": 3,
