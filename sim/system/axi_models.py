@@ -64,6 +64,19 @@ class _Delays:
         return 0
 
 
+def _decode_error_sender(side, send, resp: str, counter: str):
+    """``send`` of an R or B channel that answers DECERR, not cocotbext's SLVERR, for the beat or burst that
+    ``side`` (the model's read or write side) refused as a decode error; counts them in ``owner.<counter>``."""
+    async def wrapped(txn):
+        if side._decode_error:
+            side._decode_error = False
+            setattr(txn, resp, AxiResp.DECERR)
+            setattr(side._owner, counter, getattr(side._owner, counter) + 1)
+        await send(txn)
+
+    return wrapped
+
+
 class _Read(AxiRamRead):
     def __init__(self, owner, *args, **kwargs):
         self._owner = owner
@@ -77,15 +90,8 @@ class _Read(AxiRamRead):
             self._burst_start = True
             return ar
 
-        async def send_beat(r):  # a beat the model refused as a decode error: DECERR, not cocotbext's SLVERR
-            if self._decode_error:
-                self._decode_error = False
-                r.rresp = AxiResp.DECERR
-                self._owner.decerr_reads += 1
-            await send(r)
-
         self.ar_channel.recv = recv_burst
-        self.r_channel.send = send_beat
+        self.r_channel.send = _decode_error_sender(self, send, "rresp", "decerr_reads")
 
     def _handle_reset(self, state):
         super()._handle_reset(state)
@@ -117,16 +123,7 @@ class _Write(AxiRamWrite):
         self._owner = owner
         self._decode_error = False
         super().__init__(*args, **kwargs)
-        send = self.b_channel.send
-
-        async def send_response(b):  # a burst with a decode error: DECERR, not cocotbext's SLVERR
-            if self._decode_error:
-                self._decode_error = False
-                b.bresp = AxiResp.DECERR
-                self._owner.decerr_writes += 1
-            await send(b)
-
-        self.b_channel.send = send_response
+        self.b_channel.send = _decode_error_sender(self, self.b_channel.send, "bresp", "decerr_writes")
 
     def _handle_reset(self, state):
         super()._handle_reset(state)
