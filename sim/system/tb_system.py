@@ -9,12 +9,14 @@ pauses on every channel when stalling) and its DDR buffers in :class:`~sim.syste
 Settings (environment, strings):
 
 ``MPQS_CASE``
-    ``.npz`` with, per image ``a``, ``b`` (and ``c``, of an odd number of words, for ``bad_checksum``):
-    ``<x>_words``, ``<x>_inputs`` (``[N, C H W]`` codes),
+    ``.npz`` with, per image ``a``, ``b`` (and ``c``, of an odd number of words, for ``bad_checksum``; ``d``,
+    ``v``, ``w`` for the tests that name them): ``<x>_words``, ``<x>_inputs`` (``[N, C H W]`` codes),
     ``<x>_expected`` (``[N, n_classes]`` golden scores), ``<x>_input_bits``; optional ``image_dir`` (str
     array: the image folder :meth:`MpqDriver.load` reads), ``images`` (the number of ``driver_run`` images).
 ``MPQS_RESULT``
-    JSON file ``driver_run`` writes its record to.
+    JSON file ``driver_run`` (its record) or ``random_flips`` (its outcomes) writes.
+``MPQS_FLIPS``, ``MPQS_FLIP_IMAGES``
+    ``random_flips``: flips per image (24) and the images (``a,b,v,w``).
 ``MPQS_SEED``, ``MPQS_STALL`` (``1``: random latency and back-pressure), ``MPQS_MAX_BATCH``,
 ``MPQS_DDR_LATENCY`` (cycles before each read burst's first beat), ``MPQS_TIMEOUT_CYCLES`` (the build's
 watchdog, for ``watchdog_timeout`` and ``watchdog_states``).
@@ -520,8 +522,8 @@ async def watchdog_states(dut):
 
 @cocotb.test(timeout_time=10 * SIM_LIMIT_MS, timeout_unit="ms")
 async def random_flips(dut):
-    """Single-bit flips anywhere in images a (MLP), b (conv net) and v (vertical MLP, run at a random stored
-    width), half of them in the header and the first descriptors, each signed by the driver (``image_crc`` of
+    """Single-bit flips anywhere in images a (MLP), b (conv net), v (vertical MLP) and w (vertical residual conv
+    net; the vertical ones run at a random stored width), or those ``MPQS_FLIP_IMAGES`` names, half of them in the header and the first descriptors, each signed by the driver (``image_crc`` of
     the flipped words, as an exporter bug would write it, so the CRC does not refuse it): every load and run
     ends with a status code, never a hang; a run the core ends OK gives the golden scores of the network the
     reader (:func:`model.export.image.unpack`, :func:`model.export.image_v4.unpack_vertical`) decodes from the
@@ -587,7 +589,7 @@ async def random_flips(dut):
         return "ok_golden"
 
     def body():
-        for key in ("a", "b", "v"):
+        for key in os.environ.get("MPQS_FLIP_IMAGES", "a,b,v,w").split(","):
             words, _, expected, _ = tb.image(key)
             words = words.astype(np.int64)
             clean = decode(words)

@@ -28,6 +28,7 @@ from sim.system.runner import run_block_test, write_block_verilog
 from tests.hw.array.test_top import random_conv_net
 from tests.hw.netgen import random_network
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
+from tests.model.export.test_image_v4 import random_resnet as random_vertical_resnet
 
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=5)
@@ -75,6 +76,10 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
                    "v_expected": vnet.forward(vin, 4).astype(np.int64),
                    "v_expected_row0": vnet.forward(vin, vnet.table[0]).astype(np.int64),
                    **{f"v_expected_{b}": vnet.forward(vin, b).astype(np.int64) for b in (2, 3, 4)}})
+    wnet = random_vertical_resnet(5, rows=2, row_groups=True)  # for random_flips: a vertical conv net
+    win = np.random.default_rng(10).integers(0, 256, size=(2, *wnet.image_shape))
+    arrays.update({"w_words": pack_vertical(wnet).astype(np.uint32), "w_inputs": win.reshape(2, -1),
+                   "w_input_bits": np.int64(8), "w_expected": wnet.forward(win, 4).astype(np.int64)})
     arrays["corrupt_words"] = corrupt_stream(mlp)
     arrays["corrupt_status"] = np.int64(StatusCode.BAD_STREAM)
     path = work / "case.npz"
@@ -91,10 +96,10 @@ def test_system(case, test, seed, stall, tmp_path):
     verilog, npz = case
     env = {"MPQS_CASE": npz, "MPQS_SEED": seed, "MPQS_STALL": stall, "MPQS_MAX_BATCH": 3,
            "MPQS_TIMEOUT_CYCLES": TIMEOUT_CYCLES}
-    if test == "random_flips":  # MPQ_FLIPS=150 MPQ_SEED=21 pytest ... -k random_flips -s: its outcomes printed
+    if test == "random_flips":  # MPQ_FLIPS=150 MPQ_SEED=21 [MPQ_FLIP_IMAGES=w] pytest -k random_flips -s: counts
         seed = int(os.environ.get("MPQ_SEED", seed))
         env |= {"MPQS_FLIPS": os.environ.get("MPQ_FLIPS", "24"), "MPQS_RESULT": tmp_path / "flips.json",
-                "MPQS_SEED": seed}
+                "MPQS_SEED": seed, "MPQS_FLIP_IMAGES": os.environ.get("MPQ_FLIP_IMAGES", "a,b,v,w")}
     result = run_block_test(verilog, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,
                             work_dir=verilog.parent, seed=seed, env=env)
     assert result["passed"], result["log"]
