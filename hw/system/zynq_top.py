@@ -327,6 +327,20 @@ class MpqSystem(wiring.Component):
             m.d.sync += status.eq(code)
             m.d.comb += wd_clear.eq(1)
 
+        # Work a load or run that timed out left in the engines (a read that came back late, a write still due):
+        # a new load or run first waits for it, dropping a run's late words (a load's finish into the buffer,
+        # which the new load overwrites) and padding writes (``drain``); else the loader would ignore ``start``
+        # and the late words be taken as the new load's header or the new run's inputs. A run needs a finished
+        # load, so ``loader.busy`` is only ever high here before a load.
+        stale_work = Signal()
+        m.d.comb += stale_work.eq(loader.busy | master.rd_busy | master.wr_busy)
+
+        def finish_stale_work(then):
+            m.d.comb += drain.eq(1)
+            with m.If(timed_out):
+                fail(StatusCode.TIMEOUT)
+                m.next = then
+
         with m.FSM(name="shell") as fsm:
             with m.State("IDLE"):
                 m.d.comb += regs.ap_idle.eq(~regs.load_image)
@@ -344,14 +358,8 @@ class MpqSystem(wiring.Component):
                 with m.If((regs.image_addr[32:] != 0) | (regs.image_addr[:3] != 0)):
                     fail(StatusCode.BAD_ADDRESS)
                     m.next = "LOAD_END"
-                with m.Elif(loader.busy | master.rd_busy | master.wr_busy):
-                    # Work left by a load or run that timed out: drop a run's late words (a load's finish into
-                    # the buffer, overwritten below), pad writes, until the engines are idle (the loader would
-                    # ignore ``start``; late words would be taken as this load's).
-                    m.d.comb += drain.eq(1)
-                    with m.If(timed_out):
-                        fail(StatusCode.TIMEOUT)
-                        m.next = "LOAD_END"
+                with m.Elif(stale_work):
+                    finish_stale_work("LOAD_END")
                 with m.Else():
                     m.d.comb += [loader.start.eq(1), loader.addr.eq(regs.image_addr[:ADDR_BITS]),
                                  loader.words.eq(HEADER_WORDS)]
@@ -424,12 +432,8 @@ class MpqSystem(wiring.Component):
                     m.next = "RUN_CMD"
             with m.State("RUN_CMD"):
                 m.d.comb += in_run.eq(1)
-                with m.If(master.rd_busy | master.wr_busy):
-                    # As in LOAD_RESET: a late read would feed its words to this run's images as inputs.
-                    m.d.comb += drain.eq(1)
-                    with m.If(timed_out):
-                        fail(StatusCode.TIMEOUT)
-                        m.next = "FINISH"
+                with m.If(stale_work):
+                    finish_stale_work("FINISH")
                 with m.Else():
                     m.d.comb += run_cmd_valid.eq(1)
                     with m.If(master.rd_cmd.ready):

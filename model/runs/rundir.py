@@ -349,9 +349,12 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
         stored_provenance = payload.get("provenance")
         changed = provenance.differences(stored_provenance, provenance.provenance())
         if changed:
-            what = ("field 'provenance' is missing (the run predates revision records)" if stored_provenance is None
-                    else f"field 'provenance' is {stored_provenance!r}, not an object"
-                    if not isinstance(stored_provenance, dict) else "; ".join(changed))
+            if stored_provenance is None:
+                what = "field 'provenance' is missing (the run predates revision records)"
+            elif not isinstance(stored_provenance, dict):
+                what = f"field 'provenance' is {stored_provenance!r}, not an object"
+            else:
+                what = "; ".join(changed)
             raise UserError(f"{run_dir / RUN_FILE}: this run was made under another code revision or environment "
                             f"({what}); resuming it would mix results of two versions: {RESTART_HINT}")
         return True

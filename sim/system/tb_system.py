@@ -47,6 +47,7 @@ from model.export.format import HEADER, VERTICAL_VERSION
 from model.export.golden_vertical import VerticalNetwork
 from model.export.image import unpack as unpack_image
 from model.export.image_v4 import unpack_vertical
+from model.export.records import unpack_records
 from model.files import write_json
 from sim.system import pynq_standin
 from sim.system.axi_models import AxiProtocolChecker, LatencyAxiRam, pauses
@@ -541,14 +542,14 @@ async def random_flips(dut):
     counts: dict[str, int] = {}
     record: list[dict] = []
 
-    def header(words, name):
-        f = HEADER[name]
-        return (int(words[f.word]) >> f.bit) & ((1 << f.width) - 1)
+    def header(words) -> dict[str, int]:
+        """The header's fields, reserved bits ignored and nothing checked (as the core reads them)."""
+        return {name: int(v[0]) for name, v in unpack_records(HEADER, words[:HEADER.words]).items()}
 
     def decode(words):
         """The network the reader decodes from ``words`` (version 3 or 4), or None where it refuses them."""
         try:
-            if header(words, "version") == VERTICAL_VERSION:
+            if header(words)["version"] == VERTICAL_VERSION:
                 return unpack_vertical(words.astype(np.uint32), where="flipped image")
             return unpack_image(words.astype(np.uint32), where="flipped image")
         except UserError:
@@ -559,10 +560,11 @@ async def random_flips(dut):
         u = x.reshape(1, *shape) if shape is not None else x
         return (net.forward(u, width) if isinstance(net, VerticalNetwork) else net.forward(u)).astype(np.int64)
 
-    def outcome(bad, n_classes, clean, clean_words, width):
+    def outcome(bad, n_classes, clean, clean_head, width):
         net = decode(bad)
-        shape = tuple(header(bad, name) for name in ("in_channels", "in_height", "in_width"))
-        bits = min(max(header(bad, "input_bits"), 1), 8)
+        head = header(bad)
+        shape = (head["in_channels"], head["in_height"], head["in_width"])
+        bits = min(max(head["input_bits"], 1), 8)
         if net is not None:
             n_classes = net.layers[-1].n_out
         drv.stage_image(bad)  # loaded by hand: the driver would size its input buffer from the flipped header
@@ -578,8 +580,7 @@ async def random_flips(dut):
         except CoreError as exc:
             return f"run_{exc.code.name}"
         if net is None:  # did the flip change what the core computed?
-            same_input = all(header(bad, f) == header(clean_words, f)
-                             for f in ("in_channels", "in_height", "in_width", "input_bits"))
+            same_input = all(head[f] == clean_head[f] for f in ("in_channels", "in_height", "in_width", "input_bits"))
             if not same_input:
                 return "ok_reader_refused_other_input"
             same = scores.tolist() == forward(clean, x, width).tolist()
@@ -592,7 +593,7 @@ async def random_flips(dut):
         for key in os.environ.get("MPQS_FLIP_IMAGES", "a,b,v,w").split(","):
             words, _, expected, _ = tb.image(key)
             words = words.astype(np.int64)
-            clean = decode(words)
+            clean, clean_head = decode(words), header(words)
             for k in range(flips):
                 bad = words.copy()
                 at = int(rng.integers(0, min(len(words), 24) if k % 2 == 0 else len(words)))
@@ -600,7 +601,7 @@ async def random_flips(dut):
                 bad[at] ^= 1 << bit
                 width = int(rng.choice(clean.widths)) if isinstance(clean, VerticalNetwork) else 0
                 drv.set_precision(width)  # a vertical image's widths (0: its source width); others ignore it
-                what = outcome(bad, expected.shape[1], clean, words, width)
+                what = outcome(bad, expected.shape[1], clean, clean_head, width)
                 counts[what] = counts.get(what, 0) + 1
                 record.append({"image": key, "word": at, "bit": bit, "width": width, "outcome": what})
             drv.set_precision(0)

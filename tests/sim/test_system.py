@@ -91,20 +91,30 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("test,seed,stall", [
     ("reload_and_batches", 1, 1), ("reload_and_batches", 2, 0), ("corrupt_images", 3, 1),
     ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("watchdog_timeout", 6, 0), ("watchdog_states", 11, 0),
-    ("random_flips", 13, 1), ("pynq_backend", 14, 1), ("bad_checksum", 8, 1), ("vertical_widths", 10, 1)])
-def test_system(case, test, seed, stall, tmp_path):
+    ("pynq_backend", 14, 1), ("bad_checksum", 8, 1), ("vertical_widths", 10, 1)])
+def test_system(case, test, seed, stall):
+    run_tb_test(case, test, seed, stall)
+
+
+def run_tb_test(case, test: str, seed: int, stall: int, env: dict | None = None) -> None:
+    """One cocotb test of tb_system on the default build, with the case's images and ``env`` on top."""
     verilog, npz = case
     env = {"MPQS_CASE": npz, "MPQS_SEED": seed, "MPQS_STALL": stall, "MPQS_MAX_BATCH": 3,
-           "MPQS_TIMEOUT_CYCLES": TIMEOUT_CYCLES}
-    if test == "random_flips":  # MPQ_FLIPS=150 MPQ_SEED=21 [MPQ_FLIP_IMAGES=w] pytest -k random_flips -s: counts
-        seed = int(os.environ.get("MPQ_SEED", seed))
-        env |= {"MPQS_FLIPS": os.environ.get("MPQ_FLIPS", "24"), "MPQS_RESULT": tmp_path / "flips.json",
-                "MPQS_SEED": seed, "MPQS_FLIP_IMAGES": os.environ.get("MPQ_FLIP_IMAGES", "a,b,v,w")}
+           "MPQS_TIMEOUT_CYCLES": TIMEOUT_CYCLES} | (env or {})
     result = run_block_test(verilog, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,
                             work_dir=verilog.parent, seed=seed, env=env)
     assert result["passed"], result["log"]
-    if test == "random_flips":
-        print(json.dumps(json.loads((tmp_path / "flips.json").read_text())["counts"], sort_keys=True))
+
+
+@icarus
+def test_random_flips(case, tmp_path):
+    """``random_flips`` (24 flips an image by default); ``MPQ_FLIPS=150 MPQ_SEED=21 [MPQ_FLIP_IMAGES=w] pytest
+    -k random_flips -s`` runs a longer one and prints its outcome counts (docs/system.md "Corrupt images")."""
+    seed = int(os.environ.get("MPQ_SEED", "13"))
+    run_tb_test(case, "random_flips", seed, 1, env={
+        "MPQS_FLIPS": os.environ.get("MPQ_FLIPS", "24"), "MPQS_RESULT": tmp_path / "flips.json",
+        "MPQS_FLIP_IMAGES": os.environ.get("MPQ_FLIP_IMAGES", "a,b,v,w")})
+    print(json.dumps(json.loads((tmp_path / "flips.json").read_text())["counts"], sort_keys=True))
 
 
 @icarus
