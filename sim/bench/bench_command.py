@@ -148,7 +148,7 @@ def bench_dsp(args, out: Path) -> int:
 
 
 def bench_lts(args, out: Path) -> int:
-    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits, two seeds (model/bench/lts.py run_lts_bench, 10-15 min)."""
+    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits, four seeds (model/bench/lts.py run_lts_bench, 20-25 min)."""
     from model.bench.lts import floors, run_lts_bench
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
@@ -157,7 +157,10 @@ def bench_lts(args, out: Path) -> int:
                       ("avg WGS", ">8", ".3f", "avg_wgs"), ("BP FLOPs red.", ">13", ".3f", "bp_flops_reduction"),
                       ("bwd time", ">9", ".3f", "backward_time_ratio"),
                       ("total time", ">10", "", lambda r: "-" if r.get("total_time_ratio") is None
-                       else f"{r['total_time_ratio']:.3f}")])
+                       else f"{r['total_time_ratio']:.3f}"),
+                      ("gap pp +- s.e.", ">15", "", lambda r: "-" if "gaps_pp" not in r
+                       else f"{sum(r['gaps_pp']) / len(r['gaps_pp']):+.3f} +- "
+                       + ("-" if r["gap_stderr_pp"] is None else f"{r['gap_stderr_pp']:.3f}"))])
     result = floors(rows)
     write_floors(out / "lts.json", result, provenance())
     print(f"\nwrote {out / 'lts.json'}, {out / 'lts_sparsity.png'} and {floors_path(out / 'lts.json')}")

@@ -63,7 +63,7 @@ def test_bench_averages_one_pair_per_seed(tmp_path, monkeypatch):
     from model.errors import UserError
     from model.methods.lts import LTSTraining
 
-    assert bench.SEEDS == (0, 1)
+    assert bench.SEEDS == (0, 1, 2, 3)
     root = tmp_path / "d"
     root.mkdir()
     gen = torch.Generator().manual_seed(0)
@@ -82,7 +82,7 @@ def test_bench_averages_one_pair_per_seed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "LTSTraining", spy)
     rows = bench.run_lts_bench(tmp_path / "lts.json", epochs=3, warmup=1, bits_list=(2,), root=root,
-                               progress=False)
+                               progress=False, seeds=(0, 1))
     assert [m[:3] for m in made] == [(2, "baseline", 0), (2, "lts", 0), (2, "baseline", 1), (2, "lts", 1)]
     runs = {(mode, seed): run.result for _, mode, seed, run in made}
     lts = rows[1]
@@ -93,5 +93,11 @@ def test_bench_averages_one_pair_per_seed(tmp_path, monkeypatch):
     assert lts["total_time_ratio"] == pytest.approx((runs["lts", 0].train_time + runs["lts", 1].train_time)
                                                     / base_total)
     assert rows[0]["total_time_ratio"] == pytest.approx(1.0)
+    gaps = [100 * (runs["lts", s].accuracy - runs["baseline", s].accuracy) for s in (0, 1)]
+    assert lts["gaps_pp"] == pytest.approx(gaps)
+    assert lts["gap_stderr_pp"] == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
+    assert "gaps_pp" not in rows[0]
+    assert bench._stderr([0.1]) is None
+    assert bench._stderr([1.0, 2.0, 4.0, 5.0]) == pytest.approx((10 / 3 / 4) ** 0.5)
     with pytest.raises(UserError, match="'seeds'"):
         bench.run_lts_bench(tmp_path / "x.json", seeds=(), bits_list=(2,), root=root, progress=False)
