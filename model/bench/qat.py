@@ -53,7 +53,7 @@ from model.quant.nets import build_model
 from model.quant.pact import PACT, InputQuant
 from model.quant.vertical import DEFAULT_WIDTHS, SwitchableBatchNorm, VerticalActQuant, VerticalWeight, to_vertical
 from model.training import distributed
-from model.training.loop import torch_threads
+from model.training.loop import synchronizer, torch_threads
 
 ARCHS = ("mlp", "vgg", "resnet20")
 MODES = ("dorefa", "bmpq", "lts", "vertical")
@@ -148,7 +148,7 @@ class _Stepper:
             self.scratcher = LTSScratcher(model, 10**6, 2, 0, strategy="fixed", c=1e-4, optimizer=self.optimizer)
         self.widths = tuple(model.vertical["widths"]) if vertical else None
         self.shared = split_parameters(model)[0] if vertical else None
-        self.sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        self.sync = synchronizer(dev)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.sync()

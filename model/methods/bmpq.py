@@ -32,7 +32,15 @@ from model.quant.bmpq import (
     trace,
 )
 from model.training import distributed
-from model.training.loop import backward_step, evaluate, finish, place, synced_batchnorm, training_tensors
+from model.training.loop import (
+    backward_step,
+    batch_of,
+    evaluate,
+    finish,
+    place,
+    synced_batchnorm,
+    training_tensors,
+)
 
 
 def bit_gradients(grad_wq: torch.Tensor, scale: float, q_max: int) -> torch.Tensor:
@@ -336,11 +344,11 @@ def train_bmpq(
             total = torch.zeros((), dtype=torch.float64, device=where.device)
             for start in range(0, n_train, config.batch_size):
                 idx = order[start : start + config.batch_size]
-                x = xs[idx]
+                x, y = batch_of(xs, ys, idx, where.device)
                 if augment:
                     x = augment_batch(x, split.image_shape, generator)
                 optimizer.zero_grad()
-                total += backward_step(model, x, ys[idx], params, where)
+                total += backward_step(model, x, y, params, where)
                 if not config.fp:
                     # The gradient is the global batch's (all-reduced under torchrun): every rank's bit
                     # gradients are the single-process ones.

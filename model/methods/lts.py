@@ -19,7 +19,7 @@ from model.data import Split
 from model.errors import UserError
 from model.quant.lts import LTS_LAYERS, MODES, STRATEGIES, LTSQuantizer, _step, growth_rate, threshold
 from model.training import distributed
-from model.training.loop import evaluate, training_tensors
+from model.training.loop import batch_of, evaluate, synchronizer, training_tensors
 
 # ----------------------------------------------------------------------------------------------------------
 # Algorithm
@@ -303,7 +303,7 @@ class LTSTraining:
         self.label = f"{mode} {bits}b"
         self.xs, self.ys = training_tensors(split.x_train, split.y_train, self.dev)
         # Honest timings on a GPU: wait for the device before reading the clock.
-        self.sync = torch.cuda.synchronize if self.dev.type == "cuda" else (lambda: None)
+        self.sync = synchronizer(self.dev)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs * iters)
         self.generator = torch.Generator().manual_seed(seed)
         self.result = LTSResult(0.0, 0.0, 0.0, 0.0, 0.0)
@@ -327,8 +327,9 @@ class LTSTraining:
         t0 = time.perf_counter()
         result, scratcher = self.result, self.scratcher
         idx = self._order[first : first + self.batch_size]
-        y = self.ys[idx].to(self.dev, non_blocking=True)
-        loss = F.cross_entropy(self.model(self.xs[idx].to(self.dev, non_blocking=True)), y)
+        x, y = batch_of(self.xs, self.ys, idx, self.dev)
+        y = y.to(self.dev, non_blocking=True)
+        loss = F.cross_entropy(self.model(x.to(self.dev, non_blocking=True)), y)
         # The sparsity this iteration's backward uses: the forward has just frozen the weights whose D^i < t.
         result.wgs.append(scratcher.sparsity() if scratcher.enabled else 0.0)
         self.optimizer.zero_grad(set_to_none=True)

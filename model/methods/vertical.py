@@ -71,7 +71,7 @@ from model.quant.vertical import (
     width,
     widths_of,
 )
-from model.training.loop import evaluate, place, training_tensors
+from model.training.loop import batch_of, evaluate, place, training_tensors
 
 #: MOO rules of Sec. 4.2.2.
 MOO = ("us", "mgd")
@@ -248,12 +248,12 @@ class VerticalResult:
                 "selected_epoch": self.selected_epoch, "history": self.history}
 
 
-def _batches(split: Split, batch_size: int, generator: torch.Generator, xs, ys):
+def _batches(split: Split, batch_size: int, generator: torch.Generator, xs, ys, dev: torch.device):
     n = xs.shape[0]
     order = torch.randperm(n, generator=generator).to(xs.device)
     for start in range(0, n, batch_size):
         idx = order[start: start + batch_size]
-        x, y = xs[idx], ys[idx]
+        x, y = batch_of(xs, ys, idx, dev)
         if getattr(split, "augment", False):
             x = augment_batch(x, split.image_shape, generator)
         yield x, y
@@ -304,8 +304,8 @@ def train_vertical(model: nn.Module, split: Split, config: VerticalConfig, valid
         loss_sum = np.zeros(len(train_widths))
         alpha_sum = np.zeros(len(train_widths))
         count = 0
-        for x, y in _batches(split, config.batch_size, generator, xs, ys):
-            x, y = x.to(where.device), y.to(where.device)
+        for x, y in _batches(split, config.batch_size, generator, xs, ys, where.device):
+            x, y = x.to(where.device, non_blocking=True), y.to(where.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             losses, alpha = joint_backward(model, x, y, train_widths, config.moo, config.kd, shared)
             optimizer.step()

@@ -35,6 +35,7 @@ that the fake-quant evaluation, export and the golden model compute.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -130,10 +131,12 @@ def training_tensors(x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> tup
 
     On a GPU the whole training set goes to the device once when it takes at most
     :data:`DEVICE_DATA_FRACTION` of the free device memory (Fashion-MNIST: 188 MB, CIFAR-10: 615 MB), so
-    every batch is gathered (and augmented) there with no host copy per step; otherwise it is pinned, so that
-    each batch's copy (``non_blocking``) overlaps the previous step. On the CPU they are returned as they are.
-    The values are the same in every case (a copy and an index), so the batches are bit for bit those of a
-    CPU run.
+    every batch is gathered (and augmented) there with no host copy per step; otherwise it stays in host
+    memory and :func:`batch_of` gathers each batch into pinned memory, so that its copy (``non_blocking``)
+    overlaps the previous step. (Pinning the whole set would not do that: a gather ``xs[idx]`` of a pinned
+    tensor returns ordinary pageable memory, whose copy to the GPU is synchronous.) On the CPU they are
+    returned as they are. The values are the same in every case (a copy and an index), so the batches are bit
+    for bit those of a CPU run.
     """
     if dev.type != "cuda":
         return x, y
@@ -141,7 +144,33 @@ def training_tensors(x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> tup
     free, _ = torch.cuda.mem_get_info(dev)
     if need <= DEVICE_DATA_FRACTION * free:
         return x.to(dev), y.to(dev)
-    return x.pin_memory(), y.pin_memory()
+    return x, y
+
+
+def batch_of(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, dev: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch ``xs[idx], ys[idx]`` of :func:`training_tensors`' tensors, for a loop training on ``dev``.
+
+    Where the tensors stayed in host memory for a GPU, the gathered batch is copied into pinned memory
+    (torch's caching host allocator reuses the blocks once their copies have completed), so that the loop's
+    ``.to(dev, non_blocking=True)`` is asynchronous. Otherwise (tensors on the device, or a CPU run) it is
+    the plain gather. (Not run here: this machine's torch build has no CUDA, and ``pin_memory`` needs it.)
+    """
+    x, y = xs[idx], ys[idx]
+    if dev.type == "cuda" and xs.device.type == "cpu":
+        x, y = x.pin_memory(), y.pin_memory()
+    return x, y
+
+
+def synchronizer(dev: torch.device):
+    """A function that waits for ``dev``'s queued work (for honest timings), a no-op on the CPU.
+
+    ``torch.cuda.synchronize(dev)`` with the device named: without it, the current CUDA device is the one
+    waited for, which need not be ``dev``.
+    """
+    if dev.type == "cuda":
+        return functools.partial(torch.cuda.synchronize, dev)
+    return lambda: None
 
 
 @dataclass(frozen=True)
@@ -274,7 +303,7 @@ def train(
             total = torch.zeros((), dtype=torch.float64, device=where.device)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                x, y = xs[idx], ys[idx]
+                x, y = batch_of(xs, ys, idx, where.device)
                 if augment:
                     x = augment_batch(x, split.image_shape, generator)
                 optimizer.zero_grad()

@@ -15,6 +15,7 @@ import torch
 import build
 from model.errors import UserError
 from model.training import distributed
+from model.training.loop import batch_of, synchronizer
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +116,56 @@ def test_train_says_where_it_trains_unless_quiet(capsys, tmp_path):
     finally:
         torch.set_num_threads(threads)
 
+
+
+@pytest.fixture
+def float32_flags():
+    """Restore torch's TF32 flags after a test that sets them."""
+    before = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    yield
+    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
+
+
+def test_choosing_a_device_makes_float32_ieee_and_the_gpu_current(monkeypatch, float32_flags):
+    """TF32 would move PACT codes (distributed.exact_float32); cuda:N must be the current device, so that a
+    bare synchronize / pin_memory goes to it."""
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "tf32"
+    distributed.use_device("cpu")
+    assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cuda.matmul.fp32_precision == "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    assert distributed.device() == torch.device("cpu")
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"  # whichever way the device was chosen
+    fake_cuda(monkeypatch, 2)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert distributed.use_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+    distributed.use_device("cpu")
+    assert current == [torch.device("cuda", 1)]  # the CPU sets no CUDA device
+
+
+def test_timings_wait_for_the_training_gpu(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: waited.append(a))
+    synchronizer(torch.device("cpu"))()
+    assert waited == []
+    synchronizer(torch.device("cuda", 1))()
+    assert waited == [(torch.device("cuda", 1),)]
+
+
+def test_host_batches_for_a_gpu_are_gathered_into_pinned_memory(monkeypatch):
+    """A gather of a pinned tensor is pageable, so batch_of pins each gathered batch (its copy then runs
+    asynchronously); on the CPU, or with the set on the device, it is the plain gather."""
+    pinned = []
+
+    def pin(t):
+        pinned.append(t)
+        return t.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    xs, ys, idx = torch.arange(20.0).reshape(10, 2), torch.arange(10), torch.tensor([3, 1, 7])
+    x, y = batch_of(xs, ys, idx, torch.device("cpu"))
+    assert torch.equal(x, xs[idx]) and torch.equal(y, ys[idx]) and pinned == []
+    x, y = batch_of(xs, ys, idx, torch.device("cuda", 0))
+    assert torch.equal(x, xs[idx]) and torch.equal(y, ys[idx])
+    assert len(pinned) == 2 and torch.equal(pinned[0], xs[idx]) and torch.equal(pinned[1], ys[idx])
