@@ -118,6 +118,13 @@ reproduce its LTS accuracies exactly, against its plain-QAT accuracies; test set
     0.57 / 0.60. On the test set (``bench lts --check``, commit b73e675) the gaps became +0.09 / -0.225 / +0.02
     pp at 2 / 3 / 4 bits (seeds 0 / 1: +0.05 / +0.13, -0.29 / -0.16, -0.18 / +0.22), 11 of 12 floors: the 3-bit
     accuracy floor fails by 0.025 pp, within one seed's noise (standard deviation about 0.2 pp).
+
+Four seeds (2026-12-04, :data:`SEEDS`; decided with the two-seed result above failing and before running the
+four, reported as it came): ``bench lts --check`` at commit b408e22, gaps +0.095 / -0.17 / -0.02 pp at 2 / 3 / 4
+bits (standard errors 0.02 / 0.08 / 0.13; per seed 0-3: +0.05 / +0.13 / +0.12 / +0.08, -0.29 / -0.16 / +0.04 /
+-0.28, -0.18 / +0.22 / -0.31 / +0.19), sparsity 0.54 / 0.58 / 0.61, backward 0.83 / 0.78 / 0.73x, total
+0.96 / 0.92 / 0.88x: 12 of 12 floors. The 3-bit loss is still there (two standard errors below zero), within
+the floor.
 """
 
 from __future__ import annotations
