@@ -66,7 +66,9 @@ class ElementWiseMask:
         per mask.
 
         The mask changes only in place (``set_bit_width``, ``load_state_dict``, IMQ's updates), each of which
-        bumps the buffer's version counter; the cache is keyed on that counter and the device.
+        bumps the buffer's version counter; the cache is keyed on that counter and the device. A move
+        (``.to()``, ``.cpu()``, ``.cuda()``) replaces the buffer with a new tensor whose counter restarts and
+        whose storage may reuse the old address, so :meth:`_apply` drops the cache.
         """
         key = (self.bit_width._version, self.bit_width.device, self.bit_width.data_ptr())
         cached = self.__dict__.get("_levels_cache")
@@ -74,6 +76,10 @@ class ElementWiseMask:
             cached = (key, mask_levels(self.bit_width))
             self.__dict__["_levels_cache"] = cached
         return cached[1]
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_levels_cache", None)  # the buffer may be replaced (_mask_levels)
+        return super()._apply(fn, *args, **kwargs)
 
     def weight_codes(self) -> torch.Tensor:
         """int64 DoReFa codes, 0 where the width is 0 (what the accelerator stores)."""

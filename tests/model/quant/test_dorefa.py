@@ -229,6 +229,27 @@ def test_quant_layer_caches_its_mask_levels_until_the_mask_changes():
     assert torch.equal(conv.quantized_weight(), _reference_dorefa_weight(w, conv.bit_width))
 
 
+def test_a_moved_layer_forgets_its_cached_mask_levels():
+    """A move replaces the mask buffer with a new tensor (version counter 0) that may sit at the old address
+    (CUDA's caching allocator reuses blocks): emulated here by a move whose new buffer shares the old memory,
+    written with other widths, so key (version, device, address) is the cached one."""
+    conv = QuantConv2d(2, 3, 3)
+    w = conv.weight.detach()
+    assert conv.bit_width._version == 0
+    conv.quantized_weight()  # caches the levels of all-32 widths under version 0
+    widths = torch.tensor([0, 4, 8, 16, 32]).repeat(11)[: w.numel()].reshape(w.shape)
+
+    def move(t):
+        if t.dtype != torch.int64:
+            return t
+        t.numpy()[...] = widths.numpy()  # the moved copy's contents, at the same address
+        return torch.from_numpy(t.numpy())  # a new tensor there, version 0
+
+    conv._apply(move)
+    assert conv.bit_width._version == 0 and torch.equal(conv.bit_width, widths)
+    assert torch.equal(_bits(conv.quantized_weight()), _bits(_reference_dorefa_weight(w, widths)))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**31), st.integers(1, 8), st.floats(0.125, 8.0, width=32))
 def test_pact_fast_path_equals_the_reference_bit_for_bit(seed, bits, alpha):
