@@ -511,6 +511,31 @@ class _LTSWeight:
             torch.bitwise_not(self._plan.keep.bool(), out=self._buffers["lts_frozen"])
         return super().__getattr__(name)
 
+    #: Tensors of the LTS state kept outside the module's buffers (per step, not saved: the buffers are).
+    _STATE_ATTRS = ("_last", "_reset", "_scratch", "_compact", "_frozen_w_bar", "_w_used", "_new_frozen_idx",
+                    "_fwd_idx")
+
+    def _apply(self, fn, *args, **kwargs):
+        """Move the state outside the buffers (``_plan``'s mask and pattern, :attr:`_STATE_ATTRS`) with the
+        buffers, so that a layer moved by ``.to()`` / ``.cpu()`` / ``.double()`` after freezing (trained on a
+        GPU, evaluated on the CPU) runs on; ``fn`` is what ``nn.Module`` applies to every parameter and buffer
+        (it casts only floating-point tensors, so index tensors keep their dtype)."""
+        out = super()._apply(fn, *args, **kwargs)
+
+        def move(value):
+            if isinstance(value, torch.Tensor):
+                return fn(value)
+            if isinstance(value, (tuple, list)):
+                return type(value)(move(v) for v in value)
+            return value
+
+        plan = self._plan
+        if plan is not _FULL:
+            self._plan = _Plan(plan.kind, *(move(v) for v in (plan.keep, plan.csr, plan.flat, plan.keep_flat)))
+        for name in self._STATE_ATTRS:
+            self.__dict__[name] = move(self.__dict__[name])
+        return out
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         self.lts_frozen  # noqa: B018 - brings the buffer up to date (__getattr__)
         with torch.no_grad():

@@ -866,3 +866,30 @@ def test_frozen_values_survive_a_state_dict_round_trip():
     other.lts_enabled = True
     other._replan()
     assert torch.equal(other.eval()(x), out)
+
+
+@pytest.mark.parametrize(("sampled_below", "plan"), [(0.0, "dense"), (1.0, "sampled")])
+def test_a_moved_layer_keeps_its_frozen_state(monkeypatch, sampled_below, plan):
+    """``.to()`` / ``.cpu()`` / ``.double()`` move the layer's LTS state held outside its buffers (the plan's
+    unfrozen mask and pattern, the compact bookkeeping, the kept values), as they move the buffers: a layer
+    trained on a GPU and moved to the CPU evaluates and trains on. A dtype move stands in for a device move."""
+    import model.quant.lts as lts_module
+
+    monkeypatch.setattr(lts_module, "SAMPLED_BELOW", sampled_below)
+    layer, x, y = small_layer(4)
+    kwargs = {"iters_per_epoch": 1, "epochs": 20, "warmup": 0, "strategy": "fixed", "c": 0.4, "m": 0.0}
+    _exact_run(layer, x, y, 6, kwargs)
+    assert layer._plan.kind == plan and 0 < int(layer.lts_frozen.sum()) < layer.weight.numel()
+    layer.eval()
+    out, w_eval, frozen = layer(x), layer._eval_weight().detach(), layer.lts_frozen.clone()
+    layer.double()
+    assert layer._plan.keep.dtype == layer._w_used.dtype == torch.float64
+    assert torch.equal(layer._eval_weight().detach()[frozen].float(), w_eval[frozen])  # the kept levels
+    torch.testing.assert_close(layer(x.double()).float(), out)
+    assert torch.equal(layer.state_dict()["lts_frozen"], layer.lts_frozen)
+    layer.train()
+    layer.weight.grad = None
+    loss = F.cross_entropy(layer(x.double()), y)  # a training forward and backward on the moved state
+    loss.backward()
+    assert torch.isfinite(layer.weight.grad).all()
+    assert bool((layer.weight.grad[layer.lts_frozen] == 0).all())
