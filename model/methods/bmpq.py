@@ -344,9 +344,8 @@ def train_bmpq(
             total = torch.zeros((), dtype=torch.float64, device=where.device)
             for start in range(0, n_train, config.batch_size):
                 idx = order[start : start + config.batch_size]
-                x, y = batch_of(xs, ys, idx, where.device)
-                if augment:
-                    x = augment_batch(x, split.image_shape, generator)
+                x, y = batch_of(xs, ys, idx, where.device,
+                                (lambda b: augment_batch(b, split.image_shape, generator)) if augment else None)
                 optimizer.zero_grad()
                 total += backward_step(model, x, y, params, where)
                 if not config.fp:

@@ -253,10 +253,8 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator, xs, ys, 
     order = torch.randperm(n, generator=generator).to(xs.device)
     for start in range(0, n, batch_size):
         idx = order[start: start + batch_size]
-        x, y = batch_of(xs, ys, idx, dev)
-        if getattr(split, "augment", False):
-            x = augment_batch(x, split.image_shape, generator)
-        yield x, y
+        yield batch_of(xs, ys, idx, dev, (lambda b: augment_batch(b, split.image_shape, generator))
+                       if getattr(split, "augment", False) else None)
 
 
 def train_vertical(model: nn.Module, split: Split, config: VerticalConfig, validation=None,

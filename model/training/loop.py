@@ -147,16 +147,20 @@ def training_tensors(x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> tup
     return x, y
 
 
-def batch_of(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, dev: torch.device
+def batch_of(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, dev: torch.device, augment=None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch ``xs[idx], ys[idx]`` of :func:`training_tensors`' tensors, for a loop training on ``dev``.
+    """The batch ``xs[idx], ys[idx]`` of :func:`training_tensors`' tensors, for a loop training on ``dev``;
+    ``augment`` (a function of the images, e.g. :func:`model.data.augment_batch` with its shape and generator)
+    is applied to the gathered images.
 
-    Where the tensors stayed in host memory for a GPU, the gathered batch is copied into pinned memory
+    Where the tensors stayed in host memory for a GPU, the batch (augmented) is copied into pinned memory
     (torch's caching host allocator reuses the blocks once their copies have completed), so that the loop's
     ``.to(dev, non_blocking=True)`` is asynchronous. Otherwise (tensors on the device, or a CPU run) it is
     the plain gather. (Not run here: this machine's torch build has no CUDA, and ``pin_memory`` needs it.)
     """
     x, y = xs[idx], ys[idx]
+    if augment is not None:
+        x = augment(x)
     if dev.type == "cuda" and xs.device.type == "cpu":
         x, y = x.pin_memory(), y.pin_memory()
     return x, y
@@ -303,9 +307,8 @@ def train(
             total = torch.zeros((), dtype=torch.float64, device=where.device)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                x, y = batch_of(xs, ys, idx, where.device)
-                if augment:
-                    x = augment_batch(x, split.image_shape, generator)
+                x, y = batch_of(xs, ys, idx, where.device,
+                                (lambda b: augment_batch(b, split.image_shape, generator)) if augment else None)
                 optimizer.zero_grad()
                 total += backward_step(model, x, y, params, where)
                 optimizer.step()

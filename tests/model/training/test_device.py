@@ -169,3 +169,6 @@ def test_host_batches_for_a_gpu_are_gathered_into_pinned_memory(monkeypatch):
     x, y = batch_of(xs, ys, idx, torch.device("cuda", 0))
     assert torch.equal(x, xs[idx]) and torch.equal(y, ys[idx])
     assert len(pinned) == 2 and torch.equal(pinned[0], xs[idx]) and torch.equal(pinned[1], ys[idx])
+    pinned.clear()  # augmented images are pinned after the augmentation (which returns new, pageable memory)
+    x, y = batch_of(xs, ys, idx, torch.device("cuda", 0), augment=lambda b: b.flip(1))
+    assert torch.equal(x, xs[idx].flip(1)) and torch.equal(pinned[0], xs[idx].flip(1))
