@@ -296,7 +296,12 @@ def combine(sums: dict[int, np.ndarray], act_sums: dict[int, np.ndarray], signed
 
 
 def requantize(acc, mult, bias, shift: int, out_bits: int) -> np.ndarray:
-    """Floor shift, fixed-point multiply-add, round half up, then clamp (hidden) or saturate (scores)."""
+    """Floor shift, fixed-point multiply-add, round half up, then clamp (hidden) or saturate (scores).
+
+    ``shift`` may be a numpy integer of any width (:func:`check_layer` accepts one); it is taken as a Python
+    int, since NumPy 2 keeps a narrow dtype in ``1 << (shift - 1)`` and the rounding offset 2^(S-1) would wrap
+    (an ``int32`` shift of 40 made it 0: floor instead of round half up)."""
+    shift = int(shift)
     t = as_codes(acc) >> ACC_SHIFT
     y = (t * np.asarray(mult, dtype=np.int64) + np.asarray(bias, dtype=np.int64) + (1 << (shift - 1))) >> shift
     if out_bits:

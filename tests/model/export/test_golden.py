@@ -413,3 +413,13 @@ def test_forward_rejects_bad_input_codes(inputs, message):
     with pytest.raises(UserError, match=message):
         net.forward(inputs)
     assert net.forward(np.array([[0, 15, 7]])).shape == (1, 2)  # the extremes of the range are fine
+
+
+@pytest.mark.parametrize("dtype", [int, np.int64, np.int32, np.int16, np.uint8])
+def test_a_numpy_shift_of_any_width_rounds_half_up(dtype):
+    """check_layer accepts a numpy integer shift; the rounding offset 2^(S-1) must not wrap in its dtype (an
+    int32 shift of 40 made it 0 under NumPy 2: 99 here instead of 100)."""
+    layer = IntLinear(codes=np.array([[15]]), widths=np.array([[4]]), in_bits=8, out_bits=0, mult=np.array([0]),
+                      bias=np.array([(1 << 40) * 100 - 1]), shift=dtype(40))
+    check_layer(layer)
+    assert int(IntNetwork(input_bits=8, layers=(layer,)).forward(np.array([[0]]))[0, 0]) == 100
