@@ -32,8 +32,8 @@ from driver.backend import Backend
 from hw.system.register_map import REGISTER_MAP, SHELL_CODE_DESCRIPTIONS, StatusCode, field
 from model.errors import UserError
 from model.export.format import HEADER, VERSION, VERTICAL_VERSION
-from model.export.image import read_image
-from model.export.image_v4 import is_vertical, read_vertical_words
+from model.export.image import read_image, unpack
+from model.export.image_v4 import is_vertical, read_vertical_words, unpack_vertical
 
 #: Default device time allowed for one load or run before the driver gives up (the core's own watchdog
 #: normally ends a run with TIMEOUT long before).
@@ -158,7 +158,7 @@ class MpqDriver:
         if is_vertical(path):  # (from the header's first two words)
             # A vertical-layered model: every width in one image; set_precision picks the run's.
             net, manifest, words = read_vertical_words(path)
-            self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits)
+            self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits, check=False)
             return manifest
         _, manifest = read_image(path)  # names a missing or corrupt file
         words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
@@ -169,21 +169,66 @@ class MpqDriver:
         if not isinstance(n_classes, int) or n_classes < 1:
             raise UserError(f"{bin_path.parent / 'manifest.json'}: field 'layers[-1].n_out' is {n_classes!r}; "
                             "expected the number of classes, an integer >= 1")
-        self.load_words(words, n_classes=n_classes, input_bits=int(manifest["input_bits"]))
+        self.load_words(words, n_classes=n_classes, input_bits=int(manifest["input_bits"]), check=False)
         return manifest
 
-    def load_words(self, words, *, n_classes: int, input_bits: int = 8) -> None:
-        """Load a packed version 3 or 4 image given as words (what :meth:`load` does after reading the files).
+    def load_words(self, words, *, n_classes: int, input_bits: int = 8, check: bool = True) -> None:
+        """Load a packed version 3 or 4 image given as words (what :meth:`load` does after reading the files):
+        :meth:`check_words` (unless ``check`` is false), :meth:`stage_image`, then :meth:`load_staged`.
 
-        The header is not checked here: the core checks it (a corrupt image raises :class:`CoreError`).
-        :meth:`stage_image`, then :meth:`load_staged`.
+        The core checks what it needs to stay within its buffers and to finish, not every field of the integer
+        contract (docs/system.md, "Corrupt images": a requant multiplier past 17 bits, a layer's input width
+        other than the previous layer's output width or a global pool whose sum passes 16 bits would run to
+        OK with other scores), so words are read through the image reader first, as :meth:`load` reads a
+        folder. ``check=False`` hands unchecked words to the core (the system tests do, to test the core's
+        own checks; :meth:`load` has already read them).
+
+        Raises
+        ------
+        UserError
+            ``check`` and the reader refuses the words, or they disagree with ``n_classes`` / ``input_bits``.
+        CoreError
+            The core refused the image.
         """
+        if check:
+            self.check_words(words, n_classes=n_classes, input_bits=input_bits)
         self.stage_image(words)
         self.load_staged(n_classes=n_classes, input_bits=input_bits)
 
+    @staticmethod
+    def check_words(words, *, n_classes: int, input_bits: int) -> None:
+        """Read ``words`` through the image reader of their version (3: :func:`model.export.image.unpack`, 4:
+        :func:`model.export.image_v4.unpack_vertical`), which checks every field of the integer contract, and
+        check ``n_classes`` and ``input_bits`` against the network they hold.
+
+        Raises
+        ------
+        UserError
+            Naming the field and the allowed values.
+        """
+        words = np.asarray(words)
+        if words.ndim != 1 or len(words) < HEADER.words:
+            raise UserError(f"image words: an image is a vector of at least {HEADER.words} words, not shape "
+                            f"{words.shape}")
+        version = int(words[HEADER["version"].word])
+        if version == VERTICAL_VERSION:
+            net = unpack_vertical(words, "image words")
+        elif version == VERSION:
+            net = unpack(words, "image words")
+        else:
+            raise UserError(f"image words: header field 'version' is {version}; the array runs version {VERSION} "
+                            f"and {VERTICAL_VERSION} images")
+        if n_classes != net.layers[-1].n_out:
+            raise UserError(f"image words: n_classes is {n_classes!r} but the image's last layer has "
+                            f"{net.layers[-1].n_out} outputs")
+        if input_bits != net.input_bits:
+            raise UserError(f"image words: input_bits is {input_bits!r} but the image's input codes are "
+                            f"{net.input_bits} bits")
+
     def stage_image(self, words) -> int:
         """Put a packed image in DDR and point the core at it (``image_addr``, ``image_crc``), without
-        loading it; return its CRC (:func:`image_crc`)."""
+        loading it; return its CRC (:func:`image_crc`). The words are not read through the reader (see
+        :meth:`load_words`, :meth:`check_words`)."""
         words = np.asarray(words, dtype=np.uint32)
         if words.ndim != 1 or len(words) < HEADER.words:
             raise ValueError(f"an image is a vector of at least {HEADER.words} words, not shape {words.shape}")

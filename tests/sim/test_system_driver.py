@@ -13,7 +13,8 @@ from driver.backend import Backend, DeviceBuffer
 from driver.mpq_driver import CoreError, MpqDriver, image_crc
 from hw.system.register_map import StatusCode
 from model.errors import UserError
-from model.export.image import write_image
+from model.export.format import HEADER, LAYER
+from model.export.image import pack, write_image
 from model.export.image_v4 import write_vertical_image
 from sim.runner import simulators_available
 from sim.system.system_run import run_system
@@ -168,6 +169,35 @@ def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
         drv.run(np.full((2, 4), 16))
     with pytest.raises(ValueError, match="max_batch"):
         MpqDriver(NoDevice(), max_batch=0)
+
+
+def test_raw_words_are_read_through_the_reader_before_the_core():
+    """load_words reads the words through the image reader first: fields the core does not check (a requant
+    multiplier past 17 bits, a layer's input width other than the previous layer's output width) and a
+    wrong n_classes / input_bits are refused before any register access; check=False hands them on."""
+    net = random_network(np.random.default_rng(3))
+    words = pack(net)
+    n_classes, bits = net.layers[-1].n_out, net.input_bits
+    MpqDriver.check_words(words, n_classes=n_classes, input_bits=bits)
+    drv = MpqDriver(NoDevice())
+    layer0, layer1 = HEADER.words, HEADER.words + LAYER.words  # the version 3 descriptors follow the header
+    mult = words.copy()
+    mult[int(words[layer0 + LAYER["param_base"].word])] |= 1 << 20  # layer 0, row 0: M past MULT_BITS
+    in_bits = words.copy()
+    in_bits[layer1 + LAYER["in_bits"].word] ^= 1 << LAYER["in_bits"].bit  # layer 1 reads other codes
+    for bad, field in ((mult, "mult"), (in_bits, "in_bits")):
+        with pytest.raises(UserError, match=f"image words: .*{field}"):
+            drv.load_words(bad, n_classes=n_classes, input_bits=bits)
+    with pytest.raises(UserError, match=f"n_classes is {n_classes + 1} but the image's last layer has {n_classes}"):
+        drv.load_words(words, n_classes=n_classes + 1, input_bits=bits)
+    with pytest.raises(UserError, match=f"input_bits is 3 but the image's input codes are {bits} bits"):
+        drv.load_words(words, n_classes=n_classes, input_bits=3)
+    version = words.copy()
+    version[1] = 2
+    with pytest.raises(UserError, match="header field 'version' is 2"):
+        drv.load_words(version, n_classes=n_classes, input_bits=bits)
+    with pytest.raises(AssertionError, match="allocate"):  # unchecked, the words go to the device
+        drv.load_words(mult, n_classes=n_classes, input_bits=bits, check=False)
 
 
 def test_image_crc_is_zlib_of_the_little_endian_bytes():
