@@ -148,7 +148,7 @@ def bench_dsp(args, out: Path) -> int:
 
 
 def bench_lts(args, out: Path) -> int:
-    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits, four seeds (model/bench/lts.py run_lts_bench, 20-25 min)."""
+    """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits, four seeds (model/bench/lts.py run_lts_bench, about 8 min)."""
     from model.bench.lts import floors, run_lts_bench
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
