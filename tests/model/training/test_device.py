@@ -27,8 +27,11 @@ def no_choice(monkeypatch):
 
 
 def fake_cuda(monkeypatch, count: int) -> None:
+    """CUDA as far as choosing a device goes: ``count`` GPUs, and ``set_device`` (which ``use_device`` calls)
+    a no-op."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
 
 
 def fake_torchrun(monkeypatch, local_rank: int, world: int = 2) -> None:
