@@ -97,7 +97,7 @@ from model.export.format import (
     VREQUANT,
     WORD_BITS,
 )
-from model.export.golden import MAX_ACT_BITS, MAX_SHIFT
+from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, MULT_BITS
 from model.export.golden_conv import MAX_KERNEL
 
 HEADER_LAYOUT = record_layout(HEADER)
@@ -384,6 +384,7 @@ class ArrayController(wiring.Component):
             | (d.in_height >= 1 << DIM_BITS) | (d.in_width > rc) | (in_rows > self._rows)
             | (d.c_out > 1 << self._cb) | (d.fan_in != fan) | (d.fan_in >= 1 << self._fw)
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
+            | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
             | (scores != last_layer)
             | Mux(scores, (d.out_bits != 0) | d.residual,
                   (d.out_bits == 0) | (d.out_bits > MAX_ACT_BITS) | (d.out_buf >= FMAP_BUFFERS)
@@ -804,9 +805,17 @@ class ArrayController(wiring.Component):
                     cmd.mult.eq(words.word_select(2, WORD_BITS)),
                     cmd.bias.eq(Cat(words.word_select(3, WORD_BITS), words.word_select(4, WORD_BITS))),
                     cmd.res_mult.eq(Mux(dd.residual & res_live, words.word_select(5, WORD_BITS), 0)),
-                    cmd_valid.eq(1),
                 ]
-                m.next = "OFFER"
+                # The record's fields the command holds in fewer bits than the image: M and M_r in MULT_BITS
+                # (B keeps all 64). A multiplier past them (outside the integer contract) would run truncated
+                # to OK with other scores, so it ends the run as a corrupt stream does (no command).
+                params_bad = (words.word_select(2, WORD_BITS)[MULT_BITS:].any()
+                              | (dd.residual & res_live & words.word_select(5, WORD_BITS)[MULT_BITS:].any()))
+                with m.If(params_bad):
+                    m.next = "FAULT"
+                with m.Else():
+                    m.d.sync += cmd_valid.eq(1)
+                    m.next = "OFFER"
                 with m.If(engine_fault):
                     m.next = "FAULT"
 

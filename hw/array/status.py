@@ -18,10 +18,14 @@ class Status(enum.Enum, shape=4):
     BAD_VERSION = 2
     #: A header or descriptor field this array cannot run: a map wider than a buffer word or than a tile,
     #: more rows than a buffer, a stride other than 1 or 2, a pool other than 2, a fan-in past the patch,
-    #: more channels than the channel tags, a buffer index out of range, or fields that contradict each other.
+    #: more channels than the channel tags, a buffer index out of range, a layer's ``in_bits`` other than the
+    #: previous layer's ``out_bits`` (the header's ``input_bits`` for layer 0), or fields that contradict each
+    #: other.
     BAD_GEOMETRY = 3
-    #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``) or a vertical layer's
-    #: fields its plane decoder cannot run (``hw/array/plane_decoder.py``).
+    #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``), a vertical layer's
+    #: fields its plane decoder cannot run (``hw/array/plane_decoder.py``), or a row's requant record holds a
+    #: multiplier ``M`` or ``M_r`` past ``MULT_BITS`` bits (outside the integer contract; the row command holds
+    #: 17 bits and would run it truncated).
     BAD_STREAM = 4
     #: A version 4 (vertical) image run at a width it does not store: ``precision`` outside its widths, a
     #: ``table_row`` past its Eq. 12 table or a table width outside them, or no requant group for a layer's

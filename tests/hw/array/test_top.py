@@ -219,6 +219,46 @@ def test_a_layer_refused_or_faulting_while_overlapped_ends_the_run_cleanly():
     assert res["status"] == [Status.BAD_STREAM] and res["layer_index"] == [0]
 
 
+def test_a_requant_multiplier_past_17_bits_ends_with_bad_stream():
+    """The row command holds ``M`` and ``M_r`` in MULT_BITS bits; a record whose multiplier is wider (outside
+    the integer contract; the image reader refuses it) ends the run with BAD_STREAM, as a corrupt row stream
+    does, on its layer, instead of running truncated to OK with other scores: ``M`` of the stem's last row,
+    ``M_r`` of the residual layer's first row. (Each on a fresh array: a fault needs the reset the Zynq shell
+    gives before every run.)"""
+    from model.export.format import RES_PARAMS
+
+    net = resnet_like(np.random.default_rng(3))
+    words = pack_v3(net)[0].astype(np.int64)
+    _, stem = _with_v3_layer(words, 0)
+    _, block = _with_v3_layer(words, 2)
+    assert block["residual"] and not stem["residual"]
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(1, *net.image_shape))
+    mult = words.copy()
+    mult[stem["param_base"] + 3 * (stem["c_out"] - 1)] += 1 << 17  # PARAMS: 3 words a row, M first
+    res_mult = words.copy()
+    res_mult[block["param_base"] + RES_PARAMS["res_mult"].word] |= 1 << 20
+    for bad, layer in ((mult, 0), (res_mult, 2)):
+        res = run_array(bad, images)
+        assert res["status"] == [Status.BAD_STREAM] and res["layer_index"] == [layer] and res["scores"] == [[]]
+
+
+def test_a_layer_reading_other_codes_than_the_layer_before_wrote_ends_with_bad_geometry():
+    """``in_bits`` of layer 0 other than the header's ``input_bits``, or of a later layer other than the previous
+    layer's ``out_bits``: BAD_GEOMETRY on that layer (the passes are sized by ``in_bits``: 8-bit codes read as
+    3-bit ones would overflow the DSP48E1's P register), then a good run on the same array."""
+    net = resnet_like(np.random.default_rng(3))
+    words = pack_v3(net)[0].astype(np.int64)
+    _, first = _with_v3_layer(words, 0)
+    _, second = _with_v3_layer(words, 1)
+    cases = [_with_v3_layer(words, 0, in_bits=first["in_bits"] % MAX_ACT_BITS + 1)[0],
+             _with_v3_layer(words, 1, in_bits=second["in_bits"] % MAX_ACT_BITS + 1)[0], words]
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(len(cases), *net.image_shape))
+    res = run_array(cases, images)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.BAD_GEOMETRY, Status.OK]
+    assert res["layer_index"][:2] == [0, 1]
+    assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_conv_nets_match_golden(seed):
     check_net(random_conv_net(np.random.default_rng(1000 + seed)), 1, seed)
