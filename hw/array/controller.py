@@ -9,11 +9,13 @@ One run (``start`` to ``done``) infers one image:
    feature-map buffer 0, one code a cycle.
 3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
    (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
-   ``BAD_GEOMETRY``; then for each **tile** (an output row of a conv layer, the one "pixel" of a fully
+   ``BAD_GEOMETRY`` (among them: ``in_bits`` must be the previous layer's ``out_bits``, the header's
+   ``input_bits`` for layer 0); then for each **tile** (an output row of a conv layer, the one "pixel" of a fully
    connected layer) the patch loader builds the tile's patch, the **dispatcher** reads each output
    channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
    record (a residual layer's shortcut multiplier ``M_r`` zero for the channels past the block input's
-   ``C_r``: option A's zero channels), and hands the row command to the first engine that takes one; a
+   ``C_r``: option A's zero channels; an ``M`` or ``M_r`` past ``MULT_BITS`` bits ends the run with
+   ``BAD_STREAM``, since the command holds 17 bits), and hands the row command to the first engine that takes one; a
    residual layer's shortcut codes are patch rows (the loader's "Shortcut rows", at positions past the im2col
    rows), which the engine reads itself. Tiles overlap: once a tile's last command is taken and
    the next tile's patch is loaded, that tile's commands follow (each command names its patch bank and its
@@ -869,8 +871,10 @@ class ArrayController(wiring.Component):
                         m.d.sync += j.eq(j + 1)
                         m.next = "SCORES"
 
-            # A decoder error ends the run (the engines have stopped; every state below watches for it). A fault in
-            # an overlapped layer's last tile leaves `layer_index` on that layer, as without the overlap.
+            # A decoder error ends the run (the engines have stopped; every state below watches for it), as does a
+            # row record's multiplier past MULT_BITS (COMMAND; no command is issued, the other engines' queued rows
+            # are left to the reset that follows every error). A fault in an overlapped layer's last tile leaves
+            # `layer_index` on that layer, as without the overlap.
             with m.State("FAULT"):
                 m.d.sync += layer_idx.eq(layer_idx - pending)
                 finish(Status.BAD_STREAM)
