@@ -32,8 +32,8 @@ from driver.backend import Backend
 from hw.system.register_map import REGISTER_MAP, SHELL_CODE_DESCRIPTIONS, StatusCode, field
 from model.errors import UserError
 from model.export.format import HEADER, VERSION, VERTICAL_VERSION
-from model.export.image import read_image, unpack
-from model.export.image_v4 import is_vertical, read_vertical_words, unpack_vertical
+from model.export.image import read_image
+from model.export.image_v4 import is_vertical, read_vertical_words, unpack_any
 
 #: Default device time allowed for one load or run before the driver gives up (the core's own watchdog
 #: normally ends a run with TIMEOUT long before).
@@ -197,8 +197,8 @@ class MpqDriver:
 
     @staticmethod
     def check_words(words, *, n_classes: int, input_bits: int) -> None:
-        """Read ``words`` through the image reader of their version (3: :func:`model.export.image.unpack`, 4:
-        :func:`model.export.image_v4.unpack_vertical`), which checks every field of the integer contract, and
+        """Read ``words`` through the image reader of their version (:func:`model.export.image_v4.unpack_any`:
+        3 by :func:`model.export.image.unpack`, 4 by :func:`model.export.image_v4.unpack_vertical`), which checks every field of the integer contract, and
         check ``n_classes`` and ``input_bits`` against the network they hold.
 
         Raises
@@ -211,13 +211,10 @@ class MpqDriver:
             raise UserError(f"image words: an image is a vector of at least {HEADER.words} words, not shape "
                             f"{words.shape}")
         version = int(words[HEADER["version"].word])
-        if version == VERTICAL_VERSION:
-            net = unpack_vertical(words, "image words")
-        elif version == VERSION:
-            net = unpack(words, "image words")
-        else:
+        if version not in (VERSION, VERTICAL_VERSION):
             raise UserError(f"image words: header field 'version' is {version}; the array runs version {VERSION} "
                             f"and {VERTICAL_VERSION} images")
+        net = unpack_any(words, "image words")
         if n_classes != net.layers[-1].n_out:
             raise UserError(f"image words: n_classes is {n_classes!r} but the image's last layer has "
                             f"{net.layers[-1].n_out} outputs")

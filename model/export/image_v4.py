@@ -57,7 +57,7 @@ from model.export.golden_vertical import (
     VerticalRequant,
     check_vertical,
 )
-from model.export.image import read_image_files, write_image_files
+from model.export.image import read_image_files, unpack, write_image_files
 from model.export.records import check_reserved, field_error, pack_records, unpack_records
 
 FORMAT = "mpqaccel-image"
@@ -333,6 +333,15 @@ def unpack_vertical(words: np.ndarray, where: str = "image") -> VerticalNetwork:
     _expect(where, "fmap_codes", HEADER["fmap_codes"].word, header["fmap_codes"], header["fmap_codes"] == fmap,
             f"expected {fmap}")
     return net
+
+
+def unpack_any(words: np.ndarray, where: str = "image"):
+    """The network image words hold, by their header's version: version 4 through :func:`unpack_vertical`,
+    versions 1-3 through :func:`model.export.image.unpack` (which refuses any other)."""
+    words = np.asarray(words)
+    if words.ndim == 1 and len(words) > 1 and int(words[1]) == VERTICAL_VERSION:
+        return unpack_vertical(words, where)
+    return unpack(words, where)
 
 
 def bytes_read(net: VerticalNetwork, bits) -> int:

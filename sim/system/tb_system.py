@@ -43,10 +43,9 @@ from driver.mpq_driver import CoreError, MpqDriver
 from driver.pynq_backend import PynqBackend
 from hw.system.register_map import StatusCode, field
 from model.errors import UserError
-from model.export.format import HEADER, VERTICAL_VERSION
+from model.export.format import HEADER
 from model.export.golden_vertical import VerticalNetwork
-from model.export.image import unpack as unpack_image
-from model.export.image_v4 import unpack_vertical
+from model.export.image_v4 import unpack_any
 from model.export.records import unpack_records
 from model.files import write_json
 from sim.system import pynq_standin
@@ -530,7 +529,7 @@ async def random_flips(dut):
     net; the vertical ones run at a random stored width), or those ``MPQS_FLIP_IMAGES`` names, half of them in the header and the first descriptors, each signed by the driver (``image_crc`` of
     the flipped words, as an exporter bug would write it, so the CRC does not refuse it): every load and run
     ends with a status code, never a hang; a run the core ends OK gives the golden scores of the network the
-    reader (:func:`model.export.image.unpack`, :func:`model.export.image_v4.unpack_vertical`) decodes from the
+    reader (:func:`model.export.image_v4.unpack_any`: version 1-3 or 4) decodes from the
     flipped words, on inputs of the flipped header's shape; the clean image runs right after. The core checks
     an image's structure (what it needs to stay in bounds and finish), not every field the reader does: a flip
     the reader refuses may run OK (``ok_reader_refused_``: ``same_scores`` as the clean image on that input,
@@ -552,9 +551,7 @@ async def random_flips(dut):
     def decode(words):
         """The network the reader decodes from ``words`` (version 3 or 4), or None where it refuses them."""
         try:
-            if header(words)["version"] == VERTICAL_VERSION:
-                return unpack_vertical(words.astype(np.uint32), where="flipped image")
-            return unpack_image(words.astype(np.uint32), where="flipped image")
+            return unpack_any(words.astype(np.uint32), where="flipped image")
         except UserError:
             return None
 
