@@ -10,7 +10,8 @@ One run (``start`` to ``done``) infers one image:
 3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
    (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
    ``BAD_GEOMETRY`` (among them: ``in_bits`` must be the previous layer's ``out_bits``, the header's
-   ``input_bits`` for layer 0); then for each **tile** (an output row of a conv layer, the one "pixel" of a fully
+   ``input_bits`` for layer 0; the fan-in at most ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
+   :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv layer, the one "pixel" of a fully
    connected layer) the patch loader builds the tile's patch, the **dispatcher** reads each output
    channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
    record (a residual layer's shortcut multiplier ``M_r`` zero for the channels past the block input's
@@ -99,8 +100,8 @@ from model.export.format import (
     VREQUANT,
     WORD_BITS,
 )
-from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, MULT_BITS
-from model.export.golden_conv import MAX_KERNEL
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, MULT_BITS
+from model.export.golden_conv import ACT_SUM_BOUND, GAP_SUM_BITS, MAX_KERNEL
 
 HEADER_LAYOUT = record_layout(HEADER)
 LAYER_LAYOUT = record_layout(LAYER)
@@ -108,6 +109,12 @@ VHEADER_LAYOUT = record_layout(VHEADER, VERTICAL_VERSION)
 VLAYER_LAYOUT = record_layout(VLAYER, VERTICAL_VERSION)
 VREQUANT_LAYOUT = record_layout(VREQUANT, VERTICAL_VERSION)
 VERSION_3 = 3
+#: Per input width ``b`` (1..MAX_ACT_BITS): the largest pooled area ``H W`` whose sum of ``b``-bit codes stays
+#: below ``2^GAP_SUM_BITS`` (golden's bound 9, ``(2^b - 1) H W < 2^16``: the loader's pooled sum holds 16 bits).
+POOL_AREA_LIMIT = tuple(((1 << GAP_SUM_BITS) - 1) // ((1 << b) - 1) for b in range(1, MAX_ACT_BITS + 1))
+#: ... and the largest ``C H W`` whose pooled FC stays within bound 6 (``(2^b - 1) H W`` times the fan-in ``C`` at
+#: most ``ACT_SUM_BOUND``: the requantizer's ``X`` and the lanes' pass sums are sized for it).
+POOL_MASS_LIMIT = tuple(ACT_SUM_BOUND // ((1 << b) - 1) for b in range(1, MAX_ACT_BITS + 1))
 #: Largest source width of a vertical image's inner layers the array runs: their effective codes must fit
 #: class 8 (``model.export.golden_vertical.inner_class``), as the plane decoder emits them.
 MAX_VERTICAL_TOP = 6
@@ -377,6 +384,14 @@ class ArrayController(wiring.Component):
         res_rows = Signal(32)
         res_end = Signal(17)  # fan_in + C_r: a residual layer's shortcut rows end there in the patch
         fan = Signal(32)
+        gap_area = Signal(2 * DIM_BITS)  # H W of a pooled FC's input map (bound 9)
+        gap_mass = Signal(32)  # C H W (bound 6)
+        area_limit = Signal(range(POOL_AREA_LIMIT[0] + 1))
+        mass_limit = Signal(range(POOL_MASS_LIMIT[0] + 1))
+        with m.Switch(d.in_bits):  # (in_bits outside 1..MAX_ACT_BITS is refused by its own check)
+            for b in range(1, MAX_ACT_BITS + 1):
+                with m.Case(b):
+                    m.d.comb += [area_limit.eq(POOL_AREA_LIMIT[b - 1]), mass_limit.eq(POOL_MASS_LIMIT[b - 1])]
         hdr_rows = Signal(32)
         descs_end = Signal(40)  # the word after the last descriptor (registered in HEADER_MEASURE; 32-bit count)
         bad = Signal()
@@ -385,6 +400,9 @@ class ArrayController(wiring.Component):
             | (d.in_height == 0) | (d.in_width == 0) | (d.c_in == 0) | (d.c_out == 0)
             | (d.in_height >= 1 << DIM_BITS) | (d.in_width > rc) | (in_rows > self._rows)
             | (d.c_out > 1 << self._cb) | (d.fan_in != fan) | (d.fan_in >= 1 << self._fw)
+            | (d.fan_in > MAX_FAN_IN)  # bound 7 (golden's check_layer): usum and X are sized for it
+            # A pooled FC: its input sums stay within 16 bits (bound 9) and its activation mass within bound 6.
+            | (d.gap & ((gap_area > area_limit) | (gap_mass > mass_limit)))
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
             | (scores != last_layer)
@@ -708,11 +726,12 @@ class ArrayController(wiring.Component):
                              res_end.eq(d.fan_in + prev_c),
                              fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
                                         Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width))),
-                             g_hout.eq(Mux(is_conv, conv_h, 1)), g_wout.eq(Mux(is_conv, conv_w, 1))]
+                             g_hout.eq(Mux(is_conv, conv_h, 1)), g_wout.eq(Mux(is_conv, conv_w, 1)),
+                             gap_area.eq(d.in_height * d.in_width)]
                 m.next = "MEASURE_OUT"
 
             with m.State("MEASURE_OUT"):
-                m.d.sync += out_rows.eq(d.c_out * g_hst)
+                m.d.sync += [out_rows.eq(d.c_out * g_hst), gap_mass.eq(in_rows * d.in_width)]
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):

@@ -19,8 +19,9 @@ class Status(enum.Enum, shape=4):
     #: A header or descriptor field this array cannot run: a map wider than a buffer word or than a tile,
     #: more rows than a buffer, a stride other than 1 or 2, a pool other than 2, a fan-in past the patch,
     #: more channels than the channel tags, a buffer index out of range, a layer's ``in_bits`` other than the
-    #: previous layer's ``out_bits`` (the header's ``input_bits`` for layer 0), or fields that contradict each
-    #: other.
+    #: previous layer's ``out_bits`` (the header's ``input_bits`` for layer 0), a fan-in past ``MAX_FAN_IN``,
+    #: a pooled FC past golden's bounds 9 or 6 (its input sums past 16 bits, its activation mass past
+    #: ``ACT_SUM_BOUND``), or fields that contradict each other.
     BAD_GEOMETRY = 3
     #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``), a vertical layer's
     #: fields its plane decoder cannot run (``hw/array/plane_decoder.py``), or a row's requant record holds a

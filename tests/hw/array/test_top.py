@@ -259,6 +259,61 @@ def test_a_layer_reading_other_codes_than_the_layer_before_wrote_ends_with_bad_g
     assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
 
 
+def _pooled_net(rng, channels: int, size: int, bits: int) -> IntConvNetwork:
+    """A stem of ``channels`` 3 x 3 channels with ``bits``-bit outputs on a ``size`` x ``size`` map, the global sum
+    pool and an FC of 3 classes."""
+    stem = make_conv(rng, 1, channels, 3, padding=1, in_bits=4, out_bits=bits)
+    fc = fc_layer(rng, channels, 3, bits, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))
+    return IntConvNetwork(input_bits=4, image_shape=(1, size, size),
+                          stages=(ConvStage(stem), GlobalSumPool(), FCStage(fc, pooled=size * size)))
+
+
+def test_a_pooled_fc_past_bounds_9_or_6_ends_with_bad_geometry():
+    """A pooled FC whose descriptor says its input map is larger than the global sum pool's 16 bits hold (bound 9:
+    ``(2^b - 1) H W < 2^16``, the loader's pooled sum would wrap) or whose activation mass passes bound 6
+    (``(2^b - 1) H W C <= ACT_SUM_BOUND``, what the requantizer's ``X`` is sized for): BAD_GEOMETRY on the FC,
+    where the reader refuses such an image too; at the bounds' edges the geometry passes and the run ends OK.
+    The maps past the stem's are read as they lie in the buffer (outside the contract; only the status is
+    checked there), then the unchanged image runs to golden's scores on the same array."""
+    net = _pooled_net(np.random.default_rng(5), 2, 8, 8)
+    words = pack_v3(net)[0].astype(np.int64)
+    assert _with_v3_layer(words, 1)[1]["gap"] == 1
+    # Bound 9 at 8-bit codes: H W <= 65535 // 255 = 257 (12 columns: 21 rows pass, 22 do not).
+    cases = [_with_v3_layer(words, 1, in_height=22, in_width=12)[0],
+             _with_v3_layer(words, 1, in_height=21, in_width=12)[0], words]
+    images = np.random.default_rng(0).integers(0, 16, size=(len(cases), *net.image_shape))
+    res = run_array(cases, images)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK, Status.OK] and res["layer_index"][0] == 1
+    assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
+
+    # Bound 6 at 8-bit codes and 18 channels: C H W <= 1,044,480 // 255 = 4096 (12 columns: 18 rows pass, 19 do
+    # not, with H W 228 within bound 9); a taller buffer, so that 18 x 19 map rows fit.
+    net = _pooled_net(np.random.default_rng(6), 18, 4, 8)
+    words = pack_v3(net)[0].astype(np.int64)
+    cases = [_with_v3_layer(words, 1, in_height=19, in_width=12)[0],
+             _with_v3_layer(words, 1, in_height=18, in_width=12)[0], words]
+    images = np.random.default_rng(1).integers(0, 16, size=(len(cases), *net.image_shape))
+    res = run_array(cases, images, config=dataclasses.replace(CONFIG, fmap_rows=512))
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK, Status.OK] and res["layer_index"][0] == 1
+    assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
+
+
+def test_a_fan_in_past_4096_ends_with_bad_geometry_on_a_13_bit_build():
+    """A build sized for patch rows past 4,096 (``fan_in_width`` 13: a residual layer's ``fan_in + C_r``) holds
+    fan-ins up to 8,191, but the integer contract's is at most ``MAX_FAN_IN`` = 4,096 (bound 7), which the
+    activation sums (``usum``, 20 bits) and the requantizer's ``X`` are sized for: a pooled FC of 4,097 inputs
+    ends with BAD_GEOMETRY (at 4-bit codes, within bounds 6 and 9), then the unchanged image runs to golden's
+    scores."""
+    net = _pooled_net(np.random.default_rng(7), 2, 4, 4)
+    words = pack_v3(net)[0].astype(np.int64)
+    bad, _ = _with_v3_layer(words, 1, c_in=4097, fan_in=4097, in_height=1, in_width=1)
+    config = dataclasses.replace(CONFIG, fmap_rows=4200, fan_in_width=13)
+    images = np.random.default_rng(2).integers(0, 16, size=(2, *net.image_shape))
+    res = run_array([bad, words], images, config=config)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 1
+    assert np.array_equal(np.array(res["scores"][1]), net.forward(images[1:])[0])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_conv_nets_match_golden(seed):
     check_net(random_conv_net(np.random.default_rng(1000 + seed)), 1, seed)
