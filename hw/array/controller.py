@@ -386,6 +386,10 @@ class ArrayController(wiring.Component):
         fan = Signal(32)
         gap_area = Signal(2 * DIM_BITS)  # H W of a pooled FC's input map (bound 9)
         gap_mass = Signal(32)  # C H W (bound 6)
+        # The fan-in's checks (against the geometry, the patch and bound 7) and a pooled FC's bounds 9 and 6,
+        # compared in MEASURE_LIMITS and registered: from the descriptor through the limit table and the
+        # comparators into `bad` they were the shell's slowest path (106.7 MHz against 108.7).
+        fan_bad = Signal()
         area_limit = Signal(range(POOL_AREA_LIMIT[0] + 1))
         mass_limit = Signal(range(POOL_MASS_LIMIT[0] + 1))
         with m.Switch(d.in_bits):  # (in_bits outside 1..MAX_ACT_BITS is refused by its own check)
@@ -399,10 +403,7 @@ class ArrayController(wiring.Component):
             (d.kind > KIND_CONV) | (d.in_buf >= FMAP_BUFFERS)
             | (d.in_height == 0) | (d.in_width == 0) | (d.c_in == 0) | (d.c_out == 0)
             | (d.in_height >= 1 << DIM_BITS) | (d.in_width > rc) | (in_rows > self._rows)
-            | (d.c_out > 1 << self._cb) | (d.fan_in != fan) | (d.fan_in >= 1 << self._fw)
-            | (d.fan_in > MAX_FAN_IN)  # bound 7 (golden's check_layer): usum and X are sized for it
-            # A pooled FC: its input sums stay within 16 bits (bound 9) and its activation mass within bound 6.
-            | (d.gap & ((gap_area > area_limit) | (gap_mass > mass_limit)))
+            | (d.c_out > 1 << self._cb) | fan_bad
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
             | (scores != last_layer)
@@ -732,6 +733,13 @@ class ArrayController(wiring.Component):
 
             with m.State("MEASURE_OUT"):
                 m.d.sync += [out_rows.eq(d.c_out * g_hst), gap_mass.eq(in_rows * d.in_width)]
+                m.next = "MEASURE_LIMITS"
+
+            with m.State("MEASURE_LIMITS"):
+                # Bound 7 (golden's check_layer: `usum` and the requantizer's X are sized for it); a pooled FC's
+                # input sums within 16 bits (bound 9), its activation mass within bound 6.
+                m.d.sync += fan_bad.eq((d.fan_in != fan) | (d.fan_in >= 1 << self._fw) | (d.fan_in > MAX_FAN_IN)
+                                       | (d.gap & ((gap_area > area_limit) | (gap_mass > mass_limit))))
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):
