@@ -11,9 +11,9 @@ One run (``start`` to ``done``) infers one image:
    (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
    ``BAD_GEOMETRY`` (among them: ``in_bits`` must be the previous layer's ``out_bits``, the header's
    ``input_bits`` for layer 0; the fan-in at most ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
-   :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv layer, the one "pixel" of a fully
-   connected layer) the patch loader builds the tile's patch, the **dispatcher** reads each output
-   channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
+   :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv
+   layer, the one "pixel" of a fully connected layer) the patch loader builds the tile's patch, the
+   **dispatcher** reads each output channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
    record (a residual layer's shortcut multiplier ``M_r`` zero for the channels past the block input's
    ``C_r``: option A's zero channels; an ``M`` or ``M_r`` past ``MULT_BITS`` bits ends the run with
    ``BAD_STREAM``, since the command holds 17 bits), and hands the row command to the first engine that takes one; a
@@ -384,8 +384,10 @@ class ArrayController(wiring.Component):
         res_rows = Signal(32)
         res_end = Signal(17)  # fan_in + C_r: a residual layer's shortcut rows end there in the patch
         fan = Signal(32)
-        gap_area = Signal(2 * DIM_BITS)  # H W of a pooled FC's input map (bound 9)
-        gap_mass = Signal(32)  # C H W (bound 6)
+        # H W of a pooled FC's input map (bound 9) and C H W (bound 6): exact for every layer the other checks
+        # pass (H < 2^DIM_BITS, W <= row_codes, C H <= fmap_rows); a wider one is refused by those.
+        gap_area = Signal(2 * DIM_BITS)
+        gap_mass = Signal(32)
         # The fan-in's checks (against the geometry, the patch and bound 7) and a pooled FC's bounds 9 and 6,
         # compared in MEASURE_LIMITS and registered: from the descriptor through the limit table and the
         # comparators into `bad` they were the shell's slowest path (106.7 MHz against 108.7).
