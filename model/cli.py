@@ -128,6 +128,47 @@ def add_batch_arg(p: argparse.ArgumentParser) -> None:
                         f"1 or even up to 16 (default: {DEFAULT_BATCH})")
 
 
+#: ``--engines`` of the packed multiplier array (``--core array`` of ``synth``, ``sim`` and ``verilog``) when not given.
+ARRAY_ENGINES = 16
+CORES = ("fc", "array")
+
+
+def add_core_args(p: argparse.ArgumentParser) -> None:
+    """``--core`` and the array's ``--engines``, ``--lanes`` and ``--vertical`` (``synth``, ``sim``, ``verilog``); with
+    :func:`add_batch_arg`, whose default becomes None (:func:`check_core_args` resolves it for the fc core)."""
+    p.set_defaults(batch=None)
+    p.add_argument("--core", choices=CORES, default="fc",
+                   help="fc: the fully connected core (MLP images); array: the packed multiplier array sized for the "
+                        "image (MLP, conv and vertical-layered images) (default: fc)")
+    p.add_argument("--engines", type=bounded(int, 1, 64), default=None,
+                   help=f"array engines (default: {ARRAY_ENGINES})")
+    p.add_argument("--lanes", type=bounded(int, 1, 64), default=None,
+                   help="DSP48E1 lanes per engine (default: the fewest whose tile holds the widest output row)")
+    p.add_argument("--vertical", action="store_true",
+                   help="array: build the version 4 (vertical-layered) path too, which a version 3 image does not "
+                        "need (a plane decoder an engine)")
+
+
+def check_core_args(args, fc_only: tuple[str, ...] = ()) -> None:
+    """Refuse the options of one core given with the other (rather than ignore them); resolve ``--batch``.
+
+    ``fc_only`` names further options of the fully connected core (attributes of ``args``, None when not given).
+    """
+    if args.core == "array":
+        given = [f"--{k.replace('_', '-')}" for k in ("batch", *fc_only) if getattr(args, k, None) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: {'an option' if len(given) == 1 else 'options'} of the fully "
+                            "connected core (--core fc), not of the array (--core array: one input at a time, "
+                            "images loaded at run time, no self-test ROM)")
+        return
+    given = [f"--{k}" for k in ("engines", "lanes") if getattr(args, k) is not None] + (
+        ["--vertical"] if args.vertical else [])
+    if given:  # refused rather than ignored: the user meant to size an array
+        raise UserError(f"{', '.join(given)}: options of `--core array`; the fully connected core (--core fc, the "
+                        "default) has none")
+    args.batch = DEFAULT_BATCH if args.batch is None else args.batch
+
+
 def add_data_override_args(p: argparse.ArgumentParser, what: str) -> None:
     """``--data`` / ``--data-root``: read ``what``'s test images from another data set or folder than recorded."""
     p.add_argument("--data", default=None, choices=DATA_SETS, metavar="NAME",

@@ -132,27 +132,15 @@ def run(args) -> int:
 def _run_array(vectors, out: Path, simulator: str, seed: int):
     """The demo's RTL on the array: under back-pressure, then without stalls, then the parts synthesis;
     ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
-    import numpy as np
-
-    from hw.array.sizing import config_for
     from hw.platform.array_synth import synthesize_array
-    from hw.platform.verilog import array_verilog, write_text_atomically
-    from model.export.image import pack
-    from sim.array_runner import run_array
+    from sim.image_run import prepare_array, simulate_array
 
-    words = pack(vectors.net)
-    config = config_for([words], engines=DEMO_ENGINES, lanes=1)
-    vpath = write_text_atomically(out / "rtl" / "mpq_array.v", array_verilog(config))
+    prepared = prepare_array(vectors, out / "image", out / "rtl", engines=DEMO_ENGINES, lanes=1)
     runs = []
     for stall in (True, False):
         if not stall:
             print("[4/5] cycle count without stalls")
-        r = run_array(vpath, words, vectors.codes, vectors.expected, work_dir=out / "rtl" / "sim",
-                      simulator=simulator, stall=stall, seed=seed)
-        scores = np.array(r["scores"], dtype=np.int64)
-        r["rtl_accuracy"] = (float((scores.argmax(axis=1) == vectors.labels[:len(scores)]).mean())
-                             if len(scores) else 0.0)
-        runs.append(r)
+        runs.append(simulate_array(prepared, vectors, simulator, seed, stall))
     print("[5/5] Yosys synth_xilinx for the XC7Z020 (one engine and the shell, hw/platform/array_synth.py)")
-    syn = synthesize_array(config, out / "synth")
-    return runs[0], runs[1], syn.resources, 4 * len(words), syn.timing.fmax_mhz
+    syn = synthesize_array(prepared.config, out / "synth")
+    return runs[0], runs[1], syn.resources, 4 * len(prepared.words), syn.timing.fmax_mhz

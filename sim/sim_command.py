@@ -1,7 +1,10 @@
 """``build.py sim``: cocotb RTL simulation of an image on its own test images against the golden model.
 
 The test images are those of the data set the image's manifest records (``"data"``; ``--data`` /
-``--data-root`` choose another), read by :func:`model.export.vectors.image_vectors`.
+``--data-root`` choose another), read by :func:`model.export.vectors.image_vectors`. They run on the fully
+connected core (``--core fc``, the default: MLP images), on the packed multiplier array sized for the image
+(``--core array``: MLP, conv and vertical-layered images; :func:`sim.image_run.prepare_array`), or through the
+Zynq system with the host driver (``--system``).
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import sys
 from pathlib import Path
 
 from model.cli import (
+    ARRAY_ENGINES,
     DEFAULT_OUT,
     IMAGE_COUNT,
     SEED,
     SIM_DEFAULT_IMAGES,
     add_batch_arg,
+    add_core_args,
     add_data_override_args,
     add_image_arg,
+    check_core_args,
     print_table,
     write_json,
 )
@@ -44,15 +50,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_override_args(p, "the image")
     p.add_argument("--out", default=str(DEFAULT_OUT / "sim"), help="output directory")
     add_batch_arg(p)
+    add_core_args(p)
     p.add_argument("--system", action="store_true",
                    help="run the images through the Zynq system instead (AXI shell + array sized for the image, "
                         "DDR model) with the host driver (driver/), as on a board; reports rtl_mismatches, "
                         "cycles_per_image and ddr_bytes_per_image")
     p.add_argument("--bits", type=int, default=None, metavar="N",
-                   help="with --system, a vertical-layered (version 4) image: run every inner layer at N bits "
-                        "(0: the source width, the default), through the precision register")
+                   help="with --core array or --system, a vertical-layered (version 4) image: run every inner layer "
+                        "at N bits (0: the source width, the default), through the precision register")
     p.add_argument("--table-row", type=int, default=None, metavar="R",
-                   help="with --system, a vertical-layered image: run row R of its Eq. 12 width table")
+                   help="with --core array or --system, a vertical-layered image: run row R of its Eq. 12 width "
+                        "table")
     p.add_argument("--ddr-latency", type=int, default=None, metavar="CYCLES",
                    help="with --system: DDR read latency of the model before each burst's first beat, in cycles "
                         f"of the 100 MHz clock, 0-1000 (default: {DDR_LATENCY})")
@@ -65,8 +73,9 @@ def vertical_widths(args):
     bits, row = getattr(args, "bits", None), getattr(args, "table_row", None)
     if bits is None and row is None:
         return None
-    if not args.system:
-        raise UserError("--bits / --table-row run a vertical-layered image on the array: add --system")
+    if not (args.system or getattr(args, "core", "fc") == "array"):
+        raise UserError("--bits / --table-row run a vertical-layered image on the array: add --core array or "
+                        "--system")
     if bits is not None and row is not None:
         raise UserError("--bits and --table-row choose the widths two ways: give one")
     if bits is not None and not 0 <= bits <= 8:
@@ -145,23 +154,60 @@ def run_system_sim(args) -> int:
     return 0 if ok else 1
 
 
+def run_array_sim(args) -> int:
+    """``--core array``: the test images on the packed multiplier array sized for the image."""
+    from sim.image_run import prepare_array, simulate_array
+
+    out = Path(args.out)
+    vectors = read_vectors(args)
+    prepared = prepare_array(vectors, Path(args.image), out, engines=args.engines or ARRAY_ENGINES,
+                             lanes=args.lanes, vertical=args.vertical)
+    config = prepared.config
+    print(f"the array: {config.engines} engines x {config.lanes} lanes ({config.dsp_lanes} DSP48E1 lanes), "
+          f"{args.simulator}{'' if args.no_stall else ', random back-pressure on every stream'}")
+    result = simulate_array(prepared, vectors, args.simulator, args.seed, not args.no_stall, precision_register(args))
+    write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
+    print_table([("data", result["data"]["name"])]
+                + [(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",
+                                            "cycles_per_image", "wall_s")],
+                "RTL simulation (packed multiplier array) vs golden model")
+    from hw.array.status import Status
+
+    statuses = sorted({Status(s).name for s in result.get("statuses", []) if s != Status.OK.value})
+    ok = result["mismatches"] == 0 and result.get("passed", True) and result["images"] == len(vectors.codes)
+    if not ok:
+        print(f"error: the testbench failed ({result['images']} of {len(vectors.codes)} images received, "
+              f"{result['mismatches']} mismatches{'; status ' + ', '.join(statuses) if statuses else ''}); "
+              f"log: {result.get('log')}", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def run(args) -> int:
-    if args.system:
-        return run_system_sim(args)
     from model.errors import UserError
 
+    if args.system:
+        given = ["--core array"] * (args.core == "array") + [
+            f"--{k}" for k in ("engines", "lanes", "batch") if getattr(args, k) is not None] + (
+            ["--vertical"] * args.vertical)
+        if given:  # refused rather than ignored
+            raise UserError(f"{', '.join(given)}: --system runs the Zynq system, whose array is sized for the image "
+                            "(sim/system/system_run.py); leave them out")
+        return run_system_sim(args)
     if args.ddr_latency is not None:  # refused rather than ignored
         raise UserError("--ddr-latency sets the DDR model of the Zynq system: add --system")
+    check_core_args(args)
+    if args.core == "array":
+        return run_array_sim(args)
     from model.export.image_v4 import is_vertical
 
     if is_vertical(Path(args.image)):
         raise UserError(f"{args.image}: a vertical-layered (version 4) image runs on the array with its run-time "
-                        "widths: add --system (and --bits N or --table-row R)")
-    vertical_widths(args)  # --bits / --table-row without --system: an error naming them
+                        "widths: add --core array or --system (and --bits N or --table-row R)")
+    vertical_widths(args)  # --bits / --table-row without --core array or --system: an error naming them
     from sim.image_run import run_rtl
 
     out = Path(args.out)
-    result = run_rtl(read_vectors(args), out, args.simulator, args.seed, not args.no_stall, args.batch)
+    result = run_rtl(read_vectors(args), out, args.simulator, args.seed, not args.no_stall, args.batch, args.image)
     write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]
                 + [(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",

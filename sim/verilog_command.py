@@ -1,7 +1,10 @@
 """``build.py verilog``: an image -> the accelerator's Verilog and a Vivado build plan with a self-test ROM.
 
 The self-test ROM holds the first ``--selftest-images`` test images of the data set the image's manifest
-records (``--data`` / ``--data-root`` choose another) and their golden scores.
+records (``--data`` / ``--data-root`` choose another) and their golden scores. That is the fully connected core
+(``--core fc``, the default). ``--core array`` writes the packed multiplier array sized for the image instead
+(``mpq_array.v`` and ``array_config.json``; any image that fits loads at run time through its load port); the
+array has no board I/O of its own, so its Vivado project is the Zynq system's (``build.py system``).
 """
 
 from __future__ import annotations
@@ -9,21 +12,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, IMAGE_COUNT, SEED, add_batch_arg, add_data_override_args, add_image_arg
+from model.cli import (
+    ARRAY_ENGINES,
+    DEFAULT_OUT,
+    IMAGE_COUNT,
+    SEED,
+    add_batch_arg,
+    add_core_args,
+    add_data_override_args,
+    add_image_arg,
+    check_core_args,
+    write_json,
+)
 
 HELP = "image -> accelerator Verilog and a Vivado build plan (XDC, TCL)"
+#: ``--selftest-images`` when not given.
+SELFTEST_IMAGES = 16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
     p.add_argument("--board", default="arty_z7_20", choices=("arty_z7_20",), help="XC7Z020 board")
-    p.add_argument("--selftest-images", type=IMAGE_COUNT, default=16,
-                   help="test images in the on-board self-test ROM, up to the data set's test count (default: 16)")
+    p.add_argument("--selftest-images", type=IMAGE_COUNT, default=None,
+                   help="test images in the on-board self-test ROM, up to the data set's test count (default: "
+                        f"{SELFTEST_IMAGES})")
     p.add_argument("--seed", type=SEED, default=0,
                    help="digits split seed of an image that records no data set, 0..2^32-1 (default: 0)")
     add_data_override_args(p, "the image")
     p.add_argument("--out", default=str(DEFAULT_OUT / "verilog"), help="output directory")
     add_batch_arg(p)
+    add_core_args(p)
 
 
 def run(args) -> int:
@@ -33,6 +51,10 @@ def run(args) -> int:
     from model.export.image import core_words
     from model.export.vectors import image_vectors
 
+    check_core_args(args, fc_only=("selftest_images",))
+    if args.core == "array":
+        return _array(args)
+    args.selftest_images = args.selftest_images or SELFTEST_IMAGES
     # The test vectors first: a data set that is not available here is an error before any file is written.
     v = image_vectors(Path(args.image), args.selftest_images, args.seed, args.data, args.data_root,
                       flag="--selftest-images")
@@ -46,4 +68,32 @@ def run(args) -> int:
     files = write_build_plan(out / "vivado", words, u, expected, board=args.board, batch=args.batch)
     print(f"wrote the Vivado build plan for {args.board} ({len(files)} files) to {out / 'vivado'}; "
           f"run build_mpq_accel_selftest.sh there with Vivado on PATH")
+    return 0
+
+
+def _array(args) -> int:
+    """``--core array``: the array sized for the image, its Verilog and configuration."""
+    import dataclasses
+
+    import numpy as np
+
+    from hw.array.sizing import config_for
+    from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog, write_text_atomically
+    from model.export.image import pack, read_image
+    from model.export.image_v4 import is_vertical, read_vertical_image
+
+    image = Path(args.image)
+    if is_vertical(image):
+        read_vertical_image(image)  # the image checked: a corrupt one is named before any file is written
+        words = np.fromfile(image / "weights.bin", dtype="<u4")
+    else:
+        words = pack(read_image(image)[0])
+    config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical)
+    out = Path(args.out)
+    path = write_text_atomically(out / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
+    write_json(out / "array_config.json", {"image": str(image), "top": ARRAY_TOP_NAME, "dsp_lanes": config.dsp_lanes,
+                                           "config": dataclasses.asdict(config)})
+    print(f"wrote {path} ({config.engines} engines x {config.lanes} lanes, {config.dsp_lanes} DSP48E1 lanes) and "
+          f"{out / 'array_config.json'}; images load at run time through the load port. The board project is the "
+          "Zynq system's: `python build.py system` (a Vivado project; not run here)")
     return 0

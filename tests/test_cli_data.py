@@ -145,7 +145,7 @@ def test_sim_runs_at_most_360_test_images_by_default(tmp_path, capsys, monkeypat
     image = export_untrained(tmp_path, n_test)
     counts = []
 
-    def fake_run_rtl(vectors, out, simulator, seed, stall, batch):
+    def fake_run_rtl(vectors, out, simulator, seed, stall, batch, where="image"):
         count = len(vectors.codes)
         counts.append(count)
         return {"data": {"name": "idx"}, "images": count, "mismatches": 0, "rtl_accuracy": 0.0,

@@ -16,11 +16,18 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from model.cli import DEFAULT_BATCH, DEFAULT_OUT, add_batch_arg, add_image_arg, bounded, write_json
-from model.errors import UserError
+from model.cli import (
+    ARRAY_ENGINES,
+    DEFAULT_OUT,
+    add_batch_arg,
+    add_core_args,
+    add_image_arg,
+    check_core_args,
+    write_json,
+)
 
-#: ``--engines`` of ``--core array`` when not given.
-DEFAULT_ENGINES = 16
+#: ``--engines`` of ``--core array`` when not given (shared with ``sim`` and ``verilog``).
+DEFAULT_ENGINES = ARRAY_ENGINES
 
 HELP = "Yosys synth_xilinx resource report (and, for the array, a timing estimate) against the XC7Z020"
 
@@ -29,15 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
     p.add_argument("--out", default=str(DEFAULT_OUT / "synth"), help="output directory")
     add_batch_arg(p)
-    p.set_defaults(batch=None)  # --core fc's default (DEFAULT_BATCH) when not given; refused with --core array
-    p.add_argument("--core", choices=("fc", "array"), default="fc",
-                   help="fc: the fully connected core; array: the packed multiplier array (default: fc)")
-    p.add_argument("--engines", type=bounded(int, 1, 64), default=None, help=f"array engines (default: {DEFAULT_ENGINES})")
-    p.add_argument("--lanes", type=bounded(int, 1, 64), default=None,
-                   help="DSP48E1 lanes per engine (default: the fewest whose tile holds the widest output row)")
-    p.add_argument("--vertical", action="store_true",
-                   help="array: build the version 4 (vertical-layered) path too, which a version 3 image does not "
-                        "need (a plane decoder an engine)")
+    add_core_args(p)
 
 
 def run(args) -> int:
@@ -46,17 +45,9 @@ def run(args) -> int:
     from model.export.image import core_words, read_image
 
     out = Path(args.out)
+    check_core_args(args)
     if args.core == "array":
-        if args.batch is not None:
-            raise UserError("--batch: an option of the fully connected core (--core fc); the array runs one image "
-                            "at a time")
         return _array(args, out)
-    args.batch = DEFAULT_BATCH if args.batch is None else args.batch
-    given = [f"--{k}" for k in ("engines", "lanes") if getattr(args, k) is not None] + (
-        ["--vertical"] if args.vertical else [])
-    if given:  # refused rather than ignored: the user meant to size an array
-        raise UserError(f"{', '.join(given)}: options of `--core array`; the fully connected core (--core fc, the "
-                        "default) has none")
     net, _ = read_image(args.image)
     vpath = write_verilog(core_words(net, args.image), out / "mpq_accel.v", batch=args.batch)
     res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")

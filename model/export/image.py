@@ -198,9 +198,9 @@ def _pack(net: IntNetwork | IntConvNetwork, version: int) -> tuple[np.ndarray, t
 def core_words(net: IntNetwork | IntConvNetwork, where: str = "network") -> np.ndarray:
     """The image words the fully connected core of ``hw/core`` runs: version 2 (mask + payload).
 
-    That core reads the version 2 descriptors at run time; the multiplier array that runs version 3
-    (conv networks) is the next step of the hardware. So ``sim``, ``verilog`` and ``synth`` repack an image's
-    network as version 2 (the same network, bit for bit: ``unpack`` of both gives equal layers).
+    That core reads the version 2 descriptors at run time (the packed multiplier array, ``hw/array``, reads
+    versions 3 and 4). So ``sim``, ``verilog`` and ``synth`` with ``--core fc`` repack an image's network as
+    version 2 (the same network, bit for bit: ``unpack`` of both gives equal layers).
 
     Raises
     ------
@@ -208,9 +208,9 @@ def core_words(net: IntNetwork | IntConvNetwork, where: str = "network") -> np.n
         For a conv network, naming ``where``: the core runs fully connected networks only.
     """
     if isinstance(net, IntConvNetwork):
-        raise UserError(f"{where}: a conv network ({len(net.layers)} weight layers); the accelerator core in hw/"
-                        " runs fully connected networks (MLPs) only, so `sim`, `verilog` and `synth` take MLP images;"
-                        " `eval --image` runs a conv image on the golden model")
+        raise UserError(f"{where}: a conv network ({len(net.layers)} weight layers); the fully connected core "
+                        "(--core fc, the default of `sim`, `verilog` and `synth`) runs MLPs only: add --core array "
+                        "for the packed multiplier array, or run `sim --system` (the Zynq system)")
     return pack(net, MASK_VERSION)
 
 

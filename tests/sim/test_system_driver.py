@@ -137,8 +137,8 @@ def test_vertical_image_folder_at_a_width_through_system_and_driver(tmp_path):
 def test_cli_vertical_widths_user_errors(tmp_path, capsys):
     net = random_vertical_net(11, sizes=(19, 12, 10, 6), widths=(2, 3, 4), rows=2)
     write_vertical_image(tmp_path / "v", net)
-    for argv, text in ((["--image", str(tmp_path / "v")], "add --system"),
-                       (["--image", str(tmp_path / "v"), "--bits", "2"], "add --system"),
+    for argv, text in ((["--image", str(tmp_path / "v")], "add --core array or --system"),
+                       (["--image", str(tmp_path / "v"), "--bits", "2"], "add --core array or --system"),
                        (["--image", str(tmp_path / "v"), "--system", "--table-row", "2"],
                         "--table-row 2: the image's Eq. 12 table has 2 rows"),
                        (["--image", str(tmp_path / "v"), "--system", "--bits", "9"], "--bits must be 0"),

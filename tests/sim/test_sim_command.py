@@ -1,0 +1,85 @@
+"""``build.py sim`` / ``verilog`` with ``--core array``: an exported image on the packed multiplier array sized for
+it (a conv net, a vertical-layered MLP at a width and at a table row), bit for bit against golden under random
+back-pressure (Icarus), and the options of one core refused with the other."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import build
+from model.export.image import write_image
+from model.export.image_v4 import write_vertical_image
+from sim.runner import simulators_available
+from tests.model.export.test_image_v4 import random_net as random_vertical_net
+from tests.model.export.test_layout_v3 import resnet_like
+
+needs_icarus = pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+
+
+@pytest.fixture(scope="module")
+def conv_image(tmp_path_factory) -> Path:
+    """A small residual conv net (stem, two blocks, global pool, FC) on the digits' 8 x 8 4-bit codes."""
+    path = tmp_path_factory.mktemp("conv") / "image"
+    write_image(path, resnet_like(np.random.default_rng(3)))
+    return path
+
+
+@needs_icarus
+def test_a_conv_image_runs_on_the_array_and_not_on_the_fc_core(conv_image, tmp_path, capsys):
+    """The fully connected core (the default) refuses the conv image, naming it and ``--core array``; on the array
+    (2 engines, lanes for its 8-pixel rows) 3 test images match golden under back-pressure."""
+    assert build.main(["sim", "--image", str(conv_image), "--images", "3", "--out", str(tmp_path / "fc")]) == 2
+    err = capsys.readouterr().err
+    assert str(conv_image) in err and "a conv network" in err and "add --core array" in err
+    assert not (tmp_path / "fc").exists()
+
+    out = tmp_path / "array"
+    assert build.main(["sim", "--image", str(conv_image), "--core", "array", "--engines", "2", "--images", "3",
+                       "--out", str(out)]) == 0
+    report = json.loads((out / "sim.json").read_text())
+    assert report["images"] == 3 and report["mismatches"] == 0 and report["passed"]
+    assert report["array_config"]["engines"] == 2 and report["array_config"]["lanes"] == 4
+    assert report["cycles_per_image"] > 0 and report["data"]["name"] == "digits"
+    assert "RTL simulation (packed multiplier array)" in capsys.readouterr().out
+
+
+@needs_icarus
+def test_a_vertical_image_runs_on_the_array_at_a_width_and_a_table_row(tmp_path):
+    """A version 4 image loaded as stored and run through the precision register at 2 bits and at row 1 of its
+    Eq. 12 table (what ``--system`` does through the driver), each against golden at those widths."""
+    net = random_vertical_net(11, sizes=(64, 12, 10, 6), widths=(2, 3, 4), rows=2)
+    write_vertical_image(tmp_path / "v", net)
+    for args in (["--bits", "2"], ["--table-row", "1"]):
+        out = tmp_path / args[0].strip("-")
+        assert build.main(["sim", "--image", str(tmp_path / "v"), "--core", "array", "--engines", "2", "--images",
+                           "3", "--out", str(out), *args]) == 0, args
+        report = json.loads((out / "sim.json").read_text())
+        assert report["images"] == 3 and report["mismatches"] == 0 and report["array_config"]["vertical"], args
+
+
+def test_verilog_writes_the_array_sized_for_the_image(conv_image, tmp_path):
+    out = tmp_path / "verilog"
+    assert build.main(["verilog", "--image", str(conv_image), "--core", "array", "--engines", "3",
+                       "--out", str(out)]) == 0
+    assert "module mpq_array" in (out / "mpq_array.v").read_text()
+    record = json.loads((out / "array_config.json").read_text())
+    assert record["config"]["engines"] == 3 and record["dsp_lanes"] == 3 * record["config"]["lanes"]
+    assert record["top"] == "mpq_array" and not (out / "vivado").exists()
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["sim", "--core", "array", "--batch", "2"], "--batch: an option of the fully connected core"),
+    (["sim", "--engines", "2"], "--engines: options of `--core array`"),
+    (["sim", "--vertical"], "--vertical: options of `--core array`"),
+    (["sim", "--system", "--lanes", "2"], "--lanes: --system runs the Zynq system"),
+    (["sim", "--system", "--core", "array"], "--core array: --system runs the Zynq system"),
+    (["verilog", "--core", "array", "--selftest-images", "3"], "--selftest-images: an option of the fully"),
+    (["verilog", "--lanes", "2"], "--lanes: options of `--core array`"),
+])
+def test_the_options_of_one_core_are_refused_with_the_other(conv_image, tmp_path, capsys, argv, text):
+    """Refused before anything is read or written, not ignored."""
+    out = tmp_path / "out"
+    assert build.main([*argv, "--image", str(conv_image), "--out", str(out)]) == 2
+    assert text in capsys.readouterr().err and not out.exists()
