@@ -51,7 +51,7 @@ def run(args) -> int:
     from model.export.image import core_words
     from model.export.vectors import image_vectors
 
-    check_core_args(args, fc_only=("selftest_images",))
+    check_core_args(args, fc_only=("selftest_images", "data", "data_root"))
     if args.core == "array":
         return _array(args)
     args.selftest_images = args.selftest_images or SELFTEST_IMAGES
@@ -80,12 +80,11 @@ def _array(args) -> int:
     from hw.array.sizing import config_for
     from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog, write_text_atomically
     from model.export.image import pack, read_image
-    from model.export.image_v4 import is_vertical, read_vertical_image
+    from model.export.image_v4 import is_vertical, read_vertical_words
 
     image = Path(args.image)
     if is_vertical(image):
-        read_vertical_image(image)  # the image checked: a corrupt one is named before any file is written
-        words = np.fromfile(image / "weights.bin", dtype="<u4")
+        words = np.asarray(read_vertical_words(image)[2])  # checked: a corrupt image is named, nothing written
     else:
         words = pack(read_image(image)[0])
     config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical)

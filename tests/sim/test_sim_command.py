@@ -48,13 +48,14 @@ def test_a_conv_image_runs_on_the_array_and_not_on_the_fc_core(conv_image, tmp_p
 @needs_icarus
 def test_a_vertical_image_runs_on_the_array_at_a_width_and_a_table_row(tmp_path):
     """A version 4 image loaded as stored and run through the precision register at 2 bits and at row 1 of its
-    Eq. 12 table (what ``--system`` does through the driver), each against golden at those widths."""
+    Eq. 12 table (what ``--system`` does through the driver), each against golden at those widths; the image
+    named by its folder, then by its manifest."""
     net = random_vertical_net(11, sizes=(64, 12, 10, 6), widths=(2, 3, 4), rows=2)
     write_vertical_image(tmp_path / "v", net)
-    for args in (["--bits", "2"], ["--table-row", "1"]):
+    for image, args in ((tmp_path / "v", ["--bits", "2"]), (tmp_path / "v" / "manifest.json", ["--table-row", "1"])):
         out = tmp_path / args[0].strip("-")
-        assert build.main(["sim", "--image", str(tmp_path / "v"), "--core", "array", "--engines", "2", "--images",
-                           "3", "--out", str(out), *args]) == 0, args
+        assert build.main(["sim", "--image", str(image), "--core", "array", "--engines", "2", "--images", "3",
+                           "--out", str(out), *args]) == 0, args
         report = json.loads((out / "sim.json").read_text())
         assert report["images"] == 3 and report["mismatches"] == 0 and report["array_config"]["vertical"], args
 
@@ -77,6 +78,7 @@ def test_verilog_writes_the_array_sized_for_the_image(conv_image, tmp_path):
     (["sim", "--system", "--core", "array"], "--core array: --system runs the Zynq system"),
     (["verilog", "--core", "array", "--selftest-images", "3"], "--selftest-images: an option of the fully"),
     (["verilog", "--lanes", "2"], "--lanes: options of `--core array`"),
+    (["verilog", "--core", "array", "--data", "digits"], "--data: an option of the fully connected core"),
 ])
 def test_the_options_of_one_core_are_refused_with_the_other(conv_image, tmp_path, capsys, argv, text):
     """Refused before anything is read or written, not ignored."""
