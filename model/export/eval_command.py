@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            "and golden accuracy")
     what.add_argument("--image", default=None, help="image directory from `export`: golden accuracy")
     add_data_override_args(p, "the checkpoint or image")
-    p.add_argument("--seed", type=SEED, default=0,
-                   help="digits split seed for a file that records no data set (default: 0)")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="digits split seed for a file that records no data set (default: 0; refused for a file "
+                        "that records its data set, whose split it keeps)")
     p.add_argument("--bits", type=int, default=None,
                    help="vertical-layered image (format version 4): evaluate this stored width only (default: every "
                         "stored width and every Eq. 12 row of its table)")
@@ -86,8 +87,18 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
         return None, str(exc)
 
 
-def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int) -> dict:
-    """Float, fake-quant and golden accuracy of the checkpoint at ``path`` on its recorded test images."""
+def _seed_unused(seed: int | None, where: str) -> None:
+    """``--seed`` given for a file that records its data set: refused, not ignored (the record keeps its split)."""
+    from model.errors import UserError
+
+    if seed is not None:
+        raise UserError(f"--seed {seed}: {where} records its data set, whose split it keeps; --seed chooses the "
+                        "digits split of a file that records none (--data / --data-root choose other test images)")
+
+
+def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | None) -> dict:
+    """Float, fake-quant and golden accuracy of the checkpoint at ``path`` on its recorded test images
+    (``seed``: the digits split of a checkpoint that records no data set; None for the default, 0)."""
     from model.export.convert import golden_accuracy
     from model.export.vectors import default_record
     from model.runs.checkpoint import checkpoint_data, input_bits_of, load_checkpoint
@@ -100,7 +111,9 @@ def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int) ->
         where = str(path)
         shape = model.config.get("image_shape") or ((1, 8, 8) if model.config["n_in"] == 64
                                                     else (1, 1, model.config["n_in"]))
-        record = default_record(shape, input_bits_of(model), seed, where)
+        record = default_record(shape, input_bits_of(model), seed or 0, where)
+    else:
+        _seed_unused(seed, str(path))
     record = record.override(data, data_root)
     split = record.load_test(where)
     x, y = split.x_test, split.y_test
@@ -116,11 +129,14 @@ def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int) ->
             "float_baseline_accuracy": meta.get("float_accuracy"), "notes": notes}
 
 
-def eval_image(image_dir, data: str | None, data_root: str | None, seed: int) -> dict:
-    """Golden accuracy of the image in ``image_dir`` on its recorded test images."""
+def eval_image(image_dir, data: str | None, data_root: str | None, seed: int | None) -> dict:
+    """Golden accuracy of the image in ``image_dir`` on its recorded test images (``seed`` as for
+    :func:`eval_checkpoint`)."""
     from model.export.vectors import image_vectors
 
-    vectors = image_vectors(image_dir, None, seed, data, data_root)
+    vectors = image_vectors(image_dir, None, seed or 0, data, data_root)
+    if "data" in vectors.manifest:
+        _seed_unused(seed, f"{image_dir} (manifest.json field 'data')")
     golden = float((vectors.expected.argmax(axis=1) == vectors.labels).mean())
     why = "an image holds integer codes only; `eval --checkpoint` gives the float and fake-quant accuracy"
     return {"image": str(image_dir), "data": vectors.data.to_json(), "test_images": len(vectors.labels),
@@ -191,6 +207,7 @@ def run(args) -> int:
     if args.bits is not None and not vertical:
         raise UserError("--bits applies to a vertical-layered image (format version 4) only")
     if vertical:
+        _seed_unused(args.seed, f"{args.image} (a vertical-layered image)")
         report = eval_vertical_image(Path(args.image), args.bits, args.data, args.data_root)
     elif args.checkpoint is not None:
         report = eval_checkpoint(Path(args.checkpoint), args.data, args.data_root, args.seed)

@@ -158,3 +158,15 @@ def test_a_checkpoint_directory_is_named_as_such(capsys, tmp_path, ticket):
     code, _, err = main(capsys, "eval", "--checkpoint", tmp_path / "run", "--out", tmp_path / "eval")
     assert code == 2 and "it holds ticket.pt" in err and str(tmp_path / "run" / "ticket.pt") in err, err
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_seed_for_a_file_that_records_its_data_set_is_refused(capsys, tmp_path, ticket):
+    """--seed chooses the digits split of a file that records no data set; for a checkpoint or an image that
+    records one (whose split it keeps) it is refused, naming the file, not ignored."""
+    model, _ = ticket
+    save_checkpoint(tmp_path / "t.pt", model, data=DataRecord.of("digits", None, (1, 8, 8), 4, seed=2))
+    assert main(capsys, "export", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "image")[0] == 0
+    for flag, path in (("--checkpoint", tmp_path / "t.pt"), ("--image", tmp_path / "image")):
+        code, _, err = main(capsys, "eval", flag, path, "--seed", 5, "--out", tmp_path / "eval")
+        assert code == 2 and f"--seed 5: {path}" in err and "records its data set" in err, err
+        assert not (tmp_path / "eval").exists()
