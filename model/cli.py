@@ -169,6 +169,14 @@ def check_core_args(args, fc_only: tuple[str, ...] = ()) -> None:
     args.batch = DEFAULT_BATCH if args.batch is None else args.batch
 
 
+def refuse_unused_seed(seed: int | None, where: str) -> None:
+    """``--seed`` (a digits split seed, None when not given) for a file that records its data set: refused, not
+    ignored (the record keeps its own split). ``where`` names the file."""
+    if seed is not None:
+        raise UserError(f"--seed {seed}: {where} records its data set, whose split it keeps; --seed chooses the "
+                        "digits split of a file that records none (--data / --data-root choose other test images)")
+
+
 def add_data_override_args(p: argparse.ArgumentParser, what: str) -> None:
     """``--data`` / ``--data-root``: read ``what``'s test images from another data set or folder than recorded."""
     p.add_argument("--data", default=None, choices=DATA_SETS, metavar="NAME",

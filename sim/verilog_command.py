@@ -22,6 +22,7 @@ from model.cli import (
     add_data_override_args,
     add_image_arg,
     check_core_args,
+    refuse_unused_seed,
     write_json,
 )
 
@@ -36,8 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selftest-images", type=IMAGE_COUNT, default=None,
                    help="test images in the on-board self-test ROM, up to the data set's test count (default: "
                         f"{SELFTEST_IMAGES})")
-    p.add_argument("--seed", type=SEED, default=0,
-                   help="digits split seed of an image that records no data set, 0..2^32-1 (default: 0)")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="digits split seed of an image that records no data set, 0..2^32-1 (default: 0; refused for "
+                        "an image that records its data set)")
     add_data_override_args(p, "the image")
     p.add_argument("--out", default=str(DEFAULT_OUT / "verilog"), help="output directory")
     add_batch_arg(p)
@@ -51,13 +53,15 @@ def run(args) -> int:
     from model.export.image import core_words
     from model.export.vectors import image_vectors
 
-    check_core_args(args, fc_only=("selftest_images", "data", "data_root"))
+    check_core_args(args, fc_only=("selftest_images", "seed", "data", "data_root"))
     if args.core == "array":
         return _array(args)
     args.selftest_images = args.selftest_images or SELFTEST_IMAGES
     # The test vectors first: a data set that is not available here is an error before any file is written.
-    v = image_vectors(Path(args.image), args.selftest_images, args.seed, args.data, args.data_root,
+    v = image_vectors(Path(args.image), args.selftest_images, args.seed or 0, args.data, args.data_root,
                       flag="--selftest-images")
+    if "data" in v.manifest:
+        refuse_unused_seed(args.seed, f"{args.image} (manifest.json field 'data')")
     u, expected = v.codes, v.expected
     if len(u) % args.batch:
         raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, SEED, add_data_override_args, print_table, write_json
+from model.cli import DEFAULT_OUT, SEED, add_data_override_args, print_table, refuse_unused_seed, write_json
 
 HELP = "accuracy of a checkpoint (float, fake-quant, golden) or of an exported image (golden) on its own data set"
 
@@ -87,15 +87,6 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
         return None, str(exc)
 
 
-def _seed_unused(seed: int | None, where: str) -> None:
-    """``--seed`` given for a file that records its data set: refused, not ignored (the record keeps its split)."""
-    from model.errors import UserError
-
-    if seed is not None:
-        raise UserError(f"--seed {seed}: {where} records its data set, whose split it keeps; --seed chooses the "
-                        "digits split of a file that records none (--data / --data-root choose other test images)")
-
-
 def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | None) -> dict:
     """Float, fake-quant and golden accuracy of the checkpoint at ``path`` on its recorded test images
     (``seed``: the digits split of a checkpoint that records no data set; None for the default, 0)."""
@@ -113,7 +104,7 @@ def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | N
                                                     else (1, 1, model.config["n_in"]))
         record = default_record(shape, input_bits_of(model), seed or 0, where)
     else:
-        _seed_unused(seed, str(path))
+        refuse_unused_seed(seed, str(path))
     record = record.override(data, data_root)
     split = record.load_test(where)
     x, y = split.x_test, split.y_test
@@ -136,7 +127,7 @@ def eval_image(image_dir, data: str | None, data_root: str | None, seed: int | N
 
     vectors = image_vectors(image_dir, None, seed or 0, data, data_root)
     if "data" in vectors.manifest:
-        _seed_unused(seed, f"{image_dir} (manifest.json field 'data')")
+        refuse_unused_seed(seed, f"{image_dir} (manifest.json field 'data')")
     golden = float((vectors.expected.argmax(axis=1) == vectors.labels).mean())
     why = "an image holds integer codes only; `eval --checkpoint` gives the float and fake-quant accuracy"
     return {"image": str(image_dir), "data": vectors.data.to_json(), "test_images": len(vectors.labels),
@@ -207,7 +198,7 @@ def run(args) -> int:
     if args.bits is not None and not vertical:
         raise UserError("--bits applies to a vertical-layered image (format version 4) only")
     if vertical:
-        _seed_unused(args.seed, f"{args.image} (a vertical-layered image)")
+        refuse_unused_seed(args.seed, f"{args.image} (a vertical-layered image)")
         report = eval_vertical_image(Path(args.image), args.bits, args.data, args.data_root)
     elif args.checkpoint is not None:
         report = eval_checkpoint(Path(args.checkpoint), args.data, args.data_root, args.seed)

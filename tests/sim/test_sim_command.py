@@ -79,9 +79,23 @@ def test_verilog_writes_the_array_sized_for_the_image(conv_image, tmp_path):
     (["verilog", "--core", "array", "--selftest-images", "3"], "--selftest-images: an option of the fully"),
     (["verilog", "--lanes", "2"], "--lanes: options of `--core array`"),
     (["verilog", "--core", "array", "--data", "digits"], "--data: an option of the fully connected core"),
+    (["verilog", "--core", "array", "--seed", "3"], "--seed: an option of the fully connected core"),
 ])
 def test_the_options_of_one_core_are_refused_with_the_other(conv_image, tmp_path, capsys, argv, text):
     """Refused before anything is read or written, not ignored."""
     out = tmp_path / "out"
     assert build.main([*argv, "--image", str(conv_image), "--out", str(out)]) == 2
     assert text in capsys.readouterr().err and not out.exists()
+
+
+def test_verilog_refuses_a_seed_for_an_image_that_records_its_data_set(tmp_path, capsys):
+    """--seed chooses the digits split of an image that records none; refused (not ignored) for one that does."""
+    from model.data import DataRecord
+
+    net = resnet_like(np.random.default_rng(3))
+    write_image(tmp_path / "image", net, data=DataRecord.of("digits", None, (1, 8, 8), 4, seed=2).to_json())
+    out = tmp_path / "verilog"
+    assert build.main(["verilog", "--image", str(tmp_path / "image"), "--core", "fc", "--seed", "5",
+                       "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--seed 5:" in err and "records its data set" in err and not out.exists()
