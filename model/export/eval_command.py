@@ -104,7 +104,7 @@ def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | N
                                                     else (1, 1, model.config["n_in"]))
         record = default_record(shape, input_bits_of(model), seed or 0, where)
     else:
-        refuse_unused_seed(seed, str(path))
+        refuse_unused_seed(seed, f"{path} (field 'meta.dataset')")
     record = record.override(data, data_root)
     split = record.load_test(where)
     x, y = split.x_test, split.y_test
