@@ -135,7 +135,7 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
     from hw.platform.array_synth import synthesize_array
     from sim.image_run import prepare_array, simulate_array
 
-    prepared = prepare_array(vectors, out / "image", out / "rtl", engines=DEMO_ENGINES, lanes=1)
+    prepared = prepare_array(vectors, out / "rtl", engines=DEMO_ENGINES, lanes=1)
     runs = []
     for stall in (True, False):
         if not stall:

@@ -21,7 +21,6 @@ from hw.array.sizing import config_for
 from hw.array.top import ArrayConfig
 from hw.platform.verilog import array_verilog, write_text_atomically, write_verilog
 from model.export.image import core_words, pack
-from model.export.image_v4 import is_vertical, read_vertical_words
 from model.export.vectors import ImageVectors
 from sim.array_runner import run_array_cases
 from sim.runner import run_accelerator
@@ -115,15 +114,12 @@ class PreparedArray:
     out: Path
 
 
-def prepare_array(vectors: ImageVectors, image_dir, out: Path, *, engines: int, lanes: int | None = None,
+def prepare_array(vectors: ImageVectors, out: Path, *, engines: int, lanes: int | None = None,
                   vertical: bool = False) -> PreparedArray:
-    """The words of the image in ``image_dir`` (a folder or its manifest, the one ``vectors`` were read from),
-    :func:`~hw.array.sizing.config_for` them with ``engines`` / ``lanes`` / ``vertical``, and the
-    array's Verilog in ``out / "mpq_array.v"``."""
-    if is_vertical(image_dir):
-        words = np.asarray(read_vertical_words(image_dir)[2], dtype=np.int64)
-    else:
-        words = pack(vectors.net).astype(np.int64)
+    """The words of the image ``vectors`` were read from (a vertical image's as stored, ``vectors.words``; else
+    its network packed as version 3), :func:`~hw.array.sizing.config_for` them with ``engines`` / ``lanes`` /
+    ``vertical``, and the array's Verilog in ``out / "mpq_array.v"``."""
+    words = np.asarray(pack(vectors.net) if vectors.words is None else vectors.words, dtype=np.int64)
     config = config_for([words], engines=engines, lanes=lanes, vertical=vertical)
     verilog = write_text_atomically(Path(out) / "mpq_array.v", array_verilog(config))
     return PreparedArray(words, config, verilog, Path(out))

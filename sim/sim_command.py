@@ -160,8 +160,8 @@ def run_array_sim(args) -> int:
 
     out = Path(args.out)
     vectors = read_vectors(args)
-    prepared = prepare_array(vectors, Path(args.image), out, engines=args.engines or ARRAY_ENGINES,
-                             lanes=args.lanes, vertical=args.vertical)
+    prepared = prepare_array(vectors, out, engines=args.engines or ARRAY_ENGINES, lanes=args.lanes,
+                             vertical=args.vertical)
     config = prepared.config
     print(f"the array: {config.engines} engines x {config.lanes} lanes ({config.dsp_lanes} DSP48E1 lanes), "
           f"{args.simulator}{'' if args.no_stall else ', random back-pressure on every stream'}")

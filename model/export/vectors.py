@@ -15,7 +15,7 @@ import numpy as np
 from model.data import DataRecord
 from model.errors import UserError
 from model.export.image import input_features, read_image
-from model.export.image_v4 import is_vertical, read_vertical_image
+from model.export.image_v4 import is_vertical, read_vertical_words
 from model.quant.pact import InputQuant
 
 
@@ -52,6 +52,9 @@ class ImageVectors:
         int64 ``[N]``.
     available : int
         Test images the data set has (``N`` is at most this).
+    words : numpy.ndarray or None
+        A version 4 (vertical) image's words as stored (what a loader sends, every width); None for versions
+        1-3, whose network packs to the version 3 words (:func:`model.export.image.pack`).
     """
 
     net: object
@@ -61,6 +64,7 @@ class ImageVectors:
     expected: object
     labels: object
     available: int
+    words: object = None
 
 
 def image_vectors(image_dir, count: int | None, seed: int, data: str | None = None, data_root: str | None = None,
@@ -92,8 +96,9 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
         If the image is broken, its data set is not available here or does not fit the network.
     """
     path = Path(image_dir)
+    words = None
     if is_vertical(path):
-        vnet, manifest = read_vertical_image(image_dir)
+        vnet, manifest, words = read_vertical_words(image_dir)
         net = vnet.materialize(bits or vnet.widths[-1])
     else:
         if bits is not None:
@@ -121,4 +126,4 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
         take = min(take, cap)
     x, y = split.x_test[:take], split.y_test[:take]
     codes = InputQuant(net.input_bits).to_codes(x).numpy().astype(np.int64)
-    return ImageVectors(net, manifest, record, codes, net.forward(codes), y.numpy(), available)
+    return ImageVectors(net, manifest, record, codes, net.forward(codes), y.numpy(), available, words)
