@@ -144,8 +144,8 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
         try:
             box["engine"] = synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log",
                                                timeout_s=timeout_s)
-        except (RuntimeError, OSError, ValueError) as exc:  # Yosys or its netlist: re-raised in the caller's thread
-            box["engine_error"] = exc
+        except Exception as exc:  # noqa: BLE001 - any of them (Yosys missing, its run, its netlist) is re-raised in
+            box["engine_error"] = exc  # the caller's thread, not printed as a thread's traceback
 
     t0 = time.perf_counter()
     worker = threading.Thread(target=engine_part, daemon=True)

@@ -68,11 +68,11 @@ def _array(args, out: Path) -> int:
     from hw.array.sizing import config_for
     from hw.platform.array_synth import synthesize_array
     from hw.platform.synth import format_table
-    from model.export.image import pack, read_image
+    from model.export.image_v4 import array_words
 
-    net, _ = read_image(args.image)
-    # The version 4 path is built when the image needs it or --vertical asks (hw/array/sizing.py config_for).
-    config = config_for([pack(net)], engines=args.engines or DEFAULT_ENGINES, lanes=args.lanes,
+    # The version 4 path is built when the image needs it (a vertical image's words as stored) or --vertical asks
+    # (hw/array/sizing.py config_for).
+    config = config_for([array_words(args.image)], engines=args.engines or DEFAULT_ENGINES, lanes=args.lanes,
                         vertical=args.vertical)
     print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) by parts, one engine and the "
           f"shell, into {out}: minutes")

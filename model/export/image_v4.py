@@ -57,7 +57,7 @@ from model.export.golden_vertical import (
     VerticalRequant,
     check_vertical,
 )
-from model.export.image import read_image_files, unpack, write_image_files
+from model.export.image import pack, read_image, read_image_files, unpack, write_image_files
 from model.export.records import check_reserved, field_error, pack_records, unpack_records
 
 FORMAT = "mpqaccel-image"
@@ -412,6 +412,21 @@ def read_vertical_words(path) -> tuple[VerticalNetwork, dict, np.ndarray]:
     if len(names) != len(net.layers):
         raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds {len(net.layers)}")
     return rename(net, names), record, words
+
+
+def array_words(path) -> np.ndarray:
+    """The words the packed multiplier array loads for the image at ``path`` (a directory or its manifest): a
+    version 4 image's as stored (the array reads its planes at run time), any other's network packed as
+    version 3 (the array's format for conv networks and MLPs alike). Reads and checks the whole image.
+
+    Raises
+    ------
+    UserError
+        Naming the file and the field.
+    """
+    if is_vertical(path):
+        return read_vertical_words(path)[2]
+    return pack(read_image(path)[0])
 
 
 def is_vertical(path) -> bool:
