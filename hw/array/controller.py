@@ -435,6 +435,8 @@ class ArrayController(wiring.Component):
         m.d.comb += pair.eq(words[:2 * WORD_BITS] >> ptr_bit[:5])
         ptr = Signal(WORD_BITS)
         m.d.comb += ptr.eq(pair[:WORD_BITS] & ((Const(1, WORD_BITS + 1) << dd.ptr_bits[:6]) - 1))
+        one_word = Signal()  # row j's pointer lies in the first of its two words
+        m.d.comb += one_word.eq(ptr_bit[:5] + dd.ptr_bits[:6] <= WORD_BITS)
 
         res_live = Signal()  # the channel has a shortcut input (j < C_r; option A's other channels add zero)
 
@@ -814,8 +816,11 @@ class ArrayController(wiring.Component):
             with m.State("READ"):
                 # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut); words land
                 # one cycle later.
-                # (Version 4 has no row pointer's second word; without a shortcut the 4th record word is not read.)
-                skip = (v4 & (k == 1)) | (~dd.residual & (k == 5))
+                # (Version 4 has no row pointer's second word, nor has a pointer that ends in its first word (its
+                # high bits are masked off); without a shortcut the 4th record word is not read. A read not made
+                # leaves the port's cycle to the engines behind the controller on it: their row decoders read
+                # the weights there, `hw/array/top.py`.)
+                skip = ((k == 1) & (v4 | one_word)) | (~dd.residual & (k == 5))
                 m.d.comb += [self.bus.req.eq((k < 6) & ~skip), self.bus.addr.eq(read_addr)]
                 m.d.sync += k.eq(k + 1)
                 with m.If((k > 0) & (k < 7)):
