@@ -5,8 +5,7 @@ its row's first bit in the global buffer, its requant parameters (``M``, ``B``, 
 of the tile's pixels and how many pixels the tile has. For each, it
 
 1. decodes the row (:class:`~hw.core.stream_decoder.RowStreamDecoder`, its own global-buffer requester):
-   one entry ``(position p, class, code q)`` per non-zero weight, grouped by width class (*segments*), into a
-   FIFO of :data:`ENTRY_FIFO_DEPTH` entries (the decoder reads on, into the next row, while step 2 replays);
+   one entry ``(position p, class, code q)`` per non-zero weight, grouped by width class (*segments*);
 2. turns each segment into the *passes* of its lanes (:class:`~hw.array.pass_sequencer.PassSequencer`): one
    pair pass for 4- and 8-bit weights at 1-4-bit activations; in a DoReFa row one *merged* single pass per
    pixel slot for all its other weights (the lanes weight each by its ``R_m``, a 32-bit one in two cycles),
@@ -79,12 +78,6 @@ from hw.dsp.packing import CHUNK_BITS, P_BITS
 from hw.dsp.pass_lane import A_SPREAD, ACT_BITS_FIELD, PAIR_SHIFT, SLOTS, PassDspLane, entry_layout
 from model.export.format import CLASS_WIDTHS
 from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, MULT_BITS
-
-#: Decoded entries an engine holds between its row decoder and its pass sequencer, so that the decoder reads
-#: on while the sequencer replays a segment (``ChannelEngine.elaborate``; ``docs/array_design.md``, "The entries
-#: FIFO"). 32 entries are one column of Xilinx 32-deep distributed RAM (the FIFO's read is asynchronous: no
-#: block RAM, of which the array has none to spare); 64 gained 19 cycles of a ResNet-20 layer against 32's 157.
-ENTRY_FIFO_DEPTH = 32
 
 #: Pixel slots of one lane (a pass lane's two: ``hw/dsp/pass_lane.py``).
 LANE_SLOTS = SLOTS
@@ -307,21 +300,15 @@ class ChannelEngine(wiring.Component):
         m.d.comb += [seq.act_bits.eq(layer.act_bits), seq.gap.eq(layer.gap), seq.signed.eq(layer.signed),
                      seq.rows.valid.eq(row_pixels.r_rdy), seq.rows.payload.eq(row_pixels.r_data),
                      row_pixels.r_en.eq(seq.rows.ready)]
-        # The decoded entries reach the sequencer through a FIFO (ENTRY_FIFO_DEPTH): while the sequencer replays
-        # a segment from its own memory (a merged or single pass's second slot group), the decoder goes on
-        # with the row's next segment or the next row, so its global-buffer reads spread over the row
-        # instead of coming in bursts that two engines on one read port cannot both be served.
-        m.submodules.entries = ent = SyncFIFOBuffered(width=len(dec.o.payload.as_value()), depth=ENTRY_FIFO_DEPTH)
         if self._vertical:
             m.d.comb += [
-                ent.w_en.eq(Mux(vert, pdec.o.valid, dec.o.valid)),
-                ent.w_data.eq(Mux(vert, pdec.o.payload.as_value(), dec.o.payload.as_value())),
-                dec.o.ready.eq(ent.w_rdy & ~vert), pdec.o.ready.eq(ent.w_rdy & vert),
+                seq.i.valid.eq(Mux(vert, pdec.o.valid, dec.o.valid)),
+                seq.i.payload.eq(Mux(vert, pdec.o.payload.as_value(), dec.o.payload.as_value())),
+                dec.o.ready.eq(seq.i.ready & ~vert), pdec.o.ready.eq(seq.i.ready & vert),
             ]
         else:
-            m.d.comb += [ent.w_en.eq(dec.o.valid), ent.w_data.eq(dec.o.payload.as_value()),
-                         dec.o.ready.eq(ent.w_rdy)]
-        m.d.comb += [seq.i.valid.eq(ent.r_rdy), seq.i.payload.eq(ent.r_data), ent.r_en.eq(seq.i.ready)]
+            m.d.comb += [seq.i.valid.eq(dec.o.valid), seq.i.payload.eq(dec.o.payload.as_value()),
+                         dec.o.ready.eq(seq.i.ready)]
 
         # -- Fetch: the entry waits here while its patch row is read ---------------------------------------
         f_valid = Signal()

@@ -30,11 +30,7 @@ CHANNEL_BITS = 4
 class EngineHarness(wiring.Component):
     """The engine with its global buffer (the weight stream) and a patch memory (the tile's codes)."""
 
-    def __init__(self, lanes, words, patch, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH, vertical=False,
-                 rival=False):
-        # rival: a requester ahead of the engine on its global-buffer port (as the controller and engine 0 are
-        # ahead of engine 1 in the array), asking in each cycle `rival_req` is high.
-        self._rival = rival
+    def __init__(self, lanes, words, patch, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH, vertical=False):
         self._engine = ChannelEngine(lanes=lanes, addr_width=addr_width, fan_in_width=fan_in_width, vertical=vertical,
                                      channel_bits=CHANNEL_BITS)
         self._faw, self._aw = fan_in_width, addr_width
@@ -48,7 +44,6 @@ class EngineHarness(wiring.Component):
             "usum": In(data.ArrayLayout(A_BITS, t)),
             "error": Out(1),
             "busy": Out(1),
-            "rival_req": In(1),
         })
 
     def elaborate(self, platform):
@@ -57,9 +52,7 @@ class EngineHarness(wiring.Component):
         t = eng.pixels
         m.submodules.engine = eng
         m.submodules.buffer = buf = GlobalBuffer(MemoryData(shape=32, depth=1 << self._aw, init=self._words),
-                                                 ports=[["rival", "eng"] if self._rival else ["eng"]])
-        if self._rival:
-            m.d.comb += buf.rival.req.eq(self.rival_req)
+                                                 ports=[["eng"]])
         m.submodules.patch = patch = Memory(shape=8 * t, depth=1 << self._faw, init=self._patch)
         port = patch.read_port()
         wiring.connect(m, buf.eng, eng.bus)
@@ -266,10 +259,9 @@ def test_rejects_bad_parameters():
         ChannelEngine(lanes=0, addr_width=8, fan_in_width=4, channel_bits=2)
 
 
-def run_dorefa_rows(rng, codes, widths, patch, lanes, shift, rival=None):
+def run_dorefa_rows(rng, codes, widths, patch, lanes, shift):
     """Back-to-back DoReFa rows at 4-bit activations, commands always offered, outputs always taken: every
-    output equal to golden's; ``{(channel, pixel): cycle}`` of each output. ``rival``: a function of the cycle
-    that says whether a requester ahead of the engine asks for the global-buffer port in it."""
+    output equal to golden's; ``{(channel, pixel): cycle}`` of each output."""
     rows, fan_in = codes.shape
     t = lanes * LANE_SLOTS
     want = golden_outputs(codes, widths, patch.T, False, np.full(rows, 1000), np.zeros(rows, dtype=np.int64),
@@ -281,8 +273,7 @@ def run_dorefa_rows(rng, codes, widths, patch, lanes, shift, rival=None):
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
              "act_bits": 4, "signed": 0, "residual": 0, "gap": 0, "shift": shift, "out_bits": 4}
-    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in),
-                        rival=rival is not None)
+    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
     got = {}
 
     async def bench(ctx):
@@ -291,8 +282,6 @@ def run_dorefa_rows(rng, codes, widths, patch, lanes, shift, rival=None):
         ctx.set(dut.o.ready, 1)
         for cycle in range(5000):
             src.drive(ctx)
-            if rival is not None:
-                ctx.set(dut.rival_req, rival(cycle))
             _, _, cv, cr, ov, out = await ctx.tick().sample(dut.cmd.valid, dut.cmd.ready, dut.o.valid, dut.o.payload)
             src.update(cv, cr)
             if ov:
@@ -338,27 +327,6 @@ def test_merged_rows_run_at_their_lane_cycles():
     cycles = run_dorefa_rows(rng, codes, widths, patch, lanes, 40)
     row_end = [max(cycles[(j, i)] for i in range(t)) for j in range(rows)]
     assert max(np.diff(row_end)) <= 65 + 3, np.diff(row_end)
-
-
-def test_merged_rows_keep_their_lane_cycles_on_a_shared_port():
-    """The rows of ``test_merged_rows_run_at_their_lane_cycles`` with a requester ahead of the engine on its
-    global-buffer port, asking two cycles of every three: the row's words still come at a third of the port, more
-    than its lanes use on average (about 22 words a row of 65 lane cycles), but its first merged pass reads
-    about 0.6 words a cycle and the replay none. The entries FIFO lets the decoder read on during the replay,
-    so a row still costs its lane cycles (66 a row measured; without the FIFO, 72)."""
-    rng = np.random.default_rng(8)
-    rows, fan_in, lanes = 10, 60, 16
-    t = lanes * LANE_SLOTS
-    widths = np.zeros((rows, fan_in), dtype=np.int64)
-    for j in range(rows):
-        widths[j, rng.permutation(fan_in)[:30]] = [4] * 5 + [8] * 10 + [16] * 5 + [32] * 10
-    codes = np.zeros_like(widths)
-    for w in (4, 8, 16, 32):
-        codes[widths == w] = rng.integers(1, 1 << min(w, 31), size=int((widths == w).sum()))
-    patch = rng.integers(0, 16, size=(fan_in, t))
-    cycles = run_dorefa_rows(rng, codes, widths, patch, lanes, 40, rival=lambda cycle: cycle % 3 != 0)
-    row_end = [max(cycles[(j, i)] for i in range(t)) for j in range(rows)]
-    assert max(np.diff(row_end)[1:]) <= 65 + 3, np.diff(row_end)
 
 
 @pytest.mark.parametrize("width,act_bits,signed", [(8, 4, 0), (4, 4, 0), (16, 4, 0), (32, 8, 0), (4, 8, 0), (16, 6, 0),
