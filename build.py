@@ -48,12 +48,38 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+#: The variables torchrun sets for every worker (model.training.distributed reads them): name -> smallest value.
+TORCHRUN_ENV = {"WORLD_SIZE": 1, "RANK": 0, "LOCAL_RANK": 0}
+
+
+def torchrun_env_error() -> str | None:
+    """What is wrong with a torchrun variable that is set but is not an integer in range (``WORLD_SIZE=two``),
+    naming it and the values allowed (printed as a user error, not a traceback from ``int()`` later); ``None`` if
+    nothing is."""
+    for name, low in TORCHRUN_ENV.items():
+        text = os.environ.get(name)
+        if text is None:
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            return (f"environment variable {name} is {text!r}; allowed an integer >= {low} (torchrun sets WORLD_SIZE, "
+                    f"RANK and LOCAL_RANK), or leave it unset to run as one process")
+    return None
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from model.errors import ToolError, UserError
     from model.files import check_output_dir
 
     args = parser().parse_args(argv)
+    problem = torchrun_env_error()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0)
     # prints results, warnings and progress bars (the others still report errors). Read from the environment
     # so that the CLI does not import torch here.
@@ -68,9 +94,10 @@ def main(argv=None) -> int:
                             f"imq, irq, imp, irp, qnn, qnn-imp or bmpq does: run `{what}` as one process")
         # The folder the command writes to, before any work (model/files.py): --run-dir where given (it
         # replaces --out), else --out.
-        if getattr(args, "run_dir", None):
+        # (`is not None`: an empty --out "" is refused there, not taken for the current folder.)
+        if getattr(args, "run_dir", None) is not None:
             check_output_dir(args.run_dir, "--run-dir")
-        elif getattr(args, "out", None):
+        elif getattr(args, "out", None) is not None:
             check_output_dir(args.out, "--out")
         with contextlib.ExitStack() as stack:
             if silent:

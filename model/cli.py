@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from model.errors import UserError
-from model.files import write_json
+from model.files import refuse_non_file, write_json
 
 DEFAULT_OUT = Path("out")
 DEFAULT_BATCH = 2
@@ -29,7 +29,7 @@ SIM_DEFAULT_IMAGES = 360
 
 __all__ = ["ADAM_LR", "DATA_SETS", "DEFAULT_BATCH", "DEFAULT_OUT", "IMAGE_COUNT", "SEED", "SGD_LR", "SIM_DEFAULT_IMAGES",
            "act_bits", "add_batch_arg", "add_data_override_args", "add_image_arg", "batch_size", "bounded",
-           "print_rows", "print_table", "write_json"]
+           "print_rows", "print_table", "refuse_taken_outputs", "write_json"]
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str, str, object]]) -> None:
@@ -167,6 +167,22 @@ def check_core_args(args, fc_only: tuple[str, ...] = ()) -> None:
         raise UserError(f"{', '.join(given)}: options of `--core array`; the fully connected core (--core fc, the "
                         "default) has none")
     args.batch = DEFAULT_BATCH if args.batch is None else args.batch
+
+
+def refuse_taken_outputs(out, files=(), folders=(), *, what: str) -> None:
+    """Refuse, before a command writes anything, an output name under ``out`` taken by the wrong kind of entry:
+    a folder (or anything else) where ``what`` writes a file (:func:`model.files.refuse_non_file`, as ``export``
+    checks its image files), a file where it writes into a folder. Otherwise the command would fail at that
+    write, with its first outputs already written and, for ``sim``, only after the whole simulation.
+    ``files`` and ``folders`` are names relative to ``out``; the message names the path and what goes there."""
+    out = Path(out)
+    for name in files:
+        refuse_non_file(out / name, f"{what} writes the file {name} there (remove it or choose another --out)")
+    for name in folders:
+        path = out / name
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: is not a folder; {what} writes into the folder {name} there (remove it or "
+                            "choose another --out)")
 
 
 def refuse_unused_seed(seed: int | None, where: str) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 import gzip
 import math
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,12 +127,8 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> Split:
     return Split(x_train, y_train, x_test, y_test, name="digits", image_shape=(1, 8, 8))
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read one unsigned-byte IDX file (magic ``0x0000 08 ndim``, big-endian int32 sizes) as uint8."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"{path}: cannot read IDX file ({e})") from e
+def _idx_shape(raw: bytes, path: Path, ndim: int) -> tuple[int, ...]:
+    """The sizes in the header of an unsigned-byte IDX file (``raw``: its bytes, or at least its header)."""
     head = 4 + 4 * ndim
     if raw[:4] != bytes([0, 0, 0x08, ndim]):
         raise UserError(
@@ -143,6 +140,17 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     if min(shape) < 1:
         raise UserError(f"{path}: header says shape {shape}; every size must be at least 1 (no images, or empty ones)")
+    return shape
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read one unsigned-byte IDX file (magic ``0x0000 08 ndim``, big-endian int32 sizes) as uint8."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path}: cannot read IDX file ({e})") from e
+    shape = _idx_shape(raw, path, ndim)
+    head = 4 + 4 * ndim
     size = math.prod(shape)  # Python integers: sizes near 2^31 must not wrap
     if len(raw) - head != size:
         raise UserError(f"{path}: header says shape {shape} ({size} bytes of data), file has {len(raw) - head}")
@@ -174,23 +182,91 @@ def _find_idx(root: Path, stem: str) -> Path:
     )
 
 
-def idx_image_shape(root: str | Path) -> tuple[int, int, int] | None:
-    """``(1, rows, cols)`` from the header of the folder's training images, or ``None`` if it cannot be read.
+def _check_idx_root(root: Path) -> None:
+    """:class:`UserError` unless ``root`` is a folder (the messages of :func:`load_idx_split`)."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"IDX folder {str(root)!r} is a file; give the folder that holds {_expected_idx_files()}")
+    if not root.is_dir():
+        expected = _expected_idx_files()
+        hint = ""
+        if str(root) == FASHION_MNIST_ROOT:
+            hint = " (install it with apt-get install -y dataset-fashion-mnist)"
+        raise UserError(f"IDX folder {str(root)!r} does not exist{hint}; expected a folder with {expected}")
+
+
+def read_idx_image_shape(root: str | Path) -> tuple[int, int, int]:
+    """``(1, rows, cols)`` from the header of the folder's training images.
 
     Reads only the 16 header bytes (decompressing no more than that of a ``.gz``), so it is cheap even for
     the 47 MB of Fashion-MNIST.
+
+    Raises
+    ------
+    UserError
+        As :func:`load_idx_split` does, for a missing folder or file or a header that is not an unsigned-byte
+        IDX header of 3 dimensions.
     """
+    root = Path(root)
+    _check_idx_root(root)
+    path = _find_idx(root, IDX_FILES[0])
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        path = _find_idx(Path(root), IDX_FILES[0])
-        opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             head = f.read(16)
-    except (UserError, OSError, EOFError, gzip.BadGzipFile):
-        return None
-    if len(head) < 16 or head[:4] != bytes([0, 0, 0x08, 3]):
-        return None
-    _, rows, cols = (int(d) for d in np.frombuffer(head, dtype=">i4", count=3, offset=4))
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path}: cannot read IDX file ({e})") from e
+    _, rows, cols = _idx_shape(head, path, 3)
     return 1, rows, cols
+
+
+def idx_image_shape(root: str | Path) -> tuple[int, int, int] | None:
+    """:func:`read_idx_image_shape`, or ``None`` if it cannot be read."""
+    try:
+        return read_idx_image_shape(root)
+    except (UserError, OSError):
+        return None
+
+
+def check_idx_image_shape(root: str | Path | None, what: str, why: str, *, pixels: int | None = None,
+                          sides: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """Refuse an IDX folder whose images a bench's networks cannot take, before it trains or writes anything.
+
+    Parameters
+    ----------
+    root : str or Path, optional
+        The folder as the benches take it (``--data-root``); ``None`` is :data:`FASHION_MNIST_ROOT`.
+    what : str
+        Who needs the shape (``"bench lts"``), for the message.
+    why : str
+        What in it fixes the shape (``"its 784-256-256-10 MLP"``), for the message.
+    pixels : int, optional
+        The images must have exactly this many pixels (an MLP with a fixed input count).
+    sides : (int, int), optional
+        Both H and W must lie in ``lo..hi`` (a conv net that halves the image per block).
+
+    Returns
+    -------
+    tuple of int
+        The folder's ``(1, rows, cols)`` (:func:`read_idx_image_shape`, which reads the header only).
+
+    Raises
+    ------
+    UserError
+        Naming ``what``, the folder, the shape found and the shapes allowed; or, for a folder that is missing or
+        holds no readable IDX images, the message :func:`load_idx_split` would give.
+    """
+    folder = Path(root) if root is not None else Path(FASHION_MNIST_ROOT)
+    shape = read_idx_image_shape(folder)
+    _, h, w = shape
+    if pixels is not None and h * w != pixels:
+        allowed = f"(1, H, W) with H * W = {pixels} pixels, e.g. Fashion-MNIST's (1, 28, 28)"
+    elif sides is not None and not (sides[0] <= h <= sides[1] and sides[0] <= w <= sides[1]):
+        allowed = f"(1, H, W) with H and W in {sides[0]}..{sides[1]}, e.g. Fashion-MNIST's (1, 28, 28)"
+    else:
+        return shape
+    given = " (--data-root)" if root is not None else " (the default; choose another with --data-root)"
+    raise UserError(f"{what}: the data folder {str(folder)!r}{given} holds images of shape {shape}; {why} needs "
+                    f"{allowed}")
 
 
 def load_idx_split(
@@ -225,14 +301,7 @@ def load_idx_split(
     """
     _check_subsets(train_subset, test_subset)
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"IDX folder {str(root)!r} is a file; give the folder that holds {_expected_idx_files()}")
-    if not root.is_dir():
-        expected = _expected_idx_files()
-        hint = ""
-        if str(root) == FASHION_MNIST_ROOT:
-            hint = " (install it with apt-get install -y dataset-fashion-mnist)"
-        raise UserError(f"IDX folder {str(root)!r} does not exist{hint}; expected a folder with {expected}")
+    _check_idx_root(root)
     parts = []
     image_shape = None
     for prefix, subset in (("train", train_subset), ("t10k", test_subset)):
@@ -564,6 +633,16 @@ class DataRecord:
         Seed of the digits' train/test split (the other sets come split; recorded anyway).
     train_subset, test_subset : int or None
         The first this many training / test images were used; ``None``: all.
+    via : str or None
+        Set by :meth:`override`: the options that chose this record (``"--data idx --data-root /x"``), so that
+        :meth:`load_test` blames them rather than the file; ``None`` for the record a file holds.
+    recorded : DataRecord or None
+        Set by :meth:`override`: the record it replaced (what the file records).
+    assumed : bool
+        The file records no data set and this record is the default assumed for it (digits).
+
+    ``via``, ``recorded`` and ``assumed`` say where the record came from: they are not part of the JSON or of
+    equality.
     """
 
     name: str
@@ -573,6 +652,9 @@ class DataRecord:
     seed: int = 0
     train_subset: int | None = None
     test_subset: int | None = None
+    via: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    recorded: DataRecord | None = dataclasses.field(default=None, compare=False, repr=False)
+    assumed: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     #: The JSON keys, in :meth:`to_json` order.
     KEYS = ("name", "root", "input_shape", "input_bits", "seed", "train_subset", "test_subset")
@@ -654,15 +736,18 @@ class DataRecord:
             raise UserError(f"--data-root {str(root)!r}: the data set 'digits' is bundled with scikit-learn and "
                             f"takes no root")
         new_root = root if root is not None else (self.root if new_name == self.name else None)
-        return DataRecord.of(new_name, new_root, self.input_shape, self.input_bits, self.seed,
-                             self.train_subset, self.test_subset, where="--data / --data-root")
+        record = DataRecord.of(new_name, new_root, self.input_shape, self.input_bits, self.seed,
+                               self.train_subset, self.test_subset, where="--data / --data-root")
+        via = " ".join(f"{flag} {value}" for flag, value in (("--data", name), ("--data-root", root))
+                       if value is not None)
+        return dataclasses.replace(record, via=via, recorded=self.recorded or self)
 
     def describe(self) -> str:
         """``name`` with its folder, e.g. ``fashion-mnist (/usr/share/datasets/fashion-mnist)``."""
         root = self.root or (FASHION_MNIST_ROOT if self.name == "fashion-mnist" else None)
         return self.name if root is None else f"{self.name} ({root})"
 
-    def load_test(self, where: str) -> Split:
+    def load_test(self, where: str, n_classes: int | None = None, network: str = "the network") -> Split:
         """The recorded test images: the split :func:`load_dataset` gives for this record.
 
         Only the test part is meant to be used: the training part is cut to one image (CIFAR then reads
@@ -671,23 +756,71 @@ class DataRecord:
         Parameters
         ----------
         where : str
-            What holds the record (``"out/image/manifest.json: field 'data'"``), for the messages.
+            What holds the record (``"out/image/manifest.json: field 'data'"``), for the messages. A record
+            from :meth:`override` blames its options (:attr:`via`) and says what ``where`` records.
+        n_classes : int, optional
+            Classes of the network the images are for: every test label must be in ``0..n_classes-1``.
+        network : str
+            The network, for that message (``"the network of out/train/ticket.pt"``).
 
         Raises
         ------
         UserError
             If the data set is not available here (missing folder or file: the message says to pass
-            ``--data`` / ``--data-root``), or its images do not have :attr:`features` inputs.
+            ``--data`` / ``--data-root``), its images do not have :attr:`features` inputs, or a test label is
+            not one of the network's ``n_classes`` classes (naming the labels file; for a record that is only
+            :attr:`assumed`, without ``--data`` / ``--data-root``, that is a note on stderr instead).
         """
+        via = f"{self.via}: " if self.via else ""
         try:
             split = load_dataset(self.name, self.root, train_subset=1, test_subset=self.test_subset, seed=self.seed)
         except UserError as exc:
+            if self.via:
+                raise UserError(f"{via}the data set {self.describe()} cannot be read here: {exc}; give its folder "
+                                f"with --data-root DIR, or another set with --data NAME ({self._recorded(where)})"
+                                ) from None
             raise UserError(f"{where} records the data set {self.describe()}, which cannot be read here: {exc}; "
                             f"install or copy it, or choose another copy with --data-root DIR (or another "
                             f"set with --data NAME)") from None
         if split.x_test.shape[1] != self.features:
-            raise UserError(f"{where}: field 'input_shape' is {list(self.input_shape)} ({self.features} inputs), "
+            raise UserError(f"{via}{where}: field 'input_shape' is {list(self.input_shape)} ({self.features} inputs), "
                             f"but the data set {self.describe()} has {split.x_test.shape[1]} inputs per image "
                             f"(shape {list(split.image_shape)}); choose the data set the network was trained on "
                             f"with --data / --data-root")
+        if n_classes is not None:
+            bad = (split.y_test < 0) | (split.y_test >= n_classes)
+            if bad.any():
+                labels = (f"{label_source(self.name, self.root)}: holds test label {int(split.y_test[bad][0])} "
+                          f"({int(bad.sum())} of {len(bad)} test labels out of range); allowed 0..{n_classes - 1}, "
+                          f"the {n_classes} classes of {network}")
+                if self.assumed and not self.via:
+                    # A file that records no data set is read on the digits by assumption only (its note says so):
+                    # said, not refused, so that such an image still runs against golden.
+                    print(f"note: {labels}: its accuracy means nothing; give its data set with --data / --data-root",
+                          file=sys.stderr)
+                else:
+                    raise UserError(f"{via}{labels}; choose the data set it was trained on with --data / --data-root")
         return split
+
+    def _recorded(self, where: str) -> str:
+        """What the file ``where`` records, for the messages of an overridden record."""
+        recorded = self.recorded or self
+        if recorded.assumed:
+            return f"{where} records no data set; {recorded.describe()} is assumed without --data / --data-root"
+        return f"{where} records the data set {recorded.describe()}"
+
+
+def label_source(name: str, root: str | Path | None) -> str:
+    """Where the test labels of data set ``name`` are, for messages: an IDX folder's ``t10k-labels-idx1-ubyte``
+    (as spelled there), CIFAR's ``test_batch`` / ``test``; the digits are scikit-learn's."""
+    if name == "digits":
+        return "the digits data set (scikit-learn)"
+    if name in ("idx", "fashion-mnist"):
+        folder = Path(root or FASHION_MNIST_ROOT)
+        try:
+            return str(_find_idx(folder, IDX_FILES[3]))
+        except UserError:
+            return f"IDX folder {str(folder)!r}"
+    folder, test = (CIFAR10_FOLDER, "test_batch") if name == "cifar10" else (CIFAR100_FOLDER, "test")
+    base = Path(root) / folder if (Path(root) / folder).is_dir() else Path(root)
+    return str(base / test)

@@ -64,8 +64,11 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     ``mkdir`` to root, a full disk) still fails at that write, with the path (``build.py``).
 
     ``path`` must be a writable folder, or not exist yet under a writable folder (the nearest existing parent);
-    :class:`~model.errors.UserError` names ``option``, the path and what is wrong otherwise.
+    :class:`~model.errors.UserError` names ``option``, the path and what is wrong otherwise. An empty path is
+    refused too: ``Path("")`` is the current folder, where a mistyped ``--out "$DIR"`` would scatter the files.
     """
+    if not os.fspath(path):
+        raise UserError(f"{option} is empty; give a folder to write into (\".\" for the current folder)")
     path = Path(path)
     probe = path
     try:

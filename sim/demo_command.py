@@ -53,7 +53,7 @@ def run(args) -> int:
         args.batch = DEFAULT_BATCH
     if args.act_bits is not None and not 1 <= args.act_bits <= MAX_ACT_BITS:
         raise UserError(f"--act-bits {args.act_bits}: the accelerator runs 1..{MAX_ACT_BITS}-bit activations "
-                        "(PACT-32 trains with `train --act-bits 32`, but does not export)")
+                        "(PACT-32 trains with `train --arch resnet20|vgg --act-bits 32`, but does not export)")
     if args.data != "digits":
         raise UserError(f"`demo` runs on the embedded digits only, not --data {args.data!r}: it simulates every "
                         f"test image in RTL, twice (360 digits take minutes; Fashion-MNIST's 10,000 would take "

@@ -32,6 +32,7 @@ from amaranth.back import verilog
 from hw.dsp.lane import PackedDspLane
 from hw.dsp.packing import PackingPlan
 from hw.platform.synth import yosys_binary
+from hw.platform.verilog import write_text_atomically
 from sim.runner import build, check_timeout, run_test
 
 TOPLEVEL = "dsp_lane"
@@ -45,15 +46,11 @@ def mode_name(plan: PackingPlan) -> str:
 
 def write_lane_verilog(plan: PackingPlan, path, *, count_bits: int = 32, instance: bool = False,
                        name: str = TOPLEVEL) -> Path:
-    """Write the Verilog of ``PackedDspLane(plan, ...)`` (top module ``name``) atomically; return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the Verilog of ``PackedDspLane(plan, ...)`` (top module ``name``) atomically
+    (:func:`hw.platform.verilog.write_text_atomically`); return its path."""
     text = verilog.convert(PackedDspLane(plan, count_bits=count_bits, instance=instance), name=name,
                            emit_src=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text_atomically(path, text)
 
 
 def dsp48e1_model(path) -> Path:

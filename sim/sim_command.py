@@ -25,6 +25,7 @@ from model.cli import (
     add_image_arg,
     check_core_args,
     print_table,
+    refuse_taken_outputs,
     write_json,
 )
 
@@ -33,6 +34,9 @@ HELP = "cocotb RTL simulation of the image on the test images of its data set vs
 #: The DDR model's read latency of `--system` when `--ddr-latency` is not given (cycles of the 100 MHz clock); the
 #: same as sim.system.system_run.DEFAULT_DDR_LATENCY (not imported here: it loads Amaranth; a test compares them).
 DDR_LATENCY = 24
+#: What every run writes under its folder besides its Verilog: the simulator's build folder and the summary.
+RUN_FOLDERS = ("sim_build",)
+RUN_FILES = ("sim.json",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,6 +123,7 @@ def run_system_sim(args) -> int:
     """``--system``: the test images through MpqSystem and the host driver (sim/system/system_run.py)."""
     import numpy as np
 
+    from hw.system.zynq_top import SYSTEM_TOP_NAME
     from model.errors import UserError
     from sim.system.system_run import run_system
 
@@ -128,9 +133,11 @@ def run_system_sim(args) -> int:
     latency = DDR_LATENCY if args.ddr_latency is None else args.ddr_latency
     if not 0 <= latency <= 1000:
         raise UserError(f"--ddr-latency must be 0 to 1000 cycles, not {latency}")
+    out = Path(args.out) / "system"
+    refuse_taken_outputs(args.out, [f"system/{name}" for name in (f"{SYSTEM_TOP_NAME}.v", *RUN_FILES)],
+                         ["system", *(f"system/{name}" for name in RUN_FOLDERS)], what="sim --system")
     vectors = read_vectors(args)
     codes = np.asarray(vectors.codes).reshape(len(vectors.codes), -1)
-    out = Path(args.out) / "system"
     result = run_system(Path(args.image), codes, vectors.expected, out, seed=args.seed, stall=not args.no_stall,
                         ddr_latency=latency, precision=precision_register(args))
     summary = {k: v for k, v in result.items() if k != "scores"}
@@ -159,6 +166,7 @@ def run_array_sim(args) -> int:
     from sim.image_run import prepare_array, simulate_array
 
     out = Path(args.out)
+    refuse_taken_outputs(out, ["mpq_array.v", *RUN_FILES], RUN_FOLDERS, what="sim --core array")  # prepare_array's
     vectors = read_vectors(args)
     prepared = prepare_array(vectors, out, engines=args.engines or ARRAY_ENGINES, lanes=args.lanes,
                              vertical=args.vertical)
@@ -207,6 +215,7 @@ def run(args) -> int:
     from sim.image_run import run_rtl
 
     out = Path(args.out)
+    refuse_taken_outputs(out, ["mpq_accel.v", *RUN_FILES], RUN_FOLDERS, what="sim")  # prepare's Verilog
     result = run_rtl(read_vectors(args), out, args.simulator, args.seed, not args.no_stall, args.batch, args.image)
     write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]

@@ -22,6 +22,7 @@ from model.cli import (
     add_data_override_args,
     add_image_arg,
     check_core_args,
+    refuse_taken_outputs,
     refuse_unused_seed,
     write_json,
 )
@@ -29,6 +30,9 @@ from model.cli import (
 HELP = "image -> accelerator Verilog and a Vivado build plan (XDC, TCL)"
 #: ``--selftest-images`` when not given.
 SELFTEST_IMAGES = 16
+#: Name of the self-test design in the Vivado build plan: every file of the plan is ``<name>.*`` or
+#: ``build_<name>.*`` (Amaranth's Vivado templates), which is how the names are checked before it is written.
+SELFTEST_NAME = "mpq_accel_selftest"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,11 +55,20 @@ def run(args) -> int:
     from hw.platform.verilog import write_verilog
     from model.errors import UserError
     from model.export.image import core_words
+    from model.export.image_v4 import is_vertical
     from model.export.vectors import image_vectors
 
     check_core_args(args, fc_only=("selftest_images", "seed", "data", "data_root"))
     if args.core == "array":
         return _array(args)
+    if is_vertical(Path(args.image)):  # as `sim` and `synth` with the fc core: not its source width in a ROM
+        raise UserError(f"{args.image}: a vertical-layered (version 4) image runs on the array with its run-time "
+                        "widths: add --core array (or build the Zynq system, `build.py system`)")
+    out = Path(args.out)
+    vivado = out / "vivado"
+    plan = [f"vivado/{p.name}" for pattern in (f"{SELFTEST_NAME}.*", f"build_{SELFTEST_NAME}.*")
+            for p in (sorted(vivado.glob(pattern)) if vivado.is_dir() else ())]
+    refuse_taken_outputs(out, ["mpq_accel.v", *plan], ["vivado"], what="verilog")
     args.selftest_images = args.selftest_images or SELFTEST_IMAGES
     # The test vectors first: a data set that is not available here is an error before any file is written.
     v = image_vectors(Path(args.image), args.selftest_images, args.seed or 0, args.data, args.data_root,
@@ -66,12 +79,11 @@ def run(args) -> int:
     if len(u) % args.batch:
         raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")
     words = core_words(v.net, args.image)
-    out = Path(args.out)
     path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
     print(f"wrote {path}")
-    files = write_build_plan(out / "vivado", words, u, expected, board=args.board, batch=args.batch)
-    print(f"wrote the Vivado build plan for {args.board} ({len(files)} files) to {out / 'vivado'}; "
-          f"run build_mpq_accel_selftest.sh there with Vivado on PATH")
+    files = write_build_plan(vivado, words, u, expected, board=args.board, name=SELFTEST_NAME, batch=args.batch)
+    print(f"wrote the Vivado build plan for {args.board} ({len(files)} files) to {vivado}; "
+          f"run build_{SELFTEST_NAME}.sh there with Vivado on PATH")
     return 0
 
 
@@ -86,13 +98,14 @@ def _array(args) -> int:
     from model.export.image import pack, read_image
     from model.export.image_v4 import is_vertical, read_vertical_words
 
+    out = Path(args.out)
+    refuse_taken_outputs(out, [f"{ARRAY_TOP_NAME}.v", "array_config.json"], what="verilog --core array")
     image = Path(args.image)
     if is_vertical(image):
         words = np.asarray(read_vertical_words(image)[2])  # checked: a corrupt image is named, nothing written
     else:
         words = pack(read_image(image)[0])
     config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical)
-    out = Path(args.out)
     path = write_text_atomically(out / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
     write_json(out / "array_config.json", {"image": str(image), "top": ARRAY_TOP_NAME, "dsp_lanes": config.dsp_lanes,
                                            "config": dataclasses.asdict(config)})

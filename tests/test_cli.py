@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "train", "eval", "export", "verilog", "sim", "synth")
 
 
-def cli(*args, cwd=ROOT):
+def cli(*args, cwd=ROOT, env=None):
     return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, args)], check=False, cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_help_lists_every_subcommand():
@@ -98,6 +99,15 @@ def test_corrupt_image_is_a_clear_error(flow, tmp_path):
     assert res.returncode == 2
     assert "sha256" in res.stderr and "weights.bin" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "sim" / "sim.json").exists()
+
+
+@pytest.mark.parametrize(("name", "value", "low"), [("WORLD_SIZE", "two", 1), ("WORLD_SIZE", "0", 1),
+                                                     ("RANK", "first", 0), ("LOCAL_RANK", "-1", 0)])
+def test_a_torchrun_variable_that_is_not_a_count_is_a_clear_error(tmp_path, name, value, low):
+    res = cli("eval", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "eval", env={name: value})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"environment variable {name} is {value!r}; allowed an integer >= {low}" in res.stderr, res.stderr
+    assert not (tmp_path / "eval").exists()
 
 
 def test_out_of_range_option_is_rejected():

@@ -164,6 +164,18 @@ def test_options_that_do_not_fit_together_are_rejected(capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_pact32_activations_are_refused_for_the_mlp_when_the_arguments_are_checked(capsys, tmp_path):
+    """--act-bits 32 is a choice of the conv nets only: for the MLP (the default --arch) it is refused before anything
+    is loaded, naming --act-bits, the MLP's 1..8 and the archs that take 32; resnet20 and vgg resolve it."""
+    for method in ("imq", "qnn"):
+        code, _, err = main(capsys, "train", "--method", method, "--act-bits", 32, "--quiet", "--out", tmp_path / "out")
+        assert code == 2 and "Traceback" not in err, err
+        assert "--act-bits 32" in err and "allowed --act-bits 1..8" in err and "--arch resnet20 or --arch vgg" in err
+    assert not (tmp_path / "out").exists()
+    for arch in ("resnet20", "vgg"):
+        assert resolve(parse("--arch", arch, "--act-bits", 32)).act_bits == 32
+
+
 def test_qnn_keeps_its_schedule_defaults_without_the_options():
     """--scope and --target-bits are refused for qnn, but its run config keeps their defaults (old run directories
     of qnn resume with the same config)."""

@@ -125,8 +125,8 @@ def config_for(images, *, engines: int, lanes: int | None = None, vertical: bool
         lanes = -(-top["out_width"] // LANE_SLOTS)
     pixels = lanes * LANE_SLOTS
     if pixels < top["out_width"]:
-        raise UserError(f"{lanes} lanes give {pixels}-pixel tiles; the images have output rows of "
-                        f"{top['out_width']} pixels")
+        raise UserError(f"--lanes {lanes}: {lanes} lanes give {pixels}-pixel tiles; the images have output rows of "
+                        f"{top['out_width']} pixels: allowed --lanes >= {-(-top['out_width'] // LANE_SLOTS)}")
     fields = {
         "engines": engines, "lanes": lanes,
         "buffer_words": -(-top["buffer_words"] // BUFFER_QUANTUM) * BUFFER_QUANTUM,

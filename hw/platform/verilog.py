@@ -7,6 +7,7 @@ from amaranth.back import verilog
 
 from hw.accelerator import Accelerator
 from hw.array.top import ConvArray
+from model.files import atomic_write
 
 TOP_NAME = "mpq_accel"
 
@@ -17,13 +18,8 @@ def accelerator_verilog(image, *, name: str = TOP_NAME, **kwargs) -> str:
 
 
 def write_verilog(image, path, *, name: str = TOP_NAME, **kwargs) -> Path:
-    """Write the Verilog atomically (temporary file, then rename) and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(accelerator_verilog(image, name=name, **kwargs))
-    tmp.replace(path)
-    return path
+    """Write the Verilog atomically (:func:`write_text_atomically`) and return its path."""
+    return write_text_atomically(path, accelerator_verilog(image, name=name, **kwargs))
 
 
 #: Top module name of the packed multiplier array (:class:`hw.array.top.ConvArray`).
@@ -37,10 +33,8 @@ def array_verilog(config, init=(), *, name: str = ARRAY_TOP_NAME) -> str:
 
 
 def write_text_atomically(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    """Write ``text`` to ``path`` so that it appears whole or not at all, and a failed write (the name taken by a
+    folder, a full disk) leaves no temporary file behind: :func:`model.files.atomic_write` (a uniquely named
+    temporary file in the same folder, renamed into place, removed on any failure), the one implementation of
+    that which every Verilog and project file of hw/ and sim/ goes through. Returns ``path``."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

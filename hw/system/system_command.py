@@ -34,11 +34,13 @@ def run(args) -> int:
     import numpy as np
 
     from hw.array.sizing import config_for
-    from hw.system.vivado import BOARDS, IP_NAME, write_project
+    from hw.system.vivado import BOARDS, IP_NAME, check_project_folder, write_project
     from hw.system.zynq_top import MpqSystem
     from model.export.image import read_image
     from model.export.image_v4 import is_vertical, read_vertical_image
 
+    out = Path(args.out) if args.out else DEFAULT_OUT / "system" / args.board
+    check_project_folder(out, bram_image=args.bram_image)  # before any work: a name taken by a folder
     image = Path(args.image)
     # Checks the folder (UserError naming the file and field); a vertical-layered (version 4) image runs at
     # the width the precision register gives, on the same bitstream.
@@ -46,7 +48,6 @@ def run(args) -> int:
     words = np.fromfile(image / "weights.bin", dtype="<u4")
     config = config_for([words], engines=args.engines, vertical=args.vertical)
     system = MpqSystem(config, init=words.tolist() if args.bram_image else ())
-    out = Path(args.out) if args.out else DEFAULT_OUT / "system" / args.board
     paths = write_project(out, args.board, system)
     print_table([("board", BOARDS[args.board].title), ("part", BOARDS[args.board].part),
                  ("array", f"{config.engines} engines x {config.lanes} lanes, {config.buffer_words}-word buffer"

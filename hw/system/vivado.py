@@ -45,6 +45,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from model.files import atomic_write, refuse_non_file
 
 #: Block design name and the accelerator's cell in it (the attribute pynq's Overlay gives it).
 BD_NAME = "mpq_bd"
@@ -287,18 +288,39 @@ echo "wrote $out (copy mpq_system.hwh beside it under the same name for pynq)"
 """
 
 
+def project_files(bram_image: bool) -> tuple[str, ...]:
+    """The names :func:`write_project` writes into its folder (module docstring), with a BRAM image or without."""
+    return (f"{SYSTEM_TOP_NAME}.v", "block_design.tcl", f"{SYSTEM_TOP_NAME}.xdc", "build.tcl", "build.sh",
+            *(("weights.mem", "write_mmi.tcl", "update_image.sh") if bram_image else ()))
+
+
+def check_project_folder(out_dir, *, bram_image: bool) -> None:
+    """Refuse a project folder where a name of :func:`project_files` is taken by something other than a file (a
+    folder): :class:`~model.errors.UserError` naming it. Called before anything is written, so that the project
+    is not left half-written; ``build.py system`` calls it before it even builds the design (an Amaranth design
+    built and never converted is warned about)."""
+    for name in project_files(bram_image):
+        refuse_non_file(Path(out_dir) / name,
+                        f"the Vivado project writes its {name} there (remove it or choose another folder)")
+
+
 def write_project(out_dir, board_name: str, system: MpqSystem) -> dict[str, Path]:
     """Write the project folder for ``system`` on ``board_name`` (module docstring); return ``{name: path}``.
+
+    The names are checked first (:func:`check_project_folder`); each file is written atomically
+    (:mod:`model.files`), so a failed write leaves no temporary file.
 
     Raises
     ------
     ValueError
         An unknown board.
+    UserError
+        A name of the project is taken by something other than a file (a folder) in ``out_dir``.
     """
     b = board(board_name)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     bram = bool(system.init)
+    check_project_folder(out, bram_image=bram)
     files = {
         f"{SYSTEM_TOP_NAME}.v": verilog.convert(system, name=SYSTEM_TOP_NAME, emit_src=False),
         "block_design.tcl": block_design_tcl(b),
@@ -312,10 +334,7 @@ def write_project(out_dir, board_name: str, system: MpqSystem) -> dict[str, Path
                   "update_image.sh": UPDATE_IMAGE_SH}
     paths = {}
     for name, text in files.items():
-        path = out / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        path = atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
         if name.endswith(".sh"):
             path.chmod(0o755)
         paths[name] = path

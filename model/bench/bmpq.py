@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from model.bench.floors import failed, floor_entry
-from model.data import FASHION_MNIST_ROOT, Split, class_count, load_idx_split
+from model.data import FASHION_MNIST_ROOT, Split, check_idx_image_shape, class_count, load_idx_split
 from model.files import save_figure, write_json
 from model.methods.bmpq import BMPQConfig, memory_mb, train_bmpq
 from model.quant.bmpq import ACT_BITS_CAP, to_bmpq
-from model.quant.nets import SmallVGG
+from model.quant.nets import MAX_IMAGE_SIDE, SmallVGG, min_image_side
 from model.quant.pact import PACT
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,6 +77,14 @@ def bench_model(split: Split, budget: BenchBudget, act_bits: int) -> nn.Module:
     return to_bmpq(model)
 
 
+def check_bench_images(root, budget: BenchBudget) -> None:
+    """:class:`~model.errors.UserError` (naming the folder, its image shape and the shapes allowed) unless the images
+    of the IDX folder ``root`` (``None``: Fashion-MNIST) fit the bench's VGG (``budget.channels``): H and W at least
+    one pixel after its ``len(channels)`` 2x2 max-pools. Reads the header only, before anything is trained."""
+    check_idx_image_shape(root, "bench bmpq", f"its BMPQ VGG ({len(budget.channels)} blocks, a 2x2 max-pool each)",
+                          sides=(min_image_side("vgg", budget.channels), MAX_IMAGE_SIDE))
+
+
 def run_bmpq_bench(
     json_path,
     root=None,
@@ -89,8 +97,10 @@ def run_bmpq_bench(
     Both runs use the same network (:data:`BENCH_CHANNELS` VGG), data, seed and SGD schedule; the FP-32
     run keeps every weight and activation unquantized (PACT-32 clipping only). Writes ``json_path``: a list
     of rows ``{budget, layer_bits, accuracy, compression_ratio, fp_accuracy}`` (``budget`` in MB of
-    weights, Eq. 11 units) plus details, atomically; and a plot to ``png_path`` if given.
+    weights, Eq. 11 units) plus details, atomically; and a plot to ``png_path`` if given. Images the VGG cannot
+    take are refused first (:func:`check_bench_images`).
     """
+    check_bench_images(root, budget)
     split = load_idx_split(root or FASHION_MNIST_ROOT, train_subset=budget.train_subset,
                            test_subset=budget.test_subset)
     common = {"epochs": budget.epochs, "warmup": budget.warmup, "interval": budget.interval, "lr": budget.lr,

@@ -77,7 +77,7 @@ from tqdm import tqdm
 
 from model.bench.bmpq import BenchBudget, bench_model
 from model.bench.floors import floor_entry
-from model.data import FASHION_MNIST_ROOT, DataRecord, load_idx_split
+from model.data import FASHION_MNIST_ROOT, DataRecord, check_idx_image_shape, load_idx_split
 from model.export.convert import GOLDEN_BATCH, golden_accuracy, to_golden
 from model.export.golden import WIDTHS
 from model.export.golden_net import mac_counts
@@ -86,6 +86,7 @@ from model.files import save_figure, write_json
 from model.methods.bmpq import BMPQConfig, train_bmpq
 from model.methods.imq import IterationRecord, best_within
 from model.quant.bmpq import ACT_BITS_CAP
+from model.quant.nets import MAX_IMAGE_SIDE, min_image_side
 from model.runs import provenance
 from model.runs.rundir import load_iteration, make_run_config, run
 from model.training.loop import evaluate, torch_threads
@@ -141,6 +142,15 @@ def imq_configs(root: str | os.PathLike | None = None, smoke: bool = False) -> d
 def bmpq_budget(smoke: bool = False) -> BenchBudget:
     """:data:`BMPQ_BUDGET`, or its smoke version."""
     return dataclasses.replace(BMPQ_BUDGET, **SMOKE_BMPQ) if smoke else BMPQ_BUDGET
+
+
+def check_bench_images(root, budget: BenchBudget) -> None:
+    """:class:`~model.errors.UserError` (naming the folder, its image shape and the shapes allowed) unless the images
+    of the IDX folder ``root`` (``None``: Fashion-MNIST) fit all three networks: the IMQ runs' ResNet-20 and VGG and
+    the BMPQ VGG of ``budget`` (the largest of their smallest sides). Reads the header only."""
+    smallest = max(*(min_image_side(arch) for arch in IMQ_RUNS), min_image_side("vgg", budget.channels))
+    check_idx_image_shape(root, "bench conv", f"each of its networks (ResNet-20, VGG, and a BMPQ VGG of "
+                          f"{len(budget.channels)} blocks, a 2x2 max-pool each)", sides=(smallest, MAX_IMAGE_SIDE))
 
 
 def pick_ticket(history: list[IterationRecord]) -> tuple[IterationRecord, str]:
@@ -311,8 +321,12 @@ def run_conv_bench(
     Raises
     ------
     UserError
-        If an IMQ run directory was made under another code revision or environment (and not ``restart``).
+        If an IMQ run directory was made under another code revision or environment (and not ``restart``); if
+        the images of ``root`` do not fit the three networks (checked first, before anything is trained or
+        written: :func:`check_bench_images`).
     """
+    budget = bmpq_budget(smoke)
+    check_bench_images(root, budget)
     out_dir = Path(out_dir)
     suffix = "_smoke" if smoke else ""
     runs_dir, image_root = out_dir / f"conv{suffix}_runs", out_dir / f"conv{suffix}"
@@ -324,7 +338,6 @@ def run_conv_bench(
         row, result = run_imq_row(arch, config, runs_dir, image_root, progress, restart)
         rows.append(row)
         validation[arch] = result.validation
-    budget = bmpq_budget(smoke)
     _say(progress, f"vgg BMPQ ({budget.epochs} epochs, {budget.compressions[0]:g}x)")
     rows.append(run_bmpq_row(root, budget, image_root, progress))
     wall = round(time.time() - started, 1)

@@ -132,7 +132,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.bench.floors import floor_entry
-from model.data import FASHION_MNIST_ROOT, load_idx_split
+from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, load_idx_split
 from model.errors import UserError
 from model.files import write_json
 from model.methods.lts import LTSTraining, train_lockstep
@@ -155,6 +155,9 @@ MAX_TOTAL_TIME_RATIO = 1.0
 #: the draw; four pairs take it to about 0.1 pp. Decided before the four-seed run, which is reported whatever
 #: it gives; the rows carry each pair's gap and the gaps' standard error (``gaps_pp``, ``gap_stderr_pp``).
 SEEDS = (0, 1, 2, 3)
+#: Pixels per image the bench's MLP takes (:func:`model.quant.lts.build_lts_mlp`: 784-256-256-10, Fashion-MNIST's
+#: 28x28): ``root`` must hold images of this many pixels.
+INPUTS = 784
 
 # ----------------------------------------------------------------------------------------------------------
 # Bench
@@ -220,7 +223,8 @@ def run_lts_bench(
     threads : int
         ``torch.set_num_threads`` during the bench (restored afterwards).
     root : str or Path, optional
-        IDX folder; default :data:`model.data.FASHION_MNIST_ROOT`.
+        IDX folder; default :data:`model.data.FASHION_MNIST_ROOT`. Its images must have :data:`INPUTS` pixels
+        (:class:`~model.errors.UserError` before anything is trained otherwise).
     png_path : str or Path, optional
         Where :func:`plot_sparsity` draws the LTS sparsity curves; none if omitted.
     """
@@ -228,6 +232,7 @@ def run_lts_bench(
     seeds = tuple(seeds)
     if not seeds or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
         raise UserError(f"field 'seeds' is {seeds!r}; allowed a non-empty tuple of integers")
+    check_idx_image_shape(root, "bench lts", f"its {INPUTS}-256-256-10 MLP", pixels=INPUTS)
     split = load_idx_split(root or FASHION_MNIST_ROOT, train_subset=train_subset, test_subset=test_subset)
     out_path = Path(out_path)
     rows: list[dict] = []

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from model.bench.floors import floor_entry
-from model.data import FASHION_MNIST_ROOT, class_count, load_idx_split
+from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, class_count, load_idx_split
 from model.errors import UserError
 from model.export.convert_vertical import export_vertical_image, vertical_input_codes
 from model.files import write_json
@@ -43,7 +43,7 @@ from model.methods.vertical import (
     train_lsq_oracle,
     train_vertical,
 )
-from model.quant.nets import build_model, model_config
+from model.quant.nets import MAX_IMAGE_SIDE, build_model, min_image_side, model_config
 from model.quant.vertical import to_vertical
 from model.runs.provenance import provenance
 
@@ -112,6 +112,10 @@ def run_vertical_bench(json_path, root=None, configs=DEFAULT_CONFIGS, progress: 
         bad = [m for m in config.methods if m not in METHODS]
         if bad:
             raise UserError(f"field 'methods' holds {bad}; allowed {METHODS}")
+    conv_archs = sorted({c.arch for c in configs} - {"mlp"})
+    if conv_archs:  # the MLPs take any image size; the conv nets need a few pixels after their pooling
+        check_idx_image_shape(root, "bench vertical", f"each of its conv nets ({', '.join(conv_archs)})",
+                              sides=(max(min_image_side(a) for a in conv_archs), MAX_IMAGE_SIDE))
     exports = {}
     for config in configs:
         part = _run_arch(root, config, progress)

@@ -136,12 +136,27 @@ def on_host(model):
     return copy.deepcopy(model).cpu()
 
 
-def to_golden(model) -> IntNetwork | IntConvNetwork:
+def to_golden(model, where: str | None = None) -> IntNetwork | IntConvNetwork:
     """Integer network computing what ``model`` computes, with the codes its quantizers produce.
 
     MLPs give an :class:`IntNetwork`; conv nets an :class:`IntConvNetwork` (:func:`to_golden_conv`). A model on
     a GPU is converted from a CPU copy (:func:`on_host`).
+
+    Raises
+    ------
+    UserError
+        For what the integer contract cannot hold (a PACT-32 activation, a width or a requantizer out of range),
+        naming the layer, prefixed with ``where`` (the file the model came from) when given.
     """
+    try:
+        return _to_golden(model)
+    except UserError as exc:
+        if where is None:
+            raise
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _to_golden(model) -> IntNetwork | IntConvNetwork:
     model = on_host(model)
     if isinstance(model, SmallVGG | ResNet20):
         return to_golden_conv(model)
@@ -158,7 +173,8 @@ def to_golden(model) -> IntNetwork | IntConvNetwork:
         else:
             scale = float(1 << SCORE_FRAC_BITS)
             gain, offset, out_bits = in_quant.step * weight_gain * scale, bias * scale, 0
-        mult, int_bias, shift = requant_params(np.full(linear.out_features, gain), offset)
+        mult, int_bias, shift = requant_params(np.full(linear.out_features, gain), offset,
+                                               where=f"{name}: requantization")
         layer = IntLinear(codes=codes, widths=widths, in_bits=in_quant.bits, out_bits=out_bits, mult=mult,
                           bias=int_bias, shift=shift, name=name, signed=signed)
         check_layer(layer, where=layer.name)
@@ -383,12 +399,13 @@ def scales(model) -> dict:
     }
 
 
-def export_image(model, out_dir: Path, data=None) -> dict:
+def export_image(model, out_dir: Path, data=None, where: str | None = None) -> dict:
     """Convert ``model`` to the golden model and write its image; ``data`` (a :class:`model.data.DataRecord`)
-    goes into the manifest. Returns the manifest."""
-    net = to_golden(model)
+    goes into the manifest; ``where`` (the checkpoint file) prefixes the conversion's errors. Returns the
+    manifest."""
+    net = to_golden(model, where)
     if data is not None and (data.input_bits != net.input_bits or data.features != input_features(net)):
-        raise UserError(f"data record {data.to_json()} does not fit the network: {input_features(net)} inputs of "
-                        f"{net.input_bits} bits")
+        raise UserError(f"{where + ': ' if where else ''}data record {data.to_json()} does not fit the network: "
+                        f"{input_features(net)} inputs of {net.input_bits} bits")
     return write_image(out_dir, net, extra={"scales": scales(model)},
                        data=None if data is None else data.to_json())

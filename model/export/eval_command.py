@@ -82,7 +82,7 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
 
             net = to_golden_vertical(model)
             return net.materialize(net.widths[-1]), None
-        return to_golden(model), None
+        return to_golden(model, where=str(path)), None
     except UserError as exc:
         return None, str(exc)
 
@@ -106,7 +106,7 @@ def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | N
     else:
         refuse_unused_seed(seed, f"{path} (field 'meta.dataset')")
     record = record.override(data, data_root)
-    split = record.load_test(where)
+    split = record.load_test(where, n_classes=int(model.config["n_classes"]), network=f"the checkpoint {path}")
     x, y = split.x_test, split.y_test
     notes = {"float_accuracy": FLOAT_MODEL}
     fakequant = evaluate(model, x, y, batch_size=EVAL_BATCH)
@@ -154,7 +154,7 @@ def eval_vertical_image(image_dir, bits: int | None, data: str | None, data_root
         raise UserError(f"{man_path}: field 'data' is missing; a vertical image records its data set")
     where = f"{man_path}: field 'data'"
     record = DataRecord.from_json(manifest["data"], where).override(data, data_root)
-    split = record.load_test(where)
+    split = record.load_test(where, n_classes=net.layers[-1].n_out, network=f"the image {path}")
     if bits is not None and bits not in net.widths:
         raise UserError(f"--bits {bits}: allowed the image's stored widths {list(net.widths)}")
     x = split.x_test

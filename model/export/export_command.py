@@ -39,7 +39,7 @@ def run(args) -> int:
         return _export_vertical(args, model, meta, data)
     from model.export.convert import export_image
 
-    manifest = export_image(model, Path(args.out), data)
+    manifest = export_image(model, Path(args.out), data, where=str(args.checkpoint))
     print_table([("arch", model.config.get("arch", "mlp")), ("format version", manifest["version"]),
                  ("words", manifest["words"]), ("avg weight bits", manifest["avg_weight_bits"]),
                  ("sha256", manifest["sha256"][:16]), ("data", "unrecorded" if data is None else data.describe())],

@@ -6,6 +6,7 @@ images and which codes.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ def default_record(input_shape, input_bits: int, seed: int, where: str):
     """What a file without a data record is read on: digits (the only data set before records existed)."""
     print(f"note: {where} records no data set (written before files recorded it): using the digits test "
           f"split of seed {seed}; choose another with --data / --data-root", file=sys.stderr)
-    return DataRecord.of("digits", None, input_shape, input_bits, seed)
+    return dataclasses.replace(DataRecord.of("digits", None, input_shape, input_bits, seed), assumed=True)
 
 
 def check_count(count: int | None, available: int, flag: str, record) -> None:
@@ -93,7 +94,8 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
     Raises
     ------
     UserError
-        If the image is broken, its data set is not available here or does not fit the network.
+        If the image is broken, its data set is not available here or does not fit the network (its image size,
+        or a test label that is not one of the network's classes: :meth:`model.data.DataRecord.load_test`).
     """
     path = Path(image_dir)
     words = None
@@ -118,7 +120,7 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
         shape = tuple(manifest.get("input_shape") or ((1, 8, 8) if n_in == 64 else (1, 1, n_in)))
         record = default_record(shape, net.input_bits, seed, where)
     record = record.override(data, data_root)
-    split = record.load_test(where)
+    split = record.load_test(where, n_classes=net.layers[-1].n_out, network=f"the image {path}")
     available = len(split.y_test)
     check_count(count, available, flag, record)
     take = available if count is None else count

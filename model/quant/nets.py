@@ -55,14 +55,24 @@ RESNET20_STAGES = ((16, 3), (32, 3), (64, 3))
 VGG_CHANNELS = (16, 32, 64)
 
 
+#: The largest image side (H and W) the conv nets take.
+MAX_IMAGE_SIDE = 1024
+
+
+def min_image_side(arch: str, channels: tuple[int, ...] = VGG_CHANNELS) -> int:
+    """The smallest image side (H and W) a conv net takes: 4 for ResNet-20 (two stride-2 stages), ``2^len(channels)``
+    for the VGG (a 2x2 max-pool per block)."""
+    return 4 if arch == "resnet20" else 2 ** len(channels)
+
+
 def _check_image_shape(image_shape, min_side: int) -> tuple[int, int, int]:
     """``(C, H, W)`` as a tuple of ints, or ``ValueError`` naming the value."""
     shape = tuple(image_shape)
     if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
         raise ValueError(f"image_shape must be three integers (C, H, W), not {image_shape!r}")
     c, h, w = shape
-    if not 1 <= c <= 64 or not min_side <= h <= 1024 or not min_side <= w <= 1024:
-        raise ValueError(f"image_shape {shape} out of range: C in 1..64, H and W in {min_side}..1024")
+    if not 1 <= c <= 64 or not min_side <= h <= MAX_IMAGE_SIDE or not min_side <= w <= MAX_IMAGE_SIDE:
+        raise ValueError(f"image_shape {shape} out of range: C in 1..64, H and W in {min_side}..{MAX_IMAGE_SIDE}")
     return shape
 
 
@@ -225,7 +235,7 @@ class ResNet20(nn.Module):
         input_bits: int = 8,
     ):
         super().__init__()
-        self.image_shape = _check_image_shape(image_shape, 4)
+        self.image_shape = _check_image_shape(image_shape, min_image_side("resnet20"))
         self.config = {"arch": "resnet20", "image_shape": list(self.image_shape), "n_classes": n_classes,
                        "act_bits": act_bits, "input_bits": input_bits}
         self.input_quant = InputQuant(input_bits)
@@ -308,7 +318,7 @@ class SmallVGG(nn.Module):
         if not 1 <= len(channels) <= 6 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1
                                               for c in channels):
             raise ValueError(f"SmallVGG channels must be 1 to 6 positive integers, not {channels!r}")
-        self.image_shape = _check_image_shape(image_shape, 2 ** len(channels))
+        self.image_shape = _check_image_shape(image_shape, min_image_side("vgg", channels))
         self.config = {"arch": "vgg", "image_shape": list(self.image_shape), "n_classes": n_classes,
                        "act_bits": act_bits, "input_bits": input_bits, "channels": list(channels)}
         self.input_quant = InputQuant(input_bits)
@@ -377,18 +387,18 @@ def _build_conv(config: dict) -> ResNet20 | SmallVGG:
         "act_bits": _bits("act_bits", config["act_bits"]),
         "input_bits": _bits("input_bits", config.get("input_bits", 8)),
     }
-    min_side = 4
+    min_side = min_image_side("resnet20")
     if arch == "vgg":
         channels = config.get("channels", list(VGG_CHANNELS))
         if not isinstance(channels, list | tuple) or not 1 <= len(channels) <= 6:
             raise UserError(f"model config: field 'channels' is {channels!r}; allowed a list of 1 to 6 sizes")
         kwargs["channels"] = tuple(_count("channels", c, 1, 1024) for c in channels)
-        min_side = 2 ** len(channels)
+        min_side = min_image_side("vgg", kwargs["channels"])
     shape = config["image_shape"]
     if not isinstance(shape, list | tuple) or len(shape) != 3:
         raise UserError(f"model config: field 'image_shape' is {shape!r}; allowed [C, H, W]")
     kwargs["image_shape"] = (_count("image_shape", shape[0], 1, 64),
-                             *(_count("image_shape", d, min_side, 1024) for d in shape[1:]))
+                             *(_count("image_shape", d, min_side, MAX_IMAGE_SIDE) for d in shape[1:]))
     return ResNet20(**kwargs) if arch == "resnet20" else SmallVGG(**kwargs)
 
 

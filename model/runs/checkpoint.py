@@ -34,6 +34,7 @@ from model.data import DataRecord, image_shape_of
 from model.errors import UserError
 from model.export.golden import WIDTHS
 from model.files import atomic_write
+from model.methods.imq import EXTENDED_HIERARCHY
 from model.quant.bmpq import BMPQ_LAYERS, LAYER_BITS, to_bmpq
 from model.quant.nets import build_model
 from model.quant.pact import PACT, InputQuant
@@ -134,12 +135,12 @@ def load_checkpoint(path):
             raise UserError(f"{path}: field 'state_dict.{key}' has shape {shape}; the model needs "
                             f"{tuple(ref.shape)}")
         if key.endswith("bit_width"):
-            bad = ~torch.isin(value.to(torch.int64), torch.tensor(WIDTHS))
+            bad = _not_in(value, MASK_WIDTHS)
             if bad.any():
                 raise UserError(f"{path}: field 'state_dict.{key}' holds mask value "
-                                f"{int(value[bad][0])}; allowed {WIDTHS}")
-        if quantizer == "bmpq" and key.endswith(".bits") and int(value) not in LAYER_BITS:
-            raise UserError(f"{path}: field 'state_dict.{key}' is {int(value)}; allowed {LAYER_BITS}")
+                                f"{_shown(value[bad][0])}; allowed {MASK_WIDTHS}")
+        if quantizer == "bmpq" and key.endswith(".bits") and _not_in(value, LAYER_BITS).any():
+            raise UserError(f"{path}: field 'state_dict.{key}' is {_shown(value.flatten()[0])}; allowed {LAYER_BITS}")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise UserError(f"{path}: field 'state_dict.{key}' holds NaN or infinite values; a trained model's "
                             "parameters are finite")
@@ -156,6 +157,27 @@ def load_checkpoint(path):
     if DATA_KEY in meta:
         _check_data(DataRecord.from_json(meta[DATA_KEY], f"{path}: field 'meta.{DATA_KEY}'"), model, path)
     return model, meta
+
+
+#: The mask widths a checkpoint may hold: the image format's (:data:`~model.export.golden.WIDTHS`) and the 2 and 1
+#: bits of ``train --hierarchy extended`` (:data:`~model.methods.imq.EXTENDED_HIERARCHY`, Fig. 6). `eval` runs such a
+#: ticket in float and fake-quant (golden null, with the reason); `export` refuses it, naming its widths
+#: (:func:`model.export.convert.to_golden`).
+MASK_WIDTHS: tuple[int, ...] = tuple(sorted(set(WIDTHS) | set(EXTENDED_HIERARCHY)))
+
+
+def _not_in(value: torch.Tensor, allowed: tuple[int, ...]) -> torch.Tensor:
+    """Where ``value`` holds none of the integers ``allowed``, compared in its own dtype: a float 4.9 is not 4 (a cast
+    to an integer type first would truncate it), and NaN is nothing allowed."""
+    if value.is_floating_point():
+        return ~torch.isin(value, torch.tensor(allowed, dtype=value.dtype))
+    return ~torch.isin(value.to(torch.int64), torch.tensor(allowed))
+
+
+def _shown(element: torch.Tensor) -> str:
+    """One element as the file holds it: ``7`` for an integer, ``7.9`` for a float."""
+    number = element.item()
+    return f"{number:g}" if isinstance(number, float) else str(number)
 
 
 def input_bits_of(model) -> int:

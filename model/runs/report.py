@@ -98,12 +98,79 @@ def load_summary(run_dir: str | os.PathLike) -> RunSummary:
         return RunSummary(run_dir, config, [], None, None, False)
     try:
         data = json.loads(path.read_text())
-        history = [record_from_json(r) for r in data["history"]]
-        float_accuracy = data.get("float_accuracy")
-        return RunSummary(run_dir, config, history, None if float_accuracy is None else float(float_accuracy),
-                          data.get("float_model"), bool(data["finished"]))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: malformed run history ({type(exc).__name__}: {exc})") from None
+    history, float_accuracy, float_model, finished = _check_history(data, path)
+    return RunSummary(run_dir, config, history, float_accuracy, float_model, finished)
+
+
+def _shown(value) -> str:
+    """``value`` as the JSON file spells it (``null``, ``true``), else as Python does (``'x'``, ``[4]``); cut
+    short, so that a whole history in the wrong place does not fill the terminal."""
+    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # JSON's true is no accuracy
+
+
+#: A history record's fields: name -> (whether it may be null or absent, what is allowed, in words).
+_RECORD_FIELDS = {"iteration": (False, "allowed an integer >= 0"), "avg_bits": (False, "allowed a number in [0, 32]"),
+                  "accuracy": (False, "allowed a number in [0, 1]"),
+                  "val_accuracy": (True, "allowed null or a number in [0, 1]"),
+                  "width_counts": (False, "expected an object {width: count}, widths and counts integers >= 0")}
+
+
+def _field_ok(field: str, value) -> bool:
+    """Whether a record's ``field`` has the type :func:`model.runs.rundir.record_from_json` converts without
+    guessing (it checks the ranges): ``int("4")`` or ``float(True)`` would pass what the file got wrong."""
+    if field == "width_counts":
+        return isinstance(value, dict) and all(
+            k.isdigit() and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in value.items())
+    if field == "iteration":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return _is_number(value)
+
+
+def _check_history(data, path: Path) -> tuple[list[IterationRecord], float | None, str | None, bool]:
+    """The records, float baseline, its description and ``finished`` of a parsed history file, checked field by
+    field: a malformed file is a :class:`UserError` naming ``path``, the field (``history[2]: field 'avg_bits'``)
+    and what is allowed, rather than whichever conversion happens to fail first, or a report drawn from nothing
+    (the training loop writes the file after each iteration, so a history without records is malformed too)."""
+    where = f"{path}: malformed run history"
+    if not isinstance(data, dict):
+        kind = "an array" if isinstance(data, list) else _shown(data)
+        raise UserError(f"{where}: the file holds {kind}; expected a JSON object with 'history' and 'finished' (what "
+                        "`train` writes)")
+    checks = (("history", lambda v: isinstance(v, list) and v, "allowed a non-empty list of iteration records"),
+              ("finished", lambda v: isinstance(v, bool), "allowed true or false"),
+              ("float_accuracy", lambda v: v is None or _is_number(v) and 0 <= v <= 1,
+               "allowed null or a number in [0, 1]"),
+              ("float_model", lambda v: v is None or isinstance(v, str), "allowed null or a string"))
+    for field, ok, allowed in checks:
+        if field in ("history", "finished") and field not in data:
+            raise UserError(f"{where}: field {field!r} is missing; {allowed}")
+        if not ok(data.get(field)):
+            raise UserError(f"{where}: field {field!r} is {_shown(data.get(field))}; {allowed}")
+    history = []
+    for i, record in enumerate(data["history"]):
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: history[{i}]: an iteration record is {_shown(record)}; expected an object "
+                            f"with {', '.join(map(repr, _RECORD_FIELDS))}")
+        for field, (optional, allowed) in _RECORD_FIELDS.items():
+            if optional and record.get(field) is None:
+                continue
+            if field not in record:
+                raise UserError(f"{where}: history[{i}]: field {field!r} is missing; {allowed}")
+            if not _field_ok(field, record[field]):
+                raise UserError(f"{where}: history[{i}]: field {field!r} is {_shown(record[field])}; {allowed}")
+        try:
+            history.append(record_from_json(record))
+        except ValueError as exc:  # a value out of its range: the message names the field and the range
+            raise UserError(f"{where}: history[{i}]: {exc}") from None
+    float_accuracy = data.get("float_accuracy")
+    return history, None if float_accuracy is None else float(float_accuracy), data.get("float_model"), data["finished"]
 
 
 def _fmt_bits(bits: float) -> str:
@@ -237,18 +304,22 @@ def write_report(
     Raises
     ------
     UserError
-        If no run directory is given, one is not a run, or a budget is not positive.
+        If no run directory is given, one is not a run, a budget is not positive, or a name the report writes
+        is taken by something other than a file (checked before anything is written, so that no half of a
+        report is left there).
     """
     if not run_dirs:
         raise UserError("report needs at least one run directory")
     for q in budgets:
         if not (isinstance(q, int | float) and math.isfinite(q) and q > 0):
             raise UserError(f"field 'budgets' holds {q!r}; allowed numbers > 0")
+    out_dir = Path(out_dir)
+    paths = {"png": out_dir / "report.png", "md": out_dir / "report.md", "json": out_dir / "report.json"}
+    for path in paths.values():
+        refuse_non_file(path, f"the report writes its {path.name} there (remove it or choose another --out)")
     summaries = [load_summary(d) for d in run_dirs]
     rows = table_rows(summaries, budgets)
     markdown = markdown_table(rows, summaries)
-    out_dir = Path(out_dir)
-    paths = {"png": out_dir / "report.png", "md": out_dir / "report.md", "json": out_dir / "report.json"}
     plot_report(summaries, paths["png"])
     atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(markdown))
     curves = [{"run": str(s.run_dir), "curve": s.curve, "setting": s.setting, "method": s.config.method,

@@ -175,7 +175,7 @@ OPTIONS: tuple[Option, ...] = (
            "directory that running again with the same options resumes (lts and bmpq start over)"),
     # ------------------------------------------------------------------------------------------ iterative
     Option(("--act-bits",), "iterative", ITERATIVE, "PACT-k activation bits: 1..8, or 32 for PACT-32 (clip only; "
-           "not exportable)", _per_method(4), {"type": act_bits}, in_demo=True),
+           "not exportable; --arch resnet20 or vgg only)", _per_method(4), {"type": act_bits}, in_demo=True),
     Option(("--rho",), "iterative", tuple(m for m in ITERATIVE if m != "qnn"),
            "fraction of the non-zero weights changed per iteration: IMQ/IRQ quantize ratio (default 0.3), "
            "IMP/IRP/QNN-IMP pruning rate (default 0.2)", kwargs={"type": bounded(float, 0.0, 1.0)}, in_demo=True),
@@ -303,7 +303,8 @@ def resolve(args, method: str | None = None):
     UserError
         For an option the method does not use, naming the method and the option, or a combination that
         does not apply (LTS: ``--arch`` other than mlp, ``--p`` without ``--strategy fixed``, scratcher
-        options with ``--lts-mode baseline``; BMPQ: ``--compression`` with ``--budget-mb``).
+        options with ``--lts-mode baseline``; BMPQ: ``--compression`` with ``--budget-mb``; ``--act-bits 32``
+        with the MLP, whose activations are 1..8 bits: PACT-32 is for ResNet-20 and the VGG).
     """
     from model.errors import UserError
 
@@ -334,6 +335,10 @@ def resolve(args, method: str | None = None):
                             f"{args.baseline}: it is an option of the joint training")
     if "val_seed" in names and args.val_size == 0:
         raise UserError("--val-seed does not apply with --val-size 0: there is no validation split to seed")
+    if (hasattr(args, "method") and method in ITERATIVE and args.act_bits == 32
+            and (getattr(args, "arch", None) or "mlp") == "mlp"):
+        raise UserError("--act-bits 32 (PACT-32) does not apply to --arch mlp: the MLP's activations are 1..8 bits "
+                        "(allowed --act-bits 1..8); PACT-32 needs --arch resnet20 or --arch vgg")
     if "hidden" in names and (getattr(args, "arch", None) or "mlp") != "mlp":
         raise UserError(f"--hidden does not apply to --arch {args.arch}: it sizes the MLP (--arch mlp)")
     if "data_root" in names and (args.data or OPTION_BY_DEST["data"].defaults[method]) == "digits":

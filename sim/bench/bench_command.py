@@ -31,8 +31,9 @@ RUN_DIR_BENCHES = ("imq", "conv")
 FUZZ_LAYERS = 10_000
 HELP = ("benchmarks: dsp (packed DSP48E1 lane modes), lts (LTS vs plain QAT), imq (IMQ vs its baselines), bmpq "
         "(BMPQ vs FP-32), conv (ResNet-20 / VGG tickets -> golden model -> image), qat (quantized vs float training "
-        "step), export (packing a 10-million-weight image), vertical (vertical layering vs its baselines) "
-        "-> out/bench/<bench>.json")
+        "step), export (packing a 10-million-weight image), vertical (vertical layering vs its baselines, and on the "
+        "array), fuzz (random layers and networks through the array's RTL), accel (the ResNet-20 ticket on the "
+        "array: cycles, resources, speed-up) -> out/bench/<bench>.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,12 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "bit-exact simulation, density), lts (plain QAT vs LTS at 2-4 bits), imq (float, IMQ, IRQ, IMP, "
                    "QNN-k), bmpq (FP-32 vs BMPQ at three budgets), conv (ResNet-20 and VGG IMQ tickets and a BMPQ "
                    "VGG: fake-quant vs golden accuracy, image bytes, MACs; about 20 min), qat (a DoReFa, BMPQ, LTS and vertical "
-                   "training step of the MLP, VGG and ResNet-20 against the float step; about 2 min), export (packs a "
+                   "training step of the MLP, VGG and ResNet-20 against the float step; about 30 s), export (packs a "
                    "10-million-weight network of random widths into a version 3 image: seconds, bytes, metadata "
                    "bits per weight; under a minute), fuzz (random conv and FC layers and small networks through "
                    "the array's RTL against the golden model: --layers of them, 10,000 by default), vertical (the "
                    "vertical-layered net against per-width LSQ, ascending training, no compensation, no KD and MGD, "
-                   "MLP and VGG, at 2, 3 and 4 bits; about 6 min; hardware rows not yet), accel (bench conv's "
+                   "MLP and VGG (ResNet-20's joint training alone), at 2, 3 and 4 bits, then each joint-trained net "
+                   "on the array's RTL at every width; 30-40 min), accel (bench conv's "
                    "ResNet-20 ticket, dense32 and qnn4 at PACT-4 and PACT-8 on one build of the array: RTL cycles "
                    "per image, resources, Fmax estimate, Fig. 4 plot; trains the ticket first when bench conv has "
                    "not); lts, imq, bmpq, conv and vertical train on Fashion-MNIST")
@@ -54,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "minute or two "
                         "(its figures mean nothing)")
     p.add_argument("--data-root", default=None,
-                   help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` / `bench conv` (default: Debian's "
+                   help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` / `bench conv` / `bench vertical` "
+                        "(default: Debian's "
                         "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "bench"), help="output directory (default: out/bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -245,7 +248,8 @@ def bench_fuzz(args, out: Path) -> int:
 
 def bench_accel(args, out: Path) -> int:
     """bench conv's ResNet-20 ticket, dense32 and qnn4 at PACT-4 and PACT-8 on one RTL build of the array
-    (sim/bench/accel.py; about 40 min on 2 cores at the default 152 lanes)."""
+    (sim/bench/accel.py; about 10 min on 2 cores at the default 4 x 42 lanes with bench conv's outputs there, bounded
+    to 45)."""
     from sim.bench.accel import (
         BUDGET_MINUTES,
         DEFAULT_ENGINES,
@@ -324,7 +328,7 @@ def bench_accel(args, out: Path) -> int:
 
 def bench_qat(args, out: Path) -> int:
     """A quantized training step against the float step of the same network: MLP, VGG, ResNet-20 at 28x28 in
-    every training mode (model/bench/qat.py run_qat_bench, about 2 min on 2 cores)."""
+    every training mode (model/bench/qat.py run_qat_bench, about 30 s on 2 cores)."""
     from model.bench.qat import floors, run_qat_bench
 
     rows = run_qat_bench(out / "qat.json", progress=not args.quiet)

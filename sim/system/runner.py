@@ -25,18 +25,14 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from hw.platform.verilog import write_text_atomically
 from sim.runner import SimulationError, build, cocotb_results, run_cocotb
 
 
 def write_block_verilog(component, path, *, name: str) -> Path:
-    """Write the Verilog of ``component`` (top module ``name``) atomically; return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(component, name=name, emit_src=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    """Write the Verilog of ``component`` (top module ``name``) atomically
+    (:func:`hw.platform.verilog.write_text_atomically`); return its path."""
+    return write_text_atomically(path, verilog.convert(component, name=name, emit_src=False))
 
 
 def run_block_test(verilog_path, *, toplevel: str, test_module: str, test: str, work_dir,

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The only parts of model/ that hw/ may import: the torch-free export contract.
+#: The only parts of model/ that hw/ may import: the torch-free export contract, and the atomic file output
+#: (model.files: one way for every file the project writes, hw/'s Verilog and Vivado projects included).
 ALLOWED_MODEL = {"model.errors", "model.export.golden", "model.export.golden_conv", "model.export.image",
-                 "model.export.format"}
+                 "model.export.format", "model.files"}
 #: ``build.py`` command modules (``*_command.py``) beside the hardware they drive may also use the
 #: torch-free command-line helpers and the version 4 (vertical) image reader.
 ALLOWED_COMMAND = ALLOWED_MODEL | {"model.cli", "model.files", "model.export.image_v4"}  # (version 4 reader)

@@ -1,7 +1,9 @@
 """Data sets (digits, IDX, CIFAR), augmentation, training and evaluation loops."""
 
+import dataclasses
 import gzip
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from model.data import (
     DataRecord,
     Split,
     augment_batch,
+    check_idx_image_shape,
     idx_image_shape,
     idx_spellings,
     image_shape_of,
@@ -398,6 +401,71 @@ def test_data_record_says_when_its_data_is_not_here_or_does_not_fit(tmp_path):
     with pytest.raises(UserError, match=r"field 'input_shape' is \[1, 28, 28\] \(784 inputs\), but the data set "
                                         r"digits has 64 inputs per image"):
         record.override(name="digits").load_test("m.json: field 'data'")
+
+
+def test_an_override_that_cannot_be_read_names_the_option_and_what_the_file_records(tmp_path):
+    """--data / --data-root chose the data set, not the file: the message blames the option and says what the file
+    records (digits here), instead of claiming the file records the data set the option named."""
+    record = DataRecord.of("digits", None, (1, 8, 8), 4)
+    with pytest.raises(UserError) as raised:
+        record.override(name="idx").load_test("m.json: field 'data'")
+    message = str(raised.value)
+    assert message.startswith("--data idx: the data set idx cannot be read here: data set 'idx' needs a root"), message
+    assert "(m.json: field 'data' records the data set digits)" in message and "records the data set idx" not in message
+    gone = tmp_path / "gone"
+    idx = DataRecord.of("idx", tmp_path / "idx", (1, 8, 8), 4)
+    with pytest.raises(UserError, match=rf"^--data-root {re.escape(str(gone))}: the data set idx \({re.escape(str(gone))}\) "
+                                        rf"cannot be read here: IDX folder .* does not exist.*\(t.pt: field 'meta.dataset' "
+                                        rf"records the data set idx \({re.escape(str(tmp_path / 'idx'))}\)\)$"):
+        idx.override(root=gone).load_test("t.pt: field 'meta.dataset'")
+    # a file without a record: the option still takes the blame, and the digits are said to be assumed
+    assumed = dataclasses.replace(record, assumed=True)
+    with pytest.raises(UserError, match=r"^--data idx: .*\(old.pt records no data set; digits is assumed"):
+        assumed.override(name="idx").load_test("old.pt")
+    # the record the file holds keeps its wording
+    with pytest.raises(UserError, match=r"^t.pt: field 'meta.dataset' records the data set idx"):
+        DataRecord.of("idx", gone, (1, 8, 8), 4).load_test("t.pt: field 'meta.dataset'")
+
+
+def test_test_labels_outside_the_network_classes_are_refused(tmp_path, capsys):
+    """Test labels 50..59 for a 10-class network: a UserError naming the labels file and 0..9, not a silent 0 %."""
+    root = write_idx_folder(tmp_path / "idx", n_train=20, n_test=10, side=8, n_classes=10)
+    labels = root / idx_name("t10k", "labels")
+    labels.write_bytes(idx_bytes(np.arange(10) % 10 + 50))
+    record = DataRecord.of("idx", root, (1, 8, 8), 4)
+    assert record.load_test("t.pt").y_test.min() == 50  # without a class count nothing is checked
+    with pytest.raises(UserError, match=rf"^{re.escape(str(labels))}: holds test label 50 \(10 of 10 test labels out "
+                                        r"of range\); allowed 0\.\.9, the 10 classes of the network of t.pt"):
+        record.load_test("t.pt: field 'meta.dataset'", n_classes=10, network="the network of t.pt")
+    with pytest.raises(UserError, match=rf"^--data-root {re.escape(str(root))}: {re.escape(str(labels))}: holds test "
+                                        r"label 50"):
+        DataRecord.of("idx", tmp_path, (1, 8, 8), 4).override(root=root).load_test("t.pt", n_classes=10)
+    # a file that records no data set is read on an assumed one: a note, not a refusal (the image still runs)
+    assumed = dataclasses.replace(record, assumed=True)
+    assert assumed.load_test("old.pt", n_classes=10).y_test.min() == 50
+    assert "note: " in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"^--data-root .*holds test label 50"):
+        assumed.override(root=root).load_test("old.pt", n_classes=10)
+    labels.write_bytes(idx_bytes(np.arange(10) % 10))
+    assert len(record.load_test("t.pt", n_classes=10).y_test) == 10
+    with pytest.raises(UserError, match=r"the digits data set \(scikit-learn\): holds test label [2-9].*allowed 0\.\.1"):
+        DataRecord.of("digits", None, (1, 8, 8), 4).load_test("t.pt", n_classes=2)
+
+
+def test_a_bench_folder_of_the_wrong_image_shape_is_named(tmp_path):
+    root = write_idx_folder(tmp_path / "idx", n_train=4, n_test=2, side=8)
+    assert check_idx_image_shape(root, "bench x", "its MLP", pixels=64) == (1, 8, 8)
+    assert check_idx_image_shape(root, "bench x", "its VGG", sides=(8, 1024)) == (1, 8, 8)
+    with pytest.raises(UserError, match=r"^bench x: the data folder '.*idx' \(--data-root\) holds images of shape "
+                                        r"\(1, 8, 8\); its MLP needs \(1, H, W\) with H \* W = 784 pixels"):
+        check_idx_image_shape(root, "bench x", "its MLP", pixels=784)
+    with pytest.raises(UserError, match=r"its VGG needs \(1, H, W\) with H and W in 16\.\.1024"):
+        check_idx_image_shape(root, "bench x", "its VGG", sides=(16, 1024))
+    with pytest.raises(UserError, match=r"IDX folder '.*nowhere' does not exist"):
+        check_idx_image_shape(tmp_path / "nowhere", "bench x", "its MLP", pixels=784)
+    (root / idx_name("train", "images")).write_bytes(b"\x00\x00\x08\x01")
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte: not an unsigned-byte IDX file with 3 dimension"):
+        check_idx_image_shape(root, "bench x", "its MLP", pixels=784)
 
 
 def test_image_shape_of_each_data_set(tmp_path):

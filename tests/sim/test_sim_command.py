@@ -70,6 +70,17 @@ def test_verilog_writes_the_array_sized_for_the_image(conv_image, tmp_path):
     assert record["top"] == "mpq_array" and not (out / "vivado").exists()
 
 
+def test_every_command_of_the_fc_core_refuses_a_vertical_image(tmp_path, capsys):
+    """`sim`, `verilog` and `synth` without --core array refuse a version 4 image alike, naming it and --core array,
+    before writing anything (`verilog` used to build the fc core's self-test of its source width)."""
+    write_vertical_image(tmp_path / "v", random_vertical_net(11, sizes=(64, 12, 10, 6), widths=(2, 3, 4), rows=2))
+    for command in ("sim", "verilog", "synth"):
+        out = tmp_path / command
+        assert build.main([command, "--image", str(tmp_path / "v"), "--out", str(out)]) == 2, command
+        err = capsys.readouterr().err
+        assert str(tmp_path / "v") in err and "--core array" in err and not out.exists(), (command, err)
+
+
 @pytest.mark.parametrize("argv, text", [
     (["sim", "--core", "array", "--batch", "2"], "--batch: an option of the fully connected core"),
     (["sim", "--engines", "2"], "--engines: options of `--core array`"),
@@ -91,9 +102,11 @@ def test_the_options_of_one_core_are_refused_with_the_other(conv_image, tmp_path
 def test_verilog_refuses_a_seed_for_an_image_that_records_its_data_set(tmp_path, capsys):
     """--seed chooses the digits split of an image that records none; refused (not ignored) for one that does."""
     from model.data import DataRecord
+    from tests.idx_files import write_idx_folder
 
-    net = resnet_like(np.random.default_rng(3))
-    write_image(tmp_path / "image", net, data=DataRecord.of("digits", None, (1, 8, 8), 4, seed=2).to_json())
+    net = resnet_like(np.random.default_rng(3))  # 3 classes: an IDX folder of 8 x 8 images labelled 0..2
+    root = write_idx_folder(tmp_path / "idx", n_train=6, n_test=30, side=8, n_classes=3)
+    write_image(tmp_path / "image", net, data=DataRecord.of("idx", root, (1, 8, 8), 4, seed=2).to_json())
     out = tmp_path / "verilog"
     assert build.main(["verilog", "--image", str(tmp_path / "image"), "--core", "fc", "--seed", "5",
                        "--out", str(out)]) == 2

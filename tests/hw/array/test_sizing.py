@@ -29,7 +29,7 @@ def test_config_holds_the_widest_row_and_every_field():
     assert (1 << cfg.fan_in_width) > 38 and (1 << cfg.channel_bits) >= 4 and cfg.row_codes >= 8
     assert not cfg.vertical  # a version 3 image needs no plane decoders
     assert config_for([words], engines=3, vertical=True).vertical  # unless asked for
-    with pytest.raises(UserError, match="output rows of 8"):
+    with pytest.raises(UserError, match=r"--lanes 3: .* output rows of 8 pixels: allowed --lanes >= 4"):
         config_for([words], engines=1, lanes=3)
 
 

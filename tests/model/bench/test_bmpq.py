@@ -2,7 +2,9 @@
 
 import pytest
 
-from model.bench.bmpq import floors
+from model.bench.bmpq import floors, run_bmpq_bench
+from model.errors import UserError
+from tests.idx_files import write_idx_folder
 
 
 def _row(target, ratio, drop):
@@ -26,3 +28,14 @@ def test_floors_fail(ratio, drop, failing):
 
 def test_no_10x_row_is_unmeasured():
     assert all(e["value"] is None and not e["holds"] for e in floors([_row(6.0, 7.0, 0.0)]).values())
+
+
+def test_images_the_vgg_cannot_take_are_refused_before_training(tmp_path):
+    """8x8 images for the 4-block VGG (16 pixels at least): a UserError naming the folder, the shape and the sides
+    allowed, before anything trains or is written (not the network's ValueError)."""
+    root = write_idx_folder(tmp_path / "idx", n_train=20, n_test=10, side=8)
+    with pytest.raises(UserError, match=r"bench bmpq: the data folder '.*idx' \(--data-root\) holds images of shape "
+                                        r"\(1, 8, 8\); .*needs \(1, H, W\) with H and W in 16\.\.1024"):
+        run_bmpq_bench(tmp_path / "out" / "bmpq.json", root=root, png_path=tmp_path / "out" / "bmpq.png",
+                       progress=False)
+    assert not (tmp_path / "out").exists()

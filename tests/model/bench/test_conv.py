@@ -10,12 +10,14 @@ import torch
 from model.bench import conv
 from model.bench.conv import MAX_GAP_PP, NETWORKS, ROW_KEYS, floors, imq_configs, network_row, pick_ticket
 from model.data import DataRecord, load_dataset
+from model.errors import UserError
 from model.export.convert import to_golden
 from model.export.golden_net import mac_counts
 from model.methods.imq import IterationRecord, imq_update
 from model.quant.bmpq import to_bmpq
 from model.quant.nets import SmallVGG
 from model.training.loop import train
+from tests.idx_files import write_idx_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,3 +143,13 @@ def test_network_row_of_a_tiny_vgg(fashion, tmp_path, method):
     assert row["fakequant_accuracy"] > 0.3  # chance is 0.1
     assert abs(row["golden_minus_fakequant_pp"]) <= MAX_GAP_PP + 100 / 300
     assert row["golden_minus_fakequant_pp"] == pytest.approx(100 * (row["golden_accuracy"] - row["fakequant_accuracy"]))
+
+
+def test_images_a_network_cannot_take_are_refused_before_training(tmp_path):
+    """8x8 images fit the IMQ runs' ResNet-20 and VGG but not the BMPQ VGG (16 pixels at least): refused before the
+    IMQ runs train, so no run directory is left behind."""
+    root = write_idx_folder(tmp_path / "idx", n_train=150, n_test=10, side=8)
+    with pytest.raises(UserError, match=r"bench conv: the data folder '.*idx' \(--data-root\) holds images of shape "
+                                        r"\(1, 8, 8\); .*needs \(1, H, W\) with H and W in 16\.\.1024"):
+        conv.run_conv_bench(tmp_path / "out", root=root, smoke=True, progress=False)
+    assert not (tmp_path / "out").exists()

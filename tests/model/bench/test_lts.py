@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from model.bench.lts import floors
+from model.bench.lts import floors, run_lts_bench
+from model.errors import UserError
+from tests.idx_files import write_idx_folder
 
 
 def _rows(lts_accuracy=0.8820, wgs=0.53, ratio=0.78, total=0.93):
@@ -101,3 +103,14 @@ def test_bench_averages_one_pair_per_seed(tmp_path, monkeypatch):
     assert bench._stderr([1.0, 2.0, 4.0, 5.0]) == pytest.approx((10 / 3 / 4) ** 0.5)
     with pytest.raises(UserError, match="'seeds'"):
         bench.run_lts_bench(tmp_path / "x.json", seeds=(), bits_list=(2,), root=root, progress=False)
+
+
+def test_images_the_mlp_cannot_take_are_refused_before_training(tmp_path):
+    """8x8 images (64 pixels) for the 784-input MLP: a UserError naming the folder, the shape found and the shapes
+    allowed, before anything trains or is written (not torch's shape error from the first forward pass)."""
+    root = write_idx_folder(tmp_path / "idx", n_train=20, n_test=10, side=8)
+    with pytest.raises(UserError, match=r"bench lts: the data folder '.*idx' \(--data-root\) holds images of shape "
+                                        r"\(1, 8, 8\); its 784-256-256-10 MLP needs \(1, H, W\) with H \* W = 784"):
+        run_lts_bench(tmp_path / "out" / "lts.json", epochs=1, warmup=0, bits_list=(2,), seeds=(0,), root=root,
+                      progress=False)
+    assert not (tmp_path / "out").exists()

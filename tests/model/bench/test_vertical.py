@@ -13,6 +13,7 @@ from model.bench.vertical import (
     DEFAULT_CONFIGS,
     HARDWARE_NOTE,
     METHODS,
+    SMOKE_CONFIGS,
     BenchConfig,
     compared_archs,
     floors,
@@ -125,6 +126,16 @@ def test_run_writes_every_method_and_width(tmp_path):
     with pytest.raises(UserError, match="field 'methods'"):
         run_vertical_bench(tmp_path / "x.json", root=root, configs=BenchConfig(methods=("vertical", "bogus")))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_images_the_vgg_cannot_take_are_refused_before_training(tmp_path):
+    """4x4 images fit the MLP but not the VGG (8 pixels at least): refused before the MLP trains."""
+    root = write_idx_folder(tmp_path / "idx", n_train=40, n_test=10, side=4)
+    with pytest.raises(UserError, match=r"bench vertical: the data folder '.*idx' \(--data-root\) holds images of "
+                                        r"shape \(1, 4, 4\); each of its conv nets \(vgg\) needs \(1, H, W\) with H "
+                                        r"and W in 8\.\.1024"):
+        run_vertical_bench(tmp_path / "out" / "vertical.json", root=root, configs=SMOKE_CONFIGS)
+    assert not (tmp_path / "out").exists()
 
 
 def test_bench_command_prints_rows_budget_and_floors(tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from model.quant.nets import DigitsMLP, build_model
 from model.quant.pact import PACT, InputQuant
 from model.runs.checkpoint import save_checkpoint
 from model.training.loop import evaluate, train
+from tests.idx_files import idx_bytes, idx_name, write_idx_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -169,4 +171,37 @@ def test_a_seed_for_a_file_that_records_its_data_set_is_refused(capsys, tmp_path
     for flag, path in (("--checkpoint", tmp_path / "t.pt"), ("--image", tmp_path / "image")):
         code, _, err = main(capsys, "eval", flag, path, "--seed", 5, "--out", tmp_path / "eval")
         assert code == 2 and f"--seed 5: {path}" in err and "records its data set" in err, err
+        assert not (tmp_path / "eval").exists()
+
+
+def test_test_labels_the_network_has_no_class_for_are_refused(capsys, tmp_path, ticket):
+    """Test labels 50..59 for the 10-class ticket: exit 2 naming the labels file and 0..9, for a checkpoint and for
+    its image (the data loading eval, sim and verilog share), instead of a silent accuracy of 0."""
+    model, _ = ticket
+    root = write_idx_folder(tmp_path / "idx", n_train=20, n_test=10, side=8)
+    labels = root / idx_name("t10k", "labels")
+    labels.write_bytes(idx_bytes(np.arange(10) + 50))
+    save_checkpoint(tmp_path / "t.pt", model, data=DataRecord.of("digits", None, (1, 8, 8), 4))
+    assert main(capsys, "export", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "image")[0] == 0
+    for flag, path in (("--checkpoint", tmp_path / "t.pt"), ("--image", tmp_path / "image")):
+        code, _, err = main(capsys, "eval", flag, path, "--data", "idx", "--data-root", root, "--out",
+                            tmp_path / "eval")
+        assert code == 2 and "Traceback" not in err, err
+        assert f"--data idx --data-root {root}: {labels}: holds test label 50" in err and "allowed 0..9" in err, err
+        assert str(path) in err
+        assert not (tmp_path / "eval").exists()
+
+
+def test_an_override_that_cannot_be_read_is_blamed_on_the_option(capsys, tmp_path, ticket):
+    """--data idx without a folder: the message names --data idx and says the file records digits (not that the
+    file records idx)."""
+    model, _ = ticket
+    save_checkpoint(tmp_path / "t.pt", model, data=DataRecord.of("digits", None, (1, 8, 8), 4))
+    assert main(capsys, "export", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "image")[0] == 0
+    for path, where in ((tmp_path / "t.pt", f"{tmp_path / 't.pt'}: field 'meta.dataset'"),
+                        (tmp_path / "image", f"{tmp_path / 'image' / 'manifest.json'}: field 'data'")):
+        flag = "--checkpoint" if path.suffix == ".pt" else "--image"
+        code, _, err = main(capsys, "eval", flag, path, "--data", "idx", "--out", tmp_path / "eval")
+        assert code == 2 and err.startswith("error: --data idx: the data set idx cannot be read here"), err
+        assert f"({where} records the data set digits)" in err and "records the data set idx" not in err, err
         assert not (tmp_path / "eval").exists()

@@ -1,10 +1,13 @@
 """Checkpoints: round trip, and clear errors for files that are not checkpoints or do not fit the model."""
 
+import re
+
 import pytest
 import torch
 
 from model.data import DataRecord
 from model.errors import UserError
+from model.quant.bmpq import to_bmpq
 from model.quant.nets import DigitsMLP
 from model.runs.checkpoint import checkpoint_data, load_checkpoint, save_checkpoint
 
@@ -43,7 +46,33 @@ def test_bad_mask_value(tmp_path, model):
     payload = torch.load(path, weights_only=True)
     payload["state_dict"]["linears.0.bit_width"][0, 0] = 3
     torch.save(payload, path)
-    with pytest.raises(UserError, match=r"linears.0.bit_width' holds mask value 3; allowed \(0, 4, 8, 16, 32\)"):
+    with pytest.raises(UserError, match=r"linears.0.bit_width' holds mask value 3; allowed \(0, 1, 2, 4, 8, 16, 32\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(4.9, "4.9"), (7.9, "7.9"), (float("nan"), "nan")])
+def test_a_mask_value_that_is_not_an_integer_is_refused_as_written(tmp_path, model, value, shown):
+    """A float mask of 4.9 is not read as 4 (an allowed width) nor 7.9 reported as 7: the file's value is named."""
+    path = save_checkpoint(tmp_path / "t.pt", model)
+    payload = torch.load(path, weights_only=True)
+    widths = payload["state_dict"]["linears.0.bit_width"].float()
+    widths[0, 1] = value
+    payload["state_dict"]["linears.0.bit_width"] = widths
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=rf"linears.0.bit_width' holds mask value {shown}; allowed \(0, 1, 2, 4, 8, 16, 32\)"):
+        load_checkpoint(path)
+    widths[0, 1] = 4.0  # a float that is an allowed width loads as that width
+    torch.save(payload, path)
+    assert load_checkpoint(path)[0].linears[0].bit_width[0, 1] == 4
+
+
+def test_a_bmpq_layer_width_that_is_not_an_integer_is_refused_as_written(tmp_path, model):
+    path = save_checkpoint(tmp_path / "t.pt", to_bmpq(model))
+    payload = torch.load(path, weights_only=True)
+    key = next(k for k in payload["state_dict"] if k.endswith(".bits"))
+    payload["state_dict"][key] = torch.tensor(4.5)
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=rf"{re.escape(key)}' is 4.5; allowed \(2, 3, 4, 5, 6, 7, 8, 16, 32\)"):
         load_checkpoint(path)
 
 

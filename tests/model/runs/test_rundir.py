@@ -208,8 +208,9 @@ def test_train_cli_resumes_and_refuses_another_config(tmp_path, capsys):
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
-def test_export_refuses_1_and_2_bit_tickets(tmp_path, capsys):
-    # rho = 1 halves every weight each iteration: 32, 16, 8, 4, 2 bits; the target stops at 2.
+def test_export_refuses_1_and_2_bit_tickets_that_eval_runs(tmp_path, capsys):
+    """rho = 1 halves every weight each iteration: 32, 16, 8, 4, 2 bits; the target stops at 2. `export` refuses the
+    2-bit ticket naming its widths; `eval` gives its float and fake-quant accuracy, golden null with the reason."""
     code, _out, err = cli(capsys, "train", "--method", "imq", "--hierarchy", "extended", "--rho", 1.0, "--hidden", 4,
                          "--epochs", 1, "--iterations", 6, "--target-bits", 2, "--train-subset", 100, "--test-subset",
                          50, "--no-float-baseline", "--quiet", "--run-dir", tmp_path / "run")
@@ -219,8 +220,13 @@ def test_export_refuses_1_and_2_bit_tickets(tmp_path, capsys):
     assert [h["avg_bits"] for h in history["history"]] == [32.0, 16.0, 8.0, 4.0, 2.0]
     assert history["ticket"]["rule"] == "target"
     code, _out, err = cli(capsys, "export", "--checkpoint", tmp_path / "run" / TICKET_FILE, "--out", tmp_path / "img")
-    assert code == 2 and "mask value 2" in err and "(0, 4, 8, 16, 32)" in err
-    assert not (tmp_path / "img").exists()
+    assert code == 2 and "weight widths [2] cannot be exported" in err and "(0, 4, 8, 16, 32)" in err
+    assert str(tmp_path / "run" / TICKET_FILE) in err and not (tmp_path / "img").exists()
+    code, _out, err = cli(capsys, "eval", "--checkpoint", tmp_path / "run" / TICKET_FILE, "--out", tmp_path / "ev")
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["golden_accuracy"] is None and 0 <= report["fakequant_accuracy"] <= 1
+    assert "weight widths [2] cannot be exported" in json.dumps(report)
 
 
 def test_export_and_eval_conv_nets(tmp_path, capsys):

@@ -1,0 +1,67 @@
+"""`build.py verilog` and `build.py sim` check their output names before writing anything (and, for sim, before
+simulating): a folder where a file goes, or a file where a folder goes, is an error naming that path, with nothing
+written and no temporary file left (sim/verilog_command.py, sim/sim_command.py, model.cli.refuse_taken_outputs)."""
+
+import numpy as np
+import pytest
+
+import build
+from model.export.image import write_image
+from tests.hw.netgen import random_network
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """An MLP image on the digits' 64 inputs (any image that gets as far as the writes without the checks)."""
+    path = tmp_path_factory.mktemp("mlp") / "image"
+    write_image(path, random_network(np.random.default_rng(5), sizes=(64, 8, 10), act_bits=4))
+    return path
+
+
+def refused(capsys, argv, out, taken, kind):
+    """Run ``argv`` with ``out/taken`` made a ``kind`` ("folder" or "file"); check the refusal and that nothing
+    else appeared in ``out``."""
+    before = set(out.rglob("*")) if out.exists() else set()
+    code = build.main([*map(str, argv), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    what = "is not a file" if kind == "folder" else "is not a folder"
+    assert err.startswith(f"error: {out / taken}: {what}; ") and err.count("\n") == 1, err
+    assert set(out.rglob("*")) == before  # nothing written, no temporary file
+
+
+def make(path, kind):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if kind == "folder" else path.write_text("x")
+
+
+@pytest.mark.parametrize(("core", "taken", "kind"), [
+    ("fc", "mpq_accel.v", "folder"),
+    ("fc", "vivado", "file"),
+    ("fc", "vivado/mpq_accel_selftest.xdc", "folder"),
+    ("fc", "vivado/build_mpq_accel_selftest.sh", "folder"),
+    ("array", "mpq_array.v", "folder"),
+    ("array", "array_config.json", "folder"),
+])
+def test_verilog_refuses_taken_output_names(image, tmp_path, capsys, core, taken, kind):
+    out = tmp_path / "verilog"
+    make(out / taken, kind)
+    selftest = ["--selftest-images", 2] if core == "fc" else []
+    refused(capsys, ["verilog", "--image", image, "--core", core, *selftest], out, taken, kind)
+
+
+@pytest.mark.parametrize(("args", "taken", "kind"), [
+    ((), "mpq_accel.v", "folder"),
+    ((), "sim.json", "folder"),
+    ((), "sim_build", "file"),
+    (("--core", "array"), "mpq_array.v", "folder"),
+    (("--core", "array"), "sim.json", "folder"),
+    (("--system",), "system", "file"),
+    (("--system",), "system/mpq_system.v", "folder"),
+    (("--system",), "system/sim.json", "folder"),
+    (("--system",), "system/sim_build", "file"),
+])
+def test_sim_refuses_taken_output_names_before_simulating(image, tmp_path, capsys, args, taken, kind):
+    out = tmp_path / "sim"
+    make(out / taken, kind)
+    refused(capsys, ["sim", "--image", image, "--images", 2, *args], out, taken, kind)
