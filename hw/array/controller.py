@@ -68,8 +68,10 @@ code shift ``t + 1``, class 8, or the 8-bit edge in class 16) and ``comp_shift``
 pointer.
 
 The residual map's shape is the previous layer's input (a residual layer is conv2 of a block whose conv1 is
-the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 6 or 7 words per row command, one
-a cycle: prefetching row commands is a next step (``docs/array_design.md``).
+the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 5 to 7 words per row command, one
+a cycle (the row pointer's second word only when the pointer reaches into it, the shortcut multiplier only in a
+residual layer): each word it does not read leaves the global buffer's first read port to the engines behind it
+(``docs/array_design.md``, "The global buffer's read ports"); caching the commands' words is a next step.
 """
 
 from __future__ import annotations
