@@ -66,10 +66,7 @@ def dsp48e1_model(path) -> Path:
                       flags=re.MULTILINE | re.DOTALL)
     if found is None:
         raise FileNotFoundError(f"{library}: no DSP48E1 simulation model")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"// DSP48E1 from {library}\n{found.group(0)}\n")
-    return path
+    return write_text_atomically(path, f"// DSP48E1 from {library}\n{found.group(0)}\n")
 
 
 def coverage(plan: PackingPlan, ops) -> str:

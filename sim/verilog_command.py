@@ -91,20 +91,14 @@ def _array(args) -> int:
     """``--core array``: the array sized for the image, its Verilog and configuration."""
     import dataclasses
 
-    import numpy as np
-
     from hw.array.sizing import config_for
     from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog, write_text_atomically
-    from model.export.image import pack, read_image
-    from model.export.image_v4 import is_vertical, read_vertical_words
+    from model.export.image_v4 import array_words
 
     out = Path(args.out)
     refuse_taken_outputs(out, [f"{ARRAY_TOP_NAME}.v", "array_config.json"], what="verilog --core array")
     image = Path(args.image)
-    if is_vertical(image):
-        words = np.asarray(read_vertical_words(image)[2])  # checked: a corrupt image is named, nothing written
-    else:
-        words = pack(read_image(image)[0])
+    words = array_words(image)  # checked: a corrupt image is named, nothing written
     config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical)
     path = write_text_atomically(out / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
     write_json(out / "array_config.json", {"image": str(image), "top": ARRAY_TOP_NAME, "dsp_lanes": config.dsp_lanes,

@@ -68,8 +68,8 @@ code shift ``t + 1``, class 8, or the 8-bit edge in class 16) and ``comp_shift``
 pointer.
 
 The residual map's shape is the previous layer's input (a residual layer is conv2 of a block whose conv1 is
-the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 5 to 7 words per row command, one
-a cycle (the row pointer's second word only when the pointer reaches into it, the shortcut multiplier only in a
+the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 4 to 6 words per row command in 7
+cycles (the row pointer's second word only when the pointer reaches into it, the shortcut multiplier only in a
 residual layer): each word it does not read leaves the global buffer's first read port to the engines behind it
 (``docs/array_design.md``, "The global buffer's read ports"); caching the commands' words is a next step.
 """
@@ -421,7 +421,7 @@ class ArrayController(wiring.Component):
                              | (res_end >= 1 << self._fw)))
         )
 
-        # -- Dispatcher reads: up to 7 words, one a cycle --------------------------------------------
+        # -- Dispatcher reads: up to 6 words in 7 cycles ---------------------------------------------
         rec = Mux(dd.residual, RES_PARAMS.words, PARAMS.words)
         ptr_word = dd.row_base + (ptr_bit >> 5)
         read_addr = Signal(self._aw)

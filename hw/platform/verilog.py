@@ -35,6 +35,6 @@ def array_verilog(config, init=(), *, name: str = ARRAY_TOP_NAME) -> str:
 def write_text_atomically(path, text: str) -> Path:
     """Write ``text`` to ``path`` so that it appears whole or not at all, and a failed write (the name taken by a
     folder, a full disk) leaves no temporary file behind: :func:`model.files.atomic_write` (a uniquely named
-    temporary file in the same folder, renamed into place, removed on any failure), the one implementation of
-    that which every Verilog and project file of hw/ and sim/ goes through. Returns ``path``."""
+    temporary file in the same folder, renamed into place, removed on any failure), which the Verilog writers of
+    hw/ and sim/ share (the Vivado self-test plan is Amaranth's, ``hw/platform/board.py``). Returns ``path``."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -475,8 +475,8 @@ def float_model(config: RunConfig, split: Split) -> tuple[nn.Module, str]:
 def _checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by :func:`model.runs.checkpoint.save_checkpoint` without the hardware's width check.
 
-    (Iterations of the extended hierarchy hold 1- and 2-bit widths, which
-    :func:`model.runs.checkpoint.load_checkpoint` rightly refuses for export.)
+    (It reads the iterations of any run; :func:`model.runs.checkpoint.load_checkpoint` also checks a checkpoint
+    that a user names, including the extended hierarchy's 1- and 2-bit widths, which `export` then refuses.)
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
