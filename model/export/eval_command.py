@@ -84,7 +84,8 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
             return net.materialize(net.widths[-1]), None
         return to_golden(model, where=str(path)), None
     except UserError as exc:
-        return None, str(exc)
+        text = str(exc)  # named by the checkpoint's path, as to_golden's `where` names it
+        return None, text if text.startswith(f"{path}: ") else f"{path}: {text}"
 
 
 def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | None) -> dict:

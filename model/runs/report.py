@@ -127,7 +127,7 @@ def _field_ok(field: str, value) -> bool:
     guessing (it checks the ranges): ``int("4")`` or ``float(True)`` would pass what the file got wrong."""
     if field == "width_counts":
         return isinstance(value, dict) and all(
-            k.isdigit() and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in value.items())
+            k.isascii() and k.isdigit() and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in value.items())
     if field == "iteration":
         return isinstance(value, int) and not isinstance(value, bool)
     return _is_number(value)

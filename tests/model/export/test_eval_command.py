@@ -15,6 +15,7 @@ from model.export.convert import golden_accuracy, to_golden
 from model.export.eval_command import float_twin
 from model.quant.nets import DigitsMLP, build_model
 from model.quant.pact import PACT, InputQuant
+from model.quant.vertical import to_vertical
 from model.runs.checkpoint import save_checkpoint
 from model.training.loop import evaluate, train
 from tests.idx_files import idx_bytes, idx_name, write_idx_folder
@@ -205,3 +206,15 @@ def test_an_override_that_cannot_be_read_is_blamed_on_the_option(capsys, tmp_pat
         assert code == 2 and err.startswith("error: --data idx: the data set idx cannot be read here"), err
         assert f"({where} records the data set digits)" in err and "records the data set idx" not in err, err
         assert not (tmp_path / "eval").exists()
+
+
+def test_a_vertical_checkpoint_without_golden_model_names_itself(capsys, tmp_path):
+    """A vertical checkpoint with float first and last layers has no integer network: `eval` gives its float and
+    fake-quant accuracy, and golden's n/a names the checkpoint, as the other golden failures do."""
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "v.pt", to_vertical(DigitsMLP(64, (16, 16), 10, 4), float_edges=True))
+    code, _, err = main(capsys, "eval", "--checkpoint", path, "--out", tmp_path / "ev")
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["golden_accuracy"] is None
+    assert f"{path}: the model has float first/last layers" in json.dumps(report)

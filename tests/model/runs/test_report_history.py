@@ -42,6 +42,8 @@ MALFORMED = {
                                  "history[0]: field 'iteration' is 1.5; allowed an integer >= 0"),
     "width not an integer": (set_field(["history", 0, "width_counts"], {"a": 1}),
                              "history[0]: field 'width_counts' is {'a': 1}; expected an object {width: count}"),
+    "width a superscript digit": (set_field(["history", 0, "width_counts"], {"\u00b2": 1}),
+                                  "history[0]: field 'width_counts' is {'\u00b2': 1}; expected an object {width: count}"),
     "record a string": (set_field(["history", 1], "x"), "history[1]: an iteration record is 'x'; expected an object"),
     "history null": (set_field(["history"], None),
                      "field 'history' is null; allowed a non-empty list of iteration records"),
