@@ -34,5 +34,5 @@ def test_synth_sizes_the_array_for_a_vertical_image(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "yosys not found on PATH" in err and "version" not in err, err
     engine = (out / "mpq_engine.v").read_text()
-    assert "planes" in engine, "the engine was built without the plane decoder"
+    assert "module \\mpq_engine.planes " in engine, "the engine was built without the plane decoder"
     assert os.path.isfile(out / "mpq_array.v")
