@@ -48,15 +48,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-#: The variables torchrun sets for every worker (model.training.distributed reads them): name -> smallest value.
-TORCHRUN_ENV = {"WORLD_SIZE": 1, "RANK": 0, "LOCAL_RANK": 0}
+#: The variables torchrun sets for every worker (``model.training.distributed.TORCHRUN_ENV``, not imported here: it
+#: loads torch) and the smallest value each may have.
+TORCHRUN_LOWEST = {"WORLD_SIZE": 1, "RANK": 0, "LOCAL_RANK": 0}
 
 
 def torchrun_env_error() -> str | None:
     """What is wrong with a torchrun variable that is set but is not an integer in range (``WORLD_SIZE=two``),
     naming it and the values allowed (printed as a user error, not a traceback from ``int()`` later); ``None`` if
     nothing is."""
-    for name, low in TORCHRUN_ENV.items():
+    for name, low in TORCHRUN_LOWEST.items():
         text = os.environ.get(name)
         if text is None:
             continue

@@ -206,11 +206,9 @@ def run(args) -> int:
     check_core_args(args)
     if args.core == "array":
         return run_array_sim(args)
-    from model.export.image_v4 import is_vertical
+    from model.export.image_v4 import refuse_vertical
 
-    if is_vertical(Path(args.image)):
-        raise UserError(f"{args.image}: a vertical-layered (version 4) image runs on the array with its run-time "
-                        "widths: add --core array or --system (and --bits N or --table-row R)")
+    refuse_vertical(args.image, "add --core array or --system (and --bits N or --table-row R)")
     vertical_widths(args)  # --bits / --table-row without --core array or --system: an error naming them
     from sim.image_run import run_rtl
 

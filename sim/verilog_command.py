@@ -55,15 +55,14 @@ def run(args) -> int:
     from hw.platform.verilog import write_verilog
     from model.errors import UserError
     from model.export.image import core_words
-    from model.export.image_v4 import is_vertical
+    from model.export.image_v4 import refuse_vertical
     from model.export.vectors import image_vectors
 
     check_core_args(args, fc_only=("selftest_images", "seed", "data", "data_root"))
     if args.core == "array":
         return _array(args)
-    if is_vertical(Path(args.image)):  # as `sim` and `synth` with the fc core: not its source width in a ROM
-        raise UserError(f"{args.image}: a vertical-layered (version 4) image runs on the array with its run-time "
-                        "widths: add --core array (or build the Zynq system, `build.py system`)")
+    # (not its source width in the fc core's ROM)
+    refuse_vertical(args.image, "add --core array (or build the Zynq system, `build.py system`)")
     out = Path(args.out)
     vivado = out / "vivado"
     plan = [f"vivado/{p.name}" for pattern in (f"{SELFTEST_NAME}.*", f"build_{SELFTEST_NAME}.*")

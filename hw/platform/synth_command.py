@@ -42,17 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from hw.platform.synth import format_table, synthesize
     from hw.platform.verilog import TOP_NAME, write_verilog
-    from model.errors import UserError
     from model.export.image import core_words, read_image
-    from model.export.image_v4 import is_vertical
+    from model.export.image_v4 import refuse_vertical
 
     out = Path(args.out)
     check_core_args(args)
     if args.core == "array":
         return _array(args, out)
-    if is_vertical(Path(args.image)):  # as `sim` and `verilog` with the fc core
-        raise UserError(f"{args.image}: a vertical-layered (version 4) image runs on the array with its run-time "
-                        "widths: add --core array")
+    refuse_vertical(args.image, "add --core array")
     net, _ = read_image(args.image)
     vpath = write_verilog(core_words(net, args.image), out / "mpq_accel.v", batch=args.batch)
     res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")

@@ -82,10 +82,9 @@ def golden_of(model, path) -> tuple[object | None, str | None]:
 
             net = to_golden_vertical(model)
             return net.materialize(net.widths[-1]), None
-        return to_golden(model, where=str(path)), None
-    except UserError as exc:
-        text = str(exc)  # named by the checkpoint's path, as to_golden's `where` names it
-        return None, text if text.startswith(f"{path}: ") else f"{path}: {text}"
+        return to_golden(model), None
+    except UserError as exc:  # (either path: named by the checkpoint)
+        return None, f"{path}: {exc}"
 
 
 def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | None) -> dict:

@@ -429,6 +429,14 @@ def array_words(path) -> np.ndarray:
     return pack(read_image(path)[0])
 
 
+def refuse_vertical(path, instead: str) -> None:
+    """What the fully connected core's commands (``sim``, ``verilog``, ``synth`` without ``--core array``) say of a
+    version 4 image: a :class:`UserError` naming ``path`` and what to run ``instead``. Nothing for other images."""
+    if is_vertical(path):
+        raise UserError(f"{path}: a vertical-layered (version 4) image runs on the array with its run-time widths: "
+                        f"{instead}")
+
+
 def is_vertical(path) -> bool:
     """Whether the image at ``path`` (a directory or its manifest) is version 4, from its weights' header."""
     path = Path(path)

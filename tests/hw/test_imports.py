@@ -14,7 +14,7 @@ ALLOWED_MODEL = {"model.errors", "model.export.golden", "model.export.golden_con
                  "model.export.format", "model.files"}
 #: ``build.py`` command modules (``*_command.py``) beside the hardware they drive may also use the
 #: torch-free command-line helpers and the version 4 (vertical) image reader.
-ALLOWED_COMMAND = ALLOWED_MODEL | {"model.cli", "model.files", "model.export.image_v4"}  # (version 4 reader)
+ALLOWED_COMMAND = ALLOWED_MODEL | {"model.cli", "model.export.image_v4"}  # (version 4 reader)
 
 
 def imported_modules(path: Path) -> set[str]:
