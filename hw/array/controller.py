@@ -5,8 +5,8 @@ One run (``start`` to ``done``) infers one image:
 1. **Header** (8 words at address 0): magic, version 3 or 4, the layer count, the input shape; refused with a
    :class:`~hw.array.status.Status` code when the array cannot hold it. A version 4 (vertical-layered) image
    has a vertical header next (its stored widths, the Eq. 12 table): see "Version 4" below.
-2. **Input**: the image's ``C H W`` input codes arrive on ``x`` in ``(c, y, x)`` order and are written into
-   feature-map buffer 0, one code a cycle.
+2. **Input**: the image's ``C H W`` input codes arrive on ``x`` in ``(c, y, x)`` order, up to one a cycle,
+   and go into feature-map buffer 0 a row at a time while the layers below already run ("Streamed input").
 3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
    (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
    ``BAD_GEOMETRY`` (among them: ``in_bits`` must be the previous layer's ``out_bits``, the header's
@@ -27,6 +27,19 @@ One run (``start`` to ``done``) infers one image:
    waits instead until every engine and the writer have drained, as does the end of such a layer and of
    every version 4 layer; other layers overlap the next (below).
 4. **Scores**: the last layer's outputs (``out_buf = SCORE_SINK``) leave on ``o`` in class order.
+
+**Streamed input.** Once the header is accepted the controller takes input codes (``x.ready``) until the
+image's last one, whatever else it does: a row's codes gather in a register and the cycle after its last code
+the row goes into buffer 0 as one word (port A, ``fmap_in``; the loader holds that cycle, ``load_hold``). The
+rows arrive in address order (row ``y`` of channel ``c`` is word ``c H + y``), so the loader may read every
+word below the count of rows in (``load_rows``; a read of a later word waits, a padding row reads nothing),
+and the first layer's descriptor, checks and tiles go on meanwhile: ResNet-20's stem starts about 120 cycles
+after ``start`` instead of after its 784 input codes. While the input arrives only layer 0 runs, and only if
+it writes a buffer other than 0 (the layer after it writes buffer 0, and a late input row would land on its
+output: a stride-2 stem does not read the last row); every other layer's dispatch waits for the input's end.
+A run that ends before the input is in (a refused layer, a fault) raises ``done`` once it is, so the host's
+stream stays aligned to runs: every run takes exactly its image's codes. (Before 2026-12-05 the controller
+took the whole input first, one code a cycle through the writer's port.)
 
 **Overlapped layers.** When a version 3 layer that is not the last and does not max-pool starts its last
 tile, the controller sets up the next layer at once (``pending``): it reads the next descriptor, checks it,
@@ -81,7 +94,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.array.engine import engine_layer_layout, row_command_layout
-from hw.array.feature_maps import write_signature
+from hw.array.feature_maps import input_signature
 from hw.array.map_writer import writer_layer_layout
 from hw.array.patch_loader import DIM_BITS, LoadMode, geometry_layout
 from hw.array.status import Status
@@ -182,7 +195,11 @@ class ArrayController(wiring.Component):
         Per patch bank: some engine holds a row of that bank whose patch reads may not be over
         (:class:`~hw.array.engine.ChannelEngine` ``holds``); the loader refills a bank only when none does.
     score_addr : Out(channel_bits), score_data : In(signed(32))
-    fmap_wr : Out(write_signature) (the input codes)
+    fmap_in : Out(input_signature)
+        The input image's rows, into buffer 0 (``"Streamed input"``).
+    load_rows, load_hold : Out
+        The feature-map words the loader may read and a cycle it may not (the input's rows as they arrive,
+        buffer 0's port A writing one; ``2^fmap_addr_width`` and 0 once the input is in).
     """
 
     def __init__(self, *, engines: int, pixels: int, row_codes: int, fmap_rows: int, fmap_addr_width: int,
@@ -229,7 +246,9 @@ class ArrayController(wiring.Component):
             "engine_holds": In(2),
             "score_addr": Out(channel_bits),
             "score_data": In(signed(32)),
-            "fmap_wr": Out(write_signature(fmap_addr_width, row_codes)),
+            "fmap_in": Out(input_signature(fmap_addr_width, row_codes)),
+            "load_rows": Out(fmap_addr_width + 1),
+            "load_hold": Out(1),
         }
         for e in range(engines):
             members[f"cmd{e}"] = Out(stream.Signature(row_command_layout(addr_width, channel_bits, pixels)))
@@ -495,18 +514,30 @@ class ArrayController(wiring.Component):
         m.d.comb += self.load_channels.eq(Mux(pending, Mux(chained, avail, 0), 0xFFFF))
 
         # -- Input codes -----------------------------------------------------------------------------
-        xin_c = Signal(16)
-        xin_y = Signal(16)
-        xin_x = Signal(DIM_BITS)
-        xin_base = Signal(32)
-        m.d.comb += [self.fmap_wr.buf.eq(0), self.fmap_wr.addr.eq(xin_base + xin_y),
-                     self.fmap_wr.data.eq(self.x.payload.replicate(rc)),
-                     self.fmap_wr.mask.eq(Const(1, rc) << xin_x[:max(rc - 1, 1).bit_length()])]
-
-        # ``x.ready`` and ``o.valid`` from registers, not from the state decode: a simulator that evaluates combinational
-        # blocks only on a change (Icarus) would otherwise leave it undefined until the state first changes.
-        taking = Signal()
-        m.d.comb += [self.x.ready.eq(taking), self.fmap_wr.en.eq(taking & self.x.valid)]
+        # (Streamed input, module docstring.) The codes of a row gather in `in_row`; the cycle after its last
+        # one, the word is written into buffer 0 (port A; the loader holds) and the loader may read it.
+        # ``x.ready`` and ``o.valid`` come from registers, not from the state decode: a simulator that evaluates
+        # combinational blocks only on a change (Icarus) would otherwise leave them undefined until the state
+        # first changes.
+        taking = Signal()  # codes of this run's input are still to come
+        xin_x = Signal(DIM_BITS)  # the column of the next code
+        in_next = Signal(self._faw + 1)  # input rows complete (the word address of the row arriving)
+        in_row = Signal(MAX_ACT_BITS * rc)
+        in_wr = Signal()  # the last complete row's word is written now
+        in_addr = Signal(self._faw)
+        inputting = taking | in_wr
+        m.d.comb += [self.x.ready.eq(taking), self.fmap_in.en.eq(in_wr), self.fmap_in.addr.eq(in_addr),
+                     self.fmap_in.data.eq(in_row), self.load_hold.eq(in_wr),
+                     self.load_rows.eq(Mux(inputting, in_next, 1 << self._faw))]
+        m.d.sync += in_wr.eq(0)
+        with m.If(taking & self.x.valid):
+            m.d.sync += in_row.word_select(xin_x[:max(rc - 1, 1).bit_length()], MAX_ACT_BITS).eq(self.x.payload)
+            with m.If(xin_x == header.in_width - 1):
+                m.d.sync += [xin_x.eq(0), in_wr.eq(1), in_addr.eq(in_next), in_next.eq(in_next + 1)]
+                with m.If(in_next + 1 == hdr_rows):
+                    m.d.sync += taking.eq(0)
+            with m.Else():
+                m.d.sync += xin_x.eq(xin_x + 1)
         scoring = Signal()  # o.valid, likewise
         m.d.comb += [self.o.valid.eq(scoring), self.o.payload.eq(self.score_data)]
 
@@ -528,9 +559,12 @@ class ArrayController(wiring.Component):
                 m.d.sync += record.as_value().word_select(k_prev, WORD_BITS).eq(self.bus.data)
             return k == words
 
+        end_code = Signal(Status)
+
         def finish(code):
-            m.d.sync += [status.eq(code), busy.eq(0), done.eq(1), pending.eq(0)]
-            m.next = "IDLE"
+            """End the run with ``code`` (state END: once the input is in)."""
+            m.d.sync += [end_code.eq(code), pending.eq(0)]
+            m.next = "END"
 
         def next_layer():
             """The running layer's facts the next one needs, and the next descriptor's address."""
@@ -565,8 +599,6 @@ class ArrayController(wiring.Component):
 
             with m.State("HEADER_CHECK"):
                 hd = header
-                with m.If(hd.magic != MAGIC):
-                    finish(Status.BAD_MAGIC)
                 vert = (hd.version == VERTICAL_VERSION) & self._vertical
                 with m.If(hd.magic != MAGIC):
                     finish(Status.BAD_MAGIC)
@@ -578,7 +610,7 @@ class ArrayController(wiring.Component):
                             | (hd.words > self._words) | (descs_end > hd.words)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
-                    m.d.sync += [xin_c.eq(0), xin_y.eq(0), xin_x.eq(0), xin_base.eq(0), v4.eq(vert),
+                    m.d.sync += [xin_x.eq(0), in_next.eq(0), v4.eq(vert),
                                  layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0), prev_res.eq(0), prev_pool.eq(0),
                                  cur_buf.eq(0), prev_buf.eq(0),
                                  desc_base.eq(Mux(vert, HEADER.words + VHEADER.words, HEADER.words))]
@@ -586,7 +618,7 @@ class ArrayController(wiring.Component):
                         m.next = "VHEADER"
                     with m.Else():
                         m.d.sync += taking.eq(1)
-                        m.next = "INPUT"
+                        m.next = "DESC"
 
             with m.State("VHEADER"), m.If(read_record(vhdr, HEADER.words, VHEADER.words)):
                 m.next = "VHEADER_MEASURE"
@@ -605,24 +637,9 @@ class ArrayController(wiring.Component):
                                 (prec != 0) & ((prec < vh.base_bits) | (prec > vh.top_bits)))):
                     finish(Status.BAD_PRECISION)
                 with m.Else():
-                    m.d.sync += [taking.eq(1), prec.eq(Mux(prec == 0, vh.top_bits, prec))]  # 0: the source width
-                    m.next = "INPUT"
-
-            with m.State("INPUT"), m.If(self.x.valid):
-                with m.If(xin_x == header.in_width - 1):
-                    m.d.sync += xin_x.eq(0)
-                    with m.If(xin_y == header.in_height - 1):
-                        m.d.sync += [xin_y.eq(0), xin_c.eq(xin_c + 1), xin_base.eq(xin_base + header.in_height)]
-                        with m.If(xin_c == header.in_channels - 1):
-                            m.d.sync += [k.eq(0), taking.eq(0)]
-                            with m.If(v4):
-                                m.next = "VDESC"
-                            with m.Else():
-                                m.next = "DESC"
-                    with m.Else():
-                        m.d.sync += xin_y.eq(xin_y + 1)
-                with m.Else():
-                    m.d.sync += xin_x.eq(xin_x + 1)
+                    m.d.sync += [taking.eq(1), k.eq(0),
+                                 prec.eq(Mux(prec == 0, vh.top_bits, prec))]  # 0: the source width
+                    m.next = "VDESC"
 
             with m.State("DESC"), m.If(read_record(desc, desc_base, LAYER.words)):
                 m.d.sync += last_layer.eq(layer_idx == header.layers - 1)
@@ -781,7 +798,10 @@ class ArrayController(wiring.Component):
                 # (After an overlapped setup: the layer before is dispatched; it drains, then this one begins.)
                 with m.If(pending & self.drained):
                     m.d.sync += pending.eq(0)
-                with m.If(loaded & ~pending):
+                # While the input arrives only the first layer runs, and only if it writes a buffer other than
+                # the input's (module docstring, "Streamed input").
+                alone = ~inputting | ((layer_idx == 0) & (d.out_buf != 0))
+                with m.If(loaded & ~pending & alone):
                     # The layer's dispatch begins: the engines, the writer and the dispatcher take its fields now.
                     m.d.sync += [run_layer.eq(layer_view), run_writer.eq(writer_view), dd.eq(desc),
                                  dw_out.eq(w_out), dprev_c.eq(prev_c),
@@ -914,5 +934,11 @@ class ArrayController(wiring.Component):
             with m.State("FAULT"):
                 m.d.sync += layer_idx.eq(layer_idx - pending)
                 finish(Status.BAD_STREAM)
+
+            # The run's end: `done` and `status` (at once, or once the input is in where the run ended while it
+            # still arrived).
+            with m.State("END"), m.If(~inputting):
+                m.d.sync += [status.eq(end_code), busy.eq(0), done.eq(1)]
+                m.next = "IDLE"
         m.d.comb += [res_live.eq(j < dprev_c), rows_left.eq(h_out - ly - l_rows)]
         return m

@@ -13,16 +13,22 @@ Ports (the role decides which buffer a port reaches):
 * ``rd``: a read port for the patch loader (the layer's ``in_buf``, and a residual layer's ``res_buf`` for its
   shortcut rows);
 * ``rmw``: a read port for the writer's read-modify-write (max-pool);
-* ``wr``: a write port with a byte mask (the writer, or the input image loader).
+* ``wr``: a write port with a byte mask (the writer);
+* ``inp``: a whole-word write into buffer 0 (the controller's input rows, each as its last code arrives).
 
 Reads have a latency of one cycle; a reader takes the data in the cycle after its read (the loader and the
 writer do). Each buffer is **one** true-dual-port block RAM copy of ``rows x 8 row_codes`` bits
 (read-first): port A reads for ``rd``, port B writes for ``wr`` or reads for ``rmw``, port B's address shared
 by its two users (Yosys makes one copy per read port with an address of its own: three copies a buffer
 before, 90 RAMB36 for ResNet-20's maps on the bench's array, 30 now). That needs ``wr`` and ``rmw`` not both
-in a cycle: the writer reads (``rmw``) and writes in different cycles, and the controller writes the input
-codes only while the writer is idle. (Until 2026-12-04 the dispatcher read the shortcut rows through a port
-``res`` of its own on port A, on a buffer other than ``rd``'s, and placed them into each row command.)
+in a cycle: the writer reads (``rmw``) and writes in different cycles. Buffer 0's port A also writes for
+``inp``, its address shared with ``rd``'s: the loader does not read in a cycle of an input write (the
+controller holds it, ``load_hold``), and no layer writes buffer 0 while the input arrives (the controller's
+"Streamed input"), so the input rows go in while the first layer already runs and the writer writes its
+output on the other buffers' port B. (Until 2026-12-05 the controller wrote each input code through ``wr``,
+and the first layer began only once the whole image was in; until 2026-12-04 the dispatcher read the shortcut
+rows through a port ``res`` of its own on port A, on a buffer other than ``rd``'s, and placed them into each
+row command.)
 """
 
 from __future__ import annotations
@@ -52,6 +58,11 @@ def write_signature(addr_width: int, row_codes: int) -> wiring.Signature:
     })
 
 
+def input_signature(addr_width: int, row_codes: int) -> wiring.Signature:
+    """A whole word into buffer 0 (the input image's rows, written as they arrive)."""
+    return wiring.Signature({"addr": Out(addr_width), "en": Out(1), "data": Out(MAX_ACT_BITS * row_codes)})
+
+
 class FeatureMaps(wiring.Component):
     """:data:`FMAP_BUFFERS` buffers of ``rows`` words of ``row_codes`` codes.
 
@@ -67,6 +78,8 @@ class FeatureMaps(wiring.Component):
     rd : In(read_signature(addr_width, row_codes))
     rmw : In(read_signature(addr_width, row_codes))
     wr : In(write_signature(addr_width, row_codes))
+    inp : In(input_signature(addr_width, row_codes))
+        Buffer 0 only, on port A: ``rd`` must not read in the same cycle.
     """
 
     def __init__(self, *, rows: int, row_codes: int):
@@ -80,6 +93,7 @@ class FeatureMaps(wiring.Component):
             "rd": In(read_signature(self._addr_width, row_codes)),
             "rmw": In(read_signature(self._addr_width, row_codes)),
             "wr": In(write_signature(self._addr_width, row_codes)),
+            "inp": In(input_signature(self._addr_width, row_codes)),
         })
 
     @property
@@ -113,8 +127,15 @@ class FeatureMaps(wiring.Component):
             port_a = mem.read_port()
             rmw = mem.read_port()
             wr = mem.write_port(granularity=MAX_ACT_BITS)
+            a_addr, a_en = self.rd.addr, rd_b
+            if b == 0:  # port A also writes the input rows (enabled on those writes too, as port B)
+                a_addr = Signal(self._addr_width, name="buf0_a_addr")
+                m.d.comb += a_addr.eq(Mux(self.inp.en, self.inp.addr, self.rd.addr))
+                a_en = rd_b | self.inp.en
+                inp = mem.write_port()
+                m.d.comb += [inp.addr.eq(a_addr), inp.data.eq(self.inp.data), inp.en.eq(self.inp.en)]
             m.d.comb += [
-                port_a.addr.eq(self.rd.addr), port_a.en.eq(rd_b),
+                port_a.addr.eq(a_addr), port_a.en.eq(a_en),
                 # enabled on writes too: a block RAM port's output takes the (old) word on a write, so a read
                 # port that held its data across the port's writes would need a copy in FFs
                 rmw.addr.eq(b_addr), rmw.en.eq((self.rmw.en & (self.rmw.buf == b)) | wr_b),

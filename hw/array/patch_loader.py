@@ -131,6 +131,12 @@ class PatchLoader(wiring.Component):
         Input channels the loader may read: a read of channel ``c >= channels`` waits (the controller raises
         it as the layer before writes its output channels, so that a layer's first tile loads while that
         layer drains; all ones otherwise).
+    rows : In(addr_width + 1)
+        Feature-map words the loader may read: a read of a word at or past ``rows`` waits (the input image's
+        rows as they arrive, the controller's "Streamed input"; ``2^addr_width`` otherwise). A padding row,
+        which is not read, does not wait.
+    hold : In(1)
+        No read in this cycle (buffer 0's port A writes an input row).
     done : Out(1)
     busy : Out(1)
     shortcut : Out(1)
@@ -154,6 +160,8 @@ class PatchLoader(wiring.Component):
             "geometry": In(geometry_layout(addr_width)),
             "start": In(1),
             "channels": In(16, init=0xFFFF),
+            "rows": In(addr_width + 1, init=1 << addr_width),
+            "hold": In(1),
             "done": Out(1),
             "busy": Out(1),
             "shortcut": Out(1),
@@ -216,9 +224,12 @@ class PatchLoader(wiring.Component):
         # A group's last read waits until the previous group's queue is empty when it is placed (two cycles on).
         # (`start` restarts the loader even in the middle of a tile, e.g. a new run after a fault: nothing of
         # the old tile is read, placed or written after it; see the end of elaborate.)
-        go = running & ~self.start & ~(last_r & (queued_ahead != 0)) & (sc | (c < self.channels))
+        rd_addr = Signal(self._addr_width)
+        m.d.comb += rd_addr.eq(base + y_in[:DIM_BITS])
+        go = (running & ~self.start & ~self.hold & ~(last_r & (queued_ahead != 0)) & (sc | (c < self.channels))
+              & (~row_ok | (rd_addr < self.rows)))
         in_flight = Signal()  # a word or queued columns not yet written
-        m.d.comb += [self.fmap.buf.eq(buf_e), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
+        m.d.comb += [self.fmap.buf.eq(buf_e), self.fmap.addr.eq(rd_addr),
                      self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start | in_flight)]
         with m.If(self.start):
             m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(Mux(with_sc, g.res_p, 0)), base.eq(0),

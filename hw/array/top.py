@@ -185,7 +185,7 @@ class ConvArray(wiring.Component):
             ctl.precision.eq(self.precision), ctl.use_table.eq(self.use_table), ctl.table_row.eq(self.table_row),
             self.layer_index.eq(ctl.layer_index), self.overlaps.eq(ctl.overlaps),
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
-            loader.channels.eq(ctl.load_channels),
+            loader.channels.eq(ctl.load_channels), loader.rows.eq(ctl.load_rows), loader.hold.eq(ctl.load_hold),
             ctl.wrote.eq(writer.wrote), ctl.wrote_channel.eq(writer.wrote_channel), ctl.wrote_y.eq(writer.wrote_y),
             writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
         ]
@@ -194,12 +194,9 @@ class ConvArray(wiring.Component):
 
         # Feature-map reads: the loader's patch rows and the controller's shortcut rows, each its own port.
         wiring.connect(m, loader.fmap, maps.rd)
-        # Feature-map writes: the input codes while the controller takes them, else the writer.
-        with m.If(ctl.fmap_wr.en):
-            m.d.comb += [maps.wr.buf.eq(ctl.fmap_wr.buf), maps.wr.addr.eq(ctl.fmap_wr.addr),
-                         maps.wr.data.eq(ctl.fmap_wr.data), maps.wr.mask.eq(ctl.fmap_wr.mask), maps.wr.en.eq(1)]
-        with m.Else():
-            wiring.connect(m, writer.fmap, maps.wr)
+        # Feature-map writes: the writer's, and the input rows into buffer 0 (its port A) as they arrive.
+        wiring.connect(m, writer.fmap, maps.wr)
+        wiring.connect(m, ctl.fmap_in, maps.inp)
         wiring.connect(m, writer.rmw, maps.rmw)
 
         engines = [self.engine() for _ in range(g)]

@@ -13,7 +13,8 @@ from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.export.format import HEADER, VHEADER
-from model.export.golden import MAX_ACT_BITS
+from model.export.golden import ACC_SHIFT, MAX_ACT_BITS, MULT_BITS
+from model.export.golden_conv import conv_accumulator, conv_forward
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
@@ -67,9 +68,11 @@ def random_conv_net(rng) -> IntConvNetwork:
     return IntConvNetwork(input_bits=bits, image_shape=(c, size, size), stages=tuple(stages))
 
 
-def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, max_cycles=200_000, widths=None):
+def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, max_cycles=200_000, widths=None,
+              p_gap=0.2):
     """Load ``words`` through the load port, then run each image; per image its scores, status, cycles, overlapped
-    layers, ``layer_index`` at ``done`` and the input codes the array took.
+    layers, ``layer_index`` at ``done`` and the input codes the array took. ``o.ready`` drops with probability
+    ``p_stall`` a cycle, ``i.valid`` with ``p_gap`` (the input streams in while the first layer runs).
     ``words`` may be a list (one image's words per input image, loaded before it: a run after a refused one
     on the same array); ``widths``: per image ``(precision, use_table, table_row)`` for version 4 images."""
     dut = ConvArray(config)
@@ -103,7 +106,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             ctx.set(dut.start, 0)
             scores, at, done = [], 0, False
             for cycle in range(max_cycles):
-                ctx.set(dut.i.valid, at < len(codes))
+                ctx.set(dut.i.valid, at < len(codes) and rng.random() >= p_gap)
                 if at < len(codes):
                     ctx.set(dut.i.payload, codes[at])
                 ctx.set(dut.o.ready, rng.random() >= p_stall)
@@ -166,6 +169,41 @@ def test_layers_overlap_the_drain_of_the_layer_before():
     for seed, net in enumerate(nets):
         res = check_net(net, 1, seed)
         assert res["overlaps"] == [overlappable(net)]
+
+
+def _spread(layer, u):
+    """``layer`` with ``M = 1``, ``B`` and ``shift`` such that its output codes on ``u`` spread over the code range
+    (the random ``M``, ``B`` of ``make_conv`` mostly clamp every output to 0 or the top code, whatever the input:
+    a test of what reaches the layer needs outputs that depend on it)."""
+    t = conv_accumulator(layer, u) >> ACC_SHIFT  # what the multiplier sees (golden's requantize)
+    lo, span = int(t.min()), int(t.max() - t.min())
+    mult = max(1, min((1 << MULT_BITS) - 1, (8 << layer.out_bits) // max(span, 1)))
+    shift = max((span * mult).bit_length() - layer.out_bits, 1)
+    return dataclasses.replace(layer, mult=np.full(layer.c_out, mult, dtype=np.int64),
+                               bias=np.full(layer.c_out, -lo * mult, dtype=np.int64), shift=shift)
+
+
+def test_the_first_layer_runs_while_the_input_streams_in():
+    """The input's rows go into buffer 0 as they arrive and the first layer's tiles load as soon as their rows
+    are in (the controller's "Streamed input"): at a slow input (``i.valid`` about one cycle in 33) a 1 x 1
+    stride-2 stem, which reads only the even rows, ends before the last row arrives, and the conv after it, which
+    writes buffer 0 (its 4 x 4 map one tile of 16 pixels), waits until it has: without that wait the late row
+    lands on the conv's output and the FC reads it (checked by hand, 2026-12-05). The same nets with the input
+    at full rate, too."""
+    config = dataclasses.replace(CONFIG, lanes=8)
+    for seed in range(3):
+        rng = np.random.default_rng(100 + seed)
+        images = rng.integers(0, 16, size=(1, 1, 8, 8))
+        stem = _spread(make_conv(rng, 1, 1, 1, stride=2, in_bits=4, out_bits=3, width_choices=(4, 8, 16, 32)), images)
+        one = make_conv(rng, 1, 3, 3, stride=1, padding=1, in_bits=3, out_bits=4)
+        one = _spread(one, conv_forward(stem, images))
+        net = IntConvNetwork(input_bits=4, image_shape=(1, 8, 8), stages=(
+            ConvStage(stem), ConvStage(one), FCStage(fc_layer(rng, 48, 3, 4, None))))
+        words = pack_v3(net)[0]
+        for p_gap in (0.97, 0.0):
+            res = run_array(words, images, config=config, seed=seed, p_gap=p_gap)
+            assert res["status"] == [Status.OK] and res["inputs"] == [64]
+            assert np.array_equal(np.array(res["scores"]), net.forward(images)), (seed, p_gap)
 
 
 def _with_v3_layer(words, k, **fields):
@@ -253,9 +291,12 @@ def test_a_layer_reading_other_codes_than_the_layer_before_wrote_ends_with_bad_g
     cases = [_with_v3_layer(words, 0, in_bits=first["in_bits"] % MAX_ACT_BITS + 1)[0],
              _with_v3_layer(words, 1, in_bits=second["in_bits"] % MAX_ACT_BITS + 1)[0], words]
     images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(len(cases), *net.image_shape))
-    res = run_array(cases, images)
+    res = run_array(cases, images, p_gap=0.5)
     assert res["status"] == [Status.BAD_GEOMETRY, Status.BAD_GEOMETRY, Status.OK]
     assert res["layer_index"][:2] == [0, 1]
+    # Layer 0 is refused while the input still streams in: the run ends once every code is taken, as the host's
+    # stream expects (the next run's input starts with its own first code).
+    assert res["inputs"] == [images[0].size] * len(cases)
     assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
 
 
