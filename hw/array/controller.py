@@ -31,10 +31,10 @@ One run (``start`` to ``done``) infers one image:
 **Streamed input.** Once the header is accepted the controller takes input codes (``x.ready``) until the
 image's last one, whatever else it does: a row's codes gather in a register and the cycle after its last code
 the row goes into buffer 0 as one word (port A, ``fmap_in``; the loader holds that cycle, ``load_hold``). The
-rows arrive in address order (row ``y`` of channel ``c`` is word ``c H + y``), so the loader may read every
-word below the count of rows in (``load_rows``; a read of a later word waits, a padding row reads nothing),
-and the first layer's descriptor, checks and tiles go on meanwhile: ResNet-20's stem starts about 120 cycles
-after ``start`` instead of after its 784 input codes. While the input arrives only layer 0 runs, and only if
+rows arrive in address order (row ``y`` of channel ``c`` is word ``c H + y``), so the loader may read a
+channel of a tile once the word of the last row the tile reads of it lies below the count of rows in
+(``load_rows``), and the first layer's descriptor, checks and tiles go on meanwhile: ResNet-20's stem starts
+after its first four input rows instead of after all 784 codes. While the input arrives only layer 0 runs, and only if
 it writes a buffer other than 0 (the layer after it writes buffer 0, and a late input row would land on its
 output: a stride-2 stem does not read the last row); every other layer's dispatch waits for the input's end.
 A run that ends before the input is in (a refused layer, a fault) raises ``done`` once it is, so the host's

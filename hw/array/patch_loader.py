@@ -132,9 +132,9 @@ class PatchLoader(wiring.Component):
         it as the layer before writes its output channels, so that a layer's first tile loads while that
         layer drains; all ones otherwise).
     rows : In(addr_width + 1)
-        Feature-map words the loader may read: a read of a word at or past ``rows`` waits (the input image's
-        rows as they arrive, the controller's "Streamed input"; ``2^addr_width`` otherwise). A padding row,
-        which is not read, does not wait.
+        Feature-map words written so far (the input image's rows as they arrive, the controller's "Streamed
+        input"; ``2^addr_width`` once all are): a channel's reads wait until the word of the last map row the
+        tile reads of it lies below ``rows``.
     hold : In(1)
         No read in this cycle (buffer 0's port A writes an input row).
     done : Out(1)
@@ -226,8 +226,25 @@ class PatchLoader(wiring.Component):
         # the old tile is read, placed or written after it; see the end of elaborate.)
         rd_addr = Signal(self._addr_width)
         m.d.comb += rd_addr.eq(base + y_in[:DIM_BITS])
+        # The row gate (``rows``), per channel and between registers: a channel's reads wait until the map row
+        # past the last one the tile reads of it is in (`y_hi`, `y_last`, then `allowed`: three register
+        # stages, since the compare in `go` on each read's own address made the shell's slowest path, 92.7 MHz,
+        # and with the row in one stage the geometry's adders did, 90.8 MHz). (`y_last` is not clipped to the
+        # map: a tile that reaches into the bottom padding waits for the next word, one row later, or for the
+        # input's end.) They are stale for three cycles after the counters move (a new channel, phase or tile:
+        # `moved`), so while a limit applies (the input streams in) the loader reads at most every fourth
+        # cycle. `rows` only grows.
+        limited = ~self.rows[self._addr_width]
+        y_hi = Signal(DIM_BITS + 3)  # the tile's last output row, at the stride
+        y_last = Signal(DIM_BITS + 4)  # the last map row the tile reads: y_hi + kh - 1 - pad (conv)
+        m.d.sync += [y_hi.eq(Mux(stride_e == 2, (g.y + g.rows - 1) << 1, g.y + g.rows - 1)),
+                     y_last.eq(Mux(pooled, height_e - 1, y_hi + kh_e - 1 - pad_e))]
+        allowed = Signal()
+        m.d.sync += allowed.eq(base + y_last < self.rows)
+        moved = Signal(3)
         go = (running & ~self.start & ~self.hold & ~(last_r & (queued_ahead != 0)) & (sc | (c < self.channels))
-              & (~row_ok | (rd_addr < self.rows)))
+              & (~limited | (allowed & (moved == 0))))
+        m.d.sync += moved.eq(Cat(go | self.start, moved[:2]))
         in_flight = Signal()  # a word or queued columns not yet written
         m.d.comb += [self.fmap.buf.eq(buf_e), self.fmap.addr.eq(rd_addr),
                      self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start | in_flight)]
