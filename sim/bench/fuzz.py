@@ -58,11 +58,12 @@ def _weights(rng, shape, signed: bool):
     return np.where(widths > 0, codes, 0), widths
 
 
-def _params(rng, acc: np.ndarray, out_bits: int, residual: np.ndarray | None = None):
+def calibrated_requant(rng, acc: np.ndarray, out_bits: int, residual: np.ndarray | None = None,
+                       p_random: float = 0.1):
     """``(mult, bias, shift, res_mult)`` mapping each channel's accumulator (axis 1) to the code range, or
-    random extremes one time in ten. ``acc`` is ``[N, C, ...]``; ``residual`` the shortcut codes."""
+    random extremes with probability ``p_random``. ``acc`` is ``[N, C, ...]``; ``residual`` the shortcut codes."""
     c = acc.shape[1]
-    if rng.random() < 0.1:
+    if rng.random() < p_random:
         shift = int(rng.integers(1, 63))
         bias = rng.integers(-(1 << min(62, shift + 8)), 1 << min(62, shift + 8), size=c)
         res = rng.integers(0, 1 << MULT_BITS, size=c) if residual is not None else None
@@ -97,7 +98,7 @@ def _conv(rng, x, in_bits, c_out, k, stride, pad, out_bits, residual=None):
     zeros = np.zeros(c_out, np.int64)
     probe = IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=zeros, bias=zeros,
                       shift=1, stride=stride, padding=pad, signed=signed)
-    mult, bias, shift, res = _params(rng, conv_accumulator(probe, x), out_bits, residual)
+    mult, bias, shift, res = calibrated_requant(rng, conv_accumulator(probe, x), out_bits, residual)
     return IntConv2d(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
                      shift=shift, stride=stride, padding=pad, signed=signed, res_mult=res)
 
@@ -109,7 +110,7 @@ def _fc(rng, u, in_bits, n_out, out_bits=0):
     zeros = np.zeros(n_out, np.int64)
     probe = IntLinear(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=zeros, bias=zeros, shift=1,
                       signed=signed)
-    mult, bias, shift, _ = _params(rng, combine(*class_sums(probe, u), signed), out_bits)
+    mult, bias, shift, _ = calibrated_requant(rng, combine(*class_sums(probe, u), signed), out_bits)
     return IntLinear(codes=codes, widths=widths, in_bits=in_bits, out_bits=out_bits, mult=mult, bias=bias,
                      shift=shift, signed=signed)
 

@@ -1,10 +1,14 @@
 """Random integer networks for hardware tests (shared by the Amaranth and cocotb tests)."""
 
+import dataclasses
 import itertools
 
 import numpy as np
 
 from model.export.golden import IntLinear, IntNetwork, requant_params
+from model.export.golden_conv import conv_accumulator, conv_forward, max_pool_codes, shortcut_a
+from model.export.golden_net import ConvStage, IntConvNetwork, ResidualStage
+from sim.bench.fuzz import calibrated_requant
 
 
 def signed_codes(rng: np.random.Generator, widths: np.ndarray) -> np.ndarray:
@@ -52,3 +56,43 @@ def random_network(rng: np.random.Generator, sizes=(23, 17, 5), act_bits=4,
         layers.append(IntLinear(codes=codes, widths=widths, in_bits=act_bits, out_bits=out_bits,
                                 mult=mult, bias=bias, shift=shift, name=f"fc{k}", signed=modes[k]))
     return IntNetwork(input_bits=act_bits, layers=tuple(layers))
+
+
+def calibrated(net: IntConvNetwork, images, rng: np.random.Generator) -> IntConvNetwork:
+    """``net`` with every conv layer's ``M``, ``B``, ``S`` (and a residual layer's ``M_r``) calibrated on its
+    accumulators over ``images`` as ``bench fuzz`` calibrates its layers (:func:`sim.bench.fuzz.calibrated_requant`,
+    without its random extremes), so that the codes spread over their range and depend on the image; the FC as
+    it is. (``make_conv``'s random ``B`` outweighs ``t M`` at its shift of 40: every conv output of the array
+    tests' nets came out the same for every image, 2026-12-05, so the scores checked the weights' path and the
+    requant but not which activations reached the lanes.)"""
+    x = np.asarray(images)
+
+    def conv(layer, u, residual=None):
+        acc = np.moveaxis(conv_accumulator(layer, u), 1, 0).reshape(layer.c_out, -1)
+        # A channel whose accumulator hardly varies (all its weights pruned, say) has no M that maps its range to
+        # the codes' (requant_params refuses the gain): it takes the widest channel's (its codes stay constant).
+        # (The span calibrated_requant maps: the 5th to the 95th percentile; its gain must stay below 2^32.)
+        span = np.percentile(acc, 95, axis=1) - np.percentile(acc, 5, axis=1)
+        narrow = span <= 4 * ((1 << layer.out_bits) - 1)
+        if narrow.all():  # (every channel, or a one-pixel map of one image: each value and itself + 2^20)
+            flat = np.concatenate([acc, acc + (1 << 20)], axis=1)
+        else:
+            flat = np.where(narrow[:, None], acc[int(np.argmax(span))][None, :], acc)
+        mult, bias, shift, res = calibrated_requant(rng, flat.T, layer.out_bits, residual, p_random=0.0)
+        layer = dataclasses.replace(layer, mult=mult, bias=bias, shift=shift, res_mult=res)
+        return layer, conv_forward(layer, u, residual)
+
+    stages = []
+    for stage in net.stages:
+        if isinstance(stage, ConvStage):
+            layer, x = conv(stage.conv, x)
+            if stage.pool:
+                x = max_pool_codes(x, stage.pool, stage.pool)
+            stages.append(dataclasses.replace(stage, conv=layer))
+        elif isinstance(stage, ResidualStage):
+            one, h = conv(stage.conv1, x)
+            two, x = conv(stage.conv2, h, shortcut_a(x, stage.conv2.c_out, stage.stride))
+            stages.append(dataclasses.replace(stage, conv1=one, conv2=two))
+        else:  # the global pool and the FC (its scores depend on its inputs as they are)
+            stages.append(stage)
+    return dataclasses.replace(net, stages=tuple(stages))

@@ -8,10 +8,11 @@ import pytest
 
 from hw.array.top import ArrayConfig
 from hw.platform.verilog import array_verilog, write_text_atomically
+from model.export.golden_net import IntConvNetwork
 from model.export.layout_v3 import pack as pack_v3
 from sim.array_runner import run_array, run_array_cases
 from tests.hw.array.test_top import random_conv_net
-from tests.hw.netgen import random_network
+from tests.hw.netgen import calibrated, random_network
 from tests.model.export.test_layout_v3 import resnet_like
 
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=2048, fmap_rows=128, row_codes=12, fan_in_width=9,
@@ -29,6 +30,8 @@ def check(verilog, net, n_images, seed, stall=True):
     rng = np.random.default_rng(seed)
     shape = net.image_shape if hasattr(net, "image_shape") else (net.layers[0].n_in,)
     inputs = rng.integers(0, 1 << net.input_bits, size=(n_images, *shape))
+    if isinstance(net, IntConvNetwork):  # (its codes depend on the image: tests.hw.netgen.calibrated)
+        net = calibrated(net, inputs, rng)
     expected = net.forward(inputs)
     res = run_array(path, pack_v3(net)[0], inputs.reshape(n_images, -1), expected, work_dir=work, stall=stall,
                     seed=seed)

@@ -19,7 +19,7 @@ from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNe
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
-from tests.hw.netgen import random_network
+from tests.hw.netgen import calibrated, random_network
 from tests.hw.stream_source import simulate
 from tests.model.export.test_golden_conv import make_conv
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
@@ -132,9 +132,12 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
 
 
 def check_net(net, n_images, seed, config=CONFIG):
-    words = pack_v3(net)[0]
+    """``net``, its conv layers' requant calibrated on the images (``tests.hw.netgen.calibrated``), on the array:
+    golden's scores for each image."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 1 << net.input_bits, size=(n_images, *net.image_shape))
+    net = calibrated(net, images, rng)
+    words = pack_v3(net)[0]
     res = run_array(words, images, config=config, seed=seed)
     assert res["status"] == [Status.OK] * n_images
     want = net.forward(images)
