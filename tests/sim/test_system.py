@@ -21,12 +21,13 @@ import pytest
 from hw.array.top import ArrayConfig
 from hw.system.register_map import StatusCode
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from model.export.golden_net import IntConvNetwork
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from sim.runner import simulators_available
 from sim.system.runner import run_block_test, write_block_verilog
 from tests.hw.array.test_top import random_conv_net
-from tests.hw.netgen import random_network
+from tests.hw.netgen import calibrated, random_network
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_image_v4 import random_resnet as random_vertical_resnet
 
@@ -44,6 +45,8 @@ def image_case(net, n_images: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     shape = net.image_shape if hasattr(net, "image_shape") else (net.layers[0].n_in,)
     inputs = rng.integers(0, 1 << net.input_bits, size=(n_images, *shape))
+    if isinstance(net, IntConvNetwork):  # (its codes depend on the image: tests.hw.netgen.calibrated)
+        net = calibrated(net, inputs, rng)
     return {"words": pack_v3(net)[0].astype(np.uint32), "inputs": inputs.reshape(n_images, -1),
             "expected": net.forward(inputs).astype(np.int64), "input_bits": np.int64(net.input_bits)}
 
