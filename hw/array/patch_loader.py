@@ -226,8 +226,8 @@ class PatchLoader(wiring.Component):
         # the old tile is read, placed or written after it; see the end of elaborate.)
         rd_addr = Signal(self._addr_width)
         m.d.comb += rd_addr.eq(base + y_in[:DIM_BITS])
-        # The row gate (``rows``), per channel and between registers: a channel's reads wait until the map row
-        # past the last one the tile reads of it is in (`y_hi`, `y_last`, then `allowed`: three register
+        # The row gate (``rows``), per channel and between registers: a channel's reads wait until the last map
+        # row the tile reads of it is in (`y_hi`, `y_last`, then `allowed`: three register
         # stages, since the compare in `go` on each read's own address made the shell's slowest path, 92.7 MHz,
         # and with the row in one stage the geometry's adders did, 90.8 MHz). (`y_last` is not clipped to the
         # map: a tile that reaches into the bottom padding waits for the next word, one row later, or for the
