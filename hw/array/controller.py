@@ -198,8 +198,8 @@ class ArrayController(wiring.Component):
     fmap_in : Out(input_signature)
         The input image's rows, into buffer 0 (``"Streamed input"``).
     load_rows, load_hold : Out
-        The feature-map words the loader may read and a cycle it may not (the input's rows as they arrive,
-        buffer 0's port A writing one; ``2^fmap_addr_width`` and 0 once the input is in).
+        The input rows in buffer 0 so far (the loader's row gate; ``2^fmap_addr_width`` once the input is in)
+        and a cycle in which the loader may not read (buffer 0's port A writes a row).
     """
 
     def __init__(self, *, engines: int, pixels: int, row_codes: int, fmap_rows: int, fmap_addr_width: int,
