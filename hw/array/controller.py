@@ -524,7 +524,7 @@ class ArrayController(wiring.Component):
         in_next = Signal(self._faw + 1)  # input rows complete (the word address of the row arriving)
         in_row = Signal(MAX_ACT_BITS * rc)
         in_wr = Signal()  # the last complete row's word is written now
-        in_addr = Signal(self._faw)
+        in_addr = Signal(self._faw)  # its address (in_next - 1 then: registered, no subtractor on the RAM's address)
         inputting = taking | in_wr
         m.d.comb += [self.x.ready.eq(taking), self.fmap_in.en.eq(in_wr), self.fmap_in.addr.eq(in_addr),
                      self.fmap_in.data.eq(in_row), self.load_hold.eq(in_wr),
@@ -800,6 +800,8 @@ class ArrayController(wiring.Component):
                     m.d.sync += pending.eq(0)
                 # While the input arrives only the first layer runs, and only if it writes a buffer other than
                 # the input's (module docstring, "Streamed input").
+                # (`out_buf != 0` guards an image whose layer 0 reads another buffer and writes 0, which no
+                # export writes and golden does not define: its output would meet the input rows' writes.)
                 alone = ~inputting | ((layer_idx == 0) & (d.out_buf != 0))
                 with m.If(loaded & ~pending & alone):
                     # The layer's dispatch begins: the engines, the writer and the dispatcher take its fields now.

@@ -47,7 +47,8 @@ loop as a 1 x 1 kernel on that map at stride ``s_r`` without padding (``rows`` c
 reads its row's shortcut codes there (:mod:`hw.array.engine`), so no shortcut codes travel with the row
 commands (they did, 672 bits a command at ``T = 84``: the controller's placement network and 536 LUT of LUT RAM
 an engine for the command queue). The channel gate (``channels``) does not hold these reads: the shortcut map
-is the block's input, complete before the layer starts.
+is the block's input, complete before the layer starts. (The row gate, ``rows``, holds every read while the
+input image streams in; only the first layer runs then, and it has no shortcut.)
 
 The controller checks the geometry before it starts the loader (``W <= row_codes``, ``W_out <= T``, stride
 1 or 2, the maps inside the buffers); the loader trusts it.
