@@ -31,6 +31,7 @@ from model.export.image_v4 import (
     write_vertical_image,
 )
 from model.quant.lsq import enhance_layers
+from tests.hw.netgen import calibrated_vertical
 
 
 def _requant(rng, c_out, pairs):
@@ -39,7 +40,24 @@ def _requant(rng, c_out, pairs):
                                rng.random(c_out) < 0.3) for p in pairs}
 
 
-def random_net(seed: int, sizes, widths=(2, 3, 4), rows: int = 2, compensate: bool = True) -> VerticalNetwork:
+#: Images a random net's records are calibrated on (:func:`tests.hw.netgen.calibrated_vertical`).
+PROBE_IMAGES = 16
+
+
+def _probed(net: VerticalNetwork, seed: int, n_in: int) -> VerticalNetwork:
+    """``net`` calibrated on :data:`PROBE_IMAGES` random 8-bit inputs (``n_in`` codes each) of ``seed``'s own
+    generators (the net's draws stay as they were)."""
+    shape = net.image_shape or (n_in,)
+    probe = np.random.default_rng([seed, 1]).integers(0, 1 << EDGE_BITS, size=(PROBE_IMAGES, *shape))
+    return calibrated_vertical(net, probe, np.random.default_rng([seed, 2]))
+
+
+def random_net(seed: int, sizes, widths=(2, 3, 4), rows: int = 2, compensate: bool = True,
+               calibrate: bool = True) -> VerticalNetwork:
+    """A vertical MLP of random codes (8-bit edges, inner layers split into a basic layer and enhance planes)
+    and ``rows`` random Eq. 12 table rows. ``calibrate``: its requant records calibrated on random inputs, so
+    that its codes and scores depend on the input (else random multipliers and biases of +-2^40 at shifts
+    8-40, which exercise the image's fields but give every input the same scores)."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -59,16 +77,18 @@ def random_net(seed: int, sizes, widths=(2, 3, 4), rows: int = 2, compensate: bo
         layers.append(layer)
     inner = len(sizes) - 3
     table = tuple(tuple(int(x) for x in rng.choice(widths, inner)) for _ in range(rows))
-    return VerticalNetwork(EDGE_BITS, None, tuple(widths), tuple(layers), table)
+    net = VerticalNetwork(EDGE_BITS, None, tuple(widths), tuple(layers), table)
+    return _probed(net, seed, sizes[0]) if calibrate else net
 
 
 def random_resnet(seed: int, widths=(2, 3, 4), size: int = 6, channels=(3, 3, 5), n_classes: int = 3,
-                  rows: int = 1, row_groups: bool = False) -> VerticalNetwork:
+                  rows: int = 1, row_groups: bool = False, calibrate: bool = True) -> VerticalNetwork:
     """A small vertical residual net of random codes and records: an 8-bit edge stem (1 -> C0), a stride-1
     block (C0 -> C1), a stride-2 block (C1 -> C2, option A's zero channels when C2 > C1), the global pool and an
     8-bit FC edge; records of random 17-bit multipliers with shifts that keep the codes mid-range.
     ``row_groups``: every conv also gets, per table row, its own records (other multipliers), as a row whose BN
-    statistics were re-estimated does."""
+    statistics were re-estimated does. ``calibrate``: every record then calibrated on random images
+    (:func:`_probed`)."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -111,7 +131,7 @@ def random_resnet(seed: int, widths=(2, 3, 4), size: int = 6, channels=(3, 3, 5)
                 key = net.record_key(row, k)
                 own = records(layer.n_out, [key], layer.residual, 31 if k == 0 else 32)[key]
                 layer.row_requant[(r, *key)] = dataclasses.replace(own, row=r + 1)
-    return net
+    return _probed(net, seed, 0) if calibrate else net
 
 
 def _same(a: VerticalNetwork, b: VerticalNetwork) -> None:
@@ -137,7 +157,7 @@ def _same(a: VerticalNetwork, b: VerticalNetwork) -> None:
        compensate=st.booleans(), rows=st.integers(0, 3))
 def test_pack_unpack_round_trip(seed, hidden, n_in, n_out, base, extra, compensate, rows):
     widths = tuple(range(base, base + extra + 1))
-    net = random_net(seed, [n_in, *hidden, n_out], widths, rows, compensate)
+    net = random_net(seed, [n_in, *hidden, n_out], widths, rows, compensate, calibrate=False)
     words = pack_vertical(net)
     back = unpack_vertical(words)
     _same(net, back)
