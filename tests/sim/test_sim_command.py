@@ -12,6 +12,7 @@ import build
 from model.export.image import write_image
 from model.export.image_v4 import write_vertical_image
 from sim.runner import simulators_available
+from tests.hw.netgen import calibrated
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_layout_v3 import resnet_like
 
@@ -20,9 +21,13 @@ needs_icarus = pytest.mark.skipif("icarus" not in simulators_available(), reason
 
 @pytest.fixture(scope="module")
 def conv_image(tmp_path_factory) -> Path:
-    """A small residual conv net (stem, two blocks, global pool, FC) on the digits' 8 x 8 4-bit codes."""
+    """A small residual conv net (stem, two blocks, global pool, FC) on the digits' 8 x 8 4-bit codes, its convs
+    calibrated on 32 digits (``tests.hw.netgen.calibrated``: uncalibrated, it scores every image the same)."""
+    from sklearn.datasets import load_digits
+
     path = tmp_path_factory.mktemp("conv") / "image"
-    write_image(path, resnet_like(np.random.default_rng(3)))
+    digits = np.round(load_digits().data[:32] * 15 / 16).astype(np.int64).reshape(-1, 1, 8, 8)
+    write_image(path, calibrated(resnet_like(np.random.default_rng(3)), digits, np.random.default_rng(3)))
     return path
 
 
