@@ -29,11 +29,12 @@ from hw.array.top import ArrayConfig
 from hw.platform.verilog import array_verilog, write_text_atomically
 from model.bench.floors import floor_entry
 from model.errors import UserError
-from model.export.golden import MULT_BITS, IntLinear, IntNetwork, class_sums, combine, layer_forward, requant_params
+from model.export.golden import IntLinear, IntNetwork, class_sums, combine, layer_forward
 from model.export.golden_conv import IntConv2d, conv_accumulator, conv_forward, max_pool_codes, shortcut_a
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.layout_v3 import pack as pack_v3
 from sim.array_runner import run_array_cases
+from sim.bench.calibrate import calibrated_requant
 from sim.runner import SimulationError
 
 #: The array the networks run on: 2 engines of 3 lanes (9-pixel tiles), maps up to 12 wide.
@@ -56,38 +57,6 @@ def _weights(rng, shape, signed: bool):
     extreme = rng.random(shape)
     codes = np.where(extreme < 0.1, low, np.where(extreme > 0.9, top, np.minimum(codes, top)))
     return np.where(widths > 0, codes, 0), widths
-
-
-def calibrated_requant(rng, acc: np.ndarray, out_bits: int, residual: np.ndarray | None = None,
-                       p_random: float = 0.1):
-    """``(mult, bias, shift, res_mult)`` mapping each channel's accumulator (axis 1) to the code range, or
-    random extremes with probability ``p_random``. ``acc`` is ``[N, C, ...]``; ``residual`` the shortcut codes."""
-    c = acc.shape[1]
-    if rng.random() < p_random:
-        shift = int(rng.integers(1, 63))
-        bias = rng.integers(-(1 << min(62, shift + 8)), 1 << min(62, shift + 8), size=c)
-        res = rng.integers(0, 1 << MULT_BITS, size=c) if residual is not None else None
-        return rng.integers(0, 1 << MULT_BITS, size=c), bias, shift, res
-    flat = np.moveaxis(acc, 1, 0).reshape(c, -1).astype(np.float64)
-    lo, hi = np.percentile(flat, 5, axis=1), np.percentile(flat, 95, axis=1)
-    top = (1 << out_bits) - 1 if out_bits else 1000
-    span = np.maximum(hi - lo, 1.0)
-    gain = top * float((1 << 32) - 1) / span
-    offset = -gain * lo / float((1 << 32) - 1)
-    if residual is not None:
-        offset = offset - 0.5 * top
-    mult, bias, shift = requant_params(gain, offset, where="fuzz")
-    res = None
-    if residual is not None:
-        g_r = rng.uniform(0.2, 1.0) * top / 255.0
-        scale = 2.0 ** (shift - 16)
-        need = g_r * scale
-        drop = int(np.ceil(np.log2(need / ((1 << MULT_BITS) - 1)))) + 1 if need >= 1 << MULT_BITS else 0
-        if drop:
-            mult, bias, shift = mult >> drop, bias >> drop, shift - drop
-            scale = 2.0 ** (shift - 16)
-        res = np.minimum(np.round(g_r * scale * np.ones(c)), (1 << MULT_BITS) - 1).astype(np.int64)
-    return mult, bias, shift, res
 
 
 def _conv(rng, x, in_bits, c_out, k, stride, pad, out_bits, residual=None):

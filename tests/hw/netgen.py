@@ -5,18 +5,10 @@ import itertools
 
 import numpy as np
 
-from model.export.golden import IntLinear, IntNetwork, class_sums, combine, layer_forward, requant_params
-from model.export.golden_conv import (
-    IntConv2d,
-    conv_accumulator,
-    conv_forward,
-    global_sum_pool,
-    max_pool_codes,
-    shortcut_a,
-)
-from model.export.golden_net import ConvStage, GlobalSumPool, IntConvNetwork, ResidualStage
-from model.export.golden_vertical import TableRow, VerticalNetwork, check_vertical
-from sim.bench.fuzz import calibrated_requant
+from model.export.golden import IntLinear, IntNetwork, requant_params
+from model.export.golden_conv import conv_forward, max_pool_codes, shortcut_a
+from model.export.golden_net import ConvStage, IntConvNetwork, ResidualStage
+from sim.bench.calibrate import calibrated_layer
 
 
 def signed_codes(rng: np.random.Generator, widths: np.ndarray) -> np.ndarray:
@@ -66,31 +58,6 @@ def random_network(rng: np.random.Generator, sizes=(23, 17, 5), act_bits=4,
     return IntNetwork(input_bits=act_bits, layers=tuple(layers))
 
 
-def calibrated_layer(layer: IntConv2d | IntLinear, u, rng: np.random.Generator, residual=None
-                     ) -> IntConv2d | IntLinear:
-    """``layer`` with its ``M``, ``B``, ``S`` (and a residual conv's ``M_r``) calibrated on its accumulators over
-    the inputs ``u`` as ``bench fuzz`` calibrates its layers (:func:`sim.bench.fuzz.calibrated_requant`, without
-    its random extremes): its codes (or scores) spread over their range and depend on the input.
-    ``residual``: a conv2's shortcut codes (only whether there is one matters to the calibration)."""
-    if isinstance(layer, IntConv2d):
-        acc = np.moveaxis(conv_accumulator(layer, u), 1, 0).reshape(layer.c_out, -1)
-    else:
-        acc = np.asarray(combine(*class_sums(layer, u), layer.signed)).T
-    # A channel whose accumulator hardly varies (all its weights pruned, say) has no M that maps its range to
-    # the codes' (requant_params refuses the gain): it takes the widest channel's (its codes stay constant).
-    # (The span calibrated_requant maps: the 5th to the 95th percentile; its gain must stay below 2^32.)
-    span = np.percentile(acc, 95, axis=1) - np.percentile(acc, 5, axis=1)
-    narrow = span <= 4 * ((1 << layer.out_bits) - 1 if layer.out_bits else 1000)
-    if narrow.all():  # (every channel, or a one-pixel map of one image: each value and itself + 2^20)
-        flat = np.concatenate([acc, acc + (1 << 20)], axis=1)
-    else:
-        flat = np.where(narrow[:, None], acc[int(np.argmax(span))][None, :], acc)
-    mult, bias, shift, res = calibrated_requant(rng, flat.T, layer.out_bits, residual, p_random=0.0)
-    if isinstance(layer, IntConv2d):
-        return dataclasses.replace(layer, mult=mult, bias=bias, shift=shift, res_mult=res)
-    return dataclasses.replace(layer, mult=mult, bias=bias, shift=shift)
-
-
 def calibrated(net: IntConvNetwork, images, rng: np.random.Generator) -> IntConvNetwork:
     """``net`` with every conv layer calibrated on its accumulators over ``images`` (:func:`calibrated_layer`),
     so that the codes spread over their range and depend on the image; the FC as it is. (``make_conv``'s random
@@ -117,64 +84,3 @@ def calibrated(net: IntConvNetwork, images, rng: np.random.Generator) -> IntConv
         else:  # the global pool and the FC (its scores depend on its inputs as they are)
             stages.append(stage)
     return dataclasses.replace(net, stages=tuple(stages))
-
-
-def calibrated_vertical(net: VerticalNetwork, images, rng: np.random.Generator) -> VerticalNetwork:
-    """``net`` with every requant record calibrated (:func:`calibrated_layer`) on the accumulators of ``images``
-    under the first assignment that reaches it: the table's rows first (their own records), then every uniform
-    and mixed assignment of the stored widths, each run forward through the records calibrated so far.
-
-    A record shared by several assignments (an inner layer's ``(a, b)`` reached from different upstream widths)
-    is calibrated on the first one's inputs; the others see inputs of the same widths from other records, which
-    keeps their codes varied too. (``random_net``'s random ``B`` of +-2^40 outweighed ``t M``: every score of
-    its MLPs was the same for every image, 2026-12-05, and a bias of +-2^(S+2) did not help.)"""
-    layers = [dataclasses.replace(v, requant=dict(v.requant), row_requant=dict(v.row_requant)) for v in net.layers]
-    net = dataclasses.replace(net, layers=tuple(layers))
-    total = sum(len(v.requant) + len(v.row_requant) for v in layers)
-    done: set = set()
-    runs = [*(TableRow(r) for r in range(len(net.table))), *itertools.product(net.widths, repeat=len(net.inner))]
-    for bits in runs:
-        if len(done) == total:
-            break
-        order = iter(range(len(layers)))
-
-        def calibrate(layer, u, residual=None, bits=bits, order=order):
-            k = next(order)
-            key = net.record_key(bits, k)
-            store, at = layers[k].requant, key
-            if isinstance(bits, TableRow) and (bits.index, *key) in layers[k].row_requant:
-                store, at = layers[k].row_requant, (bits.index, *key)
-            if (k, at) in done:  # materialize took the calibrated record
-                return layer
-            layer = calibrated_layer(layer, u, rng, residual)
-            res = {"res_mult": layer.res_mult} if residual is not None else {}
-            store[at] = dataclasses.replace(store[at], mult=layer.mult, bias=layer.bias, shift=layer.shift, **res)
-            done.add((k, at))
-            return layer
-
-        x = np.asarray(images)
-        materialized = net.materialize(bits)
-        if isinstance(materialized, IntNetwork):
-            for layer in materialized.layers:
-                x = layer_forward(calibrate(layer, x), x)
-            continue
-        for stage in materialized.stages:
-            if isinstance(stage, ConvStage):
-                conv = calibrate(stage.conv, x)
-                x = conv_forward(conv, x)
-                if stage.pool:
-                    x = max_pool_codes(x, stage.pool, stage.pool)
-                x_bits = conv.out_bits
-            elif isinstance(stage, ResidualStage):
-                one = calibrate(stage.conv1, x)
-                h = conv_forward(one, x)
-                r = shortcut_a(x, stage.conv2.c_out, stage.stride)
-                two = calibrate(stage.conv2, h, r)
-                x, x_bits = conv_forward(two, h, r), two.out_bits
-            elif isinstance(stage, GlobalSumPool):
-                x = global_sum_pool(x, x_bits)
-            else:
-                fc = calibrate(stage.layer, x.reshape(len(x), -1))
-                x = layer_forward(fc, x.reshape(len(x), -1))
-    check_vertical(net)
-    return net

@@ -9,8 +9,9 @@ import itertools
 import numpy as np
 import pytest
 
+from sim.bench.calibrate import calibrated_vertical
 from tests.hw.array.test_top import random_conv_net
-from tests.hw.netgen import calibrated, calibrated_vertical, random_network
+from tests.hw.netgen import calibrated, random_network
 from tests.model.export.test_image_v4 import random_net, random_resnet
 from tests.model.export.test_layout_v3 import resnet_like
 

@@ -31,7 +31,7 @@ from model.export.image_v4 import (
     write_vertical_image,
 )
 from model.quant.lsq import enhance_layers
-from tests.hw.netgen import calibrated_vertical
+from sim.bench.calibrate import calibrated_vertical
 
 
 def _requant(rng, c_out, pairs):
@@ -40,7 +40,7 @@ def _requant(rng, c_out, pairs):
                                rng.random(c_out) < 0.3) for p in pairs}
 
 
-#: Images a random net's records are calibrated on (:func:`tests.hw.netgen.calibrated_vertical`).
+#: Images a random net's records are calibrated on (:func:`sim.bench.calibrate.calibrated_vertical`).
 PROBE_IMAGES = 16
 
 
