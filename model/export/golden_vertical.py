@@ -106,6 +106,11 @@ EDGE_BITS = 8
 MIN_BITS, MAX_BITS = 2, 8
 #: Signed accelerator classes (symmetric ranges ``2^(m-1) - 1``) an effective code may be stored in.
 SIGNED_CLASSES = (4, 8, 16)
+#: The classes of an inner layer's effective codes. Not class 4, although a network whose source width is 2 bits
+#: (``|e| <= 4``) would fit it: the array's plane decoders emit every inner layer's codes in class 8 (16 past 6
+#: bits), and the class is part of what the layer computes (golden's ``R_m``, the converter's gain), so a 2-bit
+#: network in class 4 scored other than the array (found by ``bench fuzz``'s vertical networks, 2026-12-05).
+INNER_CLASSES = (8, 16)
 #: Layer kinds.
 KINDS = ("linear", "conv")
 #: Most Eq. 12 table rows (the array's ``precision`` register names row ``r`` as ``0x80 + r``, 7 bits).
@@ -138,8 +143,12 @@ def _class_for(bound: int) -> int:
 
 
 def inner_class(top: int) -> int:
-    """The signed class holding an inner layer's effective codes at every width (bound 2: ``|e| <= 2^top``)."""
-    return _class_for(E_BOUND(top))
+    """The signed class holding an inner layer's effective codes at every width (bound 2: ``|e| <= 2^top``): 8
+    for a source width up to 6, 16 for 7 and 8 (:data:`INNER_CLASSES`)."""
+    for m in INNER_CLASSES:
+        if E_BOUND(top) <= (1 << (m - 1)) - 1:
+            return m
+    raise UserError(f"codes of magnitude {E_BOUND(top)} fit no inner class {INNER_CLASSES}")
 
 
 def edge_class(edge_bits: int = EDGE_BITS) -> int:

@@ -465,6 +465,23 @@ def test_vertical_mlp_runs_every_width_and_table_row_on_one_array():
     assert res["cycles"][0] < res["cycles"][2]
 
 
+def test_vertical_nets_of_one_width_run_in_class_8_from_2_bits():
+    """Version 4 nets that store one width (no enhance planes), 2 and 3 bits: the array emits every inner layer's
+    codes in class 8, as golden's inner_class does (golden used to put a 2-bit-only net in class 4 and score it
+    otherwise: found by bench fuzz's vertical networks, 2026-12-05)."""
+    for seed, width in ((21, 2), (22, 3)):
+        net = random_vertical_net(seed, sizes=(14, 6, 5, 7), widths=(width,), rows=1)
+        assert net.widths == (width,) and all(not layer.planes for layer in net.layers)
+        words = pack_vertical(net)
+        images = np.random.default_rng(seed).integers(0, 256, size=(3, 14))
+        runs = [(width, 0, 0), (0, 0, 0), (0, 1, 0)]
+        res = run_array(words, images, config=config_for([words], engines=2, lanes=5), widths=runs, seed=seed)
+        assert res["status"] == [Status.OK] * len(runs)
+        want = [net.forward(images[k:k + 1], bits)[0].tolist() for k, bits in enumerate([width, width, net.table[0]])]
+        assert res["scores"] == want, width
+        assert len({tuple(row) for row in want}) > 1  # the images score differently
+
+
 def test_trained_vertical_mlp_needs_its_compensation():
     """A vertical MLP trained on digits (its hidden codes spread over their range, unlike a random net's):
     golden without Eq. 6's compensation gives other scores at 2 and 3 bits, so the array's equality with

@@ -394,3 +394,9 @@ def test_table_rows_carry_their_own_records_with_re_estimated_bn():
     bad = dataclasses.replace(net, table=((2, 4),))
     with pytest.raises(UserError, match="row_requant"):
         check_vertical(bad)
+
+
+def test_inner_layers_take_class_8_up_to_6_bits_and_16_past_it():
+    """Class 8 from the smallest source width (a 2-bit-only net's codes would fit class 4, but the array emits
+    class 8 and the class is part of what a layer computes), 16 for 7 and 8 bits."""
+    assert [inner_class(top) for top in range(2, 9)] == [8] * 5 + [16] * 2
