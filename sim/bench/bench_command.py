@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "training step of the MLP, VGG and ResNet-20 against the float step; about 30 s), export (packs a "
                    "10-million-weight network of random widths into a version 3 image: seconds, bytes, metadata "
                    "bits per weight; under a minute), fuzz (random conv and FC layers and small networks through "
-                   "the array's RTL against the golden model: --layers of them, 10,000 by default), vertical (the "
+                   "the array's RTL against the golden model: --layers of them, 10,000 by default; then random "
+                   "vertical-layered networks of a fifth as many layers at their widths and table rows), vertical (the "
                    "vertical-layered net against per-width LSQ, ascending training, no compensation, no KD and MGD, "
                    "MLP and VGG (ResNet-20's joint training alone), at 2, 3 and 4 bits, then each joint-trained net "
                    "on the array's RTL at every width; 30-40 min), accel (bench conv's "
@@ -65,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exit 1 when a floor (a README claim the bench measures) fails; the floors are printed and "
                         "written either way")
     p.add_argument("--layers", type=int, default=None,
-                   help=f"`bench fuzz` only: weight layers to draw (default: {FUZZ_LAYERS})")
+                   help=f"`bench fuzz` only: weight layers to draw (default: {FUZZ_LAYERS}; the vertical part draws a fifth "
+                        "as many)")
     p.add_argument("--simulator", choices=("verilator", "icarus"), default=None,
                    help="`bench fuzz` / `bench accel` only: the RTL simulator (default: verilator)")
     p.add_argument("--engines", type=int, default=None,
@@ -227,21 +229,33 @@ def bench_export(args, out: Path) -> int:
 
 
 def bench_fuzz(args, out: Path) -> int:
-    """Random layers and small networks through one build of the array's RTL (sim/bench/fuzz.py)."""
+    """Random layers and small networks through one build of the array's RTL (sim/bench/fuzz.py), then random
+    vertical-layered networks (a fifth as many layers) through a build with the version 4 path
+    (sim/bench/fuzz_vertical.py)."""
+    from sim.bench import fuzz_vertical
     from sim.bench.fuzz import floors, run_fuzz
 
     if args.layers < 1:
         raise UserError(f"--layers is {args.layers}; allowed 1 or more")
     measured_under = provenance()  # the revision whose RTL runs (recorded before the long run, not after)
     result = run_fuzz(out / "fuzz", layers=args.layers, simulator=args.simulator, progress=not args.quiet)
-    result["floors"] = floors(result)
+    result["vertical"] = fuzz_vertical.run_vertical_fuzz(out / "fuzz", layers=max(1, args.layers // 5),
+                                                         simulator=args.simulator, progress=not args.quiet)
+    result["floors"] = {**floors(result), **fuzz_vertical.floors(result["vertical"])}
     result["provenance"] = measured_under
     write_json(out / "fuzz.json", result)
-    print_rows([result], [("layers", ">7", ",", "layers"), ("networks", ">9", ",", "networks"),
-                          ("images", ">7", ",", "images"), ("conv", ">6", ",", "conv_layers"),
-                          ("fc", ">6", ",", "fc_layers"), ("blocks", ">7", ",", "residual_blocks"),
-                          ("mismatches", ">11", "", "mismatches"), ("deadlocks", ">10", "", "deadlocks"),
-                          ("sim cycles", ">12", ",", "sim_cycles"), ("s", ">7", ".0f", "seconds")])
+    columns = [("layers", ">7", ",", "layers"), ("networks", ">9", ",", "networks"), ("images", ">7", ",", "images"),
+               ("mismatches", ">11", "", "mismatches"), ("deadlocks", ">10", "", "deadlocks"),
+               ("sim cycles", ">12", ",", "sim_cycles"), ("s", ">7", ".0f", "seconds")]
+    print_rows([{**result, "part": "version 3"}, {**result["vertical"], "part": "vertical (v4)"}],
+               [("part", "<14", "", "part"), *columns])
+    print_rows([result], [("conv", ">6", ",", "conv_layers"), ("fc", ">6", ",", "fc_layers"),
+                          ("blocks", ">7", ",", "residual_blocks"), ("pooled", ">7", ",", "pooled"),
+                          ("mlps", ">5", ",", "mlps")])
+    v = result["vertical"]
+    print(f"vertical: {v['cases']:,} network-and-width runs ({v['precisions']['width']:,} at a stored width, "
+          f"{v['precisions']['source']:,} at the source width, {v['precisions']['table_row']:,} at a table row); "
+          f"{v['input_dependent']:,} of {v['networks']:,} networks score their probe images differently")
     print(f"\nwrote {out / 'fuzz.json'}")
     return report_floors(result["floors"], out / "fuzz.json", args.check)
 

@@ -85,11 +85,31 @@ def calibrated_layer(layer: IntConv2d | IntLinear, u, rng: np.random.Generator, 
     return dataclasses.replace(layer, mult=mult, bias=bias, shift=shift)
 
 
+def covering_assignments(widths, inner: int) -> list[tuple[int, ...]]:
+    """Assignments of ``inner`` layers in which every three consecutive layers take every triple of ``widths``
+    (every assignment when ``inner <= 3``; else the ``len(widths)^3`` periodic ones ``(a, b, c, a, b, c, ...)``):
+    a layer's requant record depends on its own width, the next layer's and, for a residual layer, the layer
+    before's (:meth:`~model.export.golden_vertical.VerticalNetwork.record_key`), so these reach every record
+    (5 widths over 6 inner layers: 125 assignments, not 15,625)."""
+    if inner <= 3:
+        return list(itertools.product(widths, repeat=inner))
+    return [tuple(t[i % 3] for i in range(inner)) for t in itertools.product(widths, repeat=3)]
+
+
+def _record_at(net: VerticalNetwork, bits, k: int) -> tuple[int, ...]:
+    """The record layer ``k`` uses under ``bits``: its key in ``requant``, or ``(r, *key)`` in ``row_requant``."""
+    key = net.record_key(bits, k)
+    if isinstance(bits, TableRow) and (bits.index, *key) in net.layers[k].row_requant:
+        return (bits.index, *key)
+    return key
+
+
 def calibrated_vertical(net: VerticalNetwork, images, rng: np.random.Generator, p_random: float = 0.0
                         ) -> VerticalNetwork:
     """``net`` with every requant record calibrated (:func:`calibrated_layer`) on the accumulators of ``images``
-    under the first assignment that reaches it: the table's rows first (their own records), then every uniform
-    and mixed assignment of the stored widths, each run forward through the records calibrated so far.
+    under the first assignment that reaches it: the table's rows first (their own records), then
+    :func:`covering_assignments` (the uniform ones among them), each run forward through the records calibrated so
+    far; an assignment that reaches no record left is skipped.
 
     A record shared by several assignments (an inner layer's ``(a, b)`` reached from different upstream widths)
     is calibrated on the first one's inputs; the others see inputs of the same widths from other records, which
@@ -99,18 +119,18 @@ def calibrated_vertical(net: VerticalNetwork, images, rng: np.random.Generator, 
     net = dataclasses.replace(net, layers=tuple(layers))
     total = sum(len(v.requant) + len(v.row_requant) for v in layers)
     done: set = set()
-    runs = [*(TableRow(r) for r in range(len(net.table))), *itertools.product(net.widths, repeat=len(net.inner))]
+    runs = [*(TableRow(r) for r in range(len(net.table))), *covering_assignments(net.widths, len(net.inner))]
     for bits in runs:
         if len(done) == total:
             break
+        if all((k, _record_at(net, bits, k)) in done for k in range(len(layers))):
+            continue  # nothing new to calibrate under these widths
         order = iter(range(len(layers)))
 
         def calibrate(layer, u, residual=None, bits=bits, order=order):
             k = next(order)
-            key = net.record_key(bits, k)
-            store, at = layers[k].requant, key
-            if isinstance(bits, TableRow) and (bits.index, *key) in layers[k].row_requant:
-                store, at = layers[k].row_requant, (bits.index, *key)
+            at = _record_at(net, bits, k)
+            store = layers[k].row_requant if at in layers[k].row_requant else layers[k].requant
             if (k, at) in done:  # materialize took the calibrated record
                 return layer
             layer = calibrated_layer(layer, u, rng, residual, p_random)

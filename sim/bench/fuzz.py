@@ -174,6 +174,35 @@ def weight_layers(net) -> int:
     return len(net.layers)
 
 
+def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run: int, total: dict) -> None:
+    """Run ``cases`` (:func:`sim.array_runner.run_array_cases`, back-pressure on every stream) and add to
+    ``total``'s ``images``, ``mismatches`` (images whose scores differ from the case's), ``not_run`` (images a
+    run did not reach), ``deadlocks`` (watchdog), ``sim_cycles`` and ``failed_runs``.
+
+    Raises
+    ------
+    UserError
+        The simulator failing, or the testbench stopping other than by its watchdog.
+    """
+    try:
+        res = run_array_cases(vpath, cases, work_dir=work_dir, simulator=simulator, stall=True, seed=seed,
+                              timeout_cycles=TIMEOUT_CYCLES)
+    except SimulationError as exc:
+        raise UserError(f"bench fuzz: the simulator failed ({exc})") from exc
+    if res.get("error") and not res["timed_out"]:
+        raise UserError(f"bench fuzz: the testbench stopped ({res['error']}); see {res['log']}")
+    expected = [row for case in cases for row in case[2].tolist()]
+    got = res["scores"]
+    total["mismatches"] += sum(1 for k, row in enumerate(expected) if k < len(got) and got[k] != row)
+    total["not_run"] += max(0, len(expected) - len(got))
+    total["deadlocks"] += int(bool(res["timed_out"]))
+    total["images"] += len(expected)
+    total["sim_cycles"] += int(res["sim_cycles"])
+    if not res["passed"]:
+        total["failed_runs"].append({"run": run, "log": res["log"], "mismatched_images": res["mismatched_images"],
+                                     "statuses": [s for s in res["statuses"] if s][:10]})
+
+
 def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: str = "verilator",
              progress: bool = True) -> dict:
     """Draw networks until they hold ``layers`` weight layers, run them on one build; the result record."""
@@ -195,23 +224,7 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
             x = rng.integers(0, 1 << net.input_bits, size=(n_img, *shape))
             cases.append((pack_v3(net)[0], x.reshape(n_img, -1), net.forward(x)))
             nets.append(net)
-        try:
-            res = run_array_cases(vpath, cases, work_dir=out_dir / "sim", simulator=simulator, stall=True,
-                                  seed=seed * 1000 + run, timeout_cycles=TIMEOUT_CYCLES)
-        except SimulationError as exc:
-            raise UserError(f"bench fuzz: the simulator failed ({exc})") from exc
-        if res.get("error") and not res["timed_out"]:
-            raise UserError(f"bench fuzz: the testbench stopped ({res['error']}); see {res['log']}")
-        expected = [row for _, _, e in cases for row in e.tolist()]
-        got = res["scores"]
-        total["mismatches"] += sum(1 for k, row in enumerate(expected) if k < len(got) and got[k] != row)
-        total["not_run"] += max(0, len(expected) - len(got))
-        total["deadlocks"] += int(bool(res["timed_out"]))
-        total["images"] += len(expected)
-        total["sim_cycles"] += int(res["sim_cycles"])
-        if not res["passed"]:
-            total["failed_runs"].append({"run": run, "log": res["log"], "mismatched_images": res["mismatched_images"],
-                                         "statuses": [s for s in res["statuses"] if s][:10]})
+        run_chunk(vpath, cases, out_dir / "sim", simulator, seed * 1000 + run, run, total)
         for net in nets:
             total["networks"] += 1
             total["layers"] += weight_layers(net)

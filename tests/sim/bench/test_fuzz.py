@@ -8,7 +8,9 @@ import build
 from model.export.golden_conv import conv_forward
 from model.export.golden_net import ConvStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.layout_v3 import pack as pack_v3
+from sim.bench import fuzz_vertical
 from sim.bench.fuzz import CONFIG, fits, floors, random_network
+from tests.sim.bench.fake_runs import faulty_run
 
 
 def test_networks_cover_kernels_strides_pools_blocks_widths_and_sparsity():
@@ -44,8 +46,9 @@ def test_calibrated_requant_spreads_the_codes():
 
 
 def test_short_fuzz_run_matches_golden_and_check_fails_its_layer_floor(tmp_path, capsys):
-    """`bench fuzz --check` end to end on 8 layers: the RTL agrees with golden, and the run exits 1 because the
-    10,000-layer floor fails (the floors it prints and writes say which)."""
+    """`bench fuzz --check` end to end on 8 layers (and its vertical part on a network of the version 4 build): the
+    RTL agrees with golden, and the run exits 1 because the 10,000-layer floor fails (the floors it prints and
+    writes say which)."""
     code = build.main(["bench", "fuzz", "--layers", "8", "--simulator", "icarus", "--quiet", "--check",
                        "--out", str(tmp_path)])
     printed = capsys.readouterr().out
@@ -54,7 +57,12 @@ def test_short_fuzz_run_matches_golden_and_check_fails_its_layer_floor(tmp_path,
     assert result["layers"] >= 8 and result["networks"] >= 2
     assert result["mismatches"] == 0 and result["deadlocks"] == 0 and result["failed_runs"] == []
     assert result["floors"]["mismatches == 0"]["holds"] and not result["floors"]["layers >= 10000"]["holds"]
-    assert floors(result) == result["floors"]
+    vertical = result["vertical"]
+    assert vertical["networks"] >= 1 and vertical["cases"] >= 1 and vertical["images"] >= 1
+    assert vertical["mismatches"] == 0 and vertical["deadlocks"] == 0 and vertical["failed_runs"] == []
+    assert vertical["config"]["vertical"] and "vertical (v4)" in printed
+    assert result["floors"] == {**floors(result), **fuzz_vertical.floors(vertical)}
+    assert result["floors"]["vertical mismatches == 0"]["holds"]
     assert result["config"]["engines"] == CONFIG.engines and "provenance" in result
 
 
@@ -72,19 +80,8 @@ def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail
     calls = []
 
     def fake(vpath, cases, **kwargs):
-        run = len(calls)
-        calls.append(run)
-        scores = [row.tolist() for _, _, e in cases for row in e]
-        res = {"scores": scores, "timed_out": False, "error": None, "passed": True, "sim_cycles": 10, "log": "log",
-               "mismatched_images": [], "statuses": [0] * len(scores)}
-        if run == 0:
-            scores[0] = [v + 1 for v in scores[0]]
-            res.update(passed=False, mismatched_images=[0])
-        elif run == 1:
-            res.update(scores=scores[:-1], timed_out=True, passed=False, error="watchdog")
-        elif run == 2:
-            res.update(passed=False, statuses=[4] + [0] * (len(scores) - 1))
-        return res
+        calls.append(len(calls))
+        return faulty_run(cases, calls[-1])
 
     monkeypatch.setattr(fuzz, "run_array_cases", fake)
     monkeypatch.setattr(fuzz, "array_verilog", lambda config: "module mpq_array; endmodule\n")
