@@ -59,13 +59,12 @@ def calibrated_requant(rng, acc: np.ndarray, out_bits: int, residual: np.ndarray
     return mult, bias, shift, res
 
 
-
 def calibrated_layer(layer: IntConv2d | IntLinear, u, rng: np.random.Generator, residual=None,
                      p_random: float = 0.0) -> IntConv2d | IntLinear:
     """``layer`` with its ``M``, ``B``, ``S`` (and a residual conv's ``M_r``) calibrated on its accumulators over
     the inputs ``u`` (:func:`calibrated_requant`): its codes (or scores) spread over their range and depend on
     the input. ``residual``: a conv2's shortcut codes (only whether there is one matters to the calibration);
-    ``p_random``: the chance of random extremes instead (``bench fuzz``'s one layer in ten)."""
+    ``p_random``: the chance of random extremes instead (the version 3 fuzz's one layer in ten)."""
     if isinstance(layer, IntConv2d):
         acc = np.moveaxis(conv_accumulator(layer, u), 1, 0).reshape(layer.c_out, -1)
     else:

@@ -129,26 +129,26 @@ def random_vertical_conv(rng, widths, config: ArrayConfig = VCONFIG) -> tuple[li
         pad, stride = int(rng.integers(0, k)), int(rng.integers(1, 3))
         if size + 2 * pad >= k and (size + 2 * pad - k) // stride + 1 <= t:
             break
-    # (kind, c_out, kernel, stride, padding, pool, residual) per weight layer; the layer count comes last.
+    # (c_out, kernel, stride, padding, pool, residual) per conv layer; the FC edge follows.
     h = (size + 2 * pad - k) // stride + 1
     pool = 2 if h >= 2 and rng.random() < 0.4 else 0
-    plan = [("conv", int(rng.integers(1, 9)), k, stride, pad, pool, False)]
-    ch, h = plan[0][1], h // 2 if pool else h
+    plan = [(int(rng.integers(1, 9)), k, stride, pad, pool, False)]
+    ch, h = plan[0][0], h // 2 if pool else h
     for _ in range(int(rng.integers(1, 4))):
         if rng.random() < 0.5:  # a residual block: conv1 (stride s), conv2 (the shortcut's add)
             s = int(rng.integers(1, 3)) if h >= 2 else 1
             c_out = int(rng.integers(ch, min(ch + 4, 16) + 1))
-            plan += [("conv", c_out, 3, s, 1, 0, False), ("conv", c_out, 3, 1, 1, 0, True)]
+            plan += [(c_out, 3, s, 1, 0, False), (c_out, 3, 1, 1, 0, True)]
             ch, h = c_out, -(-h // s)
         else:
             kk = int(rng.choice([1, 3]))
             p = 2 if h >= 2 and rng.random() < 0.3 else 0
-            plan.append(("conv", int(rng.integers(1, 9)), kk, 1, kk // 2, p, False))
-            ch, h = plan[-1][1], h // 2 if p else h
+            plan.append((int(rng.integers(1, 9)), kk, 1, kk // 2, p, False))
+            ch, h = plan[-1][0], h // 2 if p else h
     gap = rng.random() < 0.5 or ch * h * h >= 1 << config.fan_in_width
     n = len(plan) + 1
     layers, c_in = [], c0
-    for k, (_, c_out, kk, s, p, pl, res) in enumerate(plan):
+    for k, (c_out, kk, s, p, pl, res) in enumerate(plan):
         layers.append(_layer(rng, f"conv{k}", "conv", (c_out, c_in, kk, kk), k == 0, widths, n, k, stride=s,
                              padding=p, pool=pl, residual=res))
         c_in = c_out
@@ -214,8 +214,8 @@ def network_counts(net: VerticalNetwork) -> dict[str, int]:
 def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simulator: str = "verilator",
                       progress: bool = True) -> dict:
     """Draw vertical networks until they hold ``layers`` weight layers, run each at its :func:`precisions` on
-    one build of :data:`VCONFIG`; the result record (``layers``, ``networks``, ``runs``: network-and-width
-    cases, ``images``, ``mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``, what the networks cover,
+    one build of :data:`VCONFIG`; the result record (``layers``, ``networks``, ``cases``: network-and-width
+    runs, ``runs``: simulator runs, ``images``, ``mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``, what the networks cover,
     ``precisions``: cases per kind, ``input_dependent``: networks whose scores at their first width differ over
     four probe images, the rest scoring every input the same: an all-zero or saturated layer)."""
     rng = np.random.default_rng([seed, 4])
