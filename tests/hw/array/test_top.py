@@ -368,6 +368,14 @@ def test_tiles_wider_than_a_map_row_match_golden(seed):
     check_net(net, 1, seed, config=WIDE_TILES)
 
 
+def test_an_odd_engine_count_matches_golden():
+    """Three engines: the patch's block RAM copies serve engine pairs (hw/array/top.py), so the third engine
+    reads a copy of its own; the default suite's other arrays have one or two engines."""
+    three = dataclasses.replace(CONFIG, engines=3, lanes=4)
+    for seed, net in enumerate((resnet_like(np.random.default_rng(3)), random_conv_net(np.random.default_rng(1000)))):
+        check_net(net, 2, seed, config=three)
+
+
 def test_mlp_runs_on_the_same_array():
     net = random_network(np.random.default_rng(4), sizes=(23, 17, 5), act_bits=4)
     words = pack_v3(net)[0]
