@@ -5,7 +5,7 @@ Every network is drawn at random within what the fuzz's array with the version 4
 and conv nets of an 8-bit edge stem (kernels 1 to 7, any padding, stride 1 or 2, optional 2 x 2 max-pool),
 one to three inner stages (plain convs with an optional max-pool, or residual blocks of stride 1 or 2 with
 option A's zero channels) and the 8-bit FC edge on the global pool or on the flattened map. The stored widths
-are consecutive, from a basic layer of 2 to 4 bits up to at most :data:`~hw.array.controller.MAX_VERTICAL_TOP`
+are consecutive, from a basic layer of 2 to 6 bits up to at most :data:`~hw.array.controller.MAX_VERTICAL_TOP`
 (the array's plane decoders); each inner layer is a random source code of the top width with 0 to 99 % of them
 zero, split into its basic layer and enhance planes (Eq. 4 of the vertical-layering paper, ``c_(k+1) = 2 c_k +
 b_(k+1)``); each layer compensates (Eq. 6's ``K_t``) or not, and negates a random third of its outputs (a
@@ -105,7 +105,7 @@ def _layer(rng, name: str, kind: str, shape, edge: bool, widths, net_layers: int
 
 
 def _widths(rng) -> tuple[int, ...]:
-    base = int(rng.integers(MIN_BITS, 5))
+    base = int(rng.integers(MIN_BITS, MAX_VERTICAL_TOP + 1))
     return tuple(range(base, int(rng.integers(base, MAX_VERTICAL_TOP + 1)) + 1))
 
 

@@ -47,7 +47,7 @@ def test_networks_cover_shapes_widths_tables_and_modes(nets):
     assert {layer.stride for layer in conv_layers} == {1, 2}
     assert any(layer.residual for layer in conv_layers) and any(layer.pool for layer in conv_layers)
     assert {n.layers[-1].gap for n in convs} == {False, True}  # the global pool and the flattened map
-    assert {(n.widths[0], n.widths[-1]) for n in nets} >= {(2, 2), (2, 4), (3, 6), (4, 6)}
+    assert {(n.widths[0], n.widths[-1]) for n in nets} >= {(2, 2), (2, 4), (3, 6), (4, 6), (5, 6), (6, 6)}
     inner = [layer for n in nets for layer in n.inner]
     assert {layer.compensate for layer in inner} == {False, True}
     zero = [float((layer.base == 0).mean()) for n in nets for layer in n.layers if layer.edge]
