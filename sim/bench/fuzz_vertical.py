@@ -1,22 +1,22 @@
 """``bench fuzz``'s vertical part: random version 4 (vertical-layered) networks through the array's RTL.
 
-Every network is drawn at random within what the fuzz's array with the version 4 path holds
-(:data:`VCONFIG`: :data:`sim.bench.fuzz.CONFIG` with the plane decoders): MLPs of one to three inner layers,
-and conv nets of an 8-bit edge stem (kernels 1 to 7, any padding, stride 1 or 2, optional 2 x 2 max-pool),
-one to three inner stages (plain convs with an optional max-pool, or residual blocks of stride 1 or 2 with
-option A's zero channels) and the 8-bit FC edge on the global pool or on the flattened map. The stored widths
-are consecutive, from a basic layer of 2 to 6 bits up to at most :data:`~hw.array.controller.MAX_VERTICAL_TOP`
-(the array's plane decoders); each inner layer is a random source code of the top width with 0 to 99 % of them
-zero, split into its basic layer and enhance planes (Eq. 4 of the vertical-layering paper, ``c_(k+1) = 2 c_k +
-b_(k+1)``); each layer compensates (Eq. 6's ``K_t``) or not, and negates a random third of its outputs (a
-negative BN gain). Up to three Eq. 12 table rows, and for some of them per-row requant records (BN re-estimated
-for the row). Every record is calibrated on the network's own inputs (:func:`sim.bench.calibrate
-.calibrated_vertical`), one in thirty keeping random extremes (:data:`P_RANDOM`).
+Every network is drawn at random within what the fuzz's array with the version 4 path holds (:data:`VCONFIG`:
+:data:`sim.bench.fuzz.CONFIG` with the plane decoders, three engines of four lanes): MLPs of one to three inner
+layers, and conv nets of an 8-bit edge stem (kernels 1 to 7, any padding, stride 1 or 2, optional 2 x 2 max-pool),
+one to three inner stages (plain convs with an optional max-pool, or residual blocks of stride 1 or 2 with option
+A's zero channels) and the 8-bit FC edge on the global pool or on the flattened map. The stored widths are
+consecutive, from a basic layer of 2 to 6 bits up to at most :data:`~hw.array.controller.MAX_VERTICAL_TOP` (the
+array's plane decoders); each inner layer is a random source code of the top width with 0 to 99 % of them zero,
+split into its basic layer and enhance planes (Eq. 4 of the vertical-layering paper, ``c_(k+1) = 2 c_k + b_(k+1)``);
+each layer compensates (Eq. 6's ``K_t``) or not, and negates a random third of its outputs (a negative BN gain). Up
+to three Eq. 12 table rows, and for some of them per-row requant records (BN re-estimated for the row). Every record
+is calibrated on the network's own inputs (:func:`sim.bench.calibrate.calibrated_vertical`), one in thirty keeping
+random extremes (:data:`P_RANDOM`).
 
 Each network runs at one to three of: a uniform stored width, the source width (``precision`` 0), a table row
-(``0x80 + r``: its own records where it has them), on one RTL build with the networks of :mod:`sim.bench.fuzz`'s
-loop, under random back-pressure on every stream; each image's scores must equal golden's
-(:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at those widths).
+(``0x80 + r``: its own records where it has them), one network after another on one RTL build of :data:`VCONFIG` (a
+second build beside :mod:`sim.bench.fuzz`'s), under random back-pressure on every stream; each image's scores must
+equal golden's (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at those widths).
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ from model.export.image_v4 import pack_vertical
 from sim.bench.calibrate import calibrated_vertical
 from sim.bench.fuzz import CHUNK, CONFIG, fits, run_chunk
 
-#: The array the vertical networks run on: the fuzz's, with the version 4 path.
-VCONFIG = dataclasses.replace(CONFIG, vertical=True)
+#: The array the vertical networks run on: the fuzz's, with the version 4 path, and three engines of four lanes
+#: (8-pixel tiles) rather than two of five, so that the fuzz also covers an odd engine count (the third engine
+#: reads a patch copy of its own, hw/array/top.py) and another tile width.
+VCONFIG = dataclasses.replace(CONFIG, engines=3, lanes=4, vertical=True)
 #: How often a layer's share of zero codes is 0, 30, 60, 90, 99 % or uniform in 0-99 %: a trained vertical net
 #: has no pruning, and a network with a 99 % zero layer mostly scores every input the same (an empty row), so
 #: the extremes are rarer than in the version 3 fuzz's layers.
@@ -213,11 +215,11 @@ def network_counts(net: VerticalNetwork) -> dict[str, int]:
 
 def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simulator: str = "verilator",
                       progress: bool = True) -> dict:
-    """Draw vertical networks until they hold ``layers`` weight layers, run each at its :func:`precisions` on
-    one build of :data:`VCONFIG`; the result record (``layers``, ``networks``, ``cases``: network-and-width
-    runs, ``runs``: simulator runs, ``images``, ``mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``, what the networks cover,
-    ``precisions``: cases per kind, ``input_dependent``: networks whose scores at their first width differ over
-    four probe images, the rest scoring every input the same: an all-zero or saturated layer)."""
+    """Draw vertical networks until they hold ``layers`` weight layers, run each at its :func:`precisions` on one
+    build of :data:`VCONFIG`; the result record (``layers``, ``networks``, ``cases``: network-and-width runs,
+    ``runs``: simulator runs, ``images``, ``mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``, what the
+    networks cover, ``precisions``: cases per kind, ``input_dependent``: networks whose scores at their first width
+    differ over four probe images, the rest scoring every input the same: an all-zero or saturated layer)."""
     rng = np.random.default_rng([seed, 4])
     out_dir = Path(out_dir)
     vpath = write_text_atomically(out_dir / "mpq_array_v4.v", array_verilog(VCONFIG))
