@@ -14,6 +14,9 @@ load port without a reset (:func:`sim.array_runner.run_array_cases`), under rand
 stream; each image's scores must equal golden's. ``mismatches`` counts images that differ, ``deadlocks``
 runs whose watchdog fired (no transfer and no ``done`` for :data:`TIMEOUT_CYCLES` cycles), ``not_run`` the
 images a deadlocked run left. Every network fits :data:`CONFIG` (:func:`fits`).
+
+``bench fuzz`` then runs random vertical-layered (version 4) networks on a second build:
+:mod:`sim.bench.fuzz_vertical`, which shares :func:`run_chunk`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from sim.array_runner import run_array_cases
 from sim.bench.calibrate import calibrated_requant
 from sim.runner import SimulationError
 
-#: The array the networks run on: 2 engines of 3 lanes (9-pixel tiles), maps up to 12 wide.
+#: The array the networks run on: 2 engines of 5 lanes (10-pixel tiles), maps up to 12 wide.
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=4096, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=4, vertical=False)
 TIMEOUT_CYCLES = 200_000
