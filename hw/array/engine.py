@@ -321,19 +321,25 @@ class ChannelEngine(wiring.Component):
         # its last pixel is emitted), in a cycle in which F is empty or handing its entry to the lanes: the
         # read port is then not holding an entry's codes, F takes no entry in that cycle and the next one's
         # read follows (one cycle a residual row).
+        # If F holds an entry the lanes cannot take, the read goes ahead anyway (`f_lost`): the lanes may be
+        # waiting for the holding register, the combine for the emitter and the emitter for these shortcut
+        # codes, so waiting for F to empty would be a deadlock (bench fuzz's networks on one engine found it,
+        # 2026-12-05). The port then re-reads F's row in the next cycle, in which the lanes take nothing.
         r_word = Signal(data.ArrayLayout(MAX_ACT_BITS, t))
         r_valid = Signal()  # r_word holds the emitter's row's codes
         r_wait = Signal()  # read in the cycle before: the codes are on patch_data
         steal = Signal()
+        f_lost = Signal()  # a shortcut read took the port from F's waiting entry: re-read it now, no take
         f_free = ~f_valid | take  # F holds no entry after this cycle unless it takes one
         m.d.comb += [
-            steal.eq(rows.r_rdy & layer.residual & ~r_valid & ~r_wait & f_free),
+            steal.eq(rows.r_rdy & layer.residual & ~r_valid & ~r_wait & ~f_lost),
             f_adv.eq(f_free & ~steal), seq.o.ready.eq(f_adv),
-            self.patch_addr.eq(Mux(steal, layer.stream.fan_in + row.channel, seq.o.payload.position)),
-            self.patch_bank.eq(Mux(steal, row.bank, seq.o.payload.bank)),
-            self.patch_en.eq(f_adv | steal),
+            self.patch_addr.eq(Mux(steal, layer.stream.fan_in + row.channel,
+                                   Mux(f_lost, f.position, seq.o.payload.position))),
+            self.patch_bank.eq(Mux(steal, row.bank, Mux(f_lost, f.bank, seq.o.payload.bank))),
+            self.patch_en.eq(f_adv | steal | f_lost),
         ]
-        m.d.sync += r_wait.eq(steal)
+        m.d.sync += [r_wait.eq(steal), f_lost.eq(steal & ~f_free)]
         with m.If(r_wait):
             m.d.sync += [r_word.eq(self.patch_data), r_valid.eq(1)]
         with m.Elif(rows.r_en):
@@ -353,7 +359,7 @@ class ChannelEngine(wiring.Component):
             m.submodules[f"lane{k}"] = lane
             lane_list.append(lane)
             m.d.comb += [
-                lane.i.valid.eq(f_valid & recs.w_rdy),
+                lane.i.valid.eq(f_valid & recs.w_rdy & ~f_lost),
                 lane.i.payload.b.eq(f_b),
                 lane.i.payload.pair.eq(f.rec.pair),
                 lane.i.payload.a_mode.eq(f.a_mode),
@@ -363,7 +369,7 @@ class ChannelEngine(wiring.Component):
             for s in range(SLOTS):
                 m.d.comb += lane.i.payload.u[s].eq(self.patch_data[k * SLOTS + s])
         lead = lane_list[0]  # every lane sees the same entries: they move in lockstep
-        m.d.comb += [take.eq(f_valid & recs.w_rdy & lead.i.ready),
+        m.d.comb += [take.eq(f_valid & recs.w_rdy & ~f_lost & lead.i.ready),
                      recs.w_en.eq(take & f.end), recs.w_data.eq(f.rec)]
 
         # -- Combine: two lanes of a finished pass a cycle ---------------------------------------------------

@@ -75,15 +75,17 @@ def golden_outputs(codes, widths, u, signed, mult, bias, res_mult, r, shift, out
     return requantize(acc, mult, bias, shift, out_bits)
 
 
-def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False):
-    """One random layer's rows through an engine against golden; ``full``: every tile holds ``T`` pixels."""
+def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False, residual=None):
+    """One random layer's rows through an engine against golden; ``full``: every tile holds ``T`` pixels;
+    ``residual``: a residual layer or not (drawn at random when None)."""
     rng = np.random.default_rng(seed)
     t = lanes * LANE_SLOTS
     rows = int(rng.integers(1, 1 << CHANNEL_BITS))
     fan_in = int(rng.integers(1, 40))
     codes, widths = random_layer(rng, rows, fan_in)
     signed = bool(rng.integers(0, 2))
-    residual = bool(rng.integers(0, 2)) and not gap
+    drawn = bool(rng.integers(0, 2)) and not gap
+    residual = drawn if residual is None else residual
     out_bits = int(rng.integers(1, 9)) if residual or rng.random() < 0.7 else 0
     shift = int(rng.integers(1, 50))
     mult = rng.integers(0, 1 << 17, size=rows)
@@ -234,6 +236,16 @@ def test_vertical_rows_match_golden(seed):
 @pytest.mark.parametrize("seed", range(10))
 def test_rows_match_golden(seed):
     run_engine(seed, lanes=1 + seed % 3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_residual_rows_under_long_back_pressure_match_golden(seed):
+    """Residual rows with the output ready one cycle in twenty: the emit FIFOs fill, the combine and the lanes
+    wait, and a row reaches the emitter while the fetch stage F holds the next row's entry. The emitter then
+    waits for the row's shortcut codes, which the engine reads through F's patch port: it must read them
+    while F waits (and re-read F's codes after), or nothing moves again (bench fuzz's networks on one engine
+    found that deadlock, 2026-12-05)."""
+    run_engine(400 + seed, lanes=6 + seed % 2, p_stall=0.95, full=True, residual=True)
 
 
 @pytest.mark.parametrize("seed", range(4))
