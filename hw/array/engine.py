@@ -323,8 +323,9 @@ class ChannelEngine(wiring.Component):
         # read follows (one cycle a residual row).
         # If F holds an entry the lanes cannot take, the read goes ahead anyway (`f_lost`): the lanes may be
         # waiting for the holding register, the combine for the emitter and the emitter for these shortcut
-        # codes, so waiting for F to empty would be a deadlock (bench fuzz's networks on one engine found it,
-        # 2026-12-05). The port then re-reads F's row in the next cycle, in which the lanes take nothing.
+        # codes, so waiting for F to empty would be a deadlock (random networks drawn as bench fuzz draws them
+        # found it on one engine, 2026-12-05). The port then re-reads F's row in the next cycle, in which the
+        # lanes take nothing.
         r_word = Signal(data.ArrayLayout(MAX_ACT_BITS, t))
         r_valid = Signal()  # r_word holds the emitter's row's codes
         r_wait = Signal()  # read in the cycle before: the codes are on patch_data

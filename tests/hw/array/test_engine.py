@@ -243,8 +243,8 @@ def test_residual_rows_under_long_back_pressure_match_golden(seed):
     """Residual rows with the output ready one cycle in twenty: the emit FIFOs fill, the combine and the lanes
     wait, and a row reaches the emitter while the fetch stage F holds the next row's entry. The emitter then
     waits for the row's shortcut codes, which the engine reads through F's patch port: it must read them
-    while F waits (and re-read F's codes after), or nothing moves again (bench fuzz's networks on one engine
-    found that deadlock, 2026-12-05)."""
+    while F waits (and re-read F's codes after), or nothing moves again (random networks drawn as bench fuzz
+    draws them found that deadlock on one engine, 2026-12-05; without the fix seeds 1 and 3 stall)."""
     run_engine(400 + seed, lanes=6 + seed % 2, p_stall=0.95, full=True, residual=True)
 
 
