@@ -225,8 +225,6 @@ class PatchLoader(wiring.Component):
         # A group's last read waits until the previous group's queue is empty when it is placed (two cycles on).
         # (`start` restarts the loader even in the middle of a tile, e.g. a new run after a fault: nothing of
         # the old tile is read, placed or written after it; see the end of elaborate.)
-        rd_addr = Signal(self._addr_width)
-        m.d.comb += rd_addr.eq(base + y_in[:DIM_BITS])
         # The row gate (``rows``), per channel and between registers: a channel's reads wait until the last map
         # row the tile reads of it is in (`y_hi`, `y_last`, then `allowed`: three register
         # stages, since the compare in `go` on each read's own address made the shell's slowest path, 92.7 MHz,
@@ -247,7 +245,7 @@ class PatchLoader(wiring.Component):
               & (~limited | (allowed & (moved == 0))))
         m.d.sync += moved.eq(Cat(go | self.start, moved[:2]))
         in_flight = Signal()  # a word or queued columns not yet written
-        m.d.comb += [self.fmap.buf.eq(buf_e), self.fmap.addr.eq(rd_addr),
+        m.d.comb += [self.fmap.buf.eq(buf_e), self.fmap.addr.eq(base + y_in[:DIM_BITS]),
                      self.fmap.en.eq(go & row_ok), self.busy.eq(running | self.start | in_flight)]
         with m.If(self.start):
             m.d.sync += [running.eq(1), c.eq(0), ky.eq(0), kx0.eq(0), p.eq(Mux(with_sc, g.res_p, 0)), base.eq(0),

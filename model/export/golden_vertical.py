@@ -135,20 +135,17 @@ def COMP_BOUND(top: int) -> int:
     return E_BOUND(top) * SUM_BOUND
 
 
-def _class_for(bound: int) -> int:
-    for m in SIGNED_CLASSES:
+def _class_for(bound: int, classes=SIGNED_CLASSES, what: str = "signed") -> int:
+    for m in classes:
         if bound <= (1 << (m - 1)) - 1:
             return m
-    raise UserError(f"codes of magnitude {bound} fit no signed class {SIGNED_CLASSES}")
+    raise UserError(f"codes of magnitude {bound} fit no {what} class {classes}")
 
 
 def inner_class(top: int) -> int:
     """The signed class holding an inner layer's effective codes at every width (bound 2: ``|e| <= 2^top``): 8
     for a source width up to 6, 16 for 7 and 8 (:data:`INNER_CLASSES`)."""
-    for m in INNER_CLASSES:
-        if E_BOUND(top) <= (1 << (m - 1)) - 1:
-            return m
-    raise UserError(f"codes of magnitude {E_BOUND(top)} fit no inner class {INNER_CLASSES}")
+    return _class_for(E_BOUND(top), INNER_CLASSES, "inner")
 
 
 def edge_class(edge_bits: int = EDGE_BITS) -> int:

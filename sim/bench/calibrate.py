@@ -95,12 +95,13 @@ def covering_assignments(widths, inner: int) -> list[tuple[int, ...]]:
     return [tuple(t[i % 3] for i in range(inner)) for t in itertools.product(widths, repeat=3)]
 
 
-def _record_at(net: VerticalNetwork, bits, k: int) -> tuple[int, ...]:
-    """The record layer ``k`` uses under ``bits``: its key in ``requant``, or ``(r, *key)`` in ``row_requant``."""
-    key = net.record_key(bits, k)
-    if isinstance(bits, TableRow) and (bits.index, *key) in net.layers[k].row_requant:
-        return (bits.index, *key)
-    return key
+def _record_at(net: VerticalNetwork, bits, k: int) -> tuple[dict, tuple[int, ...]]:
+    """The record layer ``k`` uses under ``bits``: ``(requant, key)``, or ``(row_requant, (r, *key))`` where the
+    table row has its own (as :meth:`~model.export.golden_vertical.VerticalNetwork.materialize` picks it)."""
+    layer, key = net.layers[k], net.record_key(bits, k)
+    if isinstance(bits, TableRow) and (bits.index, *key) in layer.row_requant:
+        return layer.row_requant, (bits.index, *key)
+    return layer.requant, key
 
 
 def calibrated_vertical(net: VerticalNetwork, images, rng: np.random.Generator, p_random: float = 0.0
@@ -122,14 +123,13 @@ def calibrated_vertical(net: VerticalNetwork, images, rng: np.random.Generator, 
     for bits in runs:
         if len(done) == total:
             break
-        if all((k, _record_at(net, bits, k)) in done for k in range(len(layers))):
+        if all((k, _record_at(net, bits, k)[1]) in done for k in range(len(layers))):
             continue  # nothing new to calibrate under these widths
         order = iter(range(len(layers)))
 
         def calibrate(layer, u, residual=None, bits=bits, order=order):
             k = next(order)
-            at = _record_at(net, bits, k)
-            store = layers[k].row_requant if at in layers[k].row_requant else layers[k].requant
+            store, at = _record_at(net, bits, k)
             if (k, at) in done:  # materialize took the calibrated record
                 return layer
             layer = calibrated_layer(layer, u, rng, residual, p_random)

@@ -199,7 +199,6 @@ def network_counts(net: VerticalNetwork) -> dict[str, int]:
     """What one network covers, for the result's totals."""
     row_records = sum(len(layer.row_requant) for layer in net.layers)
     return {
-        "layers": len(net.layers),
         "inner_layers": len(net.inner),
         "conv_nets": int(net.image_shape is not None),
         "mlps": int(net.image_shape is None),
@@ -254,7 +253,6 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
         bar.update(drawn)
         run += 1
     bar.close()
-    covered.pop("layers", None)
     total.update(covered=covered, seconds=round(time.perf_counter() - t0, 1), runs=run,
                  config={k: getattr(VCONFIG, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
                                                           "fan_in_width", "channel_bits", "vertical")})
