@@ -9,11 +9,17 @@ network's own activations (golden's ``requant_params`` from the accumulator's 5t
 channel), so that its codes spread over their range instead of saturating; one layer in ten keeps random
 parameters (extremes of ``M``, ``B``, ``S``).
 
-The networks are packed (image version 3) and run on **one** RTL build, loaded one after another through the
-load port without a reset (:func:`sim.array_runner.run_array_cases`), under random back-pressure on every
-stream; each image's scores must equal golden's. ``mismatches`` counts images that differ, ``deadlocks``
-runs whose watchdog fired (no transfer and no ``done`` for :data:`TIMEOUT_CYCLES` cycles), ``not_run`` the
-images a deadlocked run left. Every network fits :data:`CONFIG` (:func:`fits`).
+The networks are packed (image version 3) and run on two RTL builds (:data:`CONFIGS`: two engines of five
+lanes, and one engine of seven), in chunks of :data:`CHUNK` networks that take the builds in turn, each
+network drawn for its chunk's build; a chunk's networks are loaded one after another through the load port
+without a reset (:func:`sim.array_runner.run_array_cases`), under random back-pressure on every stream; each
+image's scores must equal golden's. ``mismatches`` counts images that differ, ``deadlocks`` runs whose
+watchdog fired (no transfer and no ``done`` for :data:`TIMEOUT_CYCLES` cycles), ``not_run`` the images a
+deadlocked run left; ``builds`` holds the same counts per build. Every network fits its build (:func:`fits`).
+
+Why two builds: which cycle an engine's stages meet in depends on the engine count and the tile width, and the
+one deadlock the array had (docs/array_design.md, "A deadlock on one engine") hung one run in four on one
+engine of seven lanes and never on the two of five that the fuzz used alone then.
 
 ``bench fuzz`` then runs random vertical-layered (version 4) networks on a second build:
 :mod:`sim.bench.fuzz_vertical`, which shares :func:`run_chunk`.
@@ -21,6 +27,7 @@ images a deadlocked run left. Every network fits :data:`CONFIG` (:func:`fits`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -40,9 +47,17 @@ from sim.array_runner import run_array_cases
 from sim.bench.calibrate import calibrated_requant
 from sim.runner import SimulationError
 
-#: The array the networks run on: 2 engines of 5 lanes (10-pixel tiles), maps up to 12 wide.
+#: The first array the networks run on: 2 engines of 5 lanes (10-pixel tiles), maps up to 12 wide.
 CONFIG = ArrayConfig(engines=2, lanes=5, buffer_words=4096, fmap_rows=128, row_codes=12, fan_in_width=9,
                      channel_bits=4, vertical=False)
+#: The second: one engine of 7 lanes (14-pixel tiles, so a 12-wide map's tile is one row and a 7-wide one's two).
+ONE_ENGINE = dataclasses.replace(CONFIG, engines=1, lanes=7)
+#: The version 3 part's builds, taken in turn by the chunks of networks.
+CONFIGS = (CONFIG, ONE_ENGINE)
+#: The floor on each build's share of the layers (the chunks alternate, so each gets about half).
+BUILD_LAYERS = 4_000
+#: What a run adds to a build's record and to the whole part's (:func:`run_chunk`).
+RUN_COUNTS = ("images", "mismatches", "deadlocks", "not_run", "sim_cycles")
 TIMEOUT_CYCLES = 200_000
 #: Networks per simulator run (one build serves all runs).
 CHUNK = 150
@@ -161,13 +176,13 @@ def fits(words, config: ArrayConfig = CONFIG) -> bool:
             and n["channels"] <= 1 << config.channel_bits and n["out_width"] <= config.pixels)
 
 
-def random_network(rng) -> IntNetwork | IntConvNetwork:
+def random_network(rng, config: ArrayConfig = CONFIG) -> IntNetwork | IntConvNetwork:
     """A conv net four times in five, else an MLP; redrawn until it packs (bounds of the contract) and fits
-    :data:`CONFIG`."""
+    ``config``."""
     while True:
         try:
-            net = random_conv_net(rng) if rng.random() < 0.8 else random_mlp(rng)
-            if fits(pack_v3(net)[0]):
+            net = random_conv_net(rng, config=config) if rng.random() < 0.8 else random_mlp(rng)
+            if fits(pack_v3(net)[0], config):
                 return net
         except UserError:
             continue
@@ -206,31 +221,46 @@ def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run
                                      "statuses": [s for s in res["statuses"] if s][:10]})
 
 
+def config_record(config: ArrayConfig) -> dict:
+    """The sizes of a build that a result records."""
+    return {k: getattr(config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
+                                            "fan_in_width", "channel_bits")}
+
+
 def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: str = "verilator",
-             progress: bool = True) -> dict:
-    """Draw networks until they hold ``layers`` weight layers, run them on one build; the result record."""
+             progress: bool = True, configs: tuple[ArrayConfig, ...] = CONFIGS) -> dict:
+    """Draw networks until they hold ``layers`` weight layers, chunk by chunk, and run each chunk on the build
+    of ``configs`` whose turn it is; the result record (the counts over every build, and per build in
+    ``builds``)."""
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
-    vpath = write_text_atomically(out_dir / "mpq_array.v", array_verilog(CONFIG))
+    vpaths = [write_text_atomically(out_dir / f"mpq_array_{c.engines}x{c.lanes}.v", array_verilog(c)) for c in configs]
     t0 = time.perf_counter()
     total = {"layers": 0, "networks": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "not_run": 0,
              "sim_cycles": 0, "conv_layers": 0, "fc_layers": 0, "residual_blocks": 0, "pooled": 0, "flattened": 0, "mlps": 0,
              "failed_runs": []}
+    builds = [{"config": config_record(c), "layers": 0, "networks": 0, "runs": 0, **dict.fromkeys(RUN_COUNTS, 0),
+               "failed_runs": [], "seconds": 0.0} for c in configs]
     bar = tqdm(total=layers, unit="layer", disable=not progress, desc="fuzz")
     run = 0
     while total["layers"] < layers:
+        b = run % len(configs)
         cases, nets = [], []
         while len(cases) < CHUNK and total["layers"] + sum(weight_layers(n) for n in nets) < layers:
-            net = random_network(rng)
+            net = random_network(rng, configs[b])
             shape = net.image_shape if isinstance(net, IntConvNetwork) else (net.layers[0].n_in,)
             n_img = int(rng.integers(1, 3))
             x = rng.integers(0, 1 << net.input_bits, size=(n_img, *shape))
             cases.append((pack_v3(net)[0], x.reshape(n_img, -1), net.forward(x)))
             nets.append(net)
-        run_chunk(vpath, cases, out_dir / "sim", simulator, seed * 1000 + run, run, total)
+        t_run = time.perf_counter()
+        run_chunk(vpaths[b], cases, out_dir / "sim", simulator, seed * 1000 + run, run, builds[b])
+        builds[b]["runs"] += 1
+        builds[b]["seconds"] += time.perf_counter() - t_run  # its simulator's build and runs, not the drawing
         for net in nets:
-            total["networks"] += 1
-            total["layers"] += weight_layers(net)
+            for record in (total, builds[b]):
+                record["networks"] += 1
+                record["layers"] += weight_layers(net)
             if isinstance(net, IntNetwork):
                 total["mlps"] += 1
                 total["fc_layers"] += len(net.layers)
@@ -248,18 +278,23 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
         bar.update(sum(weight_layers(n) for n in nets))
         run += 1
     bar.close()
-    total.update(seconds=round(time.perf_counter() - t0, 1), simulator=simulator, runs=run,
-                 config={k: getattr(CONFIG, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
-                                                         "fan_in_width", "channel_bits")})
+    for build in builds:
+        build["seconds"] = round(build["seconds"], 1)
+    for key in RUN_COUNTS:
+        total[key] = sum(build[key] for build in builds)
+    total["failed_runs"] = sorted((dict(f, build=k) for k, build in enumerate(builds) for f in build["failed_runs"]),
+                                  key=lambda f: f["run"])
+    total.update(seconds=round(time.perf_counter() - t0, 1), simulator=simulator, runs=run, builds=builds)
     return total
 
 
 def floors(result: dict) -> dict:
     """The issue's floors (10,000 layers, no mismatch, no deadlock), and that every image ran and every run
     passed: an image whose scores never came back, or a run that ended with an error status, is a failure
-    too, not a pass by omission."""
+    too, not a pass by omission; and that each build ran its share (:data:`BUILD_LAYERS`)."""
     return {
         "layers >= 10000": floor_entry(result["layers"], 10_000),
+        f"layers on each build >= {BUILD_LAYERS}": floor_entry(min(b["layers"] for b in result["builds"]), BUILD_LAYERS),
         "mismatches == 0": floor_entry(result["mismatches"], 0, "=="),
         "deadlocks == 0": floor_entry(result["deadlocks"], 0, "=="),
         "not_run == 0": floor_entry(result["not_run"], 0, "=="),
