@@ -43,7 +43,8 @@ count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``,
 (dense32's cycles at the same activation width over this row's), ``dense_macs_per_dsp_cycle`` (the
 network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_accuracy``,
 ``nonzero_macs``, ``width_counts`` and ``layer_cycles`` (cycles per layer, counted in RTL by the array's
-``layer_index`` port: where an image's cycles go), ``lane_bound_cycles`` (:func:`lane_bound_cycles`: the
+``layer_index`` port: where an image's cycles go) with ``layer_tile_bounds`` (:func:`layer_tile_bounds`: each
+layer's tiles' bound; ``accel_layers.png`` draws both, :func:`plot_layers`), ``lane_bound_cycles`` (:func:`lane_bound_cycles`: the
 fewest cycles the array's lanes and emitters allow for the row's network, no loads, drains or partly filled
 tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
 ``tile_bound_fraction`` (:func:`tile_bound_cycles`: the same, counting the tiles as the array runs them,
@@ -314,6 +315,22 @@ def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     return int(np.ceil(total))
 
 
+def layer_tile_bounds(net: IntConvNetwork, engines: int, lanes: int) -> list[float]:
+    """:func:`tile_bound_cycles` layer by layer (the weight layers of
+    :func:`~model.export.golden_net.mac_layers`, in the order of the RTL's ``layer_cycles``), not rounded."""
+    t = lanes * SLOTS
+    bounds = []
+    for layer, pixels, after_pool, w_out in mac_layers(net):
+        rows = _layer_rows(layer, after_pool)
+        if isinstance(layer, IntConv2d):
+            h_out, per_tile = pixels // w_out, max(t // w_out, 1)
+            tiles = [min(per_tile, h_out - y) * w_out for y in range(0, h_out, per_tile)]
+            bounds.append(sum(float(np.maximum(rows, tile_pixels).sum()) for tile_pixels in tiles) / engines)
+        else:  # the FC, as in lane_bound_cycles
+            bounds.append(max(float(rows.sum()), len(rows)) / engines)
+    return bounds
+
+
 def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     """The fewest cycles the array's tiles allow for one image of ``net``: as :func:`lane_bound_cycles`, but a
     conv layer runs as the array runs it, tile by tile (``T = 2 lanes`` pixel slots; a tile holds
@@ -321,19 +338,9 @@ def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     (every lane of the engine works on the tile's pixels at once, the unused ones idle) or the tile's pixels
     (the emitter's one code a cycle), whichever is more, and the rows spread evenly over the engines. So it
     counts what partly filled tiles cost (ResNet-20's layer3: 49 pixels on 84 slots) and what the emitters
-    cost row by row, still without loads, drains or the engines' imbalance; :func:`lane_bound_cycles` <= it."""
-    t = lanes * SLOTS
-    total = 0.0
-    for layer, pixels, after_pool, w_out in mac_layers(net):
-        rows = _layer_rows(layer, after_pool)
-        if isinstance(layer, IntConv2d):
-            h_out, per_tile = pixels // w_out, max(t // w_out, 1)
-            for y in range(0, h_out, per_tile):
-                tile_pixels = min(per_tile, h_out - y) * w_out
-                total += np.maximum(rows, tile_pixels).sum() / engines
-        else:  # the FC, as in lane_bound_cycles
-            total += max(rows.sum(), len(rows)) / engines
-    return int(np.ceil(total))
+    cost row by row, still without loads, drains or the engines' imbalance; :func:`lane_bound_cycles` <= it.
+    The sum of :func:`layer_tile_bounds`."""
+    return int(np.ceil(sum(layer_tile_bounds(net, engines, lanes))))
 
 
 def mac_weighted_bits(net: IntConvNetwork) -> float:
@@ -526,7 +533,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     rows, curve_rows = [], []
     measured = [key for key in counts if key != STALL_KEY]
     bound = {key: lane_bound_cycles(nets[key], config.engines, config.lanes) for key in measured}
-    tiled = {key: tile_bound_cycles(nets[key], config.engines, config.lanes) for key in measured}
+    layer_tiled = {key: layer_tile_bounds(nets[key], config.engines, config.lanes) for key in measured}
+    tiled = {key: int(np.ceil(sum(layer_tiled[key]))) for key in measured}  # tile_bound_cycles
     mac_bits = {key: mac_weighted_bits(nets[key]) for key in measured}
     for key in measured:
         asked = counts[key]
@@ -556,6 +564,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             # cycles per layer index, mean over the row's images (the RTL's layer_index port): where they go
             "layer_cycles": [round(float(v), 1) for v in np.mean(layer_spans[key], axis=0)]
             if layer_spans[key] and len({len(x) for x in layer_spans[key]}) == 1 else None,
+            # the tiles' bound of each layer (layer_tile_bounds), against which layer_cycles is read
+            "layer_tile_bounds": [round(v, 1) for v in layer_tiled[key]],
             "statuses": sorted(statuses[key]), "timed_out": timed_out[key],
         }
         if weights in WEIGHTS:
@@ -690,6 +700,47 @@ def plot_accel(rows: list[dict], png_path: Path, curve: list[dict] | None = None
     ax.set_title("ResNet-20 on the packed multiplier array (one bitstream)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the curves fill them
+    fig.tight_layout()
+    try:
+        save_figure(fig, png_path)
+    finally:
+        plt.close(fig)
+
+
+def plot_layers(rows: list[dict], png_path: Path) -> None:
+    """Where the cycles go, layer by layer: the RTL's ``layer_cycles`` of the ticket at each activation width
+    against each layer's tiles' bound (``layer_tile_bounds``), and every row's cycles over that bound per layer
+    (what loads, drains, the engines' imbalance and the global buffer's port cost beyond the tiles). Rows
+    without ``layer_cycles`` (a run that hung, or images whose layer counts differ) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [r for r in rows if r.get("layer_cycles") and len(r["layer_cycles"]) == len(r["layer_tile_bounds"])]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True)
+    tickets = [r for r in drawn if r["weights"] == "ticket"]
+    width = 0.8 / max(len(tickets), 1)
+    for k, r in enumerate(tickets):
+        x = np.arange(len(r["layer_cycles"])) + (k - (len(tickets) - 1) / 2) * width
+        top.bar(x, r["layer_cycles"], width=width, alpha=0.7, label=f"ticket PACT-{r['act_bits']}: RTL")
+        top.scatter(x, r["layer_tile_bounds"], marker="_", s=120, color="black", zorder=3,
+                    label="tiles' bound" if k == 0 else None)
+    top.set_ylabel("cycles per image")
+    top.set_title("ResNet-20 layer by layer on the packed multiplier array: RTL cycles and the tiles' bound")
+    top.grid(True, axis="y", alpha=0.3)
+    top.legend(fontsize=8)
+    for r in drawn:
+        over = np.asarray(r["layer_cycles"]) - np.asarray(r["layer_tile_bounds"])
+        bottom.plot(np.arange(len(over)), over, marker=".",
+                    label=f"{r['weights']} PACT-{r['act_bits']}: {over.sum():,.0f} in all")
+    bottom.axhline(0, color="grey", linewidth=0.8)
+    bottom.set_ylabel("RTL cycles over the tiles' bound")
+    bottom.set_xlabel("weight layer (0: the stem, last: the classifier)")
+    if drawn:
+        bottom.set_xticks(np.arange(len(drawn[0]["layer_cycles"])))
+    bottom.grid(True, alpha=0.3)
+    bottom.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     try:
         save_figure(fig, png_path)

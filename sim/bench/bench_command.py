@@ -272,6 +272,7 @@ def bench_accel(args, out: Path) -> int:
         TICKET_IMAGES,
         floors,
         plot_accel,
+        plot_layers,
         run_accel,
     )
 
@@ -292,6 +293,7 @@ def bench_accel(args, out: Path) -> int:
     result["provenance"] = measured_under
     write_json(out / "accel.json", result)
     plot_accel(result["rows"], out / "accel.png", result.get("curve"))
+    plot_layers(result["rows"], out / "accel_layers.png")
     def col(key, spec):  # "-" where a row has no value (a run that hung)
         return lambda r: "-" if r[key] is None else format(r[key], spec)
 
@@ -311,6 +313,16 @@ def bench_accel(args, out: Path) -> int:
                   "weighted by the MACs each takes part in: an array whose time per MAC is proportional to the "
                   f"weight's bits, with no other cost, would be {r['bit_proportional_speedup_bound']:.2f}x faster than "
                   f"dense32 (measured here: {col('speedup_vs_dense32', '.2f')(r)}x)")
+    layered = [r for r in result["rows"] if r.get("layer_cycles")]
+    if layered:
+        print("\ncycles over the tiles' bound, layer by layer (the RTL's layer_cycles against layer_tile_bounds; "
+              "loads, drains, the engines' imbalance and the buffer's port; accel_layers.png):")
+        over = {id(r): [c - b for c, b in zip(r["layer_cycles"], r["layer_tile_bounds"])] for r in layered}
+        print_rows(layered, [("weights", "<8", "", "weights"), ("A", ">2", "", "act_bits"),
+                             ("layers", ">6", "", lambda r: len(over[id(r)])),
+                             ("in all", ">8", ",.0f", lambda r: sum(over[id(r)])),
+                             ("least", ">7", ",.0f", lambda r: min(over[id(r)])),
+                             ("most", ">7", ",.0f", lambda r: max(over[id(r)]))])
     stalled = result.get("backpressure")
     if stalled:
         print(f"\nunder random back-pressure (the ticket at PACT-4, cycles not counted): {stalled['rtl_images']} "
@@ -337,7 +349,7 @@ def bench_accel(args, out: Path) -> int:
               f"DSP48E1, {syn['lut']:,} LUT ({100 * syn['lut_fraction']:.0f} % of the XC7Z020), {syn['ff']:,} FF, "
               f"{syn['bram36']} RAMB36; Fmax estimate {syn['timing']['fmax_mhz']} MHz (Yosys netlist, DS187 -1 "
               "delays; no Vivado here)")
-    print(f"wrote {out / 'accel.json'} and {out / 'accel.png'}")
+    print(f"wrote {out / 'accel.json'}, {out / 'accel.png'} and {out / 'accel_layers.png'}")
     return report_floors(result["floors"], out / "accel.json", args.check)
 
 

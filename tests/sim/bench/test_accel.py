@@ -70,7 +70,8 @@ def _row(weights, act, cycles, **kw):
            "image_bytes": 1000, "speedup_vs_dense32": None, "dense_macs_per_dsp_cycle": 1.0,
            "sim_cycles_per_second": 1e5, "golden_accuracy": 0.8, "nonzero_macs": 1, "macs_dense": 2,
            "width_counts": {}, "statuses": [0], "timed_out": False, "lane_bound_cycles": 20_000,
-           "lane_bound_fraction": 20_000 / cycles, "tile_bound_cycles": 25_000, "tile_bound_fraction": 25_000 / cycles}
+           "lane_bound_fraction": 20_000 / cycles, "tile_bound_cycles": 25_000, "tile_bound_fraction": 25_000 / cycles,
+           "layer_cycles": [cycles / 4 + 100.0 * k for k in range(4)], "layer_tile_bounds": [cycles / 4] * 4}
     mac_bits = {"dense32": 32.0, "qnn4": 4.0}.get(weights, 4.9)
     row.update(mac_weighted_weight_bits=mac_bits, bit_proportional_speedup_bound=32 / mac_bits)
     row.update(kw)
@@ -124,14 +125,14 @@ def test_the_tile_bound_counts_every_tile_row_by_row(ticket, weights, lanes):
     14 and 7 of 7 (one partly filled tile each on 28 and 14: 784 = 9 x 84 + 28, 196 = 2 x 84 + 28)."""
     engines, t = 4, 2 * lanes
     net = to_golden(accel.variant(ticket, weights, 4))
-    total = 0.0
+    layers = []
     for i, (c_in, c_out, side) in enumerate(RESNET20_CONVS):
         row = c_in * 9 * (4 if weights == "dense32" else 2 if i == 0 else 1)
         per_tile = max(t // side, 1)
-        for y in range(0, side, per_tile):
-            total += c_out * max(row, min(per_tile, side - y) * side) / engines
-    total += 10 * 64 * (4 if weights == "dense32" else 2) / engines
-    assert accel.tile_bound_cycles(net, engines, lanes) == int(np.ceil(total))
+        layers.append(sum(c_out * max(row, min(per_tile, side - y) * side) for y in range(0, side, per_tile)) / engines)
+    layers.append(10 * 64 * (4 if weights == "dense32" else 2) / engines)
+    assert accel.layer_tile_bounds(net, engines, lanes) == pytest.approx(layers, rel=1e-12)  # layer by layer
+    assert accel.tile_bound_cycles(net, engines, lanes) == int(np.ceil(sum(layers)))
     assert accel.tile_bound_cycles(net, engines, lanes) >= accel.lane_bound_cycles(net, engines, lanes)
 
 
@@ -273,6 +274,9 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     assert written["rows"][0]["cycles_per_image"] == 50_000.0 and "provenance" in written
     assert not written["floors"]["ticket_a4_cycles_per_image <= 40000"]["holds"]
     assert (tmp_path / "accel.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "accel_layers.png").read_bytes()[:4] == b"\x89PNG"
+    # each row's layer_cycles exceed its layer_tile_bounds by 0, 100, 200 and 300 (_row): 600 in all, 0 to 300
+    assert "cycles over the tiles' bound" in out and out.count("     4      600       0     300") == 6
     assert "Fig. 4's curve" in out and written["curve"][0]["imq_iteration"] == 1
     assert "under random back-pressure" in out and written["backpressure"]["rtl_images"] == 10
     code, _, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
@@ -419,6 +423,9 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
     assert curve[(1, 4)]["speedup_vs_dense32"] == dense["cycles_per_image"] / ticket_words
     assert curve[(1, 4)]["fakequant_accuracy"] == 0.7 and "lut" not in curve[(1, 4)]
     assert json.loads((tmp_path / "rtl_rows.json").read_text())["backpressure"]["rtl_images"] == 10
+    for r in result["rows"] + result["curve"]:  # each layer's tiles' bound, 20 layers summing to the whole's
+        assert len(r["layer_tile_bounds"]) == 20
+        assert abs(sum(r["layer_tile_bounds"]) - r["tile_bound_cycles"]) <= 1 + 20 * 0.05
 
 
 def test_run_accel_counts_what_the_rtl_runs_report_wrong(ticket, tmp_path, monkeypatch):
