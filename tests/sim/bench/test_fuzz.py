@@ -79,13 +79,15 @@ def test_every_network_fits_the_configuration():
 
 def test_the_one_engine_build_gets_maps_of_more_than_one_tile_and_tiles_of_more_than_one_row():
     """The second build's tiles are 14 pixels: its networks must still have conv layers over several tiles, and
-    tiles of several output rows, or it would cover less of the engine than the first build."""
+    tiles of several output rows, or it would cover less of the engine than the first build; and they are drawn
+    for it, with output rows wider than the first build's 10-pixel tiles hold."""
     rng = np.random.default_rng(3)
     t = CONFIGS[1].pixels
     outs = [conv_forward(s.conv, np.zeros((1, *n.image_shape), np.int64)).shape[2:]
             for n in (random_network(rng, CONFIGS[1]) for _ in range(60)) if isinstance(n, IntConvNetwork)
             for s in n.stages[:1]]
     assert t == 14 and any(h * w > t for h, w in outs) and any(w <= t // 2 for _, w in outs)
+    assert any(w > CONFIGS[0].pixels for _, w in outs)
 
 
 def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail_the_floors(tmp_path, monkeypatch):
