@@ -15,7 +15,7 @@ random extremes (:data:`P_RANDOM`).
 
 Each network runs at one to three of: a uniform stored width, the source width (``precision`` 0), a table row
 (``0x80 + r``: its own records where it has them), one network after another on one RTL build of :data:`VCONFIG` (a
-second build beside :mod:`sim.bench.fuzz`'s), under random back-pressure on every stream; each image's scores must
+third build beside :mod:`sim.bench.fuzz`'s two), under random back-pressure on every stream; each image's scores must
 equal golden's (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at those widths).
 """
 
