@@ -215,6 +215,20 @@ def test_lane_weights_weighted_by_r_are_goldens_combine(signed):
         lane_weight(16, 4, False)
 
 
+def test_every_placement_puts_the_codes_where_the_pass_says():
+    """One-entry passes of ``b = 1`` read A back: every form, slot group and ``a_mode`` on random 8-bit codes in
+    both slots; a pair pass takes only the low 4 bits of each (``u0 + 2^20 u1``), a single pass ``u_group`` at
+    bit 0, bit 16 or both."""
+    rng = random.Random(21)
+    passes, want = [], []
+    for pair, group, a_mode in [(p, g, a) for p in (1, 0) for g in (0, 1) for a in PLACE]:
+        for _ in range(12):
+            u = [rng.randrange(256), rng.randrange(256)]
+            passes.append([{"b": 1, "pair": pair, "group": group, "a_mode": a_mode, "u": u, "end": 1}])
+            want.append((u[0] & 15) + ((u[1] & 15) << PAIR_SHIFT) if pair else u[group] * PLACE[a_mode])
+    assert run_passes(PassDspLane(), passes, seed=22, p_gap=0.2, p_stall=0.2) == want
+
+
 def test_one_entry_a_cycle_without_back_pressure():
     rng = random.Random(2)
     passes = [make_pass(rng, 4, 4, n, "mixed") for n in (1, 5, 1, 9)]
