@@ -230,7 +230,7 @@ def bench_export(args, out: Path) -> int:
 
 def bench_fuzz(args, out: Path) -> int:
     """Random layers and small networks through two builds of the array's RTL (sim/bench/fuzz.py), then random
-    vertical-layered networks (a fifth as many layers) through a build with the version 4 path
+    vertical-layered networks (a fifth as many layers) through two builds with the version 4 path
     (sim/bench/fuzz_vertical.py)."""
     from sim.bench import fuzz_vertical
     from sim.bench.fuzz import floors, run_fuzz
@@ -247,9 +247,11 @@ def bench_fuzz(args, out: Path) -> int:
     columns = [("layers", ">7", ",", "layers"), ("networks", ">9", ",", "networks"), ("images", ">7", ",", "images"),
                ("mismatches", ">11", "", "mismatches"), ("deadlocks", ">10", "", "deadlocks"),
                ("sim cycles", ">12", ",", "sim_cycles"), ("s", ">7", ".0f", "seconds")]
-    builds = [{**b, "part": f"  {b['config']['engines']} x {b['config']['lanes']} lanes"} for b in result["builds"]]
-    print_rows([{**result, "part": "version 3"}, *builds, {**result["vertical"], "part": "vertical (v4)"}],
-               [("part", "<14", "", "part"), *columns])
+    def builds(part):
+        return [{**b, "part": f"  {b['config']['engines']} x {b['config']['lanes']} lanes"} for b in part["builds"]]
+
+    print_rows([{**result, "part": "version 3"}, *builds(result), {**result["vertical"], "part": "vertical (v4)"},
+                *builds(result["vertical"])], [("part", "<14", "", "part"), *columns])
     print_rows([result], [("conv", ">6", ",", "conv_layers"), ("fc", ">6", ",", "fc_layers"),
                           ("blocks", ">7", ",", "residual_blocks"), ("pooled", ">7", ",", "pooled"),
                           ("mlps", ">5", ",", "mlps")])

@@ -21,7 +21,7 @@ Why two builds: which cycle an engine's stages meet in depends on the engine cou
 one deadlock the array had (docs/array_design.md, "A deadlock on one engine") hung one run in four on one
 engine of seven lanes and never on the two of five that the fuzz used alone then.
 
-``bench fuzz`` then runs random vertical-layered (version 4) networks on a third build:
+``bench fuzz`` then runs random vertical-layered (version 4) networks on two more builds:
 :mod:`sim.bench.fuzz_vertical`, which shares :func:`run_chunk`.
 """
 

@@ -1,7 +1,7 @@
 """``bench fuzz``'s vertical part: random version 4 (vertical-layered) networks through the array's RTL.
 
-Every network is drawn at random within what the fuzz's array with the version 4 path holds (:data:`VCONFIG`:
-:data:`sim.bench.fuzz.CONFIG` with the plane decoders, three engines of four lanes): MLPs of one to three inner
+Every network is drawn at random within what its build of the array with the version 4 path holds (:data:`VCONFIGS`:
+:data:`sim.bench.fuzz.CONFIG` with the plane decoders, three engines of four lanes or one of seven): MLPs of one to three inner
 layers, and conv nets of an 8-bit edge stem (kernels 1 to 7, any padding, stride 1 or 2, optional 2 x 2 max-pool),
 one to three inner stages (plain convs with an optional max-pool, or residual blocks of stride 1 or 2 with option
 A's zero channels) and the 8-bit FC edge on the global pool or on the flattened map. The stored widths are
@@ -14,9 +14,10 @@ is calibrated on the network's own inputs (:func:`sim.bench.calibrate.calibrated
 random extremes (:data:`P_RANDOM`).
 
 Each network runs at one to three of: a uniform stored width, the source width (``precision`` 0), a table row
-(``0x80 + r``: its own records where it has them), one network after another on one RTL build of :data:`VCONFIG` (a
-third build beside :mod:`sim.bench.fuzz`'s two), under random back-pressure on every stream; each image's scores must
-equal golden's (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at those widths).
+(``0x80 + r``: its own records where it has them), one network after another on two RTL builds with the version 4
+path (:data:`VCONFIGS`: three engines of four lanes, and one engine of seven, beside :mod:`sim.bench.fuzz`'s two;
+the networks take them in turn, each drawn for its build), under random back-pressure on every stream; each image's
+scores must equal golden's (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at those widths).
 """
 
 from __future__ import annotations
@@ -45,12 +46,19 @@ from model.export.golden_vertical import (
 )
 from model.export.image_v4 import pack_vertical
 from sim.bench.calibrate import calibrated_vertical
-from sim.bench.fuzz import CHUNK, CONFIG, fits, run_chunk
+from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, fits, run_chunk
 
 #: The array the vertical networks run on: the fuzz's, with the version 4 path, and three engines of four lanes
 #: (8-pixel tiles) rather than two of five, so that the fuzz also covers an odd engine count (the third engine
 #: reads a patch copy of its own, hw/array/top.py) and another tile width.
 VCONFIG = dataclasses.replace(CONFIG, engines=3, lanes=4, vertical=True)
+#: The second build: one engine of seven lanes (14-pixel tiles), as the version 3 part's second build
+#: (docs/array_design.md, "A deadlock on one engine": timing-dependent faults show on one engine first).
+V_ONE_ENGINE = dataclasses.replace(VCONFIG, engines=1, lanes=7)
+#: The vertical part's builds, taken in turn by the networks.
+VCONFIGS = (VCONFIG, V_ONE_ENGINE)
+#: The floor on each build's share of the layers (the networks alternate, so each gets about half).
+VBUILD_LAYERS = 800
 #: How often a layer's share of zero codes is 0, 30, 60, 90, 99 % or uniform in 0-99 %: a trained vertical net
 #: has no pruning, and a network with a 99 % zero layer mostly scores every input the same (an empty row), so
 #: the extremes are rarer than in the version 3 fuzz's layers.
@@ -212,27 +220,42 @@ def network_counts(net: VerticalNetwork) -> dict[str, int]:
     }
 
 
+def _config_record(config: ArrayConfig) -> dict:
+    return {k: getattr(config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes", "fan_in_width",
+                                            "channel_bits", "vertical")}
+
+
 def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simulator: str = "verilator",
-                      progress: bool = True) -> dict:
-    """Draw vertical networks until they hold ``layers`` weight layers, run each at its :func:`precisions` on one
-    build of :data:`VCONFIG`; the result record (``layers``, ``networks``, ``cases``: network-and-width runs,
-    ``runs``: simulator runs, ``images``, ``mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``, what the
-    networks cover, ``precisions``: cases per kind, ``input_dependent``: networks whose scores at their first width
-    differ over four probe images, the rest scoring every input the same: an all-zero or saturated layer)."""
+                      progress: bool = True, configs: tuple[ArrayConfig, ...] = VCONFIGS) -> dict:
+    """Draw vertical networks until they hold ``layers`` weight layers (and every build of ``configs`` has one),
+    each for the build whose turn it is, and run each at its :func:`precisions`, a chunk of :data:`CHUNK` cases a
+    build at a time; the result record (``layers``, ``networks``, ``cases``: network-and-width runs, ``runs``:
+    simulator runs, ``images``, ``mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``, what the networks
+    cover, ``precisions``: cases per kind, ``input_dependent``: networks whose scores at their first width differ
+    over four probe images, the rest scoring every input the same: an all-zero or saturated layer; ``builds``: the
+    run counts per build)."""
     rng = np.random.default_rng([seed, 4])
     out_dir = Path(out_dir)
-    vpath = write_text_atomically(out_dir / "mpq_array_v4.v", array_verilog(VCONFIG))
+    vpaths = [write_text_atomically(out_dir / f"mpq_array_v4_{c.engines}x{c.lanes}.v", array_verilog(c))
+              for c in configs]
     t0 = time.perf_counter()
     total = {"layers": 0, "networks": 0, "cases": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "not_run": 0,
              "sim_cycles": 0, "failed_runs": [], "input_dependent": 0,
              "precisions": {"width": 0, "source": 0, "table_row": 0}}
+    builds = [{"config": _config_record(c), "layers": 0, "networks": 0, "cases": 0, "runs": 0,
+               **dict.fromkeys(RUN_COUNTS, 0), "failed_runs": [], "seconds": 0.0} for c in configs]
     covered: dict[str, int] = {}
     bar = tqdm(total=layers, unit="layer", disable=not progress, desc="fuzz (vertical)")
     run = 0
-    while total["layers"] < layers:
-        cases, drawn = [], 0
-        while len(cases) < CHUNK and total["layers"] + drawn < layers:
-            net = random_vertical_network(rng)
+
+    def wanted() -> bool:
+        return total["layers"] < layers or any(b["networks"] == 0 for b in builds)
+
+    while wanted():
+        chunks: list[list] = [[] for _ in configs]
+        while max(len(c) for c in chunks) < CHUNK and wanted():
+            b = total["networks"] % len(configs)
+            net = random_vertical_network(rng, config=configs[b])
             words = pack_vertical(net).astype(np.int64)
             shape = net.image_shape or (net.layers[0].base.shape[1],)
             runs = precisions(rng, net)
@@ -240,29 +263,43 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
             total["input_dependent"] += int(len(np.unique(net.forward(probe, runs[0][1]), axis=0)) > 1)
             for precision, bits in runs:
                 x = rng.integers(0, 1 << EDGE_BITS, size=(int(rng.integers(1, 3)), *shape))
-                cases.append((words, x.reshape(len(x), -1), net.forward(x, bits).astype(np.int64), precision))
+                chunks[b].append((words, x.reshape(len(x), -1), net.forward(x, bits).astype(np.int64), precision))
                 kind = "table_row" if precision >= TABLE_ROW else "source" if precision == 0 else "width"
                 total["precisions"][kind] += 1
             for key, value in network_counts(net).items():
                 covered[key] = covered.get(key, 0) + value
-            drawn += len(net.layers)
-            total["networks"] += 1
-        run_chunk(vpath, cases, out_dir / "sim_v4", simulator, seed * 1000 + 500 + run, run, total)
-        total["cases"] += len(cases)
-        total["layers"] += drawn
-        bar.update(drawn)
-        run += 1
+            for record in (total, builds[b]):
+                record["networks"] += 1
+                record["layers"] += len(net.layers)
+            bar.update(len(net.layers))
+        for b, cases in enumerate(chunks):
+            if not cases:
+                continue
+            t_run = time.perf_counter()
+            run_chunk(vpaths[b], cases, out_dir / "sim_v4", simulator, seed * 1000 + 500 + run, run, builds[b])
+            builds[b]["seconds"] += time.perf_counter() - t_run
+            builds[b]["runs"] += 1
+            for record in (total, builds[b]):
+                record["cases"] += len(cases)
+            run += 1
     bar.close()
-    total.update(covered=covered, seconds=round(time.perf_counter() - t0, 1), runs=run,
-                 config={k: getattr(VCONFIG, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes",
-                                                          "fan_in_width", "channel_bits", "vertical")})
+    for build in builds:
+        build["seconds"] = round(build["seconds"], 1)
+    for key in RUN_COUNTS:
+        total[key] = sum(build[key] for build in builds)
+    total["failed_runs"] = sorted((dict(f, build=k) for k, build in enumerate(builds) for f in build["failed_runs"]),
+                                  key=lambda f: f["run"])
+    total.update(covered=covered, seconds=round(time.perf_counter() - t0, 1), runs=run, builds=builds)
     return total
 
 
 def floors(result: dict, layers: int = 2_000) -> dict:
-    """The vertical part's floors: ``layers`` weight layers, and every image run and equal to golden's."""
+    """The vertical part's floors: ``layers`` weight layers, :data:`VBUILD_LAYERS` of them on each build, and every
+    image run and equal to golden's."""
     return {
         f"vertical layers >= {layers}": floor_entry(result["layers"], layers),
+        f"vertical layers on each build >= {VBUILD_LAYERS}": floor_entry(min(b["layers"] for b in result["builds"]),
+                                                                         VBUILD_LAYERS),
         "vertical mismatches == 0": floor_entry(result["mismatches"], 0, "=="),
         "vertical deadlocks == 0": floor_entry(result["deadlocks"], 0, "=="),
         "vertical not_run == 0": floor_entry(result["not_run"], 0, "=="),

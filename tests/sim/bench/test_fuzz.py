@@ -48,7 +48,7 @@ def test_calibrated_requant_spreads_the_codes():
 
 def test_short_fuzz_run_matches_golden_and_check_fails_its_layer_floor(tmp_path, capsys, monkeypatch):
     """`bench fuzz --check` end to end on 8 layers, in chunks of two networks so that both version 3 builds run
-    (and its vertical part on a network of the version 4 build): the RTL agrees with golden, and the run exits 1
+    (and its vertical part on a network of each version 4 build): the RTL agrees with golden, and the run exits 1
     because the 10,000-layer floor fails (the floors it prints and writes say which)."""
     monkeypatch.setattr(fuzz, "CHUNK", 2)
     code = build.main(["bench", "fuzz", "--layers", "8", "--simulator", "icarus", "--quiet", "--check",
@@ -62,7 +62,8 @@ def test_short_fuzz_run_matches_golden_and_check_fails_its_layer_floor(tmp_path,
     vertical = result["vertical"]
     assert vertical["networks"] >= 1 and vertical["cases"] >= 1 and vertical["images"] >= 1
     assert vertical["mismatches"] == 0 and vertical["deadlocks"] == 0 and vertical["failed_runs"] == []
-    assert vertical["config"]["vertical"] and "vertical (v4)" in printed
+    assert [b["config"]["engines"] for b in vertical["builds"]] == [3, 1] and "vertical (v4)" in printed
+    assert all(b["config"]["vertical"] and b["networks"] >= 1 and b["mismatches"] == 0 for b in vertical["builds"])
     assert result["floors"] == {**floors(result), **fuzz_vertical.floors(vertical)}
     assert result["floors"]["vertical mismatches == 0"]["holds"]
     assert [b["config"]["engines"] for b in result["builds"]] == [c.engines for c in CONFIGS] == [2, 1]

@@ -3,6 +3,7 @@ is valid and fits the build, and the bookkeeping counts what the runs return (th
 test's, tests/sim/bench/test_fuzz.py, and the bench's own)."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from sim.bench.fuzz import fits
 from sim.bench.fuzz_vertical import (
     TABLE_ROW,
     VCONFIG,
+    VCONFIGS,
     floors,
     precisions,
     random_vertical_network,
@@ -63,6 +65,11 @@ def test_every_network_is_valid_round_trips_and_fits_the_build(nets):
         words = pack_vertical(net)
         assert fits(words, VCONFIG)
         assert np.array_equal(pack_vertical(unpack_vertical(words)), words)
+    rng = np.random.default_rng(5)
+    wide = [random_vertical_network(rng, config=VCONFIGS[1]) for _ in range(30)]
+    assert all(fits(pack_vertical(net), VCONFIGS[1]) for net in wide)
+    # drawn for the one-engine build (14-pixel tiles): some have output rows wider than VCONFIG's 8-pixel tiles
+    assert any(not fits(pack_vertical(net), VCONFIG) for net in wide)
 
 
 def test_most_networks_score_their_inputs_differently_at_every_width(nets):
@@ -99,30 +106,57 @@ def test_precisions_name_widths_the_source_width_and_table_rows(nets):
 def test_the_runs_mismatches_and_deadlocks_reach_the_result_and_fail_the_floors(tmp_path, monkeypatch):
     """run_vertical_fuzz's bookkeeping with the simulator replaced: every case carries its precision and golden's
     scores at it; run 0 returns one wrong score, run 1 one image short and timed out, run 2 an error status
-    (tests/sim/bench/fake_runs.py)."""
-    calls = []
+    (tests/sim/bench/fake_runs.py). The networks take the two builds in turn; each build's record holds its
+    own runs' counts."""
+    calls, built = [], []
 
     def fake(vpath, cases, **kwargs):
         calls.append(cases)
+        built.append(Path(vpath).name)
         assert all(len(case) == 4 and 0 <= case[3] < 0x100 for case in cases)
         return faulty_run(cases, len(calls) - 1)
 
     monkeypatch.setattr(fuzz, "run_array_cases", fake)
-    monkeypatch.setattr(fuzz_vertical, "array_verilog", lambda config: "module mpq_array; endmodule\n")
+    monkeypatch.setattr(fuzz_vertical, "array_verilog", lambda config: f"module mpq_array; // {config.engines}\nendmodule\n")
     monkeypatch.setattr(fuzz_vertical, "CHUNK", 10)
     result = run_vertical_fuzz(tmp_path, layers=200, progress=False)
     assert len(calls) >= 4 and result["runs"] == len(calls) and result["layers"] >= 200
+    assert built[:4] == ["mpq_array_v4_3x4.v", "mpq_array_v4_1x7.v"] * 2
+    one, two = result["builds"]
+    assert [r["build"] for r in result["failed_runs"]] == [0, 1, 0]
+    assert (one["mismatches"], one["deadlocks"], two["mismatches"], two["deadlocks"], two["not_run"]) == (1, 0, 0, 1, 1)
+    assert abs(one["networks"] - two["networks"]) <= 1
+    for key in ("layers", "networks", "cases", "images", "sim_cycles"):
+        assert one[key] > 0 and two[key] > 0 and one[key] + two[key] == result[key]
     assert result["cases"] == sum(len(c) for c in calls) == sum(result["precisions"].values())
     assert result["images"] == sum(len(case[1]) for c in calls for case in c)
     assert result["mismatches"] == 1 and result["not_run"] == 1 and result["deadlocks"] == 1
     assert [r["run"] for r in result["failed_runs"]] == [0, 1, 2] and result["failed_runs"][2]["statuses"] == [4]
     assert 0 < result["input_dependent"] <= result["networks"]
     held = {k: v["holds"] for k, v in floors(result).items()}
-    assert held == {"vertical layers >= 2000": False, "vertical mismatches == 0": False,
-                    "vertical deadlocks == 0": False, "vertical not_run == 0": False,
-                    "vertical failed_runs == 0": False}
-    ok = {**result, "layers": 2_000, "mismatches": 0, "deadlocks": 0, "not_run": 0, "failed_runs": []}
+    assert held == {"vertical layers >= 2000": False, "vertical layers on each build >= 800": False,
+                    "vertical mismatches == 0": False, "vertical deadlocks == 0": False,
+                    "vertical not_run == 0": False, "vertical failed_runs == 0": False}
+    builds = [{**b, "layers": 1_000} for b in result["builds"]]
+    ok = {**result, "layers": 2_000, "mismatches": 0, "deadlocks": 0, "not_run": 0, "failed_runs": [], "builds": builds}
     assert all(v["holds"] for v in floors(ok).values())
+    lopsided = {**ok, "builds": [builds[0], {**builds[1], "layers": 799}]}
+    assert not floors(lopsided)["vertical layers on each build >= 800"]["holds"]
+
+
+def test_every_build_runs_a_network_however_few_layers_are_asked(tmp_path, monkeypatch):
+    """One layer asked: the first network is more, but the second build still gets one (each build is run)."""
+    built = []
+
+    def fake(vpath, cases, **kwargs):
+        built.append(Path(vpath).name)
+        return faulty_run(cases, 3)  # a clean run
+
+    monkeypatch.setattr(fuzz, "run_array_cases", fake)
+    monkeypatch.setattr(fuzz_vertical, "array_verilog", lambda config: f"module mpq_array; // {config.engines}\nendmodule\n")
+    result = run_vertical_fuzz(tmp_path, layers=1, progress=False)
+    assert sorted(built) == ["mpq_array_v4_1x7.v", "mpq_array_v4_3x4.v"] and result["networks"] == 2
+    assert [b["networks"] for b in result["builds"]] == [1, 1]
 
 
 def test_covering_assignments_reach_every_triple_of_consecutive_widths():
