@@ -180,6 +180,10 @@ class ArrayController(wiring.Component):
     loader : Out(geometry_layout), load_start : Out(1), load_done : In(1)
     load_channels : Out(16)
         The input channels the loader may read (all while no layer drains; see "Overlapped layers" above).
+    load_done_rows : Out(DIM_BITS)
+        While a layer drains: the running layer's output rows below this are written in every channel (the
+        rows of the tiles before its last), so the loader may read them whatever ``load_channels`` says; 0
+        otherwise ("Overlapped layers" above).
     load_bank, comp_bank : Out(1)
         The patch bank the loader writes and the one the engines read (a double-buffered patch).
     layer : Out(engine_layer_layout())
@@ -234,6 +238,7 @@ class ArrayController(wiring.Component):
             "load_start": Out(1),
             "load_done": In(1),
             "load_channels": Out(16),
+            "load_done_rows": Out(DIM_BITS),
             "load_bank": Out(1),
             "comp_bank": Out(1),
             "layer": Out(engine_layer_layout()),
@@ -508,10 +513,16 @@ class ArrayController(wiring.Component):
             m.d.sync += early_wrote.eq(early_wrote + 1)
         with m.If(self.wrote & late):
             m.d.sync += ch_done.bit_select(self.wrote_channel, 1).eq(1)
-        with m.If((early_wrote == early_cmds) & (avail < chans) & ch_done.bit_select(avail[:self._cb], 1)):
+        early_done = early_wrote == early_cmds
+        with m.If(early_done & (avail < chans) & ch_done.bit_select(avail[:self._cb], 1)):
             m.d.sync += avail.eq(avail + 1)
         chained = Signal()  # the next layer's input is the running layer's output map as stored
         m.d.comb += self.load_channels.eq(Mux(pending, Mux(chained, avail, 0), 0xFFFF))
+        # The row gate beside it: once every row of the tiles before the last is written, the rows above the last
+        # tile's first one are complete in every channel, and a next-layer tile that reads no row below them
+        # (a layer of several tiles: its first tile reads the map's first rows) loads without waiting for the
+        # last tile's channels (the loader's `done_rows`).
+        m.d.comb += self.load_done_rows.eq(Mux(pending & chained & last_tile & early_done, y, 0))
 
         # -- Input codes -----------------------------------------------------------------------------
         # (Streamed input, module docstring.) The codes of a row gather in `in_row`; the cycle after its last

@@ -132,6 +132,9 @@ class PatchLoader(wiring.Component):
         Input channels the loader may read: a read of channel ``c >= channels`` waits (the controller raises
         it as the layer before writes its output channels, so that a layer's first tile loads while that
         layer drains; all ones otherwise).
+    done_rows : In(DIM_BITS)
+        Map rows written in every channel (the layer before's rows above its last tile, while it drains): a
+        tile that reads no row at or below ``done_rows`` loads whatever ``channels`` says (0: no such rows).
     rows : In(addr_width + 1)
         Feature-map words written so far (the input image's rows as they arrive, the controller's "Streamed
         input"; ``2^addr_width`` once all are): a channel's reads wait until the word of the last map row the
@@ -161,6 +164,7 @@ class PatchLoader(wiring.Component):
             "geometry": In(geometry_layout(addr_width)),
             "start": In(1),
             "channels": In(16, init=0xFFFF),
+            "done_rows": In(DIM_BITS),
             "rows": In(addr_width + 1, init=1 << addr_width),
             "hold": In(1),
             "done": Out(1),
@@ -241,7 +245,13 @@ class PatchLoader(wiring.Component):
         allowed = Signal()
         m.d.sync += allowed.eq(base + y_last < self.rows)
         moved = Signal(3)
-        go = (running & ~self.start & ~self.hold & ~(last_r & (queued_ahead != 0)) & (sc | (c < self.channels))
+        # The channel gate's row twin (``done_rows``): the tile's rows are written in every channel. `y_last`
+        # depends on the tile and the layer only, so the compare is stale only in the two cycles after a start.
+        rows_done = Signal()
+        fresh = Signal(2)
+        m.d.sync += [rows_done.eq(y_last < self.done_rows), fresh.eq(Cat(self.start, fresh[0]))]
+        go = (running & ~self.start & ~self.hold & ~(last_r & (queued_ahead != 0))
+              & (sc | (c < self.channels) | (rows_done & (fresh == 0)))
               & (~limited | (allowed & (moved == 0))))
         m.d.sync += moved.eq(Cat(go | self.start, moved[:2]))
         in_flight = Signal()  # a word or queued columns not yet written

@@ -10,7 +10,14 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.array.feature_maps import FeatureMaps, write_signature
-from hw.array.patch_loader import LOADER_COLUMNS, LoadMode, PatchLoader, geometry_layout, patch_write_signature
+from hw.array.patch_loader import (
+    DIM_BITS,
+    LOADER_COLUMNS,
+    LoadMode,
+    PatchLoader,
+    geometry_layout,
+    patch_write_signature,
+)
 from model.export.golden_conv import global_sum_pool, im2col, shortcut_a
 from tests.hw.stream_source import simulate
 
@@ -28,6 +35,7 @@ class LoaderHarness(wiring.Component):
             "done": Out(1),
             "shortcut": Out(1),
             "channels": In(16, init=0xFFFF),
+            "done_rows": In(DIM_BITS),
             "wr": In(write_signature(self._maps.addr_width, row_codes)),
             "patch": Out(patch_write_signature(FAN_IN_WIDTH, pixels)),
         })
@@ -40,7 +48,7 @@ class LoaderHarness(wiring.Component):
         wiring.connect(m, wiring.flipped(self.wr), maps.wr)
         wiring.connect(m, ld.patch, wiring.flipped(self.patch))
         m.d.comb += [ld.geometry.eq(self.geometry), ld.start.eq(self.start), self.done.eq(ld.done),
-                     self.shortcut.eq(ld.shortcut), ld.channels.eq(self.channels),
+                     self.shortcut.eq(ld.shortcut), ld.channels.eq(self.channels), ld.done_rows.eq(self.done_rows),
                      maps.rmw.en.eq(0)]
         return m
 
@@ -232,6 +240,60 @@ def test_the_channel_gate_holds_the_im2col_rows_not_the_shortcut_rows():
     assert held == [c * 9 + k for k in range(c_r)]
     assert sorted(got) == list(range(c * 9 + c_r))
     assert (np.array([got[c * 9 + k] for k in range(c_r)])[:, :w] == x[:, 0, :]).all()
+
+
+def gated_load(u, geo, done_rows, release=200, before=None):
+    """Load a tile with no input channel released until cycle ``release`` and ``done_rows`` given (``before``: the
+    geometry the loader saw until the start); the patch rows and the cycles they were written in."""
+    dut = LoaderHarness(LOADER_COLUMNS)
+    got, when = {}, []
+
+    async def bench(ctx):
+        if before is not None:
+            ctx.set(dut.geometry, before)
+            ctx.set(dut.done_rows, done_rows)
+        await write_map(ctx, dut, u, 0)
+        ctx.set(dut.channels, 0)
+        ctx.set(dut.done_rows, done_rows)
+        ctx.set(dut.geometry, geo)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for cycle in range(2 * release):
+            if cycle == release:
+                ctx.set(dut.channels, 0xFFFF)
+            _, _, en, addr, data, done = await ctx.tick().sample(dut.patch.en, dut.patch.addr, dut.patch.data,
+                                                                 dut.done)
+            if en:
+                got[int(addr)] = [int(v) for v in data]
+                when.append(cycle)
+            if done:
+                break
+
+    simulate(dut, bench)
+    return np.array([got[p] for p in sorted(got)]), when
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_row_gate_lets_a_tile_load_rows_written_in_every_channel(stride):
+    """With no input channel released (the layer before still writes its last tile), a tile whose rows lie above
+    ``done_rows`` (written in every channel) loads at once, the same patch as ungated; with ``done_rows`` at its
+    last row it waits for the channels, and loads once they are released, even when the geometry before its
+    start was a tile that ``done_rows`` lets through (the compare is stale in the cycles after a start)."""
+    rng = np.random.default_rng(8 + stride)
+    c, h, w = 3, 10, 5
+    u = rng.integers(0, 256, size=(c, h, w))
+    pad, rows = 1, 2
+    last = (rows - 1) * stride + 3 - 1 - pad  # the last map row the tile (output rows 0 and 1) reads
+    geo = geometry(LoadMode.CONV, 0, c, h, w, 3, 3, stride, pad, 0, rows, (w + 2 * pad - 3) // stride + 1)
+    want, _ = run_loader(u, 0, geo, c * 9)
+    early, when = gated_load(u, geo, last + 1)
+    assert np.array_equal(early, want) and max(when) < 200
+    late, when = gated_load(u, geo, last)
+    assert np.array_equal(late, want) and min(when) >= 200
+    first_row = geometry(LoadMode.CONV, 0, c, h, w, 3, 3, stride, pad, 0, 1, geo["w_out"])
+    late, when = gated_load(u, geo, last, before=first_row)
+    assert np.array_equal(late, want) and min(when) >= 200
 
 
 def test_three_by_three_tile_reads_each_word_once():
