@@ -51,7 +51,11 @@ channel ``c`` only once channel ``c`` of the running layer is written in full (`
 of the tiles before the last (commands taken and rows the writer reports written, counted) and channel
 ``c`` of the last tile (a bit per channel, set by the writer's ``wrote``). The engines take channels in
 order, so they are written roughly in order and the load follows the writes through the whole last tile;
-ResNet-20's layer3 (one tile a layer) used to load 1,344 cycles after each layer's last write. The next
+ResNet-20's layer3 (one tile a layer) used to load 1,344 cycles after each layer's last write. Beside the
+channel gate, a row gate (``load_done_rows``, 2026-12-05): once every row of the tiles before the last is
+written, the rows above the last tile's first row are complete in every channel, and a tile of the next layer
+that reads none of the rows below (the first tile of a layer after one of several tiles: ResNet-20's layer1
+and layer2) loads at once instead of one channel behind the last tile's writes. The next
 layer's rows are dispatched after the running layer has drained. A next layer whose input is not the running
 layer's output map as stored (buffer, channels, height, width) loads nothing before the drain; one the
 checks refuse ends the run once the running layer's queued rows have drained. ``layer_index`` moves on
