@@ -185,7 +185,8 @@ class ConvArray(wiring.Component):
             ctl.precision.eq(self.precision), ctl.use_table.eq(self.use_table), ctl.table_row.eq(self.table_row),
             self.layer_index.eq(ctl.layer_index), self.overlaps.eq(ctl.overlaps),
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
-            loader.channels.eq(ctl.load_channels), loader.done_rows.eq(ctl.load_done_rows), loader.rows.eq(ctl.load_rows), loader.hold.eq(ctl.load_hold),
+            loader.channels.eq(ctl.load_channels), loader.done_rows.eq(ctl.load_done_rows),
+            loader.rows.eq(ctl.load_rows), loader.hold.eq(ctl.load_hold),
             ctl.wrote.eq(writer.wrote), ctl.wrote_channel.eq(writer.wrote_channel), ctl.wrote_y.eq(writer.wrote_y),
             writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
         ]

@@ -294,7 +294,8 @@ def floors(result: dict) -> dict:
     too, not a pass by omission; and that each build ran its share (:data:`BUILD_LAYERS`)."""
     return {
         "layers >= 10000": floor_entry(result["layers"], 10_000),
-        f"layers on each build >= {BUILD_LAYERS}": floor_entry(min(b["layers"] for b in result["builds"]), BUILD_LAYERS),
+        f"layers on each build >= {BUILD_LAYERS}": floor_entry(min(b["layers"] for b in result["builds"]),
+                                                               BUILD_LAYERS),
         "mismatches == 0": floor_entry(result["mismatches"], 0, "=="),
         "deadlocks == 0": floor_entry(result["deadlocks"], 0, "=="),
         "not_run == 0": floor_entry(result["not_run"], 0, "=="),

@@ -1,9 +1,9 @@
 """``bench fuzz``'s vertical part: random version 4 (vertical-layered) networks through the array's RTL.
 
-Every network is drawn at random within what its build of the array with the version 4 path holds (:data:`VCONFIGS`:
-:data:`sim.bench.fuzz.CONFIG` with the plane decoders, three engines of four lanes or one of seven): MLPs of one to three inner
-layers, and conv nets of an 8-bit edge stem (kernels 1 to 7, any padding, stride 1 or 2, optional 2 x 2 max-pool),
-one to three inner stages (plain convs with an optional max-pool, or residual blocks of stride 1 or 2 with option
+Every network is drawn at random within what its build of the array with the version 4 path holds
+(:data:`VCONFIGS`: :data:`sim.bench.fuzz.CONFIG` with the plane decoders, three engines of four lanes or one of
+seven): MLPs of one to three inner layers, and conv nets of an 8-bit edge stem (kernels 1 to 7, any padding,
+stride 1 or 2, optional 2 x 2 max-pool), one to three inner stages (plain convs with an optional max-pool, or residual blocks of stride 1 or 2 with option
 A's zero channels) and the 8-bit FC edge on the global pool or on the flattened map. The stored widths are
 consecutive, from a basic layer of 2 to 6 bits up to at most :data:`~hw.array.controller.MAX_VERTICAL_TOP` (the
 array's plane decoders); each inner layer is a random source code of the top width with 0 to 99 % of them zero,
@@ -46,7 +46,7 @@ from model.export.golden_vertical import (
 )
 from model.export.image_v4 import pack_vertical
 from sim.bench.calibrate import calibrated_vertical
-from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, fits, run_chunk
+from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, config_record, fits, run_chunk
 
 #: The array the vertical networks run on: the fuzz's, with the version 4 path, and three engines of four lanes
 #: (8-pixel tiles) rather than two of five, so that the fuzz also covers an odd engine count (the third engine
@@ -220,11 +220,6 @@ def network_counts(net: VerticalNetwork) -> dict[str, int]:
     }
 
 
-def _config_record(config: ArrayConfig) -> dict:
-    return {k: getattr(config, k) for k in ("engines", "lanes", "buffer_words", "fmap_rows", "row_codes", "fan_in_width",
-                                            "channel_bits", "vertical")}
-
-
 def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simulator: str = "verilator",
                       progress: bool = True, configs: tuple[ArrayConfig, ...] = VCONFIGS) -> dict:
     """Draw vertical networks until they hold ``layers`` weight layers (and every build of ``configs`` has one),
@@ -242,7 +237,7 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
     total = {"layers": 0, "networks": 0, "cases": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "not_run": 0,
              "sim_cycles": 0, "failed_runs": [], "input_dependent": 0,
              "precisions": {"width": 0, "source": 0, "table_row": 0}}
-    builds = [{"config": _config_record(c), "layers": 0, "networks": 0, "cases": 0, "runs": 0,
+    builds = [{"config": {**config_record(c), "vertical": c.vertical}, "layers": 0, "networks": 0, "cases": 0, "runs": 0,
                **dict.fromkeys(RUN_COUNTS, 0), "failed_runs": [], "seconds": 0.0} for c in configs]
     covered: dict[str, int] = {}
     bar = tqdm(total=layers, unit="layer", disable=not progress, desc="fuzz (vertical)")
