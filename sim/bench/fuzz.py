@@ -278,14 +278,21 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
         bar.update(sum(weight_layers(n) for n in nets))
         run += 1
     bar.close()
+    gather_builds(total, builds)
+    total.update(seconds=round(time.perf_counter() - t0, 1), simulator=simulator, runs=run)
+    return total
+
+
+def gather_builds(total: dict, builds: list[dict]) -> None:
+    """Into ``total``: the builds' run counts (:data:`RUN_COUNTS`) summed, their failed runs in run order, each
+    naming its build, and ``builds`` itself (each build's ``seconds`` rounded)."""
     for build in builds:
         build["seconds"] = round(build["seconds"], 1)
     for key in RUN_COUNTS:
         total[key] = sum(build[key] for build in builds)
     total["failed_runs"] = sorted((dict(f, build=k) for k, build in enumerate(builds) for f in build["failed_runs"]),
                                   key=lambda f: f["run"])
-    total.update(seconds=round(time.perf_counter() - t0, 1), simulator=simulator, runs=run, builds=builds)
-    return total
+    total["builds"] = builds
 
 
 def floors(result: dict) -> dict:

@@ -46,7 +46,7 @@ from model.export.golden_vertical import (
 )
 from model.export.image_v4 import pack_vertical
 from sim.bench.calibrate import calibrated_vertical
-from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, config_record, fits, run_chunk
+from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, config_record, fits, gather_builds, run_chunk
 
 #: The array the vertical networks run on: the fuzz's, with the version 4 path, and three engines of four lanes
 #: (8-pixel tiles) rather than two of five, so that the fuzz also covers an odd engine count (the third engine
@@ -278,13 +278,8 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
                 record["cases"] += len(cases)
             run += 1
     bar.close()
-    for build in builds:
-        build["seconds"] = round(build["seconds"], 1)
-    for key in RUN_COUNTS:
-        total[key] = sum(build[key] for build in builds)
-    total["failed_runs"] = sorted((dict(f, build=k) for k, build in enumerate(builds) for f in build["failed_runs"]),
-                                  key=lambda f: f["run"])
-    total.update(covered=covered, seconds=round(time.perf_counter() - t0, 1), runs=run, builds=builds)
+    gather_builds(total, builds)
+    total.update(covered=covered, seconds=round(time.perf_counter() - t0, 1), runs=run)
     return total
 
 
