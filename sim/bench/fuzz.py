@@ -299,12 +299,16 @@ def floors(result: dict) -> dict:
     """The issue's floors (10,000 layers, no mismatch, no deadlock), and that every image ran and every run
     passed: an image whose scores never came back, or a run that ended with an error status, is a failure
     too, not a pass by omission; and that each build ran its share (:data:`BUILD_LAYERS`)."""
+    return part_floors(result, 10_000, BUILD_LAYERS)
+
+
+def part_floors(result: dict, layers: int, build_layers: int, prefix: str = "") -> dict:
+    """A fuzz part's floors, each name after ``prefix``: at least ``layers`` layers, ``build_layers`` of them on each
+    build, no mismatch, no deadlock, every image run and every run passed."""
     return {
-        "layers >= 10000": floor_entry(result["layers"], 10_000),
-        f"layers on each build >= {BUILD_LAYERS}": floor_entry(min(b["layers"] for b in result["builds"]),
-                                                               BUILD_LAYERS),
-        "mismatches == 0": floor_entry(result["mismatches"], 0, "=="),
-        "deadlocks == 0": floor_entry(result["deadlocks"], 0, "=="),
-        "not_run == 0": floor_entry(result["not_run"], 0, "=="),
-        "failed_runs == 0": floor_entry(len(result["failed_runs"]), 0, "=="),
+        f"{prefix}layers >= {layers}": floor_entry(result["layers"], layers),
+        f"{prefix}layers on each build >= {build_layers}": floor_entry(min(b["layers"] for b in result["builds"]),
+                                                                       build_layers),
+        **{f"{prefix}{key} == 0": floor_entry(result[key], 0, "==") for key in ("mismatches", "deadlocks", "not_run")},
+        f"{prefix}failed_runs == 0": floor_entry(len(result["failed_runs"]), 0, "=="),
     }

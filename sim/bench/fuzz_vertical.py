@@ -32,7 +32,6 @@ from tqdm import tqdm
 from hw.array.controller import MAX_VERTICAL_TOP
 from hw.array.top import ArrayConfig
 from hw.platform.verilog import array_verilog, write_text_atomically
-from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.golden_vertical import (
     EDGE_BITS,
@@ -46,7 +45,7 @@ from model.export.golden_vertical import (
 )
 from model.export.image_v4 import pack_vertical
 from sim.bench.calibrate import calibrated_vertical
-from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, config_record, fits, gather_builds, run_chunk
+from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, config_record, fits, gather_builds, part_floors, run_chunk
 
 #: The array the vertical networks run on: the fuzz's, with the version 4 path, and three engines of four lanes
 #: (8-pixel tiles) rather than two of five, so that the fuzz also covers an odd engine count (the third engine
@@ -286,12 +285,4 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
 def floors(result: dict, layers: int = 2_000) -> dict:
     """The vertical part's floors: ``layers`` weight layers, :data:`VBUILD_LAYERS` of them on each build, and every
     image run and equal to golden's."""
-    return {
-        f"vertical layers >= {layers}": floor_entry(result["layers"], layers),
-        f"vertical layers on each build >= {VBUILD_LAYERS}": floor_entry(min(b["layers"] for b in result["builds"]),
-                                                                         VBUILD_LAYERS),
-        "vertical mismatches == 0": floor_entry(result["mismatches"], 0, "=="),
-        "vertical deadlocks == 0": floor_entry(result["deadlocks"], 0, "=="),
-        "vertical not_run == 0": floor_entry(result["not_run"], 0, "=="),
-        "vertical failed_runs == 0": floor_entry(len(result["failed_runs"]), 0, "=="),
-    }
+    return part_floors(result, layers, VBUILD_LAYERS, prefix="vertical ")
