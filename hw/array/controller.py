@@ -55,13 +55,28 @@ ResNet-20's layer3 (one tile a layer) used to load 1,344 cycles after each layer
 channel gate, a row gate (``load_done_rows``, 2026-12-05): once every row of the tiles before the last is
 written, the rows above the last tile's first row are complete in every channel, and a tile of the next layer
 that reads none of the rows below (the first tile of a layer after one of several tiles: ResNet-20's layer1
-and layer2) loads at once instead of one channel behind the last tile's writes. The next
-layer's rows are dispatched after the running layer has drained. A next layer whose input is not the running
-layer's output map as stored (buffer, channels, height, width) loads nothing before the drain; one the
-checks refuse ends the run once the running layer's queued rows have drained. ``layer_index`` moves on
+and layer2) loads at once instead of one channel behind the last tile's writes. A next layer whose input is
+not the running layer's output map as stored (buffer, channels, height, width) loads nothing before the drain;
+one the checks refuse ends the run once the running layer's queued rows have drained. ``layer_index`` moves on
 when a layer has drained, as without the overlap; ``overlaps`` counts a run's overlapped layers. Without
 the channel gate the loader would read rows the writer has not written yet (the tests of
 ``tests/hw/array/test_top.py`` fail without it).
+
+**Early starts** (2026-12-05). Once the running layer's last row is taken and the next layer's first tile is
+loaded, the next layer's rows begin (unless it max-pools) without waiting for the drain: each engine has its own
+copy of the layer's fields (``hw/array/top.py``), which follows ``layer`` and ``writer`` while the engine holds
+no row, and a row is offered only to the engines whose copy is the dispatcher's layer (its parity, ``writer.par``,
+the other one each layer). So the engines that finish the layer before first start the next one's rows at
+once, instead of idling until the slowest has drained and then taking their first rows one dispatch (9 cycles)
+after another. The writer writes each engine's rows with that engine's copy, so rows of both layers may come
+one after the other. While the layer before drains (``draining``, until ``caught_up``): the counts of the
+channel and row gates take only the dispatcher's layer's writes (``wrote_par``); the next tiles of the
+dispatcher's layer load only once the layer before is written in full (``load_channels`` 0: its gates follow one
+layer's writes); and the set-up of the layer after (``pending``) waits (``want_next``, between two rows of the
+last tile; if the tile ends first, the layer drains as without the overlap), so that rows of at most two layers
+are in flight. ``early_starts`` counts a run's early starts. A fault while the layer before drains leaves ``layer_index``
+on the layer it belongs to: the dispatcher's for a bad row record or an error of an engine on that layer, the
+one before for an error of an engine still running it.
 
 The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
 next tile (the loader reads ``in_buf``, and a residual layer's shortcut rows of ``res_buf``, through the
@@ -176,6 +191,9 @@ class ArrayController(wiring.Component):
     overlaps : Out(16)
         Layers of this run set up while the layer before ran its last tile, with an input the loader may read
         as that layer writes it ("Overlapped layers"); cleared at ``start``.
+    early_starts : Out(16)
+        Layers of this run whose rows began while the layer before still drained ("Overlapped layers"); cleared
+        at ``start``.
     x : In(stream.Signature(MAX_ACT_BITS))
         Input codes.
     o : Out(stream.Signature(signed(32)))
@@ -193,10 +211,17 @@ class ArrayController(wiring.Component):
     layer : Out(engine_layer_layout())
     cmd<e> : Out(stream.Signature(row_command_layout(...))), one per engine
     engine_error : In(engines)
+    engine_on : In(engines)
+        Per engine: its copy of the layer's fields is the dispatcher's layer (``caught_up``); a fault of an engine
+        that is not, while the layer before drains, is that layer's.
     writer : Out(writer_layer_layout(fmap_addr_width))
     drained : In(1)
         No row in any engine, assembler or the writer.
-    wrote, wrote_channel, wrote_y : In
+    caught_up : In(1)
+        No row of the layer before the one the engines and the writer were last given (``writer.par``) in any
+        engine, assembler or the writer: each engine follows ``layer`` and ``writer`` once it holds no row
+        (:class:`~hw.array.top.ConvArray`), and is offered the rows only when its copy is this layer's.
+    wrote, wrote_channel, wrote_y, wrote_par : In
         The writer has written channel ``wrote_channel``'s outputs of the tile whose first output row is
         ``wrote_y`` (all its rows; :class:`~hw.array.map_writer.MapWriter`).
     engine_holds : In(2)
@@ -235,6 +260,7 @@ class ArrayController(wiring.Component):
             "table_row": In(16),
             "layer_index": Out(16),
             "overlaps": Out(16),
+            "early_starts": Out(16),
             "x": In(stream.Signature(MAX_ACT_BITS)),
             "o": Out(stream.Signature(signed(32))),
             "bus": Out(buffer_port_signature(addr_width)),
@@ -247,9 +273,12 @@ class ArrayController(wiring.Component):
             "comp_bank": Out(1),
             "layer": Out(engine_layer_layout()),
             "engine_error": In(engines),
+            "engine_on": In(engines),
             "writer": Out(writer_layer_layout(fmap_addr_width)),
             "drained": In(1),
+            "caught_up": In(1),
             "wrote": In(1),
+            "wrote_par": In(1),
             "wrote_channel": In(channel_bits),
             "wrote_y": In(DIM_BITS),
             "engine_holds": In(2),
@@ -275,9 +304,13 @@ class ArrayController(wiring.Component):
         m.d.comb += k_prev.eq(k - 1)
         layer_idx = Signal(16)
         pending = Signal()  # the layer before still drains while this one's descriptor and first tile load
-        m.d.comb += self.layer_index.eq(layer_idx - pending)
+        draining = Signal()  # this layer's rows have begun, and the layer before still drains
+        want_next = Signal()  # the next layer's set-up waits for the layer before this one to drain
+        cmd_fault = Signal()  # the run ends on a row record of the dispatcher's layer (COMMAND)
+        m.d.comb += self.layer_index.eq(layer_idx - (pending | draining))
         overlaps = Signal(16)
-        m.d.comb += self.overlaps.eq(overlaps)
+        early_starts = Signal(16)
+        m.d.comb += [self.overlaps.eq(overlaps), self.early_starts.eq(early_starts)]
         desc_base = Signal(self._aw + 1)
         # Derived geometry of the running layer.
         h_out = Signal(DIM_BITS + 2)
@@ -387,6 +420,7 @@ class ArrayController(wiring.Component):
             writer_view.scores.eq(d.out_buf == SCORE_SINK), writer_view.buf.eq(d.out_buf),
             writer_view.pool.eq(d.pool == 2), writer_view.height.eq(h_st), writer_view.width.eq(w_st),
             writer_view.w_out.eq(w_out),
+            writer_view.par.eq(~run_writer.par),  # taken at a layer's start: each layer the other parity
         ]
         for c, (cb, rk) in enumerate(zip(("count_bits4", "count_bits8", "count_bits16", "count_bits32"),
                                          ("rice_k4", "rice_k8", "rice_k16", "rice_k32"))):
@@ -511,17 +545,22 @@ class ArrayController(wiring.Component):
         ch_done = Signal(chans)
         avail = Signal(range(chans + 1))
         late = last_tile & (self.wrote_y == y)
+        wrote = self.wrote & (self.wrote_par == run_writer.par)  # (not a row of the layer before, draining)
         with m.If(taken & ~last_tile):
             m.d.sync += early_cmds.eq(early_cmds + 1)
-        with m.If(self.wrote & ~late):
+        with m.If(wrote & ~late):
             m.d.sync += early_wrote.eq(early_wrote + 1)
-        with m.If(self.wrote & late):
+        with m.If(wrote & late):
             m.d.sync += ch_done.bit_select(self.wrote_channel, 1).eq(1)
         early_done = early_wrote == early_cmds
         with m.If(early_done & (avail < chans) & ch_done.bit_select(avail[:self._cb], 1)):
             m.d.sync += avail.eq(avail + 1)
         chained = Signal()  # the next layer's input is the running layer's output map as stored
-        m.d.comb += self.load_channels.eq(Mux(pending, Mux(chained, avail, 0), 0xFFFF))
+        # (While the layer before the dispatcher's drains, the dispatcher's next tiles read that layer's output:
+        # they load once it is written in full.)
+        m.d.comb += self.load_channels.eq(Mux(draining, 0, Mux(pending, Mux(chained, avail, 0), 0xFFFF)))
+        with m.If(draining & self.caught_up):
+            m.d.sync += draining.eq(0)
         # The row gate beside it: once every row of the tiles before the last is written, the rows above the last
         # tile's first one are complete in every channel, and a next-layer tile that reads no row below them
         # (a layer of several tiles: its first tile reads the map's first rows) loads without waiting for the
@@ -578,7 +617,7 @@ class ArrayController(wiring.Component):
 
         def finish(code):
             """End the run with ``code`` (state END: once the input is in)."""
-            m.d.sync += [end_code.eq(code), pending.eq(0)]
+            m.d.sync += [end_code.eq(code), pending.eq(0), draining.eq(0), want_next.eq(0)]
             m.next = "END"
 
         def next_layer():
@@ -597,6 +636,7 @@ class ArrayController(wiring.Component):
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [busy.eq(1), k.eq(0), status.eq(Status.OK), prec.eq(self.precision), overlaps.eq(0),
+                             early_starts.eq(0), cmd_fault.eq(0),
                              use_table.eq(self.use_table), trow.eq(self.table_row)]
                 m.next = "HEADER"
 
@@ -818,11 +858,17 @@ class ArrayController(wiring.Component):
                 # (`out_buf != 0` guards an image whose layer 0 reads another buffer and writes 0, which no
                 # export writes and golden does not define: its output would meet the input rows' writes.)
                 alone = ~inputting | ((layer_idx == 0) & (d.out_buf != 0))
-                with m.If(loaded & ~pending & alone):
-                    # The layer's dispatch begins: the engines, the writer and the dispatcher take its fields now.
+                # A layer without a max-pool begins while the layer before drains, on the engines that have
+                # finished it (module docstring, "Overlapped layers").
+                early = pending & (d.pool == 0)
+                with m.If(loaded & (~pending | early) & alone):
+                    # The layer's dispatch begins: the engines (each once it holds no row), the writer and the
+                    # dispatcher take its fields now.
                     m.d.sync += [run_layer.eq(layer_view), run_writer.eq(writer_view), dd.eq(desc),
                                  dw_out.eq(w_out), dprev_c.eq(prev_c),
-                                 early_cmds.eq(0), early_wrote.eq(0)]
+                                 early_cmds.eq(0), early_wrote.eq(0),
+                                 pending.eq(0), draining.eq(pending & ~self.drained),
+                                 early_starts.eq(early_starts + (pending & ~self.drained))]
                     m.next = "PREP"
                 with m.If(engine_fault):
                     m.next = "FAULT"
@@ -846,10 +892,13 @@ class ArrayController(wiring.Component):
                 # The layer's last tile (no more loads of it): a version 3 layer that is not the last and does
                 # not max-pool (the writer's read-modify-write pairs rows of two tiles) sets up the next
                 # layer now, which loads its first tile while this one runs (module docstring).
-                with m.If(~loading & ~v4 & ~last_layer & (dd.pool == 0)):
+                # (While the layer before still drains, the set-up waits for it: between two of this tile's rows,
+                # OFFER. At most two layers' rows are in flight, and the loader's gates follow one layer's writes.)
+                with m.If(~loading & ~v4 & ~last_layer & (dd.pool == 0) & ~draining):
                     m.d.sync += pending.eq(1)
                     next_layer()
                 with m.Else():
+                    m.d.sync += want_next.eq(~loading & ~v4 & ~last_layer & (dd.pool == 0))
                     m.next = "READ"
 
             with m.State("READ"):
@@ -887,6 +936,7 @@ class ArrayController(wiring.Component):
                 params_bad = (words.word_select(2, WORD_BITS)[MULT_BITS:].any()
                               | (dd.residual & res_live & words.word_select(5, WORD_BITS)[MULT_BITS:].any()))
                 with m.If(params_bad):
+                    m.d.sync += cmd_fault.eq(1)
                     m.next = "FAULT"
                 with m.Else():
                     m.d.sync += cmd_valid.eq(1)
@@ -900,12 +950,18 @@ class ArrayController(wiring.Component):
                                  row_first.eq(row_first + dd.fan_in),
                                  param_addr.eq(param_addr + rec), k.eq(0)]
                     with m.If(j == dd.c_out - 1):
+                        m.d.sync += want_next.eq(0)  # (not set up by now: the drain, then the next layer)
                         with m.If(pending):
                             m.next = "LOADING"  # the next layer is set up and loads: it follows the drain
                         with m.Elif(loading & (dd.pool == 0) & (run_layer.comp_shift == 0)):
                             m.next = "NEXT"  # the next tile's rows may follow at once (tiles overlap)
                         with m.Else():
                             m.next = "DRAIN"
+                    with m.Elif(want_next & ~draining):
+                        # The layer before has drained: the next layer's set-up (as PREFETCH does at the start of
+                        # the last tile), then this tile's other rows (GEOMETRY goes on to READ).
+                        m.d.sync += [want_next.eq(0), pending.eq(1)]
+                        next_layer()
                     with m.Else():
                         m.next = "READ"
                 with m.If(engine_fault):
@@ -949,7 +1005,10 @@ class ArrayController(wiring.Component):
             # are left to the reset that follows every error). A fault in an overlapped layer's last tile leaves
             # `layer_index` on that layer, as without the overlap.
             with m.State("FAULT"):
-                m.d.sync += layer_idx.eq(layer_idx - pending)
+                # (the faulting layer: the one before while it drains, unless the fault is a row record of the
+                # dispatcher's layer or an engine on that layer's)
+                late_fault = draining & ~cmd_fault & (self.engine_error & ~self.engine_on).any()
+                m.d.sync += layer_idx.eq(layer_idx - (pending | late_fault))
                 finish(Status.BAD_STREAM)
 
             # The run's end: `done` and `status` (at once, or once the input is in where the run ended while it

@@ -56,7 +56,7 @@ def row_layout(channel_bits: int, codes: int) -> data.StructLayout:
 
 
 def writer_layer_layout(addr_width: int) -> data.StructLayout:
-    """What the writer needs of the running layer and tile (hold while the tile's rows are written)."""
+    """What the writer needs of a row's layer (each engine's own copy: hold while its rows are written)."""
     return data.StructLayout({
         "scores": unsigned(1),  # out_buf is the score sink
         "buf": unsigned(2),  # out_buf
@@ -64,6 +64,10 @@ def writer_layer_layout(addr_width: int) -> data.StructLayout:
         "height": unsigned(DIM_BITS),  # rows of the stored map (after the pool)
         "width": unsigned(DIM_BITS),  # columns of the stored map (after the pool)
         "w_out": unsigned(DIM_BITS),  # pixels per output row (W_out, 1 for an FC)
+        # The layer's parity: the controller's count of layers begun, mod 2. Rows of two layers may be in flight
+        # (the next layer's first rows start on the engines that have finished the layer before:
+        # hw/array/controller.py, "Overlapped layers"), and each written row reports its layer by it.
+        "par": unsigned(1),
     })
 
 
@@ -135,9 +139,15 @@ class MapWriter(wiring.Component):
     """Writes the assembled output rows of ``engines`` engines, one a cycle (an odd pooled row two, the
     read-modify-write); a score one cycle. The next row is taken in the cycle the held one is written.
 
+    Each engine's rows are written with that engine's layer fields (``layer<e>``): the engines that have
+    finished a layer take the next layer's rows while the others still run the layer before, so the rows of two
+    layers (two buffers, heights, widths) may come one after the other. What the held row's write needs of its
+    layer is registered when the row is taken.
+
     Members
     -------
-    layer : In(writer_layer_layout(addr_width))
+    layer<e> : In(writer_layer_layout(addr_width)), one per engine
+        The layer of engine ``e``'s rows (hold while they are offered).
     rows : In(stream.Signature(row_layout(channel_bits, row_codes_of(T, row_codes)))) array of ``engines``
     fmap : Out(write_signature(addr_width, row_codes))
     rmw : Out(read_signature(addr_width, row_codes))
@@ -146,6 +156,8 @@ class MapWriter(wiring.Component):
         The score of class ``score_addr``, the cycle after.
     busy : Out(1)
         An output row is held (taken, not yet written).
+    par : Out(1)
+        The held row's layer parity (``writer_layer_layout``'s ``par``; ``wrote``'s with ``wrote``).
     wrote : Out(1)
         A channel's tile has been written: one cycle, with its last output row's write (the cycle its store
         enables the feature-map write; a dropped last row of a pooled map counts too), ``wrote_channel`` and
@@ -163,23 +175,23 @@ class MapWriter(wiring.Component):
         self._codes = row_codes_of(pixels, row_codes)
         self._addr_width = addr_width
         members = {
-            "layer": In(writer_layer_layout(addr_width)),
             "fmap": Out(write_signature(addr_width, row_codes)),
             "rmw": Out(read_signature(addr_width, row_codes)),
             "score_addr": In(channel_bits),
             "score_data": Out(signed(32)),
             "busy": Out(1),
+            "par": Out(1),
             "wrote": Out(1),
             "wrote_channel": Out(channel_bits),
             "wrote_y": Out(DIM_BITS),
         }
         for e in range(engines):
             members[f"row{e}"] = In(stream.Signature(row_layout(channel_bits, self._codes)))
+            members[f"layer{e}"] = In(writer_layer_layout(addr_width))
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        lay = self.layer
         rc, n = self._row_codes, self._codes
         rows = [getattr(self, f"row{e}") for e in range(self._engines)]
 
@@ -197,10 +209,11 @@ class MapWriter(wiring.Component):
                 with m.If((turn == e) & rows[(e + off) % self._engines].valid):
                     m.d.comb += [pick.eq((e + off) % self._engines), found.eq(1)]
         row = Signal(row_layout(self._channel_bits, n))
+        lay = Signal(writer_layer_layout(self._addr_width))  # the picked row's layer
         with m.Switch(pick):
             for e in range(self._engines):
                 with m.Case(e):
-                    m.d.comb += row.eq(rows[e].payload)
+                    m.d.comb += [row.eq(rows[e].payload), lay.eq(getattr(self, f"layer{e}"))]
 
         # The held row: one output row of a channel's tile, written the cycle after it is taken (an odd pooled
         # row read the cycle after and written the one after that). Where it goes is worked out as it is
@@ -216,6 +229,9 @@ class MapWriter(wiring.Component):
         tile_y = Signal(DIM_BITS)  # the held row's tile's first output row
         channel = Signal(self._channel_bits)  # the held row's channel
         second = Signal()  # the write cycle of a read-modify-write
+        h_buf = Signal(2)  # the held row's layer: its buffer, pool, columns (a byte mask), parity
+        h_pool = Signal()
+        mask = Signal(rc)
         done_row = Signal()
         take = Signal()
         m.d.comb += [take.eq(found & (~held | done_row)), self.busy.eq(held)]
@@ -233,7 +249,9 @@ class MapWriter(wiring.Component):
             with m.Else():
                 m.d.sync += [held.eq(1), codes.eq(row.codes.as_value()), base.eq(row.channel * lay.height),
                              y_st.eq(y_in), odd.eq(lay.pool & y_row[0]), dropped.eq(y_in >= lay.height),
-                             last.eq(row.last), tile_y.eq(row.tile.y), channel.eq(row.channel), second.eq(0)]
+                             last.eq(row.last), tile_y.eq(row.tile.y), channel.eq(row.channel), second.eq(0),
+                             h_buf.eq(lay.buf), h_pool.eq(lay.pool), self.par.eq(lay.par),
+                             mask.eq(Cat(*(x < lay.width for x in range(rc))))]
 
         # The row's codes, pooled pairwise when pooling (x' = max(2x', 2x' + 1)).
         stored = Signal(MAX_ACT_BITS * rc)
@@ -241,18 +259,16 @@ class MapWriter(wiring.Component):
             a = codes[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)] if x < n else 0
             lo = codes[MAX_ACT_BITS * 2 * x:MAX_ACT_BITS * (2 * x + 1)] if 2 * x < n else 0
             hi = codes[MAX_ACT_BITS * (2 * x + 1):MAX_ACT_BITS * (2 * x + 2)] if 2 * x + 1 < n else 0
-            m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(lay.pool, Mux(lo > hi, lo, hi), a))
+            m.d.comb += stored[MAX_ACT_BITS * x:MAX_ACT_BITS * (x + 1)].eq(Mux(h_pool, Mux(lo > hi, lo, hi), a))
         addr = Signal(self._addr_width + DIM_BITS)
         m.d.comb += addr.eq(base + y_st)
-        mask = Signal(rc)
-        m.d.comb += mask.eq(Cat(*(x < lay.width for x in range(rc))))
         merged = Signal.like(stored)
         for x in range(rc):
             sl = slice(MAX_ACT_BITS * x, MAX_ACT_BITS * (x + 1))
             m.d.comb += merged[sl].eq(Mux(stored[sl] > self.rmw.data[sl], stored[sl], self.rmw.data[sl]))
 
         # (the data matter only with `en`: a 2:1 a bit, no zero default)
-        m.d.comb += [self.fmap.buf.eq(lay.buf), self.rmw.buf.eq(lay.buf), self.rmw.addr.eq(addr),
+        m.d.comb += [self.fmap.buf.eq(h_buf), self.rmw.buf.eq(h_buf), self.rmw.addr.eq(addr),
                      self.fmap.addr.eq(addr), self.fmap.mask.eq(mask), self.fmap.data.eq(Mux(odd, merged, stored))]
         with m.If(held):
             with m.If(dropped):

@@ -33,9 +33,9 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hw.array.controller import ArrayController
-from hw.array.engine import LANE_SLOTS, ChannelEngine
+from hw.array.engine import LANE_SLOTS, ChannelEngine, engine_layer_layout
 from hw.array.feature_maps import FeatureMaps
-from hw.array.map_writer import MapWriter, RowAssembler
+from hw.array.map_writer import MapWriter, RowAssembler, writer_layer_layout
 from hw.array.patch_loader import PatchLoader
 from hw.array.requant import A_BITS
 from hw.array.status import Status
@@ -116,6 +116,9 @@ class ConvArray(wiring.Component):
     overlaps : Out(16)
         Layers of the run whose first tile loaded while the layer before ran its last tile
         (:class:`~hw.array.controller.ArrayController`, "Overlapped layers").
+    early_starts : Out(16)
+        Layers of the run whose first rows went to the engines while the layer before still drained (on the
+        engines that had finished it: "Overlapped layers").
     reads, weight_reads : Out(32)
         Global-buffer words read since the last ``start``: all of them (descriptors, requant parameters, row
         pointers and weights), and those of the engines' row decoders (the weights). Four bytes each: what a
@@ -143,6 +146,7 @@ class ConvArray(wiring.Component):
             "table_row": In(16),
             "layer_index": Out(16),
             "overlaps": Out(16),
+            "early_starts": Out(16),
             "reads": Out(32),
             "weight_reads": Out(32),
         })
@@ -184,11 +188,12 @@ class ConvArray(wiring.Component):
             ctl.start.eq(self.start), self.done.eq(ctl.done), self.busy.eq(ctl.busy), self.status.eq(ctl.status),
             ctl.precision.eq(self.precision), ctl.use_table.eq(self.use_table), ctl.table_row.eq(self.table_row),
             self.layer_index.eq(ctl.layer_index), self.overlaps.eq(ctl.overlaps),
+            self.early_starts.eq(ctl.early_starts),
             loader.geometry.eq(ctl.loader), loader.start.eq(ctl.load_start), ctl.load_done.eq(loader.done),
             loader.channels.eq(ctl.load_channels), loader.done_rows.eq(ctl.load_done_rows),
             loader.rows.eq(ctl.load_rows), loader.hold.eq(ctl.load_hold),
             ctl.wrote.eq(writer.wrote), ctl.wrote_channel.eq(writer.wrote_channel), ctl.wrote_y.eq(writer.wrote_y),
-            writer.layer.eq(ctl.writer), writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
+            writer.score_addr.eq(ctl.score_addr), ctl.score_data.eq(writer.score_data),
         ]
         wiring.connect(m, wiring.flipped(self.i), ctl.x)
         wiring.connect(m, ctl.o, wiring.flipped(self.o))
@@ -256,6 +261,7 @@ class ConvArray(wiring.Component):
 
         busy_any = []
         errors = []
+        on_layer = []  # per engine: its layer is the dispatcher's (it may take the row offered)
         for e, eng in enumerate(engines):
             m.submodules[f"engine{e}"] = eng
             wiring.connect(m, getattr(buf, names[e]), eng.bus)
@@ -263,12 +269,28 @@ class ConvArray(wiring.Component):
             read_bank = Signal(name=f"engine{e}_read_bank")
             with m.If(eng.patch_en):
                 m.d.sync += read_bank.eq(eng.patch_bank)
-            m.d.comb += [eng.patch_data.as_value().eq(Mux(read_bank, patch_data[e][1], patch_data[e][0])),
-                         eng.layer.eq(ctl.layer), eng.usum.eq(usum_comp)]
-            wiring.connect(m, getattr(ctl, f"cmd{e}"), eng.cmd)
             asm = RowAssembler(channel_bits=cfg.channel_bits, pixels=t, row_codes=cfg.row_codes)
             m.submodules[f"assembler{e}"] = asm
-            m.d.comb += asm.w_out.eq(ctl.writer.w_out)
+            # The engine's own copy of the layer's fields (the engine's, its assembler's and the writer's of its
+            # rows), following the controller's while the engine holds no row: an engine that has finished a
+            # layer takes the next layer's rows while the others still run the layer before (the controller's
+            # "Overlapped layers"). The controller sets a layer's fields at least ten cycles before its first row
+            # is offered, so the copy (a cycle behind) has them by then.
+            eng_layer = Signal(engine_layer_layout(), name=f"engine{e}_layer")
+            eng_writer = Signal(writer_layer_layout(faw), name=f"engine{e}_writer")
+            idle = ~(eng.busy | asm.busy)
+            with m.If(idle):
+                m.d.sync += [eng_layer.eq(ctl.layer), eng_writer.eq(ctl.writer)]
+            on = Signal(name=f"engine{e}_on_layer")
+            m.d.comb += on.eq(eng_writer.par == ctl.writer.par)
+            on_layer.append(on)
+            m.d.comb += [eng.patch_data.as_value().eq(Mux(read_bank, patch_data[e][1], patch_data[e][0])),
+                         eng.layer.eq(eng_layer), eng.usum.eq(usum_comp), asm.w_out.eq(eng_writer.w_out),
+                         getattr(writer, f"layer{e}").eq(eng_writer)]
+            # A row of the dispatcher's layer goes only to an engine on that layer.
+            ctl_cmd = getattr(ctl, f"cmd{e}")
+            m.d.comb += [eng.cmd.payload.eq(ctl_cmd.payload), eng.cmd.valid.eq(ctl_cmd.valid & on),
+                         ctl_cmd.ready.eq(eng.cmd.ready & on)]
             wiring.connect(m, eng.o, asm.i)
             wiring.connect(m, asm.o, getattr(writer, f"row{e}"))
             busy_any.append(eng.busy | asm.busy)
@@ -294,6 +316,11 @@ class ConvArray(wiring.Component):
         drained = ~writer.busy
         for b in busy_any:
             drained = drained & ~b
-        m.d.comb += [ctl.drained.eq(drained), ctl.engine_error.eq(Cat(*errors)),
+        # No row of the layer before the dispatcher's left: every engine is on the dispatcher's layer (an engine
+        # still running the layer before holds its copy), and the writer holds none of that layer's.
+        caught_up = ~(writer.busy & (writer.par != ctl.writer.par))
+        for on in on_layer:
+            caught_up = caught_up & on
+        m.d.comb += [ctl.drained.eq(drained), ctl.caught_up.eq(caught_up), ctl.wrote_par.eq(writer.par), ctl.engine_error.eq(Cat(*errors)), ctl.engine_on.eq(Cat(*on_layer)),
                      ctl.engine_holds.eq(Cat(*(Cat(*(eng.holds[b] for eng in engines)).any() for b in range(2))))]
         return m
