@@ -187,6 +187,37 @@ def test_the_next_layer_starts_on_the_engines_that_have_finished_the_layer_befor
         assert res["early_starts"][0] >= 1 and res["early_starts"][0] <= res["overlaps"][0]
 
 
+def _long_last_row(rng, c_in, c_out):
+    """A 3 x 3 conv whose last channel is a dense 32-bit row and whose other channels are pruned."""
+    layer = make_conv(rng, c_in, c_out, 3, padding=1, width_choices=(32,))
+    widths, codes = layer.widths.copy(), layer.codes.copy()
+    widths[:-1] = 0
+    codes[:-1] = 0
+    return dataclasses.replace(layer, widths=widths, codes=codes)
+
+
+@pytest.mark.parametrize("one_tile", [True, False])
+def test_early_starts_beside_a_row_many_times_longer_than_the_others(one_tile):
+    """A layer whose last tile leaves one engine on a dense 32-bit row of 288 weights while the other is free: the
+    next layer starts early on the free one (its first tile reads only rows above the last tile's), and the layers
+    after it run while that row runs: a 1 x 1 stride-2 layer of one tile and a layer after it (which may not start
+    until the long row is written: at most two layers' rows in flight), or a layer of several tiles, whose later
+    tiles read the long row's outputs. Scores golden's."""
+    rng = np.random.default_rng(7)
+    stem = make_conv(rng, 1, 32, 3, padding=1, width_choices=(4, 8))
+    slow = _long_last_row(rng, 32, 6)
+    if one_tile:
+        rest = (ConvStage(make_conv(rng, 6, 1, 1, stride=2, width_choices=(4,))),
+                ConvStage(make_conv(rng, 1, 2, 3, padding=1, width_choices=(4,))),
+                FCStage(fc_layer(rng, 18, 3, 4, None)))
+    else:
+        rest = (ConvStage(make_conv(rng, 6, 1, 3, padding=1, width_choices=(4,))),
+                FCStage(fc_layer(rng, 36, 3, 4, None)))
+    net = IntConvNetwork(4, (1, 6, 6), (ConvStage(stem), ConvStage(slow), *rest))
+    res = check_net(net, 1, 0, config=dataclasses.replace(CONFIG, fmap_rows=256, buffer_words=8192))
+    assert res["early_starts"][0] >= 1
+
+
 def test_the_first_layer_runs_while_the_input_streams_in():
     """The input's rows go into buffer 0 as they arrive and the first layer's tiles load as soon as their rows
     are in (the controller's "Streamed input"). At a slow input (``i.valid`` about one cycle in 33) a 1 x 1
