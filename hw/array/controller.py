@@ -74,9 +74,9 @@ channel and row gates take only the dispatcher's layer's writes (``wrote_par``);
 dispatcher's layer load only once the layer before is written in full (``load_channels`` 0: its gates follow one
 layer's writes); and the set-up of the layer after (``pending``) waits (``want_next``, between two rows of the
 last tile; if the tile ends first, the layer drains as without the overlap), so that rows of at most two layers
-are in flight. ``early_starts`` counts a run's early starts. A fault while the layer before drains leaves ``layer_index``
-on the layer it belongs to: the dispatcher's for a bad row record or an error of an engine on that layer, the
-one before for an error of an engine still running it.
+are in flight. ``early_starts`` counts a run's early starts. A fault while the layer before drains leaves
+``layer_index`` on the layer it belongs to: the dispatcher's for a bad row record or an error of an engine on that
+layer, the one before for an error of an engine still running it.
 
 The patch is double-buffered: while the engines work on a tile, the loader fills the other bank with the
 next tile (the loader reads ``in_buf``, and a residual layer's shortcut rows of ``res_buf``, through the
@@ -192,8 +192,8 @@ class ArrayController(wiring.Component):
         Layers of this run set up while the layer before ran its last tile, with an input the loader may read
         as that layer writes it ("Overlapped layers"); cleared at ``start``.
     early_starts : Out(16)
-        Layers of this run whose rows began while the layer before still drained ("Overlapped layers"); cleared
-        at ``start``.
+        Layers of this run whose rows began while the layer before still drained ("Early starts"); cleared at
+        ``start``.
     x : In(stream.Signature(MAX_ACT_BITS))
         Input codes.
     o : Out(stream.Signature(signed(32)))
@@ -859,7 +859,7 @@ class ArrayController(wiring.Component):
                 # export writes and golden does not define: its output would meet the input rows' writes.)
                 alone = ~inputting | ((layer_idx == 0) & (d.out_buf != 0))
                 # A layer without a max-pool begins while the layer before drains, on the engines that have
-                # finished it (module docstring, "Overlapped layers").
+                # finished it (module docstring, "Early starts").
                 early = pending & (d.pool == 0)
                 with m.If(loaded & (~pending | early) & alone):
                     # The layer's dispatch begins: the engines (each once it holds no row), the writer and the

@@ -66,7 +66,7 @@ def writer_layer_layout(addr_width: int) -> data.StructLayout:
         "w_out": unsigned(DIM_BITS),  # pixels per output row (W_out, 1 for an FC)
         # The layer's parity: the controller's count of layers begun, mod 2. Rows of two layers may be in flight
         # (the next layer's first rows start on the engines that have finished the layer before:
-        # hw/array/controller.py, "Overlapped layers"), and each written row reports its layer by it.
+        # hw/array/controller.py, "Early starts"), and each written row reports its layer by it.
         "par": unsigned(1),
     })
 

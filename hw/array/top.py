@@ -118,7 +118,7 @@ class ConvArray(wiring.Component):
         (:class:`~hw.array.controller.ArrayController`, "Overlapped layers").
     early_starts : Out(16)
         Layers of the run whose first rows went to the engines while the layer before still drained (on the
-        engines that had finished it: "Overlapped layers").
+        engines that had finished it: the controller's "Early starts").
     reads, weight_reads : Out(32)
         Global-buffer words read since the last ``start``: all of them (descriptors, requant parameters, row
         pointers and weights), and those of the engines' row decoders (the weights). Four bytes each: what a
@@ -274,7 +274,7 @@ class ConvArray(wiring.Component):
             # The engine's own copy of the layer's fields (the engine's, its assembler's and the writer's of its
             # rows), following the controller's while the engine holds no row: an engine that has finished a
             # layer takes the next layer's rows while the others still run the layer before (the controller's
-            # "Overlapped layers"). The controller sets a layer's fields at least ten cycles before its first row
+            # "Early starts"). The controller sets a layer's fields at least ten cycles before its first row
             # is offered, so the copy (a cycle behind) has them by then.
             eng_layer = Signal(engine_layer_layout(), name=f"engine{e}_layer")
             eng_writer = Signal(writer_layer_layout(faw), name=f"engine{e}_writer")
@@ -321,6 +321,7 @@ class ConvArray(wiring.Component):
         caught_up = ~(writer.busy & (writer.par != ctl.writer.par))
         for on in on_layer:
             caught_up = caught_up & on
-        m.d.comb += [ctl.drained.eq(drained), ctl.caught_up.eq(caught_up), ctl.wrote_par.eq(writer.par), ctl.engine_error.eq(Cat(*errors)), ctl.engine_on.eq(Cat(*on_layer)),
+        m.d.comb += [ctl.drained.eq(drained), ctl.caught_up.eq(caught_up), ctl.wrote_par.eq(writer.par),
+                     ctl.engine_error.eq(Cat(*errors)), ctl.engine_on.eq(Cat(*on_layer)),
                      ctl.engine_holds.eq(Cat(*(Cat(*(eng.holds[b] for eng in engines)).any() for b in range(2))))]
         return m
