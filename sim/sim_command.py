@@ -174,11 +174,23 @@ def run_array_sim(args) -> int:
     print(f"the array: {config.engines} engines x {config.lanes} lanes ({config.dsp_lanes} DSP48E1 lanes), "
           f"{args.simulator}{'' if args.no_stall else ', random back-pressure on every stream'}")
     result = simulate_array(prepared, vectors, args.simulator, args.seed, not args.no_stall, precision_register(args))
+    if vectors.words is None:  # a version 1-3 image: golden's network is the one the array runs, at its widths
+        from sim.bounds import layer_report
+
+        result["layers"] = layer_report(vectors.net, result.get("layer_cycles", []), config.engines, config.lanes)
     write_json(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]
                 + [(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",
                                             "cycles_per_image", "wall_s")],
                 "RTL simulation (packed multiplier array) vs golden model")
+    if result.get("layers"):
+        stalls = "" if args.no_stall else "; with random back-pressure, which the bound does not count"
+        print(f"\ncycles per layer (mean over the images) against the tiles' bound (sim/bounds.py: the rows' lane "
+              f"cycles and the emitters only{stalls})")
+        print(f"{'layer':>5}  {'name':<16} {'cycles':>10} {'tile bound':>11} {'over':>9}")
+        for row in result["layers"]:
+            print(f"{row['layer']:>5}  {row['name'][:16]:<16} {row['cycles']:>10,.0f} {row['tile_bound']:>11,.0f} "
+                  f"{row['over']:>9,.0f}")
     from hw.array.status import Status
 
     statuses = sorted({Status(s).name for s in result.get("statuses", []) if s != Status.OK.value})

@@ -43,10 +43,10 @@ count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``,
 (dense32's cycles at the same activation width over this row's), ``dense_macs_per_dsp_cycle`` (the
 network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_accuracy``,
 ``nonzero_macs``, ``width_counts`` and ``layer_cycles`` (cycles per layer, counted in RTL by the array's
-``layer_index`` port: where an image's cycles go) with ``layer_tile_bounds`` (:func:`layer_tile_bounds`: each
-layer's tiles' bound; ``accel_layers.png`` draws both, :func:`plot_layers`), ``lane_bound_cycles``
-(:func:`lane_bound_cycles`: the fewest cycles the array's lanes and emitters allow for the row's network, no loads, drains or partly filled
-tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
+``layer_index`` port: where an image's cycles go) with ``layer_tile_bounds`` (the bounds are ``sim/bounds.py``'s:
+:func:`~sim.bounds.layer_tile_bounds`, each layer's tiles' bound; ``accel_layers.png`` draws both,
+:func:`plot_layers`), ``lane_bound_cycles`` (:func:`~sim.bounds.lane_bound_cycles`: the fewest cycles the array's
+lanes and emitters allow for the row's network, no loads, drains or partly filled tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
 ``tile_bound_fraction`` (:func:`tile_bound_cycles`: the same, counting the tiles as the array runs them,
 partly filled ones at their cost), ``mac_weighted_weight_bits`` (:func:`mac_weighted_bits`: the average weight
 width a MAC sees, each weight counted once per output pixel it meets) and ``bit_proportional_speedup_bound``
@@ -95,16 +95,13 @@ import torch
 from tqdm import tqdm
 
 from hw.array.sizing import config_for
-from hw.dsp.pass_lane import SLOTS, entry_lane_cycles
 from hw.platform.array_synth import synthesize_array
 from hw.platform.verilog import array_verilog, write_text_atomically
 from model.bench.conv import IMQ_THREADS, history_json, imq_configs, run_imq_row
 from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.convert import to_golden
-from model.export.golden import MAX_ACT_BITS
-from model.export.golden_conv import IntConv2d
-from model.export.golden_net import IntConvNetwork, mac_counts, mac_layers
+from model.export.golden_net import mac_counts
 from model.export.image import pack
 from model.export.vectors import image_vectors
 from model.files import save_figure, write_json
@@ -113,6 +110,7 @@ from model.quant.pact import PACT
 from model.runs.rundir import load_iteration, run
 from model.training.loop import torch_threads
 from sim.array_runner import run_array
+from sim.bounds import lane_bound_cycles, layer_tile_bounds, mac_weighted_bits
 from sim.runner import SimulationError
 
 #: The array of the bench: 4 engines of 42 pass lanes (84-pixel tiles: three 28-pixel rows of layer1 and
@@ -278,86 +276,6 @@ def curve_networks(source: dict, acts: tuple[int, ...] = ACT_BITS, prefix: str =
         for act in acts:
             nets[(f"{prefix}{k}", act)] = to_golden(variant(model, "ticket", act))
     return nets
-
-
-def _row_cycles(widths: np.ndarray, act_bits: int) -> np.ndarray:
-    """Each output channel's lane cycles (rows of ``widths`` ``[C_out, fan_in]``): its non-zero weights'
-    :func:`~hw.dsp.pass_lane.entry_lane_cycles`, at least 1 (an all-pruned row is one entry of zeros)."""
-    cost = np.zeros(widths.shape[0], dtype=np.int64)
-    for m in (4, 8, 16, 32):
-        cost += entry_lane_cycles(m, act_bits) * (widths == m).sum(axis=1)
-    return np.maximum(cost, 1)
-
-
-def _layer_rows(layer, after_pool: bool) -> np.ndarray:
-    """:func:`_row_cycles` of one layer of :func:`~model.export.golden_net.mac_layers`: a conv at its input
-    width; an FC after a global pool at 8-bit activations (its 16-bit sums split over a lane's two slots)."""
-    widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
-    return _row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
-
-
-def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
-    """The fewest cycles an array of ``engines`` x ``lanes`` pass lanes could take for one image of ``net``,
-    summed over its layers: a layer's lane work (each row's lane cycles for every pair of its output
-    pixels) spread evenly over every lane, or its output codes one a cycle per engine's emitter, whichever
-    is more; a fully connected layer's rows use one lane each. It counts no load, no drain and no partly
-    filled tile; it is the bound the measured ``cycles_per_image`` is to be read against, not a count of it
-    (a 32-bit weight costs two lane cycles a pixel, so a ticket whose work is mostly 32-bit weights is bound
-    to a few times its dense32 row, whatever the rest of the array does)."""
-    total = 0.0
-    for layer, pixels, after_pool, _ in mac_layers(net):
-        rows = _layer_rows(layer, after_pool)
-        if isinstance(layer, IntConv2d):
-            lane_work = rows.sum() * (pixels / SLOTS) / (engines * lanes)
-            total += max(lane_work, len(rows) * pixels / engines)
-        else:  # the FC: one lane per row
-            total += max(rows.sum(), len(rows)) / engines
-    return int(np.ceil(total))
-
-
-def layer_tile_bounds(net: IntConvNetwork, engines: int, lanes: int) -> list[float]:
-    """:func:`tile_bound_cycles` layer by layer (the weight layers of
-    :func:`~model.export.golden_net.mac_layers`, in the order of the RTL's ``layer_cycles``), not rounded."""
-    t = lanes * SLOTS
-    bounds = []
-    for layer, pixels, after_pool, w_out in mac_layers(net):
-        rows = _layer_rows(layer, after_pool)
-        if isinstance(layer, IntConv2d):
-            h_out, per_tile = pixels // w_out, max(t // w_out, 1)
-            tiles = [min(per_tile, h_out - y) * w_out for y in range(0, h_out, per_tile)]
-            bounds.append(sum(float(np.maximum(rows, tile_pixels).sum()) for tile_pixels in tiles) / engines)
-        else:  # the FC, as in lane_bound_cycles
-            bounds.append(max(float(rows.sum()), len(rows)) / engines)
-    return bounds
-
-
-def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
-    """The fewest cycles the array's tiles allow for one image of ``net``: as :func:`lane_bound_cycles`, but a
-    conv layer runs as the array runs it, tile by tile (``T = 2 lanes`` pixel slots; a tile holds
-    ``T // W_out`` whole output rows, the last tile what is left), each row of a tile costing its lane cycles
-    (every lane of the engine works on the tile's pixels at once, the unused ones idle) or the tile's pixels
-    (the emitter's one code a cycle), whichever is more, and the rows spread evenly over the engines. So it
-    counts what partly filled tiles cost (ResNet-20's layer3: 49 pixels on 84 slots) and what the emitters
-    cost row by row, still without loads, drains or the engines' imbalance; :func:`lane_bound_cycles` <= it.
-    The sum of :func:`layer_tile_bounds`."""
-    return int(np.ceil(sum(layer_tile_bounds(net, engines, lanes))))
-
-
-def mac_weighted_bits(net: IntConvNetwork) -> float:
-    """The network's average weight width weighted by the MACs each weight takes part in: a conv weight once
-    per output pixel of its layer, a fully connected one once (:func:`~model.export.golden_net.mac_layers`),
-    a pruned weight at 0 bits. ``avg_weight_bits`` weights every stored weight alike; this is the average a
-    multiply-accumulate sees. ``32 / mac_weighted_bits(net)`` is the speed-up over dense32 of *any* array
-    whose time per MAC is proportional to the weight's bits (the paper's premise, Sec. 3.3: narrower operands,
-    more products a DSP48E1) and that has no other cost: the ceiling of the ratio ``speedup_vs_dense32``
-    measures, whatever the lanes, tiles and engines do. (This array's lanes are less than proportional at the
-    narrow end: a 4-bit weight costs what an 8-bit one does, :func:`~hw.dsp.pass_lane.entry_lane_cycles`.)"""
-    bits = macs = 0
-    for layer, pixels, _, _ in mac_layers(net):
-        widths = np.asarray(layer.widths)
-        bits += int(widths.sum(dtype=np.int64)) * pixels
-        macs += widths.size * pixels
-    return bits / macs
 
 
 def _synthesize(config, out_dir: Path, box: dict, timeout_s: float) -> None:

@@ -47,7 +47,13 @@ def test_a_conv_image_runs_on_the_array_and_not_on_the_fc_core(conv_image, tmp_p
     assert report["images"] == 3 and report["mismatches"] == 0 and report["passed"]
     assert report["array_config"]["engines"] == 2 and report["array_config"]["lanes"] == 4
     assert report["cycles_per_image"] > 0 and report["data"]["name"] == "digits"
-    assert "RTL simulation (packed multiplier array)" in capsys.readouterr().out
+    # each of its 6 weight layers' cycles against its tiles' bound (sim/bounds.py), summing to the image's cycles
+    layers = report["layers"]
+    assert [row["layer"] for row in layers] == list(range(6)) and all(row["tile_bound"] > 0 for row in layers)
+    assert abs(sum(row["cycles"] for row in layers) - report["cycles_per_image"]) <= len(layers)
+    assert all(row["over"] == pytest.approx(row["cycles"] - row["tile_bound"], abs=0.11) for row in layers)
+    printed = capsys.readouterr().out
+    assert "RTL simulation (packed multiplier array)" in printed and "cycles per layer" in printed
 
 
 @needs_icarus

@@ -20,6 +20,7 @@ from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.nets import ResNet20
 from model.quant.pact import PACT
 from model.training.loop import torch_threads
+from sim import bounds
 from sim.bench import accel
 
 
@@ -115,7 +116,7 @@ def test_the_lane_bound_counts_every_weight_at_its_lane_cycles(ticket, weights, 
         lanes_work = c_out * 9 * c_in * per_entry * side * side / 2 / (engines * lanes)
         total += max(lanes_work, c_out * side * side / engines)
     total += 10 * 64 * (4 if weights == "dense32" else 2) / engines
-    assert accel.lane_bound_cycles(net, engines, lanes) == int(np.ceil(total))
+    assert bounds.lane_bound_cycles(net, engines, lanes) == int(np.ceil(total))
 
 
 @pytest.mark.parametrize(("weights", "lanes"), [("dense32", 42), ("qnn4", 42), ("qnn4", 4000)])
@@ -131,17 +132,17 @@ def test_the_tile_bound_counts_every_tile_row_by_row(ticket, weights, lanes):
         per_tile = max(t // side, 1)
         layers.append(sum(c_out * max(row, min(per_tile, side - y) * side) for y in range(0, side, per_tile)) / engines)
     layers.append(10 * 64 * (4 if weights == "dense32" else 2) / engines)
-    assert accel.layer_tile_bounds(net, engines, lanes) == pytest.approx(layers, rel=1e-12)  # layer by layer
-    assert accel.tile_bound_cycles(net, engines, lanes) == int(np.ceil(sum(layers)))
-    assert accel.tile_bound_cycles(net, engines, lanes) >= accel.lane_bound_cycles(net, engines, lanes)
+    assert bounds.layer_tile_bounds(net, engines, lanes) == pytest.approx(layers, rel=1e-12)  # layer by layer
+    assert bounds.tile_bound_cycles(net, engines, lanes) == int(np.ceil(sum(layers)))
+    assert bounds.tile_bound_cycles(net, engines, lanes) >= bounds.lane_bound_cycles(net, engines, lanes)
 
 
 def test_mac_weighted_bits_count_each_weight_once_per_output_pixel(ticket):
     """Uniform variants: every MAC sees the one width. The ticket-like mix: each conv layer's widths summed and
     weighted by its output map's pixels (``RESNET20_CONVS``), the classifier's once; not the plain average of
     the stored weights, which weights a layer3 weight (49 output pixels) like a layer1 one (784)."""
-    assert accel.mac_weighted_bits(to_golden(accel.variant(ticket, "dense32", 4))) == 32.0
-    assert accel.mac_weighted_bits(to_golden(accel.variant(ticket, "qnn4", 8))) == 4.0
+    assert bounds.mac_weighted_bits(to_golden(accel.variant(ticket, "dense32", 4))) == 32.0
+    assert bounds.mac_weighted_bits(to_golden(accel.variant(ticket, "qnn4", 8))) == 4.0
     net = to_golden(accel.variant(ticket, "ticket", 4))
     convs = [layer for layer in ticket.modules() if isinstance(layer, QUANT_LAYER_TYPES)]
     assert len(convs) == len(RESNET20_CONVS) + 1
@@ -152,8 +153,8 @@ def test_mac_weighted_bits_count_each_weight_once_per_output_pixel(ticket):
         macs += layer.bit_width.numel() * side * side
     bits += int(convs[-1].bit_width.sum())
     macs += convs[-1].bit_width.numel()
-    assert accel.mac_weighted_bits(net) == pytest.approx(bits / macs, rel=1e-12)
-    assert accel.mac_weighted_bits(net) != pytest.approx(net.avg_weight_bits, rel=1e-3)
+    assert bounds.mac_weighted_bits(net) == pytest.approx(bits / macs, rel=1e-12)
+    assert bounds.mac_weighted_bits(net) != pytest.approx(net.avg_weight_bits, rel=1e-3)
 
 
 def test_the_layer_ranked_run_is_read_from_its_file_or_trained(tmp_path, monkeypatch):

@@ -1,0 +1,122 @@
+"""The array's cycle bounds of a network: what its lanes, tiles and emitters allow, layer by layer.
+
+Torch-free, so that ``build.py sim --core array`` prints each layer's RTL cycles against its bound and ``build.py
+bench accel`` records them (``sim/bench/accel.py``). The bounds count the lane cycles of each row
+(:func:`~hw.dsp.pass_lane.entry_lane_cycles` of its non-zero weights) and the emitters' one code a cycle, not
+loads, drains, the engines' imbalance or the global buffer's ports: what a layer's RTL cycles exceed its
+bound by is the cost of those (``docs/array_design.md``, "Early starts").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hw.dsp.pass_lane import SLOTS, entry_lane_cycles
+from model.export.golden import MAX_ACT_BITS, IntNetwork
+from model.export.golden_conv import IntConv2d
+from model.export.golden_net import IntConvNetwork, mac_layers
+
+
+def weight_layers(net: IntConvNetwork | IntNetwork):
+    """:func:`~model.export.golden_net.mac_layers` of a conv network; an MLP's layers as fully connected ones
+    (``(layer, 1, False, 1)`` each: the array runs an MLP as a version 3 image of FC layers)."""
+    if isinstance(net, IntNetwork):
+        return [(layer, 1, False, 1) for layer in net.layers]
+    return list(mac_layers(net))
+
+
+def row_cycles(widths: np.ndarray, act_bits: int) -> np.ndarray:
+    """Each output channel's lane cycles (rows of ``widths`` ``[C_out, fan_in]``): its non-zero weights'
+    :func:`~hw.dsp.pass_lane.entry_lane_cycles`, at least 1 (an all-pruned row is one entry of zeros)."""
+    cost = np.zeros(widths.shape[0], dtype=np.int64)
+    for m in (4, 8, 16, 32):
+        cost += entry_lane_cycles(m, act_bits) * (widths == m).sum(axis=1)
+    return np.maximum(cost, 1)
+
+
+def layer_rows(layer, after_pool: bool) -> np.ndarray:
+    """:func:`row_cycles` of one layer of :func:`~model.export.golden_net.mac_layers`: a conv at its input
+    width; an FC after a global pool at 8-bit activations (its 16-bit sums split over a lane's two slots)."""
+    widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
+    return row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
+
+
+def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
+    """The fewest cycles an array of ``engines`` x ``lanes`` pass lanes could take for one image of ``net``,
+    summed over its layers: a layer's lane work (each row's lane cycles for every pair of its output
+    pixels) spread evenly over every lane, or its output codes one a cycle per engine's emitter, whichever
+    is more; a fully connected layer's rows use one lane each. It counts no load, no drain and no partly
+    filled tile; it is the bound the measured ``cycles_per_image`` is to be read against, not a count of it
+    (a 32-bit weight costs two lane cycles a pixel, so a ticket whose work is mostly 32-bit weights is bound
+    to a few times its dense32 row, whatever the rest of the array does)."""
+    total = 0.0
+    for layer, pixels, after_pool, _ in weight_layers(net):
+        rows = layer_rows(layer, after_pool)
+        if isinstance(layer, IntConv2d):
+            lane_work = rows.sum() * (pixels / SLOTS) / (engines * lanes)
+            total += max(lane_work, len(rows) * pixels / engines)
+        else:  # the FC: one lane per row
+            total += max(rows.sum(), len(rows)) / engines
+    return int(np.ceil(total))
+
+
+def layer_tile_bounds(net: IntConvNetwork, engines: int, lanes: int) -> list[float]:
+    """:func:`tile_bound_cycles` layer by layer (the weight layers of
+    :func:`~model.export.golden_net.mac_layers`, in the order of the RTL's ``layer_cycles``), not rounded."""
+    t = lanes * SLOTS
+    bounds = []
+    for layer, pixels, after_pool, w_out in weight_layers(net):
+        rows = layer_rows(layer, after_pool)
+        if isinstance(layer, IntConv2d):
+            h_out, per_tile = pixels // w_out, max(t // w_out, 1)
+            tiles = [min(per_tile, h_out - y) * w_out for y in range(0, h_out, per_tile)]
+            bounds.append(sum(float(np.maximum(rows, tile_pixels).sum()) for tile_pixels in tiles) / engines)
+        else:  # the FC, as in lane_bound_cycles
+            bounds.append(max(float(rows.sum()), len(rows)) / engines)
+    return bounds
+
+
+def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
+    """The fewest cycles the array's tiles allow for one image of ``net``: as :func:`lane_bound_cycles`, but a
+    conv layer runs as the array runs it, tile by tile (``T = 2 lanes`` pixel slots; a tile holds
+    ``T // W_out`` whole output rows, the last tile what is left), each row of a tile costing its lane cycles
+    (every lane of the engine works on the tile's pixels at once, the unused ones idle) or the tile's pixels
+    (the emitter's one code a cycle), whichever is more, and the rows spread evenly over the engines. So it
+    counts what partly filled tiles cost (ResNet-20's layer3: 49 pixels on 84 slots) and what the emitters
+    cost row by row, still without loads, drains or the engines' imbalance; :func:`lane_bound_cycles` <= it.
+    The sum of :func:`layer_tile_bounds`."""
+    return int(np.ceil(sum(layer_tile_bounds(net, engines, lanes))))
+
+
+def mac_weighted_bits(net: IntConvNetwork) -> float:
+    """The network's average weight width weighted by the MACs each weight takes part in: a conv weight once
+    per output pixel of its layer, a fully connected one once (:func:`~model.export.golden_net.mac_layers`),
+    a pruned weight at 0 bits. ``avg_weight_bits`` weights every stored weight alike; this is the average a
+    multiply-accumulate sees. ``32 / mac_weighted_bits(net)`` is the speed-up over dense32 of *any* array
+    whose time per MAC is proportional to the weight's bits (the paper's premise, Sec. 3.3: narrower operands,
+    more products a DSP48E1) and that has no other cost: the ceiling of the ratio ``speedup_vs_dense32``
+    measures, whatever the lanes, tiles and engines do. (This array's lanes are less than proportional at the
+    narrow end: a 4-bit weight costs what an 8-bit one does, :func:`~hw.dsp.pass_lane.entry_lane_cycles`.)"""
+    bits = macs = 0
+    for layer, pixels, _, _ in weight_layers(net):
+        widths = np.asarray(layer.widths)
+        bits += int(widths.sum(dtype=np.int64)) * pixels
+        macs += widths.size * pixels
+    return bits / macs
+
+
+def layer_report(net: IntConvNetwork | IntNetwork, layer_cycles: list[list[int]], engines: int, lanes: int
+                 ) -> list[dict]:
+    """Each weight layer's RTL cycles (``layer_cycles``: per image, per layer, as the array testbench counts them by
+    ``layer_index``; their mean over the images) against its tiles' bound (:func:`layer_tile_bounds`):
+    ``{"layer", "name", "cycles", "tile_bound", "over"}`` each. Empty when no image has one count per layer (a
+    run that stopped early)."""
+    layers = weight_layers(net)
+    counts = [c for c in layer_cycles if len(c) == len(layers)]
+    if not counts:
+        return []
+    mean = np.mean(np.asarray(counts, dtype=np.float64), axis=0)
+    bounds = layer_tile_bounds(net, engines, lanes)
+    return [{"layer": k, "name": getattr(layer, "name", "") or "", "cycles": round(float(c), 1),
+             "tile_bound": round(b, 1), "over": round(float(c) - b, 1)}
+            for k, ((layer, *_), c, b) in enumerate(zip(layers, mean, bounds))]
