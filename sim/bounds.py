@@ -41,7 +41,7 @@ def layer_rows(layer, after_pool: bool) -> np.ndarray:
     return row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
 
 
-def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
+def lane_bound_cycles(net: IntConvNetwork | IntNetwork, engines: int, lanes: int) -> int:
     """The fewest cycles an array of ``engines`` x ``lanes`` pass lanes could take for one image of ``net``,
     summed over its layers: a layer's lane work (each row's lane cycles for every pair of its output
     pixels) spread evenly over every lane, or its output codes one a cycle per engine's emitter, whichever
@@ -60,9 +60,9 @@ def lane_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     return int(np.ceil(total))
 
 
-def layer_tile_bounds(net: IntConvNetwork, engines: int, lanes: int) -> list[float]:
-    """:func:`tile_bound_cycles` layer by layer (the weight layers of
-    :func:`~model.export.golden_net.mac_layers`, in the order of the RTL's ``layer_cycles``), not rounded."""
+def layer_tile_bounds(net: IntConvNetwork | IntNetwork, engines: int, lanes: int) -> list[float]:
+    """:func:`tile_bound_cycles` layer by layer (the weight layers of :func:`weight_layers`, in the order of the
+    RTL's ``layer_cycles``), not rounded."""
     t = lanes * SLOTS
     bounds = []
     for layer, pixels, after_pool, w_out in weight_layers(net):
@@ -76,7 +76,7 @@ def layer_tile_bounds(net: IntConvNetwork, engines: int, lanes: int) -> list[flo
     return bounds
 
 
-def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
+def tile_bound_cycles(net: IntConvNetwork | IntNetwork, engines: int, lanes: int) -> int:
     """The fewest cycles the array's tiles allow for one image of ``net``: as :func:`lane_bound_cycles`, but a
     conv layer runs as the array runs it, tile by tile (``T = 2 lanes`` pixel slots; a tile holds
     ``T // W_out`` whole output rows, the last tile what is left), each row of a tile costing its lane cycles
@@ -88,7 +88,7 @@ def tile_bound_cycles(net: IntConvNetwork, engines: int, lanes: int) -> int:
     return int(np.ceil(sum(layer_tile_bounds(net, engines, lanes))))
 
 
-def mac_weighted_bits(net: IntConvNetwork) -> float:
+def mac_weighted_bits(net: IntConvNetwork | IntNetwork) -> float:
     """The network's average weight width weighted by the MACs each weight takes part in: a conv weight once
     per output pixel of its layer, a fully connected one once (:func:`~model.export.golden_net.mac_layers`),
     a pruned weight at 0 bits. ``avg_weight_bits`` weights every stored weight alike; this is the average a
