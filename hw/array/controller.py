@@ -861,14 +861,14 @@ class ArrayController(wiring.Component):
                 # A layer without a max-pool begins while the layer before drains, on the engines that have
                 # finished it (module docstring, "Early starts").
                 early = pending & (d.pool == 0)
+                behind = pending & ~self.drained  # the layer before has rows left: this one starts early
                 with m.If(loaded & (~pending | early) & alone):
                     # The layer's dispatch begins: the engines (each once it holds no row), the writer and the
                     # dispatcher take its fields now.
                     m.d.sync += [run_layer.eq(layer_view), run_writer.eq(writer_view), dd.eq(desc),
                                  dw_out.eq(w_out), dprev_c.eq(prev_c),
                                  early_cmds.eq(0), early_wrote.eq(0),
-                                 pending.eq(0), draining.eq(pending & ~self.drained),
-                                 early_starts.eq(early_starts + (pending & ~self.drained))]
+                                 pending.eq(0), draining.eq(behind), early_starts.eq(early_starts + behind)]
                     m.next = "PREP"
                 with m.If(engine_fault):
                     m.next = "FAULT"
@@ -894,11 +894,12 @@ class ArrayController(wiring.Component):
                 # layer now, which loads its first tile while this one runs (module docstring).
                 # (While the layer before still drains, the set-up waits for it: between two of this tile's rows,
                 # OFFER. At most two layers' rows are in flight, and the loader's gates follow one layer's writes.)
-                with m.If(~loading & ~v4 & ~last_layer & (dd.pool == 0) & ~draining):
+                sets_up_next = ~loading & ~v4 & ~last_layer & (dd.pool == 0)
+                with m.If(sets_up_next & ~draining):
                     m.d.sync += pending.eq(1)
                     next_layer()
                 with m.Else():
-                    m.d.sync += want_next.eq(~loading & ~v4 & ~last_layer & (dd.pool == 0))
+                    m.d.sync += want_next.eq(sets_up_next)
                     m.next = "READ"
 
             with m.State("READ"):

@@ -278,8 +278,8 @@ class ConvArray(wiring.Component):
             # is offered, so the copy (a cycle behind) has them by then.
             eng_layer = Signal(engine_layer_layout(), name=f"engine{e}_layer")
             eng_writer = Signal(writer_layer_layout(faw), name=f"engine{e}_writer")
-            idle = ~(eng.busy | asm.busy)
-            with m.If(idle):
+            holds_row = eng.busy | asm.busy
+            with m.If(~holds_row):
                 m.d.sync += [eng_layer.eq(ctl.layer), eng_writer.eq(ctl.writer)]
             on = Signal(name=f"engine{e}_on_layer")
             m.d.comb += on.eq(eng_writer.par == ctl.writer.par)
@@ -293,7 +293,7 @@ class ConvArray(wiring.Component):
                          ctl_cmd.ready.eq(eng.cmd.ready & on)]
             wiring.connect(m, eng.o, asm.i)
             wiring.connect(m, asm.o, getattr(writer, f"row{e}"))
-            busy_any.append(eng.busy | asm.busy)
+            busy_any.append(holds_row)
             errors.append(eng.error)
         # Read counters (since start): every granted global-buffer read, and the engines' ones.
         granted_eng = [eng.bus.req & getattr(buf, names[e]).grant for e, eng in enumerate(engines)]

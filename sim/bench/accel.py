@@ -46,7 +46,8 @@ network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_
 ``layer_index`` port: where an image's cycles go) with ``layer_tile_bounds`` (the bounds are ``sim/bounds.py``'s:
 :func:`~sim.bounds.layer_tile_bounds`, each layer's tiles' bound; ``accel_layers.png`` draws both,
 :func:`plot_layers`), ``lane_bound_cycles`` (:func:`~sim.bounds.lane_bound_cycles`: the fewest cycles the array's
-lanes and emitters allow for the row's network, no loads, drains or partly filled tiles) and ``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
+lanes and emitters allow for the row's network, no loads, drains or partly filled tiles) and
+``lane_bound_fraction`` (that bound over ``cycles_per_image``), ``tile_bound_cycles`` and
 ``tile_bound_fraction`` (:func:`tile_bound_cycles`: the same, counting the tiles as the array runs them,
 partly filled ones at their cost), ``mac_weighted_weight_bits`` (:func:`mac_weighted_bits`: the average weight
 width a MAC sees, each weight counted once per output pixel it meets) and ``bit_proportional_speedup_bound``
