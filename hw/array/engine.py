@@ -356,7 +356,7 @@ class ChannelEngine(wiring.Component):
         m.submodules.recs = recs = SyncFIFOBuffered(width=rec_layout.size, depth=8)
         lane_list = []
         for k in range(lanes):
-            lane = PassDspLane()
+            lane = PassDspLane(leader=lane_list[0] if lane_list else None)
             m.submodules[f"lane{k}"] = lane
             lane_list.append(lane)
             m.d.comb += [

@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from amaranth import Module
 from amaranth.back import verilog
 
 from hw.dsp.lane import DSP48E1_ATTRIBUTES
@@ -120,6 +121,69 @@ def test_random_passes_exact_under_back_pressure():
             passes.append(make_pass(rng, cls, act, length, rng.choice(["max", "mixed"]), pair, chunk, group))
     got = run_passes(PassDspLane(), passes, seed=3, p_gap=0.3, p_stall=0.35)
     assert got == [expected(p) for p in passes]
+
+
+def test_followers_take_the_leaders_pipeline_control():
+    """An engine's lanes (``hw/array/engine.py``): one leads, the others follow its pipeline control. Three lanes
+    get the same entries but for their codes, under idle cycles and back-pressure on the leader, while the
+    followers' own ``i.valid`` and ``o.ready`` are random (ignored): each lane's pass sums are its own codes'
+    exactly, and a follower's ``i.ready`` and ``o.valid`` are the leader's in every cycle."""
+    rng = random.Random("lane-group")
+    passes = []
+    for _ in range(60):
+        cls, act = rng.choice(CLASS_WIDTHS), rng.randint(1, MAX_ACT_BITS)
+        for pair, chunk, group in lane_passes(cls, act):
+            passes.append(make_pass(rng, cls, act, rng.choice([1, 2, rng.randint(3, 40)]), "mixed", pair, chunk,
+                                    group))
+    items = [e for entries in passes for e in entries]
+    # The followers' codes: other codes of the same widths (pair passes keep theirs below 2^PAIR_ACT_BITS).
+    codes = [[[rng.randrange(16 if e["pair"] else 256) for _ in e["u"]] for e in items] for _ in range(2)]
+    lead = PassDspLane()
+    lanes = [lead, PassDspLane(leader=lead), PassDspLane(leader=lead)]
+    m = Module()
+    m.submodules += lanes
+    got = [[] for _ in lanes]
+
+    async def bench(ctx):
+        pos, cycle = 0, 0
+        while len(got[0]) < len(passes):
+            cycle += 1
+            assert cycle < 40 * len(items), f"stalled after {len(got[0])} of {len(passes)} passes"
+            offer = pos < len(items) and rng.random() >= 0.3
+            ctx.set(lead.i.valid, offer)
+            ctx.set(lead.o.ready, rng.random() >= 0.35)
+            for k, lane in enumerate(lanes):
+                if pos < len(items):
+                    ctx.set(lane.i.payload, dict(items[pos], u=items[pos]["u"] if k == 0 else codes[k - 1][pos]))
+                if k:
+                    ctx.set(lane.i.valid, rng.random() < 0.5)
+                    ctx.set(lane.o.ready, rng.random() < 0.5)
+            sampled = await ctx.tick().sample(*[s for lane in lanes for s in (lane.i.ready, lane.o.valid,
+                                                                              lane.o.payload)])
+            ready, valid = sampled[-9], sampled[-8]
+            assert [sampled[-9 + 3 * k] for k in range(3)] == [ready] * 3
+            assert [sampled[-8 + 3 * k] for k in range(3)] == [valid] * 3
+            if offer and ready:
+                pos += 1
+            if valid and ctx.get(lead.o.ready):
+                for k in range(3):
+                    got[k].append(int(sampled[-7 + 3 * k].p))
+
+    simulate(m, bench)
+    at = 0
+    want = [[], [], []]
+    for entries in passes:
+        n = len(entries)
+        want[0].append(expected(entries))
+        for k in (1, 2):
+            want[k].append(expected([dict(e, u=codes[k - 1][at + i]) for i, e in enumerate(entries)]))
+        at += n
+    assert got == want
+
+
+def test_a_lanes_leader_leads_itself():
+    with pytest.raises(ValueError, match="a lane's leader must lead itself"):
+        PassDspLane(leader=PassDspLane(leader=PassDspLane()))
 
 
 @pytest.mark.parametrize("signed", [0, 1])
