@@ -13,7 +13,9 @@ One run (``start`` to ``done``) infers one image:
    ``input_bits`` for layer 0; the fan-in at most ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
    :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv
    layer, the one "pixel" of a fully connected layer) the patch loader builds the tile's patch, the
-   **dispatcher** reads each output channel's row pointer (``ptr_bits`` bits at bit ``j ptr_bits`` of the row table), its requant parameter
+   **dispatcher** reads each output channel's row end (row pointer ``j + 1``, ``ptr_bits`` bits at bit
+   ``(j + 1) ptr_bits`` of the row table; ``stream_bits`` for the last row; the row's start is the row before's
+   end, 0 for the first: each row's engine fetches no weight word past its end), its requant parameter
    record (a residual layer's shortcut multiplier ``M_r`` zero for the channels past the block input's
    ``C_r``: option A's zero channels; an ``M`` or ``M_r`` past ``MULT_BITS`` bits ends the run with
    ``BAD_STREAM``, since the command holds 17 bits), and hands the row command to the first engine that takes one; a
@@ -100,10 +102,11 @@ code shift ``t + 1``, class 8, or the 8-bit edge in class 16) and ``comp_shift``
 pointer.
 
 The residual map's shape is the previous layer's input (a residual layer is conv2 of a block whose conv1 is
-the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 4 to 6 words per row command in 7
-cycles (the row pointer's second word only when the pointer reaches into it, the shortcut multiplier only in a
-residual layer): each word it does not read leaves the global buffer's first read port to the engines behind it
-(``docs/array_design.md``, "The global buffer's read ports"); caching the commands' words is a next step.
+the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 3 to 6 words per row command in 4 to 7
+cycles (the row pointer's second word only when the pointer reaches into it, no pointer for a layer's last row,
+the shortcut multiplier only in a residual layer; a word not read costs no cycle): each word it does not read
+leaves the global buffer's first read port to the engines behind it (``docs/array_design.md``, "The global
+buffer's read ports"); caching the commands' words is a next step.
 """
 
 from __future__ import annotations
@@ -301,6 +304,7 @@ class ArrayController(wiring.Component):
         desc = Signal(LAYER_LAYOUT)
         k = Signal(range(LAYER.words + 2))  # word counter of a record read
         k_prev = Signal.like(k)  # the word whose data arrives now
+        k_read = Signal(range(6))  # the dispatcher's word requested in the cycle before (READ)
         m.d.comb += k_prev.eq(k - 1)
         layer_idx = Signal(16)
         pending = Signal()  # the layer before still drains while this one's descriptor and first tile load
@@ -333,7 +337,9 @@ class ArrayController(wiring.Component):
         last_layer = Signal()
         # Dispatcher.
         j = Signal(16)
-        ptr_bit = Signal(32)  # j ptr_bits
+        ptr_bit = Signal(32)  # (j + 1) ptr_bits: row j's end pointer, the pointer the dispatcher reads
+        # Row j's first bit in the global buffer: row j - 1's end (the stream's first bit for the first row).
+        row_start = Signal(self._aw + 5)
         param_addr = Signal(32)
         words = Signal(6 * WORD_BITS)  # row pointer (2 words), params (3, or 4 with a shortcut)
         cmd_valid = Signal()
@@ -483,9 +489,12 @@ class ArrayController(wiring.Component):
                              | (res_end >= 1 << self._fw)))
         )
 
-        # -- Dispatcher reads: up to 6 words in 7 cycles ---------------------------------------------
+        # -- Dispatcher reads: up to 6 words in up to 7 cycles ---------------------------------------
         rec = Mux(dd.residual, RES_PARAMS.words, PARAMS.words)
         ptr_word = dd.row_base + (ptr_bit >> 5)
+        last_row = j == dd.c_out - 1
+        # Row j's end in the stream: pointer j + 1, or the stream's length for the last row (no pointer read).
+        row_end = Signal(self._aw + 5)  # (relative to the stream)
         read_addr = Signal(self._aw)
         with m.Switch(k):
             with m.Case(0):  # version 4: the word of the group's negate bits holding row j's
@@ -499,8 +508,9 @@ class ArrayController(wiring.Component):
         m.d.comb += pair.eq(words[:2 * WORD_BITS] >> ptr_bit[:5])
         ptr = Signal(WORD_BITS)
         m.d.comb += ptr.eq(pair[:WORD_BITS] & ((Const(1, WORD_BITS + 1) << dd.ptr_bits[:6]) - 1))
-        one_word = Signal()  # row j's pointer lies in the first of its two words
+        one_word = Signal()  # row j's end pointer lies in the first of its two words
         m.d.comb += one_word.eq(ptr_bit[:5] + dd.ptr_bits[:6] <= WORD_BITS)
+        m.d.comb += row_end.eq(Mux(last_row, dd.stream_bits, ptr))
 
         res_live = Signal()  # the channel has a shortcut input (j < C_r; option A's other channels add zero)
 
@@ -880,7 +890,8 @@ class ArrayController(wiring.Component):
                 with m.If(~more):
                     m.d.sync += [ch_done.eq(0), avail.eq(0)]
                 m.d.sync += [y.eq(ly), tile_rows.eq(l_rows), comp_bank.eq(load_bank), loaded.eq(0),
-                             loading.eq(more), j.eq(0), ptr_bit.eq(0), param_addr.eq(dd.param_base), k.eq(0),
+                             loading.eq(more), j.eq(0), ptr_bit.eq(dd.ptr_bits), row_start.eq(dd.stream_base << 5),
+                             param_addr.eq(dd.param_base), k.eq(0),
                              row_first.eq(0)]
                 with m.If(more):
                     m.d.sync += [ly.eq(ly + l_rows), l_rows.eq(Mux(full_rows < rows_left, full_rows, rows_left)),
@@ -903,17 +914,23 @@ class ArrayController(wiring.Component):
                     m.next = "READ"
 
             with m.State("READ"):
-                # k = 0..5: row pointer (2 words), params (4; the 4th unused without a shortcut); words land
-                # one cycle later.
+                # k = 0..5: row j's end pointer (2 words), params (4; the 4th unused without a shortcut); words
+                # land one cycle later.
                 # (Version 4 has no row pointer's second word, nor has a pointer that ends in its first word (its
                 # high bits are masked off); without a shortcut the 4th record word is not read. A read not made
                 # leaves the port's cycle to the engines behind the controller on it: their row decoders read
                 # the weights there, `hw/array/top.py`.)
-                skip = ((k == 1) & (v4 | one_word)) | (~dd.residual & (k == 5))
-                m.d.comb += [self.bus.req.eq((k < 6) & ~skip), self.bus.addr.eq(read_addr)]
-                m.d.sync += k.eq(k + 1)
-                with m.If((k > 0) & (k < 7)):
-                    m.d.sync += words.word_select(k_prev, WORD_BITS).eq(self.bus.data)
+                # A word not read costs no cycle either: ``k`` steps over it (the row pointer's second word after
+                # the first, the shortcut multiplier after B), so a command takes 4 to 6 read cycles and one for
+                # the last word to land (``k_read``: the word requested the cycle before).
+                # (The last row reads no pointer: its end is the stream's length.)
+                m.d.comb += [self.bus.req.eq((k < 6) & ~((k == 0) & last_row & ~v4)),
+                             self.bus.addr.eq(read_addr)]
+                m.d.sync += [k.eq(Mux((k == 0) & (v4 | one_word | last_row), 2,
+                                      Mux((k == 4) & ~dd.residual, 6, k + 1))),
+                             k_read.eq(k)]
+                with m.If(k > 0):
+                    m.d.sync += words.word_select(k_read, WORD_BITS).eq(self.bus.data)
                 with m.If(k == 6):
                     m.next = "COMMAND"
                 with m.If(engine_fault):
@@ -923,7 +940,8 @@ class ArrayController(wiring.Component):
                 # The record's last word has landed: the command. (A residual layer's shortcut codes are patch
                 # rows fan_in + j, which the engine reads; M_r is zero for a channel past C_r.)
                 m.d.sync += [
-                    cmd.start_bit.eq(Mux(v4, row_first, (dd.stream_base << 5) + ptr)),
+                    cmd.start_bit.eq(Mux(v4, row_first, row_start)),
+                    cmd.end_bit.eq((dd.stream_base << 5) + row_end),
                     cmd.negate.eq(v4 & words.word_select(0, WORD_BITS).bit_select(j[:5], 1)),
                     cmd.channel.eq(j), cmd.pixels.eq(tile_px), cmd.bank.eq(comp_bank),
                     cmd.tile.y.eq(y), cmd.tile.rows.eq(tile_rows),
@@ -948,6 +966,7 @@ class ArrayController(wiring.Component):
             with m.State("OFFER"):
                 with m.If(taken):
                     m.d.sync += [cmd_valid.eq(0), j.eq(j + 1), ptr_bit.eq(ptr_bit + dd.ptr_bits),
+                                 row_start.eq(cmd.end_bit),
                                  row_first.eq(row_first + dd.fan_in),
                                  param_addr.eq(param_addr + rec), k.eq(0)]
                     with m.If(j == dd.c_out - 1):

@@ -1,8 +1,8 @@
 """Channel engine: one output channel at a time over a tile of pixels, from its weight row to its codes.
 
 An engine (``docs/array_design.md``) takes *row commands*: an output channel ``j`` of the running layer with
-its row's first bit in the global buffer, its requant parameters (``M``, ``B``, ``M_r``), the shortcut codes
-of the tile's pixels and how many pixels the tile has. For each, it
+its row's first bit in the global buffer and the bit after its last, its requant parameters (``M``, ``B``,
+``M_r``), the shortcut codes of the tile's pixels and how many pixels the tile has. For each, it
 
 1. decodes the row (:class:`~hw.core.stream_decoder.RowStreamDecoder`, its own global-buffer requester):
    one entry ``(position p, class, code q)`` per non-zero weight, grouped by width class (*segments*);
@@ -105,6 +105,8 @@ def row_command_layout(addr_width: int, channel_bits: int, pixels: int) -> data.
         # Version 3: the row's first bit in the global buffer; version 4 (``layer.vertical``): the row's
         # first weight in the layer, ``j fan_in`` (the plane decoder's ``first``).
         "start_bit": command_layout(addr_width)["start_bit"].shape,
+        # Version 3: the bit after the row's last (its fetcher reads no word past it); version 4: unused.
+        "end_bit": command_layout(addr_width)["end_bit"].shape,
         "negate": unsigned(1),  # version 4: the row's codes (and compensation) are negated
         "channel": unsigned(channel_bits),
         "pixels": range(pixels + 1),  # pixels of the tile (1..T); the others are not emitted
@@ -281,7 +283,7 @@ class ChannelEngine(wiring.Component):
             m.d.comb += [self.cmd.ready.eq(rows.w_rdy & row_pixels.w_rdy & dec.cmd.ready), dec.cmd.valid.eq(offer)]
         m.d.comb += [
             accept.eq(self.cmd.valid & self.cmd.ready),
-            dec.cmd.payload.start_bit.eq(cmd.start_bit),
+            dec.cmd.payload.start_bit.eq(cmd.start_bit), dec.cmd.payload.end_bit.eq(cmd.end_bit),
             rows.w_en.eq(accept), row_pixels.w_en.eq(accept),
             rows.w_data.eq(Cat(cmd.channel, cmd.pixels, cmd.mult, cmd.res_mult, cmd.bias, cmd.negate, cmd.bank,
                                cmd.tile)),

@@ -6,7 +6,10 @@ position: a Rice-coded position gap and the weight code in the class's 4, 8, 16 
 :class:`RowStreamDecoder` takes one row command (the row's absolute first bit in the global buffer,
 ``32 stream_base + row_ptr[j]``), reads the row's words through its own :class:`~hw.core.fetcher.WordFetcher`
 and emits one entry per non-zero weight in stream order (class by class, ascending position); an all-pruned
-row emits one entry flagged ``empty`` so that its output is still computed.
+row emits one entry flagged ``empty`` so that its output is still computed. The command also gives the bit
+after the row's last (``32 stream_base + row_ptr[j + 1]``): the fetcher reads no word past the row, so a
+row's port cycles are its own words' and no more (it used to read up to its FIFO's depth past every row's end,
+and drop those words at the next command).
 
 It is the first block of the packed multiplier array that will run version 3 images (each engine owns one
 and gets rows by row pointer); the accelerator (``hw/accelerator.py``) does not use it yet.
@@ -85,8 +88,11 @@ def layer_fields_layout() -> data.StructLayout:
 
 
 def command_layout(addr_width: int) -> data.StructLayout:
-    """A row command: the row's first bit in the global buffer, ``32 stream_base + row_ptr[j]``."""
-    return data.StructLayout({"start_bit": unsigned(addr_width + _WORD_SHIFT)})
+    """A row command: the row's first bit in the global buffer, ``32 stream_base + row_ptr[j]``, and the bit
+    after its last, ``32 stream_base + row_ptr[j + 1]`` (``stream_bits`` for the layer's last row): the fetcher
+    reads no word past it (all ones: no end)."""
+    return data.StructLayout({"start_bit": unsigned(addr_width + _WORD_SHIFT),
+                              "end_bit": unsigned(addr_width + _WORD_SHIFT)})
 
 
 def entry_layout(fan_in_width: int) -> data.StructLayout:
@@ -147,7 +153,14 @@ class RowStreamDecoder(wiring.Component):
     fan_in_width : int
         Rows of up to ``2^fan_in_width - 1`` weights (sizes positions, counts and gaps).
     fetch_depth : int
-        Depth of the word fetcher's FIFO (4 keeps one word a cycle coming, see ``tests/hw/core/test_fetcher.py``).
+        Depth of the word fetcher's FIFO (2 keeps one word a cycle coming, see ``tests/hw/core/test_fetcher.py``).
+        8 by default: the fetcher reads ahead while the array's sequencer replays a segment and the decoder
+        waits, which smooths what the engines sharing a global-buffer port ask of it (the bench's ResNet-20
+        ticket, one image: 77,863 cycles at 8, 78,624 at 4; ``docs/array_design.md``, "Row ends for the
+        fetchers"). The FIFO is distributed RAM of 32 words at any depth up to 32, so the depth costs only its
+        counters; 16 gave 77,522 cycles, but a flattened synthesis of the small array of
+        ``tests/hw/platform/test_array_synth.py`` then came out 6 % larger than its parts (unexplained), which
+        would make the parts' count no longer an upper bound.
 
     Members
     -------
@@ -157,7 +170,8 @@ class RowStreamDecoder(wiring.Component):
         left ``o``.
     cmd : In(stream.Signature(command_layout(addr_width)))
         Row commands; one is taken once the previous row's last entry is parsed (it may still wait in
-        ``o`` or the skid register for its transfer). Taking one restarts the fetcher at ``start_bit // 32``.
+        ``o`` or the skid register for its transfer). Taking one restarts the fetcher at ``start_bit // 32``;
+        it reads up to the word of bit ``end_bit - 1`` (:class:`~hw.core.fetcher.WordFetcher`).
     bus : Out(buffer_port_signature(addr_width))
         The fetcher's requests to a :class:`~hw.core.global_buffer.GlobalBuffer` port.
     o : Out(stream.Signature(entry_layout(fan_in_width)))
@@ -173,7 +187,7 @@ class RowStreamDecoder(wiring.Component):
         For ``addr_width`` < 1, ``fan_in_width`` outside 1..24 or ``fetch_depth`` < 2.
     """
 
-    def __init__(self, *, addr_width: int, fan_in_width: int, fetch_depth: int = 4):
+    def __init__(self, *, addr_width: int, fan_in_width: int, fetch_depth: int = 8):
         check_decoder_params(addr_width, fan_in_width)
         if fetch_depth < 2:
             raise ValueError(f"fetch_depth must be >= 2, not {fetch_depth!r}")
@@ -251,6 +265,7 @@ class RowStreamDecoder(wiring.Component):
             take_cmd.eq(self.cmd.valid & self.cmd.ready),
             fetcher.start.eq(take_cmd),
             fetcher.base.eq(self.cmd.payload.start_bit[_WORD_SHIFT:]),
+            fetcher.end_bit.eq(self.cmd.payload.end_bit),
         ]
 
         # -- Window refill: at bit `nbits`, decided from registers only ------------------------------------

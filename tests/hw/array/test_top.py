@@ -18,6 +18,7 @@ from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNe
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
+from sim.bounds import weight_layers
 from tests.hw.netgen import calibrated, random_network
 from tests.hw.stream_source import simulate
 from tests.model.export.test_golden_conv import make_conv
@@ -77,7 +78,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
     dut = ConvArray(config)
     rng = np.random.default_rng(seed)
     out = {"scores": [], "status": [], "cycles": [], "overlaps": [], "early_starts": [], "layer_index": [],
-           "inputs": []}
+           "inputs": [], "weight_reads": []}
     widths = widths or [(0, 0, 0)] * len(images)
 
     per_image = isinstance(words, list)  # one image's words per input image, each loaded before its run
@@ -126,15 +127,33 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             out["overlaps"].append(ctx.get(dut.overlaps))
             out["early_starts"].append(ctx.get(dut.early_starts))
             out["layer_index"].append(ctx.get(dut.layer_index))
+            out["weight_reads"].append(ctx.get(dut.weight_reads))
             out["inputs"].append(at)  # input codes the array took
 
     simulate(dut, bench)
     return out
 
 
+def weight_words_read(net, config=CONFIG) -> int:
+    """The global-buffer words the engines' row decoders read for one image of ``net``'s version 3 image: each
+    row of each tile, from the word of its first bit to the word of its last (row ``j``'s bits run from its
+    row pointer to the next one, the last row's to ``stream_bits``), none past it. The tiles as the
+    controller cuts them: ``T // w_out`` output rows of a conv (``T`` = 2 lanes), an FC one."""
+    _, _, regions = pack_v3(net)
+    layers = weight_layers(net)
+    assert len(layers) == len(regions)
+    total = 0
+    for (_, pixels, _, w_out), region in zip(layers, regions):
+        bounds = np.append(region.stream.row_ptr, region.stream.bits)
+        per_row = -(-bounds[1:] // 32) - bounds[:-1] // 32
+        h_out, per_tile = pixels // w_out, max(2 * config.lanes // w_out, 1)
+        total += -(-h_out // per_tile) * int(per_row.sum())
+    return total
+
+
 def check_net(net, n_images, seed, config=CONFIG):
     """``net``, its conv layers' requant calibrated on the images (``tests.hw.netgen.calibrated``), on the array:
-    golden's scores for each image."""
+    golden's scores for each image, and the weight words read for them (:func:`weight_words_read`)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 1 << net.input_bits, size=(n_images, *net.image_shape))
     net = calibrated(net, images, rng)
@@ -143,6 +162,7 @@ def check_net(net, n_images, seed, config=CONFIG):
     assert res["status"] == [Status.OK] * n_images
     want = net.forward(images)
     assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
+    assert res["weight_reads"] == [weight_words_read(net, config)] * n_images
     return res
 
 

@@ -98,13 +98,18 @@ def entry_tuple(entry) -> tuple:
             int(entry.seg_end), int(entry.next_cls))
 
 
+NO_END = (1 << (ADDR_WIDTH + 5)) - 1  # a command's end_bit that does not stop the fetcher
+
+
 def run_commands(words, fields, starts, n_out, seed, p_gap=0.0, p_stall=0.0, p_other=0.0, limit=None,
-                 after_error=30):
-    """Offer ``starts`` as row commands and collect ``n_out`` entries (or stop ``after_error`` cycles after
-    ``error``); return the entries, their cycles, the cycle ``error`` rose and what moved after it
-    (:func:`tests.hw.decoder_harness.run_decoder`)."""
+                 after_error=30, ends=None):
+    """Offer ``starts`` as row commands (ending at ``ends``, or nowhere) and collect ``n_out`` entries (or stop
+    ``after_error`` cycles after ``error``); return the entries, their cycles, the cycle ``error`` rose and
+    what moved after it (:func:`tests.hw.decoder_harness.run_decoder`)."""
     dut = DecoderHarness(RowStreamDecoder(addr_width=ADDR_WIDTH, fan_in_width=FAN_IN_WIDTH), words)
-    return run_decoder(dut, fields, [{"start_bit": s} for s in starts], n_out, seed, convert=entry_tuple,
+    ends = [NO_END] * len(starts) if ends is None else ends
+    return run_decoder(dut, fields, [{"start_bit": s, "end_bit": e} for s, e in zip(starts, ends)], n_out, seed,
+                       convert=entry_tuple,
                        limit=limit or 200 + 40 * n_out + 20 * len(starts), p_gap=p_gap, p_stall=p_stall,
                        p_other=p_other, after_error=after_error)
 
@@ -119,10 +124,15 @@ def decode_rows(codes, widths, seed, p_gap, p_stall, p_other):
     words, base = place(rng, enc.words)
     order = [int(j) for j in rng.permutation(len(want))]
     order += [int(j) for j in rng.integers(0, len(want), size=2)]  # some rows again
-    starts = [32 * base + int(enc.row_ptr[j]) for j in order]
+    bounds = np.append(enc.row_ptr, enc.bits)  # row j's bits: bounds[j] .. bounds[j + 1] - 1
+    starts = [32 * base + int(bounds[j]) for j in order]
+    ends = [32 * base + int(bounds[j + 1]) for j in order]
     n_out = sum(len(want[j]) for j in order)
-    res = run_commands(words, layer_fields(enc, fan_in), starts, n_out, seed, p_gap, p_stall, p_other)
+    res = run_commands(words, layer_fields(enc, fan_in), starts, n_out, seed, p_gap, p_stall, p_other, ends=ends)
     assert res["error_cycle"] is None, "error on a good stream"
+    # Each row's words are read once, and no word past its end (the fetcher's end_bit): the word of its first
+    # bit to the word of its last.
+    assert res["reads"] == sum(-(-e // 32) - s // 32 for s, e in zip(starts, ends))
     got, at = res["entries"], 0
     for j in order:
         assert got[at:at + len(want[j])] == want[j], f"row {j} (fan_in {fan_in})"
@@ -184,6 +194,28 @@ def test_four_bit_row_runs_at_one_entry_per_cycle():
     assert cycles == list(range(cycles[0], cycles[0] + len(cycles)))
     assert cycles[0] == 6
     assert res["cycles"][len(want[0])] - cycles[-1] == 6
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_row_cut_short_by_its_end_bit_does_not_hang_the_decoder(seed):
+    """A command whose ``end_bit`` lies inside its row (an image whose row pointers disagree with its stream):
+    the fetcher reads no word past the end and then offers words it did not read, so the decoder parses on
+    and ends the row (with an error, or with its entries and the next command taken) instead of waiting for
+    words that never come."""
+    rng = np.random.default_rng(60 + seed)
+    fan_in = 40
+    widths = np.full((2, fan_in), (32, 16, 4)[seed])
+    widths[1, ::3] = 0
+    codes = np.minimum((rng.random(widths.shape) * (1 << int(widths.max()))).astype(np.int64),
+                       (1 << widths) - 1)
+    enc = encode_layer(codes, widths)
+    words, base = place(rng, enc.words)
+    starts = [32 * base + int(p) for p in enc.row_ptr]
+    ends = [starts[0] + int(rng.integers(1, 64)), 32 * base + enc.bits]
+    res = run_commands(words, layer_fields(enc, fan_in), starts, 10_000, seed, 0.2, 0.2, 0.2, limit=3000,
+                       ends=ends)
+    assert res["error_cycle"] is not None or res["commands_taken"] == 2, "the decoder waits on the cut row"
+    assert res["reads"] <= -(-ends[0] // 32) - starts[0] // 32 + -(-ends[1] // 32) - starts[1] // 32
 
 
 # -- Error paths ------------------------------------------------------------------------------------------
