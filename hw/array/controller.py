@@ -102,7 +102,7 @@ code shift ``t + 1``, class 8, or the 8-bit edge in class 16) and ``comp_shift``
 pointer.
 
 The residual map's shape is the previous layer's input (a residual layer is conv2 of a block whose conv1 is
-the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 3 to 6 words per row command in 4 to 7
+the layer before it, ``model/export/layout_v3.py``). The dispatcher reads 3 to 6 words per row command in 5 to 7
 cycles (the row pointer's second word only when the pointer reaches into it, no pointer for a layer's last row,
 the shortcut multiplier only in a residual layer; a word not read costs no cycle): each word it does not read
 leaves the global buffer's first read port to the engines behind it (``docs/array_design.md``, "The global
@@ -921,9 +921,9 @@ class ArrayController(wiring.Component):
                 # leaves the port's cycle to the engines behind the controller on it: their row decoders read
                 # the weights there, `hw/array/top.py`.)
                 # A word not read costs no cycle either: ``k`` steps over it (the row pointer's second word after
-                # the first, the shortcut multiplier after B), so a command takes 4 to 6 read cycles and one for
-                # the last word to land (``k_read``: the word requested the cycle before).
-                # (The last row reads no pointer: its end is the stream's length.)
+                # the first, the shortcut multiplier after B; ``k_read``: the word requested the cycle before). The
+                # last row reads no pointer (its end is the stream's length): its first cycle requests nothing.
+                # So a command takes 5 to 7 cycles here, the last word's landing included.
                 m.d.comb += [self.bus.req.eq((k < 6) & ~((k == 0) & last_row & ~v4)),
                              self.bus.addr.eq(read_addr)]
                 m.d.sync += [k.eq(Mux((k == 0) & (v4 | one_word | last_row), 2,

@@ -24,6 +24,7 @@ class WordFetcher(wiring.Component):
     consumer that stays inside the region never takes into use, and which keep one that does not (a corrupt
     row in an image) going to its own checks instead of waiting for ever. An ``end_bit`` whose word lies past
     the buffer's last (all ones) does not stop the reads: they wrap around, as before ``end_bit`` existed.
+    Before its first restart it reads nothing (and offers only unread words).
 
     Parameters
     ----------
