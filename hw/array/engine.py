@@ -358,6 +358,7 @@ class ChannelEngine(wiring.Component):
         m.submodules.recs = recs = SyncFIFOBuffered(width=rec_layout.size, depth=8)
         lane_list = []
         for k in range(lanes):
+            # (lanes 1 .. lanes - 1 follow lane 0's pipeline control: they take the same entries and transfers)
             lane = PassDspLane(leader=lane_list[0] if lane_list else None)
             m.submodules[f"lane{k}"] = lane
             lane_list.append(lane)

@@ -9,8 +9,12 @@ passes grow faster than the design), while the array's ``G`` engines are ``G`` i
   the controller, loader, feature maps, patch memory, global buffer, writer and assemblers,
 
 in two Yosys processes side by side, and counts ``shell + G x engine``. What this leaves out, and says:
-no optimisation across an engine's ports (a flattened run could merge or drop a few cells there: the counts
-are an upper bound in that sense), and timing paths that cross an engine's ports are timed only up to the
+optimisation across an engine's ports, and ABC mapping the whole netlist at once instead of an engine at a
+time. A flattened run may come out smaller or larger: measured on two engines, the tiny array of
+``tests/hw/platform/test_array_synth.py`` agrees within 2 %, but 6 lanes an engine came out 5 % larger
+flattened (at 494a5d3 and at f3e2313) and 12 lanes 0.1 % larger at 494a5d3 and 9 % larger at f3e2313
+(``docs/array_design.md``, "Row ends for the fetchers"): the counts are Yosys's for the parts, not a bound
+on a flattened run, nor on Vivado's. Timing paths that cross an engine's ports are timed only up to the
 port on each side (:func:`hw.platform.timing.estimate` starts a path at a top-level input and ends one at a
 top-level output or at a black box's input is not an end point); the slower of the two parts' estimates is
 reported. The engine's ports are registered on the engine's side for the command and patch paths
