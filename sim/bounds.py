@@ -60,17 +60,22 @@ def lane_bound_cycles(net: IntConvNetwork | IntNetwork, engines: int, lanes: int
     return int(np.ceil(total))
 
 
+def tile_pixels(pixels: int, w_out: int, lanes: int) -> list[int]:
+    """The pixels of each tile of a conv layer of ``pixels`` output pixels in rows of ``w_out``, as the controller
+    cuts them: ``T // w_out`` output rows a tile (``T`` = 2 ``lanes``; at least one), the last tile the rows left."""
+    h_out, per_tile = pixels // w_out, max(lanes * SLOTS // w_out, 1)
+    return [min(per_tile, h_out - y) * w_out for y in range(0, h_out, per_tile)]
+
+
 def layer_tile_bounds(net: IntConvNetwork | IntNetwork, engines: int, lanes: int) -> list[float]:
     """:func:`tile_bound_cycles` layer by layer (the weight layers of :func:`weight_layers`, in the order of the
     RTL's ``layer_cycles``), not rounded."""
-    t = lanes * SLOTS
     bounds = []
     for layer, pixels, after_pool, w_out in weight_layers(net):
         rows = layer_rows(layer, after_pool)
         if isinstance(layer, IntConv2d):
-            h_out, per_tile = pixels // w_out, max(t // w_out, 1)
-            tiles = [min(per_tile, h_out - y) * w_out for y in range(0, h_out, per_tile)]
-            bounds.append(sum(float(np.maximum(rows, tile_pixels).sum()) for tile_pixels in tiles) / engines)
+            tiles = tile_pixels(pixels, w_out, lanes)
+            bounds.append(sum(float(np.maximum(rows, tile).sum()) for tile in tiles) / engines)
         else:  # the FC, as in lane_bound_cycles
             bounds.append(max(float(rows.sum()), len(rows)) / engines)
     return bounds

@@ -969,7 +969,7 @@ class ArrayController(wiring.Component):
                                  row_start.eq(cmd.end_bit),
                                  row_first.eq(row_first + dd.fan_in),
                                  param_addr.eq(param_addr + rec), k.eq(0)]
-                    with m.If(j == dd.c_out - 1):
+                    with m.If(last_row):
                         m.d.sync += want_next.eq(0)  # (not set up by now: the drain, then the next layer)
                         with m.If(pending):
                             m.next = "LOADING"  # the next layer is set up and loads: it follows the drain

@@ -80,24 +80,25 @@ def delay_line(m, advance, sig, name: str) -> list:
     return pipe
 
 
-def accumulate_in_p(m, advance, valid_m, end_m, product):
-    """The DSP48E1's M and P registers, behaviourally: ``M = product``, P sums the products and restarts
-    (OPMODE Z = 0) with the one behind a closed or empty accumulation; returns P.
-
-    ``valid_m`` / ``end_m``: the M stage's valid and "closes its accumulation" bits (:data:`M_STAGE` of a
-    :func:`delay_line`). P holds an open accumulation; the product in the M stage enters P at the next edge,
-    and the restart decision for the one behind it is registered with M, like the DSP's OPMODE register.
-    The registers have no reset (``restart`` clears P before use): reset-less registers are what Yosys packs
-    as MREG and PREG, the adder between them as the DSP's post-adder.
-    """
-    p_holds = Signal()
-    restart = Signal()
-    enter = Signal()  # a product enters P at this edge (CEP)
+def p_control(m, advance, valid_m, end_m, enter, restart) -> None:
+    """The DSP48E1's P-register control, behaviourally: drive ``enter`` (a product enters P at this edge: CEP)
+    and ``restart`` (P restarts, OPMODE Z = 0, with the product behind a closed or empty accumulation; registered
+    with M, like the DSP's OPMODE register). ``valid_m`` / ``end_m``: the M stage's valid and "closes its
+    accumulation" bits (:data:`M_STAGE` of a :func:`delay_line`). One copy serves every lane that moves in
+    lockstep (:class:`~hw.dsp.pass_lane.PassDspLane`'s ``leader``)."""
+    p_holds = Signal()  # P holds an open accumulation
     m.d.comb += enter.eq(advance & valid_m)
     with m.If(enter):
         m.d.sync += p_holds.eq(~end_m)
     with m.If(advance):
         m.d.sync += restart.eq(Mux(valid_m, end_m, ~p_holds))
+
+
+def accumulate_in_p(m, advance, enter, restart, product):
+    """The DSP48E1's M and P registers, behaviourally: ``M = product`` (CEM = ``advance``), P sums the products
+    (CEP = ``enter``) and restarts from the one in M when ``restart`` (:func:`p_control`); returns P. The
+    registers have no reset (``restart`` clears P before use): reset-less registers are what Yosys packs as MREG
+    and PREG, the adder between them as the DSP's post-adder."""
     m_reg = Signal(product.shape(), reset_less=True)
     p_reg = Signal(P_BITS, reset_less=True)
     with m.If(advance):
@@ -239,18 +240,9 @@ class PackedDspLane(wiring.Component):
         # P holds an open segment (products accumulated but not drained). The product in the M stage enters
         # P at the next edge; the one behind it restarts P (OPMODE Z = 0) if, by the time it arrives, P's
         # segment is closed or empty. That decision is registered with M, like the DSP's OPMODE register.
-        p_holds = Signal()
-        restart_next = Signal()
         restart = Signal()
         enter = Signal()  # a product enters P at this edge (CEP)
-        m.d.comb += [
-            restart_next.eq(Mux(valid[M_STAGE], ends[M_STAGE], ~p_holds)),
-            enter.eq(advance & valid[M_STAGE]),
-        ]
-        with m.If(enter):
-            m.d.sync += p_holds.eq(~ends[M_STAGE])
-        with m.If(advance):
-            m.d.sync += restart.eq(restart_next)
+        p_control(m, advance, valid[M_STAGE], ends[M_STAGE], enter, restart)
         p_reg = Signal(P_BITS, reset_less=True)
         if self._instance:
             self._dsp_instance(m, a_word, b_word, advance, enter, restart, p_reg)

@@ -56,7 +56,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hw.dsp.lane import DSP_LATENCY, M_STAGE, delay_line
+from hw.dsp.lane import DSP_LATENCY, M_STAGE, accumulate_in_p, delay_line, p_control
 from hw.dsp.packing import A_BITS, B_BITS, CHUNK_BITS, P_BITS
 from model.export.format import CLASS_WIDTHS
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN
@@ -207,19 +207,13 @@ class PassDspLane(wiring.Component):
 
         lead = self if self._leader is None else self._leader
         if self._leader is None:
-            # Stages 1..DSP_LATENCY: the DSP (M and P registers) and its side band; P restarts (OPMODE Z = 0)
-            # with the product behind a closed or empty accumulation (hw/dsp/lane.py accumulate_in_p).
+            # Stages 1..DSP_LATENCY: the DSP (M and P registers) and its side band.
             advance = self._advance
             m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
             valid = delay_line(m, advance, self.i.valid, "valid")
             ends = delay_line(m, advance, Signal(name="end0"), "end")
             m.d.comb += ends[0].eq(entry.end & self.i.valid)
-            p_holds = Signal()
-            m.d.comb += self._enter.eq(advance & valid[M_STAGE])
-            with m.If(self._enter):
-                m.d.sync += p_holds.eq(~ends[M_STAGE])
-            with m.If(advance):
-                m.d.sync += self._restart.eq(Mux(valid[M_STAGE], ends[M_STAGE], ~p_holds))
+            p_control(m, advance, valid[M_STAGE], ends[M_STAGE], self._enter, self._restart)
             # Output register: P, the cycle after the pass's last product entered P.
             d = DSP_LATENCY
             m.d.comb += self._capture.eq(advance & valid[d] & ends[d])
@@ -231,14 +225,8 @@ class PassDspLane(wiring.Component):
             m.d.comb += [self.i.ready.eq(lead._advance), self.o.valid.eq(lead.o.valid)]
 
         # The DSP48E1's own form, a 25 x 18 signed product (A's sign bit 0, B signed): Yosys then finds the P
-        # adder behind it and packs it with PREG. (Reset-less registers: what Yosys packs as MREG and PREG.)
-        product = a_word.as_signed() * entry.b
-        m_reg = Signal(product.shape(), reset_less=True)
-        p_reg = Signal(P_BITS, reset_less=True)
-        with m.If(lead._advance):
-            m.d.sync += m_reg.eq(product)
-        with m.If(lead._enter):
-            m.d.sync += p_reg.eq((Mux(lead._restart, 0, p_reg) + m_reg)[:P_BITS])
+        # adder behind it and packs it with PREG.
+        p_reg = accumulate_in_p(m, lead._advance, lead._enter, lead._restart, a_word.as_signed() * entry.b)
         with m.If(lead._capture):
             m.d.sync += self.o.payload.p.eq(p_reg)
         return m

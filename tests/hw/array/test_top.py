@@ -14,11 +14,12 @@ from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.export.format import HEADER, VHEADER
 from model.export.golden import MAX_ACT_BITS
+from model.export.golden_conv import IntConv2d
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
-from sim.bounds import weight_layers
+from sim.bounds import tile_pixels, weight_layers
 from tests.hw.netgen import calibrated, random_network
 from tests.hw.stream_source import simulate
 from tests.model.export.test_golden_conv import make_conv
@@ -138,16 +139,16 @@ def weight_words_read(net, config=CONFIG) -> int:
     """The global-buffer words the engines' row decoders read for one image of ``net``'s version 3 image: each
     row of each tile, from the word of its first bit to the word of its last (row ``j``'s bits run from its
     row pointer to the next one, the last row's to ``stream_bits``), none past it. The tiles as the
-    controller cuts them: ``T // w_out`` output rows of a conv (``T`` = 2 lanes), an FC one."""
+    controller cuts them (:func:`sim.bounds.tile_pixels`; an FC one)."""
     _, _, regions = pack_v3(net)
     layers = weight_layers(net)
     assert len(layers) == len(regions)
     total = 0
-    for (_, pixels, _, w_out), region in zip(layers, regions):
+    for (layer, pixels, _, w_out), region in zip(layers, regions):
         bounds = np.append(region.stream.row_ptr, region.stream.bits)
         per_row = -(-bounds[1:] // 32) - bounds[:-1] // 32
-        h_out, per_tile = pixels // w_out, max(2 * config.lanes // w_out, 1)
-        total += -(-h_out // per_tile) * int(per_row.sum())
+        tiles = len(tile_pixels(pixels, w_out, config.lanes)) if isinstance(layer, IntConv2d) else 1
+        total += tiles * int(per_row.sum())
     return total
 
 
