@@ -1,7 +1,7 @@
 """``build.py demo``: the whole flow on the embedded digits: IMQ ticket -> golden model -> image -> RTL -> Yosys.
 
 The RTL is the packed multiplier array (``--core array``, the default: :class:`hw.array.top.ConvArray` with
-:data:`DEMO_ENGINES` engines of one lane, the image loaded through its load port, parts synthesis) or the
+:data:`DEMO_ENGINES` engines of one lane, the image loaded through its load port, synthesised whole) or the
 fully connected core (``--core fc``, its global buffer a ROM holding the version 2 copy of the image,
 ``--batch`` images at a time). The summary's keys are the same for both.
 """
@@ -130,7 +130,7 @@ def run(args) -> int:
 
 
 def _run_array(vectors, out: Path, simulator: str, seed: int):
-    """The demo's RTL on the array: under back-pressure, then without stalls, then the parts synthesis;
+    """The demo's RTL on the array: under back-pressure, then without stalls, then the synthesis (the whole array);
     ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
     from hw.platform.array_synth import synthesize_array
     from sim.image_run import prepare_array, simulate_array
@@ -141,6 +141,6 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
         if not stall:
             print("[4/5] cycle count without stalls")
         runs.append(simulate_array(prepared, vectors, simulator, seed, stall))
-    print("[5/5] Yosys synth_xilinx for the XC7Z020 (one engine and the shell, hw/platform/array_synth.py)")
+    print("[5/5] Yosys synth_xilinx for the XC7Z020 (the whole array, and by parts: hw/platform/array_synth.py)")
     syn = synthesize_array(prepared.config, out / "synth")
     return runs[0], runs[1], syn.resources, 4 * len(prepared.words), syn.timing.fmax_mhz

@@ -5,8 +5,8 @@
 array loads images at run time, so any image that fits runs on it), with the DSP48E1 configurations Yosys
 mapped and the timing estimate of :mod:`hw.platform.timing` (the slowest register-to-register path, LUT
 levels, carry steps and the estimated Fmax on the -1 speed grade; no Vivado here, so an estimate). The array
-is synthesised by parts, one engine and the shell with black-box engines (:mod:`hw.platform.array_synth`:
-a flattened run of a 150-lane array takes Yosys hours here).
+is synthesised whole (flattened: the figures of record) and, beside it, by parts, one engine and the shell with
+black-box engines, for the breakdown (:mod:`hw.platform.array_synth`).
 """
 
 from __future__ import annotations
@@ -76,22 +76,23 @@ def _array(args, out: Path) -> int:
     # (hw/array/sizing.py config_for).
     config = config_for([array_words(args.image)], engines=args.engines or DEFAULT_ENGINES, lanes=args.lanes,
                         vertical=args.vertical)
-    print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) by parts, one engine and the "
-          f"shell, into {out}: minutes")
+    print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) whole and by parts (one engine, "
+          f"the shell) into {out}: minutes")
     syn = synthesize_array(config, out)
     res, timing, dsps = syn.resources, syn.timing, syn.dsp_configs
     record = {**res.as_dict(), "fits_xc7z020": res.fits(), "config": dataclasses.asdict(config),
         "dsp_lanes": config.dsp_lanes, "dsp_configs": dsps, "timing": timing.as_dict(),
-        "fmax_mhz_estimate": timing.fmax_mhz, "parts": syn.as_dict()}
+        "fmax_mhz_estimate": timing.fmax_mhz, "synthesis": syn.as_dict()}
     write_json(out / "resources.json", record)
-    print("\nYosys synth_xilinx, XC7Z020 (one engine counted " f"{config.engines} times, plus the shell)\n"
-          + format_table(res))
-    print(f"one engine: {syn.engine.lut:,} LUT, {syn.engine.ff:,} FF, {syn.engine.dsp} DSP48E1; the shell: "
-          f"{syn.shell.lut:,} LUT, {syn.shell.ff:,} FF, {syn.shell.dsp} DSP48E1, {syn.shell.bram36} RAMB36")
+    parts = syn.parts_total
+    print("\nYosys synth_xilinx -flatten of the whole array, XC7Z020\n" + format_table(res))
+    print(f"by parts: one engine {syn.engine.lut:,} LUT, {syn.engine.ff:,} FF, {syn.engine.dsp} DSP48E1; the shell "
+          f"{syn.shell.lut:,} LUT, {syn.shell.ff:,} FF, {syn.shell.dsp} DSP48E1, {syn.shell.bram36} RAMB36; the shell and "
+          f"{config.engines} engines {parts.lut:,} LUT ({parts.lut - res.lut:+,} against the whole run)")
     print("\nDSP48E1 configurations: " + ", ".join(f"{n} x {k}" for k, n in dsps.items()))
     print(f"slowest path (estimate, -1 speed grade): {timing.delay_ns} ns, {timing.lut_levels} LUT levels, "
           f"{timing.carry_steps} CARRY4 steps: Fmax about {timing.fmax_mhz} MHz")
-    for part, paths in (("engine", syn.engine_paths), ("shell", syn.shell_paths)):
+    for part, paths in (("whole array", syn.paths), ("engine", syn.engine_paths), ("shell", syn.shell_paths)):
         print(f"slowest end points of the {part}: " + "; ".join(
             f"{p.end} <- {p.start} {p.delay_ns} ns ({p.lut_levels} LUT, {p.carry_steps} carry)" for p in paths[:5]))
     return _fits(res)

@@ -32,10 +32,10 @@ version 4 (vertical-layered) path these version 3 images do not use (``vertical`
 decoder an engine, 14 k LUT over four engines; ``build.py synth --core array --vertical`` counts the build
 with it).
 
-Resources and the timing estimate come from Yosys ``synth_xilinx`` of that configuration, by parts (one
-engine and the shell with black-box engines, :mod:`hw.platform.array_synth`: a flattened run of 152 lanes
-takes Yosys hours here), run in a thread beside the simulations; no Vivado here, so the Fmax is an estimate
-from DS187 delays (:mod:`hw.platform.timing`).
+Resources and the timing estimate come from Yosys ``synth_xilinx -flatten`` of that configuration, the whole
+array (about 260 s), with its parts beside it for the breakdown (one engine and the shell with black-box engines,
+:mod:`hw.platform.array_synth`), run in a thread beside the simulations; no Vivado here, so the Fmax is an
+estimate from DS187 delays (:mod:`hw.platform.timing`).
 
 Rows (``out/bench/accel.json``): ``network``, ``weights``, ``act_bits``, ``avg_weight_bits`` (pruned weights
 count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``, ``rtl_mismatches``, ``dsp``,
@@ -161,7 +161,7 @@ MAX_LUT_FRACTION = 0.8
 MIN_FMAX_MHZ = 100.0
 #: Wall-time budget of the simulations (the issue bounds the bench to 45 minutes on 2 cores).
 BUDGET_MINUTES = 40.0
-#: Bound on each Yosys run of the synthesis (the 4 x 42 array's shell: about 5 minutes; 28 with the zero inits).
+#: Bound on each Yosys run of the synthesis (the whole 4 x 42 array: about 5 minutes beside the simulations).
 SYNTH_MINUTES = 60.0
 #: Seconds a simulator run costs besides its images (start-up, the image load through the load port).
 RUN_OVERHEAD_S = 20.0

@@ -349,8 +349,10 @@ def bench_accel(args, out: Path) -> int:
     else:
         print(f"\narray {result['config']['engines']} engines x {result['config']['lanes']} lanes: {syn['dsp']} "
               f"DSP48E1, {syn['lut']:,} LUT ({100 * syn['lut_fraction']:.0f} % of the XC7Z020), {syn['ff']:,} FF, "
-              f"{syn['bram36']} RAMB36; Fmax estimate {syn['timing']['fmax_mhz']} MHz (Yosys netlist, DS187 -1 "
-              "delays; no Vivado here)")
+              f"{syn['bram36']} RAMB36; Fmax estimate {syn['timing']['fmax_mhz']} MHz (Yosys synth_xilinx -flatten "
+              "of the whole array, DS187 -1 delays; no Vivado here)")
+        print(f"by parts: one engine {syn['engine']['lut']:,} LUT, the shell {syn['shell']['lut']:,} LUT; the shell and "
+              f"the engines {syn['parts_total']['lut']:,} LUT")
     print(f"wrote {out / 'accel.json'}, {out / 'accel.png'} and {out / 'accel_layers.png'}")
     return report_floors(result["floors"], out / "accel.json", args.check)
 

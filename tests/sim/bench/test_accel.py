@@ -95,7 +95,7 @@ def _result(ticket_cycles=30_000.0, **ticket_kw):
                "statuses": [0], "timed_out": False}
     return {"rows": rows, "curve": curve, "backpressure": stalled, "config": {"engines": 8, "lanes": 19}, "synthesis": {
         "dsp": 160, "lut": 40000, "ff": 50000, "bram36": 60.0, "lut_fraction": 40000 / 53200,
-        "timing": {"fmax_mhz": 105.0}}}
+        "timing": {"fmax_mhz": 105.0}, "engine": {"lut": 6000}, "shell": {"lut": 16100}, "parts_total": {"lut": 40100}}}
 
 
 #: ResNet-20 on 28 x 28: (C_in, C_out, output side) of its 19 convs, stem first.
@@ -280,6 +280,8 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     assert "cycles over the tiles' bound" in out and out.count("     4      600       0     300") == 6
     assert "Fig. 4's curve" in out and written["curve"][0]["imq_iteration"] == 1
     assert "under random back-pressure" in out and written["backpressure"]["rtl_images"] == 10
+    assert "40,000 LUT (75 % of the XC7Z020)" in out  # the whole array's synthesis; its parts beside it
+    assert "by parts: one engine 6,000 LUT, the shell 16,100 LUT; the shell and the engines 40,100 LUT" in out
     code, _, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
     assert code == 1
 
