@@ -142,5 +142,5 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
             print("[4/5] cycle count without stalls")
         runs.append(simulate_array(prepared, vectors, simulator, seed, stall))
     print("[5/5] Yosys synth_xilinx for the XC7Z020 (the whole array, and by parts: hw/platform/array_synth.py)")
-    syn = synthesize_array(prepared.config, out / "synth")
+    syn = synthesize_array(prepared.config, out / "synth", progress=True)
     return runs[0], runs[1], syn.resources, 4 * len(prepared.words), syn.timing.fmax_mhz

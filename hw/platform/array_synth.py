@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.back import verilog
+from tqdm import tqdm
 
 from hw.array.top import ArrayConfig, ConvArray
 from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, read_command, synth_xilinx, synthesize_netlist
@@ -136,10 +137,12 @@ def _shell_netlist(path: Path, log_path: Path | None, timeout_s: float | None) -
     return parse_stat(text[text.rfind("Printing statistics"):]), design
 
 
-def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = None) -> ArraySynthesis:
+def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = None,
+                      progress: bool = False) -> ArraySynthesis:
     """Write ``mpq_array.v`` and ``mpq_engine.v`` into ``out_dir`` and synthesise the whole array and its two parts
     side by side (logs ``yosys_whole.log``, ``yosys_engine.log`` and ``yosys_shell.log``; the memories' long zero
-    inits are not read, :func:`hw.platform.synth.read_command`). ``timeout_s`` bounds each Yosys run.
+    inits are not read, :func:`hw.platform.synth.read_command`). ``timeout_s`` bounds each Yosys run; ``progress``
+    shows the runs done and the time so far (Yosys itself says nothing until it ends: minutes on a large array).
 
     Raises
     ------
@@ -166,14 +169,20 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
                                             timeout_s=timeout_s),
         "engine": lambda: synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log",
                                              timeout_s=timeout_s),
+        "shell": lambda: _shell_netlist(array_path, out_dir / "yosys_shell.log", timeout_s),
     }
     t0 = time.perf_counter()
-    workers = [threading.Thread(target=run, args=item, daemon=True) for item in jobs.items()]
-    for w in workers:
+    workers = {name: threading.Thread(target=run, args=(name, job), daemon=True) for name, job in jobs.items()}
+    for w in workers.values():
         w.start()
-    run("shell", lambda: _shell_netlist(array_path, out_dir / "yosys_shell.log", timeout_s))
-    for w in workers:
-        w.join()
+    # (no rate or time left: the three runs take very different times)
+    with tqdm(total=len(workers), desc="yosys", disable=not progress,
+              bar_format="{desc}: {n_fmt} of {total_fmt} runs done, {elapsed}{postfix}") as bar:
+        while bar.n < len(workers):
+            time.sleep(0.5)
+            done = [name for name, w in workers.items() if not w.is_alive()]
+            bar.set_postfix_str("done: " + (", ".join(done) or "none"), refresh=False)
+            bar.update(len(done) - bar.n)
     for name in ("whole", "engine", "shell"):
         if f"{name}_error" in box:
             raise box[f"{name}_error"]

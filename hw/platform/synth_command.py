@@ -78,7 +78,7 @@ def _array(args, out: Path) -> int:
                         vertical=args.vertical)
     print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) whole and by parts (one engine, "
           f"the shell) into {out}: minutes")
-    syn = synthesize_array(config, out)
+    syn = synthesize_array(config, out, progress=True)
     res, timing, dsps = syn.resources, syn.timing, syn.dsp_configs
     record = {**res.as_dict(), "fits_xc7z020": res.fits(), "config": dataclasses.asdict(config),
         "dsp_lanes": config.dsp_lanes, "dsp_configs": dsps, "timing": timing.as_dict(),

@@ -20,7 +20,7 @@ TINY = ArrayConfig(engines=2, lanes=1, buffer_words=1024, fmap_rows=64, row_code
 @pytest.fixture(scope="module")
 def synthesis(tmp_path_factory):
     out = tmp_path_factory.mktemp("array_synth")
-    return out, synthesize_array(TINY, out)
+    return out, synthesize_array(TINY, out, progress=True)  # (the bar on stderr: pytest captures it)
 
 
 def test_the_whole_array_is_synthesised_beside_its_parts(synthesis):
