@@ -9,6 +9,7 @@ fully connected core (``--core fc``, its global buffer a ROM holding the version
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from pathlib import Path
 
@@ -130,17 +131,33 @@ def run(args) -> int:
 
 
 def _run_array(vectors, out: Path, simulator: str, seed: int):
-    """The demo's RTL on the array: under back-pressure, then without stalls, then the synthesis (the whole array);
+    """The demo's RTL on the array: under back-pressure, then without stalls, and the synthesis (the whole array,
+    its parts beside it) in a thread beside the two simulations, as ``bench accel`` runs it: Yosys is the demo's
+    longest step (about 2 minutes), which the simulations then mostly hide;
     ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
     from hw.platform.array_synth import synthesize_array
     from sim.image_run import prepare_array, simulate_array
 
     prepared = prepare_array(vectors, out / "rtl", engines=DEMO_ENGINES, lanes=1)
+    box: dict = {}
+
+    def synthesize():
+        try:
+            box["synthesis"] = synthesize_array(prepared.config, out / "synth")
+        except Exception as exc:  # noqa: BLE001 - re-raised below, in the command's thread (a Yosys failure
+            box["error"] = exc  # is then reported as every other tool failure is, not as a thread's traceback)
+
+    worker = threading.Thread(target=synthesize, daemon=True)
+    worker.start()
     runs = []
     for stall in (True, False):
         if not stall:
             print("[4/5] cycle count without stalls")
         runs.append(simulate_array(prepared, vectors, simulator, seed, stall))
-    print("[5/5] Yosys synth_xilinx for the XC7Z020 (the whole array, and by parts: hw/platform/array_synth.py)")
-    syn = synthesize_array(prepared.config, out / "synth", progress=True)
+    print("[5/5] Yosys synth_xilinx for the XC7Z020 (the whole array, and by parts: hw/platform/array_synth.py; "
+          "started beside the simulations)")
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    syn = box["synthesis"]
     return runs[0], runs[1], syn.resources, 4 * len(prepared.words), syn.timing.fmax_mhz

@@ -178,11 +178,13 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     # (no rate or time left: the three runs take very different times)
     with tqdm(total=len(workers), desc="yosys", disable=not progress,
               bar_format="{desc}: {n_fmt} of {total_fmt} runs done, {elapsed}{postfix}") as bar:
-        while bar.n < len(workers):
+        done: list[str] = []  # (counted here: a disabled bar counts nothing)
+        while len(done) < len(workers):
             time.sleep(0.5)
-            done = [name for name, w in workers.items() if not w.is_alive()]
-            bar.set_postfix_str("done: " + (", ".join(done) or "none"), refresh=False)
-            bar.update(len(done) - bar.n)
+            now = [name for name, w in workers.items() if not w.is_alive()]
+            bar.set_postfix_str("done: " + (", ".join(now) or "none"), refresh=False)
+            bar.update(len(now) - len(done))
+            done = now
     for name in ("whole", "engine", "shell"):
         if f"{name}_error" in box:
             raise box[f"{name}_error"]

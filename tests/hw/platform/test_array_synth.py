@@ -2,6 +2,7 @@
 shell with black-box engines, whose sum comes close to the whole run (on a tiny configuration)."""
 
 import shutil
+import threading
 
 import pytest
 
@@ -55,6 +56,26 @@ def test_the_parts_come_close_to_the_whole_run(synthesis):
     # array (up to 9 % on others, hw/platform/array_synth.py).
     assert parts.lut * 0.90 <= whole.lut <= parts.lut * 1.02
     assert parts.ff * 0.90 <= whole.ff <= parts.ff * 1.02
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_failed_yosys_run_ends_the_synthesis_with_its_error(tmp_path, monkeypatch, progress):
+    """Every run fails at once (no Yosys on PATH): the wait for the three ends, with or without the progress bar
+    (a disabled bar counts nothing: a wait on its count never ended), and the error reaches the caller."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    box = {}
+
+    def synthesize():
+        try:
+            synthesize_array(TINY, tmp_path / "out", progress=progress)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            box["error"] = exc
+
+    worker = threading.Thread(target=synthesize, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the synthesis still waits for its Yosys runs"
+    assert "yosys not found on PATH" in str(box["error"])
 
 
 def test_a_netlist_without_every_lane_is_refused():
