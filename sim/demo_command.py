@@ -132,8 +132,9 @@ def run(args) -> int:
 
 def _run_array(vectors, out: Path, simulator: str, seed: int):
     """The demo's RTL on the array: under back-pressure, then without stalls, and the synthesis (the whole array,
-    its parts beside it) in a thread beside the two simulations, as ``bench accel`` runs it: Yosys is the demo's
-    longest step (about 2 minutes), which the simulations then mostly hide;
+    its parts beside it) in a thread beside the two simulations, as ``bench accel`` runs it. Yosys is the demo's
+    longest step (about 2 minutes of its 3): beside the simulations the demo took 176 s, after them 183 s (the
+    three Yosys runs and the simulator share 2 cores);
     ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
     from hw.platform.array_synth import synthesize_array
     from sim.image_run import prepare_array, simulate_array

@@ -6,8 +6,8 @@ the DSP48E1 configurations (one lane DSP48E1 per lane, :func:`check_lanes`) and 
 register-to-register path, those through the engines' ports included. The bench's 4 x 42 array takes Yosys
 about 260 s and 1.5 GB here (measured 2026-12-05 at 1745bef's RTL: 41,190 LUT, 42,243 FF, 193 DSP48E1, 139
 RAMB36, 106.2 MHz). (Until then this module synthesised the parts only, on the belief that a flattened run of a
-150-lane array took Yosys hours: so it did before :func:`hw.platform.synth.read_command` stopped Yosys reading
-the memories' zero inits, which took 1,152 s of a 1,682 s run.)
+150-lane array took Yosys hours: a figure not measured again after :func:`hw.platform.synth.read_command` left
+the memories' zero inits unread, which had taken 1,152 s of a 1,682 s run.)
 
 **The parts**, as an out-of-context flow would see them, for the breakdown: the array's ``G`` engines are ``G``
 identical instances (:meth:`hw.array.top.ConvArray.engine`), so
