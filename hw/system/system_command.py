@@ -1,6 +1,7 @@
 """``build.py system``: a Vivado project for the Zynq system on a PYNQ-Z2 or Arty Z7-20 (hw/system/vivado.py).
 
-The array is sized for ``--image`` (:func:`hw.array.sizing.config_for`, with ``--engines``): any image that
+The array is sized for ``--image`` (:func:`hw.array.sizing.config_for`, with ``--engines`` and ``--lanes``, as
+``sim``, ``synth`` and ``verilog`` size it: ``--engines 4 --lanes 42`` is ``bench accel``'s array): any image that
 fits it loads at run time (``MpqDriver.load``) without a new bitstream (version 4 images too when
 ``--image`` is one or ``--vertical`` builds their path); ``--bram-image`` also puts that image
 into the global buffer's BRAMs (the core starts with it) and writes ``weights.mem`` and the ``updatemem``
@@ -22,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", choices=BOARD_NAMES, default="pynq_z2", help="target board (default: pynq_z2)")
     add_image_arg(p)
     p.add_argument("--engines", type=bounded(int, 1, 64), default=2, help="array engines (default: 2)")
+    p.add_argument("--lanes", type=bounded(int, 1, 64), default=None,
+                   help="DSP48E1 lanes per engine (default: the fewest whose tile holds the image's widest output row; "
+                        "bench accel's ResNet-20 array: --engines 4 --lanes 42)")
     p.add_argument("--vertical", action="store_true",
                    help="build the version 4 (vertical-layered) path even for a version 3 --image (a plane decoder "
                         "an engine), so that vertical images load on the same bitstream")
@@ -46,7 +50,7 @@ def run(args) -> int:
     # the width the precision register gives, on the same bitstream.
     (read_vertical_image if is_vertical(image) else read_image)(image)
     words = np.fromfile(image / "weights.bin", dtype="<u4")
-    config = config_for([words], engines=args.engines, vertical=args.vertical)
+    config = config_for([words], engines=args.engines, lanes=args.lanes, vertical=args.vertical)
     system = MpqSystem(config, init=words.tolist() if args.bram_image else ())
     paths = write_project(out, args.board, system)
     print_table([("board", BOARDS[args.board].title), ("part", BOARDS[args.board].part),

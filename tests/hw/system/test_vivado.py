@@ -90,3 +90,10 @@ def test_cli_system(tmp_path, net, capsys):
     assert "version 4 path" in capsys.readouterr().out
     assert build.main(["system", "--image", str(tmp_path / "missing")]) == 2
     assert "missing: file not found" in capsys.readouterr().err
+    # --lanes as sim, synth and verilog take it (bench accel's array is --engines 4 --lanes 42)
+    assert build.main(["system", "--image", str(tmp_path / "image"), "--engines", "1", "--lanes", "3",
+                       "--out", str(tmp_path / "lanes")]) == 0
+    assert "1 engines x 3 lanes" in capsys.readouterr().out
+    lanes = re.findall(r"^module \S*\.engine0\.lane(\d+)\b", (tmp_path / "lanes" / f"{SYSTEM_TOP_NAME}.v").read_text(),
+                       re.MULTILINE)
+    assert sorted(lanes) == ["0", "1", "2"]
