@@ -511,7 +511,8 @@ class MpqSystem(wiring.Component):
             m.d.sync += watchdog.eq(0)
         with m.Elif(~timed_out):
             m.d.sync += watchdog.eq(watchdog + 1)
-        load_states = ("LOAD_RESET", "LOAD_HEADER", "LOAD_PRODUCT", "LOAD_CHECK", "LOAD_BODY", "LOAD_END")
+        load_states = ("LOAD_RESET", "LOAD_HEADER", "LOAD_PRODUCT", "LOAD_PRODUCT_W", "LOAD_CHECK", "LOAD_BODY",
+                       "LOAD_END")
         in_load = Signal()
         m.d.comb += in_load.eq(Cat(*(fsm.ongoing(s) for s in load_states)).any())
         with m.If(in_load):

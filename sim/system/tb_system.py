@@ -162,6 +162,8 @@ async def reload_and_batches(dut):
 
     def body():
         tb.load("a")
+        # a load's cycles (every load state) count in load_cycles only
+        assert drv.read_field("busy_cycles") == 0 and drv.read_field("load_cycles") > 0
         tb.check_run("a")
         tb.load("b")
         tb.check_run("b")
