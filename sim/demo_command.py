@@ -133,8 +133,8 @@ def run(args) -> int:
 def _run_array(vectors, out: Path, simulator: str, seed: int):
     """The demo's RTL on the array: under back-pressure, then without stalls, and the synthesis (the whole array,
     its parts beside it) in a thread beside the two simulations, as ``bench accel`` runs it. Yosys is the demo's
-    longest step (about 2 minutes of its 3): beside the simulations the demo took 176 s, after them 183 s (the
-    three Yosys runs and the simulator share 2 cores);
+    longest step: the whole array alone (the demo prints no breakdown), beside the simulations, 139 s a demo; with
+    the parts too (three Yosys runs and the simulator on 2 cores) 176 s beside the simulations, 183 s after them;
     ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
     from hw.platform.array_synth import synthesize_array
     from sim.image_run import prepare_array, simulate_array
@@ -144,7 +144,7 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
 
     def synthesize():
         try:
-            box["synthesis"] = synthesize_array(prepared.config, out / "synth")
+            box["synthesis"] = synthesize_array(prepared.config, out / "synth", parts=False)  # (no breakdown printed)
         except Exception as exc:  # noqa: BLE001 - re-raised below, in the command's thread (a Yosys failure
             box["error"] = exc  # is then reported as every other tool failure is, not as a thread's traceback)
 

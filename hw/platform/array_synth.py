@@ -22,11 +22,12 @@ mapping the whole netlist at once. It is no bound on the whole run either way: t
 up to 9 % larger (``docs/array_design.md``, "Row ends for the fetchers"). Each part's timing estimate ends a
 path at its ports (a black box's input is not an end point); the whole run's does not.
 
-The three Yosys processes run side by side; the whole run is the longest.
+The three Yosys processes run side by side; the whole run is the longest. (``parts=False``: the whole run alone.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import threading
@@ -78,41 +79,45 @@ class ArraySynthesis:
         Its :data:`SLOWEST_PATHS` slowest end points (:func:`hw.platform.timing.slowest_paths`).
     dsp_configs : dict
         DSP48E1 configurations of the whole array.
-    parts_total : Resources
-        ``shell + engines x engine`` (``cells`` summed the same way).
-    engine, shell : Resources
-        The two parts.
-    engine_timing, shell_timing : TimingReport
-    engine_paths, shell_paths : tuple of PathReport
-        Each part's slowest end points.
     engines : int
     seconds : float
-        Wall time of the three Yosys runs (side by side).
+        Wall time of the Yosys runs (side by side).
+    parts_total : Resources or None
+        ``shell + engines x engine`` (``cells`` summed the same way); None (as every part's field) when the parts
+        were not synthesised (:func:`synthesize_array`'s ``parts``).
+    engine, shell : Resources or None
+        The two parts.
+    engine_timing, shell_timing : TimingReport or None
+    engine_paths, shell_paths : tuple of PathReport
+        Each part's slowest end points.
     """
 
     resources: Resources
     timing: TimingReport
     dsp_configs: dict
-    parts_total: Resources
-    engine: Resources
-    shell: Resources
-    engine_timing: TimingReport
-    shell_timing: TimingReport
     engines: int
     seconds: float
     paths: tuple[PathReport, ...] = ()
+    parts_total: Resources | None = None
+    engine: Resources | None = None
+    shell: Resources | None = None
+    engine_timing: TimingReport | None = None
+    shell_timing: TimingReport | None = None
     engine_paths: tuple[PathReport, ...] = ()
     shell_paths: tuple[PathReport, ...] = ()
 
     def as_dict(self) -> dict:
-        return {"method": "the whole array flattened (the figures of record); the parts beside it: one engine and "
-                          "the shell with black-box engines (hw/platform/array_synth.py)",
+        def part(x):
+            return None if x is None else x.as_dict()
+
+        return {"method": "the whole array flattened (the figures of record)" + (
+                    "; the parts beside it: one engine and the shell with black-box engines" if self.engine else "")
+                + " (hw/platform/array_synth.py)",
                 "engines": self.engines, "total": self.resources.as_dict(), "timing": self.timing.as_dict(),
                 "paths": [p.as_dict() for p in self.paths], "dsp_configs": self.dsp_configs,
-                "parts_total": self.parts_total.as_dict(), "engine": self.engine.as_dict(),
-                "shell": self.shell.as_dict(), "engine_timing": self.engine_timing.as_dict(),
-                "shell_timing": self.shell_timing.as_dict(), "seconds": self.seconds,
-                "engine_paths": [p.as_dict() for p in self.engine_paths],
+                "parts_total": part(self.parts_total), "engine": part(self.engine), "shell": part(self.shell),
+                "engine_timing": part(self.engine_timing), "shell_timing": part(self.shell_timing),
+                "seconds": self.seconds, "engine_paths": [p.as_dict() for p in self.engine_paths],
                 "shell_paths": [p.as_dict() for p in self.shell_paths]}
 
 
@@ -138,11 +143,13 @@ def _shell_netlist(path: Path, log_path: Path | None, timeout_s: float | None) -
 
 
 def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = None,
-                      progress: bool = False) -> ArraySynthesis:
+                      progress: bool = False, parts: bool = True) -> ArraySynthesis:
     """Write ``mpq_array.v`` and ``mpq_engine.v`` into ``out_dir`` and synthesise the whole array and its two parts
     side by side (logs ``yosys_whole.log``, ``yosys_engine.log`` and ``yosys_shell.log``; the memories' long zero
     inits are not read, :func:`hw.platform.synth.read_command`). ``timeout_s`` bounds each Yosys run; ``progress``
-    shows the runs done and the time so far (Yosys itself says nothing until it ends: minutes on a large array).
+    shows the runs done and the time so far (Yosys itself says nothing until it ends: minutes on a large array);
+    without ``parts`` only the whole array is synthesised (no ``mpq_engine.v``; the demo, which prints no
+    breakdown, saves the parts' Yosys time for the cores it shares with its simulations).
 
     Raises
     ------
@@ -152,10 +159,8 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     """
     out_dir = Path(out_dir)
     array = ConvArray(config)
-    engine_verilog = verilog.convert(array.engine(), name=ENGINE_TOP_NAME, emit_src=False)
     array_path = write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.v",
                                        verilog.convert(array, name=ARRAY_TOP_NAME, emit_src=False))  # = array_verilog
-    epath = write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.v", engine_verilog)
     box: dict = {}
 
     def run(name, job):
@@ -164,13 +169,14 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
         except Exception as exc:  # noqa: BLE001 - any of them (Yosys missing, its run, its netlist) is re-raised in
             box[f"{name}_error"] = exc  # the caller's thread, not printed as a thread's traceback
 
-    jobs = {
-        "whole": lambda: synthesize_netlist(array_path, ARRAY_TOP_NAME, log_path=out_dir / "yosys_whole.log",
-                                            timeout_s=timeout_s),
-        "engine": lambda: synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log",
-                                             timeout_s=timeout_s),
-        "shell": lambda: _shell_netlist(array_path, out_dir / "yosys_shell.log", timeout_s),
-    }
+    jobs = {"whole": lambda: synthesize_netlist(array_path, ARRAY_TOP_NAME, log_path=out_dir / "yosys_whole.log",
+                                                 timeout_s=timeout_s)}
+    if parts:
+        epath = write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.v",
+                                      verilog.convert(array.engine(), name=ENGINE_TOP_NAME, emit_src=False))
+        jobs["engine"] = lambda: synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log",
+                                                    timeout_s=timeout_s)
+        jobs["shell"] = lambda: _shell_netlist(array_path, out_dir / "yosys_shell.log", timeout_s)
     t0 = time.perf_counter()
     workers = {name: threading.Thread(target=run, args=(name, job), daemon=True) for name, job in jobs.items()}
     for w in workers.values():
@@ -185,19 +191,22 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
             bar.set_postfix_str("done: " + (", ".join(now) or "none"), refresh=False)
             bar.update(len(now) - len(done))
             done = now
-    for name in ("whole", "engine", "shell"):
+    for name in jobs:
         if f"{name}_error" in box:
             raise box[f"{name}_error"]
-    (whole, whole_design), (engine, engine_design), (shell, shell_design) = box["whole"], box["engine"], box["shell"]
+    whole, whole_design = box["whole"]
     n = config.engines
     configs = dsp_configs(whole_design, ARRAY_TOP_NAME)
     check_lanes(configs, n * config.lanes, "the whole array's netlist")
+    record = ArraySynthesis(resources=whole, timing=estimate(whole_design, ARRAY_TOP_NAME), dsp_configs=configs,
+                            engines=n, seconds=round(time.perf_counter() - t0, 1),
+                            paths=tuple(slowest_paths(whole_design, ARRAY_TOP_NAME, SLOWEST_PATHS)))
+    if not parts:
+        return record
+    (engine, engine_design), (shell, shell_design) = box["engine"], box["shell"]
     check_lanes(dsp_configs(engine_design, ENGINE_TOP_NAME), config.lanes, "the engine's netlist")
-    return ArraySynthesis(resources=whole, timing=estimate(whole_design, ARRAY_TOP_NAME), dsp_configs=configs,
-                          parts_total=_sum(shell, engine, n), engine=engine, shell=shell,
-                          engine_timing=estimate(engine_design, ENGINE_TOP_NAME),
-                          shell_timing=estimate(shell_design, ARRAY_TOP_NAME), engines=n,
-                          seconds=round(time.perf_counter() - t0, 1),
-                          paths=tuple(slowest_paths(whole_design, ARRAY_TOP_NAME, SLOWEST_PATHS)),
-                          engine_paths=tuple(slowest_paths(engine_design, ENGINE_TOP_NAME, SLOWEST_PATHS)),
-                          shell_paths=tuple(slowest_paths(shell_design, ARRAY_TOP_NAME, SLOWEST_PATHS)))
+    return dataclasses.replace(
+        record, parts_total=_sum(shell, engine, n), engine=engine, shell=shell,
+        engine_timing=estimate(engine_design, ENGINE_TOP_NAME), shell_timing=estimate(shell_design, ARRAY_TOP_NAME),
+        engine_paths=tuple(slowest_paths(engine_design, ENGINE_TOP_NAME, SLOWEST_PATHS)),
+        shell_paths=tuple(slowest_paths(shell_design, ARRAY_TOP_NAME, SLOWEST_PATHS)))

@@ -58,6 +58,17 @@ def test_the_parts_come_close_to_the_whole_run(synthesis):
     assert parts.ff * 0.90 <= whole.ff <= parts.ff * 1.02
 
 
+def test_the_whole_array_alone_gives_the_same_figures(synthesis, tmp_path):
+    """Without the parts (the demo's synthesis): the same whole run, no engine Verilog, no part's fields."""
+    _, syn = synthesis
+    alone = synthesize_array(TINY, tmp_path, parts=False)
+    assert alone.resources == syn.resources and alone.timing == syn.timing and alone.dsp_configs == syn.dsp_configs
+    assert not (tmp_path / f"{ENGINE_TOP_NAME}.v").exists() and not (tmp_path / "yosys_shell.log").exists()
+    assert alone.engine is None and alone.parts_total is None and alone.engine_paths == ()
+    record = alone.as_dict()
+    assert record["total"] == syn.resources.as_dict() and record["engine"] is None and "parts" not in record["method"]
+
+
 @pytest.mark.parametrize("progress", [False, True])
 def test_a_failed_yosys_run_ends_the_synthesis_with_its_error(tmp_path, monkeypatch, progress):
     """Every run fails at once (no Yosys on PATH): the wait for the three ends, with or without the progress bar
