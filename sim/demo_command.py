@@ -9,7 +9,6 @@ fully connected core (``--core fc``, its global buffer a ROM holding the version
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from pathlib import Path
 
@@ -136,20 +135,14 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
     longest step: the whole array alone (the demo prints no breakdown), beside the simulations, 139 s a demo; with
     the parts too (three Yosys runs and the simulator on 2 cores) 176 s beside the simulations, 183 s after them;
     ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
-    from hw.platform.array_synth import synthesize_array
+    from hw.platform.array_synth import start_thread, synthesize_array
     from sim.image_run import prepare_array, simulate_array
 
     prepared = prepare_array(vectors, out / "rtl", engines=DEMO_ENGINES, lanes=1)
     box: dict = {}
-
-    def synthesize():
-        try:
-            box["synthesis"] = synthesize_array(prepared.config, out / "synth", parts=False)  # (no breakdown printed)
-        except Exception as exc:  # noqa: BLE001 - re-raised below, in the command's thread (a Yosys failure
-            box["error"] = exc  # is then reported as every other tool failure is, not as a thread's traceback)
-
-    worker = threading.Thread(target=synthesize, daemon=True)
-    worker.start()
+    # (no breakdown printed: the whole array alone; a Yosys failure is re-raised below, in the command's thread, and
+    # reported as every other tool failure is)
+    worker = start_thread(box, "synthesis", lambda: synthesize_array(prepared.config, out / "synth", parts=False))
     runs = []
     for stall in (True, False):
         if not stall:
@@ -158,7 +151,7 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
     print("[5/5] Yosys synth_xilinx for the XC7Z020 (the whole array, and by parts: hw/platform/array_synth.py; "
           "started beside the simulations)")
     worker.join()
-    if "error" in box:
-        raise box["error"]
+    if "synthesis_error" in box:
+        raise box["synthesis_error"]
     syn = box["synthesis"]
     return runs[0], runs[1], syn.resources, 4 * len(prepared.words), syn.timing.fmax_mhz

@@ -68,12 +68,11 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
-from hw.core.fetcher import WordFetcher
+from hw.core.fetcher import WORD_SHIFT, WordFetcher
 from hw.core.global_buffer import buffer_port_signature
 from model.export.format import CLASS_WIDTHS, COUNT_FIELDS, LAYER, RICE_ESCAPE, RICE_FIELDS, WORD_BITS
 
 CLASSES = len(CLASS_WIDTHS)
-_WORD_SHIFT = ceil_log2(WORD_BITS)
 
 
 def layer_fields_layout() -> data.StructLayout:
@@ -91,8 +90,8 @@ def command_layout(addr_width: int) -> data.StructLayout:
     """A row command: the row's first bit in the global buffer, ``32 stream_base + row_ptr[j]``, and the bit
     after its last, ``32 stream_base + row_ptr[j + 1]`` (``stream_bits`` for the layer's last row): the fetcher
     reads no word past it (all ones: no end)."""
-    return data.StructLayout({"start_bit": unsigned(addr_width + _WORD_SHIFT),
-                              "end_bit": unsigned(addr_width + _WORD_SHIFT)})
+    return data.StructLayout({"start_bit": unsigned(addr_width + WORD_SHIFT),
+                              "end_bit": unsigned(addr_width + WORD_SHIFT)})
 
 
 def entry_layout(fan_in_width: int) -> data.StructLayout:
@@ -233,7 +232,7 @@ class RowStreamDecoder(wiring.Component):
         phase = Signal(_Phase)
         win = Signal(wbits)
         nbits = Signal(range(wbits + 1))
-        skip = Signal(_WORD_SHIFT)
+        skip = Signal(WORD_SHIFT)
         cls = Signal(range(CLASSES))
         cls_next = Signal(range(CLASSES))  # the class of the next cycle (the FSM below sets it)
         m.d.comb += cls_next.eq(cls)
@@ -264,7 +263,7 @@ class RowStreamDecoder(wiring.Component):
             self.cmd.ready.eq((phase == _Phase.IDLE) & ~self.error),
             take_cmd.eq(self.cmd.valid & self.cmd.ready),
             fetcher.start.eq(take_cmd),
-            fetcher.base.eq(self.cmd.payload.start_bit[_WORD_SHIFT:]),
+            fetcher.base.eq(self.cmd.payload.start_bit[WORD_SHIFT:]),
             fetcher.end_bit.eq(self.cmd.payload.end_bit),
         ]
 
@@ -440,7 +439,7 @@ class RowStreamDecoder(wiring.Component):
                 with m.If(layer_ok):
                     m.d.sync += [
                         phase.eq(_Phase.SKIP),
-                        skip.eq(self.cmd.payload.start_bit[:_WORD_SHIFT]),
+                        skip.eq(self.cmd.payload.start_bit[:WORD_SHIFT]),
                         counts.eq(0), nonzero.eq(0), dense.eq(0), total.eq(0),
                     ]
                 with m.Else():

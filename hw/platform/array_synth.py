@@ -142,6 +142,22 @@ def _shell_netlist(path: Path, log_path: Path | None, timeout_s: float | None) -
     return parse_stat(text[text.rfind("Printing statistics"):]), design
 
 
+def start_thread(box: dict, key: str, job, errors: tuple = (Exception,)) -> threading.Thread:
+    """Start ``job()`` in a daemon thread: its result goes into ``box[key]``, an exception of ``errors`` into
+    ``box[key + "_error"]``, for the caller's thread to re-raise or report (not printed as a thread's traceback).
+    Yosys runs as a subprocess, so the caller's work goes on meanwhile."""
+
+    def run():
+        try:
+            box[key] = job()
+        except errors as exc:  # (the caller decides which: by default any of them)
+            box[f"{key}_error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker
+
+
 def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = None,
                       progress: bool = False, parts: bool = True) -> ArraySynthesis:
     """Write ``mpq_array.v`` and ``mpq_engine.v`` into ``out_dir`` and synthesise the whole array and its two parts
@@ -162,13 +178,6 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     array_path = write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.v",
                                        verilog.convert(array, name=ARRAY_TOP_NAME, emit_src=False))  # = array_verilog
     box: dict = {}
-
-    def run(name, job):
-        try:
-            box[name] = job()
-        except Exception as exc:  # noqa: BLE001 - any of them (Yosys missing, its run, its netlist) is re-raised in
-            box[f"{name}_error"] = exc  # the caller's thread, not printed as a thread's traceback
-
     jobs = {"whole": lambda: synthesize_netlist(array_path, ARRAY_TOP_NAME, log_path=out_dir / "yosys_whole.log",
                                                  timeout_s=timeout_s)}
     if parts:
@@ -178,9 +187,8 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
                                                     timeout_s=timeout_s)
         jobs["shell"] = lambda: _shell_netlist(array_path, out_dir / "yosys_shell.log", timeout_s)
     t0 = time.perf_counter()
-    workers = {name: threading.Thread(target=run, args=(name, job), daemon=True) for name, job in jobs.items()}
-    for w in workers.values():
-        w.start()
+    # (any error, Yosys missing, its run, its netlist, is re-raised below)
+    workers = {name: start_thread(box, name, job) for name, job in jobs.items()}
     # (no rate or time left: the three runs take very different times)
     with tqdm(total=len(workers), desc="yosys", disable=not progress,
               bar_format="{desc}: {n_fmt} of {total_fmt} runs done, {elapsed}{postfix}") as bar:

@@ -86,7 +86,6 @@ import copy
 import dataclasses
 import json
 import multiprocessing
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -96,7 +95,7 @@ import torch
 from tqdm import tqdm
 
 from hw.array.sizing import config_for
-from hw.platform.array_synth import synthesize_array
+from hw.platform.array_synth import start_thread, synthesize_array
 from hw.platform.verilog import array_verilog, write_text_atomically
 from model.bench.conv import IMQ_THREADS, history_json, imq_configs, run_imq_row
 from model.bench.floors import floor_entry
@@ -279,16 +278,6 @@ def curve_networks(source: dict, acts: tuple[int, ...] = ACT_BITS, prefix: str =
     return nets
 
 
-def _synthesize(config, out_dir: Path, box: dict, timeout_s: float) -> None:
-    """:func:`hw.platform.array_synth.synthesize_array` of ``config`` into ``box`` (run in a thread; Yosys runs
-    as subprocesses, so the simulations go on meanwhile)."""
-
-    try:
-        box["synthesis"] = synthesize_array(config, out_dir, timeout_s=timeout_s)
-    except (RuntimeError, OSError, ValueError, UserError) as exc:  # reported by run_accel after the simulations
-        box["error"] = exc
-
-
 def _plan(counts: dict, planned: dict, done: dict, wall: dict, left_s: float) -> tuple | None:
     """The next ``(key, images)`` chunk to run within ``left_s`` seconds, or None.
 
@@ -385,9 +374,10 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     box: dict = {}
     worker = None
     if synth:
-        worker = threading.Thread(target=_synthesize, args=(synth_config, out_dir / "synth", box, 60 * synth_minutes),
-                                  daemon=True)
-        worker.start()
+        # (its errors reported after the simulations)
+        worker = start_thread(box, "synthesis", lambda: synthesize_array(synth_config, out_dir / "synth",
+                                                                         timeout_s=60 * synth_minutes),
+                              errors=(RuntimeError, OSError, ValueError, UserError))
     done = dict.fromkeys(counts, 0)
     wall = dict.fromkeys(counts, 0.0)
     spans: dict = {key: [] for key in counts}
@@ -507,8 +497,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         if progress and worker.is_alive():
             tqdm.write(f"bench accel: waiting for Yosys (at most {synth_minutes:g} minutes a run)")
         worker.join()
-        if "error" in box and progress:
-            tqdm.write(f"bench accel: synthesis failed ({box['error']}); see the logs in {out_dir / 'synth'}")
+        if "synthesis_error" in box and progress:
+            tqdm.write(f"bench accel: synthesis failed ({box['synthesis_error']}); see the logs in {out_dir / 'synth'}")
     syn = box.get("synthesis")
     res = None if syn is None else syn.resources
     resources = dict.fromkeys(("dsp", "lut", "ff", "bram36", "fits_xc7z020", "fmax_mhz_estimate")) if syn is None else {
@@ -536,7 +526,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         "synthesis": None if syn is None else {**syn.as_dict(), "dsp": res.dsp, "lut": res.lut, "ff": res.ff,
                                                "bram36": res.bram36, "fits_xc7z020": res.fits(),
                                                "lut_fraction": res.lut / 53200},
-        "synthesis_error": str(box["error"]) if "error" in box else None,
+        "synthesis_error": str(box["synthesis_error"]) if "synthesis_error" in box else None,
         "budget_minutes": minutes, "simulator": simulator, "seconds": round(time.perf_counter() - t0, 1),
     }
 
