@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amaranth import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
@@ -45,6 +45,12 @@ class SelfTestTop(Elaboratable):
         Packed weight image.
     inputs : int array ``[N, n_in]`` and expected : int array ``[N, n_out]``
         Test images and the golden model's scores for them.
+
+    Members
+    -------
+    leds : Signal(4)
+        The four LEDs' values (done, all matched, a mismatch, heartbeat); on a board they drive its LED pins,
+        without a platform (simulation, ``tests/hw/platform/test_board.py``) they are the results to read.
     """
 
     def __init__(self, image, inputs, expected, *, batch: int = 1):
@@ -52,6 +58,7 @@ class SelfTestTop(Elaboratable):
         self._inputs = [int(v) for v in inputs.reshape(-1)]
         self._expected = [int(v) & 0xFFFFFFFF for v in expected.reshape(-1)]
         self.accelerator = Accelerator(self._image, batch=batch)
+        self.leds = Signal(4)
 
     def elaborate(self, platform):
         m = Module()
@@ -71,9 +78,7 @@ class SelfTestTop(Elaboratable):
             platform.add_clock_constraint(clk100, FABRIC_HZ)
             restart = platform.request("button", 0).i if _has(platform, "button") else Signal()
             m.d.comb += sync.rst.eq(~locked | restart)
-            leds = [platform.request("led", k).o for k in range(4)]
-        else:
-            leds = [Signal(name=f"led{k}") for k in range(4)]
+            m.d.comb += [platform.request("led", k).o.eq(self.leds[k]) for k in range(4)]
 
         m.submodules.accelerator = acc = self.accelerator
         m.submodules.inputs = in_rom = Memory(shape=8, depth=len(self._inputs), init=self._inputs)
@@ -100,7 +105,7 @@ class SelfTestTop(Elaboratable):
                 m.d.sync += failed.eq(1)
             with m.If(out_addr == len(self._expected) - 1):
                 m.d.sync += done.eq(1)
-        m.d.comb += [leds[0].eq(done), leds[1].eq(done & ~failed), leds[2].eq(failed), leds[3].eq(beat[-1])]
+        m.d.comb += self.leds.eq(Cat(done, done & ~failed, failed, beat[-1]))
         return m
 
 

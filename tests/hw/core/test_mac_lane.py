@@ -5,9 +5,10 @@ model.export.golden.class_sums, for DoReFa and signed (offset-binary) layers."""
 import numpy as np
 import pytest
 import torch
+from amaranth import Shape
 
 from hw.core.mac_lane import ACT_SUM_BITS, SUM_BITS, MacLane
-from model.export.golden import CLASSES, IntLinear, check_layer, class_sums
+from model.export.golden import CLASSES, MAX_ACT_BITS, MAX_FAN_IN, IntLinear, check_layer, class_sums
 from tests.hw.stream_source import pump, simulate
 
 CODE = {4: 1, 8: 2, 16: 3, 32: 4}  # width -> mask code (docs/image_format.md)
@@ -99,9 +100,25 @@ def test_lane_extremes_fit_the_sum_widths():
     assert got[0][1][32] == 40 * ((1 << 32) - 1) * 255 and got[0][1]["a32"] == 40 * 255
     assert got[1][0]["a4"] == got[1][0]["a16"] == 3 * 255
     assert got[2][0] == {4: 0, 8: 0, 16: 0, 32: 0, "a4": 0, "a8": 0, "a16": 0, "a32": 0}
-    # The accumulators hold the largest row the contract allows (MAX_FAN_IN weights, 8-bit activations).
-    assert all((((1 << m) - 1) * 255 * 4096) < 1 << SUM_BITS[m] for m in CLASSES)
-    assert 255 * 4096 < 1 << ACT_SUM_BITS
+
+
+def test_lane_holds_the_largest_rows_the_contract_allows():
+    """A row of ``MAX_FAN_IN`` weights of one class, every code and activation at its maximum, for each class:
+    the sums reach the top bits of ``SUM_BITS[m]`` and ``ACT_SUM_BITS`` (the accumulators' declared widths,
+    read from the elaborated lane's output layout) and are exact."""
+    top_act = (1 << MAX_ACT_BITS) - 1
+    rows = [[{"code": CODE[m], "q": (1 << m) - 1, "u": [top_act], "row_end": 0} for _ in range(MAX_FAN_IN)]
+            for m in CLASSES]
+    for row in rows:
+        row[-1]["row_end"] = 1
+    got, _, _ = run_lane([op for row in rows for op in row], len(rows), 5, 0.0, 0.1)
+    assert got == model_sums(rows)
+    fields = {name: Shape.cast(shape) for name, shape in MacLane(1).o.payload.shape().elem_shape.members.items()}
+    for m, row in zip(CLASSES, got, strict=True):
+        assert row[0][m] == MAX_FAN_IN * ((1 << m) - 1) * top_act
+        assert row[0][m].bit_length() == SUM_BITS[m] == fields[f"s{m}"].width
+        assert row[0][f"a{m}"] == MAX_FAN_IN * top_act
+        assert row[0][f"a{m}"].bit_length() == ACT_SUM_BITS == fields[f"a{m}"].width
 
 
 def test_lane_latency_and_throughput():

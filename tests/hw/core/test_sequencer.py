@@ -93,6 +93,9 @@ def run(words, n_jobs: int, seed: int, p_noise: float, engine_error_at: int | No
                 busy = (name, int(rng.integers(0, 6)))
             if error and log["error_cycle"] is None:
                 log["error_cycle"] = cycle
+            if log["error_cycle"] is not None:  # once raised, the error stays and no job is offered
+                assert error, f"error dropped at cycle {cycle} after rising at {log['error_cycle']}"
+                assert not (lv or rv or ev), f"a job offered at cycle {cycle} after the error"
             if len(log["jobs"]) == n_jobs and busy is None:
                 break
         log["error"] = error

@@ -158,14 +158,13 @@ def test_throughput_one_operand_set_per_chunks_cycles(pair):
 
 @pytest.mark.parametrize("pair", TIMED, ids=_ids(TIMED))
 def test_latency_from_the_accepted_last_operand_set(pair):
-    """``lane.latency`` cycles from the transfer of the ``last`` operand set to ``o.valid``.
+    """``lane.latency`` cycles from the transfer of the ``last`` operand set to ``o.valid``, in every mode.
 
-    Fails for the chunked modes (32x8, 32x32) as of this writing: the lane holds ``i.ready`` low until the
-    last chunk, so the transfer happens after all chunks went in and the sums follow ``DSP_LATENCY + 1``
-    cycles later, while ``latency`` adds ``chunks - 1`` more.
+    The chunked modes (32x8, 32x32) hold ``i.ready`` low until the last chunk, so the transfer is the last
+    chunk's and the sums follow ``DSP_LATENCY + 1`` cycles later: the chunk count does not add to it.
     """
     lane, _, _, last_accepts, emitted = _timed_run(pair)
-    assert lane.latency >= DSP_LATENCY + 1
+    assert lane.latency == DSP_LATENCY + 1
     assert emitted == [cycle + lane.latency for cycle in last_accepts]
 
 

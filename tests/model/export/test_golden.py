@@ -226,7 +226,20 @@ def test_requant_params_precision():
     # gain * sum(wu) + offset for sum(wu) = 20: acc = 20 * D.
     acc = np.full((4,), 20 * D)
     y = requantize(acc, mult, bias, shift, out_bits=0)
-    np.testing.assert_allclose(y, np.floor(gain * 20 + offset + 0.5), atol=1)
+    assert y.tolist() == [7, 26, 12, 142]  # round half up of 6.75, 26, 11.9, 142: exact, no tolerance
+    # Random channels whose gains are within a factor 2 (every M keeps 16-17 significant bits: a relative error
+    # below 2^-16, so at most 0.005 output units at |v| <= 300): every result away from a rounding tie is
+    # exactly round half up of gain * s + offset.
+    rng = np.random.default_rng(3)
+    gain = rng.uniform(0.5, 1.0, size=64)
+    offset = rng.uniform(-20.0, 20.0, size=64)
+    mult, bias, shift = requant_params(gain, offset)
+    sums = rng.integers(-250, 251, size=(200, 64))
+    v = gain * sums + offset
+    y = requantize(sums * D, mult, bias, shift, out_bits=0)
+    away = np.abs(v - np.floor(v) - 0.5) > 0.01
+    assert away.mean() > 0.9
+    assert np.array_equal(y[away], np.floor(v[away] + 0.5).astype(np.int64))
 
 
 def test_check_layer_rejects_bad_widths_and_codes():
