@@ -12,9 +12,9 @@ from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In, Out
 
 from hw.array.engine import LANE_SLOTS, ChannelEngine, engine_layer_layout, output_layout, row_command_layout
-from hw.array.requant import A_BITS, ACT_SUM_BOUND
+from hw.array.requant import A_BITS, ACT_SUM_BOUND, X_BOUND
 from hw.core.global_buffer import GlobalBuffer
-from model.export.golden import MAX_SHIFT, class_sums, combine, requantize
+from model.export.golden import ACC_SHIFT, MAX_FAN_IN, MAX_SHIFT, class_sums, combine, requantize
 from model.export.golden_conv import requantize_residual
 from model.export.golden_vertical import comp_offset, compose
 from model.export.image_v4 import _pack_bits
@@ -349,15 +349,33 @@ def test_long_rows_at_their_largest_codes(width, act_bits, signed):
     ones: a pair pass holds 136 entries at 8 bits (``pass_capacity``) and a merged single pass 128 weights at
     8-bit activations, 520 at 6 (``merged_capacity``), so the sequencer cuts these rows into sub-passes (in the
     replay too); the others run whole (4-bit pairs up to 2,184; merged passes at 4-bit activations)."""
+    run_long_rows(width, act_bits, signed, rows=3, fan_in=600, faw=10)
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+def test_rows_of_max_fan_in_reach_the_sums_bound(signed):
+    """One row of ``MAX_FAN_IN`` 32-bit weights at their extreme lane weight and 8-bit activations at 255: the
+    combined sum ``X`` reaches 2^52 of ``X_BOUND`` (the widths of the combine's registers, its accumulators and
+    the emit FIFOs, ``X_BITS``), and the scores are exact."""
+    want, shift = run_long_rows(32, 8, signed, rows=1, fan_in=MAX_FAN_IN, faw=MAX_FAN_IN.bit_length())
+    assert np.abs(want).max() << (shift + ACC_SHIFT) >= X_BOUND >> 2  # golden drops ACC_SHIFT bits first
+
+
+def run_long_rows(width, act_bits, signed, *, rows, fan_in, faw):
+    """Rows of ``fan_in`` weights of one width on a 2-lane engine under back-pressure against golden: row 0 every
+    lane weight at its extreme, row 1 random codes, row 2 every third weight pruned; every input at its largest
+    but pixel 1's (random). Returns golden's scores and the shift that keeps them inside int32."""
     rng = np.random.default_rng(width + act_bits + 100 * signed)
-    rows, fan_in, lanes, faw, aw = 3, 600, 2, 10, 14
+    lanes, aw = 2, max(14, (fan_in * width * rows // 32 + 64).bit_length() + 1)
     t = lanes * LANE_SLOTS
     widths = np.full((rows, fan_in), width)
     codes = np.full((rows, fan_in), 0 if signed else (1 << width) - 1, dtype=np.int64)
-    codes[1] = rng.integers(0, 1 << width, size=fan_in, dtype=np.uint64).astype(np.int64) if width < 32 else \
-        rng.integers(0, 1 << 31, size=fan_in)
-    widths[2, ::3] = 0
-    codes[2, ::3] = 0
+    if rows > 1:
+        codes[1] = rng.integers(0, 1 << width, size=fan_in, dtype=np.uint64).astype(np.int64) if width < 32 else \
+            rng.integers(0, 1 << 31, size=fan_in)
+    if rows > 2:
+        widths[2, ::3] = 0
+        codes[2, ::3] = 0
     patch = np.full((fan_in, t), (1 << act_bits) - 1)
     patch[:, 1] = rng.integers(0, 1 << act_bits, size=fan_in)
     mult = np.full(rows, 1)
@@ -383,6 +401,7 @@ def test_long_rows_at_their_largest_codes(width, act_bits, signed):
     async def bench(ctx):
         ctx.set(dut.layer, layer)
         src = Source(dut.cmd, cmds, rng, 0.2)
+        held = None
         for _ in range(30 * rows * fan_in):
             if len(got) == rows * t:
                 break
@@ -391,10 +410,16 @@ def test_long_rows_at_their_largest_codes(width, act_bits, signed):
             _, _, cv, cr, ov, orr, out = await ctx.tick().sample(dut.cmd.valid, dut.cmd.ready, dut.o.valid,
                                                                 dut.o.ready, dut.o.payload)
             src.update(cv, cr)
+            if held is not None:
+                assert ov and out == held, "an output changed or vanished before its transfer"
+            held = out if ov and not orr else None
             if ov and orr:
-                got[(int(out.channel), int(out.pixel))] = int(out.value)
+                key = (int(out.channel), int(out.pixel))
+                assert key not in got, f"output {key} emitted twice"
+                got[key] = int(out.value)
 
     simulate(dut, bench)
     assert len(got) == rows * t, f"stalled after {len(got)} of {rows * t} outputs"
     bad = [(key, got[key], int(want[key[1], key[0]])) for key in sorted(got) if got[key] != want[key[1], key[0]]]
     assert not bad, f"differ ((channel, pixel), got, want): {bad[:8]}"
+    return want, shift

@@ -412,3 +412,19 @@ def test_pooled_sums_split_over_two_slots(seed):
     sums = global_sum_pool(u[None], 8)[0]
     assert (patch[:, 0] + 256 * patch[:, 1] == sums).all()
     assert cycles == c * h + 2
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_pooled_sums_at_the_top_of_bound_9(seed):
+    """Maps of 200 to 256 codes a channel (bound 9 allows ``H W <= 257`` at 8-bit codes: a sum below 2^16):
+    channel 0 every code 255 (65,280 at 32 x 8), channel 1 random codes near it; the sums' upper slot reaches
+    its top bits and both are exact."""
+    rng = np.random.default_rng(30 + seed)
+    h, w = (32, ROW_CODES) if seed == 0 else (int(rng.integers(25, 33)), ROW_CODES)
+    u = rng.integers(200, 256, size=(2, h, w))
+    u[0] = 255
+    patch, cycles = run_loader(u, 0, geometry(LoadMode.POOLED, 0, 2, h, w, 1, 1, 1, 0, 0), 2)
+    sums = global_sum_pool(u[None], 8)[0]
+    assert sums[0] == 255 * h * w and sums.max() >= 1 << 15
+    assert (patch[:, 0] + 256 * patch[:, 1] == sums).all()
+    assert cycles == 2 * h + 2
