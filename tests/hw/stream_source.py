@@ -43,8 +43,9 @@ class Source:
             self.gap -= 1
 
 
-async def pump(ctx, dut, items, n_out, rng, p_gap, p_stall, convert):
-    """Drive ``dut.i`` with ``items`` and collect ``n_out`` outputs; also the transfer cycles."""
+async def pump(ctx, dut, items, n_out, rng, p_gap, p_stall, convert, tail: int = 8):
+    """Drive ``dut.i`` with ``items`` and collect ``n_out`` outputs; also the transfer cycles. A stalled output
+    must hold, and after the ``n_out``-th nothing more may come out for ``tail`` cycles of ``o.ready``."""
     src = Source(dut.i, items, rng, p_gap)
     got, in_cycles, out_cycles, held = [], [], [], None
     for cycle in range(10 * len(items) + 50):
@@ -65,4 +66,8 @@ async def pump(ctx, dut, items, n_out, rng, p_gap, p_stall, convert):
             out_cycles.append(cycle)
     assert len(got) == n_out, f"stalled after {len(got)} of {n_out} outputs"
     ctx.set(dut.i.valid, 0)
+    ctx.set(dut.o.ready, 1)
+    for _ in range(tail):
+        _, _, ov = await ctx.tick().sample(dut.o.valid)
+        assert not ov, f"an output after the last of {n_out}"
     return got, in_cycles, out_cycles

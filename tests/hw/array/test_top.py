@@ -106,7 +106,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            scores, at, done = [], 0, False
+            scores, at, done, held = [], 0, False, None
             for cycle in range(max_cycles):
                 ctx.set(dut.i.valid, at < len(codes) and rng.random() >= p_gap)
                 if at < len(codes):
@@ -116,6 +116,9 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
                     dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload, dut.done)
                 if xv and xr:
                     at += 1
+                if held is not None:
+                    assert ov and o == held, "a score changed or vanished before its transfer"
+                held = o if ov and not orr else None
                 if ov and orr:
                     scores.append(int(o))
                 if d:
