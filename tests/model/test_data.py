@@ -15,7 +15,6 @@ from torch import nn
 from model.data import (
     CIFAR10_FOLDER,
     CIFAR100_FOLDER,
-    FASHION_MNIST_ROOT,
     DataRecord,
     Split,
     augment_batch,
@@ -230,7 +229,6 @@ def test_split_image_shape_defaults_and_validation():
     assert load_digits_split().image_shape == (1, 8, 8)
 
 
-@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_load_dataset_fashion_mnist_subset():
     split = load_dataset("fashion-mnist", train_subset=50, test_subset=20)
     assert split.x_train.shape == (50, 784) and split.x_test.shape == (20, 784)

@@ -4,12 +4,11 @@ tests/sim/axi_checker_tb.py breaks the protocol on purpose, one violation at a t
 
 import pytest
 
-from sim.runner import simulators_available
 from sim.system.runner import run_block_test, write_block_verilog
 from tests.sim.axi_probe import TOPLEVEL, AxiProbe
 
 
-@pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+@pytest.mark.usefixtures("icarus")
 def test_the_checker_reports_each_violation_once_and_a_clean_exchange_never(tmp_path):
     verilog = write_block_verilog(AxiProbe(), tmp_path / f"{TOPLEVEL}.v", name=TOPLEVEL)
     result = run_block_test(verilog, toplevel=TOPLEVEL, test_module="tests.sim.axi_checker_tb",

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from hw.system.axi_lite import AxiLiteSlave
-from sim.runner import simulators_available
 from sim.system.runner import run_block_test, write_block_verilog
 
 TOPLEVEL = "axi_lite"
 TEST_MODULE = "sim.system.tb_axi_lite"
 
-pytestmark = pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+pytestmark = pytest.mark.usefixtures("icarus")
 
 
 @pytest.fixture(scope="module")

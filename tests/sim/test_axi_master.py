@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from hw.system.axi_master import AxiMaster
-from sim.runner import simulators_available
 from sim.system.runner import run_block_test, write_block_verilog
 
 TOPLEVEL = "axi_master"
 TEST_MODULE = "sim.system.tb_axi_master"
 
-pytestmark = pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+pytestmark = pytest.mark.usefixtures("icarus")
 
 #: (max_burst, max_reads): the HP port's setting, and a small one that makes many short bursts.
 PARAMS = {"hp": (16, 4), "small": (4, 2)}

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from hw.system.buffer_loader import BufferLoader
-from sim.runner import simulators_available
 from sim.system.loader_bench import LoaderBench
 from sim.system.runner import run_block_test, write_block_verilog
 
@@ -24,7 +23,7 @@ def verilog(tmp_path_factory) -> Path:
                                name=TOPLEVEL)
 
 
-@pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+@pytest.mark.usefixtures("icarus")
 @pytest.mark.parametrize("test,seed,stall", [("load_random_images", 1, 1), ("load_random_images", 2, 0),
                                              ("load_with_error_response", 3, 1)])
 def test_buffer_loader(verilog, test, seed, stall):

@@ -11,12 +11,11 @@ import pytest
 import build
 from model.export.image import write_image
 from model.export.image_v4 import write_vertical_image
-from sim.runner import simulators_available
 from tests.hw.netgen import calibrated
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_layout_v3 import resnet_like
 
-needs_icarus = pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+needs_icarus = pytest.mark.usefixtures("icarus")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
 from model.export.golden_net import IntConvNetwork
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
-from sim.runner import simulators_available
 from sim.system.runner import run_block_test, write_block_verilog
 from tests.hw.array.test_top import random_conv_net
 from tests.hw.netgen import calibrated, random_network
@@ -38,7 +37,7 @@ TEST_MODULE = "sim.system.tb_system"
 TIMEOUT_CYCLES = 20_000
 #: Classes of image a (the MLP), the score FIFO depth of the preloaded build.
 A_CLASSES = 5
-icarus = pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+icarus = pytest.mark.usefixtures("icarus")
 
 
 def image_case(net, n_images: int, seed: int) -> dict:

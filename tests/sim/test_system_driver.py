@@ -16,7 +16,6 @@ from model.errors import UserError
 from model.export.format import HEADER, LAYER
 from model.export.image import pack, write_image
 from model.export.image_v4 import write_vertical_image
-from sim.runner import simulators_available
 from sim.system.system_run import run_system
 from tests.hw.netgen import random_network
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
@@ -97,7 +96,7 @@ def test_the_driver_gives_up_on_a_core_that_never_finishes():
     assert 50 <= backend.waits <= 52
 
 
-@pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+@pytest.mark.usefixtures("icarus")
 def test_exported_image_through_system_and_driver(tmp_path, monkeypatch):
     """Relative image and output folders, as `build.py sim --system` gets them by default (the simulator runs
     in its build folder, so every path it reads must be made absolute)."""
@@ -119,7 +118,7 @@ def test_exported_image_through_system_and_driver(tmp_path, monkeypatch):
     assert not res["protocol_errors"]
 
 
-@pytest.mark.skipif("icarus" not in simulators_available(), reason="Icarus Verilog not installed")
+@pytest.mark.usefixtures("icarus")
 def test_vertical_image_folder_at_a_width_through_system_and_driver(tmp_path):
     """A version 4 image folder loaded by the driver (MpqDriver.load) and run at 2 bits and at a table row
     through the precision register (run_system's ``precision``: what ``sim --system --bits`` /

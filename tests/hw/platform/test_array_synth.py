@@ -1,7 +1,6 @@
 """Synthesis of the array: the whole array flattened (the figures of record) beside its parts, one engine and the
 shell with black-box engines, whose sum comes close to the whole run (on a tiny configuration)."""
 
-import shutil
 import threading
 
 import pytest
@@ -10,7 +9,7 @@ from hw.array.top import ArrayConfig
 from hw.platform.array_synth import ENGINE_TOP_NAME, LANE_DSP_CONFIG, check_lanes, lane_dsps, synthesize_array
 from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog
 
-pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
+pytestmark = pytest.mark.usefixtures("yosys")
 
 #: Without the version 4 path (plane decoders, activation sums), as `config_for` builds for version 3 images and
 #: `bench accel` synthesises: the runs and the sums are what they check either way, in less Yosys time.

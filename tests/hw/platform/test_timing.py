@@ -1,6 +1,5 @@
 """The timing estimate on small netlists whose slowest path is known: a carry chain, LUT levels, a DSP."""
 
-import shutil
 
 import pytest
 
@@ -16,7 +15,7 @@ from hw.platform.timing import (
     slowest_paths,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
+pytestmark = pytest.mark.usefixtures("yosys")
 
 ADDER = """
 module top(input clk, input [63:0] a, input [63:0] b, output reg [63:0] s);

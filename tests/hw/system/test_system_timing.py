@@ -3,7 +3,6 @@ estimate of its flattened Yosys netlist (``hw/platform/timing.py``; no Vivado he
 paths do not grow with the lanes. Before 2026-12-05 the AXI master's burst count and the header's C H W product
 were computed in the cycle they were used: 12.4 ns (80.5 MHz) here and in the 4 x 42 system alike."""
 
-import shutil
 
 import pytest
 from amaranth.back import verilog
@@ -14,7 +13,7 @@ from hw.platform.timing import estimate, slowest_paths
 from hw.system.vivado import FCLK_MHZ
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
 
-pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is installed by make test")
+pytestmark = pytest.mark.usefixtures("yosys")
 
 SMALL = ArrayConfig(engines=1, lanes=1, buffer_words=512, fmap_rows=32, row_codes=3, fan_in_width=6, channel_bits=5)
 
