@@ -8,7 +8,8 @@ import pytest
 from amaranth.back import verilog
 
 from hw.array.top import ArrayConfig
-from hw.platform.synth import synthesize_netlist
+from hw.platform.array_synth import lane_dsps
+from hw.platform.synth import dsp_configs, synthesize_netlist
 from hw.platform.timing import estimate, slowest_paths
 from hw.system.vivado import FCLK_MHZ
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
@@ -26,3 +27,7 @@ def test_the_system_meets_the_pl_clock_in_the_estimate(tmp_path):
     timing = estimate(design, SYSTEM_TOP_NAME)
     slowest = "; ".join(f"{p.end} <- {p.start} {p.delay_ns} ns" for p in slowest_paths(design, SYSTEM_TOP_NAME, 3))
     assert timing.fmax_mhz >= FCLK_MHZ, slowest
+    # The system's array has the version 4 path (plane decoders; `vertical` is ArrayConfig's default, which
+    # test_array_synth.py's array leaves out): its lanes are DSP48E1 in the pass lane's configuration too.
+    assert SMALL.vertical
+    assert lane_dsps(dsp_configs(design, SYSTEM_TOP_NAME)) == SMALL.engines * SMALL.lanes
