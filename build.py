@@ -68,6 +68,19 @@ def torchrun_env_error() -> str | None:
         if value is None or value < low:
             return (f"environment variable {name} is {text!r}; allowed an integer >= {low} (torchrun sets WORLD_SIZE, "
                     f"RANK and LOCAL_RANK), or leave it unset to run as one process")
+    # Together they must describe one process of a group (a stray RANK would silence a lone run's output), and a
+    # group of several needs torchrun's rendezvous address (torch's env:// init reads it).
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for name in ("RANK", "LOCAL_RANK"):
+        if name in os.environ and int(os.environ[name]) >= world:
+            return (f"environment variable {name} is {os.environ[name]!r} with WORLD_SIZE {world}; allowed 0 .. "
+                    f"{world - 1} (start several processes with torchrun, which sets them)")
+    if world > 1:
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            return (f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                    "set; start the processes with torchrun (`torchrun --nproc-per-node N build.py train ...`), "
+                    "which sets them")
     return None
 
 

@@ -27,7 +27,7 @@ DATA_SETS = ("digits", "fashion-mnist", "idx", "cifar10", "cifar100")
 #: of a larger one (Fashion-MNIST's 10,000 would take hours in Icarus); ``--images N`` asks for more.
 SIM_DEFAULT_IMAGES = 360
 
-__all__ = ["ADAM_LR", "DATA_SETS", "DEFAULT_BATCH", "DEFAULT_OUT", "IMAGE_COUNT", "SEED", "SGD_LR", "SIM_DEFAULT_IMAGES",
+__all__ = ["ADAM_LR", "DATA_SETS", "DEFAULT_BATCH", "DEFAULT_OUT", "IMAGE_COUNT", "MAX_SEED", "SEED", "SGD_LR", "SIM_DEFAULT_IMAGES",
            "act_bits", "add_batch_arg", "add_data_override_args", "add_image_arg", "batch_size", "bounded",
            "print_rows", "print_table", "refuse_taken_outputs", "write_json"]
 
@@ -80,7 +80,10 @@ def check_val_size(size) -> int | float:
 
 
 #: Seeds: what numpy and scikit-learn accept.
-SEED = bounded(int, 0, 2**32 - 1)
+#: Largest seed: the range numpy's and scikit-learn's generators take (the digits split, the validation split);
+#: every seed a run, an image or a checkpoint records is checked against it.
+MAX_SEED = 2**32 - 1
+SEED = bounded(int, 0, MAX_SEED)
 
 #: A number of test images; the upper bound is the data set's test count, checked once it is loaded.
 IMAGE_COUNT = bounded(int, 1, 10**9)

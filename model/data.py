@@ -27,6 +27,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.nn import functional as F
 
+from model.cli import MAX_SEED
 from model.errors import UserError
 
 #: Where the Debian package ``dataset-fashion-mnist`` puts its IDX files.
@@ -700,8 +701,8 @@ class DataRecord:
             raise UserError(f"{where}: field 'input_shape' is {shape!r}; allowed [C, H, W], integers >= 1")
         if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 8 or bits == 32):
             raise UserError(f"{where}: field 'input_bits' is {bits!r}; allowed 1..8 or 32")
-        if isinstance(data["seed"], bool) or not isinstance(data["seed"], int) or data["seed"] < 0:
-            raise UserError(f"{where}: field 'seed' is {data['seed']!r}; allowed integers >= 0")
+        if isinstance(data["seed"], bool) or not isinstance(data["seed"], int) or not 0 <= data["seed"] <= MAX_SEED:
+            raise UserError(f"{where}: field 'seed' is {data['seed']!r}; allowed integers 0 .. {MAX_SEED}")
         try:
             _check_subsets(data["train_subset"], data["test_subset"])
         except UserError as exc:

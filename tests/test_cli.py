@@ -110,6 +110,21 @@ def test_a_torchrun_variable_that_is_not_a_count_is_a_clear_error(tmp_path, name
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize(("env", "message"), [
+    ({"WORLD_SIZE": "1", "RANK": "3"}, "environment variable RANK is '3' with WORLD_SIZE 1; allowed 0 .. 0"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "2"}, "LOCAL_RANK is '2' with WORLD_SIZE 2; allowed 0 .. 1"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""},
+     "WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are not set"),
+])
+def test_torchrun_variables_that_describe_no_group_are_a_clear_error(tmp_path, env, message):
+    """A rank past the group (a lone run with a stray RANK printed nothing at all) and a group without torchrun's
+    rendezvous address (torch's traceback, a half-made run directory) are refused before anything is written."""
+    res = cli("train", "--epochs", 1, "--iterations", 1, "--quiet", "--out", tmp_path / "run", env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert message in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_out_of_range_option_is_rejected():
     res = cli("train", "--act-bits", 12)
     assert res.returncode == 2 and "1..8" in res.stderr

@@ -218,6 +218,8 @@ def run_data_record(run: dict, model, where: str, image_shape=None) -> DataRecor
     """
     try:
         name, root = run["data"], run.get("data_root")
+        if root is not None and not isinstance(root, str):  # (read for an MLP's image shape before the record checks it)
+            raise UserError(f"{where}: field 'meta.run.data_root' is {root!r}; allowed a folder path or null")
         return DataRecord.of(name, root, _input_shape(model, name, root, image_shape), input_bits_of(model),
                              run["seed"], run.get("train_subset"), run.get("test_subset"),
                              where=f"{where}: field 'meta.run'")

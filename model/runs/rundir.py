@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.cli import MAX_SEED
 from model.data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
 from model.errors import UserError
 from model.export.golden import MAX_ACT_BITS, WIDTHS
@@ -240,8 +241,8 @@ def make_run_config(
         raise UserError(f"field 'act_bits' is {act_bits!r}; allowed 1..{MAX_ACT_BITS} or {FULL_PRECISION_BITS}")
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
         raise UserError(f"field 'lr' is {lr!r}; allowed numbers > 0")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UserError(f"field 'seed' is {seed!r}; allowed integers")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"field 'seed' is {seed!r}; allowed integers 0 .. {MAX_SEED}")
     if not isinstance(float_baseline, bool):
         raise UserError(f"field 'float_baseline' is {float_baseline!r}; allowed true, false")
     return RunConfig(
@@ -579,12 +580,23 @@ def _load_state(run_dir: Path, config: RunConfig, model: nn.Module) -> _State | 
         raise UserError(f"{path}: field 'masks' does not match the run's model")
     try:
         history = [record_from_json(r) for r in payload["history"]]
-        progress = Progress(history, bool(payload["finished"]), bool(payload["reached_target"]))
+        for key in ("finished", "reached_target"):
+            if not isinstance(payload[key], bool):
+                raise UserError(f"{path}: field {key!r} is {payload[key]!r}; allowed true, false")
+        progress = Progress(history, payload["finished"], payload["reached_target"])
         float_accuracy = payload["float_accuracy"]
         float_val_accuracy = payload.get("float_val_accuracy")
         generator_state, rng_state = payload["generator_state"], payload["rng_state"]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: malformed run state ({type(exc).__name__}: {exc})") from None
+    # The generators' states as torch saves them: uint8 tensors of the size this torch's CPU generator has.
+    like = torch.get_rng_state()
+    for key, value in (("generator_state", generator_state), ("rng_state", rng_state)):
+        if not isinstance(value, torch.Tensor) or value.dtype != like.dtype or value.shape != like.shape:
+            got = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(
+                value)[:60]
+            raise UserError(f"{path}: field {key!r} is {got}; allowed a uint8 tensor of shape {tuple(like.shape)} "
+                            f"(a CPU generator's state; remove {STATE_FILE} to start the run over)")
     return _State(progress, None if float_accuracy is None else float(float_accuracy), masks, generator_state,
                   rng_state, None if float_val_accuracy is None else float(float_val_accuracy))
 

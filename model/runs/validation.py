@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.cli import DEFAULT_VAL_SIZE, check_val_size
+from model.cli import DEFAULT_VAL_SIZE, MAX_SEED, check_val_size
 from model.data import Split
 from model.errors import UserError
 
@@ -52,9 +52,9 @@ class Validation:
 
 
 def check_val_seed(seed) -> int:
-    """``seed`` if it is an integer; :class:`UserError` naming ``val_seed`` otherwise."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"field 'val_seed' is {seed!r}; allowed integers")
+    """``seed`` if it is an integer in ``0 .. MAX_SEED``; :class:`UserError` naming ``val_seed`` otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"field 'val_seed' is {seed!r}; allowed integers 0 .. {MAX_SEED}")
     return seed
 
 

@@ -182,12 +182,21 @@ def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
             rows = json.loads(conv_json.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{conv_json}: not JSON ({exc}); run `python build.py bench conv` again") from exc
-        for row in rows if isinstance(rows, list) else []:
+        if not isinstance(rows, list):
+            raise UserError(f"{conv_json}: a JSON {type(rows).__name__}, not bench conv's list of rows; run "
+                            "`python build.py bench conv --restart`")
+        for row in rows:
             if isinstance(row, dict) and row.get("arch") == "resnet20" and row.get("method") == "imq":
                 missing = [k for k in ("run", "ticket_iteration", "image", "history") if k not in row]
                 if missing:
                     raise UserError(f"{conv_json}: the resnet20/imq row has no field {missing[0]!r}; run "
                                     "`python build.py bench conv --restart`")
+                for key, kind, allowed in (("run", str, "a folder path"), ("image", str, "a folder path"),
+                                           ("ticket_iteration", int, "an integer >= 0")):
+                    value = row[key]
+                    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                        raise UserError(f"{conv_json}: the resnet20/imq row's field {key!r} is {value!r}; allowed "
+                                        f"{allowed}; run `python build.py bench conv --restart`")
                 if (Path(row["run"]) / "iterations").is_dir() and Path(row["image"]).is_dir():
                     return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]),
                             "image": Path(row["image"]), "history": row["history"], "trained_now": False}

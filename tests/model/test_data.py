@@ -357,7 +357,8 @@ def test_data_record_round_trip_and_absolute_root(tmp_path, monkeypatch):
     ({"root": "relative/path"}, "field 'root' is 'relative/path'; allowed an absolute folder path or null"),
     ({"input_shape": [28, 28]}, r"field 'input_shape' is \[28, 28\]; allowed \[C, H, W\]"),
     ({"input_bits": 9}, "field 'input_bits' is 9; allowed 1..8 or 32"),
-    ({"seed": -1}, "field 'seed' is -1; allowed integers >= 0"),
+    ({"seed": -1}, r"field 'seed' is -1; allowed integers 0 \.\. 4294967295"),
+    ({"seed": 2**40}, r"field 'seed' is 1099511627776; allowed integers 0 \.\. 4294967295"),  # (sklearn's range)
     ({"test_subset": 0}, "field 'test_subset' is 0"),
 ])
 def test_data_record_fields_are_checked(change, message):

@@ -114,6 +114,10 @@ def test_a_run_checkpoint_derives_its_record_from_the_run_config(tmp_path, model
     path = save_checkpoint(tmp_path / "i.pt", model, {"run": {**run, "data": "idx", "data_root": str(root)}})
     assert load_checkpoint(path)[1]["dataset"]["input_shape"] == [1, 8, 8]
     assert load_checkpoint(path)[1]["dataset"]["root"] == str(root)
+    # A run's data root that is not a path is named (it was read for the MLP's shape first: a TypeError).
+    meta = {"run": {**run, "data": "fashion-mnist", "data_root": 5}}
+    with pytest.raises(UserError, match="field 'meta.run.data_root' is 5; allowed a folder path or null"):
+        checkpoint_data(path, loaded, meta)
 
 
 def test_no_record_and_bad_records(tmp_path, model):

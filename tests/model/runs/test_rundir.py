@@ -491,6 +491,12 @@ def test_every_checked_provenance_field_refuses_a_resume(name):
     (STATE_FILE, "masks", "state.pt: field 'masks' does not match the run's model"),
     (THETA_FILE, "config", "theta_0.pt: field 'config' is"),
     (THETA_FILE, "theta_0", "theta_0.pt: field 'theta_0' does not match the model"),
+    (STATE_FILE, ("rng_state", None), "state.pt: field 'rng_state' is None; allowed a uint8 tensor of shape"),
+    (STATE_FILE, ("generator_state", "abc"), "state.pt: field 'generator_state' is 'abc'; allowed a uint8 tensor"),
+    (STATE_FILE, ("generator_state", torch.zeros(3, dtype=torch.uint8)),
+     r"field 'generator_state' is a torch.uint8 tensor of shape \(3,\); allowed a uint8 tensor of shape \(5056,\)"),
+    (STATE_FILE, ("reached_target", None), "state.pt: field 'reached_target' is None; allowed true, false"),
+    (STATE_FILE, ("finished", 0), "state.pt: field 'finished' is 0; allowed true, false"),
 ])
 def test_a_run_directory_whose_state_or_theta_0_does_not_match_is_refused(tmp_path, target, change, message):
     """A state or theta_0 file that disagrees with run.json (its config, the masks' or tensors' shapes) is
@@ -505,7 +511,9 @@ def test_a_run_directory_whose_state_or_theta_0_does_not_match_is_refused(tmp_pa
         run(config, tmp_path, progress=False, on_step=stop_after_one)
     path = tmp_path / target
     payload = torch.load(path, weights_only=True)
-    if change == "config":
+    if isinstance(change, tuple):  # a field replaced by a value of the wrong kind
+        payload[change[0]] = change[1]
+    elif change == "config":
         payload["config"] = {**payload["config"], "seed": 99} if isinstance(payload["config"], dict) else {}
     else:
         key = next(iter(payload[change]))

@@ -306,6 +306,15 @@ def test_a_conv_json_without_the_ticket_fields_is_named(tmp_path):
     (tmp_path / "conv.json").write_text("{")
     with pytest.raises(UserError, match="conv.json: not JSON"):
         accel.ticket_source(tmp_path, progress=False)
+    (tmp_path / "conv.json").write_text(json.dumps({"rows": 1}))  # (was ignored: the ticket trained again)
+    with pytest.raises(UserError, match="conv.json: a JSON dict, not bench conv's list of rows"):
+        accel.ticket_source(tmp_path, progress=False)
+    row = {"arch": "resnet20", "method": "imq", "run": str(tmp_path), "image": str(tmp_path), "history": "h",
+           "ticket_iteration": 6}
+    for key, value in (("run", 5), ("image", None), ("ticket_iteration", "x"), ("ticket_iteration", -1)):
+        (tmp_path / "conv.json").write_text(json.dumps([{**row, key: value}]))
+        with pytest.raises(UserError, match=f"the resnet20/imq row's field '{key}' is {value!r}; allowed"):
+            accel.ticket_source(tmp_path, progress=False)
 
 
 def test_the_budget_plan_gives_every_row_an_image_then_the_ticket_then_the_others():
