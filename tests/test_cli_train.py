@@ -144,6 +144,11 @@ def test_lts_defaults_are_the_configuration_of_bench_lts():
     ("qnn", ["--target-bits", 2], "--target-bits"),      # ... and no iteration to stop at
     ("qnn", ["--target-bits", 4], "--target-bits"),      # equal to the default: still rejected
     ("irq", ["--edge-bits", 16], "--edge-bits"),
+    # Given as 0 (0 == False: such an option counted as not given and was ignored)
+    ("imq", ["--mixed-points", 0], "--mixed-points"),
+    ("lts", ["--p", 0], "--p"),
+    ("qnn", ["--target-bits", 0], "--target-bits"),
+    ("imq", ["--warmup", 0], "--warmup"),
 ])
 def test_an_option_the_method_does_not_use_is_rejected(capsys, tmp_path, method, argv, named):
     code, out, err = main(capsys, "train", "--method", method, *argv, "--quiet", "--out", tmp_path / "out")
@@ -158,6 +163,7 @@ def test_options_that_do_not_fit_together_are_rejected(capsys, tmp_path):
         (["--arch", "vgg", "--hidden", 8], ("--hidden", "vgg")),
         (["--data-root", tmp_path], ("--data-root", "digits")),
         (["--val-size", 0, "--val-seed", 3], ("--val-seed", "--val-size 0")),
+        (["--val-size", 0, "--val-seed", 0], ("--val-seed", "--val-size 0")),
     ]:
         code, _, err = main(capsys, "train", *argv, "--quiet", "--out", tmp_path / "out")
         assert code == 2 and all(w in err for w in words), err

@@ -291,8 +291,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def given_options(args) -> list[Option]:
-    """The options of :data:`OPTIONS` given on the command line (parsed values other than None / False)."""
-    return [o for o in OPTIONS if getattr(args, o.dest, None) not in (None, False)]
+    """The options of :data:`OPTIONS` given on the command line (parsed values other than None / False; by identity:
+    ``0 == False``, and ``--p 0`` is given)."""
+    return [o for o in OPTIONS if (value := getattr(args, o.dest, None)) is not None and value is not False]
 
 
 def resolve(args, method: str | None = None):
