@@ -160,16 +160,14 @@ class MpqDriver:
             net, manifest, words = read_vertical_words(path)
             self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits, check=False)
             return manifest
-        _, manifest = read_image(path)  # names a missing or corrupt file
+        net, manifest = read_image(path)  # names a missing or corrupt file
         words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
         if int(words[1]) != VERSION:
             raise UserError(f"{bin_path}: header field 'version' is {int(words[1])}; the array runs version "
                             f"{VERSION} and {VERTICAL_VERSION} images (export without --version)")
-        n_classes = manifest["layers"][-1].get("n_out")
-        if not isinstance(n_classes, int) or n_classes < 1:
-            raise UserError(f"{bin_path.parent / 'manifest.json'}: field 'layers[-1].n_out' is {n_classes!r}; "
-                            "expected the number of classes, an integer >= 1")
-        self.load_words(words, n_classes=n_classes, input_bits=int(manifest["input_bits"]), check=False)
+        # The class count and input width from the network the reader checked, not from the manifest's
+        # descriptive fields (which the reader does not hold to the weights: a wrong one ran the image, then failed).
+        self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits, check=False)
         return manifest
 
     def load_words(self, words, *, n_classes: int, input_bits: int = 8, check: bool = True) -> None:
@@ -237,6 +235,11 @@ class MpqDriver:
         self.write_field("image_crc", crc)
         self._staged = words
         return crc
+
+    @property
+    def staged_words(self) -> int:
+        """Words of the image last staged in DDR (:meth:`stage_image`, :meth:`load`), 0 before any."""
+        return 0 if self._staged is None else len(self._staged)
 
     def load_staged(self, *, n_classes: int, input_bits: int = 8) -> None:
         """``load_image`` of the image :meth:`stage_image` put in DDR; wait for the core to finish.

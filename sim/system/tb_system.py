@@ -418,7 +418,7 @@ async def driver_run(dut):
     record = {}
 
     def body():
-        manifest = drv.load(str(c["image_dir"]))
+        drv.load(str(c["image_dir"]))
         if "precision" in c:
             drv.write_field("precision", int(c["precision"]))
         inputs, expected = c["a_inputs"], c["a_expected"]
@@ -428,7 +428,7 @@ async def driver_run(dut):
         record.update({
             "images": len(scores), "rtl_mismatches": int((scores != expected).any(axis=1).sum()),
             "run_cycles": cycles, "cycles_per_image": cycles / len(scores),
-            "scores": scores.tolist(), "image_words": int(manifest["words"]),
+            "scores": scores.tolist(), "image_words": drv.staged_words,
             "load_cycles": drv.read_field("load_cycles"),
             "throughput": drv.throughput_test(int(c["images"])),
             "register_reads": tb.backend.reads, "register_writes": tb.backend.writes})
