@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,26 @@ def test_a_missing_tool_is_named_not_a_traceback(flow, tmp_path):
     res = run("sim", "--image", flow / "image", "--images", 1, "--simulator", "icarus", "--out", tmp_path / "sim")
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert "icarus build" in res.stderr and "iverilog executable not found" in res.stderr and "build.log" in res.stderr
+
+
+@pytest.mark.parametrize(("argv", "taken"), [
+    (["synth"], "resources.json"),
+    (["synth", "--core", "array"], "yosys_whole.log"),
+    (["eval"], "eval.json"),
+    (["bench", "export"], "export.json"),
+    (["train", "--method", "lts", "--epochs", 3], "lts.json"),
+    (["train", "--epochs", 1, "--iterations", 1], "imq.png"),
+])
+def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_path, argv, taken):
+    """A folder where a command writes a file: refused at once, naming it, with nothing written (these commands
+    found it at their last write: after the synthesis, the evaluation, the bench or the training, with a message
+    naming a temporary file and, for train, the other outputs already rewritten)."""
+    out = tmp_path / "out"
+    (out / taken).mkdir(parents=True)
+    image = ["--image", flow / "image"] if argv[0] in ("synth", "eval") else []
+    start = time.monotonic()
+    res = cli(*argv, *image, "--out", out)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"{out / taken}: is not a file;" in res.stderr and ".tmp" not in res.stderr, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == [taken]
+    assert time.monotonic() - start < 60  # refused, not found after the work

@@ -23,6 +23,7 @@ from model.cli import (
     add_core_args,
     add_image_arg,
     check_core_args,
+    refuse_taken_outputs,
     write_json,
 )
 
@@ -49,6 +50,7 @@ def run(args) -> int:
     check_core_args(args)
     if args.core == "array":
         return _array(args, out)
+    refuse_taken_outputs(out, ["mpq_accel.v", "yosys.log", "resources.json"], what="synth")  # before minutes of Yosys
     refuse_vertical(args.image, "add --core array")
     net, _ = read_image(args.image)
     vpath = write_verilog(core_words(net, args.image), out / "mpq_accel.v", batch=args.batch)
@@ -68,9 +70,13 @@ def _fits(res) -> int:
 
 def _array(args, out: Path) -> int:
     from hw.array.sizing import config_for
-    from hw.platform.array_synth import synthesize_array
+    from hw.platform.array_synth import ENGINE_TOP_NAME, synthesize_array
     from hw.platform.synth import format_table
+    from hw.platform.verilog import ARRAY_TOP_NAME
     from model.export.image_v4 import array_words
+
+    refuse_taken_outputs(out, [f"{ARRAY_TOP_NAME}.v", f"{ENGINE_TOP_NAME}.v", "resources.json",
+                               *(f"yosys_{run}.log" for run in ("whole", "engine", "shell"))], what="synth --core array")
 
     # The version 4 path is built when the image needs it (a vertical image's words as stored) or --vertical asks
     # (hw/array/sizing.py config_for).

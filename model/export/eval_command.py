@@ -12,7 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, SEED, add_data_override_args, print_table, refuse_unused_seed, write_json
+from model.cli import (
+    DEFAULT_OUT,
+    SEED,
+    add_data_override_args,
+    print_table,
+    refuse_taken_outputs,
+    refuse_unused_seed,
+    write_json,
+)
 
 HELP = "accuracy of a checkpoint (float, fake-quant, golden) or of an exported image (golden) on its own data set"
 
@@ -194,6 +202,7 @@ def run(args) -> int:
     from model.data import DataRecord
     from model.errors import UserError
 
+    refuse_taken_outputs(args.out, ["eval.json"], what="eval")  # before a conv net's evaluation, not after it
     vertical = args.image is not None and _image_version(args.image) == 4
     if args.bits is not None and not vertical:
         raise UserError("--bits applies to a vertical-layered image (format version 4) only")

@@ -339,6 +339,10 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
         message says how to start afresh (:data:`RESTART_HINT`).
     """
     run_dir = Path(run_dir)
+    # Every file the run writes, checked before it trains: a folder at one of those names would end a run (or
+    # a resumed run's last iteration) at its write, the other files already rewritten.
+    for name in (TICKET_FILE, history_file(config), plot_file(config)):
+        refuse_non_file(run_dir / name, f"the run writes its {name} there (remove it or choose another --out)")
     if (run_dir / RUN_FILE).exists():
         payload, stored = _read_run_file(run_dir)
         old, new = stored.to_json(), config.to_json()

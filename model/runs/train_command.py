@@ -41,6 +41,7 @@ from model.cli import (
     check_val_size,
     device_spec,
     print_table,
+    refuse_taken_outputs,
     write_json,
 )
 from model.errors import UserError
@@ -674,6 +675,11 @@ def run(args) -> int:
         world = distributed.world_size()
         ranks = f", {world} processes" if world > 1 else ""
         print(f"train: {args.method} on {dev}{name}{ranks}", file=sys.stderr)
+    # The one-shot methods' files, checked before they train (the run directory's own are checked by open_run).
+    outputs = {"lts": ["lts.json", "lts_sparsity.png"], "bmpq": ["bmpq.json", "bmpq.png", "bmpq.pt"],
+               "vertical": ["vertical.json", "vertical.pt", "vertical_hist.png", "vertical_mixed.png"]}
+    if args.method in outputs:
+        refuse_taken_outputs(args.out, outputs[args.method], what=f"train --method {args.method}")
     if args.method == "lts":
         return cmd_train_lts(args)
     if args.method == "bmpq":

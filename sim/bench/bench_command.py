@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from model.bench.floors import exit_code, floors_path, format_floors, write_floors
-from model.cli import DEFAULT_OUT, device_spec, print_rows, write_json
+from model.cli import DEFAULT_OUT, device_spec, print_rows, refuse_taken_outputs, write_json
 from model.errors import UserError
 
 #: The benches, and those that train on a data set (``--data-root``).
@@ -117,6 +117,10 @@ def run(args) -> int:
     # UserError for CUDA where there is none. The other benches run nothing on a GPU: the CPU is also what
     # their floors' provenance records.
     distributed.use_device(args.device or "cpu")
+    # Each bench's JSON, floors and plot, checked before it runs (some run for 20 to 40 minutes): a folder at one
+    # of those names failed the bench at its last write.
+    refuse_taken_outputs(args.out, [f"{args.target}.json", f"{args.target}_floors.json", f"{args.target}.png"],
+                         what=f"bench {args.target}")
     runners = {"dsp": bench_dsp, "lts": bench_lts, "bmpq": bench_bmpq, "imq": bench_imq, "conv": bench_conv,
                "qat": bench_qat, "export": bench_export, "vertical": bench_vertical,
                "fuzz": bench_fuzz, "accel": bench_accel}
