@@ -91,6 +91,7 @@ def _array(args) -> int:
     import dataclasses
 
     from hw.array.sizing import config_for
+    from hw.platform.synth import refuse_past_the_dsps
     from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog, write_text_atomically
     from model.export.image_v4 import array_words
 
@@ -99,6 +100,7 @@ def _array(args) -> int:
     image = Path(args.image)
     words = array_words(image)  # checked: a corrupt image is named, nothing written
     config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical)
+    refuse_past_the_dsps(config.dsp_lanes, config.engines, config.lanes, "verilog --core array")
     path = write_text_atomically(out / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
     write_json(out / "array_config.json", {"image": str(image), "top": ARRAY_TOP_NAME, "dsp_lanes": config.dsp_lanes,
                                            "config": dataclasses.asdict(config)})

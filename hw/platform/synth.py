@@ -28,6 +28,17 @@ from model.errors import UserError
 XC7Z020 = {"dsp": 220, "lut": 53200, "ff": 106400, "bram36": 140}
 
 
+def refuse_past_the_dsps(dsp_lanes: int, engines: int, lanes: int, what: str) -> None:
+    """Refuse an array whose lanes alone need more DSP48E1 than the XC7Z020 has, before ``what`` (a command
+    building Verilog or a Vivado project for it) elaborates it: minutes of work for a design no board holds.
+    ``sim`` and ``synth`` take such arrays (a simulation, or a report of how far past the chip it is)."""
+    if dsp_lanes > XC7Z020["dsp"]:
+        raise UserError(f"{what}: --engines {engines} --lanes {lanes} is {dsp_lanes} DSP48E1 lanes, past the XC7Z020's "
+                        f"{XC7Z020['dsp']} DSP48E1 (a lane is one); allowed engines x lanes <= {XC7Z020['dsp']}, and "
+                        "the requantizers' DSP48E1 come on top (bench accel's --engines 4 --lanes 42: 168 lanes, 193 "
+                        "DSP48E1 in all; `build.py synth --core array` counts them)")
+
+
 def synth_xilinx(top: str, *, flatten: bool = True) -> str:
     """The Yosys synthesis command of every resource count here (module docstring: why not ``-widemux``)."""
     return f"synth_xilinx -family xc7{' -flatten' if flatten else ''} -top {top}"

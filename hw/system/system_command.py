@@ -38,6 +38,7 @@ def run(args) -> int:
     import numpy as np
 
     from hw.array.sizing import config_for
+    from hw.platform.synth import refuse_past_the_dsps
     from hw.system.vivado import BOARDS, IP_NAME, check_project_folder, write_project
     from hw.system.zynq_top import MpqSystem
     from model.export.image import read_image
@@ -49,8 +50,9 @@ def run(args) -> int:
     # Checks the folder (UserError naming the file and field); a vertical-layered (version 4) image runs at
     # the width the precision register gives, on the same bitstream.
     (read_vertical_image if is_vertical(image) else read_image)(image)
-    words = np.fromfile(image / "weights.bin", dtype="<u4")
+    words = np.fromfile((image if image.is_dir() else image.parent) / "weights.bin", dtype="<u4")  # (or its manifest)
     config = config_for([words], engines=args.engines, lanes=args.lanes, vertical=args.vertical)
+    refuse_past_the_dsps(config.dsp_lanes, config.engines, config.lanes, f"system --board {args.board}")
     system = MpqSystem(config, init=words.tolist() if args.bram_image else ())
     paths = write_project(out, args.board, system)
     print_table([("board", BOARDS[args.board].title), ("part", BOARDS[args.board].part),

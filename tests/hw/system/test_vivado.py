@@ -97,3 +97,20 @@ def test_cli_system(tmp_path, net, capsys):
     lanes = re.findall(r"^module \S*\.engine0\.lane(\d+)\b", (tmp_path / "lanes" / f"{SYSTEM_TOP_NAME}.v").read_text(),
                        re.MULTILINE)
     assert sorted(lanes) == ["0", "1", "2"]
+
+
+def test_cli_system_takes_the_manifest_path_and_refuses_arrays_past_the_chip(tmp_path, net, capsys):
+    """``--image DIR/manifest.json``, as every other command takes it (it read ``manifest.json/weights.bin``); an
+    array whose lanes alone need more DSP48E1 than the XC7Z020 has is refused before it is elaborated (64 x 64
+    lanes ran for minutes), as by ``verilog --core array``; nothing written."""
+    write_image(tmp_path / "image", net)
+    assert build.main(["system", "--image", str(tmp_path / "image" / "manifest.json"), "--engines", "1",
+                       "--out", str(tmp_path / "by_manifest")]) == 0
+    capsys.readouterr()
+    for argv in (["system", "--engines", "8", "--lanes", "28"], ["verilog", "--core", "array", "--engines", "64",
+                                                                  "--lanes", "64"]):
+        out = tmp_path / argv[0]
+        assert build.main([*argv, "--image", str(tmp_path / "image"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--lanes {argv[-1]} is {int(argv[-3]) * int(argv[-1])} DSP48E1 lanes, past the XC7Z020's 220 DSP48E1" in err, err
+        assert not out.exists() or not any(out.iterdir())
