@@ -27,9 +27,28 @@ DATA_SETS = ("digits", "fashion-mnist", "idx", "cifar10", "cifar100")
 #: of a larger one (Fashion-MNIST's 10,000 would take hours in Icarus); ``--images N`` asks for more.
 SIM_DEFAULT_IMAGES = 360
 
-__all__ = ["ADAM_LR", "DATA_SETS", "DEFAULT_BATCH", "DEFAULT_OUT", "IMAGE_COUNT", "MAX_SEED", "SEED", "SGD_LR", "SIM_DEFAULT_IMAGES",
-           "act_bits", "add_batch_arg", "add_data_override_args", "add_image_arg", "batch_size", "bounded",
-           "print_rows", "print_table", "refuse_taken_outputs", "write_json"]
+__all__ = [
+    "ADAM_LR",
+    "DATA_SETS",
+    "DEFAULT_BATCH",
+    "DEFAULT_OUT",
+    "IMAGE_COUNT",
+    "MAX_SEED",
+    "SEED",
+    "SGD_LR",
+    "SIM_DEFAULT_IMAGES",
+    "act_bits",
+    "add_batch_arg",
+    "add_data_override_args",
+    "add_image_arg",
+    "batch_size",
+    "bounded",
+    "path_text",
+    "print_rows",
+    "print_table",
+    "refuse_taken_outputs",
+    "write_json",
+]
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str, str, object]]) -> None:
@@ -46,6 +65,14 @@ def print_table(rows: list[tuple[str, object]], title: str) -> None:
     for key, value in rows:
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {text}")
+
+
+def path_text(text: str) -> str:
+    """An argparse type of a file or folder option: an empty value (a shell variable that was not set) is refused,
+    not taken as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder")
+    return text
 
 
 def bounded(kind, lo, hi):
@@ -122,7 +149,8 @@ def batch_size(text: str) -> int:
 
 
 def add_image_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
+    p.add_argument("--image", type=path_text, default=str(DEFAULT_OUT / "image"),
+                   help="image directory (default: out/image)")
 
 
 def add_batch_arg(p: argparse.ArgumentParser) -> None:
@@ -140,7 +168,7 @@ def add_core_args(p: argparse.ArgumentParser) -> None:
     """``--core`` and the array's ``--engines``, ``--lanes`` and ``--vertical`` (``synth``, ``sim``, ``verilog``); with
     :func:`add_batch_arg`, whose default becomes None (:func:`check_core_args` resolves it for the fc core)."""
     p.set_defaults(batch=None)
-    p.add_argument("--core", choices=CORES, default="fc",
+    p.add_argument("--core", choices=CORES, default=None,  # None: not given (sim --system refuses a given one)
                    help="fc: the fully connected core (MLP images); array: the packed multiplier array sized for the "
                         "image (MLP, conv and vertical-layered images) (default: fc)")
     p.add_argument("--engines", type=bounded(int, 1, 64), default=None,
@@ -156,7 +184,9 @@ def check_core_args(args, fc_only: tuple[str, ...] = ()) -> None:
     """Refuse the options of one core given with the other (rather than ignore them); resolve ``--batch``.
 
     ``fc_only`` names further options of the fully connected core (attributes of ``args``, None when not given).
+    ``--core`` not given becomes ``fc``.
     """
+    args.core = args.core or "fc"
     if args.core == "array":
         given = [f"--{k.replace('_', '-')}" for k in ("batch", *fc_only) if getattr(args, k, None) is not None]
         if given:
@@ -201,6 +231,6 @@ def add_data_override_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", default=None, choices=DATA_SETS, metavar="NAME",
                    help=f"data set of the test images: {', '.join(DATA_SETS[:-1])} or {DATA_SETS[-1]} (default: "
                         f"the one {what} records, or digits if it records none)")
-    p.add_argument("--data-root", default=None,
+    p.add_argument("--data-root", type=path_text, default=None,
                    help=f"folder of that data set (default: the one {what} records; Fashion-MNIST's default "
                         f"is /usr/share/datasets/fashion-mnist)")

@@ -206,7 +206,7 @@ def run(args) -> int:
     from model.errors import UserError
 
     if args.system:
-        given = ["--core array"] * (args.core == "array") + [
+        given = [f"--core {args.core}"] * (args.core is not None) + [
             f"--{k}" for k in ("engines", "lanes", "batch") if getattr(args, k) is not None] + (
             ["--vertical"] * args.vertical)
         if given:  # refused rather than ignored

@@ -242,11 +242,12 @@ def test_an_output_folder_no_file_can_be_written_into_is_refused_before_any_work
 
 
 def test_a_refused_write_names_the_file(flow, tmp_path):
-    """eval.json where a folder is: exit 2 naming the file and the system's reason, no traceback."""
+    """eval.json where a folder is: exit 2 naming the file and why, no traceback (refused before the evaluation
+    since 2026-12-05; before, at the write, with the system's reason)."""
     (tmp_path / "eval" / "eval.json").mkdir(parents=True)
     res = cli("eval", "--image", flow / "image", "--out", tmp_path / "eval")
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "eval.json" in res.stderr and "directory" in res.stderr.lower()
+    assert f"{tmp_path / 'eval' / 'eval.json'}: is not a file; eval writes the file eval.json there" in res.stderr
 
 
 def test_export_leaves_an_image_whole_when_a_file_of_it_is_a_folder(flow, tmp_path):
@@ -359,3 +360,17 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_p
     assert f"{out / taken}: is not a file;" in res.stderr and ".tmp" not in res.stderr, res.stderr
     assert sorted(p.name for p in out.iterdir()) == [taken]
     assert time.monotonic() - start < 60  # refused, not found after the work
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["eval", "--image", ""], "--image"), (["sim", "--image", ""], "--image"),
+    (["export", "--checkpoint", ""], "--checkpoint"), (["eval", "--checkpoint", " "], "--checkpoint"),
+    (["report", ""], "RUN_DIR"), (["train", "--run-dir", ""], "--run-dir"),
+    (["train", "--data", "idx", "--data-root", ""], "--data-root"), (["bench", "lts", "--data-root", ""], "--data-root"),
+])
+def test_an_empty_path_is_refused_naming_its_option(tmp_path, argv, flag):
+    """An empty value (an unset shell variable) was taken as the current folder, and the message then blamed a
+    file in it ('manifest.json: file not found')."""
+    res = cli(*argv, "--out", tmp_path / "out")
+    assert res.returncode == 2 and f"argument {flag}: an empty path; give a file or folder" in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()

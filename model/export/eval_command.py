@@ -16,6 +16,7 @@ from model.cli import (
     DEFAULT_OUT,
     SEED,
     add_data_override_args,
+    path_text,
     print_table,
     refuse_taken_outputs,
     refuse_unused_seed,
@@ -30,10 +31,10 @@ EVAL_BATCH = 500
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", default=None,
+    what.add_argument("--checkpoint", type=path_text, default=None,
                       help="checkpoint from `train` (ticket.pt, iterations/iter_NNN.pt, bmpq.pt): float, fake-quant "
                            "and golden accuracy")
-    what.add_argument("--image", default=None, help="image directory from `export`: golden accuracy")
+    what.add_argument("--image", type=path_text, default=None, help="image directory from `export`: golden accuracy")
     add_data_override_args(p, "the checkpoint or image")
     p.add_argument("--seed", type=SEED, default=None,
                    help="digits split seed for a file that records no data set (default: 0; refused for a file "

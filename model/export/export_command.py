@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.cli import DEFAULT_OUT, print_table
+from model.cli import DEFAULT_OUT, path_text, print_table
 
 HELP = ("checkpoint (MLP, ResNet-20 or VGG; any method) -> packed image, format version 3 (weights.bin, weights.hex, "
         "manifest.json with the data set and the memory report); a vertical-layered checkpoint (train --method "
@@ -19,7 +19,7 @@ HELP = ("checkpoint (MLP, ResNet-20 or VGG; any method) -> packed image, format 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default=str(DEFAULT_OUT / "train" / "ticket.pt"),
+    p.add_argument("--checkpoint", type=path_text, default=str(DEFAULT_OUT / "train" / "ticket.pt"),
                    help="checkpoint from `train` (default: out/train/ticket.pt)")
     p.add_argument("--out", default=str(DEFAULT_OUT / "image"), help="image directory (default: out/image)")
 

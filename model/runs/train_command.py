@@ -40,6 +40,7 @@ from model.cli import (
     bounded,
     check_val_size,
     device_spec,
+    path_text,
     print_table,
     refuse_taken_outputs,
     write_json,
@@ -150,7 +151,7 @@ OPTIONS: tuple[Option, ...] = (
            _per_method("digits", LTS_BENCH["data"], "digits", "digits"), {"choices": DATA_SETS, "metavar": "NAME"},
            in_demo=True),
     Option(("--data-root",), "common", ALL, "data folder for --data idx, cifar10, cifar100 (fashion-mnist: "
-           "default Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)"),
+           "default Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)", kwargs={"type": path_text}),
     Option(("--train-subset",), "common", ALL, "use only the first N training images (default: all)",
            kwargs={"type": bounded(int, 1, 10**9)}),
     Option(("--test-subset",), "common", ALL, "use only the first N test images (default: all)",
@@ -173,7 +174,8 @@ OPTIONS: tuple[Option, ...] = (
            "cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK (NCCL), cpu means gloo",
            _per_method("auto", "auto", "auto", "auto"), {"type": device_spec, "metavar": "auto|cpu|cuda[:N]"}),
     Option(("--run-dir",), "common", ALL, "output directory, overriding --out; for imq..qnn-imp the run "
-           "directory that running again with the same options resumes (lts and bmpq start over)"),
+           "directory that running again with the same options resumes (lts and bmpq start over)",
+           kwargs={"type": path_text}),
     # ------------------------------------------------------------------------------------------ iterative
     Option(("--act-bits",), "iterative", ITERATIVE, "PACT-k activation bits: 1..8, or 32 for PACT-32 (clip only; "
            "not exportable; --arch resnet20 or vgg only)", _per_method(4), {"type": act_bits}, in_demo=True),

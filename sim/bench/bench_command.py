@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from model.bench.floors import exit_code, floors_path, format_floors, write_floors
-from model.cli import DEFAULT_OUT, device_spec, print_rows, refuse_taken_outputs, write_json
+from model.cli import DEFAULT_OUT, device_spec, path_text, print_rows, refuse_taken_outputs, write_json
 from model.errors import UserError
 
 #: The benches, and those that train on a data set (``--data-root``).
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="`bench imq` / `bench conv` / `bench vertical` only: a tiny budget that checks the pipeline in a "
                         "minute or two "
                         "(its figures mean nothing)")
-    p.add_argument("--data-root", default=None,
+    p.add_argument("--data-root", type=path_text, default=None,
                    help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` / `bench conv` / `bench vertical` "
                         "(default: Debian's "
                         "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)")

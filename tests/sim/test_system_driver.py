@@ -223,7 +223,9 @@ def test_core_error_names_the_code():
 
 
 @pytest.mark.parametrize("argv,text", [(["--simulator", "verilator"], "--system runs on Icarus"),
-                                       (["--ddr-latency", "-1"], "--ddr-latency must be 0 to 1000")])
+                                       (["--ddr-latency", "-1"], "--ddr-latency must be 0 to 1000"),
+                                       (["--core", "fc"], "--core fc: --system runs the Zynq system"),
+                                       (["--core", "array"], "--core array: --system runs the Zynq system")])
 def test_cli_system_user_errors(argv, text, capsys):
     assert build.main(["sim", "--system", *argv]) == 2
     assert text in capsys.readouterr().err
