@@ -169,8 +169,36 @@ def _check_history(data, path: Path) -> tuple[list[IterationRecord], float | Non
             history.append(record_from_json(record))
         except ValueError as exc:  # a value out of its range: the message names the field and the range
             raise UserError(f"{where}: history[{i}]: {exc}") from None
+        _check_record_counts(history, i, where)
     float_accuracy = data.get("float_accuracy")
     return history, None if float_accuracy is None else float(float_accuracy), data.get("float_model"), data["finished"]
+
+
+#: The widths a history's ``width_counts`` may name: the paper's hierarchy and the extended one's 2 and 1 bits (Fig. 6).
+HISTORY_WIDTHS = (0, 1, 2, 4, 8, 16, 32)
+
+
+def _check_record_counts(history: list[IterationRecord], i: int, where: str) -> None:
+    """Record ``i`` against itself and the records before it: widths of :data:`HISTORY_WIDTHS`, the same number of
+    weights as every record before (the masks move widths, not weights), ``avg_bits`` their mean width, and an
+    iteration after the one before. Each would otherwise pass into a report drawn from a history `train` never
+    wrote."""
+    record = history[i]
+    odd = sorted(set(record.width_counts) - set(HISTORY_WIDTHS))
+    if odd:
+        raise UserError(f"{where}: history[{i}]: field 'width_counts' names width {odd[0]}; allowed widths "
+                        f"{', '.join(map(str, HISTORY_WIDTHS))}")
+    total = sum(record.width_counts.values())
+    if i and total != sum(history[0].width_counts.values()):
+        raise UserError(f"{where}: history[{i}]: field 'width_counts' counts {total} weights, history[0] "
+                        f"{sum(history[0].width_counts.values())}; every iteration counts the same weights")
+    mean = sum(w * c for w, c in record.width_counts.items()) / total if total else 0.0
+    if total and abs(mean - record.avg_bits) > 1e-6 * max(1.0, mean):
+        raise UserError(f"{where}: history[{i}]: field 'avg_bits' is {record.avg_bits!r} but 'width_counts' average "
+                        f"{mean:.6g} bits")
+    if i and record.iteration <= history[i - 1].iteration:
+        raise UserError(f"{where}: history[{i}]: field 'iteration' is {record.iteration}, not after history[{i - 1}]'s "
+                        f"{history[i - 1].iteration}")
 
 
 def _fmt_bits(bits: float) -> str:

@@ -53,6 +53,15 @@ MALFORMED = {
     "finished not a bool": (set_field(["finished"], "yes"), "field 'finished' is 'yes'; allowed true or false"),
     "float accuracy a string": (set_field(["float_accuracy"], "x"),
                                 "field 'float_accuracy' is 'x'; allowed null or a number in [0, 1]"),
+    "a width no hierarchy has": (set_field(["history", 0, "width_counts"], {"3": 5}),
+                                 "history[0]: field 'width_counts' names width 3; allowed widths 0, 1, 2, 4, 8, 16, 32"),
+    "avg_bits not the counts' mean": (set_field(["history", 0, "width_counts"], {"32": 5, "0": 5}),
+                                      "history[0]: field 'avg_bits' is 32.0 but 'width_counts' average 16 bits"),
+    "counts of another network": (lambda data: set_field(["history", 1, "width_counts"], {"32": 5, "0": 3})(
+        set_field(["history", 0, "width_counts"], {"32": 10})(data)),
+        "history[1]: field 'width_counts' counts 8 weights, history[0] 10; every iteration counts the same weights"),
+    "iteration repeated": (set_field(["history", 1, "iteration"], 0),
+                           "history[1]: field 'iteration' is 0, not after history[0]'s 0"),
     "not an object": (lambda data: "x", "the file holds 'x'; expected a JSON object with 'history'"),
     "an array": (lambda data: [data], "the file holds an array; expected a JSON object"),
 }
