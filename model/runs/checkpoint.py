@@ -81,6 +81,21 @@ def save_checkpoint(path, model, meta: dict | None = None, data: DataRecord | No
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def unreadable_checkpoint(path, exc: Exception, what: str = "checkpoint") -> UserError:
+    """The error for a file ``torch.load`` cannot read (``what`` it should be): a file that is not a zip archive
+    (what ``torch.save`` writes) said so, else torch's reason, its first line whole (its messages run to
+    paragraphs)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:  # (a folder, no permission: torch's reason below says which)
+        head = b"PK\x03\x04"
+    if head != b"PK\x03\x04":
+        return UserError(f"{path}: not a {what}: torch.save writes a zip archive, and this file starts with {head!r}")
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return UserError(f"{path}: not a readable {what} ({type(exc).__name__}: {reason})")
+
+
 def load_checkpoint(path):
     """Rebuild the model stored at ``path``; returns ``(model, meta)``.
 
@@ -104,7 +119,7 @@ def load_checkpoint(path):
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
             zipfile.BadZipFile) as exc:  # what torch.load raises for files that are not checkpoints
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise unreadable_checkpoint(path, exc) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: field 'format' is not {FORMAT!r}; this is not an mpqaccel checkpoint")
     if payload.get("version") != VERSION:

@@ -64,7 +64,7 @@ from model.quant import nets
 from model.quant.nets import ARCHS, FloatMLP, build_model
 from model.quant.pact import FULL_PRECISION_BITS
 from model.runs import provenance
-from model.runs.checkpoint import run_data_record, save_checkpoint
+from model.runs.checkpoint import run_data_record, save_checkpoint, unreadable_checkpoint
 from model.runs.validation import DEFAULT_VAL_SIZE, Validation, carve_validation, check_val_seed, check_val_size
 from model.training import distributed
 from model.training.loop import evaluate, train
@@ -267,8 +267,7 @@ def _torch_load(path: Path, expected_format: str) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
             zipfile.BadZipFile) as exc:  # what torch.load raises for files that are not checkpoints
-        raise UserError(f"{path}: not a readable {expected_format} file ({type(exc).__name__}: "
-                        f"{str(exc)[:120]})") from None
+        raise unreadable_checkpoint(path, exc, f"{expected_format} file") from None
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         raise UserError(f"{path}: field 'format' is not {expected_format!r}")
     if payload.get("version") != VERSION:
@@ -487,7 +486,7 @@ def _checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
             zipfile.BadZipFile) as exc:
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise unreadable_checkpoint(path, exc) from None
     if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
         raise UserError(f"{path}: not an mpqaccel checkpoint (fields 'config', 'state_dict')")
     try:

@@ -32,8 +32,15 @@ def test_round_trip(tmp_path, model):
 def test_not_a_checkpoint(tmp_path):
     bad = tmp_path / "noise.pt"
     bad.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(UserError, match="noise.pt: not a readable checkpoint"):
+    with pytest.raises(UserError, match=r"noise.pt: not a checkpoint: torch.save writes a zip archive, and this file "
+                                        r"starts with b'\\x00gar'"):
         load_checkpoint(bad)
+    # A zip archive torch cannot read: its reason's first line, whole (torch's run to paragraphs)
+    good = tmp_path / "good.pt"
+    torch.save({"format": "x"}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:60])
+    with pytest.raises(UserError, match=r"cut.pt: not a readable checkpoint \(\w+: [^\n]*\)$"):
+        load_checkpoint(tmp_path / "cut.pt")
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="other.pt: field 'format'"):
         load_checkpoint(tmp_path / "other.pt")
