@@ -106,8 +106,12 @@ def load_checkpoint(path):
     """
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.relative_to(path).as_posix() for pattern in ("*.pt", "iterations/*.pt")
-                       for p in path.glob(pattern))
+        # The checkpoints in it (not a run's state.pt and theta_0.pt, which are no model checkpoints), the ticket
+        # and the one-shot methods' files first.
+        first = ("ticket.pt", "bmpq.pt", "vertical.pt")
+        found = sorted((p.relative_to(path).as_posix() for pattern in ("*.pt", "iterations/*.pt")
+                        for p in path.glob(pattern) if p.name not in ("state.pt", "theta_0.pt")),
+                       key=lambda name: (name not in first, name))
         inside = (f"; it holds {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}: give one of those, e.g. "
                   f"{path / found[0]}") if found else (
             "; give the checkpoint file itself (ticket.pt of a `train` run directory, iterations/iter_NNN.pt, "

@@ -279,8 +279,10 @@ def _read_run_file(run_dir: str | os.PathLike) -> tuple[dict, RunConfig]:
     """``run_dir/run.json`` as a dict and its checked :class:`RunConfig` (errors as :func:`read_run_config`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
+        raise UserError(f"{run_dir}: {'is a file, not a' if run_dir.exists() else 'no such'} run directory (runs are "
+                        "made by `build.py train --method imq|irq|imp|irp|qnn|qnn-imp --run-dir DIR`)")
     path = run_dir / RUN_FILE
+    refuse_non_file(path, "a run directory's run.json is the file `train` writes there")
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory: it has no {RUN_FILE} (runs are made by "
                         f"`build.py train --method imq|irq|imp|irp|qnn|qnn-imp --run-dir DIR`)")

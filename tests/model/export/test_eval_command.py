@@ -157,9 +157,14 @@ def test_a_checkpoint_directory_is_named_as_such(capsys, tmp_path, ticket):
     code, _, err = main(capsys, "eval", "--checkpoint", tmp_path, "--out", tmp_path / "eval")
     assert code == 2 and f"{tmp_path}: is a directory, not a checkpoint file" in err, err
     assert "no such checkpoint file" not in err and "ticket.pt" in err  # what to give instead
+    # A run directory: its ticket first, then its iterations; state.pt and theta_0.pt (no model checkpoints) left out
+    save_checkpoint(tmp_path / "run" / "iterations" / "iter_000.pt", model, {})
     save_checkpoint(tmp_path / "run" / "ticket.pt", model, {})
+    for name in ("state.pt", "theta_0.pt"):
+        (tmp_path / "run" / name).write_bytes(b"x")
     code, _, err = main(capsys, "eval", "--checkpoint", tmp_path / "run", "--out", tmp_path / "eval")
-    assert code == 2 and "it holds ticket.pt" in err and str(tmp_path / "run" / "ticket.pt") in err, err
+    assert code == 2 and "it holds ticket.pt, iterations/iter_000.pt: give one of those, e.g. " in err, err
+    assert f"e.g. {tmp_path / 'run' / 'ticket.pt'}" in err and "state.pt" not in err, err
     assert not (tmp_path / "eval").exists()
 
 

@@ -132,6 +132,12 @@ def test_not_a_run_directory(tmp_path):
         read_run_config(tmp_path / "missing")
     with pytest.raises(UserError, match="not a run directory.*run.json"):
         read_run_config(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a_file: is a file, not a run directory"):
+        read_run_config(tmp_path / "a_file")
+    (tmp_path / "folder" / RUN_FILE).mkdir(parents=True)
+    with pytest.raises(UserError, match="run.json: is not a file; a run directory's run.json is the file"):
+        read_run_config(tmp_path / "folder")
     (tmp_path / RUN_FILE).write_text('{"format": "something-else"}')
     with pytest.raises(UserError, match="format"):
         read_run_config(tmp_path)
