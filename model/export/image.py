@@ -598,7 +598,8 @@ def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:
     Layer names come from the manifest. Raises :class:`UserError` naming the file and the field.
     """
     record, words, man_path, bin_path = read_image_files(path, SUPPORTED_VERSIONS, "write_image", hint=lambda v: (
-        f" (version {VERTICAL_VERSION} is a vertical-layered image: model.export.image_v4.read_vertical_image)"
+        f" (version {VERTICAL_VERSION} is a vertical-layered image, which `eval`, `system` and the array's `sim`,"
+        " `synth` and `verilog` (--core array) read; model.export.image_v4.read_vertical_image in Python)"
         if v == VERTICAL_VERSION else ""))
     net = unpack(words, where=str(bin_path))
     if int(words[1]) != record["version"]:
