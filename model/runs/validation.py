@@ -70,6 +70,10 @@ def val_count(size: float, n_train: int) -> int:
     if size == 0:
         return 0
     n_val = size if isinstance(size, int) else math.floor(size * n_train + 0.5)
+    if n_train < 2:  # no count works: say so, not "allowed 1 .. 0"
+        raise UserError(f"{n_train} training image(s) cannot be split into training and validation images (field "
+                        f"'val_size' is {size!r}); use more training images (--train-subset) or no validation split "
+                        "(--val-size 0)")
     if not 1 <= n_val <= n_train - 1:
         raise UserError(f"field 'val_size' is {size!r}: {n_val} validation images out of {n_train} training "
                         f"images; allowed 1 .. {n_train - 1} images (or 0 for no validation split)")

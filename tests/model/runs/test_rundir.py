@@ -39,7 +39,7 @@ from model.runs.rundir import (
     run,
     ticket_json,
 )
-from model.runs.validation import carve_validation
+from model.runs.validation import carve_validation, val_count
 from model.training.loop import evaluate, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -435,6 +435,8 @@ def test_carve_validation_is_seeded_disjoint_and_checked():
         carve_validation(split, n, seed=0)
     with pytest.raises(UserError, match="val_seed"):
         carve_validation(split, 0.1, seed=0.5)
+    with pytest.raises(UserError, match=r"1 training image\(s\) cannot be split .* \(--val-size 0\)"):
+        val_count(0.1, 1)  # (it said 'allowed 1 .. 0 images')
 
 
 def test_run_trains_without_the_validation_images_and_records_both_accuracies(tmp_path):
