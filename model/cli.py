@@ -106,10 +106,10 @@ def check_val_size(size) -> int | float:
     raise UserError(f"field 'val_size' is {size!r}; allowed 0 (none), an integer count >= 1, or a fraction in (0, 1)")
 
 
-#: Seeds: what numpy and scikit-learn accept.
 #: Largest seed: the range numpy's and scikit-learn's generators take (the digits split, the validation split);
 #: every seed a run, an image or a checkpoint records is checked against it.
 MAX_SEED = 2**32 - 1
+#: Seeds: what numpy and scikit-learn accept.
 SEED = bounded(int, 0, MAX_SEED)
 
 #: A number of test images; the upper bound is the data set's test count, checked once it is loaded.

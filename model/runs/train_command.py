@@ -681,7 +681,7 @@ def run(args) -> int:
     outputs = {"lts": ["lts.json", "lts_sparsity.png"], "bmpq": ["bmpq.json", "bmpq.png", "bmpq.pt"],
                "vertical": ["vertical.json", "vertical.pt", "vertical_hist.png", "vertical_mixed.png"]}
     if args.method in outputs:
-        refuse_taken_outputs(args.out, outputs[args.method], what=f"train --method {args.method}")
+        refuse_taken_outputs(args.run_dir or args.out, outputs[args.method], what=f"train --method {args.method}")
     if args.method == "lts":
         return cmd_train_lts(args)
     if args.method == "bmpq":
