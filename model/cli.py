@@ -107,7 +107,8 @@ def check_val_size(size) -> int | float:
 
 
 #: Largest seed: the range numpy's and scikit-learn's generators take (the digits split, the validation split);
-#: every seed a run, an image or a checkpoint records is checked against it.
+#: every seed a run, an image or a checkpoint records is checked against it. Mirrors model.data.MAX_SEED (this
+#: module imports no other of its layer; tests/test_cli.py keeps the two equal).
 MAX_SEED = 2**32 - 1
 #: Seeds: what numpy and scikit-learn accept.
 SEED = bounded(int, 0, MAX_SEED)

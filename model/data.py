@@ -27,8 +27,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.nn import functional as F
 
-from model.cli import MAX_SEED
 from model.errors import UserError
+
+#: Largest seed a data record holds: scikit-learn's ``random_state`` range (the digits split), numpy's too.
+MAX_SEED = 2**32 - 1
 
 #: Where the Debian package ``dataset-fashion-mnist`` puts its IDX files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"

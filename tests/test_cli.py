@@ -139,10 +139,11 @@ def test_every_data_option_takes_only_the_data_sets():
     import argparse
 
     import build
-    from model.cli import DATA_SETS
+    from model.cli import DATA_SETS, MAX_SEED
     from model.data import DATASETS
+    from model.data import MAX_SEED as DATA_MAX_SEED
 
-    assert DATA_SETS == DATASETS
+    assert DATA_SETS == DATASETS and MAX_SEED == DATA_MAX_SEED
     sub = next(a for a in build.parser()._actions if isinstance(a, argparse._SubParsersAction))
     takes_data = {name for name, p in sub.choices.items() for a in p._actions if "--data" in a.option_strings}
     assert takes_data == {"demo", "train", "eval", "sim", "verilog"}
@@ -365,7 +366,7 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_p
 @pytest.mark.parametrize(("argv", "flag"), [
     (["eval", "--image", ""], "--image"), (["sim", "--image", ""], "--image"),
     (["export", "--checkpoint", ""], "--checkpoint"), (["eval", "--checkpoint", " "], "--checkpoint"),
-    (["report", ""], "RUN_DIR"), (["train", "--run-dir", ""], "--run-dir"),
+    (["report", ""], "RUN_DIR"),  # (an empty --run-dir or --out: tests/test_cli_empty_out.py)
     (["train", "--data", "idx", "--data-root", ""], "--data-root"), (["bench", "lts", "--data-root", ""], "--data-root"),
 ])
 def test_an_empty_path_is_refused_naming_its_option(tmp_path, argv, flag):

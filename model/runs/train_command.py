@@ -174,8 +174,7 @@ OPTIONS: tuple[Option, ...] = (
            "cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK (NCCL), cpu means gloo",
            _per_method("auto", "auto", "auto", "auto"), {"type": device_spec, "metavar": "auto|cpu|cuda[:N]"}),
     Option(("--run-dir",), "common", ALL, "output directory, overriding --out; for imq..qnn-imp the run "
-           "directory that running again with the same options resumes (lts and bmpq start over)",
-           kwargs={"type": path_text}),
+           "directory that running again with the same options resumes (lts and bmpq start over)"),
     # ------------------------------------------------------------------------------------------ iterative
     Option(("--act-bits",), "iterative", ITERATIVE, "PACT-k activation bits: 1..8, or 32 for PACT-32 (clip only; "
            "not exportable; --arch resnet20 or vgg only)", _per_method(4), {"type": act_bits}, in_demo=True),

@@ -172,7 +172,7 @@ def test_cli_train_under_torchrun_writes_on_rank_0_only_and_matches_one_process(
 def test_cli_refuses_commands_that_are_not_data_parallel(argv, monkeypatch, capsys):
     import build
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)  # (what torchrun sets)
     assert build.main(argv) == 2
     assert "does not run data-parallel" in capsys.readouterr().err
