@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -355,12 +354,10 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_p
     out = tmp_path / "out"
     (out / taken).mkdir(parents=True)
     image = ["--image", flow / "image"] if argv[0] in ("synth", "eval") else []
-    start = time.monotonic()
     res = cli(*argv, *image, "--out", out)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert f"{out / taken}: is not a file;" in res.stderr and ".tmp" not in res.stderr, res.stderr
-    assert sorted(p.name for p in out.iterdir()) == [taken]
-    assert time.monotonic() - start < 60  # refused, not found after the work
+    assert sorted(p.name for p in out.iterdir()) == [taken]  # refused before the work wrote anything
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
