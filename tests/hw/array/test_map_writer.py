@@ -6,7 +6,7 @@ against golden in ``test_top.py`` and ``bench fuzz``."""
 import numpy as np
 import pytest
 from amaranth import Module
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.array.feature_maps import FeatureMaps, read_signature
@@ -85,8 +85,7 @@ class WriterHarness(wiring.Component):
                    "score_data": Out(32), "busy": Out(1), "par": Out(1), "wrote": Out(1),
                    "wrote_channel": Out(CHANNEL_BITS), "wrote_y": Out(DIM_BITS)}
         for e in range(engines):
-            members[f"row{e}"] = In(wiring.Signature({"valid": In(1), "ready": Out(1),
-                                                      "payload": In(row_layout(CHANNEL_BITS, ROW_LEN))}).flip())
+            members[f"row{e}"] = In(stream.Signature(row_layout(CHANNEL_BITS, ROW_LEN)))
             members[f"layer{e}"] = In(writer_layer_layout(aw))
         super().__init__(members)
 
@@ -101,10 +100,8 @@ class WriterHarness(wiring.Component):
                      self.busy.eq(w.busy), self.par.eq(w.par), self.wrote.eq(w.wrote),
                      self.wrote_channel.eq(w.wrote_channel), self.wrote_y.eq(w.wrote_y)]
         for e in range(self._engines):
-            port = getattr(w, f"row{e}")
-            mine = getattr(self, f"row{e}")
-            m.d.comb += [port.valid.eq(mine.valid), port.payload.eq(mine.payload), mine.ready.eq(port.ready),
-                         getattr(w, f"layer{e}").eq(getattr(self, f"layer{e}"))]
+            wiring.connect(m, wiring.flipped(getattr(self, f"row{e}")), getattr(w, f"row{e}"))
+            m.d.comb += getattr(w, f"layer{e}").eq(getattr(self, f"layer{e}"))
         return m
 
 

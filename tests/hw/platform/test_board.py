@@ -17,10 +17,10 @@ DONE, PASSED, FAILED = range(3)  # LED 3 is the heartbeat (bit 26 of a counter: 
 
 
 def run_shell(net, images, expected, batch: int) -> tuple[int, int, int]:
-    """Simulate the shell until LED 0 (done) rises; return (done, passed, failed) then and a few cycles later.
+    """Simulate the shell until LED 0 (done) rises; return LEDs 0-2 (done, passed, failed) as they are then.
 
-    Fails if done never rises within ``CYCLE_LIMIT`` cycles, and if any LED changes after it rose (the run ended:
-    a later score or a glitch must not turn a result around)."""
+    Fails if done never rises within ``CYCLE_LIMIT`` cycles, and if LEDs 0-2 change in the 50 cycles after it rose
+    (the run ended: a later score or a glitch must not turn a result around)."""
     dut = SelfTestTop(core_words(net), images, expected, batch=batch)
     seen = {}
 
