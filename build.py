@@ -68,19 +68,31 @@ def torchrun_env_error() -> str | None:
         if value is None or value < low:
             return (f"environment variable {name} is {text!r}; allowed an integer >= {low} (torchrun sets WORLD_SIZE, "
                     f"RANK and LOCAL_RANK), or leave it unset to run as one process")
-    # Together they must describe one process of a group (a stray RANK would silence a lone run's output), and a
-    # group of several needs torchrun's rendezvous address (torch's env:// init reads it).
+    # Together they must describe one process of a group: a stray RANK would silence a lone run's output, and a
+    # group without one of the three is a lone process to the training code (model.training.distributed.launched)
+    # but a rank of a group to main's silencing.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for name in ("RANK", "LOCAL_RANK"):
         if name in os.environ and int(os.environ[name]) >= world:
             return (f"environment variable {name} is {os.environ[name]!r} with WORLD_SIZE {world}; allowed 0 .. "
                     f"{world - 1} (start several processes with torchrun, which sets them)")
-    if world > 1:
-        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
-        if missing:
-            return (f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
-                    "set; start the processes with torchrun (`torchrun --nproc-per-node N build.py train ...`), "
-                    "which sets them")
+    missing = [name for name in TORCHRUN_LOWEST if name not in os.environ]
+    if world > 1 and missing:
+        return (f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
+                "torchrun sets WORLD_SIZE, RANK and LOCAL_RANK together")
+    return None
+
+
+def rendezvous_error() -> str | None:
+    """A group of several processes without torchrun's rendezvous address (torch's env:// init reads MASTER_ADDR and
+    MASTER_PORT; without them it raised from deep inside, after the run directory was begun); None if nothing is
+    missing or there is no group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if world > 1 and missing:
+        return (f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
+                "start the processes with torchrun (`torchrun --nproc-per-node N build.py train ...`), which sets "
+                "them")
     return None
 
 
@@ -97,7 +109,7 @@ def main(argv=None) -> int:
     # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0)
     # prints results, warnings and progress bars (the others still report errors). Read from the environment
     # so that the CLI does not import torch here.
-    silent = os.environ.get("RANK", "0") != "0"
+    silent = int(os.environ.get("RANK", "0")) != 0  # (an integer: torchrun_env_error; "00" is rank 0)
     if silent and hasattr(args, "quiet"):
         args.quiet = True
     try:
@@ -106,6 +118,8 @@ def main(argv=None) -> int:
             what = f"train --method {args.method}" if args.command == "train" else args.command
             raise UserError(f"`{what}` does not run data-parallel; under torchrun only `train` with --method "
                             f"imq, irq, imp, irp, qnn, qnn-imp or bmpq does: run `{what}` as one process")
+        if parallel and rendezvous_error() is not None:
+            raise UserError(rendezvous_error())
         # The folder the command writes to, before any work (model/files.py): --run-dir where given (it
         # replaces --out), else --out.
         # (`is not None`: an empty --out "" is refused there, not taken for the current folder.)

@@ -211,12 +211,13 @@ def refuse_taken_outputs(out, files=(), folders=(), *, what: str) -> None:
     ``files`` and ``folders`` are names relative to ``out``; the message names the path and what goes there."""
     out = Path(out)
     for name in files:
-        refuse_non_file(out / name, f"{what} writes the file {name} there (remove it or choose another --out)")
+        refuse_non_file(out / name, f"{what} writes the file {name} there (remove it or choose another output "
+                                    "folder)")
     for name in folders:
         path = out / name
         if path.exists() and not path.is_dir():
             raise UserError(f"{path}: is not a folder; {what} writes into the folder {name} there (remove it or "
-                            "choose another --out)")
+                            "choose another output folder)")
 
 
 def refuse_unused_seed(seed: int | None, where: str) -> None:

@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from model.cli import DEFAULT_BATCH, DEFAULT_OUT, batch_size, print_table, write_json
+from model.cli import DEFAULT_BATCH, DEFAULT_OUT, batch_size, print_table, refuse_taken_outputs, write_json
 from model.runs.train_command import add_train_args, resolve, train_ticket
 
 HELP = "train an IMQ ticket on digits, export it, run it in RTL, synthesize"
@@ -60,6 +60,9 @@ def run(args) -> int:
                         f"hours); use `train --data {args.data}`, then `export` and `sim` (which runs the first "
                         f"images of the ticket's own data set, --images N)")
     out = Path(args.out)
+    # Its last files, checked before it trains (a folder at summary.json failed the demo after minutes of work):
+    # the run directory's own files are checked by open_run, the image's by export_image.
+    refuse_taken_outputs(out, ["summary.json", "yosys.log"], ["image", "rtl", "synth"], what="demo")
     t0 = time.time()
     print("[1/5] training: float baseline, then IMQ (Algorithm 1) to <= "
           f"{args.target_bits} average weight bits")

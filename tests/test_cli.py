@@ -115,6 +115,8 @@ def test_a_torchrun_variable_that_is_not_a_count_is_a_clear_error(tmp_path, name
     ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "2"}, "LOCAL_RANK is '2' with WORLD_SIZE 2; allowed 0 .. 1"),
     ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""},
      "WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are not set"),
+    # a rank without LOCAL_RANK: silenced as rank 1 by build.py, a lone process to the training code
+    ({"WORLD_SIZE": "2", "RANK": "1"}, "WORLD_SIZE is 2 but LOCAL_RANK is not set; torchrun sets WORLD_SIZE, RANK"),
 ])
 def test_torchrun_variables_that_describe_no_group_are_a_clear_error(tmp_path, env, message):
     """A rank past the group (a lone run with a stray RANK printed nothing at all) and a group without torchrun's
@@ -123,6 +125,12 @@ def test_torchrun_variables_that_describe_no_group_are_a_clear_error(tmp_path, e
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert message in res.stderr, res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_rank_zero_written_otherwise_still_prints(flow, tmp_path):
+    """RANK "00" is rank 0 (the check reads it as an integer): a lone run prints its results, not nothing."""
+    res = cli("eval", "--image", flow / "image", "--out", tmp_path / "eval", env={"RANK": "00"})
+    assert res.returncode == 0 and "golden" in res.stdout, res.stdout + res.stderr
 
 
 def test_out_of_range_option_is_rejected():
@@ -344,8 +352,12 @@ def test_a_missing_tool_is_named_not_a_traceback(flow, tmp_path):
     (["synth", "--core", "array"], "yosys_whole.log"),
     (["eval"], "eval.json"),
     (["bench", "export"], "export.json"),
+    (["bench", "accel"], "accel_layers.png"),  # (written last, after 40 minutes)
     (["train", "--method", "lts", "--epochs", 3], "lts.json"),
     (["train", "--epochs", 1, "--iterations", 1], "imq.png"),
+    (["train", "--method", "vertical", "--epochs", 1], "vertical_hist.png"),
+    (["train", "--method", "vertical", "--baseline", "lsq", "--epochs", 1], "lsq_4bit.pt"),
+    (["demo", "--epochs", 1], "summary.json"),
 ])
 def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_path, argv, taken):
     """A folder where a command writes a file: refused at once, naming it, with nothing written (these commands

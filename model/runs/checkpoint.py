@@ -25,6 +25,7 @@ it from a run directory's ``"run"`` config (the checkpoints of :mod:`model.runs.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -92,8 +93,13 @@ def unreadable_checkpoint(path, exc: Exception, what: str = "checkpoint") -> Use
         head = b"PK\x03\x04"
     if head != b"PK\x03\x04":
         return UserError(f"{path}: not a {what}: torch.save writes a zip archive, and this file starts with {head!r}")
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return UserError(f"{path}: not a readable {what} ({type(exc).__name__}: {reason})")
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    refused = next((line for line in lines if line.startswith("WeightsUnpickler error:")), None)
+    if refused is not None:  # torch's weights-only loader met a Python object: not what train writes
+        reason = refused.removeprefix("WeightsUnpickler error:").strip().split(" was not an allowed global")[0]
+        return UserError(f"{path}: not a {what}: it holds Python objects, not only tensors and plain data ({reason}; "
+                         "a whole torch.save(model)?); train writes state dicts with their config")
+    return UserError(f"{path}: not a readable {what} ({type(exc).__name__}: {lines[0] if lines else ''})")
 
 
 def load_checkpoint(path):

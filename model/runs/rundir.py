@@ -343,7 +343,11 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
     # Every file the run writes, checked before it trains: a folder at one of those names would end a run (or
     # a resumed run's last iteration) at its write, the other files already rewritten.
     for name in (TICKET_FILE, history_file(config), plot_file(config)):
-        refuse_non_file(run_dir / name, f"the run writes its {name} there (remove it or choose another --out)")
+        refuse_non_file(run_dir / name, f"the run writes its {name} there (remove it or choose another run directory)")
+    iterations = run_dir / ITERATION_DIR
+    if iterations.exists() and not iterations.is_dir():
+        raise UserError(f"{iterations}: is not a folder; the run writes each iteration's checkpoint into it (remove "
+                        "it or choose another run directory)")
     if (run_dir / RUN_FILE).exists():
         payload, stored = _read_run_file(run_dir)
         old, new = stored.to_json(), config.to_json()
@@ -591,6 +595,10 @@ def _load_state(run_dir: Path, config: RunConfig, model: nn.Module) -> _State | 
         progress = Progress(history, payload["finished"], payload["reached_target"])
         float_accuracy = payload["float_accuracy"]
         float_val_accuracy = payload.get("float_val_accuracy")
+        for key, value in (("float_accuracy", float_accuracy), ("float_val_accuracy", float_val_accuracy)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not 0 <= value <= 1):
+                raise UserError(f"{path}: field {key!r} is {value!r}; allowed null or a number in [0, 1]")
         generator_state, rng_state = payload["generator_state"], payload["rng_state"]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: malformed run state ({type(exc).__name__}: {exc})") from None

@@ -588,6 +588,12 @@ def cmd_train_vertical(args) -> int:
     config = model_config(args.arch, split, args.hidden, n_classes, act_bits=max(widths))
     scheme = args.baseline or "joint"
     compensate = scheme == "joint" and not args.no_compensation
+    # The files this scheme writes (below), checked before it trains.
+    taken = ["vertical.json", *([f"lsq_{b}bit.pt" for b in widths] if scheme == "lsq" else []),
+             *(["vertical_hist.png"] if scheme != "ascending" else []),
+             *(["vertical.pt"] if scheme not in ("lsq", "ascending") else []),
+             *(["vertical_mixed.png"] if scheme == "joint" and args.mixed_points else [])]
+    refuse_taken_outputs(out, taken, what=f"train --method vertical ({scheme})")
 
     def build(net_widths):
         torch.manual_seed(args.seed)  # the same initial weights for every net of the comparison
@@ -677,8 +683,8 @@ def run(args) -> int:
         ranks = f", {world} processes" if world > 1 else ""
         print(f"train: {args.method} on {dev}{name}{ranks}", file=sys.stderr)
     # The one-shot methods' files, checked before they train (the run directory's own are checked by open_run).
-    outputs = {"lts": ["lts.json", "lts_sparsity.png"], "bmpq": ["bmpq.json", "bmpq.png", "bmpq.pt"],
-               "vertical": ["vertical.json", "vertical.pt", "vertical_hist.png", "vertical_mixed.png"]}
+    # (vertical's depend on its scheme: cmd_train_vertical)
+    outputs = {"lts": ["lts.json", "lts_sparsity.png"], "bmpq": ["bmpq.json", "bmpq.png", "bmpq.pt"]}
     if args.method in outputs:
         refuse_taken_outputs(args.run_dir or args.out, outputs[args.method], what=f"train --method {args.method}")
     if args.method == "lts":

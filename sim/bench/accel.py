@@ -192,10 +192,14 @@ def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
                     raise UserError(f"{conv_json}: the resnet20/imq row has no field {missing[0]!r}; run "
                                     "`python build.py bench conv --restart`")
                 for key, kind, allowed in (("run", str, "a folder path"), ("image", str, "a folder path"),
-                                           ("ticket_iteration", int, "an integer >= 0")):
+                                           ("ticket_iteration", int, "an integer >= 0"),
+                                           ("history", list, "a list of records with an integer 'iteration'")):
                     value = row[key]
-                    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-                        raise UserError(f"{conv_json}: the resnet20/imq row's field {key!r} is {value!r}; allowed "
+                    bad = not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0) or (
+                        kind is list and not all(isinstance(r, dict) and isinstance(r.get("iteration"), int)
+                                                 for r in value))
+                    if bad:
+                        raise UserError(f"{conv_json}: the resnet20/imq row's field {key!r} is {value!r:.80}; allowed "
                                         f"{allowed}; run `python build.py bench conv --restart`")
                 if (Path(row["run"]) / "iterations").is_dir() and Path(row["image"]).is_dir():
                     return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]),

@@ -117,14 +117,28 @@ def run(args) -> int:
     # UserError for CUDA where there is none. The other benches run nothing on a GPU: the CPU is also what
     # their floors' provenance records.
     distributed.use_device(args.device or "cpu")
-    # Each bench's JSON, floors and plot, checked before it runs (some run for 20 to 40 minutes): a folder at one
-    # of those names failed the bench at its last write.
-    refuse_taken_outputs(args.out, [f"{args.target}.json", f"{args.target}_floors.json", f"{args.target}.png"],
-                         what=f"bench {args.target}")
+    # Each bench's files, checked before it runs (some run for 20 to 40 minutes): a folder at one of those names
+    # failed the bench at its last write.
+    refuse_taken_outputs(args.out, bench_outputs(args.target, args.smoke), what=f"bench {args.target}")
     runners = {"dsp": bench_dsp, "lts": bench_lts, "bmpq": bench_bmpq, "imq": bench_imq, "conv": bench_conv,
                "qat": bench_qat, "export": bench_export, "vertical": bench_vertical,
                "fuzz": bench_fuzz, "accel": bench_accel}
     return runners[args.target](args, Path(args.out))
+
+
+def bench_outputs(target: str, smoke: bool = False) -> list[str]:
+    """The files ``bench <target>`` writes into ``--out`` (its runners below; ``--smoke`` names imq's and conv's
+    ``*_smoke*``), checked before it runs."""
+    suffix = "_smoke" if smoke else ""
+    floors = {name: [f"{name}.json", f"{name}_floors.json"] for name in ("dsp", "lts", "vertical", "qat", "bmpq")}
+    return {
+        **floors,
+        "dsp": [*floors["dsp"], "dsp.png"], "lts": [*floors["lts"], "lts_sparsity.png"],
+        "bmpq": [*floors["bmpq"], "bmpq.png"], "export": ["export.json"], "fuzz": ["fuzz.json"],
+        "accel": ["accel.json", "accel.png", "accel_layers.png"],
+        "imq": [f"imq{suffix}.json", f"imq{suffix}.png", f"imq{suffix}_summary.json"],
+        "conv": [f"conv{suffix}.json", f"conv{suffix}.png", f"conv{suffix}_summary.json"],
+    }[target]
 
 
 def provenance() -> dict:

@@ -120,16 +120,18 @@ def random_layer(rng, buf: int, par: int, pool: bool) -> dict:
                        "width": stored.shape[2], "w_out": w_out, "par": par}}
 
 
-def engine_rows(layer: dict, engines: list[int]) -> dict[int, list[dict]]:
+def engine_rows(layer: dict, engines: list[int], rng) -> dict[int, list[dict]]:
     """Each engine's rows of ``layer`` in the array's order: tile by tile, its channels (channel ``c`` on
-    ``engines[c % len(engines)]``) one after another, each channel's output rows in order."""
+    ``engines[c % len(engines)]``) one after another, each channel's output rows in order. A row's codes past
+    ``W_out`` are random (the assembler leaves stale codes there): the writer's mask must keep them out."""
     c, h_out, w_out = layer["map"].shape
     out = {e: [] for e in engines}
     for y in range(0, h_out, layer["rows"]):
         rows = min(layer["rows"], h_out - y)
         for ch in range(c):
             for r in range(rows):
-                codes = [int(v) for v in layer["map"][ch, y + r]] + [0] * (ROW_LEN - w_out)
+                codes = [int(v) for v in layer["map"][ch, y + r]] + [int(v) for v in rng.integers(1, 256,
+                                                                                                  ROW_LEN - w_out)]
                 out[engines[ch % len(engines)]].append({
                     "channel": ch, "codes": codes, "score": 0, "tile": {"y": y, "rows": rows}, "r": r,
                     "last": int(r == rows - 1)})
@@ -143,7 +145,7 @@ def run_writer(engines: int, layers: list[tuple[dict, list[int]]], seed: int, p_
     per_engine = {e: [] for e in range(engines)}
     fields = {}
     for layer, owners in layers:
-        for e, rows in engine_rows(layer, owners).items():
+        for e, rows in engine_rows(layer, owners, rng).items():
             per_engine[e] += rows
             fields[e] = layer["fields"]
     res = {"wrote": [], "maps": {}}
@@ -221,6 +223,7 @@ def test_writer_takes_two_layers_at_once(seed):
     for layer in (before, after):
         w = layer["stored"].shape[2]
         assert (res["maps"][layer["buf"]][:, :, :w] == layer["stored"]).all()
+        assert (res["maps"][layer["buf"]][:, :, w:] == 0).all()
     assert sorted(res["wrote"]) == sorted(expected_wrote(before) + expected_wrote(after))
 
 

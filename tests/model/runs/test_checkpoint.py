@@ -141,3 +141,14 @@ def test_no_record_and_bad_records(tmp_path, model):
         torch.save(payload, path)
         with pytest.raises(UserError, match=message):
             load_checkpoint(path)
+
+
+def test_a_whole_pickled_model_is_named_as_such(tmp_path):
+    """torch.save(model) (a Python object, not a state dict): torch's weights-only loader refuses it with a
+    paragraph whose first line gives no reason and carries terminal colour codes; the message names the object."""
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "m.pt")
+    with pytest.raises(UserError) as exc:
+        load_checkpoint(tmp_path / "m.pt")
+    text = str(exc.value)
+    assert "m.pt: not a checkpoint: it holds Python objects" in text and "torch.nn.modules.linear.Linear" in text
+    assert "\x1b" not in text and "two options" not in text

@@ -505,6 +505,8 @@ def test_every_checked_provenance_field_refuses_a_resume(name):
      r"field 'generator_state' is a torch.uint8 tensor of shape \(3,\); allowed a uint8 tensor of shape \(5056,\)"),
     (STATE_FILE, ("reached_target", None), "state.pt: field 'reached_target' is None; allowed true, false"),
     (STATE_FILE, ("finished", 0), "state.pt: field 'finished' is 0; allowed true, false"),
+    (STATE_FILE, ("float_accuracy", "x"), "state.pt: field 'float_accuracy' is 'x'; allowed null or a number in"),
+    (STATE_FILE, ("float_val_accuracy", 7.0), "state.pt: field 'float_val_accuracy' is 7.0; allowed null or a number"),
 ])
 def test_a_run_directory_whose_state_or_theta_0_does_not_match_is_refused(tmp_path, target, change, message):
     """A state or theta_0 file that disagrees with run.json (its config, the masks' or tensors' shapes) is
@@ -529,6 +531,14 @@ def test_a_run_directory_whose_state_or_theta_0_does_not_match_is_refused(tmp_pa
     torch.save(payload, path)
     with pytest.raises(UserError, match=message):
         run(config, tmp_path, progress=False)
+
+
+def test_a_file_where_the_iterations_go_is_refused_before_the_run(tmp_path):
+    """iterations/ holds each iteration's checkpoint: a file there failed the run after its first iteration."""
+    (tmp_path / "iterations").write_text("x")
+    with pytest.raises(UserError, match="iterations: is not a folder; the run writes each iteration's checkpoint"):
+        open_run(tmp_path, small("imq"))
+    assert not (tmp_path / RUN_FILE).exists()
 
 
 def test_theta_0_without_run_json_is_refused(tmp_path):

@@ -172,7 +172,7 @@ def test_cli_train_under_torchrun_writes_on_rank_0_only_and_matches_one_process(
 def test_cli_refuses_commands_that_are_not_data_parallel(argv, monkeypatch, capsys):
     import build
 
-    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
-        monkeypatch.setenv(name, value)  # (what torchrun sets)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)  # (what torchrun sets; no MASTER_ADDR: the refusal comes first)
     assert build.main(argv) == 2
     assert "does not run data-parallel" in capsys.readouterr().err

@@ -7,6 +7,7 @@ tests/sim/bench/test_bench_command.py does for the other benches; the variants r
 
 import dataclasses
 import json
+import re
 import types
 
 import numpy as np
@@ -309,11 +310,12 @@ def test_a_conv_json_without_the_ticket_fields_is_named(tmp_path):
     (tmp_path / "conv.json").write_text(json.dumps({"rows": 1}))  # (was ignored: the ticket trained again)
     with pytest.raises(UserError, match="conv.json: a JSON dict, not bench conv's list of rows"):
         accel.ticket_source(tmp_path, progress=False)
-    row = {"arch": "resnet20", "method": "imq", "run": str(tmp_path), "image": str(tmp_path), "history": "h",
-           "ticket_iteration": 6}
-    for key, value in (("run", 5), ("image", None), ("ticket_iteration", "x"), ("ticket_iteration", -1)):
+    row = {"arch": "resnet20", "method": "imq", "run": str(tmp_path), "image": str(tmp_path),
+           "history": [{"iteration": 0}], "ticket_iteration": 6}
+    for key, value in (("run", 5), ("image", None), ("ticket_iteration", "x"), ("ticket_iteration", -1),
+                       ("history", "h"), ("history", [{"iteration": "0"}])):
         (tmp_path / "conv.json").write_text(json.dumps([{**row, key: value}]))
-        with pytest.raises(UserError, match=f"the resnet20/imq row's field '{key}' is {value!r}; allowed"):
+        with pytest.raises(UserError, match=re.escape(f"the resnet20/imq row's field '{key}' is {value!r}; allowed")):
             accel.ticket_source(tmp_path, progress=False)
 
 
