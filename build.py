@@ -78,9 +78,12 @@ def torchrun_env_error() -> str | None:
                     f"{world - 1} (start several processes with torchrun, which sets them)")
     missing = [name for name in TORCHRUN_LOWEST if name not in os.environ]
     if world > 1 and missing:
-        return (f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
-                "torchrun sets WORLD_SIZE, RANK and LOCAL_RANK together")
+        return f"{_not_set(world, missing)}; torchrun sets WORLD_SIZE, RANK and LOCAL_RANK together"
     return None
+
+
+def _not_set(world: int, missing: list[str]) -> str:
+    return f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set"
 
 
 def rendezvous_error() -> str | None:
@@ -90,9 +93,8 @@ def rendezvous_error() -> str | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if world > 1 and missing:
-        return (f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
-                "start the processes with torchrun (`torchrun --nproc-per-node N build.py train ...`), which sets "
-                "them")
+        return (f"{_not_set(world, missing)}; start the processes with torchrun (`torchrun --nproc-per-node N "
+                "build.py train ...`), which sets them")
     return None
 
 
@@ -118,8 +120,9 @@ def main(argv=None) -> int:
             what = f"train --method {args.method}" if args.command == "train" else args.command
             raise UserError(f"`{what}` does not run data-parallel; under torchrun only `train` with --method "
                             f"imq, irq, imp, irp, qnn, qnn-imp or bmpq does: run `{what}` as one process")
-        if parallel and rendezvous_error() is not None:
-            raise UserError(rendezvous_error())
+        problem = rendezvous_error() if parallel else None
+        if problem is not None:
+            raise UserError(problem)
         # The folder the command writes to, before any work (model/files.py): --run-dir where given (it
         # replaces --out), else --out.
         # (`is not None`: an empty --out "" is refused there, not taken for the current folder.)

@@ -102,6 +102,16 @@ def unreadable_checkpoint(path, exc: Exception, what: str = "checkpoint") -> Use
     return UserError(f"{path}: not a readable {what} ({type(exc).__name__}: {lines[0] if lines else ''})")
 
 
+def torch_load(path, what: str = "checkpoint"):
+    """``torch.load`` of ``path`` (CPU, weights only), a file that is no such ``what`` refused as
+    :func:`unreadable_checkpoint` says (the checkpoints here, and a run directory's own files)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:  # what torch.load raises for files that are not checkpoints
+        raise unreadable_checkpoint(path, exc, what) from None
+
+
 def load_checkpoint(path):
     """Rebuild the model stored at ``path``; returns ``(model, meta)``.
 
@@ -125,11 +135,7 @@ def load_checkpoint(path):
         raise UserError(f"{path}: is a directory, not a checkpoint file{inside}")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as exc:  # what torch.load raises for files that are not checkpoints
-        raise unreadable_checkpoint(path, exc) from None
+    payload = torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: field 'format' is not {FORMAT!r}; this is not an mpqaccel checkpoint")
     if payload.get("version") != VERSION:

@@ -43,10 +43,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import re
 import sys
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -64,7 +62,7 @@ from model.quant import nets
 from model.quant.nets import ARCHS, FloatMLP, build_model
 from model.quant.pact import FULL_PRECISION_BITS
 from model.runs import provenance
-from model.runs.checkpoint import run_data_record, save_checkpoint, unreadable_checkpoint
+from model.runs.checkpoint import run_data_record, save_checkpoint, torch_load
 from model.runs.validation import DEFAULT_VAL_SIZE, Validation, carve_validation, check_val_seed, check_val_size
 from model.training import distributed
 from model.training.loop import evaluate, train
@@ -263,11 +261,7 @@ def _torch_save(path: Path, payload: dict) -> Path:
 
 
 def _torch_load(path: Path, expected_format: str) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as exc:  # what torch.load raises for files that are not checkpoints
-        raise unreadable_checkpoint(path, exc, f"{expected_format} file") from None
+    payload = torch_load(path, f"{expected_format} file")
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         raise UserError(f"{path}: field 'format' is not {expected_format!r}")
     if payload.get("version") != VERSION:
@@ -488,11 +482,7 @@ def _checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
     (It reads the iterations of any run; :func:`model.runs.checkpoint.load_checkpoint` also checks a checkpoint
     that a user names, including the extended hierarchy's 1- and 2-bit widths, which `export` then refuses.)
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as exc:
-        raise unreadable_checkpoint(path, exc) from None
+    payload = torch_load(path)
     if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
         raise UserError(f"{path}: not an mpqaccel checkpoint (fields 'config', 'state_dict')")
     try:

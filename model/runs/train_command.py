@@ -461,6 +461,7 @@ def cmd_train_lts(args) -> int:
     from model.training.loop import torch_threads
 
     out = Path(args.run_dir or args.out)
+    refuse_taken_outputs(out, ["lts.json", "lts_sparsity.png"], what="train --method lts")  # before it trains
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
                          seed=args.seed)
     with torch_threads(args.threads):
@@ -513,6 +514,7 @@ def cmd_train_bmpq(args) -> int:
     from model.training import distributed
 
     out = Path(args.run_dir or args.out)
+    refuse_taken_outputs(out, ["bmpq.json", "bmpq.png", "bmpq.pt"], what="train --method bmpq")  # before it trains
     split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
                          seed=args.seed)
     # The activations' widths follow the layers (set_bits); 8 bits until the first assignment.
@@ -682,11 +684,6 @@ def run(args) -> int:
         world = distributed.world_size()
         ranks = f", {world} processes" if world > 1 else ""
         print(f"train: {args.method} on {dev}{name}{ranks}", file=sys.stderr)
-    # The one-shot methods' files, checked before they train (the run directory's own are checked by open_run).
-    # (vertical's depend on its scheme: cmd_train_vertical)
-    outputs = {"lts": ["lts.json", "lts_sparsity.png"], "bmpq": ["bmpq.json", "bmpq.png", "bmpq.pt"]}
-    if args.method in outputs:
-        refuse_taken_outputs(args.run_dir or args.out, outputs[args.method], what=f"train --method {args.method}")
     if args.method == "lts":
         return cmd_train_lts(args)
     if args.method == "bmpq":
