@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+#: The top-level packages of mpqaccel itself (a missing module among them is a bug, not a missing install).
+OWN_PACKAGES = ("build", "driver", "hw", "model", "sim", "tests")
 
 #: Command name -> module holding ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, str] = {
@@ -140,6 +142,13 @@ def main(argv=None) -> int:
         return 2
     except ToolError as exc:  # e.g. a simulator that is not installed: its message names the tool and the log
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # a package of pyproject.toml missing: another Python than the .venv's
+        if (exc.name or "").partition(".")[0] in OWN_PACKAGES:
+            raise  # (one of mpqaccel's own modules: a bug, with its traceback)
+        print(f"error: the Python package {exc.name!r} is not installed for {sys.executable}; `make setup` installs "
+              f"every pinned package into .venv: run `.venv/bin/python build.py {args.command} ...` (or `source "
+              f".venv/bin/activate` first)", file=sys.stderr)
         return 1
     except OSError as exc:  # a file or folder the system refuses (a path given by the user, or a full disk)
         if exc.filename is None:

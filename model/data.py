@@ -558,6 +558,7 @@ def load_dataset(
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
+    fit: bool = True,
 ) -> Split:
     """Load a data set by name: one of :data:`DATASETS`.
 
@@ -573,12 +574,27 @@ def load_dataset(
         Keep only the first this many training / test images.
     seed : int
         Seed of the digits' random train/test split (the other sets come split).
+    fit : bool
+        Refuse a subset larger than its part of the data set (what a run would record is then not what it
+        used); :meth:`DataRecord.load_test` reads a file's record as it is and passes ``False``.
 
     Raises
     ------
     UserError
-        If ``name`` is unknown, ``root`` is missing where needed or given for digits, or the loader fails.
+        If ``name`` is unknown, ``root`` is missing where needed or given for digits, a subset does not fit
+        (``fit``), or the loader fails.
     """
+    split = _load_dataset(name, root, train_subset, test_subset, seed)
+    for part, subset, have in (("train", train_subset, len(split.y_train)), ("test", test_subset, len(split.y_test))):
+        if fit and subset is not None and subset > have:
+            where = "" if root is None else f" in {str(root)!r}"
+            raise UserError(f"--{part}-subset {subset} (field '{part}_subset'): the data set {name!r}{where} has "
+                            f"{have} {'training' if part == 'train' else 'test'} images; allowed 1..{have}, or leave it out "
+                            "for all of them")
+    return split
+
+
+def _load_dataset(name: str, root, train_subset: int | None, test_subset: int | None, seed: int) -> Split:
     if name not in DATASETS:
         raise UserError(f"data set {name!r} is unknown; allowed {DATASETS}")
     _check_subsets(train_subset, test_subset)
@@ -776,7 +792,8 @@ class DataRecord:
         """
         via = f"{self.via}: " if self.via else ""
         try:
-            split = load_dataset(self.name, self.root, train_subset=1, test_subset=self.test_subset, seed=self.seed)
+            split = load_dataset(self.name, self.root, train_subset=1, test_subset=self.test_subset, seed=self.seed,
+                                 fit=False)
         except UserError as exc:
             if self.via:
                 raise UserError(f"{via}the data set {self.describe()} cannot be read here: {exc}; give its folder "

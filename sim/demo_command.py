@@ -133,8 +133,8 @@ def run(args) -> int:
 
 
 def _run_array(vectors, out: Path, simulator: str, seed: int):
-    """The demo's RTL on the array: under back-pressure, then without stalls, and the synthesis (the whole array,
-    its parts beside it) in a thread beside the two simulations, as ``bench accel`` runs it. Yosys is the demo's
+    """The demo's RTL on the array: under back-pressure, then without stalls, and the synthesis (the whole array
+    flattened; not its parts, which ``synth --core array`` adds) in a thread beside the two simulations. Yosys is the demo's
     longest step: the whole array alone (the demo prints no breakdown), beside the simulations, 139 s a demo; with
     the parts too (three Yosys runs and the simulator on 2 cores) 176 s beside the simulations, 183 s after them;
     ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
@@ -151,7 +151,7 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
         if not stall:
             print("[4/5] cycle count without stalls")
         runs.append(simulate_array(prepared, vectors, simulator, seed, stall))
-    print("[5/5] Yosys synth_xilinx for the XC7Z020 (the whole array, and by parts: hw/platform/array_synth.py; "
+    print("[5/5] Yosys synth_xilinx for the XC7Z020 (the whole array flattened, hw/platform/array_synth.py; "
           "started beside the simulations)")
     worker.join()
     if "synthesis_error" in box:

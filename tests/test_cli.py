@@ -331,9 +331,29 @@ def test_run_dir_replaces_out_and_only_it_is_checked(tmp_path):
     assert (tmp_path / "run" / "ticket.pt").is_file()
 
 
+@pytest.mark.parametrize(("blocked", "own"), [("torch", False), ("amaranth", False), ("model.runs.rundir", True)])
+def test_a_python_without_the_packages_is_told_to_use_the_venv(tmp_path, blocked, own):
+    """build.py run by a Python that lacks a pinned package (not the .venv's; here the package is blocked in
+    sys.modules): one line naming the package and `.venv/bin/python`, exit 1, nothing written; a module of
+    mpqaccel's own that does not import is a bug and keeps its traceback."""
+    script = (f"import sys; sys.modules[{blocked!r}] = None; sys.path.insert(0, {str(ROOT)!r}); import build; "
+              f"sys.exit(build.main(sys.argv[1:]))")
+    command = "train" if blocked != "amaranth" else "sim"
+    argv = (["train", "--epochs", 1, "--quiet"] if command == "train" else ["sim", "--image", tmp_path / "image"])
+    res = subprocess.run([sys.executable, "-c", script, *map(str, argv), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600, check=False)
+    if own:
+        assert res.returncode == 1 and "Traceback" in res.stderr and "make setup" not in res.stderr, res.stderr
+    else:
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert f"the Python package {blocked!r} is not installed" in res.stderr
+        assert f".venv/bin/python build.py {command} ..." in res.stderr and "make setup" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_tool_is_named_not_a_traceback(flow, tmp_path):
-    """Yosys or the simulator missing from PATH: an error line naming the tool (exit 2 for Yosys, which synth
-    checks first; exit 1 for a simulator build that failed, with its log), not a traceback."""
+    """Yosys or the simulator missing from PATH: an error line naming the tool, exit 1 (a tool not installed, not
+    the user's input; for the simulator, the build that failed and its log), not a traceback."""
     env = {**os.environ, "PATH": str(tmp_path / "empty")}
 
     def run(*args):
@@ -341,7 +361,7 @@ def test_a_missing_tool_is_named_not_a_traceback(flow, tmp_path):
                               text=True, env=env, timeout=600, check=False)
 
     res = run("synth", "--image", flow / "image", "--out", tmp_path / "synth")
-    assert res.returncode == 2 and "Traceback" not in res.stderr and "yosys not found on PATH" in res.stderr
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "yosys not found on PATH" in res.stderr
     res = run("sim", "--image", flow / "image", "--images", 1, "--simulator", "icarus", "--out", tmp_path / "sim")
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert "icarus build" in res.stderr and "iverilog executable not found" in res.stderr and "build.log" in res.stderr

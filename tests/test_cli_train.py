@@ -205,6 +205,16 @@ def test_a_warmup_that_leaves_no_epoch_names_the_option_to_change(capsys, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("budget", [["--compression", 1.5], []])
+def test_bmpq_refuses_a_net_of_two_weight_layers(capsys, tmp_path, budget):
+    """Both layers are edge layers at --edge-bits: nothing for the ILP (with a budget that fits them or not)."""
+    code, out, err = main(capsys, "train", "--method", "bmpq", "--hidden", 64, *budget, "--quiet",
+                          "--out", tmp_path / "out")
+    assert code == 2, out + err
+    assert "at least three weight layers" in err and "this one has 2" in err and "--hidden 64 64" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_plain_qat_fits_its_unused_warmup_to_short_trainings():
     args = resolve(parse("--method", "lts", "--lts-mode", "baseline", "--epochs", 1))
     assert args.warmup == 0  # train_lts checks warmup < epochs even with the scratcher off
@@ -216,6 +226,19 @@ def test_data_is_one_of_the_data_sets_before_anything_loads():
         with pytest.raises(SystemExit) as exc:
             build.parser().parse_args(argv)
         assert exc.value.code == 2
+
+
+def test_demo_help_offers_only_the_data_set_it_runs(capsys):
+    """`demo --data` takes the names `train` does (so that `demo --data fashion-mnist` gets the demo's reason), but
+    its help offers digits only."""
+    def help_text(command):
+        with pytest.raises(SystemExit):
+            build.main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    demo = help_text("demo")
+    assert "--data NAME data set: digits only" in demo and "cifar10" not in demo, demo
+    assert "cifar10 or cifar100" in help_text("train")
 
 
 def test_every_option_has_a_group_and_methods():

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from model.errors import UserError
+from model.errors import ToolError, UserError
 
 #: XC7Z020 programmable-logic capacity (DS190, Zynq-7000 overview, table 1).
 XC7Z020 = {"dsp": 220, "lut": 53200, "ff": 106400, "bram36": 140}
@@ -70,8 +70,8 @@ class Resources:
 
 def yosys_binary() -> str:
     path = shutil.which("yosys")
-    if path is None:
-        raise UserError("yosys not found on PATH; install it with `apt-get install yosys` (the Makefile does)")
+    if path is None:  # a tool not installed: ToolError's exit status 1, as a missing simulator's
+        raise ToolError("yosys not found on PATH; install it with `apt-get install yosys` (the Makefile does)")
     return path
 
 

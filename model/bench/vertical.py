@@ -81,7 +81,8 @@ DEFAULT_CONFIGS = (BenchConfig(arch="mlp", hidden=(128, 128, 128), epochs=3, tra
                    # bench past its 40 minutes), 10 images a width on the RTL (about 13 s each on Verilator).
                    BenchConfig(arch="resnet20", epochs=2, train_subset=6000, test_subset=2000, methods=("vertical",),
                                rtl_images=10))
-#: ``--smoke``: the code path in well under a minute (figures mean nothing).
+#: ``--smoke``: the training path in well under a minute (figures mean nothing); `bench vertical --smoke` then
+#: runs the two nets on Icarus, 2 images a width (about 4 minutes in all on 2 cores).
 SMOKE_CONFIGS = (BenchConfig(arch="mlp", hidden=(64, 64, 64), epochs=1, train_subset=2000, test_subset=1000),
                  BenchConfig(arch="vgg", epochs=1, train_subset=300, test_subset=200, batch_size=64))
 

@@ -550,6 +550,9 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
     manifest path, weights.bin path)``; raises :class:`UserError` naming the file and the field.
     """
     path = Path(path)
+    if path.name in ("weights.bin", "weights.hex") and path.is_file():  # an image's data file, not its manifest
+        raise UserError(f"{path}: an image is given as its folder (or its manifest.json), not as {path.name}: give "
+                        f"{path.parent}")
     man_path = path / "manifest.json" if path.is_dir() else path
     try:
         record = json.loads(man_path.read_text())
@@ -559,8 +562,8 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
         raise UserError(f"{man_path}: cannot read it ({e.strerror}); expected the manifest written by {writer}"
                         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{man_path}: not valid JSON ({e}); expected an object with field 'format'"
-                        f" = {FORMAT!r}") from None
+        raise UserError(f"{man_path}: not valid JSON ({e}); expected an image folder or its manifest.json, an "
+                        f"object with field 'format' = {FORMAT!r}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise UserError(f"{man_path}: field 'format' is {found!r}; expected {FORMAT!r}")

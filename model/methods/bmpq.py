@@ -305,6 +305,10 @@ def train_bmpq(
     where = place(model)
     graph = trace(model, split.x_train[:2].to(where.device))
     n = len(graph.layers)
+    if n < 3 and not config.fp:  # (the first and last layers are fixed: the ILP would have nothing to choose)
+        raise UserError(f"BMPQ needs a network of at least three weight layers: its first and last stay at "
+                        f"--edge-bits {config.edge_bits} and the ILP (Eq. 8-9) chooses the widths of those between; "
+                        f"this one has {n} (an MLP needs two hidden layers, e.g. --hidden 64 64)")
     params_count = graph.params
     fixed = {0: config.edge_bits, n - 1: config.edge_bits}
     q_max = max(config.support)

@@ -310,9 +310,9 @@ def read_provenance(run_dir: str | os.PathLike) -> dict | None:
 
 
 #: How every refusal to resume says how to start afresh.
-RESTART_HINT = ("start it afresh with --restart (`build.py train|demo|bench imq ... --restart`; "
-                "model.runs.rundir.run(..., restart=True)), which removes what the run wrote there, or choose "
-                "another --run-dir")
+RESTART_HINT = ("start it afresh with --restart (`build.py train`, `demo`, `bench imq` and `bench conv` take it; "
+                "`restart=True` from Python), which removes what the run wrote there, or choose another run directory "
+                "(--run-dir, or --out)")
 
 
 def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:

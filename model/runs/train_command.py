@@ -109,6 +109,8 @@ class Option:
     defaults: dict = field(default_factory=dict)
     kwargs: dict = field(default_factory=dict)
     in_demo: bool = False
+    #: ``demo``'s own help where it takes less than ``train`` (``--data``: digits only).
+    demo_help: str | None = None
 
     @property
     def dest(self) -> str:
@@ -149,7 +151,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--data",), "common", ALL, "data set: digits (scikit-learn's 8x8 digits), fashion-mnist, idx "
            "(--data-root), cifar10 or cifar100 (--data-root)",
            _per_method("digits", LTS_BENCH["data"], "digits", "digits"), {"choices": DATA_SETS, "metavar": "NAME"},
-           in_demo=True),
+           in_demo=True, demo_help="data set: digits only (the demo simulates every test image in RTL; the other "
+           "data sets train with `train --data NAME`)"),
     Option(("--data-root",), "common", ALL, "data folder for --data idx, cifar10, cifar100 (fashion-mnist: "
            "default Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)", kwargs={"type": path_text}),
     Option(("--train-subset",), "common", ALL, "use only the first N training images (default: all)",
@@ -261,18 +264,18 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
 
 
-def _add(p, option: Option, methods: tuple[str, ...] | None = None) -> None:
+def _add(p, option: Option, methods: tuple[str, ...] | None = None, text: str | None = None) -> None:
     kwargs = dict(option.kwargs)
     if kwargs.get("action") != "store_true":
         kwargs["default"] = None  # None: not given (resolve() fills the method's default)
-    p.add_argument(*option.flags, help=option.help + option.default_help(methods), **kwargs)
+    p.add_argument(*option.flags, help=(text or option.help) + option.default_help(methods), **kwargs)
 
 
 def add_train_args(p: argparse.ArgumentParser, out: Path) -> None:
     """The options ``demo`` shares with ``train`` (IMQ on digits); resolve them with ``resolve(args, "imq")``."""
     for option in OPTIONS:
         if option.in_demo:
-            _add(p, option, ("imq",))
+            _add(p, option, ("imq",), option.demo_help)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(out), help=f"output directory (default: {out})")
 

@@ -23,14 +23,14 @@ def test_array_words_are_a_vertical_images_as_stored_and_a_version_3_pack_otherw
 
 def test_synth_sizes_the_array_for_a_vertical_image(tmp_path, capsys, monkeypatch):
     """The image is read and the array's Verilog written with the version 4 path (Yosys then is not on PATH here:
-    the run ends at it, exit 2, naming it; before, the image was refused as 'version 4'). The engine's Yosys run,
+    the run ends at it, exit 1, naming it; before, the image was refused as 'version 4'). The engine's Yosys run,
     in a thread of its own, fails the same way and is re-raised in the caller: no thread traceback (pytest fails
     a test on one)."""
     write_vertical_image(tmp_path / "v", random_vertical_net(11, sizes=(64, 12, 10, 6), widths=(2, 3, 4), rows=2))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     out = tmp_path / "synth"
     assert build.main(["synth", "--core", "array", "--engines", "2", "--image", str(tmp_path / "v"),
-                       "--out", str(out)]) == 2
+                       "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "yosys not found on PATH" in err and "version" not in err, err
     engine = (out / "mpq_engine.v").read_text()

@@ -141,16 +141,22 @@ def test_images_the_vgg_cannot_take_are_refused_before_training(tmp_path):
 def test_bench_command_prints_rows_budget_and_floors(tmp_path, capsys, monkeypatch):
     root = write_idx_folder(tmp_path / "idx", n_train=120, n_test=40)
     monkeypatch.setattr(vertical_bench, "SMOKE_CONFIGS", TINY)
+    (tmp_path / "out").mkdir()
+    for name in ("vertical.json", "vertical_floors.json"):  # the full bench's: --smoke writes vertical_smoke*
+        (tmp_path / "out" / name).write_text("the full bench's\n")
     code = build.main(["bench", "vertical", "--smoke", "--quiet", "--check", "--data-root", str(root),
                        "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
-    floors_file = json.loads((tmp_path / "out" / "vertical_floors.json").read_text())
+    assert all((tmp_path / "out" / name).read_text() == "the full bench's\n"
+               for name in ("vertical.json", "vertical_floors.json"))
+    assert (tmp_path / "out" / "vertical_smoke_hw" / "mlp").is_dir()
+    floors_file = json.loads((tmp_path / "out" / "vertical_smoke_floors.json").read_text())
     holds = all(e["holds"] for e in floors_file["floors"].values())
     assert code == (0 if holds else 1)
     assert "no-compensation" in out and "budget mlp: 120 training images" in out
     # The hardware rows: the trained vertical MLP on the array's RTL (Icarus under --smoke) at every width.
     assert "cycles/img" in out and "mlp_rtl_mismatches_2bit" in floors_file["floors"]
-    report = json.loads((tmp_path / "out" / "vertical.json").read_text())
+    report = json.loads((tmp_path / "out" / "vertical_smoke.json").read_text())
     assert [(r["arch"], r["bits"], r["rtl_images"], r["rtl_mismatches"]) for r in report["hardware"]] == [
         ("mlp", b, 2, 0) for b in (2, 3, 4)]
     assert "git" in json.dumps(floors_file)

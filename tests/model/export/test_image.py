@@ -316,6 +316,21 @@ def test_read_rejects_missing_file(image_dir, name):
         read_image(image_dir)
 
 
+@pytest.mark.parametrize("name", ["weights.bin", "weights.hex"])
+def test_an_images_data_file_given_for_the_image_names_its_folder(image_dir, name):
+    """`--image out/x/weights.bin`: told to give the folder (was a JSON decode error about field 'format')."""
+    with pytest.raises(UserError) as info:
+        read_image(image_dir / name)
+    assert f"not as {name}: give {image_dir}" in str(info.value)
+    assert read_image(image_dir / "manifest.json")[1] == read_image(image_dir)[1]  # the manifest itself still reads
+
+
+def test_another_file_than_a_manifest_says_what_an_image_is(image_dir):
+    (image_dir / "notes.txt").write_bytes(b"\xe8 not json")
+    with pytest.raises(UserError, match=r"notes\.txt: not valid JSON .*expected an image folder or its manifest"):
+        read_image(image_dir / "notes.txt")
+
+
 def test_write_leaves_no_partial_files(tmp_path):
     good = tiny_net()
     bad_layer = dataclasses.replace(good.layers[0], widths=np.array([[4, 0, 3], [32, 16, 0]]))

@@ -185,7 +185,9 @@ def test_config_errors():
         BMPQConfig(warmup=3, epochs=3).check()
     split = load_digits_split()
     with pytest.raises(UserError, match="smallest assignment"):
-        train_bmpq(DigitsMLP(hidden=(32,)), split, BMPQConfig(compression=30.0, epochs=3), progress=False)
+        train_bmpq(DigitsMLP(hidden=(32, 32)), split, BMPQConfig(compression=30.0, epochs=3), progress=False)
+    with pytest.raises(UserError, match="at least three weight layers"):  # the ILP would have no layer to choose
+        train_bmpq(DigitsMLP(hidden=(32,)), split, BMPQConfig(compression=1.5, epochs=3), progress=False)
 
 
 @pytest.fixture(scope="module")
