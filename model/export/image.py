@@ -553,11 +553,15 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
     if path.name in ("weights.bin", "weights.hex") and path.is_file():  # an image's data file, not its manifest
         raise UserError(f"{path}: an image is given as its folder (or its manifest.json), not as {path.name}: give "
                         f"{path.parent}")
+    if not path.exists():  # (a folder that is not there: not "file not found" of a manifest it never named)
+        raise UserError(f"{path}: no such image folder; give the folder `build.py export --out` wrote (weights.bin, "
+                        f"weights.hex, manifest.json) or its manifest.json")
     man_path = path / "manifest.json" if path.is_dir() else path
     try:
         record = json.loads(man_path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{man_path}: file not found; expected the manifest written by {writer}") from None
+        raise UserError(f"{man_path}: file not found; expected the manifest written by `build.py export` "
+                        f"({writer})") from None
     except OSError as e:  # a folder, no permission
         raise UserError(f"{man_path}: cannot read it ({e.strerror}); expected the manifest written by {writer}"
                         ) from None

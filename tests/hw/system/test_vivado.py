@@ -89,7 +89,7 @@ def test_cli_system(tmp_path, net, capsys):
                        "--out", str(tmp_path / "v4")]) == 0
     assert "version 4 path" in capsys.readouterr().out
     assert build.main(["system", "--image", str(tmp_path / "missing")]) == 2
-    assert "missing: file not found" in capsys.readouterr().err
+    assert "missing: no such image folder" in capsys.readouterr().err
     # --lanes as sim, synth and verilog take it (bench accel's array is --engines 4 --lanes 42)
     assert build.main(["system", "--image", str(tmp_path / "image"), "--engines", "1", "--lanes", "3",
                        "--out", str(tmp_path / "lanes")]) == 0

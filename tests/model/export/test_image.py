@@ -325,6 +325,12 @@ def test_an_images_data_file_given_for_the_image_names_its_folder(image_dir, nam
     assert read_image(image_dir / "manifest.json")[1] == read_image(image_dir)[1]  # the manifest itself still reads
 
 
+def test_a_missing_image_folder_is_named_as_a_folder(tmp_path):
+    """(was "<folder>: file not found; expected the manifest written by write_image")"""
+    with pytest.raises(UserError, match=r"missing: no such image folder; give the folder `build\.py export --out`"):
+        read_image(tmp_path / "missing")
+
+
 def test_another_file_than_a_manifest_says_what_an_image_is(image_dir):
     (image_dir / "notes.txt").write_bytes(b"\xe8 not json")
     with pytest.raises(UserError, match=r"notes\.txt: not valid JSON .*expected an image folder or its manifest"):
