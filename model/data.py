@@ -585,12 +585,12 @@ def load_dataset(
         (``fit``), or the loader fails.
     """
     split = _load_dataset(name, root, train_subset, test_subset, seed)
-    for part, subset, have in (("train", train_subset, len(split.y_train)), ("test", test_subset, len(split.y_test))):
+    parts = (("train", "training", train_subset, len(split.y_train)), ("test", "test", test_subset, len(split.y_test)))
+    for part, images, subset, have in parts:
         if fit and subset is not None and subset > have:
             where = "" if root is None else f" in {str(root)!r}"
             raise UserError(f"--{part}-subset {subset} (field '{part}_subset'): the data set {name!r}{where} has "
-                            f"{have} {'training' if part == 'train' else 'test'} images; allowed 1..{have}, or leave it out "
-                            "for all of them")
+                            f"{have} {images} images; allowed 1..{have}, or leave it out for all of them")
     return split
 
 

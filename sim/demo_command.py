@@ -134,10 +134,11 @@ def run(args) -> int:
 
 def _run_array(vectors, out: Path, simulator: str, seed: int):
     """The demo's RTL on the array: under back-pressure, then without stalls, and the synthesis (the whole array
-    flattened; not its parts, which ``synth --core array`` adds) in a thread beside the two simulations. Yosys is the demo's
-    longest step: the whole array alone (the demo prints no breakdown), beside the simulations, 139 s a demo; with
-    the parts too (three Yosys runs and the simulator on 2 cores) 176 s beside the simulations, 183 s after them;
-    ``(rtl, timing, resources, image bytes the array loads, Fmax estimate)``."""
+    flattened; not its parts, which ``synth --core array`` adds) in a thread beside the two simulations. Yosys is
+    the demo's longest step: the whole array alone (the demo prints no breakdown), beside the simulations, 139 s a
+    demo at 7b0c1b4 and 164 s at 64c36be (README); with the parts too (three Yosys runs and the simulator on 2
+    cores) 176 s beside the simulations, 183 s after them; ``(rtl, timing, resources, image bytes the array
+    loads, Fmax estimate)``."""
     from hw.platform.array_synth import start_thread, synthesize_array
     from sim.image_run import prepare_array, simulate_array
 

@@ -563,8 +563,8 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
         raise UserError(f"{man_path}: file not found; expected the manifest written by `build.py export` "
                         f"({writer})") from None
     except OSError as e:  # a folder, no permission
-        raise UserError(f"{man_path}: cannot read it ({e.strerror}); expected the manifest written by {writer}"
-                        ) from None
+        raise UserError(f"{man_path}: cannot read it ({e.strerror}); expected the manifest written by `build.py "
+                        f"export` ({writer})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{man_path}: not valid JSON ({e}); expected an image folder or its manifest.json, an "
                         f"object with field 'format' = {FORMAT!r}") from None
