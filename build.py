@@ -144,11 +144,15 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:  # a package of pyproject.toml missing: another Python than the .venv's
-        if (exc.name or "").partition(".")[0] in OWN_PACKAGES:
-            raise  # (one of mpqaccel's own modules: a bug, with its traceback)
-        print(f"error: the Python package {exc.name!r} is not installed for {sys.executable}; `make setup` installs "
-              f"every pinned package into .venv: run `.venv/bin/python build.py {args.command} ...` (or `source "
-              f".venv/bin/activate` first)", file=sys.stderr)
+        if not exc.name or "." in exc.name or exc.name in OWN_PACKAGES:
+            raise  # (a submodule, or one of mpqaccel's own: a bug in an import, with its traceback)
+        venv = ROOT / ".venv"
+        if Path(sys.prefix).resolve() == venv.resolve():
+            fix = "the .venv lacks it: run `make setup` (it installs every package pinned in pyproject.toml)"
+        else:
+            fix = (f"`make setup` installs every pinned package into {venv}: run `{venv / 'bin' / 'python'} build.py "
+                   f"{args.command} ...` (or `source {venv / 'bin' / 'activate'}` first)")
+        print(f"error: the Python package {exc.name!r} is not installed for {sys.executable}; {fix}", file=sys.stderr)
         return 1
     except OSError as exc:  # a file or folder the system refuses (a path given by the user, or a full disk)
         if exc.filename is None:

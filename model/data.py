@@ -558,7 +558,7 @@ def load_dataset(
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
-    fit: bool = True,
+    fit: bool = False,
 ) -> Split:
     """Load a data set by name: one of :data:`DATASETS`.
 
@@ -575,8 +575,10 @@ def load_dataset(
     seed : int
         Seed of the digits' random train/test split (the other sets come split).
     fit : bool
-        Refuse a subset larger than its part of the data set (what a run would record is then not what it
-        used); :meth:`DataRecord.load_test` reads a file's record as it is and passes ``False``.
+        Refuse a subset larger than its part of the data set, naming ``--train-subset`` / ``--test-subset``: for
+        the subsets a user gave ``train`` (what its run would record is then not what it used). Without it (the
+        benches' fixed budgets on a smaller ``--data-root``, a file's record read back) a subset takes what
+        there is.
 
     Raises
     ------
@@ -792,8 +794,7 @@ class DataRecord:
         """
         via = f"{self.via}: " if self.via else ""
         try:
-            split = load_dataset(self.name, self.root, train_subset=1, test_subset=self.test_subset, seed=self.seed,
-                                 fit=False)
+            split = load_dataset(self.name, self.root, train_subset=1, test_subset=self.test_subset, seed=self.seed)
         except UserError as exc:
             if self.via:
                 raise UserError(f"{via}the data set {self.describe()} cannot be read here: {exc}; give its folder "

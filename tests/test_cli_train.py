@@ -215,6 +215,15 @@ def test_bmpq_refuses_a_net_of_two_weight_layers(capsys, tmp_path, budget):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("method", ["imq", "bmpq"])  # (through the run directory; a one-shot method)
+def test_a_train_subset_past_the_data_set_is_refused_before_training(capsys, tmp_path, method):
+    code, out, err = main(capsys, "train", "--method", method, "--train-subset", 5000, "--quiet",
+                          "--out", tmp_path / "out")
+    assert code == 2, out + err
+    assert "--train-subset 5000 (field 'train_subset'): the data set 'digits' has 1437 training images" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_plain_qat_fits_its_unused_warmup_to_short_trainings():
     args = resolve(parse("--method", "lts", "--lts-mode", "baseline", "--epochs", 1))
     assert args.warmup == 0  # train_lts checks warmup < epochs even with the scratcher off

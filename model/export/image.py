@@ -540,6 +540,14 @@ def write_image_files(out_dir, words: np.ndarray, record: dict) -> None:
             Path(temp).unlink(missing_ok=True)
 
 
+def refuse_data_file(path: Path) -> None:
+    """A :class:`UserError` for an image's ``weights.bin`` or ``weights.hex`` given where the image goes (its
+    folder, or its ``manifest.json``), naming the folder to give; nothing for any other path."""
+    if path.name in ("weights.bin", "weights.hex") and path.is_file():
+        raise UserError(f"{path}: an image is given as its folder (or its manifest.json), not as {path.name}: give "
+                        f"{path.parent}")
+
+
 def read_image_files(path, versions, writer: str, hint=lambda version: ""
                      ) -> tuple[dict, np.ndarray, Path, Path]:
     """The checked manifest and words of an image directory (or its ``manifest.json``), any version.
@@ -550,10 +558,8 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
     manifest path, weights.bin path)``; raises :class:`UserError` naming the file and the field.
     """
     path = Path(path)
-    if path.name in ("weights.bin", "weights.hex") and path.is_file():  # an image's data file, not its manifest
-        raise UserError(f"{path}: an image is given as its folder (or its manifest.json), not as {path.name}: give "
-                        f"{path.parent}")
-    if not path.exists():  # (a folder that is not there: not "file not found" of a manifest it never named)
+    refuse_data_file(path)
+    if not path.exists() and path.suffix != ".json":  # (a folder that is not there, not a manifest it never named)
         raise UserError(f"{path}: no such image folder; give the folder `build.py export --out` wrote (weights.bin, "
                         f"weights.hex, manifest.json) or its manifest.json")
     man_path = path / "manifest.json" if path.is_dir() else path

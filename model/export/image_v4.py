@@ -57,7 +57,7 @@ from model.export.golden_vertical import (
     VerticalRequant,
     check_vertical,
 )
-from model.export.image import pack, read_image, read_image_files, unpack, write_image_files
+from model.export.image import pack, read_image, read_image_files, refuse_data_file, unpack, write_image_files
 from model.export.records import check_reserved, field_error, pack_records, unpack_records
 
 FORMAT = "mpqaccel-image"
@@ -440,6 +440,7 @@ def refuse_vertical(path, instead: str) -> None:
 def is_vertical(path) -> bool:
     """Whether the image at ``path`` (a directory or its manifest) is version 4, from its weights' header."""
     path = Path(path)
+    refuse_data_file(path)  # (before the version check: `--image v4/weights.hex` is told the folder at once)
     bin_path = (path if path.is_dir() else path.parent) / "weights.bin"
     if not bin_path.is_file():
         return False  # read_image names the missing file

@@ -424,8 +424,9 @@ def clear_run(run_dir: str | os.PathLike, method: str | None = None) -> list[Pat
 
 
 # ------------------------------------------------------------------------------------------ model, data
-def load_data(config: RunConfig) -> tuple[Split, Validation | None]:
-    """The run's data: what it trains and tests on, and its validation images.
+def load_data(config: RunConfig, fit: bool = False) -> tuple[Split, Validation | None]:
+    """The run's data: what it trains and tests on, and its validation images (``fit``: subsets larger than the
+    data set are refused, as :func:`model.data.load_dataset` says; ``train`` asks for it, the benches do not).
 
     :func:`model.data.load_dataset` (the digits' split is seeded with the run's seed), then
     :func:`model.runs.validation.carve_validation` takes ``val_size`` of the training images out (seeded
@@ -437,7 +438,7 @@ def load_data(config: RunConfig) -> tuple[Split, Validation | None]:
         If the data cannot be loaded or ``val_size`` does not fit the training images.
     """
     root = None if config.data == "digits" else config.data_root
-    split = load_dataset(config.data, root, config.train_subset, config.test_subset, seed=config.seed)
+    split = load_dataset(config.data, root, config.train_subset, config.test_subset, seed=config.seed, fit=fit)
     return carve_validation(split, config.val_size, config.val_seed)
 
 
@@ -758,6 +759,7 @@ def run(
     progress: bool = True,
     on_step=None,
     restart: bool = False,
+    fit_subsets: bool = False,
 ) -> RunResult:
     """Run (or resume, or just re-read) the run ``config`` in ``run_dir``; see the module docstring.
 
@@ -779,6 +781,8 @@ def run(
     restart : bool
         Start afresh: :func:`clear_run` first removes what a run wrote in ``run_dir`` (whatever its config
         and provenance), so nothing is resumed.
+    fit_subsets : bool
+        Refuse subsets larger than the data set (:func:`load_data`'s ``fit``): for the subsets a user gave.
 
     Raises
     ------
@@ -787,7 +791,7 @@ def run(
         ``restart``), a stored file is broken, or the data cannot be loaded.
     """
     run_dir = Path(run_dir)
-    split, val = load_data(config)
+    split, val = load_data(config, fit=fit_subsets)
     build_model(model_config(config, split))  # a bad model config is an error before run.json is written
     if restart:
         distributed.init()

@@ -437,7 +437,7 @@ def train_ticket(args, out: Path):
     from model.runs.rundir import run
 
     config = train_config(args)
-    result = run(config, out, progress=not args.quiet, restart=getattr(args, "restart", False))
+    result = run(config, out, progress=not args.quiet, restart=getattr(args, "restart", False), fit_subsets=True)
     history = result.history
     if result.resumed:
         print(f"resumed the run in {out} ({len(history)} of {config.iterations} iterations done)",
@@ -465,7 +465,7 @@ def cmd_train_lts(args) -> int:
 
     out = Path(args.run_dir or args.out)
     refuse_taken_outputs(out, ["lts.json", "lts_sparsity.png"], what="train --method lts")  # before it trains
-    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset, fit=True,
                          seed=args.seed)
     with torch_threads(args.threads):
         recorded = provenance()  # the thread count LTS trains with (torch's is restored after the block)
@@ -518,7 +518,7 @@ def cmd_train_bmpq(args) -> int:
 
     out = Path(args.run_dir or args.out)
     refuse_taken_outputs(out, ["bmpq.json", "bmpq.png", "bmpq.pt"], what="train --method bmpq")  # before it trains
-    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset, fit=True,
                          seed=args.seed)
     # The activations' widths follow the layers (set_bits); 8 bits until the first assignment.
     config = model_config(args.arch, split, args.hidden, class_count(args.data, split), act_bits=8)
@@ -586,7 +586,7 @@ def cmd_train_vertical(args) -> int:
 
     widths = parse_widths(args.widths)
     out = Path(args.run_dir or args.out)
-    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset, fit=True,
                          seed=args.seed)
     split, validation = carve_validation(split, args.val_size, args.val_seed)
     n_classes = class_count(args.data, split)

@@ -326,9 +326,12 @@ def test_an_images_data_file_given_for_the_image_names_its_folder(image_dir, nam
 
 
 def test_a_missing_image_folder_is_named_as_a_folder(tmp_path):
-    """(was "<folder>: file not found; expected the manifest written by write_image")"""
+    """(was "<folder>: file not found; expected the manifest written by write_image"); a missing manifest.json
+    named as a path is a missing file, not a folder."""
     with pytest.raises(UserError, match=r"missing: no such image folder; give the folder `build\.py export --out`"):
         read_image(tmp_path / "missing")
+    with pytest.raises(UserError, match=r"manifest\.json: file not found; expected the manifest written by `build"):
+        read_image(tmp_path / "manifest.json")
 
 
 def test_another_file_than_a_manifest_says_what_an_image_is(image_dir):

@@ -27,6 +27,7 @@ from model.export.image_v4 import (
     bytes_read,
     pack_vertical,
     read_vertical_image,
+    refuse_vertical,
     unpack_vertical,
     write_vertical_image,
 )
@@ -198,6 +199,11 @@ def test_write_read_and_the_v1_3_reader_refuses_by_name(tmp_path):
         read_image(tmp_path / "img")
     with pytest.raises(UserError, match="version 4 is a vertical-layered image"):
         unpack(pack_vertical(net))
+    for name in ("weights.bin", "weights.hex"):  # the fc core's commands: told the folder, before "--core array"
+        with pytest.raises(UserError, match=f"not as {name}: give "):
+            refuse_vertical(tmp_path / "img" / name, "add --core array")
+    with pytest.raises(UserError, match="a vertical-layered .version 4. image runs on the array"):
+        refuse_vertical(tmp_path / "img", "add --core array")
     data = (tmp_path / "img" / "weights.bin").read_bytes()
     (tmp_path / "img" / "weights.bin").write_bytes(data[:-4] + b"\1\0\0\0")
     with pytest.raises(UserError, match="field 'sha256'"):
