@@ -465,8 +465,8 @@ def cmd_train_lts(args) -> int:
 
     out = Path(args.run_dir or args.out)
     refuse_taken_outputs(out, ["lts.json", "lts_sparsity.png"], what="train --method lts")  # before it trains
-    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset, fit=True,
-                         seed=args.seed)
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+                         seed=args.seed, fit=True)
     with torch_threads(args.threads):
         recorded = provenance()  # the thread count LTS trains with (torch's is restored after the block)
         # As model.quant.lts.build_lts_mlp (which fixes 784 inputs and 10 classes): seeded, global RNG untouched.
@@ -518,8 +518,8 @@ def cmd_train_bmpq(args) -> int:
 
     out = Path(args.run_dir or args.out)
     refuse_taken_outputs(out, ["bmpq.json", "bmpq.png", "bmpq.pt"], what="train --method bmpq")  # before it trains
-    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset, fit=True,
-                         seed=args.seed)
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+                         seed=args.seed, fit=True)
     # The activations' widths follow the layers (set_bits); 8 bits until the first assignment.
     config = model_config(args.arch, split, args.hidden, class_count(args.data, split), act_bits=8)
     torch.manual_seed(args.seed)
@@ -586,8 +586,8 @@ def cmd_train_vertical(args) -> int:
 
     widths = parse_widths(args.widths)
     out = Path(args.run_dir or args.out)
-    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset, fit=True,
-                         seed=args.seed)
+    split = load_dataset(args.data, args.data_root, train_subset=args.train_subset, test_subset=args.test_subset,
+                         seed=args.seed, fit=True)
     split, validation = carve_validation(split, args.val_size, args.val_seed)
     n_classes = class_count(args.data, split)
     config = model_config(args.arch, split, args.hidden, n_classes, act_bits=max(widths))

@@ -55,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true",
                    help="`bench imq` / `bench conv` / `bench vertical` only: a tiny budget that checks the pipeline "
                         "(imq and conv in under a minute, vertical in about 4 with its RTL on Icarus) and writes "
-                        "<bench>_smoke* files beside the full bench's; its figures mean nothing and its floors, printed as "
-                        "ever, are not expected to hold (--check then usually exits 1)")
+                        "<bench>_smoke* files beside the full bench's; its figures mean nothing and its floors, "
+                        "printed as ever, are not expected to hold (--check then usually exits 1)")
     p.add_argument("--data-root", type=path_text, default=None,
                    help="Fashion-MNIST folder for `bench lts` / `bench imq` / `bench bmpq` / `bench conv` / `bench vertical` "
                         "(default: Debian's "
