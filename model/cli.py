@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from model.errors import UserError
-from model.files import refuse_non_file, write_json
+from model.files import refuse_non_file, refuse_non_folder, write_json
 
 DEFAULT_OUT = Path("out")
 DEFAULT_BATCH = 2
@@ -214,10 +214,8 @@ def refuse_taken_outputs(out, files=(), folders=(), *, what: str) -> None:
         refuse_non_file(out / name, f"{what} writes the file {name} there (remove it or choose another output "
                                     "folder)")
     for name in folders:
-        path = out / name
-        if path.exists() and not path.is_dir():
-            raise UserError(f"{path}: is not a folder; {what} writes into the folder {name} there (remove it or "
-                            "choose another output folder)")
+        refuse_non_folder(out / name, f"{what} writes into the folder {name} there (remove it or choose another "
+                                      "output folder)")
 
 
 def refuse_unused_seed(seed: int | None, where: str) -> None:

@@ -92,3 +92,11 @@ def refuse_non_file(path: str | os.PathLike, why: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_file():
         raise UserError(f"{path}: is not a file; {why}")
+
+
+def refuse_non_folder(path: str | os.PathLike, why: str) -> None:
+    """Raise :class:`~model.errors.UserError` ``"<path>: is not a folder; <why>"`` when ``path`` exists as something
+    else than a folder (a file where a folder is written); nothing when it is a folder or absent."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is not a folder; {why}")

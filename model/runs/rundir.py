@@ -55,7 +55,7 @@ from model.cli import MAX_SEED
 from model.data import DATASETS, FASHION_MNIST_ROOT, Split, class_count, load_dataset
 from model.errors import UserError
 from model.export.golden import MAX_ACT_BITS, WIDTHS
-from model.files import atomic_write, refuse_non_file, write_json
+from model.files import atomic_write, refuse_non_file, refuse_non_folder, write_json
 from model.methods.imq import IterationRecord, Progress, initial_state, select_ticket, selection_split
 from model.methods.schedules import Schedule, init_masks, make_schedule, mask_generator, run_method
 from model.quant import nets
@@ -338,10 +338,8 @@ def open_run(run_dir: str | os.PathLike, config: RunConfig) -> bool:
     # a resumed run's last iteration) at its write, the other files already rewritten.
     for name in (TICKET_FILE, history_file(config), plot_file(config)):
         refuse_non_file(run_dir / name, f"the run writes its {name} there (remove it or choose another run directory)")
-    iterations = run_dir / ITERATION_DIR
-    if iterations.exists() and not iterations.is_dir():
-        raise UserError(f"{iterations}: is not a folder; the run writes each iteration's checkpoint into it (remove "
-                        "it or choose another run directory)")
+    refuse_non_folder(run_dir / ITERATION_DIR, "the run writes each iteration's checkpoint into it (remove it or "
+                      "choose another run directory)")
     if (run_dir / RUN_FILE).exists():
         payload, stored = _read_run_file(run_dir)
         old, new = stored.to_json(), config.to_json()

@@ -202,9 +202,9 @@ def bench_vertical(args, out: Path) -> int:
     from sim.bench.vertical_hw import floors as hardware_floors
 
     configs = SMOKE_CONFIGS if args.smoke else DEFAULT_CONFIGS
-    # --smoke writes vertical_smoke*: a smoke run must not replace the full bench's results (29 minutes of work)
-    name = "vertical_smoke" if args.smoke else "vertical"
-    hw_dir, path = out / f"{name}_hw", out / f"{name}.json"
+    # --smoke writes vertical_smoke* (bench_outputs): a smoke run must not replace the full bench's results
+    path = out / bench_outputs("vertical", args.smoke)[0]
+    hw_dir = path.with_name(f"{path.stem}_hw")
     report = run_vertical_bench(path, root=args.data_root, configs=configs, progress=not args.quiet,
                                 hardware_dir=hw_dir, hardware_images=2 if args.smoke else MIN_IMAGES)
     # --smoke: Icarus (no Verilator build: seconds, not minutes) on 2 images a width; the figures mean nothing
