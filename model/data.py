@@ -256,10 +256,15 @@ def check_idx_image_shape(root: str | Path | None, what: str, why: str, *, pixel
     ------
     UserError
         Naming ``what``, the folder, the shape found and the shapes allowed; or, for a folder that is missing or
-        holds no readable IDX images, the message :func:`load_idx_split` would give.
+        holds no readable IDX images, the message :func:`load_idx_split` would give after ``what`` and the
+        ``--data-root`` that chose the folder.
     """
     folder = Path(root) if root is not None else Path(FASHION_MNIST_ROOT)
-    shape = read_idx_image_shape(folder)
+    try:
+        shape = read_idx_image_shape(folder)
+    except UserError as exc:
+        options = f"--data-root {root}" if root is not None else f"the default --data-root {FASHION_MNIST_ROOT}"
+        raise UserError(f"{what}: {options}: {exc}") from None
     _, h, w = shape
     if pixels is not None and h * w != pixels:
         allowed = f"(1, H, W) with H * W = {pixels} pixels, e.g. Fashion-MNIST's (1, 28, 28)"
@@ -578,7 +583,9 @@ def load_dataset(
         Refuse a subset larger than its part of the data set, naming ``--train-subset`` / ``--test-subset``: for
         the subsets a user gave ``train`` (what its run would record is then not what it used). Without it (the
         benches' fixed budgets on a smaller ``--data-root``, a file's record read back) a subset takes what
-        there is.
+        there is. With it, a data folder that cannot be read is also blamed on the options that chose it
+        (``--data idx --data-root /x: IDX folder '/x' does not exist; ...``); a record read back names them
+        itself (:meth:`DataRecord.load_test`).
 
     Raises
     ------
@@ -586,7 +593,13 @@ def load_dataset(
         If ``name`` is unknown, ``root`` is missing where needed or given for digits, a subset does not fit
         (``fit``), or the loader fails.
     """
-    split = _load_dataset(name, root, train_subset, test_subset, seed)
+    _check_subsets(train_subset, test_subset)  # its messages name the subsets, not the data set's options
+    try:
+        split = _load_dataset(name, root, train_subset, test_subset, seed)
+    except UserError as exc:
+        if not fit:
+            raise
+        raise UserError(f"{data_options(name, root)}: {exc}") from None
     parts = (("train", "training", train_subset, len(split.y_train)), ("test", "test", test_subset, len(split.y_test)))
     for part, images, subset, have in parts:
         if fit and subset is not None and subset > have:
@@ -594,6 +607,16 @@ def load_dataset(
             raise UserError(f"--{part}-subset {subset} (field '{part}_subset'): the data set {name!r}{where} has "
                             f"{have} {images} images; allowed 1..{have}, or leave it out for all of them")
     return split
+
+
+def data_options(name: str, root: str | Path | None) -> str:
+    """The options that choose data set ``name`` in folder ``root``, for messages: ``--data idx --data-root /x``,
+    or ``--data fashion-mnist (default --data-root /usr/share/datasets/fashion-mnist)``."""
+    if root is not None:
+        return f"--data {name} --data-root {root}"
+    if name == "fashion-mnist":
+        return f"--data {name} (default --data-root {FASHION_MNIST_ROOT})"
+    return f"--data {name}"
 
 
 def _load_dataset(name: str, root, train_subset: int | None, test_subset: int | None, seed: int) -> Split:
@@ -610,7 +633,7 @@ def _load_dataset(name: str, root, train_subset: int | None, test_subset: int | 
     if root is None:
         what = {"idx": "an MNIST-style IDX folder", "cifar10": f"the {CIFAR10_FOLDER} folder or its parent",
                 "cifar100": f"the {CIFAR100_FOLDER} folder or its parent"}[name]
-        raise UserError(f"data set {name!r} needs a root: {what}")
+        raise UserError(f"data set {name!r} needs a root: {what}, given with --data-root DIR")
     if name == "idx":
         return load_idx_split(root, "idx", train_subset, test_subset)
     loader = load_cifar10_split if name == "cifar10" else load_cifar100_split

@@ -224,6 +224,15 @@ def test_a_train_subset_past_the_data_set_is_refused_before_training(capsys, tmp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("method", ["imq", "lts"])  # (through the run directory; a one-shot method)
+def test_a_data_folder_that_is_not_there_names_its_options(capsys, tmp_path, method):
+    code, out, err = main(capsys, "train", "--method", method, "--data", "idx", "--data-root", tmp_path / "none",
+                          "--quiet", "--out", tmp_path / "out")
+    assert code == 2, out + err
+    assert f"error: --data idx --data-root {tmp_path / 'none'}: IDX folder " in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_plain_qat_fits_its_unused_warmup_to_short_trainings():
     args = resolve(parse("--method", "lts", "--lts-mode", "baseline", "--epochs", 1))
     assert args.warmup == 0  # train_lts checks warmup < epochs even with the scratcher off

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from model.bench.floors import floor_entry
-from model.data import FASHION_MNIST_ROOT
+from model.data import FASHION_MNIST_ROOT, check_idx_image_shape
 from model.methods.imq import IterationRecord, best_within, selection_split
 from model.runs import provenance
 from model.runs.report import load_summary, plot_report
@@ -195,8 +195,10 @@ def run_imq_bench(
     Raises
     ------
     UserError
-        If a run directory was made under another code revision or environment (and not ``restart``).
+        If ``root`` holds no readable IDX images, or a run directory was made under another code revision or
+        environment (and not ``restart``).
     """
+    check_idx_image_shape(root, "bench imq", "its MLP")  # a folder it cannot read, named before anything is made
     out_dir = Path(out_dir)
     runs_dir = out_dir / ("imq_smoke_runs" if smoke else "imq_runs")
     started = time.time()

@@ -15,10 +15,12 @@ from torch import nn
 from model.data import (
     CIFAR10_FOLDER,
     CIFAR100_FOLDER,
+    FASHION_MNIST_ROOT,
     DataRecord,
     Split,
     augment_batch,
     check_idx_image_shape,
+    data_options,
     idx_image_shape,
     idx_spellings,
     image_shape_of,
@@ -251,8 +253,26 @@ def test_load_dataset_dispatch_and_errors(cifar10_root):
         load_dataset("digits", root=cifar10_root)
     with pytest.raises(UserError, match="'train_subset' is 0"):
         load_dataset("digits", train_subset=0)
-    with pytest.raises(UserError, match="IDX folder"):
+    with pytest.raises(UserError, match="^IDX folder"):
         load_dataset("idx", root=cifar10_root)
+
+
+def test_a_folder_train_cannot_read_names_the_options_that_chose_it(tmp_path):
+    """``fit`` (the data set a user gave `train`): a folder error starts with the options that chose the folder,
+    the default one's included; a data set that needs a root says it is given with --data-root. Subset errors
+    name the subset only."""
+    with pytest.raises(UserError, match=rf"^--data idx --data-root {tmp_path}/nowhere: IDX folder '.*nowhere' "
+                                        r"does not exist"):
+        load_dataset("idx", root=tmp_path / "nowhere", fit=True)
+    with pytest.raises(UserError, match=r"^--data cifar10 --data-root .*nowhere: cifar10 folder"):
+        load_dataset("cifar10", root=tmp_path / "nowhere", fit=True)
+    with pytest.raises(UserError, match=r"^--data idx: data set 'idx' needs a root: an MNIST-style IDX folder, "
+                                        r"given with --data-root DIR$"):
+        load_dataset("idx", fit=True)
+    with pytest.raises(UserError, match=r"^field 'train_subset' is 0"):
+        load_dataset("idx", root=tmp_path / "nowhere", train_subset=0, fit=True)
+    assert data_options("fashion-mnist", None) == f"--data fashion-mnist (default --data-root {FASHION_MNIST_ROOT})"
+    assert data_options("idx", "/x") == "--data idx --data-root /x"
 
 
 def test_a_subset_larger_than_its_part_is_refused_where_asked(cifar10_root):
@@ -475,7 +495,7 @@ def test_a_bench_folder_of_the_wrong_image_shape_is_named(tmp_path):
         check_idx_image_shape(root, "bench x", "its MLP", pixels=784)
     with pytest.raises(UserError, match=r"its VGG needs \(1, H, W\) with H and W in 16\.\.1024"):
         check_idx_image_shape(root, "bench x", "its VGG", sides=(16, 1024))
-    with pytest.raises(UserError, match=r"IDX folder '.*nowhere' does not exist"):
+    with pytest.raises(UserError, match=r"^bench x: --data-root .*nowhere: IDX folder '.*nowhere' does not exist"):
         check_idx_image_shape(tmp_path / "nowhere", "bench x", "its MLP", pixels=784)
     (root / idx_name("train", "images")).write_bytes(b"\x00\x00\x08\x01")
     with pytest.raises(UserError, match=r"train-images-idx3-ubyte: not an unsigned-byte IDX file with 3 dimension"):

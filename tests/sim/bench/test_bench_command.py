@@ -117,6 +117,14 @@ def test_data_root_is_rejected_where_no_data_set_is_read(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("target", ["imq", "conv", "lts", "bmpq", "vertical"])
+def test_a_data_root_that_is_not_there_is_named_before_anything_is_written(tmp_path, capsys, target):
+    code, _, err = bench(capsys, target, "--data-root", tmp_path / "none", "--out", tmp_path / "out")
+    assert code == 2, err
+    assert f"error: bench {target}: --data-root {tmp_path / 'none'}: IDX folder " in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_benches_train_on_the_cpu_unless_told(tmp_path, capsys, monkeypatch):
     from model.bench import qat as qat_bench
     from model.training import distributed
