@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
     p.add_argument("--board", default="arty_z7_20", choices=("arty_z7_20",), help="XC7Z020 board")
     p.add_argument("--selftest-images", type=IMAGE_COUNT, default=None,
-                   help="test images in the on-board self-test ROM, up to the data set's test count (default: "
-                        f"{SELFTEST_IMAGES})")
+                   help="test images in the on-board self-test ROM, up to the data set's test count and a multiple "
+                        f"of --batch (the ROM is read a batch at a time; sim pads a last partial batch, a ROM does "
+                        f"not) (default: {SELFTEST_IMAGES})")
     p.add_argument("--seed", type=SEED, default=None,
                    help="digits split seed of an image that records no data set, 0..2^32-1 (default: 0; refused for "
                         "an image that records its data set)")
@@ -76,7 +77,10 @@ def run(args) -> int:
         refuse_unused_seed(args.seed, f"{args.image} (manifest.json field 'data')")
     u, expected = v.codes, v.expected
     if len(u) % args.batch:
-        raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch}")
+        lower, upper = len(u) // args.batch * args.batch, -(-len(u) // args.batch) * args.batch
+        near = " or ".join(str(n) for n in (lower, upper) if n)
+        raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch} (the self-test ROM is "
+                        f"read a batch at a time): give {near}")
     words = core_words(v.net, args.image)
     path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
     print(f"wrote {path}")

@@ -67,6 +67,15 @@ def test_verilog_and_build_plan(flow):
     assert "xc7z020" in (plan / "mpq_accel_selftest.tcl").read_text()
 
 
+def test_a_self_test_rom_of_a_partial_batch_is_refused(flow):
+    """The ROM is read a batch at a time (sim pads a last partial batch; a ROM would need a pad image)."""
+    res = cli("verilog", "--image", flow / "image", "--selftest-images", 3, "--out", flow / "verilog3")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--selftest-images 3 must be a multiple of --batch 2 (the self-test ROM is read a batch at a time): " \
+           "give 2 or 4" in res.stderr, res.stderr
+    assert not (flow / "verilog3").exists()
+
+
 def test_synth_maps_multipliers_to_dsp48e1(flow):
     res = cli("synth", "--image", flow / "image", "--out", flow / "synth")
     assert res.returncode == 0, res.stdout + res.stderr
