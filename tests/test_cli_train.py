@@ -8,7 +8,6 @@ import itertools
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,20 +40,18 @@ def main(capsys, *argv) -> tuple[int, str, str]:
 
 
 # ------------------------------------------------------------------------------------------ --help
-def test_help_builds_the_parsers_without_torch_and_fast():
-    code = ("import sys, time; t = time.perf_counter(); import build; build.parser(); "
-            "print(time.perf_counter() - t, 'torch' in sys.modules, sorted(build.COMMANDS))")
+def test_help_builds_the_parsers_without_torch():
+    """--help imports no torch (what keeps it quick; how quick is not a test's to time)."""
+    code = ("import sys; import build; build.parser(); "
+            "print('torch' in sys.modules, sorted(build.COMMANDS))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    seconds, torch_loaded, commands = res.stdout.split(" ", 2)
+    torch_loaded, commands = res.stdout.split(" ", 1)
     assert torch_loaded == "False", "building the parsers imported torch"
-    assert float(seconds) < 2.0
     assert "eval" in commands
     for command in ("", *build.COMMANDS):
-        t0 = time.perf_counter()
         res = subprocess.run([sys.executable, str(ROOT / "build.py"), *([command] if command else []), "--help"],
                              cwd=ROOT, capture_output=True, text=True, check=False)
         assert res.returncode == 0 and "usage:" in res.stdout, (command, res.stderr)
-        assert time.perf_counter() - t0 < 2.0, f"`build.py {command} --help` took over 2 s"
 
 
 def test_train_help_groups_the_options_per_method():
@@ -293,6 +290,7 @@ def test_validation_split_size_and_seed_reach_the_run(capsys, tmp_path):
     config = json.loads((tmp_path / "a" / "run.json").read_text())["config"]
     assert config["val_size"] == 30 and config["val_seed"] == 7
     history = json.loads((tmp_path / "a" / "imq_history.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == [0]  # --iterations 1: iteration 0 only (the unpruned net)
     assert all(h["val_accuracy"] is not None for h in history)
     code, _out, err = main(capsys, "train", *tiny, "--val-size", 0, "--run-dir", tmp_path / "b")
     assert code == 0, err

@@ -398,17 +398,15 @@ def test_bound_violations_are_refused():
         fold_negative_gain(np.zeros((2, 1, 1, 1), dtype=np.int64), np.zeros((2, 1, 1, 1), dtype=np.int64), [1.0], False)
 
 
-def test_resnet20_sized_layer_is_fast():
-    """A 64->64 3x3 conv on 8 images of 7x7 (and 16->16 on 28x28) runs in well under a second each."""
-    import time
+def test_resnet20_sized_layers_are_exact():
+    """A 64->64 3x3 conv on 8 images of 7x7 and 16->16 on 28x28 (ResNet-20's sizes at 28 x 28): the accumulator is
+    torch's float64 conv2d on exact values, and conv_forward keeps the shape (how fast: the benches')."""
     rng = np.random.default_rng(12)
     for c, hw in ((64, 7), (16, 28)):
         layer = make_conv(rng, c, c, 3, padding=1)
         u = rng.integers(0, 16, size=(8, c, hw, hw))
-        start = time.perf_counter()
-        y = conv_forward(layer, u)
-        assert y.shape == (8, c, hw, hw)
-        assert time.perf_counter() - start < 5.0
+        np.testing.assert_array_equal(conv_accumulator(layer, u), torch_acc(layer, u))
+        assert conv_forward(layer, u).shape == (8, c, hw, hw)
 
 
 def test_exact_matmul_refuses_sums_past_2_53():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 
 import numpy as np
 import pytest
@@ -195,14 +194,12 @@ def test_read_version_1_image(tmp_path):
         read_image(tmp_path)
 
 
-def test_large_layer_packs_fast():
+def test_large_layer_round_trips():
+    """A 1024 x 300 layer of every width packs and unpacks to itself (how fast: `bench export`'s floor)."""
     rng = np.random.default_rng(1)
     net = IntNetwork(4, (random_layer(rng, 1024, 300, 4, 0, np.full(5, 0.2), 0.0),))
     for version in (MASK_VERSION, 3):
-        start = time.perf_counter()
-        words = pack(net, version)
-        assert time.perf_counter() - start < 1.0
-        assert_same(net, unpack(words))
+        assert_same(net, unpack(pack(net, version)))
 
 
 def corrupt(index: int, value: int) -> np.ndarray:

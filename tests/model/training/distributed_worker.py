@@ -74,9 +74,11 @@ def run() -> dict:
     }
 
 
-def mask_check_detects_a_difference(model: torch.nn.Module) -> tuple[bool, bool]:
-    """Under ``torchrun``: change one mask element on rank 1, then (check raises?, check passes after
-    :func:`~model.training.distributed.broadcast_masks`?)."""
+def mask_check_detects_a_difference(model: torch.nn.Module) -> dict:
+    """Under ``torchrun``: change one mask element on rank 1, then whether the check raised, and the first layer's
+    mask before the change and after :func:`~model.training.distributed.broadcast_masks` (which
+    :func:`~model.training.distributed.check_masks` then passes, or this raises)."""
+    before = model.linears[0].bit_width.detach().clone()
     if distributed.rank() == 1:
         with torch.no_grad():
             model.linears[0].bit_width[0, 0] = 0 if int(model.linears[0].bit_width[0, 0]) else 4
@@ -87,7 +89,7 @@ def mask_check_detects_a_difference(model: torch.nn.Module) -> tuple[bool, bool]
         raised = True
     distributed.broadcast_masks(model)
     distributed.check_masks(model)
-    return raised, True
+    return {"raised": raised, "before": before, "after": model.linears[0].bit_width.detach().clone()}
 
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC

@@ -130,8 +130,11 @@ def test_bmpq_under_torchrun_assigns_the_widths_of_one_process(two_ranks, single
 
 
 def test_mask_check_catches_a_difference_and_broadcast_repairs_it(two_ranks):
-    for result in two_ranks:
-        assert result["mask_check"] == (True, True)
+    """Both ranks see the check fail; after the broadcast both hold rank 0's mask, which rank 1's was not."""
+    r0, r1 = (result["mask_check"] for result in two_ranks)
+    assert r0["raised"] and r1["raised"]
+    assert torch.equal(r0["before"], r1["before"])  # the same seed: one mask before rank 1's change
+    assert torch.equal(r0["after"], r0["before"]) and torch.equal(r1["after"], r0["before"])
 
 
 

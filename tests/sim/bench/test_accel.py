@@ -7,22 +7,28 @@ tests/sim/bench/test_bench_command.py does for the other benches; the variants r
 
 import dataclasses
 import json
+import multiprocessing
 import re
 import types
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
 import build
+from hw.array.top import ArrayConfig
+from hw.platform.verilog import array_verilog, write_text_atomically
 from model.errors import UserError
 from model.export.convert import to_golden
+from model.export.layout_v3 import pack as pack_v3
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.nets import ResNet20
 from model.quant.pact import PACT
 from model.training.loop import torch_threads
 from sim import bounds
 from sim.bench import accel
+from tests.hw.netgen import random_network
 
 
 @pytest.fixture(scope="module")
@@ -501,3 +507,28 @@ def test_a_synthesis_that_did_not_finish_keeps_the_rtl_rows_and_fails_its_floors
     floors = json.loads((tmp_path / "accel.json").read_text())["floors"]
     assert not floors["dsp >= 150"]["holds"] and not floors["fmax_mhz_estimate >= 100"]["holds"]
     assert floors["ticket_a4_cycles_per_image <= 40000"]["holds"]  # the RTL's figures stand
+
+
+def test_a_chunk_runs_in_the_rtl_in_a_spawned_worker_and_a_failed_build_comes_back_as_a_record(tmp_path):
+    """`_run_chunk` for real (Icarus, a 1 x 2 array, a small MLP): in-process it builds the simulator, as the
+    bench's first chunk does; in a spawned process (the bench's pool) it runs on that build with back-pressure;
+    the scores equal golden's. A build that fails comes back as ``{"failure": ...}``, not as an exception that
+    need not survive the trip between processes."""
+    config = ArrayConfig(engines=1, lanes=2, buffer_words=1024, fmap_rows=64, row_codes=12, fan_in_width=6,
+                         channel_bits=5, vertical=False)
+    vpath = write_text_atomically(tmp_path / "mpq_array.v", array_verilog(config))
+    rng = np.random.default_rng(8)
+    net = random_network(rng, sizes=(12, 9, 4), act_bits=4)
+    codes = rng.integers(0, 16, size=(3, 12))
+    expected = net.forward(codes)
+    words = pack_v3(net)[0]
+    first = accel._run_chunk(str(vpath), words, codes[:1], expected[:1], str(tmp_path / "sim"), "icarus")
+    assert first["mismatches"] == 0 and first["scores"] == expected[:1].tolist(), first
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rest = pool.submit(accel._run_chunk, str(vpath), words, codes[1:], expected[1:], str(tmp_path / "sim"),
+                           "icarus", True, 1).result()
+    assert rest["mismatches"] == 0 and rest["scores"] == expected[1:].tolist(), rest
+    assert rest["images"] == 2 and rest["ready_stall_cycles"] > 0
+    bad = write_text_atomically(tmp_path / "bad" / "mpq_array.v", "module mpq_array(; endmodule\n")
+    failed = accel._run_chunk(str(bad), words, codes[:1], expected[:1], str(tmp_path / "bad" / "sim"), "icarus")
+    assert set(failed) == {"failure"} and failed["failure"].startswith("the simulator failed ("), failed

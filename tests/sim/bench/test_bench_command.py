@@ -165,7 +165,7 @@ def test_qat_rows_floors_and_check(tmp_path, capsys, monkeypatch, ratio, code):
     assert written["floors"] == qat_bench.floors(rows)
 
 
-@pytest.mark.parametrize("limit, code", [(60.0, 0), (0.0, 1)])
+@pytest.mark.parametrize("limit, code", [(float("inf"), 0), (0.0, 1)])
 def test_export_bench_runs_and_checks_its_floor(tmp_path, capsys, monkeypatch, limit, code):
     """`bench export` for real on a small network (the layer sizes shrunk), its JSON keys, and --check."""
     from model.bench import export as export_bench
