@@ -10,7 +10,9 @@ One run (``start`` to ``done``) infers one image:
 3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
    (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
    ``BAD_GEOMETRY`` (among them: ``in_bits`` must be the previous layer's ``out_bits``, the header's
-   ``input_bits`` for layer 0; the fan-in at most ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
+   ``input_bits`` for layer 0; the input map and the conv's output map at most ``2^DIM_BITS - 1`` (255) rows
+   and columns, what the loader's, the writer's and the tile counters' fields hold; the fan-in at most
+   ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
    :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv
    layer, the one "pixel" of a fully connected layer) the patch loader builds the tile's patch, the
    **dispatcher** reads each output channel's row end (row pointer ``j + 1``, ``ptr_bits`` bits at bit
@@ -40,7 +42,9 @@ after its first four input rows instead of after all 784 codes. While the input 
 it writes a buffer other than 0 (the layer after it writes buffer 0, and a late input row would land on its
 output: a stride-2 stem does not read the last row); every other layer's dispatch waits for the input's end.
 A run that ends before the input is in (a refused layer, a fault) raises ``done`` once it is, so the host's
-stream stays aligned to runs: every run takes exactly its image's codes. (Before 2026-12-05 the controller
+stream stays aligned to runs: every run takes exactly its image's codes. A code of more than the header's
+``input_bits`` bits is taken modulo ``2^input_bits`` (its high bits dropped: the passes' P bounds assume
+codes below it; the driver refuses such a code before a run, as golden does). (Before 2026-12-05 the controller
 took the whole input first, one code a cycle through the writer's port.)
 
 **Overlapped layers.** When a version 3 layer that is not the last and does not max-pool starts its last
@@ -455,7 +459,7 @@ class ArrayController(wiring.Component):
         res_end = Signal(17)  # fan_in + C_r: a residual layer's shortcut rows end there in the patch
         fan = Signal(32)
         # H W of a pooled FC's input map (bound 9) and C H W (bound 6): exact for every layer the other checks
-        # pass (H < 2^DIM_BITS, W <= row_codes, C H <= fmap_rows); a wider one is refused by those.
+        # pass (H, W < 2^DIM_BITS, C H <= fmap_rows); a wider one is refused by those.
         gap_area = Signal(2 * DIM_BITS)
         gap_mass = Signal(32)
         # The fan-in's checks (against the geometry, the patch and bound 7) and a pooled FC's bounds 9 and 6,
@@ -474,7 +478,11 @@ class ArrayController(wiring.Component):
         m.d.comb += bad.eq(
             (d.kind > KIND_CONV) | (d.in_buf >= FMAP_BUFFERS)
             | (d.in_height == 0) | (d.in_width == 0) | (d.c_in == 0) | (d.c_out == 0)
-            | (d.in_height >= 1 << DIM_BITS) | (d.in_width > rc) | (in_rows > self._rows)
+            | (d.in_height >= 1 << DIM_BITS) | (d.in_width >= 1 << DIM_BITS) | (d.in_width > rc)
+            | (in_rows > self._rows)
+            # (The output map: H + 2p - k + 1 reaches 255 + k - 1 for p = k - 1, and its 8-bit tile rows would
+            # wrap, so the tile loop never ended: refused.)
+            | (g_hout >= 1 << DIM_BITS) | (g_wout >= 1 << DIM_BITS)
             | (d.c_out > 1 << self._cb) | fan_bad
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
@@ -514,12 +522,13 @@ class ArrayController(wiring.Component):
 
         res_live = Signal()  # the channel has a shortcut input (j < C_r; option A's other channels add zero)
 
-        # Rows of a full tile, T // w_out, from a table (w_out <= T after the geometry check).
+        # Rows of a full tile, T // w_out, from a table (w_out <= T after the geometry check), at most 255 (the
+        # field's; a tile of more rows than the map's 255 would not be full anyway).
         table_rows = Signal(DIM_BITS)
         with m.Switch(g_wout):
             for w in range(1, t + 1):
                 with m.Case(w):
-                    m.d.comb += table_rows.eq(t // w)
+                    m.d.comb += table_rows.eq(min(t // w, (1 << DIM_BITS) - 1))
         rows_left = Signal(DIM_BITS + 2)  # output rows after the tile being loaded
         m.d.comb += [self.load_bank.eq(load_bank), self.comp_bank.eq(comp_bank)]
         with m.If(self.load_done):
@@ -588,6 +597,11 @@ class ArrayController(wiring.Component):
         in_next = Signal(self._faw + 1)  # input rows complete (the word address of the row arriving)
         in_row = Signal(MAX_ACT_BITS * rc)
         in_wr = Signal()  # the last complete row's word is written now
+        # The codes' low `input_bits` bits: the passes' P bounds hold for codes below 2^input_bits only (merged
+        # passes of 1-bit codes: 4,096 products of up to 2^32 - 1 each), and nothing but the host stands between
+        # the stream and the header's input_bits (the driver and golden refuse a wider code; the array takes it
+        # modulo 2^input_bits, a defined result, instead of letting P wrap).
+        in_mask = Signal(MAX_ACT_BITS)
         in_addr = Signal(self._faw)  # its address (in_next - 1 then: registered, no subtractor on the RAM's address)
         inputting = taking | in_wr
         m.d.comb += [self.x.ready.eq(taking), self.fmap_in.en.eq(in_wr), self.fmap_in.addr.eq(in_addr),
@@ -595,7 +609,8 @@ class ArrayController(wiring.Component):
                      self.load_rows.eq(Mux(inputting, in_next, 1 << self._faw))]
         m.d.sync += in_wr.eq(0)
         with m.If(taking & self.x.valid):
-            m.d.sync += in_row.word_select(xin_x[:max(rc - 1, 1).bit_length()], MAX_ACT_BITS).eq(self.x.payload)
+            m.d.sync += in_row.word_select(xin_x[:max(rc - 1, 1).bit_length()], MAX_ACT_BITS).eq(
+                self.x.payload & in_mask)
             with m.If(xin_x == header.in_width - 1):
                 m.d.sync += [xin_x.eq(0), in_wr.eq(1), in_addr.eq(in_next), in_next.eq(in_next + 1)]
                 with m.If(in_next + 1 == hdr_rows):
@@ -675,7 +690,7 @@ class ArrayController(wiring.Component):
                             | (hd.words > self._words) | (descs_end > hd.words)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
-                    m.d.sync += [xin_x.eq(0), in_next.eq(0), v4.eq(vert),
+                    m.d.sync += [xin_x.eq(0), in_next.eq(0), v4.eq(vert), in_mask.eq((1 << hd.input_bits[:4]) - 1),
                                  layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0), prev_res.eq(0), prev_pool.eq(0),
                                  cur_buf.eq(0), prev_buf.eq(0),
                                  desc_base.eq(Mux(vert, HEADER.words + VHEADER.words, HEADER.words))]

@@ -54,7 +54,8 @@ next pass; the emitter one pixel a cycle, overlapped with the next row. So a row
 cycles (its outputs), and more when its passes are longer.
 
 What is exact: the lanes' pass sums (``hw/dsp/pass_lane.py``), ``X`` at the width of :mod:`hw.array.requant`
-(``|X| <= X_BOUND`` because ``-(D + R_m) <= R_m v <= D``, for any part of a row's sum too), the
+(``|X| <= X_BOUND`` because ``-(D + R_m) <= R_m v <= D``, and a 32-bit weight's chunk parts stay within
+``(D + R_4) u``: :mod:`hw.array.requant`), the
 requantizer. The engine trusts the image's fields the decoder checks (``error``, sticky:
 the decoder stops and so does the engine).
 """

@@ -33,9 +33,10 @@ here holds one adder or one shift level group, so that the array reaches 100 MHz
 8. the clamp or the int32 saturation.
 
 Widths come from the named bounds of the integer contract (``model/export/golden.py``, bounds 1-5 and 8):
-each weight adds ``R_m v u`` with ``-(D + R_m) <= R_m v <= D`` (``R_m (2^m - 1) = D``), so
-``|X| <= (D + R_4) ACT_SUM_BOUND`` (:data:`X_BOUND`), for the row's whole sum and for any part of it that the
-combine holds; every stage is sized from it (:data:`X_BITS` .. :data:`ROUND_BITS`), and
+each weight adds ``R_m v u`` with ``-(D + R_m) <= R_m v <= D`` (``R_m (2^m - 1) = D``), and a part of that term
+which the combine holds on its own (a 32-bit signed weight's chunk passes: up to ``(D + 2^16 - 1) u``) stays
+within ``(D + R_4) u`` too (``2^16 - 1 < R_4``), so ``|X| <= (D + R_4) ACT_SUM_BOUND`` (:data:`X_BOUND`), for the
+row's whole sum and for any part of it that the combine holds; every stage is sized from it (:data:`X_BITS` .. :data:`ROUND_BITS`), and
 ``tests/hw/array/test_requant.py`` checks the pipeline at those extremes against golden.
 """
 
@@ -80,8 +81,8 @@ T_BITS = ACC_BITS - ACC_SHIFT
 PRODUCT_BITS = T_BITS + MULT_BITS + 1
 #: The offset ``B`` as the image stores it (64-bit two's complement field).
 BIAS_BITS = RES_PARAMS["bias"].width
-RES_TERM_BITS = ((1 << MAX_ACT_BITS) - 1) * ((1 << MULT_BITS) - 1) << ACC_SHIFT
-RES_TERM_BITS = RES_TERM_BITS.bit_length()
+#: ``r M_r << ACC_SHIFT`` (unsigned).
+RES_TERM_BITS = (((1 << MAX_ACT_BITS) - 1) * ((1 << MULT_BITS) - 1) << ACC_SHIFT).bit_length()
 #: ``(r M_r << ACC_SHIFT) + 2^(S-1)``, and the rounded sum ``t M + B + that``.
 OFFSET_BITS = max(RES_TERM_BITS, MAX_SHIFT - 1) + 1
 ROUND_BITS = max(PRODUCT_BITS, BIAS_BITS, OFFSET_BITS) + 2

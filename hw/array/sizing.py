@@ -14,6 +14,7 @@ import numpy as np
 
 from hw.array.controller import MAX_VERTICAL_TOP
 from hw.array.engine import LANE_SLOTS
+from hw.array.patch_loader import DIM_BITS
 from hw.array.top import ArrayConfig
 from model.errors import UserError
 from model.export.format import HEADER, KIND_CONV, LAYER, MAGIC, VERTICAL_VERSION, VHEADER, VLAYER, WORD_BITS
@@ -27,11 +28,30 @@ def _field(words: np.ndarray, base: int, record, name: str) -> int:
     return (value >> f.bit) & ((1 << f.width) - 1)
 
 
+#: The largest map side the array holds (its loader's, writer's and tile counters' ``DIM_BITS``-bit fields; the
+#: controller refuses a larger map with ``BAD_GEOMETRY``).
+MAX_MAP_SIDE = (1 << DIM_BITS) - 1
+
+
+def _check_map(k: int, shape_in: tuple[int, int], shape_out: tuple[int, int], where: str) -> None:
+    """:class:`UserError` if layer ``k``'s input or output map has a side past :data:`MAX_MAP_SIDE`."""
+    if max(*shape_in, *shape_out) > MAX_MAP_SIDE:
+        raise UserError(f"{where}: layer {k} maps a {shape_in[0]} x {shape_in[1]} input to a {shape_out[0]} x "
+                        f"{shape_out[1]} output; the array holds maps of up to {MAX_MAP_SIDE} x {MAX_MAP_SIDE}")
+
+
 def needs(words, where: str = "image") -> dict:
     """``{buffer_words, fmap_rows, row_codes, fan_in, patch_rows, channels, out_width, vertical}`` of a version 3
     or 4 image (``vertical``: a version 4 image, which needs the array's plane decoders; ``patch_rows``: the
     patch positions a tile uses, ``fan_in`` plus a residual layer's shortcut rows, one per channel of the
-    previous layer's input: :mod:`hw.array.patch_loader`)."""
+    previous layer's input: :mod:`hw.array.patch_loader`).
+
+    Raises
+    ------
+    UserError
+        Not a version 3 or 4 image, a descriptor past its words, a vertical layer wider than the array's, or a
+        map with a side past :data:`MAX_MAP_SIDE` (which the array would refuse with ``BAD_GEOMETRY``).
+    """
     words = np.asarray(words, dtype=np.int64)
     if len(words) < HEADER.words or _field(words, 0, HEADER, "magic") != MAGIC:
         raise UserError(f"{where}: not an image (field 'magic')")
@@ -57,6 +77,7 @@ def needs(words, where: str = "image") -> dict:
             wo = (g["in_width"] + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
         else:
             ho = wo = 1
+        _check_map(k, (g["in_height"], g["in_width"]), (ho, wo), where)
         hs = ho // 2 if g["pool"] == 2 else ho
         out["fmap_rows"] = max(out["fmap_rows"], g["c_in"] * g["in_height"], g["c_out"] * hs)
         out["row_codes"] = max(out["row_codes"], g["in_width"], wo)
@@ -87,6 +108,7 @@ def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
             wo = (w + 2 * g["padding"] - g["kernel"]) // max(g["stride"], 1) + 1
         else:
             ho = wo = 1
+        _check_map(k, (h, w), (ho, wo), where)
         hs, ws = (ho // 2, wo // 2) if g["pool"] == 2 else (ho, wo)
         out["fmap_rows"] = max(out["fmap_rows"], c * h, g["c_out"] * hs)
         out["row_codes"] = max(out["row_codes"], w, wo)

@@ -342,7 +342,8 @@ def requant_params(gain: np.ndarray, offset: np.ndarray, where: str = "requantiz
     ``2^MULT_BITS`` and every ``B = round(offset 2^S)`` inside :data:`BIAS_BITS` signed bits; for the
     largest channel that gives ``M`` 16 to 17 significant bits unless the offset limits ``S`` (a tiny gain
     next to a large offset). Giving up a bit of ``M`` there costs at most ``|t| / 2^(S+1) <= |offset| 2^-26``
-    output units (``|t| <= T_BOUND < 2^36``, ``2^S > 2^60 / |offset|``), far below the rounding step.
+    output units (``|t| <= T_BOUND < 2^36``; ``S + 1`` failed, so ``|offset| 2^(S+1) >= 2^62``: ``2^S >= 2^61 /
+    |offset|``), far below the rounding step.
 
     Raises
     ------

@@ -12,8 +12,9 @@ from hw.array.controller import MAX_EDGE_BITS, MAX_VERTICAL_TOP
 from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
+from model.errors import UserError
 from model.export.format import HEADER, VHEADER
-from model.export.golden import MAX_ACT_BITS
+from model.export.golden import MAX_ACT_BITS, IntLinear
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.image_v4 import pack_vertical
@@ -168,6 +169,24 @@ def check_net(net, n_images, seed, config=CONFIG):
     assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
     assert res["weight_reads"] == [weight_words_read(net, config)] * n_images
     return res
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+def test_input_codes_past_the_headers_bits_are_taken_modulo_its_codes(bits):
+    """Codes up to 255 on the 8-bit input stream of an image whose ``input_bits`` is 1 or 4 (the driver and golden
+    refuse them; a host that bypasses the driver may send them): the array takes each modulo ``2^input_bits``,
+    so its passes stay within their P bounds, and the scores are golden's of those codes."""
+    rng = np.random.default_rng(30 + bits)
+    stem = make_conv(rng, 1, 3, 3, padding=1, in_bits=bits, out_bits=4)
+    fc = fc_layer(rng, 3 * 5 * 5, 3, 4, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))
+    net = IntConvNetwork(input_bits=bits, image_shape=(1, 5, 5), stages=(ConvStage(stem), FCStage(fc)))
+    images = rng.integers(0, 256, size=(2, *net.image_shape))
+    taken = images & ((1 << bits) - 1)
+    assert (images != taken).any()
+    net = calibrated(net, taken, rng)  # (requant fitted to the codes taken: scores that follow every code)
+    res = run_array(pack_v3(net)[0], images)
+    assert res["status"] == [Status.OK] * 2
+    assert np.array_equal(np.array(res["scores"]), net.forward(taken))
 
 
 def test_resnet_like_net_matches_golden():
@@ -418,6 +437,38 @@ def test_a_fan_in_past_4096_ends_with_bad_geometry_on_a_13_bit_build():
     res = run_array([bad, words], images, config=config)
     assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 1
     assert np.array_equal(np.array(res["scores"][1]), net.forward(images[1:])[0])
+
+
+def _tall_net(padding: int) -> IntConvNetwork:
+    """A 1 x 255 x 1 input, a 3 x 3 conv with ``padding`` (257 x 3 outputs at 2, then a 2 x 2 max-pool; 255 x 1 at
+    1), an FC of 2 classes."""
+    rng = np.random.default_rng(11)
+    conv = IntConv2d(codes=rng.integers(0, 16, size=(1, 1, 3, 3)), widths=np.full((1, 1, 3, 3), 4),
+                     in_bits=4, out_bits=4, mult=np.array([40_000]), bias=np.array([0]), shift=20, stride=1,
+                     padding=padding, name="conv")
+    h, w = conv.out_size(255, 1)
+    pool = 2 if w > 1 else 0
+    fan_in = (h // pool) * (w // pool) if pool else h * w
+    fc = IntLinear(codes=rng.integers(0, 16, size=(2, fan_in)), widths=np.full((2, fan_in), 4), in_bits=4,
+                   out_bits=0, mult=np.array([1000, 1000]), bias=np.array([0, 0]), shift=20, name="fc")
+    return IntConvNetwork(input_bits=4, image_shape=(1, 255, 1), stages=(ConvStage(conv, pool=pool), FCStage(fc)))
+
+
+def test_an_output_map_past_255_rows_ends_with_bad_geometry_instead_of_hanging():
+    """255 input rows padded by 2 give a 3 x 3 conv 257 output rows, which the tile counters' 8 bits cannot count
+    (the tile loop wrapped at 256 and never ended; an independent review found it): the image is refused by
+    :func:`~hw.array.sizing.needs` before a build and, loaded anyway, ends with BAD_GEOMETRY on that layer; the
+    same net padded by 1 (255 rows) then runs to golden's scores on the same array."""
+    tall, fits = _tall_net(2), _tall_net(1)
+    bad, good = (pack_v3(net)[0].astype(np.int64) for net in (tall, fits))
+    with pytest.raises(UserError, match=r"layer 0 maps a 255 x 1 input to a 257 x 3 output; the array holds maps "
+                                        r"of up to 255 x 255"):
+        needs(bad)
+    config = dataclasses.replace(config_for([good], engines=1), row_codes=3, lanes=2)
+    images = np.random.default_rng(4).integers(0, 16, size=(2, 1, 255, 1))
+    res = run_array([bad, good], images, config=config, max_cycles=60_000)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 0
+    assert np.array_equal(np.array(res["scores"][1]), fits.forward(images[1:])[0])
 
 
 @pytest.mark.parametrize("seed", range(6))
