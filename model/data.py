@@ -263,8 +263,7 @@ def check_idx_image_shape(root: str | Path | None, what: str, why: str, *, pixel
     try:
         shape = read_idx_image_shape(folder)
     except UserError as exc:
-        options = f"--data-root {root}" if root is not None else f"the default --data-root {FASHION_MNIST_ROOT}"
-        raise UserError(f"{what}: {options}: {exc}") from None
+        raise UserError(f"{what}: {root_option(root, FASHION_MNIST_ROOT)}: {exc}") from None
     _, h, w = shape
     if pixels is not None and h * w != pixels:
         allowed = f"(1, H, W) with H * W = {pixels} pixels, e.g. Fashion-MNIST's (1, 28, 28)"
@@ -609,14 +608,19 @@ def load_dataset(
     return split
 
 
+def root_option(root: str | Path | None, default: str | None) -> str:
+    """``--data-root /x`` for a folder given, ``(default --data-root /y)`` for ``None`` with a default folder,
+    ``""`` without one: how the messages name the folder a data set was read from."""
+    if root is not None:
+        return f"--data-root {root}"
+    return f"(default --data-root {default})" if default is not None else ""
+
+
 def data_options(name: str, root: str | Path | None) -> str:
     """The options that choose data set ``name`` in folder ``root``, for messages: ``--data idx --data-root /x``,
     or ``--data fashion-mnist (default --data-root /usr/share/datasets/fashion-mnist)``."""
-    if root is not None:
-        return f"--data {name} --data-root {root}"
-    if name == "fashion-mnist":
-        return f"--data {name} (default --data-root {FASHION_MNIST_ROOT})"
-    return f"--data {name}"
+    default = FASHION_MNIST_ROOT if name == "fashion-mnist" else None
+    return " ".join(filter(None, (f"--data {name}", root_option(root, default))))
 
 
 def _load_dataset(name: str, root, train_subset: int | None, test_subset: int | None, seed: int) -> Split:

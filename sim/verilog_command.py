@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selftest-images", type=IMAGE_COUNT, default=None,
                    help="test images in the on-board self-test ROM, up to the data set's test count and a multiple "
                         f"of --batch (the ROM is read a batch at a time; sim pads a last partial batch, a ROM does "
-                        f"not) (default: {SELFTEST_IMAGES})")
+                        f"not) (default: {SELFTEST_IMAGES}, rounded down to a multiple of --batch)")
     p.add_argument("--seed", type=SEED, default=None,
                    help="digits split seed of an image that records no data set, 0..2^32-1 (default: 0; refused for "
                         "an image that records its data set)")
@@ -69,7 +69,8 @@ def run(args) -> int:
     plan = [f"vivado/{p.name}" for pattern in (f"{SELFTEST_NAME}.*", f"build_{SELFTEST_NAME}.*")
             for p in (sorted(vivado.glob(pattern)) if vivado.is_dir() else ())]
     refuse_taken_outputs(out, ["mpq_accel.v", *plan], ["vivado"], what="verilog")
-    args.selftest_images = args.selftest_images or SELFTEST_IMAGES
+    # (the default, rounded down to a whole number of batches: 12 at --batch 6)
+    args.selftest_images = args.selftest_images or SELFTEST_IMAGES // args.batch * args.batch
     # The test vectors first: a data set that is not available here is an error before any file is written.
     v = image_vectors(Path(args.image), args.selftest_images, args.seed or 0, args.data, args.data_root,
                       flag="--selftest-images")
@@ -77,15 +78,16 @@ def run(args) -> int:
         refuse_unused_seed(args.seed, f"{args.image} (manifest.json field 'data')")
     u, expected = v.codes, v.expected
     if len(u) % args.batch:
-        lower, upper = len(u) // args.batch * args.batch, -(-len(u) // args.batch) * args.batch
-        near = " or ".join(str(n) for n in (lower, upper) if n)
+        # (the multiple below is there: the count was read; the one above may pass the data set's test images)
+        near = len(u) // args.batch * args.batch or args.batch
         raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch} (the self-test ROM is "
-                        f"read a batch at a time): give {near}")
+                        f"read a batch at a time): give {near}, for example")
     words = core_words(v.net, args.image)
     path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
     print(f"wrote {path}")
     files = write_build_plan(vivado, words, u, expected, board=args.board, name=SELFTEST_NAME, batch=args.batch)
-    print(f"wrote the Vivado build plan for {args.board} ({len(files)} files) to {vivado}; "
+    print(f"wrote the Vivado build plan for {args.board} ({len(files)} files; a self-test ROM of {len(u)} test images, "
+          f"{len(u) // args.batch} batches of {args.batch}) to {vivado}; "
           f"run build_{SELFTEST_NAME}.sh there with Vivado on PATH")
     return 0
 

@@ -76,8 +76,11 @@ def test_a_self_test_rom_of_a_partial_batch_is_refused(flow):
     res = cli("verilog", "--image", flow / "image", "--selftest-images", 3, "--out", flow / "verilog3")
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--selftest-images 3 must be a multiple of --batch 2 (the self-test ROM is read a batch at a time): " \
-           "give 2 or 4" in res.stderr, res.stderr
+           "give 2, for example" in res.stderr, res.stderr
     assert not (flow / "verilog3").exists()
+    res = cli("verilog", "--image", flow / "image", "--batch", 6, "--out", flow / "verilog6")  # the default, 16
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "a self-test ROM of 12 test images, 2 batches of 6" in res.stdout, res.stdout
 
 
 def test_synth_maps_multipliers_to_dsp48e1(flow):

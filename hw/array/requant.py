@@ -36,8 +36,8 @@ Widths come from the named bounds of the integer contract (``model/export/golden
 each weight adds ``R_m v u`` with ``-(D + R_m) <= R_m v <= D`` (``R_m (2^m - 1) = D``), and a part of that term
 which the combine holds on its own (a 32-bit signed weight's chunk passes: up to ``(D + 2^16 - 1) u``) stays
 within ``(D + R_4) u`` too (``2^16 - 1 < R_4``), so ``|X| <= (D + R_4) ACT_SUM_BOUND`` (:data:`X_BOUND`), for the
-row's whole sum and for any part of it that the combine holds; every stage is sized from it (:data:`X_BITS` .. :data:`ROUND_BITS`), and
-``tests/hw/array/test_requant.py`` checks the pipeline at those extremes against golden.
+row's whole sum and for any part of it that the combine holds; every stage is sized from it (:data:`X_BITS`
+.. :data:`ROUND_BITS`), and ``tests/hw/array/test_requant.py`` checks the pipeline at those extremes against golden.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """config_for: the smallest array configuration that runs given images (what the controller would accept)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,16 @@ def test_config_holds_the_widest_row_and_every_field():
     assert config_for([words], engines=3, vertical=True).vertical  # unless asked for
     with pytest.raises(UserError, match=r"--lanes 3: .* output rows of 8 pixels: allowed --lanes >= 4"):
         config_for([words], engines=1, lanes=3)
+
+
+def test_a_build_of_map_rows_past_255_codes_is_refused():
+    """The geometry fields hold maps up to 255 x 255: a build whose rows hold more would let a header of 256 codes
+    a row through its check (``in_width <= row_codes``) into input columns counted in 8 bits, which never end."""
+    words = pack_v3(resnet_like(np.random.default_rng(0)))[0]
+    cfg = config_for([words], engines=1)
+    assert dataclasses.replace(cfg, row_codes=255).row_codes == 255
+    with pytest.raises(ValueError, match="row_codes must be at most 255 .* not 256"):
+        dataclasses.replace(cfg, row_codes=256).check()
 
 
 def test_refuses_what_is_not_a_version_3_image():
