@@ -478,11 +478,12 @@ class ArrayController(wiring.Component):
         m.d.comb += bad.eq(
             (d.kind > KIND_CONV) | (d.in_buf >= FMAP_BUFFERS)
             | (d.in_height == 0) | (d.in_width == 0) | (d.c_in == 0) | (d.c_out == 0)
-            | (d.in_height >= 1 << DIM_BITS) | (d.in_width >= 1 << DIM_BITS) | (d.in_width > rc)
-            | (in_rows > self._rows)
+            | (d.in_height >= 1 << DIM_BITS) | (d.in_width > rc) | (in_rows > self._rows)
             # (The output map: H + 2p - k + 1 reaches 255 + k - 1 for p = k - 1, and its 8-bit tile rows would
-            # wrap, so the tile loop never ended: refused.)
-            | (g_hout >= 1 << DIM_BITS) | (g_wout >= 1 << DIM_BITS)
+            # wrap, so the tile loop never ended: refused. Its width is refused past the tile, `g_wout > t`,
+            # which on a build of fewer than 128 lanes is the same check; an input row past 255 codes is past
+            # `row_codes`, which ArrayConfig keeps below 256.)
+            | (g_hout >= 1 << DIM_BITS) | ((g_wout >= 1 << DIM_BITS) if t >= 1 << DIM_BITS else 0)
             | (d.c_out > 1 << self._cb) | fan_bad
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
