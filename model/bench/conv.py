@@ -85,6 +85,7 @@ from model.export.image import write_image
 from model.files import save_figure, write_json
 from model.methods.bmpq import BMPQConfig, train_bmpq
 from model.methods.imq import IterationRecord, best_within
+from model.progress import progress_bar
 from model.quant.bmpq import ACT_BITS_CAP
 from model.quant.nets import MAX_IMAGE_SIDE, min_image_side
 from model.runs import provenance
@@ -166,7 +167,7 @@ def pick_ticket(history: list[IterationRecord]) -> tuple[IterationRecord, str]:
 def _golden_accuracy(net, model, x: torch.Tensor, y: torch.Tensor, label: str, progress: bool) -> float:
     """:func:`model.export.convert.golden_accuracy` in slices of :data:`GOLDEN_BATCH` images, with a bar."""
     correct = 0
-    for i in tqdm(range(0, len(x), GOLDEN_BATCH), desc=f"golden {label}", leave=False, disable=not progress):
+    for i in progress_bar(range(0, len(x), GOLDEN_BATCH), desc=f"golden {label}", leave=False, disable=not progress):
         xs, ys = x[i:i + GOLDEN_BATCH], y[i:i + GOLDEN_BATCH]
         correct += round(golden_accuracy(net, model, xs, ys) * len(xs))
     return correct / max(len(x), 1)

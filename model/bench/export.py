@@ -25,6 +25,7 @@ import numpy as np
 from model.bench.floors import floor_entry
 from model.export.golden import MULT_BITS, IntLinear, IntNetwork
 from model.export.image import memory_report, pack, unpack
+from model.progress import progress_bar
 
 #: Layer sizes: ``SIZES[i] -> SIZES[i + 1]``.
 SIZES = (2048, 2048, 2048, 800, 10)
@@ -71,10 +72,8 @@ def measure(mix: str, seed: int = 0, sizes=SIZES) -> dict:
 def run_export_bench(sizes=None, progress: bool = True) -> dict:
     """Every mix (layer sizes ``sizes``, default :data:`SIZES`); the result object of ``export.json`` (without
     provenance and floors, which the command adds)."""
-    from tqdm import tqdm
-
     sizes = SIZES if sizes is None else sizes
-    rows = [measure(mix, sizes=sizes) for mix in tqdm(MIXES, desc="bench export", disable=not progress)]
+    rows = [measure(mix, sizes=sizes) for mix in progress_bar(MIXES, desc="bench export", disable=not progress)]
     main = rows[0]
     return {"weights": main["weights"], "seconds": main["seconds"], "bytes": main["bytes"],
             "metadata_bits_per_weight": main["metadata_bits_per_weight"], "mixes": rows,

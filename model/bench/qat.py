@@ -40,12 +40,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from model.bench.floors import floor_entry
 from model.files import write_json
 from model.methods.lts import LTSScratcher
 from model.methods.vertical import joint_backward, split_parameters
+from model.progress import progress_bar
 from model.quant.bmpq import set_bits, to_bmpq, trace
 from model.quant.layers import QuantConv2d, QuantLinear
 from model.quant.lts import QuantConv2dLTS, QuantLinearLTS, to_lts
@@ -203,7 +203,7 @@ def run_qat_bench(
     rows: list[dict] = []
     device = str(distributed.device())
     with torch_threads(threads):
-        for arch, mode in tqdm([(a, m) for a in archs for m in modes], desc="bench qat", disable=not progress):
+        for arch, mode in progress_bar([(a, m) for a in archs for m in modes], desc="bench qat", disable=not progress):
             step, float_step = measure(quant_net(arch, mode), steps, warmup, lts=(mode == "lts"),
                                        vertical=(mode == "vertical"))
             rows.append({"arch": arch, "mode": mode, "device": device, "step_ms": 1e3 * step,

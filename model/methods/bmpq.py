@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
-from tqdm import tqdm
 
 from model.data import Split, augment_batch
 from model.errors import UserError
+from model.progress import progress_bar
 from model.quant.bmpq import (
     BMPQ_LAYERS,
     EDGE_BITS,
@@ -338,7 +338,7 @@ def train_bmpq(
     n_train = split.x_train.shape[0]
     free = [i for i in range(n) if i not in fixed]
     model.train()
-    bar = tqdm(range(1, config.epochs + 1), desc="BMPQ", disable=not progress or not distributed.is_main())
+    bar = progress_bar(range(1, config.epochs + 1), desc="BMPQ", disable=not progress or not distributed.is_main())
     with synced_batchnorm(model) if where.sync_bn else nullcontext():
         for epoch in bar:
             order = torch.randperm(n_train, generator=generator).to(xs.device)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from model.data import Split
 from model.errors import UserError
 from model.export.golden import WIDTHS
+from model.progress import progress_bar
 from model.quant.dorefa import check_widths
 from model.quant.layers import QUANT_LAYER_TYPES, QuantConv2d
 from model.training.loop import evaluate, train
@@ -449,7 +449,7 @@ def iterate(
     """
     state = start if start is not None else Progress()
     moving = schedule_layers(model)  # what the update moves and the records count
-    with tqdm(total=iterations, initial=state.next_iteration, desc=desc, disable=not progress) as bar:
+    with progress_bar(total=iterations, initial=state.next_iteration, desc=desc, disable=not progress) as bar:
         for k in range(state.next_iteration, iterations):
             if state.finished:
                 break

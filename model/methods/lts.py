@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from model.data import Split
 from model.errors import UserError
+from model.progress import progress_bar
 from model.quant.lts import LTS_LAYERS, MODES, STRATEGIES, LTSQuantizer, _step, growth_rate, threshold
 from model.training import distributed
 from model.training.loop import batch_of, evaluate, synchronizer, training_tensors
@@ -377,7 +377,7 @@ def train_lockstep(runs: list[LTSTraining], progress: bool = True) -> None:
     label = " / ".join(r.label for r in runs)
     backwards = runs[::-1]
     turn = 0
-    for _ in tqdm(range(first.epochs), desc=label, leave=False, disable=not progress):
+    for _ in progress_bar(range(first.epochs), desc=label, leave=False, disable=not progress):
         for r in runs:
             r.start_epoch()
         for start in range(0, first.n, first.batch_size):

@@ -51,10 +51,10 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from model.data import Split, augment_batch
 from model.errors import UserError
+from model.progress import progress_bar
 from model.quant.lsq import lsq_codes, lsq_quantize
 from model.quant.vertical import (
     DEFAULT_WIDTHS,
@@ -296,7 +296,7 @@ def train_vertical(model: nn.Module, split: Split, config: VerticalConfig, valid
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     history: list[dict] = []
     best = (-1.0, None, 0)
-    bar = tqdm(range(1, config.epochs + 1), desc="vertical", leave=False, disable=not progress)
+    bar = progress_bar(range(1, config.epochs + 1), desc="vertical", leave=False, disable=not progress)
     for epoch in bar:
         model.train()
         loss_sum = np.zeros(len(train_widths))

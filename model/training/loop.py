@@ -45,9 +45,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from model.data import Split, augment_batch
+from model.progress import progress_bar
 from model.training import distributed
 
 
@@ -300,7 +300,7 @@ def train(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     model.train()
     losses = []
-    bar = tqdm(range(epochs), desc="train", leave=False, disable=not progress or not distributed.is_main())
+    bar = progress_bar(range(epochs), desc="train", leave=False, disable=not progress or not distributed.is_main())
     with synced_batchnorm(model) if where.sync_bn else nullcontext():
         for _ in bar:
             order = torch.randperm(n, generator=generator).to(xs.device)

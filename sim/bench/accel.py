@@ -105,6 +105,7 @@ from model.export.golden_net import mac_counts
 from model.export.image import pack
 from model.export.vectors import image_vectors
 from model.files import save_figure, write_json
+from model.progress import progress_bar
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.pact import PACT
 from model.runs.rundir import load_iteration, run
@@ -401,7 +402,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     statuses: dict = {key: set() for key in counts}
     timed_out = dict.fromkeys(counts, False)
     expected_all = {key: nets[key].forward(codes[:counts[key]]) for key in counts}
-    bar = tqdm(total=sum(counts.values()), unit="image", disable=not progress, desc="accel RTL")
+    bar = progress_bar(total=sum(counts.values()), unit="image", disable=not progress, desc="accel RTL")
     planned = dict.fromkeys(counts, 0)
     closed: set = set()  # rows that hung: no more images
 

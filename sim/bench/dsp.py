@@ -30,6 +30,7 @@ from hw.dsp.lane import DSP48E1_ATTRIBUTES, PackedDspLane
 from hw.dsp.packing import A_BITS, B_BITS, P_BITS, PackingPlan, plan
 from hw.platform.synth import parse_stat, synth_xilinx, yosys_binary
 from model.bench.floors import floor_entry
+from model.progress import progress_bar
 from sim.lane_runner import exhaustive_ops, run_dsp_lane, write_lane_verilog
 
 #: Modes of the bench: every weight width with the activation widths the papers use, and more.
@@ -195,11 +196,9 @@ def bench_mode(w: int, a: int, work: Path, *, random_sets: int = 3000) -> dict:
 
 
 def run_bench(modes=MODES, progress: bool = True) -> list[dict]:
-    from tqdm import tqdm
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for w, a in tqdm(modes, desc="bench dsp", disable=not progress):
+        for w, a in progress_bar(modes, desc="bench dsp", disable=not progress):
             rows.append(bench_mode(w, a, Path(tmp)))
     return rows
 

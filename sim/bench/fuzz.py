@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from hw.array.sizing import needs
 from hw.array.top import ArrayConfig
@@ -43,6 +42,7 @@ from model.export.golden import IntLinear, IntNetwork, class_sums, combine, laye
 from model.export.golden_conv import IntConv2d, conv_accumulator, conv_forward, max_pool_codes, shortcut_a
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.layout_v3 import pack as pack_v3
+from model.progress import progress_bar
 from sim.array_runner import run_array_cases
 from sim.bench.calibrate import calibrated_requant
 from sim.runner import SimulationError
@@ -241,7 +241,7 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
              "failed_runs": []}
     builds = [{"config": config_record(c), "layers": 0, "networks": 0, "runs": 0, **dict.fromkeys(RUN_COUNTS, 0),
                "failed_runs": [], "seconds": 0.0} for c in configs]
-    bar = tqdm(total=layers, unit="layer", disable=not progress, desc="fuzz")
+    bar = progress_bar(total=layers, unit="layer", disable=not progress, desc="fuzz")
     run = 0
     while total["layers"] < layers:
         b = run % len(configs)

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from hw.array.controller import MAX_VERTICAL_TOP
 from hw.array.top import ArrayConfig
@@ -44,6 +43,7 @@ from model.export.golden_vertical import (
     needed_pairs,
 )
 from model.export.image_v4 import pack_vertical
+from model.progress import progress_bar
 from sim.bench.calibrate import calibrated_vertical
 from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, config_record, fits, gather_builds, part_floors, run_chunk
 
@@ -239,7 +239,7 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
     builds = [{"config": {**config_record(c), "vertical": c.vertical}, "layers": 0, "networks": 0, "cases": 0, "runs": 0,
                **dict.fromkeys(RUN_COUNTS, 0), "failed_runs": [], "seconds": 0.0} for c in configs]
     covered: dict[str, int] = {}
-    bar = tqdm(total=layers, unit="layer", disable=not progress, desc="fuzz (vertical)")
+    bar = progress_bar(total=layers, unit="layer", disable=not progress, desc="fuzz (vertical)")
     run = 0
 
     def wanted() -> bool:
