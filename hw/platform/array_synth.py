@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.back import verilog
-from tqdm import tqdm
 
 from hw.array.top import ArrayConfig, ConvArray
 from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, read_command, synth_xilinx, synthesize_netlist
 from hw.platform.timing import PathReport, TimingReport, estimate, slowest_paths
 from hw.platform.verilog import ARRAY_TOP_NAME, write_text_atomically
+from model.progress import progress_bar
 
 ENGINE_TOP_NAME = "mpq_engine"
 #: End points listed per netlist (the whole array, each part), slowest first (where the next timing fix is).
@@ -190,7 +190,7 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
     # (any error, Yosys missing, its run, its netlist, is re-raised below)
     workers = {name: start_thread(box, name, job) for name, job in jobs.items()}
     # (no rate or time left: the three runs take very different times)
-    with tqdm(total=len(workers), desc="yosys", disable=not progress,
+    with progress_bar(total=len(workers), desc="yosys", disable=not progress,
               bar_format="{desc}: {n_fmt} of {total_fmt} runs done, {elapsed}{postfix}") as bar:
         done: list[str] = []  # (counted here: a disabled bar counts nothing)
         while len(done) < len(workers):

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The only parts of model/ that hw/ may import: the torch-free export contract, and the atomic file output
-#: (model.files: one way for every file the project writes, hw/'s Verilog and Vivado projects included).
+#: The only parts of model/ that hw/ may import: the torch-free export contract, the atomic file output
+#: (model.files: one way for every file the project writes, hw/'s Verilog and Vivado projects included) and the
+#: progress bars (model.progress: tqdm's, drawn to suit a terminal or a log; the synthesis shows one).
 ALLOWED_MODEL = {"model.errors", "model.export.golden", "model.export.golden_conv", "model.export.image",
-                 "model.export.format", "model.files"}
+                 "model.export.format", "model.files", "model.progress"}
 #: ``build.py`` command modules (``*_command.py``) beside the hardware they drive may also use the
 #: torch-free command-line helpers and the version 4 (vertical) image reader.
 ALLOWED_COMMAND = ALLOWED_MODEL | {"model.cli", "model.export.image_v4"}  # (version 4 reader)
