@@ -624,9 +624,9 @@ def data_options(name: str, root: str | Path | None) -> str:
 
 
 def _load_dataset(name: str, root, train_subset: int | None, test_subset: int | None, seed: int) -> Split:
+    """:func:`load_dataset`'s loading, its subsets checked already."""
     if name not in DATASETS:
         raise UserError(f"data set {name!r} is unknown; allowed {DATASETS}")
-    _check_subsets(train_subset, test_subset)
     if name == "digits":
         if root is not None:
             raise UserError(f"data set 'digits' is bundled with scikit-learn and takes no root, "
