@@ -132,7 +132,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.bench.floors import floor_entry
-from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, load_idx_split
+from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, load_idx_split, root_option
 from model.errors import UserError
 from model.files import write_json
 from model.methods.lts import LTSTraining, train_lockstep
@@ -158,6 +158,8 @@ SEEDS = (0, 1, 2, 3)
 #: Pixels per image the bench's MLP takes (:func:`model.quant.lts.build_lts_mlp`: 784-256-256-10, Fashion-MNIST's
 #: 28x28): ``root`` must hold images of this many pixels.
 INPUTS = 784
+#: Classes of the bench's MLP (its last layer's outputs): the labels must be ``0 .. CLASSES - 1``.
+CLASSES = 10
 
 # ----------------------------------------------------------------------------------------------------------
 # Bench
@@ -234,6 +236,11 @@ def run_lts_bench(
         raise UserError(f"field 'seeds' is {seeds!r}; allowed a non-empty tuple of integers")
     check_idx_image_shape(root, "bench lts", f"its {INPUTS}-256-256-10 MLP", pixels=INPUTS)
     split = load_idx_split(root or FASHION_MNIST_ROOT, train_subset=train_subset, test_subset=test_subset)
+    top = max(int(split.y_train.max()), int(split.y_test.max()))
+    if top >= CLASSES:  # (torch's cross-entropy would stop at the first batch with an index error)
+        raise UserError(f"bench lts: {root_option(root, FASHION_MNIST_ROOT)}: its labels reach {top}; the bench's "
+                        f"{INPUTS}-256-256-{CLASSES} MLP has {CLASSES} classes: allowed labels 0..{CLASSES - 1} (a "
+                        f"10-class set of 28 x 28 images: Fashion-MNIST, MNIST, KMNIST)")
     out_path = Path(out_path)
     rows: list[dict] = []
     histories: dict[str, list[float]] = {}

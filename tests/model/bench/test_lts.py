@@ -114,3 +114,14 @@ def test_images_the_mlp_cannot_take_are_refused_before_training(tmp_path):
         run_lts_bench(tmp_path / "out" / "lts.json", epochs=1, warmup=0, bits_list=(2,), seeds=(0,), root=root,
                       progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_labels_past_the_mlps_ten_classes_are_refused_before_training(tmp_path):
+    """12 classes of 28 x 28 images (an EMNIST-like folder) for the 10-output MLP: a UserError naming the folder and
+    the allowed labels, before anything trains or is written (not torch's index error from the first batch)."""
+    root = write_idx_folder(tmp_path / "idx", n_train=24, n_test=12, n_classes=12)
+    with pytest.raises(UserError, match=r"bench lts: --data-root .*idx: its labels reach 11; the bench's "
+                                        r"784-256-256-10 MLP has 10 classes: allowed labels 0\.\.9"):
+        run_lts_bench(tmp_path / "out" / "lts.json", epochs=1, warmup=0, bits_list=(2,), seeds=(0,), root=root,
+                      progress=False)
+    assert not (tmp_path / "out").exists()
