@@ -547,12 +547,15 @@ def _subset(split: Split, train_subset: int | None, test_subset: int | None) -> 
 
 
 def class_count(name: str, split: Split) -> int:
-    """Number of classes of data set ``name``: 100 for CIFAR-100, 10 for digits, Fashion-MNIST and CIFAR-10,
-    and for an IDX folder the largest label seen plus one (at least 2)."""
+    """Number of classes of data set ``name``: 100 for CIFAR-100, 10 for digits and CIFAR-10, for an IDX folder the
+    largest label seen plus one (at least 2), and for Fashion-MNIST 10, or that count where it is more (a
+    ``--data-root`` of another IDX set, such as EMNIST's 26 letters, which the benches read as Fashion-MNIST's
+    folder: their networks then get an output a label instead of an index error in the loss)."""
     if name == "cifar100":
         return 100
-    if name == "idx":
-        return max(2, int(max(split.y_train.max(), split.y_test.max())) + 1)
+    if name in ("idx", "fashion-mnist"):
+        seen = int(max(split.y_train.max(), split.y_test.max())) + 1
+        return max(2 if name == "idx" else 10, seen)
     return 10
 
 

@@ -20,6 +20,7 @@ from model.data import (
     Split,
     augment_batch,
     check_idx_image_shape,
+    class_count,
     data_options,
     idx_image_shape,
     idx_spellings,
@@ -524,3 +525,16 @@ def test_idx_headers_that_lie_are_named(tmp_path):
         load_idx_split(root)
     with pytest.raises(UserError, match=r"IDX folder .*train-images-idx3-ubyte' is a file"):
         load_idx_split(images)
+
+
+def test_class_count_follows_the_labels_of_idx_folders():
+    """An IDX folder's classes are its labels; a folder read as Fashion-MNIST's (a bench's --data-root) has at least
+    Fashion-MNIST's 10, more when its labels go past them (EMNIST-like 12 here), so a network gets an output a label."""
+    def split(top: int) -> Split:
+        y = torch.arange(top + 1) % (top + 1)
+        return Split(torch.zeros(len(y), 4), y, torch.zeros(2, 4), torch.tensor([0, 1]), name="t", image_shape=(1, 2, 2))
+
+    assert class_count("idx", split(1)) == 2 and class_count("idx", split(11)) == 12
+    assert class_count("fashion-mnist", split(9)) == 10 and class_count("fashion-mnist", split(3)) == 10
+    assert class_count("fashion-mnist", split(11)) == 12
+    assert class_count("cifar100", split(3)) == 100 and class_count("digits", split(3)) == 10
