@@ -105,23 +105,26 @@ def test_bench_averages_one_pair_per_seed(tmp_path, monkeypatch):
         bench.run_lts_bench(tmp_path / "x.json", seeds=(), bits_list=(2,), root=root, progress=False)
 
 
+def _refused_before_training(tmp_path, root, match: str) -> None:
+    """``run_lts_bench`` on ``root`` raises a UserError matching ``match`` and writes nothing."""
+    with pytest.raises(UserError, match=match):
+        run_lts_bench(tmp_path / "out" / "lts.json", epochs=1, warmup=0, bits_list=(2,), seeds=(0,), root=root,
+                      progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_images_the_mlp_cannot_take_are_refused_before_training(tmp_path):
     """8x8 images (64 pixels) for the 784-input MLP: a UserError naming the folder, the shape found and the shapes
     allowed, before anything trains or is written (not torch's shape error from the first forward pass)."""
     root = write_idx_folder(tmp_path / "idx", n_train=20, n_test=10, side=8)
-    with pytest.raises(UserError, match=r"bench lts: the data folder '.*idx' \(--data-root\) holds images of shape "
-                                        r"\(1, 8, 8\); its 784-256-256-10 MLP needs \(1, H, W\) with H \* W = 784"):
-        run_lts_bench(tmp_path / "out" / "lts.json", epochs=1, warmup=0, bits_list=(2,), seeds=(0,), root=root,
-                      progress=False)
-    assert not (tmp_path / "out").exists()
+    _refused_before_training(tmp_path, root, r"bench lts: the data folder '.*idx' \(--data-root\) holds images of "
+                                             r"shape \(1, 8, 8\); its 784-256-256-10 MLP needs \(1, H, W\) with H \* W "
+                                             r"= 784")
 
 
 def test_labels_past_the_mlps_ten_classes_are_refused_before_training(tmp_path):
     """12 classes of 28 x 28 images (an EMNIST-like folder) for the 10-output MLP: a UserError naming the folder and
     the allowed labels, before anything trains or is written (not torch's index error from the first batch)."""
     root = write_idx_folder(tmp_path / "idx", n_train=24, n_test=12, n_classes=12)
-    with pytest.raises(UserError, match=r"bench lts: --data-root .*idx: its labels reach 11; the bench's "
-                                        r"784-256-256-10 MLP has 10 classes: allowed labels 0\.\.9"):
-        run_lts_bench(tmp_path / "out" / "lts.json", epochs=1, warmup=0, bits_list=(2,), seeds=(0,), root=root,
-                      progress=False)
-    assert not (tmp_path / "out").exists()
+    _refused_before_training(tmp_path, root, r"bench lts: --data-root .*idx: its labels reach 11; the bench's "
+                                             r"784-256-256-10 MLP has 10 classes: allowed labels 0\.\.9")
