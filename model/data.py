@@ -546,6 +546,11 @@ def _subset(split: Split, train_subset: int | None, test_subset: int | None) -> 
                                y_test=split.y_test[:test_subset])
 
 
+def largest_label(split: Split) -> int:
+    """The largest label of the split's training and test parts."""
+    return int(max(split.y_train.max(), split.y_test.max()))
+
+
 def class_count(name: str, split: Split) -> int:
     """Number of classes of data set ``name``: 100 for CIFAR-100, 10 for digits and CIFAR-10, for an IDX folder the
     largest label seen plus one (at least 2), and for Fashion-MNIST 10, or that count where it is more (a
@@ -554,8 +559,7 @@ def class_count(name: str, split: Split) -> int:
     if name == "cifar100":
         return 100
     if name in ("idx", "fashion-mnist"):
-        seen = int(max(split.y_train.max(), split.y_test.max())) + 1
-        return max(2 if name == "idx" else 10, seen)
+        return max(2 if name == "idx" else 10, largest_label(split) + 1)
     return 10
 
 

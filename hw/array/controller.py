@@ -122,7 +122,7 @@ from amaranth.lib.wiring import In, Out
 from hw.array.engine import engine_layer_layout, row_command_layout
 from hw.array.feature_maps import input_signature
 from hw.array.map_writer import writer_layer_layout
-from hw.array.patch_loader import DIM_BITS, LoadMode, geometry_layout
+from hw.array.patch_loader import DIM_BITS, MAX_MAP_SIDE, LoadMode, geometry_layout
 from hw.array.status import Status
 from hw.core.global_buffer import buffer_port_signature
 from hw.core.image_layout import record_layout
@@ -483,7 +483,7 @@ class ArrayController(wiring.Component):
             # wrap, so the tile loop never ended: refused. Its width is refused past the tile, `g_wout > t`,
             # which on a build of fewer than 128 lanes is the same check; an input row past 255 codes is past
             # `row_codes`, which ArrayConfig keeps below 256.)
-            | (g_hout >= 1 << DIM_BITS) | ((g_wout >= 1 << DIM_BITS) if t >= 1 << DIM_BITS else 0)
+            | (g_hout > MAX_MAP_SIDE) | ((g_wout > MAX_MAP_SIDE) if t > MAX_MAP_SIDE else 0)
             | (d.c_out > 1 << self._cb) | fan_bad
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
@@ -529,7 +529,7 @@ class ArrayController(wiring.Component):
         with m.Switch(g_wout):
             for w in range(1, t + 1):
                 with m.Case(w):
-                    m.d.comb += table_rows.eq(min(t // w, (1 << DIM_BITS) - 1))
+                    m.d.comb += table_rows.eq(min(t // w, MAX_MAP_SIDE))
         rows_left = Signal(DIM_BITS + 2)  # output rows after the tile being loaded
         m.d.comb += [self.load_bank.eq(load_bank), self.comp_bank.eq(comp_bank)]
         with m.If(self.load_done):

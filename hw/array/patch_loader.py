@@ -68,6 +68,8 @@ from model.export.golden_conv import GAP_SUM_BITS, MAX_KERNEL
 #: Bits of the geometry fields: maps up to 255 x 255 (the controller refuses a larger input or output map with
 #: ``BAD_GEOMETRY``; :func:`hw.array.sizing.needs` refuses such an image before a build), kernels up to 255.
 DIM_BITS = 8
+#: The largest map side those fields hold.
+MAX_MAP_SIDE = (1 << DIM_BITS) - 1
 #: Kernel columns placed from one map read: 3, the kernel of ResNet-20 and VGG (a wider group would cost a
 #: column's placement registers and multiplexers, ~T bytes each, for 5 x 5 and 7 x 7 kernels only).
 LOADER_COLUMNS = 3

@@ -14,7 +14,7 @@ import numpy as np
 
 from hw.array.controller import MAX_VERTICAL_TOP
 from hw.array.engine import LANE_SLOTS
-from hw.array.patch_loader import DIM_BITS
+from hw.array.patch_loader import MAX_MAP_SIDE
 from hw.array.top import ArrayConfig
 from model.errors import UserError
 from model.export.format import HEADER, KIND_CONV, LAYER, MAGIC, VERTICAL_VERSION, VHEADER, VLAYER, WORD_BITS
@@ -28,13 +28,8 @@ def _field(words: np.ndarray, base: int, record, name: str) -> int:
     return (value >> f.bit) & ((1 << f.width) - 1)
 
 
-#: The largest map side the array holds (its loader's, writer's and tile counters' ``DIM_BITS``-bit fields; the
-#: controller refuses a larger map with ``BAD_GEOMETRY``).
-MAX_MAP_SIDE = (1 << DIM_BITS) - 1
-
-
 def _check_map(k: int, shape_in: tuple[int, int], shape_out: tuple[int, int], where: str) -> None:
-    """:class:`UserError` if layer ``k``'s input or output map has a side past :data:`MAX_MAP_SIDE`."""
+    """:class:`UserError` if layer ``k``'s input or output map has a side past :data:`~hw.array.patch_loader.MAX_MAP_SIDE`."""
     if max(*shape_in, *shape_out) > MAX_MAP_SIDE:
         raise UserError(f"{where}: layer {k} maps a {shape_in[0]} x {shape_in[1]} input to a {shape_out[0]} x "
                         f"{shape_out[1]} output; the array holds maps of up to {MAX_MAP_SIDE} x {MAX_MAP_SIDE}")
@@ -50,7 +45,7 @@ def needs(words, where: str = "image") -> dict:
     ------
     UserError
         Not a version 3 or 4 image, a descriptor past its words, a vertical layer wider than the array's, or a
-        map with a side past :data:`MAX_MAP_SIDE` (which the array would refuse with ``BAD_GEOMETRY``).
+        map with a side past ``MAX_MAP_SIDE`` (which the array would refuse with ``BAD_GEOMETRY``).
     """
     words = np.asarray(words, dtype=np.int64)
     if len(words) < HEADER.words or _field(words, 0, HEADER, "magic") != MAGIC:

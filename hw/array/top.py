@@ -36,7 +36,7 @@ from hw.array.controller import ArrayController
 from hw.array.engine import LANE_SLOTS, ChannelEngine, engine_layer_layout
 from hw.array.feature_maps import FeatureMaps
 from hw.array.map_writer import MapWriter, RowAssembler, writer_layer_layout
-from hw.array.patch_loader import DIM_BITS, PatchLoader
+from hw.array.patch_loader import MAX_MAP_SIDE, PatchLoader
 from hw.array.requant import A_BITS
 from hw.array.status import Status
 from hw.core.global_buffer import GlobalBuffer, load_port_signature
@@ -95,8 +95,8 @@ class ArrayConfig:
             raise ValueError(f"buffer_words must be >= 2, not {self.buffer_words}")
         # A map row of more codes would not fit the geometry fields (the controller's input columns count in
         # DIM_BITS bits: a header of 256 codes a row on such a build would never finish its input rows).
-        if self.row_codes >= 1 << DIM_BITS:
-            raise ValueError(f"row_codes must be at most {(1 << DIM_BITS) - 1} (the array's maps are at most that "
+        if self.row_codes > MAX_MAP_SIDE:
+            raise ValueError(f"row_codes must be at most {MAX_MAP_SIDE} (the array's maps are at most that "
                              f"wide), not {self.row_codes}")
 
 

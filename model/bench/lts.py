@@ -132,7 +132,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.bench.floors import floor_entry
-from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, load_idx_split, root_option
+from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, largest_label, load_idx_split, root_option
 from model.errors import UserError
 from model.files import write_json
 from model.methods.lts import LTSTraining, train_lockstep
@@ -236,7 +236,7 @@ def run_lts_bench(
         raise UserError(f"field 'seeds' is {seeds!r}; allowed a non-empty tuple of integers")
     check_idx_image_shape(root, "bench lts", f"its {INPUTS}-256-256-10 MLP", pixels=INPUTS)
     split = load_idx_split(root or FASHION_MNIST_ROOT, train_subset=train_subset, test_subset=test_subset)
-    top = max(int(split.y_train.max()), int(split.y_test.max()))
+    top = largest_label(split)
     if top >= CLASSES:  # (torch's cross-entropy would stop at the first batch with an index error)
         raise UserError(f"bench lts: {root_option(root, FASHION_MNIST_ROOT)}: its labels reach {top}; the bench's "
                         f"{INPUTS}-256-256-{CLASSES} MLP has {CLASSES} classes: allowed labels 0..{CLASSES - 1} (a "
