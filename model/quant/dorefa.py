@@ -49,14 +49,22 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x).detach() + (x - x.detach())
 
 
-def dorefa_normalize(w: torch.Tensor) -> torch.Tensor:
+def dorefa_normalize(w: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
     """Inner part of paper Eq. 3: ``tanh(w) / (2 max|tanh(w)|) + 1/2``, in ``[0, 1]``.
 
-    The maximum is over the whole tensor (one layer). An all-zero tensor maps to 1/2 everywhere.
-    Differentiable, including through the maximum.
+    The maximum is over the layer's weights that are not pruned (``kept``, the mask's ``m != 0``; the whole
+    tensor without it). Eq. 7 makes a 0-bit weight "similar to one in IMP": the network is ``f(x; theta * m)``,
+    so a pruned weight must not set the scale of the others, and through the maximum it would (its latent value,
+    rewound to ``theta_0`` at each iteration, can exceed every kept one) and would take a gradient. The kept
+    weights of a trained ticket do hold the maximum in practice (every layer of ``bench conv``'s ResNet-20 ticket
+    and of its ``theta_0``), so this changes no result of those runs. A tensor with nothing kept, or all zero, maps
+    to 1/2 everywhere. Differentiable, including through the maximum (which gives a pruned weight no gradient).
     """
     t = torch.tanh(w)
-    scale = 2 * t.abs().max().clamp_min(torch.finfo(t.dtype).tiny)
+    a = t.abs()
+    if kept is not None:
+        a = torch.where(kept, a, 0.0)
+    scale = 2 * a.max().clamp_min(torch.finfo(t.dtype).tiny)
     return t / scale + 0.5
 
 
@@ -90,7 +98,7 @@ def dorefa_codes(w: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     """
     check_widths(widths, "bit widths", TRAIN_WIDTHS)
     with torch.no_grad():
-        x = dorefa_normalize(w).to(torch.float64)
+        x = dorefa_normalize(w, widths != 0).to(torch.float64)
         return torch.round(x * _levels(widths)).to(torch.int64)
 
 
@@ -150,4 +158,4 @@ def dorefa_weight(w: torch.Tensor, widths: torch.Tensor, levels: MaskLevels | No
     """
     if levels is None:
         levels = mask_levels(widths)
-    return _DoReFaValue.apply(dorefa_normalize(w), levels.levels, levels.divisor, levels.nonzero)
+    return _DoReFaValue.apply(dorefa_normalize(w, levels.nonzero), levels.levels, levels.divisor, levels.nonzero)

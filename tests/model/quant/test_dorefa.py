@@ -64,11 +64,11 @@ def test_dorefa_32_bit_codes_and_ties_by_hand():
 
 
 def test_zero_width_gives_zero_weight_and_zero_code():
-    # x(-0.2) = tanh(-0.2) / (2 tanh(0.9)) + 1/2 = 0.36223; round(15 x) = round(5.433) = 5.
+    # x(-0.2) = tanh(-0.2) / (2 tanh(0.9)) + 1/2 = 0.36223; round(15 x) = round(5.433) = 5; x(0.9) = 1.
     w = torch.tensor([[0.3, -0.2], [0.9, -0.05]])
-    widths = torch.tensor([[0, 4], [0, 0]])
-    assert dorefa_codes(w, widths).tolist() == [[0, 5], [0, 0]]
-    assert dorefa_weight(w, widths).tolist() == [[0.0, pytest.approx(2 * 5 / 15 - 1, abs=1e-7)], [0.0, 0.0]]
+    widths = torch.tensor([[0, 4], [4, 0]])
+    assert dorefa_codes(w, widths).tolist() == [[0, 5], [15, 0]]
+    assert dorefa_weight(w, widths).tolist() == [[0.0, pytest.approx(2 * 5 / 15 - 1, abs=1e-7)], [1.0, 0.0]]
 
 
 @settings(max_examples=60, deadline=None)
@@ -87,9 +87,10 @@ def test_fake_quant_weight_is_exactly_the_dequantized_codes(values, width_list):
 
 
 def test_dorefa_gradient_is_that_of_the_unrounded_expression_and_zero_at_width_0():
-    # Eq. 4: d w_q / d w of the element 0.5 is d/dw [tanh(w) / tanh(1)] = (1 - tanh(0.5)^2) / tanh(1).
+    # Eq. 4: d w_q / d w of the element 0.5 is d/dw [tanh(w) / tanh(1)] = (1 - tanh(0.5)^2) / tanh(1) (the kept
+    # 1 holds the maximum).
     w = torch.tensor(W, requires_grad=True)
-    dorefa_weight(w, torch.tensor([4, 0, 0, 0]))[0].backward()
+    dorefa_weight(w, torch.tensor([4, 0, 0, 4]))[0].backward()
     assert w.grad[0].item() == pytest.approx(1.0326336235852185, rel=1e-6)
     w.grad = None
     dorefa_weight(w, torch.tensor([0, 8, 0, 0])).sum().backward()
@@ -97,19 +98,39 @@ def test_dorefa_gradient_is_that_of_the_unrounded_expression_and_zero_at_width_0
 
     widths = torch.tensor([16, 0, 4, 32])
     w_ref = torch.tensor(W, requires_grad=True)
-    (2 * dorefa_normalize(w_ref) - 1)[widths != 0].sum().backward()
+    (2 * dorefa_normalize(w_ref, widths != 0) - 1)[widths != 0].sum().backward()
     w.grad = None
     dorefa_weight(w, widths).sum().backward()
     assert torch.equal(w.grad, w_ref.grad)
     # Eq. 3's maximum carries gradient too (DoReFa differentiates through max |tanh w|): an independent
-    # reference, written out here rather than through dorefa_normalize, over every element, the argmax included.
+    # reference, written out here rather than through dorefa_normalize, the maximum over the kept elements
+    # (W's -1 at index 1 ties with the kept 1 at index 3, but is pruned), the argmax included.
     w_in = torch.tensor(W, dtype=torch.float64, requires_grad=True)
     t = torch.tanh(w_in)
-    ((t / (2 * t.abs().max()) + 0.5) * 2 - 1)[widths != 0].sum().backward()
+    ((t / (2 * t[widths != 0].abs().max()) + 0.5) * 2 - 1)[widths != 0].sum().backward()
     w.grad = None
     dorefa_weight(w, widths).sum().backward()
     assert torch.allclose(w.grad.double(), w_in.grad, rtol=1e-5, atol=1e-7)
-    assert w_in.grad[torch.tanh(w_in).abs().argmax()].item() != 0.0  # the argmax's own gradient is checked
+    assert w_in.grad[3].item() != 0.0  # the kept argmax's own gradient is checked
+    assert w.grad[1].item() == 0.0
+
+
+def test_a_pruned_weight_sets_no_scale_and_takes_no_gradient():
+    # Eq. 7: a 0-bit weight is pruned as in IMP, so the network is that of the kept weights alone. Here the
+    # pruned 3.0 exceeds every kept weight: with it in Eq. 3's maximum the kept 0.9 would take code
+    # round(15 (tanh(0.9) / (2 tanh(3)) + 1/2)) = 13, not 15, and the 3.0 would take a gradient.
+    widths = torch.tensor([4, 4, 0, 8])
+    w = torch.tensor([0.9, -0.3, 3.0, 0.2], requires_grad=True)
+    assert dorefa_codes(w, widths).tolist() == dorefa_codes(w.detach() * torch.tensor([1, 1, 0, 1]), widths).tolist()
+    assert dorefa_codes(w, widths)[0].item() == 15
+    value = dorefa_weight(w, widths)
+    assert value[0].item() == 1.0
+    assert torch.equal(value, dorefa_weight(torch.tensor([0.9, -0.3, -7.0, 0.2]), widths))
+    value.sum().backward()
+    assert w.grad[2].item() == 0.0 and w.grad[0].item() != 0.0
+    # Nothing kept: every x is 1/2 and every code 0, without a NaN.
+    assert dorefa_codes(w, torch.zeros(4, dtype=torch.int64)).tolist() == [0, 0, 0, 0]
+    assert torch.isfinite(dorefa_normalize(w, torch.zeros(4, dtype=torch.bool))).all()
 
 
 def test_check_widths_names_field_and_allowed_values():
@@ -188,7 +209,7 @@ def _reference_dorefa_weight(w, widths):
     q = dorefa_codes(w, widths).to(torch.float64)
     levels = ((torch.ones_like(widths) << widths) - 1).to(torch.float64)
     value = torch.where(levels > 0, 2 * q / levels.clamp_min(1) - 1, 0.0).to(w.dtype)
-    y = 2 * dorefa_normalize(w) - 1
+    y = 2 * dorefa_normalize(w, widths != 0) - 1
     return torch.where(widths != 0, value + (y - y.detach()), torch.zeros_like(y))
 
 
