@@ -30,7 +30,8 @@ Choices, each said once here:
   iteration's activations; we read ``2^(i+1) - 1`` as the largest unsigned code ``Q_P`` of the width (Eq. 1),
   i.e. ``s_a = max(a) / (2^b - 1)`` at ``b`` bits, set on the first training forward pass at that width.
 * **Weight step initialisation.** ``s_w`` = :func:`model.quant.lsq.init_step` at the source width (Esser
-  et al.'s ``2 mean|w| / sqrt(Q_P)``, Sec. 6.1).
+  et al.'s ``2 mean|w| / sqrt(Q_P)``, ``sqrt(7)`` at 4 bits; Sec. 6.1 writes ``sqrt(2^4 - 1)``: the reason for
+  LSQ's ``Q_P`` is in that function's docstring).
 * **Widths.** Consecutive integers (each lower width drops one bit, Eq. 5), at least 2 bits (the paper's
   basic layer), at most 8. One width is allowed: the net is then a plain LSQ net (the per-width oracle).
 """
