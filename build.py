@@ -113,7 +113,11 @@ def main(argv=None) -> int:
     # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0)
     # prints results, warnings and progress bars (the others still report errors). Read from the environment
     # so that the CLI does not import torch here.
-    silent = int(os.environ.get("RANK", "0")) != 0  # (an integer: torchrun_env_error; "00" is rank 0)
+    rank = int(os.environ.get("RANK", "0"))  # (an integer: torchrun_env_error; "00" is rank 0)
+    silent = rank != 0
+    # Every rank that meets an error prints it (one rank's failure alone must not go unseen), a rank past 0 with
+    # its number, so that the same error on every rank reads as that and not as one error printed twice.
+    error = f"error (rank {rank})" if silent else "error"
     if silent and hasattr(args, "quiet"):
         args.quiet = True
     try:
@@ -138,10 +142,10 @@ def main(argv=None) -> int:
                 stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
             return args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{error}: {exc}", file=sys.stderr)
         return 2
     except ToolError as exc:  # e.g. a simulator that is not installed: its message names the tool and the log
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{error}: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:  # a package of pyproject.toml missing: another Python than the .venv's
         if not exc.name or "." in exc.name or exc.name in OWN_PACKAGES:

@@ -84,12 +84,17 @@ def vertical_widths(args):
         raise UserError("--bits and --table-row choose the widths two ways: give one")
     if bits is not None and not 0 <= bits <= 8:
         raise UserError(f"--bits must be 0 (the source width) to 8, not {bits}")
-    if row is None:
-        return bits or None
+    if not bits and row is None:
+        return None
     from model.export.golden_vertical import TableRow
     from model.export.image_v4 import read_vertical_image
 
     net, _ = read_vertical_image(Path(args.image))
+    if row is None:
+        if bits not in net.widths:
+            raise UserError(f"--bits {bits}: allowed the stored widths {list(net.widths)} of the image {args.image} "
+                            "(or 0, its source width)")
+        return bits
     if not 0 <= row < min(len(net.table), 128):
         raise UserError(f"--table-row {row}: the image's Eq. 12 table has {len(net.table)} rows "
                         f"(allowed 0..{min(len(net.table), 128) - 1})")

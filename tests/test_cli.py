@@ -143,6 +143,18 @@ def test_torchrun_variables_that_describe_no_group_are_a_clear_error(tmp_path, e
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_error_under_torchrun_is_printed_by_each_rank_a_rank_past_0_naming_itself(tmp_path, rank):
+    """The other ranks print no results, but their errors (a failure of one rank alone must be seen); the same
+    error on two ranks reads as that, not as one error printed twice."""
+    env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}
+    res = cli("eval", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "eval", env=env)
+    prefix = "error (rank 1): " if rank else "error: "
+    assert res.returncode == 2 and res.stderr.startswith(prefix + "`eval` does not run data-parallel"), res.stderr
+    assert not (tmp_path / "eval").exists()
+
+
 def test_rank_zero_written_otherwise_still_prints(flow, tmp_path):
     """RANK "00" is rank 0 (the check reads it as an integer): a lone run prints its results, not nothing."""
     res = cli("eval", "--image", flow / "image", "--out", tmp_path / "eval", env={"RANK": "00"})

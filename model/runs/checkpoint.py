@@ -102,9 +102,38 @@ def unreadable_checkpoint(path, exc: Exception, what: str = "checkpoint") -> Use
     return UserError(f"{path}: not a readable {what} ({type(exc).__name__}: {lines[0] if lines else ''})")
 
 
+def _zip_damage(path) -> str | None:
+    """Why a file that starts as a zip archive is not a whole one (cut short, or a member that fails its CRC), or
+    None when :mod:`zipfile` finds nothing wrong with it (torch's reason then stands)."""
+    try:
+        size = Path(path).stat().st_size
+        if not zipfile.is_zipfile(path):
+            return (f"the zip archive that torch.save writes is cut short or damaged: it starts as one, but its "
+                    f"{size:,} bytes hold no end-of-archive record (an interrupted copy or download?)")
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return f"the zip archive that torch.save writes is damaged ({type(exc).__name__}: {exc})"
+    if bad is not None:
+        return f"the zip archive that torch.save writes is damaged: its member {bad!r} fails its CRC check"
+    return None
+
+
 def torch_load(path, what: str = "checkpoint"):
     """``torch.load`` of ``path`` (CPU, weights only), a file that is no such ``what`` refused as
-    :func:`unreadable_checkpoint` says (the checkpoints here, and a run directory's own files)."""
+    :func:`unreadable_checkpoint` says (the checkpoints here, and a run directory's own files).
+
+    A zip archive is checked whole first (:func:`_zip_damage`): ``torch.load`` reads a file cut short with a
+    reason that names no cause, and one whose bytes changed without a word (it checks no CRC), so a flipped
+    bit in a weight would load as another weight."""
+    try:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+    except OSError:
+        zipped = False  # (a folder, no permission: torch's reason below says which)
+    damage = _zip_damage(path) if zipped else None
+    if damage is not None:
+        raise UserError(f"{path}: not a readable {what}: {damage}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError,

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=BENCHES, help="what to measure: dsp (packed DSP48E1 lane modes: synthesis, "
                    "bit-exact simulation, density), lts (plain QAT vs LTS at 2-4 bits), imq (float, IMQ, IRQ, IMP, "
                    "QNN-k), bmpq (FP-32 vs BMPQ at three budgets), conv (ResNet-20 and VGG IMQ tickets and a BMPQ "
-                   "VGG: fake-quant vs golden accuracy, image bytes, MACs; about 20 min), qat (a DoReFa, BMPQ, LTS and vertical "
+                   "VGG: fake-quant vs golden accuracy, image bytes, MACs; about 4-7 min), qat (a DoReFa, BMPQ, LTS and vertical "
                    "training step of the MLP, VGG and ResNet-20 against the float step; about 30 s), export (packs a "
                    "10-million-weight network of random widths into a version 3 image: seconds, bytes, metadata "
                    "bits per weight; under a minute), fuzz (random conv and FC layers and small networks through "
@@ -446,7 +446,7 @@ def bench_bmpq(args, out: Path) -> int:
 
 def bench_conv(args, out: Path) -> int:
     """ResNet-20 and VGG IMQ tickets and a BMPQ VGG on Fashion-MNIST, each exported as an image (model/bench/conv.py,
-    about 20 min on 2 cores)."""
+    about 4-7 min on 2 cores: 233 s at 4f8eb2e, 389 s at 25da61e)."""
     from model.bench.conv import run_conv_bench
 
     rows, summary = run_conv_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet,

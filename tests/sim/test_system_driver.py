@@ -147,6 +147,9 @@ def test_cli_vertical_widths_user_errors(tmp_path, capsys):
                        (["--image", str(tmp_path / "v"), "--system", "--table-row", "2"],
                         "--table-row 2: the image's Eq. 12 table has 2 rows"),
                        (["--image", str(tmp_path / "v"), "--system", "--bits", "9"], "--bits must be 0"),
+                       (["--image", str(tmp_path / "v"), "--core", "array", "--bits", "5"],
+                        (f"--bits 5: allowed the stored widths [2, 3, 4] of the image {tmp_path / 'v'} (or 0, its "
+                         "source width)")),
                        (["--image", str(tmp_path / "v"), "--system", "--bits", "2", "--table-row", "0"],
                         "give one")):
         assert build.main(["sim", *argv]) == 2, argv

@@ -1,6 +1,7 @@
 """Checkpoints: round trip, and clear errors for files that are not checkpoints or do not fit the model."""
 
 import re
+import zipfile
 
 import pytest
 import torch
@@ -35,12 +36,28 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(UserError, match=r"noise.pt: not a checkpoint: torch.save writes a zip archive, and this file "
                                         r"starts with b'\\x00gar'"):
         load_checkpoint(bad)
-    # A zip archive torch cannot read: its reason's first line, whole (torch's run to paragraphs)
+    # A zip archive cut short: said so, with its size (torch's own reason names no cause)
     good = tmp_path / "good.pt"
-    torch.save({"format": "x"}, good)
+    torch.save({"format": "x", "w": torch.arange(64.0)}, good)
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:60])
-    with pytest.raises(UserError, match=r"cut.pt: not a readable checkpoint \(\w+: [^\n]*\)$"):
+    with pytest.raises(UserError, match=r"cut.pt: not a readable checkpoint: the zip archive that torch.save writes "
+                                        r"is cut short or damaged: it starts as one, but its 60 bytes hold no "
+                                        r"end-of-archive record"):
         load_checkpoint(tmp_path / "cut.pt")
+    # One byte of a tensor changed: torch.load would read it as another value (it checks no CRC); refused by name
+    data = bytearray(good.read_bytes())
+    at = data.index(torch.arange(64.0).numpy().tobytes()) + 100
+    data[at] ^= 0x40
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    assert not torch.equal(torch.load(tmp_path / "flipped.pt", weights_only=True)["w"], torch.arange(64.0))
+    with pytest.raises(UserError, match=r"flipped.pt: not a readable checkpoint: the zip archive that torch.save "
+                                        r"writes is damaged: its member '[^']*/data/0' fails its CRC check"):
+        load_checkpoint(tmp_path / "flipped.pt")
+    # A whole zip archive torch still cannot read: its reason's first line, whole (torch's run to paragraphs)
+    with zipfile.ZipFile(tmp_path / "empty.pt", "w") as z:
+        z.writestr("archive/nothing", b"")
+    with pytest.raises(UserError, match=r"empty.pt: not a readable checkpoint \(\w+: [^\n]*\)$"):
+        load_checkpoint(tmp_path / "empty.pt")
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="other.pt: field 'format'"):
         load_checkpoint(tmp_path / "other.pt")
