@@ -90,6 +90,16 @@ Choices where the paper leaves room, each said once here:
   their ``w_bar`` written into a copy of the last one), since every other position keeps its frozen value.
 * **Fair baseline.** Plain QAT (LTS off) runs the same autograd function with nothing masked, so the
   backward-time ratio measures only what LTS skips (a test checks it equals autograd's gradient).
+* **Activations (a deviation).** The paper quantizes activations with the weights' quantizer, Eq. 1 and 4 with
+  trainable ``l``, ``u`` started at the activations' minimum and maximum (Sec. III-A). Here they are PACT
+  (:class:`model.quant.pact.PACT`, a trainable clip ``alpha`` above 0). The reason is that the integer
+  contract the accelerator runs (:mod:`model.export.golden`) has unsigned activation codes starting at 0,
+  ``alpha q / (2^b - 1)``: an ``l`` other than 0 would need an offset term in every layer. LTS itself acts on
+  the weights only, so its freezing rule (Eq. 5-8) is as written.
+* **Start (a deviation).** The paper starts QAT from a pre-trained full-precision model (Sec. IV-A), and it
+  names that start as one reason weights settle early (Sec. III-B). ``bench lts`` trains LTS and plain QAT from
+  the same random start instead, within its CPU budget. Its sparsity figures are therefore those of training
+  from scratch, which settles later than from a pre-trained model.
 """
 
 from __future__ import annotations
