@@ -57,7 +57,8 @@ def dorefa_normalize(w: torch.Tensor, kept: torch.Tensor | None = None) -> torch
     so a pruned weight must not set the scale of the others, and through the maximum it would (its latent value,
     rewound to ``theta_0`` at each iteration, can exceed every kept one) and would take a gradient. The kept
     weights hold the maximum in practice: ``bench conv``, run again with this rule (04d0346), wrote its ResNet-20
-    and VGG IMQ images byte for byte as before. A tensor with nothing kept, or all zero, maps to 1/2 everywhere. Differentiable, including through the maximum (which gives a pruned weight no gradient).
+    and VGG IMQ images byte for byte as before. A tensor with nothing kept, or all zero, maps to 1/2 everywhere.
+    Differentiable, including through the maximum (which gives a pruned weight no gradient).
     """
     t = torch.tanh(w)
     a = t.abs()
