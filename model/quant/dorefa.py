@@ -54,12 +54,13 @@ def dorefa_normalize(w: torch.Tensor, kept: torch.Tensor | None = None) -> torch
 
     The maximum is over the layer's weights that are not pruned (``kept``, the mask's ``m != 0``; the whole
     tensor without it). Eq. 7 makes a 0-bit weight "similar to one in IMP": the network is ``f(x; theta * m)``,
-    so a pruned weight must not set the scale of the others, and through the maximum it would (its latent value,
-    rewound to ``theta_0`` at each iteration, can exceed every kept one) and would take a gradient. Mostly the kept
-    weights hold the maximum anyway: ``bench conv``, run again with this rule (04d0346), wrote its ResNet-20 and
-    VGG IMQ images byte for byte as before. But in ``make demo``'s MLP the kept weight that held the classifier's
-    maximum shrank in training below a pruned one (0.11985 against 0.11986), and from then on the old rule let
-    that pruned weight set the scale and move; the demo's ticket changed (README). A tensor with nothing kept, or all zero, maps to 1/2 everywhere.
+    so a pruned weight must not set the scale of the others, and through the maximum it would (a kept weight
+    can shrink in training below a pruned one, and random pruning prunes large ones) and would take a gradient.
+    Mostly the kept weights hold the maximum anyway: ``bench conv``, run again with this rule (04d0346), wrote
+    its ResNet-20 and VGG IMQ images byte for byte as before. But in ``make demo``'s MLP the kept weight that held
+    the classifier's maximum shrank in training below a pruned one (0.11985 against 0.11986), and from then on
+    the old rule let that pruned weight set the scale and move; the demo's ticket changed (README). A tensor
+    with nothing kept, or all zero, maps to 1/2 everywhere.
     Differentiable, including through the maximum (which gives a pruned weight no gradient).
     """
     t = torch.tanh(w)
