@@ -106,18 +106,19 @@ def main(argv=None) -> int:
     from model.files import check_output_dir
 
     args = parser().parse_args(argv)
+    # Every rank that meets an error prints it (one rank's failure alone must not go unseen), a rank other than 0
+    # with its number, so that the same error on every rank reads as that and not as one error printed twice.
+    rank_text = os.environ.get("RANK", "0").strip()
+    error = f"error (rank {int(rank_text)})" if rank_text.isdigit() and int(rank_text) != 0 else "error"
     problem = torchrun_env_error()
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"{error}: {problem}", file=sys.stderr)
         return 2
     # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0)
     # prints results, warnings and progress bars (the others still report errors). Read from the environment
     # so that the CLI does not import torch here.
     rank = int(os.environ.get("RANK", "0"))  # (an integer: torchrun_env_error; "00" is rank 0)
     silent = rank != 0
-    # Every rank that meets an error prints it (one rank's failure alone must not go unseen), a rank past 0 with
-    # its number, so that the same error on every rank reads as that and not as one error printed twice.
-    error = f"error (rank {rank})" if silent else "error"
     if silent and hasattr(args, "quiet"):
         args.quiet = True
     try:
@@ -156,13 +157,13 @@ def main(argv=None) -> int:
         else:
             fix = (f"`make setup` installs every pinned package into {venv}: run `{venv / 'bin' / 'python'} build.py "
                    f"{args.command} ...` (or `source {venv / 'bin' / 'activate'}` first)")
-        print(f"error: the Python package {exc.name!r} is not installed for {sys.executable}; {fix}", file=sys.stderr)
+        print(f"{error}: the Python package {exc.name!r} is not installed for {sys.executable}; {fix}", file=sys.stderr)
         return 1
     except OSError as exc:  # a file or folder the system refuses (a path given by the user, or a full disk)
         if exc.filename is None:
             raise
         names = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-        print(f"error: {names}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{error}: {names}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

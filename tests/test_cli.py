@@ -140,6 +140,8 @@ def test_torchrun_variables_that_describe_no_group_are_a_clear_error(tmp_path, e
     res = cli("train", "--epochs", 1, "--iterations", 1, "--quiet", "--out", tmp_path / "run", env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert message in res.stderr, res.stderr
+    rank = int(env["RANK"])  # (each rank prints its errors, a rank other than 0 with its number)
+    assert res.stderr.startswith(f"error (rank {rank}): " if rank else "error: "), res.stderr
     assert not (tmp_path / "run").exists()
 
 

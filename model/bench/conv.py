@@ -35,10 +35,11 @@ per image for the golden model), so:
 * BMPQ: the first 12,000 training images, 6 epochs of SGD (ILP after epochs 2 and 4), target compression 10x. It
   selects nothing (the last epoch's model is the result), so it holds no validation images out.
 
-Measured: 20 minutes wall on 2 cores while another process kept them busy (load average 3-3.8: torch's two threads
+Measured: 4-7 minutes alone on 2 cores (233 s at 4f8eb2e, 389 s at 25da61e); 28 minutes at 04d0346 beside a helper's
+jobs, and 20 minutes wall on 2 cores while another process kept them busy (load average 3-3.8: torch's two threads
 then wait on each other, and a ResNet-20 epoch took 2-6 times its quiet 14 s); from the epochs that ran uncontended,
-about 8 minutes on a quiet machine. The budget leaves that margin on purpose; more training would raise the accuracies (ResNet-20's
-iteration 0 reaches only about 79 % on 5,000 images), not the figures this bench is for.
+about 8 minutes on a quiet machine. The budget leaves that margin on purpose; more training would raise the
+accuracies (ResNet-20's iteration 0 reaches only about 79 % on 5,000 images), not the figures this bench is for.
 
 Every IMQ run is a run directory under ``<out>/conv_runs/<arch>_imq`` (:mod:`model.runs.rundir`): an interrupted
 bench resumes its IMQ iterations; a run made under another code revision is refused, and ``restart=True``

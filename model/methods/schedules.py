@@ -24,8 +24,8 @@ IMQ with random choice"), which is how the defaults here read it. Every method i
 average weight width with pruned weights counting 0 bits (Fig. 3 and 8): ``32 * density`` for IMP and
 IRP, ``k * density`` for QNN-k IMP, ``k`` for QNN-k.
 
-**IMP and IRP are not full precision here.** Sec. 4 runs them "with 32-bit full precision", and Fig. 5
-("PACT-full IMP") shows that its IMP has ReLU activations. Here every method trains the same network, whose
+**IMP and IRP are not full precision here.** Sec. 4 runs them "with 32-bit full precision", and its text
+on Fig. 5 ("PACT-full IMP") says that its IMP has ReLU activations. Here every method trains the same network, whose
 activations are PACT-``k`` (``--act-bits``, PACT-8 in ``bench imq``) and whose kept weights are DoReFa-32.
 The reason is that a comparison at the same activation quantizer then measures the mask schedule alone, which the
 paper's Fig. 3 / 8 mix with the activations' own cost (Fig. 5 measures that cost apart). A run's full precision

@@ -27,9 +27,9 @@ The layers and the model surgery are in :mod:`model.quant.vertical`; the quantiz
   net is plain LSQ). ``downsample``: one LSQ net trained at the source width only, the lower widths obtained
   by direct floor downsampling without compensation (Fig. 5(b)), their BNs copied from the source width's
   and re-estimated, their activation steps ``2^(n-i)`` times the source width's. Fig. 5(b) and Table 5 also
-  fine-tune the lower widths; here they are not: fine-tuning a width's weights would give it weights of its
-  own, and the baseline stands for one stored model that serves every width by dropping bits (Sec. 3.3), whose
-  per-width parameters (BN, activation steps) are set as above. So this baseline is weaker than the paper's
+  fine-tune the lower widths; here they are not: fine-tuning a width's weights would give it weights of its own,
+  and the baseline stands for one stored model that serves every width by dropping bits (Sec. 3.2, Fig. 1(b)),
+  whose per-width parameters (BN, activation steps) are set as above. So this baseline is weaker than the paper's
   at the lower widths. ``ascending``: Sec. 3.3's
   ascending layer training, the basic layer by QAT, then each enhance layer ``b_i = [b_i^r > 0]`` with an
   STE, one stage per width, lower bits frozen (:class:`AscendingState`). The no-compensation and no-KD

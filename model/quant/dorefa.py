@@ -50,7 +50,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def dorefa_normalize(w: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
-    """Inner part of paper Eq. 3: ``tanh(w) / (2 max|tanh(w)|) + 1/2``, in ``[0, 1]``.
+    """Inner part of paper Eq. 3: ``tanh(w) / (2 max|tanh(w)|) + 1/2``, in ``[0, 1]`` (1/2 where not ``kept``).
 
     The maximum is over the layer's weights that are not pruned (``kept``, the mask's ``m != 0``; the whole
     tensor without it). Eq. 7 makes a 0-bit weight "similar to one in IMP": the network is ``f(x; theta * m)``,
@@ -59,16 +59,16 @@ def dorefa_normalize(w: torch.Tensor, kept: torch.Tensor | None = None) -> torch
     Mostly the kept weights hold the maximum anyway: ``bench conv``, run again with this rule (04d0346), wrote
     its ResNet-20 and VGG IMQ images byte for byte as before. But in ``make demo``'s MLP the kept weight that held
     the classifier's maximum shrank in training below a pruned one (0.11985 against 0.11986), and from then on
-    the old rule let that pruned weight set the scale and move; the demo's ticket changed (README). A tensor
-    with nothing kept, or all zero, maps to 1/2 everywhere.
+    the old rule let that pruned weight set the scale and move; the demo's ticket changed (README). A pruned
+    weight's ``x`` is 1/2 (its code is 0 whatever ``x``); a tensor with nothing kept, or all zero, maps to 1/2
+    everywhere.
     Differentiable, including through the maximum (which gives a pruned weight no gradient).
     """
     t = torch.tanh(w)
-    a = t.abs()
-    if kept is not None:
-        a = torch.where(kept, a, 0.0)
-    scale = 2 * a.max().clamp_min(torch.finfo(t.dtype).tiny)
-    return t / scale + 0.5
+    if kept is None:
+        return t / (2 * t.abs().max().clamp_min(torch.finfo(t.dtype).tiny)) + 0.5
+    scale = 2 * torch.where(kept, t.abs(), 0.0).max().clamp_min(torch.finfo(t.dtype).tiny)
+    return torch.where(kept, t / scale + 0.5, 0.5)
 
 
 def _levels(widths: torch.Tensor) -> torch.Tensor:

@@ -104,18 +104,30 @@ def unreadable_checkpoint(path, exc: Exception, what: str = "checkpoint") -> Use
 
 def _zip_damage(path) -> str | None:
     """Why a file that starts as a zip archive is not a whole one (cut short, or a member that fails its CRC), or
-    None when :mod:`zipfile` finds nothing wrong with it (torch's reason then stands)."""
+    None when :mod:`zipfile` finds nothing wrong with it (torch's reason then stands).
+
+    A member whose recorded CRC is 0 is not checked: ``torch.serialization.set_crc32_options(False)`` makes
+    ``torch.save`` write 0 for every member, and such a file is whole (a real CRC of 0 is one in 2^32)."""
+    member = None
     try:
         size = Path(path).stat().st_size
         if not zipfile.is_zipfile(path):
             return (f"the zip archive that torch.save writes is cut short or damaged: it starts as one, but its "
                     f"{size:,} bytes hold no end-of-archive record (an interrupted copy or download?)")
         with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size > 0:
+                    continue
+                member = info.filename
+                with archive.open(info) as f:  # (zipfile checks the CRC at the member's end: BadZipFile)
+                    while f.read(1 << 20):
+                        pass
+    except zipfile.BadZipFile as exc:
+        if member is not None and "CRC" in str(exc):
+            return f"the zip archive that torch.save writes is damaged: its member {member!r} fails its CRC check"
+        return f"the zip archive that torch.save writes is damaged (BadZipFile: {exc})"
+    except (OSError, EOFError, ValueError) as exc:
         return f"the zip archive that torch.save writes is damaged ({type(exc).__name__}: {exc})"
-    if bad is not None:
-        return f"the zip archive that torch.save writes is damaged: its member {bad!r} fails its CRC check"
     return None
 
 

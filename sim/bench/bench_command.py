@@ -446,7 +446,7 @@ def bench_bmpq(args, out: Path) -> int:
 
 def bench_conv(args, out: Path) -> int:
     """ResNet-20 and VGG IMQ tickets and a BMPQ VGG on Fashion-MNIST, each exported as an image (model/bench/conv.py,
-    about 4-7 min on 2 cores: 233 s at 4f8eb2e, 389 s at 25da61e)."""
+    about 4-7 min on 2 cores alone: 233 s at 4f8eb2e, 389 s at 25da61e; 28 min at 04d0346 beside other jobs)."""
     from model.bench.conv import run_conv_bench
 
     rows, summary = run_conv_bench(out, root=args.data_root, smoke=args.smoke, progress=not args.quiet,

@@ -128,9 +128,10 @@ def test_a_pruned_weight_sets_no_scale_and_takes_no_gradient():
     assert torch.equal(value, dorefa_weight(torch.tensor([0.9, -0.3, -7.0, 0.2]), widths))
     value.sum().backward()
     assert w.grad[2].item() == 0.0 and w.grad[0].item() != 0.0
-    # Nothing kept: every x is 1/2 and every code 0, without a NaN.
+    # A pruned weight's x is 1/2; nothing kept: every x is 1/2 and every code 0.
     assert dorefa_codes(w, torch.zeros(4, dtype=torch.int64)).tolist() == [0, 0, 0, 0]
-    assert torch.isfinite(dorefa_normalize(w, torch.zeros(4, dtype=torch.bool))).all()
+    assert dorefa_normalize(w, torch.zeros(4, dtype=torch.bool)).eq(0.5).all()
+    assert dorefa_normalize(w, widths != 0)[2].item() == 0.5
 
 
 def test_check_widths_names_field_and_allowed_values():

@@ -120,9 +120,10 @@ def test_build_model_rejects_bad_configs(change, field):
 
 
 def _dorefa_by_hand(w: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-    """Eq. 3 and 7 element by element in float64: 0 for m = 0, else 2 round((2^m - 1) x) / (2^m - 1) - 1."""
+    """Eq. 3 and 7 element by element in float64: 0 for m = 0, else 2 round((2^m - 1) x) / (2^m - 1) - 1, the
+    maximum over the kept (m != 0) elements."""
     t = torch.tanh(w)
-    x = (t / (2 * t.abs().max()) + 0.5).double()
+    x = (t / (2 * t[widths != 0].abs().max()) + 0.5).double()
     out = torch.zeros(w.shape, dtype=torch.float64)
     for idx in itertools.product(*(range(d) for d in w.shape)):
         m = int(widths[idx])
@@ -158,6 +159,14 @@ def test_quant_conv2d_matches_dorefa_per_element_and_f_conv2d():
     expected = _dorefa_by_hand(conv.weight.detach(), widths)
     assert torch.equal(conv.quantized_weight().detach(), expected.float())
     assert conv.avg_bits == widths.double().mean().item()
+    # A pruned weight larger than every kept one sets no scale in the layer either (Eq. 7: pruned as in IMP).
+    big = conv.weight.detach().abs().argmax()
+    with torch.no_grad():
+        conv.weight.view(-1)[big] = 5.0
+        conv.bit_width.view(-1)[big] = 0
+    expected = _dorefa_by_hand(conv.weight.detach(), conv.bit_width)
+    assert torch.equal(conv.quantized_weight().detach(), expected.float())
+    assert expected.abs().max().item() == 1.0  # the kept maximum reaches a full-scale code
     x = torch.rand(2, 2, 5, 4)
     y = conv(x)
     assert torch.equal(y, F.conv2d(x, conv.quantized_weight(), None, stride=2, padding=1))

@@ -53,6 +53,14 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(UserError, match=r"flipped.pt: not a readable checkpoint: the zip archive that torch.save "
                                         r"writes is damaged: its member '[^']*/data/0' fails its CRC check"):
         load_checkpoint(tmp_path / "flipped.pt")
+    # A file torch.save wrote without CRCs (set_crc32_options(False): every CRC 0) is whole and loads
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"format": "x", "w": torch.arange(64.0)}, tmp_path / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    with pytest.raises(UserError, match="nocrc.pt: field 'format' is not"):
+        load_checkpoint(tmp_path / "nocrc.pt")
     # A whole zip archive torch still cannot read: its reason's first line, whole (torch's run to paragraphs)
     with zipfile.ZipFile(tmp_path / "empty.pt", "w") as z:
         z.writestr("archive/nothing", b"")
