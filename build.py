@@ -115,8 +115,8 @@ def main(argv=None) -> int:
         print(f"{error}: {problem}", file=sys.stderr)
         return 2
     # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0)
-    # prints results, warnings and progress bars (the others still report errors). Read from the environment
-    # so that the CLI does not import torch here.
+    # prints results, warnings and progress bars (errors: every rank, above). Read from the environment so that
+    # the CLI does not import torch here.
     rank = int(os.environ.get("RANK", "0"))  # (an integer: torchrun_env_error; "00" is rank 0)
     silent = rank != 0
     if silent and hasattr(args, "quiet"):
