@@ -108,8 +108,11 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     # Every rank that meets an error prints it (one rank's failure alone must not go unseen), a rank other than 0
     # with its number, so that the same error on every rank reads as that and not as one error printed twice.
-    rank_text = os.environ.get("RANK", "0").strip()
-    error = f"error (rank {int(rank_text)})" if rank_text.isdigit() and int(rank_text) != 0 else "error"
+    try:
+        rank = int(os.environ.get("RANK", "0"))  # ("00" is rank 0)
+    except ValueError:
+        rank = 0  # (not an integer: torchrun_env_error names it)
+    error = f"error (rank {rank})" if rank > 0 else "error"
     problem = torchrun_env_error()
     if problem is not None:
         print(f"{error}: {problem}", file=sys.stderr)
@@ -117,7 +120,6 @@ def main(argv=None) -> int:
     # Under torchrun every rank runs the command (model.training.distributed); only rank 0 (RANK unset or 0)
     # prints results, warnings and progress bars (errors: every rank, above). Read from the environment so that
     # the CLI does not import torch here.
-    rank = int(os.environ.get("RANK", "0"))  # (an integer: torchrun_env_error; "00" is rank 0)
     silent = rank != 0
     if silent and hasattr(args, "quiet"):
         args.quiet = True

@@ -65,10 +65,9 @@ def dorefa_normalize(w: torch.Tensor, kept: torch.Tensor | None = None) -> torch
     Differentiable, including through the maximum (which gives a pruned weight no gradient).
     """
     t = torch.tanh(w)
-    if kept is None:
-        return t / (2 * t.abs().max().clamp_min(torch.finfo(t.dtype).tiny)) + 0.5
-    scale = 2 * torch.where(kept, t.abs(), 0.0).max().clamp_min(torch.finfo(t.dtype).tiny)
-    return torch.where(kept, t / scale + 0.5, 0.5)
+    a = t.abs() if kept is None else torch.where(kept, t.abs(), 0.0)
+    x = t / (2 * a.max().clamp_min(torch.finfo(t.dtype).tiny)) + 0.5
+    return x if kept is None else torch.where(kept, x, 0.5)
 
 
 def _levels(widths: torch.Tensor) -> torch.Tensor:

@@ -82,16 +82,26 @@ def save_checkpoint(path, model, meta: dict | None = None, data: DataRecord | No
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+#: The first bytes of a zip archive (a local file header), which ``torch.save`` writes.
+ZIP_HEAD = b"PK\x03\x04"
+
+
+def _head(path) -> bytes | None:
+    """The file's first four bytes, or None where it cannot be opened (a folder, no permission: torch's reason
+    then says which)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return None
+
+
 def unreadable_checkpoint(path, exc: Exception, what: str = "checkpoint") -> UserError:
     """The error for a file ``torch.load`` cannot read (``what`` it should be): a file that is not a zip archive
     (what ``torch.save`` writes) said so, else torch's reason, its first line whole (its messages run to
     paragraphs)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:  # (a folder, no permission: torch's reason below says which)
-        head = b"PK\x03\x04"
-    if head != b"PK\x03\x04":
+    head = _head(path)
+    if head not in (None, ZIP_HEAD):
         return UserError(f"{path}: not a {what}: torch.save writes a zip archive, and this file starts with {head!r}")
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
     refused = next((line for line in lines if line.startswith("WeightsUnpickler error:")), None)
@@ -138,12 +148,7 @@ def torch_load(path, what: str = "checkpoint"):
     A zip archive is checked whole first (:func:`_zip_damage`): ``torch.load`` reads a file cut short with a
     reason that names no cause, and one whose bytes changed without a word (it checks no CRC), so a flipped
     bit in a weight would load as another weight."""
-    try:
-        with open(path, "rb") as f:
-            zipped = f.read(4) == b"PK\x03\x04"
-    except OSError:
-        zipped = False  # (a folder, no permission: torch's reason below says which)
-    damage = _zip_damage(path) if zipped else None
+    damage = _zip_damage(path) if _head(path) == ZIP_HEAD else None
     if damage is not None:
         raise UserError(f"{path}: not a readable {what}: {damage}")
     try:
