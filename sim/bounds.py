@@ -4,14 +4,17 @@ Torch-free, so that ``build.py sim --core array`` prints each layer's RTL cycles
 bench accel`` records them (``sim/bench/accel.py``). The bounds count the lane cycles of each row
 (:func:`~hw.dsp.pass_lane.entry_lane_cycles` of its non-zero weights) and the emitters' one code a cycle, not
 loads, drains, the engines' imbalance or the global buffer's ports: what a layer's RTL cycles exceed its
-bound by is the cost of those (``docs/array_design.md``, "Early starts").
+bound by is the cost of those (``docs/array_design.md``, "Early starts"). :func:`dsp_bound_cycles` is the chip's
+bound: every DSP48E1 of the XC7Z020 busy every cycle, at the lanes' or the packing planner's rate a weight class.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from hw.dsp.packing import plan
 from hw.dsp.pass_lane import SLOTS, entry_lane_cycles
+from hw.platform.synth import XC7Z020
 from model.export.golden import MAX_ACT_BITS, IntNetwork
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import IntConvNetwork, mac_layers
@@ -108,6 +111,42 @@ def mac_weighted_bits(net: IntConvNetwork | IntNetwork) -> float:
         bits += int(widths.sum(dtype=np.int64)) * pixels
         macs += widths.size * pixels
     return bits / macs
+
+
+#: How a DSP48E1 multiplies a weight of each class in :func:`dsp_bound_cycles`: ``"lanes"``, as this array's
+#: pass lanes do (two pixels a lane, :func:`~hw.dsp.pass_lane.entry_lane_cycles` a weight: at 1-4-bit activations
+#: a 4- or 8-bit weight 2 MACs a DSP cycle, a 16-bit one 1, a 32-bit one 0.5), or ``"planner"``, the densest
+#: layout of the packing planner (:func:`hw.dsp.packing.plan`'s ``macs_per_cycle``: 4x4 4, 8x4 2, 16x4 2,
+#: 32x4 1), whose P drains after every product of a 16- or 32-bit weight instead of summing a pass.
+DSP_PACKINGS = ("lanes", "planner")
+
+
+def class_macs_per_dsp_cycle(class_bits: int, act_bits: int, packing: str = "lanes") -> float:
+    """MACs a DSP48E1 does a cycle for a ``class_bits``-bit weight at ``act_bits``-bit activations, as ``packing``
+    (:data:`DSP_PACKINGS`) multiplies it."""
+    if packing == "lanes":
+        return SLOTS / entry_lane_cycles(class_bits, act_bits)
+    if packing == "planner":
+        return plan(class_bits, act_bits).macs_per_cycle
+    raise ValueError(f"packing must be one of {DSP_PACKINGS}, not {packing!r}")
+
+
+def dsp_bound_cycles(net: IntConvNetwork | IntNetwork, packing: str = "lanes", dsps: int = XC7Z020["dsp"]) -> int:
+    """The fewest cycles ``dsps`` DSP48E1 (by default all of the XC7Z020's 220) could take for one image's
+    non-zero MACs, every DSP multiplying every cycle at ``packing``'s rate for each weight's class
+    (:func:`class_macs_per_dsp_cycle`; a conv at its input width, an FC after a global pool at 8-bit activations, as
+    :func:`layer_rows`). No array, tile, emitter or control: a bound of the chip and the packing alone, which an
+    array of those DSP48E1 cannot beat however its lanes are arranged (``docs/array_design.md``, "The ticket's
+    composition")."""
+    if not isinstance(dsps, int) or dsps < 1:
+        raise ValueError(f"dsps must be a positive integer, not {dsps!r}")
+    cycles = 0.0
+    for layer, pixels, after_pool, _ in weight_layers(net):
+        widths = np.asarray(layer.widths)
+        act_bits = MAX_ACT_BITS if after_pool else layer.in_bits
+        for m in (4, 8, 16, 32):
+            cycles += int((widths == m).sum()) * pixels / class_macs_per_dsp_cycle(m, act_bits, packing)
+    return int(np.ceil(cycles / dsps))
 
 
 def layer_report(net: IntConvNetwork | IntNetwork, layer_cycles: list[list[int]], engines: int, lanes: int

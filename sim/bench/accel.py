@@ -52,7 +52,10 @@ lanes and emitters allow for the row's network, no loads, drains or partly fille
 partly filled ones at their cost), ``mac_weighted_weight_bits`` (:func:`mac_weighted_bits`: the average weight
 width a MAC sees, each weight counted once per output pixel it meets) and ``bit_proportional_speedup_bound``
 (``32 /`` that: the speed-up over dense32 of an array whose time per MAC is proportional to the weight's bits and
-that has no other cost; what ``speedup_vs_dense32`` can reach on any such array).
+that has no other cost; what ``speedup_vs_dense32`` can reach on any such array), and
+``xc7z020_dsp_bound_cycles`` (:func:`~sim.bounds.dsp_bound_cycles` by packing, ``lanes`` and ``planner``: the
+fewest cycles all 220 DSP48E1 of the chip could take for the row's non-zero MACs, each busy every cycle, at the
+array's per-class cost or at the packing planner's densest layouts; what no arrangement of lanes can beat).
 
 ``curve``: the paper's Fig. 4 plots the speed-up of tickets at several average bit widths; here every iteration
 of the ticket's IMQ run (32 bits at iteration 0 down to about 1.6 at the last) runs :data:`CURVE_IMAGES` image at
@@ -96,6 +99,7 @@ from tqdm import tqdm
 
 from hw.array.sizing import config_for
 from hw.platform.array_synth import start_thread, synthesize_array
+from hw.platform.synth import XC7Z020
 from hw.platform.verilog import array_verilog, write_text_atomically
 from model.bench.conv import IMQ_THREADS, history_json, imq_configs, run_imq_row
 from model.bench.floors import floor_entry
@@ -111,7 +115,7 @@ from model.quant.pact import PACT
 from model.runs.rundir import load_iteration, run
 from model.training.loop import torch_threads
 from sim.array_runner import run_array
-from sim.bounds import lane_bound_cycles, layer_tile_bounds, mac_weighted_bits
+from sim.bounds import DSP_PACKINGS, dsp_bound_cycles, lane_bound_cycles, layer_tile_bounds, mac_weighted_bits
 from sim.runner import SimulationError
 
 #: The array of the bench: 4 engines of 42 pass lanes (84-pixel tiles: three 28-pixel rows of layer1 and
@@ -481,6 +485,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "tile_bound_cycles": tiled[key], "tile_bound_fraction": tiled[key] / cycles if cycles else None,
             # the average bits a MAC sees, and the speed-up over dense32 a bits-proportional array could reach
             "mac_weighted_weight_bits": mac_bits[key], "bit_proportional_speedup_bound": 32 / mac_bits[key],
+            # the chip's bound: all 220 DSP48E1 busy every cycle, at the lanes' and at the planner's densest packing
+            "xc7z020_dsp_bound_cycles": {packing: dsp_bound_cycles(net, packing) for packing in DSP_PACKINGS},
             "golden_accuracy": float((expected_all[key][:n].argmax(axis=1) == labels[:n]).mean()) if n else None,
             "width_counts": {str(m): int((widths == m).sum()) for m in (0, 4, 8, 16, 32)},
             "sim_cycles_per_second": sim_cycles[key] / sim_wall[key] if sim_wall[key] else None,
@@ -543,6 +549,22 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         "synthesis_error": str(box["synthesis_error"]) if "synthesis_error" in box else None,
         "budget_minutes": minutes, "simulator": simulator, "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def chip_bound_sentence(row: dict, rows: list[dict]) -> str:
+    """``row``'s ``xc7z020_dsp_bound_cycles`` in words, against dense32's at the same activation width when ``rows``
+    has it: the speed-up over dense32 the planner's densest layouts would leave (they make a 16- or 32-bit weight
+    cheaper relative to a narrow one than the array's lanes do)."""
+    bound = row["xc7z020_dsp_bound_cycles"]
+    text = (f"all {XC7Z020['dsp']} DSP48E1 of the XC7Z020, each busy every cycle, would take at least "
+            f"{bound['lanes']:,} cycles for its non-zero MACs at the array's cost per weight class and "
+            f"{bound['planner']:,} at the packing planner's densest layouts")
+    dense = next((r for r in rows if r["weights"] == "dense32" and r["act_bits"] == row["act_bits"]), None)
+    if dense is not None and dense is not row:
+        planner = dense["xc7z020_dsp_bound_cycles"]["planner"]
+        text += (f", where dense32 takes {planner:,}: with those layouts a speed-up over dense32 of at most "
+                 f"{planner / bound['planner']:.2f}x")
+    return text
 
 
 def floors(result: dict) -> dict:

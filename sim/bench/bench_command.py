@@ -293,6 +293,7 @@ def bench_accel(args, out: Path) -> int:
         DEFAULT_ENGINES,
         DEFAULT_LANES,
         TICKET_IMAGES,
+        chip_bound_sentence,
         floors,
         plot_accel,
         plot_layers,
@@ -336,6 +337,7 @@ def bench_accel(args, out: Path) -> int:
                   "weighted by the MACs each takes part in: an array whose time per MAC is proportional to the "
                   f"weight's bits, with no other cost, would be {r['bit_proportional_speedup_bound']:.2f}x faster than "
                   f"dense32 (measured here: {col('speedup_vs_dense32', '.2f')(r)}x)")
+            print(chip_bound_sentence(r, result["rows"]))
     layered = [r for r in result["rows"] if r.get("layer_cycles")]
     if layered:
         print("\ncycles over the tiles' bound, layer by layer (the RTL's layer_cycles against layer_tile_bounds; "

@@ -82,6 +82,8 @@ def _row(weights, act, cycles, **kw):
            "layer_cycles": [cycles / 4 + 100.0 * k for k in range(4)], "layer_tile_bounds": [cycles / 4] * 4}
     mac_bits = {"dense32": 32.0, "qnn4": 4.0}.get(weights, 4.9)
     row.update(mac_weighted_weight_bits=mac_bits, bit_proportional_speedup_bound=32 / mac_bits)
+    chip = {"dense32": (280_000, 140_000), "qnn4": (35_000, 18_000)}.get(weights, (44_000, 26_000))
+    row["xc7z020_dsp_bound_cycles"] = dict(zip(("lanes", "planner"), chip))
     row.update(kw)
     return row
 
@@ -266,6 +268,36 @@ def bench(capsys, *args):
     return code, out.out, out.err
 
 
+#: MACs a DSP48E1 does a cycle by (weight class, activation bits): the array's pass lanes (two pixels a lane; a pair
+#: pass for 4/8-bit weights at 4-bit activations, single passes otherwise, 16-bit chunks) and the packing planner's
+#: densest layouts (4x4 two weights by two codes; 16x4 and 32x4 two codes on each 16-bit chunk).
+LANE_RATES = {(4, 4): 2, (8, 4): 2, (16, 4): 1, (32, 4): 0.5, (4, 8): 1, (8, 8): 1, (16, 8): 1, (32, 8): 0.5}
+PLANNER_RATES = {(4, 4): 4, (8, 4): 2, (16, 4): 2, (32, 4): 1, (4, 8): 2, (8, 8): 2, (16, 8): 1, (32, 8): 0.5}
+
+
+@pytest.mark.parametrize("weights", ["dense32", "qnn4", "ticket"])
+@pytest.mark.parametrize(("packing", "rates"), [("lanes", LANE_RATES), ("planner", PLANNER_RATES)])
+def test_the_chip_bound_counts_every_non_zero_mac_at_its_class_rate_on_220_dsps(ticket, weights, packing, rates):
+    """Every non-zero MAC of ResNet-20 at PACT-4 (the stem's input codes and the pooled FC's at 8 bits) at its
+    class's rate, over the XC7Z020's 220 DSP48E1 (or another count); pruned weights cost nothing."""
+    net = to_golden(accel.variant(ticket, weights, 4))
+    layers = [layer for layer in ticket.modules() if isinstance(layer, QUANT_LAYER_TYPES)]
+    sides = [side for _, _, side in RESNET20_CONVS] + [1]
+    cycles = 0.0
+    for i, (layer, side) in enumerate(zip(layers, sides)):
+        widths = layer.bit_width.numpy()
+        if weights != "ticket":
+            widths = np.full(widths.shape, 32 if weights == "dense32" else 4)
+        act = 8 if i in (0, len(layers) - 1) else 4
+        cycles += sum(int((widths == m).sum()) * side * side / rates[m, act] for m in (4, 8, 16, 32))
+    assert bounds.dsp_bound_cycles(net, packing) == int(np.ceil(cycles / 220))
+    assert bounds.dsp_bound_cycles(net, packing, dsps=7) == int(np.ceil(cycles / 7))
+    with pytest.raises(ValueError, match="packing must be one of"):
+        bounds.dsp_bound_cycles(net, "grid")
+    with pytest.raises(ValueError, match="dsps must be a positive integer"):
+        bounds.dsp_bound_cycles(net, packing, dsps=0)
+
+
 def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     seen = {}
 
@@ -288,6 +320,10 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     assert "Fig. 4's curve" in out and written["curve"][0]["imq_iteration"] == 1
     assert "under random back-pressure" in out and written["backpressure"]["rtl_images"] == 10
     assert "40,000 LUT (75 % of the XC7Z020)" in out  # the whole array's synthesis; its parts beside it
+    # the chip's DSP48E1 bound of the ticket at PACT-4, and dense32's at the planner's layouts (_row): 140,000 / 26,000
+    assert ("220 DSP48E1 of the XC7Z020, each busy every cycle, would take at least 44,000 cycles for its non-zero "
+            "MACs at the array's cost per weight class and 26,000 at the packing planner's densest layouts, where "
+            "dense32 takes 140,000: with those layouts a speed-up over dense32 of at most 5.38x") in out
     assert "by parts: one engine 6,000 LUT, the shell 16,100 LUT; the shell and the engines 40,100 LUT" in out
     code, _, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
     assert code == 1
