@@ -553,8 +553,9 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
 
 def chip_bound_sentence(row: dict, rows: list[dict]) -> str:
     """``row``'s ``xc7z020_dsp_bound_cycles`` in words, against dense32's at the same activation width when ``rows``
-    has it: the speed-up over dense32 the planner's densest layouts would leave (they make a 16- or 32-bit weight
-    cheaper relative to a narrow one than the array's lanes do)."""
+    has it: dense32's bound over the row's at the planner's densest layouts, the speed-up an array whose time
+    followed its DSP work would measure with them (no bound on a measured speed-up: they make a 16- or 32-bit
+    weight cheaper relative to a narrow one than the array's lanes do)."""
     bound = row["xc7z020_dsp_bound_cycles"]
     text = (f"all {XC7Z020['dsp']} DSP48E1 of the XC7Z020, each busy every cycle, would take at least "
             f"{bound['lanes']:,} cycles for its non-zero MACs at the array's cost per weight class and "
@@ -562,8 +563,8 @@ def chip_bound_sentence(row: dict, rows: list[dict]) -> str:
     dense = next((r for r in rows if r["weights"] == "dense32" and r["act_bits"] == row["act_bits"]), None)
     if dense is not None and dense is not row:
         planner = dense["xc7z020_dsp_bound_cycles"]["planner"]
-        text += (f", where dense32 takes {planner:,}: with those layouts a speed-up over dense32 of at most "
-                 f"{planner / bound['planner']:.2f}x")
+        text += (f", where dense32 takes {planner:,}: with those layouts an array whose time followed its DSP work "
+                 f"would run the row {planner / bound['planner']:.2f}x faster than dense32")
     return text
 
 

@@ -323,7 +323,8 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     # the chip's DSP48E1 bound of the ticket at PACT-4, and dense32's at the planner's layouts (_row): 140,000 / 26,000
     assert ("220 DSP48E1 of the XC7Z020, each busy every cycle, would take at least 44,000 cycles for its non-zero "
             "MACs at the array's cost per weight class and 26,000 at the packing planner's densest layouts, where "
-            "dense32 takes 140,000: with those layouts a speed-up over dense32 of at most 5.38x") in out
+            "dense32 takes 140,000: with those layouts an array whose time followed its DSP work would run the row "
+            "5.38x faster than dense32") in out
     assert "by parts: one engine 6,000 LUT, the shell 16,100 LUT; the shell and the engines 40,100 LUT" in out
     code, _, _ = bench(capsys, "accel", "--quiet", "--check", "--out", tmp_path)
     assert code == 1
