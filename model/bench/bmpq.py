@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.bench.floors import failed, floor_entry
+from model.bench.floors import failed, floor_entry, points
 from model.data import FASHION_MNIST_ROOT, Split, check_idx_image_shape, class_count, load_idx_split
 from model.files import save_figure, write_json
 from model.methods.bmpq import BMPQConfig, memory_mb, train_bmpq
@@ -126,7 +126,7 @@ def run_bmpq_bench(
             "memory_mb": result.memory_mb,
             "fp_memory_mb": memory_mb(result.params, [32] * len(result.params)),
             "fp_accuracy": fp.accuracy,
-            "accuracy_drop_pp": 100 * (fp.accuracy - result.accuracy),
+            "accuracy_drop_pp": points(fp.accuracy, result.accuracy),
             "meets_floor": None,  # below, from the row's own floors (_row_floors)
             "assignments": result.assignments,
             "accuracy_per_epoch": [r.accuracy for r in result.history],

@@ -77,7 +77,7 @@ import torch
 from tqdm import tqdm
 
 from model.bench.bmpq import BenchBudget, bench_model
-from model.bench.floors import floor_entry
+from model.bench.floors import floor_entry, points
 from model.data import FASHION_MNIST_ROOT, DataRecord, check_idx_image_shape, load_idx_split
 from model.export.convert import GOLDEN_BATCH, golden_accuracy, to_golden
 from model.export.golden import WIDTHS
@@ -203,7 +203,7 @@ def network_row(arch: str, method: str, model: torch.nn.Module, x_test: torch.Te
            "fakequant_accuracy": fq, "golden_accuracy": golden,
            **{k: memory[k] for k in MEMORY_KEYS}, "macs_dense": dense, "macs_nonzero": nonzero}
     row = {k: row[k] for k in ROW_KEYS}
-    return {**row, "golden_minus_fakequant_pp": 100 * (golden - fq),
+    return {**row, "golden_minus_fakequant_pp": points(golden, fq),
             "width_counts": {str(m): int((widths == m).sum()) for m in WIDTHS}, "test_images": len(y_test),
             "image": str(image_dir), **details}
 
@@ -283,7 +283,7 @@ def floors(rows: list[dict], wall_seconds: float | None) -> dict[str, dict]:
     result = {}
     for arch, method in NETWORKS:
         row = by_key.get((arch, method))
-        gap = None if row is None else 100 * abs(row["golden_accuracy"] - row["fakequant_accuracy"])
+        gap = None if row is None else abs(points(row["golden_accuracy"], row["fakequant_accuracy"]))
         result[f"golden_gap_pp_{arch}_{method}"] = floor_entry(gap, MAX_GAP_PP, "<=")
     resnet = by_key.get(("resnet20", "imq"))
     result["metadata_bits_per_weight_resnet20_imq"] = floor_entry(

@@ -28,6 +28,17 @@ from model.files import write_json
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 
 
+def points(a: float, b: float) -> float:
+    """``a - b`` in percentage points (``a``, ``b`` accuracies as fractions), rounded to 1e-9 points.
+
+    An accuracy is a count of images over a test set, so a difference of two is a whole number of images, far
+    coarser than 1e-9 points; the rounding takes off float error that would decide a floor met exactly: 4,155 and
+    4,105 right of 5,000 are 1 point apart, and ``100 * (0.831 - 0.821)`` is ``1.0000000000000009``, which failed
+    ``bench vertical``'s "at most 1 point below" at 6fc07b0.
+    """
+    return round(100 * (a - b), 9)
+
+
 def floor_entry(value, bound, op: str = ">=") -> dict:
     """One floor entry: ``{"value", "floor", "op", "holds"}`` (module docstring).
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from model.bench.floors import floor_entry
+from model.bench.floors import floor_entry, points
 from model.data import FASHION_MNIST_ROOT, check_idx_image_shape
 from model.methods.imq import IterationRecord, best_within, selection_split
 from model.runs import provenance
@@ -129,14 +129,14 @@ def analyse(rows: list[dict]) -> dict:
     records = [_record(r) for r in low]
     chosen = best_within(records, TICKET_BITS)
     best = None if chosen is None else next(r for r, rec in zip(low, records, strict=True) if rec is chosen)
-    gap = None if best is None or float_acc is None else 100 * (best["accuracy"] - float_acc)
+    gap = None if best is None or float_acc is None else points(best["accuracy"], float_acc)
     irq_points = [(r["avg_weight_bits"], r["accuracy"]) for r in irq]
     matched = []
     for r in low:
         other = _interpolate(irq_points, r["avg_weight_bits"]) if r["avg_weight_bits"] > 0 else None
         if other is not None:
             matched.append({"avg_weight_bits": r["avg_weight_bits"], "imq_accuracy": r["accuracy"],
-                            "irq_accuracy": other, "difference_pp": 100 * (r["accuracy"] - other)})
+                            "irq_accuracy": other, "difference_pp": points(r["accuracy"], other)})
     return {
         "float_accuracy": float_acc,
         "best_imq_at_most_4_bits": best,

@@ -131,7 +131,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.bench.floors import floor_entry
+from model.bench.floors import floor_entry, points
 from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, largest_label, load_idx_split, root_option
 from model.errors import UserError
 from model.files import write_json
@@ -273,7 +273,7 @@ def run_lts_bench(
                         "accuracies": accuracies,
                     }
                 )
-            lts_row, gaps = rows[-1], [100 * (p["lts"].accuracy - p["baseline"].accuracy) for p in pairs]
+            lts_row, gaps = rows[-1], [points(p["lts"].accuracy, p["baseline"].accuracy) for p in pairs]
             lts_row["gaps_pp"] = gaps
             lts_row["gap_stderr_pp"] = _stderr(gaps)
             write_json(out_path, rows, indent=1)
@@ -302,7 +302,7 @@ def floors(rows: list[dict]) -> dict[str, dict]:
         if r["mode"] != "lts":
             continue
         b, base = r["bits"], baseline.get(r["bits"])
-        gap = None if base is None else 100 * (r["accuracy"] - base["accuracy"])
+        gap = None if base is None else points(r["accuracy"], base["accuracy"])
         out[f"accuracy_vs_qat_pp_{b}bit"] = floor_entry(gap, ACCURACY_PP, ">=")
         out[f"avg_wgs_{b}bit"] = floor_entry(r["avg_wgs"], MIN_AVG_WGS, ">=")
         out[f"backward_time_ratio_{b}bit"] = floor_entry(r["backward_time_ratio"], MAX_BACKWARD_TIME_RATIO, "<=")

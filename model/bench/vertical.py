@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.bench.floors import floor_entry
+from model.bench.floors import floor_entry, points
 from model.data import FASHION_MNIST_ROOT, check_idx_image_shape, class_count, load_idx_split
 from model.errors import UserError
 from model.export.convert_vertical import export_vertical_image, vertical_input_codes
@@ -191,10 +191,10 @@ def floors(rows: list[dict], widths=(2, 3, 4), archs=None) -> dict[str, dict]:
     for arch in archs:
         for bits in widths:
             v, lsq = _acc(rows, arch, "vertical", bits), _acc(rows, arch, "lsq", bits)
-            gap = None if v is None or lsq is None else 100 * (lsq - v)
+            gap = None if v is None or lsq is None else points(lsq, v)
             out[f"{arch}_vertical_gap_to_lsq_pp_{bits}bit"] = floor_entry(gap, MAX_GAP_PP, "<=")
         low = min(widths)
         v, nc = _acc(rows, arch, "vertical", low), _acc(rows, arch, "no-compensation", low)
         out[f"{arch}_compensation_gain_pp_{low}bit"] = floor_entry(None if v is None or nc is None
-                                                                   else 100 * (v - nc), 0.0, ">")
+                                                                   else points(v, nc), 0.0, ">")
     return out

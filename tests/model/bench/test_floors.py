@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from model.bench.floors import exit_code, failed, floor_entry, floors_path, format_floors, write_floors
+from model.bench.floors import exit_code, failed, floor_entry, floors_path, format_floors, points, write_floors
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,16 @@ from model.bench.floors import exit_code, failed, floor_entry, floors_path, form
 )
 def test_floor_entry(value, bound, op, holds):
     assert floor_entry(value, bound, op) == {"value": value, "floor": bound, "op": op, "holds": holds}
+
+
+@pytest.mark.parametrize(("right_a", "right_b", "n", "want"), [(4155, 4105, 5000, 1.0), (8613, 8641, 10000, -0.28),
+                                                             (7665, 7655, 2000, 0.5), (100, 100, 360, 0.0)])
+def test_points_are_whole_images_in_percentage_points(right_a, right_b, n, want):
+    """Accuracy differences as the benches' floors read them: exact to the test set's resolution, so that a
+    difference of exactly a floor meets it (``100 * (0.831 - 0.821)`` alone is 1.0000000000000009)."""
+    assert points(right_a / n, right_b / n) == want
+    assert floor_entry(points(right_a / n, right_b / n), want, "<=")["holds"]
+    assert floor_entry(points(right_a / n, right_b / n), want, ">=")["holds"]
 
 
 def test_floor_entry_rejects_an_unknown_comparison():

@@ -38,6 +38,13 @@ def test_floors_hold_within_one_point_and_with_a_compensation_gain():
     assert f["mlp_compensation_gain_pp_2bit"]["value"] == pytest.approx(10.0)
 
 
+def test_a_gap_of_exactly_one_point_holds():
+    """LSQ 4,155 and vertical 4,105 right of 5,000 (``bench vertical`` at 6fc07b0): 1 point, the floor itself, although
+    ``100 * (0.831 - 0.821)`` is 1.0000000000000009 in floats (``model.bench.floors.points``)."""
+    f = floors(_rows((0.80, 0.84, 4105 / 5000), (0.805, 0.845, 4155 / 5000), 0.70))
+    assert f["mlp_vertical_gap_to_lsq_pp_4bit"] == {"value": 1.0, "floor": 1.0, "op": "<=", "holds": True}
+
+
 def test_floors_fail_on_a_gap_a_loss_or_a_missing_row():
     f = floors(_rows((0.80, 0.84, 0.83), (0.805, 0.845, 0.855), 0.81))
     assert [n for n, e in f.items() if not e["holds"]] == ["mlp_vertical_gap_to_lsq_pp_4bit",
