@@ -37,11 +37,17 @@ def row_cycles(widths: np.ndarray, act_bits: int) -> np.ndarray:
     return np.maximum(cost, 1)
 
 
+def layer_act_bits(layer, after_pool: bool) -> int:
+    """The activation width a layer's lanes multiply by: a conv's input width; an FC after a global pool 8 bits
+    (its 16-bit sums split over a lane's two slots)."""
+    return MAX_ACT_BITS if after_pool else layer.in_bits
+
+
 def layer_rows(layer, after_pool: bool) -> np.ndarray:
     """:func:`row_cycles` of one layer of :func:`~model.export.golden_net.mac_layers`: a conv at its input
     width; an FC after a global pool at 8-bit activations (its 16-bit sums split over a lane's two slots)."""
     widths = np.asarray(layer.widths).reshape(layer.widths.shape[0], -1)
-    return row_cycles(widths, MAX_ACT_BITS if after_pool else layer.in_bits)
+    return row_cycles(widths, layer_act_bits(layer, after_pool))
 
 
 def lane_bound_cycles(net: IntConvNetwork | IntNetwork, engines: int, lanes: int) -> int:
@@ -134,8 +140,7 @@ def class_macs_per_dsp_cycle(class_bits: int, act_bits: int, packing: str = "lan
 def dsp_bound_cycles(net: IntConvNetwork | IntNetwork, packing: str = "lanes", dsps: int = XC7Z020["dsp"]) -> int:
     """The fewest cycles ``dsps`` DSP48E1 (by default all of the XC7Z020's 220) could take for one image's
     non-zero MACs, every DSP multiplying every cycle at ``packing``'s rate for each weight's class
-    (:func:`class_macs_per_dsp_cycle`; a conv at its input width, an FC after a global pool at 8-bit activations, as
-    :func:`layer_rows`). No array, tile, emitter or control: a bound of the chip and the packing alone, which an
+    (:func:`class_macs_per_dsp_cycle` at :func:`layer_act_bits`). No array, tile, emitter or control: a bound of the chip and the packing alone, which an
     array of those DSP48E1 cannot beat however its lanes are arranged (``docs/array_design.md``, "The ticket's
     composition")."""
     if not isinstance(dsps, int) or dsps < 1:
@@ -143,7 +148,7 @@ def dsp_bound_cycles(net: IntConvNetwork | IntNetwork, packing: str = "lanes", d
     cycles = 0.0
     for layer, pixels, after_pool, _ in weight_layers(net):
         widths = np.asarray(layer.widths)
-        act_bits = MAX_ACT_BITS if after_pool else layer.in_bits
+        act_bits = layer_act_bits(layer, after_pool)
         for m in (4, 8, 16, 32):
             cycles += int((widths == m).sum()) * pixels / class_macs_per_dsp_cycle(m, act_bits, packing)
     return int(np.ceil(cycles / dsps))
