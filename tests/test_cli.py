@@ -262,6 +262,9 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path):
     assert summary["resources"]["dsp"] >= 4 and summary["fits_xc7z020"] is True
     assert 10 < summary["fmax_mhz_estimate"] < 1000
     assert summary["core_image_bytes"] == summary["image_bytes"]  # the array loads the version 3 image itself
+    # The whole array synthesised alone (synthesize_array's parts=False): no part's Verilog or Yosys run.
+    assert "End of script" in (out / "synth" / "yosys_whole.log").read_text()
+    assert not any((out / "synth" / n).exists() for n in ("mpq_engine.v", "yosys_engine.log", "yosys_shell.log"))
 
 
 def test_an_output_folder_no_file_can_be_written_into_is_refused_before_any_work(tmp_path):
