@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import io
 import os
@@ -163,6 +164,10 @@ def main(argv=None) -> int:
         return 1
     except OSError as exc:  # a file or folder the system refuses (a path given by the user, or a full disk)
         if exc.filename is None:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # (writes through model/files.py name their file)
+                print(f"{error}: {exc.strerror}: a write found the disk (or the quota) full; free some space and run "
+                      "the command again", file=sys.stderr)
+                return 2
             raise
         names = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
         print(f"{error}: {names}: {exc.strerror or exc}", file=sys.stderr)

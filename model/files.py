@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from model.errors import UserError
@@ -24,20 +26,92 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)``, then rename the temporary file over ``path``; returns ``path``."""
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders ``path`` and its parents that do not exist yet, deepest first: what ``mkdir(parents=True)``
+    would make, and what :func:`remove_empty` takes away again after a failed write."""
+    out = []
     path = Path(path)
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; a folder something was written into stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def name_the_file(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file when the system named none (a write that meets a full disk raises
+    ``ENOSPC`` without a file name), so that ``build.py`` prints the file and the reason, not a traceback."""
+    if exc.filename is not None:
+        return exc
+    named = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    named.__cause__ = exc
+    return named
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path``; returns ``path``.
+
+    On any failure the temporary file is removed, and so are the folders this call made for it (a write that
+    fails into a new ``--out`` leaves no empty folder); an :class:`OSError` without a file name gets ``path``
+    (:func:`name_the_file`)."""
+    path = Path(path)
+    made = missing_folders(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        _undo(tmp, made)
+        raise name_the_file(exc, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _undo(tmp, made)
         raise
     return path
+
+
+def _undo(tmp: str | None, made: list[Path]) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+    remove_empty(made)
+
+
+@contextmanager
+def staged_outputs(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A command's several output files as one commit: yields a new, empty staging folder beside ``out_dir`` (on
+    the same file system) to write them into. When the block ends without an error, every file in it is moved to
+    the same place under ``out_dir`` (made if missing; a file of the same name replaced, any other file left as
+    it was) by renames, which write no data, so a disk that fills up cannot stop them half-way. On an error the
+    staging folder is removed and ``out_dir`` is as it was: no half of a Verilog file and its Vivado plan, no
+    report without its JSON, no new empty folder. A staging folder is removed in every case."""
+    out = Path(out_dir)
+    made = missing_folders(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staged"))
+    try:
+        yield stage
+        for src in sorted(p for p in stage.rglob("*") if p.is_file() or p.is_symlink()):
+            dest = out / src.relative_to(stage)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        remove_empty(made)  # (folders a commit filled stay)
+        if isinstance(exc, OSError):  # (a full disk names no file: the output folder is named)
+            raise name_the_file(exc, out)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data, indent: int = 2) -> Path:

@@ -26,6 +26,7 @@ from model.cli import (
     refuse_unused_seed,
     write_json,
 )
+from model.files import staged_outputs
 
 HELP = "image -> accelerator Verilog and a Vivado build plan (XDC, TCL)"
 #: ``--selftest-images`` when not given.
@@ -83,9 +84,11 @@ def run(args) -> int:
         raise UserError(f"--selftest-images {len(u)} must be a multiple of --batch {args.batch} (the self-test ROM is "
                         f"read a batch at a time): give {near}, for example")
     words = core_words(v.net, args.image)
-    path = write_verilog(words, out / "mpq_accel.v", batch=args.batch)
-    print(f"wrote {path}")
-    files = write_build_plan(vivado, words, u, expected, board=args.board, name=SELFTEST_NAME, batch=args.batch)
+    with staged_outputs(out) as stage:  # (one commit: the Verilog and its plan, or nothing)
+        write_verilog(words, stage / "mpq_accel.v", batch=args.batch)
+        files = write_build_plan(stage / "vivado", words, u, expected, board=args.board, name=SELFTEST_NAME,
+                                 batch=args.batch)
+    print(f"wrote {out / 'mpq_accel.v'}")
     print(f"wrote the Vivado build plan for {args.board} ({len(files)} files; a self-test ROM of {len(u)} test images, "
           f"{len(u) // args.batch} batches of {args.batch}) to {vivado}; "
           f"run build_{SELFTEST_NAME}.sh there with Vivado on PATH")
@@ -107,9 +110,11 @@ def _array(args) -> int:
     words = array_words(image)  # checked: a corrupt image is named, nothing written
     config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical)
     refuse_past_the_dsps(config.dsp_lanes, config.engines, config.lanes, "verilog --core array")
-    path = write_text_atomically(out / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
-    write_json(out / "array_config.json", {"image": str(image), "top": ARRAY_TOP_NAME, "dsp_lanes": config.dsp_lanes,
-                                           "config": dataclasses.asdict(config)})
+    with staged_outputs(out) as stage:  # (one commit: the Verilog and its configuration, or nothing)
+        write_text_atomically(stage / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
+        write_json(stage / "array_config.json", {"image": str(image), "top": ARRAY_TOP_NAME,
+                                                 "dsp_lanes": config.dsp_lanes, "config": dataclasses.asdict(config)})
+    path = out / f"{ARRAY_TOP_NAME}.v"
     print(f"wrote {path} ({config.engines} engines x {config.lanes} lanes, {config.dsp_lanes} DSP48E1 lanes) and "
           f"{out / 'array_config.json'}; images load at run time through the load port. The board project is the "
           "Zynq system's: `python build.py system` (a Vivado project; not run here)")

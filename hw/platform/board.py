@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
@@ -76,9 +77,14 @@ class SelfTestTop(Elaboratable):
             )
             m.submodules.bufg = Instance("BUFG", i_I=clk100, o_O=ClockSignal("sync"))
             platform.add_clock_constraint(clk100, FABRIC_HZ)
-            restart = platform.request("button", 0).i if _has(platform, "button") else Signal()
+            restart = Signal()
+            if _has(platform, "button"):  # (the pins' buffers are io.Buffer's: a request without dir="-" is
+                m.submodules.button = button = io.Buffer("i", platform.request("button", 0, dir="-"))  # deprecated)
+                m.d.comb += restart.eq(button.i)
             m.d.comb += sync.rst.eq(~locked | restart)
-            m.d.comb += [platform.request("led", k).o.eq(self.leds[k]) for k in range(4)]
+            for k in range(4):
+                m.submodules[f"led{k}"] = led = io.Buffer("o", platform.request("led", k, dir="-"))
+                m.d.comb += led.o.eq(self.leds[k])
 
         m.submodules.accelerator = acc = self.accelerator
         m.submodules.inputs = in_rom = Memory(shape=8, depth=len(self._inputs), init=self._inputs)

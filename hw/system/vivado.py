@@ -45,7 +45,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
-from model.files import atomic_write, refuse_non_file
+from model.files import refuse_non_file, staged_outputs
 
 #: Block design name and the accelerator's cell in it (the attribute pynq's Overlay gives it).
 BD_NAME = "mpq_bd"
@@ -307,8 +307,9 @@ def check_project_folder(out_dir, *, bram_image: bool) -> None:
 def write_project(out_dir, board_name: str, system: MpqSystem) -> dict[str, Path]:
     """Write the project folder for ``system`` on ``board_name`` (module docstring); return ``{name: path}``.
 
-    The names are checked first (:func:`check_project_folder`); each file is written atomically
-    (:mod:`model.files`), so a failed write leaves no temporary file.
+    The names are checked first (:func:`check_project_folder`); the files are written as one commit
+    (:func:`model.files.staged_outputs`), so a failed write leaves the folder as it was, and the files of a BRAM
+    image that an earlier run wrote there are removed when this project has none.
 
     Raises
     ------
@@ -332,10 +333,14 @@ def write_project(out_dir, board_name: str, system: MpqSystem) -> dict[str, Path
     if bram:
         files |= {"weights.mem": mem_file(system.init), "write_mmi.tcl": WRITE_MMI_TCL,
                   "update_image.sh": UPDATE_IMAGE_SH}
-    paths = {}
-    for name, text in files.items():
-        path = atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
-        if name.endswith(".sh"):
-            path.chmod(0o755)
-        paths[name] = path
-    return paths
+    with staged_outputs(out) as stage:  # (one commit: a failed write leaves the folder as it was)
+        for name, text in files.items():
+            (stage / name).write_text(text)
+            if name.endswith(".sh"):
+                (stage / name).chmod(0o755)
+    # One project a folder: a BRAM image's files left by an earlier `--bram-image` run would describe another
+    # image than this project's (its weights.mem beside a design that loads images at run time).
+    for name in set(project_files(True)) - set(files):
+        if (out / name).is_file():
+            (out / name).unlink()
+    return {name: out / name for name in files}

@@ -53,7 +53,7 @@ from model.export.format import (
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, IntLinear, IntNetwork, check_layer
 from model.export.golden_net import IntConvNetwork
 from model.export.records import bit_span, check_reserved, field_error, pack_records, unpack_records
-from model.files import current_umask, refuse_non_file
+from model.files import current_umask, missing_folders, name_the_file, refuse_non_file, remove_empty
 
 FORMAT = "mpqaccel-image"
 HEADER_WORDS = HEADER.words
@@ -523,9 +523,11 @@ def write_image_files(out_dir, words: np.ndarray, record: dict) -> None:
         raise UserError(f"{out}: is a file; an image is a folder (weights.bin, weights.hex, manifest.json)")
     for name in FILES:  # before anything is replaced: a rename that fails half-way would mix two images
         refuse_non_file(out / name, f"the image writes its {name} there")
+    made = missing_folders(out)
     out.mkdir(parents=True, exist_ok=True)
     temps: dict[str, str] = {}
     mode = 0o666 & ~current_umask()  # what a plain open gives (mkstemp makes 0600), as model/files.py atomic_write
+    name = FILES[0]
     try:
         for name, content in contents.items():
             fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
@@ -535,9 +537,12 @@ def write_image_files(out_dir, words: np.ndarray, record: dict) -> None:
         for name in FILES:
             os.replace(temps[name], out / name)
             del temps[name]
+    except OSError as exc:  # (a full disk names no file: the one being written is named)
+        raise name_the_file(exc, out / name)
     finally:
         for temp in temps.values():
             Path(temp).unlink(missing_ok=True)
+        remove_empty(made)  # (a folder made for an image that was not written)
 
 
 def refuse_data_file(path: Path) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.errors import UserError
-from model.files import refuse_non_file
+from model.files import refuse_non_file, staged_outputs
 from model.methods.imq import IterationRecord, best_of, best_within, select_ticket, selection_split
 from model.methods.schedules import METHODS
 from model.runs.rundir import (
@@ -348,11 +348,12 @@ def write_report(
     summaries = [load_summary(d) for d in run_dirs]
     rows = table_rows(summaries, budgets)
     markdown = markdown_table(rows, summaries)
-    plot_report(summaries, paths["png"])
-    atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(markdown))
     curves = [{"run": str(s.run_dir), "curve": s.curve, "setting": s.setting, "method": s.config.method,
                "act_bits": s.config.act_bits, "finished": s.finished,
                "points": [{"iteration": r.iteration, "avg_weight_bits": r.avg_bits, "accuracy": r.accuracy,
                            "val_accuracy": r.val_accuracy} for r in s.history]} for s in summaries]
-    write_json(paths["json"], {"rows": rows, "curves": curves})
+    with staged_outputs(out_dir) as stage:  # (one commit: the three files, or none of them)
+        plot_report(summaries, stage / paths["png"].name)
+        atomic_write(stage / paths["md"].name, lambda tmp: Path(tmp).write_text(markdown))
+        write_json(stage / paths["json"].name, {"rows": rows, "curves": curves})
     return rows, markdown, paths

@@ -2,6 +2,9 @@
 simulating): a folder where a file goes, or a file where a folder goes, is an error naming that path, with nothing
 written and no temporary file left (sim/verilog_command.py, sim/sim_command.py, model.cli.refuse_taken_outputs)."""
 
+import errno
+import os
+
 import numpy as np
 import pytest
 
@@ -48,6 +51,34 @@ def test_verilog_refuses_taken_output_names(image, tmp_path, capsys, core, taken
     make(out / taken, kind)
     selftest = ["--selftest-images", 2] if core == "fc" else []
     refused(capsys, ["verilog", "--image", image, "--core", core, *selftest], out, taken, kind)
+
+
+@pytest.mark.parametrize("core", ["fc", "array"])
+def test_verilog_that_fails_half_way_leaves_the_folder_as_it_was(image, tmp_path, capsys, monkeypatch, core):
+    """The disk fills up at the last file (the system's ENOSPC names no file): exit 2 naming the folder, no
+    traceback, and an earlier run's files all still there, unchanged (the outputs are one commit,
+    model.files.staged_outputs; tests/model/test_files.py: into a new folder, no folder is left)."""
+    import hw.platform.board
+    import sim.verilog_command
+
+    where = hw.platform.board if core == "fc" else sim.verilog_command
+    real = {"fc": hw.platform.board.write_build_plan, "array": sim.verilog_command.write_json}[core]
+
+    def then_full(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(where, real.__name__, then_full)
+    out = tmp_path / "verilog"
+    earlier = ["mpq_accel.v", "vivado/mpq_accel_selftest.xdc"] if core == "fc" else ["mpq_array.v", "array_config.json"]
+    for name in earlier:
+        make(out / name, "file")
+    selftest = ["--selftest-images", 2] if core == "fc" else []
+    assert build.main(list(map(str, ["verilog", "--image", image, "--core", core, *selftest, "--out", out]))) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {out}: {os.strerror(errno.ENOSPC)}\n") and "Traceback" not in err, err
+    assert {p: p.read_text() for p in out.rglob("*") if p.is_file()} == {out / n: "x" for n in earlier}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["verilog"]  # no staging folder left
 
 
 @pytest.mark.parametrize(("args", "taken", "kind"), [

@@ -65,8 +65,14 @@ def test_project_with_bram_image(tmp_path, net, board):
 
 
 def test_project_without_bram_image_has_no_mem(tmp_path):
+    """Nor does its folder keep the BRAM image files of an earlier `--bram-image` project there (a weights.mem
+    beside a design that loads its image at run time); a file the project does not own stays."""
+    for name in ("weights.mem", "write_mmi.tcl", "update_image.sh", "notes.txt"):
+        (tmp_path / name).write_text("from before\n")
     paths = write_project(tmp_path, "pynq_z2", MpqSystem(CONFIG))
     assert "weights.mem" not in paths and "write_mmi" not in paths["build.tcl"].read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*paths, "notes.txt"])
+    assert all(p.parent == tmp_path and p.is_file() for p in paths.values())
 
 
 def test_mem_format_errors_and_round_trip():

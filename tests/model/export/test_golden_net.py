@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from model.data import load_dataset
 from model.errors import UserError
+from model.export import golden_net
 from model.export.convert import input_codes, to_golden
 from model.export.golden import ACC_SHIFT, WIDTHS, IntLinear, R, requantize
 from model.export.golden_conv import ACT_SUM_BOUND, IntConv2d, conv_forward, global_sum_pool
@@ -211,6 +212,24 @@ def test_global_pool_and_wide_fc_are_exact():
     assert np.array_equal(net.forward(u), requantize(acc, fc.mult, fc.bias, fc.shift, 0))
     assert np.array_equal(net.predict(u.reshape(4, -1)), net.forward(u).argmax(axis=1))
     assert ACC_SHIFT == 16  # the reference above uses golden's requantize, whose rounding golden's tests pin
+
+
+def test_a_batch_past_the_chunk_runs_in_chunks_with_the_same_scores(monkeypatch):
+    """forward runs a batch larger than FORWARD_CHUNK a chunk at a time (the memory of 10,000 ResNet-20 images at
+    once was more than 24 GB): the scores are the rows of the whole batch's, the last chunk short or not."""
+    rng = np.random.default_rng(11)
+    net = tiny_net(rng)
+    u = rng.integers(0, 16, size=(23, 2, 7, 7))
+    whole = net.forward(u)  # 23 <= 128: one chunk
+    assert golden_net.FORWARD_CHUNK >= len(u)
+    calls = []
+    one_pass = net._forward_checked
+    monkeypatch.setattr(IntConvNetwork, "_forward_checked", lambda self, x: calls.append(len(x)) or one_pass(x))
+    for chunk in (1, 5, 23):
+        monkeypatch.setattr(golden_net, "FORWARD_CHUNK", chunk)
+        calls.clear()
+        assert np.array_equal(net.forward(u), whole), chunk
+        assert calls == [min(chunk, 23 - i) for i in range(0, 23, chunk)], chunk
 
 
 @pytest.mark.parametrize("change, message", [
