@@ -159,12 +159,17 @@ class RunConfig:
         Fields of :data:`LEGACY_CONFIG_DEFAULTS` missing from an older file take the value those runs had.
         """
         names = {f.name for f in fields(cls)}
-        if isinstance(data, dict):
-            data = {**{k: v for k, v in LEGACY_CONFIG_DEFAULTS.items() if k not in data}, **data}
-        if not isinstance(data, dict) or set(data) != names:
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise UserError(f"{where}: field 'config' has keys {got}; expected {sorted(names)}")
-        data = dict(data)
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: field 'config' is a {type(data).__name__}; expected an object with the keys "
+                            f"{sorted(names)}")
+        # (the keys are named as the file has them: a legacy default is not one the file gave)
+        missing = sorted(names - set(data) - set(LEGACY_CONFIG_DEFAULTS))
+        unknown = sorted(set(data) - names)
+        if missing or unknown:
+            raise UserError(f"{where}: field 'config' " + "; ".join(
+                ([f"lacks the keys {missing}"] if missing else []) + ([f"has unknown keys {unknown}"] if unknown else []))
+                + f"; expected the keys {sorted(names)}")
+        data = {**{k: v for k, v in LEGACY_CONFIG_DEFAULTS.items() if k not in data}, **data}
         hidden = data.pop("hidden")
         if hidden is not None and (not isinstance(hidden, list) or not all(
                 isinstance(h, int) and not isinstance(h, bool) for h in hidden)):

@@ -29,6 +29,9 @@ TRAINING_BENCHES = ("lts", "imq", "bmpq", "conv", "qat", "vertical", "accel")
 RUN_DIR_BENCHES = ("imq", "conv")
 #: ``bench fuzz``'s weight layers when ``--layers`` is not given (the issue's floor: at least 10,000).
 FUZZ_LAYERS = 10_000
+#: The most ``--layers``: 10,000 layers take about 6 minutes on 2 cores (``bench fuzz``, README), a million about
+#: 10 hours; more is a typo, and was taken (a run of 10^12 layers showed an ETA in millions of hours).
+MAX_FUZZ_LAYERS = 1_000_000
 HELP = ("benchmarks: dsp (packed DSP48E1 lane modes), lts (LTS vs plain QAT), imq (IMQ vs its baselines), bmpq "
         "(BMPQ vs FP-32), conv (ResNet-20 / VGG tickets -> golden model -> image), qat (quantized vs float training "
         "step), export (packing a 10-million-weight image), vertical (vertical layering vs its baselines, and on the "
@@ -256,8 +259,8 @@ def bench_fuzz(args, out: Path) -> int:
     from sim.bench import fuzz_vertical
     from sim.bench.fuzz import floors, run_fuzz
 
-    if args.layers < 1:
-        raise UserError(f"--layers is {args.layers}; allowed 1 or more")
+    if not 1 <= args.layers <= MAX_FUZZ_LAYERS:
+        raise UserError(f"--layers is {args.layers}; allowed 1 to {MAX_FUZZ_LAYERS:,}")
     measured_under = provenance()  # the revision whose RTL runs (recorded before the long run, not after)
     result = run_fuzz(out / "fuzz", layers=args.layers, simulator=args.simulator, progress=not args.quiet)
     result["vertical"] = fuzz_vertical.run_vertical_fuzz(out / "fuzz", layers=max(1, args.layers // 5),

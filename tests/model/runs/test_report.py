@@ -1,6 +1,8 @@
 """Reports over run directories (model/runs/report.py) and `build.py report` (the benches: tests/model/bench/)."""
 
+import errno
 import json
+import os
 
 import pytest
 
@@ -108,6 +110,31 @@ def test_report_cli(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "| Full precision | float | float | 32.00 | 91.50 |" in out
     assert (tmp_path / "rep" / "report.png").is_file()
+
+
+def test_a_disk_that_fills_up_leaves_no_half_of_a_report(runs, tmp_path, capsys, monkeypatch):
+    """The JSON, written last, meets a full disk (ENOSPC, which names no file): exit 2 naming the folder, no
+    traceback, and an earlier report there whole (the three files are one commit, model.files.staged_outputs).
+    An ENOSPC that reaches build.py with no file at all gets a message too, not a traceback."""
+    import model.runs.report
+
+    out = tmp_path / "rep"
+    assert build.main(["report", *map(str, runs[:2]), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(model.runs.report, "write_json", full)
+    assert build.main(["report", *map(str, runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out}: {os.strerror(errno.ENOSPC)}\n", err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.setattr(model.runs.report, "write_report", full)
+    assert build.main(["report", *map(str, runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {os.strerror(errno.ENOSPC)}: a write found the disk") and "Traceback" not in err
 
 
 def test_rows_are_chosen_on_validation_accuracy_and_report_test_accuracy(tmp_path):

@@ -388,6 +388,25 @@ def test_run_json_hidden_sizes_must_be_a_list_of_integers(tmp_path, hidden):
         read_run_config(tmp_path)
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: {}, r"field 'config' lacks the keys \['act_bits', .*'weight_bits'\]; expected the keys"),
+    (lambda c: "x", r"field 'config' is a str; expected an object with the keys \['act_bits'"),
+    (lambda c: {**c, "colour": "red"}, r"field 'config' has unknown keys \['colour'\]; expected the keys"),
+    (lambda c: {**{k: v for k, v in c.items() if k != "seed"}, "colour": "red"},
+     r"field 'config' lacks the keys \['seed'\]; has unknown keys \['colour'\]; expected"),
+])
+def test_run_json_config_keys_are_named_as_the_file_has_them(tmp_path, change, message):
+    """The keys the file lacks and the ones it should not have, without the legacy defaults (val_size, val_seed)
+    that the reader adds to an older file: an empty config named those two as its keys."""
+    open_run(tmp_path, small("qnn", iterations=1, float_baseline=False))
+    payload = json.loads((tmp_path / RUN_FILE).read_text())
+    payload["config"] = change(payload["config"])
+    (tmp_path / RUN_FILE).write_text(json.dumps(payload))
+    with pytest.raises(UserError, match=message) as caught:
+        read_run_config(tmp_path)
+    assert "val_size" not in str(caught.value).split("expected")[0]
+
+
 def test_clear_run_removes_only_what_the_run_wrote(tmp_path):
     config = small("imp", iterations=2, float_baseline=False)
     run(config, tmp_path, progress=False)

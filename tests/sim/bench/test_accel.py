@@ -335,6 +335,8 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
     (["accel", "--images", "0"], "--images is 0"),
     (["fuzz", "--engines", "4"], "--engines applies to `bench accel` only"),
     (["accel", "--layers", "10"], "--layers applies to `bench fuzz` only, not `bench accel`"),
+    (["fuzz", "--layers", "0"], "--layers is 0; allowed 1 to 1,000,000"),
+    (["fuzz", "--layers", "1000000000000"], "--layers is 1000000000000; allowed 1 to 1,000,000"),
     (["dsp", "--simulator", "icarus"], "--simulator applies to `bench fuzz` and `bench accel` only"),
 ])
 def test_bad_flags_are_named(tmp_path, capsys, args, message):
