@@ -471,15 +471,13 @@ def manifest(net: IntNetwork | IntConvNetwork, words: np.ndarray, names=None, ex
         if regs[-1].end != len(words):
             raise ValueError(f"{len(words)} words do not match the network's layout ({regs[-1].end} words)")
         layers = []
-        for name, layer, reg in zip(names, net.layers, regs):
-            counts = {str(m): int(np.count_nonzero(layer.widths == m)) for m in WIDTHS}
+        for name, fields, reg in zip(names, layer_fields(net, version), regs):
             layers.append({
-                "name": name, "n_in": layer.n_in, "n_out": layer.n_out, "in_bits": layer.in_bits,
-                "out_bits": layer.out_bits, "shift": layer.shift, "signed": bool(layer.signed),
+                "name": name, **{k: fields[k] for k in ("n_in", "n_out", "in_bits", "out_bits", "shift", "signed")},
                 "mask_base": reg.mask_base, "mask_words": reg.mask_words,
                 "payload_base": reg.payload_base, "payload_words": reg.payload_words,
                 "param_base": reg.param_base, "param_words": reg.param_words,
-                "nonzero": int(np.count_nonzero(layer.widths)), "width_counts": counts})
+                "nonzero": fields["nonzero"], "width_counts": fields["width_counts"]})
     record = {
         "format": FORMAT, "version": version, "words": len(words), "bytes": image_bytes(words),
         "sha256": hashlib.sha256(np.asarray(words, dtype="<u4").tobytes()).hexdigest(),
@@ -492,6 +490,40 @@ def manifest(net: IntNetwork | IntConvNetwork, words: np.ndarray, names=None, ex
     if data is not None:
         record["data"] = data
     return record
+
+
+def layer_fields(net: IntNetwork | IntConvNetwork, version: int) -> list[dict]:
+    """Per weight layer, the fields of its manifest entry that the image's words give (all but the name and the
+    region addresses): version 3's :func:`model.export.layout_v3.spec_fields`, versions 1 and 2's sizes, widths,
+    requant shift and counts."""
+    if version == layout_v3.VERSION_3:
+        return [layout_v3.spec_fields(spec) for spec in layout_v3.layer_specs(net)[1]]
+    return [{"n_in": layer.n_in, "n_out": layer.n_out, "in_bits": layer.in_bits, "out_bits": layer.out_bits,
+             "shift": layer.shift, "signed": bool(layer.signed), "nonzero": int(np.count_nonzero(layer.widths)),
+             "width_counts": {str(m): int(np.count_nonzero(layer.widths == m)) for m in WIDTHS}}
+            for layer in net.layers]
+
+
+def check_described_fields(record: dict, whole: dict, layers: list[dict], man_path: Path, bin_path: Path) -> None:
+    """Refuse a manifest whose description of the image disagrees with ``weights.bin`` (whose checksum the manifest
+    holds, so the words are the image): each field of ``whole`` (the image's, e.g. ``words``, ``input_bits``) and of
+    ``layers[i]`` (each layer's entry: :func:`layer_fields`) that the manifest has must hold the value given. The
+    readers use the words, so such a manifest misleads only its readers (a report, a person), but it is not the
+    image's any more. :class:`UserError` names the manifest, the field and the value ``weights.bin`` gives."""
+    def differ(given, value) -> bool:  # (JSON's true is not the number 1 here)
+        return given != value or isinstance(given, bool) != isinstance(value, bool)
+
+    for key, value in whole.items():
+        if key in record and differ(record[key], value):
+            raise UserError(f"{man_path}: field '{key}' is {record[key]!r}; {bin_path.name} gives {value!r}")
+    for index, (entry, fields) in enumerate(zip(record["layers"], layers)):
+        if not isinstance(entry, dict):
+            raise UserError(f"{man_path}: field 'layers[{index}]' is {entry!r}; expected an object (the layer's "
+                            "description, as `build.py export` writes it)")
+        for key, value in fields.items():
+            if key in entry and differ(entry[key], value):
+                raise UserError(f"{man_path}: field 'layers[{index}].{key}' is {entry[key]!r}; {bin_path.name} "
+                                f"gives {value!r}")
 
 
 def write_image(out_dir, net: IntNetwork | IntConvNetwork, extra: dict | None = None, data: dict | None = None,
@@ -623,8 +655,11 @@ def read_image(path) -> tuple[IntNetwork | IntConvNetwork, dict]:
     if int(words[1]) != record["version"]:
         raise UserError(f"{man_path}: field 'version' is {record['version']}; {bin_path.name} is version"
                         f" {int(words[1])}")
-    names = [layer.get("name", "") if isinstance(layer, dict) else "" for layer in record["layers"]]
-    if len(names) != len(net.layers):
-        raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds"
+    if len(record["layers"]) != len(net.layers):
+        raise UserError(f"{man_path}: field 'layers' lists {len(record['layers'])} layers; {bin_path.name} holds"
                         f" {len(net.layers)}")
-    return layout_v3.rename(net, [str(name) for name in names]), record
+    whole = {"words": len(words), "input_bits": net.input_bits}
+    if isinstance(net, IntConvNetwork):
+        whole["input_shape"] = list(net.image_shape)
+    check_described_fields(record, whole, layer_fields(net, record["version"]), man_path, bin_path)
+    return layout_v3.rename(net, [str(layer.get("name", "")) for layer in record["layers"]]), record

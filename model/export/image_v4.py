@@ -57,7 +57,15 @@ from model.export.golden_vertical import (
     VerticalRequant,
     check_vertical,
 )
-from model.export.image import pack, read_image, read_image_files, refuse_data_file, unpack, write_image_files
+from model.export.image import (
+    check_described_fields,
+    pack,
+    read_image,
+    read_image_files,
+    refuse_data_file,
+    unpack,
+    write_image_files,
+)
 from model.export.records import check_reserved, field_error, pack_records, unpack_records
 
 FORMAT = "mpqaccel-image"
@@ -408,10 +416,14 @@ def read_vertical_words(path) -> tuple[VerticalNetwork, dict, np.ndarray]:
     record, words, man_path, bin_path = read_image_files(path, (VERTICAL_VERSION,), "write_vertical_image",
                                                          hint=lambda v: " (a vertical-layered image)")
     net = unpack_vertical(words, where=str(bin_path))
-    names = [layer.get("name", "") if isinstance(layer, dict) else "" for layer in record["layers"]]
-    if len(names) != len(net.layers):
-        raise UserError(f"{man_path}: field 'layers' lists {len(names)} layers; {bin_path.name} holds {len(net.layers)}")
-    return rename(net, names), record, words
+    if len(record["layers"]) != len(net.layers):
+        raise UserError(f"{man_path}: field 'layers' lists {len(record['layers'])} layers; {bin_path.name} holds "
+                        f"{len(net.layers)}")
+    described = vertical_manifest(net, words)  # (what the words give; the names are the manifest's own)
+    whole = {k: v for k, v in described.items() if k not in ("format", "version", "bytes", "sha256", "layers")}
+    layers = [{k: v for k, v in entry.items() if k != "name"} for entry in described["layers"]]
+    check_described_fields(record, whole, layers, man_path, bin_path)
+    return rename(net, [layer.get("name", "") for layer in record["layers"]]), record, words
 
 
 def array_words(path) -> np.ndarray:

@@ -497,24 +497,35 @@ def rename(net: IntNetwork | IntConvNetwork, names: list[str]) -> IntNetwork | I
     return IntConvNetwork(input_bits=net.input_bits, image_shape=net.image_shape, stages=tuple(stages))
 
 
+def spec_fields(spec: LayerSpec) -> dict:
+    """The fields of a version 3 manifest's ``layers`` entry that the layer's descriptor and weights give (all but
+    the name and the region addresses): what :func:`describe` writes and ``model.export.image.read_image``
+    checks a manifest against."""
+    layer = spec.layer
+    widths = np.asarray(layer.widths)
+    kernel, stride, padding = spec.geometry
+    return {
+        "kind": KINDS[spec.kind], "n_in": spec.fan_in, "n_out": spec.c_out,
+        "c_in": spec.c_in, "c_out": spec.c_out, "in_height": spec.in_height, "in_width": spec.in_width,
+        "kernel": kernel, "stride": stride, "padding": padding, "pool": spec.pool, "gap": spec.gap,
+        "residual": spec.residual, "res_stride": spec.res_stride, "in_buf": spec.in_buf, "out_buf": spec.out_buf,
+        "res_buf": spec.res_buf, "in_bits": layer.in_bits, "out_bits": layer.out_bits, "shift": layer.shift,
+        "signed": bool(layer.signed), "fan_in": spec.fan_in, "nonzero": int(np.count_nonzero(widths)),
+        "width_counts": {str(m): int(np.count_nonzero(widths == m)) for m in (0, *CLASS_WIDTHS)}}
+
+
 def describe(specs: list[LayerSpec], regions: list[LayerRegions], names: list[str]) -> list[dict]:
     """The manifest's ``layers`` entries of a version 3 image."""
     out = []
     for name, spec, reg in zip(names, specs, regions):
-        layer = spec.layer
-        widths = np.asarray(layer.widths)
-        kernel, stride, padding = spec.geometry
+        fields = spec_fields(spec)
+        counts = fields.pop("width_counts")
+        nonzero = fields.pop("nonzero")
         out.append({
-            "name": name, "kind": KINDS[spec.kind], "n_in": spec.fan_in, "n_out": spec.c_out,
-            "c_in": spec.c_in, "c_out": spec.c_out, "in_height": spec.in_height, "in_width": spec.in_width,
-            "kernel": kernel, "stride": stride, "padding": padding, "pool": spec.pool, "gap": spec.gap,
-            "residual": spec.residual, "res_stride": spec.res_stride, "in_buf": spec.in_buf, "out_buf": spec.out_buf,
-            "res_buf": spec.res_buf, "in_bits": layer.in_bits, "out_bits": layer.out_bits, "shift": layer.shift,
-            "signed": bool(layer.signed), "fan_in": spec.fan_in,
+            "name": name, **fields,
             "param_base": reg.param_base, "param_words": reg.param_words, "row_base": reg.row_base,
             "stream_base": reg.stream_base, "stream_words": reg.stream_words, "stream_bits": reg.stream.bits,
             "payload_bits": reg.stream.payload_bits, "rice_k": list(reg.stream.rice_k),
             "count_bits": list(reg.stream.count_bits), "ptr_bits": ptr_bits(reg.stream.bits),
-            "nonzero": int(np.count_nonzero(widths)),
-            "width_counts": {str(m): int(np.count_nonzero(widths == m)) for m in (0, *CLASS_WIDTHS)}})
+            "nonzero": nonzero, "width_counts": counts})
     return out

@@ -59,12 +59,11 @@ def test_staged_outputs_commit_every_file_or_none(tmp_path):
     (out / "plan").mkdir(parents=True)
     (out / "a.v").write_text("old a")
     (out / "other.txt").write_text("not the command's")
-    with pytest.raises(OSError):
-        with staged_outputs(out) as stage:
-            (stage / "a.v").write_text("new a")
-            (stage / "plan").mkdir()
-            (stage / "plan" / "b.tcl").write_text("new b")
-            atomic_write(stage / "plan" / "c.tcl", full_disk)
+    with pytest.raises(OSError), staged_outputs(out) as stage:
+        (stage / "a.v").write_text("new a")
+        (stage / "plan").mkdir()
+        (stage / "plan" / "b.tcl").write_text("new b")
+        atomic_write(stage / "plan" / "c.tcl", full_disk)
     assert (out / "a.v").read_text() == "old a" and list((out / "plan").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
     with staged_outputs(out) as stage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -304,6 +305,32 @@ def test_read_rejects_bad_manifest(image_dir, text, field):
     with pytest.raises(UserError) as info:
         read_image(image_dir)
     assert "manifest.json" in str(info.value) and field in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("n_in", -1, "field 'layers[0].n_in' is -1; weights.bin gives 3"),
+    ("n_out", "2", "field 'layers[0].n_out' is '2'; weights.bin gives 2"),
+    ("signed", 0, "field 'layers[0].signed' is 0; weights.bin gives False"),
+    ("width_counts", {"0": 6}, "field 'layers[0].width_counts' is {'0': 6}; weights.bin gives {'0': 2, "),
+    (None, [1], "field 'layers[0]' is 1; expected an object"),
+    ("input_bits", 99, "field 'input_bits' is 99; weights.bin gives 4"),
+    ("words", 5, "field 'words' is 5; weights.bin gives "),
+])
+def test_a_manifest_that_describes_another_image_is_refused(image_dir, key, value, message):
+    """The manifest's description (sizes, widths, buffers, counts) is the words' or the image is refused, naming the
+    field and what weights.bin gives: the readers use the words, but a report would print the manifest's."""
+    path = image_dir / "manifest.json"
+    record = json.loads(path.read_text())
+    assert read_image(image_dir)[1] == record  # as written, it reads
+    if key is None:
+        record["layers"] = value
+    elif key in ("input_bits", "words"):
+        record[key] = value
+    else:
+        record["layers"][0][key] = value
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match=re.escape(f"manifest.json: {message}")):
+        read_image(image_dir)
 
 
 @pytest.mark.parametrize("name", ["manifest.json", "weights.bin"])

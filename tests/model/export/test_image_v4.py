@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -212,6 +213,23 @@ def test_write_read_and_the_v1_3_reader_refuses_by_name(tmp_path):
     man["version"] = 3
     (tmp_path / "img" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(UserError, match="field 'version' is 3"):
+        read_vertical_image(tmp_path / "img")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["layers"][1].update(shape=[8, 7]), "field 'layers[1].shape' is [8, 7]; weights.bin gives [8, 8]"),
+    (lambda m: m["layers"][0].update(compensate=1), "field 'layers[0].compensate' is 1; weights.bin gives True"),
+    (lambda m: m.update(widths=[2, 4]), "field 'widths' is [2, 4]; weights.bin gives [2, 3, 4]"),
+    (lambda m: m["weight_bytes_read"].update({"2": 1}), "field 'weight_bytes_read' is {'2': 1, "),
+    (lambda m: m.update(layers=["fc1", "fc2", "fc3"]), "field 'layers[0]' is 'fc1'; expected an object"),
+])
+def test_a_vertical_manifest_that_describes_another_image_is_refused(tmp_path, change, message):
+    write_vertical_image(tmp_path / "img", random_net(5, [12, 8, 8, 4]))
+    path = tmp_path / "img" / "manifest.json"
+    man = json.loads(path.read_text())
+    change(man)
+    path.write_text(json.dumps(man))
+    with pytest.raises(UserError, match=re.escape(f"manifest.json: {message}")):
         read_vertical_image(tmp_path / "img")
 
 
