@@ -4,6 +4,11 @@ A file is written to a temporary name in its own directory (so the rename cannot
 given the permissions a plain ``open`` would give it (``mkstemp`` makes it 0600), and renamed over the
 target with ``os.replace``. If writing fails, the temporary file is removed and the target is untouched.
 (``model/export/image.py`` writes its three files the same way, manifest last, as one commit.)
+
+A command that writes several files (``verilog``, ``report``, ``system``) writes them into a staging folder and
+moves them into place at the end (:func:`staged_outputs`), so that it leaves all of them or none. A failure that
+the system reports without a file name (a full disk's ``ENOSPC``) is given the file or folder being written
+(:func:`name_the_file`), which ``build.py`` prints instead of a traceback.
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exit 1 when a floor (a README claim the bench measures) fails; the floors are printed and "
                         "written either way")
     p.add_argument("--layers", type=int, default=None,
-                   help=f"`bench fuzz` only: weight layers to draw (default: {FUZZ_LAYERS}; the vertical part draws a fifth "
-                        "as many)")
+                   help=f"`bench fuzz` only: weight layers to draw, 1 to {MAX_FUZZ_LAYERS:,} (default: {FUZZ_LAYERS}; "
+                        "the vertical part draws a fifth as many)")
     p.add_argument("--simulator", choices=("verilator", "icarus"), default=None,
                    help="`bench fuzz` / `bench accel` only: the RTL simulator (default: verilator)")
     p.add_argument("--engines", type=int, default=None,
