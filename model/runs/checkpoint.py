@@ -230,7 +230,11 @@ def load_checkpoint(path):
     if quantizer == "bmpq":
         _load_act_bits(path, model, payload.get("act_bits"))
     meta = payload.get("meta", {})
-    meta = meta if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict):  # (it was read as empty: a note then said the file records no data set)
+        raise UserError(f"{path}: field 'meta' is {meta!r:.60}; expected an object (what `build.py train` records: "
+                        f"'{DATA_KEY}', 'run', ...)")
+    if "run" in meta and not isinstance(meta["run"], dict):
+        raise UserError(f"{path}: field 'meta.run' is {meta['run']!r:.60}; expected an object (the run's config)")
     if DATA_KEY in meta:
         _check_data(DataRecord.from_json(meta[DATA_KEY], f"{path}: field 'meta.{DATA_KEY}'"), model, path)
     return model, meta

@@ -168,6 +168,21 @@ def test_no_record_and_bad_records(tmp_path, model):
             load_checkpoint(path)
 
 
+@pytest.mark.parametrize(("meta", "message"), [
+    ("x", "t.pt: field 'meta' is 'x'; expected an object"),
+    ([1, 2], r"t.pt: field 'meta' is \[1, 2\]; expected an object"),
+    ({"run": "x"}, "t.pt: field 'meta.run' is 'x'; expected an object"),
+])
+def test_a_meta_of_the_wrong_kind_is_named(tmp_path, model, meta, message):
+    """Not read as empty: a note then told the user the file records no data set, which it did, wrongly."""
+    path = save_checkpoint(tmp_path / "t.pt", model, {"note": "x"})
+    payload = torch.load(path, weights_only=True)
+    payload["meta"] = meta
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(path)
+
+
 def test_a_whole_pickled_model_is_named_as_such(tmp_path):
     """torch.save(model) (a Python object, not a state dict): torch's weights-only loader refuses it with a
     paragraph whose first line gives no reason and carries terminal colour codes; the message names the object."""
