@@ -165,8 +165,9 @@ class MpqDriver:
         if int(words[1]) != VERSION:
             raise UserError(f"{bin_path}: header field 'version' is {int(words[1])}; the array runs version "
                             f"{VERSION} and {VERTICAL_VERSION} images (export without --version)")
-        # The class count and input width from the network the reader checked, not from the manifest's
-        # descriptive fields (which the reader does not hold to the weights: a wrong one ran the image, then failed).
+        # The class count and input width from the network the reader checked (which also holds the manifest's
+        # description to the words since 2026-12-06, model.export.image.check_described_fields; the driver read them
+        # from the manifest once, and a wrong one ran the image, then failed).
         self.load_words(words, n_classes=net.layers[-1].n_out, input_bits=net.input_bits, check=False)
         return manifest
 

@@ -3,6 +3,7 @@
 --system`` runs), and the driver's and the command's checks of user mistakes (before any register access)."""
 
 import json
+import re
 import zlib
 from pathlib import Path
 
@@ -97,17 +98,29 @@ def test_the_driver_gives_up_on_a_core_that_never_finishes():
     assert 50 <= backend.waits <= 52
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"layers": [1, 2]}, "field 'layers[0]' is 1; expected an object"),
+    ({"input_bits": "x"}, "field 'input_bits' is 'x'; weights.bin gives 4"),
+    ({"words": "x"}, "field 'words' is 'x'; weights.bin gives "),
+])
+def test_the_driver_refuses_a_manifest_that_describes_another_image(tmp_path, change, message):
+    """Before any register access, naming the field and what the words give (model.export.image
+    check_described_fields). Until 2026-12-06 the reader held only weights.bin to the manifest's sha256, and the
+    driver had once read the class count and input width from such fields, and failed after the run."""
+    write_image(tmp_path / "image", random_network(np.random.default_rng(7), sizes=(19, 13, 6), act_bits=4))
+    manifest = json.loads((tmp_path / "image" / "manifest.json").read_text())
+    (tmp_path / "image" / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(UserError, match=re.escape(f"manifest.json: {message}")):
+        MpqDriver(NoDevice()).load(tmp_path / "image")
+
+
 @pytest.mark.usefixtures("icarus")
 def test_exported_image_through_system_and_driver(tmp_path, monkeypatch):
     """Relative image and output folders, as `build.py sim --system` gets them by default (the simulator runs
-    in its build folder, so every path it reads must be made absolute). The manifest's descriptive fields are
-    not the image's contract (the reader holds weights.bin to its sha256, not to them): wrong ones run as they
-    do in `eval` and `sim`; the driver read the class count and input width from them, and failed after the run."""
+    in its build folder, so every path it reads must be made absolute)."""
     net = random_network(np.random.default_rng(7), sizes=(19, 13, 6), act_bits=4)
     monkeypatch.chdir(tmp_path)
     write_image(Path("image"), net)
-    manifest = json.loads(Path("image/manifest.json").read_text())
-    Path("image/manifest.json").write_text(json.dumps({**manifest, "layers": [1, 2], "input_bits": "x", "words": "x"}))
     inputs = np.random.default_rng(8).integers(0, 16, size=(5, 19))
     expected = net.forward(inputs)
     res = run_system(Path("image"), inputs, expected, Path("out"), ddr_latency=24, max_batch=2,
