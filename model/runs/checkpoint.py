@@ -164,7 +164,8 @@ def load_checkpoint(path):
     Raises
     ------
     UserError
-        If the file is missing, not a checkpoint, or a field does not match the model (shape, mask values).
+        If the file is missing, not a checkpoint, a field does not match the model (shape, mask values), or its
+        ``meta`` (or ``meta.run``) is not an object.
     """
     path = Path(path)
     if path.is_dir():
