@@ -77,19 +77,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
         write(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except OSError as exc:
-        _undo(tmp, made)
-        raise name_the_file(exc, path)
-    except BaseException:
-        _undo(tmp, made)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        remove_empty(made)
+        if isinstance(exc, OSError):
+            raise name_the_file(exc, path)
         raise
     return path
-
-
-def _undo(tmp: str | None, made: list[Path]) -> None:
-    if tmp is not None:
-        Path(tmp).unlink(missing_ok=True)
-    remove_empty(made)
 
 
 @contextmanager

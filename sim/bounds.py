@@ -140,9 +140,9 @@ def class_macs_per_dsp_cycle(class_bits: int, act_bits: int, packing: str = "lan
 def dsp_bound_cycles(net: IntConvNetwork | IntNetwork, packing: str = "lanes", dsps: int = XC7Z020["dsp"]) -> int:
     """The fewest cycles ``dsps`` DSP48E1 (by default all of the XC7Z020's 220) could take for one image's
     non-zero MACs, every DSP multiplying every cycle at ``packing``'s rate for each weight's class
-    (:func:`class_macs_per_dsp_cycle` at :func:`layer_act_bits`). No array, tile, emitter or control: a bound of the chip and the packing alone, which an
-    array of those DSP48E1 cannot beat however its lanes are arranged (``docs/array_design.md``, "The ticket's
-    composition")."""
+    (:func:`class_macs_per_dsp_cycle` at :func:`layer_act_bits`). No array, tile, emitter or control: a bound of
+    the chip and the packing alone, which an array of those DSP48E1 cannot beat however its lanes are arranged
+    (``docs/array_design.md``, "The ticket's composition")."""
     if not isinstance(dsps, int) or dsps < 1:
         raise ValueError(f"dsps must be a positive integer, not {dsps!r}")
     cycles = 0.0

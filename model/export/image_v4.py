@@ -371,19 +371,30 @@ def rename(net: VerticalNetwork, names) -> VerticalNetwork:
                                                  for layer, name in zip(net.layers, names)))
 
 
+def vertical_description(net: VerticalNetwork) -> tuple[dict, list[dict]]:
+    """What a version 4 manifest says of the network, as the words give it: the image's fields (input width,
+    widths, table, bytes read per width, input shape) and each layer's (all but its name); what
+    :func:`vertical_manifest` writes and :func:`read_vertical_words` holds a manifest to."""
+    whole = {"input_bits": net.input_bits, "widths": list(net.widths), "table": [list(row) for row in net.table],
+             "weight_bytes_read": {str(b): bytes_read(net, b) for b in net.widths}}
+    if net.image_shape is not None:
+        whole["input_shape"] = list(net.image_shape)
+    layers = [{"kind": layer.kind, "edge": layer.edge, "shape": list(layer.base.shape), "compensate": layer.compensate,
+               "requant_pairs": [list(p) for p in sorted(layer.requant)]} for layer in net.layers]
+    return whole, layers
+
+
 def vertical_manifest(net: VerticalNetwork, words: np.ndarray, extra: dict | None = None,
                       data: dict | None = None) -> dict:
     """The manifest of a version 4 image: checksum, widths, layers, bytes read per width, table."""
     raw = np.asarray(words, dtype="<u4").tobytes()
+    whole, layers = vertical_description(net)
+    input_shape = whole.pop("input_shape", None)
     record = {"format": FORMAT, "version": VERTICAL_VERSION, "words": len(words), "bytes": len(raw),
-              "sha256": hashlib.sha256(raw).hexdigest(), "input_bits": net.input_bits,
-              "widths": list(net.widths), "table": [list(row) for row in net.table],
-              "weight_bytes_read": {str(b): bytes_read(net, b) for b in net.widths},
-              "layers": [{"name": layer.name, "kind": layer.kind, "edge": layer.edge, "shape": list(layer.base.shape),
-                          "compensate": layer.compensate, "requant_pairs": [list(p) for p in sorted(layer.requant)]}
-                         for layer in net.layers]}
-    if net.image_shape is not None:
-        record["input_shape"] = list(net.image_shape)
+              "sha256": hashlib.sha256(raw).hexdigest(), **whole,
+              "layers": [{"name": layer.name, **entry} for layer, entry in zip(net.layers, layers)]}
+    if input_shape is not None:
+        record["input_shape"] = input_shape
     if extra is not None:
         record["extra"] = extra
     if data is not None:
@@ -419,10 +430,8 @@ def read_vertical_words(path) -> tuple[VerticalNetwork, dict, np.ndarray]:
     if len(record["layers"]) != len(net.layers):
         raise UserError(f"{man_path}: field 'layers' lists {len(record['layers'])} layers; {bin_path.name} holds "
                         f"{len(net.layers)}")
-    described = vertical_manifest(net, words)  # (what the words give; the names are the manifest's own)
-    whole = {k: v for k, v in described.items() if k not in ("format", "version", "bytes", "sha256", "layers")}
-    layers = [{k: v for k, v in entry.items() if k != "name"} for entry in described["layers"]]
-    check_described_fields(record, whole, layers, man_path, bin_path)
+    whole, layers = vertical_description(net)  # (what the words give; the names are the manifest's own)
+    check_described_fields(record, {"words": len(words), **whole}, layers, man_path, bin_path)
     return rename(net, [layer.get("name", "") for layer in record["layers"]]), record, words
 
 

@@ -165,10 +165,10 @@ class RunConfig:
         # (the keys are named as the file has them: a legacy default is not one the file gave)
         missing = sorted(names - set(data) - set(LEGACY_CONFIG_DEFAULTS))
         unknown = sorted(set(data) - names)
-        if missing or unknown:
-            raise UserError(f"{where}: field 'config' " + "; ".join(
-                ([f"lacks the keys {missing}"] if missing else []) + ([f"has unknown keys {unknown}"] if unknown else []))
-                + f"; expected the keys {sorted(names)}")
+        wrong = [f"{what} {keys}" for what, keys in (("lacks the keys", missing), ("has unknown keys", unknown))
+                 if keys]
+        if wrong:
+            raise UserError(f"{where}: field 'config' {'; '.join(wrong)}; expected the keys {sorted(names)}")
         data = {**{k: v for k, v in LEGACY_CONFIG_DEFAULTS.items() if k not in data}, **data}
         hidden = data.pop("hidden")
         if hidden is not None and (not isinstance(hidden, list) or not all(
