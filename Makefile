@@ -15,7 +15,7 @@ demo: setup
 	$(VPY) build.py demo
 
 test: setup fashion-mnist
-	$(VPY) -m pytest -q -n auto --dist loadfile --durations=25
+	$(VPY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 # Fashion-MNIST (70,000 28x28 images) from Debian, for the LTS benchmark and `train --method lts`.
 fashion-mnist:
