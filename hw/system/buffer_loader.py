@@ -7,7 +7,8 @@ word a cycle, no back-pressure), word k at buffer address k. A word past the cou
 count) is read and dropped. An error response on any beat (``rd_error``) makes ``error`` high from then
 until the next ``start``; the load still runs to its end, so the engine is idle afterwards.
 
-``cycles`` counts the cycles the loader has been busy since reset (the ``load_cycles`` register).
+``cycles`` counts the cycles the loader has been busy since reset. (The shell's ``load_cycles`` register counts
+its own load states instead, header and checks included: :class:`~hw.system.zynq_top.MpqSystem`.)
 
 Checksum. :class:`~hw.system.crc32.Crc32` (32-bit step) takes every word as it is written into the buffer
 (the ``load.en`` cycles: the pad word of an odd count is not written and not checked), restarted by

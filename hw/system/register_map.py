@@ -68,8 +68,8 @@ _SHELL_CODES = (
     ("BAD_CHECKSUM", "the image's checksum does not match the words loaded (image_crc != loaded_crc)"),
     ("AXI_ERROR", "SLVERR or DECERR on a read (RRESP) or write (BRESP) response"),
     ("TIMEOUT", "an AXI transfer or the array made no progress within its limit"),
-    ("BAD_ADDRESS", ("an address register is not 8-byte aligned or is above 4 GiB, image_count is 0, or the "
-                     "batch's inputs are 4 GiB or more")),
+    ("BAD_ADDRESS", ("an address register is not 8-byte aligned or is 4 GiB or above, image_count is 0, or the "
+                     "batch's inputs, in whole 8-byte beats, reach 4 GiB")),
     ("NO_IMAGE", "ap_start before any image was loaded"),
 )
 

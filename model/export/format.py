@@ -290,7 +290,8 @@ VLAYER = Record("vertical layer", 10, (
     Field("weight_base", 4, 0, 32, "word address of the weight region: the base region, then each plane",
           since=4),
     Field("base_words", 5, 0, 32, "words of the base region: `ceil(c_out fan_in base_bits / 32)`", since=4),
-    Field("plane_words", 6, 0, 32, "words of one enhance plane: `ceil(c_out fan_in / 32)`", since=4),
+    Field("plane_words", 6, 0, 32, "words of one enhance plane: `ceil(c_out fan_in / 32)`; 0 in a layer without planes "
+          "(an edge layer, or `base_bits = top_bits`)", since=4),
     Field("requant_base", 7, 0, 32, "word address of the layer's first requant group", since=4),
     Field("requant_count", 8, 0, 32, "requant groups: one per `(in_bits, out_bits)` pair (with `res_bits` for a "
           "residual layer), and the table rows' own groups", since=4),

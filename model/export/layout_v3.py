@@ -6,7 +6,8 @@ Version 3 holds a fully connected :class:`~model.export.golden.IntNetwork` or a 
 16-word descriptor (:data:`~model.export.format.LAYER`: geometry, buffers, residual source, pooling, weight
 mode, code widths, region addresses) and three regions: the requant parameters (one record per output
 channel, :data:`~model.export.format.PARAMS`, or :data:`~model.export.format.RES_PARAMS` with the shortcut's
-``M_r``), the row-pointer table (one word per output channel: the first bit of its row in the stream) and
+``M_r``), the row-pointer table (one ``ptr_bits``-bit pointer per output channel, packed: the first bit of its row in the
+stream) and
 the weight stream (:mod:`model.export.weight_stream`: each row's non-zeros grouped by width class, positions
 Rice-coded). The network's stages are encoded in the descriptors:
 
@@ -127,7 +128,8 @@ def layer_specs(net: IntNetwork | IntConvNetwork) -> tuple[tuple[int, int, int],
 
     Buffers: the input is in 0; a layer writes the lowest buffer it does not read; a residual block's conv1
     writes the lowest buffer other than the block input's, conv2 the remaining one (the block input, the
-    shortcut, stays intact until conv2 has read it). ``fmap_codes`` is the largest map written to a buffer.
+    shortcut, stays intact until conv2 has read it). ``fmap_codes`` is the largest map held in a buffer, the input map
+    in buffer 0 included.
     """
     if isinstance(net, IntNetwork):
         shape = (net.layers[0].n_in, 1, 1)

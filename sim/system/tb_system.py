@@ -283,8 +283,8 @@ async def bad_checksum(dut):
 @cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def bad_registers(dut):
     """ap_start before a load (NO_IMAGE), image_count 0, misaligned input and output addresses, addresses and
-    batches past 4 GiB (BAD_ADDRESS): ap_done with the code, never a hang; then the same registers set right
-    run."""
+    batches past 4 GiB or within one 8-byte beat of it (BAD_ADDRESS): ap_done with the code, never a hang; then
+    the same registers set right run."""
     tb = SystemTB(dut)
     await tb.reset()
     drv = tb.driver
@@ -305,6 +305,11 @@ async def bad_registers(dut):
         drv.write_field("output_addr", drv._out_buf.address)
         drv.write_field("image_count", 0xFFFFFFFF)  # 4 GiB of inputs and more: past the 32-bit address space
         saved, drv.timeout_s = drv.timeout_s, 1e-3  # refused at once; a shell that ran it would time out here
+        assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        # Image c's 11 codes: 390,451,572 images are 2^32 - 4 bytes, whose read rounded up to 8-byte beats is
+        # 2^32 bytes (its 32-bit length 0: such a run waited for inputs that never came and ended with TIMEOUT).
+        tb.load("c")
+        drv.write_field("image_count", (1 << 32) // 11)
         assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
         drv.timeout_s = saved
         drv.write_field("image_count", 1)

@@ -220,6 +220,11 @@ def test_unpack_rejects_reserved_bits_and_header_fields(image):
     bad[desc_word(0, "kind")] |= 1 << 5
     with pytest.raises(UserError, match="'layer 0 kind/flags/bits'.*bits 5-7 are reserved"):
         unpack(bad, where="bad.bin")
+    # Word 11's reserved bits lie on both sides of pos_bits and ptr_bits: the message names the two ranges only.
+    bad = words.copy()
+    bad[desc_word(0, "pos_bits")] |= 1 << 30
+    with pytest.raises(UserError, match=r"'layer 0 classes/pos_bits/ptr_bits'.*bits 4-7, 24-31 are reserved"):
+        unpack(bad, where="bad.bin")
     bad = words.copy()
     bad[HEADER["fmap_codes"].word] += 1
     with pytest.raises(UserError, match="'fmap_codes'.*expected 128"):
