@@ -16,7 +16,8 @@ from model.files import refuse_non_file, refuse_non_folder, write_json
 
 DEFAULT_OUT = Path("out")
 DEFAULT_BATCH = 2
-#: Default learning rates: Adam for IMQ, its baselines and LTS; SGD with momentum for BMPQ (its Sec. IV-A).
+#: Default learning rates: Adam for IMQ, its baselines and LTS; SGD with momentum for BMPQ (its Sec. IV-A gives
+#: a learning rate of 0.1 with step decay and batch 128 but names no optimizer: SGD with momentum is our choice).
 ADAM_LR = 3e-3
 SGD_LR = 0.05
 

@@ -4,7 +4,7 @@ A version 4 layer (``docs/image_format.md``, "Version 4"; the contract is ``mode
 stores its weights plane-major: the *base region* holds every weight's basic-layer code (``b = base_bits``
 bits, two's complement, weight ``g = j fan_in + i`` of row ``j`` at bit ``b g``), then one *enhance plane* of
 one bit per weight after another (bit ``g`` of plane ``p`` at bit ``g`` of its region). The codes at width
-``i`` are the base and the first ``P = i - b`` planes, ``c_(k+1) = 2 c_k + b_(k+1)`` (Eq. 4), so a lower width
+``i`` are the base and the first ``P = i - b`` planes, ``c_(k+1) = 2 c_k + b_(k+1)`` (Eq. 3), so a lower width
 reads a prefix of the layer's words: **the decoder reads only the planes it uses** (fewer bits, fewer words).
 
 The array runs the layer as the signed layer of the version 1-3 contract that golden materializes

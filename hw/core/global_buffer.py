@@ -1,5 +1,9 @@
 """Global buffer: the packed image in block RAM, shared by its readers through fixed-priority read ports.
 
+The MPQ-tickets paper's "global buffer of 32-bit width to store the mixed precision data, with the mask
+indicating the bit-width of each data" (Sec. 3.3, Fig. 2): here the image's words, whose width classes and
+positions the row decoders read from the weight stream (:mod:`model.export.weight_stream`).
+
 The buffer holds 32-bit words (``MemoryData``: its initial contents may be replaced before elaboration,
 e.g. by another image for the same hardware). With ``writable`` it has a load port, one word a cycle, so
 that an image is loaded at run time (the array's ``hw/array/top.py``; the fully connected core keeps a ROM). Each physical read port serves a list of named requesters in

@@ -1,5 +1,8 @@
 """How many exact unsigned products fit one DSP48E1 multiply: the packing planner.
 
+The MPQ-tickets paper's hardware (Sec. 1: "configure a single DSP slices onchip to be a multiple channel multiplier
+for processing multiple data simultaneously"; Sec. 3.3): this module computes which operand widths pack how.
+
 A DSP48E1 multiplies a 25-bit signed A (after the pre-adder) by an 18-bit signed B into a 48-bit P
 (UG479, ch. 2). Kept non-negative, A carries 24 unsigned bits and B 17. Unsigned codes (DoReFa weight
 codes, PACT activation codes) need no sign handling, so packing is plain positional arithmetic:

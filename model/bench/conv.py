@@ -26,7 +26,7 @@ per image for the golden model), so:
   8.63x at 2.29 bits and PACT-4), with most of its non-zero weights at 4 and 8 bits, so ``bench accel`` measures
   the array on a ticket like the paper's (iteration 7, about 1.6 bits, lets the validation choose between the
   two). It trains on 5,000 images for 2 epochs per iteration; the VGG 6 iterations on 15,000 for 2;
-* IMQ moves the conv layers' masks only, the classifier stays at 32 bits (Sec. 4, "we only quantize or prune
+* IMQ moves the conv layers' masks only, the classifier stays at 32 bits (Fig. 1's caption, "we only quantize or prune
   weights of convolutional layers"; :func:`model.methods.imq.schedule_layers`), and an iteration's average bits
   are those of its conv weights (the paper's axis; the row's ``avg_weight_bits`` is the image's, every weight,
   and ``ticket_conv_avg_bits`` the ticket's conv weights);

@@ -10,13 +10,13 @@ What is stored (:class:`VerticalNetwork`, image format version 4 in :mod:`model.
   ``i - b`` planes: ``c_(k+1) = 2 c_k + b_(k+1)`` (:func:`compose`), so a lower precision reads a prefix.
 * The **first and last layers** (edges) hold :data:`EDGE_BITS`-bit signed LSQ codes, shared by every width.
 * Per layer, one **requant record** per pair ``(in_bits, out_bits)`` of its input and output code widths
-  (:class:`VerticalRequant`): the per-width BatchNorm (Sec. 4.2.2, "individual BN") and the per-width
+  (:class:`VerticalRequant`): the per-width BatchNorm (Sec. 4.2.2; "individual BN" in Sec. 6.3.1) and the per-width
   activation steps of the input and of the output are folded into ``M``, ``B``, ``S`` there (the integer
   requantizer of :mod:`model.export.golden`), plus per-output ``negate`` flags for a negative BN gain.
 * An optional table of Eq. 12 assignments (one width per inner layer per row).
 
 **Where the compensation enters (Eq. 6).** At width ``i`` with ``t = n - i`` downsamplings the paper's
-weight is ``(c_i + z_i) s_i`` with ``s_i = 2^t s_w`` and the preset ``z_i = (1 - 2^-t) / 2`` (Sec. 5; the
+weight is ``(c_i + z_i) s_i`` with ``s_i = 2^t s_w`` and the preset ``z_i = (1 - 2^-t) / 2`` (Sec. 6.1; the
 training side's :func:`model.quant.lsq.compensation`). In units of ``s_w / 2`` this is the integer
 
   ``e_i = 2^(t+1) c_i + K_t``,  ``K_t = 2^t - 1`` (0 without compensation),
@@ -160,7 +160,7 @@ def comp_offset(top: int, bits: int, compensate: bool) -> int:
 
 
 def compose(base: np.ndarray, planes: Sequence[np.ndarray], use: int) -> np.ndarray:
-    """Codes from the basic layer and the first ``use`` enhance planes: ``c_(k+1) = 2 c_k + b_(k+1)`` (Eq. 4)."""
+    """Codes from the basic layer and the first ``use`` enhance planes: ``c_(k+1) = 2 c_k + b_(k+1)`` (Eq. 3; Eq. 4 unrolled)."""
     out = np.asarray(base, dtype=np.int64)
     for plane in planes[:use]:
         out = 2 * out + np.asarray(plane, dtype=np.int64)

@@ -8,7 +8,9 @@ fraction of non-zero-width weights with the least latent ``|w|`` one step down t
 ``rho`` is a fraction of the weights that are *currently* non-zero, following the text's "choose a
 portion of weights with least magnitude and not equal to 0"; Algorithm 1 line 8 writes ``rho |theta|``,
 which would exhaust the network after a handful of iterations and leave the paper's 25-iteration schedule
-at ``rho = 0.3`` meaningless. IMP's pruning rate is a fraction of the remaining weights too (Sec. 3.1).
+at ``rho = 0.3`` meaningless. IMP's pruning rate is taken as a fraction of the remaining weights too (Sec. 3.1
+prunes "the rho percent smallest magnitude weights in |W_t|", the weights of iteration ``t``; the usual reading
+of IMP, and the one that keeps 16 iterations at ``rho = 0.2`` meaningful).
 
 The loop itself (:func:`iterate`) takes the mask update (lines 8-9) as an argument, so the baselines of
 Sec. 4 (IRQ, IMP, IRP, QNN-8 IMP; :mod:`model.methods.schedules`) run through the same code, and it can start from
@@ -93,7 +95,7 @@ def schedule_layers(model: nn.Module) -> list[nn.Module]:
     """The layers whose masks Algorithm 1 and its baselines move: a network's conv layers when it has any, else
     every quantized layer (an MLP).
 
-    Sec. 4 (Fig. 1's caption): "although we demonstrate the example using MLP, in experiments we only quantize
+    Fig. 1's caption (Sec. 3.1): "although we demonstrate the example using MLP, in experiments we only quantize
     or prune weights of convolutional layers". So a conv network's fully connected classifier keeps 32 bits
     (QNN-k's start width too: :func:`model.methods.schedules.init_masks`) through every iteration, and the rate ``rho``
     is a fraction of the conv weights. :attr:`IterationRecord.avg_bits` and ``width_counts`` are over these
@@ -310,7 +312,9 @@ def selection_accuracies(history: list[IterationRecord]) -> dict[int, float]:
 
 
 def select_ticket(history: list[IterationRecord]) -> IterationRecord | None:
-    """Algorithm 1 line 12: among iterations more accurate than iteration 0, the one with fewest bits.
+    """Algorithm 1 line 12's set (the iterations more accurate than iteration 0), and from it the one with fewest
+    bits: line 12 defines the set and does not say which of it is the ticket; the narrowest is this project's rule
+    (the paper's aim: the most compressed ticket that still beats the dense network).
 
     "More accurate" compares :func:`selection_accuracies` (validation accuracy when the run has a validation
     split). Ties in bits go to the earlier iteration. Returns ``None`` if no later iteration beats iteration 0.
@@ -324,6 +328,9 @@ def select_ticket(history: list[IterationRecord]) -> IterationRecord | None:
 
 def best_within(history: list[IterationRecord], max_avg_bits: float) -> IterationRecord | None:
     """Table 1's "(PACT-k, q-bit)" ticket: the most accurate iteration with average width at most ``q``.
+
+    The paper writes "average weight bitwidth below q-bit"; at most (``<=``) here, so that a network exactly at ``q``
+    bits (QNN-4 has every weight at 4 bits, 4.0 on average) is in its row rather than in none.
 
     Ranked by :func:`selection_accuracies`; ties go to the earlier iteration; ``None`` if no iteration is
     that narrow.

@@ -19,8 +19,8 @@ qnn-imp  all ``k``      IMP on a ``k``-bit QNN, kept weights ``k``-bit          
 ======== ============== ===================================================== ======= ==========
 
 Sec. 4 writes "For IMQ and IRP, we set the quantization rate as 0.3, and repeat for 25 iterations" right
-after giving IMP and IRP 0.2 and 16 iterations; IRP there must mean IRQ (IRQ is "the same schedule as
-IMQ with random choice"), which is how the defaults here read it. Every method is plotted against the
+after giving IMP and IRP 0.2 and 16 iterations; IRP there must mean IRQ (IRQ is IMQ "replacing the least weight
+magnitude criterion with random choosing"), which is how the defaults here read it. Every method is plotted against the
 average weight width with pruned weights counting 0 bits (Fig. 3 and 8): ``32 * density`` for IMP and
 IRP, ``k * density`` for QNN-k IMP, ``k`` for QNN-k.
 
@@ -34,7 +34,7 @@ them when the run's ``float_baseline`` asks for it, as ``bench imq``'s float MLP
 with PACT-32 activations, the paper's "PACT-full IMP".
 
 "Start mask" and "update" are over :func:`model.methods.imq.schedule_layers`: in a conv network its conv layers
-("in experiments we only quantize or prune weights of convolutional layers", Sec. 4), the classifier staying at
+("in experiments we only quantize or prune weights of convolutional layers", Fig. 1's caption), the classifier staying at
 32 bits; the rate and the recorded average width are over those weights too. An MLP's layers all take part.
 
 The random methods draw from a ``torch.Generator`` seeded with the run's seed (its state is part of a

@@ -1,9 +1,10 @@
 """BMPQ: bit-gradient sensitivity driven mixed-precision quantization (the BMPQ paper, Sec. III).
 
-Layout, as in the style guide: pure functions of the paper's equations first (quantizers Eq. 3-4 and
-ternary [24], bit gradients Eq. 5-7, NBG, the ILP of Eq. 8-9, memory and compression Eq. 10-12), then the
-layers :class:`BMPQLinear` / :class:`BMPQConv2d`, the model surgery :func:`to_bmpq`, the training loop
-:func:`train_bmpq`, and the bench (:func:`run_bmpq_bench`).
+Layout, as in the style guide: the quantizers as pure functions first (Eq. 3-4 and ternary [24]), then the
+layers :class:`BMPQLinear` / :class:`BMPQConv2d`, the layer graph (:func:`trace`) and the model surgery
+:func:`to_bmpq`. The algorithm (bit gradients Eq. 5-7, NBG and ENBG, the ILP of Eq. 8-9, memory and compression
+Eq. 10-12, :func:`~model.methods.bmpq.train_bmpq`) is in :mod:`model.methods.bmpq`, the bench in
+:mod:`model.bench.bmpq`.
 
 Choices where the paper leaves room, each said once here:
 

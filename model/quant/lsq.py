@@ -9,14 +9,14 @@ learned (LSQ): the rounding passes gradients straight through (STE), and the ste
 gives, per element, ``d v_hat / d s = g (-v / s + round(v / s))`` inside the range and ``g (-Q_N)`` or
 ``g Q_P`` outside it (the paper's Eq. 8 without ``g``, which LSQ adds for stable steps).
 
-Eq. 5: the ``i``-bit-lower codes of a vertical-layered weight are ``w_bar_i = floor(w_bar_(i+1) / 2)``, step
-``s_i = 2 s_(i+1)``; the enhance layer ``b_(i+1) = w_bar_(i+1) - 2 w_bar_i`` is the dropped bit (0 or 1), so a
+Eq. 5: the ``i``-bit-lower codes of a vertical-layered weight are ``w_bar_i = floor(w_bar_(i+1) / 2)``; Eq. 3:
+the step ``s_i = 2 s_(i+1)``; the enhance layer ``b_(i+1) = w_bar_(i+1) - 2 w_bar_i`` is the dropped bit (0 or 1), so a
 ``K``-bit code is its ``K - 1``-bit code and one more bit plane (:func:`downsample`, :func:`enhance_layers`,
 :func:`compose`). ``floor`` (not round) keeps the lower codes inside the ``K - 1``-bit signed range.
 
 :func:`vertical_quantize` gives a lower-precision weight of a vertical-layered tensor for training: the codes of
 Eq. 5 from one source weight and one source step, the positive compensation ``z_i`` of Eq. 6 with the paper's
-preset value (Sec. 5: ``z_i = (1 - 2^(i - n)) / 2`` for ``n - i`` downsamplings, the mean error of the floor), and
+preset value (Sec. 6.1: ``z_i = (1 - 2^(i - n)) / 2`` for ``n - i`` downsamplings, the mean error of the floor), and
 the straight-through gradients of Eq. 7-8.
 
 The vertical layers built on these are in :mod:`model.quant.vertical`, the joint training (Eq. 9-11), the
@@ -107,7 +107,7 @@ def compose(base: torch.Tensor, planes: list[torch.Tensor], use: int | None = No
 
 
 def compensation(times: int) -> float:
-    """Eq. 6's preset ``z_i`` after ``times = n - i`` downsamplings: ``(1 - 2^-times) / 2`` (Sec. 5 of the paper,
+    """Eq. 6's preset ``z_i`` after ``times = n - i`` downsamplings: ``(1 - 2^-times) / 2`` (Sec. 6.1 of the paper,
     ``z_i = 2^-1 (1 - 2^(i-2))`` with ``n = 2``): the mean of ``x / 2^times - floor(x / 2^times)`` over integers."""
     if times < 0:
         raise ValueError(f"times must be >= 0, not {times!r}")
@@ -120,10 +120,12 @@ def vertical_quantize(w: torch.Tensor, step: torch.Tensor, top_bits: int, bits: 
 
     ``w_bar_n = Q(w, s_w)`` at ``top_bits`` (Eq. 1), ``w_bar_i = floor(w_bar_n / 2^d)`` and ``s_i = 2^d s_w``
     with ``d = top_bits - bits`` (Eq. 5), ``z_i`` = :func:`compensation` (0 with ``compensate=False``). Gradients
-    (Eq. 7-8): ``w_bar_i`` acts as ``w / s_i`` inside the top code's range (straight through, 0 outside), so
+    (Eq. 7-8, with the compensation added): ``w_bar_i`` acts as ``w / s_i`` inside the top code's range (straight through, 0 outside), so
     the de-quantized weight's ``d/dw`` is 1 inside and 0 outside, and ``d/ds_i = w_bar_i + z_i - w / s_i``
     inside and ``w_bar_i + z_i`` outside (the clipped code's value, LSQ's ``-Q_N`` / ``Q_P`` case); the step's
-    gradient is scaled by LSQ's ``g = 1 / sqrt(N Q_P)`` of the top width.
+    gradient is scaled by LSQ's ``g = 1 / sqrt(N Q_P)`` of the top width. (Eq. 8 is LSQ's step gradient without
+    ``z_i``; the ``+ z_i`` here is the exact derivative of the compensated weight ``(w_bar_i + z_i) s_i`` of Eq. 6
+    that the forward computes.)
     """
     if not 2 <= bits <= top_bits:
         raise ValueError(f"need 2 <= bits <= top_bits, not bits={bits!r}, top_bits={top_bits!r}")

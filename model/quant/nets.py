@@ -11,8 +11,11 @@ stage by stage, into the version 3 image); the accelerator core in hw/ runs the 
 no integer activation codes at all and are refused.
 
 Every weight layer, the first and the last included, is a :class:`~model.quant.layers.QuantLinear` or
-:class:`~model.quant.layers.QuantConv2d` with an element-wise mask: the paper masks all of ``theta``
-(``m_q = {32}^|theta|``, Sec. 3.2, Algorithm 1) and names no full-precision first or last layer. BatchNorm
+:class:`~model.quant.layers.QuantConv2d` with an element-wise mask: Algorithm 1 masks all of ``theta``
+(``m_q = {32}^|theta|``, Sec. 3.2), and which layers a method's masks move is the method's choice: IMQ and its
+baselines move the conv layers' only, as the paper's experiments do (Fig. 1's caption: "in experiments we only
+quantize or prune weights of convolutional layers"; :func:`model.methods.imq.schedule_layers`), so a conv
+net's classifier stays at 32 bits, and the MLP (the paper's Fig. 1 example) has every layer's mask moved. BatchNorm
 parameters and biases stay full precision (they fold into the per-channel requantization). Every ReLU is
 a :class:`~model.quant.pact.PACT` with ``act_bits`` (1..8, or 32 for the paper's PACT-32, Sec. 4).
 

@@ -28,7 +28,9 @@ Choices, each said once here:
   the one feeding the last layer included.
 * **Activation step initialisation.** Sec. 6.1 sets ``s_a = max|a| / (2^(i+1) - 1)`` from the first
   iteration's activations; we read ``2^(i+1) - 1`` as the largest unsigned code ``Q_P`` of the width (Eq. 1),
-  i.e. ``s_a = max(a) / (2^b - 1)`` at ``b`` bits, set on the first training forward pass at that width.
+  i.e. ``s_a = max(a) / (2^b - 1)`` at ``b`` bits, set on the first training forward pass at that width. (With
+  Eq. 3's index, ``i`` enhance layers over the 2-bit basic layer, the formula would give ``max|a|`` as the 2-bit
+  step: every activation above half of the maximum one code; so ``i`` there is read as counting from 1 bit.)
   (``max(a)``, not the paper's ``max|a|``: the codes are unsigned and the quantizer clips a negative input to 0,
   so a negative input's magnitude would only widen the step.)
 * **Weight step initialisation.** ``s_w`` = :func:`model.quant.lsq.init_step` at the source width (Esser
@@ -112,7 +114,7 @@ class VerticalWeight(_Switchable):
     weight : nn.Parameter
         The one full-precision weight ``w`` (shared by every width).
     step : nn.Parameter
-        The source step ``s_w`` (``s_n``; ``s_i = 2^(n-i) s_w``, Eq. 5), or the edge layer's 8-bit step.
+        The source step ``s_w`` (``s_n``; ``s_i = 2^(n-i) s_w``, Eq. 3), or the edge layer's 8-bit step.
     widths, bits : tuple of int, int
         Trained widths and the current one (ignored by an edge layer).
     top : int

@@ -10,10 +10,11 @@ activation width join into one ``"PACT-8 QNN"`` curve, one point per run, as in 
 baseline is a dashed horizontal line.
 
 Table (Table 1): per run, its most accurate iteration ("for LTH and random MPQ-tickets, we simply report
-the best results"), Algorithm 1's ticket (line 12: the narrowest iteration more accurate than
-iteration 0) and, for each budget ``q`` (default 8, 4, 2 bits), "the best performing lottery ticket with
-average weight bitwidth below q-bit" (the most accurate iteration with at most ``q`` average bits); plus a
-"Full precision" row per float baseline. "Most accurate" ranks by validation accuracy when the run holds
+the best results"), Algorithm 1's ticket (line 12's set, the iterations more accurate than iteration 0,
+and from it the narrowest: the project's rule) and, for each budget ``q`` (default 8, 4, 2 bits), "the best
+performing lottery ticket with average weight bitwidth below q-bit" (the most accurate iteration with at most
+``q`` average bits: at most, so that QNN-4's 4.0 bits are in the 4-bit row); plus a "Full precision" row per
+float baseline. "Most accurate" ranks by validation accuracy when the run holds
 a validation split (:func:`model.methods.imq.selection_accuracies`), and every row reports test accuracy;
 a run without one is ranked on the test set, and the table says so in a note.
 """

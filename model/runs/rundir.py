@@ -469,7 +469,7 @@ def float_model(config: RunConfig, split: Split) -> tuple[nn.Module, str]:
     The MLP's is :class:`model.quant.nets.FloatMLP` (``nn.Linear`` and ReLU). The conv nets have no float twin
     in :mod:`model.quant.nets`, so theirs is the same net with 32-bit weights everywhere and PACT-32 activations
     and input: full precision, but with PACT's learnable clip instead of ReLU (the paper's "PACT-full",
-    Fig. 5, which it finds slightly below ReLU).
+    Fig. 5, which it finds significantly below ReLU).
     """
     n_classes = n_classes_of(config, split)
     if config.arch == "mlp":

@@ -60,7 +60,7 @@ ALL = METHODS
 LTS_BENCH = {"data": "fashion-mnist", "hidden": [256, 256], "epochs": 10, "lr": 0.01, "batch_size": 128,
              "bits": 2, "lts_mode": "lts", "strategy": "linear", "p": 0.5, "m": 0.99, "warmup": 2, "threads": 1,
              "bounds_lr_ratio": 1e-3}  # bounds_lr_ratio: model.methods.lts.BOUNDS_LR_RATIO (torch-free copy, tested)
-#: BMPQ's target compression r_M^32 for an MLP and for the conv nets (the paper's 10x, BMPQ Sec. IV-A).
+#: BMPQ's target compression r_M^32 for an MLP and for the conv nets (the paper's 10x, BMPQ Sec. IV-B and Table I).
 BMPQ_MLP_COMPRESSION = 4.0
 BMPQ_CONV_COMPRESSION = 10.0
 

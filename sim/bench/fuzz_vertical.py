@@ -7,7 +7,7 @@ stride 1 or 2, optional 2 x 2 max-pool), one to three inner stages (plain convs 
 A's zero channels) and the 8-bit FC edge on the global pool or on the flattened map. The stored widths are
 consecutive, from a basic layer of 2 to 6 bits up to at most :data:`~hw.array.controller.MAX_VERTICAL_TOP` (the
 array's plane decoders); each inner layer is a random source code of the top width with 0 to 99 % of them zero,
-split into its basic layer and enhance planes (Eq. 4 of the vertical-layering paper, ``c_(k+1) = 2 c_k + b_(k+1)``);
+split into its basic layer and enhance planes (Eq. 3 of the vertical-layering paper, ``c_(k+1) = 2 c_k + b_(k+1)``);
 each layer compensates (Eq. 6's ``K_t``) or not, and negates a random third of its outputs (a negative BN gain). Up
 to three Eq. 12 table rows, and for some of them per-row requant records (BN re-estimated for the row). Every record
 is calibrated on the network's own inputs (:func:`sim.bench.calibrate.calibrated_vertical`), one in thirty keeping
@@ -83,7 +83,7 @@ def _signed(rng, shape, bits: int) -> np.ndarray:
 
 def split_planes(codes: np.ndarray, top: int, base_bits: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """The basic layer (``base_bits`` bits) and the enhance planes (MSB first) of ``top``-bit signed ``codes``:
-    ``compose(base, planes) == codes`` (golden_vertical's :func:`~model.export.golden_vertical.compose`, Eq. 4).
+    ``compose(base, planes) == codes`` (golden_vertical's :func:`~model.export.golden_vertical.compose`, Eq. 3).
     (model/quant/lsq.py's ``enhance_layers`` does the same in torch; the bench stays torch-free.)"""
     shift = top - base_bits
     base = codes >> shift  # floor: the arithmetic shift of two's complement
