@@ -17,7 +17,8 @@ shows the core's). Work a load or run that timed out left in the DMA engines (a 
 write still due) is finished first: a timed-out load's late words go into the buffer (which this load then
 overwrites, its CRC and header restarted), a run's are dropped, writes still due are padded (TIMEOUT if the
 bus still does not answer within the watchdog). ``status`` becomes OK (and the image usable) or the reason it
-is not: BAD_ADDRESS (``image_addr`` not 8-byte aligned or at or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION, BAD_GEOMETRY,
+is not: BAD_ADDRESS (``image_addr`` not 8-byte aligned or at or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION,
+BAD_GEOMETRY,
 BAD_CHECKSUM (the CRC-32 of the ``4 words`` image bytes read is not ``image_crc``: what exactly it covers is
 in :mod:`hw.system.register_map`), TIMEOUT. ``ap_idle`` is low during a load (from the cycle its write
 response is offered), and a load gives no ``ap_done``: the host polls ``ap_idle`` and then reads ``status``.

@@ -160,7 +160,8 @@ def comp_offset(top: int, bits: int, compensate: bool) -> int:
 
 
 def compose(base: np.ndarray, planes: Sequence[np.ndarray], use: int) -> np.ndarray:
-    """Codes from the basic layer and the first ``use`` enhance planes: ``c_(k+1) = 2 c_k + b_(k+1)`` (Eq. 3; Eq. 4 unrolled)."""
+    """Codes from the basic layer and the first ``use`` enhance planes: ``c_(k+1) = 2 c_k + b_(k+1)`` (Eq. 3;
+    Eq. 4 unrolled)."""
     out = np.asarray(base, dtype=np.int64)
     for plane in planes[:use]:
         out = 2 * out + np.asarray(plane, dtype=np.int64)

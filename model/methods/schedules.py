@@ -34,8 +34,8 @@ them when the run's ``float_baseline`` asks for it, as ``bench imq``'s float MLP
 with PACT-32 activations, the paper's "PACT-full IMP".
 
 "Start mask" and "update" are over :func:`model.methods.imq.schedule_layers`: in a conv network its conv layers
-("in experiments we only quantize or prune weights of convolutional layers", Fig. 1's caption), the classifier staying at
-32 bits; the rate and the recorded average width are over those weights too. An MLP's layers all take part.
+("in experiments we only quantize or prune weights of convolutional layers", Fig. 1's caption), the classifier
+staying at 32 bits; the rate and the recorded average width are over those weights too. An MLP's layers all take part.
 
 The random methods draw from a ``torch.Generator`` seeded with the run's seed (its state is part of a
 run's checkpoint, so a resumed run draws what an uninterrupted one would).

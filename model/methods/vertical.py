@@ -41,7 +41,8 @@ The layers and the model surgery are in :mod:`model.quant.vertical`; the quantiz
   (with the compensation ``z_i`` when it is on), the same codes rescaled. The paper's budget counts bits above
   the source width, ``sum N_m (|w_bar_(i_m)| - |w_bar_n|) <= B``; the same constraint in absolute bits is
   ``sum N_m i_m <= B + n sum N_m``, and ``B`` here is that absolute total (what a user sizes a model by). The
-  budget counts the inner layers' weights (the 8-bit edge layers are the same in every assignment). The sampled net's BN statistics are
+  budget counts the inner layers' weights (the 8-bit edge layers are the same in every assignment). The sampled
+  net's BN statistics are
   then re-estimated on a few training batches (Sec. 6.4).
 """
 

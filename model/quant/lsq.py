@@ -120,7 +120,8 @@ def vertical_quantize(w: torch.Tensor, step: torch.Tensor, top_bits: int, bits: 
 
     ``w_bar_n = Q(w, s_w)`` at ``top_bits`` (Eq. 1), ``w_bar_i = floor(w_bar_n / 2^d)`` and ``s_i = 2^d s_w``
     with ``d = top_bits - bits`` (Eq. 5), ``z_i`` = :func:`compensation` (0 with ``compensate=False``). Gradients
-    (Eq. 7-8, with the compensation added): ``w_bar_i`` acts as ``w / s_i`` inside the top code's range (straight through, 0 outside), so
+    (Eq. 7-8, with the compensation added): ``w_bar_i`` acts as ``w / s_i`` inside the top code's range (straight
+    through, 0 outside), so
     the de-quantized weight's ``d/dw`` is 1 inside and 0 outside, and ``d/ds_i = w_bar_i + z_i - w / s_i``
     inside and ``w_bar_i + z_i`` outside (the clipped code's value, LSQ's ``-Q_N`` / ``Q_P`` case); the step's
     gradient is scaled by LSQ's ``g = 1 / sqrt(N Q_P)`` of the top width. (Eq. 8 is LSQ's step gradient without
