@@ -1,8 +1,9 @@
 """Global buffer: the packed image in block RAM, shared by its readers through fixed-priority read ports.
 
 The MPQ-tickets paper's "global buffer of 32-bit width to store the mixed precision data, with the mask
-indicating the bit-width of each data" (Sec. 3.3, Fig. 2): here the image's words, whose width classes and
-positions the row decoders read from the weight stream (:mod:`model.export.weight_stream`).
+indicating the bit-width of each data" (Sec. 3.3): here the image's words, the widths given by the version 2
+masks (the fully connected core's weight decoder) or by the class-grouped weight streams of version 3
+(:mod:`model.export.weight_stream`, the array's row decoders).
 
 The buffer holds 32-bit words (``MemoryData``: its initial contents may be replaced before elaboration,
 e.g. by another image for the same hardware). With ``writable`` it has a load port, one word a cycle, so

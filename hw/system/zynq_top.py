@@ -16,11 +16,10 @@ checked (magic, version 3 or 4, ``words`` from 8 to the buffer depth, ``C H W`` 
 shows the core's). Work a load or run that timed out left in the DMA engines (a read that came back late, a
 write still due) is finished first: a timed-out load's late words go into the buffer (which this load then
 overwrites, its CRC and header restarted), a run's are dropped, writes still due are padded (TIMEOUT if the
-bus still does not answer within the watchdog). ``status`` becomes OK (and the image usable) or the reason it
-is not: BAD_ADDRESS (``image_addr`` not 8-byte aligned or at or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION,
-BAD_GEOMETRY,
-BAD_CHECKSUM (the CRC-32 of the ``4 words`` image bytes read is not ``image_crc``: what exactly it covers is
-in :mod:`hw.system.register_map`), TIMEOUT. ``ap_idle`` is low during a load (from the cycle its write
+bus still does not answer within the watchdog). ``status`` becomes OK (and the image usable) or the reason it is
+not: BAD_ADDRESS (``image_addr`` not 8-byte aligned or at or above 4 GiB), AXI_ERROR, BAD_MAGIC, BAD_VERSION,
+BAD_GEOMETRY, BAD_CHECKSUM (the CRC-32 of the ``4 words`` image bytes read is not ``image_crc``: what exactly it
+covers is in :mod:`hw.system.register_map`), TIMEOUT. ``ap_idle`` is low during a load (from the cycle its write
 response is offered), and a load gives no ``ap_done``: the host polls ``ap_idle`` and then reads ``status``.
 
 Run (``ap_start``; ``ap_ready`` when taken, ``ap_done`` when finished, whatever the outcome). The array is
@@ -42,14 +41,13 @@ writes no scores, unless the stop came during its score write (an error response
 them; the watchdog: the words the write engine had not yet taken go out as zeros); later images' scores are
 not written (tests/sim/test_system.py ``score_overflow`` checks the output buffer). Then it drains the
 DMA engines (remaining input words read and dropped), holding the array in reset, and raises ``ap_done``.
-``ap_start`` before any successful load: NO_IMAGE; ``image_count`` 0 or an address not 8-byte aligned or
-at or above 4 GiB, or a batch whose inputs, rounded up to whole 8-byte beats, reach 4 GiB: BAD_ADDRESS. (A region
-is not checked against the end of the 32-bit space: one that starts below 4 GiB and runs past it wraps to
-address 0. The driver's buffers lie in the board's DDR, far below; a shell cannot know which addresses are safe
-to write in any case.) ``precision`` selects a vertical (version 4)
-image's widths for the next runs (bits 0-3 a width for every inner layer, 0 the source width; bit 7 set:
-row ``bits 0-6`` of the image's Eq. 12 table); a width the image does not store ends the run with the
-array's BAD_PRECISION. Version 3 images ignore it.
+``ap_start`` before any successful load: NO_IMAGE; ``image_count`` 0 or an address not 8-byte aligned or at or above
+4 GiB, or a batch whose inputs, rounded up to whole 8-byte beats, reach 4 GiB: BAD_ADDRESS. (A region is not checked
+against the end of the 32-bit space: one that starts below 4 GiB and runs past it wraps to address 0. The driver's
+buffers lie in the board's DDR, far below; a shell cannot know which addresses are safe to write in any case.)
+``precision`` selects a vertical (version 4) image's widths for the next runs (bits 0-3 a width for every inner
+layer, 0 the source width; bit 7 set: row ``bits 0-6`` of the image's Eq. 12 table); a width the image does not
+store ends the run with the array's BAD_PRECISION. Version 3 images ignore it.
 
 Counters: ``busy_cycles`` counts the cycles of runs (DDR reads and writes included), ``load_cycles`` those of
 loads.
@@ -433,8 +431,8 @@ class MpqSystem(wiring.Component):
                     m.next = "RUN_SIZE"
             with m.State("RUN_SIZE"):
                 m.d.comb += array_rst.eq(1)
-                # 4 GiB or more, or within 8 bytes of it: the read's length, rounded up to whole 8-byte beats,
-                # would be 2^32 and wrap to 0 in its 32 bits (a run that then waited for its inputs: TIMEOUT).
+                # 2^32 - 7 bytes or more: the read's length, rounded up to whole 8-byte beats, would be 2^32 or more
+                # and wrap in its 32 bits (to 0 from 2^32 - 7 to 2^32 - 1: a run that waited for inputs, TIMEOUT).
                 with m.If((batch_bytes[32:] != 0) | (batch_bytes[3:32].all() & batch_bytes[:3].any())):
                     fail(StatusCode.BAD_ADDRESS)
                     m.next = "FINISH"

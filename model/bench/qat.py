@@ -27,7 +27,7 @@ does slows both alike; each figure is the median of :data:`STEPS` steps after :d
 thread by default (the figure the architecture notes quote: ResNet-20's DoReFa step was 1.8x the float step).
 
 Floor: ``dorefa_ratio_resnet20 <= 1.5`` (:data:`MAX_DOREFA_RESNET20_RATIO`). Bounded well inside 15 minutes
-on 2 cores (24-30 s measured, README's `bench qat`).
+on 2 cores (24-40 s measured, README's `bench qat`).
 """
 
 from __future__ import annotations

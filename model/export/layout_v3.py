@@ -2,13 +2,12 @@
 parallel multiplier array.
 
 Version 3 holds a fully connected :class:`~model.export.golden.IntNetwork` or a conv
-:class:`~model.export.golden_net.IntConvNetwork` (ResNet-20, VGG) as a list of weight layers, each with a
-16-word descriptor (:data:`~model.export.format.LAYER`: geometry, buffers, residual source, pooling, weight
-mode, code widths, region addresses) and three regions: the requant parameters (one record per output
-channel, :data:`~model.export.format.PARAMS`, or :data:`~model.export.format.RES_PARAMS` with the shortcut's
-``M_r``), the row-pointer table (one ``ptr_bits``-bit pointer per output channel, packed: the first bit of its
-row in the stream) and
-the weight stream (:mod:`model.export.weight_stream`: each row's non-zeros grouped by width class, positions
+:class:`~model.export.golden_net.IntConvNetwork` (ResNet-20, VGG) as a list of weight layers, each with a 16-word
+descriptor (:data:`~model.export.format.LAYER`: geometry, buffers, residual source, pooling, weight mode, code
+widths, region addresses) and three regions: the requant parameters (one record per output channel,
+:data:`~model.export.format.PARAMS`, or :data:`~model.export.format.RES_PARAMS` with the shortcut's ``M_r``), the
+row-pointer table (one ``ptr_bits``-bit pointer per output channel, packed: the first bit of its row in the stream)
+and the weight stream (:mod:`model.export.weight_stream`: each row's non-zeros grouped by width class, positions
 Rice-coded). The network's stages are encoded in the descriptors:
 
 * a conv with ``pool > 0`` is a :class:`~model.export.golden_net.ConvStage` with that max-pool;

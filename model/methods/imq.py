@@ -330,7 +330,7 @@ def best_within(history: list[IterationRecord], max_avg_bits: float) -> Iteratio
     """Table 1's "(PACT-k, q-bit)" ticket: the most accurate iteration with average width at most ``q``.
 
     The paper writes "average weight bitwidth below q-bit"; at most (``<=``) here, so that a network exactly at ``q``
-    bits (QNN-4 has every weight at 4 bits, 4.0 on average) is in its row rather than in none.
+    bits (QNN-4 has every weight at 4 bits, 4.0 on average) is in its row, not only in the next wider one.
 
     Ranked by :func:`selection_accuracies`; ties go to the earlier iteration; ``None`` if no iteration is
     that narrow.

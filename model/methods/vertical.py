@@ -34,16 +34,15 @@ The layers and the model surgery are in :mod:`model.quant.vertical`; the quantiz
   ascending layer training, the basic layer by QAT, then each enhance layer ``b_i = [b_i^r > 0]`` with an
   STE, one stage per width, lower bits frozen (:class:`AscendingState`). The no-compensation and no-KD
   ablations are options of the joint training.
-* **Mixed precision (Eq. 12).** Per inner layer ``m`` a width ``i_m`` minimising
-  ``sum_m ||w_hat_(i_m) - w_hat_n||^2`` subject to ``sum_m N_m i_m <= B`` bits, solved exactly with HiGHS
-  through ``scipy.optimize.milp``. The paper writes the error on the codes ``w_bar``; codes of different
-  widths live on different steps (``s_i = 2^(n-i) s_n``), so the error is taken on the de-quantized weights
-  (with the compensation ``z_i`` when it is on), the same codes rescaled. The paper's budget counts bits above
-  the source width, ``sum N_m (|w_bar_(i_m)| - |w_bar_n|) <= B``; the same constraint in absolute bits is
-  ``sum N_m i_m <= B + n sum N_m``, and ``B`` here is that absolute total (what a user sizes a model by). The
-  budget counts the inner layers' weights (the 8-bit edge layers are the same in every assignment). The sampled
-  net's BN statistics are
-  then re-estimated on a few training batches (Sec. 6.4).
+* **Mixed precision (Eq. 12).** Per inner layer ``m`` a width ``i_m`` minimising ``sum_m ||w_hat_(i_m) -
+  w_hat_n||^2`` subject to ``sum_m N_m i_m <= B`` bits, solved exactly with HiGHS through ``scipy.optimize.milp``.
+  The paper writes the error on the codes ``w_bar``; codes of different widths live on different steps (``s_i =
+  2^(n-i) s_n``), so the error is taken on the de-quantized weights (with the compensation ``z_i`` when it is on),
+  the same codes rescaled. The paper's budget counts bits relative to the source width, ``sum N_m (|w_bar_(i_m)| -
+  |w_bar_n|) <= B`` (each term at most 0); the same constraint in absolute bits is ``sum N_m i_m <= B + n sum N_m``,
+  and ``B`` here is that absolute total (what a user sizes a model by). The budget counts the inner layers' weights
+  (the 8-bit edge layers are the same in every assignment). The sampled net's BN statistics are then re-estimated on
+  a few training batches (Sec. 6.4).
 """
 
 from __future__ import annotations

@@ -118,15 +118,14 @@ def vertical_quantize(w: torch.Tensor, step: torch.Tensor, top_bits: int, bits: 
                       compensate: bool = True) -> torch.Tensor:
     """The de-quantized ``bits``-bit weight ``(w_bar_i + z_i) s_i`` of a vertical-layered tensor (signed codes).
 
-    ``w_bar_n = Q(w, s_w)`` at ``top_bits`` (Eq. 1), ``w_bar_i = floor(w_bar_n / 2^d)`` and ``s_i = 2^d s_w``
-    with ``d = top_bits - bits`` (Eq. 5), ``z_i`` = :func:`compensation` (0 with ``compensate=False``). Gradients
+    ``w_bar_n = Q(w, s_w)`` at ``top_bits`` (Eq. 1), ``w_bar_i = floor(w_bar_n / 2^d)`` and ``s_i = 2^d s_w`` with
+    ``d = top_bits - bits`` (Eq. 5, Eq. 3), ``z_i`` = :func:`compensation` (0 with ``compensate=False``). Gradients
     (Eq. 7-8, with the compensation added): ``w_bar_i`` acts as ``w / s_i`` inside the top code's range (straight
-    through, 0 outside), so
-    the de-quantized weight's ``d/dw`` is 1 inside and 0 outside, and ``d/ds_i = w_bar_i + z_i - w / s_i``
-    inside and ``w_bar_i + z_i`` outside (the clipped code's value, LSQ's ``-Q_N`` / ``Q_P`` case); the step's
-    gradient is scaled by LSQ's ``g = 1 / sqrt(N Q_P)`` of the top width. (Eq. 8 is LSQ's step gradient without
-    ``z_i``; the ``+ z_i`` here is the exact derivative of the compensated weight ``(w_bar_i + z_i) s_i`` of Eq. 6
-    that the forward computes.)
+    through, 0 outside), so the de-quantized weight's ``d/dw`` is 1 inside and 0 outside, and ``d/ds_i = w_bar_i +
+    z_i - w / s_i`` inside and ``w_bar_i + z_i`` outside (the clipped code's value, LSQ's ``-Q_N`` / ``Q_P`` case);
+    the step's gradient is scaled by LSQ's ``g = 1 / sqrt(N Q_P)`` of the top width. (Eq. 8 is LSQ's step gradient
+    without ``z_i``; the ``+ z_i`` here is the exact derivative of the compensated weight ``(w_bar_i + z_i) s_i`` of
+    Eq. 6 that the forward computes.)
     """
     if not 2 <= bits <= top_bits:
         raise ValueError(f"need 2 <= bits <= top_bits, not bits={bits!r}, top_bits={top_bits!r}")

@@ -7,7 +7,7 @@ MLP :class:`LTSMLP` and :func:`to_lts`, which gives ResNet-20 and the VGG of :mo
 layers. The algorithm is in :mod:`model.methods.lts` (:class:`~model.methods.lts.LTSScratcher`,
 :func:`~model.methods.lts.train_lts`), the bench in :mod:`model.bench.lts`.
 
-Naming: "Eq. 6" in this package (here, :mod:`model.methods.lts`, :mod:`model.bench.lts`) is the freeze test
+Naming: "Eq. 6" in :mod:`model.quant.lts`, :mod:`model.methods.lts` and :mod:`model.bench.lts` is the freeze test
 ``D^i < t`` with Eq. 6's threshold ``t = Delta^B p``: the paper numbers only the threshold, and states the test in
 the sentence before it (Sec. III-C: "We then compare D^i with a threshold t to determine whether w_n should be
 frozen").

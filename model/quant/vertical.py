@@ -26,13 +26,13 @@ Choices, each said once here:
   8-bit pixels (the conv nets' default already; the MLP's config ties it to ``act_bits``): the 8-bit first
   layer reads 8-bit inputs at every width. Every other activation is quantized at the current width (Fig. 4),
   the one feeding the last layer included.
-* **Activation step initialisation.** Sec. 6.1 sets ``s_a = max|a| / (2^(i+1) - 1)`` from the first
-  iteration's activations; we read ``2^(i+1) - 1`` as the largest unsigned code ``Q_P`` of the width (Eq. 1),
-  i.e. ``s_a = max(a) / (2^b - 1)`` at ``b`` bits, set on the first training forward pass at that width. (With
-  Eq. 3's index, ``i`` enhance layers over the 2-bit basic layer, the formula would give ``max|a|`` as the 2-bit
-  step: every activation above half of the maximum one code; so ``i`` there is read as counting from 1 bit.)
-  (``max(a)``, not the paper's ``max|a|``: the codes are unsigned and the quantizer clips a negative input to 0,
-  so a negative input's magnitude would only widen the step.)
+* **Activation step initialisation.** Sec. 6.1 sets ``s_a = max|a| / (2^(i+1) - 1)`` from the first iteration's
+  activations; we read ``2^(i+1) - 1`` as the largest unsigned code ``Q_P`` of the width (Eq. 1), i.e. ``s_a =
+  max(a) / (2^b - 1)`` at ``b`` bits, set on the first training forward pass at that width. (With Eq. 3's index,
+  ``i`` enhance layers over the 2-bit basic layer, the formula would give ``max|a|`` as the 2-bit step: every
+  activation above half of the maximum would round to one code; so ``i`` there is read as counting from 1 bit.)
+  (``max(a)``, not the paper's ``max|a|``: the codes are unsigned and the quantizer clips a negative input to 0, so
+  a negative input's magnitude would only widen the step.)
 * **Weight step initialisation.** ``s_w`` = :func:`model.quant.lsq.init_step` at the source width (Esser
   et al.'s ``2 mean|w| / sqrt(Q_P)``, ``sqrt(7)`` at 4 bits; Sec. 6.1 writes ``sqrt(2^4 - 1)``: the reason for
   LSQ's ``Q_P`` is in that function's docstring).

@@ -639,9 +639,9 @@ def pick_ticket(history: list[IterationRecord], reached_target: bool) -> tuple[I
 
     * ``"target"``: the run stopped at the first iteration at most ``target_avg_bits`` wide; that one
       (the "(PACT-k, q-bit)" ticket of Table 1 with ``q`` the target, as bits only fall).
-    * ``"algorithm-1"``: otherwise Algorithm 1 line 12 (:func:`model.methods.imq.select_ticket`): the narrowest
-      iteration more accurate than iteration 0, on the validation images when the run has them
-      (:func:`model.methods.imq.selection_split`).
+    * ``"algorithm-1"``: otherwise Algorithm 1 line 12's set (:func:`model.methods.imq.select_ticket`): of the
+      iterations more accurate than iteration 0 the narrowest (the project's rule), on the validation images when
+      the run has them (:func:`model.methods.imq.selection_split`).
     * ``"last"``: if no iteration beats iteration 0 (or there is only one, as for QNN-k), the last one.
     """
     if not history:

@@ -283,7 +283,7 @@ async def bad_checksum(dut):
 @cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def bad_registers(dut):
     """ap_start before a load (NO_IMAGE), image_count 0, misaligned input and output addresses, addresses and
-    batches past 4 GiB or within one 8-byte beat of it (BAD_ADDRESS): ap_done with the code, never a hang; then
+    batches whose inputs reach 4 GiB in whole 8-byte beats (BAD_ADDRESS): ap_done with the code, never a hang; then
     the same registers set right run."""
     tb = SystemTB(dut)
     await tb.reset()

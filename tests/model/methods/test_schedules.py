@@ -194,7 +194,7 @@ def test_init_masks_sets_the_start_width():
 
 
 def test_a_conv_networks_classifier_is_neither_quantized_nor_pruned():
-    """Sec. 4: "we only quantize or prune weights of convolutional layers": QNN-4's start width and every
+    """Fig. 1's caption: "we only quantize or prune weights of convolutional layers": QNN-4's start width and every
     IMQ / IMP update reach the conv layers, the classifier stays at 32 bits (an MLP's layers all move)."""
     torch.manual_seed(0)
     model = SmallVGG(image_shape=(1, 8, 8), n_classes=10, act_bits=4, channels=(4, 8))

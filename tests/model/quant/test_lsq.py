@@ -75,7 +75,7 @@ def test_downsampling_and_bit_planes(base, extra, values):
 
 
 def test_compensation_is_the_papers_preset():
-    """Sec. 5: z_i = 2^-1 (1 - 2^(i-2)) for widths 2/3/4 (i = 0, 1, 2); the mean floor error."""
+    """Sec. 6.1: z_i = 2^-1 (1 - 2^(i-2)) for widths 2/3/4 (i = 0, 1, 2); the mean floor error."""
     assert [compensation(2 - i) for i in range(3)] == [0.375, 0.25, 0.0]
     x = torch.arange(-64, 64)
     for times in range(4):
