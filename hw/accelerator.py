@@ -24,7 +24,9 @@ tests/hw/core/)::
 
 A corrupt image (one that bypassed ``model.export.image.unpack``, e.g. loaded into :attr:`Accelerator.image`
 after construction) stops the core with ``error`` high and ``error_code`` saying why
-(:class:`~hw.core.job.ErrorCode`); the core then takes no more input and sends no more scores until reset.
+(:class:`~hw.core.job.ErrorCode`); the core then takes no more input and sends no more scores until reset. One
+field it does not check: a requant multiplier ``M`` past 17 bits (the reader refuses it) runs with its low 17
+bits (``hw/core/requant.py``; the array ends such a run with BAD_STREAM).
 """
 
 from amaranth import Module, unsigned

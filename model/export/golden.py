@@ -168,13 +168,40 @@ class IntNetwork:
         Raises
         ------
         UserError
-            If ``u`` is not a 2-D array of integers with ``n_in`` columns, or holds a code outside
-            ``[0, 2^input_bits - 1]`` (the hardware would read only the low bits of such a code).
+            From :meth:`check` (a layer outside the contract, layers that do not chain: the module docstring's
+            bounds hold only for the fields it checks), or if ``u`` is not a 2-D array of integers with ``n_in``
+            columns, or holds a code outside ``[0, 2^input_bits - 1]`` (the hardware would read only the low
+            bits of such a code).
         """
+        self.check()
         x = self.check_inputs(u)
         for layer in self.layers:
             x = layer_forward(layer, x)
         return x
+
+    def check(self, where: str = "network") -> None:
+        """Raise :class:`UserError` unless every layer keeps the contract (:func:`check_layer`) and the layers
+        chain: each layer's ``n_in`` and ``in_bits`` are the previous layer's ``n_out`` and ``out_bits`` (the
+        first's ``in_bits`` is ``input_bits``). What the packers check too, so that a network built in memory
+        runs under the same bounds as one read from an image (:class:`~model.export.golden_net.IntConvNetwork`
+        checks its stages the same way)."""
+        if not self.layers:
+            raise UserError(f"{where}: field 'layers' is empty; an image needs at least one layer")
+        for index, layer in enumerate(self.layers):
+            check_layer(layer, where=f"layer {index}" + (f" ({layer.name})" if layer.name else ""))
+        prev_out, prev_bits = None, self.input_bits
+        for index, layer in enumerate(self.layers):
+            if layer.n_in < 1 or layer.n_out < 1:
+                raise UserError(f"{where}: layer {index} fields 'n_in'/'n_out' are {layer.n_in}/{layer.n_out};"
+                                " allowed >= 1")
+            if prev_out is not None and layer.n_in != prev_out:
+                raise UserError(f"{where}: layer {index} field 'n_in' is {layer.n_in}; the previous layer has"
+                                f" n_out {prev_out}")
+            if layer.in_bits != prev_bits:
+                source = "input_bits" if index == 0 else "the previous layer's out_bits"
+                raise UserError(f"{where}: layer {index} field 'in_bits' is {layer.in_bits}; {source} is"
+                                f" {prev_bits}")
+            prev_out, prev_bits = layer.n_out, layer.out_bits
 
     def check_inputs(self, u, where: str = "input codes") -> np.ndarray:
         """``u`` as int64 ``[N, n_in]`` after checking shape, type and range (see :meth:`forward`)."""

@@ -126,25 +126,6 @@ def image_bytes(words: np.ndarray) -> int:
     return 4 * len(words)
 
 
-def _check_network(net: IntNetwork, where: str) -> None:
-    """Layers must chain: sizes and code widths of each layer's input match the previous output."""
-    if not net.layers:
-        raise UserError(f"{where}: field 'layers' is empty; an image needs at least one layer")
-    prev_out, prev_bits = None, net.input_bits
-    for index, layer in enumerate(net.layers):
-        if layer.n_in < 1 or layer.n_out < 1:
-            raise UserError(f"{where}: layer {index} fields 'n_in'/'n_out' are {layer.n_in}/{layer.n_out};"
-                            " allowed >= 1")
-        if prev_out is not None and layer.n_in != prev_out:
-            raise UserError(f"{where}: layer {index} field 'n_in' is {layer.n_in}; the previous layer has"
-                            f" n_out {prev_out}")
-        if layer.in_bits != prev_bits:
-            source = "input_bits" if index == 0 else "the previous layer's out_bits"
-            raise UserError(f"{where}: layer {index} field 'in_bits' is {layer.in_bits}; {source} is"
-                            f" {prev_bits}")
-        prev_out, prev_bits = layer.n_out, layer.out_bits
-
-
 def _mask_words(widths: np.ndarray, per_row: int) -> np.ndarray:
     codes = np.zeros((widths.shape[0], per_row * CODES_PER_WORD), dtype=np.uint32)
     codes[:, : widths.shape[1]] = _CODE_OF_WIDTH[widths]
@@ -183,9 +164,7 @@ def _pack(net: IntNetwork | IntConvNetwork, version: int) -> tuple[np.ndarray, t
     if version not in (MASK_VERSION, layout_v3.VERSION_3):
         raise ValueError(f"pack writes versions {MASK_VERSION} and {layout_v3.VERSION_3}, not {version}")
     if isinstance(net, IntNetwork):
-        for index, layer in enumerate(net.layers):
-            check_layer(layer, where=f"layer {index}" + (f" ({layer.name})" if layer.name else ""))
-        _check_network(net, "network")
+        net.check("network")
     elif version == MASK_VERSION:
         raise UserError(f"image version {MASK_VERSION} holds fully connected networks only; a conv network needs"
                         f" version {layout_v3.VERSION_3}")
@@ -378,7 +357,7 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork | IntConvNetwo
     if base != len(words):
         raise field_error(where, "words", HEADER["words"].word, header["words"], f"the layers end at word {base}")
     net = IntNetwork(input_bits=header["input_bits"], layers=tuple(layers))
-    _check_network(net, where)
+    net.check(where)  # (its check_layer again too: cheap beside the unpacking)
     return net
 
 

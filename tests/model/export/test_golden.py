@@ -266,6 +266,23 @@ def test_check_layer_rejects_bad_widths_and_codes():
         check_layer(layer(np.ones((1, MAX_FAN_IN + 1), dtype=np.int64), np.full((1, MAX_FAN_IN + 1), 4)))
 
 
+def test_forward_refuses_a_network_the_packer_would_refuse():
+    """A network built in memory runs under the same checks as one read from an image: a bias past BIAS_BITS
+    (``t M + B`` would wrap int64 and saturate to the wrong end: 2^63 - 1 gave -2^31 before the check) and layers
+    that do not chain (a hidden layer's int32 scores fed on as codes) raise, naming the field."""
+    u = np.array([[15]])
+    ok = IntNetwork(input_bits=4, layers=(layer([[15]], [[4]], out_bits=0),))
+    assert ok.forward(u).shape == (1, 1)
+    with pytest.raises(UserError, match="'bias' of output 0 is 9223372036854775807"):
+        IntNetwork(input_bits=4, layers=(layer([[15]], [[4]], bias=(1 << 63) - 1, shift=1, out_bits=0),)).forward(u)
+    with pytest.raises(UserError, match="'in_bits' is 4; the previous layer's out_bits is 0"):
+        IntNetwork(input_bits=4, layers=(layer([[15]], [[4]], out_bits=0), layer([[15]], [[4]], out_bits=0))).forward(u)
+    with pytest.raises(UserError, match="'n_in' is 2; the previous layer has n_out 1"):
+        IntNetwork(input_bits=4, layers=(layer([[15]], [[4]]), layer([[1, 2]], [[4, 4]], out_bits=0))).forward(u)
+    with pytest.raises(UserError, match="layer 0 field 'in_bits' is 4; input_bits is 8"):
+        IntNetwork(input_bits=8, layers=(layer([[15]], [[4]], out_bits=0),)).forward(u)
+
+
 def test_golden_accuracy_matches_fake_quant():
     """The acceptance test of the conversion: within 0.5 percentage points on the digits test set."""
     split = load_digits_split()
