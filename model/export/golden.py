@@ -185,10 +185,14 @@ class IntNetwork:
         first's ``in_bits`` is ``input_bits``). What the packers check too, so that a network built in memory
         runs under the same bounds as one read from an image (:class:`~model.export.golden_net.IntConvNetwork`
         checks its stages the same way)."""
-        if not self.layers:
-            raise UserError(f"{where}: field 'layers' is empty; an image needs at least one layer")
         for index, layer in enumerate(self.layers):
             check_layer(layer, where=f"layer {index}" + (f" ({layer.name})" if layer.name else ""))
+        self.check_chain(where)
+
+    def check_chain(self, where: str = "network") -> None:
+        """The chain part of :meth:`check` alone, for a reader that has checked each layer as it read it."""
+        if not self.layers:
+            raise UserError(f"{where}: field 'layers' is empty; an image needs at least one layer")
         prev_out, prev_bits = None, self.input_bits
         for index, layer in enumerate(self.layers):
             if layer.n_in < 1 or layer.n_out < 1:

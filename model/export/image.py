@@ -357,7 +357,7 @@ def unpack(words: np.ndarray, where: str = "image") -> IntNetwork | IntConvNetwo
     if base != len(words):
         raise field_error(where, "words", HEADER["words"].word, header["words"], f"the layers end at word {base}")
     net = IntNetwork(input_bits=header["input_bits"], layers=tuple(layers))
-    net.check(where)  # (its check_layer again too: cheap beside the unpacking)
+    net.check_chain(where)  # (each layer passed check_layer in _unpack_layer)
     return net
 
 
