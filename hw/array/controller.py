@@ -9,8 +9,10 @@ One run (``start`` to ``done``) infers one image:
    and go into feature-map buffer 0 a row at a time while the layers below already run ("Streamed input").
 3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
    (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
-   ``BAD_GEOMETRY`` (among them: ``in_bits`` must be the previous layer's ``out_bits``, the header's
-   ``input_bits`` for layer 0; the input map and the conv's output map at most ``2^DIM_BITS - 1`` (255) rows
+   ``BAD_GEOMETRY`` (among them: a layer reads the codes the previous layer wrote, the header's input for
+   layer 0: its ``in_bits`` that layer's ``out_bits`` (the header's ``input_bits``), its ``in_buf``, ``c_in``,
+   ``in_height`` and ``in_width`` the buffer and the map as stored that layer wrote (buffer 0 and the header's
+   map); the input map and the conv's output map at most ``2^DIM_BITS - 1`` (255) rows
    and columns, what the loader's, the writer's and the tile counters' fields hold; the fan-in at most
    ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
    :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv
@@ -38,9 +40,10 @@ the row goes into buffer 0 as one word (port A, ``fmap_in``; the loader holds th
 rows arrive in address order (row ``y`` of channel ``c`` is word ``c H + y``), so the loader may read a
 channel of a tile once the word of the last row the tile reads of it lies below the count of rows in
 (``load_rows``), and the first layer's descriptor, checks and tiles go on meanwhile: ResNet-20's stem starts
-after its first four input rows instead of after all 784 codes. While the input arrives only layer 0 runs, and only if
-it writes a buffer other than 0 (the layer after it writes buffer 0, and a late input row would land on its
-output: a stride-2 stem does not read the last row); every other layer's dispatch waits for the input's end.
+after its first four input rows instead of after all 784 codes. While the input arrives only layer 0 runs, which
+reads buffer 0 and writes another (the checks refuse any other layer 0); every other layer's dispatch waits for
+the input's end (the layer after layer 0 writes buffer 0, and a late input row would land on its output: a
+stride-2 stem does not read the last row).
 A run that ends before the input is in (a refused layer, a fault) raises ``done`` once it is, so the host's
 stream stays aligned to runs: every run takes exactly its image's codes. A code of more than the header's
 ``input_bits`` bits is taken modulo ``2^input_bits`` (its high bits dropped: the passes' P bounds assume
@@ -61,9 +64,9 @@ ResNet-20's layer3 (one tile a layer) used to load 1,344 cycles after each layer
 channel gate, a row gate (``load_done_rows``, 2026-12-05): once every row of the tiles before the last is
 written, the rows above the last tile's first row are complete in every channel, and a tile of the next layer
 that reads none of the rows below (the first tile of a layer after one of several tiles: ResNet-20's layer1
-and layer2) loads at once instead of one channel behind the last tile's writes. A next layer whose input is
-not the running layer's output map as stored (buffer, channels, height, width) loads nothing before the drain;
-one the checks refuse ends the run once the running layer's queued rows have drained. ``layer_index`` moves on
+and layer2) loads at once instead of one channel behind the last tile's writes. A next layer's input is the
+running layer's output map as stored (buffer, channels, height, width: the checks refuse any other); one the
+checks refuse ends the run once the running layer's queued rows have drained. ``layer_index`` moves on
 when a layer has drained, as without the overlap; ``overlaps`` counts a run's overlapped layers. Without
 the channel gate the loader would read rows the writer has not written yet (the tests of
 ``tests/hw/array/test_top.py`` fail without it).
@@ -466,6 +469,13 @@ class ArrayController(wiring.Component):
         # compared in MEASURE_LIMITS and registered: from the descriptor through the limit table and the
         # comparators into `bad` they were the shell's slowest path (106.7 MHz against 108.7).
         fan_bad = Signal()
+        # The chain (registered in MEASURE_LIMITS with `fan_bad`): the layer reads the buffer and the map as stored
+        # that the layer before wrote (`cur_buf`, `prev_cout`, `h_st`, `w_st`; the header's map and buffer 0 for
+        # layer 0, set in HEADER_CHECK). Without it a layer reading other codes than `in_bits` says, e.g. the
+        # 8-bit input read at 1 bit, ran passes sized for 1-bit codes on 8-bit ones and wrapped the lanes'
+        # 48-bit P with status OK (docs/array_design.md, "The controller's contract checks"). A version 4
+        # layer's view chains by construction (TRANSLATE).
+        unchained = Signal()
         area_limit = Signal(range(POOL_AREA_LIMIT[0] + 1))
         mass_limit = Signal(range(POOL_MASS_LIMIT[0] + 1))
         with m.Switch(d.in_bits):  # (in_bits outside 1..MAX_ACT_BITS is refused by its own check)
@@ -484,7 +494,7 @@ class ArrayController(wiring.Component):
             # which on a build of fewer than 128 lanes is the same check; an input row past 255 codes is past
             # `row_codes`, which ArrayConfig keeps below 256.)
             | (g_hout > MAX_MAP_SIDE) | ((g_wout > MAX_MAP_SIDE) if t > MAX_MAP_SIDE else 0)
-            | (d.c_out > 1 << self._cb) | fan_bad
+            | (d.c_out > 1 << self._cb) | fan_bad | unchained
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
             | (scores != last_layer)
@@ -575,17 +585,17 @@ class ArrayController(wiring.Component):
         early_done = early_wrote == early_cmds
         with m.If(early_done & (avail < chans) & ch_done.bit_select(avail[:self._cb], 1)):
             m.d.sync += avail.eq(avail + 1)
-        chained = Signal()  # the next layer's input is the running layer's output map as stored
-        # (While the layer before the dispatcher's drains, the dispatcher's next tiles read that layer's output:
-        # they load once it is written in full.)
-        m.d.comb += self.load_channels.eq(Mux(draining, 0, Mux(pending, Mux(chained, avail, 0), 0xFFFF)))
+        # (The next layer's input is the running layer's output map as stored: the checks refuse any other. While
+        # the layer before the dispatcher's drains, the dispatcher's next tiles read that layer's output: they load
+        # once it is written in full.)
+        m.d.comb += self.load_channels.eq(Mux(draining, 0, Mux(pending, avail, 0xFFFF)))
         with m.If(draining & self.caught_up):
             m.d.sync += draining.eq(0)
         # The row gate beside it: once every row of the tiles before the last is written, the rows above the last
         # tile's first one are complete in every channel, and a next-layer tile that reads no row below them
         # (a layer of several tiles: its first tile reads the map's first rows) loads without waiting for the
         # last tile's channels (the loader's `done_rows`).
-        m.d.comb += self.load_done_rows.eq(Mux(pending & chained & last_tile & early_done, y, 0))
+        m.d.comb += self.load_done_rows.eq(Mux(pending & last_tile & early_done, y, 0))
 
         # -- Input codes -----------------------------------------------------------------------------
         # (Streamed input, module docstring.) The codes of a row gather in `in_row`; the cycle after its last
@@ -687,13 +697,16 @@ class ArrayController(wiring.Component):
                     finish(Status.BAD_VERSION)
                 with m.Elif((hd.layers == 0) | (hd.input_bits == 0) | (hd.input_bits > MAX_ACT_BITS)
                             | (hd.in_channels == 0) | (hd.in_height == 0) | (hd.in_width == 0)
-                            | (hd.in_width > rc) | (hdr_rows > self._rows)
+                            | (hd.in_height >= 1 << DIM_BITS) | (hd.in_width > rc) | (hdr_rows > self._rows)
                             | (hd.words > self._words) | (descs_end > hd.words)):
                     finish(Status.BAD_GEOMETRY)
                 with m.Else():
                     m.d.sync += [xin_x.eq(0), in_next.eq(0), v4.eq(vert), in_mask.eq((1 << hd.input_bits[:4]) - 1),
                                  layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0), prev_res.eq(0), prev_pool.eq(0),
                                  cur_buf.eq(0), prev_buf.eq(0),
+                                 # Layer 0's chain: the header's map (its height and width within h_st's and
+                                 # w_st's bits: checked above).
+                                 prev_cout.eq(hd.in_channels), h_st.eq(hd.in_height), w_st.eq(hd.in_width),
                                  desc_base.eq(Mux(vert, HEADER.words + VHEADER.words, HEADER.words))]
                     with m.If(vert):
                         m.next = "VHEADER"
@@ -844,13 +857,14 @@ class ArrayController(wiring.Component):
                 # input sums within 16 bits (bound 9), its activation mass within bound 6.
                 m.d.sync += fan_bad.eq((d.fan_in != fan) | (d.fan_in >= 1 << self._fw) | (d.fan_in > MAX_FAN_IN)
                                        | (d.gap & ((gap_area > area_limit) | (gap_mass > mass_limit))))
+                m.d.sync += unchained.eq((d.in_buf != cur_buf) | (d.c_in != prev_cout) | (d.in_height != h_st)
+                                         | (d.in_width != w_st))
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):
                 # Set up while the layer before runs its last tile (`pending`): the load starts once no engine
                 # holds a row of its bank (`load_wait`), reading the running layer's output channels as they
-                # are written (`load_channels`; none before the drain if the input is not that layer's
-                # output map as stored), and the running layer's dispatch goes on. A refusal waits for the
+                # are written (`load_channels`), and the running layer's dispatch goes on. A refusal waits for the
                 # running layer's queued rows to drain before it ends the run.
                 with m.If(bad):
                     with m.If(~pending | self.drained):
@@ -860,13 +874,11 @@ class ArrayController(wiring.Component):
                 with m.Else():
                     rows = Mux(is_conv, table_rows, 1)
                     # The bank the running tile does not read.
-                    chain = ((d.in_buf == cur_buf) & (d.c_in == prev_cout) & (d.in_height == h_st)
-                             & (d.in_width == w_st))
                     m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), ly.eq(0),
                                  full_rows.eq(rows), l_rows.eq(Mux(rows < g_hout, rows, g_hout)),
-                                 load_bank.eq(~comp_bank), loaded.eq(0), chained.eq(chain)]
+                                 load_bank.eq(~comp_bank), loaded.eq(0)]
                     with m.If(pending):
-                        m.d.sync += [load_wait.eq(1), overlaps.eq(overlaps + chain), k.eq(0)]
+                        m.d.sync += [load_wait.eq(1), overlaps.eq(overlaps + 1), k.eq(0)]
                         m.next = "READ"
                     with m.Else():
                         m.next = "LOAD"
@@ -879,11 +891,10 @@ class ArrayController(wiring.Component):
                 # (After an overlapped setup: the layer before is dispatched; it drains, then this one begins.)
                 with m.If(pending & self.drained):
                     m.d.sync += pending.eq(0)
-                # While the input arrives only the first layer runs, and only if it writes a buffer other than
-                # the input's (module docstring, "Streamed input").
-                # (`out_buf != 0` guards an image whose layer 0 reads another buffer and writes 0, which no
-                # export writes and golden does not define: its output would meet the input rows' writes.)
-                alone = ~inputting | ((layer_idx == 0) & (d.out_buf != 0))
+                # While the input arrives only the first layer runs (module docstring, "Streamed input"); it reads
+                # buffer 0 and writes another (the checks refuse any other layer 0), so its output never meets
+                # the input rows' writes.
+                alone = ~inputting | (layer_idx == 0)
                 # A layer without a max-pool begins while the layer before drains, on the engines that have
                 # finished it (module docstring, "Early starts").
                 early = pending & (d.pool == 0)

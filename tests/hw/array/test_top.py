@@ -384,59 +384,94 @@ def test_a_layer_reading_other_codes_than_the_layer_before_wrote_ends_with_bad_g
     assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
 
 
-def _pooled_net(rng, channels: int, size: int, bits: int) -> IntConvNetwork:
-    """A stem of ``channels`` 3 x 3 channels with ``bits``-bit outputs on a ``size`` x ``size`` map, the global sum
-    pool and an FC of 3 classes."""
+def test_a_layer_reading_another_map_than_the_layer_before_wrote_ends_with_bad_geometry():
+    """A layer whose ``in_buf``, ``c_in``, ``in_height`` or ``in_width`` is not the buffer and the map as stored
+    that the layer before wrote (the header's map in buffer 0 for layer 0), each alone, every other check
+    passing (a changed ``c_in`` with its ``fan_in``): BAD_GEOMETRY on that layer, as the reader refuses it
+    ("shapes must chain"), then a good run on the same array. Before the check such a layer ran: reading, e.g.,
+    8-bit codes with ``in_bits`` 1, its passes sized for 1-bit codes wrapped the lanes' 48-bit P with status OK
+    (docs/array_design.md, "The controller's contract checks")."""
+    net = resnet_like(np.random.default_rng(3))
+    words = pack_v3(net)[0].astype(np.int64)
+    old = [_with_v3_layer(words, k)[1] for k in range(6)]
+    assert [d["in_buf"] for d in old] == [0, 1, 0, 2, 0, 1] and [d["out_buf"] for d in old[:2]] == [1, 0]
+    assert old[1]["kernel"] == 3 and old[3]["stride"] == 2 and old[5]["gap"] == 1
+    changes = [(0, {"in_buf": 2}), (0, {"in_height": old[0]["in_height"] - 1}), (1, {"in_buf": 2}),
+               (1, {"c_in": 1, "fan_in": 9}),
+               # (a stride-2 conv one column narrower: the same output map)
+               (3, {"in_width": old[3]["in_width"] - 1}), (5, {"in_height": old[5]["in_height"] - 1})]
+    cases = [_with_v3_layer(words, k, **fields)[0] for k, fields in changes] + [words]
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(len(cases), *net.image_shape))
+    res = run_array(cases, images)
+    assert res["status"] == [Status.BAD_GEOMETRY] * len(changes) + [Status.OK]
+    assert res["layer_index"][:-1] == [k for k, _ in changes]
+    assert res["inputs"] == [images[0].size] * len(cases)
+    assert np.array_equal(np.array(res["scores"][-1]), net.forward(images[-1:])[0])
+
+
+def _pooled_net(rng, channels: int, height: int, bits: int) -> IntConvNetwork:
+    """A stem of ``channels`` 3 x 3 channels with ``bits``-bit outputs on a ``height`` x 10 map (10 columns:
+    CONFIG's tile), the global sum pool and an FC of 3 classes."""
     stem = make_conv(rng, 1, channels, 3, padding=1, in_bits=4, out_bits=bits)
     fc = fc_layer(rng, channels, 3, bits, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))
-    return IntConvNetwork(input_bits=4, image_shape=(1, size, size),
-                          stages=(ConvStage(stem), GlobalSumPool(), FCStage(fc, pooled=size * size)))
+    return IntConvNetwork(input_bits=4, image_shape=(1, height, 10),
+                          stages=(ConvStage(stem), GlobalSumPool(), FCStage(fc, pooled=height * 10)))
+
+
+def _one_bit_wider(net: IntConvNetwork):
+    """The version 3 words of :func:`_pooled_net`'s ``net`` with the stem's codes one bit wider (its ``out_bits``
+    and the FC's ``in_bits``): an image past a bound the packer checks, still chained."""
+    words = pack_v3(net)[0].astype(np.int64)
+    bits = net.stages[0].conv.out_bits + 1
+    return _with_v3_layer(_with_v3_layer(words, 0, out_bits=bits)[0], 1, in_bits=bits)[0]
 
 
 def test_a_pooled_fc_past_bounds_9_or_6_ends_with_bad_geometry():
-    """A pooled FC whose descriptor says its input map is larger than the global sum pool's 16 bits hold (bound 9:
-    ``(2^b - 1) H W < 2^16``, the loader's pooled sum would wrap) or whose activation mass passes bound 6
-    (``(2^b - 1) H W C <= ACT_SUM_BOUND``, what the requantizer's ``X`` is sized for): BAD_GEOMETRY on the FC,
-    where the reader refuses such an image too; at the bounds' edges the geometry passes and the run ends OK.
-    The maps past the stem's are read as they lie in the buffer (outside the contract; only the status is
-    checked there), then the unchanged image runs to golden's scores on the same array."""
-    net = _pooled_net(np.random.default_rng(5), 2, 8, 8)
-    words = pack_v3(net)[0].astype(np.int64)
-    assert _with_v3_layer(words, 1)[1]["gap"] == 1
-    # Bound 9 at 8-bit codes: H W <= 65535 // 255 = 257 (12 columns: 21 rows pass, 22 do not).
-    cases = [_with_v3_layer(words, 1, in_height=22, in_width=12)[0],
-             _with_v3_layer(words, 1, in_height=21, in_width=12)[0], words]
-    images = np.random.default_rng(0).integers(0, 16, size=(len(cases), *net.image_shape))
-    res = run_array(cases, images)
-    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK, Status.OK] and res["layer_index"][0] == 1
-    assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
-
-    # Bound 6 at 8-bit codes and 18 channels: C H W <= 1,044,480 // 255 = 4096 (12 columns: 18 rows pass, 19 do
-    # not, with H W 228 within bound 9); a taller buffer, so that 18 x 19 map rows fit.
-    net = _pooled_net(np.random.default_rng(6), 18, 4, 8)
-    words = pack_v3(net)[0].astype(np.int64)
-    cases = [_with_v3_layer(words, 1, in_height=19, in_width=12)[0],
-             _with_v3_layer(words, 1, in_height=18, in_width=12)[0], words]
-    images = np.random.default_rng(1).integers(0, 16, size=(len(cases), *net.image_shape))
-    res = run_array(cases, images, config=dataclasses.replace(CONFIG, fmap_rows=512))
-    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK, Status.OK] and res["layer_index"][0] == 1
-    assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2:])[0])
-
-
-def test_a_fan_in_past_4096_ends_with_bad_geometry_on_a_13_bit_build():
-    """A build sized for patch rows past 4,096 (``fan_in_width`` 13: a residual layer's ``fan_in + C_r``) holds
-    fan-ins up to 8,191, but the integer contract's is at most ``MAX_FAN_IN`` = 4,096 (bound 7), which the
-    activation sums (``usum``, 20 bits) and the requantizer's ``X`` are sized for: a pooled FC of 4,097 inputs
-    ends with BAD_GEOMETRY (at 4-bit codes, within bounds 6 and 9), then the unchanged image runs to golden's
-    scores."""
-    net = _pooled_net(np.random.default_rng(7), 2, 4, 4)
-    words = pack_v3(net)[0].astype(np.int64)
-    bad, _ = _with_v3_layer(words, 1, c_in=4097, fan_in=4097, in_height=1, in_width=1)
-    config = dataclasses.replace(CONFIG, fmap_rows=4200, fan_in_width=13)
-    images = np.random.default_rng(2).integers(0, 16, size=(2, *net.image_shape))
-    res = run_array([bad, words], images, config=config)
+    """A pooled FC on a map larger than the global sum pool's 16 bits hold (bound 9: ``(2^b - 1) H W < 2^16``,
+    the loader's pooled sum would wrap) or whose activation mass passes bound 6 (``(2^b - 1) H W C <=
+    ACT_SUM_BOUND``, what the requantizer's ``X`` is sized for): BAD_GEOMETRY on the FC, where the reader refuses
+    such an image too (the image: the net one bit narrower, packed, its stem's codes widened); at the bounds'
+    edges the net runs to golden's scores."""
+    rng = np.random.default_rng(5)
+    # Bound 9 at 8-bit codes: H W <= 65535 // 255 = 257 (10 columns: 25 rows pass, 26 do not).
+    past, edge = _pooled_net(rng, 2, 26, 7), _pooled_net(rng, 2, 25, 8)
+    images = [rng.integers(0, 16, size=net.image_shape) for net in (past, edge)]
+    res = run_array([_one_bit_wider(past), pack_v3(edge)[0].astype(np.int64)], images)
     assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 1
-    assert np.array_equal(np.array(res["scores"][1]), net.forward(images[1:])[0])
+    assert np.array_equal(np.array(res["scores"][1]), edge.forward(images[1][None])[0])
+
+    # Bound 6 at 8-bit codes and 18 channels: C H W <= 1,044,480 // 255 = 4096 (10 columns: 22 rows pass, 23 do
+    # not, with H W 230 within bound 9); a taller buffer, so that 18 x 23 map rows fit.
+    past, edge = _pooled_net(rng, 18, 23, 7), _pooled_net(rng, 18, 22, 8)
+    images = [rng.integers(0, 16, size=net.image_shape) for net in (past, edge)]
+    res = run_array([_one_bit_wider(past), pack_v3(edge)[0].astype(np.int64)], images,
+                    config=dataclasses.replace(CONFIG, fmap_rows=512))
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 1
+    assert np.array_equal(np.array(res["scores"][1]), edge.forward(images[1][None])[0])
+
+
+def test_a_13_bit_build_refuses_fan_ins_past_4096_and_maps_past_255_rows():
+    """A build sized for patch rows past 4,096 (``fan_in_width`` 13: a residual layer's ``fan_in + C_r``) and
+    4,200 map rows holds fan-ins up to 8,191 and maps of 4,200 rows, but the integer contract's fan-in is at
+    most ``MAX_FAN_IN`` = 4,096 (bound 7), which the activation sums (``usum``, 20 bits) and the requantizer's
+    ``X`` are sized for, and a map's height at most 255 (the loader's and the tile counters' fields): an MLP of
+    4,097 inputs ends with BAD_GEOMETRY on its layer 0 (the image: the MLP of 4,096 inputs with its header's
+    and layer 0's input one wider), a header of a 256-row map at the header, before any input code; then a
+    good image runs to golden's scores on the same array."""
+    rng = np.random.default_rng(7)
+    mlp = random_network(rng, sizes=(4096, 3), act_bits=4, probs=(0.98, 0.02, 0, 0, 0))
+    mlp_words = pack_v3(mlp)[0].astype(np.int64)
+    wide = _with_fields(_with_v3_layer(mlp_words, 0, c_in=4097, fan_in=4097)[0], HEADER, 0, in_channels=4097)
+    net = _pooled_net(rng, 2, 4, 4)
+    words = pack_v3(net)[0].astype(np.int64)
+    tall = _with_fields(words, HEADER, 0, in_height=256)
+    config = dataclasses.replace(CONFIG, fmap_rows=4200, fan_in_width=13, buffer_words=max(2048, len(mlp_words)))
+    images = [rng.integers(0, 16, size=4097), rng.integers(0, 16, size=(1, 256, 10)),
+              rng.integers(0, 16, size=net.image_shape)]
+    res = run_array([wide, tall, words], images, config=config)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.BAD_GEOMETRY, Status.OK]
+    assert res["layer_index"][0] == 0 and res["inputs"] == [4097, 0, images[2].size]
+    assert np.array_equal(np.array(res["scores"][2]), net.forward(images[2][None])[0])
 
 
 def _tall_net(padding: int) -> IntConvNetwork:
