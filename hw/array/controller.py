@@ -45,10 +45,11 @@ reads buffer 0 and writes another (the checks refuse any other layer 0); every o
 the input's end (the layer after layer 0 writes buffer 0, and a late input row would land on its output: a
 stride-2 stem does not read the last row).
 A run that ends before the input is in (a refused layer, a fault) raises ``done`` once it is, so the host's
-stream stays aligned to runs: every run takes exactly its image's codes. A code of more than the header's
-``input_bits`` bits is taken modulo ``2^input_bits`` (its high bits dropped: the passes' P bounds assume
-codes below it; the driver refuses such a code before a run, as golden does). (Before 2026-12-05 the controller
-took the whole input first, one code a cycle through the writer's port.)
+stream stays aligned to runs: every run takes exactly its image's codes, except a run refused at its header,
+which takes none (its input shape is not trusted; the Zynq shell ends a batch on any error status). A code of
+more than the header's ``input_bits`` bits is taken modulo ``2^input_bits`` (its high bits dropped: the passes'
+P bounds assume codes below it; the driver refuses such a code before a run, as golden does). (Before
+2026-12-05 the controller took the whole input first, one code a cycle through the writer's port.)
 
 **Overlapped layers.** When a version 3 layer that is not the last and does not max-pool starts its last
 tile, the controller sets up the next layer at once (``pending``): it reads the next descriptor, checks it,

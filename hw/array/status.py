@@ -17,11 +17,11 @@ class Status(enum.Enum, shape=4):
     #: Header word 1 is not version 3 or 4 (the array reads the layer descriptors of versions 3 and 4).
     BAD_VERSION = 2
     #: A header or descriptor field this array cannot run: a map wider than a buffer word or than a tile,
-    #: more rows than a buffer, a stride other than 1 or 2, a pool other than 2, a fan-in past the patch,
+    #: more rows than a buffer, a stride other than 1 or 2, a pool past 2 (1 is none), a fan-in past the patch,
     #: more channels than the channel tags, a buffer index out of range, a layer's ``in_bits`` other than the
     #: previous layer's ``out_bits`` (the header's ``input_bits`` for layer 0), a layer's ``in_buf``, ``c_in``,
     #: ``in_height`` or ``in_width`` other than the buffer and the map as stored the previous layer wrote (buffer
-    #: 0 and the header's map for layer 0), a header map of 256 rows or more, a fan-in past ``MAX_FAN_IN``,
+    #: 0 and the header's map for layer 0), a header map 256 or more rows high, a fan-in past ``MAX_FAN_IN``,
     #: a pooled FC past golden's bounds 9 or 6 (its input sums past 16 bits, its activation mass past
     #: ``ACT_SUM_BOUND``), or fields that contradict each other.
     BAD_GEOMETRY = 3

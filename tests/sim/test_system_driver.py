@@ -193,8 +193,8 @@ def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
 
 
 def test_raw_words_are_read_through_the_reader_before_the_core():
-    """load_words reads the words through the image reader first: fields the core does not check (a requant
-    multiplier past 17 bits, a layer's input width other than the previous layer's output width) and a
+    """load_words reads the words through the image reader first: fields the core refuses only in the run (a
+    requant multiplier past 17 bits, a layer's input width other than the previous layer's output width) and a
     wrong n_classes / input_bits are refused before any register access; check=False hands them on."""
     net = random_network(np.random.default_rng(3))
     words = pack(net)
