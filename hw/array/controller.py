@@ -472,10 +472,10 @@ class ArrayController(wiring.Component):
         fan_bad = Signal()
         # The chain (registered in MEASURE_LIMITS with `fan_bad`): the layer reads the buffer and the map as stored
         # that the layer before wrote (`cur_buf`, `prev_cout`, `h_st`, `w_st`; the header's map and buffer 0 for
-        # layer 0, set in HEADER_CHECK). Without it a layer reading other codes than `in_bits` says, e.g. the
-        # 8-bit input read at 1 bit, ran passes sized for 1-bit codes on 8-bit ones and wrapped the lanes'
-        # 48-bit P with status OK (docs/array_design.md, "The controller's contract checks"). A version 4
-        # layer's view chains by construction (TRANSLATE).
+        # layer 0, set in HEADER_CHECK). Without it a layer could read codes wider than its `in_bits` (e.g. the
+        # 8-bit input read as 1-bit codes): its passes, sized for `in_bits`, wrapped the lanes' 48-bit P with
+        # status OK (docs/array_design.md, "The controller's contract checks"). A version 4 layer's view chains
+        # by construction (TRANSLATE).
         unchained = Signal()
         area_limit = Signal(range(POOL_AREA_LIMIT[0] + 1))
         mass_limit = Signal(range(POOL_MASS_LIMIT[0] + 1))
