@@ -9,10 +9,10 @@ One run (``start`` to ``done``) infers one image:
    and go into feature-map buffer 0 a row at a time while the layers below already run ("Streamed input").
 3. For each layer: its 16-word **descriptor** (``model/export/format.py``, ``LAYER``), the derived geometry
    (output map, pooled map, the loader's mode) and the checks of :class:`~hw.array.status.Status`
-   ``BAD_GEOMETRY`` (among them: a layer reads the codes the previous layer wrote, the header's input for
-   layer 0: its ``in_bits`` that layer's ``out_bits`` (the header's ``input_bits``), its ``in_buf``, ``c_in``,
-   ``in_height`` and ``in_width`` the buffer and the map as stored that layer wrote (buffer 0 and the header's
-   map); the input map and the conv's output map at most ``2^DIM_BITS - 1`` (255) rows
+   ``BAD_GEOMETRY`` (among them: a layer must read the codes the previous layer wrote, the header's input for
+   layer 0: its ``in_bits`` must be that layer's ``out_bits`` (the header's ``input_bits``), its ``in_buf``,
+   ``c_in``, ``in_height`` and ``in_width`` the buffer and the map as stored that layer wrote (buffer 0 and the
+   header's map); the input map and the conv's output map at most ``2^DIM_BITS - 1`` (255) rows
    and columns, what the loader's, the writer's and the tile counters' fields hold; the fan-in at most
    ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
    :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv
