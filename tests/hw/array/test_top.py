@@ -410,9 +410,9 @@ def test_a_layer_reading_another_map_than_the_layer_before_wrote_ends_with_bad_g
 
 
 def _pooled_net(rng, channels: int, height: int, bits: int) -> IntConvNetwork:
-    """A stem of ``channels`` 3 x 3 channels with ``bits``-bit outputs on a ``height`` x 10 map (10 columns:
-    CONFIG's tile), the global sum pool and an FC of 3 classes."""
-    stem = make_conv(rng, 1, channels, 3, padding=1, in_bits=4, out_bits=bits)
+    """A stem of ``channels`` 1 x 1 channels (a short simulation) with ``bits``-bit outputs on a ``height`` x 10
+    map (10 columns: CONFIG's tile), the global sum pool and an FC of 3 classes."""
+    stem = make_conv(rng, 1, channels, 1, in_bits=4, out_bits=bits)
     fc = fc_layer(rng, channels, 3, bits, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))
     return IntConvNetwork(input_bits=4, image_shape=(1, height, 10),
                           stages=(ConvStage(stem), GlobalSumPool(), FCStage(fc, pooled=height * 10)))
