@@ -92,11 +92,12 @@ def check_reserved(words: np.ndarray, record: Record, base: int, version: int, w
 def bit_span(mask: int) -> str:
     """The bits set in ``mask`` as ranges: ``"25-31"``, ``"4-7, 24-31"`` (version 3's descriptor word 11 has
     reserved bits between its fields), ``"3"``."""
-    spans = []
-    while mask:
-        low = (mask & -mask).bit_length() - 1
-        run = (mask >> low) ^ ((mask >> low) + 1)  # the run of ones from `low` up, and the zero above it
-        high = low + run.bit_length() - 2
-        spans.append(f"{low}" if low == high else f"{low}-{high}")
-        mask &= ~(((1 << (high + 1)) - 1) ^ ((1 << low) - 1))
+    spans, bit = [], 0
+    while mask >> bit:
+        if (mask >> bit) & 1:  # a run of ones starts at `bit`: walk to its last one
+            low = bit
+            while (mask >> (bit + 1)) & 1:
+                bit += 1
+            spans.append(f"{low}" if low == bit else f"{low}-{bit}")
+        bit += 1
     return ", ".join(spans)
