@@ -770,8 +770,8 @@ class DataRecord:
 
     @property
     def features(self) -> int:
-        """Inputs per image, ``C*H*W``."""
-        return int(np.prod(self.input_shape))
+        """Inputs per image, ``C*H*W``, exact (``np.prod`` wrapped at 2^63: ``[1, 2^62 + 1, 64]`` gave 64)."""
+        return math.prod(self.input_shape)
 
     def override(self, name: str | None = None, root: str | Path | None = None) -> DataRecord:
         """The same record read from another data set (``name``) and/or another copy of it (``root``).

@@ -32,6 +32,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from model.errors import ToolError
+from model.files import atomic_write, name_the_file
 
 TOPLEVEL = "mpq_accel"
 TEST_MODULE = "sim.tb.accelerator"
@@ -185,6 +186,10 @@ def build(verilog_path, *, work_dir, simulator: str = "icarus", toplevel: str = 
 
     The folder is ``work_dir/<prefix>-<simulator>-<hash of the sources>``; it holds copies of the sources
     (the build must not depend on files the caller may overwrite), the simulator's output and ``build.log``.
+    A build counts as done only through its marker (``.built``, written atomically last, and read back as the
+    JSON it was written as); a build that failed keeps its folder for its log and is built again next time, and
+    one that met a file system error (a full disk) removes its folder, so that no run reuses what it half wrote
+    (a full disk once left an empty marker beside a truncated ``sim.vvp``, which every later run then loaded).
 
     Raises
     ------
@@ -204,26 +209,49 @@ def build(verilog_path, *, work_dir, simulator: str = "icarus", toplevel: str = 
     work_dir.mkdir(parents=True, exist_ok=True)
     build_dir = work_dir / f"{prefix}-{simulator}-{digest}"
     with _file_lock(work_dir / f"{build_dir.name}.lock"):
-        if (build_dir / _BUILT).is_file():
+        if _built(build_dir):
             return build_dir
         if build_dir.exists():
             shutil.rmtree(build_dir)  # a failed or interrupted build
         build_dir.mkdir()
-        sources = []
-        for k, text in enumerate(texts):
-            sources.append(build_dir / (f"{toplevel}.v" if k == 0 else f"extra{k}.v"))
-            sources[-1].write_bytes(text)
-        log = build_dir / "build.log"
-        build_args = list(VERILATOR_ARGS) if simulator == "verilator" else []
         try:
-            with _scoped_environ(_simulator_env(simulator)):
-                _get_runner(simulator).build(
-                    sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
-                    timescale=TIMESCALE, always=True, log_file=log)
-        except (RuntimeError, SystemExit, OSError) as exc:
-            raise SimulationError(f"{simulator} build of {verilog_path} failed ({exc})", log) from exc
-        (build_dir / _BUILT).write_text(json.dumps({"simulator": simulator, "verilog": str(verilog_path)}))
+            _build_into(build_dir, texts, verilog_path, simulator, toplevel)
+            atomic_write(build_dir / _BUILT,
+                         lambda tmp: Path(tmp).write_text(json.dumps({"simulator": simulator,
+                                                                      "verilog": str(verilog_path)})))
+        except OSError:
+            shutil.rmtree(build_dir, ignore_errors=True)
+            raise
     return build_dir
+
+
+def _built(build_dir: Path) -> bool:
+    """Whether ``build_dir`` holds a finished build: its marker reads as the JSON object :func:`build` wrote."""
+    try:
+        return isinstance(json.loads((build_dir / _BUILT).read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _build_into(build_dir: Path, texts: list[bytes], verilog_path, simulator: str, toplevel: str) -> None:
+    """Copy the sources into ``build_dir`` and run the simulator's build there; SimulationError naming the log
+    when the tool fails, an OSError naming its file when a write fails."""
+    sources = []
+    for k, text in enumerate(texts):
+        sources.append(build_dir / (f"{toplevel}.v" if k == 0 else f"extra{k}.v"))
+        try:
+            sources[-1].write_bytes(text)
+        except OSError as exc:
+            raise name_the_file(exc, sources[-1]) from exc
+    log = build_dir / "build.log"
+    build_args = list(VERILATOR_ARGS) if simulator == "verilator" else []
+    try:
+        with _scoped_environ(_simulator_env(simulator)):
+            _get_runner(simulator).build(
+                sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
+                timescale=TIMESCALE, always=True, log_file=log)
+    except (RuntimeError, SystemExit, OSError) as exc:
+        raise SimulationError(f"{simulator} build of {verilog_path} failed ({exc})", log) from exc
 
 
 def check_images(inputs, expected, where: str = "") -> tuple[np.ndarray, np.ndarray]:

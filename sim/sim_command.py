@@ -10,6 +10,7 @@ Zynq system with the host driver (``--system``).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -208,6 +209,20 @@ def run_array_sim(args) -> int:
 
 
 def run(args) -> int:
+    """The command; a run that meets a file system error (a full disk) removes ``--out`` when it made it, with
+    the Verilog and the simulator's build written into it (a later run builds again: sim.runner.build)."""
+    from model.files import missing_folders
+
+    made = missing_folders(Path(args.out))
+    try:
+        return _run(args)
+    except OSError:
+        if made:
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
+
+
+def _run(args) -> int:
     from model.errors import UserError
 
     if args.system:

@@ -125,7 +125,7 @@ BUFFER_QUANTUM = 1024
 
 
 def config_for(images, *, engines: int, lanes: int | None = None, vertical: bool = False,
-               **overrides) -> ArrayConfig:
+               names=None, **overrides) -> ArrayConfig:
     """The smallest :class:`ArrayConfig` with ``engines`` engines that runs every image of ``images``.
 
     ``lanes`` defaults to the fewest whose tile holds the widest output row; ``overrides`` set any other
@@ -134,9 +134,11 @@ def config_for(images, *, engines: int, lanes: int | None = None, vertical: bool
 
     The version 4 path (``ArrayConfig.vertical``: a plane decoder in every engine, about 4 k LUT each, and the
     loader's activation sums) is built only when one of ``images`` is version 4, like every other size here:
-    a build for version 3 images (an MPQ ticket's) refuses version 4 ones with ``BAD_VERSION``.
+    a build for version 3 images (an MPQ ticket's) refuses version 4 ones with ``BAD_VERSION``. ``names``
+    (one per image, e.g. its ``weights.bin``) name an image in an error; else ``image k``.
     """
-    need = [needs(w, where=f"image {k}") for k, w in enumerate(images)]
+    names = [f"image {k}" for k in range(len(images))] if names is None else [str(n) for n in names]
+    need = [needs(w, where=name) for w, name in zip(images, names, strict=True)]
     top = {key: max(n[key] for n in need) for key in need[0]}
     if lanes is None:
         lanes = -(-top["out_width"] // LANE_SLOTS)

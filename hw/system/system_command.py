@@ -50,8 +50,9 @@ def run(args) -> int:
     # Checks the folder (UserError naming the file and field); a vertical-layered (version 4) image runs at
     # the width the precision register gives, on the same bitstream.
     (read_vertical_image if is_vertical(image) else read_image)(image)
-    words = np.fromfile((image if image.is_dir() else image.parent) / "weights.bin", dtype="<u4")  # (or its manifest)
-    config = config_for([words], engines=args.engines, lanes=args.lanes, vertical=args.vertical)
+    bin_path = (image if image.is_dir() else image.parent) / "weights.bin"  # (or its manifest)
+    words = np.fromfile(bin_path, dtype="<u4")
+    config = config_for([words], engines=args.engines, lanes=args.lanes, vertical=args.vertical, names=[bin_path])
     refuse_past_the_dsps(config.dsp_lanes, config.engines, config.lanes, f"system --board {args.board}")
     system = MpqSystem(config, init=words.tolist() if args.bram_image else ())
     paths = write_project(out, args.board, system)

@@ -126,7 +126,20 @@ def eval_checkpoint(path, data: str | None, data_root: str | None, seed: int | N
         notes["golden_accuracy"] = why
     return {"checkpoint": str(path), "data": record.to_json(), "test_images": len(y), "float_accuracy": float_acc,
             "fakequant_accuracy": fakequant, "golden_accuracy": golden,
-            "float_baseline_accuracy": meta.get("float_accuracy"), "notes": notes}
+            "float_baseline_accuracy": recorded_accuracy(meta, path), "notes": notes}
+
+
+def recorded_accuracy(meta: dict, path) -> float | None:
+    """The float baseline's accuracy a checkpoint records (``meta.float_accuracy``), None when it records none;
+    UserError naming the field when it is not a number in [0, 1] (it went into eval.json as written)."""
+    from model.errors import UserError
+
+    value = meta.get("float_accuracy")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise UserError(f"{path}: field 'meta.float_accuracy' is {value!r}; allowed a number in [0, 1] or none")
+    return float(value)
 
 
 def eval_image(image_dir, data: str | None, data_root: str | None, seed: int | None) -> dict:
@@ -141,7 +154,7 @@ def eval_image(image_dir, data: str | None, data_root: str | None, seed: int | N
     why = "an image holds integer codes only; `eval --checkpoint` gives the float and fake-quant accuracy"
     return {"image": str(image_dir), "data": vectors.data.to_json(), "test_images": len(vectors.labels),
             "float_accuracy": None, "fakequant_accuracy": None, "golden_accuracy": golden,
-            "avg_weight_bits": vectors.manifest.get("avg_weight_bits"),
+            "avg_weight_bits": vectors.net.avg_weight_bits,  # the network's (the manifest's went in unchecked)
             "notes": {"float_accuracy": why, "fakequant_accuracy": why}}
 
 
@@ -154,6 +167,7 @@ def eval_vertical_image(image_dir, bits: int | None, data: str | None, data_root
     from model.errors import UserError
     from model.export.golden_vertical import TableRow
     from model.export.image_v4 import bytes_read, read_vertical_image
+    from model.export.vectors import check_record
     from model.quant.pact import InputQuant
 
     net, manifest = read_vertical_image(image_dir)
@@ -162,8 +176,9 @@ def eval_vertical_image(image_dir, bits: int | None, data: str | None, data_root
     if "data" not in manifest:
         raise UserError(f"{man_path}: field 'data' is missing; a vertical image records its data set")
     where = f"{man_path}: field 'data'"
-    record = DataRecord.from_json(manifest["data"], where).override(data, data_root)
-    split = record.load_test(where, n_classes=net.layers[-1].n_out, network=f"the image {path}")
+    record = check_record(DataRecord.from_json(manifest["data"], where), net.materialize(net.widths[-1]), where)
+    split = record.override(data, data_root).load_test(where, n_classes=net.layers[-1].n_out,
+                                                       network=f"the image {path}")
     if bits is not None and bits not in net.widths:
         raise UserError(f"--bits {bits}: allowed the image's stored widths {list(net.widths)}")
     x = split.x_test

@@ -611,9 +611,12 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
     except OSError as e:
         raise UserError(f"{bin_path}: cannot read it ({e.strerror}); {man_path.name} field 'bytes' expects"
                         f" {record['bytes']} bytes") from None
-    if len(data) != record["bytes"] or len(data) % 4:
+    if len(data) != record["bytes"]:
         raise UserError(f"{bin_path}: holds {len(data)} bytes; {man_path.name} field 'bytes' expects"
-                        f" {record['bytes']} (a multiple of 4)")
+                        f" {record['bytes']}")
+    if len(data) % 4:
+        raise UserError(f"{bin_path}: holds {len(data)} bytes, which is no whole number of 32-bit words; "
+                        f"allowed a multiple of 4 ({man_path.name} field 'bytes' says the same count)")
     digest = hashlib.sha256(data).hexdigest()
     if digest != record["sha256"]:
         raise UserError(f"{bin_path}: field 'sha256' mismatch: {man_path.name} expects {record['sha256']},"

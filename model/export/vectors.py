@@ -27,6 +27,16 @@ def default_record(input_shape, input_bits: int, seed: int, where: str):
     return dataclasses.replace(DataRecord.of("digits", None, input_shape, input_bits, seed), assumed=True)
 
 
+def check_record(record: DataRecord, net, where: str) -> DataRecord:
+    """``record`` (an image's ``data``) when its inputs are the network's: as many, of as many bits; UserError
+    naming ``where`` otherwise. Returns ``record``."""
+    n_in = input_features(net)
+    if record.features != n_in or record.input_bits != net.input_bits:
+        raise UserError(f"{where} records {record.features} inputs of {record.input_bits} bits; the network "
+                        f"takes {n_in} inputs of {net.input_bits} bits")
+    return record
+
+
 def check_count(count: int | None, available: int, flag: str, record) -> None:
     """:class:`UserError` if ``flag`` asks for more test images than the data set has."""
     if count is not None and count > available:
@@ -111,10 +121,7 @@ def image_vectors(image_dir, count: int | None, seed: int, data: str | None = No
     n_in = input_features(net)
     if "data" in manifest:
         where = f"{man_path}: field 'data'"
-        record = DataRecord.from_json(manifest["data"], where)
-        if record.features != n_in or record.input_bits != net.input_bits:
-            raise UserError(f"{where} records {record.features} inputs of {record.input_bits} bits; the network "
-                            f"takes {n_in} inputs of {net.input_bits} bits")
+        record = check_record(DataRecord.from_json(manifest["data"], where), net, where)
     else:
         where = str(man_path)
         shape = tuple(manifest.get("input_shape") or ((1, 8, 8) if n_in == 64 else (1, 1, n_in)))

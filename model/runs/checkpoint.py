@@ -181,7 +181,8 @@ def load_checkpoint(path):
             "or bmpq.pt)")
         raise UserError(f"{path}: is a directory, not a checkpoint file{inside}")
     if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file")
+        raise UserError(f"{path}: " + ("is not a regular file (a device or a pipe); give a checkpoint file"
+                                       if path.exists() else "no such checkpoint file"))
     payload = torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: field 'format' is not {FORMAT!r}; this is not an mpqaccel checkpoint")

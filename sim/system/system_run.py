@@ -52,7 +52,7 @@ def run_system(image_dir, inputs: np.ndarray, expected: np.ndarray, out: Path, *
     """
     image_dir = Path(image_dir)
     words = np.fromfile(image_dir / "weights.bin", dtype="<u4")
-    config = config_for([words], engines=ENGINES)
+    config = config_for([words], engines=ENGINES, names=[image_dir / "weights.bin"])
     out = Path(out).resolve()  # the simulator runs in its build directory: every path it reads is absolute
     out.mkdir(parents=True, exist_ok=True)
     verilog = write_block_verilog(MpqSystem(config), out / f"{SYSTEM_TOP_NAME}.v", name=SYSTEM_TOP_NAME)

@@ -407,6 +407,13 @@ def test_data_record_fields_are_checked(change, message):
         DataRecord.from_json([], "m.json")
 
 
+def test_a_data_record_counts_its_inputs_exactly():
+    """C H W as Python's integers: numpy's product wrapped ``[1, 2^62 + 1, 64]`` to 64 inputs (2026-12-06)."""
+    record = DataRecord.from_json({**DataRecord.of("digits", None, (1, 8, 8), 4).to_json(),
+                                   "input_shape": [1, 2**62 + 1, 64]}, "m.json")
+    assert record.features == 2**68 + 64
+
+
 def test_data_record_loads_its_own_test_images(tmp_path):
     digits = DataRecord.of("digits", None, (1, 8, 8), 4, seed=1, test_subset=30)
     assert torch.equal(digits.load_test("here").x_test, load_digits_split(seed=1).x_test[:30])

@@ -1,7 +1,9 @@
 """The accelerator's Verilog under cocotb (Icarus): scores equal the golden model's, image by image."""
 
 import dataclasses
+import errno
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from hw.platform.verilog import write_verilog
 from model.export.golden import IntNetwork
 from model.export.image import core_words as pack
-from sim.runner import run_accelerator, simulators_available
+from sim.runner import build, run_accelerator, simulators_available
 from tests.hw.netgen import random_network
 
 N_IMAGES = 6
@@ -86,6 +88,45 @@ def test_unstalled_run_counts_cycles_and_reuses_the_build(small, work_dir):
     assert all(b > a for a, b in itertools.pairwise(done))
     # Without stalls the timing is deterministic: the 2-image run is a prefix of the 6-image run.
     assert first["image_done_cycles"] == done[:2]
+
+
+def full_disk_at_the_marker(monkeypatch):
+    """The disk fills up as a build's marker is written (the system's ENOSPC, which names no file)."""
+    import sim.runner
+
+    real = sim.runner.atomic_write
+
+    def full(path, write):
+        def partial(tmp):
+            Path(tmp).write_text("")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, partial)
+
+    monkeypatch.setattr(sim.runner, "atomic_write", full)
+
+
+def test_a_build_that_meets_a_full_disk_leaves_nothing_a_later_run_reuses(small, tmp_path, monkeypatch):
+    """An OSError naming the marker and no build folder left; the next build builds again and runs right."""
+    verilog, inputs, expected = small
+    full_disk_at_the_marker(monkeypatch)
+    with pytest.raises(OSError) as caught:
+        build(verilog, work_dir=tmp_path)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename.endswith("/.built")
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
+    monkeypatch.undo()
+    _assert_matches(run_accelerator(verilog, inputs, expected, work_dir=tmp_path, stall=False), expected)
+
+
+def test_a_build_whose_marker_is_not_whole_is_built_again(small, tmp_path):
+    """An empty marker beside a truncated ``sim.vvp`` (what a full disk left before 2026-12-06) is not a build."""
+    verilog, inputs, expected = small
+    vvp = build(verilog, work_dir=tmp_path) / "sim.vvp"
+    truncated = vvp.stat().st_size // 9
+    vvp.write_bytes(vvp.read_bytes()[:truncated])
+    (vvp.parent / ".built").write_text("")
+    result = run_accelerator(verilog, inputs, expected, work_dir=tmp_path, stall=False)
+    _assert_matches(result, expected)
+    assert Path(result["build_dir"]) == vvp.parent and vvp.stat().st_size > truncated
 
 
 def test_scoreboard_reports_the_wrong_image(small, work_dir):

@@ -11,6 +11,7 @@ import pytest
 import build
 from model.export.image import write_image
 from tests.hw.netgen import random_network
+from tests.sim.test_accelerator import full_disk_at_the_marker
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,16 @@ def test_sim_refuses_taken_output_names_before_simulating(image, tmp_path, capsy
     out = tmp_path / "sim"
     make(out / taken, kind)
     refused(capsys, ["sim", "--image", image, "--images", 2, *args], out, taken, kind)
+
+
+def test_sim_that_meets_a_full_disk_leaves_no_folder_it_made(image, tmp_path, capsys, monkeypatch):
+    """The disk fills up as the simulator's build is marked done (sim.runner.build): exit 2 naming the marker,
+    no traceback, and the new ``--out`` gone with the Verilog and the half build written into it."""
+    full_disk_at_the_marker(monkeypatch)
+    out = tmp_path / "new" / "sim"
+    assert build.main(list(map(str, ["sim", "--image", image, "--images", 2, "--out", out]))) == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"error: {out / 'sim_build'}/build-icarus-") and "Traceback" not in err, err
+    assert last.endswith(f"/.built: {os.strerror(errno.ENOSPC)}"), err
+    assert list(tmp_path.iterdir()) == []

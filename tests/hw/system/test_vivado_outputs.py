@@ -49,3 +49,17 @@ def test_cli_system_refuses_a_folder_where_a_file_goes(tmp_path, net, capsys):
     assert build.main(["system", "--image", str(tmp_path / "image"), "--engines", "1", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {out / 'build.tcl'}: is not a file")
     assert [p.name for p in out.iterdir()] == ["build.tcl"]
+
+
+def test_cli_system_and_sim_system_name_the_words_of_an_image_they_do_not_run(tmp_path, capsys):
+    """A version 2 image (the fully connected core's; on the digits' 64 inputs, which `sim` reads first): exit 2
+    naming its weights.bin (it said "image 0"), with nothing written."""
+    write_image(tmp_path / "image", random_network(np.random.default_rng(4), sizes=(64, 9, 10), act_bits=4),
+                version=2)
+    said = f"error: {tmp_path / 'image' / 'weights.bin'}: field 'version' is 2; the array runs version 3 and 4"
+    for argv in (["system", "--engines", "1"], ["sim", "--system", "--images", "2"]):
+        out = tmp_path / argv[0]
+        assert build.main([*argv, "--image", str(tmp_path / "image"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
+        assert not out.exists()

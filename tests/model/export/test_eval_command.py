@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +83,25 @@ def test_eval_image_gives_the_golden_accuracy_of_the_exported_ticket(capsys, tmp
     assert report["golden_accuracy"] == golden_accuracy(to_golden(model), model, split.x_test, split.y_test)
     assert report["fakequant_accuracy"] is None and report["float_accuracy"] is None
     assert report["test_images"] == 360 and "integer codes only" in report["notes"]["fakequant_accuracy"]
+
+
+def test_eval_reports_the_networks_bits_and_refuses_a_baseline_that_is_no_accuracy(capsys, tmp_path, ticket):
+    """``avg_weight_bits`` is the image's network's (the manifest's field went into eval.json as written, "x"
+    included), and a checkpoint's ``meta.float_accuracy`` outside [0, 1] is refused naming the field (2026-12-06)."""
+    model, _ = ticket
+    save_checkpoint(tmp_path / "t.pt", model, data=DataRecord.of("digits", None, (1, 8, 8), 4, seed=2))
+    assert main(capsys, "export", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "image")[0] == 0
+    manifest = json.loads((tmp_path / "image" / "manifest.json").read_text())
+    (tmp_path / "image" / "manifest.json").write_text(json.dumps({**manifest, "avg_weight_bits": "x"}))
+    assert main(capsys, "eval", "--image", tmp_path / "image", "--out", tmp_path / "eval")[0] == 0
+    bits = json.loads((tmp_path / "eval" / "eval.json").read_text())["avg_weight_bits"]
+    assert bits == to_golden(model).avg_weight_bits == manifest["avg_weight_bits"]
+    for value in ("x", 1.5, -0.1, True):
+        save_checkpoint(tmp_path / "b.pt", model, {"float_accuracy": value}, data=DataRecord.of("digits", None,
+                                                                                               (1, 8, 8), 4))
+        code, _, err = main(capsys, "eval", "--checkpoint", tmp_path / "b.pt", "--out", tmp_path / "e2")
+        assert code == 2 and "Traceback" not in err and not (tmp_path / "e2").exists(), err
+        assert f"{tmp_path / 'b.pt'}: field 'meta.float_accuracy' is {value!r}; allowed a number in [0, 1]" in err
 
 
 def test_eval_of_conv_nets_vgg_and_resnet_golden(capsys, tmp_path):
@@ -166,6 +187,12 @@ def test_a_checkpoint_directory_is_named_as_such(capsys, tmp_path, ticket):
     assert code == 2 and "it holds ticket.pt, iterations/iter_000.pt: give one of those, e.g. " in err, err
     assert f"e.g. {tmp_path / 'run' / 'ticket.pt'}" in err and "state.pt" not in err, err
     assert not (tmp_path / "eval").exists()
+    # A device or a pipe is named as what it is, not as missing (2026-12-06: /dev/null was "no such ... file").
+    os.mkfifo(tmp_path / "pipe.pt")
+    for path in (Path("/dev/null"), tmp_path / "pipe.pt"):
+        code, _, err = main(capsys, "eval", "--checkpoint", path, "--out", tmp_path / "eval")
+        assert code == 2 and err.endswith(f"error: {path}: is not a regular file (a device or a pipe); give a "
+                                          "checkpoint file\n"), err
 
 
 def test_a_seed_for_a_file_that_records_its_data_set_is_refused(capsys, tmp_path, ticket):

@@ -290,8 +290,16 @@ def test_read_rejects_checksum_mismatch(image_dir):
 
 
 def test_read_rejects_wrong_size(image_dir):
-    (image_dir / "weights.bin").write_bytes((image_dir / "weights.bin").read_bytes()[:-4])
-    with pytest.raises(UserError, match=r"weights\.bin.*'bytes'"):
+    whole = (image_dir / "weights.bin").read_bytes()
+    (image_dir / "weights.bin").write_bytes(whole[:-4])
+    with pytest.raises(UserError, match=rf"weights\.bin: holds {len(whole) - 4} bytes; manifest\.json field 'bytes' "
+                                        rf"expects {len(whole)}$"):
+        read_image(image_dir)
+    # A count the manifest agrees with that is no whole number of words: said as such (it read as a mismatch).
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    (image_dir / "manifest.json").write_text(json.dumps({**manifest, "bytes": len(whole) - 2}))
+    (image_dir / "weights.bin").write_bytes(whole[:-2])
+    with pytest.raises(UserError, match=rf"holds {len(whole) - 2} bytes, which is no whole number of 32-bit words"):
         read_image(image_dir)
 
 

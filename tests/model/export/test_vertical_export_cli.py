@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -67,6 +68,21 @@ def test_bits_errors_name_the_flag(capsys, exported):
     code, _, err = main(capsys, "eval", "--checkpoint", exported / "run" / "vertical.pt", "--bits", 2,
                         "--out", exported / "e6")
     assert code == 2 and "--bits applies to a vertical-layered image" in err
+
+
+def test_eval_refuses_a_data_record_the_network_does_not_take(capsys, exported, tmp_path):
+    """A manifest whose ``data`` records other inputs than the network's (4-bit codes for an 8-bit input, or
+    another shape): exit 2 naming the field, as ``sim`` does (it was read and recorded as given, 2026-12-06)."""
+    for field, value, said in (("input_bits", 4, "64 inputs of 4 bits"), ("input_shape", [1, 8, 9], "72 inputs")):
+        image = tmp_path / field
+        shutil.copytree(exported / "image", image)
+        manifest = json.loads((image / "manifest.json").read_text())
+        manifest["data"][field] = value
+        (image / "manifest.json").write_text(json.dumps(manifest))
+        code, _, err = main(capsys, "eval", "--image", image, "--out", tmp_path / "eval")
+        assert code == 2 and "Traceback" not in err, err
+        assert f"{image / 'manifest.json'}: field 'data' records {said}" in err, err
+        assert "the network takes 64 inputs of 8 bits" in err and not (tmp_path / "eval").exists()
 
 
 def test_eval_checkpoint_gives_the_golden_accuracy_at_the_source_width(capsys, exported):
