@@ -98,7 +98,11 @@ def staged_outputs(out_dir: str | os.PathLike) -> Iterator[Path]:
     out = Path(out_dir)
     made = missing_folders(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staged"))
+    try:
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staged"))
+    except OSError as exc:  # (named by the output folder, not by the staging folder's hidden name)
+        remove_empty(made)
+        raise _as_output(exc, out) from exc
     try:
         yield stage
         for src in sorted(p for p in stage.rglob("*") if p.is_file() or p.is_symlink()):
@@ -109,9 +113,19 @@ def staged_outputs(out_dir: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         remove_empty(made)  # (folders a commit filled stay)
         if isinstance(exc, OSError):  # (a full disk names no file: the output folder is named)
-            raise name_the_file(exc, out)
+            staged = exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(stage)
+            raise (_as_output(exc, out / Path(os.fsdecode(exc.filename)).relative_to(stage)) if staged
+                   else name_the_file(exc, out))
         raise
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def _as_output(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path``: the output a staged file would have become (the user's ``--out``, not
+    ``.<name>.<random>.staged``)."""
+    named = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    named.__cause__ = exc
+    return named
 
 
 def write_json(path: str | os.PathLike, data, indent: int = 2) -> Path:

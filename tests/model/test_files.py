@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -59,11 +60,12 @@ def test_staged_outputs_commit_every_file_or_none(tmp_path):
     (out / "plan").mkdir(parents=True)
     (out / "a.v").write_text("old a")
     (out / "other.txt").write_text("not the command's")
-    with pytest.raises(OSError), staged_outputs(out) as stage:
+    with pytest.raises(OSError) as caught, staged_outputs(out) as stage:
         (stage / "a.v").write_text("new a")
         (stage / "plan").mkdir()
         (stage / "plan" / "b.tcl").write_text("new b")
         atomic_write(stage / "plan" / "c.tcl", full_disk)
+    assert caught.value.filename == str(out / "plan" / "c.tcl")  # the file it was to be, not the staged one
     assert (out / "a.v").read_text() == "old a" and list((out / "plan").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
     with staged_outputs(out) as stage:
@@ -78,6 +80,13 @@ def test_staged_outputs_commit_every_file_or_none(tmp_path):
         (stage / "a.v").write_text("x")
         raise RuntimeError("the design failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the folders made for the stage are gone too
+
+
+def test_a_staging_folder_that_cannot_be_made_is_named_by_the_output(tmp_path):
+    """/proc takes no folder: the error names the output (it named ``/proc/.x.<random>.staged``, 2026-12-06)."""
+    with pytest.raises(OSError) as caught, staged_outputs(Path("/proc/x")):
+        pass
+    assert caught.value.filename == "/proc/x" and ".staged" not in str(caught.value)
 
 
 def test_permissions_follow_the_umask(tmp_path):
