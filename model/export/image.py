@@ -579,6 +579,10 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
         raise UserError(f"{path}: no such image folder; give the folder `build.py export --out` wrote (weights.bin, "
                         f"weights.hex, manifest.json) or its manifest.json")
     man_path = path / "manifest.json" if path.is_dir() else path
+    bin_path = man_path.parent / "weights.bin"
+    for name in (man_path, bin_path):  # (a pipe would block the read until someone writes into it)
+        if name.exists() and not (name.is_file() or name.is_dir()):
+            raise UserError(f"{name}: is not a regular file (a device or a pipe); expected the image's file")
     try:
         record = json.loads(man_path.read_text())
     except FileNotFoundError:
@@ -602,7 +606,6 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
             raise UserError(f"{man_path}: field '{field}' is {record.get(field)!r}; expected {kind.__name__}")
     if not isinstance(record.get("data", {}), dict):  # optional: images before data records have none
         raise UserError(f"{man_path}: field 'data' is {record['data']!r}; expected an object (the data set record)")
-    bin_path = man_path.parent / "weights.bin"
     try:
         data = bin_path.read_bytes()
     except FileNotFoundError:

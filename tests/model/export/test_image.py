@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -287,6 +289,27 @@ def test_read_rejects_checksum_mismatch(image_dir):
     (image_dir / "weights.bin").write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"weights\.bin.*'sha256'.*expects [0-9a-f]{64}.*has [0-9a-f]{64}"):
         read_image(image_dir)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "weights.bin"])
+def test_read_refuses_a_pipe_for_a_file_instead_of_waiting_on_it(image_dir, name):
+    """A named pipe (a FIFO) where a file of the image goes: refused, naming it; reading it waited for a writer
+    that never came (2026-12-06). The read runs in a thread so that a regression fails instead of hanging."""
+    (image_dir / name).unlink()
+    os.mkfifo(image_dir / name)
+    caught = []
+
+    def read():
+        try:
+            read_image(image_dir)
+        except UserError as exc:
+            caught.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "read_image waits on the pipe"
+    assert caught == [f"{image_dir / name}: is not a regular file (a device or a pipe); expected the image's file"]
 
 
 def test_read_rejects_wrong_size(image_dir):
