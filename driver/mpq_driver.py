@@ -22,6 +22,7 @@ The driver has run only against the RTL in simulation (:mod:`sim.system.sim_back
 
 from __future__ import annotations
 
+import operator
 import time
 import zlib
 from pathlib import Path
@@ -71,6 +72,16 @@ def image_crc(words) -> int:
     """The ``image_crc`` register value of a packed image: ``zlib.crc32`` of its words as little-endian
     bytes, the bytes the driver puts in DDR and the core loads (:mod:`hw.system.register_map`)."""
     return zlib.crc32(np.asarray(words, dtype=np.uint32).astype("<u4").tobytes()) & 0xFFFFFFFF
+
+
+def _integer(value) -> int | None:
+    """``value`` as an int when it is an integer (numpy's too), not a bool; None otherwise."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _bit(name: str) -> int:
@@ -298,16 +309,17 @@ class MpqDriver:
         ignore the register.
         """
         if table_row is not None:
-            if (not isinstance(table_row, int) or isinstance(table_row, bool) or not 0 <= table_row < TABLE_ROWS
-                    or bits):
+            row = _integer(table_row)
+            if row is None or not 0 <= row < TABLE_ROWS or bits:
                 raise UserError(f"table_row must be an integer from 0 to {TABLE_ROWS - 1} (without bits), not "
                                 f"{table_row!r}")
-            self.write_field("precision", TABLE_ROW_FLAG + table_row)
+            self.write_field("precision", TABLE_ROW_FLAG + row)
             return
-        if not isinstance(bits, int) or bits not in PRECISIONS:
+        width = _integer(bits)
+        if width is None or width not in PRECISIONS:
             raise UserError(f"precision must be an integer from {PRECISIONS.start} to {PRECISIONS.stop - 1} "
                             f"(0: the image's own widths), not {bits!r}")
-        self.write_field("precision", bits)
+        self.write_field("precision", width)
 
     def _codes(self, x) -> np.ndarray:
         if self.words is None:

@@ -183,6 +183,11 @@ def test_driver_refuses_bad_input_before_touching_the_device(tmp_path):
         drv.set_precision(3, table_row=1)
     with pytest.raises(UserError, match="table_row"):
         drv.set_precision(table_row=True)
+    with pytest.raises(UserError, match="precision must be an integer from 0 to 8 .*, not True"):
+        drv.set_precision(True)  # (a bool is no width: it was taken as 1)
+    for width, row in ((np.int64(2), None), (0, np.uint8(5))):  # numpy's integers pass the check (np.int64(2) was
+        with pytest.raises(AssertionError, match="register write"):  # refused) and reach the register
+            drv.set_precision(width, table_row=row)
     drv.words, drv.input_shape, drv.n_codes, drv.input_bits = np.zeros(8, np.uint32), (4, 1, 1), 4, 4
     with pytest.raises(UserError, match=r"shape \[N, 4, 1, 1\] or \[N, 4\], not \[2, 5\]"):
         drv.run(np.zeros((2, 5), np.int64))
