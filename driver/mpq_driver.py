@@ -175,8 +175,8 @@ class MpqDriver:
         words = np.frombuffer(bin_path.read_bytes(), dtype="<u4")
         if int(words[1]) != VERSION:
             raise UserError(f"{bin_path}: header field 'version' is {int(words[1])}; the array runs version "
-                            f"{VERSION} and {VERTICAL_VERSION} images (`build.py export` of its checkpoint writes version "
-                            f"{VERSION})")
+                            f"{VERSION} and {VERTICAL_VERSION} images (`build.py export` of its checkpoint writes "
+                            f"version {VERSION})")
         # The class count and input width from the network the reader checked (which also holds the manifest's
         # description to the words since 2026-12-06, model.export.image.check_described_fields; the driver read them
         # from the manifest once, and a wrong one ran the image, then failed).

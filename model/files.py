@@ -112,12 +112,19 @@ def staged_outputs(out_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
         remove_empty(made)  # (folders a commit filled stay)
-        if isinstance(exc, OSError):  # (a full disk names no file: the output folder is named)
-            staged = exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(stage)
-            raise (_as_output(exc, out / Path(os.fsdecode(exc.filename)).relative_to(stage)) if staged
-                   else name_the_file(exc, out))
+        if isinstance(exc, OSError):
+            raise _named_for_output(exc, stage, out)
         raise
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def _named_for_output(exc: OSError, stage: Path, out: Path) -> OSError:
+    """``exc`` naming what the user asked for: the output a staged file was to become, or ``out`` where the
+    system named no file (a full disk); a file outside the stage keeps its name."""
+    name = exc.filename
+    if isinstance(name, str | bytes | os.PathLike) and Path(os.fsdecode(name)).is_relative_to(stage):
+        return _as_output(exc, out / Path(os.fsdecode(name)).relative_to(stage))
+    return name_the_file(exc, out)
 
 
 def _as_output(exc: OSError, path: Path) -> OSError:

@@ -242,7 +242,7 @@ def _build_into(build_dir: Path, texts: list[bytes], verilog_path, simulator: st
         try:
             sources[-1].write_bytes(text)
         except OSError as exc:
-            raise name_the_file(exc, sources[-1]) from exc
+            raise name_the_file(exc, sources[-1])  # (exc itself when the system named the file)
     log = build_dir / "build.log"
     build_args = list(VERILATOR_ARGS) if simulator == "verilator" else []
     try:
