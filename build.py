@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from model.errors import ToolError, UserError
     from model.files import check_output_dir
+    from model.revision import code_revision
 
     args = parser().parse_args(argv)
     # Every rank that meets an error prints it (one rank's failure alone must not go unseen), a rank other than 0
@@ -140,6 +141,9 @@ def main(argv=None) -> int:
             check_output_dir(args.run_dir, "--run-dir")
         elif getattr(args, "out", None) is not None:
             check_output_dir(args.out, "--out")
+        # The code revision every result records, taken before the command's work (model/revision.py): a file
+        # edited during a long run does not relabel it.
+        code_revision()
         with contextlib.ExitStack() as stack:
             if silent:
                 stack.enter_context(contextlib.redirect_stdout(io.StringIO()))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from model.revision import code_revision
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "train", "eval", "export", "verilog", "sim", "synth")
 
@@ -51,6 +53,9 @@ def test_train_and_export_outputs(flow):
     assert history[0]["avg_bits"] == 32.0 and history[1]["avg_bits"] < 32.0
     manifest = json.loads((flow / "image" / "manifest.json").read_text())
     assert manifest["words"] * 4 == (flow / "image" / "weights.bin").stat().st_size
+    # Which code exported the image and which trained its checkpoint (here the same).
+    assert manifest["extra"]["code_revision"] == code_revision()
+    assert manifest["extra"]["training_revision"] == code_revision()
     assert len((flow / "image" / "weights.hex").read_text().split()) == manifest["words"]
 
 
@@ -58,7 +63,7 @@ def test_sim_matches_golden(flow):
     res = cli("sim", "--image", flow / "image", "--images", 6, "--out", flow / "sim")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((flow / "sim" / "sim.json").read_text())
-    assert report["images"] == 6 and report["mismatches"] == 0
+    assert report["images"] == 6 and report["mismatches"] == 0 and report["code_revision"] == code_revision()
 
 
 def test_verilog_and_build_plan(flow):
@@ -87,6 +92,7 @@ def test_synth_maps_multipliers_to_dsp48e1(flow):
     res = cli("synth", "--image", flow / "image", "--out", flow / "synth")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((flow / "synth" / "resources.json").read_text())
+    assert report["code_revision"] == code_revision()
     # Default batch 2: four packed lanes (one per 8-bit weight chunk, two images each), two DSP48E1 for
     # the 41 x 17 requant multiply (t < 2^36 plus headroom; widths derived in hw/core/requant.py).
     assert report["dsp"] == 6
@@ -249,6 +255,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rtl_images"] == 360 and summary["rtl_mismatches"] == 0 and summary["resumed"] is False
+    assert summary["code_revision"] == code_revision()
     assert summary["golden_accuracy"] == summary["rtl_accuracy"]
     assert summary["image_version"] == 3 and summary["core_image_bytes"] % 4 == 0 and summary["core_image_bytes"] > 0
     history = json.loads((out / "imq_history.json").read_text())
@@ -441,3 +448,16 @@ def test_an_empty_path_is_refused_naming_its_option(tmp_path, argv, flag):
     res = cli(*argv, "--out", tmp_path / "out")
     assert res.returncode == 2 and f"argument {flag}: an empty path; give a file or folder" in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_code_revision_is_taken_before_a_command_runs(monkeypatch, tmp_path):
+    """build.py computes the code revision before the command's work (the audit of 2026-12-06: `train --method
+    bmpq` and several benches took it after minutes of training, so that an edit meanwhile relabelled the run)."""
+    import build
+    import model.export.eval_command as command
+
+    code_revision.cache_clear()
+    seen = []
+    monkeypatch.setattr(command, "run", lambda args: seen.append(code_revision.cache_info().currsize) or 0)
+    assert build.main(["eval", "--image", str(tmp_path / "image"), "--out", str(tmp_path / "eval")]) == 0
+    assert seen == [1]

@@ -23,6 +23,7 @@ LAYERS: dict[str, float] = {
     "model.errors": 0,
     "model.files": 0.5,  # above model.errors: its folder checks raise UserError
     "model.progress": 0.5,
+    "model.revision": 0.5,
     "model.export.format": 1,
     "model.export.golden": 1,
     "model.export.golden_conv": 1,

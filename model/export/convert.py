@@ -399,13 +399,13 @@ def scales(model) -> dict:
     }
 
 
-def export_image(model, out_dir: Path, data=None, where: str | None = None) -> dict:
+def export_image(model, out_dir: Path, data=None, where: str | None = None, revisions: dict | None = None) -> dict:
     """Convert ``model`` to the golden model and write its image; ``data`` (a :class:`model.data.DataRecord`)
-    goes into the manifest; ``where`` (the checkpoint file) prefixes the conversion's errors. Returns the
-    manifest."""
+    goes into the manifest, and ``revisions`` (the code revisions of the export and of the training) into its
+    ``extra``; ``where`` (the checkpoint file) prefixes the conversion's errors. Returns the manifest."""
     net = to_golden(model, where)
     if data is not None and (data.input_bits != net.input_bits or data.features != input_features(net)):
         raise UserError(f"{where + ': ' if where else ''}data record {data.to_json()} does not fit the network: "
                         f"{input_features(net)} inputs of {net.input_bits} bits")
-    return write_image(out_dir, net, extra={"scales": scales(model)},
+    return write_image(out_dir, net, extra={"scales": scales(model), **(revisions or {})},
                        data=None if data is None else data.to_json())

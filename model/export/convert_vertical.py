@@ -247,10 +247,11 @@ def vertical_golden_accuracy(net: VerticalNetwork, model, x: torch.Tensor, y: to
     return float((pred == y.cpu().numpy()).mean())
 
 
-def export_vertical_image(model, out_dir, data=None, table=(), row_bn=None) -> dict:
+def export_vertical_image(model, out_dir, data=None, table=(), row_bn=None, revisions: dict | None = None) -> dict:
     """Convert a vertical ``model`` (:func:`to_golden_vertical`, Eq. 12 rows ``table``) and write its version 4
     image (:func:`model.export.image_v4.write_vertical_image`); ``data`` (a :class:`model.data.DataRecord`)
-    goes into the manifest. Returns the manifest."""
+    goes into the manifest, ``revisions`` (the code revisions of the export and of the training) into its
+    ``extra``. Returns the manifest."""
     net = to_golden_vertical(model, table, row_bn)
     if data is not None and data.input_bits != net.input_bits:
         raise UserError(f"data record {data.to_json()} does not fit the network: {net.input_bits}-bit inputs")
@@ -261,5 +262,5 @@ def export_vertical_image(model, out_dir, data=None, table=(), row_bn=None) -> d
                         "score_frac_bits": SCORE_FRAC_BITS},
              "note": ("Eq. 12 table rows carry their own requant records with the BN statistics re-estimated for "
                       "the row (Sec. 6.4)" if row_bn else "Eq. 12 table rows use the per-width BatchNorms as "
-                      "trained (no re-estimation per row recorded)")}
+                      "trained (no re-estimation per row recorded)"), **(revisions or {})}
     return write_vertical_image(out_dir, net, extra=extra, data=None if data is None else data.to_json())

@@ -22,6 +22,7 @@ from model.cli import (
     refuse_unused_seed,
     write_json,
 )
+from model.revision import code_revision
 
 HELP = "accuracy of a checkpoint (float, fake-quant, golden) or of an exported image (golden) on its own data set"
 
@@ -230,7 +231,7 @@ def run(args) -> int:
     else:
         report = eval_image(Path(args.image), args.data, args.data_root, args.seed)
     out = Path(args.out) / "eval.json"
-    write_json(out, report)
+    write_json(out, {**report, "code_revision": code_revision()})  # (model/revision.py)
     record = DataRecord.from_json(report["data"], "eval")
     rows = [("data", record.describe()), ("test images", report["test_images"])]
     for key, title in (("float_accuracy", "float (rounding off)"), ("fakequant_accuracy", "fake-quant"),

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from model.cli import DEFAULT_OUT, path_text, print_table
+from model.revision import code_revision
 
 HELP = ("checkpoint (MLP, ResNet-20 or VGG; any method) -> packed image, format version 3 (weights.bin, weights.hex, "
         "manifest.json with the data set and the memory report); a vertical-layered checkpoint (train --method "
@@ -39,7 +40,7 @@ def run(args) -> int:
         return _export_vertical(args, model, meta, data)
     from model.export.convert import export_image
 
-    manifest = export_image(model, Path(args.out), data, where=str(args.checkpoint))
+    manifest = export_image(model, Path(args.out), data, where=str(args.checkpoint), revisions=revisions(meta))
     print_table([("arch", model.config.get("arch", "mlp")), ("format version", manifest["version"]),
                  ("words", manifest["words"]), ("avg weight bits", manifest["avg_weight_bits"]),
                  ("sha256", manifest["sha256"][:16]), ("data", "unrecorded" if data is None else data.describe())],
@@ -55,7 +56,8 @@ def _export_vertical(args, model, meta: dict, data) -> int:
     from model.export.convert_vertical import export_vertical_image
 
     table = meta.get("eq12_table") or []
-    manifest = export_vertical_image(model, Path(args.out), data, table, row_bn=meta.get("eq12_bn"))
+    manifest = export_vertical_image(model, Path(args.out), data, table, row_bn=meta.get("eq12_bn"),
+                                     revisions=revisions(meta))
     rows = [("arch", model.config.get("arch", "mlp")), ("format version", manifest["version"]),
             ("widths", ",".join(map(str, manifest["widths"]))), ("Eq. 12 table rows", len(manifest["table"])),
             ("words", manifest["words"]), ("sha256", manifest["sha256"][:16]),
@@ -63,6 +65,16 @@ def _export_vertical(args, model, meta: dict, data) -> int:
     rows += [(f"weight bytes read at {b} bits", n) for b, n in manifest["weight_bytes_read"].items()]
     print_table(rows, f"vertical image written to {args.out}")
     return 0
+
+
+def revisions(meta: dict) -> dict:
+    """What an image's manifest records of where it came from (under ``extra``): ``code_revision``, the code that
+    exported it (:mod:`model.revision`), and ``training_revision``, the code revision the checkpoint records of
+    its training (its ``meta.provenance``; None where it records none)."""
+    trained = meta.get("provenance")
+    return {"code_revision": code_revision(),
+            "training_revision": {k: trained.get(k) for k in ("revision", "git_commit", "dirty", "source_sha256")}
+            if isinstance(trained, dict) else None}
 
 
 def format_memory(memory: dict) -> str:

@@ -31,10 +31,12 @@ from model.errors import UserError
 from model.files import refuse_non_file, staged_outputs
 from model.methods.imq import IterationRecord, best_of, best_within, select_ticket, selection_split
 from model.methods.schedules import METHODS
+from model.revision import code_revision
 from model.runs.rundir import (
     RunConfig,
     atomic_write,
     history_file,
+    read_provenance,
     read_run_config,
     record_from_json,
     write_json,
@@ -254,8 +256,10 @@ def table_rows(summaries: list[RunSummary], budgets: tuple[float, ...] = DEFAULT
     return rows
 
 
-def markdown_table(rows: list[dict], summaries: list[RunSummary] | None = None) -> str:
-    """Rows of :func:`table_rows` as a markdown table (accuracy in percent), plus notes on partial runs."""
+def markdown_table(rows: list[dict], summaries: list[RunSummary] | None = None,
+                   revisions: dict[str, str | None] | None = None) -> str:
+    """Rows of :func:`table_rows` as a markdown table (accuracy in percent), plus notes on partial runs and on runs
+    of different code (``revisions``: run directory -> the code revision its ``run.json`` records)."""
     lines = ["| model | method | act bits | avg weight bits | accuracy (%) | ticket iteration | rule | run |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -267,6 +271,10 @@ def markdown_table(rows: list[dict], summaries: list[RunSummary] | None = None) 
     settings = sorted({r["setting"] for r in rows})
     if len(settings) > 1:
         notes.append(f"Rows come from different settings ({'; '.join(settings)}); compare within one only.")
+    if revisions and len(set(revisions.values())) > 1:
+        notes.append("Runs come from different code revisions ("
+                     + "; ".join(f"{run}: {rev or 'not recorded'}" for run, rev in revisions.items())
+                     + "); their results may differ by the code, not only by the method.")
     for s in summaries or []:
         if not s.finished:
             notes.append(f"{s.run_dir}: partial run, {len(s.history)} of {s.config.iterations} iterations.")
@@ -347,14 +355,15 @@ def write_report(
     for path in paths.values():
         refuse_non_file(path, f"the report writes its {path.name} there (remove it or choose another --out)")
     summaries = [load_summary(d) for d in run_dirs]
+    revisions = {str(s.run_dir): (read_provenance(s.run_dir) or {}).get("revision") for s in summaries}
     rows = table_rows(summaries, budgets)
-    markdown = markdown_table(rows, summaries)
+    markdown = markdown_table(rows, summaries, revisions)
     curves = [{"run": str(s.run_dir), "curve": s.curve, "setting": s.setting, "method": s.config.method,
-               "act_bits": s.config.act_bits, "finished": s.finished,
+               "act_bits": s.config.act_bits, "finished": s.finished, "code_revision": revisions[str(s.run_dir)],
                "points": [{"iteration": r.iteration, "avg_weight_bits": r.avg_bits, "accuracy": r.accuracy,
                            "val_accuracy": r.val_accuracy} for r in s.history]} for s in summaries]
     with staged_outputs(out_dir) as stage:  # (one commit: the three files, or none of them)
         plot_report(summaries, stage / paths["png"].name)
         atomic_write(stage / paths["md"].name, lambda tmp: Path(tmp).write_text(markdown))
-        write_json(stage / paths["json"].name, {"rows": rows, "curves": curves})
+        write_json(stage / paths["json"].name, {"rows": rows, "curves": curves, "code_revision": code_revision()})
     return rows, markdown, paths

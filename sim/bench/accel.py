@@ -112,7 +112,8 @@ from model.files import save_figure, write_json
 from model.progress import progress_bar
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.pact import PACT
-from model.runs.rundir import load_iteration, run
+from model.revision import code_revision
+from model.runs.rundir import load_iteration, read_provenance, run
 from model.training.loop import torch_threads
 from sim.array_runner import run_array
 from sim.bounds import DSP_PACKINGS, dsp_bound_cycles, lane_bound_cycles, layer_tile_bounds, mac_weighted_bits
@@ -208,14 +209,35 @@ def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
                                         f"{allowed}; run `python build.py bench conv --restart`")
                 if (Path(row["run"]) / "iterations").is_dir() and Path(row["image"]).is_dir():
                     return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]),
-                            "image": Path(row["image"]), "history": row["history"], "trained_now": False}
+                            "image": Path(row["image"]), "history": row["history"], "trained_now": False,
+                            "training_revision": reused_revision(Path(row["run"]), "the ticket", progress,
+                                                                          "run `bench conv --restart`")}
 
     if progress:
         tqdm.write("bench accel: no ResNet-20 ticket of `bench conv` here; training it (about 8 minutes)")
     row, _ = run_imq_row("resnet20", imq_configs()["resnet20"], bench_dir / "conv_runs", bench_dir / "conv",
                          progress, restart=False)
     return {"run": Path(row["run"]), "iteration": int(row["ticket_iteration"]), "image": Path(row["image"]),
-            "history": row["history"], "trained_now": True}
+            "history": row["history"], "trained_now": True, "training_revision": training_revision(Path(row["run"]))}
+
+
+def training_revision(run_dir: Path) -> dict | None:
+    """The code revision ``run_dir/run.json`` records of its training (``revision``, ``git_commit``, ``dirty``,
+    ``source_sha256``); None for a run written before revisions were recorded, or without ``run.json``."""
+    stored = read_provenance(run_dir) if (run_dir / "run.json").is_file() else None
+    return None if stored is None else {k: stored.get(k) for k in ("revision", "git_commit", "dirty", "source_sha256")}
+
+
+def reused_revision(run_dir: Path, what: str, progress: bool, retrain: str) -> dict | None:
+    """:func:`training_revision` of a run trained earlier and reused here, with a note when other code trained it:
+    the RTL figures are this revision's, the accuracies that run's (both revisions go into ``accel.json``)."""
+    stored = training_revision(run_dir)
+    now = code_revision()
+    if progress and (stored or {}).get("source_sha256") != now["source_sha256"]:
+        then = (stored or {}).get("revision") or "an unrecorded revision"
+        tqdm.write(f"note: {what} ({run_dir}) was trained at {then}, the code now is {now['revision']}; its "
+                   f"accuracies are that run's ({retrain} to train it with this code)")
+    return stored
 
 
 def layer_run_source(bench_dir: Path, *, progress: bool = True) -> dict:
@@ -238,7 +260,9 @@ def layer_run_source(bench_dir: Path, *, progress: bool = True) -> dict:
             raise UserError(f"{marker}: needs the fields 'run', 'history' and 'config'; delete it to train the run "
                             "again")
         if data["config"] == wanted and (Path(data["run"]) / "iterations").is_dir():
-            return {"run": Path(data["run"]), "history": data["history"], "trained_now": False}
+            return {"run": Path(data["run"]), "history": data["history"], "trained_now": False,
+                    "training_revision": reused_revision(Path(data["run"]), "the layer-ranked run", progress,
+                                                         f"delete {marker}")}
     if progress:
         tqdm.write("bench accel: training the layer-ranked IMQ run of the second curve (about 3 minutes)")
     run_dir = bench_dir / "conv_runs" / LAYER_RUN
@@ -246,7 +270,7 @@ def layer_run_source(bench_dir: Path, *, progress: bool = True) -> dict:
         result = run(config, run_dir, progress=progress, restart=True)
     history = history_json(result.history)
     write_json(marker, {"run": str(run_dir), "history": history, "config": wanted})
-    return {"run": run_dir, "history": history, "trained_now": True}
+    return {"run": run_dir, "history": history, "trained_now": True, "training_revision": training_revision(run_dir)}
 
 
 def variant(model, weights: str, act_bits: int):
@@ -540,9 +564,10 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         "synth_config": dataclasses.asdict(synth_config),
         "dsp_lanes": config.dsp_lanes,
         "ticket": {"run": str(source["run"]), "iteration": source["iteration"], "image": str(source["image"]),
-                   "trained_now": source["trained_now"]},
+                   "trained_now": source["trained_now"], "training_revision": source["training_revision"]},
         "layer_run": None if layer_source is None else {"run": str(layer_source["run"]),
-                                                        "trained_now": layer_source["trained_now"]},
+                                                        "trained_now": layer_source["trained_now"],
+                                                        "training_revision": layer_source["training_revision"]},
         "synthesis": None if syn is None else {**syn.as_dict(), "dsp": res.dsp, "lut": res.lut, "ff": res.ff,
                                                "bram36": res.bram36, "fits_xc7z020": res.fits(),
                                                "lut_fraction": res.lut / 53200},

@@ -36,6 +36,8 @@ from sim.lane_runner import exhaustive_ops, run_dsp_lane, write_lane_verilog
 #: Modes of the bench: every weight width with the activation widths the papers use, and more.
 MODES = [(w, a) for w in (2, 3, 4, 8, 16, 32) for a in (2, 4, 8, 16, 32)] + [(4, 3), (4, 5), (4, 6), (4, 7)]
 EXHAUSTIVE = {(4, 4), (8, 4)}
+#: Operand sets of :func:`lane_rate`'s run (dot products of every length :func:`random_groups` draws).
+RATE_SETS = 600
 COUNT_BITS = 32
 LANE_TOP = "dsp_lane"
 #: The README's exact MACs per DSP48E1 per cycle, by (weight bits, activation bits): floors of :func:`floors`.
@@ -163,6 +165,38 @@ def simulate_lane(p: PackingPlan, groups, *, seed: int = 0, stall: bool = True) 
     return sum(g != e for g, e in zip(got, expect, strict=True))
 
 
+def lane_rate(p: PackingPlan, groups) -> float:
+    """Operand sets the lane takes per cycle in Amaranth's simulator, its output always ready and every set offered
+    at once: the cycles from the first set taken to the last, over the sets between (``bench dsp``'s
+    ``macs_per_dsp_cycle`` is this times the MACs a set holds, over the DSP48E1 count; the plan's own figure,
+    ``PackingPlan.macs_per_cycle``, goes beside it). Counted rather than taken from the plan since 2026-12-06, so
+    that a lane that took a bubble at a dot product's end or a drain would show it."""
+    dut = PackedDspLane(p, count_bits=COUNT_BITS)
+    taken = []
+
+    async def driver(ctx):
+        ctx.set(dut.o.ready, 1)
+        cycle = 0
+        for g in groups:
+            for k, (w, a) in enumerate(g):
+                ctx.set(dut.i.payload, {"w": w, "a": a, "last": int(k == len(g) - 1)})
+                ctx.set(dut.i.valid, 1)
+                ready = 0
+                while not ready:
+                    _, _, ready = await ctx.tick().sample(dut.i.ready)
+                    cycle += 1
+                taken.append(cycle)
+        ctx.set(dut.i.valid, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(driver)
+    sim.run()
+    if len(taken) < 2:
+        raise ValueError(f"lane_rate needs at least two operand sets, not {len(taken)}")
+    return (len(taken) - 1) / (taken[-1] - taken[0])
+
+
 def exhaustive_check(p: PackingPlan, vpath: Path, work: Path) -> dict:
     """The cocotb exhaustive check of the generated Verilog (sim/lane_runner.py)."""
     ops = exhaustive_ops(p, seed=0)
@@ -180,9 +214,12 @@ def bench_mode(w: int, a: int, work: Path, *, random_sets: int = 3000) -> dict:
         ok = result.get("mismatches") == 0 and result.get("passed") and result.get("verified") == "exhaustive"
         verified = "exhaustive" if ok else "FAILED"
         detail = f"{result.get('operand_sets')} operand sets (every combination), cocotb/Icarus"
+    sets_per_cycle = lane_rate(p, random_groups(p, RATE_SETS, random.Random(w * 100 + a + 1)))
     return {
         "weight_bits": w, "act_bits": a,
-        "macs_per_dsp_cycle": p.macs_per_cycle / max(syn["dsp48e1"], 1),
+        "macs_per_dsp_cycle": sets_per_cycle * p.weights * p.acts / max(syn["dsp48e1"], 1),
+        "planned_macs_per_dsp_cycle": p.macs_per_cycle / max(syn["dsp48e1"], 1),
+        "sets_per_cycle": sets_per_cycle,
         "dsp48e1": syn["dsp48e1"], "lut": syn["lut"], "ff": syn["ff"],
         "max_accumulation": (1 << COUNT_BITS) - 1,
         "verified": verified,

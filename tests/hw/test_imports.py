@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_MODEL = {"model.errors", "model.export.golden", "model.export.golden_conv", "model.export.image",
                  "model.export.format", "model.files", "model.progress"}
 #: ``build.py`` command modules (``*_command.py``) beside the hardware they drive may also use the
-#: torch-free command-line helpers and the version 4 (vertical) image reader.
-ALLOWED_COMMAND = ALLOWED_MODEL | {"model.cli", "model.export.image_v4"}  # (version 4 reader)
+#: torch-free command-line helpers, the version 4 (vertical) image reader and the code revision they record.
+ALLOWED_COMMAND = ALLOWED_MODEL | {"model.cli", "model.export.image_v4", "model.revision"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -18,6 +18,7 @@ from model.export.eval_command import float_twin
 from model.quant.nets import DigitsMLP, build_model
 from model.quant.pact import PACT, InputQuant
 from model.quant.vertical import to_vertical
+from model.revision import code_revision
 from model.runs.checkpoint import save_checkpoint
 from model.training.loop import evaluate, train
 from tests.idx_files import idx_bytes, idx_name, write_idx_folder
@@ -56,6 +57,7 @@ def test_eval_checkpoint_reports_each_accuracy_on_the_recorded_test_images(capsy
     assert report["golden_accuracy"] == golden_accuracy(to_golden(model), model, x, y)
     assert report["float_accuracy"] == evaluate(float_twin(model), x, y)
     assert report["float_baseline_accuracy"] == 0.5 and "rounding off" in report["notes"]["float_accuracy"]
+    assert report["code_revision"] == code_revision()
     assert "fake-quant" in out and "golden (integer)" in out and "digits" in out
 
 

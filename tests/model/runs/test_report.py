@@ -9,6 +9,7 @@ import pytest
 import build
 from model.errors import UserError
 from model.methods.imq import IterationRecord
+from model.revision import code_revision
 from model.runs.report import load_summary, markdown_table, table_rows, write_report
 from model.runs.rundir import history_file, make_run_config, open_run, record_json, write_json
 
@@ -64,6 +65,21 @@ def test_write_report(runs, tmp_path):
     assert report["rows"] == rows
     # The two QNN-k runs are one curve, as in Fig. 8.
     assert sorted({c["curve"] for c in report["curves"]}) == ["PACT-8 IMQ", "PACT-8 IRQ", "PACT-8 QNN"]
+    # Which code made the report and each run (run.json's provenance); one revision here, so no note.
+    assert report["code_revision"] == code_revision() and "different code revisions" not in markdown
+    assert {c["code_revision"] for c in report["curves"]} == {code_revision()["revision"]}
+
+
+def test_a_report_over_runs_of_different_code_says_so(runs, tmp_path):
+    """A run that another revision trained: its revision beside the curve, and a note under the table."""
+    stored = json.loads((runs[1] / "run.json").read_text())
+    stored["provenance"]["revision"] = "git:0123abcd"
+    (runs[1] / "run.json").write_text(json.dumps(stored))
+    _, markdown, paths = write_report(runs, tmp_path / "out", budgets=(4.0,))
+    curves = {c["run"]: c["code_revision"] for c in json.loads(paths["json"].read_text())["curves"]}
+    assert curves[str(runs[1])] == "git:0123abcd" and curves[str(runs[0])] == code_revision()["revision"]
+    assert f"Runs come from different code revisions ({runs[0]}: {code_revision()['revision']}; {runs[1]}: " \
+           "git:0123abcd;" in markdown, markdown
 
 
 def test_partial_run_without_iterations(tmp_path):

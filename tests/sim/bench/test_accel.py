@@ -25,6 +25,8 @@ from model.export.layout_v3 import pack as pack_v3
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.nets import ResNet20
 from model.quant.pact import PACT
+from model.revision import code_revision
+from model.runs.rundir import make_run_config, open_run
 from model.training.loop import torch_threads
 from sim import bounds
 from sim.bench import accel
@@ -164,6 +166,24 @@ def test_mac_weighted_bits_count_each_weight_once_per_output_pixel(ticket):
     macs += convs[-1].bit_width.numel()
     assert bounds.mac_weighted_bits(net) == pytest.approx(bits / macs, rel=1e-12)
     assert bounds.mac_weighted_bits(net) != pytest.approx(net.avg_weight_bits, rel=1e-3)
+
+
+def test_a_run_other_code_trained_is_reused_with_both_revisions_named(tmp_path, capsys):
+    """The revision a reused run's run.json records goes into accel.json (``training_revision``), and a note names
+    it beside the code's now when the sources differ (the audit of 2026-12-06: a reused ticket was unlabelled)."""
+    run_dir = tmp_path / "run"
+    open_run(run_dir, make_run_config("imq", data="digits", hidden=(8,)))
+    assert accel.reused_revision(run_dir, "the ticket", True, "run X") == accel.training_revision(run_dir)
+    assert accel.training_revision(run_dir)["revision"] == code_revision()["revision"]
+    assert "note:" not in capsys.readouterr().out  # (the same code: no note)
+    stored = json.loads((run_dir / "run.json").read_text())
+    stored["provenance"].update(revision="git:0123abcd", source_sha256="0" * 64)
+    (run_dir / "run.json").write_text(json.dumps(stored))
+    assert accel.reused_revision(run_dir, "the ticket", True, "run X")["revision"] == "git:0123abcd"
+    out = capsys.readouterr().out
+    assert (f"note: the ticket ({run_dir}) was trained at git:0123abcd, the code now is {code_revision()['revision']};"
+            " its accuracies are that run's (run X to train it with this code)") in out, out
+    assert accel.training_revision(tmp_path) is None  # (no run.json)
 
 
 def test_the_layer_ranked_run_is_read_from_its_file_or_trained(tmp_path, monkeypatch):
@@ -414,12 +434,12 @@ def _fake_accel_run(ticket, tmp_path, monkeypatch, chunk):
     from concurrent.futures import ThreadPoolExecutor
 
     models = {0: accel.variant(ticket, "dense32", 4), 1: ticket}
-    source = {"run": "run", "iteration": 1, "image": "img", "trained_now": False,
+    source = {"run": "run", "iteration": 1, "image": "img", "trained_now": False, "training_revision": None,
               "history": [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.79},
                           {"iteration": 1, "avg_bits": 3.0, "accuracy": 0.7, "val_accuracy": 0.69}]}
     monkeypatch.setattr(accel, "ticket_source", lambda bench_dir, progress: source)
     layer_models = {0: models[0], 2: accel.variant(ticket, "qnn4", 4)}  # the layer-ranked run's iterations
-    layer = {"run": "layer_run", "trained_now": False,
+    layer = {"run": "layer_run", "trained_now": False, "training_revision": None,
              "history": [{"iteration": 0, "avg_bits": 32.0, "accuracy": 0.8, "val_accuracy": 0.79},
                          {"iteration": 2, "avg_bits": 4.0, "accuracy": 0.6, "val_accuracy": 0.59}]}
     monkeypatch.setattr(accel, "load_iteration", lambda run, k: (layer_models if run == "layer_run" else models)[k])

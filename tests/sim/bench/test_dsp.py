@@ -1,7 +1,11 @@
 """``bench dsp`` floors (sim/bench/dsp.py) on hand-written rows."""
 
+import random
+
 import pytest
 
+from hw.dsp.packing import plan
+from sim.bench import dsp
 from sim.bench.dsp import README_MACS_PER_DSP_CYCLE, floors
 
 
@@ -40,3 +44,14 @@ def test_each_floor_fails(change, name):
 def test_modes_the_bench_did_not_run_have_no_mac_floor():
     f = floors([dsp_row(4, 4)])
     assert [n for n in f if n.startswith("macs")] == ["macs_per_dsp_cycle_4x4"]
+
+
+@pytest.mark.parametrize(("w", "a"), [(4, 4), (8, 4), (2, 2), (32, 8), (32, 32)])
+def test_the_lane_takes_an_operand_set_every_chunk_cycle_in_the_rtl(w, a):
+    """``lane_rate`` counts the sets the lane's RTL takes a cycle (bench dsp's ``macs_per_dsp_cycle`` since
+    2026-12-06; it was the plan's figure): one a cycle, or one every 2 / 4 cycles for 32-bit operands in 16-bit
+    chunks, across dot products of every length, so the measured MACs equal the plan's (no bubble at a dot
+    product's end or a drain)."""
+    p = plan(w, a)
+    sets = dsp.lane_rate(p, dsp.random_groups(p, 300, random.Random(3)))
+    assert sets == 1 / p.chunks and sets * p.weights * p.acts == p.macs_per_cycle
