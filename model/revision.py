@@ -108,6 +108,14 @@ def revision_of(root: Path = ROOT) -> dict:
     return {"revision": revision, "git_commit": commit, "dirty": dirty, "source_sha256": sources}
 
 
+def revision_part(stored) -> dict | None:
+    """The :func:`revision_of` fields of a recorded provenance (``run.json``'s, a checkpoint's ``meta``): ``revision``,
+    ``git_commit``, ``dirty``, ``source_sha256``; None where none is recorded (not a dict)."""
+    if not isinstance(stored, dict):
+        return None
+    return {k: stored.get(k) for k in ("revision", "git_commit", "dirty", "source_sha256")}
+
+
 @functools.cache
 def code_revision() -> dict:
     """:func:`revision_of` this checkout, computed once per process (module docstring)."""

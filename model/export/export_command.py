@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from model.cli import DEFAULT_OUT, path_text, print_table
-from model.revision import code_revision
+from model.revision import code_revision, revision_part
 
 HELP = ("checkpoint (MLP, ResNet-20 or VGG; any method) -> packed image, format version 3 (weights.bin, weights.hex, "
         "manifest.json with the data set and the memory report); a vertical-layered checkpoint (train --method "
@@ -71,10 +71,7 @@ def revisions(meta: dict) -> dict:
     """What an image's manifest records of where it came from (under ``extra``): ``code_revision``, the code that
     exported it (:mod:`model.revision`), and ``training_revision``, the code revision the checkpoint records of
     its training (its ``meta.provenance``; None where it records none)."""
-    trained = meta.get("provenance")
-    return {"code_revision": code_revision(),
-            "training_revision": {k: trained.get(k) for k in ("revision", "git_commit", "dirty", "source_sha256")}
-            if isinstance(trained, dict) else None}
+    return {"code_revision": code_revision(), "training_revision": revision_part(meta.get("provenance"))}
 
 
 def format_memory(memory: dict) -> str:

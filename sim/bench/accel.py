@@ -112,7 +112,7 @@ from model.files import save_figure, write_json
 from model.progress import progress_bar
 from model.quant.layers import QUANT_LAYER_TYPES
 from model.quant.pact import PACT
-from model.revision import code_revision
+from model.revision import code_revision, revision_part
 from model.runs.rundir import load_iteration, read_provenance, run
 from model.training.loop import torch_threads
 from sim.array_runner import run_array
@@ -224,8 +224,7 @@ def ticket_source(bench_dir: Path, *, progress: bool = True) -> dict:
 def training_revision(run_dir: Path) -> dict | None:
     """The code revision ``run_dir/run.json`` records of its training (``revision``, ``git_commit``, ``dirty``,
     ``source_sha256``); None for a run written before revisions were recorded, or without ``run.json``."""
-    stored = read_provenance(run_dir) if (run_dir / "run.json").is_file() else None
-    return None if stored is None else {k: stored.get(k) for k in ("revision", "git_commit", "dirty", "source_sha256")}
+    return revision_part(read_provenance(run_dir)) if (run_dir / "run.json").is_file() else None
 
 
 def reused_revision(run_dir: Path, what: str, progress: bool, retrain: str) -> dict | None:
