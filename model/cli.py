@@ -13,6 +13,7 @@ from pathlib import Path
 
 from model.errors import UserError
 from model.files import refuse_non_file, refuse_non_folder, write_json
+from model.revision import code_revision
 
 DEFAULT_OUT = Path("out")
 DEFAULT_BATCH = 2
@@ -49,7 +50,14 @@ __all__ = [
     "print_table",
     "refuse_taken_outputs",
     "write_json",
+    "write_result",
 ]
+
+
+def write_result(path, record: dict) -> Path:
+    """A command's result file: ``record`` as JSON (:func:`model.files.write_json`, atomic) with the code revision it
+    was made with, ``code_revision`` (:mod:`model.revision`, taken before the command's work)."""
+    return write_json(path, {**record, "code_revision": code_revision()})
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str, str, object]]) -> None:

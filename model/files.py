@@ -54,11 +54,7 @@ def remove_empty(folders: list[Path]) -> None:
 def name_the_file(exc: OSError, path: Path) -> OSError:
     """``exc`` with ``path`` as its file when the system named none (a write that meets a full disk raises
     ``ENOSPC`` without a file name), so that ``build.py`` prints the file and the reason, not a traceback."""
-    if exc.filename is not None:
-        return exc
-    named = OSError(exc.errno, exc.strerror or str(exc), str(path))
-    named.__cause__ = exc
-    return named
+    return exc if exc.filename is not None else _as_output(exc, path)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
@@ -128,8 +124,8 @@ def _named_for_output(exc: OSError, stage: Path, out: Path) -> OSError:
 
 
 def _as_output(exc: OSError, path: Path) -> OSError:
-    """``exc`` naming ``path``: the output a staged file would have become (the user's ``--out``, not
-    ``.<name>.<random>.staged``)."""
+    """``exc`` naming ``path``: the file as the user knows it (the output a staged file would have become, not
+    ``.<name>.<random>.staged``; the file a write that the system named nothing for was writing)."""
     named = OSError(exc.errno, exc.strerror or str(exc), str(path))
     named.__cause__ = exc
     return named
@@ -187,6 +183,14 @@ def refuse_non_file(path: str | os.PathLike, why: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_file():
         raise UserError(f"{path}: is not a file; {why}")
+
+
+def refuse_special_file(path: str | os.PathLike, why: str) -> None:
+    """Raise :class:`~model.errors.UserError` ``"<path>: is not a regular file (a device or a pipe); <why>"`` when
+    ``path`` exists as neither a file nor a folder: reading a named pipe waits for a writer that may never come."""
+    path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise UserError(f"{path}: is not a regular file (a device or a pipe); {why}")
 
 
 def refuse_non_folder(path: str | os.PathLike, why: str) -> None:

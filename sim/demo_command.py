@@ -12,8 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from model.cli import DEFAULT_BATCH, DEFAULT_OUT, batch_size, print_table, refuse_taken_outputs, write_json
-from model.revision import code_revision
+from model.cli import DEFAULT_BATCH, DEFAULT_OUT, batch_size, print_table, refuse_taken_outputs, write_result
 from model.runs.train_command import add_train_args, resolve, train_ticket
 
 HELP = "train an IMQ ticket on digits, export it, run it in RTL, synthesize"
@@ -120,7 +119,7 @@ def run(args) -> int:
         "wall_seconds": round(time.time() - t0, 1),
         "resumed": result.resumed,
     }
-    write_json(out / "summary.json", {**summary, "code_revision": code_revision()})
+    write_result(out / "summary.json", summary)
     rows = [(k, summary[k]) for k in ("float_accuracy", "fakequant_accuracy", "golden_accuracy",
                                       "rtl_accuracy", "rtl_images", "rtl_mismatches", "avg_weight_bits",
                                       "image_bytes", "core_image_bytes", "cycles_per_image", "images_per_second_at_100mhz",

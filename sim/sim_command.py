@@ -27,9 +27,8 @@ from model.cli import (
     check_core_args,
     print_table,
     refuse_taken_outputs,
-    write_json,
+    write_result,
 )
-from model.revision import code_revision
 
 HELP = "cocotb RTL simulation of the image on the test images of its data set vs the golden model"
 
@@ -153,7 +152,7 @@ def run_system_sim(args) -> int:
         summary["rtl_accuracy"] = float((scores.argmax(axis=1) == vectors.labels[:len(scores)]).mean())
         summary["golden_accuracy"] = float((vectors.expected.argmax(axis=1) == vectors.labels).mean())
         summary["data"] = vectors.data.to_json()
-    write_json(out / "sim.json", {**summary, "code_revision": code_revision()})
+    write_result(out / "sim.json", summary)
     print_table([(k, summary.get(k)) for k in ("images", "rtl_mismatches", "rtl_accuracy", "golden_accuracy",
                                                "cycles_per_image", "ddr_bytes_per_image", "ddr_latency_cycles",
                                                "load_cycles", "wall_s")]
@@ -185,8 +184,7 @@ def run_array_sim(args) -> int:
         from sim.bounds import layer_report
 
         result["layers"] = layer_report(vectors.net, result.get("layer_cycles", []), config.engines, config.lanes)
-    write_json(out / "sim.json", {**{k: v for k, v in result.items() if k != "scores"},
-                                  "code_revision": code_revision()})
+    write_result(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]
                 + [(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",
                                             "cycles_per_image", "wall_s")],
@@ -249,8 +247,7 @@ def _run(args) -> int:
     out = Path(args.out)
     refuse_taken_outputs(out, ["mpq_accel.v", *RUN_FILES], RUN_FOLDERS, what="sim")  # prepare's Verilog
     result = run_rtl(read_vectors(args), out, args.simulator, args.seed, not args.no_stall, args.batch, args.image)
-    write_json(out / "sim.json", {**{k: v for k, v in result.items() if k != "scores"},
-                                  "code_revision": code_revision()})
+    write_result(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]
                 + [(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",
                                             "cycles_per_image", "wall_s")], "RTL simulation vs golden model")

@@ -24,9 +24,8 @@ from model.cli import (
     add_image_arg,
     check_core_args,
     refuse_taken_outputs,
-    write_json,
+    write_result,
 )
-from model.revision import code_revision
 
 #: ``--engines`` of ``--core array`` when not given (shared with ``sim`` and ``verilog``).
 DEFAULT_ENGINES = ARRAY_ENGINES
@@ -56,7 +55,7 @@ def run(args) -> int:
     net, _ = read_image(args.image)
     vpath = write_verilog(core_words(net, args.image), out / "mpq_accel.v", batch=args.batch)
     res = synthesize(vpath, TOP_NAME, log_path=out / "yosys.log")
-    write_json(out / "resources.json", {**res.as_dict(), "fits_xc7z020": res.fits(), "code_revision": code_revision()})
+    write_result(out / "resources.json", {**res.as_dict(), "fits_xc7z020": res.fits()})
     print("\nYosys synth_xilinx, XC7Z020\n" + format_table(res))
     return _fits(res)
 
@@ -90,7 +89,7 @@ def _array(args, out: Path) -> int:
     record = {**res.as_dict(), "fits_xc7z020": res.fits(), "config": dataclasses.asdict(config),
         "dsp_lanes": config.dsp_lanes, "dsp_configs": dsps, "timing": timing.as_dict(),
         "fmax_mhz_estimate": timing.fmax_mhz, "synthesis": syn.as_dict()}
-    write_json(out / "resources.json", {**record, "code_revision": code_revision()})
+    write_result(out / "resources.json", record)
     parts = syn.parts_total
     print("\nYosys synth_xilinx -flatten of the whole array, XC7Z020\n" + format_table(res))
     print(f"by parts: one engine {syn.engine.lut:,} LUT, {syn.engine.ff:,} FF, {syn.engine.dsp} DSP48E1; the shell "

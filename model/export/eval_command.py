@@ -20,9 +20,8 @@ from model.cli import (
     print_table,
     refuse_taken_outputs,
     refuse_unused_seed,
-    write_json,
+    write_result,
 )
-from model.revision import code_revision
 
 HELP = "accuracy of a checkpoint (float, fake-quant, golden) or of an exported image (golden) on its own data set"
 
@@ -231,7 +230,7 @@ def run(args) -> int:
     else:
         report = eval_image(Path(args.image), args.data, args.data_root, args.seed)
     out = Path(args.out) / "eval.json"
-    write_json(out, {**report, "code_revision": code_revision()})  # (model/revision.py)
+    write_result(out, report)
     record = DataRecord.from_json(report["data"], "eval")
     rows = [("data", record.describe()), ("test images", report["test_images"])]
     for key, title in (("float_accuracy", "float (rounding off)"), ("fakequant_accuracy", "fake-quant"),

@@ -53,7 +53,14 @@ from model.export.format import (
 from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, IntLinear, IntNetwork, check_layer
 from model.export.golden_net import IntConvNetwork
 from model.export.records import bit_span, check_reserved, field_error, pack_records, unpack_records
-from model.files import current_umask, missing_folders, name_the_file, refuse_non_file, remove_empty
+from model.files import (
+    current_umask,
+    missing_folders,
+    name_the_file,
+    refuse_non_file,
+    refuse_special_file,
+    remove_empty,
+)
 
 FORMAT = "mpqaccel-image"
 HEADER_WORDS = HEADER.words
@@ -580,9 +587,8 @@ def read_image_files(path, versions, writer: str, hint=lambda version: ""
                         f"weights.hex, manifest.json) or its manifest.json")
     man_path = path / "manifest.json" if path.is_dir() else path
     bin_path = man_path.parent / "weights.bin"
-    for name in (man_path, bin_path):  # (a pipe would block the read until someone writes into it)
-        if name.exists() and not (name.is_file() or name.is_dir()):
-            raise UserError(f"{name}: is not a regular file (a device or a pipe); expected the image's file")
+    for name in (man_path, bin_path):
+        refuse_special_file(name, "expected the image's file")
     try:
         record = json.loads(man_path.read_text())
     except FileNotFoundError:

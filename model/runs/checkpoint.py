@@ -34,7 +34,7 @@ import torch
 from model.data import DataRecord, image_shape_of
 from model.errors import UserError
 from model.export.golden import WIDTHS
-from model.files import atomic_write
+from model.files import atomic_write, refuse_special_file
 from model.methods.imq import EXTENDED_HIERARCHY
 from model.quant.bmpq import BMPQ_LAYERS, LAYER_BITS, to_bmpq
 from model.quant.nets import build_model
@@ -180,9 +180,9 @@ def load_checkpoint(path):
             "; give the checkpoint file itself (ticket.pt of a `train` run directory, iterations/iter_NNN.pt, "
             "or bmpq.pt)")
         raise UserError(f"{path}: is a directory, not a checkpoint file{inside}")
+    refuse_special_file(path, "give a checkpoint file")
     if not path.is_file():
-        raise UserError(f"{path}: " + ("is not a regular file (a device or a pipe); give a checkpoint file"
-                                       if path.exists() else "no such checkpoint file"))
+        raise UserError(f"{path}: no such checkpoint file")
     payload = torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: field 'format' is not {FORMAT!r}; this is not an mpqaccel checkpoint")
