@@ -155,6 +155,9 @@ MAX_TOTAL_TIME_RATIO = 1.0
 #: the draw; four pairs take it to about 0.1 pp. Decided before the four-seed run, which is reported whatever
 #: it gives; the rows carry each pair's gap and the gaps' standard error (``gaps_pp``, ``gap_stderr_pp``).
 SEEDS = (0, 1, 2, 3)
+#: ``torch.set_num_threads`` while the bench runs: one thread, so that the two modes' timings are not skewed by
+#: how torch splits their different kernels over threads (the floors file records it: ``provenance.threads``).
+THREADS = 1
 #: Pixels per image the bench's MLP takes (:func:`model.quant.lts.build_lts_mlp`: 784-256-256-10, Fashion-MNIST's
 #: 28x28): ``root`` must hold images of this many pixels.
 INPUTS = 784
@@ -174,7 +177,7 @@ def run_lts_bench(
     bits_list: tuple[int, ...] = (2, 3, 4),
     m: float = 0.99,
     seeds: tuple[int, ...] = SEEDS,
-    threads: int = 1,
+    threads: int = THREADS,
     root: str | Path | None = None,
     png_path: str | Path | None = None,
     progress: bool = True,

@@ -58,6 +58,8 @@ from model.training.loop import synchronizer, torch_threads
 ARCHS = ("mlp", "vgg", "resnet20")
 MODES = ("dorefa", "bmpq", "lts", "vertical")
 IMAGE_SHAPE = (1, 28, 28)
+#: ``torch.set_num_threads`` while the bench times its steps (the floors file records it: ``provenance.threads``).
+THREADS = 1
 N_CLASSES = 10
 MLP_HIDDEN = (256, 256)
 BATCH = 64
@@ -192,7 +194,7 @@ def run_qat_bench(
     modes: tuple[str, ...] = MODES,
     steps: int = STEPS,
     warmup: int = WARMUP_STEPS,
-    threads: int = 1,
+    threads: int = THREADS,
     progress: bool = True,
 ) -> list[dict]:
     """Every ``arch`` x ``mode`` (module docstring); writes the rows to ``out_path`` after each one.

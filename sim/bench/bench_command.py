@@ -145,11 +145,16 @@ def bench_outputs(target: str, smoke: bool = False) -> list[str]:
     }[target]
 
 
-def provenance() -> dict:
-    """The code revision and environment the floors were measured under (:func:`model.runs.provenance.provenance`)."""
-    from model.runs.provenance import provenance as current
+def provenance(threads: int = 0) -> dict:
+    """The code revision and environment the floors were measured under (:func:`model.runs.provenance.provenance`).
 
-    return current()
+    ``threads``: the ``torch.set_num_threads`` count the bench measured under, where it set one (``bench lts``,
+    ``bench qat``; 0: torch's own), so that ``threads`` records that count and not the default restored since."""
+    from model.runs.provenance import provenance as current
+    from model.training.loop import torch_threads
+
+    with torch_threads(threads):
+        return current()
 
 
 def report_floors(floors: dict[str, dict], written_to: Path, check: bool) -> int:
@@ -176,10 +181,10 @@ def bench_dsp(args, out: Path) -> int:
 
 def bench_lts(args, out: Path) -> int:
     """Plain QAT vs LTS on Fashion-MNIST at 2, 3 and 4 bits, four seeds (model/bench/lts.py run_lts_bench, about 8 min)."""
-    from model.bench.lts import floors, run_lts_bench
+    from model.bench.lts import THREADS, floors, run_lts_bench
 
     rows = run_lts_bench(out / "lts.json", root=args.data_root, png_path=out / "lts_sparsity.png",
-                         progress=not args.quiet)
+                         threads=THREADS, progress=not args.quiet)
     print_rows(rows, [("bits", ">4", "", "bits"), ("mode", ">8", "", "mode"), ("accuracy", ">9", ".4f", "accuracy"),
                       ("avg WGS", ">8", ".3f", "avg_wgs"), ("BP FLOPs red.", ">13", ".3f", "bp_flops_reduction"),
                       ("bwd time", ">9", ".3f", "backward_time_ratio"),
@@ -189,7 +194,7 @@ def bench_lts(args, out: Path) -> int:
                        else f"{sum(r['gaps_pp']) / len(r['gaps_pp']):+.3f} +- "
                        + ("-" if r["gap_stderr_pp"] is None else f"{r['gap_stderr_pp']:.3f}"))])
     result = floors(rows)
-    write_floors(out / "lts.json", result, provenance())
+    write_floors(out / "lts.json", result, provenance(THREADS))
     print(f"\nwrote {out / 'lts.json'}, {out / 'lts_sparsity.png'} and {floors_path(out / 'lts.json')}")
     return report_floors(result, floors_path(out / "lts.json"), args.check)
 
@@ -386,14 +391,14 @@ def bench_accel(args, out: Path) -> int:
 def bench_qat(args, out: Path) -> int:
     """A quantized training step against the float step of the same network: MLP, VGG, ResNet-20 at 28x28 in
     every training mode (model/bench/qat.py run_qat_bench, about 30 s on 2 cores)."""
-    from model.bench.qat import floors, run_qat_bench
+    from model.bench.qat import THREADS, floors, run_qat_bench
 
-    rows = run_qat_bench(out / "qat.json", progress=not args.quiet)
+    rows = run_qat_bench(out / "qat.json", threads=THREADS, progress=not args.quiet)
     print_rows(rows, [("arch", "<9", "", "arch"), ("mode", "<7", "", "mode"), ("device", "<7", "", "device"),
                       ("step ms", ">9", ".1f", "step_ms"), ("float ms", ">9", ".1f", "float_step_ms"),
                       ("ratio", ">6", ".2f", "ratio")])
     result = floors(rows)
-    write_floors(out / "qat.json", result, provenance())
+    write_floors(out / "qat.json", result, provenance(THREADS))
     print(f"\nwrote {out / 'qat.json'} and {floors_path(out / 'qat.json')}")
     return report_floors(result, floors_path(out / "qat.json"), args.check)
 

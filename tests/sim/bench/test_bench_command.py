@@ -5,6 +5,7 @@ hand-written rows, so what is tested is the command: rows unchanged, ``<bench>_f
 (``bench imq`` runs for real on a tiny budget in tests/model/bench/test_imq.py.)
 """
 
+import importlib
 import json
 
 import pytest
@@ -163,6 +164,27 @@ def test_qat_rows_floors_and_check(tmp_path, capsys, monkeypatch, ratio, code):
     assert got == code and "dorefa_ratio_resnet20" in out and "resnet20" in out
     written = json.loads((tmp_path / "qat_floors.json").read_text())
     assert written["floors"] == qat_bench.floors(rows)
+
+
+@pytest.mark.parametrize("name", ["lts", "qat"])
+def test_floors_record_the_threads_the_bench_ran_under(tmp_path, capsys, monkeypatch, name):
+    """``provenance.threads`` of ``<bench>_floors.json`` is the count the bench's timings ran under (its
+    ``THREADS``), not torch's count restored after it."""
+    module = importlib.import_module(f"model.bench.{name}")
+    rows = {"lts": [{"bits": 2, "mode": "lts", "accuracy": 0.9, "avg_wgs": 0.6, "bp_flops_reduction": 0.5,
+                     "backward_time_ratio": 0.8}],
+            "qat": [{"arch": "mlp", "mode": "dorefa", "device": "cpu", "step_ms": 1.0, "float_step_ms": 1.0,
+                     "ratio": 1.0}]}[name]
+    asked = []
+    monkeypatch.setattr(module, f"run_{name}_bench", lambda path, **kwargs: asked.append(kwargs["threads"]) or rows)
+    before = torch.get_num_threads()
+    torch.set_num_threads(module.THREADS + 1)  # the caller's count differs from the bench's
+    try:
+        bench(capsys, name, "--quiet", "--out", tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    written = json.loads((tmp_path / f"{name}_floors.json").read_text())
+    assert asked == [module.THREADS] and written["provenance"]["threads"] == module.THREADS
 
 
 @pytest.mark.parametrize("limit, code", [(float("inf"), 0), (0.0, 1)])
