@@ -12,7 +12,7 @@ training mode (:data:`MODES`), one row ``{arch, mode, device, step_ms, float_ste
 * ``vertical``: the vertical-layered net of :func:`model.quant.vertical.to_vertical` (widths 2/3/4, 8-bit
   edge layers, LSQ activations, one BN per width) taking one joint-training step
   (:func:`model.methods.vertical.joint_backward`: forward and backward at every width, source width first,
-  unitary scalarization, self-KD; the vertical-layering paper's Sec. 4.2.1). That step trains the three
+  unitary scalarization, self-KD; the vertical-layering paper's Sec. 4.2.1-4.2.3). That step trains the three
   widths at once, so it costs about three single-width steps: its ratio is that of one step that trains
   all the widths, not a per-width overhead.
 

@@ -96,7 +96,8 @@ def schedule_layers(model: nn.Module) -> list[nn.Module]:
     every quantized layer (an MLP).
 
     Fig. 1's caption (Sec. 3.1): "although we demonstrate the example using MLP, in experiments we only quantize
-    or prune weights of convolutional layers". So a conv network's fully connected classifier keeps 32 bits
+    or prune weights of convolutional layers". So a conv network's fully connected classifier keeps 32 bits (a
+    32-bit DoReFa weight, Eq. 3 and 7, where the paper leaves it float: the accelerator has no float)
     (QNN-k's start width too: :func:`model.methods.schedules.init_masks`) through every iteration, and the rate ``rho``
     is a fraction of the conv weights. :attr:`IterationRecord.avg_bits` and ``width_counts`` are over these
     layers too (the average bit-width of the weights the paper quantizes). The whole network's average is
@@ -418,6 +419,11 @@ def iterate(
     iteration, else ``update(layers)`` on :func:`schedule_layers` (a conv network's conv layers); then call
     ``on_step(progress, model)``, where the model's masks are the ones the next iteration will use. ``model``
     is left holding the last trained network with the masks it was trained with.
+
+    Algorithm 1 read literally records ``m_q^k`` after line 9's update (line 10) and returns
+    ``f(x; theta_k* . m_q^k)`` (line 12): the trained weights under the next, narrower masks, a network never
+    trained with them. Here each record, and so each ticket, is the trained network with the masks it was trained
+    with (the network whose accuracy is recorded), the reading under which the recorded accuracy is the ticket's.
 
     Parameters
     ----------

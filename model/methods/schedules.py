@@ -228,7 +228,9 @@ def mask_generator(seed: int) -> torch.Generator:
 def init_masks(model: nn.Module, schedule: Schedule) -> None:
     """Set the schedule's start width (``m_q = {32}^|theta|``, or ``k`` for QNN-k) on the weights of
     :func:`~model.methods.imq.schedule_layers` (a conv network's conv layers), 32 bits on the other quantized
-    layers (a conv network's classifier, which the paper neither quantizes nor prunes)."""
+    layers (a conv network's classifier, which the paper's masks never move: it stays a 32-bit DoReFa weight,
+    Eq. 3's ``tanh(w) / max|tanh(w)|`` and Eq. 7 at 32 bits, because the accelerator has no float; the paper
+    leaves it unquantized, a float layer)."""
     moving = schedule_layers(model)
     with torch.no_grad():
         for layer in model.quant_layers():

@@ -33,7 +33,9 @@ The layers and the model surgery are in :mod:`model.quant.vertical`; the quantiz
   at the lower widths. ``ascending``: Sec. 3.3's
   ascending layer training, the basic layer by QAT, then each enhance layer ``b_i = [b_i^r > 0]`` with an
   STE, one stage per width, lower bits frozen (:class:`AscendingState`). The no-compensation and no-KD
-  ablations are options of the joint training.
+  ablations are options of the joint training. Table 1's "multi-layer co-training" (Sec. 3.3: every enhance
+  layer's ``b_i = sign(b_i^r)`` optimised at once) is not built: the paper reports that it "easily diverges"
+  (NaN in Table 1); it is a baseline, not a step of the method.
 * **Mixed precision (Eq. 12).** Per inner layer ``m`` a width ``i_m`` minimising ``sum_m ||w_hat_(i_m) -
   w_hat_n||^2`` subject to ``sum_m N_m i_m <= B`` bits, solved exactly with HiGHS through ``scipy.optimize.milp``.
   The paper writes the error on the codes ``w_bar``; codes of different widths live on different steps (``s_i =

@@ -36,7 +36,9 @@ Choices where the paper leaves room, each said once here:
   ``A_l^(q_l)`` (notation of Sec. III-A): the PACT quantizers that run between layer ``l-1`` and layer
   ``l`` use ``q_l`` bits, capped at :data:`ACT_BITS_CAP` = 8 bits, the accelerator's activation width.
   The first layer's input is the image (the network's input quantizer keeps its own width). Which PACT
-  feeds which layer is found by running one forward pass with hooks.
+  feeds which layer is found by running one forward pass with hooks. Sec. III-D's "ReLU non-linearity for the
+  last layer" is read as the last layer's input activation, like every other: a PACT (a clipped ReLU) at
+  ``min(16, 8)`` = 8 bits for the 16-bit last layer, since the accelerator holds no wider activation.
 * **Schedule.** SGD with momentum 0.9 and weight decay 5e-4 with the paper's step decay by 0.1 at 40 % and
   70 % of the epochs (80 and 140 of 200 in Sec. IV-A), batch 128 by default.
 * **Memory.** Eq. 10-12 count the weights of the quantized (conv and fully connected) layers; biases,

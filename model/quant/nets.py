@@ -15,7 +15,8 @@ Every weight layer, the first and the last included, is a :class:`~model.quant.l
 (``m_q = {32}^|theta|``, Sec. 3.2), and which layers a method's masks move is the method's choice: IMQ and its
 baselines move the conv layers' only, as the paper's experiments do (Fig. 1's caption: "in experiments we only
 quantize or prune weights of convolutional layers"; :func:`model.methods.imq.schedule_layers`), so a conv
-net's classifier stays at 32 bits, and the MLP (the paper's Fig. 1 example) has every layer's mask moved. BatchNorm
+net's classifier stays at 32 bits (a 32-bit DoReFa weight, Eq. 3 and 7: normalised by ``tanh`` and its maximum,
+where the paper leaves a float layer; the accelerator has no float), and the MLP (the paper's Fig. 1 example) has every layer's mask moved. BatchNorm
 parameters and biases stay full precision (they fold into the per-channel requantization). Every ReLU is
 a :class:`~model.quant.pact.PACT` with ``act_bits`` (1..8, or 32 for the paper's PACT-32, Sec. 4).
 

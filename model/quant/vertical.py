@@ -19,9 +19,9 @@ Choices, each said once here:
 
 * **First and last layers.** The paper keeps them full precision and shared by every width (Sec. 6.1). The
   accelerator has no float, so they hold signed LSQ weights of a fixed :data:`EDGE_BITS` = 8 bits with their
+  own learned step, shared by every precision (issue 12). They are not part of Eq. 12's choice.
   ``float_edges=True`` in :func:`to_vertical` gives the paper's float edges instead (for measuring what the
   8 bits cost; such a net has no integer codes there and is not for the accelerator).
-  own learned step, shared by every precision (issue 12). They are not part of Eq. 12's choice.
 * **Network input.** The input quantizer (``InputQuant``) becomes :data:`EDGE_BITS` = 8 bits, lossless for
   8-bit pixels (the conv nets' default already; the MLP's config ties it to ``act_bits``): the 8-bit first
   layer reads 8-bit inputs at every width. Every other activation is quantized at the current width (Fig. 4),
