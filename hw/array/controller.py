@@ -342,6 +342,7 @@ class ArrayController(wiring.Component):
         load_wait = Signal()  # the next tile's load waits until no engine holds a row of its bank
         prev_c = Signal(16)  # the previous layer's input: the shortcut's map
         prev_h = Signal(16)
+        prev_w = Signal(16)
         last_layer = Signal()
         # Dispatcher.
         j = Signal(16)
@@ -477,6 +478,13 @@ class ArrayController(wiring.Component):
         # status OK (docs/array_design.md, "The controller's contract checks"). A version 4 layer's view chains
         # by construction (TRANSLATE).
         unchained = Signal()
+        # A residual layer's block (registered in MEASURE_LIMITS): it follows the block's conv1 (a layer that is not
+        # itself residual and does not max-pool), neither pooled; its shortcut is the block input (conv1's input
+        # buffer, `prev_buf`), of at most its channels, subsampled by `res_stride` to its own output map, and it
+        # runs at stride 1 (golden_net's `_check_residual`; the reader refuses the same). Without it a shortcut read
+        # from a stale buffer or of another map, or a pooled block conv, ran to OK with other scores than the
+        # reader's golden (docs/array_design.md, "A residual layer's block").
+        unblocked = Signal()
         area_limit = Signal(range(POOL_AREA_LIMIT[0] + 1))
         mass_limit = Signal(range(POOL_MASS_LIMIT[0] + 1))
         with m.Switch(d.in_bits):  # (in_bits outside 1..MAX_ACT_BITS is refused by its own check)
@@ -495,7 +503,7 @@ class ArrayController(wiring.Component):
             # which on a build of fewer than 128 lanes is the same check; an input row past 255 codes is past
             # `row_codes`, which ArrayConfig keeps below 256.)
             | (g_hout > MAX_MAP_SIDE) | ((g_wout > MAX_MAP_SIDE) if t > MAX_MAP_SIDE else 0)
-            | (d.c_out > 1 << self._cb) | fan_bad | unchained
+            | (d.c_out > 1 << self._cb) | fan_bad | unchained | unblocked
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
             | (scores != last_layer)
@@ -660,6 +668,7 @@ class ArrayController(wiring.Component):
         def next_layer():
             """The running layer's facts the next one needs, and the next descriptor's address."""
             m.d.sync += [layer_idx.eq(layer_idx + 1), k.eq(0), prev_c.eq(d.c_in), prev_h.eq(d.in_height),
+                         prev_w.eq(d.in_width),
                          desc_base.eq(desc_base + Mux(v4, VLAYER.words, LAYER.words)),
                          prev_out.eq(d.out_bits), prev_cout.eq(d.c_out), prev_in.eq(d.in_bits),
                          prev_stride.eq(d.stride), prev_res.eq(d.residual), prev_buf.eq(d.in_buf),
@@ -860,6 +869,11 @@ class ArrayController(wiring.Component):
                                        | (d.gap & ((gap_area > area_limit) | (gap_mass > mass_limit))))
                 m.d.sync += unchained.eq((d.in_buf != cur_buf) | (d.c_in != prev_cout) | (d.in_height != h_st)
                                          | (d.in_width != w_st))
+                two = d.res_stride == 2  # (a res_stride other than 1 or 2 is refused in `bad`)
+                m.d.sync += unblocked.eq(d.residual & (
+                    (layer_idx == 0) | prev_res | prev_pool | (d.pool != 0) | (d.stride != 1) | (d.res_buf != prev_buf)
+                    | (prev_c > d.c_out) | (g_hout != Mux(two, (prev_h + 1) >> 1, prev_h))
+                    | (g_wout != Mux(two, (prev_w + 1) >> 1, prev_w))))
                 m.next = "GEOMETRY"
 
             with m.State("GEOMETRY"):

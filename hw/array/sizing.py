@@ -35,6 +35,21 @@ def _check_map(k: int, shape_in: tuple[int, int], shape_out: tuple[int, int], wh
                         f"{shape_out[1]} output; the array holds maps of up to {MAX_MAP_SIDE} x {MAX_MAP_SIDE}")
 
 
+#: The strides and max-pool windows the array's loader and writer run (the controller refuses others with
+#: BAD_GEOMETRY: ``stride_ok``, ``pool > 2``); the integer contract allows strides 1-4 and any pool window.
+ARRAY_STRIDES = (1, 2)
+ARRAY_MAX_POOL = 2
+
+
+def _check_ops(k: int, g: dict, where: str) -> None:
+    """:class:`UserError` if conv layer ``k`` (descriptor fields ``g``) has a stride or a pool window the array
+    does not run (which it would refuse with ``BAD_GEOMETRY``)."""
+    if g["kind"] == KIND_CONV and (g["stride"] not in ARRAY_STRIDES or g["pool"] > ARRAY_MAX_POOL):
+        raise UserError(f"{where}: layer {k} fields 'stride', 'pool' are {g['stride']}, {g['pool']}; the array runs "
+                        f"strides {' and '.join(map(str, ARRAY_STRIDES))} and max-pool windows up to "
+                        f"{ARRAY_MAX_POOL} (0: none)")
+
+
 def needs(words, where: str = "image") -> dict:
     """``{buffer_words, fmap_rows, row_codes, fan_in, patch_rows, channels, out_width, vertical}`` of a version 3
     or 4 image (``vertical``: a version 4 image, which needs the array's plane decoders; ``patch_rows``: the
@@ -44,8 +59,9 @@ def needs(words, where: str = "image") -> dict:
     Raises
     ------
     UserError
-        Not a version 3 or 4 image, a descriptor past its words, a vertical layer wider than the array's, or a
-        map with a side past ``MAX_MAP_SIDE`` (which the array would refuse with ``BAD_GEOMETRY``).
+        Not a version 3 or 4 image, a descriptor past its words, a vertical layer wider than the array's, a
+        map with a side past ``MAX_MAP_SIDE``, or a stride or pool window the array does not run (which the
+        array would refuse with ``BAD_GEOMETRY``).
     """
     words = np.asarray(words, dtype=np.int64)
     if len(words) < HEADER.words or _field(words, 0, HEADER, "magic") != MAGIC:
@@ -73,6 +89,7 @@ def needs(words, where: str = "image") -> dict:
         else:
             ho = wo = 1
         _check_map(k, (g["in_height"], g["in_width"]), (ho, wo), where)
+        _check_ops(k, g, where)
         hs = ho // 2 if g["pool"] == 2 else ho
         out["fmap_rows"] = max(out["fmap_rows"], g["c_in"] * g["in_height"], g["c_out"] * hs)
         out["row_codes"] = max(out["row_codes"], g["in_width"], wo)
@@ -104,6 +121,7 @@ def _needs_vertical(words, layers: int, shape, out: dict, where: str) -> dict:
         else:
             ho = wo = 1
         _check_map(k, (h, w), (ho, wo), where)
+        _check_ops(k, g, where)
         hs, ws = (ho // 2, wo // 2) if g["pool"] == 2 else (ho, wo)
         out["fmap_rows"] = max(out["fmap_rows"], c * h, g["c_out"] * hs)
         out["row_codes"] = max(out["row_codes"], w, wo)

@@ -89,7 +89,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.errors import UserError
-from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, IntLinear, IntNetwork, check_layer
+from model.export.golden import (
+    BIAS_MAX,
+    BIAS_MIN,
+    MAX_ACT_BITS,
+    MAX_FAN_IN,
+    MAX_SHIFT,
+    MULT_BITS,
+    IntLinear,
+    IntNetwork,
+    check_layer,
+)
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import (
     ConvStage,
@@ -546,7 +556,11 @@ def check_vertical(net: VerticalNetwork, where: str = "vertical network") -> Non
 
 
 def _check_record(name: str, layer: VerticalLayer, key, record: VerticalRequant) -> None:
-    """One record's fields: the shortcut's width and ``M_r`` exactly on a residual layer, per-output arrays."""
+    """One record's fields: the shortcut's width and ``M_r`` exactly on a residual layer, per-output arrays, and
+    each value in the range the image holds and the reader checks (``S`` in ``1..MAX_SHIFT``, ``M`` and ``M_r``
+    in :data:`~model.export.golden.MULT_BITS` unsigned bits, ``B`` in the signed ``BIAS_BITS``): every record, not
+    only those of the widths the net is materialised at, so that the writer never packs an image its reader
+    refuses."""
     if bool(record.res_bits) != layer.residual or tuple(key[-len(record.key):]) != record.key:
         raise UserError(f"{name}: requant record {list(key)} holds widths {list(record.key)}; a residual layer's "
                         "records name (in_bits, out_bits, res_bits), every other layer's (in_bits, out_bits)")
@@ -560,6 +574,17 @@ def _check_record(name: str, layer: VerticalLayer, key, record: VerticalRequant)
         if value.shape != (layer.n_out,) or value.dtype.kind not in ("b" if part == "negate" else "iu"):
             raise UserError(f"{name}: field 'requant{list(key)}.{part}' has shape {value.shape} and dtype "
                             f"{value.dtype}; allowed ({layer.n_out},) {'booleans' if part == 'negate' else 'integers'}")
+    if not isinstance(record.shift, int | np.integer) or not 1 <= record.shift <= MAX_SHIFT:
+        raise UserError(f"{name}: field 'requant{list(key)}.shift' is {record.shift!r}; allowed 1..{MAX_SHIFT}")
+    top = (1 << MULT_BITS) - 1
+    for part, low, high in (("mult", 0, top), ("bias", BIAS_MIN, BIAS_MAX),
+                            *((("res_mult", 0, top),) if layer.residual else ())):
+        values = np.asarray(getattr(record, part))
+        outside = (values < low) | (values > high)  # (compared, never negated: -INT64_MIN overflows)
+        if outside.any():
+            j = int(np.flatnonzero(outside)[0])
+            raise UserError(f"{name}: field 'requant{list(key)}.{part}' of output {j} is {int(values[j])}; allowed "
+                            f"{low}..{high}")
 
 
 def needed_pairs(net_layers: int, k: int, widths: Sequence[int], input_bits: int = EDGE_BITS,

@@ -439,6 +439,9 @@ def _network(specs: list[LayerSpec], input_bits: int, shape: tuple[int, int, int
                                 " previous layer (a conv without residual, conv1 of the block) read")
             if spec.out_buf == spec.res_buf or one.out_buf == spec.res_buf:
                 raise UserError(f"{name} field 'res_buf' is {spec.res_buf}, overwritten by conv1 or conv2 of its block")
+            if spec.pool or one.pool:  # (a ResidualStage has no pool: the block's convs are never max-pooled)
+                raise UserError(f"{name} field 'pool' is {spec.pool}, and {one.pool} on conv1 of its block; allowed 0 "
+                                "(a residual block's convs are not max-pooled)")
         if spec.pool:
             size = min(spec.layer.out_size(spec.in_height, spec.in_width))
             if not 1 <= spec.pool <= size:

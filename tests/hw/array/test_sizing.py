@@ -9,6 +9,7 @@ from hw.array.sizing import BUFFER_QUANTUM, config_for, needs
 from model.errors import UserError
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
+from tests.hw.array.test_top import _with_v3_layer
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_layout_v3 import resnet_like
 
@@ -20,6 +21,17 @@ def test_needs_of_a_resnet_like_image():
     # second block's conv2 (fan-in 36) adds the shortcut of its 2-channel input: 38 patch rows
     assert n == {"buffer_words": len(words), "fmap_rows": 16, "row_codes": 8, "fan_in": 36, "patch_rows": 38,
                  "channels": 4, "out_width": 8, "vertical": False}
+
+
+@pytest.mark.parametrize(("layer", "fields", "named"), [(0, {"stride": 3}, "3, 0"), (0, {"pool": 3}, "1, 3"),
+                                                       (3, {"stride": 4}, "4, 0")])
+def test_needs_refuses_a_stride_or_pool_the_array_does_not_run(layer, fields, named):
+    """Strides 3-4 and pool windows past 2 are in the integer contract but not on the array (its controller ends
+    such a layer with BAD_GEOMETRY): :func:`needs` says so before a build, naming the layer and what runs."""
+    words = pack_v3(resnet_like(np.random.default_rng(0)))[0].astype(np.int64)
+    with pytest.raises(UserError, match=rf"bad.bin: layer {layer} fields 'stride', 'pool' are {named}; the array "
+                                        r"runs strides 1 and 2 and max-pool windows up to 2"):
+        needs(_with_v3_layer(words, layer, **fields)[0], where="bad.bin")
 
 
 def test_config_holds_the_widest_row_and_every_field():

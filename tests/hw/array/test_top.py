@@ -17,6 +17,7 @@ from model.export.format import HEADER, VHEADER
 from model.export.golden import MAX_ACT_BITS, IntLinear
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
+from model.export.image import unpack
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
@@ -315,6 +316,34 @@ def test_a_shortcut_read_from_the_layers_own_input_ends_with_bad_geometry():
     res = run_array([bad, words], images)
     assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 2
     assert np.array_equal(np.array(res["scores"][1]), net.forward(images[1:])[0])
+
+
+def test_a_residual_layer_outside_its_block_ends_with_bad_geometry():
+    """A residual layer's shortcut read from a buffer other than the block input (each buffer renumbered so that
+    every other check passes), or subsampled to another map than its output's (``res_stride`` 2 behind a stride-1
+    conv1, 1 behind a stride-2 one), a block conv max-pooled (pool 1: the maps still chain) or conv2 at stride 2:
+    BAD_GEOMETRY on the residual layer (the reader refuses each), then a good run. Before the check the first two
+    ran to OK with other scores than golden's: the shortcut came from a stale buffer or from the wrong pixels."""
+    images = np.random.default_rng(0).integers(0, 16, size=(7, 1, 8, 8))
+    net = calibrated(resnet_like(np.random.default_rng(3)), images, np.random.default_rng(5))
+    words = pack_v3(net)[0].astype(np.int64)
+    old = [_with_v3_layer(words, k)[1] for k in range(6)]
+    assert [d["in_buf"] for d in old] == [0, 1, 0, 2, 0, 1] and [d["res_buf"] for d in old] == [0, 0, 1, 0, 2, 0]
+    assert [d["stride"] for d in old[1:5]] == [1, 1, 2, 1] and [d["res_stride"] for d in old] == [0, 0, 1, 0, 2, 0]
+    stale = words
+    for k, fields in ((2, {"out_buf": 1, "res_buf": 2}), (3, {"in_buf": 1}), (4, {"out_buf": 2, "res_buf": 1}),
+                      (5, {"in_buf": 2})):
+        stale = _with_v3_layer(stale, k, **fields)[0]
+    cases = [(stale, 2), (_with_v3_layer(words, 2, res_stride=2)[0], 2), (_with_v3_layer(words, 4, res_stride=1)[0], 4),
+             (_with_v3_layer(words, 2, pool=1)[0], 2), (_with_v3_layer(words, 3, pool=1)[0], 4),
+             (_with_v3_layer(words, 2, stride=2)[0], 2)]
+    for bad, _ in cases:
+        with pytest.raises(UserError):
+            unpack(bad.astype(np.uint32), where="bad.bin")
+    res = run_array([bad for bad, _ in cases] + [words], images)
+    assert res["status"] == [Status.BAD_GEOMETRY] * len(cases) + [Status.OK]
+    assert res["layer_index"][:-1] == [k for _, k in cases]
+    assert np.array_equal(np.array(res["scores"][-1]), net.forward(images[-1:])[0])
 
 
 def test_a_layer_refused_or_faulting_while_overlapped_ends_the_run_cleanly():

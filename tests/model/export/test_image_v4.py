@@ -411,3 +411,25 @@ def test_a_requant_multiplier_past_17_bits_is_refused_by_name():
                 assert f"allowed [0, {(1 << MULT_BITS) - 1}]" in str(exc)
                 return
     raise AssertionError("no word of the image holds a requant multiplier")
+
+
+@pytest.mark.parametrize(("part", "value"), [("mult", 1 << MULT_BITS), ("bias", -1), ("shift", 0),
+                                             ("res_mult", 1 << MULT_BITS)])
+def test_the_writer_refuses_a_record_of_a_lower_width_its_reader_would(part, value):
+    """A record of a width below the top one (which packing never materialises) with ``M`` or ``M_r`` past 17 bits
+    or ``S`` 0: pack_vertical refuses it naming the record, as unpack_vertical would refuse the image (before, it
+    packed it). A bias inside its 63 bits packs and round-trips."""
+    net = random_resnet(4)
+    layer = next(layer for layer in net.layers if layer.residual)
+    key = min(layer.requant)  # the narrowest widths' record
+    record = layer.requant[key]
+    array = np.asarray(getattr(record, part)).copy() if part != "shift" else None
+    if array is not None:
+        array[0] = value
+    layer.requant[key] = dataclasses.replace(record, **{part: value if array is None else array})
+    if part == "bias":
+        assert np.array_equal(unpack_vertical(pack_vertical(net)).layers[net.layers.index(layer)].requant[key].bias,
+                              layer.requant[key].bias)
+        return
+    with pytest.raises(UserError, match=re.escape(f"field 'requant{list(key)}.{part}'")):
+        pack_vertical(net)

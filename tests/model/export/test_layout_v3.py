@@ -195,6 +195,9 @@ def set_field(words, layer, field, value):
     (1, "in_height", 9, "layer 1 fields 'c_in', 'in_height'.*shapes must chain"),
     (2, "res_buf", 0, "layer 2 field 'res_buf' is 0; the residual source must be the buffer"),
     (4, "res_buf", 1, "layer 4 field 'res_buf' is 1"),
+    # (pool 1 keeps the maps chained: what refuses it is the block; before, the reader dropped it)
+    (2, "pool", 1, "layer 2 field 'pool' is 1, and 0 on conv1 of its block; allowed 0"),
+    (3, "pool", 1, "layer 4 field 'pool' is 0, and 1 on conv1 of its block; allowed 0"),
     (2, "residual", 0, "'layer 2 res_stride'.*without residual"),
     (1, "out_buf", 2, "layer 2 field 'in_buf' is 0; the previous layer wrote buffer 2"),
     (5, "out_buf", 2, "'out_buf', 'out_bits' are 2, 0; allowed 7 and 0 for the last layer only"),
