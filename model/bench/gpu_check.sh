@@ -23,6 +23,10 @@ if ! "$py" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/de
 fi
 mkdir -p "$out"
 log="$out/gpu_check.log"
+# The runs' own folders: fresh for each call (a run directory of an earlier call, made by other code, would be
+# refused rather than resumed), removed at the end.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 export PYTHONUNBUFFERED=1
 
 step() {  # step NAME LIMIT_S COMMAND...: run it, append its output and exit status to the log
@@ -43,17 +47,17 @@ if [ -n "$data" ]; then  # the Debian package's path, where the tests and `--dat
 fi
 
 step pytest_cuda 180 bash -c "MPQACCEL_GPU_TESTS=1 $py -m pytest -p no:cacheprovider -p no:benchmark -q -s tests/model/training/test_cuda.py >'$out/pytest_cuda.txt' 2>&1; rc=\$?; tail -n 25 '$out/pytest_cuda.txt'; exit \$rc"
-step bench_qat 150 "$py" build.py bench qat --device cuda --quiet --out /tmp/gpu_bench
-cp /tmp/gpu_bench/qat.json "$out/qat.json" 2>/dev/null
+step bench_qat 150 "$py" build.py bench qat --device cuda --quiet --out "$scratch/bench"
+cp "$scratch/bench/qat.json" "$out/qat.json" 2>/dev/null
 # bench conv's ResNet-20 IMQ run (model/bench/conv.py COMMON and IMQ_RUNS) through the command line.
 step imq_resnet20 240 "$py" build.py train --method imq --arch resnet20 --data fashion-mnist --act-bits 4 \
     --val-size 1000 --val-seed 0 --test-subset 2000 --batch-size 128 --lr 3e-3 --seed 0 --no-float-baseline \
     --train-subset 6000 --epochs 2 --rho 0.8 --iterations 8 --target-bits 0 --device cuda --quiet \
-    --run-dir /tmp/gpu_imq
-cp /tmp/gpu_imq/run.json "$out/imq_run.json" 2>/dev/null
-cp /tmp/gpu_imq/imq_history.json "$out/imq_history.json" 2>/dev/null
-step imq_eval 120 "$py" build.py eval --checkpoint /tmp/gpu_imq/ticket.pt --out /tmp/gpu_eval
-cp /tmp/gpu_eval/eval.json "$out/imq_eval.json" 2>/dev/null
+    --run-dir "$scratch/imq"
+cp "$scratch/imq/run.json" "$out/imq_run.json" 2>/dev/null
+cp "$scratch/imq/imq_history.json" "$out/imq_history.json" 2>/dev/null
+step imq_eval 120 "$py" build.py eval --checkpoint "$scratch/imq/ticket.pt" --out "$scratch/eval"
+cp "$scratch/eval/eval.json" "$out/imq_eval.json" 2>/dev/null
 # bench lts on the GPU, two widths and one seed of its rows (about 100 s on an H200).
 step lts_gpu 200 "$py" -c "from model.training import distributed; distributed.use_device('cuda'); from model.bench.lts import run_lts_bench; [print(r) for r in run_lts_bench('$out/lts_gpu.json', bits_list=(2, 4), seeds=(0,), progress=False)]"
 # Where a ResNet-20 DoReFa step's time goes on the GPU (bench qat's step, torch's profiler, top ops by GPU time).

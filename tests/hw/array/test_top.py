@@ -303,11 +303,20 @@ def _with_v3_layer(words, k, **fields):
     return bad, old
 
 
+def calibrated_resnet() -> IntConvNetwork:
+    """:func:`resnet_like` of seed 3 calibrated on 8 random images (:func:`tests.hw.netgen.calibrated`), so that a
+    refusal test's good run checks which activations reach the lanes: the uncalibrated net's scores are the same
+    for every image."""
+    net = resnet_like(np.random.default_rng(3))
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(8, *net.image_shape))
+    return calibrated(net, images, np.random.default_rng(5))
+
+
 def test_a_shortcut_read_from_the_layers_own_input_ends_with_bad_geometry():
     """A residual layer whose ``res_buf`` is its ``in_buf`` (the format forbids it: the shortcut is the block
     input, conv1's input): BAD_GEOMETRY on that layer, then a good run. The feature maps rely on it: the
     loader's and the shortcut's reads share each buffer's port A (``hw/array/feature_maps.py``)."""
-    net = resnet_like(np.random.default_rng(3))
+    net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     _, layer2 = _with_v3_layer(words, 2)
     assert layer2["residual"] and layer2["res_buf"] != layer2["in_buf"]
@@ -324,8 +333,8 @@ def test_a_residual_layer_outside_its_block_ends_with_bad_geometry():
     conv1, 1 behind a stride-2 one), a block conv max-pooled (pool 1: the maps still chain) or conv2 at stride 2:
     BAD_GEOMETRY on the residual layer (the reader refuses each), then a good run. Before the check the first two
     ran to OK with other scores than golden's: the shortcut came from a stale buffer or from the wrong pixels."""
-    images = np.random.default_rng(0).integers(0, 16, size=(7, 1, 8, 8))
-    net = calibrated(resnet_like(np.random.default_rng(3)), images, np.random.default_rng(5))
+    net = calibrated_resnet()
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(7, *net.image_shape))
     words = pack_v3(net)[0].astype(np.int64)
     old = [_with_v3_layer(words, k)[1] for k in range(6)]
     assert [d["in_buf"] for d in old] == [0, 1, 0, 2, 0, 1] and [d["res_buf"] for d in old] == [0, 0, 1, 0, 2, 0]
@@ -352,7 +361,7 @@ def test_a_layer_refused_or_faulting_while_overlapped_ends_the_run_cleanly():
     A corrupt row stream in an overlapped layer's last tile: BAD_STREAM with ``layer_index`` on that layer (as
     without the overlap, though the next layer was set up; the decoders' error holds until a reset)."""
     with_layer = _with_v3_layer
-    net = resnet_like(np.random.default_rng(3))
+    net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     refused, _ = with_layer(words, 2, kernel=0)
     images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(2, *net.image_shape))
@@ -378,7 +387,7 @@ def test_a_requant_multiplier_past_17_bits_ends_with_bad_stream():
     gives before every run.)"""
     from model.export.format import RES_PARAMS
 
-    net = resnet_like(np.random.default_rng(3))
+    net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     _, stem = _with_v3_layer(words, 0)
     _, block = _with_v3_layer(words, 2)
@@ -397,7 +406,7 @@ def test_a_layer_reading_other_codes_than_the_layer_before_wrote_ends_with_bad_g
     """``in_bits`` of layer 0 other than the header's ``input_bits``, or of a later layer other than the previous
     layer's ``out_bits``: BAD_GEOMETRY on that layer (the passes are sized by ``in_bits``: 8-bit codes read as
     3-bit ones would overflow the DSP48E1's P register), then a good run on the same array."""
-    net = resnet_like(np.random.default_rng(3))
+    net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     _, first = _with_v3_layer(words, 0)
     _, second = _with_v3_layer(words, 1)
@@ -420,7 +429,7 @@ def test_a_layer_reading_another_map_than_the_layer_before_wrote_ends_with_bad_g
     ("shapes must chain"), then a good run on the same array. Before the check such a layer ran: reading, e.g.,
     8-bit codes with ``in_bits`` 1, its passes sized for 1-bit codes wrapped the lanes' 48-bit P with status OK
     (docs/array_design.md, "The controller's contract checks")."""
-    net = resnet_like(np.random.default_rng(3))
+    net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     old = [_with_v3_layer(words, k)[1] for k in range(6)]
     assert [d["in_buf"] for d in old] == [0, 1, 0, 2, 0, 1] and [d["out_buf"] for d in old[:2]] == [1, 0]
