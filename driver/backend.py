@@ -50,6 +50,10 @@ class Backend(abc.ABC):
     def allocate(self, size: int) -> DeviceBuffer:
         """A new DDR buffer of at least ``size`` bytes (8-byte aligned)."""
 
+    #: Whether the device runs in the host's real time (a board): the driver then bounds its polls by the host's
+    #: clock, which counts the register reads too; a simulation's device time is the sum of its waits.
+    wall_clock = False
+
     @abc.abstractmethod
     def wait(self) -> float:
         """Let the device run between two polls; return the device time that passed, in seconds."""

@@ -22,6 +22,7 @@ The driver has run only against the RTL in simulation (:mod:`sim.system.sim_back
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 import zlib
@@ -84,6 +85,30 @@ def _integer(value) -> int | None:
         return None
 
 
+#: The host's clock for a wall-clock backend's polls (a name of its own, so that a test can stand in for it).
+_now = time.monotonic
+
+
+def _code_name(code: int) -> str:
+    """The name of a ``status`` value (:class:`~hw.system.register_map.StatusCode`), or "unknown code"."""
+    try:
+        return StatusCode(code).name
+    except ValueError:
+        return "unknown code"
+
+
+def _image_words(words) -> np.ndarray:
+    """``words`` as the uint32 vector of a packed image: a 1-D sequence of at least the header's words, each an
+    integer in ``[0, 2^32)`` (a negative or wider value would be wrapped by the conversion)."""
+    array = np.asarray(words)
+    if array.ndim != 1 or len(array) < HEADER.words:
+        raise UserError(f"an image is a vector of at least {HEADER.words} words, not shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 0xFFFFFFFF:
+        raise UserError(f"an image's words are integers in [0, 2^32), not {array.dtype} values in "
+                        f"[{array.min()}, {array.max()}]")
+    return array.astype(np.uint32)
+
+
 def _bit(name: str) -> int:
     f = field(name)
     return 1 << f.bit
@@ -109,10 +134,11 @@ class MpqDriver:
     def __init__(self, backend: Backend, *, max_batch: int = DEFAULT_MAX_BATCH, timeout_s: float = DEFAULT_TIMEOUT_S):
         if not isinstance(backend, Backend):
             raise TypeError(f"backend must be a driver.backend.Backend, not {backend!r}")
-        if not isinstance(max_batch, int) or not 1 <= max_batch <= 1 << 16:
+        if _integer(max_batch) is None or not 1 <= max_batch <= 1 << 16:
             raise ValueError(f"max_batch must be an integer from 1 to 65536, not {max_batch!r}")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, not {timeout_s!r}")
+        if (isinstance(timeout_s, bool | np.bool_) or not isinstance(timeout_s, int | float | np.integer | np.floating)
+                or not 0 < timeout_s < math.inf):
+            raise ValueError(f"timeout_s must be a finite number of seconds > 0, not {timeout_s!r}")
         self.backend, self.max_batch, self.timeout_s = backend, max_batch, timeout_s
         self.words: np.ndarray | None = None
         self.input_shape: tuple[int, ...] = ()
@@ -132,8 +158,8 @@ class MpqDriver:
     def write_field(self, name: str, value: int) -> None:
         """Write a field that has its word to itself (the address, count and command registers)."""
         f = field(name)
-        if not 0 <= value < 1 << f.width:
-            raise ValueError(f"register {name} holds {f.width} bits; {value!r} does not fit")
+        if _integer(value) is None or not 0 <= value < 1 << f.width:
+            raise ValueError(f"register {name} holds a {f.width}-bit integer; {value!r} is not one")
         if sum(g.offset == f.offset for g in REGISTER_MAP) > 1:
             raise ValueError(f"register {name} shares its word; write the word with backend.write")
         self.backend.write(f.offset, value & 0xFFFFFFFF)
@@ -144,12 +170,29 @@ class MpqDriver:
         return self.read_field("status")
 
     def _poll(self, done, what: str) -> None:
-        waited = 0.0
+        """Poll ``done()`` until it is true, for at most ``timeout_s`` of device time: the sum of the backend's
+        waits, or the host's clock for a backend whose device runs in real time (``Backend.wall_clock``: a
+        board, where the register reads themselves take time that the waits do not count)."""
+        start, waited = _now(), 0.0
         while not done():
-            if waited > self.timeout_s:
+            if (_now() - start if self.backend.wall_clock else waited) > self.timeout_s:
+                code = self.status()
                 raise TimeoutError(f"{what}: the core did not finish within {self.timeout_s} s of device time "
-                                   f"(status {self.status()})")
+                                   f"(ap_idle 0, status {code} = {_code_name(code)}, the last operation's); it may "
+                                   "still be running: the driver refuses the next load or run until it is idle")
             waited += self.backend.wait()
+
+    def _require_idle(self, what: str) -> None:
+        """Refuse to start ``what`` unless the core is idle with no start pending (a load or run the driver gave up
+        on, or one started by another program, may still be running: the core takes ``load_image`` only when
+        idle, and ``ap_done`` of an earlier run would end the next poll at once). Reading the control word also
+        clears a stale ``ap_done`` and ``ap_ready`` (clear on read)."""
+        word = self.backend.read(field("ap_idle").offset)
+        if not word & _bit("ap_idle") or word & _bit("ap_start"):
+            idle, start = word >> field("ap_idle").bit & 1, word >> field("ap_start").bit & 1
+            raise UserError(f"{what}: the core is busy (control word {word:#x}: ap_idle {idle}, ap_start {start}); "
+                            "wait until ap_idle reads 1 (the core's watchdog ends a stalled run with TIMEOUT), or "
+                            "reload the bitstream")
 
     # --- API -------------------------------------------------------------------------------------------
     def load(self, image_dir) -> dict:
@@ -237,9 +280,8 @@ class MpqDriver:
         """Put a packed image in DDR and point the core at it (``image_addr``, ``image_crc``), without
         loading it; return its CRC (:func:`image_crc`). The words are not read through the reader (see
         :meth:`load_words`, :meth:`check_words`)."""
-        words = np.asarray(words, dtype=np.uint32)
-        if words.ndim != 1 or len(words) < HEADER.words:
-            raise ValueError(f"an image is a vector of at least {HEADER.words} words, not shape {words.shape}")
+        words = _image_words(words)
+        self._require_idle("stage an image")  # (a load under way reads image_addr's region)
         data = words.astype("<u4").tobytes()
         crc = image_crc(words)
         buf = self._buffer("_image_buf", len(data))
@@ -266,6 +308,7 @@ class MpqDriver:
         if self._staged is None:
             raise UserError("no image staged: call stage_image(words) first")
         words = self._staged
+        self._require_idle("image load")  # (the core takes load_image only when idle: it would be dropped)
         self.words = None
         self.write_field("load_image", 1)
         self._poll(lambda: self.read_field("ap_idle"), "image load")
@@ -282,13 +325,18 @@ class MpqDriver:
         """Use the image the core already holds (``words``: the packed image, for its input shape), without
         loading it: a bitstream whose global buffer was initialised with it (``build.py system
         --bram-image``), or one loaded before."""
-        words = np.asarray(words, dtype=np.uint32)
+        words = _image_words(words)
+        classes, bits = _integer(n_classes), _integer(input_bits)
+        if classes is None or classes < 1:
+            raise UserError(f"n_classes must be an integer >= 1, not {n_classes!r}")
+        if bits is None or not 1 <= bits <= 8:
+            raise UserError(f"input_bits must be an integer from 1 to 8, not {input_bits!r}")
         c = int(words[HEADER["in_channels"].word]) >> HEADER["in_channels"].bit & 0xFFFF
         h = int(words[HEADER["in_height"].word]) >> HEADER["in_height"].bit & 0xFFFF
         w = int(words[HEADER["in_width"].word]) >> HEADER["in_width"].bit & 0xFFFF
         self.words = words
         self.input_shape = (c, h, w)
-        self.n_codes, self.n_classes, self.input_bits = c * h * w, int(n_classes), int(input_bits)
+        self.n_codes, self.n_classes, self.input_bits = c * h * w, classes, bits
         self._buffer("_in_buf", self.max_batch * self.n_codes)
         self._buffer("_out_buf", 4 * self.max_batch * self.n_classes)
 
@@ -310,9 +358,11 @@ class MpqDriver:
         """
         if table_row is not None:
             row = _integer(table_row)
-            if row is None or not 0 <= row < TABLE_ROWS or bits:
-                raise UserError(f"table_row must be an integer from 0 to {TABLE_ROWS - 1} (without bits), not "
-                                f"{table_row!r}")
+            if bits:
+                raise UserError(f"give bits or table_row, not both (bits {bits!r}, table_row {table_row!r}): a table "
+                                "row sets every inner layer's width")
+            if row is None or not 0 <= row < TABLE_ROWS:
+                raise UserError(f"table_row must be an integer from 0 to {TABLE_ROWS - 1}, not {table_row!r}")
             self.write_field("precision", TABLE_ROW_FLAG + row)
             return
         width = _integer(bits)
@@ -343,6 +393,7 @@ class MpqDriver:
     def run_batch(self, codes: np.ndarray) -> np.ndarray:
         """One DMA batch (at most ``max_batch`` images of ``n_codes`` byte codes): scores ``[N, n_classes]``."""
         n = len(codes)
+        self._require_idle(f"run of {n} images")
         self._in_buf.write(0, codes.tobytes())
         self.write_field("input_addr", self._in_buf.address)
         self.write_field("output_addr", self._out_buf.address)

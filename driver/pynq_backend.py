@@ -63,6 +63,8 @@ class PynqBackend(Backend):
         Host sleep between two status polls (0: busy polling).
     """
 
+    wall_clock = True  # the driver's timeouts count the MMIO reads' time too, not only the sleeps
+
     def __init__(self, bitfile: str, *, ip_name: str = DEFAULT_IP_NAME, poll_s: float = 0.0):
         import pynq  # only on the board; not installed here
 

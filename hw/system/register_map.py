@@ -149,7 +149,7 @@ REGISTER_MAP: tuple[Field, ...] = (
     Field("image_count", 0x28, 32, _A.RW, 1, "Input images per run (a batch)"),
     Field("precision", 0x2C, 8, _A.RW, 0, "Widths of a vertical (version 4) image: 0 its source width, 1-8 "
           "that width for every inner layer, 0x80 + r row r of its Eq. 12 table (ignored for version 3)"),
-    Field("load_image", 0x30, 1, _A.SC, 0, "Write 1: reload the global buffer from image_addr"),
+    Field("load_image", 0x30, 1, _A.SC, 0, "Write 1: reload the global buffer from image_addr (taken when idle only)"),
     Field("status", 0x34, 8, _A.RO, 0, "Error code of the last run or load (StatusCode; 0 OK)"),
     Field("rresp_error", 0x38, 1, _A.W1C, 0, "A read response was SLVERR or DECERR (write 1 to clear)", bit=0),
     Field("bresp_error", 0x38, 1, _A.W1C, 0, "A write response was SLVERR or DECERR (write 1 to clear)", bit=1),

@@ -328,6 +328,60 @@ async def bad_registers(dut):
 
 
 @cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
+async def busy_core(dut):
+    """The driver refuses to stage, load or run while the core is busy, before any register write: a run started
+    by another program (a raw ``ap_start``), and a run the driver gave up on (``TimeoutError``) that goes on in
+    the core. Before, the core dropped the ``load_image`` it got while busy and the load returned OK (the next run
+    ran the old image), and the run after a timeout ended at the old run's ``ap_done`` with the score buffer
+    unread (all-zero scores, OK). Once the core is idle, the next run is golden's."""
+    tb = SystemTB(dut)
+    await tb.reset()
+    drv = tb.driver
+
+    def refused(call, what: str):
+        writes = tb.backend.writes
+        try:
+            call()
+        except UserError as exc:
+            assert f"{what}: the core is busy" in str(exc), exc
+            assert tb.backend.writes == writes, "a register write before the refusal"
+            return
+        raise AssertionError(f"{what}: not refused while the core is busy")
+
+    def body():
+        tb.load("a")
+        _, inputs, expected, _ = tb.image("a")
+        drv._in_buf.write(0, inputs[:3].astype(np.uint8).tobytes())
+        for name, value in (("input_addr", drv._in_buf.address), ("output_addr", drv._out_buf.address),
+                            ("image_count", 3)):
+            drv.write_field(name, value)
+        drv.backend.write(field("ap_start").offset, 1 << field("ap_start").bit)
+        refused(lambda: tb.load("b"), "stage an image")
+        refused(lambda: drv.load_staged(n_classes=expected.shape[1], input_bits=tb.image("a")[3]), "image load")
+        refused(lambda: drv.run(inputs[:1]), "run of 1 images")
+        drv._poll(lambda: drv.read_field("ap_idle"), "the raw run")
+        tb.check_run("a")
+        drv.timeout_s = 1e-7  # the driver gives up at once; the run goes on in the core
+        try:
+            drv.run(inputs[:3])
+        except TimeoutError as exc:
+            assert "it may still be running" in str(exc), exc
+        else:
+            raise AssertionError("no TimeoutError")
+        drv.timeout_s = TEST_TIMEOUT_S
+        refused(lambda: drv.run(inputs[3:6]), "run of 3 images")
+        for _ in range(300):  # the run ends; its ap_done stays set (no read of the control word)
+            drv.backend.wait()
+        drv._out_buf.write(0, bytes(4 * 3 * expected.shape[1]))
+        assert drv.run(inputs[3:6]).tolist() == expected[3:6].tolist()
+        tb.load("b")
+        tb.check_run("b")
+        tb.check_idle()
+
+    await run_driver(body)
+
+
+@cocotb.test(timeout_time=SIM_LIMIT_MS, timeout_unit="ms")
 async def vertical_widths(dut):
     """A vertical-layered (version 4) image loaded once, run at 2, 3 and 4 bits and at a row of its Eq. 12
     table by the precision register alone (each width's golden scores: one image, one bitstream, no reload);

@@ -108,7 +108,7 @@ def watchdog_case(case, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("test,seed,stall", [
     ("reload_and_batches", 1, 1), ("reload_and_batches", 2, 0), ("corrupt_images", 3, 1),
     ("bad_registers", 4, 1), ("axi_errors", 5, 1), ("pynq_backend", 14, 1), ("bad_checksum", 8, 1),
-    ("vertical_widths", 10, 1)])
+    ("vertical_widths", 10, 1), ("busy_core", 15, 1)])
 def test_system(case, test, seed, stall):
     run_tb_test(case, test, seed, stall)
 

@@ -4,6 +4,8 @@
 
 import json
 import re
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import build
 from driver.backend import Backend, DeviceBuffer
 from driver.mpq_driver import CoreError, MpqDriver, image_crc
-from hw.system.register_map import StatusCode
+from hw.system.register_map import StatusCode, field
 from model.errors import UserError
 from model.export.format import HEADER, LAYER
 from model.export.image import pack, write_image
@@ -21,6 +23,8 @@ from model.export.image_v4 import write_vertical_image
 from sim.system.system_run import run_system
 from tests.hw.netgen import random_network
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class NoDevice(Backend):
@@ -42,10 +46,10 @@ class NoDevice(Backend):
 
 
 class HungCore(Backend):
-    """A core that never finishes: every register reads 0 (ap_idle and ap_done never set, status OK) and each
-    wait is 10 ms of device time; host memory stands in for DDR. What a stalled AXI bus looks like to the host,
-    which the shell's watchdog is there to prevent (the system tests run the real shell); this checks the
-    driver's own bound."""
+    """A core that never finishes: idle until a load or a run is asked (``load_image``, ``ap_start``), then every
+    register reads 0 (ap_idle and ap_done never set, status OK); each wait is 10 ms of device time; host memory
+    stands in for DDR. What a stalled AXI bus looks like to the host, which the shell's watchdog is there to
+    prevent (the system tests run the real shell); this checks the driver's own bound."""
 
     clock_hz = 100e6
 
@@ -62,13 +66,13 @@ class HungCore(Backend):
             return bytes(self.data[offset:offset + length])
 
     def __init__(self):
-        self.waits = 0
+        self.waits, self.busy = 0, False
 
     def read(self, offset):
-        return 0
+        return 0 if self.busy or offset != field("ap_idle").offset else 1 << field("ap_idle").bit
 
     def write(self, offset, value):
-        pass
+        self.busy |= offset in (field("load_image").offset, field("ap_start").offset)
 
     def allocate(self, size):
         return self.Buffer(size)
@@ -88,14 +92,76 @@ def test_the_driver_gives_up_on_a_core_that_never_finishes():
     words[5] = 4 | 1 << 16  # 4 channels of 1 x 1
     words[6] = 1
     drv.stage_image(words)
-    with pytest.raises(TimeoutError, match=r"image load: the core did not finish within 0\.5 s"):
+    with pytest.raises(TimeoutError, match=r"image load: the core did not finish within 0\.5 s .*status 0 = OK, the "
+                                           r"last operation's\); it may still be running"):
         drv.load_staged(n_classes=3)
     assert 50 <= backend.waits <= 52
     drv.attach(words, n_classes=3)
-    backend.waits = 0
+    with pytest.raises(UserError, match=r"run of 2 images: the core is busy \(control word 0x0: ap_idle 0"):
+        drv.run(np.zeros((2, 4), dtype=np.int64))  # (the load given up on still runs)
+    backend.waits, backend.busy = 0, False
     with pytest.raises(TimeoutError, match=r"run: the core did not finish within 0\.5 s"):
         drv.run(np.zeros((2, 4), dtype=np.int64))
     assert 50 <= backend.waits <= 52
+
+
+def test_a_board_backends_timeout_counts_the_register_reads(monkeypatch):
+    """On a board (``wall_clock``) the poll's bound is the host's clock, which counts the MMIO reads: a backend
+    whose reads take 100 us and whose busy-poll waits return 1 us gives up after about 0.02 s of reads at
+    ``timeout_s=0.02`` (about 200 polls). Before, only the waits counted: 20,000 polls, 2 s (100 times the
+    limit; 10 s would have been 15-20 minutes on a board)."""
+    from driver import mpq_driver
+
+    clock = [0.0]
+    monkeypatch.setattr(mpq_driver, "_now", lambda: clock[0])
+
+    class SlowReads(HungCore):
+        wall_clock = True
+
+        def read(self, offset):
+            clock[0] += 1e-4
+            return super().read(offset)
+
+        def wait(self):
+            super().wait()
+            clock[0] += 1e-6
+            return 1e-6
+
+    backend = SlowReads()
+    drv = MpqDriver(backend, timeout_s=0.02)
+    words = np.zeros(16, dtype=np.uint32)
+    words[5], words[6] = 4 | 1 << 16, 1
+    drv.stage_image(words)
+    with pytest.raises(TimeoutError, match=r"image load: the core did not finish within 0\.02 s"):
+        drv.load_staged(n_classes=3)
+    assert 190 <= backend.waits <= 202
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), "1", True])
+def test_the_driver_refuses_a_timeout_that_is_no_finite_time(timeout):
+    with pytest.raises(ValueError, match=r"timeout_s must be a finite number of seconds > 0"):
+        MpqDriver(NoDevice(), timeout_s=timeout)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda drv: drv.attach([1, 2, 3], n_classes=3), r"an image is a vector of at least 8 words, not shape \(3,\)"),
+    (lambda drv: drv.attach(np.zeros(16, np.uint32), n_classes="x"), "n_classes must be an integer >= 1, not 'x'"),
+    (lambda drv: drv.attach(np.zeros(16, np.uint32), n_classes=3, input_bits=9), "input_bits must be an integer"),
+    (lambda drv: drv.stage_image(-np.ones(8, np.int64)), r"integers in \[0, 2\^32\), not int64 values in \[-1, -1\]"),
+    (lambda drv: drv.stage_image(np.full(8, 0.5)), r"integers in \[0, 2\^32\), not float64"),
+])
+def test_the_driver_names_bad_words_and_counts(call, message):
+    """Before any register access, naming the value (before: numpy's IndexError, int()'s ValueError, or the
+    words wrapped to uint32 and loaded)."""
+    with pytest.raises(UserError, match=message):
+        call(MpqDriver(NoDevice()))
+
+
+def test_the_driver_refuses_a_register_value_that_is_no_integer():
+    with pytest.raises(ValueError, match="register image_count holds a 32-bit integer; 1.5 is not one"):
+        MpqDriver(NoDevice()).write_field("image_count", 1.5)
+    with pytest.raises(ValueError, match="max_batch must be an integer from 1 to 65536, not True"):
+        MpqDriver(NoDevice(), max_batch=True)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -211,8 +277,8 @@ def test_raw_words_are_read_through_the_reader_before_the_core():
     mult[int(words[layer0 + LAYER["param_base"].word])] |= 1 << 20  # layer 0, row 0: M past MULT_BITS
     in_bits = words.copy()
     in_bits[layer1 + LAYER["in_bits"].word] ^= 1 << LAYER["in_bits"].bit  # layer 1 reads other codes
-    for bad, field in ((mult, "mult"), (in_bits, "in_bits")):
-        with pytest.raises(UserError, match=f"image words: .*{field}"):
+    for bad, name in ((mult, "mult"), (in_bits, "in_bits")):
+        with pytest.raises(UserError, match=f"image words: .*{name}"):
             drv.load_words(bad, n_classes=n_classes, input_bits=bits)
     with pytest.raises(UserError, match=f"n_classes is {n_classes + 1} but the image's last layer has {n_classes}"):
         drv.load_words(words, n_classes=n_classes + 1, input_bits=bits)
@@ -222,7 +288,8 @@ def test_raw_words_are_read_through_the_reader_before_the_core():
     version[1] = 2
     with pytest.raises(UserError, match="header field 'version' is 2"):
         drv.load_words(version, n_classes=n_classes, input_bits=bits)
-    with pytest.raises(AssertionError, match="allocate"):  # unchecked, the words go to the device
+    with pytest.raises(AssertionError, match="register read at 0x0"):  # unchecked, the words go to the device (its
+        # first access: is the core idle?)
         drv.load_words(mult, n_classes=n_classes, input_bits=bits, check=False)
 
 
@@ -261,3 +328,15 @@ def test_cli_system_options_without_system_are_refused(capsys):
     assert sim_command.DDR_LATENCY == system_run.DEFAULT_DDR_LATENCY
     assert build.main(["sim", "--ddr-latency", "10"]) == 2
     assert "--ddr-latency sets the DDR model of the Zynq system: add --system" in capsys.readouterr().err
+
+
+def test_the_driver_imports_only_what_the_readme_lists_for_the_board():
+    """README, "On a PYNQ-Z2": the driver and its pynq backend import numpy, amaranth, jschon and rfc3986 (pynq
+    itself only when the backend is made), nothing else outside the standard library and this repository: no
+    torch on the board."""
+    probe = ("import sys, driver.mpq_driver, driver.pynq_backend; "
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    found = {name for name in out.split() if name not in {"driver", "hw", "model", "__main__"}
+             and not name.startswith(("_distutils_hack", "__editable__"))}
+    assert found == {"amaranth", "jschon", "numpy", "rfc3986"}, found
