@@ -109,6 +109,7 @@ def test_eval_reports_the_networks_bits_and_refuses_a_baseline_that_is_no_accura
 def test_eval_of_conv_nets_vgg_and_resnet_golden(capsys, tmp_path):
     """SmallVGG and ResNet-20 are in the integer contract (model/export/golden_net.py): both get a golden accuracy
     (ResNet-20 with negative BN2 gammas in its residual convs too: exact, not refused, model/export/convert.py)."""
+    torch.manual_seed(0)  # (the nets' initial weights: the same draw whichever tests ran before in this worker)
     record = DataRecord.of("digits", None, (1, 8, 8), 8, test_subset=20)
     vgg = build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4, "channels": [4]})
     save_checkpoint(tmp_path / "vgg.pt", vgg, data=record)

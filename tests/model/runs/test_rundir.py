@@ -238,6 +238,7 @@ def test_export_refuses_1_and_2_bit_tickets_that_eval_runs(tmp_path, capsys):
 def test_export_and_eval_conv_nets(tmp_path, capsys):
     """A VGG checkpoint exports to a version 3 image with its memory report, and `eval --image` gives the golden
     accuracy the checkpoint's own `eval` gives (both on the digits test split: the checkpoint records no data)."""
+    torch.manual_seed(0)  # (the net's initial weights: the same draw whichever tests ran before in this worker)
     model = build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4, "channels": [4]})
     save_checkpoint(tmp_path / "vgg.pt", model)
     code, out, err = cli(capsys, "export", "--checkpoint", tmp_path / "vgg.pt", "--out", tmp_path / "img")
@@ -293,8 +294,10 @@ def test_run_json_records_the_revision_and_environment(tmp_path):
     assert again.resumed and json.loads((tmp_path / "qnn_history.json").read_text())["resumed"] is True
 
 
-def test_revision_of_git_and_plain_source_trees(tmp_path):
+def test_revision_of_git_and_plain_source_trees(tmp_path, monkeypatch):
     """``src:<hash>`` outside git; ``git:<commit>`` when clean; ``+dirty:<hash>`` for uncommitted package changes."""
+    # (git looks no further up than tmp_path's parent: a TMPDIR inside some checkout would otherwise make it git)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert shutil.which("git") is not None, "git is needed here (the revision a run records comes from it)"
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "a.py").write_text("A = 1\n")
