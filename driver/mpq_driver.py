@@ -178,7 +178,7 @@ class MpqDriver:
             if (_now() - start if self.backend.wall_clock else waited) > self.timeout_s:
                 code = self.status()
                 raise TimeoutError(f"{what}: the core did not finish within {self.timeout_s} s of device time "
-                                   f"(ap_idle 0, status {code} = {_code_name(code)}, the last operation's); it may "
+                                   f"(status {code} = {_code_name(code)}, the last operation's); it may "
                                    "still be running: the driver refuses the next load or run until it is idle")
             waited += self.backend.wait()
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import build
+from driver import mpq_driver
 from driver.backend import Backend, DeviceBuffer
 from driver.mpq_driver import CoreError, MpqDriver, image_crc
 from hw.system.register_map import StatusCode, field
@@ -110,8 +111,6 @@ def test_a_board_backends_timeout_counts_the_register_reads(monkeypatch):
     whose reads take 100 us and whose busy-poll waits return 1 us gives up after about 0.02 s of reads at
     ``timeout_s=0.02`` (about 200 polls). Before, only the waits counted: 20,000 polls, 2 s (100 times the
     limit; 10 s would have been 15-20 minutes on a board)."""
-    from driver import mpq_driver
-
     clock = [0.0]
     monkeypatch.setattr(mpq_driver, "_now", lambda: clock[0])
 
