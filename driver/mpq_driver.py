@@ -97,12 +97,19 @@ def _code_name(code: int) -> str:
         return "unknown code"
 
 
+def _image_vector(words, where: str = "") -> np.ndarray:
+    """``words`` as an array, refused (``where`` before the message) unless a vector of at least the header's
+    words."""
+    array = np.asarray(words)
+    if array.ndim != 1 or len(array) < HEADER.words:
+        raise UserError(f"{where}an image is a vector of at least {HEADER.words} words, not shape {array.shape}")
+    return array
+
+
 def _image_words(words) -> np.ndarray:
     """``words`` as the uint32 vector of a packed image: a 1-D sequence of at least the header's words, each an
     integer in ``[0, 2^32)`` (a negative or wider value would be wrapped by the conversion)."""
-    array = np.asarray(words)
-    if array.ndim != 1 or len(array) < HEADER.words:
-        raise UserError(f"an image is a vector of at least {HEADER.words} words, not shape {array.shape}")
+    array = _image_vector(words)
     if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 0xFFFFFFFF:
         raise UserError(f"an image's words are integers in [0, 2^32), not {array.dtype} values in "
                         f"[{array.min()}, {array.max()}]")
@@ -260,10 +267,7 @@ class MpqDriver:
         UserError
             Naming the field and the allowed values.
         """
-        words = np.asarray(words)
-        if words.ndim != 1 or len(words) < HEADER.words:
-            raise UserError(f"image words: an image is a vector of at least {HEADER.words} words, not shape "
-                            f"{words.shape}")
+        words = _image_vector(words, "image words: ")
         version = int(words[HEADER["version"].word])
         if version not in (VERSION, VERTICAL_VERSION):
             raise UserError(f"image words: header field 'version' is {version}; the array runs version {VERSION} "

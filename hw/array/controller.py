@@ -119,6 +119,9 @@ buffer's read ports"); caching the commands' words is a next step.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -165,6 +168,10 @@ POOL_MASS_LIMIT = tuple(ACT_SUM_BOUND // ((1 << b) - 1) for b in range(1, MAX_AC
 MAX_VERTICAL_TOP = 6
 #: Widest edge codes the plane decoder composes (``hw.array.plane_decoder.MAX_CODE_BITS``).
 MAX_EDGE_BITS = 8
+#: The strides and max-pool windows the loader and the writer run (a conv layer with others is BAD_GEOMETRY; the
+#: integer contract allows strides 1-4 and any pool window: hw.array.sizing.needs names them before a build).
+ARRAY_STRIDES = (1, 2)
+ARRAY_MAX_POOL = 2
 #: Most requant groups a vertical layer may have, so that the group search of a corrupt image ends: one per
 #: triple of input, output and shortcut widths (at most 5^3 = 125 with widths 2..MAX_VERTICAL_TOP) and one per
 #: table row (at most 128, the rows ``precision`` can name).
@@ -444,7 +451,7 @@ class ArrayController(wiring.Component):
 
         # Geometry checks of the descriptor in `desc` (combinational, registered into `bad`).
         k_ok = (d.kernel >= 1) & (d.kernel <= MAX_KERNEL) & (d.padding < d.kernel)
-        stride_ok = (d.stride == 1) | (d.stride == 2)
+        stride_ok = functools.reduce(operator.or_, (d.stride == s for s in ARRAY_STRIDES))
         fits_in = ((d.in_height + 2 * d.padding) >= d.kernel) & ((d.in_width + 2 * d.padding) >= d.kernel)
         conv_h = ((d.in_height + 2 * d.padding - d.kernel) >> (d.stride == 2)) + 1
         conv_w = ((d.in_width + 2 * d.padding - d.kernel) >> (d.stride == 2)) + 1
@@ -510,7 +517,7 @@ class ArrayController(wiring.Component):
             | Mux(scores, (d.out_bits != 0) | d.residual,
                   (d.out_bits == 0) | (d.out_bits > MAX_ACT_BITS) | (d.out_buf >= FMAP_BUFFERS)
                   | (d.out_buf == d.in_buf) | (out_rows > self._rows) | (g_wst > rc))
-            | Mux(is_conv, ~k_ok | ~stride_ok | ~fits_in | (g_wout > t) | d.gap | (d.pool > 2),
+            | Mux(is_conv, ~k_ok | ~stride_ok | ~fits_in | (g_wout > t) | d.gap | (d.pool > ARRAY_MAX_POOL),
                   (d.pool != 0) | d.residual | (d.kernel != 1) | (d.stride != 1) | (d.padding != 0))
             | (d.residual & ((d.res_buf >= FMAP_BUFFERS) | (d.res_buf == d.out_buf) | (d.res_buf == d.in_buf)
                              | ((d.res_stride != 1) & (d.res_stride != 2)) | (res_rows > self._rows)

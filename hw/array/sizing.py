@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.array.controller import MAX_VERTICAL_TOP
+from hw.array.controller import ARRAY_MAX_POOL, ARRAY_STRIDES, MAX_VERTICAL_TOP
 from hw.array.engine import LANE_SLOTS
 from hw.array.patch_loader import MAX_MAP_SIDE
 from hw.array.top import ArrayConfig
@@ -33,12 +33,6 @@ def _check_map(k: int, shape_in: tuple[int, int], shape_out: tuple[int, int], wh
     if max(*shape_in, *shape_out) > MAX_MAP_SIDE:
         raise UserError(f"{where}: layer {k} maps a {shape_in[0]} x {shape_in[1]} input to a {shape_out[0]} x "
                         f"{shape_out[1]} output; the array holds maps of up to {MAX_MAP_SIDE} x {MAX_MAP_SIDE}")
-
-
-#: The strides and max-pool windows the array's loader and writer run (the controller refuses others with
-#: BAD_GEOMETRY: ``stride_ok``, ``pool > 2``); the integer contract allows strides 1-4 and any pool window.
-ARRAY_STRIDES = (1, 2)
-ARRAY_MAX_POOL = 2
 
 
 def _check_ops(k: int, g: dict, where: str) -> None:
