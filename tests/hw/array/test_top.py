@@ -4,6 +4,7 @@ blocks of stride 1 and 2, global pool or flatten, FC) and MLPs loaded through th
 configuration, scores equal to golden's; bad images end with their status code."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
 from sim.bounds import tile_pixels, weight_layers
 from tests.hw.netgen import calibrated, random_network
-from tests.hw.stream_source import simulate
+from tests.hw.stream_source import KeptSimulation
 from tests.model.export.test_golden_conv import make_conv
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_image_v4 import random_resnet as random_vertical_resnet
@@ -78,7 +79,8 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
     ``p_stall`` a cycle, ``i.valid`` with ``p_gap`` (the input streams in while the first layer runs).
     ``words`` may be a list (one image's words per input image, loaded before it: a run after a refused one
     on the same array); ``widths``: per image ``(precision, use_table, table_row)`` for version 4 images."""
-    dut = ConvArray(config)
+    kept = kept_array(config)
+    dut = kept.dut
     rng = np.random.default_rng(seed)
     out = {"scores": [], "status": [], "cycles": [], "overlaps": [], "early_starts": [], "layer_index": [],
            "inputs": [], "weight_reads": []}
@@ -136,8 +138,14 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             out["weight_reads"].append(ctx.get(dut.weight_reads))
             out["inputs"].append(at)  # input codes the array took
 
-    simulate(dut, bench)
+    kept.run(bench)
     return out
+
+
+@functools.cache
+def kept_array(config: ArrayConfig) -> KeptSimulation:
+    """The array of ``config``, compiled for the simulator once a test process (:class:`KeptSimulation`)."""
+    return KeptSimulation(lambda: ConvArray(config))
 
 
 def weight_words_read(net, config=CONFIG) -> int:
