@@ -2,6 +2,7 @@
 """ChannelEngine against golden (class sums, combine, requantize / requantize_residual) on random rows and
 patches, every weight mode, activation width, residual and global-pool mode, under back-pressure."""
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +21,7 @@ from model.export.golden_vertical import comp_offset, compose
 from model.export.image_v4 import _pack_bits
 from model.export.weight_stream import encode_layer, pos_bits
 from tests.hw.core.test_stream_decoder import place, random_layer
-from tests.hw.stream_source import Source, simulate
+from tests.hw.stream_source import KeptSimulation, Source
 
 ADDR_WIDTH = 10
 FAN_IN_WIDTH = 7
@@ -28,15 +29,16 @@ CHANNEL_BITS = 4
 
 
 class EngineHarness(wiring.Component):
-    """The engine with its global buffer (the weight stream) and a patch memory (the tile's codes)."""
+    """The engine with its global buffer (the weight stream) and a patch memory (the tile's codes), both zeros
+    until a testbench's :meth:`fill` writes them (so that one compiled simulation runs every layer of a
+    configuration: :func:`kept_engine`)."""
 
-    def __init__(self, lanes, words, patch, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH, vertical=False):
+    def __init__(self, lanes, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH, vertical=False):
         self._engine = ChannelEngine(lanes=lanes, addr_width=addr_width, fan_in_width=fan_in_width, vertical=vertical,
                                      channel_bits=CHANNEL_BITS)
-        self._faw, self._aw = fan_in_width, addr_width
         t = self._engine.pixels
-        self._words = [int(w) for w in words]
-        self._patch = [sum(int(code) << (8 * i) for i, code in enumerate(row)) for row in patch]
+        self.words = MemoryData(shape=32, depth=1 << addr_width, init=[])
+        self.patch = MemoryData(shape=8 * t, depth=1 << fan_in_width, init=[])
         super().__init__({
             "layer": In(engine_layer_layout()),
             "cmd": In(stream.Signature(row_command_layout(addr_width, CHANNEL_BITS, t))),
@@ -49,11 +51,9 @@ class EngineHarness(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         eng = self._engine
-        t = eng.pixels
         m.submodules.engine = eng
-        m.submodules.buffer = buf = GlobalBuffer(MemoryData(shape=32, depth=1 << self._aw, init=self._words),
-                                                 ports=[["eng"]])
-        m.submodules.patch = patch = Memory(shape=8 * t, depth=1 << self._faw, init=self._patch)
+        m.submodules.buffer = buf = GlobalBuffer(self.words, ports=[["eng"]])
+        m.submodules.patch = patch = Memory(data=self.patch)
         port = patch.read_port()
         wiring.connect(m, buf.eng, eng.bus)
         m.d.comb += [port.addr.eq(eng.patch_addr), port.en.eq(eng.patch_en), eng.patch_data.as_value().eq(port.data),
@@ -62,6 +62,25 @@ class EngineHarness(wiring.Component):
         wiring.connect(m, cmd=wiring.flipped(self.cmd), eng=eng.cmd)
         wiring.connect(m, eng=eng.o, out=wiring.flipped(self.o))
         return m
+
+    def fill(self, ctx, words, patch) -> None:
+        """Write the weight stream's ``words`` and the ``patch`` rows (a row's codes, 8 bits each, pixel 0 lowest)
+        from address 0, before the first clock edge: the memories' contents a build initialised with them would
+        hold. The words past them stay zeros."""
+        for addr, word in enumerate(words):
+            if word:
+                ctx.set(self.words[addr], int(word))
+        for addr, row in enumerate(patch):
+            value = sum(int(code) << (8 * i) for i, code in enumerate(row))
+            if value:
+                ctx.set(self.patch[addr], value)
+
+
+@functools.cache
+def kept_engine(lanes, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH, vertical=False) -> KeptSimulation:
+    """The harness of these parameters, compiled for the simulator once a test process: each run starts from
+    zeroed memories (:class:`tests.hw.stream_source.KeptSimulation`) that its testbench fills."""
+    return KeptSimulation(lambda: EngineHarness(lanes, fan_in_width, addr_width, vertical))
 
 
 def golden_outputs(codes, widths, u, signed, mult, bias, res_mult, r, shift, out_bits, residual):
@@ -125,21 +144,26 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False, resid
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
              "act_bits": act_bits, "signed": int(signed), "residual": int(residual), "gap": int(gap),
              "shift": shift, "out_bits": out_bits}
-    dut = EngineHarness(lanes, words, patch.tolist() + (shortcut.tolist() if residual else []) + [[0] * t] * rest)
+    kept = kept_engine(lanes)
+    memories = (words, patch.tolist() + (shortcut.tolist() if residual else []) + [[0] * t] * rest)
     n_out = rows * (1 if gap else pixels)
-    got, res = drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, 400 + 60 * n_out + 30 * fan_in * rows)
+    got, res = drive_engine(kept, memories, layer, cmds, n_out, rng, p_gap, p_stall,
+                            400 + 60 * n_out + 30 * fan_in * rows)
     bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(1 if gap else pixels)
            if got[(j, i)] != int(want[i, j])]
     assert not bad, f"{len(bad)} of {n_out} outputs differ ((channel, pixel), got, want): {bad[:8]}"
     return res
 
 
-def drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, limit, usum=None):
-    """Offer ``cmds`` under random gaps and back-pressure; ``{(channel, pixel): value}`` and the cycles."""
+def drive_engine(kept, memories, layer, cmds, n_out, rng, p_gap, p_stall, limit, usum=None):
+    """On the kept harness with ``memories`` (its words and patch rows), offer ``cmds`` under random gaps and
+    back-pressure; ``{(channel, pixel): value}`` and the cycles."""
+    dut = kept.dut
     got = {}
     res = {"cycles": 0}
 
     async def bench(ctx):
+        dut.fill(ctx, *memories)
         ctx.set(dut.layer, layer)
         if usum is not None:
             ctx.set(dut.usum, [int(x) for x in usum])
@@ -165,7 +189,7 @@ def drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, limit, usum=None)
         assert len(got) == n_out, f"stalled after {len(got)} of {n_out} outputs"
         assert not ctx.get(dut.busy), "busy after the last output"
 
-    simulate(dut, bench)
+    kept.run(bench)
     return got, res
 
 
@@ -218,10 +242,10 @@ def run_vertical_engine(seed, lanes, edge=False, p_gap=0.3, p_stall=0.3):
                                        "plane_words": plane_words},
              "comp_shift": comp_t if compensate else 0, "act_bits": act_bits, "signed": 1, "residual": 0,
              "gap": 0, "shift": shift, "out_bits": out_bits}
-    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in), vertical=True)
+    memories = (words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
     n_out = rows * pixels
-    got, res = drive_engine(dut, layer, cmds, n_out, rng, p_gap, p_stall, 400 + 60 * n_out + 40 * fan_in * rows,
-                            usum=patch.sum(axis=0))
+    got, res = drive_engine(kept_engine(lanes, vertical=True), memories, layer, cmds, n_out, rng, p_gap, p_stall,
+                            400 + 60 * n_out + 40 * fan_in * rows, usum=patch.sum(axis=0))
     bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(pixels)
            if got[(j, i)] != int(want[i, j])]
     assert not bad, f"{len(bad)} of {n_out} outputs differ ((channel, pixel), got, want): {bad[:8]}"
@@ -285,10 +309,12 @@ def run_dorefa_rows(rng, codes, widths, patch, lanes, shift):
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
              "act_bits": 4, "signed": 0, "residual": 0, "gap": 0, "shift": shift, "out_bits": 4}
-    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << FAN_IN_WIDTH) - fan_in))
+    kept = kept_engine(lanes)
+    dut = kept.dut
     got = {}
 
     async def bench(ctx):
+        dut.fill(ctx, words, patch.tolist())
         ctx.set(dut.layer, layer)
         src = Source(dut.cmd, cmds, rng, 0.0)
         ctx.set(dut.o.ready, 1)
@@ -301,7 +327,7 @@ def run_dorefa_rows(rng, codes, widths, patch, lanes, shift):
             if len(got) == rows * t:
                 break
 
-    simulate(dut, bench)
+    kept.run(bench)
     assert len(got) == rows * t, f"{len(got)} of {rows * t} outputs"
     assert all(got[(j, i)][0] == want[i, j] for j in range(rows) for i in range(t))
     return {key: cycle for key, (_, cycle) in got.items()}
@@ -394,11 +420,12 @@ def run_long_rows(width, act_bits, signed, *, rows, fan_in, faw):
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
              "act_bits": act_bits, "signed": signed, "residual": 0, "gap": 0, "shift": shift, "out_bits": 0}
-    dut = EngineHarness(lanes, words, patch.tolist() + [[0] * t] * ((1 << faw) - fan_in), fan_in_width=faw,
-                        addr_width=aw)
+    kept = kept_engine(lanes, fan_in_width=faw, addr_width=aw)
+    dut = kept.dut
     got = {}
 
     async def bench(ctx):
+        dut.fill(ctx, words, patch.tolist())
         ctx.set(dut.layer, layer)
         src = Source(dut.cmd, cmds, rng, 0.2)
         held = None
@@ -418,7 +445,7 @@ def run_long_rows(width, act_bits, signed, *, rows, fan_in, faw):
                 assert key not in got, f"output {key} emitted twice"
                 got[key] = int(out.value)
 
-    simulate(dut, bench)
+    kept.run(bench)
     assert len(got) == rows * t, f"stalled after {len(got)} of {rows * t} outputs"
     bad = [(key, got[key], int(want[key[1], key[0]])) for key in sorted(got) if got[key] != want[key[1], key[0]]]
     assert not bad, f"differ ((channel, pixel), got, want): {bad[:8]}"
