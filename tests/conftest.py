@@ -31,20 +31,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 #: The test files of minutes, slowest first (seconds of the two workers' run at cc91a1a, 2026-12-06, each file's
-#: tests and fixtures together). `make test` hands whole files to its two workers (`--dist loadfile`) in the
+#: tests and fixtures together; in brackets the run at bea6860, the same day, after the demo's test went to
+#: 2 engines and test_top.py kept its compiled simulations: test_system.py then took 5 s more than test_top.py,
+#: an order left as it was). `make test` hands whole files to its two workers (`--dist loadfile`) in the
 #: collection order (`--no-loadscope-reorder`), which :func:`pytest_collection_modifyitems` makes these files
 #: first and the rest as collected, so that the short files fill the end and the workers finish together.
 #: xdist's own order (files with the most tests first) handed out the 146 s system-timing synthesis, one test,
 #: last of 111 files, and the 182 s array synthesis 88th: one worker ran them while the other had finished.
 #: The order changes no result (every file's fixtures are its own), only the wall time.
 SLOW_FILES_FIRST = (
-    "tests/test_cli.py",  # 380 s: the demo end to end (Yosys of the whole array, 360 RTL images twice)
-    "tests/hw/array/test_top.py",  # 329 s
-    "tests/sim/test_system.py",  # 310 s
-    "tests/hw/platform/test_array_synth.py",  # 182 s
-    "tests/hw/system/test_system_timing.py",  # 146 s
-    "tests/sim/bench/test_fuzz.py",  # 77 s
-    "tests/hw/array/test_engine.py",  # 69 s
+    "tests/test_cli.py",  # 380 s [308 s]: the demo end to end (Yosys of the whole array, 360 RTL images twice)
+    "tests/hw/array/test_top.py",  # 329 s [265 s]
+    "tests/sim/test_system.py",  # 310 s [270 s]
+    "tests/hw/platform/test_array_synth.py",  # 182 s [172 s]
+    "tests/hw/system/test_system_timing.py",  # 146 s [153 s]
+    "tests/sim/bench/test_fuzz.py",  # 77 s [80 s]
+    "tests/hw/array/test_engine.py",  # 69 s [61 s]
 )
 
 
