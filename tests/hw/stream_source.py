@@ -54,7 +54,6 @@ class KeptSimulation:
         await self._bench(ctx)
 
 
-
 class Source:
     """Offers ``items`` on a stream, with a random number of idle cycles before each (seeded).
 
