@@ -243,9 +243,9 @@ def test_data_is_one_of_the_data_sets_before_anything_loads():
         assert exc.value.code == 2
 
 
-def test_demo_help_offers_only_the_data_set_it_runs(capsys):
+def test_demo_help_offers_only_the_data_set_and_activations_it_runs(capsys):
     """`demo --data` takes the names `train` does (so that `demo --data fashion-mnist` gets the demo's reason), but
-    its help offers digits only."""
+    its help offers digits only; `demo --act-bits` offers 1..8, not `train`'s PACT-32, which the demo refuses."""
     def help_text(command):
         with pytest.raises(SystemExit):
             build.main([command, "--help"])
@@ -253,7 +253,10 @@ def test_demo_help_offers_only_the_data_set_it_runs(capsys):
 
     demo = help_text("demo")
     assert "--data NAME data set: digits only" in demo and "cifar10" not in demo, demo
-    assert "cifar10 or cifar100" in help_text("train")
+    assert "--act-bits ACT_BITS PACT-k activation bits: 1..8, what the accelerator runs" in demo
+    assert "PACT-32" not in demo, demo
+    train = help_text("train")
+    assert "cifar10 or cifar100" in train and "or 32 for PACT-32" in train
 
 
 def test_every_option_has_a_group_and_methods():

@@ -180,7 +180,8 @@ OPTIONS: tuple[Option, ...] = (
            "directory that running again with the same options resumes (lts and bmpq start over)"),
     # ------------------------------------------------------------------------------------------ iterative
     Option(("--act-bits",), "iterative", ITERATIVE, "PACT-k activation bits: 1..8, or 32 for PACT-32 (clip only; "
-           "not exportable; --arch resnet20 or vgg only)", _per_method(4), {"type": act_bits}, in_demo=True),
+           "not exportable; --arch resnet20 or vgg only)", _per_method(4), {"type": act_bits}, in_demo=True,
+           demo_help="PACT-k activation bits: 1..8, what the accelerator runs"),
     Option(("--rho",), "iterative", tuple(m for m in ITERATIVE if m != "qnn"),
            "fraction of the non-zero weights changed per iteration: IMQ/IRQ quantize ratio (default 0.3), "
            "IMP/IRP/QNN-IMP pruning rate (default 0.2)", kwargs={"type": bounded(float, 0.0, 1.0)}, in_demo=True),
