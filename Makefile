@@ -63,6 +63,7 @@ system-deps:
 	@missing=""; \
 	command -v iverilog >/dev/null 2>&1 || missing="$$missing iverilog"; \
 	command -v yosys >/dev/null 2>&1 || missing="$$missing yosys"; \
+	command -v tclsh >/dev/null 2>&1 || missing="$$missing tcl"; \
 	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	perl -MFindBin -MPod::Usage -e 1 >/dev/null 2>&1 || missing="$$missing perl"; \
 	command -v git >/dev/null 2>&1 || missing="$$missing git"; \

@@ -93,3 +93,9 @@ def verilator():
 def yosys():
     """Fails the test when Yosys is missing."""
     _require("Yosys", shutil.which("yosys") is not None)
+
+
+@pytest.fixture(scope="session")
+def tclsh():
+    """Fails the test when tclsh (Debian's tcl) is missing: it runs the generated Vivado scripts' own Tcl."""
+    _require("tclsh (Debian's tcl)", shutil.which("tclsh") is not None)

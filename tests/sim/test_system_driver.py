@@ -339,3 +339,15 @@ def test_the_driver_imports_only_what_the_readme_lists_for_the_board():
     found = {name for name in out.split() if name not in {"driver", "hw", "model", "__main__"}
              and not name.startswith(("_distutils_hack", "__editable__"))}
     assert found == {"amaranth", "jschon", "numpy", "rfc3986"}, found
+
+
+def test_the_readmes_board_install_pins_what_constraints_pins():
+    """README, "On a PYNQ-Z2": the ``pip install`` for the board names every package the driver imports but numpy
+    (the board's own: pynq needs numpy < 2), each at constraints.txt's version."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    line = re.search(r"`pip install (amaranth==[^`]*)`", readme)
+    assert line, "the README's board install line is gone"
+    asked = dict(item.split("==") for item in line.group(1).split())
+    pins = dict(row.split("==") for row in (ROOT / "constraints.txt").read_text().split() if "==" in row)
+    assert set(asked) == {"amaranth", "jschon", "rfc3986"}
+    assert {name: pins[name] for name in asked} == asked

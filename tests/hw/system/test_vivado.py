@@ -2,13 +2,16 @@
 """The Vivado project of ``build.py system`` (no Vivado here): files, the ports and address map the TCL uses,
 and the BRAM image (``weights.mem``) word for word."""
 
+import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
 
 import build
 from hw.array.top import ArrayConfig
+from hw.system import vivado
 from hw.system.register_map import address_width
 from hw.system.vivado import BOARDS, CONTROL_BASE, CONTROL_RANGE, IP_NAME, mem_file, parse_mem, write_project
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
@@ -120,3 +123,84 @@ def test_cli_system_takes_the_manifest_path_and_refuses_arrays_past_the_chip(tmp
         err = capsys.readouterr().err
         assert f"--lanes {argv[-1]} is {int(argv[-3]) * int(argv[-1])} DSP48E1 lanes, past the XC7Z020's 220 DSP48E1" in err, err
         assert not out.exists() or not any(out.iterdir())
+
+
+#: Vivado's commands as far as ``build.tcl``'s own logic reads them, for tclsh (no Vivado here): every other command
+#: is logged and returns nothing; the board parts installed, and the worst setup and hold slacks, come from the
+#: environment. What this runs is the scripts' Tcl (their syntax, which file they copy when), not Vivado.
+VIVADO_STAND_IN = r"""
+set log [open [file join [pwd] vivado.log] w]
+proc unknown {args} { global log; puts $log $args; return "" }
+proc get_board_parts {args} { global env; return [lsearch -all -inline -glob $env(MPQ_BOARD_PARTS) [lindex $args end]] }
+proc current_project {} { return project }
+proc set_property {args} {
+    global log props
+    puts $log [concat set_property $args]
+    if {[lindex $args 0] eq "board_part"} { set props(board_part) [lindex $args 1] }
+}
+proc get_property {name args} {
+    global props
+    switch -- $name {
+        board_part { if {[info exists props(board_part)]} { return $props(board_part) } else { return "" } }
+        PROGRESS { return "100%" }
+        SLACK { return [lindex $args 0] }
+    }
+    return ""
+}
+proc get_timing_paths {args} { global env; if {"-hold" in $args} { return $env(MPQ_WHS) } else { return $env(MPQ_WNS) } }
+proc make_wrapper {args} { return wrapper.v }
+source build.tcl
+"""
+
+
+def run_build_tcl(folder, board, parts, wns, whs):
+    """``build.tcl`` and ``block_design.tcl`` of ``board`` run by tclsh in ``folder`` beside an implementation's
+    bitstream and hand-off file; the process and the logged Vivado commands."""
+    (folder / "build.tcl").write_text(vivado.build_tcl(BOARDS[board], bram_image=False))
+    (folder / "block_design.tcl").write_text(vivado.block_design_tcl(BOARDS[board]))
+    (folder / "stand_in.tcl").write_text(VIVADO_STAND_IN)
+    runs = folder / "vivado" / "mpq_vivado.runs" / "impl_1"
+    handoff = folder / "vivado" / "mpq_vivado.gen" / "sources_1" / "bd" / "mpq_bd" / "hw_handoff"
+    for path, text in ((runs / "mpq_bd_wrapper.bit", "the bitstream"), (handoff / "mpq_bd.hwh", "the hand-off")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    env = {**os.environ, "MPQ_BOARD_PARTS": " ".join(parts), "MPQ_WNS": str(wns), "MPQ_WHS": str(whs)}
+    proc = subprocess.run(["tclsh", "stand_in.tcl"], cwd=folder, env=env, capture_output=True, text=True,
+                          check=False)
+    return proc, (folder / "vivado.log").read_text()
+
+
+INSTALLED = ("tul.com.tw:pynq-z2:part0:1.0", "digilentinc.com:arty-z7-20:part0:1.0",
+             "digilentinc.com:arty-z7-20:part0:1.1")
+
+
+@pytest.mark.usefixtures("tclsh")
+@pytest.mark.parametrize("board,newest", [("pynq_z2", "tul.com.tw:pynq-z2:part0:1.0"),
+                                          ("arty_z7_20", "digilentinc.com:arty-z7-20:part0:1.1")])
+def test_build_tcl_takes_the_newest_board_files_and_copies_a_bitstream_that_meets_timing(tmp_path, board, newest):
+    """The board's newest installed files (Digilent's Arty Z7-20 files are at 1.1; a fixed 1.0 found none) and the
+    PS7's board preset; the bitstream and the hand-off file copied out."""
+    proc, log = run_build_tcl(tmp_path, board, INSTALLED, 0.3, 0.05)
+    assert proc.returncode == 0, proc.stderr
+    assert f"set_property board_part {newest} project" in log and 'apply_board_preset "1"' in log
+    assert (tmp_path / "mpq_system.bit").read_text() == "the bitstream"
+    assert (tmp_path / "mpq_system.hwh").read_text() == "the hand-off"
+
+
+@pytest.mark.usefixtures("tclsh")
+def test_build_tcl_without_board_files_configures_the_ps_by_hand(tmp_path):
+    proc, log = run_build_tcl(tmp_path, "arty_z7_20", INSTALLED[:1], 0.0, 0.0)
+    assert proc.returncode == 0, proc.stderr
+    assert "board_part" not in log and 'apply_board_preset "0"' in log and "PCW_UIPARAM_DDR_PARTNO" in log
+
+
+@pytest.mark.usefixtures("tclsh")
+@pytest.mark.parametrize("wns,whs", [(-0.2, 0.05), (0.3, -0.01)])
+def test_build_tcl_stops_on_failed_timing_and_leaves_no_bitstream(tmp_path, wns, whs):
+    """Vivado writes a bitstream that misses timing; build.tcl stops before it copies one out, and a bitstream an
+    earlier build left is gone too."""
+    (tmp_path / "mpq_system.bit").write_text("an earlier build's")
+    proc, _ = run_build_tcl(tmp_path, "pynq_z2", INSTALLED, wns, whs)
+    assert proc.returncode != 0
+    assert f"timing not met at 100 MHz (setup slack {wns} ns, hold slack {whs} ns): see timing.rpt" in proc.stderr
+    assert not (tmp_path / "mpq_system.bit").exists() and not (tmp_path / "mpq_system.hwh").exists()
