@@ -12,7 +12,8 @@ NOT RUN ON A BOARD. pynq is not installed here and there is no Zynq; this module
 through a stand-in for pynq (sim/system/pynq_standin.py, cocotb test ``pynq_backend``: the register access
 and the buffers' flush / invalidate as documented; not pynq's own code). What
 it relies on (PYNQ 3.x, its Python 3.10, as documented; not 2.x: the driver's ``isinstance(x, A | B)`` needs
-Python 3.10, and PYNQ before 2.7 listed a block design's module reference as a hierarchy, without ``mmio``): ``pynq.Overlay(bitfile)`` downloads the bitstream and
+Python 3.10, and PYNQ before 2.7 listed a block design's module reference as a hierarchy, without ``mmio``):
+``pynq.Overlay(bitfile)`` downloads the bitstream and
 parses the ``.hwh`` of the same name; the IP instance is an attribute named after the block-design cell
 (``mpq_system_0`` in the TCL of ``build.py system``) with an ``mmio`` (``read(offset)`` / ``write(offset,
 value)``, 32-bit); ``pynq.allocate(shape, dtype)`` returns a physically contiguous buffer with

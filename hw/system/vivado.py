@@ -201,7 +201,7 @@ report_timing_summary -file [file join $here timing.rpt]
 set wns [get_property SLACK [get_timing_paths -setup -max_paths 1]]
 set whs [get_property SLACK [get_timing_paths -hold -max_paths 1]]
 if {{($wns ne "" && $wns < 0) || ($whs ne "" && $whs < 0)}} {{
-    error "timing not met at {FCLK_MHZ} MHz (setup slack $wns ns, hold slack $whs ns): see timing.rpt; no mpq_system.bit"
+    error "timing not met at {FCLK_MHZ} MHz (setup slack $wns ns, hold slack $whs ns): see timing.rpt"
 }}
 file copy -force [glob [file join $here vivado mpq_vivado.runs impl_1 *.bit]] [file join $here mpq_system.bit]
 set hwh [glob -nocomplain [file join $here vivado mpq_vivado.gen sources_1 bd {BD_NAME} hw_handoff {BD_NAME}.hwh] \\

@@ -147,7 +147,10 @@ proc get_property {name args} {
     }
     return ""
 }
-proc get_timing_paths {args} { global env; if {"-hold" in $args} { return $env(MPQ_WHS) } else { return $env(MPQ_WNS) } }
+proc get_timing_paths {args} {
+    global env
+    if {"-hold" in $args} { return $env(MPQ_WHS) } else { return $env(MPQ_WNS) }
+}
 proc make_wrapper {args} { return wrapper.v }
 source build.tcl
 """
