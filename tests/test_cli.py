@@ -271,6 +271,8 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path):
     assert summary["width_counts"] == {str(k): v for k, v in history["history"][1]["width_counts"].items()}
     # The packed multiplier array: 2 engines of one lane, each lane one DSP48E1 besides the requantizers'.
     assert summary["core"] == "array" and summary["batch"] == 1 and summary["engines"] == 2
+    verilog = (out / "rtl" / "mpq_array.v").read_text()
+    assert len(re.findall(r"^module \\mpq_array\.engine\d+ \(", verilog, re.MULTILINE)) == 2  # (not the default 4)
     assert summary["resources"]["dsp"] >= 2 and summary["fits_xc7z020"] is True
     assert 10 < summary["fmax_mhz_estimate"] < 1000
     assert summary["core_image_bytes"] == summary["image_bytes"]  # the array loads the version 3 image itself
