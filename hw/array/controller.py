@@ -170,6 +170,8 @@ MAX_VERTICAL_TOP = 6
 MAX_EDGE_BITS = 8
 #: The strides and max-pool windows the loader and the writer run (a conv layer with others is BAD_GEOMETRY; the
 #: integer contract allows strides 1-4 and any pool window: hw.array.sizing.needs names them before a build).
+#: A constant, not a parameter: the output map's halving below (``>> (stride == 2)``), the loader's stride
+#: multiplexers (``stride_e == 2``) and the shortcut's subsampling are built for exactly these two.
 ARRAY_STRIDES = (1, 2)
 ARRAY_MAX_POOL = 2
 #: Most requant groups a vertical layer may have, so that the group search of a corrupt image ends: one per
