@@ -15,6 +15,7 @@ from hw.core.global_buffer import GlobalBuffer, buffer_port_signature
 from hw.core.job import LAYER_JOB_LAYOUT, ErrorCode, emit_job_layout, job_signature, load_job_layout
 from hw.core.sequencer import LayerSequencer
 from model.export.format import DESCRIPTOR, HEADER
+from model.export.golden import MAX_SHIFT
 from model.export.image import core_words as pack
 from tests.hw.netgen import random_network
 from tests.hw.stream_source import simulate
@@ -137,6 +138,17 @@ def descriptor_word(layer: int, field: str) -> int:
     return HEADER.words + DESCRIPTOR.words * layer + DESCRIPTOR[field].word
 
 
+def with_fields(words, layer: int, **values):
+    """``words`` with descriptor ``layer``'s fields set to ``values`` (each within its word), the rest kept."""
+    words = words.copy()
+    for name, value in values.items():
+        field, index = DESCRIPTOR[name], descriptor_word(layer, name)
+        assert field.bit + field.width <= 32 and 0 <= value < 1 << field.width
+        mask = ((1 << field.width) - 1) << field.bit
+        words[index] = int(words[index]) & ~mask | value << field.bit
+    return words
+
+
 @pytest.mark.parametrize("name, change, code, jobs_before", [
     ("magic", lambda w: corrupt(w, HEADER["magic"].word, 0x41515050), ErrorCode.BAD_HEADER, 0),
     ("no layers", lambda w: corrupt(w, HEADER["layers"].word, 0), ErrorCode.BAD_HEADER, 0),
@@ -151,6 +163,14 @@ def descriptor_word(layer: int, field: str) -> int:
     ("out_bits 9", lambda w: corrupt(w, descriptor_word(0, "out_bits"),
                                      int(w[descriptor_word(0, "out_bits")]) & ~(0xFF << 8) | 9 << 8),
      ErrorCode.BAD_DESCRIPTOR, 0),
+    # Each of the next five passes only the one check it names (the net's layers are 15 -> 9 -> 4).
+    ("n_in 0 without mask words", lambda w: with_fields(w, 0, n_in=0, mask_words_per_row=0),
+     ErrorCode.BAD_DESCRIPTOR, 0),
+    ("n_in past the buffers", lambda w: with_fields(w, 1, n_in=ACT_DEPTH + 1, mask_words_per_row=4),
+     ErrorCode.BAD_DESCRIPTOR, 2),
+    ("n_out 0", lambda w: with_fields(w, 1, n_out=0), ErrorCode.BAD_DESCRIPTOR, 2),
+    ("too few mask words per row", lambda w: with_fields(w, 0, mask_words_per_row=1), ErrorCode.BAD_DESCRIPTOR, 0),
+    ("shift past MAX_SHIFT", lambda w: with_fields(w, 1, shift=MAX_SHIFT + 1), ErrorCode.BAD_DESCRIPTOR, 2),
 ])
 def test_sequencer_stops_on_a_corrupt_image(name, change, code, jobs_before):
     """The error rises, stays, and no job is offered after it; the jobs before the bad descriptor ran."""
