@@ -52,6 +52,8 @@ class AxiMasterTB:
             self.rd_data.set_pause_generator(backpressure_pattern(random.Random(self.rng.random())))
             self.wr_data.set_pause_generator(idle_pattern(random.Random(self.rng.random())))
             self.rd_cmd.set_pause_generator(idle_pattern(random.Random(self.rng.random()), 0.5, 20))
+            # Commands held back too: a write's words then wait in wr_data before its command arrives.
+            self.wr_cmd.set_pause_generator(idle_pattern(random.Random(self.rng.random()), 0.5, 20))
         self.rd_errors = self.wr_errors = 0
 
     async def reset(self):
