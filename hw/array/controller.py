@@ -383,6 +383,7 @@ class ArrayController(wiring.Component):
         prev_pool = Signal()  # ... whether it max-pooled (a block's conv1 does not)
         cur_buf = Signal(2)  # the feature-map buffer holding this layer's input
         prev_buf = Signal(2)  # ... and the previous layer's (the block input, for a residual layer)
+        net_fc = Signal()  # layer 0 is an FC: the network is an MLP
         grp = Signal(32)  # requant group being looked at, and its address
         grp_addr = Signal(32)
         head = Signal(VREQUANT_LAYOUT)
@@ -465,6 +466,11 @@ class ArrayController(wiring.Component):
         g_hst = Mux(pool2, g_hout >> 1, g_hout)
         g_wst = Mux(pool2, g_wout >> 1, g_wout)
         scores = d.out_buf == SCORE_SINK
+        # The layer kinds in the order the format allows (layout_v3's reader; golden_net.check_network): an MLP
+        # (layer 0 an FC) is FCs on 1 x 1 maps without the global pool; a conv net is convs, then one FC, its last
+        # layer. A conv scoring layer ran to OK with each class's last output pixel as its score.
+        mlp = Mux(layer_idx == 0, ~is_conv, net_fc)
+        out_of_order = Mux(mlp, is_conv | d.gap | (d.in_height != 1) | (d.in_width != 1), is_conv == scores)
         # The products the checks need, registered in the MEASURE and MEASURE_OUT states (a multiplier each, then
         # a register).
         in_rows = Signal(32)
@@ -515,7 +521,7 @@ class ArrayController(wiring.Component):
             | (d.c_out > 1 << self._cb) | fan_bad | unchained | unblocked
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
-            | (scores != last_layer)
+            | (scores != last_layer) | out_of_order
             | Mux(scores, (d.out_bits != 0) | d.residual,
                   (d.out_bits == 0) | (d.out_bits > MAX_ACT_BITS) | (d.out_buf >= FMAP_BUFFERS)
                   | (d.out_buf == d.in_buf) | (out_rows > self._rows) | (g_wst > rc))
@@ -681,7 +687,7 @@ class ArrayController(wiring.Component):
                          desc_base.eq(desc_base + Mux(v4, VLAYER.words, LAYER.words)),
                          prev_out.eq(d.out_bits), prev_cout.eq(d.c_out), prev_in.eq(d.in_bits),
                          prev_stride.eq(d.stride), prev_res.eq(d.residual), prev_buf.eq(d.in_buf),
-                         prev_pool.eq(d.pool != 0),
+                         prev_pool.eq(d.pool != 0), net_fc.eq(mlp),
                          cur_buf.eq(d.out_buf)]
             with m.If(v4):
                 m.next = "VDESC"

@@ -23,7 +23,9 @@ class Status(enum.Enum, shape=4):
     #: ``in_height`` or ``in_width`` other than the buffer and the map as stored the previous layer wrote (buffer
     #: 0 and the header's map for layer 0), a header map 256 or more rows high, a fan-in past ``MAX_FAN_IN``,
     #: a pooled FC past golden's bounds 9 or 6 (its input sums past 16 bits, its activation mass past
-    #: ``ACT_SUM_BOUND``), or fields that contradict each other.
+    #: ``ACT_SUM_BOUND``), layer kinds out of a network's order (a conv net's FC before its last layer, a conv as
+    #: the scoring layer; a conv, a global pool or a map past 1 x 1 in an MLP), or fields that contradict each
+    #: other.
     BAD_GEOMETRY = 3
     #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``), a vertical layer's
     #: fields its plane decoder cannot run (``hw/array/plane_decoder.py``), or a row's requant record holds a

@@ -455,6 +455,49 @@ def test_a_layer_reading_another_map_than_the_layer_before_wrote_ends_with_bad_g
     assert np.array_equal(np.array(res["scores"][-1]), net.forward(images[-1:])[0])
 
 
+def _with_v3_header(words, **fields):
+    """A copy of the version 3 image ``words`` with ``fields`` of its header replaced."""
+    old = {name: int(v[0]) for name, v in unpack_records(HEADER, words[:HEADER.words], version=3).items()}
+    bad = words.copy()
+    bad[:HEADER.words] = pack_records(HEADER, {**old, **fields}).reshape(-1)
+    return bad
+
+
+def test_layers_out_of_a_networks_order_end_with_bad_geometry():
+    """The kinds in the order the format allows: a conv net is convs, then one FC, its last layer (the class
+    scores); an MLP is FCs only, without the global pool, on 1 x 1 maps. Each case below passes every other
+    check, the reader refuses it, and the array ends it with BAD_GEOMETRY on that layer, then runs a good image.
+    Before the check the first ran to OK with scores golden does not define (the scoring conv's last output
+    pixel of each class: an audit's finding); the others computed a function golden has no network for."""
+    resnet = calibrated_resnet()
+    words = pack_v3(resnet)[0].astype(np.int64)
+    assert _with_v3_layer(words, 5)[1]["gap"] == 1
+    scoring_conv = _with_v3_layer(words, 5, kind=1, gap=0, kernel=1, stride=1, padding=0)[0]
+    # A conv net whose stem's output is 1 x 1 and whose 1 x 1 conv becomes an FC of the same weights.
+    rng = np.random.default_rng(21)
+    stem, mid = make_conv(rng, 1, 3, 3, in_bits=4, out_bits=4), make_conv(rng, 3, 4, 1, in_bits=4, out_bits=4)
+    fc = fc_layer(rng, 4, 3, 4, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))
+    net = IntConvNetwork(input_bits=4, image_shape=(1, 3, 3), stages=(ConvStage(stem), ConvStage(mid), FCStage(fc)))
+    conv_words = pack_v3(net)[0].astype(np.int64)
+    inner_fc = _with_v3_layer(conv_words, 1, kind=0)[0]
+    mlp = random_network(np.random.default_rng(22), sizes=(6, 5, 4, 3))
+    mlp_words = pack_v3(mlp)[0].astype(np.int64)
+    mlp_conv = _with_v3_layer(mlp_words, 1, kind=1)[0]  # a 1 x 1 conv on the 1 x 1 map: the same products
+    mlp_gap = _with_v3_layer(mlp_words, 2, gap=1)[0]  # a global pool of the 1 x 1 map: the same sums
+    tall = _with_v3_layer(_with_v3_header(mlp_words, in_channels=3, in_height=2), 0, c_in=3, in_height=2)[0]
+    cases = [(scoring_conv, 5), (inner_fc, 1), (mlp_conv, 1), (mlp_gap, 2), (tall, 0)]
+    for bad, _ in cases:
+        with pytest.raises(UserError):
+            unpack(bad.astype(np.uint32), where="bad.bin")
+    rngs = np.random.default_rng(0)
+    images = [rngs.integers(0, 16, size=resnet.image_shape), rngs.integers(0, 16, size=(1, 3, 3)),
+              *[rngs.integers(0, 16, size=6) for _ in range(3)], rngs.integers(0, 16, size=resnet.image_shape)]
+    res = run_array([bad for bad, _ in cases] + [words], images)
+    assert res["status"] == [Status.BAD_GEOMETRY] * len(cases) + [Status.OK]
+    assert res["layer_index"][:-1] == [k for _, k in cases]
+    assert np.array_equal(np.array(res["scores"][-1]), resnet.forward(images[-1][None])[0])
+
+
 def _pooled_net(rng, channels: int, height: int, bits: int) -> IntConvNetwork:
     """A stem of ``channels`` 1 x 1 channels (a short simulation) with ``bits``-bit outputs on a ``height`` x 10
     map (10 columns: CONFIG's tile), the global sum pool and an FC of 3 classes."""
@@ -813,7 +856,7 @@ def test_vertical_residual_net_runs_every_width_and_a_table_row():
 
 def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
     """The block structure the controller checks (a residual conv after an unpooled inner conv1, neither pooled;
-    the global pool on the last layer only): never a hang, BAD_GEOMETRY (then a good run)."""
+    the global pool on the last layer only; an FC last): never a hang, BAD_GEOMETRY (then a good run)."""
     from model.export.format import VLAYER, VREQUANT
 
     net = random_vertical_resnet(6)
@@ -832,6 +875,7 @@ def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
         with_fields(2, pool=2),  # a pooled residual conv
         with_fields(1, pool=2),  # a pooled conv1
         with_fields(1, gap=1),  # the global pool on a conv that is not last
+        with_fields(len(d) - 1, kind=1, gap=0, kernel=1),  # a conv scoring layer (the kinds' order)
         words,
     ]
     images = np.zeros((len(cases), 1, 6, 6), dtype=np.int64)
