@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.array.engine import LANE_SLOTS, ChannelEngine, engine_layer_layout, output_layout, row_command_layout
 from hw.array.requant import A_BITS, ACT_SUM_BOUND, X_BOUND
-from hw.core.global_buffer import GlobalBuffer
+from hw.core.global_buffer import GlobalBuffer, buffer_port_signature
 from model.export.golden import ACC_SHIFT, MAX_FAN_IN, MAX_SHIFT, class_sums, combine, requantize
 from model.export.golden_conv import requantize_residual
 from model.export.golden_vertical import comp_offset, compose
@@ -31,7 +31,8 @@ CHANNEL_BITS = 4
 class EngineHarness(wiring.Component):
     """The engine with its global buffer (the weight stream) and a patch memory (the tile's codes), both zeros
     until a testbench's :meth:`fill` writes them (so that one compiled simulation runs every layer of a
-    configuration: :func:`kept_engine`)."""
+    configuration: :func:`kept_engine`). The buffer's port is shared with ``noise``, a requester of higher
+    priority: while it asks, the engine's decoders are not granted (the controller's reads in the array)."""
 
     def __init__(self, lanes, fan_in_width=FAN_IN_WIDTH, addr_width=ADDR_WIDTH, vertical=False):
         self._engine = ChannelEngine(lanes=lanes, addr_width=addr_width, fan_in_width=fan_in_width, vertical=vertical,
@@ -44,6 +45,7 @@ class EngineHarness(wiring.Component):
             "cmd": In(stream.Signature(row_command_layout(addr_width, CHANNEL_BITS, t))),
             "o": Out(stream.Signature(output_layout(CHANNEL_BITS, t))),
             "usum": In(data.ArrayLayout(A_BITS, t)),
+            "noise": In(buffer_port_signature(addr_width)),
             "error": Out(1),
             "busy": Out(1),
         })
@@ -52,10 +54,11 @@ class EngineHarness(wiring.Component):
         m = Module()
         eng = self._engine
         m.submodules.engine = eng
-        m.submodules.buffer = buf = GlobalBuffer(self.words, ports=[["eng"]])
+        m.submodules.buffer = buf = GlobalBuffer(self.words, ports=[["noise", "eng"]])
         m.submodules.patch = patch = Memory(data=self.patch)
         port = patch.read_port()
         wiring.connect(m, buf.eng, eng.bus)
+        wiring.connect(m, wiring.flipped(self.noise), buf.noise)
         m.d.comb += [port.addr.eq(eng.patch_addr), port.en.eq(eng.patch_en), eng.patch_data.as_value().eq(port.data),
                      eng.layer.eq(self.layer), self.error.eq(eng.error), self.busy.eq(eng.busy),
                      eng.usum.eq(self.usum)]
@@ -94,9 +97,10 @@ def golden_outputs(codes, widths, u, signed, mult, bias, res_mult, r, shift, out
     return requantize(acc, mult, bias, shift, out_bits)
 
 
-def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False, residual=None):
+def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False, residual=None, p_noise=0.2):
     """One random layer's rows through an engine against golden; ``full``: every tile holds ``T`` pixels;
-    ``residual``: a residual layer or not (drawn at random when None)."""
+    ``residual``: a residual layer or not (drawn at random when None); ``p_noise``: how often another requester
+    takes the buffer's port."""
     rng = np.random.default_rng(seed)
     t = lanes * LANE_SLOTS
     rows = int(rng.integers(1, 1 << CHANNEL_BITS))
@@ -148,16 +152,17 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False, resid
     memories = (words, patch.tolist() + (shortcut.tolist() if residual else []) + [[0] * t] * rest)
     n_out = rows * (1 if gap else pixels)
     got, res = drive_engine(kept, memories, layer, cmds, n_out, rng, p_gap, p_stall,
-                            400 + 60 * n_out + 30 * fan_in * rows)
+                            400 + 60 * n_out + 30 * fan_in * rows, p_noise=p_noise)
     bad = [((j, i), got[(j, i)], int(want[i, j])) for j in range(rows) for i in range(1 if gap else pixels)
            if got[(j, i)] != int(want[i, j])]
     assert not bad, f"{len(bad)} of {n_out} outputs differ ((channel, pixel), got, want): {bad[:8]}"
     return res
 
 
-def drive_engine(kept, memories, layer, cmds, n_out, rng, p_gap, p_stall, limit, usum=None):
+def drive_engine(kept, memories, layer, cmds, n_out, rng, p_gap, p_stall, limit, usum=None, p_noise=0.0):
     """On the kept harness with ``memories`` (its words and patch rows), offer ``cmds`` under random gaps and
-    back-pressure; ``{(channel, pixel): value}`` and the cycles."""
+    back-pressure, the buffer's port taken by ``noise`` with probability ``p_noise`` a cycle (its own reads of
+    random addresses); ``{(channel, pixel): value}`` and the cycles."""
     dut = kept.dut
     got = {}
     res = {"cycles": 0}
@@ -174,6 +179,9 @@ def drive_engine(kept, memories, layer, cmds, n_out, rng, p_gap, p_stall, limit,
                 break
             src.drive(ctx)
             ctx.set(dut.o.ready, rng.random() >= p_stall)
+            if p_noise:
+                ctx.set(dut.noise.req, rng.random() < p_noise)
+                ctx.set(dut.noise.addr, int(rng.integers(0, 8)))
             _, _, cv, cr, ov, orr, out, err = await ctx.tick().sample(
                 dut.cmd.valid, dut.cmd.ready, dut.o.valid, dut.o.ready, dut.o.payload, dut.error)
             assert not err, "the decoder flagged a good stream"

@@ -115,6 +115,7 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3, fan_i
         ctx.set(dut.signed, signed)
         src = Source(dut.i, items, rng, p_gap)
         row_src = Source(dut.rows, [{"pixels": pixels, "bank": r % 2} for r in range(len(rows))], rng, p_gap)
+        held = None  # the payload offered and not taken: it must stay until its transfer
         for _ in range(20 * n_out + 100):
             if len(got) == n_out:
                 break
@@ -125,6 +126,9 @@ def run(rows, act_bits, signed, gap, pixels, seed, p_gap=0.3, p_stall=0.3, fan_i
                 dut.i.valid, dut.i.ready, dut.rows.valid, dut.rows.ready, dut.o.valid, dut.o.ready, dut.o.payload)
             src.update(iv, ir)
             row_src.update(rv, rr)
+            if held is not None:
+                assert ov and out.as_bits() == held, "a pass entry changed or vanished before its transfer"
+            held = out.as_bits() if ov and not orr else None
             if ov and orr:
                 got.append({"position": out.position, "code": out.code, "empty": out.empty,
                             "lane_chunk": out.chunk, "a_mode": out.a_mode, "bank": out.bank,
