@@ -11,14 +11,19 @@ bursts are outstanding; a burst is issued only when the read buffer (``max_reads
 room for all of it, so ``rready`` stays high and an R beat is never refused, however slowly ``rd_data`` is
 drained. Each 64-bit beat leaves as two 32-bit words, low word (lower address) first, with ``last`` on the
 command's final word. A beat with RRESP SLVERR / DECERR raises ``rd_error`` for one cycle; its data is
-passed on unchanged (the core reports ``AXI_ERROR`` and discards the run).
+passed on unchanged (the core reports ``AXI_ERROR`` and discards the run). An unsolicited R beat (one that
+comes while no burst is outstanding, counted from the cycle its AR is registered: a slave that breaks the
+protocol) raises ``rd_error`` too and is dropped; it changes no count, so the engine does not hang.
 
 Write engine. A command of ``addr`` (4-byte aligned) and ``length`` (a multiple of 4; 0 does nothing) is
 taken while the engine is idle; ``length / 4`` words then come on ``wr_data`` and are packed into 64-bit
 beats with WSTRB covering only the words written (an odd start or end word gives a half beat). A burst's AW
 is issued only once all of its beats are buffered (``2 * max_burst`` beats), so W never waits for data once
 AW is out; up to ``max_writes`` bursts wait for their B. A B with BRESP SLVERR / DECERR raises ``wr_error``
-for one cycle. ``wr_busy`` stays high until the last B has come back: the data is then in DDR.
+for one cycle. ``wr_busy`` stays high until the last B has come back: the data is then in DDR. An unsolicited B
+(one that comes while no burst waits for its B, counted from the cycle its AW is registered) raises
+``wr_error`` too and is otherwise ignored: the count of bursts awaiting their B does not wrap, so ``wr_busy``
+does not stay high. (A stray response while a burst is outstanding cannot be told from that burst's own.)
 
 Simulated under cocotb against cocotbext-axi's AXI RAM with random latency, back-pressure and injected error
 responses (tests/sim/test_axi_master.py); not run on a board, and the HP port's behaviour under real DDR
@@ -94,7 +99,7 @@ class AxiMaster(wiring.Component):
     rd_busy : Out(1)
         A read command is in progress (bursts to issue, in flight, or words not yet taken).
     rd_error : Out(1)
-        One cycle per R beat with an error response.
+        One cycle per R beat with an error response or with no read burst outstanding (dropped).
     wr_cmd : In(stream.Signature(command_layout(addr_width, length_width)))
         Ready while the write engine is idle.
     wr_data : In(stream.Signature(32))
@@ -102,7 +107,7 @@ class AxiMaster(wiring.Component):
     wr_busy : Out(1)
         A write command is in progress (words to take, bursts to issue, or B responses to come).
     wr_error : Out(1)
-        One cycle per B with an error response.
+        One cycle per B with an error response or with no write burst outstanding (ignored).
 
     Raises
     ------
@@ -226,12 +231,14 @@ class AxiMaster(wiring.Component):
         with m.If(load):
             m.d.sync += [addr.eq(addr + (burst << 3)), beats_left.eq(beats_left - burst)]
 
-        # R into the buffer; room was reserved when the burst was issued.
-        r_take = Signal()
+        # R into the buffer; room was reserved when the burst was issued. A beat with no burst outstanding
+        # (unsolicited) is dropped and reported; it must not wrap ``outstanding`` (rd_busy high for ever).
+        r_take, r_stray = Signal(), Signal(name="r_stray")
         m.d.comb += [axi("rready").eq(buf.w_rdy), r_take.eq(axi("rvalid") & buf.w_rdy),
-                     buf.w_en.eq(r_take), buf.w_data.eq(axi("rdata"))]
-        m.d.sync += self.rd_error.eq(r_take & (axi("rresp") != 0))
-        burst_done = r_take & axi("rlast")
+                     r_stray.eq(r_take & (outstanding == 0)),
+                     buf.w_en.eq(r_take & ~r_stray), buf.w_data.eq(axi("rdata"))]
+        m.d.sync += self.rd_error.eq(r_take & ((axi("rresp") != 0) | r_stray))
+        burst_done = r_take & axi("rlast") & ~r_stray
         m.d.sync += outstanding.eq(outstanding + load - burst_done)
 
         # Buffer -> words, low word first.
@@ -319,8 +326,9 @@ class AxiMaster(wiring.Component):
                 m.d.sync += w_active.eq(0)
         m.d.sync += committed.eq(committed + Mux(load, burst, 0) - w_take)
 
-        # B: always ready; count and check.
-        b_take = Signal()
-        m.d.comb += [axi("bready").eq(1), b_take.eq(axi("bvalid"))]
-        m.d.sync += [outstanding.eq(outstanding + load - b_take),
-                     self.wr_error.eq(b_take & (axi("bresp") != 0))]
+        # B: always ready; count and check. A B with no burst awaiting it (unsolicited) is reported and not
+        # counted: it must not wrap ``outstanding`` (wr_busy high for ever).
+        b_take, b_stray = Signal(), Signal(name="b_stray")
+        m.d.comb += [axi("bready").eq(1), b_take.eq(axi("bvalid")), b_stray.eq(b_take & (outstanding == 0))]
+        m.d.sync += [outstanding.eq(outstanding + load - (b_take & ~b_stray)),
+                     self.wr_error.eq(b_take & ((axi("bresp") != 0) | b_stray))]

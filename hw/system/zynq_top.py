@@ -474,9 +474,14 @@ class MpqSystem(wiring.Component):
                 with m.Else():
                     m.next = "RUN_WCMD"
             with m.State("RUN_WCMD"):
+                # Every waiting state has a watchdog exit: the write engine is normally idle here, but an
+                # interconnect that breaks the protocol must not hang the shell (no ap_done).
                 m.d.comb += [in_run.eq(1), master.wr_cmd.valid.eq(1)]
                 with m.If(master.wr_cmd.ready):
                     m.next = "RUN_WDATA"
+                with m.Elif(timed_out):
+                    fail(StatusCode.TIMEOUT)
+                    m.next = "DRAIN"
             with m.State("RUN_WDATA"):
                 m.d.comb += [in_run.eq(1), writing.eq(1)]
                 with m.If(~master.wr_busy):

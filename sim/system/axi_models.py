@@ -15,7 +15,9 @@ one burst at a time per direction) with what an interconnect and a DDR controlle
 - one-shot long waits (:attr:`LatencyAxiRam.read_waits`, :attr:`LatencyAxiRam.write_waits`): a read beat or
   a write at a chosen address waits a chosen number of cycles once (a bus that stops answering, for watchdog
   tests). A read beat takes its data from memory when it is fetched and then waits, so a late beat carries
-  what memory held then.
+  what memory held then;
+- unsolicited responses (:meth:`LatencyAxiRam.send_unsolicited_b`, :meth:`LatencyAxiRam.send_unsolicited_r`):
+  one B or R beat that answers no request, as an interconnect that breaks the protocol would send.
 
 :class:`AxiProtocolChecker` watches the master's side of the bus and records violations: a ``*valid`` that
 drops or a payload that changes before its handshake, a burst over ``max_burst`` beats, across a 4 KiB
@@ -218,6 +220,21 @@ class LatencyAxiRam(Memory):
         if ranges is None:
             ranges = self.error_ranges + self.decode_error_ranges
         return any(address < hi and lo < address + length for lo, hi in ranges)
+
+    def send_unsolicited_b(self, bresp: int = AxiResp.OKAY) -> None:
+        """Queue one B (ID 0, ``bresp``) that answers no write, behind any B already queued (a protocol violation
+        of the slave, for the master's tests). It bypasses the DECERR wrapper of ``b_channel.send``, so a
+        pending decode error stays with its own burst. Raises cocotbext's ``QueueFull`` if 2 B are queued."""
+        b = self.write_if.b_channel._transaction_obj()
+        b.bid, b.bresp = 0, bresp
+        self.write_if.b_channel.send_nowait(b)
+
+    def send_unsolicited_r(self, rdata: int = 0, rresp: int = AxiResp.OKAY, rlast: bool = True) -> None:
+        """Queue one R beat (ID 0) that answers no read, behind any R already queued (as
+        :meth:`send_unsolicited_b`)."""
+        r = self.read_if.r_channel._transaction_obj()
+        r.rid, r.rdata, r.rresp, r.rlast = 0, rdata, rresp, int(rlast)
+        self.read_if.r_channel.send_nowait(r)
 
 
 class AxiProtocolChecker:

@@ -3,7 +3,8 @@
 The memory answers with random latency and back-pressure on every channel; the command and word streams
 run with random idle cycles and back-pressure (:mod:`sim.transactors`); :class:`AxiProtocolChecker` watches
 every burst. Reads are compared word for word with the memory, writes byte for byte over the whole region
-(so a wrong strobe that touches a neighbouring byte fails). Settings: ``AXI_TB_SEED``, ``AXI_TB_COMMANDS``,
+(so a wrong strobe that touches a neighbouring byte fails). Unsolicited B and R responses (the slave breaking
+the protocol) must be reported once and leave the engines working. Settings: ``AXI_TB_SEED``, ``AXI_TB_COMMANDS``,
 ``AXI_TB_STALL`` ("1"/"0"), ``AXI_TB_MAX_BURST``, ``AXI_TB_MAX_READS`` (the DUT's parameters, for the
 checker and the outstanding check).
 """
@@ -86,7 +87,8 @@ class AxiMasterTB:
 
     def random_region(self, granule: int, max_bytes: int) -> tuple[int, int]:
         """(addr, length), multiples of ``granule``, inside the memory, often next to a 4 KiB boundary."""
-        length = granule * self.rng.choice([1, 2, 3, self.rng.randint(1, 40), self.rng.randint(1, max_bytes // granule)])
+        length = granule * self.rng.choice([1, 2, 3, self.rng.randint(1, 40),
+                                            self.rng.randint(1, max_bytes // granule)])
         if self.rng.random() < 0.4:  # start just before a 4 KiB boundary
             boundary = 4096 * self.rng.randint(1, MEMORY_BYTES // 4096 - 1)
             addr = boundary - granule * self.rng.randint(1, 40)
@@ -111,6 +113,56 @@ def _expected_words(memory: bytes, commands) -> list[dict]:
     return words
 
 
+async def _random_reads(tb, background: bytes) -> list[tuple[int, int]]:
+    """Random read commands (and two that straddle 4 KiB boundaries); checks the words against ``background``
+    and the bytes requested; returns the commands."""
+    dut = tb.dut
+    commands = [tb.random_region(BEAT, 4096) for _ in range(tb.commands)]
+    commands += [(4096 - 8, 16), (8192 - 128, 256)]  # straddle boundaries
+    expected = _expected_words(background, commands)
+    n0, bursts0 = len(tb.rd_data.received), len(tb.checker.ar_bursts)
+    tb.rd_cmd.send_all_nowait({"addr": a, "length": n} for a, n in commands)
+    await tb.wait_until(lambda: len(tb.rd_data.received) >= n0 + len(expected) and not int(dut.rd_busy.value),
+                        "all read words")
+    await ClockCycles(dut.clk, 20)
+    got = tb.rd_data.received[n0:]
+    assert len(got) == len(expected), f"{len(got)} words, expected {len(expected)}"
+    bad = [k for k, (g, e) in enumerate(zip(got, expected)) if g != e]
+    assert not bad, f"{len(bad)} words differ, first at {bad[0]}: {got[bad[0]]} != {expected[bad[0]]}"
+    assert sum(n for _, n in tb.checker.ar_bursts[bursts0:]) * BEAT == sum(n for _, n in commands), "bytes requested"
+    return commands
+
+
+async def _random_writes(tb, model: bytearray) -> tuple[list[tuple[int, int]], int]:
+    """Random write commands (and three at boundaries and odd words), applied to ``model`` too; waits for every B,
+    then checks the whole memory against ``model`` and the beats written; returns the commands and words."""
+    dut = tb.dut
+    commands = [tb.random_region(4, 4096) for _ in range(tb.commands)]
+    commands += [(4096 - 4, 8), (8192 - 132, 264), (12, 4)]
+    words = []
+    for addr, length in commands:
+        data = bytes(tb.rng.getrandbits(8) for _ in range(length))
+        model[addr:addr + length] = data
+        words += [int.from_bytes(data[k:k + 4], "little") for k in range(0, length, 4)]
+    bursts0 = len(tb.checker.aw_bursts)
+    tb.wr_cmd.send_all_nowait({"addr": a, "length": n} for a, n in commands)
+    tb.wr_data.send_all_nowait(words)
+    await tb.wait_until(lambda: tb.wr_data.idle and tb.wr_cmd.idle and not int(dut.wr_busy.value),
+                        "all writes answered")
+    got = tb.ram.read(0, MEMORY_BYTES)
+    bad = [k for k in range(MEMORY_BYTES) if got[k] != model[k]]
+    assert not bad, f"{len(bad)} bytes differ, first at {bad[0]:#x}: {got[bad[0]]:#x} != {model[bad[0]]:#x}"
+    beats = sum((a % 8 // 4 + n // 4 + 1) // 2 for a, n in commands)
+    assert sum(n for _, n in tb.checker.aw_bursts[bursts0:]) == beats, "beats written"
+    return commands, len(words)
+
+
+def _take_stray_report(tb, text: str) -> None:
+    """The protocol checker saw the injected stray response (the slave's violation, not the master's): drop it."""
+    assert tb.checker.errors == [text], f"protocol checker: {tb.checker.errors[:5]}"
+    tb.checker.errors.clear()
+
+
 @cocotb.test()
 async def read_engine_random(dut):
     """Random reads (lengths 8 B to 4 KiB, starts near 4 KiB boundaries) equal the memory word for word."""
@@ -118,26 +170,15 @@ async def read_engine_random(dut):
     background = bytes(tb.rng.getrandbits(8) for _ in range(MEMORY_BYTES))
     tb.ram.write(0, background)
     await tb.reset()
-    commands = [tb.random_region(BEAT, 4096) for _ in range(tb.commands)]
-    commands += [(4096 - 8, 16), (8192 - 128, 256)]  # straddle boundaries
-    expected = _expected_words(background, commands)
-    tb.rd_cmd.send_all_nowait({"addr": a, "length": n} for a, n in commands)
-    await tb.wait_until(lambda: len(tb.rd_data.received) >= len(expected) and not int(dut.rd_busy.value),
-                        "all read words")
-    await ClockCycles(dut.clk, 20)
-    got = tb.rd_data.received
-    assert len(got) == len(expected), f"{len(got)} words, expected {len(expected)}"
-    bad = [k for k, (g, e) in enumerate(zip(got, expected)) if g != e]
-    assert not bad, f"{len(bad)} words differ, first at {bad[0]}: {got[bad[0]]} != {expected[bad[0]]}"
-    assert sum(n for _, n in tb.checker.ar_bursts) * BEAT == sum(n for _, n in commands), "bytes requested"
+    commands = await _random_reads(tb, background)
     assert tb.rd_errors == 0
     assert tb.checker.r_refused == 0, f"rready low for {tb.checker.r_refused} cycles with rvalid high"
     tb.finish()
     if tb.stall:
         assert tb.checker.max_reads_in_flight > 1, "never more than one read outstanding"
     assert tb.checker.max_reads_in_flight <= tb.max_reads, f"{tb.checker.max_reads_in_flight} reads in flight"
-    dut._log.info("%d commands, %d words, %d bursts, up to %d reads in flight", len(commands), len(expected),
-                  len(tb.checker.ar_bursts), tb.checker.max_reads_in_flight)
+    dut._log.info("%d commands, %d words, %d bursts, up to %d reads in flight", len(commands),
+                  len(tb.rd_data.received), len(tb.checker.ar_bursts), tb.checker.max_reads_in_flight)
 
 
 @cocotb.test()
@@ -147,29 +188,66 @@ async def write_engine_random(dut):
     model = bytearray(tb.rng.getrandbits(8) for _ in range(MEMORY_BYTES))
     tb.ram.write(0, bytes(model))
     await tb.reset()
-    commands = [tb.random_region(4, 4096) for _ in range(tb.commands)]
-    commands += [(4096 - 4, 8), (8192 - 132, 264), (12, 4)]
-    words = []
-    for addr, length in commands:
-        data = bytes(tb.rng.getrandbits(8) for _ in range(length))
-        model[addr:addr + length] = data
-        words += [int.from_bytes(data[k:k + 4], "little") for k in range(0, length, 4)]
-    tb.wr_cmd.send_all_nowait({"addr": a, "length": n} for a, n in commands)
-    tb.wr_data.send_all_nowait(words)
-    await tb.wait_until(lambda: tb.wr_data.idle and tb.wr_cmd.idle and not int(dut.wr_busy.value),
-                        "all writes answered")
-    got = tb.ram.read(0, MEMORY_BYTES)
-    bad = [k for k in range(MEMORY_BYTES) if got[k] != model[k]]
-    assert not bad, f"{len(bad)} bytes differ, first at {bad[0]:#x}: {got[bad[0]]:#x} != {model[bad[0]]:#x}"
-    beats = sum((a % 8 // 4 + n // 4 + 1) // 2 for a, n in commands)
-    assert sum(n for _, n in tb.checker.aw_bursts) == beats, "beats written"
+    commands, words = await _random_writes(tb, model)
     assert tb.wr_errors == 0
     tb.finish()
     if tb.stall:  # B responses held back by the memory model's latency: more than one burst waits for its B
         assert tb.checker.max_writes_in_flight > 1, "never more than one write outstanding"
     assert tb.checker.max_writes_in_flight <= tb.max_writes, f"{tb.checker.max_writes_in_flight} writes in flight"
-    dut._log.info("%d commands, %d words, %d bursts, up to %d writes in flight", len(commands), len(words),
+    dut._log.info("%d commands, %d words, %d bursts, up to %d writes in flight", len(commands), words,
                   len(tb.checker.aw_bursts), tb.checker.max_writes_in_flight)
+
+
+#: Cycles an engine may take to go idle after a stray response (a wrapped count kept it busy for ever).
+STRAY_IDLE_CYCLES = 500
+
+
+@cocotb.test()
+async def unsolicited_b(dut):
+    """A B while no write is outstanding (the slave breaking the protocol): ``wr_error`` once, ``wr_busy`` back
+    low (before the fix the count of bursts awaiting a B wrapped and the engine stayed busy for ever), and random
+    writes afterwards still leave the memory equal to the model."""
+    tb = AxiMasterTB(dut)
+    model = bytearray(tb.rng.getrandbits(8) for _ in range(MEMORY_BYTES))
+    tb.ram.write(0, bytes(model))
+    await tb.reset()
+    await ClockCycles(dut.clk, 5)
+    assert not int(dut.wr_busy.value)
+    tb.ram.send_unsolicited_b()
+    b = tb.ram.write_if.b_channel
+    await tb.wait_until(lambda: b.idle() and not int(dut.m_axi_gmem_bvalid.value), "the stray B sent", 1000)
+    await tb.wait_until(lambda: not int(dut.wr_busy.value), "wr_busy low after the stray B", STRAY_IDLE_CYCLES)
+    await ClockCycles(dut.clk, 20)
+    assert not int(dut.wr_busy.value), "wr_busy high after the stray B"
+    assert tb.wr_errors == 1, f"wr_error pulsed {tb.wr_errors} times for one stray B"
+    _take_stray_report(tb, "a B came for a write that was never requested")
+    await _random_writes(tb, model)
+    assert tb.wr_errors == 1, f"{tb.wr_errors - 1} wr_error pulses in the writes after the stray B"
+    tb.finish()
+
+
+@cocotb.test()
+async def unsolicited_r(dut):
+    """An R beat (``rlast`` high) while no read is outstanding: ``rd_error`` once, the beat dropped (no word on
+    ``rd_data``), ``rd_busy`` back low, and random reads afterwards still equal the memory."""
+    tb = AxiMasterTB(dut)
+    background = bytes(tb.rng.getrandbits(8) for _ in range(MEMORY_BYTES))
+    tb.ram.write(0, background)
+    await tb.reset()
+    await ClockCycles(dut.clk, 5)
+    assert not int(dut.rd_busy.value)
+    tb.ram.send_unsolicited_r(rdata=0x0123_4567_89AB_CDEF)
+    r = tb.ram.read_if.r_channel
+    await tb.wait_until(lambda: r.idle() and not int(dut.m_axi_gmem_rvalid.value), "the stray R sent", 1000)
+    await tb.wait_until(lambda: not int(dut.rd_busy.value), "rd_busy low after the stray R", STRAY_IDLE_CYCLES)
+    await ClockCycles(dut.clk, 20)
+    assert not int(dut.rd_busy.value), "rd_busy high after the stray R"
+    assert tb.rd_errors == 1, f"rd_error pulsed {tb.rd_errors} times for one stray R beat"
+    assert not tb.rd_data.received, f"the stray beat came out as words: {tb.rd_data.received}"
+    _take_stray_report(tb, "an R burst ended that was never requested")
+    await _random_reads(tb, background)
+    assert tb.rd_errors == 1, f"{tb.rd_errors - 1} rd_error pulses in the reads after the stray R"
+    tb.finish()
 
 
 @cocotb.test()

@@ -4,7 +4,8 @@
 Random commands (lengths up to 4 KiB, starts next to 4 KiB boundaries, odd words for writes) with random
 latency and back-pressure on every AXI channel and on the word streams; reads compared word for word,
 writes byte for byte over the whole memory; a protocol checker on every burst (<= max_burst beats, no 4 KiB
-crossing, wlast, stable valid); SLVERR responses reported (:mod:`sim.system.tb_axi_master`).
+crossing, wlast, stable valid); SLVERR responses reported; an unsolicited B or R beat reported once, with no hang
+(:mod:`sim.system.tb_axi_master`).
 """
 
 from pathlib import Path
@@ -34,7 +35,8 @@ def design(request, tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.mark.parametrize("test,seed,stall", [("read_engine_random", 1, 1), ("read_engine_random", 2, 0),
                                              ("write_engine_random", 3, 1), ("write_engine_random", 4, 0),
-                                             ("error_responses", 5, 1)])
+                                             ("error_responses", 5, 1), ("unsolicited_b", 6, 1),
+                                             ("unsolicited_r", 7, 1)])
 def test_axi_master(design, test, seed, stall):
     verilog, env = design
     result = run_block_test(verilog, toplevel=TOPLEVEL, test_module=TEST_MODULE, test=test,
