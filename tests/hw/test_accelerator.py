@@ -170,7 +170,8 @@ def test_accelerator_rejects_bad_depths(name, bad):
 
 @pytest.mark.parametrize(("name", "batch"), [("two-layer", 2), ("three-layer-pruned-middle", 2),
                                              ("all-32-bit-8-bit-acts", 4), ("sparse-4-bit-2-bit-acts", 4),
-                                             ("one-input-one-class", 2)])
+                                             ("one-input-one-class", 2), ("two-layer", 6),
+                                             ("sparse-4-bit-2-bit-acts", 16)])
 def test_batched_accelerator_matches_golden(name, batch):
     """``batch`` images share every decoded weight (packed DSP lanes); scores still leave image by image."""
     sizes, act_bits, probs, pruned, p_gap, p_stall = CASES[name]

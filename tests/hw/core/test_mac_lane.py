@@ -78,11 +78,11 @@ def random_rows(rng, n_rows, batch=1):
     return rows
 
 
-@pytest.mark.parametrize(("seed", "batch"), [(0, 1), (1, 1), (2, 2), (3, 2), (4, 4)])
+@pytest.mark.parametrize(("seed", "batch"), [(0, 1), (1, 1), (2, 2), (3, 2), (4, 4), (5, 6), (6, 16)])
 def test_lane_row_sums_match_python_ints(seed, batch):
     rng = np.random.default_rng(seed)
     rows = random_rows(rng, 30, batch)
-    p_gap, p_stall = [(0.0, 0.0), (0.3, 0.3), (0.6, 0.2), (0.1, 0.7), (0.5, 0.5)][seed]
+    p_gap, p_stall = [(0.0, 0.0), (0.3, 0.3), (0.6, 0.2), (0.1, 0.7), (0.5, 0.5), (0.3, 0.5), (0.4, 0.4)][seed]
     got, _, _ = run_lane([op for row in rows for op in row], len(rows), seed, p_gap, p_stall, batch)
     assert got == model_sums(rows, batch)
 
