@@ -36,6 +36,10 @@ class LoaderHarness(wiring.Component):
             "shortcut": Out(1),
             "channels": In(16, init=0xFFFF),
             "done_rows": In(DIM_BITS),
+            "rows": In(self._maps.addr_width + 1, init=1 << self._maps.addr_width),
+            "hold": In(1),
+            "read_en": Out(1),
+            "read_addr": Out(self._maps.addr_width),
             "wr": In(write_signature(self._maps.addr_width, row_codes)),
             "patch": Out(patch_write_signature(FAN_IN_WIDTH, pixels)),
         })
@@ -49,7 +53,8 @@ class LoaderHarness(wiring.Component):
         wiring.connect(m, ld.patch, wiring.flipped(self.patch))
         m.d.comb += [ld.geometry.eq(self.geometry), ld.start.eq(self.start), self.done.eq(ld.done),
                      self.shortcut.eq(ld.shortcut), ld.channels.eq(self.channels), ld.done_rows.eq(self.done_rows),
-                     maps.rmw.en.eq(0)]
+                     ld.rows.eq(self.rows), ld.hold.eq(self.hold), self.read_en.eq(ld.fmap.en),
+                     self.read_addr.eq(ld.fmap.addr), maps.rmw.en.eq(0)]
         return m
 
 
@@ -294,6 +299,54 @@ def test_the_row_gate_lets_a_tile_load_rows_written_in_every_channel(stride):
     first_row = geometry(LoadMode.CONV, 0, c, h, w, 3, 3, stride, pad, 0, 1, geo["w_out"])
     late, when = gated_load(u, geo, last, before=first_row)
     assert np.array_equal(late, want) and min(when) >= 200
+
+
+@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 1), (1, 0)])
+def test_streamed_rows_and_held_cycles_gate_the_reads(stride, pad):
+    """The input streaming in (``rows``: buffer 0's words written so far, one more every third cycle, then all)
+    and buffer 0's port taken by an input row's write (``hold``, a third of the cycles at random): no read while
+    held, none of a word at or past ``rows``, and the same patch as an ungated load (the array's streamed input,
+    otherwise covered only end to end)."""
+    rng = np.random.default_rng(30 + stride + pad)
+    c, h, w = 2, 9, 6
+    u = rng.integers(0, 256, size=(c, h, w))
+    rows = 3
+    geo = geometry(LoadMode.CONV, 0, c, h, w, 3, 3, stride, pad, 0, rows, (w + 2 * pad - 3) // stride + 1)
+    want, _ = run_loader(u, 0, geo, c * 9)
+    dut = LoaderHarness(LOADER_COLUMNS)
+    got, reads = {}, []
+
+    async def bench(ctx):
+        await write_map(ctx, dut, u, 0)  # (the words are there; `rows` says how many the loader may read)
+        ctx.set(dut.rows, 0)
+        ctx.set(dut.geometry, geo)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        written = 0
+        for cycle in range(2000):
+            written = min(written + (cycle % 3 == 2), c * h)
+            limit = written if written < c * h else 1 << dut.read_addr.shape().width
+            hold = rng.random() < 1 / 3
+            ctx.set(dut.rows, limit)
+            ctx.set(dut.hold, hold)
+            _, _, en, addr, p_en, p_addr, data, done = await ctx.tick().sample(
+                dut.read_en, dut.read_addr, dut.patch.en, dut.patch.addr, dut.patch.data, dut.done)
+            if en:
+                assert not hold, f"a read at cycle {cycle} while held"
+                assert addr < limit, f"word {addr} read at cycle {cycle} with {limit} written"
+                reads.append(cycle)
+            if p_en:
+                got[int(p_addr)] = [int(v) for v in data]
+            if done:
+                break
+        else:
+            raise AssertionError("no done")
+
+    simulate(dut, bench)
+    assert sorted(got) == list(range(c * 9))
+    assert np.array_equal(np.array([got[p] for p in range(c * 9)]), want)
+    assert min(reads) > 3, "the first read did not wait for the rows"
 
 
 def test_three_by_three_tile_reads_each_word_once():
