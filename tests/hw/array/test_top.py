@@ -83,7 +83,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
     dut = kept.dut
     rng = np.random.default_rng(seed)
     out = {"scores": [], "status": [], "cycles": [], "overlaps": [], "early_starts": [], "layer_index": [],
-           "inputs": [], "weight_reads": []}
+           "inputs": [], "weight_reads": [], "reads": []}
     widths = widths or [(0, 0, 0)] * len(images)
 
     per_image = isinstance(words, list)  # one image's words per input image, each loaded before its run
@@ -136,6 +136,7 @@ def run_array(words, images, config=CONFIG, n_scores=None, p_stall=0.2, seed=0, 
             out["early_starts"].append(ctx.get(dut.early_starts))
             out["layer_index"].append(ctx.get(dut.layer_index))
             out["weight_reads"].append(ctx.get(dut.weight_reads))
+            out["reads"].append(ctx.get(dut.reads))
             out["inputs"].append(at)  # input codes the array took
 
     kept.run(bench)
@@ -165,9 +166,33 @@ def weight_words_read(net, config=CONFIG) -> int:
     return total
 
 
+def control_words_read(net, config=CONFIG) -> int:
+    """The global-buffer words the controller reads for one image of ``net``'s version 3 image: the header, each
+    layer's descriptor, and for each row command (every row of every tile, :func:`weight_words_read`'s tiles) the
+    words holding row ``j``'s end pointer (none for the last row, whose end is the stream's length; one when the
+    pointer lies in one word) and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual layer): the READ
+    state's schedule, which ``reads`` minus ``weight_reads`` counts (bench vertical's bytes read)."""
+    from model.export.format import LAYER, PARAMS, RES_PARAMS
+    from model.export.weight_stream import ptr_bits
+
+    _, _, regions = pack_v3(net)
+    layers = weight_layers(net)
+    total = HEADER.words + LAYER.words * len(layers)
+    for (layer, pixels, _, w_out), region in zip(layers, regions):
+        rows, bits = len(region.stream.row_ptr), ptr_bits(region.stream.bits)
+        ends = [(j + 1) * bits for j in range(rows - 1)]  # the bit of row j's end pointer; the last row has none
+        per_tile = sum(1 if e % 32 + bits <= 32 else 2 for e in ends)
+        residual = isinstance(layer, IntConv2d) and layer.res_mult is not None
+        per_tile += rows * (RES_PARAMS.words if residual else PARAMS.words)
+        tiles = len(tile_pixels(pixels, w_out, config.lanes)) if isinstance(layer, IntConv2d) else 1
+        total += tiles * per_tile
+    return total
+
+
 def check_net(net, n_images, seed, config=CONFIG):
     """``net``, its conv layers' requant calibrated on the images (``tests.hw.netgen.calibrated``), on the array:
-    golden's scores for each image, and the weight words read for them (:func:`weight_words_read`)."""
+    golden's scores for each image, the weight words read for them (:func:`weight_words_read`) and the words read
+    in all (:func:`control_words_read` besides)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 1 << net.input_bits, size=(n_images, *net.image_shape))
     net = calibrated(net, images, rng)
@@ -177,6 +202,7 @@ def check_net(net, n_images, seed, config=CONFIG):
     want = net.forward(images)
     assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
     assert res["weight_reads"] == [weight_words_read(net, config)] * n_images
+    assert res["reads"] == [weight_words_read(net, config) + control_words_read(net, config)] * n_images
     return res
 
 
