@@ -14,14 +14,15 @@ from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.errors import UserError
-from model.export.format import HEADER, VHEADER
-from model.export.golden import MAX_ACT_BITS, IntLinear
+from model.export.format import HEADER, LAYER, PARAMS, RES_PARAMS, VHEADER
+from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, IntLinear
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.image import unpack
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
+from model.export.weight_stream import ptr_bits
 from sim.bounds import tile_pixels, weight_layers
 from tests.hw.netgen import calibrated, random_network
 from tests.hw.stream_source import KeptSimulation
@@ -172,9 +173,6 @@ def control_words_read(net, config=CONFIG) -> int:
     words holding row ``j``'s end pointer (none for the last row, whose end is the stream's length; one when the
     pointer lies in one word) and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual layer): the READ
     state's schedule, which ``reads`` minus ``weight_reads`` counts (bench vertical's bytes read)."""
-    from model.export.format import LAYER, PARAMS, RES_PARAMS
-    from model.export.weight_stream import ptr_bits
-
     _, _, regions = pack_v3(net)
     layers = weight_layers(net)
     total = HEADER.words + LAYER.words * len(layers)
@@ -328,8 +326,6 @@ def test_the_first_layer_runs_while_the_input_streams_in():
 def _with_v3_layer(words, k, **fields):
     """A copy of the version 3 image ``words`` with ``fields`` of layer ``k``'s descriptor replaced, and the
     descriptor's old fields."""
-    from model.export.format import HEADER, LAYER
-
     at = HEADER.words + LAYER.words * k
     old = {name: int(v[0]) for name, v in unpack_records(LAYER, words[at:at + LAYER.words], version=3).items()}
     bad = words.copy()
@@ -419,8 +415,6 @@ def test_a_requant_multiplier_past_17_bits_ends_with_bad_stream():
     does, on its layer, instead of running truncated to OK with other scores: ``M`` of the stem's last row,
     ``M_r`` of the residual layer's first row. (Each on a fresh array: a fault needs the reset the Zynq shell
     gives before every run.)"""
-    from model.export.format import RES_PARAMS
-
     net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     _, stem = _with_v3_layer(words, 0)
@@ -489,6 +483,14 @@ def _with_v3_header(words, **fields):
     return bad
 
 
+def _one_by_one_net() -> IntConvNetwork:
+    """A 3 x 3 stem on a 1 x 3 x 3 input (a 1 x 1 output map), a 1 x 1 conv and an FC of 3 classes."""
+    rng = np.random.default_rng(21)
+    stem, mid = make_conv(rng, 1, 3, 3, in_bits=4, out_bits=4), make_conv(rng, 3, 4, 1, in_bits=4, out_bits=4)
+    fc = fc_layer(rng, 4, 3, 4, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))
+    return IntConvNetwork(input_bits=4, image_shape=(1, 3, 3), stages=(ConvStage(stem), ConvStage(mid), FCStage(fc)))
+
+
 def test_layers_out_of_a_networks_order_end_with_bad_geometry():
     """The kinds in the order the format allows: a conv net is convs, then one FC, its last layer (the class
     scores); an MLP is FCs only, without the global pool, on 1 x 1 maps. Each case below passes every other
@@ -499,13 +501,7 @@ def test_layers_out_of_a_networks_order_end_with_bad_geometry():
     words = pack_v3(resnet)[0].astype(np.int64)
     assert _with_v3_layer(words, 5)[1]["gap"] == 1
     scoring_conv = _with_v3_layer(words, 5, kind=1, gap=0, kernel=1, stride=1, padding=0)[0]
-    # A conv net whose stem's output is 1 x 1 and whose 1 x 1 conv becomes an FC of the same weights.
-    rng = np.random.default_rng(21)
-    stem, mid = make_conv(rng, 1, 3, 3, in_bits=4, out_bits=4), make_conv(rng, 3, 4, 1, in_bits=4, out_bits=4)
-    fc = fc_layer(rng, 4, 3, 4, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))
-    net = IntConvNetwork(input_bits=4, image_shape=(1, 3, 3), stages=(ConvStage(stem), ConvStage(mid), FCStage(fc)))
-    conv_words = pack_v3(net)[0].astype(np.int64)
-    inner_fc = _with_v3_layer(conv_words, 1, kind=0)[0]
+    inner_fc = _with_v3_layer(pack_v3(_one_by_one_net())[0].astype(np.int64), 1, kind=0)[0]  # same weights
     mlp = random_network(np.random.default_rng(22), sizes=(6, 5, 4, 3))
     mlp_words = pack_v3(mlp)[0].astype(np.int64)
     mlp_conv = _with_v3_layer(mlp_words, 1, kind=1)[0]  # a 1 x 1 conv on the 1 x 1 map: the same products
@@ -522,6 +518,59 @@ def test_layers_out_of_a_networks_order_end_with_bad_geometry():
     assert res["status"] == [Status.BAD_GEOMETRY] * len(cases) + [Status.OK]
     assert res["layer_index"][:-1] == [k for _, k in cases]
     assert np.array_equal(np.array(res["scores"][-1]), resnet.forward(images[-1][None])[0])
+
+
+def test_each_descriptor_check_refuses_its_image():
+    """Images the reader refuses that pass every check of the controller but one (found by removing each term of
+    its checks in turn: with the term gone each of these ran to OK; a mutation audit): BAD_GEOMETRY on the layer
+    named, then a good run. The calibrated small ResNet's layers: 0 the stem, 1-2 and 3-4 two blocks (3 at
+    stride 2), 5 the global-pool FC; the MLP's: three FCs."""
+    net = calibrated_resnet()
+    words = pack_v3(net)[0].astype(np.int64)
+    old = [_with_v3_layer(words, k)[1] for k in range(6)]
+    assert old[0]["pool"] == 0 and old[2]["res_buf"] == 1 and old[3]["stride"] == 2
+
+    def layer(ws, k, **fields):
+        return _with_v3_layer(ws, k, **fields)[0]
+
+    own_shortcut = layer(layer(layer(layer(words, 2, out_buf=1), 3, in_buf=1), 4, res_buf=1, out_buf=2), 5, in_buf=2)
+    mlp = random_network(np.random.default_rng(22), sizes=(6, 5, 4, 3))
+    mlp_words = pack_v3(mlp)[0].astype(np.int64)
+    conv_words = pack_v3(_one_by_one_net())[0].astype(np.int64)
+    cases = [
+        (layer(words, 0, stride=3), 0),  # a stride the array does not run (it ran as stride 1)
+        (layer(words, 0, pool=3), 0),  # a pool window past 2
+        (layer(words, 1, gap=1), 1),  # the global pool on a conv
+        (layer(words, 0, shift=0), 0),  # S outside 1..MAX_SHIFT
+        (layer(words, 0, shift=MAX_SHIFT + 1), 0),
+        (_with_v3_header(words, layers=5), 4),  # the last layer does not write the scores
+        (own_shortcut, 2),  # a residual layer writes over its own shortcut
+        (layer(words, 2, res_stride=3), 2),  # a shortcut stride other than 1 or 2
+        # conv2 of the second block at stride 2 behind a stride-1 conv1 (its shortcut subsampled to match)
+        (layer(layer(words, 3, stride=1), 4, stride=2, in_height=old[3]["in_height"], in_width=old[3]["in_width"]), 4),
+        (layer(_with_v3_header(mlp_words, in_channels=3, in_width=2), 0, c_in=3, in_width=2), 0),  # an MLP on 1 x 2
+        (layer(mlp_words, 0, kind=2), 0),  # a kind past conv
+        (layer(mlp_words, 2, out_bits=4), 2),  # scores with an output width
+        (layer(mlp_words, 1, kernel=3), 1),  # an FC with a kernel
+        (layer(layer(mlp_words, 0, out_buf=0), 1, in_buf=0), 0),  # a layer writing the buffer it reads
+        (layer(mlp_words, 0, out_buf=4), 0),  # a buffer past the three (its 2 bits: buffer 0, its input)
+        (layer(mlp_words, 1, pool=2), 1),  # an FC with a max-pool, a stride or padding
+        (layer(mlp_words, 1, stride=2), 1),
+        (layer(mlp_words, 1, padding=1), 1),
+        (layer(mlp_words, 2, c_out=33), 2),  # more classes than CONFIG's 5 channel bits tag
+        (layer(conv_words, 1, padding=1), 1),  # a 1 x 1 conv padded: padding not below the kernel
+    ]
+    for bad, _ in cases:
+        with pytest.raises(UserError):
+            unpack(bad.astype(np.uint32), where="bad.bin")
+    rng = np.random.default_rng(0)
+    shapes = [net.image_shape] * 9 + [6] * 10 + [(1, 3, 3)]
+    images = [rng.integers(0, 16, size=shape) for shape in shapes]
+    images.append(rng.integers(0, 16, size=net.image_shape))
+    res = run_array([bad for bad, _ in cases] + [words], images)
+    assert res["status"] == [Status.BAD_GEOMETRY] * len(cases) + [Status.OK]
+    assert res["layer_index"][:-1] == [k for _, k in cases]
+    assert np.array_equal(np.array(res["scores"][-1]), net.forward(images[-1][None])[0])
 
 
 def _pooled_net(rng, channels: int, height: int, bits: int) -> IntConvNetwork:
@@ -698,8 +747,6 @@ def test_a_buffer_of_any_depth_refuses_an_image_that_says_it_is_longer():
     """A buffer exactly as deep as the image (not a power of two: the address does not wrap): the image runs;
     a header whose ``words`` is past the buffer, or before the end of the descriptors, ends with
     BAD_GEOMETRY before any layer; the next good image runs on the same array."""
-    from model.export.format import HEADER
-
     net = resnet_like(np.random.default_rng(0))
     words = pack_v3(net)[0].astype(np.int64)
     config = dataclasses.replace(CONFIG, buffer_words=len(words))
@@ -911,7 +958,7 @@ def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
 
 def test_corrupt_vertical_images_end_with_their_status():
     """Version 4 fields the array checks: never a hang, the documented code (then a good run)."""
-    from model.export.format import VHEADER, VLAYER, VREQUANT
+    from model.export.format import VLAYER, VREQUANT
 
     net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
     assert sorted(net.layers[1].requant) == [(2, 2), (3, 3), (4, 4)]
@@ -933,6 +980,7 @@ def test_corrupt_vertical_images_end_with_their_status():
         (with_field(VREQUANT, layer1["requant_base"], in_bits=7), Status.BAD_PRECISION),
         (with_field(VLAYER, d0, base_bits=7, top_bits=7), Status.BAD_GEOMETRY),  # an edge not of edge_bits
         (with_field(VLAYER, d1, base_bits=3), Status.BAD_GEOMETRY),  # an inner layer not of the header's widths
+        (with_field(VLAYER, d1, requant_count=0), Status.BAD_GEOMETRY),  # no requant group at all
         (words, Status.OK),
     ]
     images = np.zeros((len(cases), 12), dtype=np.int64)
