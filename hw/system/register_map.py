@@ -66,7 +66,8 @@ SHELL_CODES_FROM = 16
 #: The shell's own codes: what goes wrong around the array (image load, DMA, registers).
 _SHELL_CODES = (
     ("BAD_CHECKSUM", "the image's checksum does not match the words loaded (image_crc != loaded_crc)"),
-    ("AXI_ERROR", "SLVERR or DECERR on a read (RRESP) or write (BRESP) response"),
+    ("AXI_ERROR", ("SLVERR or DECERR on a read (RRESP) or write (BRESP) response, or a response that answers no "
+                   "request")),
     ("TIMEOUT", "an AXI transfer or the array made no progress within its limit"),
     ("BAD_ADDRESS", ("an address register is not 8-byte aligned or is 4 GiB or above, image_count is 0, or the "
                      "batch's inputs, in whole 8-byte beats, reach 4 GiB")),
@@ -151,8 +152,10 @@ REGISTER_MAP: tuple[Field, ...] = (
           "that width for every inner layer, 0x80 + r row r of its Eq. 12 table (ignored for version 3)"),
     Field("load_image", 0x30, 1, _A.SC, 0, "Write 1: reload the global buffer from image_addr (taken when idle only)"),
     Field("status", 0x34, 8, _A.RO, 0, "Error code of the last run or load (StatusCode; 0 OK)"),
-    Field("rresp_error", 0x38, 1, _A.W1C, 0, "A read response was SLVERR or DECERR (write 1 to clear)", bit=0),
-    Field("bresp_error", 0x38, 1, _A.W1C, 0, "A write response was SLVERR or DECERR (write 1 to clear)", bit=1),
+    Field("rresp_error", 0x38, 1, _A.W1C, 0, "A read response was SLVERR or DECERR or answered no request (write 1 "
+          "to clear)", bit=0),
+    Field("bresp_error", 0x38, 1, _A.W1C, 0, "A write response was SLVERR or DECERR or answered no request (write 1 "
+          "to clear)", bit=1),
     Field("image_crc", 0x3C, 32, _A.RW, 0, "zlib CRC-32 of the image at image_addr (its 4 * words bytes); a "
           "load that reads other bytes ends with BAD_CHECKSUM"),
     Field("busy_cycles", 0x40, 64, _A.RO, 0, "Clock cycles with the core busy (runs), since reset"),
