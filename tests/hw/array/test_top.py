@@ -14,12 +14,12 @@ from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.errors import UserError
-from model.export.format import HEADER, LAYER, PARAMS, RES_PARAMS, VHEADER
+from model.export.format import HEADER, LAYER, PARAMS, RES_PARAMS, VHEADER, VLAYER
 from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, IntLinear
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
 from model.export.image import unpack
-from model.export.image_v4 import pack_vertical
+from model.export.image_v4 import pack_vertical, unpack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
 from model.export.weight_stream import ptr_bits
@@ -571,6 +571,68 @@ def test_each_descriptor_check_refuses_its_image():
     assert res["status"] == [Status.BAD_GEOMETRY] * len(cases) + [Status.OK]
     assert res["layer_index"][:-1] == [k for _, k in cases]
     assert np.array_equal(np.array(res["scores"][-1]), net.forward(images[-1][None])[0])
+
+
+def test_more_descriptor_checks_refuse_their_images():
+    """More images that pass every check of the controller but one (the same audit's survivors): BAD_GEOMETRY on
+    the layer named, then a good run. Three the reader refuses too; two are limits of CONFIG's 9-bit patch, not
+    of the format (the reader takes them); and a version 4 image of no inner layer. With each term gone these ran
+    to OK, BAD_STREAM or a refusal at a later layer."""
+    net = calibrated_resnet()
+    words = pack_v3(net)[0].astype(np.int64)
+
+    def layer(ws, k, **fields):
+        return _with_v3_layer(ws, k, **fields)[0]
+
+    # Layer 3 (conv1 of the second block) made residual at stride 1, its shortcut layer 2's input: layer 4 renumbered.
+    two_res = layer(layer(layer(words, 3, residual=1, stride=1, out_buf=1, res_buf=0, res_stride=1), 4, in_buf=1,
+                          res_buf=2, out_buf=0, res_stride=1, in_height=8, in_width=8), 5, in_buf=0, in_height=8,
+                    in_width=8)
+    refused = [
+        (layer(words, 0, kernel=8, fan_in=64), 0),  # a kernel past MAX_KERNEL (the stem on a 1 x 1 output map)
+        (layer(words, 4, c_out=1), 4),  # conv2 of fewer channels (1) than its block input's shortcut (2)
+        (two_res, 3),  # two residual layers in a row
+    ]
+    rng = np.random.default_rng(7)
+    probs = np.array([0.9, 0.1, 0, 0, 0])
+    stem = make_conv(rng, 1, 2, 1, in_bits=4, out_bits=4)
+    wide = IntConvNetwork(input_bits=4, image_shape=(1, 32, 8),
+                          stages=(ConvStage(stem), FCStage(fc_layer(rng, 512, 3, 4, probs))))
+    one, two = make_conv(rng, 12, 20, 1), make_conv(rng, 20, 12, 5, padding=2, width_choices=(0, 0, 0, 0, 4), res=True)
+    shortcut = IntConvNetwork(input_bits=4, image_shape=(1, 1, 1),
+                              stages=(ConvStage(make_conv(rng, 1, 12, 1)), ResidualStage(one, two, stride=1, name="b"),
+                                      FCStage(fc_layer(rng, 12, 3, 4, probs))))
+    patch = [
+        (pack_v3(wide)[0].astype(np.int64), 1),  # an FC's fan-in of 2 x 32 x 8 = 512, past the patch's 9 bits
+        (pack_v3(shortcut)[0].astype(np.int64), 2),  # conv2's fan-in 20 x 5 x 5 = 500 and 12 shortcut rows: 512
+    ]
+    for bad, _ in refused:
+        with pytest.raises(UserError):
+            unpack(bad.astype(np.uint32), where="bad.bin")
+    for good_there, _ in patch:
+        unpack(good_there.astype(np.uint32), where="good.bin")
+    cases = refused + patch
+    shapes = [net.image_shape] * 3 + [wide.image_shape, shortcut.image_shape, net.image_shape]
+    images = [rng.integers(0, 16, size=shape) for shape in shapes]
+    res = run_array([bad for bad, _ in cases] + [words], images)
+    assert res["status"] == [Status.BAD_GEOMETRY] * len(cases) + [Status.OK]
+    assert res["layer_index"][:-1] == [k for _, k in cases]
+    assert np.array_equal(np.array(res["scores"][-1]), net.forward(images[-1][None])[0])
+
+    # Version 4: an edge, no inner layer (vertical header's inner 0, header's layers 2), an edge: the last layer's
+    # descriptor moved into layer 1's place. The reader refuses it (layers 3 or more).
+    vnet = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
+    vwords = pack_vertical(vnet).astype(np.int64)
+    d1, d2 = (HEADER.words + VHEADER.words + VLAYER.words * k for k in (1, 2))
+    edges = vwords.copy()
+    edges[d1:d2] = vwords[d2:d2 + VLAYER.words]
+    edges = _with_fields(_with_fields(edges, HEADER, 0, layers=2), VHEADER, HEADER.words, inner=0)
+    with pytest.raises(UserError):
+        unpack_vertical(edges.astype(np.uint32), where="bad.bin")
+    vimages = rng.integers(0, 256, size=(2, 12))
+    res = run_array([edges, vwords], vimages, config=VCONFIG, widths=[(2, 0, 0)] * 2)
+    assert res["status"] == [Status.BAD_GEOMETRY, Status.OK] and res["layer_index"][0] == 0
+    assert res["scores"][1] == [int(v) for v in vnet.forward(vimages[1:], 2)[0]]
 
 
 def _pooled_net(rng, channels: int, height: int, bits: int) -> IntConvNetwork:
