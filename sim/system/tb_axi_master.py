@@ -202,23 +202,35 @@ async def write_engine_random(dut):
 STRAY_IDLE_CYCLES = 500
 
 
+async def _started_idle(dut, busy: str) -> tuple[AxiMasterTB, bytearray]:
+    """A testbench over random memory contents (returned: the model), reset, its engine's ``busy`` low."""
+    tb = AxiMasterTB(dut)
+    memory = bytearray(tb.rng.getrandbits(8) for _ in range(MEMORY_BYTES))
+    tb.ram.write(0, bytes(memory))
+    await tb.reset()
+    await ClockCycles(dut.clk, 5)
+    assert not int(getattr(dut, busy).value)
+    return tb, memory
+
+
+async def _after_stray(tb, channel, valid, busy: str, what: str) -> None:
+    """Wait until the model has sent the stray response ``what`` on ``channel`` (its ``valid`` low again), then until
+    the engine's ``busy`` output is low, and 20 cycles more: it must stay low."""
+    busy_signal = getattr(tb.dut, busy)
+    await tb.wait_until(lambda: channel.idle() and not int(valid.value), f"the stray {what} sent", 1000)
+    await tb.wait_until(lambda: not int(busy_signal.value), f"{busy} low after the stray {what}", STRAY_IDLE_CYCLES)
+    await ClockCycles(tb.dut.clk, 20)
+    assert not int(busy_signal.value), f"{busy} high after the stray {what}"
+
+
 @cocotb.test()
 async def unsolicited_b(dut):
     """A B while no write is outstanding (the slave breaking the protocol): ``wr_error`` once, ``wr_busy`` back
     low (before the fix the count of bursts awaiting a B wrapped and the engine stayed busy for ever), and random
     writes afterwards still leave the memory equal to the model."""
-    tb = AxiMasterTB(dut)
-    model = bytearray(tb.rng.getrandbits(8) for _ in range(MEMORY_BYTES))
-    tb.ram.write(0, bytes(model))
-    await tb.reset()
-    await ClockCycles(dut.clk, 5)
-    assert not int(dut.wr_busy.value)
+    tb, model = await _started_idle(dut, "wr_busy")
     tb.ram.send_unsolicited_b()
-    b = tb.ram.write_if.b_channel
-    await tb.wait_until(lambda: b.idle() and not int(dut.m_axi_gmem_bvalid.value), "the stray B sent", 1000)
-    await tb.wait_until(lambda: not int(dut.wr_busy.value), "wr_busy low after the stray B", STRAY_IDLE_CYCLES)
-    await ClockCycles(dut.clk, 20)
-    assert not int(dut.wr_busy.value), "wr_busy high after the stray B"
+    await _after_stray(tb, tb.ram.write_if.b_channel, dut.m_axi_gmem_bvalid, "wr_busy", "B")
     assert tb.wr_errors == 1, f"wr_error pulsed {tb.wr_errors} times for one stray B"
     _take_stray_report(tb, "a B came for a write that was never requested")
     await _random_writes(tb, model)
@@ -230,18 +242,9 @@ async def unsolicited_b(dut):
 async def unsolicited_r(dut):
     """An R beat (``rlast`` high) while no read is outstanding: ``rd_error`` once, the beat dropped (no word on
     ``rd_data``), ``rd_busy`` back low, and random reads afterwards still equal the memory."""
-    tb = AxiMasterTB(dut)
-    background = bytes(tb.rng.getrandbits(8) for _ in range(MEMORY_BYTES))
-    tb.ram.write(0, background)
-    await tb.reset()
-    await ClockCycles(dut.clk, 5)
-    assert not int(dut.rd_busy.value)
+    tb, background = await _started_idle(dut, "rd_busy")
     tb.ram.send_unsolicited_r(rdata=0x0123_4567_89AB_CDEF)
-    r = tb.ram.read_if.r_channel
-    await tb.wait_until(lambda: r.idle() and not int(dut.m_axi_gmem_rvalid.value), "the stray R sent", 1000)
-    await tb.wait_until(lambda: not int(dut.rd_busy.value), "rd_busy low after the stray R", STRAY_IDLE_CYCLES)
-    await ClockCycles(dut.clk, 20)
-    assert not int(dut.rd_busy.value), "rd_busy high after the stray R"
+    await _after_stray(tb, tb.ram.read_if.r_channel, dut.m_axi_gmem_rvalid, "rd_busy", "R")
     assert tb.rd_errors == 1, f"rd_error pulsed {tb.rd_errors} times for one stray R beat"
     assert not tb.rd_data.received, f"the stray beat came out as words: {tb.rd_data.received}"
     _take_stray_report(tb, "an R burst ended that was never requested")
