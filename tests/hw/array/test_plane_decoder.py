@@ -121,7 +121,9 @@ def test_throughput_dense_rows_one_entry_a_cycle():
 
 @pytest.mark.parametrize("bad", [{"base_bits": 0}, {"base_bits": 9}, {"planes": 7, "base_bits": 2},
                                  {"cls": 0}, {"cls": 3}, {"fan_in": 0}, {"fan_in": 1 << FAN_IN_WIDTH},
-                                 {"code_shift": 6}])
+                                 {"code_shift": 6},
+                                 # more than 8 words a block, with room in the class for its codes
+                                 {"planes": 7, "base_bits": 2, "cls": 2, "code_shift": 0}])
 def test_bad_fields_stop_the_decoder(bad):
     rng = np.random.default_rng(3)
     base, planes = random_vertical(rng, 2, 40, 2, 2, 0.0)

@@ -280,8 +280,27 @@ def test_gap_past_fan_in_stops_the_decoder(last_gap, escaped):
         decode_layer(words, bits, np.array([0]), fan_in, 0b0001, (4, 0, 0, 0), (k, 0, 0, 0), "bad")
 
 
+@pytest.mark.parametrize("first_gap, escaped", [(10, False), (13, False), (10, True), (15, True)])
+def test_first_gap_past_fan_in_stops_the_decoder(first_gap, escaped):
+    """A class's first entry whose gap (its position: 10 = fan_in, or past it; as a Rice code or escaped) runs
+    past the row: no entry leaves."""
+    fan_in, k = 10, 1
+    gap = rice(first_gap, k, fan_in)
+    if escaped:
+        gap = [((1 << RICE_ESCAPE) - 1, RICE_ESCAPE), (first_gap, pos_bits(fan_in))]
+    fields = [(2, 4)] + gap + [(0xA, 4)] + rice(1, k, fan_in) + [(0x5, 4)]
+    res, words, bits = run_bad(fields, fan_in, 0b0001, (4, 0, 0, 0), (k, 0, 0, 0), 3)
+    assert res["entries"] == []
+    with pytest.raises(UserError, match="field 'position'"):
+        decode_layer(words, bits, np.array([0]), fan_in, 0b0001, (4, 0, 0, 0), (k, 0, 0, 0), "bad")
+
+
 @pytest.mark.parametrize("bad", [{"rice_k": [5, 0, 0, 0]}, {"pos_bits": 0}, {"pos_bits": 8},
-                                 {"fan_in": 0}, {"fan_in": 128}, {"count_bits": [0, 0, 8, 0]}])
+                                 {"fan_in": 0}, {"fan_in": 128}, {"count_bits": [0, 0, 8, 0]},
+                                 # each class's own check (of the classes absent too), and pos_bits 0 alone
+                                 {"rice_k": [1, 5, 2, 0]}, {"rice_k": [1, 0, 5, 0]}, {"rice_k": [1, 0, 2, 5]},
+                                 {"count_bits": [8, 0, 4, 0]}, {"count_bits": [4, 8, 4, 0]},
+                                 {"count_bits": [4, 0, 4, 8]}, {"pos_bits": 0, "rice_k": [0, 0, 0, 0]}])
 def test_layer_fields_out_of_range_stop_the_decoder(bad):
     """Fields that could make an entry longer than the window (or a row endless) are refused at the command."""
     fields = {"fan_in": 10, "classes": 0b0101, "pos_bits": 4, "count_bits": [4, 0, 4, 0], "rice_k": [1, 0, 2, 0]}
