@@ -199,8 +199,9 @@ def check_net(net, n_images, seed, config=CONFIG):
     assert res["status"] == [Status.OK] * n_images
     want = net.forward(images)
     assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
-    assert res["weight_reads"] == [weight_words_read(net, config)] * n_images
-    assert res["reads"] == [weight_words_read(net, config) + control_words_read(net, config)] * n_images
+    weights = weight_words_read(net, config)
+    assert res["weight_reads"] == [weights] * n_images
+    assert res["reads"] == [weights + control_words_read(net, config)] * n_images
     return res
 
 
