@@ -10,6 +10,12 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# numpy 1.x beside the .venv, for the suite's run of the host driver on the numpy a PYNQ board keeps (pynq needs
+# numpy < 2; tests/driver/test_board_environment.py puts this folder first on PYTHONPATH). 1.23.5 is the oldest
+# numpy with wheels for Python 3.11, so the driver is checked against the oldest 1.x API this Python can run.
+BOARD_NUMPY := numpy==1.23.5
+BOARD_NUMPY_DIR := $(VENV)/board-numpy
+BOARD_STAMP := $(BOARD_NUMPY_DIR)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 DEMO_ARGS ?=
@@ -22,7 +28,7 @@ DEMO_ARGS ?=
 demo: setup
 	$(VPY) build.py demo $(DEMO_ARGS)
 
-test: setup fashion-mnist
+test: setup fashion-mnist $(BOARD_STAMP)
 	$(VPY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 # Fashion-MNIST (70,000 28x28 images) from Debian, for the LTS benchmark and `train --method lts`.
@@ -82,6 +88,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+$(BOARD_STAMP): Makefile $(STAMP)
+	rm -rf $(BOARD_NUMPY_DIR)
+	$(VPY) -m pip install -q --no-deps --target $(BOARD_NUMPY_DIR) $(BOARD_NUMPY)
+	touch $(BOARD_STAMP)
 
 clean:
 	rm -rf out sim_build .pytest_cache .hypothesis
