@@ -11,11 +11,12 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # numpy 1.x beside the .venv, for the suite's run of the host driver on the numpy a PYNQ board keeps (pynq needs
-# numpy < 2; tests/driver/test_board_environment.py puts this folder first on PYTHONPATH). 1.23.5 is the oldest
-# numpy with wheels for Python 3.11, so the driver is checked against the oldest 1.x API this Python can run.
-BOARD_NUMPY := numpy==1.23.5
+# numpy < 2; tests/driver/test_board_environment.py puts this folder first on PYTHONPATH). 1.23.2 is the first numpy
+# with wheels for Python 3.11, so the driver is checked against the oldest 1.x API this Python runs (a board's
+# older numpy has not run). Its stamp names the pin: installed once, again only when the pin changes.
+BOARD_NUMPY_VERSION := 1.23.2
 BOARD_NUMPY_DIR := $(VENV)/board-numpy
-BOARD_STAMP := $(BOARD_NUMPY_DIR)/.installed
+BOARD_STAMP := $(BOARD_NUMPY_DIR)/.installed-$(BOARD_NUMPY_VERSION)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 DEMO_ARGS ?=
@@ -89,9 +90,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VPY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-$(BOARD_STAMP): Makefile $(STAMP)
+$(BOARD_STAMP): | $(STAMP)
 	rm -rf $(BOARD_NUMPY_DIR)
-	$(VPY) -m pip install -q --no-deps --target $(BOARD_NUMPY_DIR) $(BOARD_NUMPY)
+	$(VPY) -m pip install -q --no-deps --only-binary=:all: --target $(BOARD_NUMPY_DIR) numpy==$(BOARD_NUMPY_VERSION)
 	touch $(BOARD_STAMP)
 
 clean:

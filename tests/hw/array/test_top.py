@@ -222,6 +222,7 @@ def vertical_weight_words_read(net, bits, config=VCONFIG) -> int:
         first = np.arange(d["c_out"]) * d["fan_in"]
         blocks = (first + d["fan_in"] - 1) // BLOCK - first // BLOCK + 1
         total += n_tiles * int(blocks.sum()) * (d["base_bits"] + planes)
+    assert next(widths, None) is None, "more inner widths than inner layers"
     return total
 
 
@@ -259,8 +260,9 @@ def vertical_control_words_read(net, bits, config=VCONFIG) -> int:
 
 #: A table word the controller reads that its schedule says it does not (its VWIDTH state: "No read for an edge's
 #: own width"): running a table row, the last edge (``layer_idx != 0``) reads the row's word of "inner layer"
-#: ``layers - 2``, past the inner layers (past the row where ``inner`` is a multiple of 4), and never uses it.
-#: The RTL is left as it is; a fix of VWIDTH's ``wanted`` makes this 0.
+#: ``layers - 2``, past the inner layers, and never uses it. Where ``inner`` is a multiple of 4 that word is past the
+#: row: at the table's last row, one word past the image's end (the table is the image's last region), whatever the
+#: buffer holds there. The RTL is left as it is; a fix of VWIDTH's ``wanted`` makes this 0.
 LAST_EDGE_TABLE_READ = 1
 
 
@@ -1114,10 +1116,10 @@ def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
         words,
     ]
     images = np.zeros((len(cases), 1, 6, 6), dtype=np.int64)
-    res = run_array(cases, images, config=config_for([words], engines=2, lanes=5), widths=[(3, 0, 0)] * len(cases))
+    config = config_for([words], engines=2, lanes=5)
+    res = run_array(cases, images, config=config, widths=[(3, 0, 0)] * len(cases))
     assert res["status"] == [Status.BAD_GEOMETRY] * (len(cases) - 1) + [Status.OK]
-    check_vertical_reads(res, net, [(3, 0, 0)] * len(cases), config_for([words], engines=2, lanes=5),
-                         which=[len(cases) - 1])
+    check_vertical_reads(res, net, [(3, 0, 0)] * len(cases), config, which=[len(cases) - 1])
 
 
 def test_corrupt_vertical_images_end_with_their_status():
