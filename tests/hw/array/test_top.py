@@ -258,8 +258,8 @@ def vertical_control_words_read(net, bits, config=VCONFIG) -> int:
     return total
 
 
-#: A table word the controller reads that its schedule says it does not (its VWIDTH state: "No read for an edge's
-#: own width"): running a table row, the last edge (``layer_idx != 0``) reads the row's word of "inner layer"
+#: A table word the controller reads and does not need (its VWIDTH state's comment said until 2026-12-07 that an
+#: edge reads none): running a table row, the last edge (``layer_idx != 0``) reads the row's word of "inner layer"
 #: ``layers - 2``, past the inner layers, and never uses it. Where ``inner`` is a multiple of 4 that word is past the
 #: row: at the table's last row, one word past the image's end (the table is the image's last region), whatever the
 #: buffer holds there. The RTL is left as it is; a fix of VWIDTH's ``wanted`` makes this 0.
