@@ -4,7 +4,6 @@
 
 import json
 import re
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -22,6 +21,7 @@ from model.export.format import HEADER, LAYER
 from model.export.image import pack, write_image
 from model.export.image_v4 import write_vertical_image
 from sim.system.system_run import run_system
+from tests.driver.test_board_environment import driver_modules
 from tests.hw.netgen import random_network
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.test_setup import constraints, pin
@@ -336,10 +336,8 @@ def test_the_driver_imports_only_what_the_readme_lists_for_the_board():
     """README, "On a PYNQ-Z2": the driver and its pynq backend import numpy, amaranth, jschon and rfc3986 (pynq
     itself only when the backend is made), nothing else outside the standard library and this repository: no
     torch on the board."""
-    probe = ("import sys, driver.mpq_driver, driver.pynq_backend; "
-             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    found = {name for name in out.split() if name not in {"driver", "hw", "model", "__main__"}
+    names = {name.split(".")[0] for name in driver_modules()} - set(sys.stdlib_module_names)
+    found = {name for name in names if name not in {"driver", "hw", "model", "__main__"}
              and not name.startswith(("_distutils_hack", "__editable__"))}
     assert found == BOARD_PACKAGES, found
 

@@ -152,12 +152,13 @@ def kept_array(config: ArrayConfig) -> KeptSimulation:
     return KeptSimulation(lambda: ConvArray(config))
 
 
-def weight_words_read(net, config=CONFIG) -> int:
+def weight_words_read(net, config=CONFIG, regions=None) -> int:
     """The global-buffer words the engines' row decoders read for one image of ``net``'s version 3 image: each
     row of each tile, from the word of its first bit to the word of its last (row ``j``'s bits run from its
     row pointer to the next one, the last row's to ``stream_bits``), none past it. The tiles as the
-    controller cuts them (:func:`sim.bounds.tile_pixels`; an FC one)."""
-    _, _, regions = pack_v3(net)
+    controller cuts them (:func:`sim.bounds.tile_pixels`; an FC one). ``regions``: :func:`pack_v3`'s, where the
+    caller packed the image already."""
+    regions = pack_v3(net)[2] if regions is None else regions
     layers = weight_layers(net)
     assert len(layers) == len(regions)
     total = 0
@@ -169,13 +170,14 @@ def weight_words_read(net, config=CONFIG) -> int:
     return total
 
 
-def control_words_read(net, config=CONFIG) -> int:
+def control_words_read(net, config=CONFIG, regions=None) -> int:
     """The global-buffer words the controller reads for one image of ``net``'s version 3 image: the header, each
     layer's descriptor, and for each row command (every row of every tile, :func:`weight_words_read`'s tiles) the
     words holding row ``j``'s end pointer (none for the last row, whose end is the stream's length; one when the
     pointer lies in one word) and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual layer): the READ
-    state's schedule, which ``reads`` minus ``weight_reads`` counts (bench vertical's bytes read)."""
-    _, _, regions = pack_v3(net)
+    state's schedule, which ``reads`` minus ``weight_reads`` counts (bench vertical's bytes read). ``regions``: as
+    :func:`weight_words_read`'s."""
+    regions = pack_v3(net)[2] if regions is None else regions
     layers = weight_layers(net)
     total = HEADER.words + LAYER.words * len(layers)
     for (layer, pixels, _, w_out), region in zip(layers, regions):
@@ -194,10 +196,11 @@ def _vertical_run(net, bits):
     return bits if isinstance(bits, TableRow) else (bits or net.widths[-1])
 
 
-def _vertical_layers(net, bits, config) -> tuple[np.ndarray, list[dict], list[int]]:
-    """``net``'s version 4 words, each layer's descriptor as the words hold it, and each layer's tiles under
-    ``bits`` (:func:`sim.bounds.tile_pixels` of its conv geometry, as the controller cuts them; an FC one)."""
-    words = pack_vertical(net).astype(np.int64)
+def _vertical_layers(net, bits, config, words=None) -> tuple[np.ndarray, list[dict], list[int]]:
+    """``net``'s version 4 words (``words``: :func:`pack_vertical`'s, where the caller packed the image already),
+    each layer's descriptor as the words hold it, and each layer's tiles under ``bits``
+    (:func:`sim.bounds.tile_pixels` of its conv geometry, as the controller cuts them; an FC one)."""
+    words = (pack_vertical(net) if words is None else words).astype(np.int64)
     n = len(net.layers)
     descs = [_fields(words, VLAYER, HEADER.words + VHEADER.words + VLAYER.words * k) for k in range(n)]
     layers = weight_layers(net.materialize(_vertical_run(net, bits)))
@@ -207,14 +210,14 @@ def _vertical_layers(net, bits, config) -> tuple[np.ndarray, list[dict], list[in
     return words, descs, tiles
 
 
-def vertical_weight_words_read(net, bits, config=VCONFIG) -> int:
+def vertical_weight_words_read(net, bits, config=VCONFIG, words=None) -> int:
     """The global-buffer words the engines' plane decoders read for one image of ``net``'s version 4 image run
     under ``bits`` (a width, 0 for the source width, or a :class:`TableRow`): for each row ``j`` of each tile
     (:func:`_vertical_layers`), the 32-weight blocks its weights ``j fan_in .. (j + 1) fan_in - 1`` touch (a
     block shared by two rows is read by each), and per block ``base_bits + P`` aligned words: block ``k``'s
     ``base_bits`` words ``base_bits k ..`` of the base region and word ``k`` of each of the first ``P`` planes,
     ``P`` the layer's run width minus ``base_bits`` (0 for an 8-bit edge: its base words alone)."""
-    _, descs, tiles = _vertical_layers(net, bits, config)
+    _, descs, tiles = _vertical_layers(net, bits, config, words)
     widths = iter(net.assignment(_vertical_run(net, bits)))
     total = 0
     for d, n_tiles in zip(descs, tiles):
@@ -226,7 +229,7 @@ def vertical_weight_words_read(net, bits, config=VCONFIG) -> int:
     return total
 
 
-def vertical_control_words_read(net, bits, config=VCONFIG) -> int:
+def vertical_control_words_read(net, bits, config=VCONFIG, words=None) -> int:
     """The global-buffer words the controller reads for one image of ``net``'s version 4 image run under
     ``bits`` (as :func:`vertical_weight_words_read`): the header and the vertical header; per layer its
     descriptor; running a table row, the row's word holding this inner layer's width byte (none for an edge)
@@ -237,7 +240,7 @@ def vertical_control_words_read(net, bits, config=VCONFIG) -> int:
     ``row`` is 0 or the table row's ``r + 1``; and for each row command (every row of every tile) the group's
     negate word holding row ``j``'s bit and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual
     layer). No row pointers: a row's weights are ``j fan_in ..`` of its regions."""
-    words, descs, tiles = _vertical_layers(net, bits, config)
+    words, descs, tiles = _vertical_layers(net, bits, config, words)
     run = _vertical_run(net, bits)
     table = isinstance(run, TableRow)
     rows = (0, run.index + 1) if table else (0,)
@@ -271,11 +274,12 @@ def check_vertical_reads(res, net, runs, config, which=None) -> None:
     ``(precision, use_table, table_row)``) equal :func:`vertical_weight_words_read` and that plus
     :func:`vertical_control_words_read` (and :data:`LAST_EDGE_TABLE_READ` running a table row), for each ``k``
     of ``which`` (default: every run)."""
+    words = pack_vertical(net)
     for k in range(len(runs)) if which is None else which:
         precision, use_table, row = runs[k]
         bits = TableRow(row) if use_table else precision
-        weights = vertical_weight_words_read(net, bits, config)
-        control = vertical_control_words_read(net, bits, config) + (LAST_EDGE_TABLE_READ if use_table else 0)
+        weights = vertical_weight_words_read(net, bits, config, words)
+        control = vertical_control_words_read(net, bits, config, words) + (LAST_EDGE_TABLE_READ if use_table else 0)
         assert (res["weight_reads"][k], res["reads"][k]) == (weights, weights + control), f"run {k} {runs[k]}"
 
 
@@ -286,14 +290,14 @@ def check_net(net, n_images, seed, config=CONFIG):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 1 << net.input_bits, size=(n_images, *net.image_shape))
     net = calibrated(net, images, rng)
-    words = pack_v3(net)[0]
+    words, _, regions = pack_v3(net)
     res = run_array(words, images, config=config, seed=seed)
     assert res["status"] == [Status.OK] * n_images
     want = net.forward(images)
     assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
-    weights = weight_words_read(net, config)
+    weights = weight_words_read(net, config, regions)
     assert res["weight_reads"] == [weights] * n_images
-    assert res["reads"] == [weights + control_words_read(net, config)] * n_images
+    assert res["reads"] == [weights + control_words_read(net, config, regions)] * n_images
     return res
 
 
@@ -426,6 +430,11 @@ def _with_v3_layer(words, k, **fields):
     return bad, old
 
 
+def _v3_set(words, k, **fields):
+    """:func:`_with_v3_layer`'s copy of ``words`` alone."""
+    return _with_v3_layer(words, k, **fields)[0]
+
+
 def calibrated_resnet() -> IntConvNetwork:
     """:func:`resnet_like` of seed 3 calibrated on 8 random images (:func:`tests.hw.netgen.calibrated`), so that a
     refusal test's good run checks which activations reach the lanes: the uncalibrated net's scores are the same
@@ -465,10 +474,10 @@ def test_a_residual_layer_outside_its_block_ends_with_bad_geometry():
     stale = words
     for k, fields in ((2, {"out_buf": 1, "res_buf": 2}), (3, {"in_buf": 1}), (4, {"out_buf": 2, "res_buf": 1}),
                       (5, {"in_buf": 2})):
-        stale = _with_v3_layer(stale, k, **fields)[0]
-    cases = [(stale, 2), (_with_v3_layer(words, 2, res_stride=2)[0], 2), (_with_v3_layer(words, 4, res_stride=1)[0], 4),
-             (_with_v3_layer(words, 2, pool=1)[0], 2), (_with_v3_layer(words, 3, pool=1)[0], 4),
-             (_with_v3_layer(words, 2, stride=2)[0], 2)]
+        stale = _v3_set(stale, k, **fields)
+    cases = [(stale, 2), (_v3_set(words, 2, res_stride=2), 2), (_v3_set(words, 4, res_stride=1), 4),
+             (_v3_set(words, 2, pool=1), 2), (_v3_set(words, 3, pool=1), 4),
+             (_v3_set(words, 2, stride=2), 2)]
     for bad, _ in cases:
         with pytest.raises(UserError):
             unpack(bad.astype(np.uint32), where="bad.bin")
@@ -531,8 +540,8 @@ def test_a_layer_reading_other_codes_than_the_layer_before_wrote_ends_with_bad_g
     words = pack_v3(net)[0].astype(np.int64)
     _, first = _with_v3_layer(words, 0)
     _, second = _with_v3_layer(words, 1)
-    cases = [_with_v3_layer(words, 0, in_bits=first["in_bits"] % MAX_ACT_BITS + 1)[0],
-             _with_v3_layer(words, 1, in_bits=second["in_bits"] % MAX_ACT_BITS + 1)[0], words]
+    cases = [_v3_set(words, 0, in_bits=first["in_bits"] % MAX_ACT_BITS + 1),
+             _v3_set(words, 1, in_bits=second["in_bits"] % MAX_ACT_BITS + 1), words]
     images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(len(cases), *net.image_shape))
     res = run_array(cases, images, p_gap=0.5)
     assert res["status"] == [Status.BAD_GEOMETRY, Status.BAD_GEOMETRY, Status.OK]
@@ -559,7 +568,7 @@ def test_a_layer_reading_another_map_than_the_layer_before_wrote_ends_with_bad_g
                (1, {"c_in": 1, "fan_in": 9}),
                # (a stride-2 conv one column narrower: the same output map)
                (3, {"in_width": old[3]["in_width"] - 1}), (5, {"in_height": old[5]["in_height"] - 1})]
-    cases = [_with_v3_layer(words, k, **fields)[0] for k, fields in changes] + [words]
+    cases = [_v3_set(words, k, **fields) for k, fields in changes] + [words]
     images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(len(cases), *net.image_shape))
     res = run_array(cases, images)
     assert res["status"] == [Status.BAD_GEOMETRY] * len(changes) + [Status.OK]
@@ -593,13 +602,13 @@ def test_layers_out_of_a_networks_order_end_with_bad_geometry():
     resnet = calibrated_resnet()
     words = pack_v3(resnet)[0].astype(np.int64)
     assert _with_v3_layer(words, 5)[1]["gap"] == 1
-    scoring_conv = _with_v3_layer(words, 5, kind=1, gap=0, kernel=1, stride=1, padding=0)[0]
-    inner_fc = _with_v3_layer(pack_v3(_one_by_one_net())[0].astype(np.int64), 1, kind=0)[0]  # same weights
+    scoring_conv = _v3_set(words, 5, kind=1, gap=0, kernel=1, stride=1, padding=0)
+    inner_fc = _v3_set(pack_v3(_one_by_one_net())[0].astype(np.int64), 1, kind=0)  # same weights
     mlp = random_network(np.random.default_rng(22), sizes=(6, 5, 4, 3))
     mlp_words = pack_v3(mlp)[0].astype(np.int64)
-    mlp_conv = _with_v3_layer(mlp_words, 1, kind=1)[0]  # a 1 x 1 conv on the 1 x 1 map: the same products
-    mlp_gap = _with_v3_layer(mlp_words, 2, gap=1)[0]  # a global pool of the 1 x 1 map: the same sums
-    tall = _with_v3_layer(_with_v3_header(mlp_words, in_channels=3, in_height=2), 0, c_in=3, in_height=2)[0]
+    mlp_conv = _v3_set(mlp_words, 1, kind=1)  # a 1 x 1 conv on the 1 x 1 map: the same products
+    mlp_gap = _v3_set(mlp_words, 2, gap=1)  # a global pool of the 1 x 1 map: the same sums
+    tall = _v3_set(_with_v3_header(mlp_words, in_channels=3, in_height=2), 0, c_in=3, in_height=2)
     cases = [(scoring_conv, 5), (inner_fc, 1), (mlp_conv, 1), (mlp_gap, 2), (tall, 0)]
     for bad, _ in cases:
         with pytest.raises(UserError):
@@ -623,35 +632,34 @@ def test_each_descriptor_check_refuses_its_image():
     old = [_with_v3_layer(words, k)[1] for k in range(6)]
     assert old[0]["pool"] == 0 and old[2]["res_buf"] == 1 and old[3]["stride"] == 2
 
-    def layer(ws, k, **fields):
-        return _with_v3_layer(ws, k, **fields)[0]
-
-    own_shortcut = layer(layer(layer(layer(words, 2, out_buf=1), 3, in_buf=1), 4, res_buf=1, out_buf=2), 5, in_buf=2)
+    own_shortcut = _v3_set(_v3_set(_v3_set(_v3_set(words, 2, out_buf=1), 3, in_buf=1), 4, res_buf=1, out_buf=2), 5,
+                           in_buf=2)
     mlp = random_network(np.random.default_rng(22), sizes=(6, 5, 4, 3))
     mlp_words = pack_v3(mlp)[0].astype(np.int64)
     conv_words = pack_v3(_one_by_one_net())[0].astype(np.int64)
     cases = [
-        (layer(words, 0, stride=3), 0),  # a stride the array does not run (it ran as stride 1)
-        (layer(words, 0, pool=3), 0),  # a pool window past 2
-        (layer(words, 1, gap=1), 1),  # the global pool on a conv
-        (layer(words, 0, shift=0), 0),  # S outside 1..MAX_SHIFT
-        (layer(words, 0, shift=MAX_SHIFT + 1), 0),
+        (_v3_set(words, 0, stride=3), 0),  # a stride the array does not run (it ran as stride 1)
+        (_v3_set(words, 0, pool=3), 0),  # a pool window past 2
+        (_v3_set(words, 1, gap=1), 1),  # the global pool on a conv
+        (_v3_set(words, 0, shift=0), 0),  # S outside 1..MAX_SHIFT
+        (_v3_set(words, 0, shift=MAX_SHIFT + 1), 0),
         (_with_v3_header(words, layers=5), 4),  # the last layer does not write the scores
         (own_shortcut, 2),  # a residual layer writes over its own shortcut
-        (layer(words, 2, res_stride=3), 2),  # a shortcut stride other than 1 or 2
+        (_v3_set(words, 2, res_stride=3), 2),  # a shortcut stride other than 1 or 2
         # conv2 of the second block at stride 2 behind a stride-1 conv1 (its shortcut subsampled to match)
-        (layer(layer(words, 3, stride=1), 4, stride=2, in_height=old[3]["in_height"], in_width=old[3]["in_width"]), 4),
-        (layer(_with_v3_header(mlp_words, in_channels=3, in_width=2), 0, c_in=3, in_width=2), 0),  # an MLP on 1 x 2
-        (layer(mlp_words, 0, kind=2), 0),  # a kind past conv
-        (layer(mlp_words, 2, out_bits=4), 2),  # scores with an output width
-        (layer(mlp_words, 1, kernel=3), 1),  # an FC with a kernel
-        (layer(layer(mlp_words, 0, out_buf=0), 1, in_buf=0), 0),  # a layer writing the buffer it reads
-        (layer(mlp_words, 0, out_buf=4), 0),  # a buffer past the three (its 2 bits: buffer 0, its input)
-        (layer(mlp_words, 1, pool=2), 1),  # an FC with a max-pool, a stride or padding
-        (layer(mlp_words, 1, stride=2), 1),
-        (layer(mlp_words, 1, padding=1), 1),
-        (layer(mlp_words, 2, c_out=33), 2),  # more classes than CONFIG's 5 channel bits tag
-        (layer(conv_words, 1, padding=1), 1),  # a 1 x 1 conv padded: padding not below the kernel
+        (_v3_set(_v3_set(words, 3, stride=1), 4, stride=2, in_height=old[3]["in_height"],
+                 in_width=old[3]["in_width"]), 4),
+        (_v3_set(_with_v3_header(mlp_words, in_channels=3, in_width=2), 0, c_in=3, in_width=2), 0),  # an MLP on 1 x 2
+        (_v3_set(mlp_words, 0, kind=2), 0),  # a kind past conv
+        (_v3_set(mlp_words, 2, out_bits=4), 2),  # scores with an output width
+        (_v3_set(mlp_words, 1, kernel=3), 1),  # an FC with a kernel
+        (_v3_set(_v3_set(mlp_words, 0, out_buf=0), 1, in_buf=0), 0),  # a layer writing the buffer it reads
+        (_v3_set(mlp_words, 0, out_buf=4), 0),  # a buffer past the three (its 2 bits: buffer 0, its input)
+        (_v3_set(mlp_words, 1, pool=2), 1),  # an FC with a max-pool, a stride or padding
+        (_v3_set(mlp_words, 1, stride=2), 1),
+        (_v3_set(mlp_words, 1, padding=1), 1),
+        (_v3_set(mlp_words, 2, c_out=33), 2),  # more classes than CONFIG's 5 channel bits tag
+        (_v3_set(conv_words, 1, padding=1), 1),  # a 1 x 1 conv padded: padding not below the kernel
     ]
     for bad, _ in cases:
         with pytest.raises(UserError):
@@ -674,16 +682,13 @@ def test_more_descriptor_checks_refuse_their_images():
     net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
 
-    def layer(ws, k, **fields):
-        return _with_v3_layer(ws, k, **fields)[0]
-
     # Layer 3 (conv1 of the second block) made residual at stride 1, its shortcut layer 2's input: layer 4 renumbered.
-    two_res = layer(layer(layer(words, 3, residual=1, stride=1, out_buf=1, res_buf=0, res_stride=1), 4, in_buf=1,
-                          res_buf=2, out_buf=0, res_stride=1, in_height=8, in_width=8), 5, in_buf=0, in_height=8,
-                    in_width=8)
+    two_res = _v3_set(_v3_set(_v3_set(words, 3, residual=1, stride=1, out_buf=1, res_buf=0, res_stride=1), 4,
+                              in_buf=1, res_buf=2, out_buf=0, res_stride=1, in_height=8, in_width=8), 5,
+                      in_buf=0, in_height=8, in_width=8)
     refused = [
-        (layer(words, 0, kernel=8, fan_in=64), 0),  # a kernel past MAX_KERNEL (the stem on a 1 x 1 output map)
-        (layer(words, 4, c_out=1), 4),  # conv2 of fewer channels (1) than its block input's shortcut (2)
+        (_v3_set(words, 0, kernel=8, fan_in=64), 0),  # a kernel past MAX_KERNEL (the stem on a 1 x 1 output map)
+        (_v3_set(words, 4, c_out=1), 4),  # conv2 of fewer channels (1) than its block input's shortcut (2)
         (two_res, 3),  # two residual layers in a row
     ]
     rng = np.random.default_rng(7)
@@ -742,7 +747,7 @@ def _one_bit_wider(net: IntConvNetwork):
     and the FC's ``in_bits``): an image past a bound the packer checks, still chained."""
     words = pack_v3(net)[0].astype(np.int64)
     bits = net.stages[0].conv.out_bits + 1
-    return _with_v3_layer(_with_v3_layer(words, 0, out_bits=bits)[0], 1, in_bits=bits)[0]
+    return _v3_set(_v3_set(words, 0, out_bits=bits), 1, in_bits=bits)
 
 
 def test_a_pooled_fc_past_bounds_9_or_6_ends_with_bad_geometry():
@@ -780,7 +785,7 @@ def test_a_13_bit_build_refuses_fan_ins_past_4096_and_maps_past_255_rows():
     rng = np.random.default_rng(7)
     mlp = random_network(rng, sizes=(4096, 3), act_bits=4, probs=(0.98, 0.02, 0, 0, 0))
     mlp_words = pack_v3(mlp)[0].astype(np.int64)
-    wide = _with_fields(_with_v3_layer(mlp_words, 0, c_in=4097, fan_in=4097)[0], HEADER, 0, in_channels=4097)
+    wide = _with_fields(_v3_set(mlp_words, 0, c_in=4097, fan_in=4097), HEADER, 0, in_channels=4097)
     net = _pooled_net(rng, 2, 4, 4)
     words = pack_v3(net)[0].astype(np.int64)
     tall = _with_fields(words, HEADER, 0, in_height=256)
