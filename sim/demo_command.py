@@ -106,6 +106,8 @@ def run(args) -> int:
         "rtl_accuracy": rtl["rtl_accuracy"],
         "rtl_images": rtl["images"],
         "rtl_mismatches": rtl["mismatches"] + timing["mismatches"],
+        # the array's runs: images whose global-buffer words read differ from sim/reads.py's (None on the fc core)
+        "read_mismatches": rtl["read_mismatches"] + timing["read_mismatches"] if args.core == "array" else None,
         "avg_weight_bits": manifest["avg_weight_bits"],
         "image_bytes": manifest["bytes"],
         "image_version": manifest["version"],
@@ -136,7 +138,8 @@ def run(args) -> int:
     print_table(rows, "mpqaccel demo: digits, IMQ ticket on the accelerator")
     print("\n" + format_table(res))
     print(f"\nwrote {out / 'summary.json'} and {out / 'imq.png'}")
-    ok = summary["rtl_mismatches"] == 0 and rtl.get("passed", True) and timing.get("passed", True) and res.fits()
+    ok = (summary["rtl_mismatches"] == 0 and summary["read_mismatches"] in (0, None) and rtl.get("passed", True)
+          and timing.get("passed", True) and res.fits())
     return 0 if ok else 1
 
 

@@ -23,6 +23,7 @@ from hw.platform.verilog import array_verilog, write_text_atomically, write_veri
 from model.export.image import core_words, pack
 from model.export.vectors import ImageVectors
 from sim.array_runner import run_array_cases
+from sim.reads import array_words_read, read_mismatches
 from sim.runner import run_accelerator
 
 
@@ -130,7 +131,8 @@ def simulate_array(run: PreparedArray, vectors: ImageVectors, simulator: str, se
     """The test images ``vectors`` on the prepared array (a version 4 image at ``precision``, the shell's
     register: a width, or ``0x80 + r`` row ``r`` of its Eq. 12 table), against golden: the testbench's record
     (:meth:`sim.tb.array.ArrayTB.result`) with ``rtl_accuracy``, ``golden_accuracy``, ``wall_s``, ``data``,
-    ``array_config`` and ``image_bytes``."""
+    ``array_config``, ``image_bytes`` and ``read_mismatches`` (the images whose global-buffer words read differ
+    from :func:`sim.reads.array_words_read`'s, or that did not come back)."""
     t0 = time.time()
     result = run_array_cases(run.verilog, [(run.words, vectors.codes, vectors.expected, precision)],
                              work_dir=run.out / "sim_build", simulator=simulator, stall=stall, seed=seed)
@@ -142,4 +144,7 @@ def simulate_array(run: PreparedArray, vectors: ImageVectors, simulator: str, se
     result["data"] = vectors.data.to_json()
     result["array_config"] = dataclasses.asdict(run.config)
     result["image_bytes"] = 4 * len(run.words)
+    want = array_words_read(run.words, vectors.net, run.config, precision)
+    result["read_mismatches"] = read_mismatches(result["image_weight_reads"], result["image_reads"], want,
+                                                len(vectors.codes))
     return result

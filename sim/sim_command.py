@@ -186,8 +186,8 @@ def run_array_sim(args) -> int:
         result["layers"] = layer_report(vectors.net, result.get("layer_cycles", []), config.engines, config.lanes)
     write_result(out / "sim.json", {k: v for k, v in result.items() if k != "scores"})
     print_table([("data", result["data"]["name"])]
-                + [(k, result[k]) for k in ("images", "mismatches", "rtl_accuracy", "golden_accuracy",
-                                            "cycles_per_image", "wall_s")],
+                + [(k, result[k]) for k in ("images", "mismatches", "read_mismatches", "rtl_accuracy",
+                                            "golden_accuracy", "cycles_per_image", "wall_s")],
                 "RTL simulation (packed multiplier array) vs golden model")
     if result.get("layers"):
         stalls = "" if args.no_stall else "; with random back-pressure, which the bound does not count"
@@ -200,10 +200,12 @@ def run_array_sim(args) -> int:
     from hw.array.status import Status
 
     statuses = sorted({Status(s).name for s in result.get("statuses", []) if s != Status.OK.value})
-    ok = result["mismatches"] == 0 and result.get("passed", True) and result["images"] == len(vectors.codes)
+    ok = (result["mismatches"] == 0 and result.get("passed", True) and result["images"] == len(vectors.codes)
+          and result["read_mismatches"] == 0)
     if not ok:
         print(f"error: the testbench failed ({result['images']} of {len(vectors.codes)} images received, "
-              f"{result['mismatches']} mismatches{'; status ' + ', '.join(statuses) if statuses else ''}); "
+              f"{result['mismatches']} mismatches, {result['read_mismatches']} images whose words read differ "
+              f"from sim/reads.py's{'; status ' + ', '.join(statuses) if statuses else ''}); "
               f"log: {result.get('log')}", file=sys.stderr)
     return 0 if ok else 1
 

@@ -260,6 +260,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rtl_images"] == 360 and summary["rtl_mismatches"] == 0 and summary["resumed"] is False
+    assert summary["read_mismatches"] == 0
     assert summary["code_revision"] == code_revision()
     assert summary["golden_accuracy"] == summary["rtl_accuracy"]
     assert summary["image_version"] == 3 and summary["core_image_bytes"] % 4 == 0 and summary["core_image_bytes"] > 0

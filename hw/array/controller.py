@@ -775,8 +775,8 @@ class ArrayController(wiring.Component):
                 # last edge does read the word of "inner layer" layers - 2, past the inner layers, and never uses
                 # it: one word a run at a table row; where the inner count is a multiple of 4 it is past the row,
                 # at the table's last row one word past the image (seen 2026-12-07 by the read count's model,
-                # tests/hw/array/test_top.py LAST_EDGE_TABLE_READ; left, as the fix would change the measured
-                # array's RTL for one word.)
+                # sim/reads.py LAST_EDGE_TABLE_READ; left, as the fix would change the measured array's
+                # RTL for one word.)
                 m_cur = (layer_idx - 1)[:16]
                 wanted = Mux(k == 0, layer_idx != 0, layer_idx + 1 < header.layers - 1)
                 m.d.comb += [self.bus.req.eq(use_table & (k < 2) & wanted),

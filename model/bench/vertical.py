@@ -50,7 +50,8 @@ from model.runs.provenance import provenance
 METHODS = ("vertical", "lsq", "ascending", "no-compensation", "no-kd", "mgd")
 #: Floor: the vertical net's accuracy may trail per-width LSQ by at most this many points at each width.
 MAX_GAP_PP = 1.0
-HARDWARE_NOTE = ("hardware rows (cycles_per_image, bytes_read_per_image, rtl_images, rtl_mismatches at each width "
+HARDWARE_NOTE = ("hardware rows (cycles_per_image, bytes_read_per_image, rtl_images, rtl_mismatches, read_mismatches "
+                 "at each width "
                  "on one bitstream) come from `build.py bench vertical` (sim/bench/vertical_hw.py), which runs the "
                  "exported vertical model on the array's RTL; run_vertical_bench alone trains")
 

@@ -38,7 +38,10 @@ array (about 260 s), with its parts beside it for the breakdown (one engine and 
 estimate from DS187 delays (:mod:`hw.platform.timing`).
 
 Rows (``out/bench/accel.json``): ``network``, ``weights``, ``act_bits``, ``avg_weight_bits`` (pruned weights
-count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``, ``rtl_mismatches``, ``dsp``,
+count 0), ``cycles_per_image``, ``images_per_second_at_100mhz``, ``rtl_images``, ``rtl_mismatches``,
+``read_mismatches`` (images whose global-buffer words read, the RTL's ``weight_reads`` and ``reads`` counters,
+differ from :func:`sim.reads.words_read`'s for the network; the floor ``read_mismatches == 0`` sums every row,
+curve point and the back-pressure run), ``dsp``,
 ``lut``, ``ff``, ``bram36``, ``fits_xc7z020``, ``fmax_mhz_estimate``, ``image_bytes``, ``speedup_vs_dense32``
 (dense32's cycles at the same activation width over this row's), ``dense_macs_per_dsp_cycle`` (the
 network's dense MACs / cycles / DSPs), ``sim_cycles_per_second``, then ``golden_accuracy``,
@@ -117,6 +120,7 @@ from model.runs.rundir import load_iteration, read_provenance, run
 from model.training.loop import torch_threads
 from sim.array_runner import run_array
 from sim.bounds import DSP_PACKINGS, dsp_bound_cycles, lane_bound_cycles, layer_tile_bounds, mac_weighted_bits
+from sim.reads import read_mismatches, words_read
 from sim.runner import SimulationError
 
 #: The array of the bench: 4 engines of 42 pass lanes (84-pixel tiles: three 28-pixel rows of layer1 and
@@ -411,6 +415,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     config = config_for(list(words.values()), engines=engines, lanes=lanes)
     synth_config = config_for([w for (weights, _), w in words.items() if weights in ("ticket", "qnn4")],
                               engines=engines, lanes=lanes)
+    # the words each image of a network must read (sim/reads.py), against the RTL's counters
+    want_reads = {key: words_read(net, config) for key, net in nets.items()}
     vpath = write_text_atomically(out_dir / "mpq_array.v", array_verilog(config))
     box: dict = {}
     worker = None
@@ -424,6 +430,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     spans: dict = {key: [] for key in counts}
     layer_spans: dict = {key: [] for key in counts}
     mismatched = dict.fromkeys(counts, 0)
+    read_mismatched = dict.fromkeys(counts, 0)
     sim_cycles = dict.fromkeys(counts, 0)
     sim_wall = dict.fromkeys(counts, 0.0)
     statuses: dict = {key: set() for key in counts}
@@ -443,6 +450,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
         spans[key] += res["image_cycles"]
         layer_spans[key] += res.get("layer_cycles", [])
         mismatched[key] += int(res["mismatches"]) + (n - int(res["images"]))  # an image that did not come back
+        read_mismatched[key] += read_mismatches(res["image_weight_reads"], res["image_reads"], want_reads[key], n)
         sim_cycles[key] += int(res["sim_cycles"])
         sim_wall[key] += float(res["sim_wall_s"])
         statuses[key] |= set(res["statuses"])
@@ -500,6 +508,7 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
             "cycles_per_image": cycles,
             "images_per_second_at_100mhz": CLOCK_HZ / cycles if cycles else None,
             "rtl_images": len(spans[key]), "rtl_mismatches": mismatched[key], "images_asked": asked,
+            "read_mismatches": read_mismatched[key],
             "image_bytes": 4 * len(words[key]),
             "macs_dense": int(dense), "nonzero_macs": int(nonzero),
             # the lanes' and emitters' bound (lane_bound_cycles) and how close the RTL count comes to it
@@ -532,7 +541,8 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     curve_rows.sort(key=lambda r: (list(CURVE_PREFIX).index(r["ranking"]), r["act_bits"], r["imq_iteration"]))
     backpressure = None if not stall_images else {
         "weights": "ticket", "act_bits": 4, "images_asked": stall_images, "rtl_images": len(spans[STALL_KEY]),
-        "rtl_mismatches": mismatched[STALL_KEY], "statuses": sorted(statuses[STALL_KEY]),
+        "rtl_mismatches": mismatched[STALL_KEY], "read_mismatches": read_mismatched[STALL_KEY],
+        "statuses": sorted(statuses[STALL_KEY]),
         "timed_out": timed_out[STALL_KEY]}
     # the simulations' figures, whatever the synthesis does
     write_json(out_dir / "rtl_rows.json", {"rows": rows, "curve": curve_rows, "backpressure": backpressure})
@@ -623,6 +633,10 @@ def floors(result: dict) -> dict:
         "ticket_a4_backpressure_images >= 10": floor_entry(stalled.get("rtl_images"), STALL_IMAGES),
         "ticket_a4_backpressure_mismatches == 0": floor_entry(
             stalled.get("rtl_mismatches") if stalled.get("rtl_images") else None, 0, "=="),
+        # every image of every row, curve point and the back-pressure run read the words sim/reads.py models
+        # (a record without the counts, written before they were checked, fails)
+        "read_mismatches == 0": floor_entry(
+            sum(r.get("read_mismatches", 1) for r in [*rows, *curve, *([stalled] if stalled else [])]), 0, "=="),
     }
 
 

@@ -233,6 +233,7 @@ def bench_vertical(args, out: Path) -> int:
                                     ("bytes/img", ">10", ".0f", "bytes_read_per_image"),
                                     ("weight B/img", ">12", ".0f", "weight_bytes_read_per_image"),
                                     ("images", ">6", "", "rtl_images"), ("mismatches", ">10", "", "rtl_mismatches"),
+                                    ("read mism.", ">10", "", "read_mismatches"),
                                     ("golden", ">7", ".4f", "golden_accuracy")])
     result = {**floors(report["rows"], configs[0].widths, compared_archs(configs)),
               **hardware_floors(report["hardware"])}
@@ -274,7 +275,8 @@ def bench_fuzz(args, out: Path) -> int:
     result["provenance"] = measured_under
     write_json(out / "fuzz.json", result)
     columns = [("layers", ">7", ",", "layers"), ("networks", ">9", ",", "networks"), ("images", ">7", ",", "images"),
-               ("mismatches", ">11", "", "mismatches"), ("deadlocks", ">10", "", "deadlocks"),
+               ("mismatches", ">11", "", "mismatches"), ("read mism.", ">11", "", "read_mismatches"),
+               ("deadlocks", ">10", "", "deadlocks"),
                ("sim cycles", ">12", ",", "sim_cycles"), ("s", ">7", ".0f", "seconds")]
     def builds(part):
         return [{**b, "part": f"  {b['config']['engines']} x {b['config']['lanes']} lanes"} for b in part["builds"]]
@@ -327,7 +329,7 @@ def bench_accel(args, out: Path) -> int:
     plot_accel(result["rows"], out / "accel.png", result.get("curve"))
     plot_layers(result["rows"], out / "accel_layers.png")
     def col(key, spec):  # "-" where a row has no value (a run that hung)
-        return lambda r: "-" if r[key] is None else format(r[key], spec)
+        return lambda r: "-" if r.get(key) is None else format(r[key], spec)
 
     print_rows(result["rows"], [
         ("weights", "<8", "", "weights"), ("A", ">2", "", "act_bits"), ("avg bits", ">8", "", col("avg_weight_bits", ".2f")),
@@ -338,6 +340,7 @@ def bench_accel(args, out: Path) -> int:
         ("bound", ">9", "", col("lane_bound_cycles", ",.0f")), ("of bound", ">8", "", col("lane_bound_fraction", ".2f")), ("tile bound", ">10", "", col("tile_bound_cycles", ",.0f")),
         ("MAC/DSP/c", ">9", "", col("dense_macs_per_dsp_cycle", ".2f")),
         ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
+        ("read mism.", ">10", "", col("read_mismatches", "")),
         ("acc", ">6", "", col("golden_accuracy", ".3f")), ("sim c/s", ">8", "", col("sim_cycles_per_second", ",.0f"))])
     for r in result["rows"]:
         if r["weights"] == "ticket" and r["act_bits"] == 4 and r.get("bit_proportional_speedup_bound"):
@@ -359,7 +362,7 @@ def bench_accel(args, out: Path) -> int:
     stalled = result.get("backpressure")
     if stalled:
         print(f"\nunder random back-pressure (the ticket at PACT-4, cycles not counted): {stalled['rtl_images']} "
-              f"images, {stalled['rtl_mismatches']} mismatches")
+              f"images, {stalled['rtl_mismatches']} mismatches, {stalled.get('read_mismatches')} of words read")
     if result.get("curve"):
         print("\nthe IMQ runs' iterations on the same bitstream (Fig. 4's curve; ranking: global, the ticket's run and "
               "the paper's, or within each layer; accuracies from the runs' histories):")
@@ -373,7 +376,8 @@ def bench_accel(args, out: Path) -> int:
             ("tile bound", ">10", "", col("tile_bound_cycles", ",.0f")),
             ("test acc", ">8", "", col("fakequant_accuracy", ".3f")), ("val acc", ">7", "", col("val_accuracy", ".3f")),
             ("ticket", ">6", "", lambda r: "yes" if r["is_ticket"] else ""),
-            ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches")])
+            ("images", ">6", "", "rtl_images"), ("mism.", ">5", "", "rtl_mismatches"),
+            ("read mism.", ">10", "", col("read_mismatches", ""))])
     syn = result["synthesis"]
     if syn is None:
         print(f"\nno resources: the synthesis did not finish ({result.get('synthesis_error')})")

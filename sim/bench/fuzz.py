@@ -13,7 +13,9 @@ The networks are packed (image version 3) and run on two RTL builds (:data:`CONF
 lanes, and one engine of seven), in chunks of :data:`CHUNK` networks that take the builds in turn, each
 network drawn for its chunk's build; a chunk's networks are loaded one after another through the load port
 without a reset (:func:`sim.array_runner.run_array_cases`), under random back-pressure on every stream; each
-image's scores must equal golden's. ``mismatches`` counts images that differ, ``deadlocks`` runs whose
+image's scores must equal golden's, and its global-buffer words read (the RTL's ``weight_reads`` and ``reads``)
+the model's (:func:`sim.reads.words_read`). ``mismatches`` counts images whose scores differ,
+``read_mismatches`` those whose reads do, ``deadlocks`` runs whose
 watchdog fired (no transfer and no ``done`` for :data:`TIMEOUT_CYCLES` cycles), ``not_run`` the images a
 deadlocked run left; ``builds`` holds the same counts per build. Every network fits its build (:func:`fits`).
 
@@ -45,6 +47,7 @@ from model.export.layout_v3 import pack as pack_v3
 from model.progress import progress_bar
 from sim.array_runner import run_array_cases
 from sim.bench.calibrate import calibrated_requant
+from sim.reads import words_read
 from sim.runner import SimulationError
 
 #: The first array the networks run on: 2 engines of 5 lanes (10-pixel tiles), maps up to 12 wide.
@@ -57,7 +60,7 @@ CONFIGS = (CONFIG, ONE_ENGINE)
 #: The floor on each build's share of the layers (the chunks alternate, so each gets about half).
 BUILD_LAYERS = 4_000
 #: What a run adds to a build's record and to the whole part's (:func:`run_chunk`).
-RUN_COUNTS = ("images", "mismatches", "deadlocks", "not_run", "sim_cycles")
+RUN_COUNTS = ("images", "mismatches", "read_mismatches", "deadlocks", "not_run", "sim_cycles")
 TIMEOUT_CYCLES = 200_000
 #: Networks per simulator run (one build serves all runs).
 CHUNK = 150
@@ -192,10 +195,13 @@ def weight_layers(net) -> int:
     return len(net.layers)
 
 
-def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run: int, total: dict) -> None:
+def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run: int, total: dict,
+              reads: list[tuple[int, int]]) -> None:
     """Run ``cases`` (:func:`sim.array_runner.run_array_cases`, back-pressure on every stream) and add to
-    ``total``'s ``images``, ``mismatches`` (images whose scores differ from the case's), ``not_run`` (images a
-    run did not reach), ``deadlocks`` (watchdog), ``sim_cycles`` and ``failed_runs``.
+    ``total``'s ``images``, ``mismatches`` (images whose scores differ from the case's), ``read_mismatches``
+    (images whose ``weight_reads`` and ``reads`` counters differ from the case's ``reads`` entry,
+    :func:`sim.reads.words_read`), ``not_run`` (images a run did not reach), ``deadlocks`` (watchdog),
+    ``sim_cycles`` and ``failed_runs``.
 
     Raises
     ------
@@ -210,8 +216,12 @@ def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run
     if res.get("error") and not res["timed_out"]:
         raise UserError(f"bench fuzz: the testbench stopped ({res['error']}); see {res['log']}")
     expected = [row for case in cases for row in case[2].tolist()]
+    want_reads = [pair for case, pair in zip(cases, reads, strict=True) for _ in range(len(case[2]))]
     got = res["scores"]
+    got_reads = list(zip(res["image_weight_reads"], res["image_reads"]))
+    read_mismatched = [k for k, pair in enumerate(want_reads) if k < len(got_reads) and got_reads[k] != pair]
     total["mismatches"] += sum(1 for k, row in enumerate(expected) if k < len(got) and got[k] != row)
+    total["read_mismatches"] += len(read_mismatched)
     total["not_run"] += max(0, len(expected) - len(got))
     total["deadlocks"] += int(bool(res["timed_out"]))
     total["images"] += len(expected)
@@ -219,6 +229,11 @@ def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run
     if not res["passed"]:
         total["failed_runs"].append({"run": run, "log": res["log"], "mismatched_images": res["mismatched_images"],
                                      "statuses": [s for s in res["statuses"] if s][:10]})
+    if read_mismatched:
+        total["failed_runs"].append({"run": run, "log": res["log"], "read_mismatched_images": [
+            {"image": k, "rtl": dict(zip(("weight_reads", "reads"), got_reads[k])),
+             "model": dict(zip(("weight_reads", "reads"), want_reads[k]))}
+            for k in read_mismatched[:10]]})
 
 
 def config_record(config: ArrayConfig) -> dict:
@@ -236,7 +251,8 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
     out_dir = Path(out_dir)
     vpaths = [write_text_atomically(out_dir / f"mpq_array_{c.engines}x{c.lanes}.v", array_verilog(c)) for c in configs]
     t0 = time.perf_counter()
-    total = {"layers": 0, "networks": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "not_run": 0,
+    total = {"layers": 0, "networks": 0, "images": 0, "mismatches": 0, "read_mismatches": 0, "deadlocks": 0,
+             "not_run": 0,
              "sim_cycles": 0, "conv_layers": 0, "fc_layers": 0, "residual_blocks": 0, "pooled": 0, "flattened": 0, "mlps": 0,
              "failed_runs": []}
     builds = [{"config": config_record(c), "layers": 0, "networks": 0, "runs": 0, **dict.fromkeys(RUN_COUNTS, 0),
@@ -245,16 +261,18 @@ def run_fuzz(out_dir: Path, *, layers: int = 10_000, seed: int = 0, simulator: s
     run = 0
     while total["layers"] < layers:
         b = run % len(configs)
-        cases, nets = [], []
+        cases, nets, reads = [], [], []
         while len(cases) < CHUNK and total["layers"] + sum(weight_layers(n) for n in nets) < layers:
             net = random_network(rng, configs[b])
             shape = net.image_shape if isinstance(net, IntConvNetwork) else (net.layers[0].n_in,)
             n_img = int(rng.integers(1, 3))
             x = rng.integers(0, 1 << net.input_bits, size=(n_img, *shape))
-            cases.append((pack_v3(net)[0], x.reshape(n_img, -1), net.forward(x)))
+            words, _, regions = pack_v3(net)
+            cases.append((words, x.reshape(n_img, -1), net.forward(x)))
+            reads.append(words_read(net, configs[b], regions=regions))
             nets.append(net)
         t_run = time.perf_counter()
-        run_chunk(vpaths[b], cases, out_dir / "sim", simulator, seed * 1000 + run, run, builds[b])
+        run_chunk(vpaths[b], cases, out_dir / "sim", simulator, seed * 1000 + run, run, builds[b], reads)
         builds[b]["runs"] += 1
         builds[b]["seconds"] += time.perf_counter() - t_run  # its simulator's build and runs, not the drawing
         for net in nets:
@@ -309,6 +327,7 @@ def part_floors(result: dict, layers: int, build_layers: int, prefix: str = "") 
         f"{prefix}layers >= {layers}": floor_entry(result["layers"], layers),
         f"{prefix}layers on each build >= {build_layers}": floor_entry(min(b["layers"] for b in result["builds"]),
                                                                        build_layers),
-        **{f"{prefix}{key} == 0": floor_entry(result[key], 0, "==") for key in ("mismatches", "deadlocks", "not_run")},
+        **{f"{prefix}{key} == 0": floor_entry(result[key], 0, "==")
+           for key in ("mismatches", "read_mismatches", "deadlocks", "not_run")},
         f"{prefix}failed_runs == 0": floor_entry(len(result["failed_runs"]), 0, "=="),
     }

@@ -46,6 +46,7 @@ from model.export.image_v4 import pack_vertical
 from model.progress import progress_bar
 from sim.bench.calibrate import calibrated_vertical
 from sim.bench.fuzz import CHUNK, CONFIG, RUN_COUNTS, config_record, fits, gather_builds, part_floors, run_chunk
+from sim.reads import TABLE_ROW, words_read
 
 #: The array the vertical networks run on: the fuzz's, with the version 4 path, and three engines of four lanes
 #: (8-pixel tiles) rather than two of five, so that the fuzz also covers an odd engine count (the third engine
@@ -66,8 +67,6 @@ ZERO_SHARES = (0.35, 0.2, 0.15, 0.05, 0.05, 0.2)
 #: extreme record mostly saturates its layer, and every layer after it then sees the same codes for every input;
 #: the requantizer's extremes are the version 3 fuzz's to cover, the planes and widths this part's.
 P_RANDOM = 1 / 30
-#: ``precision`` of a table row ``r``: ``TABLE_ROW + r`` (the shell's register, docs/image_format.md).
-TABLE_ROW = 0x80
 
 
 def _signed(rng, shape, bits: int) -> np.ndarray:
@@ -233,7 +232,8 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
     vpaths = [write_text_atomically(out_dir / f"mpq_array_v4_{c.engines}x{c.lanes}.v", array_verilog(c))
               for c in configs]
     t0 = time.perf_counter()
-    total = {"layers": 0, "networks": 0, "cases": 0, "images": 0, "mismatches": 0, "deadlocks": 0, "not_run": 0,
+    total = {"layers": 0, "networks": 0, "cases": 0, "images": 0, "mismatches": 0, "read_mismatches": 0,
+             "deadlocks": 0, "not_run": 0,
              "sim_cycles": 0, "failed_runs": [], "input_dependent": 0,
              "precisions": {"width": 0, "source": 0, "table_row": 0}}
     builds = [{"config": {**config_record(c), "vertical": c.vertical}, "layers": 0, "networks": 0, "cases": 0, "runs": 0,
@@ -247,6 +247,7 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
 
     while wanted():
         chunks: list[list] = [[] for _ in configs]
+        reads: list[list] = [[] for _ in configs]
         while max(len(c) for c in chunks) < CHUNK and wanted():
             b = total["networks"] % len(configs)
             net = random_vertical_network(rng, config=configs[b])
@@ -258,6 +259,7 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
             for precision, bits in runs:
                 x = rng.integers(0, 1 << EDGE_BITS, size=(int(rng.integers(1, 3)), *shape))
                 chunks[b].append((words, x.reshape(len(x), -1), net.forward(x, bits).astype(np.int64), precision))
+                reads[b].append(words_read(net, configs[b], bits, words=words))
                 kind = "table_row" if precision >= TABLE_ROW else "source" if precision == 0 else "width"
                 total["precisions"][kind] += 1
             for key, value in network_counts(net).items():
@@ -270,7 +272,8 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
             if not cases:
                 continue
             t_run = time.perf_counter()
-            run_chunk(vpaths[b], cases, out_dir / "sim_v4", simulator, seed * 1000 + 500 + run, run, builds[b])
+            run_chunk(vpaths[b], cases, out_dir / "sim_v4", simulator, seed * 1000 + 500 + run, run, builds[b],
+                      reads[b])
             builds[b]["seconds"] += time.perf_counter() - t_run
             builds[b]["runs"] += 1
             for record in (total, builds[b]):

@@ -7,12 +7,14 @@ load port and run with the width on the array's ``precision`` input (the Zynq sh
 register): the same bitstream, the same image words, every trained width. Per width a row
 
 ``{arch, bits, cycles_per_image, bytes_read_per_image, weight_bytes_read_per_image, rtl_images,
-rtl_mismatches, golden_accuracy}``
+rtl_mismatches, read_mismatches, golden_accuracy}``
 
 with the cycles from ``start`` to ``done`` (the input codes' transfer included) and the bytes the array read
 from its global buffer during the run (``reads`` / ``weight_reads`` counters of the RTL, 4 bytes a word:
 descriptors, requant groups and weights / the weights alone). Every image's scores are compared with golden
-(:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at that width).
+(:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at that width), and its two counters with the
+words the image's schedule reads (:func:`sim.reads.words_read`): ``read_mismatches`` counts the images whose
+counters differ, so the bytes a row reports are the ones the image needs, no word read twice or skipped.
 
 The array configuration is the smallest that runs the image (:func:`hw.array.sizing.config_for`) with
 :data:`ENGINES` engines and the fewest lanes whose tile holds the widest output row: the MLP has one pixel a
@@ -32,6 +34,8 @@ from model.bench.floors import floor_entry
 from model.errors import UserError
 from model.export.image_v4 import read_vertical_image
 from sim.array_runner import run_array_cases
+from sim.reads import read_mismatches as count_read_mismatches
+from sim.reads import words_read
 from sim.runner import SimulationError
 
 ENGINES = 4
@@ -88,12 +92,14 @@ def run_vertical_hardware(exports: dict, out_dir, *, simulator: str = "verilator
             reads = res["image_reads"][k * n:(k + 1) * n]
             weight_reads = res["image_weight_reads"][k * n:(k + 1) * n]
             mismatches = sum(g != e for g, e in zip(got, expected[b].tolist())) + (n - len(got))
+            want_reads = words_read(net, config, int(b), words=words)
+            read_mismatches = count_read_mismatches(weight_reads, reads, want_reads, n)
             rows.append({
                 "arch": arch, "bits": int(b),
                 "cycles_per_image": float(np.mean(span)) if span else None,
                 "bytes_read_per_image": 4 * float(np.mean(reads)) if reads else None,
                 "weight_bytes_read_per_image": 4 * float(np.mean(weight_reads)) if weight_reads else None,
-                "rtl_images": len(got), "rtl_mismatches": int(mismatches),
+                "rtl_images": len(got), "rtl_mismatches": int(mismatches), "read_mismatches": int(read_mismatches),
                 "statuses": sorted(set(res["statuses"][k * n:(k + 1) * n])),
                 "golden_accuracy": float((expected[b].argmax(axis=1) == labels).mean()),
             })
@@ -101,7 +107,8 @@ def run_vertical_hardware(exports: dict, out_dir, *, simulator: str = "verilator
 
 
 def floors(rows: list[dict]) -> dict[str, dict]:
-    """0 mismatches over at least :data:`MIN_IMAGES` images (:data:`MIN_IMAGES_BY_ARCH`) at every width; cycles
+    """0 mismatches of scores and of words read over at least :data:`MIN_IMAGES` images (:data:`MIN_IMAGES_BY_ARCH`)
+    at every width; cycles
     and bytes read at the lowest width below those at the highest (per architecture)."""
     out = {}
     for arch in sorted({r["arch"] for r in rows}):
@@ -110,6 +117,7 @@ def floors(rows: list[dict]) -> dict[str, dict]:
             out[f"{arch}_rtl_images_{r['bits']}bit"] = floor_entry(r["rtl_images"],
                                                                    MIN_IMAGES_BY_ARCH.get(arch, MIN_IMAGES), ">=")
             out[f"{arch}_rtl_mismatches_{r['bits']}bit"] = floor_entry(r["rtl_mismatches"], 0, "<=")
+            out[f"{arch}_read_mismatches_{r['bits']}bit"] = floor_entry(r.get("read_mismatches"), 0, "<=")
         lo, hi = mine[0], mine[-1]
         for key in ("cycles_per_image", "bytes_read_per_image"):
             ratio = lo[key] / hi[key] if lo[key] and hi[key] else None

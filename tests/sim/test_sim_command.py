@@ -11,6 +11,8 @@ import pytest
 import build
 from model.export.image import write_image
 from model.export.image_v4 import write_vertical_image
+from sim import image_run
+from sim.reads import array_words_read
 from tests.hw.netgen import calibrated
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
 from tests.model.export.test_layout_v3 import resnet_like
@@ -31,9 +33,10 @@ def conv_image(tmp_path_factory) -> Path:
 
 
 @needs_icarus
-def test_a_conv_image_runs_on_the_array_and_not_on_the_fc_core(conv_image, tmp_path, capsys):
+def test_a_conv_image_runs_on_the_array_and_not_on_the_fc_core(conv_image, tmp_path, capsys, monkeypatch):
     """The fully connected core (the default) refuses the conv image, naming it and ``--core array``; on the array
-    (2 engines, lanes for its 8-pixel rows) 3 test images match golden under back-pressure."""
+    (2 engines, lanes for its 8-pixel rows) 3 test images match golden under back-pressure, and read the words
+    sim/reads.py models (a model that differs fails the command)."""
     assert build.main(["sim", "--image", str(conv_image), "--images", "3", "--out", str(tmp_path / "fc")]) == 2
     err = capsys.readouterr().err
     assert str(conv_image) in err and "a conv network" in err and "add --core array" in err
@@ -44,6 +47,7 @@ def test_a_conv_image_runs_on_the_array_and_not_on_the_fc_core(conv_image, tmp_p
                        "--out", str(out)]) == 0
     report = json.loads((out / "sim.json").read_text())
     assert report["images"] == 3 and report["mismatches"] == 0 and report["passed"]
+    assert report["read_mismatches"] == 0  # every image read the words sim/reads.py models
     assert report["array_config"]["engines"] == 2 and report["array_config"]["lanes"] == 4
     assert report["cycles_per_image"] > 0 and report["data"]["name"] == "digits"
     # each of its 6 weight layers' cycles against its tiles' bound (sim/bounds.py), summing to the image's cycles
@@ -53,6 +57,17 @@ def test_a_conv_image_runs_on_the_array_and_not_on_the_fc_core(conv_image, tmp_p
     assert all(row["over"] == pytest.approx(row["cycles"] - row["tile_bound"], abs=0.11) for row in layers)
     printed = capsys.readouterr().out
     assert "RTL simulation (packed multiplier array)" in printed and "cycles per layer" in printed
+
+    # a model one word short of what the RTL reads: the same run fails, naming the read mismatches
+    def one_word_short(*args):
+        weight_reads, reads = array_words_read(*args)
+        return weight_reads, reads - 1
+
+    monkeypatch.setattr(image_run, "array_words_read", one_word_short)
+    assert build.main(["sim", "--image", str(conv_image), "--core", "array", "--engines", "2", "--images", "3",
+                       "--out", str(tmp_path / "short")]) == 1
+    assert "0 mismatches, 3 images whose words read differ from sim/reads.py's" in capsys.readouterr().err
+    assert json.loads((tmp_path / "short" / "sim.json").read_text())["read_mismatches"] == 3
 
 
 @needs_icarus
@@ -68,6 +83,7 @@ def test_a_vertical_image_runs_on_the_array_at_a_width_and_a_table_row(tmp_path)
                            "--out", str(out), *args]) == 0, args
         report = json.loads((out / "sim.json").read_text())
         assert report["images"] == 3 and report["mismatches"] == 0 and report["array_config"]["vertical"], args
+        assert report["read_mismatches"] == 0, args
 
 
 def test_verilog_writes_the_array_sized_for_the_image(conv_image, tmp_path):

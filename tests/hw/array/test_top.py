@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 from hw.array.controller import MAX_EDGE_BITS, MAX_VERTICAL_TOP
-from hw.array.plane_decoder import BLOCK
 from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.errors import UserError
-from model.export.format import HEADER, LAYER, PARAMS, RES_PARAMS, VHEADER, VLAYER, VREQUANT
+from model.export.format import HEADER, LAYER, RES_PARAMS, VHEADER, VLAYER, VREQUANT
 from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, IntLinear
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
@@ -24,8 +23,7 @@ from model.export.image import unpack
 from model.export.image_v4 import pack_vertical, unpack_vertical
 from model.export.layout_v3 import pack as pack_v3
 from model.export.records import pack_records, unpack_records
-from model.export.weight_stream import ptr_bits
-from sim.bounds import tile_pixels, weight_layers
+from sim.reads import record_fields, words_read
 from tests.hw.netgen import calibrated, random_network
 from tests.hw.stream_source import KeptSimulation
 from tests.model.export.test_golden_conv import make_conv
@@ -152,141 +150,22 @@ def kept_array(config: ArrayConfig) -> KeptSimulation:
     return KeptSimulation(lambda: ConvArray(config))
 
 
-def weight_words_read(net, config=CONFIG, regions=None) -> int:
-    """The global-buffer words the engines' row decoders read for one image of ``net``'s version 3 image: each
-    row of each tile, from the word of its first bit to the word of its last (row ``j``'s bits run from its
-    row pointer to the next one, the last row's to ``stream_bits``), none past it. The tiles as the
-    controller cuts them (:func:`sim.bounds.tile_pixels`; an FC one). ``regions``: :func:`pack_v3`'s, where the
-    caller packed the image already."""
-    regions = pack_v3(net)[2] if regions is None else regions
-    layers = weight_layers(net)
-    assert len(layers) == len(regions)
-    total = 0
-    for (layer, pixels, _, w_out), region in zip(layers, regions):
-        bounds = np.append(region.stream.row_ptr, region.stream.bits)
-        per_row = -(-bounds[1:] // 32) - bounds[:-1] // 32
-        tiles = len(tile_pixels(pixels, w_out, config.lanes)) if isinstance(layer, IntConv2d) else 1
-        total += tiles * int(per_row.sum())
-    return total
-
-
-def control_words_read(net, config=CONFIG, regions=None) -> int:
-    """The global-buffer words the controller reads for one image of ``net``'s version 3 image: the header, each
-    layer's descriptor, and for each row command (every row of every tile, :func:`weight_words_read`'s tiles) the
-    words holding row ``j``'s end pointer (none for the last row, whose end is the stream's length; one when the
-    pointer lies in one word) and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual layer): the READ
-    state's schedule, which ``reads`` minus ``weight_reads`` counts (bench vertical's bytes read). ``regions``: as
-    :func:`weight_words_read`'s."""
-    regions = pack_v3(net)[2] if regions is None else regions
-    layers = weight_layers(net)
-    total = HEADER.words + LAYER.words * len(layers)
-    for (layer, pixels, _, w_out), region in zip(layers, regions):
-        rows, bits = len(region.stream.row_ptr), ptr_bits(region.stream.bits)
-        ends = [(j + 1) * bits for j in range(rows - 1)]  # the bit of row j's end pointer; the last row has none
-        per_tile = sum(1 if e % 32 + bits <= 32 else 2 for e in ends)
-        residual = isinstance(layer, IntConv2d) and layer.res_mult is not None
-        per_tile += rows * (RES_PARAMS.words if residual else PARAMS.words)
-        tiles = len(tile_pixels(pixels, w_out, config.lanes)) if isinstance(layer, IntConv2d) else 1
-        total += tiles * per_tile
-    return total
-
-
-def _vertical_run(net, bits):
-    """``bits`` as golden takes it: a width (0: the image's source width, ``top_bits``) or a :class:`TableRow`."""
-    return bits if isinstance(bits, TableRow) else (bits or net.widths[-1])
-
-
-def _vertical_layers(net, bits, config, words=None) -> tuple[np.ndarray, list[dict], list[int]]:
-    """``net``'s version 4 words (``words``: :func:`pack_vertical`'s, where the caller packed the image already),
-    each layer's descriptor as the words hold it, and each layer's tiles under ``bits``
-    (:func:`sim.bounds.tile_pixels` of its conv geometry, as the controller cuts them; an FC one)."""
-    words = (pack_vertical(net) if words is None else words).astype(np.int64)
-    n = len(net.layers)
-    descs = [_fields(words, VLAYER, HEADER.words + VHEADER.words + VLAYER.words * k) for k in range(n)]
-    layers = weight_layers(net.materialize(_vertical_run(net, bits)))
-    assert len(layers) == n
-    tiles = [len(tile_pixels(pixels, w_out, config.lanes)) if isinstance(layer, IntConv2d) else 1
-             for layer, pixels, _, w_out in layers]
-    return words, descs, tiles
-
-
-def vertical_weight_words_read(net, bits, config=VCONFIG, words=None) -> int:
-    """The global-buffer words the engines' plane decoders read for one image of ``net``'s version 4 image run
-    under ``bits`` (a width, 0 for the source width, or a :class:`TableRow`): for each row ``j`` of each tile
-    (:func:`_vertical_layers`), the 32-weight blocks its weights ``j fan_in .. (j + 1) fan_in - 1`` touch (a
-    block shared by two rows is read by each), and per block ``base_bits + P`` aligned words: block ``k``'s
-    ``base_bits`` words ``base_bits k ..`` of the base region and word ``k`` of each of the first ``P`` planes,
-    ``P`` the layer's run width minus ``base_bits`` (0 for an 8-bit edge: its base words alone)."""
-    _, descs, tiles = _vertical_layers(net, bits, config, words)
-    widths = iter(net.assignment(_vertical_run(net, bits)))
-    total = 0
-    for d, n_tiles in zip(descs, tiles):
-        planes = 0 if d["edge"] else next(widths) - d["base_bits"]
-        first = np.arange(d["c_out"]) * d["fan_in"]
-        blocks = (first + d["fan_in"] - 1) // BLOCK - first // BLOCK + 1
-        total += n_tiles * int(blocks.sum()) * (d["base_bits"] + planes)
-    assert next(widths, None) is None, "more inner widths than inner layers"
-    return total
-
-
-def vertical_control_words_read(net, bits, config=VCONFIG, words=None) -> int:
-    """The global-buffer words the controller reads for one image of ``net``'s version 4 image run under
-    ``bits`` (as :func:`vertical_weight_words_read`): the header and the vertical header; per layer its
-    descriptor; running a table row, the row's word holding this inner layer's width byte (none for an edge)
-    and the one holding the next inner layer's (every layer before the last inner one), each read again per
-    layer even where the layer before read it (the controller's VWIDTH state, as documented; the RTL also reads
-    a word for the last edge: :data:`LAST_EDGE_TABLE_READ`, not counted here); the two-word heads of its
-    requant groups in image order up to the first of the layer's ``(in_bits, out_bits[, res_bits])`` whose
-    ``row`` is 0 or the table row's ``r + 1``; and for each row command (every row of every tile) the group's
-    negate word holding row ``j``'s bit and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual
-    layer). No row pointers: a row's weights are ``j fan_in ..`` of its regions."""
-    words, descs, tiles = _vertical_layers(net, bits, config, words)
-    run = _vertical_run(net, bits)
-    table = isinstance(run, TableRow)
-    rows = (0, run.index + 1) if table else (0,)
-    n = len(descs)
-    total = HEADER.words + VHEADER.words
-    for k, (d, n_tiles) in enumerate(zip(descs, tiles)):
-        total += VLAYER.words + (int(0 < k < n - 1) + int(k + 1 < n - 1) if table else 0)
-        key = net.record_key(run, k)
-        want = (*key[:2], key[2] if d["residual"] else 0)
-        for g in range(d["requant_count"]):
-            total += VREQUANT.words
-            head = _fields(words, VREQUANT, d["requant_base"] + g * d["group_words"])
-            if (head["in_bits"], head["out_bits"], head["res_bits"]) == want and head["row"] in rows:
-                break
-        else:
-            raise AssertionError(f"layer {k}: no requant group for {want}")
-        total += n_tiles * d["c_out"] * (1 + (RES_PARAMS if d["residual"] else PARAMS).words)
-    return total
-
-
-#: A table word the controller reads and does not need (its VWIDTH state's comment said until 2026-12-07 that an
-#: edge reads none): running a table row, the last edge (``layer_idx != 0``) reads the row's word of "inner layer"
-#: ``layers - 2``, past the inner layers, and never uses it. Where ``inner`` is a multiple of 4 that word is past the
-#: row: at the table's last row, one word past the image's end (the table is the image's last region), whatever the
-#: buffer holds there. The RTL is left as it is; a fix of VWIDTH's ``wanted`` makes this 0.
-LAST_EDGE_TABLE_READ = 1
-
-
 def check_vertical_reads(res, net, runs, config, which=None) -> None:
     """Run ``k``'s ``weight_reads`` and ``reads`` (of :func:`run_array` on ``net``'s image, under ``runs[k]`` =
-    ``(precision, use_table, table_row)``) equal :func:`vertical_weight_words_read` and that plus
-    :func:`vertical_control_words_read` (and :data:`LAST_EDGE_TABLE_READ` running a table row), for each ``k``
-    of ``which`` (default: every run)."""
+    ``(precision, use_table, table_row)``) equal :func:`sim.reads.words_read`'s, for each ``k`` of ``which``
+    (default: every run)."""
     words = pack_vertical(net)
     for k in range(len(runs)) if which is None else which:
         precision, use_table, row = runs[k]
         bits = TableRow(row) if use_table else precision
-        weights = vertical_weight_words_read(net, bits, config, words)
-        control = vertical_control_words_read(net, bits, config, words) + (LAST_EDGE_TABLE_READ if use_table else 0)
-        assert (res["weight_reads"][k], res["reads"][k]) == (weights, weights + control), f"run {k} {runs[k]}"
+        want = words_read(net, config, bits, words=words)
+        assert (res["weight_reads"][k], res["reads"][k]) == want, f"run {k} {runs[k]}"
 
 
 def check_net(net, n_images, seed, config=CONFIG):
     """``net``, its conv layers' requant calibrated on the images (``tests.hw.netgen.calibrated``), on the array:
-    golden's scores for each image, the weight words read for them (:func:`weight_words_read`) and the words read
-    in all (:func:`control_words_read` besides)."""
+    golden's scores for each image, and the weight words and the words in all read for them
+    (:func:`sim.reads.words_read`)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 1 << net.input_bits, size=(n_images, *net.image_shape))
     net = calibrated(net, images, rng)
@@ -295,9 +174,9 @@ def check_net(net, n_images, seed, config=CONFIG):
     assert res["status"] == [Status.OK] * n_images
     want = net.forward(images)
     assert np.array_equal(np.array(res["scores"]), want), f"{res['scores']} != {want.tolist()}"
-    weights = weight_words_read(net, config, regions)
+    weights, reads = words_read(net, config, regions=regions)
     assert res["weight_reads"] == [weights] * n_images
-    assert res["reads"] == [weights + control_words_read(net, config, regions)] * n_images
+    assert res["reads"] == [reads] * n_images
     return res
 
 
@@ -883,7 +762,7 @@ def test_header_fields_out_of_range_end_with_bad_geometry_before_the_input(verti
     if vertical:
         net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
         words, config, run_widths = pack_vertical(net).astype(np.int64), VCONFIG, (2, 0, 0)
-        vh = _fields(words, VHEADER, HEADER.words)
+        vh = record_fields(words, VHEADER, HEADER.words)
         assert vh["top_bits"] < MAX_VERTICAL_TOP and vh["edge_bits"] == MAX_EDGE_BITS
         bad = [_with_fields(words, VHEADER, HEADER.words, **f) for f in (
             {"top_bits": MAX_VERTICAL_TOP + 1}, {"edge_bits": MAX_EDGE_BITS + 1}, {"edge_bits": 0},
@@ -1054,15 +933,10 @@ def test_vertical_vgg_runs_every_width_on_one_array():
     check_vertical_runs(net, images, [(2, 0, 0), (4, 0, 0), (0, 1, 0)], seed=3)
 
 
-def _fields(words, record, at) -> dict:
-    """The fields of the version 4 ``record`` at word ``at`` of ``words``."""
-    return {k: int(v[0]) for k, v in unpack_records(record, words[at:at + record.words], version=4).items()}
-
-
 def _with_fields(words, record, at, **fields):
     """A copy of ``words`` with ``fields`` of the ``record`` at word ``at`` replaced."""
     bad = words.copy()
-    bad[at:at + record.words] = pack_records(record, {**_fields(words, record, at), **fields}).reshape(-1)
+    bad[at:at + record.words] = pack_records(record, {**record_fields(words, record, at), **fields}).reshape(-1)
     return bad
 
 
@@ -1099,15 +973,13 @@ def test_vertical_residual_net_runs_every_width_and_a_table_row():
 def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
     """The block structure the controller checks (a residual conv after an unpooled inner conv1, neither pooled;
     the global pool on the last layer only; an FC last): never a hang, BAD_GEOMETRY (then a good run)."""
-    from model.export.format import VLAYER, VREQUANT
-
     net = random_vertical_resnet(6)
     words = pack_vertical(net).astype(np.int64)
     d = [8 + 3 + VLAYER.words * k for k in range(len(net.layers))]  # descriptors after the two headers
 
     def with_fields(k, **fields):
         if "residual" in fields:  # keep the group size consistent: the check under test is the block's
-            c_out = _fields(words, VLAYER, d[k])["c_out"]
+            c_out = record_fields(words, VLAYER, d[k])["c_out"]
             fields["group_words"] = VREQUANT.words + (4 if fields["residual"] else 3) * c_out + -(-c_out // 32)
         return _with_fields(words, VLAYER, d[k], **fields)
 
@@ -1129,8 +1001,6 @@ def test_misplaced_residual_pool_and_gap_fields_end_with_bad_geometry():
 
 def test_corrupt_vertical_images_end_with_their_status():
     """Version 4 fields the array checks: never a hang, the documented code (then a good run)."""
-    from model.export.format import VLAYER, VREQUANT
-
     net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
     assert sorted(net.layers[1].requant) == [(2, 2), (3, 3), (4, 4)]
     words = pack_vertical(net).astype(np.int64)
@@ -1140,7 +1010,7 @@ def test_corrupt_vertical_images_end_with_their_status():
     def with_field(record, at, **fields):
         return _with_fields(words, record, at, **fields)
 
-    layer1 = _fields(words, VLAYER, d1)
+    layer1 = record_fields(words, VLAYER, d1)
     cases = [
         (with_field(VHEADER, vh, inner=5), Status.BAD_GEOMETRY),  # inner + 2 != layers
         (with_field(VLAYER, d1, edge=1), Status.BAD_GEOMETRY),  # an inner layer marked as an edge

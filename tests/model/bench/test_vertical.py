@@ -68,7 +68,8 @@ def test_resnet20_rows_are_judged_on_the_hardware_only():
     assert not any(k.startswith("resnet20") for k in floors(_rows((0.8,) * 3, (0.8,) * 3, 0.7) + [
         {"arch": "resnet20", "method": "vertical", "bits": b, "accuracy": 0.8} for b in (2, 3, 4)],
         archs=compared_archs(DEFAULT_CONFIGS)))
-    rows = [{"arch": "resnet20", "bits": b, "rtl_images": 10, "rtl_mismatches": 0, "cycles_per_image": 1000.0 * b,
+    rows = [{"arch": "resnet20", "bits": b, "rtl_images": 10, "rtl_mismatches": 0, "read_mismatches": 0,
+             "cycles_per_image": 1000.0 * b,
              "bytes_read_per_image": 100.0 * b} for b in (2, 3, 4)]
     f = hardware_floors(rows)
     assert all(e["holds"] for e in f.values()) and f["resnet20_rtl_images_2bit"]["floor"] == 10
@@ -77,15 +78,22 @@ def test_resnet20_rows_are_judged_on_the_hardware_only():
     rows[0]["rtl_images"], rows[1]["rtl_mismatches"] = 10, 1
     f = hardware_floors(rows)
     assert not f["resnet20_rtl_mismatches_3bit"]["holds"] and f["resnet20_rtl_mismatches_2bit"]["holds"]
+    rows[1]["rtl_mismatches"], rows[2]["read_mismatches"] = 0, 1
+    f = hardware_floors(rows)
+    assert [k for k, e in f.items() if not e["holds"]] == ["resnet20_read_mismatches_4bit"]
 
 
 def test_hardware_rows_count_wrong_and_missing_scores(tmp_path, monkeypatch):
     """run_vertical_hardware's bookkeeping with the simulator replaced (the RTL run is the bench command test's):
-    a wrong score at 3 bits and an image that did not come back at 4 bits count as mismatches of their width."""
+    a wrong score at 3 bits and an image that did not come back at 4 bits count as mismatches of their width, and
+    a weight word fewer than :func:`sim.reads.words_read` models at 3 bits, and the image missing at 4, as read
+    mismatches."""
     import numpy as np
 
+    from hw.array.sizing import config_for
     from model.export.image_v4 import write_vertical_image
     from sim.bench import vertical_hw
+    from sim.reads import words_read
     from tests.model.export.test_image_v4 import random_net
 
     net = random_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=1)
@@ -94,26 +102,32 @@ def test_hardware_rows_count_wrong_and_missing_scores(tmp_path, monkeypatch):
     np.savez(tmp_path / "inputs.npz", codes=codes, labels=np.zeros(3, dtype=np.int64))
 
     def fake(vpath, cases, **kwargs):
-        scores = []
-        for _, _, expected, bits in cases:
+        scores, weight_reads, reads = [], [], []
+        for words, _, expected, bits in cases:
             rows = [r.tolist() for r in expected]
+            want = words_read(net, config_for([words], engines=vertical_hw.ENGINES, lanes=None), bits, words=words)
+            pairs = [list(want) for _ in rows]
             if bits == 3:
                 rows[1] = [v + 1 for v in rows[1]]
+                pairs[2][0] -= 1  # a weight word fewer than the schedule reads
             if bits == 4:
-                rows = rows[:-1]
+                rows, pairs = rows[:-1], pairs[:-1]
             scores += rows
+            weight_reads += [p[0] for p in pairs]
+            reads += [p[1] for p in pairs]
         n = len(scores)
-        return {"scores": scores, "image_cycles": [100.0] * n, "image_reads": [10] * n,
-                "image_weight_reads": [5] * n, "statuses": [0] * n, "error": None, "timed_out": False}
+        return {"scores": scores, "image_cycles": [100.0] * n, "image_reads": reads,
+                "image_weight_reads": weight_reads, "statuses": [0] * n, "error": None, "timed_out": False}
 
     monkeypatch.setattr(vertical_hw, "run_array_cases", fake)
     monkeypatch.setattr(vertical_hw, "array_verilog", lambda config: "module mpq_array; endmodule\n")
     result = vertical_hw.run_vertical_hardware({"mlp": {"image": tmp_path / "image", "inputs": tmp_path / "inputs.npz"}},
                                                tmp_path / "hw", progress=False)
-    got = {r["bits"]: (r["rtl_images"], r["rtl_mismatches"]) for r in result["rows"]}
-    assert got == {2: (3, 0), 3: (3, 1), 4: (2, 1)}
+    got = {r["bits"]: (r["rtl_images"], r["rtl_mismatches"], r["read_mismatches"]) for r in result["rows"]}
+    assert got == {2: (3, 0, 0), 3: (3, 1, 1), 4: (2, 1, 1)}
     f = vertical_hw.floors(result["rows"])
     assert [f[f"mlp_rtl_mismatches_{b}bit"]["holds"] for b in (2, 3, 4)] == [True, False, False]
+    assert [f[f"mlp_read_mismatches_{b}bit"]["holds"] for b in (2, 3, 4)] == [True, False, False]
 
 
 TINY = (BenchConfig(hidden=(16, 16, 16), epochs=1, batch_size=32, train_subset=None, test_subset=None),)
@@ -164,6 +178,6 @@ def test_bench_command_prints_rows_budget_and_floors(tmp_path, capsys, monkeypat
     # The hardware rows: the trained vertical MLP on the array's RTL (Icarus under --smoke) at every width.
     assert "cycles/img" in out and "mlp_rtl_mismatches_2bit" in floors_file["floors"]
     report = json.loads((tmp_path / "out" / "vertical_smoke.json").read_text())
-    assert [(r["arch"], r["bits"], r["rtl_images"], r["rtl_mismatches"]) for r in report["hardware"]] == [
-        ("mlp", b, 2, 0) for b in (2, 3, 4)]
+    assert [(r["arch"], r["bits"], r["rtl_images"], r["rtl_mismatches"], r["read_mismatches"])
+            for r in report["hardware"]] == [("mlp", b, 2, 0, 0) for b in (2, 3, 4)]
     assert "git" in json.dumps(floors_file)

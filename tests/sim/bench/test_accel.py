@@ -30,6 +30,7 @@ from model.runs.rundir import make_run_config, open_run
 from model.training.loop import torch_threads
 from sim import bounds
 from sim.bench import accel
+from sim.reads import words_read
 from tests.hw.netgen import random_network
 
 
@@ -75,7 +76,8 @@ def test_the_ticket_variant_keeps_the_masks_and_changes_only_the_activations(tic
 def _row(weights, act, cycles, **kw):
     row = {"network": "resnet20", "weights": weights, "act_bits": act, "avg_weight_bits": 32.0 if weights == "dense32"
            else 4.0 if weights == "qnn4" else 3.5, "cycles_per_image": cycles,
-           "images_per_second_at_100mhz": 1e8 / cycles, "rtl_images": 10, "rtl_mismatches": 0, "dsp": 160,
+           "images_per_second_at_100mhz": 1e8 / cycles, "rtl_images": 10, "rtl_mismatches": 0, "read_mismatches": 0,
+           "dsp": 160,
            "lut": 40000, "ff": 50000, "bram36": 60.0, "fits_xc7z020": True, "fmax_mhz_estimate": 105.0,
            "image_bytes": 1000, "speedup_vs_dense32": None, "dense_macs_per_dsp_cycle": 1.0,
            "sim_cycles_per_second": 1e5, "golden_accuracy": 0.8, "nonzero_macs": 1, "macs_dense": 2,
@@ -103,7 +105,7 @@ def _result(ticket_cycles=30_000.0, **ticket_kw):
                   fakequant_accuracy=0.8, val_accuracy=0.8, speedup_vs_dense32=float(k), ranking=ranking)
              for ranking in ("global", "layer") for act in (4, 8) for k in (1, 2)]
     stalled = {"weights": "ticket", "act_bits": 4, "images_asked": 10, "rtl_images": 10, "rtl_mismatches": 0,
-               "statuses": [0], "timed_out": False}
+               "read_mismatches": 0, "statuses": [0], "timed_out": False}
     return {"rows": rows, "curve": curve, "backpressure": stalled, "config": {"engines": 8, "lanes": 19}, "synthesis": {
         "dsp": 160, "lut": 40000, "ff": 50000, "bram36": 60.0, "lut_fraction": 40000 / 53200,
         "timing": {"fmax_mhz": 105.0}, "engine": {"lut": 6000}, "shell": {"lut": 16100}, "parts_total": {"lut": 40100}}}
@@ -269,6 +271,21 @@ def test_whole_images_under_back_pressure_must_run_and_match_golden():
     assert not f["ticket_a4_backpressure_mismatches == 0"]["holds"]
 
 
+def test_every_image_must_read_the_words_its_network_needs():
+    """One floor over every row, curve point and the back-pressure run: an image whose RTL read counters differ
+    from sim/reads.py's fails it, wherever it ran; a record without the counts (written before they were
+    checked) fails it too."""
+    assert accel.floors(_result())["read_mismatches == 0"]["holds"]
+    for where in ("rows", "curve", "backpressure"):
+        result = _result()
+        record = result[where] if where == "backpressure" else result[where][1]
+        record["read_mismatches"] = 1
+        entry = accel.floors(result)["read_mismatches == 0"]
+        assert entry["value"] == 1 and not entry["holds"], where
+        del record["read_mismatches"]
+        assert not accel.floors(result)["read_mismatches == 0"]["holds"], where
+
+
 def test_the_curve_networks_are_every_iteration_at_its_own_widths(ticket, monkeypatch):
     """One network per iteration of the run and activation width, each with that iteration's masks."""
     dense = accel.variant(ticket, "dense32", 4)  # stands for iteration 0 (every weight at 32 bits)
@@ -427,10 +444,23 @@ def test_the_curve_points_come_after_every_row_and_only_with_time_left():
     assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 49) is None
 
 
+def fake_words_read(net, config) -> tuple[int, int]:
+    """A stand-in for :func:`sim.reads.words_read` in the fake runs (the model is checked against the RTL by the
+    suite's array tests and below): ``(words, 2 words)`` of the network's image, what :func:`_reads` reports."""
+    n = len(accel.pack(net))
+    return n, 2 * n
+
+
+def _reads(words, n: int, off: int = 0) -> dict:
+    """The read counters of ``n`` images of a fake chunk of ``words``: :func:`fake_words_read`'s, ``reads`` plus
+    ``off``."""
+    return {"image_weight_reads": [len(words)] * n, "image_reads": [2 * len(words) + off] * n}
+
+
 def _fake_accel_run(ticket, tmp_path, monkeypatch, chunk):
-    """``run_accel`` on 1 x 14 lanes with the training, the images, the Verilog and the simulator replaced:
-    ``chunk(words, codes, stall, seed)`` answers each chunk (the RTL runs are bench accel's own). Returns the
-    result and the test images asked for."""
+    """``run_accel`` on 1 x 14 lanes with the training, the images, the Verilog, the simulator and the read model
+    replaced: ``chunk(words, codes, stall, seed)`` answers each chunk (the RTL runs are bench accel's own).
+    Returns the result and the test images asked for."""
     from concurrent.futures import ThreadPoolExecutor
 
     models = {0: accel.variant(ticket, "dense32", 4), 1: ticket}
@@ -460,6 +490,7 @@ def _fake_accel_run(ticket, tmp_path, monkeypatch, chunk):
         return chunk(words, codes, stall, seed)
 
     monkeypatch.setattr(accel, "_run_chunk", fake_chunk)
+    monkeypatch.setattr(accel, "words_read", fake_words_read)
     result = accel.run_accel(tmp_path, tmp_path, engines=1, lanes=14, ticket_images=4, other_images=1, synth=False,
                              progress=False)
     return result, asked
@@ -477,7 +508,7 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
         calls.append((len(words), len(codes), stall, seed))
         return {"sim_wall_s": 0.01, "image_cycles": [float(len(words))] * len(codes), "layer_cycles": [],
                 "mismatches": 0, "images": len(codes), "sim_cycles": len(words) * len(codes), "statuses": [0],
-                "timed_out": False, "error": None}
+                "timed_out": False, "error": None, **_reads(words, len(codes))}
 
     result, asked = _fake_accel_run(ticket, tmp_path, monkeypatch, chunk)
     assert asked == [10]  # the back-pressure run's ten images, more than the rows ask
@@ -488,6 +519,7 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
     assert sum(c[1] for c in stalled) == 10 and all(c[0] == ticket_words for c in stalled)
     assert sorted(c[3] for c in stalled) == [0, *np.cumsum([c[1] for c in stalled])[:-1].tolist()]
     assert result["backpressure"]["rtl_images"] == 10 and result["backpressure"]["rtl_mismatches"] == 0
+    assert accel.floors({**result, "synthesis": None})["read_mismatches == 0"]["holds"]
     by_ranking = {(r["ranking"], r["imq_iteration"], r["act_bits"]): r for r in result["curve"]}
     assert list(by_ranking) == [("global", 0, 4), ("global", 1, 4), ("global", 0, 8), ("global", 1, 8),
                                 ("layer", 0, 4), ("layer", 2, 4), ("layer", 0, 8), ("layer", 2, 8)]
@@ -510,8 +542,9 @@ def test_run_accel_runs_the_rows_the_back_pressure_images_and_the_curve_on_one_b
 def test_run_accel_counts_what_the_rtl_runs_report_wrong(ticket, tmp_path, monkeypatch):
     """Mismatches the simulator reports, and images that did not come back, reach the row, the curve point and
     the back-pressure record that ran them, and fail their floors: a chunk of qnn4's words (its PACT-4 row and
-    the layer-ranked iteration of the same network) reports one mismatch an image, dense32's chunks return
-    one image fewer than they were given, and the first back-pressure chunk one mismatch."""
+    the layer-ranked iteration of the same network) reports one mismatch an image and a word too many read,
+    dense32's chunks return one image fewer than they were given (a mismatch and a read mismatch each), and the
+    first back-pressure chunk one mismatch."""
     qnn4_words = len(accel.pack(to_golden(accel.variant(ticket, "qnn4", 4))))
     dense_words = len(accel.pack(to_golden(accel.variant(ticket, "dense32", 4))))
 
@@ -520,20 +553,25 @@ def test_run_accel_counts_what_the_rtl_runs_report_wrong(ticket, tmp_path, monke
         back = len(codes) - 1 if len(words) == dense_words and not stall else len(codes)
         return {"sim_wall_s": 0.01, "image_cycles": [float(len(words))] * back, "layer_cycles": [],
                 "mismatches": wrong, "images": back, "sim_cycles": len(words) * back, "statuses": [0],
-                "timed_out": False, "error": None}
+                "timed_out": False, "error": None, **_reads(words, back, int(len(words) == qnn4_words))}
 
     result, _ = _fake_accel_run(ticket, tmp_path, monkeypatch, chunk)
     rows = {(r["weights"], r["act_bits"]): r for r in result["rows"]}
     assert rows[("qnn4", 4)]["rtl_mismatches"] == rows[("qnn4", 4)]["images_asked"] > 0
     assert rows[("ticket", 4)]["rtl_mismatches"] == 0 and rows[("ticket", 8)]["rtl_mismatches"] == 0
+    for key, row in rows.items():  # qnn4's images (all mismatched) read a word too many, dense32's lost one counts
+        assert row["read_mismatches"] == row["rtl_mismatches"], key
     for act in accel.ACT_BITS:  # every chunk of dense32 lost one image; the curve's iteration 0 is that network
         dense = rows[("dense32", act)]
         assert dense["rtl_mismatches"] >= 1 and dense["rtl_images"] == dense["images_asked"] - dense["rtl_mismatches"]
     points = {(r["ranking"], r["imq_iteration"], r["act_bits"]): r for r in result["curve"]}
     assert points[("layer", 2, 4)]["rtl_mismatches"] == 1 and points[("global", 1, 4)]["rtl_mismatches"] == 0
     assert points[("global", 0, 4)]["rtl_mismatches"] == 1  # dense32's network: its image did not come back
-    assert result["backpressure"]["rtl_mismatches"] == 1
+    assert result["backpressure"]["rtl_mismatches"] == 1 and result["backpressure"]["read_mismatches"] == 0
+    assert points[("layer", 2, 4)]["read_mismatches"] == 1 and points[("global", 1, 4)]["read_mismatches"] == 0
     floors = accel.floors(result)
+    assert floors["read_mismatches == 0"]["value"] == sum(r["read_mismatches"] for r in result["rows"] + result["curve"])
+    assert not floors["read_mismatches == 0"]["holds"]
     assert not floors["other_rows_rtl_mismatches == 0"]["holds"]
     assert not floors["imq_curve_rtl_mismatches == 0"]["holds"]
     assert floors["ticket_a4_rtl_mismatches == 0"]["holds"]
@@ -583,11 +621,13 @@ def test_a_chunk_runs_in_the_rtl_in_a_spawned_worker_and_a_failed_build_comes_ba
     words = pack_v3(net)[0]
     first = accel._run_chunk(str(vpath), words, codes[:1], expected[:1], str(tmp_path / "sim"), "icarus")
     assert first["mismatches"] == 0 and first["scores"] == expected[:1].tolist(), first
+    assert list(zip(first["image_weight_reads"], first["image_reads"])) == [words_read(net, config)]
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         rest = pool.submit(accel._run_chunk, str(vpath), words, codes[1:], expected[1:], str(tmp_path / "sim"),
                            "icarus", True, 1).result()
     assert rest["mismatches"] == 0 and rest["scores"] == expected[1:].tolist(), rest
     assert rest["images"] == 2 and rest["ready_stall_cycles"] > 0
+    assert list(zip(rest["image_weight_reads"], rest["image_reads"])) == [words_read(net, config)] * 2
     bad = write_text_atomically(tmp_path / "bad" / "mpq_array.v", "module mpq_array(; endmodule\n")
     failed = accel._run_chunk(str(bad), words, codes[:1], expected[:1], str(tmp_path / "bad" / "sim"), "icarus")
     assert set(failed) == {"failure"} and failed["failure"].startswith("the simulator failed ("), failed

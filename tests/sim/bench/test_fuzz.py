@@ -11,7 +11,7 @@ from model.export.golden_net import ConvStage, GlobalSumPool, IntConvNetwork, Re
 from model.export.layout_v3 import pack as pack_v3
 from sim.bench import fuzz, fuzz_vertical
 from sim.bench.fuzz import CONFIGS, fits, floors, random_network
-from tests.sim.bench.fake_runs import faulty_run
+from tests.sim.bench.fake_runs import FAKE_READS, fake_words_read, faulty_run
 
 
 def test_networks_cover_kernels_strides_pools_blocks_widths_and_sparsity():
@@ -58,10 +58,12 @@ def test_short_fuzz_run_matches_golden_and_check_fails_its_layer_floor(tmp_path,
     result = json.loads((tmp_path / "fuzz.json").read_text())
     assert result["layers"] >= 8 and result["networks"] >= 2
     assert result["mismatches"] == 0 and result["deadlocks"] == 0 and result["failed_runs"] == []
+    assert result["read_mismatches"] == 0 and result["floors"]["read_mismatches == 0"]["holds"]
     assert result["floors"]["mismatches == 0"]["holds"] and not result["floors"]["layers >= 10000"]["holds"]
     vertical = result["vertical"]
     assert vertical["networks"] >= 1 and vertical["cases"] >= 1 and vertical["images"] >= 1
     assert vertical["mismatches"] == 0 and vertical["deadlocks"] == 0 and vertical["failed_runs"] == []
+    assert vertical["read_mismatches"] == 0
     assert [b["config"]["engines"] for b in vertical["builds"]] == [3, 1] and "vertical (v4)" in printed
     assert all(b["config"]["vertical"] and b["networks"] >= 1 and b["mismatches"] == 0 for b in vertical["builds"])
     assert result["floors"] == {**floors(result), **fuzz_vertical.floors(vertical)}
@@ -94,7 +96,7 @@ def test_the_one_engine_build_gets_maps_of_more_than_one_tile_and_tiles_of_more_
 def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail_the_floors(tmp_path, monkeypatch):
     """The bookkeeping of run_fuzz with the simulator replaced (the RTL runs are the test above and the bench's
     own): run 0 returns one wrong score, run 1 one image short and timed out, run 2 an error status with the
-    right scores; each is counted and each fails its floor. The runs take the two builds in turn, and each build's
+    right scores, run 3 one image's reads one word over the model's; each is counted and each fails its floor. The runs take the two builds in turn, and each build's
     record holds its own runs' counts."""
     calls, built = [], []
 
@@ -104,23 +106,30 @@ def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail
         return faulty_run(cases, calls[-1])
 
     monkeypatch.setattr(fuzz, "run_array_cases", fake)
+    monkeypatch.setattr(fuzz, "words_read", fake_words_read)
     monkeypatch.setattr(fuzz, "array_verilog", lambda config: f"module mpq_array; // {config.engines}\nendmodule\n")
-    result = fuzz.run_fuzz(tmp_path, layers=4 * fuzz.CHUNK * 3, progress=False)
-    assert len(calls) >= 4 and result["runs"] == len(calls)
+    result = fuzz.run_fuzz(tmp_path, layers=5 * fuzz.CHUNK * 3, progress=False)
+    assert len(calls) >= 5 and result["runs"] == len(calls)
     assert built[:4] == ["mpq_array_2x5.v", "mpq_array_1x7.v"] * 2
     assert result["mismatches"] == 1 and result["not_run"] == 1 and result["deadlocks"] == 1
-    assert [r["run"] for r in result["failed_runs"]] == [0, 1, 2] and result["failed_runs"][2]["statuses"] == [4]
-    assert [r["build"] for r in result["failed_runs"]] == [0, 1, 0]
+    assert result["read_mismatches"] == 1
+    assert [r["run"] for r in result["failed_runs"]] == [0, 1, 2, 3] and result["failed_runs"][2]["statuses"] == [4]
+    assert [r["build"] for r in result["failed_runs"]] == [0, 1, 0, 1]
+    (image,) = result["failed_runs"][3]["read_mismatched_images"]
+    assert image["rtl"] == {"weight_reads": FAKE_READS[0], "reads": FAKE_READS[1] + 1}
+    assert image["model"] == {"weight_reads": FAKE_READS[0], "reads": FAKE_READS[1]}
     one, two = result["builds"]
     assert (one["mismatches"], one["deadlocks"], two["mismatches"], two["deadlocks"], two["not_run"]) == (1, 0, 0, 1, 1)
+    assert (one["read_mismatches"], two["read_mismatches"]) == (0, 1)
     assert one["runs"] + two["runs"] == result["runs"] and abs(one["runs"] - two["runs"]) <= 1
     for key in ("layers", "networks", "images", "sim_cycles"):
         assert one[key] > 0 and two[key] > 0 and one[key] + two[key] == result[key]
     held = {k: v["holds"] for k, v in floors(result).items()}
     assert held == {"layers >= 10000": False, "layers on each build >= 4000": False, "mismatches == 0": False,
-                    "deadlocks == 0": False, "not_run == 0": False, "failed_runs == 0": False}
+                    "read_mismatches == 0": False, "deadlocks == 0": False, "not_run == 0": False, "failed_runs == 0": False}
     builds = [{**b, "layers": 5_000} for b in result["builds"]]
-    ok = {**result, "layers": 10_000, "mismatches": 0, "deadlocks": 0, "not_run": 0, "failed_runs": [], "builds": builds}
+    ok = {**result, "layers": 10_000, "mismatches": 0, "read_mismatches": 0, "deadlocks": 0, "not_run": 0,
+          "failed_runs": [], "builds": builds}
     assert all(v["holds"] for v in floors(ok).values())
     lopsided = {**ok, "builds": [builds[0], {**builds[1], "layers": 3_999}]}
     assert not floors(lopsided)["layers on each build >= 4000"]["holds"]

@@ -23,7 +23,7 @@ from sim.bench.fuzz_vertical import (
     run_vertical_fuzz,
     split_planes,
 )
-from tests.sim.bench.fake_runs import faulty_run
+from tests.sim.bench.fake_runs import fake_words_read, faulty_run
 
 
 @pytest.mark.parametrize("base, top", [(b, t) for b in range(2, 6) for t in range(b, 7)])
@@ -105,9 +105,9 @@ def test_precisions_name_widths_the_source_width_and_table_rows(nets):
 
 def test_the_runs_mismatches_and_deadlocks_reach_the_result_and_fail_the_floors(tmp_path, monkeypatch):
     """run_vertical_fuzz's bookkeeping with the simulator replaced: every case carries its precision and golden's
-    scores at it; run 0 returns one wrong score, run 1 one image short and timed out, run 2 an error status
-    (tests/sim/bench/fake_runs.py). The networks take the two builds in turn; each build's record holds its
-    own runs' counts."""
+    scores at it; run 0 returns one wrong score, run 1 one image short and timed out, run 2 an error status, run 3
+    one image's reads one word over the model's (tests/sim/bench/fake_runs.py). The networks take the two builds
+    in turn; each build's record holds its own runs' counts."""
     calls, built = [], []
 
     def fake(vpath, cases, **kwargs):
@@ -117,28 +117,32 @@ def test_the_runs_mismatches_and_deadlocks_reach_the_result_and_fail_the_floors(
         return faulty_run(cases, len(calls) - 1)
 
     monkeypatch.setattr(fuzz, "run_array_cases", fake)
+    monkeypatch.setattr(fuzz_vertical, "words_read", fake_words_read)
     monkeypatch.setattr(fuzz_vertical, "array_verilog", lambda config: f"module mpq_array; // {config.engines}\nendmodule\n")
     monkeypatch.setattr(fuzz_vertical, "CHUNK", 10)
     result = run_vertical_fuzz(tmp_path, layers=200, progress=False)
-    assert len(calls) >= 4 and result["runs"] == len(calls) and result["layers"] >= 200
+    assert len(calls) >= 5 and result["runs"] == len(calls) and result["layers"] >= 200
     assert built[:4] == ["mpq_array_v4_3x4.v", "mpq_array_v4_1x7.v"] * 2
     one, two = result["builds"]
-    assert [r["build"] for r in result["failed_runs"]] == [0, 1, 0]
+    assert [r["build"] for r in result["failed_runs"]] == [0, 1, 0, 1]
     assert (one["mismatches"], one["deadlocks"], two["mismatches"], two["deadlocks"], two["not_run"]) == (1, 0, 0, 1, 1)
+    assert (one["read_mismatches"], two["read_mismatches"], result["read_mismatches"]) == (0, 1, 1)
     assert abs(one["networks"] - two["networks"]) <= 1
     for key in ("layers", "networks", "cases", "images", "sim_cycles"):
         assert one[key] > 0 and two[key] > 0 and one[key] + two[key] == result[key]
     assert result["cases"] == sum(len(c) for c in calls) == sum(result["precisions"].values())
     assert result["images"] == sum(len(case[1]) for c in calls for case in c)
     assert result["mismatches"] == 1 and result["not_run"] == 1 and result["deadlocks"] == 1
-    assert [r["run"] for r in result["failed_runs"]] == [0, 1, 2] and result["failed_runs"][2]["statuses"] == [4]
+    assert [r["run"] for r in result["failed_runs"]] == [0, 1, 2, 3] and result["failed_runs"][2]["statuses"] == [4]
     assert 0 < result["input_dependent"] <= result["networks"]
     held = {k: v["holds"] for k, v in floors(result).items()}
     assert held == {"vertical layers >= 2000": False, "vertical layers on each build >= 800": False,
-                    "vertical mismatches == 0": False, "vertical deadlocks == 0": False,
+                    "vertical mismatches == 0": False, "vertical read_mismatches == 0": False,
+                    "vertical deadlocks == 0": False,
                     "vertical not_run == 0": False, "vertical failed_runs == 0": False}
     builds = [{**b, "layers": 1_000} for b in result["builds"]]
-    ok = {**result, "layers": 2_000, "mismatches": 0, "deadlocks": 0, "not_run": 0, "failed_runs": [], "builds": builds}
+    ok = {**result, "layers": 2_000, "mismatches": 0, "read_mismatches": 0, "deadlocks": 0, "not_run": 0,
+          "failed_runs": [], "builds": builds}
     assert all(v["holds"] for v in floors(ok).values())
     lopsided = {**ok, "builds": [builds[0], {**builds[1], "layers": 799}]}
     assert not floors(lopsided)["vertical layers on each build >= 800"]["holds"]
@@ -150,9 +154,10 @@ def test_every_build_runs_a_network_however_few_layers_are_asked(tmp_path, monke
 
     def fake(vpath, cases, **kwargs):
         built.append(Path(vpath).name)
-        return faulty_run(cases, 3)  # a clean run
+        return faulty_run(cases, 4)  # a clean run
 
     monkeypatch.setattr(fuzz, "run_array_cases", fake)
+    monkeypatch.setattr(fuzz_vertical, "words_read", fake_words_read)
     monkeypatch.setattr(fuzz_vertical, "array_verilog", lambda config: f"module mpq_array; // {config.engines}\nendmodule\n")
     result = run_vertical_fuzz(tmp_path, layers=1, progress=False)
     assert sorted(built) == ["mpq_array_v4_1x7.v", "mpq_array_v4_3x4.v"] and result["networks"] == 2
