@@ -7,7 +7,8 @@ descriptors and each row command's control words (``reads`` counts both). These 
 the packed image alone, by the schedule the controller follows: every row of every tile reads its own weight
 words, none past its row, and its own control words, again on each tile. A run whose counters differ read a word
 it need not, or skipped one: the scores may still be right (a word read twice gives the same codes), so the suite
-(``tests/hw/array/test_top.py``) and ``bench fuzz`` check the counts beside the scores.
+(``tests/hw/array/test_top.py``), ``bench fuzz``, ``bench vertical``, ``bench accel``, ``build.py sim --core
+array`` and the demo check the counts beside the scores.
 
 Torch-free (``sim`` may use ``hw`` and ``model``'s export contract).
 """
@@ -70,8 +71,7 @@ def control_words_read(net: IntConvNetwork | IntNetwork, config: ArrayConfig, re
     layer's descriptor, and for each row command (every row of every tile, :func:`weight_words_read`'s tiles) the
     words holding row ``j``'s end pointer (none for the last row, whose end is the stream's length; one when the
     pointer lies in one word) and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual layer): the READ
-    state's schedule, which ``reads`` minus ``weight_reads`` counts (bench vertical's bytes read). ``regions``: as
-    :func:`weight_words_read`'s."""
+    state's schedule, which ``reads`` minus ``weight_reads`` counts. ``regions``: as :func:`weight_words_read`'s."""
     regions = pack_v3(net)[2] if regions is None else regions
     layers = weight_layers(net)
     total = HEADER.words + LAYER.words * len(layers)
@@ -178,7 +178,8 @@ def array_words_read(words, net, config: ArrayConfig, precision: int = 0) -> tup
     words = np.asarray(words, dtype=np.int64)
     if int(words[1]) != VERTICAL_VERSION:
         return words_read(net, config)
-    bits = TableRow(precision - TABLE_ROW) if precision >= TABLE_ROW else precision
+    # as the testbench drives the array's inputs (sim/tb/array.py set_precision)
+    bits = TableRow(precision & 0x7F) if precision & TABLE_ROW else precision & 0xF
     return words_read(unpack_vertical(words), config, bits, words=words)
 
 
@@ -186,4 +187,6 @@ def read_mismatches(weight_reads, reads, want: tuple[int, int], images: int) -> 
     """The images of a run (``images`` of them) whose ``(weight_reads, reads)`` counters (one per image that came
     back) differ from ``want``, and those that did not come back."""
     pairs = list(zip(weight_reads, reads, strict=True))
+    if len(pairs) > images:
+        raise ValueError(f"{len(pairs)} images' counters for a run of {images} images")
     return sum(pair != tuple(want) for pair in pairs) + images - len(pairs)

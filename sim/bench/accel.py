@@ -605,7 +605,8 @@ def chip_bound_sentence(row: dict, rows: list[dict]) -> str:
 def floors(result: dict) -> dict:
     """The issue's floors, on the ticket at PACT-4 (and at least 10 images, 0 mismatches, on every row), 0
     mismatches on the IMQ curve's points (at least one of which ran) and on at least :data:`STALL_IMAGES` images
-    of the ticket at PACT-4 under back-pressure."""
+    of the ticket at PACT-4 under back-pressure; and one not the issue's, 0 read mismatches (:mod:`sim.reads`) over
+    every image that ran."""
 
     rows = result["rows"]
     t = next(r for r in rows if r["weights"] == "ticket" and r["act_bits"] == 4)

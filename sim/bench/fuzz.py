@@ -201,7 +201,7 @@ def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run
     ``total``'s ``images``, ``mismatches`` (images whose scores differ from the case's), ``read_mismatches``
     (images whose ``weight_reads`` and ``reads`` counters differ from the case's ``reads`` entry,
     :func:`sim.reads.words_read`), ``not_run`` (images a run did not reach), ``deadlocks`` (watchdog),
-    ``sim_cycles`` and ``failed_runs``.
+    ``sim_cycles`` and ``failed_runs`` (one entry a run that failed or read otherwise than the model).
 
     Raises
     ------
@@ -226,14 +226,13 @@ def run_chunk(vpath, cases: list, work_dir: Path, simulator: str, seed: int, run
     total["deadlocks"] += int(bool(res["timed_out"]))
     total["images"] += len(expected)
     total["sim_cycles"] += int(res["sim_cycles"])
-    if not res["passed"]:
-        total["failed_runs"].append({"run": run, "log": res["log"], "mismatched_images": res["mismatched_images"],
-                                     "statuses": [s for s in res["statuses"] if s][:10]})
-    if read_mismatched:
-        total["failed_runs"].append({"run": run, "log": res["log"], "read_mismatched_images": [
-            {"image": k, "rtl": dict(zip(("weight_reads", "reads"), got_reads[k])),
-             "model": dict(zip(("weight_reads", "reads"), want_reads[k]))}
-            for k in read_mismatched[:10]]})
+    if not res["passed"] or read_mismatched:  # one entry a run, whatever failed in it
+        total["failed_runs"].append({
+            "run": run, "log": res["log"], "mismatched_images": res["mismatched_images"],
+            "statuses": [s for s in res["statuses"] if s][:10],
+            "read_mismatched_images": [{"image": k, "rtl": dict(zip(("weight_reads", "reads"), got_reads[k])),
+                                        "model": dict(zip(("weight_reads", "reads"), want_reads[k]))}
+                                       for k in read_mismatched[:10]]})
 
 
 def config_record(config: ArrayConfig) -> dict:

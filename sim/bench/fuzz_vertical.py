@@ -17,7 +17,8 @@ Each network runs at one to three of: a uniform stored width, the source width (
 (``0x80 + r``: its own records where it has them), one network after another on two RTL builds with the version 4
 path (:data:`VCONFIGS`: three engines of four lanes, and one engine of seven, beside :mod:`sim.bench.fuzz`'s two;
 the networks take them in turn, each drawn for its build), under random back-pressure on every stream; each image's
-scores must equal golden's (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at those widths).
+scores must equal golden's (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at those widths), and
+its global-buffer words read the model's (:func:`sim.reads.words_read` at those widths).
 """
 
 from __future__ import annotations
@@ -223,10 +224,10 @@ def run_vertical_fuzz(out_dir: Path, *, layers: int = 2_000, seed: int = 0, simu
     """Draw vertical networks until they hold ``layers`` weight layers (and every build of ``configs`` has one),
     each for the build whose turn it is, and run each at its :func:`precisions`, a chunk of :data:`CHUNK` cases a
     build at a time; the result record (``layers``, ``networks``, ``cases``: network-and-width runs, ``runs``:
-    simulator runs, ``images``, ``mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``, what the networks
-    cover, ``precisions``: cases per kind, ``input_dependent``: networks whose scores at their first width differ
-    over four probe images, the rest scoring every input the same: an all-zero or saturated layer; ``builds``: the
-    run counts per build)."""
+    simulator runs, ``images``, ``mismatches``, ``read_mismatches``, ``deadlocks``, ``not_run``, ``failed_runs``
+    (:func:`sim.bench.fuzz.run_chunk`'s), what the networks cover, ``precisions``: cases per kind,
+    ``input_dependent``: networks whose scores at their first width differ over four probe images, the rest scoring
+    every input the same: an all-zero or saturated layer; ``builds``: the run counts per build)."""
     rng = np.random.default_rng([seed, 4])
     out_dir = Path(out_dir)
     vpaths = [write_text_atomically(out_dir / f"mpq_array_v4_{c.engines}x{c.lanes}.v", array_verilog(c))

@@ -14,7 +14,7 @@ from its global buffer during the run (``reads`` / ``weight_reads`` counters of 
 descriptors, requant groups and weights / the weights alone). Every image's scores are compared with golden
 (:meth:`~model.export.golden_vertical.VerticalNetwork.forward` at that width), and its two counters with the
 words the image's schedule reads (:func:`sim.reads.words_read`): ``read_mismatches`` counts the images whose
-counters differ, so the bytes a row reports are the ones the image needs, no word read twice or skipped.
+counters differ, so the bytes a row reports are the words the controller's schedule reads, no more and no fewer.
 
 The array configuration is the smallest that runs the image (:func:`hw.array.sizing.config_for`) with
 :data:`ENGINES` engines and the fewest lanes whose tile holds the widest output row: the MLP has one pixel a
@@ -108,8 +108,7 @@ def run_vertical_hardware(exports: dict, out_dir, *, simulator: str = "verilator
 
 def floors(rows: list[dict]) -> dict[str, dict]:
     """0 mismatches of scores and of words read over at least :data:`MIN_IMAGES` images (:data:`MIN_IMAGES_BY_ARCH`)
-    at every width; cycles
-    and bytes read at the lowest width below those at the highest (per architecture)."""
+    at every width; cycles and bytes read at the lowest width below those at the highest (per architecture)."""
     out = {}
     for arch in sorted({r["arch"] for r in rows}):
         mine = sorted((r for r in rows if r["arch"] == arch), key=lambda r: r["bits"])

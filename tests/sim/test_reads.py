@@ -37,6 +37,8 @@ def test_read_mismatches_count_images_that_differ_and_images_that_did_not_come_b
     assert read_mismatches([5], [9], (5, 9), 3) == 2  # two images never came back
     with pytest.raises(ValueError):
         read_mismatches([5, 5], [9], (5, 9), 2)  # the two counters of one run have one entry an image
+    with pytest.raises(ValueError, match="3 images' counters for a run of 2 images"):
+        read_mismatches([5, 5, 5], [9, 9, 9], (5, 9), 2)
 
 
 def test_a_version_3_image_reads_its_weight_words_then_the_controllers():
@@ -60,14 +62,14 @@ def test_an_mlp_reads_each_row_once():
     assert weight_words_read(net, dataclasses.replace(CONFIG, lanes=2), regions) == weights
 
 
-@pytest.mark.parametrize("precision", [0, 2, 4, TABLE_ROW, TABLE_ROW + 1])
-def test_a_version_4_image_is_read_back_at_the_precision_register(precision):
+@pytest.mark.parametrize(("precision", "bits"), [(0, 0), (2, 2), (4, 4), (0x12, 2), (TABLE_ROW, TableRow(0)),
+                                                 (TABLE_ROW + 1, TableRow(1))])
+def test_a_version_4_image_is_read_back_at_the_precision_register(precision, bits):
     """``array_words_read`` reads a version 4 image's network from its words and its widths from the shell's
-    ``precision`` (0 the source width, a stored width, ``TABLE_ROW + r`` a table row, with the last edge's
-    unused table word)."""
+    ``precision`` as the testbench drives the array (0 the source width, a stored width in the low four bits,
+    ``TABLE_ROW + r`` a table row, with the last edge's unused table word)."""
     net = random_vertical_net(8, sizes=(12, 8, 8, 4), widths=(2, 3, 4), rows=2)
     words = pack_vertical(net).astype(np.int64)
-    bits = TableRow(precision - TABLE_ROW) if precision >= TABLE_ROW else precision
     weights = vertical_weight_words_read(net, bits, VCONFIG, words)
     control = vertical_control_words_read(net, bits, VCONFIG, words)
     extra = LAST_EDGE_TABLE_READ if precision >= TABLE_ROW else 0

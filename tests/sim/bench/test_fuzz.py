@@ -115,6 +115,7 @@ def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail
     assert result["read_mismatches"] == 1
     assert [r["run"] for r in result["failed_runs"]] == [0, 1, 2, 3] and result["failed_runs"][2]["statuses"] == [4]
     assert [r["build"] for r in result["failed_runs"]] == [0, 1, 0, 1]
+    assert [len(r["read_mismatched_images"]) for r in result["failed_runs"]] == [0, 0, 0, 1]  # an entry a run
     (image,) = result["failed_runs"][3]["read_mismatched_images"]
     assert image["rtl"] == {"weight_reads": FAKE_READS[0], "reads": FAKE_READS[1] + 1}
     assert image["model"] == {"weight_reads": FAKE_READS[0], "reads": FAKE_READS[1]}
