@@ -36,6 +36,8 @@ from sim.bounds import tile_pixels, weight_layers
 #: row: at the table's last row, one word past the image's end (the table is the image's last region), whatever the
 #: buffer holds there. The RTL is left as it is; a fix of VWIDTH's ``wanted`` makes this 0.
 LAST_EDGE_TABLE_READ = 1
+#: The shell's ``precision`` register of a table row ``r``: ``TABLE_ROW + r`` (docs/image_format.md).
+TABLE_ROW = 0x80
 
 
 def record_fields(words, record, at) -> dict:
@@ -163,11 +165,6 @@ def words_read(net, config: ArrayConfig, bits=None, words=None, regions=None) ->
     regions = pack_v3(net)[2] if regions is None else regions
     weights = weight_words_read(net, config, regions)
     return weights, weights + control_words_read(net, config, regions)
-
-
-
-#: The shell's ``precision`` register of a table row ``r``: ``TABLE_ROW + r`` (docs/image_format.md).
-TABLE_ROW = 0x80
 
 
 def array_words_read(words, net, config: ArrayConfig, precision: int = 0) -> tuple[int, int]:

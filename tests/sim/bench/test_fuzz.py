@@ -96,8 +96,8 @@ def test_the_one_engine_build_gets_maps_of_more_than_one_tile_and_tiles_of_more_
 def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail_the_floors(tmp_path, monkeypatch):
     """The bookkeeping of run_fuzz with the simulator replaced (the RTL runs are the test above and the bench's
     own): run 0 returns one wrong score, run 1 one image short and timed out, run 2 an error status with the
-    right scores, run 3 one image's reads one word over the model's; each is counted and each fails its floor. The runs take the two builds in turn, and each build's
-    record holds its own runs' counts."""
+    right scores, run 3 one image's reads one word over the model's; each is counted and each fails its floor.
+    The runs take the two builds in turn, and each build's record holds its own runs' counts."""
     calls, built = [], []
 
     def fake(vpath, cases, **kwargs):
@@ -127,7 +127,8 @@ def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail
         assert one[key] > 0 and two[key] > 0 and one[key] + two[key] == result[key]
     held = {k: v["holds"] for k, v in floors(result).items()}
     assert held == {"layers >= 10000": False, "layers on each build >= 4000": False, "mismatches == 0": False,
-                    "read_mismatches == 0": False, "deadlocks == 0": False, "not_run == 0": False, "failed_runs == 0": False}
+                    "read_mismatches == 0": False, "deadlocks == 0": False, "not_run == 0": False,
+                    "failed_runs == 0": False}
     builds = [{**b, "layers": 5_000} for b in result["builds"]]
     ok = {**result, "layers": 10_000, "mismatches": 0, "read_mismatches": 0, "deadlocks": 0, "not_run": 0,
           "failed_runs": [], "builds": builds}
