@@ -436,7 +436,10 @@ class MpqDriver:
             ``cycles_per_image``, ``clock_hz``, ``images_per_s`` (from the cycles at ``clock_hz``),
             ``wall_s`` and ``wall_images_per_s`` (host time around the runs: on a board the real rate with the
             driver's overhead; in simulation meaningless), ``ddr_bytes`` (inputs read, padded to 8-byte
-            beats, and scores written) and ``ddr_bytes_per_image``, ``image_bytes`` (one load), ``load_cycles``.
+            beats, and scores written) and ``ddr_bytes_per_image``, ``image_bytes`` (one load), ``load_cycles``,
+            ``buffer_bytes_per_image`` and ``weight_bytes_per_image`` (the core's ``buffer_reads`` and
+            ``weight_reads`` of the last image, 4 bytes a word: what an image reads from the on-chip global buffer,
+            all of it and the weights; every image of a network reads the same words).
         """
         if self.words is None:
             raise UserError("no image loaded: call load(image_dir) first")
@@ -457,4 +460,6 @@ class MpqDriver:
                 "clock_hz": clock, "images_per_s": images * clock / cycles if cycles else 0.0,
                 "wall_s": wall, "wall_images_per_s": images / wall if wall else 0.0,
                 "ddr_bytes": ddr, "ddr_bytes_per_image": ddr / images, "image_bytes": 4 * len(self.words),
-                "load_cycles": self.read_field("load_cycles")}
+                "load_cycles": self.read_field("load_cycles"),
+                "buffer_bytes_per_image": 4 * self.read_field("buffer_reads"),
+                "weight_bytes_per_image": 4 * self.read_field("weight_reads")}

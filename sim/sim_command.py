@@ -155,14 +155,16 @@ def run_system_sim(args) -> int:
     write_result(out / "sim.json", summary)
     print_table([(k, summary.get(k)) for k in ("images", "rtl_mismatches", "rtl_accuracy", "golden_accuracy",
                                                "cycles_per_image", "ddr_bytes_per_image", "ddr_latency_cycles",
-                                               "load_cycles", "wall_s")]
+                                               "load_cycles", "buffer_reads", "weight_reads", "read_mismatches",
+                                               "wall_s")]
                 + [("throughput " + k, summary.get("throughput", {}).get(k))
                    for k in ("images", "cycles_per_image", "images_per_s")],
                 "Zynq system (RTL + host driver) vs golden model")
     print(f"summary: {out / 'sim.json'}")
-    ok = result["passed"] and result.get("rtl_mismatches") == 0
+    ok = result["passed"] and result.get("rtl_mismatches") == 0 and result.get("read_mismatches") == 0
     if not ok:
-        why = result.get("error") or f"{result.get('rtl_mismatches')} mismatches"
+        why = result.get("error") or (f"{result.get('rtl_mismatches')} mismatches, the last image's words read "
+                                      f"{'as' if result.get('read_mismatches') == 0 else 'unlike'} sim/reads.py's")
         print(f"error: the system simulation failed ({why}); log: {result.get('log')}", file=sys.stderr)
     return 0 if ok else 1
 

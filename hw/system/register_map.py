@@ -162,6 +162,10 @@ REGISTER_MAP: tuple[Field, ...] = (
     Field("load_cycles", 0x48, 64, _A.RO, 0, "Clock cycles spent loading images, since reset"),
     Field("loaded_crc", 0x50, 32, _A.RO, 0, "CRC-32 the core computed over the image words of the last load "
           "(0: the load ended before the end of its body)"),
+    Field("buffer_reads", 0x58, 32, _A.RO, 0, "Global-buffer words the last image that finished read: header, "
+          "descriptors, control and weight words (0 from a run's start until its first image is done)"),
+    Field("weight_reads", 0x5C, 32, _A.RO, 0, "Of buffer_reads, the weight words (the engines' row or plane "
+          "decoders)"),
 )
 
 #: ISR / IER bit of each interrupt event.

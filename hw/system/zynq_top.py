@@ -50,7 +50,10 @@ layer, 0 the source width; bit 7 set: row ``bits 0-6`` of the image's Eq. 12 tab
 store ends the run with the array's BAD_PRECISION. Version 3 images ignore it.
 
 Counters: ``busy_cycles`` counts the cycles of runs (DDR reads and writes included), ``load_cycles`` those of
-loads.
+loads; ``buffer_reads`` and ``weight_reads`` are the array's counters of the global-buffer words the last image
+read (all of them; the weight words; kept from its ``done``, as the array itself is held in reset after every
+run; 0 from a run's start until its first image is done), which ``sim.reads.array_words_read`` models from the
+image alone (every image of a network reads the same words).
 
 Simulated under cocotb (Icarus) with cocotbext-axi's AXI4-Lite master and the latency AXI RAM of
 :mod:`sim.system.axi_models` (tests/sim/test_system.py); it has not been through Vivado or run on a board.
@@ -217,6 +220,12 @@ class MpqSystem(wiring.Component):
                      array.use_table.eq(regs.precision[7]), array.table_row.eq(regs.precision[:7])]
         loaded_crc = Signal(32)
         m.d.comb += [loader.expected_crc.eq(regs.image_crc), regs.loaded_crc.eq(loaded_crc)]
+        # The array's read counters as the last image that finished left them (its ``done``), kept: the array is held
+        # in reset after every run (DRAIN), which clears its own. 0 from a run's check until an image is done.
+        buffer_reads, weight_reads = Signal(32), Signal(32)
+        m.d.comb += [regs.buffer_reads.eq(buffer_reads), regs.weight_reads.eq(weight_reads)]
+        with m.If(array.done):
+            m.d.sync += [buffer_reads.eq(array.reads), weight_reads.eq(array.weight_reads)]
         m.d.comb += [loader.rd_error.eq(master.rd_error),
                      regs.rresp_error.eq(master.rd_error), regs.bresp_error.eq(master.wr_error)]
 
@@ -417,6 +426,7 @@ class MpqSystem(wiring.Component):
             # --- run ---
             with m.State("RUN_CHECK"):
                 m.d.comb += array_rst.eq(1)
+                m.d.sync += [buffer_reads.eq(0), weight_reads.eq(0)]
                 m.d.sync += [batch_bytes.eq(regs.image_count * codes), axi_err.eq(0), cur_bytes.eq(0),
                              images_left.eq(regs.image_count), out_ptr.eq(regs.output_addr[:ADDR_BITS]),
                              in_addr.eq(regs.input_addr[:ADDR_BITS])]

@@ -21,6 +21,9 @@ import numpy as np
 
 from hw.array.sizing import config_for
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from model.export.image import read_image
+from model.export.image_v4 import is_vertical
+from sim.reads import array_words_read
 from sim.runner import SimulationError
 from sim.system.runner import run_block_test, write_block_verilog
 
@@ -43,7 +46,10 @@ def run_system(image_dir, inputs: np.ndarray, expected: np.ndarray, out: Path, *
         ``passed``, ``images``, ``rtl_mismatches``, ``cycles_per_image`` (``busy_cycles`` of the test-image
         runs per image: DMA reads of the inputs and writes of the scores included), ``ddr_bytes_per_image``,
         ``ddr_latency_cycles``, ``throughput`` (:meth:`~driver.mpq_driver.MpqDriver.throughput_test` on a
-        batch of random images), ``load_cycles``, ``array_config``, ``scores``, ``wall_s``, ``log``.
+        batch of random images), ``load_cycles``, ``array_config``, ``scores``, ``wall_s``, ``log``;
+        ``buffer_reads`` and ``weight_reads`` (the core's registers after the test images: the last one's
+        global-buffer words) and ``read_mismatches`` (1 when they differ from
+        :func:`sim.reads.array_words_read`'s for the image at ``precision``, else 0).
 
     Raises
     ------
@@ -83,4 +89,8 @@ def run_system(image_dir, inputs: np.ndarray, expected: np.ndarray, out: Path, *
         ddr = sum(-(-b * codes // 8) * 8 + 4 * b * n_classes for b in batches)
         record["ddr_bytes_per_image"] = ddr / n
         record["image_bytes"] = 4 * len(words)
+    if "buffer_reads" in record:
+        net = None if is_vertical(image_dir) else read_image(image_dir)[0]
+        want = array_words_read(words, net, config, precision)
+        record["read_mismatches"] = int((record["weight_reads"], record["buffer_reads"]) != want)
     return record

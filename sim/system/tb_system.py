@@ -164,7 +164,11 @@ async def reload_and_batches(dut):
         tb.load("a")
         # a load's cycles (every load state) count in load_cycles only
         assert drv.read_field("busy_cycles") == 0 and drv.read_field("load_cycles") > 0
+        assert drv.read_field("buffer_reads") == 0, "read counts before any image ran"
         tb.check_run("a")
+        # the last image's global-buffer words, kept after the run (its drain holds the array in reset)
+        a_reads = drv.read_field("buffer_reads"), drv.read_field("weight_reads")
+        assert a_reads[0] > a_reads[1] > 0, a_reads
         tb.load("b")
         tb.check_run("b")
         tb.load("d")  # score_overflow's image, whose 6 classes this build's 64-deep score FIFO holds
@@ -173,6 +177,7 @@ async def reload_and_batches(dut):
         drv.write_field("ier", 1)
         tb.load("a")
         tb.check_run("a", 1)
+        assert (drv.read_field("buffer_reads"), drv.read_field("weight_reads")) == a_reads, "a's reads again"
         assert interrupt() == 1, "no interrupt after a run with gie and ier set"
         drv.backend.write(field("isr").offset, 1)  # toggle on write: clears the ap_done bit
         assert drv.read_field("isr") == 0 and interrupt() == 0, "isr write did not clear the interrupt"
@@ -321,6 +326,12 @@ async def bad_registers(dut):
         assert start_and_wait(drv) == StatusCode.NO_IMAGE, "a refused load must leave no usable image"
         tb.load("a")
         drv.set_precision(4)
+        tb.check_run("a")
+        assert drv.read_field("buffer_reads") > 0
+        drv.write_field("image_count", 0)  # a run refused at its check clears the last image's read counts
+        assert start_and_wait(drv) == StatusCode.BAD_ADDRESS
+        assert drv.read_field("buffer_reads") == 0 and drv.read_field("weight_reads") == 0
+        drv.write_field("image_count", 1)
         tb.check_run("a")
         tb.check_idle()
 
@@ -485,6 +496,8 @@ async def driver_run(dut):
         scores = drv.run(inputs)
         cycles = drv.read_field("busy_cycles") - before
         record.update({
+            # the last test image's global-buffer words (sim/reads.py models them: system_run compares)
+            "buffer_reads": drv.read_field("buffer_reads"), "weight_reads": drv.read_field("weight_reads"),
             "images": len(scores), "rtl_mismatches": int((scores != expected).any(axis=1).sum()),
             "run_cycles": cycles, "cycles_per_image": cycles / len(scores),
             "scores": scores.tolist(), "image_words": drv.staged_words,

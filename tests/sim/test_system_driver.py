@@ -199,9 +199,13 @@ def test_exported_image_through_system_and_driver(tmp_path, monkeypatch):
     assert res["ddr_bytes_per_image"] == ((40 + 40 + 24) + 4 * 6 * 5) / 5
     assert res["cycles_per_image"] > 0 and res["load_cycles"] > 0
     assert res["image_words"] == Path("image/weights.bin").stat().st_size // 4
+    # the core's read counters of the last image, as sim/reads.py models them
+    assert res["read_mismatches"] == 0 and res["buffer_reads"] > res["weight_reads"] > 0
     t = res["throughput"]
     assert t["images"] == 3 and t["batches"] == 2 and t["ddr_bytes"] == 40 + 24 + 4 * 6 * 3
     assert t["images_per_s"] == pytest.approx(3 * 100e6 / t["cycles"])
+    assert (t["buffer_bytes_per_image"], t["weight_bytes_per_image"]) == (4 * res["buffer_reads"],
+                                                                           4 * res["weight_reads"])
     assert not res["protocol_errors"]
 
 
@@ -218,6 +222,7 @@ def test_vertical_image_folder_at_a_width_through_system_and_driver(tmp_path):
                          max_batch=2, precision=precision)
         assert res["passed"], res["log"]
         assert res["rtl_mismatches"] == 0 and res["scores"] == net.forward(inputs, bits).tolist()
+        assert res["read_mismatches"] == 0, (precision, res["buffer_reads"], res["weight_reads"])
 
 
 def test_cli_vertical_widths_user_errors(tmp_path, capsys):
