@@ -163,8 +163,8 @@ def run_system_sim(args) -> int:
     print(f"summary: {out / 'sim.json'}")
     ok = result["passed"] and result.get("rtl_mismatches") == 0 and result.get("read_mismatches") == 0
     if not ok:
-        why = result.get("error") or (f"{result.get('rtl_mismatches')} mismatches, the last image's words read "
-                                      f"{'as' if result.get('read_mismatches') == 0 else 'unlike'} sim/reads.py's")
+        why = result.get("error") or (f"{result.get('rtl_mismatches')} mismatches, {result.get('read_mismatches')} "
+                                      "read mismatches of the last image against sim/reads.py")
         print(f"error: the system simulation failed ({why}); log: {result.get('log')}", file=sys.stderr)
     return 0 if ok else 1
 
