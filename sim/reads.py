@@ -103,14 +103,15 @@ def _vertical_layers(net: VerticalNetwork, bits, config: ArrayConfig, words=None
     return words, descs, _tiles(layers, config)
 
 
-def vertical_weight_words_read(net: VerticalNetwork, bits, config: ArrayConfig, words=None) -> int:
+def vertical_weight_words_read(net: VerticalNetwork, bits, config: ArrayConfig, words=None, layout=None) -> int:
     """The global-buffer words the engines' plane decoders read for one image of ``net``'s version 4 image run
     under ``bits`` (a width, 0 for the source width, or a :class:`TableRow`): for each row ``j`` of each tile
     (:func:`_vertical_layers`), the 32-weight blocks its weights ``j fan_in .. (j + 1) fan_in - 1`` touch (a
     block shared by two rows is read by each), and per block ``base_bits + P`` aligned words: block ``k``'s
     ``base_bits`` words ``base_bits k ..`` of the base region and word ``k`` of each of the first ``P`` planes,
-    ``P`` the layer's run width minus ``base_bits`` (0 for an 8-bit edge: its base words alone)."""
-    _, descs, tiles = _vertical_layers(net, bits, config, words)
+    ``P`` the layer's run width minus ``base_bits`` (0 for an 8-bit edge: its base words alone). ``layout``:
+    :func:`_vertical_layers`'s, where the caller has it already."""
+    _, descs, tiles = layout or _vertical_layers(net, bits, config, words)
     widths = iter(net.assignment(vertical_run(net, bits)))
     total = 0
     for d, n_tiles in zip(descs, tiles):
@@ -122,7 +123,7 @@ def vertical_weight_words_read(net: VerticalNetwork, bits, config: ArrayConfig, 
     return total
 
 
-def vertical_control_words_read(net: VerticalNetwork, bits, config: ArrayConfig, words=None) -> int:
+def vertical_control_words_read(net: VerticalNetwork, bits, config: ArrayConfig, words=None, layout=None) -> int:
     """The global-buffer words the controller reads for one image of ``net``'s version 4 image run under
     ``bits`` (as :func:`vertical_weight_words_read`): the header and the vertical header; per layer its
     descriptor; running a table row, the row's word holding this inner layer's width byte (none for an edge)
@@ -132,8 +133,9 @@ def vertical_control_words_read(net: VerticalNetwork, bits, config: ArrayConfig,
     requant groups in image order up to the first of the layer's ``(in_bits, out_bits[, res_bits])`` whose
     ``row`` is 0 or the table row's ``r + 1``; and for each row command (every row of every tile) the group's
     negate word holding row ``j``'s bit and its requant record (``PARAMS``, ``RES_PARAMS`` for a residual
-    layer). No row pointers: a row's weights are ``j fan_in ..`` of its regions."""
-    words, descs, tiles = _vertical_layers(net, bits, config, words)
+    layer). No row pointers: a row's weights are ``j fan_in ..`` of its regions. ``layout``: as
+    :func:`vertical_weight_words_read`'s."""
+    words, descs, tiles = layout or _vertical_layers(net, bits, config, words)
     run = vertical_run(net, bits)
     table = isinstance(run, TableRow)
     rows = (0, run.index + 1) if table else (0,)
@@ -159,8 +161,9 @@ def words_read(net, config: ArrayConfig, bits=None, words=None, regions=None) ->
     or a :class:`VerticalNetwork`'s run under ``bits`` (``words`` as :func:`vertical_weight_words_read`'s; a table
     row's run with :data:`LAST_EDGE_TABLE_READ`)."""
     if isinstance(net, VerticalNetwork):
-        weights = vertical_weight_words_read(net, bits, config, words)
-        control = vertical_control_words_read(net, bits, config, words)
+        layout = _vertical_layers(net, bits, config, words)  # (materialised once for both counts)
+        weights = vertical_weight_words_read(net, bits, config, layout=layout)
+        control = vertical_control_words_read(net, bits, config, layout=layout)
         return weights, weights + control + (LAST_EDGE_TABLE_READ if isinstance(bits, TableRow) else 0)
     regions = pack_v3(net)[2] if regions is None else regions
     weights = weight_words_read(net, config, regions)

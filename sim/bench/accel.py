@@ -110,6 +110,7 @@ from model.errors import UserError
 from model.export.convert import to_golden
 from model.export.golden_net import mac_counts
 from model.export.image import pack
+from model.export.layout_v3 import pack as pack_v3
 from model.export.vectors import image_vectors
 from model.files import save_figure, write_json
 from model.progress import progress_bar
@@ -409,14 +410,15 @@ def run_accel(out_dir: Path, bench_dir: Path, *, engines: int = DEFAULT_ENGINES,
     for ranking, src in runs.items():
         nets.update(curve_networks(src, prefix=CURVE_PREFIX[ranking]))
     counts.update({key: CURVE_IMAGES for key in nets if key not in counts})
-    words = {key: pack(net) for key, net in nets.items()}
+    packed = {key: pack_v3(net) for key, net in nets.items()}  # (words, specs, regions): the read model's too
+    words = {key: p[0] for key, p in packed.items()}
     # dense32's weights (8.7 Mbit) are more than the XC7Z020's block RAM (4.9 Mbit): the simulated build's
     # global buffer holds them (its depth changes no cycle count), the synthesised one the other images.
     config = config_for(list(words.values()), engines=engines, lanes=lanes)
     synth_config = config_for([w for (weights, _), w in words.items() if weights in ("ticket", "qnn4")],
                               engines=engines, lanes=lanes)
     # the words each image of a network must read (sim/reads.py), against the RTL's counters
-    want_reads = {key: words_read(net, config) for key, net in nets.items()}
+    want_reads = {key: words_read(nets[key], config, regions=p[2]) for key, p in packed.items()}
     vpath = write_text_atomically(out_dir / "mpq_array.v", array_verilog(config))
     box: dict = {}
     worker = None

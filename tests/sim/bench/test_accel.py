@@ -444,7 +444,7 @@ def test_the_curve_points_come_after_every_row_and_only_with_time_left():
     assert accel._plan(counts, planned, done, wall, left_s=accel.RUN_OVERHEAD_S + 49) is None
 
 
-def fake_words_read(net, config) -> tuple[int, int]:
+def fake_words_read(net, config, **kwargs) -> tuple[int, int]:
     """A stand-in for :func:`sim.reads.words_read` in the fake runs (the model is checked against the RTL by the
     suite's array tests and below): ``(words, 2 words)`` of the network's image, what :func:`_reads` reports."""
     n = len(accel.pack(net))
