@@ -27,7 +27,8 @@ class Status(enum.Enum, shape=4):
     #: the scoring layer; a conv, a global pool or a map past 1 x 1 in an MLP), or fields that contradict each
     #: other.
     BAD_GEOMETRY = 3
-    #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``), a vertical layer's
+    #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``: among its checks, a row whose
+    #: decode does not end exactly at the next row pointer, or ``stream_bits``), a vertical layer's
     #: fields its plane decoder cannot run (``hw/array/plane_decoder.py``), or a row's requant record holds a
     #: multiplier ``M`` or ``M_r`` past ``MULT_BITS`` bits (outside the integer contract; the row command holds
     #: 17 bits and would run it truncated).

@@ -55,12 +55,18 @@ is not emitted):
 * at each command, the layer fields it depends on for termination: ``1 <= fan_in < 2^FW``,
   ``1 <= pos_bits <= FW``, ``rice_k_c <= pos_bits`` and ``count_bits_c <= FW`` for every class;
 * counts summing past ``fan_in`` (so a row has at most ``fan_in`` entries), found as each count is read;
-* a position at or past ``fan_in`` (a gap that runs past the row); the entry is not emitted.
+* a position at or past ``fan_in`` (a gap that runs past the row); the entry is not emitted;
+* (since 2026-12-07) a row that does not end exactly at its command's ``end_bit``: the bits its counts and
+  entries take must be ``end_bit - start_bit``, checked the cycle after the row's last entry has been parsed
+  (``error`` rises then, before the row's outputs can leave the array's lanes). So a row pointer that
+  disagrees with the stream, a flipped Rice parameter or a flipped stream bit that changes an entry's length,
+  each of which used to decode on (through stale words past the row's end, or short of it) and could end a run
+  OK with other scores, ends it with ``BAD_STREAM``. A flip that keeps every entry's length (in a code, in a
+  remainder) still decodes: only the image's CRC on the Zynq path sees those.
 
 Only the Python reader (``model.export.weight_stream.decode_layer``, ``model.export.layout_v3``) checks what
 needs the whole layer or a position map: ``pos_bits`` and ``count_bits_c`` equal to what ``fan_in`` and the
-counts imply, a position two classes claim, rows that end exactly where the next row pointer (or
-``stream_bits``) says, zero padding, ``nonzero`` and ``payload_bits``.
+counts imply, a position two classes claim, zero padding, ``nonzero`` and ``payload_bits``.
 """
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
@@ -89,7 +95,7 @@ def layer_fields_layout() -> data.StructLayout:
 def command_layout(addr_width: int) -> data.StructLayout:
     """A row command: the row's first bit in the global buffer, ``32 stream_base + row_ptr[j]``, and the bit
     after its last, ``32 stream_base + row_ptr[j + 1]`` (``stream_bits`` for the layer's last row): the fetcher
-    reads no word past it (all ones: no end)."""
+    reads no word past it, and a row that does not end exactly there is an error."""
     return data.StructLayout({"start_bit": unsigned(addr_width + WORD_SHIFT),
                               "end_bit": unsigned(addr_width + WORD_SHIFT)})
 
@@ -170,7 +176,8 @@ class RowStreamDecoder(wiring.Component):
     cmd : In(stream.Signature(command_layout(addr_width)))
         Row commands; one is taken once the previous row's last entry is parsed (it may still wait in
         ``o`` or the skid register for its transfer). Taking one restarts the fetcher at ``start_bit // 32``;
-        it reads up to the word of bit ``end_bit - 1`` (:class:`~hw.core.fetcher.WordFetcher`).
+        it reads up to the word of bit ``end_bit - 1`` (:class:`~hw.core.fetcher.WordFetcher`), and the row
+        must end exactly at ``end_bit`` (else ``error``).
     bus : Out(buffer_port_signature(addr_width))
         The fetcher's requests to a :class:`~hw.core.global_buffer.GlobalBuffer` port.
     o : Out(stream.Signature(entry_layout(fan_in_width)))
@@ -387,6 +394,31 @@ class RowStreamDecoder(wiring.Component):
                     m.d.sync += self.error.eq(1)
             with m.Case(_Phase.EMPTY):
                 m.d.comb += emit.eq(active & o_free)
+
+        # The row's length: the bits its count and entry phases consume must be exactly ``end_bit - start_bit``
+        # (the reader's check that each row ends where the next row pointer, or ``stream_bits``, says). The
+        # amount consumed is registered first (``amt_r``) and subtracted the cycle after, so no wide adder
+        # follows the window loop; the check compares two registers in the cycle after the row's last phase.
+        # Bound: a row consumes at most CLASSES fw count bits and fan_in <= 2^fw - 1 entries of at most
+        # max_entry_bits (the count check stops a row whose counts sum past fan_in), below 2^row_bits; the
+        # difference is taken in rest_bits > max(addr bits, row_bits) bits, so an end before the start reads
+        # as at least 2^row_bits and cannot equal what a row consumes (docs/array_design.md, "Row ends").
+        row_bits = bits_for(CLASSES * fw + ((1 << fw) - 1) * self.max_entry_bits)
+        rest_bits = max(self._addr_width + WORD_SHIFT, row_bits) + 1
+        rest = Signal(rest_bits)  # bits of the row not consumed yet, before amt_r
+        amt_r = Signal(range(self.max_entry_bits + 1))
+        row_ends = Signal()  # this cycle's consume or emit is the row's last
+        ended = Signal()  # registered: the row ended last cycle
+        m.d.comb += row_ends.eq(((phase == _Phase.ENTRY) & consume & (left == 1) & ~more_found)
+                                | ((phase == _Phase.EMPTY) & emit))
+        m.d.sync += [amt_r.eq(Mux(consume & phase.as_value().matches(_Phase.COUNT, _Phase.ENTRY), amount, 0)),
+                     ended.eq(row_ends)]
+        with m.If(take_cmd):
+            m.d.sync += rest.eq(self.cmd.payload.end_bit.as_unsigned() - self.cmd.payload.start_bit)
+        with m.Else():
+            m.d.sync += rest.eq(rest - amt_r)
+        with m.If(ended & (rest != amt_r)):
+            m.d.sync += self.error.eq(1)
 
         with m.If(take_cmd):
             m.d.sync += [win.eq(0), nbits.eq(0)]

@@ -20,7 +20,7 @@ from model.export.golden_conv import requantize_residual
 from model.export.golden_vertical import comp_offset, compose
 from model.export.image_v4 import _pack_bits
 from model.export.weight_stream import encode_layer, pos_bits
-from tests.hw.core.test_stream_decoder import place, random_layer
+from tests.hw.core.test_stream_decoder import place, random_layer, row_end
 from tests.hw.stream_source import KeptSimulation, Source
 
 ADDR_WIDTH = 10
@@ -136,8 +136,8 @@ def run_engine(seed, lanes, gap=False, p_gap=0.3, p_stall=0.3, full=False, resid
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words)
     order = list(rng.permutation(rows))
-    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": int(j), "pixels": pixels,
-             "mult": int(mult[j]), "res_mult": int(res_mult[j]), "bias": int(bias[j]) & ((1 << 64) - 1)}
+    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "end_bit": row_end(enc, base, j), "channel": int(j),
+             "pixels": pixels, "mult": int(mult[j]), "res_mult": int(res_mult[j]), "bias": int(bias[j]) & ((1 << 64) - 1)}
             for j in order]
     # A residual layer's shortcut codes: patch row fan_in + j holds channel j's (the loader's "Shortcut rows"),
     # random codes in the slots past the tile's pixels (the engine must not read them).
@@ -312,7 +312,8 @@ def run_dorefa_rows(rng, codes, widths, patch, lanes, shift):
                           None, None, shift, 4, False)
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words)
-    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1000,
+    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "end_bit": row_end(enc, base, j), "channel": j,
+             "pixels": t, "mult": 1000,
              "res_mult": 0, "bias": 0} for j in range(rows)]
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},
@@ -371,8 +372,8 @@ def test_merged_rows_run_at_their_lane_cycles():
         codes[widths == w] = rng.integers(1, 1 << min(w, 31), size=int((widths == w).sum()))
     patch = rng.integers(0, 16, size=(fan_in, t))
     cycles = run_dorefa_rows(rng, codes, widths, patch, lanes, 40)
-    row_end = [max(cycles[(j, i)] for i in range(t)) for j in range(rows)]
-    assert max(np.diff(row_end)) <= 65 + 3, np.diff(row_end)
+    row_done = [max(cycles[(j, i)] for i in range(t)) for j in range(rows)]
+    assert max(np.diff(row_done)) <= 65 + 3, np.diff(row_done)
 
 
 @pytest.mark.parametrize("width,act_bits,signed", [(8, 4, 0), (4, 4, 0), (16, 4, 0), (32, 8, 0), (4, 8, 0), (16, 6, 0),
@@ -423,7 +424,8 @@ def run_long_rows(width, act_bits, signed, *, rows, fan_in, faw):
     assert -(1 << 31) < want.min() and want.max() < (1 << 31) - 1 and (shift == 1 or np.abs(want).max() >= 1 << 29)
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words, size=1 << aw)
-    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "channel": j, "pixels": t, "mult": 1,
+    cmds = [{"start_bit": 32 * base + int(enc.row_ptr[j]), "end_bit": row_end(enc, base, j), "channel": j,
+             "pixels": t, "mult": 1,
              "res_mult": 0, "bias": 0} for j in range(rows)]
     layer = {"stream": {"fan_in": fan_in, "classes": enc.classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(enc.count_bits), "rice_k": list(enc.rice_k)},

@@ -14,7 +14,7 @@ from hw.array.sizing import config_for, needs
 from hw.array.status import Status
 from hw.array.top import ArrayConfig, ConvArray
 from model.errors import UserError
-from model.export.format import HEADER, LAYER, RES_PARAMS, VHEADER, VLAYER, VREQUANT
+from model.export.format import HEADER, LAYER, RES_PARAMS, RICE_FIELDS, VHEADER, VLAYER, VREQUANT
 from model.export.golden import MAX_ACT_BITS, MAX_SHIFT, IntLinear
 from model.export.golden_conv import IntConv2d
 from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork, ResidualStage
@@ -407,6 +407,48 @@ def test_a_requant_multiplier_past_17_bits_ends_with_bad_stream():
     res_mult = words.copy()
     res_mult[block["param_base"] + RES_PARAMS["res_mult"].word] |= 1 << 20
     for bad, layer in ((mult, 0), (res_mult, 2)):
+        res = run_array(bad, images)
+        assert res["status"] == [Status.BAD_STREAM] and res["layer_index"] == [layer] and res["scores"] == [[]]
+
+
+def _bits_add(words, bit: int, width: int, delta: int):
+    """A copy of ``words`` with the ``width``-bit field at bit ``bit`` (of the words, least significant first)
+    plus ``delta``."""
+    bad = words.copy()
+    word, at = divmod(bit, 32)
+    pair = int(bad[word]) | (int(bad[word + 1]) << 32 if word + 1 < len(bad) else 0)
+    value = (pair >> at) & ((1 << width) - 1)
+    assert 0 <= value + delta < 1 << width
+    pair = pair & ~(((1 << width) - 1) << at) | ((value + delta) << at)
+    bad[word] = pair & 0xFFFFFFFF
+    if word + 1 < len(bad):
+        bad[word + 1] = pair >> 32
+    return bad
+
+
+def test_a_row_that_does_not_end_at_its_row_pointer_ends_with_bad_stream():
+    """Each row's decode must take exactly the bits from its row pointer to the next (to ``stream_bits`` for a
+    layer's last row; the row decoders' check, ``hw/core/stream_decoder.py``). Layer 1's row 1 pointer one bit
+    on (row 0 one bit long, row 1 one short), layer 3's ``stream_bits`` one more (its last row), a Rice
+    parameter of layer 0 one more (every gap code of that class longer by one bit), layer 2's ``stream_base``
+    one word on: the reader refuses each, and each ends the run with BAD_STREAM on its layer (on a fresh array:
+    a fault needs the reset the Zynq shell gives before every run). Without the check the row pointer and the
+    ``stream_base`` ran to OK with other scores than golden's, ``stream_bits`` to OK with golden's (a field the
+    core did not use), and the Rice parameter to BAD_STREAM by another check (a gap past its row)."""
+    net = calibrated_resnet()
+    words = pack_v3(net)[0].astype(np.int64)
+    layers = [_with_v3_layer(words, k)[1] for k in range(4)]
+    rice = next(name for c, name in enumerate(RICE_FIELDS) if layers[0]["classes"] >> c & 1)
+    cases = [
+        (_bits_add(words, 32 * layers[1]["row_base"] + layers[1]["ptr_bits"], layers[1]["ptr_bits"], 1), 1),
+        (_v3_set(words, 3, stream_bits=layers[3]["stream_bits"] + 1), 3),
+        (_v3_set(words, 0, **{rice: layers[0][rice] + 1}), 0),
+        (_v3_set(words, 2, stream_base=layers[2]["stream_base"] + 1), 2),
+    ]
+    images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(1, *net.image_shape))
+    for bad, layer in cases:
+        with pytest.raises(UserError):
+            unpack(bad.astype(np.uint32), where="bad.bin")
         res = run_array(bad, images)
         assert res["status"] == [Status.BAD_STREAM] and res["layer_index"] == [layer] and res["scores"] == [[]]
 

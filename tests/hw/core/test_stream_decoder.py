@@ -90,6 +90,12 @@ def place(rng, stream_words, size=1 << ADDR_WIDTH) -> tuple[list[int], int]:
     return words, base
 
 
+def row_end(enc, base: int, j: int) -> int:
+    """A row command's ``end_bit``: the bit after row ``j``'s last, the next row's pointer (the stream's bits
+    for the last row) past the stream's first bit ``32 base``."""
+    return 32 * base + int(enc.row_ptr[j + 1] if j + 1 < len(enc.row_ptr) else enc.bits)
+
+
 # -- Cycle-by-cycle driver --------------------------------------------------------------------------------
 
 def entry_tuple(entry) -> tuple:
@@ -98,16 +104,12 @@ def entry_tuple(entry) -> tuple:
             int(entry.seg_end), int(entry.next_cls))
 
 
-NO_END = (1 << (ADDR_WIDTH + 5)) - 1  # a command's end_bit that does not stop the fetcher
-
-
-def run_commands(words, fields, starts, n_out, seed, p_gap=0.0, p_stall=0.0, p_other=0.0, limit=None,
-                 after_error=30, ends=None):
-    """Offer ``starts`` as row commands (ending at ``ends``, or nowhere) and collect ``n_out`` entries (or stop
-    ``after_error`` cycles after ``error``); return the entries, their cycles, the cycle ``error`` rose and
-    what moved after it (:func:`tests.hw.decoder_harness.run_decoder`)."""
+def run_commands(words, fields, starts, ends, n_out, seed, p_gap=0.0, p_stall=0.0, p_other=0.0, limit=None,
+                 after_error=30):
+    """Offer row commands from ``starts`` to ``ends`` and collect ``n_out`` entries (or stop ``after_error``
+    cycles after ``error``); return the entries, their cycles, the cycle ``error`` rose and what moved after
+    it (:func:`tests.hw.decoder_harness.run_decoder`)."""
     dut = DecoderHarness(RowStreamDecoder(addr_width=ADDR_WIDTH, fan_in_width=FAN_IN_WIDTH), words)
-    ends = [NO_END] * len(starts) if ends is None else ends
     return run_decoder(dut, fields, [{"start_bit": s, "end_bit": e} for s, e in zip(starts, ends)], n_out, seed,
                        convert=entry_tuple,
                        limit=limit or 200 + 40 * n_out + 20 * len(starts), p_gap=p_gap, p_stall=p_stall,
@@ -128,7 +130,7 @@ def decode_rows(codes, widths, seed, p_gap, p_stall, p_other):
     starts = [32 * base + int(bounds[j]) for j in order]
     ends = [32 * base + int(bounds[j + 1]) for j in order]
     n_out = sum(len(want[j]) for j in order)
-    res = run_commands(words, layer_fields(enc, fan_in), starts, n_out, seed, p_gap, p_stall, p_other, ends=ends)
+    res = run_commands(words, layer_fields(enc, fan_in), starts, ends, n_out, seed, p_gap, p_stall, p_other)
     assert res["error_cycle"] is None, "error on a good stream"
     # Each row's words are read once, and no word past its end (the fetcher's end_bit): the word of its first
     # bit to the word of its last.
@@ -180,8 +182,9 @@ def test_four_bit_row_runs_at_one_entry_per_cycle():
     enc = encode_layer(codes, widths)
     words, base = place(rng, enc.words)
     want = expected_rows(codes, widths)
-    res = run_commands(words, layer_fields(enc, fan_in), [32 * base + int(p) for p in enc.row_ptr],
-                       len(want[0]) + len(want[1]), 9)
+    bounds = [32 * base + int(p) for p in np.append(enc.row_ptr, enc.bits)]
+    res = run_commands(words, layer_fields(enc, fan_in), bounds[:-1], bounds[1:], len(want[0]) + len(want[1]), 9)
+    assert res["error_cycle"] is None
     assert res["entries"] == want[0] + want[1]
     cycles = res["cycles"][:len(want[0])]
     warm = 4
@@ -197,11 +200,10 @@ def test_four_bit_row_runs_at_one_entry_per_cycle():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_a_row_cut_short_by_its_end_bit_does_not_hang_the_decoder(seed):
+def test_a_row_cut_short_by_its_end_bit_stops_the_decoder(seed):
     """A command whose ``end_bit`` lies inside its row (an image whose row pointers disagree with its stream):
     the fetcher reads no word past the end and then offers words it did not read, so the decoder parses on
-    and ends the row (with an error, or with its entries and the next command taken) instead of waiting for
-    words that never come."""
+    instead of waiting for words that never come, and the row, longer than its end says, is an error."""
     rng = np.random.default_rng(60 + seed)
     fan_in = 40
     widths = np.full((2, fan_in), (32, 16, 4)[seed])
@@ -212,10 +214,38 @@ def test_a_row_cut_short_by_its_end_bit_does_not_hang_the_decoder(seed):
     words, base = place(rng, enc.words)
     starts = [32 * base + int(p) for p in enc.row_ptr]
     ends = [starts[0] + int(rng.integers(1, 64)), 32 * base + enc.bits]
-    res = run_commands(words, layer_fields(enc, fan_in), starts, 10_000, seed, 0.2, 0.2, 0.2, limit=3000,
-                       ends=ends)
-    assert res["error_cycle"] is not None or res["commands_taken"] == 2, "the decoder waits on the cut row"
+    res = run_commands(words, layer_fields(enc, fan_in), starts, ends, 10_000, seed, 0.2, 0.2, 0.2, limit=3000)
+    assert res["error_cycle"] is not None, "the cut row ran on"
+    assert res["moved_after_error"] == []
     assert res["reads"] <= -(-ends[0] // 32) - starts[0] // 32 + -(-ends[1] // 32) - starts[1] // 32
+
+
+@pytest.mark.parametrize("width, shift", [(4, -1), (4, 1), (8, 32), (16, -7), (32, 5), (4, "before")])
+def test_a_row_that_does_not_end_at_its_end_bit_stops_the_decoder(width, shift):
+    """The row's counts and entries must take exactly ``end_bit - start_bit`` bits (each row ends where the next
+    row pointer says): an end a bit short or past, a word past, or before the row's start. The row's entries
+    all leave (the check comes the cycle after its last is parsed), ``error`` rises, and the next row yields
+    none."""
+    rng = np.random.default_rng(70 + width)
+    fan_in = 30
+    widths = np.where(rng.random((2, fan_in)) < 0.5, width, 0)
+    codes = rng.integers(0, 1 << width, size=widths.shape) * (widths > 0)
+    enc = encode_layer(codes, widths)
+    words, base = place(rng, enc.words)
+    want = expected_rows(codes, widths)
+    bounds = [32 * base + int(p) for p in np.append(enc.row_ptr, enc.bits)]
+    ends = [bounds[0] - 1 if shift == "before" else bounds[1] + shift, bounds[2]]
+    res = run_commands(words, layer_fields(enc, fan_in), bounds[:2], ends, 10_000, width, 0.2, 0.3, 0.2,
+                       limit=2000)
+    assert res["error_cycle"] is not None, "a row off its end ran on"
+    assert res["moved_after_error"] == []
+    if shift == "before":  # (the fetcher reads on, around the buffer; the entries are the row's or past it)
+        return
+    assert res["entries"] == want[0]  # (the last ones may leave after the error: parsed, waiting on ``o``)
+    # The same rows at their true ends: no error.
+    res = run_commands(words, layer_fields(enc, fan_in), bounds[:2], bounds[1:], len(want[0]) + len(want[1]),
+                       width, 0.2, 0.3, 0.2)
+    assert res["error_cycle"] is None and res["entries"] == want[0] + want[1]
 
 
 # -- Error paths ------------------------------------------------------------------------------------------
@@ -244,7 +274,7 @@ def run_bad(fields_list, fan_in, classes, cbits, ks, seed, *, fields=None, n_goo
     fields = fields or {"fan_in": fan_in, "classes": classes, "pos_bits": pos_bits(fan_in),
                         "count_bits": list(cbits), "rice_k": list(ks)}
     # A good command behind the bad one must not be taken.
-    res = run_commands(words, fields, [32 * base + 0, 32 * base + 0], n_good + 1, seed, *p, limit=400)
+    res = run_commands(words, fields, [32 * base] * 2, [32 * base + bits] * 2, n_good + 1, seed, *p, limit=400)
     assert res["error_cycle"] is not None, "no error"
     assert res["error_cycle"] < 150, "the error took too long"
     assert res["moved_after_error"] == []
