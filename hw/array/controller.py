@@ -500,6 +500,20 @@ class ArrayController(wiring.Component):
         # from a stale buffer or of another map, or a pooled block conv, ran to OK with other scores than the
         # reader's golden (docs/array_design.md, "A residual layer's block").
         unblocked = Signal()
+        # A version 3 layer's regions where the format puts them (layout_v3's reader: the requant records, the row
+        # pointers and the stream follow the descriptors and each other, and the last layer's stream ends at the
+        # header's `words`): `region_next` is where this layer's records must start (the descriptors' end for
+        # layer 0, the layer before's stream end after it), and the spans are registered in MEASURE and
+        # MEASURE_OUT, compared in MEASURE_LIMITS (`misplaced`). Without it a flipped `param_base` ran to OK with
+        # other scores (another layer's records read as this one's), as did a `row_base` or `stream_base` whose
+        # rows happened to decode (docs/array_design.md, "Row ends and regions").
+        region_next = Signal(33)
+        param_span = Signal(19)  # c_out records of 3 words (4 with a shortcut)
+        ptr_span = Signal(24)  # c_out pointers of ptr_bits bits
+        row_exp = Signal(33)
+        stream_exp = Signal(33)
+        region_end = Signal(33)  # the word after the layer's stream
+        misplaced = Signal()
         area_limit = Signal(range(POOL_AREA_LIMIT[0] + 1))
         mass_limit = Signal(range(POOL_MASS_LIMIT[0] + 1))
         with m.Switch(d.in_bits):  # (in_bits outside 1..MAX_ACT_BITS is refused by its own check)
@@ -518,7 +532,7 @@ class ArrayController(wiring.Component):
             # which on a build of fewer than 128 lanes is the same check; an input row past 255 codes is past
             # `row_codes`, which ArrayConfig keeps below 256.)
             | (g_hout > MAX_MAP_SIDE) | ((g_wout > MAX_MAP_SIDE) if t > MAX_MAP_SIDE else 0)
-            | (d.c_out > 1 << self._cb) | fan_bad | unchained | unblocked
+            | (d.c_out > 1 << self._cb) | fan_bad | unchained | unblocked | misplaced
             | (d.in_bits == 0) | (d.in_bits > MAX_ACT_BITS) | (d.shift == 0) | (d.shift > MAX_SHIFT)
             | (d.in_bits != prev_out)  # the codes this layer reads are the previous layer's (the header's input)
             | (scores != last_layer) | out_of_order
@@ -728,7 +742,7 @@ class ArrayController(wiring.Component):
                 with m.Else():
                     m.d.sync += [xin_x.eq(0), in_next.eq(0), v4.eq(vert), in_mask.eq((1 << hd.input_bits[:4]) - 1),
                                  layer_idx.eq(0), prev_out.eq(hd.input_bits), k.eq(0), prev_res.eq(0), prev_pool.eq(0),
-                                 cur_buf.eq(0), prev_buf.eq(0),
+                                 cur_buf.eq(0), prev_buf.eq(0), region_next.eq(descs_end),
                                  # Layer 0's chain: the header's map (its height and width within h_st's and
                                  # w_st's bits: checked above).
                                  prev_cout.eq(hd.in_channels), h_st.eq(hd.in_height), w_st.eq(hd.in_width),
@@ -875,11 +889,16 @@ class ArrayController(wiring.Component):
                              fan.eq(Mux(is_conv, d.c_in * d.kernel * d.kernel,
                                         Mux(d.gap, d.c_in, d.c_in * d.in_height * d.in_width))),
                              g_hout.eq(Mux(is_conv, conv_h, 1)), g_wout.eq(Mux(is_conv, conv_w, 1)),
-                             gap_area.eq(d.in_height * d.in_width)]
+                             gap_area.eq(d.in_height * d.in_width),
+                             param_span.eq((d.c_out << 1) + d.c_out + Mux(d.residual, d.c_out, 0)),
+                             ptr_span.eq(d.c_out * d.ptr_bits)]
                 m.next = "MEASURE_OUT"
 
             with m.State("MEASURE_OUT"):
-                m.d.sync += [out_rows.eq(d.c_out * g_hst), gap_mass.eq(in_rows * d.in_width)]
+                m.d.sync += [out_rows.eq(d.c_out * g_hst), gap_mass.eq(in_rows * d.in_width),
+                             row_exp.eq(d.param_base + param_span),
+                             stream_exp.eq(d.row_base + ((ptr_span + (WORD_BITS - 1)) >> 5)),
+                             region_end.eq(d.stream_base + ((d.stream_bits + (WORD_BITS - 1)) >> 5))]
                 m.next = "MEASURE_LIMITS"
 
             with m.State("MEASURE_LIMITS"):
@@ -889,6 +908,9 @@ class ArrayController(wiring.Component):
                                        | (d.gap & ((gap_area > area_limit) | (gap_mass > mass_limit))))
                 m.d.sync += unchained.eq((d.in_buf != cur_buf) | (d.c_in != prev_cout) | (d.in_height != h_st)
                                          | (d.in_width != w_st))
+                m.d.sync += misplaced.eq(~v4 & ((d.param_base != region_next) | (d.row_base != row_exp)
+                                                | (d.stream_base != stream_exp)
+                                                | (last_layer & (region_end != header.words))))
                 two = d.res_stride == 2  # (a res_stride other than 1 or 2 is refused in `bad`)
                 m.d.sync += unblocked.eq(d.residual & (
                     (layer_idx == 0) | prev_res | prev_pool | (d.pool != 0) | (d.stride != 1) | (d.res_buf != prev_buf)
@@ -910,6 +932,7 @@ class ArrayController(wiring.Component):
                     rows = Mux(is_conv, table_rows, 1)
                     # The bank the running tile does not read.
                     m.d.sync += [h_out.eq(g_hout), w_out.eq(g_wout), h_st.eq(g_hst), w_st.eq(g_wst), ly.eq(0),
+                                 region_next.eq(region_end),
                                  full_rows.eq(rows), l_rows.eq(Mux(rows < g_hout, rows, g_hout)),
                                  load_bank.eq(~comp_bank), loaded.eq(0)]
                     with m.If(pending):

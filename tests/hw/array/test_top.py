@@ -429,21 +429,21 @@ def _bits_add(words, bit: int, width: int, delta: int):
 def test_a_row_that_does_not_end_at_its_row_pointer_ends_with_bad_stream():
     """Each row's decode must take exactly the bits from its row pointer to the next (to ``stream_bits`` for a
     layer's last row; the row decoders' check, ``hw/core/stream_decoder.py``). Layer 1's row 1 pointer one bit
-    on (row 0 one bit long, row 1 one short), layer 3's ``stream_bits`` one more (its last row), a Rice
-    parameter of layer 0 one more (every gap code of that class longer by one bit), layer 2's ``stream_base``
-    one word on: the reader refuses each, and each ends the run with BAD_STREAM on its layer (on a fresh array:
-    a fault needs the reset the Zynq shell gives before every run). Without the check the row pointer and the
-    ``stream_base`` ran to OK with other scores than golden's, ``stream_bits`` to OK with golden's (a field the
-    core did not use), and the Rice parameter to BAD_STREAM by another check (a gap past its row)."""
+    on (row 0 one bit long, row 1 one short), layer 3's ``stream_bits`` one off within its last word (its last
+    row; the regions stay where they were), a Rice parameter of layer 0 one more (every gap code of that class
+    longer by one bit): the reader refuses each, and each ends the run with BAD_STREAM on its layer (on a fresh
+    array: a fault needs the reset the Zynq shell gives before every run). Without the check the row pointer ran
+    to OK with other scores than golden's, ``stream_bits`` to OK with golden's (a field the core did not use),
+    and the Rice parameter to BAD_STREAM by another check (a gap past its row)."""
     net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     layers = [_with_v3_layer(words, k)[1] for k in range(4)]
     rice = next(name for c, name in enumerate(RICE_FIELDS) if layers[0]["classes"] >> c & 1)
+    bits = layers[3]["stream_bits"]
     cases = [
         (_bits_add(words, 32 * layers[1]["row_base"] + layers[1]["ptr_bits"], layers[1]["ptr_bits"], 1), 1),
-        (_v3_set(words, 3, stream_bits=layers[3]["stream_bits"] + 1), 3),
+        (_v3_set(words, 3, stream_bits=bits + (1 if bits % 32 else -1)), 3),
         (_v3_set(words, 0, **{rice: layers[0][rice] + 1}), 0),
-        (_v3_set(words, 2, stream_base=layers[2]["stream_base"] + 1), 2),
     ]
     images = np.random.default_rng(0).integers(0, 1 << net.input_bits, size=(1, *net.image_shape))
     for bad, layer in cases:
@@ -451,6 +451,44 @@ def test_a_row_that_does_not_end_at_its_row_pointer_ends_with_bad_stream():
             unpack(bad.astype(np.uint32), where="bad.bin")
         res = run_array(bad, images)
         assert res["status"] == [Status.BAD_STREAM] and res["layer_index"] == [layer] and res["scores"] == [[]]
+
+
+def test_regions_out_of_the_formats_layout_end_with_bad_geometry():
+    """A version 3 layer's requant records, row pointers and stream follow the descriptors and each other, and the
+    last layer's stream ends at the header's ``words`` (layout_v3's reader): layer 0's ``param_base`` a record
+    back (into the descriptors), layer 1's a record on, layer 1's and the last layer's those of layers 0 and 3
+    (another layer's records read as their own), layer 2's ``row_base`` and
+    ``stream_base`` a word on, the last layer's ``stream_bits`` a word shorter, and the header's ``words`` one
+    more (the last stream ends before it; a layer's ``stream_bits`` longer by a word before the last is
+    BAD_STREAM first, its last row running short of its end):
+    BAD_GEOMETRY on the layer named, then a good run. Without the check the four ``param_base`` cases ran to OK
+    with other scores than golden's, ``words`` to OK with golden's (a field the core did not use), the others
+    to BAD_STREAM (their rows no longer decode)."""
+    net = calibrated_resnet()
+    words = pack_v3(net)[0].astype(np.int64)
+    n = len(net.layers)
+    layers = [_with_v3_layer(words, k)[1] for k in range(n)]
+    longer = words.copy()
+    longer[HEADER["words"].word] += 1
+    cases = [
+        (_v3_set(words, 0, param_base=layers[0]["param_base"] - 3), 0),
+        (_v3_set(words, 1, param_base=layers[1]["param_base"] + 3), 1),
+        (_v3_set(words, 1, param_base=layers[0]["param_base"]), 1),
+        (_v3_set(words, n - 1, param_base=layers[3]["param_base"]), n - 1),
+        (_v3_set(words, 2, row_base=layers[2]["row_base"] + 1), 2),
+        (_v3_set(words, 2, stream_base=layers[2]["stream_base"] + 1), 2),
+        (_v3_set(words, n - 1, stream_bits=layers[n - 1]["stream_bits"] - 32), n - 1),
+        (longer, n - 1),
+    ]
+    assert layers[n - 1]["stream_bits"] > 32
+    for bad, _ in cases:
+        with pytest.raises(UserError):
+            unpack(bad.astype(np.uint32), where="bad.bin")
+    images = np.random.default_rng(1).integers(0, 1 << net.input_bits, size=(len(cases) + 1, *net.image_shape))
+    res = run_array([bad for bad, _ in cases] + [words], images)
+    assert res["status"] == [Status.BAD_GEOMETRY] * len(cases) + [Status.OK]
+    assert res["layer_index"][:-1] == [k for _, k in cases]
+    assert np.array_equal(np.array(res["scores"][-1]), net.forward(images[-1:])[0])
 
 
 def test_a_layer_reading_other_codes_than_the_layer_before_wrote_ends_with_bad_geometry():
@@ -504,6 +542,21 @@ def _with_v3_header(words, **fields):
     bad = words.copy()
     bad[:HEADER.words] = pack_records(HEADER, {**old, **fields}).reshape(-1)
     return bad
+
+
+def _first_layers(words, n: int):
+    """The version 3 image ``words`` cut to its first ``n`` layers, their regions where the format puts them (the
+    descriptors of the layers dropped gone, the regions moved up behind the others, the header's ``layers`` and
+    ``words`` set): an image whose layer ``n - 1`` is no scoring layer."""
+    descs = [_with_v3_layer(words, k)[1] for k in range(n)]
+    move = LAYER.words * (int(words[HEADER["layers"].word]) - n)
+    start, end = descs[0]["param_base"], descs[-1]["stream_base"] + -(-descs[-1]["stream_bits"] // 32)
+    cut = np.concatenate([words[:HEADER.words + LAYER.words * n], words[start:end]])
+    for k, d in enumerate(descs):
+        cut = _v3_set(cut, k, **{f: d[f] - move for f in ("param_base", "row_base", "stream_base")})
+    cut = _with_v3_header(cut, layers=n)
+    cut[HEADER["words"].word] = len(cut)
+    return cut
 
 
 def _one_by_one_net() -> IntConvNetwork:
@@ -564,7 +617,7 @@ def test_each_descriptor_check_refuses_its_image():
         (_v3_set(words, 1, gap=1), 1),  # the global pool on a conv
         (_v3_set(words, 0, shift=0), 0),  # S outside 1..MAX_SHIFT
         (_v3_set(words, 0, shift=MAX_SHIFT + 1), 0),
-        (_with_v3_header(words, layers=5), 4),  # the last layer does not write the scores
+        (_first_layers(words, 5), 4),  # the last layer does not write the scores
         (own_shortcut, 2),  # a residual layer writes over its own shortcut
         (_v3_set(words, 2, res_stride=3), 2),  # a shortcut stride other than 1 or 2
         # conv2 of the second block at stride 2 behind a stride-1 conv1 (its shortcut subsampled to match)
