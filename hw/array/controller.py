@@ -15,7 +15,8 @@ One run (``start`` to ``done``) infers one image:
    header's map); the input map and the conv's output map at most ``2^DIM_BITS - 1`` (255) rows
    and columns, what the loader's, the writer's and the tile counters' fields hold; the fan-in at most
    ``MAX_FAN_IN``; a pooled FC within golden's bounds 9 and 6,
-   :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`); then for each **tile** (an output row of a conv
+   :data:`POOL_AREA_LIMIT` and :data:`POOL_MASS_LIMIT`; a version 3 layer's regions where the format puts them,
+   ``misplaced``); then for each **tile** (an output row of a conv
    layer, the one "pixel" of a fully connected layer) the patch loader builds the tile's patch, the
    **dispatcher** reads each output channel's row end (row pointer ``j + 1``, ``ptr_bits`` bits at bit
    ``(j + 1) ptr_bits`` of the row table; ``stream_bits`` for the last row; the row's start is the row before's

@@ -24,8 +24,9 @@ class Status(enum.Enum, shape=4):
     #: 0 and the header's map for layer 0), a header map 256 or more rows high, a fan-in past ``MAX_FAN_IN``,
     #: a pooled FC past golden's bounds 9 or 6 (its input sums past 16 bits, its activation mass past
     #: ``ACT_SUM_BOUND``), layer kinds out of a network's order (a conv net's FC before its last layer, a conv as
-    #: the scoring layer; a conv, a global pool or a map past 1 x 1 in an MLP), or fields that contradict each
-    #: other.
+    #: the scoring layer; a conv, a global pool or a map past 1 x 1 in an MLP), a version 3 layer's regions
+    #: elsewhere than the format puts them (records, row pointers and stream after the descriptors and each
+    #: other, the last stream ending at the header's ``words``), or fields that contradict each other.
     BAD_GEOMETRY = 3
     #: A row decoder found a corrupt weight stream (``hw/core/stream_decoder.py``: among its checks, a row whose
     #: decode does not end exactly at the next row pointer, or ``stream_bits``), a vertical layer's

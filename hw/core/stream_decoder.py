@@ -402,7 +402,8 @@ class RowStreamDecoder(wiring.Component):
         # Bound: a row consumes at most CLASSES fw count bits and fan_in <= 2^fw - 1 entries of at most
         # max_entry_bits (the count check stops a row whose counts sum past fan_in), below 2^row_bits; the
         # difference is taken in rest_bits > max(addr bits, row_bits) bits, so an end before the start reads
-        # as at least 2^row_bits and cannot equal what a row consumes (docs/array_design.md, "Row ends").
+        # as at least 2^row_bits and cannot equal what a row consumes (docs/array_design.md, "Row ends and
+        # regions").
         row_bits = bits_for(CLASSES * fw + ((1 << fw) - 1) * self.max_entry_bits)
         rest_bits = max(self._addr_width + WORD_SHIFT, row_bits) + 1
         rest = Signal(rest_bits)  # bits of the row not consumed yet, before amt_r

@@ -455,15 +455,14 @@ def test_a_row_that_does_not_end_at_its_row_pointer_ends_with_bad_stream():
 
 def test_regions_out_of_the_formats_layout_end_with_bad_geometry():
     """A version 3 layer's requant records, row pointers and stream follow the descriptors and each other, and the
-    last layer's stream ends at the header's ``words`` (layout_v3's reader): layer 0's ``param_base`` a record
+    last layer's stream ends at the header's ``words`` (layout_v3's reader). Layer 0's ``param_base`` a record
     back (into the descriptors), layer 1's a record on, layer 1's and the last layer's those of layers 0 and 3
-    (another layer's records read as their own), layer 2's ``row_base`` and
-    ``stream_base`` a word on, the last layer's ``stream_bits`` a word shorter, and the header's ``words`` one
-    more (the last stream ends before it; a layer's ``stream_bits`` longer by a word before the last is
-    BAD_STREAM first, its last row running short of its end):
-    BAD_GEOMETRY on the layer named, then a good run. Without the check the four ``param_base`` cases ran to OK
-    with other scores than golden's, ``words`` to OK with golden's (a field the core did not use), the others
-    to BAD_STREAM (their rows no longer decode)."""
+    (another layer's records read as their own), layer 2's ``row_base`` and ``stream_base`` a word on, the last
+    layer's ``stream_bits`` a word shorter, and the header's ``words`` one more (the last stream ends before
+    it): BAD_GEOMETRY on the layer named, then a good run. Without the check the four ``param_base`` cases ran
+    to OK with other scores than golden's, ``words`` to OK with golden's (a field the core did not use), the
+    others to BAD_STREAM (their rows no longer decode). (A ``stream_bits`` a word longer in a layer before the
+    last is BAD_STREAM first: its last row runs short of its end.)"""
     net = calibrated_resnet()
     words = pack_v3(net)[0].astype(np.int64)
     n = len(net.layers)
