@@ -23,9 +23,9 @@ One run (``start`` to ``done``) infers one image:
    end, 0 for the first: each row's engine fetches no weight word past its end), its requant parameter
    record (a residual layer's shortcut multiplier ``M_r`` zero for the channels past the block input's
    ``C_r``: option A's zero channels; an ``M`` or ``M_r`` past ``MULT_BITS`` bits ends the run with
-   ``BAD_STREAM``, since the command holds 17 bits), and hands the row command to the first engine that takes one; a
-   residual layer's shortcut codes are patch rows (the loader's "Shortcut rows", at positions past the im2col
-   rows), which the engine reads itself. Tiles overlap: once a tile's last command is taken and
+   ``BAD_STREAM``, since the command holds 17 bits), and hands the row command to the first engine that takes
+   one; a residual layer's shortcut codes are patch rows (the loader's "Shortcut rows", at positions past the
+   im2col rows), which the engine reads itself. Tiles overlap: once a tile's last command is taken and
    the next tile's patch is loaded, that tile's commands follow (each command names its patch bank and its
    tile, so an engine finishes the last rows of one tile while it starts the next, and the writer places
    each row by its own tile); the tile after that loads into the first bank when no engine holds a row of
