@@ -149,7 +149,7 @@ from model.export.format import (
     VREQUANT,
     WORD_BITS,
 )
-from model.export.golden import BIAS_BITS, MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, MULT_BITS
+from model.export.golden import MAX_ACT_BITS, MAX_FAN_IN, MAX_SHIFT, MULT_BITS
 from model.export.golden_conv import ACT_SUM_BOUND, GAP_SUM_BITS, MAX_KERNEL
 
 HEADER_LAYOUT = record_layout(HEADER)
@@ -1037,12 +1037,8 @@ class ArrayController(wiring.Component):
                 ]
                 # The record's fields the command holds in fewer bits than the image: M and M_r in MULT_BITS
                 # (B keeps all 64). A multiplier past them (outside the integer contract) would run truncated
-                # to OK with other scores, so it ends the run as a corrupt stream does (no command). So does a B
-                # outside the contract's BIAS_BITS = 63 signed bits (bits 62 and 63 differ): the requantizer
-                # computes it in 64 bits, to other scores than any image the reader takes (golden's bound 5).
-                bias_hi = words.word_select(4, WORD_BITS)
+                # to OK with other scores, so it ends the run as a corrupt stream does (no command).
                 params_bad = (words.word_select(2, WORD_BITS)[MULT_BITS:].any()
-                              | (bias_hi[BIAS_BITS - 1 - WORD_BITS] != bias_hi[WORD_BITS - 1])
                               | (dd.residual & res_live & words.word_select(5, WORD_BITS)[MULT_BITS:].any()))
                 with m.If(params_bad):
                     m.d.sync += cmd_fault.eq(1)
