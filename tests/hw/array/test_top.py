@@ -22,6 +22,7 @@ from model.export.golden_vertical import TableRow
 from model.export.image import unpack
 from model.export.image_v4 import pack_vertical, unpack_vertical
 from model.export.layout_v3 import pack as pack_v3
+from model.export.layout_v3 import pack_pointers, unpack_pointers
 from model.export.records import pack_records, unpack_records
 from sim.reads import record_fields, words_read
 from tests.hw.netgen import calibrated, random_network
@@ -411,21 +412,6 @@ def test_a_requant_multiplier_past_17_bits_ends_with_bad_stream():
         assert res["status"] == [Status.BAD_STREAM] and res["layer_index"] == [layer] and res["scores"] == [[]]
 
 
-def _bits_add(words, bit: int, width: int, delta: int):
-    """A copy of ``words`` with the ``width``-bit field at bit ``bit`` (of the words, least significant first)
-    plus ``delta``."""
-    bad = words.copy()
-    word, at = divmod(bit, 32)
-    pair = int(bad[word]) | (int(bad[word + 1]) << 32 if word + 1 < len(bad) else 0)
-    value = (pair >> at) & ((1 << width) - 1)
-    assert 0 <= value + delta < 1 << width
-    pair = pair & ~(((1 << width) - 1) << at) | ((value + delta) << at)
-    bad[word] = pair & 0xFFFFFFFF
-    if word + 1 < len(bad):
-        bad[word + 1] = pair >> 32
-    return bad
-
-
 def test_a_row_that_does_not_end_at_its_row_pointer_ends_with_bad_stream():
     """Each row's decode must take exactly the bits from its row pointer to the next (to ``stream_bits`` for a
     layer's last row; the row decoders' check, ``hw/core/stream_decoder.py``). Layer 1's row 1 pointer one bit
@@ -440,8 +426,13 @@ def test_a_row_that_does_not_end_at_its_row_pointer_ends_with_bad_stream():
     layers = [_with_v3_layer(words, k)[1] for k in range(4)]
     rice = next(name for c, name in enumerate(RICE_FIELDS) if layers[0]["classes"] >> c & 1)
     bits = layers[3]["stream_bits"]
+    table = slice(layers[1]["row_base"], layers[1]["stream_base"])
+    pointers, _ = unpack_pointers(words[table], layers[1]["c_out"], layers[1]["ptr_bits"])
+    pointers[1] += 1
+    moved = words.copy()
+    moved[table] = pack_pointers(pointers, layers[1]["ptr_bits"])
     cases = [
-        (_bits_add(words, 32 * layers[1]["row_base"] + layers[1]["ptr_bits"], layers[1]["ptr_bits"], 1), 1),
+        (moved, 1),
         (_v3_set(words, 3, stream_bits=bits + (1 if bits % 32 else -1)), 3),
         (_v3_set(words, 0, **{rice: layers[0][rice] + 1}), 0),
     ]
