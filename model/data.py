@@ -23,8 +23,6 @@ import numpy as np
 import numpy._core.multiarray
 import numpy._core.numeric
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.nn import functional as F
 
 from model.errors import UserError
@@ -120,6 +118,11 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> Split:
     """
     if not 0 < test_fraction < 1:
         raise UserError(f"field 'test_fraction' is {test_fraction!r}; allowed values in (0, 1)")
+    # scikit-learn (a second of imports, scipy's among them) only where the digits load: a command on other data,
+    # or one that refuses its arguments before it loads any, starts without it.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     parts = train_test_split(
         digits.data / 16.0, digits.target, test_size=test_fraction, random_state=seed, stratify=digits.target
