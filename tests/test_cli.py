@@ -21,6 +21,19 @@ def cli(*args, cwd=ROOT, env=None):
                           env=None if env is None else {**os.environ, **env})
 
 
+def main_here(capsys, *args) -> tuple[int, str]:
+    """``build.main`` in this process: its exit status (argparse's too) and what it wrote to stderr. For the tests of
+    refusals, many of which would each start an interpreter and torch (2 s a process); what a process adds (the
+    exit status the shell sees, an uncaught traceback on stderr) is :func:`cli`'s, checked by the tests above."""
+    import build
+
+    try:
+        code = build.main([str(a) for a in args])
+    except SystemExit as exc:  # (argparse's errors: exit status 2 after its message)
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
 def test_help_lists_every_subcommand():
     """The top-level help lists each command on a line of its own; the flow's commands take --out."""
     import build
@@ -432,16 +445,16 @@ def test_a_missing_tool_is_named_not_a_traceback(flow, tmp_path):
     (["train", "--method", "vertical", "--baseline", "lsq", "--epochs", 1], "lsq_4bit.pt"),
     (["demo", "--epochs", 1], "summary.json"),
 ])
-def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_path, argv, taken):
+def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_path, capsys, argv, taken):
     """A folder where a command writes a file: refused at once, naming it, with nothing written (these commands
     found it at their last write: after the synthesis, the evaluation, the bench or the training, with a message
     naming a temporary file and, for train, the other outputs already rewritten)."""
     out = tmp_path / "out"
     (out / taken).mkdir(parents=True)
     image = ["--image", flow / "image"] if argv[0] in ("synth", "eval") else []
-    res = cli(*argv, *image, "--out", out)
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert f"{out / taken}: is not a file;" in res.stderr and ".tmp" not in res.stderr, res.stderr
+    code, err = main_here(capsys, *argv, *image, "--out", out)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{out / taken}: is not a file;" in err and ".tmp" not in err, err
     assert sorted(p.name for p in out.iterdir()) == [taken]  # refused before the work wrote anything
 
 
@@ -451,11 +464,11 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_p
     (["report", ""], "RUN_DIR"),  # (an empty --run-dir or --out: tests/test_cli_empty_out.py)
     (["train", "--data", "idx", "--data-root", ""], "--data-root"), (["bench", "lts", "--data-root", ""], "--data-root"),
 ])
-def test_an_empty_path_is_refused_naming_its_option(tmp_path, argv, flag):
+def test_an_empty_path_is_refused_naming_its_option(tmp_path, capsys, argv, flag):
     """An empty value (an unset shell variable) was taken as the current folder, and the message then blamed a
     file in it ('manifest.json: file not found')."""
-    res = cli(*argv, "--out", tmp_path / "out")
-    assert res.returncode == 2 and f"argument {flag}: an empty path; give a file or folder" in res.stderr, res.stderr
+    code, err = main_here(capsys, *argv, "--out", tmp_path / "out")
+    assert code == 2 and f"argument {flag}: an empty path; give a file or folder" in err, err
     assert not (tmp_path / "out").exists()
 
 
