@@ -23,8 +23,9 @@ def cli(*args, cwd=ROOT, env=None):
 
 def main_here(capsys, *args) -> tuple[int, str]:
     """``build.main`` in this process: its exit status (argparse's too) and what it wrote to stderr. For the tests of
-    refusals, many of which would each start an interpreter and torch (2 s a process); what a process adds (the
-    exit status the shell sees, an uncaught traceback on stderr) is :func:`cli`'s, checked by the tests above."""
+    refusals, each of which would otherwise start an interpreter and torch (2 s a process); what a process adds
+    (the exit status the shell sees, what reaches its stderr) is checked by this file's tests that use :func:`cli`
+    (the flow, the demo, torchrun's variables, a missing tool, a Python without the packages)."""
     import build
 
     try:
@@ -113,16 +114,16 @@ def test_synth_maps_multipliers_to_dsp48e1(flow):
     assert "DSP48E1" in res.stdout
 
 
-def test_bad_checkpoint_is_a_clear_error(tmp_path):
+def test_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "not_a_checkpoint.pt"
     bad.write_text("hello")
-    res = cli("export", "--checkpoint", bad, "--out", tmp_path / "image")
-    assert res.returncode == 2
-    assert "not_a_checkpoint.pt" in res.stderr and "Traceback" not in res.stderr
+    code, err = main_here(capsys, "export", "--checkpoint", bad, "--out", tmp_path / "image")
+    assert code == 2
+    assert "not_a_checkpoint.pt" in err and "Traceback" not in err
     assert not (tmp_path / "image").exists()
 
 
-def test_corrupt_image_is_a_clear_error(flow, tmp_path):
+def test_corrupt_image_is_a_clear_error(flow, tmp_path, capsys):
     image = tmp_path / "image"
     image.mkdir()
     for name in ("manifest.json", "weights.hex"):
@@ -130,9 +131,9 @@ def test_corrupt_image_is_a_clear_error(flow, tmp_path):
     data = bytearray((flow / "image" / "weights.bin").read_bytes())
     data[40] ^= 1
     (image / "weights.bin").write_bytes(bytes(data))
-    res = cli("sim", "--image", image, "--images", 2, "--out", tmp_path / "sim")
-    assert res.returncode == 2
-    assert "sha256" in res.stderr and "weights.bin" in res.stderr and "Traceback" not in res.stderr
+    code, err = main_here(capsys, "sim", "--image", image, "--images", 2, "--out", tmp_path / "sim")
+    assert code == 2
+    assert "sha256" in err and "weights.bin" in err and "Traceback" not in err
     assert not (tmp_path / "sim" / "sim.json").exists()
 
 
@@ -210,13 +211,13 @@ def test_every_data_option_takes_only_the_data_sets():
     assert res.returncode == 2 and "invalid choice: 'foo'" in res.stderr and "fashion-mnist" in res.stderr
 
 
-def test_demo_says_why_it_runs_on_the_digits_only(tmp_path):
-    res = cli("demo", "--data", "fashion-mnist", "--out", tmp_path / "demo")
-    assert res.returncode == 2, res.stderr
-    assert "simulates every test image in RTL" in res.stderr and "10,000" in res.stderr and "hours" in res.stderr
-    assert "feeds the digits" not in res.stderr and not (tmp_path / "demo").exists()
-    res = cli("demo", "--act-bits", 32, "--out", tmp_path / "demo")
-    assert res.returncode == 2 and "--act-bits 32: the accelerator runs 1..8-bit activations" in res.stderr
+def test_demo_says_why_it_runs_on_the_digits_only(tmp_path, capsys):
+    code, err = main_here(capsys, "demo", "--data", "fashion-mnist", "--out", tmp_path / "demo")
+    assert code == 2, err
+    assert "simulates every test image in RTL" in err and "10,000" in err and "hours" in err
+    assert "feeds the digits" not in err and not (tmp_path / "demo").exists()
+    code, err = main_here(capsys, "demo", "--act-bits", 32, "--out", tmp_path / "demo")
+    assert code == 2 and "--act-bits 32: the accelerator runs 1..8-bit activations" in err
     assert not (tmp_path / "demo").exists()
 
 
@@ -248,26 +249,27 @@ def test_train_lts_on_an_idx_folder(tmp_path):
     assert (tmp_path / "lts" / "lts_sparsity.png").stat().st_size > 1000
 
 
-def test_train_lts_names_a_missing_dataset(tmp_path):
-    res = cli("train", "--method", "lts", "--data", "idx", "--data-root", tmp_path / "nowhere", "--quiet",
-              "--out", tmp_path / "lts")
-    assert res.returncode == 2 and "nowhere" in res.stderr and "Traceback" not in res.stderr
+def test_train_lts_names_a_missing_dataset(tmp_path, capsys):
+    code, err = main_here(capsys, "train", "--method", "lts", "--data", "idx", "--data-root", tmp_path / "nowhere",
+                          "--quiet", "--out", tmp_path / "lts")
+    assert code == 2 and "nowhere" in err and "Traceback" not in err
 
 
-def test_demo_batch_is_for_the_fully_connected_core_and_engines_for_the_array(tmp_path):
+def test_demo_batch_is_for_the_fully_connected_core_and_engines_for_the_array(tmp_path, capsys):
     """Each refused before any work: nothing written."""
     for args, said in ((("--batch", 4), "--batch applies to `demo --core fc`"),
                        (("--core", "fc", "--engines", 2), "--engines applies to `demo --core array`")):
-        res = cli("demo", *args, "--out", tmp_path / "demo")
-        assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr
+        code, err = main_here(capsys, "demo", *args, "--out", tmp_path / "demo")
+        assert code == 2 and said in err and "Traceback" not in err
         assert not (tmp_path / "demo").exists()
 
 
 def test_demo_end_to_end_on_a_tiny_budget(tmp_path):
     """The main job, shrunk: IMQ on digits, golden model, image, RTL under back-pressure and without, Yosys. On 1
     engine, not the default 4: the same code, and one of the suite's slowest tests cheaper (the Yosys run of the
-    whole array and the Verilator build: 180 s of CPU on 2 engines against 236 s on 4, 2026-12-06). The array of
-    several engines is synthesised in tests/hw/platform/test_array_synth.py and run in tests/hw/array/test_top.py."""
+    whole array and the Verilator build: 160 s of CPU on 1 engine against 214 s on 2, each alone, 2026-12-07; 180 s
+    on 2 against 236 s on 4 the day before). The array of several engines is synthesised in
+    tests/hw/platform/test_array_synth.py and run in tests/hw/array/test_top.py."""
     out = tmp_path / "demo"
     res = cli("demo", "--hidden", 8, "--epochs", 2, "--iterations", 2, "--target-bits", 30, "--engines", 1,
               "--simulator", "verilator", "--quiet", "--out", out)
