@@ -1,4 +1,5 @@
-"""build.py end to end on a small network: train -> export -> sim -> verilog -> synth, and bad input."""
+"""build.py end to end on a small network: train -> export -> sim -> verilog -> synth, and bad input (most refusals
+through ``build.main`` in the test's process: :func:`main_here`)."""
 
 import json
 import os
