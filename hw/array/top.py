@@ -163,10 +163,15 @@ class ConvArray(wiring.Component):
     def engine(self) -> ChannelEngine:
         """A new engine as the array instantiates ``config.engines`` of (all alike: the parts synthesis of
         :mod:`hw.platform.array_synth` synthesises one and counts it that many times)."""
-        cfg = self._config
-        return ChannelEngine(lanes=cfg.lanes, addr_width=self._addr_width, fan_in_width=cfg.fan_in_width,
-                             vertical=cfg.vertical,
-                             channel_bits=cfg.channel_bits)
+        return self.engine_for(self._config)
+
+    @staticmethod
+    def engine_for(config: ArrayConfig) -> ChannelEngine:
+        """:meth:`engine` of an array with ``config``, without building the array."""
+        config.check()
+        return ChannelEngine(lanes=config.lanes, addr_width=ceil_log2(config.buffer_words),
+                             fan_in_width=config.fan_in_width, vertical=config.vertical,
+                             channel_bits=config.channel_bits)
 
     def elaborate(self, platform):
         m = Module()

@@ -35,12 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.back import verilog
-
-from hw.array.top import ArrayConfig, ConvArray
+from hw.array.top import ArrayConfig
 from hw.platform.synth import Resources, _yosys, dsp_configs, parse_stat, read_command, synth_xilinx, synthesize_netlist
 from hw.platform.timing import PathReport, TimingReport, estimate, slowest_paths
-from hw.platform.verilog import ARRAY_TOP_NAME, write_text_atomically
+from hw.platform.verilog import ARRAY_TOP_NAME, array_verilog, engine_verilog, write_text_atomically
 from model.progress import progress_bar
 
 ENGINE_TOP_NAME = "mpq_engine"
@@ -174,15 +172,12 @@ def synthesize_array(config: ArrayConfig, out_dir, *, timeout_s: float | None = 
         array's, the engine's) does not hold one lane DSP48E1 per lane (:func:`check_lanes`).
     """
     out_dir = Path(out_dir)
-    array = ConvArray(config)
-    array_path = write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.v",
-                                       verilog.convert(array, name=ARRAY_TOP_NAME, emit_src=False))  # = array_verilog
+    array_path = write_text_atomically(out_dir / f"{ARRAY_TOP_NAME}.v", array_verilog(config))
     box: dict = {}
     jobs = {"whole": lambda: synthesize_netlist(array_path, ARRAY_TOP_NAME, log_path=out_dir / "yosys_whole.log",
                                                  timeout_s=timeout_s)}
     if parts:
-        epath = write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.v",
-                                      verilog.convert(array.engine(), name=ENGINE_TOP_NAME, emit_src=False))
+        epath = write_text_atomically(out_dir / f"{ENGINE_TOP_NAME}.v", engine_verilog(config, name=ENGINE_TOP_NAME))
         jobs["engine"] = lambda: synthesize_netlist(epath, ENGINE_TOP_NAME, log_path=out_dir / "yosys_engine.log",
                                                     timeout_s=timeout_s)
         jobs["shell"] = lambda: _shell_netlist(array_path, out_dir / "yosys_shell.log", timeout_s)

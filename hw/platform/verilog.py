@@ -1,12 +1,14 @@
 """Verilog of the accelerators: the fully connected core with a given image in its global buffer, and the packed
 multiplier array (images loaded at run time), for simulation and synthesis."""
 
+import functools
 from pathlib import Path
 
 from amaranth.back import verilog
 
 from hw.accelerator import Accelerator
 from hw.array.top import ConvArray
+from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
 from model.files import atomic_write
 
 TOP_NAME = "mpq_accel"
@@ -28,8 +30,38 @@ ARRAY_TOP_NAME = "mpq_array"
 
 def array_verilog(config, init=(), *, name: str = ARRAY_TOP_NAME) -> str:
     """Verilog text of :class:`~hw.array.top.ConvArray` with ``config`` (global buffer initialised to
-    ``init``, optional: images are normally written through the load port)."""
-    return verilog.convert(ConvArray(config, init=init), name=name, emit_src=False)
+    ``init``, optional: images are normally written through the load port); :func:`component_verilog`'s."""
+    return component_verilog(ConvArray, config, init=_words(init), name=name)
+
+
+def engine_verilog(config, *, name: str) -> str:
+    """Verilog text of one engine of the array with ``config`` (:meth:`~hw.array.top.ConvArray.engine_for`, the
+    parts synthesis of :mod:`hw.platform.array_synth`); :func:`component_verilog`'s."""
+    return component_verilog(ConvArray.engine_for, config, name=name)
+
+
+def system_verilog(config, *, init=(), name: str = SYSTEM_TOP_NAME, **kwargs) -> str:
+    """Verilog text of the Zynq system :class:`~hw.system.zynq_top.MpqSystem` with ``config`` and its keyword
+    parameters (``init``: a BRAM-initialised build's image); :func:`component_verilog`'s."""
+    return component_verilog(MpqSystem, config, init=_words(init), name=name, **kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def component_verilog(build, *args, name: str, **kwargs) -> str:
+    """Verilog text of the component ``build(*args, **kwargs)`` with top module ``name``, elaborated and converted
+    once a process for equal arguments (which must be hashable: an image as a tuple of words).
+
+    The elaboration is the costly part of writing a design's Verilog (Amaranth's netlist in Python: 5-8 s for the
+    Zynq system with a 1 x 1 array and its version 4 path, 3-5 s for a small array), and flows and tests write one
+    design more than once: ``demo`` simulates the array it then synthesises, a vertical image runs at two widths on
+    one system build. The text depends on the arguments alone (the same text from one process to another). Eight
+    designs are kept (a ResNet-20 array's text is a few MB)."""
+    return verilog.convert(build(*args, **kwargs), name=name, emit_src=False)
+
+
+def _words(init) -> tuple[int, ...]:
+    """An image's words as a hashable key (a list or a numpy array as the callers hold them)."""
+    return tuple(int(w) for w in init)
 
 
 def write_text_atomically(path, text: str) -> Path:

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from hw.array.sizing import config_for
-from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from hw.platform.verilog import system_verilog, write_text_atomically
+from hw.system.zynq_top import SYSTEM_TOP_NAME
 from model.export.image import read_image
 from model.export.image_v4 import is_vertical
 from sim.reads import array_words_read
 from sim.runner import SimulationError
-from sim.system.runner import run_block_test, write_block_verilog
+from sim.system.runner import run_block_test
 
 #: Default DDR read latency of the model, cycles of the 100 MHz ``ap_clk`` (about what the Zynq-7000's HP
 #: ports are quoted at: 200-300 ns from AR to the first beat; not measured here).
@@ -61,7 +62,7 @@ def run_system(image_dir, inputs: np.ndarray, expected: np.ndarray, out: Path, *
     config = config_for([words], engines=ENGINES, names=[image_dir / "weights.bin"])
     out = Path(out).resolve()  # the simulator runs in its build directory: every path it reads is absolute
     out.mkdir(parents=True, exist_ok=True)
-    verilog = write_block_verilog(MpqSystem(config), out / f"{SYSTEM_TOP_NAME}.v", name=SYSTEM_TOP_NAME)
+    verilog = write_text_atomically(out / f"{SYSTEM_TOP_NAME}.v", system_verilog(config))
     n = len(inputs)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         case, result_path = Path(tmp) / "case.npz", Path(tmp) / "result.json"

@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 
 from hw.array.top import ArrayConfig
+from hw.platform.verilog import system_verilog, write_text_atomically
 from hw.system.register_map import StatusCode
 from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
 from model.export.golden_net import IntConvNetwork
 from model.export.image_v4 import pack_vertical
 from model.export.layout_v3 import pack as pack_v3
-from sim.system.runner import run_block_test, write_block_verilog
+from sim.system.runner import run_block_test
 from tests.hw.array.test_top import random_conv_net
 from tests.hw.netgen import calibrated, random_network
 from tests.model.export.test_image_v4 import random_net as random_vertical_net
@@ -69,8 +70,7 @@ def corrupt_stream(net) -> np.ndarray:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("system")
-    verilog = write_block_verilog(MpqSystem(CONFIG, timeout_cycles=TIMEOUT_CYCLES), work / f"{SYSTEM_TOP_NAME}.v",
-                                  name=SYSTEM_TOP_NAME)
+    verilog = write_text_atomically(work / f"{SYSTEM_TOP_NAME}.v", system_verilog(CONFIG, timeout_cycles=TIMEOUT_CYCLES))
     mlp = random_network(np.random.default_rng(4), sizes=(23, 17, A_CLASSES), act_bits=4)
     a = image_case(mlp, 7, 1)
     b = image_case(random_conv_net(np.random.default_rng(2001)), 3, 2)
@@ -100,8 +100,8 @@ def case(tmp_path_factory) -> tuple[Path, Path]:
 def watchdog_case(case, tmp_path_factory) -> tuple[Path, Path]:
     """:func:`case`'s images on a build whose watchdog is :data:`WATCHDOG_TEST_CYCLES`."""
     work = tmp_path_factory.mktemp("system_watchdog")
-    verilog = write_block_verilog(MpqSystem(CONFIG, timeout_cycles=WATCHDOG_TEST_CYCLES),
-                                  work / f"{SYSTEM_TOP_NAME}.v", name=SYSTEM_TOP_NAME)
+    verilog = write_text_atomically(work / f"{SYSTEM_TOP_NAME}.v",
+                                    system_verilog(CONFIG, timeout_cycles=WATCHDOG_TEST_CYCLES))
     return verilog, case[1]
 
 
@@ -156,8 +156,8 @@ def test_preloaded_image(case, test, seed):
     verilog, npz = case
     with np.load(npz) as arrays:
         words = arrays["a_words"]
-    path = write_block_verilog(MpqSystem(CONFIG, init=words, max_classes=A_CLASSES),
-                               verilog.parent / "preloaded" / f"{SYSTEM_TOP_NAME}.v", name=SYSTEM_TOP_NAME)
+    path = write_text_atomically(verilog.parent / "preloaded" / f"{SYSTEM_TOP_NAME}.v",
+                                 system_verilog(CONFIG, init=words, max_classes=A_CLASSES))
     result = run_block_test(path, toplevel=SYSTEM_TOP_NAME, test_module=TEST_MODULE, test=test,
                             work_dir=path.parent, seed=seed,
                             env={"MPQS_CASE": npz, "MPQS_SEED": seed, "MPQS_STALL": 1})

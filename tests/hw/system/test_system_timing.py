@@ -5,14 +5,14 @@ were computed in the cycle they were used: 12.4 ns (80.5 MHz) here and in the 4 
 
 
 import pytest
-from amaranth.back import verilog
 
 from hw.array.top import ArrayConfig
 from hw.platform.array_synth import lane_dsps
 from hw.platform.synth import dsp_configs, synthesize_netlist
 from hw.platform.timing import estimate, slowest_paths
+from hw.platform.verilog import system_verilog
 from hw.system.vivado import FCLK_MHZ
-from hw.system.zynq_top import SYSTEM_TOP_NAME, MpqSystem
+from hw.system.zynq_top import SYSTEM_TOP_NAME
 
 pytestmark = pytest.mark.usefixtures("yosys")
 
@@ -21,7 +21,7 @@ SMALL = ArrayConfig(engines=1, lanes=1, buffer_words=512, fmap_rows=32, row_code
 
 def test_the_system_meets_the_pl_clock_in_the_estimate(tmp_path):
     path = tmp_path / f"{SYSTEM_TOP_NAME}.v"
-    path.write_text(verilog.convert(MpqSystem(SMALL), name=SYSTEM_TOP_NAME, emit_src=False))
+    path.write_text(system_verilog(SMALL))
     res, design = synthesize_netlist(path, SYSTEM_TOP_NAME, log_path=tmp_path / "yosys.log")
     assert res.fits()
     timing = estimate(design, SYSTEM_TOP_NAME)
