@@ -70,7 +70,8 @@ def corrupt_stream(net) -> np.ndarray:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("system")
-    verilog = write_text_atomically(work / f"{SYSTEM_TOP_NAME}.v", system_verilog(CONFIG, timeout_cycles=TIMEOUT_CYCLES))
+    verilog = write_text_atomically(work / f"{SYSTEM_TOP_NAME}.v",
+                                    system_verilog(CONFIG, timeout_cycles=TIMEOUT_CYCLES))
     mlp = random_network(np.random.default_rng(4), sizes=(23, 17, A_CLASSES), act_bits=4)
     a = image_case(mlp, 7, 1)
     b = image_case(random_conv_net(np.random.default_rng(2001)), 3, 2)
