@@ -1,5 +1,5 @@
 """build.py end to end on a small network: train -> export -> sim -> verilog -> synth, and bad input (most refusals
-through ``build.main`` in the test's process: :func:`main_here`)."""
+through ``build.main`` in the test's process: :func:`tests.build_main.main`)."""
 
 import json
 import os
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.revision import code_revision
+from tests.build_main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "train", "eval", "export", "verilog", "sim", "synth")
@@ -20,20 +21,6 @@ def cli(*args, cwd=ROOT, env=None):
     return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, args)], check=False, cwd=cwd,
                           capture_output=True, text=True, timeout=900,
                           env=None if env is None else {**os.environ, **env})
-
-
-def main_here(capsys, *args) -> tuple[int, str]:
-    """``build.main`` in this process: its exit status (argparse's too) and what it wrote to stderr. For the tests of
-    refusals, each of which would otherwise start an interpreter and torch (2 s a process); what a process adds
-    (the exit status the shell sees, what reaches its stderr) is checked by this file's tests that use :func:`cli`
-    (the flow, the demo, torchrun's variables, a missing tool, a Python without the packages)."""
-    import build
-
-    try:
-        code = build.main([str(a) for a in args])
-    except SystemExit as exc:  # (argparse's errors: exit status 2 after its message)
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def test_help_lists_every_subcommand():
@@ -118,7 +105,7 @@ def test_synth_maps_multipliers_to_dsp48e1(flow):
 def test_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "not_a_checkpoint.pt"
     bad.write_text("hello")
-    code, err = main_here(capsys, "export", "--checkpoint", bad, "--out", tmp_path / "image")
+    code, _, err = main(capsys, "export", "--checkpoint", bad, "--out", tmp_path / "image")
     assert code == 2
     assert "not_a_checkpoint.pt" in err and "Traceback" not in err
     assert not (tmp_path / "image").exists()
@@ -132,7 +119,7 @@ def test_corrupt_image_is_a_clear_error(flow, tmp_path, capsys):
     data = bytearray((flow / "image" / "weights.bin").read_bytes())
     data[40] ^= 1
     (image / "weights.bin").write_bytes(bytes(data))
-    code, err = main_here(capsys, "sim", "--image", image, "--images", 2, "--out", tmp_path / "sim")
+    code, _, err = main(capsys, "sim", "--image", image, "--images", 2, "--out", tmp_path / "sim")
     assert code == 2
     assert "sha256" in err and "weights.bin" in err and "Traceback" not in err
     assert not (tmp_path / "sim" / "sim.json").exists()
@@ -213,11 +200,11 @@ def test_every_data_option_takes_only_the_data_sets():
 
 
 def test_demo_says_why_it_runs_on_the_digits_only(tmp_path, capsys):
-    code, err = main_here(capsys, "demo", "--data", "fashion-mnist", "--out", tmp_path / "demo")
+    code, _, err = main(capsys, "demo", "--data", "fashion-mnist", "--out", tmp_path / "demo")
     assert code == 2, err
     assert "simulates every test image in RTL" in err and "10,000" in err and "hours" in err
     assert "feeds the digits" not in err and not (tmp_path / "demo").exists()
-    code, err = main_here(capsys, "demo", "--act-bits", 32, "--out", tmp_path / "demo")
+    code, _, err = main(capsys, "demo", "--act-bits", 32, "--out", tmp_path / "demo")
     assert code == 2 and "--act-bits 32: the accelerator runs 1..8-bit activations" in err
     assert not (tmp_path / "demo").exists()
 
@@ -251,7 +238,7 @@ def test_train_lts_on_an_idx_folder(tmp_path):
 
 
 def test_train_lts_names_a_missing_dataset(tmp_path, capsys):
-    code, err = main_here(capsys, "train", "--method", "lts", "--data", "idx", "--data-root", tmp_path / "nowhere",
+    code, _, err = main(capsys, "train", "--method", "lts", "--data", "idx", "--data-root", tmp_path / "nowhere",
                           "--quiet", "--out", tmp_path / "lts")
     assert code == 2 and "nowhere" in err and "Traceback" not in err
 
@@ -260,7 +247,7 @@ def test_demo_batch_is_for_the_fully_connected_core_and_engines_for_the_array(tm
     """Each refused before any work: nothing written."""
     for args, said in ((("--batch", 4), "--batch applies to `demo --core fc`"),
                        (("--core", "fc", "--engines", 2), "--engines applies to `demo --core array`")):
-        code, err = main_here(capsys, "demo", *args, "--out", tmp_path / "demo")
+        code, _, err = main(capsys, "demo", *args, "--out", tmp_path / "demo")
         assert code == 2 and said in err and "Traceback" not in err
         assert not (tmp_path / "demo").exists()
 
@@ -455,7 +442,7 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_p
     out = tmp_path / "out"
     (out / taken).mkdir(parents=True)
     image = ["--image", flow / "image"] if argv[0] in ("synth", "eval") else []
-    code, err = main_here(capsys, *argv, *image, "--out", out)
+    code, _, err = main(capsys, *argv, *image, "--out", out)
     assert code == 2 and "Traceback" not in err, err
     assert f"{out / taken}: is not a file;" in err and ".tmp" not in err, err
     assert sorted(p.name for p in out.iterdir()) == [taken]  # refused before the work wrote anything
@@ -470,7 +457,7 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_the_work(flow, tmp_p
 def test_an_empty_path_is_refused_naming_its_option(tmp_path, capsys, argv, flag):
     """An empty value (an unset shell variable) was taken as the current folder, and the message then blamed a
     file in it ('manifest.json: file not found')."""
-    code, err = main_here(capsys, *argv, "--out", tmp_path / "out")
+    code, _, err = main(capsys, *argv, "--out", tmp_path / "out")
     assert code == 2 and f"argument {flag}: an empty path; give a file or folder" in err, err
     assert not (tmp_path / "out").exists()
 

@@ -24,6 +24,7 @@ from model.runs.train_command import (
     resolve,
     train_config,
 )
+from tests.build_main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,11 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def parse(*argv):
     return build.parser().parse_args(["train", *map(str, argv)])
 
-
-def main(capsys, *argv) -> tuple[int, str, str]:
-    code = build.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ------------------------------------------------------------------------------------------ --help

@@ -21,15 +21,11 @@ from model.quant.vertical import to_vertical
 from model.revision import code_revision
 from model.runs.checkpoint import save_checkpoint
 from model.training.loop import evaluate, train
+from tests.build_main import main
 from tests.idx_files import idx_bytes, idx_name, write_idx_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def main(capsys, *argv) -> tuple[int, str, str]:
-    code = build.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

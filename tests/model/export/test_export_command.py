@@ -2,15 +2,9 @@
 
 import torch
 
-import build
 from model.quant.nets import DigitsMLP, build_model
 from model.runs.checkpoint import save_checkpoint
-
-
-def main(capsys, *argv) -> tuple[int, str, str]:
-    code = build.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.build_main import main
 
 
 def test_what_cannot_be_exported_names_the_checkpoint_and_the_layer(capsys, tmp_path):

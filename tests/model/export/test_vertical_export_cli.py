@@ -9,14 +9,10 @@ import pytest
 
 import build
 from model.export.image_v4 import read_vertical_image
+from tests.build_main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def main(capsys, *argv):
-    code = build.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,10 @@ from model.methods.vertical import evaluate_widths
 from model.runs.checkpoint import load_vertical_checkpoint
 from model.runs.train_command import resolve
 from model.runs.validation import carve_validation
+from tests.build_main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def main(capsys, *argv):
-    code = build.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_defaults():
