@@ -116,12 +116,13 @@ class PreparedArray:
 
 
 def prepare_array(vectors: ImageVectors, out: Path, *, engines: int, lanes: int | None = None,
-                  vertical: bool = False) -> PreparedArray:
+                  vertical: bool = False, where: str = "image") -> PreparedArray:
     """The words of the image ``vectors`` were read from (a vertical image's as stored, ``vectors.words``; else
     its network packed as version 3), :func:`~hw.array.sizing.config_for` them with ``engines`` / ``lanes`` /
-    ``vertical``, and the array's Verilog in ``out / "mpq_array.v"``."""
+    ``vertical``, and the array's Verilog in ``out / "mpq_array.v"``; an image the array cannot hold is a
+    :class:`~model.errors.UserError` naming ``where`` (the image's path)."""
     words = np.asarray(pack(vectors.net) if vectors.words is None else vectors.words, dtype=np.int64)
-    config = config_for([words], engines=engines, lanes=lanes, vertical=vertical)
+    config = config_for([words], engines=engines, lanes=lanes, vertical=vertical, names=[where])
     verilog = write_text_atomically(Path(out) / "mpq_array.v", array_verilog(config))
     return PreparedArray(words, config, verilog, Path(out))
 

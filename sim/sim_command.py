@@ -88,8 +88,14 @@ def vertical_widths(args):
     if not bits and row is None:
         return None
     from model.export.golden_vertical import TableRow
-    from model.export.image_v4 import read_vertical_image
+    from model.export.image import read_image
+    from model.export.image_v4 import is_vertical, read_vertical_image
 
+    if not is_vertical(args.image):
+        read_image(Path(args.image))  # (a missing or corrupt image is named as such first)
+        given = f"--bits {bits}" if row is None else f"--table-row {row}"
+        raise UserError(f"{given} applies to a vertical-layered image (format version 4) only; {args.image} is not "
+                        "one (leave the option out: a version 1-3 image runs at its own widths)")
     net, _ = read_vertical_image(Path(args.image))
     if row is None:
         if bits not in net.widths:
@@ -177,7 +183,7 @@ def run_array_sim(args) -> int:
     refuse_taken_outputs(out, ["mpq_array.v", *RUN_FILES], RUN_FOLDERS, what="sim --core array")  # prepare_array's
     vectors = read_vectors(args)
     prepared = prepare_array(vectors, out, engines=args.engines or ARRAY_ENGINES, lanes=args.lanes,
-                             vertical=args.vertical)
+                             vertical=args.vertical, where=str(args.image))
     config = prepared.config
     print(f"the array: {config.engines} engines x {config.lanes} lanes ({config.dsp_lanes} DSP48E1 lanes), "
           f"{args.simulator}{'' if args.no_stall else ', random back-pressure on every stream'}")

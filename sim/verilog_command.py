@@ -108,7 +108,8 @@ def _array(args) -> int:
     refuse_taken_outputs(out, [f"{ARRAY_TOP_NAME}.v", "array_config.json"], what="verilog --core array")
     image = Path(args.image)
     words = array_words(image)  # checked: a corrupt image is named, nothing written
-    config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical)
+    config = config_for([words], engines=args.engines or ARRAY_ENGINES, lanes=args.lanes, vertical=args.vertical,
+                        names=[image])
     refuse_past_the_dsps(config.dsp_lanes, config.engines, config.lanes, "verilog --core array")
     with staged_outputs(out) as stage:  # (one commit: the Verilog and its configuration, or nothing)
         write_text_atomically(stage / f"{ARRAY_TOP_NAME}.v", array_verilog(config))

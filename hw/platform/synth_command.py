@@ -81,7 +81,7 @@ def _array(args, out: Path) -> int:
     # The version 4 path is built when the image needs it (a vertical image's words as stored) or --vertical asks
     # (hw/array/sizing.py config_for).
     config = config_for([array_words(args.image)], engines=args.engines or DEFAULT_ENGINES, lanes=args.lanes,
-                        vertical=args.vertical)
+                        vertical=args.vertical, names=[args.image])
     print(f"synthesising the array ({config.engines} engines x {config.lanes} lanes) whole and by parts (one engine, "
           f"the shell) into {out}: minutes")
     syn = synthesize_array(config, out, progress=True)

@@ -341,12 +341,20 @@ def write_report(
     Raises
     ------
     UserError
-        If no run directory is given, one is not a run, a budget is not positive, or a name the report writes
+        If no run directory is given, one is not a run, one is given twice (its rows would be counted twice), a
+        budget is not positive, or a name the report writes
         is taken by something other than a file (checked before anything is written, so that no half of a
         report is left there).
     """
     if not run_dirs:
         raise UserError("report needs at least one run directory")
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise UserError(f"{d}: the run directory {seen[key]} is given already; allowed each run once (its rows "
+                            "and curve would be counted twice)")
+        seen[key] = str(d)
     for q in budgets:
         if not (isinstance(q, int | float) and math.isfinite(q) and q > 0):
             raise UserError(f"field 'budgets' holds {q!r}; allowed numbers > 0")

@@ -125,6 +125,39 @@ def test_the_options_of_one_core_are_refused_with_the_other(conv_image, tmp_path
     assert text in capsys.readouterr().err and not out.exists()
 
 
+def test_an_image_the_array_cannot_run_is_named_by_its_path(tmp_path, capsys):
+    """A stride-3 conv on the digits' 8 x 8 codes (in the integer contract, not on the array): `verilog`, `synth` and `sim` with --core array
+    refuse it naming the image's path, not "image 0", before writing anything."""
+    from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork
+    from tests.model.export.test_layout_v3 import fc_layer, make_conv
+
+    rng = np.random.default_rng(3)
+    net = IntConvNetwork(4, (1, 8, 8), (ConvStage(make_conv(rng, 1, 2, 3, stride=3, padding=1, width_choices=(0, 4))),
+                                        GlobalSumPool(), FCStage(fc_layer(rng, 2, 3, 4, [0.5, 0.5, 0, 0, 0]), pooled=9)))
+    write_image(tmp_path / "s3", net)
+    for command in ("verilog", "synth", "sim"):
+        out = tmp_path / command
+        assert build.main([command, "--core", "array", "--image", str(tmp_path / "s3"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / 's3'}: layer 0 fields 'stride', 'pool' are 3, 0" in err, (command, err)
+        assert not out.exists(), command
+
+
+def test_bits_or_a_table_row_for_a_version_3_image_names_the_option(conv_image, tmp_path, capsys):
+    """--bits / --table-row choose a vertical-layered image's widths: for a version 3 image the error names the
+    option and the image (it used to name the image's version field alone); a missing image is named as such."""
+    for option in (["--bits", "3"], ["--table-row", "0"]):
+        out = tmp_path / "out"
+        assert build.main(["sim", "--core", "array", *option, "--image", str(conv_image), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{' '.join(option)} applies to a vertical-layered image (format version 4) only; {conv_image}" in err
+        assert not out.exists()
+    assert build.main(["sim", "--core", "array", "--bits", "3", "--image", str(tmp_path / "gone"), "--out",
+                       str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "gone") in err and "applies to" not in err, err
+
+
 def test_verilog_refuses_a_seed_for_an_image_that_records_its_data_set(tmp_path, capsys):
     """--seed chooses the digits split of an image that records none; refused (not ignored) for one that does."""
     from model.data import DataRecord

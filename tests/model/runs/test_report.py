@@ -128,6 +128,16 @@ def test_report_cli(runs, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.png").is_file()
 
 
+def test_a_run_given_twice_is_refused(runs, tmp_path, capsys):
+    """The same run directory twice (as given, or by another spelling of its path): exit 2 naming both, nothing
+    written, instead of a report that counts its rows and curve twice."""
+    for again in (runs[0], runs[0].parent / "." / runs[0].name):
+        code = build.main(["report", str(runs[0]), str(runs[1]), str(again), "--out", str(tmp_path / "rep")])
+        err = capsys.readouterr().err
+        assert code == 2 and f"error: {again}: the run directory {runs[0]} is given already" in err, err
+        assert not (tmp_path / "rep").exists()
+
+
 def test_a_disk_that_fills_up_leaves_no_half_of_a_report(runs, tmp_path, capsys, monkeypatch):
     """The JSON, written last, meets a full disk (ENOSPC, which names no file): exit 2 naming the folder, no
     traceback, and an earlier report there whole (the three files are one commit, model.files.staged_outputs).
