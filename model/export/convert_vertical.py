@@ -57,6 +57,7 @@ from model.quant.vertical import (
     VerticalActQuant,
     VerticalConv2d,
     VerticalLinear,
+    inner_layers,
     vertical_layers,
     widths_of,
 )
@@ -140,6 +141,52 @@ def _record(link, key: tuple[int, ...], widths, row: int = 0) -> VerticalRequant
                            res_mult=res_mult, row=row)
 
 
+def _brief(value) -> str:
+    """``value`` in an error, cut short (a whole table in the wrong place does not fill the terminal)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def checked_eq12(model, table, row_bn) -> tuple[tuple[tuple[int, ...], ...], list | None]:
+    """A checkpoint's Eq. 12 rows (its meta ``eq12_table``: per row one width per inner layer, what
+    :func:`model.methods.vertical.mixed_precision_curve` chose) and their re-estimated BN statistics (``eq12_bn``:
+    None, or per row None or ``{BN name: {"bits", "running_mean", "running_var"}}``), checked against ``model``
+    before anything is converted. Returns the rows as integers and ``row_bn``.
+
+    Raises
+    ------
+    UserError
+        Naming the field (``meta.eq12_table`` row ``r``, ``meta.eq12_bn`` row ``r``), what it holds and what is
+        allowed (the net's inner-layer count and stored widths).
+    """
+    widths, n = widths_of(model), len(inner_layers(model))
+    rows = [] if table is None else table
+    allowed = f"allowed a list of rows of {n} widths (one per inner layer) from the stored {list(widths)}"
+    if not isinstance(rows, list | tuple):
+        raise UserError(f"field 'meta.eq12_table' is {_brief(rows)}; {allowed}")
+    for r, row in enumerate(rows):
+        if not (isinstance(row, list | tuple) and len(row) == n and all(_is_int(b) and b in widths for b in row)):
+            raise UserError(f"field 'meta.eq12_table' row {r} is {_brief(row)}; {allowed}")
+    if row_bn is None:
+        return tuple(tuple(int(b) for b in row) for row in rows), None
+    if not (isinstance(row_bn, list | tuple) and len(row_bn) == len(rows)):
+        raise UserError(f"field 'meta.eq12_bn' is {_brief(row_bn)}; allowed null or a list of {len(rows)} entries, one "
+                        "per row of 'meta.eq12_table'")
+    for r, state in enumerate(row_bn):
+        if state is None:
+            continue
+        if not isinstance(state, dict) or not all(
+                isinstance(name, str) and isinstance(entry, dict) and _is_int(entry.get("bits"))
+                and "running_mean" in entry and "running_var" in entry for name, entry in state.items()):
+            raise UserError(f"field 'meta.eq12_bn' row {r} is {_brief(state)}; allowed null or an object naming "
+                            "per-width BatchNorms, each {'bits': width, 'running_mean': ..., 'running_var': ...}")
+    return tuple(tuple(int(b) for b in row) for row in rows), list(row_bn)
+
+
 def _row_model(model, state: dict):
     """A copy of ``model`` whose BNs in use hold the statistics ``state`` (name of a
     :class:`SwitchableBatchNorm` -> ``{"bits", "running_mean", "running_var"}``, what
@@ -149,14 +196,18 @@ def _row_model(model, state: dict):
     for name, entry in state.items():
         bn = modules.get(name)
         if not isinstance(bn, SwitchableBatchNorm) or int(entry["bits"]) not in bn.widths:
-            raise UserError(f"field 'eq12_bn' names {name!r} at {entry.get('bits')} bits; the model has no such "
-                            "per-width BatchNorm")
+            raise UserError(f"field 'meta.eq12_bn' names {name!r} at {entry.get('bits')} bits; the model has no "
+                            "such per-width BatchNorm")
         target = bn.bns[bn.widths.index(int(entry["bits"]))]
         with torch.no_grad():
             for part in ("running_mean", "running_var"):
-                value = torch.as_tensor(entry[part], dtype=target.running_mean.dtype)
+                try:
+                    value = torch.as_tensor(entry[part], dtype=target.running_mean.dtype)
+                except (TypeError, ValueError, RuntimeError):
+                    raise UserError(f"field 'meta.eq12_bn' {name}.{part} is {_brief(entry[part])}; allowed a list "
+                                    f"of {target.running_mean.numel()} numbers") from None
                 if value.shape != target.running_mean.shape:
-                    raise UserError(f"field 'eq12_bn' {name}.{part} has shape {tuple(value.shape)}; the BN has "
+                    raise UserError(f"field 'meta.eq12_bn' {name}.{part} has shape {tuple(value.shape)}; the BN has "
                                     f"{tuple(target.running_mean.shape)}")
                 getattr(target, part).copy_(value)
     return sampled
@@ -187,9 +238,7 @@ def to_golden_vertical(model, table=(), row_bn=None) -> VerticalNetwork:
     chain = _chain(model)
     if [c[0] for c in chain] != layers:
         raise UserError("the net's layers and its vertical layers differ; cannot export")
-    table = tuple(tuple(int(b) for b in row) for row in table)
-    if row_bn is not None and len(row_bn) != len(table):
-        raise UserError(f"field 'eq12_bn' has {len(row_bn)} rows; the table {len(table)}")
+    table, row_bn = checked_eq12(model, table, row_bn)
     out = []
     for k, link in enumerate(chain):
         layer, _, _, _, pool, q_short, pooled = link
@@ -225,7 +274,7 @@ def to_golden_vertical(model, table=(), row_bn=None) -> VerticalNetwork:
                 name = _name_of(sampled, link[2])
                 entry = state.get(name)
                 if entry is not None and int(entry["bits"]) != bn_bits:
-                    raise UserError(f"field 'eq12_bn' row {r}: {name} was re-estimated at "
+                    raise UserError(f"field 'meta.eq12_bn' row {r}: {name} was re-estimated at "
                                     f"{entry['bits']} bits; the row runs it at {bn_bits}")
                 out[k].row_requant[(r, *key)] = _record(link, key, widths, row=r + 1)
     check_vertical(net)
@@ -247,12 +296,19 @@ def vertical_golden_accuracy(net: VerticalNetwork, model, x: torch.Tensor, y: to
     return float((pred == y.cpu().numpy()).mean())
 
 
-def export_vertical_image(model, out_dir, data=None, table=(), row_bn=None, revisions: dict | None = None) -> dict:
+def export_vertical_image(model, out_dir, data=None, table=(), row_bn=None, revisions: dict | None = None,
+                          where: str = "") -> dict:
     """Convert a vertical ``model`` (:func:`to_golden_vertical`, Eq. 12 rows ``table``) and write its version 4
     image (:func:`model.export.image_v4.write_vertical_image`); ``data`` (a :class:`model.data.DataRecord`)
     goes into the manifest, ``revisions`` (the code revisions of the export and of the training) into its
-    ``extra``. Returns the manifest."""
-    net = to_golden_vertical(model, table, row_bn)
+    ``extra``. A model that cannot be converted is a :class:`UserError` naming ``where`` (its checkpoint) where
+    given. Returns the manifest."""
+    try:
+        net = to_golden_vertical(model, table, row_bn)
+    except UserError as exc:
+        if not where:
+            raise
+        raise UserError(f"{where}: {exc}") from None
     if data is not None and data.input_bits != net.input_bits:
         raise UserError(f"data record {data.to_json()} does not fit the network: {net.input_bits}-bit inputs")
     steps = {name: [float(s) for s in m.steps.detach()] for name, m in model.named_modules()

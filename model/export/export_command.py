@@ -55,9 +55,9 @@ def _export_vertical(args, model, meta: dict, data) -> int:
     recorded, gets the rows with the per-width BN as trained)."""
     from model.export.convert_vertical import export_vertical_image
 
-    table = meta.get("eq12_table") or []
+    table = meta.get("eq12_table")  # (checked with the net: model.export.convert_vertical.checked_eq12)
     manifest = export_vertical_image(model, Path(args.out), data, table, row_bn=meta.get("eq12_bn"),
-                                     revisions=revisions(meta))
+                                     revisions=revisions(meta), where=str(args.checkpoint))
     rows = [("arch", model.config.get("arch", "mlp")), ("format version", manifest["version"]),
             ("widths", ",".join(map(str, manifest["widths"]))), ("Eq. 12 table rows", len(manifest["table"])),
             ("words", manifest["words"]), ("sha256", manifest["sha256"][:16]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -234,6 +235,26 @@ def test_check_vertical_names_the_broken_field(trained):
                                            *net.layers[2:]))
     with pytest.raises(UserError, match="field 'mult'"):
         bad.materialize(2)
+
+
+def test_row_bn_statistics_that_are_not_numbers_are_named():
+    """An Eq. 12 row's re-estimated BN statistics (``row_bn``) that are no list of numbers, or of another length:
+    a UserError naming the field, the BN and what is allowed (``torch.as_tensor`` used to raise from inside)."""
+    torch.manual_seed(1)
+    model = to_vertical(build_model({"arch": "vgg", "image_shape": [1, 8, 8], "n_classes": 10, "act_bits": 4}))
+    x = torch.rand(8, 1, 8, 8)
+    for bits in (2, 3, 4):  # the per-width activation steps initialised
+        set_layer_widths(model, [bits] * len(inner_layers(model)), x[:2])
+        model.train()
+        with torch.no_grad():
+            model(x)
+    model.eval()
+    n, channels = len(inner_layers(model)), model.features[1].bns[0].running_mean.numel()
+    for value, said in (("abc", f"running_mean is 'abc'; allowed a list of {channels} numbers"),
+                        ([0.0] * (channels + 1), f"running_mean has shape ({channels + 1},); the BN has ({channels},)")):
+        state = {"features.1": {"bits": 2, "running_mean": value, "running_var": [1.0] * channels}}
+        with pytest.raises(UserError, match=re.escape(f"field 'meta.eq12_bn' features.1.{said}")):
+            to_golden_vertical(model, table=((2,) * n,), row_bn=[state])
 
 
 def test_export_refuses_float_edges():

@@ -35,6 +35,33 @@ def test_export_writes_a_version_4_image_with_the_eq12_table(exported):
     assert manifest["data"]["name"] == "digits"
 
 
+def test_a_damaged_eq12_table_or_bn_is_named_with_its_checkpoint(capsys, exported, tmp_path):
+    """The checkpoint's meta ``eq12_table`` / ``eq12_bn`` of the wrong type, length or widths: exit 2 naming the
+    checkpoint, the field and what is allowed, nothing written (a string table used to end in a traceback from
+    ``int()``, a bad width to be blamed on ``eq12_bn``). The MLP has no BatchNorm: its rows' entries are empty."""
+    import torch
+
+    saved = torch.load(exported / "run" / "vertical.pt", weights_only=False)
+    table, row_bn = saved["meta"]["eq12_table"], saved["meta"]["eq12_bn"]
+    allowed = f"allowed a list of rows of {len(table[0])} widths (one per inner layer) from the stored [2, 3, 4]"
+    for field, value, said in (
+            ("eq12_table", "x", f"field 'meta.eq12_table' is 'x'; {allowed}"),
+            ("eq12_table", 7, f"field 'meta.eq12_table' is 7; {allowed}"),
+            ("eq12_table", [table[0], [9, *table[1][1:]]], "field 'meta.eq12_table' row 1 is [9, "),
+            ("eq12_table", [[[2], *table[0][1:]]], "field 'meta.eq12_table' row 0 is [[2], "),
+            ("eq12_table", [table[0][:-1]], f"field 'meta.eq12_table' row 0 is {table[0][:-1]}; {allowed}"),
+            ("eq12_bn", 7, "field 'meta.eq12_bn' is 7; allowed null or a list of 2 entries"),
+            ("eq12_bn", row_bn[:1], "field 'meta.eq12_bn' is [{"),
+            ("eq12_bn", [{"x": 1}, None], "field 'meta.eq12_bn' row 0 is {'x': 1}; allowed null or an object"),
+            ("eq12_bn", [{"fc9": {"bits": 2, "running_mean": [0.0], "running_var": [1.0]}}, None],
+             "field 'meta.eq12_bn' names 'fc9' at 2 bits; the model has no such per-width BatchNorm")):
+        path = tmp_path / f"{field}.pt"
+        torch.save({**saved, "meta": {**saved["meta"], field: value}}, path)
+        code, _, err = main(capsys, "export", "--checkpoint", path, "--out", tmp_path / "image")
+        assert code == 2 and err.startswith(f"error: {path}: {said}"), err
+        assert not (tmp_path / "image").exists()
+
+
 def test_eval_image_reports_each_width_and_matches_the_checkpoint(capsys, exported):
     code, out, err = main(capsys, "eval", "--image", exported / "image", "--out", exported / "eval")
     assert code == 0, err
