@@ -330,6 +330,12 @@ def unpack_vertical(words: np.ndarray, where: str = "image") -> VerticalNetwork:
                 f"allowed widths {list(widths)} per inner layer, 0 in the padding bytes")
     in_shape = (header["in_channels"], header["in_height"], header["in_width"])
     conv_net = layers[0].kind == "conv"
+    if not conv_net:  # (an MLP's input is its first layer's fan-in as C x 1 x 1, as pack_vertical writes it and the
+        # array reads it: its controller takes the header's shape for layer 0's input map; a conv net's is checked
+        # against its layers below)
+        for field, expected in zip(("in_channels", "in_height", "in_width"), (_geometry(layers[0])[0], 1, 1)):
+            _expect(where, field, HEADER[field].word, header[field], header[field] == expected,
+                    f"expected {expected} (a fully connected network's input: its first layer's fan-in x 1 x 1)")
     net = VerticalNetwork(input_bits=header["input_bits"], image_shape=in_shape if conv_net else None,
                           widths=widths, layers=tuple(layers),
                           table=tuple(tuple(int(x) for x in table[r, :inner]) for r in range(rows)))

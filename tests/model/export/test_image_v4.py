@@ -253,6 +253,10 @@ def test_reader_errors_name_the_field():
          "field 'layer 1 weight_base'"),
         (_corrupt(words, len(words) - 1, int(words[-1]) | 0x7), "field 'table row"),
         (words[:-1], "field 'words'"),
+        # an MLP's input shape, which its reader used to ignore (the array takes layer 0's input map from it)
+        (_corrupt(words, 5, 0), "field 'in_channels' .* is 0; expected 12"),
+        (_corrupt(words, 5, 12 | 2 << 16), "field 'in_height' .* is 2; expected 1"),
+        (_corrupt(words, 6, 0), "field 'in_width' .* is 0; expected 1"),
     ]
     for bad, message in cases:
         with pytest.raises(UserError, match=message):
