@@ -11,7 +11,7 @@ from model.data import load_dataset
 from model.errors import UserError
 from model.export import golden_net
 from model.export.convert import input_codes, to_golden
-from model.export.golden import ACC_SHIFT, WIDTHS, IntLinear, R, requantize
+from model.export.golden import ACC_SHIFT, SCORE_FRAC_BITS, WIDTHS, IntLinear, R, layer_forward, requantize
 from model.export.golden_conv import ACT_SUM_BOUND, IntConv2d, conv_forward, global_sum_pool
 from model.export.golden_net import (
     ConvStage,
@@ -57,6 +57,22 @@ def fashion():
     return load_dataset("fashion-mnist", train_subset=3000, test_subset=2000)
 
 
+def block_levels(model: SmallVGG, x: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """Per ``conv -> BN -> PACT -> max-pool`` block of the float model (eval mode): the value its PACT rounds
+    (``clamp(z, 0, alpha) s / alpha``, before the max-pool, float64 of the float32) and its pooled codes."""
+    mods = list(model.features)
+    out = []
+    with torch.no_grad():
+        h = model.input_quant(x.reshape(x.shape[0], *model.image_shape))
+        for i in range(0, len(mods), 4):
+            conv, bn, act, pool = mods[i:i + 4]
+            z = bn(conv(h))
+            level = act._clip(z) * act.levels / act.alpha  # (what act.to_codes rounds)
+            out.append((level.double().numpy(), pool(act.to_codes(z).double()).to(torch.int64)))
+            h = pool(act(z))
+    return out
+
+
 def test_vgg_golden_accuracy_matches_fake_quant(fashion):
     """Acceptance: a SmallVGG with a random element-wise mask, trained briefly; golden within 0.5 pp of fake-quant."""
     torch.manual_seed(0)
@@ -76,20 +92,26 @@ def test_vgg_golden_accuracy_matches_fake_quant(fashion):
     print(f"fake-quant {fq:.4f}, golden {golden:.4f}")
     assert fq > 0.6
     assert abs(golden - fq) <= 0.005
-    # Each block's codes agree with the float model's: differences only where the float value sits on a
-    # rounding boundary (float32 BN vs the exact fixed-point requant), at most one step.
+    # Each block's codes agree with the float model's (from the float model's codes of the block before: no error
+    # carried over), at most one step apart and only where the float value sits within 2e-4 of a half step: the
+    # float32 BN against the exact fixed-point requant, whose 17-bit multiplier errs by at most 2^-17 relative
+    # (1.2e-4 at code 15), its bias by less. (Where trained values land is the CPU's float arithmetic: on an AMD
+    # EPYC (AVX2) on 2026-12-07 a whole channel of the second block sat at 1.500006, off by one in 2 % of its
+    # pixels, so a share of differing codes is no bound to test.)
     u = input_codes(model, fashion.x_test).numpy()
-    for stage, ref in zip(net.stages, block_codes(model, fashion.x_test)):
-        u = conv_forward(stage.conv, u)
-        u = u.reshape(*u.shape[:2], u.shape[2] // 2, 2, u.shape[3] // 2, 2).max(axis=(3, 5))
-        diff = np.abs(u - ref.numpy())
-        assert diff.max() <= 1 and (diff != 0).mean() < 2e-3
-        u = ref.numpy()  # the next block from the float model's codes: no error carried over
-    # The scores themselves are the float logits to within the score resolution, mostly.
+    blocks = block_levels(model, fashion.x_test)
+    for stage, (level, ref) in zip(net.stages, blocks):
+        codes = conv_forward(stage.conv, u)  # (before the max-pool, where the rounding is)
+        off = codes != np.round(level)
+        assert np.abs(codes - np.round(level)).max() <= 1
+        assert (np.abs(level[off] - np.floor(level[off]) - 0.5) < 2e-4).all()
+        u = ref.numpy()
+    # The scores of the float model's last codes are the float logits to within the score resolution, mostly.
+    (fc,) = net.stages[len(blocks):]  # (SmallVGG: the blocks, then its FC on the flattened codes)
+    u = layer_forward(fc.layer, u.reshape(len(u), -1))
     with torch.no_grad():
         logits = model(fashion.x_test).double().numpy()
-    scores = raw / 256
-    err = np.abs(logits - scores)
+    err = np.abs(logits - u / 2**SCORE_FRAC_BITS)
     assert np.median(err) < 0.01 and np.quantile(err, 0.99) < 0.2
 
 
