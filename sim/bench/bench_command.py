@@ -298,6 +298,7 @@ def bench_accel(args, out: Path) -> int:
     """bench conv's ResNet-20 ticket, dense32 and qnn4 at PACT-4 and PACT-8 on one RTL build of the array
     (sim/bench/accel.py; about 10 min on 2 cores at the default 4 x 42 lanes with bench conv's outputs there, bounded
     to 45)."""
+    from hw.platform.synth import refuse_past_the_dsps
     from sim.bench.accel import (
         BUDGET_MINUTES,
         DEFAULT_ENGINES,
@@ -316,6 +317,9 @@ def bench_accel(args, out: Path) -> int:
     for flag, value, top in (("--engines", engines, 64), ("--lanes", lanes, 64), ("--images", images, 10_000)):
         if not 1 <= value <= top:
             raise UserError(f"{flag} is {value}; allowed 1 to {top}")
+    # The bench's rows are the XC7Z020's: an array past its DSP48E1 is refused before the ticket trains (as
+    # `verilog` and `system` refuse it; `synth --core array` takes one, to report how far past the chip it is).
+    refuse_past_the_dsps(engines * lanes, engines, lanes, "bench accel")
     minutes = BUDGET_MINUTES if args.minutes is None else args.minutes
     if not 0 < minutes <= 24 * 60:
         raise UserError(f"--minutes is {minutes:g}; allowed more than 0, up to 1440")

@@ -370,6 +370,7 @@ def test_command_writes_rows_plot_and_floors(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(("args", "message"), [
     (["accel", "--lanes", "0"], "--lanes is 0; allowed 1 to 64"),
     (["accel", "--images", "0"], "--images is 0"),
+    (["accel", "--engines", "6", "--lanes", "40"], "bench accel: --engines 6 --lanes 40 is 240 DSP48E1 lanes, past"),
     (["fuzz", "--engines", "4"], "--engines applies to `bench accel` only"),
     (["accel", "--layers", "10"], "--layers applies to `bench fuzz` only, not `bench accel`"),
     (["fuzz", "--layers", "0"], "--layers is 0; allowed 1 to 1,000,000"),
