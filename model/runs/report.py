@@ -342,9 +342,8 @@ def write_report(
     ------
     UserError
         If no run directory is given, one is not a run, one is given twice (its rows would be counted twice), a
-        budget is not positive, or a name the report writes
-        is taken by something other than a file (checked before anything is written, so that no half of a
-        report is left there).
+        budget is not positive, or a name the report writes is taken by something other than a file (checked
+        before anything is written, so that no half of a report is left there).
     """
     if not run_dirs:
         raise UserError("report needs at least one run directory")

@@ -126,14 +126,15 @@ def test_the_options_of_one_core_are_refused_with_the_other(conv_image, tmp_path
 
 
 def test_an_image_the_array_cannot_run_is_named_by_its_path(tmp_path, capsys):
-    """A stride-3 conv on the digits' 8 x 8 codes (in the integer contract, not on the array): `verilog`, `synth` and `sim` with --core array
-    refuse it naming the image's path, not "image 0", before writing anything."""
+    """A stride-3 conv on the digits' 8 x 8 codes (in the integer contract, not on the array): `verilog`, `synth`
+    and `sim` with --core array refuse it naming the image's path, not "image 0", before writing anything."""
     from model.export.golden_net import ConvStage, FCStage, GlobalSumPool, IntConvNetwork
     from tests.model.export.test_layout_v3 import fc_layer, make_conv
 
     rng = np.random.default_rng(3)
-    net = IntConvNetwork(4, (1, 8, 8), (ConvStage(make_conv(rng, 1, 2, 3, stride=3, padding=1, width_choices=(0, 4))),
-                                        GlobalSumPool(), FCStage(fc_layer(rng, 2, 3, 4, [0.5, 0.5, 0, 0, 0]), pooled=9)))
+    stem = ConvStage(make_conv(rng, 1, 2, 3, stride=3, padding=1, width_choices=(0, 4)))
+    fc = FCStage(fc_layer(rng, 2, 3, 4, [0.5, 0.5, 0, 0, 0]), pooled=9)
+    net = IntConvNetwork(4, (1, 8, 8), (stem, GlobalSumPool(), fc))
     write_image(tmp_path / "s3", net)
     for command in ("verilog", "synth", "sim"):
         out = tmp_path / command

@@ -40,16 +40,7 @@ def random_mask(model, seed: int) -> None:
 
 def block_codes(model: SmallVGG, x: torch.Tensor) -> list[torch.Tensor]:
     """The float model's codes after each ``conv -> BN -> PACT -> max-pool`` block (eval mode)."""
-    mods = list(model.features)
-    out = []
-    with torch.no_grad():
-        h = model.input_quant(x.reshape(x.shape[0], *model.image_shape))
-        for i in range(0, len(mods), 4):
-            conv, bn, act, pool = mods[i:i + 4]
-            z = bn(conv(h))
-            out.append(pool(act.to_codes(z).double()).to(torch.int64))
-            h = pool(act(z))
-    return out
+    return [codes for _, codes in block_levels(model, x)]
 
 
 @pytest.fixture(scope="module")

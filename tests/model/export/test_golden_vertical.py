@@ -250,8 +250,9 @@ def test_row_bn_statistics_that_are_not_numbers_are_named():
             model(x)
     model.eval()
     n, channels = len(inner_layers(model)), model.features[1].bns[0].running_mean.numel()
+    longer = f"running_mean has shape ({channels + 1},); the BN has ({channels},)"
     for value, said in (("abc", f"running_mean is 'abc'; allowed a list of {channels} numbers"),
-                        ([0.0] * (channels + 1), f"running_mean has shape ({channels + 1},); the BN has ({channels},)")):
+                        ([0.0] * (channels + 1), longer)):
         state = {"features.1": {"bits": 2, "running_mean": value, "running_var": [1.0] * channels}}
         with pytest.raises(UserError, match=re.escape(f"field 'meta.eq12_bn' features.1.{said}")):
             to_golden_vertical(model, table=((2,) * n,), row_bn=[state])
