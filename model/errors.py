@@ -4,8 +4,19 @@
 does the same for an :class:`OSError` that names a file (a path the system refuses: a folder where a file is
 written, no permission, a full disk), printing the file and the system's reason; a :class:`ToolError` (an
 external tool failed) is printed with exit status 1; anything else that escapes is a bug in mpqaccel and keeps
-its traceback.
+its traceback. :func:`shown` spells a bad value in such a message.
 """
+
+
+def shown(value, limit: int = 80) -> str:
+    """``value`` as an error spells it: as a JSON file does for ``null``, ``true`` and ``false``, else as Python does
+    (``'x'``, ``[4]``); cut to ``limit`` characters, so that a whole table in the wrong place does not fill the
+    terminal."""
+    if value is None or isinstance(value, bool):
+        text = {None: "null", True: "true", False: "false"}[value]
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class UserError(Exception):

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.errors import UserError
+from model.errors import UserError, shown
 from model.files import refuse_non_file, staged_outputs
 from model.methods.imq import IterationRecord, best_of, best_within, select_ticket, selection_split
 from model.methods.schedules import METHODS
@@ -107,13 +107,6 @@ def load_summary(run_dir: str | os.PathLike) -> RunSummary:
     return RunSummary(run_dir, config, history, float_accuracy, float_model, finished)
 
 
-def _shown(value) -> str:
-    """``value`` as the JSON file spells it (``null``, ``true``), else as Python does (``'x'``, ``[4]``); cut
-    short, so that a whole history in the wrong place does not fill the terminal."""
-    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)  # JSON's true is no accuracy
 
@@ -143,7 +136,7 @@ def _check_history(data, path: Path) -> tuple[list[IterationRecord], float | Non
     (the training loop writes the file after each iteration, so a history without records is malformed too)."""
     where = f"{path}: malformed run history"
     if not isinstance(data, dict):
-        kind = "an array" if isinstance(data, list) else _shown(data)
+        kind = "an array" if isinstance(data, list) else shown(data)
         raise UserError(f"{where}: the file holds {kind}; expected a JSON object with 'history' and 'finished' (what "
                         "`train` writes)")
     checks = (("history", lambda v: isinstance(v, list) and v, "allowed a non-empty list of iteration records"),
@@ -155,11 +148,11 @@ def _check_history(data, path: Path) -> tuple[list[IterationRecord], float | Non
         if field in ("history", "finished") and field not in data:
             raise UserError(f"{where}: field {field!r} is missing; {allowed}")
         if not ok(data.get(field)):
-            raise UserError(f"{where}: field {field!r} is {_shown(data.get(field))}; {allowed}")
+            raise UserError(f"{where}: field {field!r} is {shown(data.get(field))}; {allowed}")
     history = []
     for i, record in enumerate(data["history"]):
         if not isinstance(record, dict):
-            raise UserError(f"{where}: history[{i}]: an iteration record is {_shown(record)}; expected an object "
+            raise UserError(f"{where}: history[{i}]: an iteration record is {shown(record)}; expected an object "
                             f"with {', '.join(map(repr, _RECORD_FIELDS))}")
         for field, (optional, allowed) in _RECORD_FIELDS.items():
             if optional and record.get(field) is None:
@@ -167,7 +160,7 @@ def _check_history(data, path: Path) -> tuple[list[IterationRecord], float | Non
             if field not in record:
                 raise UserError(f"{where}: history[{i}]: field {field!r} is missing; {allowed}")
             if not _field_ok(field, record[field]):
-                raise UserError(f"{where}: history[{i}]: field {field!r} is {_shown(record[field])}; {allowed}")
+                raise UserError(f"{where}: history[{i}]: field {field!r} is {shown(record[field])}; {allowed}")
         try:
             history.append(record_from_json(record))
         except ValueError as exc:  # a value out of its range: the message names the field and the range
