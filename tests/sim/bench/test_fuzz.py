@@ -98,7 +98,7 @@ def test_the_runs_mismatches_lost_images_and_deadlocks_reach_the_result_and_fail
     own): run 0 returns one wrong score, run 1 one image short and timed out, run 2 an error status with the
     right scores, run 3 one image's reads one word over the model's; each is counted and each fails its floor.
     The runs take the two builds in turn, and each build's record holds its own runs' counts. Chunks of 10
-    networks, not the bench's 150: the same bookkeeping, a fifteenth of the drawing (67 s of it here before)."""
+    networks, not the bench's 150: the same bookkeeping, a fifteenth of the drawing (40-67 s before)."""
     calls, built = [], []
 
     def fake(vpath, cases, **kwargs):
