@@ -7,15 +7,14 @@ external tool failed) is printed with exit status 1; anything else that escapes 
 its traceback. :func:`shown` spells a bad value in such a message.
 """
 
+import json
+
 
 def shown(value, limit: int = 80) -> str:
     """``value`` as an error spells it: as a JSON file does for ``null``, ``true`` and ``false``, else as Python does
     (``'x'``, ``[4]``); cut to ``limit`` characters, so that a whole table in the wrong place does not fill the
     terminal."""
-    if value is None or isinstance(value, bool):
-        text = {None: "null", True: "true", False: "false"}[value]
-    else:
-        text = repr(value)
+    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

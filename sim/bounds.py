@@ -10,8 +10,6 @@ bound: every DSP48E1 of the XC7Z020 busy every cycle, at the lanes' or the packi
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from hw.dsp.packing import plan
@@ -129,14 +127,9 @@ def mac_weighted_bits(net: IntConvNetwork | IntNetwork) -> float:
 DSP_PACKINGS = ("lanes", "planner")
 
 
-@functools.cache
 def class_macs_per_dsp_cycle(class_bits: int, act_bits: int, packing: str = "lanes") -> float:
     """MACs a DSP48E1 does a cycle for a ``class_bits``-bit weight at ``act_bits``-bit activations, as ``packing``
-    (:data:`DSP_PACKINGS`) multiplies it.
-
-    Kept per argument triple: the planner's search takes 24 ms a call, and :func:`dsp_bound_cycles` asks for
-    the same few rates for every layer of every network (27 s of one ``bench accel`` test before).
-    """
+    (:data:`DSP_PACKINGS`) multiplies it."""
     if packing == "lanes":
         return SLOTS / entry_lane_cycles(class_bits, act_bits)
     if packing == "planner":

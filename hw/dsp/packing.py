@@ -30,6 +30,7 @@ guard bits (fewer drains; a drain costs no cycle, only toggles the LUT accumulat
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -134,8 +135,12 @@ def _fits(n_a: int, x_bits: int, n_b: int, y_bits: int, slot: int) -> bool:
     return top_a <= A_BITS and top_b <= B_BITS and (n_a * n_b - 1) * slot + x_bits + y_bits <= P_BITS
 
 
+@functools.cache
 def plan(weight_bits: int, act_bits: int, *, weights: int | None = None) -> PackingPlan:
     """The densest exact packing for a weight/activation width pair.
+
+    Kept per argument set (the plan is frozen): the search takes about 24 ms, and a bound such as
+    :func:`sim.bounds.dsp_bound_cycles` asks for the same few rates on every layer of every network.
 
     Parameters
     ----------

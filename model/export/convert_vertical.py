@@ -141,6 +141,10 @@ def _record(link, key: tuple[int, ...], widths, row: int = 0) -> VerticalRequant
                            res_mult=res_mult, row=row)
 
 
+#: Characters of a bad Eq. 12 value an error shows (:func:`model.errors.shown`).
+_CUT = 60
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
@@ -161,14 +165,14 @@ def checked_eq12(model, table, row_bn) -> tuple[tuple[tuple[int, ...], ...], lis
     rows = [] if table is None else table
     allowed = f"allowed a list of rows of {n} widths (one per inner layer) from the stored {list(widths)}"
     if not isinstance(rows, list | tuple):
-        raise UserError(f"field 'meta.eq12_table' is {shown(rows, 60)}; {allowed}")
+        raise UserError(f"field 'meta.eq12_table' is {shown(rows, _CUT)}; {allowed}")
     for r, row in enumerate(rows):
         if not (isinstance(row, list | tuple) and len(row) == n and all(_is_int(b) and b in widths for b in row)):
-            raise UserError(f"field 'meta.eq12_table' row {r} is {shown(row, 60)}; {allowed}")
+            raise UserError(f"field 'meta.eq12_table' row {r} is {shown(row, _CUT)}; {allowed}")
     if row_bn is None:
         return tuple(tuple(int(b) for b in row) for row in rows), None
     if not (isinstance(row_bn, list | tuple) and len(row_bn) == len(rows)):
-        raise UserError(f"field 'meta.eq12_bn' is {shown(row_bn, 60)}; allowed null or a list of {len(rows)} "
+        raise UserError(f"field 'meta.eq12_bn' is {shown(row_bn, _CUT)}; allowed null or a list of {len(rows)} "
                         "entries, one per row of 'meta.eq12_table'")
     for r, state in enumerate(row_bn):
         if state is None:
@@ -176,7 +180,7 @@ def checked_eq12(model, table, row_bn) -> tuple[tuple[tuple[int, ...], ...], lis
         if not isinstance(state, dict) or not all(
                 isinstance(name, str) and isinstance(entry, dict) and _is_int(entry.get("bits"))
                 and "running_mean" in entry and "running_var" in entry for name, entry in state.items()):
-            raise UserError(f"field 'meta.eq12_bn' row {r} is {shown(state, 60)}; allowed null or an object naming "
+            raise UserError(f"field 'meta.eq12_bn' row {r} is {shown(state, _CUT)}; allowed null or an object naming "
                             "per-width BatchNorms, each {'bits': width, 'running_mean': ..., 'running_var': ...}")
     return tuple(tuple(int(b) for b in row) for row in rows), list(row_bn)
 
@@ -198,7 +202,7 @@ def _row_model(model, state: dict):
                 try:
                     value = torch.as_tensor(entry[part], dtype=target.running_mean.dtype)
                 except (TypeError, ValueError, RuntimeError):
-                    raise UserError(f"field 'meta.eq12_bn' {name}.{part} is {shown(entry[part], 60)}; allowed a list "
+                    raise UserError(f"field 'meta.eq12_bn' {name}.{part} is {shown(entry[part], _CUT)}; allowed a list "
                                     f"of {target.running_mean.numel()} numbers") from None
                 if value.shape != target.running_mean.shape:
                     raise UserError(f"field 'meta.eq12_bn' {name}.{part} has shape {tuple(value.shape)}; the BN has "
