@@ -30,8 +30,12 @@ per image for the golden model), so:
   weights of convolutional layers"; :func:`model.methods.imq.schedule_layers`), and an iteration's average bits
   are those of its conv weights (the paper's axis; the row's ``avg_weight_bits`` is the image's, every weight,
   and ``ticket_conv_avg_bits`` the ticket's conv weights);
-* the ticket: the iteration of at most :data:`TICKET_BITS` average bits with the best *validation* accuracy
-  (:func:`model.methods.imq.best_within`); the narrowest iteration if none is that narrow (``ticket_rule``);
+* the ticket: the iteration of at most :data:`TICKET_BITS` average bits and an image of at most
+  :data:`TICKET_MAX_IMAGE_WORDS` words with the best *validation* accuracy (:func:`model.methods.imq.best_within`);
+  the narrowest iteration if none is that narrow and that small (``ticket_rule``). The size limit is the block RAM
+  that ``bench accel``'s array leaves its global buffer on the XC7Z020: which iteration the validation picks
+  depends on the CPU that trained the run (its float kernels), and on another CPU it picked one too large for the
+  chip (:data:`TICKET_MAX_IMAGE_WORDS`);
 * BMPQ: the first 12,000 training images, 6 epochs of SGD (ILP after epochs 2 and 4), target compression 10x. It
   selects nothing (the last epoch's model is the result), so it holds no validation images out.
 
@@ -82,7 +86,7 @@ from model.data import FASHION_MNIST_ROOT, DataRecord, check_idx_image_shape, lo
 from model.export.convert import GOLDEN_BATCH, golden_accuracy, to_golden
 from model.export.golden import WIDTHS
 from model.export.golden_net import mac_counts
-from model.export.image import write_image
+from model.export.image import pack, write_image
 from model.files import save_figure, write_json
 from model.methods.bmpq import BMPQConfig, train_bmpq
 from model.methods.imq import IterationRecord, best_within
@@ -118,11 +122,22 @@ SMOKE_IMQ: dict = {"train_subset": 600, "val_size": 100, "test_subset": 300, "ep
 SMOKE_BMPQ: dict = {"train_subset": 600, "test_subset": 300, "epochs": 2, "warmup": 1, "interval": 1}
 #: The ticket's width cap (average bits), as ``bench imq``'s.
 TICKET_BITS = 4.0
+#: The ticket's size cap: the words of an image that ``bench accel``'s 4 x 42 array holds on the XC7Z020. The
+#: global buffer holds the whole image in 1,024-word RAMB36 columns (:func:`hw.array.sizing.config_for`); the
+#: array's patch (76), feature maps (21-25) and engines (6) take 103-107 of the chip's 140, and a ticket of 32
+#: columns has measured 139 in every ``bench accel`` synthesis (``docs/array_design.md``, "Block RAM"), where one
+#: of 42 (a 3.56-bit ticket, 42,888 words) took 145. On 2026-12-08 another machine (an AMD EPYC whose torch runs
+#: AVX2 kernels; the runs before had a faster one) trained the same run, on the same two threads, to a validation
+#: pick of 43,445 words, so the cap is part of the rule rather than left to the CPU (``docs/array_design.md``,
+#: "The ticket on another CPU").
+TICKET_MAX_IMAGE_WORDS = 32 * 1024
 #: torch's intra-op threads while an IMQ run trains (restored afterwards). Pinned because the float reductions'
 #: order, and so the trained weights, depend on it, and the ticket with them: on one thread the validation picked a
 #: 3.56-bit ResNet-20 ticket (42,888 words, whose global buffer needs 145 RAMB36, more than the XC7Z020 has) where
 #: on two (CI's machine) it picks the 2.35-bit one; a run directory records the thread count
-#: (:mod:`model.runs.provenance`), so a run of another machine is refused rather than resumed.
+#: (:mod:`model.runs.provenance`), so a run of another machine is refused rather than resumed. The thread count
+#: does not pin the CPU's float kernels: on another CPU two threads gave a 3.56-bit pick too
+#: (:data:`TICKET_MAX_IMAGE_WORDS`).
 IMQ_THREADS = 2
 #: The floors: golden vs fake-quant (pp), the ResNet-20 ticket's metadata per weight, the wall-time budget (s).
 MAX_GAP_PP = 0.5
@@ -155,14 +170,37 @@ def check_bench_images(root, budget: BenchBudget) -> None:
                           f"{len(budget.channels)} blocks, a 2x2 max-pool each)", sides=(smallest, MAX_IMAGE_SIDE))
 
 
-def pick_ticket(history: list[IterationRecord]) -> tuple[IterationRecord, str]:
-    """The bench's ticket and the rule that chose it (module docstring): ``"best validation <= 4 bits"``
-    (:func:`model.methods.imq.best_within`, ranking by validation accuracy when the run has it), else
-    ``"narrowest"``."""
-    best = best_within(history, TICKET_BITS)
+def pick_ticket(history: list[IterationRecord], image_words: dict[int, int] | None = None
+                ) -> tuple[IterationRecord, str]:
+    """The bench's ticket and the rule that chose it (module docstring): ``"best validation <= 4 bits, <= 32768
+    words"`` (:func:`model.methods.imq.best_within`, ranking by validation accuracy when the run has it), else
+    ``"narrowest"``.
+
+    ``image_words``: iteration -> the words of its image, for every iteration of at most :data:`TICKET_BITS`
+    (:func:`candidate_image_words`); ``None`` leaves the size out of the rule (``"best validation <= 4 bits"``).
+    """
+    within = [r for r in history if r.avg_bits <= TICKET_BITS]
+    rule = f"best validation <= {TICKET_BITS:g} bits"
+    if image_words is not None:
+        within = [r for r in within if image_words[r.iteration] <= TICKET_MAX_IMAGE_WORDS]
+        rule += f", <= {TICKET_MAX_IMAGE_WORDS} words"
+    best = best_within(within, TICKET_BITS)
     if best is not None:
-        return best, f"best validation <= {TICKET_BITS:g} bits"
+        return best, rule
     return min(history, key=lambda r: (r.avg_bits, r.iteration)), "narrowest"
+
+
+def candidate_image_words(run_dir: Path, history: list[IterationRecord]) -> dict[int, int]:
+    """iteration -> the words of its packed image (:func:`model.export.image.pack` of its golden model), for
+    each iteration of ``run_dir`` of at most :data:`TICKET_BITS` average bits (ResNet-20: three exports, a few
+    seconds each)."""
+    sizes = {}
+    for r in history:
+        if r.avg_bits <= TICKET_BITS:
+            model = load_iteration(run_dir, r.iteration)
+            model.eval()
+            sizes[r.iteration] = len(pack(to_golden(model)))
+    return sizes
 
 
 def _golden_accuracy(net, model, x: torch.Tensor, y: torch.Tensor, label: str, progress: bool) -> float:
@@ -232,7 +270,8 @@ def run_imq_row(arch: str, config, runs_dir: Path, image_root: Path, progress: b
     t0 = time.time()
     with torch_threads(IMQ_THREADS):
         result = run(config, runs_dir / f"{arch}_imq", progress=progress, restart=restart)
-    ticket, rule = pick_ticket(result.history)
+    sizes = candidate_image_words(runs_dir / f"{arch}_imq", result.history)
+    ticket, rule = pick_ticket(result.history, sizes)
     model = load_iteration(runs_dir / f"{arch}_imq", ticket.iteration)
     split = result.split
     train_seconds = time.time() - t0
@@ -242,6 +281,7 @@ def run_imq_row(arch: str, config, runs_dir: Path, image_root: Path, progress: b
                       data=_test_record(config, split, model), progress=progress,
                       ticket_iteration=ticket.iteration, ticket_rule=rule, ticket_val_accuracy=ticket.val_accuracy,
                       ticket_conv_avg_bits=ticket.avg_bits,
+                      candidate_image_words={str(k): v for k, v in sizes.items()},
                       history=history_json(result.history),
                       train_images=int(split.x_train.shape[0]), val_images=(result.validation or {}).get("size"),
                       epochs=config.epochs, iterations=config.iterations, rho=config.rho, act_bits=config.act_bits,
@@ -353,7 +393,8 @@ def run_conv_bench(
                                                                "epochs", "rho", "iterations", "act_bits",
                                                                "batch_size", "lr", "seed", "data_root")}
                            for arch, c in configs.items()},
-                   "bmpq": dataclasses.asdict(budget), "ticket_bits": TICKET_BITS},
+                   "bmpq": dataclasses.asdict(budget), "ticket_bits": TICKET_BITS,
+                   "ticket_max_image_words": TICKET_MAX_IMAGE_WORDS},
         "validation": validation, "wall_seconds": wall,
         "network_seconds": {f"{r['arch']}_{r['method']}": r["seconds"] for r in rows},
         "resumed": bool(resumed), "resumed_runs": resumed, "torch_threads": torch.get_num_threads(),

@@ -13,9 +13,11 @@ from model.data import DataRecord, load_dataset
 from model.errors import UserError
 from model.export.convert import to_golden
 from model.export.golden_net import mac_counts
+from model.export.image import write_image
 from model.methods.imq import IterationRecord, imq_update
 from model.quant.bmpq import to_bmpq
 from model.quant.nets import SmallVGG
+from model.runs.rundir import load_iteration, make_run_config, run
 from model.training.loop import train
 from tests.idx_files import write_idx_folder
 
@@ -91,6 +93,36 @@ def test_ticket_is_the_best_validation_accuracy_within_4_bits():
     assert ticket.iteration == 1 and "validation" in rule  # iteration 2's better *test* accuracy does not count
     ticket, rule = pick_ticket(history[:1] + [IterationRecord(1, 6.0, 0.9, {}, 0.9)])
     assert ticket.iteration == 1 and rule == "narrowest"
+
+
+def test_a_ticket_past_the_chips_block_ram_is_passed_over():
+    """The size cap leaves out the iterations whose image ``bench accel``'s array cannot hold on the XC7Z020 (the
+    validation's pick on another CPU, 2026-12-08); the rest of the rule is as before."""
+    cap = conv.TICKET_MAX_IMAGE_WORDS
+    history = [IterationRecord(0, 32.0, 0.90, {}, 0.91), IterationRecord(1, 3.6, 0.88, {}, 0.90),
+               IterationRecord(2, 2.4, 0.85, {}, 0.86), IterationRecord(3, 1.7, 0.87, {}, 0.86)]
+    ticket, rule = pick_ticket(history, {1: cap + 1, 2: cap, 3: cap - 8000})
+    assert ticket.iteration == 2 and rule == f"best validation <= 4 bits, <= {cap} words"  # the tie: the earlier
+    assert pick_ticket(history, {1: cap, 2: cap, 3: cap})[0].iteration == 1
+    assert pick_ticket(history) == (history[1], "best validation <= 4 bits")  # no sizes: no cap
+    assert pick_ticket(history, {1: cap + 1, 2: cap + 1, 3: cap + 1}) == (history[3], "narrowest")
+
+
+def test_candidate_image_words_are_the_images_of_the_iterations_within_4_bits(tmp_path):
+    """A tiny IMQ run (the digits MLP, 8 iterations at rho 0.8: 32 bits down to about 1.6) on disk: a size for each
+    iteration of at most 4 bits, that of the image ``write_image`` writes of it."""
+    config = make_run_config("imq", train_subset=200, test_subset=100, hidden=(8,), epochs=1, batch_size=32,
+                             lr=0.01, iterations=8, rho=0.8, seed=1)
+    result = run(config, tmp_path / "run", progress=False)
+    sizes = conv.candidate_image_words(tmp_path / "run", result.history)
+    assert sorted(sizes) == [r.iteration for r in result.history if r.avg_bits <= conv.TICKET_BITS] != []
+    assert len(sizes) < len(result.history)
+    for iteration, words in sizes.items():
+        model = load_iteration(tmp_path / "run", iteration)
+        model.eval()
+        manifest = write_image(tmp_path / f"img{iteration}", to_golden(model))
+        assert words * 4 == manifest["memory"]["image_bytes"] == (tmp_path / f"img{iteration}" / "weights.bin"
+                                                                   ).stat().st_size
 
 
 @pytest.fixture(scope="module")
