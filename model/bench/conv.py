@@ -123,14 +123,15 @@ SMOKE_BMPQ: dict = {"train_subset": 600, "test_subset": 300, "epochs": 2, "warmu
 #: The ticket's width cap (average bits), as ``bench imq``'s.
 TICKET_BITS = 4.0
 #: The ticket's size cap: the words of an image that ``bench accel``'s 4 x 42 array holds on the XC7Z020. The
-#: global buffer holds the whole image in 1,024-word RAMB36 columns (:func:`hw.array.sizing.config_for`); the
-#: array's patch (76), feature maps (21-25) and engines (6) take 103-107 of the chip's 140, and a ticket of 32
-#: columns has measured 139 in every ``bench accel`` synthesis (``docs/array_design.md``, "Block RAM"), where one
-#: of 42 (a 3.56-bit ticket, 42,888 words) took 145. On 2026-12-08 another machine (an AMD EPYC whose torch runs
-#: AVX2 kernels; the runs before had a faster one) trained the same run, on the same two threads, to a validation
-#: pick of 43,445 words, so the cap is part of the rule rather than left to the CPU (``docs/array_design.md``,
-#: "The ticket on another CPU").
-TICKET_MAX_IMAGE_WORDS = 32 * 1024
+#: global buffer holds the whole image in 1,024-word RAMB36 columns (:func:`hw.array.sizing.config_for`), sized
+#: for the largest image of the bitstream: the qnn4 row's (ResNet-20 with every weight at 4 bits, 36,824 words)
+#: takes 36 columns, and with the array's patch (76), feature maps (21-25) and engines (6) that synthesised to
+#: 139 of the chip's 140 RAMB36 in every ``bench accel`` run (``docs/array_design.md``, "Block RAM"). A ticket of
+#: at most those 36 columns adds none; on 2026-12-08 another machine (an AMD EPYC whose torch runs AVX2 kernels;
+#: the runs before had a faster one) trained the same run, on the same two threads, to a validation pick of 43,445
+#: words (43 columns: 147 RAMB36, and 43,509 LUT, 82 %), so the cap is part of the rule rather than left to the
+#: CPU (``docs/array_design.md``, "The ticket on another CPU").
+TICKET_MAX_IMAGE_WORDS = 36 * 1024
 #: torch's intra-op threads while an IMQ run trains (restored afterwards). Pinned because the float reductions'
 #: order, and so the trained weights, depend on it, and the ticket with them: on one thread the validation picked a
 #: 3.56-bit ResNet-20 ticket (42,888 words, whose global buffer needs 145 RAMB36, more than the XC7Z020 has) where
@@ -172,7 +173,7 @@ def check_bench_images(root, budget: BenchBudget) -> None:
 
 def pick_ticket(history: list[IterationRecord], image_words: dict[int, int] | None = None
                 ) -> tuple[IterationRecord, str]:
-    """The bench's ticket and the rule that chose it (module docstring): ``"best validation <= 4 bits, <= 32768
+    """The bench's ticket and the rule that chose it (module docstring): ``"best validation <= 4 bits, <= 36864
     words"`` (:func:`model.methods.imq.best_within`, ranking by validation accuracy when the run has it), else
     ``"narrowest"``.
 
