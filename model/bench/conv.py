@@ -126,7 +126,7 @@ TICKET_BITS = 4.0
 #: global buffer holds the whole image in 1,024-word RAMB36 columns (:func:`hw.array.sizing.config_for`), sized
 #: for the largest image of the bitstream: the qnn4 row's (ResNet-20 with every weight at 4 bits, 36,824 words)
 #: takes 36 columns, and with the array's patch (76), feature maps (21-25) and engines (6) that synthesised to
-#: 139 of the chip's 140 RAMB36 in every ``bench accel`` run (``docs/array_design.md``, "Block RAM"). A ticket of
+#: 139 of the chip's 140 RAMB36 in the recent ``bench accel`` runs (``docs/array_design.md``, "Block RAM"). A ticket of
 #: at most those 36 columns adds none; on 2026-12-08 another machine (an AMD EPYC whose torch runs AVX2 kernels;
 #: the runs before had a faster one) trained the same run, on the same two threads, to a validation pick of 43,445
 #: words (43 columns: 147 RAMB36, and 43,509 LUT, 82 %), so the cap is part of the rule rather than left to the
