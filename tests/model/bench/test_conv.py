@@ -17,7 +17,7 @@ from model.export.image import write_image
 from model.methods.imq import IterationRecord, imq_update
 from model.quant.bmpq import to_bmpq
 from model.quant.nets import SmallVGG
-from model.runs.rundir import load_iteration, make_run_config, run
+from model.runs.rundir import load_iteration, make_run_config
 from model.training.loop import train
 from tests.idx_files import write_idx_folder
 
@@ -108,17 +108,31 @@ def test_a_ticket_past_the_chips_block_ram_is_passed_over():
     assert pick_ticket(history, {1: cap + 1, 2: cap + 1, 3: cap + 1}) == (history[3], "narrowest")
 
 
-def test_candidate_image_words_are_the_images_of_the_iterations_within_4_bits(tmp_path):
-    """A tiny IMQ run (the digits MLP, 8 iterations at rho 0.8: 32 bits down to about 1.6) on disk: a size for each
-    iteration of at most 4 bits, that of the image ``write_image`` writes of it."""
-    config = make_run_config("imq", train_subset=200, test_subset=100, hidden=(8,), epochs=1, batch_size=32,
+def test_run_imq_row_ranks_the_candidates_that_fit_by_their_images(monkeypatch, tmp_path):
+    """A tiny IMQ run (a VGG on the 8 x 8 digits, 8 iterations at rho 0.8: 32 bits down to about 1.6) through
+    :func:`~model.bench.conv.run_imq_row`: a size for each iteration of at most 4 bits, that of the image
+    ``write_image`` writes of it, and the ticket :func:`~model.bench.conv.pick_ticket` picks with those sizes; run
+    again (resumed) under a cap at the smallest image, the ticket is that image's iteration."""
+    config = make_run_config("imq", arch="vgg", train_subset=200, test_subset=100, epochs=1, batch_size=32,
                              lr=0.01, iterations=8, rho=0.8, seed=1)
-    result = run(config, tmp_path / "run", progress=False)
-    sizes = conv.candidate_image_words(tmp_path / "run", result.history)
-    assert sorted(sizes) == [r.iteration for r in result.history if r.avg_bits <= conv.TICKET_BITS] != []
+    rows = []
+    for cap in ("bench", "smallest"):
+        row, result = conv.run_imq_row("vgg", config, tmp_path / "runs", tmp_path / "images", False, False)
+        sizes = {int(k): v for k, v in row["candidate_image_words"].items()}
+        ticket, rule = pick_ticket(result.history, sizes)
+        assert row["ticket_iteration"] == ticket.iteration and row["ticket_rule"] == rule == (
+            f"best validation <= 4 bits, <= {conv.TICKET_MAX_IMAGE_WORDS} words")
+        assert row["image_bytes"] == 4 * sizes[ticket.iteration] and sizes[ticket.iteration] <= (
+            conv.TICKET_MAX_IMAGE_WORDS)
+        rows.append((row, sizes))
+        monkeypatch.setattr(conv, "TICKET_MAX_IMAGE_WORDS", min(sizes.values()))
+    (first, sizes), (second, again) = rows
+    assert not first["resumed"] and second["resumed"] and again == sizes and len(set(sizes.values())) == len(sizes) > 1
+    assert sizes[second["ticket_iteration"]] == min(sizes.values())
+    assert sorted(sizes) == [r.iteration for r in result.history if r.avg_bits <= conv.TICKET_BITS]
     assert len(sizes) < len(result.history)
     for iteration, words in sizes.items():
-        model = load_iteration(tmp_path / "run", iteration)
+        model = load_iteration(tmp_path / "runs" / "vgg_imq", iteration)
         model.eval()
         manifest = write_image(tmp_path / f"img{iteration}", to_golden(model))
         assert words * 4 == manifest["memory"]["image_bytes"] == (tmp_path / f"img{iteration}" / "weights.bin"
